@@ -1,0 +1,9 @@
+"""Numba kernels of gguf-engine: per-type decoders, dequantization and the fused math."""
+from .dequantize import dequantize
+from .registry import QTYPES, QuantType, get_qtype
+from .threads import get_num_threads, set_num_threads
+from .types import GGMLType
+from .weight import Weight, fused_matvec, matmul, matvec
+
+__all__ = ["dequantize", "GGMLType", "QTYPES", "QuantType", "get_qtype",
+           "Weight", "fused_matvec", "matvec", "matmul", "set_num_threads", "get_num_threads"]

@@ -1,0 +1,95 @@
+"""The small interface between the model and the hardware it runs on.
+
+The transformer (``gguf_engine.model.transformer``) only ever calls these
+methods; a backend owns its arrays (``xp`` is its array module), uploads the
+weights in whatever form its kernels want (quantized weights stay quantized),
+and implements the handful of fused operations one layer needs.  Activations
+are float32, row-major, one row per token; a backend receives and returns its
+own arrays and converts only at ``to_host`` / ``from_host`` (once per device
+boundary, not per layer).
+
+Shapes: n tokens, d = n_embd, H query heads, Hkv key/value heads, hd head size.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class WeightLike(Protocol):
+    """A 2-D weight (rows = output features) as uploaded by a backend."""
+    shape: tuple[int, int]
+
+    def matvec(self, x): ...        # (in,) -> (out,)
+    def matmul(self, X): ...        # (n, in) -> (n, out)
+    def rows(self, ids): ...        # (k,) ids -> (k, in) float32 (embedding lookup)
+
+
+class Backend(ABC):
+    name: str = "base"
+    xp: Any = np
+
+    # --- memory -------------------------------------------------------------------------
+    @abstractmethod
+    def upload_weight(self, tensor) -> WeightLike:
+        """A reader tensor (quantized or float) -> a weight this backend multiplies with."""
+
+    @abstractmethod
+    def upload_array(self, arr: np.ndarray):
+        """A small float32 host array (norm weight, bias, RoPE table) -> backend array."""
+
+    @abstractmethod
+    def kv_cache(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, cache_type: str):
+        """A preallocated ``KVCache`` whose arrays live on this backend."""
+
+    def empty(self, shape, dtype=np.float32):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def to_host(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def from_host(self, x: np.ndarray):
+        return self.xp.asarray(x)
+
+    # --- compute ------------------------------------------------------------------------
+    @abstractmethod
+    def embed(self, w: WeightLike, ids: np.ndarray):
+        """Embedding rows for token ids (n,) -> (n, d) float32."""
+
+    @abstractmethod
+    def linear(self, w: WeightLike, x):
+        """x (n, in) -> x @ w.T (n, out); one token goes through matvec, more through matmul."""
+
+    @abstractmethod
+    def rms_norm(self, x, w, eps: float, out) -> None:
+        """out = rms_norm(x) * w.  x, out: (n, d)."""
+
+    @abstractmethod
+    def add_rms_norm(self, x, delta, post_w, w, eps: float, out) -> None:
+        """x += (rms_norm(delta) * post_w if post_w is not None else delta); out = rms_norm(x) * w."""
+
+    @abstractmethod
+    def qkv_prepare(self, q3, k3, v3, bq, bk, bv, q_norm, k_norm, eps: float, rope, pos0: int,
+                    neox: bool) -> None:
+        """In place: biases (bq (H, hd), bk, bv (Hkv, hd); None when absent), per-head RMS norms
+        (q_norm, k_norm (hd,); None when absent) and RoPE at positions pos0.. with the tables
+        rope = (cos, sin), each (n_ctx, n_rot/2).  q3: (n, H, hd); k3, v3: (n, Hkv, hd)."""
+
+    @abstractmethod
+    def attention(self, q3, k_cache, v_cache, pos0: int, scale: float, window: int, softcap: float,
+                  out3) -> None:
+        """Causal attention of the n tokens at positions pos0.. over one layer's cache
+        (C, Hkv, hd), keys visible within ``window`` positions (0: all).  out3: (n, H, hd)."""
+
+    @abstractmethod
+    def gated_act(self, gate, up, gelu: bool, out) -> None:
+        """out = act(gate) * up; act = GELU(tanh) when gelu else SiLU.  (n, ff)."""
+
+    @abstractmethod
+    def softcap(self, x, cap: float) -> None:
+        """x = cap * tanh(x / cap) in place."""
+
+    def set_threads(self, n_threads: int | None) -> None:
+        """Number of CPU threads for the backend's kernels (None: all cores)."""

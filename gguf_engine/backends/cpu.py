@@ -1,0 +1,147 @@
+"""CPU backend: NumPy arrays, the Numba kernels of ``kernels``, BLAS for batched attention."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from kernels import ops
+
+from ..model.kv_cache import KVCache
+from .base import Backend
+
+_EMPTY2 = np.zeros((1, 1), dtype=np.float32)
+_EMPTY1 = np.zeros(1, dtype=np.float32)
+
+# below this many new tokens attention runs in the fused kernel; above it through BLAS
+BLAS_ATTENTION_MIN_TOKENS = 8
+
+
+def _weight_class():
+    try:
+        from kernels.weight import Weight
+    except ImportError:  # kernels without quantized weights: float tensors only
+        return None
+    return Weight
+
+
+class _FloatWeight:
+    """Fallback for float tensors when the quantized kernels are unavailable."""
+
+    def __init__(self, tensor):
+        from kernels.types import GGMLType
+        if tensor.type == GGMLType.F32:
+            self.data = np.ascontiguousarray(tensor.data, dtype=np.float32)
+        else:
+            from kernels.dequantize import dequantize
+            self.data = dequantize(tensor.raw, tensor.type, tensor.shape)
+        self.shape = self.data.shape
+
+    def matvec(self, x):
+        return self.data @ x
+
+    def matmul(self, X):
+        return X @ self.data.T
+
+    def rows(self, ids):
+        return self.data[ids]
+
+    def dequantize(self):
+        return self.data
+
+
+class CPUBackend(Backend):
+    name = "CPU"
+    xp = np
+
+    def __init__(self, n_threads: int | None = None):
+        self._weight_cls = _weight_class()
+        self.set_threads(n_threads)
+
+    def set_threads(self, n_threads: int | None) -> None:
+        import numba
+        limit = numba.config.NUMBA_NUM_THREADS
+        n = limit if not n_threads or n_threads <= 0 else min(int(n_threads), limit)
+        numba.set_num_threads(n)
+        self.n_threads = n
+
+    # --- memory -------------------------------------------------------------------------
+    def upload_weight(self, tensor):
+        if self._weight_cls is None:
+            return _FloatWeight(tensor)
+        return self._weight_cls(tensor.raw, tensor.type, tensor.shape)
+
+    def upload_array(self, arr):
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim, cache_type):
+        return KVCache(n_layer, n_ctx, n_head_kv, head_dim, cache_type, xp=np)
+
+    # --- compute ------------------------------------------------------------------------
+    def embed(self, w, ids):
+        return np.ascontiguousarray(w.rows(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+
+    def linear(self, w, x):
+        if x.shape[0] == 1:
+            return w.matvec(x[0]).reshape(1, -1)
+        return w.matmul(x)
+
+    def rms_norm(self, x, w, eps, out):
+        ops.rms_norm(x, w, eps, out)
+
+    def add_rms_norm(self, x, delta, post_w, w, eps, out):
+        if post_w is None:
+            ops.add_rms_norm(x, delta, _EMPTY1, False, w, eps, out)
+        else:
+            ops.add_rms_norm(x, delta, post_w, True, w, eps, out)
+
+    def qkv_prepare(self, q3, k3, v3, bq, bk, bv, q_norm, k_norm, eps, rope, pos0, neox):
+        has_bias = bq is not None
+        has_norm = q_norm is not None
+        ops.qkv_prepare(q3, k3, v3,
+                        bq if has_bias else _EMPTY2, bk if has_bias else _EMPTY2, bv if has_bias else _EMPTY2,
+                        has_bias,
+                        q_norm if has_norm else _EMPTY1, k_norm if has_norm else _EMPTY1, has_norm, eps,
+                        rope[0], rope[1], pos0, neox)
+
+    def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
+        if q3.shape[0] < BLAS_ATTENTION_MIN_TOKENS:
+            if k_cache.dtype == np.float16:
+                ops.attention(q3, k_cache.view(np.uint16), v_cache.view(np.uint16), pos0, scale, window,
+                              softcap, ops.F16_TABLE, out3)
+            else:
+                ops.attention(q3, k_cache, v_cache, pos0, scale, window, softcap, ops.F16_TABLE, out3)
+            return
+        self._attention_blas(q3, k_cache, v_cache, pos0, scale, window, softcap, out3)
+
+    @staticmethod
+    def _attention_blas(q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
+        n, H, hd = q3.shape
+        Hkv = k_cache.shape[1]
+        G = H // Hkv
+        key0 = max(0, pos0 - window + 1) if window > 0 else 0
+        K = k_cache[key0:pos0 + n]                         # (nk, Hkv, hd)
+        V = v_cache[key0:pos0 + n]                         # (nk, Hkv, hd)
+        if K.dtype != np.float32:
+            K = K.astype(np.float32)
+            V = V.astype(np.float32)
+        for g in range(Hkv):
+            Q = q3[:, g * G:(g + 1) * G, :].transpose(1, 0, 2)   # (G, n, hd)
+            S = np.matmul(Q, K[:, g, :].T)                        # (G, n, nk)
+            S *= np.float32(scale)
+            ops.masked_softmax(S, pos0, key0, window, softcap)
+            O = np.matmul(S, V[:, g, :])                          # (G, n, hd)
+            out3[:, g * G:(g + 1) * G, :] = O.transpose(1, 0, 2)
+
+    def gated_act(self, gate, up, gelu, out):
+        if gate.shape[0] == 1:
+            ops.gated_act_row(gate[0], up[0], gelu, out[0])
+        else:
+            ops.gated_act(gate, up, gelu, out)
+
+    def softcap(self, x, cap):
+        ops.softcap_inplace(x, np.float32(cap))
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

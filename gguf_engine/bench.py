@@ -1,0 +1,163 @@
+"""Throughput benchmark in the manner of llama-bench.
+
+``ppN``: prompt processing, N tokens evaluated in one batch from an empty cache.
+``tgN``: text generation, N tokens evaluated one at a time from an empty cache.
+Each test runs once untimed (JIT compilation and first-touch page faults stay
+out of the numbers) and then ``reps`` times; results are mean ± sd of tokens/s.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class BenchResult:
+    model: str
+    size_bytes: int
+    n_params: int
+    backend: str
+    threads: int
+    test: str
+    n_prompt: int
+    n_gen: int
+    samples_ts: list[float] = field(default_factory=list)
+
+    @property
+    def avg_ts(self) -> float:
+        return statistics.fmean(self.samples_ts)
+
+    @property
+    def stddev_ts(self) -> float:
+        return statistics.stdev(self.samples_ts) if len(self.samples_ts) > 1 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(avg_ts=self.avg_ts, stddev_ts=self.stddev_ts)
+        return d
+
+
+def model_size(reader) -> tuple[int, int]:
+    """(bytes of tensor data, parameter count) as llama-bench reports them."""
+    nbytes = sum(t.n_bytes for t in reader.tensors.values())
+    nparams = sum(t.n_elements for t in reader.tensors.values())
+    return nbytes, nparams
+
+
+def _random_tokens(n: int, n_vocab: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, n_vocab, size=n, dtype=np.int32)
+
+
+def time_pp(model, n: int, rng) -> float:
+    """Seconds to evaluate n tokens in one batch from an empty cache."""
+    toks = _random_tokens(n, model.config.n_vocab, rng)
+    model.reset()
+    t0 = time.perf_counter()
+    model.eval(toks)
+    return time.perf_counter() - t0
+
+
+def time_tg(model, n: int, rng) -> float:
+    """Seconds to evaluate n tokens one at a time from an empty cache."""
+    toks = _random_tokens(n, model.config.n_vocab, rng)
+    model.reset()
+    t0 = time.perf_counter()
+    for t in toks:
+        model.eval(t.reshape(1))
+    return time.perf_counter() - t0
+
+
+def run_bench(model_path: str, n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
+              reps: int = 5, n_gpu_layers: int = 0, progress=None) -> list[BenchResult]:
+    from .model import load_model
+
+    threads = threads or os.cpu_count() or 1
+    n_ctx = max(n_prompt, n_gen, 16)
+    model = load_model(model_path, n_ctx=n_ctx, n_batch=max(n_prompt, 1), n_threads=threads,
+                       n_gpu_layers=n_gpu_layers)
+    try:
+        size, params = model_size(model.reader)
+        name = str(model.reader.get("general.name") or os.path.basename(model_path))
+        backend = model.backend.name
+        if getattr(model, "n_gpu_layers", 0):
+            backend += f"+GPU({model.n_gpu_layers})"
+        rng = np.random.default_rng(1234)
+        results = []
+        tests = []
+        if n_prompt > 0:
+            tests.append((f"pp{n_prompt}", n_prompt, 0, time_pp))
+        if n_gen > 0:
+            tests.append((f"tg{n_gen}", 0, n_gen, time_tg))
+        for label, npr, ng, fn in tests:
+            n = npr or ng
+            fn(model, n, rng)  # warm-up: compile and fault in
+            r = BenchResult(name, size, params, backend, threads, label, npr, ng)
+            for _ in range(reps):
+                r.samples_ts.append(n / fn(model, n, rng))
+                if progress:
+                    progress(label)
+            results.append(r)
+        return results
+    finally:
+        model.reset()
+        model.close()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process."""
+    try:
+        import resource
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r * 1024 if sys.platform != "darwin" else r
+    except ImportError:  # pragma: no cover - non-POSIX
+        import psutil
+        return psutil.Process().memory_info().rss
+
+
+def cold_start_seconds(model_path: str, threads: int | None = None) -> float:
+    """Wall time of a first run (load, 8-token prompt, 1 generated token) in a fresh
+    process whose Numba cache directory is empty, so every kernel it needs compiles."""
+    code = ("import sys, numpy as np\n"
+            "from gguf_engine.model import load_model\n"
+            "m = load_model(sys.argv[1], n_ctx=64, n_threads=int(sys.argv[2]) or None)\n"
+            "m.eval(np.arange(8, dtype=np.int32)); m.eval(np.array([9], dtype=np.int32))\n")
+    with tempfile.TemporaryDirectory(prefix="numba-cold-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code, model_path, str(threads or 0)], env=env, check=True)
+        return time.perf_counter() - t0
+
+
+def format_size(n: int) -> str:
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.2f} GiB"
+    return f"{n / (1 << 20):.2f} MiB"
+
+
+def format_params(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} B"
+    return f"{n / 1e6:.2f} M"
+
+
+def markdown_table(results: list[BenchResult]) -> str:
+    head = ["model", "size", "params", "backend", "threads", "test", "t/s"]
+    rows = [[r.model, format_size(r.size_bytes), format_params(r.n_params), r.backend, str(r.threads), r.test,
+             f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}"] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    right = {1, 2, 4, 5, 6}
+
+    def fmt(cells):
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    sep = "| " + " | ".join(("-" * (w - 1) + ":") if i in right else "-" * w
+                           for i, w in enumerate(widths)) + " |"
+    return "\n".join([fmt(head), sep] + [fmt(r) for r in rows])

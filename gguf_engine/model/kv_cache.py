@@ -1,0 +1,54 @@
+"""Preallocated key/value cache.
+
+One array each for keys and values, shape (n_layer, n_ctx, n_head_kv, head_dim),
+float32 or float16.  Position p of layer l lives at [l, p]; ``n_past`` counts
+the positions that hold valid entries.  Keys are stored after RoPE.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CACHE_TYPES = {"f32": np.float32, "f16": np.float16}
+
+
+class KVCache:
+    def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, cache_type: str = "f32",
+                 xp=np):
+        if cache_type not in CACHE_TYPES:
+            raise ValueError(f"cache_type must be one of {sorted(CACHE_TYPES)}, got {cache_type!r}")
+        if n_ctx <= 0:
+            raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        self.cache_type = cache_type
+        self.dtype = np.dtype(CACHE_TYPES[cache_type])
+        self.n_ctx = n_ctx
+        shape = (n_layer, n_ctx, n_head_kv, head_dim)
+        self.k = xp.zeros(shape, dtype=self.dtype)  # (n_layer, n_ctx, n_head_kv, head_dim)
+        self.v = xp.zeros(shape, dtype=self.dtype)  # (n_layer, n_ctx, n_head_kv, head_dim)
+        self.n_past = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes)
+
+    @property
+    def n_free(self) -> int:
+        return self.n_ctx - self.n_past
+
+    def layer(self, il: int):
+        """(k, v) views of one layer: (n_ctx, n_head_kv, head_dim) each."""
+        return self.k[il], self.v[il]
+
+    def store(self, il: int, pos0: int, k3, v3) -> None:
+        """Write n new positions starting at pos0. k3, v3: (n, n_head_kv, head_dim) float32."""
+        n = k3.shape[0]
+        self.k[il, pos0:pos0 + n] = k3
+        self.v[il, pos0:pos0 + n] = v3
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first n positions (entries past n are overwritten later)."""
+        if n < 0:
+            raise ValueError(f"cannot truncate the cache to {n} positions")
+        self.n_past = min(self.n_past, int(n))
+
+    def reset(self) -> None:
+        self.n_past = 0

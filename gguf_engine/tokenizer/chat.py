@@ -1,0 +1,157 @@
+"""Chat templates: a model's ``tokenizer.chat_template`` rendered in a jinja2 sandbox, HF-style.
+
+A template is untrusted input.  It runs in jinja2's ImmutableSandboxedEnvironment with no loader
+(no include/import/extends, so no file access), and touching an unsafe attribute (``__class__``,
+``__mro__``, ...) raises instead of rendering as empty.  The variables are those Hugging Face
+templates use: ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``tools``,
+``raise_exception(msg)`` and ``strftime_now(fmt)``; ``tojson`` behaves as in transformers.
+
+Models without a template get ChatML.  A template can also be chosen by name (the built-ins below,
+written to produce what llama.cpp's named templates produce) or read from a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from functools import lru_cache
+
+
+class ChatTemplateError(ValueError):
+    """A chat template failed to parse or render (the message names the model)."""
+
+
+BUILTIN_TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+        "+ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    "llama2": (
+        "{{ '[INST] ' }}{% set ns = namespace(inside=true) %}{% for message in messages %}"
+        "{% if not ns.inside %}{{ '[INST] ' }}{% set ns.inside = true %}{% endif %}"
+        "{% if message['role'] == 'system' %}{{ '<<SYS>>\n' + message['content'] + '\n<</SYS>>\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ message['content'] + ' [/INST]' }}"
+        "{% else %}{{ message['content'] + '</s>' }}{% set ns.inside = false %}{% endif %}{% endfor %}"),
+    "llama3": (
+        "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' "
+        "+ message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"),
+    "gemma": (
+        "{% set ns = namespace(system='') %}{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{% set ns.system = ns.system + message['content'] | trim %}"
+        "{% else %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' }}"
+        "{% if ns.system and role != 'model' %}{{ ns.system + '\n\n' }}{% set ns.system = '' %}{% endif %}"
+        "{{ message['content'] | trim + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"),
+    "zephyr": (
+        "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|endoftext|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"),
+    "phi3": (
+        "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"),
+    "mistral-v1": (
+        "{% set ns = namespace(inside=false) %}{% for message in messages %}"
+        "{% if not ns.inside %}{{ ' [INST] ' }}{% set ns.inside = true %}{% endif %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ message['content'] + ' [/INST]' }}"
+        "{% else %}{{ ' ' + message['content'] + '</s>' }}{% set ns.inside = false %}{% endif %}{% endfor %}"),
+    "mistral-v3": (
+        "{% set ns = namespace(inside=false) %}{% for message in messages %}"
+        "{% if not ns.inside %}{{ '[INST] ' }}{% set ns.inside = true %}{% endif %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ message['content'] + '[/INST]' }}"
+        "{% else %}{{ ' ' + message['content'] | trim + '</s>' }}{% set ns.inside = false %}{% endif %}{% endfor %}"),
+    "mistral-v7": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}"
+        "{{ '[SYSTEM_PROMPT] ' + message['content'] + '[/SYSTEM_PROMPT]' }}"
+        "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + '[/INST]' }}"
+        "{% else %}{{ ' ' + message['content'] + '</s>' }}{% endif %}{% endfor %}"),
+    "vicuna": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ 'USER: ' + message['content'] + '\n' }}"
+        "{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' + message['content'] + '</s>\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"),
+    "deepseek": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}"
+        "{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n' }}"
+        "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + '\n<|EOT|>\n' }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"),
+}
+BUILTIN_TEMPLATES["mistral"] = BUILTIN_TEMPLATES["mistral-v7"]
+BUILTIN_TEMPLATES["gemma3"] = BUILTIN_TEMPLATES["gemma"]
+
+DEFAULT_TEMPLATE = "chatml"
+
+
+def resolve_template(spec: str) -> str:
+    """``--chat-template`` argument -> template text: a built-in name, a file path, or template text."""
+    if spec in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[spec]
+    if "{{" in spec or "{%" in spec:
+        return spec
+    if os.path.isfile(spec):
+        with open(spec, encoding="utf-8") as f:
+            return f.read()
+    raise ChatTemplateError(f"chat template {spec!r} is neither a known name ({', '.join(sorted(BUILTIN_TEMPLATES))}) "
+                            "nor an existing file")
+
+
+def _raise_exception(message):
+    from jinja2.exceptions import TemplateError
+    raise TemplateError(message)
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # transformers' tojson: no HTML escaping, non-ASCII kept
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    from jinja2.exceptions import SecurityError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Sandbox(ImmutableSandboxedEnvironment):
+        def unsafe_undefined(self, obj, attribute):
+            raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols], loader=None)
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+@lru_cache(maxsize=16)
+def _compile(source: str):
+    return _environment().from_string(source)
+
+
+def render_chat_template(source: str | None, messages: list, add_generation_prompt: bool = True,
+                         bos_token: str = "", eos_token: str = "", tools: list | None = None,
+                         model_name: str = "model", **kwargs) -> str:
+    """Render ``messages`` with template ``source`` (ChatML when None); errors name the model."""
+    from jinja2.exceptions import TemplateError
+
+    if source is None:
+        source = BUILTIN_TEMPLATES[DEFAULT_TEMPLATE]
+    try:
+        tmpl = _compile(source)
+    except TemplateError as e:
+        raise ChatTemplateError(f"chat template of {model_name!r} does not parse: {e}") from e
+    ctx = dict(kwargs)
+    ctx.update(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token,
+               eos_token=eos_token)
+    if tools is not None:
+        ctx["tools"] = tools
+    try:
+        return tmpl.render(**ctx)
+    except TemplateError as e:
+        raise ChatTemplateError(f"chat template of {model_name!r} failed: {type(e).__name__}: {e}") from e
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as e:
+        raise ChatTemplateError(f"chat template of {model_name!r} failed: {type(e).__name__}: {e}") from e

@@ -1,0 +1,482 @@
+"""Bit-exact float32 helpers shared by the encoders.
+
+ggml quantizes in float32 with a fixed order of operations; every helper here
+keeps that order and keeps every intermediate a float32, so the integer
+choices (and therefore the bytes) come out the same as ggml's.  Any constant
+mixed into float32 arithmetic is a float32 too (`F(...)`), otherwise Numba
+would widen the expression to float64.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+
+GROUP_MAX_EPS = F(1e-15)
+MAGIC = F(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer, half to even
+
+
+@njit(cache=True, inline="always")
+def f32(v):
+    return np.float32(v)
+
+
+@njit(cache=True)
+def _nearest_int_slow(fval):
+    # Exact emulation of ggml's bit trick outside its nominal range:
+    # take the float32 bits of (fval + 1.5*2**23) and subtract the magic.
+    val = np.float32(fval + MAGIC)
+    v = float(val)
+    if v != v:  # NaN: quiet-NaN mantissa 0x400000
+        return 0
+    if math.isinf(v):
+        return -0x00400000
+    a = abs(v)
+    if a == 0.0:
+        mant = 0
+    else:
+        m, e = math.frexp(a)  # a = m * 2**e, m in [0.5, 1)
+        be = e - 1 + 127
+        if be <= 0:  # subnormal float32
+            mant = int(a * 2.0 ** 149)
+        else:
+            mant = int((m * 2.0 - 1.0) * 8388608.0)
+    return (mant & 0x007FFFFF) - 0x00400000
+
+
+@njit(cache=True, inline="always")
+def nearest_int(fval):
+    """ggml nearest_int: float32 round half to even (fval is a float32)."""
+    if abs(fval) <= F(4194303.0):
+        return int(np.rint(fval))
+    return _nearest_int_slow(fval)
+
+
+@njit(cache=True, inline="always")
+def roundf(v):
+    """C roundf: half away from zero (v float32, result int)."""
+    d = float(v)
+    t = math.trunc(d)
+    r = d - t
+    if r >= 0.5:
+        t += 1.0
+    elif r <= -0.5:
+        t -= 1.0
+    return int(t)
+
+
+@njit(cache=True)
+def fp32_to_fp16_bits(f):
+    """Round-to-nearest-even float32 -> IEEE half bits (as ggml_compute_fp32_to_fp16)."""
+    d = float(f)
+    sign = 0
+    if d != d:
+        return 0x7E00 | (0x8000 if math.copysign(1.0, d) < 0 else 0)
+    if math.copysign(1.0, d) < 0:
+        sign = 0x8000
+        d = -d
+    if d == 0.0:
+        return sign
+    if math.isinf(d) or d >= 65520.0:
+        return sign | 0x7C00
+    if d < 6.103515625e-05:  # below 2**-14: subnormal half
+        q = int(np.rint(d * 16777216.0))  # exact product, RNE
+        return sign | q
+    m, e = math.frexp(d)  # d = m * 2**e, m in [0.5, 1)
+    E = e - 1
+    q = int(np.rint(m * 2048.0))  # 1.f * 1024 with 10 fraction bits, RNE
+    if q == 2048:
+        q = 1024
+        E += 1
+    if E + 15 >= 31:
+        return sign | 0x7C00
+    return sign | ((E + 15) << 10) | (q - 1024)
+
+
+@njit(cache=True)
+def fp16_bits_to_fp32(h):
+    sign = -1.0 if (h & 0x8000) else 1.0
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:
+        return np.float32(sign * m * 5.960464477539063e-08)
+    if e == 31:
+        if m:
+            return np.float32(np.nan)
+        return np.float32(sign * np.inf)
+    return np.float32(sign * (1.0 + m / 1024.0) * 2.0 ** (e - 15))
+
+
+@njit(cache=True, inline="always")
+def fp16_round(f):
+    return fp16_bits_to_fp32(fp32_to_fp16_bits(f))
+
+
+@njit(cache=True, inline="always")
+def put_u16(out, off, v):
+    out[off] = v & 0xFF
+    out[off + 1] = (v >> 8) & 0xFF
+
+
+@njit(cache=True, inline="always")
+def put_f16(out, off, f):
+    h = fp32_to_fp16_bits(f)
+    out[off] = h & 0xFF
+    out[off + 1] = (h >> 8) & 0xFF
+    return fp16_bits_to_fp32(h)
+
+
+@njit(cache=True)
+def best_index_int8(n, val, x):
+    """Index of the table value nearest x (val sorted ascending, int8 values)."""
+    if x <= F(val[0]):
+        return 0
+    if x >= F(val[n - 1]):
+        return n - 1
+    ml = 0
+    mu = n - 1
+    while mu - ml > 1:
+        mav = (ml + mu) // 2
+        if x < F(val[mav]):
+            mu = mav
+        else:
+            ml = mav
+    if x - F(val[mu - 1]) < F(val[mu]) - x:
+        return mu - 1
+    return mu
+
+
+@njit(cache=True)
+def make_qx_quants(n, nmax, x, L, rmse_type, qw, has_qw):
+    """Signed symmetric quantization to [-nmax, nmax-1] (stored shifted by +nmax in L)."""
+    mx = F(0.0)
+    amax = F(0.0)
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            mx = x[i]
+    if amax < GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return F(0.0)
+    iscale = F(-nmax) / mx
+    if rmse_type == 0:
+        for i in range(n):
+            l = nearest_int(iscale * x[i])
+            L[i] = nmax + max(-nmax, min(nmax - 1, l))
+        return F(1.0) / iscale
+    return_early = False
+    if rmse_type < 0:
+        rmse_type = -rmse_type
+        return_early = True
+    sumlx = F(0.0)
+    suml2 = F(0.0)
+    for i in range(n):
+        l = nearest_int(iscale * x[i])
+        l = max(-nmax, min(nmax - 1, l))
+        L[i] = l + nmax
+        w = _qx_weight(x[i], rmse_type, qw, has_qw, i)
+        fl = F(l)
+        sumlx += w * x[i] * fl
+        suml2 += w * fl * fl
+    scale = sumlx / suml2 if suml2 != 0 else F(0.0)
+    if return_early:
+        if suml2 > 0:
+            return F(0.5) * (scale + F(1.0) / iscale)
+        return F(1.0) / iscale
+    best = scale * sumlx
+    for is_ in range(-9, 10):
+        if is_ == 0:
+            continue
+        iscale = -(F(nmax) + F(0.1) * F(is_)) / mx
+        sumlx = F(0.0)
+        suml2 = F(0.0)
+        for i in range(n):
+            l = nearest_int(iscale * x[i])
+            l = max(-nmax, min(nmax - 1, l))
+            w = _qx_weight(x[i], rmse_type, qw, has_qw, i)
+            fl = F(l)
+            sumlx += w * x[i] * fl
+            suml2 += w * fl * fl
+        if suml2 > 0 and sumlx * sumlx > best * suml2:
+            for i in range(n):
+                l = nearest_int(iscale * x[i])
+                L[i] = nmax + max(-nmax, min(nmax - 1, l))
+            scale = sumlx / suml2
+            best = scale * sumlx
+    return scale
+
+
+@njit(cache=True, inline="always")
+def _qx_weight(xi, rmse_type, qw, has_qw, i):
+    if has_qw:
+        return qw[i]
+    if rmse_type == 1:
+        return xi * xi
+    if rmse_type == 2:
+        return F(1.0)
+    if rmse_type == 3:
+        return abs(xi)
+    return np.sqrt(abs(xi))
+
+
+@njit(cache=True)
+def make_q3_quants(n, nmax, x, L, do_rmse):
+    mx = F(0.0)
+    amax = F(0.0)
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            mx = x[i]
+    if amax < GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return F(0.0)
+    iscale = F(-nmax) / mx
+    if do_rmse:
+        sumlx = F(0.0)
+        suml2 = F(0.0)
+        for i in range(n):
+            l = nearest_int(iscale * x[i])
+            l = max(-nmax, min(nmax - 1, l))
+            L[i] = l
+            w = x[i] * x[i]
+            fl = F(l)
+            sumlx += w * x[i] * fl
+            suml2 += w * fl * fl
+        for itry in range(5):
+            n_changed = 0
+            for i in range(n):
+                w = x[i] * x[i]
+                fli = F(L[i])
+                slx = sumlx - w * x[i] * fli
+                if slx > 0:
+                    sl2 = suml2 - w * fli * fli
+                    new_l = nearest_int(x[i] * sl2 / slx)
+                    new_l = max(-nmax, min(nmax - 1, new_l))
+                    if new_l != L[i]:
+                        fn = F(new_l)
+                        slx += w * x[i] * fn
+                        sl2 += w * fn * fn
+                        if sl2 > 0 and slx * slx * suml2 > sumlx * sumlx * sl2:
+                            L[i] = new_l
+                            sumlx = slx
+                            suml2 = sl2
+                            n_changed += 1
+            if n_changed == 0:
+                break
+        for i in range(n):
+            L[i] += nmax
+        return sumlx / suml2 if suml2 > 0 else F(0.0)
+    for i in range(n):
+        l = nearest_int(iscale * x[i])
+        l = max(-nmax, min(nmax - 1, l))
+        L[i] = l + nmax
+    return F(1.0) / iscale
+
+
+@njit(cache=True)
+def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
+    """Asymmetric (scale, min) search; returns (scale, -min) like ggml's (scale, *the_min)."""
+    mn = x[0]
+    mx = x[0]
+    sum_w = weights[0]
+    sum_x = sum_w * x[0]
+    for i in range(1, n):
+        if x[i] < mn:
+            mn = x[i]
+        if x[i] > mx:
+            mx = x[i]
+        w = weights[i]
+        sum_w += w
+        sum_x += w * x[i]
+    if mn > 0:
+        mn = F(0.0)
+    if mx == mn:
+        for i in range(n):
+            L[i] = 0
+        return F(0.0), -mn
+    iscale = F(nmax) / (mx - mn)
+    scale = F(1.0) / iscale
+    best_error = F(0.0)
+    for i in range(n):
+        l = nearest_int(iscale * (x[i] - mn))
+        L[i] = max(0, min(nmax, l))
+        diff = scale * F(L[i]) + mn - x[i]
+        diff = abs(diff) if use_mad else diff * diff
+        best_error += weights[i] * diff
+    if nstep < 1:
+        return scale, -mn
+    for is_ in range(nstep + 1):
+        iscale = (rmin + rdelta * F(is_) + F(nmax)) / (mx - mn)
+        sum_l = F(0.0)
+        sum_l2 = F(0.0)
+        sum_xl = F(0.0)
+        for i in range(n):
+            l = nearest_int(iscale * (x[i] - mn))
+            l = max(0, min(nmax, l))
+            Laux[i] = l
+            w = weights[i]
+            fl = F(l)
+            sum_l += w * fl
+            sum_l2 += w * fl * fl
+            sum_xl += w * fl * x[i]
+        D = sum_w * sum_l2 - sum_l * sum_l
+        if D > 0:
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            if this_min > 0:
+                this_min = F(0.0)
+                this_scale = sum_xl / sum_l2
+            cur_error = F(0.0)
+            for i in range(n):
+                diff = this_scale * F(Laux[i]) + this_min - x[i]
+                diff = abs(diff) if use_mad else diff * diff
+                cur_error += weights[i] * diff
+            if cur_error < best_error:
+                for i in range(n):
+                    L[i] = Laux[i]
+                best_error = cur_error
+                scale = this_scale
+                mn = this_min
+    return scale, -mn
+
+
+@njit(cache=True)
+def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
+    """As make_qkx2_quants with the ggml qkx3 variant (max <= min test); weights always given."""
+    mn = x[0]
+    mx = x[0]
+    sum_w = weights[0]
+    sum_x = sum_w * x[0]
+    for i in range(1, n):
+        if x[i] < mn:
+            mn = x[i]
+        if x[i] > mx:
+            mx = x[i]
+        w = weights[i]
+        sum_w += w
+        sum_x += w * x[i]
+    if mn > 0:
+        mn = F(0.0)
+    if mx <= mn:
+        for i in range(n):
+            L[i] = 0
+        return F(0.0), -mn
+    iscale = F(nmax) / (mx - mn)
+    scale = F(1.0) / iscale
+    best_mad = F(0.0)
+    for i in range(n):
+        l = nearest_int(iscale * (x[i] - mn))
+        L[i] = max(0, min(nmax, l))
+        diff = scale * F(L[i]) + mn - x[i]
+        diff = abs(diff) if use_mad else diff * diff
+        best_mad += weights[i] * diff
+    if nstep < 1:
+        return scale, -mn
+    for is_ in range(nstep + 1):
+        iscale = (rmin + rdelta * F(is_) + F(nmax)) / (mx - mn)
+        sum_l = F(0.0)
+        sum_l2 = F(0.0)
+        sum_xl = F(0.0)
+        for i in range(n):
+            l = nearest_int(iscale * (x[i] - mn))
+            l = max(0, min(nmax, l))
+            Laux[i] = l
+            w = weights[i]
+            fl = F(l)
+            sum_l += w * fl
+            sum_l2 += w * fl * fl
+            sum_xl += w * fl * x[i]
+        D = sum_w * sum_l2 - sum_l * sum_l
+        if D > 0:
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            if this_min > 0:
+                this_min = F(0.0)
+                this_scale = sum_xl / sum_l2
+            mad = F(0.0)
+            for i in range(n):
+                diff = this_scale * F(Laux[i]) + this_min - x[i]
+                diff = abs(diff) if use_mad else diff * diff
+                mad += weights[i] * diff
+            if mad < best_mad:
+                for i in range(n):
+                    L[i] = Laux[i]
+                best_mad = mad
+                scale = this_scale
+                mn = this_min
+    return scale, -mn
+
+
+@njit(cache=True)
+def make_qp_quants(n, nmax, x, L, quant_weights):
+    """Unsigned scale search for the super-block scales (x >= 0)."""
+    mx = F(0.0)
+    for i in range(n):
+        mx = max(mx, x[i])
+    if mx < GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return F(0.0)
+    iscale = F(nmax) / mx
+    for i in range(n):
+        L[i] = nearest_int(iscale * x[i])
+    scale = F(1.0) / iscale
+    best_mse = F(0.0)
+    for i in range(n):
+        diff = x[i] - scale * F(L[i])
+        w = quant_weights[i]
+        best_mse += w * diff * diff
+    for is_ in range(-4, 5):
+        if is_ == 0:
+            continue
+        iscale_is = (F(0.1) * F(is_) + F(nmax)) / mx
+        scale_is = F(1.0) / iscale_is
+        mse = F(0.0)
+        for i in range(n):
+            l = nearest_int(iscale_is * x[i])
+            l = min(nmax, l)
+            diff = x[i] - scale_is * F(l)
+            w = quant_weights[i]
+            mse += w * diff * diff
+        if mse < best_mse:
+            best_mse = mse
+            iscale = iscale_is
+    sumlx = F(0.0)
+    suml2 = F(0.0)
+    for i in range(n):
+        l = nearest_int(iscale * x[i])
+        l = min(nmax, l)
+        L[i] = l
+        w = quant_weights[i]
+        fl = F(l)
+        sumlx += w * x[i] * fl
+        suml2 += w * fl * fl
+    for itry in range(5):
+        n_changed = 0
+        for i in range(n):
+            w = quant_weights[i]
+            fli = F(L[i])
+            slx = sumlx - w * x[i] * fli
+            sl2 = suml2 - w * fli * fli
+            if slx > 0 and sl2 > 0:
+                new_l = nearest_int(x[i] * sl2 / slx)
+                new_l = min(nmax, new_l)
+                if new_l != L[i]:
+                    fn = F(new_l)
+                    slx += w * x[i] * fn
+                    sl2 += w * fn * fn
+                    if slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i] = new_l
+                        sumlx = slx
+                        suml2 = sl2
+                        n_changed += 1
+        if n_changed == 0:
+            break
+    return sumlx / suml2 if suml2 > 0 else F(0.0)

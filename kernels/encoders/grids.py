@@ -1,0 +1,132 @@
+"""The i-quant lattice search structures, as ggml's iq2xs_init_impl / iq3xs_init_impl build them.
+
+For each grid: ``pos`` (n_grid, group) int8, the grid points as odd integers
+2*l + 1 (l the level index of each coordinate); ``kmap`` int32 over every
+possible group of level indices (2 bits per coordinate for the 8-wide grids, 3
+bits for the 4-wide ones): the grid index when the point is on the grid, else
+-(offset + 1) where ``neigh[offset]`` is the count of neighbours and the
+following entries are their grid indices: every grid point whose squared
+distance is among the ``nwant`` smallest distinct distances, ordered by
+(distance, index).
+
+The grids themselves come from kernels.iquant_tables (their decoded byte
+values map one-to-one, in order, to the level indices).  Everything is
+built once per process, on first use.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import njit, prange
+
+from .. import iquant_tables as T
+
+_lock = threading.Lock()
+_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+# name -> (decoded grid, bits per coordinate, kmap size, nwant)
+_SPECS = {
+    "iq2xxs": (lambda: T.iq2xxs_grid_u8, 2, 43692, 2),
+    "iq2xs": (lambda: T.iq2xs_grid_u8, 2, 43692, 2),
+    "iq2s": (lambda: T.iq2s_grid_u8, 2, 43692, 1),
+    "iq1s": (lambda: T.iq1s_grid_i8, 2, 43692, 3),
+    "iq3xxs": (lambda: T.iq3xxs_grid_u8, 3, 4096, 2),
+    "iq3s": (lambda: T.iq3s_grid_u8, 3, 4096, 3),
+}
+
+
+@njit(cache=True)
+def _neighbour_row(i, pos, bits, nwant, d2, out, write_at):
+    """Neighbours of the off-grid point with level code i; returns their count.
+
+    When write_at >= 0 the indices are written to out[write_at:], ordered by
+    (distance, grid index)."""
+    n_grid, group = pos.shape
+    mask = (1 << bits) - 1
+    for j in range(n_grid):
+        s = 0
+        for k in range(group):
+            p = 2 * ((i >> (bits * k)) & mask) + 1
+            dd = np.int64(pos[j, k]) - p
+            s += dd * dd
+        d2[j] = s
+    # the nwant smallest distinct distances, ascending
+    best = np.full(nwant, np.iinfo(np.int64).max, np.int64)
+    for j in range(n_grid):
+        v = d2[j]
+        for t in range(nwant):
+            if v == best[t]:
+                break
+            if v < best[t]:
+                for u in range(nwant - 1, t, -1):
+                    best[u] = best[u - 1]
+                best[t] = v
+                break
+    n = 0
+    for t in range(nwant):
+        if best[t] == np.iinfo(np.int64).max:
+            break
+        for j in range(n_grid):
+            if d2[j] == best[t]:
+                if write_at >= 0:
+                    out[write_at + n] = j
+                n += 1
+    return n
+
+
+@njit(cache=True, parallel=True)
+def _build(pos, bits, kmap_size, nwant):
+    n_grid, group = pos.shape
+    kmap = np.full(kmap_size, -1, np.int32)
+    for j in range(n_grid):
+        idx = 0
+        for k in range(group):
+            idx |= ((pos[j, k] - 1) // 2) << (bits * k)
+        kmap[idx] = j
+    counts = np.zeros(kmap_size, np.int64)
+    dummy = np.zeros(1, np.uint16)
+    for i in prange(kmap_size):
+        if kmap[i] >= 0:
+            continue
+        d2 = np.empty(n_grid, np.int64)
+        counts[i] = _neighbour_row(i, pos, bits, nwant, d2, dummy, -1)
+    offsets = np.full(kmap_size, -1, np.int64)
+    total = 0
+    for i in range(kmap_size):
+        if kmap[i] >= 0:
+            continue
+        offsets[i] = total
+        total += 1 + counts[i]
+    neigh = np.zeros(total, np.uint16)
+    for i in prange(kmap_size):
+        if kmap[i] >= 0:
+            continue
+        d2 = np.empty(n_grid, np.int64)
+        o = offsets[i]
+        neigh[o] = _neighbour_row(i, pos, bits, nwant, d2, neigh, o + 1)
+        kmap[i] = -(o + 1)
+    return kmap, neigh
+
+
+def grid_positions(name: str) -> np.ndarray:
+    """(n_grid, group) int8 grid points as 2*level + 1."""
+    grid = _SPECS[name][0]()
+    levels = np.unique(grid)
+    return (2 * np.searchsorted(levels, grid) + 1).astype(np.int8)
+
+
+def get(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pos int8 (n_grid, group), kmap int32, neigh uint16) for one grid, built on first use."""
+    hit = _cache.get(name)
+    if hit is not None:
+        return hit
+    with _lock:
+        hit = _cache.get(name)
+        if hit is None:
+            _, bits, kmap_size, nwant = _SPECS[name]
+            pos = grid_positions(name)
+            kmap, neigh = _build(pos, bits, kmap_size, nwant)
+            hit = (pos, kmap, neigh)
+            _cache[name] = hit
+    return hit

@@ -1,0 +1,594 @@
+"""Encoders for the i-quants: IQ4_XS, IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_S, IQ1_M.
+
+IQ4_XS shares ggml's non-linear 4-bit search with IQ4_NL (legacy.iq4_impl).
+The lattice types follow ggml's quantize_row_iq*_impl: per 32- (or 16-)
+weight block the signs are split off (for IQ2_XXS/IQ2_XS/IQ3_XXS an even
+number of them, flipping the least important weight when needed), a range
+of trial scales is scanned, each group of 8 (or 4) magnitudes is rounded to
+the level grid and, when that point is not on the type's lattice, replaced
+by its best-weighted neighbour (grids.py); the scale with the best weighted
+fit wins.  Weights are qw[j] * sqrt(sigma2 + x[j]^2) with an importance
+matrix, x[j]^2 without one (where ggml allows that).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..types import GGMLType
+from . import grids
+from .common import F, GROUP_MAX_EPS, make_qp_quants, nearest_int, put_f16, put_u16
+from .legacy import KVALUES_IQ4NL, iq4_impl
+
+QK_K = 256
+FLT_MAX = F(3.4028234663852886e38)
+EPS_IQ3_XXS = F(1e-8)
+EPS_IQ2_S = F(1e-8)
+
+
+# ----------------------------------------------------------------- IQ4_XS
+
+@njit(cache=True)
+def _iq4_xs(x, y, qw, has_qw):
+    scales = np.zeros(8, np.float32)
+    weight = np.empty(32, np.float32)
+    L = np.zeros(QK_K, np.uint8)
+    for ibl in range(x.shape[0] // QK_K):
+        b = 136 * ibl
+        o = QK_K * ibl
+        iq4_impl(QK_K, 32, x[o:o + QK_K], y, b, b + 8, b + 2, b + 4, scales, weight, L,
+                 KVALUES_IQ4NL, qw[o:o + QK_K] if has_qw else qw, has_qw, 7)
+
+
+# ----------------------------------------------------------------- shared lattice helpers
+
+@njit(cache=True)
+def _find_best_neighbour(neigh, off, pos, xval, xo, waux, scale, L, n):
+    """Best-weighted lattice neighbour of a group; writes its levels to L[xo:xo+n]."""
+    num = np.int64(neigh[off])
+    best_d2 = FLT_MAX
+    gi = -1
+    for j in range(1, num + 1):
+        g = np.int64(neigh[off + j])
+        d2 = F(0.0)
+        for i in range(n):
+            q = F(pos[g, i])
+            diff = scale * q - xval[xo + i]
+            d2 += waux[xo + i] * diff * diff
+        if d2 < best_d2:
+            best_d2 = d2
+            gi = g
+    for i in range(n):
+        L[xo + i] = (pos[gi, i] - 1) // 2
+    return gi
+
+
+@njit(cache=True)
+def _split_signs_even(xb, weight, xval, block_signs, ngroups):
+    """|x| into xval with an even number of sign flips per group of 8 (the least important one
+    is kept unflipped and its magnitude negated when the count is odd)."""
+    for k in range(ngroups):
+        nflip = 0
+        s = 0
+        for i in range(8):
+            v = xb[8 * k + i]
+            if v >= 0:
+                xval[8 * k + i] = v
+            else:
+                xval[8 * k + i] = -v
+                nflip += 1
+                s |= 1 << i
+        if nflip % 2:
+            imin = 0
+            mn = weight[8 * k] * xb[8 * k] * xb[8 * k]
+            for i in range(1, 8):
+                ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
+                if ax < mn:
+                    mn = ax
+                    imin = i
+            xval[8 * k + imin] = -xval[8 * k + imin]
+            s ^= 1 << imin
+        block_signs[k] = s & 127
+
+
+@njit(cache=True)
+def _round_group(xval, o, idd, n, kmax_minus1, L, bits):
+    """Levels of one group at inverse scale idd; returns the level code."""
+    u = 0
+    for i in range(n):
+        l = nearest_int(F(0.5) * (idd * xval[o + i] - F(1.0)))
+        l = max(0, min(kmax_minus1, l))
+        L[o + i] = l
+        u |= l << (bits * i)
+    return u
+
+
+@njit(cache=True)
+def _code(L, o, n, bits):
+    u = 0
+    for i in range(n):
+        u |= np.int64(L[o + i]) << (bits * i)
+    return u
+
+
+@njit(cache=True)
+def _fit(weight, xval, L, n):
+    sumqx = F(0.0)
+    sumq2 = F(0.0)
+    for i in range(n):
+        w = weight[i]
+        q = F(2 * np.int64(L[i]) + 1)
+        sumqx += w * xval[i] * q
+        sumq2 += w * q * q
+    return sumqx, sumq2
+
+
+@njit(cache=True)
+def _block_weights(xb, qw, qo, has_qw, sigma2, weight, waux, n):
+    if has_qw:
+        for i in range(n):
+            weight[i] = qw[qo + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+    else:
+        for i in range(n):
+            weight[i] = xb[i] * xb[i]
+    for i in range(n):
+        waux[i] = np.sqrt(weight[i])
+
+
+@njit(cache=True)
+def _sumsq(xs):
+    s = F(0.0)
+    for i in range(xs.shape[0]):
+        s += xs[i] * xs[i]
+    return s
+
+
+# ----------------------------------------------------------------- IQ2_XXS
+# layout: d, qs uint32[16]: per 32-block (grid idx x4 bytes) and (signs 4x7 bits | scale << 28)
+
+@njit(cache=True)
+def _iq2_xxs(x, y, qw, pos, kmap, neigh):
+    kmax = 3
+    scales = np.zeros(8, np.float32)
+    weight = np.zeros(32, np.float32)
+    xval = np.zeros(32, np.float32)
+    L = np.zeros(32, np.int8)
+    Laux = np.zeros(32, np.int8)
+    Lq = np.zeros(32, np.uint8)
+    waux = np.zeros(32, np.float32)
+    block_signs = np.zeros(4, np.int64)
+    q2 = np.zeros(16, np.int64)
+    for ibl in range(x.shape[0] // QK_K):
+        b = 66 * ibl
+        for k in range(66):
+            y[b + k] = 0
+        q2[:] = 0
+        max_scale = F(0.0)
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        sigma2 = _sumsq(xbl) / F(QK_K)
+        for ib in range(8):
+            xb = xbl[32 * ib:32 * ib + 32]
+            _block_weights(xb, qw, QK_K * ibl + 32 * ib, True, sigma2, weight, waux, 32)
+            _split_signs_even(xb, weight, xval, block_signs, 4)
+            mx = xval[0]
+            for i in range(1, 32):
+                mx = max(mx, xval[i])
+            if mx < GROUP_MAX_EPS:
+                scales[ib] = 0
+                L[:] = 0
+                continue
+            scale = make_qp_quants(32, kmax + 1, xval, Lq, weight)
+            for i in range(32):
+                L[i] = Lq[i]
+            eff_max = scale * F(kmax)
+            if eff_max <= 0:
+                scales[ib] = 0
+                L[:] = 0
+                continue
+            best = F(0.0)
+            for is_ in range(-6, 7):
+                idd = (F(2 * kmax - 1) + F(is_) * F(0.1)) / eff_max
+                this_scale = F(1.0) / idd
+                for k in range(4):
+                    u = _round_group(xval, 8 * k, idd, 8, kmax - 1, Laux, 2)
+                    if kmap[u] < 0:
+                        _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 8 * k, waux, this_scale, Laux, 8)
+                sumqx, sumq2 = _fit(weight, xval, Laux, 32)
+                if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+                    scale = sumqx / sumq2
+                    best = scale * sumqx
+                    L[:] = Laux
+            if scale > 0:
+                idd = F(1.0) / scale
+                for k in range(4):
+                    u = _round_group(xval, 8 * k, idd, 8, kmax - 1, L, 2)
+                    gi = kmap[u]
+                    if gi < 0:
+                        gi = _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 8 * k, waux, scale, L, 8)
+                    for i in range(8):
+                        L[8 * k + i] = (pos[gi, i] - 1) // 2
+                sumqx, sumq2 = _fit(weight, xval, L, 32)
+                if sumq2 > 0:
+                    scale = sumqx / sumq2
+            if scale < 0:
+                scale = -scale
+                for k in range(4):
+                    block_signs[k] = (~block_signs[k]) & 127
+            for k in range(4):
+                gi = kmap[_code(L, 8 * k, 8, 2)]
+                if gi < 0:
+                    raise RuntimeError("IQ2_XXS: quantized point is not on the grid")
+                q2[2 * ib] |= np.int64(gi) << (8 * k)
+                q2[2 * ib + 1] |= block_signs[k] << (7 * k)
+            scales[ib] = scale
+            max_scale = max(max_scale, scale)
+        if max_scale == 0:
+            continue
+        d = max_scale / F(31.0)
+        put_f16(y, b, d)
+        idd = F(1.0) / d
+        for ib in range(8):
+            l = nearest_int(F(0.5) * (idd * scales[ib] - F(1.0)))
+            l = max(0, min(15, l))
+            q2[2 * ib + 1] |= np.int64(l) << 28
+        for k in range(16):
+            v = q2[k]
+            for t in range(4):
+                y[b + 2 + 4 * k + t] = (v >> (8 * t)) & 0xFF
+
+
+# ----------------------------------------------------------------- IQ2_XS
+# layout: d, qs uint16[32] (grid idx 9 bits | signs << 9), scales[8] (4 bits per 16-block)
+
+@njit(cache=True)
+def _iq2_xs(x, y, qw, pos, kmap, neigh):
+    kmax = 3
+    scales = np.zeros(16, np.float32)
+    weight = np.zeros(16, np.float32)
+    xval = np.zeros(16, np.float32)
+    L = np.zeros(16, np.int8)
+    Laux = np.zeros(16, np.int8)
+    waux = np.zeros(16, np.float32)
+    on_grid = np.zeros(2, np.bool_)
+    on_grid_aux = np.zeros(2, np.bool_)
+    block_signs = np.zeros(2, np.int64)
+    q2 = np.zeros(32, np.int64)
+    for ibl in range(x.shape[0] // QK_K):
+        b = 74 * ibl
+        for k in range(74):
+            y[b + k] = 0
+        q2[:] = 0
+        max_scale = F(0.0)
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        sigma2 = _sumsq(xbl) / F(QK_K)
+        for ib in range(16):
+            xb = xbl[16 * ib:16 * ib + 16]
+            _block_weights(xb, qw, QK_K * ibl + 16 * ib, True, sigma2, weight, waux, 16)
+            _split_signs_even(xb, weight, xval, block_signs, 2)
+            mx = xval[0]
+            for i in range(1, 16):
+                mx = max(mx, xval[i])
+            L[:] = 0
+            if mx < GROUP_MAX_EPS:
+                scales[ib] = 0
+                continue
+            best = F(0.0)
+            scale = mx / F(2 * kmax - 1)
+            on_grid[:] = True
+            for is_ in range(-9, 10):
+                idd = (F(2 * kmax - 1) + F(is_) * F(0.1)) / mx
+                this_scale = F(1.0) / idd
+                for k in range(2):
+                    u = _round_group(xval, 8 * k, idd, 8, kmax - 1, Laux, 2)
+                    on_grid_aux[k] = True
+                    if kmap[u] < 0:
+                        on_grid_aux[k] = False
+                        _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 8 * k, waux, this_scale, Laux, 8)
+                sumqx, sumq2 = _fit(weight, xval, Laux, 16)
+                if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+                    scale = sumqx / sumq2
+                    best = scale * sumqx
+                    L[:] = Laux
+                    on_grid[:] = on_grid_aux
+            n_not = 0
+            for k in range(2):
+                if not on_grid[k]:
+                    n_not += 1
+            if n_not > 0 and scale > 0:
+                idd = F(1.0) / scale
+                for k in range(2):
+                    if on_grid[k]:
+                        continue
+                    u = _round_group(xval, 8 * k, idd, 8, kmax - 1, L, 2)
+                    if kmap[u] < 0:
+                        _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 8 * k, waux, scale, L, 8)
+                sumqx, sumq2 = _fit(weight, xval, L, 16)
+                if sumq2 > 0:
+                    scale = sumqx / sumq2
+            if scale < 0:
+                scale = -scale
+                for k in range(2):
+                    block_signs[k] = (~block_signs[k]) & 127
+            for k in range(2):
+                gi = kmap[_code(L, 8 * k, 8, 2)]
+                if gi < 0:
+                    raise RuntimeError("IQ2_XS: quantized point is not on the grid")
+                q2[2 * ib + k] = np.int64(gi) | (block_signs[k] << 9)
+            scales[ib] = scale
+            max_scale = max(max_scale, scale)
+        if max_scale == 0:
+            continue
+        d = max_scale / F(31.0)
+        put_f16(y, b, d)
+        idd = F(1.0) / d
+        for ib in range(16):
+            l = nearest_int(F(0.5) * (idd * scales[ib] - F(1.0)))
+            l = max(0, min(15, l))
+            if ib % 2 == 0:
+                y[b + 66 + ib // 2] = l
+            else:
+                y[b + 66 + ib // 2] |= l << 4
+        for k in range(32):
+            put_u16(y, b + 2 + 2 * k, q2[k] & 0xFFFF)
+
+
+# ----------------------------------------------------------------- IQ3_XXS
+# layout: d, grid idx [64], uint32[8] (signs 4x7 bits | scale << 28)
+
+@njit(cache=True)
+def _iq3_xxs(x, y, qw, has_qw, pos, kmap, neigh):
+    kmax = 8
+    scales = np.zeros(8, np.float32)
+    weight = np.zeros(32, np.float32)
+    xval = np.zeros(32, np.float32)
+    L = np.zeros(32, np.int8)
+    Laux = np.zeros(32, np.int8)
+    waux = np.zeros(32, np.float32)
+    on_grid = np.zeros(8, np.bool_)
+    on_grid_aux = np.zeros(8, np.bool_)
+    block_signs = np.zeros(4, np.int64)
+    sas = np.zeros(8, np.int64)
+    for ibl in range(x.shape[0] // QK_K):
+        b = 98 * ibl
+        for k in range(98):
+            y[b + k] = 0
+        sas[:] = 0
+        max_scale = F(0.0)
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        sigma2 = F(2.0) * _sumsq(xbl) / F(QK_K)
+        for ib in range(8):
+            xb = xbl[32 * ib:32 * ib + 32]
+            _block_weights(xb, qw, QK_K * ibl + 32 * ib, has_qw, sigma2, weight, waux, 32)
+            _split_signs_even(xb, weight, xval, block_signs, 4)
+            mx = xval[0]
+            for i in range(1, 32):
+                mx = max(mx, xval[i])
+            L[:] = 0
+            if mx < EPS_IQ3_XXS:
+                scales[ib] = 0
+                continue
+            best = F(0.0)
+            scale = mx / F(2 * kmax - 1)
+            on_grid[:] = True
+            for is_ in range(-15, 16):
+                idd = (F(2 * kmax - 1) + F(is_) * F(0.2)) / mx
+                this_scale = F(1.0) / idd
+                for k in range(8):
+                    u = _round_group(xval, 4 * k, idd, 4, kmax - 1, Laux, 3)
+                    on_grid_aux[k] = True
+                    if kmap[u] < 0:
+                        on_grid_aux[k] = False
+                        _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 4 * k, waux, this_scale, Laux, 4)
+                sumqx, sumq2 = _fit(weight, xval, Laux, 32)
+                if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+                    scale = sumqx / sumq2
+                    best = scale * sumqx
+                    L[:] = Laux
+                    on_grid[:] = on_grid_aux
+            n_not = 0
+            for k in range(8):
+                if not on_grid[k]:
+                    n_not += 1
+            if n_not > 0 and scale > 0:
+                idd = F(1.0) / scale
+                for k in range(8):
+                    if on_grid[k]:
+                        continue
+                    u = _round_group(xval, 4 * k, idd, 4, kmax - 1, Laux, 3)
+                    gi = kmap[u]
+                    if gi < 0:
+                        gi = _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 4 * k, waux, scale, L, 4)
+                    for i in range(4):
+                        L[4 * k + i] = (pos[gi, i] - 1) // 2
+                sumqx, sumq2 = _fit(weight, xval, L, 32)
+                if sumq2 > 0:
+                    scale = sumqx / sumq2
+            if scale < 0:
+                scale = -scale
+                for k in range(4):
+                    block_signs[k] = (~block_signs[k]) & 127
+            for k in range(8):
+                gi = kmap[_code(L, 4 * k, 4, 3)]
+                if gi < 0:
+                    raise RuntimeError("IQ3_XXS: quantized point is not on the grid")
+                y[b + 2 + 8 * ib + k] = gi & 0xFF
+            sas[ib] = block_signs[0] | (block_signs[1] << 7) | (block_signs[2] << 14) | (block_signs[3] << 21)
+            scales[ib] = scale
+            max_scale = max(max_scale, scale)
+        if max_scale == 0:
+            for k in range(96):
+                y[b + 2 + k] = 0
+            continue
+        d = max_scale / F(31.0)
+        put_f16(y, b, d * F(1.0125))
+        idd = F(1.0) / d
+        for ib in range(8):
+            l = nearest_int(F(0.5) * (idd * scales[ib] - F(1.0)))
+            l = max(0, min(15, l))
+            v = sas[ib] | (np.int64(l) << 28)
+            for t in range(4):
+                y[b + 66 + 4 * ib + t] = (v >> (8 * t)) & 0xFF
+
+
+# ----------------------------------------------------------------- IQ3_S
+# layout: d, qs[64] (grid idx low 8 bits), qh[8] (bit 9), signs[32], scales[4] (4 bits per 32-block)
+
+@njit(cache=True)
+def _iq3_s(x, y, qw, has_qw, pos, kmap, neigh):
+    kmax = 8
+    bs = 32
+    bs4 = 8
+    bs8 = 4
+    scales = np.zeros(8, np.float32)
+    weight = np.zeros(32, np.float32)
+    xval = np.zeros(32, np.float32)
+    L = np.zeros(32, np.int8)
+    Laux = np.zeros(32, np.int8)
+    waux = np.zeros(32, np.float32)
+    on_grid = np.zeros(8, np.bool_)
+    on_grid_aux = np.zeros(8, np.bool_)
+    block_signs = np.zeros(4, np.int64)
+    for ibl in range(x.shape[0] // QK_K):
+        b = 110 * ibl
+        for k in range(110):
+            y[b + k] = 0
+        qs = b + 2
+        qh = b + 66
+        signs = b + 74
+        max_scale = F(0.0)
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        sigma2 = F(2.0) * _sumsq(xbl) / F(QK_K)
+        for ib in range(QK_K // bs):
+            xb = xbl[bs * ib:bs * ib + bs]
+            _block_weights(xb, qw, QK_K * ibl + bs * ib, has_qw, sigma2, weight, waux, bs)
+            for k in range(bs8):
+                s = 0
+                for i in range(8):
+                    v = xb[8 * k + i]
+                    if v >= 0:
+                        xval[8 * k + i] = v
+                    else:
+                        xval[8 * k + i] = -v
+                        s |= 1 << i
+                block_signs[k] = s
+            mx = xval[0]
+            for i in range(1, bs):
+                mx = max(mx, xval[i])
+            L[:] = 0
+            if mx == 0:
+                scales[ib] = 0
+                continue
+            best = F(0.0)
+            scale = mx / F(2 * kmax - 1)
+            on_grid[:] = False
+            for is_ in range(-9, 10):
+                idd = (F(2 * kmax - 1) + F(is_) * F(0.2)) / mx
+                this_scale = F(1.0) / idd
+                for k in range(bs4):
+                    u = _round_group(xval, 4 * k, idd, 4, kmax - 1, Laux, 3)
+                    on_grid_aux[k] = True
+                    if kmap[u] < 0:
+                        on_grid_aux[k] = False
+                        _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 4 * k, waux, this_scale, Laux, 4)
+                sumqx, sumq2 = _fit(weight, xval, Laux, bs)
+                if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+                    scale = sumqx / sumq2
+                    best = scale * sumqx
+                    L[:] = Laux
+                    on_grid[:] = on_grid_aux
+            n_not = 0
+            for k in range(bs4):
+                if not on_grid[k]:
+                    n_not += 1
+            if n_not > 0 and scale > 0:
+                idd = F(1.0) / scale
+                for k in range(bs4):
+                    u = _round_group(xval, 4 * k, idd, 4, kmax - 1, Laux, 3)
+                    gi = kmap[u]
+                    if gi < 0:
+                        gi = _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 4 * k, waux, scale, L, 4)
+                    for i in range(4):
+                        L[4 * k + i] = (pos[gi, i] - 1) // 2
+                sumqx, sumq2 = _fit(weight, xval, L, bs)
+                if sumq2 > 0:
+                    scale = sumqx / sumq2
+            if scale < 0:
+                scale = -scale
+                for k in range(bs8):
+                    block_signs[k] = (~block_signs[k]) & 0xFF
+            for k in range(bs4):
+                gi = kmap[_code(L, 4 * k, 4, 3)]
+                if gi < 0:
+                    raise RuntimeError("IQ3_S: quantized point is not on the grid")
+                y[qs + k] = gi & 255
+                t = ib * bs4 + k
+                y[qh + t // 8] |= ((gi >> 8) << (t % 8)) & 0xFF
+            qs += bs4
+            for k in range(bs8):
+                y[signs + k] = block_signs[k]
+            signs += bs8
+            scales[ib] = scale
+            max_scale = max(max_scale, scale)
+        if max_scale == 0:
+            continue
+        d = max_scale / F(31.0)
+        put_f16(y, b, d * F(1.033))
+        idd = F(1.0) / d
+        for ib in range(0, QK_K // bs, 2):
+            l1 = nearest_int(F(0.5) * (idd * scales[ib] - F(1.0)))
+            l1 = max(0, min(15, l1))
+            l2 = nearest_int(F(0.5) * (idd * scales[ib + 1] - F(1.0)))
+            l2 = max(0, min(15, l2))
+            y[b + 106 + ib // 2] = l1 | (l2 << 4)
+
+
+# ----------------------------------------------------------------- row driver
+
+K_IQ4_XS, K_IQ3_S, K_IQ3_XXS, K_IQ2_S, K_IQ2_XS, K_IQ2_XXS, K_IQ1_S, K_IQ1_M = range(8)
+_GRID = {K_IQ3_S: "iq3s", K_IQ3_XXS: "iq3xxs", K_IQ2_S: "iq2s", K_IQ2_XS: "iq2xs",
+         K_IQ2_XXS: "iq2xxs", K_IQ1_S: "iq1s", K_IQ1_M: "iq1s"}
+_BYTES = {K_IQ4_XS: 136, K_IQ3_S: 110, K_IQ3_XXS: 98, K_IQ2_S: 82, K_IQ2_XS: 74, K_IQ2_XXS: 66,
+          K_IQ1_S: 50, K_IQ1_M: 56}
+
+
+@njit(cache=True, parallel=True)
+def encode_rows(x, qw, has_qw, out, kind, pos, kmap, neigh):
+    for r in prange(x.shape[0]):
+        xr = x[r]
+        yr = out[r]
+        if kind == K_IQ4_XS:
+            _iq4_xs(xr, yr, qw, has_qw)
+        elif kind == K_IQ3_S:
+            _iq3_s(xr, yr, qw, has_qw, pos, kmap, neigh)
+        elif kind == K_IQ3_XXS:
+            _iq3_xxs(xr, yr, qw, has_qw, pos, kmap, neigh)
+        elif kind == K_IQ2_XS:
+            _iq2_xs(xr, yr, qw, pos, kmap, neigh)
+        elif kind == K_IQ2_XXS:
+            _iq2_xxs(xr, yr, qw, pos, kmap, neigh)
+
+
+_NO_GRID = (np.zeros((1, 1), np.int8), np.zeros(1, np.int32), np.zeros(1, np.uint16))
+
+
+def _encoder(kind):
+    bpb = _BYTES[kind]
+
+    def encode(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        n_rows, n = x.shape
+        out = np.zeros((n_rows, n // QK_K * bpb), np.uint8)
+        has_qw = imatrix is not None
+        qw = imatrix if has_qw else np.zeros(n, np.float32)
+        pos, kmap, neigh = grids.get(_GRID[kind]) if kind in _GRID else _NO_GRID
+        encode_rows(x, qw, has_qw, out, kind, pos, kmap, neigh)
+        return out
+    return encode
+
+
+ENCODERS = {
+    GGMLType.IQ4_XS: _encoder(K_IQ4_XS),
+    GGMLType.IQ3_S: _encoder(K_IQ3_S),
+    GGMLType.IQ3_XXS: _encoder(K_IQ3_XXS),
+    GGMLType.IQ2_XS: _encoder(K_IQ2_XS),
+    GGMLType.IQ2_XXS: _encoder(K_IQ2_XXS),
+}

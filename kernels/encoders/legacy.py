@@ -1,0 +1,495 @@
+"""Encoders for the 32-weight block types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1,
+IQ4_NL, MXFP4, plus the plain float conversions F32/F16/BF16.
+
+Without an importance matrix ggml uses the deterministic reference rounding
+(quantize_row_*_ref); with one, Q4_0/Q5_0 search a symmetric scale and
+Q4_1/Q5_1 a (scale, min) pair weighted by qw[j] * sqrt(sigma2 + x[j]^2).
+Q8_0, Q8_1 and MXFP4 ignore the importance matrix, as ggml does.
+IQ4_NL always takes the search path (quantize_iq4_nl), with weights x^2
+when there is no importance matrix.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..iquant_tables import kvalues_iq4nl, kvalues_mxfp4
+
+from .common import (F, GROUP_MAX_EPS, best_index_int8, fp16_bits_to_fp32, fp32_to_fp16_bits,
+                     make_qkx3_quants, make_qx_quants, nearest_int, put_f16, put_u16, roundf)
+
+KVALUES_IQ4NL = kvalues_iq4nl
+KVALUES_MXFP4 = kvalues_mxfp4
+
+# kind codes for the shared row driver
+K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, K_Q8_1, K_IQ4_NL, K_MXFP4 = range(8)
+
+
+# ----------------------------------------------------------------- reference (no imatrix)
+
+@njit(cache=True)
+def _absmax_signed(x, o):
+    amax = F(0.0)
+    mx = F(0.0)
+    for j in range(32):
+        v = x[o + j]
+        if amax < abs(v):
+            amax = abs(v)
+            mx = v
+    return mx
+
+
+@njit(cache=True)
+def _q4_0_ref(x, y):
+    nb = x.shape[0] // 32
+    for i in range(nb):
+        o = 32 * i
+        b = 18 * i
+        mx = _absmax_signed(x, o)
+        d = mx / F(-8.0)
+        idd = F(1.0) / d if d != 0 else F(0.0)
+        put_f16(y, b, d)
+        for j in range(16):
+            x0 = x[o + j] * idd
+            x1 = x[o + 16 + j] * idd
+            xi0 = min(15, int(np.float32(x0 + F(8.5))))
+            xi1 = min(15, int(np.float32(x1 + F(8.5))))
+            y[b + 2 + j] = xi0 | (xi1 << 4)
+
+
+@njit(cache=True)
+def _minmax(x, o):
+    mn = F(3.4028234663852886e38)
+    mx = F(-3.4028234663852886e38)
+    for j in range(32):
+        v = x[o + j]
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+    return mn, mx
+
+
+@njit(cache=True)
+def _q4_1_ref(x, y):
+    nb = x.shape[0] // 32
+    for i in range(nb):
+        o = 32 * i
+        b = 20 * i
+        mn, mx = _minmax(x, o)
+        d = (mx - mn) / F(15.0)
+        idd = F(1.0) / d if d != 0 else F(0.0)
+        put_f16(y, b, d)
+        put_f16(y, b + 2, mn)
+        for j in range(16):
+            x0 = (x[o + j] - mn) * idd
+            x1 = (x[o + 16 + j] - mn) * idd
+            xi0 = min(15, int(np.float32(x0 + F(0.5))))
+            xi1 = min(15, int(np.float32(x1 + F(0.5))))
+            y[b + 4 + j] = xi0 | (xi1 << 4)
+
+
+@njit(cache=True)
+def _put_q5(y, b, qh_off, qs_off, L):
+    qh = 0
+    for j in range(16):
+        xi0 = L[j]
+        xi1 = L[j + 16]
+        y[qs_off + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4)
+        qh |= ((xi0 & 0x10) >> 4) << j
+        qh |= ((xi1 & 0x10) >> 4) << (j + 16)
+    for k in range(4):
+        y[qh_off + k] = (qh >> (8 * k)) & 0xFF
+
+
+@njit(cache=True)
+def _q5_0_ref(x, y):
+    nb = x.shape[0] // 32
+    L = np.empty(32, np.int64)
+    for i in range(nb):
+        o = 32 * i
+        b = 22 * i
+        mx = _absmax_signed(x, o)
+        d = mx / F(-16.0)
+        idd = F(1.0) / d if d != 0 else F(0.0)
+        put_f16(y, b, d)
+        for j in range(32):
+            L[j] = min(31, int(np.float32(x[o + j] * idd + F(16.5))))
+        _put_q5(y, b, b + 2, b + 6, L)
+
+
+@njit(cache=True)
+def _q5_1_ref(x, y):
+    nb = x.shape[0] // 32
+    L = np.empty(32, np.int64)
+    for i in range(nb):
+        o = 32 * i
+        b = 24 * i
+        mn, mx = _minmax(x, o)
+        d = (mx - mn) / F(31.0)
+        idd = F(1.0) / d if d != 0 else F(0.0)
+        put_f16(y, b, d)
+        put_f16(y, b + 2, mn)
+        for j in range(32):
+            L[j] = int(np.float32((x[o + j] - mn) * idd + F(0.5))) & 0xFF
+        _put_q5(y, b, b + 4, b + 8, L)
+
+
+@njit(cache=True)
+def _q8_0(x, y):
+    nb = x.shape[0] // 32
+    for i in range(nb):
+        o = 32 * i
+        b = 34 * i
+        amax = F(0.0)
+        for j in range(32):
+            amax = max(amax, abs(x[o + j]))
+        d = amax / F(127.0)
+        idd = F(1.0) / d if d != 0 else F(0.0)
+        put_f16(y, b, d)
+        for j in range(32):
+            y[b + 2 + j] = roundf(x[o + j] * idd) & 0xFF
+
+
+@njit(cache=True)
+def _q8_1(x, y):
+    nb = x.shape[0] // 32
+    for i in range(nb):
+        o = 32 * i
+        b = 36 * i
+        amax = F(0.0)
+        for j in range(32):
+            amax = max(amax, abs(x[o + j]))
+        d = amax / F(127.0)
+        idd = F(1.0) / d if d != 0 else F(0.0)
+        put_f16(y, b, d)
+        s = 0
+        for j in range(32):
+            q = roundf(x[o + j] * idd)
+            q = ((q + 128) & 0xFF) - 128  # int8 store
+            y[b + 4 + j] = q & 0xFF
+            s += q
+        put_f16(y, b + 2, F(s) * d)
+
+
+@njit(cache=True)
+def _best_index_mxfp4(v, e):
+    best_index = 0
+    best_err = abs(F(KVALUES_MXFP4[0]) * e - v)
+    for i in range(1, 16):
+        err = abs(F(KVALUES_MXFP4[i]) * e - v)
+        if err < best_err:
+            best_index = i
+            best_err = err
+    return best_index
+
+
+@njit(cache=True)
+def e8m0_to_fp32_half(e):
+    if e < 2:
+        return np.float32((0x00200000 << e) * 2.0 ** -149)
+    return np.float32(2.0 ** (e - 128))
+
+
+@njit(cache=True)
+def _mxfp4(x, y):
+    nb = x.shape[0] // 32
+    for i in range(nb):
+        o = 32 * i
+        b = 17 * i
+        amax = F(0.0)
+        for j in range(32):
+            if amax < abs(x[o + j]):
+                amax = abs(x[o + j])
+        e = 0
+        if amax > 0:
+            e = int(np.float32(np.floor(np.log2(amax)) - F(2.0) + F(127.0))) & 0xFF
+        d = e8m0_to_fp32_half(e)
+        y[b] = e
+        for j in range(16):
+            x0 = _best_index_mxfp4(x[o + j], d)
+            x1 = _best_index_mxfp4(x[o + 16 + j], d)
+            y[b + 1 + j] = x0 | (x1 << 4)
+
+
+# ----------------------------------------------------------------- imatrix-aware
+
+@njit(cache=True)
+def _row_sigma2(x):
+    s = F(0.0)
+    for j in range(x.shape[0]):
+        s += x[j] * x[j]
+    return s / F(x.shape[0])
+
+
+@njit(cache=True)
+def _q4_0_im(x, y, qw):
+    sigma2 = _row_sigma2(x)
+    weight = np.empty(32, np.float32)
+    L = np.empty(32, np.int8)
+    for ib in range(x.shape[0] // 32):
+        xb = x[32 * ib:32 * ib + 32]
+        for j in range(32):
+            weight[j] = qw[32 * ib + j] * np.sqrt(sigma2 + xb[j] * xb[j])
+        d = make_qx_quants(32, 8, xb, L, 1, weight, True)
+        b = 18 * ib
+        put_f16(y, b, d)
+        for j in range(16):
+            y[b + 2 + j] = L[j] | (L[j + 16] << 4)
+
+
+@njit(cache=True)
+def _q5_0_im(x, y, qw):
+    sigma2 = _row_sigma2(x)
+    weight = np.empty(32, np.float32)
+    L = np.empty(32, np.int8)
+    Li = np.empty(32, np.int64)
+    for ib in range(x.shape[0] // 32):
+        xb = x[32 * ib:32 * ib + 32]
+        for j in range(32):
+            weight[j] = qw[32 * ib + j] * np.sqrt(sigma2 + xb[j] * xb[j])
+        d = make_qx_quants(32, 16, xb, L, 1, weight, True)
+        b = 22 * ib
+        put_f16(y, b, d)
+        for j in range(32):
+            Li[j] = L[j] & 0xFF
+        _put_q5(y, b, b + 2, b + 6, Li)
+
+
+@njit(cache=True)
+def _q4_1_im(x, y, qw):
+    sigma2 = _row_sigma2(x)
+    weight = np.empty(32, np.float32)
+    L = np.empty(32, np.uint8)
+    Laux = np.empty(32, np.uint8)
+    for ib in range(x.shape[0] // 32):
+        xb = x[32 * ib:32 * ib + 32]
+        for j in range(32):
+            weight[j] = qw[32 * ib + j] * np.sqrt(sigma2 + xb[j] * xb[j])
+        d, the_min = make_qkx3_quants(32, 15, xb, weight, L, Laux, F(-0.9), F(0.05), 36, False)
+        b = 20 * ib
+        put_f16(y, b, d)
+        put_f16(y, b + 2, -the_min)
+        for j in range(16):
+            y[b + 4 + j] = L[j] | (L[j + 16] << 4)
+
+
+@njit(cache=True)
+def _q5_1_im(x, y, qw):
+    sigma2 = _row_sigma2(x)
+    weight = np.empty(32, np.float32)
+    L = np.empty(32, np.uint8)
+    Laux = np.empty(32, np.uint8)
+    Li = np.empty(32, np.int64)
+    for ib in range(x.shape[0] // 32):
+        xb = x[32 * ib:32 * ib + 32]
+        for j in range(32):
+            weight[j] = qw[32 * ib + j] * np.sqrt(sigma2 + xb[j] * xb[j])
+        d, the_min = make_qkx3_quants(32, 31, xb, weight, L, Laux, F(-0.9), F(0.05), 36, False)
+        b = 24 * ib
+        put_f16(y, b, d)
+        put_f16(y, b + 2, -the_min)
+        for j in range(32):
+            Li[j] = L[j]
+        _put_q5(y, b, b + 4, b + 8, Li)
+
+
+# ----------------------------------------------------------------- IQ4_NL / IQ4_XS core
+
+@njit(cache=True)
+def iq4_impl(super_block_size, block_size, x, y, d_off, qs_off, sh_off, sl_off,
+             scales, weight, L, values, qw, has_qw, ntry):
+    """ggml's quantize_row_iq4_nl_impl for one super-block starting at x[0].
+
+    Writes the fp16 scale at y[d_off], the packed nibbles at y[qs_off]; when the
+    super-block holds several 32-blocks also the 6-bit block scales
+    (high bits as a uint16 at y[sh_off], low nibbles at y[sl_off]).
+    """
+    sigma2 = F(0.0)
+    for j in range(super_block_size):
+        sigma2 += x[j] * x[j]
+    sigma2 *= F(2.0) / F(super_block_size)
+    for j in range(super_block_size // 2):
+        y[qs_off + j] = 0
+    put_u16(y, d_off, 0)
+    max_scale = F(0.0)
+    amax_scale = F(0.0)
+    v0 = F(values[0])
+    nblk = super_block_size // block_size
+    for ib in range(nblk):
+        o = ib * block_size
+        if has_qw:
+            for j in range(block_size):
+                weight[j] = qw[o + j] * np.sqrt(sigma2 + x[o + j] * x[o + j])
+        else:
+            for j in range(block_size):
+                weight[j] = x[o + j] * x[o + j]
+        amax = F(0.0)
+        mx = F(0.0)
+        for j in range(block_size):
+            ax = abs(x[o + j])
+            if ax > amax:
+                amax = ax
+                mx = x[o + j]
+        if amax < GROUP_MAX_EPS:
+            scales[ib] = 0
+            continue
+        d = -mx / v0 if ntry > 0 else mx / v0
+        idd = F(1.0) / d
+        sumqx = F(0.0)
+        sumq2 = F(0.0)
+        for j in range(block_size):
+            al = idd * x[o + j]
+            l = best_index_int8(16, values, al)
+            L[o + j] = l
+            q = F(values[l])
+            w = weight[j]
+            sumqx += w * q * x[o + j]
+            sumq2 += w * q * q
+        d = sumqx / sumq2 if sumq2 > 0 else F(0.0)
+        best = d * sumqx
+        for itry in range(-ntry, ntry + 1):
+            idd = (F(itry) + v0) / mx
+            sumqx = F(0.0)
+            sumq2 = F(0.0)
+            for j in range(block_size):
+                al = idd * x[o + j]
+                l = best_index_int8(16, values, al)
+                q = F(values[l])
+                w = weight[j]
+                sumqx += w * q * x[o + j]
+                sumq2 += w * q * q
+            if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+                d = sumqx / sumq2
+                best = d * sumqx
+        scales[ib] = d
+        abs_d = abs(d)
+        if abs_d > amax_scale:
+            amax_scale = abs_d
+            max_scale = d
+    if nblk > 1:
+        sh = 0
+        d = -max_scale / F(32.0)
+        dq = put_f16(y, d_off, d)
+        idd = F(1.0) / d if d != 0 else F(0.0)
+        for ib in range(nblk):
+            o = ib * block_size
+            l = nearest_int(idd * scales[ib])
+            l = max(-32, min(31, l))
+            dl = d * F(l)
+            idl = F(1.0) / dl if dl != 0 else F(0.0)
+            for j in range(block_size):
+                L[o + j] = best_index_int8(16, values, idl * x[o + j])
+            l += 32
+            l_l = l & 0xF
+            l_h = l >> 4
+            if ib % 2 == 0:
+                y[sl_off + ib // 2] = l_l
+            else:
+                y[sl_off + ib // 2] |= l_l << 4
+            sh |= l_h << (2 * (ib % 8))
+        put_u16(y, sh_off, sh)
+    else:
+        put_f16(y, d_off, scales[0])
+        if ntry > 0:
+            idd = F(1.0) / scales[0] if scales[0] != 0 else F(0.0)
+            for j in range(super_block_size):
+                L[j] = best_index_int8(16, values, idd * x[j])
+    for i in range(super_block_size // 32):
+        for j in range(16):
+            y[qs_off + 16 * i + j] = L[32 * i + j] | (L[32 * i + 16 + j] << 4)
+
+
+@njit(cache=True)
+def _iq4_nl(x, y, qw, has_qw):
+    scales = np.zeros(1, np.float32)
+    weight = np.empty(32, np.float32)
+    L = np.zeros(32, np.uint8)
+    for ib in range(x.shape[0] // 32):
+        b = 18 * ib
+        iq4_impl(32, 32, x[32 * ib:32 * ib + 32], y, b, b + 2, 0, 0, scales, weight, L,
+                 KVALUES_IQ4NL, qw[32 * ib:32 * ib + 32] if has_qw else qw, has_qw, 7)
+
+
+# ----------------------------------------------------------------- row driver
+
+@njit(cache=True, parallel=True)
+def encode_rows(x, qw, has_qw, out, kind):
+    """x (n_rows, n_per_row) float32, qw (n_per_row,) float32 -> out (n_rows, row_bytes) uint8."""
+    for r in prange(x.shape[0]):
+        xr = x[r]
+        yr = out[r]
+        if kind == K_Q8_0:
+            _q8_0(xr, yr)
+        elif kind == K_Q8_1:
+            _q8_1(xr, yr)
+        elif kind == K_MXFP4:
+            _mxfp4(xr, yr)
+        elif kind == K_IQ4_NL:
+            _iq4_nl(xr, yr, qw, has_qw)
+        elif kind == K_Q4_0:
+            if has_qw:
+                _q4_0_im(xr, yr, qw)
+            else:
+                _q4_0_ref(xr, yr)
+        elif kind == K_Q4_1:
+            if has_qw:
+                _q4_1_im(xr, yr, qw)
+            else:
+                _q4_1_ref(xr, yr)
+        elif kind == K_Q5_0:
+            if has_qw:
+                _q5_0_im(xr, yr, qw)
+            else:
+                _q5_0_ref(xr, yr)
+        elif kind == K_Q5_1:
+            if has_qw:
+                _q5_1_im(xr, yr, qw)
+            else:
+                _q5_1_ref(xr, yr)
+
+
+def _encoder(kind, bpb):
+    def encode(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        n_rows, n = x.shape
+        out = np.zeros((n_rows, n // 32 * bpb), np.uint8)
+        has_qw = imatrix is not None
+        qw = imatrix if has_qw else np.zeros(n, np.float32)
+        encode_rows(x, qw, has_qw, out, kind)
+        return out
+    return encode
+
+
+encode_q4_0 = _encoder(K_Q4_0, 18)
+encode_q4_1 = _encoder(K_Q4_1, 20)
+encode_q5_0 = _encoder(K_Q5_0, 22)
+encode_q5_1 = _encoder(K_Q5_1, 24)
+encode_q8_0 = _encoder(K_Q8_0, 34)
+encode_q8_1 = _encoder(K_Q8_1, 36)
+encode_iq4_nl = _encoder(K_IQ4_NL, 18)
+encode_mxfp4 = _encoder(K_MXFP4, 17)
+
+
+# ----------------------------------------------------------------- plain floats
+
+def encode_f32(x: np.ndarray, imatrix=None) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype="<f4").view(np.uint8).reshape(x.shape[0], -1)
+
+
+def encode_f16(x: np.ndarray, imatrix=None) -> np.ndarray:
+    """Round to nearest even (as ggml_fp32_to_fp16_row); NaN becomes a quiet NaN 0x7E00 with its sign."""
+    h = x.astype("<f2").view(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        sign = (x.view(np.uint32) >> 16).astype(np.uint16) & np.uint16(0x8000)
+        h = np.where(nan, sign | np.uint16(0x7E00), h)
+    return np.ascontiguousarray(h, dtype="<u2").view(np.uint8).reshape(x.shape[0], -1)
+
+
+def encode_bf16(x: np.ndarray, imatrix=None) -> np.ndarray:
+    """As ggml_compute_fp32_to_bf16: round to nearest even, NaN forced quiet."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    bits = np.where(nan, (u >> 16) | 64, rounded).astype("<u2")
+    return bits.view(np.uint8).reshape(x.shape[0], -1)

@@ -1,0 +1,265 @@
+"""Quantized matrix-vector products y = W x on repacked weights (see repack.py).
+
+Fast kernels (one per packed kind), parallel over rows with ``prange``:
+
+* The weights are decoded on the fly to float32 (``d * q + m`` per 32-weight
+  block is applied to the block's partial dot product, never materialised).
+* Arithmetic: float32 throughout (``fastmath``, so LLVM vectorizes the sum over
+  eight blocks at a time in ymm lanes).  Per block: ``p = sum_k q_k x_k`` over the
+  integer quants, then ``acc += d p + m sum(x_block)``.  Each row is computed by one
+  thread in one fixed order, so the result does not depend on the thread count.
+* Error bound used by the tests: ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` (plus 1e-30),
+  ``W`` the exact dequantization and ``W x`` taken in float64.
+
+``x`` is re-laid out once per call (a few KB) to match the block-transposed quants:
+``xlo[k*nb + b] = x[32 b + k]``, ``xhi[k*nb + b] = x[32 b + 16 + k]``.
+
+The ``raw`` kind (every type without a fast layout) decodes a few rows at a time
+with the registry's decoder into a per-thread float32 buffer and dots them
+(float32 products, float32 accumulation, same bound).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+f32 = np.float32
+_M15 = np.uint8(15)
+_S4 = np.uint8(4)
+_I15 = np.int32(15)
+_I4 = np.int32(4)
+_I32 = np.int32(32)
+
+
+# --------------------------------------------------------------------------- activation layouts
+
+
+@njit(cache=True)
+def _x_halves(x, nb):
+    """x (32 nb,) -> xlo, xhi (16 nb,) block-transposed halves and xs (nb,) block sums."""
+    xlo = np.empty(16 * nb, np.float32)
+    xhi = np.empty(16 * nb, np.float32)
+    xs = np.empty(nb, np.float32)
+    for b in range(nb):
+        s = f32(0)
+        for k in range(16):
+            a = x[32 * b + k]
+            c = x[32 * b + 16 + k]
+            xlo[k * nb + b] = a
+            xhi[k * nb + b] = c
+            s += a + c
+        xs[b] = s
+    return xlo, xhi, xs
+
+
+@njit(cache=True)
+def _x_full(x, nb):
+    """x (32 nb,) -> block-transposed copy xt[k*nb + b] = x[32 b + k]."""
+    xt = np.empty(32 * nb, np.float32)
+    for b in range(nb):
+        for k in range(32):
+            xt[k * nb + b] = x[32 * b + k]
+    return xt
+
+
+# --------------------------------------------------------------------------- fast kernels
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q4(qt, d, m, x, y):
+    """Q4_0 / Q4_1 / Q4_K packed: qt (rows, 16 nb) uint8, d, m (rows, nb) f32; y (rows,) f32."""
+    rows, nb = d.shape
+    xlo, xhi, xs = _x_halves(x, nb)
+    for r in prange(rows):
+        q = qt[r]
+        dr = d[r]
+        mr = m[r]
+        acc = f32(0)
+        for b in range(nb):
+            p = f32(0)
+            for k in range(16):
+                v = q[k * nb + b]
+                p += f32(v & _M15) * xlo[k * nb + b] + f32(v >> _S4) * xhi[k * nb + b]
+            acc += dr[b] * p + mr[b] * xs[b]
+        y[r] = acc
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q5(qt, qh, d, m, x, y):
+    """Q5_0 / Q5_1 / Q5_K packed: as q4 plus qh (rows, nb) int32 holding the 5th bits."""
+    rows, nb = d.shape
+    xlo, xhi, xs = _x_halves(x, nb)
+    for r in prange(rows):
+        q = qt[r]
+        h = qh[r]
+        dr = d[r]
+        mr = m[r]
+        acc = f32(0)
+        for b in range(nb):
+            p = f32(0)
+            hb = h[b]
+            for k in range(16):
+                v = np.int32(q[k * nb + b])
+                lo = (v & _I15) | (((hb >> k) & 1) << 4)
+                hi = (v >> _I4) | (((hb >> (k + 16)) & 1) << 4)
+                p += f32(lo) * xlo[k * nb + b] + f32(hi) * xhi[k * nb + b]
+            acc += dr[b] * p + mr[b] * xs[b]
+        y[r] = acc
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q8(qt, d, x, y):
+    """Q8_0 packed: qt (rows, 32 nb) int8, d (rows, nb) f32."""
+    rows, nb = d.shape
+    xt = _x_full(x, nb)
+    for r in prange(rows):
+        q = qt[r]
+        dr = d[r]
+        acc = f32(0)
+        for b in range(nb):
+            p = f32(0)
+            for k in range(32):
+                p += f32(q[k * nb + b]) * xt[k * nb + b]
+            acc += dr[b] * p
+        y[r] = acc
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q6(qt, hl, hh, sl, sh, x, y):
+    """Q6_K packed: low nibbles qt, top-2-bit words hl/hh, scales sl/sh (weights 0-15 / 16-31)."""
+    rows, nb = sl.shape
+    xlo, xhi, xs = _x_halves(x, nb)
+    for r in prange(rows):
+        q = qt[r]
+        hlr = hl[r]
+        hhr = hh[r]
+        slr = sl[r]
+        shr = sh[r]
+        acc = f32(0)
+        for b in range(nb):
+            pl = f32(0)
+            ph = f32(0)
+            a = hlr[b]
+            c = hhr[b]
+            for k in range(16):
+                v = np.int32(q[k * nb + b])
+                lo = ((v & _I15) | (((a >> (2 * k)) & 3) << 4)) - _I32
+                hi = ((v >> _I4) | (((c >> (2 * k)) & 3) << 4)) - _I32
+                pl += f32(lo) * xlo[k * nb + b]
+                ph += f32(hi) * xhi[k * nb + b]
+            acc += slr[b] * pl + shr[b] * ph
+        y[r] = acc
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_f32(w, x, y):
+    rows, cols = w.shape
+    for r in prange(rows):
+        wr = w[r]
+        acc = f32(0)
+        for j in range(cols):
+            acc += wr[j] * x[j]
+        y[r] = acc
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def dot_rows(w, x, y):
+    """y[i] = w[i] . x for a small float32 tile (serial; called per thread by the raw path)."""
+    n, cols = w.shape
+    for i in range(n):
+        acc = f32(0)
+        wr = w[i]
+        for j in range(cols):
+            acc += wr[j] * x[j]
+        y[i] = acc
+
+
+# --------------------------------------------------------------------------- exact decoders (rows -> float32)
+# No fastmath: d*q is exact in float32 and "+ m" rounds once, exactly as ggml's expressions;
+# the symmetric types use (q - off) * d as ggml does, which also keeps the sign of zero.
+
+
+@njit(parallel=True, cache=True)
+def decode_q4(qt, d, m, off, ids, out):
+    """off = 0: w = q d + m (Q4_1, Q4_K); off = 8: w = (q - 8) d (Q4_0, m unused)."""
+    nb = d.shape[1]
+    for i in prange(ids.size):
+        r = ids[i]
+        q = qt[r]
+        o = out[i]
+        for b in range(nb):
+            db = d[r, b]
+            mb = m[r, b]
+            for k in range(16):
+                v = np.int32(q[k * nb + b])
+                lo = v & _I15
+                hi = v >> _I4
+                if off == 0:
+                    o[32 * b + k] = f32(lo) * db + mb
+                    o[32 * b + 16 + k] = f32(hi) * db + mb
+                else:
+                    o[32 * b + k] = f32(lo - off) * db
+                    o[32 * b + 16 + k] = f32(hi - off) * db
+
+
+@njit(parallel=True, cache=True)
+def decode_q5(qt, qh, d, m, off, ids, out):
+    """off = 0: w = q d + m (Q5_1, Q5_K); off = 16: w = (q - 16) d (Q5_0, m unused)."""
+    nb = d.shape[1]
+    for i in prange(ids.size):
+        r = ids[i]
+        q = qt[r]
+        o = out[i]
+        for b in range(nb):
+            db = d[r, b]
+            mb = m[r, b]
+            hb = qh[r, b]
+            for k in range(16):
+                v = np.int32(q[k * nb + b])
+                lo = (v & _I15) | (((hb >> k) & 1) << 4)
+                hi = (v >> _I4) | (((hb >> (k + 16)) & 1) << 4)
+                if off == 0:
+                    o[32 * b + k] = f32(lo) * db + mb
+                    o[32 * b + 16 + k] = f32(hi) * db + mb
+                else:
+                    o[32 * b + k] = f32(lo - off) * db
+                    o[32 * b + 16 + k] = f32(hi - off) * db
+
+
+@njit(parallel=True, cache=True)
+def decode_q8(qt, d, ids, out):
+    nb = d.shape[1]
+    for i in prange(ids.size):
+        r = ids[i]
+        q = qt[r]
+        o = out[i]
+        for b in range(nb):
+            db = d[r, b]
+            for k in range(32):
+                o[32 * b + k] = f32(q[k * nb + b]) * db
+
+
+@njit(parallel=True, cache=True)
+def decode_q6(qt, hl, hh, sl, sh, ids, out):
+    nb = sl.shape[1]
+    for i in prange(ids.size):
+        r = ids[i]
+        q = qt[r]
+        o = out[i]
+        for b in range(nb):
+            a = hl[r, b]
+            c = hh[r, b]
+            s0 = sl[r, b]
+            s1 = sh[r, b]
+            for k in range(16):
+                v = np.int32(q[k * nb + b])
+                lo = ((v & _I15) | (((a >> (2 * k)) & 3) << 4)) - _I32
+                hi = ((v >> _I4) | (((c >> (2 * k)) & 3) << 4)) - _I32
+                o[32 * b + k] = s0 * f32(lo)
+                o[32 * b + 16 + k] = s1 * f32(hi)
+
+
+@njit(parallel=True, cache=True)
+def gather_f32(w, ids, out):
+    for i in prange(ids.size):
+        out[i, :] = w[ids[i]]

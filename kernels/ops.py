@@ -1,0 +1,313 @@
+"""Fused transformer operations (Numba).
+
+Everything here works on float32 activations laid out row-major, one row per
+token.  The model code (``gguf_engine.model``) calls these through the CPU
+backend; they carry no model logic of their own beyond the arithmetic.
+
+KV caches are either float32 or float16.  Numba has no float16 arithmetic on
+the CPU, so a float16 cache is handed in as its ``uint16`` bit view together
+with ``F16_TABLE`` (all 65536 half values as float32); ``_f32`` picks the right
+load at compile time.
+
+Shapes (n = tokens in the batch, H = query heads, Hkv = key/value heads,
+hd = head size, C = cache length):
+    q3: (n, H, hd)   k3, v3: (n, Hkv, hd)   k_cache, v_cache: (C, Hkv, hd)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+# every float16 bit pattern decoded to float32 (index with the uint16 bits)
+F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def _f32(x, table):  # pragma: no cover - replaced by the overload inside Numba
+    raise NotImplementedError
+
+
+@overload(_f32, jit_options={"cache": True})
+def _f32_overload(x, table):
+    """Load one cache element as float32: a uint16 is float16 bits, decoded by table."""
+    if isinstance(x, types.Integer):
+        return lambda x, table: table[x]
+    return lambda x, table: np.float32(x)
+
+
+# ----------------------------------------------------------------------------- norms
+
+@njit(cache=True)
+def _rms_scale(row, eps):
+    s = 0.0  # float64 accumulator
+    for j in range(row.shape[0]):
+        v = row[j]
+        s += v * v
+    return np.float32(1.0 / math.sqrt(s / row.shape[0] + eps))
+
+
+@njit(cache=True)
+def rms_norm(x, w, eps, out):
+    """out[i] = x[i] / rms(x[i]) * w.   x, out: (n, d) float32; w: (d,)."""
+    n, d = x.shape
+    for i in range(n):
+        sc = _rms_scale(x[i], eps)
+        for j in range(d):
+            out[i, j] = x[i, j] * sc * w[j]
+
+
+@njit(cache=True)
+def add_rms_norm(x, delta, post_w, has_post, w, eps, out):
+    """Residual update then the next norm, in one pass.
+
+    delta is first RMS-normed with post_w when has_post (Gemma's post-attention
+    / post-FFN norms), then x += delta (in place), then out = rms_norm(x) * w.
+    x, delta, out: (n, d) float32; post_w, w: (d,).
+    """
+    n, d = x.shape
+    for i in range(n):
+        if has_post:
+            sp = _rms_scale(delta[i], eps)
+            for j in range(d):
+                x[i, j] += delta[i, j] * sp * post_w[j]
+        else:
+            for j in range(d):
+                x[i, j] += delta[i, j]
+        sc = _rms_scale(x[i], eps)
+        for j in range(d):
+            out[i, j] = x[i, j] * sc * w[j]
+
+
+# ----------------------------------------------------------------------------- rope
+
+@njit(cache=True)
+def _rope_row(v, cos, sin, neox):
+    """Rotate one head vector v (hd,) in place with the angles of one position.
+
+    cos, sin: (n_rot/2,).  neox: pairs (i, i + n_rot/2); otherwise adjacent
+    pairs (2i, 2i+1).  Dimensions past n_rot are left alone.
+    """
+    half = cos.shape[0]
+    if neox:
+        for i in range(half):
+            a = v[i]
+            b = v[i + half]
+            v[i] = a * cos[i] - b * sin[i]
+            v[i + half] = a * sin[i] + b * cos[i]
+    else:
+        for i in range(half):
+            a = v[2 * i]
+            b = v[2 * i + 1]
+            v[2 * i] = a * cos[i] - b * sin[i]
+            v[2 * i + 1] = a * sin[i] + b * cos[i]
+
+
+@njit(cache=True)
+def _head_rms_norm(v, w, eps):
+    sc = _rms_scale(v, eps)
+    for j in range(v.shape[0]):
+        v[j] = v[j] * sc * w[j]
+
+
+@njit(cache=True)
+def qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps,
+                cos, sin, pos0, neox):
+    """Everything between the Q/K/V projections and attention, in place.
+
+    Adds the Q/K/V biases (has_bias; bq: (H, hd), bk, bv: (Hkv, hd)), applies
+    the per-head RMS norms (has_qk_norm; qn, kn: (hd,)), then RoPE at positions
+    pos0 .. pos0+n-1 taken from the tables cos, sin: (n_ctx, n_rot/2).
+    q3: (n, H, hd), k3, v3: (n, Hkv, hd).
+    """
+    n, H, hd = q3.shape
+    Hkv = k3.shape[1]
+    for t in range(n):
+        c = cos[pos0 + t]
+        s = sin[pos0 + t]
+        for h in range(H):
+            row = q3[t, h]
+            if has_bias:
+                for j in range(hd):
+                    row[j] += bq[h, j]
+            if has_qk_norm:
+                _head_rms_norm(row, qn, eps)
+            _rope_row(row, c, s, neox)
+        for h in range(Hkv):
+            row = k3[t, h]
+            if has_bias:
+                for j in range(hd):
+                    row[j] += bk[h, j]
+                    v3[t, h, j] += bv[h, j]
+            if has_qk_norm:
+                _head_rms_norm(row, kn, eps)
+            _rope_row(row, c, s, neox)
+
+
+@njit(cache=True)
+def rope_inplace(x3, cos, sin, pos0, neox):
+    """RoPE alone on x3: (n, heads, hd) at positions pos0.. (for tests and tools)."""
+    n, H, hd = x3.shape
+    for t in range(n):
+        for h in range(H):
+            _rope_row(x3[t, h], cos[pos0 + t], sin[pos0 + t], neox)
+
+
+# ----------------------------------------------------------------------------- attention
+
+@njit(cache=True)
+def _attend_one(q, k_cache, v_cache, kvh, lo, hi, scale, softcap, table, scores, out):
+    """out = softmax(scale * q . K[lo:hi]) @ V[lo:hi] for one query head.
+
+    q: (hd,) float32; scores: scratch (>= hi-lo,); out: (hd,).
+    """
+    hd = q.shape[0]
+    m = -np.inf
+    for j in range(lo, hi):
+        s = np.float32(0.0)
+        for d in range(hd):
+            s += q[d] * _f32(k_cache[j, kvh, d], table)
+        s *= scale
+        if softcap > 0:
+            s = softcap * math.tanh(s / softcap)
+        scores[j - lo] = s
+        if s > m:
+            m = s
+    total = 0.0
+    for j in range(hi - lo):
+        e = math.exp(scores[j] - m)
+        scores[j] = e
+        total += e
+    inv = np.float32(1.0 / total)
+    for d in range(hd):
+        out[d] = 0.0
+    for j in range(lo, hi):
+        p = scores[j - lo] * inv
+        for d in range(hd):
+            out[d] += p * _f32(v_cache[j, kvh, d], table)
+
+
+@njit(cache=True, parallel=True)
+def attention(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
+    """Causal multi-head attention of n new tokens over the cache.
+
+    Token t sits at position pos0+t and sees keys max(0, p-window+1) .. p
+    (window <= 0: all earlier keys).  Grouped-query: head h reads key/value
+    head h // (H / Hkv).  softcap > 0 caps scores with softcap*tanh(s/softcap).
+    q3, out3: (n, H, hd) float32; caches: (C, Hkv, hd) float32 or uint16 bits.
+    """
+    n, H, hd = q3.shape
+    Hkv = k_cache.shape[1]
+    group = H // Hkv
+    for idx in prange(n * H):
+        t = idx // H
+        h = idx - t * H
+        p = pos0 + t
+        lo = 0
+        if window > 0 and p - window + 1 > 0:
+            lo = p - window + 1
+        scores = np.empty(p + 1 - lo, dtype=np.float32)
+        _attend_one(q3[t, h], k_cache, v_cache, h // group, lo, p + 1, scale, softcap, table,
+                    scores, out3[t, h])
+
+
+@njit(cache=True, parallel=True)
+def masked_softmax(S, pos0, key0, window, softcap):
+    """Row softmax of attention scores with the causal / sliding-window mask.
+
+    S: (G, n, K) float32 scores (already scaled) of queries at positions
+    pos0+t against keys at positions key0+j; updated in place.  Masked
+    entries become 0.  softcap > 0 applies softcap*tanh(s/softcap) first.
+    """
+    G, n, K = S.shape
+    for r in prange(G * n):
+        g = r // n
+        t = r - g * n
+        p = pos0 + t
+        lo = 0
+        if window > 0 and p - window + 1 > 0:
+            lo = p - window + 1
+        jlo = max(lo - key0, 0)
+        jhi = min(p - key0 + 1, K)
+        row = S[g, t]
+        m = -np.inf
+        for j in range(jlo, jhi):
+            v = row[j]
+            if softcap > 0:
+                v = softcap * math.tanh(v / softcap)
+                row[j] = v
+            if v > m:
+                m = v
+        total = 0.0
+        for j in range(jlo, jhi):
+            e = math.exp(row[j] - m)
+            row[j] = e
+            total += e
+        inv = np.float32(1.0 / total)
+        for j in range(jlo):
+            row[j] = 0.0
+        for j in range(jlo, jhi):
+            row[j] *= inv
+        for j in range(jhi, K):
+            row[j] = 0.0
+
+
+# ----------------------------------------------------------------------------- misc
+
+@njit(cache=True)
+def softmax_inplace(x):
+    """Numerically stable softmax of a 1-D float32 vector, in place."""
+    m = -np.inf
+    for i in range(x.shape[0]):
+        if x[i] > m:
+            m = x[i]
+    total = 0.0
+    for i in range(x.shape[0]):
+        e = math.exp(x[i] - m)
+        x[i] = e
+        total += e
+    inv = np.float32(1.0 / total)
+    for i in range(x.shape[0]):
+        x[i] *= inv
+
+
+GELU_COEF_A = 0.044715
+SQRT_2_OVER_PI = 0.7978845608028654
+
+
+@njit(cache=True, parallel=True)
+def gated_act(gate, up, gelu, out):
+    """out = act(gate) * up; act is SiLU, or GELU (tanh form) when gelu.
+
+    gate, up, out: (n, ff) float32 (out may alias gate).
+    """
+    n, ff = gate.shape
+    for i in prange(n):
+        for j in range(ff):
+            g = gate[i, j]
+            if gelu:
+                a = 0.5 * g * (1.0 + math.tanh(SQRT_2_OVER_PI * g * (1.0 + GELU_COEF_A * g * g)))
+            else:
+                a = g / (1.0 + math.exp(-g))
+            out[i, j] = np.float32(a) * up[i, j]
+
+
+@njit(cache=True)
+def gated_act_row(gate, up, gelu, out):
+    """gated_act for a single token, without the thread-pool launch. All (ff,)."""
+    for j in range(gate.shape[0]):
+        g = gate[j]
+        if gelu:
+            a = 0.5 * g * (1.0 + math.tanh(SQRT_2_OVER_PI * g * (1.0 + GELU_COEF_A * g * g)))
+        else:
+            a = g / (1.0 + math.exp(-g))
+        out[j] = np.float32(a) * up[j]
+
+
+@njit(cache=True)
+def softcap_inplace(x, cap):
+    """x = cap * tanh(x / cap), in place, any float32 array flattened."""
+    f = x.reshape(-1)
+    for i in range(f.shape[0]):
+        f[i] = cap * math.tanh(f[i] / cap)

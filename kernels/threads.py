@@ -1,0 +1,40 @@
+"""The kernels' thread count: Numba's parallel loops and the raw-type worker pool.
+
+``set_num_threads(n)`` applies to every kernel called afterwards from the calling
+thread (Numba keeps the setting per calling thread).  numpy's BLAS (used by
+``matmul`` for the float32 GEMM) keeps its own pool, sized by OPENBLAS_NUM_THREADS /
+OMP_NUM_THREADS at start-up.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def set_num_threads(n: int) -> None:
+    """Use n threads (1 .. the number Numba was started with) in the kernels."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    if n > limit:
+        raise ValueError(f"thread count {n} exceeds the {limit} threads available "
+                         f"(NUMBA_NUM_THREADS / CPU count)")
+    numba.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return numba.get_num_threads()
+
+
+def pool() -> ThreadPoolExecutor:
+    """A shared worker pool for kernels that run nogil Numba code on Python threads."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS, os.cpu_count() or 1),
+                                   thread_name_prefix="kernels")
+    return _pool

@@ -1,0 +1,266 @@
+"""``Weight``: a weight matrix prepared for the engine (repacked once, multiplied many times).
+
+    W = Weight(data, qtype, shape)     # data: the tensor's raw bytes (uint8) or a typed F32 view
+    y = W.matvec(x)                    # x (cols,) f32 -> y (rows,) f32        decode step
+    Y = W.matmul(X)                    # X (n, cols) f32 -> Y (n, rows) f32    prompt batch
+    E = W.rows(ids)                    # (len(ids), cols) f32: embedding gather, exact
+    F = W.dequantize()                 # (rows, cols) f32, exact (bit-identical to kernels.dequantize)
+
+rows = output features (GGUF/numpy order).  Construction copies the tensor into
+the repacked layout of repack.py (about the file's size: 4-bit types take 6 bits
+per weight, Q8_0 9, Q6_K 8) and keeps no reference to ``data``, so a file mapping
+can be closed afterwards.
+
+Fusing: ``Weight.concat([Wq, Wk, Wv])`` stacks the rows of weights of one type
+and row length into one Weight (one kernel launch, one pass over x); split the
+result with ``W.split(y)``.  ``fused_matvec(ws, x)`` stacks what it can on the
+fly (prefer building the concatenated Weight once at load).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import matvec as mv
+from .matmul import MATVEC_MAX_BATCH, tiled_matmul
+from .registry import get_qtype
+from .repack import Packed, concat as _concat_packed, repack
+from .threads import get_num_threads, pool
+from .types import GGMLType, as_type, row_bytes
+
+# Float32 rows decoded per step by the raw (registry decoder) path, per thread.
+_RAW_CHUNK_ELEMENTS = 1 << 14
+# Symmetric types decode as (q - offset) * d (ggml's expression; exact zeros keep their sign).
+_NO_OFFSET = np.int32(0)
+_OFFSET = {GGMLType.Q4_0: np.int32(8), GGMLType.Q5_0: np.int32(16)}
+
+
+class Weight:
+    """A (rows, cols) weight matrix of GGML type `qtype`, repacked for the kernels."""
+
+    __slots__ = ("qtype", "shape", "packed", "splits", "_decode")
+
+    def __init__(self, data: np.ndarray, qtype, shape):
+        t = as_type(qtype)
+        if len(tuple(shape)) != 2:
+            raise ValueError(f"Weight needs a 2-D shape (rows, cols), got {tuple(shape)}")
+        rows, cols = (int(s) for s in shape)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"{t.name} weight: empty shape {(rows, cols)}")
+        qt = get_qtype(t)                      # raises a clear error for unsupported types
+        row_bytes(t, cols)                     # raises if cols is not a whole number of blocks
+        self._init(repack(data, t, (rows, cols)), qt.decode, (rows,))
+
+    def _init(self, packed: Packed, decode, splits):
+        self.qtype = packed.qtype
+        self.shape = (packed.rows, packed.cols)
+        self.packed = packed
+        self.splits = tuple(splits)
+        self._decode = decode
+
+    @classmethod
+    def _from_packed(cls, packed: Packed, splits) -> "Weight":
+        w = cls.__new__(cls)
+        w._init(packed, get_qtype(packed.qtype).decode, splits)
+        return w
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory by the repacked weight."""
+        return self.packed.nbytes
+
+    @property
+    def file_nbytes(self) -> int:
+        """Bytes the tensor takes in GGML form (what a matvec is measured against)."""
+        return self.shape[0] * row_bytes(self.qtype, self.shape[1])
+
+    def __repr__(self) -> str:
+        return f"Weight({self.qtype.name}, {self.shape}, layout={self.packed.kind})"
+
+    # ------------------------------------------------------------------ products
+
+    def matvec(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """y (rows,) = W x for x (cols,) float32."""
+        rows, cols = self.shape
+        x = _as_f32(x, (cols,), "x")
+        if out is None:
+            out = np.empty(rows, np.float32)
+        elif out.shape != (rows,) or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a contiguous float32 array of shape {(rows,)}")
+        p = self.packed
+        A = p.arrays
+        k = p.kind
+        if k == "q4":
+            mv.matvec_q4(A["qt"], A["d"], A["m"], x, out)
+        elif k == "q5":
+            mv.matvec_q5(A["qt"], A["qh"], A["d"], A["m"], x, out)
+        elif k == "q8":
+            mv.matvec_q8(A["qt"], A["d"], x, out)
+        elif k == "q6":
+            mv.matvec_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], x, out)
+        elif k == "f32":
+            mv.matvec_f32(A["w"], x, out)
+        else:
+            self._raw_matvec(x, out)
+        return out
+
+    def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Y (n, rows) = X Wᵀ for X (n, cols) float32."""
+        rows, cols = self.shape
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != cols:
+            raise ValueError(f"X must have shape (n, {cols}), got {X.shape}")
+        X = _as_f32(X, X.shape, "X")
+        n = X.shape[0]
+        if out is None:
+            out = np.empty((n, rows), np.float32)
+        elif out.shape != (n, rows) or out.dtype != np.float32:
+            raise ValueError(f"out must be a float32 array of shape {(n, rows)}")
+        if n <= MATVEC_MAX_BATCH and out.flags.c_contiguous:
+            for i in range(n):
+                self.matvec(X[i], out[i])
+            return out
+        if self.packed.kind == "f32":
+            np.matmul(X, self.packed.arrays["w"].T, out=out)
+            return out
+        return tiled_matmul(X, rows, cols, self.decode_range, out)
+
+    # ------------------------------------------------------------------ decoding
+
+    def rows(self, ids) -> np.ndarray:
+        """Exact float32 rows `ids` (embedding lookup): (len(ids), cols)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        rows, cols = self.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= rows):
+            bad = ids[(ids < 0) | (ids >= rows)][0]
+            raise IndexError(f"row {bad} out of range for a weight with {rows} rows")
+        out = np.empty((ids.size, cols), np.float32)
+        self._decode_ids(np.ascontiguousarray(ids), out)
+        return out
+
+    def decode_range(self, r0: int, r1: int, out: np.ndarray) -> None:
+        """Decode rows r0..r1-1 exactly into out (r1-r0, cols) float32 (C-contiguous)."""
+        if self.packed.kind == "raw":
+            self._raw_decode(r0, r1, out)
+        else:
+            self._decode_ids(np.arange(r0, r1, dtype=np.int64), out)
+
+    def dequantize(self) -> np.ndarray:
+        """The whole matrix as float32 (rows, cols), exact."""
+        out = np.empty(self.shape, np.float32)
+        self.decode_range(0, self.shape[0], out)
+        return out
+
+    def _decode_ids(self, ids: np.ndarray, out: np.ndarray) -> None:
+        p = self.packed
+        A = p.arrays
+        k = p.kind
+        if k == "q4":
+            mv.decode_q4(A["qt"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
+        elif k == "q5":
+            mv.decode_q5(A["qt"], A["qh"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
+        elif k == "q8":
+            mv.decode_q8(A["qt"], A["d"], ids, out)
+        elif k == "q6":
+            mv.decode_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], ids, out)
+        elif k == "f32":
+            mv.gather_f32(A["w"], ids, out)
+        else:
+            raw = A["raw"]
+            for i, r in enumerate(ids):
+                self._decode(raw[r], out[i])
+
+    # ------------------------------------------------------------------ raw (registry decoder) path
+
+    def _raw_ranges(self, r0: int, r1: int) -> list[tuple[int, int]]:
+        n = r1 - r0
+        parts = max(1, min(get_num_threads(), n))
+        bounds = np.linspace(r0, r1, parts + 1).astype(np.int64)
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def _run(self, fn, ranges) -> None:
+        if len(ranges) == 1:
+            fn(*ranges[0])
+            return
+        for f in [pool().submit(fn, a, b) for a, b in ranges]:
+            f.result()
+
+    def _raw_matvec(self, x: np.ndarray, out: np.ndarray) -> None:
+        raw = self.packed.arrays["raw"]
+        cols = self.shape[1]
+        step = max(1, _RAW_CHUNK_ELEMENTS // cols)
+        decode = self._decode
+
+        def work(a, b):
+            buf = np.empty((min(step, b - a), cols), np.float32)
+            for s in range(a, b, step):
+                e = min(b, s + step)
+                t = buf[:e - s]
+                decode(raw[s:e].reshape(-1), t.reshape(-1))
+                mv.dot_rows(t, x, out[s:e])
+
+        self._run(work, self._raw_ranges(0, self.shape[0]))
+
+    def _raw_decode(self, r0: int, r1: int, out: np.ndarray) -> None:
+        raw = self.packed.arrays["raw"]
+        decode = self._decode
+
+        def work(a, b):
+            decode(raw[a:b].reshape(-1), out[a - r0:b - r0].reshape(-1))
+
+        self._run(work, self._raw_ranges(r0, r1))
+
+    # ------------------------------------------------------------------ fusion
+
+    @classmethod
+    def concat(cls, weights: "list[Weight]") -> "Weight":
+        """One Weight whose rows are the rows of `weights` in order (same type and cols)."""
+        if not weights:
+            raise ValueError("concat needs at least one weight")
+        splits = []
+        for w in weights:
+            splits.extend(w.splits)
+        return cls._from_packed(_concat_packed([w.packed for w in weights]), splits)
+
+    @staticmethod
+    def can_concat(weights: "list[Weight]") -> bool:
+        return len({(w.qtype, w.shape[1]) for w in weights}) == 1
+
+    def split(self, y: np.ndarray) -> list[np.ndarray]:
+        """Split an output (..., rows) into the parts of the weights this one was concatenated from."""
+        return np.split(y, np.cumsum(self.splits)[:-1], axis=-1)
+
+
+def fused_matvec(weights: "list[Weight]", x: np.ndarray) -> list[np.ndarray]:
+    """[W x for W in weights], for weights that share the input x.
+
+    The fastest form is a stacked Weight built once at load (``Weight.concat``: one
+    kernel launch, x laid out once); this helper serves mixed types and one-off use,
+    calling each weight's matvec in turn (stacking on every call would copy them)."""
+    return [w.matvec(x) for w in weights]
+
+
+# --------------------------------------------------------------------------- functional API
+
+
+def matvec(data: np.ndarray, qtype, shape, x: np.ndarray) -> np.ndarray:
+    """y (rows,) = W x with W given by its raw GGML bytes (repacked for this call)."""
+    return Weight(data, qtype, shape).matvec(x)
+
+
+def matmul(X: np.ndarray, data: np.ndarray, qtype, shape) -> np.ndarray:
+    """Y (n, rows) = X Wᵀ with W given by its raw GGML bytes."""
+    return Weight(data, qtype, shape).matmul(X)
+
+
+def _as_f32(a, shape, name) -> np.ndarray:
+    a = np.asarray(a)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+    return a
+
+
+__all__ = ["Weight", "fused_matvec", "matvec", "matmul", "GGMLType"]

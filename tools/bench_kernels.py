@@ -1,0 +1,140 @@
+"""Kernel benchmark: quantized matvec, decode and batched matmul, as ratios of the machine's own limits.
+
+    python tools/bench_kernels.py [--threads N] [--types Q4_1,Q8_0,...] [--reps R] [--batch 512]
+
+For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
+  matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of R runs)
+  decode GB/s   GGML bytes per second turned into float32 by Weight.dequantize
+  mm GFLOP/s    2*n*rows*cols / time of Weight.matmul on a batch of n (default 512)
+and each figure as a ratio of what this machine does in the same run with the same
+thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
+threads) for matvec and decode, numpy float32 GEMM for matmul (BLAS keeps its own
+thread pool, set by OPENBLAS_NUM_THREADS).  Random weights with valid scales.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import kernels  # noqa: E402
+from kernels.types import BLOCK_SIZES, GGMLType, as_type  # noqa: E402
+
+SHAPES = [(576, 1536), (1536, 576), (4096, 4096)]
+DEFAULT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+                 "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+
+# Byte offsets of the fp16 scale fields of each block (overwritten with sane values).
+_SCALE_FIELDS = {
+    GGMLType.Q4_0: (0,), GGMLType.Q4_1: (0, 2), GGMLType.Q5_0: (0,), GGMLType.Q5_1: (0, 2),
+    GGMLType.Q8_0: (0,), GGMLType.Q2_K: (80, 82), GGMLType.Q3_K: (108,), GGMLType.Q4_K: (0, 2),
+    GGMLType.Q5_K: (0, 2), GGMLType.Q6_K: (208,), GGMLType.IQ4_NL: (0,), GGMLType.IQ4_XS: (0,),
+    GGMLType.IQ2_XXS: (0,), GGMLType.IQ2_XS: (0,), GGMLType.IQ2_S: (0,), GGMLType.IQ3_XXS: (0,),
+    GGMLType.IQ3_S: (0,), GGMLType.IQ1_S: (0,), GGMLType.TQ1_0: (52,), GGMLType.TQ2_0: (64,),
+}
+
+
+def random_tensor(t: GGMLType, rows: int, cols: int, rng) -> np.ndarray:
+    """Random raw bytes of a (rows, cols) tensor of type t, with finite small fp16 scales."""
+    if t == GGMLType.F32:
+        return rng.standard_normal(rows * cols, dtype=np.float32).view(np.uint8)
+    if t == GGMLType.F16:
+        return rng.standard_normal(rows * cols).astype(np.float16).view(np.uint8)
+    if t == GGMLType.BF16:
+        return (rng.standard_normal(rows * cols).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    bs, ts = BLOCK_SIZES[t]
+    n = rows * cols // bs
+    b = rng.integers(0, 256, (n, ts), dtype=np.uint8)
+    for off in _SCALE_FIELDS.get(t, ()):
+        b[:, off:off + 2] = (rng.uniform(-1, 1, n) / 64).astype(np.float16).view(np.uint8).reshape(n, 2)
+    return b.reshape(-1)
+
+
+def best_time(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def read_bandwidth(threads: int, reps: int) -> float:
+    """GB/s of a numpy sum over 512 MB, split into one contiguous chunk per thread."""
+    a = np.ones(1 << 27, np.float32)
+    chunks = np.array_split(a, threads)
+    with ThreadPoolExecutor(threads) as ex:
+        t = best_time(lambda: list(ex.map(np.sum, chunks)), reps)
+    return a.nbytes / t / 1e9
+
+
+def gemm_rate(n: int, reps: int) -> float:
+    """numpy float32 GEMM GFLOP/s at the benchmark's shapes (their mean)."""
+    rng = np.random.default_rng(1)
+    rates = []
+    for rows, cols in SHAPES:
+        X = rng.standard_normal((n, cols), dtype=np.float32)
+        W = rng.standard_normal((rows, cols), dtype=np.float32)
+        out = np.empty((n, rows), np.float32)
+        t = best_time(lambda: np.matmul(X, W.T, out=out), reps)
+        rates.append(2 * n * rows * cols / t / 1e9)
+    return float(np.mean(rates))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--types", default=",".join(DEFAULT_TYPES))
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--shapes", default=",".join(f"{r}x{c}" for r, c in SHAPES),
+                    help="comma-separated ROWSxCOLS list")
+    args = ap.parse_args(argv)
+
+    kernels.set_num_threads(args.threads)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    rng = np.random.default_rng(0)
+
+    bw = read_bandwidth(args.threads, args.reps)
+    gemm = gemm_rate(args.batch, max(2, args.reps // 3))
+    print(f"threads={args.threads}  read bandwidth {bw:.2f} GB/s  numpy f32 GEMM (n={args.batch}) {gemm:.1f} GFLOP/s")
+    print("(ratios: matvec and decode vs read bandwidth, matmul vs GEMM; timings on a shared machine are noisy)")
+    print()
+    hdr = (f"{'type':8} {'shape':>10} {'matvec GB/s':>11} {'x bw':>5} {'decode GB/s':>11} {'x bw':>5} "
+           f"{'mm GFLOP/s':>10} {'x gemm':>6} {'compile s':>9}")
+    print(hdr)
+    print("-" * len(hdr))
+    for name in args.types.split(","):
+        t = as_type(name.strip())
+        for rows, cols in shapes:
+            data = random_tensor(t, rows, cols, rng)
+            t0 = time.perf_counter()
+            W = kernels.Weight(data, t, (rows, cols))
+            x = rng.standard_normal(cols, dtype=np.float32)
+            X = rng.standard_normal((args.batch, cols), dtype=np.float32)
+            y = np.empty(rows, np.float32)
+            W.matvec(x, y)
+            first = time.perf_counter() - t0
+            gb = W.file_nbytes / 1e9
+            t_mv = best_time(lambda: W.matvec(x, y), args.reps * 3)
+            dq = np.empty((rows, cols), np.float32)
+            t_dq = best_time(lambda: W.decode_range(0, rows, dq), args.reps)
+            del dq
+            Y = np.empty((args.batch, rows), np.float32)
+            t_mm = best_time(lambda: W.matmul(X, Y), max(2, args.reps // 3))
+            mv, dec = gb / t_mv, gb / t_dq
+            mm = 2 * args.batch * rows * cols / t_mm / 1e9
+            print(f"{t.name:8} {f'{rows}x{cols}':>10} {mv:11.2f} {mv / bw:5.2f} {dec:11.2f} {dec / bw:5.2f} "
+                  f"{mm:10.1f} {mm / gemm:6.2f} {first:9.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
