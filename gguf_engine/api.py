@@ -79,7 +79,7 @@ class Llama:
         self.perf.reset()  # the run's clock starts once the model is loaded
         self._engine = Engine(self._model, self.tokenizer, self.perf)
         self._seed = seed if seed is not None else -1
-        self.chat_template = chat_template
+        self.chat_template, self.chat_template_source = self._pick_template(chat_template)
         self.n_batch = n_batch
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
@@ -92,6 +92,21 @@ class Llama:
             print(f"llama: loaded {self.model_path} ({cfg.arch}, n_vocab = {cfg.n_vocab}, "
                   f"n_ctx = {self.n_ctx()}, n_ctx_train = {cfg.n_ctx_train}) in {self.perf.t_load_ms:.2f} ms",
                   file=sys.stderr)
+
+    def _pick_template(self, chat_template: str | None) -> tuple[str | None, str]:
+        """The chat template to use and where it comes from ("given", "model", "builtin:NAME" or
+        "default:chatml").  A model without a template whose architecture has a built-in one (gemma3)
+        gets that rather than ChatML, which such models were not trained on."""
+        if chat_template:
+            return chat_template, "given"
+        if getattr(self.tokenizer, "chat_template", None):
+            return None, "model"
+        from .tokenizer.chat import BUILTIN_TEMPLATES
+        arch = str(self._model.config.arch)
+        for name in (arch, arch.rstrip("0123456789")):
+            if name in BUILTIN_TEMPLATES:
+                return name, f"builtin:{name}"
+        return None, "default:chatml"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -188,7 +203,9 @@ class Llama:
     # ------------------------------------------------------------------ embeddings
     def embed(self, input: str | Sequence[str], normalize: bool = False, truncate: bool = True,
               ) -> list[float] | list[list[float]]:
-        """Mean-pooled final hidden states of each text (a list of floats, or one list per text)."""
+        """Mean-pooled final hidden states of each text (a list of floats, or one list per text).
+
+        The texts run through the KV cache, which is empty afterwards."""
         self._check_open()
         texts = [input] if isinstance(input, str) else list(input)
         out = []
@@ -255,7 +272,9 @@ class Llama:
         piece = self.tokenizer.decode([tok])
         top = {}
         if n_top > 0:
-            for t in np.argsort(-lp, kind="stable")[:n_top]:
+            n_top = min(n_top, lp.shape[0])
+            best = np.argpartition(-lp, n_top - 1)[:n_top]
+            for t in best[np.argsort(-lp[best], kind="stable")]:
                 top[self.tokenizer.decode([int(t)])] = float(lp[t])
         top[piece] = float(lp[tok])
         return piece, float(lp[tok]), top

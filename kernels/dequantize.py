@@ -7,19 +7,16 @@ and each chunk is decoded by the type's ``nogil`` decoder on its own thread.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
 from .registry import get_qtype
+from .threads import pool
 from .types import GGMLType
 
 # Tensors with fewer elements than this are decoded on the calling thread.
 PARALLEL_MIN_ELEMENTS = 1 << 18
-
-_pool: ThreadPoolExecutor | None = None
 
 # Plain types numpy converts exactly by itself (no compilation needed).
 _NUMPY_DTYPES = {
@@ -28,17 +25,11 @@ _NUMPY_DTYPES = {
 }
 
 
-def _threads() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
-                                   thread_name_prefix="dequantize")
-    return _pool
-
-
 def _as_bytes(data: np.ndarray, name: str) -> np.ndarray:
     """Any C-contiguous array -> flat read-only uint8 view of its bytes (copies only if not contiguous)."""
-    if not isinstance(data, np.ndarray):
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(data, dtype=np.uint8)
+    elif not isinstance(data, np.ndarray):
         data = np.asarray(data)
     if data.dtype.byteorder == ">" or (data.dtype.byteorder == "=" and np.little_endian is False):
         raise ValueError(f"{name}: big-endian input is not supported")
@@ -89,7 +80,7 @@ def dequantize(data: np.ndarray, qtype, shape) -> np.ndarray:
     # contiguous chunks of whole blocks, one per thread
     bounds = np.linspace(0, nblocks, min(workers, nblocks) + 1).astype(np.int64)
     ts, bs = qt.type_size, qt.block_size
-    futures = [_threads().submit(qt.decode, src[b0 * ts:b1 * ts], out[b0 * bs:b1 * bs])
+    futures = [pool().submit(qt.decode, src[b0 * ts:b1 * ts], out[b0 * bs:b1 * bs])
                for b0, b1 in zip(bounds[:-1], bounds[1:]) if b1 > b0]
     for f in futures:
         f.result()

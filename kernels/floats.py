@@ -6,6 +6,11 @@ exactly as ggml's conversions produce them.
 
 Decoder signature (shared by every type): ``decode(src, dst)`` with ``src`` a
 ``uint8[::1]`` of n whole blocks and ``dst`` a ``float32[::1]`` of n * block_size.
+Every decoder starts with ``check_blocks``, which rejects mismatched sizes (the
+jitted loops do no bounds checks) and returns n.  Decoders take their inner loop
+lengths from ``dst.size // n`` rather than writing the constant: a bound LLVM cannot
+see makes it keep a short loop as a loop and vectorize it (with run-time alias
+checks) instead of unrolling it into scalar code, which is about 3-4x faster.
 """
 from __future__ import annotations
 
@@ -82,22 +87,32 @@ def ue4m3_to_f32(x):
 
     0 and 0x7F decode to 0; the top bit is ignored.
     """
-    x = np.int64(x)
+    x = np.uint32(x)
     if x == 0 or x == 0x7F:
         return np.float32(0.0)
     e = (x >> 3) & 0xF
     m = x & 0x7
     if e == 0:
-        raw = np.float32(m) * np.float32(2.0 ** -9)
-    else:
-        raw = (np.float32(1.0) + np.float32(m) / np.float32(8.0)) * np.float32(2.0 ** (e - 7))
-    return raw * np.float32(0.5)
+        return np.float32(m) * np.float32(2.0 ** -10)   # m * 2^-9, halved
+    # (1 + m/8) * 2^(e-7), halved: a normal float32 with exponent e - 8
+    return np.uint32(((e + 119) << 23) | (m << 20)).view(np.float32)
 
 
 @njit(cache=True, nogil=True)
 def sext8(b):
     """uint8 byte -> its int8 value (two's complement)."""
     return (np.int32(b) ^ 0x80) - 0x80
+
+
+@njit(cache=True, nogil=True)
+def check_blocks(src, dst, type_size, block_size):
+    """Number of blocks in src; raises if src is not whole blocks or dst is not exactly their size."""
+    nb = src.size // type_size
+    if nb * type_size != src.size:
+        raise ValueError("decode: source size is not a whole number of blocks")
+    if dst.size != nb * block_size:
+        raise ValueError("decode: destination size differs from blocks * block_size")
+    return nb
 
 
 # --------------------------------------------------------------------------- decoders

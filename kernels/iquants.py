@@ -4,20 +4,27 @@ and the non-linear 4-bit types (IQ4_NL, IQ4_XS).
 The lattice types store, per group of 8 (or 4) weights, an index into a fixed grid
 of magnitudes (see ``iquant_tables``) plus sign bits.  Bit-exact with ggml's
 ``dequantize_row_iq*``: the group factor is formed in float32 exactly as there,
-then ``weight = factor * grid value`` and negated where the sign bit is set.
-Signature: ``decode(src: uint8[::1] of n whole blocks, dst: float32[::1]``.
+then ``weight = factor * grid value``, times -1 where the sign bit is set.
+Signature: ``decode(src: uint8[::1] of n whole blocks, dst: float32[::1] of n * 256 or 32)``.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from .floats import f16_at, f16_bits_to_f32, u16_at, u32_at
+from .floats import check_blocks, f16_at, f16_bits_to_f32, u16_at, u32_at
 from .iquant_tables import (IQ1S_DELTA, iq1s_grid_i8, iq2s_grid_u8, iq2xs_grid_u8, iq2xxs_grid_u8,
-                            iq3s_grid_u8, iq3xxs_grid_u8, kmask_iq2xs, ksigns_iq2xs, kvalues_iq4nl)
+                            iq3s_grid_u8, iq3xxs_grid_u8, ksigns_iq2xs, kvalues_iq4nl)
 
 _HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
 _QUARTER = np.float32(0.25)
+
+@njit(cache=True, nogil=True)
+def _sign(signs, j):
+    """-1.0 if bit j of the sign byte is set, else 1.0 (a multiply, as ggml does; no branch)."""
+    return np.float32(1 - 2 * ((np.int32(signs) >> j) & 1))
+
 
 LAYOUT_IQ2_XXS = """\
 IQ2_XXS: 256 weights in 66 bytes, 8 groups of 32
@@ -30,7 +37,11 @@ IQ2_XXS: 256 weights in 66 bytes, 8 groups of 32
 
 @njit(cache=True, nogil=True)
 def decode_iq2_xxs(src, dst):
-    for i in range(src.size // 66):
+    nb = check_blocks(src, dst, 66, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 66 * i
         d = f16_at(src, o)
         for ib in range(8):
@@ -41,9 +52,9 @@ def decode_iq2_xxs(src, dst):
                 grid = iq2xxs_grid_u8[src[qo + l]]
                 signs = ksigns_iq2xs[(aux1 >> (7 * l)) & 127]
                 y = 256 * i + 32 * ib + 8 * l
-                for j in range(8):
+                for j in range(qk // 32):
                     v = db * np.float32(grid[j])
-                    dst[y + j] = -v if signs & kmask_iq2xs[j] else v
+                    dst[y + j] = v * _sign(signs, j)
 
 
 LAYOUT_IQ2_XS = """\
@@ -57,7 +68,11 @@ IQ2_XS: 256 weights in 74 bytes, 8 groups of 32
 
 @njit(cache=True, nogil=True)
 def decode_iq2_xs(src, dst):
-    for i in range(src.size // 74):
+    nb = check_blocks(src, dst, 74, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 74 * i
         d = f16_at(src, o)
         for ib in range(8):
@@ -70,9 +85,9 @@ def decode_iq2_xs(src, dst):
                 signs = ksigns_iq2xs[q >> 9]
                 db = db0 if l < 2 else db1
                 y = 256 * i + 32 * ib + 8 * l
-                for j in range(8):
+                for j in range(qk // 32):
                     v = db * np.float32(grid[j])
-                    dst[y + j] = -v if signs & kmask_iq2xs[j] else v
+                    dst[y + j] = v * _sign(signs, j)
 
 
 LAYOUT_IQ2_S = """\
@@ -87,7 +102,11 @@ IQ2_S: 256 weights in 82 bytes, 8 groups of 32
 
 @njit(cache=True, nogil=True)
 def decode_iq2_s(src, dst):
-    for i in range(src.size // 82):
+    nb = check_blocks(src, dst, 82, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 82 * i
         d = f16_at(src, o)
         for ib in range(8):
@@ -101,9 +120,9 @@ def decode_iq2_s(src, dst):
                 signs = src[o + 34 + 4 * ib + l]
                 db = db0 if l < 2 else db1
                 y = 256 * i + 32 * ib + 8 * l
-                for j in range(8):
+                for j in range(qk // 32):
                     v = db * np.float32(grid[j])
-                    dst[y + j] = -v if signs & kmask_iq2xs[j] else v
+                    dst[y + j] = v * _sign(signs, j)
 
 
 LAYOUT_IQ3_XXS = """\
@@ -117,7 +136,11 @@ IQ3_XXS: 256 weights in 98 bytes, 8 groups of 32
 
 @njit(cache=True, nogil=True)
 def decode_iq3_xxs(src, dst):
-    for i in range(src.size // 98):
+    nb = check_blocks(src, dst, 98, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 98 * i
         d = f16_at(src, o)
         for ib in range(8):
@@ -129,11 +152,11 @@ def decode_iq3_xxs(src, dst):
                 g1 = iq3xxs_grid_u8[src[qo + 2 * l]]
                 g2 = iq3xxs_grid_u8[src[qo + 2 * l + 1]]
                 y = 256 * i + 32 * ib + 8 * l
-                for j in range(4):
+                for j in range(qk // 64):
                     v1 = db * np.float32(g1[j])
                     v2 = db * np.float32(g2[j])
-                    dst[y + j] = -v1 if signs & kmask_iq2xs[j] else v1
-                    dst[y + j + 4] = -v2 if signs & kmask_iq2xs[j + 4] else v2
+                    dst[y + j] = v1 * _sign(signs, j)
+                    dst[y + j + 4] = v2 * _sign(signs, j + 4)
 
 
 LAYOUT_IQ3_S = """\
@@ -148,7 +171,11 @@ IQ3_S: 256 weights in 110 bytes, 8 groups of 32
 
 @njit(cache=True, nogil=True)
 def decode_iq3_s(src, dst):
-    for i in range(src.size // 110):
+    nb = check_blocks(src, dst, 110, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 110 * i
         d = f16_at(src, o)
         for ib in range(8):
@@ -164,11 +191,11 @@ def decode_iq3_s(src, dst):
                 g2 = iq3s_grid_u8[i2]
                 signs = src[o + 74 + 4 * ib + l]
                 y = 256 * i + 32 * ib + 8 * l
-                for j in range(4):
+                for j in range(qk // 64):
                     v1 = db * np.float32(g1[j])
                     v2 = db * np.float32(g2[j])
-                    dst[y + j] = -v1 if signs & kmask_iq2xs[j] else v1
-                    dst[y + j + 4] = -v2 if signs & kmask_iq2xs[j + 4] else v2
+                    dst[y + j] = v1 * _sign(signs, j)
+                    dst[y + j + 4] = v2 * _sign(signs, j + 4)
 
 
 LAYOUT_IQ1_S = """\
@@ -182,7 +209,11 @@ IQ1_S: 256 weights in 50 bytes, 8 groups of 32
 
 @njit(cache=True, nogil=True)
 def decode_iq1_s(src, dst):
-    for i in range(src.size // 50):
+    nb = check_blocks(src, dst, 50, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 50 * i
         d = f16_at(src, o)
         for ib in range(8):
@@ -193,7 +224,7 @@ def decode_iq1_s(src, dst):
                 idx = np.int32(src[o + 2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)
                 grid = iq1s_grid_i8[idx]
                 y = 256 * i + 32 * ib + 8 * l
-                for j in range(8):
+                for j in range(qk // 32):
                     dst[y + j] = dl * (np.float32(grid[j]) + delta)
 
 
@@ -209,7 +240,11 @@ IQ1_M: 256 weights in 56 bytes, 8 groups of 32
 
 @njit(cache=True, nogil=True)
 def decode_iq1_m(src, dst):
-    for i in range(src.size // 56):
+    nb = check_blocks(src, dst, 56, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 56 * i
         s0 = u16_at(src, o + 48)
         s1 = u16_at(src, o + 50)
@@ -230,7 +265,7 @@ def decode_iq1_m(src, dst):
                 dl = dl1 if l < 2 else dl2
                 grid = iq1s_grid_i8[idx]
                 y = 256 * i + 32 * ib + 8 * l
-                for j in range(8):
+                for j in range(qk // 32):
                     dst[y + j] = dl * (np.float32(grid[j]) + delta)
 
 
@@ -243,11 +278,15 @@ IQ4_NL: 32 weights in 18 bytes
 
 @njit(cache=True, nogil=True)
 def decode_iq4_nl(src, dst):
-    for i in range(src.size // 18):
+    nb = check_blocks(src, dst, 18, 32)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 32, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 18 * i
         y = 32 * i
         d = f16_at(src, o)
-        for j in range(16):
+        for j in range(qk // 2):
             b = src[o + 2 + j]
             dst[y + j] = d * np.float32(kvalues_iq4nl[b & 0xF])
             dst[y + j + 16] = d * np.float32(kvalues_iq4nl[b >> 4])
@@ -265,7 +304,11 @@ IQ4_XS: 256 weights in 136 bytes, 8 groups of 32
 
 @njit(cache=True, nogil=True)
 def decode_iq4_xs(src, dst):
-    for i in range(src.size // 136):
+    nb = check_blocks(src, dst, 136, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 136 * i
         d = f16_at(src, o)
         sh = np.int32(u16_at(src, o + 2))
@@ -274,7 +317,7 @@ def decode_iq4_xs(src, dst):
             dl = d * np.float32(ls - 32)
             q = o + 8 + 16 * ib
             y = 256 * i + 32 * ib
-            for j in range(16):
+            for j in range(qk // 16):
                 b = src[q + j]
                 dst[y + j] = dl * np.float32(kvalues_iq4nl[b & 0xF])
                 dst[y + j + 16] = dl * np.float32(kvalues_iq4nl[b >> 4])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .floats import f16_at, sext8
+from .floats import check_blocks, f16_at, sext8
 
 LAYOUT_Q2_K = """\
 Q2_K: 256 weights in 84 bytes, 16 sub-blocks of 16
@@ -24,7 +24,11 @@ Q2_K: 256 weights in 84 bytes, 16 sub-blocks of 16
 
 @njit(cache=True, nogil=True)
 def decode_q2_k(src, dst):
-    for i in range(src.size // 84):
+    nb = check_blocks(src, dst, 84, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 84 * i
         d = f16_at(src, o + 80)
         dmin = f16_at(src, o + 82)
@@ -38,7 +42,7 @@ def decode_q2_k(src, dst):
                     dl = d * np.float32(sc & 0xF)
                     ml = dmin * np.float32(sc >> 4)
                     y = 256 * i + 16 * s
-                    for l in range(16):
+                    for l in range(qk // 16):
                         dst[y + l] = dl * np.float32((src[q + 16 * half + l] >> shift) & 3) - ml
 
 
@@ -53,7 +57,11 @@ Q3_K: 256 weights in 110 bytes, 16 sub-blocks of 16
 
 @njit(cache=True, nogil=True)
 def decode_q3_k(src, dst):
-    for i in range(src.size // 110):
+    nb = check_blocks(src, dst, 110, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 110 * i
         sc_o = o + 96
         d = f16_at(src, o + 108)
@@ -69,7 +77,7 @@ def decode_q3_k(src, dst):
                     high = (src[sc_o + 8 + (s & 3)] >> (2 * g)) & 3
                     dl = d * np.float32(np.int32(low | (high << 4)) - 32)
                     y = 256 * i + 16 * s
-                    for l in range(16):
+                    for l in range(qk // 16):
                         ll = 16 * half + l
                         qv = np.int32((src[q + ll] >> shift) & 3)
                         if (src[o + ll] & mask) == 0:
@@ -104,7 +112,10 @@ Q4_K: 256 weights in 144 bytes, 8 sub-blocks of 32
 
 @njit(cache=True, nogil=True)
 def decode_q4_k(src, dst):
-    for i in range(src.size // 144):
+    nb = check_blocks(src, dst, 144, 256)
+    if nb == 0:
+        return
+    for i in range(nb):
         o = 144 * i
         d = f16_at(src, o)
         dmin = f16_at(src, o + 2)
@@ -135,7 +146,10 @@ Q5_K: 256 weights in 176 bytes, 8 sub-blocks of 32
 
 @njit(cache=True, nogil=True)
 def decode_q5_k(src, dst):
-    for i in range(src.size // 176):
+    nb = check_blocks(src, dst, 176, 256)
+    if nb == 0:
+        return
+    for i in range(nb):
         o = 176 * i
         d = f16_at(src, o)
         dmin = f16_at(src, o + 2)
@@ -171,7 +185,10 @@ Q6_K: 256 weights in 210 bytes, 16 sub-blocks of 16
 
 @njit(cache=True, nogil=True)
 def decode_q6_k(src, dst):
-    for i in range(src.size // 210):
+    nb = check_blocks(src, dst, 210, 256)
+    if nb == 0:
+        return
+    for i in range(nb):
         o = 210 * i
         d = f16_at(src, o + 208)
         for h in range(2):

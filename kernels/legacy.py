@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .floats import f16_at, f32_at, sext8, u32_at
+from .floats import check_blocks, f16_at, f32_at, sext8, u32_at
 
 LAYOUT_Q4_0 = """\
 Q4_0: 32 weights in 18 bytes
@@ -22,11 +22,15 @@ Q4_0: 32 weights in 18 bytes
 
 @njit(cache=True, nogil=True)
 def decode_q4_0(src, dst):
-    for i in range(src.size // 18):
+    nb = check_blocks(src, dst, 18, 32)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 32, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 18 * i
         y = 32 * i
         d = f16_at(src, o)
-        for j in range(16):
+        for j in range(qk // 2):
             b = src[o + 2 + j]
             dst[y + j] = np.float32(np.int32(b & 0xF) - 8) * d
             dst[y + j + 16] = np.float32(np.int32(b >> 4) - 8) * d
@@ -42,12 +46,16 @@ Q4_1: 32 weights in 20 bytes
 
 @njit(cache=True, nogil=True)
 def decode_q4_1(src, dst):
-    for i in range(src.size // 20):
+    nb = check_blocks(src, dst, 20, 32)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 32, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 20 * i
         y = 32 * i
         d = f16_at(src, o)
         m = f16_at(src, o + 2)
-        for j in range(16):
+        for j in range(qk // 2):
             b = src[o + 4 + j]
             dst[y + j] = np.float32(b & 0xF) * d + m
             dst[y + j + 16] = np.float32(b >> 4) * d + m
@@ -63,12 +71,16 @@ Q5_0: 32 weights in 22 bytes
 
 @njit(cache=True, nogil=True)
 def decode_q5_0(src, dst):
-    for i in range(src.size // 22):
+    nb = check_blocks(src, dst, 22, 32)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 32, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 22 * i
         y = 32 * i
         d = f16_at(src, o)
         qh = u32_at(src, o + 2)
-        for j in range(16):
+        for j in range(qk // 2):
             b = np.uint32(src[o + 6 + j])
             h0 = ((qh >> j) << 4) & 0x10
             h1 = (qh >> (j + 12)) & 0x10
@@ -87,13 +99,17 @@ Q5_1: 32 weights in 24 bytes
 
 @njit(cache=True, nogil=True)
 def decode_q5_1(src, dst):
-    for i in range(src.size // 24):
+    nb = check_blocks(src, dst, 24, 32)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 32, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 24 * i
         y = 32 * i
         d = f16_at(src, o)
         m = f16_at(src, o + 2)
         qh = u32_at(src, o + 4)
-        for j in range(16):
+        for j in range(qk // 2):
             b = np.uint32(src[o + 8 + j])
             h0 = ((qh >> j) << 4) & 0x10
             h1 = (qh >> (j + 12)) & 0x10
@@ -110,11 +126,15 @@ Q8_0: 32 weights in 34 bytes
 
 @njit(cache=True, nogil=True)
 def decode_q8_0(src, dst):
-    for i in range(src.size // 34):
+    nb = check_blocks(src, dst, 34, 32)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 32, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 34 * i
         y = 32 * i
         d = f16_at(src, o)
-        for j in range(32):
+        for j in range(qk):
             dst[y + j] = np.float32(sext8(src[o + 2 + j])) * d
 
 
@@ -128,11 +148,15 @@ Q8_1: 32 weights in 36 bytes (activation format of the legacy dot products)
 
 @njit(cache=True, nogil=True)
 def decode_q8_1(src, dst):
-    for i in range(src.size // 36):
+    nb = check_blocks(src, dst, 36, 32)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 32, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 36 * i
         y = 32 * i
         d = f16_at(src, o)
-        for j in range(32):
+        for j in range(qk):
             dst[y + j] = np.float32(sext8(src[o + 4 + j])) * d
 
 
@@ -146,11 +170,15 @@ Q8_K: 256 weights in 292 bytes (intermediate format of the k-quant dot products)
 
 @njit(cache=True, nogil=True)
 def decode_q8_k(src, dst):
-    for i in range(src.size // 292):
+    nb = check_blocks(src, dst, 292, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 292 * i
         y = 256 * i
         d = f32_at(src, o)
-        for j in range(256):
+        for j in range(qk):
             dst[y + j] = d * np.float32(sext8(src[o + 4 + j]))
 
 
@@ -163,11 +191,15 @@ Q1_0: 128 weights in 18 bytes
 
 @njit(cache=True, nogil=True)
 def decode_q1_0(src, dst):
-    for i in range(src.size // 18):
+    nb = check_blocks(src, dst, 18, 128)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 128, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 18 * i
         y = 128 * i
         d = f16_at(src, o)
-        for j in range(128):
+        for j in range(qk):
             bit = (src[o + 2 + (j >> 3)] >> (j & 7)) & 1
             dst[y + j] = d if bit else -d
 
@@ -181,10 +213,14 @@ Q2_0: 64 weights in 18 bytes
 
 @njit(cache=True, nogil=True)
 def decode_q2_0(src, dst):
-    for i in range(src.size // 18):
+    nb = check_blocks(src, dst, 18, 64)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 64, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 18 * i
         y = 64 * i
         d = f16_at(src, o)
-        for j in range(64):
+        for j in range(qk):
             q = (src[o + 2 + (j >> 2)] >> (2 * (j & 3))) & 3
             dst[y + j] = np.float32(np.int32(q) - 1) * d

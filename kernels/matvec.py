@@ -12,7 +12,10 @@ Fast kernels (one per packed kind), parallel over rows with ``prange``:
   ``W`` the exact dequantization and ``W x`` taken in float64.
 
 ``x`` is re-laid out once per call (a few KB) to match the block-transposed quants:
-``xlo[k*nb + b] = x[32 b + k]``, ``xhi[k*nb + b] = x[32 b + 16 + k]``.
+``xlo[k*nbv + b] = x[32 b + k]``, ``xhi[k*nbv + b] = x[32 b + 16 + k]``, zero for the
+padding blocks ``nb <= b < nbv`` (nbv = nb rounded up to 8, so the vector loop over
+blocks has no scalar remainder; the padding reads of W land in the next row or in
+the zeroed slack after the arrays, and contribute finite * 0 = 0).
 
 The ``raw`` kind (every type without a fast layout) decodes a few rows at a time
 with the registry's decoder into a per-thread float32 buffer and dots them
@@ -29,36 +32,40 @@ _S4 = np.uint8(4)
 _I15 = np.int32(15)
 _I4 = np.int32(4)
 _I32 = np.int32(32)
+_I3 = np.int32(3)
+_I1 = np.int32(1)
 
 
 # --------------------------------------------------------------------------- activation layouts
 
 
 @njit(cache=True)
-def _x_halves(x, nb):
-    """x (32 nb,) -> xlo, xhi (16 nb,) block-transposed halves and xs (nb,) block sums."""
-    xlo = np.empty(16 * nb, np.float32)
-    xhi = np.empty(16 * nb, np.float32)
-    xs = np.empty(nb, np.float32)
+def _x_halves(x, nbv):
+    """x (32 nb,) -> xlo, xhi (16 nbv,) block-transposed halves and xs (nbv,) block sums, zero-padded to nbv blocks."""
+    nb = x.size // 32
+    xlo = np.zeros(16 * nbv, np.float32)
+    xhi = np.zeros(16 * nbv, np.float32)
+    xs = np.zeros(nbv, np.float32)
     for b in range(nb):
         s = f32(0)
         for k in range(16):
             a = x[32 * b + k]
             c = x[32 * b + 16 + k]
-            xlo[k * nb + b] = a
-            xhi[k * nb + b] = c
+            xlo[k * nbv + b] = a
+            xhi[k * nbv + b] = c
             s += a + c
         xs[b] = s
     return xlo, xhi, xs
 
 
 @njit(cache=True)
-def _x_full(x, nb):
-    """x (32 nb,) -> block-transposed copy xt[k*nb + b] = x[32 b + k]."""
-    xt = np.empty(32 * nb, np.float32)
+def _x_full(x, nbv):
+    """x (32 nb,) -> block-transposed copy xt[k*nbv + b] = x[32 b + k], zero-padded to nbv blocks."""
+    nb = x.size // 32
+    xt = np.zeros(32 * nbv, np.float32)
     for b in range(nb):
         for k in range(32):
-            xt[k * nb + b] = x[32 * b + k]
+            xt[k * nbv + b] = x[32 * b + k]
     return xt
 
 
@@ -66,69 +73,69 @@ def _x_full(x, nb):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_q4(qt, d, m, x, y):
+def matvec_q4(qt, d, m, nbv, x, y):
     """Q4_0 / Q4_1 / Q4_K packed: qt (rows, 16 nb) uint8, d, m (rows, nb) f32; y (rows,) f32."""
     rows, nb = d.shape
-    xlo, xhi, xs = _x_halves(x, nb)
+    xlo, xhi, xs = _x_halves(x, nbv)
     for r in prange(rows):
         q = qt[r]
         dr = d[r]
         mr = m[r]
         acc = f32(0)
-        for b in range(nb):
+        for b in range(nbv):
             p = f32(0)
             for k in range(16):
                 v = q[k * nb + b]
-                p += f32(v & _M15) * xlo[k * nb + b] + f32(v >> _S4) * xhi[k * nb + b]
+                p += f32(v & _M15) * xlo[k * nbv + b] + f32(v >> _S4) * xhi[k * nbv + b]
             acc += dr[b] * p + mr[b] * xs[b]
         y[r] = acc
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_q5(qt, qh, d, m, x, y):
+def matvec_q5(qt, qh, d, m, nbv, x, y):
     """Q5_0 / Q5_1 / Q5_K packed: as q4 plus qh (rows, nb) int32 holding the 5th bits."""
     rows, nb = d.shape
-    xlo, xhi, xs = _x_halves(x, nb)
+    xlo, xhi, xs = _x_halves(x, nbv)
     for r in prange(rows):
         q = qt[r]
         h = qh[r]
         dr = d[r]
         mr = m[r]
         acc = f32(0)
-        for b in range(nb):
+        for b in range(nbv):
             p = f32(0)
             hb = h[b]
             for k in range(16):
                 v = np.int32(q[k * nb + b])
                 lo = (v & _I15) | (((hb >> k) & 1) << 4)
                 hi = (v >> _I4) | (((hb >> (k + 16)) & 1) << 4)
-                p += f32(lo) * xlo[k * nb + b] + f32(hi) * xhi[k * nb + b]
+                p += f32(lo) * xlo[k * nbv + b] + f32(hi) * xhi[k * nbv + b]
             acc += dr[b] * p + mr[b] * xs[b]
         y[r] = acc
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_q8(qt, d, x, y):
+def matvec_q8(qt, d, nbv, x, y):
     """Q8_0 packed: qt (rows, 32 nb) int8, d (rows, nb) f32."""
     rows, nb = d.shape
-    xt = _x_full(x, nb)
+    xt = _x_full(x, nbv)
     for r in prange(rows):
         q = qt[r]
         dr = d[r]
         acc = f32(0)
-        for b in range(nb):
+        for b in range(nbv):
             p = f32(0)
             for k in range(32):
-                p += f32(q[k * nb + b]) * xt[k * nb + b]
+                p += f32(q[k * nb + b]) * xt[k * nbv + b]
             acc += dr[b] * p
         y[r] = acc
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_q6(qt, hl, hh, sl, sh, x, y):
+def matvec_q6(qt, hl, hh, sl, sh, nbv, x, y):
     """Q6_K packed: low nibbles qt, top-2-bit words hl/hh, scales sl/sh (weights 0-15 / 16-31)."""
     rows, nb = sl.shape
-    xlo, xhi, xs = _x_halves(x, nb)
+    xlo, xhi, xs = _x_halves(x, nbv)
     for r in prange(rows):
         q = qt[r]
         hlr = hl[r]
@@ -136,17 +143,20 @@ def matvec_q6(qt, hl, hh, sl, sh, x, y):
         slr = sl[r]
         shr = sh[r]
         acc = f32(0)
-        for b in range(nb):
+        for b in range(nbv):
             pl = f32(0)
             ph = f32(0)
             a = hlr[b]
             c = hhr[b]
+            # two short loops (not one) so that LLVM unrolls them fully and vectorizes over b
             for k in range(16):
                 v = np.int32(q[k * nb + b])
-                lo = ((v & _I15) | (((a >> (2 * k)) & 3) << 4)) - _I32
-                hi = ((v >> _I4) | (((c >> (2 * k)) & 3) << 4)) - _I32
-                pl += f32(lo) * xlo[k * nb + b]
-                ph += f32(hi) * xhi[k * nb + b]
+                lo = ((v & _I15) | (((a >> np.int32(2 * k)) & _I3) << _I4)) - _I32
+                pl += f32(lo) * xlo[k * nbv + b]
+            for k in range(16):
+                v = np.int32(q[k * nb + b])
+                hi = ((v >> _I4) | (((c >> np.int32(2 * k)) & _I3) << _I4)) - _I32
+                ph += f32(hi) * xhi[k * nbv + b]
             acc += slr[b] * pl + shr[b] * ph
         y[r] = acc
 

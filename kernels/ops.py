@@ -156,21 +156,35 @@ def rope_inplace(x3, cos, sin, pos0, neox):
 
 # ----------------------------------------------------------------------------- attention
 
+_FAST = {"reassoc", "contract", "nsz"}   # lets LLVM vectorise the dot products; no inf/nan assumptions
+
+
+@njit(cache=True, fastmath=_FAST)
+def _dot(q, k_cache, j, kvh, table):
+    s = np.float32(0.0)
+    for d in range(q.shape[0]):
+        s += q[d] * _f32(k_cache[j, kvh, d], table)
+    return s
+
+
+@njit(cache=True, fastmath=_FAST)
+def _axpy(p, v_cache, j, kvh, table, out):
+    for d in range(out.shape[0]):
+        out[d] += p * _f32(v_cache[j, kvh, d], table)
+
+
 @njit(cache=True)
 def _attend_one(q, k_cache, v_cache, kvh, lo, hi, scale, softcap, table, scores, out):
     """out = softmax(scale * q . K[lo:hi]) @ V[lo:hi] for one query head.
 
     q: (hd,) float32; scores: scratch (>= hi-lo,); out: (hd,).
     """
-    hd = q.shape[0]
     m = -np.inf
+    sc = np.float32(scale)
     for j in range(lo, hi):
-        s = np.float32(0.0)
-        for d in range(hd):
-            s += q[d] * _f32(k_cache[j, kvh, d], table)
-        s *= scale
+        s = _dot(q, k_cache, j, kvh, table) * sc
         if softcap > 0:
-            s = softcap * math.tanh(s / softcap)
+            s = np.float32(softcap * math.tanh(s / softcap))
         scores[j - lo] = s
         if s > m:
             m = s
@@ -180,27 +194,18 @@ def _attend_one(q, k_cache, v_cache, kvh, lo, hi, scale, softcap, table, scores,
         scores[j] = e
         total += e
     inv = np.float32(1.0 / total)
-    for d in range(hd):
+    for d in range(out.shape[0]):
         out[d] = 0.0
     for j in range(lo, hi):
-        p = scores[j - lo] * inv
-        for d in range(hd):
-            out[d] += p * _f32(v_cache[j, kvh, d], table)
+        _axpy(scores[j - lo] * inv, v_cache, j, kvh, table, out)
 
 
-@njit(cache=True, parallel=True)
-def attention(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
-    """Causal multi-head attention of n new tokens over the cache.
-
-    Token t sits at position pos0+t and sees keys max(0, p-window+1) .. p
-    (window <= 0: all earlier keys).  Grouped-query: head h reads key/value
-    head h // (H / Hkv).  softcap > 0 caps scores with softcap*tanh(s/softcap).
-    q3, out3: (n, H, hd) float32; caches: (C, Hkv, hd) float32 or uint16 bits.
-    """
+@njit(cache=True)
+def _attention_range(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3, i0, i1):
     n, H, hd = q3.shape
     Hkv = k_cache.shape[1]
     group = H // Hkv
-    for idx in prange(n * H):
+    for idx in range(i0, i1):
         t = idx // H
         h = idx - t * H
         p = pos0 + t
@@ -210,6 +215,27 @@ def attention(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
         scores = np.empty(p + 1 - lo, dtype=np.float32)
         _attend_one(q3[t, h], k_cache, v_cache, h // group, lo, p + 1, scale, softcap, table,
                     scores, out3[t, h])
+
+
+@njit(cache=True, parallel=True)
+def attention(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
+    """Causal multi-head attention of n new tokens over the cache (threads over token x head).
+
+    Token t sits at position pos0+t and sees keys max(0, p-window+1) .. p
+    (window <= 0: all earlier keys).  Grouped-query: head h reads key/value
+    head h // (H / Hkv).  softcap > 0 caps scores with softcap*tanh(s/softcap).
+    q3, out3: (n, H, hd) float32; caches: (C, Hkv, hd) float32 or uint16 bits.
+    """
+    n, H, hd = q3.shape
+    for idx in prange(n * H):
+        _attention_range(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3, idx, idx + 1)
+
+
+@njit(cache=True)
+def attention_serial(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
+    """``attention`` on the calling thread only (short contexts: no thread-pool launch)."""
+    n, H, hd = q3.shape
+    _attention_range(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3, 0, n * H)
 
 
 @njit(cache=True, parallel=True)

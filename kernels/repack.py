@@ -43,6 +43,8 @@ from .types import GGMLType, as_type, row_bytes
 
 # Rows repacked per numpy pass (bounds the load-time temporaries to a few MB).
 _CHUNK_ROWS = 2048
+# Spare zeroed elements after every packed array (>= 7 blocks of over-read, see _padded).
+_SLACK = 64
 
 FAST_KINDS = {
     GGMLType.Q4_0: "q4", GGMLType.Q4_1: "q4", GGMLType.Q4_K: "q4",
@@ -59,6 +61,8 @@ class Packed:
     rows: int
     cols: int
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # Blocks per row the matvec loops over: nb rounded up to a multiple of 8 (see _padded).
+    nbv: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -69,6 +73,27 @@ class Packed:
 
 
 # --------------------------------------------------------------------------- field readers
+
+
+def _padded(rows: int, width: int, dtype) -> np.ndarray:
+    """Zeroed (rows, width) array followed by _SLACK spare elements in the same allocation.
+
+    The matvec kernels run their block loop to a multiple of 8 blocks (so that LLVM's
+    8-wide vector loop has no scalar remainder) with the activation padded by zeros;
+    the extra reads run into the next row or, after the last row, into this slack.
+    """
+    flat = np.zeros(rows * width + _SLACK, dtype)
+    return flat[:rows * width].reshape(rows, width)
+
+
+def _vector_blocks(p: "Packed") -> int:
+    """nb rounded up to 8 when every scale is finite (0 * finite = 0 in the padding), else nb."""
+    nb = p.cols // 32
+    nbv = -(-nb // 8) * 8
+    for k in ("d", "m", "sl", "sh"):
+        if k in p.arrays and not np.isfinite(p.arrays[k]).all():
+            return nb
+    return nbv
 
 
 def _blocks(raw: np.ndarray, block_bytes: int) -> np.ndarray:
@@ -237,18 +262,18 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
 
     nb = cols // 32
     A = p.arrays
-    A["qt"] = np.empty((rows, (32 if kind == "q8" else 16) * nb), np.int8 if kind == "q8" else np.uint8)
+    A["qt"] = _padded(rows, (32 if kind == "q8" else 16) * nb, np.int8 if kind == "q8" else np.uint8)
     if kind == "q6":
         for k in ("hl", "hh"):
-            A[k] = np.empty((rows, nb), np.int32)
+            A[k] = _padded(rows, nb, np.int32)
         for k in ("sl", "sh"):
-            A[k] = np.empty((rows, nb), np.float32)
+            A[k] = _padded(rows, nb, np.float32)
     else:
-        A["d"] = np.empty((rows, nb), np.float32)
+        A["d"] = _padded(rows, nb, np.float32)
         if kind in ("q4", "q5"):
-            A["m"] = np.empty((rows, nb), np.float32)
+            A["m"] = _padded(rows, nb, np.float32)
         if kind == "q5":
-            A["qh"] = np.empty((rows, nb), np.int32)
+            A["qh"] = _padded(rows, nb, np.int32)
 
     for r0 in range(0, rows, _CHUNK_ROWS):
         r1 = min(rows, r0 + _CHUNK_ROWS)
@@ -273,6 +298,7 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
             A["m"][r0:r1] = m
             if kind == "q5":
                 A["qh"][r0:r1] = _bits(e, 4, 1, 0, 32)
+    p.nbv = _vector_blocks(p)
     return p
 
 
@@ -283,6 +309,10 @@ def concat(packs: list[Packed]) -> Packed:
         if p.qtype != first.qtype or p.cols != first.cols:
             raise ValueError(f"cannot stack {p.qtype.name} x{p.cols} rows onto {first.qtype.name} x{first.cols}")
     out = Packed(first.kind, first.qtype, sum(p.rows for p in packs), first.cols)
-    for k in first.arrays:
-        out.arrays[k] = np.concatenate([p.arrays[k] for p in packs], axis=0)
+    for k, a in first.arrays.items():
+        dst = _padded(out.rows, a.shape[1], a.dtype) if out.kind not in ("raw", "f32") else \
+            np.empty((out.rows, a.shape[1]), a.dtype)
+        np.concatenate([p.arrays[k] for p in packs], axis=0, out=dst)
+        out.arrays[k] = dst
+    out.nbv = min(p.nbv for p in packs)
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .floats import e8m0_half_to_f32, f16_at, ue4m3_to_f32
+from .floats import check_blocks, e8m0_half_to_f32, f16_at, ue4m3_to_f32
 from .iquant_tables import kvalues_mxfp4
 
 _POW3 = np.array([1, 3, 9, 27, 81, 243], dtype=np.int32)
@@ -32,15 +32,19 @@ def _trit(b, n):
 
 @njit(cache=True, nogil=True)
 def decode_tq1_0(src, dst):
-    for i in range(src.size // 54):
+    nb = check_blocks(src, dst, 54, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 54 * i
         y = 256 * i
         d = f16_at(src, o + 52)
         for n in range(5):
-            for m in range(32):
+            for m in range(qk // 8):
                 dst[y + 32 * n + m] = _trit(src[o + m], n) * d
         for n in range(5):
-            for m in range(16):
+            for m in range(qk // 16):
                 dst[y + 160 + 16 * n + m] = _trit(src[o + 32 + m], n) * d
         for n in range(4):
             for j in range(4):
@@ -56,13 +60,17 @@ TQ2_0: 256 weights in 66 bytes
 
 @njit(cache=True, nogil=True)
 def decode_tq2_0(src, dst):
-    for i in range(src.size // 66):
+    nb = check_blocks(src, dst, 66, 256)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 256, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 66 * i
         d = f16_at(src, o + 64)
         for h in range(2):
             for l in range(4):
                 y = 256 * i + 128 * h + 32 * l
-                for m in range(32):
+                for m in range(qk // 8):
                     q = np.int32((src[o + 32 * h + m] >> (2 * l)) & 3)
                     dst[y + m] = np.float32(q - 1) * d
 
@@ -76,11 +84,15 @@ MXFP4: 32 weights in 17 bytes
 
 @njit(cache=True, nogil=True)
 def decode_mxfp4(src, dst):
-    for i in range(src.size // 17):
+    nb = check_blocks(src, dst, 17, 32)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 32, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 17 * i
         y = 32 * i
         d = e8m0_half_to_f32(src[o])
-        for j in range(16):
+        for j in range(qk // 2):
             b = src[o + 1 + j]
             dst[y + j] = np.float32(kvalues_mxfp4[b & 0xF]) * d
             dst[y + j + 16] = np.float32(kvalues_mxfp4[b >> 4]) * d
@@ -96,12 +108,16 @@ NVFP4: 64 weights in 36 bytes, 4 sub-blocks of 16
 
 @njit(cache=True, nogil=True)
 def decode_nvfp4(src, dst):
-    for i in range(src.size // 36):
+    nb = check_blocks(src, dst, 36, 64)
+    if nb == 0:
+        return
+    qk = dst.size // nb  # == 64, as a run-time loop bound (see floats)
+    for i in range(nb):
         o = 36 * i
         for s in range(4):
             d = ue4m3_to_f32(src[o + s])
             y = 64 * i + 16 * s
-            for j in range(8):
+            for j in range(qk // 8):
                 b = src[o + 4 + 8 * s + j]
                 dst[y + j] = np.float32(kvalues_mxfp4[b & 0xF]) * d
                 dst[y + j + 8] = np.float32(kvalues_mxfp4[b >> 4]) * d

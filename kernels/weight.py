@@ -92,13 +92,13 @@ class Weight:
         A = p.arrays
         k = p.kind
         if k == "q4":
-            mv.matvec_q4(A["qt"], A["d"], A["m"], x, out)
+            mv.matvec_q4(A["qt"], A["d"], A["m"], p.nbv, x, out)
         elif k == "q5":
-            mv.matvec_q5(A["qt"], A["qh"], A["d"], A["m"], x, out)
+            mv.matvec_q5(A["qt"], A["qh"], A["d"], A["m"], p.nbv, x, out)
         elif k == "q8":
-            mv.matvec_q8(A["qt"], A["d"], x, out)
+            mv.matvec_q8(A["qt"], A["d"], p.nbv, x, out)
         elif k == "q6":
-            mv.matvec_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], x, out)
+            mv.matvec_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], p.nbv, x, out)
         elif k == "f32":
             mv.matvec_f32(A["w"], x, out)
         else:

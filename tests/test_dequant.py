@@ -53,6 +53,13 @@ def assert_bits_equal(got: np.ndarray, want: np.ndarray, what: str) -> None:
                              f"got {got.reshape(-1)[i]!r}, want {want.reshape(-1)[i]!r}")
 
 
+def ro(a: np.ndarray) -> np.ndarray:
+    """Flat read-only view: the form dequantize hands to decoders (shares their compiled specialization)."""
+    v = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    v.flags.writeable = False
+    return v
+
+
 def oracle(raw: np.ndarray, qtype: GGMLType, shape) -> np.ndarray:
     """The gguf package's dequantization (numpy)."""
     return gq.dequantize(np.ascontiguousarray(raw).reshape(-1).view(np.uint8),
@@ -115,6 +122,11 @@ def test_bad_sizes_raise_clear_errors():
         dequantize(np.zeros(18, np.uint8), "Q4_0", (2, 32))
     with pytest.raises(ValueError, match="Q4_K: row length 128"):
         dequantize(np.zeros(144, np.uint8), "Q4_K", (2, 128))
+    decode = QTYPES[GGMLType.Q4_K].decode          # the raw decoder guards its unchecked loops
+    with pytest.raises(ValueError, match="destination size"):
+        decode(ro(np.zeros(144, np.uint8)), np.empty(512, np.float32))
+    with pytest.raises(ValueError, match="whole number of blocks"):
+        decode(ro(np.zeros(145, np.uint8)), np.empty(256, np.float32))
 
 
 def test_input_forms():
@@ -202,7 +214,7 @@ def test_parallel_split_matches_serial_decoder():
         n_blocks = (1 << 19) // qt.block_size + 7
         blocks = random_blocks(name, n_blocks, seed=5)
         serial = np.empty(n_blocks * qt.block_size, np.float32)
-        qt.decode(blocks.reshape(-1), serial)
+        qt.decode(ro(blocks), serial)
         for threads in (1, 2, min(3, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(threads)
             try:
@@ -250,7 +262,7 @@ def test_small_formats_without_oracle():
         assert_bits_equal(dequantize(raw, name, want.shape), want, name)
         qt = QTYPES[GGMLType[name]]
         out = np.empty(want.size, np.float32)
-        qt.decode(raw, out)                      # the Numba decoder agrees with numpy's conversion
+        qt.decode(ro(raw), out)                  # the Numba decoder agrees with numpy's conversion
         assert_bits_equal(out, want, f"{name} decoder")
 
 
@@ -260,7 +272,7 @@ def test_numba_float_decoders_match_numpy():
     for name, want in (("F16", h.view(np.float16).astype(np.float32)),
                        ("BF16", (h.astype(np.uint32) << 16).view(np.float32))):
         out = np.empty(h.size, np.float32)
-        QTYPES[GGMLType[name]].decode(h.view(np.uint8), out)
+        QTYPES[GGMLType[name]].decode(ro(h), out)
         assert_bits_equal(out, want, f"{name} decoder")
         # NaN payloads too: the bit pattern is built exactly
         nan = np.isnan(want)
@@ -268,7 +280,7 @@ def test_numba_float_decoders_match_numpy():
                                       want.view(np.uint32)[nan] & 0x7FFFFFFF)
     f = np.random.default_rng(9).integers(0, 1 << 32, 1024, dtype=np.uint32)
     out = np.empty(f.size, np.float32)
-    QTYPES[GGMLType.F32].decode(f.view(np.uint8), out)
+    QTYPES[GGMLType.F32].decode(ro(f), out)
     np.testing.assert_array_equal(out.view(np.uint32), f)
 
 

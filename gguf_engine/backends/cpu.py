@@ -15,6 +15,8 @@ _EMPTY1 = np.zeros(1, dtype=np.float32)
 
 # below this many new tokens attention runs in the fused kernel; above it through BLAS
 BLAS_ATTENTION_MIN_TOKENS = 8
+# below this many multiply-adds (tokens x heads x keys x head size) attention stays on one thread
+PARALLEL_ATTENTION_MIN_WORK = 1 << 20
 
 
 def _weight_class():
@@ -105,12 +107,15 @@ class CPUBackend(Backend):
                         rope[0], rope[1], pos0, neox)
 
     def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
-        if q3.shape[0] < BLAS_ATTENTION_MIN_TOKENS:
+        n, H, hd = q3.shape
+        if n < BLAS_ATTENTION_MIN_TOKENS:
+            n_keys = pos0 + n if window <= 0 else min(pos0 + n, window)
+            kernel = ops.attention if n * H * n_keys * hd >= PARALLEL_ATTENTION_MIN_WORK else ops.attention_serial
             if k_cache.dtype == np.float16:
-                ops.attention(q3, k_cache.view(np.uint16), v_cache.view(np.uint16), pos0, scale, window,
-                              softcap, ops.F16_TABLE, out3)
+                kernel(q3, k_cache.view(np.uint16), v_cache.view(np.uint16), pos0, scale, window, softcap,
+                       ops.F16_TABLE, out3)
             else:
-                ops.attention(q3, k_cache, v_cache, pos0, scale, window, softcap, ops.F16_TABLE, out3)
+                kernel(q3, k_cache, v_cache, pos0, scale, window, softcap, ops.F16_TABLE, out3)
             return
         self._attention_blas(q3, k_cache, v_cache, pos0, scale, window, softcap, out3)
 

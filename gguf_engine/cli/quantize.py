@@ -8,6 +8,7 @@ import time
 from kernels.types import GGMLType, as_type
 
 from ..quantize.ftypes import help_lines, parse_ftype
+from ._common import CLIError, cli_entry
 
 EPILOG_EXAMPLES = """\
 examples:
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_entry("gguf-quantize")
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -86,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def fail(msg: str) -> int:
-        print(f"gguf-quantize: error: {msg}", file=sys.stderr)
-        return 1
+        raise CLIError(msg)
 
     try:
         ftype = parse_ftype(args.type)
@@ -116,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                              tensor_types=args.tensor_type, leave_output_tensor=args.leave_output_tensor,
                              pure=args.pure, allow_requantize=args.allow_requantize, override_kv=overrides,
                              log=log, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        return fail("interrupted; no output written")
-    except (ValueError, OSError) as e:   # QuantizeError, ImatrixError, GGUFError are ValueErrors
+    except ValueError as e:   # QuantizeError, ImatrixError, GGUFError are ValueErrors
         return fail(str(e))
     print(f"quantize time = {(time.perf_counter() - t0) * 1000:8.2f} ms")
     print(f"wrote {res.out_path}: {res.size_after / 2**20:.2f} MiB, {res.bpw_after:.2f} bits per weight "

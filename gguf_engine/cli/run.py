@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -153,12 +154,8 @@ def validate(args) -> None:
 
 
 def has_chat_template(llm) -> bool:
-    if llm.chat_template:
-        return True
-    tmpl = getattr(llm.tokenizer, "chat_template", None)
-    if tmpl is None:
-        tmpl = llm.metadata.get("tokenizer.chat_template")
-    return bool(tmpl)
+    """A template given, written in the model, or built in for its architecture (not the ChatML fallback)."""
+    return llm.chat_template_source != "default:chatml"
 
 
 def log_model(llm, args) -> None:
@@ -172,11 +169,9 @@ def log_model(llm, args) -> None:
     log(f"load: arch = {cfg.arch}, n_layer = {cfg.n_layer}, n_embd = {cfg.n_embd}, n_head = {cfg.n_head}, "
         f"n_head_kv = {cfg.n_head_kv}, n_vocab = {cfg.n_vocab}, n_ctx_train = {cfg.n_ctx_train}, file_type = {ftype}")
     log(f"load_tensors: offloaded {min(offloaded, n_layers)}/{n_layers} layers to GPU (backend: {backend})")
-    if args.n_gpu_layers and not offloaded:
-        log(f"load_tensors: warning: -ngl {args.n_gpu_layers} requested but no GPU backend is available; "
-            f"running on the CPU")
     log(f"context: n_ctx = {llm.n_ctx()}, n_batch = {args.batch_size}, n_threads = {args.threads or os.cpu_count()}, "
         f"cache_type = {args.cache_type}")
+    log(f"load: chat template: {llm.chat_template_source}")
     log(f"load: model loaded in {llm.perf.t_load_ms:.2f} ms")
     if args.verbose:
         for key in ("general.name", "general.architecture", "general.size_label", "tokenizer.ggml.model",
@@ -252,6 +247,8 @@ def run_chat(session: Session, first: str | None, interactive: bool) -> int:
         messages.append({"role": "system", "content": args.system_prompt})
     tty = sys.stdin.isatty()
     pending = first
+    if pending is not None and interactive and tty:
+        out(f"> {pending}\n")
     while True:
         if pending is None:
             if not interactive:
@@ -271,14 +268,12 @@ def run_chat(session: Session, first: str | None, interactive: bool) -> int:
             if not pending.strip():
                 pending = None
                 continue
-        elif interactive and tty and first is not None and not messages[-1:]:
-            out(f"> {pending}\n")
         messages.append({"role": "user", "content": pending})
         pending = None
         try:
             tokens = chat_tokens(llm, messages)
         except UsageError:
-            if len(messages) > 1 and interactive:
+            if interactive and any(m["role"] == "assistant" for m in messages):
                 log("\ncontext full: the conversation no longer fits; use -c to set a larger context")
                 return 0
             raise
@@ -316,9 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"load: loading model '{args.model}'")
         try:
             from ..api import Llama
-            llm = Llama(args.model, n_ctx=args.ctx_size or None, n_batch=args.batch_size,
-                        n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, seed=args.seed,
-                        verbose=False, chat_template=template, cache_type=args.cache_type)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                llm = Llama(args.model, n_ctx=args.ctx_size or None, n_batch=args.batch_size,
+                            n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, seed=args.seed,
+                            verbose=False, chat_template=template, cache_type=args.cache_type)
+            for w in caught:  # loader warnings as log lines, not Python warning dumps
+                log(f"load: warning: {w.message}")
         except KeyboardInterrupt:
             raise
         except Exception as e:

@@ -7,6 +7,7 @@ first and leftmost on ties, exactly as llama.cpp's BPE session does.  ``ignore_m
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from .pretokenizers import pre_config
@@ -33,19 +34,25 @@ def unicode_to_byte() -> dict[str, int]:
     return {c: b for b, c in byte_to_unicode().items()}
 
 
-def _parse_merges(merges, token_to_id: dict, source: str) -> list[tuple[str, str]]:
-    """Merges "a b" -> pairs, first occurrence kept; pairs whose parts or result are not tokens dropped."""
+def _split_merge(m: str) -> tuple[str, str] | None:
+    pos = m.find(" ", 1)           # as llama.cpp: the first space after the first character
+    return (m[:pos], m[pos + 1:]) if pos > 0 else None
+
+
+def _parse_merges(merges, token_to_id: dict) -> list[tuple[str, str]]:
+    """Merges "a b" -> pairs in rank order, first occurrence kept, pairs whose parts or result are not
+    tokens dropped (the BPE library cannot represent them)."""
     out = []
     seen = set()
     for m in merges:
-        pos = m.find(" ", 1)
-        if pos < 0:
+        p = _split_merge(m)
+        if p is None or p in seen:
             continue
-        a, b = m[:pos], m[pos + 1:]
-        if (a, b) in seen or a not in token_to_id or b not in token_to_id or a + b not in token_to_id:
+        a, b = p
+        if a not in token_to_id or b not in token_to_id or a + b not in token_to_id:
             continue
-        seen.add((a, b))
-        out.append((a, b))
+        seen.add(p)
+        out.append(p)
     return out
 
 
@@ -56,21 +63,78 @@ class ByteLevelBPE:
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
         cfg = pre_config(vocab.pre, source)
-        merges = _parse_merges(vocab.merges, vocab.token_to_id, source)
-        try:
-            model = models.BPE(vocab=vocab.token_to_id, merges=merges, fuse_unk=False,
-                               ignore_merges=vocab.ignore_merges)
-        except Exception as e:   # pragma: no cover - the tokenizers library rejects the vocabulary
-            raise VocabError(f"{source}: cannot build the BPE model: {e}") from e
+        model = None
+        if len(set(vocab.merges)) == len(vocab.merges):
+            # fast path: every merge well formed and made of tokens (the usual case)
+            pairs = [p for p in map(_split_merge, vocab.merges) if p is not None]
+            try:
+                model = models.BPE(vocab=vocab.token_to_id, merges=pairs, fuse_unk=False,
+                                   ignore_merges=vocab.ignore_merges)
+            except Exception:
+                model = None
+        if model is None:
+            pairs = _parse_merges(vocab.merges, vocab.token_to_id)
+            try:
+                model = models.BPE(vocab=vocab.token_to_id, merges=pairs, fuse_unk=False,
+                                   ignore_merges=vocab.ignore_merges)
+            except Exception as e:   # the tokenizers library rejects the vocabulary
+                raise VocabError(f"{source}: cannot build the BPE model: {e}") from e
         tok = Tokenizer(model)
         splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in cfg.regexes]
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        after = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        # A byte whose character is not a token stays a symbol of its own in llama.cpp (blocking
+        # merges across it) and is dropped at the end; the BPE library would drop it first and
+        # merge its neighbours.  Isolating such characters reproduces llama.cpp.
+        missing = [c for c in byte_to_unicode().values() if c not in vocab.token_to_id]
+        if missing:
+            cls = "".join(f"\\x{{{ord(c):X}}}" for c in missing)
+            after.append(pre_tokenizers.Split(Regex(f"[{cls}]"), behavior="isolated", invert=False))
+        tok.pre_tokenizer = pre_tokenizers.Sequence(splits + after)
         self._tok = tok
 
     def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text.  Long texts are cut into chunks where no pre-tokenizer piece
+        can straddle the cut, and all chunks are encoded as one parallel batch."""
         if not texts:
             return []
-        if len(texts) == 1:
-            return [self._tok.encode(texts[0], add_special_tokens=False).ids]
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        chunks: list[str] = []
+        counts: list[int] = []
+        for t in texts:
+            before = len(chunks)
+            chunks.extend(split_safe(t))
+            counts.append(len(chunks) - before)
+        if len(chunks) == 1:
+            return [self._tok.encode(chunks[0], add_special_tokens=False).ids]
+        enc = self._tok.encode_batch(chunks, add_special_tokens=False)
+        out = []
+        k = 0
+        for c in counts:
+            ids: list[int] = []
+            for e in enc[k:k + c]:
+                ids.extend(e.ids)
+            out.append(ids)
+            k += c
+        return out
+
+
+# A newline preceded by a non-space and followed by an ASCII letter: none of the pre-tokenizer
+# regexes has a match that contains "\n" followed by a letter (newlines only end a match, or are
+# split off on their own), and no lookahead can see across it differently, so text cut right
+# after such a newline pre-tokenizes exactly as the whole.
+_SAFE_CUT = re.compile(r"(?<=\S)\n(?=[A-Za-z])")
+CHUNK_CHARS = 8192
+
+
+def split_safe(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """``text`` cut at safe newlines into pieces of roughly ``size`` characters (or more)."""
+    if len(text) <= 2 * size:
+        return [text]
+    out = []
+    start = 0
+    while True:
+        m = _SAFE_CUT.search(text, start + size)
+        if m is None:
+            out.append(text[start:])
+            return out
+        out.append(text[start:m.end()])
+        start = m.end()

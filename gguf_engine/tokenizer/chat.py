@@ -28,6 +28,12 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     "llama2": (
         "{{ '[INST] ' }}{% set ns = namespace(inside=true) %}{% for message in messages %}"
         "{% if not ns.inside %}{{ '[INST] ' }}{% set ns.inside = true %}{% endif %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
+        "{% elif message['role'] == 'user' %}{{ message['content'] + ' [/INST]' }}"
+        "{% else %}{{ message['content'] + '</s>' }}{% set ns.inside = false %}{% endif %}{% endfor %}"),
+    "llama2-sys": (
+        "{{ '[INST] ' }}{% set ns = namespace(inside=true) %}{% for message in messages %}"
+        "{% if not ns.inside %}{{ '[INST] ' }}{% set ns.inside = true %}{% endif %}"
         "{% if message['role'] == 'system' %}{{ '<<SYS>>\n' + message['content'] + '\n<</SYS>>\n\n' }}"
         "{% elif message['role'] == 'user' %}{{ message['content'] + ' [/INST]' }}"
         "{% else %}{{ message['content'] + '</s>' }}{% set ns.inside = false %}{% endif %}{% endfor %}"),

@@ -21,6 +21,7 @@ import numpy as np
 from .vocab import ATTR_BYTE, ATTR_UNKNOWN, Vocab
 
 _PIECE_NORMAL, _PIECE_UNKNOWN, _PIECE_BYTE = 1, 2, 6
+_CHUNK = 2048   # long texts are encoded in pieces of about this many characters where that is exact
 
 
 def _varint_len(a: np.ndarray) -> np.ndarray:
@@ -73,8 +74,16 @@ def build_model_proto(vocab: Vocab) -> bytes | None:
         return None
     types[unk] = _PIECE_UNKNOWN
 
-    raw = [t.encode("utf-8") for t in vocab.tokens]
-    lens = np.fromiter(map(len, raw), dtype=np.int64, count=n)
+    # UTF-8 bytes of all pieces at once: code points -> bytes per code point -> bytes per piece
+    joined = "".join(vocab.tokens)
+    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    per_cp = 1 + (cps >= 0x80).astype(np.int64) + (cps >= 0x800) + (cps >= 0x10000)
+    char_lens = vocab.char_lens if vocab.char_lens is not None else \
+        np.fromiter(map(len, vocab.tokens), dtype=np.int64, count=n)
+    cum = np.concatenate(([0], np.cumsum(per_cp)))
+    cstart = np.concatenate(([0], np.cumsum(char_lens)))
+    lens = cum[cstart[1:]] - cum[cstart[:-1]]
+    flat_bytes = joined.encode("utf-8")
     # piece message: 0x0A len(piece) piece 0x15 f32(score) 0x18 type
     body = 1 + _varint_len(lens) + lens + 5 + 2
     entry = 1 + _varint_len(body) + body
@@ -89,7 +98,7 @@ def build_model_proto(vocab: Vocab) -> bytes | None:
     _put_varints(buf, p + 1, lens)
     p = p + 1 + _varint_len(lens)
     # piece bytes
-    flat = np.frombuffer(b"".join(raw), dtype=np.uint8)
+    flat = np.frombuffer(flat_bytes, dtype=np.uint8)
     offs = np.repeat(p - np.concatenate(([0], np.cumsum(lens)[:-1])), lens)
     buf[offs + np.arange(len(flat))] = flat
     p = p + lens
@@ -112,18 +121,58 @@ def build_model_proto(vocab: Vocab) -> bytes | None:
 class SentencePieceSPM:
     """llama.cpp's SPM merge run by the ``sentencepiece`` library on a model built from the GGUF arrays."""
 
-    def __init__(self, proto: bytes):
+    def __init__(self, proto: bytes, vocab: Vocab):
         import sentencepiece as spm
         self._sp = spm.SentencePieceProcessor()
         self._sp.LoadFromSerializedProto(proto)
+        self._vocab = vocab
+        self._isolated: bool | None = None
+
+    @property
+    def _newline_isolated(self) -> bool:
+        if self._isolated is None:
+            self._isolated = not any(len(t) > 1 and "\n" in t for t in self._vocab.tokens)
+        return self._isolated
 
     def encode_many(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each (already ``▁``-escaped) text."""
         if not texts:
             return []
-        if len(texts) == 1:
-            return [self._sp.EncodeAsIds(texts[0])]
-        return self._sp.EncodeAsIds(texts)
+        chunks: list[str] = []
+        counts: list[int] = []
+        for t in texts:
+            parts = self._split(t)
+            chunks.extend(parts)
+            counts.append(len(parts))
+        if len(chunks) == 1:
+            return [self._sp.EncodeAsIds(chunks[0])]
+        enc = self._sp.EncodeAsIds(chunks)
+        if len(chunks) == len(texts):
+            return enc
+        out = []
+        k = 0
+        for c in counts:
+            ids: list[int] = []
+            for e in enc[k:k + c]:
+                ids.extend(e)
+            out.append(ids)
+            k += c
+        return out
+
+    def _split(self, text: str) -> list[str]:
+        # Where no token longer than one character contains a newline, a newline can never merge
+        # with its neighbours, so cutting right after one changes nothing.
+        if len(text) <= 2 * _CHUNK or not self._newline_isolated:
+            return [text]
+        out = []
+        start = 0
+        while True:
+            cut = text.find("\n", start + _CHUNK)
+            if cut < 0:
+                out.append(text[start:])
+                return out
+            out.append(text[start:cut + 1])
+            start = cut + 1
 
 
 class PySPM:
@@ -191,7 +240,7 @@ def make_spm_engine(vocab: Vocab):
     proto = build_model_proto(vocab)
     if proto is not None:
         try:
-            return SentencePieceSPM(proto)
+            return SentencePieceSPM(proto, vocab)
         except Exception:   # a vocabulary SentencePiece refuses: fall back to the Python merge
             pass
     return PySPM(vocab)

@@ -89,6 +89,7 @@ class Vocab:
     special_cache: list = field(default_factory=list)  # control/user-defined/unknown ids, longest text first
     name: str = ""
     chat_template: str | None = None
+    char_lens: np.ndarray | None = None   # (n_vocab,) length of each token text in characters
 
     @property
     def kind(self) -> str:
@@ -118,13 +119,14 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
     tokens = get("tokenizer.ggml.tokens")
     if tokens is None:
         raise VocabError(f"{source}: metadata key 'tokenizer.ggml.tokens' missing")
-    if not isinstance(tokens, list):
-        tokens = list(tokens)
+    tokens = list(tokens.tolist() if hasattr(tokens, "tolist") else tokens)
     n = len(tokens)
     if n == 0:
         raise VocabError(f"{source}: tokenizer.ggml.tokens is empty")
-    for i in (i for i, t in enumerate(tokens) if not t):
+    char_lens = np.fromiter(map(len, tokens), dtype=np.int64, count=n)
+    for i in np.nonzero(char_lens == 0)[0].tolist():
         tokens[i] = f"[EMPTY_{i}]"   # as llama.cpp renames empty tokens
+        char_lens[i] = len(tokens[i])
 
     scores = get("tokenizer.ggml.scores")
     if scores is None:
@@ -145,7 +147,7 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
         attrs = np.where((types >= 0) & (types < len(_TYPE_TO_ATTR)),
                          _TYPE_TO_ATTR[np.clip(types, 0, len(_TYPE_TO_ATTR) - 1)], ATTR_UNDEFINED).astype(np.int32)
 
-    token_to_id = {t: i for i, t in enumerate(tokens)}
+    token_to_id = dict(zip(tokens, range(n)))
     if len(token_to_id) != n:
         raise VocabError(f"{source}: tokenizer.ggml.tokens has duplicate entries")
 
@@ -159,6 +161,8 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
         flags.update(add_space_prefix=True, add_bos=True)
     else:
         merges = get("tokenizer.ggml.merges")
+        if merges is not None and not isinstance(merges, list):
+            merges = list(merges.tolist() if hasattr(merges, "tolist") else merges)
         if merges is None:
             raise VocabError(f"{source}: BPE tokenizer without 'tokenizer.ggml.merges'")
         special.update(bos=11, eos=11)
@@ -246,4 +250,4 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
     tmpl = get("tokenizer.chat_template")
     return Vocab(model=model, pre=pre, tokens=tokens, scores=scores, attrs=attrs, token_to_id=token_to_id,
                  merges=merges, special=special, eog_ids=eog, special_cache=cand, name=name,
-                 chat_template=str(tmpl) if tmpl is not None else None, **flags)
+                 chat_template=str(tmpl) if tmpl is not None else None, char_lens=char_lens, **flags)

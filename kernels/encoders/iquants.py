@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from ..types import GGMLType
 from . import grids
-from .common import F, GROUP_MAX_EPS, make_qp_quants, nearest_int, put_f16, put_u16
+from .common import F, GROUP_MAX_EPS, fp32_to_fp16_bits, make_qp_quants, nearest_int, put_f16, put_u16
 from .legacy import KVALUES_IQ4NL, iq4_impl
 
 QK_K = 256
@@ -542,6 +542,483 @@ def _iq3_s(x, y, qw, has_qw, pos, kmap, neigh):
             y[b + 106 + ib // 2] = l1 | (l2 << 4)
 
 
+# ----------------------------------------------------------------- IQ2_S
+# layout: d, qs[32] (grid idx low 8 bits), signs[32], qh[8] (2 high bits per group), scales[8]
+
+@njit(cache=True)
+def _iq2_s(x, y, qw, has_qw, pos, kmap, neigh):
+    kmax = 3
+    scales = np.zeros(16, np.float32)
+    weight = np.zeros(16, np.float32)
+    xval = np.zeros(16, np.float32)
+    L = np.zeros(16, np.int8)
+    Laux = np.zeros(16, np.int8)
+    waux = np.zeros(16, np.float32)
+    on_grid = np.zeros(2, np.bool_)
+    on_grid_aux = np.zeros(2, np.bool_)
+    block_signs = np.zeros(2, np.int64)
+    for ibl in range(x.shape[0] // QK_K):
+        b = 82 * ibl
+        for k in range(82):
+            y[b + k] = 0
+        max_scale = F(0.0)
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        sigma2 = F(2.0) * _sumsq(xbl) / F(QK_K)
+        for ib in range(16):
+            xb = xbl[16 * ib:16 * ib + 16]
+            if has_qw:
+                _block_weights(xb, qw, QK_K * ibl + 16 * ib, True, sigma2, weight, waux, 16)
+            else:
+                for i in range(16):
+                    weight[i] = F(0.25) * sigma2 + xb[i] * xb[i]
+                for i in range(16):
+                    waux[i] = np.sqrt(weight[i])
+            for k in range(2):
+                sgn = 0
+                for i in range(8):
+                    v = xb[8 * k + i]
+                    if v >= 0:
+                        xval[8 * k + i] = v
+                    else:
+                        xval[8 * k + i] = -v
+                        sgn |= 1 << i
+                block_signs[k] = sgn
+            mx = xval[0]
+            for i in range(1, 16):
+                mx = max(mx, xval[i])
+            L[:] = 0
+            if mx < EPS_IQ2_S:
+                scales[ib] = 0
+                continue
+            best = F(0.0)
+            scale = mx / F(2 * kmax - 1)
+            on_grid[:] = True
+            for is_ in range(-9, 10):
+                idd = (F(2 * kmax - 1) + F(is_) * F(0.1)) / mx
+                this_scale = F(1.0) / idd
+                for k in range(2):
+                    u = _round_group(xval, 8 * k, idd, 8, kmax - 1, Laux, 2)
+                    on_grid_aux[k] = True
+                    if kmap[u] < 0:
+                        on_grid_aux[k] = False
+                        _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 8 * k, waux, this_scale, Laux, 8)
+                sumqx, sumq2 = _fit(weight, xval, Laux, 16)
+                if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+                    scale = sumqx / sumq2
+                    best = scale * sumqx
+                    L[:] = Laux
+                    on_grid[:] = on_grid_aux
+            n_not = 0
+            for k in range(2):
+                if not on_grid[k]:
+                    n_not += 1
+            if n_not > 0 and scale > 0:
+                idd = F(1.0) / scale
+                for k in range(2):
+                    if on_grid[k]:
+                        continue
+                    u = _round_group(xval, 8 * k, idd, 8, kmax - 1, L, 2)
+                    if kmap[u] < 0:
+                        _find_best_neighbour(neigh, -kmap[u] - 1, pos, xval, 8 * k, waux, scale, L, 8)
+                sumqx, sumq2 = _fit(weight, xval, L, 16)
+                if sumq2 > 0:
+                    scale = sumqx / sumq2
+            if scale < 0:
+                scale = -scale
+                for k in range(2):
+                    block_signs[k] = (~block_signs[k]) & 0xFF
+            for k in range(2):
+                gi = kmap[_code(L, 8 * k, 8, 2)]
+                if gi < 0:
+                    raise RuntimeError("IQ2_S: quantized point is not on the grid")
+                i8 = 2 * ib + k
+                y[b + 2 + i8] = gi & 255
+                y[b + 66 + i8 // 4] |= ((gi >> 8) << (2 * (i8 % 4))) & 0xFF
+                y[b + 34 + i8] = block_signs[k]
+            scales[ib] = scale
+            max_scale = max(max_scale, scale)
+        if max_scale == 0:
+            continue
+        d = max_scale / F(31.0)
+        put_f16(y, b, d * F(0.9875))
+        idd = F(1.0) / d
+        for ib in range(16):
+            l = nearest_int(F(0.5) * (idd * scales[ib] - F(1.0)))
+            l = max(0, min(15, l))
+            if ib % 2 == 0:
+                y[b + 74 + ib // 2] = l
+            else:
+                y[b + 74 + ib // 2] |= l << 4
+
+
+# ----------------------------------------------------------------- IQ1_S / IQ1_M shared
+
+@njit(cache=True)
+def _sort_order(xb, idx, n):
+    """Indices of xb in ascending order (ties keep their original order)."""
+    for j in range(n):
+        idx[j] = j
+    for j in range(1, n):
+        v = idx[j]
+        t = j - 1
+        while t >= 0 and xb[idx[t]] > xb[v]:
+            idx[t + 1] = idx[t]
+            t -= 1
+        idx[t + 1] = v
+
+
+@njit(cache=True)
+def _find_best_neighbour1(neigh, off, pos, xb, xo, weight, scale, xx, L, ngrid):
+    """iq1_find_best_neighbour2: the neighbour closest to x at this scale with levels xx."""
+    num = np.int64(neigh[off])
+    best = FLT_MAX
+    gi = -1
+    for j in range(1, num + 1):
+        g = np.int64(neigh[off + j])
+        d2 = F(0.0)
+        for i in range(8):
+            q = xx[(pos[g, i] - 1) // 2]
+            diff = scale * q - xb[xo + i]
+            d2 += weight[xo + i] * diff * diff
+        if d2 < best:
+            best = d2
+            gi = g
+    if gi < 0:
+        for i in range(ngrid):
+            d2 = F(0.0)
+            for j in range(8):
+                q = xx[(pos[i, j] - 1) // 2]
+                diff = scale * q - xb[xo + i]  # (sic) ggml indexes x by the grid entry here
+                d2 += weight[xo + j] * diff * diff
+            if d2 < best:
+                best = d2
+                gi = i
+    if gi < 0:
+        raise RuntimeError("IQ1: no grid point found")
+    for i in range(8):
+        L[xo + i] = (pos[gi, i] - 1) // 2
+    return gi
+
+
+# ----------------------------------------------------------------- IQ1_S
+# layout: d, qs[32] (grid idx low 8 bits), qh uint16[8] (3 high bits x4 | scale << 12 | shift sign << 15)
+
+@njit(cache=True)
+def _iq1_s(x, y, qw, pos, kmap, neigh):
+    bs = 32
+    delta = F(0.125)
+    x_p = np.array([F(-1.0) + delta, delta, F(1.0) + delta], np.float32)
+    x_m = np.array([F(-1.0) - delta, -delta, F(1.0) - delta], np.float32)
+    scales = np.zeros(8, np.float32)
+    shifts = np.zeros(8, np.int64)
+    weight = np.zeros(bs, np.float32)
+    L = np.zeros(bs, np.int8)
+    sumx = np.zeros(bs + 1, np.float32)
+    sumw = np.zeros(bs + 1, np.float32)
+    idx = np.zeros(bs, np.int64)
+    index = np.zeros(4, np.int64)
+    qh = np.zeros(8, np.int64)
+    for ibl in range(x.shape[0] // QK_K):
+        b = 50 * ibl
+        for k in range(50):
+            y[b + k] = 0
+        qh[:] = 0
+        max_scale = F(0.0)
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        sigma2 = F(2.0) * _sumsq(xbl) / F(QK_K)
+        for ib in range(QK_K // bs):
+            xb = xbl[bs * ib:bs * ib + bs]
+            o = QK_K * ibl + bs * ib
+            for i in range(bs):
+                weight[i] = qw[o + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+            mx = abs(xb[0])
+            for i in range(1, bs):
+                mx = max(mx, abs(xb[i]))
+            if mx < F(1e-12):
+                scales[ib] = 0
+                shifts[ib] = 1
+                continue
+            _sort_order(xb, idx, bs)
+            sumx[0] = 0
+            sumw[0] = 0
+            for j in range(bs):
+                i = idx[j]
+                sumx[j + 1] = sumx[j] + weight[i] * xb[i]
+                sumw[j + 1] = sumw[j] + weight[i]
+            best_score = -FLT_MAX
+            scale = mx
+            besti1 = -1
+            besti2 = -1
+            best_shift = 0
+            for i1 in range(bs + 1):
+                for i2 in range(i1, bs + 1):
+                    a = sumx[i1] - sumx[0]
+                    bb = sumx[i2] - sumx[i1]
+                    c = sumx[bs] - sumx[i2]
+                    wa = sumw[i1] - sumw[0]
+                    wb = sumw[i2] - sumw[i1]
+                    wc = sumw[bs] - sumw[i2]
+                    sumqx = a * x_p[0] + bb * x_p[1] + c * x_p[2]
+                    sumq2 = wa * x_p[0] * x_p[0] + wb * x_p[1] * x_p[1] + wc * x_p[2] * x_p[2]
+                    if sumq2 > 0 and sumqx * sumqx > best_score * sumq2:
+                        scale = sumqx / sumq2
+                        best_score = scale * sumqx
+                        besti1 = i1
+                        besti2 = i2
+                        best_shift = 1
+                    sumqx = a * x_m[0] + bb * x_m[1] + c * x_m[2]
+                    sumq2 = wa * x_m[0] * x_m[0] + wb * x_m[1] * x_m[1] + wc * x_m[2] * x_m[2]
+                    if sumq2 > 0 and sumqx * sumqx > best_score * sumq2:
+                        scale = sumqx / sumq2
+                        best_score = scale * sumqx
+                        besti1 = i1
+                        besti2 = i2
+                        best_shift = -1
+            if besti1 < 0 or besti2 < 0 or best_shift == 0:
+                scales[ib] = 0
+                shifts[ib] = 1
+                continue
+            for j in range(0, besti1):
+                L[idx[j]] = 0
+            for j in range(besti1, besti2):
+                L[idx[j]] = 1
+            for j in range(besti2, bs):
+                L[idx[j]] = 2
+            if scale < 0:
+                for j in range(bs):
+                    L[j] = 2 - L[j]
+                scale = -scale
+                best_shift = -best_shift
+            all_on_grid = True
+            xx = x_p if best_shift == 1 else x_m
+            for k in range(bs // 8):
+                gi = kmap[_code(L, 8 * k, 8, 2)]
+                if gi < 0:
+                    all_on_grid = False
+                    gi = _find_best_neighbour1(neigh, -gi - 1, pos, xb, 8 * k, weight, scale, xx, L, 2048)
+                index[k] = gi
+            if not all_on_grid:
+                sumqx = F(0.0)
+                sumq2 = F(0.0)
+                for k in range(bs // 8):
+                    for j in range(8):
+                        w = weight[8 * k + j]
+                        q = xx[(pos[index[k], j] - 1) // 2]
+                        sumqx += w * q * xb[8 * k + j]
+                        sumq2 += w * q * q
+                if sumqx > 0 and sumq2 > 0:
+                    scale = sumqx / sumq2
+            h = 0
+            for k in range(bs // 8):
+                y[b + 2 + (bs // 8) * ib + k] = index[k] & 255
+                h |= (index[k] >> 8) << (3 * k)
+            qh[ib] = h
+            scales[ib] = scale
+            shifts[ib] = best_shift
+            max_scale = max(max_scale, scale)
+        if max_scale == 0:
+            continue
+        d = max_scale / F(15.0)
+        put_f16(y, b, d * F(1.125))
+        idd = F(1.0) / d
+        for ib in range(QK_K // bs):
+            l = nearest_int(F(0.5) * (idd * scales[ib] - F(1.0)))
+            l = max(0, min(7, l))
+            if shifts[ib] == -1:
+                l |= 8
+            put_u16(y, b + 34 + 2 * ib, (qh[ib] | (l << 12)) & 0xFFFF)
+
+
+# ----------------------------------------------------------------- IQ1_M
+# layout: qs[32] (grid idx low 8 bits), qh[16] (3 high bits + shift flag per group of 8),
+# scales uint16[4] (3-bit block scales; the fp16 super-scale in the top nibbles)
+
+@njit(cache=True)
+def _iq1_m(x, y, qw, has_qw, pos, kmap, neigh):
+    bs = 16
+    delta = F(0.125)
+    x_p = np.array([F(-1.0) + delta, delta, F(1.0) + delta], np.float32)
+    x_m = np.array([F(-1.0) - delta, -delta, F(1.0) - delta], np.float32)
+    masks = np.array([0x00, 0x80, 0x08, 0x88], np.int64)
+    scales = np.zeros(16, np.float32)
+    shifts = np.zeros(16, np.int64)
+    weight = np.zeros(bs, np.float32)
+    L = np.zeros(bs, np.int8)
+    idx = np.zeros(bs, np.int64)
+    index = np.zeros(2, np.int64)
+    px = np.zeros((2, bs + 1), np.float32)
+    pw = np.zeros((2, bs + 1), np.float32)
+    sumqx = np.zeros(4, np.float32)
+    sumq2 = np.zeros(4, np.float32)
+    qx_p = np.zeros(2, np.float32)
+    qx_m = np.zeros(2, np.float32)
+    q2_p = np.zeros(2, np.float32)
+    q2_m = np.zeros(2, np.float32)
+    sc = np.zeros(4, np.int64)
+    p2 = x_p[2]
+    m2 = x_m[2]
+    cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1]
+    cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2]
+    cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1]
+    cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2]
+    for ibl in range(x.shape[0] // QK_K):
+        b = 56 * ibl
+        for k in range(56):
+            y[b + k] = 0
+        sc[:] = 0
+        max_scale = F(0.0)
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        sigma2 = F(2.0) * _sumsq(xbl) / F(QK_K)
+        for ib in range(QK_K // bs):
+            xb = xbl[bs * ib:bs * ib + bs]
+            o = QK_K * ibl + bs * ib
+            if has_qw:
+                for i in range(bs):
+                    weight[i] = qw[o + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+            else:
+                for i in range(bs):
+                    weight[i] = xb[i] * xb[i]
+            mx = abs(xb[0])
+            for i in range(1, bs):
+                mx = max(mx, abs(xb[i]))
+            if mx < F(1e-7):
+                scales[ib] = 0
+                shifts[ib] = 0
+                continue
+            _sort_order(xb, idx, bs)
+            best_score = -FLT_MAX
+            scale = mx
+            besti1 = -1
+            besti2 = -1
+            best_k = -1
+            px[0, 0] = 0
+            px[1, 0] = 0
+            pw[0, 0] = 0
+            pw[1, 0] = 0
+            for j in range(bs):
+                i = idx[j]
+                h = 0 if i < bs // 2 else 1
+                px[h, j + 1] = px[h, j] + weight[i] * xb[i]
+                px[1 - h, j + 1] = px[1 - h, j]
+                pw[h, j + 1] = pw[h, j] + weight[i]
+                pw[1 - h, j + 1] = pw[1 - h, j]
+            tx0 = px[0, bs]
+            tx1 = px[1, bs]
+            tw0 = pw[0, bs]
+            tw1 = pw[1, bs]
+            for i1 in range(bs + 1):
+                for i2 in range(i1, bs + 1):
+                    for h in range(2):
+                        txs = tx0 if h == 0 else tx1
+                        tws = tw0 if h == 0 else tw1
+                        sx = px[h, i1] + px[h, i2]
+                        qx_p[h] = txs * p2 - sx
+                        qx_m[h] = txs * m2 - sx
+                        q2_p[h] = tws * p2 * p2 + pw[h, i1] * cp1 + pw[h, i2] * cp2
+                        q2_m[h] = tws * m2 * m2 + pw[h, i1] * cm1 + pw[h, i2] * cm2
+                    sumqx[0] = qx_p[0] + qx_p[1]
+                    sumqx[1] = qx_p[0] + qx_m[1]
+                    sumqx[2] = qx_m[0] + qx_p[1]
+                    sumqx[3] = qx_m[0] + qx_m[1]
+                    sumq2[0] = q2_p[0] + q2_p[1]
+                    sumq2[1] = q2_p[0] + q2_m[1]
+                    sumq2[2] = q2_m[0] + q2_p[1]
+                    sumq2[3] = q2_m[0] + q2_m[1]
+                    for k in range(4):
+                        if sumq2[k] > 0 and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
+                            scale = sumqx[k] / sumq2[k]
+                            best_score = scale * sumqx[k]
+                            besti1 = i1
+                            besti2 = i2
+                            best_k = k
+            if besti1 < 0 or besti2 < 0 or best_k < 0:
+                scales[ib] = 0
+                shifts[ib] = 0
+                continue
+            for j in range(0, besti1):
+                L[idx[j]] = 0
+            for j in range(besti1, besti2):
+                L[idx[j]] = 1
+            for j in range(besti2, bs):
+                L[idx[j]] = 2
+            if scale < 0:
+                for j in range(bs):
+                    L[j] = 2 - L[j]
+                scale = -scale
+                best_k = 3 - best_k
+            all_on_grid = True
+            for k in range(bs // 8):
+                if k == 0:
+                    xx = x_p if best_k < 2 else x_m
+                else:
+                    xx = x_p if best_k % 2 == 0 else x_m
+                gi = kmap[_code(L, 8 * k, 8, 2)]
+                if gi < 0:
+                    all_on_grid = False
+                    gi = _find_best_neighbour1(neigh, -gi - 1, pos, xb, 8 * k, weight, scale, xx, L, 2048)
+                index[k] = gi
+            if not all_on_grid:
+                sqx = F(0.0)
+                sq2 = F(0.0)
+                for k in range(bs // 8):
+                    if k == 0:
+                        xx = x_p if best_k < 2 else x_m
+                    else:
+                        xx = x_p if best_k % 2 == 0 else x_m
+                    for j in range(8):
+                        w = weight[8 * k + j]
+                        q = xx[(pos[index[k], j] - 1) // 2]
+                        sqx += w * q * xb[8 * k + j]
+                        sq2 += w * q * q
+                if sqx > 0 and sq2 > 0:
+                    scale = sqx / sq2
+            y[b + 2 * ib] = index[0] & 255
+            y[b + 2 * ib + 1] = index[1] & 255
+            y[b + 32 + ib] = ((index[0] >> 8) | ((index[1] >> 8) << 4)) & 0xFF
+            scales[ib] = scale
+            shifts[ib] = best_k
+            max_scale = max(max_scale, scale)
+        if max_scale == 0:
+            continue
+        d = max_scale / F(15.0)
+        idd = F(1.0) / d
+        sqx = F(0.0)
+        sq2 = F(0.0)
+        for ib in range(QK_K // bs):
+            l = nearest_int(F(0.5) * (idd * scales[ib] - F(1.0)))
+            l = max(0, min(7, l))
+            sc[ib // 4] |= l << (3 * (ib % 4))
+            y[b + 32 + ib] |= masks[shifts[ib]]
+            xb = xbl[bs * ib:bs * ib + bs]
+            o = QK_K * ibl + bs * ib
+            if has_qw:
+                for i in range(bs):
+                    weight[i] = qw[o + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+            else:
+                for i in range(bs):
+                    weight[i] = xb[i] * xb[i]
+            for k in range(bs // 8):
+                if k == 0:
+                    xx = x_p if shifts[ib] < 2 else x_m
+                else:
+                    xx = x_p if shifts[ib] % 2 == 0 else x_m
+                g = np.int64(y[b + 2 * ib + k]) + ((np.int64(y[b + 32 + ib]) << (8 - 4 * k)) & 0x700)
+                for j in range(8):
+                    w = weight[8 * k + j]
+                    q = xx[(pos[g, j] - 1) // 2] * F(2 * l + 1)
+                    sqx += w * q * xb[8 * k + j]
+                    sq2 += w * q * q
+        if sq2 > 0:
+            d = sqx / sq2
+        s = fp32_to_fp16_bits(d * F(1.1125))
+        sc[0] |= (s & 0x000F) << 12
+        sc[1] |= (s & 0x00F0) << 8
+        sc[2] |= (s & 0x0F00) << 4
+        sc[3] |= (s & 0xF000)
+        for k in range(4):
+            put_u16(y, b + 48 + 2 * k, sc[k] & 0xFFFF)
+
+
 # ----------------------------------------------------------------- row driver
 
 K_IQ4_XS, K_IQ3_S, K_IQ3_XXS, K_IQ2_S, K_IQ2_XS, K_IQ2_XXS, K_IQ1_S, K_IQ1_M = range(8)
@@ -566,6 +1043,12 @@ def encode_rows(x, qw, has_qw, out, kind, pos, kmap, neigh):
             _iq2_xs(xr, yr, qw, pos, kmap, neigh)
         elif kind == K_IQ2_XXS:
             _iq2_xxs(xr, yr, qw, pos, kmap, neigh)
+        elif kind == K_IQ2_S:
+            _iq2_s(xr, yr, qw, has_qw, pos, kmap, neigh)
+        elif kind == K_IQ1_S:
+            _iq1_s(xr, yr, qw, pos, kmap, neigh)
+        elif kind == K_IQ1_M:
+            _iq1_m(xr, yr, qw, has_qw, pos, kmap, neigh)
 
 
 _NO_GRID = (np.zeros((1, 1), np.int8), np.zeros(1, np.int32), np.zeros(1, np.uint16))
@@ -591,4 +1074,7 @@ ENCODERS = {
     GGMLType.IQ3_XXS: _encoder(K_IQ3_XXS),
     GGMLType.IQ2_XS: _encoder(K_IQ2_XS),
     GGMLType.IQ2_XXS: _encoder(K_IQ2_XXS),
+    GGMLType.IQ2_S: _encoder(K_IQ2_S),
+    GGMLType.IQ1_S: _encoder(K_IQ1_S),
+    GGMLType.IQ1_M: _encoder(K_IQ1_M),
 }

@@ -478,7 +478,8 @@ def encode_f32(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def encode_f16(x: np.ndarray, imatrix=None) -> np.ndarray:
     """Round to nearest even (as ggml_fp32_to_fp16_row); NaN becomes a quiet NaN 0x7E00 with its sign."""
-    h = x.astype("<f2").view(np.uint16)
+    with np.errstate(over="ignore"):
+        h = x.astype("<f2").view(np.uint16)
     nan = np.isnan(x)
     if nan.any():
         sign = (x.view(np.uint32) >> 16).astype(np.uint16) & np.uint16(0x8000)

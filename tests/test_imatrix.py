@@ -1,0 +1,120 @@
+"""Importance matrices: both file formats against llama-imatrix's files, and collection on the fixture model."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from gguf_engine.cli.imatrix import main as imatrix_main
+from gguf_engine.quantize.imatrix import (Imatrix, ImatrixCollector, ImatrixError, read_imatrix,
+                                          write_imatrix_dat, write_imatrix_gguf)
+
+from .conftest import fixture_path
+
+
+def _gguf():
+    return fixture_path("models", "tiny-llama.imatrix.gguf")
+
+
+def _dat():
+    return fixture_path("models", "tiny-llama.imatrix.dat")
+
+
+def test_read_both_formats():
+    """GGUF and legacy files hold the same 28 entries; normalized weights agree exactly (no tolerance)."""
+    g, d = read_imatrix(_gguf()), read_imatrix(_dat())
+    assert not g.is_legacy and d.is_legacy and g.has_metadata
+    assert len(g.entries) == len(d.entries) == 28
+    assert g.chunk_count == d.chunk_count == 40 and g.chunk_size == 128
+    assert g.datasets[0].endswith("calibration.txt") and d.datasets == g.datasets
+    e = g.entries["blk.0.ffn_down.weight"]
+    assert e.sums.shape == (512,) and list(e.counts) == [40 * 128]
+    assert list(d.entries["blk.0.ffn_down.weight"].counts) == [40]          # legacy: ncall
+    wg, wd = g.quant_weights(), d.quant_weights()
+    for name in wg:
+        np.testing.assert_array_equal(wg[name], wd[name])
+
+
+def test_write_is_byte_identical_to_llamacpp(tmp_path):
+    """Writing the loaded GGUF imatrix back in either format reproduces llama-imatrix's bytes exactly."""
+    g = read_imatrix(_gguf())
+    write_imatrix_gguf(g, tmp_path / "x.gguf")
+    write_imatrix_dat(g, tmp_path / "x.dat")
+    assert (tmp_path / "x.gguf").read_bytes() == _gguf().read_bytes()
+    assert (tmp_path / "x.dat").read_bytes() == _dat().read_bytes()
+
+
+def test_filter_and_merge():
+    """--include/--exclude substring filters; merging two runs adds sums and counts; legacy scales by chunk size."""
+    g = read_imatrix(_gguf())
+    assert set(g.filtered(include=["ffn_down"]).entries) == {f"blk.{i}.ffn_down.weight" for i in range(4)}
+    assert not any("attn" in n for n in g.filtered(exclude=["attn"]).entries)
+    with pytest.raises(ValueError):
+        g.filtered(include=["a"], exclude=["b"])
+    m = Imatrix(chunk_size=128)
+    m.merge(g)
+    m.merge(read_imatrix(_dat()))
+    e, e0 = m.entries["blk.1.attn_q.weight"], g.entries["blk.1.attn_q.weight"]
+    np.testing.assert_allclose(e.sums, 2 * e0.sums, rtol=1e-5)
+    assert list(e.counts) == [2 * 5120] and m.chunk_count == 80
+
+
+def test_collector_accumulates_like_llamacpp():
+    """Sum of squares per column and token counts; small batches (<16 tokens) and non-block weights
+    ignored; experts counted per routed token (exact arithmetic on small integers)."""
+    c = ImatrixCollector(chunk_size=32)
+    x = np.arange(64, dtype=np.float32).reshape(32, 2)                 # (n_tokens, n_in)
+    c.add("blk.0.attn_q.weight", x)
+    c.add("blk.0.attn_q.weight", x[:8])                                # < 16 tokens: ignored
+    c.add("token_embd.weight", x)                                      # not a block weight: ignored
+    e = c.stats["blk.0.attn_q.weight"]
+    np.testing.assert_array_equal(e.sums, (x * x).sum(axis=0))
+    assert list(e.counts) == [32] and c.last_chunk == 1 and set(c.stats) == {"blk.0.attn_q.weight"}
+    ids = np.array([[0, 2]] * 16 + [[1, 2]] * 16)                      # (n_tokens, n_used)
+    xe = np.ones((32, 2, 4), np.float32)
+    c.add_experts("blk.0.ffn_up_exps.weight", xe, ids, n_expert=3)
+    ee = c.stats["blk.0.ffn_up_exps.weight"]
+    assert list(ee.counts) == [16, 16, 32]
+    np.testing.assert_array_equal(ee.sums.reshape(3, 4)[:, 0], [16, 16, 32])
+    im = c.to_imatrix("data.txt")
+    assert im.datasets == ["data.txt"] and im.chunk_size == 32
+
+
+def test_bad_files(tmp_path):
+    """Truncated or foreign files raise ImatrixError naming the file."""
+    bad = tmp_path / "bad.dat"
+    bad.write_bytes(struct.pack("<ii", 1, 50) + b"short")
+    with pytest.raises(ImatrixError, match="bad.dat"):
+        read_imatrix(bad)
+    empty = tmp_path / "empty.dat"
+    empty.write_bytes(struct.pack("<i", 0))
+    with pytest.raises(ImatrixError, match="entry count"):
+        read_imatrix(empty)
+    with pytest.raises(ImatrixError, match="cannot open"):
+        read_imatrix(tmp_path / "missing.gguf")
+
+
+def test_collect_matches_llamacpp(tmp_path, capsys):
+    """gguf-imatrix on the F16 fixture model with calibration.txt (chunk 128, 40 chunks) matches
+    llama-imatrix's file: same entries and counts, every per-column sum within 1%."""
+    out = tmp_path / "im.gguf"
+    rc = imatrix_main(["-m", str(fixture_path("models", "tiny-llama-f16.gguf")),
+                       "-f", str(fixture_path("models", "calibration.txt")), "-o", str(out),
+                       "--chunk-size", "128", "--chunks", "40", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "Final estimate: PPL = " in text and "[40]" in text
+    ours, ref = read_imatrix(out), read_imatrix(_gguf())
+    assert set(ours.entries) == set(ref.entries)
+    assert ours.chunk_count == 40 and ours.chunk_size == 128
+    worst = 0.0
+    for name, e in ref.entries.items():
+        o = ours.entries[name]
+        assert list(o.counts) == list(e.counts), name
+        worst = max(worst, float(np.max(np.abs(o.sums - e.sums) / np.abs(e.sums))))
+    assert worst < 0.01, f"worst per-entry relative difference {worst:.3%}"
+    # the legacy output format from an existing file, no model run needed
+    dat = tmp_path / "im.dat"
+    assert imatrix_main(["-m", "unused", "--in-file", str(out), "--chunk-size", "128", "-o", str(dat),
+                         "--output-format", "dat"]) == 0
+    assert read_imatrix(dat).is_legacy and len(read_imatrix(dat).entries) == 28

@@ -1,0 +1,228 @@
+"""Quantized matvec / matmul / row gather (kernels.Weight) against float64 products on exact dequantizations.
+
+Tolerance (every product test): |y - y_ref| <= 1e-5 * sum_j |w_j x_j| + 1e-30 per output, where
+y_ref = dequant(W) @ x in float64.  Dequantization and row gathers are bit-exact (compared as bits).
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import kernels
+from gguf_engine.gguf.reader import GGUFReader
+from kernels import Weight
+from kernels.types import BLOCK_SIZES, GGMLType, as_type
+
+from .conftest import fixture_path
+
+REL_TOL = 1e-5
+# the module (kernels.matmul the attribute is the public function of the same name)
+matmul_mod = importlib.import_module("kernels.matmul")
+
+# Every type with reference blocks made by ggml (../shared/fixtures/quant_blocks/TYPE.npz).
+BLOCK_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+               "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL",
+               "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4"]
+# Types with a repacked fast layout.
+FAST_TYPES = ["F32", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+
+# fp16 scale fields (byte offsets in a block) of the fast types, overwritten in random data.
+_SCALES = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+           "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def assert_close(y, W64, x, what=""):
+    """y (..., rows) against x @ W64.T in float64, within REL_TOL * (|x| @ |W64|.T)."""
+    ref = np.asarray(x, np.float64) @ W64.T
+    bound = REL_TOL * (np.abs(np.asarray(x, np.float64)) @ np.abs(W64).T) + 1e-30
+    err = np.abs(np.asarray(y, np.float64) - ref)
+    bad = err > bound
+    assert not bad.any(), (f"{what}: {bad.sum()} outputs outside tolerance; worst err/bound "
+                           f"{(err / bound).max():.3g}")
+
+
+def bits_equal(a, b) -> bool:
+    return a.shape == b.shape and np.array_equal(np.asarray(a, np.float32).view(np.uint32),
+                                                 np.asarray(b, np.float32).view(np.uint32))
+
+
+def random_tensor(name: str, rows: int, cols: int, rng) -> np.ndarray:
+    """Random raw bytes of a fast type with finite fp16 scales in a sensible range."""
+    t = as_type(name)
+    if t == GGMLType.F32:
+        return rng.standard_normal(rows * cols).astype(np.float32).view(np.uint8)
+    bs, ts = BLOCK_SIZES[t]
+    n = rows * cols // bs
+    b = rng.integers(0, 256, (n, ts), dtype=np.uint8)
+    for off in _SCALES[name]:
+        b[:, off:off + 2] = (rng.uniform(-1, 1, n) / 50).astype(np.float16).view(np.uint8).reshape(n, 2)
+    return b.reshape(-1)
+
+
+def check_weight(W: Weight, W32: np.ndarray, rng, batches=(1, 3, 17), what=""):
+    """Full contract of one Weight whose exact dequantization is W32."""
+    rows, cols = W.shape
+    W64 = W32.astype(np.float64)
+    assert bits_equal(W.dequantize(), W32), f"{what}: dequantize() is not bit-exact"
+    x = rng.standard_normal(cols).astype(np.float32)
+    assert_close(W.matvec(x), W64, x, f"{what} matvec")
+    out = np.full(rows, np.nan, np.float32)
+    assert W.matvec(x, out=out) is out
+    assert_close(out, W64, x, f"{what} matvec(out=)")
+    for n in batches:
+        X = rng.standard_normal((n, cols)).astype(np.float32)
+        assert_close(W.matmul(X), W64, X, f"{what} matmul n={n}")
+    ids = np.array([rows - 1, 0, rows // 2, rows - 1])
+    assert bits_equal(W.rows(ids), W32[ids]), f"{what}: rows() is not bit-exact"
+
+
+@pytest.mark.parametrize("name", BLOCK_TYPES)
+def test_ggml_blocks_every_type(name):
+    """ggml-made blocks of every type (with and without imatrix; 31 rows, odd): exact decode, products in tolerance."""
+    z = np.load(fixture_path("quant_blocks", f"{name}.npz"))
+    qs = [z[k] for k in ("q", "q_im") if k in z]
+    deqs = [z[k] for k in ("deq", "deq_im") if k in z]
+    q = np.concatenate(qs)[:31]
+    deq = np.concatenate(deqs)[:31]
+    W = Weight(q, name, deq.shape)
+    assert W.qtype == as_type(name) and W.shape == deq.shape
+    check_weight(W, deq, np.random.default_rng(1), what=name)
+
+
+@pytest.mark.parametrize("name", FAST_TYPES)
+@pytest.mark.parametrize("shape", [(37, 512), (1, 256), (130, 768)])
+def test_random_fast_types(name, shape):
+    """Random weights (valid scales) of the fast layouts: odd row counts, one row, several 256-blocks."""
+    rng = np.random.default_rng(hash((name, shape)) % 2**32)
+    data = random_tensor(name, *shape, rng)
+    W32 = kernels.dequantize(data, name, shape)
+    W = Weight(data, name, shape)
+    check_weight(W, W32, rng, batches=(1, 4, 17), what=f"{name} {shape}")
+    # the functional forms of the issue
+    x = rng.standard_normal(shape[1]).astype(np.float32)
+    assert_close(kernels.matvec(data, name, shape, x), W32.astype(np.float64), x, "kernels.matvec")
+    X = rng.standard_normal((5, shape[1])).astype(np.float32)
+    assert_close(kernels.matmul(X, data, name, shape), W32.astype(np.float64), X, "kernels.matmul")
+
+
+@pytest.mark.parametrize("name", ["Q4_1", "Q6_K", "Q5_0", "IQ4_XS"])
+def test_results_do_not_depend_on_thread_count(name):
+    """matvec and matmul give bit-identical results with 1 and 2 threads."""
+    rng = np.random.default_rng(7)
+    if name in _SCALES:
+        data = random_tensor(name, 203, 512, rng)
+    else:
+        z = np.load(fixture_path("quant_blocks", f"{name}.npz"))
+        data = np.concatenate([z["q_im"]] * 13)[:203]
+    W = Weight(data, name, (203, 512))
+    x = rng.standard_normal(512).astype(np.float32)
+    X = rng.standard_normal((9, 512)).astype(np.float32)
+    before = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(1)
+        y1, Y1 = W.matvec(x), W.matmul(X)
+        kernels.set_num_threads(min(2, kernels.threads.numba.config.NUMBA_NUM_THREADS))
+        y2, Y2 = W.matvec(x), W.matmul(X)
+    finally:
+        kernels.set_num_threads(before)
+    assert bits_equal(y1, y2)
+    assert np.allclose(Y1, Y2, rtol=1e-6, atol=0)   # BLAS may split differently; the decoded tile is identical
+
+
+def test_matmul_tiles_and_batch_512(monkeypatch):
+    """Tiled matmul (tiles smaller than the tensor, a ragged last tile) and a 512-token batch."""
+    rng = np.random.default_rng(3)
+    shape = (300, 256)
+    data = random_tensor("Q4_K", *shape, rng)
+    W32 = kernels.dequantize(data, "Q4_K", shape)
+    W = Weight(data, "Q4_K", shape)
+    monkeypatch.setattr(matmul_mod, "TILE_ELEMENTS", 128 * 256)   # 128-row tiles: 128 + 128 + 44
+    X = rng.standard_normal((512, 256)).astype(np.float32)
+    assert_close(W.matmul(X), W32.astype(np.float64), X, "tiled matmul n=512")
+
+
+def test_concat_and_fused_matvec():
+    """Weight.concat stacks rows (same result bits as the parts); split() and fused_matvec agree."""
+    rng = np.random.default_rng(4)
+    parts = [Weight(random_tensor("Q5_0", r, 256, rng), "Q5_0", (r, 256)) for r in (64, 16, 16)]
+    x = rng.standard_normal(256).astype(np.float32)
+    Wc = Weight.concat(parts)
+    assert Wc.shape == (96, 256) and Wc.splits == (64, 16, 16)
+    ys = Wc.split(Wc.matvec(x))
+    for y, p, yf in zip(ys, parts, kernels.fused_matvec(parts, x)):
+        assert bits_equal(y, p.matvec(x)) and bits_equal(yf, y)
+    X = rng.standard_normal((6, 256)).astype(np.float32)
+    for Y, p in zip(Wc.split(Wc.matmul(X)), parts):
+        assert np.allclose(Y, p.matmul(X), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError):
+        Weight.concat([parts[0], Weight(random_tensor("Q8_0", 4, 256, rng), "Q8_0", (4, 256))])
+
+
+def test_errors_are_clear():
+    """Wrong byte counts, row lengths that are not whole blocks, bad x shapes and bad ids raise."""
+    rng = np.random.default_rng(5)
+    data = random_tensor("Q4_0", 4, 64, rng)
+    with pytest.raises(ValueError, match="needs"):
+        Weight(data[:-1], "Q4_0", (4, 64))
+    with pytest.raises(ValueError, match="multiple"):
+        Weight(data, "Q4_K", (1, 72 * 4))
+    W = Weight(data, "Q4_0", (4, 64))
+    with pytest.raises(ValueError):
+        W.matvec(np.zeros(65, np.float32))
+    with pytest.raises(IndexError):
+        W.rows([4])
+
+
+def _check_file_tensors(path, names_or_pred, rng, max_rows=None):
+    with GGUFReader(path) as r:
+        picked = [t for n, t in r.tensors.items() if len(t.shape) == 2 and names_or_pred(n, t)]
+        assert picked, f"no tensor picked from {path}"
+        for t in picked:
+            raw = np.array(t.raw)
+            rows, cols = t.shape
+            W = Weight(raw, t.type, t.shape)
+            W32 = kernels.dequantize(raw, t.type, t.shape)
+            check_weight(W, W32, rng, batches=(1, 17), what=f"{path.name}:{t.name} {t.type.name}")
+    return picked
+
+
+def test_tiny_model_tensors():
+    """Every 2-D tensor of small ggml-quantized models (Q4_K_M and Q3_K_M mixtures, IQ4_XS)."""
+    rng = np.random.default_rng(6)
+    for ft in ("Q4_K_M", "Q3_K_M", "IQ4_XS"):
+        _check_file_tensors(fixture_path("models", "q", f"tiny-llama-{ft}.gguf"), lambda n, t: True, rng)
+
+
+def test_real_smollm2_tensors(smollm2_path):
+    """SmolLM2 Q4_1 layer-0 projections and the Q8_0 embedding (matvec over all 49152 rows; gather)."""
+    rng = np.random.default_rng(8)
+    _check_file_tensors(smollm2_path, lambda n, t: n.startswith("blk.0."), rng)
+    with GGUFReader(smollm2_path) as r:
+        t = r.tensors["token_embd.weight"]
+        raw = np.array(t.raw)
+        W = Weight(raw, t.type, t.shape)
+        ids = np.array([0, 1, 49151, 1234, 1234])
+        raw2d = raw.reshape(t.shape[0], -1)
+        rows_ref = np.stack([kernels.dequantize(raw2d[i], t.type, (t.shape[1],)) for i in ids])
+        assert bits_equal(W.rows(ids), rows_ref)
+        x = rng.standard_normal(t.shape[1]).astype(np.float32)
+        assert_close(W.matvec(x), kernels.dequantize(raw, t.type, t.shape).astype(np.float64), x,
+                     "smollm2 output projection")
+
+
+def test_real_gemma3_tensors(gemma3_path):
+    """Gemma 3: the first 2-D tensor of every (type, shape) in the file except the 262144-row embedding."""
+    rng = np.random.default_rng(9)
+    seen = set()
+
+    def first_of_kind(name, t):
+        key = (t.type, tuple(t.shape))
+        if key in seen or name == "token_embd.weight":
+            return False
+        seen.add(key)
+        return True
+
+    picked = _check_file_tensors(gemma3_path, first_of_kind, rng)
+    assert {t.type.name for t in picked} >= {"Q4_K", "Q5_0", "Q6_K", "Q8_0"}
