@@ -1,4 +1,5 @@
 """Numba kernels of gguf-engine: per-type decoders, dequantization and the fused math."""
+from . import threads  # first: sets the OpenMP wait policy before any parallel kernel runs
 from .dequantize import dequantize
 from .registry import QTYPES, QuantType, get_qtype
 from .quantize import quantize

@@ -39,6 +39,14 @@ _I1 = np.int32(1)
 # --------------------------------------------------------------------------- activation layouts
 
 
+@njit(cache=True, inline="always")
+def _u(i):
+    """An index known to be >= 0, as uint64: Numba then emits no negative-index wraparound,
+    which would otherwise stop LLVM from vectorizing the loads."""
+    return np.uint64(i)
+
+
+
 @njit(cache=True)
 def _x_halves(x, nbv):
     """x (32 nb,) -> xlo, xhi (16 nbv,) block-transposed halves and xs (nbv,) block sums, zero-padded to nbv blocks."""
@@ -85,8 +93,9 @@ def matvec_q4(qt, d, m, nbv, x, y):
         for b in range(nbv):
             p = f32(0)
             for k in range(16):
-                v = q[k * nb + b]
-                p += f32(v & _M15) * xlo[k * nbv + b] + f32(v >> _S4) * xhi[k * nbv + b]
+                p += f32(q[_u(k * nb + b)] & _M15) * xlo[k * nbv + b]
+            for k in range(16):
+                p += f32(q[_u(k * nb + b)] >> _S4) * xhi[k * nbv + b]
             acc += dr[b] * p + mr[b] * xs[b]
         y[r] = acc
 
@@ -105,11 +114,15 @@ def matvec_q5(qt, qh, d, m, nbv, x, y):
         for b in range(nbv):
             p = f32(0)
             hb = h[b]
+            # two short loops (not one) so that LLVM unrolls them fully and vectorizes over b
             for k in range(16):
-                v = np.int32(q[k * nb + b])
-                lo = (v & _I15) | (((hb >> k) & 1) << 4)
-                hi = (v >> _I4) | (((hb >> (k + 16)) & 1) << 4)
-                p += f32(lo) * xlo[k * nbv + b] + f32(hi) * xhi[k * nbv + b]
+                v = np.int32(q[_u(k * nb + b)])
+                lo = (v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)
+                p += f32(lo) * xlo[k * nbv + b]
+            for k in range(16):
+                v = np.int32(q[_u(k * nb + b)])
+                hi = (v >> _I4) | (((hb >> np.int32(k + 16)) & _I1) << _I4)
+                p += f32(hi) * xhi[k * nbv + b]
             acc += dr[b] * p + mr[b] * xs[b]
         y[r] = acc
 
@@ -126,7 +139,7 @@ def matvec_q8(qt, d, nbv, x, y):
         for b in range(nbv):
             p = f32(0)
             for k in range(32):
-                p += f32(q[k * nb + b]) * xt[k * nbv + b]
+                p += f32(q[_u(k * nb + b)]) * xt[k * nbv + b]
             acc += dr[b] * p
         y[r] = acc
 
@@ -150,11 +163,11 @@ def matvec_q6(qt, hl, hh, sl, sh, nbv, x, y):
             c = hhr[b]
             # two short loops (not one) so that LLVM unrolls them fully and vectorizes over b
             for k in range(16):
-                v = np.int32(q[k * nb + b])
+                v = np.int32(q[_u(k * nb + b)])
                 lo = ((v & _I15) | (((a >> np.int32(2 * k)) & _I3) << _I4)) - _I32
                 pl += f32(lo) * xlo[k * nbv + b]
             for k in range(16):
-                v = np.int32(q[k * nb + b])
+                v = np.int32(q[_u(k * nb + b)])
                 hi = ((v >> _I4) | (((c >> np.int32(2 * k)) & _I3) << _I4)) - _I32
                 ph += f32(hi) * xhi[k * nbv + b]
             acc += slr[b] * pl + shr[b] * ph

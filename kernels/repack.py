@@ -39,10 +39,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from numba import njit
+
+from .floats import f16_at, sext8, u32_at
+from .threads import get_num_threads, pool
 from .types import GGMLType, as_type, row_bytes
 
-# Rows repacked per numpy pass (bounds the load-time temporaries to a few MB).
-_CHUNK_ROWS = 2048
+# Legacy 32-weight types: bytes per block, has an fp16 min, has 32 high bits, offset of the symmetric types.
+_LEGACY = {GGMLType.Q4_0: (18, False, False, 8), GGMLType.Q4_1: (20, True, False, 0),
+           GGMLType.Q5_0: (22, False, True, 16), GGMLType.Q5_1: (24, True, True, 0)}
+_NO_QH = np.zeros((1, 1), np.int32)   # placeholder qh for the types without high bits
 # Spare zeroed elements after every packed array (>= 7 blocks of over-read, see _padded).
 _SLACK = 64
 
@@ -72,7 +78,7 @@ class Packed:
         return self.arrays[key]
 
 
-# --------------------------------------------------------------------------- field readers
+# --------------------------------------------------------------------------- allocation
 
 
 def _padded(rows: int, width: int, dtype) -> np.ndarray:
@@ -96,136 +102,132 @@ def _vector_blocks(p: "Packed") -> int:
     return nbv
 
 
-def _blocks(raw: np.ndarray, block_bytes: int) -> np.ndarray:
-    """(n, row_bytes) uint8 -> (n, nb, block_bytes) view."""
-    n = raw.shape[0]
-    return raw.reshape(n, -1, block_bytes)
+# --------------------------------------------------------------------------- per-type repackers
+# Serial nogil Numba loops over the raw rows (r0..r1 of raw (rows, row_bytes) uint8), writing the
+# packed arrays.  Field layouts are those of ggml-common.h (see the registry's layout strings).
 
 
-def _f16(b: np.ndarray, off: int) -> np.ndarray:
-    """float16 field at byte offset `off` of every block -> float32 (exact)."""
-    return np.ascontiguousarray(b[..., off:off + 2]).view(np.float16)[..., 0].astype(np.float32)
+@njit(cache=True, nogil=True)
+def _put_nibbles(dst, nb, b, e):
+    """Store weights e[0..31] (values < 16 used) of block b as block-transposed nibble bytes."""
+    for k in range(16):
+        dst[k * nb + b] = np.uint8((e[k] & 15) | ((e[k + 16] & 15) << 4))
 
 
-def _u32(b: np.ndarray, off: int) -> np.ndarray:
-    return np.ascontiguousarray(b[..., off:off + 4]).view("<u4")[..., 0]
+@njit(cache=True, nogil=True)
+def repack_legacy(raw, ts, has_m, has_h, off, qt, d, m, qh, r0, r1):
+    """Q4_0 (ts 18), Q4_1 (20), Q5_0 (22), Q5_1 (24): d [m] [qh] qs[16].  off: 8 or 16 for the
+    symmetric types (m = -off * d), 0 otherwise."""
+    nb = d.shape[1]
+    for r in range(r0, r1):
+        src = raw[r]
+        q = qt[r]
+        for b in range(nb):
+            o = b * ts
+            db = f16_at(src, o)
+            d[r, b] = db
+            o += 2
+            if has_m:
+                m[r, b] = f16_at(src, o)
+                o += 2
+            else:
+                m[r, b] = np.float32(-off) * db
+            if has_h:
+                qh[r, b] = np.int32(u32_at(src, o))
+                o += 4
+            for k in range(16):
+                q[k * nb + b] = src[o + k]
 
 
-def _k4_scales(sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K/Q5_K 12-byte packed 6-bit scales (..., 12) -> (scale, min), each (..., 8) uint8."""
-    s = sc.astype(np.uint8)
-    lo_sc = s[..., 0:4] & 63
-    lo_m = s[..., 4:8] & 63
-    hi_sc = (s[..., 8:12] & 0xF) | ((s[..., 0:4] >> 6) << 4)
-    hi_m = (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)
-    return np.concatenate([lo_sc, hi_sc], -1), np.concatenate([lo_m, hi_m], -1)
+@njit(cache=True, nogil=True)
+def repack_q8_0(raw, qt, d, r0, r1):
+    """Q8_0: d (fp16), qs int8[32]."""
+    nb = d.shape[1]
+    for r in range(r0, r1):
+        src = raw[r]
+        q = qt[r]
+        for b in range(nb):
+            o = b * 34
+            d[r, b] = f16_at(src, o)
+            for k in range(32):
+                q[k * nb + b] = np.int8(sext8(src[o + 2 + k]))
 
 
-# --------------------------------------------------------------------------- per type: raw -> (elements, d, m)
-# Each returns the integer quants as uint8 (n, nb32, 32) in natural weight order, and
-# per-32 block float32 (n, nb32) scale d and offset m with weight = d * q + m.
+@njit(cache=True, nogil=True)
+def _k4_scale_min(src, o, j):
+    """The j-th (0..7) 6-bit scale and min of the 12 packed bytes at src[o:o+12]."""
+    if j < 4:
+        return src[o + j] & 63, src[o + j + 4] & 63
+    sc = (src[o + j + 4] & 0xF) | ((src[o + j - 4] >> 6) << 4)
+    mn = (src[o + j + 4] >> 4) | ((src[o + j] >> 6) << 4)
+    return sc, mn
 
 
-def _q4_0(raw):
-    b = _blocks(raw, 18)
-    d = _f16(b, 0)
-    qs = b[..., 2:18]
-    e = np.concatenate([qs & 0xF, qs >> 4], -1)
-    return e, d, np.float32(-8) * d
+@njit(cache=True, nogil=True)
+def repack_k45(raw, five, qt, d, m, qh, r0, r1):
+    """Q4_K (144 bytes: d, dmin, scales[12], qs[128]) and Q5_K (176: d, dmin, scales[12], qh[32], qs[128])
+    -> 32-weight sub-blocks with scale d*sc and offset -dmin*min."""
+    nb = d.shape[1]
+    ts = 176 if five else 144
+    qs_off = 48 if five else 16
+    e = np.empty(32, np.int32)
+    for r in range(r0, r1):
+        src = raw[r]
+        q = qt[r]
+        for i in range(nb // 8):
+            o = i * ts
+            dd = f16_at(src, o)
+            dmin = f16_at(src, o + 2)
+            for j in range(8):
+                sc, mn = _k4_scale_min(src, o + 4, j)
+                b = 8 * i + j
+                d[r, b] = dd * np.float32(sc)
+                m[r, b] = -(dmin * np.float32(mn))
+                c = j // 2
+                sh = 4 * (j % 2)
+                h = np.uint32(0)
+                for l in range(32):
+                    e[l] = (src[o + qs_off + 32 * c + l] >> sh) & 15
+                    if five:
+                        h |= np.uint32((src[o + 16 + l] >> j) & 1) << l
+                _put_nibbles(q, nb, b, e)
+                if five:
+                    qh[r, b] = np.int32(h)
 
 
-def _q4_1(raw):
-    b = _blocks(raw, 20)
-    qs = b[..., 4:20]
-    return np.concatenate([qs & 0xF, qs >> 4], -1), _f16(b, 0), _f16(b, 2)
-
-
-def _q5_0(raw):
-    b = _blocks(raw, 22)
-    d = _f16(b, 0)
-    qh = _u32(b, 2)
-    qs = b[..., 6:22]
-    e = np.concatenate([qs & 0xF, qs >> 4], -1)
-    bits = ((qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
-    return e | (bits << 4), d, np.float32(-16) * d
-
-
-def _q5_1(raw):
-    b = _blocks(raw, 24)
-    qh = _u32(b, 4)
-    qs = b[..., 8:24]
-    e = np.concatenate([qs & 0xF, qs >> 4], -1)
-    bits = ((qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
-    return e | (bits << 4), _f16(b, 0), _f16(b, 2)
-
-
-def _kquant_scales(b):
-    d = _f16(b, 0)
-    dmin = _f16(b, 2)
-    sc, mn = _k4_scales(b[..., 4:16])
-    n, nsb = d.shape
-    ds = (d[..., None] * sc.astype(np.float32)).reshape(n, nsb * 8)   # exact: 11 x 6 bits
-    ms = (-(dmin[..., None] * mn.astype(np.float32))).reshape(n, nsb * 8)
-    return ds, ms
-
-
-def _q4_k(raw):
-    b = _blocks(raw, 144)
-    ds, ms = _kquant_scales(b)
-    qs = b[..., 16:144].reshape(b.shape[0], -1, 4, 32)          # 4 chunks of 32 bytes
-    e = np.stack([qs & 0xF, qs >> 4], axis=3)                    # (n, nsb, 4, 2, 32): sub-block 2c, 2c+1
-    return e.reshape(b.shape[0], -1, 32), ds, ms
-
-
-def _q5_k(raw):
-    b = _blocks(raw, 176)
-    ds, ms = _kquant_scales(b)
-    n = b.shape[0]
-    qh = b[..., 16:48]                                            # (n, nsb, 32)
-    qs = b[..., 48:176].reshape(n, -1, 4, 32)
-    e = np.stack([qs & 0xF, qs >> 4], axis=3)                    # (n, nsb, 4, 2, 32)
-    shifts = np.arange(8, dtype=np.uint8).reshape(4, 2, 1)       # sub-block 2c+h uses bit 2c+h
-    hb = (qh[:, :, None, None, :] >> shifts) & 1
-    return (e | (hb << 4)).reshape(n, -1, 32), ds, ms
-
-
-def _q6_k(raw):
-    """Returns (elements 0..63 as uint8 (n, nb32, 32), per-16 scales float32 (n, nb32, 2))."""
-    b = _blocks(raw, 210)
-    n = b.shape[0]
-    ql = b[..., 0:128].reshape(n, -1, 2, 64)                     # two 128-weight halves
-    qh = b[..., 128:192].reshape(n, -1, 2, 32)
-    sc = np.ascontiguousarray(b[..., 192:208]).view(np.int8).astype(np.float32)   # (n, nsb, 16)
-    d = _f16(b, 208)
-    lo = ql[..., 0:32]
-    hi = ql[..., 32:64]
-    q1 = (lo & 0xF) | (((qh >> 0) & 3) << 4)
-    q2 = (hi & 0xF) | (((qh >> 2) & 3) << 4)
-    q3 = (lo >> 4) | (((qh >> 4) & 3) << 4)
-    q4 = (hi >> 4) | (((qh >> 6) & 3) << 4)
-    e = np.stack([q1, q2, q3, q4], axis=3)                       # (n, nsb, 2, 4, 32): weights n*128 + k*32 + l
-    s = d[..., None] * sc                                        # exact: 11 x 8 bits
-    return e.reshape(n, -1, 32), s.reshape(n, -1, 2)
-
-
-_ELEMENTS = {GGMLType.Q4_0: _q4_0, GGMLType.Q4_1: _q4_1, GGMLType.Q4_K: _q4_k,
-             GGMLType.Q5_0: _q5_0, GGMLType.Q5_1: _q5_1, GGMLType.Q5_K: _q5_k}
-
-
-def _transpose_nibbles(e: np.ndarray) -> np.ndarray:
-    """(n, nb, 32) values < 16 -> block-transposed nibble bytes (n, 16 * nb)."""
-    low = e[..., 0:16] & 0xF
-    high = e[..., 16:32] & 0xF
-    byte = (low | (high << 4)).astype(np.uint8)                  # (n, nb, 16)
-    return byte.transpose(0, 2, 1).reshape(e.shape[0], -1)
-
-
-def _bits(e: np.ndarray, shift: int, width: int, lo: int, hi: int) -> np.ndarray:
-    """Pack field (e >> shift) & mask of weights lo..hi-1 of each block into one int32 per block."""
-    mask = (1 << width) - 1
-    v = ((e[..., lo:hi].astype(np.uint32) >> shift) & mask)
-    pos = (np.arange(hi - lo, dtype=np.uint32) * width)
-    return np.bitwise_or.reduce(v << pos, axis=-1).view(np.int32)
+@njit(cache=True, nogil=True)
+def repack_q6_k(raw, qt, hl, hh, sl, sh, r0, r1):
+    """Q6_K (210 bytes: ql[128], qh[64], scales int8[16], d) -> nibbles, 2-bit tops, per-16 scales."""
+    nb = sl.shape[1]
+    e = np.empty(32, np.int32)
+    for r in range(r0, r1):
+        src = raw[r]
+        q = qt[r]
+        for i in range(nb // 8):
+            o = i * 210
+            dd = f16_at(src, o + 208)
+            for b8 in range(8):              # 32-weight block b8 of the super-block
+                half = b8 // 4               # which 128-weight half
+                kk = b8 % 4                  # q1..q4 of ggml's loop
+                ql = o + 64 * half + (32 if kk % 2 else 0)
+                qhh = o + 128 + 32 * half
+                shift_l = 4 if kk >= 2 else 0
+                for l in range(32):
+                    lo = (src[ql + l] >> shift_l) & 15
+                    top = (src[qhh + l] >> (2 * kk)) & 3
+                    e[l] = lo | (top << 4)
+                b = 8 * i + b8
+                _put_nibbles(q, nb, b, e)
+                a = np.uint32(0)
+                c = np.uint32(0)
+                for l in range(16):
+                    a |= np.uint32(e[l] >> 4) << (2 * l)
+                    c |= np.uint32(e[l + 16] >> 4) << (2 * l)
+                hl[r, b] = np.int32(a)
+                hh[r, b] = np.int32(c)
+                isc = o + 192 + 8 * half + 2 * kk
+                sl[r, b] = dd * np.float32(sext8(src[isc]))
+                sh[r, b] = dd * np.float32(sext8(src[isc + 1]))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -243,6 +245,8 @@ def as_raw_rows(data: np.ndarray, qtype, shape) -> np.ndarray:
     if flat.size != rows * rb:
         raise ValueError(f"{t.name} weight of shape {(rows, cols)} needs {rows * rb} bytes "
                          f"({rb} per row), got {flat.size}")
+    flat = flat.view()
+    flat.flags.writeable = False     # one compiled repacker for file-backed and in-memory data
     return flat.reshape(rows, rb)
 
 
@@ -275,29 +279,25 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
         if kind == "q5":
             A["qh"] = _padded(rows, nb, np.int32)
 
-    for r0 in range(0, rows, _CHUNK_ROWS):
-        r1 = min(rows, r0 + _CHUNK_ROWS)
-        chunk = raw[r0:r1]
-        n = r1 - r0
+    def work(r0, r1):
         if kind == "q8":
-            b = _blocks(chunk, 34)
-            A["d"][r0:r1] = _f16(b, 0)
-            q = np.ascontiguousarray(b[..., 2:34]).view(np.int8)           # (n, nb, 32)
-            A["qt"][r0:r1] = q.transpose(0, 2, 1).reshape(n, -1)
+            repack_q8_0(raw, A["qt"], A["d"], r0, r1)
         elif kind == "q6":
-            e, s = _q6_k(chunk)
-            A["qt"][r0:r1] = _transpose_nibbles(e)
-            A["hl"][r0:r1] = _bits(e, 4, 2, 0, 16)
-            A["hh"][r0:r1] = _bits(e, 4, 2, 16, 32)
-            A["sl"][r0:r1] = s[..., 0]
-            A["sh"][r0:r1] = s[..., 1]
+            repack_q6_k(raw, A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], r0, r1)
+        elif t in (GGMLType.Q4_K, GGMLType.Q5_K):
+            repack_k45(raw, t == GGMLType.Q5_K, A["qt"], A["d"], A["m"], A.get("qh", _NO_QH), r0, r1)
         else:
-            e, d, m = _ELEMENTS[t](chunk)
-            A["qt"][r0:r1] = _transpose_nibbles(e)
-            A["d"][r0:r1] = d
-            A["m"][r0:r1] = m
-            if kind == "q5":
-                A["qh"][r0:r1] = _bits(e, 4, 1, 0, 32)
+            ts, has_m, has_h, off = _LEGACY[t]
+            repack_legacy(raw, ts, has_m, has_h, off, A["qt"], A["d"], A["m"], A.get("qh", _NO_QH), r0, r1)
+
+    # split over the worker threads (the loops are nogil)
+    parts = max(1, min(get_num_threads(), rows // 256))
+    bounds = np.linspace(0, rows, parts + 1).astype(np.int64)
+    if parts == 1:
+        work(0, rows)
+    else:
+        for f in [pool().submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+            f.result()
     p.nbv = _vector_blocks(p)
     return p
 

@@ -264,7 +264,8 @@ def test_gguf_package_reads_our_files(tmp_path):
                     continue  # the gguf package does not decode arrays of arrays
                 want, mine = f.contents(), r.metadata[k]
                 if isinstance(mine, np.ndarray):
-                    assert int(f.types[1]) == r.array_types[k]
+                    if len(mine):  # the gguf package records no element type for an empty array
+                        assert int(f.types[1]) == r.array_types[k]
                     np.testing.assert_array_equal(mine, np.asarray(want))
                 else:
                     assert mine == want, k

@@ -155,3 +155,19 @@ def test_cli(tmp_path, capsys):
         quantize_main(["--help"])
     helptext = capsys.readouterr().out
     assert "IQ4_XS" in helptext and "bpw" in helptext and "COPY" in helptext
+
+
+def test_output_runs_in_engine(tmp_path):
+    """A Q4_K_M file we made loads in the engine and gives the same logits as llama.cpp's Q4_K_M file
+    (identical bytes give identical logits; tolerance 1e-5 absolute for any block difference)."""
+    from gguf_engine.model import load_model
+
+    out = tmp_path / "q4km.gguf"
+    quantize_model(_f16(), out, "Q4_K_M", imatrix=_imatrix())
+    ref = np.load(fixture_path(*Q_DIR, "tiny-llama-Q4_K_M.imatrix.reference.npz"))
+    tokens = ref["tokens"][:16]
+    with load_model(out, n_ctx=32) as ours, load_model(_reference("Q4_K_M", True), n_ctx=32) as theirs:
+        a = ours.eval(tokens, logits_all=True)
+        b = theirs.eval(tokens, logits_all=True)
+    assert a.shape == (16, 768) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -246,3 +246,22 @@ def test_earliest_stop_wins_and_no_stops_pass_through():
     assert feed(m, ["xabc"]) == "x"
     assert m.matched == "ab"
     assert feed(StopMatcher(None), ["a", "b"]) == "ab"
+
+
+# ------------------------------------------------------------------ timing summary
+
+def test_perf_summary_in_llama_cpp_form():
+    """Batches of > 1 token count as prompt eval, single tokens as eval runs; rates derived exactly."""
+    from gguf_engine.timing import PerfStats
+    p = PerfStats(t_load_ms=12.5)
+    p.add_eval(10, 50.0)
+    p.add_eval(1, 20.0)
+    p.add_eval(1, 30.0)
+    lines = p.summary_lines("x")
+    text = "\n".join(lines)
+    assert "load time =      12.50 ms" in text
+    assert "prompt eval time =      50.00 ms /    10 tokens (    5.00 ms per token,   200.00 tokens per second)" in text
+    assert "eval time =      50.00 ms /     2 runs   (   25.00 ms per token,    40.00 tokens per second)" in text
+    assert "total time =" in lines[-1] and lines[-1].endswith("/    12 tokens")
+    empty = PerfStats().summary()  # no evaluation yet: no division by zero
+    assert "0 tokens" in empty

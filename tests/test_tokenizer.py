@@ -171,20 +171,26 @@ def test_stream_decoder_matches_decode(name, gemma3_path):
     """Streaming pieces concatenate to decode(ids) and never contain a broken (replacement) character."""
     tok = tok_for(fixture_path("vocab", f"ggml-vocab-{name}.gguf"))
     for text, ids in read_vocab_tests(name):
-        dec = tok.stream_decoder()
+        dec = tok.stream_decoder(strip_leading_space=True)
         parts = [dec.push(i) for i in ids] + [dec.flush()]
         assert "".join(parts) == tok.decode(ids), repr(text)
         assert all("\ufffd" not in p for p in parts), repr(text)
+        raw = tok.stream_decoder()   # llama.cpp's streaming: pieces as they are
+        pieces = b"".join(tok.token_to_piece(i) for i in ids)
+        if not tok.vocab.clean_spaces:
+            assert "".join([raw.push(i) for i in ids] + [raw.flush()]) == pieces.decode("utf-8", "replace")
 
 
 def test_stream_decoder_spm_bytes_and_leading_space(gemma3_path):
     """An emoji spelled as byte tokens comes out whole; the first SPM piece's leading space is dropped."""
     tok = tok_for(fixture_path("vocab", "ggml-vocab-llama-spm.gguf"))
     ids = tok.encode(" 🦙 hello")
-    dec = tok.stream_decoder()
+    dec = tok.stream_decoder(strip_leading_space=True)
     parts = [dec.push(i) for i in ids]
     assert all("\ufffd" not in p for p in parts)
     assert "".join(parts) + dec.flush() == tok.decode(ids) == " 🦙 hello"
+    dec = tok.stream_decoder()
+    assert "".join(dec.push(i) for i in tok.encode("Paris")) == " Paris"   # a continuation keeps its space
     # as llama.cpp: only a leading token (not one after BOS) loses its space
     assert tok.decode(tok.encode("Hello")) == "Hello"
     assert tok.decode(tok.encode("Hello", add_bos=True)) == " Hello"
@@ -210,3 +216,25 @@ def test_every_known_pre_tokenizer_builds():
               "tokenizer.ggml.merges": ["a b"]}
         tok = Tokenizer.from_metadata(md, name)
         assert tok.encode("ab")[0] == len(byte_chars), name
+
+
+# ids below were produced by llama.cpp (llama_tokenize, no BOS) for strings outside its test vectors
+_LLAMA_CPP_EXTRA = [
+    ("falcon", " l: \n\x0b   )7", False, [282, 37, 4610, 466, 20, 34]),   # byte with no token blocks merges
+    ("falcon", "a\x0b\x0bb", False, [76, 77]),
+    ("deepseek-llm", "   \u3000", False, [300, 88946]),          # non-ASCII space: \s but no literal class
+    ("deepseek-llm", "\xa0m", False, [37725]),
+    ("deepseek-llm", "\t \u3000x", False, [11969, 88946, 87]),
+    ("deepseek-llm", "中\u3000文 \u2028x", False, [764, 88946, 1930, 207, 350, 101, 87]),
+    ("phi-3", "<|user|>  hi </s> there<|end|>\n ok", True, [32010, 7251, 29871, 2, 727, 32007, 3431]),  # rstrip
+    ("phi-3", "<|user|>  hi </s> there<|end|>\n ok", False,
+     [529, 29989, 1792, 29989, 29958, 29871, 7251, 1533, 29879, 29958, 727, 29966, 29989, 355, 29989, 29958, 13, 3431]),
+    ("llama-spm", "<s> hello </s>", True, [1, 29871, 22172, 29871, 2]),
+    ("llama-spm", "é🦙\x00x", False, [904, 243, 162, 169, 156, 3, 29916]),   # byte fallback
+]
+
+
+@pytest.mark.parametrize("name,text,special,ids", _LLAMA_CPP_EXTRA)
+def test_llama_cpp_edge_cases(name, text, special, ids):
+    """Edge cases found by comparing with llama.cpp on random text: exact ids."""
+    assert tok_for(fixture_path("vocab", f"ggml-vocab-{name}.gguf")).encode(text, special=special) == ids

@@ -9,7 +9,7 @@ For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
 and each figure as a ratio of what this machine does in the same run with the same
 thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
 threads) for matvec and decode, numpy float32 GEMM for matmul (BLAS keeps its own
-thread pool, set by OPENBLAS_NUM_THREADS).  Random weights with valid scales.
+thread pool; the script sets OPENBLAS_NUM_THREADS to --threads).  Random weights with valid scales.
 """
 from __future__ import annotations
 
@@ -19,7 +19,20 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+
+def _early_threads() -> None:
+    """Give numpy's BLAS the benchmark's thread count (it must be set before numpy loads)."""
+    for i, a in enumerate(sys.argv):
+        n = a.split("=", 1)[1] if a.startswith("--threads=") else (
+            sys.argv[i + 1] if a == "--threads" and i + 1 < len(sys.argv) else None)
+        if n:
+            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ.setdefault(var, n)
+
+
+_early_threads()
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

@@ -40,6 +40,11 @@ class Backend(ABC):
     def upload_array(self, arr: np.ndarray):
         """A small float32 host array (norm weight, bias, RoPE table) -> backend array."""
 
+    def fuse(self, weights: list) -> list:
+        """Weights sharing one input -> a list whose outputs, concatenated, are theirs in order
+        (e.g. Q|K|V stacked into one matrix: one pass over the input).  Default: no fusion."""
+        return list(weights)
+
     @abstractmethod
     def kv_cache(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, cache_type: str):
         """A preallocated ``KVCache`` whose arrays live on this backend."""
@@ -61,6 +66,11 @@ class Backend(ABC):
     @abstractmethod
     def linear(self, w: WeightLike, x):
         """x (n, in) -> x @ w.T (n, out); one token goes through matvec, more through matmul."""
+
+    def linear_fused(self, ws: list, x):
+        """The outputs of the (fused) weights ws for input x, concatenated: (n, sum of out)."""
+        outs = [self.linear(w, x) for w in ws]
+        return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
 
     @abstractmethod
     def rms_norm(self, x, w, eps: float, out) -> None:

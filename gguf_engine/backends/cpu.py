@@ -73,6 +73,19 @@ class CPUBackend(Backend):
             return _FloatWeight(tensor)
         return self._weight_cls(tensor.raw, tensor.type, tensor.shape)
 
+    def fuse(self, weights):
+        """Stack runs of consecutive weights of one type and row length (Weight.concat)."""
+        W = self._weight_cls
+        if W is None:
+            return list(weights)
+        groups: list[list] = []
+        for w in weights:
+            if groups and W.can_concat([groups[-1][0], w]):
+                groups[-1].append(w)
+            else:
+                groups.append([w])
+        return [g[0] if len(g) == 1 else W.concat(g) for g in groups]
+
     def upload_array(self, arr):
         return np.ascontiguousarray(arr, dtype=np.float32)
 

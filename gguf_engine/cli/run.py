@@ -4,11 +4,14 @@ Flags follow llama.cpp's completion tool where they overlap.  Generated text str
 logs and the closing timing summary go to stderr.
 
 Modes:
-  * a prompt (-p / -f) and a model with a chat template: the prompt is one user turn, formatted
-    with the template; the answer is printed and the program exits (no stdin is read).
-  * a prompt and no template (or -no-cnv): plain text completion of the prompt.
+  * a prompt (-p / -f) and a chat template in the model file (or --chat-template): the prompt is
+    one user turn, formatted with the template; the answer is printed and the program exits
+    (stdin is never read), as llama.cpp's tools enable chat formatting when a template is present.
+  * a prompt and no template (or -no-cnv): plain text completion of the prompt, printed after it.
   * -cnv: a multi-turn chat reading user turns from stdin, one per line, until end of input
-    (Ctrl-D) or Ctrl-C; -p, if given, is the first user turn.
+    (Ctrl-D) or Ctrl-C; -p, if given, is the first user turn.  A model without a template uses
+    its architecture's built-in one (gemma3), else ChatML.
+-n defaults to -1: generate until an end-of-generation token or a full context.
 Exit status: 0 ok, 1 bad input or model error, 130 interrupted by Ctrl-C.
 """
 from __future__ import annotations
@@ -154,8 +157,9 @@ def validate(args) -> None:
 
 
 def has_chat_template(llm) -> bool:
-    """A template given, written in the model, or built in for its architecture (not the ChatML fallback)."""
-    return llm.chat_template_source != "default:chatml"
+    """A template given on the command line or written in the model file (as llama.cpp decides
+    whether to format a prompt as a chat turn); a fallback template does not count."""
+    return llm.chat_template_source in ("given", "model")
 
 
 def log_model(llm, args) -> None:
@@ -193,6 +197,7 @@ class Session:
         """Streams one completion of tokens to stdout; returns (text, interrupted)."""
         engine = self.llm.engine
         parts: list[str] = []
+        stop_reason = "interrupted"
         max_tokens = None if self.args.n_predict < 0 else self.args.n_predict
         if max_tokens == 0:
             return "", False
@@ -200,13 +205,15 @@ class Session:
             for ev in engine.stream(tokens, self.sampler, max_tokens=max_tokens, ignore_eos=self.args.ignore_eos):
                 out(ev.text)
                 parts.append(ev.text)
+                if ev.finish_reason is not None:
+                    stop_reason = ev.stop_reason
                 if ev.stop_reason == "context_full":
                     self.context_full = True
         except KeyboardInterrupt:
             return "".join(parts), True
         if self.args.verbose:
             log(f"\n[prompt: {len(tokens)} tokens, {engine.n_reused} reused from the cache; "
-                f"stop: {self.llm.last_stop_reason or 'done'}]")
+                f"stop: {stop_reason}]")
         return "".join(parts), False
 
 
@@ -308,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate(args)
         prompt = read_prompt(args)
         template = read_template(args.chat_template)
+        if prompt is None and args.conversation is not True:
+            raise UsageError("no prompt given: use -p PROMPT, -f FILE, or -cnv for a chat")
         log(f"load: loading model '{args.model}'")
         try:
             from ..api import Llama
@@ -340,9 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             mode = "chat" if mode else "completion"
         if mode == "chat" and not templated:
-            log("warning: the model has no chat template; answers may be poor (give one with --chat-template)")
-        if mode != "chat" and prompt is None:
-            raise UsageError("no prompt given: use -p PROMPT, -f FILE, or -cnv for a chat")
+            log(f"warning: the model file has no chat template; using {llm.chat_template_source.split(':')[1]} "
+                f"(choose one with --chat-template)")
         log(f"generate: n_ctx = {llm.n_ctx()}, n_batch = {args.batch_size}, n_predict = {args.n_predict}, "
             f"mode = {'conversation' if mode == 'chat' else 'single chat turn' if mode == 'chat-once' else 'completion'}")
         log("")
@@ -355,8 +363,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"error: {e}")
         code = 1
     except KeyboardInterrupt:
-        out("\n")
+        try:
+            out("\n")
+        except OSError:
+            pass
         code = 130
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        code = 0
     except Exception as e:  # a model or input error: one clear line, no traceback
         log(f"error: {type(e).__name__}: {e}")
         code = 1

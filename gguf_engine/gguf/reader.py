@@ -300,7 +300,8 @@ class GGUFReader:
     # -- conveniences ----------------------------------------------------
     @property
     def architecture(self) -> str:
-        return self.metadata.get(ARCHITECTURE_KEY, "")
+        arch = self.metadata.get(ARCHITECTURE_KEY, "")
+        return arch if isinstance(arch, str) else ""
 
     def _resolve(self, key: str) -> str:
         if key.startswith("{arch}."):

@@ -268,7 +268,6 @@ class GGUFWriter:
                 inner = per_member[i] if per_member is not None else (
                     elem if isinstance(elem, tuple) else GGUFValueType.ARRAY)
                 inner_elem = inner[1] if isinstance(inner, tuple) else None
-                out += struct.pack("<I", GGUFValueType.ARRAY)
                 self._encode_array(out, member, inner_elem, key, depth + 1)
 
     @staticmethod

@@ -103,13 +103,13 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
         p = f"blk.{i}."
         b = Block(
             attn_norm=T.vector(p + "attn_norm.weight", (d,)),
-            attn_q=T.weight(p + "attn_q.weight", (H * hd, d)),
-            attn_k=T.weight(p + "attn_k.weight", (Hkv * hd, d)),
-            attn_v=T.weight(p + "attn_v.weight", (Hkv * hd, d)),
+            attn_qkv=backend.fuse([T.weight(p + "attn_q.weight", (H * hd, d)),
+                                   T.weight(p + "attn_k.weight", (Hkv * hd, d)),
+                                   T.weight(p + "attn_v.weight", (Hkv * hd, d))]),
             attn_output=T.weight(p + "attn_output.weight", (d, H * hd)),
             ffn_norm=T.vector(p + "ffn_norm.weight", (d,)),
-            ffn_gate=T.weight(p + "ffn_gate.weight", (ff, d)),
-            ffn_up=T.weight(p + "ffn_up.weight", (ff, d)),
+            ffn_gate_up=backend.fuse([T.weight(p + "ffn_gate.weight", (ff, d)),
+                                      T.weight(p + "ffn_up.weight", (ff, d))]),
             ffn_down=T.weight(p + "ffn_down.weight", (d, ff)),
         )
         if c.qkv_bias:

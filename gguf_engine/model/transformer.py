@@ -27,15 +27,16 @@ from .config import ModelConfig
 
 @dataclass
 class Block:
-    """One transformer layer's weights, named after their GGUF tensors (blk.N.<name>)."""
+    """One transformer layer's weights, named after their GGUF tensors (blk.N.<name>).
+
+    Projections that read the same input are stacked by the backend (``Backend.fuse``):
+    ``attn_qkv`` and ``ffn_gate_up`` are lists of weights whose concatenated outputs are
+    [q | k | v] and [gate | up] (one entry when all parts share a type)."""
     attn_norm: Any                 # (d,)
-    attn_q: Any                    # (H*hd, d)
-    attn_k: Any                    # (Hkv*hd, d)
-    attn_v: Any                    # (Hkv*hd, d)
+    attn_qkv: list                 # attn_q (H*hd, d) | attn_k (Hkv*hd, d) | attn_v (Hkv*hd, d), fused
     attn_output: Any               # (d, H*hd)
     ffn_norm: Any                  # (d,)
-    ffn_gate: Any                  # (ff, d)
-    ffn_up: Any                    # (ff, d)
+    ffn_gate_up: list              # ffn_gate (ff, d) | ffn_up (ff, d), fused
     ffn_down: Any                  # (d, ff)
     attn_q_bias: Any = None        # (H, hd)      qwen2
     attn_k_bias: Any = None        # (Hkv, hd)    qwen2
@@ -94,7 +95,7 @@ class Transformer:
         c, be = self.config, self.backend
         n = int(tokens.shape[0])
         pos0 = self.cache.n_past
-        H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
+        H, Hkv, hd, ff = c.n_head, c.n_head_kv, c.head_dim, c.n_ff
 
         x = be.embed(self.token_embd, tokens)              # (n, d) residual stream
         if c.embd_scale != 1.0:
@@ -104,9 +105,10 @@ class Transformer:
         be.rms_norm(x, self.blk[0].attn_norm, c.norm_eps, xn)
 
         for il, b in enumerate(self.blk):
-            q3 = be.linear(b.attn_q, xn).reshape(n, H, hd)      # (n, H, hd)
-            k3 = be.linear(b.attn_k, xn).reshape(n, Hkv, hd)    # (n, Hkv, hd)
-            v3 = be.linear(b.attn_v, xn).reshape(n, Hkv, hd)    # (n, Hkv, hd)
+            qkv = be.linear_fused(b.attn_qkv, xn)                # (n, (H + 2 Hkv) hd)
+            q3 = qkv[:, :H * hd].reshape(n, H, hd)               # (n, H, hd)
+            k3 = qkv[:, H * hd:(H + Hkv) * hd].reshape(n, Hkv, hd)   # (n, Hkv, hd)
+            v3 = qkv[:, (H + Hkv) * hd:].reshape(n, Hkv, hd)     # (n, Hkv, hd)
             be.qkv_prepare(q3, k3, v3, b.attn_q_bias, b.attn_k_bias, b.attn_v_bias,
                            b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox)
             self.cache.store(il, pos0, k3, v3)
@@ -115,10 +117,10 @@ class Transformer:
             o = be.linear(b.attn_output, attn.reshape(n, H * hd))  # (n, d)
             be.add_rms_norm(x, o, b.post_attention_norm, b.ffn_norm, c.norm_eps, xn)
 
-            gate = be.linear(b.ffn_gate, xn)                     # (n, ff)
-            up = be.linear(b.ffn_up, xn)                         # (n, ff)
-            be.gated_act(gate, up, c.gelu, gate)
-            down = be.linear(b.ffn_down, gate)                   # (n, d)
+            gate_up = be.linear_fused(b.ffn_gate_up, xn)         # (n, 2 ff)
+            act = be.empty((n, ff))                              # (n, ff)
+            be.gated_act(gate_up[:, :ff], gate_up[:, ff:], c.gelu, act)
+            down = be.linear(b.ffn_down, act)                    # (n, d)
             next_norm = self.blk[il + 1].attn_norm if il + 1 < len(self.blk) else self.output_norm
             be.add_rms_norm(x, down, b.post_ffw_norm, next_norm, c.norm_eps, xn)
         # xn = output_norm(x): final hidden states (n, d)

@@ -173,9 +173,13 @@ class Tokenizer:
     def detokenize(self, ids: Iterable[int], special: bool = False) -> str:
         return self.decode(ids, special=special)
 
-    def stream_decoder(self, special: bool = False) -> StreamDecoder:
-        """An incremental decoder for streaming generation (``.push(id) -> str``, ``.flush() -> str``)."""
-        return StreamDecoder(self.vocab, self._pieces, special)
+    def stream_decoder(self, special: bool = False, strip_leading_space: bool = False) -> StreamDecoder:
+        """An incremental decoder for streaming generation (``.push(id) -> str``, ``.flush() -> str``).
+
+        Never emits half a UTF-8 character.  By default pieces keep their leading space, as llama.cpp
+        streams them; ``strip_leading_space=True`` applies decode()'s SPM rule (the first token of
+        the sequence loses one leading space when the vocabulary adds a space prefix)."""
+        return StreamDecoder(self.vocab, self._pieces, special, strip_leading_space)
 
     # -- chat -------------------------------------------------------------------
     @property

@@ -66,7 +66,7 @@ class ByteLevelBPE:
         model = None
         if len(set(vocab.merges)) == len(vocab.merges):
             # fast path: every merge well formed and made of tokens (the usual case)
-            pairs = [p for p in map(_split_merge, vocab.merges) if p is not None]
+            pairs = [(m[:k], m[k + 1:]) for m in vocab.merges for k in (m.find(" ", 1),) if k > 0]
             try:
                 model = models.BPE(vocab=vocab.token_to_id, merges=pairs, fuse_unk=False,
                                    ignore_merges=vocab.ignore_merges)
@@ -91,6 +91,8 @@ class ByteLevelBPE:
             after.append(pre_tokenizers.Split(Regex(f"[{cls}]"), behavior="isolated", invert=False))
         tok.pre_tokenizer = pre_tokenizers.Sequence(splits + after)
         self._tok = tok
+        # the offset-free batch encoder where the library has it (same ids, less work)
+        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
 
     def encode_many(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text.  Long texts are cut into chunks where no pre-tokenizer piece
@@ -103,9 +105,7 @@ class ByteLevelBPE:
             before = len(chunks)
             chunks.extend(split_safe(t))
             counts.append(len(chunks) - before)
-        if len(chunks) == 1:
-            return [self._tok.encode(chunks[0], add_special_tokens=False).ids]
-        enc = self._tok.encode_batch(chunks, add_special_tokens=False)
+        enc = self._encode_batch(chunks, add_special_tokens=False)
         out = []
         k = 0
         for c in counts:

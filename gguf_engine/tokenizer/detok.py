@@ -134,16 +134,18 @@ def _utf8_complete(buf: bytes) -> int:
 class StreamDecoder:
     """Incremental detokenizer: ``push(id)`` returns the text that became final, ``flush()`` the rest.
 
-    The concatenation of everything returned equals ``Tokenizer.decode(ids, special=...)``: no half
-    UTF-8 character is ever emitted, the SPM leading space of the first token is dropped as decode
-    does, and with clean-up vocabularies text near a trailing space is held until it is settled.
+    No half UTF-8 character is ever emitted, and with clean-up vocabularies text near a trailing space
+    is held until it is settled.  Pieces keep their leading space, as llama.cpp streams them (a
+    continuation of a prompt needs it); with ``strip_leading_space=True`` the first token loses it as
+    in ``decode``, and the concatenation of everything returned equals ``decode(ids, special=...)``.
     """
 
-    def __init__(self, vocab: Vocab, pieces: PieceTable, special: bool = False):
+    def __init__(self, vocab: Vocab, pieces: PieceTable, special: bool = False,
+                 strip_leading_space: bool = False):
         self.vocab = vocab
         self.pieces = pieces
         self.special = special
-        self._first = True
+        self._first = strip_leading_space
         self._buf = b""
 
     def push(self, tid: int) -> str:

@@ -18,7 +18,7 @@ import heapq
 
 import numpy as np
 
-from .vocab import ATTR_BYTE, ATTR_UNKNOWN, Vocab
+from .vocab import ATTR_BYTE, Vocab
 
 _PIECE_NORMAL, _PIECE_UNKNOWN, _PIECE_BYTE = 1, 2, 6
 _CHUNK = 2048   # long texts are encoded in pieces of about this many characters where that is exact

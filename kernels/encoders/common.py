@@ -19,7 +19,7 @@ GROUP_MAX_EPS = F(1e-15)
 MAGIC = F(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer, half to even
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def f32(v):
     return np.float32(v)
 
@@ -47,7 +47,7 @@ def _nearest_int_slow(fval):
     return (mant & 0x007FFFFF) - 0x00400000
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def nearest_int(fval):
     """ggml nearest_int: float32 round half to even (fval is a float32)."""
     if abs(fval) <= F(4194303.0):
@@ -55,17 +55,13 @@ def nearest_int(fval):
     return _nearest_int_slow(fval)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def roundf(v):
-    """C roundf: half away from zero (v float32, result int)."""
-    d = float(v)
-    t = math.trunc(d)
-    r = d - t
-    if r >= 0.5:
-        t += 1.0
-    elif r <= -0.5:
-        t -= 1.0
-    return int(t)
+    """C roundf: half away from zero (v float32, |v| < 2**31; result int)."""
+    r = np.trunc(v)
+    if abs(v - r) >= F(0.5):  # v - trunc(v) is exact
+        r += np.copysign(F(1.0), v)
+    return int(r)
 
 
 @njit(cache=True)
@@ -110,18 +106,18 @@ def fp16_bits_to_fp32(h):
     return np.float32(sign * (1.0 + m / 1024.0) * 2.0 ** (e - 15))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def fp16_round(f):
     return fp16_bits_to_fp32(fp32_to_fp16_bits(f))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def put_u16(out, off, v):
     out[off] = v & 0xFF
     out[off + 1] = (v >> 8) & 0xFF
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def put_f16(out, off, f):
     h = fp32_to_fp16_bits(f)
     out[off] = h & 0xFF
@@ -211,7 +207,7 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw, has_qw):
     return scale
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _qx_weight(xi, rmse_type, qw, has_qw, i):
     if has_qw:
         return qw[i]

@@ -158,7 +158,7 @@ def _q3_k_finish(x, y, b, L):
     _pack_2bit(y, b + 32, L)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def put_f16_read(y, off):
     return fp16_bits_to_fp32(y[off] | (y[off + 1] << 8))
 
