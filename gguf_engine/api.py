@@ -53,7 +53,15 @@ def _log_softmax(row: np.ndarray) -> np.ndarray:
 
 
 class Llama:
-    """A loaded GGUF model with its tokenizer, KV cache, sampler settings and timings."""
+    """A loaded GGUF model with its tokenizer, KV cache, sampler settings and timings.
+
+    model_path: a GGUF file or a registry name (fetched on first use).  n_ctx: None or 0 for
+    min(trained context, 4096).  seed: -1 draws a fresh random seed for every call; any other
+    value seeds every call alike (a call's own ``seed`` wins), so repeated calls reproduce.
+    chat_template: a built-in name, a file or template text; default: the model's own, else the
+    architecture's built-in one (gemma3), else ChatML.  Other llama-cpp-python keyword arguments
+    (use_mmap, logits_all, ...) are accepted and ignored.
+    """
 
     def __init__(self, model_path: str | Path, *, n_ctx: int | None = None, n_batch: int = 512,
                  n_threads: int | None = None, n_gpu_layers: int = 0, seed: int = -1,
@@ -328,6 +336,8 @@ class Llama:
         self._check_open()
         if suffix:
             raise ValueError("suffix (fill-in-the-middle) is not supported")
+        if typical_p != 1.0:
+            raise ValueError(f"typical_p={typical_p} is not supported (only 1.0, i.e. off)")
         if logit_bias:
             logit_bias = {int(k): float(v) for k, v in logit_bias.items()}
         cid = f"cmpl-{uuid.uuid4()}"
@@ -383,8 +393,12 @@ class Llama:
                                top_logprobs: int | None = None, model: str | None = None,
                                ignore_eos: bool = False, repeat_last_n: int = 64, **kwargs: Any,
                                ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """Answers a conversation; an OpenAI-style "chat.completion" dict, or "chat.completion.chunk"s."""
+        """Answers a conversation; an OpenAI-style "chat.completion" dict, or "chat.completion.chunk"s.
+
+        max_tokens None: until an end-of-generation token or the context is full."""
         self._check_open()
+        if typical_p != 1.0:
+            raise ValueError(f"typical_p={typical_p} is not supported (only 1.0, i.e. off)")
         toks = self.format_chat(messages, tools=tools)
         cid = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())

@@ -174,6 +174,70 @@ def matvec_q6(qt, hl, hh, sl, sh, nbv, x, y):
         y[r] = acc
 
 
+@njit(cache=True, inline="always")
+def half_to_f32(h):
+    """IEEE half bits (uint16) -> float32, exact and branch-free (so it vectorizes).
+
+    The 15 magnitude bits shifted into a float32 are the value times 2^-112 for
+    normals and subnormals alike; the multiply by 2^112 is exact.  Inf/NaN keep
+    their payload as ggml's conversion does."""
+    u = np.uint32(h)
+    em = np.uint32(u & np.uint32(0x7FFF))
+    v = np.uint32(em << np.uint32(13)).view(np.float32) * np.float32(5.192296858534828e33)
+    special = np.uint32(np.uint32(0x7F800000) | ((u & np.uint32(0x3FF)) << np.uint32(13)))
+    if em >= np.uint32(0x7C00):
+        v = special.view(np.float32)
+    return -v if u & np.uint32(0x8000) else v
+
+
+@njit(cache=True, inline="always")
+def bf16_to_f32(h):
+    return np.uint32(np.uint32(h) << np.uint32(16)).view(np.float32)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_f16(w, x, y):
+    """F16 weights kept as their uint16 bits, converted on the fly."""
+    rows, cols = w.shape
+    for r in prange(rows):
+        wr = w[r]
+        acc = f32(0)
+        for j in range(cols):
+            acc += half_to_f32(wr[j]) * x[j]
+        y[r] = acc
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_bf16(w, x, y):
+    rows, cols = w.shape
+    for r in prange(rows):
+        wr = w[r]
+        acc = f32(0)
+        for j in range(cols):
+            acc += bf16_to_f32(wr[j]) * x[j]
+        y[r] = acc
+
+
+@njit(nogil=True, cache=True)
+def decode_f16(w, ids, out):
+    cols = w.shape[1]
+    for i in range(ids.size):
+        wr = w[ids[i]]
+        o = out[i]
+        for j in range(cols):
+            o[j] = half_to_f32(wr[j])
+
+
+@njit(nogil=True, cache=True)
+def decode_bf16(w, ids, out):
+    cols = w.shape[1]
+    for i in range(ids.size):
+        wr = w[ids[i]]
+        o = out[i]
+        for j in range(cols):
+            o[j] = bf16_to_f32(wr[j])
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_f32(w, x, y):
     rows, cols = w.shape
@@ -198,15 +262,16 @@ def dot_rows(w, x, y):
 
 
 # --------------------------------------------------------------------------- exact decoders (rows -> float32)
+# Serial and nogil (Weight splits the rows over its worker threads; cheaper to compile than prange).
 # No fastmath: d*q is exact in float32 and "+ m" rounds once, exactly as ggml's expressions;
 # the symmetric types use (q - off) * d as ggml does, which also keeps the sign of zero.
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q4(qt, d, m, off, ids, out):
     """off = 0: w = q d + m (Q4_1, Q4_K); off = 8: w = (q - 8) d (Q4_0, m unused)."""
     nb = d.shape[1]
-    for i in prange(ids.size):
+    for i in range(ids.size):
         r = ids[i]
         q = qt[r]
         o = out[i]
@@ -225,11 +290,11 @@ def decode_q4(qt, d, m, off, ids, out):
                     o[32 * b + 16 + k] = f32(hi - off) * db
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q5(qt, qh, d, m, off, ids, out):
     """off = 0: w = q d + m (Q5_1, Q5_K); off = 16: w = (q - 16) d (Q5_0, m unused)."""
     nb = d.shape[1]
-    for i in prange(ids.size):
+    for i in range(ids.size):
         r = ids[i]
         q = qt[r]
         o = out[i]
@@ -249,10 +314,10 @@ def decode_q5(qt, qh, d, m, off, ids, out):
                     o[32 * b + 16 + k] = f32(hi - off) * db
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q8(qt, d, ids, out):
     nb = d.shape[1]
-    for i in prange(ids.size):
+    for i in range(ids.size):
         r = ids[i]
         q = qt[r]
         o = out[i]
@@ -262,10 +327,10 @@ def decode_q8(qt, d, ids, out):
                 o[32 * b + k] = f32(q[k * nb + b]) * db
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q6(qt, hl, hh, sl, sh, ids, out):
     nb = sl.shape[1]
-    for i in prange(ids.size):
+    for i in range(ids.size):
         r = ids[i]
         q = qt[r]
         o = out[i]
@@ -282,7 +347,7 @@ def decode_q6(qt, hl, hh, sl, sh, ids, out):
                 o[32 * b + 16 + k] = s1 * f32(hi)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def gather_f32(w, ids, out):
-    for i in prange(ids.size):
+    for i in range(ids.size):
         out[i, :] = w[ids[i]]

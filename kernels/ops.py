@@ -160,66 +160,69 @@ _FAST = {"reassoc", "contract", "nsz"}   # lets LLVM vectorise the dot products;
 
 
 @njit(cache=True, fastmath=_FAST)
-def _dot(q, k_cache, j, kvh, table):
-    s = np.float32(0.0)
-    for d in range(q.shape[0]):
-        s += q[d] * _f32(k_cache[j, kvh, d], table)
-    return s
+def _scores_group(qg, k_cache, kvh, lo, hi, scale, table, scores):
+    """scores[g, j-lo] = scale * qg[g] . K[j, kvh] for the G query heads sharing kv head kvh."""
+    G, hd = qg.shape
+    for j in range(lo, hi):
+        for g in range(G):
+            s = np.float32(0.0)
+            for d in range(hd):
+                s += qg[g, d] * _f32(k_cache[j, kvh, d], table)
+            scores[g, j - lo] = s * scale
+
+
+@njit(cache=True)
+def _softmax_rows(scores, n, softcap):
+    """Soft-cap (softcap > 0) then softmax the first n entries of each row of scores, in place."""
+    for g in range(scores.shape[0]):
+        m = np.float32(-np.inf)
+        for j in range(n):
+            s = scores[g, j]
+            if softcap > 0:
+                s = np.float32(softcap * math.tanh(s / softcap))
+                scores[g, j] = s
+            if s > m:
+                m = s
+        total = np.float32(0.0)
+        for j in range(n):
+            e = np.exp(scores[g, j] - m)
+            scores[g, j] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for j in range(n):
+            scores[g, j] *= inv
 
 
 @njit(cache=True, fastmath=_FAST)
-def _axpy(p, v_cache, j, kvh, table, out):
-    for d in range(out.shape[0]):
-        out[d] += p * _f32(v_cache[j, kvh, d], table)
+def _pv_group(scores, v_cache, kvh, lo, hi, table, outg):
+    """outg[g] = sum_j scores[g, j-lo] * V[j, kvh]."""
+    G, hd = outg.shape
+    for g in range(G):
+        for d in range(hd):
+            outg[g, d] = 0.0
+    for j in range(lo, hi):
+        for g in range(G):
+            p = scores[g, j - lo]
+            for d in range(hd):
+                outg[g, d] += p * _f32(v_cache[j, kvh, d], table)
 
 
 @njit(cache=True)
-def _attend_one(q, k_cache, v_cache, kvh, lo, hi, scale, softcap, table, scores, out):
-    """out = softmax(scale * q . K[lo:hi]) @ V[lo:hi] for one query head.
-
-    q: (hd,) float32; scores: scratch (>= hi-lo,); out: (hd,).
-    """
-    m = -np.inf
-    sc = np.float32(scale)
-    for j in range(lo, hi):
-        s = _dot(q, k_cache, j, kvh, table) * sc
-        if softcap > 0:
-            s = np.float32(softcap * math.tanh(s / softcap))
-        scores[j - lo] = s
-        if s > m:
-            m = s
-    total = 0.0
-    for j in range(hi - lo):
-        e = math.exp(scores[j] - m)
-        scores[j] = e
-        total += e
-    inv = np.float32(1.0 / total)
-    for d in range(out.shape[0]):
-        out[d] = 0.0
-    for j in range(lo, hi):
-        _axpy(scores[j - lo] * inv, v_cache, j, kvh, table, out)
-
-
-@njit(cache=True)
-def _attention_range(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3, i0, i1):
-    n, H, hd = q3.shape
-    Hkv = k_cache.shape[1]
-    group = H // Hkv
-    for idx in range(i0, i1):
-        t = idx // H
-        h = idx - t * H
-        p = pos0 + t
-        lo = 0
-        if window > 0 and p - window + 1 > 0:
-            lo = p - window + 1
-        scores = np.empty(p + 1 - lo, dtype=np.float32)
-        _attend_one(q3[t, h], k_cache, v_cache, h // group, lo, p + 1, scale, softcap, table,
-                    scores, out3[t, h])
+def _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, out3):
+    """Attention of token t's query heads of kv group kvh: reads each key/value row once for the group."""
+    G = q3.shape[1] // k_cache.shape[1]
+    p = pos0 + t
+    lo = 0
+    if window > 0 and p - window + 1 > 0:
+        lo = p - window + 1
+    _scores_group(q3[t, kvh * G:(kvh + 1) * G], k_cache, kvh, lo, p + 1, np.float32(scale), table, scores)
+    _softmax_rows(scores, p + 1 - lo, softcap)
+    _pv_group(scores, v_cache, kvh, lo, p + 1, table, out3[t, kvh * G:(kvh + 1) * G])
 
 
 @njit(cache=True, parallel=True)
 def attention(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
-    """Causal multi-head attention of n new tokens over the cache (threads over token x head).
+    """Causal multi-head attention of n new tokens over the cache (threads over token x kv head).
 
     Token t sits at position pos0+t and sees keys max(0, p-window+1) .. p
     (window <= 0: all earlier keys).  Grouped-query: head h reads key/value
@@ -227,15 +230,23 @@ def attention(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
     q3, out3: (n, H, hd) float32; caches: (C, Hkv, hd) float32 or uint16 bits.
     """
     n, H, hd = q3.shape
-    for idx in prange(n * H):
-        _attention_range(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3, idx, idx + 1)
+    Hkv = k_cache.shape[1]
+    G = H // Hkv
+    for idx in prange(n * Hkv):
+        t = idx // Hkv
+        scores = np.empty((G, pos0 + t + 1), dtype=np.float32)
+        _attend_group(q3, k_cache, v_cache, t, idx - t * Hkv, pos0, scale, window, softcap, table, scores, out3)
 
 
 @njit(cache=True)
 def attention_serial(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
     """``attention`` on the calling thread only (short contexts: no thread-pool launch)."""
     n, H, hd = q3.shape
-    _attention_range(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3, 0, n * H)
+    Hkv = k_cache.shape[1]
+    scores = np.empty((H // Hkv, pos0 + n), dtype=np.float32)
+    for t in range(n):
+        for kvh in range(Hkv):
+            _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, out3)
 
 
 @njit(cache=True, parallel=True)

@@ -26,6 +26,7 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32):
         float32 (rows, nb): the scales ``d * sc`` of weights 0-15 and 16-31;
         weight = s * (q - 32).
 ``f32`` F32: ``w`` float32 (rows, cols).
+``f16``, ``bf16``  F16, BF16: ``w`` uint16 (rows, cols), the values' bits.
 ``raw`` every other type: ``raw`` uint8 (rows, row_bytes), decoded by the
         registry's decoder on the fly.
 
@@ -56,6 +57,7 @@ FAST_KINDS = {
     GGMLType.Q4_0: "q4", GGMLType.Q4_1: "q4", GGMLType.Q4_K: "q4",
     GGMLType.Q5_0: "q5", GGMLType.Q5_1: "q5", GGMLType.Q5_K: "q5",
     GGMLType.Q8_0: "q8", GGMLType.Q6_K: "q6", GGMLType.F32: "f32",
+    GGMLType.F16: "f16", GGMLType.BF16: "bf16",
 }
 
 
@@ -263,6 +265,9 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
     if kind == "f32":
         p.arrays["w"] = np.array(raw.view(np.float32), copy=True)
         return p
+    if kind in ("f16", "bf16"):
+        p.arrays["w"] = np.array(raw.view(np.uint16), copy=True)
+        return p
 
     nb = cols // 32
     A = p.arrays
@@ -310,7 +315,7 @@ def concat(packs: list[Packed]) -> Packed:
             raise ValueError(f"cannot stack {p.qtype.name} x{p.cols} rows onto {first.qtype.name} x{first.cols}")
     out = Packed(first.kind, first.qtype, sum(p.rows for p in packs), first.cols)
     for k, a in first.arrays.items():
-        dst = _padded(out.rows, a.shape[1], a.dtype) if out.kind not in ("raw", "f32") else \
+        dst = _padded(out.rows, a.shape[1], a.dtype) if out.kind in ("q4", "q5", "q8", "q6") else \
             np.empty((out.rows, a.shape[1]), a.dtype)
         np.concatenate([p.arrays[k] for p in packs], axis=0, out=dst)
         out.arrays[k] = dst

@@ -29,6 +29,8 @@ from .types import GGMLType, as_type, row_bytes
 
 # Float32 rows decoded per step by the raw (registry decoder) path, per thread.
 _RAW_CHUNK_ELEMENTS = 1 << 14
+# Decodes smaller than this many weights run on the calling thread.
+_PARALLEL_DECODE_ELEMENTS = 1 << 16
 # Symmetric types decode as (q - offset) * d (ggml's expression; exact zeros keep their sign).
 _NO_OFFSET = np.int32(0)
 _OFFSET = {GGMLType.Q4_0: np.int32(8), GGMLType.Q5_0: np.int32(16)}
@@ -101,6 +103,10 @@ class Weight:
             mv.matvec_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], p.nbv, x, out)
         elif k == "f32":
             mv.matvec_f32(A["w"], x, out)
+        elif k == "f16":
+            mv.matvec_f16(A["w"], x, out)
+        elif k == "bf16":
+            mv.matvec_bf16(A["w"], x, out)
         else:
             self._raw_matvec(x, out)
         return out
@@ -153,6 +159,17 @@ class Weight:
         return out
 
     def _decode_ids(self, ids: np.ndarray, out: np.ndarray) -> None:
+        """Decode rows ids into out, split over the worker threads when there are many."""
+        n = ids.size
+        parts = max(1, min(get_num_threads(), n * self.shape[1] // _PARALLEL_DECODE_ELEMENTS))
+        if parts == 1:
+            self._decode_ids_serial(ids, out)
+            return
+        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+        self._run(lambda a, b: self._decode_ids_serial(ids[a:b], out[a:b]),
+                  [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+
+    def _decode_ids_serial(self, ids: np.ndarray, out: np.ndarray) -> None:
         p = self.packed
         A = p.arrays
         k = p.kind
@@ -166,6 +183,10 @@ class Weight:
             mv.decode_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], ids, out)
         elif k == "f32":
             mv.gather_f32(A["w"], ids, out)
+        elif k == "f16":
+            mv.decode_f16(A["w"], ids, out)
+        elif k == "bf16":
+            mv.decode_bf16(A["w"], ids, out)
         else:
             raw = A["raw"]
             for i, r in enumerate(ids):

@@ -171,6 +171,13 @@ def test_copy_metadata_keeps_every_type(smollm2_path, tmp_path):
             for k in r.metadata:
                 assert c.type_spec(k) == r.type_spec(k) and same_value(c.metadata[k], r.metadata[k]), k
             assert c.metadata["extra.tokens"] == r.metadata["tokenizer.ggml.tokens"]
+        q = tmp_path / "meta2.gguf"
+        with GGUFWriter(q) as w:                   # the short form: element types read off the values
+            for k, v in r.metadata.items():
+                w.add_key(k, v, r.value_types[k])
+        with GGUFReader(q) as c:
+            for k in r.metadata:
+                assert c.type_spec(k) == r.type_spec(k) and same_value(c.metadata[k], r.metadata[k]), k
 
 
 def test_custom_alignment(tmp_path):

@@ -26,7 +26,7 @@ BLOCK_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q
                "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL",
                "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4"]
 # Types with a repacked fast layout.
-FAST_TYPES = ["F32", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+FAST_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 
 # fp16 scale fields (byte offsets in a block) of the fast types, overwritten in random data.
 _SCALES = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
@@ -53,6 +53,11 @@ def random_tensor(name: str, rows: int, cols: int, rng) -> np.ndarray:
     t = as_type(name)
     if t == GGMLType.F32:
         return rng.standard_normal(rows * cols).astype(np.float32).view(np.uint8)
+    if t == GGMLType.F16:
+        return rng.standard_normal(rows * cols).astype(np.float16).view(np.uint8)
+    if t == GGMLType.BF16:
+        f = rng.standard_normal(rows * cols).astype(np.float32)
+        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     bs, ts = BLOCK_SIZES[t]
     n = rows * cols // bs
     b = rng.integers(0, 256, (n, ts), dtype=np.uint8)
@@ -105,6 +110,16 @@ def test_random_fast_types(name, shape):
     assert_close(kernels.matvec(data, name, shape, x), W32.astype(np.float64), x, "kernels.matvec")
     X = rng.standard_normal((5, shape[1])).astype(np.float32)
     assert_close(kernels.matmul(X, data, name, shape), W32.astype(np.float64), X, "kernels.matmul")
+
+
+@pytest.mark.parametrize("name", ["F16", "BF16"])
+def test_half_formats_every_bit_pattern(name):
+    """All 65536 16-bit patterns (subnormals, -0, inf, NaN payloads) decode bit-exactly."""
+    data = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.uint8)
+    W = Weight(data, name, (256, 256))
+    ref = kernels.dequantize(data, name, (256, 256))
+    assert bits_equal(W.dequantize(), ref)
+    assert bits_equal(W.rows([255, 3]), ref[[255, 3]])
 
 
 @pytest.mark.parametrize("name", ["Q4_1", "Q6_K", "Q5_0", "IQ4_XS"])

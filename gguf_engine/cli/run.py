@@ -11,7 +11,8 @@ Modes:
   * -cnv: a multi-turn chat reading user turns from stdin, one per line, until end of input
     (Ctrl-D) or Ctrl-C; -p, if given, is the first user turn.  A model without a template uses
     its architecture's built-in one (gemma3), else ChatML.
--n defaults to -1: generate until an end-of-generation token or a full context.
+-n defaults to -1 in chat modes (until an end-of-generation token or a full context) and to 256
+tokens for plain completion, where a base model may never produce an end-of-generation token.
 Exit status: 0 ok, 1 bad input or model error, 130 interrupted by Ctrl-C.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_COMPLETION_TOKENS = 256  # -n default for plain completion (a base model may never stop)
 
 EXAMPLES = """\
 examples:
@@ -63,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("prompt and conversation")
     g.add_argument("-p", "--prompt", default=None, help="prompt text")
     g.add_argument("-f", "--file", default=None, help="read the prompt from a file ('-' = stdin)")
-    g.add_argument("-n", "--n-predict", type=int, default=-1,
-                   help="tokens to generate per turn (default: -1 = until end of generation or full context)")
+    g.add_argument("-n", "--n-predict", type=int, default=None,
+                   help="tokens to generate per turn; -1 = until an end-of-generation token or a full context "
+                        f"(default: -1 in chat modes, {DEFAULT_COMPLETION_TOKENS} for plain completion)")
     cnv = g.add_mutually_exclusive_group()
     cnv.add_argument("-cnv", "--conversation", dest="conversation", action="store_const", const=True,
                      default=None, help="interactive multi-turn chat with the model's chat template")
@@ -142,7 +145,7 @@ def validate(args) -> None:
         raise UsageError(f"--batch-size must be > 0, got {args.batch_size}")
     if args.threads is not None and args.threads <= 0:
         raise UsageError(f"--threads must be > 0, got {args.threads}")
-    if args.n_predict < -1:
+    if args.n_predict is not None and args.n_predict < -1:
         raise UsageError(f"--n-predict must be -1 (no limit) or >= 0, got {args.n_predict}")
     if not 0.0 <= args.top_p <= 1.0:
         raise UsageError(f"--top-p must be in [0, 1], got {args.top_p}")
@@ -351,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mode == "chat" and not templated:
             log(f"warning: the model file has no chat template; using {llm.chat_template_source.split(':')[1]} "
                 f"(choose one with --chat-template)")
+        if args.n_predict is None:
+            args.n_predict = DEFAULT_COMPLETION_TOKENS if mode == "completion" else -1
         log(f"generate: n_ctx = {llm.n_ctx()}, n_batch = {args.batch_size}, n_predict = {args.n_predict}, "
             f"mode = {'conversation' if mode == 'chat' else 'single chat turn' if mode == 'chat-once' else 'completion'}")
         log("")

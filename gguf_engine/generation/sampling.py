@@ -101,9 +101,15 @@ def _sort_desc(ids: np.ndarray, logits: np.ndarray, k: int | None = None) -> tup
     """The k best candidates (all when k is None), by logit descending, ties by token id."""
     n = logits.shape[0]
     if k is not None and k < n:
-        part = np.argpartition(-logits, k - 1)[:k]
+        part = np.argpartition(logits, n - k)[n - k:]  # the k largest, unordered
         ids, logits = ids[part], logits[part]
-    order = np.lexsort((ids, -logits))
+        order = np.lexsort((ids, -logits))
+    elif n > 4096:
+        # a stable sort keeps equal logits in their current (ascending id) order, and is far
+        # quicker than a two-key sort on a whole vocabulary
+        order = np.argsort(-logits, kind="stable")
+    else:
+        order = np.lexsort((ids, -logits))
     return ids[order], logits[order]
 
 
@@ -178,12 +184,14 @@ def top_p(ids: np.ndarray, logits: np.ndarray, sorted_: bool, p: float,
         last = cut(ids, logits)
         last = n if last is None else last
         return ids[:last], logits[:last], True
-    if n > 1024:
-        # Most of the mass usually sits in a few tokens: try the best 256 before sorting everything.
-        s_ids, s_logits = _sort_desc(ids, logits, 256)
+    k = 256
+    while k * 4 <= n:
+        # Most of the mass usually sits in a few tokens: try the best k before sorting everything.
+        s_ids, s_logits = _sort_desc(ids, logits, k)
         last = cut(s_ids, s_logits)
         if last is not None:
             return s_ids[:last], s_logits[:last], True
+        k *= 8
     s_ids, s_logits = _sort_desc(ids, logits)
     last = cut(s_ids, s_logits)
     last = n if last is None else last
@@ -305,8 +313,13 @@ class Sampler:
             # top-k / top-p / min-p never drop the best token, so greedy is the argmax here.
             i = int(np.argmax(row))
             return np.array([i], dtype=np.int64), row[i:i + 1]
-        ids = np.arange(row.shape[0], dtype=np.int64)
-        ids, row, srt = top_k(ids, row, p.top_k)
+        n = row.shape[0]
+        if 0 < p.top_k < n:  # the usual case: select k of the vocabulary without building all ids
+            part = np.argpartition(row, n - p.top_k)[n - p.top_k:].astype(np.int64)
+            ids, row = _sort_desc(part, row[part])
+            srt = True
+        else:
+            ids, row, srt = top_k(np.arange(n, dtype=np.int64), row, p.top_k)
         ids, row, srt = top_p(ids, row, srt, p.top_p, p.min_keep)
         ids, row, srt = min_p(ids, row, srt, p.min_p, p.min_keep)
         ids, row, srt = temperature(ids, row, srt, p.temperature)

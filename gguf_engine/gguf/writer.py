@@ -396,6 +396,8 @@ class GGUFWriter:
         if callable(data):
             data = data()
         if isinstance(data, np.ndarray):
+            if data.dtype.byteorder == ">":                 # GGUF is little-endian
+                data = data.astype(data.dtype.newbyteorder("<"))
             buf = memoryview(np.ascontiguousarray(data)).cast("B")
         else:
             buf = memoryview(data).cast("B")

@@ -19,12 +19,12 @@ GROUP_MAX_EPS = F(1e-15)
 MAGIC = F(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer, half to even
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def f32(v):
     return np.float32(v)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _nearest_int_slow(fval):
     # Exact emulation of ggml's bit trick outside its nominal range:
     # take the float32 bits of (fval + 1.5*2**23) and subtract the magic.
@@ -47,7 +47,7 @@ def _nearest_int_slow(fval):
     return (mant & 0x007FFFFF) - 0x00400000
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def nearest_int(fval):
     """ggml nearest_int: float32 round half to even (fval is a float32)."""
     if abs(fval) <= F(4194303.0):
@@ -55,7 +55,7 @@ def nearest_int(fval):
     return _nearest_int_slow(fval)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def roundf(v):
     """C roundf: half away from zero (v float32, |v| < 2**31; result int)."""
     r = np.trunc(v)
@@ -64,7 +64,7 @@ def roundf(v):
     return int(r)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def fp32_to_fp16_bits(f):
     """Round-to-nearest-even float32 -> IEEE half bits (as ggml_compute_fp32_to_fp16)."""
     d = float(f)
@@ -92,7 +92,7 @@ def fp32_to_fp16_bits(f):
     return sign | ((E + 15) << 10) | (q - 1024)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def fp16_bits_to_fp32(h):
     sign = -1.0 if (h & 0x8000) else 1.0
     e = (h >> 10) & 0x1F
@@ -106,18 +106,18 @@ def fp16_bits_to_fp32(h):
     return np.float32(sign * (1.0 + m / 1024.0) * 2.0 ** (e - 15))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def fp16_round(f):
     return fp16_bits_to_fp32(fp32_to_fp16_bits(f))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def put_u16(out, off, v):
     out[off] = v & 0xFF
     out[off + 1] = (v >> 8) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def put_f16(out, off, f):
     h = fp32_to_fp16_bits(f)
     out[off] = h & 0xFF
@@ -125,7 +125,7 @@ def put_f16(out, off, f):
     return fp16_bits_to_fp32(h)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def best_index_int8(n, val, x):
     """Index of the table value nearest x (val sorted ascending, int8 values)."""
     if x <= F(val[0]):
@@ -145,7 +145,7 @@ def best_index_int8(n, val, x):
     return mu
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qx_quants(n, nmax, x, L, rmse_type, qw, has_qw):
     """Signed symmetric quantization to [-nmax, nmax-1] (stored shifted by +nmax in L)."""
     mx = F(0.0)
@@ -207,7 +207,7 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw, has_qw):
     return scale
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _qx_weight(xi, rmse_type, qw, has_qw, i):
     if has_qw:
         return qw[i]
@@ -220,7 +220,7 @@ def _qx_weight(xi, rmse_type, qw, has_qw, i):
     return np.sqrt(abs(xi))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_q3_quants(n, nmax, x, L, do_rmse):
     mx = F(0.0)
     amax = F(0.0)
@@ -276,7 +276,7 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
     return F(1.0) / iscale
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
     """Asymmetric (scale, min) search; returns (scale, -min) like ggml's (scale, *the_min)."""
     mn = x[0]
@@ -343,7 +343,7 @@ def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad)
     return scale, -mn
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
     """As make_qkx2_quants with the ggml qkx3 variant (max <= min test); weights always given."""
     mn = x[0]
@@ -410,7 +410,7 @@ def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad)
     return scale, -mn
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qp_quants(n, nmax, x, L, quant_weights):
     """Unsigned scale search for the super-block scales (x >= 0)."""
     mx = F(0.0)

@@ -36,7 +36,7 @@ _SPECS = {
 }
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _neighbour_row(i, pos, bits, nwant, d2, out, write_at):
     """Neighbours of the off-grid point with level code i; returns their count.
 
@@ -75,7 +75,7 @@ def _neighbour_row(i, pos, bits, nwant, d2, out, write_at):
     return n
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _build(pos, bits, kmap_size, nwant):
     n_grid, group = pos.shape
     kmap = np.full(kmap_size, -1, np.int32)

@@ -28,7 +28,7 @@ EPS_IQ2_S = F(1e-8)
 
 # ----------------------------------------------------------------- IQ4_XS
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _iq4_xs(x, y, qw, has_qw):
     scales = np.zeros(8, np.float32)
     weight = np.empty(32, np.float32)
@@ -42,7 +42,7 @@ def _iq4_xs(x, y, qw, has_qw):
 
 # ----------------------------------------------------------------- shared lattice helpers
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _find_best_neighbour(neigh, off, pos, xval, xo, waux, scale, L, n):
     """Best-weighted lattice neighbour of a group; writes its levels to L[xo:xo+n]."""
     num = np.int64(neigh[off])
@@ -63,7 +63,7 @@ def _find_best_neighbour(neigh, off, pos, xval, xo, waux, scale, L, n):
     return gi
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _split_signs_even(xb, weight, xval, block_signs, ngroups):
     """|x| into xval with an even number of sign flips per group of 8 (the least important one
     is kept unflipped and its magnitude negated when the count is odd)."""
@@ -91,7 +91,7 @@ def _split_signs_even(xb, weight, xval, block_signs, ngroups):
         block_signs[k] = s & 127
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _round_group(xval, o, idd, n, kmax_minus1, L, bits):
     """Levels of one group at inverse scale idd; returns the level code."""
     u = 0
@@ -103,7 +103,7 @@ def _round_group(xval, o, idd, n, kmax_minus1, L, bits):
     return u
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _code(L, o, n, bits):
     u = 0
     for i in range(n):
@@ -111,7 +111,7 @@ def _code(L, o, n, bits):
     return u
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _fit(weight, xval, L, n):
     sumqx = F(0.0)
     sumq2 = F(0.0)
@@ -123,7 +123,7 @@ def _fit(weight, xval, L, n):
     return sumqx, sumq2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _block_weights(xb, qw, qo, has_qw, sigma2, weight, waux, n):
     if has_qw:
         for i in range(n):
@@ -135,7 +135,7 @@ def _block_weights(xb, qw, qo, has_qw, sigma2, weight, waux, n):
         waux[i] = np.sqrt(weight[i])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sumsq(xs):
     s = F(0.0)
     for i in range(xs.shape[0]):
@@ -146,7 +146,7 @@ def _sumsq(xs):
 # ----------------------------------------------------------------- IQ2_XXS
 # layout: d, qs uint32[16]: per 32-block (grid idx x4 bytes) and (signs 4x7 bits | scale << 28)
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _iq2_xxs(x, y, qw, pos, kmap, neigh):
     kmax = 3
     scales = np.zeros(8, np.float32)
@@ -240,7 +240,7 @@ def _iq2_xxs(x, y, qw, pos, kmap, neigh):
 # ----------------------------------------------------------------- IQ2_XS
 # layout: d, qs uint16[32] (grid idx 9 bits | signs << 9), scales[8] (4 bits per 16-block)
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _iq2_xs(x, y, qw, pos, kmap, neigh):
     kmax = 3
     scales = np.zeros(16, np.float32)
@@ -335,7 +335,7 @@ def _iq2_xs(x, y, qw, pos, kmap, neigh):
 # ----------------------------------------------------------------- IQ3_XXS
 # layout: d, grid idx [64], uint32[8] (signs 4x7 bits | scale << 28)
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _iq3_xxs(x, y, qw, has_qw, pos, kmap, neigh):
     kmax = 8
     scales = np.zeros(8, np.float32)
@@ -433,7 +433,7 @@ def _iq3_xxs(x, y, qw, has_qw, pos, kmap, neigh):
 # ----------------------------------------------------------------- IQ3_S
 # layout: d, qs[64] (grid idx low 8 bits), qh[8] (bit 9), signs[32], scales[4] (4 bits per 32-block)
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _iq3_s(x, y, qw, has_qw, pos, kmap, neigh):
     kmax = 8
     bs = 32
@@ -545,7 +545,7 @@ def _iq3_s(x, y, qw, has_qw, pos, kmap, neigh):
 # ----------------------------------------------------------------- IQ2_S
 # layout: d, qs[32] (grid idx low 8 bits), signs[32], qh[8] (2 high bits per group), scales[8]
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _iq2_s(x, y, qw, has_qw, pos, kmap, neigh):
     kmax = 3
     scales = np.zeros(16, np.float32)
@@ -653,7 +653,7 @@ def _iq2_s(x, y, qw, has_qw, pos, kmap, neigh):
 
 # ----------------------------------------------------------------- IQ1_S / IQ1_M shared
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sort_order(xb, idx, n):
     """Indices of xb in ascending order (ties keep their original order)."""
     for j in range(n):
@@ -667,7 +667,7 @@ def _sort_order(xb, idx, n):
         idx[t + 1] = v
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _find_best_neighbour1(neigh, off, pos, xb, xo, weight, scale, xx, L, ngrid):
     """iq1_find_best_neighbour2: the neighbour closest to x at this scale with levels xx."""
     num = np.int64(neigh[off])
@@ -703,7 +703,7 @@ def _find_best_neighbour1(neigh, off, pos, xb, xo, weight, scale, xx, L, ngrid):
 # ----------------------------------------------------------------- IQ1_S
 # layout: d, qs[32] (grid idx low 8 bits), qh uint16[8] (3 high bits x4 | scale << 12 | shift sign << 15)
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _iq1_s(x, y, qw, pos, kmap, neigh):
     bs = 32
     delta = F(0.125)
@@ -833,7 +833,7 @@ def _iq1_s(x, y, qw, pos, kmap, neigh):
 # layout: qs[32] (grid idx low 8 bits), qh[16] (3 high bits + shift flag per group of 8),
 # scales uint16[4] (3-bit block scales; the fp16 super-scale in the top nibbles)
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _iq1_m(x, y, qw, has_qw, pos, kmap, neigh):
     bs = 16
     delta = F(0.125)
@@ -1028,7 +1028,7 @@ _BYTES = {K_IQ4_XS: 136, K_IQ3_S: 110, K_IQ3_XXS: 98, K_IQ2_S: 82, K_IQ2_XS: 74,
           K_IQ1_S: 50, K_IQ1_M: 56}
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def encode_rows(x, qw, has_qw, out, kind, pos, kmap, neigh):
     for r in prange(x.shape[0]):
         xr = x[r]

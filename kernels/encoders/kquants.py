@@ -20,7 +20,7 @@ K_Q2_K, K_Q3_K, K_Q4_K, K_Q5_K, K_Q6_K = range(5)
 BYTES = {K_Q2_K: 84, K_Q3_K: 110, K_Q4_K: 144, K_Q5_K: 176, K_Q6_K: 210}
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pack_2bit(y, qs_off, L):
     for j in range(0, QK_K, 128):
         for l in range(32):
@@ -31,7 +31,7 @@ def _pack_2bit(y, qs_off, L):
 # ----------------------------------------------------------------- Q2_K
 # layout: scales[16] qs[64] d dmin
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q2_k_finish(x, y, b, L, dm, mm):
     for j in range(16):
         sc = y[b + j]
@@ -45,7 +45,7 @@ def _q2_k_finish(x, y, b, L, dm, mm):
     _pack_2bit(y, b + 16, L)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q2_k_ref(x, y):
     L = np.zeros(QK_K, np.uint8)
     Laux = np.zeros(16, np.uint8)
@@ -87,7 +87,7 @@ def _q2_k_ref(x, y):
         _q2_k_finish(xs, y, b, L, dm, mm)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q2_k_im(x, y, qw):
     L = np.zeros(QK_K, np.uint8)
     Laux = np.zeros(16, np.uint8)
@@ -127,7 +127,7 @@ def _q2_k_im(x, y, qw):
 # ----------------------------------------------------------------- Q3_K
 # layout: hmask[32] qs[64] scales[12] d
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q3_k_finish(x, y, b, L):
     d_all = put_f16_read(y, b + 108)
     for j in range(16):
@@ -158,12 +158,12 @@ def _q3_k_finish(x, y, b, L):
     _pack_2bit(y, b + 32, L)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def put_f16_read(y, off):
     return fp16_bits_to_fp32(y[off] | (y[off + 1] << 8))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q3_k_put_scale(y, b, j, l):
     if j < 8:
         y[b + 96 + j] = l & 0xF
@@ -173,7 +173,7 @@ def _q3_k_put_scale(y, b, j, l):
     y[b + 96 + 8 + j % 4] |= (l << (2 * (j // 4))) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q3_k_ref(x, y):
     L = np.zeros(QK_K, np.int8)
     scales = np.empty(16, np.float32)
@@ -203,7 +203,7 @@ def _q3_k_ref(x, y):
         _q3_k_finish(xs, y, b, L)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q3_k_im(x, y, qw):
     L = np.zeros(QK_K, np.int8)
     scales = np.empty(16, np.float32)
@@ -239,7 +239,7 @@ def _q3_k_im(x, y, qw):
 # ----------------------------------------------------------------- Q4_K / Q5_K
 # layout Q4_K: d dmin scales[12] qs[128]; Q5_K: d dmin scales[12] qh[32] qs[128]
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _put_scale_min_k4(y, so, j, ls, lm):
     if j < 4:
         y[so + j] = ls
@@ -250,7 +250,7 @@ def _put_scale_min_k4(y, so, j, ls, lm):
         y[so + j] |= (lm >> 4) << 6
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _get_scale_min_k4(j, y, so):
     if j < 4:
         return y[so + j] & 63, y[so + j + 4] & 63
@@ -259,7 +259,7 @@ def _get_scale_min_k4(j, y, so):
     return d, m
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _qk_requant(x, y, b, L, dq, mq, nmax):
     for j in range(8):
         sc, m = _get_scale_min_k4(j, y, b + 4)
@@ -272,14 +272,14 @@ def _qk_requant(x, y, b, L, dq, mq, nmax):
             L[32 * j + ii] = max(0, min(nmax, l))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pack_q4(y, qo, L):
     for j in range(0, QK_K, 64):
         for l in range(32):
             y[qo + j // 2 + l] = L[j + l] | (L[j + l + 32] << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pack_q5(y, qho, qo, L):
     for k in range(32):
         y[qho + k] = 0
@@ -300,7 +300,7 @@ def _pack_q5(y, qho, qo, L):
         m2 <<= 2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _qk45_ref(x, y, nmax, bpb, rmin, rdelta, nstep):
     L = np.zeros(QK_K, np.uint8)
     Laux = np.zeros(32, np.uint8)
@@ -343,7 +343,7 @@ def _qk45_ref(x, y, nmax, bpb, rmin, rdelta, nstep):
             _pack_q5(y, b + 16, b + 48, L)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _qk45_im(x, y, qw, has_qw, nmax, bpb):
     L = np.zeros(QK_K, np.uint8)
     Laux = np.zeros(32, np.uint8)
@@ -394,7 +394,7 @@ def _qk45_im(x, y, qw, has_qw, nmax, bpb):
 # ----------------------------------------------------------------- Q6_K
 # layout: ql[128] qh[64] scales[16] (int8) d
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q6_k(x, y, qw, has_qw):
     L = np.zeros(QK_K, np.int8)
     scales = np.empty(16, np.float32)
@@ -448,7 +448,7 @@ def _q6_k(x, y, qw, has_qw):
 
 # ----------------------------------------------------------------- row driver
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def encode_rows(x, qw, has_qw, out, kind):
     for r in prange(x.shape[0]):
         xr = x[r]

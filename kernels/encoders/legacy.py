@@ -27,7 +27,7 @@ K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, K_Q8_1, K_IQ4_NL, K_MXFP4 = range(8)
 
 # ----------------------------------------------------------------- reference (no imatrix)
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _absmax_signed(x, o):
     amax = F(0.0)
     mx = F(0.0)
@@ -39,7 +39,7 @@ def _absmax_signed(x, o):
     return mx
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q4_0_ref(x, y):
     nb = x.shape[0] // 32
     for i in range(nb):
@@ -57,7 +57,7 @@ def _q4_0_ref(x, y):
             y[b + 2 + j] = xi0 | (xi1 << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _minmax(x, o):
     mn = F(3.4028234663852886e38)
     mx = F(-3.4028234663852886e38)
@@ -70,7 +70,7 @@ def _minmax(x, o):
     return mn, mx
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q4_1_ref(x, y):
     nb = x.shape[0] // 32
     for i in range(nb):
@@ -89,7 +89,7 @@ def _q4_1_ref(x, y):
             y[b + 4 + j] = xi0 | (xi1 << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _put_q5(y, b, qh_off, qs_off, L):
     qh = 0
     for j in range(16):
@@ -102,7 +102,7 @@ def _put_q5(y, b, qh_off, qs_off, L):
         y[qh_off + k] = (qh >> (8 * k)) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q5_0_ref(x, y):
     nb = x.shape[0] // 32
     L = np.empty(32, np.int64)
@@ -118,7 +118,7 @@ def _q5_0_ref(x, y):
         _put_q5(y, b, b + 2, b + 6, L)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q5_1_ref(x, y):
     nb = x.shape[0] // 32
     L = np.empty(32, np.int64)
@@ -135,7 +135,7 @@ def _q5_1_ref(x, y):
         _put_q5(y, b, b + 4, b + 8, L)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q8_0(x, y):
     nb = x.shape[0] // 32
     for i in range(nb):
@@ -151,7 +151,7 @@ def _q8_0(x, y):
             y[b + 2 + j] = roundf(x[o + j] * idd) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q8_1(x, y):
     nb = x.shape[0] // 32
     for i in range(nb):
@@ -172,7 +172,7 @@ def _q8_1(x, y):
         put_f16(y, b + 2, F(s) * d)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _best_index_mxfp4(v, e):
     best_index = 0
     best_err = abs(F(KVALUES_MXFP4[0]) * e - v)
@@ -184,14 +184,14 @@ def _best_index_mxfp4(v, e):
     return best_index
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def e8m0_to_fp32_half(e):
     if e < 2:
         return np.float32((0x00200000 << e) * 2.0 ** -149)
     return np.float32(2.0 ** (e - 128))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mxfp4(x, y):
     nb = x.shape[0] // 32
     for i in range(nb):
@@ -214,7 +214,7 @@ def _mxfp4(x, y):
 
 # ----------------------------------------------------------------- imatrix-aware
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _row_sigma2(x):
     s = F(0.0)
     for j in range(x.shape[0]):
@@ -222,7 +222,7 @@ def _row_sigma2(x):
     return s / F(x.shape[0])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q4_0_im(x, y, qw):
     sigma2 = _row_sigma2(x)
     weight = np.empty(32, np.float32)
@@ -238,7 +238,7 @@ def _q4_0_im(x, y, qw):
             y[b + 2 + j] = L[j] | (L[j + 16] << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q5_0_im(x, y, qw):
     sigma2 = _row_sigma2(x)
     weight = np.empty(32, np.float32)
@@ -256,7 +256,7 @@ def _q5_0_im(x, y, qw):
         _put_q5(y, b, b + 2, b + 6, Li)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q4_1_im(x, y, qw):
     sigma2 = _row_sigma2(x)
     weight = np.empty(32, np.float32)
@@ -274,7 +274,7 @@ def _q4_1_im(x, y, qw):
             y[b + 4 + j] = L[j] | (L[j + 16] << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q5_1_im(x, y, qw):
     sigma2 = _row_sigma2(x)
     weight = np.empty(32, np.float32)
@@ -296,7 +296,7 @@ def _q5_1_im(x, y, qw):
 
 # ----------------------------------------------------------------- IQ4_NL / IQ4_XS core
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def iq4_impl(super_block_size, block_size, x, y, d_off, qs_off, sh_off, sl_off,
              scales, weight, L, values, qw, has_qw, ntry):
     """ggml's quantize_row_iq4_nl_impl for one super-block starting at x[0].
@@ -400,7 +400,7 @@ def iq4_impl(super_block_size, block_size, x, y, d_off, qs_off, sh_off, sl_off,
             y[qs_off + 16 * i + j] = L[32 * i + j] | (L[32 * i + 16 + j] << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _iq4_nl(x, y, qw, has_qw):
     scales = np.zeros(1, np.float32)
     weight = np.empty(32, np.float32)
@@ -413,7 +413,7 @@ def _iq4_nl(x, y, qw, has_qw):
 
 # ----------------------------------------------------------------- row driver
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def encode_rows(x, qw, has_qw, out, kind):
     """x (n_rows, n_per_row) float32, qw (n_per_row,) float32 -> out (n_rows, row_bytes) uint8."""
     for r in prange(x.shape[0]):

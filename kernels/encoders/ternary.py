@@ -15,7 +15,7 @@ from .common import F, put_f16, roundf
 QK_K = 256
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _amax_scale(x, o):
     amax = F(0.0)
     for j in range(QK_K):
@@ -24,7 +24,7 @@ def _amax_scale(x, o):
     return amax, idd
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _tq1_0(x, y):
     for i in range(x.shape[0] // QK_K):
         o = QK_K * i
@@ -55,7 +55,7 @@ def _tq1_0(x, y):
             y[b + 48 + j] = ((q * 256 + 242) // 243) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _tq2_0(x, y):
     for i in range(x.shape[0] // QK_K):
         o = QK_K * i
@@ -72,7 +72,7 @@ def _tq2_0(x, y):
                 y[b + j + m] = q & 0xFF
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def encode_rows(x, out, kind):
     for r in prange(x.shape[0]):
         if kind == 1:
