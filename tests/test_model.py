@@ -272,15 +272,22 @@ def test_real_model_f16_cache_kl(real):
     assert kl <= bound, f"{name} (f16 cache): KL {kl:.3g} > bound {bound:.3g}"
 
 
+# Gemma 3's residual stream reaches magnitudes in the thousands and its logits ~45, so float32
+# rounding alone (matvec vs matmul summation order) moves its logits by a few 1e-4, even with
+# every product done by BLAS; 1e-3 there, 1e-4 elsewhere.
+INCREMENTAL_ATOL = {"smollm2": 1e-4, "gemma3": 1e-3}
+
+
 def test_real_model_incremental(real):
-    """Real model: token-by-token logits equal one-shot prefill within 1e-4 (16 tokens)."""
-    _, _, m, ref = real
+    """Real model: token-by-token logits equal one-shot prefill (16 tokens) within
+    1e-4 (SmolLM2) / 1e-3 (Gemma 3, see INCREMENTAL_ATOL)."""
+    name, _, m, ref = real
     tokens = ref["tokens"][:16]
     m.reset()
     one_shot = m.eval(tokens, logits_all=True)
     m.reset()
     step = np.stack([m.eval(tokens[i:i + 1]) for i in range(len(tokens))])
-    np.testing.assert_allclose(step, one_shot, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(step, one_shot, atol=INCREMENTAL_ATOL[name], rtol=0)
 
 
 def test_gemma3_config(gemma3_path):

@@ -37,7 +37,7 @@ import numpy as np
 
 from kernels.types import BLOCK_SIZES, GGMLType, as_type
 
-from .constants import (ALIGNMENT_KEY, ARCHITECTURE_KEY, DEFAULT_ALIGNMENT, FLOAT_TYPES, GGUF_MAGIC,
+from .constants import (ALIGNMENT_KEY, ARCHITECTURE_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC,
                         GGUF_VERSIONS, INTEGER_TYPES, SCALAR_DTYPES, GGUFValueType, value_type_of_dtype)
 from .reader import GGUFReader, TypeSpec, _numpy_shape
 from .strings import StringArray
