@@ -1,11 +1,38 @@
-"""Numba kernels of gguf-engine: per-type decoders, dequantization and the fused math."""
-from . import threads  # first: sets the OpenMP wait policy before any parallel kernel runs
-from .dequantize import dequantize
-from .registry import QTYPES, QuantType, get_qtype
-from .quantize import quantize
-from .threads import get_num_threads, set_num_threads
-from .types import GGMLType
-from .weight import Weight, fused_matvec, matmul, matvec
+"""Numba kernels of gguf-engine: per-type decoders, dequantization and the fused math.
 
-__all__ = ["dequantize", "GGMLType", "QTYPES", "QuantType", "get_qtype", "quantize",
-           "Weight", "fused_matvec", "matvec", "matmul", "set_num_threads", "get_num_threads"]
+``kernels.types`` (the type enum and block table) is plain Python; everything
+that compiles is imported on first use of its name, so reading a GGUF header
+never loads Numba.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+# Numba's OpenMP workers sleep between parallel loops instead of spinning (see threads.py);
+# set before any parallel kernel can run, and only when the user has not chosen.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .types import GGMLType  # noqa: E402
+
+_EXPORTS = {
+    "dequantize": ".dequantize",
+    "QTYPES": ".registry", "QuantType": ".registry", "get_qtype": ".registry",
+    "quantize": ".quantize",
+    "get_num_threads": ".threads", "set_num_threads": ".threads",
+    "Weight": ".weight", "fused_matvec": ".weight", "matvec": ".weight", "matmul": ".weight",
+}
+__all__ = ["GGMLType", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -82,49 +82,70 @@ def _x_full(x, nbv):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q4(qt, d, m, nbv, x, y):
-    """Q4_0 / Q4_1 / Q4_K packed: qt (rows, 16 nb) uint8, d, m (rows, nb) f32; y (rows,) f32."""
+    """Q4_0 / Q4_1 / Q4_K packed: qt (rows, 16 nb) uint8, d, m (rows, nb) f32; y (rows,) f32.
+
+    Two rows per pass share the activation loads (an odd last row is paired with itself;
+    a row's arithmetic does not depend on its partner)."""
     rows, nb = d.shape
     xlo, xhi, xs = _x_halves(x, nbv)
-    for r in prange(rows):
+    for rr in prange((rows + 1) // 2):
+        r = 2 * rr
+        r2 = min(r + 1, rows - 1)
         q = qt[r]
-        dr = d[r]
-        mr = m[r]
+        q2 = qt[r2]
         acc = f32(0)
+        acc2 = f32(0)
         for b in range(nbv):
             p = f32(0)
+            p2 = f32(0)
+            # two short loops (not one) so that LLVM unrolls them fully and vectorizes over b
             for k in range(16):
-                p += f32(q[_u(k * nb + b)] & _M15) * xlo[k * nbv + b]
+                xl = xlo[k * nbv + b]
+                p += f32(q[_u(k * nb + b)] & _M15) * xl
+                p2 += f32(q2[_u(k * nb + b)] & _M15) * xl
             for k in range(16):
-                p += f32(q[_u(k * nb + b)] >> _S4) * xhi[k * nbv + b]
-            acc += dr[b] * p + mr[b] * xs[b]
+                xh = xhi[k * nbv + b]
+                p += f32(q[_u(k * nb + b)] >> _S4) * xh
+                p2 += f32(q2[_u(k * nb + b)] >> _S4) * xh
+            acc += d[r, b] * p + m[r, b] * xs[b]
+            acc2 += d[r2, b] * p2 + m[r2, b] * xs[b]
         y[r] = acc
+        y[r2] = acc2
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q5(qt, qh, d, m, nbv, x, y):
-    """Q5_0 / Q5_1 / Q5_K packed: as q4 plus qh (rows, nb) int32 holding the 5th bits."""
+    """Q5_0 / Q5_1 / Q5_K packed: as q4 plus qh (rows, nb) int32 holding the 5th bits; two rows per pass."""
     rows, nb = d.shape
     xlo, xhi, xs = _x_halves(x, nbv)
-    for r in prange(rows):
+    for rr in prange((rows + 1) // 2):
+        r = 2 * rr
+        r2 = min(r + 1, rows - 1)
         q = qt[r]
-        h = qh[r]
-        dr = d[r]
-        mr = m[r]
+        q2 = qt[r2]
         acc = f32(0)
+        acc2 = f32(0)
         for b in range(nbv):
             p = f32(0)
-            hb = h[b]
-            # two short loops (not one) so that LLVM unrolls them fully and vectorizes over b
+            p2 = f32(0)
+            hb = qh[r, b]
+            hb2 = qh[r2, b]
             for k in range(16):
+                xl = xlo[k * nbv + b]
                 v = np.int32(q[_u(k * nb + b)])
-                lo = (v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)
-                p += f32(lo) * xlo[k * nbv + b]
+                v2 = np.int32(q2[_u(k * nb + b)])
+                p += f32((v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)) * xl
+                p2 += f32((v2 & _I15) | (((hb2 >> np.int32(k)) & _I1) << _I4)) * xl
             for k in range(16):
+                xh = xhi[k * nbv + b]
                 v = np.int32(q[_u(k * nb + b)])
-                hi = (v >> _I4) | (((hb >> np.int32(k + 16)) & _I1) << _I4)
-                p += f32(hi) * xhi[k * nbv + b]
-            acc += dr[b] * p + mr[b] * xs[b]
+                v2 = np.int32(q2[_u(k * nb + b)])
+                p += f32((v >> _I4) | (((hb >> np.int32(k + 16)) & _I1) << _I4)) * xh
+                p2 += f32((v2 >> _I4) | (((hb2 >> np.int32(k + 16)) & _I1) << _I4)) * xh
+            acc += d[r, b] * p + m[r, b] * xs[b]
+            acc2 += d[r2, b] * p2 + m[r2, b] * xs[b]
         y[r] = acc
+        y[r2] = acc2
 
 
 @njit(parallel=True, fastmath=True, cache=True)
