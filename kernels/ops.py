@@ -37,6 +37,68 @@ def _f32_overload(x, table):
     return lambda x, table: np.float32(x)
 
 
+_FAST = {"reassoc", "contract", "nsz"}   # lets LLVM vectorise reductions; no inf/nan assumptions
+
+
+@njit(cache=True, fastmath=_FAST)
+def exp_inplace(x, nbuf):
+    """x = exp(x) for float32 x (k,), within 2 ulp, in a form LLVM vectorises (libm's expf is
+    scalar): exp(v) = p(r) * 2^n with v = n ln2 + r, the 2^n added to the exponent bits.
+    Inputs are clamped to [-86, 88].  nbuf: int32 scratch (>= k,)."""
+    k = x.shape[0]
+    for i in range(k):
+        v = min(max(x[i], np.float32(-86.0)), np.float32(88.0))
+        n = np.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))
+        r = v - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        x[i] = p * r * r + r + np.float32(1.0)
+        nbuf[i] = np.int32(n) << 23
+    bits = x[:k].view(np.int32)
+    for i in range(k):
+        bits[i] += nbuf[i]
+
+
+@njit(cache=True)
+def f32_to_f16_bits(row, out):
+    """Round float32 row (k,) to float16 (nearest, ties to even, as numpy) and write the bits to out (k,) uint16."""
+    bits = row.view(np.uint32)
+    for i in range(row.shape[0]):
+        x = bits[i]
+        sign = (x >> 16) & 0x8000
+        a = x & 0x7FFFFFFF
+        if a >= 0x7F800000:                       # inf / nan
+            h = 0x7C00 | (0x200 if a > 0x7F800000 else 0)
+        elif a >= 0x477FF000:                     # rounds past the largest half: inf
+            h = 0x7C00
+        elif a < 0x38800000:                      # half subnormal or zero
+            h = np.uint32(np.rint(abs(row[i]) * np.float32(16777216.0)))
+        else:
+            a = a + 0xFFF + ((a >> 13) & 1)
+            h = (a - 0x38000000) >> 13
+        out[i] = np.uint16(sign | h)
+
+
+def _store_row(src, dst):  # pragma: no cover - replaced by the overload inside Numba
+    raise NotImplementedError
+
+
+@overload(_store_row, jit_options={"cache": True})
+def _store_row_overload(src, dst):
+    """Copy a float32 row into a cache row: float16 bits (uint16) are rounded, float32 copied."""
+    if isinstance(dst.dtype, types.Integer):
+        return lambda src, dst: f32_to_f16_bits(src, dst)
+
+    def copy(src, dst):
+        for i in range(src.shape[0]):
+            dst[i] = src[i]
+    return copy
+
+
 # ----------------------------------------------------------------------------- norms
 
 @njit(cache=True)
@@ -113,13 +175,14 @@ def _head_rms_norm(v, w, eps):
 
 @njit(cache=True)
 def qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps,
-                cos, sin, pos0, neox):
-    """Everything between the Q/K/V projections and attention, in place.
+                cos, sin, pos0, neox, k_cache, v_cache):
+    """Everything between the Q/K/V projections and attention.
 
-    Adds the Q/K/V biases (has_bias; bq: (H, hd), bk, bv: (Hkv, hd)), applies
-    the per-head RMS norms (has_qk_norm; qn, kn: (hd,)), then RoPE at positions
-    pos0 .. pos0+n-1 taken from the tables cos, sin: (n_ctx, n_rot/2).
-    q3: (n, H, hd), k3, v3: (n, Hkv, hd).
+    In place on q3: (n, H, hd), k3, v3: (n, Hkv, hd): adds the Q/K/V biases
+    (has_bias; bq: (H, hd), bk, bv: (Hkv, hd)), applies the per-head RMS norms
+    (has_qk_norm; qn, kn: (hd,)), then RoPE at positions pos0 .. pos0+n-1 from
+    the tables cos, sin: (n_ctx, n_rot/2).  Then writes k and v to the layer's
+    cache rows pos0.. (k_cache, v_cache: (C, Hkv, hd), float32 or float16 bits).
     """
     n, H, hd = q3.shape
     Hkv = k3.shape[1]
@@ -143,6 +206,8 @@ def qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps,
             if has_qk_norm:
                 _head_rms_norm(row, kn, eps)
             _rope_row(row, c, s, neox)
+            _store_row(row, k_cache[pos0 + t, h])
+            _store_row(v3[t, h], v_cache[pos0 + t, h])
 
 
 @njit(cache=True)
@@ -155,9 +220,6 @@ def rope_inplace(x3, cos, sin, pos0, neox):
 
 
 # ----------------------------------------------------------------------------- attention
-
-_FAST = {"reassoc", "contract", "nsz"}   # lets LLVM vectorise the dot products; no inf/nan assumptions
-
 
 @njit(cache=True, fastmath=_FAST)
 def _scores_group(qg, k_cache, kvh, lo, hi, scale, table, scores):
@@ -172,8 +234,9 @@ def _scores_group(qg, k_cache, kvh, lo, hi, scale, table, scores):
 
 
 @njit(cache=True)
-def _softmax_rows(scores, n, softcap):
-    """Soft-cap (softcap > 0) then softmax the first n entries of each row of scores, in place."""
+def _softmax_rows(scores, n, softcap, nbuf):
+    """Soft-cap (softcap > 0) then softmax the first n entries of each row of scores, in place.
+    nbuf: int32 scratch (>= n,)."""
     for g in range(scores.shape[0]):
         m = np.float32(-np.inf)
         for j in range(n):
@@ -183,14 +246,16 @@ def _softmax_rows(scores, n, softcap):
                 scores[g, j] = s
             if s > m:
                 m = s
-        total = np.float32(0.0)
+        row = scores[g, :n]
         for j in range(n):
-            e = np.exp(scores[g, j] - m)
-            scores[g, j] = e
-            total += e
-        inv = np.float32(1.0) / total
+            row[j] -= m
+        exp_inplace(row, nbuf)
+        total = 0.0
         for j in range(n):
-            scores[g, j] *= inv
+            total += row[j]
+        inv = np.float32(1.0 / total)
+        for j in range(n):
+            row[j] *= inv
 
 
 @njit(cache=True, fastmath=_FAST)
@@ -208,7 +273,7 @@ def _pv_group(scores, v_cache, kvh, lo, hi, table, outg):
 
 
 @njit(cache=True)
-def _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, out3):
+def _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, nbuf, out3):
     """Attention of token t's query heads of kv group kvh: reads each key/value row once for the group."""
     G = q3.shape[1] // k_cache.shape[1]
     p = pos0 + t
@@ -216,7 +281,7 @@ def _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, ta
     if window > 0 and p - window + 1 > 0:
         lo = p - window + 1
     _scores_group(q3[t, kvh * G:(kvh + 1) * G], k_cache, kvh, lo, p + 1, np.float32(scale), table, scores)
-    _softmax_rows(scores, p + 1 - lo, softcap)
+    _softmax_rows(scores, p + 1 - lo, softcap, nbuf)
     _pv_group(scores, v_cache, kvh, lo, p + 1, table, out3[t, kvh * G:(kvh + 1) * G])
 
 
@@ -235,7 +300,9 @@ def attention(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
     for idx in prange(n * Hkv):
         t = idx // Hkv
         scores = np.empty((G, pos0 + t + 1), dtype=np.float32)
-        _attend_group(q3, k_cache, v_cache, t, idx - t * Hkv, pos0, scale, window, softcap, table, scores, out3)
+        nbuf = np.empty(pos0 + t + 1, dtype=np.int32)
+        _attend_group(q3, k_cache, v_cache, t, idx - t * Hkv, pos0, scale, window, softcap, table, scores, nbuf,
+                      out3)
 
 
 @njit(cache=True)
@@ -244,9 +311,10 @@ def attention_serial(q3, k_cache, v_cache, pos0, scale, window, softcap, table, 
     n, H, hd = q3.shape
     Hkv = k_cache.shape[1]
     scores = np.empty((H // Hkv, pos0 + n), dtype=np.float32)
+    nbuf = np.empty(pos0 + n, dtype=np.int32)
     for t in range(n):
         for kvh in range(Hkv):
-            _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, out3)
+            _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, nbuf, out3)
 
 
 @njit(cache=True, parallel=True)
@@ -276,11 +344,14 @@ def masked_softmax(S, pos0, key0, window, softcap):
                 row[j] = v
             if v > m:
                 m = v
+        nbuf = np.empty(jhi - jlo, dtype=np.int32)
+        live = row[jlo:jhi]
+        for j in range(jhi - jlo):
+            live[j] -= m
+        exp_inplace(live, nbuf)
         total = 0.0
-        for j in range(jlo, jhi):
-            e = math.exp(row[j] - m)
-            row[j] = e
-            total += e
+        for j in range(jhi - jlo):
+            total += live[j]
         inv = np.float32(1.0 / total)
         for j in range(jlo):
             row[j] = 0.0
@@ -313,33 +384,38 @@ GELU_COEF_A = 0.044715
 SQRT_2_OVER_PI = 0.7978845608028654
 
 
+@njit(cache=True, fastmath=_FAST)
+def _gated_row(gate, up, gelu, out, buf, nbuf):
+    """out = act(gate) * up for one row, with act(g) = g * sigmoid(z):
+    z = g (SiLU) or z = 2 sqrt(2/pi) (g + 0.044715 g^3) (GELU, tanh form, since
+    0.5 (1 + tanh(y)) = sigmoid(2y)).  buf: float32, nbuf: int32 scratch (ff,)."""
+    ff = gate.shape[0]
+    for j in range(ff):
+        g = gate[j]
+        if gelu:
+            buf[j] = np.float32(-2.0 * SQRT_2_OVER_PI) * g * (np.float32(1.0) + np.float32(GELU_COEF_A) * g * g)
+        else:
+            buf[j] = -g
+    exp_inplace(buf, nbuf)
+    for j in range(ff):
+        out[j] = gate[j] / (np.float32(1.0) + buf[j]) * up[j]
+
+
 @njit(cache=True, parallel=True)
 def gated_act(gate, up, gelu, out):
-    """out = act(gate) * up; act is SiLU, or GELU (tanh form) when gelu.
-
-    gate, up, out: (n, ff) float32 (out may alias gate).
-    """
+    """out = act(gate) * up; act is SiLU, or GELU (tanh form) when gelu.  (n, ff) float32."""
     n, ff = gate.shape
     for i in prange(n):
-        for j in range(ff):
-            g = gate[i, j]
-            if gelu:
-                a = 0.5 * g * (1.0 + math.tanh(SQRT_2_OVER_PI * g * (1.0 + GELU_COEF_A * g * g)))
-            else:
-                a = g / (1.0 + math.exp(-g))
-            out[i, j] = np.float32(a) * up[i, j]
+        buf = np.empty(ff, dtype=np.float32)
+        nbuf = np.empty(ff, dtype=np.int32)
+        _gated_row(gate[i], up[i], gelu, out[i], buf, nbuf)
 
 
 @njit(cache=True)
 def gated_act_row(gate, up, gelu, out):
-    """gated_act for a single token, without the thread-pool launch. All (ff,)."""
-    for j in range(gate.shape[0]):
-        g = gate[j]
-        if gelu:
-            a = 0.5 * g * (1.0 + math.tanh(SQRT_2_OVER_PI * g * (1.0 + GELU_COEF_A * g * g)))
-        else:
-            a = g / (1.0 + math.exp(-g))
-        out[j] = np.float32(a) * up[j]
+    """gated_act for a single token (ff,), without the thread-pool launch."""
+    ff = gate.shape[0]
+    _gated_row(gate, up, gelu, out, np.empty(ff, dtype=np.float32), np.empty(ff, dtype=np.int32))
 
 
 @njit(cache=True)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import matvec as mv
-from .matmul import MATVEC_MAX_BATCH, tiled_matmul
+from . import quant_matvec as mv
+from .quant_matmul import MATVEC_MAX_BATCH, tiled_matmul
 from .registry import get_qtype
 from .repack import Packed, concat as _concat_packed, repack
 from .threads import get_num_threads, pool
@@ -127,10 +127,7 @@ class Weight:
             for i in range(n):
                 self.matvec(X[i], out[i])
             return out
-        if self.packed.kind == "f32":
-            np.matmul(X, self.packed.arrays["w"].T, out=out)
-            return out
-        return tiled_matmul(X, rows, cols, self.decode_range, out)
+        return tiled_matmul(X, rows, cols, self._tile, out)
 
     # ------------------------------------------------------------------ decoding
 
@@ -151,6 +148,13 @@ class Weight:
             self._raw_decode(r0, r1, out)
         else:
             self._decode_ids(np.arange(r0, r1, dtype=np.int64), out)
+
+    def _tile(self, r0: int, r1: int, buf: np.ndarray) -> np.ndarray:
+        """Rows r0..r1-1 as float32 for the matmul: a view for F32, else decoded into buf."""
+        if self.packed.kind == "f32":
+            return self.packed.arrays["w"][r0:r1]
+        self.decode_range(r0, r1, buf)
+        return buf
 
     def dequantize(self) -> np.ndarray:
         """The whole matrix as float32 (rows, cols), exact."""

@@ -18,8 +18,8 @@ from kernels.types import BLOCK_SIZES, GGMLType, as_type
 from .conftest import fixture_path
 
 REL_TOL = 1e-5
-# the module (kernels.matmul the attribute is the public function of the same name)
-matmul_mod = importlib.import_module("kernels.matmul")
+# the tiled-matmul module (its tile size is patched in one test)
+matmul_mod = importlib.import_module("kernels.quant_matmul")
 
 # Every type with reference blocks made by ggml (../shared/fixtures/quant_blocks/TYPE.npz).
 BLOCK_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",

@@ -171,3 +171,31 @@ def test_output_runs_in_engine(tmp_path):
         b = theirs.eval(tokens, logits_all=True)
     assert a.shape == (16, 768) and np.isfinite(a).all()
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_expert_tensors_use_their_own_imatrix_rows(tmp_path):
+    """A 3D expert tensor (n_expert, rows, cols) is quantized expert by expert, each with its own slice of
+    the imatrix, byte-identical to quantizing the slices directly; 1D tensors stay F32."""
+    from gguf_engine.gguf.writer import GGUFWriter
+    from kernels.quantize import quantize
+
+    rng = np.random.default_rng(1)
+    experts = rng.standard_normal((2, 8, 256)).astype(np.float32)          # (n_expert, rows, cols)
+    src = tmp_path / "moe.gguf"
+    with GGUFWriter(src, arch="llama") as w:
+        w.add_uint32("llama.block_count", 1)
+        w.add_uint32("llama.attention.head_count", 4)
+        w.add_uint32("llama.attention.head_count_kv", 4)
+        w.add_uint32("llama.expert_count", 2)
+        w.add_tensor("blk.0.ffn_up_exps.weight", experts)
+        w.add_tensor("blk.0.ffn_norm.weight", np.ones(256, np.float32))
+    weights = rng.uniform(0.1, 2.0, (2, 256)).astype(np.float32)
+    out = tmp_path / "moe-q4.gguf"
+    quantize_model(src, out, "Q4_K_M", imatrix={"blk.0.ffn_up_exps.weight": weights.reshape(-1)})
+    with GGUFReader(out) as r:
+        t = r.tensors["blk.0.ffn_up_exps.weight"]
+        assert t.type == GGMLType.Q4_K and t.shape == (2, 8, 256)
+        got = t.raw.reshape(2, 8, -1)
+        for e in range(2):
+            np.testing.assert_array_equal(got[e], quantize(experts[e], GGMLType.Q4_K, weights[e]))
+        assert r.tensors["blk.0.ffn_norm.weight"].type == GGMLType.F32

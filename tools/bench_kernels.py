@@ -8,7 +8,7 @@ For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
   mm GFLOP/s    2*n*rows*cols / time of Weight.matmul on a batch of n (default 512)
 and each figure as a ratio of what this machine does in the same run with the same
 thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
-threads) for matvec and decode, numpy float32 GEMM for matmul (BLAS keeps its own
+threads) for matvec and decode, numpy float32 GEMM (the faster orientation) for matmul (BLAS keeps its own
 thread pool; the script sets OPENBLAS_NUM_THREADS to --threads).  Random weights with valid scales.
 """
 from __future__ import annotations
@@ -89,12 +89,14 @@ def read_bandwidth(threads: int, reps: int) -> float:
 
 
 def gemm_rate(n: int, rows: int, cols: int, reps: int) -> float:
-    """numpy float32 GEMM GFLOP/s of X (n, cols) @ W.T (cols, rows)."""
+    """numpy float32 GEMM GFLOP/s for the product of X (n, cols) and W (rows, cols): the
+    faster of X @ W.T and W @ X.T (BLAS speed depends on the orientation)."""
     rng = np.random.default_rng(1)
     X = rng.standard_normal((n, cols), dtype=np.float32)
     W = rng.standard_normal((rows, cols), dtype=np.float32)
     out = np.empty((n, rows), np.float32)
-    t = best_time(lambda: np.matmul(X, W.T, out=out), reps)
+    t = min(best_time(lambda: np.matmul(X, W.T, out=out), reps),
+            best_time(lambda: np.matmul(W, X.T, out=out.T), reps))
     return 2 * n * rows * cols / t / 1e9
 
 
@@ -106,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--shapes", default=",".join(f"{r}x{c}" for r, c in SHAPES),
                     help="comma-separated ROWSxCOLS list")
+    ap.add_argument("--asm", action="store_true",
+                    help="after the table, count ymm FMAs in the matvec kernels that ran (recompiled uncached)")
     args = ap.parse_args(argv)
 
     kernels.set_num_threads(args.threads)
@@ -146,7 +150,28 @@ def main(argv=None) -> int:
             mm = 2 * args.batch * rows * cols / t_mm / 1e9
             print(f"{t.name:8} {f'{rows}x{cols}':>10} {mv:11.2f} {mv / bw:5.2f} {dec:11.2f} {dec / bw:5.2f} "
                   f"{mm:10.1f} {mm / gemm[(rows, cols)]:6.2f} {first:9.2f}", flush=True)
+    if args.asm:
+        print_asm_summary()
     return 0
+
+
+def print_asm_summary() -> None:
+    """ymm vs scalar FMAs in the generated code of every matvec kernel that was called."""
+    import re
+    import importlib
+    from numba import njit
+    mv = importlib.import_module("kernels.quant_matvec")
+    print()
+    for name in sorted(n for n in dir(mv) if n.startswith("matvec_")):
+        f = getattr(mv, name)
+        if not f.signatures:
+            continue
+        fresh = njit(parallel=True, fastmath=True)(f.py_func)   # cached code cannot be inspected
+        fresh.compile(f.signatures[0])
+        asm = fresh.inspect_asm(f.signatures[0])
+        ymm = len(re.findall(r"vfmadd\w+\s+[^\n]*ymm", asm))
+        scalar = len(re.findall(r"vfmadd\w+ss\s", asm))
+        print(f"{name:14} ymm FMAs {ymm:4d}   scalar FMAs {scalar:4d}")
 
 
 if __name__ == "__main__":

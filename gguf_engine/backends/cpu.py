@@ -1,11 +1,10 @@
 """CPU backend: NumPy arrays, the Numba kernels of ``kernels``, BLAS for batched attention."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from kernels import ops
+from kernels.weight import Weight
 
 from ..model.kv_cache import KVCache
 from .base import Backend
@@ -19,45 +18,11 @@ BLAS_ATTENTION_MIN_TOKENS = 8
 PARALLEL_ATTENTION_MIN_WORK = 1 << 20
 
 
-def _weight_class():
-    try:
-        from kernels.weight import Weight
-    except ImportError:  # kernels without quantized weights: float tensors only
-        return None
-    return Weight
-
-
-class _FloatWeight:
-    """Fallback for float tensors when the quantized kernels are unavailable."""
-
-    def __init__(self, tensor):
-        from kernels.types import GGMLType
-        if tensor.type == GGMLType.F32:
-            self.data = np.ascontiguousarray(tensor.data, dtype=np.float32)
-        else:
-            from kernels.dequantize import dequantize
-            self.data = dequantize(tensor.raw, tensor.type, tensor.shape)
-        self.shape = self.data.shape
-
-    def matvec(self, x):
-        return self.data @ x
-
-    def matmul(self, X):
-        return X @ self.data.T
-
-    def rows(self, ids):
-        return self.data[ids]
-
-    def dequantize(self):
-        return self.data
-
-
 class CPUBackend(Backend):
     name = "CPU"
     xp = np
 
     def __init__(self, n_threads: int | None = None):
-        self._weight_cls = _weight_class()
         self.set_threads(n_threads)
 
     def set_threads(self, n_threads: int | None) -> None:
@@ -69,15 +34,12 @@ class CPUBackend(Backend):
 
     # --- memory -------------------------------------------------------------------------
     def upload_weight(self, tensor):
-        if self._weight_cls is None:
-            return _FloatWeight(tensor)
-        return self._weight_cls(tensor.raw, tensor.type, tensor.shape)
+        """Quantized (or float) tensor -> kernels.Weight, repacked for the matvec/matmul kernels."""
+        return Weight(tensor.raw, tensor.type, tensor.shape)
 
     def fuse(self, weights):
         """Stack runs of consecutive weights of one type and row length (Weight.concat)."""
-        W = self._weight_cls
-        if W is None:
-            return list(weights)
+        W = Weight
         groups: list[list] = []
         for w in weights:
             if groups and W.can_concat([groups[-1][0], w]):
@@ -110,14 +72,16 @@ class CPUBackend(Backend):
         else:
             ops.add_rms_norm(x, delta, post_w, True, w, eps, out)
 
-    def qkv_prepare(self, q3, k3, v3, bq, bk, bv, q_norm, k_norm, eps, rope, pos0, neox):
+    def qkv_prepare(self, q3, k3, v3, bq, bk, bv, q_norm, k_norm, eps, rope, pos0, neox, k_cache, v_cache):
         has_bias = bq is not None
         has_norm = q_norm is not None
+        if k_cache.dtype == np.float16:
+            k_cache, v_cache = k_cache.view(np.uint16), v_cache.view(np.uint16)
         ops.qkv_prepare(q3, k3, v3,
                         bq if has_bias else _EMPTY2, bk if has_bias else _EMPTY2, bv if has_bias else _EMPTY2,
                         has_bias,
                         q_norm if has_norm else _EMPTY1, k_norm if has_norm else _EMPTY1, has_norm, eps,
-                        rope[0], rope[1], pos0, neox)
+                        rope[0], rope[1], pos0, neox, k_cache, v_cache)
 
     def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
         n, H, hd = q3.shape
@@ -159,7 +123,3 @@ class CPUBackend(Backend):
 
     def softcap(self, x, cap):
         ops.softcap_inplace(x, np.float32(cap))
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -10,10 +10,11 @@ import sys
 import time
 
 from ._common import CLIError, cli_entry
+from .quantize import ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="gguf-imatrix",
         description="Compute an importance matrix for gguf-quantize --imatrix.",
         epilog="example: gguf-imatrix -m model-f16.gguf -f calibration.txt -o imatrix.gguf --chunk-size 512")

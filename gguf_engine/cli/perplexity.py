@@ -11,10 +11,11 @@ import argparse
 import sys
 
 from ._common import CLIError, cli_entry
+from .quantize import ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="gguf-perplexity",
         description="Perplexity and KL divergence of a GGUF model over a text.",
         epilog="examples:\n"

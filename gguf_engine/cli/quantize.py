@@ -24,6 +24,13 @@ notes:
 """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors exit with status 1 (not 2), like the llama.cpp tools."""
+
+    def error(self, message: str):
+        raise CLIError(f"{message} (see {self.prog} --help)")
+
+
 def _ggml_type(text: str) -> GGMLType:
     try:
         return as_type(text)
@@ -44,7 +51,7 @@ def _tensor_type(text: str) -> tuple[str, GGMLType]:
 
 def build_parser() -> argparse.ArgumentParser:
     types = "\n".join(help_lines())
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="gguf-quantize",
         usage="gguf-quantize [options] in.gguf out.gguf TYPE [nthreads]",
         description="Quantize a GGUF model with llama.cpp's per-tensor type mixtures.",

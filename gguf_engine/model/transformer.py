@@ -109,10 +109,10 @@ class Transformer:
             q3 = qkv[:, :H * hd].reshape(n, H, hd)               # (n, H, hd)
             k3 = qkv[:, H * hd:(H + Hkv) * hd].reshape(n, Hkv, hd)   # (n, Hkv, hd)
             v3 = qkv[:, (H + Hkv) * hd:].reshape(n, Hkv, hd)     # (n, Hkv, hd)
-            be.qkv_prepare(q3, k3, v3, b.attn_q_bias, b.attn_k_bias, b.attn_v_bias,
-                           b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox)
-            self.cache.store(il, pos0, k3, v3)
             k_cache, v_cache = self.cache.layer(il)              # (n_ctx, Hkv, hd) each
+            be.qkv_prepare(q3, k3, v3, b.attn_q_bias, b.attn_k_bias, b.attn_v_bias,
+                           b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox,
+                           k_cache, v_cache)                     # + cache rows pos0..pos0+n-1
             be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, attn)
             o = be.linear(b.attn_output, attn.reshape(n, H * hd))  # (n, d)
             be.add_rms_norm(x, o, b.post_attention_norm, b.ffn_norm, c.norm_eps, xn)

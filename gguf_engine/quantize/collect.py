@@ -5,7 +5,6 @@ import os
 import time
 from typing import Callable
 
-import numpy as np
 
 from .evaluate import PPLAccumulator, eval_chunks, load_for_eval, nll_rows, plan_chunks, tokenize_text
 from .imatrix import Imatrix, ImatrixCollector

@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -26,7 +26,7 @@ from kernels.types import GGMLType, as_type, row_bytes
 from ..gguf.constants import GGUFValueType as V
 from ..gguf.reader import GGUFReader
 from ..gguf.writer import GGUFWriter
-from .ftypes import LlamaFileType, ParsedFType, ftype_description, parse_ftype
+from .ftypes import LlamaFileType, ParsedFType, parse_ftype
 from .imatrix import Imatrix, ImatrixEntry, ImatrixError, read_imatrix
 from .mixture import MixtureOptions, ModelInfo, plan_types
 

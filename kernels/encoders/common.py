@@ -146,8 +146,23 @@ def best_index_int8(n, val, x):
 
 
 @njit(cache=True, error_model="numpy")
+def _qx_weight(xi, rmse_type, qw, has_qw, i):
+    if has_qw:
+        return qw[i]
+    if rmse_type == 1:
+        return xi * xi
+    if rmse_type == 2:
+        return F(1.0)
+    if rmse_type == 3:
+        return abs(xi)
+    return np.sqrt(abs(xi))
+
+
+@njit(cache=True, error_model="numpy")
 def make_qx_quants(n, nmax, x, L, rmse_type, qw, has_qw):
-    """Signed symmetric quantization to [-nmax, nmax-1] (stored shifted by +nmax in L)."""
+    """Signed symmetric quantization to [-nmax, nmax-1] (stored shifted by +nmax in L).
+
+    Weights are qw when has_qw, else chosen by rmse_type (1: x^2, 2: 1, 3: |x|, other: sqrt|x|)."""
     mx = F(0.0)
     amax = F(0.0)
     for i in range(n):
@@ -169,16 +184,18 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw, has_qw):
     if rmse_type < 0:
         rmse_type = -rmse_type
         return_early = True
+    w = np.empty(n, np.float32)
+    for i in range(n):
+        w[i] = _qx_weight(x[i], rmse_type, qw, has_qw, i)
     sumlx = F(0.0)
     suml2 = F(0.0)
     for i in range(n):
         l = nearest_int(iscale * x[i])
         l = max(-nmax, min(nmax - 1, l))
         L[i] = l + nmax
-        w = _qx_weight(x[i], rmse_type, qw, has_qw, i)
         fl = F(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
+        sumlx += w[i] * x[i] * fl
+        suml2 += w[i] * fl * fl
     scale = sumlx / suml2 if suml2 != 0 else F(0.0)
     if return_early:
         if suml2 > 0:
@@ -194,10 +211,9 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw, has_qw):
         for i in range(n):
             l = nearest_int(iscale * x[i])
             l = max(-nmax, min(nmax - 1, l))
-            w = _qx_weight(x[i], rmse_type, qw, has_qw, i)
             fl = F(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
+            sumlx += w[i] * x[i] * fl
+            suml2 += w[i] * fl * fl
         if suml2 > 0 and sumlx * sumlx > best * suml2:
             for i in range(n):
                 l = nearest_int(iscale * x[i])
@@ -205,19 +221,6 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw, has_qw):
             scale = sumlx / suml2
             best = scale * sumlx
     return scale
-
-
-@njit(cache=True, error_model="numpy")
-def _qx_weight(xi, rmse_type, qw, has_qw, i):
-    if has_qw:
-        return qw[i]
-    if rmse_type == 1:
-        return xi * xi
-    if rmse_type == 2:
-        return F(1.0)
-    if rmse_type == 3:
-        return abs(xi)
-    return np.sqrt(abs(xi))
 
 
 @njit(cache=True, error_model="numpy")

@@ -37,24 +37,25 @@ _SPECS = {
 
 
 @njit(cache=True, error_model="numpy")
-def _neighbour_row(i, pos, bits, nwant, d2, out, write_at):
+def _neighbour_row(i, dtab, bits, nwant, d2, out, write_at):
     """Neighbours of the off-grid point with level code i; returns their count.
 
-    When write_at >= 0 the indices are written to out[write_at:], ordered by
-    (distance, grid index)."""
-    n_grid, group = pos.shape
+    dtab[k, l, j] = (pos[j, k] - (2l + 1))^2.  When write_at >= 0 the indices are
+    written to out[write_at:], ordered by (distance, grid index)."""
+    group, nlev, n_grid = dtab.shape
     mask = (1 << bits) - 1
-    for j in range(n_grid):
-        s = 0
-        for k in range(group):
-            p = 2 * ((i >> (bits * k)) & mask) + 1
-            dd = np.int64(pos[j, k]) - p
-            s += dd * dd
-        d2[j] = s
+    d2[:] = 0
+    for k in range(group):
+        row = dtab[k, (i >> (bits * k)) & mask]
+        for j in range(n_grid):
+            d2[j] += row[j]
     # the nwant smallest distinct distances, ascending
-    best = np.full(nwant, np.iinfo(np.int64).max, np.int64)
+    big = np.iinfo(np.int32).max
+    best = np.full(nwant, big, np.int32)
     for j in range(n_grid):
         v = d2[j]
+        if v >= best[nwant - 1]:
+            continue
         for t in range(nwant):
             if v == best[t]:
                 break
@@ -65,7 +66,7 @@ def _neighbour_row(i, pos, bits, nwant, d2, out, write_at):
                 break
     n = 0
     for t in range(nwant):
-        if best[t] == np.iinfo(np.int64).max:
+        if best[t] == big:
             break
         for j in range(n_grid):
             if d2[j] == best[t]:
@@ -78,6 +79,13 @@ def _neighbour_row(i, pos, bits, nwant, d2, out, write_at):
 @njit(cache=True, parallel=True, error_model="numpy")
 def _build(pos, bits, kmap_size, nwant):
     n_grid, group = pos.shape
+    nlev = 1 << bits
+    dtab = np.empty((group, nlev, n_grid), np.int32)
+    for k in range(group):
+        for l in range(nlev):
+            for j in range(n_grid):
+                dd = np.int32(pos[j, k]) - (2 * l + 1)
+                dtab[k, l, j] = dd * dd
     kmap = np.full(kmap_size, -1, np.int32)
     for j in range(n_grid):
         idx = 0
@@ -89,8 +97,8 @@ def _build(pos, bits, kmap_size, nwant):
     for i in prange(kmap_size):
         if kmap[i] >= 0:
             continue
-        d2 = np.empty(n_grid, np.int64)
-        counts[i] = _neighbour_row(i, pos, bits, nwant, d2, dummy, -1)
+        d2 = np.empty(n_grid, np.int32)
+        counts[i] = _neighbour_row(i, dtab, bits, nwant, d2, dummy, -1)
     offsets = np.full(kmap_size, -1, np.int64)
     total = 0
     for i in range(kmap_size):
@@ -102,9 +110,9 @@ def _build(pos, bits, kmap_size, nwant):
     for i in prange(kmap_size):
         if kmap[i] >= 0:
             continue
-        d2 = np.empty(n_grid, np.int64)
+        d2 = np.empty(n_grid, np.int32)
         o = offsets[i]
-        neigh[o] = _neighbour_row(i, pos, bits, nwant, d2, neigh, o + 1)
+        neigh[o] = _neighbour_row(i, dtab, bits, nwant, d2, neigh, o + 1)
         kmap[i] = -(o + 1)
     return kmap, neigh
 

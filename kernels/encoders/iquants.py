@@ -848,12 +848,6 @@ def _iq1_m(x, y, qw, has_qw, pos, kmap, neigh):
     index = np.zeros(2, np.int64)
     px = np.zeros((2, bs + 1), np.float32)
     pw = np.zeros((2, bs + 1), np.float32)
-    sumqx = np.zeros(4, np.float32)
-    sumq2 = np.zeros(4, np.float32)
-    qx_p = np.zeros(2, np.float32)
-    qx_m = np.zeros(2, np.float32)
-    q2_p = np.zeros(2, np.float32)
-    q2_m = np.zeros(2, np.float32)
     sc = np.zeros(4, np.int64)
     p2 = x_p[2]
     m2 = x_m[2]
@@ -908,26 +902,23 @@ def _iq1_m(x, y, qw, has_qw, pos, kmap, neigh):
             tw1 = pw[1, bs]
             for i1 in range(bs + 1):
                 for i2 in range(i1, bs + 1):
-                    for h in range(2):
-                        txs = tx0 if h == 0 else tx1
-                        tws = tw0 if h == 0 else tw1
-                        sx = px[h, i1] + px[h, i2]
-                        qx_p[h] = txs * p2 - sx
-                        qx_m[h] = txs * m2 - sx
-                        q2_p[h] = tws * p2 * p2 + pw[h, i1] * cp1 + pw[h, i2] * cp2
-                        q2_m[h] = tws * m2 * m2 + pw[h, i1] * cm1 + pw[h, i2] * cm2
-                    sumqx[0] = qx_p[0] + qx_p[1]
-                    sumqx[1] = qx_p[0] + qx_m[1]
-                    sumqx[2] = qx_m[0] + qx_p[1]
-                    sumqx[3] = qx_m[0] + qx_m[1]
-                    sumq2[0] = q2_p[0] + q2_p[1]
-                    sumq2[1] = q2_p[0] + q2_m[1]
-                    sumq2[2] = q2_m[0] + q2_p[1]
-                    sumq2[3] = q2_m[0] + q2_m[1]
+                    sx0 = px[0, i1] + px[0, i2]
+                    qx_p0 = tx0 * p2 - sx0
+                    qx_m0 = tx0 * m2 - sx0
+                    q2_p0 = tw0 * p2 * p2 + pw[0, i1] * cp1 + pw[0, i2] * cp2
+                    q2_m0 = tw0 * m2 * m2 + pw[0, i1] * cm1 + pw[0, i2] * cm2
+                    sx1 = px[1, i1] + px[1, i2]
+                    qx_p1 = tx1 * p2 - sx1
+                    qx_m1 = tx1 * m2 - sx1
+                    q2_p1 = tw1 * p2 * p2 + pw[1, i1] * cp1 + pw[1, i2] * cp2
+                    q2_m1 = tw1 * m2 * m2 + pw[1, i1] * cm1 + pw[1, i2] * cm2
                     for k in range(4):
-                        if sumq2[k] > 0 and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
-                            scale = sumqx[k] / sumq2[k]
-                            best_score = scale * sumqx[k]
+                        # k: sign pattern of the two halves (0: ++, 1: +-, 2: -+, 3: --)
+                        sqx = (qx_p0 if k < 2 else qx_m0) + (qx_p1 if k % 2 == 0 else qx_m1)
+                        sq2 = (q2_p0 if k < 2 else q2_m0) + (q2_p1 if k % 2 == 0 else q2_m1)
+                        if sq2 > 0 and sqx * sqx > best_score * sq2:
+                            scale = sqx / sq2
+                            best_score = scale * sqx
                             besti1 = i1
                             besti2 = i2
                             best_k = k

@@ -1,25 +1,36 @@
 """Quantized matrix-vector products y = W x on repacked weights (see repack.py).
 
-Fast kernels (one per packed kind), parallel over rows with ``prange``:
+Fast kernels, one per packed kind, parallel over rows with ``prange``:
 
-* The weights are decoded on the fly to float32 (``d * q + m`` per 32-weight
-  block is applied to the block's partial dot product, never materialised).
-* Arithmetic: float32 throughout (``fastmath``, so LLVM vectorizes the sum over
-  eight blocks at a time in ymm lanes).  Per block: ``p = sum_k q_k x_k`` over the
-  integer quants, then ``acc += d p + m sum(x_block)``.  Each row is computed by one
-  thread in one fixed order, so the result does not depend on the thread count.
-* Error bound used by the tests: ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` (plus 1e-30),
-  ``W`` the exact dequantization and ``W x`` taken in float64.
+* The weights are decoded on the fly (``d * q + m`` per 32-weight block is applied to
+  the block's partial dot product; W is never materialised as float32).
+* Arithmetic, every kind: float32 products and float32 sums (``fastmath``).  Per block
+  ``p = sum_k q_k x_k`` over the integer quants, then ``acc += d p + m sum(x_block)``
+  (Q6_K: ``acc += s_lo p_lo + s_hi p_hi`` over the (q - 32) values; F16/BF16/F32: a
+  plain dot on the converted weights).  Each row is computed by one thread in a fixed
+  order, so results do not depend on the thread count.
+* Error bound the tests use: ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` (+1e-30), with W
+  the exact dequantization and ``W x`` taken in float64.
 
-``x`` is re-laid out once per call (a few KB) to match the block-transposed quants:
+Vectorization (checked with ``inspect_asm``, see ``tools/bench_kernels.py --asm``):
+the quants are block-transposed, so LLVM vectorizes the loop over blocks (8 blocks
+per ymm register: vpmovzxbd, vcvtdq2ps, vfmadd231ps) with no horizontal sums inside
+the row.  Three details keep it that way: indices into the quants are uint64 (``_u``;
+Numba's negative-index wraparound otherwise turns the loads into byte inserts), bit
+fields are extracted with int32 constants (int64 lanes do not vectorize on AVX2), and
+each inner loop over the 16 bytes of a block stays small enough for LLVM to unroll it
+fully (a larger body makes LLVM vectorize the wrong loop).
+
+``x`` is re-laid out once per call (a few KB) to match the quants:
 ``xlo[k*nbv + b] = x[32 b + k]``, ``xhi[k*nbv + b] = x[32 b + 16 + k]``, zero for the
 padding blocks ``nb <= b < nbv`` (nbv = nb rounded up to 8, so the vector loop over
 blocks has no scalar remainder; the padding reads of W land in the next row or in
 the zeroed slack after the arrays, and contribute finite * 0 = 0).
 
-The ``raw`` kind (every type without a fast layout) decodes a few rows at a time
-with the registry's decoder into a per-thread float32 buffer and dots them
-(float32 products, float32 accumulation, same bound).
+The exact decoders (``decode_*``: rows -> float32 for ``Weight.rows``/``dequantize``
+and the matmul tiles) are serial and nogil; Weight splits rows over worker threads.
+The ``raw`` kind (types without a fast layout) decodes a few rows at a time with the
+registry's decoder into a per-thread buffer and dots them (float32, same bound).
 """
 from __future__ import annotations
 
@@ -115,37 +126,32 @@ def matvec_q4(qt, d, m, nbv, x, y):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q5(qt, qh, d, m, nbv, x, y):
-    """Q5_0 / Q5_1 / Q5_K packed: as q4 plus qh (rows, nb) int32 holding the 5th bits; two rows per pass."""
+    """Q5_0 / Q5_1 / Q5_K packed: as q4 plus qh (rows, nb) int32 holding the 5th bits.
+
+    One row per pass: with two, the loop bodies grow past LLVM's full-unroll limit
+    and the block loop is no longer vectorized."""
     rows, nb = d.shape
     xlo, xhi, xs = _x_halves(x, nbv)
-    for rr in prange((rows + 1) // 2):
-        r = 2 * rr
-        r2 = min(r + 1, rows - 1)
+    for r in prange(rows):
         q = qt[r]
-        q2 = qt[r2]
+        h = qh[r]
+        dr = d[r]
+        mr = m[r]
         acc = f32(0)
-        acc2 = f32(0)
         for b in range(nbv):
             p = f32(0)
-            p2 = f32(0)
-            hb = qh[r, b]
-            hb2 = qh[r2, b]
+            hb = h[b]
+            # two short loops (not one) so that LLVM unrolls them fully and vectorizes over b
             for k in range(16):
-                xl = xlo[k * nbv + b]
                 v = np.int32(q[_u(k * nb + b)])
-                v2 = np.int32(q2[_u(k * nb + b)])
-                p += f32((v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)) * xl
-                p2 += f32((v2 & _I15) | (((hb2 >> np.int32(k)) & _I1) << _I4)) * xl
+                lo = (v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)
+                p += f32(lo) * xlo[k * nbv + b]
             for k in range(16):
-                xh = xhi[k * nbv + b]
                 v = np.int32(q[_u(k * nb + b)])
-                v2 = np.int32(q2[_u(k * nb + b)])
-                p += f32((v >> _I4) | (((hb >> np.int32(k + 16)) & _I1) << _I4)) * xh
-                p2 += f32((v2 >> _I4) | (((hb2 >> np.int32(k + 16)) & _I1) << _I4)) * xh
-            acc += d[r, b] * p + m[r, b] * xs[b]
-            acc2 += d[r2, b] * p2 + m[r2, b] * xs[b]
+                hi = (v >> _I4) | (((hb >> np.int32(k + 16)) & _I1) << _I4)
+                p += f32(hi) * xhi[k * nbv + b]
+            acc += dr[b] * p + mr[b] * xs[b]
         y[r] = acc
-        y[r2] = acc2
 
 
 @njit(parallel=True, fastmath=True, cache=True)
