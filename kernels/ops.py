@@ -318,29 +318,27 @@ def attention_serial(q3, k_cache, v_cache, pos0, scale, window, softcap, table, 
 
 
 @njit(cache=True, parallel=True)
-def masked_softmax(S, pos0, key0, window, softcap):
-    """Row softmax of attention scores with the causal / sliding-window mask.
+def masked_softmax(S, rows_per_pos, pos0, key0, window, softcap):
+    """Row softmax of attention scores with the causal / sliding-window mask, in place.
 
-    S: (G, n, K) float32 scores (already scaled) of queries at positions
-    pos0+t against keys at positions key0+j; updated in place.  Masked
+    S: (R, K) float32 scores (already scaled); row r is a query at position
+    pos0 + r // rows_per_pos, column j the key at position key0 + j.  Masked
     entries become 0.  softcap > 0 applies softcap*tanh(s/softcap) first.
     """
-    G, n, K = S.shape
-    for r in prange(G * n):
-        g = r // n
-        t = r - g * n
-        p = pos0 + t
+    R, K = S.shape
+    for r in prange(R):
+        p = pos0 + r // rows_per_pos
         lo = 0
         if window > 0 and p - window + 1 > 0:
             lo = p - window + 1
         jlo = max(lo - key0, 0)
         jhi = min(p - key0 + 1, K)
-        row = S[g, t]
-        m = -np.inf
+        row = S[r]
+        m = np.float32(-np.inf)
         for j in range(jlo, jhi):
             v = row[j]
             if softcap > 0:
-                v = softcap * math.tanh(v / softcap)
+                v = np.float32(softcap * math.tanh(v / softcap))
                 row[j] = v
             if v > m:
                 m = v

@@ -95,8 +95,9 @@ def _x_full(x, nbv):
 def matvec_q4(qt, d, m, nbv, x, y):
     """Q4_0 / Q4_1 / Q4_K packed: qt (rows, 16 nb) uint8, d, m (rows, nb) f32; y (rows,) f32.
 
-    Two rows per pass share the activation loads (an odd last row is paired with itself;
-    a row's arithmetic does not depend on its partner)."""
+    Two rows per pass share the activation loads.  Rows are paired by index (2i, 2i+1;
+    an odd last row with itself), so results do not depend on the thread count; stacking
+    weights with an odd row count shifts the pairing and may change the last bit."""
     rows, nb = d.shape
     xlo, xhi, xs = _x_halves(x, nbv)
     for rr in prange((rows + 1) // 2):

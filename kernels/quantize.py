@@ -44,6 +44,9 @@ def quantize(x: np.ndarray, qtype: "GGMLType | int | str", imatrix: np.ndarray |
         raise ValueError(f"quantize: {t.name} needs an importance matrix: this type is too coarse to be "
                          "made without one (results would be garbage); compute an imatrix "
                          "(gguf-imatrix) and pass it, or choose another type")
+    if bs > 1 and not np.isfinite(x).all():
+        bad = int(np.nonzero(~np.isfinite(x).all(axis=1))[0][0])
+        raise ValueError(f"quantize: row {bad} contains NaN or infinite values; {t.name} cannot encode them")
     if n_rows == 0:
         return np.zeros((0, n_per_row // bs * BLOCK_SIZES[t][1]), np.uint8)
     return enc(x, imatrix)

@@ -7,14 +7,19 @@
     F = W.dequantize()                 # (rows, cols) f32, exact (bit-identical to kernels.dequantize)
 
 rows = output features (GGUF/numpy order).  Construction copies the tensor into
-the repacked layout of repack.py (about the file's size: 4-bit types take 6 bits
-per weight, Q8_0 9, Q6_K 8) and keeps no reference to ``data``, so a file mapping
-can be closed afterwards.
+the repacked layout of repack.py (bits per weight: Q4_0/Q4_1/Q4_K 6, Q5_0/Q5_1/Q5_K 7,
+Q6_K 8, Q8_0 9, F16/BF16 16, F32 32, other types their GGUF size) and keeps no
+reference to ``data``, so the file mapping can be released afterwards.
 
-Fusing: ``Weight.concat([Wq, Wk, Wv])`` stacks the rows of weights of one type
-and row length into one Weight (one kernel launch, one pass over x); split the
-result with ``W.split(y)``.  ``fused_matvec(ws, x)`` stacks what it can on the
-fly (prefer building the concatenated Weight once at load).
+Fusing: ``Weight.concat([Wq, Wk, Wv])`` stacks the rows of weights of one type and
+row length into one Weight: one kernel launch and one re-layout of x instead of
+three; split outputs with ``W.split(y)`` (or by ``W.splits``).  Build it once at
+load and drop the parts.  ``fused_matvec(ws, x)`` is the convenience form for
+weights that cannot be stacked (mixed types): it calls each matvec in turn.
+
+Threads: matvec runs on Numba's threads (``kernels.set_num_threads``); exact
+decodes (rows, dequantize, matmul tiles) and the raw path split rows over a small
+Python worker pool of nogil Numba calls; the GEMMs use numpy's BLAS threads.
 """
 from __future__ import annotations
 

@@ -96,6 +96,37 @@ def test_registry_exposes_the_encoders():
             assert QTYPES[t].encode is enc
 
 
+def test_q8_k_layout():
+    """Q8_K: float32 d = max/-127, int8 quants with |q| <= 127, int16 sums of each 16 quants."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    q = quantize(x, GGMLType.Q8_K).reshape(4, 292)
+    blocks = x.reshape(4, 256)
+    d = q[:, :4].copy().view(np.float32)[:, 0]
+    qs = q[:, 4:260].view(np.int8).astype(np.int64)
+    bsums = q[:, 260:].copy().view(np.int16)
+    imax = np.abs(blocks).argmax(axis=1)
+    np.testing.assert_allclose(d, blocks[np.arange(4), imax] / -127.0, rtol=1e-6)
+    np.testing.assert_array_equal(bsums, qs.reshape(4, 16, 16).sum(axis=2))
+    assert np.abs(qs * d[:, None] - blocks).max() <= np.abs(d).max() * 0.5 + 1e-6
+
+
+def test_threads_do_not_change_bytes():
+    """Splitting the rows over 1 or several worker threads gives the same bytes."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    im = rng.uniform(0.1, 2.0, 512).astype(np.float32)
+    n0 = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(1)
+        one = quantize(x, GGMLType.IQ4_XS, im)
+        kernels.set_num_threads(max(2, n0) if n0 > 1 else 1)
+        many = quantize(x, GGMLType.IQ4_XS, im)
+    finally:
+        kernels.set_num_threads(n0)
+    np.testing.assert_array_equal(one, many)
+
+
 def test_zero_and_single_rows():
     """All-zero rows give all-zero scales; a 1-D row is taken as one row; no rows give an empty result."""
     z = np.zeros((2, 256), np.float32)
@@ -122,6 +153,10 @@ def test_errors():
     for t in (GGMLType.IQ1_S, GGMLType.IQ2_XXS, GGMLType.IQ2_XS):
         with pytest.raises(ValueError, match="importance matrix"):
             quantize(x, t)
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        quantize(np.array([[0.0] * 32, [np.inf] * 32], np.float32), GGMLType.Q4_0)
+    with pytest.raises(ValueError, match="multiple of the block size"):
+        ENCODERS[GGMLType.Q4_K](np.zeros((1, 128), np.float32), None)
     with pytest.raises(ValueError, match="no encoder"):
         quantize(x, GGMLType.I32)
 

@@ -158,21 +158,29 @@ def test_matmul_tiles_and_batch_512(monkeypatch):
     assert_close(W.matmul(X), W32.astype(np.float64), X, "tiled matmul n=512")
 
 
-def test_concat_and_fused_matvec():
-    """Weight.concat stacks rows (same result bits as the parts); split() and fused_matvec agree."""
+@pytest.mark.parametrize("name", ["Q5_0", "Q4_1"])
+def test_concat_and_fused_matvec(name):
+    """Weight.concat stacks rows: its outputs match the parts' (within tolerance; Q4 kernels pair
+    rows, and odd part sizes shift the pairing, which may move the last bit), split() and
+    fused_matvec agree; mixed types refuse to stack."""
     rng = np.random.default_rng(4)
-    parts = [Weight(random_tensor("Q5_0", r, 256, rng), "Q5_0", (r, 256)) for r in (64, 16, 16)]
+    parts = [Weight(random_tensor(name, r, 256, rng), name, (r, 256)) for r in (63, 17, 16)]
     x = rng.standard_normal(256).astype(np.float32)
     Wc = Weight.concat(parts)
-    assert Wc.shape == (96, 256) and Wc.splits == (64, 16, 16)
+    assert Wc.shape == (96, 256) and Wc.splits == (63, 17, 16)
     ys = Wc.split(Wc.matvec(x))
     for y, p, yf in zip(ys, parts, kernels.fused_matvec(parts, x)):
-        assert bits_equal(y, p.matvec(x)) and bits_equal(yf, y)
+        W64 = p.dequantize().astype(np.float64)
+        assert_close(y, W64, x, "concat matvec")
+        assert bits_equal(yf, p.matvec(x))
     X = rng.standard_normal((6, 256)).astype(np.float32)
     for Y, p in zip(Wc.split(Wc.matmul(X)), parts):
-        assert np.allclose(Y, p.matmul(X), rtol=1e-6, atol=1e-7)
+        assert_close(Y, p.dequantize().astype(np.float64), X, "concat matmul")
+    assert Weight.can_concat(parts)
+    other = Weight(random_tensor("Q8_0", 4, 256, rng), "Q8_0", (4, 256))
+    assert not Weight.can_concat([parts[0], other])
     with pytest.raises(ValueError):
-        Weight.concat([parts[0], Weight(random_tensor("Q8_0", 4, 256, rng), "Q8_0", (4, 256))])
+        Weight.concat([parts[0], other])
 
 
 def test_errors_are_clear():

@@ -147,6 +147,10 @@ def test_cli(tmp_path, capsys):
         assert r.tensors["blk.1.ffn_down.weight"].type == GGMLType.F16
         assert r.tensors["output.weight"].type == GGMLType.F16
         assert r.tensors["blk.1.ffn_up.weight"].type == GGMLType.Q8_0
+    src = tmp_path / "model.gguf"                       # llama-quantize's short form: in TYPE
+    src.write_bytes(_f16().read_bytes())
+    assert quantize_main([str(src), "Q8_0", "--no-progress", "-q"]) == 0
+    assert (tmp_path / "ggml-model-Q8_0.gguf").exists()
     assert quantize_main([str(_f16()), str(out), "Q9_K"]) == 1
     assert "invalid quantization type" in capsys.readouterr().err
     assert quantize_main([str(tmp_path / "missing.gguf"), str(out), "Q4_0"]) == 1

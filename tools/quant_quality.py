@@ -20,11 +20,14 @@ comparison of the quantizers; the second evaluator checks our perplexity tool.
 Prints a markdown table (with each of our types' perplexity relative to llama.cpp's), and
 writes a PNG plot of perplexity and KL divergence against bits per weight so a user can choose
 a type at a glance.  Every result is cached in --workdir/results.json and every quantized file
-kept there, so an interrupted run resumes where it stopped (--force redoes everything).
+kept there, so an interrupted run resumes where it stopped; a quantized file already present
+there (WORKDIR/ours-TYPE.gguf, WORKDIR/llama-TYPE.gguf) is measured as it is (--force redoes
+everything).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -136,6 +139,24 @@ class Results:
         os.replace(tmp, self.path)
 
 
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _identical_twin(res: Results, work: str, q: str, qtype: str) -> str | None:
+    """The other quantizer, if its file for qtype is byte-identical to this one (then measuring it
+    again would only repeat the same numbers)."""
+    other = "llama" if q == "ours" else "ours"
+    a, b = (os.path.join(work, f"{x}-{qtype}.gguf") for x in (q, other))
+    if not (os.path.exists(a) and os.path.exists(b)) or os.path.getsize(a) != os.path.getsize(b):
+        return None
+    return other if _sha256(a) == _sha256(b) else None
+
+
 def measure(args) -> Results:
     work = args.workdir
     os.makedirs(work, exist_ok=True)
@@ -160,6 +181,9 @@ def measure(args) -> Results:
     for qtype in args.types:
         for q in quantizers:
             path = os.path.join(work, f"{q}-{qtype}.gguf")
+            if res.get(f"{q}:{qtype}:stats") is None and os.path.exists(path) and not args.force:
+                print(f"[{qtype}] using the existing {path}", flush=True)
+                res.put(f"{q}:{qtype}:stats", file_stats(path))
             if res.get(f"{q}:{qtype}:stats") is None or not os.path.exists(path):
                 print(f"[{qtype}] quantizing with {LABEL[q]}", flush=True)
                 t0 = time.perf_counter()
@@ -173,8 +197,13 @@ def measure(args) -> Results:
                 res.put(f"{q}:{qtype}:stats", st)
                 for ev in evaluators:                       # a new file invalidates its measurements
                     res.data.pop(f"{q}:{qtype}:{ev}", None)
+            twin = _identical_twin(res, work, q, qtype)
             for ev in evaluators:
                 key = f"{q}:{qtype}:{ev}"
+                if res.get(key) is None and twin and res.get(f"{twin}:{qtype}:{ev}"):
+                    print(f"[{qtype}] {LABEL[q]} file is byte-identical to {LABEL[twin]}'s: same measurements",
+                          flush=True)
+                    res.put(key, dict(res.get(f"{twin}:{qtype}:{ev}"), identical=True))
                 if res.get(key) is None:
                     print(f"[{qtype}] {LABEL[q]} file, measured by the {ev} evaluator", flush=True)
                     base = os.path.join(work, f"base-{ev}.kld")
@@ -211,6 +240,8 @@ def table(res: Results, types, evaluators) -> str:
                 rel = ""
                 if q == "ours" and m and ref:
                     rel = f"{100 * (m['ppl'] / ref['ppl'] - 1):+.2f} %"
+                    if m.get("identical"):
+                        rel += " (byte-identical file)"
                 if m:
                     lines.append(f"| {qtype} | {LABEL[q]} | {st['mib']:.1f} | {st['bpw']:.3f} | {m['ppl']:.4f} ± "
                                  f"{m['ppl_unc']:.4f} | {rel} | {m['kld']:.5f} ± {m['kld_unc']:.5f} | "

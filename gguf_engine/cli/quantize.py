@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -57,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize a GGUF model with llama.cpp's per-tensor type mixtures.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="allowed quantization types (id or name):\n" + types + "\n\n" + EPILOG_EXAMPLES)
-    p.add_argument("input", help="model to quantize (F32/F16/BF16, or quantized with --allow-requantize)")
-    p.add_argument("output", help="file to write (must differ from the input)")
-    p.add_argument("type", help="quantization type (see the list below)")
-    p.add_argument("nthreads", nargs="?", type=int, default=None, help="threads for the encoders")
+    p.add_argument("positional", nargs="+", metavar="in.gguf out.gguf TYPE [nthreads]",
+                   help="model to quantize (F32/F16/BF16, or quantized with --allow-requantize), the file to "
+                        "write (must differ from the input; when left out it is ggml-model-TYPE.gguf beside "
+                        "the input), the quantization type (see below) and the encoder thread count")
     p.add_argument("--allow-requantize", action="store_true",
                    help="allow requantizing tensors that are already quantized (costs quality)")
     p.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight un(re)quantized")
@@ -85,6 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positionals(pos: list[str]):
+    """``in out TYPE [nthreads]`` or, as llama-quantize also accepts, ``in TYPE [nthreads]``."""
+    if len(pos) < 2:
+        raise CLIError("bad arguments: expected in.gguf out.gguf TYPE [nthreads] (see gguf-quantize --help)")
+    inp = pos[0]
+    try:
+        ftype = parse_ftype(pos[1])
+        out = os.path.join(os.path.dirname(inp), f"ggml-model-{ftype.name}.gguf")
+        rest = pos[2:]
+    except ValueError:
+        out = pos[1]
+        if len(pos) < 3:
+            raise CLIError("missing quantization type (see gguf-quantize --help)") from None
+        try:
+            ftype = parse_ftype(pos[2])
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        rest = pos[3:]
+    if len(rest) > 1:
+        raise CLIError(f"unexpected arguments: {' '.join(rest[1:])}")
+    nthreads = None
+    if rest:
+        try:
+            nthreads = int(rest[0])
+        except ValueError:
+            raise CLIError(f"invalid nthreads {rest[0]!r}") from None
+    return ftype, inp, out, nthreads
+
+
 @cli_entry("gguf-quantize")
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
@@ -97,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     def fail(msg: str) -> int:
         raise CLIError(msg)
 
-    try:
-        ftype = parse_ftype(args.type)
-    except ValueError as e:
-        return fail(str(e))
+    ftype, args.input, args.output, args.nthreads = _positionals(args.positional)
     if args.include_weights and args.exclude_weights:
         return fail("--include-weights and --exclude-weights cannot be used together")
     try:

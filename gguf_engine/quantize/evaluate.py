@@ -41,11 +41,30 @@ class ObservingBackend:
         self._keep.append(w)
         return w
 
+    def fuse(self, weights: list) -> list:
+        """Weights sharing one input, stacked by the wrapped backend: every member's name is
+        reported for the group's input."""
+        names = [self._names[id(w)] for w in weights if id(w) in self._names]
+        group = self._inner.fuse(weights)
+        self._names[id(group)] = names          # the group object is what linear_fused receives
+        self._keep.append(group)
+        return group
+
     def linear(self, w, x):
         name = self._names.get(id(w))
         if name is not None:
             self._hook(name, np.asarray(self._inner.to_host(x)))
         return self._inner.linear(w, x)
+
+    def linear_fused(self, ws, x):
+        names = self._names.get(id(ws))
+        if names is None:               # not made by fuse: its members may be known weights
+            names = [self._names[id(w)] for w in ws if id(w) in self._names]
+        if names:
+            xh = np.asarray(self._inner.to_host(x))
+            for name in names:
+                self._hook(name, xh)
+        return self._inner.linear_fused(ws, x)
 
     def __getattr__(self, attr):
         return getattr(self._inner, attr)

@@ -162,21 +162,18 @@ def _to_float32(raw: np.ndarray, qtype: GGMLType, n_rows: int, n_per_row: int,
 
 @contextmanager
 def _threads(n: int | None):
-    """Run the numba kernels on n threads (bounded by what numba was started with)."""
+    """Run the kernels on n threads (bounded by what the kernels were started with)."""
     if not n or n <= 0:
         yield
         return
-    try:
-        import numba
-    except ImportError:       # pragma: no cover - numba is a dependency
-        yield
-        return
-    old = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    from kernels.threads import get_num_threads, set_num_threads
+    import numba
+    old = get_num_threads()
+    set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
     try:
         yield
     finally:
-        numba.set_num_threads(old)
+        set_num_threads(old)
 
 
 # -- helpers --------------------------------------------------------------------------------------

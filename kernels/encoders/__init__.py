@@ -27,6 +27,7 @@ ENCODERS = {
     GGMLType.Q4_K: kquants.encode_q4_k,
     GGMLType.Q5_K: kquants.encode_q5_k,
     GGMLType.Q6_K: kquants.encode_q6_k,
+    GGMLType.Q8_K: kquants.encode_q8_k,
     GGMLType.TQ1_0: ternary.encode_tq1_0,
     GGMLType.TQ2_0: ternary.encode_tq2_0,
     **iquants.ENCODERS,

@@ -479,3 +479,38 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
         if n_changed == 0:
             break
     return sumlx / suml2 if suml2 > 0 else F(0.0)
+
+
+def run_rows(driver, x: np.ndarray, out: np.ndarray, *args) -> np.ndarray:
+    """Run a nogil row driver ``driver(x, *args, out, r0, r1)`` over all rows, split in chunks
+    across the kernels' worker threads (``kernels.set_num_threads`` decides how many)."""
+    from ..threads import get_num_threads, pool
+
+    n_rows = x.shape[0]
+    n_threads = min(get_num_threads(), n_rows)
+    if n_threads <= 1 or x.size < 16384:
+        driver(x, *args, out, 0, n_rows)
+        return out
+    n_chunks = min(n_rows, 4 * n_threads)
+    bounds = np.linspace(0, n_rows, n_chunks + 1).astype(np.int64)
+    futures = [pool().submit(driver, x, *args, out, int(a), int(b))
+               for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    for f in futures:
+        f.result()
+    return out
+
+
+def rows_and_weights(x: np.ndarray, imatrix, block: int, name: str):
+    """Validate rows for an encoder: -> (x float32 C-contiguous (n_rows, n), qw float32 (n,), has_qw)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: rows must be 2-D (n_rows, n_per_row), got shape {x.shape}")
+    n = x.shape[1]
+    if n % block:
+        raise ValueError(f"{name}: row length {n} is not a multiple of the block size {block}")
+    if imatrix is None:
+        return x, np.zeros(n, np.float32), False
+    qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+    if qw.shape[0] != n:
+        raise ValueError(f"{name}: imatrix has {qw.shape[0]} entries but rows have {n} columns")
+    return x, qw, True

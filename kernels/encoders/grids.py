@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import iquant_tables as T
 
@@ -76,8 +76,9 @@ def _neighbour_row(i, dtab, bits, nwant, d2, out, write_at):
     return n
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _build(pos, bits, kmap_size, nwant):
+@njit(cache=True, error_model="numpy")
+def _prepare(pos, bits, kmap_size):
+    """Squared coordinate distances dtab[k, l, j] and the on-grid part of kmap."""
     n_grid, group = pos.shape
     nlev = 1 << bits
     dtab = np.empty((group, nlev, n_grid), np.int32)
@@ -92,28 +93,45 @@ def _build(pos, bits, kmap_size, nwant):
         for k in range(group):
             idx |= ((pos[j, k] - 1) // 2) << (bits * k)
         kmap[idx] = j
-    counts = np.zeros(kmap_size, np.int64)
+    return dtab, kmap
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _count_range(dtab, kmap, bits, nwant, counts, i0, i1):
+    d2 = np.empty(dtab.shape[2], np.int32)
     dummy = np.zeros(1, np.uint16)
-    for i in prange(kmap_size):
-        if kmap[i] >= 0:
-            continue
-        d2 = np.empty(n_grid, np.int32)
-        counts[i] = _neighbour_row(i, dtab, bits, nwant, d2, dummy, -1)
-    offsets = np.full(kmap_size, -1, np.int64)
-    total = 0
-    for i in range(kmap_size):
-        if kmap[i] >= 0:
-            continue
-        offsets[i] = total
-        total += 1 + counts[i]
-    neigh = np.zeros(total, np.uint16)
-    for i in prange(kmap_size):
-        if kmap[i] >= 0:
-            continue
-        d2 = np.empty(n_grid, np.int32)
-        o = offsets[i]
-        neigh[o] = _neighbour_row(i, dtab, bits, nwant, d2, neigh, o + 1)
-        kmap[i] = -(o + 1)
+    for i in range(i0, i1):
+        if kmap[i] < 0:
+            counts[i] = _neighbour_row(i, dtab, bits, nwant, d2, dummy, -1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fill_range(dtab, kmap, bits, nwant, offsets, neigh, i0, i1):
+    d2 = np.empty(dtab.shape[2], np.int32)
+    for i in range(i0, i1):
+        if kmap[i] < 0:
+            o = offsets[i]
+            neigh[o] = _neighbour_row(i, dtab, bits, nwant, d2, neigh, o + 1)
+            kmap[i] = -(o + 1)
+
+
+def _parallel(fn, n, *args):
+    from ..threads import get_num_threads, pool
+    chunks = max(1, 4 * get_num_threads())
+    bounds = np.linspace(0, n, chunks + 1).astype(np.int64)
+    for f in [pool().submit(fn, *args, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+        f.result()
+
+
+def _build(pos, bits, kmap_size, nwant):
+    dtab, kmap = _prepare(pos, bits, kmap_size)
+    counts = np.zeros(kmap_size, np.int64)
+    _parallel(_count_range, kmap_size, dtab, kmap, bits, nwant, counts)
+    off_grid = kmap < 0
+    sizes = np.where(off_grid, counts + 1, 0)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    neigh = np.zeros(int(sizes.sum()), np.uint16)
+    _parallel(_fill_range, kmap_size, dtab, kmap, bits, nwant, offsets, neigh)
     return kmap, neigh
 
 

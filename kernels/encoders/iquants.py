@@ -13,11 +13,12 @@ matrix, x[j]^2 without one (where ggml allows that).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..types import GGMLType
 from . import grids
-from .common import F, GROUP_MAX_EPS, fp32_to_fp16_bits, make_qp_quants, nearest_int, put_f16, put_u16
+from .common import (F, GROUP_MAX_EPS, fp32_to_fp16_bits, make_qp_quants, nearest_int, put_f16, put_u16,
+                     rows_and_weights, run_rows)
 from .legacy import KVALUES_IQ4NL, iq4_impl
 
 QK_K = 256
@@ -1019,9 +1020,9 @@ _BYTES = {K_IQ4_XS: 136, K_IQ3_S: 110, K_IQ3_XXS: 98, K_IQ2_S: 82, K_IQ2_XS: 74,
           K_IQ1_S: 50, K_IQ1_M: 56}
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def encode_rows(x, qw, has_qw, out, kind, pos, kmap, neigh):
-    for r in prange(x.shape[0]):
+@njit(cache=True, nogil=True, error_model="numpy")
+def encode_rows(x, qw, has_qw, kind, pos, kmap, neigh, out, r0, r1):
+    for r in range(r0, r1):
         xr = x[r]
         yr = out[r]
         if kind == K_IQ4_XS:
@@ -1042,6 +1043,7 @@ def encode_rows(x, qw, has_qw, out, kind, pos, kmap, neigh):
             _iq1_m(xr, yr, qw, has_qw, pos, kmap, neigh)
 
 
+_NEEDS_QW = (K_IQ2_XXS, K_IQ2_XS, K_IQ1_S)
 _NO_GRID = (np.zeros((1, 1), np.int8), np.zeros(1, np.int32), np.zeros(1, np.uint16))
 
 
@@ -1049,13 +1051,13 @@ def _encoder(kind):
     bpb = _BYTES[kind]
 
     def encode(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        x, qw, has_qw = rows_and_weights(x, imatrix, QK_K, "i-quant encoder")
+        if kind in _NEEDS_QW and not has_qw:
+            raise ValueError("this i-quant type needs an importance matrix")
         n_rows, n = x.shape
         out = np.zeros((n_rows, n // QK_K * bpb), np.uint8)
-        has_qw = imatrix is not None
-        qw = imatrix if has_qw else np.zeros(n, np.float32)
         pos, kmap, neigh = grids.get(_GRID[kind]) if kind in _GRID else _NO_GRID
-        encode_rows(x, qw, has_qw, out, kind, pos, kmap, neigh)
-        return out
+        return run_rows(encode_rows, x, out, qw, has_qw, kind, pos, kmap, neigh)
     return encode
 
 

@@ -1,4 +1,5 @@
-"""Encoders for the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (256-weight super-blocks).
+"""Encoders for the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (256-weight super-blocks),
+and Q8_K (the 8-bit intermediate format of the k-quant dot products; no imatrix).
 
 Without an importance matrix ggml uses the reference path (quantize_row_*_ref:
 per-sub-block scale/min search with fixed weights, then the scales are
@@ -10,14 +11,14 @@ sub-block scales are themselves quantized with a weighted search
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .common import (F, GROUP_MAX_EPS, fp16_bits_to_fp32, make_q3_quants, make_qkx2_quants, make_qkx3_quants,
-                     make_qp_quants, make_qx_quants, nearest_int, put_f16)
+                     make_qp_quants, make_qx_quants, nearest_int, put_f16, rows_and_weights, run_rows)
 
 QK_K = 256
-K_Q2_K, K_Q3_K, K_Q4_K, K_Q5_K, K_Q6_K = range(5)
-BYTES = {K_Q2_K: 84, K_Q3_K: 110, K_Q4_K: 144, K_Q5_K: 176, K_Q6_K: 210}
+K_Q2_K, K_Q3_K, K_Q4_K, K_Q5_K, K_Q6_K, K_Q8_K = range(6)
+BYTES = {K_Q2_K: 84, K_Q3_K: 110, K_Q4_K: 144, K_Q5_K: 176, K_Q6_K: 210, K_Q8_K: 292}
 
 
 @njit(cache=True, error_model="numpy")
@@ -446,11 +447,49 @@ def _q6_k(x, y, qw, has_qw):
                              | ((L[j + l + 96] >> 4) << 6)) & 0xFF
 
 
+# ----------------------------------------------------------------- Q8_K
+# layout: d float32, qs int8[256], bsums int16[16] (sums of 16 quants)
+
+@njit(cache=True, error_model="numpy")
+def _q8_k(x, y):
+    qs = np.zeros(QK_K, np.int64)
+    for i in range(x.shape[0] // QK_K):
+        xs = x[QK_K * i:QK_K * (i + 1)]
+        b = 292 * i
+        mx = F(0.0)
+        amax = F(0.0)
+        for j in range(QK_K):
+            ax = abs(xs[j])
+            if ax > amax:
+                amax = ax
+                mx = xs[j]
+        d = F(0.0)
+        qs[:] = 0
+        if amax != 0:
+            iscale = F(-127.0) / mx
+            for j in range(QK_K):
+                qs[j] = ((min(127, nearest_int(iscale * xs[j])) + 128) & 0xFF) - 128  # int8 store
+            d = F(1.0) / iscale
+        db = np.empty(1, np.float32)
+        db[0] = d
+        dbytes = db.view(np.uint8)
+        for k in range(4):
+            y[b + k] = dbytes[k]
+        for j in range(QK_K):
+            y[b + 4 + j] = qs[j] & 0xFF
+        for j in range(16):
+            sm = 0
+            for ii in range(16):
+                sm += qs[16 * j + ii]
+            y[b + 260 + 2 * j] = sm & 0xFF
+            y[b + 261 + 2 * j] = (sm >> 8) & 0xFF
+
+
 # ----------------------------------------------------------------- row driver
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def encode_rows(x, qw, has_qw, out, kind):
-    for r in prange(x.shape[0]):
+@njit(cache=True, nogil=True, error_model="numpy")
+def encode_rows(x, qw, has_qw, kind, out, r0, r1):
+    for r in range(r0, r1):
         xr = x[r]
         yr = out[r]
         if kind == K_Q6_K:
@@ -475,18 +514,18 @@ def encode_rows(x, qw, has_qw, out, kind):
                 _q2_k_im(xr, yr, qw)
             else:
                 _q2_k_ref(xr, yr)
+        elif kind == K_Q8_K:
+            _q8_k(xr, yr)
 
 
 def _encoder(kind):
     bpb = BYTES[kind]
 
     def encode(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        x, qw, has_qw = rows_and_weights(x, imatrix, QK_K, "k-quant encoder")
         n_rows, n = x.shape
         out = np.zeros((n_rows, n // QK_K * bpb), np.uint8)
-        has_qw = imatrix is not None
-        qw = imatrix if has_qw else np.zeros(n, np.float32)
-        encode_rows(x, qw, has_qw, out, kind)
-        return out
+        return run_rows(encode_rows, x, out, qw, has_qw, kind)
     return encode
 
 
@@ -495,3 +534,4 @@ encode_q3_k = _encoder(K_Q3_K)
 encode_q4_k = _encoder(K_Q4_K)
 encode_q5_k = _encoder(K_Q5_K)
 encode_q6_k = _encoder(K_Q6_K)
+encode_q8_k = _encoder(K_Q8_K)

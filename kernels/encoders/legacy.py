@@ -11,12 +11,12 @@ when there is no importance matrix.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..iquant_tables import kvalues_iq4nl, kvalues_mxfp4
 
 from .common import (F, GROUP_MAX_EPS, best_index_int8, fp16_bits_to_fp32, fp32_to_fp16_bits,
-                     make_qkx3_quants, make_qx_quants, nearest_int, put_f16, put_u16, roundf)
+                     make_qkx3_quants, make_qx_quants, nearest_int, put_f16, put_u16, roundf, rows_and_weights, run_rows)
 
 KVALUES_IQ4NL = kvalues_iq4nl
 KVALUES_MXFP4 = kvalues_mxfp4
@@ -413,10 +413,10 @@ def _iq4_nl(x, y, qw, has_qw):
 
 # ----------------------------------------------------------------- row driver
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def encode_rows(x, qw, has_qw, out, kind):
-    """x (n_rows, n_per_row) float32, qw (n_per_row,) float32 -> out (n_rows, row_bytes) uint8."""
-    for r in prange(x.shape[0]):
+@njit(cache=True, nogil=True, error_model="numpy")
+def encode_rows(x, qw, has_qw, kind, out, r0, r1):
+    """Rows r0..r1 of x (n_rows, n_per_row) float32, qw (n_per_row,) -> out (n_rows, row_bytes) uint8."""
+    for r in range(r0, r1):
         xr = x[r]
         yr = out[r]
         if kind == K_Q8_0:
@@ -449,25 +449,23 @@ def encode_rows(x, qw, has_qw, out, kind):
                 _q5_1_ref(xr, yr)
 
 
-def _encoder(kind, bpb):
+def _encoder(kind, bpb, name):
     def encode(x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        x, qw, has_qw = rows_and_weights(x, imatrix, 32, name)
         n_rows, n = x.shape
         out = np.zeros((n_rows, n // 32 * bpb), np.uint8)
-        has_qw = imatrix is not None
-        qw = imatrix if has_qw else np.zeros(n, np.float32)
-        encode_rows(x, qw, has_qw, out, kind)
-        return out
+        return run_rows(encode_rows, x, out, qw, has_qw, kind)
     return encode
 
 
-encode_q4_0 = _encoder(K_Q4_0, 18)
-encode_q4_1 = _encoder(K_Q4_1, 20)
-encode_q5_0 = _encoder(K_Q5_0, 22)
-encode_q5_1 = _encoder(K_Q5_1, 24)
-encode_q8_0 = _encoder(K_Q8_0, 34)
-encode_q8_1 = _encoder(K_Q8_1, 36)
-encode_iq4_nl = _encoder(K_IQ4_NL, 18)
-encode_mxfp4 = _encoder(K_MXFP4, 17)
+encode_q4_0 = _encoder(K_Q4_0, 18, "Q4_0")
+encode_q4_1 = _encoder(K_Q4_1, 20, "Q4_1")
+encode_q5_0 = _encoder(K_Q5_0, 22, "Q5_0")
+encode_q5_1 = _encoder(K_Q5_1, 24, "Q5_1")
+encode_q8_0 = _encoder(K_Q8_0, 34, "Q8_0")
+encode_q8_1 = _encoder(K_Q8_1, 36, "Q8_1")
+encode_iq4_nl = _encoder(K_IQ4_NL, 18, "IQ4_NL")
+encode_mxfp4 = _encoder(K_MXFP4, 17, "MXFP4")
 
 
 # ----------------------------------------------------------------- plain floats

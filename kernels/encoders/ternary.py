@@ -8,9 +8,9 @@ qh[4] (4 trits per byte), d.  TQ2_0 layout: qs[64] (2 bits per value), d.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .common import F, put_f16, roundf
+from .common import F, put_f16, roundf, rows_and_weights, run_rows
 
 QK_K = 256
 
@@ -72,9 +72,9 @@ def _tq2_0(x, y):
                 y[b + j + m] = q & 0xFF
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def encode_rows(x, out, kind):
-    for r in prange(x.shape[0]):
+@njit(cache=True, nogil=True, error_model="numpy")
+def encode_rows(x, kind, out, r0, r1):
+    for r in range(r0, r1):
         if kind == 1:
             _tq1_0(x[r], out[r])
         else:
@@ -82,12 +82,12 @@ def encode_rows(x, out, kind):
 
 
 def encode_tq1_0(x: np.ndarray, imatrix=None) -> np.ndarray:
+    x, _, _ = rows_and_weights(x, None, QK_K, "TQ1_0")
     out = np.zeros((x.shape[0], x.shape[1] // QK_K * 54), np.uint8)
-    encode_rows(x, out, 1)
-    return out
+    return run_rows(encode_rows, x, out, 1)
 
 
 def encode_tq2_0(x: np.ndarray, imatrix=None) -> np.ndarray:
+    x, _, _ = rows_and_weights(x, None, QK_K, "TQ2_0")
     out = np.zeros((x.shape[0], x.shape[1] // QK_K * 66), np.uint8)
-    encode_rows(x, out, 2)
-    return out
+    return run_rows(encode_rows, x, out, 2)

@@ -1,0 +1,77 @@
+"""Smoke tests of the benchmark tools under tools/ (not installed; loaded from their files)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gguf_engine.gguf.reader import GGUFReader
+from kernels import dequantize
+from kernels.types import GGMLType
+
+from .conftest import fixture_path
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_tools_{name}", TOOLS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_f16_dequantizes_exactly_and_keeps_metadata(tmp_path):
+    """make_f16 on a Q4_0 model: same metadata (file_type -> 1), same tensor order, matrices F16 and
+    vectors F32, every value equal to the dequantized input up to float16 rounding (rel. 2^-11)."""
+    src = fixture_path("models", "q", "tiny-llama-Q4_0.imatrix.gguf")
+    out = tmp_path / "f16.gguf"
+    _load("make_f16").make_f16(str(src), str(out), log=lambda s: None)
+    with GGUFReader(src) as a, GGUFReader(out) as b:
+        assert list(a.metadata) == list(b.metadata)
+        assert b.metadata["general.file_type"] == 1
+        for k in a.metadata:
+            if k != "general.file_type":
+                assert repr(a.metadata[k]) == repr(b.metadata[k]), k
+        assert list(a.tensors) == list(b.tensors)
+        for name, t in a.tensors.items():
+            u = b.tensors[name]
+            assert u.shape == t.shape
+            assert u.type == (GGMLType.F16 if len(t.shape) >= 2 else GGMLType.F32)
+            x = dequantize(t.raw, t.type, t.shape)
+            y = dequantize(u.raw, u.type, u.shape)
+            np.testing.assert_allclose(y, x, rtol=2.0 ** -11, atol=2.0 ** -24, err_msg=name)
+
+
+LLAMA_KLD_OUTPUT = """
+====== Perplexity statistics ======
+Mean PPL(Q)                   :  14.512345 ±   0.731234
+Mean PPL(base)                :  13.828500 ±   0.704930
+====== KL divergence statistics ======
+Mean    KLD:   0.052311 ±   0.001234
+Maximum KLD:   3.100000
+Same top p: 91.234 ± 0.512 %
+"""
+
+
+def test_quant_quality_parses_perplexity_outputs():
+    """The table reads Mean PPL(Q), Mean KLD and Same top p (and the base run's final estimate) exactly."""
+    qq = _load("quant_quality")
+    r = qq.parse_kld(LLAMA_KLD_OUTPUT)
+    assert r == {"ppl": 14.512345, "ppl_unc": 0.731234, "kld": 0.052311, "kld_unc": 0.001234,
+                 "same_top": 91.234, "same_top_unc": 0.512}
+    assert qq.parse_base("[1]10.5,[2]11.0,\nFinal estimate: PPL = 13.8285 +/- 0.70493\n") == \
+        {"ppl": 13.8285, "ppl_unc": 0.70493}
+    with pytest.raises(ValueError):
+        qq.parse_kld("no statistics here")
+
+
+def test_bench_quantize_table_gives_ratios():
+    """The speed table states medians and the ours/llama.cpp ratio of wall and CPU seconds (2 decimals)."""
+    bq = _load("bench_quantize")
+    rows = [{"type": "Q4_K_M", "ours_wall": [20.0, 30.0, 25.0], "ours_cpu": [18.0, 19.0, 20.0],
+             "ref_wall": [10.0, 12.0, 11.0], "ref_cpu": [9.0, 10.0, 11.0]}]
+    table = bq.format_table(rows, 2)
+    assert "| Q4_K_M | 11.00 (10.0-12.0) | 25.00 (20.0-30.0) | 2.27x | 10.00 | 19.00 | 1.90x |" in table
