@@ -1,31 +1,30 @@
 """Quantized matrix-vector products y = W x on repacked weights (see repack.py).
 
-Fast kernels, one per packed kind, parallel over rows with ``prange``:
+Fast kernels, one per packed kind, parallel over row tiles with ``prange``:
 
 * The weights are decoded on the fly (``d * q + m`` per 32-weight block is applied to
   the block's partial dot product; W is never materialised as float32).
-* Arithmetic, every kind: float32 products and float32 sums (``fastmath``).  Per block
-  ``p = sum_k q_k x_k`` over the integer quants, then ``acc += d p + m sum(x_block)``
-  (Q6_K: ``acc += s_lo p_lo + s_hi p_hi`` over the (q - 32) values; F16/BF16/F32: a
-  plain dot on the converted weights).  Each row is computed by one thread in a fixed
-  order, so results do not depend on the thread count.
+* Arithmetic, every kind: float32 products and float32 sums.  Per row and block
+  ``p = sum_k q_k x_k`` over the integer quants (four partial sums), then
+  ``acc += d p + m sum(x_block)`` (Q6_K: ``acc += s_lo p_lo + s_hi p_hi`` over the
+  (q - 32) values; F16/BF16/F32: a plain dot on the converted weights).  Each row is
+  computed by one thread in a fixed order, so results depend neither on the thread
+  count nor on how weights were stacked.
 * Error bound the tests use: ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` (+1e-30), with W
   the exact dequantization and ``W x`` taken in float64.
 
 Vectorization (checked with ``inspect_asm``, see ``tools/bench_kernels.py --asm``):
-the quants are block-transposed, so LLVM vectorizes the loop over blocks (8 blocks
-per ymm register: vpmovzxbd, vcvtdq2ps, vfmadd231ps) with no horizontal sums inside
-the row.  Three details keep it that way: indices into the quants are uint64 (``_u``;
-Numba's negative-index wraparound otherwise turns the loads into byte inserts), bit
-fields are extracted with int32 constants (int64 lanes do not vectorize on AVX2), and
-each inner loop over the 16 bytes of a block stays small enough for LLVM to unroll it
-fully (a larger body makes LLVM vectorize the wrong loop).
+the quants are row-interleaved in tiles of ROW_TILE rows, so the innermost loop runs
+over the tile's rows (SIMD lanes = 8 rows per ymm: vpmovzxbd, vpand, vcvtdq2ps and
+vfmadd231ps with a broadcast activation), with the loops over a block's bytes fully
+unrolled inside it.  Details that keep the code vector and fast:
 
-``x`` is re-laid out once per call (a few KB) to match the quants:
-``xlo[k*nbv + b] = x[32 b + k]``, ``xhi[k*nbv + b] = x[32 b + 16 + k]``, zero for the
-padding blocks ``nb <= b < nbv`` (nbv = nb rounded up to 8, so the vector loop over
-blocks has no scalar remainder; the padding reads of W land in the next row or in
-the zeroed slack after the arrays, and contribute finite * 0 = 0).
+* the kernels use ``fastmath={"contract", ...}`` *without* reassociation: the four
+  partial sums of a block stay four independent FMA chains (with reassociation LLVM
+  merges them into one chain and the loop becomes FMA-latency bound);
+* the high nibble is taken as ``v & 0xF0`` times ``x / 16`` (exact: a power-of-two
+  scaling) instead of ``v >> 4``, which Numba widens to int64 lanes;
+* indices are uint64 (``_u``) so Numba emits no negative-index wraparound.
 
 The exact decoders (``decode_*``: rows -> float32 for ``Weight.rows``/``dequantize``
 and the matmul tiles) are serial and nogil; Weight splits rows over worker threads.
@@ -37,17 +36,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .repack import ROW_TILE
+
 f32 = np.float32
-_M15 = np.uint8(15)
-_S4 = np.uint8(4)
 _I15 = np.int32(15)
+_I240 = np.int32(240)
 _I4 = np.int32(4)
+_I8 = np.int32(8)
 _I32 = np.int32(32)
+_I512 = np.int32(512)
 _I3 = np.int32(3)
 _I1 = np.int32(1)
-
-
-# --------------------------------------------------------------------------- activation layouts
+# Float flags of the tiled kernels: fused multiply-add, no reassociation (see the module docstring).
+_FM = {"contract", "nsz", "arcp", "afn"}
 
 
 @njit(cache=True, inline="always")
@@ -57,149 +58,160 @@ def _u(i):
     return np.uint64(i)
 
 
-
 @njit(cache=True)
-def _x_halves(x, nbv):
-    """x (32 nb,) -> xlo, xhi (16 nbv,) block-transposed halves and xs (nbv,) block sums, zero-padded to nbv blocks."""
+def _x_prep(x):
+    """x (32 nb,) -> x16 = x / 16 (exact) and xs (nb,) the block sums."""
     nb = x.size // 32
-    xlo = np.zeros(16 * nbv, np.float32)
-    xhi = np.zeros(16 * nbv, np.float32)
-    xs = np.zeros(nbv, np.float32)
+    xs = np.empty(nb, np.float32)
     for b in range(nb):
         s = f32(0)
-        for k in range(16):
-            a = x[32 * b + k]
-            c = x[32 * b + 16 + k]
-            xlo[k * nbv + b] = a
-            xhi[k * nbv + b] = c
-            s += a + c
-        xs[b] = s
-    return xlo, xhi, xs
-
-
-@njit(cache=True)
-def _x_full(x, nbv):
-    """x (32 nb,) -> block-transposed copy xt[k*nbv + b] = x[32 b + k], zero-padded to nbv blocks."""
-    nb = x.size // 32
-    xt = np.zeros(32 * nbv, np.float32)
-    for b in range(nb):
         for k in range(32):
-            xt[k * nbv + b] = x[32 * b + k]
-    return xt
+            s += x[32 * b + k]
+        xs[b] = s
+    return x * f32(0.0625), xs
 
 
-# --------------------------------------------------------------------------- fast kernels
+@njit(cache=True, inline="always")
+def _store_tile(acc, t, y):
+    """The tile's results into y, leaving out the padding rows past the end."""
+    n = min(ROW_TILE, y.size - t * ROW_TILE)
+    for l in range(n):
+        y[t * ROW_TILE + l] = acc[l]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_q4(qt, d, m, nbv, x, y):
-    """Q4_0 / Q4_1 / Q4_K packed: qt (rows, 16 nb) uint8, d, m (rows, nb) f32; y (rows,) f32.
-
-    Two rows per pass share the activation loads.  Rows are paired by index (2i, 2i+1;
-    an odd last row with itself), so results do not depend on the thread count; stacking
-    weights with an odd row count shifts the pairing and may change the last bit."""
-    rows, nb = d.shape
-    xlo, xhi, xs = _x_halves(x, nbv)
-    for rr in prange((rows + 1) // 2):
-        r = 2 * rr
-        r2 = min(r + 1, rows - 1)
-        q = qt[r]
-        q2 = qt[r2]
-        acc = f32(0)
-        acc2 = f32(0)
-        for b in range(nbv):
-            p = f32(0)
-            p2 = f32(0)
-            # two short loops (not one) so that LLVM unrolls them fully and vectorizes over b
-            for k in range(16):
-                xl = xlo[k * nbv + b]
-                p += f32(q[_u(k * nb + b)] & _M15) * xl
-                p2 += f32(q2[_u(k * nb + b)] & _M15) * xl
-            for k in range(16):
-                xh = xhi[k * nbv + b]
-                p += f32(q[_u(k * nb + b)] >> _S4) * xh
-                p2 += f32(q2[_u(k * nb + b)] >> _S4) * xh
-            acc += d[r, b] * p + m[r, b] * xs[b]
-            acc2 += d[r2, b] * p2 + m[r2, b] * xs[b]
-        y[r] = acc
-        y[r2] = acc2
+# --------------------------------------------------------------------------- fast kernels (tiled layouts)
+# Per tile t: q = qt[t]; block b's byte k of lane l is q[(b*K + k)*R + l]; per-block values at [t, b*R + l].
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_q5(qt, qh, d, m, nbv, x, y):
-    """Q5_0 / Q5_1 / Q5_K packed: as q4 plus qh (rows, nb) int32 holding the 5th bits.
-
-    One row per pass: with two, the loop bodies grow past LLVM's full-unroll limit
-    and the block loop is no longer vectorized."""
-    rows, nb = d.shape
-    xlo, xhi, xs = _x_halves(x, nbv)
-    for r in prange(rows):
-        q = qt[r]
-        h = qh[r]
-        dr = d[r]
-        mr = m[r]
-        acc = f32(0)
-        for b in range(nbv):
-            p = f32(0)
-            hb = h[b]
-            # two short loops (not one) so that LLVM unrolls them fully and vectorizes over b
-            for k in range(16):
-                v = np.int32(q[_u(k * nb + b)])
-                lo = (v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)
-                p += f32(lo) * xlo[k * nbv + b]
-            for k in range(16):
-                v = np.int32(q[_u(k * nb + b)])
-                hi = (v >> _I4) | (((hb >> np.int32(k + 16)) & _I1) << _I4)
-                p += f32(hi) * xhi[k * nbv + b]
-            acc += dr[b] * p + mr[b] * xs[b]
-        y[r] = acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_q8(qt, d, nbv, x, y):
-    """Q8_0 packed: qt (rows, 32 nb) int8, d (rows, nb) f32."""
-    rows, nb = d.shape
-    xt = _x_full(x, nbv)
-    for r in prange(rows):
-        q = qt[r]
-        dr = d[r]
-        acc = f32(0)
-        for b in range(nbv):
-            p = f32(0)
-            for k in range(32):
-                p += f32(q[_u(k * nb + b)]) * xt[k * nbv + b]
-            acc += dr[b] * p
-        y[r] = acc
+@njit(parallel=True, fastmath=_FM, cache=True)
+def matvec_q4(qt, d, m, x, y):
+    """Q4_0 / Q4_1 / Q4_K tiled: qt (T, nb*16*R) uint8, d, m (T, nb*R) f32; y (rows,) f32."""
+    R = ROW_TILE
+    nb = x.size // 32
+    x16, xs = _x_prep(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        dt = d[t]
+        mt = m[t]
+        acc = np.zeros(R, np.float32)
+        for b in range(nb):
+            base = b * 16 * R
+            o = 32 * b
+            xsb = xs[b]
+            for l in range(R):
+                p0 = f32(0)
+                p1 = f32(0)
+                p2 = f32(0)
+                p3 = f32(0)
+                for k in range(8):
+                    v = np.int32(q[_u(base + k * R + l)])
+                    p0 += f32(v & _I15) * x[o + k]
+                    p1 += f32(v & _I240) * x16[o + 16 + k]
+                for k in range(8, 16):
+                    v = np.int32(q[_u(base + k * R + l)])
+                    p2 += f32(v & _I15) * x[o + k]
+                    p3 += f32(v & _I240) * x16[o + 16 + k]
+                i = _u(b * R + l)
+                acc[l] += dt[i] * ((p0 + p1) + (p2 + p3)) + mt[i] * xsb
+        _store_tile(acc, t, y)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_q6(qt, hl, hh, sl, sh, nbv, x, y):
-    """Q6_K packed: low nibbles qt, top-2-bit words hl/hh, scales sl/sh (weights 0-15 / 16-31)."""
-    rows, nb = sl.shape
-    xlo, xhi, xs = _x_halves(x, nbv)
-    for r in prange(rows):
-        q = qt[r]
-        hlr = hl[r]
-        hhr = hh[r]
-        slr = sl[r]
-        shr = sh[r]
-        acc = f32(0)
-        for b in range(nbv):
-            pl = f32(0)
-            ph = f32(0)
-            a = hlr[b]
-            c = hhr[b]
-            # two short loops (not one) so that LLVM unrolls them fully and vectorizes over b
-            for k in range(16):
-                v = np.int32(q[_u(k * nb + b)])
-                lo = ((v & _I15) | (((a >> np.int32(2 * k)) & _I3) << _I4)) - _I32
-                pl += f32(lo) * xlo[k * nbv + b]
-            for k in range(16):
-                v = np.int32(q[_u(k * nb + b)])
-                hi = ((v >> _I4) | (((c >> np.int32(2 * k)) & _I3) << _I4)) - _I32
-                ph += f32(hi) * xhi[k * nbv + b]
-            acc += slr[b] * pl + shr[b] * ph
-        y[r] = acc
+@njit(parallel=True, fastmath=_FM, cache=True)
+def matvec_q5(qt, qh, d, m, x, y):
+    """Q5_0 / Q5_1 / Q5_K tiled: as q4 plus qh (T, nb*R) int32 holding the 5th bits."""
+    R = ROW_TILE
+    nb = x.size // 32
+    x16, xs = _x_prep(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        dt = d[t]
+        mt = m[t]
+        ht = qh[t]
+        acc = np.zeros(R, np.float32)
+        for b in range(nb):
+            base = b * 16 * R
+            o = 32 * b
+            xsb = xs[b]
+            for l in range(R):
+                i = _u(b * R + l)
+                hb = ht[i]
+                p0 = f32(0)
+                p1 = f32(0)
+                p2 = f32(0)
+                p3 = f32(0)
+                for k in range(8):
+                    v = np.int32(q[_u(base + k * R + l)])
+                    p0 += f32((v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)) * x[o + k]
+                    p1 += f32((v & _I240) | (((hb >> np.int32(k + 16)) & _I1) << _I8)) * x16[o + 16 + k]
+                for k in range(8, 16):
+                    v = np.int32(q[_u(base + k * R + l)])
+                    p2 += f32((v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)) * x[o + k]
+                    p3 += f32((v & _I240) | (((hb >> np.int32(k + 16)) & _I1) << _I8)) * x16[o + 16 + k]
+                acc[l] += dt[i] * ((p0 + p1) + (p2 + p3)) + mt[i] * xsb
+        _store_tile(acc, t, y)
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def matvec_q8(qt, d, x, y):
+    """Q8_0 tiled: qt (T, nb*32*R) int8, d (T, nb*R) f32."""
+    R = ROW_TILE
+    nb = x.size // 32
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        dt = d[t]
+        acc = np.zeros(R, np.float32)
+        for b in range(nb):
+            base = b * 32 * R
+            o = 32 * b
+            for l in range(R):
+                p0 = f32(0)
+                p1 = f32(0)
+                p2 = f32(0)
+                p3 = f32(0)
+                for k in range(8):
+                    p0 += f32(q[_u(base + k * R + l)]) * x[o + k]
+                    p1 += f32(q[_u(base + (k + 8) * R + l)]) * x[o + 8 + k]
+                for k in range(16, 24):
+                    p2 += f32(q[_u(base + k * R + l)]) * x[o + k]
+                    p3 += f32(q[_u(base + (k + 8) * R + l)]) * x[o + 8 + k]
+                acc[l] += dt[_u(b * R + l)] * ((p0 + p1) + (p2 + p3))
+        _store_tile(acc, t, y)
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def matvec_q6(qt, hl, hh, sl, sh, x, y):
+    """Q6_K tiled: low nibbles qt, top-2-bit words hl/hh, scales sl/sh (weights 0-15 / 16-31)."""
+    R = ROW_TILE
+    nb = x.size // 32
+    x16, xs = _x_prep(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        hlt = hl[t]
+        hht = hh[t]
+        slt = sl[t]
+        sht = sh[t]
+        acc = np.zeros(R, np.float32)
+        for b in range(nb):
+            base = b * 16 * R
+            o = 32 * b
+            for l in range(R):
+                i = _u(b * R + l)
+                a = hlt[i]
+                c = hht[i]
+                p0 = f32(0)
+                p1 = f32(0)
+                p2 = f32(0)
+                p3 = f32(0)
+                for k in range(8):
+                    v = np.int32(q[_u(base + k * R + l)])
+                    p0 += f32(((v & _I15) | (((a >> np.int32(2 * k)) & _I3) << _I4)) - _I32) * x[o + k]
+                    p1 += f32(((v & _I240) | (((c >> np.int32(2 * k)) & _I3) << _I8)) - _I512) * x16[o + 16 + k]
+                for k in range(8, 16):
+                    v = np.int32(q[_u(base + k * R + l)])
+                    p2 += f32(((v & _I15) | (((a >> np.int32(2 * k)) & _I3) << _I4)) - _I32) * x[o + k]
+                    p3 += f32(((v & _I240) | (((c >> np.int32(2 * k)) & _I3) << _I8)) - _I512) * x16[o + 16 + k]
+                acc[l] += slt[i] * (p0 + p2) + sht[i] * (p1 + p3)
+        _store_tile(acc, t, y)
 
 
 @njit(cache=True, inline="always")
@@ -293,21 +305,24 @@ def dot_rows(w, x, y):
 # Serial and nogil (Weight splits the rows over its worker threads; cheaper to compile than prange).
 # No fastmath: d*q is exact in float32 and "+ m" rounds once, exactly as ggml's expressions;
 # the symmetric types use (q - off) * d as ggml does, which also keeps the sign of zero.
+# Row r lives in tile r // R, lane r % R (see repack.py).
 
 
 @njit(nogil=True, cache=True)
 def decode_q4(qt, d, m, off, ids, out):
     """off = 0: w = q d + m (Q4_1, Q4_K); off = 8: w = (q - 8) d (Q4_0, m unused)."""
-    nb = d.shape[1]
+    R = ROW_TILE
+    nb = d.shape[1] // R
     for i in range(ids.size):
-        r = ids[i]
-        q = qt[r]
+        t = ids[i] // R
+        l = ids[i] % R
+        q = qt[t]
         o = out[i]
         for b in range(nb):
-            db = d[r, b]
-            mb = m[r, b]
+            db = d[t, b * R + l]
+            mb = m[t, b * R + l]
             for k in range(16):
-                v = np.int32(q[k * nb + b])
+                v = np.int32(q[(b * 16 + k) * R + l])
                 lo = v & _I15
                 hi = v >> _I4
                 if off == 0:
@@ -321,17 +336,19 @@ def decode_q4(qt, d, m, off, ids, out):
 @njit(nogil=True, cache=True)
 def decode_q5(qt, qh, d, m, off, ids, out):
     """off = 0: w = q d + m (Q5_1, Q5_K); off = 16: w = (q - 16) d (Q5_0, m unused)."""
-    nb = d.shape[1]
+    R = ROW_TILE
+    nb = d.shape[1] // R
     for i in range(ids.size):
-        r = ids[i]
-        q = qt[r]
+        t = ids[i] // R
+        l = ids[i] % R
+        q = qt[t]
         o = out[i]
         for b in range(nb):
-            db = d[r, b]
-            mb = m[r, b]
-            hb = qh[r, b]
+            db = d[t, b * R + l]
+            mb = m[t, b * R + l]
+            hb = qh[t, b * R + l]
             for k in range(16):
-                v = np.int32(q[k * nb + b])
+                v = np.int32(q[(b * 16 + k) * R + l])
                 lo = (v & _I15) | (((hb >> k) & 1) << 4)
                 hi = (v >> _I4) | (((hb >> (k + 16)) & 1) << 4)
                 if off == 0:
@@ -344,31 +361,36 @@ def decode_q5(qt, qh, d, m, off, ids, out):
 
 @njit(nogil=True, cache=True)
 def decode_q8(qt, d, ids, out):
-    nb = d.shape[1]
+    R = ROW_TILE
+    nb = d.shape[1] // R
     for i in range(ids.size):
-        r = ids[i]
-        q = qt[r]
+        t = ids[i] // R
+        l = ids[i] % R
+        q = qt[t]
         o = out[i]
         for b in range(nb):
-            db = d[r, b]
+            db = d[t, b * R + l]
             for k in range(32):
-                o[32 * b + k] = f32(q[k * nb + b]) * db
+                o[32 * b + k] = f32(q[(b * 32 + k) * R + l]) * db
 
 
 @njit(nogil=True, cache=True)
 def decode_q6(qt, hl, hh, sl, sh, ids, out):
-    nb = sl.shape[1]
+    R = ROW_TILE
+    nb = sl.shape[1] // R
     for i in range(ids.size):
-        r = ids[i]
-        q = qt[r]
+        t = ids[i] // R
+        l = ids[i] % R
+        q = qt[t]
         o = out[i]
         for b in range(nb):
-            a = hl[r, b]
-            c = hh[r, b]
-            s0 = sl[r, b]
-            s1 = sh[r, b]
+            j = b * R + l
+            a = hl[t, j]
+            c = hh[t, j]
+            s0 = sl[t, j]
+            s1 = sh[t, j]
             for k in range(16):
-                v = np.int32(q[k * nb + b])
+                v = np.int32(q[(b * 16 + k) * R + l])
                 lo = ((v & _I15) | (((a >> (2 * k)) & 3) << 4)) - _I32
                 hi = ((v >> _I4) | (((c >> (2 * k)) & 3) << 4)) - _I32
                 o[32 * b + k] = s0 * f32(lo)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .types import BLOCK_SIZES, GGMLType, as_type
+from .types import BLOCK_SIZES, GGMLType, as_type  # noqa: F401  (GGMLType: annotation)
 
 
 def quantize(x: np.ndarray, qtype: "GGMLType | int | str", imatrix: np.ndarray | None = None) -> np.ndarray:

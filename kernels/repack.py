@@ -2,29 +2,33 @@
 
 A GGUF block interleaves its scales with its quants, and a kernel that walks it
 block by block cannot be vectorized by LLVM.  At load time (once; the file stays
-untouched) every row is split into separate streams:
+untouched) the matrix is cut into *row tiles* of ``ROW_TILE`` (32) consecutive rows
+and every tile is split into separate streams:
 
-* scale and offset per 32-weight block, as float32 ``(rows, nb)`` arrays, so that
-  a weight is ``w = d * q + m`` (Q4_0 and Q5_0 get ``m = -8 d`` and ``-16 d``,
-  the k-quants ``d * sc`` and ``-dmin * min`` of their 32-weight sub-blocks);
-* the quants, *block-transposed* within each row: byte ``k`` of every block is
-  stored contiguously, i.e. ``qt[row, k * nb + b]`` is byte ``k`` of block ``b``.
+* scale and offset per 32-weight block, as float32, so that a weight is
+  ``w = d * q + m`` (Q4_0 and Q5_0 get ``m = -8 d`` and ``-16 d``, the k-quants
+  ``d * sc`` and ``-dmin * min`` of their 32-weight sub-blocks);
+* the quants, *row-interleaved*: for block ``b`` and byte ``k`` of a block, the
+  byte of each of the tile's 32 rows is stored contiguously.
 
-Block-transposing is what makes the matvec fast: the per-block scale becomes a
-contiguous vector over eight blocks and LLVM vectorizes *across blocks* (ymm
-lanes = 8 blocks), with no horizontal sum inside the loop.
+Index of row ``r`` (tile ``t = r // ROW_TILE``, lane ``l = r % ROW_TILE``), block ``b``:
+  quant byte k:        ``qt[t, (b * K + k) * ROW_TILE + l]``   (K bytes per block)
+  per-block value:     ``d[t, b * ROW_TILE + l]`` (same for m, qh, hl, hh, sl, sh)
 
-Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32):
+Row-interleaving is what makes the matvec fast (like ggml's CPU "repack" layouts):
+SIMD lanes are rows, so one broadcast activation multiplies 8 rows' weights per ymm
+register, with no horizontal sums and no padding of the block count (only the row
+count is padded to a whole tile, with zeros).
 
-``q4``  Q4_0, Q4_1, Q4_K: ``qt`` uint8 (rows, 16*nb): byte k of a block holds
-        weight k (low nibble) and weight k+16 (high nibble); ``d``, ``m`` float32.
-``q5``  Q5_0, Q5_1, Q5_K: as ``q4`` plus ``qh`` int32 (rows, nb): bit j is the
-        5th bit of weight j.
-``q8``  Q8_0: ``qt`` int8 (rows, 32*nb), byte k = weight k; ``d`` float32.
-``q6``  Q6_K: ``qt`` as ``q4`` (low 4 bits), ``hl``/``hh`` int32 (rows, nb): bits
-        2j..2j+1 are the top 2 bits of weight j (hl) or j+16 (hh); ``sl``/``sh``
-        float32 (rows, nb): the scales ``d * sc`` of weights 0-15 and 16-31;
-        weight = s * (q - 32).
+Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
+
+``q4``  Q4_0, Q4_1, Q4_K: ``qt`` uint8 (T, nb*16*ROW_TILE): byte k of a block holds
+        weight k (low nibble) and weight k+16 (high nibble); ``d``, ``m`` float32 (T, nb*ROW_TILE).
+``q5``  Q5_0, Q5_1, Q5_K: as ``q4`` plus ``qh`` int32: bit j is the 5th bit of weight j.
+``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d`` float32.
+``q6``  Q6_K: ``qt`` as ``q4`` (low 4 bits), ``hl``/``hh`` int32: bits 2j..2j+1 are the
+        top 2 bits of weight j (hl) or j+16 (hh); ``sl``/``sh`` float32: the scales
+        ``d * sc`` of weights 0-15 and 16-31; weight = s * (q - 32).
 ``f32`` F32: ``w`` float32 (rows, cols).
 ``f16``, ``bf16``  F16, BF16: ``w`` uint16 (rows, cols), the values' bits.
 ``raw`` every other type: ``raw`` uint8 (rows, row_bytes), decoded by the
@@ -32,7 +36,7 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32):
 
 All decoded values are bit-exact with ggml's dequantization: every product of a
 float16-derived scale and a small integer is exact in float32, so ``d*q + m``
-rounds once, as ggml's expression does (see ``decode_rows`` in matvec.py).
+rounds once, as ggml's expression does (see the ``decode_*`` functions of quant_matvec.py).
 """
 from __future__ import annotations
 
@@ -50,8 +54,10 @@ from .types import GGMLType, as_type, row_bytes
 _LEGACY = {GGMLType.Q4_0: (18, False, False, 8), GGMLType.Q4_1: (20, True, False, 0),
            GGMLType.Q5_0: (22, False, True, 16), GGMLType.Q5_1: (24, True, True, 0)}
 _NO_QH = np.zeros((1, 1), np.int32)   # placeholder qh for the types without high bits
-# Spare zeroed elements after every packed array (>= 7 blocks of over-read, see _padded).
-_SLACK = 64
+# Rows per tile (SIMD lanes of the matvec: 4 ymm registers of float32).
+ROW_TILE = 32
+# Quant bytes per 32-weight block in each tiled kind.
+_QBYTES = {"q4": 16, "q5": 16, "q6": 16, "q8": 32}
 
 FAST_KINDS = {
     GGMLType.Q4_0: "q4", GGMLType.Q4_1: "q4", GGMLType.Q4_K: "q4",
@@ -59,6 +65,7 @@ FAST_KINDS = {
     GGMLType.Q8_0: "q8", GGMLType.Q6_K: "q6", GGMLType.F32: "f32",
     GGMLType.F16: "f16", GGMLType.BF16: "bf16",
 }
+TILED_KINDS = ("q4", "q5", "q8", "q6")
 
 
 @dataclass
@@ -69,90 +76,76 @@ class Packed:
     rows: int
     cols: int
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    # Blocks per row the matvec loops over: nb rounded up to a multiple of 8 (see _padded).
-    nbv: int = 0
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values())
 
+    @property
+    def tiles(self) -> int:
+        return -(-self.rows // ROW_TILE)
+
     def __getitem__(self, key: str) -> np.ndarray:
         return self.arrays[key]
 
 
-# --------------------------------------------------------------------------- allocation
-
-
-def _padded(rows: int, width: int, dtype) -> np.ndarray:
-    """Zeroed (rows, width) array followed by _SLACK spare elements in the same allocation.
-
-    The matvec kernels run their block loop to a multiple of 8 blocks (so that LLVM's
-    8-wide vector loop has no scalar remainder) with the activation padded by zeros;
-    the extra reads run into the next row or, after the last row, into this slack.
-    """
-    flat = np.zeros(rows * width + _SLACK, dtype)
-    return flat[:rows * width].reshape(rows, width)
-
-
-def _vector_blocks(p: "Packed") -> int:
-    """nb rounded up to 8 when every scale is finite (0 * finite = 0 in the padding), else nb."""
-    nb = p.cols // 32
-    nbv = -(-nb // 8) * 8
-    for k in ("d", "m", "sl", "sh"):
-        if k in p.arrays and not np.isfinite(p.arrays[k]).all():
-            return nb
-    return nbv
-
-
 # --------------------------------------------------------------------------- per-type repackers
-# Serial nogil Numba loops over the raw rows (r0..r1 of raw (rows, row_bytes) uint8), writing the
-# packed arrays.  Field layouts are those of ggml-common.h (see the registry's layout strings).
+# Serial nogil Numba loops over the raw rows r0..r1 (raw: (rows, row_bytes) uint8), writing the
+# tiled arrays (see the module docstring for the index formulas; R = ROW_TILE).  Field layouts
+# are those of ggml-common.h (see the registry's layout strings).
 
 
 @njit(cache=True, nogil=True)
-def _put_nibbles(dst, nb, b, e):
-    """Store weights e[0..31] (values < 16 used) of block b as block-transposed nibble bytes."""
+def _put_nibbles(dst, o, e):
+    """Store weights e[0..31] (values < 16 used) of one block as nibble bytes dst[o + k*R]."""
     for k in range(16):
-        dst[k * nb + b] = np.uint8((e[k] & 15) | ((e[k + 16] & 15) << 4))
+        dst[o + k * ROW_TILE] = np.uint8((e[k] & 15) | ((e[k + 16] & 15) << 4))
 
 
 @njit(cache=True, nogil=True)
 def repack_legacy(raw, ts, has_m, has_h, off, qt, d, m, qh, r0, r1):
     """Q4_0 (ts 18), Q4_1 (20), Q5_0 (22), Q5_1 (24): d [m] [qh] qs[16].  off: 8 or 16 for the
     symmetric types (m = -off * d), 0 otherwise."""
-    nb = d.shape[1]
+    R = ROW_TILE
+    nb = d.shape[1] // R
     for r in range(r0, r1):
         src = raw[r]
-        q = qt[r]
+        t = r // R
+        l = r % R
+        q = qt[t]
         for b in range(nb):
             o = b * ts
+            i = b * R + l
             db = f16_at(src, o)
-            d[r, b] = db
+            d[t, i] = db
             o += 2
             if has_m:
-                m[r, b] = f16_at(src, o)
+                m[t, i] = f16_at(src, o)
                 o += 2
             else:
-                m[r, b] = np.float32(-off) * db
+                m[t, i] = np.float32(-off) * db
             if has_h:
-                qh[r, b] = np.int32(u32_at(src, o))
+                qh[t, i] = np.int32(u32_at(src, o))
                 o += 4
             for k in range(16):
-                q[k * nb + b] = src[o + k]
+                q[(b * 16 + k) * R + l] = src[o + k]
 
 
 @njit(cache=True, nogil=True)
 def repack_q8_0(raw, qt, d, r0, r1):
     """Q8_0: d (fp16), qs int8[32]."""
-    nb = d.shape[1]
+    R = ROW_TILE
+    nb = d.shape[1] // R
     for r in range(r0, r1):
         src = raw[r]
-        q = qt[r]
+        t = r // R
+        l = r % R
+        q = qt[t]
         for b in range(nb):
             o = b * 34
-            d[r, b] = f16_at(src, o)
+            d[t, b * R + l] = f16_at(src, o)
             for k in range(32):
-                q[k * nb + b] = np.int8(sext8(src[o + 2 + k]))
+                q[(b * 32 + k) * R + l] = np.int8(sext8(src[o + 2 + k]))
 
 
 @njit(cache=True, nogil=True)
@@ -169,13 +162,16 @@ def _k4_scale_min(src, o, j):
 def repack_k45(raw, five, qt, d, m, qh, r0, r1):
     """Q4_K (144 bytes: d, dmin, scales[12], qs[128]) and Q5_K (176: d, dmin, scales[12], qh[32], qs[128])
     -> 32-weight sub-blocks with scale d*sc and offset -dmin*min."""
-    nb = d.shape[1]
+    R = ROW_TILE
+    nb = d.shape[1] // R
     ts = 176 if five else 144
     qs_off = 48 if five else 16
     e = np.empty(32, np.int32)
     for r in range(r0, r1):
         src = raw[r]
-        q = qt[r]
+        t = r // R
+        l = r % R
+        q = qt[t]
         for i in range(nb // 8):
             o = i * ts
             dd = f16_at(src, o)
@@ -183,28 +179,31 @@ def repack_k45(raw, five, qt, d, m, qh, r0, r1):
             for j in range(8):
                 sc, mn = _k4_scale_min(src, o + 4, j)
                 b = 8 * i + j
-                d[r, b] = dd * np.float32(sc)
-                m[r, b] = -(dmin * np.float32(mn))
+                d[t, b * R + l] = dd * np.float32(sc)
+                m[t, b * R + l] = -(dmin * np.float32(mn))
                 c = j // 2
                 sh = 4 * (j % 2)
                 h = np.uint32(0)
-                for l in range(32):
-                    e[l] = (src[o + qs_off + 32 * c + l] >> sh) & 15
+                for k in range(32):
+                    e[k] = (src[o + qs_off + 32 * c + k] >> sh) & 15
                     if five:
-                        h |= np.uint32((src[o + 16 + l] >> j) & 1) << l
-                _put_nibbles(q, nb, b, e)
+                        h |= np.uint32((src[o + 16 + k] >> j) & 1) << k
+                _put_nibbles(q, b * 16 * R + l, e)
                 if five:
-                    qh[r, b] = np.int32(h)
+                    qh[t, b * R + l] = np.int32(h)
 
 
 @njit(cache=True, nogil=True)
 def repack_q6_k(raw, qt, hl, hh, sl, sh, r0, r1):
     """Q6_K (210 bytes: ql[128], qh[64], scales int8[16], d) -> nibbles, 2-bit tops, per-16 scales."""
-    nb = sl.shape[1]
+    R = ROW_TILE
+    nb = sl.shape[1] // R
     e = np.empty(32, np.int32)
     for r in range(r0, r1):
         src = raw[r]
-        q = qt[r]
+        t = r // R
+        l = r % R
+        q = qt[t]
         for i in range(nb // 8):
             o = i * 210
             dd = f16_at(src, o + 208)
@@ -214,22 +213,44 @@ def repack_q6_k(raw, qt, hl, hh, sl, sh, r0, r1):
                 ql = o + 64 * half + (32 if kk % 2 else 0)
                 qhh = o + 128 + 32 * half
                 shift_l = 4 if kk >= 2 else 0
-                for l in range(32):
-                    lo = (src[ql + l] >> shift_l) & 15
-                    top = (src[qhh + l] >> (2 * kk)) & 3
-                    e[l] = lo | (top << 4)
+                for k in range(32):
+                    lo = (src[ql + k] >> shift_l) & 15
+                    top = (src[qhh + k] >> (2 * kk)) & 3
+                    e[k] = lo | (top << 4)
                 b = 8 * i + b8
-                _put_nibbles(q, nb, b, e)
+                _put_nibbles(q, b * 16 * R + l, e)
                 a = np.uint32(0)
                 c = np.uint32(0)
-                for l in range(16):
-                    a |= np.uint32(e[l] >> 4) << (2 * l)
-                    c |= np.uint32(e[l + 16] >> 4) << (2 * l)
-                hl[r, b] = np.int32(a)
-                hh[r, b] = np.int32(c)
+                for k in range(16):
+                    a |= np.uint32(e[k] >> 4) << (2 * k)
+                    c |= np.uint32(e[k + 16] >> 4) << (2 * k)
+                i2 = b * R + l
+                hl[t, i2] = np.int32(a)
+                hh[t, i2] = np.int32(c)
                 isc = o + 192 + 8 * half + 2 * kk
-                sl[r, b] = dd * np.float32(sext8(src[isc]))
-                sh[r, b] = dd * np.float32(sext8(src[isc + 1]))
+                sl[t, i2] = dd * np.float32(sext8(src[isc]))
+                sh[t, i2] = dd * np.float32(sext8(src[isc + 1]))
+
+
+# --------------------------------------------------------------------------- tiles <-> rows (numpy)
+
+
+def _untile(a: np.ndarray, rows: int, nb: int) -> np.ndarray:
+    """Tiled (T, nb*K*R) -> row-major (rows, nb, K) copy (K = 1 for per-block arrays)."""
+    T = a.shape[0]
+    K = a.shape[1] // (nb * ROW_TILE)
+    return a.reshape(T, nb, K, ROW_TILE).transpose(0, 3, 1, 2).reshape(T * ROW_TILE, nb, K)[:rows]
+
+
+def _tile(a: np.ndarray) -> np.ndarray:
+    """Row-major (rows, nb, K) -> tiled (T, nb*K*R), the padding rows zero."""
+    rows, nb, K = a.shape
+    T = -(-rows // ROW_TILE)
+    out = np.zeros((T, nb, K, ROW_TILE), a.dtype)
+    full = np.zeros((T * ROW_TILE, nb, K), a.dtype)
+    full[:rows] = a
+    out[...] = full.reshape(T, ROW_TILE, nb, K).transpose(0, 2, 3, 1)
+    return out.reshape(T, nb * K * ROW_TILE)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -270,19 +291,12 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
         return p
 
     nb = cols // 32
+    T = p.tiles
     A = p.arrays
-    A["qt"] = _padded(rows, (32 if kind == "q8" else 16) * nb, np.int8 if kind == "q8" else np.uint8)
-    if kind == "q6":
-        for k in ("hl", "hh"):
-            A[k] = _padded(rows, nb, np.int32)
-        for k in ("sl", "sh"):
-            A[k] = _padded(rows, nb, np.float32)
-    else:
-        A["d"] = _padded(rows, nb, np.float32)
-        if kind in ("q4", "q5"):
-            A["m"] = _padded(rows, nb, np.float32)
-        if kind == "q5":
-            A["qh"] = _padded(rows, nb, np.int32)
+    A["qt"] = np.zeros((T, _QBYTES[kind] * nb * ROW_TILE), np.int8 if kind == "q8" else np.uint8)
+    per_block = {"q4": ("d", "m"), "q5": ("d", "m", "qh"), "q8": ("d",), "q6": ("hl", "hh", "sl", "sh")}[kind]
+    for k in per_block:
+        A[k] = np.zeros((T, nb * ROW_TILE), np.int32 if k in ("qh", "hl", "hh") else np.float32)
 
     def work(r0, r1):
         if kind == "q8":
@@ -295,15 +309,14 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
             ts, has_m, has_h, off = _LEGACY[t]
             repack_legacy(raw, ts, has_m, has_h, off, A["qt"], A["d"], A["m"], A.get("qh", _NO_QH), r0, r1)
 
-    # split over the worker threads (the loops are nogil)
+    # split over the worker threads (the loops are nogil); whole tiles per thread
     parts = max(1, min(get_num_threads(), rows // 256))
-    bounds = np.linspace(0, rows, parts + 1).astype(np.int64)
+    bounds = (np.linspace(0, T, parts + 1).astype(np.int64) * ROW_TILE).clip(0, rows)
     if parts == 1:
         work(0, rows)
     else:
         for f in [pool().submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
             f.result()
-    p.nbv = _vector_blocks(p)
     return p
 
 
@@ -314,10 +327,13 @@ def concat(packs: list[Packed]) -> Packed:
         if p.qtype != first.qtype or p.cols != first.cols:
             raise ValueError(f"cannot stack {p.qtype.name} x{p.cols} rows onto {first.qtype.name} x{first.cols}")
     out = Packed(first.kind, first.qtype, sum(p.rows for p in packs), first.cols)
-    for k, a in first.arrays.items():
-        dst = _padded(out.rows, a.shape[1], a.dtype) if out.kind in ("q4", "q5", "q8", "q6") else \
-            np.empty((out.rows, a.shape[1]), a.dtype)
-        np.concatenate([p.arrays[k] for p in packs], axis=0, out=dst)
-        out.arrays[k] = dst
-    out.nbv = min(p.nbv for p in packs)
+    tiled = out.kind in TILED_KINDS
+    aligned = all(p.rows % ROW_TILE == 0 for p in packs[:-1])
+    nb = first.cols // 32
+    for k in first.arrays:
+        parts = [p.arrays[k] for p in packs]
+        if tiled and not aligned:       # re-tile: row-major copies, stacked, tiled again
+            out.arrays[k] = _tile(np.concatenate([_untile(a, p.rows, nb) for a, p in zip(parts, packs)]))
+        else:                           # whole tiles (or plain rows) stack as they are
+            out.arrays[k] = np.concatenate(parts, axis=0)
     return out

@@ -29,6 +29,7 @@ from . import quant_matvec as mv
 from .quant_matmul import MATVEC_MAX_BATCH, tiled_matmul
 from .registry import get_qtype
 from .repack import Packed, concat as _concat_packed, repack
+from .slow_matvec import slow_matvec
 from .threads import get_num_threads, pool
 from .types import GGMLType, as_type, row_bytes
 
@@ -99,20 +100,20 @@ class Weight:
         A = p.arrays
         k = p.kind
         if k == "q4":
-            mv.matvec_q4(A["qt"], A["d"], A["m"], p.nbv, x, out)
+            mv.matvec_q4(A["qt"], A["d"], A["m"], x, out)
         elif k == "q5":
-            mv.matvec_q5(A["qt"], A["qh"], A["d"], A["m"], p.nbv, x, out)
+            mv.matvec_q5(A["qt"], A["qh"], A["d"], A["m"], x, out)
         elif k == "q8":
-            mv.matvec_q8(A["qt"], A["d"], p.nbv, x, out)
+            mv.matvec_q8(A["qt"], A["d"], x, out)
         elif k == "q6":
-            mv.matvec_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], p.nbv, x, out)
+            mv.matvec_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], x, out)
         elif k == "f32":
             mv.matvec_f32(A["w"], x, out)
         elif k == "f16":
             mv.matvec_f16(A["w"], x, out)
         elif k == "bf16":
             mv.matvec_bf16(A["w"], x, out)
-        else:
+        elif not slow_matvec(A["raw"], self.qtype, x, out):   # fused kernels of the other types
             self._raw_matvec(x, out)
         return out
 

@@ -118,3 +118,13 @@ def test_collect_matches_llamacpp(tmp_path, capsys):
     assert imatrix_main(["-m", "unused", "--in-file", str(out), "--chunk-size", "128", "-o", str(dat),
                          "--output-format", "dat"]) == 0
     assert read_imatrix(dat).is_legacy and len(read_imatrix(dat).entries) == 28
+
+
+def test_statistics_match_llamacpp(capsys):
+    """--show-statistics: llama-imatrix prints, first, layer 1 attn_k: Σ(Act²) 259.63, max 1.8620,
+    ZD 17.97%, CosSim 0.9596 (printed precision)."""
+    assert imatrix_main(["-m", "unused", "--in-file", str(_gguf()), "--show-statistics"]) == 0
+    first = capsys.readouterr().out.splitlines()[2].split("\t")
+    assert first[0].strip() == "1" and first[1].strip() == "attn_k"
+    assert [first[2].strip(), first[4].strip(), first[11].strip(), first[12].strip()] == \
+        ["259.63", "1.8620", "17.97%", "0.9596"]

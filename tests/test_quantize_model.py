@@ -151,6 +151,10 @@ def test_cli(tmp_path, capsys):
     src.write_bytes(_f16().read_bytes())
     assert quantize_main([str(src), "Q8_0", "--no-progress", "-q"]) == 0
     assert (tmp_path / "ggml-model-Q8_0.gguf").exists()
+    assert quantize_main([str(_f16()), "IQ2_XS", "--dry-run"]) == 0      # sizes only, no imatrix needed
+    text = capsys.readouterr().out
+    assert "quant size  =     0.85 MiB (2.60 BPW)" in text and "will require an imatrix" in text
+    assert not (tmp_path / "ggml-model-IQ2_XS.gguf").exists()
     assert quantize_main([str(_f16()), str(out), "Q9_K"]) == 1
     assert "invalid quantization type" in capsys.readouterr().err
     assert quantize_main([str(tmp_path / "missing.gguf"), str(out), "Q4_0"]) == 1

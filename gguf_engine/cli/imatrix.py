@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parse-special", action="store_true", help="recognize special tokens in the text")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     p.add_argument("-b", "--batch-size", type=int, default=None, help="tokens per forward pass (default chunk size)")
+    p.add_argument("--show-statistics", action="store_true",
+                   help="print per-tensor statistics of the one --in-file imatrix and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -59,6 +61,13 @@ def main(argv=None) -> int:
 
     try:
         previous = [read_imatrix(p) for p in args.in_file]
+        if args.show_statistics:
+            from ..quantize.imatrix import format_statistics, imatrix_statistics
+            if len(previous) != 1:
+                raise CLIError("a single imatrix file (--in-file) is required to compute tensor statistics")
+            for line in format_statistics(imatrix_statistics(previous[0])):
+                print(line)
+            return 0
         if args.file is None:
             if not previous:
                 raise CLIError("no text (-f) and no precomputed matrices (--in-file) to combine")

@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-type", metavar="NAME_REGEX=TYPE", type=_tensor_type, action="append", default=[],
                    help="quantize tensors matching the regex to TYPE (repeatable; first match wins), "
                         "e.g. attn_q=q8_0")
+    p.add_argument("--tensor-type-file", metavar="FILE", action="append", default=[],
+                   help="NAME_REGEX=TYPE entries separated by spaces or newlines, as --tensor-type")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show the tensor types and the final size without quantizing (out.gguf may be left out)")
     p.add_argument("--override-kv", metavar="KEY=TYPE:VALUE", action="append", default=[],
                    help="set a metadata value in the output: TYPE is int, float, bool or str (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -128,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         raise CLIError(msg)
 
     ftype, args.input, args.output, args.nthreads = _positionals(args.positional)
+    for path in args.tensor_type_file:
+        try:
+            with open(path, encoding="utf-8") as f:
+                entries = f.read().split()
+        except OSError as e:
+            raise CLIError(f"failed to open file {path!r}: {e.strerror}") from None
+        try:
+            args.tensor_type.extend(_tensor_type(entry) for entry in entries)
+        except argparse.ArgumentTypeError as e:
+            raise CLIError(f"{path}: {e}") from None
     if args.include_weights and args.exclude_weights:
         return fail("--include-weights and --exclude-weights cannot be used together")
     try:
@@ -150,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                              token_embedding_type=args.token_embedding_type,
                              tensor_types=args.tensor_type, leave_output_tensor=args.leave_output_tensor,
                              pure=args.pure, allow_requantize=args.allow_requantize, override_kv=overrides,
-                             log=log, progress=not args.no_progress)
+                             dry_run=args.dry_run, log=log, progress=not args.no_progress and not args.dry_run)
     except ValueError as e:   # QuantizeError, ImatrixError, GGUFError are ValueErrors
         return fail(str(e))
+    if args.dry_run:
+        return 0
     print(f"quantize time = {(time.perf_counter() - t0) * 1000:8.2f} ms")
     print(f"wrote {res.out_path}: {res.size_after / 2**20:.2f} MiB, {res.bpw_after:.2f} bits per weight "
           f"(from {res.size_before / 2**20:.2f} MiB, {res.bpw_before:.2f} bpw)")

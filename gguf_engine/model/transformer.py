@@ -83,6 +83,14 @@ class Transformer:
                 tables[key] = (backend.upload_array(cos), backend.upload_array(sin))
             blk.rope = tables[key]
             blk.sliding_window = c.sliding_window if swa else 0
+        # scratch for single-token decode steps, allocated once
+        self._step_bufs = self._buffers(1)
+
+    def _buffers(self, n: int):
+        c, be = self.config, self.backend
+        return (be.empty((n, c.n_embd)),                    # xn   (n, d)
+                be.empty((n, c.n_head, c.head_dim)),        # attn (n, H, hd)
+                be.empty((n, c.n_ff)))                      # act  (n, ff)
 
     # ------------------------------------------------------------------------------------
     def forward(self, tokens: np.ndarray, output: str = "last"):
@@ -100,8 +108,8 @@ class Transformer:
         x = be.embed(self.token_embd, tokens)              # (n, d) residual stream
         if c.embd_scale != 1.0:
             x *= np.float32(c.embd_scale)
-        xn = be.empty((n, c.n_embd))                       # (n, d) normed input of the next op
-        attn = be.empty((n, H, hd))                        # (n, H, hd)
+        # xn (n, d): normed input of the next op; attn (n, H, hd); act (n, ff)
+        xn, attn, act = self._step_bufs if n == 1 else self._buffers(n)
         be.rms_norm(x, self.blk[0].attn_norm, c.norm_eps, xn)
 
         for il, b in enumerate(self.blk):
@@ -118,7 +126,6 @@ class Transformer:
             be.add_rms_norm(x, o, b.post_attention_norm, b.ffn_norm, c.norm_eps, xn)
 
             gate_up = be.linear_fused(b.ffn_gate_up, xn)         # (n, 2 ff)
-            act = be.empty((n, ff))                              # (n, ff)
             be.gated_act(gate_up[:, :ff], gate_up[:, ff:], c.gelu, act)
             down = be.linear(b.ffn_down, act)                    # (n, d)
             next_norm = self.blk[il + 1].attn_norm if il + 1 < len(self.blk) else self.output_norm
@@ -129,7 +136,7 @@ class Transformer:
         if output == "none":
             return None
         if output == "hidden":
-            return xn
+            return xn.copy() if n == 1 else xn
         rows = xn if output == "all" else xn[n - 1:]
         logits = be.linear(self.output, rows)                    # (n or 1, n_vocab)
         if c.final_logit_softcap > 0:

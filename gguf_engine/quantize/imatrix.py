@@ -398,3 +398,64 @@ class ImatrixCollector:
         base.merge(im)
         self.stats, self.datasets = base.entries, base.datasets
         self.last_chunk = base.chunk_count
+
+
+# -- statistics (--show-statistics) -----------------------------------------------------------
+
+def _split_name(name: str) -> tuple[str, str]:
+    """(layer, short tensor name): blk.3.attn_q.weight -> ("3", "attn_q"); no block -> "-"."""
+    parts = name.split(".")
+    layer = next((parts[i + 1] for i in range(len(parts) - 1) if parts[i] == "blk"), "-")
+    tensor = next((parts[i - 1] for i in range(1, len(parts)) if parts[i] == "weight"), name)
+    return layer, tensor
+
+
+def imatrix_statistics(im: Imatrix) -> list[dict]:
+    """Per-entry statistics of the mean squared activations (as llama-imatrix --show-statistics):
+    sum, min, max, mean, std, share of active columns (> 1e-5), entropy and its normalized form,
+    share of columns more than one std above the mean (ZD), cosine similarity with the same tensor
+    of the previous layer.  Sorted by tensor name, then by decreasing sum."""
+    rows = []
+    acts_by_name = {}
+    for name, e in im.entries.items():
+        per = np.asarray(e.sums, np.float32).reshape(max(1, e.counts.size), -1)
+        cnt = np.asarray(e.counts, np.float64)
+        if im.is_legacy:
+            acts = per.reshape(-1)
+        else:
+            keep = cnt > 0
+            if not keep.any():
+                continue
+            acts = (per[keep] / cnt[keep][:, None]).astype(np.float32).reshape(-1)
+        total = float(acts.sum(dtype=np.float32))
+        mean = total / acts.size
+        std = float(np.sqrt(max(0.0, float((acts * acts).sum(dtype=np.float32)) / acts.size - mean * mean)))
+        p = acts / total if total > 0 else np.zeros_like(acts)
+        entropy = float(-(p[p > 0] * np.log2(p[p > 0])).sum()) if total > 0 else 0.0
+        zd = float(((acts - mean) / std > 1).mean()) if std > 0 else 0.0
+        layer, tensor = _split_name(name)
+        rows.append(dict(name=name, layer=layer, tensor=tensor, sum=total, min=float(acts.min()),
+                         max=float(acts.max()), mean=mean, std=std, active=float((np.abs(acts) > 1e-5).mean()),
+                         n=int(acts.size), entropy=entropy,
+                         entropy_norm=100.0 * entropy / np.log2(acts.size) if acts.size > 1 else 0.0,
+                         zd=zd, cossim=0.0))
+        acts_by_name[name] = np.asarray(e.sums, np.float64)
+    for r in rows:
+        if r["layer"] != "-":
+            prev = r["name"].replace(f"blk.{r['layer']}.", f"blk.{int(r['layer']) - 1}.", 1)
+            if prev in acts_by_name:
+                a, b = acts_by_name[r["name"]], acts_by_name[prev]
+                if a.size == b.size:
+                    r["cossim"] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    rows.sort(key=lambda r: (r["tensor"], -r["sum"]))
+    return rows
+
+
+def format_statistics(rows: list[dict]) -> list[str]:
+    out = [" Layer\t       Tensor\t          Σ(Act²)\t  Min\t            Max\t           μ\t   σ\t % Active\t"
+           "N\t   Entropy\tE (norm)\tZD\t  CosSim", "=" * 120]
+    for r in rows:
+        out.append(f"{r['layer']:>5s}\t{r['tensor']:<20s}\t{r['sum']:10.2f}\t{r['min']:8.4f}\t{r['max']:11.4f}\t"
+                   f"{r['mean']:6.2f}\t{r['std']:6.2f}\t{100 * r['active']:8.2f}%\t{r['n']:6d}\t"
+                   f"{r['entropy']:10.4f}\t{r['entropy_norm']:6.2f}%\t{100 * r['zd']:10.2f}%\t{r['cossim']:8.4f}")
+    return out

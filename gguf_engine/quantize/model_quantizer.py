@@ -128,6 +128,13 @@ def _kernel_quantize(x: np.ndarray, qtype: GGMLType, imatrix: np.ndarray | None)
     return quantize(x, qtype, imatrix=imatrix)
 
 
+def _can_encode(qtype: GGMLType) -> bool:
+    if qtype in _FLOAT_TYPES:
+        return True
+    from kernels.encoders import ENCODERS
+    return qtype in ENCODERS
+
+
 def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bits, rounding to nearest even; NaN stays a quiet NaN (as ggml)."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -248,7 +255,7 @@ def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
                    token_embedding_type: "GGMLType | str | int | None" = None,
                    tensor_types: Iterable[tuple[str, Any]] | Mapping[str, Any] = (),
                    leave_output_tensor: bool = False, pure: bool = False,
-                   allow_requantize: bool = False,
+                   allow_requantize: bool = False, dry_run: bool = False,
                    override_kv: Iterable["KVOverride | str"] = (),
                    log: Callable[[str], None] | None = None,
                    progress: bool = False) -> QuantizeResult:
@@ -266,7 +273,7 @@ def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
     emit = log or (lambda s: None)
     if not os.path.exists(in_path):
         raise QuantizeError(f"input model {in_path!r} does not exist")
-    if _same_file(in_path, out_path):
+    if not dry_run and _same_file(in_path, out_path):
         raise QuantizeError(f"input and output files are the same: {in_path!r}")
     include_weights, exclude_weights = list(include_weights), list(exclude_weights)
     if include_weights and exclude_weights:
@@ -292,6 +299,8 @@ def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
         plan = plan_types(tensors, model, opts)
         for msg in plan.messages:
             emit("warning: " + msg)
+        if dry_run:
+            return _dry_run(reader, plan, parsed, out_ftype, has_imatrix, emit, t0)
         if not has_imatrix:
             for name in plan.order:
                 if plan.quantizable[name] and plan.needs_imatrix[name]:
@@ -299,6 +308,16 @@ def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
                         f"this quantization requires an importance matrix (offending tensor: {name}, "
                         f"target type: {plan.types[name].name}); make one with gguf-imatrix and pass --imatrix")
 
+        else:
+            for name in plan.order:             # check every entry before any work is done
+                t = reader.tensors[name]
+                if plan.types[name] != t.type:
+                    _imatrix_for(name, t.shape, qweights, plan.needs_imatrix[name] and plan.quantizable[name],
+                                 lambda s: None)
+        missing = sorted({plan.types[n].name for n in plan.order
+                          if plan.types[n] != reader.tensors[n].type and not _can_encode(plan.types[n])})
+        if missing:
+            raise QuantizeError(f"no encoder for {', '.join(missing)}: cannot quantize to {parsed.name}")
         if not allow_requantize:
             for name in plan.order:
                 cur = reader.tensors[name].type
@@ -362,6 +381,35 @@ def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
     emit(f"quant size  = {_mib(size_after):8.2f} MiB ({res.bpw_after:.2f} BPW)")
     if plan.n_fallback:
         emit(f"WARNING: {plan.n_fallback} of {len(plan.order)} tensor(s) required fallback quantization")
+    return res
+
+
+def _dry_run(reader: GGUFReader, plan, parsed: ParsedFType, out_ftype: LlamaFileType, has_imatrix: bool,
+             emit: Callable[[str], None], t0: float) -> QuantizeResult:
+    """Sizes only: what quantizing would produce, without encoding or writing anything."""
+    emit(f"calculating quantization size for '{reader.path}' as {parsed.name}")
+    before = after = n_el = 0
+    needs = False
+    for idx, name in enumerate(plan.order, 1):
+        t = reader.tensors[name]
+        new_type = plan.types[name]
+        head = (f"[{idx:4d}/{len(plan.order):4d}] {name:<36s} - [{format_shape(t.shape)}], "
+                f"type = {t.type.name:>6s}, ")
+        if new_type != t.type:
+            size = t.n_elements // int(t.shape[-1]) * row_bytes(new_type, int(t.shape[-1]))
+            emit(head + f"size = {_mib(t.n_bytes):8.2f} MiB -> {_mib(size):8.2f} MiB ({new_type.name})")
+            needs = needs or (plan.quantizable[name] and plan.needs_imatrix[name])
+        else:
+            size = t.n_bytes
+            emit(head + f"size = {_mib(size):8.3f} MiB")
+        before, after, n_el = before + t.n_bytes, after + size, n_el + t.n_elements
+    res = QuantizeResult("", out_ftype, dict(plan.types), len(plan.order), n_el, before, after,
+                         plan.n_fallback, time.perf_counter() - t0)
+    emit(f"model size  = {_mib(before):8.2f} MiB ({res.bpw_before:.2f} BPW)")
+    emit(f"quant size  = {_mib(after):8.2f} MiB ({res.bpw_after:.2f} BPW)")
+    if needs and not has_imatrix:
+        emit("WARNING: dry run completed successfully, but actually completing this quantization will "
+             "require an imatrix!")
     return res
 
 

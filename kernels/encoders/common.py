@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 F = np.float32
 
@@ -19,40 +21,23 @@ GROUP_MAX_EPS = F(1e-15)
 MAGIC = F(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer, half to even
 
 
-@njit(cache=True, error_model="numpy")
-def f32(v):
-    return np.float32(v)
+@intrinsic
+def f32_bits(typingctx, v):
+    """The IEEE bits of a float32 as an int32 (a register bitcast, like memcpy in C)."""
+    if v != types.float32:
+        return None
+    sig = types.int32(types.float32)
 
-
-@njit(cache=True, error_model="numpy")
-def _nearest_int_slow(fval):
-    # Exact emulation of ggml's bit trick outside its nominal range:
-    # take the float32 bits of (fval + 1.5*2**23) and subtract the magic.
-    val = np.float32(fval + MAGIC)
-    v = float(val)
-    if v != v:  # NaN: quiet-NaN mantissa 0x400000
-        return 0
-    if math.isinf(v):
-        return -0x00400000
-    a = abs(v)
-    if a == 0.0:
-        mant = 0
-    else:
-        m, e = math.frexp(a)  # a = m * 2**e, m in [0.5, 1)
-        be = e - 1 + 127
-        if be <= 0:  # subnormal float32
-            mant = int(a * 2.0 ** 149)
-        else:
-            mant = int((m * 2.0 - 1.0) * 8388608.0)
-    return (mant & 0x007FFFFF) - 0x00400000
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return sig, codegen
 
 
 @njit(cache=True, error_model="numpy")
 def nearest_int(fval):
-    """ggml nearest_int: float32 round half to even (fval is a float32)."""
-    if abs(fval) <= F(4194303.0):
-        return int(np.rint(fval))
-    return _nearest_int_slow(fval)
+    """ggml nearest_int: add 1.5 * 2**23 in float32 and read the mantissa bits (half to even)."""
+    val = fval + MAGIC
+    return np.int64((f32_bits(val) & 0x007FFFFF) - 0x00400000)
 
 
 @njit(cache=True, error_model="numpy")
@@ -104,11 +89,6 @@ def fp16_bits_to_fp32(h):
             return np.float32(np.nan)
         return np.float32(sign * np.inf)
     return np.float32(sign * (1.0 + m / 1024.0) * 2.0 ** (e - 15))
-
-
-@njit(cache=True, error_model="numpy")
-def fp16_round(f):
-    return fp16_bits_to_fp32(fp32_to_fp16_bits(f))
 
 
 @njit(cache=True, error_model="numpy")

@@ -14,9 +14,8 @@ import numpy as np
 from numba import njit
 
 from ..iquant_tables import kvalues_iq4nl, kvalues_mxfp4
-
-from .common import (F, GROUP_MAX_EPS, best_index_int8, fp16_bits_to_fp32, fp32_to_fp16_bits,
-                     make_qkx3_quants, make_qx_quants, nearest_int, put_f16, put_u16, roundf, rows_and_weights, run_rows)
+from .common import (F, GROUP_MAX_EPS, best_index_int8, make_qkx3_quants, make_qx_quants, nearest_int,
+                     put_f16, put_u16, roundf, rows_and_weights, run_rows)
 
 KVALUES_IQ4NL = kvalues_iq4nl
 KVALUES_MXFP4 = kvalues_mxfp4
