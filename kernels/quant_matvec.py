@@ -34,7 +34,8 @@ registry's decoder into a per-thread buffer and dots them (float32, same bound).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .repack import ROW_TILE
 
@@ -56,6 +57,18 @@ def _u(i):
     """An index known to be >= 0, as uint64: Numba then emits no negative-index wraparound,
     which would otherwise stop LLVM from vectorizing the loads."""
     return np.uint64(i)
+
+
+def _scale(v):
+    """A per-block scale or offset as float32: stored as float32, or as float16 bits (uint16)."""
+    return np.float32(np.asarray(v).view(np.float16) if np.asarray(v).dtype == np.uint16 else v)
+
+
+@overload(_scale, inline="always")
+def _scale_impl(v):
+    if isinstance(v, types.Integer):
+        return lambda v: half_to_f32(v)
+    return lambda v: np.float32(v)
 
 
 @njit(cache=True)
@@ -112,7 +125,7 @@ def matvec_q4(qt, d, m, x, y):
                     p2 += f32(v & _I15) * x[o + k]
                     p3 += f32(v & _I240) * x16[o + 16 + k]
                 i = _u(b * R + l)
-                acc[l] += dt[i] * ((p0 + p1) + (p2 + p3)) + mt[i] * xsb
+                acc[l] += _scale(dt[i]) * ((p0 + p1) + (p2 + p3)) + _scale(mt[i]) * xsb
         _store_tile(acc, t, y)
 
 
@@ -147,7 +160,7 @@ def matvec_q5(qt, qh, d, m, x, y):
                     v = np.int32(q[_u(base + k * R + l)])
                     p2 += f32((v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)) * x[o + k]
                     p3 += f32((v & _I240) | (((hb >> np.int32(k + 16)) & _I1) << _I8)) * x16[o + 16 + k]
-                acc[l] += dt[i] * ((p0 + p1) + (p2 + p3)) + mt[i] * xsb
+                acc[l] += _scale(dt[i]) * ((p0 + p1) + (p2 + p3)) + _scale(mt[i]) * xsb
         _store_tile(acc, t, y)
 
 
@@ -174,7 +187,7 @@ def matvec_q8(qt, d, x, y):
                 for k in range(16, 24):
                     p2 += f32(q[_u(base + k * R + l)]) * x[o + k]
                     p3 += f32(q[_u(base + (k + 8) * R + l)]) * x[o + 8 + k]
-                acc[l] += dt[_u(b * R + l)] * ((p0 + p1) + (p2 + p3))
+                acc[l] += _scale(dt[_u(b * R + l)]) * ((p0 + p1) + (p2 + p3))
         _store_tile(acc, t, y)
 
 
@@ -319,8 +332,8 @@ def decode_q4(qt, d, m, off, ids, out):
         q = qt[t]
         o = out[i]
         for b in range(nb):
-            db = d[t, b * R + l]
-            mb = m[t, b * R + l]
+            db = _scale(d[t, b * R + l])
+            mb = _scale(m[t, b * R + l])
             for k in range(16):
                 v = np.int32(q[(b * 16 + k) * R + l])
                 lo = v & _I15
@@ -344,8 +357,8 @@ def decode_q5(qt, qh, d, m, off, ids, out):
         q = qt[t]
         o = out[i]
         for b in range(nb):
-            db = d[t, b * R + l]
-            mb = m[t, b * R + l]
+            db = _scale(d[t, b * R + l])
+            mb = _scale(m[t, b * R + l])
             hb = qh[t, b * R + l]
             for k in range(16):
                 v = np.int32(q[(b * 16 + k) * R + l])
@@ -369,7 +382,7 @@ def decode_q8(qt, d, ids, out):
         q = qt[t]
         o = out[i]
         for b in range(nb):
-            db = d[t, b * R + l]
+            db = _scale(d[t, b * R + l])
             for k in range(32):
                 o[32 * b + k] = f32(q[(b * 32 + k) * R + l]) * db
 

@@ -317,7 +317,30 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
     else:
         for f in [pool().submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
             f.result()
+    if kind != "q6":
+        _halve_scales(p)
     return p
+
+
+def _halve_scales(p: Packed) -> None:
+    """Store d and m as float16 bits (uint16) when that is lossless (always for the legacy
+    types' own fp16 fields, unless -8d / -16d overflows): fewer bytes per token to stream.
+    The kernels read either form (quant_matvec._scale)."""
+    keys = [k for k in ("d", "m") if k in p.arrays]
+    halves = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in keys:
+            a = p.arrays[k]
+            h = a.astype(np.float16)
+            if not np.array_equal(h.astype(np.float32), a):     # inexact, overflow or NaN
+                return
+            halves[k] = h.view(np.uint16)
+    p.arrays.update(halves)
+
+
+def _as_f32_scales(a: np.ndarray) -> np.ndarray:
+    """Per-block scales in float32 whichever way they are stored."""
+    return a.view(np.float16).astype(np.float32) if a.dtype == np.uint16 else a
 
 
 def concat(packs: list[Packed]) -> Packed:
@@ -332,6 +355,8 @@ def concat(packs: list[Packed]) -> Packed:
     nb = first.cols // 32
     for k in first.arrays:
         parts = [p.arrays[k] for p in packs]
+        if len({a.dtype for a in parts}) > 1:       # some parts keep float32 scales: all do
+            parts = [_as_f32_scales(a) for a in parts]
         if tiled and not aligned:       # re-tile: row-major copies, stacked, tiled again
             out.arrays[k] = _tile(np.concatenate([_untile(a, p.rows, nb) for a, p in zip(parts, packs)]))
         else:                           # whole tiles (or plain rows) stack as they are

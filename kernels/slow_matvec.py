@@ -47,22 +47,31 @@ _QUARTER = np.float32(0.25)
 # --------------------------------------------------------------------------- float tables (built once)
 
 
-def _sign_rows(patterns: np.ndarray) -> np.ndarray:
-    """Sign bytes -> flat float32 rows of 8 factors: bit j set -> -1.0, else +1.0."""
-    bits = (patterns.astype(np.int32)[:, None] >> np.arange(8)) & 1
-    return np.ascontiguousarray((1 - 2 * bits).astype(np.float32).reshape(-1))
+def _signed_scales(patterns: np.ndarray) -> np.ndarray:
+    """Sign bytes x 4-bit scales s -> uint64 words of 8 int8 lanes: lane j = +-(2 s + 1), negative
+    where bit j of the sign byte is set.  Entry 16 * pattern + s."""
+    bits = (patterns.astype(np.int32)[:, None] >> np.arange(8)) & 1            # (n, 8)
+    odd = 2 * np.arange(16, dtype=np.int32) + 1                                  # (16,)
+    lanes = (1 - 2 * bits)[:, None, :] * odd[None, :, None]                      # (n, 16, 8)
+    return np.ascontiguousarray(lanes.astype(np.int8)).view(np.uint64).reshape(-1)
 
 
-# grid tables, flat: entry i occupies [8 i, 8 i + 8) (or [4 i, 4 i + 4) for the 4-wide grids)
-G_IQ2XXS = np.ascontiguousarray(iq2xxs_grid_u8.astype(np.float32).reshape(-1))
-G_IQ2XS = np.ascontiguousarray(iq2xs_grid_u8.astype(np.float32).reshape(-1))
-G_IQ2S = np.ascontiguousarray(iq2s_grid_u8.astype(np.float32).reshape(-1))
-G_IQ3XXS = np.ascontiguousarray(iq3xxs_grid_u8.astype(np.float32).reshape(-1))
-G_IQ3S = np.ascontiguousarray(iq3s_grid_u8.astype(np.float32).reshape(-1))
-G_IQ1S = np.ascontiguousarray(iq1s_grid_i8.astype(np.float32).reshape(-1))
-# sign rows: S7 indexed by the 7-bit ksigns index, S8 by a raw sign byte
-S7 = _sign_rows(ksigns_iq2xs)
-S8 = _sign_rows(np.arange(256))
+def _words(grid_bytes: np.ndarray, dtype) -> np.ndarray:
+    """(n, 8) or (n, 4) grid bytes -> one native word per entry (byte j stays lane j when viewed back)."""
+    return np.ascontiguousarray(grid_bytes).view(dtype).reshape(-1)
+
+
+# grid entries as words: 8 lanes (uint64) or 4 lanes (uint32) of magnitudes (IQ1: int8 -1/0/+1)
+GR_IQ2XXS = _words(iq2xxs_grid_u8, np.uint64)
+GR_IQ2XS = _words(iq2xs_grid_u8, np.uint64)
+GR_IQ2S = _words(iq2s_grid_u8, np.uint64)
+GR_IQ1S = _words(iq1s_grid_i8, np.uint64)
+GR_IQ3XXS = _words(iq3xxs_grid_u8, np.uint32)
+GR_IQ3S = _words(iq3s_grid_u8, np.uint32)
+# signed odd scales: SS7 indexed by 16 * (7-bit ksigns index) + s, SS8 by 16 * (sign byte) + s
+SS7 = _signed_scales(ksigns_iq2xs)
+SS8 = _signed_scales(np.arange(256))
+_BYTES1 = np.uint64(0x0101010101010101)   # a small integer times this: the integer in all 8 lanes
 KV_IQ4 = kvalues_iq4nl.astype(np.float32)
 KV_FP4 = kvalues_mxfp4.astype(np.float32)
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.int32)
@@ -97,180 +106,6 @@ def _nchunks(rows):
 
 
 @njit(cache=True, inline="always", fastmath=True)
-def _dec_q2_k(src, o, buf, n8):
-    d = f16_at(src, o + 80)
-    dmin = f16_at(src, o + 82)
-    for h in range(2):
-        for k in range(4):
-            sh = np.int32(2 * k)
-            for half in range(2):
-                s = 8 * h + 2 * k + half
-                sc = np.int32(src[_u(o + s)])
-                dl = d * f32(sc & _I15)
-                ml = dmin * f32(sc >> _I4)
-                q = o + 16 + 32 * h + 16 * half
-                y = 16 * s
-                for l in range(2 * n8):
-                    v = (np.int32(src[_u(q + l)]) >> sh) & _I3
-                    buf[_u(y + l)] = dl * f32(v) - ml
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_q3_k(src, o, buf, n8):
-    d = f16_at(src, o + 108)
-    sc_o = o + 96
-    for h in range(2):
-        for k in range(4):
-            sh = np.int32(2 * k)
-            hb = np.int32(4 * h + k)
-            for half in range(2):
-                s = 8 * h + 2 * k + half
-                g = s >> 2
-                low = (np.int32(src[_u(sc_o + (s & 3) + 4 * (g & 1))]) >> np.int32(4 * (g >> 1))) & _I15
-                high = (np.int32(src[_u(sc_o + 8 + (s & 3))]) >> np.int32(2 * g)) & _I3
-                dl = d * f32((low | (high << _I4)) - np.int32(32))
-                q = o + 32 + 32 * h + 16 * half
-                m = o + 16 * half
-                y = 16 * s
-                for l in range(2 * n8):
-                    v = (np.int32(src[_u(q + l)]) >> sh) & _I3
-                    hi = (np.int32(src[_u(m + l)]) >> hb) & _I1
-                    buf[_u(y + l)] = dl * f32(v - _I4 + (hi << np.int32(2)))
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_iq2_xxs(src, o, buf, n8):
-    d = f16_at(src, o)
-    for ib in range(8):
-        qo = o + 2 + 8 * ib
-        aux = u32_at(src, qo + 4)
-        db = d * (_HALF + f32(aux >> 28)) * _QUARTER
-        for l in range(4):
-            gi = _u(8 * np.int32(src[_u(qo + l)]))
-            si = _u(8 * np.int32((aux >> np.uint32(7 * l)) & np.uint32(127)))
-            y = 32 * ib + 8 * l
-            for j in range(n8):
-                buf[_u(y + j)] = db * G_IQ2XXS[gi + _u(j)] * S7[si + _u(j)]
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_iq2_xs(src, o, buf, n8):
-    d = f16_at(src, o)
-    for ib in range(8):
-        sc = np.int32(src[_u(o + 66 + ib)])
-        db0 = d * (_HALF + f32(sc & _I15)) * _QUARTER
-        db1 = d * (_HALF + f32(sc >> _I4)) * _QUARTER
-        for l in range(4):
-            q = np.int32(u16_at(src, o + 2 + 2 * (4 * ib + l)))
-            gi = _u(8 * (q & np.int32(511)))
-            si = _u(8 * (q >> np.int32(9)))
-            db = db0 if l < 2 else db1
-            y = 32 * ib + 8 * l
-            for j in range(n8):
-                buf[_u(y + j)] = db * G_IQ2XS[gi + _u(j)] * S7[si + _u(j)]
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_iq2_s(src, o, buf, n8):
-    d = f16_at(src, o)
-    for ib in range(8):
-        sc = np.int32(src[_u(o + 74 + ib)])
-        db0 = d * (_HALF + f32(sc & _I15)) * _QUARTER
-        db1 = d * (_HALF + f32(sc >> _I4)) * _QUARTER
-        qh = np.int32(src[_u(o + 66 + ib)])
-        for l in range(4):
-            idx = np.int32(src[_u(o + 2 + 4 * ib + l)]) | ((qh << np.int32(8 - 2 * l)) & np.int32(0x300))
-            gi = _u(8 * idx)
-            si = _u(8 * np.int32(src[_u(o + 34 + 4 * ib + l)]))
-            db = db0 if l < 2 else db1
-            y = 32 * ib + 8 * l
-            for j in range(n8):
-                buf[_u(y + j)] = db * G_IQ2S[gi + _u(j)] * S8[si + _u(j)]
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_iq3_xxs(src, o, buf, n8):
-    d = f16_at(src, o)
-    for ib in range(8):
-        aux = u32_at(src, o + 66 + 4 * ib)
-        db = d * (_HALF + f32(aux >> 28)) * _HALF
-        qo = o + 2 + 8 * ib
-        for l in range(4):
-            si = _u(8 * np.int32((aux >> np.uint32(7 * l)) & np.uint32(127)))
-            g1 = _u(4 * np.int32(src[_u(qo + 2 * l)]))
-            g2 = _u(4 * np.int32(src[_u(qo + 2 * l + 1)]))
-            y = 32 * ib + 8 * l
-            for j in range(n8 // 2):
-                buf[_u(y + j)] = db * G_IQ3XXS[g1 + _u(j)] * S7[si + _u(j)]
-            for j in range(n8 // 2):
-                buf[_u(y + 4 + j)] = db * G_IQ3XXS[g2 + _u(j)] * S7[si + _u(4 + j)]
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_iq3_s(src, o, buf, n8):
-    d = f16_at(src, o)
-    for ib in range(8):
-        sc = np.int32(src[_u(o + 106 + ib // 2)])
-        s = (sc & _I15) if ib % 2 == 0 else (sc >> _I4)
-        db = d * f32(_I1 + 2 * s)
-        qh = np.int32(src[_u(o + 66 + ib)])
-        qo = o + 2 + 8 * ib
-        for l in range(4):
-            i1 = np.int32(src[_u(qo + 2 * l)]) | ((qh << np.int32(8 - 2 * l)) & np.int32(256))
-            i2 = np.int32(src[_u(qo + 2 * l + 1)]) | ((qh << np.int32(7 - 2 * l)) & np.int32(256))
-            g1 = _u(4 * i1)
-            g2 = _u(4 * i2)
-            si = _u(8 * np.int32(src[_u(o + 74 + 4 * ib + l)]))
-            y = 32 * ib + 8 * l
-            for j in range(n8 // 2):
-                buf[_u(y + j)] = db * G_IQ3S[g1 + _u(j)] * S8[si + _u(j)]
-            for j in range(n8 // 2):
-                buf[_u(y + 4 + j)] = db * G_IQ3S[g2 + _u(j)] * S8[si + _u(4 + j)]
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_iq1_s(src, o, buf, n8):
-    d = f16_at(src, o)
-    for ib in range(8):
-        qh = np.int32(u16_at(src, o + 34 + 2 * ib))
-        dl = d * f32(2 * ((qh >> np.int32(12)) & _I7) + 1)
-        delta = -IQ1S_DELTA if qh & np.int32(0x8000) else IQ1S_DELTA
-        dd = dl * delta
-        for l in range(4):
-            idx = np.int32(src[_u(o + 2 + 4 * ib + l)]) | (((qh >> np.int32(3 * l)) & _I7) << np.int32(8))
-            gi = _u(8 * idx)
-            y = 32 * ib + 8 * l
-            for j in range(n8):
-                buf[_u(y + j)] = dl * G_IQ1S[gi + _u(j)] + dd
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_iq1_m(src, o, buf, n8):
-    s0 = u16_at(src, o + 48)
-    s1 = u16_at(src, o + 50)
-    s2 = u16_at(src, o + 52)
-    s3 = u16_at(src, o + 54)
-    d = f16_bits_to_f32((s0 >> 12) | ((s1 >> 8) & 0x00F0) | ((s2 >> 4) & 0x0F00) | (s3 & 0xF000))
-    for ib in range(8):
-        sc = np.int32(u16_at(src, o + 48 + 2 * (ib // 2)))
-        sh = np.int32(6 * (ib % 2))
-        dl1 = d * f32(2 * ((sc >> sh) & _I7) + 1)
-        dl2 = d * f32(2 * ((sc >> (sh + _I3)) & _I7) + 1)
-        for l in range(4):
-            qh = np.int32(src[_u(o + 32 + 2 * ib + l // 2)])
-            hi = (qh << np.int32(8)) if l % 2 == 0 else (qh << _I4)
-            idx = np.int32(src[_u(o + 4 * ib + l)]) | (hi & np.int32(0x700))
-            neg = (qh & np.int32(0x08)) if l % 2 == 0 else (qh & np.int32(0x80))
-            delta = -IQ1S_DELTA if neg else IQ1S_DELTA
-            dl = dl1 if l < 2 else dl2
-            dd = dl * delta
-            gi = _u(8 * idx)
-            y = 32 * ib + 8 * l
-            for j in range(n8):
-                buf[_u(y + j)] = dl * G_IQ1S[gi + _u(j)] + dd
-
-
-@njit(cache=True, inline="always", fastmath=True)
 def _dec_iq4_xs(src, o, buf, n8):
     d = f16_at(src, o)
     sh = np.int32(u16_at(src, o + 2))
@@ -284,38 +119,6 @@ def _dec_iq4_xs(src, o, buf, n8):
             b = np.int32(src[_u(q + j)])
             buf[_u(y + j)] = dl * KV_IQ4[_u(b & _I15)]
             buf[_u(y + 16 + j)] = dl * KV_IQ4[_u(b >> _I4)]
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_tq1_0(src, o, buf, n8):
-    d = f16_at(src, o + 52)
-    for n in range(5):
-        p = _POW3[n]
-        for m in range(4 * n8):
-            q = (np.int32(src[_u(o + m)]) * p) & _I255
-            buf[_u(32 * n + m)] = f32(((q * _I3) >> np.int32(8)) - _I1) * d
-    for n in range(5):
-        p = _POW3[n]
-        for m in range(2 * n8):
-            q = (np.int32(src[_u(o + 32 + m)]) * p) & _I255
-            buf[_u(160 + 16 * n + m)] = f32(((q * _I3) >> np.int32(8)) - _I1) * d
-    for n in range(4):
-        p = _POW3[n]
-        for j in range(n8 // 2):
-            q = (np.int32(src[_u(o + 48 + j)]) * p) & _I255
-            buf[_u(240 + 4 * n + j)] = f32(((q * _I3) >> np.int32(8)) - _I1) * d
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_tq2_0(src, o, buf, n8):
-    d = f16_at(src, o + 64)
-    for h in range(2):
-        for l in range(4):
-            sh = np.int32(2 * l)
-            y = 128 * h + 32 * l
-            for m in range(4 * n8):
-                q = (np.int32(src[_u(o + 32 * h + m)]) >> sh) & _I3
-                buf[_u(y + m)] = f32(q - _I1) * d
 
 
 # 32-weight blocks: decode blocks [b0, b0 + n) of the row into buf[0:32 n]
@@ -342,24 +145,93 @@ def _dec_mxfp4(src, b0, n, buf, n8):
             buf[_u(32 * i + 16 + j)] = KV_FP4[_u(b >> _I4)] * d
 
 
-# --------------------------------------------------------------------------- kernels
-# One per type (so that only the types in use get compiled).  raw (rows, row_bytes) uint8,
-# x (cols,) f32, y (rows,) f32.  Super-block types: ts bytes per 256 weights.
+# --------------------------------------------------------------------------- k-quants and ternary, integer dots
+# Q2_K: block = d * sum_k f32(q_k * scale_k) x_k - dmin * sum_s min_s * (sum of x over sub-block s);
+# Q3_K: block = d * sum_k f32(q_k * (scale_k - 32)) x_k; TQ: block = d * sum_k f32(q_k - 1) x_k.
+# The 4- or 6-bit sub-block scales are first spread over 256 int8 lanes (two uint64 words per
+# 16 weights), so every dot runs over 32 contiguous weights with no buffer of decoded floats.
+
+
+@njit(cache=True)
+def _x_sums16(x):
+    """(cols,) -> (cols // 16,) sums of x over each 16 weights."""
+    n = x.size // 16
+    out = np.empty(n, np.float32)
+    for g in range(n):
+        acc = f32(0)
+        for j in range(16):
+            acc += x[16 * g + j]
+        out[g] = acc
+    return out
+
+
+@njit(cache=True, inline="always")
+def _q2dot(src, qo, sh, sc8, lo, x, xo, n):
+    """sum_l f32(((src[qo + l] >> sh) & 3) * sc8[lo + l]) * x[xo + l], l < n."""
+    acc = f32(0)
+    for l in range(n):
+        q = (np.int32(src[_u(qo + l)]) >> sh) & _I3
+        acc += f32(q * np.int32(sc8[_u(lo + l)])) * x[_u(xo + l)]
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _q3dot(src, qo, sh, mo, hb, sc8, lo, x, xo, n):
+    """As _q2dot with q = low 2 bits - 4 + 4 * (bit hb of the hmask byte src[mo + l])."""
+    acc = f32(0)
+    for l in range(n):
+        q = (np.int32(src[_u(qo + l)]) >> sh) & _I3
+        h = (np.int32(src[_u(mo + l)]) >> hb) & _I1
+        acc += f32((q - _I4 + (h << np.int32(2))) * np.int32(sc8[_u(lo + l)])) * x[_u(xo + l)]
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _tq2dot(src, qo, sh, x, xo, n):
+    acc = f32(0)
+    for m in range(n):
+        q = (np.int32(src[_u(qo + m)]) >> sh) & _I3
+        acc += f32(q - _I1) * x[_u(xo + m)]
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _tq1dot(src, qo, p, x, xo, n):
+    """Digit (p = 3^n) of each byte src[qo + m], minus 1, dotted with x[xo + m]."""
+    acc = f32(0)
+    for m in range(n):
+        q = (np.int32(src[_u(qo + m)]) * p) & _I255
+        acc += f32(((q * _I3) >> np.int32(8)) - _I1) * x[_u(xo + m)]
+    return acc
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q2_k(raw, x, y, n8):
     rows = raw.shape[0]
     nb = x.size // 256
+    xs16 = _x_sums16(x)
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        scq = np.empty(32, np.uint64)
+        sc8 = scq.view(np.uint8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_q2_k(src, 84 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                o = 84 * i
+                msum = f32(0)
+                for s in range(16):
+                    b = np.int64(src[_u(o + s)])
+                    w = np.uint64(b & 15) * _BYTES1
+                    scq[2 * s] = w
+                    scq[2 * s + 1] = w
+                    msum += f32(b >> 4) * xs16[16 * i + s]
+                qsum = f32(0)
+                for h in range(2):
+                    for k in range(4):
+                        lo = 128 * h + 32 * k
+                        qsum += _q2dot(src, o + 16 + 32 * h, np.int32(2 * k), sc8, lo, x, 256 * i + lo, 4 * n8)
+                acc += f16_at(src, o + 80) * qsum - f16_at(src, o + 82) * msum
             y[r] = acc
 
 
@@ -369,14 +241,213 @@ def matvec_q3_k(raw, x, y, n8):
     nb = x.size // 256
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        scq = np.empty(32, np.uint64)
+        sc8 = scq.view(np.int8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_q3_k(src, 110 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                o = 110 * i
+                sc_o = o + 96
+                for s in range(16):
+                    g = s >> 2
+                    low = (np.int64(src[_u(sc_o + (s & 3) + 4 * (g & 1))]) >> (4 * (g >> 1))) & 15
+                    high = (np.int64(src[_u(sc_o + 8 + (s & 3))]) >> (2 * g)) & 3
+                    w = np.uint64(((low | (high << 4)) - 32) & 255) * _BYTES1   # int8 lanes
+                    scq[2 * s] = w
+                    scq[2 * s + 1] = w
+                qsum = f32(0)
+                for h in range(2):
+                    for k in range(4):
+                        lo = 128 * h + 32 * k
+                        qsum += _q3dot(src, o + 32 + 32 * h, np.int32(2 * k), o, np.int32(4 * h + k),
+                                       sc8, lo, x, 256 * i + lo, 4 * n8)
+                acc += f16_at(src, o + 108) * qsum
             y[r] = acc
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_tq2_0(raw, x, y, n8):
+    rows = raw.shape[0]
+    nb = x.size // 256
+    nch = _nchunks(rows)
+    for c in prange(nch):
+        for r in range(c * rows // nch, (c + 1) * rows // nch):
+            src = raw[r]
+            acc = f32(0)
+            for i in range(nb):
+                o = 66 * i
+                qsum = f32(0)
+                for h in range(2):
+                    for l in range(4):
+                        qsum += _tq2dot(src, o + 32 * h, np.int32(2 * l), x, 256 * i + 128 * h + 32 * l, 4 * n8)
+                acc += f16_at(src, o + 64) * qsum
+            y[r] = acc
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_tq1_0(raw, x, y, n8):
+    rows = raw.shape[0]
+    nb = x.size // 256
+    nch = _nchunks(rows)
+    for c in prange(nch):
+        for r in range(c * rows // nch, (c + 1) * rows // nch):
+            src = raw[r]
+            acc = f32(0)
+            for i in range(nb):
+                o = 54 * i
+                xo = 256 * i
+                qsum = f32(0)
+                for n in range(5):
+                    qsum += _tq1dot(src, o, _POW3[n], x, xo + 32 * n, 4 * n8)
+                for n in range(5):
+                    qsum += _tq1dot(src, o + 32, _POW3[n], x, xo + 160 + 16 * n, 2 * n8)
+                for n in range(4):
+                    qsum += _tq1dot(src, o + 48, _POW3[n], x, xo + 240 + 4 * n, n8 // 2)
+                acc += f16_at(src, o + 52) * qsum
+            y[r] = acc
+
+
+# --------------------------------------------------------------------------- lattice (grid) types
+# Every lattice weight is  d * (2 s + 1) * grid * sign  (IQ1: d * (2 s + 1) * (grid + delta)) with
+# small integers, up to a per-type power of two.  Per 256-weight block a scalar pass writes,
+# for each group of 8 weights, one word of 8 grid lanes (gq) and one word of 8 signed-scale lanes
+# (sq, from the SS tables); the dot then runs over 256 contiguous lanes:
+#     block = factor * sum_k f32(g_k * s_k) x_k
+# (vpmovzxbd / vpmovsxbd, vpmulld, vcvtdq2ps, vfmadd over 8 lanes).  IQ1's shift delta adds
+# factor * 0.125 * sum_groups (+-(2 s + 1)) * (sum of x over the group), with the group sums of x
+# computed once per call.
+
+
+@njit(cache=True, inline="always")
+def _idot(g8, s8, x, off, n):
+    acc = f32(0)
+    for k in range(n):
+        acc += f32(np.int32(g8[k]) * np.int32(s8[k])) * x[_u(off + k)]
+    return acc
+
+
+@njit(cache=True)
+def _x_sums8(x):
+    """(cols,) -> (cols // 8,) sums of x over each group of 8."""
+    n = x.size // 8
+    out = np.empty(n, np.float32)
+    for g in range(n):
+        acc = f32(0)
+        for j in range(8):
+            acc += x[8 * g + j]
+        out[g] = acc
+    return out
+
+
+@njit(cache=True, inline="always")
+def _grp_iq2_xxs(src, o, gq, sq):
+    for ib in range(8):
+        qo = o + 2 + 8 * ib
+        aux = u32_at(src, qo + 4)
+        s = np.int64(aux >> np.uint32(28))
+        for l in range(4):
+            gq[4 * ib + l] = GR_IQ2XXS[_u(src[_u(qo + l)])]
+            sq[4 * ib + l] = SS7[_u(16 * np.int64((aux >> np.uint32(7 * l)) & np.uint32(127)) + s)]
+    return f16_at(src, o) * f32(0.125)          # d (0.5 + s) / 4 = d (2 s + 1) / 8
+
+
+@njit(cache=True, inline="always")
+def _grp_iq2_xs(src, o, gq, sq):
+    for ib in range(8):
+        sc = np.int64(src[_u(o + 66 + ib)])
+        for l in range(4):
+            q = np.int64(u16_at(src, o + 2 + 2 * (4 * ib + l)))
+            s = (sc & 15) if l < 2 else (sc >> 4)
+            gq[4 * ib + l] = GR_IQ2XS[_u(q & 511)]
+            sq[4 * ib + l] = SS7[_u(16 * (q >> 9) + s)]
+    return f16_at(src, o) * f32(0.125)
+
+
+@njit(cache=True, inline="always")
+def _grp_iq2_s(src, o, gq, sq):
+    for ib in range(8):
+        sc = np.int64(src[_u(o + 74 + ib)])
+        qh = np.int64(src[_u(o + 66 + ib)])
+        for l in range(4):
+            s = (sc & 15) if l < 2 else (sc >> 4)
+            idx = np.int64(src[_u(o + 2 + 4 * ib + l)]) | ((qh << (8 - 2 * l)) & 0x300)
+            gq[4 * ib + l] = GR_IQ2S[_u(idx)]
+            sq[4 * ib + l] = SS8[_u(16 * np.int64(src[_u(o + 34 + 4 * ib + l)]) + s)]
+    return f16_at(src, o) * f32(0.125)
+
+
+@njit(cache=True, inline="always")
+def _grp_iq3_xxs(src, o, g32, sq):
+    for ib in range(8):
+        aux = u32_at(src, o + 66 + 4 * ib)
+        s = np.int64(aux >> np.uint32(28))
+        qo = o + 2 + 8 * ib
+        for l in range(4):
+            g = 4 * ib + l
+            g32[2 * g] = GR_IQ3XXS[_u(src[_u(qo + 2 * l)])]
+            g32[2 * g + 1] = GR_IQ3XXS[_u(src[_u(qo + 2 * l + 1)])]
+            sq[g] = SS7[_u(16 * np.int64((aux >> np.uint32(7 * l)) & np.uint32(127)) + s)]
+    return f16_at(src, o) * f32(0.25)           # d (0.5 + s) / 2 = d (2 s + 1) / 4
+
+
+@njit(cache=True, inline="always")
+def _grp_iq3_s(src, o, g32, sq):
+    for ib in range(8):
+        sc = np.int64(src[_u(o + 106 + ib // 2)])
+        s = (sc & 15) if ib % 2 == 0 else (sc >> 4)
+        qh = np.int64(src[_u(o + 66 + ib)])
+        qo = o + 2 + 8 * ib
+        for l in range(4):
+            g = 4 * ib + l
+            i1 = np.int64(src[_u(qo + 2 * l)]) | ((qh << (8 - 2 * l)) & 256)
+            i2 = np.int64(src[_u(qo + 2 * l + 1)]) | ((qh << (7 - 2 * l)) & 256)
+            g32[2 * g] = GR_IQ3S[_u(i1)]
+            g32[2 * g + 1] = GR_IQ3S[_u(i2)]
+            sq[g] = SS8[_u(16 * np.int64(src[_u(o + 74 + 4 * ib + l)]) + s)]
+    return f16_at(src, o)                       # d (1 + 2 s)
+
+
+@njit(cache=True, inline="always")
+def _grp_iq1_s(src, o, gq, sq, xs8, g0):
+    """Returns (d, sum over groups of +-(2 s + 1) * group sum of x); g0 = first group of the block in xs8."""
+    dsum = f32(0)
+    for ib in range(8):
+        qh = np.int64(u16_at(src, o + 34 + 2 * ib))
+        m = 2 * ((qh >> 12) & 7) + 1
+        sm = np.uint64(m) * _BYTES1
+        xg = xs8[g0 + 4 * ib] + xs8[g0 + 4 * ib + 1] + xs8[g0 + 4 * ib + 2] + xs8[g0 + 4 * ib + 3]
+        dsum += f32(-m if qh & 0x8000 else m) * xg
+        for l in range(4):
+            idx = np.int64(src[_u(o + 2 + 4 * ib + l)]) | (((qh >> (3 * l)) & 7) << 8)
+            gq[4 * ib + l] = GR_IQ1S[_u(idx)]
+            sq[4 * ib + l] = sm
+    return f16_at(src, o), dsum
+
+
+@njit(cache=True, inline="always")
+def _grp_iq1_m(src, o, gq, sq, xs8, g0):
+    s0 = u16_at(src, o + 48)
+    s1 = u16_at(src, o + 50)
+    s2 = u16_at(src, o + 52)
+    s3 = u16_at(src, o + 54)
+    d = f16_bits_to_f32((s0 >> 12) | ((s1 >> 8) & 0x00F0) | ((s2 >> 4) & 0x0F00) | (s3 & 0xF000))
+    dsum = f32(0)
+    for ib in range(8):
+        sc = np.int64(u16_at(src, o + 48 + 2 * (ib // 2)))
+        sh = 6 * (ib % 2)
+        m1 = 2 * ((sc >> sh) & 7) + 1
+        m2 = 2 * ((sc >> (sh + 3)) & 7) + 1
+        for l in range(4):
+            qh = np.int64(src[_u(o + 32 + 2 * ib + l // 2)])
+            hi = (qh << 8) if l % 2 == 0 else (qh << 4)
+            idx = np.int64(src[_u(o + 4 * ib + l)]) | (hi & 0x700)
+            neg = (qh & 0x08) if l % 2 == 0 else (qh & 0x80)
+            m = m1 if l < 2 else m2
+            dsum += f32(-m if neg else m) * xs8[g0 + 4 * ib + l]
+            gq[4 * ib + l] = GR_IQ1S[_u(idx)]
+            sq[4 * ib + l] = np.uint64(m) * _BYTES1
+    return d, dsum
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -385,13 +456,16 @@ def matvec_iq2_xxs(raw, x, y, n8):
     nb = x.size // 256
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        gq = np.empty(32, np.uint64)
+        sq = np.empty(32, np.uint64)
+        g8 = gq.view(np.uint8)
+        s8 = sq.view(np.int8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_iq2_xxs(src, 66 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                f = _grp_iq2_xxs(src, 66 * i, gq, sq)
+                acc += f * _idot(g8, s8, x, 256 * i, 32 * n8)
             y[r] = acc
 
 
@@ -401,13 +475,16 @@ def matvec_iq2_xs(raw, x, y, n8):
     nb = x.size // 256
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        gq = np.empty(32, np.uint64)
+        sq = np.empty(32, np.uint64)
+        g8 = gq.view(np.uint8)
+        s8 = sq.view(np.int8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_iq2_xs(src, 74 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                f = _grp_iq2_xs(src, 74 * i, gq, sq)
+                acc += f * _idot(g8, s8, x, 256 * i, 32 * n8)
             y[r] = acc
 
 
@@ -417,13 +494,16 @@ def matvec_iq2_s(raw, x, y, n8):
     nb = x.size // 256
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        gq = np.empty(32, np.uint64)
+        sq = np.empty(32, np.uint64)
+        g8 = gq.view(np.uint8)
+        s8 = sq.view(np.int8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_iq2_s(src, 82 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                f = _grp_iq2_s(src, 82 * i, gq, sq)
+                acc += f * _idot(g8, s8, x, 256 * i, 32 * n8)
             y[r] = acc
 
 
@@ -433,13 +513,16 @@ def matvec_iq3_xxs(raw, x, y, n8):
     nb = x.size // 256
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        g32 = np.empty(64, np.uint32)
+        sq = np.empty(32, np.uint64)
+        g8 = g32.view(np.uint8)
+        s8 = sq.view(np.int8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_iq3_xxs(src, 98 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                f = _grp_iq3_xxs(src, 98 * i, g32, sq)
+                acc += f * _idot(g8, s8, x, 256 * i, 32 * n8)
             y[r] = acc
 
 
@@ -449,13 +532,16 @@ def matvec_iq3_s(raw, x, y, n8):
     nb = x.size // 256
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        g32 = np.empty(64, np.uint32)
+        sq = np.empty(32, np.uint64)
+        g8 = g32.view(np.uint8)
+        s8 = sq.view(np.int8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_iq3_s(src, 110 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                f = _grp_iq3_s(src, 110 * i, g32, sq)
+                acc += f * _idot(g8, s8, x, 256 * i, 32 * n8)
             y[r] = acc
 
 
@@ -463,15 +549,19 @@ def matvec_iq3_s(raw, x, y, n8):
 def matvec_iq1_s(raw, x, y, n8):
     rows = raw.shape[0]
     nb = x.size // 256
+    xs8 = _x_sums8(x)
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        gq = np.empty(32, np.uint64)
+        sq = np.empty(32, np.uint64)
+        g8 = gq.view(np.int8)
+        s8 = sq.view(np.uint8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_iq1_s(src, 50 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                d, dsum = _grp_iq1_s(src, 50 * i, gq, sq, xs8, 32 * i)
+                acc += d * (_idot(g8, s8, x, 256 * i, 32 * n8) + IQ1S_DELTA * dsum)
             y[r] = acc
 
 
@@ -479,16 +569,25 @@ def matvec_iq1_s(raw, x, y, n8):
 def matvec_iq1_m(raw, x, y, n8):
     rows = raw.shape[0]
     nb = x.size // 256
+    xs8 = _x_sums8(x)
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        gq = np.empty(32, np.uint64)
+        sq = np.empty(32, np.uint64)
+        g8 = gq.view(np.int8)
+        s8 = sq.view(np.uint8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_iq1_m(src, 56 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                d, dsum = _grp_iq1_m(src, 56 * i, gq, sq, xs8, 32 * i)
+                acc += d * (_idot(g8, s8, x, 256 * i, 32 * n8) + IQ1S_DELTA * dsum)
             y[r] = acc
+
+
+# --------------------------------------------------------------------------- kernels
+# One per type (so that only the types in use get compiled).  raw (rows, row_bytes) uint8,
+# x (cols,) f32, y (rows,) f32.  Super-block types: ts bytes per 256 weights.
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -503,38 +602,6 @@ def matvec_iq4_xs(raw, x, y, n8):
             acc = f32(0)
             for i in range(nb):
                 _dec_iq4_xs(src, 136 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
-            y[r] = acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_tq1_0(raw, x, y, n8):
-    rows = raw.shape[0]
-    nb = x.size // 256
-    nch = _nchunks(rows)
-    for c in prange(nch):
-        buf = np.empty(256, np.float32)
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            src = raw[r]
-            acc = f32(0)
-            for i in range(nb):
-                _dec_tq1_0(src, 54 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
-            y[r] = acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_tq2_0(raw, x, y, n8):
-    rows = raw.shape[0]
-    nb = x.size // 256
-    nch = _nchunks(rows)
-    for c in prange(nch):
-        buf = np.empty(256, np.float32)
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            src = raw[r]
-            acc = f32(0)
-            for i in range(nb):
-                _dec_tq2_0(src, 66 * i, buf, n8)
                 acc += _dot(buf, x, 256 * i, 32 * n8)
             y[r] = acc
 

@@ -182,3 +182,12 @@ def test_scalar_helpers():
     want = vals.astype(np.float16).view(np.uint16)
     got = np.array([fp32_to_fp16_bits(v) for v in vals], np.uint16)
     np.testing.assert_array_equal(got, want)
+
+
+def test_module_and_function_share_the_name():
+    """After `import kernels.quantize` (the module), kernels.quantize(...) still quantizes."""
+    import importlib
+    mod = importlib.import_module("kernels.quantize")
+    x = np.ones((1, 32), np.float32)
+    np.testing.assert_array_equal(mod(x, "Q8_0"), mod.quantize(x, "Q8_0"))
+    np.testing.assert_array_equal(kernels.quantize(x, "Q8_0"), mod.quantize(x, "Q8_0"))

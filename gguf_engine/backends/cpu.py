@@ -23,6 +23,7 @@ PARALLEL_ATTENTION_MIN_WORK = 1 << 20
 class CPUBackend(Backend):
     name = "CPU"
     xp = np
+    copies_weights = True      # kernels.Weight repacks the tensor bytes; it keeps no view of the file
 
     def __init__(self, n_threads: int | None = None):
         self.set_threads(n_threads)

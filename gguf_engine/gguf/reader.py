@@ -336,6 +336,16 @@ class GGUFReader:
         except KeyError:
             raise GGUFError(f"{self.path}: no tensor named {name!r}") from None
 
+    def release_pages(self) -> None:
+        """Tell the OS the mapped file pages read so far are no longer needed (they stay
+        valid: a later access reads them back).  For callers that copied the tensors."""
+        m = getattr(self, "_map", None)
+        if m is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                m.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         """Release the file.  Views handed out earlier keep the map alive until they are collected."""
         self.tensors = {}

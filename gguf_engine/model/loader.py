@@ -125,4 +125,7 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
         blocks.append(b)
 
     tf = Transformer(config, backend, token_embd, output_norm, output, blocks, int(n_ctx), cache_type)
+    # the backend holds its own copies of the weights: the file's pages need not stay resident
+    if getattr(backend, "copies_weights", False) and hasattr(reader, "release_pages"):
+        reader.release_pages()
     return Model(tf, reader, n_batch, owns, n_gpu_layers=0)
