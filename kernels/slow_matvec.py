@@ -1,25 +1,30 @@
 """Fused matvec y = W x for the types without a repacked layout, straight from the GGML bytes.
 
 Types: Q2_K, Q3_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS,
-TQ1_0, TQ2_0, MXFP4.  ``MATVEC[type](raw, x, y)`` with raw (rows, row_bytes) uint8 (the
-tensor's own bytes, untouched), x (cols,) float32, y (rows,) float32.
+TQ1_0, TQ2_0, MXFP4.  ``slow_matvec(raw, qtype, x, y)`` with raw (rows, row_bytes) uint8 (the
+tensor's own bytes, untouched: no repack, no extra memory), x (cols,) float32, y (rows,) float32.
 
-How: parallel over rows (``prange`` over row chunks; each chunk owns a 256-float
-buffer).  Per 256 weights of a row the kernel decodes into the buffer, then dots the
-buffer with x.  The decoders here are written for the vectorizer rather than for bit
-exactness (the exact decoders in kquants/iquants/ternary stay the reference):
+Parallel over rows (``prange`` over row chunks, each with its own small scratch arrays); each
+row is a loop over its 256-weight blocks.  Written for LLVM's loop vectorizer (Numba does not
+run the SLP vectorizer, so only loops vectorize, and only loops LLVM does not fully unroll: the
+inner trip counts are derived from an argument, ``n8`` = 8, instead of written as constants):
 
-* lattice grids and sign patterns come from float32 tables built once at import
-  (one grid row = 8 (or 4) weights, one sign row = 8 factors of +-1.0), so each group of
-  8 weights is two contiguous 32-byte loads and two multiplies, with no branch on signs;
-* bit-field types (Q2_K, Q3_K, TQ1_0, TQ2_0) decode 16-32 contiguous bytes per inner
-  loop with int32 shifts and masks, which LLVM vectorizes;
-* the 16-entry value tables (IQ4_NL, IQ4_XS, MXFP4) are looked up per nibble.
+* k-quants and ternary types (Q2_K, Q3_K, TQ1_0, TQ2_0): the integer quants are extracted from
+  32 contiguous bytes per inner loop with int32 shifts and masks and dotted with x directly;
+  the sub-block scales are first spread over 256 int8 lanes, so a block is one integer-scaled
+  dot times the fp16 super-block scale (Q2_K's mins use the per-call sums of x over 16).
+* lattice types (IQ1_*, IQ2_*, IQ3_*): every weight is d * (2 s + 1) * grid * sign (IQ1: plus a
+  shift delta) up to a power of two.  A scalar pass per block copies one 8-lane grid word and one
+  8-lane signed-scale word per 8 weights (tables built once at import); the dot then runs over
+  256 contiguous int8 lanes (no branch on signs, no float decode).
+* 16-entry value tables (IQ4_NL, IQ4_XS, MXFP4): decoded per nibble into a 256-float buffer,
+  then dotted with x.
 
-Arithmetic: float32 with ``fastmath`` (FMA, reassociated sums).  Each row is computed by
-one thread in a fixed order, so results do not depend on the thread count.  Error bound
-(the tests use it): ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` with W the exact dequantization
-and W x in float64.
+Arithmetic: integer lane products (exact), float32 sums with ``fastmath`` (FMA, reassociated).
+Each row is computed by one thread in a fixed order, so results do not depend on the thread
+count.  Error bound (the tests use it): ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` with W the exact
+dequantization (kquants/iquants/ternary decoders, which stay the bit-exact reference) and W x
+in float64.
 
 Each kernel is compiled (and cached) the first time its type is used.
 """
