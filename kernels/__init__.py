@@ -18,7 +18,7 @@ from .types import GGMLType  # noqa: E402
 _EXPORTS = {
     "dequantize": ".dequantize",
     "QTYPES": ".registry", "QuantType": ".registry", "get_qtype": ".registry",
-    "quantize": ".quantize",
+    "quantize": ".quantizer",
     "get_num_threads": ".threads", "set_num_threads": ".threads",
     "Weight": ".weight", "fused_matvec": ".weight", "matvec": ".weight", "matmul": ".weight",
 }

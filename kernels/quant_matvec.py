@@ -64,7 +64,7 @@ def _scale(v):
     return np.float32(np.asarray(v).view(np.float16) if np.asarray(v).dtype == np.uint16 else v)
 
 
-@overload(_scale, inline="always")
+@overload(_scale)
 def _scale_impl(v):
     if isinstance(v, types.Integer):
         return lambda v: half_to_f32(v)

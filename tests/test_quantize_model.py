@@ -185,7 +185,7 @@ def test_expert_tensors_use_their_own_imatrix_rows(tmp_path):
     """A 3D expert tensor (n_expert, rows, cols) is quantized expert by expert, each with its own slice of
     the imatrix, byte-identical to quantizing the slices directly; 1D tensors stay F32."""
     from gguf_engine.gguf.writer import GGUFWriter
-    from kernels.quantize import quantize
+    from kernels import quantize
 
     rng = np.random.default_rng(1)
     experts = rng.standard_normal((2, 8, 256)).astype(np.float32)          # (n_expert, rows, cols)

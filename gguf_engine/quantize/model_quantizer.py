@@ -124,7 +124,7 @@ def _kernel_quantize(x: np.ndarray, qtype: GGMLType, imatrix: np.ndarray | None)
         return np.ascontiguousarray(x.astype(np.float16)).view(np.uint8)   # round to nearest even
     if qtype == GGMLType.BF16:
         return _f32_to_bf16(x).view(np.uint8)
-    from kernels.quantize import quantize
+    from kernels import quantize
     return quantize(x, qtype, imatrix=imatrix)
 
 

@@ -1,9 +1,6 @@
 """Public quantization entry point: float32 rows -> one GGML type's raw bytes."""
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 
 from .types import BLOCK_SIZES, GGMLType, as_type  # noqa: F401  (GGMLType: annotation)
@@ -53,15 +50,3 @@ def quantize(x: np.ndarray, qtype: "GGMLType | int | str", imatrix: np.ndarray |
     if n_rows == 0:
         return np.zeros((0, n_per_row // bs * BLOCK_SIZES[t][1]), np.uint8)
     return enc(x, imatrix)
-
-
-class _CallableModule(types.ModuleType):
-    """This module shares its name with its function: importing ``kernels.quantize`` as a module
-    makes the package attribute ``kernels.quantize`` the module, so the module is callable too
-    and ``kernels.quantize(x, qtype, imatrix)`` works whichever import came first."""
-
-    def __call__(self, x, qtype, imatrix=None):
-        return quantize(x, qtype, imatrix)
-
-
-sys.modules[__name__].__class__ = _CallableModule
