@@ -23,7 +23,9 @@ unrolled inside it.  Details that keep the code vector and fast:
   partial sums of a block stay four independent FMA chains (with reassociation LLVM
   merges them into one chain and the loop becomes FMA-latency bound);
 * the high nibble is taken as ``v & 0xF0`` times ``x / 16`` (exact: a power-of-two
-  scaling) instead of ``v >> 4``, which Numba widens to int64 lanes;
+  scaling) instead of ``v >> 4``, and the 5th / top bits by bit tests (``w & (1 << k)``)
+  instead of ``w >> k``: Numba widens those shifts to int64 lanes (half-width vectors
+  plus packing shuffles);
 * indices are uint64 (``_u``) so Numba emits no negative-index wraparound.
 
 The exact decoders (``decode_*``: rows -> float32 for ``Weight.rows``/``dequantize``
@@ -48,6 +50,9 @@ _I32 = np.int32(32)
 _I512 = np.int32(512)
 _I3 = np.int32(3)
 _I1 = np.int32(1)
+_I0 = np.int32(0)
+_I16 = np.int32(16)
+_I256 = np.int32(256)
 # Float flags of the tiled kernels: fused multiply-add, no reassociation (see the module docstring).
 _FM = {"contract", "nsz", "arcp", "afn"}
 
@@ -82,6 +87,15 @@ def _x_prep(x):
             s += x[32 * b + k]
         xs[b] = s
     return x * f32(0.0625), xs
+
+
+@njit(cache=True, inline="always")
+def _top2(word, k, unit):
+    """unit * (bits 2k..2k+1 of word), by bit tests rather than shifts: Numba widens a
+    variable int32 shift to int64 lanes, which stops the 8-wide vector code."""
+    lo = unit if word & np.int32(1 << (2 * k)) else _I0
+    hi = (unit + unit) if word & np.int32(2 << (2 * k)) else _I0
+    return lo | hi
 
 
 @njit(cache=True, inline="always")
@@ -154,12 +168,12 @@ def matvec_q5(qt, qh, d, m, x, y):
                 p3 = f32(0)
                 for k in range(8):
                     v = np.int32(q[_u(base + k * R + l)])
-                    p0 += f32((v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)) * x[o + k]
-                    p1 += f32((v & _I240) | (((hb >> np.int32(k + 16)) & _I1) << _I8)) * x16[o + 16 + k]
+                    p0 += f32((v & _I15) | (_I16 if hb & np.int32(1 << k) else _I0)) * x[o + k]
+                    p1 += f32((v & _I240) | (_I256 if hb & np.int32(1 << (k + 16)) else _I0)) * x16[o + 16 + k]
                 for k in range(8, 16):
                     v = np.int32(q[_u(base + k * R + l)])
-                    p2 += f32((v & _I15) | (((hb >> np.int32(k)) & _I1) << _I4)) * x[o + k]
-                    p3 += f32((v & _I240) | (((hb >> np.int32(k + 16)) & _I1) << _I8)) * x16[o + 16 + k]
+                    p2 += f32((v & _I15) | (_I16 if hb & np.int32(1 << k) else _I0)) * x[o + k]
+                    p3 += f32((v & _I240) | (_I256 if hb & np.int32(1 << (k + 16)) else _I0)) * x16[o + 16 + k]
                 acc[l] += _scale(dt[i]) * ((p0 + p1) + (p2 + p3)) + _scale(mt[i]) * xsb
         _store_tile(acc, t, y)
 
@@ -217,12 +231,12 @@ def matvec_q6(qt, hl, hh, sl, sh, x, y):
                 p3 = f32(0)
                 for k in range(8):
                     v = np.int32(q[_u(base + k * R + l)])
-                    p0 += f32(((v & _I15) | (((a >> np.int32(2 * k)) & _I3) << _I4)) - _I32) * x[o + k]
-                    p1 += f32(((v & _I240) | (((c >> np.int32(2 * k)) & _I3) << _I8)) - _I512) * x16[o + 16 + k]
+                    p0 += f32(((v & _I15) | _top2(a, k, _I16)) - _I32) * x[o + k]
+                    p1 += f32(((v & _I240) | _top2(c, k, _I256)) - _I512) * x16[o + 16 + k]
                 for k in range(8, 16):
                     v = np.int32(q[_u(base + k * R + l)])
-                    p2 += f32(((v & _I15) | (((a >> np.int32(2 * k)) & _I3) << _I4)) - _I32) * x[o + k]
-                    p3 += f32(((v & _I240) | (((c >> np.int32(2 * k)) & _I3) << _I8)) - _I512) * x16[o + 16 + k]
+                    p2 += f32(((v & _I15) | _top2(a, k, _I16)) - _I32) * x[o + k]
+                    p3 += f32(((v & _I240) | _top2(c, k, _I256)) - _I512) * x16[o + 16 + k]
                 acc[l] += slt[i] * (p0 + p2) + sht[i] * (p1 + p3)
         _store_tile(acc, t, y)
 

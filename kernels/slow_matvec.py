@@ -42,14 +42,9 @@ f32 = np.float32
 _I1 = np.int32(1)
 _I3 = np.int32(3)
 _I4 = np.int32(4)
-_I7 = np.int32(7)
-_I15 = np.int32(15)
-_I127 = np.int32(127)
 _I255 = np.int32(255)
-_HALF = np.float32(0.5)
-_QUARTER = np.float32(0.25)
 
-# --------------------------------------------------------------------------- float tables (built once)
+# --------------------------------------------------------------------------- lane tables (built once at import)
 
 
 def _signed_scales(patterns: np.ndarray) -> np.ndarray:
@@ -77,8 +72,6 @@ GR_IQ3S = _words(iq3s_grid_u8, np.uint32)
 SS7 = _signed_scales(ksigns_iq2xs)
 SS8 = _signed_scales(np.arange(256))
 _BYTES1 = np.uint64(0x0101010101010101)   # a small integer times this: the integer in all 8 lanes
-KV_IQ4 = kvalues_iq4nl.astype(np.float32)
-KV_FP4 = kvalues_mxfp4.astype(np.float32)
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.int32)
 # The kernels take the group width 8 as an argument (``n8``) rather than as a constant: LLVM
 # fully unrolls short constant-bound loops into scalar code (Numba does not run the SLP
@@ -93,61 +86,9 @@ def _u(i):
 
 
 @njit(cache=True, inline="always")
-def _dot(buf, x, off, n):
-    acc = f32(0)
-    for j in range(n):
-        acc += buf[j] * x[_u(off + j)]
-    return acc
-
-
-@njit(cache=True, inline="always")
 def _nchunks(rows):
-    """Row chunks for prange (each allocates one small buffer); results do not depend on it."""
+    """Row chunks for prange (each allocates its small scratch arrays once); results do not depend on it."""
     return min(rows, 64)
-
-
-# --------------------------------------------------------------------------- block decoders -> buf[0:256]
-# src: one row's bytes, o: byte offset of the block, buf: float32 (256,).
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_iq4_xs(src, o, buf, n8):
-    d = f16_at(src, o)
-    sh = np.int32(u16_at(src, o + 2))
-    for ib in range(8):
-        ls = ((np.int32(src[_u(o + 4 + ib // 2)]) >> np.int32(4 * (ib % 2))) & _I15) \
-            | (((sh >> np.int32(2 * ib)) & _I3) << _I4)
-        dl = d * f32(ls - np.int32(32))
-        q = o + 8 + 16 * ib
-        y = 32 * ib
-        for j in range(2 * n8):
-            b = np.int32(src[_u(q + j)])
-            buf[_u(y + j)] = dl * KV_IQ4[_u(b & _I15)]
-            buf[_u(y + 16 + j)] = dl * KV_IQ4[_u(b >> _I4)]
-
-
-# 32-weight blocks: decode blocks [b0, b0 + n) of the row into buf[0:32 n]
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_iq4_nl(src, b0, n, buf, n8):
-    for i in range(n):
-        o = 18 * (b0 + i)
-        d = f16_at(src, o)
-        for j in range(2 * n8):
-            b = np.int32(src[_u(o + 2 + j)])
-            buf[_u(32 * i + j)] = d * KV_IQ4[_u(b & _I15)]
-            buf[_u(32 * i + 16 + j)] = d * KV_IQ4[_u(b >> _I4)]
-
-
-@njit(cache=True, inline="always", fastmath=True)
-def _dec_mxfp4(src, b0, n, buf, n8):
-    for i in range(n):
-        o = 17 * (b0 + i)
-        d = e8m0_half_to_f32(src[_u(o)])
-        for j in range(2 * n8):
-            b = np.int32(src[_u(o + 1 + j)])
-            buf[_u(32 * i + j)] = KV_FP4[_u(b & _I15)] * d
-            buf[_u(32 * i + 16 + j)] = KV_FP4[_u(b >> _I4)] * d
 
 
 # --------------------------------------------------------------------------- k-quants and ternary, integer dots
@@ -590,24 +531,76 @@ def matvec_iq1_m(raw, x, y, n8):
             y[r] = acc
 
 
-# --------------------------------------------------------------------------- kernels
-# One per type (so that only the types in use get compiled).  raw (rows, row_bytes) uint8,
-# x (cols,) f32, y (rows,) f32.  Super-block types: ts bytes per 256 weights.
+# --------------------------------------------------------------------------- 16-entry value tables
+# IQ4_NL, IQ4_XS, MXFP4: quant byte j of a 32-weight block holds weights j (low nibble) and
+# j + 16 (high nibble).  One lookup of the whole byte in a 256-entry table gives both values as
+# a pair of int8 lanes (one 16-bit store); the lanes are therefore in the order
+# (j, j + 16) for j < 16, and x is permuted to match once per call (``_x_pairs``).  The dot then
+# runs over contiguous lanes (IQ4_XS: times its int8 scale lanes).
+
+
+def _pair_table(values: np.ndarray) -> np.ndarray:
+    """byte -> (values[low nibble], values[high nibble]) as two int8 lanes in one native uint16."""
+    b = np.arange(256)
+    pairs = np.stack([values[b & 15], values[b >> 4]], axis=1).astype(np.int8)   # (256, 2)
+    return np.ascontiguousarray(pairs).view(np.uint16).reshape(-1)
+
+
+PAIR_IQ4 = _pair_table(kvalues_iq4nl)
+PAIR_FP4 = _pair_table(kvalues_mxfp4)
+
+
+@njit(cache=True)
+def _x_pairs(x):
+    """x (32 nb,) -> xp with xp[32 b + 2 j] = x[32 b + j], xp[32 b + 2 j + 1] = x[32 b + 16 + j]."""
+    xp = np.empty_like(x)
+    for b in range(x.size // 32):
+        for j in range(16):
+            xp[32 * b + 2 * j] = x[32 * b + j]
+            xp[32 * b + 2 * j + 1] = x[32 * b + 16 + j]
+    return xp
+
+
+@njit(cache=True, inline="always")
+def _ldot(g8, lo, x, xo, n):
+    """sum_l f32(g8[lo + l]) * x[xo + l], l < n."""
+    acc = f32(0)
+    for l in range(n):
+        acc += f32(g8[_u(lo + l)]) * x[_u(xo + l)]
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _nibbles(src, q, g16, lo, pairs):
+    """The 16 bytes at src[q:] -> 32 int8 lanes (16 pairs) at g16[lo:lo + 16]."""
+    for j in range(16):
+        g16[_u(lo + j)] = pairs[src[_u(q + j)]]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_iq4_xs(raw, x, y, n8):
     rows = raw.shape[0]
     nb = x.size // 256
+    xp = _x_pairs(x)
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        g16 = np.empty(128, np.uint16)
+        g8 = g16.view(np.int8)
+        scq = np.empty(32, np.uint64)
+        sc8 = scq.view(np.int8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for i in range(nb):
-                _dec_iq4_xs(src, 136 * i, buf, n8)
-                acc += _dot(buf, x, 256 * i, 32 * n8)
+                o = 136 * i
+                sh = np.int64(u16_at(src, o + 2))
+                for ib in range(8):
+                    ls = ((np.int64(src[_u(o + 4 + ib // 2)]) >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4)
+                    w = np.uint64((ls - 32) & 255) * _BYTES1      # int8 lanes of (scale - 32)
+                    for k in range(4):
+                        scq[4 * ib + k] = w
+                    _nibbles(src, o + 8 + 16 * ib, g16, 16 * ib, PAIR_IQ4)
+                acc += f16_at(src, o) * _idot(g8, sc8, xp, 256 * i, 32 * n8)
             y[r] = acc
 
 
@@ -615,16 +608,20 @@ def matvec_iq4_xs(raw, x, y, n8):
 def matvec_iq4_nl(raw, x, y, n8):
     rows = raw.shape[0]
     nb = x.size // 32
+    xp = _x_pairs(x)
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        g16 = np.empty(128, np.uint16)
+        g8 = g16.view(np.int8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for b0 in range(0, nb, 8):
                 n = min(8, nb - b0)
-                _dec_iq4_nl(src, b0, n, buf, n8)
-                acc += _dot(buf, x, 32 * b0, 32 * n)
+                for k in range(n):
+                    _nibbles(src, 18 * (b0 + k) + 2, g16, 16 * k, PAIR_IQ4)
+                for k in range(n):
+                    acc += f16_at(src, 18 * (b0 + k)) * _ldot(g8, 32 * k, xp, 32 * (b0 + k), 4 * n8)
             y[r] = acc
 
 
@@ -632,16 +629,21 @@ def matvec_iq4_nl(raw, x, y, n8):
 def matvec_mxfp4(raw, x, y, n8):
     rows = raw.shape[0]
     nb = x.size // 32
+    xp = _x_pairs(x)
     nch = _nchunks(rows)
     for c in prange(nch):
-        buf = np.empty(256, np.float32)
+        g16 = np.empty(128, np.uint16)
+        g8 = g16.view(np.int8)
         for r in range(c * rows // nch, (c + 1) * rows // nch):
             src = raw[r]
             acc = f32(0)
             for b0 in range(0, nb, 8):
                 n = min(8, nb - b0)
-                _dec_mxfp4(src, b0, n, buf, n8)
-                acc += _dot(buf, x, 32 * b0, 32 * n)
+                for k in range(n):
+                    _nibbles(src, 17 * (b0 + k) + 1, g16, 16 * k, PAIR_FP4)
+                for k in range(n):
+                    d = e8m0_half_to_f32(src[_u(17 * (b0 + k))])
+                    acc += d * _ldot(g8, 32 * k, xp, 32 * (b0 + k), 4 * n8)
             y[r] = acc
 
 

@@ -160,9 +160,9 @@ def test_matmul_tiles_and_batch_512(monkeypatch):
 
 @pytest.mark.parametrize("name", ["Q5_0", "Q4_1"])
 def test_concat_and_fused_matvec(name):
-    """Weight.concat stacks rows: its outputs match the parts' (within tolerance; Q4 kernels pair
-    rows, and odd part sizes shift the pairing, which may move the last bit), split() and
-    fused_matvec agree; mixed types refuse to stack."""
+    """Weight.concat stacks rows (part sizes that are not whole row tiles: re-tiled): its matvec
+    outputs are bit-identical to the parts' (every row is computed alone, in a fixed order),
+    split() and fused_matvec agree; mixed types refuse to stack."""
     rng = np.random.default_rng(4)
     parts = [Weight(random_tensor(name, r, 256, rng), name, (r, 256)) for r in (63, 17, 16)]
     x = rng.standard_normal(256).astype(np.float32)
@@ -172,6 +172,7 @@ def test_concat_and_fused_matvec(name):
     for y, p, yf in zip(ys, parts, kernels.fused_matvec(parts, x)):
         W64 = p.dequantize().astype(np.float64)
         assert_close(y, W64, x, "concat matvec")
+        assert bits_equal(y, p.matvec(x))
         assert bits_equal(yf, p.matvec(x))
     X = rng.standard_normal((6, 256)).astype(np.float32)
     for Y, p in zip(Wc.split(Wc.matmul(X)), parts):
@@ -181,6 +182,33 @@ def test_concat_and_fused_matvec(name):
     assert not Weight.can_concat([parts[0], other])
     with pytest.raises(ValueError):
         Weight.concat([parts[0], other])
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q5_0", "Q8_0"])
+def test_scale_storage_and_aligned_concat(name):
+    """Scales are kept as float16 when that is exact and as float32 when not (Q4_0/Q5_0's -8d
+    overflowing float16, here d = 16384 in one part); both forms decode bit-exactly, multiply
+    within tolerance, and stack (whole row tiles, 32 + 64 rows, and a mixed-storage concat)."""
+    rng = np.random.default_rng(8)
+    ok = random_tensor(name, 32, 256, rng)
+    big = random_tensor(name, 64, 256, rng)
+    bs, ts = BLOCK_SIZES[as_type(name)]
+    blocks = big.reshape(-1, ts)
+    blocks[::7, 0:2] = np.array([16384.0], np.float16).view(np.uint8)   # a few huge scales
+    parts = [Weight(ok, name, (32, 256)), Weight(big, name, (64, 256))]
+    assert parts[0].packed.arrays["d"].dtype == np.uint16            # exact in float16
+    if name != "Q8_0":                           # Q8_0 has no offset that could overflow
+        assert parts[1].packed.arrays["d"].dtype == np.float32
+    x = rng.standard_normal(256).astype(np.float32)
+    for p, data in zip(parts, (ok, big)):
+        check_weight(p, kernels.dequantize(data, name, p.shape), rng, batches=(1,), what=name)
+    Wc = Weight.concat(parts)
+    assert bits_equal(Wc.dequantize(), np.concatenate([p.dequantize() for p in parts]))
+    for y, p in zip(Wc.split(Wc.matvec(x)), parts):
+        # same storage as the part: bit-identical; float16 part widened to float32: within tolerance
+        if Wc.packed.arrays["d"].dtype == p.packed.arrays["d"].dtype:
+            assert bits_equal(y, p.matvec(x))
+        assert_close(y, p.dequantize().astype(np.float64), x, f"{name} mixed-storage concat")
 
 
 def test_errors_are_clear():

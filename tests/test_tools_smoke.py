@@ -72,6 +72,9 @@ def test_bench_quantize_table_gives_ratios():
     """The speed table states medians and the ours/llama.cpp ratio of wall and CPU seconds (2 decimals)."""
     bq = _load("bench_quantize")
     rows = [{"type": "Q4_K_M", "ours_wall": [20.0, 30.0, 25.0], "ours_cpu": [18.0, 19.0, 20.0],
-             "ref_wall": [10.0, 12.0, 11.0], "ref_cpu": [9.0, 10.0, 11.0]}]
+             "ours_own": [3.0, 4.0, 5.0], "ref_wall": [10.0, 12.0, 11.0], "ref_cpu": [9.0, 10.0, 11.0],
+             "ref_own": [2.0, 2.0, 2.5]}]
     table = bq.format_table(rows, 2)
-    assert "| Q4_K_M | 11.00 (10.0-12.0) | 25.00 (20.0-30.0) | 2.27x | 10.00 | 19.00 | 1.90x |" in table
+    assert ("| Q4_K_M | 11.00 (10.0-12.0) | 25.00 (20.0-30.0) | 2.27x | 10.00 | 19.00 | 1.90x "
+            "| 2.00 | 4.00 | 2.00x |") in table
+    assert bq._QUANTIZE_TIME.search("main: quantize time =  9012.50 ms").group(1) == "9012.50"

@@ -11,8 +11,10 @@ ours, ...) so that load from other programs hits both.  One untimed run of ours 
 that Numba's compilation cache is filled; the timed runs load compiled kernels from it.
 
 The table gives, per type, the median wall-clock seconds of each, the ratio ours/llama.cpp,
-and the CPU seconds (user + system) of each: on a busy machine CPU time is the steadier of the
-two, wall time is what a user waits.  The spread (min-max) of the wall times shows the noise.
+the CPU seconds (user + system) of each, and the quantize time each command reports itself
+(``quantize time = ... ms``: the work without process start-up, imports and Numba's loading of
+compiled kernels).  On a busy machine CPU time is the steadier measure; wall time is what a
+user waits.  The spread (min-max) of the wall times shows the noise.
 Without --llama-quantize only our side is measured.  Output files go to --workdir (a temporary
 directory by default) and are removed.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -37,14 +40,19 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed_run(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run a command to completion; (wall seconds, CPU seconds). Raises with its output on failure."""
+_QUANTIZE_TIME = re.compile(r"quantize time =\s*([0-9.]+) ms")
+
+
+def timed_run(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
+    """Run a command to completion; (wall seconds, CPU seconds, the quantize time it reports itself,
+    which leaves out process start-up). Raises with its output on failure."""
     cpu0, t0 = _children_cpu(), time.perf_counter()
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     if p.returncode != 0:
         raise RuntimeError(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stdout[-3000:]}")
-    return wall, cpu
+    m = _QUANTIZE_TIME.search(p.stdout)
+    return wall, cpu, (float(m.group(1)) / 1000 if m else float("nan"))
 
 
 def our_command(model: str, out: str, qtype: str, threads: int, imatrix: str | None) -> list[str]:
@@ -81,8 +89,9 @@ def bench(model: str, types: list[str], threads: int, rounds: int, llama_quantiz
                 log(f"{qtype}: round {r + 1}: llama-quantize {ref[-1][0]:.2f} s wall, {ref[-1][1]:.2f} s CPU")
             ours.append(timed_run(our_command(model, out_ours, qtype, threads, imatrix), env))
             log(f"{qtype}: round {r + 1}: ours           {ours[-1][0]:.2f} s wall, {ours[-1][1]:.2f} s CPU")
-        row = {"type": qtype, "ours_wall": [w for w, _ in ours], "ours_cpu": [c for _, c in ours],
-               "ref_wall": [w for w, _ in ref], "ref_cpu": [c for _, c in ref],
+        row = {"type": qtype, "ours_wall": [m[0] for m in ours], "ours_cpu": [m[1] for m in ours],
+               "ours_own": [m[2] for m in ours],
+               "ref_wall": [m[0] for m in ref], "ref_cpu": [m[1] for m in ref], "ref_own": [m[2] for m in ref],
                "ours_bytes": os.path.getsize(out_ours),
                "ref_bytes": os.path.getsize(out_ref) if ref else None}
         rows.append(row)
@@ -97,17 +106,22 @@ def _spread(v: list[float]) -> str:
 
 
 def format_table(rows: list[dict], threads: int) -> str:
+    """Medians per type. 'own' is the quantize time each command reports (no process start-up)."""
     lines = [f"| type | llama-quantize s (wall, range) | ours s (wall, range) | ratio wall | "
-             f"llama-quantize CPU s | ours CPU s | ratio CPU |  ({threads} threads, medians)",
-             "|---|---|---|---|---|---|---|"]
+             f"llama-quantize CPU s | ours CPU s | ratio CPU | llama-quantize own s | ours own s | ratio own |"
+             f"  ({threads} threads, medians)",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ow, oc = statistics.median(r["ours_wall"]), statistics.median(r["ours_cpu"])
+        oo = statistics.median(r.get("ours_own") or [float("nan")])
         if r["ref_wall"]:
             rw, rc = statistics.median(r["ref_wall"]), statistics.median(r["ref_cpu"])
+            ro = statistics.median(r.get("ref_own") or [float("nan")])
             lines.append(f"| {r['type']} | {rw:.2f} ({_spread(r['ref_wall'])}) | {ow:.2f} ({_spread(r['ours_wall'])}) "
-                         f"| {ow / rw:.2f}x | {rc:.2f} | {oc:.2f} | {oc / rc:.2f}x |")
+                         f"| {ow / rw:.2f}x | {rc:.2f} | {oc:.2f} | {oc / rc:.2f}x | {ro:.2f} | {oo:.2f} | {oo / ro:.2f}x |")
         else:
-            lines.append(f"| {r['type']} | - | {ow:.2f} ({_spread(r['ours_wall'])}) | - | - | {oc:.2f} | - |")
+            lines.append(f"| {r['type']} | - | {ow:.2f} ({_spread(r['ours_wall'])}) | - | - | {oc:.2f} | - "
+                         f"| - | {oo:.2f} | - |")
     return "\n".join(lines)
 
 

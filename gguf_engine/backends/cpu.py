@@ -52,7 +52,7 @@ class CPUBackend(Backend):
         return [g[0] if len(g) == 1 else W.concat(g) for g in groups]
 
     def upload_array(self, arr):
-        return np.ascontiguousarray(arr, dtype=np.float32)
+        return np.array(arr, dtype=np.float32, order="C", copy=True)   # never a view of the file
 
     def kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim, cache_type):
         return KVCache(n_layer, n_ctx, n_head_kv, head_dim, cache_type, xp=np)

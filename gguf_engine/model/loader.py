@@ -94,7 +94,16 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
     d, H, Hkv, hd, ff = c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff
     T = _Tensors(reader, backend, source)
 
+    # the backend holds its own copies of the weights: the file's pages need not stay resident
+    # (dropped as loading goes, which keeps the peak near the final footprint)
+    copies = getattr(backend, "copies_weights", False) and hasattr(reader, "release_pages")
+
+    def release():
+        if copies:
+            reader.release_pages()
+
     token_embd = T.weight("token_embd.weight", (c.n_vocab, d))
+    release()
     output_norm = T.vector("output_norm.weight", (d,))
     output = token_embd if c.tied_output else T.weight("output.weight", (c.n_vocab, d))
 
@@ -123,9 +132,8 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
             b.post_attention_norm = T.vector(p + "post_attention_norm.weight", (d,))
             b.post_ffw_norm = T.vector(p + "post_ffw_norm.weight", (d,))
         blocks.append(b)
+        release()
 
     tf = Transformer(config, backend, token_embd, output_norm, output, blocks, int(n_ctx), cache_type)
-    # the backend holds its own copies of the weights: the file's pages need not stay resident
-    if getattr(backend, "copies_weights", False) and hasattr(reader, "release_pages"):
-        reader.release_pages()
+    release()
     return Model(tf, reader, n_batch, owns, n_gpu_layers=0)
