@@ -17,8 +17,9 @@ inner trip counts are derived from an argument, ``n8`` = 8, instead of written a
   shift delta) up to a power of two.  A scalar pass per block copies one 8-lane grid word and one
   8-lane signed-scale word per 8 weights (tables built once at import); the dot then runs over
   256 contiguous int8 lanes (no branch on signs, no float decode).
-* 16-entry value tables (IQ4_NL, IQ4_XS, MXFP4): decoded per nibble into a 256-float buffer,
-  then dotted with x.
+* 16-entry value tables (IQ4_NL, IQ4_XS, MXFP4): one lookup per quant byte in a 256-entry table
+  gives both of its values as a pair of int8 lanes (one 16-bit store); x is permuted once per call
+  to the pair order, and the dot runs over contiguous lanes.
 
 Arithmetic: integer lane products (exact), float32 sums with ``fastmath`` (FMA, reassociated).
 Each row is computed by one thread in a fixed order, so results do not depend on the thread

@@ -240,7 +240,7 @@ def table(res: Results, types, evaluators) -> str:
                 rel = ""
                 if q == "ours" and m and ref:
                     rel = f"{100 * (m['ppl'] / ref['ppl'] - 1):+.2f} %"
-                    if m.get("identical"):
+                    if m.get("identical") or ref.get("identical"):
                         rel += " (byte-identical file)"
                 if m:
                     lines.append(f"| {qtype} | {LABEL[q]} | {st['mib']:.1f} | {st['bpw']:.3f} | {m['ppl']:.4f} ± "
