@@ -147,8 +147,8 @@ def _tq1dot(src, qo, p, x, xo, n):
     """Digit (p = 3^n) of each byte src[qo + m], minus 1, dotted with x[xo + m]."""
     acc = f32(0)
     for m in range(n):
-        q = (np.int32(src[_u(qo + m)]) * p) & _I255
-        acc += f32(((q * _I3) >> np.int32(8)) - _I1) * x[_u(xo + m)]
+        q = np.int32(np.int32(src[_u(qo + m)]) * p) & _I255         # int32 lanes (Numba widens products)
+        acc += f32(np.int32(np.int32(q * _I3) >> np.int32(8)) - _I1) * x[_u(xo + m)]
     return acc
 
 

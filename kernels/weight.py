@@ -7,9 +7,10 @@
     F = W.dequantize()                 # (rows, cols) f32, exact (bit-identical to kernels.dequantize)
 
 rows = output features (GGUF/numpy order).  Construction copies the tensor into
-the repacked layout of repack.py (bits per weight: Q4_0/Q4_1/Q4_K 6, Q5_0/Q5_1/Q5_K 7,
-Q6_K 8, Q8_0 9, F16/BF16 16, F32 32, other types their GGUF size) and keeps no
-reference to ``data``, so the file mapping can be released afterwards.
+the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q5_0/Q5_1 6, Q8_0 8.5
+-- the GGUF sizes or within 0.5 bit, with float16 scales -- Q4_K 6, Q5_K 7, Q6_K 8,
+F16/BF16 16, F32 32, other types their GGUF size; row counts are padded to whole
+32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
 
 Fusing: ``Weight.concat([Wq, Wk, Wv])`` stacks the rows of weights of one type and
 row length into one Weight: one kernel launch and one re-layout of x instead of

@@ -156,7 +156,9 @@ def main(argv=None) -> int:
 
 
 def print_asm_summary() -> None:
-    """ymm vs scalar FMAs in the generated code of every matvec kernel that was called."""
+    """ymm vs scalar FMAs in the generated code of every matvec kernel specialization that was
+    called, and the count of int64-lane shifts/widenings (vpsrlq, vpmovzxbq): non-zero means
+    a bit-field extraction fell back to half-width vectors."""
     import re
     import importlib
     from numba import njit
@@ -166,12 +168,16 @@ def print_asm_summary() -> None:
         f = getattr(mv, name)
         if not f.signatures:
             continue
-        fresh = njit(parallel=True, fastmath=True)(f.py_func)   # cached code cannot be inspected
-        fresh.compile(f.signatures[0])
-        asm = fresh.inspect_asm(f.signatures[0])
-        ymm = len(re.findall(r"vfmadd\w+\s+[^\n]*ymm", asm))
-        scalar = len(re.findall(r"vfmadd\w+ss\s", asm))
-        print(f"{name:14} ymm FMAs {ymm:4d}   scalar FMAs {scalar:4d}")
+        opts = {k: v for k, v in f.targetoptions.items() if k in ("parallel", "fastmath", "nogil")}
+        fresh = njit(**opts)(f.py_func)            # cached code cannot be inspected: recompile
+        for sig in f.signatures:
+            fresh.compile(sig)
+            asm = fresh.inspect_asm(sig)
+            ymm = len(re.findall(r"vfmadd\w+\s+[^\n]*ymm", asm))
+            scalar = len(re.findall(r"vfmadd\w+ss\s", asm))
+            wide = len(re.findall(r"vpsrlq|vpmovzxbq", asm))
+            print(f"{name:14} ymm FMAs {ymm:4d}   scalar FMAs {scalar:4d}   int64-lane ops {wide:3d}   "
+                  f"({', '.join(str(getattr(a, 'dtype', a)) for a in sig[:3])})")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,61 @@ class KVCache:
 
     def reset(self) -> None:
         self.n_past = 0
+
+
+class SplitKVCache:
+    """The cache of a model whose layers live on several backends: one ``KVCache`` per run of
+    consecutive layers, each allocated by (and living on) the backend of those layers.
+
+    parts: [(first_layer, KVCache), ...] in layer order, covering every layer.  Offers the
+    ``KVCache`` interface; ``n_past`` is shared by all parts."""
+
+    def __init__(self, parts: list[tuple[int, KVCache]]):
+        if not parts or parts[0][0] != 0:
+            raise ValueError("the cache parts must start at layer 0")
+        self.parts = list(parts)
+        first = self.parts[0][1]
+        self.cache_type, self.dtype, self.n_ctx = first.cache_type, first.dtype, first.n_ctx
+        self._where: list[tuple[KVCache, int]] = []     # layer -> (part, layer index inside it)
+        for p0, part in self.parts:
+            if p0 != len(self._where):
+                raise ValueError(f"cache part starting at layer {p0} leaves a gap or overlaps")
+            self._where.extend((part, i) for i in range(part.k.shape[0]))
+        self.n_past = 0
+
+    @property
+    def n_past(self) -> int:
+        return self.parts[0][1].n_past
+
+    @n_past.setter
+    def n_past(self, n: int) -> None:
+        for _, part in self.parts:
+            part.n_past = n
+
+    @property
+    def n_layer(self) -> int:
+        return len(self._where)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.nbytes for _, part in self.parts)
+
+    @property
+    def n_free(self) -> int:
+        return self.n_ctx - self.n_past
+
+    def layer(self, il: int):
+        part, i = self._where[il]
+        return part.layer(i)
+
+    def store(self, il: int, pos0: int, k3, v3) -> None:
+        part, i = self._where[il]
+        part.store(i, pos0, k3, v3)
+
+    def truncate(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"cannot truncate the cache to {n} positions")
+        self.n_past = min(self.n_past, int(n))
+
+    def reset(self) -> None:
+        self.n_past = 0

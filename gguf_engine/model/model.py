@@ -19,14 +19,26 @@ class Model:
     """
 
     def __init__(self, transformer: Transformer, reader, n_batch: int, owns_reader: bool,
-                 n_gpu_layers: int = 0):
+                 n_gpu_layers: int = 0, device=None):
         self._tf = transformer
         self.config = transformer.config
-        self.backend = transformer.backend
+        self.backend = transformer.backend        # host backend
+        self.device = device                      # the backend layers are offloaded to (None: CPU only)
         self.reader = reader
         self.n_batch = int(n_batch)
-        self.n_gpu_layers = int(n_gpu_layers)    # layers actually offloaded (0: CPU only)
+        # layers actually offloaded, the output layer counting as one (as llama.cpp counts)
+        self.n_gpu_layers = int(n_gpu_layers)
         self._owns_reader = owns_reader
+
+    @property
+    def n_offloadable_layers(self) -> int:
+        """Repeating layers + the output layer."""
+        return self.config.n_layer + 1
+
+    @property
+    def offload_summary(self) -> str:
+        """``offloaded X/Y layers to GPU``, as llama.cpp reports it (Y counts the output layer)."""
+        return f"offloaded {self.n_gpu_layers}/{self.n_offloadable_layers} layers to GPU"
 
     # --- state ------------------------------------------------------------------------
     @property
@@ -86,7 +98,7 @@ class Model:
         return self._run(ids, "hidden")
 
     def _run(self, ids: np.ndarray, output: str) -> np.ndarray:
-        be = self.backend
+        be = self._tf.output_backend              # where the logits / hidden states come out
         parts = []
         n = ids.size
         for start in range(0, n, self.n_batch):
@@ -115,4 +127,6 @@ class Model:
     def __repr__(self) -> str:
         c = self.config
         return (f"Model(arch={c.arch!r}, n_layer={c.n_layer}, n_embd={c.n_embd}, n_ctx={self.n_ctx}, "
-                f"n_past={self.n_past}, backend={self.backend.name})")
+                f"n_past={self.n_past}, backend={self.backend.name}"
+                + (f", n_gpu_layers={self.n_gpu_layers} on {self.device.name}" if self.device is not None else "")
+                + ")")

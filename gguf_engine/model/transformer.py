@@ -14,6 +14,12 @@ size, ff = FFN width):
 
 Everything numerical goes through the backend; this module only sequences it.
 The residual add and the following norm are one backend call.
+
+Layer offload: each ``Block`` names the backend that holds its weights and its part
+of the KV cache.  The token embedding is looked up on the host backend; the output
+norm and matmul run on ``output_backend``.  Activations cross between backends only
+where the backend changes (host -> device before the first offloaded layer, back
+to the host for the final hidden states or logits), never per layer.
 """
 from __future__ import annotations
 
@@ -47,7 +53,11 @@ class Block:
     post_ffw_norm: Any = None      # (d,)         gemma3
     # per-layer attention settings
     sliding_window: int = 0
-    rope: Any = None               # (cos, sin) tables, each (n_ctx, n_rot/2)
+    rope: Any = None               # (cos, sin) tables, each (n_ctx, n_rot/2), on this layer's backend
+    # placement
+    backend: Any = None            # the backend holding this layer (None: the transformer's host backend)
+    next_norm: Any = None          # (d,) the norm after this layer (next attn_norm, or output_norm after
+                                   # the last), on this layer's backend (None: taken from the next layer)
 
 
 def rope_tables(n_ctx: int, n_rot: int, head_dim: int, base: float, freq_scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -64,55 +74,104 @@ class Transformer:
     """Weights + KV cache + the forward pass over a chunk of new tokens."""
 
     def __init__(self, config: ModelConfig, backend, token_embd, output_norm, output, blocks: list[Block],
-                 n_ctx: int, cache_type: str = "f32"):
+                 n_ctx: int, cache_type: str = "f32", output_backend=None):
         self.config = config
-        self.backend = backend
-        self.token_embd = token_embd      # (n_vocab, d)
-        self.output_norm = output_norm    # (d,)
-        self.output = output              # (n_vocab, d); token_embd when tied
+        self.backend = backend            # host backend: token embedding, layers without a backend of their own
+        self.output_backend = output_backend if output_backend is not None else backend
+        self.token_embd = token_embd      # (n_vocab, d) on the host backend
+        self.output_norm = output_norm    # (d,) on output_backend
+        self.output = output              # (n_vocab, d) on output_backend; token_embd when tied
         self.blk = blocks
         self.n_ctx = n_ctx
-        self.cache = backend.kv_cache(config.n_layer, n_ctx, config.n_head_kv, config.head_dim, cache_type)
 
         c = config
+        for il, blk in enumerate(blocks):
+            if blk.backend is None:
+                blk.backend = backend
+            if blk.next_norm is None:
+                blk.next_norm = blocks[il + 1].attn_norm if il + 1 < len(blocks) else output_norm
+        self.cache = self._make_cache(n_ctx, cache_type)
+
         tables = {}
         for blk, swa in zip(blocks, c.swa_layers):
             key = (c.rope_freq_base_swa, c.rope_freq_scale_swa) if swa else (c.rope_freq_base, c.rope_freq_scale)
             if key not in tables:
-                cos, sin = rope_tables(n_ctx, c.rope_dim, c.head_dim, *key)
-                tables[key] = (backend.upload_array(cos), backend.upload_array(sin))
-            blk.rope = tables[key]
+                tables[key] = rope_tables(n_ctx, c.rope_dim, c.head_dim, *key)   # host (cos, sin)
+            uploaded = (id(blk.backend), key)
+            if uploaded not in tables:
+                cos, sin = tables[key]
+                tables[uploaded] = (blk.backend.upload_array(cos), blk.backend.upload_array(sin))
+            blk.rope = tables[uploaded]
             blk.sliding_window = c.sliding_window if swa else 0
-        # scratch for single-token decode steps, allocated once
-        self._step_bufs = self._buffers(1)
+        # scratch for single-token decode steps, allocated once per backend that holds layers
+        self._step_bufs = {id(be): self._buffers(be, 1) for be in self._layer_backends()}
 
-    def _buffers(self, n: int):
-        c, be = self.config, self.backend
+    def _layer_backends(self) -> list:
+        """The distinct backends holding layers, in layer order."""
+        seen: list = []
+        for blk in self.blk:
+            if not any(blk.backend is be for be in seen):
+                seen.append(blk.backend)
+        return seen
+
+    def _make_cache(self, n_ctx: int, cache_type: str):
+        """One KV cache per run of consecutive layers on one backend, allocated by that backend."""
+        c = self.config
+        runs: list[list] = []                   # [first layer, n layers, backend]
+        for il, blk in enumerate(self.blk):
+            if runs and runs[-1][2] is blk.backend:
+                runs[-1][1] += 1
+            else:
+                runs.append([il, 1, blk.backend])
+        if len(runs) <= 1:
+            be = runs[0][2] if runs else self.backend
+            return be.kv_cache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, cache_type)
+        from .kv_cache import SplitKVCache
+        return SplitKVCache([(il0, be.kv_cache(nl, n_ctx, c.n_head_kv, c.head_dim, cache_type))
+                             for il0, nl, be in runs])
+
+    def _buffers(self, be, n: int):
+        c = self.config
         return (be.empty((n, c.n_embd)),                    # xn   (n, d)
                 be.empty((n, c.n_head, c.head_dim)),        # attn (n, H, hd)
                 be.empty((n, c.n_ff)))                      # act  (n, ff)
+
+    @staticmethod
+    def _cross(x, src, dst):
+        """Move an activation from backend src to backend dst (one device boundary)."""
+        return dst.from_host(src.to_host(x))
 
     # ------------------------------------------------------------------------------------
     def forward(self, tokens: np.ndarray, output: str = "last"):
         """Evaluate tokens (n,) at positions n_past.. and advance the cache.
 
         output: "last" -> logits (1, n_vocab) of the last token; "all" -> (n, n_vocab);
-        "hidden" -> final-normed hidden states (n, d); "none" -> None.
-        The caller checks that the cache has room.
+        "hidden" -> final-normed hidden states (n, d); "none" -> None.  The result lives on
+        ``output_backend``.  The caller checks that the cache has room.
         """
-        c, be = self.config, self.backend
+        c = self.config
         n = int(tokens.shape[0])
         pos0 = self.cache.n_past
         H, Hkv, hd, ff = c.n_head, c.n_head_kv, c.head_dim, c.n_ff
 
-        x = be.embed(self.token_embd, tokens)              # (n, d) residual stream
+        cur = self.backend                                 # the backend holding x and xn
+        x = cur.embed(self.token_embd, tokens)             # (n, d) residual stream
         if c.embd_scale != 1.0:
             x *= np.float32(c.embd_scale)
-        # xn (n, d): normed input of the next op; attn (n, H, hd); act (n, ff)
-        xn, attn, act = self._step_bufs if n == 1 else self._buffers(n)
-        be.rms_norm(x, self.blk[0].attn_norm, c.norm_eps, xn)
+        xn = None                                          # (n, d): normed input of the next op
 
         for il, b in enumerate(self.blk):
+            be = b.backend
+            if xn is None or be is not cur:
+                # first layer, or a device boundary: the residual crosses once and is normed here
+                # (the previous backend's fused norm output is not carried over)
+                if be is not cur:
+                    x = self._cross(x, cur, be)            # (n, d)
+                    cur = be
+                # attn (n, H, hd); act (n, ff)
+                xn, attn, act = self._step_bufs[id(be)] if n == 1 else self._buffers(be, n)
+                be.rms_norm(x, b.attn_norm, c.norm_eps, xn)
+
             qkv = be.linear_fused(b.attn_qkv, xn)                # (n, (H + 2 Hkv) hd)
             q3 = qkv[:, :H * hd].reshape(n, H, hd)               # (n, H, hd)
             k3 = qkv[:, H * hd:(H + Hkv) * hd].reshape(n, Hkv, hd)   # (n, Hkv, hd)
@@ -128,17 +187,19 @@ class Transformer:
             gate_up = be.linear_fused(b.ffn_gate_up, xn)         # (n, 2 ff)
             be.gated_act(gate_up[:, :ff], gate_up[:, ff:], c.gelu, act)
             down = be.linear(b.ffn_down, act)                    # (n, d)
-            next_norm = self.blk[il + 1].attn_norm if il + 1 < len(self.blk) else self.output_norm
-            be.add_rms_norm(x, down, b.post_ffw_norm, next_norm, c.norm_eps, xn)
-        # xn = output_norm(x): final hidden states (n, d)
+            be.add_rms_norm(x, down, b.post_ffw_norm, b.next_norm, c.norm_eps, xn)
+        # xn = output_norm(x): final hidden states (n, d) on cur
 
         self.cache.n_past = pos0 + n
         if output == "none":
             return None
+        out_be = self.output_backend
+        rows = xn if output in ("all", "hidden") else xn[n - 1:]   # (n or 1, d)
+        if out_be is not cur:                                    # the output layer stays on the host
+            rows = self._cross(rows, cur, out_be)
         if output == "hidden":
-            return xn.copy() if n == 1 else xn
-        rows = xn if output == "all" else xn[n - 1:]
-        logits = be.linear(self.output, rows)                    # (n or 1, n_vocab)
+            return rows.copy() if n == 1 else rows
+        logits = out_be.linear(self.output, rows)                # (n or 1, n_vocab)
         if c.final_logit_softcap > 0:
-            be.softcap(logits, c.final_logit_softcap)
+            out_be.softcap(logits, c.final_logit_softcap)
         return logits
