@@ -12,6 +12,7 @@ Shapes: n tokens, d = n_embd, H query heads, Hkv key/value heads, hd head size.
 """
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
@@ -101,6 +102,10 @@ class Backend(ABC):
     @abstractmethod
     def softcap(self, x, cap: float) -> None:
         """x = cap * tanh(x / cap) in place."""
+
+    def scope(self):
+        """Context manager around one evaluation (a CPU backend settles its thread pools there)."""
+        return contextlib.nullcontext()
 
     def set_threads(self, n_threads: int | None) -> None:
         """Number of CPU threads for the backend's kernels (None: all cores)."""

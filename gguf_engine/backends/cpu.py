@@ -35,6 +35,11 @@ class CPUBackend(Backend):
         numba.set_num_threads(n)
         self.n_threads = n
 
+    def scope(self):
+        """numpy's BLAS on one thread while the model runs: the kernels bring their own threads."""
+        from kernels.threads import single_threaded_blas
+        return single_threaded_blas()
+
     # --- memory -------------------------------------------------------------------------
     def upload_weight(self, tensor):
         """Quantized (or float) tensor -> kernels.Weight, repacked for the matvec/matmul kernels."""

@@ -101,13 +101,14 @@ class Model:
         be = self._tf.output_backend              # where the logits / hidden states come out
         parts = []
         n = ids.size
-        for start in range(0, n, self.n_batch):
-            chunk = ids[start:start + self.n_batch]
-            last = start + self.n_batch >= n
-            mode = output if (output != "last" or last) else "none"
-            res = self._tf.forward(chunk, mode)
-            if res is not None:
-                parts.append(be.to_host(res))
+        with self.backend.scope():
+            for start in range(0, n, self.n_batch):
+                chunk = ids[start:start + self.n_batch]
+                last = start + self.n_batch >= n
+                mode = output if (output != "last" or last) else "none"
+                res = self._tf.forward(chunk, mode)
+                if res is not None:
+                    parts.append(be.to_host(res))
         out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         out = np.ascontiguousarray(out, dtype=np.float32)
         return out[0] if output == "last" else out
