@@ -1,6 +1,6 @@
 """Turn a quantized GGUF model into an F16 one by exact dequantization.
 
-    python tools/make_f16.py models/smollm2-135m-instruct-q4_1.gguf /tmp/smollm2-f16.gguf
+    python tools/make_f16.py models/smollm2-135m-instruct-q4_1.gguf models/smollm2-135m-instruct-f16.gguf
 
 Every metadata key is copied with its stored type; ``general.file_type`` becomes
 MOSTLY_F16.  Each matrix (2-D or more) is decoded to float32 by the project's

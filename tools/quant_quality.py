@@ -278,10 +278,11 @@ def plot(res: Results, types, evaluator: str, path: str, title: str) -> bool:
         ax1.scatter([p[0] for p in pts], [p[1] for p in pts], label=LABEL[q], **style[q])
         ax2.scatter([p[0] for p in pts], [p[2] for p in pts], label=LABEL[q], **style[q])
         if q == "ours" or not any(res.get(f"ours:{t}:{evaluator}") for t in types):
-            for bpw, ppl, kld, qtype, mib in pts:
-                ax1.annotate(f"{qtype}\n{mib:.0f} MiB", (bpw, ppl), textcoords="offset points", xytext=(6, 4),
+            for i, (bpw, ppl, kld, qtype, mib) in enumerate(pts):     # neighbours labelled above / below
+                off = (6, 5) if i % 2 else (6, -13)
+                ax1.annotate(f"{qtype} ({mib:.0f} MiB)", (bpw, ppl), textcoords="offset points", xytext=off,
                              fontsize=8)
-                ax2.annotate(qtype, (bpw, kld), textcoords="offset points", xytext=(6, 4), fontsize=8)
+                ax2.annotate(qtype, (bpw, kld), textcoords="offset points", xytext=off, fontsize=8)
     ax1.axhline(base["ppl"], color="gray", linestyle="--", linewidth=1, label=f"F16 ({base['ppl']:.2f})")
     ax1.set_xlabel("bits per weight")
     ax1.set_ylabel("perplexity on held-out text (lower is better)")
