@@ -134,7 +134,7 @@ class Weight:
             for i in range(n):
                 self.matvec(X[i], out[i])
             return out
-        return tiled_matmul(X, rows, cols, self._tile, out)
+        return tiled_matmul(X, rows, cols, self._tile, out, get_num_threads())
 
     # ------------------------------------------------------------------ decoding
 
@@ -157,10 +157,15 @@ class Weight:
             self._decode_ids(np.arange(r0, r1, dtype=np.int64), out)
 
     def _tile(self, r0: int, r1: int, buf: np.ndarray) -> np.ndarray:
-        """Rows r0..r1-1 as float32 for the matmul: a view for F32, else decoded into buf."""
-        if self.packed.kind == "f32":
-            return self.packed.arrays["w"][r0:r1]
-        self.decode_range(r0, r1, buf)
+        """Rows r0..r1-1 as float32 for the matmul: a view for F32, else decoded into buf.
+        Serial: the matmul calls it from its own worker threads, one tile each."""
+        p = self.packed
+        if p.kind == "f32":
+            return p.arrays["w"][r0:r1]
+        if p.kind == "raw":
+            self._decode(p.arrays["raw"][r0:r1].reshape(-1), buf.reshape(-1))
+        else:
+            self._decode_ids_serial(np.arange(r0, r1, dtype=np.int64), buf)
         return buf
 
     def dequantize(self) -> np.ndarray:
