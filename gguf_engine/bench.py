@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -108,6 +109,27 @@ def run_bench(model_path: str, n_prompt: int = 512, n_gen: int = 128, threads: i
     finally:
         model.reset()
         model.close()
+
+
+def best_time(fn, reps: int) -> float:
+    """Best wall time of reps calls of fn, after one untimed call."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def read_bandwidth_gbs(threads: int, reps: int = 5) -> float:
+    """The machine's streaming-read bandwidth in GB/s: a numpy sum over 512 MB split into one
+    contiguous chunk per thread (best of reps), the baseline the benchmarks compare against."""
+    a = np.ones(1 << 27, np.float32)
+    chunks = np.array_split(a, threads)
+    with ThreadPoolExecutor(threads) as ex:
+        t = best_time(lambda: list(ex.map(np.sum, chunks)), reps)
+    return a.nbytes / t / 1e9
 
 
 def peak_rss_bytes() -> int:

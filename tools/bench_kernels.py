@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 
 def _early_threads() -> None:
@@ -37,6 +36,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import kernels  # noqa: E402
+from gguf_engine.bench import best_time, read_bandwidth_gbs  # noqa: E402
 from kernels.types import BLOCK_SIZES, GGMLType, as_type  # noqa: E402
 
 SHAPES = [(576, 1536), (1536, 576), (4096, 4096)]
@@ -69,25 +69,6 @@ def random_tensor(t: GGMLType, rows: int, cols: int, rng) -> np.ndarray:
     return b.reshape(-1)
 
 
-def best_time(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def read_bandwidth(threads: int, reps: int) -> float:
-    """GB/s of a numpy sum over 512 MB, split into one contiguous chunk per thread."""
-    a = np.ones(1 << 27, np.float32)
-    chunks = np.array_split(a, threads)
-    with ThreadPoolExecutor(threads) as ex:
-        t = best_time(lambda: list(ex.map(np.sum, chunks)), reps)
-    return a.nbytes / t / 1e9
-
-
 def gemm_rate(n: int, rows: int, cols: int, reps: int) -> float:
     """numpy float32 GEMM GFLOP/s for the product of X (n, cols) and W (rows, cols): the
     faster of X @ W.T and W @ X.T (BLAS speed depends on the orientation)."""
@@ -116,7 +97,7 @@ def main(argv=None) -> int:
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rng = np.random.default_rng(0)
 
-    bw = read_bandwidth(args.threads, args.reps)
+    bw = read_bandwidth_gbs(args.threads, args.reps)
     gemm = {s: gemm_rate(args.batch, *s, max(2, args.reps // 3)) for s in shapes}
     print(f"threads={args.threads}  read bandwidth {bw:.2f} GB/s  numpy f32 GEMM (n={args.batch}): "
           + ", ".join(f"{r}x{c} {g:.1f}" for (r, c), g in gemm.items()) + " GFLOP/s")

@@ -19,26 +19,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
 
-
-def read_bandwidth_gbs(threads: int, reps: int = 5) -> float:
-    """GB/s of a numpy sum over 512 MB, one contiguous chunk per thread (best of reps)."""
-    a = np.ones(1 << 27, np.float32)
-    chunks = np.array_split(a, threads)
-    best = float("inf")
-    with ThreadPoolExecutor(threads) as ex:
-        list(ex.map(np.sum, chunks))
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            list(ex.map(np.sum, chunks))
-            best = min(best, time.perf_counter() - t0)
-    return a.nbytes / best / 1e9
+from gguf_engine.bench import read_bandwidth_gbs  # noqa: E402
 
 
 def run_llama_bench(binary: str, model: str, threads: int, p: int, n: int, reps: int) -> dict[str, list[float]]:
