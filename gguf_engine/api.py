@@ -23,18 +23,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .generation.generate import ContextFullError, ContextLimitError, Engine, TokenEvent
-from .generation.sampling import Sampler, SamplingParams, resolve_seed
+from .generation.sampling import Sampler, SamplingParams
 from .timing import PerfStats, now_ms
 
 Message = Mapping[str, Any]
-
-
-def _resolve_path(model_path: str | Path) -> Path:
-    p = Path(model_path).expanduser()
-    if p.is_file():
-        return p
-    from .models import resolve_model  # a registry name such as "smollm2-135m-instruct"
-    return Path(resolve_model(str(model_path)))
 
 
 def _metadata_strings(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -69,12 +61,13 @@ class Llama:
                  **kwargs: Any):
         from .gguf import GGUFReader
         from .model import load_model
+        from .models import resolve_model
         from .tokenizer import Tokenizer
 
         self.verbose = verbose
         self.perf = PerfStats()
         t0 = now_ms()
-        self.model_path = str(_resolve_path(model_path))
+        self.model_path = str(resolve_model(model_path))  # a path, or a registry name such as "smollm2-135m-instruct"
         self._reader = GGUFReader(self.model_path)
         try:
             self.tokenizer = Tokenizer.from_reader(self._reader)

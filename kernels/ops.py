@@ -234,28 +234,37 @@ def _scores_group(qg, k_cache, kvh, lo, hi, scale, table, scores):
 
 
 @njit(cache=True)
+def _softmax_row(row, softcap, nbuf):
+    """Soft-cap (softcap > 0) then softmax the 1-D float32 row (n,), in place.
+    nbuf: int32 scratch (>= n,).  An empty row (every key masked) is left as it is."""
+    n = row.shape[0]
+    if n == 0:
+        return
+    m = np.float32(-np.inf)
+    for j in range(n):
+        s = row[j]
+        if softcap > 0:
+            s = np.float32(softcap * math.tanh(s / softcap))
+            row[j] = s
+        if s > m:
+            m = s
+    for j in range(n):
+        row[j] -= m
+    exp_inplace(row, nbuf)
+    total = 0.0
+    for j in range(n):
+        total += row[j]
+    inv = np.float32(1.0 / total)
+    for j in range(n):
+        row[j] *= inv
+
+
+@njit(cache=True)
 def _softmax_rows(scores, n, softcap, nbuf):
     """Soft-cap (softcap > 0) then softmax the first n entries of each row of scores, in place.
     nbuf: int32 scratch (>= n,)."""
     for g in range(scores.shape[0]):
-        m = np.float32(-np.inf)
-        for j in range(n):
-            s = scores[g, j]
-            if softcap > 0:
-                s = np.float32(softcap * math.tanh(s / softcap))
-                scores[g, j] = s
-            if s > m:
-                m = s
-        row = scores[g, :n]
-        for j in range(n):
-            row[j] -= m
-        exp_inplace(row, nbuf)
-        total = 0.0
-        for j in range(n):
-            total += row[j]
-        inv = np.float32(1.0 / total)
-        for j in range(n):
-            row[j] *= inv
+        _softmax_row(scores[g, :n], softcap, nbuf)
 
 
 @njit(cache=True, fastmath=_FAST)
@@ -334,49 +343,14 @@ def masked_softmax(S, rows_per_pos, pos0, key0, window, softcap):
         jlo = max(lo - key0, 0)
         jhi = min(p - key0 + 1, K)
         row = S[r]
-        m = np.float32(-np.inf)
-        for j in range(jlo, jhi):
-            v = row[j]
-            if softcap > 0:
-                v = np.float32(softcap * math.tanh(v / softcap))
-                row[j] = v
-            if v > m:
-                m = v
-        nbuf = np.empty(jhi - jlo, dtype=np.int32)
-        live = row[jlo:jhi]
-        for j in range(jhi - jlo):
-            live[j] -= m
-        exp_inplace(live, nbuf)
-        total = 0.0
-        for j in range(jhi - jlo):
-            total += live[j]
-        inv = np.float32(1.0 / total)
+        _softmax_row(row[jlo:jhi], softcap, np.empty(jhi - jlo, dtype=np.int32))
         for j in range(jlo):
             row[j] = 0.0
-        for j in range(jlo, jhi):
-            row[j] *= inv
         for j in range(jhi, K):
             row[j] = 0.0
 
 
 # ----------------------------------------------------------------------------- misc
-
-@njit(cache=True)
-def softmax_inplace(x):
-    """Numerically stable softmax of a 1-D float32 vector, in place."""
-    m = -np.inf
-    for i in range(x.shape[0]):
-        if x[i] > m:
-            m = x[i]
-    total = 0.0
-    for i in range(x.shape[0]):
-        e = math.exp(x[i] - m)
-        x[i] = e
-        total += e
-    inv = np.float32(1.0 / total)
-    for i in range(x.shape[0]):
-        x[i] *= inv
-
 
 GELU_COEF_A = 0.044715
 SQRT_2_OVER_PI = 0.7978845608028654

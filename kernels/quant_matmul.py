@@ -36,10 +36,6 @@ def scratch(name: str, n: int) -> np.ndarray:
     return buf[:n]
 
 
-def tile_buffer(n: int) -> np.ndarray:
-    return scratch("tile", n)
-
-
 def tiled_matmul(X: np.ndarray, rows: int, cols: int,
                  tile_of: Callable[[int, int, np.ndarray], np.ndarray], out: np.ndarray,
                  n_threads: int = 1) -> np.ndarray:
@@ -67,7 +63,7 @@ def tiled_matmul(X: np.ndarray, rows: int, cols: int,
     starts = list(range(0, rows, tile_rows))
 
     def work(my_starts):
-        buf = tile_buffer(tile_rows * cols)
+        buf = scratch("tile", tile_rows * cols)
         tmp = scratch("product", tile_rows * n)
         for r0 in my_starts:
             r1 = min(rows, r0 + tile_rows)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import floats, iquants, kquants, legacy, ternary
-from .types import BLOCK_SIZES, GGMLType, as_type
+from .types import BLOCK_SIZES, GGMLType, as_type, row_bytes
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,7 @@ class QuantType:
         return getattr(mod, "ENCODERS", {}).get(self.type)
 
     def row_bytes(self, n_per_row: int) -> int:
-        if n_per_row % self.block_size:
-            raise ValueError(f"{self.name}: row length {n_per_row} is not a multiple of "
-                             f"its block size {self.block_size}")
-        return n_per_row // self.block_size * self.type_size
+        return row_bytes(self.type, n_per_row)
 
 
 def _plain(name: str, nbytes: int, meaning: str) -> str:

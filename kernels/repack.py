@@ -47,6 +47,7 @@ import numpy as np
 from numba import njit
 
 from .floats import f16_at, sext8, u32_at
+from .kquants import scale_min_k4
 from .threads import get_num_threads, pool
 from .types import GGMLType, as_type, row_bytes
 
@@ -149,16 +150,6 @@ def repack_q8_0(raw, qt, d, r0, r1):
 
 
 @njit(cache=True, nogil=True)
-def _k4_scale_min(src, o, j):
-    """The j-th (0..7) 6-bit scale and min of the 12 packed bytes at src[o:o+12]."""
-    if j < 4:
-        return src[o + j] & 63, src[o + j + 4] & 63
-    sc = (src[o + j + 4] & 0xF) | ((src[o + j - 4] >> 6) << 4)
-    mn = (src[o + j + 4] >> 4) | ((src[o + j] >> 6) << 4)
-    return sc, mn
-
-
-@njit(cache=True, nogil=True)
 def repack_k45(raw, five, qt, d, m, qh, r0, r1):
     """Q4_K (144 bytes: d, dmin, scales[12], qs[128]) and Q5_K (176: d, dmin, scales[12], qh[32], qs[128])
     -> 32-weight sub-blocks with scale d*sc and offset -dmin*min."""
@@ -177,7 +168,7 @@ def repack_k45(raw, five, qt, d, m, qh, r0, r1):
             dd = f16_at(src, o)
             dmin = f16_at(src, o + 2)
             for j in range(8):
-                sc, mn = _k4_scale_min(src, o + 4, j)
+                sc, mn = scale_min_k4(src, o + 4, j)
                 b = 8 * i + j
                 d[t, b * R + l] = dd * np.float32(sc)
                 m[t, b * R + l] = -(dmin * np.float32(mn))

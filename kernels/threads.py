@@ -1,7 +1,7 @@
 """The kernels' thread count: Numba's parallel loops and the raw-type worker pool.
 
-Importing this module (``import kernels`` does) sets ``OMP_WAIT_POLICY=PASSIVE`` unless
-the environment already sets it: Numba's OpenMP workers then sleep between parallel
+``import kernels`` (the package, so before this module) sets ``OMP_WAIT_POLICY=PASSIVE``
+unless the environment already sets it: Numba's OpenMP workers then sleep between parallel
 loops instead of spinning.  Spinning saves ~20 us per launch on an idle machine but
 costs milliseconds per launch as soon as another process wants the cores (measured
 here: median 16 ms vs 24 us per empty 2-thread parallel loop on a busy 2-core box).
@@ -17,9 +17,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numba  # noqa: E402
+import numba
 
 _pool: ThreadPoolExecutor | None = None
 

@@ -122,10 +122,6 @@ def row_bytes(t, n_per_row: int) -> int:
     return n_per_row // bs * ts
 
 
-def nbytes(t, n_elements: int) -> int:
-    return row_bytes(t, n_elements)
-
-
 def bits_per_weight(t) -> float:
     bs, ts = BLOCK_SIZES[as_type(t)]
     return ts * 8 / bs

@@ -55,9 +55,8 @@ class Weight:
         rows, cols = (int(s) for s in shape)
         if rows < 1 or cols < 1:
             raise ValueError(f"{t.name} weight: empty shape {(rows, cols)}")
-        qt = get_qtype(t)                      # raises a clear error for unsupported types
-        row_bytes(t, cols)                     # raises if cols is not a whole number of blocks
-        self._init(repack(data, t, (rows, cols)), qt.decode, (rows,))
+        decode = get_qtype(t).decode           # raises a clear error for unsupported types
+        self._init(repack(data, t, (rows, cols)), decode, (rows,))     # repack checks cols and size
 
     def _init(self, packed: Packed, decode, splits):
         self.qtype = packed.qtype
@@ -177,13 +176,8 @@ class Weight:
     def _decode_ids(self, ids: np.ndarray, out: np.ndarray) -> None:
         """Decode rows ids into out, split over the worker threads when there are many."""
         n = ids.size
-        parts = max(1, min(get_num_threads(), n * self.shape[1] // _PARALLEL_DECODE_ELEMENTS))
-        if parts == 1:
-            self._decode_ids_serial(ids, out)
-            return
-        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
-        self._run(lambda a, b: self._decode_ids_serial(ids[a:b], out[a:b]),
-                  [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+        parts = min(get_num_threads(), n * self.shape[1] // _PARALLEL_DECODE_ELEMENTS)
+        self._run(lambda a, b: self._decode_ids_serial(ids[a:b], out[a:b]), _ranges(0, n, parts))
 
     def _decode_ids_serial(self, ids: np.ndarray, out: np.ndarray) -> None:
         p = self.packed
@@ -210,13 +204,9 @@ class Weight:
 
     # ------------------------------------------------------------------ raw (registry decoder) path
 
-    def _raw_ranges(self, r0: int, r1: int) -> list[tuple[int, int]]:
-        n = r1 - r0
-        parts = max(1, min(get_num_threads(), n))
-        bounds = np.linspace(r0, r1, parts + 1).astype(np.int64)
-        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-    def _run(self, fn, ranges) -> None:
+    @staticmethod
+    def _run(fn, ranges) -> None:
+        """fn(a, b) for every range: on the calling thread when there is one, else on the pool."""
         if len(ranges) == 1:
             fn(*ranges[0])
             return
@@ -237,7 +227,7 @@ class Weight:
                 decode(raw[s:e].reshape(-1), t.reshape(-1))
                 mv.dot_rows(t, x, out[s:e])
 
-        self._run(work, self._raw_ranges(0, self.shape[0]))
+        self._run(work, _ranges(0, self.shape[0], get_num_threads()))
 
     def _raw_decode(self, r0: int, r1: int, out: np.ndarray) -> None:
         raw = self.packed.arrays["raw"]
@@ -246,7 +236,7 @@ class Weight:
         def work(a, b):
             decode(raw[a:b].reshape(-1), out[a - r0:b - r0].reshape(-1))
 
-        self._run(work, self._raw_ranges(r0, r1))
+        self._run(work, _ranges(r0, r1, get_num_threads()))
 
     # ------------------------------------------------------------------ fusion
 
@@ -289,6 +279,12 @@ def matvec(data: np.ndarray, qtype, shape, x: np.ndarray) -> np.ndarray:
 def matmul(X: np.ndarray, data: np.ndarray, qtype, shape) -> np.ndarray:
     """Y (n, rows) = X Wᵀ with W given by its raw GGML bytes."""
     return Weight(data, qtype, shape).matmul(X)
+
+
+def _ranges(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """lo..hi cut into at most max(1, parts) near-equal non-empty ranges (a, b); none if hi == lo."""
+    bounds = np.linspace(lo, hi, max(1, min(parts, hi - lo)) + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def _as_f32(a, shape, name) -> np.ndarray:

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from ._common import CLIError, cli_entry
+
 EXAMPLES = """examples:
   gguf-bench -m smollm2-135m-instruct                 # pp512 and tg128, all cores, 5 repetitions
   gguf-bench -m model.gguf -p 512 -n 128 -t 2 -r 3
@@ -27,24 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_entry("gguf-bench")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.repetitions < 1 or args.n_prompt < 0 or args.n_gen < 0:
-        print("gguf-bench: repetitions must be >= 1 and token counts >= 0", file=sys.stderr)
-        return 1
-    from .. import GGUFError
+        raise CLIError("repetitions must be >= 1 and token counts >= 0")
     from ..bench import cold_start_seconds, markdown_table, peak_rss_bytes, run_bench
     from ..models import DEFAULT_MODEL, resolve_model
+    path = str(resolve_model(args.model or DEFAULT_MODEL))
     try:
-        path = str(resolve_model(args.model or DEFAULT_MODEL))
         results = run_bench(path, args.n_prompt, args.n_gen, args.threads, args.repetitions, args.n_gpu_layers)
         cold = cold_start_seconds(path, args.threads) if args.cold else None
-    except (GGUFError, ValueError, OSError) as e:
-        print(f"gguf-bench: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("gguf-bench: interrupted", file=sys.stderr)
-        return 130
+    except ValueError as e:  # a bad model file or setting (GGUFError is one)
+        raise CLIError(str(e)) from None
     rss = peak_rss_bytes()
     if args.output == "json":
         out = {"results": [r.as_dict() for r in results], "peak_rss_bytes": rss}

@@ -34,9 +34,7 @@ def _spec_name(spec: Any) -> str:
 
 def _plain(v: Any) -> Any:
     """JSON-friendly value."""
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, StringArray):
+    if isinstance(v, (np.ndarray, StringArray)):
         return v.tolist()
     if isinstance(v, list):
         return [_plain(x) for x in v]

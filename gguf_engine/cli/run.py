@@ -168,19 +168,12 @@ def has_chat_template(llm) -> bool:
 def log_model(llm, args) -> None:
     cfg = llm.config
     model = llm.model
-    n_layers = int(cfg.n_layer) + 1  # the output layer counts as one, as llama.cpp counts
-    offloaded = int(getattr(model, "n_gpu_layers", 0) or 0)
-    summary = getattr(model, "offload_summary", None) or \
-        f"offloaded {min(offloaded, n_layers)}/{n_layers} layers to GPU"
-    backend = getattr(getattr(model, "backend", None), "name", "cpu")
-    device = getattr(model, "device", None)
-    if device is not None:
-        backend += f" + {device.name}"
+    backend = model.backend.name + (f" + {model.device.name}" if model.device is not None else "")
     ftype = llm.metadata.get("general.file_type", "?")
     log(f"load: model '{llm.model_path}'")
     log(f"load: arch = {cfg.arch}, n_layer = {cfg.n_layer}, n_embd = {cfg.n_embd}, n_head = {cfg.n_head}, "
         f"n_head_kv = {cfg.n_head_kv}, n_vocab = {cfg.n_vocab}, n_ctx_train = {cfg.n_ctx_train}, file_type = {ftype}")
-    log(f"load_tensors: {summary} (backend: {backend})")
+    log(f"load_tensors: {model.offload_summary} (backend: {backend})")
     log(f"context: n_ctx = {llm.n_ctx()}, n_batch = {args.batch_size}, n_threads = {args.threads or os.cpu_count()}, "
         f"cache_type = {args.cache_type}")
     log(f"load: chat template: {llm.chat_template_source}")

@@ -83,19 +83,10 @@ class Engine:
             del self.tokens[n:]
 
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
-        """Evaluates tokens after what the cache holds; logits (n_vocab,) or (n_tokens, n_vocab) float32."""
+        """Evaluates tokens after what the cache holds; logits (n_vocab,) or (n_tokens, n_vocab) float32.
+        The model checks the ids (ValueError) and the room left (``ContextLimitError``) before evaluating."""
         toks = [int(t) for t in tokens]
-        if not toks:
-            raise ValueError("eval needs at least one token")
-        n_vocab = self.n_vocab
-        bad = [t for t in toks if not 0 <= t < n_vocab]
-        if bad:
-            raise ValueError(f"token id {bad[0]} outside the vocabulary (n_vocab={n_vocab})")
         n_past = len(self.tokens)
-        if n_past + len(toks) > self.n_ctx:
-            raise ContextLimitError(
-                f"context full: {n_past} tokens in the cache + {len(toks)} new > n_ctx={self.n_ctx} "
-                f"(start a new context with reset() or load the model with a larger n_ctx)")
         t0 = now_ms()
         try:
             out = self.model.eval(toks, logits_all=logits_all)

@@ -11,7 +11,24 @@ import numpy as np
 CACHE_TYPES = {"f32": np.float32, "f16": np.float16}
 
 
-class KVCache:
+class _PositionCount:
+    """What every cache derives from ``n_ctx`` and ``n_past``: free room, truncate, reset."""
+
+    @property
+    def n_free(self) -> int:
+        return self.n_ctx - self.n_past
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first n positions (entries past n are overwritten later)."""
+        if n < 0:
+            raise ValueError(f"cannot truncate the cache to {n} positions")
+        self.n_past = min(self.n_past, int(n))
+
+    def reset(self) -> None:
+        self.n_past = 0
+
+
+class KVCache(_PositionCount):
     def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, cache_type: str = "f32",
                  xp=np):
         if cache_type not in CACHE_TYPES:
@@ -30,10 +47,6 @@ class KVCache:
     def nbytes(self) -> int:
         return int(self.k.nbytes + self.v.nbytes)
 
-    @property
-    def n_free(self) -> int:
-        return self.n_ctx - self.n_past
-
     def layer(self, il: int):
         """(k, v) views of one layer: (n_ctx, n_head_kv, head_dim) each."""
         return self.k[il], self.v[il]
@@ -44,17 +57,8 @@ class KVCache:
         self.k[il, pos0:pos0 + n] = k3
         self.v[il, pos0:pos0 + n] = v3
 
-    def truncate(self, n: int) -> None:
-        """Keep only the first n positions (entries past n are overwritten later)."""
-        if n < 0:
-            raise ValueError(f"cannot truncate the cache to {n} positions")
-        self.n_past = min(self.n_past, int(n))
 
-    def reset(self) -> None:
-        self.n_past = 0
-
-
-class SplitKVCache:
+class SplitKVCache(_PositionCount):
     """The cache of a model whose layers live on several backends: one ``KVCache`` per run of
     consecutive layers, each allocated by (and living on) the backend of those layers.
 
@@ -91,10 +95,6 @@ class SplitKVCache:
     def nbytes(self) -> int:
         return sum(part.nbytes for _, part in self.parts)
 
-    @property
-    def n_free(self) -> int:
-        return self.n_ctx - self.n_past
-
     def layer(self, il: int):
         part, i = self._where[il]
         return part.layer(i)
@@ -102,11 +102,3 @@ class SplitKVCache:
     def store(self, il: int, pos0: int, k3, v3) -> None:
         part, i = self._where[il]
         part.store(i, pos0, k3, v3)
-
-    def truncate(self, n: int) -> None:
-        if n < 0:
-            raise ValueError(f"cannot truncate the cache to {n} positions")
-        self.n_past = min(self.n_past, int(n))
-
-    def reset(self) -> None:
-        self.n_past = 0

@@ -5,8 +5,8 @@ import os
 import time
 from typing import Callable
 
-
-from .evaluate import PPLAccumulator, eval_chunks, load_for_eval, nll_rows, plan_chunks, tokenize_text
+from .evaluate import (PPLAccumulator, eval_chunks, load_for_eval, nll_rows, plan_chunks, progress_bar,
+                       tokenize_text)
 from .imatrix import Imatrix, ImatrixCollector
 
 
@@ -32,12 +32,7 @@ def collect_imatrix(model_path: str | os.PathLike, text: str, chunk_size: int = 
         emit(f"computing over {n_chunk} chunks, n_ctx={chunk_size}, batch_size={model.n_batch}")
         first = chunk_size // 2
         acc = PPLAccumulator()
-        bar = None
-        if progress:
-            import sys
-
-            from tqdm import tqdm
-            bar = tqdm(total=n_chunk, unit="chunk", desc="imatrix", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(progress, n_chunk, "imatrix", leave=True)
         line = []
         for i, chunk, logits in eval_chunks(model, tok, tokens, chunk_size, n_chunk, first):
             if compute_ppl:

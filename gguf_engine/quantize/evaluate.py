@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -119,6 +120,14 @@ class PPLAccumulator:
         if var <= 0 or self.count < 2:
             return ppl, float("nan")
         return ppl, math.sqrt(var / (self.count - 1)) * ppl
+
+
+def progress_bar(enabled: bool, total: int, desc: str, leave: bool = False):
+    """A tqdm bar over ``total`` chunks on stderr, or None when not ``enabled``."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="chunk", desc=desc, file=sys.stderr, dynamic_ncols=True, leave=leave)
 
 
 # -- chunking -------------------------------------------------------------------------------------

@@ -129,21 +129,10 @@ class Imatrix:
         self.chunk_size = chunk_size
         max_count = max((int(c.max()) for c in (e.counts for e in self.entries.values()) if c.size), default=0)
         self.chunk_count = max_count // chunk_size if chunk_size else self.chunk_count
-
-    def check_for(self, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
-        """The quantizer's per-column weights for tensor ``name`` of numpy shape ``shape``, or None
-        when the file has no entry; ImatrixError when the entry does not fit the tensor."""
-        w = self.quant_weights_cached().get(name)
-        if w is None:
-            return None
-        n_in = int(shape[-1])
-        n_mat = int(shape[-3]) if len(shape) >= 3 else 1
-        if w.size != n_in * n_mat:
-            raise ImatrixError(f"imatrix size {w.size} is different from tensor size {n_in * n_mat} for {name}"
-                               + (f" (file {self.path})" if self.path else ""))
-        return w
+        self._qw = None                       # the entries changed: recompute the quantizer's weights
 
     def quant_weights_cached(self) -> dict[str, np.ndarray]:
+        """``quant_weights()``, computed once (``merge`` starts it afresh)."""
         if getattr(self, "_qw", None) is None:
             self._qw = self.quant_weights()
         return self._qw

@@ -118,31 +118,14 @@ class QuantizeResult:
 
 def _kernel_quantize(x: np.ndarray, qtype: GGMLType, imatrix: np.ndarray | None) -> np.ndarray:
     """float32 (n_rows, n_per_row) -> uint8 (n_rows, row_bytes) through the kernels."""
-    if qtype == GGMLType.F32:
-        return np.ascontiguousarray(x, dtype=np.float32).view(np.uint8)
-    if qtype == GGMLType.F16:
-        return np.ascontiguousarray(x.astype(np.float16)).view(np.uint8)   # round to nearest even
-    if qtype == GGMLType.BF16:
-        return _f32_to_bf16(x).view(np.uint8)
     from kernels import quantize
-    return quantize(x, qtype, imatrix=imatrix)
+    # the float types take no importance matrix (ggml ignores it for them)
+    return quantize(x, qtype, imatrix=None if qtype in _FLOAT_TYPES else imatrix)
 
 
 def _can_encode(qtype: GGMLType) -> bool:
-    if qtype in _FLOAT_TYPES:
-        return True
     from kernels.encoders import ENCODERS
     return qtype in ENCODERS
-
-
-def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits, rounding to nearest even; NaN stays a quiet NaN (as ggml)."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    r = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
-    if nan.any():
-        r[nan] = ((u[nan] >> 16) | 64).astype(np.uint16)
-    return r
 
 
 def _to_float32(raw: np.ndarray, qtype: GGMLType, n_rows: int, n_per_row: int,
@@ -158,13 +141,8 @@ def _to_float32(raw: np.ndarray, qtype: GGMLType, n_rows: int, n_per_row: int,
         raise QuantizeError(f"requantizing from type {qtype.name} is disabled (tensor {name}); "
                             "pass --allow-requantize (allow_requantize=True) to quantize an already "
                             "quantized model, at a cost in quality")
-    import kernels
-    fn = getattr(kernels, "dequantize", None)
-    if fn is not None and not callable(fn):
-        fn = getattr(fn, "dequantize", None)
-    if fn is None:
-        raise QuantizeError(f"cannot dequantize {qtype.name}: the kernels have no dequantize")
-    return np.asarray(fn(raw, qtype, (n_rows, n_per_row)), dtype=np.float32).reshape(n_rows, n_per_row)
+    from kernels.dequantize import dequantize
+    return dequantize(raw, qtype, (n_rows, n_per_row))
 
 
 @contextmanager

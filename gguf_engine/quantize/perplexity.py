@@ -16,15 +16,14 @@ from __future__ import annotations
 import math
 import os
 import struct
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from .evaluate import (EvalError, PPLAccumulator, eval_chunks, load_for_eval, nll_rows, plan_chunks,
-                       tokenize_text)
+                       progress_bar, tokenize_text)
 
 MAGIC = b"_logits_"
 
@@ -154,7 +153,7 @@ def perplexity(model_path: str | os.PathLike, text: str, n_ctx: int = 512, n_chu
         first = n_ctx // 2
         acc = PPLAccumulator()
         running = []
-        bar = _bar(progress, n_chunk, "perplexity")
+        bar = progress_bar(progress, n_chunk, "perplexity")
         for i, chunk, logits in eval_chunks(model, tok, tokens, n_ctx, n_chunk, first):
             scored = logits[:-1]                                     # (n_ctx - 1 - first, n_vocab)
             acc.add(nll_rows(scored, chunk[first + 1:]))
@@ -185,13 +184,6 @@ def perplexity(model_path: str | os.PathLike, text: str, n_ctx: int = 512, n_chu
     else:
         emit(f"Final estimate: PPL = {ppl:.4f} +/- {err:.5f}")
     return PerplexityResult(ppl, err, n_chunk, n_ctx, acc.count, running)
-
-
-def _bar(progress: bool, total: int, desc: str):
-    if not progress:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, unit="chunk", desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
 # -- KL divergence ------------------------------------------------------------------------------
@@ -262,6 +254,31 @@ def _cov(a: float, b: float, ab: float, count: int) -> float:
     return (ab / count - (a / count) * (b / count)) / (count - 1)
 
 
+class _KLDStats(NamedTuple):
+    """The running statistics of KLDSums: (mean, uncertainty) pairs and the derived figures."""
+    lp: tuple[float, float]          # ln PPL(Q)
+    lpb: tuple[float, float]         # ln PPL(base)
+    cov: float                       # their covariance
+    ratio_unc: float                 # uncertainty of ln(PPL(Q)/PPL(base))
+    kd: tuple[float, float]          # KL divergence
+    rms: float                       # RMS Δp
+    rms_unc: float
+    top: float                       # fraction with the same top token
+    top_unc: float
+
+
+def _kld_stats(s: KLDSums) -> _KLDStats:
+    lp = _mean_unc(s.sum_nll, s.sum_nll2, s.count)
+    lpb = _mean_unc(s.sum_nll_base, s.sum_nll_base2, s.count)
+    cov = _cov(s.sum_nll, s.sum_nll_base, s.sum_nll_nll_base, s.count)
+    pm = _mean_unc(s.sum_p_diff2, s.sum_p_diff4, s.count)
+    rms = math.sqrt(pm[0])
+    top = s.n_same_top / s.count
+    return _KLDStats(lp, lpb, cov, math.sqrt(max(0.0, lp[1] ** 2 + lpb[1] ** 2 - 2 * cov)),
+                     _mean_unc(s.sum_kld, s.sum_kld2, s.count), rms, 0.5 / rms * pm[1] if rms else 0,
+                     top, math.sqrt(top * (1 - top) / max(1, s.count - 1)))
+
+
 def percentile(sorted_values: np.ndarray, fraction: float) -> float:
     """llama.cpp's linear-interpolation percentile of an ascending array."""
     v = sorted_values
@@ -314,23 +331,18 @@ def kl_divergence(model_path: str | os.PathLike, base_path: str | os.PathLike, n
              "Δp RMS            Same top p")
         s = KLDSums()
         klds, pdiffs = [], []
-        bar = _bar(progress, n_chunk, "kl-divergence")
+        bar = progress_bar(progress, n_chunk, "kl-divergence")
         for i, chunk, logits in eval_chunks(model, tok, base.tokens, n_ctx, n_chunk, first):
             k, pdiff = kld_rows(logits[:-1], base.chunk_rows(i), chunk[first + 1:], s)
             klds.append(k)
             pdiffs.append(pdiff)
-            lp = _mean_unc(s.sum_nll, s.sum_nll2, s.count)
-            lpb = _mean_unc(s.sum_nll_base, s.sum_nll_base2, s.count)
-            cov = _cov(s.sum_nll, s.sum_nll_base, s.sum_nll_nll_base, s.count)
-            kd = _mean_unc(s.sum_kld, s.sum_kld2, s.count)
-            pm = _mean_unc(s.sum_p_diff2, s.sum_p_diff4, s.count)
-            rms = math.sqrt(pm[0])
-            top = s.n_same_top / s.count
+            st = _kld_stats(s)
+            lp = st.lp
             emit(f"{i + 1:4d}    {math.exp(lp[0]):9.4f} ± {math.exp(lp[0]) * lp[1]:9.4f}"
-                 f"    {lp[0] - lpb[0]:10.5f} ± {math.sqrt(max(0.0, lp[1] ** 2 + lpb[1] ** 2 - 2 * cov)):10.5f}"
-                 f"    {kd[0]:10.5f} ± {kd[1]:10.5f}"
-                 f"    {100 * rms:6.3f} ± {100 * (0.5 / rms * pm[1] if rms else 0):6.3f} %"
-                 f"    {100 * top:6.3f} ± {100 * math.sqrt(top * (1 - top) / max(1, s.count - 1)):6.3f} %")
+                 f"    {lp[0] - st.lpb[0]:10.5f} ± {st.ratio_unc:10.5f}"
+                 f"    {st.kd[0]:10.5f} ± {st.kd[1]:10.5f}"
+                 f"    {100 * st.rms:6.3f} ± {100 * st.rms_unc:6.3f} %"
+                 f"    {100 * st.top:6.3f} ± {100 * st.top_unc:6.3f} %")
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -343,16 +355,11 @@ def kl_divergence(model_path: str | os.PathLike, base_path: str | os.PathLike, n
 
 
 def _kld_report(s: KLDSums, kv: np.ndarray, pv: np.ndarray, emit: Callable[[str], None]) -> KLDResult:
-    lp = _mean_unc(s.sum_nll, s.sum_nll2, s.count)
-    lpb = _mean_unc(s.sum_nll_base, s.sum_nll_base2, s.count)
+    st = _kld_stats(s)
+    lp, lpb, cov, ratio_unc, kd = st.lp, st.lpb, st.cov, st.ratio_unc, st.kd
+    rms, top, top_unc = st.rms, st.top, st.top_unc
     ppl, ppl_unc = math.exp(lp[0]), math.exp(lp[0]) * lp[1]
     ppl_b, ppl_b_unc = math.exp(lpb[0]), math.exp(lpb[0]) * lpb[1]
-    cov = _cov(s.sum_nll, s.sum_nll_base, s.sum_nll_nll_base, s.count)
-    kd = _mean_unc(s.sum_kld, s.sum_kld2, s.count)
-    pm = _mean_unc(s.sum_p_diff2, s.sum_p_diff4, s.count)
-    rms = math.sqrt(pm[0])
-    top = s.n_same_top / s.count
-    top_unc = math.sqrt(top * (1 - top) / max(1, s.count - 1))
     pct = {"max": float(kv[-1]), "99.9": percentile(kv, 0.999), "99.0": percentile(kv, 0.990),
            "95.0": percentile(kv, 0.950), "90.0": percentile(kv, 0.900), "median": _median(kv),
            "10.0": percentile(kv, 0.100), "5.0": percentile(kv, 0.050), "1.0": percentile(kv, 0.010),
@@ -366,7 +373,6 @@ def _kld_report(s: KLDSums, kv: np.ndarray, pv: np.ndarray, emit: Callable[[str]
     emit(f"Mean PPL(base)                : {ppl_b:10.6f} ± {ppl_b_unc:10.6f}")
     if lp[1] > 0 and lpb[1] > 0:
         emit(f"Cor(ln(PPL(Q)), ln(PPL(base))): {100 * cov / (lp[1] * lpb[1]):6.2f}%")
-    ratio_unc = math.sqrt(max(0.0, lp[1] ** 2 + lpb[1] ** 2 - 2 * cov))
     emit(f"Mean ln(PPL(Q)/PPL(base))     : {lp[0] - lpb[0]:10.6f} ± {ratio_unc:10.6f}")
     emit(f"Mean PPL(Q)/PPL(base)         : {math.exp(lp[0] - lpb[0]):10.6f} ± "
          f"{math.exp(lp[0] - lpb[0]) * ratio_unc:10.6f}")
@@ -394,6 +400,6 @@ def _kld_report(s: KLDSums, kv: np.ndarray, pv: np.ndarray, emit: Callable[[str]
     for label, f in (("25.0%", 0.25), ("10.0%", 0.10), (" 5.0%", 0.05), (" 1.0%", 0.01), (" 0.1%", 0.001)):
         emit(f"{label}   Δp: {100 * percentile(pv, f):6.3f}%")
     emit(f"Minimum Δp: {100 * pv[0]:6.3f}%")
-    emit(f"RMS Δp    : {100 * rms:6.3f} ± {100 * (0.5 / rms * pm[1] if rms else 0):5.3f} %")
+    emit(f"RMS Δp    : {100 * rms:6.3f} ± {100 * st.rms_unc:5.3f} %")
     emit(f"Same top p: {100 * top:6.3f} ± {100 * top_unc:5.3f} %")
     return res

@@ -46,8 +46,7 @@ class Tokenizer:
     @classmethod
     def from_reader(cls, reader, source: str | None = None) -> "Tokenizer":
         """Build from an open GGUFReader (metadata only), so a model loader reads the file once."""
-        src = source or str(getattr(reader, "path", "<gguf>"))
-        return cls(load_vocab(reader.metadata, src), src)
+        return cls.from_metadata(reader.metadata, source or str(getattr(reader, "path", "<gguf>")))
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], source: str = "<gguf>") -> "Tokenizer":

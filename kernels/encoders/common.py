@@ -326,71 +326,9 @@ def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad)
     return scale, -mn
 
 
-@njit(cache=True, error_model="numpy")
-def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
-    """As make_qkx2_quants with the ggml qkx3 variant (max <= min test); weights always given."""
-    mn = x[0]
-    mx = x[0]
-    sum_w = weights[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        if x[i] < mn:
-            mn = x[i]
-        if x[i] > mx:
-            mx = x[i]
-        w = weights[i]
-        sum_w += w
-        sum_x += w * x[i]
-    if mn > 0:
-        mn = F(0.0)
-    if mx <= mn:
-        for i in range(n):
-            L[i] = 0
-        return F(0.0), -mn
-    iscale = F(nmax) / (mx - mn)
-    scale = F(1.0) / iscale
-    best_mad = F(0.0)
-    for i in range(n):
-        l = nearest_int(iscale * (x[i] - mn))
-        L[i] = max(0, min(nmax, l))
-        diff = scale * F(L[i]) + mn - x[i]
-        diff = abs(diff) if use_mad else diff * diff
-        best_mad += weights[i] * diff
-    if nstep < 1:
-        return scale, -mn
-    for is_ in range(nstep + 1):
-        iscale = (rmin + rdelta * F(is_) + F(nmax)) / (mx - mn)
-        sum_l = F(0.0)
-        sum_l2 = F(0.0)
-        sum_xl = F(0.0)
-        for i in range(n):
-            l = nearest_int(iscale * (x[i] - mn))
-            l = max(0, min(nmax, l))
-            Laux[i] = l
-            w = weights[i]
-            fl = F(l)
-            sum_l += w * fl
-            sum_l2 += w * fl * fl
-            sum_xl += w * fl * x[i]
-        D = sum_w * sum_l2 - sum_l * sum_l
-        if D > 0:
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            if this_min > 0:
-                this_min = F(0.0)
-                this_scale = sum_xl / sum_l2
-            mad = F(0.0)
-            for i in range(n):
-                diff = this_scale * F(Laux[i]) + this_min - x[i]
-                diff = abs(diff) if use_mad else diff * diff
-                mad += weights[i] * diff
-            if mad < best_mad:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best_mad = mad
-                scale = this_scale
-                mn = this_min
-    return scale, -mn
+# ggml's qkx3 variant differs from qkx2 only where weights may be absent (never here) and in
+# testing max <= min instead of max == min, which is the same test since min <= max always.
+make_qkx3_quants = make_qkx2_quants
 
 
 @njit(cache=True, error_model="numpy")

@@ -369,7 +369,7 @@ def iq4_impl(super_block_size, block_size, x, y, d_off, qs_off, sh_off, sl_off,
     if nblk > 1:
         sh = 0
         d = -max_scale / F(32.0)
-        dq = put_f16(y, d_off, d)
+        put_f16(y, d_off, d)
         idd = F(1.0) / d if d != 0 else F(0.0)
         for ib in range(nblk):
             o = ib * block_size
