@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib
 import os
 
-# Numba's OpenMP workers sleep between parallel loops instead of spinning (see threads.py);
-# set before any parallel kernel can run, and only when the user has not chosen.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Numba's OpenMP workers spin a bounded while (a few hundred microseconds) after each
+# parallel loop, then sleep (see threads.py); set before any parallel kernel can run, and
+# only when the user has not chosen a wait policy.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "20000"
 
 from .types import GGMLType  # noqa: E402
 

@@ -7,9 +7,11 @@ Fast kernels, one per packed kind, parallel over row tiles with ``prange``:
 * Arithmetic, every kind: float32 products and float32 sums.  Per row and block
   ``p = sum_k q_k x_k`` over the integer quants (four partial sums), then
   ``acc += d p + m sum(x_block)`` (Q6_K: ``acc += s_lo p_lo + s_hi p_hi`` over the
-  (q - 32) values; F16/BF16/F32: a plain dot on the converted weights).  Each row is
-  computed by one thread in a fixed order, so results depend neither on the thread
-  count nor on how weights were stacked.
+  (q - 32) values; Q8_0, Q6_K: no m term; F16/BF16/F32: a plain dot on the converted
+  weights).  Each row is computed by one thread in a fixed order, so results depend
+  neither on the thread count nor on how weights were stacked.
+* Two kernels cover the tiled kinds: ``matvec_q4`` (nibbles) and ``matvec_i8`` (one byte
+  per weight: Q5_0/Q5_1/Q5_K, Q6_K and Q8_0).
 * Error bound the tests use: ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` (+1e-30), with W
   the exact dequantization and ``W x`` taken in float64.
 
@@ -23,9 +25,10 @@ unrolled inside it.  Details that keep the code vector and fast:
   partial sums of a block stay four independent FMA chains (with reassociation LLVM
   merges them into one chain and the loop becomes FMA-latency bound);
 * the high nibble is taken as ``v & 0xF0`` times ``x / 16`` (exact: a power-of-two
-  scaling) instead of ``v >> 4``, and the 5th / top bits by bit tests (``w & (1 << k)``)
-  instead of ``w >> k``: Numba widens those shifts to int64 lanes (half-width vectors
-  plus packing shuffles);
+  scaling) instead of ``v >> 4``: Numba widens that shift to int64 lanes (half-width
+  vectors plus packing shuffles);
+* a branch inside the lane loop (``has_m``) stops the vector code: the loop is written
+  twice instead;
 * indices are uint64 (``_u``) so Numba emits no negative-index wraparound.
 
 The exact decoders (``decode_*``: rows -> float32 for ``Weight.rows``/``dequantize``
@@ -45,11 +48,6 @@ f32 = np.float32
 _I15 = np.int32(15)
 _I240 = np.int32(240)
 _I4 = np.int32(4)
-_I32 = np.int32(32)
-_I512 = np.int32(512)
-_I0 = np.int32(0)
-_I16 = np.int32(16)
-_I256 = np.int32(256)
 # Float flags of the tiled kernels: fused multiply-add, no reassociation (see the module docstring).
 _FM = {"contract", "nsz", "arcp", "afn"}
 
@@ -84,15 +82,6 @@ def _x_prep(x):
             s += x[32 * b + k]
         xs[b] = s
     return x * f32(0.0625), xs
-
-
-@njit(cache=True, inline="always")
-def _top2(word, k, unit):
-    """unit * (bits 2k..2k+1 of word), by bit tests rather than shifts: Numba widens a
-    variable int32 shift to int64 lanes, which stops the 8-wide vector code."""
-    lo = unit if word & np.int32(1 << (2 * k)) else _I0
-    hi = (unit + unit) if word & np.int32(2 << (2 * k)) else _I0
-    return lo | hi
 
 
 @njit(cache=True, inline="always")
@@ -140,101 +129,51 @@ def matvec_q4(qt, d, m, x, y):
         _store_tile(acc, t, y)
 
 
+@njit(fastmath=_FM, cache=True, inline="always")
+def _dot_i8(q, base, l, x, o):
+    """Sums q_k x_k over weights 0-15 and 16-31 of one block of one lane (four FMA chains)."""
+    R = ROW_TILE
+    p0 = f32(0)
+    p1 = f32(0)
+    p2 = f32(0)
+    p3 = f32(0)
+    for k in range(8):
+        p0 += f32(q[_u(base + k * R + l)]) * x[o + k]
+        p1 += f32(q[_u(base + (k + 8) * R + l)]) * x[o + 8 + k]
+    for k in range(16, 24):
+        p2 += f32(q[_u(base + k * R + l)]) * x[o + k]
+        p3 += f32(q[_u(base + (k + 8) * R + l)]) * x[o + 8 + k]
+    return p0 + p1, p2 + p3
+
+
 @njit(parallel=True, fastmath=_FM, cache=True)
-def matvec_q5(qt, qh, d, m, x, y):
-    """Q5_0 / Q5_1 / Q5_K tiled: as q4 plus qh (T, nb*R) int32 holding the 5th bits."""
+def matvec_i8(qt, s_lo, s_hi, m, has_m, x, y):
+    """One byte per weight (Q8_0, Q5_0/Q5_1/Q5_K, Q6_K tiled): qt (T, nb*32*R) int8 or uint8;
+    scales s_lo / s_hi (T, nb*R) of weights 0-15 / 16-31 of each block (the same array
+    when the type has one scale per block); with has_m, w = s q + m (m (T, nb*R))."""
     R = ROW_TILE
     nb = x.size // 32
     x16, xs = _x_prep(x)
     for t in prange(qt.shape[0]):
         q = qt[t]
-        dt = d[t]
-        mt = m[t]
-        ht = qh[t]
-        acc = np.zeros(R, np.float32)
-        for b in range(nb):
-            base = b * 16 * R
-            o = 32 * b
-            xsb = xs[b]
-            for l in range(R):
-                i = _u(b * R + l)
-                hb = ht[i]
-                p0 = f32(0)
-                p1 = f32(0)
-                p2 = f32(0)
-                p3 = f32(0)
-                for k in range(8):
-                    v = np.int32(q[_u(base + k * R + l)])
-                    p0 += f32((v & _I15) | (_I16 if hb & np.int32(1 << k) else _I0)) * x[o + k]
-                    p1 += f32((v & _I240) | (_I256 if hb & np.int32(1 << (k + 16)) else _I0)) * x16[o + 16 + k]
-                for k in range(8, 16):
-                    v = np.int32(q[_u(base + k * R + l)])
-                    p2 += f32((v & _I15) | (_I16 if hb & np.int32(1 << k) else _I0)) * x[o + k]
-                    p3 += f32((v & _I240) | (_I256 if hb & np.int32(1 << (k + 16)) else _I0)) * x16[o + 16 + k]
-                acc[l] += _scale(dt[i]) * ((p0 + p1) + (p2 + p3)) + _scale(mt[i]) * xsb
-        _store_tile(acc, t, y)
-
-
-@njit(parallel=True, fastmath=_FM, cache=True)
-def matvec_q8(qt, d, x, y):
-    """Q8_0 tiled: qt (T, nb*32*R) int8, d (T, nb*R) f32."""
-    R = ROW_TILE
-    nb = x.size // 32
-    for t in prange(qt.shape[0]):
-        q = qt[t]
-        dt = d[t]
+        lt = s_lo[t]
+        ht = s_hi[t]
         acc = np.zeros(R, np.float32)
         for b in range(nb):
             base = b * 32 * R
             o = 32 * b
-            for l in range(R):
-                p0 = f32(0)
-                p1 = f32(0)
-                p2 = f32(0)
-                p3 = f32(0)
-                for k in range(8):
-                    p0 += f32(q[_u(base + k * R + l)]) * x[o + k]
-                    p1 += f32(q[_u(base + (k + 8) * R + l)]) * x[o + 8 + k]
-                for k in range(16, 24):
-                    p2 += f32(q[_u(base + k * R + l)]) * x[o + k]
-                    p3 += f32(q[_u(base + (k + 8) * R + l)]) * x[o + 8 + k]
-                acc[l] += _scale(dt[_u(b * R + l)]) * ((p0 + p1) + (p2 + p3))
-        _store_tile(acc, t, y)
-
-
-@njit(parallel=True, fastmath=_FM, cache=True)
-def matvec_q6(qt, hl, hh, sl, sh, x, y):
-    """Q6_K tiled: low nibbles qt, top-2-bit words hl/hh, scales sl/sh (weights 0-15 / 16-31)."""
-    R = ROW_TILE
-    nb = x.size // 32
-    x16, xs = _x_prep(x)
-    for t in prange(qt.shape[0]):
-        q = qt[t]
-        hlt = hl[t]
-        hht = hh[t]
-        slt = sl[t]
-        sht = sh[t]
-        acc = np.zeros(R, np.float32)
-        for b in range(nb):
-            base = b * 16 * R
-            o = 32 * b
-            for l in range(R):
-                i = _u(b * R + l)
-                a = hlt[i]
-                c = hht[i]
-                p0 = f32(0)
-                p1 = f32(0)
-                p2 = f32(0)
-                p3 = f32(0)
-                for k in range(8):
-                    v = np.int32(q[_u(base + k * R + l)])
-                    p0 += f32(((v & _I15) | _top2(a, k, _I16)) - _I32) * x[o + k]
-                    p1 += f32(((v & _I240) | _top2(c, k, _I256)) - _I512) * x16[o + 16 + k]
-                for k in range(8, 16):
-                    v = np.int32(q[_u(base + k * R + l)])
-                    p2 += f32(((v & _I15) | _top2(a, k, _I16)) - _I32) * x[o + k]
-                    p3 += f32(((v & _I240) | _top2(c, k, _I256)) - _I512) * x16[o + 16 + k]
-                acc[l] += slt[i] * (p0 + p2) + sht[i] * (p1 + p3)
+            if has_m:       # two copies of the lane loop: a branch inside stops the vector code
+                mt = m[t]
+                xsb = xs[b]
+                for l in range(R):
+                    lo, hi = _dot_i8(q, base, l, x, o)
+                    i = _u(b * R + l)
+                    acc[l] += _scale(lt[i]) * lo + _scale(ht[i]) * hi + _scale(mt[i]) * xsb
+            else:
+                for l in range(R):
+                    lo, hi = _dot_i8(q, base, l, x, o)
+                    i = _u(b * R + l)
+                    acc[l] += _scale(lt[i]) * lo + _scale(ht[i]) * hi
         _store_tile(acc, t, y)
 
 
@@ -358,50 +297,11 @@ def decode_q4(qt, d, m, off, ids, out):
 
 
 @njit(nogil=True, cache=True)
-def decode_q5(qt, qh, d, m, off, ids, out):
-    """off = 0: w = q d + m (Q5_1, Q5_K); off = 16: w = (q - 16) d (Q5_0, m unused)."""
+def decode_i8(qt, s_lo, s_hi, m, has_m, off, ids, out):
+    """The byte-per-weight kinds (see matvec_i8): off = 16: w = (q - 16) s (Q5_0, m unused);
+    has_m: w = q s + m (Q5_1, Q5_K); otherwise w = q s (Q8_0, Q6_K: q holds q - 32)."""
     R = ROW_TILE
-    nb = d.shape[1] // R
-    for i in range(ids.size):
-        t = ids[i] // R
-        l = ids[i] % R
-        q = qt[t]
-        o = out[i]
-        for b in range(nb):
-            db = _scale(d[t, b * R + l])
-            mb = _scale(m[t, b * R + l])
-            hb = qh[t, b * R + l]
-            for k in range(16):
-                v = np.int32(q[(b * 16 + k) * R + l])
-                lo = (v & _I15) | (((hb >> k) & 1) << 4)
-                hi = (v >> _I4) | (((hb >> (k + 16)) & 1) << 4)
-                if off == 0:
-                    o[32 * b + k] = f32(lo) * db + mb
-                    o[32 * b + 16 + k] = f32(hi) * db + mb
-                else:
-                    o[32 * b + k] = f32(lo - off) * db
-                    o[32 * b + 16 + k] = f32(hi - off) * db
-
-
-@njit(nogil=True, cache=True)
-def decode_q8(qt, d, ids, out):
-    R = ROW_TILE
-    nb = d.shape[1] // R
-    for i in range(ids.size):
-        t = ids[i] // R
-        l = ids[i] % R
-        q = qt[t]
-        o = out[i]
-        for b in range(nb):
-            db = _scale(d[t, b * R + l])
-            for k in range(32):
-                o[32 * b + k] = f32(q[(b * 32 + k) * R + l]) * db
-
-
-@njit(nogil=True, cache=True)
-def decode_q6(qt, hl, hh, sl, sh, ids, out):
-    R = ROW_TILE
-    nb = sl.shape[1] // R
+    nb = s_lo.shape[1] // R
     for i in range(ids.size):
         t = ids[i] // R
         l = ids[i] % R
@@ -409,16 +309,12 @@ def decode_q6(qt, hl, hh, sl, sh, ids, out):
         o = out[i]
         for b in range(nb):
             j = b * R + l
-            a = hl[t, j]
-            c = hh[t, j]
-            s0 = sl[t, j]
-            s1 = sh[t, j]
-            for k in range(16):
-                v = np.int32(q[(b * 16 + k) * R + l])
-                lo = ((v & _I15) | (((a >> (2 * k)) & 3) << 4)) - _I32
-                hi = ((v >> _I4) | (((c >> (2 * k)) & 3) << 4)) - _I32
-                o[32 * b + k] = s0 * f32(lo)
-                o[32 * b + 16 + k] = s1 * f32(hi)
+            s0 = _scale(s_lo[t, j])
+            s1 = _scale(s_hi[t, j])
+            mb = _scale(m[t, j]) if has_m else f32(0)
+            for k in range(32):
+                v = f32(np.int32(q[(b * 32 + k) * R + l]) - off) * (s0 if k < 16 else s1)
+                o[32 * b + k] = v + mb if has_m else v
 
 
 @njit(nogil=True, cache=True)

@@ -23,12 +23,16 @@ count is padded to a whole tile, with zeros).
 Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
 
 ``q4``  Q4_0, Q4_1, Q4_K: ``qt`` uint8 (T, nb*16*ROW_TILE): byte k of a block holds
-        weight k (low nibble) and weight k+16 (high nibble); ``d``, ``m`` float32 (T, nb*ROW_TILE).
-``q5``  Q5_0, Q5_1, Q5_K: as ``q4`` plus ``qh`` int32: bit j is the 5th bit of weight j.
-``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d`` float32.
-``q6``  Q6_K: ``qt`` as ``q4`` (low 4 bits), ``hl``/``hh`` int32: bits 2j..2j+1 are the
-        top 2 bits of weight j (hl) or j+16 (hh); ``sl``/``sh`` float32: the scales
-        ``d * sc`` of weights 0-15 and 16-31; weight = s * (q - 32).
+        weight k (low nibble) and weight k+16 (high nibble); ``d``, ``m`` (T, nb*ROW_TILE).
+``q5``  Q5_0, Q5_1, Q5_K: ``qt`` uint8 (T, nb*32*ROW_TILE), one byte per weight (its
+        5 bits); ``d``, ``m``.
+``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d``.
+``q6``  Q6_K: ``qt`` int8 as ``q8`` holding q - 32; ``sl``/``sh``: the scales ``d * sc``
+        of weights 0-15 and 16-31; weight = s * (q - 32).
+        (The 5- and 6-bit types spend a whole byte per weight: memory grows by about
+        a third, but the kernel does no bit assembly and runs at the speed of Q8_0's,
+        which more than pays for the extra bytes streamed.)
+Per-block scales are float32, or float16 bits (uint16) where that is lossless.
 ``f32`` F32: ``w`` float32 (rows, cols).
 ``f16``, ``bf16``  F16, BF16: ``w`` uint16 (rows, cols), the values' bits.
 ``raw`` every other type: ``raw`` uint8 (rows, row_bytes), decoded by the
@@ -54,11 +58,12 @@ from .types import GGMLType, as_type, row_bytes
 # Legacy 32-weight types: bytes per block, has an fp16 min, has 32 high bits, offset of the symmetric types.
 _LEGACY = {GGMLType.Q4_0: (18, False, False, 8), GGMLType.Q4_1: (20, True, False, 0),
            GGMLType.Q5_0: (22, False, True, 16), GGMLType.Q5_1: (24, True, True, 0)}
-_NO_QH = np.zeros((1, 1), np.int32)   # placeholder qh for the types without high bits
 # Rows per tile (SIMD lanes of the matvec: 4 ymm registers of float32).
 ROW_TILE = 32
 # Quant bytes per 32-weight block in each tiled kind.
-_QBYTES = {"q4": 16, "q5": 16, "q6": 16, "q8": 32}
+_QBYTES = {"q4": 16, "q5": 32, "q6": 32, "q8": 32}
+# Per-block float arrays of each tiled kind (stored as float16 bits where lossless).
+_SCALES = {"q4": ("d", "m"), "q5": ("d", "m"), "q8": ("d",), "q6": ("sl", "sh")}
 
 FAST_KINDS = {
     GGMLType.Q4_0: "q4", GGMLType.Q4_1: "q4", GGMLType.Q4_K: "q4",
@@ -104,7 +109,14 @@ def _put_nibbles(dst, o, e):
 
 
 @njit(cache=True, nogil=True)
-def repack_legacy(raw, ts, has_m, has_h, off, qt, d, m, qh, r0, r1):
+def _put_bytes(dst, o, e, off):
+    """Store weights e[0..31] of one block as bytes e - off at dst[o + k*R]."""
+    for k in range(32):
+        dst[o + k * ROW_TILE] = e[k] - off
+
+
+@njit(cache=True, nogil=True)
+def repack_legacy(raw, ts, has_m, has_h, off, qt, d, m, r0, r1):
     """Q4_0 (ts 18), Q4_1 (20), Q5_0 (22), Q5_1 (24): d [m] [qh] qs[16].  off: 8 or 16 for the
     symmetric types (m = -off * d), 0 otherwise."""
     R = ROW_TILE
@@ -125,11 +137,16 @@ def repack_legacy(raw, ts, has_m, has_h, off, qt, d, m, qh, r0, r1):
                 o += 2
             else:
                 m[t, i] = np.float32(-off) * db
-            if has_h:
-                qh[t, i] = np.int32(u32_at(src, o))
+            if has_h:           # one byte per weight: the nibble and its 5th bit
+                h = u32_at(src, o)
                 o += 4
-            for k in range(16):
-                q[(b * 16 + k) * R + l] = src[o + k]
+                for k in range(16):
+                    v = src[o + k]
+                    q[(b * 32 + k) * R + l] = (v & 15) | (((h >> k) & 1) << 4)
+                    q[(b * 32 + 16 + k) * R + l] = (v >> 4) | (((h >> (k + 16)) & 1) << 4)
+            else:
+                for k in range(16):
+                    q[(b * 16 + k) * R + l] = src[o + k]
 
 
 @njit(cache=True, nogil=True)
@@ -150,7 +167,7 @@ def repack_q8_0(raw, qt, d, r0, r1):
 
 
 @njit(cache=True, nogil=True)
-def repack_k45(raw, five, qt, d, m, qh, r0, r1):
+def repack_k45(raw, five, qt, d, m, r0, r1):
     """Q4_K (144 bytes: d, dmin, scales[12], qs[128]) and Q5_K (176: d, dmin, scales[12], qh[32], qs[128])
     -> 32-weight sub-blocks with scale d*sc and offset -dmin*min."""
     R = ROW_TILE
@@ -174,19 +191,19 @@ def repack_k45(raw, five, qt, d, m, qh, r0, r1):
                 m[t, b * R + l] = -(dmin * np.float32(mn))
                 c = j // 2
                 sh = 4 * (j % 2)
-                h = np.uint32(0)
                 for k in range(32):
                     e[k] = (src[o + qs_off + 32 * c + k] >> sh) & 15
                     if five:
-                        h |= np.uint32((src[o + 16 + k] >> j) & 1) << k
-                _put_nibbles(q, b * 16 * R + l, e)
+                        e[k] |= ((src[o + 16 + k] >> j) & 1) << 4
                 if five:
-                    qh[t, b * R + l] = np.int32(h)
+                    _put_bytes(q, b * 32 * R + l, e, 0)
+                else:
+                    _put_nibbles(q, b * 16 * R + l, e)
 
 
 @njit(cache=True, nogil=True)
-def repack_q6_k(raw, qt, hl, hh, sl, sh, r0, r1):
-    """Q6_K (210 bytes: ql[128], qh[64], scales int8[16], d) -> nibbles, 2-bit tops, per-16 scales."""
+def repack_q6_k(raw, qt, sl, sh, r0, r1):
+    """Q6_K (210 bytes: ql[128], qh[64], scales int8[16], d) -> bytes q - 32, per-16 scales d * sc."""
     R = ROW_TILE
     nb = sl.shape[1] // R
     e = np.empty(32, np.int32)
@@ -209,15 +226,8 @@ def repack_q6_k(raw, qt, hl, hh, sl, sh, r0, r1):
                     top = (src[qhh + k] >> (2 * kk)) & 3
                     e[k] = lo | (top << 4)
                 b = 8 * i + b8
-                _put_nibbles(q, b * 16 * R + l, e)
-                a = np.uint32(0)
-                c = np.uint32(0)
-                for k in range(16):
-                    a |= np.uint32(e[k] >> 4) << (2 * k)
-                    c |= np.uint32(e[k + 16] >> 4) << (2 * k)
+                _put_bytes(q, b * 32 * R + l, e, 32)
                 i2 = b * R + l
-                hl[t, i2] = np.int32(a)
-                hh[t, i2] = np.int32(c)
                 isc = o + 192 + 8 * half + 2 * kk
                 sl[t, i2] = dd * np.float32(sext8(src[isc]))
                 sh[t, i2] = dd * np.float32(sext8(src[isc + 1]))
@@ -284,21 +294,20 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
     nb = cols // 32
     T = p.tiles
     A = p.arrays
-    A["qt"] = np.zeros((T, _QBYTES[kind] * nb * ROW_TILE), np.int8 if kind == "q8" else np.uint8)
-    per_block = {"q4": ("d", "m"), "q5": ("d", "m", "qh"), "q8": ("d",), "q6": ("hl", "hh", "sl", "sh")}[kind]
-    for k in per_block:
-        A[k] = np.zeros((T, nb * ROW_TILE), np.int32 if k in ("qh", "hl", "hh") else np.float32)
+    A["qt"] = np.zeros((T, _QBYTES[kind] * nb * ROW_TILE), np.int8 if kind in ("q8", "q6") else np.uint8)
+    for k in _SCALES[kind]:
+        A[k] = np.zeros((T, nb * ROW_TILE), np.float32)
 
     def work(r0, r1):
         if kind == "q8":
             repack_q8_0(raw, A["qt"], A["d"], r0, r1)
         elif kind == "q6":
-            repack_q6_k(raw, A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], r0, r1)
+            repack_q6_k(raw, A["qt"], A["sl"], A["sh"], r0, r1)
         elif t in (GGMLType.Q4_K, GGMLType.Q5_K):
-            repack_k45(raw, t == GGMLType.Q5_K, A["qt"], A["d"], A["m"], A.get("qh", _NO_QH), r0, r1)
+            repack_k45(raw, t == GGMLType.Q5_K, A["qt"], A["d"], A["m"], r0, r1)
         else:
             ts, has_m, has_h, off = _LEGACY[t]
-            repack_legacy(raw, ts, has_m, has_h, off, A["qt"], A["d"], A["m"], A.get("qh", _NO_QH), r0, r1)
+            repack_legacy(raw, ts, has_m, has_h, off, A["qt"], A["d"], A["m"], r0, r1)
 
     # split over the worker threads (the loops are nogil); whole tiles per thread
     parts = max(1, min(get_num_threads(), rows // 256))
@@ -308,8 +317,7 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
     else:
         for f in [pool().submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
             f.result()
-    if kind != "q6":
-        _halve_scales(p)
+    _halve_scales(p)
     return p
 
 
@@ -317,7 +325,7 @@ def _halve_scales(p: Packed) -> None:
     """Store d and m as float16 bits (uint16) when that is lossless (always for the legacy
     types' own fp16 fields, unless -8d / -16d overflows): fewer bytes per token to stream.
     The kernels read either form (quant_matvec._scale)."""
-    keys = [k for k in ("d", "m") if k in p.arrays]
+    keys = _SCALES[p.kind]
     halves = {}
     with np.errstate(over="ignore", invalid="ignore"):
         for k in keys:

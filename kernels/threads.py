@@ -1,11 +1,14 @@
 """The kernels' thread count: Numba's parallel loops and the raw-type worker pool.
 
-``import kernels`` (the package, so before this module) sets ``OMP_WAIT_POLICY=PASSIVE``
-unless the environment already sets it: Numba's OpenMP workers then sleep between parallel
-loops instead of spinning.  Spinning saves ~20 us per launch on an idle machine but
-costs milliseconds per launch as soon as another process wants the cores (measured
-here: median 16 ms vs 24 us per empty 2-thread parallel loop on a busy 2-core box).
-It must be set before the first parallel kernel runs; set it yourself to override.
+``import kernels`` (the package, so before this module) sets ``GOMP_SPINCOUNT=20000``
+unless the environment already sets it or ``OMP_WAIT_POLICY``: Numba's OpenMP workers
+then spin for a few hundred microseconds after each parallel loop and sleep after that.
+A decode step runs ~120 kernels a few microseconds apart, so they find the workers
+awake (measured here: 2 us per empty 2-thread parallel loop against 13 us for workers
+that sleep at once, OMP_WAIT_POLICY=PASSIVE; SmolLM2 tg64 126 vs 105 t/s), while an
+idle engine or a busy machine sees no endless spinning (OMP_WAIT_POLICY=ACTIVE costs
+milliseconds per launch as soon as another process wants the cores).  It must be set
+before the first parallel kernel runs; set either variable yourself to override.
 
 ``set_num_threads(n)`` applies to every kernel called afterwards from the calling
 thread (Numba keeps the setting per calling thread).  numpy's BLAS (used by

@@ -7,8 +7,8 @@
     F = W.dequantize()                 # (rows, cols) f32, exact (bit-identical to kernels.dequantize)
 
 rows = output features (GGUF/numpy order).  Construction copies the tensor into
-the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q5_0/Q5_1 6, Q8_0 8.5
--- the GGUF sizes or within 0.5 bit, with float16 scales -- Q4_K 6, Q5_K 7, Q6_K 8,
+the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q8_0 8.5 -- the GGUF
+sizes or within 0.5 bit, with float16 scales -- Q5_0/Q5_1 9, Q4_K 6, Q5_K 10, Q6_K 10,
 F16/BF16 16, F32 32, other types their GGUF size; row counts are padded to whole
 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
 
@@ -41,6 +41,7 @@ _PARALLEL_DECODE_ELEMENTS = 1 << 16
 # Symmetric types decode as (q - offset) * d (ggml's expression; exact zeros keep their sign).
 _NO_OFFSET = np.int32(0)
 _OFFSET = {GGMLType.Q4_0: np.int32(8), GGMLType.Q5_0: np.int32(16)}
+_NO_M = np.zeros((1, 1), np.float32)     # the m argument of the kinds without offsets
 
 
 class Weight:
@@ -102,11 +103,11 @@ class Weight:
         if k == "q4":
             mv.matvec_q4(A["qt"], A["d"], A["m"], x, out)
         elif k == "q5":
-            mv.matvec_q5(A["qt"], A["qh"], A["d"], A["m"], x, out)
+            mv.matvec_i8(A["qt"], A["d"], A["d"], A["m"], True, x, out)
         elif k == "q8":
-            mv.matvec_q8(A["qt"], A["d"], x, out)
+            mv.matvec_i8(A["qt"], A["d"], A["d"], _NO_M, False, x, out)
         elif k == "q6":
-            mv.matvec_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], x, out)
+            mv.matvec_i8(A["qt"], A["sl"], A["sh"], _NO_M, False, x, out)
         elif k == "f32":
             mv.matvec_f32(A["w"], x, out)
         elif k == "f16":
@@ -186,11 +187,12 @@ class Weight:
         if k == "q4":
             mv.decode_q4(A["qt"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
         elif k == "q5":
-            mv.decode_q5(A["qt"], A["qh"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
+            off = _OFFSET.get(self.qtype, _NO_OFFSET)
+            mv.decode_i8(A["qt"], A["d"], A["d"], A["m"], off == 0, off, ids, out)
         elif k == "q8":
-            mv.decode_q8(A["qt"], A["d"], ids, out)
+            mv.decode_i8(A["qt"], A["d"], A["d"], _NO_M, False, _NO_OFFSET, ids, out)
         elif k == "q6":
-            mv.decode_q6(A["qt"], A["hl"], A["hh"], A["sl"], A["sh"], ids, out)
+            mv.decode_i8(A["qt"], A["sl"], A["sh"], _NO_M, False, _NO_OFFSET, ids, out)
         elif k == "f32":
             mv.gather_f32(A["w"], ids, out)
         elif k == "f16":
