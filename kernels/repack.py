@@ -29,9 +29,9 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
 ``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d``.
 ``q6``  Q6_K: ``qt`` int8 as ``q8`` holding q - 32; ``sl``/``sh``: the scales ``d * sc``
         of weights 0-15 and 16-31; weight = s * (q - 32).
-        (The 5- and 6-bit types spend a whole byte per weight: memory grows by about
-        a third, but the kernel does no bit assembly and runs at the speed of Q8_0's,
-        which more than pays for the extra bytes streamed.)
+        (The 5- and 6-bit types spend a whole byte per weight: 9-10 bits per weight in
+        memory against 5.5-6.6 in the file, but the kernel does no bit assembly and runs
+        at the speed of Q8_0's, which more than pays for the extra bytes streamed.)
 Per-block scales are float32, or float16 bits (uint16) where that is lossless.
 ``f32`` F32: ``w`` float32 (rows, cols).
 ``f16``, ``bf16``  F16, BF16: ``w`` uint16 (rows, cols), the values' bits.
