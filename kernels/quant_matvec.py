@@ -72,8 +72,8 @@ def _scale_impl(v):
 
 
 @njit(cache=True)
-def _x_prep(x):
-    """x (32 nb,) -> x16 = x / 16 (exact) and xs (nb,) the block sums."""
+def _block_sums(x):
+    """x (32 nb,) -> (nb,) the sums of its 32-element blocks (the offset terms' factor)."""
     nb = x.size // 32
     xs = np.empty(nb, np.float32)
     for b in range(nb):
@@ -81,7 +81,7 @@ def _x_prep(x):
         for k in range(32):
             s += x[32 * b + k]
         xs[b] = s
-    return x * f32(0.0625), xs
+    return xs
 
 
 @njit(cache=True, inline="always")
@@ -101,7 +101,8 @@ def matvec_q4(qt, d, m, x, y):
     """Q4_0 / Q4_1 / Q4_K tiled: qt (T, nb*16*R) uint8, d, m (T, nb*R) f32; y (rows,) f32."""
     R = ROW_TILE
     nb = x.size // 32
-    x16, xs = _x_prep(x)
+    x16 = x * f32(0.0625)        # the high nibbles' activations: v & 0xF0 is 16 q (exact)
+    xs = _block_sums(x)
     for t in prange(qt.shape[0]):
         q = qt[t]
         dt = d[t]
@@ -153,7 +154,7 @@ def matvec_i8(qt, s_lo, s_hi, m, has_m, x, y):
     when the type has one scale per block); with has_m, w = s q + m (m (T, nb*R))."""
     R = ROW_TILE
     nb = x.size // 32
-    x16, xs = _x_prep(x)
+    xs = _block_sums(x) if has_m else x[:0]
     for t in prange(qt.shape[0]):
         q = qt[t]
         lt = s_lo[t]

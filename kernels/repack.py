@@ -72,6 +72,7 @@ FAST_KINDS = {
     GGMLType.F16: "f16", GGMLType.BF16: "bf16",
 }
 TILED_KINDS = ("q4", "q5", "q8", "q6")
+BYTE_KINDS = ("q5", "q8", "q6")      # one byte per weight: quant_matvec.matvec_i8 / decode_i8
 
 
 @dataclass
@@ -322,8 +323,9 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
 
 
 def _halve_scales(p: Packed) -> None:
-    """Store d and m as float16 bits (uint16) when that is lossless (always for the legacy
-    types' own fp16 fields, unless -8d / -16d overflows): fewer bytes per token to stream.
+    """Store the per-block scales (_SCALES) as float16 bits (uint16) when that is lossless
+    (always for the legacy types' own fp16 fields, unless -8d / -16d overflows): fewer
+    bytes per token to stream.
     The kernels read either form (quant_matvec._scale)."""
     keys = _SCALES[p.kind]
     halves = {}

@@ -29,7 +29,7 @@ import numpy as np
 from . import quant_matvec as mv
 from .quant_matmul import MATVEC_MAX_BATCH, tiled_matmul
 from .registry import get_qtype
-from .repack import Packed, concat as _concat_packed, repack
+from .repack import BYTE_KINDS, Packed, concat as _concat_packed, repack
 from .slow_matvec import slow_matvec
 from .threads import get_num_threads, pool
 from .types import GGMLType, as_type, row_bytes
@@ -102,12 +102,8 @@ class Weight:
         k = p.kind
         if k == "q4":
             mv.matvec_q4(A["qt"], A["d"], A["m"], x, out)
-        elif k == "q5":
-            mv.matvec_i8(A["qt"], A["d"], A["d"], A["m"], True, x, out)
-        elif k == "q8":
-            mv.matvec_i8(A["qt"], A["d"], A["d"], _NO_M, False, x, out)
-        elif k == "q6":
-            mv.matvec_i8(A["qt"], A["sl"], A["sh"], _NO_M, False, x, out)
+        elif k in BYTE_KINDS:
+            mv.matvec_i8(*self._byte_arrays(), "m" in A, x, out)
         elif k == "f32":
             mv.matvec_f32(A["w"], x, out)
         elif k == "f16":
@@ -186,13 +182,9 @@ class Weight:
         k = p.kind
         if k == "q4":
             mv.decode_q4(A["qt"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
-        elif k == "q5":
+        elif k in BYTE_KINDS:       # Q5_0 decodes as (q - 16) d, not q d + m (see _OFFSET)
             off = _OFFSET.get(self.qtype, _NO_OFFSET)
-            mv.decode_i8(A["qt"], A["d"], A["d"], A["m"], off == 0, off, ids, out)
-        elif k == "q8":
-            mv.decode_i8(A["qt"], A["d"], A["d"], _NO_M, False, _NO_OFFSET, ids, out)
-        elif k == "q6":
-            mv.decode_i8(A["qt"], A["sl"], A["sh"], _NO_M, False, _NO_OFFSET, ids, out)
+            mv.decode_i8(*self._byte_arrays(), "m" in A and off == 0, off, ids, out)
         elif k == "f32":
             mv.gather_f32(A["w"], ids, out)
         elif k == "f16":
@@ -205,6 +197,12 @@ class Weight:
                 self._decode(raw[r], out[i])
 
     # ------------------------------------------------------------------ raw (registry decoder) path
+
+    def _byte_arrays(self):
+        """(qt, s_lo, s_hi, m) of a byte-per-weight kind for matvec_i8 / decode_i8: one scale
+        per block serves both halves (Q5, Q8_0); Q6_K has one per 16 weights; no m: a stand-in."""
+        A = self.packed.arrays
+        return A["qt"], A.get("sl", A.get("d")), A.get("sh", A.get("d")), A.get("m", _NO_M)
 
     @staticmethod
     def _run(fn, ranges) -> None:
