@@ -42,11 +42,11 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .repack import ROW_TILE
+from .repack import ROW_TILE, _nibble_index
+from .simd import nibble_isums
 
 f32 = np.float32
 _I15 = np.int32(15)
-_I240 = np.int32(240)
 _I4 = np.int32(4)
 # Float flags of the tiled kernels: fused multiply-add, no reassociation (see the module docstring).
 _FM = {"contract", "nsz", "arcp", "afn"}
@@ -96,37 +96,63 @@ def _store_tile(acc, t, y):
 # Per tile t: q = qt[t]; block b's byte k of lane l is q[(b*K + k)*R + l]; per-block values at [t, b*R + l].
 
 
+@njit(cache=True)
+def round_activations(x):
+    """x (32 nb,) f32 -> (xq, xr, dx, dr, xs): each 32-element block as two int8 terms,
+    x ~ dx xq + dr xr with dx = max|x| / 127, xq = round(x / dx) (ggml's Q8_0 rounding,
+    ties to even), dr = dx / 254 and xr = round((x - dx xq) / dr), so |x - dx xq - dr xr|
+    <= dr / 2 = max|x| / 64516 (plus float32 rounding); xs (nb,) = the blocks' sums of
+    those values.  Zero blocks give zeros."""
+    nb = x.size // 32
+    xq = np.empty(x.size, np.int8)
+    xr = np.empty(x.size, np.int8)
+    dx = np.empty(nb, np.float32)
+    dr = np.empty(nb, np.float32)
+    xs = np.empty(nb, np.float32)
+    for b in range(nb):
+        amax = f32(0)
+        for k in range(32):
+            amax = max(amax, abs(x[32 * b + k]))
+        inv = f32(127) / amax if amax > 0 else f32(0)
+        sq = 0
+        sr = 0
+        for k in range(32):
+            u = x[32 * b + k] * inv              # in units of dx: |u| <= 127
+            v = np.rint(u)
+            w = np.rint((u - v) * f32(254))      # the remainder in units of dr: |w| <= 127
+            xq[32 * b + k] = np.int32(v)
+            xr[32 * b + k] = np.int32(w)
+            sq += np.int32(v)
+            sr += np.int32(w)
+        dx[b] = amax / f32(127)
+        dr[b] = amax / f32(127 * 254)
+        xs[b] = dx[b] * f32(sq) + dr[b] * f32(sr)
+    return xq, xr, dx, dr, xs
+
+
 @njit(parallel=True, fastmath=_FM, cache=True)
-def matvec_q4(qt, d, m, x, y):
-    """Q4_0 / Q4_1 / Q4_K tiled: qt (T, nb*16*R) uint8, d, m (T, nb*R) f32; y (rows,) f32."""
+def matvec_q4(qt, d, m, x, simd, y):
+    """Q4_0 / Q4_1 / Q4_K tiled: qt (T, nb*16*R) uint8, d, m (T, nb*R); y (rows,) f32.
+    x is split into two int8 terms per block (round_activations); per block the integer
+    sums come from simd.nibble_isums (simd: its AVX2 form where the host has it)."""
     R = ROW_TILE
     nb = x.size // 32
-    x16 = x * f32(0.0625)        # the high nibbles' activations: v & 0xF0 is 16 q (exact)
-    xs = _block_sums(x)
+    xq, xr, dx, dr, xs = round_activations(x)
     for t in prange(qt.shape[0]):
         q = qt[t]
         dt = d[t]
         mt = m[t]
         acc = np.zeros(R, np.float32)
+        isum = np.empty(2 * R, np.int32)
         for b in range(nb):
-            base = b * 16 * R
-            o = 32 * b
+            nibble_isums(q, b * 16 * R, xq, xr, 32 * b, isum, simd)
+            dxb = dx[b]
+            drb = dr[b]
             xsb = xs[b]
             for l in range(R):
-                p0 = f32(0)
-                p1 = f32(0)
-                p2 = f32(0)
-                p3 = f32(0)
-                for k in range(8):
-                    v = np.int32(q[_u(base + k * R + l)])
-                    p0 += f32(v & _I15) * x[o + k]
-                    p1 += f32(v & _I240) * x16[o + 16 + k]
-                for k in range(8, 16):
-                    v = np.int32(q[_u(base + k * R + l)])
-                    p2 += f32(v & _I15) * x[o + k]
-                    p3 += f32(v & _I240) * x16[o + 16 + k]
                 i = _u(b * R + l)
-                acc[l] += _scale(dt[i]) * ((p0 + p1) + (p2 + p3)) + _scale(mt[i]) * xsb
+                p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                acc[l] += _scale(dt[i]) * p + _scale(mt[i]) * xsb
         _store_tile(acc, t, y)
 
 
@@ -286,7 +312,7 @@ def decode_q4(qt, d, m, off, ids, out):
             db = _scale(d[t, b * R + l])
             mb = _scale(m[t, b * R + l])
             for k in range(16):
-                v = np.int32(q[(b * 16 + k) * R + l])
+                v = np.int32(q[_nibble_index(b, k, l)])
                 lo = v & _I15
                 hi = v >> _I4
                 if off == 0:

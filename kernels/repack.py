@@ -24,6 +24,9 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
 
 ``q4``  Q4_0, Q4_1, Q4_K: ``qt`` uint8 (T, nb*16*ROW_TILE): byte k of a block holds
         weight k (low nibble) and weight k+16 (high nibble); ``d``, ``m`` (T, nb*ROW_TILE).
+        Here a lane holds 4 consecutive bytes of its row at a time (the 32-bit lanes of
+        the integer dot products, see simd.py): byte k of block b of lane l is at
+        ``qt[t, ((b * 4 + k // 4) * ROW_TILE + l) * 4 + k % 4]``.
 ``q5``  Q5_0, Q5_1, Q5_K: ``qt`` uint8 (T, nb*32*ROW_TILE), one byte per weight (its
         5 bits); ``d``, ``m``.
 ``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d``.
@@ -102,11 +105,17 @@ class Packed:
 # are those of ggml-common.h (see the registry's layout strings).
 
 
+@njit(cache=True, inline="always")
+def _nibble_index(b, k, l):
+    """Where byte k of block b of lane l lives in a ``q4`` tile (see the module docstring)."""
+    return ((b * 4 + k // 4) * ROW_TILE + l) * 4 + k % 4
+
+
 @njit(cache=True, nogil=True)
-def _put_nibbles(dst, o, e):
-    """Store weights e[0..31] (values < 16 used) of one block as nibble bytes dst[o + k*R]."""
+def _put_nibbles(dst, b, l, e):
+    """Store weights e[0..31] (values < 16 used) of block b of lane l as nibble bytes."""
     for k in range(16):
-        dst[o + k * ROW_TILE] = np.uint8((e[k] & 15) | ((e[k + 16] & 15) << 4))
+        dst[_nibble_index(b, k, l)] = np.uint8((e[k] & 15) | ((e[k + 16] & 15) << 4))
 
 
 @njit(cache=True, nogil=True)
@@ -147,7 +156,7 @@ def repack_legacy(raw, ts, has_m, has_h, off, qt, d, m, r0, r1):
                     q[(b * 32 + 16 + k) * R + l] = (v >> 4) | (((h >> (k + 16)) & 1) << 4)
             else:
                 for k in range(16):
-                    q[(b * 16 + k) * R + l] = src[o + k]
+                    q[_nibble_index(b, k, l)] = src[o + k]
 
 
 @njit(cache=True, nogil=True)
@@ -199,7 +208,7 @@ def repack_k45(raw, five, qt, d, m, r0, r1):
                 if five:
                     _put_bytes(q, b * 32 * R + l, e, 0)
                 else:
-                    _put_nibbles(q, b * 16 * R + l, e)
+                    _put_nibbles(q, b, l, e)
 
 
 @njit(cache=True, nogil=True)
@@ -237,22 +246,28 @@ def repack_q6_k(raw, qt, sl, sh, r0, r1):
 # --------------------------------------------------------------------------- tiles <-> rows (numpy)
 
 
-def _untile(a: np.ndarray, rows: int, nb: int) -> np.ndarray:
-    """Tiled (T, nb*K*R) -> row-major (rows, nb, K) copy (K = 1 for per-block arrays)."""
+def _group(p: "Packed", key: str) -> int:
+    """Bytes per lane group of a tiled array: 4 for the ``q4`` quants, else 1."""
+    return 4 if p.kind == "q4" and key == "qt" else 1
+
+
+def _untile(a: np.ndarray, rows: int, nb: int, g: int = 1) -> np.ndarray:
+    """Tiled (T, nb*K*R) -> row-major (rows, nb, K) copy (K = 1 for per-block arrays); each
+    lane holds g consecutive bytes of a block at a time (see the module docstring)."""
     T = a.shape[0]
     K = a.shape[1] // (nb * ROW_TILE)
-    return a.reshape(T, nb, K, ROW_TILE).transpose(0, 3, 1, 2).reshape(T * ROW_TILE, nb, K)[:rows]
+    return (a.reshape(T, nb, K // g, ROW_TILE, g).transpose(0, 3, 1, 2, 4)
+            .reshape(T * ROW_TILE, nb, K)[:rows])
 
 
-def _tile(a: np.ndarray) -> np.ndarray:
-    """Row-major (rows, nb, K) -> tiled (T, nb*K*R), the padding rows zero."""
+def _tile(a: np.ndarray, g: int = 1) -> np.ndarray:
+    """Row-major (rows, nb, K) -> tiled (T, nb*K*R), the padding rows zero (inverse of _untile)."""
     rows, nb, K = a.shape
     T = -(-rows // ROW_TILE)
-    out = np.zeros((T, nb, K, ROW_TILE), a.dtype)
     full = np.zeros((T * ROW_TILE, nb, K), a.dtype)
     full[:rows] = a
-    out[...] = full.reshape(T, ROW_TILE, nb, K).transpose(0, 2, 3, 1)
-    return out.reshape(T, nb * K * ROW_TILE)
+    out = full.reshape(T, ROW_TILE, nb, K // g, g).transpose(0, 2, 3, 1, 4)
+    return np.ascontiguousarray(out).reshape(T, nb * K * ROW_TILE)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -359,7 +374,8 @@ def concat(packs: list[Packed]) -> Packed:
         if len({a.dtype for a in parts}) > 1:       # some parts keep float32 scales: all do
             parts = [_as_f32_scales(a) for a in parts]
         if tiled and not aligned:       # re-tile: row-major copies, stacked, tiled again
-            out.arrays[k] = _tile(np.concatenate([_untile(a, p.rows, nb) for a, p in zip(parts, packs)]))
+            g = _group(first, k)
+            out.arrays[k] = _tile(np.concatenate([_untile(a, p.rows, nb, g) for a, p in zip(parts, packs)]), g)
         else:                           # whole tiles (or plain rows) stack as they are
             out.arrays[k] = np.concatenate(parts, axis=0)
     return out

@@ -80,6 +80,14 @@ class Weight:
         return self.packed.nbytes
 
     @property
+    def rounds_activations(self) -> bool:
+        """True when matvec multiplies x rounded to two int8 terms per 32-block
+        (``rounded_activations``, within max|x_block| / 64516 of x): the 4-bit kinds, whose
+        integer dot products are the fastest form (see simd.py).  Matmuls of more than
+        MATVEC_MAX_BATCH rows multiply the exact X."""
+        return self.packed.kind == "q4"
+
+    @property
     def file_nbytes(self) -> int:
         """Bytes the tensor takes in GGML form (what a matvec is measured against)."""
         return self.shape[0] * row_bytes(self.qtype, self.shape[1])
@@ -101,7 +109,7 @@ class Weight:
         A = p.arrays
         k = p.kind
         if k == "q4":
-            mv.matvec_q4(A["qt"], A["d"], A["m"], x, out)
+            mv.matvec_q4(A["qt"], A["d"], A["m"], x, True, out)
         elif k in BYTE_KINDS:
             mv.matvec_i8(*self._byte_arrays(), "m" in A, x, out)
         elif k == "f32":
@@ -281,6 +289,19 @@ def matmul(X: np.ndarray, data: np.ndarray, qtype, shape) -> np.ndarray:
     return Weight(data, qtype, shape).matmul(X)
 
 
+def rounded_activations(X: np.ndarray) -> np.ndarray:
+    """X (..., cols) f32 as the int8 kernels multiply it (float64): each 32-element block as
+    dx xq + dr xr, two int8 terms (see quant_matvec.round_activations); within
+    max|x_block| / 64516 of X, element-wise, plus float32 rounding."""
+    X = np.asarray(X, np.float32)
+    out = np.empty(X.shape, np.float64)
+    for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
+        xq, xr, dx, dr, _ = mv.round_activations(np.ascontiguousarray(src))
+        dst[:] = (xq.reshape(-1, 32) * dx[:, None].astype(np.float64)
+                  + xr.reshape(-1, 32) * dr[:, None].astype(np.float64)).reshape(-1)
+    return out
+
+
 def _ranges(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
     """lo..hi cut into at most max(1, parts) near-equal non-empty ranges (a, b); none if hi == lo."""
     bounds = np.linspace(lo, hi, max(1, min(parts, hi - lo)) + 1).astype(np.int64)
@@ -296,4 +317,4 @@ def _as_f32(a, shape, name) -> np.ndarray:
     return a
 
 
-__all__ = ["Weight", "fused_matvec", "matvec", "matmul", "GGMLType"]
+__all__ = ["Weight", "fused_matvec", "matvec", "matmul", "rounded_activations", "GGMLType"]

@@ -1,7 +1,12 @@
 """Quantized matvec / matmul / row gather (kernels.Weight) against float64 products on exact dequantizations.
 
 Tolerance (every product test): |y - y_ref| <= 1e-5 * sum_j |w_j x_j| + 1e-30 per output, where
-y_ref = dequant(W) @ x in float64.  Dequantization and row gathers are bit-exact (compared as bits).
+y_ref = dequant(W) @ x in float64, with x the activations the product multiplies: for the 4-bit
+types (Q4_0, Q4_1, Q4_K) matvec (and matmuls of at most MATVEC_MAX_BATCH rows) rounds x to int8
+blocks as llama.cpp does, so there x is kernels.rounded_activations(x), itself checked against
+its definition (|x - x_hat| <= max|x_block| / 254) and, end to end,
+|y - W x| <= sum_j |w_j| |x_j - x_hat_j| + 1e-5 * sum_j |w_j x_hat_j|.
+Dequantization and row gathers are bit-exact (compared as bits).
 """
 from __future__ import annotations
 
@@ -43,6 +48,13 @@ def assert_close(y, W64, x, what=""):
                            f"{(err / bound).max():.3g}")
 
 
+def used(W: Weight, X: np.ndarray) -> np.ndarray:
+    """The activations a product of W with X multiplies (see the module docstring)."""
+    X = np.asarray(X, np.float32)
+    small = X.ndim == 1 or X.shape[0] <= matmul_mod.MATVEC_MAX_BATCH
+    return kernels.rounded_activations(X) if W.rounds_activations and small else X
+
+
 def bits_equal(a, b) -> bool:
     return a.shape == b.shape and np.array_equal(np.asarray(a, np.float32).view(np.uint32),
                                                  np.asarray(b, np.float32).view(np.uint32))
@@ -72,13 +84,13 @@ def check_weight(W: Weight, W32: np.ndarray, rng, batches=(1, 3, 17), what=""):
     W64 = W32.astype(np.float64)
     assert bits_equal(W.dequantize(), W32), f"{what}: dequantize() is not bit-exact"
     x = rng.standard_normal(cols).astype(np.float32)
-    assert_close(W.matvec(x), W64, x, f"{what} matvec")
+    assert_close(W.matvec(x), W64, used(W, x), f"{what} matvec")
     out = np.full(rows, np.nan, np.float32)
     assert W.matvec(x, out=out) is out
-    assert_close(out, W64, x, f"{what} matvec(out=)")
+    assert_close(out, W64, used(W, x), f"{what} matvec(out=)")
     for n in batches:
         X = rng.standard_normal((n, cols)).astype(np.float32)
-        assert_close(W.matmul(X), W64, X, f"{what} matmul n={n}")
+        assert_close(W.matmul(X), W64, used(W, X), f"{what} matmul n={n}")
     ids = np.array([rows - 1, 0, rows // 2, rows - 1])
     assert bits_equal(W.rows(ids), W32[ids]), f"{what}: rows() is not bit-exact"
 
@@ -107,9 +119,39 @@ def test_random_fast_types(name, shape):
     check_weight(W, W32, rng, batches=(1, 4, 17), what=f"{name} {shape}")
     # the functional forms of the issue
     x = rng.standard_normal(shape[1]).astype(np.float32)
-    assert_close(kernels.matvec(data, name, shape, x), W32.astype(np.float64), x, "kernels.matvec")
+    assert_close(kernels.matvec(data, name, shape, x), W32.astype(np.float64), used(W, x), "kernels.matvec")
     X = rng.standard_normal((5, shape[1])).astype(np.float32)
     assert_close(kernels.matmul(X, data, name, shape), W32.astype(np.float64), X, "kernels.matmul")
+
+
+def test_rounded_activations_and_the_end_to_end_bound():
+    """x_hat = kernels.rounded_activations(x): per 32-block dx xq + dr xr with int8 xq, xr,
+    dx = max|x_block| / 127, dr = dx / 254, within dr / 2 of x (zero blocks stay zero); a 4-bit
+    matvec stays within the stated bound of the exact W x; the portable integer sums give
+    bit-identical results to the AVX2 ones."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(512) * np.repeat(rng.uniform(0, 5, 16), 32)).astype(np.float32)
+    x[64:96] = 0
+    xh = kernels.rounded_activations(x)
+    amax = np.abs(x).reshape(-1, 32).max(1).astype(np.float64)
+    err = np.abs(x - xh).reshape(-1, 32)
+    assert (err <= (amax / 64516 * 1.01 + amax * 2e-7)[:, None]).all(), (err.max(1) / amax).max()
+    assert not xh[64:96].any()
+    xq, xr, dx, dr, _ = kernels.quant_matvec.round_activations(x)
+    assert np.abs(xq.astype(int)).max() <= 127 and np.abs(xr.astype(int)).max() <= 127
+    for name in ("Q4_0", "Q4_1", "Q4_K"):
+        data = random_tensor(name, 77, 512, rng)
+        W = Weight(data, name, (77, 512))
+        assert W.rounds_activations
+        W64 = W.dequantize().astype(np.float64)
+        y = W.matvec(x).astype(np.float64)
+        bound = np.abs(W64) @ np.abs(x - xh) + REL_TOL * (np.abs(W64) @ np.abs(x)) + 1e-30
+        assert (np.abs(y - W64 @ x) <= bound).all(), name
+        A = W.packed.arrays
+        for simd in (True, False):
+            y2 = np.empty(77, np.float32)
+            kernels.quant_matvec.matvec_q4(A["qt"], A["d"], A["m"], x, simd, y2)
+            assert bits_equal(y2, y), (name, simd)
 
 
 @pytest.mark.parametrize("name", ["F16", "BF16"])
@@ -171,12 +213,12 @@ def test_concat_and_fused_matvec(name):
     ys = Wc.split(Wc.matvec(x))
     for y, p, yf in zip(ys, parts, kernels.fused_matvec(parts, x)):
         W64 = p.dequantize().astype(np.float64)
-        assert_close(y, W64, x, "concat matvec")
+        assert_close(y, W64, used(p, x), "concat matvec")
         assert bits_equal(y, p.matvec(x))
         assert bits_equal(yf, p.matvec(x))
     X = rng.standard_normal((6, 256)).astype(np.float32)
     for Y, p in zip(Wc.split(Wc.matmul(X)), parts):
-        assert_close(Y, p.dequantize().astype(np.float64), X, "concat matmul")
+        assert_close(Y, p.dequantize().astype(np.float64), used(p, X), "concat matmul")
     assert Weight.can_concat(parts)
     other = Weight(random_tensor("Q8_0", 4, 256, rng), "Q8_0", (4, 256))
     assert not Weight.can_concat([parts[0], other])
@@ -208,7 +250,7 @@ def test_scale_storage_and_aligned_concat(name):
         # same storage as the part: bit-identical; float16 part widened to float32: within tolerance
         if Wc.packed.arrays["d"].dtype == p.packed.arrays["d"].dtype:
             assert bits_equal(y, p.matvec(x))
-        assert_close(y, p.dequantize().astype(np.float64), x, f"{name} mixed-storage concat")
+        assert_close(y, p.dequantize().astype(np.float64), used(p, x), f"{name} mixed-storage concat")
 
 
 def test_errors_are_clear():
@@ -259,7 +301,7 @@ def test_real_smollm2_tensors(smollm2_path):
         rows_ref = np.stack([kernels.dequantize(raw2d[i], t.type, (t.shape[1],)) for i in ids])
         assert bits_equal(W.rows(ids), rows_ref)
         x = rng.standard_normal(t.shape[1]).astype(np.float32)
-        assert_close(W.matvec(x), kernels.dequantize(raw, t.type, t.shape).astype(np.float64), x,
+        assert_close(W.matvec(x), kernels.dequantize(raw, t.type, t.shape).astype(np.float64), used(W, x),
                      "smollm2 output projection")
 
 

@@ -55,10 +55,15 @@ def greedy(model, prompt: np.ndarray, n: int) -> list[int]:
     return out
 
 
-def check_kl(model, ref: dict, factor: float = 1.0) -> tuple[float, float]:
-    """Our KL and the bound; logits compared on the positions the reference has."""
+def check_kl(model, ref: dict, factor: float = 1.0, stepwise: bool = False) -> tuple[float, float]:
+    """Our KL and the bound; logits compared on the positions the reference has.
+    stepwise: the tokens go through the KV cache one at a time (the decode path) instead of
+    one batch (prefill)."""
     model.reset()
-    ours = model.eval(ref["tokens"], logits_all=True)               # (n_tokens, n_vocab)
+    if stepwise:
+        ours = np.stack([model.eval(ref["tokens"][i:i + 1]) for i in range(len(ref["tokens"]))])
+    else:
+        ours = model.eval(ref["tokens"], logits_all=True)           # (n_tokens, n_vocab)
     exact = exact_logits(ref).astype(np.float32)
     n = exact.shape[0]                                               # gemma3: the last 8 only
     ours = ours[-n:]
@@ -272,22 +277,21 @@ def test_real_model_f16_cache_kl(real):
     assert kl <= bound, f"{name} (f16 cache): KL {kl:.3g} > bound {bound:.3g}"
 
 
-# Gemma 3's residual stream reaches magnitudes in the thousands and its logits ~45, so float32
-# rounding alone (matvec vs matmul summation order) moves its logits by a few 1e-4, even with
-# every product done by BLAS; 1e-3 there, 1e-4 elsewhere.
-INCREMENTAL_ATOL = {"smollm2": 1e-4, "gemma3": 1e-3}
-
-
 def test_real_model_incremental(real):
-    """Real model: token-by-token logits equal one-shot prefill (16 tokens) within
-    1e-4 (SmolLM2) / 1e-3 (Gemma 3, see INCREMENTAL_ATOL)."""
+    """Real model, token by token through the KV cache (the matvec path; it multiplies the 4-bit
+    weights by activations rounded to two int8 terms per 32-block, see kernels/simd.py): the
+    logits pass the same bar as prefill, KL(exact || ours) <= KL(exact || llama.cpp), and stay
+    within 2e-2 of one-shot prefill's (measured: 4e-3 on SmolLM2, 6e-3 on Gemma 3, whose logits
+    reach ~45).  (Agreement within 1e-4 of the cache path with prefill: the tiny float models.)"""
     name, _, m, ref = real
+    kl, bound = check_kl(m, ref, stepwise=True)
+    assert kl <= bound, f"{name} token by token: KL {kl:.3g} > llama.cpp's {bound:.3g}"
     tokens = ref["tokens"][:16]
     m.reset()
     one_shot = m.eval(tokens, logits_all=True)
     m.reset()
     step = np.stack([m.eval(tokens[i:i + 1]) for i in range(len(tokens))])
-    np.testing.assert_allclose(step, one_shot, atol=INCREMENTAL_ATOL[name], rtol=0)
+    np.testing.assert_allclose(step, one_shot, atol=2e-2, rtol=0)
 
 
 def test_gemma3_config(gemma3_path):
