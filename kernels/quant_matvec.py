@@ -3,32 +3,34 @@
 Fast kernels, one per packed kind, parallel over row tiles with ``prange``:
 
 * The weights are decoded on the fly (``d * q + m`` per 32-weight block is applied to
-  the block's partial dot product; W is never materialised as float32).
-* Arithmetic, every kind: float32 products and float32 sums.  Per row and block
-  ``p = sum_k q_k x_k`` over the integer quants (four partial sums), then
-  ``acc += d p + m sum(x_block)`` (Q6_K: ``acc += s_lo p_lo + s_hi p_hi`` over the
-  (q - 32) values; Q8_0, Q6_K: no m term; F16/BF16/F32: a plain dot on the converted
-  weights).  Each row is computed by one thread in a fixed order, so results depend
-  neither on the thread count nor on how weights were stacked.
-* Two kernels cover the tiled kinds: ``matvec_q4`` (nibbles) and ``matvec_i8`` (one byte
-  per weight: Q5_0/Q5_1/Q5_K, Q6_K and Q8_0).
+  the block's partial dot product; W is never materialised as float32).  Each row is
+  computed by one thread in a fixed order, so results depend neither on the thread
+  count nor on how weights were stacked.
+* ``matvec_nib``, the nibble kinds (Q4_0, Q4_1, Q4_K; Q5_0, Q5_1, Q5_K with their fifth
+  bits): integer dot products.  x is split per 32-block into two int8 terms,
+  ``x ~ dx xq + dr xr`` (``round_activations``: the block rounded to int8 as ggml's Q8_0
+  does, plus its rounded remainder, within max|x_block| / 64516 of x), the int32 sums
+  ``sum q xq`` and ``sum q xr`` come from simd.py (AVX2 multiply-adds where the host has
+  them), and ``acc += d (dx isum_q + dr isum_r) + m xs`` in float32 (xs: the block sum of
+  the rounded x).  llama.cpp rounds x once, to int8; the second term makes the product
+  as accurate as a float one at a fraction of the cost.
+* ``matvec_i8``, one byte per weight (Q8_0, Q6_K as q - 32): float32 products and sums,
+  ``p = sum_k q_k x_k`` per half block (four partial sums), ``acc += s_lo p_lo + s_hi p_hi``.
+* F16/BF16/F32: a plain float32 dot on the converted weights.
 * Error bound the tests use: ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` (+1e-30), with W
-  the exact dequantization and ``W x`` taken in float64.
+  the exact dequantization, ``W x`` taken in float64, and x the rounded activations for
+  the nibble kinds (the rounding itself is bounded separately).
 
-Vectorization (checked with ``inspect_asm``, see ``tools/bench_kernels.py --asm``):
-the quants are row-interleaved in tiles of ROW_TILE rows, so the innermost loop runs
-over the tile's rows (SIMD lanes = 8 rows per ymm: vpmovzxbd, vpand, vcvtdq2ps and
-vfmadd231ps with a broadcast activation), with the loops over a block's bytes fully
-unrolled inside it.  Details that keep the code vector and fast:
+Vectorization of the float kernels (checked with ``inspect_asm``, see
+``tools/bench_kernels.py --asm``): the quants are row-interleaved in tiles of ROW_TILE
+rows, so the innermost loop runs over the tile's rows (SIMD lanes = 8 rows per ymm:
+vpmovsxbd, vcvtdq2ps and vfmadd231ps with a broadcast activation), with the loops over
+a block's bytes fully unrolled inside it.  Details that keep the code vector and fast:
 
 * the kernels use ``fastmath={"contract", ...}`` *without* reassociation: the four
   partial sums of a block stay four independent FMA chains (with reassociation LLVM
   merges them into one chain and the loop becomes FMA-latency bound);
-* the high nibble is taken as ``v & 0xF0`` times ``x / 16`` (exact: a power-of-two
-  scaling) instead of ``v >> 4``: Numba widens that shift to int64 lanes (half-width
-  vectors plus packing shuffles);
-* a branch inside the lane loop (``has_m``) stops the vector code: the loop is written
-  twice instead;
+* a branch inside the lane loop stops the vector code;
 * indices are uint64 (``_u``) so Numba emits no negative-index wraparound.
 
 The exact decoders (``decode_*``: rows -> float32 for ``Weight.rows``/``dequantize``
@@ -42,7 +44,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .repack import ROW_TILE, _nibble_index
+from .repack import ROW_TILE, _fifth_bit_index, _nibble_index
 from .simd import nibble_isums
 
 f32 = np.float32
@@ -69,19 +71,6 @@ def _scale_impl(v):
     if isinstance(v, types.Integer):
         return lambda v: half_to_f32(v)
     return lambda v: np.float32(v)
-
-
-@njit(cache=True)
-def _block_sums(x):
-    """x (32 nb,) -> (nb,) the sums of its 32-element blocks (the offset terms' factor)."""
-    nb = x.size // 32
-    xs = np.empty(nb, np.float32)
-    for b in range(nb):
-        s = f32(0)
-        for k in range(32):
-            s += x[32 * b + k]
-        xs[b] = s
-    return xs
 
 
 @njit(cache=True, inline="always")
@@ -131,21 +120,24 @@ def round_activations(x):
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
-def matvec_q4(qt, d, m, x, simd, y):
-    """Q4_0 / Q4_1 / Q4_K tiled: qt (T, nb*16*R) uint8, d, m (T, nb*R); y (rows,) f32.
-    x is split into two int8 terms per block (round_activations); per block the integer
-    sums come from simd.nibble_isums (simd: its AVX2 form where the host has it)."""
+def matvec_nib(qt, qh, d, m, x, simd, y):
+    """The nibble kinds, tiled: qt (T, nb*16*R) uint8; 5-bit types (Q5_0, Q5_1, Q5_K) also qh
+    (T, nb*R) uint32, their fifth bits (4-bit types: qh of shape (1, 0)); d, m (T, nb*R);
+    y (rows,) f32.  x is split into two int8 terms per block (round_activations); per block
+    the integer sums come from simd.nibble_isums (simd: its AVX2 form where the host has it)."""
     R = ROW_TILE
     nb = x.size // 32
+    five = qh.shape[1] > 0
     xq, xr, dx, dr, xs = round_activations(x)
     for t in prange(qt.shape[0]):
         q = qt[t]
+        h = qh[t % qh.shape[0]]
         dt = d[t]
         mt = m[t]
         acc = np.zeros(R, np.float32)
         isum = np.empty(2 * R, np.int32)
         for b in range(nb):
-            nibble_isums(q, b * 16 * R, xq, xr, 32 * b, isum, simd)
+            nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * b, isum, simd)
             dxb = dx[b]
             drb = dr[b]
             xsb = xs[b]
@@ -174,13 +166,12 @@ def _dot_i8(q, base, l, x, o):
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
-def matvec_i8(qt, s_lo, s_hi, m, has_m, x, y):
-    """One byte per weight (Q8_0, Q5_0/Q5_1/Q5_K, Q6_K tiled): qt (T, nb*32*R) int8 or uint8;
-    scales s_lo / s_hi (T, nb*R) of weights 0-15 / 16-31 of each block (the same array
-    when the type has one scale per block); with has_m, w = s q + m (m (T, nb*R))."""
+def matvec_i8(qt, s_lo, s_hi, x, y):
+    """One byte per weight (Q8_0, Q6_K tiled): qt (T, nb*32*R) int8; scales s_lo / s_hi
+    (T, nb*R) of weights 0-15 / 16-31 of each block (the same array when the type has
+    one scale per block); w = s q."""
     R = ROW_TILE
     nb = x.size // 32
-    xs = _block_sums(x) if has_m else x[:0]
     for t in prange(qt.shape[0]):
         q = qt[t]
         lt = s_lo[t]
@@ -189,18 +180,10 @@ def matvec_i8(qt, s_lo, s_hi, m, has_m, x, y):
         for b in range(nb):
             base = b * 32 * R
             o = 32 * b
-            if has_m:       # two copies of the lane loop: a branch inside stops the vector code
-                mt = m[t]
-                xsb = xs[b]
-                for l in range(R):
-                    lo, hi = _dot_i8(q, base, l, x, o)
-                    i = _u(b * R + l)
-                    acc[l] += _scale(lt[i]) * lo + _scale(ht[i]) * hi + _scale(mt[i]) * xsb
-            else:
-                for l in range(R):
-                    lo, hi = _dot_i8(q, base, l, x, o)
-                    i = _u(b * R + l)
-                    acc[l] += _scale(lt[i]) * lo + _scale(ht[i]) * hi
+            for l in range(R):
+                lo, hi = _dot_i8(q, base, l, x, o)
+                i = _u(b * R + l)
+                acc[l] += _scale(lt[i]) * lo + _scale(ht[i]) * hi
         _store_tile(acc, t, y)
 
 
@@ -299,10 +282,12 @@ def dot_rows(w, x, y):
 
 
 @njit(nogil=True, cache=True)
-def decode_q4(qt, d, m, off, ids, out):
-    """off = 0: w = q d + m (Q4_1, Q4_K); off = 8: w = (q - 8) d (Q4_0, m unused)."""
+def decode_nib(qt, qh, d, m, off, ids, out):
+    """The nibble kinds (see matvec_nib): off = 0: w = q d + m (Q4_1, Q4_K, Q5_1, Q5_K);
+    off = 8 / 16: w = (q - off) d (Q4_0 / Q5_0, m unused); q = nibble + 16 * fifth bit."""
     R = ROW_TILE
     nb = d.shape[1] // R
+    five = qh.shape[1] > 0
     for i in range(ids.size):
         t = ids[i] // R
         l = ids[i] % R
@@ -315,6 +300,10 @@ def decode_q4(qt, d, m, off, ids, out):
                 v = np.int32(q[_nibble_index(b, k, l)])
                 lo = v & _I15
                 hi = v >> _I4
+                if five:
+                    w, bit = _fifth_bit_index(b, k, l)
+                    lo |= np.int32((qh[t, w] >> bit) & np.uint32(1)) << _I4
+                    hi |= np.int32((qh[t, w + 1] >> bit) & np.uint32(1)) << _I4
                 if off == 0:
                     o[32 * b + k] = f32(lo) * db + mb
                     o[32 * b + 16 + k] = f32(hi) * db + mb
@@ -324,9 +313,8 @@ def decode_q4(qt, d, m, off, ids, out):
 
 
 @njit(nogil=True, cache=True)
-def decode_i8(qt, s_lo, s_hi, m, has_m, off, ids, out):
-    """The byte-per-weight kinds (see matvec_i8): off = 16: w = (q - 16) s (Q5_0, m unused);
-    has_m: w = q s + m (Q5_1, Q5_K); otherwise w = q s (Q8_0, Q6_K: q holds q - 32)."""
+def decode_i8(qt, s_lo, s_hi, ids, out):
+    """The byte-per-weight kinds (see matvec_i8): w = q s (Q8_0; Q6_K: q holds q - 32)."""
     R = ROW_TILE
     nb = s_lo.shape[1] // R
     for i in range(ids.size):
@@ -338,10 +326,8 @@ def decode_i8(qt, s_lo, s_hi, m, has_m, off, ids, out):
             j = b * R + l
             s0 = _scale(s_lo[t, j])
             s1 = _scale(s_hi[t, j])
-            mb = _scale(m[t, j]) if has_m else f32(0)
             for k in range(32):
-                v = f32(np.int32(q[(b * 32 + k) * R + l]) - off) * (s0 if k < 16 else s1)
-                o[32 * b + k] = v + mb if has_m else v
+                o[32 * b + k] = f32(q[(b * 32 + k) * R + l]) * (s0 if k < 16 else s1)
 
 
 @njit(nogil=True, cache=True)

@@ -27,14 +27,17 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
         Here a lane holds 4 consecutive bytes of its row at a time (the 32-bit lanes of
         the integer dot products, see simd.py): byte k of block b of lane l is at
         ``qt[t, ((b * 4 + k // 4) * ROW_TILE + l) * 4 + k % 4]``.
-``q5``  Q5_0, Q5_1, Q5_K: ``qt`` uint8 (T, nb*32*ROW_TILE), one byte per weight (its
-        5 bits); ``d``, ``m``.
+``q5``  Q5_0, Q5_1, Q5_K: ``qt`` as ``q4`` (the low 4 bits of each weight) and ``qh``
+        uint32 (T, nb*ROW_TILE), the fifth bits: per block ROW_TILE words, word
+        ``2 * ((k % 16) // 4 * (ROW_TILE // 8) + l // 8) + k // 16`` of block b holds the bit
+        of weight k of lane l as its bit ``(l % 8) * 4 + k % 4``, so one word covers the 32
+        weights of one 32-byte load of qt (see simd.py); ``d``, ``m``.  Q4_0 and Q4_1 have
+        a ``qh`` of shape (1, 0).
 ``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d``.
 ``q6``  Q6_K: ``qt`` int8 as ``q8`` holding q - 32; ``sl``/``sh``: the scales ``d * sc``
         of weights 0-15 and 16-31; weight = s * (q - 32).
-        (The 5- and 6-bit types spend a whole byte per weight: 9-10 bits per weight in
-        memory against 5.5-6.6 in the file, but the kernel does no bit assembly and runs
-        at the speed of Q8_0's, which more than pays for the extra bytes streamed.)
+        (Q6_K spends a whole byte per weight: 10 bits per weight in memory against 6.6 in
+        the file, but the kernel does no bit assembly and runs at the speed of Q8_0's.)
 Per-block scales are float32, or float16 bits (uint16) where that is lossless.
 ``f32`` F32: ``w`` float32 (rows, cols).
 ``f16``, ``bf16``  F16, BF16: ``w`` uint16 (rows, cols), the values' bits.
@@ -64,7 +67,7 @@ _LEGACY = {GGMLType.Q4_0: (18, False, False, 8), GGMLType.Q4_1: (20, True, False
 # Rows per tile (SIMD lanes of the matvec: 4 ymm registers of float32).
 ROW_TILE = 32
 # Quant bytes per 32-weight block in each tiled kind.
-_QBYTES = {"q4": 16, "q5": 32, "q6": 32, "q8": 32}
+_QBYTES = {"q4": 16, "q5": 16, "q6": 32, "q8": 32}
 # Per-block float arrays of each tiled kind (stored as float16 bits where lossless).
 _SCALES = {"q4": ("d", "m"), "q5": ("d", "m"), "q8": ("d",), "q6": ("sl", "sh")}
 
@@ -75,7 +78,8 @@ FAST_KINDS = {
     GGMLType.F16: "f16", GGMLType.BF16: "bf16",
 }
 TILED_KINDS = ("q4", "q5", "q8", "q6")
-BYTE_KINDS = ("q5", "q8", "q6")      # one byte per weight: quant_matvec.matvec_i8 / decode_i8
+NIBBLE_KINDS = ("q4", "q5")         # quant_matvec.matvec_nib / decode_nib
+BYTE_KINDS = ("q8", "q6")           # one byte per weight: quant_matvec.matvec_i8 / decode_i8
 
 
 @dataclass
@@ -111,11 +115,28 @@ def _nibble_index(b, k, l):
     return ((b * 4 + k // 4) * ROW_TILE + l) * 4 + k % 4
 
 
+@njit(cache=True, inline="always")
+def _fifth_bit_index(b, k, l):
+    """(word, bit) of the fifth bit of weight k (0..31) of block b of lane l in a ``q5`` tile's qh."""
+    kk = k % 16
+    return (b * ROW_TILE + 2 * ((kk // 4) * (ROW_TILE // 8) + l // 8) + k // 16,
+            np.uint32((l % 8) * 4 + kk % 4))
+
+
 @njit(cache=True, nogil=True)
 def _put_nibbles(dst, b, l, e):
     """Store weights e[0..31] (values < 16 used) of block b of lane l as nibble bytes."""
     for k in range(16):
         dst[_nibble_index(b, k, l)] = np.uint8((e[k] & 15) | ((e[k + 16] & 15) << 4))
+
+
+@njit(cache=True, nogil=True)
+def _put_fifth_bits(qh, b, l, e):
+    """Set the fifth bits (value 16) of weights e[0..31] of block b of lane l in qh (zeroed)."""
+    for k in range(32):
+        if e[k] & 16:
+            w, bit = _fifth_bit_index(b, k, l)
+            qh[w] |= np.uint32(1) << bit
 
 
 @njit(cache=True, nogil=True)
@@ -126,7 +147,7 @@ def _put_bytes(dst, o, e, off):
 
 
 @njit(cache=True, nogil=True)
-def repack_legacy(raw, ts, has_m, has_h, off, qt, d, m, r0, r1):
+def repack_legacy(raw, ts, has_m, has_h, off, qt, qh, d, m, r0, r1):
     """Q4_0 (ts 18), Q4_1 (20), Q5_0 (22), Q5_1 (24): d [m] [qh] qs[16].  off: 8 or 16 for the
     symmetric types (m = -off * d), 0 otherwise."""
     R = ROW_TILE
@@ -147,16 +168,16 @@ def repack_legacy(raw, ts, has_m, has_h, off, qt, d, m, r0, r1):
                 o += 2
             else:
                 m[t, i] = np.float32(-off) * db
-            if has_h:           # one byte per weight: the nibble and its 5th bit
+            if has_h:
                 h = u32_at(src, o)
                 o += 4
-                for k in range(16):
-                    v = src[o + k]
-                    q[(b * 32 + k) * R + l] = (v & 15) | (((h >> k) & 1) << 4)
-                    q[(b * 32 + 16 + k) * R + l] = (v >> 4) | (((h >> (k + 16)) & 1) << 4)
-            else:
-                for k in range(16):
-                    q[_nibble_index(b, k, l)] = src[o + k]
+            for k in range(16):
+                q[_nibble_index(b, k, l)] = src[o + k]
+            if has_h:
+                for k in range(32):
+                    if (h >> k) & 1:
+                        w, bit = _fifth_bit_index(b, k, l)
+                        qh[t, w] |= np.uint32(1) << bit
 
 
 @njit(cache=True, nogil=True)
@@ -177,7 +198,7 @@ def repack_q8_0(raw, qt, d, r0, r1):
 
 
 @njit(cache=True, nogil=True)
-def repack_k45(raw, five, qt, d, m, r0, r1):
+def repack_k45(raw, five, qt, qh, d, m, r0, r1):
     """Q4_K (144 bytes: d, dmin, scales[12], qs[128]) and Q5_K (176: d, dmin, scales[12], qh[32], qs[128])
     -> 32-weight sub-blocks with scale d*sc and offset -dmin*min."""
     R = ROW_TILE
@@ -205,10 +226,9 @@ def repack_k45(raw, five, qt, d, m, r0, r1):
                     e[k] = (src[o + qs_off + 32 * c + k] >> sh) & 15
                     if five:
                         e[k] |= ((src[o + 16 + k] >> j) & 1) << 4
+                _put_nibbles(q, b, l, e)
                 if five:
-                    _put_bytes(q, b * 32 * R + l, e, 0)
-                else:
-                    _put_nibbles(q, b, l, e)
+                    _put_fifth_bits(qh[t], b, l, e)
 
 
 @njit(cache=True, nogil=True)
@@ -247,8 +267,39 @@ def repack_q6_k(raw, qt, sl, sh, r0, r1):
 
 
 def _group(p: "Packed", key: str) -> int:
-    """Bytes per lane group of a tiled array: 4 for the ``q4`` quants, else 1."""
-    return 4 if p.kind == "q4" and key == "qt" else 1
+    """Bytes per lane group of a tiled array: 4 for the nibble kinds' quants, else 1."""
+    return 4 if p.kind in NIBBLE_KINDS and key == "qt" else 1
+
+
+def _fifth_bit_map() -> tuple[np.ndarray, np.ndarray]:
+    """(word, bit) of the fifth bit of weight k of lane l in a block, both (32 k, ROW_TILE l)."""
+    k = np.arange(32)[:, None]
+    l = np.arange(ROW_TILE)[None, :]
+    kk = k % 16
+    return 2 * ((kk // 4) * (ROW_TILE // 8) + l // 8) + k // 16, (l % 8) * 4 + kk % 4
+
+
+def _untile_bits(qh: np.ndarray, rows: int, nb: int) -> np.ndarray:
+    """A ``q5`` qh (T, nb*R) -> the fifth bits as row-major (rows, nb, 32) uint8."""
+    word, bit = _fifth_bit_map()
+    T = qh.shape[0]
+    v = (qh.reshape(T, nb, ROW_TILE)[:, :, word] >> bit.astype(np.uint32)) & 1     # (T, nb, 32 k, R l)
+    return v.astype(np.uint8).transpose(0, 3, 1, 2).reshape(T * ROW_TILE, nb, 32)[:rows]
+
+
+def _tile_bits(bits: np.ndarray) -> np.ndarray:
+    """Row-major fifth bits (rows, nb, 32) -> a ``q5`` qh (T, nb*R) (inverse of _untile_bits)."""
+    rows, nb, _ = bits.shape
+    T = -(-rows // ROW_TILE)
+    full = np.zeros((T * ROW_TILE, nb, 32), np.uint32)
+    full[:rows] = bits
+    full = full.reshape(T, ROW_TILE, nb, 32)
+    word, bit = _fifth_bit_map()
+    out = np.zeros((T, nb, ROW_TILE), np.uint32)
+    for k in range(32):
+        for l in range(ROW_TILE):
+            out[:, :, word[k, l]] |= full[:, l, :, k] << np.uint32(bit[k, l])
+    return out.reshape(T, nb * ROW_TILE)
 
 
 def _untile(a: np.ndarray, rows: int, nb: int, g: int = 1) -> np.ndarray:
@@ -311,6 +362,7 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
     T = p.tiles
     A = p.arrays
     A["qt"] = np.zeros((T, _QBYTES[kind] * nb * ROW_TILE), np.int8 if kind in ("q8", "q6") else np.uint8)
+    A["qh"] = np.zeros((T, nb * ROW_TILE) if kind == "q5" else (1, 0), np.uint32)
     for k in _SCALES[kind]:
         A[k] = np.zeros((T, nb * ROW_TILE), np.float32)
 
@@ -320,10 +372,10 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
         elif kind == "q6":
             repack_q6_k(raw, A["qt"], A["sl"], A["sh"], r0, r1)
         elif t in (GGMLType.Q4_K, GGMLType.Q5_K):
-            repack_k45(raw, t == GGMLType.Q5_K, A["qt"], A["d"], A["m"], r0, r1)
+            repack_k45(raw, t == GGMLType.Q5_K, A["qt"], A["qh"], A["d"], A["m"], r0, r1)
         else:
             ts, has_m, has_h, off = _LEGACY[t]
-            repack_legacy(raw, ts, has_m, has_h, off, A["qt"], A["d"], A["m"], r0, r1)
+            repack_legacy(raw, ts, has_m, has_h, off, A["qt"], A["qh"], A["d"], A["m"], r0, r1)
 
     # split over the worker threads (the loops are nogil); whole tiles per thread
     parts = max(1, min(get_num_threads(), rows // 256))
@@ -373,7 +425,11 @@ def concat(packs: list[Packed]) -> Packed:
         parts = [p.arrays[k] for p in packs]
         if len({a.dtype for a in parts}) > 1:       # some parts keep float32 scales: all do
             parts = [_as_f32_scales(a) for a in parts]
-        if tiled and not aligned:       # re-tile: row-major copies, stacked, tiled again
+        if k == "qh" and first.kind == "q4":          # no fifth bits: the (1, 0) stand-in
+            out.arrays[k] = parts[0]
+        elif k == "qh" and not aligned:
+            out.arrays[k] = _tile_bits(np.concatenate([_untile_bits(a, p.rows, nb) for a, p in zip(parts, packs)]))
+        elif tiled and not aligned:     # re-tile: row-major copies, stacked, tiled again
             g = _group(first, k)
             out.arrays[k] = _tile(np.concatenate([_untile(a, p.rows, nb, g) for a, p in zip(parts, packs)]), g)
         else:                           # whole tiles (or plain rows) stack as they are

@@ -1,32 +1,36 @@
-"""Integer dot products of 4-bit weights with 8-bit activations, for the nibble matvec.
+"""Integer dot products of 4- and 5-bit weights with 8-bit activations (the nibble matvec).
 
-``nibble_isums(q, qo, xq, xr, xo, out, simd)`` computes, for one 32-weight block of each
-of the ``ROW_TILE`` (32) rows of a row tile,
+``nibble_isums(q, qo, h, ho, five, xq, xr, xo, out, simd)`` computes, for one 32-weight
+block of each of the ``ROW_TILE`` (32) rows of a row tile,
 
-    out[l]      = sum_{k<16} lo(byte k of row l) * xq[xo + k] + hi(byte k of row l) * xq[xo + 16 + k]
+    out[l]      = sum_{k<32} w(k, l) * xq[xo + k]
     out[32 + l] = the same with xr in place of xq
 
-exactly, in int32 (|out| <= 32 * 15 * 127), where lo/hi are a byte's low and high
-nibbles (0..15) and ``xq``, ``xr`` hold int8 values in -127..127: the matvec passes an
-activation block rounded to int8 and the rounded remainder (two terms, see
-quant_matvec.round_activations), so the product is within float32 accuracy of the
-exact one at the cost of one more multiply-add per weight pair.
+exactly, in int32, where w(k, l) is weight k of row l: the low nibble (k < 16) or high
+nibble (k >= 16) of byte k % 16 of the row's block in ``q``, plus 16 times its fifth bit
+from ``h`` when ``five``.  ``xq``, ``xr`` hold int8 values in -127..127: the matvec passes
+an activation block rounded to int8 and the rounded remainder (two terms, see
+quant_matvec.round_activations), so the product is within float32 accuracy of the exact
+one at the cost of one more multiply-add per weight pair.
 
-Byte layout of one tile-block (512 bytes from ``q[qo]``): byte k of row l lives at
-``((k // 4) * 32 + l) * 4 + k % 4``: four consecutive bytes of a row make one 32-bit
-lane, so a 32-byte load holds bytes 4g..4g+3 of 8 rows, and the four activations of
-those bytes are one broadcast 32-bit value.
+Layout of one tile-block (repack.py, kinds ``q4`` and ``q5``): 512 bytes from ``q[qo]``,
+byte k of row l at ``((k // 4) * 32 + l) * 4 + k % 4``: four consecutive bytes of a row
+make one 32-bit lane, so a 32-byte load holds bytes 4g..4g+3 of 8 rows, and the four
+activations of those bytes are one broadcast 32-bit value.  The fifth bits: 32 words
+from ``h[ho]``; word ``2 * (g * 4 + rg) + half`` holds, as its bit ``i``, the bit of the
+weight in byte i of load (g, rg) (rows 8rg..8rg+7), low nibble (half 0) or high (half 1).
 
 Two implementations give identical results (integer sums are exact):
 
 * ``simd`` true, on an x86-64 host with AVX2 (Numba compiling for the host CPU): LLVM IR
-  written here, per 32-byte load ``vpand``/``vpsrlw`` to split the nibbles, ``vpmaddubsw``
-  (unsigned nibble x signed activation, adjacent pairs summed to int16; at most
-  2 * 15 * 127, no saturation), int16 sums over the block's 4 loads (at most
-  8 * 15 * 127 * 2 < 2^15), then one ``vpmaddwd`` by ones per 8 rows to int32.
-  That is about 3 vector instructions per 8 weights for both terms, against about 7 for
-  decoding the nibbles to float32 and multiplying there; LLVM does not find this form
-  from a Numba loop (Numba widens the integer products to int64).
+  written here, per 32-byte load ``vpand``/``vpsrlw`` to split the nibbles (5-bit: each
+  fifth-bit word spread to 32 bytes of 0/16 by a byte shuffle, ``vpand``, ``vpcmpeqb``
+  and or-ed in), ``vpmaddubsw`` (unsigned weight x signed activation, adjacent pairs
+  summed to int16; at most 2 * 31 * 127, no saturation), int16 sums over 4 loads (4-bit:
+  at most 8 * 15 * 127 * 2 < 2^15) or 2 loads (5-bit), widened by ``vpmaddwd`` by ones
+  into int32 sums.  About 3 vector instructions per 8 weights for both terms (4-bit),
+  against about 7 for decoding the nibbles to float32 and multiplying there; LLVM does
+  not find this form from a Numba loop (Numba widens the integer products to int64).
 * otherwise: the same sums as a plain Numba loop (any CPU; also what tests compare against).
 
 The choice between them is made when a kernel is compiled: on a host without AVX2, or
@@ -73,54 +77,90 @@ def _byte_ptr(context, builder, arytype, ary, offset):
     return builder.gep(builder.bitcast(data, _I8.as_pointer()), [offset])
 
 
-@intrinsic
-def _nibble_isums_avx2(typingctx, q, qo, xq, xr, xo, out):
-    """See the module docstring (the AVX2 form); out: int32 array of 2 * ROW_TILE."""
-    sig = types.void(q, qo, xq, xr, xo, out)
+def _make_isums_avx2(five: bool):
+    """The AVX2 form of nibble_isums for 4-bit (five false) or 5-bit weights, as an intrinsic."""
 
-    def codegen(context, builder, signature, args):
-        q, qo, xq, xr, xo, out = args
-        aty = signature.args
-        qp = _byte_ptr(context, builder, aty[0], q, qo)
-        xps = [_byte_ptr(context, builder, aty[2], xq, xo), _byte_ptr(context, builder, aty[3], xr, xo)]
-        op = builder.bitcast(cgutils.create_struct_proxy(aty[5])(context, builder, value=out).data,
-                             _V8I32.as_pointer())
-        mod = builder.module
-        maddubs = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(_V16I16, [_V32I8, _V32I8]), "llvm.x86.avx2.pmadd.ub.sw")
-        maddwd = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
-        low4 = ir.Constant(_V32I8, [15] * 32)
-        four = ir.Constant(_V32I8, [4] * 32)
+    def isums(typingctx, q, qo, h, ho, xq, xr, xo, out):
+        sig = types.void(q, qo, h, ho, xq, xr, xo, out)
 
-        def load(ptr, offset, ty):
-            p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
-            return builder.load(p, align=1)
+        def codegen(context, builder, signature, args):
+            q, qo, h, ho, xq, xr, xo, out = args
+            aty = signature.args
+            qp = _byte_ptr(context, builder, aty[0], q, qo)
+            hp = builder.bitcast(_byte_ptr(context, builder, aty[2], h, builder.mul(ho, ir.Constant(ho.type, 4))),
+                                 _I32.as_pointer())
+            xps = [_byte_ptr(context, builder, aty[4], xq, xo), _byte_ptr(context, builder, aty[5], xr, xo)]
+            op = builder.bitcast(cgutils.create_struct_proxy(aty[7])(context, builder, value=out).data,
+                                 _V8I32.as_pointer())
+            mod = builder.module
+            maddubs = cgutils.get_or_insert_function(
+                mod, ir.FunctionType(_V16I16, [_V32I8, _V32I8]), "llvm.x86.avx2.pmadd.ub.sw")
+            maddwd = cgutils.get_or_insert_function(
+                mod, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
+            low4 = ir.Constant(_V32I8, [15] * 32)
+            four = ir.Constant(_V32I8, [4] * 32)
+            ones = ir.Constant(_V16I16, [1] * 16)
+            bit = ir.Constant(_V32I8, [1 << (i % 8) for i in range(32)])
+            sixteen = ir.Constant(_V32I8, [16] * 32)
+            zero8 = ir.Constant(_V32I8, [0] * 32)
 
-        groups = ROW_TILE // 8
-        acc = [[ir.Constant(_V16I16, [0] * 16)] * groups for _ in xps]     # [term][rows 8rg..8rg+7]
-        for g in range(4):                   # bytes 4g..4g+3 of every row
-            xs = [[builder.bitcast(_splat_i32(builder, load(xp, o + 4 * g, _I32)), _V32I8) for o in (0, 16)]
-                  for xp in xps]             # [term][low / high nibbles' activations]
-            for rg in range(groups):         # 8 rows per 32-byte load
-                v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
-                lo = builder.and_(v, low4)
-                hi = builder.and_(builder.lshr(v, four), low4)
-                for term, (x_lo, x_hi) in enumerate(xs):
-                    pair = builder.add(builder.call(maddubs, [lo, x_lo]), builder.call(maddubs, [hi, x_hi]))
-                    acc[term][rg] = builder.add(acc[term][rg], pair)
-        ones = ir.Constant(_V16I16, [1] * 16)
-        for term in range(len(xps)):
-            for rg in range(groups):
-                builder.store(builder.call(maddwd, [acc[term][rg], ones]),
-                              builder.gep(op, [ir.Constant(_I32, term * groups + rg)]), align=4)
-        return context.get_dummy_value()
+            def load(ptr, offset, ty):
+                p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
+                return builder.load(p, align=1)
 
-    return sig, codegen
+            def fifth_bits(word):
+                """32 bits -> 32 bytes, byte i = 16 if bit i is set else 0."""
+                v4 = builder.bitcast(word, ir.VectorType(_I8, 4))
+                rep = builder.shuffle_vector(v4, ir.Constant(ir.VectorType(_I8, 4), ir.Undefined),
+                                             ir.Constant(ir.VectorType(_I32, 32), [i // 8 for i in range(32)]))
+                hit = builder.icmp_unsigned("==", builder.and_(rep, bit), bit)
+                return builder.select(hit, sixteen, zero8)
+
+            groups = ROW_TILE // 8
+            # int16 partial sums per [term][rows 8rg..8rg+7], widened into int32 before they can
+            # overflow: every 4 loads for 4-bit weights (8 * 15 * 127 * 2 < 2^15), every 2 for 5-bit
+            flush = 2 if five else 4
+            zero16 = ir.Constant(_V16I16, [0] * 16)
+            acc = [[zero16] * groups for _ in xps]
+            acc32 = [[ir.Constant(_V8I32, [0] * 8)] * groups for _ in xps]
+            for g in range(4):                   # bytes 4g..4g+3 of every row
+                xs = [[builder.bitcast(_splat_i32(builder, load(xp, o + 4 * g, _I32)), _V32I8)
+                       for o in (0, 16)] for xp in xps]      # [term][low / high nibbles' activations]
+                for rg in range(groups):         # 8 rows per 32-byte load
+                    v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
+                    lo = builder.and_(v, low4)
+                    hi = builder.and_(builder.lshr(v, four), low4)
+                    if five:
+                        w = 2 * (g * groups + rg)
+                        lo = builder.or_(lo, fifth_bits(load(hp, w, _I32)))
+                        hi = builder.or_(hi, fifth_bits(load(hp, w + 1, _I32)))
+                    for term, (x_lo, x_hi) in enumerate(xs):
+                        pair = builder.add(builder.call(maddubs, [lo, x_lo]), builder.call(maddubs, [hi, x_hi]))
+                        acc[term][rg] = builder.add(acc[term][rg], pair)
+                if (g + 1) % flush == 0:
+                    for term in range(len(xps)):
+                        for rg in range(groups):
+                            wide = builder.call(maddwd, [acc[term][rg], ones])
+                            acc32[term][rg] = builder.add(acc32[term][rg], wide)
+                            acc[term][rg] = zero16
+            for term in range(len(xps)):
+                for rg in range(groups):
+                    builder.store(acc32[term][rg], builder.gep(op, [ir.Constant(_I32, term * groups + rg)]),
+                                  align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    isums.__name__ = isums.__qualname__ = f"_isums{5 if five else 4}_avx2"
+    return intrinsic(isums)
+
+
+_isums4_avx2 = _make_isums_avx2(False)
+_isums5_avx2 = _make_isums_avx2(True)
 
 
 @njit(cache=True, inline="always")
-def _nibble_isums_loop(q, qo, xq, xr, xo, out):
+def _nibble_isums_loop(q, qo, h, ho, five, xq, xr, xo, out):
     """The portable form: the same int32 sums as plain loops."""
     R = ROW_TILE
     for l in range(2 * R):
@@ -133,6 +173,11 @@ def _nibble_isums_loop(q, qo, xq, xr, xo, out):
                 v = np.int32(q[qo + (g * R + l) * 4 + j])
                 lo = v & np.int32(15)
                 hi = v >> np.int32(4)
+                if five:
+                    w = ho + 2 * (g * (R // 8) + l // 8)
+                    i = np.uint32((l % 8) * 4 + j)
+                    lo |= np.int32((h[w] >> i) & np.uint32(1)) << np.int32(4)
+                    hi |= np.int32((h[w + 1] >> i) & np.uint32(1)) << np.int32(4)
                 i = xo + 4 * g + j
                 s += np.int32(lo * np.int32(xq[i]) + hi * np.int32(xq[i + 16]))
                 r += np.int32(lo * np.int32(xr[i]) + hi * np.int32(xr[i + 16]))
@@ -140,21 +185,23 @@ def _nibble_isums_loop(q, qo, xq, xr, xo, out):
             out[R + l] += r
 
 
-def nibble_isums(q, qo, xq, xr, xo, out, simd):
+def nibble_isums(q, qo, h, ho, five, xq, xr, xo, out, simd):
     """See the module docstring (callable from Numba code only)."""
     raise NotImplementedError("nibble_isums runs inside Numba kernels")
 
 
 @overload(nibble_isums, inline="always")
-def _nibble_isums_impl(q, qo, xq, xr, xo, out, simd):
+def _nibble_isums_impl(q, qo, h, ho, five, xq, xr, xo, out, simd):
     if not HOST_AVX2:
-        def portable(q, qo, xq, xr, xo, out, simd):
-            _nibble_isums_loop(q, qo, xq, xr, xo, out)
+        def portable(q, qo, h, ho, five, xq, xr, xo, out, simd):
+            _nibble_isums_loop(q, qo, h, ho, five, xq, xr, xo, out)
         return portable
 
-    def either(q, qo, xq, xr, xo, out, simd):
-        if simd:
-            _nibble_isums_avx2(q, qo, xq, xr, xo, out)
+    def either(q, qo, h, ho, five, xq, xr, xo, out, simd):
+        if not simd:
+            _nibble_isums_loop(q, qo, h, ho, five, xq, xr, xo, out)
+        elif five:
+            _isums5_avx2(q, qo, h, ho, xq, xr, xo, out)
         else:
-            _nibble_isums_loop(q, qo, xq, xr, xo, out)
+            _isums4_avx2(q, qo, h, ho, xq, xr, xo, out)
     return either

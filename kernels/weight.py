@@ -7,8 +7,8 @@
     F = W.dequantize()                 # (rows, cols) f32, exact (bit-identical to kernels.dequantize)
 
 rows = output features (GGUF/numpy order).  Construction copies the tensor into
-the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q8_0 8.5 -- the GGUF
-sizes or within 0.5 bit, with float16 scales -- Q5_0/Q5_1 9, Q4_K 6, Q5_K 10, Q6_K 10,
+the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q5_0/Q5_1 6, Q8_0 8.5
+-- the GGUF sizes or within 0.5 bit, with float16 scales -- Q4_K 6, Q5_K 7, Q6_K 10,
 F16/BF16 16, F32 32, other types their GGUF size; row counts are padded to whole
 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
 
@@ -29,7 +29,7 @@ import numpy as np
 from . import quant_matvec as mv
 from .quant_matmul import MATVEC_MAX_BATCH, tiled_matmul
 from .registry import get_qtype
-from .repack import BYTE_KINDS, Packed, concat as _concat_packed, repack
+from .repack import BYTE_KINDS, NIBBLE_KINDS, Packed, concat as _concat_packed, repack
 from .slow_matvec import slow_matvec
 from .threads import get_num_threads, pool
 from .types import GGMLType, as_type, row_bytes
@@ -41,7 +41,6 @@ _PARALLEL_DECODE_ELEMENTS = 1 << 16
 # Symmetric types decode as (q - offset) * d (ggml's expression; exact zeros keep their sign).
 _NO_OFFSET = np.int32(0)
 _OFFSET = {GGMLType.Q4_0: np.int32(8), GGMLType.Q5_0: np.int32(16)}
-_NO_M = np.zeros((1, 1), np.float32)     # the m argument of the kinds without offsets
 
 
 class Weight:
@@ -85,7 +84,7 @@ class Weight:
         (``rounded_activations``, within max|x_block| / 64516 of x): the 4-bit kinds, whose
         integer dot products are the fastest form (see simd.py).  Matmuls of more than
         MATVEC_MAX_BATCH rows multiply the exact X."""
-        return self.packed.kind == "q4"
+        return self.packed.kind in NIBBLE_KINDS
 
     @property
     def file_nbytes(self) -> int:
@@ -108,10 +107,10 @@ class Weight:
         p = self.packed
         A = p.arrays
         k = p.kind
-        if k == "q4":
-            mv.matvec_q4(A["qt"], A["d"], A["m"], x, True, out)
+        if k in NIBBLE_KINDS:
+            mv.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, True, out)
         elif k in BYTE_KINDS:
-            mv.matvec_i8(*self._byte_arrays(), "m" in A, x, out)
+            mv.matvec_i8(*self._byte_arrays(), x, out)
         elif k == "f32":
             mv.matvec_f32(A["w"], x, out)
         elif k == "f16":
@@ -188,11 +187,10 @@ class Weight:
         p = self.packed
         A = p.arrays
         k = p.kind
-        if k == "q4":
-            mv.decode_q4(A["qt"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
-        elif k in BYTE_KINDS:       # Q5_0 decodes as (q - 16) d, not q d + m (see _OFFSET)
-            off = _OFFSET.get(self.qtype, _NO_OFFSET)
-            mv.decode_i8(*self._byte_arrays(), "m" in A and off == 0, off, ids, out)
+        if k in NIBBLE_KINDS:       # Q4_0 / Q5_0 decode as (q - off) d, not q d + m (see _OFFSET)
+            mv.decode_nib(A["qt"], A["qh"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
+        elif k in BYTE_KINDS:
+            mv.decode_i8(*self._byte_arrays(), ids, out)
         elif k == "f32":
             mv.gather_f32(A["w"], ids, out)
         elif k == "f16":
@@ -207,10 +205,10 @@ class Weight:
     # ------------------------------------------------------------------ raw (registry decoder) path
 
     def _byte_arrays(self):
-        """(qt, s_lo, s_hi, m) of a byte-per-weight kind for matvec_i8 / decode_i8: one scale
-        per block serves both halves (Q5, Q8_0); Q6_K has one per 16 weights; no m: a stand-in."""
+        """(qt, s_lo, s_hi) of a byte-per-weight kind for matvec_i8 / decode_i8: one scale per
+        block serves both halves (Q8_0); Q6_K has one per 16 weights."""
         A = self.packed.arrays
-        return A["qt"], A.get("sl", A.get("d")), A.get("sh", A.get("d")), A.get("m", _NO_M)
+        return A["qt"], A.get("sl", A.get("d")), A.get("sh", A.get("d"))
 
     @staticmethod
     def _run(fn, ranges) -> None:

@@ -1,11 +1,12 @@
 """Quantized matvec / matmul / row gather (kernels.Weight) against float64 products on exact dequantizations.
 
 Tolerance (every product test): |y - y_ref| <= 1e-5 * sum_j |w_j x_j| + 1e-30 per output, where
-y_ref = dequant(W) @ x in float64, with x the activations the product multiplies: for the 4-bit
-types (Q4_0, Q4_1, Q4_K) matvec (and matmuls of at most MATVEC_MAX_BATCH rows) rounds x to int8
-blocks as llama.cpp does, so there x is kernels.rounded_activations(x), itself checked against
-its definition (|x - x_hat| <= max|x_block| / 254) and, end to end,
-|y - W x| <= sum_j |w_j| |x_j - x_hat_j| + 1e-5 * sum_j |w_j x_hat_j|.
+y_ref = dequant(W) @ x in float64, with x the activations the product multiplies: for the 4-
+and 5-bit types (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K) matvec (and matmuls of at most
+MATVEC_MAX_BATCH rows) multiplies x split into two int8 terms per 32-block (integer dot
+products), so there x is x_hat = kernels.rounded_activations(x), itself checked against its
+definition (|x - x_hat| <= max|x_block| / 64516) and, end to end,
+|y - W x| <= sum_j |w_j| |x_j - x_hat_j| + 1e-5 * sum_j |w_j x_j|.
 Dequantization and row gathers are bit-exact (compared as bits).
 """
 from __future__ import annotations
@@ -126,8 +127,8 @@ def test_random_fast_types(name, shape):
 
 def test_rounded_activations_and_the_end_to_end_bound():
     """x_hat = kernels.rounded_activations(x): per 32-block dx xq + dr xr with int8 xq, xr,
-    dx = max|x_block| / 127, dr = dx / 254, within dr / 2 of x (zero blocks stay zero); a 4-bit
-    matvec stays within the stated bound of the exact W x; the portable integer sums give
+    dx = max|x_block| / 127, dr = dx / 254, within dr / 2 of x (zero blocks stay zero); a 4- or
+    5-bit matvec stays within the stated bound of the exact W x; the portable integer sums give
     bit-identical results to the AVX2 ones."""
     rng = np.random.default_rng(11)
     x = (rng.standard_normal(512) * np.repeat(rng.uniform(0, 5, 16), 32)).astype(np.float32)
@@ -139,7 +140,7 @@ def test_rounded_activations_and_the_end_to_end_bound():
     assert not xh[64:96].any()
     xq, xr, dx, dr, _ = kernels.quant_matvec.round_activations(x)
     assert np.abs(xq.astype(int)).max() <= 127 and np.abs(xr.astype(int)).max() <= 127
-    for name in ("Q4_0", "Q4_1", "Q4_K"):
+    for name in ("Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K"):
         data = random_tensor(name, 77, 512, rng)
         W = Weight(data, name, (77, 512))
         assert W.rounds_activations
@@ -150,7 +151,7 @@ def test_rounded_activations_and_the_end_to_end_bound():
         A = W.packed.arrays
         for simd in (True, False):
             y2 = np.empty(77, np.float32)
-            kernels.quant_matvec.matvec_q4(A["qt"], A["d"], A["m"], x, simd, y2)
+            kernels.quant_matvec.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, simd, y2)
             assert bits_equal(y2, y), (name, simd)
 
 
