@@ -23,7 +23,6 @@ _EXPORTS = {
     "quantize": ".quantizer",
     "get_num_threads": ".threads", "set_num_threads": ".threads",
     "Weight": ".weight", "fused_matvec": ".weight", "matvec": ".weight", "matmul": ".weight",
-    "rounded_activations": ".weight",
 }
 __all__ = ["GGMLType", *_EXPORTS]
 

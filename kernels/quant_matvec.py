@@ -44,8 +44,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .repack import ROW_TILE, _fifth_bit_index, _nibble_index
-from .simd import nibble_isums
+from .repack import ROW_TILE, _fifth_bit_index, _nibble_index, _pair_index
+from .simd import nibble_isums, pair_isums
 
 f32 = np.float32
 _I15 = np.int32(15)
@@ -148,42 +148,45 @@ def matvec_nib(qt, qh, d, m, x, simd, y):
         _store_tile(acc, t, y)
 
 
-@njit(fastmath=_FM, cache=True, inline="always")
-def _dot_i8(q, base, l, x, o):
-    """Sums q_k x_k over weights 0-15 and 16-31 of one block of one lane (four FMA chains)."""
-    R = ROW_TILE
-    p0 = f32(0)
-    p1 = f32(0)
-    p2 = f32(0)
-    p3 = f32(0)
-    for k in range(8):
-        p0 += f32(q[_u(base + k * R + l)]) * x[o + k]
-        p1 += f32(q[_u(base + (k + 8) * R + l)]) * x[o + 8 + k]
-    for k in range(16, 24):
-        p2 += f32(q[_u(base + k * R + l)]) * x[o + k]
-        p3 += f32(q[_u(base + (k + 8) * R + l)]) * x[o + 8 + k]
-    return p0 + p1, p2 + p3
+@njit(cache=True)
+def round_activations16(x):
+    """x (32 nb,) f32 -> (xq int16 (32 nb,), dx (nb,)): each 32-element block rounded to int16,
+    x ~ dx xq with dx = max|x| / 32767 (ties to even), within dx / 2 = max|x| / 65534."""
+    nb = x.size // 32
+    xq = np.empty(x.size, np.int16)
+    dx = np.empty(nb, np.float32)
+    for b in range(nb):
+        amax = f32(0)
+        for k in range(32):
+            amax = max(amax, abs(x[32 * b + k]))
+        inv = f32(32767) / amax if amax > 0 else f32(0)
+        for k in range(32):
+            xq[32 * b + k] = np.int32(np.rint(x[32 * b + k] * inv))
+        dx[b] = amax / f32(32767)
+    return xq, dx
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
-def matvec_i8(qt, s_lo, s_hi, x, y):
+def matvec_i8(qt, s_lo, s_hi, x, simd, y):
     """One byte per weight (Q8_0, Q6_K tiled): qt (T, nb*32*R) int8; scales s_lo / s_hi
     (T, nb*R) of weights 0-15 / 16-31 of each block (the same array when the type has
-    one scale per block); w = s q."""
+    one scale per block); w = s q.  x is rounded to int16 per block (round_activations16)
+    and the integer sums come from simd.pair_isums (simd: its AVX2 form where the host has it)."""
     R = ROW_TILE
     nb = x.size // 32
+    xq, dx = round_activations16(x)
     for t in prange(qt.shape[0]):
         q = qt[t]
         lt = s_lo[t]
         ht = s_hi[t]
         acc = np.zeros(R, np.float32)
+        isum = np.empty(2 * R, np.int32)
         for b in range(nb):
-            base = b * 32 * R
-            o = 32 * b
+            pair_isums(q, b * 32 * R, xq, 32 * b, isum, simd)
+            dxb = dx[b]
             for l in range(R):
-                lo, hi = _dot_i8(q, base, l, x, o)
                 i = _u(b * R + l)
-                acc[l] += _scale(lt[i]) * lo + _scale(ht[i]) * hi
+                acc[l] += (_scale(lt[i]) * f32(isum[l]) + _scale(ht[i]) * f32(isum[R + l])) * dxb
         _store_tile(acc, t, y)
 
 
@@ -327,7 +330,7 @@ def decode_i8(qt, s_lo, s_hi, ids, out):
             s0 = _scale(s_lo[t, j])
             s1 = _scale(s_hi[t, j])
             for k in range(32):
-                o[32 * b + k] = f32(q[(b * 32 + k) * R + l]) * (s0 if k < 16 else s1)
+                o[32 * b + k] = f32(q[_pair_index(b, k, l)]) * (s0 if k < 16 else s1)
 
 
 @njit(nogil=True, cache=True)

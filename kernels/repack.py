@@ -33,7 +33,10 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
         of weight k of lane l as its bit ``(l % 8) * 4 + k % 4``, so one word covers the 32
         weights of one 32-byte load of qt (see simd.py); ``d``, ``m``.  Q4_0 and Q4_1 have
         a ``qh`` of shape (1, 0).
-``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d``.
+``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d``.  A lane holds 2
+        consecutive bytes of its row at a time (the int16 pairs of the integer dot
+        products, see simd.pair_isums): byte k of block b of lane l is at
+        ``qt[t, ((b * 16 + k // 2) * ROW_TILE + l) * 2 + k % 2]``.
 ``q6``  Q6_K: ``qt`` int8 as ``q8`` holding q - 32; ``sl``/``sh``: the scales ``d * sc``
         of weights 0-15 and 16-31; weight = s * (q - 32).
         (Q6_K spends a whole byte per weight: 10 bits per weight in memory against 6.6 in
@@ -139,11 +142,17 @@ def _put_fifth_bits(qh, b, l, e):
             qh[w] |= np.uint32(1) << bit
 
 
+@njit(cache=True, inline="always")
+def _pair_index(b, k, l):
+    """Where byte k of block b of lane l lives in a ``q8``/``q6`` tile (see the module docstring)."""
+    return ((b * 16 + k // 2) * ROW_TILE + l) * 2 + k % 2
+
+
 @njit(cache=True, nogil=True)
-def _put_bytes(dst, o, e, off):
-    """Store weights e[0..31] of one block as bytes e - off at dst[o + k*R]."""
+def _put_bytes(dst, b, l, e, off):
+    """Store weights e[0..31] of block b of lane l as bytes e - off."""
     for k in range(32):
-        dst[o + k * ROW_TILE] = e[k] - off
+        dst[_pair_index(b, k, l)] = e[k] - off
 
 
 @njit(cache=True, nogil=True)
@@ -194,7 +203,7 @@ def repack_q8_0(raw, qt, d, r0, r1):
             o = b * 34
             d[t, b * R + l] = f16_at(src, o)
             for k in range(32):
-                q[(b * 32 + k) * R + l] = np.int8(sext8(src[o + 2 + k]))
+                q[_pair_index(b, k, l)] = np.int8(sext8(src[o + 2 + k]))
 
 
 @njit(cache=True, nogil=True)
@@ -256,7 +265,7 @@ def repack_q6_k(raw, qt, sl, sh, r0, r1):
                     top = (src[qhh + k] >> (2 * kk)) & 3
                     e[k] = lo | (top << 4)
                 b = 8 * i + b8
-                _put_bytes(q, b * 32 * R + l, e, 32)
+                _put_bytes(q, b, l, e, 32)
                 i2 = b * R + l
                 isc = o + 192 + 8 * half + 2 * kk
                 sl[t, i2] = dd * np.float32(sext8(src[isc]))
@@ -267,8 +276,11 @@ def repack_q6_k(raw, qt, sl, sh, r0, r1):
 
 
 def _group(p: "Packed", key: str) -> int:
-    """Bytes per lane group of a tiled array: 4 for the nibble kinds' quants, else 1."""
-    return 4 if p.kind in NIBBLE_KINDS and key == "qt" else 1
+    """Bytes per lane group of a tiled array: 4 for the nibble kinds' quants, 2 for the byte
+    kinds' quants, else 1."""
+    if key != "qt":
+        return 1
+    return 4 if p.kind in NIBBLE_KINDS else 2
 
 
 def _fifth_bit_map() -> tuple[np.ndarray, np.ndarray]:
@@ -362,7 +374,8 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
     T = p.tiles
     A = p.arrays
     A["qt"] = np.zeros((T, _QBYTES[kind] * nb * ROW_TILE), np.int8 if kind in ("q8", "q6") else np.uint8)
-    A["qh"] = np.zeros((T, nb * ROW_TILE) if kind == "q5" else (1, 0), np.uint32)
+    if kind in NIBBLE_KINDS:
+        A["qh"] = np.zeros((T, nb * ROW_TILE) if kind == "q5" else (1, 0), np.uint32)
     for k in _SCALES[kind]:
         A[k] = np.zeros((T, nb * ROW_TILE), np.float32)
 

@@ -159,6 +159,80 @@ _isums4_avx2 = _make_isums_avx2(False)
 _isums5_avx2 = _make_isums_avx2(True)
 
 
+@intrinsic
+def _pair_isums_avx2(typingctx, q, qo, xq, xo, out):
+    """The AVX2 form of pair_isums (see its docstring)."""
+    sig = types.void(q, qo, xq, xo, out)
+
+    def codegen(context, builder, signature, args):
+        q, qo, xq, xo, out = args
+        aty = signature.args
+        qp = _byte_ptr(context, builder, aty[0], q, qo)
+        xp = _byte_ptr(context, builder, aty[2], xq, builder.mul(xo, ir.Constant(xo.type, 2)))
+        op = builder.bitcast(cgutils.create_struct_proxy(aty[4])(context, builder, value=out).data,
+                             _V8I32.as_pointer())
+        maddwd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
+        v16i8 = ir.VectorType(_I8, 16)
+
+        def load(ptr, offset, ty):
+            p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
+            return builder.load(p, align=1)
+
+        groups = ROW_TILE // 8
+        for half in range(2):                    # weights 0-15, 16-31: one int32 sum each
+            acc = [ir.Constant(_V8I32, [0] * 8)] * groups
+            for p in range(8 * half, 8 * half + 8):      # the pair of weights 2p, 2p+1
+                x = builder.bitcast(_splat_i32(builder, load(xp, 4 * p, _I32)), _V16I16)
+                for rg in range(groups):         # 8 rows: 16 bytes, widened to int16
+                    w = builder.sext(load(qp, (p * ROW_TILE + rg * 8) * 2, v16i8), _V16I16)
+                    acc[rg] = builder.add(acc[rg], builder.call(maddwd, [w, x]))
+            for rg in range(groups):
+                builder.store(acc[rg], builder.gep(op, [ir.Constant(_I32, half * groups + rg)]), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _pair_isums_loop(q, qo, xq, xo, out):
+    """The portable form of pair_isums."""
+    R = ROW_TILE
+    for half in range(2):
+        for l in range(R):
+            s = np.int32(0)
+            for p in range(8 * half, 8 * half + 8):
+                i = qo + (p * R + l) * 2
+                s += np.int32(np.int32(q[i]) * np.int32(xq[xo + 2 * p])
+                              + np.int32(q[i + 1]) * np.int32(xq[xo + 2 * p + 1]))
+            out[half * R + l] = s
+
+
+def pair_isums(q, qo, xq, xo, out, simd):
+    """For one 32-weight block of each of the ROW_TILE rows of a tile of int8 weights (layout:
+    weight k of row l at ``q[qo + ((k // 2) * ROW_TILE + l) * 2 + k % 2]``) and int16
+    activations ``xq[xo:xo + 32]``: out[l] = sum over weights 0-15 of w * x, out[32 + l] the
+    same over weights 16-31, exact in int32 (|out| <= 16 * 128 * 32767).  AVX2 form:
+    ``vpmovsxbw`` loads of 8 rows' pairs and ``vpmaddwd`` by the broadcast activation pair.
+    (Callable from Numba code only.)"""
+    raise NotImplementedError("pair_isums runs inside Numba kernels")
+
+
+@overload(pair_isums, inline="always")
+def _pair_isums_impl(q, qo, xq, xo, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, xq, xo, out, simd):
+            _pair_isums_loop(q, qo, xq, xo, out)
+        return portable
+
+    def either(q, qo, xq, xo, out, simd):
+        if simd:
+            _pair_isums_avx2(q, qo, xq, xo, out)
+        else:
+            _pair_isums_loop(q, qo, xq, xo, out)
+    return either
+
+
 @njit(cache=True, inline="always")
 def _nibble_isums_loop(q, qo, h, ho, five, xq, xr, xo, out):
     """The portable form: the same int32 sums as plain loops."""

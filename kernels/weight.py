@@ -78,13 +78,26 @@ class Weight:
         """Bytes held in memory by the repacked weight."""
         return self.packed.nbytes
 
-    @property
-    def rounds_activations(self) -> bool:
-        """True when matvec multiplies x rounded to two int8 terms per 32-block
-        (``rounded_activations``, within max|x_block| / 64516 of x): the 4-bit kinds, whose
-        integer dot products are the fastest form (see simd.py).  Matmuls of more than
-        MATVEC_MAX_BATCH rows multiply the exact X."""
-        return self.packed.kind in NIBBLE_KINDS
+    def rounded(self, X: np.ndarray) -> np.ndarray:
+        """X (..., cols) float32 as this weight's matvec multiplies it, in float64: the tiled
+        kinds use integer dot products (see simd.py), the nibble kinds on two int8 terms per
+        32-block (within max|x_block| / 64516 of X), Q8_0 and Q6_K on int16 per block (within
+        max|x_block| / 65534); the float kinds and the rest multiply X itself.  Matmuls of
+        more than MATVEC_MAX_BATCH rows multiply the exact X."""
+        X = np.asarray(X, np.float32)
+        out = X.astype(np.float64)
+        kind = self.packed.kind
+        if kind not in NIBBLE_KINDS and kind not in BYTE_KINDS:
+            return out
+        for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
+            src = np.ascontiguousarray(src)
+            if kind in NIBBLE_KINDS:
+                xq, xr, dx, dr, _ = mv.round_activations(src)
+                terms = [(xq, dx), (xr, dr)]
+            else:
+                terms = [mv.round_activations16(src)]
+            dst[:] = sum(q.reshape(-1, 32) * d[:, None].astype(np.float64) for q, d in terms).reshape(-1)
+        return out
 
     @property
     def file_nbytes(self) -> int:
@@ -110,7 +123,7 @@ class Weight:
         if k in NIBBLE_KINDS:
             mv.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, True, out)
         elif k in BYTE_KINDS:
-            mv.matvec_i8(*self._byte_arrays(), x, out)
+            mv.matvec_i8(*self._byte_arrays(), x, True, out)
         elif k == "f32":
             mv.matvec_f32(A["w"], x, out)
         elif k == "f16":
@@ -287,19 +300,6 @@ def matmul(X: np.ndarray, data: np.ndarray, qtype, shape) -> np.ndarray:
     return Weight(data, qtype, shape).matmul(X)
 
 
-def rounded_activations(X: np.ndarray) -> np.ndarray:
-    """X (..., cols) f32 as the int8 kernels multiply it (float64): each 32-element block as
-    dx xq + dr xr, two int8 terms (see quant_matvec.round_activations); within
-    max|x_block| / 64516 of X, element-wise, plus float32 rounding."""
-    X = np.asarray(X, np.float32)
-    out = np.empty(X.shape, np.float64)
-    for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
-        xq, xr, dx, dr, _ = mv.round_activations(np.ascontiguousarray(src))
-        dst[:] = (xq.reshape(-1, 32) * dx[:, None].astype(np.float64)
-                  + xr.reshape(-1, 32) * dr[:, None].astype(np.float64)).reshape(-1)
-    return out
-
-
 def _ranges(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
     """lo..hi cut into at most max(1, parts) near-equal non-empty ranges (a, b); none if hi == lo."""
     bounds = np.linspace(lo, hi, max(1, min(parts, hi - lo)) + 1).astype(np.int64)
@@ -315,4 +315,4 @@ def _as_f32(a, shape, name) -> np.ndarray:
     return a
 
 
-__all__ = ["Weight", "fused_matvec", "matvec", "matmul", "rounded_activations", "GGMLType"]
+__all__ = ["Weight", "fused_matvec", "matvec", "matmul", "GGMLType"]

@@ -1,11 +1,11 @@
 """Quantized matvec / matmul / row gather (kernels.Weight) against float64 products on exact dequantizations.
 
 Tolerance (every product test): |y - y_ref| <= 1e-5 * sum_j |w_j x_j| + 1e-30 per output, where
-y_ref = dequant(W) @ x in float64, with x the activations the product multiplies: for the 4-
-and 5-bit types (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K) matvec (and matmuls of at most
-MATVEC_MAX_BATCH rows) multiplies x split into two int8 terms per 32-block (integer dot
-products), so there x is x_hat = kernels.rounded_activations(x), itself checked against its
-definition (|x - x_hat| <= max|x_block| / 64516) and, end to end,
+y_ref = dequant(W) @ x in float64, with x the activations the product multiplies: the tiled
+types' matvec (and matmuls of at most MATVEC_MAX_BATCH rows) uses integer dot products on x
+rounded per 32-block (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K: two int8 terms, within
+max|x_block| / 64516; Q8_0, Q6_K: int16, within max|x_block| / 65534), so there x is
+x_hat = W.rounded(x), itself checked against its definition and, end to end,
 |y - W x| <= sum_j |w_j| |x_j - x_hat_j| + 1e-5 * sum_j |w_j x_j|.
 Dequantization and row gathers are bit-exact (compared as bits).
 """
@@ -53,7 +53,7 @@ def used(W: Weight, X: np.ndarray) -> np.ndarray:
     """The activations a product of W with X multiplies (see the module docstring)."""
     X = np.asarray(X, np.float32)
     small = X.ndim == 1 or X.shape[0] <= matmul_mod.MATVEC_MAX_BATCH
-    return kernels.rounded_activations(X) if W.rounds_activations and small else X
+    return W.rounded(X) if small else X
 
 
 def bits_equal(a, b) -> bool:
@@ -125,34 +125,36 @@ def test_random_fast_types(name, shape):
     assert_close(kernels.matmul(X, data, name, shape), W32.astype(np.float64), X, "kernels.matmul")
 
 
-def test_rounded_activations_and_the_end_to_end_bound():
-    """x_hat = kernels.rounded_activations(x): per 32-block dx xq + dr xr with int8 xq, xr,
-    dx = max|x_block| / 127, dr = dx / 254, within dr / 2 of x (zero blocks stay zero); a 4- or
-    5-bit matvec stays within the stated bound of the exact W x; the portable integer sums give
-    bit-identical results to the AVX2 ones."""
+@pytest.mark.parametrize("name,steps", [("Q4_0", 127 * 254), ("Q4_1", 127 * 254), ("Q4_K", 127 * 254),
+                                        ("Q5_0", 127 * 254), ("Q5_1", 127 * 254), ("Q5_K", 127 * 254),
+                                        ("Q8_0", 32767), ("Q6_K", 32767)])
+def test_rounded_activations_and_the_end_to_end_bound(name, steps):
+    """x_hat = W.rounded(x): per 32-block integer multiples of max|x_block| / steps (two int8 terms:
+    dx xq + dr xr, dx = max / 127, dr = dx / 254; or int16), within half a step of x (zero blocks
+    stay zero); the matvec stays within the stated bound of the exact W x; the portable integer
+    sums give bit-identical results to the AVX2 ones."""
     rng = np.random.default_rng(11)
     x = (rng.standard_normal(512) * np.repeat(rng.uniform(0, 5, 16), 32)).astype(np.float32)
     x[64:96] = 0
-    xh = kernels.rounded_activations(x)
+    W = Weight(random_tensor(name, 77, 512, rng), name, (77, 512))
+    xh = W.rounded(x)
     amax = np.abs(x).reshape(-1, 32).max(1).astype(np.float64)
     err = np.abs(x - xh).reshape(-1, 32)
-    assert (err <= (amax / 64516 * 1.01 + amax * 2e-7)[:, None]).all(), (err.max(1) / amax).max()
+    assert (err <= (amax / (2 * steps) * 1.01 + amax * 2e-7)[:, None]).all(), (err.max(1) / amax).max()
     assert not xh[64:96].any()
-    xq, xr, dx, dr, _ = kernels.quant_matvec.round_activations(x)
-    assert np.abs(xq.astype(int)).max() <= 127 and np.abs(xr.astype(int)).max() <= 127
-    for name in ("Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K"):
-        data = random_tensor(name, 77, 512, rng)
-        W = Weight(data, name, (77, 512))
-        assert W.rounds_activations
-        W64 = W.dequantize().astype(np.float64)
-        y = W.matvec(x).astype(np.float64)
-        bound = np.abs(W64) @ np.abs(x - xh) + REL_TOL * (np.abs(W64) @ np.abs(x)) + 1e-30
-        assert (np.abs(y - W64 @ x) <= bound).all(), name
-        A = W.packed.arrays
-        for simd in (True, False):
-            y2 = np.empty(77, np.float32)
-            kernels.quant_matvec.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, simd, y2)
-            assert bits_equal(y2, y), (name, simd)
+    W64 = W.dequantize().astype(np.float64)
+    y = W.matvec(x)
+    bound = np.abs(W64) @ np.abs(x - xh) + REL_TOL * (np.abs(W64) @ np.abs(x)) + 1e-30
+    assert (np.abs(y - W64 @ x) <= bound).all()
+    mv = kernels.quant_matvec
+    A = W.packed.arrays
+    for simd in (True, False):
+        y2 = np.empty(77, np.float32)
+        if "qh" in A:
+            mv.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, simd, y2)
+        else:
+            mv.matvec_i8(*W._byte_arrays(), x, simd, y2)
+        assert bits_equal(y2, y), simd
 
 
 @pytest.mark.parametrize("name", ["F16", "BF16"])
