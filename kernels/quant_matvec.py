@@ -85,6 +85,26 @@ def _store_tile(acc, t, y):
 # Per tile t: q = qt[t]; block b's byte k of lane l is q[(b*K + k)*R + l]; per-block values at [t, b*R + l].
 
 
+_ROUNDER = f32(12582912.0)      # 1.5 * 2^23: (u + R) - R rounds |u| < 2^22 to an integer, ties to even
+
+
+@njit(cache=True, inline="always")
+def _round_even(u):
+    """u rounded to the nearest integer (ties to even) as float32, |u| < 2^22; branch-free (it
+    vectorizes; no reassociating flags, so the two adds are kept)."""
+    return (u + _ROUNDER) - _ROUNDER
+
+
+@njit(cache=True, inline="always")
+def _block_absmax(x, o):
+    """max |x[o:o+32]| (0 for a zero block)."""
+    amax = f32(0)
+    for k in range(32):
+        a = abs(x[o + k])
+        amax = a if a > amax else amax
+    return amax
+
+
 @njit(cache=True)
 def round_activations(x):
     """x (32 nb,) f32 -> (xq, xr, dx, dr, xs): each 32-element block as two int8 terms,
@@ -99,18 +119,17 @@ def round_activations(x):
     dr = np.empty(nb, np.float32)
     xs = np.empty(nb, np.float32)
     for b in range(nb):
-        amax = f32(0)
-        for k in range(32):
-            amax = max(amax, abs(x[32 * b + k]))
+        o = 32 * b
+        amax = _block_absmax(x, o)
         inv = f32(127) / amax if amax > 0 else f32(0)
-        sq = 0
-        sr = 0
+        sq = np.int32(0)
+        sr = np.int32(0)
         for k in range(32):
-            u = x[32 * b + k] * inv              # in units of dx: |u| <= 127
-            v = np.rint(u)
-            w = np.rint((u - v) * f32(254))      # the remainder in units of dr: |w| <= 127
-            xq[32 * b + k] = np.int32(v)
-            xr[32 * b + k] = np.int32(w)
+            u = x[o + k] * inv                   # in units of dx: |u| <= 127
+            v = _round_even(u)
+            w = _round_even((u - v) * f32(254))  # the remainder in units of dr: |w| <= 127
+            xq[o + k] = np.int8(v)
+            xr[o + k] = np.int8(w)
             sq += np.int32(v)
             sr += np.int32(w)
         dx[b] = amax / f32(127)
@@ -156,12 +175,11 @@ def round_activations16(x):
     xq = np.empty(x.size, np.int16)
     dx = np.empty(nb, np.float32)
     for b in range(nb):
-        amax = f32(0)
-        for k in range(32):
-            amax = max(amax, abs(x[32 * b + k]))
+        o = 32 * b
+        amax = _block_absmax(x, o)
         inv = f32(32767) / amax if amax > 0 else f32(0)
         for k in range(32):
-            xq[32 * b + k] = np.int32(np.rint(x[32 * b + k] * inv))
+            xq[o + k] = np.int16(_round_even(x[o + k] * inv))
         dx[b] = amax / f32(32767)
     return xq, dx
 

@@ -1,4 +1,8 @@
-"""Integer dot products of 4- and 5-bit weights with 8-bit activations (the nibble matvec).
+"""Integer dot products for the quantized matvecs, written as LLVM IR for AVX2 hosts.
+
+Two families: ``nibble_isums`` (4- and 5-bit weights times activations in two int8
+terms, for matvec_nib) and ``pair_isums`` (int8 weights times int16 activations, for
+matvec_i8; see its docstring).
 
 ``nibble_isums(q, qo, h, ho, five, xq, xr, xo, out, simd)`` computes, for one 32-weight
 block of each of the ``ROW_TILE`` (32) rows of a row tile,
@@ -20,7 +24,7 @@ activations of those bytes are one broadcast 32-bit value.  The fifth bits: 32 w
 from ``h[ho]``; word ``2 * (g * 4 + rg) + half`` holds, as its bit ``i``, the bit of the
 weight in byte i of load (g, rg) (rows 8rg..8rg+7), low nibble (half 0) or high (half 1).
 
-Two implementations give identical results (integer sums are exact):
+Two implementations of each give identical results (integer sums are exact):
 
 * ``simd`` true, on an x86-64 host with AVX2 (Numba compiling for the host CPU): LLVM IR
   written here, per 32-byte load ``vpand``/``vpsrlw`` to split the nibbles (5-bit: each
@@ -48,7 +52,6 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic, overload
 
 from .repack import ROW_TILE
-
 
 
 def _host_has_avx2() -> bool:
