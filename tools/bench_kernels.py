@@ -42,7 +42,8 @@ from kernels.types import BLOCK_SIZES, GGMLType, as_type  # noqa: E402
 
 SHAPES = [(576, 1536), (1536, 576), (4096, 4096)]
 DEFAULT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-                 "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+                 "Q5_K", "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                 "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4"]
 
 # Byte offsets of the fp16 scale fields of each block (overwritten with sane values).
 _SCALE_FIELDS = {
