@@ -326,16 +326,17 @@ def attention_serial(q3, k_cache, v_cache, pos0, scale, window, softcap, table, 
             _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, nbuf, out3)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def masked_softmax(S, rows_per_pos, pos0, key0, window, softcap):
     """Row softmax of attention scores with the causal / sliding-window mask, in place.
 
     S: (R, K) float32 scores (already scaled); row r is a query at position
     pos0 + r // rows_per_pos, column j the key at position key0 + j.  Masked
     entries become 0.  softcap > 0 applies softcap*tanh(s/softcap) first.
+    Serial and nogil: the caller runs several on its own threads.
     """
     R, K = S.shape
-    for r in prange(R):
+    for r in range(R):
         p = pos0 + r // rows_per_pos
         lo = 0
         if window > 0 and p - window + 1 > 0:

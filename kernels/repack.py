@@ -284,18 +284,15 @@ def _group(p: "Packed", key: str) -> int:
 
 
 def _fifth_bit_map() -> tuple[np.ndarray, np.ndarray]:
-    """(word, bit) of the fifth bit of weight k of lane l in a block, both (32 k, ROW_TILE l)."""
-    k = np.arange(32)[:, None]
-    l = np.arange(ROW_TILE)[None, :]
-    kk = k % 16
-    return 2 * ((kk // 4) * (ROW_TILE // 8) + l // 8) + k // 16, (l % 8) * 4 + kk % 4
+    """(word, bit) of the fifth bit of weight k of lane l in block 0, both (32 k, ROW_TILE l)."""
+    return _fifth_bit_index.py_func(0, np.arange(32)[:, None], np.arange(ROW_TILE)[None, :])
 
 
 def _untile_bits(qh: np.ndarray, rows: int, nb: int) -> np.ndarray:
     """A ``q5`` qh (T, nb*R) -> the fifth bits as row-major (rows, nb, 32) uint8."""
     word, bit = _fifth_bit_map()
     T = qh.shape[0]
-    v = (qh.reshape(T, nb, ROW_TILE)[:, :, word] >> bit.astype(np.uint32)) & 1     # (T, nb, 32 k, R l)
+    v = (qh.reshape(T, nb, ROW_TILE)[:, :, word] >> bit) & 1     # (T, nb, 32 k, R l)
     return v.astype(np.uint8).transpose(0, 3, 1, 2).reshape(T * ROW_TILE, nb, 32)[:rows]
 
 

@@ -203,7 +203,7 @@ def test_matmul_tiles_and_batch_512(monkeypatch):
     assert_close(W.matmul(X), W32.astype(np.float64), X, "tiled matmul n=512")
 
 
-@pytest.mark.parametrize("name", ["Q5_0", "Q4_1"])
+@pytest.mark.parametrize("name", ["Q5_0", "Q4_1", "Q8_0"])
 def test_concat_and_fused_matvec(name):
     """Weight.concat stacks rows (part sizes that are not whole row tiles: re-tiled): its matvec
     outputs are bit-identical to the parts' (every row is computed alone, in a fixed order),
@@ -223,7 +223,8 @@ def test_concat_and_fused_matvec(name):
     for Y, p in zip(Wc.split(Wc.matmul(X)), parts):
         assert_close(Y, p.dequantize().astype(np.float64), used(p, X), "concat matmul")
     assert Weight.can_concat(parts)
-    other = Weight(random_tensor("Q8_0", 4, 256, rng), "Q8_0", (4, 256))
+    other_type = "Q4_0" if name == "Q8_0" else "Q8_0"
+    other = Weight(random_tensor(other_type, 4, 256, rng), other_type, (4, 256))
     assert not Weight.can_concat([parts[0], other])
     with pytest.raises(ValueError):
         Weight.concat([parts[0], other])

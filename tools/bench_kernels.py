@@ -68,6 +68,13 @@ def random_tensor(t: GGMLType, rows: int, cols: int, rng) -> np.ndarray:
     b = rng.integers(0, 256, (n, ts), dtype=np.uint8)
     for off in _SCALE_FIELDS.get(t, ()):
         b[:, off:off + 2] = (rng.uniform(-1, 1, n) / 64).astype(np.float16).view(np.uint8).reshape(n, 2)
+    if t == GGMLType.MXFP4:             # e8m0 scale byte: 2^-9 .. 2^0
+        b[:, 0] = rng.integers(118, 128, n, dtype=np.uint8)
+    if t == GGMLType.IQ1_M:             # fp16 d = the top nibbles of the four scale words (bytes 48-55)
+        d = (rng.uniform(-1, 1, n) / 64).astype(np.float16).view(np.uint16)
+        for j in range(4):
+            nib = ((d >> (4 * j)) & 15).astype(np.uint8)
+            b[:, 49 + 2 * j] = (b[:, 49 + 2 * j] & 0x0F) | (nib << 4)
     return b.reshape(-1)
 
 

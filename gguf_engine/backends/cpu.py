@@ -14,8 +14,8 @@ _EMPTY1 = np.zeros(1, dtype=np.float32)
 
 # below this many new tokens attention runs in the fused kernel; above it through BLAS
 BLAS_ATTENTION_MIN_TOKENS = 8
-# queries per BLAS attention block
-ATTENTION_QUERY_BLOCK = 512
+# queries per BLAS attention block (a block multiplies only the keys its last query sees)
+ATTENTION_QUERY_BLOCK = 128
 # below this many multiply-adds (tokens x heads x keys x head size) attention stays on one thread
 PARALLEL_ATTENTION_MIN_WORK = 1 << 20
 
@@ -104,34 +104,48 @@ class CPUBackend(Backend):
             return
         self._attention_blas(q3, k_cache, v_cache, pos0, scale, window, softcap, out3)
 
-    @classmethod
-    def _attention_blas(cls, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
-        """Batched attention through BLAS, in query blocks so each block only multiplies the
-        keys it can see (about half the work of the full square for a causal prompt)."""
-        n = q3.shape[0]
-        for a in range(0, n, ATTENTION_QUERY_BLOCK):
-            b = min(n, a + ATTENTION_QUERY_BLOCK)
-            cls._attention_blas_block(q3[a:b], k_cache, v_cache, pos0 + a, scale, window, softcap, out3[a:b])
-
-    @staticmethod
-    def _attention_blas_block(q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
+    def _attention_blas(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
+        """Batched attention through BLAS.  The work is cut into (query block, kv head) items;
+        a block of ATTENTION_QUERY_BLOCK queries multiplies only the keys its queries can see
+        (causal: about half of the full square for a long prompt), and the items are shared
+        among the kernel threads, each running single-threaded GEMMs (numpy releases the GIL).
+        Every item is computed the same way whatever the thread count."""
         n, H, hd = q3.shape
         Hkv = k_cache.shape[1]
-        G = H // Hkv
-        key0 = max(0, pos0 - window + 1) if window > 0 else 0
-        K = k_cache[key0:pos0 + n]                         # (nk, Hkv, hd)
-        V = v_cache[key0:pos0 + n]                         # (nk, Hkv, hd)
-        if K.dtype != np.float32:
-            K = K.astype(np.float32)
-            V = V.astype(np.float32)
-        for g in range(Hkv):
-            # rows (token, head-in-group): one contiguous 2-D GEMM per kv head
-            Q = q3[:, g * G:(g + 1) * G, :].reshape(n * G, hd)          # (n G, hd)
-            S = Q @ np.ascontiguousarray(K[:, g, :]).T                 # (n G, nk)
-            S *= np.float32(scale)
-            ops.masked_softmax(S, G, pos0, key0, window, softcap)
-            O = S @ np.ascontiguousarray(V[:, g, :])                   # (n G, hd)
-            out3[:, g * G:(g + 1) * G, :] = O.reshape(n, G, hd)
+        lo = max(0, pos0 - window + 1) if window > 0 else 0     # the first key any query sees
+        K = k_cache[lo:pos0 + n]                                 # (nk, Hkv, hd)
+        V = v_cache[lo:pos0 + n]
+        Ks = [np.ascontiguousarray(K[:, g, :], dtype=np.float32) for g in range(Hkv)]   # (nk, hd) each
+        Vs = [np.ascontiguousarray(V[:, g, :], dtype=np.float32) for g in range(Hkv)]
+        B = ATTENTION_QUERY_BLOCK
+        items = [(a, min(n, a + B), g) for a in range(0, n, B) for g in range(Hkv)]
+        items.sort(key=lambda it: -it[1])                        # the longest (latest) blocks first
+
+        def run(mine):
+            for a, b, g in mine:
+                self._attention_item(q3, Ks[g], Vs[g], lo, a, b, g, H // Hkv, pos0, scale, window, softcap, out3)
+
+        workers = min(self.n_threads, len(items))
+        if workers <= 1:
+            run(items)
+            return
+        from kernels.threads import pool
+        for f in [pool().submit(run, items[w::workers]) for w in range(workers)]:
+            f.result()
+
+    @staticmethod
+    def _attention_item(q3, Kg, Vg, lo, a, b, g, G, pos0, scale, window, softcap, out3):
+        """Queries a..b-1 of kv head g's G query heads over the keys they see; Kg, Vg (nk, hd):
+        that head's keys and values from position lo on."""
+        hd = q3.shape[2]
+        p0 = pos0 + a                                            # the block's first query position
+        key0 = max(lo, p0 - window + 1) if window > 0 else lo   # the first key it sees
+        key1 = pos0 + b                                          # one past the last key it sees
+        Q = q3[a:b, g * G:(g + 1) * G, :].reshape((b - a) * G, hd)          # rows (token, head)
+        S = Q @ Kg[key0 - lo:key1 - lo].T                        # ((b-a) G, key1 - key0)
+        S *= np.float32(scale)
+        ops.masked_softmax(S, G, p0, key0, window, softcap)
+        out3[a:b, g * G:(g + 1) * G, :] = (S @ Vg[key0 - lo:key1 - lo]).reshape(b - a, G, hd)
 
     def gated_act(self, gate, up, gelu, out):
         if gate.shape[0] == 1:
