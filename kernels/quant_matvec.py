@@ -14,6 +14,8 @@ Fast kernels, one per packed kind, parallel over row tiles with ``prange``:
   them), and ``acc += d (dx isum_q + dr isum_r) + m xs`` in float32 (xs: the block sum of
   the rounded x).  llama.cpp rounds x once, to int8; the second term makes the product
   as accurate as a float one at a fraction of the cost.
+* ``matvec_tab``, 4-bit indices into a 16-entry value table (IQ4_NL, IQ4_XS, MXFP4): the
+  same integer form on the looked-up int8 values, ``acc += d (dx isum_q + dr isum_r)``.
 * ``matvec_i8``, one byte per weight (Q8_0, Q6_K as q - 32): float32 products and sums,
   ``p = sum_k q_k x_k`` per half block (four partial sums), ``acc += s_lo p_lo + s_hi p_hi``.
 * F16/BF16/F32: a plain float32 dot on the converted weights.
@@ -45,7 +47,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .repack import ROW_TILE, _fifth_bit_index, _nibble_index, _pair_index
-from .simd import nibble_isums, pair_isums
+from .simd import nibble_isums, pair_isums, table_isums
 
 f32 = np.float32
 _I15 = np.int32(15)
@@ -164,6 +166,29 @@ def matvec_nib(qt, qh, d, m, x, simd, y):
                 i = _u(b * R + l)
                 p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
                 acc[l] += _scale(dt[i]) * p + _scale(mt[i]) * xsb
+        _store_tile(acc, t, y)
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def matvec_tab(qt, d, tab, x, simd, y):
+    """The table kind (IQ4_NL, IQ4_XS, MXFP4), tiled: qt (T, nb*16*R) uint8 nibble indices into
+    tab (16,) int8, d (T, nb*R) per-block scales; w = d tab[q].  Activations as in matvec_nib;
+    the integer sums come from simd.table_isums."""
+    R = ROW_TILE
+    nb = x.size // 32
+    xq, xr, dx, dr, _ = round_activations(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        dt = d[t]
+        acc = np.zeros(R, np.float32)
+        isum = np.empty(2 * R, np.int32)
+        for b in range(nb):
+            table_isums(q, b * 16 * R, tab, xq, xr, 32 * b, isum, simd)
+            dxb = dx[b]
+            drb = dr[b]
+            for l in range(R):
+                p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                acc[l] += _scale(dt[_u(b * R + l)]) * p
         _store_tile(acc, t, y)
 
 
@@ -331,6 +356,24 @@ def decode_nib(qt, qh, d, m, off, ids, out):
                 else:
                     o[32 * b + k] = f32(lo - off) * db
                     o[32 * b + 16 + k] = f32(hi - off) * db
+
+
+@njit(nogil=True, cache=True)
+def decode_tab(qt, d, tab, ids, out):
+    """The table kind (see matvec_tab): w = tab[q] d, as ggml computes it."""
+    R = ROW_TILE
+    nb = d.shape[1] // R
+    for i in range(ids.size):
+        t = ids[i] // R
+        l = ids[i] % R
+        q = qt[t]
+        o = out[i]
+        for b in range(nb):
+            db = _scale(d[t, b * R + l])
+            for k in range(16):
+                v = np.int32(q[_nibble_index(b, k, l)])
+                o[32 * b + k] = f32(tab[v & _I15]) * db
+                o[32 * b + 16 + k] = f32(tab[v >> _I4]) * db
 
 
 @njit(nogil=True, cache=True)

@@ -33,6 +33,9 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
         of weight k of lane l as its bit ``(l % 8) * 4 + k % 4``, so one word covers the 32
         weights of one 32-byte load of qt (see simd.py); ``d``, ``m``.  Q4_0 and Q4_1 have
         a ``qh`` of shape (1, 0).
+``t4``  IQ4_NL, IQ4_XS, MXFP4: ``qt`` as ``q4`` holding the 4-bit indices into the type's
+        value table (``TABLES``); ``d`` the scale of each 32-weight block (IQ4_XS:
+        ``d * (scale - 32)``, MXFP4: its E8M0 exponent halved); weight = d * table[q].
 ``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d``.  A lane holds 2
         consecutive bytes of its row at a time (the int16 pairs of the integer dot
         products, see simd.pair_isums): byte k of block b of lane l is at
@@ -59,7 +62,8 @@ import numpy as np
 
 from numba import njit
 
-from .floats import f16_at, sext8, u32_at
+from .floats import e8m0_half_to_f32, f16_at, sext8, u16_at, u32_at
+from .iquant_tables import kvalues_iq4nl, kvalues_mxfp4
 from .kquants import scale_min_k4
 from .threads import get_num_threads, pool
 from .types import GGMLType, as_type, row_bytes
@@ -70,18 +74,21 @@ _LEGACY = {GGMLType.Q4_0: (18, False, False, 8), GGMLType.Q4_1: (20, True, False
 # Rows per tile (SIMD lanes of the matvec: 4 ymm registers of float32).
 ROW_TILE = 32
 # Quant bytes per 32-weight block in each tiled kind.
-_QBYTES = {"q4": 16, "q5": 16, "q6": 32, "q8": 32}
+_QBYTES = {"q4": 16, "q5": 16, "t4": 16, "q6": 32, "q8": 32}
 # Per-block float arrays of each tiled kind (stored as float16 bits where lossless).
-_SCALES = {"q4": ("d", "m"), "q5": ("d", "m"), "q8": ("d",), "q6": ("sl", "sh")}
+_SCALES = {"q4": ("d", "m"), "q5": ("d", "m"), "t4": ("d",), "q8": ("d",), "q6": ("sl", "sh")}
 
 FAST_KINDS = {
     GGMLType.Q4_0: "q4", GGMLType.Q4_1: "q4", GGMLType.Q4_K: "q4",
     GGMLType.Q5_0: "q5", GGMLType.Q5_1: "q5", GGMLType.Q5_K: "q5",
     GGMLType.Q8_0: "q8", GGMLType.Q6_K: "q6", GGMLType.F32: "f32",
+    GGMLType.IQ4_NL: "t4", GGMLType.IQ4_XS: "t4", GGMLType.MXFP4: "t4",
     GGMLType.F16: "f16", GGMLType.BF16: "bf16",
 }
-TILED_KINDS = ("q4", "q5", "q8", "q6")
+TILED_KINDS = ("q4", "q5", "t4", "q8", "q6")
 NIBBLE_KINDS = ("q4", "q5")         # quant_matvec.matvec_nib / decode_nib
+# The ``t4`` kind's value table per type (quant_matvec.matvec_tab / decode_tab).
+TABLES = {GGMLType.IQ4_NL: kvalues_iq4nl, GGMLType.IQ4_XS: kvalues_iq4nl, GGMLType.MXFP4: kvalues_mxfp4}
 BYTE_KINDS = ("q8", "q6")           # one byte per weight: quant_matvec.matvec_i8 / decode_i8
 
 
@@ -190,6 +197,34 @@ def repack_legacy(raw, ts, has_m, has_h, off, qt, qh, d, m, r0, r1):
 
 
 @njit(cache=True, nogil=True)
+def repack_t4(raw, ts, qt, d, r0, r1):
+    """IQ4_NL (ts 18: d fp16, qs[16]), MXFP4 (17: e8m0, qs[16]) and IQ4_XS (136: d, scales_h,
+    scales_l[4], qs[128] per 256 weights): the index nibbles as they are, and the scale of each
+    32-weight block."""
+    R = ROW_TILE
+    nb = d.shape[1] // R
+    for r in range(r0, r1):
+        src = raw[r]
+        t = r // R
+        l = r % R
+        q = qt[t]
+        for b in range(nb):
+            if ts == 136:
+                o = 136 * (b // 8)
+                j = b % 8
+                ls = ((np.int32(src[o + 4 + j // 2]) >> (4 * (j % 2))) & 15) | \
+                    (((np.int32(u16_at(src, o + 2)) >> (2 * j)) & 3) << 4)
+                d[t, b * R + l] = f16_at(src, o) * np.float32(ls - 32)
+                qo = o + 8 + 16 * j
+            else:
+                o = ts * b
+                d[t, b * R + l] = f16_at(src, o) if ts == 18 else e8m0_half_to_f32(src[o])
+                qo = o + ts - 16
+            for k in range(16):
+                q[_nibble_index(b, k, l)] = src[qo + k]
+
+
+@njit(cache=True, nogil=True)
 def repack_q8_0(raw, qt, d, r0, r1):
     """Q8_0: d (fp16), qs int8[32]."""
     R = ROW_TILE
@@ -276,11 +311,11 @@ def repack_q6_k(raw, qt, sl, sh, r0, r1):
 
 
 def _group(p: "Packed", key: str) -> int:
-    """Bytes per lane group of a tiled array: 4 for the nibble kinds' quants, 2 for the byte
-    kinds' quants, else 1."""
+    """Bytes per lane group of a tiled array: 2 for the byte kinds' quants, 4 for the other
+    tiled kinds' quants (nibbles), else 1."""
     if key != "qt":
         return 1
-    return 4 if p.kind in NIBBLE_KINDS else 2
+    return 2 if p.kind in BYTE_KINDS else 4
 
 
 def _fifth_bit_map() -> tuple[np.ndarray, np.ndarray]:
@@ -379,6 +414,8 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
     def work(r0, r1):
         if kind == "q8":
             repack_q8_0(raw, A["qt"], A["d"], r0, r1)
+        elif kind == "t4":
+            repack_t4(raw, row_bytes(t, 256 if t == GGMLType.IQ4_XS else 32), A["qt"], A["d"], r0, r1)
         elif kind == "q6":
             repack_q6_k(raw, A["qt"], A["sl"], A["sh"], r0, r1)
         elif t in (GGMLType.Q4_K, GGMLType.Q5_K):

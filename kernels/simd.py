@@ -1,8 +1,9 @@
 """Integer dot products for the quantized matvecs, written as LLVM IR for AVX2 hosts.
 
-Two families: ``nibble_isums`` (4- and 5-bit weights times activations in two int8
-terms, for matvec_nib) and ``pair_isums`` (int8 weights times int16 activations, for
-matvec_i8; see its docstring).
+Three families: ``nibble_isums`` (4- and 5-bit weights times activations in two int8
+terms, for matvec_nib), ``table_isums`` (4-bit indices into a value table, the same way,
+for matvec_tab) and ``pair_isums`` (int8 weights times int16 activations, for
+matvec_i8); see their docstrings.
 
 ``nibble_isums(q, qo, h, ho, five, xq, xr, xo, out, simd)`` computes, for one 32-weight
 block of each of the ``ROW_TILE`` (32) rows of a row tile,
@@ -160,6 +161,106 @@ def _make_isums_avx2(five: bool):
 
 _isums4_avx2 = _make_isums_avx2(False)
 _isums5_avx2 = _make_isums_avx2(True)
+
+
+@intrinsic
+def _table_isums_avx2(typingctx, q, qo, tab, xq, xr, xo, out):
+    """The AVX2 form of table_isums (see its docstring)."""
+    sig = types.void(q, qo, tab, xq, xr, xo, out)
+
+    def codegen(context, builder, signature, args):
+        q, qo, tab, xq, xr, xo, out = args
+        aty = signature.args
+        zero = ir.Constant(qo.type, 0)
+        qp = _byte_ptr(context, builder, aty[0], q, qo)
+        tp = _byte_ptr(context, builder, aty[2], tab, zero)
+        xps = [_byte_ptr(context, builder, aty[3], xq, xo), _byte_ptr(context, builder, aty[4], xr, xo)]
+        op = builder.bitcast(cgutils.create_struct_proxy(aty[6])(context, builder, value=out).data,
+                             _V8I32.as_pointer())
+        mod = builder.module
+        fn = cgutils.get_or_insert_function
+        maddubs = fn(mod, ir.FunctionType(_V16I16, [_V32I8, _V32I8]), "llvm.x86.avx2.pmadd.ub.sw")
+        maddwd = fn(mod, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
+        pshufb = fn(mod, ir.FunctionType(_V32I8, [_V32I8, _V32I8]), "llvm.x86.avx2.pshuf.b")
+        psign = fn(mod, ir.FunctionType(_V32I8, [_V32I8, _V32I8]), "llvm.x86.avx2.psign.b")
+        low4 = ir.Constant(_V32I8, [15] * 32)
+        four = ir.Constant(_V32I8, [4] * 32)
+        zero8 = ir.Constant(_V32I8, [0] * 32)
+        ones = ir.Constant(_V16I16, [1] * 16)
+
+        def load(ptr, offset, ty):
+            p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
+            return builder.load(p, align=1)
+
+        t16 = load(tp, 0, ir.VectorType(_I8, 16))
+        table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
+        groups = ROW_TILE // 8
+        acc = [[ir.Constant(_V8I32, [0] * 8)] * groups for _ in xps]
+        for g in range(4):
+            xs = [[builder.bitcast(_splat_i32(builder, load(xp, o + 4 * g, _I32)), _V32I8)
+                   for o in (0, 16)] for xp in xps]
+            for rg in range(groups):
+                v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
+                for half, nib in enumerate((builder.and_(v, low4), builder.and_(builder.lshr(v, four), low4))):
+                    w = builder.call(pshufb, [table, nib])                   # the int8 values
+                    neg = builder.icmp_signed("<", w, zero8)
+                    mag = builder.select(neg, builder.sub(zero8, w), w)      # |w| (vpabsb)
+                    for term in range(len(xps)):
+                        sx = builder.call(psign, [xs[term][half], w])        # x with w's sign (0 where w = 0)
+                        pair = builder.call(maddwd, [builder.call(maddubs, [mag, sx]), ones])
+                        acc[term][rg] = builder.add(acc[term][rg], pair)
+        for term in range(len(xps)):
+            for rg in range(groups):
+                builder.store(acc[term][rg], builder.gep(op, [ir.Constant(_I32, term * groups + rg)]), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _table_isums_loop(q, qo, tab, xq, xr, xo, out):
+    """The portable form of table_isums."""
+    R = ROW_TILE
+    for l in range(2 * R):
+        out[l] = 0
+    for g in range(4):
+        for l in range(R):
+            s = np.int32(0)
+            r = np.int32(0)
+            for j in range(4):
+                v = np.int32(q[qo + (g * R + l) * 4 + j])
+                lo = np.int32(tab[v & np.int32(15)])
+                hi = np.int32(tab[v >> np.int32(4)])
+                i = xo + 4 * g + j
+                s += np.int32(lo * np.int32(xq[i]) + hi * np.int32(xq[i + 16]))
+                r += np.int32(lo * np.int32(xr[i]) + hi * np.int32(xr[i + 16]))
+            out[l] += s
+            out[R + l] += r
+
+
+def table_isums(q, qo, tab, xq, xr, xo, out, simd):
+    """nibble_isums for 4-bit indices into a 16-entry int8 value table ``tab`` (IQ4_NL, IQ4_XS,
+    MXFP4; values in -127..127): w(k, l) = tab[nibble].  Same tile layout and activation terms.
+    AVX2 form: per 32-byte load ``vpshufb`` looks the values up, ``vpabsb`` / ``vpsignb`` move
+    their signs onto the activations (``vpmaddubsw`` takes one unsigned operand), and each
+    int16 pair sum (at most 2 * 127 * 127) is widened by ``vpmaddwd`` at once.
+    (Callable from Numba code only.)"""
+    raise NotImplementedError("table_isums runs inside Numba kernels")
+
+
+@overload(table_isums, inline="always")
+def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, tab, xq, xr, xo, out, simd):
+            _table_isums_loop(q, qo, tab, xq, xr, xo, out)
+        return portable
+
+    def either(q, qo, tab, xq, xr, xo, out, simd):
+        if simd:
+            _table_isums_avx2(q, qo, tab, xq, xr, xo, out)
+        else:
+            _table_isums_loop(q, qo, tab, xq, xr, xo, out)
+    return either
 
 
 @intrinsic

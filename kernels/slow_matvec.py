@@ -1,8 +1,9 @@
 """Fused matvec y = W x for the types without a repacked layout, straight from the GGML bytes.
 
-Types: Q2_K, Q3_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS,
-TQ1_0, TQ2_0, MXFP4.  ``slow_matvec(raw, qtype, x, y)`` with raw (rows, row_bytes) uint8 (the
-tensor's own bytes, untouched: no repack, no extra memory), x (cols,) float32, y (rows,) float32.
+Types: Q2_K, Q3_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, TQ1_0, TQ2_0 (IQ4_NL,
+IQ4_XS and MXFP4 have a repacked layout, repack.py's ``t4``).  ``slow_matvec(raw, qtype, x, y)``
+with raw (rows, row_bytes) uint8 (the tensor's own bytes, untouched: no repack, no extra
+memory), x (cols,) float32, y (rows,) float32.
 
 Parallel over rows (``prange`` over row chunks, each with its own small scratch arrays); each
 row is a loop over its 256-weight blocks.  Written for LLVM's loop vectorizer (Numba does not
@@ -17,9 +18,6 @@ inner trip counts are derived from an argument, ``n8`` = 8, instead of written a
   shift delta) up to a power of two.  A scalar pass per block copies one 8-lane grid word and one
   8-lane signed-scale word per 8 weights (tables built once at import); the dot then runs over
   256 contiguous int8 lanes (no branch on signs, no float decode).
-* 16-entry value tables (IQ4_NL, IQ4_XS, MXFP4): one lookup per quant byte in a 256-entry table
-  gives both of its values as a pair of int8 lanes (one 16-bit store); x is permuted once per call
-  to the pair order, and the dot runs over contiguous lanes.
 
 Arithmetic: integer lane products (exact), float32 sums with ``fastmath`` (FMA, reassociated).
 Each row is computed by one thread in a fixed order, so results do not depend on the thread
@@ -34,9 +32,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .floats import e8m0_half_to_f32, f16_at, f16_bits_to_f32, u16_at, u32_at
+from .floats import f16_at, f16_bits_to_f32, u16_at, u32_at
 from .iquant_tables import (IQ1S_DELTA, iq1s_grid_i8, iq2s_grid_u8, iq2xs_grid_u8, iq2xxs_grid_u8,
-                            iq3s_grid_u8, iq3xxs_grid_u8, ksigns_iq2xs, kvalues_iq4nl, kvalues_mxfp4)
+                            iq3s_grid_u8, iq3xxs_grid_u8, ksigns_iq2xs)
 from .types import GGMLType
 
 f32 = np.float32
@@ -532,122 +530,6 @@ def matvec_iq1_m(raw, x, y, n8):
             y[r] = acc
 
 
-# --------------------------------------------------------------------------- 16-entry value tables
-# IQ4_NL, IQ4_XS, MXFP4: quant byte j of a 32-weight block holds weights j (low nibble) and
-# j + 16 (high nibble).  One lookup of the whole byte in a 256-entry table gives both values as
-# a pair of int8 lanes (one 16-bit store); the lanes are therefore in the order
-# (j, j + 16) for j < 16, and x is permuted to match once per call (``_x_pairs``).  The dot then
-# runs over contiguous lanes (IQ4_XS: times its int8 scale lanes).
-
-
-def _pair_table(values: np.ndarray) -> np.ndarray:
-    """byte -> (values[low nibble], values[high nibble]) as two int8 lanes in one native uint16."""
-    b = np.arange(256)
-    pairs = np.stack([values[b & 15], values[b >> 4]], axis=1).astype(np.int8)   # (256, 2)
-    return np.ascontiguousarray(pairs).view(np.uint16).reshape(-1)
-
-
-PAIR_IQ4 = _pair_table(kvalues_iq4nl)
-PAIR_FP4 = _pair_table(kvalues_mxfp4)
-
-
-@njit(cache=True)
-def _x_pairs(x):
-    """x (32 nb,) -> xp with xp[32 b + 2 j] = x[32 b + j], xp[32 b + 2 j + 1] = x[32 b + 16 + j]."""
-    xp = np.empty_like(x)
-    for b in range(x.size // 32):
-        for j in range(16):
-            xp[32 * b + 2 * j] = x[32 * b + j]
-            xp[32 * b + 2 * j + 1] = x[32 * b + 16 + j]
-    return xp
-
-
-@njit(cache=True, inline="always")
-def _ldot(g8, lo, x, xo, n):
-    """sum_l f32(g8[lo + l]) * x[xo + l], l < n."""
-    acc = f32(0)
-    for l in range(n):
-        acc += f32(g8[_u(lo + l)]) * x[_u(xo + l)]
-    return acc
-
-
-@njit(cache=True, inline="always")
-def _nibbles(src, q, g16, lo, pairs):
-    """The 16 bytes at src[q:] -> 32 int8 lanes (16 pairs) at g16[lo:lo + 16]."""
-    for j in range(16):
-        g16[_u(lo + j)] = pairs[src[_u(q + j)]]
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_iq4_xs(raw, x, y, n8):
-    rows = raw.shape[0]
-    nb = x.size // 256
-    xp = _x_pairs(x)
-    nch = _nchunks(rows)
-    for c in prange(nch):
-        g16 = np.empty(128, np.uint16)
-        g8 = g16.view(np.int8)
-        scq = np.empty(32, np.uint64)
-        sc8 = scq.view(np.int8)
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            src = raw[r]
-            acc = f32(0)
-            for i in range(nb):
-                o = 136 * i
-                sh = np.int64(u16_at(src, o + 2))
-                for ib in range(8):
-                    ls = ((np.int64(src[_u(o + 4 + ib // 2)]) >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4)
-                    w = np.uint64((ls - 32) & 255) * _BYTES1      # int8 lanes of (scale - 32)
-                    for k in range(4):
-                        scq[4 * ib + k] = w
-                    _nibbles(src, o + 8 + 16 * ib, g16, 16 * ib, PAIR_IQ4)
-                acc += f16_at(src, o) * _idot(g8, sc8, xp, 256 * i, 32 * n8)
-            y[r] = acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_iq4_nl(raw, x, y, n8):
-    rows = raw.shape[0]
-    nb = x.size // 32
-    xp = _x_pairs(x)
-    nch = _nchunks(rows)
-    for c in prange(nch):
-        g16 = np.empty(128, np.uint16)
-        g8 = g16.view(np.int8)
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            src = raw[r]
-            acc = f32(0)
-            for b0 in range(0, nb, 8):
-                n = min(8, nb - b0)
-                for k in range(n):
-                    _nibbles(src, 18 * (b0 + k) + 2, g16, 16 * k, PAIR_IQ4)
-                for k in range(n):
-                    acc += f16_at(src, 18 * (b0 + k)) * _ldot(g8, 32 * k, xp, 32 * (b0 + k), 4 * n8)
-            y[r] = acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_mxfp4(raw, x, y, n8):
-    rows = raw.shape[0]
-    nb = x.size // 32
-    xp = _x_pairs(x)
-    nch = _nchunks(rows)
-    for c in prange(nch):
-        g16 = np.empty(128, np.uint16)
-        g8 = g16.view(np.int8)
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            src = raw[r]
-            acc = f32(0)
-            for b0 in range(0, nb, 8):
-                n = min(8, nb - b0)
-                for k in range(n):
-                    _nibbles(src, 17 * (b0 + k) + 1, g16, 16 * k, PAIR_FP4)
-                for k in range(n):
-                    d = e8m0_half_to_f32(src[_u(17 * (b0 + k))])
-                    acc += d * _ldot(g8, 32 * k, xp, 32 * (b0 + k), 4 * n8)
-            y[r] = acc
-
-
 # type -> kernel(raw (rows, row_bytes) uint8, x (cols,) f32, y (rows,) f32)
 MATVEC = {
     GGMLType.Q2_K: matvec_q2_k,
@@ -659,11 +541,8 @@ MATVEC = {
     GGMLType.IQ2_S: matvec_iq2_s,
     GGMLType.IQ3_XXS: matvec_iq3_xxs,
     GGMLType.IQ3_S: matvec_iq3_s,
-    GGMLType.IQ4_NL: matvec_iq4_nl,
-    GGMLType.IQ4_XS: matvec_iq4_xs,
     GGMLType.TQ1_0: matvec_tq1_0,
     GGMLType.TQ2_0: matvec_tq2_0,
-    GGMLType.MXFP4: matvec_mxfp4,
 }
 
 

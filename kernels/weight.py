@@ -7,10 +7,10 @@
     F = W.dequantize()                 # (rows, cols) f32, exact (bit-identical to kernels.dequantize)
 
 rows = output features (GGUF/numpy order).  Construction copies the tensor into
-the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q5_0/Q5_1 6, Q8_0 8.5
--- the GGUF sizes or within 0.5 bit, with float16 scales -- Q4_K 6, Q5_K 7, Q6_K 10,
-F16/BF16 16, F32 32, other types their GGUF size; row counts are padded to whole
-32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
+the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q5_0/Q5_1 6, Q8_0 8.5,
+IQ4_NL 4.5 -- the GGUF sizes or within 0.5 bit, with float16 scales -- Q4_K 6, Q5_K 7,
+Q6_K 10, IQ4_XS 5, MXFP4 4.5-5, F16/BF16 16, F32 32, other types their GGUF size; row
+counts are padded to whole 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
 
 Fusing: ``Weight.concat([Wq, Wk, Wv])`` stacks the rows of weights of one type and
 row length into one Weight: one kernel launch and one re-layout of x instead of
@@ -29,7 +29,7 @@ import numpy as np
 from . import quant_matvec as mv
 from .quant_matmul import MATVEC_MAX_BATCH, tiled_matmul
 from .registry import get_qtype
-from .repack import BYTE_KINDS, NIBBLE_KINDS, Packed, concat as _concat_packed, repack
+from .repack import BYTE_KINDS, NIBBLE_KINDS, TABLES, Packed, concat as _concat_packed, repack
 from .slow_matvec import slow_matvec
 from .threads import get_num_threads, pool
 from .types import GGMLType, as_type, row_bytes
@@ -80,18 +80,18 @@ class Weight:
 
     def rounded(self, X: np.ndarray) -> np.ndarray:
         """X (..., cols) float32 as this weight's matvec multiplies it, in float64: the tiled
-        kinds use integer dot products (see simd.py), the nibble kinds on two int8 terms per
-        32-block (within max|x_block| / 64516 of X), Q8_0 and Q6_K on int16 per block (within
+        kinds use integer dot products (see simd.py), the nibble and table kinds on two int8
+        terms per 32-block (within max|x_block| / 64516 of X), Q8_0 and Q6_K on int16 per block (within
         max|x_block| / 65534); the float kinds and the rest multiply X itself.  Matmuls of
         more than MATVEC_MAX_BATCH rows multiply the exact X."""
         X = np.asarray(X, np.float32)
         out = X.astype(np.float64)
         kind = self.packed.kind
-        if kind not in NIBBLE_KINDS and kind not in BYTE_KINDS:
+        if kind not in NIBBLE_KINDS + BYTE_KINDS + ("t4",):
             return out
         for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
             src = np.ascontiguousarray(src)
-            if kind in NIBBLE_KINDS:
+            if kind not in BYTE_KINDS:
                 xq, xr, dx, dr, _ = mv.round_activations(src)
                 terms = [(xq, dx), (xr, dr)]
             else:
@@ -122,6 +122,8 @@ class Weight:
         k = p.kind
         if k in NIBBLE_KINDS:
             mv.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, True, out)
+        elif k == "t4":
+            mv.matvec_tab(A["qt"], A["d"], TABLES[self.qtype], x, True, out)
         elif k in BYTE_KINDS:
             mv.matvec_i8(*self._byte_arrays(), x, True, out)
         elif k == "f32":
@@ -202,6 +204,8 @@ class Weight:
         k = p.kind
         if k in NIBBLE_KINDS:       # Q4_0 / Q5_0 decode as (q - off) d, not q d + m (see _OFFSET)
             mv.decode_nib(A["qt"], A["qh"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
+        elif k == "t4":
+            mv.decode_tab(A["qt"], A["d"], TABLES[self.qtype], ids, out)
         elif k in BYTE_KINDS:
             mv.decode_i8(*self._byte_arrays(), ids, out)
         elif k == "f32":
