@@ -73,6 +73,8 @@ _LEGACY = {GGMLType.Q4_0: (18, False, False, 8), GGMLType.Q4_1: (20, True, False
            GGMLType.Q5_0: (22, False, True, 16), GGMLType.Q5_1: (24, True, True, 0)}
 # Rows per tile (SIMD lanes of the matvec: 4 ymm registers of float32).
 ROW_TILE = 32
+# Bytes of a tensor's raw data repacked per chunk (see repack's `release`).
+CHUNK_BYTES = 16 << 20
 # Quant bytes per 32-weight block in each tiled kind.
 _QBYTES = {"q4": 16, "q5": 16, "t4": 16, "q6": 32, "q8": 32}
 # Per-block float arrays of each tiled kind (stored as float16 bits where lossless).
@@ -385,8 +387,12 @@ def as_raw_rows(data: np.ndarray, qtype, shape) -> np.ndarray:
     return flat.reshape(rows, rb)
 
 
-def repack(data: np.ndarray, qtype, shape) -> Packed:
-    """Repack a (rows, cols) tensor's raw bytes into its fast layout (a new copy; `data` is only read)."""
+def repack(data: np.ndarray, qtype, shape, release=None) -> Packed:
+    """Repack a (rows, cols) tensor's raw bytes into its fast layout (a new copy; `data` is only read).
+
+    Tiled kinds are repacked in chunks of about CHUNK_BYTES of `data`; ``release(r0, r1)``, if
+    given, is called once rows r0..r1-1 have been copied (a loader drops their file pages, so a
+    tensor's file pages and its copy are never both resident in full)."""
     t = as_type(qtype)
     rows, cols = (int(s) for s in shape)
     raw = as_raw_rows(data, t, (rows, cols))
@@ -424,14 +430,20 @@ def repack(data: np.ndarray, qtype, shape) -> Packed:
             ts, has_m, has_h, off = _LEGACY[t]
             repack_legacy(raw, ts, has_m, has_h, off, A["qt"], A["qh"], A["d"], A["m"], r0, r1)
 
-    # split over the worker threads (the loops are nogil); whole tiles per thread
-    parts = max(1, min(get_num_threads(), rows // 256))
-    bounds = (np.linspace(0, T, parts + 1).astype(np.int64) * ROW_TILE).clip(0, rows)
-    if parts == 1:
-        work(0, rows)
-    else:
-        for f in [pool().submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
-            f.result()
+    # chunks of whole tiles, each split over the worker threads (the loops are nogil)
+    step = max(1, CHUNK_BYTES // max(1, raw.shape[1] * ROW_TILE)) * ROW_TILE
+    for c0 in range(0, rows, step):
+        c1 = min(rows, c0 + step)
+        tiles = -(-(c1 - c0) // ROW_TILE)
+        parts = max(1, min(get_num_threads(), (c1 - c0) // 256))
+        bounds = (c0 + np.linspace(0, tiles, parts + 1).astype(np.int64) * ROW_TILE).clip(0, c1)
+        if parts == 1:
+            work(c0, c1)
+        else:
+            for f in [pool().submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+                f.result()
+        if release is not None:
+            release(c0, c1)
     _halve_scales(p)
     return p
 

@@ -48,7 +48,8 @@ class Weight:
 
     __slots__ = ("qtype", "shape", "packed", "splits", "_decode")
 
-    def __init__(self, data: np.ndarray, qtype, shape):
+    def __init__(self, data: np.ndarray, qtype, shape, release=None):
+        """release(r0, r1): called once rows r0..r1-1 of data have been copied (see repack.repack)."""
         t = as_type(qtype)
         if len(tuple(shape)) != 2:
             raise ValueError(f"Weight needs a 2-D shape (rows, cols), got {tuple(shape)}")
@@ -56,7 +57,7 @@ class Weight:
         if rows < 1 or cols < 1:
             raise ValueError(f"{t.name} weight: empty shape {(rows, cols)}")
         decode = get_qtype(t).decode           # raises a clear error for unsupported types
-        self._init(repack(data, t, (rows, cols)), decode, (rows,))     # repack checks cols and size
+        self._init(repack(data, t, (rows, cols), release), decode, (rows,))   # repack checks cols and size
 
     def _init(self, packed: Packed, decode, splits):
         self.qtype = packed.qtype

@@ -123,8 +123,8 @@ class StandinDevice(Backend):
         return DeviceArray(a, self)
 
     # --- memory -------------------------------------------------------------------------
-    def upload_weight(self, tensor):
-        return DeviceWeight(self.cpu.upload_weight(tensor), self)
+    def upload_weight(self, tensor, release=None):
+        return DeviceWeight(self.cpu.upload_weight(tensor, release), self)
 
     def fuse(self, weights):
         return [DeviceWeight(w, self) for w in self.cpu.fuse([self._weight(w) for w in weights])]

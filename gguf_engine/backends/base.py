@@ -34,8 +34,10 @@ class Backend(ABC):
 
     # --- memory -------------------------------------------------------------------------
     @abstractmethod
-    def upload_weight(self, tensor) -> WeightLike:
-        """A reader tensor (quantized or float) -> a weight this backend multiplies with."""
+    def upload_weight(self, tensor, release=None) -> WeightLike:
+        """A reader tensor (quantized or float) -> a weight this backend multiplies with.
+        release(r0, r1), if given: a backend that copies the data calls it once rows r0..r1-1
+        are copied (the loader then drops those file pages)."""
 
     @abstractmethod
     def upload_array(self, arr: np.ndarray):

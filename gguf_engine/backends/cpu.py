@@ -41,9 +41,9 @@ class CPUBackend(Backend):
         return single_threaded_blas()
 
     # --- memory -------------------------------------------------------------------------
-    def upload_weight(self, tensor):
+    def upload_weight(self, tensor, release=None):
         """Quantized (or float) tensor -> kernels.Weight, repacked for the matvec/matmul kernels."""
-        return Weight(tensor.raw, tensor.type, tensor.shape)
+        return Weight(tensor.raw, tensor.type, tensor.shape, release)
 
     def fuse(self, weights):
         """Stack runs of consecutive weights of one type and row length (Weight.concat)."""

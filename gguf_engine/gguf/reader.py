@@ -336,6 +336,21 @@ class GGUFReader:
         except KeyError:
             raise GGUFError(f"{self.path}: no tensor named {name!r}") from None
 
+    def release_rows(self, tensor: ReaderTensor, r0: int, r1: int) -> None:
+        """release_pages for the whole file pages inside rows r0..r1-1 of a 2-D tensor."""
+        m = getattr(self, "_map", None)
+        if m is None or not hasattr(mmap, "MADV_DONTNEED") or len(tensor.shape) != 2:
+            return
+        row = tensor.n_bytes // tensor.shape[0]
+        page = mmap.PAGESIZE
+        a = -(-(tensor.offset + r0 * row) // page) * page
+        b = (tensor.offset + r1 * row) // page * page
+        if b > a:
+            try:
+                m.madvise(mmap.MADV_DONTNEED, a, b - a)
+            except (OSError, ValueError):
+                pass
+
     def release_pages(self) -> None:
         """Tell the OS the mapped file pages read so far are no longer needed (they stay
         valid: a later access reads them back).  For callers that copied the tensors."""

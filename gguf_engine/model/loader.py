@@ -27,8 +27,9 @@ def _open_reader(path_or_reader):
 class _Tensors:
     """Fetches the model's tensors by GGUF name with shape checks."""
 
-    def __init__(self, reader, backend, source: str):
-        self.reader, self.backend, self.source = reader, backend, source
+    def __init__(self, reader, backend, source: str, release: bool = False):
+        """release: the backend copies the weights; their file pages are dropped as they are copied."""
+        self.reader, self.backend, self.source, self.release = reader, backend, source, release
 
     def _get(self, name: str, shape: tuple[int, ...], required: bool):
         t = self.reader.tensors.get(name)
@@ -42,7 +43,11 @@ class _Tensors:
 
     def weight(self, name: str, shape: tuple[int, int], required: bool = True):
         t = self._get(name, shape, required)
-        return None if t is None else self.backend.upload_weight(t)
+        if t is None:
+            return None
+        if not self.release:
+            return self.backend.upload_weight(t)
+        return self.backend.upload_weight(t, lambda r0, r1: self.reader.release_rows(t, r0, r1))
 
     def vector(self, name: str, shape: tuple[int, ...], required: bool = True, reshape=None):
         t = self._get(name, shape, required)
@@ -123,17 +128,17 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
         on_dev = output_on_dev if il == c.n_layer else il >= first_dev
         return device if on_dev else backend
 
-    T_host = _Tensors(reader, backend, source)
-    T_dev = _Tensors(reader, device, source) if device is not None else None
-
-    def tensors(il: int) -> _Tensors:
-        return T_dev if layer_backend(il) is device and device is not None else T_host
-
     # the backends hold their own copies of the weights: the file's pages need not stay resident
-    # (dropped as loading goes, which keeps the peak near the final footprint)
+    # (dropped as loading goes, a large tensor chunk by chunk, which keeps the peak near the
+    # final footprint)
     copies = (getattr(backend, "copies_weights", False)
               and (device is None or getattr(device, "copies_weights", False))
               and hasattr(reader, "release_pages"))
+    T_host = _Tensors(reader, backend, source, copies)
+    T_dev = _Tensors(reader, device, source, copies) if device is not None else None
+
+    def tensors(il: int) -> _Tensors:
+        return T_dev if layer_backend(il) is device and device is not None else T_host
 
     def release():
         if copies:

@@ -36,8 +36,8 @@ class ObservingBackend:
         self._names: dict[int, str] = {}
         self._keep: list = []          # keep weights alive so their ids stay unique
 
-    def upload_weight(self, tensor):
-        w = self._inner.upload_weight(tensor)
+    def upload_weight(self, tensor, release=None):
+        w = self._inner.upload_weight(tensor, release)
         self._names[id(w)] = tensor.name
         self._keep.append(w)
         return w
