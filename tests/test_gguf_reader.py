@@ -360,3 +360,14 @@ def test_missing_file_is_a_gguf_error(tmp_path):
     """A missing file raises GGUFError naming it."""
     with pytest.raises(GGUFError, match="cannot open"):
         GGUFReader(tmp_path / "nope.gguf")
+
+
+def test_released_pages_read_back_the_same(smollm2_path):
+    """release_rows / release_pages drop file pages only: the tensors read the same bytes afterwards."""
+    with GGUFReader(smollm2_path) as r:
+        t = r.tensors["token_embd.weight"]
+        before = np.array(t.raw)
+        r.release_rows(t, 100, t.shape[0] - 7)
+        assert np.array_equal(np.asarray(t.raw), before)
+        r.release_pages()
+        assert np.array_equal(np.asarray(t.raw), before)

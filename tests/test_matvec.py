@@ -263,6 +263,20 @@ def test_scale_storage_and_aligned_concat(name):
         assert_close(y, p.dequantize().astype(np.float64), used(p, x), f"{name} mixed-storage concat")
 
 
+def test_chunked_repack_reports_copied_rows(monkeypatch):
+    """A tensor larger than one repack chunk is copied in chunks of whole row tiles; release(r0, r1)
+    reports each chunk once, in order, covering every row; the result is the same as in one piece."""
+    rng = np.random.default_rng(12)
+    data = random_tensor("Q4_K", 300, 512, rng)
+    whole = Weight(data, "Q4_K", (300, 512))
+    monkeypatch.setattr(kernels.repack, "CHUNK_BYTES", 64 * 288)       # 64 rows of 288 bytes
+    seen = []
+    W = Weight(data, "Q4_K", (300, 512), release=lambda r0, r1: seen.append((r0, r1)))
+    assert seen == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 300)]
+    for k, a in whole.packed.arrays.items():
+        assert np.array_equal(a, W.packed.arrays[k]), k
+
+
 def test_errors_are_clear():
     """Wrong byte counts, row lengths that are not whole blocks, bad x shapes and bad ids raise."""
     rng = np.random.default_rng(5)
