@@ -217,27 +217,6 @@ def _table_isums_avx2(typingctx, q, qo, tab, xq, xr, xo, out):
     return sig, codegen
 
 
-@njit(cache=True, inline="always")
-def _table_isums_loop(q, qo, tab, xq, xr, xo, out):
-    """The portable form of table_isums."""
-    R = ROW_TILE
-    for l in range(2 * R):
-        out[l] = 0
-    for g in range(4):
-        for l in range(R):
-            s = np.int32(0)
-            r = np.int32(0)
-            for j in range(4):
-                v = np.int32(q[qo + (g * R + l) * 4 + j])
-                lo = np.int32(tab[v & np.int32(15)])
-                hi = np.int32(tab[v >> np.int32(4)])
-                i = xo + 4 * g + j
-                s += np.int32(lo * np.int32(xq[i]) + hi * np.int32(xq[i + 16]))
-                r += np.int32(lo * np.int32(xr[i]) + hi * np.int32(xr[i + 16]))
-            out[l] += s
-            out[R + l] += r
-
-
 def table_isums(q, qo, tab, xq, xr, xo, out, simd):
     """nibble_isums for 4-bit indices into a 16-entry int8 value table ``tab`` (IQ4_NL, IQ4_XS,
     MXFP4; values in -127..127): w(k, l) = tab[nibble].  Same tile layout and activation terms.
@@ -252,14 +231,14 @@ def table_isums(q, qo, tab, xq, xr, xo, out, simd):
 def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
     if not HOST_AVX2:
         def portable(q, qo, tab, xq, xr, xo, out, simd):
-            _table_isums_loop(q, qo, tab, xq, xr, xo, out)
+            _isums_loop(q, qo, _NO_BITS, 0, False, tab, xq, xr, xo, out)
         return portable
 
     def either(q, qo, tab, xq, xr, xo, out, simd):
         if simd:
             _table_isums_avx2(q, qo, tab, xq, xr, xo, out)
         else:
-            _table_isums_loop(q, qo, tab, xq, xr, xo, out)
+            _isums_loop(q, qo, _NO_BITS, 0, False, tab, xq, xr, xo, out)
     return either
 
 
@@ -338,8 +317,9 @@ def _pair_isums_impl(q, qo, xq, xo, out, simd):
 
 
 @njit(cache=True, inline="always")
-def _nibble_isums_loop(q, qo, h, ho, five, xq, xr, xo, out):
-    """The portable form: the same int32 sums as plain loops."""
+def _isums_loop(q, qo, h, ho, five, tab, xq, xr, xo, out):
+    """The portable form of nibble_isums (tab: the identity) and table_isums (five false): the
+    same int32 sums as plain loops."""
     R = ROW_TILE
     for l in range(2 * R):
         out[l] = 0
@@ -349,8 +329,8 @@ def _nibble_isums_loop(q, qo, h, ho, five, xq, xr, xo, out):
             r = np.int32(0)
             for j in range(4):
                 v = np.int32(q[qo + (g * R + l) * 4 + j])
-                lo = v & np.int32(15)
-                hi = v >> np.int32(4)
+                lo = np.int32(tab[v & np.int32(15)])
+                hi = np.int32(tab[v >> np.int32(4)])
                 if five:
                     w = ho + 2 * (g * (R // 8) + l // 8)
                     i = np.uint32((l % 8) * 4 + j)
@@ -363,6 +343,10 @@ def _nibble_isums_loop(q, qo, h, ho, five, xq, xr, xo, out):
             out[R + l] += r
 
 
+_IDENTITY = np.arange(16, dtype=np.int8)     # nibble -> its value
+_NO_BITS = np.zeros(0, np.uint32)             # no fifth bits
+
+
 def nibble_isums(q, qo, h, ho, five, xq, xr, xo, out, simd):
     """See the module docstring (callable from Numba code only)."""
     raise NotImplementedError("nibble_isums runs inside Numba kernels")
@@ -372,12 +356,12 @@ def nibble_isums(q, qo, h, ho, five, xq, xr, xo, out, simd):
 def _nibble_isums_impl(q, qo, h, ho, five, xq, xr, xo, out, simd):
     if not HOST_AVX2:
         def portable(q, qo, h, ho, five, xq, xr, xo, out, simd):
-            _nibble_isums_loop(q, qo, h, ho, five, xq, xr, xo, out)
+            _isums_loop(q, qo, h, ho, five, _IDENTITY, xq, xr, xo, out)
         return portable
 
     def either(q, qo, h, ho, five, xq, xr, xo, out, simd):
         if not simd:
-            _nibble_isums_loop(q, qo, h, ho, five, xq, xr, xo, out)
+            _isums_loop(q, qo, h, ho, five, _IDENTITY, xq, xr, xo, out)
         elif five:
             _isums5_avx2(q, qo, h, ho, xq, xr, xo, out)
         else:
