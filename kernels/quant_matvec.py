@@ -14,6 +14,9 @@ Fast kernels, one per packed kind, parallel over row tiles with ``prange``:
   them), and ``acc += d (dx isum_q + dr isum_r) + m xs`` in float32 (xs: the block sum of
   the rounded x).  llama.cpp rounds x once, to int8; the second term makes the product
   as accurate as a float one at a fraction of the cost.
+* ``matvec_crumb``, 2-bit values (Q2_K, TQ2_0; Q3_K with a third bit) with integer scales and
+  mins per 16 weights: the same integer form per 16, ``acc += d (sc_0 p_0 + sc_1 p_1) -
+  dm (mn_0 xs_0 + mn_1 xs_1)``.
 * ``matvec_tab``, 4-bit indices into a 16-entry value table (IQ4_NL, IQ4_XS, MXFP4): the
   same integer form on the looked-up int8 values, ``acc += d (dx isum_q + dr isum_r)``.
 * ``matvec_i8``, one byte per weight (Q8_0, Q6_K as q - 32): float32 products and sums,
@@ -46,8 +49,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .repack import ROW_TILE, _fifth_bit_index, _nibble_index, _pair_index
-from .simd import nibble_isums, pair_isums, table_isums
+from .repack import ROW_TILE, _crumb_index, _fifth_bit_index, _nibble_index, _pair_index, _third_bit_index
+from .simd import crumb_isums, nibble_isums, pair_isums, table_isums
 
 f32 = np.float32
 _I15 = np.int32(15)
@@ -166,6 +169,51 @@ def matvec_nib(qt, qh, d, m, x, simd, y):
                 i = _u(b * R + l)
                 p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
                 acc[l] += _scale(dt[i]) * p + _scale(mt[i]) * xsb
+        _store_tile(acc, t, y)
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def matvec_crumb(qt, qb, sc, mn, d, dm, x, simd, y):
+    """The 2-bit kind (Q2_K, Q3_K with its third bits qb, TQ2_0), tiled: w = d sc u - dm mn per
+    16 weights (see repack.py, kind ``q2``); y (rows,) f32.  Activations as in matvec_nib; the
+    integer sums per 16 weights come from simd.crumb_isums."""
+    R = ROW_TILE
+    nb = x.size // 32
+    three = qb.shape[1] > 0
+    xq, xr, dx, dr, _ = round_activations(x)
+    xs16 = np.empty(2 * nb, np.float32)     # sums of the rounded x over each 16
+    for b in range(nb):
+        for half in range(2):
+            sq = 0
+            sr = 0
+            for k in range(16 * half, 16 * half + 16):
+                sq += np.int32(xq[32 * b + k])
+                sr += np.int32(xr[32 * b + k])
+            xs16[2 * b + half] = dx[b] * f32(sq) + dr[b] * f32(sr)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        h = qb[t % qb.shape[0]]
+        sct = sc[t]
+        mnt = mn[t]
+        dt = d[t]
+        dmt = dm[t]
+        acc = np.zeros(R, np.float32)
+        isum = np.empty(4 * R, np.int32)
+        for b in range(nb):
+            crumb_isums(q, b * 8 * R, h, b * R, three, xq, xr, 32 * b, isum, simd)
+            dxb = dx[b]
+            drb = dr[b]
+            x0 = xs16[2 * b]
+            x1 = xs16[2 * b + 1]
+            s = b // 8
+            for l in range(R):
+                p0 = f32(isum[l]) * dxb + f32(isum[2 * R + l]) * drb
+                p1 = f32(isum[R + l]) * dxb + f32(isum[3 * R + l]) * drb
+                i0 = _u(2 * b * R + l)
+                i1 = i0 + _u(R)
+                j = _u(s * R + l)
+                acc[l] += (_scale(dt[j]) * (f32(sct[i0]) * p0 + f32(sct[i1]) * p1)
+                           - _scale(dmt[j]) * (f32(mnt[i0]) * x0 + f32(mnt[i1]) * x1))
         _store_tile(acc, t, y)
 
 
@@ -356,6 +404,35 @@ def decode_nib(qt, qh, d, m, off, ids, out):
                 else:
                     o[32 * b + k] = f32(lo - off) * db
                     o[32 * b + 16 + k] = f32(hi - off) * db
+
+
+@njit(nogil=True, cache=True)
+def decode_crumb(qt, qb, sc, mn, d, dm, off, ids, out):
+    """The 2-bit kind (see matvec_crumb) as ggml computes it: off = 0 (Q2_K): w = u (d sc) - dm mn;
+    off = 4 (Q3_K), 1 (TQ2_0): w = (u - off) (d sc)."""
+    R = ROW_TILE
+    nb = sc.shape[1] // (2 * R)
+    three = qb.shape[1] > 0
+    for i in range(ids.size):
+        t = ids[i] // R
+        l = ids[i] % R
+        q = qt[t]
+        o = out[i]
+        for b in range(nb):
+            ds = _scale(d[t, (b // 8) * R + l])
+            dms = _scale(dm[t, (b // 8) * R + l])
+            for k in range(32):
+                j = (b * 2 + k // 16) * R + l
+                byte, shift = _crumb_index(b, k, l)
+                u = (np.int32(q[byte]) >> shift) & np.int32(3)
+                if three:
+                    w, bit = _third_bit_index(b, k, l)
+                    u |= np.int32((qb[t, w] >> bit) & np.uint32(1)) << np.int32(2)
+                dl = ds * f32(sc[t, j])
+                if off == 0:
+                    o[32 * b + k] = f32(u) * dl - dms * f32(mn[t, j])
+                else:
+                    o[32 * b + k] = f32(u - off) * dl
 
 
 @njit(nogil=True, cache=True)

@@ -33,6 +33,16 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
         of weight k of lane l as its bit ``(l % 8) * 4 + k % 4``, so one word covers the 32
         weights of one 32-byte load of qt (see simd.py); ``d``, ``m``.  Q4_0 and Q4_1 have
         a ``qh`` of shape (1, 0).
+``q2``  Q2_K, Q3_K, TQ2_0: ``qt`` uint8 (T, nb*8*ROW_TILE), 2-bit values: byte j of dword
+        half (0, 1) of block b of lane l, ``qt[t, ((b * 2 + half) * ROW_TILE + l) * 4 + j]``,
+        holds weights 16 half + 4c + j as its bit pairs c = 0..3 (see simd.crumb_isums);
+        ``qb`` uint32 (T, nb*ROW_TILE), Q3_K's third bits (word ``(half * 4 + c) *
+        (ROW_TILE // 8) + l // 8`` of block b, bit ``(l % 8) * 4 + j``; others (1, 0));
+        ``sc``, ``mn`` int8 (T, nb*2*ROW_TILE), the integer scale and min of each 16 weights
+        (index ``(b * 2 + half) * ROW_TILE + l``); ``d``, ``dm`` (T, ns*ROW_TILE) per 256-weight
+        super-block s.  weight = d * sc * u - dm * mn for the unsigned value u; Q3_K
+        (u = q + 4, mn = 4 sc, dm = d) and TQ2_0 (u = q + 1, sc = mn = 1, dm = d) decode as
+        ``(u - off) * (d * sc)``, as ggml does.
 ``t4``  IQ4_NL, IQ4_XS, MXFP4: ``qt`` as ``q4`` holding the 4-bit indices into the type's
         value table (``TABLES``); ``d`` the scale of each 32-weight block (IQ4_XS:
         ``d * (scale - 32)``, MXFP4: its E8M0 exponent halved); weight = d * table[q].
@@ -76,18 +86,19 @@ ROW_TILE = 32
 # Bytes of a tensor's raw data repacked per chunk (see repack's `release`).
 CHUNK_BYTES = 16 << 20
 # Quant bytes per 32-weight block in each tiled kind.
-_QBYTES = {"q4": 16, "q5": 16, "t4": 16, "q6": 32, "q8": 32}
+_QBYTES = {"q2": 8, "q4": 16, "q5": 16, "t4": 16, "q6": 32, "q8": 32}
 # Per-block float arrays of each tiled kind (stored as float16 bits where lossless).
-_SCALES = {"q4": ("d", "m"), "q5": ("d", "m"), "t4": ("d",), "q8": ("d",), "q6": ("sl", "sh")}
+_SCALES = {"q2": ("d", "dm"), "q4": ("d", "m"), "q5": ("d", "m"), "t4": ("d",), "q8": ("d",), "q6": ("sl", "sh")}
 
 FAST_KINDS = {
     GGMLType.Q4_0: "q4", GGMLType.Q4_1: "q4", GGMLType.Q4_K: "q4",
     GGMLType.Q5_0: "q5", GGMLType.Q5_1: "q5", GGMLType.Q5_K: "q5",
     GGMLType.Q8_0: "q8", GGMLType.Q6_K: "q6", GGMLType.F32: "f32",
     GGMLType.IQ4_NL: "t4", GGMLType.IQ4_XS: "t4", GGMLType.MXFP4: "t4",
+    GGMLType.Q2_K: "q2", GGMLType.Q3_K: "q2", GGMLType.TQ2_0: "q2",
     GGMLType.F16: "f16", GGMLType.BF16: "bf16",
 }
-TILED_KINDS = ("q4", "q5", "t4", "q8", "q6")
+TILED_KINDS = ("q2", "q4", "q5", "t4", "q8", "q6")
 NIBBLE_KINDS = ("q4", "q5")         # quant_matvec.matvec_nib / decode_nib
 # The ``t4`` kind's value table per type (quant_matvec.matvec_tab / decode_tab).
 TABLES = {GGMLType.IQ4_NL: kvalues_iq4nl, GGMLType.IQ4_XS: kvalues_iq4nl, GGMLType.MXFP4: kvalues_mxfp4}
@@ -125,6 +136,19 @@ class Packed:
 def _nibble_index(b, k, l):
     """Where byte k of block b of lane l lives in a ``q4`` tile (see the module docstring)."""
     return ((b * 4 + k // 4) * ROW_TILE + l) * 4 + k % 4
+
+
+@njit(cache=True, inline="always")
+def _crumb_index(b, k, l):
+    """(byte, shift) of weight k (0..31) of block b of lane l in a ``q2`` tile."""
+    return ((b * 2 + k // 16) * ROW_TILE + l) * 4 + k % 4, np.int32(2 * ((k % 16) // 4))
+
+
+@njit(cache=True, inline="always")
+def _third_bit_index(b, k, l):
+    """(word, bit) of the third bit of weight k (0..31) of block b of lane l in a ``q2`` tile's qb."""
+    return (b * ROW_TILE + ((k // 16) * 4 + (k % 16) // 4) * (ROW_TILE // 8) + l // 8,
+            np.uint32((l % 8) * 4 + k % 4))
 
 
 @njit(cache=True, inline="always")
@@ -196,6 +220,63 @@ def repack_legacy(raw, ts, has_m, has_h, off, qt, qh, d, m, r0, r1):
                     if (h >> k) & 1:
                         w, bit = _fifth_bit_index(b, k, l)
                         qh[t, w] |= np.uint32(1) << bit
+
+
+@njit(cache=True, nogil=True)
+def repack_q2(raw, ts, qt, qb, sc, mn, d, dm, r0, r1):
+    """Q2_K (ts 84: scales[16], qs[64], d, dmin), Q3_K (110: hmask[32], qs[64], scales[12], d) and
+    TQ2_0 (66: qs[64], d): block b8 = 4h + k of a super-block is bit pair k of bytes 32h..32h+31
+    of qs (Q3_K: plus bit 4h + k of hmask byte l as the third bit)."""
+    R = ROW_TILE
+    nb = sc.shape[1] // (2 * R)
+    for r in range(r0, r1):
+        src = raw[r]
+        t = r // R
+        l = r % R
+        q = qt[t]
+        for i in range(nb // 8):
+            o = ts * i
+            if ts == 84:
+                dd = f16_at(src, o + 80)
+                d[t, i * R + l] = dd
+                dm[t, i * R + l] = f16_at(src, o + 82)
+                qs = o + 16
+            elif ts == 110:
+                dd = f16_at(src, o + 108)
+                d[t, i * R + l] = dd
+                dm[t, i * R + l] = dd
+                qs = o + 32
+            else:
+                dd = f16_at(src, o + 64)
+                d[t, i * R + l] = dd
+                dm[t, i * R + l] = dd
+                qs = o
+            for b8 in range(8):
+                hh = b8 // 4
+                kk = b8 % 4
+                b = 8 * i + b8
+                for half in range(2):
+                    s16 = 8 * hh + 2 * kk + half          # the 16-weight sub-block
+                    j = (b * 2 + half) * R + l
+                    if ts == 84:
+                        sc[t, j] = src[o + s16] & 15
+                        mn[t, j] = src[o + s16] >> 4
+                    elif ts == 110:
+                        g = s16 >> 2
+                        low = (np.int32(src[o + 96 + (s16 & 3) + 4 * (g & 1)]) >> (4 * (g >> 1))) & 15
+                        high = (np.int32(src[o + 104 + (s16 & 3)]) >> (2 * g)) & 3
+                        sc[t, j] = (low | (high << 4)) - 32
+                        mn[t, j] = 4 * ((low | (high << 4)) - 32)
+                    else:
+                        sc[t, j] = 1
+                        mn[t, j] = 1
+                for k in range(32):
+                    u = (np.int32(src[qs + 32 * hh + k]) >> (2 * kk)) & 3
+                    byte, shift = _crumb_index(b, k, l)
+                    q[byte] |= np.uint8(u << shift)
+                    if ts == 110 and (src[o + k] >> b8) & 1:
+                        w, bit = _third_bit_index(b, k, l)
+                        qb[t, w] |= np.uint32(1) << bit
 
 
 @njit(cache=True, nogil=True)
@@ -320,27 +401,29 @@ def _group(p: "Packed", key: str) -> int:
     return 2 if p.kind in BYTE_KINDS else 4
 
 
-def _fifth_bit_map() -> tuple[np.ndarray, np.ndarray]:
-    """(word, bit) of the fifth bit of weight k of lane l in block 0, both (32 k, ROW_TILE l)."""
-    return _fifth_bit_index.py_func(0, np.arange(32)[:, None], np.arange(ROW_TILE)[None, :])
+def _bit_map(key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(word, bit) of the extra bit of weight k of lane l in block 0, both (32 k, ROW_TILE l): the
+    fifth bits (``qh``) or the third bits (``qb``)."""
+    index = _fifth_bit_index if key == "qh" else _third_bit_index
+    return index.py_func(0, np.arange(32)[:, None], np.arange(ROW_TILE)[None, :])
 
 
-def _untile_bits(qh: np.ndarray, rows: int, nb: int) -> np.ndarray:
-    """A ``q5`` qh (T, nb*R) -> the fifth bits as row-major (rows, nb, 32) uint8."""
-    word, bit = _fifth_bit_map()
-    T = qh.shape[0]
-    v = (qh.reshape(T, nb, ROW_TILE)[:, :, word] >> bit) & 1     # (T, nb, 32 k, R l)
+def _untile_bits(a: np.ndarray, key: str, rows: int, nb: int) -> np.ndarray:
+    """A bit plane (T, nb*R) -> the bits as row-major (rows, nb, 32) uint8."""
+    word, bit = _bit_map(key)
+    T = a.shape[0]
+    v = (a.reshape(T, nb, ROW_TILE)[:, :, word] >> bit) & 1     # (T, nb, 32 k, R l)
     return v.astype(np.uint8).transpose(0, 3, 1, 2).reshape(T * ROW_TILE, nb, 32)[:rows]
 
 
-def _tile_bits(bits: np.ndarray) -> np.ndarray:
-    """Row-major fifth bits (rows, nb, 32) -> a ``q5`` qh (T, nb*R) (inverse of _untile_bits)."""
+def _tile_bits(bits: np.ndarray, key: str) -> np.ndarray:
+    """Row-major bits (rows, nb, 32) -> a bit plane (T, nb*R) (inverse of _untile_bits)."""
     rows, nb, _ = bits.shape
     T = -(-rows // ROW_TILE)
     full = np.zeros((T * ROW_TILE, nb, 32), np.uint32)
     full[:rows] = bits
     full = full.reshape(T, ROW_TILE, nb, 32)
-    word, bit = _fifth_bit_map()
+    word, bit = _bit_map(key)
     out = np.zeros((T, nb, ROW_TILE), np.uint32)
     for k in range(32):
         for l in range(ROW_TILE):
@@ -414,12 +497,19 @@ def repack(data: np.ndarray, qtype, shape, release=None) -> Packed:
     A["qt"] = np.zeros((T, _QBYTES[kind] * nb * ROW_TILE), np.int8 if kind in ("q8", "q6") else np.uint8)
     if kind in NIBBLE_KINDS:
         A["qh"] = np.zeros((T, nb * ROW_TILE) if kind == "q5" else (1, 0), np.uint32)
+    if kind == "q2":
+        A["qb"] = np.zeros((T, nb * ROW_TILE) if t == GGMLType.Q3_K else (1, 0), np.uint32)
+        A["sc"] = np.zeros((T, 2 * nb * ROW_TILE), np.int8)
+        A["mn"] = np.zeros((T, 2 * nb * ROW_TILE), np.int8)
+    per_block = nb // 8 if kind == "q2" else nb          # q2's d, dm: one per 256 weights
     for k in _SCALES[kind]:
-        A[k] = np.zeros((T, nb * ROW_TILE), np.float32)
+        A[k] = np.zeros((T, per_block * ROW_TILE), np.float32)
 
     def work(r0, r1):
         if kind == "q8":
             repack_q8_0(raw, A["qt"], A["d"], r0, r1)
+        elif kind == "q2":
+            repack_q2(raw, row_bytes(t, 256), A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"], r0, r1)
         elif kind == "t4":
             repack_t4(raw, row_bytes(t, 256 if t == GGMLType.IQ4_XS else 32), A["qt"], A["d"], r0, r1)
         elif kind == "q6":
@@ -484,13 +574,14 @@ def concat(packs: list[Packed]) -> Packed:
         parts = [p.arrays[k] for p in packs]
         if len({a.dtype for a in parts}) > 1:       # some parts keep float32 scales: all do
             parts = [_as_f32_scales(a) for a in parts]
-        if k == "qh" and first.kind == "q4":          # no fifth bits: the (1, 0) stand-in
+        if k in ("qh", "qb") and parts[0].shape[1] == 0:    # no extra bits: the (1, 0) stand-in
             out.arrays[k] = parts[0]
-        elif k == "qh" and not aligned:
-            out.arrays[k] = _tile_bits(np.concatenate([_untile_bits(a, p.rows, nb) for a, p in zip(parts, packs)]))
+        elif k in ("qh", "qb") and not aligned:
+            out.arrays[k] = _tile_bits(np.concatenate([_untile_bits(a, k, p.rows, nb) for a, p in zip(parts, packs)]), k)
         elif tiled and not aligned:     # re-tile: row-major copies, stacked, tiled again
             g = _group(first, k)
-            out.arrays[k] = _tile(np.concatenate([_untile(a, p.rows, nb, g) for a, p in zip(parts, packs)]), g)
+            units = nb if parts[0].shape[1] >= nb * ROW_TILE else parts[0].shape[1] // ROW_TILE   # q2's d, dm
+            out.arrays[k] = _tile(np.concatenate([_untile(a, p.rows, units, g) for a, p in zip(parts, packs)]), g)
         else:                           # whole tiles (or plain rows) stack as they are
             out.arrays[k] = np.concatenate(parts, axis=0)
     return out

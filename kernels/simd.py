@@ -75,6 +75,17 @@ def _splat_i32(builder, value):
     return builder.shuffle_vector(v, undef, ir.Constant(_V8I32, [0] * 8))
 
 
+def _spread_bits(builder, word, value):
+    """An i32 of 32 bits -> <32 x i8>, byte i = value if bit i is set else 0 (a byte shuffle
+    repeating each source byte 8 times, vpand with the bit of each byte, vpcmpeqb)."""
+    v4 = builder.bitcast(word, ir.VectorType(_I8, 4))
+    rep = builder.shuffle_vector(v4, ir.Constant(ir.VectorType(_I8, 4), ir.Undefined),
+                                 ir.Constant(ir.VectorType(_I32, 32), [i // 8 for i in range(32)]))
+    bit = ir.Constant(_V32I8, [1 << (i % 8) for i in range(32)])
+    hit = builder.icmp_unsigned("==", builder.and_(rep, bit), bit)
+    return builder.select(hit, ir.Constant(_V32I8, [value] * 32), ir.Constant(_V32I8, [0] * 32))
+
+
 def _byte_ptr(context, builder, arytype, ary, offset):
     """i8* to element `offset` of a 1-D uint8/int8 array."""
     data = cgutils.create_struct_proxy(arytype)(context, builder, value=ary).data
@@ -104,21 +115,13 @@ def _make_isums_avx2(five: bool):
             low4 = ir.Constant(_V32I8, [15] * 32)
             four = ir.Constant(_V32I8, [4] * 32)
             ones = ir.Constant(_V16I16, [1] * 16)
-            bit = ir.Constant(_V32I8, [1 << (i % 8) for i in range(32)])
-            sixteen = ir.Constant(_V32I8, [16] * 32)
-            zero8 = ir.Constant(_V32I8, [0] * 32)
 
             def load(ptr, offset, ty):
                 p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
                 return builder.load(p, align=1)
 
             def fifth_bits(word):
-                """32 bits -> 32 bytes, byte i = 16 if bit i is set else 0."""
-                v4 = builder.bitcast(word, ir.VectorType(_I8, 4))
-                rep = builder.shuffle_vector(v4, ir.Constant(ir.VectorType(_I8, 4), ir.Undefined),
-                                             ir.Constant(ir.VectorType(_I32, 32), [i // 8 for i in range(32)]))
-                hit = builder.icmp_unsigned("==", builder.and_(rep, bit), bit)
-                return builder.select(hit, sixteen, zero8)
+                return _spread_bits(builder, word, 16)
 
             groups = ROW_TILE // 8
             # int16 partial sums per [term][rows 8rg..8rg+7], widened into int32 before they can
@@ -239,6 +242,113 @@ def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
             _table_isums_avx2(q, qo, tab, xq, xr, xo, out)
         else:
             _isums_loop(q, qo, _NO_BITS, 0, False, tab, xq, xr, xo, out)
+    return either
+
+
+def _make_crumb_isums_avx2(three: bool):
+    """The AVX2 form of crumb_isums for 2-bit (three false) or 3-bit weights, as an intrinsic."""
+
+    def isums(typingctx, q, qo, h, ho, xq, xr, xo, out):
+        sig = types.void(q, qo, h, ho, xq, xr, xo, out)
+
+        def codegen(context, builder, signature, args):
+            q, qo, h, ho, xq, xr, xo, out = args
+            aty = signature.args
+            qp = _byte_ptr(context, builder, aty[0], q, qo)
+            hp = builder.bitcast(_byte_ptr(context, builder, aty[2], h, builder.mul(ho, ir.Constant(ho.type, 4))),
+                                 _I32.as_pointer())
+            xps = [_byte_ptr(context, builder, aty[4], xq, xo), _byte_ptr(context, builder, aty[5], xr, xo)]
+            op = builder.bitcast(cgutils.create_struct_proxy(aty[7])(context, builder, value=out).data,
+                                 _V8I32.as_pointer())
+            mod = builder.module
+            maddubs = cgutils.get_or_insert_function(
+                mod, ir.FunctionType(_V16I16, [_V32I8, _V32I8]), "llvm.x86.avx2.pmadd.ub.sw")
+            maddwd = cgutils.get_or_insert_function(
+                mod, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
+            low2 = ir.Constant(_V32I8, [3] * 32)
+            ones = ir.Constant(_V16I16, [1] * 16)
+
+            def load(ptr, offset, ty):
+                p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
+                return builder.load(p, align=1)
+
+            groups = ROW_TILE // 8
+            for g in range(2):                   # weights 16g..16g+15: one int32 sum per term
+                # int16 sums over the 4 crumb planes: at most 4 * 2 * 7 * 127 < 2^15
+                acc = [[ir.Constant(_V16I16, [0] * 16)] * groups for _ in xps]
+                for c in range(4):               # crumb c of each byte: weights 16g + 4c + j
+                    xs = [builder.bitcast(_splat_i32(builder, load(xp, 16 * g + 4 * c, _I32)), _V32I8)
+                          for xp in xps]
+                    for rg in range(groups):
+                        v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
+                        u = builder.and_(builder.lshr(v, ir.Constant(_V32I8, [2 * c] * 32)) if c else v, low2)
+                        if three:
+                            u = builder.or_(u, _spread_bits(builder, load(hp, (g * 4 + c) * groups + rg, _I32), 4))
+                        for term, x in enumerate(xs):
+                            acc[term][rg] = builder.add(acc[term][rg], builder.call(maddubs, [u, x]))
+                for term in range(len(xps)):
+                    for rg in range(groups):
+                        builder.store(builder.call(maddwd, [acc[term][rg], ones]),
+                                      builder.gep(op, [ir.Constant(_I32, (term * 2 + g) * groups + rg)]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    isums.__name__ = isums.__qualname__ = f"_crumb{3 if three else 2}_isums_avx2"
+    return intrinsic(isums)
+
+
+_crumb2_isums_avx2 = _make_crumb_isums_avx2(False)
+_crumb3_isums_avx2 = _make_crumb_isums_avx2(True)
+
+
+@njit(cache=True, inline="always")
+def _crumb_isums_loop(q, qo, h, ho, three, xq, xr, xo, out):
+    """The portable form of crumb_isums."""
+    R = ROW_TILE
+    for g in range(2):
+        for l in range(R):
+            s = np.int32(0)
+            r = np.int32(0)
+            for c in range(4):
+                for j in range(4):
+                    u = (np.int32(q[qo + (g * R + l) * 4 + j]) >> np.int32(2 * c)) & np.int32(3)
+                    if three:
+                        w = ho + (g * 4 + c) * (R // 8) + l // 8
+                        u |= np.int32((h[w] >> np.uint32((l % 8) * 4 + j)) & np.uint32(1)) << np.int32(2)
+                    i = xo + 16 * g + 4 * c + j
+                    s += np.int32(u * np.int32(xq[i]))
+                    r += np.int32(u * np.int32(xr[i]))
+            out[g * R + l] = s
+            out[(2 + g) * R + l] = r
+
+
+def crumb_isums(q, qo, h, ho, three, xq, xr, xo, out, simd):
+    """For one 32-weight block of each of the ROW_TILE rows of a tile of 2-bit weights (plus a third
+    bit from ``h`` when ``three``; values 0..7) and the two int8 activation terms of nibble_isums:
+    out[(term * 2 + half) * 32 + l] = sum over weights 16 half .. 16 half + 15 of row l of w * x_term,
+    exact in int32.  Layout (repack.py, kind ``q2``): 256 bytes from ``q[qo]``; byte j of dword
+    half of row l, ``q[qo + ((half * 32) + l) * 4 + j]``, holds weights 16 half + 4c + j as its bit
+    pairs c = 0..3; the third bits: 32 words from ``h[ho]``, word ``(half * 4 + c) * 4 + l // 8``,
+    bit ``(l % 8) * 4 + j``.  AVX2 form: per 32-byte load four shift-and-mask planes, each a
+    ``vpmaddubsw`` with the 4 activations of its weights broadcast.  (Callable from Numba code only.)"""
+    raise NotImplementedError("crumb_isums runs inside Numba kernels")
+
+
+@overload(crumb_isums, inline="always")
+def _crumb_isums_impl(q, qo, h, ho, three, xq, xr, xo, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, h, ho, three, xq, xr, xo, out, simd):
+            _crumb_isums_loop(q, qo, h, ho, three, xq, xr, xo, out)
+        return portable
+
+    def either(q, qo, h, ho, three, xq, xr, xo, out, simd):
+        if not simd:
+            _crumb_isums_loop(q, qo, h, ho, three, xq, xr, xo, out)
+        elif three:
+            _crumb3_isums_avx2(q, qo, h, ho, xq, xr, xo, out)
+        else:
+            _crumb2_isums_avx2(q, qo, h, ho, xq, xr, xo, out)
     return either
 
 

@@ -1,7 +1,7 @@
 """Fused matvec y = W x for the types without a repacked layout, straight from the GGML bytes.
 
-Types: Q2_K, Q3_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, TQ1_0, TQ2_0 (IQ4_NL,
-IQ4_XS and MXFP4 have a repacked layout, repack.py's ``t4``).  ``slow_matvec(raw, qtype, x, y)``
+Types: IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, TQ1_0 (Q2_K, Q3_K, TQ2_0, IQ4_NL,
+IQ4_XS and MXFP4 have repacked layouts: repack.py's ``q2`` and ``t4``).  ``slow_matvec(raw, qtype, x, y)``
 with raw (rows, row_bytes) uint8 (the tensor's own bytes, untouched: no repack, no extra
 memory), x (cols,) float32, y (rows,) float32.
 
@@ -10,10 +10,8 @@ row is a loop over its 256-weight blocks.  Written for LLVM's loop vectorizer (N
 run the SLP vectorizer, so only loops vectorize, and only loops LLVM does not fully unroll: the
 inner trip counts are derived from an argument, ``n8`` = 8, instead of written as constants):
 
-* k-quants and ternary types (Q2_K, Q3_K, TQ1_0, TQ2_0): the integer quants are extracted from
-  32 contiguous bytes per inner loop with int32 shifts and masks and dotted with x directly;
-  the sub-block scales are first spread over 256 int8 lanes, so a block is one integer-scaled
-  dot times the fp16 super-block scale (Q2_K's mins use the per-call sums of x over 16).
+* TQ1_0: the base-3 digits are extracted from contiguous bytes per inner loop with int32
+  products and shifts and dotted with x directly, times the fp16 block scale.
 * lattice types (IQ1_*, IQ2_*, IQ3_*): every weight is d * (2 s + 1) * grid * sign (IQ1: plus a
   shift delta) up to a power of two.  A scalar pass per block copies one 8-lane grid word and one
   8-lane signed-scale word per 8 weights (tables built once at import); the dot then runs over
@@ -40,7 +38,6 @@ from .types import GGMLType
 f32 = np.float32
 _I1 = np.int32(1)
 _I3 = np.int32(3)
-_I4 = np.int32(4)
 _I255 = np.int32(255)
 
 # --------------------------------------------------------------------------- lane tables (built once at import)
@@ -90,54 +87,8 @@ def _nchunks(rows):
     return min(rows, 64)
 
 
-# --------------------------------------------------------------------------- k-quants and ternary, integer dots
-# Q2_K: block = d * sum_k f32(q_k * scale_k) x_k - dmin * sum_s min_s * (sum of x over sub-block s);
-# Q3_K: block = d * sum_k f32(q_k * (scale_k - 32)) x_k; TQ: block = d * sum_k f32(q_k - 1) x_k.
-# The 4- or 6-bit sub-block scales are first spread over 256 int8 lanes (two uint64 words per
-# 16 weights), so every dot runs over 32 contiguous weights with no buffer of decoded floats.
-
-
-@njit(cache=True)
-def _x_sums16(x):
-    """(cols,) -> (cols // 16,) sums of x over each 16 weights."""
-    n = x.size // 16
-    out = np.empty(n, np.float32)
-    for g in range(n):
-        acc = f32(0)
-        for j in range(16):
-            acc += x[16 * g + j]
-        out[g] = acc
-    return out
-
-
-@njit(cache=True, inline="always")
-def _q2dot(src, qo, sh, sc8, lo, x, xo, n):
-    """sum_l f32(((src[qo + l] >> sh) & 3) * sc8[lo + l]) * x[xo + l], l < n."""
-    acc = f32(0)
-    for l in range(n):
-        q = (np.int32(src[_u(qo + l)]) >> sh) & _I3
-        acc += f32(q * np.int32(sc8[_u(lo + l)])) * x[_u(xo + l)]
-    return acc
-
-
-@njit(cache=True, inline="always")
-def _q3dot(src, qo, sh, mo, hb, sc8, lo, x, xo, n):
-    """As _q2dot with q = low 2 bits - 4 + 4 * (bit hb of the hmask byte src[mo + l])."""
-    acc = f32(0)
-    for l in range(n):
-        q = (np.int32(src[_u(qo + l)]) >> sh) & _I3
-        h = (np.int32(src[_u(mo + l)]) >> hb) & _I1
-        acc += f32((q - _I4 + (h << np.int32(2))) * np.int32(sc8[_u(lo + l)])) * x[_u(xo + l)]
-    return acc
-
-
-@njit(cache=True, inline="always")
-def _tq2dot(src, qo, sh, x, xo, n):
-    acc = f32(0)
-    for m in range(n):
-        q = (np.int32(src[_u(qo + m)]) >> sh) & _I3
-        acc += f32(q - _I1) * x[_u(xo + m)]
-    return acc
+# --------------------------------------------------------------------------- ternary, integer dots
+# TQ1_0: block = d * sum_k f32(q_k - 1) x_k.
 
 
 @njit(cache=True, inline="always")
@@ -148,86 +99,6 @@ def _tq1dot(src, qo, p, x, xo, n):
         q = np.int32(np.int32(src[_u(qo + m)]) * p) & _I255         # int32 lanes (Numba widens products)
         acc += f32(np.int32(np.int32(q * _I3) >> np.int32(8)) - _I1) * x[_u(xo + m)]
     return acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_q2_k(raw, x, y, n8):
-    rows = raw.shape[0]
-    nb = x.size // 256
-    xs16 = _x_sums16(x)
-    nch = _nchunks(rows)
-    for c in prange(nch):
-        scq = np.empty(32, np.uint64)
-        sc8 = scq.view(np.uint8)
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            src = raw[r]
-            acc = f32(0)
-            for i in range(nb):
-                o = 84 * i
-                msum = f32(0)
-                for s in range(16):
-                    b = np.int64(src[_u(o + s)])
-                    w = np.uint64(b & 15) * _BYTES1
-                    scq[2 * s] = w
-                    scq[2 * s + 1] = w
-                    msum += f32(b >> 4) * xs16[16 * i + s]
-                qsum = f32(0)
-                for h in range(2):
-                    for k in range(4):
-                        lo = 128 * h + 32 * k
-                        qsum += _q2dot(src, o + 16 + 32 * h, np.int32(2 * k), sc8, lo, x, 256 * i + lo, 4 * n8)
-                acc += f16_at(src, o + 80) * qsum - f16_at(src, o + 82) * msum
-            y[r] = acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_q3_k(raw, x, y, n8):
-    rows = raw.shape[0]
-    nb = x.size // 256
-    nch = _nchunks(rows)
-    for c in prange(nch):
-        scq = np.empty(32, np.uint64)
-        sc8 = scq.view(np.int8)
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            src = raw[r]
-            acc = f32(0)
-            for i in range(nb):
-                o = 110 * i
-                sc_o = o + 96
-                for s in range(16):
-                    g = s >> 2
-                    low = (np.int64(src[_u(sc_o + (s & 3) + 4 * (g & 1))]) >> (4 * (g >> 1))) & 15
-                    high = (np.int64(src[_u(sc_o + 8 + (s & 3))]) >> (2 * g)) & 3
-                    w = np.uint64(((low | (high << 4)) - 32) & 255) * _BYTES1   # int8 lanes
-                    scq[2 * s] = w
-                    scq[2 * s + 1] = w
-                qsum = f32(0)
-                for h in range(2):
-                    for k in range(4):
-                        lo = 128 * h + 32 * k
-                        qsum += _q3dot(src, o + 32 + 32 * h, np.int32(2 * k), o, np.int32(4 * h + k),
-                                       sc8, lo, x, 256 * i + lo, 4 * n8)
-                acc += f16_at(src, o + 108) * qsum
-            y[r] = acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_tq2_0(raw, x, y, n8):
-    rows = raw.shape[0]
-    nb = x.size // 256
-    nch = _nchunks(rows)
-    for c in prange(nch):
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            src = raw[r]
-            acc = f32(0)
-            for i in range(nb):
-                o = 66 * i
-                qsum = f32(0)
-                for h in range(2):
-                    for l in range(4):
-                        qsum += _tq2dot(src, o + 32 * h, np.int32(2 * l), x, 256 * i + 128 * h + 32 * l, 4 * n8)
-                acc += f16_at(src, o + 64) * qsum
-            y[r] = acc
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -532,8 +403,6 @@ def matvec_iq1_m(raw, x, y, n8):
 
 # type -> kernel(raw (rows, row_bytes) uint8, x (cols,) f32, y (rows,) f32)
 MATVEC = {
-    GGMLType.Q2_K: matvec_q2_k,
-    GGMLType.Q3_K: matvec_q3_k,
     GGMLType.IQ1_S: matvec_iq1_s,
     GGMLType.IQ1_M: matvec_iq1_m,
     GGMLType.IQ2_XXS: matvec_iq2_xxs,
@@ -542,7 +411,6 @@ MATVEC = {
     GGMLType.IQ3_XXS: matvec_iq3_xxs,
     GGMLType.IQ3_S: matvec_iq3_s,
     GGMLType.TQ1_0: matvec_tq1_0,
-    GGMLType.TQ2_0: matvec_tq2_0,
 }
 
 

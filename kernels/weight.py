@@ -8,9 +8,9 @@
 
 rows = output features (GGUF/numpy order).  Construction copies the tensor into
 the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q5_0/Q5_1 6, Q8_0 8.5,
-IQ4_NL 4.5 -- the GGUF sizes or within 0.5 bit, with float16 scales -- Q4_K 6, Q5_K 7,
-Q6_K 10, IQ4_XS 5, MXFP4 4.5-5, F16/BF16 16, F32 32, other types their GGUF size; row
-counts are padded to whole 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
+IQ4_NL 4.5, Q2_K 3.1, Q3_K 4.1 -- the GGUF sizes or within 0.7 bit, with float16 scales --
+Q4_K 6, Q5_K 7, Q6_K 10, IQ4_XS 5, MXFP4 4.5-5, TQ2_0 3.1, F16/BF16 16, F32 32, other
+types their GGUF size; row counts are padded to whole 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
 
 Fusing: ``Weight.concat([Wq, Wk, Wv])`` stacks the rows of weights of one type and
 row length into one Weight: one kernel launch and one re-layout of x instead of
@@ -40,7 +40,8 @@ _RAW_CHUNK_ELEMENTS = 1 << 14
 _PARALLEL_DECODE_ELEMENTS = 1 << 16
 # Symmetric types decode as (q - offset) * d (ggml's expression; exact zeros keep their sign).
 _NO_OFFSET = np.int32(0)
-_OFFSET = {GGMLType.Q4_0: np.int32(8), GGMLType.Q5_0: np.int32(16)}
+_OFFSET = {GGMLType.Q4_0: np.int32(8), GGMLType.Q5_0: np.int32(16), GGMLType.Q3_K: np.int32(4),
+           GGMLType.TQ2_0: np.int32(1)}
 
 
 class Weight:
@@ -88,7 +89,7 @@ class Weight:
         X = np.asarray(X, np.float32)
         out = X.astype(np.float64)
         kind = self.packed.kind
-        if kind not in NIBBLE_KINDS + BYTE_KINDS + ("t4",):
+        if kind not in NIBBLE_KINDS + BYTE_KINDS + ("t4", "q2"):
             return out
         for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
             src = np.ascontiguousarray(src)
@@ -125,6 +126,8 @@ class Weight:
             mv.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, True, out)
         elif k == "t4":
             mv.matvec_tab(A["qt"], A["d"], TABLES[self.qtype], x, True, out)
+        elif k == "q2":
+            mv.matvec_crumb(A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"], x, True, out)
         elif k in BYTE_KINDS:
             mv.matvec_i8(*self._byte_arrays(), x, True, out)
         elif k == "f32":
@@ -207,6 +210,9 @@ class Weight:
             mv.decode_nib(A["qt"], A["qh"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
         elif k == "t4":
             mv.decode_tab(A["qt"], A["d"], TABLES[self.qtype], ids, out)
+        elif k == "q2":
+            mv.decode_crumb(A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"],
+                            _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
         elif k in BYTE_KINDS:
             mv.decode_i8(*self._byte_arrays(), ids, out)
         elif k == "f32":

@@ -19,8 +19,8 @@ REL_TOL = 1e-5
 
 # fp16 scale fields (byte offsets in a block), overwritten in the random data
 FP16_FIELDS = {
-    "Q2_K": (80, 82), "Q3_K": (108,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,), "IQ3_XXS": (0,),
-    "IQ3_S": (0,), "IQ1_S": (0,), "IQ1_M": (), "TQ1_0": (52,), "TQ2_0": (64,),
+    "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,), "IQ3_XXS": (0,), "IQ3_S": (0,), "IQ1_S": (0,),
+    "IQ1_M": (), "TQ1_0": (52,),
 }
 TYPES = sorted(FP16_FIELDS)
 
