@@ -14,7 +14,7 @@ Fast kernels, one per packed kind, parallel over row tiles with ``prange``:
   them), and ``acc += d (dx isum_q + dr isum_r) + m xs`` in float32 (xs: the block sum of
   the rounded x).  llama.cpp rounds x once, to int8; the second term makes the product
   as accurate as a float one at a fraction of the cost.
-* ``matvec_crumb``, 2-bit values (Q2_K, TQ2_0; Q3_K with a third bit) with integer scales and
+* ``matvec_crumb``, 2-bit values (Q2_K, TQ2_0, TQ1_0; Q3_K with a third bit) with integer scales and
   mins per 16 weights: the same integer form per 16, ``acc += d (sc_0 p_0 + sc_1 p_1) -
   dm (mn_0 xs_0 + mn_1 xs_1)``.
 * ``matvec_tab``, 4-bit indices into a 16-entry value table (IQ4_NL, IQ4_XS, MXFP4): the
@@ -174,7 +174,7 @@ def matvec_nib(qt, qh, d, m, x, simd, y):
 
 @njit(parallel=True, fastmath=_FM, cache=True)
 def matvec_crumb(qt, qb, sc, mn, d, dm, x, simd, y):
-    """The 2-bit kind (Q2_K, Q3_K with its third bits qb, TQ2_0), tiled: w = d sc u - dm mn per
+    """The 2-bit kind (Q2_K, Q3_K with its third bits qb, TQ2_0, TQ1_0), tiled: w = d sc u - dm mn per
     16 weights (see repack.py, kind ``q2``); y (rows,) f32.  Activations as in matvec_nib; the
     integer sums per 16 weights come from simd.crumb_isums."""
     R = ROW_TILE
@@ -409,7 +409,7 @@ def decode_nib(qt, qh, d, m, off, ids, out):
 @njit(nogil=True, cache=True)
 def decode_crumb(qt, qb, sc, mn, d, dm, off, ids, out):
     """The 2-bit kind (see matvec_crumb) as ggml computes it: off = 0 (Q2_K): w = u (d sc) - dm mn;
-    off = 4 (Q3_K), 1 (TQ2_0): w = (u - off) (d sc)."""
+    off = 4 (Q3_K), 1 (TQ2_0, TQ1_0): w = (u - off) (d sc)."""
     R = ROW_TILE
     nb = sc.shape[1] // (2 * R)
     three = qb.shape[1] > 0

@@ -33,7 +33,7 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
         of weight k of lane l as its bit ``(l % 8) * 4 + k % 4``, so one word covers the 32
         weights of one 32-byte load of qt (see simd.py); ``d``, ``m``.  Q4_0 and Q4_1 have
         a ``qh`` of shape (1, 0).
-``q2``  Q2_K, Q3_K, TQ2_0: ``qt`` uint8 (T, nb*8*ROW_TILE), 2-bit values: byte j of dword
+``q2``  Q2_K, Q3_K, TQ2_0, TQ1_0: ``qt`` uint8 (T, nb*8*ROW_TILE), 2-bit values: byte j of dword
         half (0, 1) of block b of lane l, ``qt[t, ((b * 2 + half) * ROW_TILE + l) * 4 + j]``,
         holds weights 16 half + 4c + j as its bit pairs c = 0..3 (see simd.crumb_isums);
         ``qb`` uint32 (T, nb*ROW_TILE), Q3_K's third bits (word ``(half * 4 + c) *
@@ -41,7 +41,7 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
         ``sc``, ``mn`` int8 (T, nb*2*ROW_TILE), the integer scale and min of each 16 weights
         (index ``(b * 2 + half) * ROW_TILE + l``); ``d``, ``dm`` (T, ns*ROW_TILE) per 256-weight
         super-block s.  weight = d * sc * u - dm * mn for the unsigned value u; Q3_K
-        (u = q + 4, mn = 4 sc, dm = d) and TQ2_0 (u = q + 1, sc = mn = 1, dm = d) decode as
+        (u = q + 4, mn = 4 sc, dm = d) and TQ2_0 / TQ1_0 (u = q + 1, sc = mn = 1, dm = d) decode as
         ``(u - off) * (d * sc)``, as ggml does.
 ``t4``  IQ4_NL, IQ4_XS, MXFP4: ``qt`` as ``q4`` holding the 4-bit indices into the type's
         value table (``TABLES``); ``d`` the scale of each 32-weight block (IQ4_XS:
@@ -95,7 +95,7 @@ FAST_KINDS = {
     GGMLType.Q5_0: "q5", GGMLType.Q5_1: "q5", GGMLType.Q5_K: "q5",
     GGMLType.Q8_0: "q8", GGMLType.Q6_K: "q6", GGMLType.F32: "f32",
     GGMLType.IQ4_NL: "t4", GGMLType.IQ4_XS: "t4", GGMLType.MXFP4: "t4",
-    GGMLType.Q2_K: "q2", GGMLType.Q3_K: "q2", GGMLType.TQ2_0: "q2",
+    GGMLType.Q2_K: "q2", GGMLType.Q3_K: "q2", GGMLType.TQ2_0: "q2", GGMLType.TQ1_0: "q2",
     GGMLType.F16: "f16", GGMLType.BF16: "bf16",
 }
 TILED_KINDS = ("q2", "q4", "q5", "t4", "q8", "q6")
@@ -222,11 +222,24 @@ def repack_legacy(raw, ts, has_m, has_h, off, qt, qh, d, m, r0, r1):
                         qh[t, w] |= np.uint32(1) << bit
 
 
+@njit(cache=True, inline="always")
+def _trit(src, o, w):
+    """Base-3 digit (0..2) of weight w of the TQ1_0 block at src[o]."""
+    if w < 160:
+        byte, n = src[o + w % 32], w // 32
+    elif w < 240:
+        byte, n = src[o + 32 + (w - 160) % 16], (w - 160) // 16
+    else:
+        byte, n = src[o + 48 + (w - 240) % 4], (w - 240) // 4
+    return (((np.int32(byte) * np.int32(3 ** n)) & 255) * 3) >> 8
+
+
 @njit(cache=True, nogil=True)
 def repack_q2(raw, ts, qt, qb, sc, mn, d, dm, r0, r1):
-    """Q2_K (ts 84: scales[16], qs[64], d, dmin), Q3_K (110: hmask[32], qs[64], scales[12], d) and
-    TQ2_0 (66: qs[64], d): block b8 = 4h + k of a super-block is bit pair k of bytes 32h..32h+31
-    of qs (Q3_K: plus bit 4h + k of hmask byte l as the third bit)."""
+    """Q2_K (ts 84: scales[16], qs[64], d, dmin), Q3_K (110: hmask[32], qs[64], scales[12], d),
+    TQ2_0 (66: qs[64], d) and TQ1_0 (54: base-3 digits qs[48] and qh[4], d; see ternary.py):
+    block b8 = 4h + k of a super-block is bit pair k of bytes 32h..32h+31 of qs (Q3_K: plus bit
+    4h + k of hmask byte l as the third bit)."""
     R = ROW_TILE
     nb = sc.shape[1] // (2 * R)
     for r in range(r0, r1):
@@ -247,7 +260,7 @@ def repack_q2(raw, ts, qt, qb, sc, mn, d, dm, r0, r1):
                 dm[t, i * R + l] = dd
                 qs = o + 32
             else:
-                dd = f16_at(src, o + 64)
+                dd = f16_at(src, o + ts - 2)
                 d[t, i * R + l] = dd
                 dm[t, i * R + l] = dd
                 qs = o
@@ -271,7 +284,10 @@ def repack_q2(raw, ts, qt, qb, sc, mn, d, dm, r0, r1):
                         sc[t, j] = 1
                         mn[t, j] = 1
                 for k in range(32):
-                    u = (np.int32(src[qs + 32 * hh + k]) >> (2 * kk)) & 3
+                    if ts == 54:
+                        u = _trit(src, o, 32 * b8 + k)
+                    else:
+                        u = (np.int32(src[qs + 32 * hh + k]) >> (2 * kk)) & 3
                     byte, shift = _crumb_index(b, k, l)
                     q[byte] |= np.uint8(u << shift)
                     if ts == 110 and (src[o + k] >> b8) & 1:

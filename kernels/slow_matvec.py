@@ -1,7 +1,7 @@
 """Fused matvec y = W x for the types without a repacked layout, straight from the GGML bytes.
 
-Types: IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, TQ1_0 (Q2_K, Q3_K, TQ2_0, IQ4_NL,
-IQ4_XS and MXFP4 have repacked layouts: repack.py's ``q2`` and ``t4``).  ``slow_matvec(raw, qtype, x, y)``
+Types: IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S (the k-quants, the ternary types,
+IQ4_NL, IQ4_XS and MXFP4 have repacked layouts, see repack.py).  ``slow_matvec(raw, qtype, x, y)``
 with raw (rows, row_bytes) uint8 (the tensor's own bytes, untouched: no repack, no extra
 memory), x (cols,) float32, y (rows,) float32.
 
@@ -10,9 +10,7 @@ row is a loop over its 256-weight blocks.  Written for LLVM's loop vectorizer (N
 run the SLP vectorizer, so only loops vectorize, and only loops LLVM does not fully unroll: the
 inner trip counts are derived from an argument, ``n8`` = 8, instead of written as constants):
 
-* TQ1_0: the base-3 digits are extracted from contiguous bytes per inner loop with int32
-  products and shifts and dotted with x directly, times the fp16 block scale.
-* lattice types (IQ1_*, IQ2_*, IQ3_*): every weight is d * (2 s + 1) * grid * sign (IQ1: plus a
+* Every weight is d * (2 s + 1) * grid * sign (IQ1: plus a
   shift delta) up to a power of two.  A scalar pass per block copies one 8-lane grid word and one
   8-lane signed-scale word per 8 weights (tables built once at import); the dot then runs over
   256 contiguous int8 lanes (no branch on signs, no float decode).
@@ -68,7 +66,6 @@ GR_IQ3S = _words(iq3s_grid_u8, np.uint32)
 SS7 = _signed_scales(ksigns_iq2xs)
 SS8 = _signed_scales(np.arange(256))
 _BYTES1 = np.uint64(0x0101010101010101)   # a small integer times this: the integer in all 8 lanes
-_POW3 = np.array([1, 3, 9, 27, 81], dtype=np.int32)
 # The kernels take the group width 8 as an argument (``n8``) rather than as a constant: LLVM
 # fully unrolls short constant-bound loops into scalar code (Numba does not run the SLP
 # vectorizer), while a loop whose bound it cannot see stays a loop and is vectorized.
@@ -85,43 +82,6 @@ def _u(i):
 def _nchunks(rows):
     """Row chunks for prange (each allocates its small scratch arrays once); results do not depend on it."""
     return min(rows, 64)
-
-
-# --------------------------------------------------------------------------- ternary, integer dots
-# TQ1_0: block = d * sum_k f32(q_k - 1) x_k.
-
-
-@njit(cache=True, inline="always")
-def _tq1dot(src, qo, p, x, xo, n):
-    """Digit (p = 3^n) of each byte src[qo + m], minus 1, dotted with x[xo + m]."""
-    acc = f32(0)
-    for m in range(n):
-        q = np.int32(np.int32(src[_u(qo + m)]) * p) & _I255         # int32 lanes (Numba widens products)
-        acc += f32(np.int32(np.int32(q * _I3) >> np.int32(8)) - _I1) * x[_u(xo + m)]
-    return acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_tq1_0(raw, x, y, n8):
-    rows = raw.shape[0]
-    nb = x.size // 256
-    nch = _nchunks(rows)
-    for c in prange(nch):
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            src = raw[r]
-            acc = f32(0)
-            for i in range(nb):
-                o = 54 * i
-                xo = 256 * i
-                qsum = f32(0)
-                for n in range(5):
-                    qsum += _tq1dot(src, o, _POW3[n], x, xo + 32 * n, 4 * n8)
-                for n in range(5):
-                    qsum += _tq1dot(src, o + 32, _POW3[n], x, xo + 160 + 16 * n, 2 * n8)
-                for n in range(4):
-                    qsum += _tq1dot(src, o + 48, _POW3[n], x, xo + 240 + 4 * n, n8 // 2)
-                acc += f16_at(src, o + 52) * qsum
-            y[r] = acc
 
 
 # --------------------------------------------------------------------------- lattice (grid) types
@@ -410,7 +370,6 @@ MATVEC = {
     GGMLType.IQ2_S: matvec_iq2_s,
     GGMLType.IQ3_XXS: matvec_iq3_xxs,
     GGMLType.IQ3_S: matvec_iq3_s,
-    GGMLType.TQ1_0: matvec_tq1_0,
 }
 
 

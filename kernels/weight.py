@@ -9,7 +9,7 @@
 rows = output features (GGUF/numpy order).  Construction copies the tensor into
 the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q5_0/Q5_1 6, Q8_0 8.5,
 IQ4_NL 4.5, Q2_K 3.1, Q3_K 4.1 -- the GGUF sizes or within 0.7 bit, with float16 scales --
-Q4_K 6, Q5_K 7, Q6_K 10, IQ4_XS 5, MXFP4 4.5-5, TQ2_0 3.1, F16/BF16 16, F32 32, other
+Q4_K 6, Q5_K 7, Q6_K 10, IQ4_XS 5, MXFP4 4.5-5, TQ2_0 and TQ1_0 3.1, F16/BF16 16, F32 32, other
 types their GGUF size; row counts are padded to whole 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
 
 Fusing: ``Weight.concat([Wq, Wk, Wv])`` stacks the rows of weights of one type and
@@ -41,7 +41,7 @@ _PARALLEL_DECODE_ELEMENTS = 1 << 16
 # Symmetric types decode as (q - offset) * d (ggml's expression; exact zeros keep their sign).
 _NO_OFFSET = np.int32(0)
 _OFFSET = {GGMLType.Q4_0: np.int32(8), GGMLType.Q5_0: np.int32(16), GGMLType.Q3_K: np.int32(4),
-           GGMLType.TQ2_0: np.int32(1)}
+           GGMLType.TQ2_0: np.int32(1), GGMLType.TQ1_0: np.int32(1)}
 
 
 class Weight:

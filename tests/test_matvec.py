@@ -3,10 +3,9 @@
 Tolerance (every product test): |y - y_ref| <= 1e-5 * sum_j |w_j x_j| + 1e-30 per output, where
 y_ref = dequant(W) @ x in float64, with x the activations the product multiplies: the tiled
 types' matvec (and matmuls of at most MATVEC_MAX_BATCH rows) uses integer dot products on x
-rounded per 32-block (Q2_K, Q3_K, TQ2_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, IQ4_NL, IQ4_XS,
-MXFP4: two int8 terms, within max|x_block| / 64516; Q8_0, Q6_K: int16, within
-max|x_block| / 65534), so x is
-x_hat = W.rounded(x), itself checked against its definition and, end to end,
+rounded per 32-block (Q2_K, Q3_K, TQ1_0, TQ2_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, IQ4_NL,
+IQ4_XS, MXFP4: two int8 terms, within max|x_block| / 64516; Q8_0, Q6_K: int16, within
+max|x_block| / 65534), so x is x_hat = W.rounded(x), itself checked against its definition and, end to end,
 |y - W x| <= sum_j |w_j| |x_j - x_hat_j| + 1e-5 * sum_j |w_j x_j|.
 Dequantization and row gathers are bit-exact (compared as bits).
 """
@@ -34,12 +33,12 @@ BLOCK_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q
                "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4"]
 # Types with a repacked fast layout.
 FAST_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-              "Q5_K", "Q6_K", "TQ2_0", "IQ4_NL", "IQ4_XS", "MXFP4"]
+              "Q5_K", "Q6_K", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "MXFP4"]
 
 # fp16 scale fields (byte offsets in a block) of the fast types, overwritten in random data.
 _SCALES = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
            "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_NL": (0,), "IQ4_XS": (0,), "MXFP4": (),
-           "Q2_K": (80, 82), "Q3_K": (108,), "TQ2_0": (64,)}
+           "Q2_K": (80, 82), "Q3_K": (108,), "TQ2_0": (64,), "TQ1_0": (52,)}
 
 
 def assert_close(y, W64, x, what=""):
@@ -134,6 +133,7 @@ def test_random_fast_types(name, shape):
                                         ("Q5_0", 127 * 254), ("Q5_1", 127 * 254), ("Q5_K", 127 * 254),
                                         ("IQ4_NL", 127 * 254), ("IQ4_XS", 127 * 254), ("MXFP4", 127 * 254),
                                         ("Q2_K", 127 * 254), ("Q3_K", 127 * 254), ("TQ2_0", 127 * 254),
+                                        ("TQ1_0", 127 * 254),
                                         ("Q8_0", 32767), ("Q6_K", 32767)])
 def test_rounded_activations_and_the_end_to_end_bound(name, steps):
     """x_hat = W.rounded(x): per 32-block integer multiples of max|x_block| / steps (two int8 terms:

@@ -20,7 +20,7 @@ REL_TOL = 1e-5
 # fp16 scale fields (byte offsets in a block), overwritten in the random data
 FP16_FIELDS = {
     "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,), "IQ3_XXS": (0,), "IQ3_S": (0,), "IQ1_S": (0,),
-    "IQ1_M": (), "TQ1_0": (52,),
+    "IQ1_M": (),
 }
 TYPES = sorted(FP16_FIELDS)
 
