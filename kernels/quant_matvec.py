@@ -49,7 +49,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .repack import ROW_TILE, _crumb_index, _fifth_bit_index, _nibble_index, _pair_index, _third_bit_index
+from .repack import ROW_TILE, _fifth_bit_index, _nibble_index, _pair_index, _third_bit_index
 from .simd import crumb_isums, nibble_isums, pair_isums, table_isums
 
 f32 = np.float32
@@ -198,22 +198,28 @@ def matvec_crumb(qt, qb, sc, mn, d, dm, x, simd, y):
         dt = d[t]
         dmt = dm[t]
         acc = np.zeros(R, np.float32)
+        aq = np.empty(R, np.float32)        # one super-block's sums of sc * (q . x)
+        am = np.empty(R, np.float32)        # and of mn * (sums of x)
         isum = np.empty(4 * R, np.int32)
-        for b in range(nb):
-            crumb_isums(q, b * 8 * R, h, b * R, three, xq, xr, 32 * b, isum, simd)
-            dxb = dx[b]
-            drb = dr[b]
-            x0 = xs16[2 * b]
-            x1 = xs16[2 * b + 1]
-            s = b // 8
+        for s in range(nb // 8):
+            aq[:] = 0
+            am[:] = 0
+            for b in range(8 * s, 8 * s + 8):
+                crumb_isums(q, b * 8 * R, h, b * R, three, xq, xr, 32 * b, isum, simd)
+                dxb = dx[b]
+                drb = dr[b]
+                x0 = xs16[2 * b]
+                x1 = xs16[2 * b + 1]
+                for l in range(R):
+                    p0 = f32(isum[l]) * dxb + f32(isum[2 * R + l]) * drb
+                    p1 = f32(isum[R + l]) * dxb + f32(isum[3 * R + l]) * drb
+                    i0 = _u(2 * b * R + l)
+                    i1 = i0 + _u(R)
+                    aq[l] += f32(sct[i0]) * p0 + f32(sct[i1]) * p1
+                    am[l] += f32(mnt[i0]) * x0 + f32(mnt[i1]) * x1
             for l in range(R):
-                p0 = f32(isum[l]) * dxb + f32(isum[2 * R + l]) * drb
-                p1 = f32(isum[R + l]) * dxb + f32(isum[3 * R + l]) * drb
-                i0 = _u(2 * b * R + l)
-                i1 = i0 + _u(R)
                 j = _u(s * R + l)
-                acc[l] += (_scale(dt[j]) * (f32(sct[i0]) * p0 + f32(sct[i1]) * p1)
-                           - _scale(dmt[j]) * (f32(mnt[i0]) * x0 + f32(mnt[i1]) * x1))
+                acc[l] += _scale(dt[j]) * aq[l] - _scale(dmt[j]) * am[l]
         _store_tile(acc, t, y)
 
 
@@ -421,18 +427,22 @@ def decode_crumb(qt, qb, sc, mn, d, dm, off, ids, out):
         for b in range(nb):
             ds = _scale(d[t, (b // 8) * R + l])
             dms = _scale(dm[t, (b // 8) * R + l])
-            for k in range(32):
-                j = (b * 2 + k // 16) * R + l
-                byte, shift = _crumb_index(b, k, l)
-                u = (np.int32(q[byte]) >> shift) & np.int32(3)
-                if three:
-                    w, bit = _third_bit_index(b, k, l)
-                    u |= np.int32((qb[t, w] >> bit) & np.uint32(1)) << np.int32(2)
+            for half in range(2):
+                j = (b * 2 + half) * R + l
                 dl = ds * f32(sc[t, j])
-                if off == 0:
-                    o[32 * b + k] = f32(u) * dl - dms * f32(mn[t, j])
-                else:
-                    o[32 * b + k] = f32(u - off) * dl
+                ml = dms * f32(mn[t, j])
+                base = ((b * 2 + half) * R + l) * 4
+                for c in range(4):
+                    for jj in range(4):
+                        k = 16 * half + 4 * c + jj
+                        u = (np.int32(q[base + jj]) >> np.int32(2 * c)) & np.int32(3)
+                        if three:
+                            w, bit = _third_bit_index(b, k, l)
+                            u |= np.int32((qb[t, w] >> bit) & np.uint32(1)) << np.int32(2)
+                        if off == 0:
+                            o[32 * b + k] = f32(u) * dl - ml
+                        else:
+                            o[32 * b + k] = f32(u - off) * dl
 
 
 @njit(nogil=True, cache=True)
