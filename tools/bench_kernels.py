@@ -147,9 +147,10 @@ def main(argv=None) -> int:
 
 
 def print_asm_summary() -> None:
-    """ymm vs scalar FMAs in the generated code of every matvec kernel specialization that was
-    called, and the count of int64-lane shifts/widenings (vpsrlq, vpmovzxbq): non-zero means
-    a bit-field extraction fell back to half-width vectors."""
+    """ymm vs scalar FMAs and the integer multiply-adds (vpmaddubsw, vpmaddwd) in the generated
+    code of every matvec kernel specialization that was called, and the count of int64-lane
+    shifts/widenings (vpsrlq, vpmovzxbq): non-zero means a bit-field extraction fell back to
+    half-width vectors."""
     import re
     import importlib
     from numba import njit
@@ -167,7 +168,9 @@ def print_asm_summary() -> None:
             ymm = len(re.findall(r"vfmadd\w+\s+[^\n]*ymm", asm))
             scalar = len(re.findall(r"vfmadd\w+ss\s", asm))
             wide = len(re.findall(r"vpsrlq|vpmovzxbq", asm))
-            print(f"{name:14} ymm FMAs {ymm:4d}   scalar FMAs {scalar:4d}   int64-lane ops {wide:3d}   "
+            imadd = len(re.findall(r"vpmaddubsw|vpmaddwd", asm))
+            print(f"{name:14} ymm FMAs {ymm:4d}   scalar FMAs {scalar:4d}   int multiply-adds {imadd:4d}   "
+                  f"int64-lane ops {wide:3d}   "
                   f"({', '.join(str(getattr(a, 'dtype', a)) for a in sig[:3])})")
 
 
