@@ -92,78 +92,105 @@ def _byte_ptr(context, builder, arytype, ary, offset):
     return builder.gep(builder.bitcast(data, _I8.as_pointer()), [offset])
 
 
-def _make_isums_avx2(five: bool):
-    """The AVX2 form of nibble_isums for 4-bit (five false) or 5-bit weights, as an intrinsic."""
+def _out_ptr(context, builder, arytype, ary):
+    """<8 x i32>* to the start of an int32 output array."""
+    return builder.bitcast(cgutils.create_struct_proxy(arytype)(context, builder, value=ary).data,
+                           _V8I32.as_pointer())
+
+
+def _x86(builder, name, ret, *argtypes):
+    """A callable emitting a call of the x86 intrinsic `name` (declared once per module)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, list(argtypes)), name)
+    return lambda *a: builder.call(fn, list(a))
+
+
+def _madds(builder):
+    """(maddubs, maddwd): vpmaddubsw (u8 x s8, adjacent pairs summed to i16) and vpmaddwd
+    (i16 x i16, adjacent pairs summed to i32)."""
+    return (_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, _V32I8, _V32I8),
+            _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, _V16I16, _V16I16))
+
+
+def _loader(builder):
+    """load(ptr, offset, type): an unaligned load of `type` at byte (or element) `offset` of ptr."""
+    def load(ptr, offset, ty):
+        p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
+        return builder.load(p, align=1)
+    return load
+
+
+def _plane_ptrs(context, builder, signature, args):
+    """Pointers of the (q, qo, h, ho, xq, xr, xo, out) intrinsics: q + qo, the i32 words from
+    h + ho, [xq + xo, xr + xo] and out."""
+    q, qo, h, ho, xq, xr, xo, out = args
+    aty = signature.args
+    qp = _byte_ptr(context, builder, aty[0], q, qo)
+    hp = builder.bitcast(_byte_ptr(context, builder, aty[2], h, builder.mul(ho, ir.Constant(ho.type, 4))),
+                         _I32.as_pointer())
+    xps = [_byte_ptr(context, builder, aty[4], xq, xo), _byte_ptr(context, builder, aty[5], xr, xo)]
+    return qp, hp, xps, _out_ptr(context, builder, aty[7], out)
+
+
+def _emit_nibble_sums(builder, qp, hp, xps, op, five):
+    """The IR of nibble_isums' AVX2 form (see the module docstring)."""
+    maddubs, maddwd = _madds(builder)
+    load = _loader(builder)
+    low4 = ir.Constant(_V32I8, [15] * 32)
+    four = ir.Constant(_V32I8, [4] * 32)
+    ones = ir.Constant(_V16I16, [1] * 16)
+
+    groups = ROW_TILE // 8
+    # int16 partial sums per [term][rows 8rg..8rg+7], widened into int32 before they can
+    # overflow: every 4 loads for 4-bit weights (8 * 15 * 127 * 2 < 2^15), every 2 for 5-bit
+    flush = 2 if five else 4
+    zero16 = ir.Constant(_V16I16, [0] * 16)
+    acc = [[zero16] * groups for _ in xps]
+    acc32 = [[ir.Constant(_V8I32, [0] * 8)] * groups for _ in xps]
+    for g in range(4):                   # bytes 4g..4g+3 of every row
+        xs = [[builder.bitcast(_splat_i32(builder, load(xp, o + 4 * g, _I32)), _V32I8)
+               for o in (0, 16)] for xp in xps]      # [term][low / high nibbles' activations]
+        for rg in range(groups):         # 8 rows per 32-byte load
+            v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
+            lo = builder.and_(v, low4)
+            hi = builder.and_(builder.lshr(v, four), low4)
+            if five:
+                w = 2 * (g * groups + rg)
+                lo = builder.or_(lo, _spread_bits(builder, load(hp, w, _I32), 16))
+                hi = builder.or_(hi, _spread_bits(builder, load(hp, w + 1, _I32), 16))
+            for term, (x_lo, x_hi) in enumerate(xs):
+                pair = builder.add(maddubs(lo, x_lo), maddubs(hi, x_hi))
+                acc[term][rg] = builder.add(acc[term][rg], pair)
+        if (g + 1) % flush == 0:
+            for term in range(len(xps)):
+                for rg in range(groups):
+                    wide = maddwd(acc[term][rg], ones)
+                    acc32[term][rg] = builder.add(acc32[term][rg], wide)
+                    acc[term][rg] = zero16
+    for term in range(len(xps)):
+        for rg in range(groups):
+            builder.store(acc32[term][rg], builder.gep(op, [ir.Constant(_I32, term * groups + rg)]),
+                          align=4)
+
+
+def _plane_intrinsic(name, emit):
+    """An intrinsic of signature (q, qo, h, ho, xq, xr, xo, out) whose IR is
+    emit(builder, q + qo, h + ho (i32 words), [xq + xo, xr + xo], out)."""
 
     def isums(typingctx, q, qo, h, ho, xq, xr, xo, out):
         sig = types.void(q, qo, h, ho, xq, xr, xo, out)
 
         def codegen(context, builder, signature, args):
-            q, qo, h, ho, xq, xr, xo, out = args
-            aty = signature.args
-            qp = _byte_ptr(context, builder, aty[0], q, qo)
-            hp = builder.bitcast(_byte_ptr(context, builder, aty[2], h, builder.mul(ho, ir.Constant(ho.type, 4))),
-                                 _I32.as_pointer())
-            xps = [_byte_ptr(context, builder, aty[4], xq, xo), _byte_ptr(context, builder, aty[5], xr, xo)]
-            op = builder.bitcast(cgutils.create_struct_proxy(aty[7])(context, builder, value=out).data,
-                                 _V8I32.as_pointer())
-            mod = builder.module
-            maddubs = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(_V16I16, [_V32I8, _V32I8]), "llvm.x86.avx2.pmadd.ub.sw")
-            maddwd = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
-            low4 = ir.Constant(_V32I8, [15] * 32)
-            four = ir.Constant(_V32I8, [4] * 32)
-            ones = ir.Constant(_V16I16, [1] * 16)
-
-            def load(ptr, offset, ty):
-                p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
-                return builder.load(p, align=1)
-
-            def fifth_bits(word):
-                return _spread_bits(builder, word, 16)
-
-            groups = ROW_TILE // 8
-            # int16 partial sums per [term][rows 8rg..8rg+7], widened into int32 before they can
-            # overflow: every 4 loads for 4-bit weights (8 * 15 * 127 * 2 < 2^15), every 2 for 5-bit
-            flush = 2 if five else 4
-            zero16 = ir.Constant(_V16I16, [0] * 16)
-            acc = [[zero16] * groups for _ in xps]
-            acc32 = [[ir.Constant(_V8I32, [0] * 8)] * groups for _ in xps]
-            for g in range(4):                   # bytes 4g..4g+3 of every row
-                xs = [[builder.bitcast(_splat_i32(builder, load(xp, o + 4 * g, _I32)), _V32I8)
-                       for o in (0, 16)] for xp in xps]      # [term][low / high nibbles' activations]
-                for rg in range(groups):         # 8 rows per 32-byte load
-                    v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
-                    lo = builder.and_(v, low4)
-                    hi = builder.and_(builder.lshr(v, four), low4)
-                    if five:
-                        w = 2 * (g * groups + rg)
-                        lo = builder.or_(lo, fifth_bits(load(hp, w, _I32)))
-                        hi = builder.or_(hi, fifth_bits(load(hp, w + 1, _I32)))
-                    for term, (x_lo, x_hi) in enumerate(xs):
-                        pair = builder.add(builder.call(maddubs, [lo, x_lo]), builder.call(maddubs, [hi, x_hi]))
-                        acc[term][rg] = builder.add(acc[term][rg], pair)
-                if (g + 1) % flush == 0:
-                    for term in range(len(xps)):
-                        for rg in range(groups):
-                            wide = builder.call(maddwd, [acc[term][rg], ones])
-                            acc32[term][rg] = builder.add(acc32[term][rg], wide)
-                            acc[term][rg] = zero16
-            for term in range(len(xps)):
-                for rg in range(groups):
-                    builder.store(acc32[term][rg], builder.gep(op, [ir.Constant(_I32, term * groups + rg)]),
-                                  align=4)
+            emit(builder, *_plane_ptrs(context, builder, signature, args))
             return context.get_dummy_value()
 
         return sig, codegen
 
-    isums.__name__ = isums.__qualname__ = f"_isums{5 if five else 4}_avx2"
+    isums.__name__ = isums.__qualname__ = name
     return intrinsic(isums)
 
 
-_isums4_avx2 = _make_isums_avx2(False)
-_isums5_avx2 = _make_isums_avx2(True)
+_isums4_avx2 = _plane_intrinsic("_isums4_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=False))
+_isums5_avx2 = _plane_intrinsic("_isums5_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=True))
 
 
 @intrinsic
@@ -174,26 +201,18 @@ def _table_isums_avx2(typingctx, q, qo, tab, xq, xr, xo, out):
     def codegen(context, builder, signature, args):
         q, qo, tab, xq, xr, xo, out = args
         aty = signature.args
-        zero = ir.Constant(qo.type, 0)
         qp = _byte_ptr(context, builder, aty[0], q, qo)
-        tp = _byte_ptr(context, builder, aty[2], tab, zero)
+        tp = _byte_ptr(context, builder, aty[2], tab, ir.Constant(qo.type, 0))
         xps = [_byte_ptr(context, builder, aty[3], xq, xo), _byte_ptr(context, builder, aty[4], xr, xo)]
-        op = builder.bitcast(cgutils.create_struct_proxy(aty[6])(context, builder, value=out).data,
-                             _V8I32.as_pointer())
-        mod = builder.module
-        fn = cgutils.get_or_insert_function
-        maddubs = fn(mod, ir.FunctionType(_V16I16, [_V32I8, _V32I8]), "llvm.x86.avx2.pmadd.ub.sw")
-        maddwd = fn(mod, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
-        pshufb = fn(mod, ir.FunctionType(_V32I8, [_V32I8, _V32I8]), "llvm.x86.avx2.pshuf.b")
-        psign = fn(mod, ir.FunctionType(_V32I8, [_V32I8, _V32I8]), "llvm.x86.avx2.psign.b")
+        op = _out_ptr(context, builder, aty[6], out)
+        maddubs, maddwd = _madds(builder)
+        pshufb = _x86(builder, "llvm.x86.avx2.pshuf.b", _V32I8, _V32I8, _V32I8)
+        psign = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, _V32I8, _V32I8)
+        load = _loader(builder)
         low4 = ir.Constant(_V32I8, [15] * 32)
         four = ir.Constant(_V32I8, [4] * 32)
         zero8 = ir.Constant(_V32I8, [0] * 32)
         ones = ir.Constant(_V16I16, [1] * 16)
-
-        def load(ptr, offset, ty):
-            p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
-            return builder.load(p, align=1)
 
         t16 = load(tp, 0, ir.VectorType(_I8, 16))
         table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
@@ -205,12 +224,12 @@ def _table_isums_avx2(typingctx, q, qo, tab, xq, xr, xo, out):
             for rg in range(groups):
                 v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
                 for half, nib in enumerate((builder.and_(v, low4), builder.and_(builder.lshr(v, four), low4))):
-                    w = builder.call(pshufb, [table, nib])                   # the int8 values
+                    w = pshufb(table, nib)                   # the int8 values
                     neg = builder.icmp_signed("<", w, zero8)
                     mag = builder.select(neg, builder.sub(zero8, w), w)      # |w| (vpabsb)
                     for term in range(len(xps)):
-                        sx = builder.call(psign, [xs[term][half], w])        # x with w's sign (0 where w = 0)
-                        pair = builder.call(maddwd, [builder.call(maddubs, [mag, sx]), ones])
+                        sx = psign(xs[term][half], w)        # x with w's sign (0 where w = 0)
+                        pair = maddwd(maddubs(mag, sx), ones)
                         acc[term][rg] = builder.add(acc[term][rg], pair)
         for term in range(len(xps)):
             for rg in range(groups):
@@ -245,61 +264,35 @@ def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
     return either
 
 
-def _make_crumb_isums_avx2(three: bool):
-    """The AVX2 form of crumb_isums for 2-bit (three false) or 3-bit weights, as an intrinsic."""
+def _emit_crumb_sums(builder, qp, hp, xps, op, three):
+    """The IR of crumb_isums' AVX2 form (see its docstring)."""
+    maddubs, maddwd = _madds(builder)
+    load = _loader(builder)
+    low2 = ir.Constant(_V32I8, [3] * 32)
+    ones = ir.Constant(_V16I16, [1] * 16)
 
-    def isums(typingctx, q, qo, h, ho, xq, xr, xo, out):
-        sig = types.void(q, qo, h, ho, xq, xr, xo, out)
-
-        def codegen(context, builder, signature, args):
-            q, qo, h, ho, xq, xr, xo, out = args
-            aty = signature.args
-            qp = _byte_ptr(context, builder, aty[0], q, qo)
-            hp = builder.bitcast(_byte_ptr(context, builder, aty[2], h, builder.mul(ho, ir.Constant(ho.type, 4))),
-                                 _I32.as_pointer())
-            xps = [_byte_ptr(context, builder, aty[4], xq, xo), _byte_ptr(context, builder, aty[5], xr, xo)]
-            op = builder.bitcast(cgutils.create_struct_proxy(aty[7])(context, builder, value=out).data,
-                                 _V8I32.as_pointer())
-            mod = builder.module
-            maddubs = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(_V16I16, [_V32I8, _V32I8]), "llvm.x86.avx2.pmadd.ub.sw")
-            maddwd = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
-            low2 = ir.Constant(_V32I8, [3] * 32)
-            ones = ir.Constant(_V16I16, [1] * 16)
-
-            def load(ptr, offset, ty):
-                p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
-                return builder.load(p, align=1)
-
-            groups = ROW_TILE // 8
-            for g in range(2):                   # weights 16g..16g+15: one int32 sum per term
-                # int16 sums over the 4 crumb planes: at most 4 * 2 * 7 * 127 < 2^15
-                acc = [[ir.Constant(_V16I16, [0] * 16)] * groups for _ in xps]
-                for c in range(4):               # crumb c of each byte: weights 16g + 4c + j
-                    xs = [builder.bitcast(_splat_i32(builder, load(xp, 16 * g + 4 * c, _I32)), _V32I8)
-                          for xp in xps]
-                    for rg in range(groups):
-                        v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
-                        u = builder.and_(builder.lshr(v, ir.Constant(_V32I8, [2 * c] * 32)) if c else v, low2)
-                        if three:
-                            u = builder.or_(u, _spread_bits(builder, load(hp, (g * 4 + c) * groups + rg, _I32), 4))
-                        for term, x in enumerate(xs):
-                            acc[term][rg] = builder.add(acc[term][rg], builder.call(maddubs, [u, x]))
-                for term in range(len(xps)):
-                    for rg in range(groups):
-                        builder.store(builder.call(maddwd, [acc[term][rg], ones]),
-                                      builder.gep(op, [ir.Constant(_I32, (term * 2 + g) * groups + rg)]), align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    isums.__name__ = isums.__qualname__ = f"_crumb{3 if three else 2}_isums_avx2"
-    return intrinsic(isums)
+    groups = ROW_TILE // 8
+    for g in range(2):                   # weights 16g..16g+15: one int32 sum per term
+        # int16 sums over the 4 crumb planes: at most 4 * 2 * 7 * 127 < 2^15
+        acc = [[ir.Constant(_V16I16, [0] * 16)] * groups for _ in xps]
+        for c in range(4):               # crumb c of each byte: weights 16g + 4c + j
+            xs = [builder.bitcast(_splat_i32(builder, load(xp, 16 * g + 4 * c, _I32)), _V32I8)
+                  for xp in xps]
+            for rg in range(groups):
+                v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
+                u = builder.and_(builder.lshr(v, ir.Constant(_V32I8, [2 * c] * 32)) if c else v, low2)
+                if three:
+                    u = builder.or_(u, _spread_bits(builder, load(hp, (g * 4 + c) * groups + rg, _I32), 4))
+                for term, x in enumerate(xs):
+                    acc[term][rg] = builder.add(acc[term][rg], maddubs(u, x))
+        for term in range(len(xps)):
+            for rg in range(groups):
+                builder.store(maddwd(acc[term][rg], ones),
+                              builder.gep(op, [ir.Constant(_I32, (term * 2 + g) * groups + rg)]), align=4)
 
 
-_crumb2_isums_avx2 = _make_crumb_isums_avx2(False)
-_crumb3_isums_avx2 = _make_crumb_isums_avx2(True)
+_crumb2_isums_avx2 = _plane_intrinsic("_crumb2_isums_avx2", lambda b, *p: _emit_crumb_sums(b, *p, three=False))
+_crumb3_isums_avx2 = _plane_intrinsic("_crumb3_isums_avx2", lambda b, *p: _emit_crumb_sums(b, *p, three=True))
 
 
 @njit(cache=True, inline="always")
@@ -362,15 +355,10 @@ def _pair_isums_avx2(typingctx, q, qo, xq, xo, out):
         aty = signature.args
         qp = _byte_ptr(context, builder, aty[0], q, qo)
         xp = _byte_ptr(context, builder, aty[2], xq, builder.mul(xo, ir.Constant(xo.type, 2)))
-        op = builder.bitcast(cgutils.create_struct_proxy(aty[4])(context, builder, value=out).data,
-                             _V8I32.as_pointer())
-        maddwd = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
+        op = _out_ptr(context, builder, aty[4], out)
+        _, maddwd = _madds(builder)
+        load = _loader(builder)
         v16i8 = ir.VectorType(_I8, 16)
-
-        def load(ptr, offset, ty):
-            p = builder.bitcast(builder.gep(ptr, [ir.Constant(_I32, offset)]), ty.as_pointer())
-            return builder.load(p, align=1)
 
         groups = ROW_TILE // 8
         for half in range(2):                    # weights 0-15, 16-31: one int32 sum each
@@ -379,7 +367,7 @@ def _pair_isums_avx2(typingctx, q, qo, xq, xo, out):
                 x = builder.bitcast(_splat_i32(builder, load(xp, 4 * p, _I32)), _V16I16)
                 for rg in range(groups):         # 8 rows: 16 bytes, widened to int16
                     w = builder.sext(load(qp, (p * ROW_TILE + rg * 8) * 2, v16i8), _V16I16)
-                    acc[rg] = builder.add(acc[rg], builder.call(maddwd, [w, x]))
+                    acc[rg] = builder.add(acc[rg], maddwd(w, x))
             for rg in range(groups):
                 builder.store(acc[rg], builder.gep(op, [ir.Constant(_I32, half * groups + rg)]), align=4)
         return context.get_dummy_value()
