@@ -50,7 +50,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .repack import ROW_TILE, _fifth_bit_index, _nibble_index, _pair_index, _third_bit_index
-from .simd import crumb_isums, nibble_isums, pair_isums, table_isums
+from .simd import HOST_F16C, crumb_isums, half_bits_to_f32, nibble_isums, pair_isums, table_isums
 
 f32 = np.float32
 _I15 = np.int32(15)
@@ -67,13 +67,17 @@ def _u(i):
 
 
 def _scale(v):
-    """A per-block scale or offset as float32: stored as float32, or as float16 bits (uint16)."""
+    """A per-block scale or offset as float32: stored as float32, or as float16 bits (uint16),
+    converted by F16C's vcvtph2ps where the host has it (exact; a stored half scale is never
+    NaN, repack keeps those in float32), else by half_to_f32."""
     return np.float32(np.asarray(v).view(np.float16) if np.asarray(v).dtype == np.uint16 else v)
 
 
 @overload(_scale)
 def _scale_impl(v):
     if isinstance(v, types.Integer):
+        if HOST_F16C:
+            return lambda v: half_bits_to_f32(v)
         return lambda v: half_to_f32(v)
     return lambda v: np.float32(v)
 
@@ -310,13 +314,14 @@ def bf16_to_f32(h):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_f16(w, x, y):
-    """F16 weights kept as their uint16 bits, converted on the fly."""
+    """F16 weights kept as their uint16 bits, converted on the fly (vcvtph2ps where the host has
+    F16C: a NaN weight gives a NaN product whatever its payload)."""
     rows, cols = w.shape
     for r in prange(rows):
         wr = w[r]
         acc = f32(0)
         for j in range(cols):
-            acc += half_to_f32(wr[j]) * x[j]
+            acc += _scale(wr[j]) * x[j]
         y[r] = acc
 
 

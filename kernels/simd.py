@@ -55,16 +55,32 @@ from numba.extending import intrinsic, overload
 from .repack import ROW_TILE
 
 
-def _host_has_avx2() -> bool:
+def _host_has(feature: str) -> bool:
+    """The x86-64 host CPU has `feature`, and Numba compiles for the host CPU."""
     if config.CPU_NAME or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     from llvmlite import binding
-    return bool(binding.get_host_cpu_features().get("avx2", False))
+    return bool(binding.get_host_cpu_features().get(feature, False))
 
-
-HOST_AVX2 = _host_has_avx2()
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+HOST_AVX2 = _host_has("avx2")
+HOST_F16C = _host_has("f16c")
+
+
+@intrinsic
+def half_bits_to_f32(typingctx, h):
+    """IEEE half bits (uint16) -> float32 by LLVM's ``fpext half`` (vcvtph2ps with F16C; loops of
+    it vectorize).  Exact for every finite value and infinities; only use it where F16C is
+    present (HOST_F16C): elsewhere LLVM would need a run-time helper."""
+    sig = types.float32(h)
+
+    def codegen(context, builder, signature, args):
+        bits = builder.trunc(args[0], _I16) if args[0].type.width > 16 else args[0]
+        return builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
 _V32I8, _V16I16, _V8I32 = ir.VectorType(_I8, 32), ir.VectorType(_I16, 16), ir.VectorType(_I32, 8)
 
 
