@@ -36,6 +36,8 @@ a block's bytes fully unrolled inside it.  Details that keep the code vector and
   partial sums of a block stay four independent FMA chains (with reassociation LLVM
   merges them into one chain and the loop becomes FMA-latency bound);
 * a branch inside the lane loop stops the vector code;
+* float16 scale bits are widened by ``fpext half`` (vcvtph2ps) where the host has F16C: the
+  integer bit-trick conversion (half_to_f32, the fallback) cost more than the dot products;
 * indices are uint64 (``_u``) so Numba emits no negative-index wraparound.
 
 The exact decoders (``decode_*``: rows -> float32 for ``Weight.rows``/``dequantize``
