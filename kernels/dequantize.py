@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from .registry import get_qtype
-from .threads import pool
+from .threads import run_all
 from .types import GGMLType
 
 # Tensors with fewer elements than this are decoded on the calling thread.
@@ -80,8 +80,6 @@ def dequantize(data: np.ndarray, qtype, shape) -> np.ndarray:
     # contiguous chunks of whole blocks, one per thread
     bounds = np.linspace(0, nblocks, min(workers, nblocks) + 1).astype(np.int64)
     ts, bs = qt.type_size, qt.block_size
-    futures = [pool().submit(qt.decode, src[b0 * ts:b1 * ts], out[b0 * bs:b1 * bs])
-               for b0, b1 in zip(bounds[:-1], bounds[1:]) if b1 > b0]
-    for f in futures:
-        f.result()
+    run_all(qt.decode, [(src[b0 * ts:b1 * ts], out[b0 * bs:b1 * bs])
+                        for b0, b1 in zip(bounds[:-1], bounds[1:]) if b1 > b0])
     return out.reshape(shape)

@@ -74,11 +74,6 @@ def tiled_matmul(X: np.ndarray, rows: int, cols: int,
             out[:, r0:r1] = t.T
 
     workers = min(max(1, n_threads), len(starts))
-    if workers == 1:
-        work(starts)
-        return out
-    from .threads import pool
-    futures = [pool().submit(work, starts[w::workers]) for w in range(workers)]
-    for f in futures:
-        f.result()
+    from .threads import run_all
+    run_all(work, [(starts[w::workers],) for w in range(workers)])
     return out

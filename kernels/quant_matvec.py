@@ -1,44 +1,38 @@
 """Quantized matrix-vector products y = W x on repacked weights (see repack.py).
 
-Fast kernels, one per packed kind, parallel over row tiles with ``prange``:
+Fast kernels, one per packed kind, parallel over row tiles with ``prange``.  The weights
+are decoded on the fly (W is never materialised as float32); each row is computed by one
+thread in a fixed order, so results depend neither on the thread count nor on how
+weights were stacked.  The quantized kinds use integer dot products (simd.py: AVX2
+multiply-adds written as LLVM IR where the host has them, plain loops elsewhere) on
+activations rounded per 32-block:
 
-* The weights are decoded on the fly (``d * q + m`` per 32-weight block is applied to
-  the block's partial dot product; W is never materialised as float32).  Each row is
-  computed by one thread in a fixed order, so results depend neither on the thread
-  count nor on how weights were stacked.
 * ``matvec_nib``, the nibble kinds (Q4_0, Q4_1, Q4_K; Q5_0, Q5_1, Q5_K with their fifth
-  bits): integer dot products.  x is split per 32-block into two int8 terms,
-  ``x ~ dx xq + dr xr`` (``round_activations``: the block rounded to int8 as ggml's Q8_0
-  does, plus its rounded remainder, within max|x_block| / 64516 of x), the int32 sums
-  ``sum q xq`` and ``sum q xr`` come from simd.py (AVX2 multiply-adds where the host has
-  them), and ``acc += d (dx isum_q + dr isum_r) + m xs`` in float32 (xs: the block sum of
-  the rounded x).  llama.cpp rounds x once, to int8; the second term makes the product
-  as accurate as a float one at a fraction of the cost.
-* ``matvec_crumb``, 2-bit values (Q2_K, TQ2_0, TQ1_0; Q3_K with a third bit) with integer scales and
-  mins per 16 weights: the same integer form per 16, ``acc += d (sc_0 p_0 + sc_1 p_1) -
-  dm (mn_0 xs_0 + mn_1 xs_1)``.
+  bits).  x is split into two int8 terms, ``x ~ dx xq + dr xr`` (``round_activations``:
+  the block rounded to int8 as ggml's Q8_0 does, plus its rounded remainder, within
+  max|x_block| / 64516 of x); per block ``acc += d (dx isum_q + dr isum_r) + m xs`` in
+  float32 (xs: the block sum of the rounded x).  llama.cpp rounds x once, to int8; the
+  second term makes the product as accurate as a float one at a fraction of the cost.
+* ``matvec_crumb``, 2-bit values (Q2_K, TQ2_0, TQ1_0; Q3_K with a third bit) with integer
+  scales and mins per 16 weights: the same two terms, per super-block of 256 weights
+  ``acc += d sum(sc_h p_h) - dm sum(mn_h xs_h)``.
 * ``matvec_tab``, 4-bit indices into a 16-entry value table (IQ4_NL, IQ4_XS, MXFP4): the
-  same integer form on the looked-up int8 values, ``acc += d (dx isum_q + dr isum_r)``.
-* ``matvec_i8``, one byte per weight (Q8_0, Q6_K as q - 32): float32 products and sums,
-  ``p = sum_k q_k x_k`` per half block (four partial sums), ``acc += s_lo p_lo + s_hi p_hi``.
+  same two terms on the looked-up values, ``acc += d (dx isum_q + dr isum_r)``.
+* ``matvec_i8``, one byte per weight (Q8_0, Q6_K as q - 32): x rounded to int16 per block
+  (``round_activations16``, within max|x_block| / 65534), ``acc += dx (s_lo isum_lo +
+  s_hi isum_hi)``.
 * F16/BF16/F32: a plain float32 dot on the converted weights.
-* Error bound the tests use: ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` (+1e-30), with W
-  the exact dequantization, ``W x`` taken in float64, and x the rounded activations for
-  the nibble kinds (the rounding itself is bounded separately).
 
-Vectorization of the float kernels (checked with ``inspect_asm``, see
-``tools/bench_kernels.py --asm``): the quants are row-interleaved in tiles of ROW_TILE
-rows, so the innermost loop runs over the tile's rows (SIMD lanes = 8 rows per ymm:
-vpmovsxbd, vcvtdq2ps and vfmadd231ps with a broadcast activation), with the loops over
-a block's bytes fully unrolled inside it.  Details that keep the code vector and fast:
+Error bound the tests use: ``|y - W x| <= 1e-5 * sum_j |w_j x_j|`` (+1e-30), with W the
+exact dequantization, ``W x`` taken in float64, and x the activations the kernel
+multiplies (``Weight.rounded``; the rounding itself is bounded separately).
 
-* the kernels use ``fastmath={"contract", ...}`` *without* reassociation: the four
-  partial sums of a block stay four independent FMA chains (with reassociation LLVM
-  merges them into one chain and the loop becomes FMA-latency bound);
-* a branch inside the lane loop stops the vector code;
-* float16 scale bits are widened by ``fpext half`` (vcvtph2ps) where the host has F16C: the
-  integer bit-trick conversion (half_to_f32, the fallback) cost more than the dot products;
-* indices are uint64 (``_u``) so Numba emits no negative-index wraparound.
+Details that keep the float combine vector and fast (checked with ``inspect_asm``, see
+``tools/bench_kernels.py --asm``): the lanes of every loop are the 32 rows of a tile;
+``fastmath={"contract", ...}`` without reassociation; no branch inside a lane loop;
+float16 scale bits are widened by ``fpext half`` (vcvtph2ps) where the host has F16C
+(the integer bit-trick conversion, half_to_f32, the fallback, cost more than the dot
+products); indices are uint64 (``_u``) so Numba emits no negative-index wraparound.
 
 The exact decoders (``decode_*``: rows -> float32 for ``Weight.rows``/``dequantize``
 and the matmul tiles) are serial and nogil; Weight splits rows over worker threads.
@@ -93,7 +87,7 @@ def _store_tile(acc, t, y):
 
 
 # --------------------------------------------------------------------------- fast kernels (tiled layouts)
-# Per tile t: q = qt[t]; block b's byte k of lane l is q[(b*K + k)*R + l]; per-block values at [t, b*R + l].
+# Per tile t: q = qt[t], laid out as repack.py's index helpers say; per-block values at [t, b*R + l].
 
 
 _ROUNDER = f32(12582912.0)      # 1.5 * 2^23: (u + R) - R rounds |u| < 2^22 to an integer, ties to even

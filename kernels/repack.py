@@ -75,7 +75,7 @@ from numba import njit
 from .floats import e8m0_half_to_f32, f16_at, sext8, u16_at, u32_at
 from .iquant_tables import kvalues_iq4nl, kvalues_mxfp4
 from .kquants import scale_min_k4
-from .threads import get_num_threads, pool
+from .threads import get_num_threads, run_all
 from .types import GGMLType, as_type, row_bytes
 
 # Legacy 32-weight types: bytes per block, has an fp16 min, has 32 high bits, offset of the symmetric types.
@@ -543,11 +543,7 @@ def repack(data: np.ndarray, qtype, shape, release=None) -> Packed:
         tiles = -(-(c1 - c0) // ROW_TILE)
         parts = max(1, min(get_num_threads(), (c1 - c0) // 256))
         bounds = (c0 + np.linspace(0, tiles, parts + 1).astype(np.int64) * ROW_TILE).clip(0, c1)
-        if parts == 1:
-            work(c0, c1)
-        else:
-            for f in [pool().submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
-                f.result()
+        run_all(work, [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])])
         if release is not None:
             release(c0, c1)
     _halve_scales(p)

@@ -31,12 +31,10 @@ from numba import njit, prange
 from .floats import f16_at, f16_bits_to_f32, u16_at, u32_at
 from .iquant_tables import (IQ1S_DELTA, iq1s_grid_i8, iq2s_grid_u8, iq2xs_grid_u8, iq2xxs_grid_u8,
                             iq3s_grid_u8, iq3xxs_grid_u8, ksigns_iq2xs)
+from .quant_matvec import _u
 from .types import GGMLType
 
 f32 = np.float32
-_I1 = np.int32(1)
-_I3 = np.int32(3)
-_I255 = np.int32(255)
 
 # --------------------------------------------------------------------------- lane tables (built once at import)
 
@@ -70,12 +68,6 @@ _BYTES1 = np.uint64(0x0101010101010101)   # a small integer times this: the inte
 # fully unrolls short constant-bound loops into scalar code (Numba does not run the SLP
 # vectorizer), while a loop whose bound it cannot see stays a loop and is vectorized.
 _N8 = 8
-
-
-@njit(cache=True, inline="always")
-def _u(i):
-    """A non-negative index as uint64 (no wraparound code, so LLVM can vectorize the loads)."""
-    return np.uint64(i)
 
 
 @njit(cache=True, inline="always")

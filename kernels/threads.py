@@ -41,6 +41,17 @@ def get_num_threads() -> int:
     return numba.get_num_threads()
 
 
+def run_all(fn, calls) -> None:
+    """fn(*args) for every args tuple in calls, on the shared pool (nogil work), or on the
+    calling thread when there is only one; returns when all are done (re-raising errors)."""
+    calls = list(calls)
+    if len(calls) == 1:
+        fn(*calls[0])
+        return
+    for f in [pool().submit(fn, *args) for args in calls]:
+        f.result()
+
+
 def pool() -> ThreadPoolExecutor:
     """A shared worker pool for kernels that run nogil Numba code on Python threads."""
     global _pool

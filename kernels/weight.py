@@ -29,9 +29,9 @@ import numpy as np
 from . import quant_matvec as mv
 from .quant_matmul import MATVEC_MAX_BATCH, tiled_matmul
 from .registry import get_qtype
-from .repack import BYTE_KINDS, NIBBLE_KINDS, TABLES, Packed, concat as _concat_packed, repack
+from .repack import BYTE_KINDS, NIBBLE_KINDS, TABLES, TILED_KINDS, Packed, concat as _concat_packed, repack
 from .slow_matvec import slow_matvec
-from .threads import get_num_threads, pool
+from .threads import get_num_threads, run_all
 from .types import GGMLType, as_type, row_bytes
 
 # Float32 rows decoded per step by the raw (registry decoder) path, per thread.
@@ -89,7 +89,7 @@ class Weight:
         X = np.asarray(X, np.float32)
         out = X.astype(np.float64)
         kind = self.packed.kind
-        if kind not in NIBBLE_KINDS + BYTE_KINDS + ("t4", "q2"):
+        if kind not in TILED_KINDS:
             return out
         for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
             src = np.ascontiguousarray(src)
@@ -200,7 +200,7 @@ class Weight:
         """Decode rows ids into out, split over the worker threads when there are many."""
         n = ids.size
         parts = min(get_num_threads(), n * self.shape[1] // _PARALLEL_DECODE_ELEMENTS)
-        self._run(lambda a, b: self._decode_ids_serial(ids[a:b], out[a:b]), _ranges(0, n, parts))
+        run_all(lambda a, b: self._decode_ids_serial(ids[a:b], out[a:b]), _ranges(0, n, parts))
 
     def _decode_ids_serial(self, ids: np.ndarray, out: np.ndarray) -> None:
         p = self.packed
@@ -234,15 +234,6 @@ class Weight:
         A = self.packed.arrays
         return A["qt"], A.get("sl", A.get("d")), A.get("sh", A.get("d"))
 
-    @staticmethod
-    def _run(fn, ranges) -> None:
-        """fn(a, b) for every range: on the calling thread when there is one, else on the pool."""
-        if len(ranges) == 1:
-            fn(*ranges[0])
-            return
-        for f in [pool().submit(fn, a, b) for a, b in ranges]:
-            f.result()
-
     def _raw_matvec(self, x: np.ndarray, out: np.ndarray) -> None:
         raw = self.packed.arrays["raw"]
         cols = self.shape[1]
@@ -257,7 +248,7 @@ class Weight:
                 decode(raw[s:e].reshape(-1), t.reshape(-1))
                 mv.dot_rows(t, x, out[s:e])
 
-        self._run(work, _ranges(0, self.shape[0], get_num_threads()))
+        run_all(work, _ranges(0, self.shape[0], get_num_threads()))
 
     def _raw_decode(self, r0: int, r1: int, out: np.ndarray) -> None:
         raw = self.packed.arrays["raw"]
@@ -266,7 +257,7 @@ class Weight:
         def work(a, b):
             decode(raw[a:b].reshape(-1), out[a - r0:b - r0].reshape(-1))
 
-        self._run(work, _ranges(r0, r1, get_num_threads()))
+        run_all(work, _ranges(r0, r1, get_num_threads()))
 
     # ------------------------------------------------------------------ fusion
 

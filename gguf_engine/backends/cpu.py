@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import ops
+from kernels.threads import run_all
 from kernels.weight import Weight
 
 from ..model.kv_cache import KVCache
@@ -125,13 +126,8 @@ class CPUBackend(Backend):
             for a, b, g in mine:
                 self._attention_item(q3, Ks[g], Vs[g], lo, a, b, g, H // Hkv, pos0, scale, window, softcap, out3)
 
-        workers = min(self.n_threads, len(items))
-        if workers <= 1:
-            run(items)
-            return
-        from kernels.threads import pool
-        for f in [pool().submit(run, items[w::workers]) for w in range(workers)]:
-            f.result()
+        workers = max(1, min(self.n_threads, len(items)))
+        run_all(run, [(items[w::workers],) for w in range(workers)])
 
     @staticmethod
     def _attention_item(q3, Kg, Vg, lo, a, b, g, G, pos0, scale, window, softcap, out3):
