@@ -105,6 +105,12 @@ class Backend(ABC):
     def softcap(self, x, cap: float) -> None:
         """x = cap * tanh(x / cap) in place."""
 
+    def run_layers(self, key, fn, x, pos0: int):
+        """fn(x) -> (x, xn): one token's pass over a run of this backend's layers at position
+        pos0.  A backend may record the work under ``key`` the first time and replay it later
+        (the CUDA backend captures a graph); the default just calls fn."""
+        return fn(x)
+
     def scope(self):
         """Context manager around one evaluation (a CPU backend settles its thread pools there)."""
         return contextlib.nullcontext()

@@ -24,6 +24,7 @@ to the host for the final hidden states or logits), never per layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,13 @@ class Transformer:
                 tables[uploaded] = (blk.backend.upload_array(cos), blk.backend.upload_array(sin))
             blk.rope = tables[uploaded]
             blk.sliding_window = c.sliding_window if swa else 0
+        # runs of consecutive layers on one backend: (first layer, one past the last, backend)
+        self._runs: list[tuple[int, int, Any]] = []
+        for il, blk in enumerate(blocks):
+            if self._runs and self._runs[-1][2] is blk.backend:
+                self._runs[-1] = (self._runs[-1][0], il + 1, blk.backend)
+            else:
+                self._runs.append((il, il + 1, blk.backend))
         # scratch for single-token decode steps, allocated once per backend that holds layers
         self._step_bufs = {id(be): self._buffers(be, 1) for be in self._layer_backends()}
 
@@ -141,37 +149,17 @@ class Transformer:
         """Move an activation from backend src to backend dst (one device boundary)."""
         return dst.from_host(src.to_host(x))
 
-    # ------------------------------------------------------------------------------------
-    def forward(self, tokens: np.ndarray, output: str = "last"):
-        """Evaluate tokens (n,) at positions n_past.. and advance the cache.
-
-        output: "last" -> logits (1, n_vocab) of the last token; "all" -> (n, n_vocab);
-        "hidden" -> final-normed hidden states (n, d); "none" -> None.  The result lives on
-        ``output_backend``.  The caller checks that the cache has room.
-        """
+    def _layers(self, be, il0: int, il1: int, x, n: int, pos0: int):
+        """Layers il0..il1-1, all on backend be, for n tokens at positions pos0..: x (n, d) is the
+        residual stream (updated in place); returns (x, xn) with xn (n, d) = the norm after the
+        last layer applied to x (the next layer's attn_norm, or output_norm)."""
         c = self.config
-        n = int(tokens.shape[0])
-        pos0 = self.cache.n_past
         H, Hkv, hd, ff = c.n_head, c.n_head_kv, c.head_dim, c.n_ff
-
-        cur = self.backend                                 # the backend holding x and xn
-        x = cur.embed(self.token_embd, tokens)             # (n, d) residual stream
-        if c.embd_scale != 1.0:
-            x *= np.float32(c.embd_scale)
-        xn = None                                          # (n, d): normed input of the next op
-
-        for il, b in enumerate(self.blk):
-            be = b.backend
-            if xn is None or be is not cur:
-                # first layer, or a device boundary: the residual crosses once and is normed here
-                # (the previous backend's fused norm output is not carried over)
-                if be is not cur:
-                    x = self._cross(x, cur, be)            # (n, d)
-                    cur = be
-                # attn (n, H, hd); act (n, ff)
-                xn, attn, act = self._step_bufs[id(be)] if n == 1 else self._buffers(be, n)
-                be.rms_norm(x, b.attn_norm, c.norm_eps, xn)
-
+        # xn (n, d); attn (n, H, hd); act (n, ff)
+        xn, attn, act = self._step_bufs[id(be)] if n == 1 else self._buffers(be, n)
+        be.rms_norm(x, self.blk[il0].attn_norm, c.norm_eps, xn)
+        for il in range(il0, il1):
+            b = self.blk[il]
             qkv = be.linear_fused(b.attn_qkv, xn)                # (n, (H + 2 Hkv) hd)
             q3 = qkv[:, :H * hd].reshape(n, H, hd)               # (n, H, hd)
             k3 = qkv[:, H * hd:(H + Hkv) * hd].reshape(n, Hkv, hd)   # (n, Hkv, hd)
@@ -188,6 +176,32 @@ class Transformer:
             be.gated_act(gate_up[:, :ff], gate_up[:, ff:], c.gelu, act)
             down = be.linear(b.ffn_down, act)                    # (n, d)
             be.add_rms_norm(x, down, b.post_ffw_norm, b.next_norm, c.norm_eps, xn)
+        return x, xn
+
+    # ------------------------------------------------------------------------------------
+    def forward(self, tokens: np.ndarray, output: str = "last"):
+        """Evaluate tokens (n,) at positions n_past.. and advance the cache.
+
+        output: "last" -> logits (1, n_vocab) of the last token; "all" -> (n, n_vocab);
+        "hidden" -> final-normed hidden states (n, d); "none" -> None.  The result lives on
+        ``output_backend``.  The caller checks that the cache has room.
+        """
+        c = self.config
+        n = int(tokens.shape[0])
+        pos0 = self.cache.n_past
+
+        cur = self.backend                                 # the backend holding x
+        x = cur.embed(self.token_embd, tokens)             # (n, d) residual stream
+        if c.embd_scale != 1.0:
+            x *= np.float32(c.embd_scale)
+        for il0, il1, be in self._runs:
+            if be is not cur:                              # a device boundary: x crosses once
+                x = self._cross(x, cur, be)                # (n, d)
+                cur = be
+            if n == 1:                                     # a decode step: the backend may replay it
+                x, xn = be.run_layers((id(self), il0), partial(self._layers, be, il0, il1, n=1, pos0=pos0), x, pos0)
+            else:
+                x, xn = self._layers(be, il0, il1, x, n, pos0)
         # xn = output_norm(x): final hidden states (n, d) on cur
 
         self.cache.n_past = pos0 + n
