@@ -3,8 +3,8 @@
 Weights go to the GPU in their GGUF form (quantized blocks, byte for byte) and are decoded
 on the fly by the kernels of ``kernels/cuda``:
 
-- one token (decode): ``matvec<T>``, one warp per output row, decodes 8 weights at a time in
-  registers and multiplies them with float32 activations (float32 accumulation);
+- one token (decode): ``matvec<T>``, one thread block per output row, decodes 8 weights at a
+  time in registers and multiplies them with float32 activations (float32 accumulation);
 - a batch (prompt): ``dequant<T>`` decodes the whole matrix to float32 (bit-exact with the CPU
   decoders) into one reused scratch buffer, then cuBLAS multiplies in float32 (no TF32).
 
@@ -30,7 +30,7 @@ from kernels.types import GGMLType, as_type, row_bytes
 from ..model.kv_cache import KVCache
 from .base import Backend
 
-ROWS_PER_BLOCK = 4               # matvec: warps (rows) per thread block
+MATVEC_WARPS = 4                 # matvec: warps sharing one row
 NORM_THREADS = 256
 MAX_HEAD_DIM = 512               # ops.cu: MAX_HEAD_DIM
 ATTENTION_THREADS = 128          # ops.cu: ATT_WARPS warps
@@ -210,7 +210,7 @@ class CudaBackend(Backend):
     def _matvec(self, w: CudaWeight, x, y) -> None:
         """y (rows,) = w x for one token; x (cols,) contiguous float32."""
         rows, cols = w.shape
-        self._k.weight(w.qtype)[1]((-(-rows // ROWS_PER_BLOCK),), (32, ROWS_PER_BLOCK),
+        self._k.weight(w.qtype)[1]((rows,), (32, MATVEC_WARPS),
                                    (w.data, x, y, np.int32(rows), np.int32(cols), np.int64(w.row_bytes)),
                                    stream=self.stream)
 

@@ -23,17 +23,19 @@ __global__ void dequant(const u8* __restrict__ W, float* __restrict__ out, long 
     }
 }
 
-// y[r] = W[r, :] . x for r < rows; one warp per row, blockDim (32, ROWS_PER_BLOCK).
+// y[r] = W[r, :] . x for r < rows; one block per row, its warps (blockDim (32, W)) splitting
+// the row's 8-weight chunks, so that even a matrix of few rows keeps many loads in flight.
 template <int T>
 __global__ void matvec(const u8* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
                        int rows, int cols, long long row_bytes) {
     typedef Q<T> q;
-    const int row = blockIdx.x * blockDim.y + threadIdx.y;
-    if (row >= rows) return;
+    __shared__ float part[32];
+    const int row = blockIdx.x;
     const u8* wr = W + (long long)row * row_bytes;
     const int nch = cols / 8, cpb = q::QK / 8;
+    const int t = threadIdx.y * 32 + threadIdx.x, nt = blockDim.y * 32;
     float acc = 0.0f;
-    for (int c = threadIdx.x; c < nch; c += 32) {
+    for (int c = t; c < nch; c += nt) {
         float w[8];
         q::dq8(wr + (c / cpb) * q::TS, c % cpb, w);
         const float4* xp = reinterpret_cast<const float4*>(x + 8 * c);
@@ -42,5 +44,11 @@ __global__ void matvec(const u8* __restrict__ W, const float* __restrict__ x, fl
              + w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
     }
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, o);
-    if (threadIdx.x == 0) y[row] = acc;
+    if (threadIdx.x == 0) part[threadIdx.y] = acc;
+    __syncthreads();
+    if (t == 0) {
+        float s = 0.0f;
+        for (int i = 0; i < (int)blockDim.y; i++) s += part[i];
+        y[row] = s;
+    }
 }
