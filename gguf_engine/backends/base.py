@@ -107,8 +107,9 @@ class Backend(ABC):
 
     def run_layers(self, key, fn, x, pos0: int):
         """fn(x) -> (x, xn): one token's pass over a run of this backend's layers at position
-        pos0.  A backend may record the work under ``key`` the first time and replay it later
-        (the CUDA backend captures a graph); the default just calls fn."""
+        pos0.  A backend may record the work under ``key`` (the transformer and the run's first
+        layer) the first time and replay it later (the CUDA backend captures a graph); the
+        default just calls fn."""
         return fn(x)
 
     def scope(self):

@@ -298,7 +298,7 @@ class CudaBackend(Backend):
             return fn(x)
         entry = self._graphs.get(key, False)
         if entry is False:
-            entry = self._graphs[key] = self._capture(fn, x, pos0)
+            entry = self._graphs[key] = self._capture(fn, x)
         if entry is None:
             return fn(x)
         graph, x_in, outs = entry
@@ -308,7 +308,7 @@ class CudaBackend(Backend):
         graph.launch(stream=self.stream)
         return outs
 
-    def _capture(self, fn, x, pos0):
+    def _capture(self, fn, x):
         if self._graph_pool is None:
             self._graph_pool = cp.cuda.MemoryPool()
         pool = self._graph_pool
@@ -331,9 +331,3 @@ class CudaBackend(Backend):
             finally:
                 self._pos_ptr = None
         return graph, x_in, outs
-
-    def reset_graphs(self) -> None:
-        """Drop the captured graphs (and the memory they hold)."""
-        self._graphs.clear()
-        if self._graph_pool is not None:
-            self._graph_pool.free_all_blocks()

@@ -199,7 +199,7 @@ class Transformer:
                 x = self._cross(x, cur, be)                # (n, d)
                 cur = be
             if n == 1:                                     # a decode step: the backend may replay it
-                x, xn = be.run_layers((id(self), il0), partial(self._layers, be, il0, il1, n=1, pos0=pos0), x, pos0)
+                x, xn = be.run_layers((self, il0), partial(self._layers, be, il0, il1, n=1, pos0=pos0), x, pos0)
             else:
                 x, xn = self._layers(be, il0, il1, x, n, pos0)
         # xn = output_norm(x): final hidden states (n, d) on cur

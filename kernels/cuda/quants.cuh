@@ -16,9 +16,19 @@ typedef unsigned long long u64;
 
 #define DEV static __device__ __forceinline__
 
-DEV u32 ld_u16(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8); }
-DEV u32 ld_u32(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24); }
+// Loads.  Every multi-byte field a decoder reads with these sits at an even offset of a block
+// of even size (MXFP4, the one odd-sized block, is read byte by byte), and weights start at
+// allocation boundaries, so 16-bit loads are aligned: half the load instructions of byte loads.
+DEV u32 ld_u16(const u8* p) { return *reinterpret_cast<const u16*>(p); }
+DEV u32 ld_u32(const u8* p) { return ld_u16(p) | (ld_u16(p + 2) << 16); }
+// 8 consecutive bytes at an even address as two little-endian words
+DEV void ld8(const u8* p, u32& lo, u32& hi) { lo = ld_u32(p); hi = ld_u32(p + 4); }
+DEV u32 byte_of(u32 lo, u32 hi, int i) { return ((i < 4 ? lo : hi) >> (8 * (i & 3))) & 0xFFu; }
 DEV int sext8(u32 b) { return (int)((b ^ 0x80u) & 0xFFu) - 0x80; }
+// an integer 0 <= v < 2^23 as float, exactly, without the (quarter-rate) integer conversion
+DEV float u2f(u32 v) { return __int_as_float(0x4B000000u | v) - 8388608.0f; }
+// a byte read as int8, as float (exact)
+DEV float s8f(u32 b) { return u2f((b ^ 0x80u) & 0xFFu) - 128.0f; }
 
 // IEEE half bits -> float, exact for every input (signed zeros, subnormals, NaN payloads)
 DEV float half_bits(u32 h) {
@@ -72,62 +82,75 @@ template <> struct Q<30> {  // BF16
 // ------------------------------------------------------------------------------ 32-weight blocks
 // the 4-bit quant of weight k < 32: byte k % 16, low nibble for k < 16, high for k >= 16
 DEV u32 nib32(const u8* qs, int k) { return (u32)(qs[k & 15] >> ((k >> 4) * 4)) & 0xFu; }
+// the same for weights 8j .. 8j+7 (qs at an even address): q[i] = nib32(qs, 8j + i)
+DEV void nibbles8(const u8* qs, int j, u32* q) {
+    u32 lo, hi;
+    ld8(qs + 8 * (j & 1), lo, hi);
+    const int sh = 4 * (j >> 1);
+    for (int i = 0; i < 8; i++) q[i] = (byte_of(lo, hi, i) >> sh) & 0xFu;
+}
 
 template <> struct Q<2> {   // Q4_0
     static constexpr int QK = 32, TS = 18;
     DEV void dq8(const u8* b, int j, float* w) {
         float d = f16_at(b);
-        for (int i = 0; i < 8; i++) w[i] = (float)((int)nib32(b + 2, 8 * j + i) - 8) * d;
+        u32 q[8];
+        nibbles8(b + 2, j, q);
+        for (int i = 0; i < 8; i++) w[i] = (u2f(q[i]) - 8.0f) * d;
     }
 };
 template <> struct Q<3> {   // Q4_1
     static constexpr int QK = 32, TS = 20;
     DEV void dq8(const u8* b, int j, float* w) {
         float d = f16_at(b), m = f16_at(b + 2);
-        for (int i = 0; i < 8; i++) w[i] = (float)nib32(b + 4, 8 * j + i) * d + m;
+        u32 q[8];
+        nibbles8(b + 4, j, q);
+        for (int i = 0; i < 8; i++) w[i] = u2f(q[i]) * d + m;
     }
 };
 template <> struct Q<6> {   // Q5_0
     static constexpr int QK = 32, TS = 22;
     DEV void dq8(const u8* b, int j, float* w) {
         float d = f16_at(b);
-        u32 qh = ld_u32(b + 2);
-        for (int i = 0; i < 8; i++) {
-            int k = 8 * j + i;
-            w[i] = (float)((int)(nib32(b + 6, k) | (((qh >> k) & 1u) << 4)) - 16) * d;
-        }
+        u32 qh = ld_u32(b + 2) >> (8 * j), q[8];
+        nibbles8(b + 6, j, q);
+        for (int i = 0; i < 8; i++) w[i] = (u2f(q[i] | (((qh >> i) & 1u) << 4)) - 16.0f) * d;
     }
 };
 template <> struct Q<7> {   // Q5_1
     static constexpr int QK = 32, TS = 24;
     DEV void dq8(const u8* b, int j, float* w) {
         float d = f16_at(b), m = f16_at(b + 2);
-        u32 qh = ld_u32(b + 4);
-        for (int i = 0; i < 8; i++) {
-            int k = 8 * j + i;
-            w[i] = (float)(nib32(b + 8, k) | (((qh >> k) & 1u) << 4)) * d + m;
-        }
+        u32 qh = ld_u32(b + 4) >> (8 * j), q[8];
+        nibbles8(b + 8, j, q);
+        for (int i = 0; i < 8; i++) w[i] = u2f(q[i] | (((qh >> i) & 1u) << 4)) * d + m;
     }
 };
 template <> struct Q<8> {   // Q8_0
     static constexpr int QK = 32, TS = 34;
     DEV void dq8(const u8* b, int j, float* w) {
         float d = f16_at(b);
-        for (int i = 0; i < 8; i++) w[i] = (float)sext8(b[2 + 8 * j + i]) * d;
+        u32 lo, hi;
+        ld8(b + 2 + 8 * j, lo, hi);
+        for (int i = 0; i < 8; i++) w[i] = s8f(byte_of(lo, hi, i)) * d;
     }
 };
 template <> struct Q<9> {   // Q8_1
     static constexpr int QK = 32, TS = 36;
     DEV void dq8(const u8* b, int j, float* w) {
         float d = f16_at(b);
-        for (int i = 0; i < 8; i++) w[i] = (float)sext8(b[4 + 8 * j + i]) * d;
+        u32 lo, hi;
+        ld8(b + 4 + 8 * j, lo, hi);
+        for (int i = 0; i < 8; i++) w[i] = s8f(byte_of(lo, hi, i)) * d;
     }
 };
 template <> struct Q<15> {  // Q8_K
     static constexpr int QK = 256, TS = 292;
     DEV void dq8(const u8* b, int j, float* w) {
         float d = __uint_as_float(ld_u32(b));
-        for (int i = 0; i < 8; i++) w[i] = mul_keep_subnormals(d, (float)sext8(b[4 + 8 * j + i]));
+        u32 lo, hi;
+        ld8(b + 4 + 8 * j, lo, hi);
+        for (int i = 0; i < 8; i++) w[i] = mul_keep_subnormals(d, s8f(byte_of(lo, hi, i)));
     }
 };
 template <> struct Q<41> {  // Q1_0
@@ -159,7 +182,9 @@ template <> struct Q<10> {  // Q2_K
         int k0 = 8 * j, h = k0 >> 7, kk = (k0 >> 5) & 3, l0 = k0 & 31;
         u32 sc = b[8 * h + 2 * kk + (l0 >> 4)];
         float dl = d * (float)(sc & 0xF), ml = dmin * (float)(sc >> 4);
-        for (int i = 0; i < 8; i++) w[i] = dl * (float)((b[16 + 32 * h + l0 + i] >> (2 * kk)) & 3u) - ml;
+        u32 lo, hi;
+        ld8(b + 16 + 32 * h + l0, lo, hi);
+        for (int i = 0; i < 8; i++) w[i] = dl * u2f((byte_of(lo, hi, i) >> (2 * kk)) & 3u) - ml;
     }
 };
 template <> struct Q<11> {  // Q3_K
@@ -171,12 +196,12 @@ template <> struct Q<11> {  // Q3_K
         u32 lo = (b[96 + (s & 3) + 4 * (g & 1)] >> (4 * (g >> 1))) & 0xFu;
         u32 hi = (b[104 + (s & 3)] >> (2 * g)) & 3u;
         float dl = d * (float)((int)(lo | (hi << 4)) - 32);
-        u32 mask = 1u << (4 * h + kk);
+        u32 mask = 1u << (4 * h + kk), qlo, qhi, mlo, mhi;
+        ld8(b + 32 + 32 * h + l0, qlo, qhi);
+        ld8(b + l0, mlo, mhi);
         for (int i = 0; i < 8; i++) {
-            int l = l0 + i;
-            int q = (int)((b[32 + 32 * h + l] >> (2 * kk)) & 3u);
-            if ((b[l] & mask) == 0) q -= 4;
-            w[i] = dl * (float)q;
+            float q = u2f((byte_of(qlo, qhi, i) >> (2 * kk)) & 3u);
+            w[i] = dl * ((byte_of(mlo, mhi, i) & mask) ? q : q - 4.0f);
         }
     }
 };
@@ -203,7 +228,9 @@ template <> struct Q<12> {  // Q4_K
         int k0 = 8 * j, c = k0 >> 6, hi = (k0 >> 5) & 1, l0 = k0 & 31;
         float d1, o1;
         k4_factors(b, 2 * c + hi, d1, o1);
-        for (int i = 0; i < 8; i++) w[i] = d1 * (float)((b[16 + 32 * c + l0 + i] >> (4 * hi)) & 0xFu) - o1;
+        u32 lo, hh;
+        ld8(b + 16 + 32 * c + l0, lo, hh);
+        for (int i = 0; i < 8; i++) w[i] = d1 * u2f((byte_of(lo, hh, i) >> (4 * hi)) & 0xFu) - o1;
     }
 };
 template <> struct Q<13> {  // Q5_K
@@ -212,11 +239,12 @@ template <> struct Q<13> {  // Q5_K
         int k0 = 8 * j, c = k0 >> 6, hi = (k0 >> 5) & 1, l0 = k0 & 31;
         float d1, o1;
         k4_factors(b, 2 * c + hi, d1, o1);
-        u32 bit = 1u << (2 * c + hi);
+        u32 bit = 1u << (2 * c + hi), qlo, qhi, hlo, hhi;
+        ld8(b + 48 + 32 * c + l0, qlo, qhi);
+        ld8(b + 16 + l0, hlo, hhi);
         for (int i = 0; i < 8; i++) {
-            int l = l0 + i;
-            u32 q = ((b[48 + 32 * c + l] >> (4 * hi)) & 0xFu) + ((b[16 + l] & bit) ? 16u : 0u);
-            w[i] = d1 * (float)q - o1;
+            u32 q = ((byte_of(qlo, qhi, i) >> (4 * hi)) & 0xFu) + ((byte_of(hlo, hhi, i) & bit) ? 16u : 0u);
+            w[i] = d1 * u2f(q) - o1;
         }
     }
 };
@@ -226,11 +254,13 @@ template <> struct Q<14> {  // Q6_K
         float d = f16_at(b + 208);
         int k0 = 8 * j, h = k0 >> 7, part = (k0 >> 5) & 3, l0 = k0 & 31;
         float f = d * (float)sext8(b[192 + 8 * h + (l0 >> 4) + 2 * part]);
+        u32 llo, lhi, hlo, hhi;
+        ld8(b + 64 * h + 32 * (part & 1) + l0, llo, lhi);
+        ld8(b + 128 + 32 * h + l0, hlo, hhi);
         for (int i = 0; i < 8; i++) {
-            int l = l0 + i;
-            u32 lo = (b[64 * h + 32 * (part & 1) + l] >> (4 * (part >> 1))) & 0xFu;
-            u32 hb = (b[128 + 32 * h + l] >> (2 * part)) & 3u;
-            w[i] = f * (float)((int)(lo | (hb << 4)) - 32);
+            u32 lo = (byte_of(llo, lhi, i) >> (4 * (part >> 1))) & 0xFu;
+            u32 hb = (byte_of(hlo, hhi, i) >> (2 * part)) & 3u;
+            w[i] = f * (u2f(lo | (hb << 4)) - 32.0f);
         }
     }
 };
@@ -342,7 +372,9 @@ template <> struct Q<20> {  // IQ4_NL
     static constexpr int QK = 32, TS = 18;
     DEV void dq8(const u8* b, int j, float* w) {
         float d = f16_at(b);
-        for (int i = 0; i < 8; i++) w[i] = d * (float)kvalues_iq4nl[nib32(b + 2, 8 * j + i)];
+        u32 q[8];
+        nibbles8(b + 2, j, q);
+        for (int i = 0; i < 8; i++) w[i] = d * (float)kvalues_iq4nl[q[i]];
     }
 };
 template <> struct Q<23> {  // IQ4_XS
@@ -353,7 +385,9 @@ template <> struct Q<23> {  // IQ4_XS
         int ib = j >> 2;
         int ls = (int)(((b[4 + (ib >> 1)] >> (4 * (ib & 1))) & 0xFu) | (((sh >> (2 * ib)) & 3u) << 4));
         float dl = d * (float)(ls - 32);
-        for (int i = 0; i < 8; i++) w[i] = dl * (float)kvalues_iq4nl[nib32(b + 8 + 16 * ib, 8 * (j & 3) + i)];
+        u32 q[8];
+        nibbles8(b + 8 + 16 * ib, j & 3, q);
+        for (int i = 0; i < 8; i++) w[i] = dl * (float)kvalues_iq4nl[q[i]];
     }
 };
 
@@ -382,7 +416,9 @@ template <> struct Q<35> {  // TQ2_0
     DEV void dq8(const u8* b, int j, float* w) {
         float d = f16_at(b + 64);
         int k0 = 8 * j, h = k0 >> 7, l = (k0 >> 5) & 3, m0 = k0 & 31;
-        for (int i = 0; i < 8; i++) w[i] = (float)((int)((b[32 * h + m0 + i] >> (2 * l)) & 3u) - 1) * d;
+        u32 lo, hi;
+        ld8(b + 32 * h + m0, lo, hi);
+        for (int i = 0; i < 8; i++) w[i] = (u2f((byte_of(lo, hi, i) >> (2 * l)) & 3u) - 1.0f) * d;
     }
 };
 template <> struct Q<39> {  // MXFP4
