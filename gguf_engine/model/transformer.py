@@ -12,7 +12,9 @@ size, ff = FFN width):
     xn  = ffn_norm(x)
     x  += [post_ffw_norm](ffn_down(act(ffn_gate(xn)) * ffn_up(xn)))
 
-Everything numerical goes through the backend; this module only sequences it.
+Everything numerical goes through the backend; this module only sequences it.  A
+single-token step hands each run of layers to ``Backend.run_layers``, which may replay
+it (the CUDA backend captures it once as a CUDA graph).
 The residual add and the following norm are one backend call.
 
 Layer offload: each ``Block`` names the backend that holds its weights and its part
@@ -91,6 +93,13 @@ class Transformer:
                 blk.backend = backend
             if blk.next_norm is None:
                 blk.next_norm = blocks[il + 1].attn_norm if il + 1 < len(blocks) else output_norm
+        # runs of consecutive layers on one backend: (first layer, one past the last, backend)
+        self._runs: list[tuple[int, int, Any]] = []
+        for il, blk in enumerate(blocks):
+            if self._runs and self._runs[-1][2] is blk.backend:
+                self._runs[-1] = (self._runs[-1][0], il + 1, blk.backend)
+            else:
+                self._runs.append((il, il + 1, blk.backend))
         self.cache = self._make_cache(n_ctx, cache_type)
 
         tables = {}
@@ -104,39 +113,18 @@ class Transformer:
                 tables[uploaded] = (blk.backend.upload_array(cos), blk.backend.upload_array(sin))
             blk.rope = tables[uploaded]
             blk.sliding_window = c.sliding_window if swa else 0
-        # runs of consecutive layers on one backend: (first layer, one past the last, backend)
-        self._runs: list[tuple[int, int, Any]] = []
-        for il, blk in enumerate(blocks):
-            if self._runs and self._runs[-1][2] is blk.backend:
-                self._runs[-1] = (self._runs[-1][0], il + 1, blk.backend)
-            else:
-                self._runs.append((il, il + 1, blk.backend))
         # scratch for single-token decode steps, allocated once per backend that holds layers
-        self._step_bufs = {id(be): self._buffers(be, 1) for be in self._layer_backends()}
-
-    def _layer_backends(self) -> list:
-        """The distinct backends holding layers, in layer order."""
-        seen: list = []
-        for blk in self.blk:
-            if not any(blk.backend is be for be in seen):
-                seen.append(blk.backend)
-        return seen
+        self._step_bufs = {id(be): self._buffers(be, 1) for _, _, be in self._runs}
 
     def _make_cache(self, n_ctx: int, cache_type: str):
         """One KV cache per run of consecutive layers on one backend, allocated by that backend."""
         c = self.config
-        runs: list[list] = []                   # [first layer, n layers, backend]
-        for il, blk in enumerate(self.blk):
-            if runs and runs[-1][2] is blk.backend:
-                runs[-1][1] += 1
-            else:
-                runs.append([il, 1, blk.backend])
-        if len(runs) <= 1:
-            be = runs[0][2] if runs else self.backend
+        if len(self._runs) <= 1:
+            be = self._runs[0][2] if self._runs else self.backend
             return be.kv_cache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, cache_type)
         from .kv_cache import SplitKVCache
-        return SplitKVCache([(il0, be.kv_cache(nl, n_ctx, c.n_head_kv, c.head_dim, cache_type))
-                             for il0, nl, be in runs])
+        return SplitKVCache([(il0, be.kv_cache(il1 - il0, n_ctx, c.n_head_kv, c.head_dim, cache_type))
+                             for il0, il1, be in self._runs])
 
     def _buffers(self, be, n: int):
         c = self.config
