@@ -294,14 +294,16 @@ def test_gpu_tiny_models_offloaded(name):
     np.testing.assert_allclose(half, full, atol=1e-3 * max(1.0, float(np.abs(full).max())), rtol=0)
 
 
-def test_gpu_graph_replay_equals_eager():
+@pytest.mark.parametrize("ngl", [-1, 2])
+def test_gpu_graph_replay_equals_eager(ngl):
     """Token-by-token logits with captured graphs are bit-identical to eager launches, over a
-    reset and a truncation (the position lives in device memory)."""
+    reset and a truncation (the position lives in device memory), with every layer on the GPU
+    and with half of them (the graph then starts at the device boundary)."""
     path = fixture_path("models", "tiny-qwen3-f32.gguf")
     tokens = reference(path)["tokens"][:10]
     results = []
     for graphs in (False, True):
-        with _load(path, -1, graphs=graphs) as m:
+        with _load(path, ngl, graphs=graphs) as m:
             rows = [m.eval(tokens[:3])]
             rows += [m.eval([t]) for t in tokens[3:]]
             m.truncate(5)
@@ -310,6 +312,15 @@ def test_gpu_graph_replay_equals_eager():
             rows += [m.eval([t]) for t in tokens[:3]]
             results.append(np.stack(rows))
     assert np.array_equal(results[0], results[1])
+
+
+def test_gguf_run_reports_gpu_offload(capsys):
+    """gguf-run -ngl 99 on a GPU: every layer offloaded, said on stderr, exit status 0."""
+    from gguf_engine.cli.run import main as run_main
+    code = run_main(["-m", str(fixture_path("models", "tiny-llama-f32.gguf")), "-p", "Hello", "-n", "4",
+                     "--temp", "0", "-c", "64", "-ngl", "99", "--no-perf"])
+    assert code == 0
+    assert "offloaded 5/5 layers to GPU" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("which", ["smollm2", "gemma3"])
