@@ -33,7 +33,10 @@ from .base import Backend
 MATVEC_WARPS = 4                 # matvec: warps sharing one row
 NORM_THREADS = 256
 MAX_HEAD_DIM = 512               # ops.cu: MAX_HEAD_DIM
-ATTENTION_THREADS = 128          # ops.cu: ATT_WARPS warps
+# attention: warps per (head, token) block, splitting its keys (ops.cu: at most ATT_MAX_WARPS);
+# a single token has few blocks (one per head), so each gets many warps
+ATTENTION_WARPS_STEP = 16
+ATTENTION_WARPS_BATCH = 4
 ELEMENTWISE_THREADS = 256
 MAX_GRID = 132 * 32              # grid-stride kernels: enough blocks to fill any current GPU
 
@@ -269,7 +272,8 @@ class CudaBackend(Backend):
     def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
         n, H, hd = q3.shape
         Hkv = k_cache.shape[1]
-        self._attn((H, n), (ATTENTION_THREADS,),
+        warps = ATTENTION_WARPS_STEP if n == 1 else ATTENTION_WARPS_BATCH
+        self._attn((H, n), (32 * warps,),
                    (q3, np.int64(q3.strides[0] // 4 if n > 1 else 0), k_cache, v_cache, np.int32(k_cache.dtype == np.float16),
                     np.int32(H), np.int32(Hkv), np.int32(hd), np.int32(pos0), self._pos_ptr,
                     np.float32(scale), np.int32(window), np.float32(softcap), out3), stream=self.stream)

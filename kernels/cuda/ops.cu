@@ -127,22 +127,22 @@ DEV float cache_at(const void* c, long long i, int f16) {
     return f16 ? half_bits(((const u16*)c)[i]) : ((const float*)c)[i];
 }
 
-#define ATT_WARPS 4
+#define ATT_MAX_WARPS 16
 #define ATT_PER_LANE (MAX_HEAD_DIM / 32)
 
-// Causal attention, one block of ATT_WARPS warps per (query head, token).  Query t of the n
+// Causal attention, one block of up to ATT_MAX_WARPS warps per (query head, token).  Query t of the n
 // new tokens sits at position p = pos + t and sees keys lo..p (lo = p - window + 1 with a
-// sliding window).  Each warp runs an online softmax over every ATT_WARPS-th key, lane i
+// sliding window).  Each warp runs an online softmax over every nw-th key (nw warps), lane i
 // holding dimensions i, i + 32, ...; the warps' partial sums are merged at the end.
 // q: rows of q_stride floats, head h at h * hd; out: (n, H, hd).
 extern "C" __global__ void attention(const float* __restrict__ q, long long q_stride, const void* __restrict__ k_cache,
                                      const void* __restrict__ v_cache, int cache_f16, int H, int Hkv, int hd,
                                      int pos0, const int* pos_ptr, float scale, int window, float softcap,
                                      float* __restrict__ out) {
-    __shared__ float part_m[ATT_WARPS], part_l[ATT_WARPS];
-    __shared__ float part_o[ATT_WARPS][MAX_HEAD_DIM];
+    __shared__ float part_m[ATT_MAX_WARPS], part_l[ATT_MAX_WARPS];
+    __shared__ float part_o[ATT_MAX_WARPS][MAX_HEAD_DIM];
     const int h = blockIdx.x, t = blockIdx.y;
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const int g = h / (H / Hkv);
     const int p = (pos_ptr ? *pos_ptr : pos0) + t;
     const int lo = (window > 0 && p - window + 1 > 0) ? p - window + 1 : 0;
@@ -155,7 +155,7 @@ extern "C" __global__ void attention(const float* __restrict__ q, long long q_st
         acc[i] = 0.0f;
     }
     float m = __int_as_float(0xff800000), l = 0.0f;   // -inf
-    for (int key = lo + wid; key <= p; key += ATT_WARPS) {
+    for (int key = lo + wid; key <= p; key += nw) {
         const long long base = ((long long)key * Hkv + g) * hd;
         float dot = 0.0f;
 #pragma unroll
@@ -183,16 +183,16 @@ extern "C" __global__ void attention(const float* __restrict__ q, long long q_st
     }
     __syncthreads();
     float M = part_m[0];
-    for (int w = 1; w < ATT_WARPS; w++) M = fmaxf(M, part_m[w]);
-    float L = 0.0f, f[ATT_WARPS];
-    for (int w = 0; w < ATT_WARPS; w++) {
+    for (int w = 1; w < nw; w++) M = fmaxf(M, part_m[w]);
+    float L = 0.0f, f[ATT_MAX_WARPS];
+    for (int w = 0; w < nw; w++) {
         f[w] = part_l[w] > 0.0f ? __expf(part_m[w] - M) : 0.0f;
         L += part_l[w] * f[w];
     }
     float* orow = out + ((long long)t * H + h) * hd;
     for (int dd = threadIdx.x; dd < hd; dd += blockDim.x) {
         float o = 0.0f;
-        for (int w = 0; w < ATT_WARPS; w++) o += part_o[w][dd] * f[w];
+        for (int w = 0; w < nw; w++) o += part_o[w][dd] * f[w];
         orow[dd] = o / L;
     }
 }
