@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -101,30 +100,20 @@ def kernel_rows(be: CudaBackend, types, rows: int, cols: int, reps: int, bw: flo
 
 
 def model_rows(path: str, reps: int):
+    from gguf_engine.bench import time_pp, time_tg
     from gguf_engine.model import load_model
     out = []
     for graphs in (False, True):
-        with load_model(path, n_ctx=1024, n_gpu_layers=99, device=CudaBackend(graphs=graphs)) as m:
-            toks = np.arange(100, 612) % m.config.n_vocab
+        with load_model(path, n_ctx=512, n_gpu_layers=99, device=CudaBackend(graphs=graphs)) as m:
             # bytes one token reads on the GPU: every tensor but the embedding lookup (the tied
             # output matrix counts)
             wbytes = sum(t.n_bytes for name, t in m.reader.tensors.items()
                          if name != "token_embd.weight" or m.config.tied_output)
-            m.eval(toks[:16])                                  # warm-up: compile, capture
-            m.reset()
-            pp, tg = [], []
-            for _ in range(reps):
-                m.reset()
-                t0 = time.perf_counter()
-                m.eval(toks)
-                pp.append(time.perf_counter() - t0)
-                m.reset()
-                m.eval(toks[:1])
-                t0 = time.perf_counter()
-                for tk in toks[1:129]:
-                    m.eval([tk])
-                tg.append(time.perf_counter() - t0)
-            pp_s, tg_s = float(np.median(pp)), float(np.median(tg)) / 128
+            rng = np.random.default_rng(1)
+            time_pp(m, 512, rng)                               # warm-up: compile, capture
+            time_tg(m, 16, rng)
+            pp_s = float(np.median([time_pp(m, 512, rng) for _ in range(reps)]))
+            tg_s = float(np.median([time_tg(m, 128, rng) for _ in range(reps)])) / 128
             out.append([os.path.basename(path), "on" if graphs else "off", f"{512 / pp_s:,.0f}",
                         f"{1 / tg_s:,.0f}", f"{tg_s * 1e3:.3f}", f"{wbytes / tg_s / 1e9:.0f}"])
     return out

@@ -24,7 +24,7 @@ from __future__ import annotations
 import cupy as cp
 import numpy as np
 
-from kernels.cuda import (GPU_TYPES, OPS_OPTIONS, WEIGHT_OPTIONS, gpu_block, ops_source, type_source)
+from kernels.cuda import CHUNK, GPU_TYPES, OPS_OPTIONS, WEIGHT_OPTIONS, ops_source, type_source
 from kernels.types import GGMLType, as_type, row_bytes
 
 from ..model.kv_cache import KVCache
@@ -43,6 +43,12 @@ MAX_GRID = 132 * 32              # grid-stride kernels: enough blocks to fill an
 
 def _blocks(n: int, threads: int) -> int:
     return max(1, min(MAX_GRID, -(-n // threads)))
+
+
+def _row_stride(a) -> np.int64:
+    """Floats between the rows of a (n, ...) float32 view (0 for one row, whose stride a view
+    need not report)."""
+    return np.int64(a.strides[0] // 4 if a.shape[0] > 1 else 0)
 
 
 class CudaWeight:
@@ -137,10 +143,9 @@ class CudaBackend(Backend):
             from kernels import dequantize
             raw = dequantize(raw, t, (rows, cols)).reshape(-1).view(np.uint8)
             t = GGMLType.F32
-        qk = gpu_block(t)[0]
-        if cols % qk:
+        if cols % CHUNK:
             raise ValueError(f"tensor {getattr(tensor, 'name', '?')!r}: {t.name} row length {cols} is not a "
-                             f"multiple of {qk}, which the GPU kernels need")
+                             f"multiple of {CHUNK}, which the GPU kernels need")
         rb = row_bytes(t, cols)
         if raw.size != rows * rb:
             raise ValueError(f"tensor {getattr(tensor, 'name', '?')!r}: {raw.size} bytes, expected {rows * rb}")
@@ -204,7 +209,7 @@ class CudaBackend(Backend):
             self._scratch = None
             self._scratch = cp.empty(need, dtype=np.float32)
         out = self._scratch[:need].reshape(n, cols)
-        total = n * (cols // 8)
+        total = n * (cols // CHUNK)
         self._k.weight(w.qtype)[0]((_blocks(total, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
                                    (w.data, out, np.int64(n), np.int32(cols), np.int64(w.row_bytes),
                                     ids), stream=self.stream)
@@ -259,12 +264,12 @@ class CudaBackend(Backend):
     def qkv_prepare(self, q3, k3, v3, bq, bk, bv, q_norm, k_norm, eps, rope, pos0, neox, k_cache, v_cache):
         n, H, hd = q3.shape
         Hkv = k3.shape[1]
-        stride = q3.strides[0] // 4 if n > 1 else 0     # (one row: no stride to speak of)
-        if n > 1 and (k3.strides[0] // 4 != stride or v3.strides[0] // 4 != stride):
+        stride = _row_stride(q3)
+        if _row_stride(k3) != stride or _row_stride(v3) != stride:
             raise ValueError("q, k and v must be views of one fused projection output")
         cos, sin = rope
         self._qkv((H + Hkv, n), (32,),
-                  (q3, k3, v3, np.int64(stride), np.int32(H), np.int32(Hkv), np.int32(hd),
+                  (q3, k3, v3, stride, np.int32(H), np.int32(Hkv), np.int32(hd),
                    bq, bk, bv, q_norm, k_norm, np.float32(eps),
                    cos, sin, np.int32(cos.shape[1]), np.int32(bool(neox)), np.int32(pos0), self._pos_ptr,
                    k_cache, v_cache, np.int32(k_cache.dtype == np.float16)), stream=self.stream)
@@ -274,14 +279,14 @@ class CudaBackend(Backend):
         Hkv = k_cache.shape[1]
         warps = ATTENTION_WARPS_STEP if n == 1 else ATTENTION_WARPS_BATCH
         self._attn((H, n), (32 * warps,),
-                   (q3, np.int64(q3.strides[0] // 4 if n > 1 else 0), k_cache, v_cache, np.int32(k_cache.dtype == np.float16),
+                   (q3, _row_stride(q3), k_cache, v_cache, np.int32(k_cache.dtype == np.float16),
                     np.int32(H), np.int32(Hkv), np.int32(hd), np.int32(pos0), self._pos_ptr,
                     np.float32(scale), np.int32(window), np.float32(softcap), out3), stream=self.stream)
 
     def gated_act(self, gate, up, gelu, out):
         n, ff = out.shape
         self._gated((_blocks(n * ff, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
-                    (gate, up, np.int64(gate.strides[0] // 4 if n > 1 else 0), np.int32(bool(gelu)), out, np.int32(n), np.int32(ff)),
+                    (gate, up, _row_stride(gate), np.int32(bool(gelu)), out, np.int32(n), np.int32(ff)),
                     stream=self.stream)
 
     def softcap(self, x, cap):

@@ -24,8 +24,9 @@ GPU_TYPES = frozenset(GGMLType[n] for n in (
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
     "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4"))
 
-# weights per GPU "block" of the plain types (their kernels decode 8 values at a time)
-PLAIN_BLOCK = 8
+# weights a GPU decoder produces at a time (dq8); a weight's row length must be a multiple
+# (the quantized types' blocks are, the plain types are decoded in runs of 8 values)
+CHUNK = 8
 
 # the compiler flags: the weight kernels keep every multiply and add separately rounded
 # (no fused multiply-add contraction) so that decoding is bit-exact with the CPU decoders
@@ -58,32 +59,28 @@ def _read(name: str) -> str:
     return (_DIR / name).read_text()
 
 
-def _header() -> str:
-    # quants.cuh refers to the tables, so they come after its typedefs and before its decoders
+def _quants() -> tuple[str, str]:
+    """quants.cuh cut before its decoders: (typedefs and scalar helpers, decoders)."""
     q = _read("quants.cuh")
     cut = q.index("template <int T> struct Q;")
-    return q[:cut] + _tables() + q[cut:]
+    return q[:cut], q[cut:]
 
 
 @lru_cache(maxsize=None)
+def _weight_source() -> str:
+    helpers, decoders = _quants()
+    return helpers + _tables() + decoders + _read("linear.cu")    # the decoders read the tables
+
+
 def type_source(t: GGMLType) -> tuple[str, tuple[str, str]]:
-    """(source, (dequant kernel name, matvec kernel name)) of one type."""
+    """(source, (dequant kernel name, matvec kernel name)) of one type: the source is shared,
+    the names pick the type's template instances."""
     t = GGMLType(t)
     if t not in GPU_TYPES:
         raise ValueError(f"no GPU decoder for type {t.name}")
-    return _header() + _read("linear.cu"), (f"dequant<{int(t)}>", f"matvec<{int(t)}>")
+    return _weight_source(), (f"dequant<{int(t)}>", f"matvec<{int(t)}>")
 
 
 @lru_cache(maxsize=None)
 def ops_source() -> str:
-    q = _read("quants.cuh")
-    helpers = q[:q.index("template <int T> struct Q;")]      # typedefs, half_bits
-    return helpers + _read("ops.cu")
-
-
-def gpu_block(t: GGMLType) -> tuple[int, int]:
-    """(weights, bytes) of the unit the GPU decoders step over: the GGML block, or 8 values
-    of a plain type."""
-    from ..types import BLOCK_SIZES
-    qk, ts = BLOCK_SIZES[GGMLType(t)]
-    return (PLAIN_BLOCK, PLAIN_BLOCK * ts) if qk == 1 else (qk, ts)
+    return _quants()[0] + _read("ops.cu")          # typedefs, half_bits
