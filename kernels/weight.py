@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import quant_matvec as mv
+from . import quant_matvec as mv, tile_decode
 from .quant_matmul import MATVEC_MAX_BATCH, tiled_matmul
 from .registry import get_qtype
-from .repack import BYTE_KINDS, NIBBLE_KINDS, TABLES, TILED_KINDS, Packed, concat as _concat_packed, repack
-from .slow_matvec import slow_matvec
+from .repack import (BYTE_KINDS, NIBBLE_KINDS, ROW_TILE, TABLES, TILED_KINDS, Packed, concat as _concat_packed,
+                     repack)
+from .simd import HOST_AVX2, HOST_F16C
+from .slow_matvec import rounds_activations, slow_matvec
 from .threads import get_num_threads, run_all
 from .types import GGMLType, as_type, row_bytes
 
@@ -38,6 +40,9 @@ from .types import GGMLType, as_type, row_bytes
 _RAW_CHUNK_ELEMENTS = 1 << 14
 # Decodes smaller than this many weights run on the calling thread.
 _PARALLEL_DECODE_ELEMENTS = 1 << 16
+# Kinds whose prompt-matmul tiles decode K-major (tile_decode.py), where its AVX2 form runs; the
+# others decode row-major tiles.
+T_DECODED_KINDS = NIBBLE_KINDS + BYTE_KINDS if HOST_AVX2 and HOST_F16C else ()
 # Symmetric types decode as (q - offset) * d (ggml's expression; exact zeros keep their sign).
 _NO_OFFSET = np.int32(0)
 _OFFSET = {GGMLType.Q4_0: np.int32(8), GGMLType.Q5_0: np.int32(16), GGMLType.Q3_K: np.int32(4),
@@ -82,14 +87,15 @@ class Weight:
 
     def rounded(self, X: np.ndarray) -> np.ndarray:
         """X (..., cols) float32 as this weight's matvec multiplies it, in float64: the tiled
-        kinds use integer dot products (see simd.py), the nibble and table kinds on two int8
-        terms per 32-block (within max|x_block| / 64516 of X), Q8_0 and Q6_K on int16 per block (within
+        kinds use integer dot products (see simd.py), the nibble and table kinds (and the
+        lattice i-quants where lattice_isums.py has kernels) on two int8 terms per 32-block
+        (within max|x_block| / 64516 of X), Q8_0 and Q6_K on int16 per block (within
         max|x_block| / 65534); the float kinds and the rest multiply X itself.  Matmuls of
         more than MATVEC_MAX_BATCH rows multiply the exact X."""
         X = np.asarray(X, np.float32)
         out = X.astype(np.float64)
         kind = self.packed.kind
-        if kind not in TILED_KINDS:
+        if kind not in TILED_KINDS and not rounds_activations(self.qtype):
             return out
         for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
             src = np.ascontiguousarray(src)
@@ -141,7 +147,8 @@ class Weight:
         return out
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Y (n, rows) = X Wᵀ for X (n, cols) float32."""
+        """Y (n, rows) = X Wᵀ for X (n, cols) float32.  out may be a column slice of a wider
+        array (each row contiguous), e.g. one part of a fused projection's output."""
         rows, cols = self.shape
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != cols:
@@ -152,10 +159,12 @@ class Weight:
             out = np.empty((n, rows), np.float32)
         elif out.shape != (n, rows) or out.dtype != np.float32:
             raise ValueError(f"out must be a float32 array of shape {(n, rows)}")
-        if n <= MATVEC_MAX_BATCH and out.flags.c_contiguous:
+        if n <= MATVEC_MAX_BATCH and (rows == 1 or out.strides[1] == out.itemsize):   # rows contiguous
             for i in range(n):
                 self.matvec(X[i], out[i])
             return out
+        if self.packed.kind in T_DECODED_KINDS:
+            return tiled_matmul(X, rows, cols, self._tile_T, out, get_num_threads(), k_major=True)
         return tiled_matmul(X, rows, cols, self._tile, out, get_num_threads())
 
     # ------------------------------------------------------------------ decoding
@@ -188,6 +197,19 @@ class Weight:
             self._decode(p.arrays["raw"][r0:r1].reshape(-1), buf.reshape(-1))
         else:
             self._decode_ids_serial(np.arange(r0, r1, dtype=np.int64), buf)
+        return buf
+
+    def _tile_T(self, r0: int, r1: int, buf: np.ndarray) -> np.ndarray:
+        """Rows r0..r1-1 (r0 a multiple of ROW_TILE) decoded K-major into buf (cols, >= r1-r0
+        rounded up to whole tiles): buf[:, r - r0] = row r (tile_decode.py; serial)."""
+        p = self.packed
+        A = p.arrays
+        t0, t1 = r0 // ROW_TILE, -(-r1 // ROW_TILE)
+        if p.kind in NIBBLE_KINDS:
+            tile_decode.decode_nib_T(A["qt"], A["qh"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET),
+                                     t0, t1, buf)
+        else:
+            tile_decode.decode_i8_T(*self._byte_arrays(), t0, t1, buf)
         return buf
 
     def dequantize(self) -> np.ndarray:

@@ -67,13 +67,18 @@ class Backend(ABC):
         """Embedding rows for token ids (n,) -> (n, d) float32."""
 
     @abstractmethod
-    def linear(self, w: WeightLike, x):
-        """x (n, in) -> x @ w.T (n, out); one token goes through matvec, more through matmul."""
+    def linear(self, w: WeightLike, x, out=None):
+        """x (n, in) -> x @ w.T (n, out); one token goes through matvec, more through matmul.
+        out: an optional (n, out) array of this backend that the result may be written to
+        (no new allocation); callers use the returned array either way."""
 
-    def linear_fused(self, ws: list, x):
-        """The outputs of the (fused) weights ws for input x, concatenated: (n, sum of out)."""
+    def linear_fused(self, ws: list, x, out=None):
+        """The outputs of the (fused) weights ws for input x, concatenated: (n, sum of out).
+        out: as for ``linear``."""
+        if len(ws) == 1:
+            return self.linear(ws[0], x, out=out)
         outs = [self.linear(w, x) for w in ws]
-        return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
+        return self.xp.concatenate(outs, axis=1, out=out)
 
     @abstractmethod
     def rms_norm(self, x, w, eps: float, out) -> None:

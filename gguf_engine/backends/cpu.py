@@ -1,6 +1,8 @@
 """CPU backend: NumPy arrays, the Numba kernels of ``kernels``, BLAS for batched attention."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from kernels import ops
@@ -19,6 +21,9 @@ BLAS_ATTENTION_MIN_TOKENS = 8
 ATTENTION_QUERY_BLOCK = 128
 # below this many multiply-adds (tokens x heads x keys x head size) attention stays on one thread
 PARALLEL_ATTENTION_MIN_WORK = 1 << 20
+# from this many tokens the per-token kernels (norms, q/k/v preparation, gated activation) share
+# the tokens among the threads
+PARALLEL_ROWS_MIN_TOKENS = 16
 
 
 class CPUBackend(Backend):
@@ -67,30 +72,47 @@ class CPUBackend(Backend):
     def embed(self, w, ids):
         return np.ascontiguousarray(w.rows(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
 
-    def linear(self, w, x):
+    def linear(self, w, x, out=None):
         if x.shape[0] == 1:
-            return w.matvec(x[0]).reshape(1, -1)
-        return w.matmul(x)
+            return w.matvec(x[0], None if out is None else out[0]).reshape(1, -1)
+        return w.matmul(x, out)
+
+    def linear_fused(self, ws, x, out=None):
+        """Each weight's product written straight into its columns of out (n, sum of out)."""
+        if out is None:
+            out = np.empty((x.shape[0], sum(w.shape[0] for w in ws)), np.float32)
+        c0 = 0
+        for w in ws:
+            c1 = c0 + w.shape[0]
+            self.linear(w, x, out[:, c0:c1])
+            c0 = c1
+        return out
 
     def rms_norm(self, x, w, eps, out):
         ops.rms_norm(x, w, eps, out)
 
+    def _by_rows(self, n: int, call) -> None:
+        """call(a, b) over token ranges covering 0..n: on the kernel threads' shared pool for a
+        prompt batch (the same pool as the matmul's, so no other thread pool spins beside it),
+        on the calling thread for a few tokens.  Each token's result is the same either way."""
+        parts = self.n_threads if n >= PARALLEL_ROWS_MIN_TOKENS else 1
+        run_all(call, [(n * k // parts, n * (k + 1) // parts) for k in range(parts)])
+
     def add_rms_norm(self, x, delta, post_w, w, eps, out):
-        if post_w is None:
-            ops.add_rms_norm(x, delta, _EMPTY1, False, w, eps, out)
-        else:
-            ops.add_rms_norm(x, delta, post_w, True, w, eps, out)
+        post = _EMPTY1 if post_w is None else post_w
+        self._by_rows(x.shape[0], lambda a, b: ops.add_rms_norm(x[a:b], delta[a:b], post, post_w is not None,
+                                                                  w, eps, out[a:b]))
 
     def qkv_prepare(self, q3, k3, v3, bq, bk, bv, q_norm, k_norm, eps, rope, pos0, neox, k_cache, v_cache):
         has_bias = bq is not None
         has_norm = q_norm is not None
         if k_cache.dtype == np.float16:
             k_cache, v_cache = k_cache.view(np.uint16), v_cache.view(np.uint16)
-        ops.qkv_prepare(q3, k3, v3,
-                        bq if has_bias else _EMPTY2, bk if has_bias else _EMPTY2, bv if has_bias else _EMPTY2,
-                        has_bias,
-                        q_norm if has_norm else _EMPTY1, k_norm if has_norm else _EMPTY1, has_norm, eps,
-                        rope[0], rope[1], pos0, neox, k_cache, v_cache)
+        biases = (bq, bk, bv) if has_bias else (_EMPTY2,) * 3
+        norms = (q_norm, k_norm) if has_norm else (_EMPTY1,) * 2
+        self._by_rows(q3.shape[0], lambda a, b: ops.qkv_prepare(
+            q3[a:b], k3[a:b], v3[a:b], *biases, has_bias, *norms, has_norm, eps, rope[0], rope[1], pos0 + a, neox,
+            k_cache, v_cache))
 
     def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
         n, H, hd = q3.shape
@@ -121,13 +143,15 @@ class CPUBackend(Backend):
         B = ATTENTION_QUERY_BLOCK
         items = [(a, min(n, a + B), g) for a in range(0, n, B) for g in range(Hkv)]
         items.sort(key=lambda it: -it[1])                        # the longest (latest) blocks first
+        taken = itertools.count()                                # each worker takes the next item left
 
-        def run(mine):
-            for a, b, g in mine:
+        def run():
+            while (i := next(taken)) < len(items):
+                a, b, g = items[i]
                 self._attention_item(q3, Ks[g], Vs[g], lo, a, b, g, H // Hkv, pos0, scale, window, softcap, out3)
 
         workers = max(1, min(self.n_threads, len(items)))
-        run_all(run, [(items[w::workers],) for w in range(workers)])
+        run_all(run, [()] * workers)
 
     @staticmethod
     def _attention_item(q3, Kg, Vg, lo, a, b, g, G, pos0, scale, window, softcap, out3):
@@ -147,7 +171,7 @@ class CPUBackend(Backend):
         if gate.shape[0] == 1:
             ops.gated_act_row(gate[0], up[0], gelu, out[0])
         else:
-            ops.gated_act(gate, up, gelu, out)
+            self._by_rows(gate.shape[0], lambda a, b: ops.gated_act(gate[a:b], up[a:b], gelu, out[a:b]))
 
     def softcap(self, x, cap):
         ops.softcap_inplace(x, np.float32(cap))

@@ -233,10 +233,11 @@ class CudaBackend(Backend):
             idx = cp.asarray(np.asarray(ids, dtype=np.int64))
             return self._decoded(w, idx).copy()
 
-    def linear(self, w, x):
+    def linear(self, w, x, out=None):
         return self.linear_fused([w], x)
 
-    def linear_fused(self, ws, x):
+    def linear_fused(self, ws, x, out=None):
+        # out is not used: CuPy's memory pool already reuses the blocks of earlier results
         n = x.shape[0]
         total = sum(w.shape[0] for w in ws)
         with self.stream:

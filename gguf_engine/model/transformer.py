@@ -127,10 +127,23 @@ class Transformer:
                              for il0, il1, be in self._runs])
 
     def _buffers(self, be, n: int):
+        """The activations of one pass over the layers for n tokens, allocated once and reused
+        by every layer.  The attention's (qkv, attn) and the FFN's (gate_up, act) are never alive
+        at once, so both pairs are views of one block (each view starting 256 bytes aligned,
+        like a fresh array)."""
         c = self.config
-        return (be.empty((n, c.n_embd)),                    # xn   (n, d)
-                be.empty((n, c.n_head, c.head_dim)),        # attn (n, H, hd)
-                be.empty((n, c.n_ff)))                      # act  (n, ff)
+        H, Hkv, hd, ff = c.n_head, c.n_head_kv, c.head_dim, c.n_ff
+        w_qkv = (H + 2 * Hkv) * hd
+        at_attn = -(-n * w_qkv // 64) * 64                  # view offsets in float32 elements,
+        at_act = -(-n * 2 * ff // 64) * 64                  # rounded up to 64 (256 bytes)
+        block = be.empty((max(at_attn + n * H * hd, at_act + n * ff),))
+        xn = be.empty((n, c.n_embd))                                 # (n, d)
+        proj = be.empty((n, c.n_embd))                               # (n, d): attn_output, then ffn_down
+        qkv = block[:n * w_qkv].reshape(n, w_qkv)                    # (n, (H + 2 Hkv) hd)
+        attn = block[at_attn:at_attn + n * H * hd].reshape(n, H, hd)   # (n, H, hd)
+        gate_up = block[:n * 2 * ff].reshape(n, 2 * ff)              # (n, 2 ff)
+        act = block[at_act:at_act + n * ff].reshape(n, ff)           # (n, ff)
+        return xn, qkv, attn, proj, gate_up, act
 
     @staticmethod
     def _cross(x, src, dst):
@@ -143,12 +156,12 @@ class Transformer:
         last layer applied to x (the next layer's attn_norm, or output_norm)."""
         c = self.config
         H, Hkv, hd, ff = c.n_head, c.n_head_kv, c.head_dim, c.n_ff
-        # xn (n, d); attn (n, H, hd); act (n, ff)
-        xn, attn, act = self._step_bufs[id(be)] if n == 1 else self._buffers(be, n)
+        # the projections write into the *_buf buffers (a backend may return other arrays instead)
+        xn, qkv_buf, attn, proj_buf, gate_up_buf, act = self._step_bufs[id(be)] if n == 1 else self._buffers(be, n)
         be.rms_norm(x, self.blk[il0].attn_norm, c.norm_eps, xn)
         for il in range(il0, il1):
             b = self.blk[il]
-            qkv = be.linear_fused(b.attn_qkv, xn)                # (n, (H + 2 Hkv) hd)
+            qkv = be.linear_fused(b.attn_qkv, xn, out=qkv_buf)   # (n, (H + 2 Hkv) hd)
             q3 = qkv[:, :H * hd].reshape(n, H, hd)               # (n, H, hd)
             k3 = qkv[:, H * hd:(H + Hkv) * hd].reshape(n, Hkv, hd)   # (n, Hkv, hd)
             v3 = qkv[:, (H + Hkv) * hd:].reshape(n, Hkv, hd)     # (n, Hkv, hd)
@@ -157,12 +170,12 @@ class Transformer:
                            b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox,
                            k_cache, v_cache)                     # + cache rows pos0..pos0+n-1
             be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, attn)
-            o = be.linear(b.attn_output, attn.reshape(n, H * hd))  # (n, d)
+            o = be.linear(b.attn_output, attn.reshape(n, H * hd), out=proj_buf)   # (n, d)
             be.add_rms_norm(x, o, b.post_attention_norm, b.ffn_norm, c.norm_eps, xn)
 
-            gate_up = be.linear_fused(b.ffn_gate_up, xn)         # (n, 2 ff)
+            gate_up = be.linear_fused(b.ffn_gate_up, xn, out=gate_up_buf)      # (n, 2 ff)
             be.gated_act(gate_up[:, :ff], gate_up[:, ff:], c.gelu, act)
-            down = be.linear(b.ffn_down, act)                    # (n, d)
+            down = be.linear(b.ffn_down, act, out=proj_buf)                    # (n, d)
             be.add_rms_norm(x, down, b.post_ffw_norm, b.next_norm, c.norm_eps, xn)
         return x, xn
 

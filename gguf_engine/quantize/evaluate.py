@@ -51,13 +51,13 @@ class ObservingBackend:
         self._keep.append(group)
         return group
 
-    def linear(self, w, x):
+    def linear(self, w, x, out=None):
         name = self._names.get(id(w))
         if name is not None:
             self._hook(name, np.asarray(self._inner.to_host(x)))
-        return self._inner.linear(w, x)
+        return self._inner.linear(w, x, out=out)
 
-    def linear_fused(self, ws, x):
+    def linear_fused(self, ws, x, out=None):
         names = self._names.get(id(ws))
         if names is None:               # not made by fuse: its members may be known weights
             names = [self._names[id(w)] for w in ws if id(w) in self._names]
@@ -65,7 +65,7 @@ class ObservingBackend:
             xh = np.asarray(self._inner.to_host(x))
             for name in names:
                 self._hook(name, xh)
-        return self._inner.linear_fused(ws, x)
+        return self._inner.linear_fused(ws, x, out=out)
 
     def __getattr__(self, attr):
         return getattr(self._inner, attr)
