@@ -42,7 +42,7 @@ from .floats import f16_at, f16_bits_to_f32, u16_at
 from .iquant_tables import (iq1s_grid_i8, iq2s_grid_u8, iq2xs_grid_u8, iq2xxs_grid_u8, iq3s_grid_u8,
                             iq3xxs_grid_u8, ksigns_iq2xs)
 from .quant_matvec import round_activations
-from .simd import _I8, _I16, _I32, _V8I32, _V32I8, HOST_AVX2, _byte_ptr, _madds, _x86
+from .simd import _I8, _I16, _I32, _V8I32, _V32I8, HOST_AVX2, _byte_ptr, _data_ptr, _madds, _x86
 from .types import GGMLType
 
 f32 = np.float32
@@ -222,8 +222,7 @@ def _block_intrinsic(name, parts):
             aty = signature.args
 
             def data(i, ty):
-                d = cgutils.create_struct_proxy(aty[i])(context, builder, value=args[i]).data
-                return builder.bitcast(d, ty.as_pointer())
+                return _data_ptr(context, builder, aty[i], args[i], ty)
 
             bp = _byte_ptr(context, builder, aty[0], src, o)
             x0 = builder.mul(b0, ir.Constant(b0.type, 32))

@@ -102,10 +102,15 @@ def _spread_bits(builder, word, value):
     return builder.select(hit, ir.Constant(_V32I8, [value] * 32), ir.Constant(_V32I8, [0] * 32))
 
 
+def _data_ptr(context, builder, arytype, ary, ty):
+    """A ty* to the first element of array ary (of Numba type arytype)."""
+    data = cgutils.create_struct_proxy(arytype)(context, builder, value=ary).data
+    return builder.bitcast(data, ty.as_pointer())
+
+
 def _byte_ptr(context, builder, arytype, ary, offset):
     """i8* to element `offset` of a 1-D uint8/int8 array."""
-    data = cgutils.create_struct_proxy(arytype)(context, builder, value=ary).data
-    return builder.gep(builder.bitcast(data, _I8.as_pointer()), [offset])
+    return builder.gep(_data_ptr(context, builder, arytype, ary, _I8), [offset])
 
 
 def _out_ptr(context, builder, arytype, ary):

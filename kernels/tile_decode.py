@@ -26,11 +26,10 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .repack import ROW_TILE
-from .simd import _I16, _I32, _V32I8, _byte_ptr, _spread_bits
+from .simd import _I16, _I32, _V32I8, _byte_ptr, _data_ptr, _spread_bits
 
 f32 = np.float32
 _V8F32 = ir.VectorType(ir.FloatType(), 8)
@@ -59,8 +58,7 @@ def _nib_block_T(five, sym):
             aty = signature.args
 
             def data(i, ty):
-                p = cgutils.create_struct_proxy(aty[i])(context, builder, value=args[i]).data
-                return builder.bitcast(p, ty.as_pointer())
+                return _data_ptr(context, builder, aty[i], args[i], ty)
 
             qp = _byte_ptr(context, builder, aty[0], q, qo)
             hp = builder.gep(data(2, _I32), [ho])
@@ -191,8 +189,7 @@ def _i8_block_T(typingctx, q, qo, s_lo, s_hi, so, out, base, ldo):
         aty = signature.args
 
         def data(i, ty):
-            p = cgutils.create_struct_proxy(aty[i])(context, builder, value=args[i]).data
-            return builder.bitcast(p, ty.as_pointer())
+            return _data_ptr(context, builder, aty[i], args[i], ty)
 
         def elem(dt):
             return _I16 if dt.bitwidth == 16 else ir.FloatType()
