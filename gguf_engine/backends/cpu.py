@@ -79,6 +79,8 @@ class CPUBackend(Backend):
 
     def linear_fused(self, ws, x, out=None):
         """Each weight's product written straight into its columns of out (n, sum of out)."""
+        if len(ws) == 1:
+            return self.linear(ws[0], x, out)
         if out is None:
             out = np.empty((x.shape[0], sum(w.shape[0] for w in ws)), np.float32)
         c0 = 0
@@ -95,11 +97,17 @@ class CPUBackend(Backend):
         """call(a, b) over token ranges covering 0..n: on the kernel threads' shared pool for a
         prompt batch (the same pool as the matmul's, so no other thread pool spins beside it),
         on the calling thread for a few tokens.  Each token's result is the same either way."""
-        parts = self.n_threads if n >= PARALLEL_ROWS_MIN_TOKENS else 1
+        if n < PARALLEL_ROWS_MIN_TOKENS or self.n_threads == 1:
+            call(0, n)
+            return
+        parts = self.n_threads
         run_all(call, [(n * k // parts, n * (k + 1) // parts) for k in range(parts)])
 
     def add_rms_norm(self, x, delta, post_w, w, eps, out):
         post = _EMPTY1 if post_w is None else post_w
+        if x.shape[0] == 1:                      # a decode step: straight to the kernel
+            ops.add_rms_norm(x, delta, post, post_w is not None, w, eps, out)
+            return
         self._by_rows(x.shape[0], lambda a, b: ops.add_rms_norm(x[a:b], delta[a:b], post, post_w is not None,
                                                                   w, eps, out[a:b]))
 
@@ -108,11 +116,17 @@ class CPUBackend(Backend):
         has_norm = q_norm is not None
         if k_cache.dtype == np.float16:
             k_cache, v_cache = k_cache.view(np.uint16), v_cache.view(np.uint16)
-        biases = (bq, bk, bv) if has_bias else (_EMPTY2,) * 3
-        norms = (q_norm, k_norm) if has_norm else (_EMPTY1,) * 2
+        if not has_bias:
+            bq = bk = bv = _EMPTY2
+        if not has_norm:
+            q_norm = k_norm = _EMPTY1
+        if q3.shape[0] == 1:                     # a decode step: straight to the kernel
+            ops.qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, q_norm, k_norm, has_norm, eps, rope[0], rope[1], pos0,
+                            neox, k_cache, v_cache)
+            return
         self._by_rows(q3.shape[0], lambda a, b: ops.qkv_prepare(
-            q3[a:b], k3[a:b], v3[a:b], *biases, has_bias, *norms, has_norm, eps, rope[0], rope[1], pos0 + a, neox,
-            k_cache, v_cache))
+            q3[a:b], k3[a:b], v3[a:b], bq, bk, bv, has_bias, q_norm, k_norm, has_norm, eps, rope[0], rope[1], pos0 + a,
+            neox, k_cache, v_cache))
 
     def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
         n, H, hd = q3.shape
