@@ -36,19 +36,18 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .floats import f16_at, f16_bits_to_f32, u16_at
 from .iquant_tables import (iq1s_grid_i8, iq2s_grid_u8, iq2xs_grid_u8, iq2xxs_grid_u8, iq3s_grid_u8,
                             iq3xxs_grid_u8, ksigns_iq2xs)
 from .quant_matvec import round_activations
-from .simd import _I8, _I16, _I32, _V8I32, _V32I8, HOST_AVX2, _byte_ptr, _data_ptr, _madds, _x86
+from .simd import (_I8, _I16, _I32, _V8F32, _V8I32, _V32I8, HOST_AVX2, _byte_ptr, _data_ptr, _madds, _splat,
+                   _spread_bits, _x86)
 from .types import GGMLType
 
 f32 = np.float32
 _I64 = ir.IntType(64)
-_V8F32 = ir.VectorType(ir.FloatType(), 8)
 
 # --------------------------------------------------------------------------- tables (built once at import)
 
@@ -109,13 +108,7 @@ class _Block:
 
     def sign_bits(self, word):
         """An i32 of 32 sign bits -> <32 x i8>, lane i = -1 where bit i is set, else +1."""
-        b = self.b
-        v4 = b.bitcast(word, ir.VectorType(_I8, 4))
-        rep = b.shuffle_vector(v4, ir.Constant(ir.VectorType(_I8, 4), ir.Undefined),
-                               ir.Constant(ir.VectorType(_I32, 32), [i // 8 for i in range(32)]))
-        bit = ir.Constant(_V32I8, [1 << (i % 8) for i in range(32)])
-        hit = b.icmp_unsigned("==", b.and_(rep, bit), bit)
-        return b.select(hit, ir.Constant(_V32I8, [-1] * 32), ir.Constant(_V32I8, [1] * 32))
+        return self.b.or_(_spread_bits(self.b, word, -2), ir.Constant(_V32I8, [1] * 32))
 
     def odd(self, s):
         """2 s + 1 for an i32 s."""
@@ -232,8 +225,7 @@ def _block_intrinsic(name, parts):
             k = _Block(builder, bp, data(2, _I32 if aty[2].dtype.bitwidth == 32 else _I64), data(3, _I64))
             maddubs, maddwd = _madds(builder)
             psign = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, _V32I8, _V32I8)
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3),
-                                                 "llvm.fma.v8f32")
+            fma = _x86(builder, "llvm.fma.v8f32", _V8F32, _V8F32, _V8F32, _V8F32)
             c254 = ir.Constant(_V8I32, [254] * 8)
             acc = ir.Constant(_V8F32, [0.0] * 8)
             for j in range(8):
@@ -243,11 +235,8 @@ def _block_intrinsic(name, parts):
                     p = builder.bitcast(builder.gep(xp, [ir.Constant(_I32, 32 * j)]), _V32I8.as_pointer())
                     isum.append(maddwd(maddubs(mag, psign(builder.load(p, align=1), sgn)), sc))
                 t = builder.add(builder.mul(isum[0], c254), isum[1])
-                d = builder.load(builder.gep(drp, [ir.Constant(_I32, j)]))
-                dv = builder.shuffle_vector(builder.insert_element(ir.Constant(_V8F32, ir.Undefined), d,
-                                                                   ir.Constant(_I32, 0)),
-                                            ir.Constant(_V8F32, ir.Undefined), ir.Constant(_V8I32, [0] * 8))
-                acc = builder.call(fma, [builder.sitofp(t, _V8F32), dv, acc])
+                dv = _splat(builder, builder.load(builder.gep(drp, [ir.Constant(_I32, j)])))
+                acc = fma(builder.sitofp(t, _V8F32), dv, acc)
             for width in (4, 2, 1):          # lanes summed pairwise, in a fixed order
                 lo = builder.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
                 hi = builder.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(_I32, width),

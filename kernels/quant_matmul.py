@@ -67,10 +67,10 @@ def tiled_matmul(X: np.ndarray, rows: int, cols: int,
         tile_rows = -(-tile_rows // 32) * 32       # whole row tiles of the repacked layouts
     XT = X.T
     starts = list(range(0, rows, tile_rows))
-    padded = -(-tile_rows // 32) * 32             # a K-major tile's columns: whole 32-row tiles
 
     def work(my_starts):
         if k_major:
+            padded = -(-tile_rows // 32) * 32     # the tile's columns: whole 32-row tiles
             buf = scratch("tile", cols * padded).reshape(cols, padded)
             for r0 in my_starts:
                 r1 = min(rows, r0 + tile_rows)

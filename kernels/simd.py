@@ -82,13 +82,14 @@ def half_bits_to_f32(typingctx, h):
     return sig, codegen
 
 _V32I8, _V16I16, _V8I32 = ir.VectorType(_I8, 32), ir.VectorType(_I16, 16), ir.VectorType(_I32, 8)
+_V8F32 = ir.VectorType(ir.FloatType(), 8)
 
 
-def _splat_i32(builder, value):
-    """An i32 value broadcast to <8 x i32>."""
-    undef = ir.Constant(_V8I32, ir.Undefined)
+def _splat(builder, value, n=8):
+    """A scalar IR value (i32, float, ...) broadcast to an <n x type> vector."""
+    undef = ir.Constant(ir.VectorType(value.type, n), ir.Undefined)
     v = builder.insert_element(undef, value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, undef, ir.Constant(_V8I32, [0] * 8))
+    return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
 def _spread_bits(builder, word, value):
@@ -120,7 +121,8 @@ def _out_ptr(context, builder, arytype, ary):
 
 
 def _x86(builder, name, ret, *argtypes):
-    """A callable emitting a call of the x86 intrinsic `name` (declared once per module)."""
+    """A callable emitting a call of the LLVM intrinsic `name` (an x86 one, or a generic one
+    such as llvm.fma; declared once per module)."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, list(argtypes)), name)
     return lambda *a: builder.call(fn, list(a))
 
@@ -168,7 +170,7 @@ def _emit_nibble_sums(builder, qp, hp, xps, op, five):
     acc = [[zero16] * groups for _ in xps]
     acc32 = [[ir.Constant(_V8I32, [0] * 8)] * groups for _ in xps]
     for g in range(4):                   # bytes 4g..4g+3 of every row
-        xs = [[builder.bitcast(_splat_i32(builder, load(xp, o + 4 * g, _I32)), _V32I8)
+        xs = [[builder.bitcast(_splat(builder, load(xp, o + 4 * g, _I32)), _V32I8)
                for o in (0, 16)] for xp in xps]      # [term][low / high nibbles' activations]
         for rg in range(groups):         # 8 rows per 32-byte load
             v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
@@ -240,7 +242,7 @@ def _table_isums_avx2(typingctx, q, qo, tab, xq, xr, xo, out):
         groups = ROW_TILE // 8
         acc = [[ir.Constant(_V8I32, [0] * 8)] * groups for _ in xps]
         for g in range(4):
-            xs = [[builder.bitcast(_splat_i32(builder, load(xp, o + 4 * g, _I32)), _V32I8)
+            xs = [[builder.bitcast(_splat(builder, load(xp, o + 4 * g, _I32)), _V32I8)
                    for o in (0, 16)] for xp in xps]
             for rg in range(groups):
                 v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
@@ -297,7 +299,7 @@ def _emit_crumb_sums(builder, qp, hp, xps, op, three):
         # int16 sums over the 4 crumb planes: at most 4 * 2 * 7 * 127 < 2^15
         acc = [[ir.Constant(_V16I16, [0] * 16)] * groups for _ in xps]
         for c in range(4):               # crumb c of each byte: weights 16g + 4c + j
-            xs = [builder.bitcast(_splat_i32(builder, load(xp, 16 * g + 4 * c, _I32)), _V32I8)
+            xs = [builder.bitcast(_splat(builder, load(xp, 16 * g + 4 * c, _I32)), _V32I8)
                   for xp in xps]
             for rg in range(groups):
                 v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
@@ -385,7 +387,7 @@ def _pair_isums_avx2(typingctx, q, qo, xq, xo, out):
         for half in range(2):                    # weights 0-15, 16-31: one int32 sum each
             acc = [ir.Constant(_V8I32, [0] * 8)] * groups
             for p in range(8 * half, 8 * half + 8):      # the pair of weights 2p, 2p+1
-                x = builder.bitcast(_splat_i32(builder, load(xp, 4 * p, _I32)), _V16I16)
+                x = builder.bitcast(_splat(builder, load(xp, 4 * p, _I32)), _V16I16)
                 for rg in range(groups):         # 8 rows: 16 bytes, widened to int16
                     w = builder.sext(load(qp, (p * ROW_TILE + rg * 8) * 2, v16i8), _V16I16)
                     acc[rg] = builder.add(acc[rg], maddwd(w, x))

@@ -41,6 +41,12 @@ def get_num_threads() -> int:
     return numba.get_num_threads()
 
 
+def split(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """lo..hi cut into at most max(1, parts) near-equal non-empty ranges (a, b); none if hi == lo."""
+    parts = max(1, min(parts, hi - lo))
+    return [(lo + (hi - lo) * k // parts, lo + (hi - lo) * (k + 1) // parts) for k in range(parts) if hi > lo]
+
+
 def run_all(fn, calls) -> None:
     """fn(*args) for every args tuple in calls, on the shared pool (nogil work), or on the
     calling thread when there is only one; returns when all are done (re-raising errors)."""

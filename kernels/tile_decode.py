@@ -23,25 +23,25 @@ decodes row-major tiles elsewhere.
 """
 from __future__ import annotations
 
-import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
 from .repack import ROW_TILE
-from .simd import _I16, _I32, _V32I8, _byte_ptr, _data_ptr, _spread_bits
-
-f32 = np.float32
-_V8F32 = ir.VectorType(ir.FloatType(), 8)
-_V8I32 = ir.VectorType(_I32, 8)
+from .simd import _I32, _V8F32, _V8I32, _V32I8, _byte_ptr, _data_ptr, _splat, _spread_bits
 
 
-def _scales8(builder, ptr, dtype):
-    """8 consecutive per-block scales (float32, or float16 bits widened exactly) as <8 x float>."""
-    if dtype.bitwidth == 16:
-        p = builder.bitcast(ptr, ir.VectorType(ir.HalfType(), 8).as_pointer())
-        return builder.fpext(builder.load(p, align=2), _V8F32)
-    return builder.load(builder.bitcast(ptr, _V8F32.as_pointer()), align=4)
+def _scales8(context, builder, arytype, ary, first):
+    """Per-row scales first .. first + ROW_TILE - 1 of a float32 or float16-bits (uint16) array,
+    as ROW_TILE / 8 vectors <8 x float> (float16 widened exactly)."""
+    half = arytype.dtype.bitwidth == 16
+    p = builder.gep(_data_ptr(context, builder, arytype, ary, ir.HalfType() if half else ir.FloatType()), [first])
+    out = []
+    for rg in range(ROW_TILE // 8):
+        v = builder.load(builder.bitcast(builder.gep(p, [ir.Constant(_I32, 8 * rg)]),
+                                         ir.VectorType(p.type.pointee, 8).as_pointer()), align=2)
+        out.append(builder.fpext(v, _V8F32) if half else v)
+    return out
 
 
 def _nib_block_T(five, sym):
@@ -62,20 +62,13 @@ def _nib_block_T(five, sym):
 
             qp = _byte_ptr(context, builder, aty[0], q, qo)
             hp = builder.gep(data(2, _I32), [ho])
-            dtype_d = aty[4].dtype
-            dp = builder.gep(data(4, _I16 if dtype_d.bitwidth == 16 else ir.FloatType()), [so])
-            mp = builder.gep(data(5, _I16 if aty[5].dtype.bitwidth == 16 else ir.FloatType()), [so])
             op = builder.gep(data(8, ir.FloatType()), [base])
             low4 = ir.Constant(_V32I8, [15] * 32)
             four = ir.Constant(_V32I8, [4] * 32)
-            offv = builder.sitofp(off, ir.FloatType())
             groups = ROW_TILE // 8
-            ds = [_scales8(builder, builder.gep(dp, [ir.Constant(_I32, 8 * rg)]), dtype_d) for rg in range(groups)]
-            ms = None if sym else [_scales8(builder, builder.gep(mp, [ir.Constant(_I32, 8 * rg)]), aty[5].dtype)
-                                   for rg in range(groups)]
-            offs = builder.shuffle_vector(builder.insert_element(ir.Constant(_V8F32, ir.Undefined), offv,
-                                                                 ir.Constant(_I32, 0)),
-                                          ir.Constant(_V8F32, ir.Undefined), ir.Constant(_V8I32, [0] * 8))
+            ds = _scales8(context, builder, aty[4], d, so)
+            ms = None if sym else _scales8(context, builder, aty[5], m, so)
+            offs = _splat(builder, builder.sitofp(off, ir.FloatType()))
             for g in range(4):                    # bytes 4g..4g+3 of the block's 16
                 for rg in range(groups):          # rows 8rg..8rg+7
                     p = builder.bitcast(builder.gep(qp, [ir.Constant(_I32, (g * ROW_TILE + rg * 8) * 4)]),
@@ -188,17 +181,9 @@ def _i8_block_T(typingctx, q, qo, s_lo, s_hi, so, out, base, ldo):
         q, qo, s_lo, s_hi, so, out, base, ldo = args
         aty = signature.args
 
-        def data(i, ty):
-            return _data_ptr(context, builder, aty[i], args[i], ty)
-
-        def elem(dt):
-            return _I16 if dt.bitwidth == 16 else ir.FloatType()
-
         qp = _byte_ptr(context, builder, aty[0], q, qo)
-        sps = [builder.gep(data(i, elem(aty[i].dtype)), [so]) for i in (2, 3)]
-        op = builder.gep(data(5, ir.FloatType()), [base])
-        scales = [[_scales8(builder, builder.gep(sp, [ir.Constant(_I32, 8 * r8)]), aty[i].dtype)
-                   for r8 in range(ROW_TILE // 8)] for sp, i in zip(sps, (2, 3))]
+        op = builder.gep(_data_ptr(context, builder, aty[5], out, ir.FloatType()), [base])
+        scales = [_scales8(context, builder, aty[2], s_lo, so), _scales8(context, builder, aty[3], s_hi, so)]
         for p in range(16):                       # weights 2p, 2p+1
             for r16 in range(ROW_TILE // 16):     # rows 16 r16 .. 16 r16 + 15
                 ptr = builder.bitcast(builder.gep(qp, [ir.Constant(_I32, (p * ROW_TILE + 16 * r16) * 2)]),

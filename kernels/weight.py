@@ -33,7 +33,7 @@ from .repack import (BYTE_KINDS, NIBBLE_KINDS, ROW_TILE, TABLES, TILED_KINDS, Pa
                      repack)
 from .simd import HOST_AVX2, HOST_F16C
 from .slow_matvec import rounds_activations, slow_matvec
-from .threads import get_num_threads, run_all
+from .threads import get_num_threads, run_all, split
 from .types import GGMLType, as_type, row_bytes
 
 # Float32 rows decoded per step by the raw (registry decoder) path, per thread.
@@ -222,7 +222,7 @@ class Weight:
         """Decode rows ids into out, split over the worker threads when there are many."""
         n = ids.size
         parts = min(get_num_threads(), n * self.shape[1] // _PARALLEL_DECODE_ELEMENTS)
-        run_all(lambda a, b: self._decode_ids_serial(ids[a:b], out[a:b]), _ranges(0, n, parts))
+        run_all(lambda a, b: self._decode_ids_serial(ids[a:b], out[a:b]), split(0, n, parts))
 
     def _decode_ids_serial(self, ids: np.ndarray, out: np.ndarray) -> None:
         p = self.packed
@@ -270,7 +270,7 @@ class Weight:
                 decode(raw[s:e].reshape(-1), t.reshape(-1))
                 mv.dot_rows(t, x, out[s:e])
 
-        run_all(work, _ranges(0, self.shape[0], get_num_threads()))
+        run_all(work, split(0, self.shape[0], get_num_threads()))
 
     def _raw_decode(self, r0: int, r1: int, out: np.ndarray) -> None:
         raw = self.packed.arrays["raw"]
@@ -279,7 +279,7 @@ class Weight:
         def work(a, b):
             decode(raw[a:b].reshape(-1), out[a - r0:b - r0].reshape(-1))
 
-        run_all(work, _ranges(r0, r1, get_num_threads()))
+        run_all(work, split(r0, r1, get_num_threads()))
 
     # ------------------------------------------------------------------ fusion
 
@@ -322,12 +322,6 @@ def matvec(data: np.ndarray, qtype, shape, x: np.ndarray) -> np.ndarray:
 def matmul(X: np.ndarray, data: np.ndarray, qtype, shape) -> np.ndarray:
     """Y (n, rows) = X Wᵀ with W given by its raw GGML bytes."""
     return Weight(data, qtype, shape).matmul(X)
-
-
-def _ranges(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
-    """lo..hi cut into at most max(1, parts) near-equal non-empty ranges (a, b); none if hi == lo."""
-    bounds = np.linspace(lo, hi, max(1, min(parts, hi - lo)) + 1).astype(np.int64)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def _as_f32(a, shape, name) -> np.ndarray:

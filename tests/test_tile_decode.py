@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import Weight, tile_decode
+from kernels import Weight
 from kernels.repack import ROW_TILE
-from kernels.weight import _NO_OFFSET, _OFFSET, T_DECODED_KINDS
+from kernels.weight import T_DECODED_KINDS
 
 from .test_matvec import assert_close, random_tensor
 
@@ -22,15 +22,10 @@ BYTE_TYPES = ["Q8_0", "Q6_K"]
 
 
 def decode_T(W: Weight, t0: int, t1: int) -> np.ndarray:
-    """Tiles t0..t1-1 of W decoded K-major, with 7 spare columns filled with NaN (never written)."""
-    cols = W.shape[1]
-    out = np.full((cols, (t1 - t0) * ROW_TILE + 7), np.nan, np.float32)
-    A = W.packed.arrays
-    if W.packed.kind in ("q4", "q5"):
-        tile_decode.decode_nib_T(A["qt"], A["qh"], A["d"], A["m"], _OFFSET.get(W.qtype, _NO_OFFSET),
-                                 t0, t1, out)
-    else:
-        tile_decode.decode_i8_T(*W._byte_arrays(), t0, t1, out)
+    """Tiles t0..t1-1 of W decoded K-major (Weight._tile_T), with 7 spare columns filled with NaN
+    (never written)."""
+    out = np.full((W.shape[1], (t1 - t0) * ROW_TILE + 7), np.nan, np.float32)
+    W._tile_T(t0 * ROW_TILE, min(W.shape[0], t1 * ROW_TILE), out)
     assert np.isnan(out[:, -7:]).all(), "wrote past the tiles"
     return out[:, :-7]
 

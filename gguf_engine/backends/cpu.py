@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 
 from kernels import ops
-from kernels.threads import run_all
+from kernels.threads import run_all, split
 from kernels.weight import Weight
 
 from ..model.kv_cache import KVCache
@@ -97,11 +97,7 @@ class CPUBackend(Backend):
         """call(a, b) over token ranges covering 0..n: on the kernel threads' shared pool for a
         prompt batch (the same pool as the matmul's, so no other thread pool spins beside it),
         on the calling thread for a few tokens.  Each token's result is the same either way."""
-        if n < PARALLEL_ROWS_MIN_TOKENS or self.n_threads == 1:
-            call(0, n)
-            return
-        parts = self.n_threads
-        run_all(call, [(n * k // parts, n * (k + 1) // parts) for k in range(parts)])
+        run_all(call, split(0, n, self.n_threads if n >= PARALLEL_ROWS_MIN_TOKENS else 1))
 
     def add_rms_norm(self, x, delta, post_w, w, eps, out):
         post = _EMPTY1 if post_w is None else post_w
