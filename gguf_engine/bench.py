@@ -111,14 +111,18 @@ def run_bench(model_path: str, n_prompt: int = 512, n_gen: int = 128, threads: i
         model.close()
 
 
-def best_time(fn, reps: int) -> float:
-    """Best wall time of reps calls of fn, after one untimed call."""
+def best_time(fn, reps: int, min_seconds: float = 0.0) -> float:
+    """Best wall time of at least reps calls of fn (more until min_seconds have passed: a call of
+    microseconds needs many tries to meet a quiet moment), after one untimed call."""
     fn()
     best = float("inf")
-    for _ in range(reps):
+    start = time.perf_counter()
+    n = 0
+    while n < reps or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
+        n += 1
     return best
 
 

@@ -18,6 +18,9 @@ activations rounded per 32-block:
   ``acc += d sum(sc_h p_h) - dm sum(mn_h xs_h)``.
 * ``matvec_tab``, 4-bit indices into a 16-entry value table (IQ4_NL, IQ4_XS, MXFP4): the
   same two terms on the looked-up values, ``acc += d (dx isum_q + dr isum_r)``.
+* ``matvec_tab16``, the lattice i-quants as 4-bit codes into a table of signed values with
+  integer scales per 16 weights (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S): the
+  same two terms, per super-block ``acc += d sum(sc_h p_h)``.
 * ``matvec_i8``, one byte per weight (Q8_0, Q6_K as q - 32): x rounded to int16 per block
   (``round_activations16``, within max|x_block| / 65534), ``acc += dx (s_lo isum_lo +
   s_hi isum_hi)``.
@@ -46,7 +49,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .repack import ROW_TILE, _fifth_bit_index, _nibble_index, _pair_index, _third_bit_index
-from .simd import HOST_F16C, crumb_isums, half_bits_to_f32, nibble_isums, pair_isums, table_isums
+from .simd import HOST_F16C, crumb_isums, half_bits_to_f32, nibble_isums, pair_isums, table_isums, table_isums16
 
 f32 = np.float32
 _I15 = np.int32(15)
@@ -243,6 +246,60 @@ def matvec_tab(qt, d, tab, x, simd, y):
             for l in range(R):
                 p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
                 acc[l] += _scale(dt[_u(b * R + l)]) * p
+        _store_tile(acc, t, y)
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def matvec_tab16(qt, sc, d, utab, off, halves, narrow, x, simd, y):
+    """The lattice table kind (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S), tiled: qt as
+    matvec_tab's, sc (T, nb*2*R) int8 scales per 16 weights, d (T, nb/8*R) per 256; w = d sc tab[q]
+    (see repack.py, kind ``t4s``).  utab = tab + off >= 0 and the flags are repack.LATTICE's
+    (halves: the two 16s of a block have their own scales).  Activations as in matvec_nib; the
+    integer sums come from simd.table_isums16 on utab, and off times the sums of x is taken off
+    again, exactly, in int32; per super-block ``acc += d sum(sc_h p_h)`` as in matvec_crumb."""
+    R = ROW_TILE
+    nb = x.size // 32
+    xq, xr, dx, dr, _ = round_activations(x)
+    xo = np.empty(4 * nb, np.int32)         # off times the sums of xq (then xr) over each 16
+    for h in range(2 * nb):
+        sq = 0
+        sr = 0
+        for k in range(16 * h, 16 * h + 16):
+            sq += np.int32(xq[k])
+            sr += np.int32(xr[k])
+        xo[h] = np.int32(off * sq)
+        xo[2 * nb + h] = np.int32(off * sr)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        sct = sc[t]
+        dt = d[t]
+        acc = np.zeros(R, np.float32)
+        aq = np.empty(R, np.float32)        # one super-block's sums of sc * (q . x)
+        isum = np.empty(4 * R, np.int32)
+        for s in range(nb // 8):
+            aq[:] = 0
+            for b in range(8 * s, 8 * s + 8):
+                table_isums16(q, b * 16 * R, utab, halves, narrow, xq, xr, 32 * b, isum, simd)
+                dxb = dx[b]
+                drb = dr[b]
+                q0 = xo[2 * b]
+                q1 = xo[2 * b + 1]
+                r0 = xo[2 * nb + 2 * b]
+                r1 = xo[2 * nb + 2 * b + 1]
+                if halves:
+                    for l in range(R):
+                        p0 = f32(np.int32(isum[l] - q0)) * dxb + f32(np.int32(isum[2 * R + l] - r0)) * drb
+                        p1 = f32(np.int32(isum[R + l] - q1)) * dxb + f32(np.int32(isum[3 * R + l] - r1)) * drb
+                        i0 = _u(2 * b * R + l)
+                        aq[l] += f32(sct[i0]) * p0 + f32(sct[i0 + _u(R)]) * p1
+                else:
+                    qb = np.int32(q0 + q1)
+                    rb = np.int32(r0 + r1)
+                    for l in range(R):
+                        p = f32(np.int32(isum[l] - qb)) * dxb + f32(np.int32(isum[R + l] - rb)) * drb
+                        aq[l] += f32(sct[_u(2 * b * R + l)]) * p
+            for l in range(R):
+                acc[l] += _scale(dt[_u(s * R + l)]) * aq[l]
         _store_tile(acc, t, y)
 
 
@@ -462,6 +519,27 @@ def decode_tab(qt, d, tab, ids, out):
                 v = np.int32(q[_nibble_index(b, k, l)])
                 o[32 * b + k] = f32(tab[v & _I15]) * db
                 o[32 * b + 16 + k] = f32(tab[v >> _I4]) * db
+
+
+@njit(nogil=True, cache=True)
+def decode_tab16(qt, sc, d, tab, ids, out):
+    """The lattice table kind (see matvec_tab16): w = (d sc) tab[q], exact (every product of the
+    scale and a table value fits float32's mantissa), so equal to ggml's."""
+    R = ROW_TILE
+    nb = sc.shape[1] // (2 * R)
+    for i in range(ids.size):
+        t = ids[i] // R
+        l = ids[i] % R
+        q = qt[t]
+        o = out[i]
+        for b in range(nb):
+            ds = _scale(d[t, (b // 8) * R + l])
+            d0 = ds * f32(sc[t, 2 * b * R + l])
+            d1 = ds * f32(sc[t, (2 * b + 1) * R + l])
+            for k in range(16):
+                v = np.int32(q[_nibble_index(b, k, l)])
+                o[32 * b + k] = f32(tab[v & _I15]) * d0
+                o[32 * b + 16 + k] = f32(tab[v >> _I4]) * d1
 
 
 @njit(nogil=True, cache=True)

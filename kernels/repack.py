@@ -46,6 +46,15 @@ Packed kinds (``Packed.kind``) and their arrays (nb = cols / 32, T = tiles):
 ``t4``  IQ4_NL, IQ4_XS, MXFP4: ``qt`` as ``q4`` holding the 4-bit indices into the type's
         value table (``TABLES``); ``d`` the scale of each 32-weight block (IQ4_XS:
         ``d * (scale - 32)``, MXFP4: its E8M0 exponent halved); weight = d * table[q].
+``t4s`` the lattice i-quants IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: ``qt`` as ``q4``
+        holding 4-bit codes into the type's table of signed values (``TABLES``: a grid
+        magnitude's index plus 8 for a negative sign; IQ1: grid value + 1 plus 8 for the negative
+        shift), so no grid lookup is left for the kernel; ``sc`` int8 (T, nb*2*R), the odd
+        sub-scale 2s+1 of each 16 weights (index as ``q2``'s); ``d`` (T, ns*R) per 256 weights,
+        the file's scale times the type's factor (IQ2, IQ1: 1/8; IQ3_XXS: 1/4; IQ3_S: 1);
+        weight = d * sc * table[code], exactly ggml's value.  4.6 bits per weight against the
+        file's 1.6-3.4: the price of decoding by one byte shuffle instead of table gathers
+        (2.5-4x the speed of a matvec straight from the file's bytes).
 ``q8``  Q8_0: ``qt`` int8 (T, nb*32*ROW_TILE), byte k = weight k; ``d``.  A lane holds 2
         consecutive bytes of its row at a time (the int16 pairs of the integer dot
         products, see simd.pair_isums): byte k of block b of lane l is at
@@ -72,8 +81,9 @@ import numpy as np
 
 from numba import njit
 
-from .floats import e8m0_half_to_f32, f16_at, sext8, u16_at, u32_at
-from .iquant_tables import kvalues_iq4nl, kvalues_mxfp4
+from .floats import e8m0_half_to_f32, f16_at, f16_bits_to_f32, sext8, u16_at, u32_at
+from .iquant_tables import (iq1s_grid_i8, iq2s_grid_u8, iq2xs_grid_u8, iq2xxs_grid_u8, iq3s_grid_u8,
+                            iq3xxs_grid_u8, ksigns_iq2xs, kvalues_iq4nl, kvalues_mxfp4)
 from .kquants import scale_min_k4
 from .threads import get_num_threads, run_all
 from .types import GGMLType, as_type, row_bytes
@@ -86,9 +96,10 @@ ROW_TILE = 32
 # Bytes of a tensor's raw data repacked per chunk (see repack's `release`).
 CHUNK_BYTES = 16 << 20
 # Quant bytes per 32-weight block in each tiled kind.
-_QBYTES = {"q2": 8, "q4": 16, "q5": 16, "t4": 16, "q6": 32, "q8": 32}
+_QBYTES = {"q2": 8, "q4": 16, "q5": 16, "t4": 16, "t4s": 16, "q6": 32, "q8": 32}
 # Per-block float arrays of each tiled kind (stored as float16 bits where lossless).
-_SCALES = {"q2": ("d", "dm"), "q4": ("d", "m"), "q5": ("d", "m"), "t4": ("d",), "q8": ("d",), "q6": ("sl", "sh")}
+_SCALES = {"q2": ("d", "dm"), "q4": ("d", "m"), "q5": ("d", "m"), "t4": ("d",), "t4s": ("d",), "q8": ("d",),
+           "q6": ("sl", "sh")}
 
 FAST_KINDS = {
     GGMLType.Q4_0: "q4", GGMLType.Q4_1: "q4", GGMLType.Q4_K: "q4",
@@ -97,11 +108,40 @@ FAST_KINDS = {
     GGMLType.IQ4_NL: "t4", GGMLType.IQ4_XS: "t4", GGMLType.MXFP4: "t4",
     GGMLType.Q2_K: "q2", GGMLType.Q3_K: "q2", GGMLType.TQ2_0: "q2", GGMLType.TQ1_0: "q2",
     GGMLType.F16: "f16", GGMLType.BF16: "bf16",
+    GGMLType.IQ1_S: "t4s", GGMLType.IQ1_M: "t4s", GGMLType.IQ2_XXS: "t4s", GGMLType.IQ2_XS: "t4s",
+    GGMLType.IQ2_S: "t4s", GGMLType.IQ3_XXS: "t4s", GGMLType.IQ3_S: "t4s",
 }
-TILED_KINDS = ("q2", "q4", "q5", "t4", "q8", "q6")
+TILED_KINDS = ("q2", "q4", "q5", "t4", "t4s", "q8", "q6")
 NIBBLE_KINDS = ("q4", "q5")         # quant_matvec.matvec_nib / decode_nib
-# The ``t4`` kind's value table per type (quant_matvec.matvec_tab / decode_tab).
-TABLES = {GGMLType.IQ4_NL: kvalues_iq4nl, GGMLType.IQ4_XS: kvalues_iq4nl, GGMLType.MXFP4: kvalues_mxfp4}
+
+
+def _signed(mags) -> np.ndarray:
+    """A lattice table: codes 0-7 the magnitudes, codes 8-15 their negatives (unused codes 0)."""
+    pad = [0] * (8 - len(mags))
+    return np.array(list(mags) + pad + [-m for m in mags] + pad, np.int8)
+
+
+# The value table per type of the ``t4`` kind (quant_matvec.matvec_tab / decode_tab) and of the
+# lattice kind ``t4s`` (decode_tab16; code = magnitude index + 8 for a negative sign, the grids'
+# magnitudes in order; IQ1: 8 (g + delta) for code g + 1 (shift delta +1/8) or g + 9 (-1/8)).
+_T_IQ2, _T_IQ3XXS, _T_IQ3S = _signed([8, 25, 43]), _signed([4, 12, 20, 28, 36, 44, 52, 62]), _signed(range(1, 16, 2))
+_T_IQ1 = np.array([-7, 1, 9, 0, 0, 0, 0, 0, -9, -1, 7, 0, 0, 0, 0, 0], np.int8)
+TABLES = {GGMLType.IQ4_NL: kvalues_iq4nl, GGMLType.IQ4_XS: kvalues_iq4nl, GGMLType.MXFP4: kvalues_mxfp4,
+          GGMLType.IQ2_XXS: _T_IQ2, GGMLType.IQ2_XS: _T_IQ2, GGMLType.IQ2_S: _T_IQ2,
+          GGMLType.IQ3_XXS: _T_IQ3XXS, GGMLType.IQ3_S: _T_IQ3S, GGMLType.IQ1_S: _T_IQ1, GGMLType.IQ1_M: _T_IQ1}
+# The matvec's view of each lattice table (quant_matvec.matvec_tab16): (the values plus the offset
+# that makes them non-negative, as uint8; that offset; scales per 16 weights rather than per 32;
+# every raised value at most 31).
+LATTICE = {t: ((TABLES[t].astype(np.int32) + off).astype(np.uint8), off, per16, off <= 15)
+           for t, off, per16 in ((GGMLType.IQ1_S, 9, False), (GGMLType.IQ1_M, 9, True),
+                                 (GGMLType.IQ2_XXS, 43, False), (GGMLType.IQ2_XS, 43, True),
+                                 (GGMLType.IQ2_S, 43, True), (GGMLType.IQ3_XXS, 62, False),
+                                 (GGMLType.IQ3_S, 15, False))}
+# Each grid entry as the codes of its magnitudes (rows of 8, or 4 for IQ3): a magnitude m is the
+# table entry m // 16 (IQ2), m // 8 (IQ3_XXS), m // 2 (IQ3_S); IQ1: g + 1.
+_C_IQ2XXS, _C_IQ2XS, _C_IQ2S = (np.ascontiguousarray(g // 16) for g in (iq2xxs_grid_u8, iq2xs_grid_u8, iq2s_grid_u8))
+_C_IQ3XXS, _C_IQ3S = np.ascontiguousarray(iq3xxs_grid_u8 // 8), np.ascontiguousarray(iq3s_grid_u8 // 2)
+_C_IQ1 = np.ascontiguousarray((iq1s_grid_i8 + 1).astype(np.uint8))
 BYTE_KINDS = ("q8", "q6")           # one byte per weight: quant_matvec.matvec_i8 / decode_i8
 
 
@@ -323,6 +363,104 @@ def repack_t4(raw, ts, qt, d, r0, r1):
                 q[_nibble_index(b, k, l)] = src[qo + k]
 
 
+@njit(cache=True, inline="always")
+def _signed_codes(c, w, codes, signs):
+    """Weights w.. of a lattice block: grid codes (len(codes) of them) with sign bits j -> +8."""
+    for j in range(codes.size):
+        c[w + j] = codes[j] | (((np.int32(signs) >> j) & 1) << 3)
+
+
+@njit(cache=True, nogil=True)
+def _lattice_block(src, o, ts, c, s16):
+    """The 256-weight lattice block at src[o] (its type told by ts, its size in bytes) -> codes c
+    (256,) into the type's TABLES entry, odd sub-scales s16 (16,) (2 s + 1, one per 16 weights)
+    and the returned super-block scale: weight = scale * s16 * TABLES[c], exactly ggml's value."""
+    for ib in range(8):
+        w = 32 * ib
+        if ts == 66:                                    # IQ2_XXS
+            qo = o + 2 + 8 * ib
+            aux = np.int32(u32_at(src, qo + 4))
+            s16[2 * ib] = s16[2 * ib + 1] = 2 * ((aux >> 28) & 15) + 1
+            for l in range(4):
+                _signed_codes(c, w + 8 * l, _C_IQ2XXS[src[qo + l]], ksigns_iq2xs[(aux >> (7 * l)) & 127])
+        elif ts == 74:                                  # IQ2_XS
+            sc = np.int32(src[o + 66 + ib])
+            s16[2 * ib] = 2 * (sc & 15) + 1
+            s16[2 * ib + 1] = 2 * (sc >> 4) + 1
+            for l in range(4):
+                q = np.int32(u16_at(src, o + 2 + 2 * (4 * ib + l)))
+                _signed_codes(c, w + 8 * l, _C_IQ2XS[q & 511], ksigns_iq2xs[q >> 9])
+        elif ts == 82:                                  # IQ2_S
+            sc = np.int32(src[o + 74 + ib])
+            s16[2 * ib] = 2 * (sc & 15) + 1
+            s16[2 * ib + 1] = 2 * (sc >> 4) + 1
+            qh = np.int32(src[o + 66 + ib])
+            for l in range(4):
+                idx = np.int32(src[o + 2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)
+                _signed_codes(c, w + 8 * l, _C_IQ2S[idx], src[o + 34 + 4 * ib + l])
+        elif ts == 98:                                  # IQ3_XXS
+            aux = np.int32(u32_at(src, o + 66 + 4 * ib))
+            s16[2 * ib] = s16[2 * ib + 1] = 2 * ((aux >> 28) & 15) + 1
+            qo = o + 2 + 8 * ib
+            for l in range(4):
+                signs = np.int32(ksigns_iq2xs[(aux >> (7 * l)) & 127])
+                _signed_codes(c, w + 8 * l, _C_IQ3XXS[src[qo + 2 * l]], signs)
+                _signed_codes(c, w + 8 * l + 4, _C_IQ3XXS[src[qo + 2 * l + 1]], signs >> 4)
+        elif ts == 110:                                 # IQ3_S
+            s16[2 * ib] = s16[2 * ib + 1] = 2 * ((np.int32(src[o + 106 + ib // 2]) >> (4 * (ib % 2))) & 15) + 1
+            qh = np.int32(src[o + 66 + ib])
+            qo = o + 2 + 8 * ib
+            for l in range(4):
+                signs = np.int32(src[o + 74 + 4 * ib + l])
+                i1 = np.int32(src[qo + 2 * l]) | ((qh << (8 - 2 * l)) & 256)
+                i2 = np.int32(src[qo + 2 * l + 1]) | ((qh << (7 - 2 * l)) & 256)
+                _signed_codes(c, w + 8 * l, _C_IQ3S[i1], signs)
+                _signed_codes(c, w + 8 * l + 4, _C_IQ3S[i2], signs >> 4)
+        elif ts == 50:                                  # IQ1_S: the sign bit is the shift's
+            qh = np.int32(u16_at(src, o + 34 + 2 * ib))
+            s16[2 * ib] = s16[2 * ib + 1] = 2 * ((qh >> 12) & 7) + 1
+            for l in range(4):
+                idx = np.int32(src[o + 2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)
+                _signed_codes(c, w + 8 * l, _C_IQ1[idx], -((qh >> 15) & 1))
+        else:                                           # IQ1_M (56)
+            sc = np.int32(u16_at(src, o + 48 + 2 * (ib // 2)))
+            sh = 6 * (ib % 2)
+            s16[2 * ib] = 2 * ((sc >> sh) & 7) + 1
+            s16[2 * ib + 1] = 2 * ((sc >> (sh + 3)) & 7) + 1
+            for l in range(4):
+                qh = np.int32(src[o + 32 + 2 * ib + l // 2]) >> (4 * (l % 2))
+                idx = np.int32(src[o + 4 * ib + l]) | ((qh & 7) << 8)
+                _signed_codes(c, w + 8 * l, _C_IQ1[idx], -((qh >> 3) & 1))
+    if ts == 56:
+        s0, s1 = u16_at(src, o + 48), u16_at(src, o + 50)
+        s2, s3 = u16_at(src, o + 52), u16_at(src, o + 54)
+        return f16_bits_to_f32((s0 >> 12) | ((s1 >> 8) & 0x00F0) | ((s2 >> 4) & 0x0F00) | (s3 & 0xF000)) * np.float32(0.125)
+    return f16_at(src, o) * np.float32(1.0 if ts == 110 else 0.25 if ts == 98 else 0.125)
+
+
+@njit(cache=True, nogil=True)
+def repack_t4s(raw, ts, qt, sc, d, r0, r1):
+    """The lattice i-quants (ts: bytes per 256 weights, see _lattice_block): 4-bit codes, the
+    sub-scales per 16 weights and the scale per 256."""
+    R = ROW_TILE
+    ns = d.shape[1] // R
+    c = np.empty(256, np.uint8)
+    s16 = np.empty(16, np.int32)
+    for r in range(r0, r1):
+        src = raw[r]
+        t = r // R
+        l = r % R
+        q = qt[t]
+        for i in range(ns):
+            d[t, i * R + l] = _lattice_block(src, ts * i, ts, c, s16)
+            for j in range(8):
+                b = 8 * i + j
+                sc[t, 2 * b * R + l] = s16[2 * j]
+                sc[t, (2 * b + 1) * R + l] = s16[2 * j + 1]
+                for k in range(16):
+                    q[_nibble_index(b, k, l)] = c[32 * j + k] | (c[32 * j + 16 + k] << 4)
+
+
 @njit(cache=True, nogil=True)
 def repack_q8_0(raw, qt, d, r0, r1):
     """Q8_0: d (fp16), qs int8[32]."""
@@ -515,9 +653,11 @@ def repack(data: np.ndarray, qtype, shape, release=None) -> Packed:
         A["qh"] = np.zeros((T, nb * ROW_TILE) if kind == "q5" else (1, 0), np.uint32)
     if kind == "q2":
         A["qb"] = np.zeros((T, nb * ROW_TILE) if t == GGMLType.Q3_K else (1, 0), np.uint32)
+    if kind in ("q2", "t4s"):
         A["sc"] = np.zeros((T, 2 * nb * ROW_TILE), np.int8)
+    if kind == "q2":
         A["mn"] = np.zeros((T, 2 * nb * ROW_TILE), np.int8)
-    per_block = nb // 8 if kind == "q2" else nb          # q2's d, dm: one per 256 weights
+    per_block = nb // 8 if kind in ("q2", "t4s") else nb          # q2's d, dm and t4s' d: one per 256 weights
     for k in _SCALES[kind]:
         A[k] = np.zeros((T, per_block * ROW_TILE), np.float32)
 
@@ -528,6 +668,8 @@ def repack(data: np.ndarray, qtype, shape, release=None) -> Packed:
             repack_q2(raw, row_bytes(t, 256), A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"], r0, r1)
         elif kind == "t4":
             repack_t4(raw, row_bytes(t, 256 if t == GGMLType.IQ4_XS else 32), A["qt"], A["d"], r0, r1)
+        elif kind == "t4s":
+            repack_t4s(raw, row_bytes(t, 256), A["qt"], A["sc"], A["d"], r0, r1)
         elif kind == "q6":
             repack_q6_k(raw, A["qt"], A["sl"], A["sh"], r0, r1)
         elif t in (GGMLType.Q4_K, GGMLType.Q5_K):

@@ -1,9 +1,10 @@
 """Integer dot products for the quantized matvecs, written as LLVM IR for AVX2 hosts.
 
-Three families: ``nibble_isums`` (4- and 5-bit weights times activations in two int8
-terms, for matvec_nib), ``table_isums`` (4-bit indices into a value table, the same way,
-for matvec_tab) and ``pair_isums`` (int8 weights times int16 activations, for
-matvec_i8); see their docstrings.
+Families: ``nibble_isums`` (4- and 5-bit weights times activations in two int8 terms, for
+matvec_nib), ``crumb_isums`` (2- and 3-bit weights, the same way, per 16 weights, for
+matvec_crumb), ``table_isums`` (4-bit indices into a value table, the same way, for
+matvec_tab; ``table_isums16``: the lattice tables raised to unsigned values, for matvec_tab16) and
+``pair_isums`` (int8 weights times int16 activations, for matvec_i8); see their docstrings.
 
 ``nibble_isums(q, qo, h, ho, five, xq, xr, xo, out, simd)`` computes, for one 32-weight
 block of each of the ``ROW_TILE`` (32) rows of a row tile,
@@ -216,50 +217,81 @@ _isums4_avx2 = _plane_intrinsic("_isums4_avx2", lambda b, *p: _emit_nibble_sums(
 _isums5_avx2 = _plane_intrinsic("_isums5_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=True))
 
 
-@intrinsic
-def _table_isums_avx2(typingctx, q, qo, tab, xq, xr, xo, out):
-    """The AVX2 form of table_isums (see its docstring)."""
-    sig = types.void(q, qo, tab, xq, xr, xo, out)
+def _emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, depth=1):
+    """The IR of table_isums' AVX2 form, and of table_isums16's (unsigned values: no vpabsb /
+    vpsignb; halves: one sum per 16 weights; depth: vpmaddubsw results summed as int16 into
+    an accumulator before each widening vpmaddwd; 4 divides the 4 (halves) or 8 it gets)."""
+    maddubs, maddwd = _madds(builder)
+    pshufb = _x86(builder, "llvm.x86.avx2.pshuf.b", _V32I8, _V32I8, _V32I8)
+    psign = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, _V32I8, _V32I8)
+    load = _loader(builder)
+    low4 = ir.Constant(_V32I8, [15] * 32)
+    four = ir.Constant(_V32I8, [4] * 32)
+    zero8 = ir.Constant(_V32I8, [0] * 32)
+    ones = ir.Constant(_V16I16, [1] * 16)
 
-    def codegen(context, builder, signature, args):
-        q, qo, tab, xq, xr, xo, out = args
-        aty = signature.args
-        qp = _byte_ptr(context, builder, aty[0], q, qo)
-        tp = _byte_ptr(context, builder, aty[2], tab, ir.Constant(qo.type, 0))
-        xps = [_byte_ptr(context, builder, aty[3], xq, xo), _byte_ptr(context, builder, aty[4], xr, xo)]
-        op = _out_ptr(context, builder, aty[6], out)
-        maddubs, maddwd = _madds(builder)
-        pshufb = _x86(builder, "llvm.x86.avx2.pshuf.b", _V32I8, _V32I8, _V32I8)
-        psign = _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, _V32I8, _V32I8)
-        load = _loader(builder)
-        low4 = ir.Constant(_V32I8, [15] * 32)
-        four = ir.Constant(_V32I8, [4] * 32)
-        zero8 = ir.Constant(_V32I8, [0] * 32)
-        ones = ir.Constant(_V16I16, [1] * 16)
+    t16 = load(tp, 0, ir.VectorType(_I8, 16))
+    table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
+    groups = ROW_TILE // 8
+    parts = 2 if halves else 1           # accumulators per term and row group: the two halves, or one
+    acc = [[ir.Constant(_V8I32, [0] * 8)] * (parts * groups) for _ in xps]
+    part = [[None] * (parts * groups) for _ in xps]     # int16 sums not yet widened
+    count = [[0] * (parts * groups) for _ in xps]
 
-        t16 = load(tp, 0, ir.VectorType(_I8, 16))
-        table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
-        groups = ROW_TILE // 8
-        acc = [[ir.Constant(_V8I32, [0] * 8)] * groups for _ in xps]
-        for g in range(4):
-            xs = [[builder.bitcast(_splat(builder, load(xp, o + 4 * g, _I32)), _V32I8)
-                   for o in (0, 16)] for xp in xps]
-            for rg in range(groups):
-                v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
-                for half, nib in enumerate((builder.and_(v, low4), builder.and_(builder.lshr(v, four), low4))):
-                    w = pshufb(table, nib)                   # the int8 values
-                    neg = builder.icmp_signed("<", w, zero8)
-                    mag = builder.select(neg, builder.sub(zero8, w), w)      # |w| (vpabsb)
+    def add(term, a, p16):
+        part[term][a] = p16 if part[term][a] is None else builder.add(part[term][a], p16)
+        count[term][a] += 1
+        if count[term][a] == depth:
+            acc[term][a] = builder.add(acc[term][a], maddwd(part[term][a], ones))
+            part[term][a], count[term][a] = None, 0
+
+    for g in range(4):
+        xs = [[builder.bitcast(_splat(builder, load(xp, o + 4 * g, _I32)), _V32I8)
+               for o in (0, 16)] for xp in xps]
+        for rg in range(groups):
+            v = load(qp, (g * ROW_TILE + rg * 8) * 4, _V32I8)
+            for half, nib in enumerate((builder.and_(v, low4), builder.and_(builder.lshr(v, four), low4))):
+                w = pshufb(table, nib)                   # the int8 values
+                a = (half if halves else 0) * groups + rg
+                if unsigned:
                     for term in range(len(xps)):
-                        sx = psign(xs[term][half], w)        # x with w's sign (0 where w = 0)
-                        pair = maddwd(maddubs(mag, sx), ones)
-                        acc[term][rg] = builder.add(acc[term][rg], pair)
-        for term in range(len(xps)):
-            for rg in range(groups):
-                builder.store(acc[term][rg], builder.gep(op, [ir.Constant(_I32, term * groups + rg)]), align=4)
-        return context.get_dummy_value()
+                        add(term, a, maddubs(w, xs[term][half]))
+                    continue
+                neg = builder.icmp_signed("<", w, zero8)
+                mag = builder.select(neg, builder.sub(zero8, w), w)      # |w| (vpabsb)
+                for term in range(len(xps)):
+                    sx = psign(xs[term][half], w)        # x with w's sign (0 where w = 0)
+                    add(term, a, maddubs(mag, sx))
+    for term in range(len(xps)):
+        for a in range(parts * groups):
+            builder.store(acc[term][a], builder.gep(op, [ir.Constant(_I32, term * parts * groups + a)]), align=4)
 
-    return sig, codegen
+
+def _table_intrinsic(name, **mode):
+    """An intrinsic (q, qo, tab, xq, xr, xo, out) of _emit_table_sums in the given mode."""
+    def isums(typingctx, q, qo, tab, xq, xr, xo, out):
+        sig = types.void(q, qo, tab, xq, xr, xo, out)
+
+        def codegen(context, builder, signature, args):
+            q, qo, tab, xq, xr, xo, out = args
+            aty = signature.args
+            _emit_table_sums(builder, _byte_ptr(context, builder, aty[0], q, qo),
+                             _byte_ptr(context, builder, aty[2], tab, ir.Constant(qo.type, 0)),
+                             [_byte_ptr(context, builder, aty[3], xq, xo), _byte_ptr(context, builder, aty[4], xr, xo)],
+                             _out_ptr(context, builder, aty[6], out), **mode)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    isums.__name__ = isums.__qualname__ = name
+    return intrinsic(isums)
+
+
+_table_isums_avx2 = _table_intrinsic("_table_isums_avx2")
+_lattice_wide32_avx2 = _table_intrinsic("_lattice_wide32_avx2", unsigned=True)
+_lattice_wide16_avx2 = _table_intrinsic("_lattice_wide16_avx2", unsigned=True, halves=True)
+_lattice_narrow32_avx2 = _table_intrinsic("_lattice_narrow32_avx2", unsigned=True, depth=4)
+_lattice_narrow16_avx2 = _table_intrinsic("_lattice_narrow16_avx2", unsigned=True, halves=True, depth=4)
 
 
 def table_isums(q, qo, tab, xq, xr, xo, out, simd):
@@ -284,6 +316,70 @@ def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
             _table_isums_avx2(q, qo, tab, xq, xr, xo, out)
         else:
             _isums_loop(q, qo, _NO_BITS, 0, False, tab, xq, xr, xo, out)
+    return either
+
+
+def table_isums16(q, qo, tab, halves, narrow, xq, xr, xo, out, simd):
+    """table_isums for the unsigned tables of the lattice i-quants (repack kind ``t4s``: their
+    values plus an offset, 0..127) with the sums per 16 weights when ``halves`` (their scales
+    are per 16): out[(term * 2 + half) * 32 + l] sums the low nibbles (weights 0-15, half 0) or
+    the high nibbles (weights 16-31, half 1) of row l times x_term; else out[term * 32 + l] sums
+    all 32.  Exact in int32.  ``narrow``: every value is at most 31.  AVX2 form: ``vpshufb`` looks
+    the values up and ``vpmaddubsw`` takes them as they are (no ``vpabsb`` / ``vpsignb``: 17 vector
+    instructions per 64 weights and both terms, against 23 for table_isums); narrow tables sum
+    four ``vpmaddubsw`` results as int16 (at most 4 * 2 * 31 * 127) before widening them (about
+    13 instructions), the others widen each at once (at most 2 * 127 * 127).  (Callable from
+    Numba code only.)"""
+    raise NotImplementedError("table_isums16 runs inside Numba kernels")
+
+
+@njit(cache=True, inline="always")
+def _table_isums16_loop(q, qo, tab, halves, xq, xr, xo, out):
+    """The portable form of table_isums16."""
+    R = ROW_TILE
+    for l in range(R):
+        s0 = np.int32(0)
+        s1 = np.int32(0)
+        r0 = np.int32(0)
+        r1 = np.int32(0)
+        for g in range(4):
+            for j in range(4):
+                v = np.int32(q[qo + (g * R + l) * 4 + j])
+                lo = np.int32(tab[v & np.int32(15)])
+                hi = np.int32(tab[v >> np.int32(4)])
+                i = xo + 4 * g + j
+                s0 += lo * np.int32(xq[i])
+                s1 += hi * np.int32(xq[i + 16])
+                r0 += lo * np.int32(xr[i])
+                r1 += hi * np.int32(xr[i + 16])
+        if halves:
+            out[l] = s0
+            out[R + l] = s1
+            out[2 * R + l] = r0
+            out[3 * R + l] = r1
+        else:
+            out[l] = s0 + s1
+            out[R + l] = r0 + r1
+
+
+@overload(table_isums16, inline="always")
+def _table_isums16_impl(q, qo, tab, halves, narrow, xq, xr, xo, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, tab, halves, narrow, xq, xr, xo, out, simd):
+            _table_isums16_loop(q, qo, tab, halves, xq, xr, xo, out)
+        return portable
+
+    def either(q, qo, tab, halves, narrow, xq, xr, xo, out, simd):
+        if not simd:
+            _table_isums16_loop(q, qo, tab, halves, xq, xr, xo, out)
+        elif narrow and halves:
+            _lattice_narrow16_avx2(q, qo, tab, xq, xr, xo, out)
+        elif narrow:
+            _lattice_narrow32_avx2(q, qo, tab, xq, xr, xo, out)
+        elif halves:
+            _lattice_wide16_avx2(q, qo, tab, xq, xr, xo, out)
+        else:
+            _lattice_wide32_avx2(q, qo, tab, xq, xr, xo, out)
     return either
 
 

@@ -9,8 +9,8 @@
 rows = output features (GGUF/numpy order).  Construction copies the tensor into
 the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q5_0/Q5_1 6, Q8_0 8.5,
 IQ4_NL 4.5, Q2_K 3.1, Q3_K 4.1 -- the GGUF sizes or within 0.7 bit, with float16 scales --
-Q4_K 6, Q5_K 7, Q6_K 10, IQ4_XS 5, MXFP4 4.5-5, TQ2_0 and TQ1_0 3.1, F16/BF16 16, F32 32, other
-types their GGUF size; row counts are padded to whole 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
+Q4_K 6, Q5_K 7, Q6_K 10, IQ4_XS 5, MXFP4 4.5-5, TQ2_0 and TQ1_0 3.1, the lattice i-quants IQ1_*,
+IQ2_*, IQ3_* 4.6, F16/BF16 16, F32 32, other types their GGUF size; row counts are padded to whole 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
 
 Fusing: ``Weight.concat([Wq, Wk, Wv])`` stacks the rows of weights of one type and
 row length into one Weight: one kernel launch and one re-layout of x instead of
@@ -29,10 +29,9 @@ import numpy as np
 from . import quant_matvec as mv, tile_decode
 from .quant_matmul import MATVEC_MAX_BATCH, tiled_matmul
 from .registry import get_qtype
-from .repack import (BYTE_KINDS, NIBBLE_KINDS, ROW_TILE, TABLES, TILED_KINDS, Packed, concat as _concat_packed,
+from .repack import (BYTE_KINDS, LATTICE, NIBBLE_KINDS, ROW_TILE, TABLES, TILED_KINDS, Packed, concat as _concat_packed,
                      repack)
 from .simd import HOST_AVX2, HOST_F16C
-from .slow_matvec import rounds_activations, slow_matvec
 from .threads import get_num_threads, run_all, split
 from .types import GGMLType, as_type, row_bytes
 
@@ -52,7 +51,7 @@ _OFFSET = {GGMLType.Q4_0: np.int32(8), GGMLType.Q5_0: np.int32(16), GGMLType.Q3_
 class Weight:
     """A (rows, cols) weight matrix of GGML type `qtype`, repacked for the kernels."""
 
-    __slots__ = ("qtype", "shape", "packed", "splits", "_decode")
+    __slots__ = ("qtype", "shape", "packed", "splits", "_decode", "_product")
 
     def __init__(self, data: np.ndarray, qtype, shape, release=None):
         """release(r0, r1): called once rows r0..r1-1 of data have been copied (see repack.repack)."""
@@ -71,6 +70,7 @@ class Weight:
         self.packed = packed
         self.splits = tuple(splits)
         self._decode = decode
+        self._product = self._matvec_kernel()
 
     @classmethod
     def _from_packed(cls, packed: Packed, splits) -> "Weight":
@@ -87,23 +87,22 @@ class Weight:
 
     def rounded(self, X: np.ndarray) -> np.ndarray:
         """X (..., cols) float32 as this weight's matvec multiplies it, in float64: the tiled
-        kinds use integer dot products (see simd.py), the nibble and table kinds (and the
-        lattice i-quants where lattice_isums.py has kernels) on two int8 terms per 32-block
-        (within max|x_block| / 64516 of X), Q8_0 and Q6_K on int16 per block (within
-        max|x_block| / 65534); the float kinds and the rest multiply X itself.  Matmuls of
-        more than MATVEC_MAX_BATCH rows multiply the exact X."""
+        kinds use integer dot products (see simd.py), the nibble, table and lattice kinds on two
+        int8 terms per 32-block (within max|x_block| / 64516 of X), Q8_0 and Q6_K on int16 per block (within max|x_block| / 65534);
+        the float and raw kinds multiply X itself.  Matmuls of more than MATVEC_MAX_BATCH rows
+        multiply the exact X."""
         X = np.asarray(X, np.float32)
         out = X.astype(np.float64)
         kind = self.packed.kind
-        if kind not in TILED_KINDS and not rounds_activations(self.qtype):
+        if kind not in TILED_KINDS:
             return out
         for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
             src = np.ascontiguousarray(src)
-            if kind not in BYTE_KINDS:
+            if kind in BYTE_KINDS:
+                terms = [mv.round_activations16(src)]
+            else:
                 xq, xr, dx, dr, _ = mv.round_activations(src)
                 terms = [(xq, dx), (xr, dr)]
-            else:
-                terms = [mv.round_activations16(src)]
             dst[:] = sum(q.reshape(-1, 32) * d[:, None].astype(np.float64) for q, d in terms).reshape(-1)
         return out
 
@@ -125,26 +124,36 @@ class Weight:
             out = np.empty(rows, np.float32)
         elif out.shape != (rows,) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError(f"out must be a contiguous float32 array of shape {(rows,)}")
+        if self._product is None:
+            self._raw_matvec(x, out)
+        else:
+            self._product(x, out)
+        return out
+
+    def _matvec_kernel(self):
+        """product(x, out): the kernel of this weight's kind with its arrays bound, or None for the
+        raw kind (chosen once:
+        a decode step makes a hundred small matvecs, where each microsecond of dispatch shows)."""
         p = self.packed
         A = p.arrays
         k = p.kind
         if k in NIBBLE_KINDS:
-            mv.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, True, out)
+            f, a = mv.matvec_nib, (A["qt"], A["qh"], A["d"], A["m"])
         elif k == "t4":
-            mv.matvec_tab(A["qt"], A["d"], TABLES[self.qtype], x, True, out)
+            f, a = mv.matvec_tab, (A["qt"], A["d"], TABLES[self.qtype])
+        elif k == "t4s":
+            f, a = mv.matvec_tab16, (A["qt"], A["sc"], A["d"], *LATTICE[self.qtype])
         elif k == "q2":
-            mv.matvec_crumb(A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"], x, True, out)
+            f, a = mv.matvec_crumb, (A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"])
         elif k in BYTE_KINDS:
-            mv.matvec_i8(*self._byte_arrays(), x, True, out)
-        elif k == "f32":
-            mv.matvec_f32(A["w"], x, out)
-        elif k == "f16":
-            mv.matvec_f16(A["w"], x, out)
-        elif k == "bf16":
-            mv.matvec_bf16(A["w"], x, out)
-        elif not slow_matvec(A["raw"], self.qtype, x, out):   # fused kernels of the other types
-            self._raw_matvec(x, out)
-        return out
+            f, a = mv.matvec_i8, self._byte_arrays()
+        elif k in ("f32", "f16", "bf16"):
+            f = {"f32": mv.matvec_f32, "f16": mv.matvec_f16, "bf16": mv.matvec_bf16}[k]
+            w = A["w"]
+            return lambda x, out: f(w, x, out)
+        else:
+            return None                 # the raw path (_raw_matvec)
+        return lambda x, out: f(*a, x, True, out)
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Y (n, rows) = X Wᵀ for X (n, cols) float32.  out may be a column slice of a wider
@@ -232,6 +241,8 @@ class Weight:
             mv.decode_nib(A["qt"], A["qh"], A["d"], A["m"], _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)
         elif k == "t4":
             mv.decode_tab(A["qt"], A["d"], TABLES[self.qtype], ids, out)
+        elif k == "t4s":
+            mv.decode_tab16(A["qt"], A["sc"], A["d"], TABLES[self.qtype], ids, out)
         elif k == "q2":
             mv.decode_crumb(A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"],
                             _OFFSET.get(self.qtype, _NO_OFFSET), ids, out)

@@ -4,8 +4,8 @@ Tolerance (every product test): |y - y_ref| <= 1e-5 * sum_j |w_j x_j| + 1e-30 pe
 y_ref = dequant(W) @ x in float64, with x the activations the product multiplies: the tiled
 types' matvec (and matmuls of at most MATVEC_MAX_BATCH rows) uses integer dot products on x
 rounded per 32-block (Q2_K, Q3_K, TQ1_0, TQ2_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, IQ4_NL,
-IQ4_XS, MXFP4: two int8 terms, within max|x_block| / 64516; Q8_0, Q6_K: int16, within
-max|x_block| / 65534), so x is x_hat = W.rounded(x), itself checked against its definition and, end to end,
+IQ4_XS, MXFP4 and the lattice i-quants IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: two
+int8 terms, within max|x_block| / 64516; Q8_0, Q6_K: int16, within max|x_block| / 65534), so x is x_hat = W.rounded(x), itself checked against its definition and, end to end,
 |y - W x| <= sum_j |w_j| |x_j - x_hat_j| + 1e-5 * sum_j |w_j x_j|.
 Dequantization and row gathers are bit-exact (compared as bits).
 """
@@ -33,12 +33,16 @@ BLOCK_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q
                "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4"]
 # Types with a repacked fast layout.
 FAST_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-              "Q5_K", "Q6_K", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "MXFP4"]
+              "Q5_K", "Q6_K", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "MXFP4",
+              "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"]
+LATTICE_TYPES = FAST_TYPES[-7:]
 
 # fp16 scale fields (byte offsets in a block) of the fast types, overwritten in random data.
 _SCALES = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
            "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_NL": (0,), "IQ4_XS": (0,), "MXFP4": (),
-           "Q2_K": (80, 82), "Q3_K": (108,), "TQ2_0": (64,), "TQ1_0": (52,)}
+           "Q2_K": (80, 82), "Q3_K": (108,), "TQ2_0": (64,), "TQ1_0": (52,),
+           "IQ1_S": (0,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,), "IQ3_XXS": (0,), "IQ3_S": (0,),
+           "IQ1_M": ()}
 
 
 def assert_close(y, W64, x, what=""):
@@ -80,6 +84,10 @@ def random_tensor(name: str, rows: int, cols: int, rng) -> np.ndarray:
         b[:, off:off + 2] = (rng.uniform(-1, 1, n) / 50).astype(np.float16).view(np.uint8).reshape(n, 2)
     if name == "MXFP4":      # E8M0 exponents around 2^0
         b[:, 0] = rng.integers(110, 140, n)
+    if name == "IQ1_M":      # the fp16 scale is the top nibbles of the four scale words
+        h = (rng.uniform(-1, 1, n) / 50).astype(np.float16).view(np.uint16)
+        for k in range(4):
+            b[:, 49 + 2 * k] = (b[:, 49 + 2 * k] & 0x0F) | (((h >> (4 * k)) & 0xF) << 4).astype(np.uint8)
     return b.reshape(-1)
 
 
@@ -129,12 +137,26 @@ def test_random_fast_types(name, shape):
     assert_close(kernels.matmul(X, data, name, shape), W32.astype(np.float64), X, "kernels.matmul")
 
 
+def test_lattice_tables_fit_the_integer_sums():
+    """The lattice kind's tables as the AVX2 sums need them: every code's value raised by the
+    type's offset is 0..127 (one unsigned byte for vpmaddubsw, pairs of products below 2^15),
+    at most 31 where the type is marked narrow (four products summed as int16), and the raised
+    table minus the offset is the table the exact decoder uses."""
+    for t, (utab, off, halves, narrow) in kernels.repack.LATTICE.items():
+        tab = kernels.repack.TABLES[t].astype(np.int32)
+        assert utab.dtype == np.uint8 and utab.max() <= 127, t.name
+        assert (utab.astype(np.int32) - off == tab).all(), t.name
+        assert not narrow or utab.max() <= 31, t.name
+        assert halves == (t.name in ("IQ1_M", "IQ2_XS", "IQ2_S")), t.name     # their scales are per 16
+
+
 @pytest.mark.parametrize("name,steps", [("Q4_0", 127 * 254), ("Q4_1", 127 * 254), ("Q4_K", 127 * 254),
                                         ("Q5_0", 127 * 254), ("Q5_1", 127 * 254), ("Q5_K", 127 * 254),
                                         ("IQ4_NL", 127 * 254), ("IQ4_XS", 127 * 254), ("MXFP4", 127 * 254),
                                         ("Q2_K", 127 * 254), ("Q3_K", 127 * 254), ("TQ2_0", 127 * 254),
                                         ("TQ1_0", 127 * 254),
-                                        ("Q8_0", 32767), ("Q6_K", 32767)])
+                                        ("Q8_0", 32767), ("Q6_K", 32767)]
+                         + [(name, 127 * 254) for name in LATTICE_TYPES])
 def test_rounded_activations_and_the_end_to_end_bound(name, steps):
     """x_hat = W.rounded(x): per 32-block integer multiples of max|x_block| / steps (two int8 terms:
     dx xq + dr xr, dx = max / 127, dr = dx / 254; or int16), within half a step of x (zero blocks
@@ -161,6 +183,8 @@ def test_rounded_activations_and_the_end_to_end_bound(name, steps):
             mv.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, simd, y2)
         elif W.packed.kind == "t4":
             mv.matvec_tab(A["qt"], A["d"], kernels.repack.TABLES[W.qtype], x, simd, y2)
+        elif W.packed.kind == "t4s":
+            mv.matvec_tab16(A["qt"], A["sc"], A["d"], *kernels.repack.LATTICE[W.qtype], x, simd, y2)
         elif W.packed.kind == "q2":
             mv.matvec_crumb(A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"], x, simd, y2)
         else:

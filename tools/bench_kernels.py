@@ -3,7 +3,8 @@
     python tools/bench_kernels.py [--threads N] [--types Q4_1,Q8_0,...] [--reps R] [--batch 512]
 
 For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
-  matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of R runs)
+  matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of 3R runs, and of
+                at least 0.2 s of calls: a call of microseconds needs many tries)
   decode GB/s   GGML bytes per second turned into float32 by Weight.dequantize
   mm GFLOP/s    2*n*rows*cols / time of Weight.matmul on a batch of n (default 512)
 and each figure as a ratio of what this machine does in the same run with the same
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
             W.matvec(x, y)
             first = time.perf_counter() - t0
             gb = W.file_nbytes / 1e9
-            t_mv = best_time(lambda: W.matvec(x, y), args.reps * 3)
+            t_mv = best_time(lambda: W.matvec(x, y), args.reps * 3, min_seconds=0.2)
             dq = np.empty((rows, cols), np.float32)
             t_dq = best_time(lambda: W.decode_range(0, rows, dq), args.reps)
             del dq
