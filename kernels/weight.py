@@ -10,7 +10,8 @@ rows = output features (GGUF/numpy order).  Construction copies the tensor into
 the row-tiled layout of repack.py (bits per weight: Q4_0/Q4_1 5, Q5_0/Q5_1 6, Q8_0 8.5,
 IQ4_NL 4.5, Q2_K 3.1, Q3_K 4.1 -- the GGUF sizes or within 0.7 bit, with float16 scales --
 Q4_K 6, Q5_K 7, Q6_K 10, IQ4_XS 5, MXFP4 4.5-5, TQ2_0 and TQ1_0 3.1, the lattice i-quants IQ1_*,
-IQ2_*, IQ3_* 4.6, F16/BF16 16, F32 32, other types their GGUF size; row counts are padded to whole 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
+IQ2_*, IQ3_* 4.6, F16/BF16 16, F32 32, other types their GGUF size; row counts are padded to
+whole 32-row tiles) and keeps no reference to ``data``, so the file mapping can be released.
 
 Fusing: ``Weight.concat([Wq, Wk, Wv])`` stacks the rows of weights of one type and
 row length into one Weight: one kernel launch and one re-layout of x instead of
@@ -88,9 +89,9 @@ class Weight:
     def rounded(self, X: np.ndarray) -> np.ndarray:
         """X (..., cols) float32 as this weight's matvec multiplies it, in float64: the tiled
         kinds use integer dot products (see simd.py), the nibble, table and lattice kinds on two
-        int8 terms per 32-block (within max|x_block| / 64516 of X), Q8_0 and Q6_K on int16 per block (within max|x_block| / 65534);
-        the float and raw kinds multiply X itself.  Matmuls of more than MATVEC_MAX_BATCH rows
-        multiply the exact X."""
+        int8 terms per 32-block (within max|x_block| / 64516 of X), Q8_0 and Q6_K on int16 per
+        block (within max|x_block| / 65534); the float and raw kinds multiply X itself.  Matmuls
+        of more than MATVEC_MAX_BATCH rows multiply the exact X."""
         X = np.asarray(X, np.float32)
         out = X.astype(np.float64)
         kind = self.packed.kind
@@ -132,8 +133,8 @@ class Weight:
 
     def _matvec_kernel(self):
         """product(x, out): the kernel of this weight's kind with its arrays bound, or None for the
-        raw kind (chosen once:
-        a decode step makes a hundred small matvecs, where each microsecond of dispatch shows)."""
+        raw kind.  Chosen once: a decode step makes a hundred small matvecs, where each
+        microsecond of dispatch shows."""
         p = self.packed
         A = p.arrays
         k = p.kind
