@@ -6,7 +6,8 @@ For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
   matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of 3R runs, and of
                 at least 0.2 s of calls: a call of microseconds needs many tries)
   decode GB/s   GGML bytes per second turned into float32 by Weight.dequantize
-  mm GFLOP/s    2*n*rows*cols / time of Weight.matmul on a batch of n (default 512)
+  mm GFLOP/s    2*n*rows*cols / time of Weight.matmul on a batch of n (default 512; best of
+                R/3 runs and of at least 0.3 s)
 and each figure as a ratio of what this machine does in the same run with the same
 thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
 threads) for matvec and decode, numpy float32 GEMM (the faster orientation) for matmul (BLAS keeps its own
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
             del dq
             Y = np.empty((args.batch, rows), np.float32)
             with single_threaded_blas():    # as the engine runs it: the tiles bring their own threads
-                t_mm = best_time(lambda: W.matmul(X, Y), max(2, args.reps // 3))
+                t_mm = best_time(lambda: W.matmul(X, Y), max(2, args.reps // 3), min_seconds=0.3)
             mv, dec = gb / t_mv, gb / t_dq
             mm = 2 * args.batch * rows * cols / t_mm / 1e9
             print(f"{t.name:8} {f'{rows}x{cols}':>10} {mv:11.2f} {mv / bw:5.2f} {dec:11.2f} {dec / bw:5.2f} "
