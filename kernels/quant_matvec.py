@@ -175,6 +175,22 @@ def matvec_nib(qt, qh, d, m, x, simd, y):
         _store_tile(acc, t, y)
 
 
+@njit(cache=True, inline="always")
+def _sums16(xq, xr):
+    """The sums of the int8 activation terms over each 16 values, (2 nb,) int32 each."""
+    sq = np.empty(xq.size // 16, np.int32)
+    sr = np.empty(xq.size // 16, np.int32)
+    for h in range(sq.size):
+        a = 0
+        b = 0
+        for k in range(16 * h, 16 * h + 16):
+            a += np.int32(xq[k])
+            b += np.int32(xr[k])
+        sq[h] = a
+        sr[h] = b
+    return sq, sr
+
+
 @njit(parallel=True, fastmath=_FM, cache=True)
 def matvec_crumb(qt, qb, sc, mn, d, dm, x, simd, y):
     """The 2-bit kind (Q2_K, Q3_K with its third bits qb, TQ2_0, TQ1_0), tiled: w = d sc u - dm mn per
@@ -184,15 +200,10 @@ def matvec_crumb(qt, qb, sc, mn, d, dm, x, simd, y):
     nb = x.size // 32
     three = qb.shape[1] > 0
     xq, xr, dx, dr, _ = round_activations(x)
+    sq16, sr16 = _sums16(xq, xr)
     xs16 = np.empty(2 * nb, np.float32)     # sums of the rounded x over each 16
-    for b in range(nb):
-        for half in range(2):
-            sq = 0
-            sr = 0
-            for k in range(16 * half, 16 * half + 16):
-                sq += np.int32(xq[32 * b + k])
-                sr += np.int32(xr[32 * b + k])
-            xs16[2 * b + half] = dx[b] * f32(sq) + dr[b] * f32(sr)
+    for h in range(2 * nb):
+        xs16[h] = dx[h // 2] * f32(sq16[h]) + dr[h // 2] * f32(sr16[h])
     for t in prange(qt.shape[0]):
         q = qt[t]
         h = qb[t % qb.shape[0]]
@@ -260,15 +271,7 @@ def matvec_tab16(qt, sc, d, utab, off, halves, narrow, x, simd, y):
     R = ROW_TILE
     nb = x.size // 32
     xq, xr, dx, dr, _ = round_activations(x)
-    xo = np.empty(4 * nb, np.int32)         # off times the sums of xq (then xr) over each 16
-    for h in range(2 * nb):
-        sq = 0
-        sr = 0
-        for k in range(16 * h, 16 * h + 16):
-            sq += np.int32(xq[k])
-            sr += np.int32(xr[k])
-        xo[h] = np.int32(off * sq)
-        xo[2 * nb + h] = np.int32(off * sr)
+    sq16, sr16 = _sums16(xq, xr)
     for t in prange(qt.shape[0]):
         q = qt[t]
         sct = sc[t]
@@ -282,10 +285,10 @@ def matvec_tab16(qt, sc, d, utab, off, halves, narrow, x, simd, y):
                 table_isums16(q, b * 16 * R, utab, halves, narrow, xq, xr, 32 * b, isum, simd)
                 dxb = dx[b]
                 drb = dr[b]
-                q0 = xo[2 * b]
-                q1 = xo[2 * b + 1]
-                r0 = xo[2 * nb + 2 * b]
-                r1 = xo[2 * nb + 2 * b + 1]
+                q0 = np.int32(off * sq16[2 * b])        # the offset's share of the sums
+                q1 = np.int32(off * sq16[2 * b + 1])
+                r0 = np.int32(off * sr16[2 * b])
+                r1 = np.int32(off * sr16[2 * b + 1])
                 if halves:
                     for l in range(R):
                         p0 = f32(np.int32(isum[l] - q0)) * dxb + f32(np.int32(isum[2 * R + l] - r0)) * drb

@@ -86,11 +86,11 @@ _V32I8, _V16I16, _V8I32 = ir.VectorType(_I8, 32), ir.VectorType(_I16, 16), ir.Ve
 _V8F32 = ir.VectorType(ir.FloatType(), 8)
 
 
-def _splat(builder, value, n=8):
-    """A scalar IR value (i32, float, ...) broadcast to an <n x type> vector."""
-    undef = ir.Constant(ir.VectorType(value.type, n), ir.Undefined)
+def _splat(builder, value):
+    """A scalar IR value (i32, float, ...) broadcast to an <8 x type> vector."""
+    undef = ir.Constant(ir.VectorType(value.type, 8), ir.Undefined)
     v = builder.insert_element(undef, value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, n), [0] * n))
+    return builder.shuffle_vector(v, undef, ir.Constant(_V8I32, [0] * 8))
 
 
 def _spread_bits(builder, word, value):
@@ -122,8 +122,7 @@ def _out_ptr(context, builder, arytype, ary):
 
 
 def _x86(builder, name, ret, *argtypes):
-    """A callable emitting a call of the LLVM intrinsic `name` (an x86 one, or a generic one
-    such as llvm.fma; declared once per module)."""
+    """A callable emitting a call of the x86 intrinsic `name` (declared once per module)."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, list(argtypes)), name)
     return lambda *a: builder.call(fn, list(a))
 

@@ -131,10 +131,10 @@ class Weight:
             self._product(x, out)
         return out
 
-    def _matvec_kernel(self):
+    def _matvec_kernel(self, simd: bool = True):
         """product(x, out): the kernel of this weight's kind with its arrays bound, or None for the
         raw kind.  Chosen once: a decode step makes a hundred small matvecs, where each
-        microsecond of dispatch shows."""
+        microsecond of dispatch shows.  simd=False: the tiled kinds' portable integer sums."""
         p = self.packed
         A = p.arrays
         k = p.kind
@@ -154,7 +154,7 @@ class Weight:
             return lambda x, out: f(w, x, out)
         else:
             return None                 # the raw path (_raw_matvec)
-        return lambda x, out: f(*a, x, True, out)
+        return lambda x, out: f(*a, x, simd, out)
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Y (n, rows) = X Wᵀ for X (n, cols) float32.  out may be a column slice of a wider

@@ -5,7 +5,8 @@ y_ref = dequant(W) @ x in float64, with x the activations the product multiplies
 types' matvec (and matmuls of at most MATVEC_MAX_BATCH rows) uses integer dot products on x
 rounded per 32-block (Q2_K, Q3_K, TQ1_0, TQ2_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, IQ4_NL,
 IQ4_XS, MXFP4 and the lattice i-quants IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: two
-int8 terms, within max|x_block| / 64516; Q8_0, Q6_K: int16, within max|x_block| / 65534), so x is x_hat = W.rounded(x), itself checked against its definition and, end to end,
+int8 terms, within max|x_block| / 64516; Q8_0, Q6_K: int16, within max|x_block| / 65534), so x
+is x_hat = W.rounded(x), itself checked against its definition and, end to end,
 |y - W x| <= sum_j |w_j| |x_j - x_hat_j| + 1e-5 * sum_j |w_j x_j|.
 Dequantization and row gathers are bit-exact (compared as bits).
 """
@@ -175,20 +176,9 @@ def test_rounded_activations_and_the_end_to_end_bound(name, steps):
     y = W.matvec(x)
     bound = np.abs(W64) @ np.abs(x - xh) + REL_TOL * (np.abs(W64) @ np.abs(x)) + 1e-30
     assert (np.abs(y - W64 @ x) <= bound).all()
-    mv = kernels.quant_matvec
-    A = W.packed.arrays
     for simd in (True, False):
         y2 = np.empty(77, np.float32)
-        if "qh" in A:
-            mv.matvec_nib(A["qt"], A["qh"], A["d"], A["m"], x, simd, y2)
-        elif W.packed.kind == "t4":
-            mv.matvec_tab(A["qt"], A["d"], kernels.repack.TABLES[W.qtype], x, simd, y2)
-        elif W.packed.kind == "t4s":
-            mv.matvec_tab16(A["qt"], A["sc"], A["d"], *kernels.repack.LATTICE[W.qtype], x, simd, y2)
-        elif W.packed.kind == "q2":
-            mv.matvec_crumb(A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"], x, simd, y2)
-        else:
-            mv.matvec_i8(*W._byte_arrays(), x, simd, y2)
+        W._matvec_kernel(simd)(x, y2)
         assert bits_equal(y2, y), simd
 
 
