@@ -335,14 +335,15 @@ def test_config_missing_key_named(key):
 
 
 def test_config_rope_scaling_and_defaults():
-    """Linear rope scaling gives freq_scale = 1/factor; head_count_kv defaults to head_count; tied output."""
+    """Linear rope scaling gives freq_scale = 1/factor; head_count_kv defaults to head_count; tied output;
+    a scaling type llama does not support here (longrope) is refused by name."""
     md = dict(BASE_MD, **{"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0})
     del md["llama.attention.head_count_kv"]
     c = config_from_metadata(md, set())
     assert c.rope_freq_scale == 0.25 and c.n_head_kv == 4 and c.head_dim == 16 and c.tied_output
     assert not c.rope_neox and c.rope_freq_base == 10000.0
-    with pytest.raises(UnsupportedModelError, match="yarn"):
-        config_from_metadata(dict(md, **{"llama.rope.scaling.type": "yarn"}), set())
+    with pytest.raises(UnsupportedModelError, match="longrope"):
+        config_from_metadata(dict(md, **{"llama.rope.scaling.type": "longrope"}), set())
 
 
 # ------------------------------------------------------------------------------ kernels vs NumPy

@@ -1,41 +1,92 @@
 """Model hyperparameters, read once from GGUF metadata into a frozen dataclass.
 
 The supported architectures differ only in a few switches (see ``ARCHITECTURES``):
-    llama  - Llama 2/3, Mistral, SmolLM2, TinyLlama; RoPE on adjacent pairs
+    llama  - Llama 2/3, Mistral, SmolLM2, TinyLlama; RoPE on adjacent pairs; Llama 3's
+             per-dimension ``rope_freqs`` factors
     qwen2  - Q/K/V projection biases; NeoX RoPE
     qwen3  - per-head RMS norm on Q and K; NeoX RoPE
     gemma3 - embeddings scaled by sqrt(n_embd), post-attention/post-FFN norms,
              GELU(tanh)-gated FFN, per-head Q/K norm, sliding-window layers with
              their own RoPE base, optional final logit soft-capping; NeoX RoPE
+
+Every value read is type- and range-checked (``metadata.MetadataKeys``), and the sizes
+that decide allocations (layers, embedding width, vocabulary) are checked against the
+tensors present before anything is built.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import UnsupportedModelError
+from .metadata import INT_MAX, MetadataError, MetadataKeys, describe
 
-class UnsupportedModelError(ValueError):
-    """The file's architecture (or one of its settings) is not supported."""
+__all__ = ["ArchTraits", "ARCHITECTURES", "ModelConfig", "RopeScaling", "UnsupportedModelError",
+           "config_from_metadata", "layer_indices"]
 
 
 @dataclass(frozen=True)
 class ArchTraits:
-    rope_neox: bool           # NeoX halves (True) or adjacent pairs (False)
-    qkv_bias: bool            # attn_q/k/v.bias tensors
-    qk_norm: bool             # per-head attn_q_norm / attn_k_norm
-    post_norms: bool          # post_attention_norm / post_ffw_norm
-    gelu: bool                # GELU(tanh)-gated FFN instead of SiLU-gated
-    embd_scale: bool          # multiply embeddings by sqrt(n_embd)
-    swa_pattern: int          # every swa_pattern-th layer is global (0: no sliding window)
+    rope_neox: bool = False       # NeoX halves (True) or adjacent pairs (False)
+    qkv_bias: bool = False        # attn_q/k/v.bias tensors
+    qk_norm: bool = False         # per-head attn_q_norm / attn_k_norm
+    post_norms: bool = False      # post_attention_norm / post_ffw_norm
+    gelu: bool = False            # GELU(tanh)-gated FFN instead of SiLU-gated
+    embd_scale: bool = False      # multiply embeddings by sqrt(n_embd)
+    swa_pattern: int = 0          # every swa_pattern-th layer is global (0: no sliding window)
+    rope_freqs: bool = False      # an optional rope_freqs tensor divides the per-dimension frequencies
 
 
 ARCHITECTURES: dict[str, ArchTraits] = {
-    "llama": ArchTraits(False, False, False, False, False, False, 0),
-    "qwen2": ArchTraits(True, True, False, False, False, False, 0),
-    "qwen3": ArchTraits(True, False, True, False, False, False, 0),
-    "gemma3": ArchTraits(True, False, True, True, True, True, 6),
+    "llama": ArchTraits(rope_freqs=True),
+    "qwen2": ArchTraits(rope_neox=True, qkv_bias=True),
+    "qwen3": ArchTraits(rope_neox=True, qk_norm=True),
+    "gemma3": ArchTraits(rope_neox=True, qk_norm=True, post_norms=True, gelu=True, embd_scale=True, swa_pattern=6),
 }
+
+ROPE_SCALING_TYPES = ("none", "linear", "yarn")
+
+# Bounds on the sizes read from metadata (far above any released model, far below what
+# would let a hostile file ask for an absurd allocation before its tensors are checked).
+MAX_LAYERS = 4096
+MAX_EMBD = 1 << 20
+MAX_HEADS = 1 << 14
+MAX_HEAD_DIM = 1 << 16
+MAX_FF = 1 << 24
+
+# {arch}.<key> suffixes the config reads, and keys it knows to leave the math unchanged
+# (some only at the value given).  Any other {arch}.* key is refused: it may change the math.
+_READ_KEYS = {
+    "embedding_length", "block_count", "attention.head_count", "attention.head_count_kv",
+    "feed_forward_length", "context_length", "attention.layer_norm_rms_epsilon", "attention.key_length",
+    "attention.value_length", "rope.dimension_count", "rope.freq_base", "rope.freq_base_swa",
+    "rope.scaling.type", "rope.scaling.factor", "rope.scale_linear", "rope.scaling.original_context_length",
+    "rope.scaling.attn_factor", "rope.scaling.yarn_ext_factor", "rope.scaling.yarn_attn_factor",
+    "rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow", "vocab_size", "attention.sliding_window",
+    "attention.sliding_window_pattern", "attention.scale", "final_logit_softcapping", "attn_logit_softcapping",
+}
+_HARMLESS_KEYS = {"rope.scaling.finetuned", "tensor_data_layout"}
+_DEFAULT_ONLY_KEYS = {"expert_count": 0, "expert_used_count": 0, "attention.causal": True,
+                      "rope.scaling.yarn_log_multiplier": 0}
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """llama.cpp's RoPE settings beyond the base and the linear frequency scale.
+
+    The rotation angle of pair i at position p is mixed from the extrapolated angle
+    p * base^(-2i/n_rot) / factor_i and the interpolated one (times freq_scale): YaRN ramps
+    between them over the correction dims that beta_fast/beta_slow give for n_ctx_orig
+    (ext_factor 0: plain interpolation).  cos and sin are multiplied by attn_factor, and
+    under YaRN also by 1 + 0.1 ln(1/freq_scale)."""
+    kind: str = "none"           # none | linear | yarn (the file's rope.scaling.type)
+    n_ctx_orig: int = 0          # the training context the correction dims refer to
+    ext_factor: float = 0.0
+    attn_factor: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +120,8 @@ class ModelConfig:
     gelu: bool
     embd_scale: float           # 1.0 or sqrt(n_embd)
     tied_output: bool           # no output.weight: logits through token_embd
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    rope_freqs: bool = False    # the file's rope_freqs tensor divides the rope frequencies
 
     @property
     def n_embd_q(self) -> int:
@@ -92,76 +145,124 @@ def _supported() -> str:
     return ", ".join(sorted(ARCHITECTURES))
 
 
+_BLK = re.compile(r"blk\.(\d+)\.")
+
+
+def layer_indices(tensor_names) -> list[int]:
+    """The sorted layer numbers N of the file's blk.N.* tensors."""
+    return sorted({int(m.group(1)) for m in map(_BLK.match, tensor_names) if m})
+
+
+def _check_keys(keys: MetadataKeys, md: dict[str, Any]) -> None:
+    """Refuse {arch}.* keys this engine does not understand (they may change the math)."""
+    prefix = keys.arch + "."
+    for full in md:
+        if not full.startswith(prefix):
+            continue
+        key = full[len(prefix):]
+        if key in _READ_KEYS or key in _HARMLESS_KEYS:
+            continue
+        if key in _DEFAULT_ONLY_KEYS:
+            want = _DEFAULT_ONLY_KEYS[key]
+            v = md[full]
+            if isinstance(v, type(want)) and v == want:
+                continue
+            if isinstance(want, int) and not isinstance(want, bool) and not isinstance(v, bool) \
+                    and isinstance(v, (int, float)) and v == want:
+                continue
+            raise keys.fail(key, f"is not supported (only {want!r} is)")
+        raise keys.fail(key, "is not understood by this engine (it may change the model's math); refusing the file")
+
+
+def _rope_scaling(keys: MetadataKeys, arch: str, n_ctx_train: int) -> tuple[float, RopeScaling]:
+    """(freq_scale, RopeScaling) as llama.cpp derives them from the rope.scaling.* keys."""
+    kind = keys.str("rope.scaling.type", "linear")
+    if kind not in ROPE_SCALING_TYPES:
+        raise keys.fail("rope.scaling.type", f"is not supported for {arch} (supported: {', '.join(ROPE_SCALING_TYPES)})")
+    factor_key = "rope.scaling.factor" if keys.has("rope.scaling.factor") else "rope.scale_linear"
+    factor = keys.float(factor_key, 0.0, 1e6, 0.0)
+    if 0.0 < factor < 1e-6:
+        raise keys.fail(factor_key, "is out of range (0, or at least 1e-6)")
+    freq_scale = 1.0 if factor == 0.0 or kind == "none" else 1.0 / factor
+    n_ctx_orig = keys.int("rope.scaling.original_context_length", 1, INT_MAX, n_ctx_train)
+    ext_factor = keys.float("rope.scaling.yarn_ext_factor", 0.0, 1.0, 1.0 if kind == "yarn" else 0.0)
+    beta_fast = keys.float("rope.scaling.yarn_beta_fast", 0.0, 1e6, 32.0, lo_open=True)
+    beta_slow = keys.float("rope.scaling.yarn_beta_slow", 0.0, 1e6, 1.0, lo_open=True)
+    attn_factor = keys.float("rope.scaling.yarn_attn_factor", 0.0, 1e3, 1.0, lo_open=True)
+    if ext_factor != 0.0:
+        # llama.cpp replaces the factor by YaRN's magnitude scale divided by the one ggml's rope
+        # multiplies in itself (so that, with the file's attn_factor, the product is what YaRN asks)
+        scale = 1.0 / freq_scale
+        attn_factor = (1.0 if scale <= 1.0 else 0.1 * math.log(scale) + 1.0) / (1.0 + 0.1 * math.log(scale))
+    attn_factor *= keys.float("rope.scaling.attn_factor", 0.0, 1e3, 1.0, lo_open=True)
+    return freq_scale, RopeScaling(kind, n_ctx_orig, ext_factor, attn_factor, beta_fast, beta_slow)
+
+
 def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str = "<gguf>",
                          tensors: dict | None = None) -> ModelConfig:
-    """Build the config from a metadata dict and the set of tensor names."""
+    """Build the config from a metadata dict and the set of tensor names (``tensors``, name ->
+    tensor with a ``shape``, lets the sizes be checked against the file's tensors)."""
     arch = md.get("general.architecture")
     if arch is None:
         raise UnsupportedModelError(f"{source}: metadata key 'general.architecture' is missing "
                                     f"(supported architectures: {_supported()})")
+    if not isinstance(arch, str):
+        raise MetadataError(f"{source}: metadata key 'general.architecture' ({describe(arch)}) must be a string")
     if arch not in ARCHITECTURES:
         raise UnsupportedModelError(f"{source}: architecture {arch!r} is not supported "
                                     f"(supported architectures: {_supported()})")
     tr = ARCHITECTURES[arch]
+    keys = MetadataKeys(md, arch, source)
+    _check_keys(keys, md)
 
-    def need(key: str) -> Any:
-        full = f"{arch}.{key}"
-        if full not in md:
-            raise UnsupportedModelError(f"{source}: required metadata key {full!r} is missing")
-        return md[full]
-
-    def opt(key: str, default: Any) -> Any:
-        return md.get(f"{arch}.{key}", default)
-
-    n_embd = int(need("embedding_length"))
-    n_layer = int(need("block_count"))
-    n_head = _per_layer_scalar(need("attention.head_count"), f"{arch}.attention.head_count", source)
-    n_head_kv = _per_layer_scalar(opt("attention.head_count_kv", n_head), f"{arch}.attention.head_count_kv", source)
-    n_ff = _per_layer_scalar(need("feed_forward_length"), f"{arch}.feed_forward_length", source)
-    n_ctx_train = int(need("context_length"))
-    eps = float(need("attention.layer_norm_rms_epsilon"))
-    if n_head <= 0 or n_head_kv <= 0 or n_head % n_head_kv:
+    n_layer = keys.int("block_count", 1, MAX_LAYERS)
+    if tensors is not None:
+        found = layer_indices(tensor_names)
+        if found != list(range(n_layer)):
+            have = f"layers {found[0]}..{found[-1]} ({len(found)} in all)" if found else "no layer tensors"
+            raise keys.fail("block_count", f"does not match the file's tensors ({have})")
+    n_embd = keys.int("embedding_length", 1, MAX_EMBD)
+    n_head = keys.uniform_int("attention.head_count", 1, MAX_HEADS, n_layer)
+    n_head_kv = keys.uniform_int("attention.head_count_kv", 1, MAX_HEADS, n_layer, n_head)
+    n_ff = keys.uniform_int("feed_forward_length", 1, MAX_FF, n_layer)
+    n_ctx_train = keys.int("context_length", 1, INT_MAX)
+    eps = keys.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, lo_open=True)
+    if n_head % n_head_kv:
         raise UnsupportedModelError(f"{source}: head counts {n_head}/{n_head_kv} (query/kv) are not a valid "
                                     f"grouped-query layout")
-    head_dim = int(opt("attention.key_length", n_embd // n_head))
-    head_dim_v = int(opt("attention.value_length", head_dim))
+    head_dim = keys.int("attention.key_length", 1, MAX_HEAD_DIM, max(n_embd // n_head, 1))
+    head_dim_v = keys.int("attention.value_length", 1, MAX_HEAD_DIM, head_dim)
     if head_dim_v != head_dim:
         raise UnsupportedModelError(f"{source}: key length {head_dim} != value length {head_dim_v} is not supported")
-    rope_dim = int(opt("rope.dimension_count", head_dim))
-    if rope_dim > head_dim or rope_dim % 2:
-        raise UnsupportedModelError(f"{source}: rope.dimension_count {rope_dim} does not fit head size {head_dim}")
-
-    scaling_type = str(opt("rope.scaling.type", "linear"))
-    factor = float(opt("rope.scaling.factor", opt("rope.scale_linear", 0.0)) or 0.0)
-    if scaling_type not in ("linear", "none"):
-        raise UnsupportedModelError(f"{source}: {arch}.rope.scaling.type {scaling_type!r} is not supported "
-                                    f"(supported: linear, none)")
-    if scaling_type == "none":
-        factor = 0.0
-    freq_scale = 1.0 if factor == 0.0 else 1.0 / factor
+    rope_dim = keys.int("rope.dimension_count", 2, head_dim, head_dim)
+    if rope_dim % 2:
+        raise keys.fail("rope.dimension_count", f"must be even (and fit the head size {head_dim})")
+    freq_scale, scaling = _rope_scaling(keys, arch, n_ctx_train)
 
     # vocabulary: the metadata count, else the embedding rows, else the token list
-    n_vocab = md.get(f"{arch}.vocab_size")
-    if n_vocab is None and tensors is not None and "token_embd.weight" in tensors:
-        n_vocab = tensors["token_embd.weight"].shape[0]
-    if n_vocab is None and "tokenizer.ggml.tokens" in md:
+    embd = tensors.get("token_embd.weight") if tensors is not None else None
+    if keys.has("vocab_size"):
+        n_vocab = keys.int("vocab_size", 1, INT_MAX)
+    elif embd is not None and len(embd.shape) == 2:
+        n_vocab = int(embd.shape[0])
+    elif hasattr(md.get("tokenizer.ggml.tokens"), "__len__") and len(md["tokenizer.ggml.tokens"]):
         n_vocab = len(md["tokenizer.ggml.tokens"])
-    if n_vocab is None:
+    else:
         raise UnsupportedModelError(f"{source}: cannot tell the vocabulary size ({arch}.vocab_size missing)")
+    if embd is not None and tuple(embd.shape) != (n_vocab, n_embd):
+        raise UnsupportedModelError(f"{source}: tensor 'token_embd.weight' has shape {tuple(embd.shape)}, but the "
+                                    f"metadata says {n_vocab} tokens x {n_embd} ({arch}.embedding_length)")
 
     sliding_window = 0
-    swa_layers = tuple(False for _ in range(n_layer))
+    swa_layers = (False,) * n_layer
     if tr.swa_pattern:
-        sliding_window = int(opt("attention.sliding_window", 0) or 0)
+        sliding_window = keys.int("attention.sliding_window", 0, INT_MAX, 0)
         if sliding_window > 0:
-            pattern = opt("attention.sliding_window_pattern", tr.swa_pattern)
-            if hasattr(pattern, "__len__"):
-                swa_layers = tuple(bool(x) for x in list(pattern)[:n_layer])
-                if len(swa_layers) != n_layer:
-                    raise UnsupportedModelError(f"{source}: {arch}.attention.sliding_window_pattern has "
-                                                f"{len(swa_layers)} entries for {n_layer} layers")
+            if keys.has("attention.sliding_window_pattern") and \
+                    hasattr(md[keys.full("attention.sliding_window_pattern")], "__len__"):
+                swa_layers = keys.bool_per_layer("attention.sliding_window_pattern", n_layer)
             else:
-                pattern = int(pattern)
+                pattern = keys.int("attention.sliding_window_pattern", 0, MAX_LAYERS, tr.swa_pattern)
                 # every pattern-th layer (counting from 1) is global, the others slide
                 swa_layers = tuple(pattern == 0 or (il % pattern) < pattern - 1 for il in range(n_layer))
 
@@ -170,12 +271,14 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
         attn_scale = 1.0 / math.sqrt(n_embd / n_head if n_layer == 62 else head_dim)
     else:
         attn_scale = 1.0 / math.sqrt(head_dim)
-    attn_scale = float(opt("attention.scale", attn_scale) or attn_scale)
+    attn_scale = keys.float("attention.scale", 0.0, 1e6, 0.0) or attn_scale
+
+    rope_freqs = tensors is not None and "rope_freqs.weight" in tensors and tr.rope_freqs
 
     return ModelConfig(
         arch=arch,
         name=str(md.get("general.name", "")),
-        n_vocab=int(n_vocab),
+        n_vocab=n_vocab,
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
@@ -187,29 +290,22 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
         norm_eps=eps,
         rope_dim=rope_dim,
         rope_neox=tr.rope_neox,
-        rope_freq_base=float(opt("rope.freq_base", 10000.0)),
+        rope_freq_base=keys.float("rope.freq_base", 0.0, 1e12, 10000.0, lo_open=True),
         rope_freq_scale=freq_scale,
-        rope_freq_base_swa=float(opt("rope.freq_base_swa", 10000.0)),
+        rope_freq_base_swa=keys.float("rope.freq_base_swa", 0.0, 1e12, 10000.0, lo_open=True),
         rope_freq_scale_swa=1.0,
         attn_scale=attn_scale,
         sliding_window=sliding_window,
         swa_layers=swa_layers,
-        final_logit_softcap=float(opt("final_logit_softcapping", 0.0) or 0.0),
-        attn_logit_softcap=float(opt("attn_logit_softcapping", 0.0) or 0.0),
+        final_logit_softcap=keys.float("final_logit_softcapping", 0.0, 1e6, 0.0),
+        attn_logit_softcap=keys.float("attn_logit_softcapping", 0.0, 1e6, 0.0),
         qkv_bias=tr.qkv_bias,
         qk_norm=tr.qk_norm,
         post_norms=tr.post_norms,
         gelu=tr.gelu,
         embd_scale=math.sqrt(n_embd) if tr.embd_scale else 1.0,
         tied_output="output.weight" not in tensor_names,
+        rope_scaling=scaling,
+        rope_freqs=rope_freqs,
     )
 
-
-def _per_layer_scalar(value: Any, key: str, source: str) -> int:
-    """Head/FFN counts may be per-layer arrays; this engine needs them uniform."""
-    if hasattr(value, "__len__") and not isinstance(value, str):
-        vals = {int(v) for v in list(value)}
-        if len(vals) != 1:
-            raise UnsupportedModelError(f"{source}: {key} varies across layers ({sorted(vals)}); not supported")
-        return vals.pop()
-    return int(value)

@@ -7,14 +7,13 @@ import warnings
 import numpy as np
 
 from .config import ModelConfig
+from .errors import ModelLoadError, UnsupportedModelError
+from .keymap import TensorSpec, layer_tensors, model_tensors, unexpected_reason
 from .model import Model
 from .transformer import Block, Transformer
 
 DEFAULT_MAX_CTX = 4096
-
-
-class ModelLoadError(ValueError):
-    """A tensor the architecture needs is missing or has the wrong shape."""
+FUSED_FIELDS = ("attn_qkv", "ffn_gate_up")     # Block fields holding a fused list of weights
 
 
 def _open_reader(path_or_reader):
@@ -59,6 +58,51 @@ class _Tensors:
         if reshape is not None:
             arr = arr.reshape(reshape)
         return self.backend.upload_array(arr)
+
+    def spec(self, s: TensorSpec):
+        if s.kind == "weight":
+            return self.weight(s.name, s.shape, s.required)
+        return self.vector(s.name, s.shape, s.required, reshape=s.reshape)
+
+    def fields(self, specs: list[TensorSpec]) -> dict:
+        """Upload specs into {field: value}: fused fields get the backend's fused list."""
+        out: dict = {}
+        for s in specs:
+            v = self.spec(s)
+            if s.field in FUSED_FIELDS:
+                out.setdefault(s.field, []).append(v)
+            elif v is not None:
+                out[s.field] = v
+        for f in FUSED_FIELDS:
+            if f in out:
+                out[f] = self.backend.fuse(out[f])
+        return out
+
+
+def check_tensors(reader, c: ModelConfig, source: str) -> list[str]:
+    """Check the file's tensors against what the architecture consumes, before anything is
+    uploaded: a required tensor missing or a shape wrong is a ModelLoadError, a tensor that
+    nothing consumes an UnsupportedModelError naming it.  Returns the consumed names."""
+    specs = model_tensors(c) + [s for il in range(c.n_layer) for s in layer_tensors(c, il)]
+    present = reader.tensors
+    used = []
+    for s in specs:
+        t = present.get(s.name)
+        if t is None:
+            if s.required:
+                raise ModelLoadError(f"{source}: tensor {s.name!r} is missing")
+            continue
+        if tuple(t.shape) != tuple(s.shape):
+            raise ModelLoadError(f"{source}: tensor {s.name!r} has shape {tuple(t.shape)}, expected {tuple(s.shape)}")
+        used.append(s.name)
+    names = set(used)
+    extra = [n for n in present if n not in names]
+    if extra:
+        listed = "; ".join(f"{n!r}: {unexpected_reason(c, n)}" for n in extra[:4])
+        more = f" (and {len(extra) - 4} more)" if len(extra) > 4 else ""
+        raise UnsupportedModelError(f"{source}: {len(extra)} tensor(s) that {c.arch} does not consume would change "
+                                    f"the model's math; refusing rather than skipping them: {listed}{more}")
+    return used
 
 
 def load_model(path_or_reader, n_ctx: int | None = None, n_batch: int = 512, cache_type: str = "f32",
@@ -107,6 +151,7 @@ def _pick_device(n_gpu_layers: int, device, n_threads):
 def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, backend, device) -> Model:
     source = str(getattr(reader, "path", "<gguf>"))
     config = ModelConfig.from_reader(reader)
+    tensors_used = check_tensors(reader, config, source)
     if n_ctx is None or n_ctx <= 0:
         n_ctx = min(config.n_ctx_train, DEFAULT_MAX_CTX) if config.n_ctx_train > 0 else DEFAULT_MAX_CTX
     if n_batch <= 0:
@@ -119,7 +164,7 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
     device = _pick_device(n_gpu_layers, device, n_threads)
 
     c = config
-    d, H, Hkv, hd, ff = c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff
+    d = c.n_embd
     n_dev, output_on_dev = offload_split(c.n_layer, n_gpu_layers) if device is not None else (0, False)
     first_dev = c.n_layer - n_dev                 # layers first_dev.. live on the device
 
@@ -152,35 +197,12 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
         output = token_embd if T_out is T_host else T_out.weight("token_embd.weight", (c.n_vocab, d))
     else:
         output = T_out.weight("output.weight", (c.n_vocab, d))
+    rope_factors = np.array(reader.tensors["rope_freqs.weight"].data, dtype=np.float32) if c.rope_freqs else None
 
     blocks = []
     for i in range(c.n_layer):
-        p = f"blk.{i}."
         T = tensors(i)
-        be = T.backend
-        b = Block(
-            attn_norm=T.vector(p + "attn_norm.weight", (d,)),
-            attn_qkv=be.fuse([T.weight(p + "attn_q.weight", (H * hd, d)),
-                              T.weight(p + "attn_k.weight", (Hkv * hd, d)),
-                              T.weight(p + "attn_v.weight", (Hkv * hd, d))]),
-            attn_output=T.weight(p + "attn_output.weight", (d, H * hd)),
-            ffn_norm=T.vector(p + "ffn_norm.weight", (d,)),
-            ffn_gate_up=be.fuse([T.weight(p + "ffn_gate.weight", (ff, d)),
-                                 T.weight(p + "ffn_up.weight", (ff, d))]),
-            ffn_down=T.weight(p + "ffn_down.weight", (d, ff)),
-            backend=be,
-        )
-        if c.qkv_bias:
-            b.attn_q_bias = T.vector(p + "attn_q.bias", (H * hd,), reshape=(H, hd))
-            b.attn_k_bias = T.vector(p + "attn_k.bias", (Hkv * hd,), reshape=(Hkv, hd))
-            b.attn_v_bias = T.vector(p + "attn_v.bias", (Hkv * hd,), reshape=(Hkv, hd))
-        if c.qk_norm:
-            b.attn_q_norm = T.vector(p + "attn_q_norm.weight", (hd,))
-            b.attn_k_norm = T.vector(p + "attn_k_norm.weight", (hd,))
-        if c.post_norms:
-            b.post_attention_norm = T.vector(p + "post_attention_norm.weight", (d,))
-            b.post_ffw_norm = T.vector(p + "post_ffw_norm.weight", (d,))
-        blocks.append(b)
+        blocks.append(Block(backend=T.backend, **T.fields(layer_tensors(c, i))))
         release()
     # the norm after each layer, on that layer's backend: the last layer before a device
     # boundary gets its own copy of the next norm (the residual add and the norm are one call)
@@ -193,7 +215,7 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
             b.next_norm = tensors(i).vector(name, (d,))
 
     tf = Transformer(config, backend, token_embd, output_norm, output, blocks, int(n_ctx), cache_type,
-                     output_backend=layer_backend(c.n_layer))
+                     output_backend=layer_backend(c.n_layer), rope_factors=rope_factors)
     release()
     return Model(tf, reader, n_batch, owns, n_gpu_layers=n_dev + int(output_on_dev),
-                 device=device if (n_dev or output_on_dev) else None)
+                 device=device if (n_dev or output_on_dev) else None, tensors_used=tensors_used)

@@ -19,7 +19,7 @@ class Model:
     """
 
     def __init__(self, transformer: Transformer, reader, n_batch: int, owns_reader: bool,
-                 n_gpu_layers: int = 0, device=None):
+                 n_gpu_layers: int = 0, device=None, tensors_used=()):
         self._tf = transformer
         self.config = transformer.config
         self.backend = transformer.backend        # host backend
@@ -29,6 +29,7 @@ class Model:
         # layers actually offloaded, the output layer counting as one (as llama.cpp counts)
         self.n_gpu_layers = int(n_gpu_layers)
         self._owns_reader = owns_reader
+        self.tensors_used = tuple(tensors_used)   # the file's tensors the model consumed (all of them)
 
     @property
     def n_offloadable_layers(self) -> int:

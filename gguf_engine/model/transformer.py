@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, RopeScaling
 
 
 @dataclass
@@ -63,21 +63,56 @@ class Block:
                                    # the last), on this layer's backend (None: taken from the next layer)
 
 
-def rope_tables(n_ctx: int, n_rot: int, head_dim: int, base: float, freq_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin of theta[p, i] = p * freq_scale * base^(-2i/n_rot), computed in float64.
+def rope_tables(n_ctx: int, n_rot: int, head_dim: int, base: float, freq_scale: float,
+                factors: np.ndarray | None = None,
+                scaling: RopeScaling | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of the rotation angles theta[p, i] = p * freq_scale * base^(-2i/n_rot), computed
+    in float64, as llama.cpp (ggml's rope) defines them:
+
+    - factors (n_rot/2,): Llama 3's rope_freqs; they divide the per-dimension frequencies;
+    - scaling.ext_factor != 0 (YaRN): the angle of pair i is mixed from the interpolated one
+      (times freq_scale) and the extrapolated one by a ramp over the correction dims, and the
+      magnitude gains 1 + 0.1 ln(1/freq_scale);
+    - cos and sin are multiplied by scaling.attn_factor.
 
     Shapes (n_ctx, n_rot/2) float32.
     """
     inv_freq = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)       # (n_rot/2,)
-    theta = np.arange(n_ctx, dtype=np.float64)[:, None] * (freq_scale * inv_freq)  # (n_ctx, n_rot/2)
-    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    if factors is not None:
+        inv_freq = inv_freq / np.asarray(factors, dtype=np.float64).reshape(-1)[:n_rot // 2]
+    pos = np.arange(n_ctx, dtype=np.float64)[:, None]                             # (n_ctx, 1)
+    s = scaling if scaling is not None else RopeScaling()
+    mscale = s.attn_factor
+    if s.ext_factor == 0.0:
+        theta = pos * (freq_scale * inv_freq)                                     # (n_ctx, n_rot/2)
+    else:
+        low, high = yarn_corr_dims(n_rot, s.n_ctx_orig, base, s.beta_fast, s.beta_slow)
+        i = np.arange(n_rot // 2, dtype=np.float64)
+        ramp = 1.0 - np.clip((i - low) / max(0.001, high - low), 0.0, 1.0)      # 1: extrapolate
+        mix = ramp * s.ext_factor
+        extrap = pos * inv_freq                                                   # (n_ctx, n_rot/2)
+        theta = (freq_scale * extrap) * (1.0 - mix) + extrap * mix
+        mscale *= 1.0 + 0.1 * np.log(1.0 / freq_scale)
+    cos, sin = np.cos(theta), np.sin(theta)
+    if mscale != 1.0:
+        cos, sin = cos * mscale, sin * mscale
+    return cos.astype(np.float32), sin.astype(np.float32)
+
+
+def yarn_corr_dims(n_rot: int, n_ctx_orig: int, base: float, beta_fast: float, beta_slow: float) -> tuple[float, float]:
+    """YaRN's correction range (low, high) in pair indices: the dims whose wavelength turns
+    beta_fast (resp. beta_slow) times over n_ctx_orig, floored/ceiled and clamped to the dims."""
+    def corr_dim(beta: float) -> float:
+        return n_rot * np.log(n_ctx_orig / (beta * 2 * np.pi)) / (2 * np.log(base))
+    return max(0.0, float(np.floor(corr_dim(beta_fast)))), min(n_rot - 1.0, float(np.ceil(corr_dim(beta_slow))))
 
 
 class Transformer:
     """Weights + KV cache + the forward pass over a chunk of new tokens."""
 
     def __init__(self, config: ModelConfig, backend, token_embd, output_norm, output, blocks: list[Block],
-                 n_ctx: int, cache_type: str = "f32", output_backend=None):
+                 n_ctx: int, cache_type: str = "f32", output_backend=None, rope_factors: np.ndarray | None = None):
+        """rope_factors (n_rot/2,): the file's rope_freqs (host array), applied to every layer."""
         self.config = config
         self.backend = backend            # host backend: token embedding, layers without a backend of their own
         self.output_backend = output_backend if output_backend is not None else backend
@@ -106,7 +141,8 @@ class Transformer:
         for blk, swa in zip(blocks, c.swa_layers):
             key = (c.rope_freq_base_swa, c.rope_freq_scale_swa) if swa else (c.rope_freq_base, c.rope_freq_scale)
             if key not in tables:
-                tables[key] = rope_tables(n_ctx, c.rope_dim, c.head_dim, *key)   # host (cos, sin)
+                tables[key] = rope_tables(n_ctx, c.rope_dim, c.head_dim, *key, rope_factors,
+                                          c.rope_scaling)                             # host (cos, sin)
             uploaded = (id(blk.backend), key)
             if uploaded not in tables:
                 cos, sin = tables[key]

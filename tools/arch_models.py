@@ -1,0 +1,305 @@
+"""Tiny random-weight models of the architecture variants, and their reference logits.
+
+    python tools/arch_models.py build NAME OUT.gguf
+    python tools/arch_models.py reference NAME [NAME ...] --llama-python PY [--out tests/data]
+
+Each model (``MODELS``) has the shape of the shared tiny llama (dim 256, 4 layers, 4 heads,
+2 KV heads, FFN 512) and its 768-token vocabulary, with weights drawn from a fixed seed, so
+a test rebuilds the file instead of the repository carrying it.  The variants:
+
+    llama-rope-freqs  Llama 3: a rope_freqs tensor (the Llama 3 long-context factors,
+                      computed as the HF converter does for a short original context, so
+                      the factors cover all three regimes: 1, the full factor, and the ramp)
+    llama-yarn        YaRN rope scaling (factor 4, original context 128, attn_factor 0.9)
+
+``reference`` writes NAME.reference.npz with
+    tokens, greedy_prompt      the shared tiny-llama test tokens (calibration text)
+    logits_llamacpp            llama.cpp's logits for every position (float32)
+    greedy_llamacpp            llama.cpp's greedy continuation (32 tokens)
+    logits_exact               a float64 forward pass in NumPy (this file), rounded to float32
+    greedy_exact, greedy_exact_gap   the float64 greedy continuation and its top-2 logit gaps
+    weights_sha256             the hash of the generated tensors (a test checks its rebuild)
+llama.cpp runs through llama-cpp-python in a separate interpreter (``--llama-python``; set
+LLAMA_CPP_LIB_PATH to a llama.cpp build), via tools/llamacpp_logits.py.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gguf_engine.gguf.reader import GGUFReader  # noqa: E402
+from gguf_engine.gguf.writer import GGUFWriter  # noqa: E402
+
+SHARED_MODELS = ROOT.parent / "shared" / "fixtures" / "models"
+VOCAB_MODEL = SHARED_MODELS / "tiny-llama-f32.gguf"
+TOKENS_REF = SHARED_MODELS / "tiny-llama-f32.reference.npz"
+N_GREEDY = 32
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A tiny model: the architecture, its extra metadata, and what its reference forward does."""
+    arch: str
+    seed: int
+    metadata: dict = field(default_factory=dict)     # {arch}.* key suffix -> value (float or int)
+    rope_freqs: bool = False                         # a Llama 3 rope_freqs tensor
+    d: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 512
+    n_ctx_train: int = 512
+    rope_base: float = 10000.0
+
+
+MODELS: dict[str, Spec] = {
+    "llama-rope-freqs": Spec("llama", seed=1701, rope_freqs=True),
+    "llama-yarn": Spec("llama", seed=1702, metadata={
+        "rope.scaling.type": "yarn", "rope.scaling.factor": 4.0,
+        "rope.scaling.original_context_length": 128, "rope.scaling.attn_factor": 0.9}),
+}
+
+
+# ------------------------------------------------------------------------------ weights
+
+def llama3_rope_factors(n_rot: int, base: float, factor: float = 8.0, low_freq_factor: float = 1.0,
+                        high_freq_factor: float = 4.0, original_context: int = 64) -> np.ndarray:
+    """The rope_freqs divisors HF's converter writes for Llama 3.1 (n_rot/2 float32): 1 for short
+    wavelengths, ``factor`` for long ones, a smooth ramp between."""
+    inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    out = []
+    for f in inv:
+        wavelen = 2 * np.pi / f
+        if wavelen < original_context / high_freq_factor:
+            out.append(1.0)
+        elif wavelen > original_context / low_freq_factor:
+            out.append(factor)
+        else:
+            smooth = (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def weights(spec: Spec, n_vocab: int) -> dict[str, np.ndarray]:
+    """The model's tensors (GGUF names, numpy shapes, float32), drawn from spec.seed."""
+    rng = np.random.default_rng(spec.seed)
+    d, H, Hkv, ff = spec.d, spec.n_head, spec.n_head_kv, spec.n_ff
+    hd = d // H
+
+    def mat(rows, cols, scale=1.0):
+        return (rng.standard_normal((rows, cols)) * (scale / np.sqrt(cols))).astype(np.float32)
+
+    def norm(n):
+        return (1.0 + 0.2 * rng.standard_normal(n)).astype(np.float32)
+
+    t = {"token_embd.weight": rng.standard_normal((n_vocab, d)).astype(np.float32)}
+    for il in range(spec.n_layer):
+        p = f"blk.{il}."
+        t[p + "attn_norm.weight"] = norm(d)
+        t[p + "attn_q.weight"] = mat(H * hd, d, 2.0)
+        t[p + "attn_k.weight"] = mat(Hkv * hd, d, 2.0)
+        t[p + "attn_v.weight"] = mat(Hkv * hd, d)
+        t[p + "attn_output.weight"] = mat(d, H * hd)
+        t[p + "ffn_norm.weight"] = norm(d)
+        t[p + "ffn_gate.weight"] = mat(ff, d)
+        t[p + "ffn_up.weight"] = mat(ff, d)
+        t[p + "ffn_down.weight"] = mat(d, ff)
+    t["output_norm.weight"] = norm(d)
+    t["output.weight"] = mat(n_vocab, d, 4.0)
+    if spec.rope_freqs:
+        t["rope_freqs.weight"] = llama3_rope_factors(hd, spec.rope_base)
+    return t
+
+
+def weights_hash(tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name, arr in tensors.items():
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def build(name: str, out: Path) -> str:
+    """Write model ``name`` to ``out``; returns its weights hash."""
+    spec = MODELS[name]
+    a = spec.arch
+    with GGUFReader(VOCAB_MODEL) as vocab:
+        n_vocab = len(vocab.metadata["tokenizer.ggml.tokens"])
+        tensors = weights(spec, n_vocab)
+        w = GGUFWriter(out, a)
+        w.add_string("general.name", f"tiny-{name}")
+        w.add_uint32(f"{a}.block_count", spec.n_layer)
+        w.add_uint32(f"{a}.context_length", spec.n_ctx_train)
+        w.add_uint32(f"{a}.embedding_length", spec.d)
+        w.add_uint32(f"{a}.feed_forward_length", spec.n_ff)
+        w.add_uint32(f"{a}.attention.head_count", spec.n_head)
+        w.add_uint32(f"{a}.attention.head_count_kv", spec.n_head_kv)
+        w.add_uint32(f"{a}.rope.dimension_count", spec.d // spec.n_head)
+        w.add_float32(f"{a}.rope.freq_base", spec.rope_base)
+        w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-5)
+        w.add_uint32(f"{a}.vocab_size", n_vocab)
+        w.add_uint32("general.file_type", 0)
+        for key, value in spec.metadata.items():
+            if isinstance(value, str):
+                w.add_string(f"{a}.{key}", value)
+            elif isinstance(value, int):
+                w.add_uint32(f"{a}.{key}", value)
+            else:
+                w.add_float32(f"{a}.{key}", value)
+        for key in vocab.metadata:
+            if key.startswith("tokenizer."):
+                w.add_key(key, vocab.metadata[key], vocab.type_spec(key))
+        for tname, arr in tensors.items():
+            w.add_tensor(tname, arr)
+        w.finish()
+    return weights_hash(tensors)
+
+
+# ------------------------------------------------------------------------------ exact forward
+
+def _f32(x) -> float:
+    """A metadata value as the file stores it (float32), widened."""
+    return float(np.float32(x))
+
+
+def rope_angles(spec: Spec, n_pos: int, factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin (n_pos, n_rot/2) in float64, from the RoPE definitions (llama.cpp's semantics):
+    linear/YaRN scaling and per-dimension frequency divisors."""
+    md = spec.metadata
+    n_rot = spec.d // spec.n_head
+    base = _f32(spec.rope_base)
+    inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    if factors is not None:
+        inv = inv / factors.astype(np.float64)
+    factor = _f32(md.get("rope.scaling.factor", 0.0))
+    scale = 1.0 if factor == 0 else 1.0 / factor
+    pos = np.arange(n_pos, dtype=np.float64)[:, None]
+    extrap = pos * inv
+    mag = _f32(md.get("rope.scaling.attn_factor", 1.0))
+    if md.get("rope.scaling.type") == "yarn":
+        n_orig = md.get("rope.scaling.original_context_length", spec.n_ctx_train)
+        # pair indices whose wavelength turns beta times over the original context
+        def dim(beta):
+            return n_rot * np.log(n_orig / (beta * 2 * np.pi)) / (2 * np.log(base))
+        low, high = max(0.0, np.floor(dim(32.0))), min(n_rot - 1.0, np.ceil(dim(1.0)))
+        i = np.arange(n_rot // 2)
+        keep = 1 - np.clip((i - low) / max(0.001, high - low), 0, 1)   # 1: unscaled (high frequency)
+        theta = extrap * scale * (1 - keep) + extrap * keep
+        mag *= 1 + 0.1 * np.log(1 / scale) if factor > 1 else 1.0
+    else:
+        theta = extrap * scale
+    return np.cos(theta) * mag, np.sin(theta) * mag
+
+
+def forward_exact(spec: Spec, t: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+    """float64 logits (n, n_vocab) of a llama-style forward pass over tokens from position 0."""
+    d, H, Hkv = spec.d, spec.n_head, spec.n_head_kv
+    hd = d // H
+    eps = _f32(1e-5)
+    n = len(tokens)
+    f = {k: v.astype(np.float64) for k, v in t.items()}
+    cos, sin = rope_angles(spec, n, f.get("rope_freqs.weight"))
+
+    def rms(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+    def rope(x):                      # (n, heads, hd), adjacent pairs
+        y = x.copy()
+        a, b = x[..., 0::2], x[..., 1::2]
+        c, s = cos[:, None, :], sin[:, None, :]
+        y[..., 0::2] = a * c - b * s
+        y[..., 1::2] = a * s + b * c
+        return y
+
+    x = f["token_embd.weight"][tokens]                       # (n, d)
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    for il in range(spec.n_layer):
+        p = f"blk.{il}."
+        xn = rms(x, f[p + "attn_norm.weight"])
+        q = rope((xn @ f[p + "attn_q.weight"].T).reshape(n, H, hd))
+        k = rope((xn @ f[p + "attn_k.weight"].T).reshape(n, Hkv, hd))
+        v = (xn @ f[p + "attn_v.weight"].T).reshape(n, Hkv, hd)
+        att = np.empty((n, H, hd))
+        for h in range(H):
+            kv = h // (H // Hkv)
+            s = q[:, h] @ k[:, kv].T / np.sqrt(hd) + mask
+            w = np.exp(s - s.max(-1, keepdims=True))
+            att[:, h] = (w / w.sum(-1, keepdims=True)) @ v[:, kv]
+        x = x + att.reshape(n, d) @ f[p + "attn_output.weight"].T
+        xn = rms(x, f[p + "ffn_norm.weight"])
+        g, u = xn @ f[p + "ffn_gate.weight"].T, xn @ f[p + "ffn_up.weight"].T
+        x = x + (g / (1 + np.exp(-g)) * u) @ f[p + "ffn_down.weight"].T
+    return rms(x, f["output_norm.weight"]) @ f["output.weight"].T
+
+
+def greedy_exact(spec: Spec, t: dict[str, np.ndarray], prompt: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    toks, out, gaps = list(prompt), [], []
+    for _ in range(n):
+        last = forward_exact(spec, t, np.array(toks))[-1]
+        top2 = np.sort(last)[-2:]
+        out.append(int(np.argmax(last)))
+        gaps.append(top2[1] - top2[0])
+        toks.append(out[-1])
+    return np.array(out, dtype=np.int32), np.array(gaps)
+
+
+# ------------------------------------------------------------------------------ references
+
+def reference(name: str, out_dir: Path, llama_python: str) -> Path:
+    spec = MODELS[name]
+    with np.load(TOKENS_REF) as z:
+        tokens, prompt = z["tokens"].astype(np.int32), z["greedy_prompt"].astype(np.int32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.gguf"
+        digest = build(name, path)
+        with GGUFReader(path) as r:
+            t = {k: np.array(v.data, dtype=np.float32) for k, v in r.tensors.items()}
+        req = Path(tmp) / "req.json"
+        req.write_text(json.dumps({"model": str(path), "tokens": tokens.tolist(), "prompt": prompt.tolist(),
+                                   "n_greedy": N_GREEDY, "out": str(Path(tmp) / "cpp.npz")}))
+        subprocess.run([llama_python, str(ROOT / "tools" / "llamacpp_logits.py"), str(req)], check=True)
+        with np.load(Path(tmp) / "cpp.npz") as z:
+            cpp_logits, cpp_greedy = z["logits"], z["greedy"]
+    exact = forward_exact(spec, t, tokens)
+    g_exact, g_gap = greedy_exact(spec, t, prompt, N_GREEDY)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.reference.npz"
+    np.savez_compressed(out, tokens=tokens, greedy_prompt=prompt, logits_llamacpp=cpp_logits.astype(np.float32),
+                        greedy_llamacpp=cpp_greedy.astype(np.int32), logits_exact=exact.astype(np.float32),
+                        greedy_exact=g_exact, greedy_exact_gap=g_gap, weights_sha256=np.array(digest))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="write one tiny model")
+    b.add_argument("name", choices=sorted(MODELS))
+    b.add_argument("out", type=Path)
+    r = sub.add_parser("reference", help="write reference logits (needs llama-cpp-python)")
+    r.add_argument("names", nargs="+", choices=sorted(MODELS))
+    r.add_argument("--llama-python", required=True, help="an interpreter that can import llama_cpp")
+    r.add_argument("--out", type=Path, default=ROOT / "tests" / "data")
+    a = ap.parse_args(argv)
+    if a.cmd == "build":
+        print(build(a.name, a.out))
+    else:
+        for name in a.names:
+            print(reference(name, a.out, a.llama_python))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
