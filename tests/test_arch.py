@@ -26,7 +26,7 @@ from gguf_engine.model.loader import check_tensors
 from gguf_engine.model.metadata import MetadataError
 from gguf_engine.model.transformer import rope_tables
 from tests.conftest import SHARED, fixture_path
-from tests.test_model import check_greedy, check_kl
+from tests.test_model import BASE_MD, check_greedy, check_kl, mean_kl
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -89,7 +89,6 @@ def test_llama_rope_freqs_are_applied(variant):
     path, ref = variant("llama-rope-freqs")
     with load_model(path, n_threads=2) as m:
         assert m.config.rope_freqs and "rope_freqs.weight" in m.tensors_used
-    from tests.test_model import mean_kl
     flat = path.with_name("flat.gguf")
     _rewrite(path, flat, tensors={"rope_freqs.weight": np.ones(32, np.float32)})
     with load_model(flat, n_threads=2) as m:
@@ -211,11 +210,6 @@ def test_harmless_keys_accepted():
 
 # ------------------------------------------------------------------------------ config hardening
 
-BASE_MD = {
-    "general.architecture": "llama", "llama.embedding_length": 64, "llama.block_count": 2,
-    "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2, "llama.feed_forward_length": 128,
-    "llama.context_length": 256, "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": 100,
-}
 
 
 @pytest.mark.parametrize("key,value,match", [
