@@ -277,12 +277,26 @@ def test_real_model_f16_cache_kl(real):
     assert kl <= bound, f"{name} (f16 cache): KL {kl:.3g} > bound {bound:.3g}"
 
 
+# |step - prefill| bounds for test_real_model_incremental, from measurement (see its docstring)
+STEP_ATOL = {"smollm2": 1e-2, "gemma3": 6e-2}
+
+
 def test_real_model_incremental(real):
     """Real model, token by token through the KV cache (the matvec path; it multiplies the 4-bit
-    weights by activations rounded to two int8 terms per 32-block, see kernels/simd.py): the
-    logits pass the same bar as prefill, KL(exact || ours) <= KL(exact || llama.cpp), and stay
-    within 2e-2 of one-shot prefill's (measured: 4e-3 on SmolLM2, 6e-3 on Gemma 3, whose logits
-    reach ~45).  (Agreement within 1e-4 of the cache path with prefill: the tiny float models.)"""
+    weights by activations rounded to two int8 terms per 32-block, within max|x_block| / 64516,
+    see kernels/simd.py): the logits pass the same bar as prefill, KL(exact || ours) <=
+    KL(exact || llama.cpp), and stay within STEP_ATOL of one-shot prefill's over 16 tokens.
+
+    The bound is the decode path's rounding noise, measured against a float64 forward pass on
+    the exactly dequantized weights (tools/exact_forward.py): prefill is within 1.5e-4 of it
+    (6.6e-4 at Gemma 3's position 5), the step path within 0.005-0.01, except Gemma 3's
+    position 5, which amplifies the noise: 0.032 there.  The rounding is a discontinuous function
+    of the activations, so any change far below float32 noise (another machine's float rounding, an input
+    perturbed by 1e-6) draws the noise anew; over 64 such draws |step - prefill| peaked at
+    0.033 (Gemma 3, logits up to ~45; over 0.02 in one draw in five) and 0.0056 (SmolLM2).
+    The bounds leave 1.5-2x of margin; a KV-cache or position bug moves logits by O(1), and
+    llama.cpp's own quantized path is 1.5-2.6 away from exact on Gemma 3.
+    (Agreement within 1e-4 of the cache path with prefill: the tiny float models.)"""
     name, _, m, ref = real
     kl, bound = check_kl(m, ref, stepwise=True)
     assert kl <= bound, f"{name} token by token: KL {kl:.3g} > llama.cpp's {bound:.3g}"
@@ -291,7 +305,7 @@ def test_real_model_incremental(real):
     one_shot = m.eval(tokens, logits_all=True)
     m.reset()
     step = np.stack([m.eval(tokens[i:i + 1]) for i in range(len(tokens))])
-    np.testing.assert_allclose(step, one_shot, atol=2e-2, rtol=0)
+    np.testing.assert_allclose(step, one_shot, atol=STEP_ATOL[name], rtol=0)
 
 
 def test_gemma3_config(gemma3_path):

@@ -78,3 +78,14 @@ def test_bench_quantize_table_gives_ratios():
     assert ("| Q4_K_M | 11.00 (10.0-12.0) | 25.00 (20.0-30.0) | 2.27x | 10.00 | 19.00 | 1.90x "
             "| 2.00 | 4.00 | 2.00x |") in table
     assert bq._QUANTIZE_TIME.search("main: quantize time =  9012.50 ms").group(1) == "9012.50"
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-f32.gguf", "tiny-qwen2-f32.gguf", "tiny-qwen3-f32.gguf"])
+def test_exact_forward_matches_float64_reference(name):
+    """exact_forward (the float64 oracle the real-model tolerances are measured against) gives the
+    fixtures' float64 logits on the three tiny architectures (adjacent-pair RoPE, Q/K/V biases,
+    per-head norms) within 1e-6 (they are stored as float32, logits up to ~4.5)."""
+    path = fixture_path("models", name)
+    ref = np.load(path.with_name(name.replace(".gguf", ".reference.npz")))
+    logits = _load("exact_forward").exact_logits(path, ref["tokens"][:12])
+    np.testing.assert_allclose(logits, ref["logits_exact"][:12], atol=1e-6, rtol=0)
