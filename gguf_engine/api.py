@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .generation.generate import ContextFullError, ContextLimitError, Engine, TokenEvent
+from .generation.guard import StreamInvalidatedError, serialised
 from .generation.sampling import Sampler, SamplingParams
 from .timing import PerfStats, now_ms
 
@@ -53,6 +54,9 @@ class Llama:
     chat_template: a built-in name, a file or template text; default: the model's own, else the
     architecture's built-in one (gemma3), else ChatML.  Other llama-cpp-python keyword arguments
     (use_mmap, logits_all, ...) are accepted and ignored.
+
+    One ``Llama`` may be shared by threads: calls take turns on its KV cache.  A stream paused while
+    another call uses the model raises ``StreamInvalidatedError`` when it resumes.
     """
 
     def __init__(self, model_path: str | Path, *, n_ctx: int | None = None, n_batch: int = 512,
@@ -133,6 +137,11 @@ class Llama:
     def engine(self) -> Engine:
         return self._engine
 
+    @property
+    def guard(self):
+        """The lock over this model's KV cache (calls from several threads take turns)."""
+        return self._engine.guard
+
     def n_ctx(self) -> int:
         return self._engine.n_ctx
 
@@ -202,6 +211,7 @@ class Llama:
             yield tok
 
     # ------------------------------------------------------------------ embeddings
+    @serialised
     def embed(self, input: str | Sequence[str], normalize: bool = False, truncate: bool = True,
               ) -> list[float] | list[list[float]]:
         """Mean-pooled final hidden states of each text (a list of floats, or one list per text).
@@ -231,6 +241,7 @@ class Llama:
             out.append(vec.astype(np.float32).tolist())
         return out[0] if isinstance(input, str) else out
 
+    @serialised
     def create_embedding(self, input: str | Sequence[str], model: str | None = None,
                          normalize: bool = False) -> dict[str, Any]:
         texts = [input] if isinstance(input, str) else list(input)
@@ -313,6 +324,7 @@ class Llama:
             if ev.text or lp is not None or ev.finish_reason is not None:
                 yield ev.text, lp, ev.finish_reason, n_prompt, n_done
 
+    @serialised
     def create_completion(self, prompt: str | bytes | Sequence[int], suffix: str | None = None,
                           max_tokens: int | None = 16, temperature: float = 0.8, top_p: float = 0.95,
                           min_p: float = 0.05, typical_p: float = 1.0, logprobs: int | None = None,
@@ -376,6 +388,7 @@ class Llama:
         # the tokenizer drops a leading BOS the template writes when encoding adds one itself
         return [int(t) for t in self.tokenizer.encode(text, add_bos=True, special=True)]
 
+    @serialised
     def create_chat_completion(self, messages: Sequence[Message], tools=None, tool_choice=None,
                                temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40,
                                min_p: float = 0.05, typical_p: float = 1.0, stream: bool = False,
@@ -469,4 +482,4 @@ class Llama:
         print(self.perf.summary(), file=file or sys.stderr)
 
 
-__all__ = ["Llama", "ContextFullError", "ContextLimitError"]
+__all__ = ["Llama", "ContextFullError", "ContextLimitError", "StreamInvalidatedError"]

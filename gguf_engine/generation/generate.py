@@ -18,6 +18,7 @@ import numpy as np
 
 from ..model.errors import ContextFullError
 from ..timing import PerfStats, now_ms
+from .guard import CacheGuard, StreamInvalidatedError  # noqa: F401 (re-exported)
 from .sampling import Sampler
 from .stops import StopMatcher
 
@@ -54,7 +55,11 @@ class TokenEvent:
 
 
 class Engine:
-    """Model + tokenizer + the record of what the KV cache holds."""
+    """Model + tokenizer + the record of what the KV cache holds.
+
+    Every method that changes the cache holds ``guard.lock`` and takes a new ticket, so calls from
+    several threads are serialised and a paused stream started earlier raises
+    ``StreamInvalidatedError`` when it resumes (see ``guard``)."""
 
     def __init__(self, model, tokenizer, perf: PerfStats | None = None):
         self.model = model
@@ -63,6 +68,7 @@ class Engine:
         self.tokens: list[int] = []   # tokens in the KV cache, in order (len == model.n_past)
         self.n_reused = 0             # prompt tokens taken from the cache by the last prefill
         self.n_evaluated = 0          # prompt tokens evaluated by the last prefill
+        self.guard = CacheGuard()
 
     @property
     def n_ctx(self) -> int:
@@ -74,17 +80,44 @@ class Engine:
 
     # ------------------------------------------------------------------ cache management
     def reset(self) -> None:
-        self.model.reset()
-        self.tokens = []
+        with self.guard.lock:
+            self.guard.claim()
+            self._reset()
 
     def truncate(self, n: int) -> None:
-        if n < len(self.tokens):
-            self.model.truncate(n)
-            del self.tokens[n:]
+        with self.guard.lock:
+            self.guard.claim()
+            self._truncate(n)
 
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
         """Evaluates tokens after what the cache holds; logits (n_vocab,) or (n_tokens, n_vocab) float32.
         The model checks the ids (ValueError) and the room left (``ContextLimitError``) before evaluating."""
+        with self.guard.lock:
+            self.guard.claim()
+            return self._eval(tokens, logits_all)
+
+    def prefill(self, tokens: Sequence[int], reuse: bool = True) -> np.ndarray:
+        """Makes the cache hold exactly ``tokens`` and returns the logits (n_vocab,) after the last one.
+
+        With ``reuse`` the longest common prefix with the cache is kept and only the rest is
+        evaluated (at least the last token, whose logits are needed); without it the tokens are
+        evaluated after whatever the cache holds.
+        """
+        with self.guard.lock:
+            self.guard.claim()
+            return self._prefill(tokens, reuse)
+
+    # the unguarded steps (the caller holds the lock)
+    def _reset(self) -> None:
+        self.model.reset()
+        self.tokens = []
+
+    def _truncate(self, n: int) -> None:
+        if n < len(self.tokens):
+            self.model.truncate(n)
+            del self.tokens[n:]
+
+    def _eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
         toks = [int(t) for t in tokens]
         n_past = len(self.tokens)
         t0 = now_ms()
@@ -95,19 +128,13 @@ class Engine:
             try:
                 self.model.truncate(n_past)
             except Exception:  # pragma: no cover - the model could not roll back; start afresh
-                self.reset()
+                self._reset()
             raise
         self.perf.add_eval(len(toks), now_ms() - t0)
         self.tokens.extend(toks)
         return np.asarray(out, dtype=np.float32)
 
-    def prefill(self, tokens: Sequence[int], reuse: bool = True) -> np.ndarray:
-        """Makes the cache hold exactly ``tokens`` and returns the logits (n_vocab,) after the last one.
-
-        With ``reuse`` the longest common prefix with the cache is kept and only the rest is
-        evaluated (at least the last token, whose logits are needed); without it the tokens are
-        evaluated after whatever the cache holds.
-        """
+    def _prefill(self, tokens: Sequence[int], reuse: bool = True) -> np.ndarray:
         toks = [int(t) for t in tokens]
         if not toks:
             raise ValueError("the prompt is empty: nothing to generate from (add a BOS token or some text)")
@@ -118,12 +145,12 @@ class Engine:
             n = common_prefix_len(self.tokens, toks)
             if n == len(toks):
                 n -= 1  # the last token must be evaluated again to get its logits
-            self.truncate(n)
+            self._truncate(n)
         else:
             n = 0
         self.n_reused = n
         self.n_evaluated = len(toks) - n
-        return self.eval(toks[n:])
+        return self._eval(toks[n:])
 
     # ------------------------------------------------------------------ token loop
     def token_loop(self, prompt: Sequence[int], sampler: Sampler, reuse: bool = True,
@@ -132,21 +159,31 @@ class Engine:
 
         Each yielded token is accepted by the sampler; it is evaluated into the cache only when
         the consumer asks for the next one.  When the cache is full the loop ends after yielding,
-        and ``self.context_full`` is set.
+        and ``self.context_full`` is set.  Each step holds the guard's lock; a step resumed after
+        another call used the cache raises ``StreamInvalidatedError``.
         """
-        self.context_full = False
-        logits = self.prefill(prompt, reuse=reuse)
-        sampler.accept_many(prompt)
+        guard = self.guard
+        with guard.lock:
+            ticket = guard.claim()
+            self.context_full = False
+            logits = self._prefill(prompt, reuse=reuse)
+            sampler.accept_many(prompt)
+            tok = self._sample(sampler, logits)
         while True:
-            t0 = now_ms()
-            tok = sampler.sample(logits)
-            self.perf.add_sample(now_ms() - t0)
-            sampler.accept(tok)
             yield tok, logits
-            if len(self.tokens) + 1 > self.n_ctx:
-                self.context_full = True
-                return
-            logits = self.eval([tok])
+            with guard.resume(ticket):
+                if len(self.tokens) + 1 > self.n_ctx:
+                    self.context_full = True
+                    return
+                logits = self._eval([tok])
+                tok = self._sample(sampler, logits)
+
+    def _sample(self, sampler: Sampler, logits: np.ndarray) -> int:
+        t0 = now_ms()
+        tok = sampler.sample(logits)
+        self.perf.add_sample(now_ms() - t0)
+        sampler.accept(tok)
+        return tok
 
     def stream(self, prompt: Sequence[int], sampler: Sampler, max_tokens: int | None = None,
                stop: str | Iterable[str] | None = None, ignore_eos: bool = False,
