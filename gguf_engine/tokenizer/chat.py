@@ -1,8 +1,9 @@
 """Chat templates: a model's ``tokenizer.chat_template`` rendered in a jinja2 sandbox, HF-style.
 
-A template is untrusted input.  It runs in jinja2's ImmutableSandboxedEnvironment with no loader
-(no include/import/extends, so no file access), and touching an unsafe attribute (``__class__``,
-``__mro__``, ...) raises instead of rendering as empty.  The variables are those Hugging Face
+A template is untrusted input.  It runs in a bounded jinja2 sandbox (``sandbox``): no loader
+(no include/import/extends, so no file access), touching an unsafe attribute (``__class__``,
+``__mro__``, ...) raises instead of rendering as empty, values it builds are bounded in size and a
+render is stopped after ``RENDER_SECONDS``.  The variables are those Hugging Face
 templates use: ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``tools``,
 ``raise_exception(msg)`` and ``strftime_now(fmt)``; ``tojson`` behaves as in transformers.
 
@@ -11,7 +12,6 @@ written to produce what llama.cpp's named templates produce) or read from a file
 """
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime
 from functools import lru_cache
@@ -19,6 +19,10 @@ from functools import lru_cache
 
 class ChatTemplateError(ValueError):
     """A chat template failed to parse or render (the message names the model)."""
+
+
+RENDER_SECONDS = 1.0               # time budget of one render
+MAX_TEMPLATE_CHARS = 1 << 20       # longest template source accepted
 
 
 BUILTIN_TEMPLATES: dict[str, str] = {
@@ -111,23 +115,11 @@ def _strftime_now(fmt):
     return datetime.now().strftime(fmt)
 
 
-def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    # transformers' tojson: no HTML escaping, non-ASCII kept
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
 @lru_cache(maxsize=1)
 def _environment():
-    from jinja2.exceptions import SecurityError
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from .sandbox import BoundedSandbox
 
-    class _Sandbox(ImmutableSandboxedEnvironment):
-        def unsafe_undefined(self, obj, attribute):
-            raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
-
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols], loader=None)
-    env.filters["tojson"] = _tojson
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
@@ -140,24 +132,36 @@ def _compile(source: str):
 
 def render_chat_template(source: str | None, messages: list, add_generation_prompt: bool = True,
                          bos_token: str = "", eos_token: str = "", tools: list | None = None,
-                         model_name: str = "model", **kwargs) -> str:
-    """Render ``messages`` with template ``source`` (ChatML when None); errors name the model."""
-    from jinja2.exceptions import TemplateError
+                         model_name: str = "model", seconds: float = RENDER_SECONDS, **kwargs) -> str:
+    """Render ``messages`` with template ``source`` (ChatML when None); errors name the model.
+
+    The template is untrusted: it renders in a bounded sandbox (``sandbox``) within ``seconds``, and
+    every way it can fail (a template error, a sandbox limit, the time budget, recursion, memory,
+    overflow, ...) raises ``ChatTemplateError``."""
+    from .sandbox import RenderTimeout, bounded_output, watchdog
 
     if source is None:
         source = BUILTIN_TEMPLATES[DEFAULT_TEMPLATE]
-    try:
-        tmpl = _compile(source)
-    except TemplateError as e:
-        raise ChatTemplateError(f"chat template of {model_name!r} does not parse: {e}") from e
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise ChatTemplateError(f"chat template of {model_name!r} is too long "
+                                f"({len(source):,} characters, at most {MAX_TEMPLATE_CHARS:,})")
     ctx = dict(kwargs)
     ctx.update(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token,
                eos_token=eos_token)
     if tools is not None:
         ctx["tools"] = tools
+    stage, out = "does not parse", ""
+    wd = watchdog(seconds)
     try:
-        return tmpl.render(**ctx)
-    except TemplateError as e:
-        raise ChatTemplateError(f"chat template of {model_name!r} failed: {type(e).__name__}: {e}") from e
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as e:
-        raise ChatTemplateError(f"chat template of {model_name!r} failed: {type(e).__name__}: {e}") from e
+        with wd:
+            tmpl = _compile(source)
+            stage = "failed"
+            out = bounded_output(tmpl.generate(**ctx))
+    except RenderTimeout:
+        pass  # wd.fired says so
+    except Exception as e:  # untrusted code: whatever it raised is the template's failure
+        raise ChatTemplateError(f"chat template of {model_name!r} {stage}: {type(e).__name__}: {e}") from e
+    if wd.fired:
+        raise ChatTemplateError(f"chat template of {model_name!r} failed: it ran past its time budget of "
+                                f"{seconds:g} s")
+    return out
