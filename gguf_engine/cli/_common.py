@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from ..atomic import Terminated, exit_signals
 from ..gguf import GGUFError
 from ..models import ModelError
 
@@ -14,18 +15,28 @@ class CLIError(Exception):
     """A user-facing command-line error (bad arguments, missing input): printed without a traceback."""
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (GGUFError, ModelError, CLIError, FileNotFoundError,
-                                                     IsADirectoryError, PermissionError)
+# OSError: the file system's answers (no such file, a directory, no permission, a full disk, a
+# read-only file system) are the user's to fix, reported as ``FILE: reason``
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (GGUFError, ModelError, CLIError, OSError)
 
 
-def cli_entry(prog: str) -> Callable[[Callable[[Sequence[str] | None], int | None]], Callable[..., int]]:
+def cli_entry(prog: str, stop_signals: bool = False
+              ) -> Callable[[Callable[[Sequence[str] | None], int | None]], Callable[..., int]]:
     """Decorate ``main(argv) -> status``: expected errors print ``prog: error: message`` and return 1,
-    Ctrl-C returns 130, a closed stdout pipe (``| head``) returns quietly."""
+    Ctrl-C returns 130, a closed stdout pipe (``| head``) returns quietly.  With ``stop_signals``
+    (commands that write files) SIGTERM and SIGHUP stop the command as Ctrl-C does, so its partial
+    output is removed, and it returns 128 + the signal's number."""
     def wrap(func):
         @functools.wraps(func)
         def main(argv: Sequence[str] | None = None) -> int:
             try:
+                if stop_signals:
+                    with exit_signals():
+                        return int(func(argv) or 0)
                 return int(func(argv) or 0)
+            except Terminated as e:
+                print(f"{prog}: {e}", file=sys.stderr)
+                return 128 + e.signum
             except EXPECTED_ERRORS as e:
                 msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
                 print(f"{prog}: error: {msg}", file=sys.stderr)

@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 
+from ..atomic import check_output_path
 from ._common import CLIError, cli_entry
 from .quantize import ArgumentParser
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@cli_entry("gguf-imatrix")
+@cli_entry("gguf-imatrix", stop_signals=True)
 def main(argv=None) -> int:
     from tqdm import tqdm
 
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
     def log(line: str) -> None:
         tqdm.write(line, file=sys.stdout)
 
+    if not args.show_statistics:
+        check_output_path(args.output)  # refused before the model runs
     try:
         previous = [read_imatrix(p) for p in args.in_file]
         if args.show_statistics:

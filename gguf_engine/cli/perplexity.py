@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..atomic import check_output_path
 from ._common import CLIError, cli_entry
 from .quantize import ArgumentParser
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@cli_entry("gguf-perplexity")
+@cli_entry("gguf-perplexity", stop_signals=True)
 def main(argv=None) -> int:
     from tqdm import tqdm
 
@@ -61,6 +62,8 @@ def main(argv=None) -> int:
             return 0
         if not args.file:
             raise CLIError("a text file (-f) is required")
+        if args.kl_divergence_base:
+            check_output_path(args.kl_divergence_base)  # refused before the model runs
         try:
             with open(args.file, encoding="utf-8") as f:
                 text = f.read()

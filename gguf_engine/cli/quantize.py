@@ -119,7 +119,7 @@ def _positionals(pos: list[str]):
     return ftype, inp, out, nthreads
 
 
-@cli_entry("gguf-quantize")
+@cli_entry("gguf-quantize", stop_signals=True)
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 

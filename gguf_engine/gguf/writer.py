@@ -20,7 +20,7 @@ reproduces any stored value, nested arrays included.
 Tensor shapes are numpy order (outermost first), as everywhere in the project; they are
 reversed into GGUF's innermost-first order by the reader's one reversal function.
 
-The file is written to a temporary file beside the target and renamed over it by
+The file is written to ``.NAME.partial-PID`` beside the target (``gguf_engine.atomic``) and renamed over it by
 ``finish()``; on any exception (Ctrl-C included) inside the ``with`` block, or on
 ``abort()``, the temporary is removed and an existing target is left untouched.
 """
@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
-import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Union
 
@@ -37,6 +35,7 @@ import numpy as np
 
 from kernels.types import BLOCK_SIZES, GGMLType, as_type
 
+from ..atomic import AtomicFile
 from .constants import (ALIGNMENT_KEY, ARCHITECTURE_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC,
                         GGUF_VERSIONS, INTEGER_TYPES, SCALAR_DTYPES, GGUFValueType, value_type_of_dtype)
 from .reader import GGUFReader, TypeSpec, _numpy_shape
@@ -68,13 +67,6 @@ def _as_value_type(t: Any) -> GGUFValueType:
         raise ValueError(f"unknown GGUF value type {t!r}") from None
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 class _Tensor:
     __slots__ = ("name", "ne", "type", "n_bytes", "offset", "source", "written")
 
@@ -98,9 +90,7 @@ class GGUFWriter:
         self._tensors: list[_Tensor] = []
         self._by_name: dict[str, _Tensor] = {}
         self._next = 0                           # index of the next tensor whose data is due
-        self._file = None
-        self._tmp: str | None = None
-        self._finalizer = None
+        self._file: AtomicFile | None = None
         self._state = "open"                     # open -> data (header written) -> finished | aborted
         if arch is not None:
             self.add_string(ARCHITECTURE_KEY, arch)
@@ -352,11 +342,7 @@ class GGUFWriter:
     def write_header(self) -> None:
         """Write the header and tensor infos (done automatically by the first data write)."""
         self._check_open("write the header")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".tmp")
-        self._tmp = tmp
-        self._finalizer = weakref.finalize(self, _remove_quietly, tmp)
-        self._file = os.fdopen(fd, "wb")
+        self._file = AtomicFile(self.path).open()
         self._state = "data"
         head = bytearray(GGUF_MAGIC)
         head += struct.pack("<IQQ", self.version, len(self._tensors), len(self._kv))
@@ -422,14 +408,7 @@ class GGUFWriter:
                 if t.source is None:
                     raise ValueError(f"{self.path}: tensor {t.name!r} was declared but its data never written")
                 self._write_next(t.source)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self._tmp, 0o666 & ~umask)
-            os.replace(self._tmp, self.path)
-            self._finalizer.detach()
+            self._file.commit()
             self._state = "finished"
             return self.path
         except BaseException:
@@ -438,12 +417,8 @@ class GGUFWriter:
 
     def abort(self) -> None:
         """Drop the partial file; the target is left as it was."""
-        if self._file is not None and not self._file.closed:
-            self._file.close()
-        if self._tmp is not None and self._state != "finished":
-            _remove_quietly(self._tmp)
-            if self._finalizer is not None:
-                self._finalizer.detach()
+        if self._file is not None and self._state != "finished":
+            self._file.abort()
         if self._state != "finished":
             self._state = "aborted"
 

@@ -24,6 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ..atomic import write_bytes_atomic
 from ..gguf.reader import GGUFError, GGUFReader
 
 SUM_SUFFIX = ".in_sum2"
@@ -277,21 +278,7 @@ def write_imatrix_dat(im: Imatrix, path: str | os.PathLike, dataset: str = "") -
         parts += [struct.pack("<i", len(raw)), raw, struct.pack("<ii", ncall, out.size), out.tobytes()]
     ds = (dataset or (im.datasets[-1] if im.datasets else "")).encode("utf-8")
     parts += [struct.pack("<i", im.chunk_count), struct.pack("<i", len(ds)), ds]
-    _atomic_write_bytes(os.fspath(path), b"".join(parts))
-
-
-def _atomic_write_bytes(path: str, payload: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, b"".join(parts))
 
 
 # -- collection -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from kernels.types import GGMLType, as_type, row_bytes
 
 from ..gguf.constants import GGUFValueType as V
 from ..gguf.reader import GGUFReader
+from ..atomic import check_output_path
 from ..gguf.writer import GGUFWriter
 from .ftypes import LlamaFileType, ParsedFType, parse_ftype
 from .imatrix import Imatrix, ImatrixEntry, ImatrixError, read_imatrix
@@ -253,6 +254,8 @@ def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
         raise QuantizeError(f"input model {in_path!r} does not exist")
     if not dry_run and _same_file(in_path, out_path):
         raise QuantizeError(f"input and output files are the same: {in_path!r}")
+    if not dry_run:
+        check_output_path(out_path)  # a directory or an unwritable place is refused before any work
     include_weights, exclude_weights = list(include_weights), list(exclude_weights)
     if include_weights and exclude_weights:
         raise QuantizeError("include_weights and exclude_weights cannot be used together")

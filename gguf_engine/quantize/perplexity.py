@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..atomic import AtomicFile
 from .evaluate import (EvalError, PPLAccumulator, eval_chunks, load_for_eval, nll_rows, plan_chunks,
                        progress_bar, tokenize_text)
 
@@ -67,8 +68,7 @@ class BaseLogitsWriter:
 
     def __init__(self, path: str | os.PathLike, n_ctx: int, n_vocab: int, n_chunk: int, tokens: np.ndarray):
         self.path = os.fspath(path)
-        self._tmp = f"{self.path}.tmp{os.getpid()}"
-        self._f = open(self._tmp, "wb")
+        self._f = AtomicFile(self.path).open()
         self._f.write(MAGIC + struct.pack("<Iii", n_ctx, n_vocab, n_chunk))
         self._f.write(np.ascontiguousarray(tokens[: n_chunk * n_ctx], dtype="<i4").tobytes())
 
@@ -76,13 +76,10 @@ class BaseLogitsWriter:
         self._f.write(quantize_log_probs(logits).astype("<u2").tobytes())
 
     def close(self) -> None:
-        self._f.close()
-        os.replace(self._tmp, self.path)
+        self._f.commit()
 
     def abort(self) -> None:
-        self._f.close()
-        if os.path.exists(self._tmp):
-            os.unlink(self._tmp)
+        self._f.abort()
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""Atomic output files and the ways a writing command can be stopped.
+
+Real signals are sent to real ``gguf-quantize`` / ``gguf-imatrix`` subprocesses while they write
+(each tensor write is slowed down in the child so the signal lands mid-file): SIGINT, SIGTERM and
+SIGHUP leave no partial file and the previous target untouched, with exit status 128 + signum.  A
+SIGKILLed run leaves its ``.OUT.partial-PID``, which the next run to the same target removes.  A full
+disk is reported in one line naming the output; a directory as output is refused before any work.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gguf_engine import atomic
+from gguf_engine.atomic import AtomicFile, partial_path, remove_stale_partials
+from gguf_engine.cli.quantize import main as quantize_main
+
+from .conftest import fixture_path
+
+SLOW_CHILD = r"""
+import sys, time
+from gguf_engine.gguf import writer
+_write = writer.GGUFWriter._write_next
+def slow(self, data):
+    time.sleep(0.15)
+    return _write(self, data)
+writer.GGUFWriter._write_next = slow
+from gguf_engine.cli import quantize, imatrix
+tool = {"quantize": quantize.main, "imatrix": imatrix.main}[sys.argv[1]]
+sys.exit(tool(sys.argv[2:]))
+"""
+
+
+def _f16() -> Path:
+    return fixture_path("models", "tiny-llama-f16.gguf")
+
+
+def _start(tool: str, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SLOW_CHILD, tool, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_partial(proc: subprocess.Popen, out: Path, timeout: float = 240.0) -> Path:
+    part = partial_path(out, proc.pid)
+    t0 = time.monotonic()
+    while not part.exists():
+        assert proc.poll() is None, f"the command ended before writing: {proc.stderr.read()}"
+        assert time.monotonic() - t0 < timeout, "no partial file appeared"
+        time.sleep(0.02)
+    return part
+
+
+def _args(tool: str, out: Path) -> list[str]:
+    if tool == "quantize":
+        return [str(_f16()), str(out), "Q8_0", "1", "--no-progress", "-q"]
+    return ["-m", str(fixture_path("models", "tiny-llama-f32.gguf")), "-f",
+            str(fixture_path("models", "calibration.txt")), "-o", str(out), "--chunk-size", "64",
+            "--chunks", "2", "--no-progress", "--no-ppl"]
+
+
+@pytest.mark.parametrize("tool,sig", [("quantize", signal.SIGINT), ("quantize", signal.SIGTERM),
+                                      ("quantize", signal.SIGHUP), ("imatrix", signal.SIGTERM)])
+def test_catchable_signal_leaves_nothing(tmp_path, tool, sig):
+    """A signal mid-write: exit status 128 + signum, a one-line message, no partial file, and the
+    existing target unchanged."""
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"previous")
+    proc = _start(tool, _args(tool, out))
+    part = _wait_for_partial(proc, out)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1] == (f"gguf-{tool}: interrupted" if sig == signal.SIGINT
+                                            else f"gguf-{tool}: terminated by {sig.name}")
+    assert not part.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+    assert out.read_bytes() == b"previous"
+
+
+def test_sigkill_partial_removed_by_next_run(tmp_path):
+    """SIGKILL leaves ``.out.gguf.partial-PID``; the next run to the same target removes it and
+    writes the file."""
+    out = tmp_path / "out.gguf"
+    proc = _start("quantize", _args("quantize", out))
+    part = _wait_for_partial(proc, out)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert part.exists() and not out.exists()
+    assert quantize_main(_args("quantize", out)) == 0
+    assert not part.exists() and out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+
+
+def test_stale_partials_only_of_dead_processes(tmp_path):
+    """remove_stale_partials removes partial files whose process is gone, and keeps a live one's
+    and other files."""
+    out = tmp_path / "x.bin"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (dead.pid, live.pid):
+            partial_path(out, pid).write_bytes(b"x")
+        (tmp_path / ".x.bin.partial-notapid").write_bytes(b"x")
+        (tmp_path / ".y.bin.partial-1").write_bytes(b"x")
+        assert remove_stale_partials(out) == [partial_path(out, dead.pid)]
+        with AtomicFile(out) as f:
+            f.write(b"new")
+        assert out.read_bytes() == b"new"
+        assert partial_path(out, live.pid).exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    """Writes that fail with ENOSPC (the partial file's descriptor points at /dev/full) give
+    ``gguf-quantize: error: OUT: No space left on device``, exit status 1, and no partial file."""
+    real_open = open
+
+    def full_disk_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, f.fileno())
+        os.close(full)
+        return f
+
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
+    out = tmp_path / "out.gguf"
+    assert quantize_main([str(_f16()), str(out), "Q8_0", "--no-progress", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"gguf-quantize: error: {out}: No space left on device\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_directory_output_refused_before_work(tmp_path, capsys):
+    """A directory given as the output is refused at once: no tensor is quantized."""
+    assert quantize_main([str(_f16()), str(tmp_path), "Q8_0", "--no-progress"]) == 1
+    cap = capsys.readouterr()
+    assert cap.err == f"gguf-quantize: error: {tmp_path}: is a directory, not a file\n"
+    assert "converting" not in cap.out and list(tmp_path.iterdir()) == []
