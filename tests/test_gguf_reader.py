@@ -318,6 +318,9 @@ def test_rejects_bad_dims(tmp_path):
                  "n_dims 5 outside 1..4", 24 + 9)
     expect_error(write(tmp_path, gguf([], [tinfo("w", (2**40, 2**40), GGMLType.F32, 0)], bytes(64))),
                  "dimensions .* overflow", 24 + 9 + 4)
+    # a zero dimension makes the product 0: each dimension is checked on its own too
+    expect_error(write(tmp_path, gguf([], [tinfo("w", (0, 2**64 - 1), GGMLType.F32, 0)], bytes(64))),
+                 r"dimension 18446744073709551615 of \[0, 18446744073709551615\] is out of range", 24 + 9 + 4)
     expect_error(write(tmp_path, gguf([], [tinfo("w", (30, 2), GGMLType.Q4_0, 0)], bytes(64))),
                  "row length 30 is not a multiple of the Q4_0 block size 32", 24 + 9 + 4)
 
@@ -346,6 +349,19 @@ def test_rejects_invalid_utf8_and_deep_nesting(tmp_path):
             list(arr)
     nested = struct.pack("<IQ", VT.ARRAY, 1) * 12 + struct.pack("<IQ", VT.UINT8, 0)
     expect_error(write(tmp_path, gguf([kv("k", VT.ARRAY, nested)])), "nested deeper than 8", None)
+
+
+def test_rejects_millions_of_nested_arrays(tmp_path):
+    """2 M empty arrays inside an array (24 MB) are refused after MAX_NESTED_ARRAYS, quickly and
+    without building millions of objects; a file with fewer opens."""
+    from gguf_engine.gguf.reader import MAX_NESTED_ARRAYS
+
+    n = 2_000_000
+    many = kv("k", VT.ARRAY, struct.pack("<IQ", VT.ARRAY, n) + struct.pack("<IQ", VT.UINT8, 0) * n)
+    expect_error(write(tmp_path, gguf([many])), f"more than {MAX_NESTED_ARRAYS} arrays nested in arrays", None)
+    ok = kv("k", VT.ARRAY, struct.pack("<IQ", VT.ARRAY, 100) + struct.pack("<IQ", VT.UINT8, 0) * 100)
+    with GGUFReader(write(tmp_path, gguf([ok]))) as r:
+        assert len(r.metadata["k"]) == 100
 
 
 def test_rejects_truncated_tensor_infos(tmp_path):

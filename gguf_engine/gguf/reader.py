@@ -43,6 +43,11 @@ __all__ = ["GGUFReader", "GGUFError", "GGUFValueType", "ReaderTensor", "StringAr
 TypeSpec = Union[GGUFValueType, tuple]
 
 MAX_ARRAY_DEPTH = 8
+# arrays inside arrays, over the whole file: each is a Python object (real models have none), so
+# millions of tiny ones would cost minutes and gigabytes to open
+MAX_NESTED_ARRAYS = 1 << 16
+# a tensor dimension is a signed 64-bit count in ggml; with the element count below 2^62
+MAX_DIM = 1 << 62
 _MIN_KV_BYTES = 8 + 4 + 1              # key length (key may be empty), value type, 1-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
 _U32 = struct.Struct("<I")
@@ -94,6 +99,7 @@ class GGUFReader:
         self.array_types: dict[str, GGUFValueType] = {}
         self.tensors: dict[str, ReaderTensor] = {}
         self._specs: dict[str, TypeSpec] = {}
+        self._n_nested = 0
         try:
             self._file = open(self.path, "rb")
         except OSError as e:
@@ -167,6 +173,11 @@ class GGUFReader:
         if vt == GGUFValueType.ARRAY:
             if depth >= MAX_ARRAY_DEPTH:
                 raise self._err(f"key {key!r}: arrays nested deeper than {MAX_ARRAY_DEPTH}", off)
+            if depth:
+                self._n_nested += 1
+                if self._n_nested > MAX_NESTED_ARRAYS:
+                    raise self._err(f"key {key!r}: more than {MAX_NESTED_ARRAYS} arrays nested in arrays "
+                                    "in the file", off)
             astart = off
             et, off = self._u32(off, f"key {key!r} array element type")
             evt = self._value_type(et, astart, f"key {key!r} array element")
@@ -268,6 +279,8 @@ class GGUFReader:
             toff, off = self._u64(off, f"tensor {name!r} data offset")
             n_el = 1
             for d in ne:
+                if d >= MAX_DIM:
+                    raise self._err(f"tensor {name!r}: dimension {d} of {list(ne)} is out of range", dims_at)
                 n_el *= d
                 if n_el >= 1 << 62:
                     raise self._err(f"tensor {name!r}: dimensions {list(ne)} overflow 64 bits", dims_at)

@@ -100,26 +100,68 @@ class Vocab:
         return len(self.tokens)
 
 
-def _as_bool(v: Any) -> bool:
-    return bool(v.item() if isinstance(v, np.generic) else v)
+def _shown(v: Any) -> str:
+    """A metadata value as an error message shows it: its type and a short repr."""
+    text = repr(v.tolist() if isinstance(v, np.ndarray) else v)
+    return f"{type(v).__name__} {text[:80] + '...' if len(text) > 80 else text}"
+
+
+def _bad(source: str, key: str, want: str, v: Any) -> VocabError:
+    return VocabError(f"{source}: metadata key {key!r} must be {want}, got {_shown(v)}")
+
+
+def _as_bool(v: Any, key: str = "", source: str = "<gguf>") -> bool:
+    if isinstance(v, (bool, int, np.bool_, np.integer)):
+        return bool(v)
+    raise _bad(source, key, "a boolean", v)
+
+
+def _as_int(v: Any, key: str, source: str) -> int:
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return int(v)
+    raise _bad(source, key, "an integer", v)
+
+
+def _as_strings(v: Any, key: str, source: str) -> list[str]:
+    """An array of strings (the reader's StringArray, or a list of str) as a list."""
+    items = v.tolist() if hasattr(v, "tolist") and not isinstance(v, np.ndarray) else v
+    if isinstance(items, (list, tuple)) and all(isinstance(t, str) for t in items):
+        return list(items)
+    if isinstance(items, (list, tuple, np.ndarray)):
+        bad = next((t for t in items if not isinstance(t, str)), None)
+        raise VocabError(f"{source}: metadata key {key!r} must be an array of strings, got an array "
+                         f"holding {_shown(bad)}")
+    raise _bad(source, key, "an array of strings", v)
+
+
+def _as_numbers(v: Any, key: str, source: str, dtype) -> np.ndarray:
+    """A 1-D numeric array of ``dtype``."""
+    if isinstance(v, np.ndarray) and v.ndim == 1 and (v.dtype.kind in "iuf" or v.size == 0):
+        return v.astype(dtype, copy=False)
+    if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return np.asarray(v, dtype=dtype)
+    raise _bad(source, key, "an array of numbers", v)
 
 
 def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
-    """Build a :class:`Vocab` from GGUF metadata (a dict-like key -> value), as llama.cpp's vocab load does."""
+    """Build a :class:`Vocab` from GGUF metadata (a dict-like key -> value), as llama.cpp's vocab load does.
+
+    A value of the wrong type raises ``VocabError`` naming the key, the type and the value."""
     def get(key, default=None):
         return md.get(key, default) if hasattr(md, "get") else default
 
     model = get("tokenizer.ggml.model")
     if model is None:
         raise VocabError(f"{source}: no tokenizer (metadata key 'tokenizer.ggml.model' missing)")
-    model = str(model)
+    if not isinstance(model, str):
+        raise _bad(source, "tokenizer.ggml.model", "a string", model)
     if model not in SUPPORTED_MODELS:
         raise VocabError(f"{source}: tokenizer.ggml.model = {model!r} is not supported "
                          f"(supported: {', '.join(SUPPORTED_MODELS)})")
     tokens = get("tokenizer.ggml.tokens")
     if tokens is None:
         raise VocabError(f"{source}: metadata key 'tokenizer.ggml.tokens' missing")
-    tokens = list(tokens.tolist() if hasattr(tokens, "tolist") else tokens)
+    tokens = _as_strings(tokens, "tokenizer.ggml.tokens", source)
     n = len(tokens)
     if n == 0:
         raise VocabError(f"{source}: tokenizer.ggml.tokens is empty")
@@ -132,7 +174,7 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
     if scores is None:
         scores = np.zeros(n, dtype=np.float32)
     else:
-        scores = np.asarray(scores, dtype=np.float32)
+        scores = _as_numbers(scores, "tokenizer.ggml.scores", source, np.float32)
         if scores.shape[0] < n:
             raise VocabError(f"{source}: tokenizer.ggml.scores has {scores.shape[0]} entries < {n} tokens")
         scores = scores[:n]
@@ -140,7 +182,10 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
     if types is None:
         attrs = np.full(n, ATTR_NORMAL, dtype=np.int32)
     else:
-        types = np.asarray(types, dtype=np.int64)
+        types = _as_numbers(types, "tokenizer.ggml.token_type", source, np.float64)
+        if types.size and not np.all(np.isfinite(types)):
+            raise _bad(source, "tokenizer.ggml.token_type", "an array of integers", types)
+        types = types.astype(np.int64)
         if types.shape[0] < n:
             raise VocabError(f"{source}: tokenizer.ggml.token_type has {types.shape[0]} entries < {n} tokens")
         types = types[:n]
@@ -161,12 +206,13 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
         flags.update(add_space_prefix=True, add_bos=True)
     else:
         merges = get("tokenizer.ggml.merges")
-        if merges is not None and not isinstance(merges, list):
-            merges = list(merges.tolist() if hasattr(merges, "tolist") else merges)
         if merges is None:
             raise VocabError(f"{source}: BPE tokenizer without 'tokenizer.ggml.merges'")
+        merges = _as_strings(merges, "tokenizer.ggml.merges", source)
         special.update(bos=11, eos=11)
-        pre = str(get("tokenizer.ggml.pre") or "default")
+        pre = get("tokenizer.ggml.pre") or "default"
+        if not isinstance(pre, str):
+            raise _bad(source, "tokenizer.ggml.pre", "a string", pre)
         cfg = pre_config(pre, source)           # raises with the list of known names
         flags.update(escape_whitespaces=False, clean_spaces=cfg.clean_spaces,
                      ignore_merges=cfg.ignore_merges, add_bos=cfg.add_bos)
@@ -174,7 +220,7 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
             special["bos"] = None
     v = get("tokenizer.ggml.add_space_prefix")
     if v is not None:
-        flags["add_space_prefix"] = _as_bool(v)
+        flags["add_space_prefix"] = _as_bool(v, "tokenizer.ggml.add_space_prefix", source)
 
     # special token ids: defaults out of range are disabled, metadata overrides in range
     for k in _SPECIAL_KEYS:
@@ -182,12 +228,12 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
             special[k] = None
         for key in _KEY_NAMES[k]:
             val = get("tokenizer.ggml." + key)
-            if val is not None and 0 <= int(val) < n:
+            if val is not None and 0 <= _as_int(val, "tokenizer.ggml." + key, source) < n:
                 special[k] = int(val)
     for key, flag in (("add_bos_token", "add_bos"), ("add_eos_token", "add_eos")):
         v = get("tokenizer.ggml." + key)
         if v is not None:
-            flags[flag] = _as_bool(v)
+            flags[flag] = _as_bool(v, "tokenizer.ggml." + key, source)
 
     def mark_control(tid: int) -> None:
         attrs[tid] |= ATTR_CONTROL
@@ -248,6 +294,8 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
                     attrs[token_to_id[t]] &= ~ATTR_RSTRIP
 
     tmpl = get("tokenizer.chat_template")
+    if tmpl is not None and not isinstance(tmpl, str):
+        raise _bad(source, "tokenizer.chat_template", "a string", tmpl)
     return Vocab(model=model, pre=pre, tokens=tokens, scores=scores, attrs=attrs, token_to_id=token_to_id,
                  merges=merges, special=special, eog_ids=eog, special_cache=cand, name=name,
                  chat_template=str(tmpl) if tmpl is not None else None, char_lens=char_lens, **flags)
