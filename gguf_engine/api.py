@@ -24,7 +24,7 @@ import numpy as np
 
 from .generation.generate import ContextFullError, ContextLimitError, Engine, TokenEvent
 from .generation.guard import StreamInvalidatedError, serialised
-from .generation.sampling import Sampler, SamplingParams
+from .generation.sampling import Sampler, SamplingParams, check_sampling
 from .timing import PerfStats, now_ms
 
 Message = Mapping[str, Any]
@@ -271,7 +271,11 @@ class Llama:
 
     def _prompt_tokens(self, prompt: str | bytes | Sequence[int]) -> list[int]:
         if isinstance(prompt, (str, bytes, bytearray)):
-            toks = self.tokenize(prompt, add_bos=True, special=True)
+            text = prompt if isinstance(prompt, str) else bytes(prompt).decode("utf-8", errors="replace")
+            n_min = self.tokenizer.min_tokens(text)  # a text far too long is refused before it is tokenized
+            if n_min > self.n_ctx():
+                raise ContextLimitError(f"Requested tokens (at least {n_min}) exceed context window of {self.n_ctx()}")
+            toks = self.tokenize(text, add_bos=True, special=True)
         else:
             toks = [int(t) for t in prompt]
         if not toks:  # an empty prompt with a model that adds no BOS: start from BOS anyway
@@ -343,6 +347,9 @@ class Llama:
             raise ValueError("suffix (fill-in-the-middle) is not supported")
         if typical_p != 1.0:
             raise ValueError(f"typical_p={typical_p} is not supported (only 1.0, i.e. off)")
+        check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                       repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
+                       presence_penalty=presence_penalty, logprobs=logprobs)
         if logit_bias:
             logit_bias = {int(k): float(v) for k, v in logit_bias.items()}
         cid = f"cmpl-{uuid.uuid4()}"
@@ -405,6 +412,9 @@ class Llama:
         self._check_open()
         if typical_p != 1.0:
             raise ValueError(f"typical_p={typical_p} is not supported (only 1.0, i.e. off)")
+        check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                       repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
+                       presence_penalty=presence_penalty, top_logprobs=top_logprobs)
         toks = self.format_chat(messages, tools=tools)
         cid = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())

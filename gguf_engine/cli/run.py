@@ -127,15 +127,25 @@ def read_prompt(args) -> str | None:
 
 def read_template(arg: str | None) -> str | None:
     """--chat-template: a file holding a Jinja template, else the value itself (a name or a template)."""
+    from ..tokenizer.chat import looks_like_template
+
     if arg is None:
         return None
     path = Path(arg)
     if path.is_file():
         try:
-            return path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read chat template file '{path}': {e}") from None
+        if not looks_like_template(text):
+            raise UsageError(f"chat template file '{path}' holds no Jinja template (no '{{{{' or '{{%')")
+        return text
     return arg
+
+
+SAMPLING_FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+                  "repeat_penalty": "--repeat-penalty", "repeat_last_n": "--repeat-last-n",
+                  "frequency_penalty": "--frequency-penalty", "presence_penalty": "--presence-penalty"}
 
 
 def validate(args) -> None:
@@ -147,14 +157,14 @@ def validate(args) -> None:
         raise UsageError(f"--threads must be > 0, got {args.threads}")
     if args.n_predict is not None and args.n_predict < -1:
         raise UsageError(f"--n-predict must be -1 (no limit) or >= 0, got {args.n_predict}")
-    if not 0.0 <= args.top_p <= 1.0:
-        raise UsageError(f"--top-p must be in [0, 1], got {args.top_p}")
-    if not 0.0 <= args.min_p <= 1.0:
-        raise UsageError(f"--min-p must be in [0, 1], got {args.min_p}")
-    if args.repeat_penalty <= 0:
-        raise UsageError(f"--repeat-penalty must be > 0, got {args.repeat_penalty}")
-    if args.repeat_last_n < -1:
-        raise UsageError(f"--repeat-last-n must be >= -1, got {args.repeat_last_n}")
+    from ..generation.sampling import check_sampling
+
+    try:
+        check_sampling(SAMPLING_FLAGS, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                       min_p=args.min_p, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+                       frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.seed < -1 or args.seed > 0xFFFFFFFF:
         raise UsageError(f"--seed must be -1 (random) or in [0, 2^32-1], got {args.seed}")
 
@@ -223,8 +233,17 @@ def print_context_full(llm) -> None:
         f"(use -c to set a larger context)")
 
 
+def check_prompt_size(llm, text: str, what: str = "prompt") -> None:
+    """Refuses a text that cannot fit the context before tokenizing it (a huge file costs seconds
+    and hundreds of MB to tokenize just to be refused)."""
+    if llm.tokenizer.min_tokens(text) > llm.n_ctx():
+        raise UsageError(f"the {what} ({len(text.encode('utf-8')):,} bytes) is more than the context of "
+                         f"{llm.n_ctx()} tokens can hold; use -c to set a larger context")
+
+
 def run_completion(session: Session, prompt: str) -> int:
     llm = session.llm
+    check_prompt_size(llm, prompt)
     tokens = llm.tokenize(prompt, add_bos=True, special=True)
     if not tokens:
         raise UsageError("the prompt is empty and the model adds no BOS token: nothing to generate from")
@@ -241,6 +260,7 @@ def run_completion(session: Session, prompt: str) -> int:
 
 
 def chat_tokens(llm, messages) -> list[int]:
+    check_prompt_size(llm, "".join(str(m.get("content", "")) for m in messages), "conversation")
     tokens = llm.format_chat(messages)
     if len(tokens) >= llm.n_ctx():
         raise UsageError(f"the conversation has {len(tokens)} tokens but the context holds {llm.n_ctx()}; "

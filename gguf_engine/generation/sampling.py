@@ -29,6 +29,38 @@ import numpy as np
 DEFAULT_SEED = -1  # -1 / None: a random seed per sampler
 
 
+def _real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+# the accepted range of each sampling setting: (test, what the error message says it must be)
+SAMPLING_RANGES = {
+    "temperature": (_real, "a finite number (<= 0 is greedy)"),
+    "top_k": (lambda v: _integer(v) and v >= -1, "an integer >= -1 (<= 0: the whole vocabulary)"),
+    "top_p": (lambda v: _real(v) and 0 <= v <= 1, "in [0, 1]"),
+    "min_p": (lambda v: _real(v) and 0 <= v <= 1, "in [0, 1]"),
+    "repeat_penalty": (lambda v: _real(v) and v > 0, "a finite number > 0"),
+    "repeat_last_n": (lambda v: _integer(v) and v >= -1, "an integer >= -1 (-1: the whole context)"),
+    "frequency_penalty": (_real, "a finite number"),
+    "presence_penalty": (_real, "a finite number"),
+    "logprobs": (lambda v: v is None or (_integer(v) and v >= 0), "None or an integer >= 0"),
+    "top_logprobs": (lambda v: v is None or (_integer(v) and v >= 0), "None or an integer >= 0"),
+}
+
+
+def check_sampling(names: Mapping[str, str] | None = None, **values) -> None:
+    """Raises ValueError naming the first setting outside its range (``SAMPLING_RANGES``); ``names``
+    renames settings in the message (a command line's flags).  The one check behind the API and CLIs."""
+    for key, value in values.items():
+        test, want = SAMPLING_RANGES[key]
+        if not test(value):
+            raise ValueError(f"{(names or {}).get(key, key)} must be {want}, got {value!r}")
+
+
 @dataclass
 class SamplingParams:
     """Sampler settings; the defaults are llama.cpp's (common_params_sampling)."""
@@ -44,6 +76,12 @@ class SamplingParams:
     logit_bias: Mapping[int, float] | None = None
     min_keep: int = 0              # top-p / min-p keep at least this many candidates
     seed: int | None = DEFAULT_SEED
+
+    def validate(self) -> None:
+        """ValueError naming the first setting outside its range."""
+        check_sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                       repeat_penalty=self.repeat_penalty, repeat_last_n=self.repeat_last_n,
+                       frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty)
 
     def describe(self) -> str:
         """One line in the form llama.cpp logs its sampler parameters."""
@@ -260,10 +298,7 @@ class Sampler:
 
     def __post_init__(self) -> None:
         p = self.params
-        if p.top_p < 0 or p.min_p < 0:
-            raise ValueError(f"top_p and min_p must be >= 0 (got top_p={p.top_p}, min_p={p.min_p})")
-        if p.repeat_penalty <= 0:
-            raise ValueError(f"repeat_penalty must be > 0, got {p.repeat_penalty}")
+        p.validate()
         last_n = p.repeat_last_n
         if last_n < 0:
             last_n = self.n_ctx if self.n_ctx > 0 else 0

@@ -28,6 +28,7 @@ class Tokenizer:
         self.source = source
         self._special = SpecialMatcher(vocab)
         self._pieces = PieceTable(vocab)
+        self._max_token_bytes: int | None = None
         if vocab.kind == "spm":
             from .spm import make_spm_engine
             self._engine = make_spm_engine(vocab)
@@ -56,6 +57,14 @@ class Tokenizer:
     @property
     def n_vocab(self) -> int:
         return self.vocab.n_vocab
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on the number of tokens ``text`` encodes to, without encoding it: no token
+        stands for more bytes than its own (UTF-8) text in the vocabulary holds.  Lets a caller refuse
+        a text far too long for its context before paying for its tokenization."""
+        if self._max_token_bytes is None:
+            self._max_token_bytes = max(1, max(len(t.encode("utf-8")) for t in self.vocab.tokens))
+        return len(text.encode("utf-8")) // self._max_token_bytes
 
     @property
     def bos_id(self) -> int | None:

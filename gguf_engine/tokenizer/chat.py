@@ -93,16 +93,25 @@ BUILTIN_TEMPLATES["gemma3"] = BUILTIN_TEMPLATES["gemma"]
 DEFAULT_TEMPLATE = "chatml"
 
 
+def looks_like_template(text: str) -> bool:
+    """Whether text holds Jinja markup (``{{`` or ``{%``), as a chat template does."""
+    return "{{" in text or "{%" in text
+
+
 def resolve_template(spec: str) -> str:
     """``--chat-template`` argument -> template text: a built-in name, a file path, or template text."""
     if spec in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[spec]
-    if "{{" in spec or "{%" in spec:
+    if looks_like_template(spec):
         return spec
+    shown = repr(spec if len(spec) <= 60 else spec[:60] + "...")
     if os.path.isfile(spec):
         with open(spec, encoding="utf-8") as f:
-            return f.read()
-    raise ChatTemplateError(f"chat template {spec!r} is neither a known name ({', '.join(sorted(BUILTIN_TEMPLATES))}) "
+            text = f.read()
+        if not looks_like_template(text):
+            raise ChatTemplateError(f"chat template file {shown} holds no Jinja template (no '{{{{' or '{{%')")
+        return text
+    raise ChatTemplateError(f"chat template {shown} is neither a known name ({', '.join(sorted(BUILTIN_TEMPLATES))}) "
                             "nor an existing file")
 
 
