@@ -33,6 +33,8 @@ CASES = [
     ("tokenizer.ggml.add_bos_token", np.array([True]), "a boolean, got ndarray"),
     ("tokenizer.ggml.add_space_prefix", "yes", "a boolean, got str 'yes'"),
     ("tokenizer.chat_template", 12, "a string, got int 12"),
+    ("tokenizer.ggml.pre", np.array([], dtype=np.float32), "a string, got ndarray []"),
+    ("general.name", np.array([1.0, 2.0]), "a string, got ndarray [1.0, 2.0]"),
 ]
 
 

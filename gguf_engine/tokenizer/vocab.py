@@ -122,6 +122,12 @@ def _as_int(v: Any, key: str, source: str) -> int:
     raise _bad(source, key, "an integer", v)
 
 
+def _as_string(v: Any, key: str, source: str) -> str:
+    if isinstance(v, str):
+        return v
+    raise _bad(source, key, "a string", v)
+
+
 def _as_strings(v: Any, key: str, source: str) -> list[str]:
     """An array of strings (the reader's StringArray, or a list of str) as a list."""
     items = v.tolist() if hasattr(v, "tolist") and not isinstance(v, np.ndarray) else v
@@ -153,8 +159,7 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
     model = get("tokenizer.ggml.model")
     if model is None:
         raise VocabError(f"{source}: no tokenizer (metadata key 'tokenizer.ggml.model' missing)")
-    if not isinstance(model, str):
-        raise _bad(source, "tokenizer.ggml.model", "a string", model)
+    model = _as_string(model, "tokenizer.ggml.model", source)
     if model not in SUPPORTED_MODELS:
         raise VocabError(f"{source}: tokenizer.ggml.model = {model!r} is not supported "
                          f"(supported: {', '.join(SUPPORTED_MODELS)})")
@@ -210,9 +215,7 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
             raise VocabError(f"{source}: BPE tokenizer without 'tokenizer.ggml.merges'")
         merges = _as_strings(merges, "tokenizer.ggml.merges", source)
         special.update(bos=11, eos=11)
-        pre = get("tokenizer.ggml.pre") or "default"
-        if not isinstance(pre, str):
-            raise _bad(source, "tokenizer.ggml.pre", "a string", pre)
+        pre = _as_string(get("tokenizer.ggml.pre", ""), "tokenizer.ggml.pre", source) or "default"
         cfg = pre_config(pre, source)           # raises with the list of known names
         flags.update(escape_whitespaces=False, clean_spaces=cfg.clean_spaces,
                      ignore_merges=cfg.ignore_merges, add_bos=cfg.add_bos)
@@ -281,7 +284,7 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
     cand.sort(key=lambda i: (-len(tokens[i].encode("utf-8")), i))
 
     # per-model attribute fixes (after the cache, as llama.cpp does)
-    name = str(get("general.name") or "")
+    name = _as_string(get("general.name", ""), "general.name", source)
     lname = name.lower()
     if "phi-3" in lname or "phi3" in lname:
         for tid in cand:
@@ -294,8 +297,8 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
                     attrs[token_to_id[t]] &= ~ATTR_RSTRIP
 
     tmpl = get("tokenizer.chat_template")
-    if tmpl is not None and not isinstance(tmpl, str):
-        raise _bad(source, "tokenizer.chat_template", "a string", tmpl)
+    if tmpl is not None:
+        tmpl = _as_string(tmpl, "tokenizer.chat_template", source)
     return Vocab(model=model, pre=pre, tokens=tokens, scores=scores, attrs=attrs, token_to_id=token_to_id,
                  merges=merges, special=special, eog_ids=eog, special_cache=cand, name=name,
-                 chat_template=str(tmpl) if tmpl is not None else None, char_lens=char_lens, **flags)
+                 chat_template=tmpl, char_lens=char_lens, **flags)
