@@ -26,6 +26,7 @@ import json
 import re
 import string
 import threading
+import time
 from typing import Any, Callable
 
 from jinja2.compiler import CodeGenerator
@@ -313,39 +314,62 @@ def bounded_output(chunks, limit: int = MAX_CHARS) -> str:
     return "".join(parts)
 
 
+class _Timekeeper:
+    """One daemon thread serving every ``watchdog``: it sleeps until the earliest deadline and
+    raises ``RenderTimeout`` in the thread whose budget ran out.  (A thread per render would cost
+    more than a typical render itself.)"""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.active: set["watchdog"] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, wd: "watchdog") -> None:
+        with self.cv:
+            self.active.add(wd)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="template-watchdog", daemon=True)
+                self._thread.start()
+            self.cv.notify()
+
+    def _run(self) -> None:
+        with self.cv:
+            while True:
+                now = time.monotonic()
+                for wd in [w for w in self.active if w.deadline <= now]:
+                    self.active.discard(wd)
+                    wd.fired = True
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(wd.tid),
+                                                               ctypes.py_object(RenderTimeout))
+                self.cv.wait(min((w.deadline for w in self.active), default=now + 3600) - now)
+
+
+_TIMEKEEPER = _Timekeeper()
+
+
 class watchdog:
     """``with watchdog(seconds):`` raises ``RenderTimeout`` in this thread once ``seconds`` have passed.
 
     The exception is delivered by ``PyThreadState_SetAsyncExc`` between two bytecodes of the running
-    thread.  On leaving the block the timer is cancelled and an exception fired but not yet
+    thread.  On leaving the block the deadline is dropped and an exception fired but not yet
     delivered is withdrawn; ``fired`` tells whether the budget ran out."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.fired = False
-        self._tid = threading.get_ident()
-        self._lock = threading.Lock()
-        self._done = False
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self.fired = True
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._tid), ctypes.py_object(RenderTimeout))
+        self.tid = threading.get_ident()
+        self.deadline = 0.0
 
     def __enter__(self) -> "watchdog":
-        self._timer.start()
+        self.deadline = time.monotonic() + self.seconds
+        _TIMEKEEPER.add(self)
         return self
 
     def __exit__(self, *exc: Any) -> bool:
-        with self._lock:
-            self._done = True
-            self._timer.cancel()
+        with _TIMEKEEPER.cv:
+            _TIMEKEEPER.active.discard(self)
             if self.fired:  # withdraw it if it is still pending
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._tid), None)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.tid), None)
         return False
 
 
