@@ -167,3 +167,46 @@ def test_resource_bombs_fail_within_budget():
 def test_random_bombs_fail_within_budget():
     """60 seeded random bombs (operation x size x wrapper) each end in ChatTemplateError in time."""
     check(run_capped(random_bombs(22, 60)))
+
+
+def test_budget_per_thread_and_no_stray_timeout():
+    """A time bomb in one thread stops at its own budget while other threads render normally; a
+    render that finishes just before its budget leaves no pending timeout behind (exact outputs)."""
+    import threading
+    import time
+
+    from gguf_engine.tokenizer.chat import BUILTIN_TEMPLATES, ChatTemplateError, render_chat_template
+
+    msgs = [{"role": "user", "content": "Hi"}]
+    want = render_chat_template(BUILTIN_TEMPLATES["chatml"], msgs)
+    bomb = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    outcome: dict = {}
+
+    def hostile():
+        t0 = time.perf_counter()
+        try:
+            render_chat_template(bomb, msgs, model_name="m", seconds=0.5)
+        except ChatTemplateError as e:
+            outcome["hostile"] = (str(e), time.perf_counter() - t0)
+
+    def benign():
+        outcome["benign"] = all(render_chat_template(BUILTIN_TEMPLATES["chatml"], msgs) == want for _ in range(200))
+
+    ts = [threading.Thread(target=hostile), threading.Thread(target=benign)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    assert outcome["benign"] is True
+    msg, dt = outcome["hostile"]
+    assert "time budget of 0.5 s" in msg and dt < 0.5 + SLACK_S
+    # budgets that run out around the end of short renders: never an exception after the render
+    for i in range(200):
+        try:
+            render_chat_template(BUILTIN_TEMPLATES["chatml"], msgs, seconds=1e-4 * (i % 5))
+        except ChatTemplateError:
+            pass
+    x = 0
+    for i in range(200000):  # a pending timeout would be raised in this loop
+        x += i
+    assert x == sum(range(200000))
