@@ -107,7 +107,10 @@ _PRINTF = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
 def _check_printf(fmt: str, args: Any) -> None:
-    """``fmt % args``: the widths and precisions it asks for, plus the arguments' own lengths."""
+    """``fmt % args``: the widths and precisions it asks for, plus the arguments' own lengths (a
+    ``*`` width comes from the arguments, whose numbers are bounded like any size argument)."""
+    if isinstance(args, tuple):
+        _check_args("%-formatting", args, {})
     total = len(fmt)
     for m in _PRINTF.finditer(fmt):
         for g in m.groups():
