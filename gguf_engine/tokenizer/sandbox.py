@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import math
 import re
 import string
 import threading
@@ -72,7 +73,8 @@ def _check_args(what: str, args: tuple, kwargs: dict) -> None:
     """Size-like arguments (widths, counts, indents) of filters and methods stay below MAX_ITEMS."""
     for a in (*args, *kwargs.values()):
         if isinstance(a, (int, float)) and not isinstance(a, bool) and not abs(a) <= MAX_ITEMS:
-            raise _too_big(f"argument {a!r} of {what}", int(min(abs(a), 2 ** 63)), MAX_ITEMS)
+            size = int(abs(a)) if isinstance(a, int) or math.isfinite(a) else 2 ** 63
+            raise _too_big(f"argument {a!r} of {what}", size, MAX_ITEMS)
 
 
 def _int_bits(x: Any) -> int:
