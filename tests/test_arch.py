@@ -30,7 +30,7 @@ from tests.test_model import BASE_MD, check_greedy, check_kl, mean_kl
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-VARIANTS = ["llama-rope-freqs", "llama-yarn"]
+VARIANTS = ["llama-rope-freqs", "llama-yarn", "phi3-short", "phi3-long", "gemma2"]
 
 
 def _tool():
@@ -73,10 +73,11 @@ def variant(tmp_path_factory):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_logits_and_greedy(variant, name):
-    """Llama 3 rope_freqs / YaRN: prefill and token-by-token KL(exact || ours) within llama.cpp's own
-    (or 1e-6); greedy decoding follows the exact path up to the first near-tie."""
+    """Llama 3 rope_freqs, YaRN, Phi-3 (short and long LongRoPE factors), Gemma 2: prefill and
+    token-by-token KL(exact || ours) within llama.cpp's own (or 1e-6); greedy decoding follows the
+    exact path up to the first near-tie.  Each runs with the context its reference was made with."""
     path, ref = variant(name)
-    with load_model(path, n_threads=2) as m:
+    with load_model(path, n_threads=2, n_ctx=_tool().MODELS[name].n_ctx) as m:
         for stepwise in (False, True):
             kl, bound = check_kl(m, ref, stepwise=stepwise)
             assert kl <= bound, f"{name} (stepwise={stepwise}): KL {kl:.3g} > bound {bound:.3g}"
@@ -94,6 +95,39 @@ def test_llama_rope_freqs_are_applied(variant):
     with load_model(flat, n_threads=2) as m:
         ours = m.eval(ref["tokens"], logits_all=True)
     assert mean_kl(ref["logits_exact"], ours) > 1e-2
+
+
+def test_phi3_longrope_choice(variant):
+    """Phi-3 takes the long factors when the context, padded to 256 as llama.cpp pads it, exceeds
+    the original context (256), else the short ones; the two sets give clearly different logits.
+    Its sliding window is read and not applied, as in llama.cpp; fused QKV and gate|up are consumed."""
+    from gguf_engine.model.keymap import rope_factor_tensor
+    from tests.test_model import mean_kl
+    path, short = variant("phi3-short")
+    _, long = variant("phi3-long")
+    assert mean_kl(short["logits_exact"], long["logits_exact"]) > 1e-3
+    with GGUFReader(path) as r:
+        c = ModelConfig.from_reader(r)
+        assert rope_factor_tensor(c, 256, r.tensors) == "rope_factors_short.weight"
+        assert rope_factor_tensor(c, 257, r.tensors) == "rope_factors_long.weight"
+        assert c.sliding_window == 0 and not any(c.swa_layers)
+        assert c.rope_scaling.attn_factor == pytest.approx(1.2)
+        assert {"blk.0.attn_qkv.weight", "blk.0.ffn_up.weight"} <= set(check_tensors(r, c, str(path)))
+
+
+def test_gemma2_config(variant):
+    """Gemma 2: every other layer slides (even layers), sliding layers keep the global RoPE base,
+    soft-caps from the file, and llama.cpp's defaults (window 4096, caps 50 and 30) without keys."""
+    path, _ = variant("gemma2")
+    with GGUFReader(path) as r:
+        c = ModelConfig.from_reader(r)
+    assert c.swa_layers == (True, False, True, False) and c.sliding_window == 16
+    assert c.rope_freq_base_swa == c.rope_freq_base and (c.attn_logit_softcap, c.final_logit_softcap) == (5, 10)
+    assert c.tied_output and c.gelu and c.post_norms and c.embd_scale == pytest.approx(16.0)
+    md = {k.replace("llama.", "gemma2."): v for k, v in BASE_MD.items()}
+    md["general.architecture"] = "gemma2"
+    d = config_from_metadata(md, set())
+    assert (d.sliding_window, d.attn_logit_softcap, d.final_logit_softcap) == (4096, 50.0, 30.0)
 
 
 def test_yarn_config_as_llama_cpp():

@@ -11,6 +11,12 @@ a test rebuilds the file instead of the repository carrying it.  The variants:
                       computed as the HF converter does for a short original context, so
                       the factors cover all three regimes: 1, the full factor, and the ramp)
     llama-yarn        YaRN rope scaling (factor 4, original context 128, attn_factor 0.9)
+    phi3-short/-long  Phi-3: fused attn_qkv, gate|up fused in ffn_up, LongRoPE factor sets
+                      (original context 256) with attn_factor 1.2, and a sliding window of 16
+                      that llama.cpp ignores for phi3; the same file run with a 256-token
+                      context (short factors) and a 512-token one (long factors)
+    gemma2            Gemma 2: scaled embeddings, post-norms, GELU FFN, every other layer a
+                      16-token sliding window, attention and final logit soft-caps (5, 10)
 
 ``reference`` writes NAME.reference.npz with
     tokens, greedy_prompt      the shared tiny-llama test tokens (calibration text)
@@ -53,8 +59,15 @@ class Spec:
     """A tiny model: the architecture, its extra metadata, and what its reference forward does."""
     arch: str
     seed: int
-    metadata: dict = field(default_factory=dict)     # {arch}.* key suffix -> value (float or int)
+    metadata: dict = field(default_factory=dict)     # {arch}.* key suffix -> value (str, int or float)
     rope_freqs: bool = False                         # a Llama 3 rope_freqs tensor
+    longrope: bool = False                           # rope_factors_long/short tensors (Phi-3)
+    neox: bool = False                               # RoPE on the two halves (else adjacent pairs)
+    fused_qkv: bool = False                          # one attn_qkv tensor
+    fused_gate_up: bool = False                      # ffn_up holds gate|up, no ffn_gate
+    gemma: bool = False                              # scaled embeddings, post-norms, GELU, tied output
+    swa_pattern: int = 0                             # every swa_pattern-th layer global (needs a window)
+    n_ctx: int = 256                                 # the context llama.cpp runs with
     d: int = 256
     n_layer: int = 4
     n_head: int = 4
@@ -64,11 +77,18 @@ class Spec:
     rope_base: float = 10000.0
 
 
+_PHI3 = dict(arch="phi3", seed=1703, longrope=True, neox=True, fused_qkv=True, fused_gate_up=True, metadata={
+    "rope.scaling.original_context_length": 256, "rope.scaling.attn_factor": 1.2, "attention.sliding_window": 16})
+
 MODELS: dict[str, Spec] = {
     "llama-rope-freqs": Spec("llama", seed=1701, rope_freqs=True),
     "llama-yarn": Spec("llama", seed=1702, metadata={
         "rope.scaling.type": "yarn", "rope.scaling.factor": 4.0,
         "rope.scaling.original_context_length": 128, "rope.scaling.attn_factor": 0.9}),
+    "phi3-short": Spec(**_PHI3, n_ctx=256),
+    "phi3-long": Spec(**_PHI3, n_ctx=512),
+    "gemma2": Spec("gemma2", seed=1704, neox=True, gemma=True, swa_pattern=2, metadata={
+        "attention.sliding_window": 16, "attn_logit_softcapping": 5.0, "final_logit_softcapping": 10.0}),
 }
 
 
@@ -108,18 +128,31 @@ def weights(spec: Spec, n_vocab: int) -> dict[str, np.ndarray]:
     for il in range(spec.n_layer):
         p = f"blk.{il}."
         t[p + "attn_norm.weight"] = norm(d)
-        t[p + "attn_q.weight"] = mat(H * hd, d, 2.0)
-        t[p + "attn_k.weight"] = mat(Hkv * hd, d, 2.0)
-        t[p + "attn_v.weight"] = mat(Hkv * hd, d)
+        q, k, v = mat(H * hd, d, 2.0), mat(Hkv * hd, d, 2.0), mat(Hkv * hd, d)
+        if spec.fused_qkv:
+            t[p + "attn_qkv.weight"] = np.concatenate([q, k, v])
+        else:
+            t[p + "attn_q.weight"], t[p + "attn_k.weight"], t[p + "attn_v.weight"] = q, k, v
         t[p + "attn_output.weight"] = mat(d, H * hd)
+        if spec.gemma:
+            t[p + "post_attention_norm.weight"] = norm(d)
         t[p + "ffn_norm.weight"] = norm(d)
-        t[p + "ffn_gate.weight"] = mat(ff, d)
-        t[p + "ffn_up.weight"] = mat(ff, d)
+        gate, up = mat(ff, d), mat(ff, d)
+        if spec.fused_gate_up:
+            t[p + "ffn_up.weight"] = np.concatenate([gate, up])
+        else:
+            t[p + "ffn_gate.weight"], t[p + "ffn_up.weight"] = gate, up
         t[p + "ffn_down.weight"] = mat(d, ff)
+        if spec.gemma:
+            t[p + "post_ffw_norm.weight"] = norm(d)
     t["output_norm.weight"] = norm(d)
-    t["output.weight"] = mat(n_vocab, d, 4.0)
+    if not spec.gemma:
+        t["output.weight"] = mat(n_vocab, d, 4.0)
     if spec.rope_freqs:
         t["rope_freqs.weight"] = llama3_rope_factors(hd, spec.rope_base)
+    if spec.longrope:
+        t["rope_factors_long.weight"] = np.linspace(1.0, 8.0, hd // 2).astype(np.float32)
+        t["rope_factors_short.weight"] = (1.0 + 0.5 * rng.random(hd // 2)).astype(np.float32)
     return t
 
 
@@ -139,7 +172,7 @@ def build(name: str, out: Path) -> str:
         n_vocab = len(vocab.metadata["tokenizer.ggml.tokens"])
         tensors = weights(spec, n_vocab)
         w = GGUFWriter(out, a)
-        w.add_string("general.name", f"tiny-{name}")
+        w.add_string("general.name", f"tiny-random-{spec.seed}")   # not the arch: llama.cpp keys vocab fixes on it
         w.add_uint32(f"{a}.block_count", spec.n_layer)
         w.add_uint32(f"{a}.context_length", spec.n_ctx_train)
         w.add_uint32(f"{a}.embedding_length", spec.d)
@@ -174,9 +207,24 @@ def _f32(x) -> float:
     return float(np.float32(x))
 
 
+def pad256(n: int) -> int:
+    return -(-n // 256) * 256
+
+
+def rope_factors(spec: Spec, t: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The frequency divisors llama.cpp applies: rope_freqs, else the LongRoPE set its (256-padded)
+    context picks against the original training context."""
+    if "rope_freqs.weight" in t:
+        return t["rope_freqs.weight"]
+    if spec.longrope:
+        n_orig = spec.metadata.get("rope.scaling.original_context_length", spec.n_ctx_train)
+        return t["rope_factors_long.weight" if pad256(spec.n_ctx) > n_orig else "rope_factors_short.weight"]
+    return None
+
+
 def rope_angles(spec: Spec, n_pos: int, factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin (n_pos, n_rot/2) in float64, from the RoPE definitions (llama.cpp's semantics):
-    linear/YaRN scaling and per-dimension frequency divisors."""
+    linear/YaRN scaling, per-dimension frequency divisors and the attention factor."""
     md = spec.metadata
     n_rot = spec.d // spec.n_head
     base = _f32(spec.rope_base)
@@ -204,44 +252,74 @@ def rope_angles(spec: Spec, n_pos: int, factors: np.ndarray | None) -> tuple[np.
 
 
 def forward_exact(spec: Spec, t: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
-    """float64 logits (n, n_vocab) of a llama-style forward pass over tokens from position 0."""
-    d, H, Hkv = spec.d, spec.n_head, spec.n_head_kv
+    """float64 logits (n, n_vocab) of the forward pass over tokens from position 0."""
+    d, H, Hkv, ff = spec.d, spec.n_head, spec.n_head_kv, spec.n_ff
     hd = d // H
+    md = spec.metadata
     eps = _f32(1e-5)
     n = len(tokens)
     f = {k: v.astype(np.float64) for k, v in t.items()}
-    cos, sin = rope_angles(spec, n, f.get("rope_freqs.weight"))
+    cos, sin = rope_angles(spec, n, rope_factors(spec, t))
+    attn_cap, final_cap = _f32(md.get("attn_logit_softcapping", 0.0)), _f32(md.get("final_logit_softcapping", 0.0))
+    window = md.get("attention.sliding_window", 0) if spec.swa_pattern else 0
 
     def rms(x, w):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
-    def rope(x):                      # (n, heads, hd), adjacent pairs
+    def rope(x):                      # (n, heads, hd)
         y = x.copy()
-        a, b = x[..., 0::2], x[..., 1::2]
+        if spec.neox:
+            a, b = x[..., :hd // 2], x[..., hd // 2:]
+        else:
+            a, b = x[..., 0::2], x[..., 1::2]
         c, s = cos[:, None, :], sin[:, None, :]
-        y[..., 0::2] = a * c - b * s
-        y[..., 1::2] = a * s + b * c
+        ra, rb = a * c - b * s, a * s + b * c
+        if spec.neox:
+            y[..., :hd // 2], y[..., hd // 2:] = ra, rb
+        else:
+            y[..., 0::2], y[..., 1::2] = ra, rb
         return y
 
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
     x = f["token_embd.weight"][tokens]                       # (n, d)
-    mask = np.triu(np.full((n, n), -np.inf), 1)
+    if spec.gemma:
+        x = x * np.sqrt(d)
+    idx = np.arange(n)
+    causal = np.where(idx[None, :] > idx[:, None], -np.inf, 0.0)
+    sliding = np.where(idx[:, None] - idx[None, :] >= window, -np.inf, causal) if window else causal
     for il in range(spec.n_layer):
         p = f"blk.{il}."
+        swa = spec.swa_pattern and il % spec.swa_pattern < spec.swa_pattern - 1
         xn = rms(x, f[p + "attn_norm.weight"])
-        q = rope((xn @ f[p + "attn_q.weight"].T).reshape(n, H, hd))
-        k = rope((xn @ f[p + "attn_k.weight"].T).reshape(n, Hkv, hd))
-        v = (xn @ f[p + "attn_v.weight"].T).reshape(n, Hkv, hd)
+        if spec.fused_qkv:
+            qkv = xn @ f[p + "attn_qkv.weight"].T
+            q, k, v = qkv[:, :H * hd], qkv[:, H * hd:(H + Hkv) * hd], qkv[:, (H + Hkv) * hd:]
+        else:
+            q, k, v = (xn @ f[p + f"attn_{w}.weight"].T for w in "qkv")
+        q, k, v = rope(q.reshape(n, H, hd)), rope(k.reshape(n, Hkv, hd)), v.reshape(n, Hkv, hd)
         att = np.empty((n, H, hd))
         for h in range(H):
             kv = h // (H // Hkv)
-            s = q[:, h] @ k[:, kv].T / np.sqrt(hd) + mask
+            s = q[:, h] @ k[:, kv].T / np.sqrt(hd)
+            if attn_cap:
+                s = attn_cap * np.tanh(s / attn_cap)
+            s = s + (sliding if swa else causal)
             w = np.exp(s - s.max(-1, keepdims=True))
             att[:, h] = (w / w.sum(-1, keepdims=True)) @ v[:, kv]
-        x = x + att.reshape(n, d) @ f[p + "attn_output.weight"].T
+        o = att.reshape(n, d) @ f[p + "attn_output.weight"].T
+        x = x + (rms(o, f[p + "post_attention_norm.weight"]) if spec.gemma else o)
         xn = rms(x, f[p + "ffn_norm.weight"])
-        g, u = xn @ f[p + "ffn_gate.weight"].T, xn @ f[p + "ffn_up.weight"].T
-        x = x + (g / (1 + np.exp(-g)) * u) @ f[p + "ffn_down.weight"].T
-    return rms(x, f["output_norm.weight"]) @ f["output.weight"].T
+        if spec.fused_gate_up:
+            gu = xn @ f[p + "ffn_up.weight"].T
+            g, u = gu[:, :ff], gu[:, ff:]
+        else:
+            g, u = xn @ f[p + "ffn_gate.weight"].T, xn @ f[p + "ffn_up.weight"].T
+        o = ((gelu(g) if spec.gemma else g / (1 + np.exp(-g))) * u) @ f[p + "ffn_down.weight"].T
+        x = x + (rms(o, f[p + "post_ffw_norm.weight"]) if spec.gemma else o)
+    logits = rms(x, f["output_norm.weight"]) @ f["output.weight" if "output.weight" in f else "token_embd.weight"].T
+    return final_cap * np.tanh(logits / final_cap) if final_cap else logits
 
 
 def greedy_exact(spec: Spec, t: dict[str, np.ndarray], prompt: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,7 +345,8 @@ def reference(name: str, out_dir: Path, llama_python: str) -> Path:
         with GGUFReader(path) as r:
             t = {k: np.array(v.data, dtype=np.float32) for k, v in r.tensors.items()}
         req = Path(tmp) / "req.json"
-        req.write_text(json.dumps({"model": str(path), "tokens": tokens.tolist(), "prompt": prompt.tolist(),
+        req.write_text(json.dumps({"model": str(path), "n_ctx": spec.n_ctx, "tokens": tokens.tolist(),
+                                   "prompt": prompt.tolist(),
                                    "n_greedy": N_GREEDY, "out": str(Path(tmp) / "cpp.npz")}))
         subprocess.run([llama_python, str(ROOT / "tools" / "llamacpp_logits.py"), str(req)], check=True)
         with np.load(Path(tmp) / "cpp.npz") as z:

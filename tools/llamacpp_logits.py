@@ -3,7 +3,7 @@
     LLAMA_CPP_LIB_PATH=<llama.cpp build>/bin python tools/llamacpp_logits.py REQUEST.json
 
 Runs under an interpreter that can import llama_cpp (llama-cpp-python) and needs only NumPy
-besides.  REQUEST.json: {"model", "tokens", "prompt", "n_greedy", "out"}; writes ``out`` (npz)
+besides.  REQUEST.json: {"model", "n_ctx", "tokens", "prompt", "n_greedy", "out"}; writes ``out`` (npz)
 with ``logits`` (every position of ``tokens``, float32) and ``greedy`` (n_greedy tokens after
 ``prompt``), with llama.cpp's defaults (F16 KV cache) on 2 threads.
 """
@@ -18,7 +18,7 @@ from llama_cpp import Llama
 
 def main(request: str) -> None:
     req = json.loads(open(request).read())
-    m = Llama(req["model"], n_ctx=256, n_batch=256, logits_all=True, n_threads=2, verbose=False)
+    m = Llama(req["model"], n_ctx=req["n_ctx"], n_batch=256, logits_all=True, n_threads=2, verbose=False)
     tokens = req["tokens"]
     m.eval(tokens)
     logits = np.array(m.scores[:len(tokens)], dtype=np.float32)

@@ -1,17 +1,9 @@
 """Model hyperparameters, read once from GGUF metadata into a frozen dataclass.
 
-The supported architectures differ only in a few switches (see ``ARCHITECTURES``):
-    llama  - Llama 2/3, Mistral, SmolLM2, TinyLlama; RoPE on adjacent pairs; Llama 3's
-             per-dimension ``rope_freqs`` factors
-    qwen2  - Q/K/V projection biases; NeoX RoPE
-    qwen3  - per-head RMS norm on Q and K; NeoX RoPE
-    gemma3 - embeddings scaled by sqrt(n_embd), post-attention/post-FFN norms,
-             GELU(tanh)-gated FFN, per-head Q/K norm, sliding-window layers with
-             their own RoPE base, optional final logit soft-capping; NeoX RoPE
-
-Every value read is type- and range-checked (``metadata.MetadataKeys``), and the sizes
-that decide allocations (layers, embedding width, vocabulary) are checked against the
-tensors present before anything is built.
+The architectures (``architectures.ARCHITECTURES``) declare what differs between them; this
+module reads the metadata they share.  Every value read is type- and range-checked
+(``metadata.MetadataKeys``), and the sizes that decide allocations (layers, embedding width,
+vocabulary) are checked against the tensors present before anything is built.
 """
 from __future__ import annotations
 
@@ -20,31 +12,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .architectures import ARCHITECTURES, Architecture
 from .errors import UnsupportedModelError
 from .metadata import INT_MAX, MetadataError, MetadataKeys, describe
 
-__all__ = ["ArchTraits", "ARCHITECTURES", "ModelConfig", "RopeScaling", "UnsupportedModelError",
+__all__ = ["Architecture", "ARCHITECTURES", "ModelConfig", "RopeScaling", "UnsupportedModelError",
            "config_from_metadata", "layer_indices"]
 
-
-@dataclass(frozen=True)
-class ArchTraits:
-    rope_neox: bool = False       # NeoX halves (True) or adjacent pairs (False)
-    qkv_bias: bool = False        # attn_q/k/v.bias tensors
-    qk_norm: bool = False         # per-head attn_q_norm / attn_k_norm
-    post_norms: bool = False      # post_attention_norm / post_ffw_norm
-    gelu: bool = False            # GELU(tanh)-gated FFN instead of SiLU-gated
-    embd_scale: bool = False      # multiply embeddings by sqrt(n_embd)
-    swa_pattern: int = 0          # every swa_pattern-th layer is global (0: no sliding window)
-    rope_freqs: bool = False      # an optional rope_freqs tensor divides the per-dimension frequencies
-
-
-ARCHITECTURES: dict[str, ArchTraits] = {
-    "llama": ArchTraits(rope_freqs=True),
-    "qwen2": ArchTraits(rope_neox=True, qkv_bias=True),
-    "qwen3": ArchTraits(rope_neox=True, qk_norm=True),
-    "gemma3": ArchTraits(rope_neox=True, qk_norm=True, post_norms=True, gelu=True, embd_scale=True, swa_pattern=6),
-}
 
 ROPE_SCALING_TYPES = ("none", "linear", "yarn")
 
@@ -81,7 +55,7 @@ class RopeScaling:
     between them over the correction dims that beta_fast/beta_slow give for n_ctx_orig
     (ext_factor 0: plain interpolation).  cos and sin are multiplied by attn_factor, and
     under YaRN also by 1 + 0.1 ln(1/freq_scale)."""
-    kind: str = "none"           # none | linear | yarn (the file's rope.scaling.type)
+    kind: str = "none"           # none | linear | yarn | longrope (the file's rope.scaling.type)
     n_ctx_orig: int = 0          # the training context the correction dims refer to
     ext_factor: float = 0.0
     attn_factor: float = 1.0
@@ -104,7 +78,6 @@ class ModelConfig:
     n_ctx_train: int
     norm_eps: float
     rope_dim: int              # rotated dimensions per head (n_rot)
-    rope_neox: bool
     rope_freq_base: float
     rope_freq_scale: float     # 1 / linear scaling factor
     rope_freq_base_swa: float  # sliding-window layers
@@ -114,14 +87,31 @@ class ModelConfig:
     swa_layers: tuple[bool, ...]
     final_logit_softcap: float  # 0: none
     attn_logit_softcap: float   # 0: none
-    qkv_bias: bool
-    qk_norm: bool
-    post_norms: bool
-    gelu: bool
     embd_scale: float           # 1.0 or sqrt(n_embd)
     tied_output: bool           # no output.weight: logits through token_embd
+    architecture: Architecture  # the declaration: attention variant, FFN component
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
     rope_freqs: bool = False    # the file's rope_freqs tensor divides the rope frequencies
+
+    @property
+    def rope_neox(self) -> bool:
+        return self.architecture.attention.rope_neox
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.architecture.attention.qkv_bias
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.architecture.attention.qk_norm
+
+    @property
+    def post_norms(self) -> bool:
+        return self.architecture.attention.post_norm
+
+    @property
+    def gelu(self) -> bool:
+        return self.architecture.ffn.gelu
 
     @property
     def n_embd_q(self) -> int:
@@ -174,11 +164,12 @@ def _check_keys(keys: MetadataKeys, md: dict[str, Any]) -> None:
         raise keys.fail(key, "is not understood by this engine (it may change the model's math); refusing the file")
 
 
-def _rope_scaling(keys: MetadataKeys, arch: str, n_ctx_train: int) -> tuple[float, RopeScaling]:
+def _rope_scaling(keys: MetadataKeys, arch: Architecture, n_ctx_train: int) -> tuple[float, RopeScaling]:
     """(freq_scale, RopeScaling) as llama.cpp derives them from the rope.scaling.* keys."""
     kind = keys.str("rope.scaling.type", "linear")
-    if kind not in ROPE_SCALING_TYPES:
-        raise keys.fail("rope.scaling.type", f"is not supported for {arch} (supported: {', '.join(ROPE_SCALING_TYPES)})")
+    kinds = ROPE_SCALING_TYPES + (("longrope",) if arch.attention.rope_factors == "longrope" else ())
+    if kind not in kinds:
+        raise keys.fail("rope.scaling.type", f"is not supported for {arch.name} (supported: {', '.join(kinds)})")
     factor_key = "rope.scaling.factor" if keys.has("rope.scaling.factor") else "rope.scale_linear"
     factor = keys.float(factor_key, 0.0, 1e6, 0.0)
     if 0.0 < factor < 1e-6:
@@ -211,7 +202,8 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
     if arch not in ARCHITECTURES:
         raise UnsupportedModelError(f"{source}: architecture {arch!r} is not supported "
                                     f"(supported architectures: {_supported()})")
-    tr = ARCHITECTURES[arch]
+    arch_decl = ARCHITECTURES[arch]
+    att = arch_decl.attention
     keys = MetadataKeys(md, arch, source)
     _check_keys(keys, md)
 
@@ -237,7 +229,7 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
     rope_dim = keys.int("rope.dimension_count", 2, head_dim, head_dim)
     if rope_dim % 2:
         raise keys.fail("rope.dimension_count", f"must be even (and fit the head size {head_dim})")
-    freq_scale, scaling = _rope_scaling(keys, arch, n_ctx_train)
+    freq_scale, scaling = _rope_scaling(keys, ARCHITECTURES[arch], n_ctx_train)
 
     # vocabulary: the metadata count, else the embedding rows, else the token list
     embd = tensors.get("token_embd.weight") if tensors is not None else None
@@ -255,25 +247,25 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
 
     sliding_window = 0
     swa_layers = (False,) * n_layer
-    if tr.swa_pattern:
-        sliding_window = keys.int("attention.sliding_window", 0, INT_MAX, 0)
+    if att.swa_pattern:
+        sliding_window = keys.int("attention.sliding_window", 0, INT_MAX, att.swa_window)
         if sliding_window > 0:
             if keys.has("attention.sliding_window_pattern") and \
                     hasattr(md[keys.full("attention.sliding_window_pattern")], "__len__"):
                 swa_layers = keys.bool_per_layer("attention.sliding_window_pattern", n_layer)
             else:
-                pattern = keys.int("attention.sliding_window_pattern", 0, MAX_LAYERS, tr.swa_pattern)
+                pattern = keys.int("attention.sliding_window_pattern", 0, MAX_LAYERS, att.swa_pattern)
                 # every pattern-th layer (counting from 1) is global, the others slide
                 swa_layers = tuple(pattern == 0 or (il % pattern) < pattern - 1 for il in range(n_layer))
 
-    if arch == "gemma3":
-        # the 27B model scales by n_embd/n_head (query_pre_attn_scalar); the others by the head size
-        attn_scale = 1.0 / math.sqrt(n_embd / n_head if n_layer == 62 else head_dim)
-    else:
-        attn_scale = 1.0 / math.sqrt(head_dim)
+    # Gemma's 27B models scale by n_embd/n_head (query_pre_attn_scalar); the others by the head size
+    wide = arch_decl.scale_by_embd_layers and n_layer == arch_decl.scale_by_embd_layers
+    attn_scale = 1.0 / math.sqrt(n_embd / n_head if wide else head_dim)
     attn_scale = keys.float("attention.scale", 0.0, 1e6, 0.0) or attn_scale
 
-    rope_freqs = tensors is not None and "rope_freqs.weight" in tensors and tr.rope_freqs
+    rope_freqs = tensors is not None and "rope_freqs.weight" in tensors and att.rope_factors == "freqs"
+    freq_base = keys.float("rope.freq_base", 0.0, 1e12, 10000.0, lo_open=True)
+    swa_base = att.swa_freq_base if att.swa_freq_base is not None else freq_base
 
     return ModelConfig(
         arch=arch,
@@ -289,22 +281,18 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
         n_ctx_train=n_ctx_train,
         norm_eps=eps,
         rope_dim=rope_dim,
-        rope_neox=tr.rope_neox,
-        rope_freq_base=keys.float("rope.freq_base", 0.0, 1e12, 10000.0, lo_open=True),
+        rope_freq_base=freq_base,
         rope_freq_scale=freq_scale,
-        rope_freq_base_swa=keys.float("rope.freq_base_swa", 0.0, 1e12, 10000.0, lo_open=True),
+        rope_freq_base_swa=keys.float("rope.freq_base_swa", 0.0, 1e12, swa_base, lo_open=True),
         rope_freq_scale_swa=1.0,
         attn_scale=attn_scale,
         sliding_window=sliding_window,
         swa_layers=swa_layers,
-        final_logit_softcap=keys.float("final_logit_softcapping", 0.0, 1e6, 0.0),
-        attn_logit_softcap=keys.float("attn_logit_softcapping", 0.0, 1e6, 0.0),
-        qkv_bias=tr.qkv_bias,
-        qk_norm=tr.qk_norm,
-        post_norms=tr.post_norms,
-        gelu=tr.gelu,
-        embd_scale=math.sqrt(n_embd) if tr.embd_scale else 1.0,
+        final_logit_softcap=keys.float("final_logit_softcapping", 0.0, 1e6, arch_decl.final_softcap),
+        attn_logit_softcap=keys.float("attn_logit_softcapping", 0.0, 1e6, att.softcap),
+        embd_scale=math.sqrt(n_embd) if arch_decl.embd_scale else 1.0,
         tied_output="output.weight" not in tensor_names,
+        architecture=arch_decl,
         rope_scaling=scaling,
         rope_freqs=rope_freqs,
     )

@@ -1,4 +1,5 @@
-"""The GGUF tensors a model consumes: names, shapes, and the ``Block`` fields they fill.
+"""The GGUF tensors a model consumes (its keymap), assembled from the architecture's
+components, and why any other tensor is refused.
 
 The loader checks the whole list against the file before it uploads anything: a missing
 tensor, a wrong shape, or a tensor nobody consumes (an unexpected ``rope_freqs``, expert
@@ -7,24 +8,13 @@ the model's math.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .components import TensorSpec
+from .config import ModelConfig
 
-from .config import ARCHITECTURES, ModelConfig
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One GGUF tensor: ``field`` names the Block (or model) attribute it fills; specs of one
-    field with kind "weight" are fused in order (Q|K|V, gate|up)."""
-    field: str
-    name: str
-    shape: tuple[int, ...]
-    kind: str = "weight"                  # "weight" (matmul operand) | "vector" (float32 array)
-    reshape: tuple[int, ...] | None = None
-    required: bool = True
+__all__ = ["TensorSpec", "model_tensors", "layer_tensors", "rope_factor_tensor", "unexpected_reason"]
 
 
-def model_tensors(c: ModelConfig) -> list[TensorSpec]:
+def model_tensors(c: ModelConfig, present=()) -> list[TensorSpec]:
     """The tensors outside the layers."""
     d = c.n_embd
     specs = [TensorSpec("token_embd", "token_embd.weight", (c.n_vocab, d)),
@@ -33,43 +23,39 @@ def model_tensors(c: ModelConfig) -> list[TensorSpec]:
         specs.append(TensorSpec("output", "output.weight", (c.n_vocab, d)))
     if c.rope_freqs:
         specs.append(TensorSpec("rope_freqs", "rope_freqs.weight", (c.rope_dim // 2,), "vector"))
+    if c.architecture.attention.rope_factors == "longrope":
+        specs += [TensorSpec("rope_long", "rope_factors_long.weight", (c.rope_dim // 2,), "vector", required=False),
+                  TensorSpec("rope_short", "rope_factors_short.weight", (c.rope_dim // 2,), "vector", required=False)]
     return specs
 
 
-def layer_tensors(c: ModelConfig, il: int) -> list[TensorSpec]:
-    """The tensors of layer il (blk.il.*)."""
-    d, H, Hkv, hd, ff = c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff
+def rope_factor_tensor(c: ModelConfig, n_ctx: int, present) -> str | None:
+    """The tensor whose values divide the RoPE frequencies, chosen as llama.cpp chooses it:
+    rope_freqs when the model has it; else, for LongRoPE, the long factors when the context
+    (rounded up to a multiple of 256, as llama.cpp pads it) exceeds the original training
+    context, the short ones otherwise; None when the chosen set is absent."""
+    if c.rope_freqs:
+        return "rope_freqs.weight"
+    if c.architecture.attention.rope_factors != "longrope":
+        return None
+    padded = -(-n_ctx // 256) * 256
+    name = "rope_factors_long.weight" if padded > c.rope_scaling.n_ctx_orig else "rope_factors_short.weight"
+    return name if name in present else None
+
+
+def layer_tensors(c: ModelConfig, il: int, present=()) -> list[TensorSpec]:
+    """The tensors of layer il (blk.il.*): the attention's, then the FFN's.  present: the
+    file's tensor names (a variant may accept either of two layouts)."""
     p = f"blk.{il}."
-    W, V = "weight", "vector"
-    specs = [
-        TensorSpec("attn_norm", p + "attn_norm.weight", (d,), V),
-        TensorSpec("attn_qkv", p + "attn_q.weight", (H * hd, d)),
-        TensorSpec("attn_qkv", p + "attn_k.weight", (Hkv * hd, d)),
-        TensorSpec("attn_qkv", p + "attn_v.weight", (Hkv * hd, d)),
-        TensorSpec("attn_output", p + "attn_output.weight", (d, H * hd)),
-        TensorSpec("ffn_norm", p + "ffn_norm.weight", (d,), V),
-        TensorSpec("ffn_gate_up", p + "ffn_gate.weight", (ff, d)),
-        TensorSpec("ffn_gate_up", p + "ffn_up.weight", (ff, d)),
-        TensorSpec("ffn_down", p + "ffn_down.weight", (d, ff)),
-    ]
-    if c.qkv_bias:
-        specs += [TensorSpec("attn_q_bias", p + "attn_q.bias", (H * hd,), V, (H, hd)),
-                  TensorSpec("attn_k_bias", p + "attn_k.bias", (Hkv * hd,), V, (Hkv, hd)),
-                  TensorSpec("attn_v_bias", p + "attn_v.bias", (Hkv * hd,), V, (Hkv, hd))]
-    if c.qk_norm:
-        specs += [TensorSpec("attn_q_norm", p + "attn_q_norm.weight", (hd,), V),
-                  TensorSpec("attn_k_norm", p + "attn_k_norm.weight", (hd,), V)]
-    if c.post_norms:
-        specs += [TensorSpec("post_attention_norm", p + "post_attention_norm.weight", (d,), V),
-                  TensorSpec("post_ffw_norm", p + "post_ffw_norm.weight", (d,), V)]
-    return specs
+    a = c.architecture
+    return a.attention.tensors(c, p, present) + a.ffn.tensors(c, p, present)
 
 
 def unexpected_reason(c: ModelConfig, name: str) -> str:
     """Why a tensor no spec consumes is refused (what it would change)."""
     base = name.split(".", 2)[-1] if name.startswith("blk.") else name
     if base.startswith("rope_freqs") or base.startswith("rope_factors"):
-        if ARCHITECTURES[c.arch].rope_freqs:
+        if c.architecture.attention.rope_factors:
             return "RoPE frequency factors of a kind this architecture does not take"
         return f"RoPE frequency factors, which {c.arch} does not use in llama.cpp"
     if "_exps" in base or "_shexp" in base or base.startswith("ffn_gate_inp"):

@@ -8,12 +8,12 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import ModelLoadError, UnsupportedModelError
-from .keymap import TensorSpec, layer_tensors, model_tensors, unexpected_reason
+from .components import FUSED_FIELDS, TensorSpec
+from .keymap import layer_tensors, model_tensors, rope_factor_tensor, unexpected_reason
 from .model import Model
 from .transformer import Block, Transformer
 
 DEFAULT_MAX_CTX = 4096
-FUSED_FIELDS = ("attn_qkv", "ffn_gate_up")     # Block fields holding a fused list of weights
 
 
 def _open_reader(path_or_reader):
@@ -83,8 +83,8 @@ def check_tensors(reader, c: ModelConfig, source: str) -> list[str]:
     """Check the file's tensors against what the architecture consumes, before anything is
     uploaded: a required tensor missing or a shape wrong is a ModelLoadError, a tensor that
     nothing consumes an UnsupportedModelError naming it.  Returns the consumed names."""
-    specs = model_tensors(c) + [s for il in range(c.n_layer) for s in layer_tensors(c, il)]
     present = reader.tensors
+    specs = model_tensors(c, present) + [s for il in range(c.n_layer) for s in layer_tensors(c, il, present)]
     used = []
     for s in specs:
         t = present.get(s.name)
@@ -197,25 +197,16 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
         output = token_embd if T_out is T_host else T_out.weight("token_embd.weight", (c.n_vocab, d))
     else:
         output = T_out.weight("output.weight", (c.n_vocab, d))
-    rope_factors = np.array(reader.tensors["rope_freqs.weight"].data, dtype=np.float32) if c.rope_freqs else None
+    factors = rope_factor_tensor(c, int(n_ctx), reader.tensors)
+    rope_factors = np.array(reader.tensors[factors].data, dtype=np.float32) if factors else None
 
     blocks = []
     for i in range(c.n_layer):
         T = tensors(i)
-        blocks.append(Block(backend=T.backend, **T.fields(layer_tensors(c, i))))
+        blocks.append(Block(backend=T.backend, **T.fields(layer_tensors(c, i, reader.tensors))))
         release()
-    # the norm after each layer, on that layer's backend: the last layer before a device
-    # boundary gets its own copy of the next norm (the residual add and the norm are one call)
-    for i, b in enumerate(blocks):
-        nxt = blocks[i + 1].attn_norm if i + 1 < len(blocks) else output_norm
-        if layer_backend(i + 1) is b.backend:
-            b.next_norm = nxt
-        else:
-            name = f"blk.{i + 1}.attn_norm.weight" if i + 1 < len(blocks) else "output_norm.weight"
-            b.next_norm = tensors(i).vector(name, (d,))
-
     tf = Transformer(config, backend, token_embd, output_norm, output, blocks, int(n_ctx), cache_type,
-                     output_backend=layer_backend(c.n_layer), rope_factors=rope_factors)
+                     output_backend=layer_backend(c.n_layer), rope_factors=rope_factors, ffn=c.architecture.ffn)
     release()
     return Model(tf, reader, n_batch, owns, n_gpu_layers=n_dev + int(output_on_dev),
                  device=device if (n_dev or output_on_dev) else None, tensors_used=tensors_used)

@@ -1,4 +1,4 @@
-"""The decoder-only transformer shared by llama, qwen2, qwen3 and gemma3.
+"""The decoder-only transformer shared by every architecture (``architectures``).
 
 Per layer (shapes for n tokens; d = n_embd, H/Hkv = query/kv heads, hd = head
 size, ff = FFN width):
@@ -10,7 +10,8 @@ size, ff = FFN width):
     a   = attention(q, cache)                            (n, H, hd)
     x  += [post_attention_norm](attn_output(a))          (n, d)
     xn  = ffn_norm(x)
-    x  += [post_ffw_norm](ffn_down(act(ffn_gate(xn)) * ffn_up(xn)))
+    x  += [post_ffw_norm](ffn(xn))                       the FFN component, e.g. components.DenseFFN:
+                                                         ffn_down(act(ffn_gate(xn)) * ffn_up(xn))
 
 Everything numerical goes through the backend; this module only sequences it.  A
 single-token step hands each run of layers to ``Backend.run_layers``, which may replay
@@ -52,15 +53,26 @@ class Block:
     attn_v_bias: Any = None        # (Hkv, hd)    qwen2
     attn_q_norm: Any = None        # (hd,)        qwen3, gemma3
     attn_k_norm: Any = None        # (hd,)        qwen3, gemma3
-    post_attention_norm: Any = None  # (d,)       gemma3
-    post_ffw_norm: Any = None      # (d,)         gemma3
-    # per-layer attention settings
+    post_attention_norm: Any = None  # (d,)       gemma2, gemma3
+    post_ffw_norm: Any = None      # (d,)         gemma2, gemma3
+    # per-layer settings, completed by Transformer._complete_layers
     sliding_window: int = 0
     rope: Any = None               # (cos, sin) tables, each (n_ctx, n_rot/2), on this layer's backend
-    # placement
     backend: Any = None            # the backend holding this layer (None: the transformer's host backend)
     next_norm: Any = None          # (d,) the norm after this layer (next attn_norm, or output_norm after
-                                   # the last), on this layer's backend (None: taken from the next layer)
+                                   # the last), on this layer's backend
+
+
+@dataclass
+class RunState:
+    """The activations of one pass over the layers for n tokens, allocated once and reused by
+    every layer.  The projections write into them (a backend may return other arrays instead)."""
+    xn: Any                        # (n, d) the normed residual stream
+    qkv: Any                       # (n, (H + 2 Hkv) hd)
+    attn: Any                      # (n, H, hd)
+    proj: Any                      # (n, d) attn_output, then the FFN's output
+    gate_up: Any                   # (n, 2 ff) the FFN's projections
+    act: Any                       # (n, ff) the FFN's activation
 
 
 def rope_tables(n_ctx: int, n_rot: int, head_dim: int, base: float, freq_scale: float,
@@ -111,8 +123,10 @@ class Transformer:
     """Weights + KV cache + the forward pass over a chunk of new tokens."""
 
     def __init__(self, config: ModelConfig, backend, token_embd, output_norm, output, blocks: list[Block],
-                 n_ctx: int, cache_type: str = "f32", output_backend=None, rope_factors: np.ndarray | None = None):
-        """rope_factors (n_rot/2,): the file's rope_freqs (host array), applied to every layer."""
+                 n_ctx: int, cache_type: str = "f32", output_backend=None, rope_factors: np.ndarray | None = None,
+                 ffn=None):
+        """rope_factors (n_rot/2,): the file's rope_freqs (host array), applied to every layer.
+        ffn: the FFN component (default: the architecture's)."""
         self.config = config
         self.backend = backend            # host backend: token embedding, layers without a backend of their own
         self.output_backend = output_backend if output_backend is not None else backend
@@ -121,13 +135,8 @@ class Transformer:
         self.output = output              # (n_vocab, d) on output_backend; token_embd when tied
         self.blk = blocks
         self.n_ctx = n_ctx
-
-        c = config
-        for il, blk in enumerate(blocks):
-            if blk.backend is None:
-                blk.backend = backend
-            if blk.next_norm is None:
-                blk.next_norm = blocks[il + 1].attn_norm if il + 1 < len(blocks) else output_norm
+        self.ffn = ffn if ffn is not None else config.architecture.ffn
+        self._complete_layers(rope_factors)
         # runs of consecutive layers on one backend: (first layer, one past the last, backend)
         self._runs: list[tuple[int, int, Any]] = []
         for il, blk in enumerate(blocks):
@@ -136,12 +145,26 @@ class Transformer:
             else:
                 self._runs.append((il, il + 1, blk.backend))
         self.cache = self._make_cache(n_ctx, cache_type)
+        # scratch for single-token decode steps, allocated once per backend that holds layers
+        self._step_bufs = {id(be): self._buffers(be, 1) for _, _, be in self._runs}
 
-        tables = {}
-        for blk, swa in zip(blocks, c.swa_layers):
+    def _complete_layers(self, rope_factors) -> None:
+        """The one place each layer's settings are completed: its backend (default: the host),
+        the norm after it on its own backend (copied across a device boundary), its RoPE tables
+        (shared by layers with the same settings and backend) and its sliding window."""
+        c, blocks = self.config, self.blk
+        for blk in blocks:
+            if blk.backend is None:
+                blk.backend = self.backend
+        tables: dict = {}
+        for il, blk in enumerate(blocks):
+            nxt, nxt_be = ((blocks[il + 1].attn_norm, blocks[il + 1].backend) if il + 1 < len(blocks)
+                           else (self.output_norm, self.output_backend))
+            blk.next_norm = nxt if nxt_be is blk.backend else blk.backend.upload_array(nxt_be.to_host(nxt))
+            swa = c.swa_layers[il]
             key = (c.rope_freq_base_swa, c.rope_freq_scale_swa) if swa else (c.rope_freq_base, c.rope_freq_scale)
             if key not in tables:
-                tables[key] = rope_tables(n_ctx, c.rope_dim, c.head_dim, *key, rope_factors,
+                tables[key] = rope_tables(self.n_ctx, c.rope_dim, c.head_dim, *key, rope_factors,
                                           c.rope_scaling)                             # host (cos, sin)
             uploaded = (id(blk.backend), key)
             if uploaded not in tables:
@@ -149,8 +172,6 @@ class Transformer:
                 tables[uploaded] = (blk.backend.upload_array(cos), blk.backend.upload_array(sin))
             blk.rope = tables[uploaded]
             blk.sliding_window = c.sliding_window if swa else 0
-        # scratch for single-token decode steps, allocated once per backend that holds layers
-        self._step_bufs = {id(be): self._buffers(be, 1) for _, _, be in self._runs}
 
     def _make_cache(self, n_ctx: int, cache_type: str):
         """One KV cache per run of consecutive layers on one backend, allocated by that backend."""
@@ -162,24 +183,25 @@ class Transformer:
         return SplitKVCache([(il0, be.kv_cache(il1 - il0, n_ctx, c.n_head_kv, c.head_dim, cache_type))
                              for il0, il1, be in self._runs])
 
-    def _buffers(self, be, n: int):
-        """The activations of one pass over the layers for n tokens, allocated once and reused
-        by every layer.  The attention's (qkv, attn) and the FFN's (gate_up, act) are never alive
-        at once, so both pairs are views of one block (each view starting 256 bytes aligned,
-        like a fresh array)."""
+    def _buffers(self, be, n: int) -> RunState:
+        """The run state for n tokens.  The attention's (qkv, attn) and the FFN's (gate_up, act)
+        are never alive at once, so both pairs are views of one block (each view starting 256
+        bytes aligned, like a fresh array)."""
         c = self.config
-        H, Hkv, hd, ff = c.n_head, c.n_head_kv, c.head_dim, c.n_ff
+        H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
+        w_ffn_in, w_ffn_act = self.ffn.scratch(c)
         w_qkv = (H + 2 * Hkv) * hd
         at_attn = -(-n * w_qkv // 64) * 64                  # view offsets in float32 elements,
-        at_act = -(-n * 2 * ff // 64) * 64                  # rounded up to 64 (256 bytes)
-        block = be.empty((max(at_attn + n * H * hd, at_act + n * ff),))
-        xn = be.empty((n, c.n_embd))                                 # (n, d)
-        proj = be.empty((n, c.n_embd))                               # (n, d): attn_output, then ffn_down
-        qkv = block[:n * w_qkv].reshape(n, w_qkv)                    # (n, (H + 2 Hkv) hd)
-        attn = block[at_attn:at_attn + n * H * hd].reshape(n, H, hd)   # (n, H, hd)
-        gate_up = block[:n * 2 * ff].reshape(n, 2 * ff)              # (n, 2 ff)
-        act = block[at_act:at_act + n * ff].reshape(n, ff)           # (n, ff)
-        return xn, qkv, attn, proj, gate_up, act
+        at_act = -(-n * w_ffn_in // 64) * 64                # rounded up to 64 (256 bytes)
+        block = be.empty((max(at_attn + n * H * hd, at_act + n * w_ffn_act),))
+        return RunState(
+            xn=be.empty((n, c.n_embd)),
+            qkv=block[:n * w_qkv].reshape(n, w_qkv),
+            attn=block[at_attn:at_attn + n * H * hd].reshape(n, H, hd),
+            proj=be.empty((n, c.n_embd)),
+            gate_up=block[:n * w_ffn_in].reshape(n, w_ffn_in),
+            act=block[at_act:at_act + n * w_ffn_act].reshape(n, w_ffn_act),
+        )
 
     @staticmethod
     def _cross(x, src, dst):
@@ -191,13 +213,13 @@ class Transformer:
         residual stream (updated in place); returns (x, xn) with xn (n, d) = the norm after the
         last layer applied to x (the next layer's attn_norm, or output_norm)."""
         c = self.config
-        H, Hkv, hd, ff = c.n_head, c.n_head_kv, c.head_dim, c.n_ff
-        # the projections write into the *_buf buffers (a backend may return other arrays instead)
-        xn, qkv_buf, attn, proj_buf, gate_up_buf, act = self._step_bufs[id(be)] if n == 1 else self._buffers(be, n)
+        H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
+        st = self._step_bufs[id(be)] if n == 1 else self._buffers(be, n)
+        xn, attn, ffn = st.xn, st.attn, self.ffn
         be.rms_norm(x, self.blk[il0].attn_norm, c.norm_eps, xn)
         for il in range(il0, il1):
             b = self.blk[il]
-            qkv = be.linear_fused(b.attn_qkv, xn, out=qkv_buf)   # (n, (H + 2 Hkv) hd)
+            qkv = be.linear_fused(b.attn_qkv, xn, out=st.qkv)    # (n, (H + 2 Hkv) hd)
             q3 = qkv[:, :H * hd].reshape(n, H, hd)               # (n, H, hd)
             k3 = qkv[:, H * hd:(H + Hkv) * hd].reshape(n, Hkv, hd)   # (n, Hkv, hd)
             v3 = qkv[:, (H + Hkv) * hd:].reshape(n, Hkv, hd)     # (n, Hkv, hd)
@@ -206,13 +228,10 @@ class Transformer:
                            b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox,
                            k_cache, v_cache)                     # + cache rows pos0..pos0+n-1
             be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, attn)
-            o = be.linear(b.attn_output, attn.reshape(n, H * hd), out=proj_buf)   # (n, d)
+            o = be.linear(b.attn_output, attn.reshape(n, H * hd), out=st.proj)   # (n, d)
             be.add_rms_norm(x, o, b.post_attention_norm, b.ffn_norm, c.norm_eps, xn)
-
-            gate_up = be.linear_fused(b.ffn_gate_up, xn, out=gate_up_buf)      # (n, 2 ff)
-            be.gated_act(gate_up[:, :ff], gate_up[:, ff:], c.gelu, act)
-            down = be.linear(b.ffn_down, act, out=proj_buf)                    # (n, d)
-            be.add_rms_norm(x, down, b.post_ffw_norm, b.next_norm, c.norm_eps, xn)
+            out = ffn(be, b, xn, st)                             # (n, d)
+            be.add_rms_norm(x, out, b.post_ffw_norm, b.next_norm, c.norm_eps, xn)
         return x, xn
 
     # ------------------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""The parts of a layer that vary between architectures: each declares the GGUF tensors it
+consumes (its keymap) and, for the FFN, runs its part of the forward pass.  The transformer
+takes the FFN as a component; an architecture (``architectures``) picks and configures them.
+
+Shapes: n tokens, d = n_embd, H/Hkv query/kv heads, hd head size, ff FFN width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One GGUF tensor: ``field`` names the Block (or model) attribute it fills; specs of one
+    fused field (``FUSED_FIELDS``) are fused in order (Q|K|V, gate|up)."""
+    field: str
+    name: str
+    shape: tuple[int, ...]
+    kind: str = "weight"                  # "weight" (matmul operand) | "vector" (float32 array)
+    reshape: tuple[int, ...] | None = None
+    required: bool = True
+
+
+FUSED_FIELDS = ("attn_qkv", "ffn_gate_up")     # Block fields holding a fused list of weights
+
+
+@dataclass(frozen=True)
+class Attention:
+    """The attention variant: projections, RoPE, norms and masking.
+
+    rope_factors: "" (none), "freqs" (an optional rope_freqs tensor divides the frequencies,
+    Llama 3), or "longrope" (rope_factors_long/short, chosen by the context, Phi-3).
+    Sliding window: every swa_pattern-th layer is global, the others see swa_window positions
+    (the default when the file gives none) and rotate with swa_freq_base (None: the global
+    base).  softcap: the attention logit soft-cap applied when the file gives none (0: none)."""
+    rope_neox: bool = False
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    post_norm: bool = False
+    fused_qkv: bool = False           # attn_qkv holds Q|K|V (separate attn_q/k/v accepted too)
+    rope_factors: str = ""
+    swa_pattern: int = 0
+    swa_window: int = 0
+    swa_freq_base: float | None = 10000.0
+    softcap: float = 0.0
+
+    def tensors(self, c: "ModelConfig", p: str, present) -> list[TensorSpec]:
+        d, H, Hkv, hd = c.n_embd, c.n_head, c.n_head_kv, c.head_dim
+        V = "vector"
+        if self.fused_qkv and p + "attn_qkv.weight" in present:
+            qkv = [TensorSpec("attn_qkv", p + "attn_qkv.weight", ((H + 2 * Hkv) * hd, d))]
+        else:
+            qkv = [TensorSpec("attn_qkv", p + "attn_q.weight", (H * hd, d)),
+                   TensorSpec("attn_qkv", p + "attn_k.weight", (Hkv * hd, d)),
+                   TensorSpec("attn_qkv", p + "attn_v.weight", (Hkv * hd, d))]
+        specs = [TensorSpec("attn_norm", p + "attn_norm.weight", (d,), V), *qkv,
+                 TensorSpec("attn_output", p + "attn_output.weight", (d, H * hd))]
+        if self.qkv_bias:
+            specs += [TensorSpec("attn_q_bias", p + "attn_q.bias", (H * hd,), V, (H, hd)),
+                      TensorSpec("attn_k_bias", p + "attn_k.bias", (Hkv * hd,), V, (Hkv, hd)),
+                      TensorSpec("attn_v_bias", p + "attn_v.bias", (Hkv * hd,), V, (Hkv, hd))]
+        if self.qk_norm:
+            specs += [TensorSpec("attn_q_norm", p + "attn_q_norm.weight", (hd,), V),
+                      TensorSpec("attn_k_norm", p + "attn_k_norm.weight", (hd,), V)]
+        if self.post_norm:
+            specs.append(TensorSpec("post_attention_norm", p + "post_attention_norm.weight", (d,), V))
+        return specs
+
+
+@dataclass(frozen=True)
+class DenseFFN:
+    """The dense gated FFN: ffn_down(act(gate(x)) * up(x)), act SiLU or GELU(tanh).
+    fused_gate_up: one ffn_up tensor holds [gate | up] and there is no ffn_gate (Phi-3)."""
+    gelu: bool = False
+    fused_gate_up: bool = False
+    post_norm: bool = False           # post_ffw_norm on the output
+
+    def tensors(self, c: "ModelConfig", p: str, present) -> list[TensorSpec]:
+        d, ff = c.n_embd, c.n_ff
+        if self.fused_gate_up:
+            gate_up = [TensorSpec("ffn_gate_up", p + "ffn_up.weight", (2 * ff, d))]
+        else:
+            gate_up = [TensorSpec("ffn_gate_up", p + "ffn_gate.weight", (ff, d)),
+                       TensorSpec("ffn_gate_up", p + "ffn_up.weight", (ff, d))]
+        specs = [TensorSpec("ffn_norm", p + "ffn_norm.weight", (d,), "vector"), *gate_up,
+                 TensorSpec("ffn_down", p + "ffn_down.weight", (d, ff))]
+        if self.post_norm:
+            specs.append(TensorSpec("post_ffw_norm", p + "post_ffw_norm.weight", (d,), "vector"))
+        return specs
+
+    def scratch(self, c: "ModelConfig") -> tuple[int, int]:
+        """Floats per token of its two buffers: the projections' output and the activation."""
+        return 2 * c.n_ff, c.n_ff
+
+    def __call__(self, be, b, xn, st) -> Any:
+        """xn (n, d) -> the FFN output (n, d), written to st.proj where the backend can."""
+        ff = st.act.shape[1]
+        gate_up = be.linear_fused(b.ffn_gate_up, xn, out=st.gate_up)      # (n, 2 ff)
+        be.gated_act(gate_up[:, :ff], gate_up[:, ff:], self.gelu, st.act)
+        return be.linear(b.ffn_down, st.act, out=st.proj)                 # (n, d)
