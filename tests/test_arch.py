@@ -30,7 +30,7 @@ from tests.test_model import BASE_MD, check_greedy, check_kl, mean_kl
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-VARIANTS = ["llama-rope-freqs", "llama-yarn", "phi3-short", "phi3-long", "gemma2"]
+VARIANTS = ["llama-rope-freqs", "llama-yarn", "phi3-short", "phi3-long", "gemma2", "phi3-q4km", "gemma2-q4km"]
 
 
 def _tool():
@@ -73,7 +73,8 @@ def variant(tmp_path_factory):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_logits_and_greedy(variant, name):
-    """Llama 3 rope_freqs, YaRN, Phi-3 (short and long LongRoPE factors), Gemma 2: prefill and
+    """Llama 3 rope_freqs, YaRN, Phi-3 (short and long LongRoPE factors), Gemma 2, and Q4_K_M copies
+    of the Phi-3 and Gemma 2 models (exact = float64 on the dequantized weights): prefill and
     token-by-token KL(exact || ours) within llama.cpp's own (or 1e-6); greedy decoding follows the
     exact path up to the first near-tie.  Each runs with the context its reference was made with."""
     path, ref = variant(name)

@@ -17,6 +17,8 @@ a test rebuilds the file instead of the repository carrying it.  The variants:
                       context (short factors) and a 512-token one (long factors)
     gemma2            Gemma 2: scaled embeddings, post-norms, GELU FFN, every other layer a
                       16-token sliding window, attention and final logit soft-caps (5, 10)
+    *-q4km            the same weights quantized to Q4_K_M by the project's quantizer (the exact
+                      reference is then the float64 pass on the exactly dequantized weights)
 
 ``reference`` writes NAME.reference.npz with
     tokens, greedy_prompt      the shared tiny-llama test tokens (calibration text)
@@ -37,7 +39,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from gguf_engine.gguf.reader import GGUFReader  # noqa: E402
 from gguf_engine.gguf.writer import GGUFWriter  # noqa: E402
+from kernels import dequantize  # noqa: E402
 
 SHARED_MODELS = ROOT.parent / "shared" / "fixtures" / "models"
 VOCAB_MODEL = SHARED_MODELS / "tiny-llama-f32.gguf"
@@ -68,6 +71,7 @@ class Spec:
     gemma: bool = False                              # scaled embeddings, post-norms, GELU, tied output
     swa_pattern: int = 0                             # every swa_pattern-th layer global (needs a window)
     n_ctx: int = 256                                 # the context llama.cpp runs with
+    ftype: str = ""                                  # quantize the F32 model to this file type
     d: int = 256
     n_layer: int = 4
     n_head: int = 4
@@ -90,6 +94,8 @@ MODELS: dict[str, Spec] = {
     "gemma2": Spec("gemma2", seed=1704, neox=True, gemma=True, swa_pattern=2, metadata={
         "attention.sliding_window": 16, "attn_logit_softcapping": 5.0, "final_logit_softcapping": 10.0}),
 }
+MODELS["phi3-q4km"] = replace(MODELS["phi3-long"], ftype="Q4_K_M")
+MODELS["gemma2-q4km"] = replace(MODELS["gemma2"], ftype="Q4_K_M")
 
 
 # ------------------------------------------------------------------------------ weights
@@ -156,17 +162,31 @@ def weights(spec: Spec, n_vocab: int) -> dict[str, np.ndarray]:
     return t
 
 
-def weights_hash(tensors: dict[str, np.ndarray]) -> str:
+def weights_hash(path: Path) -> str:
+    """sha256 over the file's tensor names and stored bytes, in file order."""
     h = hashlib.sha256()
-    for name, arr in tensors.items():
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
+    with GGUFReader(path) as r:
+        for name, t in r.tensors.items():
+            h.update(name.encode())
+            h.update(np.asarray(t.raw).tobytes())
     return h.hexdigest()
 
 
 def build(name: str, out: Path) -> str:
     """Write model ``name`` to ``out``; returns its weights hash."""
     spec = MODELS[name]
+    if spec.ftype:
+        from gguf_engine.quantize import quantize_model
+        with tempfile.TemporaryDirectory() as tmp:
+            f32 = Path(tmp) / "f32.gguf"
+            build_f32(spec, f32)
+            quantize_model(f32, out, spec.ftype)
+    else:
+        build_f32(spec, out)
+    return weights_hash(out)
+
+
+def build_f32(spec: Spec, out: Path) -> None:
     a = spec.arch
     with GGUFReader(VOCAB_MODEL) as vocab:
         n_vocab = len(vocab.metadata["tokenizer.ggml.tokens"])
@@ -197,7 +217,6 @@ def build(name: str, out: Path) -> str:
         for tname, arr in tensors.items():
             w.add_tensor(tname, arr)
         w.finish()
-    return weights_hash(tensors)
 
 
 # ------------------------------------------------------------------------------ exact forward
@@ -343,7 +362,7 @@ def reference(name: str, out_dir: Path, llama_python: str) -> Path:
         path = Path(tmp) / f"{name}.gguf"
         digest = build(name, path)
         with GGUFReader(path) as r:
-            t = {k: np.array(v.data, dtype=np.float32) for k, v in r.tensors.items()}
+            t = {k: dequantize(v.raw, v.type, v.shape) for k, v in r.tensors.items()}   # exact, float32
         req = Path(tmp) / "req.json"
         req.write_text(json.dumps({"model": str(path), "n_ctx": spec.n_ctx, "tokens": tokens.tolist(),
                                    "prompt": prompt.tolist(),
