@@ -299,3 +299,22 @@ def test_hostile_sizes_refused_before_allocation(tmp_path, key, value, vtype, ma
     with pytest.raises(ValueError, match=match):
         load_model(path, n_threads=1)
     assert time.perf_counter() - t0 < 5.0
+
+
+@pytest.mark.parametrize("name", ["phi3-long", "gemma2", "llama-rope-freqs"])
+@pytest.mark.parametrize("ngl", [2, -1])
+def test_variant_offload_matches_cpu(variant, name, ngl):
+    """The new architectures offload like the others: half the layers or everything on a device
+    (the NumPy stand-in device of the offload tests) give the CPU's logits within 1e-4, prefill
+    and decode steps (rope factors, soft-caps, windows and the boundary norm copies included)."""
+    from tests.device_standin import StandinDevice
+    from tests.test_offload import run_steps
+    path, ref = variant(name)
+    tokens = ref["tokens"][:24]
+    n_ctx = _tool().MODELS[name].n_ctx
+    with load_model(path, n_threads=2, n_ctx=n_ctx) as m:
+        cpu = run_steps(m, tokens)
+    with load_model(path, n_threads=2, n_ctx=n_ctx, n_gpu_layers=ngl, device=StandinDevice()) as m:
+        assert m.n_gpu_layers == (2 if ngl == 2 else m.n_offloadable_layers)
+        dev = run_steps(m, tokens)
+    np.testing.assert_allclose(dev, cpu, atol=1e-4, rtol=0)
