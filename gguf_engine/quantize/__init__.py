@@ -4,7 +4,7 @@ from .ftypes import QUANT_OPTIONS, LlamaFileType, ParsedFType, default_type, par
 from .imatrix import (Imatrix, ImatrixCollector, ImatrixEntry, ImatrixError, read_imatrix, write_imatrix_dat,
                       write_imatrix_gguf)
 from .mixture import MixtureOptions, MixturePlanner, ModelInfo, TensorPlan, plan_types
-from .model_quantizer import KVOverride, QuantizeError, QuantizeResult, quantize_model
+from .model_quantizer import KVOverride, QuantizeError, QuantizeResult, quantize_model, quantize_source
 from .collect import collect_imatrix
 from .evaluate import EvalError
 from .perplexity import KLDResult, PerplexityResult, kl_divergence, perplexity
@@ -14,6 +14,6 @@ __all__ = [
     "Imatrix", "ImatrixCollector", "ImatrixEntry", "ImatrixError", "read_imatrix", "write_imatrix_dat",
     "write_imatrix_gguf",
     "MixtureOptions", "MixturePlanner", "ModelInfo", "TensorPlan", "plan_types",
-    "KVOverride", "QuantizeError", "QuantizeResult", "quantize_model",
+    "KVOverride", "QuantizeError", "QuantizeResult", "quantize_model", "quantize_source",
     "collect_imatrix", "EvalError", "KLDResult", "PerplexityResult", "kl_divergence", "perplexity",
 ]

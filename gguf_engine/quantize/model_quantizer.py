@@ -246,16 +246,43 @@ def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
     mapping.  ``log`` receives one line per tensor and the summary; ``progress`` shows a tqdm bar.
     Raises QuantizeError / ImatrixError / GGUFError with a message naming the problem.
     """
-    t0 = time.perf_counter()
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
-    parsed = parse_ftype(ftype)
-    emit = log or (lambda s: None)
     if not os.path.exists(in_path):
         raise QuantizeError(f"input model {in_path!r} does not exist")
     if not dry_run and _same_file(in_path, out_path):
         raise QuantizeError(f"input and output files are the same: {in_path!r}")
     if not dry_run:
         check_output_path(out_path)  # a directory or an unwritable place is refused before any work
+    with GGUFReader(in_path) as reader:
+        return quantize_source(reader, out_path, ftype, imatrix, nthreads, include_weights=include_weights,
+                               exclude_weights=exclude_weights, output_tensor_type=output_tensor_type,
+                               token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                               leave_output_tensor=leave_output_tensor, pure=pure,
+                               allow_requantize=allow_requantize, dry_run=dry_run, override_kv=override_kv,
+                               log=log, progress=progress)
+
+
+def quantize_source(reader, out_path: str | os.PathLike,
+                    ftype: "str | int | LlamaFileType | ParsedFType",
+                    imatrix: "str | os.PathLike | Imatrix | Mapping[str, np.ndarray] | None" = None,
+                    nthreads: int | None = None, *,
+                    include_weights: Iterable[str] = (), exclude_weights: Iterable[str] = (),
+                    output_tensor_type: "GGMLType | str | int | None" = None,
+                    token_embedding_type: "GGMLType | str | int | None" = None,
+                    tensor_types: Iterable[tuple[str, Any]] | Mapping[str, Any] = (),
+                    leave_output_tensor: bool = False, pure: bool = False,
+                    allow_requantize: bool = False, dry_run: bool = False,
+                    override_kv: Iterable["KVOverride | str"] = (),
+                    log: Callable[[str], None] | None = None,
+                    progress: bool = False) -> QuantizeResult:
+    """``quantize_model`` on an open input: a ``GGUFReader``, or any object with its interface
+    (``path``, ``metadata``, ``type_spec(key)``, ``get(key)``, ``tensors`` of objects with ``name``,
+    ``shape``, ``type``, ``n_elements``, ``n_bytes`` and ``raw``), such as a model being converted."""
+    t0 = time.perf_counter()
+    out_path = os.fspath(out_path)
+    in_path = os.fspath(reader.path)
+    parsed = parse_ftype(ftype)
+    emit = log or (lambda s: None)
     include_weights, exclude_weights = list(include_weights), list(exclude_weights)
     if include_weights and exclude_weights:
         raise QuantizeError("include_weights and exclude_weights cannot be used together")
@@ -268,93 +295,92 @@ def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
     qweights = im.quant_weights_cached() if im is not None else {}
     has_imatrix = bool(qweights)
 
-    with GGUFReader(in_path) as reader:
-        model = ModelInfo.from_metadata(reader.metadata)
-        only_copy = parsed.only_copy
-        out_ftype = _guess_ftype(reader) if only_copy else parsed.ftype
-        opts = MixtureOptions(parsed.ftype, has_imatrix=has_imatrix, pure=pure, only_copy=only_copy,
-                              quantize_output_tensor=not leave_output_tensor,
-                              output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type,
-                              tensor_types=tt)
-        tensors = {n: (t.shape, t.type) for n, t in reader.tensors.items()}
-        plan = plan_types(tensors, model, opts)
-        for msg in plan.messages:
-            emit("warning: " + msg)
-        if dry_run:
-            return _dry_run(reader, plan, parsed, out_ftype, has_imatrix, emit, t0)
-        if not has_imatrix:
-            for name in plan.order:
-                if plan.quantizable[name] and plan.needs_imatrix[name]:
-                    raise QuantizeError(
-                        f"this quantization requires an importance matrix (offending tensor: {name}, "
-                        f"target type: {plan.types[name].name}); make one with gguf-imatrix and pass --imatrix")
+    model = ModelInfo.from_metadata(reader.metadata)
+    only_copy = parsed.only_copy
+    out_ftype = _guess_ftype(reader) if only_copy else parsed.ftype
+    opts = MixtureOptions(parsed.ftype, has_imatrix=has_imatrix, pure=pure, only_copy=only_copy,
+                          quantize_output_tensor=not leave_output_tensor,
+                          output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type,
+                          tensor_types=tt)
+    tensors = {n: (t.shape, t.type) for n, t in reader.tensors.items()}
+    plan = plan_types(tensors, model, opts)
+    for msg in plan.messages:
+        emit("warning: " + msg)
+    if dry_run:
+        return _dry_run(reader, plan, parsed, out_ftype, has_imatrix, emit, t0)
+    if not has_imatrix:
+        for name in plan.order:
+            if plan.quantizable[name] and plan.needs_imatrix[name]:
+                raise QuantizeError(
+                    f"this quantization requires an importance matrix (offending tensor: {name}, "
+                    f"target type: {plan.types[name].name}); make one with gguf-imatrix and pass --imatrix")
 
-        else:
-            for name in plan.order:             # check every entry before any work is done
+    else:
+        for name in plan.order:             # check every entry before any work is done
+            t = reader.tensors[name]
+            if plan.types[name] != t.type:
+                _imatrix_for(name, t.shape, qweights, plan.needs_imatrix[name] and plan.quantizable[name],
+                             lambda s: None)
+    missing = sorted({plan.types[n].name for n in plan.order
+                      if plan.types[n] != reader.tensors[n].type and not _can_encode(plan.types[n])})
+    if missing:
+        raise QuantizeError(f"no encoder for {', '.join(missing)}: cannot quantize to {parsed.name}")
+    if not allow_requantize:
+        for name in plan.order:
+            cur = reader.tensors[name].type
+            if plan.types[name] != cur and cur not in _FLOAT_TYPES:
+                raise QuantizeError(
+                    f"requantizing from type {cur.name} is disabled (tensor {name} of {in_path}); pass "
+                    "--allow-requantize (allow_requantize=True) to quantize an already quantized model, "
+                    "at a cost in quality")
+
+    writer = GGUFWriter(out_path)
+    try:
+        _write_metadata(writer, reader, out_ftype, overrides, im if has_imatrix else None, imatrix,
+                        len(qweights))
+        for name in plan.order:
+            t = reader.tensors[name]
+            writer.add_tensor_info(name, t.shape, plan.types[name])
+
+        emit(f"quantizing '{in_path}' to '{out_path}' as {parsed.name}"
+             + (f" using {nthreads} threads" if nthreads else ""))
+        if has_imatrix:
+            emit(f"have importance matrix data with {len(qweights)} entries")
+        size_before = size_after = n_elements = 0
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(plan.order), unit="tensor", desc="quantizing", file=sys.stderr,
+                       dynamic_ncols=True, leave=False)
+        with _threads(nthreads):
+            for idx, name in enumerate(plan.order, 1):
                 t = reader.tensors[name]
-                if plan.types[name] != t.type:
-                    _imatrix_for(name, t.shape, qweights, plan.needs_imatrix[name] and plan.quantizable[name],
-                                 lambda s: None)
-        missing = sorted({plan.types[n].name for n in plan.order
-                          if plan.types[n] != reader.tensors[n].type and not _can_encode(plan.types[n])})
-        if missing:
-            raise QuantizeError(f"no encoder for {', '.join(missing)}: cannot quantize to {parsed.name}")
-        if not allow_requantize:
-            for name in plan.order:
-                cur = reader.tensors[name].type
-                if plan.types[name] != cur and cur not in _FLOAT_TYPES:
-                    raise QuantizeError(
-                        f"requantizing from type {cur.name} is disabled (tensor {name} of {in_path}); pass "
-                        "--allow-requantize (allow_requantize=True) to quantize an already quantized model, "
-                        "at a cost in quality")
-
-        writer = GGUFWriter(out_path)
-        try:
-            _write_metadata(writer, reader, out_ftype, overrides, im if has_imatrix else None, imatrix,
-                            len(qweights))
-            for name in plan.order:
-                t = reader.tensors[name]
-                writer.add_tensor_info(name, t.shape, plan.types[name])
-
-            emit(f"quantizing '{in_path}' to '{out_path}' as {parsed.name}"
-                 + (f" using {nthreads} threads" if nthreads else ""))
-            if has_imatrix:
-                emit(f"have importance matrix data with {len(qweights)} entries")
-            size_before = size_after = n_elements = 0
-            bar = None
-            if progress:
-                from tqdm import tqdm
-                bar = tqdm(total=len(plan.order), unit="tensor", desc="quantizing", file=sys.stderr,
-                           dynamic_ncols=True, leave=False)
-            with _threads(nthreads):
-                for idx, name in enumerate(plan.order, 1):
-                    t = reader.tensors[name]
-                    new_type = plan.types[name]
-                    head = (f"[{idx:4d}/{len(plan.order):4d}] {name:<36s} - [{format_shape(t.shape)}], "
-                            f"type = {t.type.name:>6s}, ")
-                    if new_type == t.type:
-                        writer.write_tensor_data(name, t.raw)
-                        new_size = t.n_bytes
-                        emit(head + f"size = {_mib(new_size):8.3f} MiB")
-                    else:
-                        w = _imatrix_for(name, t.shape, qweights, plan.needs_imatrix[name] and plan.quantizable[name],
-                                         emit)
-                        data = _quantize_tensor(t, new_type, w, allow_requantize)
-                        writer.write_tensor_data(name, data)
-                        new_size = data.nbytes
-                        emit(head + f"converting to {new_type.name} .. "
-                             f"size = {_mib(t.n_bytes):8.2f} MiB -> {_mib(new_size):8.2f} MiB")
-                    size_before += t.n_bytes
-                    size_after += new_size
-                    n_elements += t.n_elements
-                    if bar is not None:
-                        bar.update(1)
-            if bar is not None:
-                bar.close()
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
+                new_type = plan.types[name]
+                head = (f"[{idx:4d}/{len(plan.order):4d}] {name:<36s} - [{format_shape(t.shape)}], "
+                        f"type = {t.type.name:>6s}, ")
+                if new_type == t.type:
+                    writer.write_tensor_data(name, t.raw)
+                    new_size = t.n_bytes
+                    emit(head + f"size = {_mib(new_size):8.3f} MiB")
+                else:
+                    w = _imatrix_for(name, t.shape, qweights, plan.needs_imatrix[name] and plan.quantizable[name],
+                                     emit)
+                    data = _quantize_tensor(t, new_type, w, allow_requantize)
+                    writer.write_tensor_data(name, data)
+                    new_size = data.nbytes
+                    emit(head + f"converting to {new_type.name} .. "
+                         f"size = {_mib(t.n_bytes):8.2f} MiB -> {_mib(new_size):8.2f} MiB")
+                size_before += t.n_bytes
+                size_after += new_size
+                n_elements += t.n_elements
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
 
     res = QuantizeResult(out_path, out_ftype, dict(plan.types), len(plan.order), n_elements, size_before,
                          size_after, plan.n_fallback, time.perf_counter() - t0, len(qweights))
