@@ -86,6 +86,47 @@ def write_bpe_tokenizer(vocab_gguf: Path, family: str, out: Path, n_vocab: int |
     return special
 
 
+GEMMA3 = "gemma-3-270m-q4_k_m.gguf"
+
+
+def write_spm_tokenizer(vocab_gguf: Path, out: Path) -> dict:
+    """tokenizer.model (SentencePiece BPE with byte fallback, Gemma's normalizer settings: no dummy
+    prefix, no whitespace folding) + tokenizer_config.json rebuilt from a GGUF SPM vocabulary."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    with GGUFReader(vocab_gguf) as r:
+        md = r.metadata
+        tokens = list(md["tokenizer.ggml.tokens"])
+        scores = [float(x) for x in md["tokenizer.ggml.scores"]]
+        types = [int(t) for t in md["tokenizer.ggml.token_type"]]
+        special = {typ: int(md[f"tokenizer.ggml.{k}"]) for typ, k in _SPECIAL_KEYS.items()
+                   if f"tokenizer.ggml.{k}" in md}
+        template = md.get("tokenizer.chat_template")
+        add_bos = bool(md.get("tokenizer.ggml.add_bos_token", True))
+        add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False))
+    m = pb.ModelProto()
+    ts = m.trainer_spec
+    ts.model_type = pb.TrainerSpec.BPE
+    ts.vocab_size = len(tokens)
+    ts.byte_fallback = True
+    ts.unk_id, ts.bos_id, ts.eos_id, ts.pad_id = special["unk"], special["bos"], special["eos"], special["pad"]
+    ns = m.normalizer_spec
+    ns.name, ns.add_dummy_prefix, ns.remove_extra_whitespaces, ns.escape_whitespaces = "identity", False, False, True
+    for text, score, t in zip(tokens, scores, types):
+        piece = m.pieces.add()
+        # the GGUF stores user-defined pieces with spaces where the model had U+2581
+        piece.piece = text.replace(" ", "\u2581") if t == 4 else text
+        piece.score = score
+        piece.type = t
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(m.SerializeToString())
+    cfg = {f"{typ}_token": tokens[i] for typ, i in special.items()}
+    cfg.update({"tokenizer_class": "GemmaTokenizer", "add_bos_token": add_bos, "add_eos_token": add_eos})
+    if template is not None:
+        cfg["chat_template"] = template
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False), encoding="utf-8")
+    return special
+
+
 def read_vocab_tests(name: str) -> list[tuple[str, list[int]]]:
     """llama.cpp's tokenizer test vectors for ggml-vocab-NAME.gguf."""
     inp = (VOCAB_DIR / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
@@ -100,7 +141,7 @@ def make_config(arch: str, n_vocab: int, special: dict, **over) -> dict:
     """config.json for a tiny model (dim 64, 2 layers, 4 heads, 2 KV heads, head size 16)."""
     hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
           "qwen3": "Qwen3ForCausalLM", "gemma3": "Gemma3ForCausalLM"}[arch]
-    cfg = {"architectures": [hf], "model_type": {"mistral": "mistral"}.get(arch, arch), "vocab_size": n_vocab,
+    cfg = {"architectures": [hf], "model_type": {"gemma3": "gemma3_text"}.get(arch, arch), "vocab_size": n_vocab,
            "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
            "num_key_value_heads": 2, "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
            "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32"}
@@ -120,7 +161,7 @@ def make_config(arch: str, n_vocab: int, special: dict, **over) -> dict:
 def make_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """Random float32 weights in HF layout (scaled so activations stay O(1))."""
     rng = np.random.default_rng(seed)
-    arch = cfg["model_type"]
+    arch = cfg["model_type"].replace("gemma3_text", "gemma3")
     d, ff, nl = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim", d // nh)
@@ -200,9 +241,8 @@ def _save(path: Path, tensors: dict[str, np.ndarray], dtype: str, save_file) -> 
         if k != "__metadata__":
             v["dtype"] = "BF16"
     text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (n - len(text))
-    assert len(text) == n
-    path.write_bytes(bytes(raw[:8]) + text + bytes(raw[8 + n:]))
+    text += b" " * (-len(text) % 8)              # offsets are relative to the data, which stays as it is
+    path.write_bytes(len(text).to_bytes(8, "little") + text + bytes(raw[8 + n:]))
 
 
 def stored_values(weights: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
@@ -220,7 +260,7 @@ def stored_values(weights: dict[str, np.ndarray], dtype: str) -> dict[str, np.nd
 def reference_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     """Logits (n_tokens, n_vocab) in float64, straight from the HF layout (rotary halves, Gemma's
     1 + weight norms), independent of the converter."""
-    arch = cfg["model_type"]
+    arch = cfg["model_type"].replace("gemma3_text", "gemma3")
     d, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim", d // nh)
     eps = cfg["rms_norm_eps"]

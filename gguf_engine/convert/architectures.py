@@ -127,7 +127,7 @@ def _gemma3_params(hp: HParams, add: Add) -> None:
     if hp.get("final_logit_softcapping"):
         add("final_logit_softcapping", hp["final_logit_softcapping"], V.FLOAT32)
     if hp.get("sliding_window_pattern") != 1:
-        add("sliding_window", hp.need("sliding_window"), V.UINT32)
+        add("attention.sliding_window", hp.need("sliding_window"), V.UINT32)
     add("attention.head_count_kv", hp.get("num_key_value_heads", 4), V.UINT32)
 
 

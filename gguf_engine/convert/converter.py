@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -169,8 +170,51 @@ def _source_float_type(ckpt: Checkpoint) -> GGMLType:
     return GGMLType.F32
 
 
+def model_title(hp: HParams, folder: Path) -> str:
+    """general.name as llama.cpp derives it: config.json's ``_name_or_path`` when it is a hub id, else the
+    folder's name; dashes become spaces and all-lowercase words are capitalized (not versions or numbers)."""
+    ident = hp.get("_name_or_path")
+    if not isinstance(ident, str) or ident.count("/") > 1 or not ident:
+        ident = folder.resolve().name
+    ident = ident.split("/", 1)[-1]
+    if " " in ident:
+        return ident
+    return " ".join(w.title() if w.islower() and not re.match(r"^(v\d+(?:\.\d+)*|\d.*)$", w) else w
+                    for w in ident.strip().replace("-", " ").split())
+
+
+def size_label(n_params: int) -> str:
+    """Parameter count in llama.cpp's rounded notation (at least two significant digits): 135M, 6.4M, 1.2B."""
+    for limit, scale, suffix in ((1e12, 1e-12, "T"), (1e9, 1e-9, "B"), (1e6, 1e-6, "M"), (0, 1e-3, "K")):
+        if n_params > limit:
+            break
+    scaled = n_params * scale
+    digits = max(2 - len(str(round(scaled)).lstrip("0")), 0)
+    return f"{scaled:.{digits}f}{suffix}"
+
+
+# generation_config.json field -> (general.sampling.* key, type), as llama.cpp records sampling defaults
+_SAMPLING = (("sequence", "sequence", V.STRING), ("top_k", "top_k", V.INT32), ("top_p", "top_p", V.FLOAT32),
+             ("min_p", "min_p", V.FLOAT32), ("xtc_probability", "xtc_probability", V.FLOAT32),
+             ("xtc_threshold", "xtc_threshold", V.FLOAT32), ("temperature", "temp", V.FLOAT32),
+             ("penalty_last_n", "penalty_last_n", V.INT32), ("repetition_penalty", "penalty_repeat", V.FLOAT32),
+             ("mirostat", "mirostat", V.INT32), ("mirostat_tau", "mirostat_tau", V.FLOAT32),
+             ("mirostat_eta", "mirostat_eta", V.FLOAT32))
+
+
+def sampling_entries(gen: dict) -> list[tuple[str, Any, V]]:
+    out = []
+    for field_name, key, vtype in _SAMPLING:
+        value = gen.get(field_name)
+        if field_name == "repetition_penalty" and "penalty_repeat" in gen:
+            value = gen["penalty_repeat"]
+        if value is not None:
+            out.append((f"general.sampling.{key}", value, vtype))
+    return out
+
+
 def _metadata(folder: Path, hp: HParams, spec: ArchSpec, file_type: int, model_name: str | None,
-              vocab_entries: list[MetaEntry], arch_name: str) -> list[MetaEntry]:
+              vocab_entries: list[MetaEntry], n_params: int) -> list[MetaEntry]:
     entries: list[MetaEntry] = []
 
     def put(key: str, value: Any, vtype: V, elem: V | None = None) -> None:
@@ -185,7 +229,13 @@ def _metadata(folder: Path, hp: HParams, spec: ArchSpec, file_type: int, model_n
 
     put("general.architecture", spec.gguf_arch, V.STRING)
     put("general.type", "model", V.STRING)
-    put("general.name", model_name or folder.resolve().name, V.STRING)
+    gen = folder / "generation_config.json"
+    if gen.is_file():
+        for key, value, vtype in sampling_entries(json.loads(gen.read_text(encoding="utf-8"))):
+            put(key, value, vtype)
+    put("general.name", model_name or model_title(hp, folder), V.STRING)
+    if n_params > 0:
+        put("general.size_label", size_label(n_params), V.STRING)
     common_params(hp, arch_key)
     put("general.file_type", file_type, V.UINT32)
     if spec.params is not None:
@@ -212,7 +262,7 @@ def plan_conversion(model_dir: str | os.PathLike, outtype: str = "f16", model_na
     if not folder.is_dir():
         raise ConvertError(f"{folder}: not a directory (expected a Hugging Face model folder)")
     hp = _load_config(folder)
-    arch_name, spec = arch_for(hp, str(folder / "config.json"))
+    _, spec = arch_for(hp, str(folder / "config.json"))
     ckpt = None if vocab_only else open_checkpoint(folder)
     try:
         if outtype == "auto":
@@ -226,10 +276,11 @@ def plan_conversion(model_dir: str | os.PathLike, outtype: str = "f16", model_na
         file_type = next(ft for t, ft in OUTTYPES.values() if t == want)
         vocab_size = hp.get("vocab_size")
         vocab = load_vocab(folder, vocab_size, spec.vocab)
-        entries = _metadata(folder, hp, spec, file_type, model_name, vocab.entries, arch_name)
-        model = ConvertedModel(str(folder), spec.gguf_arch, entries, checkpoint=ckpt)
+        model = ConvertedModel(str(folder), spec.gguf_arch, [], checkpoint=ckpt)
         if ckpt is not None:
             _plan_tensors(model, ckpt, hp, spec, want, vocab.n_tokens, folder)
+        n_params = sum(t.n_elements for t in model.tensors.values())
+        model.entries = _metadata(folder, hp, spec, file_type, model_name, vocab.entries, n_params)
         return model
     except BaseException:
         if ckpt is not None:
