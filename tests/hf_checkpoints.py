@@ -5,6 +5,7 @@ family the vocabulary comes from).  Also a float64 numpy forward pass over the H
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -295,7 +296,8 @@ def reference_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.
         if arch in ("qwen3", "gemma3"):
             q, k = rms(q, w[p + "self_attn.q_norm.weight"]), rms(k, w[p + "self_attn.k_norm.weight"])
         sliding = gemma and (i + 1) % 6 != 0
-        theta = cfg.get("rope_local_base_freq", 10000.0) if sliding else cfg["rope_theta"]
+        theta = cfg.get("rope_local_base_freq", 10000.0) if sliding else \
+            cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"]
         q, k = rope(q, theta), rope(k, theta)
         k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
         scale = cfg.get("query_pre_attn_scalar", hd) ** -0.5
@@ -336,3 +338,88 @@ def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
         return z - np.log(np.exp(z).sum(-1, keepdims=True))
     lp, lq = logsm(p_logits.astype(np.float64)), logsm(q_logits.astype(np.float64))
     return (np.exp(lp) * (lp - lq)).sum(-1)
+
+
+# -- the reference cases: one checkpoint per architecture, compared with llama.cpp's converter ------
+
+@dataclass(frozen=True)
+class Case:
+    arch: str
+    tokenizer: str            # smollm | llama-bpe | qwen2 (rebuilt tokenizer.json) or gemma3 (tokenizer.model)
+    dtype: str                # F32 | F16 | BF16 in the safetensors files
+    shards: int
+    outtype: str              # --outtype of the reference conversion
+    config: dict = field(default_factory=dict)
+    template_file: bool = False     # chat template in chat_template.jinja (transformers 5) instead
+    generation: dict | None = None  # generation_config.json
+
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+CASES: dict[str, Case] = {
+    # vocabulary padded past the tokenizer (config vocab_size 49216 > 49152 tokens)
+    "llama-smollm": Case("llama", "smollm", "F32", 1, "f16", {"vocab_size": 49216}),
+    "llama3-bpe": Case("llama", "llama-bpe", "BF16", 2, "auto",
+                       {"rope_theta": 500000.0, "rope_scaling": _LLAMA3_ROPE, "tie_word_embeddings": True},
+                       generation={"do_sample": True, "temperature": 0.6, "top_p": 0.9}),
+    "mistral": Case("mistral", "smollm", "F16", 2, "auto"),
+    "qwen2": Case("qwen2", "qwen2", "F16", 1, "f32", {"rope_theta": 1000000.0}, template_file=True),
+    # transformers 5 spelling of the RoPE settings
+    "qwen3": Case("qwen3", "smollm", "F32", 1, "q8_0",
+                  {"rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}}),
+    "gemma3": Case("gemma3", "gemma3", "F32", 1, "bf16", {"hidden_size": 32, "head_dim": 8, "query_pre_attn_scalar": 8,
+                                                           "intermediate_size": 48}),
+}
+
+
+def build_case(name: str, folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Write checkpoint ``name`` into ``folder``; returns its config and float32 weights."""
+    case = CASES[name]
+    if case.tokenizer == "gemma3":
+        special = write_spm_tokenizer(models_dir() / GEMMA3, folder)
+        n_tokens = 262144
+    else:
+        src = models_dir() / SMOLLM2 if case.tokenizer == "smollm" else VOCAB_DIR / f"ggml-vocab-{case.tokenizer}.gguf"
+        special = write_bpe_tokenizer(src, case.tokenizer, folder)
+        with GGUFReader(src) as r:
+            n_tokens = len(r.metadata["tokenizer.ggml.tokens"])
+    cfg = make_config(case.arch, n_tokens, special, **case.config)
+    if "rope_parameters" in cfg:
+        cfg.pop("rope_theta")
+    if case.template_file:
+        tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template = tc.pop("chat_template", None) or "{{ messages[0]['content'] }}"
+        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+        (folder / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False), encoding="utf-8")
+    if case.generation is not None:
+        (folder / "generation_config.json").write_text(json.dumps(case.generation), encoding="utf-8")
+    weights = make_weights(cfg, seed=sorted(CASES).index(name))
+    write_checkpoint(folder, cfg, weights, case.dtype, case.shards)
+    return cfg, weights
+
+
+def gguf_digest(path: Path) -> dict:
+    """Every metadata key (type spec and value; long arrays by sha256) and every tensor (type, shape,
+    sha256 of its bytes) of a GGUF file, in file order."""
+    import hashlib
+
+    def plain(v):
+        if hasattr(v, "tolist"):
+            return v.tolist()
+        if isinstance(v, (str, int, float, bool)):
+            return v
+        return [plain(x) for x in v]
+
+    def spec(s):
+        return [int(s[0]), spec(s[1])] if isinstance(s, tuple) else int(s)
+
+    out: dict = {"metadata": {}, "tensors": []}
+    with GGUFReader(path) as r:
+        for key in r.metadata:
+            v = plain(r.metadata[key])
+            if isinstance(v, list) and len(v) > 16:
+                v = {"n": len(v), "sha256": hashlib.sha256(json.dumps(v, ensure_ascii=False).encode()).hexdigest()}
+            out["metadata"][key] = {"type": spec(r.type_spec(key)), "value": v}
+        for t in r.tensors.values():
+            out["tensors"].append([t.name, t.type.name, list(t.shape), hashlib.sha256(bytes(t.raw)).hexdigest()])
+    return out

@@ -187,6 +187,27 @@ def _spm_tokens(folder: Path, vocab_size: int | None, info: VocabInfo) -> None:
     info.n_tokens = n
 
 
+def _pair_separator(pair: list, first: Any, last: Any, sep: Any, eos: Any) -> bool | None:
+    """Whether a TemplateProcessing pair template puts a separator between A and B (None: it says nothing)."""
+    def special_id(item: dict) -> Any:
+        return item.get("SpecialToken", {}).get("id")
+
+    if not pair:
+        return None
+    start = 1 if first and special_id(pair[0]) == first else 0
+    stop = -1 if last and special_id(pair[-1]) == last else None
+    pair = pair[start:stop]
+    if not pair or pair[0].get("Sequence", {}).get("id") != "A" or pair[-1].get("Sequence", {}).get("id") != "B":
+        return None
+    middle = pair[1:-1]
+    if not middle:
+        return None
+    add_sep = bool(special_id(middle[0]) in (sep, eos) and special_id(middle[0]) and not last)
+    if len(middle) == 2 and special_id(middle[1]) and special_id(middle[1]) in (sep, eos):
+        add_sep = True
+    return add_sep
+
+
 def _special(folder: Path, info: VocabInfo, load_merges: bool) -> None:
     """Merges, special ids, add_* flags and the chat template (llama.cpp's precedence)."""
     n_vocab = info.n_tokens
@@ -231,6 +252,7 @@ def _special(folder: Path, info: VocabInfo, load_merges: bool) -> None:
                 add.setdefault("eos", False)
             elif kind == "TemplateProcessing":
                 single = proc.get("single", [])
+                first = last = None
                 if len(single) > 1:
                     first = single[0].get("SpecialToken", {}).get("id")
                     if first:
@@ -239,6 +261,8 @@ def _special(folder: Path, info: VocabInfo, load_merges: bool) -> None:
                         elif first not in (bos, cls_):
                             if not bos:
                                 cfg["bos_token"] = bos = first
+                            if not cls_:
+                                cfg["cls_token"] = cls_ = first
                         add["bos"] = first in (bos, cls_)
                     last = single[-1].get("SpecialToken", {}).get("id")
                     if last:
@@ -250,6 +274,9 @@ def _special(folder: Path, info: VocabInfo, load_merges: bool) -> None:
                                 cfg["eot_token"] = eos
                             cfg["eos_token"] = eos = last
                         add["eos"] = last == eos
+                add_sep = _pair_separator(proc.get("pair", []), first, last, sep, eos)
+                if add_sep is not None:
+                    add["sep"] = add_sep
             elif kind == "RobertaProcessing":
                 raise ConvertError(f"{folder / 'tokenizer.json'}: RobertaProcessing post-processor is not supported")
     if cfg:
