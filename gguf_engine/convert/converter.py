@@ -146,6 +146,16 @@ def _encode(x: np.ndarray, t: GGMLType) -> np.ndarray:
     return np.asarray(quantize(rows, t))
 
 
+def _bf16_words(w: np.ndarray) -> np.ndarray:
+    """BF16 -> BF16 as widening to float32 and rounding back gives: the same words, NaNs made quiet."""
+    w = np.ascontiguousarray(w)
+    nan = (w & np.uint16(0x7FFF)) > np.uint16(0x7F80)
+    if nan.any():
+        w = w.copy()
+        w[nan] |= np.uint16(0x40)
+    return w
+
+
 def _permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF's rotary halves -> llama.cpp's interleaved pairs, per head (rows of weights or biases)."""
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
@@ -344,16 +354,33 @@ def _check_shape(st: SafeTensor, name: str, shape: tuple, n_embd: Any, n_vocab: 
                            f"expected {bad}")
 
 
+SLAB_BYTES = 64 << 20     # float32 working set per slab of rows
+
+
 def _loader(st: SafeTensor, rows: int | None, heads: int | None, shift: bool, gtype: GGMLType):
+    """The tensor's output bytes, computed in slabs of rows (a Q/K permutation needs the whole tensor, which
+    is small) so that memory stays near the size of the output itself."""
     def load() -> np.ndarray:
-        x = st.float_array()                      # float16 stays float16, as llama.cpp computes
-        if rows is not None:
-            x = x[:rows]
-        if heads is not None:
-            x = _permute_qk(x, heads)
-        if shift:
-            x = x + x.dtype.type(1)
-        return _encode(x, gtype)
+        n_rows = rows if rows is not None else (st.shape[0] if len(st.shape) >= 2 else 1)
+        per_row = int(np.prod(st.shape[1:], dtype=np.int64)) if len(st.shape) > 1 else int(np.prod(st.shape))
+        step = n_rows if heads is not None or len(st.shape) < 2 else max(1, SLAB_BYTES // (4 * per_row))
+        inner = st.shape[-1] if st.shape else 1
+        out = np.empty((n_rows, per_row // inner * row_bytes(gtype, inner)), dtype=np.uint8)
+        for r0 in range(0, n_rows, step):
+            r1 = min(n_rows, r0 + step)
+            if gtype == GGMLType.BF16 and st.dtype == "BF16" and not shift:
+                x = st.array(r0, r1) if len(st.shape) >= 2 else st.array()
+                if heads is not None:
+                    x = _permute_qk(x, heads)
+                out[r0:r1] = _bf16_words(x).reshape(r1 - r0, -1).view(np.uint8)
+                continue
+            x = st.float_array(r0, r1) if len(st.shape) >= 2 else st.float_array()
+            if heads is not None:
+                x = _permute_qk(x, heads)
+            if shift:
+                x = x + x.dtype.type(1)             # in the stored precision, as llama.cpp adds it
+            out[r0:r1] = np.ascontiguousarray(_encode(x, gtype)).reshape(r1 - r0, -1).view(np.uint8)
+        return out
     return load
 
 

@@ -1,4 +1,4 @@
-"""Memory-mapped safetensors reader (no torch, no copy until a tensor is asked for).
+"""safetensors reader without torch: headers are indexed up front, each tensor is read when asked for.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor
 name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the end of the
@@ -6,15 +6,17 @@ header), then the data.  ``open_checkpoint`` indexes a Hugging Face model folder
 ``model.safetensors`` or the shards named by ``model.safetensors.index.json``.  Tensors are listed
 shard by shard (shards in sorted file-name order), sorted by name inside each shard, which is the
 order llama.cpp's converter writes them in.  BF16 is read as raw 16-bit words and widened exactly.
+A tensor is read into memory of its own (not memory-mapped), so the pages of tensors already converted
+do not stay in the process's resident set: memory stays one tensor deep whatever the model size.
 Pickle checkpoints (``*.bin``, ``*.pt``) are refused: loading them can execute code.
 """
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,25 +43,34 @@ class SafeTensor:
     dtype: str                 # safetensors name: F32, F16, BF16, ...
     shape: tuple[int, ...]     # numpy order
     file: Path
-    _buf: "mmap.mmap"
+    _fh: Any                   # the open file, shared by the tensors of one shard
     _begin: int
     _end: int
 
-    def array(self) -> np.ndarray:
-        """The stored words as a read-only numpy view of the map (BF16 as uint16)."""
+    def array(self, r0: int = 0, r1: int | None = None) -> np.ndarray:
+        """The stored words of rows [r0, r1) (outermost dimension; all by default), read from the file into
+        a new array (BF16 as uint16)."""
         if self.dtype not in _DTYPES:
             raise ConvertError(f"{self.file}: tensor {self.name}: dtype {self.dtype} is not supported "
                                f"(supported: {', '.join(_DTYPES)})")
         dt = _DTYPES[self.dtype]
-        n = int(np.prod(self.shape, dtype=np.int64))
-        return np.frombuffer(self._buf, dtype=dt, count=n, offset=self._begin).reshape(self.shape)
+        shape = self.shape if self.shape else (1,)
+        r1 = shape[0] if r1 is None else r1
+        row = int(np.prod(shape[1:], dtype=np.int64)) * dt.itemsize
+        out = np.empty((r1 - r0,) + tuple(shape[1:]), dtype=dt)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        self._fh.seek(self._begin + r0 * row)
+        got = self._fh.readinto(view) if view.nbytes else 0
+        if got != view.nbytes:
+            raise ConvertError(f"{self.file}: tensor {self.name}: file ends inside its data")
+        return out.reshape(self.shape) if not self.shape else out
 
-    def float_array(self) -> np.ndarray:
-        """The values as float32, or float16 when stored so (what llama.cpp's converter computes in)."""
+    def float_array(self, r0: int = 0, r1: int | None = None) -> np.ndarray:
+        """Rows [r0, r1) as float32, or float16 when stored so (what llama.cpp's converter computes in)."""
         if self.dtype not in FLOAT_DTYPES:
             raise ConvertError(f"{self.file}: tensor {self.name}: dtype {self.dtype} cannot be converted "
                                f"(floating-point weights only: {', '.join(FLOAT_DTYPES)})")
-        a = self.array()
+        a = self.array(r0, r1)
         if self.dtype == "F16":
             return a
         return to_float32(a, self.dtype)
@@ -77,16 +88,13 @@ class Checkpoint:
     """Every tensor of a model folder, in conversion order."""
     folder: Path
     tensors: dict[str, SafeTensor]
-    _maps: list
+    _files: list
 
     def close(self) -> None:
         self.tensors = {}
-        for m in self._maps:
-            try:
-                m.close()
-            except BufferError:        # a view is still alive; the map goes with it
-                pass
-        self._maps = []
+        for f in self._files:
+            f.close()
+        self._files = []
 
     def __enter__(self) -> "Checkpoint":
         return self
@@ -95,25 +103,23 @@ class Checkpoint:
         self.close()
 
 
-def _read_file(path: Path, maps: list) -> dict[str, SafeTensor]:
+def _read_file(path: Path, files: list) -> dict[str, SafeTensor]:
     try:
         f = open(path, "rb")
     except OSError as e:
         raise ConvertError(f"{path}: cannot open: {e.strerror}") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-        if len(head) < 8:
-            raise ConvertError(f"{path}: not a safetensors file (only {size} bytes)")
-        n = int.from_bytes(head, "little")
-        if n > min(_MAX_HEADER, size - 8):
-            raise ConvertError(f"{path}: safetensors header length {n} does not fit the file ({size} bytes)")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConvertError(f"{path}: safetensors header is not valid JSON: {e}") from None
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else None
-    maps.append(buf)
+    files.append(f)
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    if len(head) < 8:
+        raise ConvertError(f"{path}: not a safetensors file (only {size} bytes)")
+    n = int.from_bytes(head, "little")
+    if n > min(_MAX_HEADER, size - 8):
+        raise ConvertError(f"{path}: safetensors header length {n} does not fit the file ({size} bytes)")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConvertError(f"{path}: safetensors header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise ConvertError(f"{path}: safetensors header is not a JSON object")
     data0 = 8 + n
@@ -129,12 +135,12 @@ def _read_file(path: Path, maps: list) -> dict[str, SafeTensor]:
         if not 0 <= b <= e or data0 + e > size or (itemsize is not None and e - b != count * itemsize):
             raise ConvertError(f"{path}: tensor {name}: data offsets [{b}, {e}] do not match shape {list(shape)} "
                                f"of {dtype} in a file of {size} bytes")
-        out[name] = SafeTensor(name, dtype, shape, path, buf, data0 + b, data0 + e)
+        out[name] = SafeTensor(name, dtype, shape, path, f, data0 + b, data0 + e)
     return out
 
 
 def open_checkpoint(folder: str | os.PathLike) -> Checkpoint:
-    """Index the safetensors weights of a Hugging Face model folder (memory-mapped)."""
+    """Index the safetensors weights of a Hugging Face model folder (headers only; the files stay open)."""
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     single = folder / "model.safetensors"
@@ -159,11 +165,11 @@ def open_checkpoint(folder: str | os.PathLike) -> Checkpoint:
             raise ConvertError(f"{folder / pickles[0]}: PyTorch pickle checkpoints are refused (loading them can "
                                "execute arbitrary code); convert the model to safetensors first")
         raise ConvertError(f"{folder}: no model.safetensors or model.safetensors.index.json")
-    maps: list = []
+    files: list = []
     tensors: dict[str, SafeTensor] = {}
     try:
         for p in parts:
-            for name, t in _read_file(folder / p, maps).items():
+            for name, t in _read_file(folder / p, files).items():
                 if name in tensors:
                     raise ConvertError(f"{folder / p}: tensor {name} is also in {tensors[name].file.name}")
                 if weight_map is not None and weight_map.get(name) != p:
@@ -175,8 +181,7 @@ def open_checkpoint(folder: str | os.PathLike) -> Checkpoint:
                 raise ConvertError(f"{folder / weight_map[absent[0]]}: tensor {absent[0]} listed in {index.name} "
                                    f"is not in the file ({len(absent)} missing)")
     except BaseException:
-        for m in maps:
-            if m is not None:
-                m.close()
+        for f in files:
+            f.close()
         raise
-    return Checkpoint(folder, tensors, maps)
+    return Checkpoint(folder, tensors, files)

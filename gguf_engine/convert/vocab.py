@@ -230,9 +230,8 @@ def _special(folder: Path, info: VocabInfo, load_merges: bool) -> None:
     if tj is not None:
         if load_merges:
             merges = (tj.get("model") or {}).get("merges") or []
-            if merges and isinstance(merges[0], list):
-                merges = [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
-                          for pair in merges]
+            if merges and isinstance(merges[0], list):      # transformers >= 4.45: pairs; spaces -> U+0120
+                merges = [f"{a.replace(' ', chr(288))} {b.replace(' ', chr(288))}" for a, b in merges]
             if merges:
                 info.add("tokenizer.ggml.merges", list(merges), V.ARRAY, V.STRING)
         added = tj.get("added_tokens") or []

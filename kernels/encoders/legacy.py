@@ -486,8 +486,12 @@ def encode_f16(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def encode_bf16(x: np.ndarray, imatrix=None) -> np.ndarray:
     """As ggml_compute_fp32_to_bf16: round to nearest even, NaN forced quiet."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    bits = np.where(nan, (u >> 16) | 64, rounded).astype("<u2")
-    return bits.view(np.uint8).reshape(x.shape[0], -1)
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    r = (u >> 16) & np.uint32(1)                 # 32-bit sums wrap only for NaNs, which are replaced below
+    r += np.uint32(0x7FFF)
+    r += u
+    r >>= 16
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    if nan.any():
+        r[nan] = (u[nan] >> 16) | np.uint32(64)
+    return r.astype("<u2").view(np.uint8).reshape(x.shape[0], -1)
