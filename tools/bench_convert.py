@@ -103,10 +103,17 @@ def main(argv=None) -> int:
     ap.add_argument("--ftype", default="Q4_0", help="quantization type of the direct/two-step pair (default Q4_0)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", help="where the checkpoint and outputs go (default: a temporary directory)")
+    ap.add_argument("--make-checkpoint", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-convert-"))
     model = work / "llama-1b-shaped"
-    largest = make_checkpoint(model, args.layers)
+    if args.make_checkpoint:
+        print(make_checkpoint(model, args.layers))
+        return 0
+    # made in a child process: Linux carries a parent's peak RSS into the children it starts, so this process
+    # must stay small for the children's peaks to be their own
+    largest = int(subprocess.run([sys.executable, __file__, "--make-checkpoint", "--layers", str(args.layers),
+                                  "--workdir", str(work)], check=True, capture_output=True, text=True).stdout)
     size = sum(p.stat().st_size for p in model.glob("*.safetensors"))
     print(f"checkpoint: {args.layers} layers, {size / 2**30:.2f} GiB bf16, largest tensor {largest / 2**20:.0f} MiB")
     ours = [sys.executable, "-m", "gguf_engine.cli.convert", str(model), "--no-progress", "--quiet"]

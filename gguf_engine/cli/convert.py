@@ -44,11 +44,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dry_run(args, log) -> int:
+    """The tensors and their types, written nowhere: the converter's plan, or the quantizer's for its types."""
+    from ..convert import plan_conversion
+    from ..convert.converter import OUTTYPES
+    from ..quantize.model_quantizer import quantize_source
+    outtype = args.outtype.lower()
+    quant = outtype not in (*OUTTYPES, "auto")
+    model = plan_conversion(args.model, "source" if quant else outtype, args.model_name, args.vocab_only)
+    try:
+        if quant:
+            quantize_source(model, "", args.outtype, imatrix=args.imatrix, dry_run=True,
+                            log=lambda line: print(line))
+            return 0
+        for t in model.tensors.values():
+            print(f"{t.name:<32s} {t.src_dtype:>4s} -> {t.type.name:<5s} "
+                  f"shape = {{{', '.join(str(d) for d in reversed(t.shape))}}}")
+        print(f"{len(model.entries)} metadata keys, {len(model.tensors)} tensors, "
+              f"{sum(t.n_bytes for t in model.tensors.values()) / 2**20:.2f} MiB of data")
+    finally:
+        model.close()
+    return 0
+
+
 @cli_entry("gguf-convert")
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from ..convert import ConvertError, ConvertOptions, convert_model, plan_conversion
+    from ..convert import ConvertOptions, convert_model
 
     args = build_parser().parse_args(argv)
 
@@ -58,18 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.dry_run:
-            known = ("f32", "f16", "bf16", "q8_0", "auto")
-            model = plan_conversion(args.model, args.outtype.lower() if args.outtype.lower() in known else "source",
-                                    args.model_name, args.vocab_only)
-            try:
-                for t in model.tensors.values():
-                    print(f"{t.name:<32s} {t.src_dtype:>4s} -> {t.type.name:<5s} "
-                          f"shape = {{{', '.join(str(d) for d in reversed(t.shape))}}}")
-                print(f"{len(model.entries)} metadata keys, {len(model.tensors)} tensors, "
-                      f"{sum(t.n_bytes for t in model.tensors.values()) / 2**20:.2f} MiB of data")
-            finally:
-                model.close()
-            return 0
+            return _dry_run(args, log)
         res = convert_model(args.model, args.outfile, ConvertOptions(
             outtype=args.outtype, model_name=args.model_name, vocab_only=args.vocab_only, imatrix=args.imatrix,
             nthreads=args.threads, progress=not args.no_progress, log=log))
