@@ -228,22 +228,12 @@ def _mib(n: int) -> float:
 def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
                    ftype: "str | int | LlamaFileType | ParsedFType",
                    imatrix: "str | os.PathLike | Imatrix | Mapping[str, np.ndarray] | None" = None,
-                   nthreads: int | None = None, *,
-                   include_weights: Iterable[str] = (), exclude_weights: Iterable[str] = (),
-                   output_tensor_type: "GGMLType | str | int | None" = None,
-                   token_embedding_type: "GGMLType | str | int | None" = None,
-                   tensor_types: Iterable[tuple[str, Any]] | Mapping[str, Any] = (),
-                   leave_output_tensor: bool = False, pure: bool = False,
-                   allow_requantize: bool = False, dry_run: bool = False,
-                   override_kv: Iterable["KVOverride | str"] = (),
-                   log: Callable[[str], None] | None = None,
-                   progress: bool = False) -> QuantizeResult:
+                   nthreads: int | None = None, *, dry_run: bool = False, **options: Any) -> QuantizeResult:
     """Quantize the GGUF model ``in_path`` to ``out_path`` with file type ``ftype``.
 
     ``ftype``: a TYPE name as the command accepts it ("Q4_K_M", "iq4_xs", "COPY", ...), an ftype id
     or ``LlamaFileType``.  ``imatrix``: a path (GGUF or legacy format), an ``Imatrix``, or a mapping
-    tensor name -> per-column weights.  ``tensor_types``: (regex, type) pairs (first match wins) or a
-    mapping.  ``log`` receives one line per tensor and the summary; ``progress`` shows a tqdm bar.
+    tensor name -> per-column weights.  The other options are ``quantize_source``'s.
     Raises QuantizeError / ImatrixError / GGUFError with a message naming the problem.
     """
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
@@ -254,12 +244,7 @@ def quantize_model(in_path: str | os.PathLike, out_path: str | os.PathLike,
     if not dry_run:
         check_output_path(out_path)  # a directory or an unwritable place is refused before any work
     with GGUFReader(in_path) as reader:
-        return quantize_source(reader, out_path, ftype, imatrix, nthreads, include_weights=include_weights,
-                               exclude_weights=exclude_weights, output_tensor_type=output_tensor_type,
-                               token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                               leave_output_tensor=leave_output_tensor, pure=pure,
-                               allow_requantize=allow_requantize, dry_run=dry_run, override_kv=override_kv,
-                               log=log, progress=progress)
+        return quantize_source(reader, out_path, ftype, imatrix, nthreads, dry_run=dry_run, **options)
 
 
 def quantize_source(reader, out_path: str | os.PathLike,
@@ -277,7 +262,10 @@ def quantize_source(reader, out_path: str | os.PathLike,
                     progress: bool = False) -> QuantizeResult:
     """``quantize_model`` on an open input: a ``GGUFReader``, or any object with its interface
     (``path``, ``metadata``, ``type_spec(key)``, ``get(key)``, ``tensors`` of objects with ``name``,
-    ``shape``, ``type``, ``n_elements``, ``n_bytes`` and ``raw``), such as a model being converted."""
+    ``shape``, ``type``, ``n_elements``, ``n_bytes`` and ``raw``), such as a model being converted.
+
+    ``tensor_types``: (regex, type) pairs (first match wins) or a mapping.  ``log`` receives one line
+    per tensor and the summary; ``progress`` shows a tqdm bar."""
     t0 = time.perf_counter()
     out_path = os.fspath(out_path)
     in_path = os.fspath(reader.path)
