@@ -274,6 +274,15 @@ def reference_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.
 
     def rope(x, theta):                                   # x (n, heads, hd), HF rotate_half layout
         inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+        rs = cfg.get("rope_scaling") or {}
+        if rs.get("rope_type") == "llama3":               # transformers' llama3 frequency smoothing
+            f, lo, hi, old = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"], \
+                rs["original_max_position_embeddings"]
+            wavelen = 2 * np.pi / inv
+            scaled = np.where(wavelen > old / lo, inv / f, inv)
+            smooth = (old / wavelen - lo) / (hi - lo)
+            medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+            inv = np.where(medium, (1 - smooth) * scaled / f + smooth * scaled, scaled)
         ang = np.arange(n, dtype=np.float64)[:, None] * inv[None, :]
         cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
         x1, x2 = x[..., :hd // 2], x[..., hd // 2:]

@@ -146,7 +146,7 @@ def _encode(x: np.ndarray, t: GGMLType) -> np.ndarray:
     return np.asarray(quantize(rows, t))
 
 
-def _bf16_words(w: np.ndarray) -> np.ndarray:
+def bf16_passthrough(w: np.ndarray) -> np.ndarray:
     """BF16 -> BF16 as widening to float32 and rounding back gives: the same words, NaNs made quiet."""
     w = np.ascontiguousarray(w)
     nan = (w & np.uint16(0x7FFF)) > np.uint16(0x7F80)
@@ -372,7 +372,7 @@ def _loader(st: SafeTensor, rows: int | None, heads: int | None, shift: bool, gt
                 x = st.array(r0, r1) if len(st.shape) >= 2 else st.array()
                 if heads is not None:
                     x = _permute_qk(x, heads)
-                out[r0:r1] = _bf16_words(x).reshape(r1 - r0, -1).view(np.uint8)
+                out[r0:r1] = bf16_passthrough(x).reshape(r1 - r0, -1).view(np.uint8)
                 continue
             x = st.float_array(r0, r1) if len(st.shape) >= 2 else st.float_array()
             if heads is not None:
