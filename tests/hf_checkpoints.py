@@ -31,10 +31,13 @@ FAMILIES = {
     "llama-bpe": (None, {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": _LLAMA3_RE}, "behavior": "Isolated", "invert": False},
         _BYTELEVEL]}, True),
+    "gpt-2": (None, {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+              False),
     "qwen2": ({"type": "NFC"}, {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": _QWEN2_RE}, "behavior": "Isolated", "invert": False},
         _BYTELEVEL]}, False),
 }
+FAMILIES["starcoder"] = FAMILIES["smollm"]          # SmolLM2 kept StarCoder's pre-tokenizer, not its vocabulary
 _SPECIAL_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
 
 

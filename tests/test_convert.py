@@ -91,7 +91,8 @@ def test_direct_to_quant_equals_two_steps(name, ftype, built, tmp_path):
     assert direct.read_bytes() == two.read_bytes()
 
 
-BPE_VOCABS = [("smollm", None), ("llama-bpe", "llama-bpe"), ("qwen2", "qwen2")]
+BPE_VOCABS = [("smollm", None), ("llama-bpe", "llama-bpe"), ("qwen2", "qwen2"), ("gpt-2", "gpt-2"),
+              ("starcoder", "starcoder")]
 
 
 @pytest.mark.parametrize("family,vectors", BPE_VOCABS)
