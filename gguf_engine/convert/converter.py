@@ -59,7 +59,7 @@ class PlannedTensor:
     name: str
     shape: tuple[int, ...]                   # numpy order
     type: GGMLType
-    load: Callable[[], np.ndarray]           # -> the bytes (or a typed array) of this tensor
+    load: Callable[..., np.ndarray]          # (r0=0, r1=None) -> uint8 bytes of those rows
     src_dtype: str = "F32"
 
     @property
@@ -73,8 +73,11 @@ class PlannedTensor:
     @property
     def raw(self) -> np.ndarray:
         """uint8 bytes, computed now (never cached: one tensor in memory at a time)."""
-        a = np.ascontiguousarray(self.load())
-        return a.reshape(-1).view(np.uint8)
+        return self.load().reshape(-1)
+
+    def read_rows(self, r0: int, r1: int) -> np.ndarray:
+        """uint8 bytes of rows [r0, r1) (rows of the innermost dimension), computed now."""
+        return self.load(r0, r1)
 
 
 @dataclass
@@ -308,7 +311,7 @@ def _plan_tensors(model: ConvertedModel, ckpt: Checkpoint, hp: HParams, spec: Ar
     if factors is not None:
         arr = np.asarray(factors, dtype=np.float32)
         model.tensors["rope_freqs.weight"] = PlannedTensor("rope_freqs.weight", arr.shape, GGMLType.F32,
-                                                           lambda a=arr: a)
+                                                           lambda r0=0, r1=None, a=arr: a.view(np.uint8)[None])
     n_rows_embd = None
     if spec.trim_embeddings:
         n_rows_embd = n_tokens if (folder / "tokenizer.model").is_file() else bpe_vocab_size(folder)
@@ -358,28 +361,41 @@ SLAB_BYTES = 64 << 20     # float32 working set per slab of rows
 
 
 def _loader(st: SafeTensor, rows: int | None, heads: int | None, shift: bool, gtype: GGMLType):
-    """The tensor's output bytes, computed in slabs of rows (a Q/K permutation needs the whole tensor, which
-    is small) so that memory stays near the size of the output itself."""
-    def load() -> np.ndarray:
-        n_rows = rows if rows is not None else (st.shape[0] if len(st.shape) >= 2 else 1)
-        per_row = int(np.prod(st.shape[1:], dtype=np.int64)) if len(st.shape) > 1 else int(np.prod(st.shape))
-        step = n_rows if heads is not None or len(st.shape) < 2 else max(1, SLAB_BYTES // (4 * per_row))
-        inner = st.shape[-1] if st.shape else 1
-        out = np.empty((n_rows, per_row // inner * row_bytes(gtype, inner)), dtype=np.uint8)
-        for r0 in range(0, n_rows, step):
-            r1 = min(n_rows, r0 + step)
-            if gtype == GGMLType.BF16 and st.dtype == "BF16" and not shift:
-                x = st.array(r0, r1) if len(st.shape) >= 2 else st.array()
-                if heads is not None:
-                    x = _permute_qk(x, heads)
-                out[r0:r1] = bf16_passthrough(x).reshape(r1 - r0, -1).view(np.uint8)
-                continue
-            x = st.float_array(r0, r1) if len(st.shape) >= 2 else st.float_array()
-            if heads is not None:
-                x = _permute_qk(x, heads)
+    """``load(r0, r1)``: output bytes of rows [r0, r1) (all by default), computed in slabs of rows so that
+    memory stays near the size of what is asked for (a Q/K permutation or a vector is computed whole: they
+    are small)."""
+    whole = heads is not None or len(st.shape) < 2
+    n_rows = rows if rows is not None else (1 if len(st.shape) < 2 else st.shape[0])
+    per_row = int(np.prod(st.shape[1:] if len(st.shape) > 1 else st.shape, dtype=np.int64))
+    inner = st.shape[-1] if st.shape else 1
+    out_row = per_row // inner * row_bytes(gtype, inner)
+
+    def rows_of(r0: int, r1: int) -> np.ndarray:
+        passthrough = gtype == GGMLType.BF16 and st.dtype == "BF16" and not shift
+        if passthrough:
+            x = st.array() if whole else st.array(r0, r1)
+        else:
+            x = st.float_array() if whole else st.float_array(r0, r1)
+        if heads is not None:
+            x = _permute_qk(x, heads)
+        if passthrough:
+            y = bf16_passthrough(x)
+        else:
             if shift:
                 x = x + x.dtype.type(1)             # in the stored precision, as llama.cpp adds it
-            out[r0:r1] = np.ascontiguousarray(_encode(x, gtype)).reshape(r1 - r0, -1).view(np.uint8)
+            y = np.ascontiguousarray(_encode(x, gtype))
+        y = np.ascontiguousarray(y).reshape(-1).view(np.uint8).reshape(-1, out_row)
+        return y[r0:r1] if whole else y
+
+    def load(r0: int = 0, r1: int | None = None) -> np.ndarray:
+        r1 = n_rows if r1 is None else r1
+        if whole:
+            return rows_of(r0, r1)
+        out = np.empty((r1 - r0, out_row), dtype=np.uint8)
+        step = max(1, SLAB_BYTES // (4 * per_row))
+        for s0 in range(r0, r1, step):
+            s1 = min(r1, s0 + step)
+            out[s0 - r0:s1 - r0] = rows_of(s0, s1)
         return out
     return load
 

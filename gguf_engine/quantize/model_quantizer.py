@@ -137,7 +137,9 @@ def _to_float32(raw: np.ndarray, qtype: GGMLType, n_rows: int, n_per_row: int,
     if qtype == GGMLType.F16:
         return raw.view(np.float16).reshape(n_rows, n_per_row).astype(np.float32)
     if qtype == GGMLType.BF16:
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(n_rows, n_per_row)
+        u = raw.view(np.uint16).astype(np.uint32)
+        u <<= 16
+        return u.view(np.float32).reshape(n_rows, n_per_row)
     if not allow_requantize:
         raise QuantizeError(f"requantizing from type {qtype.name} is disabled (tensor {name}); "
                             "pass --allow-requantize (allow_requantize=True) to quantize an already "
@@ -463,7 +465,9 @@ def _quantize_tensor(t, new_type: GGMLType, w: np.ndarray | None, allow_requanti
     rows_per_mat = n_rows_total // n_mat
     src_row = row_bytes(t.type, n_per_row)
     dst_row = row_bytes(new_type, n_per_row)
-    raw = t.raw.reshape(n_rows_total, src_row)
+    # an input that computes its bytes (a model being converted) hands over one slab of rows at a time
+    read_rows = getattr(t, "read_rows", None)
+    raw = None if read_rows is not None else t.raw.reshape(n_rows_total, src_row)
     out = np.empty((n_rows_total, dst_row), dtype=np.uint8)
     slab = max(1, min(rows_per_mat, SLAB_BYTES // (4 * n_per_row)))
     for m in range(n_mat):
@@ -473,7 +477,8 @@ def _quantize_tensor(t, new_type: GGMLType, w: np.ndarray | None, allow_requanti
         base = m * rows_per_mat
         for r0 in range(0, rows_per_mat, slab):
             r1 = min(rows_per_mat, r0 + slab)
-            x = _to_float32(raw[base + r0: base + r1].reshape(-1), t.type, r1 - r0, n_per_row,
+            chunk = read_rows(base + r0, base + r1) if raw is None else raw[base + r0: base + r1]
+            x = _to_float32(chunk.reshape(-1), t.type, r1 - r0, n_per_row,
                             allow_requantize, t.name)
             q = _kernel_quantize(np.ascontiguousarray(x, dtype=np.float32), new_type, qw)
             q = np.asarray(q)
