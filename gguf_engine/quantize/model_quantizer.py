@@ -41,6 +41,7 @@ KEY_IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
 _SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 
 SLAB_BYTES = 256 << 20   # float32 working set per slab of rows
+STREAM_SLAB_BYTES = 64 << 20   # the same for an input that computes its rows (a model being converted)
 
 _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
@@ -469,7 +470,7 @@ def _quantize_tensor(t, new_type: GGMLType, w: np.ndarray | None, allow_requanti
     read_rows = getattr(t, "read_rows", None)
     raw = None if read_rows is not None else t.raw.reshape(n_rows_total, src_row)
     out = np.empty((n_rows_total, dst_row), dtype=np.uint8)
-    slab = max(1, min(rows_per_mat, SLAB_BYTES // (4 * n_per_row)))
+    slab = max(1, min(rows_per_mat, (SLAB_BYTES if raw is not None else STREAM_SLAB_BYTES) // (4 * n_per_row)))
     for m in range(n_mat):
         qw = None
         if w is not None:
