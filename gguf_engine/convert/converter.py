@@ -446,8 +446,8 @@ def convert_model(model_dir: str | os.PathLike, outfile: str | os.PathLike | Non
         except ValueError as e:
             raise ConvertError(f"unknown outtype {opts.outtype!r}: not f32, f16, bf16, q8_0, auto or a "
                                f"quantization type ({e})") from None
-    elif opts.imatrix is not None:
-        raise ConvertError(f"--imatrix applies only to quantization types, not --outtype {outtype}")
+    elif opts.imatrix is not None or opts.nthreads:
+        raise ConvertError(f"--imatrix and --threads apply only to quantization types, not --outtype {outtype}")
     out = os.fspath(outfile) if outfile is not None else default_outfile(model_dir, outtype)
     model = plan_conversion(model_dir, "source" if quant else outtype, opts.model_name, opts.vocab_only)
     try:
