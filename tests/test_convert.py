@@ -154,7 +154,7 @@ def test_vocab_only_and_cli(built, tmp_path):
 
 def test_errors_name_file_and_tensor(built, tmp_path):
     """Bad input is refused with a message naming the file (and tensor): pickles, a missing shard, a shape
-    that disagrees with config.json, an unsupported dtype, an unknown architecture."""
+    that disagrees with config.json, an unsupported dtype, an unknown architecture, an output directory."""
     import shutil
     from safetensors.numpy import save_file
     folder, cfg, weights = built("mistral")
@@ -193,8 +193,10 @@ def test_errors_name_file_and_tensor(built, tmp_path):
     (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["FooForCausalLM"]}))
     with pytest.raises(ConvertError, match=r"FooForCausalLM.*supported: .*LlamaForCausalLM"):
         convert_model(d, tmp_path / "x.gguf")
+    with pytest.raises(IsADirectoryError):
+        convert_model(folder, tmp_path)
     assert not (tmp_path / "x.gguf").exists()
-    assert not list(tmp_path.glob("x.gguf*"))
+    assert not list(tmp_path.glob("*x.gguf*"))                 # nor a partial file
 
 
 def test_unknown_pre_tokenizer_refused(tmp_path):

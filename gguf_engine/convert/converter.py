@@ -25,6 +25,7 @@ import numpy as np
 
 from kernels.types import GGMLType, row_bytes
 
+from ..atomic import check_output_path
 from ..gguf.constants import GGUFValueType as V
 from ..gguf.writer import GGUFWriter
 from .architectures import (ArchSpec, HParams, SKIPPED_SUFFIXES, arch_for, common_params, llama3_rope_factors)
@@ -449,6 +450,7 @@ def convert_model(model_dir: str | os.PathLike, outfile: str | os.PathLike | Non
     elif opts.imatrix is not None or opts.nthreads:
         raise ConvertError(f"--imatrix and --threads apply only to quantization types, not --outtype {outtype}")
     out = os.fspath(outfile) if outfile is not None else default_outfile(model_dir, outtype)
+    check_output_path(out)          # a directory or an unwritable place is refused before any work
     model = plan_conversion(model_dir, "source" if quant else outtype, opts.model_name, opts.vocab_only)
     try:
         if quant:
