@@ -1,6 +1,6 @@
 """Atomic output files and the ways a writing command can be stopped.
 
-Real signals are sent to real ``gguf-quantize`` / ``gguf-imatrix`` subprocesses while they write
+Real signals are sent to real ``gguf-quantize`` / ``gguf-imatrix`` / ``gguf-convert`` subprocesses while they write
 (each tensor write is slowed down in the child so the signal lands mid-file): SIGINT, SIGTERM and
 SIGHUP leave no partial file and the previous target untouched, with exit status 128 + signum.  A
 SIGKILLed run leaves its ``.OUT.partial-PID``, which the next run to the same target removes.  A full
@@ -31,8 +31,8 @@ def slow(self, data):
     time.sleep(0.15)
     return _write(self, data)
 writer.GGUFWriter._write_next = slow
-from gguf_engine.cli import quantize, imatrix
-tool = {"quantize": quantize.main, "imatrix": imatrix.main}[sys.argv[1]]
+from gguf_engine.cli import convert, quantize, imatrix
+tool = {"quantize": quantize.main, "imatrix": imatrix.main, "convert": convert.main}[sys.argv[1]]
 sys.exit(tool(sys.argv[2:]))
 """
 
@@ -57,6 +57,12 @@ def _wait_for_partial(proc: subprocess.Popen, out: Path, timeout: float = 240.0)
 
 
 def _args(tool: str, out: Path) -> list[str]:
+    if tool == "convert":                    # a tiny Hugging Face checkpoint beside the output
+        from tests.hf_checkpoints import build_case
+        folder = out.parent / "checkpoint"
+        folder.mkdir()
+        build_case("qwen3", folder)
+        return [str(folder), "--outfile", str(out), "--outtype", "f32", "--no-progress", "-q"]
     if tool == "quantize":
         return [str(_f16()), str(out), "Q8_0", "1", "--no-progress", "-q"]
     return ["-m", str(fixture_path("models", "tiny-llama-f32.gguf")), "-f",
@@ -65,7 +71,8 @@ def _args(tool: str, out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("tool,sig", [("quantize", signal.SIGINT), ("quantize", signal.SIGTERM),
-                                      ("quantize", signal.SIGHUP), ("imatrix", signal.SIGTERM)])
+                                      ("quantize", signal.SIGHUP), ("imatrix", signal.SIGTERM),
+                                      ("convert", signal.SIGTERM)])
 def test_catchable_signal_leaves_nothing(tmp_path, tool, sig):
     """A signal mid-write: exit status 128 + signum, a one-line message, no partial file, and the
     existing target unchanged."""
@@ -79,7 +86,7 @@ def test_catchable_signal_leaves_nothing(tmp_path, tool, sig):
     assert err.strip().splitlines()[-1] == (f"gguf-{tool}: interrupted" if sig == signal.SIGINT
                                             else f"gguf-{tool}: terminated by {sig.name}")
     assert not part.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "checkpoint") == ["out.gguf"]
     assert out.read_bytes() == b"previous"
 
 
@@ -94,7 +101,7 @@ def test_sigkill_partial_removed_by_next_run(tmp_path):
     assert part.exists() and not out.exists()
     assert quantize_main(_args("quantize", out)) == 0
     assert not part.exists() and out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "checkpoint") == ["out.gguf"]
 
 
 def test_stale_partials_only_of_dead_processes(tmp_path):

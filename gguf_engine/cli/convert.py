@@ -67,7 +67,7 @@ def _dry_run(args, log) -> int:
     return 0
 
 
-@cli_entry("gguf-convert")
+@cli_entry("gguf-convert", stop_signals=True)
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
