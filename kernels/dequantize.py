@@ -67,7 +67,7 @@ def dequantize(data: np.ndarray, qtype, shape) -> np.ndarray:
     if qt.type in _NUMPY_DTYPES:
         with np.errstate(over="ignore"):        # F64 beyond float32 range becomes +-inf, as a cast does
             return src.view(_NUMPY_DTYPES[qt.type]).astype(np.float32).reshape(shape)
-    if qt.type == GGMLType.BF16:
+    if qt.type == GGMLType.BF16:            # numpy widens whole tensors with no decoder to compile
         return (src.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
 
     out = np.empty(n, dtype=np.float32)

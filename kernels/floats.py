@@ -1,121 +1,29 @@
-"""Exact scalar conversions and the decoders of the plain (one value per element) types.
+"""Family: the plain types, one value per element (F32, F16, BF16, F64, I8, I16, I32, I64):
+layouts, decoders (bit-exact, see kernels.numerics) and the encoders of F32, F16 and BF16.
 
-All conversions are bit-exact: they build the IEEE-754 float32 bit pattern and
-reinterpret it, so signed zeros, subnormals, infinities and NaN payloads come out
-exactly as ggml's conversions produce them.
-
-Decoder signature (shared by every type): ``decode(src, dst)`` with ``src`` a
-``uint8[::1]`` of n whole blocks and ``dst`` a ``float32[::1]`` of n * block_size.
-Every decoder starts with ``check_blocks``, which rejects mismatched sizes (the
-jitted loops do no bounds checks) and returns n.  Decoders take their inner loop
-lengths from ``dst.size // n`` rather than writing the constant: a bound LLVM cannot
-see makes it keep a short loop as a loop and vectorize it (with run-time alias
-checks) instead of unrolling it into scalar code, which is about 3-4x faster.
+Decoder signature (shared by every type): ``decode(src, dst)`` with ``src`` a ``uint8[::1]`` of n
+whole blocks and ``dst`` a ``float32[::1]`` of n * block_size.  Every decoder of a block type
+starts with ``numerics.check_blocks``, which rejects mismatched sizes (the jitted loops do no
+bounds checks) and returns n.  Decoders take their inner loop lengths from ``dst.size // n``
+rather than writing the constant: a bound LLVM cannot see makes it keep a short loop as a loop
+and vectorize it (with run-time alias checks) instead of unrolling it into scalar code, which is
+about 3-4x faster.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-# --------------------------------------------------------------------------- scalars
+from .kinds import plain
+from .numerics import bf16_at, f16_at, f32_at, sext8, u16_at, u32_at, u64_at
+from .types import GGMLType, QuantType
 
 
-@njit(cache=True, nogil=True)
-def f16_bits_to_f32(h):
-    """IEEE half (as an integer 0..65535) -> float32, exact."""
-    h = np.uint32(h)
-    sign = (h & 0x8000) << 16
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        # zero or subnormal: m * 2^-24 is exact in float32
-        v = np.float32(m) * np.float32(5.960464477539063e-08)
-        return -v if sign else v
-    if e == 31:
-        bits = sign | 0x7F800000 | (m << 13)
-    else:
-        bits = sign | ((e + 112) << 23) | (m << 13)
-    return np.uint32(bits).view(np.float32)
+def _plain(name: str, nbytes: int, meaning: str) -> str:
+    return f"{name}: 1 value in {nbytes} bytes\n  v {nbytes} bytes  {meaning}"
 
+# ================================================================= decoders
 
-@njit(cache=True, nogil=True)
-def f16_at(src, o):
-    """The little-endian fp16 at byte offset o of src, as float32."""
-    return f16_bits_to_f32(np.uint32(src[o]) | (np.uint32(src[o + 1]) << 8))
-
-
-@njit(cache=True, nogil=True)
-def u16_at(src, o):
-    return np.uint32(src[o]) | (np.uint32(src[o + 1]) << 8)
-
-
-@njit(cache=True, nogil=True)
-def u32_at(src, o):
-    return np.uint32(np.uint32(src[o]) | (np.uint32(src[o + 1]) << 8)
-                     | (np.uint32(src[o + 2]) << 16) | (np.uint32(src[o + 3]) << 24))
-
-
-@njit(cache=True, nogil=True)
-def f32_at(src, o):
-    return np.uint32(u32_at(src, o)).view(np.float32)
-
-
-@njit(cache=True, nogil=True)
-def bf16_at(src, o):
-    """bfloat16 -> float32: the 16 bits become the high half of the float32."""
-    return np.uint32(u16_at(src, o) << 16).view(np.float32)
-
-
-@njit(cache=True, nogil=True)
-def e8m0_half_to_f32(x):
-    """E8M0 exponent byte -> 2^(x-128) (half the E8M0 value, as ggml's MXFP4 uses it).
-
-    x = 0, 1 give the float32 subnormals 2^-128, 2^-127; x = 255 gives 2^127
-    (ggml does not treat 255 as NaN here).
-    """
-    x = np.uint32(x)
-    if x < 2:
-        bits = np.uint32(0x00200000) << x
-    else:
-        bits = (x - 1) << 23
-    return np.uint32(bits).view(np.float32)
-
-
-@njit(cache=True, nogil=True)
-def ue4m3_to_f32(x):
-    """Unsigned E4M3 (NVFP4 sub-block scale) -> float32, halved as ggml does.
-
-    0 and 0x7F decode to 0; the top bit is ignored.
-    """
-    x = np.uint32(x)
-    if x == 0 or x == 0x7F:
-        return np.float32(0.0)
-    e = (x >> 3) & 0xF
-    m = x & 0x7
-    if e == 0:
-        return np.float32(m) * np.float32(2.0 ** -10)   # m * 2^-9, halved
-    # (1 + m/8) * 2^(e-7), halved: a normal float32 with exponent e - 8
-    return np.uint32(((e + 119) << 23) | (m << 20)).view(np.float32)
-
-
-@njit(cache=True, nogil=True)
-def sext8(b):
-    """uint8 byte -> its int8 value (two's complement)."""
-    return (np.int32(b) ^ 0x80) - 0x80
-
-
-@njit(cache=True, nogil=True)
-def check_blocks(src, dst, type_size, block_size):
-    """Number of blocks in src; raises if src is not whole blocks or dst is not exactly their size."""
-    nb = src.size // type_size
-    if nb * type_size != src.size:
-        raise ValueError("decode: source size is not a whole number of blocks")
-    if dst.size != nb * block_size:
-        raise ValueError("decode: destination size differs from blocks * block_size")
-    return nb
-
-
-# --------------------------------------------------------------------------- decoders
 
 # F32 : 4 bytes, little-endian IEEE binary32
 @njit(cache=True, nogil=True)
@@ -124,27 +32,28 @@ def decode_f32(src, dst):
         dst[i] = f32_at(src, 4 * i)
 
 
-# F16 : 2 bytes, little-endian IEEE binary16
+# F16 : 2 bytes, little-endian IEEE binary16; BF16 : 2 bytes, the high half of a binary32
+@njit(cache=True, nogil=True, inline="always")
+def _decode_halves(src, dst, bf16):
+    for i in range(src.size // 2):
+        dst[i] = bf16_at(src, 2 * i) if bf16 else f16_at(src, 2 * i)
+
+
 @njit(cache=True, nogil=True)
 def decode_f16(src, dst):
-    for i in range(src.size // 2):
-        dst[i] = f16_at(src, 2 * i)
+    _decode_halves(src, dst, False)
 
 
-# BF16 : 2 bytes, the high half of a binary32
 @njit(cache=True, nogil=True)
 def decode_bf16(src, dst):
-    for i in range(src.size // 2):
-        dst[i] = bf16_at(src, 2 * i)
+    _decode_halves(src, dst, True)
 
 
 # F64 : 8 bytes binary64, rounded to the nearest float32
 @njit(cache=True, nogil=True)
 def decode_f64(src, dst):
     for i in range(src.size // 8):
-        lo = np.uint64(u32_at(src, 8 * i))
-        hi = np.uint64(u32_at(src, 8 * i + 4))
-        dst[i] = np.float32(np.uint64(lo | (hi << np.uint64(32))).view(np.float64))
+        dst[i] = np.float32(np.uint64(u64_at(src, 8 * i)).view(np.float64))
 
 
 # I8 / I16 / I32 / I64 : little-endian two's complement integers, converted to float32
@@ -169,6 +78,48 @@ def decode_i32(src, dst):
 @njit(cache=True, nogil=True)
 def decode_i64(src, dst):
     for i in range(src.size // 8):
-        lo = np.uint64(u32_at(src, 8 * i))
-        hi = np.uint64(u32_at(src, 8 * i + 4))
-        dst[i] = np.float32(np.uint64(lo | (hi << np.uint64(32))).view(np.int64))
+        dst[i] = np.float32(np.uint64(u64_at(src, 8 * i)).view(np.int64))
+
+
+# ================================================================= encoders
+
+
+def encode_f32(x: np.ndarray, imatrix=None) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype="<f4").view(np.uint8).reshape(x.shape[0], -1)
+
+
+def encode_f16(x: np.ndarray, imatrix=None) -> np.ndarray:
+    """Round to nearest even (as ggml_fp32_to_fp16_row); NaN becomes a quiet NaN 0x7E00 with its sign."""
+    with np.errstate(over="ignore"):
+        h = x.astype("<f2").view(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        sign = (x.view(np.uint32) >> 16).astype(np.uint16) & np.uint16(0x8000)
+        h = np.where(nan, sign | np.uint16(0x7E00), h)
+    return np.ascontiguousarray(h, dtype="<u2").view(np.uint8).reshape(x.shape[0], -1)
+
+
+def encode_bf16(x: np.ndarray, imatrix=None) -> np.ndarray:
+    """As ggml_compute_fp32_to_bf16: round to nearest even, NaN forced quiet."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    r = (u >> 16) & np.uint32(1)                 # 32-bit sums wrap only for NaNs, which are replaced below
+    r += np.uint32(0x7FFF)
+    r += u
+    r >>= 16
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    if nan.any():
+        r[nan] = (u[nan] >> 16) | np.uint32(64)
+    return r.astype("<u2").view(np.uint8).reshape(x.shape[0], -1)
+
+
+TYPES = [
+    QuantType(GGMLType.F32, _plain("F32", 4, "little-endian IEEE binary32"), decode_f32, encode_f32, plain.F32),
+    QuantType(GGMLType.F16, _plain("F16", 2, "little-endian IEEE binary16"), decode_f16, encode_f16, plain.F16),
+    QuantType(GGMLType.BF16, _plain("BF16", 2, "bfloat16: the upper 16 bits of a binary32"), decode_bf16, encode_bf16,
+             plain.BF16),
+    QuantType(GGMLType.F64, _plain("F64", 8, "IEEE binary64, rounded to float32 when decoded"), decode_f64),
+    QuantType(GGMLType.I8, _plain("I8", 1, "int8, converted to float32"), decode_i8),
+    QuantType(GGMLType.I16, _plain("I16", 2, "little-endian int16, converted to float32"), decode_i16),
+    QuantType(GGMLType.I32, _plain("I32", 4, "little-endian int32, rounded to float32"), decode_i32),
+    QuantType(GGMLType.I64, _plain("I64", 8, "little-endian int64, rounded to float32"), decode_i64),
+]

@@ -1,9 +1,9 @@
 """Batched products Y = X Wᵀ (prompt processing) by tiles of dequantized W and numpy's BLAS.
 
-W is decoded (exactly, see quant_matvec.py and tile_decode.py) one tile of rows at a
+W is decoded (exactly, by its kind's decoders, see kernels.kinds) one tile of rows at a
 time into a float32 buffer that is reused across calls; each tile is multiplied by the
 whole batch with one SGEMM, so the decode cost is paid once per weight for the whole
-batch.  The nibble and byte kinds decode their tiles K-major (tile_decode.py), which
+batch.  The nibble and byte kinds decode their tiles K-major (their ``decode_T``), which
 BLAS multiplies straight into the product's columns: about 0.9x the GEMM rate of an
 already decoded matrix, against about 0.7x for row-major tiles.
 At most ``TILE_ELEMENTS`` float32 values of W exist at any time (never more than
@@ -47,7 +47,7 @@ def tiled_matmul(X: np.ndarray, rows: int, cols: int,
     tile_of(r0, r1, buf) returns rows r0..r1-1 of W as float32, decoded serially into buf
     (C-contiguous) or a view of W itself: either row-major, (r1-r0, cols), or with
     ``k_major`` transposed, (cols, >= r1-r0) with row r of W in column r - r0 (the tile
-    decoders of tile_decode.py; buf then has room for whole 32-row tiles).  A K-major tile
+    decoders of the kinds, Kind.decode_T; buf then has room for whole 32-row tiles).  A K-major tile
     is multiplied as ``X @ tile`` straight into the columns r0..r1-1 of out (BLAS writes
     the strided columns itself).  A row-major tile is multiplied as ``tile @ X.T`` into a
     contiguous (r1-r0, n) buffer and copied transposed into out: OpenBLAS runs that

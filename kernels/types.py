@@ -2,11 +2,15 @@
 
 This is the one place that says how many weights a block holds and how many
 bytes it takes.  Everything else (the GGUF reader, the decoders, the
-quantizer) asks this table.
+quantizer) asks this table.  ``QuantType`` is the entry a family module
+(kernels.floats, legacy, kquants, iquants, ternary) gives for each of its types;
+kernels.registry collects them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Callable
 
 
 class GGMLType(IntEnum):
@@ -125,3 +129,34 @@ def row_bytes(t, n_per_row: int) -> int:
 def bits_per_weight(t) -> float:
     bs, ts = BLOCK_SIZES[as_type(t)]
     return ts * 8 / bs
+
+
+@dataclass(frozen=True)
+class QuantType:
+    """One GGML type as its family module describes it: the block layout (field, bytes, meaning),
+    the exact decoder ``decode(src: uint8[::1] of n whole blocks, dst: float32[::1] of n * block_size)``
+    (serial, nogil Numba), the encoder ``encode(x float32 (n_rows, n_per_row), imatrix or None) ->
+    uint8 (n_rows, row_bytes)`` (None: decode only) and the packed kind it repacks into for the
+    matvec (a kernels.kinds.Kind; None: the raw kind, the file's bytes decoded on the fly)."""
+    type: GGMLType
+    layout: str
+    decode: Callable
+    encode: Callable | None = None
+    kind: object = None
+
+    @property
+    def name(self) -> str:
+        return self.type.name
+
+    @property
+    def block_size(self) -> int:
+        """Weights per block."""
+        return BLOCK_SIZES[self.type][0]
+
+    @property
+    def type_size(self) -> int:
+        """Bytes per block."""
+        return BLOCK_SIZES[self.type][1]
+
+    def row_bytes(self, n_per_row: int) -> int:
+        return row_bytes(self.type, n_per_row)

@@ -156,9 +156,10 @@ def print_asm_summary() -> None:
     import re
     import importlib
     from numba import njit
-    mv = importlib.import_module("kernels.quant_matvec")
+    from kernels.kinds import registered
+    modules = {importlib.import_module(type(k).__module__) for k in registered()}   # one module per kind
     print()
-    for name in sorted(n for n in dir(mv) if n.startswith("matvec_")):
+    for mv, name in sorted(((m, n) for m in modules for n in dir(m) if n.startswith("matvec_")), key=lambda p: p[1]):
         f = getattr(mv, name)
         if not f.signatures:
             continue

@@ -8,12 +8,12 @@ would widen the expression to float64.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+from ..numerics import f16_bits_to_f32, fp32_to_fp16_bits
 
 F = np.float32
 
@@ -50,48 +50,6 @@ def roundf(v):
 
 
 @njit(cache=True, error_model="numpy")
-def fp32_to_fp16_bits(f):
-    """Round-to-nearest-even float32 -> IEEE half bits (as ggml_compute_fp32_to_fp16)."""
-    d = float(f)
-    sign = 0
-    if d != d:
-        return 0x7E00 | (0x8000 if math.copysign(1.0, d) < 0 else 0)
-    if math.copysign(1.0, d) < 0:
-        sign = 0x8000
-        d = -d
-    if d == 0.0:
-        return sign
-    if math.isinf(d) or d >= 65520.0:
-        return sign | 0x7C00
-    if d < 6.103515625e-05:  # below 2**-14: subnormal half
-        q = int(np.rint(d * 16777216.0))  # exact product, RNE
-        return sign | q
-    m, e = math.frexp(d)  # d = m * 2**e, m in [0.5, 1)
-    E = e - 1
-    q = int(np.rint(m * 2048.0))  # 1.f * 1024 with 10 fraction bits, RNE
-    if q == 2048:
-        q = 1024
-        E += 1
-    if E + 15 >= 31:
-        return sign | 0x7C00
-    return sign | ((E + 15) << 10) | (q - 1024)
-
-
-@njit(cache=True, error_model="numpy")
-def fp16_bits_to_fp32(h):
-    sign = -1.0 if (h & 0x8000) else 1.0
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        return np.float32(sign * m * 5.960464477539063e-08)
-    if e == 31:
-        if m:
-            return np.float32(np.nan)
-        return np.float32(sign * np.inf)
-    return np.float32(sign * (1.0 + m / 1024.0) * 2.0 ** (e - 15))
-
-
-@njit(cache=True, error_model="numpy")
 def put_u16(out, off, v):
     out[off] = v & 0xFF
     out[off + 1] = (v >> 8) & 0xFF
@@ -102,7 +60,7 @@ def put_f16(out, off, f):
     h = fp32_to_fp16_bits(f)
     out[off] = h & 0xFF
     out[off + 1] = (h >> 8) & 0xFF
-    return fp16_bits_to_fp32(h)
+    return f16_bits_to_f32(h)
 
 
 @njit(cache=True, error_model="numpy")

@@ -1,0 +1,295 @@
+"""Kinds ``q8`` and ``q6``: one byte per weight (Q8_0; Q6_K as q - 32).
+
+Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE):
+
+  qt  int8   (T, nb*32*R)  byte k = weight k; a lane holds 2 consecutive bytes of its row at a
+                           time (the int16 pairs of the integer sums): byte k of block b of lane l
+                           is at ``((b * 16 + k // 2) * R + l) * 2 + k % 2`` (``pair_index``)
+  d   f32 / f16 bits (T, nb*R)  ``q8``: the scale of each block
+  sl, sh  (T, nb*R)        ``q6``: the scales d * sc of weights 0-15 and 16-31 of each block
+
+weight = s * q.  (Q6_K spends a whole byte per weight: 10 bits per weight in memory against 6.6
+in the file, but the kernel does no bit assembly and runs at the speed of Q8_0's.)
+
+Matvec: x rounded to int16 per block (``tiled.round_activations16``, within max|x_block| / 65534),
+``acc += dx (s_lo isum_lo + s_hi isum_hi)`` with the integer sums from ``pair_isums``.  AVX2 form:
+``vpmovsxbw`` loads of 8 rows' pairs and ``vpmaddwd`` by the broadcast activation pair.
+
+Tile decoder (prompt matmul, AVX2 and F16C): one 32-byte load holds weights 2p, 2p+1 of 16 rows,
+shuffled into groups of 8 rows, widened to float32 and multiplied by the rows' scales.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+from ..numerics import f16_at, sext8
+from ..simd import HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds, \
+    out_ptr, scales8, splat
+from ..types import GGMLType
+from . import Packed, register
+from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations16, scale, store_tile
+
+f32 = np.float32
+R = ROW_TILE        # rows per tile, in the index arithmetic
+
+
+# ---------------------------------------------------------------- index helpers and repackers
+
+
+@njit(cache=True, inline="always")
+def pair_index(b, k, l):
+    """Where byte k of block b of lane l lives in a ``q8``/``q6`` tile (see the module docstring)."""
+    return ((b * 16 + k // 2) * ROW_TILE + l) * 2 + k % 2
+
+
+@njit(cache=True, nogil=True)
+def put_bytes(dst, b, l, e, off):
+    """Store weights e[0..31] of block b of lane l as bytes e - off."""
+    for k in range(32):
+        dst[pair_index(b, k, l)] = e[k] - off
+
+
+@njit(cache=True, nogil=True)
+def repack_q8_0(raw, qt, d, r0, r1):
+    """Q8_0: d (fp16), qs int8[32]."""
+    nb = d.shape[1] // R
+    for r in range(r0, r1):
+        t, l = divmod(r, R)
+        src, q = raw[r], qt[t]
+        for b in range(nb):
+            o = b * 34
+            d[t, b * R + l] = f16_at(src, o)
+            for k in range(32):
+                q[pair_index(b, k, l)] = np.int8(sext8(src[o + 2 + k]))
+
+
+@njit(cache=True, nogil=True)
+def repack_q6_k(raw, qt, sl, sh, r0, r1):
+    """Q6_K (210 bytes: ql[128], qh[64], scales int8[16], d) -> bytes q - 32, per-16 scales d * sc."""
+    nb = sl.shape[1] // R
+    e = np.empty(32, np.int32)
+    for r in range(r0, r1):
+        t, l = divmod(r, R)
+        src, q = raw[r], qt[t]
+        for i in range(nb // 8):
+            o = i * 210
+            dd = f16_at(src, o + 208)
+            for b8 in range(8):              # 32-weight block b8 of the super-block
+                half = b8 // 4               # which 128-weight half
+                kk = b8 % 4                  # q1..q4 of ggml's loop
+                ql = o + 64 * half + (32 if kk % 2 else 0)
+                qhh = o + 128 + 32 * half
+                shift_l = 4 if kk >= 2 else 0
+                for k in range(32):
+                    lo = (src[ql + k] >> shift_l) & 15
+                    top = (src[qhh + k] >> (2 * kk)) & 3
+                    e[k] = lo | (top << 4)
+                b = 8 * i + b8
+                put_bytes(q, b, l, e, 32)
+                i2 = b * R + l
+                isc = o + 192 + 8 * half + 2 * kk
+                sl[t, i2] = dd * np.float32(sext8(src[isc]))
+                sh[t, i2] = dd * np.float32(sext8(src[isc + 1]))
+
+
+# ---------------------------------------------------------------- integer sums
+
+
+@intrinsic
+def _pair_isums_avx2(typingctx, q, qo, xq, xo, out):
+    """The AVX2 form of pair_isums (see its docstring)."""
+    sig = types.void(q, qo, xq, xo, out)
+
+    def codegen(context, builder, signature, args):
+        q, qo, xq, xo, out = args
+        aty = signature.args
+        qp = byte_ptr(context, builder, aty[0], q, qo)
+        xp = byte_ptr(context, builder, aty[2], xq, builder.mul(xo, ir.Constant(xo.type, 2)))
+        op = out_ptr(context, builder, aty[4], out)
+        _, maddwd = madds(builder)
+        load = loader(builder)
+        v16i8 = ir.VectorType(I8, 16)
+
+        groups = ROW_TILE // 8
+        for half in range(2):                    # weights 0-15, 16-31: one int32 sum each
+            acc = [ir.Constant(V8I32, [0] * 8)] * groups
+            for p in range(8 * half, 8 * half + 8):      # the pair of weights 2p, 2p+1
+                x = builder.bitcast(splat(builder, load(xp, 4 * p, I32)), V16I16)
+                for rg in range(groups):         # 8 rows: 16 bytes, widened to int16
+                    w = builder.sext(load(qp, (p * ROW_TILE + rg * 8) * 2, v16i8), V16I16)
+                    acc[rg] = builder.add(acc[rg], maddwd(w, x))
+            for rg in range(groups):
+                builder.store(acc[rg], builder.gep(op, [ir.Constant(I32, half * groups + rg)]), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _pair_isums_loop(q, qo, xq, xo, out):
+    """The portable form of pair_isums."""
+    for half in range(2):
+        for l in range(R):
+            s = np.int32(0)
+            for p in range(8 * half, 8 * half + 8):
+                i = qo + (p * R + l) * 2
+                s += np.int32(np.int32(q[i]) * np.int32(xq[xo + 2 * p])
+                              + np.int32(q[i + 1]) * np.int32(xq[xo + 2 * p + 1]))
+            out[half * R + l] = s
+
+
+def pair_isums(q, qo, xq, xo, out, simd):
+    """For one 32-weight block of each of the ROW_TILE rows of a tile of int8 weights (layout:
+    weight k of row l at ``q[qo + ((k // 2) * ROW_TILE + l) * 2 + k % 2]``) and int16
+    activations ``xq[xo:xo + 32]``: out[l] = sum over weights 0-15 of w * x, out[32 + l] the
+    same over weights 16-31, exact in int32 (|out| <= 16 * 128 * 32767).  AVX2 form:
+    ``vpmovsxbw`` loads of 8 rows' pairs and ``vpmaddwd`` by the broadcast activation pair.
+    (Callable from Numba code only.)"""
+    raise NotImplementedError("pair_isums runs inside Numba kernels")
+
+
+@overload(pair_isums, inline="always")
+def _pair_isums_impl(q, qo, xq, xo, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, xq, xo, out, simd):
+            _pair_isums_loop(q, qo, xq, xo, out)
+        return portable
+
+    def either(q, qo, xq, xo, out, simd):
+        if simd:
+            _pair_isums_avx2(q, qo, xq, xo, out)
+        else:
+            _pair_isums_loop(q, qo, xq, xo, out)
+    return either
+
+
+# ---------------------------------------------------------------- matvec and exact decoders
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def matvec_i8(qt, s_lo, s_hi, x, simd, y):
+    """One byte per weight (Q8_0, Q6_K tiled): qt (T, nb*32*R) int8; scales s_lo / s_hi
+    (T, nb*R) of weights 0-15 / 16-31 of each block (the same array when the type has
+    one scale per block); w = s q.  x is rounded to int16 per block (round_activations16)
+    and the integer sums come from pair_isums (simd: its AVX2 form where the host has it)."""
+    nb = x.size // 32
+    xq, dx = round_activations16(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        lt = s_lo[t]
+        ht = s_hi[t]
+        acc = np.zeros(R, np.float32)
+        isum = np.empty(2 * R, np.int32)
+        for b in range(nb):
+            pair_isums(q, b * 32 * R, xq, 32 * b, isum, simd)
+            dxb = dx[b]
+            for l in range(R):
+                i = nonneg(b * R + l)
+                acc[l] += (scale(lt[i]) * f32(isum[l]) + scale(ht[i]) * f32(isum[R + l])) * dxb
+        store_tile(acc, t, y)
+
+
+@njit(nogil=True, cache=True)
+def decode_i8(qt, s_lo, s_hi, ids, out):
+    """The byte-per-weight kinds (see matvec_i8): w = q s (Q8_0; Q6_K: q holds q - 32)."""
+    for i in range(ids.size):
+        t, l = divmod(ids[i], R)
+        q, o = qt[t], out[i]
+        for b in range(s_lo.shape[1] // R):
+            j = b * R + l
+            s0 = scale(s_lo[t, j])
+            s1 = scale(s_hi[t, j])
+            for k in range(32):
+                o[32 * b + k] = f32(q[pair_index(b, k, l)]) * (s0 if k < 16 else s1)
+
+
+@intrinsic
+def _i8_block_T(typingctx, q, qo, s_lo, s_hi, so, out, base, ldo):
+    """Block b of one tile of a byte kind into K-major output: q the tile's row of qt (qo = b * 32 * R
+    bytes), s_lo / s_hi its rows of scales (so = b * R); weight k of lane l -> out[base + k * ldo + l]
+    = q * (s_lo if k < 16 else s_hi).  One 32-byte load holds weights 2p, 2p+1 of 16 rows."""
+    sig = types.void(q, qo, s_lo, s_hi, so, out, base, ldo)
+
+    def codegen(context, builder, signature, args):
+        q, qo, s_lo, s_hi, so, out, base, ldo = args
+        aty = signature.args
+
+        qp = byte_ptr(context, builder, aty[0], q, qo)
+        op = builder.gep(data_ptr(context, builder, aty[5], out, ir.FloatType()), [base])
+        scales = [scales8(context, builder, aty[2], s_lo, so, ROW_TILE), scales8(context, builder, aty[3], s_hi, so, ROW_TILE)]
+        for p in range(16):                       # weights 2p, 2p+1
+            for r16 in range(ROW_TILE // 16):     # rows 16 r16 .. 16 r16 + 15
+                ptr = builder.bitcast(builder.gep(qp, [ir.Constant(I32, (p * ROW_TILE + 16 * r16) * 2)]),
+                                      V32I8.as_pointer())
+                v = builder.load(ptr, align=1)
+                for e in range(2):
+                    k = 2 * p + e
+                    for r8 in range(2):           # rows 8 r8 .. 8 r8 + 7 of the 16
+                        b8 = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 8),
+                                                                     [2 * (8 * r8 + i) + e for i in range(8)]))
+                        u = builder.sitofp(builder.sext(b8, V8I32), V8F32)
+                        val = builder.fmul(u, scales[k // 16][2 * r16 + r8])
+                        row = builder.add(builder.mul(ldo, ir.Constant(ldo.type, k)),
+                                          ir.Constant(ldo.type, 16 * r16 + 8 * r8))
+                        builder.store(val, builder.bitcast(builder.gep(op, [row]), V8F32.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def decode_i8_T(qt, s_lo, s_hi, t0, t1, out):
+    """Row tiles t0..t1-1 of a byte kind (Q8_0, Q6_K) -> out (cols, >= (t1 - t0) * ROW_TILE) float32,
+    K-major, the values of decode_i8."""
+    nb = s_lo.shape[1] // R
+    ldo = out.shape[1]
+    flat = out.reshape(-1)
+    for t in range(t0, t1):
+        for b in range(nb):
+            _i8_block_T(qt[t], b * 32 * R, s_lo[t], s_hi[t], b * R, flat, 32 * b * ldo + (t - t0) * R, ldo)
+
+
+# ---------------------------------------------------------------- the kind
+
+
+class ByteKind(TiledKind):
+    """q8 / q6 (see the module docstring)."""
+    qbytes = 32
+    lane_bytes = 2
+    qdtype = np.int8
+
+    def __init__(self, name: str, t: GGMLType, scales: tuple[str, ...], repacker):
+        self.name, self.types, self.scales, self._repacker = name, {t: None}, scales, repacker
+        if HOST_AVX2 and HOST_F16C:
+            self.decode_T = self._decode_T
+
+    def repack_rows(self, raw, t, A, r0, r1):
+        self._repacker(raw, A["qt"], *(A[k] for k in self.scales), r0, r1)
+
+    def _arrays(self, p: Packed):
+        """(qt, s_lo, s_hi): one scale per block serves both halves (Q8_0); Q6_K has one per 16 weights."""
+        s = [p.arrays[k] for k in self.scales]
+        return p.arrays["qt"], s[0], s[-1]
+
+    def matvec(self, p: Packed, simd: bool = True):
+        a = self._arrays(p)
+        return lambda x, out: matvec_i8(*a, x, simd, out)
+
+    def decode(self, p: Packed, ids, out) -> None:
+        decode_i8(*self._arrays(p), ids, out)
+
+    def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
+        decode_i8_T(*self._arrays(p), t0, t1, out)
+
+    def rounded(self, x: np.ndarray) -> np.ndarray:
+        """x rounded to int16 per 32-block (within max|x_block| / 65534)."""
+        xq, dx = round_activations16(x)
+        return (xq.reshape(-1, 32) * dx[:, None].astype(np.float64)).reshape(-1)
+
+
+Q8 = register(ByteKind("q8", GGMLType.Q8_0, ("d",), repack_q8_0))
+Q6 = register(ByteKind("q6", GGMLType.Q6_K, ("sl", "sh"), repack_q6_k))
+

@@ -1,0 +1,451 @@
+"""Kinds ``q4`` and ``q5``: 4-bit weights as nibbles (Q4_0, Q4_1, Q4_K), with a fifth bit (Q5_0, Q5_1, Q5_K).
+
+Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE; see ``tiled``):
+
+  qt  uint8  (T, nb*16*R)  byte k of a block holds weight k (low nibble) and weight k+16 (high
+                           nibble); a lane holds 4 consecutive bytes of its row at a time (the
+                           32-bit lanes of the integer sums): byte k of block b of lane l is at
+                           ``((b * 4 + k // 4) * R + l) * 4 + k % 4`` (``nibble_index``)
+  qh  uint32 (T, nb*R)     ``q5``: the fifth bits.  Per block R words; word
+                           ``2 * ((k % 16) // 4 * (R // 8) + l // 8) + k // 16`` of block b holds the
+                           bit of weight k of lane l as its bit ``(l % 8) * 4 + k % 4``, so one word
+                           covers the 32 weights of one 32-byte load of qt (``fifth_bit_index``).
+                           ``q4``: shape (1, 0)
+  d   f32 / f16 bits (T, nb*R)  scale of each 32-weight block
+  m   f32 / f16 bits (T, nb*R)  offset of each block: weight = d * q + m.  Q4_0 and Q5_0 store
+                           m = -8 d and -16 d (but decode as (q - off) d, ggml's expression, which
+                           keeps the sign of zero); the k-quants d * sc and -dmin * min of their
+                           32-weight sub-blocks
+
+Matvec: per block ``acc += d (dx isum_q + dr isum_r) + m xs`` in float32 (xs: the block sum of
+the rounded x), the integer sums from ``nibble_isums``.  AVX2 form: per 32-byte load (bytes
+4g..4g+3 of 8 rows) ``vpand``/``vpsrlw`` split the nibbles (5-bit: each fifth-bit word spread to
+32 bytes of 0/16 and or-ed in), ``vpmaddubsw`` (unsigned weight x signed activation, pairs summed
+to int16; at most 2 * 31 * 127), int16 sums over 4 loads (4-bit: at most 8 * 15 * 127 * 2 < 2^15)
+or 2 loads (5-bit), widened by ``vpmaddwd`` by ones into int32: about 3 vector instructions per 8
+weights for both terms (4-bit), against about 7 for decoding the nibbles to float32.
+
+Tile decoder (prompt matmul, AVX2 and F16C): one 32-byte load of a tile holds 4 bytes of each of 8
+rows; a byte shuffle regroups them by byte, and each group of 8 rows widens to 8 float32 lanes
+(``vpmovzxbd``, ``vcvtdq2ps``, ``vmulps`` by the 8 rows' scales, ``vaddps``) stored as 8
+consecutive floats of one K-major output row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+from ..numerics import f16_at, scale_min_k4, u32_at
+from ..simd import (HOST_AVX2, HOST_F16C, I32, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds,
+                    plane_intrinsic, scales8, splat, spread_bits)
+from ..types import GGMLType
+from . import Packed, register
+from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, store_tile
+
+f32 = np.float32
+R = ROW_TILE        # rows per tile, in the index arithmetic
+_I15 = np.int32(15)
+_I4 = np.int32(4)
+
+
+
+# ---------------------------------------------------------------- index helpers and repackers
+
+
+@njit(cache=True, inline="always")
+def nibble_index(b, k, l):
+    """Where byte k of block b of lane l lives in a ``q4`` tile (see the module docstring)."""
+    return ((b * 4 + k // 4) * ROW_TILE + l) * 4 + k % 4
+
+
+@njit(cache=True, inline="always")
+def fifth_bit_index(b, k, l):
+    """(word, bit) of the fifth bit of weight k (0..31) of block b of lane l in a ``q5`` tile's qh."""
+    kk = k % 16
+    return (b * ROW_TILE + 2 * ((kk // 4) * (ROW_TILE // 8) + l // 8) + k // 16,
+            np.uint32((l % 8) * 4 + kk % 4))
+
+
+@njit(cache=True, nogil=True)
+def put_nibbles(dst, b, l, e):
+    """Store weights e[0..31] (values < 16 used) of block b of lane l as nibble bytes."""
+    for k in range(16):
+        dst[nibble_index(b, k, l)] = np.uint8((e[k] & 15) | ((e[k + 16] & 15) << 4))
+
+
+@njit(cache=True, nogil=True)
+def put_fifth_bits(qh, b, l, e):
+    """Set the fifth bits (value 16) of weights e[0..31] of block b of lane l in qh (zeroed)."""
+    for k in range(32):
+        if e[k] & 16:
+            w, bit = fifth_bit_index(b, k, l)
+            qh[w] |= np.uint32(1) << bit
+
+
+@njit(cache=True, nogil=True)
+def repack_legacy(raw, ts, has_m, has_h, off, qt, qh, d, m, r0, r1):
+    """Q4_0 (ts 18), Q4_1 (20), Q5_0 (22), Q5_1 (24): d [m] [qh] qs[16].  off: 8 or 16 for the
+    symmetric types (m = -off * d), 0 otherwise."""
+    nb = d.shape[1] // R
+    for r in range(r0, r1):
+        t, l = divmod(r, R)
+        src, q = raw[r], qt[t]
+        for b in range(nb):
+            o = b * ts
+            i = b * R + l
+            db = f16_at(src, o)
+            d[t, i] = db
+            o += 2
+            if has_m:
+                m[t, i] = f16_at(src, o)
+                o += 2
+            else:
+                m[t, i] = np.float32(-off) * db
+            if has_h:
+                h = u32_at(src, o)
+                o += 4
+            for k in range(16):
+                q[nibble_index(b, k, l)] = src[o + k]
+            if has_h:
+                for k in range(32):
+                    if (h >> k) & 1:
+                        w, bit = fifth_bit_index(b, k, l)
+                        qh[t, w] |= np.uint32(1) << bit
+
+
+@njit(cache=True, nogil=True)
+def repack_k45(raw, five, qt, qh, d, m, r0, r1):
+    """Q4_K (144 bytes: d, dmin, scales[12], qs[128]) and Q5_K (176: d, dmin, scales[12], qh[32], qs[128])
+    -> 32-weight sub-blocks with scale d*sc and offset -dmin*min."""
+    nb = d.shape[1] // R
+    ts = 176 if five else 144
+    qs_off = 48 if five else 16
+    e = np.empty(32, np.int32)
+    for r in range(r0, r1):
+        t, l = divmod(r, R)
+        src, q = raw[r], qt[t]
+        for i in range(nb // 8):
+            o = i * ts
+            dd = f16_at(src, o)
+            dmin = f16_at(src, o + 2)
+            for j in range(8):
+                sc, mn = scale_min_k4(src, o + 4, j)
+                b = 8 * i + j
+                d[t, b * R + l] = dd * np.float32(sc)
+                m[t, b * R + l] = -(dmin * np.float32(mn))
+                c = j // 2
+                sh = 4 * (j % 2)
+                for k in range(32):
+                    e[k] = (src[o + qs_off + 32 * c + k] >> sh) & 15
+                    if five:
+                        e[k] |= ((src[o + 16 + k] >> j) & 1) << 4
+                put_nibbles(q, b, l, e)
+                if five:
+                    put_fifth_bits(qh[t], b, l, e)
+
+
+# ---------------------------------------------------------------- integer sums
+
+
+def _emit_nibble_sums(builder, qp, hp, xps, op, five):
+    """The IR of nibble_isums' AVX2 form (see the module docstring)."""
+    maddubs, maddwd = madds(builder)
+    load = loader(builder)
+    low4 = ir.Constant(V32I8, [15] * 32)
+    four = ir.Constant(V32I8, [4] * 32)
+    ones = ir.Constant(V16I16, [1] * 16)
+
+    groups = ROW_TILE // 8
+    # int16 partial sums per [term][rows 8rg..8rg+7], widened into int32 before they can
+    # overflow: every 4 loads for 4-bit weights (8 * 15 * 127 * 2 < 2^15), every 2 for 5-bit
+    flush = 2 if five else 4
+    zero16 = ir.Constant(V16I16, [0] * 16)
+    acc = [[zero16] * groups for _ in xps]
+    acc32 = [[ir.Constant(V8I32, [0] * 8)] * groups for _ in xps]
+    for g in range(4):                   # bytes 4g..4g+3 of every row
+        xs = [[builder.bitcast(splat(builder, load(xp, o + 4 * g, I32)), V32I8)
+               for o in (0, 16)] for xp in xps]      # [term][low / high nibbles' activations]
+        for rg in range(groups):         # 8 rows per 32-byte load
+            v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
+            lo = builder.and_(v, low4)
+            hi = builder.and_(builder.lshr(v, four), low4)
+            if five:
+                w = 2 * (g * groups + rg)
+                lo = builder.or_(lo, spread_bits(builder, load(hp, w, I32), 16))
+                hi = builder.or_(hi, spread_bits(builder, load(hp, w + 1, I32), 16))
+            for term, (x_lo, x_hi) in enumerate(xs):
+                pair = builder.add(maddubs(lo, x_lo), maddubs(hi, x_hi))
+                acc[term][rg] = builder.add(acc[term][rg], pair)
+        if (g + 1) % flush == 0:
+            for term in range(len(xps)):
+                for rg in range(groups):
+                    wide = maddwd(acc[term][rg], ones)
+                    acc32[term][rg] = builder.add(acc32[term][rg], wide)
+                    acc[term][rg] = zero16
+    for term in range(len(xps)):
+        for rg in range(groups):
+            builder.store(acc32[term][rg], builder.gep(op, [ir.Constant(I32, term * groups + rg)]),
+                          align=4)
+
+
+_isums4_avx2 = plane_intrinsic("_isums4_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=False))
+
+
+_isums5_avx2 = plane_intrinsic("_isums5_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=True))
+
+
+@njit(cache=True, inline="always")
+def isums_loop(q, qo, h, ho, five, tab, xq, xr, xo, out):
+    """The portable form of nibble_isums (tab: the identity) and table_isums (five false): the
+    same int32 sums as plain loops."""
+    for l in range(2 * R):
+        out[l] = 0
+    for g in range(4):
+        for l in range(R):
+            s = np.int32(0)
+            r = np.int32(0)
+            for j in range(4):
+                v = np.int32(q[qo + (g * R + l) * 4 + j])
+                lo = np.int32(tab[v & np.int32(15)])
+                hi = np.int32(tab[v >> np.int32(4)])
+                if five:
+                    w = ho + 2 * (g * (R // 8) + l // 8)
+                    i = np.uint32((l % 8) * 4 + j)
+                    lo |= np.int32((h[w] >> i) & np.uint32(1)) << np.int32(4)
+                    hi |= np.int32((h[w + 1] >> i) & np.uint32(1)) << np.int32(4)
+                i = xo + 4 * g + j
+                s += np.int32(lo * np.int32(xq[i]) + hi * np.int32(xq[i + 16]))
+                r += np.int32(lo * np.int32(xr[i]) + hi * np.int32(xr[i + 16]))
+            out[l] += s
+            out[R + l] += r
+
+
+IDENTITY = np.arange(16, dtype=np.int8)     # nibble -> its value
+
+
+def nibble_isums(q, qo, h, ho, five, xq, xr, xo, out, simd):
+    """For one 32-weight block of each of the R rows of a tile (from ``q[qo]``, fifth bits from
+    ``h[ho]`` when ``five``) and activations ``xq``, ``xr`` (int8, -127..127) from ``xo``:
+    ``out[l]`` = sum over k < 32 of w(k, l) xq[xo + k], ``out[R + l]`` the same with xr, exact in
+    int32.  (Callable from Numba code only.)"""
+    raise NotImplementedError("nibble_isums runs inside Numba kernels")
+
+
+@overload(nibble_isums, inline="always")
+def _nibble_isums_impl(q, qo, h, ho, five, xq, xr, xo, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, h, ho, five, xq, xr, xo, out, simd):
+            isums_loop(q, qo, h, ho, five, IDENTITY, xq, xr, xo, out)
+        return portable
+
+    def either(q, qo, h, ho, five, xq, xr, xo, out, simd):
+        if not simd:
+            isums_loop(q, qo, h, ho, five, IDENTITY, xq, xr, xo, out)
+        elif five:
+            _isums5_avx2(q, qo, h, ho, xq, xr, xo, out)
+        else:
+            _isums4_avx2(q, qo, h, ho, xq, xr, xo, out)
+    return either
+
+
+# ---------------------------------------------------------------- matvec and exact decoders
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def matvec_nib(qt, qh, d, m, x, simd, y):
+    """The nibble kinds, tiled: qt (T, nb*16*R) uint8; 5-bit types (Q5_0, Q5_1, Q5_K) also qh
+    (T, nb*R) uint32, their fifth bits (4-bit types: qh of shape (1, 0)); d, m (T, nb*R);
+    y (rows,) f32.  x is split into two int8 terms per block (round_activations); per block
+    the integer sums come from nibble_isums (simd: its AVX2 form where the host has it)."""
+    nb = x.size // 32
+    five = qh.shape[1] > 0
+    xq, xr, dx, dr, xs = round_activations(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        h = qh[t % qh.shape[0]]
+        dt = d[t]
+        mt = m[t]
+        acc = np.zeros(R, np.float32)
+        isum = np.empty(2 * R, np.int32)
+        for b in range(nb):
+            nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * b, isum, simd)
+            dxb = dx[b]
+            drb = dr[b]
+            xsb = xs[b]
+            for l in range(R):
+                i = nonneg(b * R + l)
+                p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                acc[l] += scale(dt[i]) * p + scale(mt[i]) * xsb
+        store_tile(acc, t, y)
+
+
+@njit(nogil=True, cache=True)
+def decode_nib(qt, qh, d, m, off, ids, out):
+    """The nibble kinds (see matvec_nib): off = 0: w = q d + m (Q4_1, Q4_K, Q5_1, Q5_K);
+    off = 8 / 16: w = (q - off) d (Q4_0 / Q5_0, m unused); q = nibble + 16 * fifth bit."""
+    nb = d.shape[1] // R
+    five = qh.shape[1] > 0
+    for i in range(ids.size):
+        t, l = divmod(ids[i], R)
+        q, o = qt[t], out[i]
+        for b in range(nb):
+            db = scale(d[t, b * R + l])
+            mb = scale(m[t, b * R + l])
+            for k in range(16):
+                v = np.int32(q[nibble_index(b, k, l)])
+                lo = v & _I15
+                hi = v >> _I4
+                if five:
+                    w, bit = fifth_bit_index(b, k, l)
+                    lo |= np.int32((qh[t, w] >> bit) & np.uint32(1)) << _I4
+                    hi |= np.int32((qh[t, w + 1] >> bit) & np.uint32(1)) << _I4
+                if off == 0:
+                    o[32 * b + k] = f32(lo) * db + mb
+                    o[32 * b + 16 + k] = f32(hi) * db + mb
+                else:
+                    o[32 * b + k] = f32(lo - off) * db
+                    o[32 * b + 16 + k] = f32(hi - off) * db
+
+
+def _nib_block_T(five, sym):
+    """The intrinsic decoding block b of one tile: (q, qo, h, ho, d, m, so, off, out, base, ldo)
+    with q, h the tile's rows of qt, qh (qo = b * 16 * R bytes, ho = b * R words), d, m its rows
+    of scales (so = b * R), and out a flat float32 array: weight k of lane l goes to
+    out[base + k * ldo + l]."""
+
+    def block_T(typingctx, q, qo, h, ho, d, m, so, off, out, base, ldo):
+        sig = types.void(q, qo, h, ho, d, m, so, off, out, base, ldo)
+
+        def codegen(context, builder, signature, args):
+            q, qo, h, ho, d, m, so, off, out, base, ldo = args
+            aty = signature.args
+
+            def data(i, ty):
+                return data_ptr(context, builder, aty[i], args[i], ty)
+
+            qp = byte_ptr(context, builder, aty[0], q, qo)
+            hp = builder.gep(data(2, I32), [ho])
+            op = builder.gep(data(8, ir.FloatType()), [base])
+            low4 = ir.Constant(V32I8, [15] * 32)
+            four = ir.Constant(V32I8, [4] * 32)
+            groups = ROW_TILE // 8
+            ds = scales8(context, builder, aty[4], d, so, ROW_TILE)
+            ms = None if sym else scales8(context, builder, aty[5], m, so, ROW_TILE)
+            offs = splat(builder, builder.sitofp(off, ir.FloatType()))
+            for g in range(4):                    # bytes 4g..4g+3 of the block's 16
+                for rg in range(groups):          # rows 8rg..8rg+7
+                    p = builder.bitcast(builder.gep(qp, [ir.Constant(I32, (g * ROW_TILE + rg * 8) * 4)]),
+                                        V32I8.as_pointer())
+                    v = builder.load(p, align=1)
+                    lo = builder.and_(v, low4)
+                    hi = builder.and_(builder.lshr(v, four), low4)
+                    if five:                      # fifth bits: words 2 (g * groups + rg) + half
+                        w = [builder.load(builder.gep(hp, [ir.Constant(I32, 2 * (g * groups + rg) + i)]))
+                             for i in (0, 1)]
+                        lo = builder.or_(lo, spread_bits(builder, w[0], 16))
+                        hi = builder.or_(hi, spread_bits(builder, w[1], 16))
+                    for half, nib in enumerate((lo, hi)):
+                        for j in range(4):        # weight 16 half + 4g + j of the 8 rows
+                            b8 = builder.shuffle_vector(nib, nib, ir.Constant(ir.VectorType(I32, 8),
+                                                                             [4 * i + j for i in range(8)]))
+                            u = builder.uitofp(builder.zext(b8, V8I32), V8F32)
+                            if sym:
+                                val = builder.fmul(builder.fsub(u, offs), ds[rg])
+                            else:
+                                val = builder.fadd(builder.fmul(u, ds[rg]), ms[rg])
+                            k = 16 * half + 4 * g + j
+                            row = builder.add(builder.mul(ldo, ir.Constant(ldo.type, k)),
+                                              ir.Constant(ldo.type, 8 * rg))
+                            dst = builder.bitcast(builder.gep(op, [row]), V8F32.as_pointer())
+                            builder.store(val, dst, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    block_T.__name__ = block_T.__qualname__ = f"_nib{'5' if five else '4'}_{'sym' if sym else 'asym'}_T"
+    return intrinsic(block_T)
+
+
+_nib4_asym_T = _nib_block_T(five=False, sym=False)
+_nib4_sym_T = _nib_block_T(five=False, sym=True)
+_nib5_asym_T = _nib_block_T(five=True, sym=False)
+_nib5_sym_T = _nib_block_T(five=True, sym=True)
+
+
+@njit(nogil=True, cache=True)
+def decode_nib_T(qt, qh, d, m, off, t0, t1, out):
+    """Row tiles t0..t1-1 into out (cols, >= (t1 - t0) * R) float32, K-major: out[k, (t - t0) R + l]
+    = weight k of lane l of tile t, decode_nib's very value (no fused multiply-add).  Serial and
+    nogil (the matmul's workers call it per tile)."""
+    ldo = out.shape[1]
+    flat = out.reshape(-1)
+    five = qh.shape[1] > 0
+    for t in range(t0, t1):
+        h = qh[t % qh.shape[0]]
+        for b in range(d.shape[1] // R):
+            a = (qt[t], b * 16 * R, h, b * R if five else 0, d[t], m[t], b * R, off, flat, 32 * b * ldo + (t - t0) * R, ldo)
+            if five and off:
+                _nib5_sym_T(*a)
+            elif five:
+                _nib5_asym_T(*a)
+            elif off:
+                _nib4_sym_T(*a)
+            else:
+                _nib4_asym_T(*a)
+
+
+# ---------------------------------------------------------------- the kind
+
+
+@dataclass(frozen=True)
+class Nibbles:
+    """How a GGML type repacks into q4 / q5: its block bytes, whether it is a k-quant (d, dmin,
+    scales[12], [qh[32]], qs[128] per 256 weights) or a legacy type (d, [m], [qh], qs[16] per 32),
+    whether it stores a min, and off: 8 / 16 for the symmetric types (w = (q - off) d), else 0."""
+    block_bytes: int
+    k_quant: bool = False
+    has_min: bool = False
+    off: int = 0
+
+
+class NibbleKind(TiledKind):
+    """q4 / q5 (see the module docstring)."""
+
+    def __init__(self, name: str, five: bool, types: dict):
+        self.name, self.five, self.types = name, five, types
+        self.scales = ("d", "m")
+        self.bits = ("qh", fifth_bit_index)
+        if HOST_AVX2 and HOST_F16C:
+            self.decode_T = self._decode_T
+
+    def has_bits(self, t) -> bool:
+        return self.five
+
+    def repack_rows(self, raw, t, A, r0, r1):
+        n = self.types[t]
+        if n.k_quant:
+            repack_k45(raw, self.five, A["qt"], A["qh"], A["d"], A["m"], r0, r1)
+        else:
+            repack_legacy(raw, n.block_bytes, n.has_min, self.five, n.off, A["qt"], A["qh"], A["d"], A["m"], r0, r1)
+
+    def matvec(self, p: Packed, simd: bool = True):
+        a = (p.arrays["qt"], p.arrays["qh"], p.arrays["d"], p.arrays["m"])
+        return lambda x, out: matvec_nib(*a, x, simd, out)
+
+    def decode(self, p: Packed, ids, out) -> None:
+        A = p.arrays
+        decode_nib(A["qt"], A["qh"], A["d"], A["m"], np.int32(self.types[p.qtype].off), ids, out)
+
+    def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
+        A = p.arrays
+        decode_nib_T(A["qt"], A["qh"], A["d"], A["m"], np.int32(self.types[p.qtype].off), t0, t1, out)
+
+
+Q4 = register(NibbleKind("q4", False, {GGMLType.Q4_0: Nibbles(18, off=8), GGMLType.Q4_1: Nibbles(20, has_min=True),
+                                       GGMLType.Q4_K: Nibbles(144, k_quant=True)}))
+Q5 = register(NibbleKind("q5", True, {GGMLType.Q5_0: Nibbles(22, off=16), GGMLType.Q5_1: Nibbles(24, has_min=True),
+                                      GGMLType.Q5_K: Nibbles(176, k_quant=True)}))

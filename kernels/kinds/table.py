@@ -1,0 +1,231 @@
+"""Kind ``t4``: 4-bit indices into a 16-entry value table (IQ4_NL, IQ4_XS, MXFP4).
+
+Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE):
+
+  qt  uint8  (T, nb*16*R)  the index nibbles as the file has them, laid out as the ``q4`` kind's
+                           (``kinds.nibble.nibble_index``)
+  d   f32 / f16 bits (T, nb*R)  the scale of each 32-weight block (IQ4_XS: d * (scale - 32),
+                           MXFP4: its E8M0 exponent halved)
+
+weight = d * table[q], with the type's table (``TABLES``).
+
+Matvec: the activations' two int8 terms (``tiled``), per block ``acc += d (dx isum_q + dr isum_r)``
+with the integer sums from ``table_isums``.  AVX2 form: per 32-byte load ``vpshufb`` looks the
+values up, ``vpabsb`` / ``vpsignb`` move their signs onto the activations (``vpmaddubsw`` takes one
+unsigned operand), and each int16 pair sum (at most 2 * 127 * 127) is widened by ``vpmaddwd`` at
+once.  ``emit_table_sums`` also serves the lattice kind's unsigned tables.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+from ..iquant_tables import kvalues_iq4nl, kvalues_mxfp4
+from ..numerics import e8m0_half_to_f32, f16_at, u16_at
+from ..simd import HOST_AVX2, I8, I32, V8I32, V16I16, V32I8, byte_ptr, loader, madds, out_ptr, splat, x86
+from ..types import GGMLType
+from . import Packed, register
+from .nibble import isums_loop, nibble_index
+from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, store_tile
+
+f32 = np.float32
+R = ROW_TILE        # rows per tile, in the index arithmetic
+_I15 = np.int32(15)
+_I4 = np.int32(4)
+_NO_BITS = np.zeros(0, np.uint32)             # no fifth bits
+# The value table of each type.
+TABLES = {GGMLType.IQ4_NL: kvalues_iq4nl, GGMLType.IQ4_XS: kvalues_iq4nl, GGMLType.MXFP4: kvalues_mxfp4}
+
+
+# ---------------------------------------------------------------- repacker
+
+
+@njit(cache=True, nogil=True)
+def repack_t4(raw, ts, qt, d, r0, r1):
+    """IQ4_NL (ts 18: d fp16, qs[16]), MXFP4 (17: e8m0, qs[16]) and IQ4_XS (136: d, scales_h,
+    scales_l[4], qs[128] per 256 weights): the index nibbles as they are, and the scale of each
+    32-weight block."""
+    nb = d.shape[1] // R
+    for r in range(r0, r1):
+        t, l = divmod(r, R)
+        src, q = raw[r], qt[t]
+        for b in range(nb):
+            if ts == 136:
+                o = 136 * (b // 8)
+                j = b % 8
+                ls = ((np.int32(src[o + 4 + j // 2]) >> (4 * (j % 2))) & 15) | \
+                    (((np.int32(u16_at(src, o + 2)) >> (2 * j)) & 3) << 4)
+                d[t, b * R + l] = f16_at(src, o) * np.float32(ls - 32)
+                qo = o + 8 + 16 * j
+            else:
+                o = ts * b
+                d[t, b * R + l] = f16_at(src, o) if ts == 18 else e8m0_half_to_f32(src[o])
+                qo = o + ts - 16
+            for k in range(16):
+                q[nibble_index(b, k, l)] = src[qo + k]
+
+
+# ---------------------------------------------------------------- integer sums
+
+
+def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, depth=1):
+    """The IR of table_isums' AVX2 form, and of table_isums16's (unsigned values: no vpabsb /
+    vpsignb; halves: one sum per 16 weights; depth: vpmaddubsw results summed as int16 into
+    an accumulator before each widening vpmaddwd; 4 divides the 4 (halves) or 8 it gets)."""
+    maddubs, maddwd = madds(builder)
+    pshufb = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
+    psign = x86(builder, "llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
+    load = loader(builder)
+    low4 = ir.Constant(V32I8, [15] * 32)
+    four = ir.Constant(V32I8, [4] * 32)
+    zero8 = ir.Constant(V32I8, [0] * 32)
+    ones = ir.Constant(V16I16, [1] * 16)
+
+    t16 = load(tp, 0, ir.VectorType(I8, 16))
+    table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(I32, 32), list(range(16)) * 2))
+    groups = ROW_TILE // 8
+    parts = 2 if halves else 1           # accumulators per term and row group: the two halves, or one
+    acc = [[ir.Constant(V8I32, [0] * 8)] * (parts * groups) for _ in xps]
+    part = [[None] * (parts * groups) for _ in xps]     # int16 sums not yet widened
+    count = [[0] * (parts * groups) for _ in xps]
+
+    def add(term, a, p16):
+        part[term][a] = p16 if part[term][a] is None else builder.add(part[term][a], p16)
+        count[term][a] += 1
+        if count[term][a] == depth:
+            acc[term][a] = builder.add(acc[term][a], maddwd(part[term][a], ones))
+            part[term][a], count[term][a] = None, 0
+
+    for g in range(4):
+        xs = [[builder.bitcast(splat(builder, load(xp, o + 4 * g, I32)), V32I8)
+               for o in (0, 16)] for xp in xps]
+        for rg in range(groups):
+            v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
+            for half, nib in enumerate((builder.and_(v, low4), builder.and_(builder.lshr(v, four), low4))):
+                w = pshufb(table, nib)                   # the int8 values
+                a = (half if halves else 0) * groups + rg
+                if unsigned:
+                    for term in range(len(xps)):
+                        add(term, a, maddubs(w, xs[term][half]))
+                    continue
+                neg = builder.icmp_signed("<", w, zero8)
+                mag = builder.select(neg, builder.sub(zero8, w), w)      # |w| (vpabsb)
+                for term in range(len(xps)):
+                    sx = psign(xs[term][half], w)        # x with w's sign (0 where w = 0)
+                    add(term, a, maddubs(mag, sx))
+    for term in range(len(xps)):
+        for a in range(parts * groups):
+            builder.store(acc[term][a], builder.gep(op, [ir.Constant(I32, term * parts * groups + a)]), align=4)
+
+
+def table_intrinsic(name, **mode):
+    """An intrinsic (q, qo, tab, xq, xr, xo, out) of emit_table_sums in the given mode."""
+    def isums(typingctx, q, qo, tab, xq, xr, xo, out):
+        sig = types.void(q, qo, tab, xq, xr, xo, out)
+
+        def codegen(context, builder, signature, args):
+            q, qo, tab, xq, xr, xo, out = args
+            aty = signature.args
+            emit_table_sums(builder, byte_ptr(context, builder, aty[0], q, qo),
+                             byte_ptr(context, builder, aty[2], tab, ir.Constant(qo.type, 0)),
+                             [byte_ptr(context, builder, aty[3], xq, xo), byte_ptr(context, builder, aty[4], xr, xo)],
+                             out_ptr(context, builder, aty[6], out), **mode)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    isums.__name__ = isums.__qualname__ = name
+    return intrinsic(isums)
+
+
+_table_isums_avx2 = table_intrinsic("_table_isums_avx2")
+
+
+def table_isums(q, qo, tab, xq, xr, xo, out, simd):
+    """kinds.nibble.nibble_isums for 4-bit indices into a 16-entry int8 value table ``tab`` (IQ4_NL, IQ4_XS,
+    MXFP4; values in -127..127): w(k, l) = tab[nibble].  Same tile layout and activation terms.
+    AVX2 form: per 32-byte load ``vpshufb`` looks the values up, ``vpabsb`` / ``vpsignb`` move
+    their signs onto the activations (``vpmaddubsw`` takes one unsigned operand), and each
+    int16 pair sum (at most 2 * 127 * 127) is widened by ``vpmaddwd`` at once.
+    (Callable from Numba code only.)"""
+    raise NotImplementedError("table_isums runs inside Numba kernels")
+
+
+@overload(table_isums, inline="always")
+def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, tab, xq, xr, xo, out, simd):
+            isums_loop(q, qo, _NO_BITS, 0, False, tab, xq, xr, xo, out)
+        return portable
+
+    def either(q, qo, tab, xq, xr, xo, out, simd):
+        if simd:
+            _table_isums_avx2(q, qo, tab, xq, xr, xo, out)
+        else:
+            isums_loop(q, qo, _NO_BITS, 0, False, tab, xq, xr, xo, out)
+    return either
+
+
+# ---------------------------------------------------------------- matvec and exact decoder
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def matvec_tab(qt, d, tab, x, simd, y):
+    """The table kind (IQ4_NL, IQ4_XS, MXFP4), tiled: qt (T, nb*16*R) uint8 nibble indices into
+    tab (16,) int8, d (T, nb*R) per-block scales; w = d tab[q].  Activations in two int8 terms
+    (kinds.tiled); the integer sums come from table_isums."""
+    nb = x.size // 32
+    xq, xr, dx, dr, _ = round_activations(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        dt = d[t]
+        acc = np.zeros(R, np.float32)
+        isum = np.empty(2 * R, np.int32)
+        for b in range(nb):
+            table_isums(q, b * 16 * R, tab, xq, xr, 32 * b, isum, simd)
+            dxb = dx[b]
+            drb = dr[b]
+            for l in range(R):
+                p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                acc[l] += scale(dt[nonneg(b * R + l)]) * p
+        store_tile(acc, t, y)
+
+
+@njit(nogil=True, cache=True)
+def decode_tab(qt, d, tab, ids, out):
+    """The table kind (see matvec_tab): w = tab[q] d, as ggml computes it."""
+    nb = d.shape[1] // R
+    for i in range(ids.size):
+        t, l = divmod(ids[i], R)
+        q, o = qt[t], out[i]
+        for b in range(nb):
+            db = scale(d[t, b * R + l])
+            for k in range(16):
+                v = np.int32(q[nibble_index(b, k, l)])
+                o[32 * b + k] = f32(tab[v & _I15]) * db
+                o[32 * b + 16 + k] = f32(tab[v >> _I4]) * db
+
+
+# ---------------------------------------------------------------- the kind
+
+
+class TableKind(TiledKind):
+    """t4 (see the module docstring); types: each type's bytes per block (IQ4_XS: per 256 weights)."""
+    name = "t4"
+    types = {GGMLType.IQ4_NL: 18, GGMLType.IQ4_XS: 136, GGMLType.MXFP4: 17}
+
+    def repack_rows(self, raw, t, A, r0, r1):
+        repack_t4(raw, self.types[t], A["qt"], A["d"], r0, r1)
+
+    def matvec(self, p: Packed, simd: bool = True):
+        a = (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype])
+        return lambda x, out: matvec_tab(*a, x, simd, out)
+
+    def decode(self, p: Packed, ids, out) -> None:
+        decode_tab(p.arrays["qt"], p.arrays["d"], TABLES[p.qtype], ids, out)
+
+
+T4 = register(TableKind())
+

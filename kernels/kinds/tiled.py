@@ -1,0 +1,338 @@
+"""What the tiled kinds share: row tiles, scale storage, activation rounding, repacking and stacking.
+
+A tiled kind cuts the matrix into *row tiles* of ``ROW_TILE`` (32) consecutive rows, the SIMD
+lanes of its matvec (4 ymm registers of float32): one broadcast activation multiplies 8 rows'
+weights per register, with no horizontal sums and no padding of the block count (only the row
+count is padded to a whole tile, with zeros).  Row ``r`` is lane ``l = r % ROW_TILE`` of tile
+``t = r // ROW_TILE``; every array of a packed weight has one row per tile, ``(T, ...)``:
+
+* the quants, *row-interleaved*: a lane holds ``lane_bytes`` consecutive bytes of its row at a
+  time (the 32-bit or 16-bit lanes of the integer dot products), and the next such group of the
+  tile's 32 rows follows; each kind module says where byte k of block b of lane l lives;
+* per-block values (scales, offsets, extra bit planes) at ``[t, b * ROW_TILE + l]``.
+
+Per-block float scales are float32, or float16 bits (uint16) where that is lossless (fewer
+bytes per token to stream; the kernels read either form through ``scale``).
+
+All decoded values are bit-exact with ggml's dequantization: every product of a
+float16-derived scale and a small integer is exact in float32, so ``d*q + m`` rounds once,
+as ggml's expression does.
+
+The matvecs take activations rounded per 32-block (``round_activations``): x split into two
+int8 terms, ``x ~ dx xq + dr xr`` (the block rounded to int8 as ggml's Q8_0 does, plus its
+rounded remainder, within max|x_block| / 64516 of x); llama.cpp rounds x once, to int8; the
+second term makes the product as accurate as a float one at a fraction of the cost.  Each row is
+computed by one thread in a fixed order, so results depend neither on the thread count nor on
+how weights were stacked.  Error bound the tests use: ``|y - W x| <= 1e-5 * sum_j |w_j x_j|``
+(+1e-30), with W the exact dequantization and x the activations the kernel multiplies
+(``Weight.rounded``).
+
+What keeps the float combine of the matvecs vector and fast (checked with ``inspect_asm``, see
+``tools/bench_kernels.py --asm``): the lanes of every loop are the 32 rows of a tile;
+``FM`` (contraction without reassociation); no branch inside a lane loop; float16 scale bits
+widened by ``fpext half`` (vcvtph2ps) where the host has F16C; indices as uint64 (``nonneg``)
+so Numba emits no negative-index wraparound.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from ..numerics import bf16_bits_to_f32, f16_bits_to_f32
+from ..simd import HOST_F16C, half_bits_to_f32
+from ..threads import get_num_threads, run_all
+from . import Kind, Packed
+
+f32 = np.float32
+# Rows per tile (SIMD lanes of the matvec: 4 ymm registers of float32).
+ROW_TILE = 32
+# Float flags of the tiled matvecs: fused multiply-add, no reassociation (see the module docstring).
+FM = {"contract", "nsz", "arcp", "afn"}
+
+
+@njit(cache=True, inline="always")
+def nonneg(i):
+    """An index known to be >= 0, as uint64: Numba then emits no negative-index wraparound,
+    which would otherwise stop LLVM from vectorizing the loads."""
+    return np.uint64(i)
+
+
+def scale(v):
+    """A stored value as float32: float32 as it is, float16 bits (uint16) converted by F16C's
+    vcvtph2ps where the host has it (exact; it quiets a signalling NaN, which a stored half scale
+    never is: TiledKind.pack keeps those in float32), else by numerics.f16_bits_to_f32, and
+    bfloat16 bits (int16, the plain kind's BF16 weights) widened.  (Callable from Numba code only.)"""
+    raise NotImplementedError("scale runs inside Numba kernels")
+
+
+@overload(scale, inline="always")
+def scale_impl(v):
+    if v == types.int16:
+        return lambda v: bf16_bits_to_f32(np.uint16(v))
+    if isinstance(v, types.Integer):
+        if HOST_F16C:
+            return lambda v: half_bits_to_f32(v)
+        return lambda v: f16_bits_to_f32(v)
+    return lambda v: np.float32(v)
+
+
+@njit(cache=True, inline="always")
+def store_tile(acc, t, y):
+    """The tile's results into y, leaving out the padding rows past the end."""
+    n = min(ROW_TILE, y.size - t * ROW_TILE)
+    for l in range(n):
+        y[t * ROW_TILE + l] = acc[l]
+
+
+_ROUNDER = f32(12582912.0)      # 1.5 * 2^23: (u + R) - R rounds |u| < 2^22 to an integer, ties to even
+
+
+@njit(cache=True, inline="always")
+def _round_even(u):
+    """u rounded to the nearest integer (ties to even) as float32, |u| < 2^22; branch-free (it
+    vectorizes; no reassociating flags, so the two adds are kept)."""
+    return (u + _ROUNDER) - _ROUNDER
+
+
+@njit(cache=True, inline="always")
+def _block_absmax(x, o):
+    """max |x[o:o+32]| (0 for a zero block)."""
+    amax = f32(0)
+    for k in range(32):
+        a = abs(x[o + k])
+        amax = a if a > amax else amax
+    return amax
+
+
+@njit(cache=True)
+def round_activations(x):
+    """x (32 nb,) f32 -> (xq, xr, dx, dr, xs): each 32-element block as two int8 terms,
+    x ~ dx xq + dr xr with dx = max|x| / 127, xq = round(x / dx) (ggml's Q8_0 rounding,
+    ties to even), dr = dx / 254 and xr = round((x - dx xq) / dr), so |x - dx xq - dr xr|
+    <= dr / 2 = max|x| / 64516 (plus float32 rounding); xs (nb,) = the blocks' sums of
+    those values.  Zero blocks give zeros."""
+    nb = x.size // 32
+    xq = np.empty(x.size, np.int8)
+    xr = np.empty(x.size, np.int8)
+    dx = np.empty(nb, np.float32)
+    dr = np.empty(nb, np.float32)
+    xs = np.empty(nb, np.float32)
+    for b in range(nb):
+        o = 32 * b
+        amax = _block_absmax(x, o)
+        inv = f32(127) / amax if amax > 0 else f32(0)
+        sq = np.int32(0)
+        sr = np.int32(0)
+        for k in range(32):
+            u = x[o + k] * inv                   # in units of dx: |u| <= 127
+            v = _round_even(u)
+            w = _round_even((u - v) * f32(254))  # the remainder in units of dr: |w| <= 127
+            xq[o + k] = np.int8(v)
+            xr[o + k] = np.int8(w)
+            sq += np.int32(v)
+            sr += np.int32(w)
+        dx[b] = amax / f32(127)
+        dr[b] = amax / f32(127 * 254)
+        xs[b] = dx[b] * f32(sq) + dr[b] * f32(sr)
+    return xq, xr, dx, dr, xs
+
+
+@njit(cache=True, inline="always")
+def sums16(xq, xr):
+    """The sums of the int8 activation terms over each 16 values, (2 nb,) int32 each."""
+    sq = np.empty(xq.size // 16, np.int32)
+    sr = np.empty(xq.size // 16, np.int32)
+    for h in range(sq.size):
+        a = 0
+        b = 0
+        for k in range(16 * h, 16 * h + 16):
+            a += np.int32(xq[k])
+            b += np.int32(xr[k])
+        sq[h] = a
+        sr[h] = b
+    return sq, sr
+
+
+@njit(cache=True)
+def round_activations16(x):
+    """x (32 nb,) f32 -> (xq int16 (32 nb,), dx (nb,)): each 32-element block rounded to int16,
+    x ~ dx xq with dx = max|x| / 32767 (ties to even), within dx / 2 = max|x| / 65534."""
+    nb = x.size // 32
+    xq = np.empty(x.size, np.int16)
+    dx = np.empty(nb, np.float32)
+    for b in range(nb):
+        o = 32 * b
+        amax = _block_absmax(x, o)
+        inv = f32(32767) / amax if amax > 0 else f32(0)
+        for k in range(32):
+            xq[o + k] = np.int16(_round_even(x[o + k] * inv))
+        dx[b] = amax / f32(32767)
+    return xq, dx
+
+
+# ---------------------------------------------------------------- tiles <-> rows (numpy, for stacking)
+
+
+def as_f32_scales(a: np.ndarray) -> np.ndarray:
+    """Per-block scales in float32 whichever way they are stored."""
+    return a.view(np.float16).astype(np.float32) if a.dtype == np.uint16 else a
+
+
+def _bit_map(index) -> tuple[np.ndarray, np.ndarray]:
+    """(word, bit) of the extra bit of weight k of lane l in block 0, both (32 k, ROW_TILE l)."""
+    return index.py_func(0, np.arange(32)[:, None], np.arange(ROW_TILE)[None, :])
+
+
+def untile_bits(a: np.ndarray, index, rows: int, nb: int) -> np.ndarray:
+    """A bit plane (T, nb*R) -> the bits as row-major (rows, nb, 32) uint8; index(b, k, l) -> (word,
+    bit) is the kind's index helper of the plane."""
+    word, bit = _bit_map(index)
+    T = a.shape[0]
+    v = (a.reshape(T, nb, ROW_TILE)[:, :, word] >> bit) & 1     # (T, nb, 32 k, R l)
+    return v.astype(np.uint8).transpose(0, 3, 1, 2).reshape(T * ROW_TILE, nb, 32)[:rows]
+
+
+def tile_bits(bits: np.ndarray, index) -> np.ndarray:
+    """Row-major bits (rows, nb, 32) -> a bit plane (T, nb*R) (inverse of untile_bits)."""
+    rows, nb, _ = bits.shape
+    T = -(-rows // ROW_TILE)
+    full = np.zeros((T * ROW_TILE, nb, 32), np.uint32)
+    full[:rows] = bits
+    full = full.reshape(T, ROW_TILE, nb, 32)
+    word, bit = _bit_map(index)
+    out = np.zeros((T, nb, ROW_TILE), np.uint32)
+    for k in range(32):
+        for l in range(ROW_TILE):
+            out[:, :, word[k, l]] |= full[:, l, :, k] << np.uint32(bit[k, l])
+    return out.reshape(T, nb * ROW_TILE)
+
+
+def untile(a: np.ndarray, rows: int, nb: int, g: int = 1) -> np.ndarray:
+    """Tiled (T, nb*K*R) -> row-major (rows, nb, K) copy (K = 1 for per-block arrays); each
+    lane holds g consecutive bytes of a block at a time (see the module docstring)."""
+    T = a.shape[0]
+    K = a.shape[1] // (nb * ROW_TILE)
+    return (a.reshape(T, nb, K // g, ROW_TILE, g).transpose(0, 3, 1, 2, 4)
+            .reshape(T * ROW_TILE, nb, K)[:rows])
+
+
+def tile(a: np.ndarray, g: int = 1) -> np.ndarray:
+    """Row-major (rows, nb, K) -> tiled (T, nb*K*R), the padding rows zero (inverse of untile)."""
+    rows, nb, K = a.shape
+    T = -(-rows // ROW_TILE)
+    full = np.zeros((T * ROW_TILE, nb, K), a.dtype)
+    full[:rows] = a
+    out = full.reshape(T, ROW_TILE, nb, K // g, g).transpose(0, 2, 3, 1, 4)
+    return np.ascontiguousarray(out).reshape(T, nb * K * ROW_TILE)
+
+
+# ---------------------------------------------------------------- the tiled kinds' common part
+
+
+class TiledKind(Kind):
+    """A row-tiled kind.  Subclasses say how many quant bytes a 32-weight block takes
+    (``qbytes``), how many consecutive bytes of a row a lane holds (``lane_bytes``), the dtype of
+    the quants, the per-block float arrays (``scales``, one per 256 weights where ``per256``),
+    the extra bit plane (``bits``: its array name and (word, bit) index helper) and any other
+    arrays (``extra_arrays``), and they repack rows (``repack_rows``)."""
+    qbytes = 16
+    lane_bytes = 4
+    qdtype = np.uint8
+    scales: tuple[str, ...] = ("d",)
+    per256 = False
+    bits: tuple | None = None
+
+    def extra_arrays(self, t, T: int, nb: int) -> dict[str, np.ndarray]:
+        """Zeroed arrays besides the quants and scales, for T tiles of nb blocks."""
+        return {}
+
+    def repack_rows(self, raw: np.ndarray, t, A: dict[str, np.ndarray], r0: int, r1: int) -> None:
+        """Copy raw rows r0..r1-1 (whole tiles) into the arrays A (nogil work: called on worker threads)."""
+        raise NotImplementedError
+
+    def pack(self, raw, t, cols, release=None, chunk_bytes=1 << 24) -> Packed:
+        rows = raw.shape[0]
+        p = Packed(self, t, rows, cols)
+        nb = cols // 32
+        T = -(-rows // ROW_TILE)
+        A = p.arrays
+        A["qt"] = np.zeros((T, self.qbytes * nb * ROW_TILE), self.qdtype)
+        if self.bits is not None:
+            A[self.bits[0]] = np.zeros((T, nb * ROW_TILE) if self.has_bits(t) else (1, 0), np.uint32)
+        A.update(self.extra_arrays(t, T, nb))
+        for k in self.scales:
+            A[k] = np.zeros((T, (nb // 8 if self.per256 else nb) * ROW_TILE), np.float32)
+        # chunks of whole tiles, each split over the worker threads (the loops are nogil)
+        step = max(1, chunk_bytes // max(1, raw.shape[1] * ROW_TILE)) * ROW_TILE
+        for c0 in range(0, rows, step):
+            c1 = min(rows, c0 + step)
+            tiles = -(-(c1 - c0) // ROW_TILE)
+            parts = max(1, min(get_num_threads(), (c1 - c0) // 256))
+            bounds = (c0 + np.linspace(0, tiles, parts + 1).astype(np.int64) * ROW_TILE).clip(0, c1)
+            run_all(lambda a, b: self.repack_rows(raw, t, A, a, b),
+                    [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])])
+            if release is not None:
+                release(c0, c1)
+        self._halve_scales(p)
+        return p
+
+    def has_bits(self, t) -> bool:
+        """Type t fills the extra bit plane (the others hold a (1, 0) stand-in)."""
+        return True
+
+    def _halve_scales(self, p: Packed) -> None:
+        """Store the per-block scales as float16 bits (uint16) when that is lossless (always for
+        the legacy types' own fp16 fields, unless -8d / -16d overflows)."""
+        halves = {}
+        with np.errstate(over="ignore", invalid="ignore"):
+            for k in self.scales:
+                a = p.arrays[k]
+                h = a.astype(np.float16)
+                if not np.array_equal(h.astype(np.float32), a):     # inexact, overflow or NaN
+                    return
+                halves[k] = h.view(np.uint16)
+        p.arrays.update(halves)
+
+    def rounded(self, x: np.ndarray) -> np.ndarray:
+        """The two int8 terms per 32-block of round_activations (within max|x_block| / 64516 of x)."""
+        xq, xr, dx, dr, _ = round_activations(x)
+        return _combine([(xq, dx), (xr, dr)])
+
+    def concat(self, packs: "list[Packed]") -> Packed:
+        """Whole tiles stack as they are; otherwise every array is re-tiled (row-major copies,
+        stacked, tiled again), a part's float32 scales making all of them float32."""
+        first = packs[0]
+        aligned = all(p.rows % ROW_TILE == 0 for p in packs[:-1])
+        out = Packed(self, first.qtype, sum(p.rows for p in packs), first.cols)
+        nb = first.cols // 32
+        for k in first.arrays:
+            parts = [_same_scale_dtypes(p, packs).arrays[k] for p in packs]
+            bits = self.bits is not None and k == self.bits[0]
+            if bits and parts[0].shape[1] == 0:     # no extra bits: the (1, 0) stand-in
+                out.arrays[k] = parts[0]
+            elif aligned:                           # whole tiles stack as they are
+                out.arrays[k] = np.concatenate(parts, axis=0)
+            elif bits:
+                index = self.bits[1]
+                out.arrays[k] = tile_bits(np.concatenate([untile_bits(a, index, p.rows, nb)
+                                                          for a, p in zip(parts, packs)]), index)
+            else:
+                g = self.lane_bytes if k == "qt" else 1
+                units = nb if parts[0].shape[1] >= nb * ROW_TILE else parts[0].shape[1] // ROW_TILE  # per 256
+                out.arrays[k] = tile(np.concatenate([untile(a, p.rows, units, g) for a, p in zip(parts, packs)]), g)
+        return out
+
+
+def _same_scale_dtypes(p: Packed, packs: "list[Packed]") -> Packed:
+    """p, with its scales as float32 where any of packs keeps float32 scales (else as it is)."""
+    keys = [k for k in p.arrays if any(q.arrays[k].dtype != p.arrays[k].dtype for q in packs)]
+    if not keys:
+        return p
+    return Packed(p.kind, p.qtype, p.rows, p.cols, {k: as_f32_scales(a) if k in keys else a
+                                                    for k, a in p.arrays.items()})
+
+
+def _combine(terms) -> np.ndarray:
+    """sum of q * d per 32-block over the (q (32 nb,), d (nb,)) terms, in float64."""
+    return sum(q.reshape(-1, 32) * d[:, None].astype(np.float64) for q, d in terms).reshape(-1)
