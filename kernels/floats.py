@@ -6,8 +6,7 @@ whole blocks and ``dst`` a ``float32[::1]`` of n * block_size.  Every decoder of
 starts with ``numerics.check_blocks``, which rejects mismatched sizes (the jitted loops do no
 bounds checks) and returns n.  Decoders take their inner loop lengths from ``dst.size // n``
 rather than writing the constant: a bound LLVM cannot see makes it keep a short loop as a loop
-and vectorize it (with run-time alias checks) instead of unrolling it into scalar code, which is
-about 3-4x faster.
+and vectorize it (with run-time alias checks) instead of unrolling it into scalar code.
 """
 from __future__ import annotations
 

@@ -150,8 +150,7 @@ def check_blocks(src, dst, type_size, block_size):
     """(number of blocks in src, the block size as a run-time value: dst.size // blocks, 0 for none);
     raises if src is not whole blocks or dst is not exactly their size.  Decoders take their inner
     loop lengths from the second: a bound LLVM cannot see makes it keep a short loop as a loop and
-    vectorize it (with run-time alias checks) instead of unrolling it into scalar code, about 3-4x
-    faster."""
+    vectorize it (with run-time alias checks) instead of unrolling it into scalar code."""
     nb = src.size // type_size
     if nb * type_size != src.size:
         raise ValueError("decode: source size is not a whole number of blocks")

@@ -4,8 +4,7 @@ W is decoded (exactly, by its kind's decoders, see kernels.kinds) one tile of ro
 time into a float32 buffer that is reused across calls; each tile is multiplied by the
 whole batch with one SGEMM, so the decode cost is paid once per weight for the whole
 batch.  The nibble and byte kinds decode their tiles K-major (their ``decode_T``), which
-BLAS multiplies straight into the product's columns: about 0.9x the GEMM rate of an
-already decoded matrix, against about 0.7x for row-major tiles.
+BLAS multiplies straight into the product's columns (no transposed copy).
 At most ``TILE_ELEMENTS`` float32 values of W exist at any time (never more than
 one tensor's float32 copy).  Arithmetic: float32 products and sums inside BLAS
 (tests bound the error by ``1e-5 * sum_j |w_j x_j|``).

@@ -4,10 +4,10 @@
 unless the environment already sets it or ``OMP_WAIT_POLICY``: Numba's OpenMP workers
 then spin for a few hundred microseconds after each parallel loop and sleep after that.
 A decode step runs ~120 kernels a few microseconds apart, so they find the workers
-awake (measured here: 2 us per empty 2-thread parallel loop against 13 us for workers
-that sleep at once, OMP_WAIT_POLICY=PASSIVE; SmolLM2 tg64 126 vs 105 t/s), while an
-idle engine or a busy machine sees no endless spinning (OMP_WAIT_POLICY=ACTIVE costs
-milliseconds per launch as soon as another process wants the cores).  It must be set
+awake (workers that sleep at once, OMP_WAIT_POLICY=PASSIVE, cost generation speed: see
+the README's Threads section), while an idle engine or a busy machine sees no endless
+spinning (OMP_WAIT_POLICY=ACTIVE costs milliseconds per launch as soon as another process
+wants the cores).  It must be set
 before the first parallel kernel runs; set either variable yourself to override.
 
 ``set_num_threads(n)`` applies to every kernel called afterwards from the calling
@@ -74,8 +74,8 @@ def single_threaded_blas():
     """Context manager: numpy's BLAS keeps to one thread inside.
 
     OpenBLAS's workers spin for a while after every call, so between BLAS calls
-    the Numba kernels find their cores taken (measured on 2 cores: SmolLM2 pp512
-    134 t/s with BLAS on 2 threads, 239 t/s with BLAS on one).  The kernels
+    the Numba kernels find their cores taken (the README's Dependencies section gives
+    the prompt-processing speeds with and without).  The kernels
     parallelize themselves; BLAS runs inside them single-threaded.
     """
     global _blas_controller
