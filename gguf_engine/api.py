@@ -22,8 +22,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .generation.generate import ContextFullError, ContextLimitError, Engine, TokenEvent
+from .generation.generate import (ContextFullError, ContextLimitError, Engine, LlamaState, Steering,
+                                  TokenEvent, as_callables)
 from .generation.guard import StreamInvalidatedError, serialised
+from .generation.results import Chunk, CompletionLogprobs
 from .generation.sampling import Sampler, SamplingParams, check_sampling
 from .timing import PerfStats, now_ms
 
@@ -39,6 +41,45 @@ def _metadata_strings(meta: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+# llama-cpp-python's chat_format names that have a built-in template of the same output
+CHAT_FORMATS = {"chatml": "chatml", "llama-2": "llama2", "llama-3": "llama3", "gemma": "gemma",
+                "zephyr": "zephyr", "phi3": "phi3"}
+_GGML_CACHE_TYPES = {0: "f32", 1: "f16"}  # GGML type ids a KV cache can have here
+
+
+def refuse_non_defaults(where: str, values: Mapping[str, tuple[Any, Any]]) -> None:
+    """NotImplementedError naming every argument given a value other than its default
+    (values: name -> (given, default)); NaN counts as non-default."""
+    bad = [name for name, (given, default) in values.items()
+           if not (given is default or (given == default and given == given))]
+    if bad:
+        raise NotImplementedError(f"{where}: {', '.join(f'{n}={values[n][0]!r}' for n in bad)} "
+                                  f"{'is' if len(bad) == 1 else 'are'} not implemented")
+
+
+def _cache_type_from_ggml(type_k: int | None, type_v: int | None, cache_type: str) -> str:
+    """The KV cache type from llama-cpp-python's type_k/type_v (GGML type ids) or ours."""
+    given = {t for t in (type_k, type_v) if t is not None}
+    if not given:
+        return cache_type
+    if len(given) > 1 or not given <= set(_GGML_CACHE_TYPES):
+        raise NotImplementedError(f"Llama: type_k={type_k!r}, type_v={type_v!r}: only one type for both, "
+                                  f"F32 (0) or F16 (1), is implemented")
+    return _GGML_CACHE_TYPES[given.pop()]
+
+
+def _int_keys(bias: Mapping[int, float] | None) -> dict[int, float] | None:
+    """logit_bias with int token ids (JSON gives them as strings)."""
+    return {int(k): float(v) for k, v in bias.items()} if bias else None
+
+
+def _response_format_grammar(response_format):
+    if response_format is None:
+        return None
+    from .generation.grammar import response_format_grammar
+    return response_format_grammar(response_format)
+
+
 def _log_softmax(row: np.ndarray) -> np.ndarray:
     row = row.astype(np.float64)
     m = row.max()
@@ -52,21 +93,66 @@ class Llama:
     min(trained context, 4096).  seed: -1 draws a fresh random seed for every call; any other
     value seeds every call alike (a call's own ``seed`` wins), so repeated calls reproduce.
     chat_template: a built-in name, a file or template text; default: the model's own, else the
-    architecture's built-in one (gemma3), else ChatML.  Other llama-cpp-python keyword arguments
-    (use_mmap, logits_all, ...) are accepted and ignored.
+    architecture's built-in one (gemma3), else ChatML.  cache_type: "f32" or "f16" (also given as
+    llama-cpp-python's ``type_k``/``type_v`` GGML type ids 0 and 1).
 
     One ``Llama`` may be shared by threads: calls take turns on its KV cache.  A stream paused while
     another call uses the model raises ``StreamInvalidatedError`` when it resumes.
+
+    The other llama-cpp-python arguments are all declared; an unknown keyword is a TypeError.
+    Implemented: n_gpu_layers, seed, n_ctx, n_batch, n_threads, verbose, chat_format (the names of
+    built-in templates: chatml, llama-2, llama-3, gemma, zephyr, phi3), type_k/type_v (F32, F16),
+    last_n_tokens_size (the default penalty window).  Accepted and ignored because they only tune
+    speed or memory: split_mode, main_gpu, tensor_split, use_mmap, use_mlock, n_ubatch,
+    n_threads_batch, logits_all, embedding, offload_kqv, flash_attn, op_offload, swa_full, no_perf,
+    numa.  Refused with NotImplementedError when given a value other than the default, because
+    they would change results and are not implemented: vocab_only, kv_overrides,
+    rope_scaling_type, pooling_type, attention_type, rope_freq_base, rope_freq_scale,
+    yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow, yarn_orig_ctx, lora_base,
+    lora_path (and lora_scale with it), chat_handler, draft_model, tokenizer, spm_infill.
     """
 
-    def __init__(self, model_path: str | Path, *, n_ctx: int | None = None, n_batch: int = 512,
-                 n_threads: int | None = None, n_gpu_layers: int = 0, seed: int = -1,
-                 verbose: bool = False, chat_template: str | None = None, cache_type: str = "f32",
-                 **kwargs: Any):
+    def __init__(self, model_path: str | Path, *, n_gpu_layers: int = 0, split_mode: int = 1,
+                 main_gpu: int = 0, tensor_split: Sequence[float] | None = None, vocab_only: bool = False,
+                 use_mmap: bool = True, use_mlock: bool = False, kv_overrides: Mapping[str, Any] | None = None,
+                 seed: int = -1, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int = 512,
+                 n_threads: int | None = None, n_threads_batch: int | None = None,
+                 rope_scaling_type: int | None = -1, pooling_type: int = -1, attention_type: int = -1,
+                 rope_freq_base: float = 0.0, rope_freq_scale: float = 0.0, yarn_ext_factor: float = -1.0,
+                 yarn_attn_factor: float = 1.0, yarn_beta_fast: float = 32.0, yarn_beta_slow: float = 1.0,
+                 yarn_orig_ctx: int = 0, logits_all: bool = False, embedding: bool = False,
+                 offload_kqv: bool = True, flash_attn: bool = False, op_offload: bool | None = None,
+                 swa_full: bool | None = None, no_perf: bool = False, last_n_tokens_size: int = 64,
+                 lora_base: str | None = None, lora_scale: float = 1.0, lora_path: str | None = None,
+                 numa: bool | int = False, chat_format: str | None = None, chat_handler: Any = None,
+                 draft_model: Any = None, tokenizer: Any = None, type_k: int | None = None,
+                 type_v: int | None = None, spm_infill: bool = False, verbose: bool = False,
+                 chat_template: str | None = None, cache_type: str = "f32"):
         from .gguf import GGUFReader
         from .model import load_model
         from .models import resolve_model
         from .tokenizer import Tokenizer
+
+        refuse_non_defaults("Llama", dict(
+            vocab_only=(vocab_only, False), kv_overrides=(kv_overrides or None, None),
+            rope_scaling_type=(rope_scaling_type, -1), pooling_type=(pooling_type, -1),
+            attention_type=(attention_type, -1), rope_freq_base=(rope_freq_base, 0.0),
+            rope_freq_scale=(rope_freq_scale, 0.0), yarn_ext_factor=(yarn_ext_factor, -1.0),
+            yarn_attn_factor=(yarn_attn_factor, 1.0), yarn_beta_fast=(yarn_beta_fast, 32.0),
+            yarn_beta_slow=(yarn_beta_slow, 1.0), yarn_orig_ctx=(yarn_orig_ctx, 0), lora_base=(lora_base, None),
+            lora_path=(lora_path, None), chat_handler=(chat_handler, None), draft_model=(draft_model, None),
+            tokenizer=(tokenizer, None), spm_infill=(spm_infill, False)))
+        cache_type = _cache_type_from_ggml(type_k, type_v, cache_type)
+        if chat_format is not None:
+            if chat_template is not None:
+                raise ValueError("give chat_format or chat_template, not both")
+            if chat_format not in CHAT_FORMATS:
+                raise NotImplementedError(f"Llama: chat_format={chat_format!r} is not implemented "
+                                          f"(known: {', '.join(sorted(CHAT_FORMATS))}; or give chat_template)")
+            chat_template = CHAT_FORMATS[chat_format]
+        if last_n_tokens_size < -1:
+            raise ValueError(f"last_n_tokens_size must be >= -1, got {last_n_tokens_size}")
+        self.last_n_tokens_size = int(last_n_tokens_size)
 
         self.verbose = verbose
         self.perf = PerfStats()
@@ -91,6 +177,7 @@ class Llama:
         self.cache_type = cache_type
         self.metadata: dict[str, str] = _metadata_strings(self._reader.metadata)
         self.last_stop_reason: str | None = None
+        self._grammar_vocab = None  # built on the first constrained generation
         self._closed = False
         if verbose:
             cfg = self._model.config
@@ -167,8 +254,23 @@ class Llama:
 
     def detokenize(self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None,
                    special: bool = False) -> bytes:
-        """The bytes of tokens (control tokens such as BOS render as nothing)."""
-        return bytes(self.tokenizer.decode_bytes([int(t) for t in tokens]))
+        """The bytes of tokens, as llama-cpp-python gives them.
+
+        special: render control tokens (BOS, <|im_end|>, ...) as their text instead of nothing.
+        prev_tokens: the tokens before these; the result is then the bytes these tokens add after
+        them (so a word-initial space the first token would lose at the start of a text is kept)."""
+        toks = [int(t) for t in tokens]
+        if prev_tokens is None:
+            return bytes(self.tokenizer.decode_bytes(toks, special=special))
+        prev = [int(t) for t in prev_tokens]
+        before = self.tokenizer.decode_bytes(prev, special=special)
+        whole = self.tokenizer.decode_bytes(prev + toks, special=special)
+        return bytes(whole[len(before):]) if whole.startswith(before) else bytes(
+            b"".join(self.tokenizer.token_to_piece(t, special) for t in toks))
+
+    def token_piece(self, token: int) -> str:
+        """One token's text as it appears inside a text (leading space kept), invalid UTF-8 dropped."""
+        return self.tokenizer.token_to_piece(int(token), False).decode("utf-8", errors="ignore")
 
     # ------------------------------------------------------------------ evaluation
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
@@ -177,38 +279,85 @@ class Llama:
         self._check_open()
         return self._engine.eval(tokens, logits_all=logits_all)
 
+    @property
+    def scores(self) -> np.ndarray:
+        """The logits of the latest evaluation as rows (n_rows, n_vocab): the last position, or
+        every evaluated position after ``eval(..., logits_all=True)``; (0, n_vocab) before any."""
+        last = self._engine.last_logits
+        if last is None:
+            return np.zeros((0, self.n_vocab()), dtype=np.float32)
+        return last.reshape(-1, last.shape[-1])
+
     def reset(self) -> None:
         """Empties the KV cache."""
         self._check_open()
         self._engine.reset()
 
+    def save_state(self) -> "LlamaState":
+        """A copy of the KV cache contents, the tokens they hold and the latest logits."""
+        self._check_open()
+        return self._engine.save_state()
+
+    def load_state(self, state: "LlamaState") -> None:
+        """Restores a state saved from a model of the same shape (the cache afterwards holds its tokens)."""
+        self._check_open()
+        self._engine.load_state(state)
+
     def sampler(self, temp: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                repeat_penalty: float = 1.0, repeat_last_n: int = 64, frequency_penalty: float = 0.0,
+                repeat_penalty: float = 1.0, repeat_last_n: int | None = None, frequency_penalty: float = 0.0,
                 presence_penalty: float = 0.0, logit_bias: Mapping[int, float] | None = None,
-                seed: int | None = None) -> Sampler:
-        """A sampler with these settings (seed: this call's, else the one given to Llama)."""
+                seed: int | None = None, *, mirostat_mode: int = 0, mirostat_tau: float = 5.0,
+                mirostat_eta: float = 0.1) -> Sampler:
+        """A sampler with these settings (seed: this call's, else the one given to Llama;
+        repeat_last_n: None for ``last_n_tokens_size``).  Out-of-range values raise ValueError."""
         params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                                repeat_penalty=repeat_penalty,
+                                repeat_last_n=self.last_n_tokens_size if repeat_last_n is None else repeat_last_n,
                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                                logit_bias=logit_bias, seed=self._seed if seed is None else seed)
+                                logit_bias=_int_keys(logit_bias), seed=self._seed if seed is None else seed,
+                                mirostat=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
         return Sampler(params, n_ctx=self.n_ctx())
 
+    def steering(self, logits_processor=None, stopping_criteria=None, grammar=None) -> Steering:
+        """What steers a generation besides the sampler (see ``generation.generate.Steering``);
+        grammar: GBNF text or a ``Grammar``, compiled here so an invalid one fails before any token."""
+        constraint = None
+        if grammar is not None:
+            from .generation.grammar import Constraint, GrammarVocab, as_grammar
+            g = as_grammar(grammar)
+            if self._grammar_vocab is None:
+                self._grammar_vocab = GrammarVocab.from_tokenizer(self.tokenizer, self.n_vocab())
+            constraint = Constraint(g, self._grammar_vocab)
+        return Steering(as_callables(logits_processor), as_callables(stopping_criteria), constraint)
+
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                 temp: float = 0.80, repeat_penalty: float = 1.0, reset: bool = True,
-                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                 logit_bias: Mapping[int, float] | None = None, seed: int | None = None,
-                 repeat_last_n: int = 64, **kwargs: Any) -> Iterator[int]:
-        """Yields sampled tokens after ``tokens`` for as long as the caller iterates (or the context lasts).
+                 typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0, reset: bool = True,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, tfs_z: float = 1.0,
+                 mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
+                 penalize_nl: bool = True, logits_processor=None, stopping_criteria=None, grammar=None,
+                 *, logit_bias: Mapping[int, float] | None = None, seed: int | None = None,
+                 repeat_last_n: int | None = None) -> Iterator[int]:
+        """Yields sampled tokens after ``tokens`` for as long as the caller iterates (or the context
+        lasts, a stopping criterion is met or the grammar is complete).
 
         With ``reset`` (default) the cache keeps its common prefix with ``tokens`` and evaluates the
         rest; with ``reset=False`` the tokens are evaluated after everything in the cache.
         End-of-generation tokens are yielded too: the caller decides when to stop.
         """
         self._check_open()
-        smp = self.sampler(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                           frequency_penalty, presence_penalty, logit_bias, seed)
-        for tok, _ in self._engine.token_loop(tokens, smp, reuse=reset):
+        refuse_non_defaults("generate", dict(typical_p=(typical_p, 1.0), tfs_z=(tfs_z, 1.0),
+                                             penalize_nl=(penalize_nl, True)))
+        smp = self.sampler(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, frequency_penalty,
+                           presence_penalty, logit_bias, seed, mirostat_mode=mirostat_mode,
+                           mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
+        steer = self.steering(logits_processor, stopping_criteria, grammar)
+        return self._generate(tokens, smp, steer, reset)
+
+    def _generate(self, tokens, smp: Sampler, steer: Steering, reset: bool) -> Iterator[int]:
+        for tok, logits in self._engine.token_loop(tokens, smp, reuse=reset, steering=steer):
             yield tok
+            if steer.grammar_done or steer.should_stop(self._engine.tokens, tok, logits):
+                return
 
     # ------------------------------------------------------------------ embeddings
     @serialised
@@ -254,17 +403,26 @@ class Llama:
     # ------------------------------------------------------------------ completions
     def stream_events(self, prompt_tokens: Sequence[int], *, max_tokens: int | None = 16,
                       temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
-                      repeat_penalty: float = 1.0, repeat_last_n: int = 64, frequency_penalty: float = 0.0,
-                      presence_penalty: float = 0.0, stop: str | Iterable[str] | None = None,
-                      seed: int | None = None, logit_bias: Mapping[int, float] | None = None,
-                      ignore_eos: bool = False, want_logits: bool = False) -> Iterator[TokenEvent]:
-        """Text events of a completion (the lowest level with stop strings and streaming text)."""
+                      repeat_penalty: float = 1.0, repeat_last_n: int | None = None,
+                      frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                      stop: str | Iterable[str] | None = None, seed: int | None = None,
+                      logit_bias: Mapping[int, float] | None = None, ignore_eos: bool = False,
+                      want_logits: bool = False, mirostat_mode: int = 0, mirostat_tau: float = 5.0,
+                      mirostat_eta: float = 0.1, logits_processor=None, stopping_criteria=None,
+                      grammar=None) -> Iterator[TokenEvent]:
+        """Text events of a completion (the lowest level with stop strings and streaming text).
+        Settings are checked (and a grammar compiled) before the first event."""
         self._check_open()
         smp = self.sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                           frequency_penalty, presence_penalty, logit_bias, seed)
+                           frequency_penalty, presence_penalty, logit_bias, seed, mirostat_mode=mirostat_mode,
+                           mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
+        steer = self.steering(logits_processor, stopping_criteria, grammar)
+        return self._events(prompt_tokens, smp, steer, max_tokens, stop, ignore_eos, want_logits)
+
+    def _events(self, prompt_tokens, smp, steer, max_tokens, stop, ignore_eos, want_logits) -> Iterator[TokenEvent]:
         self.last_stop_reason = None
         for ev in self._engine.stream(prompt_tokens, smp, max_tokens=max_tokens, stop=stop,
-                                      ignore_eos=ignore_eos, want_logits=want_logits):
+                                      ignore_eos=ignore_eos, want_logits=want_logits, steering=steer):
             if ev.finish_reason is not None:
                 self.last_stop_reason = ev.stop_reason
             yield ev
@@ -283,50 +441,59 @@ class Llama:
             toks = [int(bos)] if bos is not None and bos >= 0 else []
         return toks
 
-    def _logprob_entry(self, row: np.ndarray, tok: int, n_top: int) -> tuple[str, float, dict[str, float]]:
-        lp = _log_softmax(row)
-        piece = self.tokenizer.decode([tok])
-        top = {}
+    def _top_logprobs(self, lp: np.ndarray, tok: int, n_top: int) -> dict[str, float]:
+        """The n_top most likely tokens' pieces -> log-probabilities, plus the chosen token's."""
+        top: dict[str, float] = {}
         if n_top > 0:
             n_top = min(n_top, lp.shape[0])
             best = np.argpartition(-lp, n_top - 1)[:n_top]
             for t in best[np.argsort(-lp[best], kind="stable")]:
-                top[self.tokenizer.decode([int(t)])] = float(lp[t])
-        top[piece] = float(lp[tok])
-        return piece, float(lp[tok]), top
+                top[self.token_piece(int(t))] = float(lp[t])
+        top[self.token_piece(tok)] = float(lp[tok])
+        return top
 
-    def _completion_chunks(self, prompt, max_tokens, stop, seed, logprobs, echo, **sampling
-                           ) -> Iterator[tuple[str, dict | None, str | None, int, int]]:
-        """Yields (text, logprobs or None, finish_reason, n_prompt, n_completion) per emitted piece."""
-        toks = self._prompt_tokens(prompt)
+    def _echo_logprobs(self, toks: list[int], n_top: int) -> CompletionLogprobs:
+        """Log-probabilities of the prompt's tokens (BOS left out; the first entry has none), as
+        llama-cpp-python gives them with ``echo``.  Evaluates the whole prompt with every row's logits."""
+        self._engine.reset()
+        rows = self._engine.eval(toks, logits_all=True).reshape(len(toks), -1)  # (n_prompt, n_vocab)
+        start = 1 if toks and toks[0] == self.token_bos() else 0
+        out = CompletionLogprobs()
+        for i in range(start, len(toks)):
+            out.tokens.append(self.token_piece(toks[i]))
+            out.text_offset.append(len(self.detokenize(toks[start:i]).decode("utf-8", errors="ignore")))
+            if i == start:
+                out.token_logprobs.append(None)
+                out.top_logprobs.append(None)
+            else:
+                lp = _log_softmax(rows[i - 1])
+                out.token_logprobs.append(float(lp[toks[i]]))
+                out.top_logprobs.append(self._top_logprobs(lp, toks[i], n_top))
+        return out
+
+    def _completion_chunks(self, toks: list[int], prompt_text: str, events: Iterator[TokenEvent] | None,
+                           logprobs: int | None, echo: bool) -> Iterator[Chunk]:
+        """One Chunk per emitted piece; text offsets count from the start of prompt_text (the
+        text before the completion), as llama-cpp-python's do."""
         n_prompt = len(toks)
         want = logprobs is not None
-        offset = 0
         if echo:
-            text = prompt if isinstance(prompt, str) else self.detokenize(toks).decode("utf-8", "replace")
-            lp = None
-            if want:
-                lp = {"tokens": [self.tokenizer.decode([t]) for t in toks], "text_offset": [],
-                      "token_logprobs": [None] + [None] * (len(toks) - 1), "top_logprobs": [None] * len(toks)}
-                pos = 0
-                for piece in lp["tokens"]:
-                    lp["text_offset"].append(pos)
-                    pos += len(piece)
-            offset = len(text)
-            yield text, lp, None, n_prompt, 0
+            yield Chunk(prompt_text, self._echo_logprobs(toks, logprobs) if want else None, None, n_prompt, 0)
         n_done = 0
-        for ev in self.stream_events(toks, max_tokens=max_tokens, stop=stop, seed=seed,
-                                     want_logits=want, **sampling):
+        done: list[int] = []
+        for ev in events:
+            lp = None
             if ev.token is not None:
                 n_done += 1
-            lp = None
-            if want and ev.token is not None and ev.logits is not None:
-                piece, tlp, top = self._logprob_entry(ev.logits, ev.token, int(logprobs))
-                lp = {"tokens": [piece], "text_offset": [offset], "token_logprobs": [tlp],
-                      "top_logprobs": [top]}
-            offset += len(ev.text)
+                if want and ev.logits is not None:
+                    offset = len(prompt_text) + len(self.detokenize(done, prev_tokens=toks).decode(
+                        "utf-8", errors="ignore"))
+                    lrow = _log_softmax(ev.logits)
+                    lp = CompletionLogprobs([self.token_piece(ev.token)], [offset], [float(lrow[ev.token])],
+                                            [self._top_logprobs(lrow, ev.token, int(logprobs))])
+                done.append(ev.token)
             if ev.text or lp is not None or ev.finish_reason is not None:
-                yield ev.text, lp, ev.finish_reason, n_prompt, n_done
+                yield Chunk(ev.text, lp, ev.finish_reason, n_prompt, n_done)
 
     @serialised
     def create_completion(self, prompt: str | bytes | Sequence[int], suffix: str | None = None,
@@ -335,131 +502,170 @@ class Llama:
                           echo: bool = False, stop: str | list[str] | None = None,
                           frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                           repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False,
-                          seed: int | None = None, logit_bias: Mapping[int, float] | None = None,
-                          model: str | None = None, ignore_eos: bool = False, repeat_last_n: int = 64,
-                          **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
+                          seed: int | None = None, tfs_z: float = 1.0, mirostat_mode: int = 0,
+                          mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, model: str | None = None,
+                          stopping_criteria=None, logits_processor=None, grammar=None,
+                          logit_bias: Mapping[int, float] | None = None, *, ignore_eos: bool = False,
+                          repeat_last_n: int | None = None) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Completes ``prompt``; an OpenAI-style "text_completion" dict, or its chunks with ``stream``.
 
-        max_tokens None or <= 0: until an end-of-generation token or the context is full.
+        llama-cpp-python's arguments, all implemented but ``suffix``, ``typical_p`` and ``tfs_z``
+        (NotImplementedError when given).  max_tokens None or <= 0: until an end-of-generation token
+        or the context is full.  grammar: GBNF text or a ``Grammar`` (generation ends when it is
+        complete).  logits_processor / stopping_criteria: llama-cpp-python's callables (or lists).
+        Bad values raise ValueError before any token is generated.
         """
         self._check_open()
-        if suffix:
-            raise ValueError("suffix (fill-in-the-middle) is not supported")
-        if typical_p != 1.0:
-            raise ValueError(f"typical_p={typical_p} is not supported (only 1.0, i.e. off)")
-        check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                       repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty, logprobs=logprobs)
-        if logit_bias:
-            logit_bias = {int(k): float(v) for k, v in logit_bias.items()}
+        refuse_non_defaults("create_completion", dict(suffix=(suffix, None), typical_p=(typical_p, 1.0),
+                                                      tfs_z=(tfs_z, 1.0)))
+        check_sampling(logprobs=logprobs)
+        toks = self._prompt_tokens(prompt)
+        if isinstance(prompt, str):
+            prompt_text = prompt
+        elif isinstance(prompt, (bytes, bytearray)):
+            prompt_text = bytes(prompt).decode("utf-8", errors="ignore")
+        else:
+            prompt_text = self.detokenize(toks).decode("utf-8", errors="ignore")
+        events = self.stream_events(
+            toks, max_tokens=max_tokens, stop=stop, seed=seed, want_logits=logprobs is not None,
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
+            repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            logit_bias=logit_bias, ignore_eos=ignore_eos, mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria, grammar=grammar)
         cid = f"cmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = model or self.model_path
-        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                        repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                        logit_bias=logit_bias, ignore_eos=ignore_eos)
-        chunks = self._completion_chunks(prompt, max_tokens, stop, seed, logprobs, echo, **sampling)
+        chunks = self._completion_chunks(toks, prompt_text, events, logprobs, echo)
         if stream:
             def gen() -> Iterator[dict[str, Any]]:
-                for text, lp, fr, _, _ in chunks:
+                for c in chunks:
                     yield {"id": cid, "object": "text_completion", "created": created, "model": name,
-                           "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": fr}]}
+                           "choices": [{"text": c.text, "index": 0,
+                                        "logprobs": c.logprobs.as_dict() if c.logprobs else None,
+                                        "finish_reason": c.finish_reason}]}
             return gen()
         parts: list[str] = []
-        merged: dict[str, list] | None = None
-        finish, n_prompt, n_done = None, 0, 0
-        for text, lp, fr, n_prompt, n_done in chunks:
-            parts.append(text)
-            if lp is not None:
-                if merged is None:
-                    merged = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
-                for k in merged:
-                    merged[k].extend(lp[k])
-            if fr is not None:
-                finish = fr
+        merged: CompletionLogprobs | None = None
+        finish, n_prompt, n_done = None, len(toks), 0
+        for c in chunks:
+            parts.append(c.text)
+            if c.logprobs is not None:
+                merged = c.logprobs if merged is None else merged.extend(c.logprobs)
+            finish = c.finish_reason or finish
+            n_prompt, n_done = c.n_prompt, c.n_completion
         return {"id": cid, "object": "text_completion", "created": created, "model": name,
-                "choices": [{"text": "".join(parts), "index": 0, "logprobs": merged, "finish_reason": finish}],
+                "choices": [{"text": "".join(parts), "index": 0,
+                             "logprobs": merged.as_dict() if merged is not None else None,
+                             "finish_reason": finish}],
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_done,
                           "total_tokens": n_prompt + n_done}}
 
-    def __call__(self, prompt: str | bytes | Sequence[int], **kwargs: Any):
-        return self.create_completion(prompt, **kwargs)
+    def __call__(self, prompt: str | bytes | Sequence[int], suffix: str | None = None,
+                 max_tokens: int | None = 16, temperature: float = 0.8, top_p: float = 0.95,
+                 min_p: float = 0.05, typical_p: float = 1.0, logprobs: int | None = None,
+                 echo: bool = False, stop: str | list[str] | None = None,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                 repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False,
+                 seed: int | None = None, tfs_z: float = 1.0, mirostat_mode: int = 0,
+                 mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, model: str | None = None,
+                 stopping_criteria=None, logits_processor=None, grammar=None,
+                 logit_bias: Mapping[int, float] | None = None, *, ignore_eos: bool = False,
+                 repeat_last_n: int | None = None) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """``create_completion`` with the same arguments."""
+        return self.create_completion(
+            prompt, suffix, max_tokens, temperature, top_p, min_p, typical_p, logprobs, echo, stop,
+            frequency_penalty, presence_penalty, repeat_penalty, top_k, stream, seed, tfs_z, mirostat_mode,
+            mirostat_tau, mirostat_eta, model, stopping_criteria, logits_processor, grammar, logit_bias,
+            ignore_eos=ignore_eos, repeat_last_n=repeat_last_n)
 
     # ------------------------------------------------------------------ chat
     def format_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True,
-                    tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
-        """Prompt tokens for a conversation rendered with the model's (or the given) chat template."""
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
-                                                  tools=tools, template=self.chat_template)
+                    tools: Sequence[Mapping[str, Any]] | None = None, tool_note: str | None = None) -> list[int]:
+        """Prompt tokens for a conversation rendered with the model's (or the given) chat template.
+        tool_note: a description of the tools added to the system message (for templates without tools)."""
+        from .generation.tool_calls import normalize_messages
+        msgs = normalize_messages(messages, tool_note, self.chat_template_text())
+        text = self.tokenizer.apply_chat_template(msgs,
+                                                  add_generation_prompt=add_generation_prompt,
+                                                  tools=list(tools) if tools else None, template=self.chat_template)
         # the tokenizer drops a leading BOS the template writes when encoding adds one itself
         return [int(t) for t in self.tokenizer.encode(text, add_bos=True, special=True)]
 
     @serialised
-    def create_chat_completion(self, messages: Sequence[Message], tools=None, tool_choice=None,
-                               temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40,
-                               min_p: float = 0.05, typical_p: float = 1.0, stream: bool = False,
-                               stop: str | list[str] | None = None, seed: int | None = None,
-                               max_tokens: int | None = None, presence_penalty: float = 0.0,
-                               frequency_penalty: float = 0.0, repeat_penalty: float = 1.0,
+    def create_chat_completion(self, messages: Sequence[Message], functions=None, function_call=None,
+                               tools=None, tool_choice=None, temperature: float = 0.2, top_p: float = 0.95,
+                               top_k: int = 40, min_p: float = 0.05, typical_p: float = 1.0,
+                               stream: bool = False, stop: str | list[str] | None = None,
+                               seed: int | None = None, response_format=None, max_tokens: int | None = None,
+                               presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                               repeat_penalty: float = 1.0, tfs_z: float = 1.0, mirostat_mode: int = 0,
+                               mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, model: str | None = None,
+                               logits_processor=None, grammar=None,
                                logit_bias: Mapping[int, float] | None = None, logprobs: bool | None = None,
-                               top_logprobs: int | None = None, model: str | None = None,
-                               ignore_eos: bool = False, repeat_last_n: int = 64, **kwargs: Any,
+                               top_logprobs: int | None = None, *, ignore_eos: bool = False,
+                               repeat_last_n: int | None = None,
                                ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Answers a conversation; an OpenAI-style "chat.completion" dict, or "chat.completion.chunk"s.
 
-        max_tokens None: until an end-of-generation token or the context is full."""
+        llama-cpp-python's arguments, all implemented but ``typical_p`` and ``tfs_z``.
+        max_tokens None: until an end-of-generation token or the context is full.
+        response_format: {"type": "json_object"} (any JSON object), {"type": "json_object", "schema":
+        {...}} or {"type": "json_schema", "json_schema": {"schema": {...}}}: the answer is constrained
+        to it.  tools / tool_choice ("auto", "none", "required" or {"type": "function", "function":
+        {"name": ...}}): tool calls the model writes come back as ``message.tool_calls`` with
+        finish_reason "tool_calls"; "required" and a named function are enforced by a grammar.
+        functions / function_call: the older OpenAI form of tools / tool_choice.
+        """
         self._check_open()
-        if typical_p != 1.0:
-            raise ValueError(f"typical_p={typical_p} is not supported (only 1.0, i.e. off)")
-        check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                       repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty,
-                       presence_penalty=presence_penalty, top_logprobs=top_logprobs)
-        toks = self.format_chat(messages, tools=tools)
+        refuse_non_defaults("create_chat_completion", dict(typical_p=(typical_p, 1.0), tfs_z=(tfs_z, 1.0)))
+        check_sampling(top_logprobs=top_logprobs)
+        from .generation import tool_calls as tc
+        tools, tool_choice = tc.merge_functions(tools, tool_choice, functions, function_call)
+        plan = tc.plan_tools(tools, tool_choice, self.chat_template_text())
+        constraint = [g for g in (grammar, _response_format_grammar(response_format), plan.grammar) if g is not None]
+        if len(constraint) > 1:
+            raise ValueError("give only one of grammar, response_format and a forced tool_choice")
+        toks = self.format_chat(messages, tools=plan.tools, tool_note=plan.system_note)
+        n_top = (top_logprobs or 0) if logprobs else None
+        events = self.stream_events(
+            toks, max_tokens=max_tokens, stop=stop, seed=seed, want_logits=n_top is not None,
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
+            repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            logit_bias=logit_bias, ignore_eos=ignore_eos, mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, logits_processor=logits_processor,
+            grammar=constraint[0] if constraint else None)
         cid = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = model or self.model_path
-        n_top = (top_logprobs or 0) if logprobs else None
-        chunks = self._completion_chunks(
-            toks, max_tokens, stop, seed, n_top, False, temperature=temperature, top_p=top_p,
-            top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-            logit_bias={int(k): float(v) for k, v in (logit_bias or {}).items()}, ignore_eos=ignore_eos)
-
-        def chat_lp(lp):
-            if lp is None:
-                return None
-            return {"content": [{"token": t, "logprob": l, "bytes": list(t.encode("utf-8")),
-                                 "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode("utf-8"))}
-                                                  for k, v in (top or {}).items()]}
-                                for t, l, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"])]}
-
+        chunks = self._completion_chunks(toks, "", events, n_top, False)
+        parser = tc.ToolCallParser(plan) if plan.tools else None
         if stream:
-            def gen() -> Iterator[dict[str, Any]]:
-                base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name}
-                yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
-                                            "finish_reason": None}]}
-                for text, lp, fr, _, _ in chunks:
-                    if text or lp is not None:
-                        yield {**base, "choices": [{"index": 0, "delta": {"content": text},
-                                                    "logprobs": chat_lp(lp), "finish_reason": None}]}
-                    if fr is not None:
-                        yield {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                    "finish_reason": fr}]}
-            return gen()
+            return tc.chat_stream(chunks, parser, {"id": cid, "object": "chat.completion.chunk",
+                                                   "created": created, "model": name})
         parts, lps = [], []
         finish, n_prompt, n_done = None, len(toks), 0
-        for text, lp, fr, n_prompt, n_done in chunks:
-            parts.append(text)
-            if lp is not None:
-                lps.extend(chat_lp(lp)["content"])
-            if fr is not None:
-                finish = fr
+        for c in chunks:
+            parts.append(c.text)
+            if c.logprobs is not None:
+                lps.extend(c.logprobs.chat_content())
+            finish = c.finish_reason or finish
+            n_prompt, n_done = c.n_prompt, c.n_completion
+        message = tc.chat_message("".join(parts), parser)
+        if message.get("tool_calls"):
+            finish = "tool_calls"
         return {"id": cid, "object": "chat.completion", "created": created, "model": name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                "choices": [{"index": 0, "message": message,
                              "logprobs": {"content": lps} if logprobs else None, "finish_reason": finish}],
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_done,
                           "total_tokens": n_prompt + n_done}}
+
+    def chat_template_text(self) -> str:
+        """The text of the chat template in use (for recognising its tool-call format)."""
+        from .tokenizer.chat import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, resolve_template
+        if self.chat_template is not None:
+            return resolve_template(self.chat_template)
+        return self.tokenizer.chat_template or BUILTIN_TEMPLATES[DEFAULT_TEMPLATE]
 
     # ------------------------------------------------------------------ lifetime
     def _check_open(self) -> None:
@@ -492,4 +698,4 @@ class Llama:
         print(self.perf.summary(), file=file or sys.stderr)
 
 
-__all__ = ["Llama", "ContextFullError", "ContextLimitError", "StreamInvalidatedError"]
+__all__ = ["Llama", "LlamaState", "ContextFullError", "ContextLimitError", "StreamInvalidatedError"]

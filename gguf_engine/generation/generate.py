@@ -6,13 +6,14 @@ truncated to that prefix first), so a chat follow-up that extends the previous t
 its new tokens.
 
 Generation stops at an end-of-generation token (unless ``ignore_eos``), after ``max_tokens``, at a
-stop string (which is not emitted) or when the context is full; the reason is given as an
-OpenAI-style ``finish_reason`` ("stop" or "length") plus a more precise ``stop_reason``.
+stop string (which is not emitted), when a stopping criterion says so, when a grammar is complete
+or when the context is full; the reason is given as an OpenAI-style ``finish_reason`` ("stop" or
+"length") plus a more precise ``stop_reason``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class TokenEvent:
     full context); text: the text that may be shown now (stop-string prefixes are held back, so it
     can be empty); logits: the raw logits row (n_vocab,) the token was sampled from (only when
     asked for); finish_reason: None while generating, then "stop" or "length"; stop_reason: "eog",
-    "stop_string", "max_tokens" or "context_full" on the last event.
+    "stop_string", "grammar", "stopping_criteria", "max_tokens" or "context_full" on the last event.
     """
 
     token: int | None
@@ -52,6 +53,90 @@ class TokenEvent:
     logits: np.ndarray | None = None
     finish_reason: str | None = None
     stop_reason: str | None = None
+
+
+LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, scores) -> scores
+StoppingCriterion = Callable[[np.ndarray, np.ndarray], bool]       # (input_ids, logits) -> stop?
+
+
+def as_callables(value: Callable | Sequence[Callable] | None) -> tuple[Callable, ...]:
+    """One callable (llama-cpp-python's LogitsProcessorList is one), a list of them, or None."""
+    if value is None:
+        return ()
+    if callable(value):
+        return (value,)
+    return tuple(value)
+
+
+@dataclass
+class Steering:
+    """What steers a generation besides the sampler.
+
+    logits_processors: called in order as ``f(input_ids, scores) -> scores`` on each row before
+    any other stage (input_ids: int32 tokens in the context; scores: a float32 copy (n_vocab,)).
+    stopping_criteria: ``f(input_ids, logits) -> bool`` after each generated token (input_ids
+    include it; logits: the row it was sampled from); any true stops with finish_reason "stop".
+    constraint: a grammar matcher (``generation.grammar.Constraint``): it masks the tokens that
+    would break the grammar before the sampler sees the row, and ends generation when complete.
+    """
+
+    logits_processors: tuple[LogitsProcessor, ...] = ()
+    stopping_criteria: tuple[StoppingCriterion, ...] = ()
+    constraint: Any = None
+
+    def prepare(self, input_ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        """The row the sampler sees: processed, then masked by the grammar."""
+        if not self.logits_processors and self.constraint is None:
+            return logits
+        row = np.array(logits, dtype=np.float32, copy=True).reshape(-1)  # (n_vocab,)
+        if self.logits_processors:
+            ids = np.asarray(input_ids, dtype=np.intc)
+            for proc in self.logits_processors:
+                row = np.asarray(proc(ids, row), dtype=np.float32).reshape(-1)
+        if self.constraint is not None:
+            self.constraint.mask(row)
+        return row
+
+    def accept(self, token: int) -> None:
+        if self.constraint is not None:
+            self.constraint.accept(token)
+
+    def should_stop(self, input_ids: Sequence[int], token: int, logits: np.ndarray) -> bool:
+        if not self.stopping_criteria:
+            return False
+        ids = np.asarray([*input_ids, token], dtype=np.intc)
+        return any(bool(f(ids, logits)) for f in self.stopping_criteria)
+
+    @property
+    def grammar_done(self) -> bool:
+        return self.constraint is not None and self.constraint.done
+
+
+NO_STEERING = Steering()
+
+
+@dataclass
+class LlamaState:
+    """A saved generation state: the tokens in the KV cache, each layer's keys and values for
+    them (n_tokens, n_head_kv, head_dim) as host arrays, and the latest logits."""
+
+    tokens: list[int]
+    k: list[np.ndarray]
+    v: list[np.ndarray]
+    last_logits: np.ndarray | None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v))
+
+
+def _host(a) -> np.ndarray:
+    """A host (numpy) copy of an array that may live on a GPU."""
+    return np.array(a.get() if hasattr(a, "get") else a, copy=True)
 
 
 class Engine:
@@ -69,6 +154,7 @@ class Engine:
         self.n_reused = 0             # prompt tokens taken from the cache by the last prefill
         self.n_evaluated = 0          # prompt tokens evaluated by the last prefill
         self.guard = CacheGuard()
+        self.last_logits: np.ndarray | None = None  # the latest evaluation's logits
 
     @property
     def n_ctx(self) -> int:
@@ -83,6 +169,38 @@ class Engine:
         with self.guard.lock:
             self.guard.claim()
             self._reset()
+
+    def save_state(self) -> LlamaState:
+        with self.guard.lock:
+            cache = self.model.kv_cache
+            n = len(self.tokens)
+            ks, vs = [], []
+            for il in range(int(self.model.config.n_layer)):
+                k, v = cache.layer(il)  # (n_ctx, n_head_kv, head_dim)
+                ks.append(_host(k[:n]))
+                vs.append(_host(v[:n]))
+            last = None if self.last_logits is None else self.last_logits.copy()
+            return LlamaState(list(self.tokens), ks, vs, last)
+
+    def load_state(self, state: LlamaState) -> None:
+        cache = self.model.kv_cache
+        n_layer = int(self.model.config.n_layer)
+        if len(state.k) != n_layer or state.n_tokens > self.n_ctx:
+            raise ValueError(f"the state ({len(state.k)} layers, {state.n_tokens} tokens) does not fit this "
+                             f"model ({n_layer} layers, n_ctx={self.n_ctx})")
+        for il in range(n_layer):
+            k, _ = cache.layer(il)
+            if tuple(state.k[il].shape[1:]) != tuple(k.shape[1:]):
+                raise ValueError(f"the state's layer {il} has keys of shape {state.k[il].shape[1:]}, "
+                                 f"this model's cache {tuple(k.shape[1:])}")
+        with self.guard.lock:
+            self.guard.claim()
+            self._reset()
+            for il in range(n_layer):
+                cache.store(il, 0, state.k[il], state.v[il])
+            cache.n_past = state.n_tokens
+            self.tokens = list(state.tokens)
+            self.last_logits = None if state.last_logits is None else state.last_logits.copy()
 
     def truncate(self, n: int) -> None:
         with self.guard.lock:
@@ -111,6 +229,7 @@ class Engine:
     def _reset(self) -> None:
         self.model.reset()
         self.tokens = []
+        self.last_logits = None
 
     def _truncate(self, n: int) -> None:
         if n < len(self.tokens):
@@ -132,7 +251,8 @@ class Engine:
             raise
         self.perf.add_eval(len(toks), now_ms() - t0)
         self.tokens.extend(toks)
-        return np.asarray(out, dtype=np.float32)
+        self.last_logits = np.asarray(out, dtype=np.float32)
+        return self.last_logits
 
     def _prefill(self, tokens: Sequence[int], reuse: bool = True) -> np.ndarray:
         toks = [int(t) for t in tokens]
@@ -154,7 +274,7 @@ class Engine:
 
     # ------------------------------------------------------------------ token loop
     def token_loop(self, prompt: Sequence[int], sampler: Sampler, reuse: bool = True,
-                   ) -> Iterator[tuple[int, np.ndarray]]:
+                   steering: Steering = NO_STEERING) -> Iterator[tuple[int, np.ndarray]]:
         """Yields (token, logits it was sampled from) until the consumer stops or the context is full.
 
         Each yielded token is accepted by the sampler; it is evaluated into the cache only when
@@ -168,7 +288,7 @@ class Engine:
             self.context_full = False
             logits = self._prefill(prompt, reuse=reuse)
             sampler.accept_many(prompt)
-            tok = self._sample(sampler, logits)
+            tok = self._sample(sampler, logits, steering)
         while True:
             yield tok, logits
             with guard.resume(ticket):
@@ -176,18 +296,21 @@ class Engine:
                     self.context_full = True
                     return
                 logits = self._eval([tok])
-                tok = self._sample(sampler, logits)
+                tok = self._sample(sampler, logits, steering)
 
-    def _sample(self, sampler: Sampler, logits: np.ndarray) -> int:
+    def _sample(self, sampler: Sampler, logits: np.ndarray, steering: Steering = NO_STEERING) -> int:
+        """Samples from the steered row (processors, grammar mask) and advances the grammar."""
         t0 = now_ms()
-        tok = sampler.sample(logits)
+        tok = sampler.sample(steering.prepare(self.tokens, logits))
+        steering.accept(tok)
         self.perf.add_sample(now_ms() - t0)
         sampler.accept(tok)
         return tok
 
     def stream(self, prompt: Sequence[int], sampler: Sampler, max_tokens: int | None = None,
                stop: str | Iterable[str] | None = None, ignore_eos: bool = False,
-               want_logits: bool = False, reuse: bool = True) -> Iterator[TokenEvent]:
+               want_logits: bool = False, reuse: bool = True,
+               steering: Steering = NO_STEERING) -> Iterator[TokenEvent]:
         """Streams text events for a completion of ``prompt``; the last event has a finish_reason."""
         tok_api = self.tokenizer
         eog = {int(t) for t in (getattr(tok_api, "eog_ids", None) or [])}
@@ -205,7 +328,7 @@ class Engine:
             return matcher.push(decoder.flush()) + matcher.flush()
 
         n = 0
-        for tok, logits in self.token_loop(prompt, sampler, reuse=reuse):
+        for tok, logits in self.token_loop(prompt, sampler, reuse=reuse, steering=steering):
             row = np.array(logits, copy=True) if want_logits else None
             if tok in eog and not ignore_eos:
                 yield TokenEvent(None, tail(), row, "stop", "eog")
@@ -215,6 +338,12 @@ class Engine:
             if matcher.stopped:
                 yield TokenEvent(tok, text, row, "stop", "stop_string")
                 return
+            for done, reason in ((steering.grammar_done, "grammar"),
+                                 (steering.should_stop(self.tokens, tok, logits), "stopping_criteria")):
+                if done:
+                    text += tail()
+                    yield TokenEvent(tok, text, row, "stop", "stop_string" if matcher.stopped else reason)
+                    return
             if limit is not None and n >= limit:
                 text += tail()
                 reason = "stop_string" if matcher.stopped else "max_tokens"

@@ -10,6 +10,11 @@ logits, optionally sorted by logit descending.  Top-p and min-p see
 probabilities at temperature 1 because the temperature is applied after them.
 A temperature <= 0 keeps only the best candidate, i.e. greedy decoding.
 
+With ``mirostat`` 1 or 2 the chain is llama.cpp's mirostat one instead (penalties, top-k,
+top-p and min-p are not part of it there either):
+
+    logits -> logit-bias -> temp -> mirostat (v1: adaptive top-k; v2: surprise cut-off)
+
 The final draw uses a Mersenne Twister (MT19937) seeded exactly as
 ``std::mt19937(seed)`` and turns two 32-bit words into a double in [0, 1) the way
 libstdc++'s ``std::uniform_real_distribution<double>`` does, so one seed gives one
@@ -49,6 +54,9 @@ SAMPLING_RANGES = {
     "presence_penalty": (_real, "a finite number"),
     "logprobs": (lambda v: v is None or (_integer(v) and v >= 0), "None or an integer >= 0"),
     "top_logprobs": (lambda v: v is None or (_integer(v) and v >= 0), "None or an integer >= 0"),
+    "mirostat": (lambda v: _integer(v) and v in (0, 1, 2), "0 (off), 1 or 2"),
+    "mirostat_tau": (lambda v: _real(v) and v > 0, "a finite number > 0"),
+    "mirostat_eta": (lambda v: _real(v) and v > 0, "a finite number > 0"),
 }
 
 
@@ -76,12 +84,16 @@ class SamplingParams:
     logit_bias: Mapping[int, float] | None = None
     min_keep: int = 0              # top-p / min-p keep at least this many candidates
     seed: int | None = DEFAULT_SEED
+    mirostat: int = 0              # 0: off, 1: mirostat, 2: mirostat 2.0
+    mirostat_tau: float = 5.0      # target surprise (bits)
+    mirostat_eta: float = 0.1      # learning rate
 
     def validate(self) -> None:
         """ValueError naming the first setting outside its range."""
         check_sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
                        repeat_penalty=self.repeat_penalty, repeat_last_n=self.repeat_last_n,
-                       frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty)
+                       frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+                       mirostat=self.mirostat, mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta)
 
     def describe(self) -> str:
         """One line in the form llama.cpp logs its sampler parameters."""
@@ -95,7 +107,10 @@ def chain_description(params: SamplingParams) -> str:
     stages = ["logits"]
     if params.logit_bias:
         stages.append("logit-bias")
-    stages += ["penalties", "top-k", "top-p", "min-p", "temp", "dist"]
+    if params.mirostat:
+        stages += ["temp", "mirostat" if params.mirostat == 1 else "mirostat-v2"]
+    else:
+        stages += ["penalties", "top-k", "top-p", "min-p", "temp", "dist"]
     return " -> ".join(stages)
 
 
@@ -282,6 +297,47 @@ def dist(logits: np.ndarray, u: float) -> int:
     return min(idx, n - 1)
 
 
+def _probs_sorted(ids: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates sorted by logit (descending) with their float32 softmax probabilities."""
+    ids, logits = _sort_desc(ids, logits)
+    return ids, logits, softmax(logits)
+
+
+def mirostat_v1(ids: np.ndarray, logits: np.ndarray, mu: float, n_vocab: int,
+                m: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Mirostat 1.0's cut: estimates the Zipf exponent s from the m best candidates and keeps the
+    k best, k = (eps * 2^mu / (1 - n_vocab^-eps))^(1/s) with eps = s - 1 (at least one)."""
+    ids, logits, p = _probs_sorted(ids, logits)
+    n = min(m - 1, p.shape[0] - 1)
+    if n > 0:
+        i = np.arange(n, dtype=np.float32)
+        t = np.log((i + 2) / (i + 1)).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            b = np.log(p[:n] / p[1:n + 1]).astype(np.float32)
+        s_hat = float(np.float32((t * b).sum(dtype=np.float32)) / np.float32((t * t).sum(dtype=np.float32)))
+    else:
+        s_hat = float("nan")  # llama.cpp divides 0 by 0 here too; k then falls back to 1
+    eps = s_hat - 1.0
+    with np.errstate(all="ignore"):
+        try:
+            k = ((eps * 2.0 ** mu) / (1.0 - float(n_vocab) ** (-eps))) ** (1.0 / s_hat)
+        except (OverflowError, ZeroDivisionError):
+            k = float("inf")
+    k = int(k) if math.isfinite(k) else (p.shape[0] if k == float("inf") else 1)
+    k = max(min(k, p.shape[0]), 1)
+    return ids[:k], logits[:k]
+
+
+def mirostat_v2(ids: np.ndarray, logits: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mirostat 2.0's cut: keeps the leading candidates whose surprise -log2(p) is at most mu
+    (stopping at the first that exceeds it; at least one)."""
+    ids, logits, p = _probs_sorted(ids, logits)
+    over = np.flatnonzero(-np.log2(p) > np.float32(mu))
+    k = int(over[0]) if over.size else p.shape[0]
+    k = max(k, 1)
+    return ids[:k], logits[:k]
+
+
 # ----------------------------------------------------------------------------- the chain
 
 @dataclass
@@ -309,6 +365,7 @@ class Sampler:
         self.rng = UniformStream(p.seed)
         self.seed = self.rng.seed
         self.n_sample = 0
+        self.mu = 2.0 * p.mirostat_tau  # mirostat's running surprise bound
 
     # -- history
     def accept(self, token: int) -> None:
@@ -332,6 +389,7 @@ class Sampler:
         self._history.clear()
         self._counts.clear()
         self.rng = UniformStream(self.seed)
+        self.mu = 2.0 * self.params.mirostat_tau
 
     def add_bias(self, token: int, bias: float) -> None:
         self._bias[int(token)] = self._bias.get(int(token), 0.0) + float(bias)
@@ -342,6 +400,8 @@ class Sampler:
         p = self.params
         row = np.array(logits, dtype=np.float32, copy=True).reshape(-1)  # (n_vocab,)
         apply_logit_bias(row, self._bias)
+        if p.mirostat:
+            return self._mirostat_candidates(row)
         if self._last_n:
             apply_penalties(row, self._counts, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
         if p.temperature <= 0.0:
@@ -360,11 +420,24 @@ class Sampler:
         ids, row, srt = temperature(ids, row, srt, p.temperature)
         return ids, row
 
+    def _mirostat_candidates(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """temp -> the mirostat cut, on a biased row (n_vocab,); no penalties, as llama.cpp chains it."""
+        p = self.params
+        n_vocab = row.shape[0]
+        ids, row, _ = temperature(np.arange(n_vocab, dtype=np.int64), row, False, p.temperature)
+        if p.mirostat == 1:
+            return mirostat_v1(ids, row, self.mu, n_vocab)
+        return mirostat_v2(ids, row, self.mu)
+
     def sample(self, logits: np.ndarray) -> int:
         ids, row = self.candidates(logits)
         u = self.rng.uniform()  # drawn even for a single candidate, as llama.cpp does
         self.n_sample += 1
-        return int(ids[dist(row, u)])
+        i = dist(row, u)
+        if self.params.mirostat:  # move mu towards the target surprise
+            surprise = -math.log2(float(softmax(row)[i]))
+            self.mu -= self.params.mirostat_eta * (surprise - self.params.mirostat_tau)
+        return int(ids[i])
 
 
 def greedy(logits: np.ndarray) -> int:

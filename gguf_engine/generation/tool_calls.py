@@ -1,0 +1,318 @@
+"""Tool calls in chat completions: choosing the format, forcing a call, parsing the model's output.
+
+A chat template's tool-call format is recognised from its text:
+  * "hermes" (Qwen 2.5/3, Hermes): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one
+    block per call; also the format used for templates that know no tools (the tools are then
+    described to the model in a system message);
+  * "llama3" (Llama 3.x): the answer is a JSON object ``{"name": ..., "parameters": {...}}``,
+    optionally after ``<|python_tag|>``; several are separated by ``;``;
+  * "mistral": ``[TOOL_CALLS]`` followed by a JSON list of ``{"name": ..., "arguments": {...}}``.
+
+``tool_choice``: "none" (no parsing), "auto" (the model decides; calls it writes are parsed),
+"required" (a grammar makes the answer one call to any of the tools) or {"type": "function",
+"function": {"name": N}} (a grammar makes it one call to N).  Parsed calls come back in OpenAI's
+``message.tool_calls`` shape (arguments as a JSON string) with finish_reason "tool_calls".
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+from .results import Chunk
+
+MARKERS = {"hermes": "<tool_call>", "mistral": "[TOOL_CALLS]", "llama3": "<|python_tag|>"}
+
+
+@dataclass
+class ToolPlan:
+    """How one chat request uses tools.
+
+    tools: what the template sees (None: no tools); parse: whether output is parsed for calls;
+    format: "hermes", "llama3" or "mistral"; grammar: the Grammar forcing a call (or None);
+    system_note: a system message describing the tools, for templates that do not render them."""
+
+    tools: list[dict[str, Any]] | None
+    parse: bool
+    format: str
+    grammar: Any
+    system_note: str | None
+
+
+def detect_format(template_text: str) -> str:
+    """The tool-call format a chat template writes (hermes for templates without one)."""
+    if "[TOOL_CALLS]" in template_text:
+        return "mistral"
+    if "<|start_header_id|>" in template_text and ("ipython" in template_text or "python_tag" in template_text):
+        return "llama3"
+    return "hermes"
+
+
+def merge_functions(tools, tool_choice, functions, function_call):
+    """OpenAI's older functions / function_call turned into tools / tool_choice."""
+    if functions is not None:
+        if tools is not None:
+            raise ValueError("give tools or functions, not both")
+        tools = [{"type": "function", "function": f} for f in functions]
+    if function_call is not None:
+        if tool_choice is not None:
+            raise ValueError("give tool_choice or function_call, not both")
+        if isinstance(function_call, Mapping):
+            tool_choice = {"type": "function", "function": {"name": function_call.get("name")}}
+        else:
+            tool_choice = {"none": "none", "auto": "auto"}.get(function_call, function_call)
+    return tools, tool_choice
+
+
+def _function(tool: Any, i: int) -> dict[str, Any]:
+    if not isinstance(tool, Mapping) or tool.get("type", "function") != "function" \
+            or not isinstance(tool.get("function"), Mapping) or not isinstance(tool["function"].get("name"), str):
+        raise ValueError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
+                         f"\"parameters\": {{...}}}}}}, got {tool!r}")
+    return dict(tool["function"])
+
+
+def _call_schema(fn: Mapping[str, Any], fmt: str) -> dict[str, Any]:
+    params = fn.get("parameters") or {"type": "object"}
+    key = "parameters" if fmt == "llama3" else "arguments"
+    return {"type": "object", "properties": {"name": {"const": fn["name"]}, key: params},
+            "required": ["name", key], "additionalProperties": False}
+
+
+def plan_tools(tools: Sequence[Any] | None, tool_choice: Any, template_text: str) -> ToolPlan:
+    """Checks tools / tool_choice and decides the format and any grammar that forces a call."""
+    fmt = detect_format(template_text)
+    if not tools:
+        if tool_choice not in (None, "none", "auto"):
+            raise ValueError(f"tool_choice={tool_choice!r} needs tools")
+        return ToolPlan(None, False, fmt, None, None)
+    fns = [_function(t, i) for i, t in enumerate(tools)]
+    tools = [{"type": "function", "function": f} for f in fns]
+    choice = "auto" if tool_choice is None else tool_choice
+    if isinstance(choice, Mapping):
+        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        chosen = [f for f in fns if f["name"] == name]
+        if not chosen:
+            raise ValueError(f"tool_choice names function {name!r}, which is not among the tools "
+                             f"({', '.join(f['name'] for f in fns)})")
+        forced = chosen
+    elif choice == "required":
+        forced = fns
+    elif choice in ("auto", "none"):
+        forced = None
+    else:
+        raise ValueError(f"tool_choice must be \"auto\", \"none\", \"required\" or a named function, got {choice!r}")
+    note = None if "tools" in template_text else tool_system_note(fns, fmt)
+    grammar = call_grammar(forced, fmt) if forced else None
+    return ToolPlan(tools, choice != "none", fmt, grammar, note)
+
+
+def tool_system_note(fns: Sequence[Mapping[str, Any]], fmt: str) -> str:
+    """The tools described for a template that does not render them (Hermes' wording of the task)."""
+    listing = "\n".join(json.dumps({"type": "function", "function": f}, ensure_ascii=False) for f in fns)
+    if fmt == "hermes":
+        how = ("For each function call, return a JSON object with the function name and arguments within "
+               "<tool_call></tool_call> tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+               "<args-json-object>}\n</tool_call>")
+    elif fmt == "mistral":
+        how = "To call functions, answer [TOOL_CALLS] followed by a JSON list of {\"name\": ..., \"arguments\": {...}}."
+    else:
+        how = "To call a function, answer only a JSON object {\"name\": <function-name>, \"parameters\": <args>}."
+    return ("You may call one or more functions to assist with the user query. The functions are:\n"
+            f"{listing}\n{how}")
+
+
+def call_grammar(fns: Sequence[Mapping[str, Any]], fmt: str):
+    """A Grammar whose sentences are exactly one call to one of fns in the format."""
+    from .grammar import Grammar
+    schema = _call_schema(fns[0], fmt) if len(fns) == 1 else {"anyOf": [_call_schema(f, fmt) for f in fns]}
+    body = f"%json {json.dumps(schema)}"
+    if fmt == "hermes":
+        lark = f'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: {body}\n'
+    elif fmt == "mistral":
+        lark = f'start: "[TOOL_CALLS][" call "]"\ncall: {body}\n'
+    else:
+        lark = f"start: call\ncall: {body}\n"
+    return Grammar.from_lark(lark, origin="tool_choice")
+
+
+def normalize_messages(messages: Sequence[Mapping[str, Any]], note: str | None = None,
+                       template_text: str = "") -> list[dict[str, Any]]:
+    """Messages as templates can render them: content given as a list of parts is joined into text
+    (only "text" parts), null content becomes "" and role "tool" is kept.  Assistant tool calls are
+    written into the content (Hermes style) for templates that do not render ``tool_calls``;
+    ``note`` (the tools' description) joins the system message, or becomes one."""
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+            raise ValueError(f"messages[{i}] must be an object with a \"role\", got {m!r}")
+        msg = dict(m)
+        msg["content"] = _text_content(msg.get("content"), i)
+        if msg.get("tool_calls") and "tool_calls" not in template_text:
+            calls = "\n".join(f"<tool_call>\n{json.dumps(_call_json(c), ensure_ascii=False)}\n</tool_call>"
+                              for c in msg["tool_calls"])
+            msg["content"] = (msg["content"] + "\n" if msg["content"] else "") + calls
+        out.append(msg)
+    if note:
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = f"{out[0]['content']}\n\n{note}"
+        else:
+            out.insert(0, {"role": "system", "content": note})
+    return out
+
+
+def _call_json(call: Mapping[str, Any]) -> dict[str, Any]:
+    fn = call.get("function", call)
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            pass
+    return {"name": fn.get("name"), "arguments": args}
+
+
+def _text_content(content: Any, i: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, Mapping) and part.get("type") == "text":
+                texts.append(str(part.get("text", "")))
+            else:
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                raise ValueError(f"messages[{i}].content: parts of type {kind!r} are not supported (only text)")
+        return "".join(texts)
+    raise ValueError(f"messages[{i}].content must be a string, a list of parts or null")
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def _openai_call(name: str, args: Any) -> dict[str, Any]:
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}}
+
+
+def _as_call(obj: Any, key: str = "arguments") -> dict[str, Any] | None:
+    if isinstance(obj, Mapping) and isinstance(obj.get("name"), str):
+        args = obj.get(key, obj.get("arguments", obj.get("parameters", {})))
+        return _openai_call(obj["name"], args if args is not None else {})
+    return None
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _json_values(text: str) -> list[Any]:
+    """Consecutive JSON values in text (separated by whitespace or ';'); stops at the first non-JSON."""
+    vals, i = [], 0
+    while True:
+        while i < len(text) and text[i] in " \t\r\n;":
+            i += 1
+        if i >= len(text):
+            return vals
+        try:
+            v, i = _DECODER.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return vals
+        vals.append(v)
+
+
+class ToolCallParser:
+    """Splits a chat answer into its text content and its tool calls (OpenAI shape)."""
+
+    def __init__(self, plan: ToolPlan):
+        self.format = plan.format
+        self.marker = MARKERS[plan.format]
+
+    def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        if self.format == "hermes":
+            calls, content = [], []
+            pos = 0
+            for m in re.finditer(r"<tool_call>(.*?)(?:</tool_call>|$)", text, re.S):
+                vals = _json_values(m.group(1))
+                found = [c for c in (_as_call(v) for v in vals) if c]
+                if not found:
+                    continue
+                calls += found
+                content.append(text[pos:m.start()])
+                pos = m.end()
+            content.append(text[pos:])
+            return "".join(content).strip(), calls
+        if self.format == "mistral":
+            i = text.find(self.marker)
+            if i < 0:
+                return text, []
+            vals = _json_values(text[i + len(self.marker):])
+            items = vals[0] if vals and isinstance(vals[0], list) else vals
+            calls = [c for c in (_as_call(v) for v in items) if c]
+            return (text[:i].strip(), calls) if calls else (text, [])
+        body = text.strip()
+        if body.startswith(self.marker):
+            body = body[len(self.marker):]
+        if not body.lstrip().startswith(("{", "[")):
+            return text, []
+        vals = _json_values(body)
+        items = [x for v in vals for x in (v if isinstance(v, list) else [v])]
+        calls = [c for c in (_as_call(v, "parameters") for v in items) if c]
+        return ("", calls) if calls else (text, [])
+
+    def content_end(self, text: str) -> int:
+        """How much of text is surely plain content (streamed as it comes): everything before a
+        call's start, minus a tail that could be the beginning of one."""
+        if self.format == "llama3":
+            s = text.lstrip()
+            return 0 if not s or s.startswith(("{", "[")) or self.marker.startswith(s[:len(self.marker)]) \
+                else len(text)
+        i = text.find(self.marker)
+        if i >= 0:
+            return i
+        for n in range(min(len(self.marker) - 1, len(text)), 0, -1):
+            if text.endswith(self.marker[:n]):
+                return len(text) - n
+        return len(text)
+
+
+def chat_message(text: str, parser: ToolCallParser | None) -> dict[str, Any]:
+    """The assistant message of a whole answer."""
+    if parser is None:
+        return {"role": "assistant", "content": text}
+    content, calls = parser.parse(text)
+    if not calls:
+        return {"role": "assistant", "content": text}
+    return {"role": "assistant", "content": content or None, "tool_calls": calls}
+
+
+def chat_stream(chunks: Iterator[Chunk], parser: ToolCallParser | None, base: dict[str, Any]
+                ) -> Iterator[dict[str, Any]]:
+    """"chat.completion.chunk"s: content deltas as text arrives; with tools, the text of a call is
+    held back and sent as ``delta.tool_calls`` once complete, with finish_reason "tool_calls"."""
+    def chunk(delta, lp=None, finish=None):
+        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
+
+    yield chunk({"role": "assistant"})
+    text, sent, finish = "", 0, None
+    for c in chunks:
+        lp = {"content": c.logprobs.chat_content()} if c.logprobs is not None else None
+        text += c.text
+        end = len(text) if parser is None else parser.content_end(text)
+        if end > sent or lp is not None:
+            yield chunk({"content": text[sent:max(end, sent)]}, lp)
+            sent = max(end, sent)
+        finish = c.finish_reason or finish
+    if parser is not None:
+        _, calls = parser.parse(text)
+        if calls:
+            for i, call in enumerate(calls):
+                yield chunk({"tool_calls": [{"index": i, **call}]})
+            finish = "tool_calls"
+        elif sent < len(text):
+            yield chunk({"content": text[sent:]})
+    yield chunk({}, None, finish)
