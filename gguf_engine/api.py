@@ -639,7 +639,7 @@ class Llama:
         created = int(time.time())
         name = model or self.model_path
         chunks = self._completion_chunks(toks, "", events, n_top, False)
-        parser = tc.ToolCallParser(plan) if plan.tools else None
+        parser = tc.ToolCallParser(plan) if plan.parse else None
         if stream:
             return tc.chat_stream(chunks, parser, {"id": cid, "object": "chat.completion.chunk",
                                                    "created": created, "model": name})

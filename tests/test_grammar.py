@@ -34,7 +34,7 @@ SCHEMAS = [
      "required": ["city", "zip"]},
     {"type": "object", "properties": {"title": S, "year": {"type": "integer", "minimum": 1900, "maximum": 2030},
                                       "note": S}, "required": ["title", "year"]},
-    {"type": "object", "properties": {"a": {"type": "number", "minimum": 0, "maximum": 1}}, "required": ["a"]},
+    {"type": "object", "properties": {"a": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.25}}, "required": ["a"]},
     {"enum": ["yes", "no"]},
     {"type": "integer", "minimum": 10, "maximum": 99},
     {"type": "object", "properties": {"status": {"const": "done"}, "count": {"type": "integer", "minimum": 0,
@@ -49,7 +49,7 @@ SCHEMAS = [
     {"type": "object", "properties": {"first": S, "last": S, "middle": S}, "required": ["first", "last"]},
     {"type": "object", "properties": {"grid": {"type": "array", "maxItems": 2, "items": {
         "type": "array", "maxItems": 2, "items": {"type": "integer", "minimum": 0, "maximum": 9}}}}, "required": ["grid"]},
-    {"type": "object", "properties": {"price": {"type": "number", "minimum": 0, "maximum": 100},
+    {"type": "object", "properties": {"price": {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01},
                                       "currency": {"enum": ["EUR", "USD"]}}, "required": ["price", "currency"]},
     {"type": "object", "properties": {"user": {"type": "object", "properties": {"name": S, "admin": {"type": "boolean"}},
                                                "required": ["name", "admin"]}, "active": {"type": "boolean"}},
