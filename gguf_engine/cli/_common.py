@@ -1,10 +1,11 @@
 """Shared command-line plumbing: expected errors become one line on stderr and exit status 1."""
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..atomic import Terminated, exit_signals
 from ..gguf import GGUFError
@@ -50,3 +51,45 @@ def cli_entry(prog: str, stop_signals: bool = False
                 return 0
         return main
     return wrap
+
+
+HUB_FLAGS = ("-hf", "-hfr", "--hf-repo", "-hff", "--hf-file", "-hft", "--hf-token", "-hfd", "-hfrd",
+             "--hf-repo-draft", "-mu", "--model-url", "-dr", "--docker-repo")
+
+
+def hub_message() -> str:
+    from ..models import MODELS
+    return (f"no model hub is reachable from here: download the GGUF file and pass it with -m FILE, or use "
+            f"a registry model with -m NAME ({', '.join(MODELS)}; see `python -m gguf_engine.models list`)")
+
+
+class RefuseFlag(argparse.Action):
+    """A llama.cpp flag this CLI does not implement: refused by name (exit status 1), never misread."""
+
+    def __init__(self, option_strings, dest, prog: str = "", **kwargs):
+        self.prog = prog
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in HUB_FLAGS:
+            raise argparse.ArgumentError(self, hub_message())
+        raise argparse.ArgumentError(self, f"the llama.cpp option {option_string} is not implemented by {self.prog}")
+
+
+def refuse_other_flags(parser: argparse.ArgumentParser, flags: Iterable[str], prog: str) -> None:
+    """Declares every flag of ``flags`` the parser does not define yet as refused, so that argparse
+    never reads a multi-letter short flag (``-fa``) as a short one with a value (``-f a``)."""
+    for flag in flags:
+        try:
+            parser.add_argument(flag, action=RefuseFlag, prog=prog)
+        except argparse.ArgumentError:  # the CLI implements it
+            pass
+
+
+def parse_or_status(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace | None, int]:
+    """(arguments, 0), or (None, status) when argparse exits: 0 after --help, 1 on a usage error."""
+    try:
+        return parser.parse_args(argv), 0
+    except SystemExit as e:
+        return None, 0 if e.code in (0, None) else 1

@@ -11,6 +11,13 @@ Modes:
   * -cnv: a multi-turn chat reading user turns from stdin, one per line, until end of input
     (Ctrl-D) or Ctrl-C; -p, if given, is the first user turn.  A model without a template uses
     its architecture's built-in one (gemma3), else ChatML.
+  * -i / -if: interactive completion: after the model stops (an end-of-generation token, a reverse
+    prompt given with -r, or -n tokens) a line read from stdin continues the text, wrapped in
+    --in-prefix / --in-suffix; an empty line lets the model go on, end of input exits.  With -if
+    the first line is read before anything is generated.
+Escape sequences (backslash n, t, r, quotes, backslash, xHH) in the prompt, -r, --in-prefix and --in-suffix are
+processed unless --no-escape is given, as llama.cpp does.  Every other llama.cpp flag is refused by
+name with exit status 1.
 -n defaults to -1 in chat modes (until an end-of-generation token or a full context) and to 256
 tokens for plain completion, where a base model may never produce an end-of-generation token.
 Exit status: 0 ok, 1 bad input or model error, 130 interrupted by Ctrl-C.
@@ -19,10 +26,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
+
+from ._common import parse_or_status, refuse_other_flags
+from .llama_flags import COMMON
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_COMPLETION_TOKENS = 256  # -n default for plain completion (a base model may never stop)
@@ -35,6 +47,9 @@ examples:
   gguf-run -cnv -sys "You are a helpful assistant."   # interactive chat; Ctrl-D or Ctrl-C to leave
   printf 'Hi!\\nTell me a joke.\\n' | gguf-run -cnv   # scripted chat, one user turn per line
   gguf-run -f prompt.txt -n 128 --temp 0              # greedy, prompt read from a file ('-' = stdin)
+  gguf-run -p "A person:" -j '{"type": "object", "properties": {"name": {"type": "string"}}}'
+  gguf-run -no-cnv -p "2+2=" --grammar 'root ::= [0-9]+' # output constrained by a GBNF grammar
+  gguf-run -no-cnv -i -r "User:" -p "User: hi\nBot:" --in-prefix " " --in-suffix "Bot:"
 
 exit status: 0 ok, 1 bad input or model error, 130 interrupted (Ctrl-C)
 """
@@ -61,11 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers to offload to the GPU (default: 0)")
     g.add_argument("--cache-type", "-ctk", "--cache-type-k", dest="cache_type", choices=["f32", "f16"],
                    default="f32", help="KV cache element type (default: f32)")
+    g.add_argument("-ctv", "--cache-type-v", dest="cache_type_v", choices=["f32", "f16"], default=None,
+                   help="KV cache element type of V: must equal -ctk (one type serves both)")
+    g.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], default="auto",
+                   help="accepted for llama.cpp compatibility: attention is always computed exactly here")
 
     g = p.add_argument_group("prompt and conversation")
     g.add_argument("-p", "--prompt", default=None, help="prompt text")
     g.add_argument("-f", "--file", default=None, help="read the prompt from a file ('-' = stdin)")
-    g.add_argument("-n", "--n-predict", type=int, default=None,
+    g.add_argument("-n", "--n-predict", "--predict", dest="n_predict", type=int, default=None,
                    help="tokens to generate per turn; -1 = until an end-of-generation token or a full context "
                         f"(default: -1 in chat modes, {DEFAULT_COMPLETION_TOKENS} for plain completion)")
     cnv = g.add_mutually_exclusive_group()
@@ -76,15 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-st", "--single-turn", action="store_true",
                    help="with -cnv: answer one turn and exit")
     g.add_argument("-sys", "--system-prompt", default=None, help="system message for chat modes")
+    g.add_argument("-sysf", "--system-prompt-file", default=None, help="read the system message from a file")
     g.add_argument("--chat-template", default=None,
                    help="chat template: a built-in name or a Jinja template file (default: the model's)")
+    g.add_argument("--chat-template-file", default=None, help="read the chat template from a file")
+    g.add_argument("-e", "--escape", dest="escape", action="store_true", default=True,
+                   help="process escape sequences (\\n, \\t, \\xHH, ...) in the prompt, -r and --in-* (default)")
+    g.add_argument("--no-escape", dest="escape", action="store_false", help="take the prompt literally")
+    g.add_argument("-i", "--interactive", action="store_true",
+                   help="interactive completion: read a line from stdin whenever the model stops")
+    g.add_argument("-if", "--interactive-first", action="store_true",
+                   help="interactive completion, reading the first line before generating")
+    g.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="PROMPT",
+                   help="stop when the model writes PROMPT (printed), and in -i mode hand over to the user; "
+                        "repeatable")
+    g.add_argument("--in-prefix", default="", help="text before each line typed in -i mode")
+    g.add_argument("--in-suffix", default="", help="text after each line typed in -i mode")
+    g.add_argument("-sp", "--special", action="store_true", help="print special (control) tokens")
     g.add_argument("--no-display-prompt", action="store_true",
                    help="in completion mode, do not print the prompt before the generated text")
     g.add_argument("--ignore-eos", action="store_true", help="never stop at end-of-generation tokens")
 
     g = p.add_argument_group("sampling (llama.cpp defaults)")
-    g.add_argument("--temp", type=float, default=0.8, help="temperature; <= 0 is greedy (default: 0.8)")
-    g.add_argument("--top-k", type=int, default=40, help="top-k; <= 0 = off (default: 40)")
+    g.add_argument("--temp", "--temperature", dest="temp", type=float, default=0.8, help="temperature; <= 0 is greedy (default: 0.8)")
+    g.add_argument("--top-k", type=int, default=40, help="top-k; 0 = off (default: 40)")
     g.add_argument("--top-p", type=float, default=0.95, help="top-p; 1.0 = off (default: 0.95)")
     g.add_argument("--min-p", type=float, default=0.05, help="min-p; 0.0 = off (default: 0.05)")
     g.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty; 1.0 = off (default: 1.0)")
@@ -94,10 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frequency penalty (default: 0.0)")
     g.add_argument("--presence-penalty", type=float, default=0.0, help="presence penalty (default: 0.0)")
     g.add_argument("-s", "--seed", type=int, default=-1, help="random seed; -1 = random (default: -1)")
+    g.add_argument("--mirostat", type=int, default=0,
+                   help="mirostat sampling: 0 off, 1 mirostat, 2 mirostat 2.0 (replaces top-k/top-p/min-p "
+                        "and penalties, as in llama.cpp; default: 0)")
+    g.add_argument("--mirostat-lr", type=float, default=0.1, help="mirostat learning rate eta (default: 0.1)")
+    g.add_argument("--mirostat-ent", type=float, default=5.0, help="mirostat target entropy tau (default: 5.0)")
+    g.add_argument("-l", "--logit-bias", action="append", default=[], metavar="TOKEN_ID(+/-)BIAS",
+                   help="add BIAS to a token's logit, e.g. 15043+1 or 15043-inf; repeatable")
+
+    g = p.add_argument_group("constrained output")
+    g.add_argument("--grammar", default=None, help="GBNF grammar the output must follow")
+    g.add_argument("--grammar-file", default=None, help="read the GBNF grammar from a file")
+    g.add_argument("-j", "--json-schema", default=None, help="JSON schema the output must follow")
+    g.add_argument("-jf", "--json-schema-file", default=None, help="read the JSON schema from a file")
 
     g = p.add_argument_group("output")
-    g.add_argument("--verbose", "-v", action="store_true", help="more detail on stderr")
+    g.add_argument("--verbose", "-v", "--log-verbose", dest="verbose", action="store_true", help="more detail on stderr")
     g.add_argument("--no-perf", action="store_true", help="do not print the timing summary")
+    refuse_other_flags(p, COMMON, "gguf-run")
     return p
 
 
@@ -125,6 +173,85 @@ def read_prompt(args) -> str | None:
     return args.prompt
 
 
+def process_escapes(text: str) -> str:
+    """llama.cpp's escape processing: \\n \\r \\t \\' \\" \\\\ and \\xHH (a byte); any other
+    backslash stays as it is."""
+    src = text.encode("utf-8")
+    out = bytearray()
+    i = 0
+    simple = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("'"): b"'", ord('"'): b'"', ord("\\"): b"\\"}
+    while i < len(src):
+        c = src[i]
+        if c == ord("\\") and i + 1 < len(src):
+            nxt = src[i + 1]
+            if nxt in simple:
+                out += simple[nxt]
+                i += 2
+                continue
+            if nxt == ord("x") and i + 3 < len(src) and _is_hex(src[i + 2:i + 4]):
+                out.append(int(src[i + 2:i + 4], 16))
+                i += 4
+                continue
+            out += src[i:i + 2]
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return out.decode("utf-8", errors="replace")
+
+
+def _is_hex(b: bytes) -> bool:
+    return len(b) == 2 and all(chr(x) in "0123456789abcdefABCDEF" for x in b)
+
+
+def read_text_file(path_arg: str, what: str) -> str:
+    path = Path(path_arg)
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read {what} file '{path}': {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} file '{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def parse_logit_bias(items: Sequence[str]) -> dict[int, float]:
+    """-l TOKEN_ID(+/-)BIAS, as llama.cpp reads it (the bias may be inf)."""
+    bias: dict[int, float] = {}
+    for item in items:
+        m = re.fullmatch(r"\s*(\d+)\s*([+-])\s*(\S+)\s*", item)
+        try:
+            value = float(m.group(3)) if m else None
+        except ValueError:
+            value = None
+        if m is None or value is None or value != value:
+            raise UsageError(f"--logit-bias {item!r}: expected TOKEN_ID+BIAS or TOKEN_ID-BIAS, e.g. 15043+1")
+        bias[int(m.group(1))] = bias.get(int(m.group(1)), 0.0) + (-value if m.group(2) == "-" else value)
+    return bias
+
+
+def read_grammar(args):
+    """The Grammar from --grammar, --grammar-file, -j or -jf (at most one), or None."""
+    given = [(n, v) for n, v in (("--grammar", args.grammar), ("--grammar-file", args.grammar_file),
+                                 ("--json-schema", args.json_schema), ("--json-schema-file", args.json_schema_file))
+             if v is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise UsageError(f"give only one of {', '.join(n for n, _ in given)}")
+    from ..generation.grammar import Grammar, GrammarError
+    name, value = given[0]
+    try:
+        if name == "--grammar":
+            return Grammar.from_gbnf(value, origin="--grammar")
+        if name == "--grammar-file":
+            return Grammar.from_gbnf(read_text_file(value, "grammar"), origin=value)
+        if name == "--json-schema":
+            return Grammar.from_json_schema(value, origin="--json-schema")
+        return Grammar.from_json_schema(read_text_file(value, "JSON schema"), origin=value)
+    except GrammarError as e:
+        raise UsageError(str(e)) from None
+
+
 def read_template(arg: str | None) -> str | None:
     """--chat-template: a file holding a Jinja template, else the value itself (a name or a template)."""
     from ..tokenizer.chat import looks_like_template
@@ -145,7 +272,8 @@ def read_template(arg: str | None) -> str | None:
 
 SAMPLING_FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
                   "repeat_penalty": "--repeat-penalty", "repeat_last_n": "--repeat-last-n",
-                  "frequency_penalty": "--frequency-penalty", "presence_penalty": "--presence-penalty"}
+                  "frequency_penalty": "--frequency-penalty", "presence_penalty": "--presence-penalty",
+                  "mirostat": "--mirostat", "mirostat_tau": "--mirostat-ent", "mirostat_eta": "--mirostat-lr"}
 
 
 def validate(args) -> None:
@@ -162,9 +290,17 @@ def validate(args) -> None:
     try:
         check_sampling(SAMPLING_FLAGS, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
                        min_p=args.min_p, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
-                       frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty)
+                       frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
+                       mirostat=args.mirostat, mirostat_tau=args.mirostat_ent, mirostat_eta=args.mirostat_lr)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.cache_type_v is not None and args.cache_type_v != args.cache_type:
+        raise UsageError(f"-ctv {args.cache_type_v} differs from -ctk {args.cache_type}: one cache type serves "
+                         f"K and V here")
+    if args.system_prompt is not None and args.system_prompt_file is not None:
+        raise UsageError("give -sys or -sysf, not both")
+    if args.chat_template is not None and args.chat_template_file is not None:
+        raise UsageError("give --chat-template or --chat-template-file, not both")
     if args.seed < -1 or args.seed > 0xFFFFFFFF:
         raise UsageError(f"--seed must be -1 (random) or in [0, 2^32-1], got {args.seed}")
 
@@ -195,37 +331,69 @@ def log_model(llm, args) -> None:
                 log(f"load: {key} = {llm.metadata[key]}")
 
 
-class Session:
-    """The generation state of one gguf-run invocation."""
+@dataclass
+class Turn:
+    """What one stretch of generation produced: the text shown, the tokens generated (an
+    end-of-generation token not included), and how it ended."""
 
-    def __init__(self, llm, args, sampler):
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    stop_reason: str | None = None
+    interrupted: bool = False
+
+
+class Session:
+    """The generation state of one gguf-run invocation: the model, the sampler, and what steers
+    every turn (grammar, reverse prompts)."""
+
+    def __init__(self, llm, args, sampler, grammar=None):
         self.llm = llm
         self.args = args
         self.sampler = sampler
+        self.grammar = grammar
         self.context_full = False
 
-    def run_turn(self, tokens: list[int]) -> tuple[str, bool]:
-        """Streams one completion of tokens to stdout; returns (text, interrupted)."""
+    def reverse_prompt_hit(self, n_prompt: int):
+        """A stopping criterion: the text generated since position n_prompt contains a reverse prompt."""
+        prompts = self.args.reverse_prompt
+        if not prompts:
+            return None
+        longest = max(len(r) for r in prompts)
+
+        def hit(ids, _logits) -> bool:
+            new = ids[n_prompt:]
+            tail = self.llm.detokenize(new[-(longest + 8):], prev_tokens=new[:-(longest + 8)][-8:])
+            text = tail.decode("utf-8", errors="ignore")
+            return any(r in text for r in prompts)
+        return hit
+
+    def run_turn(self, tokens: list[int]) -> Turn:
+        """Streams one completion of tokens to stdout."""
         engine = self.llm.engine
-        parts: list[str] = []
-        stop_reason = "interrupted"
+        turn = Turn(stop_reason="interrupted")
         max_tokens = None if self.args.n_predict < 0 else self.args.n_predict
         if max_tokens == 0:
-            return "", False
+            return Turn()
+        steering = self.llm.steering(stopping_criteria=self.reverse_prompt_hit(len(tokens)), grammar=self.grammar)
+        parts: list[str] = []
         try:
-            for ev in engine.stream(tokens, self.sampler, max_tokens=max_tokens, ignore_eos=self.args.ignore_eos):
+            for ev in engine.stream(tokens, self.sampler, max_tokens=max_tokens, ignore_eos=self.args.ignore_eos,
+                                    steering=steering, special=self.args.special):
                 out(ev.text)
                 parts.append(ev.text)
+                if ev.token is not None:
+                    turn.tokens.append(ev.token)
                 if ev.finish_reason is not None:
-                    stop_reason = ev.stop_reason
+                    turn.stop_reason = ev.stop_reason
                 if ev.stop_reason == "context_full":
                     self.context_full = True
         except KeyboardInterrupt:
-            return "".join(parts), True
+            turn.interrupted = True
+        turn.text = "".join(parts)
         if self.args.verbose:
             log(f"\n[prompt: {len(tokens)} tokens, {engine.n_reused} reused from the cache; "
-                f"stop: {stop_reason}]")
-        return "".join(parts), False
+                f"stop: {turn.stop_reason}]")
+        return turn
 
 
 def print_context_full(llm) -> None:
@@ -241,30 +409,86 @@ def check_prompt_size(llm, text: str, what: str = "prompt") -> None:
                          f"{llm.n_ctx()} tokens can hold; use -c to set a larger context")
 
 
-def run_completion(session: Session, prompt: str) -> int:
-    llm = session.llm
-    check_prompt_size(llm, prompt)
+def check_fits(llm, tokens: list[int], what: str) -> None:
+    if len(tokens) >= llm.n_ctx():
+        raise UsageError(f"{what} has {len(tokens)} tokens but the context holds {llm.n_ctx()}; "
+                         f"use -c to set a larger context")
+
+
+def prompt_tokens(llm, prompt: str) -> list[int]:
     tokens = llm.tokenize(prompt, add_bos=True, special=True)
     if not tokens:
-        raise UsageError("the prompt is empty and the model adds no BOS token: nothing to generate from")
-    if len(tokens) >= llm.n_ctx():
-        raise UsageError(f"the prompt has {len(tokens)} tokens but the context holds {llm.n_ctx()}; "
-                         f"use -c to set a larger context")
+        bos = llm.tokenizer.bos_id
+        if bos is None or bos < 0:
+            raise UsageError("the prompt is empty and the model adds no BOS token: nothing to generate from")
+        tokens = [int(bos)]
+    return tokens
+
+
+def run_completion(session: Session, prompt: str) -> int:
+    llm = session.llm
+    if not prompt:
+        raise UsageError("the prompt is empty: nothing to complete (give -p, or -i / -if to type it)")
+    check_prompt_size(llm, prompt)
+    tokens = prompt_tokens(llm, prompt)
+    check_fits(llm, tokens, "the prompt")
     if not session.args.no_display_prompt:
         out(prompt)
-    _, interrupted = session.run_turn(tokens)
+    turn = session.run_turn(tokens)
     out("\n")
     if session.context_full:
         print_context_full(llm)
-    return 130 if interrupted else 0
+    return 130 if turn.interrupted else 0
+
+
+def run_interactive(session: Session, prompt: str | None) -> int:
+    """Interactive completion (-i / -if), as llama.cpp's: the model writes until it stops, then a
+    line from stdin (between --in-prefix and --in-suffix) continues the text."""
+    llm, args = session.llm, session.args
+    check_prompt_size(llm, prompt or "")
+    tokens = prompt_tokens(llm, prompt or "")
+    check_fits(llm, tokens, "the prompt")
+    if prompt and not args.no_display_prompt:
+        out(prompt)
+    waiting = args.interactive_first
+    while True:
+        if not waiting:
+            turn = session.run_turn(tokens)
+            tokens = tokens + turn.tokens
+            if session.context_full:
+                print_context_full(llm)
+                return 0
+            if turn.stop_reason == "eog" and args.reverse_prompt:  # hand over with the first reverse prompt
+                out(args.reverse_prompt[0])
+                tokens += llm.tokenize(args.reverse_prompt[0], add_bos=False, special=True)
+        waiting = False
+        if args.in_prefix:
+            out(args.in_prefix)
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            out("\n")
+            return 130
+        if not line:  # end of input
+            out("\n")
+            return 0
+        line = line[:-1] if line.endswith("\n") else line
+        if not line:  # an empty line lets the model go on
+            continue
+        if args.in_suffix:
+            out(args.in_suffix)
+        if args.escape:
+            line = process_escapes(line)
+        tokens += (llm.tokenize(args.in_prefix, add_bos=False, special=True)
+                   + llm.tokenize(line, add_bos=False, special=False)
+                   + llm.tokenize(args.in_suffix, add_bos=False, special=True))
+        check_fits(llm, tokens, "the text so far")
 
 
 def chat_tokens(llm, messages) -> list[int]:
     check_prompt_size(llm, "".join(str(m.get("content", "")) for m in messages), "conversation")
     tokens = llm.format_chat(messages)
-    if len(tokens) >= llm.n_ctx():
-        raise UsageError(f"the conversation has {len(tokens)} tokens but the context holds {llm.n_ctx()}; "
-                         f"use -c to set a larger context")
+    check_fits(llm, tokens, "the conversation")
     return tokens
 
 
@@ -305,26 +529,24 @@ def run_chat(session: Session, first: str | None, interactive: bool) -> int:
                 log("\ncontext full: the conversation no longer fits; use -c to set a larger context")
                 return 0
             raise
-        text, interrupted = session.run_turn(tokens)
-        messages.append({"role": "assistant", "content": text})
+        turn = session.run_turn(tokens)
+        messages.append({"role": "assistant", "content": turn.text})
         out("\n")
         if session.context_full:
             print_context_full(llm)
             return 0
-        if interrupted and not interactive:
+        if turn.interrupted and not interactive:
             return 130
-        if interrupted:
+        if turn.interrupted:
             log("[generation interrupted]")
         if not interactive or args.single_turn:
             return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (argparse's 2 -> 1)
-        return 0 if e.code in (0, None) else 1
+    args, status = parse_or_status(build_parser(), argv)  # --help: 0; a usage error or refused flag: 1
+    if args is None:
+        return status
     try:
         sys.stdout.reconfigure(errors="replace")
     except (AttributeError, ValueError):
@@ -335,9 +557,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         validate(args)
         prompt = read_prompt(args)
-        template = read_template(args.chat_template)
-        if prompt is None and args.conversation is not True:
-            raise UsageError("no prompt given: use -p PROMPT, -f FILE, or -cnv for a chat")
+        if args.escape:
+            prompt = None if prompt is None else process_escapes(prompt)
+            args.reverse_prompt = [process_escapes(r) for r in args.reverse_prompt]
+            args.in_prefix, args.in_suffix = process_escapes(args.in_prefix), process_escapes(args.in_suffix)
+        if args.system_prompt_file is not None:
+            args.system_prompt = read_text_file(args.system_prompt_file, "system prompt")
+        template = read_template(args.chat_template) if args.chat_template_file is None else \
+            read_text_file(args.chat_template_file, "chat template")
+        interactive = args.interactive or args.interactive_first
+        if interactive and args.conversation:
+            raise UsageError("-i / -if is interactive completion; -cnv is interactive chat: give one of them")
+        if prompt is None and args.conversation is not True and not interactive:
+            raise UsageError("no prompt given: use -p PROMPT, -f FILE, -cnv for a chat, or -i / -if")
+        grammar = read_grammar(args)
+        logit_bias = parse_logit_bias(args.logit_bias)
         log(f"load: loading model '{args.model}'")
         try:
             from ..api import Llama
@@ -357,15 +591,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         sampler = llm.sampler(temp=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                               repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
                               frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
-                              seed=args.seed)
+                              logit_bias=logit_bias, seed=args.seed, mirostat_mode=args.mirostat,
+                              mirostat_tau=args.mirostat_ent, mirostat_eta=args.mirostat_lr)
         from ..generation.sampling import chain_description
         log(f"sampler seed: {sampler.seed}")
         log(f"sampler params: \n\t{sampler.params.describe()}")
-        log(f"sampler chain: {chain_description(sampler.params)}")
+        log(f"sampler chain: {('grammar -> ' if grammar else '') + chain_description(sampler.params)}")
+        if args.flash_attn == "on":
+            log("warning: -fa on: attention is always computed exactly here (no separate flash-attention path)")
 
         templated = has_chat_template(llm)
         mode = args.conversation
-        if mode is None:  # auto: chat format when the model has a template
+        if interactive:
+            mode = "interactive"
+        elif mode is None:  # auto: chat format when the model has a template
             mode = "chat-once" if templated else "completion"
         else:
             mode = "chat" if mode else "completion"
@@ -373,13 +612,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"warning: the model file has no chat template; using {llm.chat_template_source.split(':')[1]} "
                 f"(choose one with --chat-template)")
         if args.n_predict is None:
-            args.n_predict = DEFAULT_COMPLETION_TOKENS if mode == "completion" else -1
+            args.n_predict = DEFAULT_COMPLETION_TOKENS if mode in ("completion", "interactive") else -1
+        names = {"chat": "conversation", "chat-once": "single chat turn", "completion": "completion",
+                 "interactive": "interactive completion"}
         log(f"generate: n_ctx = {llm.n_ctx()}, n_batch = {args.batch_size}, n_predict = {args.n_predict}, "
-            f"mode = {'conversation' if mode == 'chat' else 'single chat turn' if mode == 'chat-once' else 'completion'}")
+            f"mode = {names[mode]}")
+        for r in args.reverse_prompt:
+            log(f"reverse prompt: {r!r}")
         log("")
-        session = Session(llm, args, sampler)
+        session = Session(llm, args, sampler, grammar)
         if mode == "completion":
             code = run_completion(session, prompt)
+        elif mode == "interactive":
+            code = run_interactive(session, prompt)
         else:
             code = run_chat(session, prompt, interactive=(mode == "chat"))
     except UsageError as e:
