@@ -2,6 +2,7 @@
 
 ``ppN``: prompt processing, N tokens evaluated in one batch from an empty cache.
 ``tgN``: text generation, N tokens evaluated one at a time from an empty cache.
+``ppP+tgN``: both in turn (llama-bench's -pg), counted as P + N tokens.
 Each test runs once untimed (JIT compilation and first-touch page faults stay
 out of the numbers) and then ``reps`` times; results are mean ± sd of tokens/s.
 """
@@ -30,6 +31,12 @@ class BenchResult:
     n_prompt: int
     n_gen: int
     samples_ts: list[float] = field(default_factory=list)
+    model_filename: str = ""
+    model_type: str = ""          # llama-bench's "ARCH SIZE FTYPE"
+    n_batch: int = 0
+    n_gpu_layers: int = 0
+    cache_type: str = "f32"
+    test_time: str = ""           # ISO 8601 UTC start of the test
 
     @property
     def avg_ts(self) -> float:
@@ -75,13 +82,34 @@ def time_tg(model, n: int, rng) -> float:
     return time.perf_counter() - t0
 
 
+def time_pg(model, n_prompt: int, n_gen: int, rng) -> float:
+    """Seconds to evaluate n_prompt tokens in one batch and then n_gen one at a time."""
+    toks = _random_tokens(n_prompt + n_gen, model.config.n_vocab, rng)
+    model.reset()
+    t0 = time.perf_counter()
+    model.eval(toks[:n_prompt])
+    for t in toks[n_prompt:]:
+        model.eval(t.reshape(1))
+    return time.perf_counter() - t0
+
+
 def run_bench(model_path: str, n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
               reps: int = 5, n_gpu_layers: int = 0, progress=None) -> list[BenchResult]:
+    """The ppN and tgN tests of one model (either skipped when its count is 0)."""
+    tests = [(n_prompt, 0)] * (n_prompt > 0) + [(0, n_gen)] * (n_gen > 0)
+    return run_tests(model_path, tests, threads, reps, n_gpu_layers, progress=progress)
+
+
+def run_tests(model_path: str, tests: list[tuple[int, int]], threads: int | None = None, reps: int = 5,
+              n_gpu_layers: int = 0, n_batch: int | None = None, progress=None) -> list[BenchResult]:
+    """Runs each (n_prompt, n_gen) test: (P, 0) is ppP, (0, N) tgN, (P, N) ppP+tgN.
+    n_batch: prompt tokens per forward pass (default: the largest prompt)."""
     from .model import load_model
 
     threads = threads or os.cpu_count() or 1
-    n_ctx = max(n_prompt, n_gen, 16)
-    model = load_model(model_path, n_ctx=n_ctx, n_batch=max(n_prompt, 1), n_threads=threads,
+    n_ctx = max([p + g for p, g in tests] + [16])
+    n_batch = n_batch or max([p for p, _ in tests] + [1])
+    model = load_model(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
                        n_gpu_layers=n_gpu_layers)
     try:
         size, params = model_size(model.reader)
@@ -90,18 +118,25 @@ def run_bench(model_path: str, n_prompt: int = 512, n_gen: int = 128, threads: i
         if getattr(model, "n_gpu_layers", 0):
             backend += f"+GPU({model.n_gpu_layers})"
         rng = np.random.default_rng(1234)
+        arch = str(model.reader.get("general.architecture") or "?")
+        from .quantize.ftypes import ftype_description
+        ftype_id = model.reader.get("general.file_type")
+        ftype = "?" if ftype_id is None else ftype_description(ftype_id)
         results = []
-        tests = []
-        if n_prompt > 0:
-            tests.append((f"pp{n_prompt}", n_prompt, 0, time_pp))
-        if n_gen > 0:
-            tests.append((f"tg{n_gen}", 0, n_gen, time_tg))
-        for label, npr, ng, fn in tests:
-            n = npr or ng
-            fn(model, n, rng)  # warm-up: compile and fault in
-            r = BenchResult(name, size, params, backend, threads, label, npr, ng)
+        for npr, ng in tests:
+            if npr and ng:
+                label, run = f"pp{npr}+tg{ng}", (lambda: time_pg(model, npr, ng, rng))
+            elif npr:
+                label, run = f"pp{npr}", (lambda: time_pp(model, npr, rng))
+            else:
+                label, run = f"tg{ng}", (lambda: time_tg(model, ng, rng))
+            run()  # warm-up: compile and fault in
+            r = BenchResult(name, size, params, backend, threads, label, npr, ng,
+                            model_filename=model_path, model_type=f"{arch} {format_params(params)} {ftype}",
+                            n_batch=n_batch, n_gpu_layers=n_gpu_layers, cache_type=model.kv_cache.cache_type,
+                            test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             for _ in range(reps):
-                r.samples_ts.append(n / fn(model, n, rng))
+                r.samples_ts.append((npr + ng) / run())
                 if progress:
                     progress(label)
             results.append(r)
