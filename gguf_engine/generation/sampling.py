@@ -332,7 +332,8 @@ def mirostat_v2(ids: np.ndarray, logits: np.ndarray, mu: float) -> tuple[np.ndar
     """Mirostat 2.0's cut: keeps the leading candidates whose surprise -log2(p) is at most mu
     (stopping at the first that exceeds it; at least one)."""
     ids, logits, p = _probs_sorted(ids, logits)
-    over = np.flatnonzero(-np.log2(p) > np.float32(mu))
+    with np.errstate(divide="ignore"):  # p == 0: infinite surprise, cut like any above mu
+        over = np.flatnonzero(-np.log2(p) > np.float32(mu))
     k = int(over[0]) if over.size else p.shape[0]
     k = max(k, 1)
     return ids[:k], logits[:k]
