@@ -27,6 +27,7 @@ from .generation.generate import (ContextFullError, ContextLimitError, Engine, L
 from .generation.guard import StreamInvalidatedError, serialised
 from .generation.results import Chunk, CompletionLogprobs
 from .generation.sampling import Sampler, SamplingParams, check_sampling
+from .generation.warmup import warm_up
 from .timing import PerfStats, now_ms
 
 Message = Mapping[str, Any]
@@ -94,7 +95,9 @@ class Llama:
     value seeds every call alike (a call's own ``seed`` wins), so repeated calls reproduce.
     chat_template: a built-in name, a file or template text; default: the model's own, else the
     architecture's built-in one (gemma3), else ChatML.  cache_type: "f32" or "f16" (also given as
-    llama-cpp-python's ``type_k``/``type_v`` GGML type ids 0 and 1).
+    llama-cpp-python's ``type_k``/``type_v`` GGML type ids 0 and 1).  warm_up_kernels: on a cold
+    kernel cache (the first run on a machine), compile the kernels at load, saying so on stderr with
+    the time taken (``t_compile_s``), so that no prompt's timing includes it.
 
     One ``Llama`` may be shared by threads: calls take turns on its KV cache.  A stream paused while
     another call uses the model raises ``StreamInvalidatedError`` when it resumes.
@@ -127,7 +130,7 @@ class Llama:
                  numa: bool | int = False, chat_format: str | None = None, chat_handler: Any = None,
                  draft_model: Any = None, tokenizer: Any = None, type_k: int | None = None,
                  type_v: int | None = None, spm_infill: bool = False, verbose: bool = False,
-                 chat_template: str | None = None, cache_type: str = "f32"):
+                 chat_template: str | None = None, cache_type: str = "f32", warm_up_kernels: bool = True):
         from .gguf import GGUFReader
         from .model import load_model
         from .models import resolve_model
@@ -155,6 +158,7 @@ class Llama:
         self.last_n_tokens_size = int(last_n_tokens_size)
 
         self.verbose = verbose
+        self.t_compile_s: float | None = None
         self.perf = PerfStats()
         t0 = now_ms()
         self.model_path = str(resolve_model(model_path))  # a path, or a registry name such as "smollm2-135m-instruct"
@@ -163,11 +167,13 @@ class Llama:
             self.tokenizer = Tokenizer.from_reader(self._reader)
             self._model = load_model(self._reader, n_ctx=(n_ctx or None), n_batch=n_batch,
                                      cache_type=cache_type, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+            self.perf.t_load_ms = now_ms() - t0
+            if warm_up_kernels:  # a cold kernel cache compiles here, not in the first prompt's timing
+                self.t_compile_s = warm_up(self._model, self.tokenizer.bos_id)
         except BaseException:
             self._reader.close()
             raise
-        self.perf.t_load_ms = now_ms() - t0
-        self.perf.reset()  # the run's clock starts once the model is loaded
+        self.perf.reset()  # the run's clock starts once the model is loaded (and the kernels compiled)
         self._engine = Engine(self._model, self.tokenizer, self.perf)
         self._seed = seed if seed is not None else -1
         self.chat_template, self.chat_template_source = self._pick_template(chat_template)

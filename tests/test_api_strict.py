@@ -183,3 +183,20 @@ def test_mirostat_is_reproducible(llm):
     a = llm.create_completion("hi", max_tokens=6, mirostat_mode=1, seed=5, ignore_eos=True)["choices"][0]["text"]
     b = llm.create_completion("hi", max_tokens=6, mirostat_mode=1, seed=5, ignore_eos=True)["choices"][0]["text"]
     assert a == b
+
+
+def test_cold_kernel_cache_is_announced_once(tmp_path, monkeypatch, capsys):
+    """With no marker of a warm cache, loading says it compiles kernels, with per-path progress and
+    the time taken, and writes the marker; the next load says nothing.  The prompt timing starts
+    after it (no prompt evaluated at load)."""
+    from gguf_engine.generation import warmup
+    monkeypatch.setattr(warmup, "cache_dir", lambda: tmp_path)
+    path = str(fixture_path("models", "tiny-llama-f32.gguf"))
+    with Llama(path, n_ctx=64) as m:
+        err = capsys.readouterr().err
+        assert "compiling kernels for this CPU, first run only" in err
+        assert "[1/2] prompt path" in err and "[2/2] generation path" in err and "kernels compiled in" in err
+        assert m.t_compile_s is not None and m.perf.n_p_eval == 0 and m.n_tokens == 0
+    assert list(tmp_path.glob("gguf-engine-warm-*.json"))
+    with Llama(path, n_ctx=64) as m:
+        assert "compiling" not in capsys.readouterr().err and m.t_compile_s is None
