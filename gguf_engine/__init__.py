@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "GGUFReader": ".gguf", "GGUFError": ".gguf", "GGUFWriter": ".gguf", "GGUFValueType": ".gguf",
     "Tokenizer": ".tokenizer",
-    "Llama": ".api",
+    "Llama": ".api", "LlamaState": ".api",
+    "Grammar": ".generation.grammar", "GrammarError": ".generation.grammar",
     "quantize_model": ".quantize",
 }
 __all__ = list(_EXPORTS)
