@@ -567,23 +567,7 @@ class Llama:
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_done,
                           "total_tokens": n_prompt + n_done}}
 
-    def __call__(self, prompt: str | bytes | Sequence[int], suffix: str | None = None,
-                 max_tokens: int | None = 16, temperature: float = 0.8, top_p: float = 0.95,
-                 min_p: float = 0.05, typical_p: float = 1.0, logprobs: int | None = None,
-                 echo: bool = False, stop: str | list[str] | None = None,
-                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                 repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False,
-                 seed: int | None = None, tfs_z: float = 1.0, mirostat_mode: int = 0,
-                 mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, model: str | None = None,
-                 stopping_criteria=None, logits_processor=None, grammar=None,
-                 logit_bias: Mapping[int, float] | None = None, *, ignore_eos: bool = False,
-                 repeat_last_n: int | None = None) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """``create_completion`` with the same arguments."""
-        return self.create_completion(
-            prompt, suffix, max_tokens, temperature, top_p, min_p, typical_p, logprobs, echo, stop,
-            frequency_penalty, presence_penalty, repeat_penalty, top_k, stream, seed, tfs_z, mirostat_mode,
-            mirostat_tau, mirostat_eta, model, stopping_criteria, logits_processor, grammar, logit_bias,
-            ignore_eos=ignore_eos, repeat_last_n=repeat_last_n)
+    __call__ = create_completion  # llama-cpp-python's ``llm(prompt, ...)``: the same arguments
 
     # ------------------------------------------------------------------ chat
     def format_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True,

@@ -163,13 +163,7 @@ def read_prompt(args) -> str | None:
     if args.file is not None:
         if args.file == "-":
             return sys.stdin.read()
-        path = Path(args.file)
-        try:
-            return path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"cannot read prompt file '{path}': {e.strerror or e}") from None
-        except UnicodeDecodeError as e:
-            raise UsageError(f"prompt file '{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return read_text_file(args.file, "prompt")
     return args.prompt
 
 
@@ -464,11 +458,7 @@ def run_interactive(session: Session, prompt: str | None) -> int:
         waiting = False
         if args.in_prefix:
             out(args.in_prefix)
-        try:
-            line = sys.stdin.readline()
-        except KeyboardInterrupt:
-            out("\n")
-            return 130
+        line = sys.stdin.readline()  # Ctrl-C here ends the program with status 130 (main)
         if not line:  # end of input
             out("\n")
             return 0
@@ -507,11 +497,7 @@ def run_chat(session: Session, first: str | None, interactive: bool) -> int:
                 return 0
             if tty:
                 out("\n> ")
-            try:
-                line = sys.stdin.readline()
-            except KeyboardInterrupt:
-                out("\n")
-                return 130
+            line = sys.stdin.readline()  # Ctrl-C here ends the program with status 130 (main)
             if not line:  # end of input
                 if tty:
                     out("\n")
