@@ -186,3 +186,14 @@ def test_every_bench_flag_has_a_case():
 def test_bench_refuses_other_llama_bench_flags_by_name(flag, capsys):
     assert bench_cli.main([flag, "1"]) == 1
     assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prog", ["perplexity", "imatrix"])
+@pytest.mark.parametrize("flag", ["-fa", "-ctk", "-ctv", "-tb", "-ub", "-np", "-hf", "-sp"])
+def test_other_llama_tools_read_multi_letter_flags_whole(prog, flag, capsys):
+    """gguf-perplexity and gguf-imatrix take llama.cpp's common flags too: the ones they do not
+    implement are refused by name (exit status 1), never read as a one-letter flag with a value."""
+    import importlib
+    main = importlib.import_module(f"gguf_engine.cli.{prog}").main
+    assert main(["-m", "x", flag, "1"]) == 1
+    assert flag in capsys.readouterr().err

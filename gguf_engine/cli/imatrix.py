@@ -10,7 +10,8 @@ import sys
 import time
 
 from ..atomic import check_output_path
-from ._common import CLIError, cli_entry
+from ._common import CLIError, cli_entry, parse_or_status, refuse_other_flags
+from .llama_flags import COMMON
 from .quantize import ArgumentParser
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-statistics", action="store_true",
                    help="print per-tensor statistics of the one --in-file imatrix and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    refuse_other_flags(p, COMMON, "gguf-imatrix")  # llama.cpp flags not implemented: refused by name
     return p
 
 
@@ -49,7 +51,9 @@ def main(argv=None) -> int:
     from ..quantize.evaluate import EvalError
     from ..quantize.imatrix import Imatrix, ImatrixError, read_imatrix, write_imatrix_dat, write_imatrix_gguf
 
-    args = build_parser().parse_args(argv)
+    args, status = parse_or_status(build_parser(), argv)  # --help: 0; a bad or refused flag: 1
+    if args is None:
+        return status
     if args.chunk_size <= 0:
         raise CLIError("--chunk-size must be positive")
     fmt = args.output_format or "gguf"

@@ -11,7 +11,8 @@ import argparse
 import sys
 
 from ..atomic import check_output_path
-from ._common import CLIError, cli_entry
+from ._common import CLIError, cli_entry, parse_or_status, refuse_other_flags
+from .llama_flags import COMMON
 from .quantize import ArgumentParser
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     p.add_argument("-b", "--batch-size", type=int, default=None, help="tokens per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    refuse_other_flags(p, COMMON, "gguf-perplexity")  # llama.cpp flags not implemented: refused by name
     return p
 
 
@@ -45,7 +47,9 @@ def main(argv=None) -> int:
     from ..quantize.evaluate import EvalError
     from ..quantize.perplexity import kl_divergence, perplexity
 
-    args = build_parser().parse_args(argv)
+    args, status = parse_or_status(build_parser(), argv)  # --help: 0; a bad or refused flag: 1
+    if args is None:
+        return status
 
     def log(line: str) -> None:
         tqdm.write(line, file=sys.stdout)
