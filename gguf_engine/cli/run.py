@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("sampling (llama.cpp defaults)")
     g.add_argument("--temp", "--temperature", dest="temp", type=float, default=0.8, help="temperature; <= 0 is greedy (default: 0.8)")
-    g.add_argument("--top-k", type=int, default=40, help="top-k; 0 = off (default: 40)")
+    g.add_argument("--top-k", type=int, default=40, help="top-k; <= 0 = off (default: 40)")
     g.add_argument("--top-p", type=float, default=0.95, help="top-p; 1.0 = off (default: 0.95)")
     g.add_argument("--min-p", type=float, default=0.05, help="min-p; 0.0 = off (default: 0.05)")
     g.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty; 1.0 = off (default: 1.0)")
