@@ -85,7 +85,7 @@ def _check_same_up_to_near_tie(model, bos: int) -> None:
 
 
 def test_smollm2_greedy_alone_equals_together(smollm2_path):
-    """SmolLM2 (llama, Q8_0): 8 sequences sharing passes give their lone greedy tokens."""
+    """SmolLM2 (llama): 8 sequences sharing passes give their lone greedy tokens."""
     with load_model(str(smollm2_path), n_ctx=64, n_threads=2) as model:
         _check_same_up_to_near_tie(model, bos=1)
 
