@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ._common import CLIError, cli_entry
@@ -123,8 +125,11 @@ def main(argv=None) -> int:
         else:
             log.info(f"gguf-server: model loaded, listening on http://{args.host}:{args.port}")
 
-    import threading
     threading.Thread(target=watch_load, daemon=True).start()
+    # uvicorn handles SIGTERM / SIGINT while it runs and re-raises them when it has shut down; these
+    # handlers take that re-raised signal, so a requested stop exits with status 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     if sched.load_error is not None:
         return 1

@@ -84,12 +84,27 @@ class _BodyTooLarge(Exception):
     pass
 
 
+# a refused body is read and dropped up to this many bytes (so the client, still sending, gets
+# the 413 instead of a reset connection); past it the connection is simply closed
+DRAIN_LIMIT = 64 << 20
+
+
 class Guard:
     """ASGI middleware: the API key (``Authorization: Bearer KEY`` or ``X-Api-Key``) on every
     route but /health, and the request body bound (413 beyond it)."""
 
     def __init__(self, app, settings: ServerSettings):
         self.app, self.keys, self.max_body = app, set(settings.api_keys), settings.max_body
+
+    @staticmethod
+    async def _drain(receive, limit: int) -> None:
+        """Read and drop the rest of a refused body (at most DRAIN_LIMIT bytes)."""
+        seen = 0
+        while seen <= min(limit, DRAIN_LIMIT):
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                return
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -102,6 +117,7 @@ class Guard:
                 return await error_response(401, "Invalid API Key")(scope, receive, send)
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
+            await self._drain(receive, int(length))
             return await error_response(413, f"the request body has {int(length)} bytes, more than the "
                                              f"{self.max_body} this server accepts")(scope, receive, send)
         if scope["method"] == "POST" and not headers.get("content-type", "").startswith("application/json"):
@@ -130,6 +146,7 @@ class Guard:
             await self.app(scope, counted_receive, tracked_send)
         except _BodyTooLarge:
             if not started:
+                await self._drain(receive, DRAIN_LIMIT)
                 await error_response(413, f"the request body is larger than the {self.max_body} bytes "
                                           f"this server accepts")(scope, receive, send)
 
@@ -481,7 +498,9 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
             return StreamingResponse(events(), media_type="text/event-stream")
 
         texts = [[] for _ in range(body.n)]
-        lps: list[dict | None] = [None] * body.n
+        lps: list[dict | None] = [None if body.logprobs is None else
+                                  {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+                                  for _ in range(body.n)]
         finish: list[str | None] = [None] * body.n
         n_gen, n_cached = 0, 0
         try:
@@ -490,8 +509,6 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
                 offsets[i] += len(out.text)
                 texts[i].append(out.text)
                 if lp is not None:
-                    if lps[i] is None:
-                        lps[i] = {k: [] for k in lp}
                     for k, v in lp.items():
                         lps[i][k].extend(v)
                 if out.finish_reason is not None:
