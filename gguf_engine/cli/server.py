@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     import uvicorn
 
     from ..models import resolve_model
-    from ..server.app import ServerSettings, create_app
+    from ..server.app import ServerSettings, create_app, make_scheduler
 
     model = str(resolve_model(args.model))
     n_ctx = args.ctx_size
@@ -104,8 +104,9 @@ def main(argv=None) -> int:
                               api_keys=api_keys(args), chat_template=args.chat_template, alias=args.alias,
                               metrics=args.metrics, timeout=args.timeout, cont_batching=args.cont_batching,
                               max_queue=args.max_queue, cache_type=args.cache_type)
+    sched = make_scheduler(settings)
     try:
-        app = create_app(settings)
+        app = create_app(settings, sched)
     except ValueError as e:
         raise CLIError(str(e)) from None
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -115,7 +116,6 @@ def main(argv=None) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5,
                             lifespan="on")
     server = uvicorn.Server(config)
-    sched = app.state.scheduler
 
     def watch_load():
         sched.ready.wait()

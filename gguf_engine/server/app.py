@@ -237,9 +237,24 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+def make_scheduler(settings: ServerSettings) -> Scheduler:
+    """The scheduler for these settings; its engine thread loads the model once started."""
+    def load():
+        from ..api import Llama
+        return Llama(settings.model, n_ctx=settings.n_ctx_slot, n_batch=settings.n_batch,
+                     n_threads=settings.n_threads, chat_template=settings.chat_template,
+                     cache_type=settings.cache_type)
+
+    return Scheduler(load, settings.n_parallel, settings.n_ctx_slot, n_batch=settings.n_batch,
+                     max_queue=settings.max_queue, cont_batching=settings.cont_batching,
+                     cache_type=settings.cache_type)
+
+
 def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> FastAPI:
-    """The ASGI app.  Its lifespan starts the engine thread (which loads the model: /health says
-    503 until it is ready) and stops it on shutdown, cancelling what still runs."""
+    """The ASGI app factory.  Its lifespan starts the engine thread of ``scheduler`` (made from the
+    settings there when not given, so a pickled app builds its own in the process that runs it),
+    which loads the model (/health says 503 until it is ready), and stops it on shutdown,
+    cancelling what still runs."""
     if settings.n_parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {settings.n_parallel}")
     if settings.n_ctx_slot < 8:
@@ -248,26 +263,18 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
     if settings.n_gpu_layers != 0:
         raise ValueError("gguf-server runs several sequences per pass on the CPU only: -ngl must be 0")
 
-    def load():
-        from ..api import Llama
-        return Llama(settings.model, n_ctx=settings.n_ctx_slot, n_batch=settings.n_batch,
-                     n_threads=settings.n_threads, chat_template=settings.chat_template,
-                     cache_type=settings.cache_type)
-
-    sched = scheduler or Scheduler(load, settings.n_parallel, settings.n_ctx_slot, n_batch=settings.n_batch,
-                                   max_queue=settings.max_queue, cont_batching=settings.cont_batching,
-                                   cache_type=settings.cache_type)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        sched.start()
+        if app.state.scheduler is None:           # made here, in the process that serves (e.g. a replica)
+            app.state.scheduler = make_scheduler(settings)
+        app.state.scheduler.start()
         try:
             yield
         finally:
-            await run_in_threadpool(sched.stop)
+            await run_in_threadpool(app.state.scheduler.stop)
 
     app = FastAPI(title="gguf-server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.scheduler = sched
+    app.state.scheduler = scheduler
     app.state.settings = settings
     app.add_middleware(Guard, settings=settings)
     created = int(time.time())
@@ -297,14 +304,15 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
 
     # --- helpers --------------------------------------------------------------------------
     def llm():
-        if not sched.ready.is_set():
+        sched = app.state.scheduler
+        if sched is None or not sched.ready.is_set():
             raise APIError(503, "Loading model")
         if sched.load_error is not None:
             raise APIError(500, f"the model failed to load: {sched.load_error}")
         return sched.llm
 
     def model_name() -> str:
-        return settings.alias or (sched.llm.model_path if sched.llm is not None else str(settings.model))
+        return settings.alias or (llm().model_path)
 
     def check_fields(req: SamplingRequest) -> None:
         name = req.refused_field()
@@ -312,19 +320,19 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
             raise APIError(400, f"the field {name!r} is not supported by this server yet")
 
     def encode(text: str) -> list[int]:
-        return [int(t) for t in sched.llm.tokenizer.encode(text, add_bos=True, special=True)]
+        return [int(t) for t in app.state.scheduler.llm.tokenizer.encode(text, add_bos=True, special=True)]
 
     def chat_prompt(messages) -> tuple[str, list[int]]:
-        tok = sched.llm.tokenizer
+        tok = app.state.scheduler.llm.tokenizer
         try:
             text = tok.apply_chat_template(message_dicts(messages), add_generation_prompt=True,
-                                           template=sched.llm.chat_template)
+                                           template=app.state.scheduler.llm.chat_template)
         except ValueError as e:
             raise APIError(400, f"messages: {e}") from None
         return text, encode(text)
 
     def piece(t: int) -> str:
-        return sched.llm.tokenizer.decode([t])
+        return app.state.scheduler.llm.tokenizer.decode([t])
 
     # --- native routes ----------------------------------------------------------------------
     @app.get("/health")
@@ -386,14 +394,14 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
     @app.get("/slots")
     async def slots():
         llm()
-        return sched.slot_info()
+        return app.state.scheduler.slot_info()
 
     @app.get("/metrics")
     async def metrics():
         if not settings.metrics:
             raise APIError(501, "This server does not support metrics endpoint. Start it with `--metrics`")
         llm()
-        m = sched.metrics
+        m = app.state.scheduler.metrics
         counters = [
             ("prompt_tokens_total", "Number of prompt tokens processed, excluding cached tokens", m.n_prompt_tokens),
             ("prompt_tokens_cached_total", "Number of prompt tokens reused from the cache", m.n_prompt_cached),
@@ -407,8 +415,8 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
              m.n_prompt_tokens / m.t_prompt_s if m.t_prompt_s else 0.0),
             ("predicted_tokens_seconds", "Average generation throughput in tokens/s",
              m.n_predicted / m.t_predict_s if m.t_predict_s else 0.0),
-            ("requests_processing", "Number of requests processing", sched.n_processing),
-            ("requests_deferred", "Number of requests deferred", max(0, sched.n_pending)),
+            ("requests_processing", "Number of requests processing", app.state.scheduler.n_processing),
+            ("requests_deferred", "Number of requests deferred", max(0, app.state.scheduler.n_pending)),
             ("n_busy_slots_per_decode", "Average number of busy slots per forward pass",
              m.n_busy_slots / max(m.n_decode, 1))]
         lines = []
@@ -431,7 +439,7 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
             if n > settings.n_ctx_slot:
                 raise APIError(400, f"input[{i}] has {n} tokens, more than a slot's context of "
                                     f"{settings.n_ctx_slot}", "exceed_context_size_error")
-        vecs = await asyncio.wrap_future(sched.call(lambda llm_: llm_.embed(texts, normalize=True)))
+        vecs = await asyncio.wrap_future(app.state.scheduler.call(lambda llm_: llm_.embed(texts, normalize=True)))
         data = []
         for i, v in enumerate(vecs):
             emb: Any = v
@@ -461,7 +469,7 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
             bad = [t for t in toks if not 0 <= t < m.tokenizer.n_vocab]
             if bad:
                 raise APIError(400, f"prompt: token id {bad[0]} is outside the vocabulary")
-        run = _Run(sched, toks, body, body.logprobs, m.tokenizer, settings.timeout)
+        run = _Run(app.state.scheduler, toks, body, body.logprobs, m.tokenizer, settings.timeout)
         cid, name, now = f"cmpl-{uuid.uuid4().hex}", model_name(), int(time.time())
         offsets = [0] * body.n
 
@@ -529,7 +537,7 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
         check_fields(body)
         _, toks = await run_in_threadpool(chat_prompt, body.messages)
         n_top = (body.top_logprobs or 0) if body.logprobs else None
-        run = _Run(sched, toks, body, n_top, m.tokenizer, settings.timeout)
+        run = _Run(app.state.scheduler, toks, body, n_top, m.tokenizer, settings.timeout)
         cid, name, now = f"chatcmpl-{uuid.uuid4().hex}", model_name(), int(time.time())
 
         def lp_of(out: Output) -> list[dict] | None:
