@@ -250,11 +250,12 @@ def make_scheduler(settings: ServerSettings) -> Scheduler:
                      cache_type=settings.cache_type)
 
 
-def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> FastAPI:
+def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wait_ready: bool = False) -> FastAPI:
     """The ASGI app factory.  Its lifespan starts the engine thread of ``scheduler`` (made from the
     settings there when not given, so a pickled app builds its own in the process that runs it),
     which loads the model (/health says 503 until it is ready), and stops it on shutdown,
-    cancelling what still runs."""
+    cancelling what still runs.  wait_ready: the startup lasts until the model is loaded and
+    fails if it cannot be (for a serving framework that routes to a replica once it started)."""
     if settings.n_parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {settings.n_parallel}")
     if settings.n_ctx_slot < 8:
@@ -268,6 +269,10 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None) -> 
         if app.state.scheduler is None:           # made here, in the process that serves (e.g. a replica)
             app.state.scheduler = make_scheduler(settings)
         app.state.scheduler.start()
+        if wait_ready:
+            await run_in_threadpool(app.state.scheduler.ready.wait)
+            if app.state.scheduler.load_error is not None:
+                raise RuntimeError(f"the model failed to load: {app.state.scheduler.load_error}")
         try:
             yield
         finally:
