@@ -197,6 +197,43 @@ class _Run:
                 raise APIError(503, str(e)) from None
             self.reqs.append(r)
         self.n_open = req.n
+        self.n_prompt = len(prompt)
+        self.n_generated = 0          # over all choices, once finished
+        self.n_cached = 0
+
+    def usage(self) -> dict:
+        """OpenAI's usage object (cached prompt tokens in prompt_tokens_details)."""
+        return {"prompt_tokens": self.n_prompt, "completion_tokens": self.n_generated,
+                "total_tokens": self.n_prompt + self.n_generated,
+                "prompt_tokens_details": {"cached_tokens": self.n_cached}}
+
+    async def collect(self, http: HTTPRequest) -> list[list[Output]]:
+        """Every choice's outputs, in order, once all have finished (a non-streamed answer)."""
+        outs: list[list[Output]] = [[] for _ in self.reqs]
+        try:
+            async for i, out in self.outputs(http):
+                outs[i].append(out)
+        finally:
+            self.cancel()
+        return outs
+
+    def stream(self, chunks, tail) -> StreamingResponse:
+        """Server-sent events: the chunks of chunks(i, output) for every output, then those of
+        tail(), then ``data: [DONE]``.  An error on the way ends the stream with an error event; the
+        requests are cancelled when it ends, the client going away included."""
+        async def events():
+            try:
+                async for i, out in self.outputs():
+                    for chunk in chunks(i, out):
+                        yield _sse(chunk)
+                for chunk in tail():
+                    yield _sse(chunk)
+                yield "data: [DONE]\n\n"
+            except APIError as e:
+                yield _sse(error_body(e.status, e.message, e.type))
+            finally:
+                self.cancel()
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     def cancel(self) -> None:
         for r in self.reqs:
@@ -219,6 +256,8 @@ class _Run:
                 continue
             if out.finish_reason is not None:
                 self.n_open -= 1
+                self.n_generated += out.n_generated
+                self.n_cached = max(self.n_cached, out.n_cached)
             if out.finish_reason == "cancelled":
                 self.cancel()
                 raise APIError(503, "the server is shutting down")
@@ -226,11 +265,6 @@ class _Run:
                 self.cancel()
                 raise APIError(500, out.error)
             yield i, out
-
-
-def _usage(n_prompt: int, n_gen: int, n_cached: int) -> dict:
-    return {"prompt_tokens": n_prompt, "completion_tokens": n_gen, "total_tokens": n_prompt + n_gen,
-            "prompt_tokens_details": {"cached_tokens": n_cached}}
 
 
 def _sse(obj: Any) -> str:
@@ -479,61 +513,39 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         offsets = [0] * body.n
 
         def lp_of(i: int, out: Output) -> dict | None:
+            """OpenAI's completion logprobs of one output (advancing choice i's text offset)."""
+            at = offsets[i]
+            offsets[i] += len(out.text)
             if out.logprob is None:
                 return None
             lp = out.logprob
-            entry = {"tokens": [piece(lp.token)], "token_logprobs": [lp.logprob],
-                     "top_logprobs": [{piece(t): v for t, v in lp.top}], "text_offset": [offsets[i]]}
-            return entry
+            return {"tokens": [piece(lp.token)], "token_logprobs": [lp.logprob],
+                    "top_logprobs": [{piece(t): v for t, v in lp.top}], "text_offset": [at]}
+
+        def chunk(choices: list, **extra) -> dict:
+            return {"id": cid, "object": "text_completion", "created": now, "model": name, "choices": choices,
+                    **extra}
 
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-            async def events():
-                usage = [0, 0]
-                try:
-                    async for i, out in run.outputs():
-                        lp = lp_of(i, out)
-                        offsets[i] += len(out.text)
-                        usage = [out.n_prompt, usage[1] + (1 if out.token is not None else 0)]
-                        if out.text or lp is not None or out.finish_reason is not None:
-                            yield _sse({"id": cid, "object": "text_completion", "created": now, "model": name,
-                                        "choices": [{"text": out.text, "index": i, "logprobs": lp,
-                                                     "finish_reason": out.finish_reason}]})
-                    if include_usage:
-                        yield _sse({"id": cid, "object": "text_completion", "created": now, "model": name,
-                                    "choices": [], "usage": _usage(len(toks), usage[1], 0)})
-                    yield "data: [DONE]\n\n"
-                except APIError as e:
-                    yield _sse(error_body(e.status, e.message, e.type))
-                finally:
-                    run.cancel()
-            return StreamingResponse(events(), media_type="text/event-stream")
-
-        texts = [[] for _ in range(body.n)]
-        lps: list[dict | None] = [None if body.logprobs is None else
-                                  {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-                                  for _ in range(body.n)]
-        finish: list[str | None] = [None] * body.n
-        n_gen, n_cached = 0, 0
-        try:
-            async for i, out in run.outputs(http):
+            def chunks(i: int, out: Output):
                 lp = lp_of(i, out)
-                offsets[i] += len(out.text)
-                texts[i].append(out.text)
-                if lp is not None:
-                    for k, v in lp.items():
-                        lps[i][k].extend(v)
-                if out.finish_reason is not None:
-                    finish[i] = out.finish_reason
-                    n_gen += out.n_generated
-                    n_cached = out.n_cached
-        finally:
-            run.cancel()
-        return {"id": cid, "object": "text_completion", "created": now, "model": name,
-                "choices": [{"text": "".join(texts[i]), "index": i, "logprobs": lps[i], "finish_reason": finish[i]}
-                            for i in range(body.n)],
-                "usage": _usage(len(toks), n_gen, n_cached)}
+                if out.text or lp is not None or out.finish_reason is not None:
+                    yield chunk([{"text": out.text, "index": i, "logprobs": lp, "finish_reason": out.finish_reason}])
+
+            def tail():
+                if body.stream_options and body.stream_options.include_usage:
+                    yield chunk([], usage=run.usage())
+            return run.stream(chunks, tail)
+
+        choices = []
+        for i, outs in enumerate(await run.collect(http)):
+            lps = [lp_of(i, out) for out in outs]
+            merged = None if body.logprobs is None else {
+                k: [v for lp in lps if lp is not None for v in lp[k]]
+                for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+            choices.append({"text": "".join(o.text for o in outs), "index": i, "logprobs": merged,
+                            "finish_reason": outs[-1].finish_reason if outs else None})
+        return chunk(choices, usage=run.usage())
 
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
@@ -545,9 +557,10 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         run = _Run(app.state.scheduler, toks, body, n_top, m.tokenizer, settings.timeout)
         cid, name, now = f"chatcmpl-{uuid.uuid4().hex}", model_name(), int(time.time())
 
-        def lp_of(out: Output) -> list[dict] | None:
+        def lp_of(out: Output) -> list[dict]:
+            """OpenAI's chat logprobs entries of one output (none without a token)."""
             if out.logprob is None:
-                return None
+                return []
             lp = out.logprob
             tok_piece = piece(lp.token)
             return [{"token": tok_piece, "logprob": lp.logprob, "bytes": list(tok_piece.encode("utf-8")),
@@ -555,53 +568,34 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
                                       for t, v in lp.top]}]
 
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            base = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": name}
 
-            async def events():
-                base = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": name}
-                n_gen, n_cached = 0, 0
-                try:
-                    for i in range(body.n):
-                        yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                         "logprobs": None, "finish_reason": None}]})
-                    async for i, out in run.outputs():
-                        lp = lp_of(out)
-                        if out.text or lp is not None:
-                            yield _sse({**base, "choices": [{"index": i, "delta": {"content": out.text},
-                                                             "logprobs": {"content": lp} if lp else None,
-                                                             "finish_reason": None}]})
-                        if out.finish_reason is not None:
-                            n_gen += out.n_generated
-                            n_cached = out.n_cached
-                            yield _sse({**base, "choices": [{"index": i, "delta": {}, "logprobs": None,
-                                                             "finish_reason": out.finish_reason}]})
-                    if include_usage:
-                        yield _sse({**base, "choices": [], "usage": _usage(len(toks), n_gen, n_cached)})
-                    yield "data: [DONE]\n\n"
-                except APIError as e:
-                    yield _sse(error_body(e.status, e.message, e.type))
-                finally:
-                    run.cancel()
-            return StreamingResponse(events(), media_type="text/event-stream")
-
-        texts = [[] for _ in range(body.n)]
-        lps: list[list] = [[] for _ in range(body.n)]
-        finish: list[str | None] = [None] * body.n
-        n_gen, n_cached = 0, 0
-        try:
-            async for i, out in run.outputs(http):
-                texts[i].append(out.text)
-                lps[i].extend(lp_of(out) or [])
+            def chunks(i: int, out: Output):
+                if not started:
+                    started.append(True)          # the role first, for every choice
+                    for k in range(body.n):
+                        yield {**base, "choices": [{"index": k, "delta": {"role": "assistant", "content": ""},
+                                                    "logprobs": None, "finish_reason": None}]}
+                lp = lp_of(out)
+                if out.text or lp:
+                    yield {**base, "choices": [{"index": i, "delta": {"content": out.text},
+                                                "logprobs": {"content": lp} if lp else None, "finish_reason": None}]}
                 if out.finish_reason is not None:
-                    finish[i] = out.finish_reason
-                    n_gen += out.n_generated
-                    n_cached = out.n_cached
-        finally:
-            run.cancel()
-        return {"id": cid, "object": "chat.completion", "created": now, "model": name,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(texts[i])},
-                             "logprobs": {"content": lps[i]} if body.logprobs else None,
-                             "finish_reason": finish[i]} for i in range(body.n)],
-                "usage": _usage(len(toks), n_gen, n_cached)}
+                    yield {**base, "choices": [{"index": i, "delta": {}, "logprobs": None,
+                                                "finish_reason": out.finish_reason}]}
+
+            def tail():
+                if body.stream_options and body.stream_options.include_usage:
+                    yield {**base, "choices": [], "usage": run.usage()}
+            started: list = []
+            return run.stream(chunks, tail)
+
+        choices = []
+        for i, outs in enumerate(await run.collect(http)):
+            choices.append({"index": i, "message": {"role": "assistant", "content": "".join(o.text for o in outs)},
+                            "logprobs": {"content": [e for o in outs for e in lp_of(o)]} if body.logprobs else None,
+                            "finish_reason": outs[-1].finish_reason if outs else None})
+        return {"id": cid, "object": "chat.completion", "created": now, "model": name, "choices": choices,
+                "usage": run.usage()}
 
     return app
