@@ -114,6 +114,28 @@ class Model:
         out = np.ascontiguousarray(out, dtype=np.float32)
         return out[0] if output == "last" else out
 
+    # --- several sequences ------------------------------------------------------------
+    def slot_cache(self, n_slots: int, n_ctx_slot: int, cache_type: str = "f32"):
+        """A KV cache of n_slots independent sequences of up to n_ctx_slot tokens (``SlotKVCache``),
+        separate from the model's own cache, for ``eval_batch``."""
+        if n_slots < 1 or n_ctx_slot < 1:
+            raise ValueError(f"need at least one slot of at least one token, got {n_slots} x {n_ctx_slot}")
+        return self._tf.slot_cache(int(n_slots), int(n_ctx_slot), cache_type)
+
+    def eval_batch(self, batch, slots) -> np.ndarray:
+        """Evaluate a ``TokenBatch`` (the new tokens of several sequences, each in its slot of
+        ``slots``) in one forward pass; float32 logits (len(batch.logit_rows), n_vocab)."""
+        ids = batch.tokens
+        if ids.size == 0:
+            raise ValueError("eval_batch needs at least one token")
+        bad = (ids < 0) | (ids >= self.config.n_vocab)
+        if bad.any():
+            raise ValueError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{self.config.n_vocab - 1})")
+        slots.check(batch)
+        with self.backend.scope():
+            out = self._tf.forward_batch(batch, slots)
+        return np.ascontiguousarray(self._tf.output_backend.to_host(out), dtype=np.float32)
+
     # --- lifetime ---------------------------------------------------------------------
     def close(self) -> None:
         if self._owns_reader and self.reader is not None:

@@ -208,10 +208,12 @@ class Transformer:
         """Move an activation from backend src to backend dst (one device boundary)."""
         return dst.from_host(src.to_host(x))
 
-    def _layers(self, be, il0: int, il1: int, x, n: int, pos0: int):
+    def _layers(self, be, il0: int, il1: int, x, n: int, pos0: int, batch=None, slots=None):
         """Layers il0..il1-1, all on backend be, for n tokens at positions pos0..: x (n, d) is the
         residual stream (updated in place); returns (x, xn) with xn (n, d) = the norm after the
-        last layer applied to x (the next layer's attn_norm, or output_norm)."""
+        last layer applied to x (the next layer's attn_norm, or output_norm).
+        With a ``TokenBatch`` and a ``SlotKVCache`` (slots) the tokens belong to several
+        sequences: the projections see all n rows, attention runs per span over its slot."""
         c = self.config
         H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
         st = self._step_bufs[id(be)] if n == 1 else self._buffers(be, n)
@@ -223,16 +225,59 @@ class Transformer:
             q3 = qkv[:, :H * hd].reshape(n, H, hd)               # (n, H, hd)
             k3 = qkv[:, H * hd:(H + Hkv) * hd].reshape(n, Hkv, hd)   # (n, Hkv, hd)
             v3 = qkv[:, (H + Hkv) * hd:].reshape(n, Hkv, hd)     # (n, Hkv, hd)
-            k_cache, v_cache = self.cache.layer(il)              # (n_ctx, Hkv, hd) each
-            be.qkv_prepare(q3, k3, v3, b.attn_q_bias, b.attn_k_bias, b.attn_v_bias,
-                           b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox,
-                           k_cache, v_cache)                     # + cache rows pos0..pos0+n-1
-            be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, attn)
+            if batch is None:
+                self._attend(be, b, q3, k3, v3, *self.cache.layer(il), pos0, attn)   # cache (n_ctx, Hkv, hd)
+            else:
+                for s in batch.spans:                            # each sequence over its own slot
+                    self._attend(be, b, q3[s.row0:s.row1], k3[s.row0:s.row1], v3[s.row0:s.row1],
+                                 *slots.region(il, s.slot), s.pos0, attn[s.row0:s.row1])
             o = be.linear(b.attn_output, attn.reshape(n, H * hd), out=st.proj)   # (n, d)
             be.add_rms_norm(x, o, b.post_attention_norm, b.ffn_norm, c.norm_eps, xn)
             out = ffn(be, b, xn, st)                             # (n, d)
             be.add_rms_norm(x, out, b.post_ffw_norm, b.next_norm, c.norm_eps, xn)
         return x, xn
+
+    def _attend(self, be, b: Block, q3, k3, v3, k_cache, v_cache, pos0: int, out3) -> None:
+        """One sequence's attention for layer b: its n new tokens at positions pos0.. stored in
+        (k_cache, v_cache) (C, Hkv, hd) and attending to rows 0..pos0+n-1 there.  out3 (n, H, hd)."""
+        c = self.config
+        be.qkv_prepare(q3, k3, v3, b.attn_q_bias, b.attn_k_bias, b.attn_v_bias,
+                       b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox,
+                       k_cache, v_cache)                         # + cache rows pos0..pos0+n-1
+        be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3)
+
+    # ------------------------------------------------------------------------------------
+    def slot_cache(self, n_slots: int, n_ctx_slot: int, cache_type: str = "f32"):
+        """A ``SlotKVCache`` of n_slots sequences of up to n_ctx_slot tokens for ``forward_batch``
+        (CPU only: a model with offloaded layers is refused)."""
+        from .batch import SlotKVCache
+        if len(self._runs) != 1 or self._runs[0][2] is not self.backend or self.output_backend is not self.backend:
+            raise ValueError("several sequences per pass run on the CPU only: load the model without "
+                             "offloaded layers (-ngl 0)")
+        if n_ctx_slot > self.n_ctx:
+            raise ValueError(f"a slot context of {n_ctx_slot} exceeds the model's RoPE tables ({self.n_ctx})")
+        c = self.config
+        kv = self.backend.kv_cache(c.n_layer, n_slots * n_ctx_slot, c.n_head_kv, c.head_dim, cache_type)
+        return SlotKVCache(kv, n_slots, n_ctx_slot)
+
+    def forward_batch(self, batch, slots):
+        """Evaluate a ``TokenBatch`` of several sequences in one pass over the layers (each weight
+        read once for all its rows) into their slots of ``slots`` (a ``SlotKVCache`` from
+        ``slot_cache``).  Returns the logits (len(batch.logit_rows), n_vocab) of the rows asked for.
+        The caller tracks each slot's position; the cache only stores."""
+        c = self.config
+        n = int(batch.tokens.shape[0])
+        x = self.backend.embed(self.token_embd, batch.tokens)            # (n, d) residual stream
+        if c.embd_scale != 1.0:
+            x *= np.float32(c.embd_scale)
+        x, xn = self._layers(self.backend, 0, len(self.blk), x, n, 0, batch=batch, slots=slots)
+        if not batch.logit_rows:
+            return np.zeros((0, c.n_vocab), dtype=np.float32)
+        rows = xn[np.asarray(batch.logit_rows, dtype=np.int64)]          # (k, d)
+        logits = self.backend.linear(self.output, rows)                  # (k, n_vocab)
+        if c.final_logit_softcap > 0:
+            self.backend.softcap(logits, c.final_logit_softcap)
+        return logits
 
     # ------------------------------------------------------------------------------------
     def forward(self, tokens: np.ndarray, output: str = "last"):
