@@ -93,8 +93,9 @@ SHAPES: dict[str, Shape] = {
                           tied=False, rope_scaling=RopeScaling(8.0), pre="llama-bpe"),
     # HuggingFaceTB/SmolLM2-135M
     "smollm2-135m": Shape("llama", 49152, 576, 30, 9, 3, 1536, rope_base=100000.0),
-    # tiny shapes for tests (rows a multiple of 256, so every block type applies)
-    "tiny-llama": Shape("llama", 1024, 256, 2, 4, 2, 512, n_ctx_train=512, tied=False,
+    # tiny shapes for tests (rows a multiple of 256, so every block type applies); tiny-llama has the
+    # shape of the shared tiny llama, whose llama-quantize type choices the tests compare against
+    "tiny-llama": Shape("llama", 768, 256, 4, 4, 2, 512, n_ctx_train=512, tied=False,
                         rope_scaling=RopeScaling(8.0, original_context=64), rope_base=500000.0),
     "tiny-qwen3": Shape("qwen3", 1024, 256, 2, 4, 2, 512, head_dim=64, n_ctx_train=512, rms_eps=1e-6,
                         qk_norm=True),
