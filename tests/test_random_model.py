@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import gguf
 import numpy as np
@@ -124,3 +125,34 @@ def test_bad_arguments_are_refused(tmp_path):
     vocab = fixture_path("models", "tiny-llama-f32.gguf")          # 768 tokens, tiny-qwen3 has 1024
     assert mrm.main(["tiny-qwen3", "Q4_0", str(out), "--vocab-from", str(vocab), "-q"]) == 1
     assert not out.exists()
+
+
+def test_bench_bytes_per_token_and_ceiling(tiny_models, tmp_path):
+    """bench_vs_llamacpp: a generated token reads every tensor but token_embd (untied), or all of
+    them (tied); the ceiling fraction is t/s x bytes per token / bandwidth (2 decimals)."""
+    bench = _load("bench_vs_llamacpp")
+    path = tiny_models["Q8_0"].path
+    with GGUFReader(path) as r:
+        total = sum(t.n_bytes for t in r.tensors.values())
+        embd = r.tensors["token_embd.weight"].n_bytes
+    assert bench.bytes_per_token(str(path)) == total - embd
+    tied = mrm.make_model("tiny-qwen3", "Q8_0", tmp_path / "tied.gguf", log=lambda m: None)
+    with GGUFReader(tied.path) as r:
+        assert bench.bytes_per_token(str(tied.path)) == sum(t.n_bytes for t in r.tensors.values())
+    run = bench.ModelRun("m.gguf", 2, bandwidth_gbs=10.0, bytes_per_token=500_000_000)   # ceiling 20 t/s
+    rows = [bench.Row("m.gguf", 2, "tg128", [5.0, 7.0], [9.0, 11.0]), bench.Row("m.gguf", 2, "pp64", [30.0], [45.0])]
+    table = bench.throughput_table(rows, {("m.gguf", 2): run})
+    assert "| m.gguf | 2 | tg128 | 6.00 | 10.00 | 1.67 | 3.00 | 5.00 | 0.30 | 0.50 |" in table
+    assert "| m.gguf | 2 | pp64 | 30.00 | 45.00 | 1.50 | - | - | - | - |" in table
+
+
+def test_bench_peak_rss_is_the_childs_own():
+    """run_measured reports the child's peak resident set: a child touching 200 MB reports at least
+    that, a bare interpreter far less (the benchmark process's own memory is not counted)."""
+    bench = _load("bench_vs_llamacpp")
+    ballast = np.ones(1 << 26)  # noqa: F841  (512 MB resident in this, the parent, process)
+    big = bench.run_measured([sys.executable, "-c", "import time; b = bytearray(200 << 20); time.sleep(0.3)"])
+    small = bench.run_measured([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    assert big.peak_rss >= 200 << 20
+    assert small.peak_rss < 100 << 20
+    assert bench.int_list("1,2") == [1, 2]
