@@ -28,7 +28,7 @@ import argparse
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arch_models import llama3_rope_factors  # noqa: E402
 from gguf_engine.gguf.reader import GGUFReader  # noqa: E402
 from gguf_engine.gguf.writer import GGUFWriter  # noqa: E402
+from gguf_engine.tokenizer.bpe import byte_to_unicode  # noqa: E402
 from gguf_engine.quantize import MixtureOptions, ModelInfo, TensorPlan, parse_ftype, plan_types  # noqa: E402
 from kernels import quantize  # noqa: E402
 from kernels.types import BLOCK_SIZES, GGMLType  # noqa: E402
@@ -74,7 +75,6 @@ class Shape:
     qk_norm: bool = False       # per-head Q/K RMS norms (Qwen3)
     rope_scaling: RopeScaling | None = None
     pre: str = "gpt-2"          # tokenizer.ggml.pre of the synthetic vocabulary
-    extra: dict = field(default_factory=dict)
 
     @property
     def hd(self) -> int:
@@ -193,15 +193,8 @@ def float_tensor(name: str, shape: tuple[int, ...], qtype: GGMLType, seed: int, 
 
 def byte_tokens() -> list[str]:
     """GPT-2's printable stand-ins for the 256 byte values, in byte order."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    out, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + extra)
-            extra += 1
-    return [out[b] for b in range(256)]
+    m = byte_to_unicode()
+    return [m[b] for b in range(256)]
 
 
 @dataclass
@@ -225,7 +218,7 @@ def synthetic_vocab(n_vocab: int, seed: int = 0) -> Vocab:
     rng = np.random.default_rng([seed, n_vocab])
     n_merged = n_vocab - 256 - 2
     while len(merges) < n_merged:
-        # favour recent tokens a little so lengths grow, but keep them short
+        # pairs of any earlier tokens, joined tokens kept short and distinct
         cand = rng.integers(0, len(tokens), size=(4096, 2))
         for a, b in cand:
             ta, tb = tokens[a], tokens[b]
@@ -270,20 +263,17 @@ def write_vocab(w: GGUFWriter, s: Shape, seed: int) -> None:
 # ------------------------------------------------------------------------------ file
 
 def write_metadata(w: GGUFWriter, name: str, s: Shape, ftype: int) -> None:
+    """The hyper-parameter keys llama.cpp's converter writes for these architectures."""
     a = s.arch
     w.add_string("general.name", f"random-{name}")
-    w.add_uint32(f"{a}.block_count", s.n_layer)
-    w.add_uint32(f"{a}.context_length", s.n_ctx_train)
-    w.add_uint32(f"{a}.embedding_length", s.d)
-    w.add_uint32(f"{a}.feed_forward_length", s.n_ff)
-    w.add_uint32(f"{a}.attention.head_count", s.n_head)
-    w.add_uint32(f"{a}.attention.head_count_kv", s.n_head_kv)
-    w.add_uint32(f"{a}.attention.key_length", s.hd)
-    w.add_uint32(f"{a}.attention.value_length", s.hd)
-    w.add_uint32(f"{a}.rope.dimension_count", s.hd)
+    ints = {"block_count": s.n_layer, "context_length": s.n_ctx_train, "embedding_length": s.d,
+            "feed_forward_length": s.n_ff, "attention.head_count": s.n_head,
+            "attention.head_count_kv": s.n_head_kv, "attention.key_length": s.hd,
+            "attention.value_length": s.hd, "rope.dimension_count": s.hd, "vocab_size": s.n_vocab}
+    for key, value in ints.items():
+        w.add_uint32(f"{a}.{key}", value)
     w.add_float32(f"{a}.rope.freq_base", s.rope_base)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", s.rms_eps)
-    w.add_uint32(f"{a}.vocab_size", s.n_vocab)
     w.add_uint32("general.file_type", ftype)
 
 
