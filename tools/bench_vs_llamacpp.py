@@ -16,7 +16,8 @@ measured in the same run at the same thread count, divided by the bytes read per
 token (every weight tensor except the token embedding, of which one row is read;
 the KV cache is left out).  A second table gives each program's peak RSS (the
 largest of its benchmark processes) and, with --load, the load time: the wall time
-of a fresh process that loads the file and generates one token (page cache warm).
+of a fresh process that loads the file and generates one token (page cache warm;
+gguf-bench also runs its warm-up token, llama-bench runs with --no-warmup).
 
 ``--shape``/``--type`` make random-weight files of real model shapes with
 tools/make_random_model.py into --model-dir (an existing file is reused).

@@ -107,9 +107,10 @@ SHAPES: dict[str, Shape] = {
 def tensor_shapes(s: Shape) -> dict[str, tuple[int, ...]]:
     """Every tensor's numpy-order shape (outermost first), in the converter's order."""
     d, hd = s.d, s.hd
-    t: dict[str, tuple[int, ...]] = {"token_embd.weight": (s.n_vocab, d)}
+    t: dict[str, tuple[int, ...]] = {}
     if s.rope_scaling is not None:
         t["rope_freqs.weight"] = (hd // 2,)
+    t["token_embd.weight"] = (s.n_vocab, d)
     for il in range(s.n_layer):
         p = f"blk.{il}."
         t[p + "attn_norm.weight"] = (d,)
@@ -172,21 +173,25 @@ class BlockPool:
 
 
 def float_tensor(name: str, shape: tuple[int, ...], qtype: GGMLType, seed: int, s: Shape) -> np.ndarray:
-    """A vector or unquantized matrix as F32/F16/BF16 bytes."""
+    """A vector (F32) or an unquantized matrix (F32, F16 or BF16; gaussian, std 1/sqrt(row length)),
+    drawn in slices of rows so that only the output array is ever whole."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     if name == "rope_freqs.weight":
         r = s.rope_scaling
-        x = llama3_rope_factors(s.hd, s.rope_base, r.factor, r.low_freq_factor, r.high_freq_factor,
-                                r.original_context)
-    elif len(shape) == 1:
-        x = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-    else:
-        x = (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
-    if qtype == GGMLType.F32:
-        return x
-    if qtype == GGMLType.F16:
-        return x.astype(np.float16)
-    return quantize(x.reshape(-1, shape[-1]), qtype)     # BF16 and any other encodable type
+        return llama3_rope_factors(s.hd, s.rope_base, r.factor, r.low_freq_factor, r.high_freq_factor,
+                                   r.original_context)
+    if len(shape) == 1:
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    n = shape[-1]
+    rows = int(np.prod(shape)) // n
+    bs, ts = BLOCK_SIZES[qtype]
+    out = np.empty((rows, n // bs * ts), np.uint8)          # (rows, row bytes)
+    step = max(1, (1 << 22) // n)
+    for r0 in range(0, rows, step):
+        x = (rng.standard_normal((min(step, rows - r0), n)) / np.sqrt(n)).astype(np.float32)
+        enc = x if qtype == GGMLType.F32 else x.astype(np.float16) if qtype == GGMLType.F16 else quantize(x, qtype)
+        out[r0:r0 + len(x)] = enc.view(np.uint8).reshape(len(x), -1)
+    return out
 
 
 # ------------------------------------------------------------------------------ vocabulary
