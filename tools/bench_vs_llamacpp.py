@@ -261,7 +261,10 @@ def main(argv=None) -> int:
     if args.type and not args.shape:
         ap.error("--type applies to --shape files; give --shape")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    models = args.model + random_models(args.shape, args.type, args.model_dir, log) if args.shape else args.model
+    try:
+        models = args.model + random_models(args.shape, args.type, args.model_dir, log) if args.shape else args.model
+    except ValueError as e:                     # an unknown shape or type
+        ap.error(str(e))
     if not models:
         ap.error("give -m MODEL or --shape/--type/--model-dir")
     for m in models:
