@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"_tools_{name}", TOOLS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod            # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
