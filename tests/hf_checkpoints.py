@@ -144,13 +144,18 @@ def read_vocab_tests(name: str) -> list[tuple[str, list[int]]]:
 def make_config(arch: str, n_vocab: int, special: dict, **over) -> dict:
     """config.json for a tiny model (dim 64, 2 layers, 4 heads, 2 KV heads, head size 16)."""
     hf = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-          "qwen3": "Qwen3ForCausalLM", "gemma3": "Gemma3ForCausalLM"}[arch]
+          "qwen3": "Qwen3ForCausalLM", "gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
+          "gemma2": "Gemma2ForCausalLM"}[arch]
     cfg = {"architectures": [hf], "model_type": {"gemma3": "gemma3_text"}.get(arch, arch), "vocab_size": n_vocab,
            "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
            "num_key_value_heads": 2, "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
            "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32"}
-    if arch in ("qwen3", "gemma3", "llama", "mistral"):
+    if arch in ("qwen3", "gemma3", "llama", "mistral", "gemma2"):
         cfg["head_dim"] = 16
+    if arch == "gemma2":
+        cfg.update({"rms_norm_eps": 1e-6, "sliding_window": 8, "query_pre_attn_scalar": 16,
+                    "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
+                    "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0})
     if arch == "gemma3":
         cfg.update({"rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
                     "sliding_window": 8, "query_pre_attn_scalar": 16, "hidden_activation": "gelu_pytorch_tanh",
@@ -166,6 +171,7 @@ def make_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """Random float32 weights in HF layout (scaled so activations stay O(1))."""
     rng = np.random.default_rng(seed)
     arch = cfg["model_type"].replace("gemma3_text", "gemma3")
+    gemma = arch in ("gemma2", "gemma3")
     d, ff, nl = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim", d // nh)
@@ -174,7 +180,7 @@ def make_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
         return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
 
     def norm(n):
-        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32) if arch != "gemma3" else \
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32) if not gemma else \
             (0.1 * rng.standard_normal(n)).astype(np.float32)
 
     w = {"model.embed_tokens.weight": rng.standard_normal((cfg["vocab_size"], d)).astype(np.float32),
@@ -198,9 +204,14 @@ def make_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
         if arch in ("qwen3", "gemma3"):
             w[p + "self_attn.q_norm.weight"] = norm(hd)
             w[p + "self_attn.k_norm.weight"] = norm(hd)
-        if arch == "gemma3":
+        if gemma:
             w[p + "pre_feedforward_layernorm.weight"] = norm(d)
             w[p + "post_feedforward_layernorm.weight"] = norm(d)
+        if arch == "phi3":                       # Phi-3 stores Q|K|V and gate|up fused
+            w[p + "self_attn.qkv_proj.weight"] = np.concatenate([w.pop(p + f"self_attn.{k}_proj.weight")
+                                                                 for k in "qkv"])
+            w[p + "mlp.gate_up_proj.weight"] = np.concatenate([w.pop(p + "mlp.gate_proj.weight"),
+                                                               w.pop(p + "mlp.up_proj.weight")])
     return w
 
 
@@ -261,15 +272,38 @@ def stored_values(weights: dict[str, np.ndarray], dtype: str) -> dict[str, np.nd
 
 # -- float64 reference forward pass over HF weights -------------------------------------------------
 
-def reference_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
+def reference_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int], long_factors: bool | None = None
+                     ) -> np.ndarray:
     """Logits (n_tokens, n_vocab) in float64, straight from the HF layout (rotary halves, Gemma's
-    1 + weight norms), independent of the converter."""
+    1 + weight norms, Phi-3's fused projections), independent of the converter.  Phi-3's LongRoPE uses
+    its long factors when ``long_factors`` (None: as transformers decides, for a sequence longer than
+    the original context), the short ones otherwise, and scales cos and sin by its attention factor.
+    Gemma 2 soft-caps attention scores and the final logits (tanh(x / cap) * cap)."""
     arch = cfg["model_type"].replace("gemma3_text", "gemma3")
     d, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim", d // nh)
     eps = cfg["rms_norm_eps"]
-    gemma = arch == "gemma3"
+    gemma = arch in ("gemma2", "gemma3")
     n = len(ids)
+    if arch == "phi3":                                    # unfuse Q|K|V and gate|up
+        w = dict(w)
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            q, k, v = np.split(w[p + "self_attn.qkv_proj.weight"], [nh * hd, (nh + nkv) * hd])
+            w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"] = q, k
+            w[p + "self_attn.v_proj.weight"] = v
+            w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"] = np.split(w[p + "mlp.gate_up_proj.weight"], 2)
+    rs = cfg.get("rope_scaling") or {}
+    mscale = 1.0
+    if rs.get("type") == "longrope":                      # transformers' LongRoPE (Phi-3)
+        orig = cfg["original_max_position_embeddings"]
+        use_long = n > orig if long_factors is None else long_factors
+        ext = np.asarray(rs["long_factor" if use_long else "short_factor"], dtype=np.float64)
+        scale = cfg["max_position_embeddings"] / orig
+        mscale = np.sqrt(1 + np.log(scale) / np.log(orig)) if scale > 1 else 1.0
+
+    def softcap(x, cap):
+        return np.tanh(x / cap) * cap if cap else x
 
     def rms(x, g):
         y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
@@ -277,7 +311,8 @@ def reference_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.
 
     def rope(x, theta):                                   # x (n, heads, hd), HF rotate_half layout
         inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
-        rs = cfg.get("rope_scaling") or {}
+        if rs.get("type") == "longrope":
+            inv = inv / ext
         if rs.get("rope_type") == "llama3":               # transformers' llama3 frequency smoothing
             f, lo, hi, old = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"], \
                 rs["original_max_position_embeddings"]
@@ -287,7 +322,8 @@ def reference_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.
             medium = (wavelen >= old / hi) & (wavelen <= old / lo)
             inv = np.where(medium, (1 - smooth) * scaled / f + smooth * scaled, scaled)
         ang = np.arange(n, dtype=np.float64)[:, None] * inv[None, :]
-        cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+        cos = np.cos(np.concatenate([ang, ang], -1)) * mscale
+        sin = np.sin(np.concatenate([ang, ang], -1)) * mscale
         x1, x2 = x[..., :hd // 2], x[..., hd // 2:]
         rot = np.concatenate([-x2, x1], -1)
         return x * cos[:, None, :] + rot * sin[:, None, :]
@@ -307,13 +343,13 @@ def reference_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.
         q, k, v = q.reshape(n, nh, hd), k.reshape(n, nkv, hd), v.reshape(n, nkv, hd)
         if arch in ("qwen3", "gemma3"):
             q, k = rms(q, w[p + "self_attn.q_norm.weight"]), rms(k, w[p + "self_attn.k_norm.weight"])
-        sliding = gemma and (i + 1) % 6 != 0
-        theta = cfg.get("rope_local_base_freq", 10000.0) if sliding else \
+        sliding = (arch == "gemma3" and (i + 1) % 6 != 0) or (arch == "gemma2" and i % 2 == 0)
+        theta = cfg.get("rope_local_base_freq", 10000.0) if sliding and arch == "gemma3" else \
             cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"]
         q, k = rope(q, theta), rope(k, theta)
         k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
         scale = cfg.get("query_pre_attn_scalar", hd) ** -0.5
-        s = np.einsum("qhd,khd->hqk", q, k) * scale
+        s = softcap(np.einsum("qhd,khd->hqk", q, k) * scale, cfg.get("attn_logit_softcapping"))
         pos = np.arange(n)
         mask = pos[None, :] > pos[:, None]
         if sliding:
@@ -340,7 +376,7 @@ def reference_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.
         x = x + f
     x = rms(x, w["model.norm.weight"])
     out = w.get("lm_head.weight", w["model.embed_tokens.weight"])
-    return x @ out.T
+    return softcap(x @ out.T, cfg.get("final_logit_softcapping"))
 
 
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
@@ -364,10 +400,16 @@ class Case:
     config: dict = field(default_factory=dict)
     template_file: bool = False     # chat template in chat_template.jinja (transformers 5) instead
     generation: dict | None = None  # generation_config.json
+    tokenizer_class: str | None = None  # tokenizer_config.json's, when not the rebuilt tokenizer's own
+    added_tokens: dict | None = None    # tokenizer_config.json's added_tokens_decoder
 
 
 _LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
+_PHI3_LONG = [1.0, 1.25, 1.6, 2.2, 3.5, 6.0, 11.0, 24.0]
+_PHI3_SHORT = [1.0, 1.02, 1.05, 1.1, 1.2, 1.4, 1.8, 2.5]
+# each case's random seed (fixed: the committed references depend on it)
+_SEEDS = ["gemma3", "llama-smollm", "llama3-bpe", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "phi3-spm"]
 CASES: dict[str, Case] = {
     # vocabulary padded past the tokenizer (config vocab_size 49216 > 49152 tokens)
     "llama-smollm": Case("llama", "smollm", "F32", 1, "f16", {"vocab_size": 49216}),
@@ -381,6 +423,22 @@ CASES: dict[str, Case] = {
                   {"rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}}),
     "gemma3": Case("gemma3", "gemma3", "F32", 1, "bf16", {"hidden_size": 32, "head_dim": 8, "query_pre_attn_scalar": 8,
                                                            "intermediate_size": 48}),
+    # a "128k"-style LongRoPE config (context 4x the original) with a Phi-4-style GPT2Tokenizer vocabulary
+    "phi3": Case("phi3", "smollm", "BF16", 1, "auto",
+                 {"max_position_embeddings": 1024, "original_max_position_embeddings": 256, "sliding_window": 1024,
+                  "rope_scaling": {"type": "longrope", "long_factor": _PHI3_LONG, "short_factor": _PHI3_SHORT}},
+                 tokenizer_class="GPT2Tokenizer"),
+    # Phi-3-mini-4k style: SentencePiece vocabulary, no LongRoPE; one added token flagged special and one
+    # that only looks special (Phi-3's converter makes it USER_DEFINED where others make it CONTROL)
+    "phi3-spm": Case("phi3", "gemma3", "F32", 1, "q8_0",
+                     {"hidden_size": 32, "intermediate_size": 48, "original_max_position_embeddings": 512,
+                      "sliding_window": 2047}, tokenizer_class="LlamaTokenizer",
+                     added_tokens={"105": {"content": "<start_of_turn>", "special": False},
+                                   "106": {"content": "<end_of_turn>", "special": True}}),
+    # soft-caps small enough to bite on random weights
+    "gemma2": Case("gemma2", "gemma3", "F16", 2, "f16", {"hidden_size": 32, "head_dim": 8, "query_pre_attn_scalar": 8,
+                                                          "intermediate_size": 48, "attn_logit_softcapping": 1.5,
+                                                          "final_logit_softcapping": 4.0}),
 }
 
 
@@ -398,6 +456,12 @@ def build_case(name: str, folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
     cfg = make_config(case.arch, n_tokens, special, **case.config)
     if "rope_parameters" in cfg:
         cfg.pop("rope_theta")
+    if case.tokenizer_class is not None:
+        tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        tc["tokenizer_class"] = case.tokenizer_class
+        if case.added_tokens is not None:
+            tc["added_tokens_decoder"] = case.added_tokens
+        (folder / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False), encoding="utf-8")
     if case.template_file:
         tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
         template = tc.pop("chat_template", None) or "{{ messages[0]['content'] }}"
@@ -405,7 +469,7 @@ def build_case(name: str, folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
         (folder / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False), encoding="utf-8")
     if case.generation is not None:
         (folder / "generation_config.json").write_text(json.dumps(case.generation), encoding="utf-8")
-    weights = make_weights(cfg, seed=sorted(CASES).index(name))
+    weights = make_weights(cfg, seed=_SEEDS.index(name))
     write_checkpoint(folder, cfg, weights, case.dtype, case.shards)
     return cfg, weights
 

@@ -16,7 +16,8 @@ from typing import Any, Callable
 from ..gguf.constants import GGUFValueType as V
 from .safetensors import ConvertError
 
-__all__ = ["ArchSpec", "ARCHITECTURES", "HParams", "arch_for", "common_params", "llama3_rope_factors", "rope_params"]
+__all__ = ["ArchSpec", "ARCHITECTURES", "HParams", "arch_for", "common_params", "llama3_rope_factors", "longrope_factors",
+           "rope_params"]
 
 # per-layer tensors shared by every architecture here: HF module path -> GGUF name
 _LAYER_COMMON = {
@@ -131,13 +132,13 @@ def _gemma3_params(hp: HParams, add: Add) -> None:
     add("attention.head_count_kv", hp.get("num_key_value_heads", 4), V.UINT32)
 
 
-def llama3_rope_factors(hp: HParams) -> "list[float] | None":
+def llama3_rope_factors(hp: HParams) -> "dict[str, list[float]]":
     """Llama 3 RoPE scaling becomes a ``rope_freqs`` tensor of per-frequency divisors (as llama.cpp writes
     it; the engine itself applies only linear scaling)."""
     rp = rope_params(hp)
     full = rp.get("full_attention", rp)
     if str(full.get("rope_type", "")).lower() != "llama3":
-        return None
+        return {}
     import numpy as np
     base = full.get("rope_theta", 10000.0)
     dim = hp.get("head_dim") or hp["hidden_size"] // hp["num_attention_heads"]
@@ -156,7 +157,82 @@ def llama3_rope_factors(hp: HParams) -> "list[float] | None":
         else:
             smooth = (old_ctx / wavelen - lo) / (hi - lo)
             out.append(1 / ((1 - smooth) / factor + smooth))
-    return out
+    return {"rope_freqs.weight": out}
+
+
+def _phi3_rope(hp: HParams) -> tuple[dict, int, int]:
+    """(RoPE settings, original context, rotary dimensions) of a Phi-3 config."""
+    rp = rope_params(hp)
+    orig = rp.get("original_max_position_embeddings")
+    if orig is None:
+        raise ConvertError("config.json: original_max_position_embeddings is not set (Phi-3 needs it)")
+    n_embd, n_head = hp.need("hidden_size", "n_embd"), hp.need("num_attention_heads", "n_head")
+    return rp, orig, int(rp.get("partial_rotary_factor", 1.0) * n_embd) // n_head
+
+
+def _phi3_attn_factor(hp: HParams) -> "float | None":
+    """LongRoPE's magnitude correction sqrt(1 + ln(s) / ln(original context)) for s = context / original
+    context (YaRN's 0.1 ln(s) + 1 for rope type yarn); None without long factors."""
+    rp, orig, _ = _phi3_rope(hp)
+    if not rp.get("long_factor"):
+        return None
+    scale = hp.need("n_positions", "max_position_embeddings") / orig
+    kind = str(rp.get("rope_type", "")).lower()
+    if kind in ("su", "longrope"):
+        return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+    if kind == "yarn":
+        return 0.1 * math.log(scale) + 1.0 if scale > 1.0 else 1.0
+    raise ConvertError(f"config.json: rope_scaling type {kind or '(none)'!r} with long_factor is not supported "
+                       "(su, longrope or yarn)")
+
+
+def longrope_factors(hp: HParams) -> "dict[str, list[float]]":
+    """Phi-3's LongRoPE frequency divisors: ``rope_factors_long`` (used past the original context) and
+    ``rope_factors_short``, one per rotary pair, as llama.cpp writes them."""
+    rp, _, rope_dims = _phi3_rope(hp)
+    if _phi3_attn_factor(hp) is None:
+        return {}
+    long, short = rp.get("long_factor"), rp.get("short_factor")
+    if short is None or len(long) != len(short) or len(long) != rope_dims // 2 or rope_dims % 2:
+        raise ConvertError(f"config.json: rope_scaling long_factor and short_factor must both have "
+                           f"{rope_dims // 2} values (got {len(long)} and {len(short or [])})")
+    return {"rope_factors_long.weight": list(long), "rope_factors_short.weight": list(short)}
+
+
+def _phi3_params(hp: HParams, add: Add) -> None:
+    """Phi-3 writes its own key set (no generic ones): original context, rotary dims, sliding window
+    (0 when absent, which marks Phi-4) and, with LongRoPE, the attention factor."""
+    rp, orig, rope_dims = _phi3_rope(hp)
+    add("context_length", hp.need("n_positions", "max_position_embeddings"), V.UINT32)
+    add("rope.scaling.original_context_length", orig, V.UINT32)
+    add("embedding_length", hp.need("hidden_size", "n_embd"), V.UINT32)
+    add("feed_forward_length", hp.need("intermediate_size"), V.UINT32)
+    add("block_count", hp.need("num_hidden_layers", "n_layers", "n_layer", "num_layers"), V.UINT32)
+    add("attention.head_count", hp.need("num_attention_heads", "n_head"), V.UINT32)
+    add("attention.head_count_kv", hp.need("num_key_value_heads", "n_head_kv"), V.UINT32)
+    add("attention.layer_norm_rms_epsilon", hp.need("rms_norm_eps"), V.FLOAT32)
+    add("rope.dimension_count", rope_dims, V.UINT32)
+    add("rope.freq_base", rp.get("full_attention", rp).get("rope_theta", 10000.0), V.FLOAT32)
+    add("attention.sliding_window", hp.get("sliding_window") or 0, V.UINT32)
+    attn_factor = _phi3_attn_factor(hp)
+    if attn_factor is not None:
+        add("rope.scaling.attn_factor", attn_factor, V.FLOAT32)
+
+
+def _gemma2_params(hp: HParams, add: Add) -> None:
+    """Gemma 2 writes its own key set (no generic ones, no RoPE base): head size, both soft-caps and the
+    sliding window."""
+    for key, name in (("context_length", "max_position_embeddings"), ("embedding_length", "hidden_size"),
+                      ("block_count", "num_hidden_layers"), ("feed_forward_length", "intermediate_size"),
+                      ("attention.head_count", "num_attention_heads")):
+        add(key, hp.need(name), V.UINT32)
+    add("attention.head_count_kv", hp.find("num_key_value_heads", "num_attention_heads"), V.UINT32)
+    add("attention.layer_norm_rms_epsilon", hp.need("rms_norm_eps"), V.FLOAT32)
+    add("attention.key_length", hp.need("head_dim"), V.UINT32)
+    add("attention.value_length", hp.need("head_dim"), V.UINT32)
+    add("attn_logit_softcapping", hp.need("attn_logit_softcapping"), V.FLOAT32)
+    add("final_logit_softcapping", hp.need("final_logit_softcapping"), V.FLOAT32)
+    add("attention.sliding_window", hp.need("sliding_window"), V.UINT32)
 
 
 @dataclass(frozen=True)
@@ -168,6 +244,10 @@ class ArchSpec:
     params: Callable[[HParams, Add], None] | None = None
     vocab: str = "auto"                       # "auto": tokenizer.model -> SentencePiece, else BPE
     trim_embeddings: bool = False             # drop embedding rows past the tokenizer's ids (Gemma 3)
+    common: bool = True                       # write common_params (False: ``params`` writes every key)
+    extra_tensors: Callable[[HParams], dict] | None = None   # F32 vectors written first: name -> values
+    skipped: tuple[str, ...] = ()             # HF tensors llama.cpp drops for this architecture
+    no_space_prefix: bool = False             # SentencePiece vocabularies get add_space_prefix = false
 
     def tensor_name(self, hf_name: str) -> str | None:
         """GGUF name of an HF tensor, or None when unknown."""
@@ -188,12 +268,18 @@ _GEMMA3_LAYERS = {"post_attention_layernorm": "post_attention_norm", "pre_feedfo
                   "post_feedforward_layernorm": "post_ffw_norm"}
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "LlamaForCausalLM": ArchSpec("llama", permute_qk=True, params=_llama_params),
-    "MistralForCausalLM": ArchSpec("llama", permute_qk=True, params=_llama_params),
+    "LlamaForCausalLM": ArchSpec("llama", permute_qk=True, params=_llama_params, extra_tensors=llama3_rope_factors),
+    "MistralForCausalLM": ArchSpec("llama", permute_qk=True, params=_llama_params, extra_tensors=llama3_rope_factors),
     "Qwen2ForCausalLM": ArchSpec("qwen2"),
     "Qwen3ForCausalLM": ArchSpec("qwen3"),
     "Gemma3ForCausalLM": ArchSpec("gemma3", norm_shift=True, layer_names=_GEMMA3_LAYERS, params=_gemma3_params,
-                                  trim_embeddings=True),
+                                  trim_embeddings=True, no_space_prefix=True),
+    # fused Q|K|V and gate|up stay fused (attn_qkv, ffn_up); the vocabulary is BPE for a GPT2Tokenizer
+    "Phi3ForCausalLM": ArchSpec("phi3", layer_names={"self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"},
+                                params=_phi3_params, common=False, extra_tensors=longrope_factors, vocab="phi3"),
+    # the output is always the tied embedding: an lm_head in the checkpoint is dropped
+    "Gemma2ForCausalLM": ArchSpec("gemma2", norm_shift=True, layer_names=_GEMMA3_LAYERS, params=_gemma2_params,
+                                  common=False, skipped=("lm_head.weight",), no_space_prefix=True),
 }
 
 

@@ -28,7 +28,7 @@ from kernels.types import GGMLType, row_bytes
 from ..atomic import check_output_path
 from ..gguf.constants import GGUFValueType as V
 from ..gguf.writer import GGUFWriter
-from .architectures import (ArchSpec, HParams, SKIPPED_SUFFIXES, arch_for, common_params, llama3_rope_factors)
+from .architectures import ArchSpec, HParams, SKIPPED_SUFFIXES, arch_for, common_params
 from .safetensors import Checkpoint, ConvertError, SafeTensor, open_checkpoint
 from .vocab import MetaEntry, bpe_vocab_size, load_vocab
 
@@ -250,7 +250,8 @@ def _metadata(folder: Path, hp: HParams, spec: ArchSpec, file_type: int, model_n
     put("general.name", model_name or model_title(hp, folder), V.STRING)
     if n_params > 0:
         put("general.size_label", size_label(n_params), V.STRING)
-    common_params(hp, arch_key)
+    if spec.common:
+        common_params(hp, arch_key)
     put("general.file_type", file_type, V.UINT32)
     if spec.params is not None:
         spec.params(hp, arch_key)
@@ -263,7 +264,7 @@ def _metadata(folder: Path, hp: HParams, spec: ArchSpec, file_type: int, model_n
                 put("tokenizer.ggml.add_space_prefix", flag, V.BOOL)
     for e in vocab_entries:
         put(e.key, e.value, e.vtype, e.elem)
-    if spec.gguf_arch == "gemma3" and (folder / "tokenizer.model").is_file():
+    if spec.no_space_prefix and (folder / "tokenizer.model").is_file():
         put("tokenizer.ggml.add_space_prefix", False, V.BOOL)
     return entries
 
@@ -308,16 +309,15 @@ def _plan_tensors(model: ConvertedModel, ckpt: Checkpoint, hp: HParams, spec: Ar
     n_head_kv = hp.find("num_key_value_heads", "n_kv_heads", default=n_head)
     n_embd = hp.find("hidden_size", "n_embd", "dim")
     n_vocab = hp.get("vocab_size")
-    factors = llama3_rope_factors(hp) if spec.gguf_arch == "llama" else None
-    if factors is not None:
-        arr = np.asarray(factors, dtype=np.float32)
-        model.tensors["rope_freqs.weight"] = PlannedTensor("rope_freqs.weight", arr.shape, GGMLType.F32,
-                                                           lambda r0=0, r1=None, a=arr: a.view(np.uint8)[None])
+    for name, values in (spec.extra_tensors(hp) if spec.extra_tensors else {}).items():
+        arr = np.asarray(values, dtype=np.float32)
+        model.tensors[name] = PlannedTensor(name, arr.shape, GGMLType.F32,
+                                            lambda r0=0, r1=None, a=arr: a.view(np.uint8)[None])
     n_rows_embd = None
     if spec.trim_embeddings:
         n_rows_embd = n_tokens if (folder / "tokenizer.model").is_file() else bpe_vocab_size(folder)
     for hf_name, st in ckpt.tensors.items():
-        if hf_name.endswith(SKIPPED_SUFFIXES):
+        if hf_name.endswith(SKIPPED_SUFFIXES) or hf_name in spec.skipped:
             continue
         name = spec.tensor_name(hf_name)
         if name is None:

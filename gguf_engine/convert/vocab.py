@@ -138,7 +138,10 @@ def _bpe_tokens(folder: Path, vocab_size: int | None, info: VocabInfo) -> None:
     info.n_tokens = n
 
 
-def _spm_tokens(folder: Path, vocab_size: int | None, info: VocabInfo) -> None:
+def _spm_tokens(folder: Path, vocab_size: int | None, info: VocabInfo, literal_added: bool = False) -> None:
+    """SentencePiece pieces, then the added tokens of added_tokens.json and tokenizer_config.json (special
+    ones, or ones that look special, become CONTROL).  ``literal_added`` (Phi-3): tokenizer.json's added
+    tokens apply too, only the ``special`` flag makes CONTROL, and the text is kept as written."""
     from sentencepiece import SentencePieceProcessor
     path = folder / "tokenizer.model"
     sp = SentencePieceProcessor()
@@ -168,17 +171,21 @@ def _spm_tokens(folder: Path, vocab_size: int | None, info: VocabInfo) -> None:
             if 0 <= int(i) < n:
                 tokens[i], scores[i], types[i] = text, -1000.0, TokenType.USER_DEFINED
     cfg_file = folder / "tokenizer_config.json"
-    if cfg_file.is_file():
-        for key, data in (_read_json(cfg_file).get("added_tokens_decoder") or {}).items():
-            i, text = int(key), data["content"]
-            if i >= n:
-                continue
-            if data.get("special") or looks_special(text):
-                types[i] = TokenType.CONTROL
-            else:
-                text = text.replace(_SPIECE_SPACE, " ")
-                types[i] = TokenType.USER_DEFINED
-            scores[i], tokens[i] = -1000.0, text
+    added = list((_read_json(cfg_file).get("added_tokens_decoder") or {}).items()) if cfg_file.is_file() else []
+    if literal_added:
+        tj_file = folder / "tokenizer.json"
+        if tj_file.is_file():
+            added += [(a["id"], a) for a in _read_json(tj_file).get("added_tokens") or []]
+    for key, data in added:
+        i, text = int(key), data["content"]
+        if i >= n:
+            continue
+        if data.get("special") or (not literal_added and looks_special(text)):
+            types[i] = TokenType.CONTROL
+        else:
+            text = text if literal_added else text.replace(_SPIECE_SPACE, " ")
+            types[i] = TokenType.USER_DEFINED
+        scores[i], tokens[i] = -1000.0, text
     info.add("tokenizer.ggml.model", "llama", V.STRING)
     info.add("tokenizer.ggml.pre", "default", V.STRING)
     info.add("tokenizer.ggml.tokens", tokens, V.ARRAY, V.STRING)
@@ -321,17 +328,22 @@ def _special(folder: Path, info: VocabInfo, load_merges: bool) -> None:
 
 def load_vocab(folder: str | Path, vocab_size: int | None, kind: str) -> VocabInfo:
     """Tokenizer metadata for ``folder``.  ``kind``: ``"auto"`` (SentencePiece when tokenizer.model
-    exists, else BPE), ``"spm"`` or ``"bpe"``.  ``vocab_size``: config.json's, or None."""
+    exists, else BPE), ``"spm"``, ``"bpe"`` or ``"phi3"`` (BPE for a GPT2Tokenizer, else SentencePiece with
+    Phi-3's added-token rules).  ``vocab_size``: config.json's, or None."""
     folder = Path(folder)
     info = VocabInfo()
     has_spm = (folder / "tokenizer.model").is_file()
     has_json = (folder / "tokenizer.json").is_file()
     if kind == "auto":
         kind = "spm" if has_spm else "bpe"
-    if kind == "spm":
+    elif kind == "phi3":                 # a GPT2Tokenizer (Phi-4) is BPE, anything else SentencePiece
+        cfg_file = folder / "tokenizer_config.json"
+        cls = _read_json(cfg_file).get("tokenizer_class") if cfg_file.is_file() else None
+        kind = "bpe" if cls == "GPT2Tokenizer" else "spm-literal"
+    if kind in ("spm", "spm-literal"):
         if not has_spm:
             raise ConvertError(f"{folder / 'tokenizer.model'}: missing (this model needs its SentencePiece model)")
-        _spm_tokens(folder, vocab_size, info)
+        _spm_tokens(folder, vocab_size, info, literal_added=kind == "spm-literal")
         _special(folder, info, load_merges=False)
     else:
         if not has_json:
