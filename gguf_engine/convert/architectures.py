@@ -242,7 +242,7 @@ class ArchSpec:
     norm_shift: bool = False                  # store norm weights + 1 (Gemma)
     layer_names: dict = field(default_factory=dict)   # per-arch additions/overrides of _LAYER_COMMON
     params: Callable[[HParams, Add], None] | None = None
-    vocab: str = "auto"                       # "auto": tokenizer.model -> SentencePiece, else BPE
+    vocab: str = "auto"                       # "auto": tokenizer.model -> SentencePiece, else BPE; "phi3"
     trim_embeddings: bool = False             # drop embedding rows past the tokenizer's ids (Gemma 3)
     common: bool = True                       # write common_params (False: ``params`` writes every key)
     extra_tensors: Callable[[HParams], dict] | None = None   # F32 vectors written first: name -> values
