@@ -265,18 +265,27 @@ class Transformer:
         read once for all its rows) into their slots of ``slots`` (a ``SlotKVCache`` from
         ``slot_cache``).  Returns the logits (len(batch.logit_rows), n_vocab) of the rows asked for.
         The caller tracks each slot's position; the cache only stores."""
-        c = self.config
         n = int(batch.tokens.shape[0])
-        x = self.backend.embed(self.token_embd, batch.tokens)            # (n, d) residual stream
-        if c.embd_scale != 1.0:
-            x *= np.float32(c.embd_scale)
+        x = self._embed(batch.tokens)                                     # (n, d) residual stream
         x, xn = self._layers(self.backend, 0, len(self.blk), x, n, 0, batch=batch, slots=slots)
         if not batch.logit_rows:
-            return np.zeros((0, c.n_vocab), dtype=np.float32)
-        rows = xn[np.asarray(batch.logit_rows, dtype=np.int64)]          # (k, d)
-        logits = self.backend.linear(self.output, rows)                  # (k, n_vocab)
-        if c.final_logit_softcap > 0:
-            self.backend.softcap(logits, c.final_logit_softcap)
+            return np.zeros((0, self.config.n_vocab), dtype=np.float32)
+        return self._logits(self.backend, xn[np.asarray(batch.logit_rows, dtype=np.int64)])   # (k, n_vocab)
+
+    def _embed(self, tokens: np.ndarray):
+        """The residual stream (n, d) of tokens (n,) on the host backend: embedding rows, scaled
+        where the architecture scales them."""
+        x = self.backend.embed(self.token_embd, tokens)
+        if self.config.embd_scale != 1.0:
+            x *= np.float32(self.config.embd_scale)
+        return x
+
+    def _logits(self, be, rows):
+        """Logits (k, n_vocab) of final hidden states rows (k, d) on the output backend be,
+        soft-capped where the architecture caps them."""
+        logits = be.linear(self.output, rows)
+        if self.config.final_logit_softcap > 0:
+            be.softcap(logits, self.config.final_logit_softcap)
         return logits
 
     # ------------------------------------------------------------------------------------
@@ -287,14 +296,11 @@ class Transformer:
         "hidden" -> final-normed hidden states (n, d); "none" -> None.  The result lives on
         ``output_backend``.  The caller checks that the cache has room.
         """
-        c = self.config
         n = int(tokens.shape[0])
         pos0 = self.cache.n_past
 
         cur = self.backend                                 # the backend holding x
-        x = cur.embed(self.token_embd, tokens)             # (n, d) residual stream
-        if c.embd_scale != 1.0:
-            x *= np.float32(c.embd_scale)
+        x = self._embed(tokens)                            # (n, d) residual stream
         for il0, il1, be in self._runs:
             if be is not cur:                              # a device boundary: x crosses once
                 x = self._cross(x, cur, be)                # (n, d)
@@ -314,7 +320,4 @@ class Transformer:
             rows = self._cross(rows, cur, out_be)
         if output == "hidden":
             return rows.copy() if n == 1 else rows
-        logits = out_be.linear(self.output, rows)                # (n or 1, n_vocab)
-        if c.final_logit_softcap > 0:
-            out_be.softcap(logits, c.final_logit_softcap)
-        return logits
+        return self._logits(out_be, rows)                        # (n or 1, n_vocab)
