@@ -20,21 +20,21 @@ def meta():
 
 
 CASES = [
-    ("tokenizer.ggml.tokens", np.arange(768, dtype=np.int32), "array of strings, got an array holding int"),
-    ("tokenizer.ggml.tokens", "abc", "array of strings, got str 'abc'"),
-    ("tokenizer.ggml.merges", np.arange(10, dtype=np.int32), "array of strings, got an array holding int"),
-    ("tokenizer.ggml.merges", [["a", "b"]], "array of strings, got an array holding list"),
-    ("tokenizer.ggml.scores", ["x"] * 768, "array of numbers, got list"),
-    ("tokenizer.ggml.token_type", 5, "array of numbers, got int 5"),
-    ("tokenizer.ggml.model", 7, "a string, got int 7"),
-    ("tokenizer.ggml.pre", [1, 2], "a string, got list"),
-    ("tokenizer.ggml.bos_token_id", np.array([1, 2]), "an integer, got ndarray"),
+    ("tokenizer.ggml.tokens", np.arange(768, dtype=np.int32), "array of strings, got an array holding integer"),
+    ("tokenizer.ggml.tokens", "abc", "array of strings, got string 'abc'"),
+    ("tokenizer.ggml.merges", np.arange(10, dtype=np.int32), "array of strings, got an array holding integer"),
+    ("tokenizer.ggml.merges", [["a", "b"]], "array of strings, got an array holding array of 2"),
+    ("tokenizer.ggml.scores", ["x"] * 768, "array of numbers, got array of 768"),
+    ("tokenizer.ggml.token_type", 5, "array of numbers, got integer 5"),
+    ("tokenizer.ggml.model", 7, "a string, got integer 7"),
+    ("tokenizer.ggml.pre", [1, 2], "a string, got array of 2"),
+    ("tokenizer.ggml.bos_token_id", np.array([1, 2]), "an integer, got array of 2"),
     ("tokenizer.ggml.eos_token_id", 1.5, "an integer, got float 1.5"),
-    ("tokenizer.ggml.add_bos_token", np.array([True]), "a boolean, got ndarray"),
-    ("tokenizer.ggml.add_space_prefix", "yes", "a boolean, got str 'yes'"),
-    ("tokenizer.chat_template", 12, "a string, got int 12"),
-    ("tokenizer.ggml.pre", np.array([], dtype=np.float32), "a string, got ndarray []"),
-    ("general.name", np.array([1.0, 2.0]), "a string, got ndarray [1.0, 2.0]"),
+    ("tokenizer.ggml.add_bos_token", np.array([True]), "a boolean, got array of 1"),
+    ("tokenizer.ggml.add_space_prefix", "yes", "a boolean, got string 'yes'"),
+    ("tokenizer.chat_template", 12, "a string, got integer 12"),
+    ("tokenizer.ggml.pre", np.array([], dtype=np.float32), "a string, got array of 0 []"),
+    ("general.name", np.array([1.0, 2.0]), "a string, got array of 2 ["),
 ]
 
 

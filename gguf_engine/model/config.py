@@ -14,7 +14,8 @@ from typing import Any
 
 from .architectures import ARCHITECTURES, Architecture
 from .errors import UnsupportedModelError
-from .metadata import INT_MAX, MetadataError, MetadataKeys, describe
+from ..gguf.values import describe
+from .metadata import INT_MAX, MetadataError, MetadataKeys
 
 __all__ = ["Architecture", "ARCHITECTURES", "ModelConfig", "RopeScaling", "UnsupportedModelError",
            "config_from_metadata", "layer_indices"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..gguf.values import describe, is_array
 from .errors import UnsupportedModelError
 
 INT_MAX = 2 ** 31 - 1
@@ -20,28 +21,6 @@ _MISSING = object()
 
 class MetadataError(UnsupportedModelError):
     """A metadata value has the wrong type, is out of range, or is missing."""
-
-
-def describe(value: Any) -> str:
-    """A short description of a metadata value for an error message: its type and value."""
-    if isinstance(value, (str, bytes)):
-        text = repr(value)
-        return f"string {text[:60] + '...' if len(text) > 60 else text}"
-    if _is_array(value):
-        n = len(value)
-        head = ", ".join(repr(v) for v in list(value[:4]))
-        return f"array of {n} [{head}{', ...' if n > 4 else ''}]"
-    if isinstance(value, (bool, np.bool_)):
-        return f"bool {bool(value)}"
-    if isinstance(value, (int, np.integer)):
-        return f"integer {int(value)}"
-    if isinstance(value, (float, np.floating)):
-        return f"float {float(value)!r}"
-    return f"{type(value).__name__} {value!r}"[:80]
-
-
-def _is_array(value: Any) -> bool:
-    return hasattr(value, "__len__") and not isinstance(value, (str, bytes))
 
 
 class MetadataKeys:
@@ -77,7 +56,7 @@ class MetadataKeys:
         return self._check_int(key, v, lo, hi)
 
     def _check_int(self, key: str, v: Any, lo: int, hi: int, what: str = "") -> int:
-        if _is_array(v) or isinstance(v, (str, bytes, bool, np.bool_)):
+        if is_array(v) or isinstance(v, (str, bytes, bool, np.bool_)):
             raise self.fail(key, f"must be an integer{what}")
         if isinstance(v, (float, np.floating)):
             if not math.isfinite(v) or v != math.floor(v):
@@ -95,7 +74,7 @@ class MetadataKeys:
         v = self._raw(key, default)
         if v is default and not self.has(key):
             return v
-        if _is_array(v) or isinstance(v, (str, bytes, bool, np.bool_)) or \
+        if is_array(v) or isinstance(v, (str, bytes, bool, np.bool_)) or \
                 not isinstance(v, (int, float, np.integer, np.floating)):
             raise self.fail(key, "must be a number")
         v = float(v)
@@ -125,7 +104,7 @@ class MetadataKeys:
         v = self._raw(key, default)
         if v is default and not self.has(key):
             return v
-        if not _is_array(v):
+        if not is_array(v):
             return self._check_int(key, v, lo, hi)
         if len(v) != n_layer:
             raise self.fail(key, f"has {len(v)} entries for {n_layer} layers")
@@ -137,7 +116,7 @@ class MetadataKeys:
     def bool_per_layer(self, key: str, n_layer: int) -> tuple[bool, ...]:
         """An array of n_layer booleans (or 0/1 integers)."""
         v = self.md[self.full(key)]
-        if not _is_array(v) or len(v) != n_layer:
+        if not is_array(v) or len(v) != n_layer:
             raise self.fail(key, f"must be an array of {n_layer} booleans (one per layer)")
         out = []
         for x in list(v):

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..gguf.values import describe
 from .pretokenizers import pre_config
 
 # token attributes (bit flags, llama.cpp's llama_token_attr)
@@ -100,14 +101,8 @@ class Vocab:
         return len(self.tokens)
 
 
-def _shown(v: Any) -> str:
-    """A metadata value as an error message shows it: its type and a short repr."""
-    text = repr(v.tolist() if isinstance(v, np.ndarray) else v)
-    return f"{type(v).__name__} {text[:80] + '...' if len(text) > 80 else text}"
-
-
 def _bad(source: str, key: str, want: str, v: Any) -> VocabError:
-    return VocabError(f"{source}: metadata key {key!r} must be {want}, got {_shown(v)}")
+    return VocabError(f"{source}: metadata key {key!r} must be {want}, got {describe(v)}")
 
 
 def _as_bool(v: Any, key: str = "", source: str = "<gguf>") -> bool:
@@ -136,7 +131,7 @@ def _as_strings(v: Any, key: str, source: str) -> list[str]:
     if isinstance(items, (list, tuple, np.ndarray)):
         bad = next((t for t in items if not isinstance(t, str)), None)
         raise VocabError(f"{source}: metadata key {key!r} must be an array of strings, got an array "
-                         f"holding {_shown(bad)}")
+                         f"holding {describe(bad)}")
     raise _bad(source, key, "an array of strings", v)
 
 
