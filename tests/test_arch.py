@@ -30,7 +30,8 @@ from tests.test_model import BASE_MD, check_greedy, check_kl, mean_kl
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-VARIANTS = ["llama-rope-freqs", "llama-yarn", "phi3-short", "phi3-long", "gemma2", "phi3-q4km", "gemma2-q4km"]
+VARIANTS = ["llama-rope-freqs", "llama-yarn", "phi3-short", "phi3-long", "gemma2", "phi3-q4km", "gemma2-q4km",
+            "qwen3moe", "qwen3moe-q4km"]
 
 
 def _tool():
@@ -318,3 +319,31 @@ def test_variant_offload_matches_cpu(variant, name, ngl):
         assert m.n_gpu_layers == (2 if ngl == 2 else m.n_offloadable_layers)
         dev = run_steps(m, tokens)
     np.testing.assert_allclose(dev, cpu, atol=1e-4, rtol=0)
+
+
+def test_moe_offload_stays_on_cpu(variant):
+    """-ngl on a mixture-of-experts model: one RuntimeWarning saying every layer runs on the CPU,
+    nothing offloaded (n_gpu_layers 0), and the CPU's logits exactly."""
+    from tests.device_standin import StandinDevice
+    from tests.test_offload import run_steps
+    path, ref = variant("qwen3moe")
+    tokens = ref["tokens"][:12]
+    with load_model(path, n_threads=2, n_ctx=256) as m:
+        cpu = run_steps(m, tokens)
+    with pytest.warns(RuntimeWarning, match="mixture-of-experts.*every layer runs on the CPU"):
+        m = load_model(path, n_threads=2, n_ctx=256, n_gpu_layers=-1, device=StandinDevice())
+    with m:
+        assert m.n_gpu_layers == 0
+        np.testing.assert_array_equal(run_steps(m, tokens), cpu)
+
+
+def test_qwen3moe_config(variant):
+    """qwen3moe reads expert_count, expert_used_count and expert_feed_forward_length; the expert
+    tensors are consumed; the same keys stay refused on a dense architecture (test above)."""
+    path, _ = variant("qwen3moe")
+    with GGUFReader(path) as r:
+        c = ModelConfig.from_reader(r)
+        used = set(check_tensors(r, c, str(path)))
+    assert (c.n_expert, c.n_expert_used, c.n_ff_exp) == (8, 2, 128) and c.qk_norm
+    assert {"blk.0.ffn_gate_inp.weight", "blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight",
+            "blk.0.ffn_down_exps.weight"} <= used

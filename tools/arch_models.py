@@ -17,6 +17,9 @@ a test rebuilds the file instead of the repository carrying it.  The variants:
                       context (short factors) and a 512-token one (long factors)
     gemma2            Gemma 2: scaled embeddings, post-norms, GELU FFN, every other layer a
                       16-token sliding window, attention and final logit soft-caps (5, 10)
+    qwen3moe          Qwen3-MoE: per-head Q/K norms, 8 experts of FFN 128, top-2, softmax
+                      gating with the two weights renormalised (a router scaled so that the
+                      choice varies from token to token and between layers)
     *-q4km            the same weights quantized to Q4_K_M by the project's quantizer (the exact
                       reference is then the float64 pass on the exactly dequantized weights)
 
@@ -79,6 +82,10 @@ class Spec:
     n_ff: int = 512
     n_ctx_train: int = 512
     rope_base: float = 10000.0
+    qk_norm: bool = False                            # per-head RMS norms on Q and K
+    n_expert: int = 0                                # mixture of experts (0: dense FFN)
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
 
 
 _PHI3 = dict(arch="phi3", seed=1703, longrope=True, neox=True, fused_qkv=True, fused_gate_up=True, metadata={
@@ -94,6 +101,9 @@ MODELS: dict[str, Spec] = {
     "gemma2": Spec("gemma2", seed=1704, neox=True, gemma=True, swa_pattern=2, metadata={
         "attention.sliding_window": 16, "attn_logit_softcapping": 5.0, "final_logit_softcapping": 10.0}),
 }
+MODELS["qwen3moe"] = Spec("qwen3moe", seed=1705, neox=True, qk_norm=True, n_expert=8, n_expert_used=2, n_ff_exp=128,
+                          metadata={"expert_count": 8, "expert_used_count": 2, "expert_feed_forward_length": 128})
+MODELS["qwen3moe-q4km"] = replace(MODELS["qwen3moe"], ftype="Q4_K_M")
 MODELS["phi3-q4km"] = replace(MODELS["phi3-long"], ftype="Q4_K_M")
 MODELS["gemma2-q4km"] = replace(MODELS["gemma2"], ftype="Q4_K_M")
 
@@ -142,7 +152,16 @@ def weights(spec: Spec, n_vocab: int) -> dict[str, np.ndarray]:
         t[p + "attn_output.weight"] = mat(d, H * hd)
         if spec.gemma:
             t[p + "post_attention_norm.weight"] = norm(d)
+        if spec.qk_norm:
+            t[p + "attn_q_norm.weight"], t[p + "attn_k_norm.weight"] = norm(hd), norm(hd)
         t[p + "ffn_norm.weight"] = norm(d)
+        if spec.n_expert:
+            E, fe = spec.n_expert, spec.n_ff_exp
+            t[p + "ffn_gate_inp.weight"] = mat(E, d, 8.0)           # logits of spread ~8: routing matters
+            t[p + "ffn_gate_exps.weight"] = np.stack([mat(fe, d) for _ in range(E)])
+            t[p + "ffn_up_exps.weight"] = np.stack([mat(fe, d) for _ in range(E)])
+            t[p + "ffn_down_exps.weight"] = np.stack([mat(d, fe, 2.0) for _ in range(E)])
+            continue
         gate, up = mat(ff, d), mat(ff, d)
         if spec.fused_gate_up:
             t[p + "ffn_up.weight"] = np.concatenate([gate, up])
@@ -317,7 +336,10 @@ def forward_exact(spec: Spec, t: dict[str, np.ndarray], tokens: np.ndarray) -> n
             q, k, v = qkv[:, :H * hd], qkv[:, H * hd:(H + Hkv) * hd], qkv[:, (H + Hkv) * hd:]
         else:
             q, k, v = (xn @ f[p + f"attn_{w}.weight"].T for w in "qkv")
-        q, k, v = rope(q.reshape(n, H, hd)), rope(k.reshape(n, Hkv, hd)), v.reshape(n, Hkv, hd)
+        q, k, v = q.reshape(n, H, hd), k.reshape(n, Hkv, hd), v.reshape(n, Hkv, hd)
+        if spec.qk_norm:
+            q, k = rms(q, f[p + "attn_q_norm.weight"]), rms(k, f[p + "attn_k_norm.weight"])
+        q, k = rope(q), rope(k)
         att = np.empty((n, H, hd))
         for h in range(H):
             kv = h // (H // Hkv)
@@ -330,6 +352,9 @@ def forward_exact(spec: Spec, t: dict[str, np.ndarray], tokens: np.ndarray) -> n
         o = att.reshape(n, d) @ f[p + "attn_output.weight"].T
         x = x + (rms(o, f[p + "post_attention_norm.weight"]) if spec.gemma else o)
         xn = rms(x, f[p + "ffn_norm.weight"])
+        if spec.n_expert:
+            x = x + moe_exact(spec, f, p, xn)
+            continue
         if spec.fused_gate_up:
             gu = xn @ f[p + "ffn_up.weight"].T
             g, u = gu[:, :ff], gu[:, ff:]
@@ -339,6 +364,24 @@ def forward_exact(spec: Spec, t: dict[str, np.ndarray], tokens: np.ndarray) -> n
         x = x + (rms(o, f[p + "post_ffw_norm.weight"]) if spec.gemma else o)
     logits = rms(x, f["output_norm.weight"]) @ f["output.weight" if "output.weight" in f else "token_embd.weight"].T
     return final_cap * np.tanh(logits / final_cap) if final_cap else logits
+
+
+def moe_exact(spec: Spec, f: dict[str, np.ndarray], p: str, xn: np.ndarray) -> np.ndarray:
+    """The mixture-of-experts FFN in float64 (llama.cpp's build_moe_ffn with softmax gating):
+    the top-k of softmax(router logits), their probabilities renormalised to sum 1, and the
+    weighted sum of the chosen experts' SwiGLU FFNs.  xn (n, d) -> (n, d)."""
+    logits = xn @ f[p + "ffn_gate_inp.weight"].T                          # (n, E)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = np.zeros_like(xn)
+    for t in range(xn.shape[0]):
+        top = np.argsort(-probs[t], kind="stable")[:spec.n_expert_used]
+        w = probs[t, top] / probs[t, top].sum()
+        for e, we in zip(top, w):
+            g = xn[t] @ f[p + "ffn_gate_exps.weight"][e].T
+            u = xn[t] @ f[p + "ffn_up_exps.weight"][e].T
+            out[t] += we * ((g / (1 + np.exp(-g)) * u) @ f[p + "ffn_down_exps.weight"][e].T)
+    return out
 
 
 def greedy_exact(spec: Spec, t: dict[str, np.ndarray], prompt: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

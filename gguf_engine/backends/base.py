@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -28,6 +29,32 @@ class WeightLike(Protocol):
     def rows(self, ids): ...        # (k,) ids -> (k, in) float32 (embedding lookup)
 
 
+@dataclass(frozen=True)
+class Routing:
+    """How a mixture-of-experts layer picks and weighs its experts (llama.cpp's build_moe_ffn):
+    n_used experts per token (top-k); gating "softmax" or "softmax_weight"; norm: the k weights
+    renormalised to sum 1; scale: multiplies the weights (0 or 1: none); oai_swiglu: gpt-oss's
+    clamped SwiGLU instead of SiLU(gate) * up."""
+    n_used: int
+    gating: str = "softmax"
+    norm: bool = True
+    scale: float = 0.0
+    oai_swiglu: bool = False
+
+
+@dataclass(frozen=True)
+class ExpertFFN:
+    """One layer's expert weights as a backend uploaded them: gate_up, a fused list of expert
+    tensors whose outputs concatenated are [gate | up] (n_expert, 2 ff, d); down (n_expert, d, ff);
+    optional biases: router (n_expert,), gate and up (n_expert, ff), down (n_expert, d)."""
+    gate_up: list
+    down: Any
+    router_bias: Any = None
+    gate_bias: Any = None
+    up_bias: Any = None
+    down_bias: Any = None
+
+
 class Backend(ABC):
     name: str = "base"
     xp: Any = np
@@ -38,6 +65,11 @@ class Backend(ABC):
         """A reader tensor (quantized or float) -> a weight this backend multiplies with.
         release(r0, r1), if given: a backend that copies the data calls it once rows r0..r1-1
         are copied (the loader then drops those file pages)."""
+
+    def upload_experts(self, tensor, release=None):
+        """A reader tensor of shape (n_expert, rows, cols) -> the experts, each a weight this
+        backend multiplies with (see ``moe``).  release: as for ``upload_weight``."""
+        raise NotImplementedError(f"the {self.name} backend does not hold expert tensors")
 
     @abstractmethod
     def upload_array(self, arr: np.ndarray):
@@ -105,6 +137,14 @@ class Backend(ABC):
     @abstractmethod
     def gated_act(self, gate, up, gelu: bool, out) -> None:
         """out = act(gate) * up; act = GELU(tanh) when gelu else SiLU.  (n, ff)."""
+
+    def moe(self, x, logits, experts: ExpertFFN, routing: Routing, out=None,
+            observe: Callable | None = None):
+        """The mixture-of-experts FFN of x (n, d) given the router's logits (n, n_expert): each
+        token's top routing.n_used experts, their gated FFNs, summed with the routing weights into
+        out (n, d) (returned).  observe(w, X, ids), if given, sees each expert product's input
+        before it runs: w one of experts.gate_up or experts.down, X (n, 1 or k, in), ids (n, k)."""
+        raise NotImplementedError(f"the {self.name} backend has no mixture-of-experts operation")
 
     @abstractmethod
     def softcap(self, x, cap: float) -> None:

@@ -5,12 +5,13 @@ import itertools
 
 import numpy as np
 
-from kernels import ops
+from kernels import experts as moe_kernels, ops
+from kernels.experts import ExpertWeights
 from kernels.threads import run_all, split
 from kernels.weight import Weight
 
 from ..model.kv_cache import KVCache
-from .base import Backend
+from .base import Backend, ExpertFFN, Routing
 
 _EMPTY2 = np.zeros((1, 1), dtype=np.float32)
 _EMPTY1 = np.zeros(1, dtype=np.float32)
@@ -51,9 +52,14 @@ class CPUBackend(Backend):
         """Quantized (or float) tensor -> kernels.Weight, repacked for the matvec/matmul kernels."""
         return Weight(tensor.raw, tensor.type, tensor.shape, release)
 
+    def upload_experts(self, tensor, release=None):
+        """(n_expert, rows, cols) tensor -> kernels.ExpertWeights, each expert repacked like a Weight."""
+        return ExpertWeights(tensor.raw, tensor.type, tensor.shape, release)
+
     def fuse(self, weights):
-        """Stack runs of consecutive weights of one type and row length (Weight.concat)."""
-        W = Weight
+        """Stack runs of consecutive weights of one type and row length (Weight.concat; expert
+        tensors per expert, ExpertWeights.concat)."""
+        W = ExpertWeights if isinstance(weights[0], ExpertWeights) else Weight
         groups: list[list] = []
         for w in weights:
             if groups and W.can_concat([groups[-1][0], w]):
@@ -182,6 +188,44 @@ class CPUBackend(Backend):
             ops.gated_act_row(gate[0], up[0], gelu, out[0])
         else:
             self._by_rows(gate.shape[0], lambda a, b: ops.gated_act(gate[a:b], up[a:b], gelu, out[a:b]))
+
+    def moe(self, x, logits, experts: ExpertFFN, routing: Routing, out=None, observe=None):
+        """Route (kernels.experts.route), then the selected experts' products (ExpertWeights.mul_ids:
+        only the chosen experts' rows are read; a batch is grouped by expert), the activation and
+        the weighted sum (kernels.experts.combine)."""
+        n, d = x.shape
+        if experts.router_bias is not None:
+            logits = logits + experts.router_bias                           # (n, E)
+        gating = moe_kernels.GATING_SOFTMAX if routing.gating == "softmax" else moe_kernels.GATING_SOFTMAX_WEIGHT
+        ids, w = moe_kernels.route(np.ascontiguousarray(logits, dtype=np.float32), routing.n_used, gating,
+                                   routing.norm, np.float32(routing.scale))  # (n, k) each
+        k = routing.n_used
+        X = x.reshape(n, 1, d)
+        parts = []
+        for W in experts.gate_up:
+            if observe is not None:
+                observe(W, X, ids)
+            parts.append(W.mul_ids(X, ids))                                # (n, k, rows of W)
+        gu = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)   # (n, k, 2 ff)
+        ff = gu.shape[2] // 2
+        if experts.gate_bias is not None:
+            moe_kernels.add_expert_bias(gu, experts.gate_bias, ids, 0)
+            moe_kernels.add_expert_bias(gu, experts.up_bias, ids, ff)
+        g2 = gu.reshape(n * k, 2 * ff)
+        act = np.empty((n * k, ff), np.float32)                            # (n k, ff)
+        if routing.oai_swiglu:
+            moe_kernels.swiglu_oai(g2[:, :ff], g2[:, ff:], act)
+        else:
+            self.gated_act(g2[:, :ff], g2[:, ff:], False, act)
+        A = act.reshape(n, k, ff)
+        if observe is not None:
+            observe(experts.down, A, ids)
+        Y = experts.down.mul_ids(A, ids)                                   # (n, k, d)
+        if out is None:
+            out = np.empty((n, d), np.float32)
+        bias = experts.down_bias
+        moe_kernels.combine(Y, w, _EMPTY2 if bias is None else bias, ids, bias is not None, out)
+        return out
 
     def softcap(self, x, cap):
         ops.softcap_inplace(x, np.float32(cap))

@@ -350,11 +350,12 @@ class GGUFReader:
             raise GGUFError(f"{self.path}: no tensor named {name!r}") from None
 
     def release_rows(self, tensor: ReaderTensor, r0: int, r1: int) -> None:
-        """release_pages for the whole file pages inside rows r0..r1-1 of a 2-D tensor."""
+        """release_pages for the whole file pages inside rows r0..r1-1 of a 2-D tensor (of a 3-D
+        one: the rows of all its matrices in order, as if flattened to 2-D)."""
         m = getattr(self, "_map", None)
-        if m is None or not hasattr(mmap, "MADV_DONTNEED") or len(tensor.shape) != 2:
+        if m is None or not hasattr(mmap, "MADV_DONTNEED") or len(tensor.shape) not in (2, 3):
             return
-        row = tensor.n_bytes // tensor.shape[0]
+        row = tensor.n_bytes // (tensor.shape[0] * (tensor.shape[1] if len(tensor.shape) == 3 else 1))
         page = mmap.PAGESIZE
         a = -(-(tensor.offset + r0 * row) // page) * page
         b = (tensor.offset + r1 * row) // page * page

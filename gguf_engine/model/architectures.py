@@ -2,13 +2,13 @@
 component, and the few model-wide traits.  The tensor names (keymap) come from the
 components; the config reads the metadata every architecture shares (``config``).
 
-Adding a dense architecture is one entry here (see README, "Adding an architecture").
+Adding a dense architecture (or one with a mixture-of-experts FFN of the existing switches) is one entry here (see README, "Adding an architecture").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .components import Attention, DenseFFN
+from .components import Attention, DenseFFN, MoEFFN
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Architecture:
     name: str
     about: str
     attention: Attention
-    ffn: DenseFFN
+    ffn: DenseFFN | MoEFFN
     embd_scale: bool = False
     final_softcap: float = 0.0
     scale_by_embd_layers: int = 0
@@ -41,6 +41,9 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     # llama.cpp disables Phi-3's sliding window (the files' values are unreliable), so it is read and not applied
     Architecture("phi3", "fused QKV, gate|up fused in ffn_up, LongRoPE factor sets; NeoX RoPE",
                  Attention(rope_neox=True, fused_qkv=True, rope_factors="longrope"), DenseFFN(fused_gate_up=True)),
+    # llama.cpp renormalises qwen3moe's top-k weights whatever the file says
+    Architecture("qwen3moe", "qwen3 attention; mixture of experts, softmax gating, top-k weights renormalised",
+                 Attention(rope_neox=True, qk_norm=True), MoEFFN(gating="softmax", norm_weights=True)),
     Architecture("gemma2", "scaled embeddings, post-norms, GELU FFN, every other layer sliding, soft-caps",
                  Attention(rope_neox=True, post_norm=True, swa_pattern=2, swa_window=4096, swa_freq_base=None,
                            softcap=50.0),

@@ -6,8 +6,8 @@ Shapes: n tokens, d = n_embd, H/Hkv query/kv heads, hd head size, ff FFN width.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -21,11 +21,12 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     kind: str = "weight"                  # "weight" (matmul operand) | "vector" (float32 array)
+                                          # | "experts" (a 3-D expert tensor, n_expert matmul operands)
     reshape: tuple[int, ...] | None = None
     required: bool = True
 
 
-FUSED_FIELDS = ("attn_qkv", "ffn_gate_up")     # Block fields holding a fused list of weights
+FUSED_FIELDS = ("attn_qkv", "ffn_gate_up", "ffn_gate_up_exps")   # Block fields holding a fused list of weights
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,14 @@ class Attention:
 class DenseFFN:
     """The dense gated FFN: ffn_down(act(gate(x)) * up(x)), act SiLU or GELU(tanh).
     fused_gate_up: one ffn_up tensor holds [gate | up] and there is no ffn_gate (Phi-3)."""
+    moe: ClassVar[bool] = False
     gelu: bool = False
     fused_gate_up: bool = False
     post_norm: bool = False           # post_ffw_norm on the output
+
+    def for_config(self, c: "ModelConfig") -> "DenseFFN":
+        """The component with the model's sizes bound (the dense FFN needs none)."""
+        return self
 
     def tensors(self, c: "ModelConfig", p: str, present) -> list[TensorSpec]:
         d, ff = c.n_embd, c.n_ff
@@ -102,3 +108,58 @@ class DenseFFN:
         gate_up = be.linear_fused(b.ffn_gate_up, xn, out=st.gate_up)      # (n, 2 ff)
         be.gated_act(gate_up[:, :ff], gate_up[:, ff:], self.gelu, st.act)
         return be.linear(b.ffn_down, st.act, out=st.proj)                 # (n, d)
+
+
+@dataclass(frozen=True)
+class MoEFFN:
+    """A mixture-of-experts FFN, as llama.cpp's build_moe_ffn computes it:
+
+        logits = ffn_gate_inp(xn) [+ bias]                       (n, E)
+        ids, w = the top k experts and their weights (gating)    (n, k)
+        y_j    = ffn_down_exps[ids_j](act(gate_j) * up_j) [+ biases per expert]
+        out    = sum_j w_j * y_j                                 (n, d)
+
+    gating: "softmax" (softmax over the E experts, weights taken at the top k) or "softmax_weight"
+    (top k of the logits, weights = softmax over those k).  norm_weights: the k weights divided
+    by their sum.  oai_swiglu: gpt-oss's clamped SwiGLU instead of SiLU(gate) * up.  biases: the
+    router and the three expert tensors have biases.  norm: the tensor of the norm before the FFN.
+    k (expert_used_count), E and the expert FFN width come from the file (``for_config``)."""
+    moe: ClassVar[bool] = True
+    gating: str = "softmax"
+    norm_weights: bool = True
+    oai_swiglu: bool = False
+    biases: bool = False
+    norm: str = "ffn_norm"
+    routing: Any = None               # backends.base.Routing, bound by for_config
+
+    def for_config(self, c: "ModelConfig") -> "MoEFFN":
+        """The component with the file's top-k bound."""
+        from ..backends.base import Routing
+        return replace(self, routing=Routing(c.n_expert_used, self.gating, self.norm_weights, 0.0, self.oai_swiglu))
+
+    def tensors(self, c: "ModelConfig", p: str, present) -> list[TensorSpec]:
+        d, E, ff = c.n_embd, c.n_expert, c.n_ff_exp
+        V, X = "vector", "experts"
+        specs = [TensorSpec("ffn_norm", p + self.norm + ".weight", (d,), V),
+                 TensorSpec("ffn_gate_inp", p + "ffn_gate_inp.weight", (E, d)),
+                 TensorSpec("ffn_gate_up_exps", p + "ffn_gate_exps.weight", (E, ff, d), X),
+                 TensorSpec("ffn_gate_up_exps", p + "ffn_up_exps.weight", (E, ff, d), X),
+                 TensorSpec("ffn_down_exps", p + "ffn_down_exps.weight", (E, d, ff), X)]
+        if self.biases:
+            specs += [TensorSpec("ffn_gate_inp_b", p + "ffn_gate_inp.bias", (E,), V),
+                      TensorSpec("ffn_gate_exps_b", p + "ffn_gate_exps.bias", (E, ff), V),
+                      TensorSpec("ffn_up_exps_b", p + "ffn_up_exps.bias", (E, ff), V),
+                      TensorSpec("ffn_down_exps_b", p + "ffn_down_exps.bias", (E, d), V)]
+        return specs
+
+    def scratch(self, c: "ModelConfig") -> tuple[int, int]:
+        """The run state's FFN buffers go unused: the backend's expert operation keeps its own."""
+        return 0, 0
+
+    def __call__(self, be, b, xn, st) -> Any:
+        """xn (n, d) -> the FFN output (n, d), written to st.proj where the backend can."""
+        from ..backends.base import ExpertFFN
+        logits = be.linear(b.ffn_gate_inp, xn)                             # (n, E)
+        experts = ExpertFFN(b.ffn_gate_up_exps, b.ffn_down_exps, b.ffn_gate_inp_b,
+                            b.ffn_gate_exps_b, b.ffn_up_exps_b, b.ffn_down_exps_b)
+        return be.moe(xn, logits, experts, self.routing, out=st.proj)   # (n, d)

@@ -42,9 +42,13 @@ _READ_KEYS = {
     "rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow", "vocab_size", "attention.sliding_window",
     "attention.sliding_window_pattern", "attention.scale", "final_logit_softcapping", "attn_logit_softcapping",
 }
+# read only by architectures whose FFN is a mixture of experts (elsewhere only their neutral value loads)
+_MOE_KEYS = {"expert_count", "expert_used_count", "expert_feed_forward_length"}
 _HARMLESS_KEYS = {"rope.scaling.finetuned", "tensor_data_layout"}
 _DEFAULT_ONLY_KEYS = {"expert_count": 0, "expert_used_count": 0, "attention.causal": True,
                       "rope.scaling.yarn_log_multiplier": 0}
+# llama.cpp's LLAMA_MAX_EXPERTS
+MAX_EXPERTS = 512
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,9 @@ class ModelConfig:
     architecture: Architecture  # the declaration: attention variant, FFN component
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
     rope_freqs: bool = False    # the file's rope_freqs tensor divides the rope frequencies
+    n_expert: int = 0           # mixture of experts: experts per layer (0: a dense FFN)
+    n_expert_used: int = 0      # experts per token (top-k)
+    n_ff_exp: int = 0           # one expert's FFN width
 
     @property
     def rope_neox(self) -> bool:
@@ -112,7 +119,7 @@ class ModelConfig:
 
     @property
     def gelu(self) -> bool:
-        return self.architecture.ffn.gelu
+        return getattr(self.architecture.ffn, "gelu", False)
 
     @property
     def n_embd_q(self) -> int:
@@ -144,14 +151,15 @@ def layer_indices(tensor_names) -> list[int]:
     return sorted({int(m.group(1)) for m in map(_BLK.match, tensor_names) if m})
 
 
-def _check_keys(keys: MetadataKeys, md: dict[str, Any]) -> None:
-    """Refuse {arch}.* keys this engine does not understand (they may change the math)."""
+def _check_keys(keys: MetadataKeys, md: dict[str, Any], moe: bool) -> None:
+    """Refuse {arch}.* keys this engine does not understand (they may change the math).
+    moe: the architecture's FFN is a mixture of experts (it reads the expert keys)."""
     prefix = keys.arch + "."
     for full in md:
         if not full.startswith(prefix):
             continue
         key = full[len(prefix):]
-        if key in _READ_KEYS or key in _HARMLESS_KEYS:
+        if key in _READ_KEYS or key in _HARMLESS_KEYS or (moe and key in _MOE_KEYS):
             continue
         if key in _DEFAULT_ONLY_KEYS:
             want = _DEFAULT_ONLY_KEYS[key]
@@ -206,7 +214,8 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
     arch_decl = ARCHITECTURES[arch]
     att = arch_decl.attention
     keys = MetadataKeys(md, arch, source)
-    _check_keys(keys, md)
+    moe = arch_decl.ffn.moe
+    _check_keys(keys, md, moe)
 
     n_layer = keys.int("block_count", 1, MAX_LAYERS)
     if tensors is not None:
@@ -217,7 +226,14 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
     n_embd = keys.int("embedding_length", 1, MAX_EMBD)
     n_head = keys.uniform_int("attention.head_count", 1, MAX_HEADS, n_layer)
     n_head_kv = keys.uniform_int("attention.head_count_kv", 1, MAX_HEADS, n_layer, n_head)
-    n_ff = keys.uniform_int("feed_forward_length", 1, MAX_FF, n_layer)
+    n_ff = keys.uniform_int("feed_forward_length", 1, MAX_FF, n_layer, *((0,) if moe else ()))
+    n_expert = n_used = n_ff_exp = 0
+    if moe:
+        n_expert = keys.int("expert_count", 1, MAX_EXPERTS)
+        n_used = keys.uniform_int("expert_used_count", 1, n_expert, n_layer)
+        n_ff_exp = keys.uniform_int("expert_feed_forward_length", 1, MAX_FF, n_layer, n_ff // n_used)
+        if n_ff_exp < 1:
+            raise keys.fail("expert_feed_forward_length", "is missing (and feed_forward_length gives none)")
     n_ctx_train = keys.int("context_length", 1, INT_MAX)
     eps = keys.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, lo_open=True)
     if n_head % n_head_kv:
@@ -296,5 +312,8 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
         architecture=arch_decl,
         rope_scaling=scaling,
         rope_freqs=rope_freqs,
+        n_expert=n_expert,
+        n_expert_used=n_used,
+        n_ff_exp=n_ff_exp,
     )
 

@@ -59,6 +59,8 @@ def unexpected_reason(c: ModelConfig, name: str) -> str:
             return "RoPE frequency factors of a kind this architecture does not take"
         return f"RoPE frequency factors, which {c.arch} does not use in llama.cpp"
     if "_exps" in base or "_shexp" in base or base.startswith("ffn_gate_inp"):
+        if c.architecture.ffn.moe:
+            return f"expert weights of a kind {c.arch} does not have here (not supported)"
         return "mixture-of-experts weights (not supported)"
     if "sinks" in base:
         return "attention sinks (not supported)"

@@ -48,6 +48,14 @@ class _Tensors:
             return self.backend.upload_weight(t)
         return self.backend.upload_weight(t, lambda r0, r1: self.reader.release_rows(t, r0, r1))
 
+    def experts(self, name: str, shape: tuple[int, int, int], required: bool = True):
+        t = self._get(name, shape, required)
+        if t is None:
+            return None
+        if not self.release:
+            return self.backend.upload_experts(t)
+        return self.backend.upload_experts(t, lambda r0, r1: self.reader.release_rows(t, r0, r1))
+
     def vector(self, name: str, shape: tuple[int, ...], required: bool = True, reshape=None):
         t = self._get(name, shape, required)
         if t is None:
@@ -62,6 +70,8 @@ class _Tensors:
     def spec(self, s: TensorSpec):
         if s.kind == "weight":
             return self.weight(s.name, s.shape, s.required)
+        if s.kind == "experts":
+            return self.experts(s.name, s.shape, s.required)
         return self.vector(s.name, s.shape, s.required, reshape=s.reshape)
 
     def fields(self, specs: list[TensorSpec]) -> dict:
@@ -161,6 +171,10 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
         backend = CPUBackend(n_threads)
     elif n_threads:
         backend.set_threads(n_threads)
+    if n_gpu_layers and config.architecture.ffn.moe:
+        warnings.warn(f"n_gpu_layers={n_gpu_layers}: {config.arch} is a mixture-of-experts model and the GPU backend "
+                      f"has no expert kernels yet; every layer runs on the CPU", RuntimeWarning, stacklevel=3)
+        n_gpu_layers = 0
     device = _pick_device(n_gpu_layers, device, n_threads)
 
     c = config

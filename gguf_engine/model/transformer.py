@@ -46,8 +46,15 @@ class Block:
     attn_qkv: list                 # attn_q (H*hd, d) | attn_k (Hkv*hd, d) | attn_v (Hkv*hd, d), fused
     attn_output: Any               # (d, H*hd)
     ffn_norm: Any                  # (d,)
-    ffn_gate_up: list              # ffn_gate (ff, d) | ffn_up (ff, d), fused
-    ffn_down: Any                  # (d, ff)
+    ffn_gate_up: list = None       # ffn_gate (ff, d) | ffn_up (ff, d), fused          dense FFN
+    ffn_down: Any = None           # (d, ff)
+    ffn_gate_inp: Any = None       # (E, d) the router                                  MoE FFN
+    ffn_gate_up_exps: list = None  # ffn_gate_exps (E, ff, d) | ffn_up_exps (E, ff, d), fused per expert
+    ffn_down_exps: Any = None      # (E, d, ff)
+    ffn_gate_inp_b: Any = None     # (E,)         gpt-oss: router and expert biases
+    ffn_gate_exps_b: Any = None    # (E, ff)
+    ffn_up_exps_b: Any = None      # (E, ff)
+    ffn_down_exps_b: Any = None    # (E, d)
     attn_q_bias: Any = None        # (H, hd)      qwen2
     attn_k_bias: Any = None        # (Hkv, hd)    qwen2
     attn_v_bias: Any = None        # (Hkv, hd)    qwen2
@@ -135,7 +142,7 @@ class Transformer:
         self.output = output              # (n_vocab, d) on output_backend; token_embd when tied
         self.blk = blocks
         self.n_ctx = n_ctx
-        self.ffn = ffn if ffn is not None else config.architecture.ffn
+        self.ffn = (ffn if ffn is not None else config.architecture.ffn).for_config(config)
         self._complete_layers(rope_factors)
         # runs of consecutive layers on one backend: (first layer, one past the last, backend)
         self._runs: list[tuple[int, int, Any]] = []

@@ -1,0 +1,219 @@
+"""Mixture-of-experts kernels: the experts of a 3-D tensor, expert routing, and the products of
+tokens with the experts they were routed to (ggml's ``mul_mat_id``).
+
+    E = ExpertWeights(data, qtype, (n_expert, rows, cols))   # the file's 3-D tensor bytes
+    ids, w = route(logits, k, GATING_SOFTMAX, True, 0.0)     # (n, k) experts and weights per token
+    Y = E.mul_ids(X, ids)                                     # X (n, 1 or k, cols) -> Y (n, k, rows)
+    F = E.dequantize(e)                                       # expert e, (rows, cols), exact
+
+A 3-D expert tensor is stored as the file stores it, expert after expert; each expert is
+repacked into its type's kind exactly like a 2-D weight (``Weight``), so every type decodes
+bit-exactly and multiplies with the same kernels, and the file's bytes are copied once (no
+second copy: the loader drops the file pages as each expert is repacked).
+
+Products: a decode step (one token) runs the matvec of each of its k selected experts only,
+so a token reads k experts' bytes, not all of them.  A batch groups its (token, slot) pairs by
+expert and runs one product per expert that has tokens: the tiled matmul (decoded weight
+tiles times BLAS) from ``MATVEC_MAX_BATCH + 1`` rows on, the matvec per row below.
+Gate and up stacked per expert (``ExpertWeights.concat``) make one product per expert for both.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .types import as_type, row_bytes
+from .weight import Weight
+
+# gating functions (llama.cpp's llama_expert_gating_func_type, the ones implemented here)
+GATING_SOFTMAX = 0            # weights = softmax over all experts, taken at the top k
+GATING_SOFTMAX_WEIGHT = 1     # top k of the logits; weights = softmax over those k (gpt-oss)
+GATING_NAMES = {GATING_SOFTMAX: "softmax", GATING_SOFTMAX_WEIGHT: "softmax_weight"}
+# the smallest weight sum the renormalisation divides by (the smallest normal float16, as llama.cpp)
+MIN_WEIGHT_SUM = np.float32(6.103515625e-5)
+
+
+class ExpertWeights:
+    """A (n_expert, rows, cols) expert tensor of GGML type ``qtype``: one ``Weight`` per expert."""
+
+    __slots__ = ("qtype", "shape", "experts")
+
+    def __init__(self, data: np.ndarray, qtype, shape, release=None):
+        """data: the tensor's raw bytes (expert-major, as GGUF stores a 3-D tensor).  release(r0, r1):
+        called once rows r0..r1-1 of the (n_expert * rows, cols) matrix have been copied."""
+        t = as_type(qtype)
+        if len(tuple(shape)) != 3:
+            raise ValueError(f"ExpertWeights needs a 3-D shape (n_expert, rows, cols), got {tuple(shape)}")
+        n_expert, rows, cols = (int(s) for s in shape)
+        if n_expert < 1:
+            raise ValueError(f"{t.name} expert tensor: no experts in shape {tuple(shape)}")
+        arr = np.asarray(data)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        flat = arr.reshape(-1).view(np.uint8)
+        per = rows * row_bytes(t, cols)
+        if flat.size != n_expert * per:
+            raise ValueError(f"{t.name} expert tensor of shape {(n_expert, rows, cols)} needs "
+                             f"{n_expert * per} bytes, got {flat.size}")
+        experts = []
+        for e in range(n_expert):
+            done = None if release is None else (lambda r0, r1, base=e * rows: release(base + r0, base + r1))
+            experts.append(Weight(flat[e * per:(e + 1) * per], t, (rows, cols), done))
+        self._init(t, experts)
+
+    def _init(self, qtype, experts: list[Weight]) -> None:
+        self.qtype = qtype
+        self.experts = experts
+        self.shape = (len(experts), *experts[0].shape)
+
+    @classmethod
+    def concat(cls, parts: "list[ExpertWeights]") -> "ExpertWeights":
+        """Per expert, the rows of ``parts`` stacked (gate and up: one product per expert for both)."""
+        out = cls.__new__(cls)
+        out._init(parts[0].qtype, [Weight.concat(list(ws)) for ws in zip(*(p.experts for p in parts))])
+        return out
+
+    @staticmethod
+    def can_concat(parts: "list[ExpertWeights]") -> bool:
+        return len({(p.qtype, p.shape[0], p.shape[2]) for p in parts}) == 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self.experts)
+
+    def __repr__(self) -> str:
+        return f"ExpertWeights({self.qtype.name}, {self.shape})"
+
+    def dequantize(self, e: int) -> np.ndarray:
+        """Expert e as float32 (rows, cols), exact (bit-identical to kernels.dequantize)."""
+        return self.experts[e].dequantize()
+
+    def mul_ids(self, X: np.ndarray, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Y[t, j] = W[ids[t, j]] X[t, j or 0]: X (n, 1, cols) shared by a token's k slots or
+        (n, k, cols) one input per slot; ids (n, k) expert ids.  Returns Y (n, k, rows) float32."""
+        n_expert, rows, cols = self.shape
+        ids = np.asarray(ids)
+        n, k = ids.shape
+        if X.ndim != 3 or X.shape[0] != n or X.shape[1] not in (1, k) or X.shape[2] != cols:
+            raise ValueError(f"X must have shape ({n}, 1 or {k}, {cols}), got {X.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= n_expert):
+            raise IndexError(f"expert id out of range for {n_expert} experts")
+        if out is None:
+            out = np.empty((n, k, rows), np.float32)
+        shared = X.shape[1] == 1
+        if n == 1:                                   # a decode step: the k selected experts' matvecs
+            for j in range(k):
+                self.experts[ids[0, j]].matvec(X[0, 0 if shared else j], out[0, j])
+            return out
+        flat = ids.reshape(-1)                       # (n k,) pair p = token p // k, slot p % k
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(n_expert + 1))
+        for e in range(n_expert):
+            pairs = order[bounds[e]:bounds[e + 1]]
+            if pairs.size == 0:
+                continue
+            toks = pairs // k
+            Xe = X[toks, 0] if shared else X[toks, pairs % k]          # (m, cols) gathered
+            Ye = self.experts[e].matmul(np.ascontiguousarray(Xe, dtype=np.float32))   # (m, rows)
+            out[toks, pairs % k] = Ye
+        return out
+
+
+@njit(cache=True, nogil=True)
+def route(logits, k, gating, norm, scale):
+    """The experts and weights of each token, as llama.cpp's build_moe_ffn chooses them.
+    logits (n, n_expert) float32 (the router's output, biases added) -> ids (n, k) int64 in
+    descending order of the selection score, w (n, k) float32:
+
+    - GATING_SOFTMAX: probabilities p = softmax(logits); the k largest are chosen, their weights p;
+    - GATING_SOFTMAX_WEIGHT: the k largest logits are chosen, their weights softmax over those k;
+    - norm: the weights divided by their sum (at least MIN_WEIGHT_SUM);
+    - scale (0 or 1: none): the weights multiplied by it.
+
+    The probabilities are computed in float64 and rounded once."""
+    n, n_expert = logits.shape
+    ids = np.empty((n, k), np.int64)
+    w = np.empty((n, k), np.float32)
+    p = np.empty(n_expert, np.float64)
+    for t in range(n):
+        mx = -np.inf
+        for e in range(n_expert):
+            mx = max(mx, np.float64(logits[t, e]))
+        if gating == GATING_SOFTMAX:
+            s = 0.0
+            for e in range(n_expert):
+                p[e] = np.exp(np.float64(logits[t, e]) - mx)
+                s += p[e]
+            for e in range(n_expert):
+                p[e] /= s
+        else:
+            for e in range(n_expert):
+                p[e] = logits[t, e]
+        order = np.argsort(-p, kind="mergesort")       # stable: ties keep the lower expert first
+        for j in range(k):
+            ids[t, j] = order[j]
+        sel = np.empty(k, np.float64)
+        for j in range(k):
+            sel[j] = p[ids[t, j]]
+        if gating == GATING_SOFTMAX_WEIGHT:
+            m = sel[0]
+            s = 0.0
+            for j in range(k):
+                sel[j] = np.exp(sel[j] - m)
+                s += sel[j]
+            for j in range(k):
+                sel[j] /= s
+        if norm:
+            s = 0.0
+            for j in range(k):
+                s += sel[j]
+            s = max(s, np.float64(MIN_WEIGHT_SUM))
+            for j in range(k):
+                sel[j] /= s
+        for j in range(k):
+            v = sel[j] * scale if scale != 0.0 and scale != 1.0 else sel[j]
+            w[t, j] = np.float32(v)
+    return ids, w
+
+
+@njit(cache=True, nogil=True)
+def combine(Y, w, bias, ids, has_bias, out):
+    """out[t] = sum_j w[t, j] * (Y[t, j] + bias[ids[t, j]]): the weighted sum of a token's k expert
+    outputs, Y (n, k, d), accumulated in float32 in slot order (as ggml adds the views)."""
+    n, k, d = Y.shape
+    for t in range(n):
+        for i in range(d):
+            acc = np.float32(0.0)
+            for j in range(k):
+                y = Y[t, j, i] + bias[ids[t, j], i] if has_bias else Y[t, j, i]
+                acc += w[t, j] * y
+            out[t, i] = acc
+
+
+@njit(cache=True, nogil=True)
+def add_expert_bias(Y, bias, ids, c0):
+    """Y[t, j, c0:c0+m] += bias[ids[t, j]]: per-expert biases (n_expert, m) on expert outputs (n, k, >= c0+m)."""
+    n, k, _ = Y.shape
+    m = bias.shape[1]
+    for t in range(n):
+        for j in range(k):
+            b = bias[ids[t, j]]
+            for i in range(m):
+                Y[t, j, c0 + i] += b[i]
+
+
+# gpt-oss's clamped SwiGLU (llama.cpp's LLM_FFN_SWIGLU_OAI_MOE constants)
+OAI_ALPHA = np.float32(1.702)
+OAI_LIMIT = np.float32(7.0)
+
+
+@njit(cache=True, nogil=True)
+def swiglu_oai(gate, up, out):
+    """out = g * sigmoid(1.702 g) * (u + 1) with g = min(gate, 7) and u = clamp(up, -7, 7), in
+    float32 as ggml computes it.  gate, up, out (m, ff)."""
+    m, ff = gate.shape
+    for r in range(m):
+        for i in range(ff):
+            g = min(gate[r, i], OAI_LIMIT)
+            u = min(max(up[r, i], -OAI_LIMIT), OAI_LIMIT)
+            out[r, i] = (g / (np.float32(1.0) + np.exp(OAI_ALPHA * (-g)))) * (u + np.float32(1.0))

@@ -1,0 +1,121 @@
+"""Mixture-of-experts kernels (kernels/experts.py): expert tensors of every GGML type decode
+bit-exactly, products with the routed experts equal the per-expert products, and routing equals
+llama.cpp's top-k choice and weights.
+
+The expert bytes are ggml's own (``../shared/fixtures/quant_blocks``: 16 rows of 512 weights
+quantized by llama.cpp), cut into 2 experts of 8 rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import dequantize
+from kernels.experts import GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, combine, route, swiglu_oai
+from kernels.types import GGMLType
+from tests.conftest import fixture_path
+from tests.test_dequant import FIXTURE_TYPES
+
+QUANT_TYPES = [t for t in FIXTURE_TYPES if t not in ("F16", "BF16")]
+
+
+def _expert_bytes(name: str) -> tuple[np.ndarray, GGMLType]:
+    with np.load(fixture_path("quant_blocks", f"{name}.npz")) as z:
+        q = z["q"] if "q" in z.files else z["q_im"]                 # (16, row_bytes) ggml's bytes
+    return np.ascontiguousarray(q), GGMLType[name]
+
+
+@pytest.mark.parametrize("name", FIXTURE_TYPES)
+def test_expert_decode_bit_exact(name):
+    """Each expert of a (2, 8, 512) tensor of every type decodes to exactly kernels.dequantize of
+    its own bytes (tolerance 0: bitwise equal), and the concatenation of two expert tensors
+    (gate|up) decodes to both parts in order."""
+    q, t = _expert_bytes(name)
+    E = ExpertWeights(q, t, (2, 8, 512))
+    for e in range(2):
+        want = dequantize(q[e * 8:(e + 1) * 8], t, (8, 512))
+        np.testing.assert_array_equal(E.dequantize(e).view(np.uint32), want.view(np.uint32))
+    both = ExpertWeights.concat([E, E])
+    assert both.shape == (2, 16, 512)
+    np.testing.assert_array_equal(both.dequantize(1), np.concatenate([E.dequantize(1)] * 2))
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "MXFP4", "IQ2_XS", "F16"])
+def test_mul_ids_matches_each_expert(name):
+    """mul_ids (decode: one token's matvecs; batch: grouped by expert) gives, for every (token, slot),
+    exactly the product of that slot's input with its expert's Weight (the same kernels: matvec for
+    groups of up to 3 rows, the tiled matmul above), shared or per-slot inputs."""
+    q, t = _expert_bytes(name)
+    q4 = np.concatenate([q, q[::-1]])                                # 32 rows: 4 experts of 8
+    E = ExpertWeights(q4, t, (4, 8, 512))
+    rng = np.random.default_rng(0)
+    n, k = 24, 2
+    ids = np.stack([rng.permutation(4)[:k] for _ in range(n)])        # (n, k) distinct per token
+    ids[:6] = [0, 3]                                                  # expert 0 gets > 3 rows (matmul)
+    X = rng.standard_normal((n, k, 512)).astype(np.float32)
+    for shared in (True, False):
+        Xs = X[:, :1] if shared else X
+        Y = E.mul_ids(Xs, ids)
+        for e in range(4):
+            rows = np.argwhere(ids == e)
+            if not len(rows):
+                continue
+            Xe = np.stack([Xs[a, 0 if shared else b] for a, b in rows])
+            np.testing.assert_array_equal(Y[rows[:, 0], rows[:, 1]], E.experts[e].matmul(Xe))
+        one = E.mul_ids(Xs[5:6], ids[5:6])                           # the decode path
+        for j in range(k):
+            np.testing.assert_array_equal(one[0, j], E.experts[ids[5, j]].matvec(Xs[5, 0 if shared else j]))
+        ref = np.einsum("tkc,tkrc->tkr", np.broadcast_to(Xs, X.shape).astype(np.float64),
+                        np.stack([[E.dequantize(e) for e in row] for row in ids]).astype(np.float64))
+        np.testing.assert_allclose(Y, ref, rtol=0, atol=2e-3 * np.abs(ref).max())
+
+
+def _route_ref(logits, k, gating, norm):
+    """llama.cpp's selection in float64: softmax probabilities (or raw logits), top k, then the
+    softmax over the k (softmax_weight) and the renormalisation."""
+    p = logits.astype(np.float64)
+    if gating == GATING_SOFTMAX:
+        p = np.exp(p - p.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+    ids = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    w = np.take_along_axis(p, ids, 1)
+    if gating == GATING_SOFTMAX_WEIGHT:
+        w = np.exp(w - w.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+    if norm:
+        w /= np.maximum(w.sum(-1, keepdims=True), 6.103515625e-5)
+    return ids, w
+
+
+@pytest.mark.parametrize("gating", [GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT])
+@pytest.mark.parametrize("norm", [True, False])
+def test_route_matches_llama_cpp_rule(gating, norm):
+    """route: the same experts as the float64 rule (top k in descending order) and weights within
+    1 float32 ulp (rtol 1.2e-7)."""
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((50, 16)) * 3).astype(np.float32)
+    ids, w = route(logits, 4, gating, norm, np.float32(0.0))
+    rids, rw = _route_ref(logits, 4, gating, norm)
+    np.testing.assert_array_equal(ids, rids)
+    np.testing.assert_allclose(w, rw, rtol=1.2e-7, atol=0)
+    if norm:
+        np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+
+
+def test_combine_and_oai_swiglu():
+    """combine: the weighted sum of a token's expert outputs plus per-expert biases (float32, rtol
+    1e-6); swiglu_oai: gpt-oss's clamped SwiGLU at alpha 1.702, limit 7 (rtol 1e-6)."""
+    rng = np.random.default_rng(2)
+    Y = rng.standard_normal((5, 3, 8)).astype(np.float32)
+    w = rng.random((5, 3)).astype(np.float32)
+    ids = np.array([[0, 1, 2], [3, 2, 1], [0, 3, 1], [1, 0, 2], [2, 3, 0]])
+    bias = rng.standard_normal((4, 8)).astype(np.float32)
+    out = np.empty((5, 8), np.float32)
+    combine(Y, w, bias, ids, True, out)
+    np.testing.assert_allclose(out, np.einsum("tk,tkd->td", w, Y + bias[ids]), rtol=1e-6, atol=1e-6)
+    g = np.linspace(-12, 12, 64, dtype=np.float32).reshape(4, 16)
+    u = np.linspace(9, -9, 64, dtype=np.float32).reshape(4, 16)
+    act = np.empty_like(g)
+    swiglu_oai(g, u, act)
+    gc, uc = np.minimum(g, 7.0).astype(np.float64), np.clip(u, -7.0, 7.0).astype(np.float64)
+    np.testing.assert_allclose(act, gc / (1 + np.exp(-1.702 * gc)) * (uc + 1), rtol=1e-6, atol=1e-6)
