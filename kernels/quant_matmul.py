@@ -10,7 +10,11 @@ one tensor's float32 copy).  Arithmetic: float32 products and sums inside BLAS
 (tests bound the error by ``1e-5 * sum_j |w_j x_j|``).
 
 Batches of at most ``MATVEC_MAX_BATCH`` rows use the fused matvec per row instead,
-which reads W once per row without writing float32 tiles.
+which reads W once per row without writing float32 tiles.  Batches of up to
+``SMALL_BATCH_MAX`` rows (a server's decode step, a short prompt) use the kind's
+small-batch product where it has one (``Kind.small_matmul``): each weight block is decoded
+once into a scratch block that stays in the first-level cache and applied to every row of
+the batch, with no tile written to memory and no GEMM call per tile.
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ TILE_ELEMENTS = 1 << 22
 TILES_PER_MATRIX = 4
 # Batches up to this size are computed as independent matvecs.
 MATVEC_MAX_BATCH = 3
+# Batches up to this size use the kinds' small-batch products (where they have one); the
+# crossover with tiles + BLAS measured by tools/bench_kernels.py --small-batch.
+SMALL_BATCH_MAX = 128
 
 _buffers = threading.local()
 

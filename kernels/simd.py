@@ -148,3 +148,55 @@ def scales8(context, builder, arytype, ary, first, rows):
                                          ir.VectorType(p.type.pointee, 8).as_pointer()), align=2)
         out.append(builder.fpext(v, V8F32) if half else v)
     return out
+
+
+HOST_AVX512 = _host_has("avx512vl")
+# Activation rows per block_fma call: 4 rows' partial sums (16 vectors) plus the 4 weight vectors
+# fit the 32 vector registers of AVX-512VL hosts; AVX2 hosts have 16, room for 2 rows.
+FMA_ROWS = 4 if HOST_AVX512 else 2
+
+
+def block_fma_intrinsic(rows: int):
+    """An intrinsic ``(wb, x, xo, ldx, acc, ao)`` applying one decoded block of a row tile to
+    `rows` activation rows: wb float32 (32 * 32,) holds weight k of lane l at ``wb[32 k + l]``
+    (a block_T decoder's output with ldo 32), row r's 32 activations are ``x[xo + r ldx + k]``,
+    and ``acc[ao + 32 r + l] += sum_k wb[32 k + l] x[xo + r ldx + k]``: the block's sum is formed
+    on its own from zero in k order by fused multiply-adds (vfmadd231ps on a broadcast
+    activation; 32 terms) and then added to acc, so a product of K weights rounds like a sum of
+    K / 32 partial sums (the error stays near that of a pairwise sum, whatever the row length)."""
+
+    def block_fma(typingctx, wb, x, xo, ldx, acc, ao):
+        sig = types.void(wb, x, xo, ldx, acc, ao)
+
+        def codegen(context, builder, signature, args):
+            wb, x, xo, ldx, acc, ao = args
+            aty = signature.args
+            f32 = ir.FloatType()
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V8F32, [V8F32] * 3),
+                                                 "llvm.fma.v8f32")
+            wp = data_ptr(context, builder, aty[0], wb, f32)
+            xp = builder.gep(data_ptr(context, builder, aty[1], x, f32), [xo])
+            ap = builder.gep(data_ptr(context, builder, aty[4], acc, f32), [ao])
+            xrows = [builder.gep(xp, [builder.mul(ldx, ir.Constant(ldx.type, r))]) for r in range(rows)]
+
+            def vec(p, i):
+                return builder.bitcast(builder.gep(p, [ir.Constant(I32, i)]), V8F32.as_pointer())
+
+            zero = ir.Constant(V8F32, [0.0] * 8)
+            part = [[zero] * 4 for _ in range(rows)]          # [row][lanes 8g..8g+7]
+            for k in range(32):
+                w = [builder.load(vec(wp, 32 * k + 8 * g), align=4) for g in range(4)]
+                for r in range(rows):
+                    xv = splat(builder, builder.load(builder.gep(xrows[r], [ir.Constant(I32, k)]), align=4))
+                    for g in range(4):
+                        part[r][g] = builder.call(fma, [w[g], xv, part[r][g]])
+            for r in range(rows):
+                for g in range(4):
+                    p = vec(ap, 32 * r + 8 * g)
+                    builder.store(builder.fadd(builder.load(p, align=4), part[r][g]), p, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    block_fma.__name__ = block_fma.__qualname__ = f"block_fma{rows}"
+    return intrinsic(block_fma)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .kinds import Packed, registered
 from .kinds.tiled import ROW_TILE
-from .quant_matmul import MATVEC_MAX_BATCH, tiled_matmul
+from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX, tiled_matmul
 from .registry import get_qtype
 from .repack import concat as _concat_packed, repack
 from .threads import get_num_threads, run_all, split
@@ -129,6 +129,9 @@ class Weight:
         if n <= MATVEC_MAX_BATCH and (rows == 1 or out.strides[1] == out.itemsize):   # rows contiguous
             for i in range(n):
                 self.matvec(X[i], out[i])
+            return out
+        if n <= SMALL_BATCH_MAX and self.kind.small_matmul is not None:
+            self.kind.small_matmul(self.packed, X, out)
             return out
         if self.kind.decode_T is not None:
             return tiled_matmul(X, rows, cols, self._tile_T, out, get_num_threads(), k_major=True)

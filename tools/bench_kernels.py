@@ -1,6 +1,7 @@
 """Kernel benchmark: quantized matvec, decode and batched matmul, as ratios of the machine's own limits.
 
     python tools/bench_kernels.py [--threads N] [--types Q4_1,Q8_0,...] [--reps R] [--batch 512]
+    python tools/bench_kernels.py --small-batch [--threads N] [--types Q4_0,Q4_K,...] [--rows 2,4,8,16]
 
 For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
   matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of 3R runs, and of
@@ -8,6 +9,13 @@ For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
   decode GB/s   GGML bytes per second turned into float32 by Weight.dequantize
   mm GFLOP/s    2*n*rows*cols / time of Weight.matmul on a batch of n (default 512; best of
                 R/3 runs and of at least 0.3 s)
+--small-batch: the small-batch product (Weight.matmul of n = 2..16 rows, a server's decode step)
+on the matrices of one Llama-3.2-1B layer (2048x2048 q/o, 512x2048 k/v, 8192x2048 gate/up,
+2048x8192 down); per type and n, its throughput in weights x rows per second as a fraction of
+n x the single-row matvec's (t_matvec / t_n over the layer's matrices, measured alternately;
+1.0 = n rows for the price of one, the target is 0.7), and the same fraction for tiles + BLAS
+(the path batches took before; --no-tiles leaves it out).  Timed in CPU seconds of the process
+(best of --reps), which time-slicing on a shared machine leaves out: run it with --threads 1.
 and each figure as a ratio of what this machine does in the same run with the same
 thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
 threads) for matvec and decode, numpy float32 GEMM (the faster orientation) for matmul (BLAS keeps its own
@@ -43,6 +51,8 @@ from kernels.threads import single_threaded_blas  # noqa: E402
 from kernels.types import BLOCK_SIZES, GGMLType, as_type  # noqa: E402
 
 SHAPES = [(576, 1536), (1536, 576), (4096, 4096)]
+# One Llama-3.2-1B layer's matrices (rows x cols), counted as often as the layer has them.
+LAYER_1B = [((2048, 2048), 2), ((512, 2048), 2), ((8192, 2048), 2), ((2048, 8192), 1)]
 DEFAULT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
                  "Q5_K", "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
                  "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4"]
@@ -102,9 +112,16 @@ def main(argv=None) -> int:
                     help="comma-separated ROWSxCOLS list")
     ap.add_argument("--asm", action="store_true",
                     help="after the table, count ymm FMAs in the matvec kernels that ran (recompiled uncached)")
+    ap.add_argument("--small-batch", action="store_true",
+                    help="the small-batch product table (n rows x type) on a Llama-3.2-1B layer instead")
+    ap.add_argument("--rows", default="2,3,4,6,8,12,16", help="batch sizes of --small-batch")
+    ap.add_argument("--no-tiles", action="store_true", help="--small-batch without the tiles + BLAS line")
     args = ap.parse_args(argv)
 
     kernels.set_num_threads(args.threads)
+    if args.small_batch:
+        small_batch_table(args)
+        return 0
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rng = np.random.default_rng(0)
 
@@ -146,6 +163,48 @@ def main(argv=None) -> int:
     if args.asm:
         print_asm_summary()
     return 0
+
+
+def small_batch_table(args) -> None:
+    """The --small-batch table: per type, t_matvec / t_n summed over a 1B layer's matrices."""
+    import kernels.weight as weight_mod
+    rng = np.random.default_rng(0)
+    ns = [int(v) for v in args.rows.split(",")]
+    small_max = weight_mod.SMALL_BATCH_MAX
+    print(f"threads={args.threads}: throughput in weights x rows / s as a fraction of n x the single-row "
+          f"matvec's (t_matvec / t_n), Llama-3.2-1B layer matrices; target >= 0.7")
+    hdr = f"{'type':8} {'path':6} {'matvec Gw/s':>11} " + " ".join(f"{f'n={n}':>6}" for n in ns)
+    print(hdr)
+    print("-" * len(hdr))
+    for name in args.types.split(","):
+        t = as_type(name.strip())
+        mats = []
+        for (rows, cols), count in LAYER_1B:
+            W = kernels.Weight(random_tensor(t, rows, cols, rng), t, (rows, cols))
+            mats.append((W, count, rng.standard_normal((max(ns), cols), dtype=np.float32),
+                         np.empty((max(ns), rows), np.float32)))
+        paths = [("small", small_max)] + ([] if args.no_tiles else [("tiles", 0)])
+        t1 = {}
+        tn = {(p, n): 0.0 for p, _ in paths for n in ns}
+        with single_threaded_blas():
+            for W, count, X, Y in mats:
+                W.matvec(X[0], Y[0])
+                t1[id(W)] = count * best_time(lambda: W.matvec(X[0], Y[0]), args.reps * 3, 0.2, time.process_time)
+            for n in ns:                    # alternating: every path and n in turn per matrix
+                for W, count, X, Y in mats:
+                    for p, limit in paths:
+                        weight_mod.SMALL_BATCH_MAX = limit
+                        try:
+                            W.matmul(X[:n], Y[:n])
+                            tn[(p, n)] += count * best_time(lambda: W.matmul(X[:n], Y[:n]), args.reps, 0.1,
+                                                            time.process_time)
+                        finally:
+                            weight_mod.SMALL_BATCH_MAX = small_max
+        total1 = sum(t1.values())
+        weights = sum(W.shape[0] * W.shape[1] * c for W, c, _, _ in mats)
+        for p, _ in paths:
+            print(f"{t.name:8} {p:6} {weights / total1 / 1e9:11.2f} "
+                  + " ".join(f"{total1 / tn[(p, n)]:6.3f}" for n in ns), flush=True)
 
 
 def print_asm_summary() -> None:

@@ -58,6 +58,11 @@ class Kind:
     # float32, K-major (out[k, 32 (t - t0) + l] = weight k of row 32 t + l), where the host has
     # the instructions it is written with; None elsewhere and for kinds without one.
     decode_T: Callable | None = None
+    # small_matmul(packed, X, out): out (n, rows) = X (n, cols) W^T for a small batch (kernels.quant_matmul:
+    # SMALL_BATCH_MAX rows at most), each weight block decoded once into a float32 scratch block and
+    # applied to all n rows by fused multiply-adds on the exact float32 activations, the worker
+    # threads splitting the row tiles (tiled.fma_rows); None where the kind has no block decoder.
+    small_matmul: Callable | None = None
 
     def __repr__(self) -> str:
         return f"Kind({self.name}: {', '.join(t.name for t in self.types)})"

@@ -30,7 +30,8 @@ from ..simd import HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, b
     out_ptr, scales8, splat
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations16, scale, store_tile
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, fma_rows, load_rows, nonneg, round_activations16,
+                    scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -252,6 +253,24 @@ def decode_i8_T(qt, s_lo, s_hi, t0, t1, out):
             _i8_block_T(qt[t], b * 32 * R, s_lo[t], s_hi[t], b * R, flat, 32 * b * ldo + (t - t0) * R, ldo)
 
 
+@njit(nogil=True, cache=True)
+def matmul_small_i8(qt, s_lo, s_hi, x, n, t0, t1, out):
+    """out (n, rows) = X W^T on row tiles t0..t1-1 for X given block-major as x (Kind.small_matmul,
+    tiled.small_product): each block decoded exactly (_i8_block_T) into a scratch block and applied
+    to the rows of X (tiled.fma_rows)."""
+    nb = x.size // (32 * n)
+    wb = np.empty(32 * R, np.float32)               # (32 k, R lanes)
+    for i0 in range(0, n, ROW_CHUNK):
+        c = min(ROW_CHUNK, n - i0)
+        for b0 in range(0, nb, BLOCK_CHUNK):
+            for t in range(t0, t1):
+                acc = load_rows(c, i0, t, out, b0)  # (c rows, R lanes)
+                for b in range(b0, min(nb, b0 + BLOCK_CHUNK)):
+                    _i8_block_T(qt[t], b * 32 * R, s_lo[t], s_hi[t], b * R, wb, 0, R)
+                    fma_rows(wb, x, 32 * (nb * i0 + c * b), 32, c, acc)
+                store_rows(acc, c, i0, t, out)
+
+
 # ---------------------------------------------------------------- the kind
 
 
@@ -265,6 +284,7 @@ class ByteKind(TiledKind):
         self.name, self.types, self.scales, self._repacker = name, {t: None}, scales, repacker
         if HOST_AVX2 and HOST_F16C:
             self.decode_T = self._decode_T
+            self.small_matmul = self._small_matmul
 
     def repack_rows(self, raw, t, A, r0, r1):
         self._repacker(raw, A["qt"], *(A[k] for k in self.scales), r0, r1)
@@ -283,6 +303,9 @@ class ByteKind(TiledKind):
 
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
         decode_i8_T(*self._arrays(p), t0, t1, out)
+
+    def _small_matmul(self, p: Packed, X, out) -> None:
+        small_product(matmul_small_i8, self._arrays(p), X, out)
 
     def rounded(self, x: np.ndarray) -> np.ndarray:
         """x rounded to int16 per 32-block (within max|x_block| / 65534)."""

@@ -44,7 +44,8 @@ from ..simd import (HOST_AVX2, HOST_F16C, I32, V8F32, V8I32, V16I16, V32I8, byte
                     plane_intrinsic, scales8, splat, spread_bits)
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, store_tile
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, fma_rows, load_rows, nonneg, round_activations,
+                    scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -376,6 +377,22 @@ _nib5_asym_T = _nib_block_T(five=True, sym=False)
 _nib5_sym_T = _nib_block_T(five=True, sym=True)
 
 
+@njit(cache=True, inline="always")
+def nib_block_T(qt, qh, d, m, off, t, b, out, base, ldo):
+    """Block b of row tile t into out (flat float32): weight k of lane l -> out[base + k ldo + l],
+    decode_nib's very value (no fused multiply-add)."""
+    five = qh.shape[1] > 0
+    a = (qt[t], b * 16 * R, qh[t % qh.shape[0]], b * R if five else 0, d[t], m[t], b * R, off, out, base, ldo)
+    if five and off:
+        _nib5_sym_T(*a)
+    elif five:
+        _nib5_asym_T(*a)
+    elif off:
+        _nib4_sym_T(*a)
+    else:
+        _nib4_asym_T(*a)
+
+
 @njit(nogil=True, cache=True)
 def decode_nib_T(qt, qh, d, m, off, t0, t1, out):
     """Row tiles t0..t1-1 into out (cols, >= (t1 - t0) * R) float32, K-major: out[k, (t - t0) R + l]
@@ -383,19 +400,27 @@ def decode_nib_T(qt, qh, d, m, off, t0, t1, out):
     nogil (the matmul's workers call it per tile)."""
     ldo = out.shape[1]
     flat = out.reshape(-1)
-    five = qh.shape[1] > 0
     for t in range(t0, t1):
-        h = qh[t % qh.shape[0]]
         for b in range(d.shape[1] // R):
-            a = (qt[t], b * 16 * R, h, b * R if five else 0, d[t], m[t], b * R, off, flat, 32 * b * ldo + (t - t0) * R, ldo)
-            if five and off:
-                _nib5_sym_T(*a)
-            elif five:
-                _nib5_asym_T(*a)
-            elif off:
-                _nib4_sym_T(*a)
-            else:
-                _nib4_asym_T(*a)
+            nib_block_T(qt, qh, d, m, off, t, b, flat, 32 * b * ldo + (t - t0) * R, ldo)
+
+
+@njit(nogil=True, cache=True)
+def matmul_small_nib(qt, qh, d, m, off, x, n, t0, t1, out):
+    """out (n, rows) = X W^T on row tiles t0..t1-1 for X given block-major as x (Kind.small_matmul,
+    tiled.small_product): each block decoded exactly (nib_block_T) into a scratch block and applied
+    to the rows of X (tiled.fma_rows)."""
+    nb = x.size // (32 * n)
+    wb = np.empty(32 * R, np.float32)               # (32 k, R lanes)
+    for i0 in range(0, n, ROW_CHUNK):
+        c = min(ROW_CHUNK, n - i0)
+        for b0 in range(0, nb, BLOCK_CHUNK):
+            for t in range(t0, t1):
+                acc = load_rows(c, i0, t, out, b0)  # (c rows, R lanes)
+                for b in range(b0, min(nb, b0 + BLOCK_CHUNK)):
+                    nib_block_T(qt, qh, d, m, off, t, b, wb, 0, R)
+                    fma_rows(wb, x, 32 * (nb * i0 + c * b), 32, c, acc)
+                store_rows(acc, c, i0, t, out)
 
 
 # ---------------------------------------------------------------- the kind
@@ -421,6 +446,7 @@ class NibbleKind(TiledKind):
         self.bits = ("qh", fifth_bit_index)
         if HOST_AVX2 and HOST_F16C:
             self.decode_T = self._decode_T
+            self.small_matmul = self._small_matmul
 
     def has_bits(self, t) -> bool:
         return self.five
@@ -443,6 +469,10 @@ class NibbleKind(TiledKind):
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
         A = p.arrays
         decode_nib_T(A["qt"], A["qh"], A["d"], A["m"], np.int32(self.types[p.qtype].off), t0, t1, out)
+
+    def _small_matmul(self, p: Packed, X, out) -> None:
+        A = p.arrays
+        small_product(matmul_small_nib, (A["qt"], A["qh"], A["d"], A["m"], np.int32(self.types[p.qtype].off)), X, out)
 
 
 Q4 = register(NibbleKind("q4", False, {GGMLType.Q4_0: Nibbles(18, off=8), GGMLType.Q4_1: Nibbles(20, has_min=True),

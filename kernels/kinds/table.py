@@ -24,11 +24,13 @@ from numba.extending import intrinsic, overload
 
 from ..iquant_tables import kvalues_iq4nl, kvalues_mxfp4
 from ..numerics import e8m0_half_to_f32, f16_at, u16_at
-from ..simd import HOST_AVX2, I8, I32, V8I32, V16I16, V32I8, byte_ptr, loader, madds, out_ptr, splat, x86
+from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds,
+                    out_ptr, scales8, splat, x86)
 from ..types import GGMLType
 from . import Packed, register
 from .nibble import isums_loop, nibble_index
-from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, store_tile
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, fma_rows, load_rows, nonneg, round_activations,
+                    scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -208,6 +210,72 @@ def decode_tab(qt, d, tab, ids, out):
                 o[32 * b + 16 + k] = f32(tab[v >> _I4]) * db
 
 
+@intrinsic
+def _tab_block_T(typingctx, q, qo, tab, d, so, out, base, ldo):
+    """Block b of one tile of the table kind into K-major output: q the tile's row of qt (qo = b * 16
+    * R bytes), d its row of scales (so = b * R); weight k of lane l -> out[base + k * ldo + l] =
+    tab[q] * d, decode_tab's value.  Per 32-byte load (bytes 4g..4g+3 of 8 rows) ``vpshufb`` looks
+    both nibbles' values up, and each weight of the 8 rows is gathered by a byte shuffle, widened
+    to float32 and multiplied by the rows' scales."""
+    sig = types.void(q, qo, tab, d, so, out, base, ldo)
+
+    def codegen(context, builder, signature, args):
+        q, qo, tab, d, so, out, base, ldo = args
+        aty = signature.args
+        pshufb = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
+        load = loader(builder)
+        qp = byte_ptr(context, builder, aty[0], q, qo)
+        t16 = load(byte_ptr(context, builder, aty[2], tab, ir.Constant(qo.type, 0)), 0, ir.VectorType(I8, 16))
+        table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(I32, 32), list(range(16)) * 2))
+        op = builder.gep(data_ptr(context, builder, aty[5], out, ir.FloatType()), [base])
+        low4 = ir.Constant(V32I8, [15] * 32)
+        four = ir.Constant(V32I8, [4] * 32)
+        ds = scales8(context, builder, aty[3], d, so, ROW_TILE)
+        for g in range(4):                        # bytes 4g..4g+3 of the block's 16
+            for rg in range(ROW_TILE // 8):       # rows 8rg..8rg+7
+                v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
+                for half, nib in enumerate((builder.and_(v, low4), builder.and_(builder.lshr(v, four), low4))):
+                    w = pshufb(table, nib)
+                    for j in range(4):            # weight 16 half + 4g + j of the 8 rows
+                        b8 = builder.shuffle_vector(w, w, ir.Constant(ir.VectorType(I32, 8), [4 * i + j for i in range(8)]))
+                        val = builder.fmul(builder.sitofp(builder.sext(b8, V8I32), V8F32), ds[rg])
+                        row = builder.add(builder.mul(ldo, ir.Constant(ldo.type, 16 * half + 4 * g + j)),
+                                          ir.Constant(ldo.type, 8 * rg))
+                        builder.store(val, builder.bitcast(builder.gep(op, [row]), V8F32.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def decode_tab_T(qt, d, tab, t0, t1, out):
+    """Row tiles t0..t1-1 of the table kind -> out (cols, >= (t1 - t0) * R) float32, K-major,
+    the values of decode_tab.  Serial and nogil (the matmul's workers call it per tile)."""
+    ldo = out.shape[1]
+    flat = out.reshape(-1)
+    for t in range(t0, t1):
+        for b in range(d.shape[1] // R):
+            _tab_block_T(qt[t], b * 16 * R, tab, d[t], b * R, flat, 32 * b * ldo + (t - t0) * R, ldo)
+
+
+@njit(nogil=True, cache=True)
+def matmul_small_tab(qt, d, tab, x, n, t0, t1, out):
+    """out (n, rows) = X W^T on row tiles t0..t1-1 for X given block-major as x (Kind.small_matmul,
+    tiled.small_product): each block decoded exactly (_tab_block_T) into a scratch block and applied
+    to the rows of X (tiled.fma_rows)."""
+    nb = x.size // (32 * n)
+    wb = np.empty(32 * R, np.float32)               # (32 k, R lanes)
+    for i0 in range(0, n, ROW_CHUNK):
+        c = min(ROW_CHUNK, n - i0)
+        for b0 in range(0, nb, BLOCK_CHUNK):
+            for t in range(t0, t1):
+                acc = load_rows(c, i0, t, out, b0)  # (c rows, R lanes)
+                for b in range(b0, min(nb, b0 + BLOCK_CHUNK)):
+                    _tab_block_T(qt[t], b * 16 * R, tab, d[t], b * R, wb, 0, R)
+                    fma_rows(wb, x, 32 * (nb * i0 + c * b), 32, c, acc)
+                store_rows(acc, c, i0, t, out)
+
+
 # ---------------------------------------------------------------- the kind
 
 
@@ -215,6 +283,11 @@ class TableKind(TiledKind):
     """t4 (see the module docstring); types: each type's bytes per block (IQ4_XS: per 256 weights)."""
     name = "t4"
     types = {GGMLType.IQ4_NL: 18, GGMLType.IQ4_XS: 136, GGMLType.MXFP4: 17}
+
+    def __init__(self):
+        if HOST_AVX2 and HOST_F16C:
+            self.decode_T = self._decode_T
+            self.small_matmul = self._small_matmul
 
     def repack_rows(self, raw, t, A, r0, r1):
         repack_t4(raw, self.types[t], A["qt"], A["d"], r0, r1)
@@ -225,6 +298,12 @@ class TableKind(TiledKind):
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_tab(p.arrays["qt"], p.arrays["d"], TABLES[p.qtype], ids, out)
+
+    def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
+        decode_tab_T(p.arrays["qt"], p.arrays["d"], TABLES[p.qtype], t0, t1, out)
+
+    def _small_matmul(self, p: Packed, X, out) -> None:
+        small_product(matmul_small_tab, (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype]), X, out)
 
 
 T4 = register(TableKind())

@@ -40,8 +40,8 @@ from numba import njit, types
 from numba.extending import overload
 
 from ..numerics import bf16_bits_to_f32, f16_bits_to_f32
-from ..simd import HOST_F16C, half_bits_to_f32
-from ..threads import get_num_threads, run_all
+from ..simd import FMA_ROWS, HOST_F16C, block_fma_intrinsic, half_bits_to_f32
+from ..threads import get_num_threads, run_all, split
 from . import Kind, Packed
 
 f32 = np.float32
@@ -83,6 +83,86 @@ def store_tile(acc, t, y):
     n = min(ROW_TILE, y.size - t * ROW_TILE)
     for l in range(n):
         y[t * ROW_TILE + l] = acc[l]
+
+
+# ---------------------------------------------------------------- the small-batch products
+
+
+_fma1, _fma2, _fma4 = (block_fma_intrinsic(r) for r in (1, 2, 4))
+# A small-batch product takes X in chunks of ROW_CHUNK rows by BLOCK_CHUNK blocks (each chunk's
+# activations, 256 KB, stay in the second-level cache while every row tile passes over them; a
+# block is decoded again for each chunk of rows).  Per tile, the chunk's partial sums (4 KB) and
+# its activations of one block (4 KB) stay in the first-level cache beside the decoded block (4 KB).
+ROW_CHUNK = 32
+BLOCK_CHUNK = 64
+
+
+@njit(cache=True, inline="always")
+def fma_rows(wb, x, xo, ldx, n, acc):
+    """One decoded block wb (32 k x ROW_TILE lanes, K-major) applied to n activation rows:
+    acc (n * ROW_TILE,) row i lane l += sum_k wb[k R + l] x[xo + i ldx + k] (simd.block_fma_intrinsic:
+    FMA_ROWS rows per call while they last)."""
+    i = 0
+    if FMA_ROWS == 4:
+        while i + 4 <= n:
+            _fma4(wb, x, xo + i * ldx, ldx, acc, i * ROW_TILE)
+            i += 4
+    while i + 2 <= n:
+        _fma2(wb, x, xo + i * ldx, ldx, acc, i * ROW_TILE)
+        i += 2
+    if i < n:
+        _fma1(wb, x, xo + i * ldx, ldx, acc, i * ROW_TILE)
+
+
+def block_major(X: np.ndarray) -> np.ndarray:
+    """X (n, cols) float32 -> flat (n * cols,) in the order the small-batch products read it: by
+    chunks of ROW_CHUNK rows (the last one c <= ROW_CHUNK rows), each block-major: block b of row
+    i0 + i of the chunk of rows i0.. at [i0 cols + 32 (c b + i)].  The chunk's activations of one
+    weight block lie side by side and a chunk is one sequential stream (rows of X a power of two
+    apart would also alias in the first-level cache)."""
+    n, cols = X.shape
+    nb = cols // 32
+    out = np.empty(n * cols, np.float32)
+    for i0 in range(0, n, ROW_CHUNK):
+        c = min(ROW_CHUNK, n - i0)
+        out[i0 * cols:(i0 + c) * cols].reshape(nb, c, 32)[...] = X[i0:i0 + c].reshape(c, nb, 32).transpose(1, 0, 2)
+    return out
+
+
+def small_product(kernel, arrays: tuple, X: np.ndarray, out: np.ndarray) -> None:
+    """out (n, rows) = X (n, cols) W^T by a kind's small-batch kernel(*arrays, x, n, t0, t1, out)
+    (serial, nogil: row tiles t0..t1-1, X given block-major as x), the row tiles split over the
+    worker threads (the pool the prompt's other kernels use, so no OpenMP worker spins beside
+    them).  Each tile is summed by one thread in a fixed order: the result depends neither on the
+    thread count nor on the other rows of X."""
+    n = X.shape[0]
+    x = block_major(X)
+    tiles = -(-out.shape[1] // ROW_TILE)
+    run_all(lambda t0, t1: kernel(*arrays, x, n, t0, t1, out), split(0, tiles, get_num_threads()))
+
+
+@njit(cache=True, inline="always")
+def load_rows(n, i0, t, out, b0):
+    """The partial sums (n * ROW_TILE,) of rows i0 .. i0 + n - 1 of row tile t: zero at the first
+    chunk of blocks (b0 = 0), else what store_rows left in out (float32 both ways, so chunking
+    leaves the order of the additions, and the result, as they are)."""
+    acc = np.zeros(n * ROW_TILE, np.float32)
+    if b0 > 0:
+        m = min(ROW_TILE, out.shape[1] - t * ROW_TILE)
+        for i in range(n):
+            for l in range(m):
+                acc[i * ROW_TILE + l] = out[i0 + i, t * ROW_TILE + l]
+    return acc
+
+
+@njit(cache=True, inline="always")
+def store_rows(acc, n, i0, t, out):
+    """The tile's results acc (n * ROW_TILE,) for rows i0 .. i0 + n - 1 of out (.., rows) into its
+    columns t R .., leaving out the padding rows past the end."""
+    m = min(ROW_TILE, out.shape[1] - t * ROW_TILE)
+    for i in range(n):
+        for l in range(m):
+            out[i0 + i, t * ROW_TILE + l] = acc[i * ROW_TILE + l]
 
 
 _ROUNDER = f32(12582912.0)      # 1.5 * 2^23: (u + R) - R rounds |u| < 2^22 to an integer, ties to even
