@@ -13,8 +13,9 @@ second copy: the loader drops the file pages as each expert is repacked).
 
 Products: a decode step (one token) runs the matvec of each of its k selected experts only,
 so a token reads k experts' bytes, not all of them.  A batch groups its (token, slot) pairs by
-expert and runs one product per expert that has tokens: the tiled matmul (decoded weight
-tiles times BLAS) from ``MATVEC_MAX_BATCH + 1`` rows on, the matvec per row below.
+expert and runs one product per expert that has tokens (``Weight.matmul``): the matvec per row
+up to ``MATVEC_MAX_BATCH`` rows, the small-batch product (each block decoded once for all the
+rows) up to ``SMALL_BATCH_MAX``, decoded weight tiles times BLAS above.
 Gate and up stacked per expert (``ExpertWeights.concat``) make one product per expert for both.
 """
 from __future__ import annotations
