@@ -127,8 +127,8 @@ def run_ours(model: str, threads: int, prompts: list[int], n: int, reps: int) ->
     rss = 0
     for i, p in enumerate(prompts or [0]):
         r = run_measured(ours_cmd(model, threads, p, n if i == 0 else 0, reps), ours_env())
-        for row in json.loads(r.stdout)["results"]:
-            res.setdefault(row["test"], []).extend(row["samples_ts"])
+        for label, samples in parse_llama_bench(r.stdout).items():     # gguf-bench -o json: llama-bench's records
+            res.setdefault(label, []).extend(samples)
         rss = max(rss, r.peak_rss)
     return res, rss
 
