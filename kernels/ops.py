@@ -412,3 +412,41 @@ def softcap_inplace(x, cap):
     f = x.reshape(-1)
     for i in range(f.shape[0]):
         f[i] = cap * math.tanh(f[i] / cap)
+
+
+# ----------------------------------------------------------------------------- attention sinks
+
+@njit(cache=True, parallel=True)
+def attention_sink_rescale(q3, k_cache, pos0, scale, window, softcap, sinks, table, out3):
+    """Attention sinks (gpt-oss) applied to a finished attention output: head h's softmax also has
+    the logit sinks[h] in its denominator, which scales its output by Z / (Z + exp(sinks[h])), Z
+    the sum of exp(score) over the keys the query sees (scores as ``attention`` computes them:
+    scaled, then soft-capped when softcap > 0; sums in float64 from the row maximum).
+    q3, out3: (n, H, hd); k_cache (C, Hkv, hd) float32 or float16 bits; sinks (H,) float32."""
+    n, H, hd = q3.shape
+    G = H // k_cache.shape[1]
+    for idx in prange(n * H):
+        t = idx // H
+        h = idx - t * H
+        p = pos0 + t
+        lo = 0
+        if window > 0 and p - window + 1 > 0:
+            lo = p - window + 1
+        s = np.empty(p + 1 - lo, dtype=np.float32)
+        m = np.float32(sinks[h])
+        for j in range(lo, p + 1):
+            acc = np.float32(0.0)
+            for d in range(hd):
+                acc += q3[t, h, d] * _f32(k_cache[j, h // G, d], table)
+            v = acc * np.float32(scale)
+            if softcap > 0:
+                v = np.float32(softcap * math.tanh(v / softcap))
+            s[j - lo] = v
+            if v > m:
+                m = v
+        z = 0.0
+        for j in range(s.shape[0]):
+            z += math.exp(np.float64(s[j]) - m)
+        f = np.float32(z / (z + math.exp(np.float64(sinks[h]) - m)))
+        for d in range(hd):
+            out3[t, h, d] *= f

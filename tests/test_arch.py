@@ -31,7 +31,7 @@ from tests.test_model import BASE_MD, check_greedy, check_kl, mean_kl
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 VARIANTS = ["llama-rope-freqs", "llama-yarn", "phi3-short", "phi3-long", "gemma2", "phi3-q4km", "gemma2-q4km",
-            "qwen3moe", "qwen3moe-q4km"]
+            "qwen3moe", "qwen3moe-q4km", "gpt-oss", "gpt-oss-f32"]
 
 
 def _tool():
@@ -183,7 +183,7 @@ def test_every_tensor_consumed(variant, smollm2_path, gemma3_path):
 
 def _rewrite(src: Path, dst: Path, metadata: dict | None = None, tensors: dict | None = None) -> Path:
     """A copy of src with metadata keys set (value, GGUFValueType) or removed (None), and tensors
-    added or replaced (float32 arrays)."""
+    added or replaced (float32 arrays); the other tensors keep their type and bytes."""
     metadata, tensors = metadata or {}, tensors or {}
     with GGUFReader(src) as r:
         w = GGUFWriter(dst)
@@ -194,8 +194,12 @@ def _rewrite(src: Path, dst: Path, metadata: dict | None = None, tensors: dict |
             if new is not None:
                 w.add_key(key, new[0], new[1], *new[2:])
         for name, t in r.tensors.items():
-            if name not in tensors:
+            if name in tensors:
+                continue
+            if t.type.name in ("F32", "F16"):
                 w.add_tensor(name, np.array(t.data))
+            else:                                           # quantized: its bytes as they are
+                w.add_tensor(name, np.asarray(t.raw).tobytes(), t.type, t.shape)
         for name, arr in tensors.items():
             w.add_tensor(name, arr)
         w.finish()
@@ -347,3 +351,26 @@ def test_qwen3moe_config(variant):
     assert (c.n_expert, c.n_expert_used, c.n_ff_exp) == (8, 2, 128) and c.qk_norm
     assert {"blk.0.ffn_gate_inp.weight", "blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight",
             "blk.0.ffn_down_exps.weight"} <= used
+
+
+def test_gpt_oss_config_and_sinks(variant):
+    """gpt-oss: even layers slide (window 16 < the 64-token prompt) with the global RoPE base; the
+    sinks, Q/K/V and output biases, router and expert biases and the MXFP4 experts are consumed; the
+    sinks matter: with them pushed to -100 (no share of the attention) the logits move far from the
+    reference (KL > 1e-3), and an F16 KV cache stays within the bound too."""
+    path, ref = variant("gpt-oss")
+    with GGUFReader(path) as r:
+        c = ModelConfig.from_reader(r)
+        used = set(check_tensors(r, c, str(path)))
+        assert r.tensors["blk.0.ffn_down_exps.weight"].type.name == "MXFP4"
+    assert c.swa_layers == (True, False, True, False) and c.sliding_window == 16
+    assert c.rope_freq_base_swa == c.rope_freq_base and (c.n_expert, c.n_expert_used) == (8, 2)
+    assert {"blk.1.attn_sinks.weight", "blk.1.attn_output.bias", "blk.1.attn_q.bias", "blk.1.ffn_gate_inp.bias",
+            "blk.1.ffn_down_exps.bias", "blk.1.post_attention_norm.weight"} <= used
+    with load_model(path, n_threads=2, n_ctx=256, cache_type="f16") as m:
+        kl, bound = check_kl(m, ref)
+        assert kl <= bound, f"F16 cache: KL {kl:.3g} > bound {bound:.3g}"
+    flat = path.with_name("nosinks.gguf")
+    _rewrite(path, flat, tensors={f"blk.{il}.attn_sinks.weight": np.full(4, -100.0, np.float32) for il in range(4)})
+    with load_model(flat, n_threads=2, n_ctx=256) as m:
+        assert mean_kl(ref["logits_exact"], m.eval(ref["tokens"], logits_all=True)) > 1e-3

@@ -2,6 +2,7 @@
 
     python tools/arch_models.py build NAME OUT.gguf
     python tools/arch_models.py reference NAME [NAME ...] --llama-python PY [--out tests/data]
+    python tools/arch_models.py imatrix NAME --llama-bin DIR [--out tests/data]
 
 Each model (``MODELS``) has the shape of the shared tiny llama (dim 256, 4 layers, 4 heads,
 2 KV heads, FFN 512) and its 768-token vocabulary, with weights drawn from a fixed seed, so
@@ -20,6 +21,10 @@ a test rebuilds the file instead of the repository carrying it.  The variants:
     qwen3moe          Qwen3-MoE: per-head Q/K norms, 8 experts of FFN 128, top-2, softmax
                       gating with the two weights renormalised (a router scaled so that the
                       choice varies from token to token and between layers)
+    gpt-oss           gpt-oss: Q/K/V and output biases, attention sinks, every other layer a
+                      16-token sliding window, 8 experts of FFN 128 (MXFP4, as the released files
+                      store them) with biases, top-2 of the router logits weighted by their
+                      softmax, the clamped SwiGLU; gpt-oss-f32: the same with F32 experts
     *-q4km            the same weights quantized to Q4_K_M by the project's quantizer (the exact
                       reference is then the float64 pass on the exactly dequantized weights)
 
@@ -32,6 +37,10 @@ a test rebuilds the file instead of the repository carrying it.  The variants:
     weights_sha256             the hash of the generated tensors (a test checks its rebuild)
 llama.cpp runs through llama-cpp-python in a separate interpreter (``--llama-python``; set
 LLAMA_CPP_LIB_PATH to a llama.cpp build), via tools/llamacpp_logits.py.
+
+``imatrix`` writes NAME.imatrix.gguf: llama-imatrix's importance matrix of the model over
+IMATRIX_CHUNKS chunks of IMATRIX_CHUNK tokens of the shared calibration text (per-expert
+statistics for the expert tensors).
 """
 from __future__ import annotations
 
@@ -52,12 +61,13 @@ sys.path.insert(0, str(ROOT))
 
 from gguf_engine.gguf.reader import GGUFReader  # noqa: E402
 from gguf_engine.gguf.writer import GGUFWriter  # noqa: E402
-from kernels import dequantize  # noqa: E402
+from kernels import dequantize, quantize  # noqa: E402
 
 SHARED_MODELS = ROOT.parent / "shared" / "fixtures" / "models"
 VOCAB_MODEL = SHARED_MODELS / "tiny-llama-f32.gguf"
 TOKENS_REF = SHARED_MODELS / "tiny-llama-f32.reference.npz"
 N_GREEDY = 32
+IMATRIX_CHUNK, IMATRIX_CHUNKS = 128, 8
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class Spec:
     n_expert: int = 0                                # mixture of experts (0: dense FFN)
     n_expert_used: int = 0
     n_ff_exp: int = 0
+    oss: bool = False                                # gpt-oss: biases, sinks, its gating and SwiGLU
+    expert_type: str = ""                            # the expert tensors' type ("": F32)
 
 
 _PHI3 = dict(arch="phi3", seed=1703, longrope=True, neox=True, fused_qkv=True, fused_gate_up=True, metadata={
@@ -103,6 +115,11 @@ MODELS: dict[str, Spec] = {
 }
 MODELS["qwen3moe"] = Spec("qwen3moe", seed=1705, neox=True, qk_norm=True, n_expert=8, n_expert_used=2, n_ff_exp=128,
                           metadata={"expert_count": 8, "expert_used_count": 2, "expert_feed_forward_length": 128})
+MODELS["gpt-oss"] = Spec("gpt-oss", seed=1706, neox=True, oss=True, swa_pattern=2, n_expert=8, n_expert_used=2,
+                         n_ff_exp=128, expert_type="MXFP4",
+                         metadata={"expert_count": 8, "expert_used_count": 2, "expert_feed_forward_length": 128,
+                                   "attention.sliding_window": 16})
+MODELS["gpt-oss-f32"] = replace(MODELS["gpt-oss"], expert_type="")
 MODELS["qwen3moe-q4km"] = replace(MODELS["qwen3moe"], ftype="Q4_K_M")
 MODELS["phi3-q4km"] = replace(MODELS["phi3-long"], ftype="Q4_K_M")
 MODELS["gemma2-q4km"] = replace(MODELS["gemma2"], ftype="Q4_K_M")
@@ -150,17 +167,26 @@ def weights(spec: Spec, n_vocab: int) -> dict[str, np.ndarray]:
         else:
             t[p + "attn_q.weight"], t[p + "attn_k.weight"], t[p + "attn_v.weight"] = q, k, v
         t[p + "attn_output.weight"] = mat(d, H * hd)
+        if spec.oss:
+            for w, rows in (("q", H * hd), ("k", Hkv * hd), ("v", Hkv * hd), ("output", d)):
+                t[p + f"attn_{w}.bias"] = (0.3 * rng.standard_normal(rows)).astype(np.float32)
+            t[p + "attn_sinks.weight"] = (1.0 + rng.standard_normal(H)).astype(np.float32)
         if spec.gemma:
             t[p + "post_attention_norm.weight"] = norm(d)
         if spec.qk_norm:
             t[p + "attn_q_norm.weight"], t[p + "attn_k_norm.weight"] = norm(hd), norm(hd)
-        t[p + "ffn_norm.weight"] = norm(d)
+        t[p + ("post_attention_norm.weight" if spec.oss else "ffn_norm.weight")] = norm(d)
         if spec.n_expert:
             E, fe = spec.n_expert, spec.n_ff_exp
             t[p + "ffn_gate_inp.weight"] = mat(E, d, 8.0)           # logits of spread ~8: routing matters
-            t[p + "ffn_gate_exps.weight"] = np.stack([mat(fe, d) for _ in range(E)])
-            t[p + "ffn_up_exps.weight"] = np.stack([mat(fe, d) for _ in range(E)])
+            t[p + "ffn_gate_exps.weight"] = np.stack([mat(fe, d, 4.0 if spec.oss else 1.0) for _ in range(E)])
+            t[p + "ffn_up_exps.weight"] = np.stack([mat(fe, d, 4.0 if spec.oss else 1.0) for _ in range(E)])
             t[p + "ffn_down_exps.weight"] = np.stack([mat(d, fe, 2.0) for _ in range(E)])
+            if spec.oss:                                           # gates reach the SwiGLU's clamp at 7
+                t[p + "ffn_gate_inp.bias"] = rng.standard_normal(E).astype(np.float32)
+                t[p + "ffn_gate_exps.bias"] = rng.standard_normal((E, fe)).astype(np.float32)
+                t[p + "ffn_up_exps.bias"] = rng.standard_normal((E, fe)).astype(np.float32)
+                t[p + "ffn_down_exps.bias"] = (0.3 * rng.standard_normal((E, d))).astype(np.float32)
             continue
         gate, up = mat(ff, d), mat(ff, d)
         if spec.fused_gate_up:
@@ -234,7 +260,11 @@ def build_f32(spec: Spec, out: Path) -> None:
             if key.startswith("tokenizer."):
                 w.add_key(key, vocab.metadata[key], vocab.type_spec(key))
         for tname, arr in tensors.items():
-            w.add_tensor(tname, arr)
+            if spec.expert_type and tname.endswith("_exps.weight"):   # e.g. MXFP4, as gpt-oss files store them
+                q = quantize(arr.reshape(-1, arr.shape[-1]), spec.expert_type)
+                w.add_tensor(tname, q.tobytes(), spec.expert_type, arr.shape)
+            else:
+                w.add_tensor(tname, arr)
         w.finish()
 
 
@@ -336,6 +366,8 @@ def forward_exact(spec: Spec, t: dict[str, np.ndarray], tokens: np.ndarray) -> n
             q, k, v = qkv[:, :H * hd], qkv[:, H * hd:(H + Hkv) * hd], qkv[:, (H + Hkv) * hd:]
         else:
             q, k, v = (xn @ f[p + f"attn_{w}.weight"].T for w in "qkv")
+        if spec.oss:
+            q, k, v = q + f[p + "attn_q.bias"], k + f[p + "attn_k.bias"], v + f[p + "attn_v.bias"]
         q, k, v = q.reshape(n, H, hd), k.reshape(n, Hkv, hd), v.reshape(n, Hkv, hd)
         if spec.qk_norm:
             q, k = rms(q, f[p + "attn_q_norm.weight"]), rms(k, f[p + "attn_k_norm.weight"])
@@ -347,11 +379,17 @@ def forward_exact(spec: Spec, t: dict[str, np.ndarray], tokens: np.ndarray) -> n
             if attn_cap:
                 s = attn_cap * np.tanh(s / attn_cap)
             s = s + (sliding if swa else causal)
-            w = np.exp(s - s.max(-1, keepdims=True))
-            att[:, h] = (w / w.sum(-1, keepdims=True)) @ v[:, kv]
+            m = s.max(-1, keepdims=True)
+            if spec.oss:                                           # the sink: a logit in the denominator only
+                m = np.maximum(m, f[p + "attn_sinks.weight"][h])
+            w = np.exp(s - m)
+            z = w.sum(-1, keepdims=True) + (np.exp(f[p + "attn_sinks.weight"][h] - m) if spec.oss else 0.0)
+            att[:, h] = (w / z) @ v[:, kv]
         o = att.reshape(n, d) @ f[p + "attn_output.weight"].T
+        if spec.oss:
+            o = o + f[p + "attn_output.bias"]
         x = x + (rms(o, f[p + "post_attention_norm.weight"]) if spec.gemma else o)
-        xn = rms(x, f[p + "ffn_norm.weight"])
+        xn = rms(x, f[p + ("post_attention_norm.weight" if spec.oss else "ffn_norm.weight")])
         if spec.n_expert:
             x = x + moe_exact(spec, f, p, xn)
             continue
@@ -367,20 +405,33 @@ def forward_exact(spec: Spec, t: dict[str, np.ndarray], tokens: np.ndarray) -> n
 
 
 def moe_exact(spec: Spec, f: dict[str, np.ndarray], p: str, xn: np.ndarray) -> np.ndarray:
-    """The mixture-of-experts FFN in float64 (llama.cpp's build_moe_ffn with softmax gating):
-    the top-k of softmax(router logits), their probabilities renormalised to sum 1, and the
-    weighted sum of the chosen experts' SwiGLU FFNs.  xn (n, d) -> (n, d)."""
-    logits = xn @ f[p + "ffn_gate_inp.weight"].T                          # (n, E)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
+    """The mixture-of-experts FFN in float64 (llama.cpp's build_moe_ffn), xn (n, d) -> (n, d).
+    qwen3moe: the top-k of softmax(router logits), their probabilities renormalised to sum 1, and
+    the weighted sum of the chosen experts' SwiGLU FFNs.  gpt-oss: router and expert biases, the
+    top-k of the logits weighted by their softmax, and the clamped SwiGLU
+    (min(g, 7) sigmoid(1.702 min(g, 7)) (clamp(u, -7, 7) + 1))."""
+    logits = xn @ f[p + "ffn_gate_inp.weight"].T + (f[p + "ffn_gate_inp.bias"] if spec.oss else 0.0)   # (n, E)
+    probs = logits if spec.oss else np.exp(logits - logits.max(-1, keepdims=True))
+    if not spec.oss:
+        probs /= probs.sum(-1, keepdims=True)
     out = np.zeros_like(xn)
     for t in range(xn.shape[0]):
         top = np.argsort(-probs[t], kind="stable")[:spec.n_expert_used]
-        w = probs[t, top] / probs[t, top].sum()
+        if spec.oss:
+            w = np.exp(probs[t, top] - probs[t, top].max())
+            w /= w.sum()
+        else:
+            w = probs[t, top] / probs[t, top].sum()
         for e, we in zip(top, w):
-            g = xn[t] @ f[p + "ffn_gate_exps.weight"][e].T
-            u = xn[t] @ f[p + "ffn_up_exps.weight"][e].T
-            out[t] += we * ((g / (1 + np.exp(-g)) * u) @ f[p + "ffn_down_exps.weight"][e].T)
+            g = xn[t] @ f[p + "ffn_gate_exps.weight"][e].T + (f[p + "ffn_gate_exps.bias"][e] if spec.oss else 0.0)
+            u = xn[t] @ f[p + "ffn_up_exps.weight"][e].T + (f[p + "ffn_up_exps.bias"][e] if spec.oss else 0.0)
+            if spec.oss:
+                g, u = np.minimum(g, 7.0), np.clip(u, -7.0, 7.0)
+                a = g / (1 + np.exp(-1.702 * g)) * (u + 1)
+            else:
+                a = g / (1 + np.exp(-g)) * u
+            y = a @ f[p + "ffn_down_exps.weight"][e].T + (f[p + "ffn_down_exps.bias"][e] if spec.oss else 0.0)
+            out[t] += we * y
     return out
 
 
@@ -423,6 +474,19 @@ def reference(name: str, out_dir: Path, llama_python: str) -> Path:
     return out
 
 
+def imatrix(name: str, out_dir: Path, llama_bin: Path) -> Path:
+    """llama-imatrix's importance matrix of model ``name`` (see the module docstring)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.imatrix.gguf"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.gguf"
+        build(name, path)
+        subprocess.run([str(llama_bin / "llama-imatrix"), "-m", str(path), "-f", str(SHARED_MODELS / "calibration.txt"),
+                        "-o", str(out), "-c", str(IMATRIX_CHUNK), "--chunks", str(IMATRIX_CHUNKS), "-t", "2",
+                        "--no-ppl"], check=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -433,9 +497,15 @@ def main(argv=None) -> int:
     r.add_argument("names", nargs="+", choices=sorted(MODELS))
     r.add_argument("--llama-python", required=True, help="an interpreter that can import llama_cpp")
     r.add_argument("--out", type=Path, default=ROOT / "tests" / "data")
+    i = sub.add_parser("imatrix", help="write llama-imatrix's importance matrix (needs a llama.cpp build)")
+    i.add_argument("name", choices=sorted(MODELS))
+    i.add_argument("--llama-bin", type=Path, required=True, help="the folder holding llama-imatrix")
+    i.add_argument("--out", type=Path, default=ROOT / "tests" / "data")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         print(build(a.name, a.out))
+    elif a.cmd == "imatrix":
+        print(imatrix(a.name, a.out, a.llama_bin))
     else:
         for name in a.names:
             print(reference(name, a.out, a.llama_python))

@@ -132,7 +132,13 @@ class Backend(ABC):
     def attention(self, q3, k_cache, v_cache, pos0: int, scale: float, window: int, softcap: float,
                   out3) -> None:
         """Causal attention of the n tokens at positions pos0.. over one layer's cache
-        (C, Hkv, hd), keys visible within ``window`` positions (0: all).  out3: (n, H, hd)."""
+        (C, Hkv, hd), keys visible within ``window`` positions (0: all).  out3: (n, H, hd).
+        A backend that takes attention sinks accepts ``sinks`` (H,): one logit per head added to
+        the softmax's denominator (gpt-oss)."""
+
+    def add_bias(self, x, bias) -> None:
+        """x (n, m) += bias (m,) in place."""
+        x += bias
 
     @abstractmethod
     def gated_act(self, gate, up, gelu: bool, out) -> None:

@@ -130,7 +130,13 @@ class CPUBackend(Backend):
             q3[a:b], k3[a:b], v3[a:b], bq, bk, bv, has_bias, q_norm, k_norm, has_norm, eps, rope[0], rope[1], pos0 + a,
             neox, k_cache, v_cache))
 
-    def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
+    def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3, sinks=None):
+        self._attention(q3, k_cache, v_cache, pos0, scale, window, softcap, out3)
+        if sinks is not None:                    # rescale each head's output by its share beside the sink
+            kc = k_cache.view(np.uint16) if k_cache.dtype == np.float16 else k_cache
+            ops.attention_sink_rescale(q3, kc, pos0, scale, window, softcap, sinks, ops.F16_TABLE, out3)
+
+    def _attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
         n, H, hd = q3.shape
         if n < BLAS_ATTENTION_MIN_TOKENS:
             n_keys = pos0 + n if window <= 0 else min(pos0 + n, window)

@@ -44,6 +44,12 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     # llama.cpp renormalises qwen3moe's top-k weights whatever the file says
     Architecture("qwen3moe", "qwen3 attention; mixture of experts, softmax gating, top-k weights renormalised",
                  Attention(rope_neox=True, qk_norm=True), MoEFFN(gating="softmax", norm_weights=True)),
+    Architecture("gpt-oss", "Q/K/V and output biases, attention sinks, every other layer sliding; mixture of experts "
+                            "with biases, top-k softmax gating, clamped SwiGLU; NeoX RoPE",
+                 Attention(rope_neox=True, qkv_bias=True, out_bias=True, sinks=True, swa_pattern=2, swa_window=128,
+                           swa_freq_base=None),
+                 MoEFFN(gating="softmax_weight", norm_weights=False, oai_swiglu=True, biases=True,
+                        norm="post_attention_norm")),
     Architecture("gemma2", "scaled embeddings, post-norms, GELU FFN, every other layer sliding, soft-caps",
                  Attention(rope_neox=True, post_norm=True, swa_pattern=2, swa_window=4096, swa_freq_base=None,
                            softcap=50.0),

@@ -37,7 +37,9 @@ class Attention:
     Llama 3), or "longrope" (rope_factors_long/short, chosen by the context, Phi-3).
     Sliding window: every swa_pattern-th layer is global, the others see swa_window positions
     (the default when the file gives none) and rotate with swa_freq_base (None: the global
-    base).  softcap: the attention logit soft-cap applied when the file gives none (0: none)."""
+    base).  softcap: the attention logit soft-cap applied when the file gives none (0: none).
+    sinks (gpt-oss): attn_sinks (H,) adds exp(sink_h) to head h's softmax denominator, a share of
+    the attention that goes to no value."""
     rope_neox: bool = False
     qkv_bias: bool = False
     qk_norm: bool = False
@@ -48,6 +50,8 @@ class Attention:
     swa_window: int = 0
     swa_freq_base: float | None = 10000.0
     softcap: float = 0.0
+    out_bias: bool = False            # attn_output.bias
+    sinks: bool = False               # attn_sinks: one logit per head in every softmax's denominator
 
     def tensors(self, c: "ModelConfig", p: str, present) -> list[TensorSpec]:
         d, H, Hkv, hd = c.n_embd, c.n_head, c.n_head_kv, c.head_dim
@@ -69,6 +73,10 @@ class Attention:
                       TensorSpec("attn_k_norm", p + "attn_k_norm.weight", (hd,), V)]
         if self.post_norm:
             specs.append(TensorSpec("post_attention_norm", p + "post_attention_norm.weight", (d,), V))
+        if self.out_bias:
+            specs.append(TensorSpec("attn_output_b", p + "attn_output.bias", (d,), V))
+        if self.sinks:
+            specs.append(TensorSpec("attn_sinks", p + "attn_sinks.weight", (H,), V))
         return specs
 
 

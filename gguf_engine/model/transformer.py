@@ -8,7 +8,7 @@ size, ff = FFN width):
     q, k = rope(q_norm(q)), rope(k_norm(k))              per-head norms: qwen3, gemma3
     cache[layer, pos0:pos0+n] = k, v
     a   = attention(q, cache)                            (n, H, hd)
-    x  += [post_attention_norm](attn_output(a))          (n, d)
+    x  += [post_attention_norm](attn_output(a) [+ bias])  (n, d)   sinks in the softmax: gpt-oss
     xn  = ffn_norm(x)
     x  += [post_ffw_norm](ffn(xn))                       the FFN component, e.g. components.DenseFFN:
                                                          ffn_down(act(ffn_gate(xn)) * ffn_up(xn))
@@ -62,6 +62,8 @@ class Block:
     attn_k_norm: Any = None        # (hd,)        qwen3, gemma3
     post_attention_norm: Any = None  # (d,)       gemma2, gemma3
     post_ffw_norm: Any = None      # (d,)         gemma2, gemma3
+    attn_output_b: Any = None      # (d,)         gpt-oss
+    attn_sinks: Any = None         # (H,)         gpt-oss
     # per-layer settings, completed by Transformer._complete_layers
     sliding_window: int = 0
     rope: Any = None               # (cos, sin) tables, each (n_ctx, n_rot/2), on this layer's backend
@@ -239,6 +241,8 @@ class Transformer:
                     self._attend(be, b, q3[s.row0:s.row1], k3[s.row0:s.row1], v3[s.row0:s.row1],
                                  *slots.region(il, s.slot), s.pos0, attn[s.row0:s.row1])
             o = be.linear(b.attn_output, attn.reshape(n, H * hd), out=st.proj)   # (n, d)
+            if b.attn_output_b is not None:
+                be.add_bias(o, b.attn_output_b)
             be.add_rms_norm(x, o, b.post_attention_norm, b.ffn_norm, c.norm_eps, xn)
             out = ffn(be, b, xn, st)                             # (n, d)
             be.add_rms_norm(x, out, b.post_ffw_norm, b.next_norm, c.norm_eps, xn)
@@ -251,7 +255,8 @@ class Transformer:
         be.qkv_prepare(q3, k3, v3, b.attn_q_bias, b.attn_k_bias, b.attn_v_bias,
                        b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox,
                        k_cache, v_cache)                         # + cache rows pos0..pos0+n-1
-        be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3)
+        sinks = {} if b.attn_sinks is None else {"sinks": b.attn_sinks}
+        be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3, **sinks)
 
     # ------------------------------------------------------------------------------------
     def slot_cache(self, n_slots: int, n_ctx_slot: int, cache_type: str = "f32"):
