@@ -23,7 +23,8 @@ def collect_imatrix(model_path: str | os.PathLike, text: str, chunk_size: int = 
     collector = ImatrixCollector(chunk_size, process_output=process_output)
     for im in previous or []:
         collector.load(im)
-    model, tok = load_for_eval(model_path, chunk_size, n_batch=n_batch, n_threads=n_threads, hook=collector.add)
+    model, tok = load_for_eval(model_path, chunk_size, n_batch=n_batch, n_threads=n_threads, hook=collector.add,
+                               expert_hook=collector.add_experts)
     try:
         t0 = time.perf_counter()
         tokens = tokenize_text(tok, text, parse_special)

@@ -28,12 +28,16 @@ class EvalError(ValueError):
 
 class ObservingBackend:
     """A backend proxy: ``hook(weight_name, x)`` sees the float32 input (n_tokens, n_in) of each
-    ``linear`` call before it runs; everything else is passed through to the wrapped backend."""
+    ``linear`` call before it runs, and ``expert_hook(weight_name, x, ids, n_expert)`` the input
+    of each expert product of the ``moe`` operation (x (n_tokens, 1 or k, n_in), ids (n_tokens, k)
+    the experts each token was routed to); everything else is passed through to the wrapped backend."""
 
-    def __init__(self, inner, hook: Callable[[str, np.ndarray], None]):
+    def __init__(self, inner, hook: Callable[[str, np.ndarray], None],
+                 expert_hook: Callable[[str, np.ndarray, np.ndarray, int], None] | None = None):
         self._inner = inner
         self._hook = hook
-        self._names: dict[int, str] = {}
+        self._expert_hook = expert_hook
+        self._names: dict[int, str | list[str]] = {}
         self._keep: list = []          # keep weights alive so their ids stay unique
 
     def upload_weight(self, tensor, release=None):
@@ -42,14 +46,30 @@ class ObservingBackend:
         self._keep.append(w)
         return w
 
+    def upload_experts(self, tensor, release=None):
+        w = self._inner.upload_experts(tensor, release)
+        self._names[id(w)] = tensor.name
+        self._keep.append(w)
+        return w
+
     def fuse(self, weights: list) -> list:
         """Weights sharing one input, stacked by the wrapped backend: every member's name is
-        reported for the group's input."""
+        reported for the group's input (for the group, and for a single stacked member)."""
         names = [self._names[id(w)] for w in weights if id(w) in self._names]
         group = self._inner.fuse(weights)
         self._names[id(group)] = names          # the group object is what linear_fused receives
+        if len(group) == 1 and group[0] is not weights[0]:
+            self._names[id(group[0])] = names   # what the moe operation multiplies with
         self._keep.append(group)
         return group
+
+    def moe(self, x, logits, experts, routing, out=None, observe=None):
+        def seen(w, X, ids):
+            names = self._names.get(id(w), [])
+            for name in [names] if isinstance(names, str) else names:
+                self._expert_hook(name, np.asarray(self._inner.to_host(X)), np.asarray(ids), w.shape[0])
+        return self._inner.moe(x, logits, experts, routing, out=out,
+                               observe=seen if self._expert_hook is not None else observe)
 
     def linear(self, w, x, out=None):
         name = self._names.get(id(w))
@@ -72,14 +92,16 @@ class ObservingBackend:
 
 
 def load_for_eval(model_path: str | os.PathLike, n_ctx: int, n_batch: int | None = None,
-                  n_threads: int | None = None, hook: Callable[[str, np.ndarray], None] | None = None):
-    """Load a model with a cache of n_ctx tokens (and a matmul hook if given).  Returns (model, tokenizer)."""
+                  n_threads: int | None = None, hook: Callable[[str, np.ndarray], None] | None = None,
+                  expert_hook: Callable[[str, np.ndarray, np.ndarray, int], None] | None = None):
+    """Load a model with a cache of n_ctx tokens (and matmul hooks if given, see ``ObservingBackend``).
+    Returns (model, tokenizer)."""
     from ..model import load_model
     from ..tokenizer import Tokenizer
     backend = None
     if hook is not None:
         from ..backends.cpu import CPUBackend
-        backend = ObservingBackend(CPUBackend(n_threads), hook)
+        backend = ObservingBackend(CPUBackend(n_threads), hook, expert_hook)
     model = load_model(os.fspath(model_path), n_ctx=n_ctx, n_batch=min(n_batch or n_ctx, n_ctx),
                        n_threads=n_threads, backend=backend)
     tok = Tokenizer.from_reader(model.reader, source=os.fspath(model_path))
