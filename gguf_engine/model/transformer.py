@@ -255,8 +255,11 @@ class Transformer:
         be.qkv_prepare(q3, k3, v3, b.attn_q_bias, b.attn_k_bias, b.attn_v_bias,
                        b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox,
                        k_cache, v_cache)                         # + cache rows pos0..pos0+n-1
-        sinks = {} if b.attn_sinks is None else {"sinks": b.attn_sinks}
-        be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3, **sinks)
+        if b.attn_sinks is None:
+            be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3)
+        else:
+            be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3,
+                         sinks=b.attn_sinks)
 
     # ------------------------------------------------------------------------------------
     def slot_cache(self, n_slots: int, n_ctx_slot: int, cache_type: str = "f32"):
