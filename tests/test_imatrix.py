@@ -95,28 +95,28 @@ def test_bad_files(tmp_path):
         read_imatrix(tmp_path / "missing.gguf")
 
 
+def _collect(model, out, chunks: int, capsys) -> tuple[int, str]:
+    """gguf-imatrix over `chunks` chunks of 128 tokens of calibration.txt: (exit status, stdout)."""
+    rc = imatrix_main(["-m", str(model), "-f", str(fixture_path("models", "calibration.txt")), "-o", str(out),
+                       "--chunk-size", "128", "--chunks", str(chunks), "--no-progress"])
+    return rc, capsys.readouterr().out
+
+
 def test_collect_matches_llamacpp(tmp_path, capsys):
     """gguf-imatrix on the F16 fixture model with calibration.txt (chunk 128, 40 chunks) matches
     llama-imatrix's file: same entries and counts, every per-column sum within 1%."""
     out = tmp_path / "im.gguf"
-    rc = imatrix_main(["-m", str(fixture_path("models", "tiny-llama-f16.gguf")),
-                       "-f", str(fixture_path("models", "calibration.txt")), "-o", str(out),
-                       "--chunk-size", "128", "--chunks", "40", "--no-progress"])
-    text = capsys.readouterr().out
+    rc, text = _collect(fixture_path("models", "tiny-llama-f16.gguf"), out, 40, capsys)
     assert rc == 0 and "Final estimate: PPL = " in text and "[40]" in text
     ours, ref = read_imatrix(out), read_imatrix(_gguf())
     assert set(ours.entries) == set(ref.entries)
     assert ours.chunk_count == 40 and ours.chunk_size == 128
+    worst = 0.0
     for name, e in ref.entries.items():
         o = ours.entries[name]
-        k = e.counts.size
-        A, R = o.sums.reshape(k, -1), e.sums.reshape(k, -1)
-        if name.startswith("blk.0."):
-            assert list(o.counts) == list(e.counts), name
-            assert np.max(np.abs(A - R) / np.abs(R)) < 0.01, name
-        else:
-            assert o.counts.sum() == e.counts.sum() and np.abs(o.counts - e.counts).max() <= 4, name
-            assert np.max(np.abs(A - R).sum(1) / np.abs(R).sum(1)) < 0.02, name
+        assert list(o.counts) == list(e.counts), name
+        worst = max(worst, float(np.max(np.abs(o.sums - e.sums) / np.abs(e.sums))))
+    assert worst < 0.01, f"worst per-entry relative difference {worst:.3%}"
     # the legacy output format from an existing file, no model run needed
     dat = tmp_path / "im.dat"
     assert imatrix_main(["-m", "unused", "--in-file", str(out), "--chunk-size", "128", "-o", str(dat),
@@ -153,10 +153,7 @@ def test_collect_experts_matches_llamacpp(tmp_path, capsys):
     model = tmp_path / "qwen3moe.gguf"
     _tool().build("qwen3moe", model)
     out = tmp_path / "im.gguf"
-    rc = imatrix_main(["-m", str(model), "-f", str(fixture_path("models", "calibration.txt")), "-o", str(out),
-                       "--chunk-size", "128", "--chunks", "8", "--no-progress"])
-    capsys.readouterr()
-    assert rc == 0
+    assert _collect(model, out, 8, capsys)[0] == 0
     ours, ref = read_imatrix(out), read_imatrix(ref_path)
     assert set(ours.entries) == set(ref.entries)
     e = ref.entries["blk.0.ffn_gate_exps.weight"]

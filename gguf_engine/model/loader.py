@@ -40,21 +40,20 @@ class _Tensors:
             raise ModelLoadError(f"{self.source}: tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
         return t
 
+    def _upload(self, upload, t):
+        """upload(t) (a backend's upload_weight or upload_experts), dropping the file's pages as
+        rows are copied where the backend copies them."""
+        if not self.release:
+            return upload(t)
+        return upload(t, lambda r0, r1: self.reader.release_rows(t, r0, r1))
+
     def weight(self, name: str, shape: tuple[int, int], required: bool = True):
         t = self._get(name, shape, required)
-        if t is None:
-            return None
-        if not self.release:
-            return self.backend.upload_weight(t)
-        return self.backend.upload_weight(t, lambda r0, r1: self.reader.release_rows(t, r0, r1))
+        return None if t is None else self._upload(self.backend.upload_weight, t)
 
     def experts(self, name: str, shape: tuple[int, int, int], required: bool = True):
         t = self._get(name, shape, required)
-        if t is None:
-            return None
-        if not self.release:
-            return self.backend.upload_experts(t)
-        return self.backend.upload_experts(t, lambda r0, r1: self.reader.release_rows(t, r0, r1))
+        return None if t is None else self._upload(self.backend.upload_experts, t)
 
     def vector(self, name: str, shape: tuple[int, ...], required: bool = True, reshape=None):
         t = self._get(name, shape, required)
