@@ -374,3 +374,19 @@ def test_gpt_oss_config_and_sinks(variant):
     _rewrite(path, flat, tensors={f"blk.{il}.attn_sinks.weight": np.full(4, -100.0, np.float32) for il in range(4)})
     with load_model(flat, n_threads=2, n_ctx=256) as m:
         assert mean_kl(ref["logits_exact"], m.eval(ref["tokens"], logits_all=True)) > 1e-3
+
+
+@pytest.mark.parametrize("metadata,tensors,match", [
+    ({"qwen3moe.expert_gating_func": (2, U32)}, {}, "expert_gating_func.*not understood"),
+    ({"qwen3moe.expert_weights_scale": (2.5, F32)}, {}, "expert_weights_scale.*not understood"),
+    ({"qwen3moe.expert_used_count": (9, U32)}, {}, "expert_used_count.*out of range"),
+    ({}, {"blk.0.ffn_gate_shexp.weight": np.zeros((128, 256), np.float32)}, "expert weights of a kind qwen3moe"),
+    ({}, {"blk.2.attn_sinks.weight": np.zeros(4, np.float32)}, "attention sinks"),
+])
+def test_moe_unknowns_refused(variant, tmp_path, metadata, tensors, match):
+    """On a MoE architecture the expert keys it does not read (gating function, weight scale), a
+    top-k above the expert count, shared-expert tensors and sinks it does not have are refused by name."""
+    path, _ = variant("qwen3moe")
+    bad = _rewrite(path, tmp_path / "m.gguf", metadata=metadata, tensors=tensors)
+    with pytest.raises(ValueError, match=match):
+        load_model(bad, n_threads=1)
