@@ -102,6 +102,18 @@ def test_gemma3_greedy_alone_equals_together(gemma3_path):
         _check_same_up_to_near_tie(model, bos=2)
 
 
+@pytest.mark.parametrize("name", ["qwen3moe", "gpt-oss"])
+def test_moe_greedy_alone_equals_together(tmp_path, name):
+    """Mixture-of-experts models (tiny qwen3moe and gpt-oss of tools/arch_models.py; the batch's rows
+    are routed each to its own experts, gpt-oss's sinks and windows per sequence): the same claim."""
+    from tests.test_arch import _tool
+    fixture_path("models", "tiny-llama-f32.gguf")                   # the vocabulary source
+    path = tmp_path / f"{name}.gguf"
+    _tool().build(name, path)
+    with load_model(str(path), n_ctx=64, n_threads=2) as model:
+        _check_same_up_to_near_tie(model, bos=1)
+
+
 def test_eval_batch_refuses_spans_outside_their_slot():
     """A span past its slot's context or naming a missing slot is a ValueError naming it."""
     with load_model(str(fixture_path("models", "tiny-llama-f32.gguf")), n_ctx=16, n_threads=1) as model:
