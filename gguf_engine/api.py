@@ -184,6 +184,7 @@ class Llama:
         self.metadata: dict[str, str] = _metadata_strings(self._reader.metadata)
         self.last_stop_reason: str | None = None
         self._grammar_vocab = None  # built on the first constrained generation
+        self._parallel_calls: bool | None = None  # the template's capability, probed on first use
         self._closed = False
         if verbose:
             cfg = self._model.config
@@ -327,13 +328,7 @@ class Llama:
     def steering(self, logits_processor=None, stopping_criteria=None, grammar=None) -> Steering:
         """What steers a generation besides the sampler (see ``generation.generate.Steering``);
         grammar: GBNF text or a ``Grammar``, compiled here so an invalid one fails before any token."""
-        constraint = None
-        if grammar is not None:
-            from .generation.grammar import Constraint, GrammarVocab, as_grammar
-            g = as_grammar(grammar)
-            if self._grammar_vocab is None:
-                self._grammar_vocab = GrammarVocab.from_tokenizer(self.tokenizer, self.n_vocab())
-            constraint = Constraint(g, self._grammar_vocab)
+        constraint = None if grammar is None else self.constraint(grammar)
         return Steering(as_callables(logits_processor), as_callables(stopping_criteria), constraint)
 
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
@@ -574,13 +569,36 @@ class Llama:
                     tools: Sequence[Mapping[str, Any]] | None = None, tool_note: str | None = None) -> list[int]:
         """Prompt tokens for a conversation rendered with the model's (or the given) chat template.
         tool_note: a description of the tools added to the system message (for templates without tools)."""
-        from .generation.tool_calls import normalize_messages
-        msgs = normalize_messages(messages, tool_note, self.chat_template_text())
-        text = self.tokenizer.apply_chat_template(msgs,
-                                                  add_generation_prompt=add_generation_prompt,
-                                                  tools=list(tools) if tools else None, template=self.chat_template)
+        text = self.render_chat(messages, add_generation_prompt, tools, tool_note)
         # the tokenizer drops a leading BOS the template writes when encoding adds one itself
         return [int(t) for t in self.tokenizer.encode(text, add_bos=True, special=True)]
+
+    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+                    tools: Sequence[Mapping[str, Any]] | None = None, tool_note: str | None = None) -> str:
+        """The text of a conversation rendered with the chat template (see ``format_chat``);
+        messages are normalized first (text parts joined, tool calls written for templates
+        that do not render them).  ValueError for a message the template cannot take."""
+        from .generation.tool_calls import normalize_messages
+        msgs = normalize_messages(messages, tool_note, self.chat_template_text())
+        return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt,
+                                                  tools=list(tools) if tools else None, template=self.chat_template)
+
+    def renders_parallel_tool_calls(self) -> bool:
+        """Whether the chat template shows several tool calls of one message (the default of
+        ``parallel_tool_calls``, as llama-server decides it)."""
+        if self._parallel_calls is None:
+            from .generation.tool_calls import renders_parallel_calls
+            self._parallel_calls = renders_parallel_calls(lambda m: self.render_chat(m, False))
+        return self._parallel_calls
+
+    def constraint(self, grammar):
+        """A fresh grammar matcher for one generation (``generation.grammar.Constraint``) of
+        grammar (GBNF text or a ``Grammar``); the vocabulary is prepared on first use."""
+        from .generation.grammar import Constraint, GrammarVocab, as_grammar
+        g = as_grammar(grammar)
+        if self._grammar_vocab is None:
+            self._grammar_vocab = GrammarVocab.from_tokenizer(self.tokenizer, self.n_vocab())
+        return Constraint(g, self._grammar_vocab)
 
     @serialised
     def create_chat_completion(self, messages: Sequence[Message], functions=None, function_call=None,

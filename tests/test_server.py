@@ -318,6 +318,133 @@ def test_errors_while_a_stream_runs(server):
     assert result.get("text") == ref
 
 
+# ----------------------------------------------------------------------------- structured output and tools
+FLAG_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                          "required": ["city"]}}}]
+ASK = [{"role": "user", "content": "Is water wet?"}]
+
+
+def test_response_format_json_schema_and_object(server):
+    """response_format json_schema (OpenAI's shape) and json_object: the answer is JSON that
+    validates against the schema (exact check with jsonschema), ending with "stop" once complete."""
+    import jsonschema
+    c = server.client()
+    out = c.chat.completions.create(model="x", messages=ASK, max_tokens=30, temperature=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "flag", "schema": FLAG_SCHEMA}})
+    jsonschema.validate(json.loads(out.choices[0].message.content), FLAG_SCHEMA)
+    assert out.choices[0].finish_reason == "stop"
+    chunks = list(c.chat.completions.create(model="x", messages=ASK, max_tokens=30, temperature=0, stream=True,
+                                            response_format={"type": "json_object", "schema": FLAG_SCHEMA}))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    jsonschema.validate(json.loads(text), FLAG_SCHEMA)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_grammar_and_json_schema_fields(server):
+    """llama-server's "grammar" (GBNF) and "json_schema" fields on completions, streamed or not:
+    the text is a sentence of the grammar (exact)."""
+    c = server.client()
+    out = c.completions.create(model="x", prompt="Is the sky blue? Answer:", max_tokens=8, temperature=0,
+                               extra_body={"grammar": 'root ::= " yes" | " no"'})
+    assert out.choices[0].text in (" yes", " no") and out.choices[0].finish_reason == "stop"
+    text = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="x", prompt="A JSON flag:", max_tokens=30, temperature=0, stream=True,
+        extra_body={"json_schema": FLAG_SCHEMA}))
+    assert isinstance(json.loads(text)["ok"], bool)
+
+
+def test_constrained_and_free_requests_share_passes(server):
+    """Per-slot grammar state: 6 concurrent requests (two GBNF, two JSON schema, two free) run in
+    the same passes; each constrained answer fits its own grammar, and the free ones equal their
+    sequential greedy runs (token for token up to the first near-tie)."""
+    c = server.client()
+    free_prompt = "The history of Rome"
+    ref = _greedy_completion(c, free_prompt, 24, logprobs=2).choices[0]
+    results = {}
+
+    def run(i):
+        if i < 2:
+            results[i] = c.completions.create(model="x", prompt=f"Question {i}: is it true? Answer:", max_tokens=6,
+                                              temperature=0, extra_body={"grammar": 'root ::= " yes" | " no"'})
+        elif i < 4:
+            results[i] = c.completions.create(model="x", prompt=f"Item {i} as JSON:", max_tokens=30, temperature=0,
+                                              extra_body={"json_schema": FLAG_SCHEMA})
+        else:
+            results[i] = _greedy_completion(c, free_prompt, 24)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for i in range(2):
+        assert results[i].choices[0].text in (" yes", " no")
+    for i in (2, 3):
+        assert isinstance(json.loads(results[i].choices[0].text)["ok"], bool)
+    for i in (4, 5):
+        got = results[i].choices[0].text
+        assert got == ref.text or _first_diff_is_near_tie(ref, got), (got, ref.text)
+
+
+def _first_diff_is_near_tie(ref, got: str) -> bool:
+    pos = 0
+    for tok, top in zip(ref.logprobs.tokens, ref.logprobs.top_logprobs):
+        if got[pos:pos + len(tok)] != tok:
+            vals = sorted(top.values(), reverse=True)
+            return vals[0] - vals[1] < NEAR_TIE
+        pos += len(tok)
+    return False
+
+
+def test_forced_tool_call_plain_and_streamed(server):
+    """tool_choice naming a function: the answer is a call to it (message.tool_calls, arguments a JSON
+    string that fits the parameters, finish_reason "tool_calls"); streamed, the call comes as
+    delta.tool_calls and no call markup leaks into the content.  parallel_tool_calls false: one call."""
+    c = server.client()
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    out = c.chat.completions.create(model="x", messages=msgs, tools=WEATHER, tool_choice=choice, max_tokens=40,
+                                    temperature=0, parallel_tool_calls=False)
+    ch = out.choices[0]
+    assert ch.finish_reason == "tool_calls" and len(ch.message.tool_calls) == 1
+    call = ch.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    chunks = list(c.chat.completions.create(model="x", messages=msgs, tools=WEATHER, tool_choice="required",
+                                            max_tokens=40, temperature=0, stream=True))
+    content = "".join(x.choices[0].delta.content or "" for x in chunks if x.choices)
+    calls = [tc for x in chunks if x.choices for tc in (x.choices[0].delta.tool_calls or [])]
+    assert "<tool_call>" not in content
+    assert calls and calls[0].index == 0 and calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == json.loads(call.function.arguments)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    none = c.chat.completions.create(model="x", messages=msgs, tools=WEATHER, tool_choice="none", max_tokens=8,
+                                     temperature=0)
+    assert not none.choices[0].message.tool_calls and none.choices[0].finish_reason != "tool_calls"
+
+
+def test_structured_output_errors(server):
+    """Bad combinations and definitions are 400s naming the problem."""
+    u = server.url
+    chat = {"messages": ASK, "max_tokens": 4}
+    cases = [
+        ({**chat, "grammar": "root ::= x", "json_schema": FLAG_SCHEMA}, "both json_schema and grammar"),
+        ({**chat, "grammar": "root ::= ("}, "grammar"),
+        ({**chat, "response_format": {"type": "xml"}}, "response_format"),
+        ({**chat, "json_schema": {"type": "object", "properties": 3}}, "json_schema"),
+        ({**chat, "tools": WEATHER, "grammar": 'root ::= "a"'}, "grammar constraints with tools"),
+        ({**chat, "tools": WEATHER, "tool_choice": "required", "response_format": {"type": "json_object"}},
+         "only one of"),
+        ({**chat, "tool_choice": "required"}, "needs tools"),
+    ]
+    for body, needle in cases:
+        status, out = http(u + "/v1/chat/completions", json.dumps(body))
+        assert status == 400 and needle in out["error"]["message"], (body, out)
+    status, out = http(u + "/v1/completions", json.dumps({"prompt": "a", "tools": WEATHER}))
+    assert status == 400 and "chat/completions" in out["error"]["message"]
+
+
 def test_native_routes(server):
     """/tokenize, /detokenize, /apply-template, /props, /slots and /metrics in llama-server's shapes."""
     u = server.url

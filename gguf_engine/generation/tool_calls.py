@@ -9,9 +9,11 @@ A chat template's tool-call format is recognised from its text:
   * "mistral": ``[TOOL_CALLS]`` followed by a JSON list of ``{"name": ..., "arguments": {...}}``.
 
 ``tool_choice``: "none" (no parsing), "auto" (the model decides; calls it writes are parsed),
-"required" (a grammar makes the answer one call to any of the tools) or {"type": "function",
-"function": {"name": N}} (a grammar makes it one call to N).  Parsed calls come back in OpenAI's
-``message.tool_calls`` shape (arguments as a JSON string) with finish_reason "tool_calls".
+"required" (a grammar makes the answer a call to any of the tools) or {"type": "function",
+"function": {"name": N}} (a grammar makes it a call to N).  ``parallel_tool_calls`` (llama-server's
+reading): with it the answer may hold several calls, without it only the first is kept (and a
+forcing grammar allows exactly one).  Parsed calls come back in OpenAI's ``message.tool_calls``
+shape (arguments as a JSON string) with finish_reason "tool_calls".
 """
 from __future__ import annotations
 
@@ -32,13 +34,15 @@ class ToolPlan:
 
     tools: what the template sees (None: no tools); parse: whether output is parsed for calls;
     format: "hermes", "llama3" or "mistral"; grammar: the Grammar forcing a call (or None);
-    system_note: a system message describing the tools, for templates that do not render them."""
+    system_note: a system message describing the tools, for templates that do not render them;
+    parallel: several calls allowed in one answer (else only the first is kept)."""
 
     tools: list[dict[str, Any]] | None
     parse: bool
     format: str
     grammar: Any
     system_note: str | None
+    parallel: bool = True
 
 
 def detect_format(template_text: str) -> str:
@@ -81,13 +85,15 @@ def _call_schema(fn: Mapping[str, Any], fmt: str) -> dict[str, Any]:
             "required": ["name", key], "additionalProperties": False}
 
 
-def plan_tools(tools: Sequence[Any] | None, tool_choice: Any, template_text: str) -> ToolPlan:
-    """Checks tools / tool_choice and decides the format and any grammar that forces a call."""
+def plan_tools(tools: Sequence[Any] | None, tool_choice: Any, template_text: str,
+               parallel: bool = True) -> ToolPlan:
+    """Checks tools / tool_choice and decides the format and any grammar that forces a call
+    (parallel: several calls allowed, see the module's note)."""
     fmt = detect_format(template_text)
     if not tools:
         if tool_choice not in (None, "none", "auto"):
             raise ValueError(f"tool_choice={tool_choice!r} needs tools")
-        return ToolPlan(None, False, fmt, None, None)
+        return ToolPlan(None, False, fmt, None, None, parallel)
     fns = [_function(t, i) for i, t in enumerate(tools)]
     tools = [{"type": "function", "function": f} for f in fns]
     choice = "auto" if tool_choice is None else tool_choice
@@ -105,8 +111,8 @@ def plan_tools(tools: Sequence[Any] | None, tool_choice: Any, template_text: str
     else:
         raise ValueError(f"tool_choice must be \"auto\", \"none\", \"required\" or a named function, got {choice!r}")
     note = None if "tools" in template_text else tool_system_note(fns, fmt)
-    grammar = call_grammar(forced, fmt) if forced else None
-    return ToolPlan(tools, choice != "none", fmt, grammar, note)
+    grammar = call_grammar(forced, fmt, parallel) if forced else None
+    return ToolPlan(tools, choice != "none", fmt, grammar, note, parallel)
 
 
 def tool_system_note(fns: Sequence[Mapping[str, Any]], fmt: str) -> str:
@@ -124,18 +130,35 @@ def tool_system_note(fns: Sequence[Mapping[str, Any]], fmt: str) -> str:
             f"{listing}\n{how}")
 
 
-def call_grammar(fns: Sequence[Mapping[str, Any]], fmt: str):
-    """A Grammar whose sentences are exactly one call to one of fns in the format."""
+def call_grammar(fns: Sequence[Mapping[str, Any]], fmt: str, parallel: bool = False):
+    """A Grammar whose sentences are one call to one of fns in the format (one or more calls
+    with ``parallel``)."""
     from .grammar import Grammar
     schema = _call_schema(fns[0], fmt) if len(fns) == 1 else {"anyOf": [_call_schema(f, fmt) for f in fns]}
     body = f"%json {json.dumps(schema)}"
     if fmt == "hermes":
-        lark = f'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: {body}\n'
+        block = 'block: "<tool_call>\\n" call "\\n</tool_call>"\n'
+        lark = ('start: block ("\\n" block)*\n' if parallel else "start: block\n") + block
     elif fmt == "mistral":
-        lark = f'start: "[TOOL_CALLS][" call "]"\ncall: {body}\n'
+        lark = 'start: "[TOOL_CALLS][" call (", " call)* "]"\n' if parallel else 'start: "[TOOL_CALLS][" call "]"\n'
     else:
-        lark = f"start: call\ncall: {body}\n"
-    return Grammar.from_lark(lark, origin="tool_choice")
+        lark = 'start: call ("; " call)*\n' if parallel else "start: call\n"
+    return Grammar.from_lark(lark + f"call: {body}\n", origin="tool_choice")
+
+
+def renders_parallel_calls(render) -> bool:
+    """Whether a chat template shows a second tool call of one assistant message (llama.cpp's
+    capability probe, which decides the default of ``parallel_tool_calls``); render(messages)
+    is the template applied to normalized messages."""
+    calls = [{"id": f"call0000{i}", "type": "function",
+              "function": {"name": name, "arguments": {"arg": "value"}}}
+             for i, name in enumerate(("probe_tool_first", "probe_tool_second"))]
+    try:
+        text = render([{"role": "user", "content": "User message"},
+                       {"role": "assistant", "content": "", "tool_calls": calls}])
+    except Exception:
+        return False
+    return "probe_tool_second" in text
 
 
 def normalize_messages(messages: Sequence[Mapping[str, Any]], note: str | None = None,
@@ -231,8 +254,14 @@ class ToolCallParser:
     def __init__(self, plan: ToolPlan):
         self.format = plan.format
         self.marker = MARKERS[plan.format]
+        self.parallel = plan.parallel
 
     def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        """(content, calls); without ``parallel`` only the first call is kept."""
+        content, calls = self._parse(text)
+        return content, calls if self.parallel else calls[:1]
+
+    def _parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         if self.format == "hermes":
             calls, content = [], []
             pos = 0
@@ -290,6 +319,35 @@ def chat_message(text: str, parser: ToolCallParser | None) -> dict[str, Any]:
     return {"role": "assistant", "content": content or None, "tool_calls": calls}
 
 
+class ToolStream:
+    """One streamed answer split as it arrives: text that is surely content goes out at once,
+    the text of a tool call is held back until the answer ends (then ``finish`` gives the calls)."""
+
+    def __init__(self, parser: ToolCallParser | None):
+        self.parser = parser
+        self.text = ""
+        self.sent = 0            # characters of text already sent as content
+
+    def push(self, text: str) -> str:
+        """The content delta that may be sent after this text arrived (may be empty)."""
+        self.text += text
+        end = len(self.text) if self.parser is None else self.parser.content_end(self.text)
+        delta = self.text[self.sent:max(end, self.sent)]
+        self.sent = max(end, self.sent)
+        return delta
+
+    def finish(self) -> tuple[str, list[dict[str, Any]]]:
+        """(the content not sent yet, the tool calls) once the answer has ended; when it holds
+        calls the held-back text was theirs and no more content follows."""
+        if self.parser is not None:
+            _, calls = self.parser.parse(self.text)
+            if calls:
+                return "", calls
+        rest = self.text[self.sent:]
+        self.sent = len(self.text)
+        return rest, []
+
+
 def chat_stream(chunks: Iterator[Chunk], parser: ToolCallParser | None, base: dict[str, Any]
                 ) -> Iterator[dict[str, Any]]:
     """"chat.completion.chunk"s: content deltas as text arrives; with tools, the text of a call is
@@ -298,21 +356,24 @@ def chat_stream(chunks: Iterator[Chunk], parser: ToolCallParser | None, base: di
         return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
 
     yield chunk({"role": "assistant"})
-    text, sent, finish = "", 0, None
+    split, finish = ToolStream(parser), None
     for c in chunks:
         lp = {"content": c.logprobs.chat_content()} if c.logprobs is not None else None
-        text += c.text
-        end = len(text) if parser is None else parser.content_end(text)
-        if end > sent or lp is not None:
-            yield chunk({"content": text[sent:max(end, sent)]}, lp)
-            sent = max(end, sent)
+        delta = split.push(c.text)
+        if delta or lp is not None:
+            yield chunk({"content": delta}, lp)
         finish = c.finish_reason or finish
-    if parser is not None:
-        _, calls = parser.parse(text)
-        if calls:
-            for i, call in enumerate(calls):
-                yield chunk({"tool_calls": [{"index": i, **call}]})
-            finish = "tool_calls"
-        elif sent < len(text):
-            yield chunk({"content": text[sent:]})
+    rest, calls = split.finish()
+    if calls:
+        for delta in tool_call_deltas(calls):
+            yield chunk(delta)
+        finish = "tool_calls"
+    elif rest:
+        yield chunk({"content": rest})
     yield chunk({}, None, finish)
+
+
+def tool_call_deltas(calls: Sequence[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+    """OpenAI's stream deltas of complete tool calls, one per call."""
+    for i, call in enumerate(calls):
+        yield {"tool_calls": [{"index": i, **call}]}

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..generation import tool_calls as tc
 from ..generation.sampling import SamplingParams
 from .protocol import (ApplyTemplateRequest, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                        EmbeddingRequest, SamplingRequest, TokenizeRequest, message_dicts)
@@ -174,7 +175,8 @@ class _Run:
     """The n requests of one HTTP call and the queue their outputs arrive on (event-loop side)."""
 
     def __init__(self, sched: Scheduler, prompt: list[int], req: SamplingRequest, n_logprobs: int | None,
-                 tokenizer, timeout: float):
+                 tokenizer, timeout: float, constraints: list | None = None):
+        """constraints: one grammar matcher per choice (None: unconstrained)."""
         if not prompt:
             raise APIError(400, "the prompt is empty")
         loop = asyncio.get_running_loop()
@@ -186,7 +188,8 @@ class _Run:
             def emit(out: Output, i=i) -> None:
                 loop.call_soon_threadsafe(self.queue.put_nowait, (i, out))
             r = Request(list(prompt), _sampling(req, tokenizer, i), emit, max_tokens=req.token_limit(),
-                        stop=stops, ignore_eos=req.ignore_eos, n_logprobs=n_logprobs)
+                        stop=stops, ignore_eos=req.ignore_eos, n_logprobs=n_logprobs,
+                        constraint=constraints[i] if constraints else None)
             try:
                 sched.submit(r)
             except PromptTooLongError as e:
@@ -358,17 +361,44 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         if name is not None:
             raise APIError(400, f"the field {name!r} is not supported by this server yet")
 
+    async def constraints(req: SamplingRequest, grammar) -> list | None:
+        """One grammar matcher per choice for grammar (None: none); built off the event loop."""
+        if grammar is None:
+            return None
+        return await run_in_threadpool(lambda: [llm().constraint(grammar) for _ in range(req.n)])
+
+    def output_grammar(req: SamplingRequest):
+        try:
+            return req.output_grammar()
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+
     def encode(text: str) -> list[int]:
         return [int(t) for t in app.state.scheduler.llm.tokenizer.encode(text, add_bos=True, special=True)]
 
-    def chat_prompt(messages) -> tuple[str, list[int]]:
-        tok = app.state.scheduler.llm.tokenizer
+    def chat_prompt(messages, plan: tc.ToolPlan | None = None) -> tuple[str, list[int]]:
+        """The rendered conversation and its tokens (with the tools of plan, if any)."""
         try:
-            text = tok.apply_chat_template(message_dicts(messages), add_generation_prompt=True,
-                                           template=app.state.scheduler.llm.chat_template)
+            text = app.state.scheduler.llm.render_chat(message_dicts(messages), True,
+                                                       plan.tools if plan else None, plan.system_note if plan else None)
         except ValueError as e:
             raise APIError(400, f"messages: {e}") from None
         return text, encode(text)
+
+    def tool_plan(body: ChatCompletionRequest) -> tc.ToolPlan:
+        """How the request uses tools (llama-server's rules: no custom grammar beside tools)."""
+        m = llm()
+        try:
+            tools, choice = tc.merge_functions(body.tools, body.tool_choice, body.functions, body.function_call)
+            parallel = body.parallel_tool_calls
+            if parallel is None and tools:
+                parallel = m.renders_parallel_tool_calls()
+            plan = tc.plan_tools(tools, choice, m.chat_template_text(), bool(parallel))
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+        if plan.parse and plan.tools and body.grammar:
+            raise APIError(400, "Cannot use custom grammar constraints with tools.")
+        return plan
 
     def piece(t: int) -> str:
         return app.state.scheduler.llm.tokenizer.decode([t])
@@ -494,6 +524,10 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
     async def completions(body: CompletionRequest, http: HTTPRequest):
         m = llm()
         check_fields(body)
+        extra = [k for k in ("tools", "tool_choice", "functions", "function_call")
+                 if (body.model_extra or {}).get(k) is not None]
+        if extra:
+            raise APIError(400, f"the field {extra[0]!r} belongs to /v1/chat/completions, not to completions")
         if body.echo:
             raise APIError(400, "the field 'echo' is not supported by this server yet")
         prompt = body.prompt
@@ -508,7 +542,8 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
             bad = [t for t in toks if not 0 <= t < m.tokenizer.n_vocab]
             if bad:
                 raise APIError(400, f"prompt: token id {bad[0]} is outside the vocabulary")
-        run = _Run(app.state.scheduler, toks, body, body.logprobs, m.tokenizer, settings.timeout)
+        run = _Run(app.state.scheduler, toks, body, body.logprobs, m.tokenizer, settings.timeout,
+                   await constraints(body, output_grammar(body)))
         cid, name, now = f"cmpl-{uuid.uuid4().hex}", model_name(), int(time.time())
         offsets = [0] * body.n
 
@@ -552,10 +587,16 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
     async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest):
         m = llm()
         check_fields(body)
-        _, toks = await run_in_threadpool(chat_prompt, body.messages)
+        plan = await run_in_threadpool(tool_plan, body)
+        grammar = output_grammar(body)
+        if grammar is not None and plan.grammar is not None:
+            raise APIError(400, "give only one of response_format, grammar, json_schema and a forced tool_choice")
+        _, toks = await run_in_threadpool(chat_prompt, body.messages, plan)
         n_top = (body.top_logprobs or 0) if body.logprobs else None
-        run = _Run(app.state.scheduler, toks, body, n_top, m.tokenizer, settings.timeout)
+        run = _Run(app.state.scheduler, toks, body, n_top, m.tokenizer, settings.timeout,
+                   await constraints(body, grammar or plan.grammar))
         cid, name, now = f"chatcmpl-{uuid.uuid4().hex}", model_name(), int(time.time())
+        parser = tc.ToolCallParser(plan) if plan.parse and plan.tools else None
 
         def lp_of(out: Output) -> list[dict]:
             """OpenAI's chat logprobs entries of one output (none without a token)."""
@@ -570,19 +611,30 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         if body.stream:
             base = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": name}
 
+            splits = [tc.ToolStream(parser) for _ in range(body.n)]   # each choice's text and calls
+
+            def delta(i: int, d: dict, lp=None, finish=None) -> dict:
+                return {**base, "choices": [{"index": i, "delta": d, "logprobs": lp, "finish_reason": finish}]}
+
             def chunks(i: int, out: Output):
                 if not started:
                     started.append(True)          # the role first, for every choice
                     for k in range(body.n):
-                        yield {**base, "choices": [{"index": k, "delta": {"role": "assistant", "content": ""},
-                                                    "logprobs": None, "finish_reason": None}]}
+                        yield delta(k, {"role": "assistant", "content": ""})
                 lp = lp_of(out)
-                if out.text or lp:
-                    yield {**base, "choices": [{"index": i, "delta": {"content": out.text},
-                                                "logprobs": {"content": lp} if lp else None, "finish_reason": None}]}
+                text = splits[i].push(out.text)
+                if text or lp:
+                    yield delta(i, {"content": text}, {"content": lp} if lp else None)
                 if out.finish_reason is not None:
-                    yield {**base, "choices": [{"index": i, "delta": {}, "logprobs": None,
-                                                "finish_reason": out.finish_reason}]}
+                    finish = out.finish_reason
+                    rest, calls = splits[i].finish()
+                    if calls:
+                        for d in tc.tool_call_deltas(calls):
+                            yield delta(i, d)
+                        finish = "tool_calls"
+                    elif rest:
+                        yield delta(i, {"content": rest})
+                    yield delta(i, {}, None, finish)
 
             def tail():
                 if body.stream_options and body.stream_options.include_usage:
@@ -592,9 +644,11 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
 
         choices = []
         for i, outs in enumerate(await run.collect(http)):
-            choices.append({"index": i, "message": {"role": "assistant", "content": "".join(o.text for o in outs)},
+            message = tc.chat_message("".join(o.text for o in outs), parser)
+            finish = "tool_calls" if message.get("tool_calls") else (outs[-1].finish_reason if outs else None)
+            choices.append({"index": i, "message": message,
                             "logprobs": {"content": [e for o in outs for e in lp_of(o)]} if body.logprobs else None,
-                            "finish_reason": outs[-1].finish_reason if outs else None})
+                            "finish_reason": finish})
         return {"id": cid, "object": "chat.completion", "created": now, "model": name, "choices": choices,
                 "usage": run.usage()}
 

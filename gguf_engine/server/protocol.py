@@ -1,6 +1,9 @@
 """Request bodies of the server's routes, as pydantic models (OpenAI's fields plus llama-server's
 sampling extras).  Out-of-range values and wrong types are rejected by validation (HTTP 400);
-fields the server does not implement yet are refused by name (``refused_field``)."""
+fields the server does not implement yet are refused by name (``refused_field``).  Structured
+output comes as OpenAI's ``response_format`` or llama-server's ``grammar`` (GBNF) and
+``json_schema`` fields (``output_grammar``); tools as ``tools``/``tool_choice`` (or the older
+``functions``/``function_call``) and ``parallel_tool_calls``."""
 from __future__ import annotations
 
 from typing import Any, Literal, Union
@@ -8,8 +11,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 # fields accepted by OpenAI or llama-server that this server refuses rather than ignores
-REFUSED_FIELDS = ("response_format", "grammar", "json_schema", "tools", "tool_choice", "functions",
-                  "function_call", "suffix", "n_probs")
+REFUSED_FIELDS = ("suffix", "n_probs")
 
 
 class StreamOptions(BaseModel):
@@ -40,14 +42,11 @@ class SamplingRequest(BaseModel):
     n: int = Field(1, ge=1, le=16)
     user: str | None = None
     ignore_eos: bool = False
+    # structured output
+    response_format: dict[str, Any] | None = None
+    grammar: str | None = None                    # GBNF text (llama-server)
+    json_schema: dict[str, Any] | None = None     # a JSON schema (llama-server)
     # refused for now (a 400 naming the field)
-    response_format: Any = None
-    grammar: Any = None
-    json_schema: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
     suffix: Any = None
     n_probs: Any = None
 
@@ -57,12 +56,26 @@ class SamplingRequest(BaseModel):
             v = getattr(self, name)
             if v is None or v == "" or v == [] or (name == "n_probs" and v == 0):
                 continue
-            if name == "response_format" and isinstance(v, dict) and v.get("type") == "text":
-                continue
-            if name == "tool_choice" and v == "none":
-                continue
             return name
         return None
+
+    def output_grammar(self):
+        """The ``Grammar`` the output must follow, as llama-server reads the fields: ``grammar``
+        (GBNF) or ``json_schema`` (not both; an empty schema is any object), or a
+        ``response_format`` of type json_object (any object, or its "schema") or json_schema;
+        None when none is given.  ValueError (GrammarError) for a bad combination or definition."""
+        from ..generation.grammar import Grammar, response_format_grammar
+        if self.grammar and self.json_schema is not None:
+            raise ValueError("Cannot use both json_schema and grammar")
+        fmt = response_format_grammar(self.response_format) if self.response_format is not None else None
+        given = [g for g in (fmt, self.grammar or None, self.json_schema) if g is not None]
+        if len(given) > 1:
+            raise ValueError("give only one of response_format, grammar and json_schema")
+        if self.grammar:
+            return Grammar.from_gbnf(self.grammar, origin="grammar")
+        if self.json_schema is not None:
+            return Grammar.from_json_schema(self.json_schema or {"type": "object"}, origin="json_schema")
+        return fmt
 
     def token_limit(self) -> int | None:
         """max_completion_tokens, else max_tokens, else n_predict; None or -1: no limit."""
@@ -88,6 +101,11 @@ class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: bool | None = None     # None: whether the chat template shows several calls
 
 
 class EmbeddingRequest(BaseModel):
@@ -113,19 +131,6 @@ class ApplyTemplateRequest(BaseModel):
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Chat messages as the template wants them: content parts of type "text" joined into one string."""
-    out = []
-    for m in messages:
-        d = m.model_dump(exclude_none=True)
-        c = d.get("content")
-        if isinstance(c, list):
-            texts = []
-            for part in c:
-                if part.get("type") != "text":
-                    raise ValueError(f"message content of type {part.get('type')!r} is not supported (only text)")
-                texts.append(str(part.get("text", "")))
-            d["content"] = "".join(texts)
-        elif c is None:
-            d["content"] = ""
-        out.append(d)
-    return out
+    """Chat messages as plain dicts (fields left out when null), as the chat template renders them
+    once normalized (``generation.tool_calls.normalize_messages``)."""
+    return [m.model_dump(exclude_none=True) for m in messages]

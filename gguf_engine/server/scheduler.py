@@ -56,7 +56,8 @@ class Output:
     text: what may be shown now (stop-string prefixes are held back); token/logprob: the
     sampled token (None on a closing event without one); finish_reason: None while generating,
     else "stop" or "length" (or "cancelled" when the server shut down); error: a message when the
-    request failed (then finish_reason is "error")."""
+    request failed (then finish_reason is "error").  A request with a grammar stops when the
+    grammar is complete."""
     text: str
     token: int | None = None
     logprob: TokenLogprob | None = None
@@ -77,6 +78,7 @@ class Request:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     n_logprobs: int | None = None        # None: no logprobs; k: the chosen token's and the k best
+    constraint: Any = None               # this request's own grammar matcher (generation.grammar.Constraint)
     cancelled: bool = False
     id: int = 0
     t_submit: float = 0.0
@@ -354,7 +356,15 @@ class Scheduler:
 
     def _sample(self, s: _Slot, row: np.ndarray) -> None:
         req = s.req
-        tok = s.sampler.sample(row)
+        c = req.constraint
+        try:
+            # a grammar masks its own copy of the row: each sequence's sampler sees only its tokens
+            tok = s.sampler.sample(row if c is None else c.mask(np.array(row, dtype=np.float32)))
+            if c is not None:
+                c.accept(tok)
+        except ValueError as e:              # a grammar that cannot go on (GrammarError)
+            self._finish(s, Output(self._tail(s), finish_reason="error", error=str(e)))
+            return
         s.sampler.accept(tok)
         lp = None
         if req.n_logprobs is not None:
@@ -373,6 +383,9 @@ class Scheduler:
         text = s.matcher.push(s.decoder.push(tok))
         if s.matcher.stopped:
             self._finish(s, Output(text, tok, lp, "stop"))
+            return
+        if c is not None and c.done:         # the grammar is complete: nothing more may follow
+            self._finish(s, Output(text + self._tail(s), tok, lp, "stop"))
             return
         if req.max_tokens is not None and 0 < req.max_tokens <= s.n_generated:
             text += self._tail(s)
