@@ -98,6 +98,10 @@ class Llama:
     llama-cpp-python's ``type_k``/``type_v`` GGML type ids 0 and 1).  warm_up_kernels: on a cold
     kernel cache (the first run on a machine), compile the kernels at load, saying so on stderr with
     the time taken (``t_compile_s``), so that no prompt's timing includes it.
+    context_shift: when generation fills the context, do llama.cpp's context shift instead of
+    stopping (off by default, as in llama.cpp): keep the first n_keep tokens of the prompt that
+    began the sequence (after BOS; -1: all of it), drop half of the rest and go on; a prompt that
+    extends the cache past the context shifts the history the same way.
 
     One ``Llama`` may be shared by threads: calls take turns on its KV cache.  A stream paused while
     another call uses the model raises ``StreamInvalidatedError`` when it resumes.
@@ -130,7 +134,8 @@ class Llama:
                  numa: bool | int = False, chat_format: str | None = None, chat_handler: Any = None,
                  draft_model: Any = None, tokenizer: Any = None, type_k: int | None = None,
                  type_v: int | None = None, spm_infill: bool = False, verbose: bool = False,
-                 chat_template: str | None = None, cache_type: str = "f32", warm_up_kernels: bool = True):
+                 chat_template: str | None = None, cache_type: str = "f32", warm_up_kernels: bool = True,
+                 context_shift: bool = False, n_keep: int = 0):
         from .gguf import GGUFReader
         from .model import load_model
         from .models import resolve_model
@@ -175,6 +180,11 @@ class Llama:
             raise
         self.perf.reset()  # the run's clock starts once the model is loaded (and the kernels compiled)
         self._engine = Engine(self._model, self.tokenizer, self.perf)
+        if n_keep < -1:
+            raise ValueError(f"n_keep must be >= -1, got {n_keep}")
+        if context_shift:
+            from .model.context_shift import ShiftPolicy
+            self._engine.context_shift = ShiftPolicy(int(n_keep))
         self._seed = seed if seed is not None else -1
         self.chat_template, self.chat_template_source = self._pick_template(chat_template)
         self.n_batch = n_batch

@@ -8,7 +8,8 @@ its new tokens.
 Generation stops at an end-of-generation token (unless ``ignore_eos``), after ``max_tokens``, at a
 stop string (which is not emitted), when a stopping criterion says so, when a grammar is complete
 or when the context is full; the reason is given as an OpenAI-style ``finish_reason`` ("stop" or
-"length") plus a more precise ``stop_reason``.
+"length") plus a more precise ``stop_reason``.  With a ``ShiftPolicy`` (``Engine.context_shift``)
+a full context is shifted instead (``model.context_shift``) and generation goes on.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..model.context_shift import ShiftPolicy, keep_count, plan_shift
 from ..model.errors import ContextFullError
 from ..timing import PerfStats, now_ms
 from .guard import CacheGuard, StreamInvalidatedError  # noqa: F401 (re-exported)
@@ -155,6 +157,9 @@ class Engine:
         self.n_evaluated = 0          # prompt tokens evaluated by the last prefill
         self.guard = CacheGuard()
         self.last_logits: np.ndarray | None = None  # the latest evaluation's logits
+        self.context_shift: ShiftPolicy | None = None  # None: a full context ends generation
+        self.n_shifts = 0             # context shifts done since the cache last started afresh
+        self._keep = 0                # tokens a shift keeps, set by the prompt that began the sequence
 
     @property
     def n_ctx(self) -> int:
@@ -230,6 +235,21 @@ class Engine:
         self.model.reset()
         self.tokens = []
         self.last_logits = None
+        self.n_shifts = 0
+
+    def _shift(self) -> bool:
+        """One context shift of the cache (llama.cpp's: keep the head, drop half of the rest, move
+        the later keys down re-rotated); False when not allowed or nothing can be dropped."""
+        policy = self.context_shift
+        if policy is None:
+            return False
+        plan = plan_shift(len(self.tokens), self._keep, self.n_ctx, policy.n_discard)
+        if plan is None:
+            return False
+        self.model.shift(plan)
+        del self.tokens[plan.n_keep:plan.n_keep + plan.n_discard]
+        self.n_shifts += 1
+        return True
 
     def _truncate(self, n: int) -> None:
         if n < len(self.tokens):
@@ -259,15 +279,24 @@ class Engine:
         if not toks:
             raise ValueError("the prompt is empty: nothing to generate from (add a BOS token or some text)")
         if reuse:
-            if len(toks) > self.n_ctx:
-                raise ContextLimitError(
-                    f"Requested tokens ({len(toks)}) exceed context window of {self.n_ctx}")
             n = common_prefix_len(self.tokens, toks)
             if n == len(toks):
                 n -= 1  # the last token must be evaluated again to get its logits
+            if len(toks) > self.n_ctx and not (self.context_shift is not None and n == len(self.tokens)):
+                raise ContextLimitError(
+                    f"Requested tokens ({len(toks)}) exceed context window of {self.n_ctx}")
             self._truncate(n)
         else:
             n = 0
+        if self.context_shift is not None:
+            if n < self._keep or not self.tokens:   # a new sequence: its prompt sets what a shift keeps
+                bos = getattr(self.tokenizer, "bos_id", None)
+                self._keep = keep_count(self.context_shift.n_keep, len(toks), bool(toks) and toks[0] == bos)
+            # tokens that extend the (shifted) cache past the context: shift the history to make room
+            while len(self.tokens) + len(toks) - n > self.n_ctx:
+                if not self._shift():
+                    raise ContextLimitError(f"Requested tokens ({len(toks) - n} new after {len(self.tokens)} "
+                                            f"kept) exceed context window of {self.n_ctx}")
         self.n_reused = n
         self.n_evaluated = len(toks) - n
         return self._eval(toks[n:])
@@ -292,7 +321,7 @@ class Engine:
         while True:
             yield tok, logits
             with guard.resume(ticket):
-                if len(self.tokens) + 1 > self.n_ctx:
+                if len(self.tokens) + 1 > self.n_ctx and not self._shift():
                     self.context_full = True
                     return
                 logits = self._eval([tok])

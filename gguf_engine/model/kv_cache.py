@@ -3,6 +3,10 @@
 One array each for keys and values, shape (n_layer, n_ctx, n_head_kv, head_dim),
 float32 or float16.  Position p of layer l lives at [l, p]; ``n_past`` counts
 the positions that hold valid entries.  Keys are stored after RoPE.
+
+Besides the attention's own access (``layer``, ``store``), every cache type offers
+``read_k``/``write_k`` (keys as float32 whatever the storage) and ``move`` (keys and values
+of a run of positions): what a context shift needs to re-rotate kept keys in place.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ class KVCache(_PositionCount):
         self.dtype = np.dtype(CACHE_TYPES[cache_type])
         self.n_ctx = n_ctx
         shape = (n_layer, n_ctx, n_head_kv, head_dim)
+        self.xp = xp
         self.k = xp.zeros(shape, dtype=self.dtype)  # (n_layer, n_ctx, n_head_kv, head_dim)
         self.v = xp.zeros(shape, dtype=self.dtype)  # (n_layer, n_ctx, n_head_kv, head_dim)
         self.n_past = 0
@@ -56,6 +61,21 @@ class KVCache(_PositionCount):
         n = k3.shape[0]
         self.k[il, pos0:pos0 + n] = k3
         self.v[il, pos0:pos0 + n] = v3
+
+    def read_k(self, il: int, p0: int, p1: int) -> np.ndarray:
+        """The keys of positions p0..p1-1 of layer il as a host float32 array (p1 - p0, n_head_kv, head_dim)."""
+        k = self.k[il, p0:p1]
+        return np.asarray(k.get() if hasattr(k, "get") else k, dtype=np.float32)
+
+    def write_k(self, il: int, p0: int, k3: np.ndarray) -> None:
+        """Overwrite the keys of positions p0.. of layer il with k3 (n, n_head_kv, head_dim) float32
+        (rounded to the cache's type)."""
+        self.k[il, p0:p0 + k3.shape[0]] = self.xp.asarray(np.asarray(k3, dtype=self.dtype))
+
+    def move(self, il: int, src0: int, dst0: int, n: int) -> None:
+        """Copy the keys and values of positions src0..src0+n-1 of layer il to dst0.. (the ranges may overlap)."""
+        for a in (self.k, self.v):
+            a[il, dst0:dst0 + n] = a[il, src0:src0 + n].copy()
 
 
 class SplitKVCache(_PositionCount):
@@ -102,3 +122,15 @@ class SplitKVCache(_PositionCount):
     def store(self, il: int, pos0: int, k3, v3) -> None:
         part, i = self._where[il]
         part.store(i, pos0, k3, v3)
+
+    def read_k(self, il: int, p0: int, p1: int) -> np.ndarray:
+        part, i = self._where[il]
+        return part.read_k(i, p0, p1)
+
+    def write_k(self, il: int, p0: int, k3: np.ndarray) -> None:
+        part, i = self._where[il]
+        part.write_k(i, p0, k3)
+
+    def move(self, il: int, src0: int, dst0: int, n: int) -> None:
+        part, i = self._where[il]
+        part.move(i, src0, dst0, n)

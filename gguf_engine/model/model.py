@@ -67,6 +67,13 @@ class Model:
         """Empty the KV cache."""
         self._tf.cache.reset()
 
+    def shift(self, plan) -> None:
+        """A context shift of the model's own cache (``context_shift.ShiftPlan``): positions
+        [n_keep, n_keep + n_discard) are dropped, later ones move down with their keys re-rotated."""
+        cache = self._tf.cache
+        self._tf.shift(cache, plan, cache.n_past)
+        cache.n_past -= plan.n_discard
+
     # --- evaluation -------------------------------------------------------------------
     def _check(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.asarray(tokens)
@@ -121,6 +128,11 @@ class Model:
         if n_slots < 1 or n_ctx_slot < 1:
             raise ValueError(f"need at least one slot of at least one token, got {n_slots} x {n_ctx_slot}")
         return self._tf.slot_cache(int(n_slots), int(n_ctx_slot), cache_type)
+
+    def shift_slot(self, slots, slot: int, plan, n_past: int) -> None:
+        """A context shift of slot's sequence of n_past tokens in ``slots`` (a ``SlotKVCache``);
+        the caller tracks the slot's new length (n_past - plan.n_discard)."""
+        self._tf.shift(slots.kv, plan, n_past, base=int(slot) * slots.n_ctx_slot)
 
     def eval_batch(self, batch, slots) -> np.ndarray:
         """Evaluate a ``TokenBatch`` (the new tokens of several sequences, each in its slot of

@@ -67,6 +67,7 @@ class Block:
     # per-layer settings, completed by Transformer._complete_layers
     sliding_window: int = 0
     rope: Any = None               # (cos, sin) tables, each (n_ctx, n_rot/2), on this layer's backend
+    rope_host: Any = None          # the same tables on the host (for re-rotating cached keys)
     backend: Any = None            # the backend holding this layer (None: the transformer's host backend)
     next_norm: Any = None          # (d,) the norm after this layer (next attn_norm, or output_norm after
                                    # the last), on this layer's backend
@@ -180,6 +181,7 @@ class Transformer:
                 cos, sin = tables[key]
                 tables[uploaded] = (blk.backend.upload_array(cos), blk.backend.upload_array(sin))
             blk.rope = tables[uploaded]
+            blk.rope_host = tables[key]
             blk.sliding_window = c.sliding_window if swa else 0
 
     def _make_cache(self, n_ctx: int, cache_type: str):
@@ -260,6 +262,13 @@ class Transformer:
         else:
             be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3,
                          sinks=b.attn_sinks)
+
+    def shift(self, cache, plan, n_past: int, base: int = 0) -> None:
+        """A context shift (``context_shift.ShiftPlan``) of the sequence of n_past tokens at rows
+        base.. of cache (the model's own cache, or the ``kv`` of a ``SlotKVCache``): later entries
+        move into the dropped gap, keys re-rotated with each layer's own RoPE tables."""
+        from .context_shift import shift_cache
+        shift_cache(cache, [b.rope_host for b in self.blk], self.config.rope_neox, plan, n_past, base)
 
     # ------------------------------------------------------------------------------------
     def slot_cache(self, n_slots: int, n_ctx_slot: int, cache_type: str = "f32"):
