@@ -125,6 +125,22 @@ def test_conversation_reads_turns_from_stdin_and_reuses_cache(tiny, capsys, monk
     assert reused > 0
 
 
+def test_conversation_goes_on_past_the_context_with_context_shift(tiny, capsys, monkeypatch):
+    """-cnv --context-shift in a 128-token context: five turns of 30 generated tokens each (far more
+    than fits) all get their answer, each turn appended to the shifted cache; without the flag the
+    conversation stops at the full context."""
+    argv = ["-m", tiny, "-cnv", "--chat-template", "chatml", "-sys", "Be brief.", "-n", "30", "--temp", "0",
+            "--ignore-eos", "-c", "128", "--verbose"]
+    turns_in = "".join(f"question number {i}\n" for i in range(5))
+    code, out, err = run(argv + ["--context-shift", "--keep", "4"], capsys, stdin=turns_in, monkeypatch=monkeypatch)
+    assert code == 0, err
+    turns = [line for line in err.splitlines() if line.startswith("[prompt:")]
+    assert len(turns) == 5 and all("stop: max_tokens" in t for t in turns), err
+    assert "context full" not in err
+    code, out, err = run(argv, capsys, stdin=turns_in, monkeypatch=monkeypatch)
+    assert code == 0 and "context full" in err
+
+
 def test_single_chat_turn_with_template_does_not_read_stdin(tiny, capsys, monkeypatch):
     """A prompt plus a chat template: one formatted turn and exit, stdin untouched."""
     class NoStdin(io.StringIO):

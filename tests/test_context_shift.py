@@ -145,3 +145,58 @@ def test_generation_goes_on_past_the_context():
     with Llama(path, n_ctx=N_CTX) as llm:
         out = llm.create_completion(prompt, max_tokens=120, temperature=0.0, ignore_eos=True)
         assert out["usage"]["completion_tokens"] < 120 and llm.last_stop_reason == "context_full"
+
+
+def test_server_slots_shift_like_the_single_sequence_path():
+    """The server's scheduler with a ShiftPolicy: two requests generate past their 64-token slots
+    side by side, each slot shifted on its own; a slot's greedy tokens equal Llama(context_shift)'s
+    up to the first near-tie (top-2 log-probability gap < 0.05, as the batched tests state it).
+    Without the policy the request ends with "length" when its slot is full."""
+    import threading
+
+    from gguf_engine.generation.sampling import SamplingParams
+    from gguf_engine.model.context_shift import ShiftPolicy
+    from gguf_engine.server.scheduler import Request, Scheduler
+
+    path = str(fixture_path("models", "tiny-llama-f32.gguf"))
+    prompts = ["The quick brown fox jumps over the lazy dog.", "Once upon a time there was"]
+    def run(policy, n_gen):
+        sched = Scheduler(lambda: Llama(path, n_ctx=N_CTX), 2, N_CTX, context_shift=policy)
+        sched.start()
+        sched.ready.wait()
+        done = [threading.Event() for _ in prompts]
+        outs: list[list] = [[] for _ in prompts]
+        for i, p in enumerate(prompts):
+            def emit(o, i=i):
+                outs[i].append(o)
+                if o.finish_reason is not None:
+                    done[i].set()
+            sched.submit(Request(sched.llm.tokenize(p, special=True), SamplingParams(temperature=0.0), emit,
+                                 max_tokens=n_gen, ignore_eos=True, n_logprobs=2))
+        for d in done:
+            assert d.wait(120)
+        shifts = sched.metrics.n_context_shifts
+        sched.stop()
+        return outs, shifts
+
+    outs, shifts = run(None, 100)
+    assert all(o[-1].finish_reason == "length" and o[-1].n_generated < 100 for o in outs)
+    assert shifts == 0
+    outs, shifts = run(ShiftPolicy(2), 100)
+    assert shifts >= 4
+    with Llama(path, n_ctx=N_CTX, context_shift=True, n_keep=2) as llm:
+        for i, p in enumerate(prompts):
+            assert outs[i][-1].finish_reason == "length" and outs[i][-1].n_generated == 100
+            got = [o.token for o in outs[i] if o.token is not None]
+            ref = []
+            eog = {int(t) for t in (llm.tokenizer.eog_ids or [])} | {llm.token_eos()}
+            for tok in llm.generate(llm.tokenize(p, special=True), temp=0.0,
+                                    logit_bias={t: float("-inf") for t in eog}):   # as ignore_eos
+                ref.append(tok)
+                if len(ref) == 100:
+                    break
+            for j, (a, b) in enumerate(zip(ref, got)):
+                if a != b:
+                    top = [v for _, v in outs[i][j].logprob.top]
+                    assert top[0] - top[1] < 0.05, f"request {i}: token {j} differs with a gap of {top[0] - top[1]:.3f}"
+                    break

@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV cache element type of V: must equal -ctk (one type serves both)")
     g.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], default="auto",
                    help="accepted for llama.cpp compatibility: attention is always computed exactly here")
+    g.add_argument("--keep", type=int, default=0,
+                   help="context shift: tokens of the initial prompt to keep after BOS (default: 0, -1 = all)")
+    cs = g.add_mutually_exclusive_group()
+    cs.add_argument("--context-shift", dest="context_shift", action="store_true", default=False,
+                    help="when the context is full, drop the oldest half after --keep and go on generating "
+                         "(default: disabled, generation stops)")
+    cs.add_argument("--no-context-shift", dest="context_shift", action="store_false",
+                    help="stop when the context is full (the default)")
 
     g = p.add_argument_group("prompt and conversation")
     g.add_argument("-p", "--prompt", default=None, help="prompt text")
@@ -392,7 +400,16 @@ class Session:
 
 def print_context_full(llm) -> None:
     log(f"\ncontext full: the {llm.n_ctx()}-token context is used up; generation stopped "
-        f"(use -c to set a larger context)")
+        f"(use -c to set a larger context, or --context-shift)")
+
+
+def cached_history(llm, turn: Turn) -> list[int]:
+    """The tokens the KV cache stands for after a turn (shifted, when a context shift happened):
+    what it holds, plus the turn's last token when generation ended before evaluating it."""
+    toks = list(llm.engine.tokens)
+    if turn.tokens and turn.stop_reason != "eog":
+        toks.append(turn.tokens[-1])
+    return toks
 
 
 def check_prompt_size(llm, text: str, what: str = "prompt") -> None:
@@ -448,7 +465,8 @@ def run_interactive(session: Session, prompt: str | None) -> int:
     while True:
         if not waiting:
             turn = session.run_turn(tokens)
-            tokens = tokens + turn.tokens
+            # with a context shift the cache holds a shortened history: go on from it
+            tokens = cached_history(llm, turn) if args.context_shift else tokens + turn.tokens
             if session.context_full:
                 print_context_full(llm)
                 return 0
@@ -472,7 +490,8 @@ def run_interactive(session: Session, prompt: str | None) -> int:
         tokens += (llm.tokenize(args.in_prefix, add_bos=False, special=True)
                    + llm.tokenize(line, add_bos=False, special=False)
                    + llm.tokenize(args.in_suffix, add_bos=False, special=True))
-        check_fits(llm, tokens, "the text so far")
+        if not args.context_shift:
+            check_fits(llm, tokens, "the text so far")
 
 
 def chat_tokens(llm, messages) -> list[int]:
@@ -489,6 +508,7 @@ def run_chat(session: Session, first: str | None, interactive: bool) -> int:
         messages.append({"role": "system", "content": args.system_prompt})
     tty = sys.stdin.isatty()
     pending = first
+    shown = None           # with a context shift: (the conversation's text so far, the cache's tokens)
     if pending is not None and interactive and tty:
         out(f"> {pending}\n")
     while True:
@@ -509,13 +529,21 @@ def run_chat(session: Session, first: str | None, interactive: bool) -> int:
         messages.append({"role": "user", "content": pending})
         pending = None
         try:
-            tokens = chat_tokens(llm, messages)
+            tokens = None
+            if shown is not None:   # a shifted cache: append the new turn's text to what it holds
+                full = llm.render_chat(messages)
+                if full.startswith(shown[0]):
+                    tokens = shown[1] + llm.tokenize(full[len(shown[0]):], add_bos=False, special=True)
+            if tokens is None:
+                tokens = chat_tokens(llm, messages)
         except UsageError:
             if interactive and any(m["role"] == "assistant" for m in messages):
                 log("\ncontext full: the conversation no longer fits; use -c to set a larger context")
                 return 0
             raise
         turn = session.run_turn(tokens)
+        if args.context_shift:
+            shown = (llm.render_chat(messages) + turn.text, cached_history(llm, turn))
         messages.append({"role": "assistant", "content": turn.text})
         out("\n")
         if session.context_full:
@@ -565,7 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warnings.simplefilter("always")
                 llm = Llama(args.model, n_ctx=args.ctx_size or None, n_batch=args.batch_size,
                             n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, seed=args.seed,
-                            verbose=False, chat_template=template, cache_type=args.cache_type)
+                            verbose=False, chat_template=template, cache_type=args.cache_type,
+                            context_shift=args.context_shift, n_keep=args.keep)
             for w in caught:  # loader warnings as log lines, not Python warning dumps
                 log(f"load: warning: {w.message}")
         except KeyboardInterrupt:

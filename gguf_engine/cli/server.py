@@ -21,6 +21,7 @@ examples:
   gguf-server                                         # the default model on http://127.0.0.1:8080
   gguf-server -m gemma-3-270m -np 8 -c 8192 -t 4      # 8 slots of 1024 tokens, 4 threads
   gguf-server -m model.gguf --port 9000 --api-key secret --metrics -a my-model
+  gguf-server --context-shift --keep -1               # full slots drop old tokens instead of stopping
   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 32}'
 
@@ -60,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="new requests wait until every slot is idle")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a slot; beyond them the answer is 503 (default: 64)")
+    p.add_argument("--keep", type=int, default=0,
+                   help="context shift: tokens of the prompt to keep after BOS (default: 0, -1 = all)")
+    cs = p.add_mutually_exclusive_group()
+    cs.add_argument("--context-shift", dest="context_shift", action="store_true", default=False,
+                    help="when a slot's context is full, drop the oldest half after --keep and go on "
+                         "(default: disabled, the request ends with finish_reason length)")
+    cs.add_argument("--no-context-shift", dest="context_shift", action="store_false",
+                    help="end a request whose slot is full (the default)")
     p.add_argument("-ctk", "--cache-type", choices=["f32", "f16"], default="f32", help="KV cache type (default: f32)")
     return p
 
@@ -82,6 +91,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.parallel < 1:
         raise CLIError(f"-np/--parallel must be at least 1, got {args.parallel}")
+    if args.keep < -1:
+        raise CLIError(f"--keep must be >= -1, got {args.keep}")
     if args.ctx_size < 0 or args.batch_size < 1 or args.max_queue < 0 or args.timeout <= 0:
         raise CLIError("-c must be >= 0, -b >= 1, --max-queue >= 0 and --timeout > 0")
     if args.n_gpu_layers != 0:
@@ -103,7 +114,8 @@ def main(argv=None) -> int:
                               n_ctx=n_ctx, n_batch=args.batch_size, n_threads=args.threads,
                               api_keys=api_keys(args), chat_template=args.chat_template, alias=args.alias,
                               metrics=args.metrics, timeout=args.timeout, cont_batching=args.cont_batching,
-                              max_queue=args.max_queue, cache_type=args.cache_type)
+                              max_queue=args.max_queue, cache_type=args.cache_type,
+                              context_shift=args.context_shift, n_keep=args.keep)
     sched = make_scheduler(settings)
     try:
         app = create_app(settings, sched)

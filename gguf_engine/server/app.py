@@ -61,6 +61,8 @@ class ServerSettings:
     max_queue: int = 64                  # requests waiting for a slot before 503
     max_body: int = 4 << 20              # request body bytes before 413
     cache_type: str = "f32"
+    context_shift: bool = False          # shift a full slot instead of ending its request (llama-server: off)
+    n_keep: int = 0                      # tokens a shift keeps after BOS (-1: the whole prompt)
 
     @property
     def n_ctx_slot(self) -> int:
@@ -189,7 +191,8 @@ class _Run:
                 loop.call_soon_threadsafe(self.queue.put_nowait, (i, out))
             r = Request(list(prompt), _sampling(req, tokenizer, i), emit, max_tokens=req.token_limit(),
                         stop=stops, ignore_eos=req.ignore_eos, n_logprobs=n_logprobs,
-                        constraint=constraints[i] if constraints else None)
+                        constraint=constraints[i] if constraints else None, n_keep=req.n_keep,
+                        n_discard=req.n_discard)
             try:
                 sched.submit(r)
             except PromptTooLongError as e:
@@ -282,9 +285,11 @@ def make_scheduler(settings: ServerSettings) -> Scheduler:
                      n_threads=settings.n_threads, chat_template=settings.chat_template,
                      cache_type=settings.cache_type)
 
+    from ..model.context_shift import ShiftPolicy
     return Scheduler(load, settings.n_parallel, settings.n_ctx_slot, n_batch=settings.n_batch,
                      max_queue=settings.max_queue, cont_batching=settings.cont_batching,
-                     cache_type=settings.cache_type)
+                     cache_type=settings.cache_type,
+                     context_shift=ShiftPolicy(settings.n_keep) if settings.context_shift else None)
 
 
 def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wait_ready: bool = False) -> FastAPI:
@@ -451,14 +456,15 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
                     "params": {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "min_p": p.min_p,
                                "repeat_penalty": p.repeat_penalty, "repeat_last_n": p.repeat_last_n,
                                "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty,
-                               "n_predict": -1, "seed": -1}},
+                               "n_predict": -1, "seed": -1, "n_keep": settings.n_keep, "n_discard": 0}},
                 "total_slots": settings.n_parallel, "model_alias": model_name(), "model_path": m.model_path,
                 "modalities": {"vision": False, "audio": False}, "endpoint_slots": True, "endpoint_props": True,
                 "endpoint_metrics": settings.metrics,
                 "chat_template": tok.chat_template or m.chat_template or "",
                 "bos_token": tok.token_text(tok.bos_id) if tok.bos_id is not None and tok.bos_id >= 0 else "",
                 "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None and tok.eos_id >= 0 else "",
-                "build_info": "gguf-engine", "cont_batching": settings.cont_batching}
+                "build_info": "gguf-engine", "cont_batching": settings.cont_batching,
+                "context_shift": settings.context_shift}
 
     @app.get("/slots")
     async def slots():
@@ -478,7 +484,8 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
             ("tokens_predicted_total", "Number of generation tokens processed", m.n_predicted),
             ("tokens_predicted_seconds_total", "Total time spent generating tokens", m.t_predict_s),
             ("n_decode_total", "Total number of forward passes", m.n_decode),
-            ("n_tokens_max", "Largest observed sequence length (prompt + generation)", m.n_tokens_max)]
+            ("n_tokens_max", "Largest observed sequence length (prompt + generation)", m.n_tokens_max),
+            ("n_context_shifts_total", "Total number of context shifts", m.n_context_shifts)]
         gauges = [
             ("prompt_tokens_seconds", "Average prompt throughput in tokens/s",
              m.n_prompt_tokens / m.t_prompt_s if m.t_prompt_s else 0.0),

@@ -42,6 +42,8 @@ class SamplingRequest(BaseModel):
     n: int = Field(1, ge=1, le=16)
     user: str | None = None
     ignore_eos: bool = False
+    n_keep: int | None = Field(None, ge=-1)       # context shift: prompt tokens kept (None: --keep)
+    n_discard: int = Field(0, ge=0)               # context shift: tokens dropped (0: half)
     # structured output
     response_format: dict[str, Any] | None = None
     grammar: str | None = None                    # GBNF text (llama-server)

@@ -7,7 +7,9 @@ pass (each weight read once for all of them).  A long prompt is thus read over s
 while the other slots keep generating.
 
 A request goes to the free slot whose cached tokens share the longest prefix with its prompt;
-only the rest of the prompt is evaluated.  Requests beyond the slots wait in a bounded queue
+only the rest of the prompt is evaluated.  A slot that fills its context ends its request with
+"length", or, with a ``ShiftPolicy``, is shifted as llama-server shifts it (``model.context_shift``:
+the head kept, half of the rest dropped, later keys re-rotated) and goes on generating.  Requests beyond the slots wait in a bounded queue
 (``QueueFullError`` past it).  A cancelled request (a client that went away) leaves its slot at
 the next step.  Results go back through ``Request.emit``, called on the engine thread: the
 HTTP layer hands them to its event loop.
@@ -31,6 +33,7 @@ from ..generation.generate import common_prefix_len
 from ..generation.sampling import Sampler, SamplingParams
 from ..generation.stops import StopMatcher
 from ..model.batch import TokenBatch
+from ..model.context_shift import ShiftPolicy, keep_count, plan_shift
 
 
 class QueueFullError(RuntimeError):
@@ -79,6 +82,8 @@ class Request:
     ignore_eos: bool = False
     n_logprobs: int | None = None        # None: no logprobs; k: the chosen token's and the k best
     constraint: Any = None               # this request's own grammar matcher (generation.grammar.Constraint)
+    n_keep: int | None = None            # context shift: tokens kept (None: the server's --keep)
+    n_discard: int = 0                   # context shift: tokens dropped (0: half of the rest)
     cancelled: bool = False
     id: int = 0
     t_submit: float = 0.0
@@ -104,6 +109,7 @@ class _Slot:
         self.req: Request | None = None
         self.last_used = 0.0
         self.n_cached = 0                    # prompt tokens the last request took from the cache
+        self.n_prompt_done = 0               # prompt tokens of the current request evaluated
         self.n_generated = 0
 
     def start(self, req: Request, tokenizer, eog: set[int]) -> None:
@@ -112,6 +118,7 @@ class _Slot:
             n -= 1                           # the last prompt token is evaluated again for its logits
         del self.tokens[n:]
         self.req, self.n_cached, self.n_generated = req, n, 0
+        self.n_prompt_done = n               # prompt tokens in the cache (a shift may drop some later)
         self.sampler = Sampler(req.params, n_ctx=self.n_ctx)
         self.sampler.accept_many(req.prompt)
         if req.ignore_eos:
@@ -128,7 +135,7 @@ class _Slot:
 
     @property
     def reading_prompt(self) -> bool:
-        return self.req is not None and len(self.tokens) < len(self.req.prompt)
+        return self.req is not None and self.n_prompt_done < len(self.req.prompt)
 
     def release(self) -> None:
         self.req = None
@@ -147,6 +154,7 @@ class Metrics:
     n_busy_slots: int = 0                # summed over passes
     n_tokens_max: int = 0
     n_requests: int = 0
+    n_context_shifts: int = 0
 
 
 class Scheduler:
@@ -154,12 +162,14 @@ class Scheduler:
     (a callable returning an object with ``model`` and ``tokenizer``, e.g. a ``Llama``)."""
 
     def __init__(self, load: Callable[[], Any], n_slots: int, n_ctx_slot: int, n_batch: int = 512,
-                 max_queue: int = 64, cont_batching: bool = True, cache_type: str = "f32"):
+                 max_queue: int = 64, cont_batching: bool = True, cache_type: str = "f32",
+                 context_shift: ShiftPolicy | None = None):
         if n_slots < 1:
             raise ValueError(f"need at least one slot, got {n_slots}")
         self.n_slots, self.n_ctx_slot, self.n_batch = int(n_slots), int(n_ctx_slot), int(n_batch)
         self.max_queue, self.cont_batching, self.cache_type = int(max_queue), bool(cont_batching), cache_type
         self._load = load
+        self.context_shift = context_shift   # None: a full slot ends its request
         self.llm: Any = None                 # what load returned, once ready
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
@@ -226,7 +236,7 @@ class Scheduler:
             info = {"id": s.id, "n_ctx": s.n_ctx, "speculative": False, "is_processing": req is not None}
             if req is not None:
                 info.update({"id_task": req.id, "n_prompt_tokens": len(req.prompt),
-                             "n_prompt_tokens_processed": max(0, min(len(s.tokens), len(req.prompt)) - s.n_cached),
+                             "n_prompt_tokens_processed": max(0, s.n_prompt_done - s.n_cached),
                              "n_prompt_tokens_cache": s.n_cached,
                              "next_token": [{"has_next_token": True, "n_remain": (req.max_tokens or 0) - s.n_generated
                                              if req.max_tokens and req.max_tokens > 0 else -1,
@@ -323,8 +333,8 @@ class Scheduler:
                 break
             if s.busy and s.reading_prompt:
                 p = s.req.prompt
-                chunk = p[len(s.tokens):len(s.tokens) + budget]
-                done = len(s.tokens) + len(chunk) == len(p)
+                chunk = p[s.n_prompt_done:s.n_prompt_done + budget]
+                done = s.n_prompt_done + len(chunk) == len(p)
                 parts.append((s.id, len(s.tokens), chunk, done))
                 if done:
                     who.append(s)
@@ -350,7 +360,10 @@ class Scheduler:
         m.t_prompt_s += dt * n_prompt / batch.tokens.size
         m.t_predict_s += dt * n_gen_rows / batch.tokens.size
         for sid, pos0, chunk, _ in parts:
-            self.slots[sid].tokens.extend(chunk)
+            s = self.slots[sid]
+            s.tokens.extend(chunk)
+            if s.reading_prompt:
+                s.n_prompt_done += len(chunk)
         for s, row in zip(who, logits):
             self._sample(s, row)
 
@@ -391,12 +404,30 @@ class Scheduler:
             text += self._tail(s)
             self._finish(s, Output(text, tok, lp, "stop" if s.matcher.stopped else "length"))
             return
-        if len(s.tokens) >= s.n_ctx:         # no room left to evaluate this token
+        if len(s.tokens) >= s.n_ctx and not self._shift(s):   # no room left to evaluate this token
             text += self._tail(s)
             self._finish(s, Output(text, tok, lp, "stop" if s.matcher.stopped else "length"))
             return
         s.next_token = tok
         self._emit(s, Output(text, tok, lp))
+
+    def _shift(self, s: _Slot) -> bool:
+        """A context shift of a full slot (llama-server's: n_keep tokens of the prompt kept, BOS
+        counted, -1 the whole prompt; n_discard or half of the rest dropped); False when not allowed
+        or nothing can be dropped."""
+        if self.context_shift is None:
+            return False
+        req = s.req
+        n_keep = self.context_shift.n_keep if req.n_keep is None else req.n_keep
+        bos = getattr(self.llm.tokenizer, "bos_id", None)
+        keep = keep_count(n_keep, len(req.prompt), req.prompt[0] == bos)
+        plan = plan_shift(len(s.tokens), keep, s.n_ctx, req.n_discard or self.context_shift.n_discard)
+        if plan is None:
+            return False
+        self.llm.model.shift_slot(self._cache, s.id, plan, len(s.tokens))
+        del s.tokens[plan.n_keep:plan.n_keep + plan.n_discard]
+        self.metrics.n_context_shifts += 1
+        return True
 
     @staticmethod
     def _tail(s: _Slot) -> str:
