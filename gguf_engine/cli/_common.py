@@ -93,3 +93,16 @@ def parse_or_status(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
         return parser.parse_args(argv), 0
     except SystemExit as e:
         return None, 0 if e.code in (0, None) else 1
+
+
+def add_context_shift_args(g, full: str) -> None:
+    """llama.cpp's ``--keep`` and ``--context-shift`` / ``--no-context-shift`` (default: disabled);
+    full: what happens at a full context without the shift."""
+    g.add_argument("--keep", type=int, default=0,
+                   help="context shift: tokens of the initial prompt to keep after BOS (default: 0, -1 = all)")
+    cs = g.add_mutually_exclusive_group()
+    cs.add_argument("--context-shift", dest="context_shift", action="store_true", default=False,
+                    help=f"when the context is full, drop the oldest half after --keep and go on generating "
+                         f"(default: disabled, {full})")
+    cs.add_argument("--no-context-shift", dest="context_shift", action="store_false",
+                    help=f"{full} (the default)")

@@ -33,7 +33,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ._common import parse_or_status, refuse_other_flags
+from ._common import add_context_shift_args, parse_or_status, refuse_other_flags
 from .llama_flags import COMMON
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -80,14 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV cache element type of V: must equal -ctk (one type serves both)")
     g.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], default="auto",
                    help="accepted for llama.cpp compatibility: attention is always computed exactly here")
-    g.add_argument("--keep", type=int, default=0,
-                   help="context shift: tokens of the initial prompt to keep after BOS (default: 0, -1 = all)")
-    cs = g.add_mutually_exclusive_group()
-    cs.add_argument("--context-shift", dest="context_shift", action="store_true", default=False,
-                    help="when the context is full, drop the oldest half after --keep and go on generating "
-                         "(default: disabled, generation stops)")
-    cs.add_argument("--no-context-shift", dest="context_shift", action="store_false",
-                    help="stop when the context is full (the default)")
+    add_context_shift_args(g, "generation stops at a full context")
 
     g = p.add_argument_group("prompt and conversation")
     g.add_argument("-p", "--prompt", default=None, help="prompt text")
@@ -287,6 +280,8 @@ def validate(args) -> None:
         raise UsageError(f"--threads must be > 0, got {args.threads}")
     if args.n_predict is not None and args.n_predict < -1:
         raise UsageError(f"--n-predict must be -1 (no limit) or >= 0, got {args.n_predict}")
+    if args.keep < -1:
+        raise UsageError(f"--keep must be -1 (the whole initial prompt) or >= 0, got {args.keep}")
     from ..generation.sampling import check_sampling
 
     try:

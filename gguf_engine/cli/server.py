@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ._common import CLIError, cli_entry
+from ._common import CLIError, add_context_shift_args, cli_entry
 
 EXAMPLES = """\
 examples:
@@ -61,14 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="new requests wait until every slot is idle")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a slot; beyond them the answer is 503 (default: 64)")
-    p.add_argument("--keep", type=int, default=0,
-                   help="context shift: tokens of the prompt to keep after BOS (default: 0, -1 = all)")
-    cs = p.add_mutually_exclusive_group()
-    cs.add_argument("--context-shift", dest="context_shift", action="store_true", default=False,
-                    help="when a slot's context is full, drop the oldest half after --keep and go on "
-                         "(default: disabled, the request ends with finish_reason length)")
-    cs.add_argument("--no-context-shift", dest="context_shift", action="store_false",
-                    help="end a request whose slot is full (the default)")
+    add_context_shift_args(p, "a request whose slot is full ends with finish_reason length")
     p.add_argument("-ctk", "--cache-type", choices=["f32", "f16"], default="f32", help="KV cache type (default: f32)")
     return p
 
