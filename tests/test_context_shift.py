@@ -200,3 +200,20 @@ def test_server_slots_shift_like_the_single_sequence_path():
                     top = [v for _, v in outs[i][j].logprob.top]
                     assert top[0] - top[1] < 0.05, f"request {i}: token {j} differs with a gap of {top[0] - top[1]:.3f}"
                     break
+
+
+def test_server_flags_reach_the_scheduler():
+    """gguf-server's --context-shift and --keep (default: off, 0, as llama-server) become the
+    scheduler's ShiftPolicy; --keep below -1 is refused."""
+    from gguf_engine.cli.server import build_parser, main
+    from gguf_engine.model.context_shift import ShiftPolicy
+    from gguf_engine.server.app import ServerSettings, make_scheduler
+
+    args = build_parser().parse_args([])
+    assert args.context_shift is False and args.keep == 0
+    args = build_parser().parse_args(["--context-shift", "--keep", "-1"])
+    assert args.context_shift is True and args.keep == -1
+    assert build_parser().parse_args(["--context-shift", "--no-context-shift"][1:]).context_shift is False
+    assert make_scheduler(ServerSettings(context_shift=True, n_keep=3)).context_shift == ShiftPolicy(3)
+    assert make_scheduler(ServerSettings()).context_shift is None
+    assert main(["--keep", "-2"]) == 1
