@@ -9,8 +9,8 @@ while the other slots keep generating.
 A request goes to the free slot whose cached tokens share the longest prefix with its prompt;
 only the rest of the prompt is evaluated.  A slot that fills its context ends its request with
 "length", or, with a ``ShiftPolicy``, is shifted as llama-server shifts it (``model.context_shift``:
-the head kept, half of the rest dropped, later keys re-rotated) and goes on generating.  Requests beyond the slots wait in a bounded queue
-(``QueueFullError`` past it).  A cancelled request (a client that went away) leaves its slot at
+the head kept, half of the rest dropped, later keys re-rotated) and goes on generating.  Requests
+beyond the slots wait in a bounded queue (``QueueFullError`` past it).  A cancelled request (a client that went away) leaves its slot at
 the next step.  Results go back through ``Request.emit``, called on the engine thread: the
 HTTP layer hands them to its event loop.
 
