@@ -95,6 +95,11 @@ RUN_CASES = [
      "hi\n", lambda c, o, e, x: c == 0 and "chat template: given" in e),
     ({"-v"}, ["-v"], "", lambda c, o, e, x: c == 0 and "[prompt:" in e),
     ({"--no-perf"}, ["--no-perf"], "", lambda c, o, e, x: c == 0 and "total time" not in e),
+    ({"--context-shift", "--keep"}, ["--context-shift", "--keep", "1", "-c", "16", "-n", "40", "-v"], "",
+     lambda c, o, e, x: c == 0 and "stop: max_tokens" in e and "context full" not in e),
+    ({"--no-context-shift"}, ["--no-context-shift", "-c", "16", "-n", "40"], "",
+     lambda c, o, e, x: c == 0 and "context full" in e),
+    ({"--keep"}, ["--keep", "-2"], "", lambda c, o, e, x: c == 1 and "--keep must be" in e),
 ]
 
 
