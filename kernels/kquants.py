@@ -739,8 +739,8 @@ encode_q8_k = _encoder(K_Q8_K)
 TYPES = [
     QuantType(GGMLType.Q2_K, LAYOUT_Q2_K, decode_q2_k, encode_q2_k, crumb.Q2),
     QuantType(GGMLType.Q3_K, LAYOUT_Q3_K, decode_q3_k, encode_q3_k, crumb.Q2),
-    QuantType(GGMLType.Q4_K, LAYOUT_Q4_K, decode_q4_k, encode_q4_k, nibble.Q4),
-    QuantType(GGMLType.Q5_K, LAYOUT_Q5_K, decode_q5_k, encode_q5_k, nibble.Q5),
+    QuantType(GGMLType.Q4_K, LAYOUT_Q4_K, decode_q4_k, encode_q4_k, nibble.Q4K),
+    QuantType(GGMLType.Q5_K, LAYOUT_Q5_K, decode_q5_k, encode_q5_k, nibble.Q5K),
     QuantType(GGMLType.Q6_K, LAYOUT_Q6_K, decode_q6_k, encode_q6_k, byte.Q6),
     QuantType(GGMLType.Q8_K, LAYOUT_Q8_K, decode_q8_k, encode_q8_k),
 ]

@@ -1,4 +1,5 @@
-"""Kinds ``q4`` and ``q5``: 4-bit weights as nibbles (Q4_0, Q4_1, Q4_K), with a fifth bit (Q5_0, Q5_1, Q5_K).
+"""Kinds ``q4`` and ``q5``: 4-bit weights as nibbles (Q4_0, Q4_1), with a fifth bit (Q5_0, Q5_1);
+``q4k`` and ``q5k``: the same for the k-quants (Q4_K, Q5_K) with integer sub-scales.
 
 Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE; see ``tiled``):
 
@@ -14,11 +15,19 @@ Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE; see ``tiled``):
   d   f32 / f16 bits (T, nb*R)  scale of each 32-weight block
   m   f32 / f16 bits (T, nb*R)  offset of each block: weight = d * q + m.  Q4_0 and Q5_0 store
                            m = -8 d and -16 d (but decode as (q - off) d, ggml's expression, which
-                           keeps the sign of zero); the k-quants d * sc and -dmin * min of their
-                           32-weight sub-blocks
+                           keeps the sign of zero)
+
+``q4k`` / ``q5k`` keep qt and qh, and instead of d and m the file's integer sub-scales, so a
+32-weight block streams 18.5 bytes (Q4_K) instead of the 24 float scales would take:
+
+  sc  uint8 (T, nb*R)      the 6-bit scale of each 32-weight sub-block
+  mn  uint8 (T, nb*R)      its 6-bit min: weight = (d sc) q - dmin mn
+  d   f16 bits (T, nb/8*R) the scale of each 256 weights (index ``(b // 8) * R + l``)
+  dm  f16 bits (T, nb/8*R) the scale of the mins of each 256
 
 Matvec: per block ``acc += d (dx isum_q + dr isum_r) + m xs`` in float32 (xs: the block sum of
-the rounded x), the integer sums from ``nibble_isums``.  AVX2 form: per 32-byte load (bytes
+the rounded x), the integer sums from ``nibble_isums``; the k-quants sum ``sc p`` and ``mn xs``
+over each 256 and scale the sums by d and dmin (``matvec_nibk``).  AVX2 form: per 32-byte load (bytes
 4g..4g+3 of 8 rows) ``vpand``/``vpsrlw`` split the nibbles (5-bit: each fifth-bit word spread to
 32 bytes of 0/16 and or-ed in), ``vpmaddubsw`` (unsigned weight x signed activation, pairs summed
 to int16; at most 2 * 31 * 127), int16 sums over 4 loads (4-bit: at most 8 * 15 * 127 * 2 < 2^15)
@@ -119,10 +128,10 @@ def repack_legacy(raw, ts, has_m, has_h, off, qt, qh, d, m, r0, r1):
 
 
 @njit(cache=True, nogil=True)
-def repack_k45(raw, five, qt, qh, d, m, r0, r1):
+def repack_k45(raw, five, qt, qh, sc, mn, d, dm, r0, r1):
     """Q4_K (144 bytes: d, dmin, scales[12], qs[128]) and Q5_K (176: d, dmin, scales[12], qh[32], qs[128])
-    -> 32-weight sub-blocks with scale d*sc and offset -dmin*min."""
-    nb = d.shape[1] // R
+    -> the nibbles, each 32-weight sub-block's 6-bit scale and min (sc, mn) and each 256's d, dmin."""
+    nb = sc.shape[1] // R
     ts = 176 if five else 144
     qs_off = 48 if five else 16
     e = np.empty(32, np.int32)
@@ -131,13 +140,13 @@ def repack_k45(raw, five, qt, qh, d, m, r0, r1):
         src, q = raw[r], qt[t]
         for i in range(nb // 8):
             o = i * ts
-            dd = f16_at(src, o)
-            dmin = f16_at(src, o + 2)
+            d[t, i * R + l] = f16_at(src, o)
+            dm[t, i * R + l] = f16_at(src, o + 2)
             for j in range(8):
-                sc, mn = scale_min_k4(src, o + 4, j)
+                s, mi = scale_min_k4(src, o + 4, j)
                 b = 8 * i + j
-                d[t, b * R + l] = dd * np.float32(sc)
-                m[t, b * R + l] = -(dmin * np.float32(mn))
+                sc[t, b * R + l] = np.uint8(s)
+                mn[t, b * R + l] = np.uint8(mi)
                 c = j // 2
                 sh = 4 * (j % 2)
                 for k in range(32):
@@ -147,6 +156,29 @@ def repack_k45(raw, five, qt, qh, d, m, r0, r1):
                 put_nibbles(q, b, l, e)
                 if five:
                     put_fifth_bits(qh[t], b, l, e)
+
+
+@njit(cache=True, inline="always")
+def k_block_scales(sc, mn, d, dm, t, b, l):
+    """(scale, offset) of 32-weight block b of lane l of tile t of a k-quant (``q4k`` / ``q5k``):
+    d * sc and -dmin * min, both exact in float32 (an 11-bit significand times a 6-bit integer)."""
+    j = (b // 8) * R + l
+    i = b * R + l
+    return scale(d[t, j]) * f32(sc[t, i]), -(scale(dm[t, j]) * f32(mn[t, i]))
+
+
+@njit(cache=True, nogil=True)
+def expand_k_scales(sc, mn, d, dm, t0, t1):
+    """Tiles t0..t1-1 of a k-quant's integer sub-scales as the ``q4`` / ``q5`` kinds' per-block
+    float32 d, m (t1 - t0, nb*R): what their exact decoders read."""
+    nb = sc.shape[1] // R
+    do = np.empty((t1 - t0, nb * R), np.float32)
+    mo = np.empty((t1 - t0, nb * R), np.float32)
+    for t in range(t0, t1):
+        for b in range(nb):
+            for l in range(R):
+                do[t - t0, b * R + l], mo[t - t0, b * R + l] = k_block_scales(sc, mn, d, dm, t, b, l)
+    return do, mo
 
 
 # ---------------------------------------------------------------- integer sums
@@ -284,32 +316,89 @@ def matvec_nib(qt, qh, d, m, x, simd, y):
         store_tile(acc, t, y)
 
 
+@njit(parallel=True, fastmath=FM, cache=True)
+def matvec_nibk(qt, qh, sc, mn, d, dm, x, simd, y):
+    """The k-quant nibble kinds (Q4_K, Q5_K), tiled: qt and qh as matvec_nib's; sc, mn (T, nb*R)
+    uint8 the 6-bit scale and min of each 32-weight sub-block; d, dm (T, nb/8*R) each 256's
+    scales.  Per 256 weights ``acc += d sum(sc p) - dmin sum(mn xs)`` (p: the block's product
+    from nibble_isums, xs: the block sum of the rounded x), as ggml sums a k-quant block: the
+    sub-scales stay integers, so a block streams 18.5 bytes instead of 24 of float scales."""
+    nb = x.size // 32
+    five = qh.shape[1] > 0
+    xq, xr, dx, dr, xs = round_activations(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        h = qh[t % qh.shape[0]]
+        sct = sc[t]
+        mnt = mn[t]
+        dt = d[t]
+        dmt = dm[t]
+        acc = np.zeros(R, np.float32)
+        aq = np.empty(R, np.float32)        # one super-block's sum of sc * p
+        am = np.empty(R, np.float32)        # and of mn * xs
+        isum = np.empty(2 * R, np.int32)
+        for s in range(nb // 8):
+            aq[:] = 0
+            am[:] = 0
+            for b in range(8 * s, 8 * s + 8):
+                nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * b, isum, simd)
+                dxb = dx[b]
+                drb = dr[b]
+                xsb = xs[b]
+                for l in range(R):
+                    i = nonneg(b * R + l)
+                    p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                    aq[l] += f32(sct[i]) * p
+                    am[l] += f32(mnt[i]) * xsb
+            for l in range(R):
+                j = nonneg(s * R + l)
+                acc[l] += scale(dt[j]) * aq[l] - scale(dmt[j]) * am[l]
+        store_tile(acc, t, y)
+
+
+@njit(cache=True, inline="always")
+def decode_nib_block(q, qh, t, b, l, five, db, mb, off, o):
+    """Block b of lane l of tile t (q = qt[t]) into o[32 b: 32 b + 32]: off = 0: w = q db + mb,
+    off = 8 / 16: w = (q - off) db; q = nibble + 16 * fifth bit."""
+    for k in range(16):
+        v = np.int32(q[nibble_index(b, k, l)])
+        lo = v & _I15
+        hi = v >> _I4
+        if five:
+            w, bit = fifth_bit_index(b, k, l)
+            lo |= np.int32((qh[t, w] >> bit) & np.uint32(1)) << _I4
+            hi |= np.int32((qh[t, w + 1] >> bit) & np.uint32(1)) << _I4
+        if off == 0:
+            o[32 * b + k] = f32(lo) * db + mb
+            o[32 * b + 16 + k] = f32(hi) * db + mb
+        else:
+            o[32 * b + k] = f32(lo - off) * db
+            o[32 * b + 16 + k] = f32(hi - off) * db
+
+
 @njit(nogil=True, cache=True)
 def decode_nib(qt, qh, d, m, off, ids, out):
-    """The nibble kinds (see matvec_nib): off = 0: w = q d + m (Q4_1, Q4_K, Q5_1, Q5_K);
+    """The nibble kinds (see matvec_nib): off = 0: w = q d + m (Q4_1, Q5_1);
     off = 8 / 16: w = (q - off) d (Q4_0 / Q5_0, m unused); q = nibble + 16 * fifth bit."""
     nb = d.shape[1] // R
     five = qh.shape[1] > 0
     for i in range(ids.size):
         t, l = divmod(ids[i], R)
-        q, o = qt[t], out[i]
         for b in range(nb):
-            db = scale(d[t, b * R + l])
-            mb = scale(m[t, b * R + l])
-            for k in range(16):
-                v = np.int32(q[nibble_index(b, k, l)])
-                lo = v & _I15
-                hi = v >> _I4
-                if five:
-                    w, bit = fifth_bit_index(b, k, l)
-                    lo |= np.int32((qh[t, w] >> bit) & np.uint32(1)) << _I4
-                    hi |= np.int32((qh[t, w + 1] >> bit) & np.uint32(1)) << _I4
-                if off == 0:
-                    o[32 * b + k] = f32(lo) * db + mb
-                    o[32 * b + 16 + k] = f32(hi) * db + mb
-                else:
-                    o[32 * b + k] = f32(lo - off) * db
-                    o[32 * b + 16 + k] = f32(hi - off) * db
+            decode_nib_block(qt[t], qh, t, b, l, five, scale(d[t, b * R + l]), scale(m[t, b * R + l]), off,
+                             out[i])
+
+
+@njit(nogil=True, cache=True)
+def decode_nibk(qt, qh, sc, mn, d, dm, ids, out):
+    """The k-quant nibble kinds (see matvec_nibk): w = q (d sc) - dmin mn, decode_nib's values."""
+    nb = sc.shape[1] // R
+    five = qh.shape[1] > 0
+    for i in range(ids.size):
+        t, l = divmod(ids[i], R)
+        for b in range(nb):
+            db, mb = k_block_scales(sc, mn, d, dm, t, b, l)
+            decode_nib_block(qt[t], qh, t, b, l, five, db, mb, 0, out[i])
 
 
 def _nib_block_T(five, sym):
@@ -428,17 +517,15 @@ def matmul_small_nib(qt, qh, d, m, off, x, n, t0, t1, out):
 
 @dataclass(frozen=True)
 class Nibbles:
-    """How a GGML type repacks into q4 / q5: its block bytes, whether it is a k-quant (d, dmin,
-    scales[12], [qh[32]], qs[128] per 256 weights) or a legacy type (d, [m], [qh], qs[16] per 32),
-    whether it stores a min, and off: 8 / 16 for the symmetric types (w = (q - off) d), else 0."""
+    """How a GGML type repacks into q4 / q5 / q4k / q5k: its block bytes, whether a legacy type
+    stores a min, and off: 8 / 16 for the symmetric types (w = (q - off) d), else 0."""
     block_bytes: int
-    k_quant: bool = False
     has_min: bool = False
     off: int = 0
 
 
 class NibbleKind(TiledKind):
-    """q4 / q5 (see the module docstring)."""
+    """q4 / q5: the legacy types, a float scale and offset per 32-block (see the module docstring)."""
 
     def __init__(self, name: str, five: bool, types: dict):
         self.name, self.five, self.types = name, five, types
@@ -453,10 +540,7 @@ class NibbleKind(TiledKind):
 
     def repack_rows(self, raw, t, A, r0, r1):
         n = self.types[t]
-        if n.k_quant:
-            repack_k45(raw, self.five, A["qt"], A["qh"], A["d"], A["m"], r0, r1)
-        else:
-            repack_legacy(raw, n.block_bytes, n.has_min, self.five, n.off, A["qt"], A["qh"], A["d"], A["m"], r0, r1)
+        repack_legacy(raw, n.block_bytes, n.has_min, self.five, n.off, A["qt"], A["qh"], A["d"], A["m"], r0, r1)
 
     def matvec(self, p: Packed, simd: bool = True):
         a = (p.arrays["qt"], p.arrays["qh"], p.arrays["d"], p.arrays["m"])
@@ -475,7 +559,41 @@ class NibbleKind(TiledKind):
         small_product(matmul_small_nib, (A["qt"], A["qh"], A["d"], A["m"], np.int32(self.types[p.qtype].off)), X, out)
 
 
-Q4 = register(NibbleKind("q4", False, {GGMLType.Q4_0: Nibbles(18, off=8), GGMLType.Q4_1: Nibbles(20, has_min=True),
-                                       GGMLType.Q4_K: Nibbles(144, k_quant=True)}))
-Q5 = register(NibbleKind("q5", True, {GGMLType.Q5_0: Nibbles(22, off=16), GGMLType.Q5_1: Nibbles(24, has_min=True),
-                                      GGMLType.Q5_K: Nibbles(176, k_quant=True)}))
+class NibbleKKind(NibbleKind):
+    """q4k / q5k: the k-quants' nibbles (and fifth bits) as q4 / q5 lay them out, with integer
+    sub-scales: sc, mn uint8 (T, nb*R), the 6-bit scale and min of each 32-weight sub-block, and
+    d, dm (T, nb/8*R) the scales of each 256 (float16 bits, as the file has them)."""
+
+    def __init__(self, name: str, five: bool, types: dict):
+        super().__init__(name, five, types)
+        self.scales = ("d", "dm")
+        self.per256 = True
+
+    def extra_arrays(self, t, T, nb):
+        return {"sc": np.zeros((T, nb * ROW_TILE), np.uint8), "mn": np.zeros((T, nb * ROW_TILE), np.uint8)}
+
+    def repack_rows(self, raw, t, A, r0, r1):
+        repack_k45(raw, self.five, A["qt"], A["qh"], A["sc"], A["mn"], A["d"], A["dm"], r0, r1)
+
+    @staticmethod
+    def _arrays(p: Packed):
+        A = p.arrays
+        return A["qt"], A["qh"], A["sc"], A["mn"], A["d"], A["dm"]
+
+    def matvec(self, p: Packed, simd: bool = True):
+        a = self._arrays(p)
+        return lambda x, out: matvec_nibk(*a, x, simd, out)
+
+    def decode(self, p: Packed, ids, out) -> None:
+        decode_nibk(*self._arrays(p), ids, out)
+
+    def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
+        qt, qh, sc, mn, d, dm = self._arrays(p)
+        d32, m32 = expand_k_scales(sc, mn, d, dm, t0, t1)
+        decode_nib_T(qt[t0:t1], qh[t0:t1] if self.five else qh, d32, m32, np.int32(0), 0, t1 - t0, out)
+
+
+Q4 = register(NibbleKind("q4", False, {GGMLType.Q4_0: Nibbles(18, off=8), GGMLType.Q4_1: Nibbles(20, has_min=True)}))
+Q5 = register(NibbleKind("q5", True, {GGMLType.Q5_0: Nibbles(22, off=16), GGMLType.Q5_1: Nibbles(24, has_min=True)}))
+Q4K = register(NibbleKKind("q4k", False, {GGMLType.Q4_K: Nibbles(144)}))
+Q5K = register(NibbleKKind("q5k", True, {GGMLType.Q5_K: Nibbles(176)}))
