@@ -6,13 +6,16 @@ Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE):
                            time (the int16 pairs of the integer sums): byte k of block b of lane l
                            is at ``((b * 16 + k // 2) * R + l) * 2 + k % 2`` (``pair_index``)
   d   f32 / f16 bits (T, nb*R)  ``q8``: the scale of each block
-  sl, sh  (T, nb*R)        ``q6``: the scales d * sc of weights 0-15 and 16-31 of each block
+  sl, sh  int8 (T, nb*R)   ``q6``: the file's integer scales sc of weights 0-15 and 16-31 of each block
+  d   f16 bits (T, nb/8*R) ``q6``: the scale of each 256 weights (index ``(b // 8) * R + l``)
 
-weight = s * q.  (Q6_K spends a whole byte per weight: 10 bits per weight in memory against 6.6
-in the file, but the kernel does no bit assembly and runs at the speed of Q8_0's.)
+weight = s * q, s = d (Q8_0) or d * sc (Q6_K).  (Q6_K spends a whole byte per weight: 8.6 bits per
+weight in memory against 6.6 in the file, but the kernel does no bit assembly and runs at the
+speed of Q8_0's.)
 
 Matvec: x rounded to int16 per block (``tiled.round_activations16``, within max|x_block| / 65534),
-``acc += dx (s_lo isum_lo + s_hi isum_hi)`` with the integer sums from ``pair_isums``.  AVX2 form:
+``acc += dx (s_lo isum_lo + s_hi isum_hi)`` with the integer sums from ``pair_isums``; Q6_K sums
+``dx (sl isum_lo + sh isum_hi)`` over each 256 and scales the sum by d (``matvec_q6``).  AVX2 form:
 ``vpmovsxbw`` loads of 8 rows' pairs and ``vpmaddwd`` by the broadcast activation pair.
 
 Tile decoder (prompt matmul, AVX2 and F16C): one 32-byte load holds weights 2p, 2p+1 of 16 rows,
@@ -68,8 +71,9 @@ def repack_q8_0(raw, qt, d, r0, r1):
 
 
 @njit(cache=True, nogil=True)
-def repack_q6_k(raw, qt, sl, sh, r0, r1):
-    """Q6_K (210 bytes: ql[128], qh[64], scales int8[16], d) -> bytes q - 32, per-16 scales d * sc."""
+def repack_q6_k(raw, qt, sl, sh, d, r0, r1):
+    """Q6_K (210 bytes: ql[128], qh[64], scales int8[16], d) -> bytes q - 32, the int8 scales of
+    weights 0-15 and 16-31 of each block (sl, sh) and each 256's d."""
     nb = sl.shape[1] // R
     e = np.empty(32, np.int32)
     for r in range(r0, r1):
@@ -77,7 +81,7 @@ def repack_q6_k(raw, qt, sl, sh, r0, r1):
         src, q = raw[r], qt[t]
         for i in range(nb // 8):
             o = i * 210
-            dd = f16_at(src, o + 208)
+            d[t, i * R + l] = f16_at(src, o + 208)
             for b8 in range(8):              # 32-weight block b8 of the super-block
                 half = b8 // 4               # which 128-weight half
                 kk = b8 % 4                  # q1..q4 of ggml's loop
@@ -92,8 +96,24 @@ def repack_q6_k(raw, qt, sl, sh, r0, r1):
                 put_bytes(q, b, l, e, 32)
                 i2 = b * R + l
                 isc = o + 192 + 8 * half + 2 * kk
-                sl[t, i2] = dd * np.float32(sext8(src[isc]))
-                sh[t, i2] = dd * np.float32(sext8(src[isc + 1]))
+                sl[t, i2] = np.int8(sext8(src[isc]))
+                sh[t, i2] = np.int8(sext8(src[isc + 1]))
+
+
+@njit(cache=True, nogil=True)
+def expand_q6_scales(sl, sh, d, t0, t1):
+    """Tiles t0..t1-1 of Q6_K's int8 scales as float32 d * sc (t1 - t0, nb*R) each for weights 0-15
+    and 16-31 of every block (exact: an 11-bit significand times an 8-bit integer)."""
+    nb = sl.shape[1] // R
+    lo = np.empty((t1 - t0, nb * R), np.float32)
+    hi = np.empty((t1 - t0, nb * R), np.float32)
+    for t in range(t0, t1):
+        for b in range(nb):
+            for l in range(R):
+                dd = scale(d[t, (b // 8) * R + l])
+                lo[t - t0, b * R + l] = dd * f32(sl[t, b * R + l])
+                hi[t - t0, b * R + l] = dd * f32(sh[t, b * R + l])
+    return lo, hi
 
 
 # ---------------------------------------------------------------- integer sums
@@ -172,7 +192,7 @@ def _pair_isums_impl(q, qo, xq, xo, out, simd):
 
 @njit(parallel=True, fastmath=FM, cache=True)
 def matvec_i8(qt, s_lo, s_hi, x, simd, y):
-    """One byte per weight (Q8_0, Q6_K tiled): qt (T, nb*32*R) int8; scales s_lo / s_hi
+    """One byte per weight (Q8_0) tiled: qt (T, nb*32*R) int8; scales s_lo / s_hi
     (T, nb*R) of weights 0-15 / 16-31 of each block (the same array when the type has
     one scale per block); w = s q.  x is rounded to int16 per block (round_activations16)
     and the integer sums come from pair_isums (simd: its AVX2 form where the host has it)."""
@@ -193,18 +213,61 @@ def matvec_i8(qt, s_lo, s_hi, x, simd, y):
         store_tile(acc, t, y)
 
 
+@njit(parallel=True, fastmath=FM, cache=True)
+def matvec_q6(qt, sl, sh, d, x, simd, y):
+    """Q6_K tiled: qt as matvec_i8's (q - 32); sl, sh (T, nb*R) int8 the scales of weights 0-15 and
+    16-31 of each block, d (T, nb/8*R) each 256's scale.  Per 256 weights
+    ``acc += d sum(dx (sl isum_lo + sh isum_hi))``, as ggml sums a Q6_K block: the scales stay
+    integers, so a block streams 34.25 bytes instead of the 40 of float scales."""
+    nb = x.size // 32
+    xq, dx = round_activations16(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        lt = sl[t]
+        ht = sh[t]
+        dt = d[t]
+        acc = np.zeros(R, np.float32)
+        aq = np.empty(R, np.float32)        # one super-block's sum of sc * (q . x)
+        isum = np.empty(2 * R, np.int32)
+        for s in range(nb // 8):
+            aq[:] = 0
+            for b in range(8 * s, 8 * s + 8):
+                pair_isums(q, b * 32 * R, xq, 32 * b, isum, simd)
+                dxb = dx[b]
+                for l in range(R):
+                    i = nonneg(b * R + l)
+                    aq[l] += (f32(lt[i]) * f32(isum[l]) + f32(ht[i]) * f32(isum[R + l])) * dxb
+            for l in range(R):
+                acc[l] += scale(dt[nonneg(s * R + l)]) * aq[l]
+        store_tile(acc, t, y)
+
+
+@njit(cache=True, inline="always")
+def decode_i8_block(q, b, l, s0, s1, o):
+    """Block b of lane l of a tile (q = qt[t]) into o[32 b: 32 b + 32]: w = q s0 (weights 0-15), q s1."""
+    for k in range(32):
+        o[32 * b + k] = f32(q[pair_index(b, k, l)]) * (s0 if k < 16 else s1)
+
+
 @njit(nogil=True, cache=True)
 def decode_i8(qt, s_lo, s_hi, ids, out):
-    """The byte-per-weight kinds (see matvec_i8): w = q s (Q8_0; Q6_K: q holds q - 32)."""
+    """The byte-per-weight kinds (see matvec_i8): w = q s (Q8_0)."""
     for i in range(ids.size):
         t, l = divmod(ids[i], R)
-        q, o = qt[t], out[i]
         for b in range(s_lo.shape[1] // R):
             j = b * R + l
-            s0 = scale(s_lo[t, j])
-            s1 = scale(s_hi[t, j])
-            for k in range(32):
-                o[32 * b + k] = f32(q[pair_index(b, k, l)]) * (s0 if k < 16 else s1)
+            decode_i8_block(qt[t], b, l, scale(s_lo[t, j]), scale(s_hi[t, j]), out[i])
+
+
+@njit(nogil=True, cache=True)
+def decode_q6(qt, sl, sh, d, ids, out):
+    """Q6_K (see matvec_q6): w = q (d sc), decode_i8's values with the scales made float."""
+    for i in range(ids.size):
+        t, l = divmod(ids[i], R)
+        for b in range(sl.shape[1] // R):
+            dd = scale(d[t, (b // 8) * R + l])
+            j = b * R + l
+            decode_i8_block(qt[t], b, l, dd * f32(sl[t, j]), dd * f32(sh[t, j]), out[i])
 
 
 @intrinsic
@@ -275,34 +338,29 @@ def matmul_small_i8(qt, s_lo, s_hi, x, n, t0, t1, out):
 
 
 class ByteKind(TiledKind):
-    """q8 / q6 (see the module docstring)."""
+    """q8: Q8_0, one float scale per block (see the module docstring)."""
     qbytes = 32
     lane_bytes = 2
     qdtype = np.int8
 
-    def __init__(self, name: str, t: GGMLType, scales: tuple[str, ...], repacker):
-        self.name, self.types, self.scales, self._repacker = name, {t: None}, scales, repacker
+    def __init__(self, name: str, t: GGMLType):
+        self.name, self.types, self.scales = name, {t: None}, ("d",)
         if HOST_AVX2 and HOST_F16C:
             self.decode_T = self._decode_T
             self.small_matmul = self._small_matmul
 
     def repack_rows(self, raw, t, A, r0, r1):
-        self._repacker(raw, A["qt"], *(A[k] for k in self.scales), r0, r1)
-
-    def _arrays(self, p: Packed):
-        """(qt, s_lo, s_hi): one scale per block serves both halves (Q8_0); Q6_K has one per 16 weights."""
-        s = [p.arrays[k] for k in self.scales]
-        return p.arrays["qt"], s[0], s[-1]
+        repack_q8_0(raw, A["qt"], A["d"], r0, r1)
 
     def matvec(self, p: Packed, simd: bool = True):
-        a = self._arrays(p)
+        a = (p.arrays["qt"], p.arrays["d"], p.arrays["d"])
         return lambda x, out: matvec_i8(*a, x, simd, out)
 
     def decode(self, p: Packed, ids, out) -> None:
-        decode_i8(*self._arrays(p), ids, out)
+        decode_i8(p.arrays["qt"], p.arrays["d"], p.arrays["d"], ids, out)
 
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
-        decode_i8_T(*self._arrays(p), t0, t1, out)
+        decode_i8_T(p.arrays["qt"], p.arrays["d"], p.arrays["d"], t0, t1, out)
 
     def _small_matmul(self, p: Packed, X, out) -> None:
         small_product(matmul_small_i8, self._arrays(p), X, out)
@@ -313,6 +371,33 @@ class ByteKind(TiledKind):
         return (xq.reshape(-1, 32) * dx[:, None].astype(np.float64)).reshape(-1)
 
 
-Q8 = register(ByteKind("q8", GGMLType.Q8_0, ("d",), repack_q8_0))
-Q6 = register(ByteKind("q6", GGMLType.Q6_K, ("sl", "sh"), repack_q6_k))
+class Q6Kind(ByteKind):
+    """q6: Q6_K as bytes q - 32 with its int8 scales per 16 weights and d per 256 (see the module
+    docstring)."""
+    per256 = True
 
+    def extra_arrays(self, t, T, nb):
+        return {"sl": np.zeros((T, nb * ROW_TILE), np.int8), "sh": np.zeros((T, nb * ROW_TILE), np.int8)}
+
+    def repack_rows(self, raw, t, A, r0, r1):
+        repack_q6_k(raw, A["qt"], A["sl"], A["sh"], A["d"], r0, r1)
+
+    @staticmethod
+    def _arrays(p: Packed):
+        return p.arrays["qt"], p.arrays["sl"], p.arrays["sh"], p.arrays["d"]
+
+    def matvec(self, p: Packed, simd: bool = True):
+        a = self._arrays(p)
+        return lambda x, out: matvec_q6(*a, x, simd, out)
+
+    def decode(self, p: Packed, ids, out) -> None:
+        decode_q6(*self._arrays(p), ids, out)
+
+    def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
+        qt, sl, sh, d = self._arrays(p)
+        lo, hi = expand_q6_scales(sl, sh, d, t0, t1)
+        decode_i8_T(qt[t0:t1], lo, hi, 0, t1 - t0, out)
+
+
+Q8 = register(ByteKind("q8", GGMLType.Q8_0))
+Q6 = register(Q6Kind("q6", GGMLType.Q6_K))
