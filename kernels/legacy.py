@@ -671,9 +671,9 @@ encode_mxfp4 = _encoder(K_MXFP4, 17, "MXFP4")
 
 TYPES = [
     QuantType(GGMLType.Q4_0, LAYOUT_Q4_0, decode_q4_0, encode_q4_0, nibble.Q4),
-    QuantType(GGMLType.Q4_1, LAYOUT_Q4_1, decode_q4_1, encode_q4_1, nibble.Q4),
+    QuantType(GGMLType.Q4_1, LAYOUT_Q4_1, decode_q4_1, encode_q4_1, nibble.Q4M),
     QuantType(GGMLType.Q5_0, LAYOUT_Q5_0, decode_q5_0, encode_q5_0, nibble.Q5),
-    QuantType(GGMLType.Q5_1, LAYOUT_Q5_1, decode_q5_1, encode_q5_1, nibble.Q5),
+    QuantType(GGMLType.Q5_1, LAYOUT_Q5_1, decode_q5_1, encode_q5_1, nibble.Q5M),
     QuantType(GGMLType.Q8_0, LAYOUT_Q8_0, decode_q8_0, encode_q8_0, byte.Q8),
     QuantType(GGMLType.Q8_1, LAYOUT_Q8_1, decode_q8_1, encode_q8_1),
     QuantType(GGMLType.IQ4_NL, LAYOUT_IQ4_NL, decode_iq4_nl, encode_iq4_nl, table.T4),

@@ -20,6 +20,8 @@ import pytest
 import kernels
 from gguf_engine.gguf.reader import GGUFReader
 from kernels import Weight
+from kernels.kinds import Packed
+from kernels.kinds.tiled import as_f32_scales
 from kernels.types import BLOCK_SIZES, GGMLType, as_type
 
 from .conftest import fixture_path
@@ -257,8 +259,9 @@ def test_concat_and_fused_matvec(name):
 
 @pytest.mark.parametrize("name", ["Q4_0", "Q5_0", "Q8_0"])
 def test_scale_storage_and_aligned_concat(name):
-    """Scales are kept as float16 when that is exact and as float32 when not (Q4_0/Q5_0's -8d
-    overflowing float16, here d = 16384 in one part); both forms decode bit-exactly, multiply
+    """Scales are kept as float16 when that is exact (also for huge d = 16384 in one part: Q4_0 and
+    Q5_0 store no offset -8d / -16d that could overflow) and work as float32 (the storage of a
+    kind's inexact scales; one part's converted here); both forms decode bit-exactly, multiply
     within tolerance, and stack (whole row tiles, 32 + 64 rows, and a mixed-storage concat)."""
     rng = np.random.default_rng(8)
     ok = random_tensor(name, 32, 256, rng)
@@ -268,8 +271,10 @@ def test_scale_storage_and_aligned_concat(name):
     blocks[::7, 0:2] = np.array([16384.0], np.float16).view(np.uint8)   # a few huge scales
     parts = [Weight(ok, name, (32, 256)), Weight(big, name, (64, 256))]
     assert parts[0].packed.arrays["d"].dtype == np.uint16            # exact in float16
-    if name != "Q8_0":                           # Q8_0 has no offset that could overflow
-        assert parts[1].packed.arrays["d"].dtype == np.float32
+    assert parts[1].packed.arrays["d"].dtype == np.uint16
+    parts[1] = Weight._from_packed(Packed(parts[1].kind, parts[1].qtype, 64, 256,
+                                          {k: as_f32_scales(a) if k == "d" else a
+                                           for k, a in parts[1].packed.arrays.items()}), (64,))
     x = rng.standard_normal(256).astype(np.float32)
     for p, data in zip(parts, (ok, big)):
         check_weight(p, kernels.dequantize(data, name, p.shape), rng, batches=(1,), what=name)

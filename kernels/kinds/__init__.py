@@ -11,7 +11,7 @@ types it takes; ``kernels.weight.Weight`` only delegates to that object.
 =========  ==========================================================  ===================
 kind       types                                                       module
 =========  ==========================================================  ===================
-``q4``     Q4_0, Q4_1 (``q5``: Q5_0, Q5_1, a fifth bit)                ``nibble``
+``q4``     Q4_0, Q4_1 as ``q4m`` (``q5``, ``q5m``: Q5_0, Q5_1, a fifth bit) ``nibble``
 ``q4k``    Q4_K (``q5k``: Q5_K), integer sub-scales                    ``nibble``
 ``q2``     Q2_K, Q3_K (a third bit), TQ2_0, TQ1_0                      ``crumb``
 ``t4``     IQ4_NL, IQ4_XS, MXFP4 (4-bit indices into a value table)    ``table``

@@ -1,4 +1,5 @@
-"""Kinds ``q4`` and ``q5``: 4-bit weights as nibbles (Q4_0, Q4_1), with a fifth bit (Q5_0, Q5_1);
+"""Kinds ``q4`` / ``q4m`` and ``q5`` / ``q5m``: 4-bit weights as nibbles (Q4_0 / Q4_1), with a fifth bit
+(Q5_0 / Q5_1);
 ``q4k`` and ``q5k``: the same for the k-quants (Q4_K, Q5_K) with integer sub-scales.
 
 Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE; see ``tiled``):
@@ -13,9 +14,9 @@ Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE; see ``tiled``):
                            covers the 32 weights of one 32-byte load of qt (``fifth_bit_index``).
                            ``q4``: shape (1, 0)
   d   f32 / f16 bits (T, nb*R)  scale of each 32-weight block
-  m   f32 / f16 bits (T, nb*R)  offset of each block: weight = d * q + m.  Q4_0 and Q5_0 store
-                           m = -8 d and -16 d (but decode as (q - off) d, ggml's expression, which
-                           keeps the sign of zero)
+  m   f32 / f16 bits (T, nb*R)  ``q4m`` / ``q5m`` (Q4_1, Q5_1): the offset of each block, weight =
+                           d * q + m.  ``q4`` / ``q5`` (Q4_0, Q5_0) store none: weight = (q - off) d,
+                           off = 8 / 16, ggml's expression (it keeps the sign of zero)
 
 ``q4k`` / ``q5k`` keep qt and qh, and instead of d and m the file's integer sub-scales, so a
 32-weight block streams 18.5 bytes (Q4_K) instead of the 24 float scales would take:
@@ -26,7 +27,8 @@ Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE; see ``tiled``):
   dm  f16 bits (T, nb/8*R) the scale of the mins of each 256
 
 Matvec: per block ``acc += d (dx isum_q + dr isum_r) + m xs`` in float32 (xs: the block sum of
-the rounded x), the integer sums from ``nibble_isums``; the k-quants sum ``sc p`` and ``mn xs``
+the rounded x; ``d (dx isum_q + dr isum_r - off xs)`` for Q4_0 / Q5_0), the integer sums from
+``nibble_isums``; the k-quants sum ``sc p`` and ``mn xs``
 over each 256 and scale the sums by d and dmin (``matvec_nibk``).  AVX2 form: per 32-byte load (bytes
 4g..4g+3 of 8 rows) ``vpand``/``vpsrlw`` split the nibbles (5-bit: each fifth-bit word spread to
 32 bytes of 0/16 and or-ed in), ``vpmaddubsw`` (unsigned weight x signed activation, pairs summed
@@ -98,8 +100,8 @@ def put_fifth_bits(qh, b, l, e):
 
 @njit(cache=True, nogil=True)
 def repack_legacy(raw, ts, has_m, has_h, off, qt, qh, d, m, r0, r1):
-    """Q4_0 (ts 18), Q4_1 (20), Q5_0 (22), Q5_1 (24): d [m] [qh] qs[16].  off: 8 or 16 for the
-    symmetric types (m = -off * d), 0 otherwise."""
+    """Q4_0 (ts 18), Q4_1 (20), Q5_0 (22), Q5_1 (24): d [m] [qh] qs[16] (m only written where the
+    type has it, has_m)."""
     nb = d.shape[1] // R
     for r in range(r0, r1):
         t, l = divmod(r, R)
@@ -113,8 +115,6 @@ def repack_legacy(raw, ts, has_m, has_h, off, qt, qh, d, m, r0, r1):
             if has_m:
                 m[t, i] = f16_at(src, o)
                 o += 2
-            else:
-                m[t, i] = np.float32(-off) * db
             if has_h:
                 h = u32_at(src, o)
                 o += 4
@@ -289,13 +289,15 @@ def _nibble_isums_impl(q, qo, h, ho, five, xq, xr, xo, out, simd):
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_nib(qt, qh, d, m, x, simd, y):
-    """The nibble kinds, tiled: qt (T, nb*16*R) uint8; 5-bit types (Q5_0, Q5_1, Q5_K) also qh
-    (T, nb*R) uint32, their fifth bits (4-bit types: qh of shape (1, 0)); d, m (T, nb*R);
-    y (rows,) f32.  x is split into two int8 terms per block (round_activations); per block
-    the integer sums come from nibble_isums (simd: its AVX2 form where the host has it)."""
+def matvec_nib(qt, qh, d, m, off, x, simd, y):
+    """The legacy nibble kinds, tiled: qt (T, nb*16*R) uint8; 5-bit types (Q5_0, Q5_1) also qh
+    (T, nb*R) uint32, their fifth bits (4-bit types: qh of shape (1, 0)); d, m (T, nb*R): w = d q + m,
+    or for off = 8 / 16 (Q4_0, Q5_0; m unused) w = d (q - off); y (rows,) f32.  x is split into
+    two int8 terms per block (round_activations); per block the integer sums come from
+    nibble_isums (simd: its AVX2 form where the host has it)."""
     nb = x.size // 32
     five = qh.shape[1] > 0
+    moff = f32(-off)
     xq, xr, dx, dr, xs = round_activations(x)
     for t in prange(qt.shape[0]):
         q = qt[t]
@@ -309,10 +311,17 @@ def matvec_nib(qt, qh, d, m, x, simd, y):
             dxb = dx[b]
             drb = dr[b]
             xsb = xs[b]
-            for l in range(R):
-                i = nonneg(b * R + l)
-                p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
-                acc[l] += scale(dt[i]) * p + scale(mt[i]) * xsb
+            if off:
+                xo = moff * xsb
+                for l in range(R):
+                    i = nonneg(b * R + l)
+                    p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                    acc[l] += scale(dt[i]) * (p + xo)
+            else:
+                for l in range(R):
+                    i = nonneg(b * R + l)
+                    p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                    acc[l] += scale(dt[i]) * p + scale(mt[i]) * xsb
         store_tile(acc, t, y)
 
 
@@ -525,11 +534,12 @@ class Nibbles:
 
 
 class NibbleKind(TiledKind):
-    """q4 / q5: the legacy types, a float scale and offset per 32-block (see the module docstring)."""
+    """q4 / q5 and q4m / q5m: the legacy types, a float scale (and offset: ``m``) per 32-block (see
+    the module docstring).  sym: the symmetric types (Q4_0, Q5_0) store no offset."""
 
-    def __init__(self, name: str, five: bool, types: dict):
+    def __init__(self, name: str, five: bool, types: dict, sym: bool = False):
         self.name, self.five, self.types = name, five, types
-        self.scales = ("d", "m")
+        self.scales = ("d",) if sym else ("d", "m")
         self.bits = ("qh", fifth_bit_index)
         if HOST_AVX2 and HOST_F16C:
             self.decode_T = self._decode_T
@@ -538,21 +548,25 @@ class NibbleKind(TiledKind):
     def has_bits(self, t) -> bool:
         return self.five
 
+    @staticmethod
+    def _dm(p: Packed):
+        """(d, m), d standing in for the offsets of a symmetric type (never read there)."""
+        return p.arrays["d"], p.arrays.get("m", p.arrays["d"])
+
     def repack_rows(self, raw, t, A, r0, r1):
         n = self.types[t]
-        repack_legacy(raw, n.block_bytes, n.has_min, self.five, n.off, A["qt"], A["qh"], A["d"], A["m"], r0, r1)
+        repack_legacy(raw, n.block_bytes, n.has_min, self.five, n.off, A["qt"], A["qh"], A["d"], A.get("m", A["d"]),
+                      r0, r1)
 
     def matvec(self, p: Packed, simd: bool = True):
-        a = (p.arrays["qt"], p.arrays["qh"], p.arrays["d"], p.arrays["m"])
+        a = (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off))
         return lambda x, out: matvec_nib(*a, x, simd, out)
 
     def decode(self, p: Packed, ids, out) -> None:
-        A = p.arrays
-        decode_nib(A["qt"], A["qh"], A["d"], A["m"], np.int32(self.types[p.qtype].off), ids, out)
+        decode_nib(p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off), ids, out)
 
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
-        A = p.arrays
-        decode_nib_T(A["qt"], A["qh"], A["d"], A["m"], np.int32(self.types[p.qtype].off), t0, t1, out)
+        decode_nib_T(p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off), t0, t1, out)
 
     def _small_matmul(self, p: Packed, X, out) -> None:
         A = p.arrays
@@ -593,7 +607,9 @@ class NibbleKKind(NibbleKind):
         decode_nib_T(qt[t0:t1], qh[t0:t1] if self.five else qh, d32, m32, np.int32(0), 0, t1 - t0, out)
 
 
-Q4 = register(NibbleKind("q4", False, {GGMLType.Q4_0: Nibbles(18, off=8), GGMLType.Q4_1: Nibbles(20, has_min=True)}))
-Q5 = register(NibbleKind("q5", True, {GGMLType.Q5_0: Nibbles(22, off=16), GGMLType.Q5_1: Nibbles(24, has_min=True)}))
+Q4 = register(NibbleKind("q4", False, {GGMLType.Q4_0: Nibbles(18, off=8)}, sym=True))
+Q5 = register(NibbleKind("q5", True, {GGMLType.Q5_0: Nibbles(22, off=16)}, sym=True))
+Q4M = register(NibbleKind("q4m", False, {GGMLType.Q4_1: Nibbles(20, has_min=True)}))
+Q5M = register(NibbleKind("q5m", True, {GGMLType.Q5_1: Nibbles(24, has_min=True)}))
 Q4K = register(NibbleKKind("q4k", False, {GGMLType.Q4_K: Nibbles(144)}))
 Q5K = register(NibbleKKind("q5k", True, {GGMLType.Q5_K: Nibbles(176)}))
