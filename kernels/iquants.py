@@ -1344,5 +1344,5 @@ TYPES = [
     QuantType(GGMLType.IQ3_S, LAYOUT_IQ3_S, decode_iq3_s, _encoder(K_IQ3_S), lattice.T4S),
     QuantType(GGMLType.IQ1_S, LAYOUT_IQ1_S, decode_iq1_s, _encoder(K_IQ1_S), lattice.T4S),
     QuantType(GGMLType.IQ1_M, LAYOUT_IQ1_M, decode_iq1_m, _encoder(K_IQ1_M), lattice.T4S),
-    QuantType(GGMLType.IQ4_XS, LAYOUT_IQ4_XS, decode_iq4_xs, _encoder(K_IQ4_XS), table.T4),
+    QuantType(GGMLType.IQ4_XS, LAYOUT_IQ4_XS, decode_iq4_xs, _encoder(K_IQ4_XS), table.T4X),
 ]

@@ -14,7 +14,8 @@ kind       types                                                       module
 ``q4``     Q4_0, Q4_1 as ``q4m`` (``q5``, ``q5m``: Q5_0, Q5_1, a fifth bit) ``nibble``
 ``q4k``    Q4_K (``q5k``: Q5_K), integer sub-scales                    ``nibble``
 ``q2``     Q2_K, Q3_K (a third bit), TQ2_0, TQ1_0                      ``crumb``
-``t4``     IQ4_NL, IQ4_XS, MXFP4 (4-bit indices into a value table)    ``table``
+``t4``     IQ4_NL, MXFP4 (4-bit indices into a value table; ``t4x``:  ``table``
+           IQ4_XS, integer block scales)
 ``t4s``    IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S        ``lattice``
 ``q8``     Q8_0 (``q6``: Q6_K as q - 32)                               ``byte``
 ``f32``    F32, F16, BF16 (their own values)                           ``plain``

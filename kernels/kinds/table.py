@@ -1,13 +1,16 @@
-"""Kind ``t4``: 4-bit indices into a 16-entry value table (IQ4_NL, IQ4_XS, MXFP4).
+"""Kinds ``t4`` and ``t4x``: 4-bit indices into a 16-entry value table (IQ4_NL, MXFP4; IQ4_XS).
 
 Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE):
 
   qt  uint8  (T, nb*16*R)  the index nibbles as the file has them, laid out as the ``q4`` kind's
                            (``kinds.nibble.nibble_index``)
-  d   f32 / f16 bits (T, nb*R)  the scale of each 32-weight block (IQ4_XS: d * (scale - 32),
-                           MXFP4: its E8M0 exponent halved)
+  d   f32 / f16 bits (T, nb*R)  the scale of each 32-weight block (MXFP4: its E8M0 exponent halved)
 
-weight = d * table[q], with the type's table (``TABLES``).
+weight = d * table[q], with the type's table (``TABLES``).  Kind ``t4x`` (IQ4_XS) keeps qt and the
+file's integer block scales instead of float ones (17.25 bytes per 32 weights instead of 20):
+
+  sc  int8 (T, nb*R)       each block's 6-bit scale minus 32: weight = d * sc * table[q]
+  d   f16 bits (T, nb/8*R) the scale of each 256 weights (index ``(b // 8) * R + l``)
 
 Matvec: the activations' two int8 terms (``tiled``), per block ``acc += d (dx isum_q + dr isum_r)``
 with the integer sums from ``table_isums``.  AVX2 form: per 32-byte load ``vpshufb`` looks the
@@ -46,27 +49,37 @@ TABLES = {GGMLType.IQ4_NL: kvalues_iq4nl, GGMLType.IQ4_XS: kvalues_iq4nl, GGMLTy
 
 @njit(cache=True, nogil=True)
 def repack_t4(raw, ts, qt, d, r0, r1):
-    """IQ4_NL (ts 18: d fp16, qs[16]), MXFP4 (17: e8m0, qs[16]) and IQ4_XS (136: d, scales_h,
-    scales_l[4], qs[128] per 256 weights): the index nibbles as they are, and the scale of each
-    32-weight block."""
+    """IQ4_NL (ts 18: d fp16, qs[16]) and MXFP4 (17: e8m0, qs[16]): the index nibbles as they are,
+    and the scale of each 32-weight block."""
     nb = d.shape[1] // R
     for r in range(r0, r1):
         t, l = divmod(r, R)
         src, q = raw[r], qt[t]
         for b in range(nb):
-            if ts == 136:
-                o = 136 * (b // 8)
-                j = b % 8
-                ls = ((np.int32(src[o + 4 + j // 2]) >> (4 * (j % 2))) & 15) | \
-                    (((np.int32(u16_at(src, o + 2)) >> (2 * j)) & 3) << 4)
-                d[t, b * R + l] = f16_at(src, o) * np.float32(ls - 32)
-                qo = o + 8 + 16 * j
-            else:
-                o = ts * b
-                d[t, b * R + l] = f16_at(src, o) if ts == 18 else e8m0_half_to_f32(src[o])
-                qo = o + ts - 16
+            o = ts * b
+            d[t, b * R + l] = f16_at(src, o) if ts == 18 else e8m0_half_to_f32(src[o])
             for k in range(16):
-                q[nibble_index(b, k, l)] = src[qo + k]
+                q[nibble_index(b, k, l)] = src[o + ts - 16 + k]
+
+
+@njit(cache=True, nogil=True)
+def repack_iq4_xs(raw, qt, sc, d, r0, r1):
+    """IQ4_XS (136 bytes: d, scales_h, scales_l[4], qs[128] per 256 weights): the index nibbles as
+    they are, each 32-weight block's 6-bit scale minus 32 (sc) and each 256's d."""
+    nb = sc.shape[1] // R
+    for r in range(r0, r1):
+        t, l = divmod(r, R)
+        src, q = raw[r], qt[t]
+        for b in range(nb):
+            o = 136 * (b // 8)
+            j = b % 8
+            ls = ((np.int32(src[o + 4 + j // 2]) >> (4 * (j % 2))) & 15) | \
+                (((np.int32(u16_at(src, o + 2)) >> (2 * j)) & 3) << 4)
+            sc[t, b * R + l] = np.int8(ls - 32)
+            if j == 0:
+                d[t, (b // 8) * R + l] = f16_at(src, o)
+            for k in range(16):
+                q[nibble_index(b, k, l)] = src[o + 8 + 16 * j + k]
 
 
 # ---------------------------------------------------------------- integer sums
@@ -195,19 +208,62 @@ def matvec_tab(qt, d, tab, x, simd, y):
         store_tile(acc, t, y)
 
 
+@njit(parallel=True, fastmath=FM, cache=True)
+def matvec_tab_xs(qt, sc, d, tab, x, simd, y):
+    """IQ4_XS tiled: qt as matvec_tab's; sc (T, nb*R) int8 each block's scale (the file's 6-bit
+    scale minus 32), d (T, nb/8*R) each 256's; w = d sc tab[q].  Per 256 weights
+    ``acc += d sum(sc p)``, as ggml sums an IQ4_XS block: the scales stay integers, so a block
+    streams 17.25 bytes instead of 20 with float scales."""
+    nb = x.size // 32
+    xq, xr, dx, dr, _ = round_activations(x)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        sct = sc[t]
+        dt = d[t]
+        acc = np.zeros(R, np.float32)
+        aq = np.empty(R, np.float32)        # one super-block's sum of sc * p
+        isum = np.empty(2 * R, np.int32)
+        for s in range(nb // 8):
+            aq[:] = 0
+            for b in range(8 * s, 8 * s + 8):
+                table_isums(q, b * 16 * R, tab, xq, xr, 32 * b, isum, simd)
+                dxb = dx[b]
+                drb = dr[b]
+                for l in range(R):
+                    p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                    aq[l] += f32(sct[nonneg(b * R + l)]) * p
+            for l in range(R):
+                acc[l] += scale(dt[nonneg(s * R + l)]) * aq[l]
+        store_tile(acc, t, y)
+
+
+@njit(cache=True, inline="always")
+def decode_tab_block(q, b, l, tab, db, o):
+    """Block b of lane l of a tile (q = qt[t]) into o[32 b: 32 b + 32]: w = tab[q] db."""
+    for k in range(16):
+        v = np.int32(q[nibble_index(b, k, l)])
+        o[32 * b + k] = f32(tab[v & _I15]) * db
+        o[32 * b + 16 + k] = f32(tab[v >> _I4]) * db
+
+
 @njit(nogil=True, cache=True)
 def decode_tab(qt, d, tab, ids, out):
     """The table kind (see matvec_tab): w = tab[q] d, as ggml computes it."""
     nb = d.shape[1] // R
     for i in range(ids.size):
         t, l = divmod(ids[i], R)
-        q, o = qt[t], out[i]
         for b in range(nb):
-            db = scale(d[t, b * R + l])
-            for k in range(16):
-                v = np.int32(q[nibble_index(b, k, l)])
-                o[32 * b + k] = f32(tab[v & _I15]) * db
-                o[32 * b + 16 + k] = f32(tab[v >> _I4]) * db
+            decode_tab_block(qt[t], b, l, tab, scale(d[t, b * R + l]), out[i])
+
+
+@njit(nogil=True, cache=True)
+def decode_tab_xs(qt, sc, d, tab, ids, out):
+    """IQ4_XS (see matvec_tab_xs): w = tab[q] (d sc), d sc exact in float32 as ggml's product is."""
+    for i in range(ids.size):
+        t, l = divmod(ids[i], R)
+        for b in range(sc.shape[1] // R):
+            db = scale(d[t, (b // 8) * R + l]) * f32(sc[t, b * R + l])
+            decode_tab_block(qt[t], b, l, tab, db, out[i])
 
 
 @intrinsic
@@ -280,9 +336,9 @@ def matmul_small_tab(qt, d, tab, x, n, t0, t1, out):
 
 
 class TableKind(TiledKind):
-    """t4 (see the module docstring); types: each type's bytes per block (IQ4_XS: per 256 weights)."""
+    """t4 (see the module docstring); types: each type's bytes per block."""
     name = "t4"
-    types = {GGMLType.IQ4_NL: 18, GGMLType.IQ4_XS: 136, GGMLType.MXFP4: 17}
+    types = {GGMLType.IQ4_NL: 18, GGMLType.MXFP4: 17}
 
     def __init__(self):
         if HOST_AVX2 and HOST_F16C:
@@ -306,5 +362,25 @@ class TableKind(TiledKind):
         small_product(matmul_small_tab, (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype]), X, out)
 
 
-T4 = register(TableKind())
+class XSKind(TableKind):
+    """t4x: IQ4_XS, the t4 layout with integer block scales (see the module docstring)."""
+    name = "t4x"
+    types = {GGMLType.IQ4_XS: 136}
+    per256 = True
 
+    def extra_arrays(self, t, T, nb):
+        return {"sc": np.zeros((T, nb * ROW_TILE), np.int8)}
+
+    def repack_rows(self, raw, t, A, r0, r1):
+        repack_iq4_xs(raw, A["qt"], A["sc"], A["d"], r0, r1)
+
+    def matvec(self, p: Packed, simd: bool = True):
+        a = (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype])
+        return lambda x, out: matvec_tab_xs(*a, x, simd, out)
+
+    def decode(self, p: Packed, ids, out) -> None:
+        decode_tab_xs(p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype], ids, out)
+
+
+T4 = register(TableKind())
+T4X = register(XSKind())
