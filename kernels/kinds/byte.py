@@ -33,8 +33,8 @@ from ..simd import HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, b
     out_ptr, scales8, splat
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, fma_rows, load_rows, nonneg, round_activations16,
-                    scale, small_product, store_rows, store_tile)
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, fma_rows, load_rows, nonneg,
+                    round_activations16, scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -237,8 +237,7 @@ def matvec_q6(qt, sl, sh, d, x, simd, y):
                 for l in range(R):
                     i = nonneg(b * R + l)
                     aq[l] += (f32(lt[i]) * f32(isum[l]) + f32(ht[i]) * f32(isum[R + l])) * dxb
-            for l in range(R):
-                acc[l] += scale(dt[nonneg(s * R + l)]) * aq[l]
+            add_scaled(acc, dt, s, aq)
         store_tile(acc, t, y)
 
 

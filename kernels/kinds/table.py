@@ -32,8 +32,8 @@ from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, 
 from ..types import GGMLType
 from . import Packed, register
 from .nibble import isums_loop, nibble_index
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, fma_rows, load_rows, nonneg, round_activations,
-                    scale, small_product, store_rows, store_tile)
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, fma_rows, load_rows, nonneg,
+                    round_activations, scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -232,8 +232,7 @@ def matvec_tab_xs(qt, sc, d, tab, x, simd, y):
                 for l in range(R):
                     p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
                     aq[l] += f32(sct[nonneg(b * R + l)]) * p
-            for l in range(R):
-                acc[l] += scale(dt[nonneg(s * R + l)]) * aq[l]
+            add_scaled(acc, dt, s, aq)
         store_tile(acc, t, y)
 
 

@@ -85,6 +85,14 @@ def store_tile(acc, t, y):
         y[t * ROW_TILE + l] = acc[l]
 
 
+@njit(cache=True, inline="always")
+def add_scaled(acc, dt, s, aq):
+    """acc[l] += scale(dt[s R + l]) aq[l] for the R lanes: a super-block's sums (aq) times the
+    lanes' scales of super-block s (dt: a tile's row of per-256 scales)."""
+    for l in range(ROW_TILE):
+        acc[l] += scale(dt[nonneg(s * ROW_TILE + l)]) * aq[l]
+
+
 # ---------------------------------------------------------------- the small-batch products
 
 
