@@ -2,7 +2,8 @@
 
     python tools/profile_decode.py -m llama-3.2-1b-q4_0.gguf [-t 2] [-n 64] [--ctx 128]
 
-The model generates -n tokens (after one untimed warm-up pass of as many) twice:
+The model generates -n tokens (after one untimed warm-up pass of as many) -r times each way,
+alternately (best of each kept):
   1. plain, for the step time as gguf-bench sees it;
   2. with every kernel call timed: each weight's matvec (grouped by tensor role and GGML
      type: attn_qkv, attn_output, ffn_gate_up, ffn_down, output) and each backend op (norms,
@@ -81,15 +82,27 @@ def _timed(fn, groups, key, nbytes):
     return call
 
 
-def instrument(model, groups) -> None:
-    """Wrap each weight's bound matvec and each backend op of the model with a timer."""
+def instrument(model, groups):
+    """Wrap each weight's bound matvec and each backend op of the model with a timer; returns
+    the function that takes the timers off again."""
     tf = model._tf
+    undo = []
     for role, w in _weights(tf):
+        undo.append((w, "_product", w._product))
         w._product = _timed(w._product, groups, f"matvec {role} {w.qtype.name}", w.file_nbytes)
     be = tf.backend
     for op in BACKEND_OPS:
         if hasattr(be, op):
+            undo.append((be, op, None))
             setattr(be, op, _timed(getattr(be, op), groups, op, 0))
+
+    def remove() -> None:
+        for obj, name, old in undo:
+            if old is None:
+                delattr(obj, name)          # the instance attribute: the class's method shows again
+            else:
+                setattr(obj, name, old)
+    return remove
 
 
 def generate(model, n: int, rng) -> float:
@@ -118,15 +131,16 @@ def main(argv=None) -> int:
     model = load_model(args.model, n_ctx=args.n_gen + 16, n_threads=args.threads)
     rng = np.random.default_rng(1234)
     generate(model, args.n_gen, rng)                                   # warm-up: compile, fault in
-    plain = min(generate(model, args.n_gen, rng) for _ in range(args.reps)) / args.n_gen
-    groups: dict[str, Group] = defaultdict(Group)
-    instrument(model, groups)
     cost = _timer_cost()
+    groups: dict[str, Group] = defaultdict(Group)
     best: dict[str, Group] = {}
-    best_total = float("inf")
-    for _ in range(args.reps):
+    best_total = plain = float("inf")
+    for _ in range(args.reps):                  # plain and timed runs alternate: noise hits both
+        plain = min(plain, generate(model, args.n_gen, rng) / args.n_gen)
         groups.clear()
+        remove = instrument(model, groups)
         generate(model, args.n_gen, rng)
+        remove()
         total = sum(g.seconds for g in groups.values())
         if total < best_total:
             best_total, best = total, {k: Group(g.seconds, g.calls, g.nbytes) for k, g in groups.items()}
