@@ -99,6 +99,24 @@ def madds(builder):
             x86(builder, "llvm.x86.avx2.pmadd.wd", V8I32, V16I16, V16I16))
 
 
+# Bytes ahead of the current block that the integer sums prefetch: a few blocks further along the
+# tile's stream (its quants are contiguous), so those lines are in flight while this block's
+# multiply-adds run.  Generation streams every weight from memory once per token; on one core
+# the hardware prefetcher alone kept about 3/4 of the read rate this reaches with the 4-bit
+# kinds (the byte kinds, with half the work per byte, gain nothing and do without).
+PREFETCH_AHEAD = 4096
+
+
+def prefetch_block(builder, ptr, nbytes: int) -> None:
+    """Read prefetches (llvm.prefetch, to every cache level) of the nbytes at PREFETCH_AHEAD bytes
+    past i8* ptr, one per 64-byte cache line."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32, I32]),
+                                        "llvm.prefetch.p0i8")
+    for line in range(0, nbytes, 64):
+        builder.call(fn, [builder.gep(ptr, [ir.Constant(I32, PREFETCH_AHEAD + line)]), ir.Constant(I32, 0),
+                          ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
 def loader(builder):
     """load(ptr, offset, type): an unaligned load of `type` at byte (or element) `offset` of ptr."""
     def load(ptr, offset, ty):

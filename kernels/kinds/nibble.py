@@ -52,7 +52,7 @@ from numba.extending import intrinsic, overload
 
 from ..numerics import f16_at, scale_min_k4, u32_at
 from ..simd import (HOST_AVX2, HOST_F16C, I32, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds,
-                    plane_intrinsic, scales8, splat, spread_bits)
+                    plane_intrinsic, prefetch_block, scales8, splat, spread_bits)
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, fma_rows, load_rows, nonneg, round_activations,
@@ -191,6 +191,7 @@ def _emit_nibble_sums(builder, qp, hp, xps, op, five):
     low4 = ir.Constant(V32I8, [15] * 32)
     four = ir.Constant(V32I8, [4] * 32)
     ones = ir.Constant(V16I16, [1] * 16)
+    prefetch_block(builder, qp, 16 * ROW_TILE)
 
     groups = ROW_TILE // 8
     # int16 partial sums per [term][rows 8rg..8rg+7], widened into int32 before they can

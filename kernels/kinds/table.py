@@ -28,7 +28,7 @@ from numba.extending import intrinsic, overload
 from ..iquant_tables import kvalues_iq4nl, kvalues_mxfp4
 from ..numerics import e8m0_half_to_f32, f16_at, u16_at
 from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds,
-                    out_ptr, scales8, splat, x86)
+                    out_ptr, prefetch_block, scales8, splat, x86)
 from ..types import GGMLType
 from . import Packed, register
 from .nibble import isums_loop, nibble_index
@@ -93,6 +93,7 @@ def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, dept
     pshufb = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
     psign = x86(builder, "llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
     load = loader(builder)
+    prefetch_block(builder, qp, 16 * ROW_TILE)
     low4 = ir.Constant(V32I8, [15] * 32)
     four = ir.Constant(V32I8, [4] * 32)
     zero8 = ir.Constant(V32I8, [0] * 32)
