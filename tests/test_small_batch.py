@@ -34,7 +34,8 @@ def test_small_products_serve_the_expected_kinds():
     small-batch product, and the crossover lies above the matvec's batches."""
     from kernels.simd import HOST_AVX2, HOST_F16C
     names = {k.name for k in registered() if k.small_matmul is not None}
-    assert names == ({"q4", "q5", "q8", "q6", "t4"} if HOST_AVX2 and HOST_F16C else set())
+    assert names == ({"q4", "q4m", "q4k", "q5", "q5m", "q5k", "q8", "q6", "t4", "t4x"} if HOST_AVX2 and HOST_F16C
+                     else set())
     assert MATVEC_MAX_BATCH < 4 <= SMALL_BATCH_MAX
 
 

@@ -33,8 +33,8 @@ from ..simd import HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, b
     out_ptr, scales8, splat
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, fma_rows, load_rows, nonneg,
-                    round_activations16, scale, small_product, store_rows, store_tile)
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, load_rows,
+                    nonneg, round_activations16, scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -98,22 +98,6 @@ def repack_q6_k(raw, qt, sl, sh, d, r0, r1):
                 isc = o + 192 + 8 * half + 2 * kk
                 sl[t, i2] = np.int8(sext8(src[isc]))
                 sh[t, i2] = np.int8(sext8(src[isc + 1]))
-
-
-@njit(cache=True, nogil=True)
-def expand_q6_scales(sl, sh, d, t0, t1):
-    """Tiles t0..t1-1 of Q6_K's int8 scales as float32 d * sc (t1 - t0, nb*R) each for weights 0-15
-    and 16-31 of every block (exact: an 11-bit significand times an 8-bit integer)."""
-    nb = sl.shape[1] // R
-    lo = np.empty((t1 - t0, nb * R), np.float32)
-    hi = np.empty((t1 - t0, nb * R), np.float32)
-    for t in range(t0, t1):
-        for b in range(nb):
-            for l in range(R):
-                dd = scale(d[t, (b // 8) * R + l])
-                lo[t - t0, b * R + l] = dd * f32(sl[t, b * R + l])
-                hi[t - t0, b * R + l] = dd * f32(sh[t, b * R + l])
-    return lo, hi
 
 
 # ---------------------------------------------------------------- integer sums
@@ -333,6 +317,15 @@ def matmul_small_i8(qt, s_lo, s_hi, x, n, t0, t1, out):
                 store_rows(acc, c, i0, t, out)
 
 
+@njit(nogil=True, cache=True)
+def matmul_small_q6(qt, sl, sh, d, x, n, t0, t1, out):
+    """matmul_small_i8 for Q6_K: each tile's int8 scales made float (tiled.block_scales, cache-resident)
+    before its blocks are decoded."""
+    for t in range(t0, t1):
+        matmul_small_i8(qt[t:t + 1], block_scales(sl, d, t, t + 1, 1), block_scales(sh, d, t, t + 1, 1), x, n, 0, 1,
+                        out[:, t * R:])
+
+
 # ---------------------------------------------------------------- the kind
 
 
@@ -362,7 +355,7 @@ class ByteKind(TiledKind):
         decode_i8_T(p.arrays["qt"], p.arrays["d"], p.arrays["d"], t0, t1, out)
 
     def _small_matmul(self, p: Packed, X, out) -> None:
-        small_product(matmul_small_i8, self._arrays(p), X, out)
+        small_product(matmul_small_i8, (p.arrays["qt"], p.arrays["d"], p.arrays["d"]), X, out)
 
     def rounded(self, x: np.ndarray) -> np.ndarray:
         """x rounded to int16 per 32-block (within max|x_block| / 65534)."""
@@ -394,8 +387,10 @@ class Q6Kind(ByteKind):
 
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
         qt, sl, sh, d = self._arrays(p)
-        lo, hi = expand_q6_scales(sl, sh, d, t0, t1)
-        decode_i8_T(qt[t0:t1], lo, hi, 0, t1 - t0, out)
+        decode_i8_T(qt[t0:t1], block_scales(sl, d, t0, t1, 1), block_scales(sh, d, t0, t1, 1), 0, t1 - t0, out)
+
+    def _small_matmul(self, p: Packed, X, out) -> None:
+        small_product(matmul_small_q6, self._arrays(p), X, out)
 
 
 Q8 = register(ByteKind("q8", GGMLType.Q8_0))

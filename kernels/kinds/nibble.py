@@ -55,8 +55,8 @@ from ..simd import (HOST_AVX2, HOST_F16C, I32, V8F32, V8I32, V16I16, V32I8, byte
                     plane_intrinsic, prefetch_block, scales8, splat, spread_bits)
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, fma_rows, load_rows, nonneg, round_activations,
-                    scale, small_product, store_rows, store_tile)
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, block_scales, fma_rows, load_rows, nonneg,
+                    round_activations, scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -170,15 +170,8 @@ def k_block_scales(sc, mn, d, dm, t, b, l):
 @njit(cache=True, nogil=True)
 def expand_k_scales(sc, mn, d, dm, t0, t1):
     """Tiles t0..t1-1 of a k-quant's integer sub-scales as the ``q4`` / ``q5`` kinds' per-block
-    float32 d, m (t1 - t0, nb*R): what their exact decoders read."""
-    nb = sc.shape[1] // R
-    do = np.empty((t1 - t0, nb * R), np.float32)
-    mo = np.empty((t1 - t0, nb * R), np.float32)
-    for t in range(t0, t1):
-        for b in range(nb):
-            for l in range(R):
-                do[t - t0, b * R + l], mo[t - t0, b * R + l] = k_block_scales(sc, mn, d, dm, t, b, l)
-    return do, mo
+    float32 d, m (t1 - t0, nb*R): what their K-major block decoders read."""
+    return block_scales(sc, d, t0, t1, 1), block_scales(mn, dm, t0, t1, -1)
 
 
 # ---------------------------------------------------------------- integer sums
@@ -522,6 +515,17 @@ def matmul_small_nib(qt, qh, d, m, off, x, n, t0, t1, out):
                 store_rows(acc, c, i0, t, out)
 
 
+@njit(nogil=True, cache=True)
+def matmul_small_nibk(qt, qh, sc, mn, d, dm, x, n, t0, t1, out):
+    """matmul_small_nib for the k-quant kinds: each tile's integer sub-scales made float
+    (expand_k_scales: 2 KB per 256 columns, cache-resident) before its blocks are decoded."""
+    five = qh.shape[1] > 0
+    for t in range(t0, t1):
+        d32, m32 = expand_k_scales(sc, mn, d, dm, t, t + 1)
+        matmul_small_nib(qt[t:t + 1], qh[t:t + 1] if five else qh[0:1], d32, m32, np.int32(0), x, n, 0, 1,
+                         out[:, t * R:])
+
+
 # ---------------------------------------------------------------- the kind
 
 
@@ -570,8 +574,8 @@ class NibbleKind(TiledKind):
         decode_nib_T(p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off), t0, t1, out)
 
     def _small_matmul(self, p: Packed, X, out) -> None:
-        A = p.arrays
-        small_product(matmul_small_nib, (A["qt"], A["qh"], A["d"], A["m"], np.int32(self.types[p.qtype].off)), X, out)
+        small_product(matmul_small_nib, (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off)),
+                      X, out)
 
 
 class NibbleKKind(NibbleKind):
@@ -606,6 +610,9 @@ class NibbleKKind(NibbleKind):
         qt, qh, sc, mn, d, dm = self._arrays(p)
         d32, m32 = expand_k_scales(sc, mn, d, dm, t0, t1)
         decode_nib_T(qt[t0:t1], qh[t0:t1] if self.five else qh, d32, m32, np.int32(0), 0, t1 - t0, out)
+
+    def _small_matmul(self, p: Packed, X, out) -> None:
+        small_product(matmul_small_nibk, self._arrays(p), X, out)
 
 
 Q4 = register(NibbleKind("q4", False, {GGMLType.Q4_0: Nibbles(18, off=8)}, sym=True))

@@ -32,8 +32,8 @@ from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, 
 from ..types import GGMLType
 from . import Packed, register
 from .nibble import isums_loop, nibble_index
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, fma_rows, load_rows, nonneg,
-                    round_activations, scale, small_product, store_rows, store_tile)
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, load_rows,
+                    nonneg, round_activations, scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -332,6 +332,14 @@ def matmul_small_tab(qt, d, tab, x, n, t0, t1, out):
                 store_rows(acc, c, i0, t, out)
 
 
+@njit(nogil=True, cache=True)
+def matmul_small_tab_xs(qt, sc, d, tab, x, n, t0, t1, out):
+    """matmul_small_tab for IQ4_XS: each tile's int8 block scales made float (tiled.block_scales,
+    cache-resident) before its blocks are decoded."""
+    for t in range(t0, t1):
+        matmul_small_tab(qt[t:t + 1], block_scales(sc, d, t, t + 1, 1), tab, x, n, 0, 1, out[:, t * R:])
+
+
 # ---------------------------------------------------------------- the kind
 
 
@@ -380,6 +388,13 @@ class XSKind(TableKind):
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_tab_xs(p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype], ids, out)
+
+    def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
+        A = p.arrays
+        decode_tab_T(A["qt"][t0:t1], block_scales(A["sc"], A["d"], t0, t1, 1), TABLES[p.qtype], 0, t1 - t0, out)
+
+    def _small_matmul(self, p: Packed, X, out) -> None:
+        small_product(matmul_small_tab_xs, (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype]), X, out)
 
 
 T4 = register(TableKind())

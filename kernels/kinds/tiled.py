@@ -85,6 +85,21 @@ def store_tile(acc, t, y):
         y[t * ROW_TILE + l] = acc[l]
 
 
+@njit(cache=True, nogil=True)
+def block_scales(sc, d, t0, t1, sign):
+    """Tiles t0..t1-1 of integer block scales sc (T, nb*R) times the scales of their 256 weights
+    d (T, nb/8*R): float32 (t1 - t0, nb*R), sign * d * sc, exact (an 11-bit significand times an
+    integer of at most 8 bits): the per-block float scales the K-major block decoders take."""
+    nb = sc.shape[1] // ROW_TILE
+    out = np.empty((t1 - t0, nb * ROW_TILE), np.float32)
+    for t in range(t0, t1):
+        for b in range(nb):
+            for l in range(ROW_TILE):
+                out[t - t0, b * ROW_TILE + l] = f32(sign) * (scale(d[t, (b // 8) * ROW_TILE + l])
+                                                             * f32(sc[t, b * ROW_TILE + l]))
+    return out
+
+
 @njit(cache=True, inline="always")
 def add_scaled(acc, dt, s, aq):
     """acc[l] += scale(dt[s R + l]) aq[l] for the R lanes: a super-block's sums (aq) times the
