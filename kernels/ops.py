@@ -188,15 +188,12 @@ def _head_rms_norm(v, w, eps):
 
 
 @njit(cache=True, nogil=True)
-def qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps,
-                cos, sin, pos0, neox, k_cache, v_cache):
-    """Everything between the Q/K/V projections and attention.
+def qkv_rotate(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps, cos, sin, pos0, neox):
+    """Everything between the Q/K/V projections and the cache, in place.
 
-    In place on q3: (n, H, hd), k3, v3: (n, Hkv, hd): adds the Q/K/V biases
-    (has_bias; bq: (H, hd), bk, bv: (Hkv, hd)), applies the per-head RMS norms
-    (has_qk_norm; qn, kn: (hd,)), then RoPE at positions pos0 .. pos0+n-1 from
-    the tables cos, sin: (n_ctx, n_rot/2).  Then writes k and v to the layer's
-    cache rows pos0.. (k_cache, v_cache: (C, Hkv, hd), float32 or float16 bits).
+    On q3: (n, H, hd), k3, v3: (n, Hkv, hd): adds the Q/K/V biases (has_bias; bq: (H, hd),
+    bk, bv: (Hkv, hd)), applies the per-head RMS norms (has_qk_norm; qn, kn: (hd,)), then
+    RoPE at positions pos0 .. pos0+n-1 from the tables cos, sin: (n_ctx, n_rot/2).
     """
     n, H, hd = q3.shape
     Hkv = k3.shape[1]
@@ -220,7 +217,19 @@ def qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps,
             if has_qk_norm:
                 _head_rms_norm(row, kn, eps)
             _rope_row(row, c, s, neox)
-            _store_row(row, k_cache[pos0 + t, h])
+
+
+@njit(cache=True, nogil=True)
+def qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps,
+                cos, sin, pos0, neox, k_cache, v_cache):
+    """``qkv_rotate``, then k and v written to the layer's cache rows pos0..
+    (k_cache, v_cache: (C, Hkv, hd), float32 or float16 bits).
+    """
+    qkv_rotate(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps, cos, sin, pos0, neox)
+    n, Hkv = k3.shape[0], k3.shape[1]
+    for t in range(n):
+        for h in range(Hkv):
+            _store_row(k3[t, h], k_cache[pos0 + t, h])
             _store_row(v3[t, h], v_cache[pos0 + t, h])
 
 

@@ -81,8 +81,13 @@ class Backend(ABC):
         return list(weights)
 
     @abstractmethod
-    def kv_cache(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, cache_type: str):
-        """A preallocated ``KVCache`` whose arrays live on this backend."""
+    def kv_cache(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, cache_type):
+        """A preallocated ``KVCache`` whose arrays live on this backend; cache_type: a ``KVTypes``
+        or one type name for keys and values."""
+
+    def check_cache_types(self, types) -> None:
+        """ValueError naming what is wrong when this backend cannot hold a KV cache of ``types``
+        (a ``KVTypes``); the default backend holds every type."""
 
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)

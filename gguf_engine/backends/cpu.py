@@ -5,12 +5,13 @@ import itertools
 
 import numpy as np
 
-from kernels import experts as moe_kernels, ops
+from kernels import attention_kv, ops
+from kernels import experts as moe_kernels
 from kernels.experts import ExpertWeights
 from kernels.threads import run_all, split
 from kernels.weight import Weight
 
-from ..model.kv_cache import KVCache
+from ..model.kv_cache import KVCache, cache_rows
 from .base import Backend, ExpertFFN, Routing
 
 _EMPTY2 = np.zeros((1, 1), dtype=np.float32)
@@ -116,19 +117,28 @@ class CPUBackend(Backend):
     def qkv_prepare(self, q3, k3, v3, bq, bk, bv, q_norm, k_norm, eps, rope, pos0, neox, k_cache, v_cache):
         has_bias = bq is not None
         has_norm = q_norm is not None
-        if k_cache.dtype == np.float16:
-            k_cache, v_cache = k_cache.view(np.uint16), v_cache.view(np.uint16)
         if not has_bias:
             bq = bk = bv = _EMPTY2
         if not has_norm:
             q_norm = k_norm = _EMPTY1
+        if _float_pair(k_cache, v_cache):        # f32 / f16 arrays: the rows stored by the same kernel
+            if k_cache.dtype == np.float16:
+                k_cache, v_cache = k_cache.view(np.uint16), v_cache.view(np.uint16)
+
+            def prepare(a, b):
+                ops.qkv_prepare(q3[a:b], k3[a:b], v3[a:b], bq, bk, bv, has_bias, q_norm, k_norm, has_norm, eps,
+                                rope[0], rope[1], pos0 + a, neox, k_cache, v_cache)
+        else:                                    # a block-format side: rotate, then encode the rows
+            (kr, tk), (vr, tv) = cache_rows(k_cache), cache_rows(v_cache)
+
+            def prepare(a, b):
+                ops.qkv_rotate(q3[a:b], k3[a:b], v3[a:b], bq, bk, bv, has_bias, q_norm, k_norm, has_norm, eps,
+                               rope[0], rope[1], pos0 + a, neox)
+                attention_kv.store_rows(k3[a:b], v3[a:b], tk, tv, kr, vr, pos0 + a)
         if q3.shape[0] == 1:                     # a decode step: straight to the kernel
-            ops.qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, q_norm, k_norm, has_norm, eps, rope[0], rope[1], pos0,
-                            neox, k_cache, v_cache)
+            prepare(0, 1)
             return
-        self._by_rows(q3.shape[0], lambda a, b: ops.qkv_prepare(
-            q3[a:b], k3[a:b], v3[a:b], bq, bk, bv, has_bias, q_norm, k_norm, has_norm, eps, rope[0], rope[1], pos0 + a,
-            neox, k_cache, v_cache))
+        self._by_rows(q3.shape[0], prepare)
 
     def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3, sinks=None):
         self._attention(q3, k_cache, v_cache, pos0, scale, window, softcap, out3)
@@ -140,7 +150,12 @@ class CPUBackend(Backend):
         n, H, hd = q3.shape
         if n < BLAS_ATTENTION_MIN_TOKENS:
             n_keys = pos0 + n if window <= 0 else min(pos0 + n, window)
-            kernel = ops.attention if n * H * n_keys * hd >= PARALLEL_ATTENTION_MIN_WORK else ops.attention_serial
+            parallel = n * H * n_keys * hd >= PARALLEL_ATTENTION_MIN_WORK
+            if not _float_pair(k_cache, v_cache):      # block rows decoded as they are read
+                kernel = attention_kv.attention_rows if parallel else attention_kv.attention_rows_serial
+                kernel(q3, *cache_rows(k_cache), *cache_rows(v_cache), pos0, scale, window, softcap, out3)
+                return
+            kernel = ops.attention if parallel else ops.attention_serial
             if k_cache.dtype == np.float16:
                 kernel(q3, k_cache.view(np.uint16), v_cache.view(np.uint16), pos0, scale, window, softcap,
                        ops.F16_TABLE, out3)
@@ -154,14 +169,29 @@ class CPUBackend(Backend):
         a block of ATTENTION_QUERY_BLOCK queries multiplies only the keys its queries can see
         (causal: about half of the full square for a long prompt), and the items are shared
         among the kernel threads, each running single-threaded GEMMs (numpy releases the GIL).
-        Every item is computed the same way whatever the thread count."""
+        Every item is computed the same way whatever the thread count.  A float cache is
+        converted to float32 once per kv head; a block-format cache is decoded by each item,
+        only the rows of its own kv head that its queries see."""
         n, H, hd = q3.shape
         Hkv = k_cache.shape[1]
         lo = max(0, pos0 - window + 1) if window > 0 else 0     # the first key any query sees
-        K = k_cache[lo:pos0 + n]                                 # (nk, Hkv, hd)
-        V = v_cache[lo:pos0 + n]
-        Ks = [np.ascontiguousarray(K[:, g, :], dtype=np.float32) for g in range(Hkv)]   # (nk, hd) each
-        Vs = [np.ascontiguousarray(V[:, g, :], dtype=np.float32) for g in range(Hkv)]
+        if _float_pair(k_cache, v_cache):
+            K = k_cache[lo:pos0 + n]                             # (nk, Hkv, hd)
+            V = v_cache[lo:pos0 + n]
+            Ks = [np.ascontiguousarray(K[:, g, :], dtype=np.float32) for g in range(Hkv)]   # (nk, hd) each
+            Vs = [np.ascontiguousarray(V[:, g, :], dtype=np.float32) for g in range(Hkv)]
+
+            def head(g, key0, key1):
+                return Ks[g][key0 - lo:key1 - lo], Vs[g][key0 - lo:key1 - lo]
+        else:
+            (kr, tk), (vr, tv) = cache_rows(k_cache), cache_rows(v_cache)
+
+            def head(g, key0, key1):
+                Kg = np.empty((key1 - key0, hd), np.float32)
+                Vg = np.empty((key1 - key0, hd), np.float32)
+                attention_kv.load_head(tk, kr, g, key0, key1, Kg)
+                attention_kv.load_head(tv, vr, g, key0, key1, Vg)
+                return Kg, Vg
         B = ATTENTION_QUERY_BLOCK
         items = [(a, min(n, a + B), g) for a in range(0, n, B) for g in range(Hkv)]
         items.sort(key=lambda it: -it[1])                        # the longest (latest) blocks first
@@ -170,24 +200,25 @@ class CPUBackend(Backend):
         def run():
             while (i := next(taken)) < len(items):
                 a, b, g = items[i]
-                self._attention_item(q3, Ks[g], Vs[g], lo, a, b, g, H // Hkv, pos0, scale, window, softcap, out3)
+                self._attention_item(q3, head, lo, a, b, g, H // Hkv, pos0, scale, window, softcap, out3)
 
         workers = max(1, min(self.n_threads, len(items)))
         run_all(run, [()] * workers)
 
     @staticmethod
-    def _attention_item(q3, Kg, Vg, lo, a, b, g, G, pos0, scale, window, softcap, out3):
-        """Queries a..b-1 of kv head g's G query heads over the keys they see; Kg, Vg (nk, hd):
-        that head's keys and values from position lo on."""
+    def _attention_item(q3, head, lo, a, b, g, G, pos0, scale, window, softcap, out3):
+        """Queries a..b-1 of kv head g's G query heads over the keys they see; head(g, key0, key1):
+        that kv head's keys and values (key1 - key0, hd) of positions key0..key1-1."""
         hd = q3.shape[2]
         p0 = pos0 + a                                            # the block's first query position
         key0 = max(lo, p0 - window + 1) if window > 0 else lo   # the first key it sees
         key1 = pos0 + b                                          # one past the last key it sees
+        Kg, Vg = head(g, key0, key1)
         Q = q3[a:b, g * G:(g + 1) * G, :].reshape((b - a) * G, hd)          # rows (token, head)
-        S = Q @ Kg[key0 - lo:key1 - lo].T                        # ((b-a) G, key1 - key0)
+        S = Q @ Kg.T                                             # ((b-a) G, key1 - key0)
         S *= np.float32(scale)
         ops.masked_softmax(S, G, p0, key0, window, softcap)
-        out3[a:b, g * G:(g + 1) * G, :] = (S @ Vg[key0 - lo:key1 - lo]).reshape(b - a, G, hd)
+        out3[a:b, g * G:(g + 1) * G, :] = (S @ Vg).reshape(b - a, G, hd)
 
     def gated_act(self, gate, up, gelu, out):
         if gate.shape[0] == 1:
@@ -235,3 +266,8 @@ class CPUBackend(Backend):
 
     def softcap(self, x, cap):
         ops.softcap_inplace(x, np.float32(cap))
+
+
+def _float_pair(k_cache, v_cache) -> bool:
+    """Both sides are float arrays of one dtype (the f32 / f16 kernels take them as they are)."""
+    return isinstance(k_cache, np.ndarray) and isinstance(v_cache, np.ndarray) and k_cache.dtype == v_cache.dtype

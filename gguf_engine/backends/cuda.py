@@ -27,7 +27,7 @@ import numpy as np
 from kernels.cuda import CHUNK, GPU_TYPES, OPS_OPTIONS, WEIGHT_OPTIONS, ops_source, type_source
 from kernels.types import GGMLType, as_type, row_bytes
 
-from ..model.kv_cache import KVCache
+from ..model.kv_cache import KVCache, KVTypes
 from .base import Backend
 
 MATVEC_WARPS = 4                 # matvec: warps sharing one row
@@ -181,7 +181,14 @@ class CudaBackend(Backend):
         with self.stream:
             return cp.asarray(np.ascontiguousarray(arr, dtype=np.float32))
 
+    def check_cache_types(self, types) -> None:
+        """The GPU attention kernel reads f32 or f16 caches, one type for keys and values."""
+        if types.k != types.v or types.k not in ("f32", "f16"):
+            raise ValueError(f"offloaded layers keep their KV cache in f32 or f16 (one type for K and V); "
+                             f"cache type {types} is supported on the CPU only: use -ngl 0 or -ctk/-ctv f16")
+
     def kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim, cache_type):
+        self.check_cache_types(KVTypes.of(cache_type))
         if head_dim > MAX_HEAD_DIM:
             raise ValueError(f"the GPU attention kernel supports head sizes up to {MAX_HEAD_DIM}, got {head_dim}")
         with self.stream:

@@ -67,8 +67,17 @@ class SlotKVCache:
     def nbytes(self) -> int:
         return self.kv.nbytes
 
+    @property
+    def type_k(self) -> str:
+        return self.kv.type_k
+
+    @property
+    def type_v(self) -> str:
+        return self.kv.type_v
+
     def region(self, il: int, slot: int):
-        """(k, v) of one layer and one slot: (n_ctx_slot, n_head_kv, head_dim) views each."""
+        """(k, v) of one layer and one slot: (n_ctx_slot, n_head_kv, head_dim) views each (float
+        arrays, or ``BlockRows`` for the block types)."""
         k, v = self.kv.layer(il)
         r0 = slot * self.n_ctx_slot
         return k[r0:r0 + self.n_ctx_slot], v[r0:r0 + self.n_ctx_slot]

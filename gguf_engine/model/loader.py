@@ -10,6 +10,7 @@ from .config import ModelConfig
 from .errors import ModelLoadError, UnsupportedModelError
 from .components import FUSED_FIELDS, TensorSpec
 from .keymap import layer_tensors, model_tensors, rope_factor_tensor, unexpected_reason
+from .kv_cache import KVTypes
 from .model import Model
 from .transformer import Block, Transformer
 
@@ -114,13 +115,14 @@ def check_tensors(reader, c: ModelConfig, source: str) -> list[str]:
     return used
 
 
-def load_model(path_or_reader, n_ctx: int | None = None, n_batch: int = 512, cache_type: str = "f32",
+def load_model(path_or_reader, n_ctx: int | None = None, n_batch: int = 512, cache_type: "KVTypes | str" = "f32",
                n_threads: int | None = None, n_gpu_layers: int = 0, backend=None, device=None) -> Model:
     """Load a GGUF model (a path or an open ``GGUFReader``) for evaluation.
 
     n_ctx: KV cache length (default min(trained context, 4096)); n_batch: prompt
-    tokens per forward pass; cache_type: "f32" or "f16"; n_threads: CPU threads
-    (None: all cores).
+    tokens per forward pass; cache_type: the KV cache's types, one name for keys and values
+    ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1") or a ``KVTypes``;
+    n_threads: CPU threads (None: all cores).
 
     n_gpu_layers (as llama.cpp's --n-gpu-layers): the last N repeating layers go to the
     device backend (their weights, norms and KV cache), and when N exceeds the layer count
@@ -179,6 +181,10 @@ def _build(reader, owns, n_ctx, n_batch, cache_type, n_threads, n_gpu_layers, ba
     c = config
     d = c.n_embd
     n_dev, output_on_dev = offload_split(c.n_layer, n_gpu_layers) if device is not None else (0, False)
+    cache_type = KVTypes.of(cache_type)
+    cache_type.check(c.head_dim)                  # refused before any weight is read
+    if n_dev:
+        device.check_cache_types(cache_type)
     first_dev = c.n_layer - n_dev                 # layers first_dev.. live on the device
 
     def layer_backend(il: int):

@@ -1,0 +1,304 @@
+"""Attention over a KV cache stored in GGML block formats (Numba).
+
+A cache of this kind keeps each (position, kv head) row of ``head_dim`` values as the bytes of
+one GGML type: F32, F16, BF16 or one of the 32-value block types Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+IQ4_NL (llama.cpp's cache types).  Rows are written with the types' own bit-exact encoders
+(``kernels.legacy``, ``kernels.numerics``) and read back with their exact decoders, so a cache row
+decodes to exactly what ggml's dequantization of the same bytes gives.
+
+The attention kernels never make a float copy of the cache: each key (value) row is decoded
+into a small buffer of ``head_dim`` floats the moment it is used, once for all the query heads
+that share it (grouped-query attention), and consumed there.  A step's work is split into
+chunks of keys; each chunk keeps its own running maximum, sum and weighted values (the
+flash-decoding split), and the chunks are merged exactly afterwards, so even a model with one
+kv head spreads a long context over every thread.
+
+Shapes (n = new tokens, H = query heads, Hkv = kv heads, hd = head size, C = cache rows,
+rb = bytes per row of the type):
+    q3, out3: (n, H, hd) float32     k_rows, v_rows: (C, Hkv, rb_k), (C, Hkv, rb_v) uint8
+Types are given by their GGML type id (``GGMLType``), a run-time integer.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .floats import decode_bf16, decode_f16, decode_f32
+from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq4_nl, decode_q4_0, decode_q4_1,
+                     decode_q5_0, decode_q5_1, decode_q8_0, encode_rows)
+from .ops import exp_inplace, f32_to_f16_bits
+from .types import BLOCK_SIZES, GGMLType
+
+# llama.cpp's KV cache types, in the order its --help lists them
+CACHE_GGML_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1,
+                    GGMLType.IQ4_NL, GGMLType.Q5_0, GGMLType.Q5_1)
+
+# keys per work item of the attention kernels (a multiple of the 32-value blocks' row count is not
+# needed: rows are whole)
+KEY_CHUNK = 256
+
+_FAST = {"reassoc", "contract", "nsz"}
+_NO_WEIGHTS = np.zeros(1, dtype=np.float32)
+
+
+def row_bytes(t: GGMLType, head_dim: int) -> int:
+    """Bytes of one cache row of head_dim values in type t; ValueError when head_dim is not a
+    whole number of t's blocks (llama.cpp refuses such a cache as well)."""
+    bs, bb = BLOCK_SIZES[GGMLType(t)]
+    if head_dim % bs:
+        raise ValueError(f"a {GGMLType(t).name.lower()} KV cache needs a head size that is a multiple of "
+                         f"{bs}; this model's head size is {head_dim}")
+    return head_dim // bs * bb
+
+
+@njit(cache=True, nogil=True)
+def decode_row(t, src, dst):
+    """One cache row: src uint8 (rb,) of type t -> dst float32 (hd,), exactly as ggml decodes it."""
+    if t == 8:
+        decode_q8_0(src, dst)
+    elif t == 2:
+        decode_q4_0(src, dst)
+    elif t == 1:
+        decode_f16(src, dst)
+    elif t == 0:
+        decode_f32(src, dst)
+    elif t == 30:
+        decode_bf16(src, dst)
+    elif t == 3:
+        decode_q4_1(src, dst)
+    elif t == 6:
+        decode_q5_0(src, dst)
+    elif t == 7:
+        decode_q5_1(src, dst)
+    elif t == 20:
+        decode_iq4_nl(src, dst)
+    else:
+        raise ValueError("KV cache: unsupported row type")
+
+
+@njit(cache=True, nogil=True)
+def _legacy_kind(t):
+    """``kernels.legacy``'s encoder code of a block type id."""
+    if t == 8:
+        return K_Q8_0
+    if t == 2:
+        return K_Q4_0
+    if t == 3:
+        return K_Q4_1
+    if t == 6:
+        return K_Q5_0
+    if t == 7:
+        return K_Q5_1
+    if t == 20:
+        return K_IQ4_NL
+    raise ValueError("KV cache: unsupported row type")
+
+
+@njit(cache=True, nogil=True)
+def encode_row(t, x, dst, xbuf, ybuf):
+    """One cache row: x float32 (hd,) -> dst uint8 (rb,) in type t, as ggml quantizes it (the
+    reference rounding, no importance matrix; F16 and BF16 round to nearest even).
+    xbuf (1, hd) float32 and ybuf (1, rb) uint8: scratch."""
+    hd = x.shape[0]
+    if t == 0:
+        f = xbuf[0]
+        for i in range(hd):
+            f[i] = x[i]
+        b = f.view(np.uint8)
+        for i in range(dst.shape[0]):
+            dst[i] = b[i]
+        return
+    if t == 1 or t == 30:
+        for i in range(hd):
+            xbuf[0, i] = x[i]
+        u = xbuf[0].view(np.uint32)
+        h = ybuf[0].view(np.uint16)
+        if t == 1:
+            f32_to_f16_bits(xbuf[0], h)
+        else:
+            for i in range(hd):                  # ggml_compute_fp32_to_bf16: nearest even, NaN quiet
+                w = u[i]
+                if (w & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+                    h[i] = np.uint16((w >> np.uint32(16)) | np.uint32(64))
+                else:
+                    h[i] = np.uint16((w + np.uint32(0x7FFF) + ((w >> np.uint32(16)) & np.uint32(1)))
+                                     >> np.uint32(16))
+    else:
+        for i in range(hd):
+            xbuf[0, i] = x[i]
+        encode_rows(xbuf, _NO_WEIGHTS, False, _legacy_kind(t), ybuf, 0, 1)
+    for i in range(dst.shape[0]):
+        dst[i] = ybuf[0, i]
+
+
+@njit(cache=True, nogil=True)
+def store_rows(k3, v3, tk, tv, k_rows, v_rows, pos0):
+    """Encode the n new positions' keys and values into cache rows pos0..pos0+n-1.
+    k3, v3: (n, Hkv, hd) float32; k_rows (C, Hkv, rb_k), v_rows (C, Hkv, rb_v) uint8."""
+    n, Hkv, hd = k3.shape
+    xbuf = np.empty((1, hd), dtype=np.float32)
+    ybuf = np.empty((1, max(k_rows.shape[2], v_rows.shape[2])), dtype=np.uint8)
+    for t in range(n):
+        for h in range(Hkv):
+            encode_row(tk, k3[t, h], k_rows[pos0 + t, h], xbuf, ybuf)
+            encode_row(tv, v3[t, h], v_rows[pos0 + t, h], xbuf, ybuf)
+
+
+@njit(cache=True, nogil=True)
+def load_rows(t, rows, out):
+    """Decode cache rows (m, Hkv, rb) of type t into out (m, Hkv, hd) float32."""
+    for p in range(rows.shape[0]):
+        for h in range(rows.shape[1]):
+            decode_row(t, rows[p, h], out[p, h])
+
+
+@njit(cache=True, nogil=True)
+def load_head(t, rows, h, p0, p1, out):
+    """Decode kv head h of cache rows p0..p1-1 (type t) into out (p1 - p0, hd) float32: one head's
+    keys or values for a batched (BLAS) attention block."""
+    for p in range(p0, p1):
+        decode_row(t, rows[p, h], out[p - p0])
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _chunk(q3, t, kvh, G, k_rows, tk, v_rows, tv, lo, hi, scale, softcap, kbuf, vbuf, s, nbuf, m, l, acc):
+    """Keys lo..hi-1 of kv head kvh for token t's G query heads: scores s (G, hi-lo), then per
+    head g the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and acc[g] (hd,) = the sum of
+    those weights times the value rows.  Each key and value row is decoded once for all G heads."""
+    hd = kbuf.shape[0]
+    h0 = kvh * G
+    for j in range(lo, hi):
+        decode_row(tk, k_rows[j, kvh], kbuf)
+        for g in range(G):
+            qg = q3[t, h0 + g]
+            a = np.float32(0.0)
+            for d in range(hd):
+                a += qg[d] * kbuf[d]
+            s[g, j - lo] = a * scale
+    for g in range(G):
+        row = s[g, :hi - lo]
+        mx = np.float32(-np.inf)
+        for j in range(hi - lo):
+            x = row[j]
+            if softcap > 0:
+                x = np.float32(softcap * np.tanh(x / softcap))
+                row[j] = x
+            if x > mx:
+                mx = x
+        for j in range(hi - lo):
+            row[j] -= mx
+        exp_inplace(row, nbuf)
+        total = np.float32(0.0)
+        for j in range(hi - lo):
+            total += row[j]
+        m[g] = mx
+        l[g] = total
+        for d in range(hd):
+            acc[g, d] = 0.0
+    for j in range(lo, hi):
+        decode_row(tv, v_rows[j, kvh], vbuf)
+        for g in range(G):
+            p = s[g, j - lo]
+            for d in range(hd):
+                acc[g, d] += p * vbuf[d]
+
+
+@njit(cache=True, nogil=True)
+def _plan(n, Hkv, pos0, window, chunk):
+    """Work items (token, kv head, first key, one past the last key) of n new tokens: each token's
+    visible keys cut into runs of at most ``chunk``.  Returns (items (k, 4) int64, first item of
+    each (token, kv head) pair (n * Hkv + 1,))."""
+    count = 0
+    for t in range(n):
+        p = pos0 + t
+        lo = max(0, p - window + 1) if window > 0 else 0
+        count += Hkv * ((p + 1 - lo + chunk - 1) // chunk)
+    items = np.empty((count, 4), dtype=np.int64)
+    first = np.empty(n * Hkv + 1, dtype=np.int64)
+    k = 0
+    for t in range(n):
+        p = pos0 + t
+        lo = max(0, p - window + 1) if window > 0 else 0
+        for h in range(Hkv):
+            first[t * Hkv + h] = k
+            for a in range(lo, p + 1, chunk):
+                items[k, 0] = t
+                items[k, 1] = h
+                items[k, 2] = a
+                items[k, 3] = min(a + chunk, p + 1)
+                k += 1
+    first[n * Hkv] = k
+    return items, first
+
+
+@njit(cache=True, nogil=True)
+def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, chunk):
+    hd = q3.shape[2]
+    kbuf = np.empty(hd, dtype=np.float32)
+    vbuf = np.empty(hd, dtype=np.float32)
+    s = np.empty((G, chunk), dtype=np.float32)
+    nbuf = np.empty(chunk, dtype=np.int32)
+    _chunk(q3, items[i, 0], items[i, 1], G, k_rows, tk, v_rows, tv, items[i, 2], items[i, 3], np.float32(scale),
+           softcap, kbuf, vbuf, s, nbuf, m[i], l[i], acc[i])
+
+
+@njit(cache=True, nogil=True)
+def _merge(items, first, G, m, l, acc, out3):
+    """out3[t, heads of kv head h] = the exact combination of the chunks of each (t, h) pair."""
+    hd = out3.shape[2]
+    for th in range(first.shape[0] - 1):
+        i0, i1 = first[th], first[th + 1]
+        if i0 == i1:
+            continue
+        t, h = items[i0, 0], items[i0, 1]
+        for g in range(G):
+            mx = np.float32(-np.inf)
+            for i in range(i0, i1):
+                mx = max(mx, m[i, g])
+            total = np.float32(0.0)
+            o = out3[t, h * G + g]
+            for d in range(hd):
+                o[d] = 0.0
+            for i in range(i0, i1):
+                w = np.float32(np.exp(m[i, g] - mx))
+                total += w * l[i, g]
+                for d in range(hd):
+                    o[d] += w * acc[i, g, d]
+            inv = np.float32(1.0) / total
+            for d in range(hd):
+                o[d] *= inv
+
+
+@njit(cache=True, parallel=True)
+def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3):
+    """Causal attention of the n tokens at positions pos0.. over a block-format cache, threads
+    over (token, kv head, key chunk).  Token t at p = pos0 + t sees keys max(0, p-window+1)..p
+    (window <= 0: all); head h reads kv head h // (H / Hkv); softcap > 0 caps the scores.
+    q3, out3: (n, H, hd) float32; k_rows, v_rows: (C, Hkv, rb) uint8 in types tk, tv."""
+    n, H, hd = q3.shape
+    Hkv = k_rows.shape[1]
+    G = H // Hkv
+    items, first = _plan(n, Hkv, pos0, window, KEY_CHUNK)
+    k = items.shape[0]
+    m = np.empty((k, G), dtype=np.float32)
+    l = np.empty((k, G), dtype=np.float32)
+    acc = np.empty((k, G, hd), dtype=np.float32)
+    for i in prange(k):
+        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK)
+    _merge(items, first, G, m, l, acc, out3)
+
+
+@njit(cache=True, nogil=True)
+def attention_rows_serial(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3):
+    """``attention_rows`` on the calling thread only (short contexts: no thread-pool launch)."""
+    n, H, hd = q3.shape
+    Hkv = k_rows.shape[1]
+    G = H // Hkv
+    items, first = _plan(n, Hkv, pos0, window, KEY_CHUNK)
+    k = items.shape[0]
+    m = np.empty((k, G), dtype=np.float32)
+    l = np.empty((k, G), dtype=np.float32)
+    acc = np.empty((k, G, hd), dtype=np.float32)
+    for i in range(k):
+        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK)
+    _merge(items, first, G, m, l, acc, out3)
