@@ -28,6 +28,7 @@ from .generation.guard import StreamInvalidatedError, serialised
 from .generation.results import Chunk, CompletionLogprobs
 from .generation.sampling import Sampler, SamplingParams, check_sampling
 from .generation.warmup import warm_up
+from .model.kv_cache import KVTypes
 from .timing import PerfStats, now_ms
 
 Message = Mapping[str, Any]
@@ -45,7 +46,6 @@ def _metadata_strings(meta: Mapping[str, Any]) -> dict[str, str]:
 # llama-cpp-python's chat_format names that have a built-in template of the same output
 CHAT_FORMATS = {"chatml": "chatml", "llama-2": "llama2", "llama-3": "llama3", "gemma": "gemma",
                 "zephyr": "zephyr", "phi3": "phi3"}
-_GGML_CACHE_TYPES = {0: "f32", 1: "f16"}  # GGML type ids a KV cache can have here
 
 
 def refuse_non_defaults(where: str, values: Mapping[str, tuple[Any, Any]]) -> None:
@@ -56,17 +56,6 @@ def refuse_non_defaults(where: str, values: Mapping[str, tuple[Any, Any]]) -> No
     if bad:
         raise NotImplementedError(f"{where}: {', '.join(f'{n}={values[n][0]!r}' for n in bad)} "
                                   f"{'is' if len(bad) == 1 else 'are'} not implemented")
-
-
-def _cache_type_from_ggml(type_k: int | None, type_v: int | None, cache_type: str) -> str:
-    """The KV cache type from llama-cpp-python's type_k/type_v (GGML type ids) or ours."""
-    given = {t for t in (type_k, type_v) if t is not None}
-    if not given:
-        return cache_type
-    if len(given) > 1 or not given <= set(_GGML_CACHE_TYPES):
-        raise NotImplementedError(f"Llama: type_k={type_k!r}, type_v={type_v!r}: only one type for both, "
-                                  f"F32 (0) or F16 (1), is implemented")
-    return _GGML_CACHE_TYPES[given.pop()]
 
 
 def _int_keys(bias: Mapping[int, float] | None) -> dict[int, float] | None:
@@ -94,8 +83,10 @@ class Llama:
     min(trained context, 4096).  seed: -1 draws a fresh random seed for every call; any other
     value seeds every call alike (a call's own ``seed`` wins), so repeated calls reproduce.
     chat_template: a built-in name, a file or template text; default: the model's own, else the
-    architecture's built-in one (gemma3), else ChatML.  cache_type: "f32" or "f16" (also given as
-    llama-cpp-python's ``type_k``/``type_v`` GGML type ids 0 and 1).  warm_up_kernels: on a cold
+    architecture's built-in one (gemma3), else ChatML.  cache_type: the KV cache type of keys and
+    values (f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1); llama-cpp-python's ``type_k`` and
+    ``type_v`` (GGML type ids, e.g. 8 for Q8_0, or these names) set each side.  As in llama.cpp, a
+    quantized V cache needs ``flash_attn=True``.  warm_up_kernels: on a cold
     kernel cache (the first run on a machine), compile the kernels at load, saying so on stderr with
     the time taken (``t_compile_s``), so that no prompt's timing includes it.
     context_shift: when generation fills the context, do llama.cpp's context shift instead of
@@ -108,10 +99,11 @@ class Llama:
 
     The other llama-cpp-python arguments are all declared; an unknown keyword is a TypeError.
     Implemented: n_gpu_layers, seed, n_ctx, n_batch, n_threads, verbose, chat_format (the names of
-    built-in templates: chatml, llama-2, llama-3, gemma, zephyr, phi3), type_k/type_v (F32, F16),
+    built-in templates: chatml, llama-2, llama-3, gemma, zephyr, phi3), type_k/type_v (llama.cpp's
+    cache types), flash_attn (required for a quantized V cache, as there),
     last_n_tokens_size (the default penalty window).  Accepted and ignored because they only tune
     speed or memory: split_mode, main_gpu, tensor_split, use_mmap, use_mlock, n_ubatch,
-    n_threads_batch, logits_all, embedding, offload_kqv, flash_attn, op_offload, swa_full, no_perf,
+    n_threads_batch, logits_all, embedding, offload_kqv, op_offload, swa_full, no_perf,
     numa.  Refused with NotImplementedError when given a value other than the default, because
     they would change results and are not implemented: vocab_only, kv_overrides,
     rope_scaling_type, pooling_type, attention_type, rope_freq_base, rope_freq_scale,
@@ -150,7 +142,11 @@ class Llama:
             yarn_beta_slow=(yarn_beta_slow, 1.0), yarn_orig_ctx=(yarn_orig_ctx, 0), lora_base=(lora_base, None),
             lora_path=(lora_path, None), chat_handler=(chat_handler, None), draft_model=(draft_model, None),
             tokenizer=(tokenizer, None), spm_infill=(spm_infill, False)))
-        cache_type = _cache_type_from_ggml(type_k, type_v, cache_type)
+        try:
+            cache_type = KVTypes.from_options(type_k, type_v, cache_type)
+            cache_type.check_flash_attn(flash_attn, "flash_attn=False")
+        except ValueError as e:
+            raise ValueError(f"Llama: {e}") from None
         if chat_format is not None:
             if chat_template is not None:
                 raise ValueError("give chat_format or chat_template, not both")

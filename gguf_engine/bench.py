@@ -35,7 +35,8 @@ class BenchResult:
     model_type: str = ""          # llama-bench's "ARCH SIZE FTYPE"
     n_batch: int = 0
     n_gpu_layers: int = 0
-    cache_type: str = "f32"
+    type_k: str = "f32"
+    type_v: str = "f32"
     test_time: str = ""           # ISO 8601 UTC start of the test
 
     @property
@@ -101,16 +102,22 @@ def run_bench(model_path: str, n_prompt: int = 512, n_gen: int = 128, threads: i
 
 
 def run_tests(model_path: str, tests: list[tuple[int, int]], threads: int | None = None, reps: int = 5,
-              n_gpu_layers: int = 0, n_batch: int | None = None, progress=None) -> list[BenchResult]:
+              n_gpu_layers: int = 0, n_batch: int | None = None, progress=None, cache_type="f32",
+              n_ctx: int | None = None) -> list[BenchResult]:
     """Runs each (n_prompt, n_gen) test: (P, 0) is ppP, (0, N) tgN, (P, N) ppP+tgN.
-    n_batch: prompt tokens per forward pass (default: the largest prompt)."""
+    n_batch: prompt tokens per forward pass (default: the largest prompt); cache_type: the KV
+    cache's types (a ``KVTypes``, (k, v) or one name); n_ctx: the cache's size (default: the
+    largest test; ValueError when a test does not fit)."""
     from .model import load_model
 
     threads = threads or os.cpu_count() or 1
-    n_ctx = max([p + g for p, g in tests] + [16])
+    need = max([p + g for p, g in tests] + [16])
+    if n_ctx is not None and n_ctx < need:
+        raise ValueError(f"a context of {n_ctx} tokens cannot hold a test of {need}")
+    n_ctx = n_ctx or need
     n_batch = n_batch or max([p for p, _ in tests] + [1])
     model = load_model(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
-                       n_gpu_layers=n_gpu_layers)
+                       n_gpu_layers=n_gpu_layers, cache_type=cache_type)
     try:
         size, params = model_size(model.reader)
         name = str(model.reader.get("general.name") or os.path.basename(model_path))
@@ -133,7 +140,8 @@ def run_tests(model_path: str, tests: list[tuple[int, int]], threads: int | None
             run()  # warm-up: compile and fault in
             r = BenchResult(name, size, params, backend, threads, label, npr, ng,
                             model_filename=model_path, model_type=f"{arch} {format_params(params)} {ftype}",
-                            n_batch=n_batch, n_gpu_layers=n_gpu_layers, cache_type=model.kv_cache.cache_type,
+                            n_batch=n_batch, n_gpu_layers=n_gpu_layers, type_k=model.kv_cache.type_k,
+                            type_v=model.kv_cache.type_v,
                             test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             for _ in range(reps):
                 r.samples_ts.append((npr + ng) / run())
@@ -211,11 +219,14 @@ def format_params(n: int) -> str:
 
 
 def markdown_table(results: list[BenchResult]) -> str:
-    head = ["model", "size", "params", "backend", "threads", "test", "t/s"]
-    rows = [[r.model, format_size(r.size_bytes), format_params(r.n_params), r.backend, str(r.threads), r.test,
-             f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}"] for r in results]
+    """llama-bench's table; the type_k / type_v columns appear when a result's cache is not f32
+    (llama-bench likewise shows the columns of options that differ from its defaults)."""
+    types = any((r.type_k, r.type_v) != ("f32", "f32") for r in results)
+    head = ["model", "size", "params", "backend", "threads"] + ["type_k", "type_v"] * types + ["test", "t/s"]
+    rows = [[r.model, format_size(r.size_bytes), format_params(r.n_params), r.backend, str(r.threads)]
+            + [r.type_k, r.type_v] * types + [r.test, f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}"] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    right = {1, 2, 4, 5, 6}
+    right = {1, 2, 4, len(head) - 2, len(head) - 1}
 
     def fmt(cells):
         return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)

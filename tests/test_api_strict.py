@@ -38,7 +38,7 @@ def test_llama_unknown_keyword_is_a_type_error():
 
 
 @pytest.mark.parametrize("kw", [dict(lora_path="/nonexistent.gguf"), dict(rope_freq_base=10000.0),
-                                dict(kv_overrides={"a": 1}), dict(yarn_ext_factor=0.5), dict(type_k=8),
+                                dict(kv_overrides={"a": 1}), dict(yarn_ext_factor=0.5),
                                 dict(chat_format="no-such-format"), dict(draft_model=object())])
 def test_llama_options_that_change_results_are_refused(kw):
     """Options that would change results and are not implemented raise NotImplementedError naming them."""

@@ -56,8 +56,12 @@ RUN_CASES = [
     ({"-b"}, ["-b", "7"], "", lambda c, o, e, x: c == 0 and "n_batch = 7" in e and gen(o) == x["greedy"]),
     ({"-t"}, ["-t", "1"], "", lambda c, o, e, x: c == 0 and "n_threads = 1" in e),
     ({"-ngl"}, ["-ngl", "0"], "", lambda c, o, e, x: c == 0 and gen(o) == x["greedy"]),
-    ({"-ctk", "-ctv"}, ["-ctk", "f16", "-ctv", "f16"], "", lambda c, o, e, x: c == 0 and "cache_type = f16" in e),
-    ({"-ctv"}, ["-ctv", "f16"], "", lambda c, o, e, x: c == 1 and "-ctv f16 differs from -ctk f32" in e),
+    ({"-ctk", "-ctv"}, ["-ctk", "f16", "-ctv", "f16"], "", lambda c, o, e, x: c == 0 and "type_k = f16, type_v = f16" in e),
+    ({"-ctk", "-ctv"}, ["-ctk", "q8_0", "-ctv", "q4_0"], "",
+     lambda c, o, e, x: c == 0 and "type_k = q8_0, type_v = q4_0" in e),
+    ({"-ctv"}, ["-ctv", "q8_0", "-fa", "off"], "",
+     lambda c, o, e, x: c == 1 and "quantized V cache (q8_0) requires flash attention" in e),
+    ({"-ctk"}, ["-ctk", "q3_k"], "", lambda c, o, e, x: c == 1 and "q3_k" in e),
     ({"-fa"}, ["-fa", "on"], "", lambda c, o, e, x: c == 0 and "-fa on" in e and gen(o) == x["greedy"]),
     ({"--no-display-prompt"}, ["--no-display-prompt"], "", lambda c, o, e, x: c == 0 and o == x["greedy"] + "\n"),
     ({"-e"}, ["-e", "-p", "a\\tb"], "", lambda c, o, e, x: c == 0 and o.startswith("a\tb")),
@@ -170,6 +174,13 @@ BENCH_CASES = [
      and all(len(r["samples_ns"]) == 2 and r["avg_ts"] > 0 and "model_n_params" in r for r in json.loads(o))),
     ({"-o"}, ["-p", "8", "-n", "0", "-r", "1", "-o", "csv"], lambda c, o, x: c == 0 and o.startswith("build_commit,")),
     ({"-p"}, ["-p", "x"], lambda c, o, x: c == 1),
+    ({"-ctk", "-ctv"}, ["-p", "8", "-n", "2", "-r", "1", "-ctk", "f16,q8_0", "-ctv", "q4_0", "-o", "json"],
+     lambda c, o, x: c == 0 and [(r["type_k"], r["type_v"]) for r in json.loads(o)][::2]
+     == [("f16", "q4_0"), ("q8_0", "q4_0")]),
+    ({"-ctk"}, ["-ctk", "q2_k"], lambda c, o, x: c == 1),
+    ({"-c"}, ["-p", "8", "-n", "0", "-r", "1", "-c", "64", "-ctk", "q8_0"],
+     lambda c, o, x: c == 0 and "| q8_0 " in o),
+    ({"-c"}, ["-p", "8", "-n", "0", "-r", "1", "-c", "4"], lambda c, o, x: c == 1),
 ]
 
 

@@ -106,3 +106,44 @@ def add_context_shift_args(g, full: str) -> None:
                          f"(default: disabled, {full})")
     cs.add_argument("--no-context-shift", dest="context_shift", action="store_false",
                     help=f"{full} (the default)")
+
+
+def add_cache_type_flags(parser, lists: bool = False) -> None:
+    """llama.cpp's -ctk/--cache-type-k and -ctv/--cache-type-v (KV cache types, default f32 here);
+    with ``lists`` they take llama-bench's comma-separated lists, else -fa/--flash-attn comes too
+    (a quantized V cache needs it, as in llama.cpp)."""
+    from ..model.kv_cache import CACHE_TYPES
+
+    def one(text: str) -> str:
+        if text not in CACHE_TYPES:
+            raise argparse.ArgumentTypeError(f"unsupported cache type {text!r}; allowed: {', '.join(CACHE_TYPES)}")
+        return text
+
+    def several(text: str) -> list[str]:
+        return [one(t) for t in text.split(",") if t] or [one("")]
+
+    kind = several if lists else one
+    default = ["f32"] if lists else "f32"
+    allowed = ", ".join(CACHE_TYPES)
+    parser.add_argument("-ctk", "--cache-type-k", dest="cache_type_k", type=kind, default=default, metavar="TYPE",
+                        help=f"KV cache data type for K{' (comma list)' if lists else ''}; allowed: {allowed} "
+                             f"(default: f32)")
+    parser.add_argument("-ctv", "--cache-type-v", dest="cache_type_v", type=kind, default=default, metavar="TYPE",
+                        help=f"KV cache data type for V{' (comma list)' if lists else ''}; a quantized type "
+                             f"needs flash attention (default: f32)")
+    if not lists:
+        parser.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], default="auto",
+                            help="as in llama.cpp; attention is computed exactly either way, and -fa off refuses "
+                                 "a quantized V cache as llama.cpp does (default: auto)")
+
+
+def cache_types_of(args):
+    """The ``KVTypes`` of the flags of ``add_cache_type_flags`` (without lists); CLIError when
+    -fa off meets a quantized V cache."""
+    from ..model.kv_cache import KVTypes
+    types = KVTypes(args.cache_type_k, args.cache_type_v)
+    try:
+        types.check_flash_attn(args.flash_attn != "off", "-fa off")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return types

@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 
-from ._common import CLIError, cli_entry, parse_or_status, refuse_other_flags
+from ._common import CLIError, add_cache_type_flags, cli_entry, parse_or_status, refuse_other_flags
 from .llama_flags import BENCH
 
 EXAMPLES = """examples:
@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   gguf-bench -p 64,256 -n 0 -t 1,2                    # every combination of the lists
   gguf-bench -p 0 -n 0 -pg 128,32                     # 128 prompt tokens then 32 generated, as one test
   gguf-bench -m model.gguf --cold                     # also time a first run on an empty Numba cache
+  gguf-bench -p 512 -n 128 -ctk f16,q8_0 -ctv f16,q8_0 -c 8192    # KV cache types, an 8192-token cache
 """
 
 
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--repetitions", type=int, default=5, help="timed repetitions per test")
     p.add_argument("-ngl", "--n-gpu-layers", type=int_list, default=[0], help="layers to offload to a GPU")
     p.add_argument("-o", "--output", choices=["md", "json", "jsonl", "csv"], default="md", help="output format")
+    add_cache_type_flags(p, lists=True)
+    p.add_argument("-c", "--ctx-size", type=int, default=0,
+                   help="KV cache size in tokens (our own flag; default 0: the largest test's tokens, as "
+                        "llama-bench sizes it)")
     p.add_argument("--cold", action="store_true", help="also time a first run with an empty Numba cache")
     refuse_other_flags(p, BENCH, "gguf-bench")
     return p
@@ -77,8 +82,8 @@ def llama_bench_record(r, threads: int) -> dict:
         "build_commit": "gguf-engine", "build_number": 0, "cpu_info": platform.processor() or platform.machine(),
         "gpu_info": "", "backends": r.backend, "model_filename": r.model_filename, "model_type": r.model_type,
         "model_size": r.size_bytes, "model_n_params": r.n_params, "n_batch": r.n_batch, "n_ubatch": r.n_batch,
-        "n_threads": threads, "cpu_mask": "0x0", "cpu_strict": False, "poll": 50, "type_k": r.cache_type,
-        "type_v": r.cache_type, "n_gpu_layers": r.n_gpu_layers, "n_cpu_moe": 0, "split_mode": "layer",
+        "n_threads": threads, "cpu_mask": "0x0", "cpu_strict": False, "poll": 50, "type_k": r.type_k,
+        "type_v": r.type_v, "n_gpu_layers": r.n_gpu_layers, "n_cpu_moe": 0, "split_mode": "layer",
         "main_gpu": 0, "no_kv_offload": False, "flash_attn": 0, "devices": "auto", "tensor_split": "0.00",
         "tensor_buft_overrides": "none", "load_mode": "mmap", "lazy_mode": "off", "embeddings": False,
         "no_op_offload": 0, "no_host": False, "repack": False, "fit_target": 0, "fit_min_ctx": 0,
@@ -107,11 +112,15 @@ def main(argv=None) -> int:
     from ..models import DEFAULT_MODEL, resolve_model
     names = [n for m in (args.model or [DEFAULT_MODEL]) for n in m.split(",") if n]
     results, records, cold = [], [], {}
-    for name, threads, ngl, batch in itertools.product(names, args.threads or [os.cpu_count() or 1],
-                                                       args.n_gpu_layers, args.batch_size or [None]):
+    if args.ctx_size < 0:
+        raise CLIError("--ctx-size must be >= 0")
+    for name, threads, ngl, batch, ctk, ctv in itertools.product(
+            names, args.threads or [os.cpu_count() or 1], args.n_gpu_layers, args.batch_size or [None],
+            args.cache_type_k, args.cache_type_v):
         path = str(resolve_model(name))
         try:
-            rs = run_tests(path, tests, threads, args.repetitions, ngl, n_batch=batch)
+            rs = run_tests(path, tests, threads, args.repetitions, ngl, n_batch=batch, cache_type=(ctk, ctv),
+                           n_ctx=args.ctx_size or None)
             if args.cold and path not in cold:
                 cold[path] = cold_start_seconds(path, threads)
         except ValueError as e:  # a bad model file or setting (GGUFError is one)

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..atomic import check_output_path
-from ._common import CLIError, cli_entry, parse_or_status, refuse_other_flags
+from ._common import CLIError, add_cache_type_flags, cache_types_of, cli_entry, parse_or_status, refuse_other_flags
 from .llama_flags import COMMON
 from .quantize import ArgumentParser
 
@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Perplexity and KL divergence of a GGUF model over a text.",
         epilog="examples:\n"
                "  gguf-perplexity -m model-f16.gguf -f wiki.test.raw -c 512 --kl-divergence-base base.kld\n"
-               "  gguf-perplexity -m model-Q4_K_M.gguf --kl-divergence-base base.kld --kl-divergence",
+               "  gguf-perplexity -m model-Q4_K_M.gguf --kl-divergence-base base.kld --kl-divergence\n"
+               "  gguf-perplexity -m model.gguf --kl-divergence-base base.kld --kl-divergence -ctk q8_0 -ctv q8_0",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model", required=True, help="model file (or registry name)")
     p.add_argument("-f", "--file", help="text file to evaluate")
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     p.add_argument("-b", "--batch-size", type=int, default=None, help="tokens per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cache_type_flags(p)
     refuse_other_flags(p, COMMON, "gguf-perplexity")  # llama.cpp flags not implemented: refused by name
     return p
 
@@ -56,13 +58,14 @@ def main(argv=None) -> int:
 
     if args.ctx_size <= 0:
         raise CLIError("--ctx-size must be positive")
+    cache_type = cache_types_of(args)
     model_path = resolve_model(args.model)
     try:
         if args.kl_divergence:
             if not args.kl_divergence_base:
                 raise CLIError("--kl-divergence needs --kl-divergence-base FILE (made by a run of the base model)")
             kl_divergence(model_path, args.kl_divergence_base, args.chunks, n_threads=args.threads,
-                          n_batch=args.batch_size, progress=not args.no_progress, log=log)
+                          n_batch=args.batch_size, progress=not args.no_progress, log=log, cache_type=cache_type)
             return 0
         if not args.file:
             raise CLIError("a text file (-f) is required")
@@ -74,7 +77,8 @@ def main(argv=None) -> int:
         except UnicodeDecodeError as e:
             raise CLIError(f"{args.file}: not UTF-8 text ({e})") from None
         perplexity(model_path, text, args.ctx_size, args.chunks, save_base=args.kl_divergence_base,
-                   n_threads=args.threads, n_batch=args.batch_size, progress=not args.no_progress, log=log)
+                   n_threads=args.threads, n_batch=args.batch_size, progress=not args.no_progress, log=log,
+                   cache_type=cache_type)
     except EvalError as e:
         raise CLIError(str(e)) from None
     return 0

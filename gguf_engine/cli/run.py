@@ -33,7 +33,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ._common import add_context_shift_args, parse_or_status, refuse_other_flags
+from ._common import CLIError, add_cache_type_flags, add_context_shift_args, cache_types_of, parse_or_status, refuse_other_flags
 from .llama_flags import COMMON
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -74,12 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     g.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", dest="n_gpu_layers", type=int, default=0,
                    help="layers to offload to the GPU (default: 0)")
-    g.add_argument("--cache-type", "-ctk", "--cache-type-k", dest="cache_type", choices=["f32", "f16"],
-                   default="f32", help="KV cache element type (default: f32)")
-    g.add_argument("-ctv", "--cache-type-v", dest="cache_type_v", choices=["f32", "f16"], default=None,
-                   help="KV cache element type of V: must equal -ctk (one type serves both)")
-    g.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], default="auto",
-                   help="accepted for llama.cpp compatibility: attention is always computed exactly here")
+    add_cache_type_flags(g)
     add_context_shift_args(g, "generation stops at a full context")
 
     g = p.add_argument_group("prompt and conversation")
@@ -291,9 +286,10 @@ def validate(args) -> None:
                        mirostat=args.mirostat, mirostat_tau=args.mirostat_ent, mirostat_eta=args.mirostat_lr)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.cache_type_v is not None and args.cache_type_v != args.cache_type:
-        raise UsageError(f"-ctv {args.cache_type_v} differs from -ctk {args.cache_type}: one cache type serves "
-                         f"K and V here")
+    try:
+        cache_types_of(args)
+    except CLIError as e:
+        raise UsageError(str(e)) from None
     if args.system_prompt is not None and args.system_prompt_file is not None:
         raise UsageError("give -sys or -sysf, not both")
     if args.chat_template is not None and args.chat_template_file is not None:
@@ -318,7 +314,7 @@ def log_model(llm, args) -> None:
         f"n_head_kv = {cfg.n_head_kv}, n_vocab = {cfg.n_vocab}, n_ctx_train = {cfg.n_ctx_train}, file_type = {ftype}")
     log(f"load_tensors: {model.offload_summary} (backend: {backend})")
     log(f"context: n_ctx = {llm.n_ctx()}, n_batch = {args.batch_size}, n_threads = {args.threads or os.cpu_count()}, "
-        f"cache_type = {args.cache_type}")
+        f"type_k = {args.cache_type_k}, type_v = {args.cache_type_v}")
     log(f"load: chat template: {llm.chat_template_source}")
     log(f"load: model loaded in {llm.perf.t_load_ms:.2f} ms")
     if args.verbose:
@@ -588,7 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warnings.simplefilter("always")
                 llm = Llama(args.model, n_ctx=args.ctx_size or None, n_batch=args.batch_size,
                             n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, seed=args.seed,
-                            verbose=False, chat_template=template, cache_type=args.cache_type,
+                            verbose=False, chat_template=template, type_k=args.cache_type_k,
+                            type_v=args.cache_type_v, flash_attn=args.flash_attn != "off",
                             context_shift=args.context_shift, n_keep=args.keep)
             for w in caught:  # loader warnings as log lines, not Python warning dumps
                 log(f"load: warning: {w.message}")

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ._common import CLIError, add_context_shift_args, cli_entry
+from ._common import CLIError, add_cache_type_flags, add_context_shift_args, cache_types_of, cli_entry
 
 EXAMPLES = """\
 examples:
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a slot; beyond them the answer is 503 (default: 64)")
     add_context_shift_args(p, "a request whose slot is full ends with finish_reason length")
-    p.add_argument("-ctk", "--cache-type", choices=["f32", "f16"], default="f32", help="KV cache type (default: f32)")
+    add_cache_type_flags(p)
     return p
 
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
                               n_ctx=n_ctx, n_batch=args.batch_size, n_threads=args.threads,
                               api_keys=api_keys(args), chat_template=args.chat_template, alias=args.alias,
                               metrics=args.metrics, timeout=args.timeout, cont_batching=args.cont_batching,
-                              max_queue=args.max_queue, cache_type=args.cache_type,
+                              max_queue=args.max_queue, cache_type=cache_types_of(args),
                               context_shift=args.context_shift, n_keep=args.keep)
     sched = make_scheduler(settings)
     try:

@@ -66,6 +66,20 @@ class KVTypes:
         """Both kept as float arrays (f32 or f16)."""
         return self.k in FLOAT_CACHE_DTYPES and self.v in FLOAT_CACHE_DTYPES
 
+    @classmethod
+    def from_options(cls, type_k=None, type_v=None, default: "KVTypes | str" = "f32") -> "KVTypes":
+        """llama.cpp's pair of options: each side a name or a GGML type id, None for the default's."""
+        base = cls.of(default)
+        return cls(base.k if type_k is None else type_k, base.v if type_v is None else type_v)
+
+    def check_flash_attn(self, flash_attn: bool, how: str) -> None:
+        """ValueError when flash attention is off and V is quantized: llama.cpp reads a quantized V
+        cache only in its flash-attention path and refuses the pair; so does the engine, whose
+        attention kernels are the same for every type.  how: how the user turned it off."""
+        if self.quantized_v and not flash_attn:
+            raise ValueError(f"a quantized V cache ({self.v}) requires flash attention, as in llama.cpp: "
+                             f"drop {how} or choose an f32, f16 or bf16 V cache")
+
     def check(self, head_dim: int) -> None:
         """ValueError when a side's type does not divide head_dim into whole blocks (llama.cpp
         refuses such a cache too: a row per head must be whole blocks)."""

@@ -93,9 +93,10 @@ class ObservingBackend:
 
 def load_for_eval(model_path: str | os.PathLike, n_ctx: int, n_batch: int | None = None,
                   n_threads: int | None = None, hook: Callable[[str, np.ndarray], None] | None = None,
-                  expert_hook: Callable[[str, np.ndarray, np.ndarray, int], None] | None = None):
-    """Load a model with a cache of n_ctx tokens (and matmul hooks if given, see ``ObservingBackend``).
-    Returns (model, tokenizer)."""
+                  expert_hook: Callable[[str, np.ndarray, np.ndarray, int], None] | None = None,
+                  cache_type="f32"):
+    """Load a model with a cache of n_ctx tokens of cache_type (a ``KVTypes`` or one type name)
+    and matmul hooks if given (see ``ObservingBackend``).  Returns (model, tokenizer)."""
     from ..model import load_model
     from ..tokenizer import Tokenizer
     backend = None
@@ -103,7 +104,7 @@ def load_for_eval(model_path: str | os.PathLike, n_ctx: int, n_batch: int | None
         from ..backends.cpu import CPUBackend
         backend = ObservingBackend(CPUBackend(n_threads), hook, expert_hook)
     model = load_model(os.fspath(model_path), n_ctx=n_ctx, n_batch=min(n_batch or n_ctx, n_ctx),
-                       n_threads=n_threads, backend=backend)
+                       n_threads=n_threads, backend=backend, cache_type=cache_type)
     tok = Tokenizer.from_reader(model.reader, source=os.fspath(model_path))
     return model, tok
 

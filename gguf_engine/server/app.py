@@ -60,7 +60,7 @@ class ServerSettings:
     cont_batching: bool = True
     max_queue: int = 64                  # requests waiting for a slot before 503
     max_body: int = 4 << 20              # request body bytes before 413
-    cache_type: str = "f32"
+    cache_type: Any = "f32"               # KV cache types: a KVTypes or one name for K and V
     context_shift: bool = False          # shift a full slot instead of ending its request (llama-server: off)
     n_keep: int = 0                      # tokens a shift keeps after BOS (-1: the whole prompt)
 
