@@ -186,7 +186,8 @@ class Llama:
         self.n_batch = n_batch
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
-        self.cache_type = cache_type
+        self.cache_type = str(cache_type)      # "f16", or "k=q8_0, v=f16" when the sides differ
+        self.type_k, self.type_v = cache_type.k, cache_type.v
         self.metadata: dict[str, str] = _metadata_strings(self._reader.metadata)
         self.last_stop_reason: str | None = None
         self._grammar_vocab = None  # built on the first constrained generation
