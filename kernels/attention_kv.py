@@ -27,28 +27,12 @@ from .floats import decode_bf16, decode_f16, decode_f32
 from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq4_nl, decode_q4_0, decode_q4_1,
                      decode_q5_0, decode_q5_1, decode_q8_0, encode_rows)
 from .ops import exp_inplace, f32_to_f16_bits
-from .types import BLOCK_SIZES, GGMLType
 
-# llama.cpp's KV cache types, in the order its --help lists them
-CACHE_GGML_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1,
-                    GGMLType.IQ4_NL, GGMLType.Q5_0, GGMLType.Q5_1)
-
-# keys per work item of the attention kernels (a multiple of the 32-value blocks' row count is not
-# needed: rows are whole)
+# keys per work item of the attention kernels
 KEY_CHUNK = 256
 
 _FAST = {"reassoc", "contract", "nsz"}
 _NO_WEIGHTS = np.zeros(1, dtype=np.float32)
-
-
-def row_bytes(t: GGMLType, head_dim: int) -> int:
-    """Bytes of one cache row of head_dim values in type t; ValueError when head_dim is not a
-    whole number of t's blocks (llama.cpp refuses such a cache as well)."""
-    bs, bb = BLOCK_SIZES[GGMLType(t)]
-    if head_dim % bs:
-        raise ValueError(f"a {GGMLType(t).name.lower()} KV cache needs a head size that is a multiple of "
-                         f"{bs}; this model's head size is {head_dim}")
-    return head_dim // bs * bb
 
 
 @njit(cache=True, nogil=True)

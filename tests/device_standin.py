@@ -14,7 +14,7 @@ import numpy as np
 
 from gguf_engine.backends.base import Backend
 from gguf_engine.backends.cpu import CPUBackend
-from gguf_engine.model.kv_cache import KVCache
+from gguf_engine.model.kv_cache import KVCache, KVTypes
 from kernels.weight import Weight
 
 
@@ -90,6 +90,7 @@ class StandinDevice(Backend):
     """A NumPy-backed device backend that counts boundary crossings and rejects host arrays."""
     name = "StandinDevice"
     copies_weights = True
+    float_cache_only = True    # as the CUDA backend
 
     def __init__(self, n_threads: int | None = None):
         self.cpu = CPUBackend(n_threads)
@@ -135,6 +136,7 @@ class StandinDevice(Backend):
         return self._wrap(self.cpu.upload_array(arr))
 
     def kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim, cache_type):
+        self.check_cache_types(KVTypes.of(cache_type))
         return KVCache(n_layer, n_ctx, n_head_kv, head_dim, cache_type, xp=self.xp)
 
     def empty(self, shape, dtype=np.float32):

@@ -58,6 +58,7 @@ class ExpertFFN:
 class Backend(ABC):
     name: str = "base"
     xp: Any = np
+    float_cache_only: bool = False     # its attention reads f32 / f16 caches only (check_cache_types)
 
     # --- memory -------------------------------------------------------------------------
     @abstractmethod
@@ -87,7 +88,11 @@ class Backend(ABC):
 
     def check_cache_types(self, types) -> None:
         """ValueError naming what is wrong when this backend cannot hold a KV cache of ``types``
-        (a ``KVTypes``); the default backend holds every type."""
+        (a ``KVTypes``): a backend with ``float_cache_only`` takes f32 or f16, one type for K and V."""
+        if self.float_cache_only and (types.k != types.v or types.k not in ("f32", "f16")):
+            raise ValueError(f"layers offloaded to {self.name} keep their KV cache in f32 or f16 (one type for "
+                             f"K and V); cache type {types} is supported on the CPU only: use -ngl 0 or "
+                             f"-ctk/-ctv f16")
 
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)

@@ -96,6 +96,7 @@ class CudaBackend(Backend):
     name = "CUDA"
     xp = cp
     copies_weights = True           # weights are copied to the GPU; the file pages can go
+    float_cache_only = True         # the attention kernel reads f32 / f16 caches
 
     def __init__(self, n_threads: int | None = None, device: int = 0, graphs: bool = True):
         """graphs: replay single-token passes as CUDA graphs (see run_layers)."""
@@ -180,12 +181,6 @@ class CudaBackend(Backend):
     def upload_array(self, arr):
         with self.stream:
             return cp.asarray(np.ascontiguousarray(arr, dtype=np.float32))
-
-    def check_cache_types(self, types) -> None:
-        """The GPU attention kernel reads f32 or f16 caches, one type for keys and values."""
-        if types.k != types.v or types.k not in ("f32", "f16"):
-            raise ValueError(f"offloaded layers keep their KV cache in f32 or f16 (one type for K and V); "
-                             f"cache type {types} is supported on the CPU only: use -ngl 0 or -ctk/-ctv f16")
 
     def kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim, cache_type):
         self.check_cache_types(KVTypes.of(cache_type))

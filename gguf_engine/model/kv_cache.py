@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.types import BLOCK_SIZES, GGMLType
+from kernels.types import BLOCK_SIZES, GGMLType, row_bytes
 
 # llama.cpp's KV cache types (common/arg.cpp's list, in its order) -> GGML type
 CACHE_TYPES: dict[str, GGMLType] = {
@@ -146,7 +146,6 @@ def _side_array(name: str, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: i
     """The zeroed storage of one side (keys or values) of type name."""
     if name in FLOAT_CACHE_DTYPES:
         return xp.zeros((n_layer, n_ctx, n_head_kv, head_dim), dtype=FLOAT_CACHE_DTYPES[name])
-    from kernels.attention_kv import row_bytes
     return xp.zeros((n_layer, n_ctx, n_head_kv, row_bytes(CACHE_TYPES[name], head_dim)), dtype=np.uint8)
 
 

@@ -1,0 +1,201 @@
+"""KV cache types (llama.cpp's -ctk/-ctv): storage, attention over block rows, accuracy, refusals.
+
+- storage: every row written is byte for byte the type's encoder output (the encoders are checked
+  against ggml's bytes in test_encoders.py) and reads back as the type's exact decoding; cache sizes
+  are exact byte counts (q8_0 = 34/64 = 0.53125x the f16 bytes, q4_0 = 18/64 = 0.28125x);
+- attention over block rows (fused decode + dot, chunked over keys, and the BLAS path of prompts)
+  against a float64 softmax attention over the exactly decoded rows: within 2e-5 of the largest
+  output (float32 sums over up to 600 keys);
+- the cache-editing API (read_k/write_k/move) on every type, exactly;
+- accuracy: mean KL of the tiny llama model's logits (80 tokens, prompt then token by token)
+  from the f32-cache logits, pinned with a margin of 2x over the measured values;
+- refusals: a head size that is not whole blocks, unknown types, a quantized V cache without flash
+  attention (as llama.cpp), block types on offloaded layers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gguf_engine import Llama
+from gguf_engine.backends.cpu import CPUBackend
+from gguf_engine.model import load_model
+from gguf_engine.model.batch import SlotKVCache
+from gguf_engine.model.kv_cache import CACHE_TYPES, BlockRows, KVCache, KVTypes, SplitKVCache, cache_rows
+from kernels import attention_kv, dequantize
+from kernels.registry import get_qtype
+
+from .conftest import fixture_path
+from .device_standin import StandinDevice
+
+TINY = str(fixture_path("models", "tiny-llama-f32.gguf"))
+ATTN_TOL = 2e-5
+# measured mean KL from the f32-cache logits on the tiny model (see test_kl_from_f32_cache), x2
+KL_BOUND = {"f16": 1e-7, "bf16": 3e-6, "q8_0": 3e-5, "q5_1": 1.5e-3, "q5_0": 1.5e-3, "q4_1": 6e-3,
+            "q4_0": 6e-3, "iq4_nl": 5e-3}
+
+
+def _rows(rng, n, hkv, hd):
+    """Cache-like rows: gaussian with a few larger channels, as RoPE'd keys have."""
+    x = rng.standard_normal((n, hkv, hd)).astype(np.float32)
+    x[..., :4] *= 6
+    return x
+
+
+@pytest.mark.parametrize("name", list(CACHE_TYPES))
+def test_rows_are_the_encoders_bytes_and_read_back_exactly(name):
+    rng = np.random.default_rng(1)
+    kv = KVCache(2, 16, 3, 64, name)
+    x = _rows(rng, 5, 3, 64)
+    kv.write_k(1, 4, x)
+    kv.write_v(1, 4, -x)
+    t = CACHE_TYPES[name]
+    q = get_qtype(t)
+    want = q.encode(x.reshape(-1, 64))                                       # (15, row bytes)
+    got = np.asarray(kv.k[1, 4:9]).reshape(15, -1).view(np.uint8)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(kv.read_k(1, 4, 9), dequantize(want, t, (5, 3, 64)))
+    np.testing.assert_array_equal(kv.read_v(1, 4, 9), dequantize(q.encode(-x.reshape(-1, 64)), t, (5, 3, 64)))
+    assert kv.type_k == kv.type_v == name
+
+
+def test_cache_bytes_are_exact():
+    """q8_0 takes 34/64 of the f16 bytes (0.53x), q4_0 18/64 (0.28x); K and V count separately."""
+    f16 = KVCache(30, 8192, 3, 64, "f16").nbytes
+    assert f16 == 2 * 30 * 8192 * 3 * 64 * 2
+    assert KVCache(30, 8192, 3, 64, "q8_0").nbytes * 64 == f16 * 34
+    assert KVCache(30, 8192, 3, 64, "q4_0").nbytes * 64 == f16 * 18
+    assert KVCache(30, 8192, 3, 64, ("q8_0", "f16")).nbytes * 128 == f16 * (34 + 64)
+    for name, (per32) in {"bf16": 64, "q4_1": 20, "q5_0": 22, "q5_1": 24, "iq4_nl": 18}.items():
+        assert KVCache(2, 64, 1, 64, name).nbytes == 2 * 2 * 64 * 2 * per32
+
+
+def _reference(q3, K, V, pos0, scale, window, softcap):
+    """float64 causal attention over float rows K, V (C, Hkv, hd)."""
+    n, H, hd = q3.shape
+    G = H // K.shape[1]
+    out = np.zeros((n, H, hd))
+    for t in range(n):
+        p = pos0 + t
+        lo = max(0, p - window + 1) if window > 0 else 0
+        for h in range(H):
+            s = K[lo:p + 1, h // G].astype(np.float64) @ q3[t, h].astype(np.float64) * scale
+            if softcap > 0:
+                s = softcap * np.tanh(s / softcap)
+            w = np.exp(s - s.max())
+            out[t, h] = (w / w.sum()) @ V[lo:p + 1, h // G].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("tk,tv", [("q8_0", "q8_0"), ("q4_0", "q4_1"), ("q5_0", "q5_1"), ("iq4_nl", "bf16"),
+                                   ("f16", "q8_0"), ("bf16", "f32")])
+@pytest.mark.parametrize("n,pos0,window,softcap", [(1, 599, 0, 0.0), (3, 300, 0, 0.0), (2, 550, 100, 50.0),
+                                                   (40, 500, 0, 0.0), (20, 0, 0, 0.0), (12, 580, 64, 0.0)])
+def test_attention_over_block_rows(tk, tv, n, pos0, window, softcap):
+    """Fused kernel (n < 8: chunks of 256 keys merged) and BLAS blocks (n >= 8) alike."""
+    rng = np.random.default_rng(n + pos0)
+    H, Hkv, hd, C = 6, 2, 64, 640
+    kv = KVCache(1, C, Hkv, hd, (tk, tv))
+    K, V = _rows(rng, pos0 + n, Hkv, hd), _rows(rng, pos0 + n, Hkv, hd)
+    kv.store(0, 0, K, V)
+    q3 = rng.standard_normal((n, H, hd)).astype(np.float32)
+    out = np.zeros((n, H, hd), np.float32)
+    be = CPUBackend(2)
+    with be.scope():
+        be.attention(q3, *kv.layer(0), pos0, 0.125, window, softcap, out)
+    want = _reference(q3, kv.read_k(0, 0, pos0 + n), kv.read_v(0, 0, pos0 + n), pos0, 0.125, window, softcap)
+    assert np.abs(out - want).max() <= ATTN_TOL * np.abs(want).max()
+
+
+def test_parallel_and_serial_kernels_agree_exactly():
+    rng = np.random.default_rng(5)
+    kv = KVCache(1, 1100, 1, 256, "q4_0")
+    kv.store(0, 0, _rows(rng, 1100, 1, 256), _rows(rng, 1100, 1, 256))
+    q3 = rng.standard_normal((1, 4, 256)).astype(np.float32)
+    a, b = np.zeros_like(q3), np.zeros_like(q3)
+    k, v = kv.layer(0)
+    attention_kv.attention_rows(q3, *cache_rows(k), *cache_rows(v), 1099, 0.0625, 0, 0.0, a)
+    attention_kv.attention_rows_serial(q3, *cache_rows(k), *cache_rows(v), 1099, 0.0625, 0, 0.0, b)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(CACHE_TYPES))
+def test_move_is_a_byte_copy_and_write_k_round_trips(name):
+    rng = np.random.default_rng(2)
+    kv = KVCache(2, 32, 2, 64, name)
+    kv.store(0, 0, _rows(rng, 20, 2, 64), _rows(rng, 20, 2, 64))
+    k_before, v_before = np.array(kv.k[0, 10:20]), np.array(kv.v[0, 10:20])
+    kv.move(0, 10, 2, 10)                                        # overlapping ranges
+    np.testing.assert_array_equal(kv.k[0, 2:12], k_before)
+    np.testing.assert_array_equal(kv.v[0, 2:12], v_before)
+    k = kv.read_k(0, 2, 12)
+    kv.write_k(0, 20, k)                                         # decoded rows re-encode to the same bytes
+    if name not in ("q4_1", "q5_1"):                             # (min/scale types may round a min differently)
+        np.testing.assert_array_equal(kv.k[0, 20:30], k_before)
+    with pytest.raises(ValueError, match="outside"):
+        kv.read_k(0, 30, 33)
+
+
+def test_split_and_slot_caches_carry_types_and_editing():
+    parts = [(0, KVCache(1, 16, 2, 64, "q8_0")), (1, KVCache(1, 16, 2, 64, "q8_0"))]
+    split = SplitKVCache(parts)
+    assert (split.type_k, split.type_v) == ("q8_0", "q8_0")
+    x = _rows(np.random.default_rng(3), 4, 2, 64)
+    split.write_k(1, 3, x)
+    np.testing.assert_array_equal(split.read_k(1, 3, 7), parts[1][1].read_k(0, 3, 7))
+    before = split.read_k(1, 3, 7)
+    split.move(1, 3, 0, 4)
+    np.testing.assert_array_equal(split.read_k(1, 0, 4), before)
+    slots = SlotKVCache(KVCache(1, 32, 2, 64, ("q4_0", "f16")), 2, 16)
+    k, v = slots.region(0, 1)
+    assert isinstance(k, BlockRows) and k.shape == (16, 2, 64) and v.shape == (16, 2, 64)
+    assert (slots.type_k, slots.type_v) == ("q4_0", "f16")
+
+
+def _kl(ref, out):
+    def logp(x):
+        x = x.astype(np.float64) - x.max(1, keepdims=True)
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+    lp, lq = logp(ref), logp(out)
+    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
+
+
+@pytest.fixture(scope="module")
+def f32_logits():
+    toks = (np.arange(1, 81) * 37) % 700 + 5
+    m = load_model(TINY, n_ctx=96)
+    return toks, m.eval(toks, logits_all=True)
+
+
+@pytest.mark.parametrize("name", list(KL_BOUND))
+def test_kl_from_f32_cache(name, f32_logits):
+    """A 40-token prompt (BLAS attention), then 40 single tokens (the fused kernel)."""
+    toks, ref = f32_logits
+    m = load_model(TINY, n_ctx=96, cache_type=name)
+    out = np.concatenate([m.eval(toks[:40], logits_all=True)] + [m.eval(toks[i:i + 1], logits_all=True)
+                                                                  for i in range(40, 80)])
+    assert _kl(ref, out) <= KL_BOUND[name]
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="K cache type q8_0 with block size 32 does not divide the model's head "
+                                         "size 48"):
+        KVCache(1, 8, 1, 48, ("q8_0", "f16"))
+    KVCache(1, 8, 1, 48, ("bf16", "f16"))
+    with pytest.raises(ValueError, match="unsupported KV cache type 'q2_k'"):
+        KVTypes("q2_k")
+    with pytest.raises(ValueError, match="unsupported KV cache type 10"):
+        KVTypes.from_options(10, None)
+    with pytest.raises(ValueError, match="requires flash attention"):
+        Llama(TINY, n_ctx=32, type_v=8)
+    with pytest.raises(ValueError, match="offloaded to StandinDevice keep their KV cache in f32 or f16"):
+        load_model(TINY, n_ctx=32, cache_type="q8_0", n_gpu_layers=2, device=StandinDevice())
+
+
+def test_llama_takes_ggml_ids_and_names():
+    with Llama(TINY, n_ctx=32, type_k=8, type_v="q4_0", flash_attn=True) as llm:
+        assert (llm.type_k, llm.type_v) == ("q8_0", "q4_0")
+        assert (llm.model.kv_cache.type_k, llm.model.kv_cache.type_v) == ("q8_0", "q4_0")
+        assert llm("Hello", max_tokens=3, temperature=0.0)["choices"][0]["text"] is not None
+    with Llama(TINY, n_ctx=32, type_k=8) as llm:                 # a quantized K alone needs nothing
+        assert llm.cache_type == "k=q8_0, v=f32"
