@@ -26,12 +26,16 @@ from numba import njit, prange
 from .floats import decode_bf16, decode_f16, decode_f32
 from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq4_nl, decode_q4_0, decode_q4_1,
                      decode_q5_0, decode_q5_1, decode_q8_0, encode_rows)
+from .numerics import f16_bits_to_f32
 from .ops import exp_inplace, f32_to_f16_bits
 
-# keys per work item of the attention kernels
+# keys per work item of the attention kernels, and rows decoded at a time within one
 KEY_CHUNK = 256
+TILE_ROWS = 32
 
 _FAST = {"reassoc", "contract", "nsz"}
+# int32 constants: integer literals are int64 in Numba, and int64 -> float32 conversion does not vectorize on AVX2
+_I80 = np.int32(0x80)
 _NO_WEIGHTS = np.zeros(1, dtype=np.float32)
 
 
@@ -145,20 +149,60 @@ def load_head(t, rows, h, p0, p1, out):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _chunk(q3, t, kvh, G, k_rows, tk, v_rows, tv, lo, hi, scale, softcap, kbuf, vbuf, s, nbuf, m, l, acc):
-    """Keys lo..hi-1 of kv head kvh for token t's G query heads: scores s (G, hi-lo), then per
-    head g the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and acc[g] (hd,) = the sum of
-    those weights times the value rows.  Each key and value row is decoded once for all G heads."""
-    hd = kbuf.shape[0]
-    h0 = kvh * G
-    for j in range(lo, hi):
-        decode_row(tk, k_rows[j, kvh], kbuf)
-        for g in range(G):
-            qg = q3[t, h0 + g]
-            a = np.float32(0.0)
-            for d in range(hd):
-                a += qg[d] * kbuf[d]
-            s[g, j - lo] = a * scale
+def decode_tile(t, rows, h, j0, j1, buf):
+    """Rows j0..j1-1 of kv head h (type t) into buf[:j1 - j0] (float32, hd wide), exactly as
+    ``decode_row`` gives them.  F32, F16 and Q8_0 are written out here as straight loops, which
+    LLVM vectorizes; the others go through their family decoders row by row."""
+    hd = buf.shape[1]
+    nb = hd // 32
+    qk = hd // nb if nb else 32          # 32, as a run-time value: LLVM vectorizes the block loops instead
+                                         # of unrolling them into scalar code
+    if t == 8:                                                    # Q8_0: d (f16), 32 int8
+        for j in range(j0, j1):
+            r = rows[j, h]
+            o = buf[j - j0]
+            for b in range(nb):
+                ob = 34 * b
+                d = f16_bits_to_f32(np.uint32(r[ob]) | (np.uint32(r[ob + 1]) << np.uint32(8)))
+                for i in range(qk):
+                    o[qk * b + i] = np.float32((np.int32(r[ob + 2 + i]) ^ _I80) - _I80) * d
+    elif t == 1:                                                  # F16
+        for j in range(j0, j1):
+            r = rows[j, h]
+            o = buf[j - j0]
+            for i in range(hd):
+                o[i] = f16_bits_to_f32(np.uint32(r[2 * i]) | (np.uint32(r[2 * i + 1]) << np.uint32(8)))
+    elif t == 0:                                                  # F32
+        for j in range(j0, j1):
+            r = rows[j, h]
+            o = buf[j - j0]
+            for i in range(hd):
+                o[i] = np.uint32(np.uint32(r[4 * i]) | (np.uint32(r[4 * i + 1]) << np.uint32(8))
+                                 | (np.uint32(r[4 * i + 2]) << np.uint32(16))
+                                 | (np.uint32(r[4 * i + 3]) << np.uint32(24))).view(np.float32)
+    else:
+        for j in range(j0, j1):
+            decode_row(t, rows[j, h], buf[j - j0])
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _chunk(qs, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, m, l, acc):
+    """Keys lo..hi-1 of kv head kvh for G query heads qs (G, hd) (already scaled): scores
+    s (G, hi-lo), then per head g the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and
+    acc[g] (hd,) = the sum of those weights times the value rows.  Keys and values are decoded a
+    tile of rows at a time (tile: (T, hd) float32), once for all G heads."""
+    G, hd = qs.shape
+    T = tile.shape[0]
+    for j0 in range(lo, hi, T):
+        j1 = min(j0 + T, hi)
+        decode_tile(tk, k_rows, kvh, j0, j1, tile)
+        for jj in range(j1 - j0):
+            kr = tile[jj]
+            for g in range(G):
+                a = np.float32(0.0)
+                for d in range(hd):
+                    a += qs[g, d] * kr[d]
+                s[g, j0 - lo + jj] = a
     for g in range(G):
         row = s[g, :hi - lo]
         mx = np.float32(-np.inf)
@@ -179,12 +223,15 @@ def _chunk(q3, t, kvh, G, k_rows, tk, v_rows, tv, lo, hi, scale, softcap, kbuf, 
         l[g] = total
         for d in range(hd):
             acc[g, d] = 0.0
-    for j in range(lo, hi):
-        decode_row(tv, v_rows[j, kvh], vbuf)
-        for g in range(G):
-            p = s[g, j - lo]
-            for d in range(hd):
-                acc[g, d] += p * vbuf[d]
+    for j0 in range(lo, hi, T):
+        j1 = min(j0 + T, hi)
+        decode_tile(tv, v_rows, kvh, j0, j1, tile)
+        for jj in range(j1 - j0):
+            vr = tile[jj]
+            for g in range(G):
+                p = s[g, j0 - lo + jj]
+                for d in range(hd):
+                    acc[g, d] += p * vr[d]
 
 
 @njit(cache=True, nogil=True)
@@ -217,13 +264,17 @@ def _plan(n, Hkv, pos0, window, chunk):
 
 @njit(cache=True, nogil=True)
 def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, chunk):
+    """Work item i of ``_plan``: its token's G query heads, scaled, over its keys."""
     hd = q3.shape[2]
-    kbuf = np.empty(hd, dtype=np.float32)
-    vbuf = np.empty(hd, dtype=np.float32)
+    t, h = items[i, 0], items[i, 1]
+    qs = np.empty((G, hd), dtype=np.float32)
+    for g in range(G):
+        for d in range(hd):
+            qs[g, d] = q3[t, h * G + g, d] * np.float32(scale)
+    tile = np.empty((TILE_ROWS, hd), dtype=np.float32)
     s = np.empty((G, chunk), dtype=np.float32)
     nbuf = np.empty(chunk, dtype=np.int32)
-    _chunk(q3, items[i, 0], items[i, 1], G, k_rows, tk, v_rows, tv, items[i, 2], items[i, 3], np.float32(scale),
-           softcap, kbuf, vbuf, s, nbuf, m[i], l[i], acc[i])
+    _chunk(qs, h, k_rows, tk, v_rows, tv, items[i, 2], items[i, 3], softcap, tile, s, nbuf, m[i], l[i], acc[i])
 
 
 @njit(cache=True, nogil=True)

@@ -2,6 +2,7 @@
 
     python tools/bench_kernels.py [--threads N] [--types Q4_1,Q8_0,...] [--reps R] [--batch 512]
     python tools/bench_kernels.py --small-batch [--threads N] [--types Q4_0,Q4_K,...] [--rows 2,4,8,16]
+    python tools/bench_kernels.py --attention [--threads N] [--ctx 4096] [--types F16,Q8_0,Q4_0]
 
 For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
   matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of 3R runs, and of
@@ -16,7 +17,15 @@ n x the single-row matvec's (t_matvec / t_n over the layer's matrices, measured 
 1.0 = n rows for the price of one, the target is 0.7), and the same fraction for tiles + BLAS
 (the path batches took before; --no-tiles leaves it out).  Timed in CPU seconds of the process
 (best of --reps), which time-slicing on a shared machine leaves out: run it with --threads 1.
-and each figure as a ratio of what this machine does in the same run with the same
+--attention: decode attention (one query token) over a KV cache of --ctx positions in each
+cache type, for the head layouts of SmolLM2-135M (9 heads, 3 kv heads of 64) and Gemma 3 270M (4
+heads, 1 kv head of 256), every layer of the model's cache (30 and 18 layers, so the cache is read
+from memory as in a real decode step, not from the CPU's caches):
+  attn GB/s     cache bytes (keys and values, every position) read per second
+  matvec GB/s   the same type's matvec on a 4096x4096 weight, measured in the same run
+  x matvec      their ratio: at least 1 means attention reads the cache as fast as matvec reads weights
+
+Otherwise each figure is a ratio of what this machine does in the same run with the same
 thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
 threads) for matvec and decode, numpy float32 GEMM (the faster orientation) for matmul (BLAS keeps its own
 thread pool; the script sets OPENBLAS_NUM_THREADS to --threads).  Random weights with valid scales.
@@ -102,6 +111,43 @@ def gemm_rate(n: int, rows: int, cols: int, reps: int) -> float:
     return 2 * n * rows * cols / t / 1e9
 
 
+ATTENTION_SHAPES = [("SmolLM2-135M", 30, 9, 3, 64), ("Gemma-3-270M", 18, 4, 1, 256)]
+
+
+def bench_attention(types, n_ctx: int, reps: int, rng) -> int:
+    """Decode attention over full caches of each type against the same type's matvec (see the
+    module docstring).  Every layer's cache is visited in turn, as one decode step does."""
+    from gguf_engine.backends.cpu import CPUBackend
+    from gguf_engine.model.kv_cache import KVCache, cache_type_name
+
+    be = CPUBackend(kernels.get_num_threads())
+    hdr = f"{'type':8} {'model shape':>14} {'cache MiB':>9} {'step us':>8} {'attn GB/s':>9} {'matvec GB/s':>11} {'x matvec':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    for t in types:
+        W = kernels.Weight(random_tensor(t, 4096, 4096, rng), t, (4096, 4096))
+        x = rng.standard_normal(4096, dtype=np.float32)
+        y = np.empty(4096, np.float32)
+        mv = W.file_nbytes / best_time(lambda: W.matvec(x, y), reps, min_seconds=0.3) / 1e9
+        for label, n_layer, H, Hkv, hd in ATTENTION_SHAPES:
+            kv = KVCache(n_layer, n_ctx, Hkv, hd, cache_type_name(int(t)))
+            for il in range(n_layer):
+                rows = rng.standard_normal((n_ctx, Hkv, hd)).astype(np.float32)
+                kv.store(il, 0, rows, rows[::-1])
+            q3 = rng.standard_normal((1, H, hd)).astype(np.float32)
+            out = np.empty_like(q3)
+
+            def step():
+                for il in range(n_layer):
+                    be.attention(q3, *kv.layer(il), n_ctx - 1, hd ** -0.5, 0, 0.0, out)
+            with be.scope():
+                sec = best_time(step, reps, min_seconds=0.3)
+            att = kv.nbytes / sec / 1e9
+            print(f"{t.name:8} {label:>14} {kv.nbytes / 2**20:9.1f} {sec * 1e6:8.0f} {att:9.2f} {mv:11.2f} "
+                  f"{att / mv:8.2f}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -110,6 +156,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--shapes", default=",".join(f"{r}x{c}" for r, c in SHAPES),
                     help="comma-separated ROWSxCOLS list")
+    ap.add_argument("--attention", action="store_true",
+                    help="decode attention over a cache of each type (--types of llama.cpp's cache types)")
+    ap.add_argument("--ctx", type=int, default=4096, help="cache positions for --attention (default: 4096)")
     ap.add_argument("--asm", action="store_true",
                     help="after the table, count ymm FMAs in the matvec kernels that ran (recompiled uncached)")
     ap.add_argument("--small-batch", action="store_true",
@@ -124,6 +173,9 @@ def main(argv=None) -> int:
         return 0
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rng = np.random.default_rng(0)
+    if args.attention:
+        types = args.types if args.types != ",".join(DEFAULT_TYPES) else "F16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,IQ4_NL,BF16"
+        return bench_attention([as_type(t.strip()) for t in types.split(",")], args.ctx, args.reps, rng)
 
     bw = read_bandwidth_gbs(args.threads, args.reps)
     gemm = {s: gemm_rate(args.batch, *s, max(2, args.reps // 3)) for s in shapes}
