@@ -182,5 +182,6 @@ def eval_chunks(model, tok, tokens: np.ndarray, n_ctx: int, n_chunk: int,
         if add_bos and bos is not None:
             ids[0] = bos
         model.reset()
-        logits = model.eval(ids, logits_all=True)             # (n_ctx, n_vocab)
-        yield i, chunk, logits[logits_from:]
+        if logits_from > 0:                                   # logits only where they are used
+            model.eval(ids[:logits_from])
+        yield i, chunk, model.eval(ids[logits_from:], logits_all=True)   # (n_ctx - logits_from, n_vocab)
