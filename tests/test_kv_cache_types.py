@@ -199,3 +199,16 @@ def test_llama_takes_ggml_ids_and_names():
         assert llm("Hello", max_tokens=3, temperature=0.0)["choices"][0]["text"] is not None
     with Llama(TINY, n_ctx=32, type_k=8) as llm:                 # a quantized K alone needs nothing
         assert llm.cache_type == "k=q8_0, v=f32"
+
+
+def test_state_saves_the_stored_rows_and_loads_them_back():
+    """save_state keeps a block-type cache's bytes; load_state puts them back exactly, and a state
+    of other types is refused."""
+    with Llama(TINY, n_ctx=32, type_k="q4_0", type_v="q8_0", flash_attn=True) as llm:
+        llm.eval(llm.tokenize(b"Hello world"))
+        state = llm.save_state()
+        want = llm.eval(llm.tokenize(b" again", add_bos=False)).copy()
+        llm.load_state(state)
+        np.testing.assert_array_equal(llm.eval(llm.tokenize(b" again", add_bos=False)), want)
+    with Llama(TINY, n_ctx=32) as other, pytest.raises(ValueError, match="same types"):
+        other.load_state(state)

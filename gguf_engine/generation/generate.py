@@ -20,6 +20,7 @@ import numpy as np
 
 from ..model.context_shift import ShiftPolicy, keep_count, plan_shift
 from ..model.errors import ContextFullError
+from ..model.kv_cache import stored
 from ..timing import PerfStats, now_ms
 from .guard import CacheGuard, StreamInvalidatedError  # noqa: F401 (re-exported)
 from .sampling import Sampler
@@ -120,7 +121,8 @@ NO_STEERING = Steering()
 @dataclass
 class LlamaState:
     """A saved generation state: the tokens in the KV cache, each layer's keys and values for
-    them (n_tokens, n_head_kv, head_dim) as host arrays, and the latest logits."""
+    them as host arrays, as the cache stores them ((n_tokens, n_head_kv, head_dim) floats, or the
+    rows' bytes for a block type), and the latest logits."""
 
     tokens: list[int]
     k: list[np.ndarray]
@@ -181,9 +183,9 @@ class Engine:
             n = len(self.tokens)
             ks, vs = [], []
             for il in range(int(self.model.config.n_layer)):
-                k, v = cache.layer(il)  # (n_ctx, n_head_kv, head_dim)
-                ks.append(_host(k[:n]))
-                vs.append(_host(v[:n]))
+                k, v = cache.layer(il)  # (n_ctx, n_head_kv, head_dim or the bytes of a block-type row)
+                ks.append(_host(stored(k)[:n]))
+                vs.append(_host(stored(v)[:n]))
             last = None if self.last_logits is None else self.last_logits.copy()
             return LlamaState(list(self.tokens), ks, vs, last)
 
@@ -194,15 +196,19 @@ class Engine:
             raise ValueError(f"the state ({len(state.k)} layers, {state.n_tokens} tokens) does not fit this "
                              f"model ({n_layer} layers, n_ctx={self.n_ctx})")
         for il in range(n_layer):
-            k, _ = cache.layer(il)
-            if tuple(state.k[il].shape[1:]) != tuple(k.shape[1:]):
-                raise ValueError(f"the state's layer {il} has keys of shape {state.k[il].shape[1:]}, "
-                                 f"this model's cache {tuple(k.shape[1:])}")
+            k, v = (stored(a) for a in cache.layer(il))
+            for name, a, b in (("keys", state.k[il], k), ("values", state.v[il], v)):
+                if tuple(a.shape[1:]) != tuple(b.shape[1:]) or (a.dtype == np.uint8) != (b.dtype == np.uint8):
+                    raise ValueError(f"the state's layer {il} has {name} of shape {a.shape[1:]} ({a.dtype}), "
+                                     f"this model's cache {tuple(b.shape[1:])} ({b.dtype}): a state loads into "
+                                     f"a cache of the same types")
         with self.guard.lock:
             self.guard.claim()
             self._reset()
             for il in range(n_layer):
-                cache.store(il, 0, state.k[il], state.v[il])
+                k, v = (stored(a) for a in cache.layer(il))
+                k[:state.n_tokens] = state.k[il]                 # the rows as they were stored
+                v[:state.n_tokens] = state.v[il]
             cache.n_past = state.n_tokens
             self.tokens = list(state.tokens)
             self.last_logits = None if state.last_logits is None else state.last_logits.copy()

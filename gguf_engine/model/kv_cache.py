@@ -116,6 +116,11 @@ class BlockRows:
         return BlockRows(self.data[key], self.type, self.head_dim)
 
 
+def stored(rows):
+    """The array holding a layer view's rows as stored: a float array, or ``BlockRows``' bytes."""
+    return rows.data if isinstance(rows, BlockRows) else rows
+
+
 def cache_rows(rows):
     """(uint8 rows (C, n_head_kv, row bytes), GGML type id) of one side of a cache layer (a float
     array or ``BlockRows``), the form the block-format attention kernels take."""
