@@ -27,7 +27,7 @@ from .floats import decode_bf16, decode_f16, decode_f32
 from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq4_nl, decode_q4_0, decode_q4_1,
                      decode_q5_0, decode_q5_1, decode_q8_0, encode_rows)
 from .numerics import f16_bits_to_f32
-from .ops import exp_inplace, f32_to_f16_bits
+from .ops import exp_shifted, f32_to_f16_bits
 
 # keys per work item of the attention kernels, and rows decoded at a time within one
 KEY_CHUNK = 256
@@ -37,6 +37,10 @@ _FAST = {"reassoc", "contract", "nsz"}
 # int32 constants: integer literals are int64 in Numba, and int64 -> float32 conversion does not vectorize on AVX2
 _I80 = np.int32(0x80)
 _NO_WEIGHTS = np.zeros(1, dtype=np.float32)
+# GGML type id -> ``kernels.legacy``'s encoder code (-1: not a block type of the cache)
+LEGACY_KIND = np.full(32, -1, dtype=np.int64)
+for _t, _k in ((8, K_Q8_0), (2, K_Q4_0), (3, K_Q4_1), (6, K_Q5_0), (7, K_Q5_1), (20, K_IQ4_NL)):
+    LEGACY_KIND[_t] = _k
 
 
 @njit(cache=True, nogil=True)
@@ -62,24 +66,6 @@ def decode_row(t, src, dst):
         decode_iq4_nl(src, dst)
     else:
         raise ValueError("KV cache: unsupported row type")
-
-
-@njit(cache=True, nogil=True)
-def _legacy_kind(t):
-    """``kernels.legacy``'s encoder code of a block type id."""
-    if t == 8:
-        return K_Q8_0
-    if t == 2:
-        return K_Q4_0
-    if t == 3:
-        return K_Q4_1
-    if t == 6:
-        return K_Q5_0
-    if t == 7:
-        return K_Q5_1
-    if t == 20:
-        return K_IQ4_NL
-    raise ValueError("KV cache: unsupported row type")
 
 
 @njit(cache=True, nogil=True)
@@ -114,7 +100,10 @@ def encode_row(t, x, dst, xbuf, ybuf):
     else:
         for i in range(hd):
             xbuf[0, i] = x[i]
-        encode_rows(xbuf, _NO_WEIGHTS, False, _legacy_kind(t), ybuf, 0, 1)
+        kind = LEGACY_KIND[t]
+        if kind < 0:
+            raise ValueError("KV cache: unsupported row type")
+        encode_rows(xbuf, _NO_WEIGHTS, False, kind, ybuf, 0, 1)
     for i in range(dst.shape[0]):
         dst[i] = ybuf[0, i]
 
@@ -204,23 +193,7 @@ def _chunk(qs, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, m, l
                     a += qs[g, d] * kr[d]
                 s[g, j0 - lo + jj] = a
     for g in range(G):
-        row = s[g, :hi - lo]
-        mx = np.float32(-np.inf)
-        for j in range(hi - lo):
-            x = row[j]
-            if softcap > 0:
-                x = np.float32(softcap * np.tanh(x / softcap))
-                row[j] = x
-            if x > mx:
-                mx = x
-        for j in range(hi - lo):
-            row[j] -= mx
-        exp_inplace(row, nbuf)
-        total = np.float32(0.0)
-        for j in range(hi - lo):
-            total += row[j]
-        m[g] = mx
-        l[g] = total
+        m[g], l[g] = exp_shifted(s[g, :hi - lo], softcap, nbuf)
         for d in range(hd):
             acc[g, d] = 0.0
     for j0 in range(lo, hi, T):
@@ -337,3 +310,27 @@ def attention_rows_serial(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softc
     for i in range(k):
         _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK)
     _merge(items, first, G, m, l, acc, out3)
+
+
+@njit(cache=True, nogil=True)
+def hadamard_rows(x3, n):
+    """In place on x3 (m, heads, hd) float32: every run of n values (n a power of two dividing hd)
+    is multiplied by the orthonormal Walsh-Hadamard matrix of order n in Sylvester order (symmetric
+    and its own inverse), by the fast transform's butterflies, then scaled by 1/sqrt(n)."""
+    m, H, hd = x3.shape
+    scale = np.float32(1.0 / np.sqrt(n))
+    for t in range(m):
+        for h in range(H):
+            row = x3[t, h]
+            for c0 in range(0, hd, n):
+                s = 1
+                while s < n:
+                    for i in range(c0, c0 + n, 2 * s):
+                        for j in range(i, i + s):
+                            a = row[j]
+                            b = row[j + s]
+                            row[j] = a + b
+                            row[j + s] = a - b
+                    s *= 2
+                for j in range(c0, c0 + n):
+                    row[j] *= scale

@@ -256,13 +256,12 @@ def _scores_group(qg, k_cache, kvh, lo, hi, scale, table, scores):
             scores[g, j - lo] = s * scale
 
 
-@njit(cache=True)
-def _softmax_row(row, softcap, nbuf):
-    """Soft-cap (softcap > 0) then softmax the 1-D float32 row (n,), in place.
-    nbuf: int32 scratch (>= n,).  An empty row (every key masked) is left as it is."""
+@njit(cache=True, nogil=True)
+def exp_shifted(row, softcap, nbuf):
+    """Soft-cap (softcap > 0) the float32 row (n,), then row = exp(row - max) in place; returns
+    (max, sum of the exponentials) as float32, for a softmax or a partial one merged later.
+    nbuf: int32 scratch (>= n,)."""
     n = row.shape[0]
-    if n == 0:
-        return
     m = np.float32(-np.inf)
     for j in range(n):
         s = row[j]
@@ -277,8 +276,18 @@ def _softmax_row(row, softcap, nbuf):
     total = 0.0
     for j in range(n):
         total += row[j]
+    return m, total
+
+
+@njit(cache=True)
+def _softmax_row(row, softcap, nbuf):
+    """Soft-cap (softcap > 0) then softmax the 1-D float32 row (n,), in place.
+    nbuf: int32 scratch (>= n,).  An empty row (every key masked) is left as it is."""
+    if row.shape[0] == 0:
+        return
+    _, total = exp_shifted(row, softcap, nbuf)
     inv = np.float32(1.0 / total)
-    for j in range(n):
+    for j in range(row.shape[0]):
         row[j] *= inv
 
 

@@ -1,6 +1,7 @@
 """KV cache types (llama.cpp's -ctk/-ctv): storage, attention over block rows, accuracy, refusals.
 
-- storage: every row written is byte for byte the type's encoder output (the encoders are checked
+- storage: every row written is byte for byte the type's encoder output (of the row rotated by the
+  Walsh-Hadamard matrix, as llama.cpp rotates quantized caches) (the encoders are checked
   against ggml's bytes in test_encoders.py) and reads back as the type's exact decoding; cache sizes
   are exact byte counts (q8_0 = 34/64 = 0.53125x the f16 bytes, q4_0 = 18/64 = 0.28125x);
 - attention over block rows (fused decode + dot, chunked over keys, and the BLAS path of prompts)
@@ -21,12 +22,14 @@ from gguf_engine import Llama
 from gguf_engine.backends.cpu import CPUBackend
 from gguf_engine.model import load_model
 from gguf_engine.model.batch import SlotKVCache
-from gguf_engine.model.kv_cache import CACHE_TYPES, BlockRows, KVCache, KVTypes, SplitKVCache, cache_rows
+from gguf_engine.model.kv_cache import (CACHE_TYPES, QUANTIZED_CACHE_TYPES, BlockRows, KVCache, KVTypes,
+                                       SplitKVCache, cache_rows, rotation_size)
 from kernels import attention_kv, dequantize
 from kernels.registry import get_qtype
 
 from .conftest import fixture_path
 from .device_standin import StandinDevice
+from .test_model import attention_reference
 
 TINY = str(fixture_path("models", "tiny-llama-f32.gguf"))
 ATTN_TOL = 2e-5
@@ -51,11 +54,20 @@ def test_rows_are_the_encoders_bytes_and_read_back_exactly(name):
     kv.write_v(1, 4, -x)
     t = CACHE_TYPES[name]
     q = get_qtype(t)
-    want = q.encode(x.reshape(-1, 64))                                       # (15, row bytes)
+    rot = kv.rot_k                                               # 64 for the quantized types, else 0
+    assert rot == (64 if name in QUANTIZED_CACHE_TYPES else 0) == kv.rot_v
+
+    def rotated(a):
+        a = np.array(a, dtype=np.float32)
+        if rot:
+            attention_kv.hadamard_rows(a, rot)
+        return a
+    want = q.encode(rotated(x).reshape(-1, 64))                              # (15, row bytes)
     got = np.asarray(kv.k[1, 4:9]).reshape(15, -1).view(np.uint8)
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(kv.read_k(1, 4, 9), dequantize(want, t, (5, 3, 64)))
-    np.testing.assert_array_equal(kv.read_v(1, 4, 9), dequantize(q.encode(-x.reshape(-1, 64)), t, (5, 3, 64)))
+    np.testing.assert_array_equal(kv.read_k(1, 4, 9), rotated(dequantize(want, t, (5, 3, 64))))
+    np.testing.assert_array_equal(kv.read_v(1, 4, 9),
+                                  rotated(dequantize(q.encode(rotated(-x).reshape(-1, 64)), t, (5, 3, 64))))
     assert kv.type_k == kv.type_v == name
 
 
@@ -68,23 +80,6 @@ def test_cache_bytes_are_exact():
     assert KVCache(30, 8192, 3, 64, ("q8_0", "f16")).nbytes * 128 == f16 * (34 + 64)
     for name, (per32) in {"bf16": 64, "q4_1": 20, "q5_0": 22, "q5_1": 24, "iq4_nl": 18}.items():
         assert KVCache(2, 64, 1, 64, name).nbytes == 2 * 2 * 64 * 2 * per32
-
-
-def _reference(q3, K, V, pos0, scale, window, softcap):
-    """float64 causal attention over float rows K, V (C, Hkv, hd)."""
-    n, H, hd = q3.shape
-    G = H // K.shape[1]
-    out = np.zeros((n, H, hd))
-    for t in range(n):
-        p = pos0 + t
-        lo = max(0, p - window + 1) if window > 0 else 0
-        for h in range(H):
-            s = K[lo:p + 1, h // G].astype(np.float64) @ q3[t, h].astype(np.float64) * scale
-            if softcap > 0:
-                s = softcap * np.tanh(s / softcap)
-            w = np.exp(s - s.max())
-            out[t, h] = (w / w.sum()) @ V[lo:p + 1, h // G].astype(np.float64)
-    return out
 
 
 @pytest.mark.parametrize("tk,tv", [("q8_0", "q8_0"), ("q4_0", "q4_1"), ("q5_0", "q5_1"), ("iq4_nl", "bf16"),
@@ -101,9 +96,13 @@ def test_attention_over_block_rows(tk, tv, n, pos0, window, softcap):
     q3 = rng.standard_normal((n, H, hd)).astype(np.float32)
     out = np.zeros((n, H, hd), np.float32)
     be = CPUBackend(2)
+    k, v = kv.layer(0)
+    qr = q3.copy()
+    if getattr(k, "rot", 0):                                     # as qkv_prepare rotates the queries
+        attention_kv.hadamard_rows(qr, k.rot)
     with be.scope():
-        be.attention(q3, *kv.layer(0), pos0, 0.125, window, softcap, out)
-    want = _reference(q3, kv.read_k(0, 0, pos0 + n), kv.read_v(0, 0, pos0 + n), pos0, 0.125, window, softcap)
+        be.attention(qr, k, v, pos0, 0.125, window, softcap, out)
+    want = attention_reference(q3, kv.read_k(0, 0, pos0 + n), kv.read_v(0, 0, pos0 + n), pos0, 0.125, window, softcap)
     assert np.abs(out - want).max() <= ATTN_TOL * np.abs(want).max()
 
 
@@ -129,11 +128,30 @@ def test_move_is_a_byte_copy_and_write_k_round_trips(name):
     np.testing.assert_array_equal(kv.k[0, 2:12], k_before)
     np.testing.assert_array_equal(kv.v[0, 2:12], v_before)
     k = kv.read_k(0, 2, 12)
-    kv.write_k(0, 20, k)                                         # decoded rows re-encode to the same bytes
-    if name not in ("q4_1", "q5_1"):                             # (min/scale types may round a min differently)
-        np.testing.assert_array_equal(kv.k[0, 20:30], k_before)
+    kv.write_k(0, 20, k)                                         # decoded rows re-encode to the same values
+    np.testing.assert_allclose(kv.read_k(0, 20, 30), k, rtol=0, atol=1e-5 * np.abs(k).max())
     with pytest.raises(ValueError, match="outside"):
         kv.read_k(0, 30, 33)
+
+
+def test_rotation_is_llama_cpps_walsh_hadamard():
+    """The rotation equals x @ H for ggml's Sylvester-order matrix with entries +-1/sqrt(n) (to float32
+    rounding, 1e-6 of the values), is its own inverse, and is chosen as llama.cpp chooses it."""
+    for n in (64, 128, 256):
+        H = np.full((1, 1), 1.0)
+        while H.shape[0] < n:
+            H = np.block([[H, H], [H, -H]])
+        H /= np.sqrt(n)
+        x = np.random.default_rng(n).standard_normal((3, 2, 256)).astype(np.float32)
+        y = x.copy()
+        attention_kv.hadamard_rows(y, n)
+        want = (x.reshape(-1, n).astype(np.float64) @ H).reshape(x.shape)
+        assert np.abs(y - want).max() <= 1e-6 * np.abs(x).max() * np.sqrt(n)
+        attention_kv.hadamard_rows(y, n)
+        assert np.abs(y - x).max() <= 1e-6 * np.abs(x).max() * np.sqrt(n)
+    assert (rotation_size("q8_0", 256, "k"), rotation_size("q8_0", 256, "v")) == (256, 64)
+    assert (rotation_size("q4_0", 192, "k"), rotation_size("q4_0", 192, "v")) == (64, 64)
+    assert rotation_size("q4_0", 96, "k") == rotation_size("f16", 64, "k") == rotation_size("bf16", 64, "v") == 0
 
 
 def test_split_and_slot_caches_carry_types_and_editing():

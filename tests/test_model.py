@@ -362,7 +362,7 @@ def test_config_rope_scaling_and_defaults():
 
 # ------------------------------------------------------------------------------ kernels vs NumPy
 
-def _attention_reference(q3, K, V, pos0, scale, window, softcap):
+def attention_reference(q3, K, V, pos0, scale, window, softcap):
     """Plain float64 causal attention: q3 (n, H, hd), K/V (C, Hkv, hd)."""
     n, H, hd = q3.shape
     G = H // K.shape[1]
@@ -395,7 +395,7 @@ def test_attention_backend_matches_reference(n, pos0, window, softcap, cache):
     V = rng.standard_normal((C, Hkv, hd)).astype(dt)
     out = np.empty_like(q3)
     CPUBackend(2).attention(q3, K, V, pos0, 0.2, window, softcap, out)
-    np.testing.assert_allclose(out, _attention_reference(q3, K, V, pos0, 0.2, window, softcap), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out, attention_reference(q3, K, V, pos0, 0.2, window, softcap), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("neox", [False, True])

@@ -136,7 +136,9 @@ class Backend(ABC):
         """In place: biases (bq (H, hd), bk, bv (Hkv, hd); None when absent), per-head RMS norms
         (q_norm, k_norm (hd,); None when absent) and RoPE at positions pos0.. with the tables
         rope = (cos, sin), each (n_ctx, n_rot/2).  q3: (n, H, hd); k3, v3: (n, Hkv, hd).
-        Then stores k, v at rows pos0.. of the layer's cache (k_cache, v_cache: (C, Hkv, hd))."""
+        Then stores k, v at rows pos0.. of the layer's cache (k_cache, v_cache: (C, Hkv, hd), float
+        arrays or ``BlockRows``).  A side whose ``BlockRows.rot`` is set is stored rotated (keys: q3
+        is rotated alike; values: ``attention`` rotates its output back)."""
 
     @abstractmethod
     def attention(self, q3, k_cache, v_cache, pos0: int, scale: float, window: int, softcap: float,

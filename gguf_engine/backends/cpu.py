@@ -128,12 +128,18 @@ class CPUBackend(Backend):
             def prepare(a, b):
                 ops.qkv_prepare(q3[a:b], k3[a:b], v3[a:b], bq, bk, bv, has_bias, q_norm, k_norm, has_norm, eps,
                                 rope[0], rope[1], pos0 + a, neox, k_cache, v_cache)
-        else:                                    # a block-format side: rotate, then encode the rows
+        else:                                    # a block-format side: RoPE, rotations, then encode the rows
             (kr, tk), (vr, tv) = cache_rows(k_cache), cache_rows(v_cache)
+            rot_k, rot_v = getattr(k_cache, "rot", 0), getattr(v_cache, "rot", 0)
 
             def prepare(a, b):
                 ops.qkv_rotate(q3[a:b], k3[a:b], v3[a:b], bq, bk, bv, has_bias, q_norm, k_norm, has_norm, eps,
                                rope[0], rope[1], pos0 + a, neox)
+                if rot_k:                        # q.k is unchanged: both rotated
+                    attention_kv.hadamard_rows(q3[a:b], rot_k)
+                    attention_kv.hadamard_rows(k3[a:b], rot_k)
+                if rot_v:                        # undone on the attention output
+                    attention_kv.hadamard_rows(v3[a:b], rot_v)
                 attention_kv.store_rows(k3[a:b], v3[a:b], tk, tv, kr, vr, pos0 + a)
         if q3.shape[0] == 1:                     # a decode step: straight to the kernel
             prepare(0, 1)
@@ -141,10 +147,15 @@ class CPUBackend(Backend):
         self._by_rows(q3.shape[0], prepare)
 
     def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3, sinks=None):
+        if sinks is not None and not _float_pair(k_cache, v_cache):
+            raise ValueError("attention sinks need an f32 or f16 KV cache (one type for K and V); use -ctk/-ctv f16")
         self._attention(q3, k_cache, v_cache, pos0, scale, window, softcap, out3)
         if sinks is not None:                    # rescale each head's output by its share beside the sink
             kc = k_cache.view(np.uint16) if k_cache.dtype == np.float16 else k_cache
             ops.attention_sink_rescale(q3, kc, pos0, scale, window, softcap, sinks, ops.F16_TABLE, out3)
+        rot_v = getattr(v_cache, "rot", 0)
+        if rot_v:                                # values were stored rotated: rotate the output back
+            attention_kv.hadamard_rows(out3, rot_v)
 
     def _attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
         n, H, hd = q3.shape

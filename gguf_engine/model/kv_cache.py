@@ -93,14 +93,31 @@ class KVTypes:
         return self.k if self.k == self.v else f"k={self.k}, v={self.v}"
 
 
+def rotation_size(name: str, head_dim: int, side: str) -> int:
+    """The order of the Walsh-Hadamard rotation applied to a side's rows before they are quantized
+    (0: none), as llama.cpp chooses it: only for quantized types and head sizes that are multiples
+    of 64; keys (with the queries) by the largest power of two dividing the head size, values by 64.
+    The rotation is orthonormal, so q.k and the attention output are unchanged in exact arithmetic,
+    while outlier channels are spread over the block: far less quantization error."""
+    if name not in QUANTIZED_CACHE_TYPES or head_dim % 64:
+        return 0
+    if side == "v":
+        return 64
+    n = 64
+    while head_dim % (2 * n) == 0:
+        n *= 2
+    return n
+
+
 class BlockRows:
     """Cache rows stored as GGML bytes: ``data`` uint8 (C, n_head_kv, row bytes) holding rows of
-    ``head_dim`` values of type ``type``.  Slicing the first axis gives the rows of a range of
-    positions (a view), as for a float cache array."""
-    __slots__ = ("data", "type", "head_dim")
+    ``head_dim`` values of type ``type``, rotated by the Walsh-Hadamard matrix of order ``rot``
+    (0: not rotated) before they were quantized.  Slicing the first axis gives the rows of a range
+    of positions (a view), as for a float cache array."""
+    __slots__ = ("data", "type", "head_dim", "rot")
 
-    def __init__(self, data, t: GGMLType, head_dim: int):
-        self.data, self.type, self.head_dim = data, GGMLType(t), int(head_dim)
+    def __init__(self, data, t: GGMLType, head_dim: int, rot: int = 0):
+        self.data, self.type, self.head_dim, self.rot = data, GGMLType(t), int(head_dim), int(rot)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -113,7 +130,7 @@ class BlockRows:
     def __getitem__(self, key) -> "BlockRows":
         if not isinstance(key, slice):
             raise TypeError("BlockRows takes a slice of positions")
-        return BlockRows(self.data[key], self.type, self.head_dim)
+        return BlockRows(self.data[key], self.type, self.head_dim, self.rot)
 
 
 def stored(rows):
@@ -171,6 +188,8 @@ class KVCache(_PositionCount):
         self.type_k, self.type_v = types.k, types.v
         self.n_ctx = n_ctx
         self.head_dim = int(head_dim)
+        self.rot_k = rotation_size(types.k, self.head_dim, "k")   # Walsh-Hadamard orders (0: none)
+        self.rot_v = rotation_size(types.v, self.head_dim, "v")
         self.k = _side_array(types.k, n_layer, n_ctx, n_head_kv, head_dim, xp)
         self.v = _side_array(types.v, n_layer, n_ctx, n_head_kv, head_dim, xp)
         self.n_past = 0
@@ -179,13 +198,14 @@ class KVCache(_PositionCount):
     def nbytes(self) -> int:
         return int(self.k.nbytes + self.v.nbytes)
 
-    def _view(self, arr, name: str):
-        return arr if name in FLOAT_CACHE_DTYPES else BlockRows(arr, CACHE_TYPES[name], self.head_dim)
+    def _view(self, arr, name: str, rot: int):
+        return arr if name in FLOAT_CACHE_DTYPES else BlockRows(arr, CACHE_TYPES[name], self.head_dim, rot)
 
     def layer(self, il: int):
         """(k, v) views of one layer: float arrays (n_ctx, n_head_kv, head_dim) for f32/f16,
         ``BlockRows`` for the block types."""
-        return self._view(self.k[il], self.type_k), self._view(self.v[il], self.type_v)
+        return (self._view(self.k[il], self.type_k, self.rot_k),
+                self._view(self.v[il], self.type_v, self.rot_v))
 
     def store(self, il: int, pos0: int, k3, v3) -> None:
         """Write n new positions starting at pos0. k3, v3: (n, n_head_kv, head_dim) float32."""
@@ -193,23 +213,27 @@ class KVCache(_PositionCount):
         self.write_v(il, pos0, v3)
 
     # --- position-range access ---------------------------------------------------------
-    def _read(self, arr, name: str, il: int, p0: int, p1: int) -> np.ndarray:
+    def _read(self, arr, name: str, rot: int, il: int, p0: int, p1: int) -> np.ndarray:
         self._check_range(p0, p1)
         rows = arr[il, p0:p1]
         if name in FLOAT_CACHE_DTYPES:
             return np.asarray(rows.get() if hasattr(rows, "get") else rows, dtype=np.float32)
-        from kernels.attention_kv import load_rows
+        from kernels.attention_kv import hadamard_rows, load_rows
         out = np.empty((p1 - p0, rows.shape[1], self.head_dim), dtype=np.float32)
         load_rows(int(CACHE_TYPES[name]), np.ascontiguousarray(rows), out)
+        if rot:
+            hadamard_rows(out, rot)                     # back from the stored rotation
         return out
 
-    def _write(self, arr, name: str, il: int, p0: int, x3) -> None:
+    def _write(self, arr, name: str, rot: int, il: int, p0: int, x3) -> None:
         self._check_range(p0, p0 + x3.shape[0])
         if name in FLOAT_CACHE_DTYPES:
             arr[il, p0:p0 + x3.shape[0]] = x3                  # (n, n_head_kv, head_dim)
             return
-        x3 = np.ascontiguousarray(x3, dtype=np.float32)
-        from kernels.attention_kv import store_rows
+        from kernels.attention_kv import hadamard_rows, store_rows
+        x3 = np.array(x3, dtype=np.float32, order="C")          # a copy: it may be rotated
+        if rot:
+            hadamard_rows(x3, rot)
         t = int(CACHE_TYPES[name])
         store_rows(x3, x3, t, t, arr[il], arr[il], p0)   # the same rows twice: one side written
 
@@ -219,19 +243,19 @@ class KVCache(_PositionCount):
 
     def read_k(self, il: int, p0: int, p1: int) -> np.ndarray:
         """Keys of positions p0..p1-1 of layer il, decoded: float32 (p1 - p0, n_head_kv, head_dim)."""
-        return self._read(self.k, self.type_k, il, p0, p1)
+        return self._read(self.k, self.type_k, self.rot_k, il, p0, p1)
 
     def read_v(self, il: int, p0: int, p1: int) -> np.ndarray:
         """Values of positions p0..p1-1 of layer il, decoded: float32 (p1 - p0, n_head_kv, head_dim)."""
-        return self._read(self.v, self.type_v, il, p0, p1)
+        return self._read(self.v, self.type_v, self.rot_v, il, p0, p1)
 
     def write_k(self, il: int, p0: int, k3) -> None:
         """Keys k3 (n, n_head_kv, head_dim) float32 into positions p0.. of layer il, encoded."""
-        self._write(self.k, self.type_k, il, p0, k3)
+        self._write(self.k, self.type_k, self.rot_k, il, p0, k3)
 
     def write_v(self, il: int, p0: int, v3) -> None:
         """Values v3 (n, n_head_kv, head_dim) float32 into positions p0.. of layer il, encoded."""
-        self._write(self.v, self.type_v, il, p0, v3)
+        self._write(self.v, self.type_v, self.rot_v, il, p0, v3)
 
     def move(self, il: int, src0: int, dst0: int, n: int) -> None:
         """Copy the keys and values of positions src0..src0+n-1 of layer il to dst0.. (the stored
