@@ -277,21 +277,26 @@ def _merge(items, first, G, m, l, acc, out3):
                 o[d] *= inv
 
 
+@njit(cache=True, nogil=True)
+def _work(q3, Hkv, pos0, window):
+    """(G, the work items and their pair starts from ``_plan``, and each item's results: maxima
+    m (k, G), sums l (k, G), weighted values acc (k, G, hd))."""
+    n, H, hd = q3.shape
+    G = H // Hkv
+    items, first = _plan(n, Hkv, pos0, window, KEY_CHUNK)
+    k = items.shape[0]
+    return (G, items, first, np.empty((k, G), dtype=np.float32), np.empty((k, G), dtype=np.float32),
+            np.empty((k, G, hd), dtype=np.float32))
+
+
 @njit(cache=True, parallel=True)
 def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3):
     """Causal attention of the n tokens at positions pos0.. over a block-format cache, threads
     over (token, kv head, key chunk).  Token t at p = pos0 + t sees keys max(0, p-window+1)..p
     (window <= 0: all); head h reads kv head h // (H / Hkv); softcap > 0 caps the scores.
     q3, out3: (n, H, hd) float32; k_rows, v_rows: (C, Hkv, rb) uint8 in types tk, tv."""
-    n, H, hd = q3.shape
-    Hkv = k_rows.shape[1]
-    G = H // Hkv
-    items, first = _plan(n, Hkv, pos0, window, KEY_CHUNK)
-    k = items.shape[0]
-    m = np.empty((k, G), dtype=np.float32)
-    l = np.empty((k, G), dtype=np.float32)
-    acc = np.empty((k, G, hd), dtype=np.float32)
-    for i in prange(k):
+    G, items, first, m, l, acc = _work(q3, k_rows.shape[1], pos0, window)
+    for i in prange(items.shape[0]):
         _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK)
     _merge(items, first, G, m, l, acc, out3)
 
@@ -299,15 +304,8 @@ def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out
 @njit(cache=True, nogil=True)
 def attention_rows_serial(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3):
     """``attention_rows`` on the calling thread only (short contexts: no thread-pool launch)."""
-    n, H, hd = q3.shape
-    Hkv = k_rows.shape[1]
-    G = H // Hkv
-    items, first = _plan(n, Hkv, pos0, window, KEY_CHUNK)
-    k = items.shape[0]
-    m = np.empty((k, G), dtype=np.float32)
-    l = np.empty((k, G), dtype=np.float32)
-    acc = np.empty((k, G, hd), dtype=np.float32)
-    for i in range(k):
+    G, items, first, m, l, acc = _work(q3, k_rows.shape[1], pos0, window)
+    for i in range(items.shape[0]):
         _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK)
     _merge(items, first, G, m, l, acc, out3)
 
