@@ -187,6 +187,7 @@ class KVCache(_PositionCount):
         self.cache_type = types
         self.type_k, self.type_v = types.k, types.v
         self.n_ctx = n_ctx
+        self.xp = xp
         self.head_dim = int(head_dim)
         self.rot_k = rotation_size(types.k, self.head_dim, "k")   # Walsh-Hadamard orders (0: none)
         self.rot_v = rotation_size(types.v, self.head_dim, "v")
@@ -227,8 +228,8 @@ class KVCache(_PositionCount):
 
     def _write(self, arr, name: str, rot: int, il: int, p0: int, x3) -> None:
         self._check_range(p0, p0 + x3.shape[0])
-        if name in FLOAT_CACHE_DTYPES:
-            arr[il, p0:p0 + x3.shape[0]] = x3                  # (n, n_head_kv, head_dim)
+        if name in FLOAT_CACHE_DTYPES:                          # (n, n_head_kv, head_dim), to the array's device
+            arr[il, p0:p0 + x3.shape[0]] = self.xp.asarray(np.asarray(x3, dtype=arr.dtype))
             return
         from kernels.attention_kv import hadamard_rows, store_rows
         x3 = np.array(x3, dtype=np.float32, order="C")          # a copy: it may be rotated
