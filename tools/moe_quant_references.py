@@ -1,0 +1,117 @@
+"""Reference digests of llama-quantize's output on tiny random mixture-of-experts models.
+
+    python tools/moe_quant_references.py --llama-bin LLAMA_CPP_BUILD/bin [--out tests/data/moe_quant]
+
+For each tiny MoE shape of tools/make_random_model.py (``MODELS``: a qwen3moe layout written in
+F16 and a gpt-oss layout written in F32, 8 experts, top-2), this script
+
+1. writes the source model from a fixed seed (a test rebuilds it and checks its hash);
+2. runs ``llama-imatrix`` on it over the shared calibration text, in both file formats: the GGUF
+   one (raw sums with one count per expert) and the legacy ``.dat`` one (values scaled by the
+   per-tensor call count); both files are kept in ``--out`` for the tests;
+3. runs ``llama-quantize`` for every ftype of ``FTYPES``, without an imatrix and with each of
+   the two imatrix files, and records in ``--out/digests.json`` the GGML type and the sha256 of
+   the bytes (first 16 hex digits) of every tensor it converted; the other tensors (norms,
+   router, biases, sinks) are copied, and the test checks that they are, byte for byte.
+
+tests/test_moe_quantize.py quantizes the same sources with gguf-quantize and compares.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from make_random_model import make_model  # noqa: E402
+from gguf_engine.gguf.reader import GGUFReader  # noqa: E402
+
+CALIBRATION = ROOT.parent / "shared" / "fixtures" / "models" / "calibration.txt"
+SEED = 17
+# shape -> source type (llama-quantize's input)
+MODELS = {"tiny-qwen3moe": "F16", "tiny-gpt-oss": "F32"}
+FTYPES = ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS", "Q8_0", "Q4_0", "MXFP4_MOE"]
+# imatrix variant -> file suffix (None: no imatrix)
+IMATRIX_VARIANTS = {"": None, "+imatrix": ".imatrix.gguf", "+imatrix-dat": ".imatrix.dat"}
+IMATRIX_ARGS = ["-c", "64", "--chunks", "24", "-b", "64", "-ub", "64", "-t", "2", "--no-ppl"]
+
+
+def tensor_digests(path: str | os.PathLike) -> dict[str, str]:
+    """name -> "TYPE:sha256 of the tensor's bytes (16 hex digits)", in file order."""
+    with GGUFReader(path) as r:
+        return {n: f"{t.type.name}:{hashlib.sha256(bytes(t.raw)).hexdigest()[:16]}" for n, t in r.tensors.items()}
+
+
+def converted(digests: dict[str, str], source: dict[str, str]) -> dict[str, str]:
+    """The digests of the tensors whose bytes differ from the source's (those the quantizer converted)."""
+    return {n: d for n, d in digests.items() if d != source.get(n)}
+
+
+def data_hash(path: str | os.PathLike) -> str:
+    """One sha256 over every tensor's name, type and bytes (the source model's identity)."""
+    h = hashlib.sha256()
+    for name, digest in tensor_digests(path).items():
+        h.update(f"{name}:{digest};".encode())
+    return h.hexdigest()
+
+
+def source_model(shape: str, out_dir: Path) -> Path:
+    """The tiny source model of a shape, written from SEED in its MODELS type."""
+    path = out_dir / f"{shape}-{MODELS[shape].lower()}.gguf"
+    make_model(shape, MODELS[shape], path, seed=SEED, log=lambda m: None)
+    return path
+
+
+def run(cmd: list[str], cwd: Path | None = None) -> None:
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--llama-bin", required=True, help="directory of llama-quantize and llama-imatrix")
+    ap.add_argument("--out", default=str(ROOT / "tests" / "data" / "moe_quant"), help="output directory")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(args.llama_bin)
+    env_lib = os.environ.get("LD_LIBRARY_PATH", "")
+    os.environ["LD_LIBRARY_PATH"] = f"{bin_dir}:{env_lib}" if env_lib else str(bin_dir)
+    refs: dict = {}
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        for shape in MODELS:
+            src = source_model(shape, tmp)
+            for suffix, fmt in ((".imatrix.gguf", "gguf"), (".imatrix.dat", "dat")):
+                # run beside the text, so that the dataset name recorded is its bare file name
+                run([str(bin_dir / "llama-imatrix"), "-m", str(src), "-f", CALIBRATION.name,
+                     "-o", str((out / f"{shape}{suffix}").resolve()), "--output-format", fmt, *IMATRIX_ARGS],
+                    cwd=CALIBRATION.parent)
+            source = tensor_digests(src)
+            entry = {"source_type": MODELS[shape], "seed": SEED, "source_hash": data_hash(src), "digests": {}}
+            for ftype in FTYPES:
+                for variant, suffix in IMATRIX_VARIANTS.items():
+                    dst = tmp / f"{shape}-{ftype}{variant}.gguf"
+                    im = ["--imatrix", str(out / f"{shape}{suffix}")] if suffix else []
+                    run([str(bin_dir / "llama-quantize"), *im, str(src), str(dst), ftype, "2"])
+                    entry["digests"][ftype + variant] = converted(tensor_digests(dst), source)
+                    dst.unlink()
+                    print(f"{shape} {ftype}{variant}", flush=True)
+            refs[shape] = entry
+    (out / "digests.json").write_text(json.dumps(refs, indent=0, sort_keys=True) + "\n")
+    print(f"wrote {out / 'digests.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
