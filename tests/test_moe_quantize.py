@@ -58,3 +58,23 @@ def test_quantized_tensors_equal_llama_quantize(sources, tmp_path, shape, key):
     assert {n: d.split(":")[0] for n, d in ours.items()} == {n: d.split(":")[0] for n, d in ref.items()}
     bad = sorted(n for n in ref if ours.get(n) != ref[n])
     assert not bad, f"{len(bad)} tensors differ from llama-quantize's bytes: {bad[:6]}"
+
+
+mrm = _load("make_random_model")
+TYPEMAPS = json.loads((DATA / "typemaps.json").read_text())
+
+
+@pytest.mark.parametrize("shape", sorted(TYPEMAPS))
+def test_real_moe_shapes_get_llama_quantizes_types(shape):
+    """For Qwen3-30B-A3B (128 experts, 48 layers), gpt-oss-20b (rows of 2880: k-quant fallbacks)
+    and the MoE benchmark shape, the per-tensor types of every quantized ftype, with and without
+    an imatrix, are those llama-quantize --dry-run chose (hash of the whole type map)."""
+    s = mrm.SHAPES[shape]
+    bad = []
+    for key, ref in TYPEMAPS[shape].items():
+        ftype, _, im = key.partition("+")
+        tp, _ = mrm.plan(s, ftype, has_imatrix=bool(im))
+        ours = refs_tool.typemap_digest({n: t.name for n, t in tp.types.items()})
+        if ours != ref:
+            bad.append(f"{key}: ours {ours['counts']} llama-quantize {ref['counts']}")
+    assert not bad, "\n".join(bad)

@@ -207,15 +207,16 @@ def tensor_shapes(s: Shape) -> dict[str, tuple[int, ...]]:
     return t
 
 
-def plan(s: Shape, type_name: str, pure: bool = False) -> tuple[TensorPlan, int]:
-    """The per-tensor types llama-quantize would give a float32 model of this shape, and the ftype id."""
+def plan(s: Shape, type_name: str, pure: bool = False, has_imatrix: bool = False) -> tuple[TensorPlan, int]:
+    """The per-tensor types llama-quantize would give a float32 model of this shape (with an
+    importance matrix or not: some mixtures differ), and the ftype id."""
     parsed = parse_ftype(type_name)
     if parsed.only_copy:
         raise ValueError("TYPE COPY has no meaning for a random model; name a tensor type")
     shapes = tensor_shapes(s)
     info = ModelInfo(arch=s.arch, n_layer=s.n_layer, n_head=s.n_head, n_head_kv=s.n_head_kv,
                      n_expert=s.experts.n_expert if s.experts else 0)
-    opts = MixtureOptions(ftype=parsed.ftype, pure=pure)
+    opts = MixtureOptions(ftype=parsed.ftype, pure=pure, has_imatrix=has_imatrix)
     return plan_types({n: (sh, GGMLType.F32) for n, sh in shapes.items()}, info, opts), int(parsed.ftype)
 
 

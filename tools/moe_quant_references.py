@@ -14,6 +14,11 @@ F16 and a gpt-oss layout written in F32, 8 experts, top-2), this script
    the bytes (first 16 hex digits) of every tensor it converted; the other tensors (norms,
    router, biases, sinks) are copied, and the test checks that they are, byte for byte.
 
+With ``--typemaps`` it also records, for the real MoE shapes of ``TYPEMAP_SHAPES``, the tensor
+types llama-quantize chooses in every quantized ftype, without and with an importance matrix
+(``--dry-run`` on a sparse F16 file of the shape: header and tensor infos, data all holes), as
+the sha256 of the sorted "name:TYPE" lines and the count per type, in ``--out/typemaps.json``.
+
 tests/test_moe_quantize.py quantizes the same sources with gguf-quantize and compares.
 """
 from __future__ import annotations
@@ -22,17 +27,22 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from make_random_model import make_model  # noqa: E402
+from make_random_model import SHAPES, make_model, plan, tensor_shapes, write_metadata  # noqa: E402
 from gguf_engine.gguf.reader import GGUFReader  # noqa: E402
+from gguf_engine.quantize.ftypes import QUANT_OPTIONS  # noqa: E402
+from kernels.types import GGMLType, row_bytes  # noqa: E402
 
 CALIBRATION = ROOT.parent / "shared" / "fixtures" / "models" / "calibration.txt"
 SEED = 17
@@ -42,6 +52,11 @@ FTYPES = ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS", "Q8_0", "Q4_0", "MXFP4_MOE"]
 # imatrix variant -> file suffix (None: no imatrix)
 IMATRIX_VARIANTS = {"": None, "+imatrix": ".imatrix.gguf", "+imatrix-dat": ".imatrix.dat"}
 IMATRIX_ARGS = ["-c", "64", "--chunks", "24", "-b", "64", "-ub", "64", "-t", "2", "--no-ppl"]
+TYPEMAP_SHAPES = ["qwen3moe-16l-32e", "qwen3-30b-a3b", "gpt-oss-20b"]
+# every quantized ftype llama-quantize accepts (not the float ones, not COPY, not the aliases)
+TYPEMAP_FTYPES = [o.name for o in QUANT_OPTIONS
+                  if o.name not in ("F16", "BF16", "F32", "COPY", "Q3_K", "Q4_K", "Q5_K", "Q1_0", "Q2_0")]
+_DRY_RUN_LINE = re.compile(r"^\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[.*\], type =\s*(\S+), size = [^(]*(?:\((\S+)\))?\s*$")
 
 
 def tensor_digests(path: str | os.PathLike) -> dict[str, str]:
@@ -70,23 +85,87 @@ def source_model(shape: str, out_dir: Path) -> Path:
     return path
 
 
-def run(cmd: list[str], cwd: Path | None = None) -> None:
+def run(cmd: list[str], cwd: Path | None = None) -> str:
+    """Run a llama.cpp program; its stdout and stderr together."""
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if p.returncode != 0:
         sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
         raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}")
+    return p.stdout + p.stderr
+
+
+def typemap_digest(types: dict[str, str]) -> dict:
+    """{"sha256": of the sorted "name:TYPE" lines, "counts": tensors per type}."""
+    lines = "".join(f"{n}:{t}\n" for n, t in sorted(types.items()))
+    counts: dict[str, int] = {}
+    for t in types.values():
+        counts[t] = counts.get(t, 0) + 1
+    return {"sha256": hashlib.sha256(lines.encode()).hexdigest(), "counts": dict(sorted(counts.items()))}
+
+
+def sparse_f16_model(shape: str, path: Path) -> None:
+    """A GGUF file of a shape in F16 (norms, router, biases F32) whose data section is a hole:
+    enough for llama-quantize --dry-run, which reads only the header."""
+    import gguf
+    s = SHAPES[shape]
+    tp, ftype = plan(s, "F16")
+    w = gguf.GGUFWriter(str(path), s.arch)
+    write_metadata(w, shape, s, ftype)
+    size = 0
+    for name, sh in tensor_shapes(s).items():
+        t = tp.types[name]
+        nbytes = int(np.prod(sh[:-1], dtype=np.int64)) * row_bytes(t, int(sh[-1]))
+        w.add_tensor_info(name, sh, np.float16 if t == GGMLType.F16 else np.float32, nbytes,
+                          raw_dtype=gguf.GGMLQuantizationType[t.name])
+        size += nbytes + (-nbytes) % w.data_alignment
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    head = path.stat().st_size
+    os.truncate(path, head + (-head) % w.data_alignment + size)
+
+
+def dry_run_types(bin_dir: Path, src: Path, ftype: str, imatrix: Path | None) -> dict[str, str]:
+    """name -> GGML type name llama-quantize --dry-run chooses for every tensor."""
+    im = ["--imatrix", str(imatrix)] if imatrix else []
+    out = run([str(bin_dir / "llama-quantize"), "--dry-run", *im, str(src), str(src) + ".out", ftype, "2"])
+    types = {}
+    for line in out.splitlines():
+        m = _DRY_RUN_LINE.match(line.strip())
+        if m:
+            types[m.group(1)] = (m.group(3) or m.group(2)).upper()
+    if not types:
+        raise SystemExit(f"no tensor lines in llama-quantize --dry-run output for {src} {ftype}")
+    return types
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-bin", required=True, help="directory of llama-quantize and llama-imatrix")
     ap.add_argument("--out", default=str(ROOT / "tests" / "data" / "moe_quant"), help="output directory")
+    ap.add_argument("--typemaps", action="store_true", help="only the real shapes' type maps (typemaps.json)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(args.llama_bin)
     env_lib = os.environ.get("LD_LIBRARY_PATH", "")
     os.environ["LD_LIBRARY_PATH"] = f"{bin_dir}:{env_lib}" if env_lib else str(bin_dir)
+    if args.typemaps:
+        maps: dict = {}
+        with tempfile.TemporaryDirectory() as tmp_s:
+            for shape in TYPEMAP_SHAPES:
+                src = Path(tmp_s) / f"{shape}.gguf"
+                sparse_f16_model(shape, src)
+                maps[shape] = {}
+                for ftype in TYPEMAP_FTYPES:
+                    for variant, im in (("", None), ("+imatrix", out / "tiny-qwen3moe.imatrix.gguf")):
+                        maps[shape][ftype + variant] = typemap_digest(dry_run_types(bin_dir, src, ftype, im))
+                print(shape, flush=True)
+                src.unlink()
+        (out / "typemaps.json").write_text(json.dumps(maps, indent=0, sort_keys=True) + "\n")
+        print(f"wrote {out / 'typemaps.json'}")
+        return 0
     refs: dict = {}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
