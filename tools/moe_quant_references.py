@@ -9,6 +9,11 @@ F16 and a gpt-oss layout written in F32, 8 experts, top-2), this script
 2. runs ``llama-imatrix`` on it over the shared calibration text, in both file formats: the GGUF
    one (raw sums with one count per expert) and the legacy ``.dat`` one (values scaled by the
    per-tensor call count); both files are kept in ``--out`` for the tests;
+   For tiny-qwen3moe it also makes, with llama-imatrix (``--in-file``, no model):
+   ``.imatrix-combined.gguf``, the GGUF and the legacy file combined (legacy values scaled back
+   by the chunk size, per-expert counts collapsing to the legacy single count), and
+   ``.imatrix-partial.dat``, the legacy form of ``partial_imatrix`` (the GGUF file with experts
+   that saw no tokens: 1.0 stored, scaled by the call count), which the tests rebuild;
 3. runs ``llama-quantize`` for every ftype of ``FTYPES``, without an imatrix and with each of
    the two imatrix files, and records in ``--out/digests.json`` the GGML type and the sha256 of
    the bytes (first 16 hex digits) of every tensor it converted; the other tensors (norms,
@@ -51,6 +56,10 @@ MODELS = {"tiny-qwen3moe": "F16", "tiny-gpt-oss": "F32"}
 FTYPES = ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS", "Q8_0", "Q4_0", "MXFP4_MOE"]
 # imatrix variant -> file suffix (None: no imatrix)
 IMATRIX_VARIANTS = {"": None, "+imatrix": ".imatrix.gguf", "+imatrix-dat": ".imatrix.dat"}
+# the partially exercised imatrix (experts with no tokens), for a few ftypes of one model
+PARTIAL_SHAPE = "tiny-qwen3moe"
+PARTIAL_FTYPES = ["Q4_K_M", "Q2_K", "IQ4_XS"]
+PARTIAL_VARIANT = "+imatrix-partial"
 IMATRIX_ARGS = ["-c", "64", "--chunks", "24", "-b", "64", "-ub", "64", "-t", "2", "--no-ppl"]
 TYPEMAP_SHAPES = ["qwen3moe-16l-32e", "qwen3-30b-a3b", "gpt-oss-20b"]
 # every quantized ftype llama-quantize accepts (not the float ones, not COPY, not the aliases)
@@ -83,6 +92,23 @@ def source_model(shape: str, out_dir: Path) -> Path:
     path = out_dir / f"{shape}-{MODELS[shape].lower()}.gguf"
     make_model(shape, MODELS[shape], path, seed=SEED, log=lambda m: None)
     return path
+
+
+def partial_imatrix(src: Path, dst: Path) -> None:
+    """The GGUF imatrix src with missing data, as a MoE model with unused experts gives: expert 3
+    of every layer-0 expert tensor has no tokens (sums and count 0), and blk.1.ffn_up_exps has
+    none at all."""
+    from gguf_engine.quantize.imatrix import read_imatrix, write_imatrix_gguf
+    im = read_imatrix(src)
+    for name, e in im.entries.items():
+        per = e.sums.reshape(e.n_mat, -1)
+        if name.startswith("blk.0.") and "_exps" in name:
+            per[3] = 0.0
+            e.counts[3] = 0
+        elif name == "blk.1.ffn_up_exps.weight":
+            per[:] = 0.0
+            e.counts[:] = 0
+    write_imatrix_gguf(im, dst)
 
 
 def run(cmd: list[str], cwd: Path | None = None) -> str:
@@ -176,6 +202,15 @@ def main(argv=None) -> int:
                 run([str(bin_dir / "llama-imatrix"), "-m", str(src), "-f", CALIBRATION.name,
                      "-o", str((out / f"{shape}{suffix}").resolve()), "--output-format", fmt, *IMATRIX_ARGS],
                     cwd=CALIBRATION.parent)
+            imatrix_bin = str(bin_dir / "llama-imatrix")
+            if shape == PARTIAL_SHAPE:
+                g, d = out / f"{shape}.imatrix.gguf", out / f"{shape}.imatrix.dat"
+                run([imatrix_bin, "-m", str(src), "--in-file", str(g), "--in-file", str(d), "-c", "64",
+                     "-o", str(out / f"{shape}.imatrix-combined.gguf")])
+                partial = tmp / f"{shape}.imatrix-partial.gguf"
+                partial_imatrix(g, partial)
+                run([imatrix_bin, "-m", str(src), "--in-file", str(partial), "-c", "64", "--output-format", "dat",
+                     "-o", str(out / f"{shape}.imatrix-partial.dat")])
             source = tensor_digests(src)
             entry = {"source_type": MODELS[shape], "seed": SEED, "source_hash": data_hash(src), "digests": {}}
             for ftype in FTYPES:
@@ -186,6 +221,11 @@ def main(argv=None) -> int:
                     entry["digests"][ftype + variant] = converted(tensor_digests(dst), source)
                     dst.unlink()
                     print(f"{shape} {ftype}{variant}", flush=True)
+                if shape == PARTIAL_SHAPE and ftype in PARTIAL_FTYPES:
+                    dst = tmp / f"{shape}-{ftype}-partial.gguf"
+                    run([str(bin_dir / "llama-quantize"), "--imatrix", str(partial), str(src), str(dst), ftype, "2"])
+                    entry["digests"][ftype + PARTIAL_VARIANT] = converted(tensor_digests(dst), source)
+                    dst.unlink()
             refs[shape] = entry
     (out / "digests.json").write_text(json.dumps(refs, indent=0, sort_keys=True) + "\n")
     print(f"wrote {out / 'digests.json'}")
