@@ -148,6 +148,18 @@ def test_bench_bytes_per_token_and_ceiling(tiny_models, tmp_path):
     assert "| m.gguf | 2 | pp64 | 30.00 | 45.00 | 1.50 | - | - | - | - |" in table
 
 
+def test_bench_bytes_per_token_of_a_moe_model(tmp_path):
+    """For a mixture-of-experts file, a generated token reads expert_used_count / expert_count of
+    every expert tensor (2 of 8 here; biases too) and the whole of every other tensor but token_embd."""
+    bench = _load("bench_vs_llamacpp")
+    made = mrm.make_model("tiny-gpt-oss", "MXFP4_MOE", tmp_path / "moe.gguf", log=lambda m: None)
+    with GGUFReader(made.path) as r:
+        experts = sum(t.n_bytes for n, t in r.tensors.items() if "_exps." in n)
+        rest = sum(t.n_bytes for n, t in r.tensors.items() if "_exps." not in n and n != "token_embd.weight")
+    assert experts > 0
+    assert bench.bytes_per_token(str(made.path)) == rest + experts // 4
+
+
 def test_bench_peak_rss_is_the_childs_own():
     """run_measured reports the child's peak resident set: a child touching 200 MB reports at least
     that, a bare interpreter far less (the benchmark process's own memory is not counted)."""
