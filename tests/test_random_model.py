@@ -72,6 +72,16 @@ def test_qwen3_shape_runs_in_the_engine(tmp_path):
     assert np.isfinite(logits).all() and 0.1 < float(logits.std()) < 10.0
 
 
+@pytest.mark.parametrize("type_name", ["Q4_K_M", "MXFP4_MOE"])
+def test_qwen3moe_shape_runs_in_the_engine(tmp_path, type_name):
+    """The qwen3moe layout (router, 3-D expert tensors, 8 experts top-2, Q/K norms) loads and runs a
+    token: logits finite and of sane size."""
+    made = mrm.make_model("tiny-qwen3moe", type_name, tmp_path / "moe.gguf", log=lambda m: None)
+    with Llama(str(made.path), n_ctx=32, verbose=False) as llm:
+        logits = last_logits(llm)
+    assert np.isfinite(logits).all() and 0.1 < float(logits.std()) < 10.0
+
+
 @pytest.mark.parametrize("key", ["Q4_K_M", "Q4_0", "IQ4_XS", "Q8_0+imatrix", "F16+imatrix"])
 def test_mixture_types_are_llama_quantizes(key):
     """Per-tensor types of the tiny-llama shape equal what llama-quantize chose for the shared tiny
