@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from gguf_engine.quantize.imatrix import (Imatrix, ImatrixCollector, ImatrixErro
                                           write_imatrix_dat, write_imatrix_gguf)
 
 from .conftest import fixture_path
+from .test_tools_smoke import _load
 
 
 def _gguf():
@@ -168,3 +170,98 @@ def test_collect_experts_matches_llamacpp(tmp_path, capsys):
         else:
             assert o.counts.sum() == e.counts.sum() and np.abs(o.counts - e.counts).max() <= 4, name
             assert np.max(np.abs(A - R).sum(1) / np.abs(R).sum(1)) < 0.02, name
+
+
+# -- mixture-of-experts files (tests/data/moe_quant, made by tools/moe_quant_references.py) -------
+
+MOE = Path(__file__).parent / "data" / "moe_quant"
+
+
+@pytest.mark.parametrize("shape", ["tiny-qwen3moe", "tiny-gpt-oss"])
+def test_moe_imatrix_both_formats_byte_identical(tmp_path, shape):
+    """llama-imatrix's GGUF file of a MoE model has one count per expert for the 3-D expert tensors
+    and one for the others; written back it is the same bytes, and written in the legacy format it
+    is the bytes llama-imatrix wrote from the same run (values sum / count x ncall, ncall the
+    per-tensor call count from the largest expert count).  Read back, the legacy file normalizes to
+    the GGUF file's weights within float32 rounding (rtol 1e-6)."""
+    g = read_imatrix(MOE / f"{shape}.imatrix.gguf")
+    e = g.entries["blk.0.ffn_down_exps.weight"]
+    assert e.n_mat == 8 and len(set(e.counts.tolist())) > 1 and e.counts.sum() == 2 * g.entries["blk.0.attn_q.weight"].counts[0]
+    assert g.entries["blk.0.attn_q.weight"].n_mat == 1
+    write_imatrix_gguf(g, tmp_path / "x.gguf")
+    write_imatrix_dat(g, tmp_path / "x.dat")
+    assert (tmp_path / "x.gguf").read_bytes() == (MOE / f"{shape}.imatrix.gguf").read_bytes()
+    assert (tmp_path / "x.dat").read_bytes() == (MOE / f"{shape}.imatrix.dat").read_bytes()
+    d = read_imatrix(MOE / f"{shape}.imatrix.dat")
+    assert d.is_legacy and d.entries["blk.0.ffn_down_exps.weight"].counts.tolist() == [(int(e.counts.max()) + 63) // 64]
+    wg, wd = g.quant_weights(), d.quant_weights()
+    assert set(wg) == set(wd)
+    for name in wg:
+        np.testing.assert_allclose(wd[name], wg[name], rtol=1e-6, err_msg=name)
+
+
+def test_moe_imatrix_partial_experts_like_llama_imatrix(tmp_path):
+    """Experts that saw no tokens: the GGUF file keeps their zero counts (the quantizer then weighs
+    their columns 1.0), the legacy file stores 1.0 x ncall for them and skips an entry with no data
+    at all: the bytes llama-imatrix wrote when converting the same GGUF file to the legacy format."""
+    refs_tool = _load("moe_quant_references")
+    partial = tmp_path / "partial.gguf"
+    refs_tool.partial_imatrix(MOE / "tiny-qwen3moe.imatrix.gguf", partial)
+    im = read_imatrix(partial)
+    assert im.entries["blk.0.ffn_gate_exps.weight"].counts[3] == 0
+    w = im.quant_weights()["blk.0.ffn_gate_exps.weight"].reshape(8, -1)
+    assert (w[3] == 1.0).all() and (w[2] != 1.0).any()
+    assert (im.quant_weights()["blk.1.ffn_up_exps.weight"] == 1.0).all()
+    write_imatrix_dat(im, tmp_path / "p.dat")
+    assert (tmp_path / "p.dat").read_bytes() == (MOE / "tiny-qwen3moe.imatrix-partial.dat").read_bytes()
+    assert "blk.1.ffn_up_exps.weight" not in read_imatrix(tmp_path / "p.dat").entries
+
+
+def test_moe_imatrix_combined_like_llama_imatrix(tmp_path):
+    """Combining the GGUF and the legacy file of one run (llama-imatrix --in-file A --in-file B):
+    legacy values scaled back by the chunk size and added, its single call count added to every
+    expert's count; the same bytes as llama-imatrix's combined file."""
+    m = Imatrix(chunk_size=64, has_metadata=True)
+    m.merge(read_imatrix(MOE / "tiny-qwen3moe.imatrix.gguf"))
+    m.merge(read_imatrix(MOE / "tiny-qwen3moe.imatrix.dat"))
+    write_imatrix_gguf(m, tmp_path / "c.gguf")
+    assert (tmp_path / "c.gguf").read_bytes() == (MOE / "tiny-qwen3moe.imatrix-combined.gguf").read_bytes()
+
+
+def test_collect_moe_per_expert_like_llama_imatrix(tmp_path, capsys):
+    """gguf-imatrix on the tiny qwen3moe model (F16, 8 experts, top-2; rebuilt from its seed) with
+    calibration.txt (chunk 64, 24 chunks) against llama-imatrix's file: the same entries (router and
+    3-D expert tensors included) and one count per expert, summing to 2 x the tokens.  Routing
+    near-ties (activations differ in the last bits) may send a token to another expert: each count
+    is within 0.5% of the tokens of llama's and at least 60% of the counts are equal.  Every column
+    sum of a dense tensor is within 1%; of the experts whose count is equal, 90% have every column
+    within 1% and all within 5%."""
+    refs_tool = _load("moe_quant_references")
+    src = refs_tool.source_model("tiny-qwen3moe", tmp_path)
+    out = tmp_path / "im.gguf"
+    rc = imatrix_main(["-m", str(src), "-f", str(fixture_path("models", "calibration.txt")), "-o", str(out),
+                       "--chunk-size", "64", "--chunks", "24", "--no-progress", "--no-ppl"])
+    capsys.readouterr()
+    assert rc == 0
+    ours, ref = read_imatrix(out), read_imatrix(MOE / "tiny-qwen3moe.imatrix.gguf")
+    assert set(ours.entries) == set(ref.entries) and "blk.1.ffn_gate_inp.weight" in ref.entries
+    n_tokens = int(ref.entries["blk.0.attn_q.weight"].counts[0])
+    n_equal = n_mats = 0
+    dense_worst, expert_errors = 0.0, []
+    for name, e in ref.entries.items():
+        o = ours.entries[name]
+        assert o.counts.size == e.counts.size and o.counts.sum() == e.counts.sum() == (2 if e.n_mat > 1 else 1) * n_tokens, name
+        assert np.abs(o.counts - e.counts).max() <= 0.005 * n_tokens, name
+        per_o, per_e = o.sums.reshape(o.n_mat, -1), e.sums.reshape(e.n_mat, -1)
+        rel = (np.abs(per_o - per_e) / np.abs(per_e)).max(axis=1)            # (n_mat,) worst column
+        same = o.counts == e.counts                                            # (n_mat,)
+        n_equal, n_mats = n_equal + int(same.sum()), n_mats + e.n_mat
+        if e.n_mat == 1:
+            dense_worst = max(dense_worst, float(rel[0]))
+        else:
+            expert_errors += rel[same].tolist()
+    assert n_equal >= 0.6 * n_mats
+    assert dense_worst < 0.01, f"worst per-column relative difference {dense_worst:.3%}"
+    # an equal count may still hide one token routed in and another out: most, not all, within 1%
+    errs = np.array(expert_errors)
+    assert (errs < 0.01).mean() >= 0.9 and errs.max() < 0.05, f"per-expert worst column differences {errs}"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -17,6 +18,7 @@ from .conftest import fixture_path
 from .test_tools_smoke import _load
 
 mrm = _load("make_random_model")
+ROOT = Path(__file__).resolve().parents[1]
 
 ENGINE_TYPES = ["Q4_K_M", "Q4_0", "Q8_0", "IQ4_XS", "F16"]
 
@@ -65,6 +67,16 @@ def test_qwen3_shape_runs_in_the_engine(tmp_path):
     """The Qwen3 layout (per-head Q/K norms, head_dim stated, tied output) loads and runs a token."""
     made = mrm.make_model("tiny-qwen3", "Q4_K_M", tmp_path / "q.gguf", log=lambda m: None)
     assert "output.weight" not in made.types and "blk.0.attn_q_norm.weight" in made.types
+    with Llama(str(made.path), n_ctx=32, verbose=False) as llm:
+        logits = last_logits(llm)
+    assert np.isfinite(logits).all() and 0.1 < float(logits.std()) < 10.0
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K_M", "MXFP4_MOE"])
+def test_qwen3moe_shape_runs_in_the_engine(tmp_path, type_name):
+    """The qwen3moe layout (router, 3-D expert tensors, 8 experts top-2, Q/K norms) loads and runs a
+    token: logits finite and of sane size."""
+    made = mrm.make_model("tiny-qwen3moe", type_name, tmp_path / "moe.gguf", log=lambda m: None)
     with Llama(str(made.path), n_ctx=32, verbose=False) as llm:
         logits = last_logits(llm)
     assert np.isfinite(logits).all() and 0.1 < float(logits.std()) < 10.0
@@ -146,6 +158,18 @@ def test_bench_bytes_per_token_and_ceiling(tiny_models, tmp_path):
     assert "| m.gguf | 2 | pp64 | 30.00 | 45.00 | 1.50 | - | - | - | - |" in table
 
 
+def test_bench_bytes_per_token_of_a_moe_model(tmp_path):
+    """For a mixture-of-experts file, a generated token reads expert_used_count / expert_count of
+    every expert tensor (2 of 8 here; biases too) and the whole of every other tensor but token_embd."""
+    bench = _load("bench_vs_llamacpp")
+    made = mrm.make_model("tiny-gpt-oss", "MXFP4_MOE", tmp_path / "moe.gguf", log=lambda m: None)
+    with GGUFReader(made.path) as r:
+        experts = sum(t.n_bytes for n, t in r.tensors.items() if "_exps." in n)
+        rest = sum(t.n_bytes for n, t in r.tensors.items() if "_exps." not in n and n != "token_embd.weight")
+    assert experts > 0
+    assert bench.bytes_per_token(str(made.path)) == rest + experts // 4
+
+
 def test_bench_peak_rss_is_the_childs_own():
     """run_measured reports the child's peak resident set: a child touching 200 MB reports at least
     that, a bare interpreter far less (the benchmark process's own memory is not counted)."""
@@ -156,3 +180,37 @@ def test_bench_peak_rss_is_the_childs_own():
     assert big.peak_rss >= 200 << 20
     assert small.peak_rss < 100 << 20
     assert bench.int_list("1,2") == [1, 2]
+
+
+@pytest.mark.parametrize("shape", ["tiny-qwen3moe", "tiny-gpt-oss"])
+@pytest.mark.parametrize("type_name", ["Q4_K_M", "MXFP4_MOE"])
+def test_moe_model_layout_for_the_gguf_package(tmp_path, shape, type_name):
+    """A random MoE file as llama.cpp's converter lays it out, read with the gguf package: 3-D expert
+    tensors ffn_{gate,up,down}_exps of GGUF shape (row length, rows, n_expert), an F32 router, the
+    expert_count / expert_used_count / expert_feed_forward_length keys; gpt-oss also has attention
+    and expert biases, sinks, post_attention_norm, sliding window and YaRN keys.  Every matrix has
+    the type llama-quantize gave the same tensor of a model of this shape (tests/data/moe_quant)."""
+    s = mrm.SHAPES[shape]
+    made = mrm.make_model(shape, type_name, tmp_path / "m.gguf", seed=1, log=lambda m: None)
+    r = gguf.GGUFReader(made.path)
+    f = {k: r.fields[k].contents() for k in r.fields}
+    a = s.arch
+    assert (f[f"{a}.expert_count"], f[f"{a}.expert_used_count"], f[f"{a}.expert_feed_forward_length"]) == (8, 2, s.experts.n_ff)
+    t = {x.name: x for x in r.tensors}
+    e, d = s.experts, s.d
+    assert [int(v) for v in t["blk.1.ffn_gate_exps.weight"].shape] == [d, e.n_ff, e.n_expert]
+    assert [int(v) for v in t["blk.1.ffn_up_exps.weight"].shape] == [d, e.n_ff, e.n_expert]
+    assert [int(v) for v in t["blk.1.ffn_down_exps.weight"].shape] == [e.n_ff, d, e.n_expert]
+    assert t["blk.0.ffn_gate_inp.weight"].tensor_type.name == "F32"
+    if a == "gpt-oss":
+        assert f[f"{a}.attention.sliding_window"] == 16 and f[f"{a}.rope.scaling.type"] == "yarn"
+        for name in ("attn_q.bias", "attn_output.bias", "attn_sinks.weight", "post_attention_norm.weight",
+                     "ffn_gate_inp.bias", "ffn_down_exps.bias"):
+            assert t[f"blk.0.{name}"].tensor_type.name == "F32", name
+        assert [int(v) for v in t["blk.0.ffn_up_exps.bias"].shape] == [e.n_ff, e.n_expert]
+    else:
+        assert "blk.0.attn_q_norm.weight" in t and "blk.0.ffn_norm.weight" in t
+    refs = json.loads((ROOT / "tests" / "data" / "moe_quant" / "digests.json").read_text())
+    ref_types = {n: v.split(":")[0] for n, v in refs[shape]["digests"][type_name].items()}
+    assert {n: made.types[n].name for n in ref_types} == ref_types
+    assert all(made.types[n] == GGMLType.F32 for n in made.types if n not in ref_types)

@@ -91,3 +91,14 @@ def test_exact_forward_matches_float64_reference(name):
     ref = np.load(path.with_name(name.replace(".gguf", ".reference.npz")))
     logits = _load("exact_forward").exact_logits(path, ref["tokens"][:12])
     np.testing.assert_allclose(logits, ref["logits_exact"][:12], atol=1e-6, rtol=0)
+
+
+def test_profile_ops_times_the_moe_operation(tmp_path, capsys):
+    """profile_ops on a tiny MoE model: a prefill and a decode table, each with the moe operation,
+    its expert products and the dense linears; shares are percentages of the phase's wall time."""
+    made = _load("make_random_model").make_model("tiny-qwen3moe", "Q8_0", tmp_path / "m.gguf", log=lambda m: None)
+    assert _load("profile_ops").main([str(made.path), "-t", "1", "-p", "16", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "prefill pp16:" in out and "decode tg2:" in out
+    for op in ("| moe |", "| moe: expert products (gate|up) |", "| moe: expert products (down) |", "| linear |"):
+        assert out.count(op) == 2, op

@@ -6,6 +6,8 @@
     python tools/bench_vs_llamacpp.py --llama-bench PATH/TO/llama-bench \
         --shape llama-3.2-1b --shape llama-3.1-8b --type Q4_K_M --type Q4_0 --model-dir random-models \
         -t 1,2 -p 512,64 -n 128 --load --json results.json
+    python tools/bench_vs_llamacpp.py --llama-bench PATH/TO/llama-bench \
+        --shape qwen3moe-16l-32e --type Q4_K_M --model-dir random-models -t 2 -p 512 -n 128   # MoE
 
 Both programs run on the same file with the same thread count, alternately
 (llama.cpp, ours, llama.cpp, ours, ...) so that machine noise hits both.  The
@@ -13,8 +15,9 @@ throughput table gives tokens/s of each and our ratio; for generation also the
 weight bytes streamed per second (bytes read per token x tokens/s) and that figure
 as a fraction of the bandwidth ceiling: the machine's streaming-read bandwidth,
 measured in the same run at the same thread count, divided by the bytes read per
-token (every weight tensor except the token embedding, of which one row is read;
-the KV cache is left out).  A second table gives each program's peak RSS (the
+token (every weight tensor except the token embedding, of which one row is read,
+and of a mixture-of-experts model's expert tensors only the share of the experts a
+token uses; the KV cache is left out).  A second table gives each program's peak RSS (the
 largest of its benchmark processes) and, with --load, the load time: the wall time
 of a fresh process that loads the file and generates one token (page cache warm;
 gguf-bench also runs its warm-up token, llama-bench runs with --no-warmup).
@@ -140,10 +143,23 @@ def load_seconds(cmd: list[str], env: dict | None = None) -> float:
 
 def bytes_per_token(model: str) -> int:
     """Weight bytes a generated token reads: every tensor but token_embd, unless token_embd is
-    also the output projection (no output.weight), in which case it is read whole too."""
+    also the output projection (no output.weight), in which case it is read whole too; of the
+    expert tensors (``*_exps.*``) of a mixture-of-experts model, the expert_used_count of
+    expert_count experts that a token is routed to."""
     with GGUFReader(model) as r:
         tied = "output.weight" not in r.tensors
-        return sum(t.n_bytes for name, t in r.tensors.items() if tied or name != "token_embd.weight")
+        arch = r.metadata.get("general.architecture", "")
+        n_expert = int(r.metadata.get(f"{arch}.expert_count", 0) or 0)
+        n_used = int(r.metadata.get(f"{arch}.expert_used_count", 0) or 0)
+        total = 0
+        for name, t in r.tensors.items():
+            if not tied and name == "token_embd.weight":
+                continue
+            if n_expert > 0 and "_exps." in name:
+                total += t.n_bytes * n_used // n_expert
+            else:
+                total += t.n_bytes
+        return total
 
 
 @dataclass

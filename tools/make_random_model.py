@@ -4,6 +4,8 @@
     python tools/make_random_model.py llama-3.1-8b Q4_0 llama-3.1-8b-q4_0.gguf --seed 7
     python tools/make_random_model.py qwen3-1.7b Q4_K_M q.gguf --pure          # every matrix Q4_K
     python tools/make_random_model.py smollm2-135m Q8_0 s.gguf --vocab-from smollm2.gguf
+    python tools/make_random_model.py qwen3moe-16l-32e Q4_K_M moe.gguf          # the MoE benchmark shape
+    python tools/make_random_model.py gpt-oss-20b MXFP4_MOE g.gguf              # as published: MXFP4 experts
     python tools/make_random_model.py --list
 
 TYPE is a llama-quantize type name (Q4_K_M, Q4_0, Q8_0, IQ4_XS, F16, ...).  Each tensor gets the
@@ -17,6 +19,15 @@ pool of blocks is quantized once from gaussian rows of standard deviation 1/sqrt
 with blocks drawn from that pool at random (seeded per tensor name), streamed tensor by tensor
 to disk, so peak memory is one tensor, not the file.  Norm weights are 1 +- a little noise;
 Llama 3 shapes carry the ``rope_freqs`` factors Llama 3's converter writes.
+
+Mixture-of-experts shapes (qwen3moe, gpt-oss) have a router ``ffn_gate_inp`` (kept F32, as
+llama-quantize keeps it) and 3-D expert tensors ``ffn_{gate,up,down}_exps`` of numpy shape
+(n_expert, rows, row length), the layout llama.cpp's converter writes, with the
+``expert_count``, ``expert_used_count`` and ``expert_feed_forward_length`` keys.  gpt-oss adds
+attention biases, per-head attention sinks, router and expert biases, a post-attention norm in
+place of ``ffn_norm``, a sliding window and YaRN rope scaling; its published files are the
+MXFP4_MOE mixture (experts MXFP4, other matrices Q8_0).  Biases are small gaussians, sinks
+standard gaussians.
 
 The vocabulary is a synthetic byte-level BPE one of the shape's size (256 byte tokens, merged
 tokens, two control tokens at the end for BOS/EOS) that both gguf-engine and llama.cpp load;
@@ -58,6 +69,23 @@ class RopeScaling:
 
 
 @dataclass(frozen=True)
+class Yarn:
+    """YaRN rope scaling (HF ``rope_scaling`` with rope_type "yarn")."""
+    factor: float
+    original_context: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+
+@dataclass(frozen=True)
+class Experts:
+    """A mixture-of-experts FFN in every layer: n_expert experts of width n_ff, n_used per token."""
+    n_expert: int
+    n_used: int
+    n_ff: int
+
+
+@dataclass(frozen=True)
 class Shape:
     """A model's hyper-parameters, from its published config.json."""
     arch: str
@@ -75,6 +103,13 @@ class Shape:
     qk_norm: bool = False       # per-head Q/K RMS norms (Qwen3)
     rope_scaling: RopeScaling | None = None
     pre: str = "gpt-2"          # tokenizer.ggml.pre of the synthetic vocabulary
+    experts: Experts | None = None  # MoE FFN (router + 3-D expert tensors) instead of the dense one
+    attn_bias: bool = False     # biases on Q, K, V and the attention output (gpt-oss)
+    sinks: bool = False         # per-head attention sinks (gpt-oss)
+    post_attn_norm: bool = False  # the FFN's input norm is named post_attention_norm (gpt-oss)
+    expert_bias: bool = False   # biases on the router and the experts (gpt-oss)
+    swa: int = 0                # sliding window (tokens), 0: none
+    yarn: Yarn | None = None
 
     @property
     def hd(self) -> int:
@@ -93,12 +128,34 @@ SHAPES: dict[str, Shape] = {
                           tied=False, rope_scaling=RopeScaling(8.0), pre="llama-bpe"),
     # HuggingFaceTB/SmolLM2-135M
     "smollm2-135m": Shape("llama", 49152, 576, 30, 9, 3, 1536, rope_base=100000.0),
+    # the MoE benchmark shape: 16 layers of 32 experts (top-4, width 512) at d 1024, with the
+    # attention and vocabulary of the Qwen3 family
+    "qwen3moe-16l-32e": Shape("qwen3moe", 151936, 1024, 16, 16, 4, 3072, head_dim=128, n_ctx_train=40960,
+                              rope_base=1000000.0, rms_eps=1e-6, tied=False, qk_norm=True, pre="qwen2",
+                              experts=Experts(32, 4, 512)),
+    # Qwen/Qwen3-30B-A3B
+    "qwen3-30b-a3b": Shape("qwen3moe", 151936, 2048, 48, 32, 4, 6144, head_dim=128, n_ctx_train=40960,
+                           rope_base=1000000.0, rms_eps=1e-6, tied=False, qk_norm=True, pre="qwen2",
+                           experts=Experts(128, 8, 768)),
+    # openai/gpt-oss-20b
+    "gpt-oss-20b": Shape("gpt-oss", 201088, 2880, 24, 64, 8, 2880, head_dim=64, n_ctx_train=131072,
+                         rope_base=150000.0, tied=False, pre="gpt-4o", experts=Experts(32, 4, 2880),
+                         attn_bias=True, sinks=True, post_attn_norm=True, expert_bias=True, swa=128,
+                         yarn=Yarn(32.0, 4096)),
     # tiny shapes for tests (rows a multiple of 256, so every block type applies); tiny-llama has the
     # shape of the shared tiny llama, whose llama-quantize type choices the tests compare against
     "tiny-llama": Shape("llama", 768, 256, 4, 4, 2, 512, n_ctx_train=512, tied=False,
                         rope_scaling=RopeScaling(8.0, original_context=64), rope_base=500000.0),
     "tiny-qwen3": Shape("qwen3", 1024, 256, 2, 4, 2, 512, head_dim=64, n_ctx_train=512, rms_eps=1e-6,
                         qk_norm=True),
+    # tiny MoE shapes: 8 experts, top-2; tiny-gpt-oss has expert rows of 288 (a multiple of 32, not
+    # of 256), as gpt-oss-20b's 2880, so its k-quant mixtures take llama-quantize's fallbacks
+    "tiny-qwen3moe": Shape("qwen3moe", 1024, 256, 2, 4, 2, 512, head_dim=64, n_ctx_train=512, rms_eps=1e-6,
+                           tied=False, qk_norm=True, experts=Experts(8, 2, 256)),
+    "tiny-gpt-oss": Shape("gpt-oss", 1024, 256, 2, 4, 2, 288, head_dim=64, n_ctx_train=4096,
+                          rope_base=150000.0, tied=False, pre="gpt-4o", experts=Experts(8, 2, 288),
+                          attn_bias=True, sinks=True, post_attn_norm=True, expert_bias=True, swa=16,
+                          yarn=Yarn(4.0, 1024)),
 }
 
 
@@ -120,25 +177,46 @@ def tensor_shapes(s: Shape) -> dict[str, tuple[int, ...]]:
         if s.qk_norm:
             t[p + "attn_q_norm.weight"] = (hd,)
             t[p + "attn_k_norm.weight"] = (hd,)
+        if s.attn_bias:
+            t[p + "attn_q.bias"] = (s.n_head * hd,)
+            t[p + "attn_k.bias"] = (s.n_head_kv * hd,)
+            t[p + "attn_v.bias"] = (s.n_head_kv * hd,)
         t[p + "attn_output.weight"] = (d, s.n_head * hd)
-        t[p + "ffn_norm.weight"] = (d,)
-        t[p + "ffn_gate.weight"] = (s.n_ff, d)
-        t[p + "ffn_up.weight"] = (s.n_ff, d)
-        t[p + "ffn_down.weight"] = (d, s.n_ff)
+        if s.attn_bias:
+            t[p + "attn_output.bias"] = (d,)
+        if s.sinks:
+            t[p + "attn_sinks.weight"] = (s.n_head,)
+        t[p + ("post_attention_norm.weight" if s.post_attn_norm else "ffn_norm.weight")] = (d,)
+        e = s.experts
+        if e is None:
+            t[p + "ffn_gate.weight"] = (s.n_ff, d)
+            t[p + "ffn_up.weight"] = (s.n_ff, d)
+            t[p + "ffn_down.weight"] = (d, s.n_ff)
+            continue
+        t[p + "ffn_gate_inp.weight"] = (e.n_expert, d)
+        if s.expert_bias:
+            t[p + "ffn_gate_inp.bias"] = (e.n_expert,)
+        # (n_expert, rows, row length): one 2-D matrix per expert, experts outermost
+        for kind, rows, cols in (("gate", e.n_ff, d), ("up", e.n_ff, d), ("down", d, e.n_ff)):
+            t[p + f"ffn_{kind}_exps.weight"] = (e.n_expert, rows, cols)
+            if s.expert_bias:
+                t[p + f"ffn_{kind}_exps.bias"] = (e.n_expert, rows)
     t["output_norm.weight"] = (d,)
     if not s.tied:
         t["output.weight"] = (s.n_vocab, d)
     return t
 
 
-def plan(s: Shape, type_name: str, pure: bool = False) -> tuple[TensorPlan, int]:
-    """The per-tensor types llama-quantize would give a float32 model of this shape, and the ftype id."""
+def plan(s: Shape, type_name: str, pure: bool = False, has_imatrix: bool = False) -> tuple[TensorPlan, int]:
+    """The per-tensor types llama-quantize would give a float32 model of this shape (with an
+    importance matrix or not: some mixtures differ), and the ftype id."""
     parsed = parse_ftype(type_name)
     if parsed.only_copy:
         raise ValueError("TYPE COPY has no meaning for a random model; name a tensor type")
     shapes = tensor_shapes(s)
-    info = ModelInfo(arch=s.arch, n_layer=s.n_layer, n_head=s.n_head, n_head_kv=s.n_head_kv)
-    opts = MixtureOptions(ftype=parsed.ftype, pure=pure)
+    info = ModelInfo(arch=s.arch, n_layer=s.n_layer, n_head=s.n_head, n_head_kv=s.n_head_kv,
+                     n_expert=s.experts.n_expert if s.experts else 0)
+    opts = MixtureOptions(ftype=parsed.ftype, pure=pure, has_imatrix=has_imatrix)
     return plan_types({n: (sh, GGMLType.F32) for n, sh in shapes.items()}, info, opts), int(parsed.ftype)
 
 
@@ -173,13 +251,17 @@ class BlockPool:
 
 
 def float_tensor(name: str, shape: tuple[int, ...], qtype: GGMLType, seed: int, s: Shape) -> np.ndarray:
-    """A vector (F32) or an unquantized matrix (F32, F16 or BF16; gaussian, std 1/sqrt(row length)),
-    drawn in slices of rows so that only the output array is ever whole."""
+    """A vector or bias (F32) or an unquantized matrix (F32, F16 or BF16; gaussian, std 1/sqrt(row
+    length)), drawn in slices of rows so that only the output array is ever whole."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     if name == "rope_freqs.weight":
         r = s.rope_scaling
         return llama3_rope_factors(s.hd, s.rope_base, r.factor, r.low_freq_factor, r.high_freq_factor,
                                    r.original_context)
+    if name.endswith(".bias"):
+        return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    if name.endswith("attn_sinks.weight"):
+        return rng.standard_normal(shape).astype(np.float32)
     if len(shape) == 1:
         return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
     n = shape[-1]
@@ -279,6 +361,19 @@ def write_metadata(w: GGUFWriter, name: str, s: Shape, ftype: int) -> None:
         w.add_uint32(f"{a}.{key}", value)
     w.add_float32(f"{a}.rope.freq_base", s.rope_base)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", s.rms_eps)
+    if s.experts is not None:
+        w.add_uint32(f"{a}.expert_count", s.experts.n_expert)
+        w.add_uint32(f"{a}.expert_used_count", s.experts.n_used)
+        w.add_uint32(f"{a}.expert_feed_forward_length", s.experts.n_ff)
+    if s.swa:
+        w.add_uint32(f"{a}.attention.sliding_window", s.swa)
+    if s.yarn is not None:
+        y = s.yarn
+        w.add_string(f"{a}.rope.scaling.type", "yarn")
+        w.add_float32(f"{a}.rope.scaling.factor", y.factor)
+        w.add_uint32(f"{a}.rope.scaling.original_context_length", y.original_context)
+        w.add_float32(f"{a}.rope.scaling.yarn_beta_fast", y.beta_fast)
+        w.add_float32(f"{a}.rope.scaling.yarn_beta_slow", y.beta_slow)
     w.add_uint32("general.file_type", ftype)
 
 
@@ -312,7 +407,7 @@ def make_model(shape_name: str, type_name: str, out: str | Path, *, seed: int = 
         n_bytes = 0
         for i, (name, shape) in enumerate(shapes.items()):
             qt = tp.types[name]
-            if qt in (GGMLType.F32, GGMLType.F16, GGMLType.BF16) or len(shape) == 1:
+            if qt in (GGMLType.F32, GGMLType.F16, GGMLType.BF16):
                 data = float_tensor(name, shape, qt, seed, s)
             else:
                 data = pool.tensor(name, shape, qt)
@@ -335,8 +430,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.list:
         for n, s in SHAPES.items():
-            print(f"{n:14s} {s.arch:6s} vocab {s.n_vocab:6d}  d {s.d:5d}  layers {s.n_layer:3d}  "
-                  f"heads {s.n_head}/{s.n_head_kv}  ffn {s.n_ff}")
+            e = s.experts
+            ffn = f"experts {e.n_expert} top-{e.n_used} ffn {e.n_ff}" if e else f"ffn {s.n_ff}"
+            print(f"{n:16s} {s.arch:8s} vocab {s.n_vocab:6d}  d {s.d:5d}  layers {s.n_layer:3d}  "
+                  f"heads {s.n_head}/{s.n_head_kv}  {ffn}")
         return 0
     if not (args.shape and args.type and args.out):
         ap.error("give SHAPE TYPE OUT (or --list)")
