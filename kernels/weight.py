@@ -27,7 +27,7 @@ import numpy as np
 
 from .kinds import Packed, registered
 from .kinds.tiled import ROW_TILE
-from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX, tiled_matmul
+from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX, scratch_bytes, tiled_matmul
 from .registry import get_qtype
 from .repack import concat as _concat_packed, repack
 from .threads import get_num_threads, run_all, split
@@ -76,6 +76,13 @@ class Weight:
     def nbytes(self) -> int:
         """Bytes held in memory by the repacked weight."""
         return self.packed.nbytes
+
+    def scratch_bytes(self, n: int) -> int:
+        """Bytes of float32 scratch one worker thread keeps for ``matmul`` of n rows (its tile
+        buffers, see kernels.quant_matmul.scratch_bytes)."""
+        if n <= SMALL_BATCH_MAX and self.kind.small_matmul is not None:
+            return 0                           # the small-batch product decodes no tiles
+        return scratch_bytes(self.shape[0], self.shape[1], n, self.kind.decode_T is not None)
 
     def rounded(self, X: np.ndarray) -> np.ndarray:
         """X (..., cols) float32 as this weight's matvec multiplies it, in float64 (the quantized

@@ -94,6 +94,22 @@ class Backend(ABC):
                              f"K and V); cache type {types} is supported on the CPU only: use -ngl 0 or "
                              f"-ctk/-ctv f16")
 
+    @property
+    def buffer_name(self) -> str:
+        """The name llama.cpp gives this backend's buffers in its load summary ("CPU", "CUDA0")."""
+        return self.name
+
+    @property
+    def weight_buffer_name(self) -> str:
+        """The buffer name of the uploaded weights (the CPU backend's repacked copies: "CPU_REPACK")."""
+        return self.buffer_name
+
+    def scratch_bytes(self, weights: list, n: int, n_keys: int, config) -> int:
+        """Bytes of scratch beyond the run state that this backend's kernels hold or allocate
+        in a pass of n tokens over ``weights`` attending to up to n_keys cached keys (config:
+        the model's ``ModelConfig``).  Default: none."""
+        return 0
+
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)
 

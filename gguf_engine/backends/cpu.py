@@ -32,6 +32,7 @@ class CPUBackend(Backend):
     name = "CPU"
     xp = np
     copies_weights = True      # kernels.Weight repacks the tensor bytes; it keeps no view of the file
+    weight_buffer_name = "CPU_REPACK"
 
     def __init__(self, n_threads: int | None = None):
         self.set_threads(n_threads)
@@ -71,6 +72,19 @@ class CPUBackend(Backend):
 
     def upload_array(self, arr):
         return np.array(arr, dtype=np.float32, order="C", copy=True)   # never a view of the file
+
+    def scratch_bytes(self, weights, n, n_keys, config):
+        """Each kernel thread's matmul tile buffers (kept once grown), plus the batched
+        attention's float32 keys and values (per kv head) and each worker's scores and their
+        product (``_attention_blas``)."""
+        per_thread = max((w.scratch_bytes(n) for w in weights), default=0)
+        total = self.n_threads * per_thread
+        if n >= BLAS_ATTENTION_MIN_TOKENS:
+            c = config
+            rows = min(n, ATTENTION_QUERY_BLOCK) * (c.n_head // c.n_head_kv)     # one item's query rows
+            workers = min(self.n_threads, -(-n // ATTENTION_QUERY_BLOCK) * c.n_head_kv)
+            total += 4 * (2 * c.n_head_kv * n_keys * c.head_dim + workers * rows * (n_keys + c.head_dim))
+        return total
 
     def kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim, cache_type):
         return KVCache(n_layer, n_ctx, n_head_kv, head_dim, cache_type, xp=np)
