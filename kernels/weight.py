@@ -29,7 +29,7 @@ from .kinds import Packed, registered
 from .kinds.tiled import ROW_TILE
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX, scratch_bytes, tiled_matmul
 from .registry import get_qtype
-from .repack import concat as _concat_packed, repack
+from .repack import concat as _concat_packed, repack, repack_stack
 from .threads import get_num_threads, run_all, split
 from .types import GGMLType, as_type, row_bytes
 
@@ -195,6 +195,18 @@ class Weight:
         for w in weights:
             splits.extend(w.splits)
         return cls._from_packed(_concat_packed([w.packed for w in weights]), splits)
+
+    @classmethod
+    def stack(cls, parts: list, qtype, cols: int) -> "Weight":
+        """One Weight of several tensors' rows, repacked straight into the stacked layout (the same
+        result as ``concat`` of each part's Weight, without holding the parts and the stack at
+        once).  parts: [(data, rows, release)], data and release as the constructor takes them."""
+        t = as_type(qtype)
+        get_qtype(t)
+        for _, rows, _ in parts:
+            if int(rows) < 1 or int(cols) < 1:
+                raise ValueError(f"{t.name} weight: empty shape {(rows, cols)}")
+        return cls._from_packed(repack_stack(parts, t, int(cols)), [int(rows) for _, rows, _ in parts])
 
     @staticmethod
     def can_concat(weights: "list[Weight]") -> bool:

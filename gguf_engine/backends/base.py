@@ -76,6 +76,13 @@ class Backend(ABC):
     def upload_array(self, arr: np.ndarray):
         """A small float32 host array (norm weight, bias, RoPE table) -> backend array."""
 
+    def upload_fused(self, tensors: list, releases: list) -> list:
+        """Reader tensors sharing one input -> the fused list ``fuse`` makes of their uploads.
+        releases: each tensor's release callback (or None), as for ``upload_weight``.  A backend
+        may build the stacks straight from the tensors (the CPU backend repacks each part into
+        its place, so no part is held twice).  Default: upload each, then ``fuse``."""
+        return self.fuse([self.upload_weight(t, r) for t, r in zip(tensors, releases)])
+
     def fuse(self, weights: list) -> list:
         """Weights sharing one input -> a list whose outputs, concatenated, are theirs in order
         (e.g. Q|K|V stacked into one matrix: one pass over the input).  Default: no fusion."""

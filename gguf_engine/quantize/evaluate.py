@@ -52,6 +52,10 @@ class ObservingBackend:
         self._keep.append(w)
         return w
 
+    def upload_fused(self, tensors: list, releases: list) -> list:
+        """Each tensor uploaded through ``upload_weight`` (its name recorded), then ``fuse``d."""
+        return self.fuse([self.upload_weight(t, r) for t, r in zip(tensors, releases)])
+
     def fuse(self, weights: list) -> list:
         """Weights sharing one input, stacked by the wrapped backend: every member's name is
         reported for the group's input (for the group, and for a single stacked member)."""
