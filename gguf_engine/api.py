@@ -29,6 +29,7 @@ from .generation.results import Chunk, CompletionLogprobs
 from .generation.sampling import Sampler, SamplingParams, check_sampling
 from .generation.warmup import warm_up
 from .model.kv_cache import KVTypes
+from .model.memory import MemoryBreakdown, resident_bytes
 from .timing import PerfStats, now_ms
 
 Message = Mapping[str, Any]
@@ -174,6 +175,7 @@ class Llama:
         except BaseException:
             self._reader.close()
             raise
+        self._rss_after_load = resident_bytes()
         self.perf.reset()  # the run's clock starts once the model is loaded (and the kernels compiled)
         self._engine = Engine(self._model, self.tokenizer, self.perf)
         if n_keep < -1:
@@ -198,6 +200,14 @@ class Llama:
             print(f"llama: loaded {self.model_path} ({cfg.arch}, n_vocab = {cfg.n_vocab}, "
                   f"n_ctx = {self.n_ctx()}, n_ctx_train = {cfg.n_ctx_train}) in {self.perf.t_load_ms:.2f} ms",
                   file=sys.stderr)
+
+    def memory_breakdown(self) -> MemoryBreakdown:
+        """What the loaded model holds, as llama.cpp's load summary reports it (bytes): model
+        buffers per backend (``CPU_REPACK`` repacked weights, ``CPU`` float arrays, ``CUDA0`` ...),
+        the KV cache with its types, the compute buffers of an n_batch pass, a breakdown by device
+        (``Host``, GPUs), the file size, and ``rss``, the process's resident set measured right
+        after loading (kernels warmed up).  ``gguf_engine.model.memory.summary_lines`` formats it."""
+        return self._model.memory_breakdown(self._rss_after_load)
 
     def _pick_template(self, chat_template: str | None) -> tuple[str | None, str]:
         """The chat template to use and where it comes from ("given", "model", "builtin:NAME" or

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .model.memory import resident_bytes
+
 
 @dataclass
 class BenchResult:
@@ -38,6 +40,7 @@ class BenchResult:
     type_k: str = "f32"
     type_v: str = "f32"
     test_time: str = ""           # ISO 8601 UTC start of the test
+    memory: dict = field(default_factory=dict)   # the model's MemoryBreakdown, rss measured after load
 
     @property
     def avg_ts(self) -> float:
@@ -119,6 +122,7 @@ def run_tests(model_path: str, tests: list[tuple[int, int]], threads: int | None
     model = load_model(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
                        n_gpu_layers=n_gpu_layers, cache_type=cache_type)
     try:
+        memory = model.memory_breakdown(resident_bytes())
         size, params = model_size(model.reader)
         name = str(model.reader.get("general.name") or os.path.basename(model_path))
         backend = model.backend.name
@@ -142,7 +146,7 @@ def run_tests(model_path: str, tests: list[tuple[int, int]], threads: int | None
                             model_filename=model_path, model_type=f"{arch} {format_params(params)} {ftype}",
                             n_batch=n_batch, n_gpu_layers=n_gpu_layers, type_k=model.kv_cache.type_k,
                             type_v=model.kv_cache.type_v,
-                            test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                            test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), memory=memory)
             for _ in range(reps):
                 r.samples_ts.append((npr + ng) / run())
                 if progress:

@@ -74,6 +74,11 @@ class ExpertWeights:
         out._init(parts[0].qtype, [Weight.concat(list(ws)) for ws in zip(*(p.experts for p in parts))])
         return out
 
+    def scratch_bytes(self, n: int) -> int:
+        """Bytes of float32 scratch one worker thread keeps for an expert's matmul of up to n rows
+        (``Weight.scratch_bytes``; every expert has the same shape)."""
+        return self.experts[0].scratch_bytes(n)
+
     @staticmethod
     def can_concat(parts: "list[ExpertWeights]") -> bool:
         return len({(p.qtype, p.shape[0], p.shape[2]) for p in parts}) == 1

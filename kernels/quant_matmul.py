@@ -45,6 +45,28 @@ def scratch(name: str, n: int) -> np.ndarray:
     return buf[:n]
 
 
+def tile_rows_of(rows: int, cols: int, k_major: bool) -> int:
+    """Rows of W per tile.  The tiling depends on the shape alone (never on the thread count), so
+    every tile's GEMM and therefore the result are the same whatever the thread count."""
+    tile_rows = max(1, min(-(-rows // TILES_PER_MATRIX), TILE_ELEMENTS // max(cols, 1)))
+    if (32 <= tile_rows or k_major) and tile_rows < rows:
+        tile_rows = -(-tile_rows // 32) * 32       # whole row tiles of the repacked layouts
+    return tile_rows
+
+
+def scratch_bytes(rows: int, cols: int, n: int, k_major: bool) -> int:
+    """Bytes of the per-thread scratch ``tiled_matmul`` grows for an (n, cols) x (rows, cols)ᵀ
+    product (its tile buffer, and for row-major tiles the product buffer); 0 for the batches
+    that go through the matvec.  Each worker thread keeps its own, sized by the largest product
+    it has run."""
+    if n <= MATVEC_MAX_BATCH:
+        return 0
+    tile_rows = tile_rows_of(rows, cols, k_major)
+    if k_major:
+        return 4 * cols * (-(-tile_rows // 32) * 32)
+    return 4 * tile_rows * (cols + n)
+
+
 def tiled_matmul(X: np.ndarray, rows: int, cols: int,
                  tile_of: Callable[[int, int, np.ndarray], np.ndarray], out: np.ndarray,
                  n_threads: int = 1, k_major: bool = False) -> np.ndarray:
@@ -66,11 +88,7 @@ def tiled_matmul(X: np.ndarray, rows: int, cols: int,
     stay below one tensor's float32 copy up to that many threads.
     """
     n = X.shape[0]
-    # The tiling depends on the shape alone (never on n_threads), so every tile's GEMM and
-    # therefore the result are the same whatever the thread count.
-    tile_rows = max(1, min(-(-rows // TILES_PER_MATRIX), TILE_ELEMENTS // max(cols, 1)))
-    if (32 <= tile_rows or k_major) and tile_rows < rows:
-        tile_rows = -(-tile_rows // 32) * 32       # whole row tiles of the repacked layouts
+    tile_rows = tile_rows_of(rows, cols, k_major)
     XT = X.T
     starts = list(range(0, rows, tile_rows))
 

@@ -13,7 +13,8 @@ from .kinds import lattice, table
 from .kinds.tiled import ROW_TILE
 from .types import as_type, row_bytes
 
-__all__ = ["CHUNK_BYTES", "LATTICE", "ROW_TILE", "TABLES", "Packed", "as_raw_rows", "concat", "repack"]
+__all__ = ["CHUNK_BYTES", "LATTICE", "ROW_TILE", "TABLES", "Packed", "as_raw_rows", "concat", "repack",
+           "repack_stack"]
 
 # The value table of each table-coded type (kinds t4 and t4s) and the lattice kind's view of its own.
 TABLES = {**table.TABLES, **lattice.TABLES}
@@ -47,6 +48,15 @@ def repack(data: np.ndarray, qtype, shape, release=None) -> Packed:
     t = as_type(qtype)
     rows, cols = (int(s) for s in shape)
     return kind_of(t).pack(as_raw_rows(data, t, (rows, cols)), t, cols, release, CHUNK_BYTES)
+
+
+def repack_stack(parts: list, qtype, cols: int) -> Packed:
+    """Several tensors of one type and row length repacked into one stacked layout (fused QKV,
+    gate/up) without packing each alone first.  parts: [(data, rows, release)], each as ``repack``
+    takes them (release may be None)."""
+    t = as_type(qtype)
+    raws = [(as_raw_rows(data, t, (rows, cols)), release) for data, rows, release in parts]
+    return kind_of(t).pack_stack(raws, t, int(cols), CHUNK_BYTES)
 
 
 def concat(packs: list[Packed]) -> Packed:

@@ -27,9 +27,9 @@ import numpy as np
 
 from .kinds import Packed, registered
 from .kinds.tiled import ROW_TILE
-from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX, tiled_matmul
+from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX, scratch_bytes, tiled_matmul
 from .registry import get_qtype
-from .repack import concat as _concat_packed, repack
+from .repack import concat as _concat_packed, repack, repack_stack
 from .threads import get_num_threads, run_all, split
 from .types import GGMLType, as_type, row_bytes
 
@@ -76,6 +76,13 @@ class Weight:
     def nbytes(self) -> int:
         """Bytes held in memory by the repacked weight."""
         return self.packed.nbytes
+
+    def scratch_bytes(self, n: int) -> int:
+        """Bytes of float32 scratch one worker thread keeps for ``matmul`` of n rows (its tile
+        buffers, see kernels.quant_matmul.scratch_bytes)."""
+        if n <= SMALL_BATCH_MAX and self.kind.small_matmul is not None:
+            return 0                           # the small-batch product decodes no tiles
+        return scratch_bytes(self.shape[0], self.shape[1], n, self.kind.decode_T is not None)
 
     def rounded(self, X: np.ndarray) -> np.ndarray:
         """X (..., cols) float32 as this weight's matvec multiplies it, in float64 (the quantized
@@ -188,6 +195,18 @@ class Weight:
         for w in weights:
             splits.extend(w.splits)
         return cls._from_packed(_concat_packed([w.packed for w in weights]), splits)
+
+    @classmethod
+    def stack(cls, parts: list, qtype, cols: int) -> "Weight":
+        """One Weight of several tensors' rows, repacked straight into the stacked layout (the same
+        result as ``concat`` of each part's Weight, without holding the parts and the stack at
+        once).  parts: [(data, rows, release)], data and release as the constructor takes them."""
+        t = as_type(qtype)
+        get_qtype(t)
+        for _, rows, _ in parts:
+            if int(rows) < 1 or int(cols) < 1:
+                raise ValueError(f"{t.name} weight: empty shape {(rows, cols)}")
+        return cls._from_packed(repack_stack(parts, t, int(cols)), [int(rows) for _, rows, _ in parts])
 
     @staticmethod
     def can_concat(weights: "list[Weight]") -> bool:

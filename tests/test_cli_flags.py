@@ -97,7 +97,8 @@ RUN_CASES = [
      lambda c, o, e, x: c == 0 and o.count("\n") == 1),
     ({"-sysf", "--chat-template-file"}, ["-cnv", "-sysf", "{tmp}/sys.txt", "--chat-template-file", "{tmp}/t.jinja"],
      "hi\n", lambda c, o, e, x: c == 0 and "chat template: given" in e),
-    ({"-v"}, ["-v"], "", lambda c, o, e, x: c == 0 and "[prompt:" in e),
+    ({"-v"}, ["-v"], "", lambda c, o, e, x: c == 0 and "[prompt:" in e and "CPU_REPACK model buffer size" in e
+     and "llama_kv_cache: size =" in e and "compute buffer size" in e and "resident set after load" in e),
     ({"--no-perf"}, ["--no-perf"], "", lambda c, o, e, x: c == 0 and "total time" not in e),
     ({"--context-shift", "--keep"}, ["--context-shift", "--keep", "1", "-c", "16", "-n", "40", "-v"], "",
      lambda c, o, e, x: c == 0 and "stop: max_tokens" in e and "context full" not in e),

@@ -301,6 +301,30 @@ def test_chunked_repack_reports_copied_rows(monkeypatch):
         assert np.array_equal(a, W.packed.arrays[k]), k
 
 
+@pytest.mark.parametrize("name", FAST_TYPES)
+def test_stack_is_concat_without_the_parts(name):
+    """Weight.stack (each part repacked straight into its tiles of the stacked layout, as the loader
+    builds fused Q|K|V and gate|up) holds exactly the arrays of Weight.concat of the parts' own
+    Weights, for parts of whole row tiles (64 + 32 + 17 rows) and not (17 + 32: concat's re-tiling),
+    with the same splits; with the tiled kinds (which copy in chunks) each part's release callback
+    reports all of its rows."""
+    rng = np.random.default_rng(21)
+    for rows in ((64, 32, 17), (17, 32)):
+        datas = [random_tensor(name, r, 256, rng) for r in rows]
+        seen: list[list] = [[] for _ in rows]
+        parts = [(d, r, (lambda i: lambda a, b: seen[i].append((a, b)))(i)) for i, (d, r) in enumerate(zip(datas, rows))]
+        S = Weight.stack(parts, name, 256)
+        C = Weight.concat([Weight(d, name, (r, 256)) for d, r in zip(datas, rows)])
+        assert S.shape == C.shape and S.splits == C.splits == rows
+        assert S.packed.arrays.keys() == C.packed.arrays.keys()
+        for k, a in C.packed.arrays.items():
+            assert a.dtype == S.packed.arrays[k].dtype and np.array_equal(a, S.packed.arrays[k]), (rows, k)
+        for r, calls in zip(rows, seen if name not in ("F32", "F16", "BF16") else []):   # the tiled kinds
+            covered = sorted(calls)
+            assert covered[0][0] == 0 and covered[-1][1] == r and all(
+                a[1] == b[0] for a, b in zip(covered, covered[1:])), (rows, calls)
+
+
 def test_errors_are_clear():
     """Wrong byte counts, row lengths that are not whole blocks, bad x shapes and bad ids raise."""
     rng = np.random.default_rng(5)

@@ -19,7 +19,8 @@ def _model(name="tiny-llama-f16.gguf"):
 def test_perplexity_and_kl_divergence(tmp_path, capsys):
     """Running PPL within 0.05% of llama.cpp's on the F16 fixture (2 chunks of 128); the base
     log-probability file has llama.cpp's layout; KLD of the model against itself is ~0 (< 1e-6) with the
-    same top token everywhere, and a Q4_K_M model has a positive KLD with the statistics block printed."""
+    same top token everywhere (with -v, after the memory report), and a Q4_K_M model has a positive KLD
+    with the statistics block printed."""
     base = tmp_path / "base.kld"
     rc = perplexity_main(["-m", _model(), "-f", str(fixture_path("models", "calibration.txt")), "-c", "128",
                           "--chunks", "2", "--kl-divergence-base", str(base), "--no-progress"])
@@ -35,10 +36,11 @@ def test_perplexity_and_kl_divergence(tmp_path, capsys):
     assert base.stat().st_size == 20 + 4 * 256 + 2 * 63 * (768 + 4) * 2
 
     assert perplexity_main(["-m", _model(), "--kl-divergence-base", str(base), "--kl-divergence",
-                            "--no-progress"]) == 0
+                            "--no-progress", "-v"]) == 0
     out = capsys.readouterr().out
     kld = float(next(s for s in out.splitlines() if s.startswith("Mean    KLD:")).split()[2])
     assert abs(kld) < 1e-6 and "Same top p: 100.000" in out
+    assert "CPU_REPACK model buffer size" in out and "llama_kv_cache: size =" in out   # -v: the memory report
 
     assert perplexity_main(["-m", str(fixture_path("models", "q", "tiny-llama-Q4_K_M.imatrix.gguf")),
                             "--kl-divergence-base", str(base), "--kl-divergence", "--no-progress"]) == 0

@@ -76,6 +76,13 @@ class Backend(ABC):
     def upload_array(self, arr: np.ndarray):
         """A small float32 host array (norm weight, bias, RoPE table) -> backend array."""
 
+    def upload_fused(self, tensors: list, releases: list) -> list:
+        """Reader tensors sharing one input -> the fused list ``fuse`` makes of their uploads.
+        releases: each tensor's release callback (or None), as for ``upload_weight``.  A backend
+        may build the stacks straight from the tensors (the CPU backend repacks each part into
+        its place, so no part is held twice).  Default: upload each, then ``fuse``."""
+        return self.fuse([self.upload_weight(t, r) for t, r in zip(tensors, releases)])
+
     def fuse(self, weights: list) -> list:
         """Weights sharing one input -> a list whose outputs, concatenated, are theirs in order
         (e.g. Q|K|V stacked into one matrix: one pass over the input).  Default: no fusion."""
@@ -93,6 +100,22 @@ class Backend(ABC):
             raise ValueError(f"layers offloaded to {self.name} keep their KV cache in f32 or f16 (one type for "
                              f"K and V); cache type {types} is supported on the CPU only: use -ngl 0 or "
                              f"-ctk/-ctv f16")
+
+    @property
+    def buffer_name(self) -> str:
+        """The name llama.cpp gives this backend's buffers in its load summary ("CPU", "CUDA0")."""
+        return self.name
+
+    @property
+    def weight_buffer_name(self) -> str:
+        """The buffer name of the uploaded weights (the CPU backend's repacked copies: "CPU_REPACK")."""
+        return self.buffer_name
+
+    def scratch_bytes(self, weights: list, n: int, n_keys: int, config) -> int:
+        """Bytes of scratch beyond the run state that this backend's kernels hold or allocate
+        in a pass of n tokens over ``weights`` attending to up to n_keys cached keys (config:
+        the model's ``ModelConfig``).  Default: none."""
+        return 0
 
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)

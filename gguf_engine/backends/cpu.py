@@ -28,10 +28,22 @@ PARALLEL_ATTENTION_MIN_WORK = 1 << 20
 PARALLEL_ROWS_MIN_TOKENS = 16
 
 
+def _runs(items: list, key) -> list[list]:
+    """items cut into runs of consecutive items with equal key(item)."""
+    runs: list[list] = []
+    for it in items:
+        if runs and key(runs[-1][0]) == key(it):
+            runs[-1].append(it)
+        else:
+            runs.append([it])
+    return runs
+
+
 class CPUBackend(Backend):
     name = "CPU"
     xp = np
     copies_weights = True      # kernels.Weight repacks the tensor bytes; it keeps no view of the file
+    weight_buffer_name = "CPU_REPACK"
 
     def __init__(self, n_threads: int | None = None):
         self.set_threads(n_threads)
@@ -61,16 +73,31 @@ class CPUBackend(Backend):
         """Stack runs of consecutive weights of one type and row length (Weight.concat; expert
         tensors per expert, ExpertWeights.concat)."""
         W = ExpertWeights if isinstance(weights[0], ExpertWeights) else Weight
-        groups: list[list] = []
-        for w in weights:
-            if groups and W.can_concat([groups[-1][0], w]):
-                groups[-1].append(w)
-            else:
-                groups.append([w])
-        return [g[0] if len(g) == 1 else W.concat(g) for g in groups]
+        key = lambda w: (w.qtype, *w.shape[:-2], w.shape[-1])      # noqa: E731  type, [experts,] row length
+        return [g[0] if len(g) == 1 else W.concat(g) for g in _runs(weights, key)]
+
+    def upload_fused(self, tensors, releases):
+        """Runs of consecutive tensors of one type and row length, each repacked straight into its
+        place in one stacked Weight (Weight.stack: the same weights as fuse of their uploads)."""
+        pairs = list(zip(tensors, releases))
+        return [Weight.stack([(t.raw, t.shape[0], r) for t, r in g], g[0][0].type, g[0][0].shape[1])
+                for g in _runs(pairs, lambda tr: (tr[0].type, tr[0].shape[1]))]
 
     def upload_array(self, arr):
         return np.array(arr, dtype=np.float32, order="C", copy=True)   # never a view of the file
+
+    def scratch_bytes(self, weights, n, n_keys, config):
+        """Each kernel thread's matmul tile buffers (kept once grown), plus the batched
+        attention's float32 keys and values (per kv head) and each worker's scores and their
+        product (``_attention_blas``)."""
+        per_thread = max((w.scratch_bytes(n) for w in weights), default=0)
+        total = self.n_threads * per_thread
+        if n >= BLAS_ATTENTION_MIN_TOKENS:
+            c = config
+            rows = min(n, ATTENTION_QUERY_BLOCK) * (c.n_head // c.n_head_kv)     # one item's query rows
+            workers = min(self.n_threads, -(-n // ATTENTION_QUERY_BLOCK) * c.n_head_kv)
+            total += 4 * (2 * c.n_head_kv * n_keys * c.head_dim + workers * rows * (n_keys + c.head_dim))
+        return total
 
     def kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim, cache_type):
         return KVCache(n_layer, n_ctx, n_head_kv, head_dim, cache_type, xp=np)

@@ -127,6 +127,10 @@ class CudaBackend(Backend):
             return False
 
     @property
+    def buffer_name(self) -> str:
+        return f"CUDA{self.device.id}"
+
+    @property
     def device_name(self) -> str:
         return cp.cuda.runtime.getDeviceProperties(self.device.id)["name"].decode()
 
@@ -202,6 +206,10 @@ class CudaBackend(Backend):
             return cp.asarray(np.ascontiguousarray(x, dtype=np.float32))
 
     # --- weights ------------------------------------------------------------------------
+    def scratch_bytes(self, weights, n, n_keys, config):
+        """A batch decodes each weight whole to float32 into one reused buffer (``_decoded``)."""
+        return max((4 * w.shape[0] * w.shape[1] for w in weights), default=0) if n > 1 else 0
+
     def _decoded(self, w: CudaWeight, ids=None):
         """float32 rows of w (all, or the rows ids) decoded into the scratch buffer."""
         rows, cols = w.shape

@@ -90,6 +90,7 @@ def llama_bench_record(r, threads: int) -> dict:
         "n_prompt": r.n_prompt, "n_gen": r.n_gen, "n_depth": 0, "test_time": r.test_time,
         "avg_ns": avg_ns, "stddev_ns": sd_ns, "avg_ts": r.avg_ts, "stddev_ts": r.stddev_ts,
         "samples_ns": ns, "samples_ts": list(r.samples_ts),
+        "memory": r.memory,
     }
 
 
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
             print(json.dumps(rec))
     elif args.output == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=[k for k in records[0] if not k.startswith("samples_")],
+        writer = csv.DictWriter(buf, fieldnames=[k for k in records[0] if not k.startswith("samples_") and k != "memory"],
                                 extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=int, default=None, help="tokens per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_cache_type_flags(p)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print the memory report after loading (model, KV cache and compute buffers, resident set)")
     refuse_other_flags(p, COMMON, "gguf-perplexity")  # llama.cpp flags not implemented: refused by name
     return p
 
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
             if not args.kl_divergence_base:
                 raise CLIError("--kl-divergence needs --kl-divergence-base FILE (made by a run of the base model)")
             kl_divergence(model_path, args.kl_divergence_base, args.chunks, n_threads=args.threads,
-                          n_batch=args.batch_size, progress=not args.no_progress, log=log, cache_type=cache_type)
+                          n_batch=args.batch_size, progress=not args.no_progress, log=log, cache_type=cache_type,
+                   verbose=args.verbose)
             return 0
         if not args.file:
             raise CLIError("a text file (-f) is required")
@@ -78,7 +81,8 @@ def main(argv=None) -> int:
             raise CLIError(f"{args.file}: not UTF-8 text ({e})") from None
         perplexity(model_path, text, args.ctx_size, args.chunks, save_base=args.kl_divergence_base,
                    n_threads=args.threads, n_batch=args.batch_size, progress=not args.no_progress, log=log,
-                   cache_type=cache_type)
+                   cache_type=cache_type,
+                   verbose=args.verbose)
     except EvalError as e:
         raise CLIError(str(e)) from None
     return 0

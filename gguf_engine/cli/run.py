@@ -33,6 +33,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..model.memory import summary_lines
 from ._common import CLIError, add_cache_type_flags, add_context_shift_args, cache_types_of, parse_or_status, refuse_other_flags
 from .llama_flags import COMMON
 
@@ -318,6 +319,8 @@ def log_model(llm, args) -> None:
     log(f"load: chat template: {llm.chat_template_source}")
     log(f"load: model loaded in {llm.perf.t_load_ms:.2f} ms")
     if args.verbose:
+        for line in summary_lines(llm.memory_breakdown()):
+            log(line)
         for key in ("general.name", "general.architecture", "general.size_label", "tokenizer.ggml.model",
                     "tokenizer.ggml.pre"):
             if key in llm.metadata:

@@ -41,20 +41,23 @@ class _Tensors:
             raise ModelLoadError(f"{self.source}: tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
         return t
 
-    def _upload(self, upload, t):
-        """upload(t) (a backend's upload_weight or upload_experts), dropping the file's pages as
-        rows are copied where the backend copies them."""
+    def _release(self, t):
+        """The release callback of tensor t's upload (None: the file pages stay)."""
         if not self.release:
-            return upload(t)
-        return upload(t, lambda r0, r1: self.reader.release_rows(t, r0, r1))
+            return None
+        return lambda r0, r1: self.reader.release_rows(t, r0, r1)
 
     def weight(self, name: str, shape: tuple[int, int], required: bool = True):
         t = self._get(name, shape, required)
-        return None if t is None else self._upload(self.backend.upload_weight, t)
+        if t is None:
+            return None
+        return self.backend.upload_weight(t, self._release(t))
 
     def experts(self, name: str, shape: tuple[int, int, int], required: bool = True):
         t = self._get(name, shape, required)
-        return None if t is None else self._upload(self.backend.upload_experts, t)
+        if t is None:
+            return None
+        return self.backend.upload_experts(t, self._release(t))
 
     def vector(self, name: str, shape: tuple[int, ...], required: bool = True, reshape=None):
         t = self._get(name, shape, required)
@@ -75,16 +78,26 @@ class _Tensors:
         return self.vector(s.name, s.shape, s.required, reshape=s.reshape)
 
     def fields(self, specs: list[TensorSpec]) -> dict:
-        """Upload specs into {field: value}: fused fields get the backend's fused list."""
+        """Upload specs into {field: value}.  Fused fields get the backend's fused list: the 2-D
+        weights of one are uploaded together (``Backend.upload_fused``, built without a second
+        copy), expert tensors one by one and then fused."""
         out: dict = {}
+        weights: dict[str, list] = {}
         for s in specs:
+            if s.field in FUSED_FIELDS and s.kind == "weight":
+                t = self._get(s.name, s.shape, s.required)
+                if t is not None:
+                    weights.setdefault(s.field, []).append(t)
+                continue
             v = self.spec(s)
             if s.field in FUSED_FIELDS:
                 out.setdefault(s.field, []).append(v)
             elif v is not None:
                 out[s.field] = v
         for f in FUSED_FIELDS:
-            if f in out:
+            if f in weights:
+                out[f] = self.backend.upload_fused(weights[f], [self._release(t) for t in weights[f]])
+            elif f in out:
                 out[f] = self.backend.fuse(out[f])
         return out
 

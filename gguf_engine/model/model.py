@@ -6,6 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ContextFullError
+from .memory import MemoryBreakdown, memory_breakdown
 from .transformer import Transformer
 
 
@@ -73,6 +74,13 @@ class Model:
         cache = self._tf.cache
         self._tf.shift(cache, plan, cache.n_past)
         cache.n_past -= plan.n_discard
+
+    def memory_breakdown(self, rss: int = 0) -> MemoryBreakdown:
+        """The buffers this model holds by name and by device (``memory.MemoryBreakdown``: weights,
+        KV cache, compute buffers of an n_batch pass, file size); rss: a resident set measured by
+        the caller (``memory.resident_bytes``), reported as given."""
+        path = getattr(self.reader, "path", None) if self.reader is not None else None
+        return memory_breakdown(self._tf, self.n_batch, None if path is None else str(path), rss)
 
     # --- evaluation -------------------------------------------------------------------
     def _check(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -129,6 +129,13 @@ def yarn_corr_dims(n_rot: int, n_ctx_orig: int, base: float, beta_fast: float, b
     return max(0.0, float(np.floor(corr_dim(beta_fast)))), min(n_rot - 1.0, float(np.ceil(corr_dim(beta_slow))))
 
 
+def _as_list(v) -> list:
+    """A Block field's tensors: a fused list as it is, one tensor as a list of one, None as none."""
+    if isinstance(v, (list, tuple)):
+        return [x for x in v if x is not None]
+    return [] if v is None else [v]
+
+
 class Transformer:
     """Weights + KV cache + the forward pass over a chunk of new tokens."""
 
@@ -194,17 +201,29 @@ class Transformer:
         return SplitKVCache([(il0, be.kv_cache(il1 - il0, n_ctx, c.n_head_kv, c.head_dim, cache_type))
                              for il0, il1, be in self._runs])
 
-    def _buffers(self, be, n: int) -> RunState:
-        """The run state for n tokens.  The attention's (qkv, attn) and the FFN's (gate_up, act)
-        are never alive at once, so both pairs are views of one block (each view starting 256
-        bytes aligned, like a fresh array)."""
+    def _run_state_layout(self, n: int) -> tuple[int, int, int, int, int]:
+        """Float32 element counts of the run state for n tokens: (block, at_attn, at_act, w_qkv,
+        w_ffn_in).  The attention's (qkv, attn) and the FFN's (gate_up, act) are never alive at
+        once, so both pairs are views of one block, each view starting 256 bytes aligned."""
         c = self.config
         H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
         w_ffn_in, w_ffn_act = self.ffn.scratch(c)
         w_qkv = (H + 2 * Hkv) * hd
         at_attn = -(-n * w_qkv // 64) * 64                  # view offsets in float32 elements,
         at_act = -(-n * w_ffn_in // 64) * 64                # rounded up to 64 (256 bytes)
-        block = be.empty((max(at_attn + n * H * hd, at_act + n * w_ffn_act),))
+        return max(at_attn + n * H * hd, at_act + n * w_ffn_act), at_attn, at_act, w_qkv, w_ffn_in
+
+    def run_state_bytes(self, n: int) -> int:
+        """Bytes of the run state ``_buffers`` allocates for n tokens (xn, proj and the block)."""
+        return 4 * (self._run_state_layout(n)[0] + 2 * n * self.config.n_embd)
+
+    def _buffers(self, be, n: int) -> RunState:
+        """The run state for n tokens (laid out by ``_run_state_layout``)."""
+        c = self.config
+        H, hd = c.n_head, c.head_dim
+        size, at_attn, at_act, w_qkv, w_ffn_in = self._run_state_layout(n)
+        w_ffn_act = self.ffn.scratch(c)[1]
+        block = be.empty((size,))
         return RunState(
             xn=be.empty((n, c.n_embd)),
             qkv=block[:n * w_qkv].reshape(n, w_qkv),
@@ -213,6 +232,50 @@ class Transformer:
             gate_up=block[:n * w_ffn_in].reshape(n, w_ffn_in),
             act=block[at_act:at_act + n * w_ffn_act].reshape(n, w_ffn_act),
         )
+
+    # --- what the model holds, per backend (the memory report) --------------------------
+    def held_tensors(self) -> list[tuple[Any, Any]]:
+        """(backend, tensor) for every distinct tensor the model holds: weights (a fused list's
+        stacks one by one), norms, biases and RoPE tables, each once (a tied output is the
+        embedding)."""
+        seen: dict[int, tuple[Any, Any]] = {}
+
+        def add(be, v):
+            for x in _as_list(v):
+                seen.setdefault(id(x), (be, x))
+
+        add(self.backend, self.token_embd)
+        add(self.output_backend, [self.output, self.output_norm])
+        for blk in self.blk:
+            for name in blk.__dataclass_fields__:
+                if name not in ("backend", "sliding_window"):
+                    add(blk.backend, getattr(blk, name))
+        return list(seen.values())
+
+    def cache_parts(self) -> list[tuple[Any, Any]]:
+        """(backend, KVCache) for each run of layers on one backend, in layer order."""
+        parts = getattr(self.cache, "parts", None)
+        if parts is None:
+            return [(self._runs[0][2] if self._runs else self.backend, self.cache)]
+        return [(be, part) for (_, _, be), (_, part) in zip(self._runs, parts)]
+
+    def compute_bytes(self, be, n_batch: int) -> int:
+        """Bytes of the buffers a pass of up to n_batch tokens that returns the last row's logits
+        uses on backend be: the decode step's run state (kept), a prompt pass's run state, the
+        embedded rows (host), the logits (output backend) and the backend's own kernel scratch
+        for the layers' products (the output product of one row is a matvec)."""
+        c = self.config
+        layers = {id(blk) for il0, il1, b in self._runs if b is be for blk in self.blk[il0:il1]}
+        weights = [v for blk in self.blk if id(blk) in layers for name in blk.__dataclass_fields__
+                   for v in _as_list(getattr(blk, name)) if hasattr(v, "qtype")]
+        total = 0
+        if any(b is be for _, _, b in self._runs):
+            total += self.run_state_bytes(1) + (self.run_state_bytes(n_batch) if n_batch > 1 else 0)
+        if be is self.backend:
+            total += 4 * n_batch * c.n_embd
+        if be is self.output_backend:
+            total += 4 * c.n_vocab
+        return total + be.scratch_bytes(weights, n_batch, self.n_ctx, c)
 
     @staticmethod
     def _cross(x, src, dst):

@@ -52,6 +52,10 @@ class ObservingBackend:
         self._keep.append(w)
         return w
 
+    def upload_fused(self, tensors: list, releases: list) -> list:
+        """Each tensor uploaded through ``upload_weight`` (its name recorded), then ``fuse``d."""
+        return self.fuse([self.upload_weight(t, r) for t, r in zip(tensors, releases)])
+
     def fuse(self, weights: list) -> list:
         """Weights sharing one input, stacked by the wrapped backend: every member's name is
         reported for the group's input (for the group, and for a single stacked member)."""
@@ -94,9 +98,10 @@ class ObservingBackend:
 def load_for_eval(model_path: str | os.PathLike, n_ctx: int, n_batch: int | None = None,
                   n_threads: int | None = None, hook: Callable[[str, np.ndarray], None] | None = None,
                   expert_hook: Callable[[str, np.ndarray, np.ndarray, int], None] | None = None,
-                  cache_type="f32"):
+                  cache_type="f32", memory_log: Callable[[str], None] | None = None):
     """Load a model with a cache of n_ctx tokens of cache_type (a ``KVTypes`` or one type name)
-    and matmul hooks if given (see ``ObservingBackend``).  Returns (model, tokenizer)."""
+    and matmul hooks if given (see ``ObservingBackend``).  Returns (model, tokenizer).
+    memory_log: given, receives the memory report's lines (``model.memory.summary_lines``)."""
     from ..model import load_model
     from ..tokenizer import Tokenizer
     backend = None
@@ -106,6 +111,10 @@ def load_for_eval(model_path: str | os.PathLike, n_ctx: int, n_batch: int | None
     model = load_model(os.fspath(model_path), n_ctx=n_ctx, n_batch=min(n_batch or n_ctx, n_ctx),
                        n_threads=n_threads, backend=backend, cache_type=cache_type)
     tok = Tokenizer.from_reader(model.reader, source=os.fspath(model_path))
+    if memory_log is not None:
+        from ..model.memory import resident_bytes, summary_lines
+        for line in summary_lines(model.memory_breakdown(resident_bytes())):
+            memory_log(line)
     return model, tok
 
 

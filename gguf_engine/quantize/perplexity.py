@@ -133,11 +133,12 @@ class PerplexityResult:
 def perplexity(model_path: str | os.PathLike, text: str, n_ctx: int = 512, n_chunks: int | None = None, *,
                save_base: str | os.PathLike | None = None, n_threads: int | None = None,
                n_batch: int | None = None, progress: bool = False,
-               log: Callable[[str], None] | None = None, cache_type="f32") -> PerplexityResult:
+               log: Callable[[str], None] | None = None, cache_type="f32", verbose: bool = False) -> PerplexityResult:
     """Perplexity of the model over ``text`` (see the module docstring); cache_type: the KV cache's
-    types (a ``KVTypes`` or one name)."""
+    types (a ``KVTypes`` or one name); verbose: log the memory report after loading."""
     emit = log or (lambda s: None)
-    model, tok = load_for_eval(model_path, n_ctx, n_batch=n_batch, n_threads=n_threads, cache_type=cache_type)
+    model, tok = load_for_eval(model_path, n_ctx, n_batch=n_batch, n_threads=n_threads, cache_type=cache_type,
+                               memory_log=emit if verbose else None)
     writer = None
     try:
         t0 = time.perf_counter()
@@ -312,12 +313,13 @@ class KLDResult:
 
 def kl_divergence(model_path: str | os.PathLike, base_path: str | os.PathLike, n_chunks: int | None = None, *,
                   n_threads: int | None = None, n_batch: int | None = None, progress: bool = False,
-                  log: Callable[[str], None] | None = None, cache_type="f32") -> KLDResult:
+                  log: Callable[[str], None] | None = None, cache_type="f32", verbose: bool = False) -> KLDResult:
     """Compare the model's predictions with the base log-probabilities saved in ``base_path``;
-    cache_type: the KV cache's types (a ``KVTypes`` or one name)."""
+    cache_type: the KV cache's types (a ``KVTypes`` or one name); verbose: log the memory report after loading."""
     emit = log or (lambda s: None)
     base = BaseLogits.open(base_path)
-    model, tok = load_for_eval(model_path, base.n_ctx, n_batch=n_batch, n_threads=n_threads, cache_type=cache_type)
+    model, tok = load_for_eval(model_path, base.n_ctx, n_batch=n_batch, n_threads=n_threads, cache_type=cache_type,
+                               memory_log=emit if verbose else None)
     try:
         if model.n_vocab != base.n_vocab:
             raise EvalError(f"inconsistent vocabulary ({base.n_vocab} in {base.path} vs {model.n_vocab})")

@@ -75,6 +75,13 @@ class Kind:
         if given, once rows r0..r1-1 have been copied."""
         raise NotImplementedError
 
+    def pack_stack(self, parts: list, t: GGMLType, cols: int, chunk_bytes: int = 1 << 24) -> Packed:
+        """Several tensors of type t and row length cols stacked row-wise into one new Packed (fused
+        Q|K|V, gate|up).  parts: [(raw, release)], each as ``pack`` takes them.  Default: each part
+        packed, then ``concat``."""
+        packs = [self.pack(raw, t, cols, release, chunk_bytes) for raw, release in parts]
+        return packs[0] if len(packs) == 1 else self.concat(packs)
+
     def matvec(self, p: Packed, simd: bool = True) -> Callable:
         """product(x, out): y = W x with p's arrays bound (chosen once per weight: a decode step
         makes a hundred small matvecs, where each microsecond of dispatch shows).  simd=False: the portable

@@ -355,10 +355,17 @@ class TiledKind(Kind):
         raise NotImplementedError
 
     def pack(self, raw, t, cols, release=None, chunk_bytes=1 << 24) -> Packed:
-        rows = raw.shape[0]
-        p = Packed(self, t, rows, cols)
+        return self.pack_stack([(raw, release)], t, cols, chunk_bytes)
+
+    def pack_stack(self, parts, t, cols, chunk_bytes=1 << 24) -> Packed:
+        """Each part is repacked straight into its own tiles of the stacked arrays, so no part is
+        ever held twice (packed alone, then copied into the stack), when every part but the last
+        fills whole tiles; otherwise as ``Kind.pack_stack``."""
+        if any(raw.shape[0] % ROW_TILE for raw, _ in parts[:-1]):
+            return super().pack_stack(parts, t, cols, chunk_bytes)
+        p = Packed(self, t, sum(raw.shape[0] for raw, _ in parts), cols)
         nb = cols // 32
-        T = -(-rows // ROW_TILE)
+        T = -(-p.rows // ROW_TILE)
         A = p.arrays
         A["qt"] = np.zeros((T, self.qbytes * nb * ROW_TILE), self.qdtype)
         if self.bits is not None:
@@ -366,7 +373,19 @@ class TiledKind(Kind):
         A.update(self.extra_arrays(t, T, nb))
         for k in self.scales:
             A[k] = np.zeros((T, (nb // 8 if self.per256 else nb) * ROW_TILE), np.float32)
-        # chunks of whole tiles, each split over the worker threads (the loops are nogil)
+        t0 = 0
+        for raw, release in parts:
+            tiles = -(-raw.shape[0] // ROW_TILE)
+            self._repack_chunks(raw, t, {k: a if a.shape[1] == 0 else a[t0:t0 + tiles] for k, a in A.items()},
+                                release, chunk_bytes)
+            t0 += tiles
+        self._halve_scales(p)
+        return p
+
+    def _repack_chunks(self, raw, t, A, release, chunk_bytes) -> None:
+        """repack_rows over all of raw into A (views of the part's tiles): chunks of whole tiles,
+        each split over the worker threads (the loops are nogil), release(r0, r1) after each."""
+        rows = raw.shape[0]
         step = max(1, chunk_bytes // max(1, raw.shape[1] * ROW_TILE)) * ROW_TILE
         for c0 in range(0, rows, step):
             c1 = min(rows, c0 + step)
@@ -377,8 +396,6 @@ class TiledKind(Kind):
                     [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])])
             if release is not None:
                 release(c0, c1)
-        self._halve_scales(p)
-        return p
 
     def has_bits(self, t) -> bool:
         """Type t fills the extra bit plane (the others hold a (1, 0) stand-in)."""
