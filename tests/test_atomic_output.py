@@ -23,8 +23,12 @@ from gguf_engine.cli.quantize import main as quantize_main
 
 from .conftest import fixture_path
 
+# The child restores Python's own Ctrl-C handler: a shell starts background jobs with SIGINT ignored,
+# and Python keeps an inherited "ignore", so a suite run in the background would otherwise never
+# see its child interrupted.
 SLOW_CHILD = r"""
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from gguf_engine.gguf import writer
 _write = writer.GGUFWriter._write_next
 def slow(self, data):
