@@ -139,7 +139,7 @@ def test_statistics_match_llamacpp(capsys):
 def test_collect_experts_matches_llamacpp(tmp_path, capsys):
     """gguf-imatrix on the tiny qwen3moe model (8 experts, top-2; rebuilt from its seed by
     tools/arch_models.py) with calibration.txt (chunk 128, 8 chunks) matches llama-imatrix's file
-    (tests/data/qwen3moe.imatrix.gguf): the same entries, with per-expert counts and sums for the
+    (tests/data/qwen3moe.imatrix-gguf): the same entries, with per-expert counts and sums for the
     expert tensors (the routing spreads the tokens over all 8 experts).  Layer 0, routed before any
     expert output can differ: the same counts and every per-column sum within 1%.  Later layers: a
     few of the 1024 tokens have near-tied experts that rounding may route differently, as between
@@ -149,7 +149,7 @@ def test_collect_experts_matches_llamacpp(tmp_path, capsys):
 
     from tests.test_arch import _tool
     fixture_path("models", "tiny-llama-f32.gguf")                   # the vocabulary source
-    ref_path = Path(__file__).parent / "data" / "qwen3moe.imatrix.gguf"
+    ref_path = Path(__file__).parent / "data" / "qwen3moe.imatrix-gguf"
     if not ref_path.exists():
         pytest.fail(f"reference data missing: {ref_path}", pytrace=False)
     model = tmp_path / "qwen3moe.gguf"
@@ -184,13 +184,13 @@ def test_moe_imatrix_both_formats_byte_identical(tmp_path, shape):
     is the bytes llama-imatrix wrote from the same run (values sum / count x ncall, ncall the
     per-tensor call count from the largest expert count).  Read back, the legacy file normalizes to
     the GGUF file's weights within float32 rounding (rtol 1e-6)."""
-    g = read_imatrix(MOE / f"{shape}.imatrix.gguf")
+    g = read_imatrix(MOE / f"{shape}.imatrix-gguf")
     e = g.entries["blk.0.ffn_down_exps.weight"]
     assert e.n_mat == 8 and len(set(e.counts.tolist())) > 1 and e.counts.sum() == 2 * g.entries["blk.0.attn_q.weight"].counts[0]
     assert g.entries["blk.0.attn_q.weight"].n_mat == 1
     write_imatrix_gguf(g, tmp_path / "x.gguf")
     write_imatrix_dat(g, tmp_path / "x.dat")
-    assert (tmp_path / "x.gguf").read_bytes() == (MOE / f"{shape}.imatrix.gguf").read_bytes()
+    assert (tmp_path / "x.gguf").read_bytes() == (MOE / f"{shape}.imatrix-gguf").read_bytes()
     assert (tmp_path / "x.dat").read_bytes() == (MOE / f"{shape}.imatrix.dat").read_bytes()
     d = read_imatrix(MOE / f"{shape}.imatrix.dat")
     assert d.is_legacy and d.entries["blk.0.ffn_down_exps.weight"].counts.tolist() == [(int(e.counts.max()) + 63) // 64]
@@ -206,7 +206,7 @@ def test_moe_imatrix_partial_experts_like_llama_imatrix(tmp_path):
     at all: the bytes llama-imatrix wrote when converting the same GGUF file to the legacy format."""
     refs_tool = _load("moe_quant_references")
     partial = tmp_path / "partial.gguf"
-    refs_tool.partial_imatrix(MOE / "tiny-qwen3moe.imatrix.gguf", partial)
+    refs_tool.partial_imatrix(MOE / "tiny-qwen3moe.imatrix-gguf", partial)
     im = read_imatrix(partial)
     assert im.entries["blk.0.ffn_gate_exps.weight"].counts[3] == 0
     w = im.quant_weights()["blk.0.ffn_gate_exps.weight"].reshape(8, -1)
@@ -222,10 +222,10 @@ def test_moe_imatrix_combined_like_llama_imatrix(tmp_path):
     legacy values scaled back by the chunk size and added, its single call count added to every
     expert's count; the same bytes as llama-imatrix's combined file."""
     m = Imatrix(chunk_size=64, has_metadata=True)
-    m.merge(read_imatrix(MOE / "tiny-qwen3moe.imatrix.gguf"))
+    m.merge(read_imatrix(MOE / "tiny-qwen3moe.imatrix-gguf"))
     m.merge(read_imatrix(MOE / "tiny-qwen3moe.imatrix.dat"))
     write_imatrix_gguf(m, tmp_path / "c.gguf")
-    assert (tmp_path / "c.gguf").read_bytes() == (MOE / "tiny-qwen3moe.imatrix-combined.gguf").read_bytes()
+    assert (tmp_path / "c.gguf").read_bytes() == (MOE / "tiny-qwen3moe.imatrix-combined-gguf").read_bytes()
 
 
 def test_collect_moe_per_expert_like_llama_imatrix(tmp_path, capsys):
@@ -243,7 +243,7 @@ def test_collect_moe_per_expert_like_llama_imatrix(tmp_path, capsys):
                        "--chunk-size", "64", "--chunks", "24", "--no-progress", "--no-ppl"])
     capsys.readouterr()
     assert rc == 0
-    ours, ref = read_imatrix(out), read_imatrix(MOE / "tiny-qwen3moe.imatrix.gguf")
+    ours, ref = read_imatrix(out), read_imatrix(MOE / "tiny-qwen3moe.imatrix-gguf")
     assert set(ours.entries) == set(ref.entries) and "blk.1.ffn_gate_inp.weight" in ref.entries
     n_tokens = int(ref.entries["blk.0.attn_q.weight"].counts[0])
     n_equal = n_mats = 0

@@ -45,9 +45,9 @@ def test_source_models_rebuild_identically(sources, shape):
 def _imatrix(shape: str, key: str, tmp_path: Path) -> Path | None:
     variant = key.partition("+")[2]
     if variant == "imatrix-partial":            # experts without tokens, rebuilt as the tool made it
-        refs_tool.partial_imatrix(DATA / f"{shape}.imatrix.gguf", tmp_path / "partial.gguf")
+        refs_tool.partial_imatrix(DATA / f"{shape}.imatrix-gguf", tmp_path / "partial.gguf")
         return tmp_path / "partial.gguf"
-    return {"": None, "imatrix": DATA / f"{shape}.imatrix.gguf", "imatrix-dat": DATA / f"{shape}.imatrix.dat"}[variant]
+    return {"": None, "imatrix": DATA / f"{shape}.imatrix-gguf", "imatrix-dat": DATA / f"{shape}.imatrix.dat"}[variant]
 
 
 @pytest.mark.parametrize("shape,key", CASES)

@@ -38,7 +38,7 @@ a test rebuilds the file instead of the repository carrying it.  The variants:
 llama.cpp runs through llama-cpp-python in a separate interpreter (``--llama-python``; set
 LLAMA_CPP_LIB_PATH to a llama.cpp build), via tools/llamacpp_logits.py.
 
-``imatrix`` writes NAME.imatrix.gguf: llama-imatrix's importance matrix of the model over
+``imatrix`` writes NAME.imatrix-gguf (GGUF format): llama-imatrix's importance matrix of the model over
 IMATRIX_CHUNKS chunks of IMATRIX_CHUNK tokens of the shared calibration text (per-expert
 statistics for the expert tensors).
 """
@@ -477,12 +477,12 @@ def reference(name: str, out_dir: Path, llama_python: str) -> Path:
 def imatrix(name: str, out_dir: Path, llama_bin: Path) -> Path:
     """llama-imatrix's importance matrix of model ``name`` (see the module docstring)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{name}.imatrix.gguf"
+    out = out_dir / f"{name}.imatrix-gguf"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.gguf"
         build(name, path)
         subprocess.run([str(llama_bin / "llama-imatrix"), "-m", str(path), "-f", str(SHARED_MODELS / "calibration.txt"),
-                        "-o", str(out), "-c", str(IMATRIX_CHUNK), "--chunks", str(IMATRIX_CHUNKS), "-t", "2",
+                        "-o", str(out), "--output-format", "gguf", "-c", str(IMATRIX_CHUNK), "--chunks", str(IMATRIX_CHUNKS), "-t", "2",
                         "--no-ppl"], check=True)
     return out
 

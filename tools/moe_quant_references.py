@@ -10,7 +10,7 @@ F16 and a gpt-oss layout written in F32, 8 experts, top-2), this script
    one (raw sums with one count per expert) and the legacy ``.dat`` one (values scaled by the
    per-tensor call count); both files are kept in ``--out`` for the tests;
    For tiny-qwen3moe it also makes, with llama-imatrix (``--in-file``, no model):
-   ``.imatrix-combined.gguf``, the GGUF and the legacy file combined (legacy values scaled back
+   ``.imatrix-combined-gguf``, the GGUF and the legacy file combined (legacy values scaled back
    by the chunk size, per-expert counts collapsing to the legacy single count), and
    ``.imatrix-partial.dat``, the legacy form of ``partial_imatrix`` (the GGUF file with experts
    that saw no tokens: 1.0 stored, scaled by the call count), which the tests rebuild;
@@ -55,7 +55,7 @@ SEED = 17
 MODELS = {"tiny-qwen3moe": "F16", "tiny-gpt-oss": "F32"}
 FTYPES = ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS", "Q8_0", "Q4_0", "MXFP4_MOE"]
 # imatrix variant -> file suffix (None: no imatrix)
-IMATRIX_VARIANTS = {"": None, "+imatrix": ".imatrix.gguf", "+imatrix-dat": ".imatrix.dat"}
+IMATRIX_VARIANTS = {"": None, "+imatrix": ".imatrix-gguf", "+imatrix-dat": ".imatrix.dat"}
 # the partially exercised imatrix (experts with no tokens), for a few ftypes of one model
 PARTIAL_SHAPE = "tiny-qwen3moe"
 PARTIAL_FTYPES = ["Q4_K_M", "Q2_K", "IQ4_XS"]
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
                 sparse_f16_model(shape, src)
                 maps[shape] = {}
                 for ftype in TYPEMAP_FTYPES:
-                    for variant, im in (("", None), ("+imatrix", out / "tiny-qwen3moe.imatrix.gguf")):
+                    for variant, im in (("", None), ("+imatrix", out / "tiny-qwen3moe.imatrix-gguf")):
                         maps[shape][ftype + variant] = typemap_digest(dry_run_types(bin_dir, src, ftype, im))
                 print(shape, flush=True)
                 src.unlink()
@@ -197,16 +197,16 @@ def main(argv=None) -> int:
         tmp = Path(tmp_s)
         for shape in MODELS:
             src = source_model(shape, tmp)
-            for suffix, fmt in ((".imatrix.gguf", "gguf"), (".imatrix.dat", "dat")):
+            for suffix, fmt in ((".imatrix-gguf", "gguf"), (".imatrix.dat", "dat")):
                 # run beside the text, so that the dataset name recorded is its bare file name
                 run([str(bin_dir / "llama-imatrix"), "-m", str(src), "-f", CALIBRATION.name,
                      "-o", str((out / f"{shape}{suffix}").resolve()), "--output-format", fmt, *IMATRIX_ARGS],
                     cwd=CALIBRATION.parent)
             imatrix_bin = str(bin_dir / "llama-imatrix")
             if shape == PARTIAL_SHAPE:
-                g, d = out / f"{shape}.imatrix.gguf", out / f"{shape}.imatrix.dat"
+                g, d = out / f"{shape}.imatrix-gguf", out / f"{shape}.imatrix.dat"
                 run([imatrix_bin, "-m", str(src), "--in-file", str(g), "--in-file", str(d), "-c", "64",
-                     "-o", str(out / f"{shape}.imatrix-combined.gguf")])
+                     "-o", str(out / f"{shape}.imatrix-combined-gguf"), "--output-format", "gguf"])
                 partial = tmp / f"{shape}.imatrix-partial.gguf"
                 partial_imatrix(g, partial)
                 run([imatrix_bin, "-m", str(src), "--in-file", str(partial), "-c", "64", "--output-format", "dat",
