@@ -419,27 +419,15 @@ class Llama:
                 "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}
 
     # ------------------------------------------------------------------ completions
-    def stream_events(self, prompt_tokens: Sequence[int], *, max_tokens: int | None = 16,
-                      temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
-                      repeat_penalty: float = 1.0, repeat_last_n: int | None = None,
-                      frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                      stop: str | Iterable[str] | None = None, seed: int | None = None,
-                      logit_bias: Mapping[int, float] | None = None, ignore_eos: bool = False,
-                      want_logits: bool = False, mirostat_mode: int = 0, mirostat_tau: float = 5.0,
-                      mirostat_eta: float = 0.1, logits_processor=None, stopping_criteria=None,
-                      grammar=None) -> Iterator[TokenEvent]:
-        """Text events of a completion (the lowest level with stop strings and streaming text).
-        Settings are checked (and a grammar compiled) before the first event."""
+    def stream_events(self, prompt_tokens: Sequence[int], sampler: Sampler, steering: Steering | None = None, *,
+                      max_tokens: int | None = 16, stop: str | Iterable[str] | None = None,
+                      ignore_eos: bool = False, want_logits: bool = False) -> Iterator[TokenEvent]:
+        """Text events of a completion (the lowest level with stop strings and streaming text), sampled
+        by ``sampler`` (``Llama.sampler``) and steered by ``steering`` (``Llama.steering``)."""
         self._check_open()
-        smp = self.sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                           frequency_penalty, presence_penalty, logit_bias, seed, mirostat_mode=mirostat_mode,
-                           mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
-        steer = self.steering(logits_processor, stopping_criteria, grammar)
-        return self._events(prompt_tokens, smp, steer, max_tokens, stop, ignore_eos, want_logits)
-
-    def _events(self, prompt_tokens, smp, steer, max_tokens, stop, ignore_eos, want_logits) -> Iterator[TokenEvent]:
+        steer = steering if steering is not None else self.steering()
         self.last_stop_reason = None
-        for ev in self._engine.stream(prompt_tokens, smp, max_tokens=max_tokens, stop=stop,
+        for ev in self._engine.stream(prompt_tokens, sampler, max_tokens=max_tokens, stop=stop,
                                       ignore_eos=ignore_eos, want_logits=want_logits, steering=steer):
             if ev.finish_reason is not None:
                 self.last_stop_reason = ev.stop_reason
@@ -544,13 +532,12 @@ class Llama:
             prompt_text = bytes(prompt).decode("utf-8", errors="ignore")
         else:
             prompt_text = self.detokenize(toks).decode("utf-8", errors="ignore")
-        events = self.stream_events(
-            toks, max_tokens=max_tokens, stop=stop, seed=seed, want_logits=logprobs is not None,
-            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
-            repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-            logit_bias=logit_bias, ignore_eos=ignore_eos, mirostat_mode=mirostat_mode,
-            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, logits_processor=logits_processor,
-            stopping_criteria=stopping_criteria, grammar=grammar)
+        smp = self.sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, frequency_penalty,
+                           presence_penalty, logit_bias, seed, mirostat_mode=mirostat_mode,
+                           mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
+        steer = self.steering(logits_processor, stopping_criteria, grammar)
+        events = self.stream_events(toks, smp, steer, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
+                                    want_logits=logprobs is not None)
         cid = f"cmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = model or self.model_path
@@ -653,13 +640,12 @@ class Llama:
             raise ValueError("give only one of grammar, response_format and a forced tool_choice")
         toks = self.format_chat(messages, tools=plan.tools, tool_note=plan.system_note)
         n_top = (top_logprobs or 0) if logprobs else None
-        events = self.stream_events(
-            toks, max_tokens=max_tokens, stop=stop, seed=seed, want_logits=n_top is not None,
-            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
-            repeat_last_n=repeat_last_n, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-            logit_bias=logit_bias, ignore_eos=ignore_eos, mirostat_mode=mirostat_mode,
-            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, logits_processor=logits_processor,
-            grammar=constraint[0] if constraint else None)
+        smp = self.sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, frequency_penalty,
+                           presence_penalty, logit_bias, seed, mirostat_mode=mirostat_mode,
+                           mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
+        steer = self.steering(logits_processor, None, constraint[0] if constraint else None)
+        events = self.stream_events(toks, smp, steer, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
+                                    want_logits=n_top is not None)
         cid = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = model or self.model_path
