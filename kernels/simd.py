@@ -31,6 +31,16 @@ def _host_has(feature: str) -> bool:
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 HOST_AVX2 = _host_has("avx2")
 HOST_F16C = _host_has("f16c")
+# AVX-512 VNNI on 256-bit vectors (vpdpbusd on ymm needs AVX512VL too).
+HOST_VNNI = HOST_AVX2 and _host_has("avx512vnni") and _host_has("avx512vl")
+
+# The forms of the kinds' integer sums, as the kernels' ``simd`` argument names them: plain Numba
+# loops, vpmaddubsw + vpmaddwd (AVX2), vpdpbusd (AVX-512 VNNI; where the host lacks it, the AVX2
+# form is emitted in its place).  All three give identical int32 sums.
+PORTABLE, AVX2, VNNI = 0, 1, 2
+SIMD_BEST = VNNI if HOST_VNNI else AVX2 if HOST_AVX2 else PORTABLE
+# The forms this host runs, each distinct: what the tests compare.
+SIMD_FORMS = tuple(range(SIMD_BEST + 1))
 
 
 @intrinsic
@@ -97,6 +107,65 @@ def madds(builder):
     (i16 x i16, adjacent pairs summed to i32)."""
     return (x86(builder, "llvm.x86.avx2.pmadd.ub.sw", V16I16, V32I8, V32I8),
             x86(builder, "llvm.x86.avx2.pmadd.wd", V8I32, V16I16, V16I16))
+
+
+class ByteSums:
+    """Running int32 sums, one per key, of products of 32 unsigned bytes by 32 signed bytes, each
+    lane i of a sum adding bytes 4i..4i+3's four products: what every kind's integer sums are made of.
+
+    vnni (and a host with it): one ``vpdpbusd`` per product, accumulating in int32 (no
+    saturation); each key keeps `chains` accumulators, taken in turn, so that consecutive
+    products of one key do not wait on each other's latency (summed by ``total``).  Otherwise
+    (AVX2): ``vpmaddubsw`` results (pairs of products as int16: the caller keeps each at most
+    2^15 - 1) summed as int16, `depth` products at a time (the caller bounds that sum too), then
+    widened into the int32 sum by ``vpmaddwd`` by ones.  Both give the same int32 sums."""
+
+    def __init__(self, builder, vnni: bool, depth: int = 1, chains: int = 2):
+        self.b, self.depth = builder, depth
+        self.vnni = vnni and HOST_VNNI
+        self.chains = chains if self.vnni else 1
+        self.maddubs, self.maddwd = madds(builder)
+        if self.vnni:
+            self.dpbusd = x86(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, V8I32, V8I32, V8I32)
+        self.acc, self.part, self.count = {}, {}, {}
+
+    def add(self, key, *products) -> None:
+        """acc[key] += the (u, s) products' lane sums (each u, s a <32 x i8>: u taken unsigned)."""
+        b = self.b
+        if self.vnni:
+            for u, s in products:
+                n = self.count.get(key, 0)
+                k = (key, n % self.chains)
+                self.acc[k] = self.dpbusd(self.acc.get(k, ir.Constant(V8I32, [0] * 8)),
+                                          b.bitcast(u, V8I32), b.bitcast(s, V8I32))
+                self.count[key] = n + 1
+            return
+        m = [self.maddubs(u, s) for u, s in products]
+        p16 = m[0]
+        for v in m[1:]:
+            p16 = b.add(p16, v)
+        self.part[key] = p16 if self.part.get(key) is None else b.add(self.part[key], p16)
+        self.count[key] = self.count.get(key, 0) + len(products)
+        if self.count[key] >= self.depth:
+            self._widen(key)
+
+    def _widen(self, key) -> None:
+        wide = self.maddwd(self.part[key], ir.Constant(V16I16, [1] * 16))
+        self.acc[key] = wide if key not in self.acc else self.b.add(self.acc[key], wide)
+        self.part[key], self.count[key] = None, 0
+
+    def total(self, key):
+        """The <8 x i32> sum of `key` (zero where nothing was added)."""
+        if self.vnni:
+            sums = [self.acc[(key, c)] for c in range(self.chains) if (key, c) in self.acc]
+        else:
+            if self.part.get(key) is not None:
+                self._widen(key)
+            sums = [self.acc[key]] if key in self.acc else []
+        total = sums[0] if sums else ir.Constant(V8I32, [0] * 8)
+        for v in sums[1:]:
+            total = self.b.add(total, v)
+        return total
 
 
 # Bytes ahead of the current block that the integer sums prefetch: a few blocks further along the

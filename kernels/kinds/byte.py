@@ -29,7 +29,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from ..numerics import f16_at, sext8
-from ..simd import HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds, \
+from ..simd import HOST_AVX2, HOST_F16C, I8, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds, \
     out_ptr, scales8, splat
 from ..types import GGMLType
 from . import Packed, register
@@ -164,7 +164,7 @@ def _pair_isums_impl(q, qo, xq, xo, out, simd):
         return portable
 
     def either(q, qo, xq, xo, out, simd):
-        if simd:
+        if simd != PORTABLE:
             _pair_isums_avx2(q, qo, xq, xo, out)
         else:
             _pair_isums_loop(q, qo, xq, xo, out)
@@ -344,7 +344,7 @@ class ByteKind(TiledKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_q8_0(raw, A["qt"], A["d"], r0, r1)
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = (p.arrays["qt"], p.arrays["d"], p.arrays["d"])
         return lambda x, out: matvec_i8(*a, x, simd, out)
 
@@ -378,7 +378,7 @@ class Q6Kind(ByteKind):
     def _arrays(p: Packed):
         return p.arrays["qt"], p.arrays["sl"], p.arrays["sh"], p.arrays["d"]
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = self._arrays(p)
         return lambda x, out: matvec_q6(*a, x, simd, out)
 
