@@ -1,13 +1,15 @@
-"""What the AVX2 kernels share: the host's features and the builders of their LLVM IR.
+"""What the AVX2 (and AVX-512 VNNI) kernels share: the host's features and the builders of their LLVM IR.
 
 The kinds' integer sums and tile decoders (``kernels.kinds``) are Numba intrinsics written as
 LLVM IR for x86-64 hosts with AVX2: LLVM does not find these instruction sequences from a Numba
 loop (Numba widens integer products to int64).  Each has a portable Numba loop beside it that
 gives identical results (integer sums are exact), chosen when a kernel is compiled: on a host
 without AVX2, or when Numba is told to compile for another CPU (``NUMBA_CPU_NAME``), the IR is
-never emitted.  This module holds the pieces they have in common: vector types, pointers into
-Numba arrays, the x86 intrinsics, broadcasting, bit spreading, per-row scale vectors, and the
-intrinsic factory of the (q, qo, h, ho, xq, xr, xo, out) sums.
+never emitted.  Hosts with AVX-512 VNNI and VL get a third form of the integer sums, one
+``vpdpbusd`` where AVX2 needs ``vpmaddubsw``, an int16 add and (amortised) ``vpmaddwd``
+(``ByteSums``).  This module holds the pieces they have in common: vector types, pointers into
+Numba arrays, the x86 intrinsics, broadcasting, bit spreading, per-row scale vectors, the
+products' accumulator, and the intrinsic factory of the (q, qo, h, ho, xq, xr, xo, out) sums.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ TQ2_0 / TQ1_0 (u = q + 1, sc = mn = 1, dm = d) decode as ``(u - off) * (d * sc)`
 Matvec: the activations' two int8 terms (``tiled``), per super-block
 ``acc += d sum(sc_h p_h) - dm sum(mn_h xs_h)`` with the integer sums per 16 weights from
 ``crumb_isums``.  AVX2 form: per 32-byte load four shift-and-mask planes, each a ``vpmaddubsw``
-with the 4 activations of its weights broadcast.
+with the 4 activations of its weights broadcast (VNNI form: a ``vpdpbusd``, summing in int32).
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ the integer sums from ``table_isums16`` on the table raised to unsigned values (
 offset times the sums of x taken off again, exactly, in int32.  AVX2 form: ``vpshufb`` looks the
 values up and ``vpmaddubsw`` takes them as they are (no ``vpabsb`` / ``vpsignb``); narrow tables
 (every raised value at most 31) sum four ``vpmaddubsw`` results as int16 (at most 4 * 2 * 31 * 127)
-before widening them, the others widen each at once (at most 2 * 127 * 127).
+before widening them, the others widen each at once (at most 2 * 127 * 127); VNNI form: a
+``vpdpbusd`` per ``vpmaddubsw``, summing in int32.
 """
 from __future__ import annotations
 

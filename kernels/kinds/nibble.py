@@ -34,7 +34,9 @@ over each 256 and scale the sums by d and dmin (``matvec_nibk``).  AVX2 form: pe
 32 bytes of 0/16 and or-ed in), ``vpmaddubsw`` (unsigned weight x signed activation, pairs summed
 to int16; at most 2 * 31 * 127), int16 sums over 4 loads (4-bit: at most 8 * 15 * 127 * 2 < 2^15)
 or 2 loads (5-bit), widened by ``vpmaddwd`` by ones into int32: about 3 vector instructions per 8
-weights for both terms (4-bit), against about 7 for decoding the nibbles to float32.
+weights for both terms (4-bit), against about 7 for decoding the nibbles to float32.  VNNI form
+(hosts with AVX-512 VNNI): one ``vpdpbusd`` per ``vpmaddubsw``, accumulating in int32 with no
+int16 sums or widening (``simd.ByteSums``): 2 vector instructions per 8 weights for both terms.
 
 Tile decoder (prompt matmul, AVX2 and F16C): one 32-byte load of a tile holds 4 bytes of each of 8
 rows; a byte shuffle regroups them by byte, and each group of 8 rows widens to 8 float32 lanes
@@ -279,7 +281,7 @@ def matvec_nib(qt, qh, d, m, off, x, simd, y):
     (T, nb*R) uint32, their fifth bits (4-bit types: qh of shape (1, 0)); d, m (T, nb*R): w = d q + m,
     or for off = 8 / 16 (Q4_0, Q5_0; m unused) w = d (q - off); y (rows,) f32.  x is split into
     two int8 terms per block (round_activations); per block the integer sums come from
-    nibble_isums (simd: its AVX2 form where the host has it)."""
+    nibble_isums (simd: their form, kernels.simd.SIMD_FORMS)."""
     nb = x.size // 32
     five = qh.shape[1] > 0
     moff = f32(-off)

@@ -16,7 +16,8 @@ Matvec: the activations' two int8 terms (``tiled``), per block ``acc += d (dx is
 with the integer sums from ``table_isums``.  AVX2 form: per 32-byte load ``vpshufb`` looks the
 values up, ``vpabsb`` / ``vpsignb`` move their signs onto the activations (``vpmaddubsw`` takes one
 unsigned operand), and each int16 pair sum (at most 2 * 127 * 127) is widened by ``vpmaddwd`` at
-once.  ``emit_table_sums`` also serves the lattice kind's unsigned tables.
+once; VNNI form: ``vpdpbusd`` instead of the ``vpmaddubsw`` / ``vpmaddwd`` pair.  ``emit_table_sums``
+also serves the lattice kind's unsigned tables.
 """
 from __future__ import annotations
 
