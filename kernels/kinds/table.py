@@ -16,7 +16,8 @@ Matvec: the activations' two int8 terms (``tiled``), per block ``acc += d (dx is
 with the integer sums from ``table_isums``.  AVX2 form: per 32-byte load ``vpshufb`` looks the
 values up, ``vpabsb`` / ``vpsignb`` move their signs onto the activations (``vpmaddubsw`` takes one
 unsigned operand), and each int16 pair sum (at most 2 * 127 * 127) is widened by ``vpmaddwd`` at
-once; VNNI form: ``vpdpbusd`` instead of the ``vpmaddubsw`` / ``vpmaddwd`` pair.  ``emit_table_sums``
+once.  VNNI form: ``vpdpbusd`` sums in int32, so the values are looked up raised by 128 (unsigned:
+no ``vpabsb`` / ``vpsignb``) and 128 times each block's sum of x is taken off the int32 sums.  ``emit_table_sums``
 also serves the lattice kind's unsigned tables.
 """
 from __future__ import annotations
@@ -104,15 +105,24 @@ def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, dept
     groups = ROW_TILE // 8
     parts = 2 if halves else 1           # sums per term and row group: the two halves, or one
     sums = ByteSums(builder, vnni, depth)
+    # VNNI, signed values: vpdpbusd sums in int32, so the values raised by 128 (unsigned) need no
+    # vpabsb / vpsignb; 128 times the block's sum of x (xsum: ones . x) is taken off at the end
+    raised = sums.vnni and not unsigned and not halves
+    if raised:
+        table = builder.add(table, ir.Constant(V32I8, [-128] * 32))
+        xsum = ByteSums(builder, True)
     for g in range(4):
         xs = [[builder.bitcast(splat(builder, load(xp, o + 4 * g, I32)), V32I8)
                for o in (0, 16)] for xp in xps]
+        if raised:
+            for term in range(len(xps)):
+                xsum.add(term, *((ir.Constant(V32I8, [1] * 32), x) for x in xs[term]))
         for rg in range(groups):
             v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
             for half, nib in enumerate((builder.and_(v, low4), builder.and_(builder.lshr(v, four), low4))):
-                w = pshufb(table, nib)                   # the int8 values
+                w = pshufb(table, nib)                   # the int8 values (raised: plus 128, as uint8)
                 a = (half if halves else 0) * groups + rg
-                if unsigned:
+                if unsigned or raised:
                     for term in range(len(xps)):
                         sums.add((term, a), (w, xs[term][half]))
                     continue
@@ -122,8 +132,12 @@ def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, dept
                     sx = psign(xs[term][half], w)        # x with w's sign (0 where w = 0)
                     sums.add((term, a), (mag, sx))
     for term in range(len(xps)):
+        off = builder.shl(xsum.total(term), ir.Constant(V8I32, [7] * 8)) if raised else None
         for a in range(parts * groups):
-            builder.store(sums.total((term, a)), builder.gep(op, [ir.Constant(I32, term * parts * groups + a)]), align=4)
+            total = sums.total((term, a))
+            if raised:
+                total = builder.sub(total, off)
+            builder.store(total, builder.gep(op, [ir.Constant(I32, term * parts * groups + a)]), align=4)
 
 
 def table_intrinsic(name, **mode):
