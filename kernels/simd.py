@@ -63,11 +63,11 @@ V32I8, V16I16, V8I32 = ir.VectorType(I8, 32), ir.VectorType(I16, 16), ir.VectorT
 V8F32 = ir.VectorType(ir.FloatType(), 8)
 
 
-def splat(builder, value):
-    """A scalar IR value (i32, float, ...) broadcast to an <8 x type> vector."""
-    undef = ir.Constant(ir.VectorType(value.type, 8), ir.Undefined)
+def splat(builder, value, lanes: int = 8):
+    """A scalar IR value (i32, float, ...) broadcast to an <lanes x type> vector."""
+    undef = ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined)
     v = builder.insert_element(undef, value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(v, undef, ir.Constant(V8I32, [0] * 8))
+    return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
 
 
 def spread_bits(builder, word, value):
@@ -112,35 +112,38 @@ def madds(builder):
 
 
 class ByteSums:
-    """Running int32 sums, one per key, of products of 32 unsigned bytes by 32 signed bytes, each
-    lane i of a sum adding bytes 4i..4i+3's four products: what every kind's integer sums are made of.
+    """Running int32 sums, one per key, of products of unsigned bytes by signed bytes, each int32
+    lane i of a sum adding bytes 4i..4i+3's four products: what every kind's integer sums are
+    made of.
 
-    vnni (and a host with it): one ``vpdpbusd`` per product, accumulating in int32 (no
-    saturation); each key keeps `chains` accumulators, taken in turn, so that consecutive
-    products of one key do not wait on each other's latency (summed by ``total``).  Otherwise
-    (AVX2): ``vpmaddubsw`` results (pairs of products as int16: the caller keeps each at most
-    2^15 - 1) summed as int16, `depth` products at a time (the caller bounds that sum too), then
-    widened into the int32 sum by ``vpmaddwd`` by ones.  Both give the same int32 sums."""
+    vnni (and a host with it): one ``vpdpbusd`` per product on 512-bit vectors (``lanes`` 16),
+    accumulating in int32 (no saturation); half as many instructions per byte as on 256-bit
+    vectors, which measured faster on Zen 4 too, where a 512-bit operation takes two 256-bit
+    halves.  Otherwise (AVX2): ``vpmaddubsw`` results (pairs of products as int16: the
+    caller keeps each at most 2^15 - 1) summed as int16, `depth` products at a time (the caller
+    bounds that sum too), then widened into the int32 sum by ``vpmaddwd`` by ones.  Both give
+    the same int32 sums."""
 
-    def __init__(self, builder, vnni: bool, depth: int = 1, chains: int = 2):
+    def __init__(self, builder, vnni: bool, depth: int = 1):
         self.b, self.depth = builder, depth
         self.vnni = vnni and HOST_VNNI
-        self.chains = chains if self.vnni else 1
-        self.maddubs, self.maddwd = madds(builder)
+        self.lanes = lanes = 16 if self.vnni else 8      # int32 lanes (rows of a tile) per vector
+        self.vec = ir.VectorType(I32, lanes)
+        self.bytes = ir.VectorType(I8, 4 * lanes)
         if self.vnni:
-            self.dpbusd = x86(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, V8I32, V8I32, V8I32)
+            self.dpbusd = x86(builder, f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", self.vec, self.vec, self.vec, self.vec)
+        else:
+            self.maddubs, self.maddwd = madds(builder)
         self.acc, self.part, self.count = {}, {}, {}
 
     def add(self, key, *products) -> None:
-        """acc[key] += the (u, s) products' lane sums (each u, s a <32 x i8>: u taken unsigned)."""
+        """acc[key] += the (u, s) products' lane sums (each u, s a vector of 4 * lanes bytes: u taken
+        unsigned)."""
         b = self.b
         if self.vnni:
             for u, s in products:
-                n = self.count.get(key, 0)
-                k = (key, n % self.chains)
-                self.acc[k] = self.dpbusd(self.acc.get(k, ir.Constant(V8I32, [0] * 8)),
-                                          b.bitcast(u, V8I32), b.bitcast(s, V8I32))
-                self.count[key] = n + 1
+                self.acc[key] = self.dpbusd(self.acc.get(key, ir.Constant(self.vec, [0] * self.vec.count)),
+                                            b.bitcast(u, self.vec), b.bitcast(s, self.vec))
             return
         m = [self.maddubs(u, s) for u, s in products]
         p16 = m[0]
@@ -151,23 +154,40 @@ class ByteSums:
         if self.count[key] >= self.depth:
             self._widen(key)
 
+    def const(self, byte: int):
+        """A vector of 4 * lanes equal bytes."""
+        return ir.Constant(self.bytes, [byte] * (4 * self.lanes))
+
+    def splat(self, word):
+        """An i32 (4 bytes) repeated in every lane, as bytes."""
+        return self.b.bitcast(splat(self.b, word, self.lanes), self.bytes)
+
+    def spread(self, words, value):
+        """spread_bits of the i32 `words` (one per 8 lanes), side by side: 4 * lanes bytes."""
+        parts = [spread_bits(self.b, w, value) for w in words]
+        while len(parts) > 1:
+            n = 2 * parts[0].type.count
+            parts = [self.b.shuffle_vector(parts[i], parts[i + 1], ir.Constant(ir.VectorType(I32, n), list(range(n))))
+                     for i in range(0, len(parts), 2)]
+        return parts[0]
+
+    def store(self, op, index, key, minus=None) -> None:
+        """Store the sum of `key` (less the vector `minus`, if given) as vector `index` (of lanes
+        int32) from int32 pointer op."""
+        total = self.total(key) if minus is None else self.b.sub(self.total(key), minus)
+        p = self.b.bitcast(op, self.vec.as_pointer())
+        self.b.store(total, self.b.gep(p, [ir.Constant(I32, index)]), align=4)
+
     def _widen(self, key) -> None:
         wide = self.maddwd(self.part[key], ir.Constant(V16I16, [1] * 16))
         self.acc[key] = wide if key not in self.acc else self.b.add(self.acc[key], wide)
         self.part[key], self.count[key] = None, 0
 
     def total(self, key):
-        """The <8 x i32> sum of `key` (zero where nothing was added)."""
-        if self.vnni:
-            sums = [self.acc[(key, c)] for c in range(self.chains) if (key, c) in self.acc]
-        else:
-            if self.part.get(key) is not None:
-                self._widen(key)
-            sums = [self.acc[key]] if key in self.acc else []
-        total = sums[0] if sums else ir.Constant(V8I32, [0] * 8)
-        for v in sums[1:]:
-            total = self.b.add(total, v)
-        return total
+        """The int32 sum of `key` (zero where nothing was added)."""
+        if self.part.get(key) is not None:
+            self._widen(key)
+        return self.acc.get(key, ir.Constant(self.vec, [0] * self.vec.count))
 
 
 # Bytes ahead of the current block that the integer sums prefetch: a few blocks further along the

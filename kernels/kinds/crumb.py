@@ -25,12 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange
 from numba.extending import overload
 
 from ..numerics import f16_at
-from ..simd import HOST_AVX2, I32, PORTABLE, SIMD_BEST, V32I8, VNNI, ByteSums, loader, plane_intrinsic, splat, spread_bits
+from ..simd import HOST_AVX2, I32, PORTABLE, SIMD_BEST, VNNI, ByteSums, loader, plane_intrinsic
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, store_tile, sums16
@@ -131,26 +130,24 @@ def repack_q2(raw, ts, qt, qb, sc, mn, d, dm, r0, r1):
 def _emit_crumb_sums(builder, qp, hp, xps, op, three, vnni):
     """The IR of crumb_isums' AVX2 form, or with vnni its VNNI form (see its docstring)."""
     load = loader(builder)
-    low2 = ir.Constant(V32I8, [3] * 32)
-
-    groups = ROW_TILE // 8
     for g in range(2):                   # weights 16g..16g+15: one int32 sum per term
         # AVX2: int16 sums over the 4 crumb planes: at most 4 * 2 * 7 * 127 < 2^15
         sums = ByteSums(builder, vnni, depth=4)
+        lanes = sums.lanes               # rows per load
+        groups = ROW_TILE // lanes
         for c in range(4):               # crumb c of each byte: weights 16g + 4c + j
-            xs = [builder.bitcast(splat(builder, load(xp, 16 * g + 4 * c, I32)), V32I8)
-                  for xp in xps]
+            xs = [sums.splat(load(xp, 16 * g + 4 * c, I32)) for xp in xps]
             for rg in range(groups):
-                v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
-                u = builder.and_(builder.lshr(v, ir.Constant(V32I8, [2 * c] * 32)) if c else v, low2)
-                if three:
-                    u = builder.or_(u, spread_bits(builder, load(hp, (g * 4 + c) * groups + rg, I32), 4))
+                v = load(qp, (g * ROW_TILE + rg * lanes) * 4, sums.bytes)
+                u = builder.and_(builder.lshr(v, sums.const(2 * c)) if c else v, sums.const(3))
+                if three:                # the word of each 8 rows: (g * 4 + c) R / 8 + 8-row group
+                    w = [(g * 4 + c) * (ROW_TILE // 8) + rg * lanes // 8 + i for i in range(lanes // 8)]
+                    u = builder.or_(u, sums.spread([load(hp, j, I32) for j in w], 4))
                 for term, x in enumerate(xs):
                     sums.add((term, rg), (u, x))
         for term in range(len(xps)):
             for rg in range(groups):
-                builder.store(sums.total((term, rg)),
-                              builder.gep(op, [ir.Constant(I32, (term * 2 + g) * groups + rg)]), align=4)
+                sums.store(op, (term * 2 + g) * groups + rg, (term, rg))
 
 
 _crumb2_isums_avx2 = plane_intrinsic("_crumb2_isums_avx2", lambda b, *p: _emit_crumb_sums(b, *p, three=False, vnni=False))

@@ -182,30 +182,28 @@ def expand_k_scales(sc, mn, d, dm, t0, t1):
 def _emit_nibble_sums(builder, qp, hp, xps, op, five, vnni):
     """The IR of nibble_isums' AVX2 form, or with vnni its VNNI form (see the module docstring)."""
     load = loader(builder)
-    low4 = ir.Constant(V32I8, [15] * 32)
-    four = ir.Constant(V32I8, [4] * 32)
     prefetch_block(builder, qp, 16 * ROW_TILE)
-
-    groups = ROW_TILE // 8
     # AVX2: int16 partial sums widened into int32 before they can overflow: every 4 loads (8
     # products) for 4-bit weights (8 * 15 * 127 * 2 < 2^15), every 2 for 5-bit
     sums = ByteSums(builder, vnni, depth=4 if five else 8)
+    lanes = sums.lanes                   # rows per load
+    groups = ROW_TILE // lanes
     for g in range(4):                   # bytes 4g..4g+3 of every row
-        xs = [[builder.bitcast(splat(builder, load(xp, o + 4 * g, I32)), V32I8)
-               for o in (0, 16)] for xp in xps]      # [term][low / high nibbles' activations]
-        for rg in range(groups):         # 8 rows per 32-byte load
-            v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
-            lo = builder.and_(v, low4)
-            hi = builder.and_(builder.lshr(v, four), low4)
-            if five:
-                w = 2 * (g * groups + rg)
-                lo = builder.or_(lo, spread_bits(builder, load(hp, w, I32), 16))
-                hi = builder.or_(hi, spread_bits(builder, load(hp, w + 1, I32), 16))
+        xs = [[sums.splat(load(xp, o + 4 * g, I32)) for o in (0, 16)]
+              for xp in xps]             # [term][low / high nibbles' activations]
+        for rg in range(groups):         # rows lanes rg .. lanes (rg + 1) - 1
+            v = load(qp, (g * ROW_TILE + rg * lanes) * 4, sums.bytes)
+            lo = builder.and_(v, sums.const(15))
+            hi = builder.and_(builder.lshr(v, sums.const(4)), sums.const(15))
+            if five:                     # the words of each 8 rows: 2 (g R / 8 + 8-row group) + half
+                w = [2 * (g * (ROW_TILE // 8) + rg * lanes // 8 + i) for i in range(lanes // 8)]
+                lo = builder.or_(lo, sums.spread([load(hp, j, I32) for j in w], 16))
+                hi = builder.or_(hi, sums.spread([load(hp, j + 1, I32) for j in w], 16))
             for term, (x_lo, x_hi) in enumerate(xs):
                 sums.add((term, rg), (lo, x_lo), (hi, x_hi))
     for term in range(len(xps)):
         for rg in range(groups):
-            builder.store(sums.total((term, rg)), builder.gep(op, [ir.Constant(I32, term * groups + rg)]), align=4)
+            sums.store(op, term * groups + rg, (term, rg))
 
 
 _isums4_avx2 = plane_intrinsic("_isums4_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=False, vnni=False))

@@ -30,7 +30,7 @@ from numba.extending import intrinsic, overload
 from ..iquant_tables import kvalues_iq4nl, kvalues_mxfp4
 from ..numerics import e8m0_half_to_f32, f16_at, u16_at
 from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums, byte_ptr,
-                    data_ptr, loader, out_ptr, prefetch_block, scales8, splat, x86)
+                    data_ptr, loader, out_ptr, prefetch_block, scales8, x86)
 from ..types import GGMLType
 from . import Packed, register
 from .nibble import isums_loop, nibble_index
@@ -92,34 +92,35 @@ def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, dept
     values: no vpabsb / vpsignb; halves: one sum per 16 weights; depth: AVX2's vpmaddubsw results
     summed as int16 into an accumulator before each widening vpmaddwd; 4 divides the 4 (halves)
     or 8 it gets)."""
-    pshufb = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
-    psign = x86(builder, "llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
     load = loader(builder)
     prefetch_block(builder, qp, 16 * ROW_TILE)
-    low4 = ir.Constant(V32I8, [15] * 32)
-    four = ir.Constant(V32I8, [4] * 32)
-    zero8 = ir.Constant(V32I8, [0] * 32)
+    sums = ByteSums(builder, vnni, depth)
+    lanes = sums.lanes                   # rows per load
+    groups = ROW_TILE // lanes
+    pshufb = x86(builder, "llvm.x86.avx512.pshuf.b.512" if lanes == 16 else "llvm.x86.avx2.pshuf.b",
+                 sums.bytes, sums.bytes, sums.bytes)
+    psign = x86(builder, "llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
+    zero8 = sums.const(0)
 
     t16 = load(tp, 0, ir.VectorType(I8, 16))
-    table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(I32, 32), list(range(16)) * 2))
-    groups = ROW_TILE // 8
+    table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(I32, 4 * lanes), list(range(16)) * (lanes // 4)))
     parts = 2 if halves else 1           # sums per term and row group: the two halves, or one
-    sums = ByteSums(builder, vnni, depth)
     # VNNI, signed values: vpdpbusd sums in int32, so the values raised by 128 (unsigned) need no
     # vpabsb / vpsignb; 128 times the block's sum of x (xsum: ones . x) is taken off at the end
-    raised = sums.vnni and not unsigned and not halves
+    raised = sums.vnni and not unsigned
+    assert not (raised and halves)
     if raised:
-        table = builder.add(table, ir.Constant(V32I8, [-128] * 32))
+        table = builder.add(table, sums.const(-128))
         xsum = ByteSums(builder, True)
     for g in range(4):
-        xs = [[builder.bitcast(splat(builder, load(xp, o + 4 * g, I32)), V32I8)
-               for o in (0, 16)] for xp in xps]
+        xs = [[sums.splat(load(xp, o + 4 * g, I32)) for o in (0, 16)] for xp in xps]
         if raised:
             for term in range(len(xps)):
-                xsum.add(term, *((ir.Constant(V32I8, [1] * 32), x) for x in xs[term]))
+                xsum.add(term, *((sums.const(1), x) for x in xs[term]))
         for rg in range(groups):
-            v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
-            for half, nib in enumerate((builder.and_(v, low4), builder.and_(builder.lshr(v, four), low4))):
+            v = load(qp, (g * ROW_TILE + rg * lanes) * 4, sums.bytes)
+            for half, nib in enumerate((builder.and_(v, sums.const(15)),
+                                        builder.and_(builder.lshr(v, sums.const(4)), sums.const(15)))):
                 w = pshufb(table, nib)                   # the int8 values (raised: plus 128, as uint8)
                 a = (half if halves else 0) * groups + rg
                 if unsigned or raised:
@@ -132,12 +133,9 @@ def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, dept
                     sx = psign(xs[term][half], w)        # x with w's sign (0 where w = 0)
                     sums.add((term, a), (mag, sx))
     for term in range(len(xps)):
-        off = builder.shl(xsum.total(term), ir.Constant(V8I32, [7] * 8)) if raised else None
+        off = builder.shl(xsum.total(term), ir.Constant(sums.vec, [7] * lanes)) if raised else None
         for a in range(parts * groups):
-            total = sums.total((term, a))
-            if raised:
-                total = builder.sub(total, off)
-            builder.store(total, builder.gep(op, [ir.Constant(I32, term * parts * groups + a)]), align=4)
+            sums.store(op, term * parts * groups + a, (term, a), minus=off)
 
 
 def table_intrinsic(name, **mode):
