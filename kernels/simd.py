@@ -1,13 +1,15 @@
-"""What the AVX2 kernels share: the host's features and the builders of their LLVM IR.
+"""What the AVX2 (and AVX-512 VNNI) kernels share: the host's features and the builders of their LLVM IR.
 
 The kinds' integer sums and tile decoders (``kernels.kinds``) are Numba intrinsics written as
 LLVM IR for x86-64 hosts with AVX2: LLVM does not find these instruction sequences from a Numba
 loop (Numba widens integer products to int64).  Each has a portable Numba loop beside it that
 gives identical results (integer sums are exact), chosen when a kernel is compiled: on a host
 without AVX2, or when Numba is told to compile for another CPU (``NUMBA_CPU_NAME``), the IR is
-never emitted.  This module holds the pieces they have in common: vector types, pointers into
-Numba arrays, the x86 intrinsics, broadcasting, bit spreading, per-row scale vectors, and the
-intrinsic factory of the (q, qo, h, ho, xq, xr, xo, out) sums.
+never emitted.  Hosts with AVX-512 VNNI and VL get a third form of the integer sums, one
+``vpdpbusd`` where AVX2 needs ``vpmaddubsw``, an int16 add and (amortised) ``vpmaddwd``
+(``ByteSums``).  This module holds the pieces they have in common: vector types, pointers into
+Numba arrays, the x86 intrinsics, broadcasting, bit spreading, per-row scale vectors, the
+products' accumulator, and the intrinsic factory of the (q, qo, h, ho, xq, xr, xo, out) sums.
 """
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ def _host_has(feature: str) -> bool:
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 HOST_AVX2 = _host_has("avx2")
 HOST_F16C = _host_has("f16c")
+# AVX-512 VNNI on 256-bit vectors (vpdpbusd on ymm needs AVX512VL too).
+HOST_VNNI = HOST_AVX2 and _host_has("avx512vnni") and _host_has("avx512vl")
+
+# The forms of the kinds' integer sums, as the kernels' ``simd`` argument names them: plain Numba
+# loops, vpmaddubsw + vpmaddwd (AVX2), vpdpbusd (AVX-512 VNNI; where the host lacks it, the AVX2
+# form is emitted in its place).  All three give identical int32 sums.
+PORTABLE, AVX2, VNNI = 0, 1, 2
+SIMD_BEST = VNNI if HOST_VNNI else AVX2 if HOST_AVX2 else PORTABLE
+# The forms this host runs, each distinct: what the tests compare.
+SIMD_FORMS = tuple(range(SIMD_BEST + 1))
 
 
 @intrinsic
@@ -51,11 +63,11 @@ V32I8, V16I16, V8I32 = ir.VectorType(I8, 32), ir.VectorType(I16, 16), ir.VectorT
 V8F32 = ir.VectorType(ir.FloatType(), 8)
 
 
-def splat(builder, value):
-    """A scalar IR value (i32, float, ...) broadcast to an <8 x type> vector."""
-    undef = ir.Constant(ir.VectorType(value.type, 8), ir.Undefined)
+def splat(builder, value, lanes: int = 8):
+    """A scalar IR value (i32, float, ...) broadcast to an <lanes x type> vector."""
+    undef = ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined)
     v = builder.insert_element(undef, value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(v, undef, ir.Constant(V8I32, [0] * 8))
+    return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
 
 
 def spread_bits(builder, word, value):
@@ -97,6 +109,85 @@ def madds(builder):
     (i16 x i16, adjacent pairs summed to i32)."""
     return (x86(builder, "llvm.x86.avx2.pmadd.ub.sw", V16I16, V32I8, V32I8),
             x86(builder, "llvm.x86.avx2.pmadd.wd", V8I32, V16I16, V16I16))
+
+
+class ByteSums:
+    """Running int32 sums, one per key, of products of unsigned bytes by signed bytes, each int32
+    lane i of a sum adding bytes 4i..4i+3's four products: what every kind's integer sums are
+    made of.
+
+    vnni (and a host with it): one ``vpdpbusd`` per product on 512-bit vectors (``lanes`` 16),
+    accumulating in int32 (no saturation); half as many instructions per byte as on 256-bit
+    vectors, which measured faster on Zen 4 too, where a 512-bit operation takes two 256-bit
+    halves.  Otherwise (AVX2): ``vpmaddubsw`` results (pairs of products as int16: the
+    caller keeps each at most 2^15 - 1) summed as int16, `depth` products at a time (the caller
+    bounds that sum too), then widened into the int32 sum by ``vpmaddwd`` by ones.  Both give
+    the same int32 sums."""
+
+    def __init__(self, builder, vnni: bool, depth: int = 1):
+        self.b, self.depth = builder, depth
+        self.vnni = vnni and HOST_VNNI
+        self.lanes = lanes = 16 if self.vnni else 8      # int32 lanes (rows of a tile) per vector
+        self.vec = ir.VectorType(I32, lanes)
+        self.bytes = ir.VectorType(I8, 4 * lanes)
+        if self.vnni:
+            self.dpbusd = x86(builder, f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", self.vec, self.vec, self.vec, self.vec)
+        else:
+            self.maddubs, self.maddwd = madds(builder)
+        self.acc, self.part, self.count = {}, {}, {}
+
+    def add(self, key, *products) -> None:
+        """acc[key] += the (u, s) products' lane sums (each u, s a vector of 4 * lanes bytes: u taken
+        unsigned)."""
+        b = self.b
+        if self.vnni:
+            for u, s in products:
+                self.acc[key] = self.dpbusd(self.acc.get(key, ir.Constant(self.vec, [0] * self.vec.count)),
+                                            b.bitcast(u, self.vec), b.bitcast(s, self.vec))
+            return
+        m = [self.maddubs(u, s) for u, s in products]
+        p16 = m[0]
+        for v in m[1:]:
+            p16 = b.add(p16, v)
+        self.part[key] = p16 if self.part.get(key) is None else b.add(self.part[key], p16)
+        self.count[key] = self.count.get(key, 0) + len(products)
+        if self.count[key] >= self.depth:
+            self._widen(key)
+
+    def const(self, byte: int):
+        """A vector of 4 * lanes equal bytes."""
+        return ir.Constant(self.bytes, [byte] * (4 * self.lanes))
+
+    def splat(self, word):
+        """An i32 (4 bytes) repeated in every lane, as bytes."""
+        return self.b.bitcast(splat(self.b, word, self.lanes), self.bytes)
+
+    def spread(self, words, value):
+        """spread_bits of the i32 `words` (one per 8 lanes), side by side: 4 * lanes bytes."""
+        parts = [spread_bits(self.b, w, value) for w in words]
+        while len(parts) > 1:
+            n = 2 * parts[0].type.count
+            parts = [self.b.shuffle_vector(parts[i], parts[i + 1], ir.Constant(ir.VectorType(I32, n), list(range(n))))
+                     for i in range(0, len(parts), 2)]
+        return parts[0]
+
+    def store(self, op, index, key, minus=None) -> None:
+        """Store the sum of `key` (less the vector `minus`, if given) as vector `index` (of lanes
+        int32) from int32 pointer op."""
+        total = self.total(key) if minus is None else self.b.sub(self.total(key), minus)
+        p = self.b.bitcast(op, self.vec.as_pointer())
+        self.b.store(total, self.b.gep(p, [ir.Constant(I32, index)]), align=4)
+
+    def _widen(self, key) -> None:
+        wide = self.maddwd(self.part[key], ir.Constant(V16I16, [1] * 16))
+        self.acc[key] = wide if key not in self.acc else self.b.add(self.acc[key], wide)
+        self.part[key], self.count[key] = None, 0
+
+    def total(self, key):
+        """The int32 sum of `key` (zero where nothing was added)."""
+        if self.part.get(key) is not None:
+            self._widen(key)
+        return self.acc.get(key, ir.Constant(self.vec, [0] * self.vec.count))
 
 
 # Bytes ahead of the current block that the integer sums prefetch: a few blocks further along the

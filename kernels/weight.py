@@ -30,6 +30,7 @@ from .kinds.tiled import ROW_TILE
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX, scratch_bytes, tiled_matmul
 from .registry import get_qtype
 from .repack import concat as _concat_packed, repack, repack_stack
+from .simd import SIMD_BEST
 from .threads import get_num_threads, run_all, split
 from .types import GGMLType, as_type, row_bytes
 
@@ -115,9 +116,9 @@ class Weight:
         self._product(x, out)
         return out
 
-    def _matvec_kernel(self, simd: bool = True):
+    def _matvec_kernel(self, simd: int = SIMD_BEST):
         """product(x, out): the kind's matvec with this weight's arrays bound (Kind.matvec).
-        simd=False: the portable integer sums (identical results)."""
+        simd: the form of the integer sums (kernels.simd.SIMD_FORMS; identical results)."""
         return self.kind.matvec(self.packed, simd)
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

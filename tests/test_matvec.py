@@ -22,6 +22,7 @@ from gguf_engine.gguf.reader import GGUFReader
 from kernels import Weight
 from kernels.kinds import Packed
 from kernels.kinds.tiled import as_f32_scales
+from kernels.simd import SIMD_FORMS
 from kernels.types import BLOCK_SIZES, GGMLType, as_type
 
 from .conftest import fixture_path
@@ -163,8 +164,8 @@ def test_lattice_tables_fit_the_integer_sums():
 def test_rounded_activations_and_the_end_to_end_bound(name, steps):
     """x_hat = W.rounded(x): per 32-block integer multiples of max|x_block| / steps (two int8 terms:
     dx xq + dr xr, dx = max / 127, dr = dx / 254; or int16), within half a step of x (zero blocks
-    stay zero); the matvec stays within the stated bound of the exact W x; the portable integer
-    sums give bit-identical results to the AVX2 ones."""
+    stay zero); the matvec stays within the stated bound of the exact W x; every form of the
+    integer sums this host runs (portable loops, AVX2, AVX-512 VNNI) gives bit-identical results."""
     rng = np.random.default_rng(11)
     x = (rng.standard_normal(512) * np.repeat(rng.uniform(0, 5, 16), 32)).astype(np.float32)
     x[64:96] = 0
@@ -178,10 +179,13 @@ def test_rounded_activations_and_the_end_to_end_bound(name, steps):
     y = W.matvec(x)
     bound = np.abs(W64) @ np.abs(x - xh) + REL_TOL * (np.abs(W64) @ np.abs(x)) + 1e-30
     assert (np.abs(y - W64 @ x) <= bound).all()
-    for simd in (True, False):
-        y2 = np.empty(77, np.float32)
-        W._matvec_kernel(simd)(x, y2)
-        assert bits_equal(y2, y), simd
+    edge = np.where(rng.random(512) < 0.5, -3.0, 3.0).astype(np.float32)   # every int8 term at +-127
+    y_edge = W.matvec(edge)
+    for form in SIMD_FORMS:
+        for xv, yv in ((x, y), (edge, y_edge)):
+            y2 = np.empty(77, np.float32)
+            W._matvec_kernel(form)(xv, y2)
+            assert bits_equal(y2, yv), form
 
 
 @pytest.mark.parametrize("name", ["F16", "BF16"])

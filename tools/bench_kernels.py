@@ -3,6 +3,7 @@
     python tools/bench_kernels.py [--threads N] [--types Q4_1,Q8_0,...] [--reps R] [--batch 512]
     python tools/bench_kernels.py --small-batch [--threads N] [--types Q4_0,Q4_K,...] [--rows 2,4,8,16]
     python tools/bench_kernels.py --attention [--threads N] [--ctx 4096] [--types F16,Q8_0,Q4_0]
+    python tools/bench_kernels.py --forms [--threads 1] [--types Q4_0,Q4_K,IQ4_XS,Q8_0]
 
 For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
   matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of 3R runs, and of
@@ -17,6 +18,11 @@ n x the single-row matvec's (t_matvec / t_n over the layer's matrices, measured 
 1.0 = n rows for the price of one, the target is 0.7), and the same fraction for tiles + BLAS
 (the path batches took before; --no-tiles leaves it out).  Timed in CPU seconds of the process
 (best of --reps), which time-slicing on a shared machine leaves out: run it with --threads 1.
+--forms: the matvec with each SIMD form of the integer sums this host runs (kernels.simd: AVX2's
+vpmaddubsw + vpmaddwd, AVX-512 VNNI's vpdpbusd), alternated in one process on the matrices of four
+Llama-3.2-1B layers (read from memory) and on one 2048x2048 matrix (from cache); per type and form,
+weights per second and the ratio to the AVX2 form.  Timed in CPU seconds (best of --reps): run it with
+--threads 1.
 --attention: decode attention (one query token) over a KV cache of --ctx positions in each
 cache type, for the head layouts of SmolLM2-135M (9 heads, 3 kv heads of 64) and Gemma 3 270M (4
 heads, 1 kv head of 256), every layer of the model's cache (30 and 18 layers, so the cache is read
@@ -165,11 +171,16 @@ def main(argv=None) -> int:
                     help="the small-batch product table (n rows x type) on a Llama-3.2-1B layer instead")
     ap.add_argument("--rows", default="2,3,4,6,8,12,16", help="batch sizes of --small-batch")
     ap.add_argument("--no-tiles", action="store_true", help="--small-batch without the tiles + BLAS line")
+    ap.add_argument("--forms", action="store_true",
+                    help="the matvec with each SIMD form of the integer sums (AVX2, VNNI), alternated")
     args = ap.parse_args(argv)
 
     kernels.set_num_threads(args.threads)
     if args.small_batch:
         small_batch_table(args)
+        return 0
+    if args.forms:
+        forms_table(args)
         return 0
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rng = np.random.default_rng(0)
@@ -217,6 +228,40 @@ def main(argv=None) -> int:
     return 0
 
 
+def forms_table(args) -> None:
+    """The --forms table: each SIMD form's matvec over four 1B layers' matrices and over one 2048x2048."""
+    from kernels.simd import AVX2, SIMD_FORMS, VNNI
+    forms = [f for f in SIMD_FORMS if f >= AVX2]
+    names = {AVX2: "AVX2", VNNI: "VNNI"}
+    rng = np.random.default_rng(0)
+    types = args.types if args.types != ",".join(DEFAULT_TYPES) else "Q4_0,Q4_K,IQ4_XS,Q8_0"
+    print(f"threads={args.threads}: matvec Gweights/s per form of the integer sums (CPU time, best of {args.reps})")
+    hdr = f"{'type':8} {'matrices':>12} " + " ".join(f"{names[f] + ' Gw/s':>10}" for f in forms) + f" {'/ AVX2':>7}"
+    print(hdr)
+    print("-" * len(hdr))
+    for name in types.split(","):
+        t = as_type(name.strip())
+        for label, mats in (("4 1B layers", LAYER_1B * 4), ("2048x2048", [((2048, 2048), 1)])):
+            Ws = [(kernels.Weight(random_tensor(t, r, c, rng), t, (r, c)), count) for (r, c), count in mats]
+            x = {W.shape[1]: rng.standard_normal(W.shape[1], dtype=np.float32) for W, _ in Ws}
+            runs = {f: [(W._matvec_kernel(f), x[W.shape[1]], np.empty(W.shape[0], np.float32), count)
+                        for W, count in Ws] for f in forms}
+            weights = sum(W.shape[0] * W.shape[1] * count for W, count in Ws)
+
+            def step(f):
+                for k, xv, y, count in runs[f]:
+                    for _ in range(count):
+                        k(xv, y)
+            for f in forms:
+                step(f)                     # compiled and warm before timing
+            best = {f: np.inf for f in forms}
+            for _ in range(args.reps):      # alternating: every form in turn
+                for f in forms:
+                    best[f] = min(best[f], best_time(lambda: step(f), 1, 0.1, time.process_time))
+            print(f"{t.name:8} {label:>12} " + " ".join(f"{weights / best[f] / 1e9:10.2f}" for f in forms)
+                  + f" {best[AVX2] / best[forms[-1]]:7.3f}", flush=True)
+
+
 def small_batch_table(args) -> None:
     """The --small-batch table: per type, t_matvec / t_n summed over a 1B layer's matrices."""
     import kernels.weight as weight_mod
@@ -260,7 +305,8 @@ def small_batch_table(args) -> None:
 
 
 def print_asm_summary() -> None:
-    """ymm vs scalar FMAs and the integer multiply-adds (vpmaddubsw, vpmaddwd) in the generated
+    """ymm vs scalar FMAs and the integer multiply-adds (vpmaddubsw, vpmaddwd; on AVX-512 VNNI
+    hosts vpdpbusd, vpdpwssd) in the generated
     code of every matvec kernel specialization that was called, and the count of int64-lane
     shifts/widenings (vpsrlq, vpmovzxbq): non-zero means a bit-field extraction fell back to
     half-width vectors."""
@@ -282,7 +328,7 @@ def print_asm_summary() -> None:
             ymm = len(re.findall(r"vfmadd\w+\s+[^\n]*ymm", asm))
             scalar = len(re.findall(r"vfmadd\w+ss\s", asm))
             wide = len(re.findall(r"vpsrlq|vpmovzxbq", asm))
-            imadd = len(re.findall(r"vpmaddubsw|vpmaddwd", asm))
+            imadd = len(re.findall(r"vpmaddubsw|vpmaddwd|vpdpbusd|vpdpwssd", asm))
             print(f"{name:14} ymm FMAs {ymm:4d}   scalar FMAs {scalar:4d}   int multiply-adds {imadd:4d}   "
                   f"int64-lane ops {wide:3d}   "
                   f"({', '.join(str(getattr(a, 'dtype', a)) for a in sig[:3])})")

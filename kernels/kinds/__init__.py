@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..simd import SIMD_BEST
 from ..types import GGMLType
 
 
@@ -82,10 +83,10 @@ class Kind:
         packs = [self.pack(raw, t, cols, release, chunk_bytes) for raw, release in parts]
         return packs[0] if len(packs) == 1 else self.concat(packs)
 
-    def matvec(self, p: Packed, simd: bool = True) -> Callable:
+    def matvec(self, p: Packed, simd: int = SIMD_BEST) -> Callable:
         """product(x, out): y = W x with p's arrays bound (chosen once per weight: a decode step
-        makes a hundred small matvecs, where each microsecond of dispatch shows).  simd=False: the portable
-        integer sums instead of the AVX2 ones (identical results)."""
+        makes a hundred small matvecs, where each microsecond of dispatch shows).  simd: the form of the
+        integer sums (kernels.simd: PORTABLE, AVX2, VNNI; identical results), the host's best by default."""
         raise NotImplementedError
 
     def decode(self, p: Packed, ids: np.ndarray, out: np.ndarray) -> None:

@@ -16,7 +16,9 @@ speed of Q8_0's.)
 Matvec: x rounded to int16 per block (``tiled.round_activations16``, within max|x_block| / 65534),
 ``acc += dx (s_lo isum_lo + s_hi isum_hi)`` with the integer sums from ``pair_isums``; Q6_K sums
 ``dx (sl isum_lo + sh isum_hi)`` over each 256 and scales the sum by d (``matvec_q6``).  AVX2 form:
-``vpmovsxbw`` loads of 8 rows' pairs and ``vpmaddwd`` by the broadcast activation pair.
+``vpmovsxbw`` loads of 8 rows' pairs and ``vpmaddwd`` by the broadcast activation pair (on hosts
+with AVX-512 VNNI, LLVM fuses each ``vpmaddwd`` and its add into a ``vpdpwssd`` by itself, so
+the VNNI form of the sums is the AVX2 one).
 
 Tile decoder (prompt matmul, AVX2 and F16C): one 32-byte load holds weights 2p, 2p+1 of 16 rows,
 shuffled into groups of 8 rows, widened to float32 and multiplied by the rows' scales.
@@ -29,7 +31,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from ..numerics import f16_at, sext8
-from ..simd import HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds, \
+from ..simd import HOST_AVX2, HOST_F16C, I8, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds, \
     out_ptr, scales8, splat
 from ..types import GGMLType
 from . import Packed, register
@@ -164,7 +166,7 @@ def _pair_isums_impl(q, qo, xq, xo, out, simd):
         return portable
 
     def either(q, qo, xq, xo, out, simd):
-        if simd:
+        if simd != PORTABLE:
             _pair_isums_avx2(q, qo, xq, xo, out)
         else:
             _pair_isums_loop(q, qo, xq, xo, out)
@@ -179,7 +181,7 @@ def matvec_i8(qt, s_lo, s_hi, x, simd, y):
     """One byte per weight (Q8_0) tiled: qt (T, nb*32*R) int8; scales s_lo / s_hi
     (T, nb*R) of weights 0-15 / 16-31 of each block (the same array when the type has
     one scale per block); w = s q.  x is rounded to int16 per block (round_activations16)
-    and the integer sums come from pair_isums (simd: its AVX2 form where the host has it)."""
+    and the integer sums come from pair_isums (simd: their form, kernels.simd.SIMD_FORMS)."""
     nb = x.size // 32
     xq, dx = round_activations16(x)
     for t in prange(qt.shape[0]):
@@ -344,7 +346,7 @@ class ByteKind(TiledKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_q8_0(raw, A["qt"], A["d"], r0, r1)
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = (p.arrays["qt"], p.arrays["d"], p.arrays["d"])
         return lambda x, out: matvec_i8(*a, x, simd, out)
 
@@ -378,7 +380,7 @@ class Q6Kind(ByteKind):
     def _arrays(p: Packed):
         return p.arrays["qt"], p.arrays["sl"], p.arrays["sh"], p.arrays["d"]
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = self._arrays(p)
         return lambda x, out: matvec_q6(*a, x, simd, out)
 

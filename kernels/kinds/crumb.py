@@ -18,19 +18,18 @@ TQ2_0 / TQ1_0 (u = q + 1, sc = mn = 1, dm = d) decode as ``(u - off) * (d * sc)`
 Matvec: the activations' two int8 terms (``tiled``), per super-block
 ``acc += d sum(sc_h p_h) - dm sum(mn_h xs_h)`` with the integer sums per 16 weights from
 ``crumb_isums``.  AVX2 form: per 32-byte load four shift-and-mask planes, each a ``vpmaddubsw``
-with the 4 activations of its weights broadcast.
+with the 4 activations of its weights broadcast (VNNI form: a ``vpdpbusd``, summing in int32).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange
 from numba.extending import overload
 
 from ..numerics import f16_at
-from ..simd import HOST_AVX2, I32, V16I16, V32I8, loader, madds, plane_intrinsic, splat, spread_bits
+from ..simd import HOST_AVX2, I32, PORTABLE, SIMD_BEST, VNNI, ByteSums, loader, plane_intrinsic
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, store_tile, sums16
@@ -128,35 +127,33 @@ def repack_q2(raw, ts, qt, qb, sc, mn, d, dm, r0, r1):
 # ---------------------------------------------------------------- integer sums
 
 
-def _emit_crumb_sums(builder, qp, hp, xps, op, three):
-    """The IR of crumb_isums' AVX2 form (see its docstring)."""
-    maddubs, maddwd = madds(builder)
+def _emit_crumb_sums(builder, qp, hp, xps, op, three, vnni):
+    """The IR of crumb_isums' AVX2 form, or with vnni its VNNI form (see its docstring)."""
     load = loader(builder)
-    low2 = ir.Constant(V32I8, [3] * 32)
-    ones = ir.Constant(V16I16, [1] * 16)
-
-    groups = ROW_TILE // 8
     for g in range(2):                   # weights 16g..16g+15: one int32 sum per term
-        # int16 sums over the 4 crumb planes: at most 4 * 2 * 7 * 127 < 2^15
-        acc = [[ir.Constant(V16I16, [0] * 16)] * groups for _ in xps]
+        # AVX2: int16 sums over the 4 crumb planes: at most 4 * 2 * 7 * 127 < 2^15
+        sums = ByteSums(builder, vnni, depth=4)
+        lanes = sums.lanes               # rows per load
+        groups = ROW_TILE // lanes
         for c in range(4):               # crumb c of each byte: weights 16g + 4c + j
-            xs = [builder.bitcast(splat(builder, load(xp, 16 * g + 4 * c, I32)), V32I8)
-                  for xp in xps]
+            xs = [sums.splat(load(xp, 16 * g + 4 * c, I32)) for xp in xps]
             for rg in range(groups):
-                v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
-                u = builder.and_(builder.lshr(v, ir.Constant(V32I8, [2 * c] * 32)) if c else v, low2)
-                if three:
-                    u = builder.or_(u, spread_bits(builder, load(hp, (g * 4 + c) * groups + rg, I32), 4))
+                v = load(qp, (g * ROW_TILE + rg * lanes) * 4, sums.bytes)
+                u = builder.and_(builder.lshr(v, sums.const(2 * c)) if c else v, sums.const(3))
+                if three:                # the word of each 8 rows: (g * 4 + c) R / 8 + 8-row group
+                    w = [(g * 4 + c) * (ROW_TILE // 8) + rg * lanes // 8 + i for i in range(lanes // 8)]
+                    u = builder.or_(u, sums.spread([load(hp, j, I32) for j in w], 4))
                 for term, x in enumerate(xs):
-                    acc[term][rg] = builder.add(acc[term][rg], maddubs(u, x))
+                    sums.add((term, rg), (u, x))
         for term in range(len(xps)):
             for rg in range(groups):
-                builder.store(maddwd(acc[term][rg], ones),
-                              builder.gep(op, [ir.Constant(I32, (term * 2 + g) * groups + rg)]), align=4)
+                sums.store(op, (term * 2 + g) * groups + rg, (term, rg))
 
 
-_crumb2_isums_avx2 = plane_intrinsic("_crumb2_isums_avx2", lambda b, *p: _emit_crumb_sums(b, *p, three=False))
-_crumb3_isums_avx2 = plane_intrinsic("_crumb3_isums_avx2", lambda b, *p: _emit_crumb_sums(b, *p, three=True))
+_crumb2_isums_avx2 = plane_intrinsic("_crumb2_isums_avx2", lambda b, *p: _emit_crumb_sums(b, *p, three=False, vnni=False))
+_crumb3_isums_avx2 = plane_intrinsic("_crumb3_isums_avx2", lambda b, *p: _emit_crumb_sums(b, *p, three=True, vnni=False))
+_crumb2_isums_vnni = plane_intrinsic("_crumb2_isums_vnni", lambda b, *p: _emit_crumb_sums(b, *p, three=False, vnni=True))
+_crumb3_isums_vnni = plane_intrinsic("_crumb3_isums_vnni", lambda b, *p: _emit_crumb_sums(b, *p, three=True, vnni=True))
 
 
 @njit(cache=True, inline="always")
@@ -199,12 +196,16 @@ def _crumb_isums_impl(q, qo, h, ho, three, xq, xr, xo, out, simd):
         return portable
 
     def either(q, qo, h, ho, three, xq, xr, xo, out, simd):
-        if simd and three:
-            _crumb3_isums_avx2(q, qo, h, ho, xq, xr, xo, out)
-        elif simd:
-            _crumb2_isums_avx2(q, qo, h, ho, xq, xr, xo, out)
-        else:
+        if simd == PORTABLE:
             _crumb_isums_loop(q, qo, h, ho, three, xq, xr, xo, out)
+        elif simd == VNNI and three:
+            _crumb3_isums_vnni(q, qo, h, ho, xq, xr, xo, out)
+        elif simd == VNNI:
+            _crumb2_isums_vnni(q, qo, h, ho, xq, xr, xo, out)
+        elif three:
+            _crumb3_isums_avx2(q, qo, h, ho, xq, xr, xo, out)
+        else:
+            _crumb2_isums_avx2(q, qo, h, ho, xq, xr, xo, out)
     return either
 
 
@@ -316,7 +317,7 @@ class CrumbKind(TiledKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_q2(raw, self.types[t].block_bytes, A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"], r0, r1)
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         A = p.arrays
         a = (A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"])
         return lambda x, out: matvec_crumb(*a, x, simd, out)

@@ -18,7 +18,8 @@ the integer sums from ``table_isums16`` on the table raised to unsigned values (
 offset times the sums of x taken off again, exactly, in int32.  AVX2 form: ``vpshufb`` looks the
 values up and ``vpmaddubsw`` takes them as they are (no ``vpabsb`` / ``vpsignb``); narrow tables
 (every raised value at most 31) sum four ``vpmaddubsw`` results as int16 (at most 4 * 2 * 31 * 127)
-before widening them, the others widen each at once (at most 2 * 127 * 127).
+before widening them, the others widen each at once (at most 2 * 127 * 127); VNNI form: a
+``vpdpbusd`` per ``vpmaddubsw``, summing in int32.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from numba.extending import overload
 from ..iquant_tables import (iq1s_grid_i8, iq2s_grid_u8, iq2xs_grid_u8, iq2xxs_grid_u8, iq3s_grid_u8, iq3xxs_grid_u8,
                              ksigns_iq2xs)
 from ..numerics import f16_at, f16_bits_to_f32, u16_at, u32_at
-from ..simd import HOST_AVX2
+from ..simd import HOST_AVX2, PORTABLE, SIMD_BEST, VNNI
 from ..types import GGMLType
 from . import Packed, register
 from .nibble import nibble_index
@@ -174,6 +175,10 @@ _lattice_wide32_avx2 = table_intrinsic("_lattice_wide32_avx2", unsigned=True)
 _lattice_wide16_avx2 = table_intrinsic("_lattice_wide16_avx2", unsigned=True, halves=True)
 _lattice_narrow32_avx2 = table_intrinsic("_lattice_narrow32_avx2", unsigned=True, depth=4)
 _lattice_narrow16_avx2 = table_intrinsic("_lattice_narrow16_avx2", unsigned=True, halves=True, depth=4)
+_lattice_wide32_vnni = table_intrinsic("_lattice_wide32_vnni", unsigned=True, vnni=True)
+_lattice_wide16_vnni = table_intrinsic("_lattice_wide16_vnni", unsigned=True, halves=True, vnni=True)
+_lattice_narrow32_vnni = table_intrinsic("_lattice_narrow32_vnni", unsigned=True, depth=4, vnni=True)
+_lattice_narrow16_vnni = table_intrinsic("_lattice_narrow16_vnni", unsigned=True, halves=True, depth=4, vnni=True)
 
 
 def table_isums16(q, qo, tab, halves, narrow, xq, xr, xo, out, simd):
@@ -226,8 +231,16 @@ def _table_isums16_impl(q, qo, tab, halves, narrow, xq, xr, xo, out, simd):
         return portable
 
     def either(q, qo, tab, halves, narrow, xq, xr, xo, out, simd):
-        if not simd:
+        if simd == PORTABLE:
             _table_isums16_loop(q, qo, tab, halves, xq, xr, xo, out)
+        elif simd == VNNI and narrow and halves:
+            _lattice_narrow16_vnni(q, qo, tab, xq, xr, xo, out)
+        elif simd == VNNI and narrow:
+            _lattice_narrow32_vnni(q, qo, tab, xq, xr, xo, out)
+        elif simd == VNNI and halves:
+            _lattice_wide16_vnni(q, qo, tab, xq, xr, xo, out)
+        elif simd == VNNI:
+            _lattice_wide32_vnni(q, qo, tab, xq, xr, xo, out)
         elif narrow and halves:
             _lattice_narrow16_avx2(q, qo, tab, xq, xr, xo, out)
         elif narrow:
@@ -322,7 +335,7 @@ class LatticeKind(TiledKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_t4s(raw, self.types[t], A["qt"], A["sc"], A["d"], r0, r1)
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], *LATTICE[p.qtype])
         return lambda x, out: matvec_tab16(*a, x, simd, out)
 

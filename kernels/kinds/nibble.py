@@ -34,7 +34,9 @@ over each 256 and scale the sums by d and dmin (``matvec_nibk``).  AVX2 form: pe
 32 bytes of 0/16 and or-ed in), ``vpmaddubsw`` (unsigned weight x signed activation, pairs summed
 to int16; at most 2 * 31 * 127), int16 sums over 4 loads (4-bit: at most 8 * 15 * 127 * 2 < 2^15)
 or 2 loads (5-bit), widened by ``vpmaddwd`` by ones into int32: about 3 vector instructions per 8
-weights for both terms (4-bit), against about 7 for decoding the nibbles to float32.
+weights for both terms (4-bit), against about 7 for decoding the nibbles to float32.  VNNI form
+(hosts with AVX-512 VNNI): one ``vpdpbusd`` per ``vpmaddubsw``, accumulating in int32 with no
+int16 sums or widening (``simd.ByteSums``): 2 vector instructions per 8 weights for both terms.
 
 Tile decoder (prompt matmul, AVX2 and F16C): one 32-byte load of a tile holds 4 bytes of each of 8
 rows; a byte shuffle regroups them by byte, and each group of 8 rows widens to 8 float32 lanes
@@ -51,8 +53,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from ..numerics import f16_at, scale_min_k4, u32_at
-from ..simd import (HOST_AVX2, HOST_F16C, I32, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds,
-                    plane_intrinsic, prefetch_block, scales8, splat, spread_bits)
+from ..simd import (HOST_AVX2, HOST_F16C, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums, byte_ptr,
+                    data_ptr, loader, plane_intrinsic, prefetch_block, scales8, splat, spread_bits)
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, block_scales, fma_rows, load_rows, nonneg,
@@ -177,52 +179,37 @@ def expand_k_scales(sc, mn, d, dm, t0, t1):
 # ---------------------------------------------------------------- integer sums
 
 
-def _emit_nibble_sums(builder, qp, hp, xps, op, five):
-    """The IR of nibble_isums' AVX2 form (see the module docstring)."""
-    maddubs, maddwd = madds(builder)
+def _emit_nibble_sums(builder, qp, hp, xps, op, five, vnni):
+    """The IR of nibble_isums' AVX2 form, or with vnni its VNNI form (see the module docstring)."""
     load = loader(builder)
-    low4 = ir.Constant(V32I8, [15] * 32)
-    four = ir.Constant(V32I8, [4] * 32)
-    ones = ir.Constant(V16I16, [1] * 16)
     prefetch_block(builder, qp, 16 * ROW_TILE)
-
-    groups = ROW_TILE // 8
-    # int16 partial sums per [term][rows 8rg..8rg+7], widened into int32 before they can
-    # overflow: every 4 loads for 4-bit weights (8 * 15 * 127 * 2 < 2^15), every 2 for 5-bit
-    flush = 2 if five else 4
-    zero16 = ir.Constant(V16I16, [0] * 16)
-    acc = [[zero16] * groups for _ in xps]
-    acc32 = [[ir.Constant(V8I32, [0] * 8)] * groups for _ in xps]
+    # AVX2: int16 partial sums widened into int32 before they can overflow: every 4 loads (8
+    # products) for 4-bit weights (8 * 15 * 127 * 2 < 2^15), every 2 for 5-bit
+    sums = ByteSums(builder, vnni, depth=4 if five else 8)
+    lanes = sums.lanes                   # rows per load
+    groups = ROW_TILE // lanes
     for g in range(4):                   # bytes 4g..4g+3 of every row
-        xs = [[builder.bitcast(splat(builder, load(xp, o + 4 * g, I32)), V32I8)
-               for o in (0, 16)] for xp in xps]      # [term][low / high nibbles' activations]
-        for rg in range(groups):         # 8 rows per 32-byte load
-            v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
-            lo = builder.and_(v, low4)
-            hi = builder.and_(builder.lshr(v, four), low4)
-            if five:
-                w = 2 * (g * groups + rg)
-                lo = builder.or_(lo, spread_bits(builder, load(hp, w, I32), 16))
-                hi = builder.or_(hi, spread_bits(builder, load(hp, w + 1, I32), 16))
+        xs = [[sums.splat(load(xp, o + 4 * g, I32)) for o in (0, 16)]
+              for xp in xps]             # [term][low / high nibbles' activations]
+        for rg in range(groups):         # rows lanes rg .. lanes (rg + 1) - 1
+            v = load(qp, (g * ROW_TILE + rg * lanes) * 4, sums.bytes)
+            lo = builder.and_(v, sums.const(15))
+            hi = builder.and_(builder.lshr(v, sums.const(4)), sums.const(15))
+            if five:                     # the words of each 8 rows: 2 (g R / 8 + 8-row group) + half
+                w = [2 * (g * (ROW_TILE // 8) + rg * lanes // 8 + i) for i in range(lanes // 8)]
+                lo = builder.or_(lo, sums.spread([load(hp, j, I32) for j in w], 16))
+                hi = builder.or_(hi, sums.spread([load(hp, j + 1, I32) for j in w], 16))
             for term, (x_lo, x_hi) in enumerate(xs):
-                pair = builder.add(maddubs(lo, x_lo), maddubs(hi, x_hi))
-                acc[term][rg] = builder.add(acc[term][rg], pair)
-        if (g + 1) % flush == 0:
-            for term in range(len(xps)):
-                for rg in range(groups):
-                    wide = maddwd(acc[term][rg], ones)
-                    acc32[term][rg] = builder.add(acc32[term][rg], wide)
-                    acc[term][rg] = zero16
+                sums.add((term, rg), (lo, x_lo), (hi, x_hi))
     for term in range(len(xps)):
         for rg in range(groups):
-            builder.store(acc32[term][rg], builder.gep(op, [ir.Constant(I32, term * groups + rg)]),
-                          align=4)
+            sums.store(op, term * groups + rg, (term, rg))
 
 
-_isums4_avx2 = plane_intrinsic("_isums4_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=False))
-
-
-_isums5_avx2 = plane_intrinsic("_isums5_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=True))
+_isums4_avx2 = plane_intrinsic("_isums4_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=False, vnni=False))
+_isums5_avx2 = plane_intrinsic("_isums5_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=True, vnni=False))
+_isums4_vnni = plane_intrinsic("_isums4_vnni", lambda b, *p: _emit_nibble_sums(b, *p, five=False, vnni=True))
+_isums5_vnni = plane_intrinsic("_isums5_vnni", lambda b, *p: _emit_nibble_sums(b, *p, five=True, vnni=True))
 
 
 @njit(cache=True, inline="always")
@@ -270,8 +257,12 @@ def _nibble_isums_impl(q, qo, h, ho, five, xq, xr, xo, out, simd):
         return portable
 
     def either(q, qo, h, ho, five, xq, xr, xo, out, simd):
-        if not simd:
+        if simd == PORTABLE:
             isums_loop(q, qo, h, ho, five, IDENTITY, xq, xr, xo, out)
+        elif simd == VNNI and five:
+            _isums5_vnni(q, qo, h, ho, xq, xr, xo, out)
+        elif simd == VNNI:
+            _isums4_vnni(q, qo, h, ho, xq, xr, xo, out)
         elif five:
             _isums5_avx2(q, qo, h, ho, xq, xr, xo, out)
         else:
@@ -288,7 +279,7 @@ def matvec_nib(qt, qh, d, m, off, x, simd, y):
     (T, nb*R) uint32, their fifth bits (4-bit types: qh of shape (1, 0)); d, m (T, nb*R): w = d q + m,
     or for off = 8 / 16 (Q4_0, Q5_0; m unused) w = d (q - off); y (rows,) f32.  x is split into
     two int8 terms per block (round_activations); per block the integer sums come from
-    nibble_isums (simd: its AVX2 form where the host has it)."""
+    nibble_isums (simd: their form, kernels.simd.SIMD_FORMS)."""
     nb = x.size // 32
     five = qh.shape[1] > 0
     moff = f32(-off)
@@ -563,7 +554,7 @@ class NibbleKind(TiledKind):
         repack_legacy(raw, n.block_bytes, n.has_min, self.five, n.off, A["qt"], A["qh"], A["d"], A.get("m", A["d"]),
                       r0, r1)
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off))
         return lambda x, out: matvec_nib(*a, x, simd, out)
 
@@ -599,7 +590,7 @@ class NibbleKKind(NibbleKind):
         A = p.arrays
         return A["qt"], A["qh"], A["sc"], A["mn"], A["d"], A["dm"]
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = self._arrays(p)
         return lambda x, out: matvec_nibk(*a, x, simd, out)
 

@@ -15,6 +15,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from ..numerics import bf16_bits_to_f32, f16_bits_to_f32
+from ..simd import SIMD_BEST
 from ..types import GGMLType
 from . import Kind, Packed, register
 from .tiled import scale
@@ -67,7 +68,7 @@ class PlainKind(Kind):
     def pack(self, raw, t, cols, release=None, chunk_bytes=0) -> Packed:
         return Packed(self, t, raw.shape[0], cols, {"w": np.array(raw.view(self.dtype), copy=True)})
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         w = p.arrays["w"]
         return lambda x, out: matvec_plain(w, x, out)
 

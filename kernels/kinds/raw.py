@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 from ..threads import get_num_threads, run_all, split
+from ..simd import SIMD_BEST
 from . import Kind, Packed
 
 f32 = np.float32
@@ -42,7 +43,7 @@ class RawKind(Kind):
     def pack(self, raw, t, cols, release=None, chunk_bytes=0) -> Packed:
         return Packed(self, t, raw.shape[0], cols, {"raw": np.array(raw, copy=True)})
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         raw = p.arrays["raw"]
         rows, cols = p.rows, p.cols
         decode = _decoder(p)

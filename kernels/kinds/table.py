@@ -16,7 +16,9 @@ Matvec: the activations' two int8 terms (``tiled``), per block ``acc += d (dx is
 with the integer sums from ``table_isums``.  AVX2 form: per 32-byte load ``vpshufb`` looks the
 values up, ``vpabsb`` / ``vpsignb`` move their signs onto the activations (``vpmaddubsw`` takes one
 unsigned operand), and each int16 pair sum (at most 2 * 127 * 127) is widened by ``vpmaddwd`` at
-once.  ``emit_table_sums`` also serves the lattice kind's unsigned tables.
+once.  VNNI form: ``vpdpbusd`` sums in int32, so the values are looked up raised by 128 (unsigned:
+no ``vpabsb`` / ``vpsignb``) and 128 times each block's sum of x is taken off the int32 sums.  ``emit_table_sums``
+also serves the lattice kind's unsigned tables.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ from numba.extending import intrinsic, overload
 
 from ..iquant_tables import kvalues_iq4nl, kvalues_mxfp4
 from ..numerics import e8m0_half_to_f32, f16_at, u16_at
-from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds,
-                    out_ptr, prefetch_block, scales8, splat, x86)
+from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums, byte_ptr,
+                    data_ptr, loader, out_ptr, prefetch_block, scales8, x86)
 from ..types import GGMLType
 from . import Packed, register
 from .nibble import isums_loop, nibble_index
@@ -85,55 +87,55 @@ def repack_iq4_xs(raw, qt, sc, d, r0, r1):
 # ---------------------------------------------------------------- integer sums
 
 
-def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, depth=1):
-    """The IR of table_isums' AVX2 form, and of table_isums16's (unsigned values: no vpabsb /
-    vpsignb; halves: one sum per 16 weights; depth: vpmaddubsw results summed as int16 into
-    an accumulator before each widening vpmaddwd; 4 divides the 4 (halves) or 8 it gets)."""
-    maddubs, maddwd = madds(builder)
-    pshufb = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
-    psign = x86(builder, "llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
+def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, depth=1, vnni=False):
+    """The IR of table_isums' AVX2 form (vnni: its VNNI form), and of table_isums16's (unsigned
+    values: no vpabsb / vpsignb; halves: one sum per 16 weights; depth: AVX2's vpmaddubsw results
+    summed as int16 into an accumulator before each widening vpmaddwd; 4 divides the 4 (halves)
+    or 8 it gets)."""
     load = loader(builder)
     prefetch_block(builder, qp, 16 * ROW_TILE)
-    low4 = ir.Constant(V32I8, [15] * 32)
-    four = ir.Constant(V32I8, [4] * 32)
-    zero8 = ir.Constant(V32I8, [0] * 32)
-    ones = ir.Constant(V16I16, [1] * 16)
+    sums = ByteSums(builder, vnni, depth)
+    lanes = sums.lanes                   # rows per load
+    groups = ROW_TILE // lanes
+    pshufb = x86(builder, "llvm.x86.avx512.pshuf.b.512" if lanes == 16 else "llvm.x86.avx2.pshuf.b",
+                 sums.bytes, sums.bytes, sums.bytes)
+    psign = x86(builder, "llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
+    zero8 = sums.const(0)
 
     t16 = load(tp, 0, ir.VectorType(I8, 16))
-    table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(I32, 32), list(range(16)) * 2))
-    groups = ROW_TILE // 8
-    parts = 2 if halves else 1           # accumulators per term and row group: the two halves, or one
-    acc = [[ir.Constant(V8I32, [0] * 8)] * (parts * groups) for _ in xps]
-    part = [[None] * (parts * groups) for _ in xps]     # int16 sums not yet widened
-    count = [[0] * (parts * groups) for _ in xps]
-
-    def add(term, a, p16):
-        part[term][a] = p16 if part[term][a] is None else builder.add(part[term][a], p16)
-        count[term][a] += 1
-        if count[term][a] == depth:
-            acc[term][a] = builder.add(acc[term][a], maddwd(part[term][a], ones))
-            part[term][a], count[term][a] = None, 0
-
+    table = builder.shuffle_vector(t16, t16, ir.Constant(ir.VectorType(I32, 4 * lanes), list(range(16)) * (lanes // 4)))
+    parts = 2 if halves else 1           # sums per term and row group: the two halves, or one
+    # VNNI, signed values: vpdpbusd sums in int32, so the values raised by 128 (unsigned) need no
+    # vpabsb / vpsignb; 128 times the block's sum of x (xsum: ones . x) is taken off at the end
+    raised = sums.vnni and not unsigned
+    assert not (raised and halves)
+    if raised:
+        table = builder.add(table, sums.const(-128))
+        xsum = ByteSums(builder, True)
     for g in range(4):
-        xs = [[builder.bitcast(splat(builder, load(xp, o + 4 * g, I32)), V32I8)
-               for o in (0, 16)] for xp in xps]
+        xs = [[sums.splat(load(xp, o + 4 * g, I32)) for o in (0, 16)] for xp in xps]
+        if raised:
+            for term in range(len(xps)):
+                xsum.add(term, *((sums.const(1), x) for x in xs[term]))
         for rg in range(groups):
-            v = load(qp, (g * ROW_TILE + rg * 8) * 4, V32I8)
-            for half, nib in enumerate((builder.and_(v, low4), builder.and_(builder.lshr(v, four), low4))):
-                w = pshufb(table, nib)                   # the int8 values
+            v = load(qp, (g * ROW_TILE + rg * lanes) * 4, sums.bytes)
+            for half, nib in enumerate((builder.and_(v, sums.const(15)),
+                                        builder.and_(builder.lshr(v, sums.const(4)), sums.const(15)))):
+                w = pshufb(table, nib)                   # the int8 values (raised: plus 128, as uint8)
                 a = (half if halves else 0) * groups + rg
-                if unsigned:
+                if unsigned or raised:
                     for term in range(len(xps)):
-                        add(term, a, maddubs(w, xs[term][half]))
+                        sums.add((term, a), (w, xs[term][half]))
                     continue
                 neg = builder.icmp_signed("<", w, zero8)
                 mag = builder.select(neg, builder.sub(zero8, w), w)      # |w| (vpabsb)
                 for term in range(len(xps)):
                     sx = psign(xs[term][half], w)        # x with w's sign (0 where w = 0)
-                    add(term, a, maddubs(mag, sx))
+                    sums.add((term, a), (mag, sx))
     for term in range(len(xps)):
+        off = builder.shl(xsum.total(term), ir.Constant(sums.vec, [7] * lanes)) if raised else None
         for a in range(parts * groups):
-            builder.store(acc[term][a], builder.gep(op, [ir.Constant(I32, term * parts * groups + a)]), align=4)
+            sums.store(op, term * parts * groups + a, (term, a), minus=off)
 
 
 def table_intrinsic(name, **mode):
@@ -157,6 +159,7 @@ def table_intrinsic(name, **mode):
 
 
 _table_isums_avx2 = table_intrinsic("_table_isums_avx2")
+_table_isums_vnni = table_intrinsic("_table_isums_vnni", vnni=True)
 
 
 def table_isums(q, qo, tab, xq, xr, xo, out, simd):
@@ -177,10 +180,12 @@ def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
         return portable
 
     def either(q, qo, tab, xq, xr, xo, out, simd):
-        if simd:
-            _table_isums_avx2(q, qo, tab, xq, xr, xo, out)
-        else:
+        if simd == PORTABLE:
             isums_loop(q, qo, _NO_BITS, 0, False, tab, xq, xr, xo, out)
+        elif simd == VNNI:
+            _table_isums_vnni(q, qo, tab, xq, xr, xo, out)
+        else:
+            _table_isums_avx2(q, qo, tab, xq, xr, xo, out)
     return either
 
 
@@ -356,7 +361,7 @@ class TableKind(TiledKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_t4(raw, self.types[t], A["qt"], A["d"], r0, r1)
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype])
         return lambda x, out: matvec_tab(*a, x, simd, out)
 
@@ -382,7 +387,7 @@ class XSKind(TableKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_iq4_xs(raw, A["qt"], A["sc"], A["d"], r0, r1)
 
-    def matvec(self, p: Packed, simd: bool = True):
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype])
         return lambda x, out: matvec_tab_xs(*a, x, simd, out)
 
