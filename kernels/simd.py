@@ -23,9 +23,12 @@ from numba.extending import intrinsic
 
 
 def _host_has(feature: str) -> bool:
-    """The x86-64 host CPU has `feature`, and Numba compiles for the host CPU."""
+    """The x86-64 host CPU has `feature`, and Numba compiles for the host CPU (with the features
+    NUMBA_CPU_FEATURES names, where it is set)."""
     if config.CPU_NAME or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
+    if config.CPU_FEATURES is not None:
+        return f"+{feature}" in config.CPU_FEATURES.split(",")
     from llvmlite import binding
     return bool(binding.get_host_cpu_features().get(feature, False))
 
