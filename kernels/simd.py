@@ -5,7 +5,7 @@ LLVM IR for x86-64 hosts with AVX2: LLVM does not find these instruction sequenc
 loop (Numba widens integer products to int64).  Each has a portable Numba loop beside it that
 gives identical results (integer sums are exact), chosen when a kernel is compiled: on a host
 without AVX2, or when Numba is told to compile for another CPU (``NUMBA_CPU_NAME``), the IR is
-never emitted.  Hosts with AVX-512 VNNI and VL get a third form of the integer sums, one
+never emitted.  Hosts with AVX-512 VNNI (and BW, VL) get a third form of the integer sums, one
 ``vpdpbusd`` where AVX2 needs ``vpmaddubsw``, an int16 add and (amortised) ``vpmaddwd``
 (``ByteSums``).  This module holds the pieces they have in common: vector types, pointers into
 Numba arrays, the x86 intrinsics, broadcasting, bit spreading, per-row scale vectors, the
@@ -36,8 +36,9 @@ def _host_has(feature: str) -> bool:
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 HOST_AVX2 = _host_has("avx2")
 HOST_F16C = _host_has("f16c")
-# AVX-512 VNNI on 256-bit vectors (vpdpbusd on ymm needs AVX512VL too).
-HOST_VNNI = HOST_AVX2 and _host_has("avx512vnni") and _host_has("avx512vl")
+# AVX-512 VNNI, with the byte operations on 512-bit vectors (BW) and the AVX-512 forms of the
+# 256-bit ones (VL) that LLVM uses around them.
+HOST_VNNI = HOST_AVX2 and all(_host_has(f) for f in ("avx512vnni", "avx512bw", "avx512vl"))
 
 # The forms of the kinds' integer sums, as the kernels' ``simd`` argument names them: plain Numba
 # loops, vpmaddubsw + vpmaddwd (AVX2), vpdpbusd (AVX-512 VNNI; where the host lacks it, the AVX2
