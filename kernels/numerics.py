@@ -81,6 +81,13 @@ def u64_at(src, o):
     return np.uint64(np.uint64(u32_at(src, o)) | (np.uint64(u32_at(src, o + 4)) << np.uint64(32)))
 
 
+# Byte-wise masks of 64-bit words (the repackers handle 8 bytes at a time): each byte's low 4 and
+# low 2 bits, and the shift of a nibble to the top of its byte.
+M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+M2 = np.uint64(0x0303030303030303)
+U4 = np.uint64(4)
+
+
 @njit(cache=True, nogil=True)
 def f16_at(src, o):
     """The little-endian fp16 at byte offset o of src, as float32."""

@@ -1,27 +1,41 @@
-"""Kinds ``q8`` and ``q6``: one byte per weight (Q8_0; Q6_K as q - 32).
+"""Kinds ``q8`` and ``q6``: one byte per weight (Q8_0) and six bits per weight (Q6_K).
 
 Layout (nb = cols / 32 blocks, T = row tiles, R = ROW_TILE):
 
+  ``q8``
   qt  int8   (T, nb*32*R)  byte k = weight k; a lane holds 2 consecutive bytes of its row at a
                            time (the int16 pairs of the integer sums): byte k of block b of lane l
                            is at ``((b * 16 + k // 2) * R + l) * 2 + k % 2`` (``pair_index``)
-  d   f32 / f16 bits (T, nb*R)  ``q8``: the scale of each block
-  sl, sh  int8 (T, nb*R)   ``q6``: the file's integer scales sc of weights 0-15 and 16-31 of each block
-  d   f16 bits (T, nb/8*R) ``q6``: the scale of each 256 weights (index ``(b // 8) * R + l``)
+  d   f32 / f16 bits (T, nb*R)  the scale of each block
 
-weight = s * q, s = d (Q8_0) or d * sc (Q6_K).  (Q6_K spends a whole byte per weight: 8.6 bits per
-weight in memory against 6.6 in the file, but the kernel does no bit assembly and runs at the
-speed of Q8_0's.)
+  ``q6`` (Q6_K's unsigned 6-bit q, weight = d sc (q - 32)): the pair layout above split into a 4-bit
+  plane and a 2-bit plane, so the packed matrix takes the file's 6.56 bits per weight
+  qt  uint8  (T, nb*16*R)  the low 4 bits: byte ``((b * 8 + (k // 2) % 8) * R + l) * 2 + k % 2``,
+                           low nibble for weights 0-15, high nibble for weights 16-31
+  qh  uint8  (T, nb*8*R)   the top 2 bits: byte ``((b * 4 + (k // 2) % 4) * R + l) * 2 + k % 2``,
+                           bits ``2 * (k // 8)`` (``q6_index``)
+  sl, sh  int8 (T, nb*R)   the file's integer scales sc of weights 0-15 and 16-31 of each block
+  d   f16 bits (T, nb/8*R) the scale of each 256 weights (index ``(b // 8) * R + l``)
+  So 32 bytes of qt (with 32 bytes of qh) rebuild the 32-byte groups of the ``q8`` layout (weights
+  2p, 2p+1 of 16 rows) of two pairs p and p + 8 (of four: p, p + 4, p + 8, p + 12).
+
+weight = s * q, s = d (Q8_0) or d * sc (Q6_K).
 
 Matvec: x rounded to int16 per block (``tiled.round_activations16``, within max|x_block| / 65534),
 ``acc += dx (s_lo isum_lo + s_hi isum_hi)`` with the integer sums from ``pair_isums``; Q6_K sums
-``dx (sl isum_lo + sh isum_hi)`` over each 256 and scales the sum by d (``matvec_q6``).  AVX2 form:
-``vpmovsxbw`` loads of 8 rows' pairs and ``vpmaddwd`` by the broadcast activation pair (on hosts
-with AVX-512 VNNI, LLVM fuses each ``vpmaddwd`` and its add into a ``vpdpwssd`` by itself, so
-the VNNI form of the sums is the AVX2 one).
+``dx (sl isum_lo + sh isum_hi)`` over each 256 and scales the sum by d (``matvec_q6``).  AVX2 form
+(``q8``): ``vpmovsxbw`` loads of 8 rows' pairs and ``vpmaddwd`` by the broadcast activation pair.
+``q6`` (``q6_isums``): per 32-byte group the nibble (``vpand``/``vpsrlw``) or-ed with the shifted
+crumb gives the unsigned q of 16 rows' pairs, ``vpunpcklbw``/``vpunpckhbw`` with zero widen it
+to int16 (rows 0-3, 8-11 and 4-7, 12-15 of the 16), ``vpmaddwd`` by the activation pair; the
+row order is restored once per block, and ``32 sum(x)`` of each 16 weights is taken off the
+integer sums, which are then the very sums of q - 32 (so the result is that of the byte layout).
+On hosts with AVX-512 VNNI, LLVM fuses each ``vpmaddwd`` and its add into a ``vpdpwssd`` by
+itself, so the VNNI form of both kinds' sums is the AVX2 one.
 
-Tile decoder (prompt matmul, AVX2 and F16C): one 32-byte load holds weights 2p, 2p+1 of 16 rows,
-shuffled into groups of 8 rows, widened to float32 and multiplied by the rows' scales.
+Tile decoder (prompt matmul, AVX2 and F16C): a 32-byte group holds weights 2p, 2p+1 of 16 rows
+(loaded, or rebuilt from the two planes), shuffled into groups of 8 rows, widened to float32 and
+multiplied by the rows' scales.
 """
 from __future__ import annotations
 
@@ -30,16 +44,18 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from ..numerics import f16_at, sext8
-from ..simd import HOST_AVX2, HOST_F16C, I8, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, loader, madds, \
-    out_ptr, scales8, splat
+from ..numerics import M2, M4, U4, f16_at, sext8, u64_at
+from ..simd import HOST_AVX2, HOST_F16C, I8, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, \
+    loader, madds, out_ptr, scales8, splat
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, load_rows,
-                    nonneg, round_activations16, scale, small_product, store_rows, store_tile)
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
+                    load_rows, nonneg, round_activations16, scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
+NIB = 16 * ROW_TILE     # bytes of qt per block of a ``q6`` tile
+CRUMB = 8 * ROW_TILE    # bytes of qh per block of a ``q6`` tile
 
 
 # ---------------------------------------------------------------- index helpers and repackers
@@ -47,15 +63,23 @@ R = ROW_TILE        # rows per tile, in the index arithmetic
 
 @njit(cache=True, inline="always")
 def pair_index(b, k, l):
-    """Where byte k of block b of lane l lives in a ``q8``/``q6`` tile (see the module docstring)."""
+    """Where byte k of block b of lane l lives in a ``q8`` tile (see the module docstring)."""
     return ((b * 16 + k // 2) * ROW_TILE + l) * 2 + k % 2
 
 
-@njit(cache=True, nogil=True)
-def put_bytes(dst, b, l, e, off):
-    """Store weights e[0..31] of block b of lane l as bytes e - off."""
-    for k in range(32):
-        dst[pair_index(b, k, l)] = e[k] - off
+@njit(cache=True, inline="always")
+def q6_index(b, k, l):
+    """(qt byte, its shift, qh byte, its shift) of weight k of block b of lane l of a ``q6`` tile."""
+    j = l * 2 + k % 2
+    p = k // 2
+    return ((b * 8 + p % 8) * ROW_TILE) * 2 + j, 4 * (k // 16), ((b * 4 + p % 4) * ROW_TILE) * 2 + j, 2 * (k // 8)
+
+
+@njit(cache=True, inline="always")
+def q6_value(q, h, b, k, l):
+    """The unsigned 6-bit q (0..63) of weight k of block b of lane l (q, h: a tile's rows of qt, qh)."""
+    i, si, j, sj = q6_index(b, k, l)
+    return np.int32((q[i] >> si) & 15) | (np.int32((h[j] >> sj) & 3) << 4)
 
 
 @njit(cache=True, nogil=True)
@@ -73,33 +97,50 @@ def repack_q8_0(raw, qt, d, r0, r1):
 
 
 @njit(cache=True, nogil=True)
-def repack_q6_k(raw, qt, sl, sh, d, r0, r1):
-    """Q6_K (210 bytes: ql[128], qh[64], scales int8[16], d) -> bytes q - 32, the int8 scales of
-    weights 0-15 and 16-31 of each block (sl, sh) and each 256's d."""
+def repack_q6_k(raw, qt, qh, sl, sh, d, r0, r1):
+    """Q6_K (210 bytes: ql[128], qh[64], scales int8[16], d) -> the 4-bit and 2-bit planes of q,
+    the int8 scales of weights 0-15 and 16-31 of each block (sl, sh) and each 256's d.  Tile by
+    tile: each row's bytes of the two planes are formed in row order, 8 at a time in 64-bit words,
+    then the tile's rows are interleaved two bytes at a time (tiled.interleave_rows)."""
     nb = sl.shape[1] // R
-    e = np.empty(32, np.int32)
-    for r in range(r0, r1):
-        t, l = divmod(r, R)
-        src, q = raw[r], qt[t]
-        for i in range(nb // 8):
-            o = i * 210
-            d[t, i * R + l] = f16_at(src, o + 208)
-            for b8 in range(8):              # 32-weight block b8 of the super-block
-                half = b8 // 4               # which 128-weight half
-                kk = b8 % 4                  # q1..q4 of ggml's loop
-                ql = o + 64 * half + (32 if kk % 2 else 0)
-                qhh = o + 128 + 32 * half
-                shift_l = 4 if kk >= 2 else 0
-                for k in range(32):
-                    lo = (src[ql + k] >> shift_l) & 15
-                    top = (src[qhh + k] >> (2 * kk)) & 3
-                    e[k] = lo | (top << 4)
-                b = 8 * i + b8
-                put_bytes(q, b, l, e, 32)
-                i2 = b * R + l
-                isc = o + 192 + 8 * half + 2 * kk
-                sl[t, i2] = np.int8(sext8(src[isc]))
-                sh[t, i2] = np.int8(sext8(src[isc + 1]))
+    nib = np.zeros((R, nb * 8), np.uint16)         # a tile's rows of qt, row-major
+    crumb = np.zeros((R, nb * 4), np.uint16)       # and of qh
+    nib64 = nib.reshape(-1).view(np.uint64)
+    crumb64 = crumb.reshape(-1).view(np.uint64)
+    for c0 in range(r0, r1, R):
+        t = c0 // R
+        for l in range(min(R, r1 - c0)):
+            src = raw[c0 + l]
+            no = l * nb * 2                      # words of the row in nib64, crumb64
+            co = l * nb
+            for i in range(nb // 8):
+                o = i * 210
+                d[t, i * R + l] = f16_at(src, o + 208)
+                for b8 in range(8):              # 32-weight block b8 of the super-block
+                    half = b8 // 4               # which 128-weight half
+                    kk = b8 % 4                  # q1..q4 of ggml's loop
+                    ql = o + 64 * half + (32 if kk % 2 else 0)
+                    qhh = o + 128 + 32 * half
+                    shift_l = np.uint64(4 if kk >= 2 else 0)
+                    shift_h = np.uint64(2 * kk)
+                    b = 8 * i + b8
+                    for j in range(2):           # weights 8j.. and 16 + 8j..: 8 nibble bytes
+                        lo = (u64_at(src, ql + 8 * j) >> shift_l) & M4
+                        hi = (u64_at(src, ql + 16 + 8 * j) >> shift_l) & M4
+                        nib64[no + b * 2 + j] = lo | (hi << U4)
+                    c = np.uint64(0)
+                    for s4 in range(4):          # weights 8 s4 + k: bits 2 s4 of crumb byte k
+                        c |= ((u64_at(src, qhh + 8 * s4) >> shift_h) & M2) << np.uint64(2 * s4)
+                    crumb64[co + b] = c
+                    i2 = b * R + l
+                    isc = o + 192 + 8 * half + 2 * kk
+                    sl[t, i2] = np.int8(sext8(src[isc]))
+                    sh[t, i2] = np.int8(sext8(src[isc + 1]))
+        for l in range(min(R, r1 - c0), R):      # padding rows: zeros
+            nib[l, :] = 0
+            crumb[l, :] = 0
+        interleave_rows(nib, qt[t].view(np.uint16))
+        interleave_rows(crumb, qh[t].view(np.uint16))
 
 
 # ---------------------------------------------------------------- integer sums
@@ -173,6 +214,116 @@ def _pair_isums_impl(q, qo, xq, xo, out, simd):
     return either
 
 
+def _q6_groups(builder, load, qp, hp, r16):
+    """The unsigned q (0..63) of the 16 pairs of rows 16 r16 .. 16 r16 + 15 of a ``q6`` block, each
+    as (p, <32 x i8>) (weights 2p, 2p+1 of the 16 rows, the ``q8`` order), four pairs per load of the
+    crumb plane: crumb m holds pairs m, m + 4, m + 8, m + 12, nibbles m and m + 4 the low (pairs m,
+    m + 4) and high (m + 8, m + 12) nibbles of two of them."""
+    low4 = ir.Constant(V32I8, [15] * 32)
+    top = ir.Constant(V32I8, [0x30] * 32)
+    for m in range(4):
+        c = load(hp, (m * ROW_TILE + 16 * r16) * 2, V32I8)
+        nib = [load(qp, ((m + 4 * i) * ROW_TILE + 16 * r16) * 2, V32I8) for i in range(2)]
+        for p in (m, m + 4, m + 8, m + 12):
+            v = nib[(p // 4) % 2]
+            n = builder.and_(v, low4) if p < 8 else builder.and_(builder.lshr(v, ir.Constant(V32I8, [4] * 32)), low4)
+            s = 2 * (p // 4)                 # the crumb's bits s, s + 1 -> bits 4, 5
+            h = builder.shl(c, ir.Constant(V32I8, [4 - s] * 32)) if s < 4 else (
+                builder.lshr(c, ir.Constant(V32I8, [s - 4] * 32)) if s > 4 else c)
+            yield p, builder.or_(n, builder.and_(h, top))
+
+
+@intrinsic
+def _q6_isums_avx2(typingctx, q, qo, h, ho, xq, xo, xoff, out):
+    """The AVX2 form of q6_isums (see its docstring)."""
+    sig = types.void(q, qo, h, ho, xq, xo, xoff, out)
+
+    def codegen(context, builder, signature, args):
+        q, qo, h, ho, xq, xo, xoff, out = args
+        aty = signature.args
+        qp = byte_ptr(context, builder, aty[0], q, qo)
+        hp = byte_ptr(context, builder, aty[2], h, ho)
+        xp = byte_ptr(context, builder, aty[4], xq, builder.mul(xo, ir.Constant(xo.type, 2)))
+        offp = builder.gep(data_ptr(context, builder, aty[6], xoff, I32), [builder.udiv(xo, ir.Constant(xo.type, 16))])
+        offs = [splat(builder, builder.load(builder.gep(offp, [ir.Constant(I32, half)]))) for half in range(2)]
+        op = out_ptr(context, builder, aty[7], out)
+        _, maddwd = madds(builder)
+        load = loader(builder)
+        zero = ir.Constant(V32I8, [0] * 32)
+        lo_mask = ir.Constant(ir.VectorType(I32, 32), [i + 32 * e for i in (*range(8), *range(16, 24)) for e in (0, 1)])
+        hi_mask = ir.Constant(ir.VectorType(I32, 32), [i + 32 * e for i in (*range(8, 16), *range(24, 32))
+                                                       for e in (0, 1)])
+        for r16 in range(ROW_TILE // 16):
+            # [half][unpack lo / hi: rows 0-3, 8-11 / 4-7, 12-15 of the 16][pair p % 2]: 8 chains of 4
+            # multiply-adds (one chain of 8 would wait on each add's latency)
+            acc = [[[ir.Constant(V8I32, [0] * 8)] * 2 for _ in range(2)] for _ in range(2)]
+            for p, v in _q6_groups(builder, load, qp, hp, r16):
+                x = builder.bitcast(splat(builder, load(xp, 4 * p, I32)), V16I16)
+                for u, mask in enumerate((lo_mask, hi_mask)):
+                    w = builder.bitcast(builder.shuffle_vector(v, zero, mask), V16I16)
+                    acc[p // 8][u][p % 2] = builder.add(acc[p // 8][u][p % 2], maddwd(w, x))
+            for half in range(2):
+                lo, hi = (builder.add(*acc[half][u]) for u in range(2))
+                for r8 in range(2):          # rows 8 r8 .. 8 r8 + 7 of the 16
+                    rows = builder.shuffle_vector(lo, hi, ir.Constant(V8I32, [4 * r8 + i + (4 if i >= 4 else 0)
+                                                                               for i in range(8)]))
+                    rows = builder.sub(rows, offs[half])
+                    builder.store(rows, builder.gep(op, [ir.Constant(I32, half * (ROW_TILE // 8) + 2 * r16 + r8)]),
+                                  align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _q6_isums_loop(q, qo, h, ho, xq, xo, xoff, out):
+    """The portable form of q6_isums."""
+    b = qo // NIB
+    for half in range(2):
+        for l in range(R):
+            s = np.int32(0)
+            for k in range(16 * half, 16 * half + 16):
+                s += q6_value(q, h, b, k, l) * np.int32(xq[xo + k])
+            out[half * R + l] = s - xoff[xo // 16 + half]
+
+
+def q6_isums(q, qo, h, ho, xq, xo, xoff, out, simd):
+    """For block qo / NIB (qo = b NIB, ho = b CRUMB, xo = 32 b) of a ``q6`` tile (q, h: its rows of
+    qt, qh) and int16 activations ``xq[xo:xo + 32]``: out[l] = sum over weights 0-15 of lane l of
+    (q - 32) x, out[R + l] the same over weights 16-31, exact in int32 (|out| <= 16 * 32 * 32767):
+    the sums of the unsigned q (0..63) less xoff[xo / 16 + half] (offset_sums).  (Callable from
+    Numba code only.)"""
+    raise NotImplementedError("q6_isums runs inside Numba kernels")
+
+
+@overload(q6_isums, inline="always")
+def _q6_isums_impl(q, qo, h, ho, xq, xo, xoff, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, h, ho, xq, xo, xoff, out, simd):
+            _q6_isums_loop(q, qo, h, ho, xq, xo, xoff, out)
+        return portable
+
+    def either(q, qo, h, ho, xq, xo, xoff, out, simd):
+        if simd != PORTABLE:
+            _q6_isums_avx2(q, qo, h, ho, xq, xo, xoff, out)
+        else:
+            _q6_isums_loop(q, qo, h, ho, xq, xo, xoff, out)
+    return either
+
+
+@njit(cache=True, inline="always")
+def offset_sums(xq):
+    """32 times the sum of each 16 int16 activations, (2 nb,) int32: what q6_isums' unsigned q
+    adds over q - 32."""
+    out = np.empty(xq.size // 16, np.int32)
+    for i in range(out.size):
+        s = np.int32(0)
+        for k in range(16 * i, 16 * i + 16):
+            s += np.int32(xq[k])
+        out[i] = s * np.int32(32)
+    return out
+
+
 # ---------------------------------------------------------------- matvec and exact decoders
 
 
@@ -200,15 +351,17 @@ def matvec_i8(qt, s_lo, s_hi, x, simd, y):
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_q6(qt, sl, sh, d, x, simd, y):
-    """Q6_K tiled: qt as matvec_i8's (q - 32); sl, sh (T, nb*R) int8 the scales of weights 0-15 and
-    16-31 of each block, d (T, nb/8*R) each 256's scale.  Per 256 weights
-    ``acc += d sum(dx (sl isum_lo + sh isum_hi))``, as ggml sums a Q6_K block: the scales stay
-    integers, so a block streams 34.25 bytes instead of the 40 of float scales."""
+def matvec_q6(qt, qh, sl, sh, d, x, simd, y):
+    """Q6_K tiled: qt, qh the 4-bit and 2-bit planes of q; sl, sh (T, nb*R) int8 the scales of
+    weights 0-15 and 16-31 of each block, d (T, nb/8*R) each 256's scale.  Per 256 weights
+    ``acc += d sum(dx (sl isum_lo + sh isum_hi))`` with the sums of (q - 32) x, as ggml sums a
+    Q6_K block: the scales stay integers, so a block streams 26.25 bytes, as many as the file's."""
     nb = x.size // 32
     xq, dx = round_activations16(x)
+    xo = offset_sums(xq)
     for t in prange(qt.shape[0]):
         q = qt[t]
+        h = qh[t]
         lt = sl[t]
         ht = sh[t]
         dt = d[t]
@@ -218,7 +371,7 @@ def matvec_q6(qt, sl, sh, d, x, simd, y):
         for s in range(nb // 8):
             aq[:] = 0
             for b in range(8 * s, 8 * s + 8):
-                pair_isums(q, b * 32 * R, xq, 32 * b, isum, simd)
+                q6_isums(q, b * NIB, h, b * CRUMB, xq, 32 * b, xo, isum, simd)
                 dxb = dx[b]
                 for l in range(R):
                     i = nonneg(b * R + l)
@@ -228,107 +381,149 @@ def matvec_q6(qt, sl, sh, d, x, simd, y):
 
 
 @njit(cache=True, inline="always")
-def decode_i8_block(q, b, l, s0, s1, o):
-    """Block b of lane l of a tile (q = qt[t]) into o[32 b: 32 b + 32]: w = q s0 (weights 0-15), q s1."""
+def decode_i8_block(q, h, b, l, s0, s1, o):
+    """Block b of lane l of a tile (q, h = qt[t], qh[t]) into o[32 b: 32 b + 32]: w = q s0 (weights
+    0-15), q s1; q the byte (``q8``: h empty) or the 6-bit q - 32 (``q6``)."""
+    six = h.size > 0
     for k in range(32):
-        o[32 * b + k] = f32(q[pair_index(b, k, l)]) * (s0 if k < 16 else s1)
+        v = q6_value(q, h, b, k, l) - 32 if six else np.int32(q[pair_index(b, k, l)])
+        o[32 * b + k] = f32(v) * (s0 if k < 16 else s1)
 
 
 @njit(nogil=True, cache=True)
 def decode_i8(qt, s_lo, s_hi, ids, out):
     """The byte-per-weight kinds (see matvec_i8): w = q s (Q8_0)."""
+    none = np.empty(0, np.uint8)
     for i in range(ids.size):
         t, l = divmod(ids[i], R)
         for b in range(s_lo.shape[1] // R):
             j = b * R + l
-            decode_i8_block(qt[t], b, l, scale(s_lo[t, j]), scale(s_hi[t, j]), out[i])
+            decode_i8_block(qt[t], none, b, l, scale(s_lo[t, j]), scale(s_hi[t, j]), out[i])
 
 
 @njit(nogil=True, cache=True)
-def decode_q6(qt, sl, sh, d, ids, out):
-    """Q6_K (see matvec_q6): w = q (d sc), decode_i8's values with the scales made float."""
+def decode_q6(qt, qh, sl, sh, d, ids, out):
+    """Q6_K (see matvec_q6): w = (q - 32) (d sc)."""
     for i in range(ids.size):
         t, l = divmod(ids[i], R)
         for b in range(sl.shape[1] // R):
             dd = scale(d[t, (b // 8) * R + l])
             j = b * R + l
-            decode_i8_block(qt[t], b, l, dd * f32(sl[t, j]), dd * f32(sh[t, j]), out[i])
+            decode_i8_block(qt[t], qh[t], b, l, dd * f32(sl[t, j]), dd * f32(sh[t, j]), out[i])
 
 
-@intrinsic
-def _i8_block_T(typingctx, q, qo, s_lo, s_hi, so, out, base, ldo):
-    """Block b of one tile of a byte kind into K-major output: q the tile's row of qt (qo = b * 32 * R
-    bytes), s_lo / s_hi its rows of scales (so = b * R); weight k of lane l -> out[base + k * ldo + l]
-    = q * (s_lo if k < 16 else s_hi).  One 32-byte load holds weights 2p, 2p+1 of 16 rows."""
-    sig = types.void(q, qo, s_lo, s_hi, so, out, base, ldo)
+def _emit_pairs_T(context, builder, groups, scales, op, ldo):
+    """Store one block's weights K-major: groups(r16) gives the 16 (p, signed <32 x i8>) pair groups of
+    rows 16 r16 .. 16 r16 + 15 (the ``q8`` order), scales [lo, hi][8-row group] the rows' scales;
+    weight k of lane l -> op[k * ldo + l] = q * scale."""
+    for r16 in range(ROW_TILE // 16):         # rows 16 r16 .. 16 r16 + 15
+        for p, v in groups(r16):              # weights 2p, 2p+1
+            for e in range(2):
+                k = 2 * p + e
+                for r8 in range(2):           # rows 8 r8 .. 8 r8 + 7 of the 16
+                    b8 = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 8),
+                                                                 [2 * (8 * r8 + i) + e for i in range(8)]))
+                    u = builder.sitofp(builder.sext(b8, V8I32), V8F32)
+                    val = builder.fmul(u, scales[k // 16][2 * r16 + r8])
+                    row = builder.add(builder.mul(ldo, ir.Constant(ldo.type, k)),
+                                      ir.Constant(ldo.type, 16 * r16 + 8 * r8))
+                    builder.store(val, builder.bitcast(builder.gep(op, [row]), V8F32.as_pointer()), align=4)
 
-    def codegen(context, builder, signature, args):
-        q, qo, s_lo, s_hi, so, out, base, ldo = args
-        aty = signature.args
 
-        qp = byte_ptr(context, builder, aty[0], q, qo)
-        op = builder.gep(data_ptr(context, builder, aty[5], out, ir.FloatType()), [base])
-        scales = [scales8(context, builder, aty[2], s_lo, so, ROW_TILE), scales8(context, builder, aty[3], s_hi, so, ROW_TILE)]
-        for p in range(16):                       # weights 2p, 2p+1
-            for r16 in range(ROW_TILE // 16):     # rows 16 r16 .. 16 r16 + 15
-                ptr = builder.bitcast(builder.gep(qp, [ir.Constant(I32, (p * ROW_TILE + 16 * r16) * 2)]),
-                                      V32I8.as_pointer())
-                v = builder.load(ptr, align=1)
-                for e in range(2):
-                    k = 2 * p + e
-                    for r8 in range(2):           # rows 8 r8 .. 8 r8 + 7 of the 16
-                        b8 = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 8),
-                                                                     [2 * (8 * r8 + i) + e for i in range(8)]))
-                        u = builder.sitofp(builder.sext(b8, V8I32), V8F32)
-                        val = builder.fmul(u, scales[k // 16][2 * r16 + r8])
-                        row = builder.add(builder.mul(ldo, ir.Constant(ldo.type, k)),
-                                          ir.Constant(ldo.type, 16 * r16 + 8 * r8))
-                        builder.store(val, builder.bitcast(builder.gep(op, [row]), V8F32.as_pointer()), align=4)
-        return context.get_dummy_value()
+def _pair_block_T(six):
+    """The intrinsic decoding block b of one tile into K-major output: (q, qo, h, ho, s_lo, s_hi, so,
+    out, base, ldo) with q, h the tile's rows of qt, qh (``q8``: qo = b * 32 * R bytes, h unread;
+    ``q6``: qo = b NIB, ho = b CRUMB), s_lo / s_hi its rows of scales (so = b * R); weight k of
+    lane l -> out[base + k * ldo + l] = q * (s_lo if k < 16 else s_hi)."""
 
-    return sig, codegen
+    def block_T(typingctx, q, qo, h, ho, s_lo, s_hi, so, out, base, ldo):
+        sig = types.void(q, qo, h, ho, s_lo, s_hi, so, out, base, ldo)
+
+        def codegen(context, builder, signature, args):
+            q, qo, h, ho, s_lo, s_hi, so, out, base, ldo = args
+            aty = signature.args
+            qp = byte_ptr(context, builder, aty[0], q, qo)
+            op = builder.gep(data_ptr(context, builder, aty[7], out, ir.FloatType()), [base])
+            scales = [scales8(context, builder, aty[4], s_lo, so, ROW_TILE),
+                      scales8(context, builder, aty[5], s_hi, so, ROW_TILE)]
+            load = loader(builder)
+            if six:
+                hp = byte_ptr(context, builder, aty[2], h, ho)
+                off = ir.Constant(V32I8, [32] * 32)
+
+                def groups(r16):
+                    return [(p, builder.sub(v, off)) for p, v in _q6_groups(builder, load, qp, hp, r16)]
+            else:
+                def groups(r16):
+                    return [(p, load(qp, (p * ROW_TILE + 16 * r16) * 2, V32I8)) for p in range(16)]
+            _emit_pairs_T(context, builder, groups, scales, op, ldo)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    block_T.__name__ = block_T.__qualname__ = f"_{'q6' if six else 'i8'}_block_T"
+    return intrinsic(block_T)
+
+
+_i8_block_T = _pair_block_T(six=False)
+_q6_block_T = _pair_block_T(six=True)
+
+
+@njit(cache=True, inline="always")
+def pair_block_T(q, h, b, s_lo, s_hi, out, base, ldo):
+    """Block b of a tile (q, h = qt[t], qh[t]; ``q8``: h empty) into out (flat float32): weight k of
+    lane l -> out[base + k ldo + l], decode_i8_block's very value."""
+    if h.size > 0:
+        _q6_block_T(q, b * NIB, h, b * CRUMB, s_lo, s_hi, b * R, out, base, ldo)
+    else:
+        _i8_block_T(q, b * 32 * R, h, 0, s_lo, s_hi, b * R, out, base, ldo)
 
 
 @njit(nogil=True, cache=True)
-def decode_i8_T(qt, s_lo, s_hi, t0, t1, out):
-    """Row tiles t0..t1-1 of a byte kind (Q8_0, Q6_K) -> out (cols, >= (t1 - t0) * ROW_TILE) float32,
-    K-major, the values of decode_i8."""
+def decode_i8_T(qt, qh, s_lo, s_hi, t0, t1, out):
+    """Row tiles t0..t1-1 of a byte kind (Q8_0: qh of shape (1, 0); Q6_K) -> out (cols, >= (t1 - t0)
+    * ROW_TILE) float32, K-major, the values of decode_i8 / decode_q6."""
     nb = s_lo.shape[1] // R
     ldo = out.shape[1]
     flat = out.reshape(-1)
     for t in range(t0, t1):
+        h = qh[t] if qh.shape[1] > 0 else qh[0]
         for b in range(nb):
-            _i8_block_T(qt[t], b * 32 * R, s_lo[t], s_hi[t], b * R, flat, 32 * b * ldo + (t - t0) * R, ldo)
+            pair_block_T(qt[t], h, b, s_lo[t], s_hi[t], flat, 32 * b * ldo + (t - t0) * R, ldo)
 
 
 @njit(nogil=True, cache=True)
-def matmul_small_i8(qt, s_lo, s_hi, x, n, t0, t1, out):
+def matmul_small_i8(qt, qh, s_lo, s_hi, x, n, t0, t1, out):
     """out (n, rows) = X W^T on row tiles t0..t1-1 for X given block-major as x (Kind.small_matmul,
-    tiled.small_product): each block decoded exactly (_i8_block_T) into a scratch block and applied
-    to the rows of X (tiled.fma_rows)."""
+    tiled.small_product): each block decoded exactly (pair_block_T) into a scratch block and applied
+    to the rows of X (tiled.fma_rows).  qh: as decode_i8_T takes it."""
     nb = x.size // (32 * n)
     wb = np.empty(32 * R, np.float32)               # (32 k, R lanes)
     for i0 in range(0, n, ROW_CHUNK):
         c = min(ROW_CHUNK, n - i0)
         for b0 in range(0, nb, BLOCK_CHUNK):
             for t in range(t0, t1):
+                h = qh[t] if qh.shape[1] > 0 else qh[0]
                 acc = load_rows(c, i0, t, out, b0)  # (c rows, R lanes)
                 for b in range(b0, min(nb, b0 + BLOCK_CHUNK)):
-                    _i8_block_T(qt[t], b * 32 * R, s_lo[t], s_hi[t], b * R, wb, 0, R)
+                    pair_block_T(qt[t], h, b, s_lo[t], s_hi[t], wb, 0, R)
                     fma_rows(wb, x, 32 * (nb * i0 + c * b), 32, c, acc)
                 store_rows(acc, c, i0, t, out)
 
 
 @njit(nogil=True, cache=True)
-def matmul_small_q6(qt, sl, sh, d, x, n, t0, t1, out):
+def matmul_small_q6(qt, qh, sl, sh, d, x, n, t0, t1, out):
     """matmul_small_i8 for Q6_K: each tile's int8 scales made float (tiled.block_scales, cache-resident)
     before its blocks are decoded."""
     for t in range(t0, t1):
-        matmul_small_i8(qt[t:t + 1], block_scales(sl, d, t, t + 1, 1), block_scales(sh, d, t, t + 1, 1), x, n, 0, 1,
-                        out[:, t * R:])
+        matmul_small_i8(qt[t:t + 1], qh[t:t + 1], block_scales(sl, d, t, t + 1, 1), block_scales(sh, d, t, t + 1, 1),
+                        x, n, 0, 1, out[:, t * R:])
 
 
 # ---------------------------------------------------------------- the kind
+
+
+NO_PLANE = np.zeros((1, 0), np.uint8)       # ``q8``'s stand-in for ``q6``'s 2-bit plane
 
 
 class ByteKind(TiledKind):
@@ -354,10 +549,10 @@ class ByteKind(TiledKind):
         decode_i8(p.arrays["qt"], p.arrays["d"], p.arrays["d"], ids, out)
 
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
-        decode_i8_T(p.arrays["qt"], p.arrays["d"], p.arrays["d"], t0, t1, out)
+        decode_i8_T(p.arrays["qt"], NO_PLANE, p.arrays["d"], p.arrays["d"], t0, t1, out)
 
     def _small_matmul(self, p: Packed, X, out) -> None:
-        small_product(matmul_small_i8, (p.arrays["qt"], p.arrays["d"], p.arrays["d"]), X, out)
+        small_product(matmul_small_i8, (p.arrays["qt"], NO_PLANE, p.arrays["d"], p.arrays["d"]), X, out)
 
     def rounded(self, x: np.ndarray) -> np.ndarray:
         """x rounded to int16 per 32-block (within max|x_block| / 65534)."""
@@ -366,19 +561,23 @@ class ByteKind(TiledKind):
 
 
 class Q6Kind(ByteKind):
-    """q6: Q6_K as bytes q - 32 with its int8 scales per 16 weights and d per 256 (see the module
-    docstring)."""
+    """q6: Q6_K's q as a 4-bit and a 2-bit plane with its int8 scales per 16 weights and d per 256
+    (see the module docstring)."""
     per256 = True
+    qbytes = 16
+    qdtype = np.uint8
+    lane_planes = ("qt", "qh")
 
     def extra_arrays(self, t, T, nb):
-        return {"sl": np.zeros((T, nb * ROW_TILE), np.int8), "sh": np.zeros((T, nb * ROW_TILE), np.int8)}
+        return {"qh": np.zeros((T, nb * CRUMB), np.uint8),
+                "sl": np.zeros((T, nb * ROW_TILE), np.int8), "sh": np.zeros((T, nb * ROW_TILE), np.int8)}
 
     def repack_rows(self, raw, t, A, r0, r1):
-        repack_q6_k(raw, A["qt"], A["sl"], A["sh"], A["d"], r0, r1)
+        repack_q6_k(raw, A["qt"], A["qh"], A["sl"], A["sh"], A["d"], r0, r1)
 
     @staticmethod
     def _arrays(p: Packed):
-        return p.arrays["qt"], p.arrays["sl"], p.arrays["sh"], p.arrays["d"]
+        return p.arrays["qt"], p.arrays["qh"], p.arrays["sl"], p.arrays["sh"], p.arrays["d"]
 
     def matvec(self, p: Packed, simd: int = SIMD_BEST):
         a = self._arrays(p)
@@ -388,8 +587,9 @@ class Q6Kind(ByteKind):
         decode_q6(*self._arrays(p), ids, out)
 
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
-        qt, sl, sh, d = self._arrays(p)
-        decode_i8_T(qt[t0:t1], block_scales(sl, d, t0, t1, 1), block_scales(sh, d, t0, t1, 1), 0, t1 - t0, out)
+        qt, qh, sl, sh, d = self._arrays(p)
+        decode_i8_T(qt[t0:t1], qh[t0:t1], block_scales(sl, d, t0, t1, 1), block_scales(sh, d, t0, t1, 1), 0, t1 - t0,
+                    out)
 
     def _small_matmul(self, p: Packed, X, out) -> None:
         small_product(matmul_small_q6, self._arrays(p), X, out)

@@ -53,13 +53,13 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from ..numerics import f16_at, scale_min_k4, u32_at
+from ..numerics import M4, U4, f16_at, scale_min_k4, u32_at, u64_at
 from ..simd import (HOST_AVX2, HOST_F16C, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums, byte_ptr,
                     data_ptr, loader, plane_intrinsic, prefetch_block, scales8, splat, spread_bits)
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, block_scales, fma_rows, load_rows, nonneg,
-                    round_activations, scale, small_product, store_rows, store_tile)
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, block_scales, fma_rows, interleave_rows,
+                    load_rows, nonneg, round_activations, scale, small_product, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -130,35 +130,69 @@ def repack_legacy(raw, ts, has_m, has_h, off, qt, qh, d, m, r0, r1):
                         qh[t, w] |= np.uint32(1) << bit
 
 
+@njit(cache=True, inline="always")
+def put_k_scales(src, o, t, l, i, sc, mn, d, dm):
+    """Super-block i of a Q4_K / Q5_K row (at byte o of src: d, dmin, scales[12]) of lane l of tile
+    t: its d, dmin and each 32-weight sub-block's 6-bit scale and min."""
+    d[t, i * R + l] = f16_at(src, o)
+    dm[t, i * R + l] = f16_at(src, o + 2)
+    for j in range(8):
+        s, mi = scale_min_k4(src, o + 4, j)
+        sc[t, (8 * i + j) * R + l] = np.uint8(s)
+        mn[t, (8 * i + j) * R + l] = np.uint8(mi)
+
+
 @njit(cache=True, nogil=True)
-def repack_k45(raw, five, qt, qh, sc, mn, d, dm, r0, r1):
-    """Q4_K (144 bytes: d, dmin, scales[12], qs[128]) and Q5_K (176: d, dmin, scales[12], qh[32], qs[128])
-    -> the nibbles, each 32-weight sub-block's 6-bit scale and min (sc, mn) and each 256's d, dmin."""
+def repack_q5_k(raw, qt, qh, sc, mn, d, dm, r0, r1):
+    """Q5_K (176 bytes: d, dmin, scales[12], qh[32], qs[128]) -> the nibbles and fifth bits, each
+    32-weight sub-block's 6-bit scale and min (sc, mn) and each 256's d, dmin."""
     nb = sc.shape[1] // R
-    ts = 176 if five else 144
-    qs_off = 48 if five else 16
     e = np.empty(32, np.int32)
     for r in range(r0, r1):
         t, l = divmod(r, R)
         src, q = raw[r], qt[t]
         for i in range(nb // 8):
-            o = i * ts
-            d[t, i * R + l] = f16_at(src, o)
-            dm[t, i * R + l] = f16_at(src, o + 2)
+            o = i * 176
+            put_k_scales(src, o, t, l, i, sc, mn, d, dm)
             for j in range(8):
-                s, mi = scale_min_k4(src, o + 4, j)
                 b = 8 * i + j
-                sc[t, b * R + l] = np.uint8(s)
-                mn[t, b * R + l] = np.uint8(mi)
                 c = j // 2
                 sh = 4 * (j % 2)
                 for k in range(32):
-                    e[k] = (src[o + qs_off + 32 * c + k] >> sh) & 15
-                    if five:
-                        e[k] |= ((src[o + 16 + k] >> j) & 1) << 4
+                    e[k] = ((src[o + 48 + 32 * c + k] >> sh) & 15) | (((src[o + 16 + k] >> j) & 1) << 4)
                 put_nibbles(q, b, l, e)
-                if five:
-                    put_fifth_bits(qh[t], b, l, e)
+                put_fifth_bits(qh[t], b, l, e)
+
+
+@njit(cache=True, nogil=True)
+def repack_q4_k(raw, qt, sc, mn, d, dm, r0, r1):
+    """Q4_K (144 bytes: d, dmin, scales[12], qs[128]) -> the nibbles, each 32-weight sub-block's 6-bit
+    scale and min (sc, mn) and each 256's d, dmin.  Tile by tile: each row's nibble bytes formed 8
+    at a time in 64-bit words (byte k of a block: the low nibbles of weights k and k + 16, ggml's
+    bytes k, k + 16 of the sub-block's 32), then the tile's rows interleaved four bytes at a time
+    (tiled.interleave_rows)."""
+    nb = sc.shape[1] // R
+    rows = np.zeros((R, nb * 4), np.uint32)          # a tile's rows of qt, row-major
+    rows64 = rows.reshape(-1).view(np.uint64)
+    for c0 in range(r0, r1, R):
+        t = c0 // R
+        for l in range(min(R, r1 - c0)):
+            src = raw[c0 + l]
+            ro = l * nb * 2                           # the row's words in rows64
+            for i in range(nb // 8):
+                o = i * 144
+                put_k_scales(src, o, t, l, i, sc, mn, d, dm)
+                for j in range(8):
+                    b = 8 * i + j
+                    q = o + 16 + 32 * (j // 2)
+                    shift = np.uint64(4 * (j % 2))
+                    for w in range(2):                # weights 8w.. (low nibbles) and 16 + 8w.. (high)
+                        lo = (u64_at(src, q + 8 * w) >> shift) & M4
+                        hi = (u64_at(src, q + 16 + 8 * w) >> shift) & M4
+                        rows64[ro + 2 * b + w] = lo | (hi << U4)
+        for l in range(min(R, r1 - c0), R):           # padding rows: zeros
+            rows[l, :] = 0
+        interleave_rows(rows, qt[t].view(np.uint32))
 
 
 @njit(cache=True, inline="always")
@@ -584,7 +618,10 @@ class NibbleKKind(NibbleKind):
         return {"sc": np.zeros((T, nb * ROW_TILE), np.uint8), "mn": np.zeros((T, nb * ROW_TILE), np.uint8)}
 
     def repack_rows(self, raw, t, A, r0, r1):
-        repack_k45(raw, self.five, A["qt"], A["qh"], A["sc"], A["mn"], A["d"], A["dm"], r0, r1)
+        if self.five:
+            repack_q5_k(raw, A["qt"], A["qh"], A["sc"], A["mn"], A["d"], A["dm"], r0, r1)
+        else:
+            repack_q4_k(raw, A["qt"], A["sc"], A["mn"], A["d"], A["dm"], r0, r1)
 
     @staticmethod
     def _arrays(p: Packed):

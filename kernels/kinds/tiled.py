@@ -100,6 +100,17 @@ def block_scales(sc, d, t0, t1, sign):
     return out
 
 
+@njit(cache=True, nogil=True)
+def interleave_rows(rows, dst):
+    """A tile's rows, each as units (uint16 / uint32) in row order, rows (ROW_TILE, n), into the
+    tile's interleaved layout dst (n * ROW_TILE,): unit u of lane l at dst[u * ROW_TILE + l] (the
+    lane_bytes-at-a-time order of the quants).  The repackers form each row's bytes with
+    contiguous loops and interleave them here, in sequential writes."""
+    for u in range(rows.shape[1]):
+        for l in range(ROW_TILE):
+            dst[u * ROW_TILE + l] = rows[l, u]
+
+
 @njit(cache=True, inline="always")
 def add_scaled(acc, dt, s, aq):
     """acc[l] += scale(dt[s R + l]) aq[l] for the R lanes: a super-block's sums (aq) times the
@@ -345,6 +356,7 @@ class TiledKind(Kind):
     scales: tuple[str, ...] = ("d",)
     per256 = False
     bits: tuple | None = None
+    lane_planes: tuple[str, ...] = ("qt",)     # the arrays laid out lane_bytes at a time
 
     def extra_arrays(self, t, T: int, nb: int) -> dict[str, np.ndarray]:
         """Zeroed arrays besides the quants and scales, for T tiles of nb blocks."""
@@ -438,7 +450,7 @@ class TiledKind(Kind):
                 out.arrays[k] = tile_bits(np.concatenate([untile_bits(a, index, p.rows, nb)
                                                           for a, p in zip(parts, packs)]), index)
             else:
-                g = self.lane_bytes if k == "qt" else 1
+                g = self.lane_bytes if k in self.lane_planes else 1
                 units = nb if parts[0].shape[1] >= nb * ROW_TILE else parts[0].shape[1] // ROW_TILE  # per 256
                 out.arrays[k] = tile(np.concatenate([untile(a, p.rows, units, g) for a, p in zip(parts, packs)]), g)
         return out
