@@ -17,7 +17,7 @@ kind       types                                                       module
 ``t4``     IQ4_NL, MXFP4 (4-bit indices into a value table; ``t4x``:  ``table``
            IQ4_XS, integer block scales)
 ``t4s``    IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S        ``lattice``
-``q8``     Q8_0 (``q6``: Q6_K as q - 32)                               ``byte``
+``q8``     Q8_0 (``q6``: Q6_K as a 4-bit and a 2-bit plane)            ``byte``
 ``f32``    F32, F16, BF16 (their own values)                           ``plain``
 ``raw``    every other type: the file's bytes, the type's decoder      ``raw``
 =========  ==========================================================  ===================
