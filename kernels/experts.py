@@ -23,6 +23,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .kinds import Packed, kind_of
+from .kinds.tiled import ROW_TILE, TiledKind, small_products
+from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX
 from .types import as_type, row_bytes
 from .weight import Weight
 
@@ -35,9 +38,15 @@ MIN_WEIGHT_SUM = np.float32(6.103515625e-5)
 
 
 class ExpertWeights:
-    """A (n_expert, rows, cols) expert tensor of GGML type ``qtype``: one ``Weight`` per expert."""
+    """A (n_expert, rows, cols) expert tensor of GGML type ``qtype``: one ``Weight`` per expert.
 
-    __slots__ = ("qtype", "shape", "experts")
+    Where the type repacks into a tiled kind and rows fill whole row tiles, the experts are one
+    stacked packed matrix (``stacked``: expert e's tiles follow expert e-1's, ``tiles`` per expert;
+    gate|up stacked per expert), each expert's Weight a view of its tiles; the selected experts'
+    tiles are then multiplied in one launch (the kinds' TILE_ITEMS form).  Otherwise ``stacked``
+    is None and each expert is its own Weight."""
+
+    __slots__ = ("qtype", "shape", "experts", "stacked", "tiles", "_items")
 
     def __init__(self, data: np.ndarray, qtype, shape, release=None):
         """data: the tensor's raw bytes (expert-major, as GGUF stores a 3-D tensor).  release(r0, r1):
@@ -56,22 +65,39 @@ class ExpertWeights:
         if flat.size != n_expert * per:
             raise ValueError(f"{t.name} expert tensor of shape {(n_expert, rows, cols)} needs "
                              f"{n_expert * per} bytes, got {flat.size}")
+        if _stackable(t, rows):       # the file's bytes are the (n_expert rows, cols) matrix
+            self._init_stacked(Weight(flat, t, (n_expert * rows, cols), release).packed, n_expert, (rows,))
+            return
         experts = []
         for e in range(n_expert):
             done = None if release is None else (lambda r0, r1, base=e * rows: release(base + r0, base + r1))
             experts.append(Weight(flat[e * per:(e + 1) * per], t, (rows, cols), done))
-        self._init(t, experts)
+        self._init(t, experts, None)
 
-    def _init(self, qtype, experts: list[Weight]) -> None:
+    def _init(self, qtype, experts: list[Weight], stacked: Packed | None) -> None:
         self.qtype = qtype
         self.experts = experts
         self.shape = (len(experts), *experts[0].shape)
+        self.stacked = stacked
+        self.tiles = experts[0].shape[0] // ROW_TILE if stacked is not None else 0
+        self._items = None if stacked is None else stacked.kind.tile_product(stacked)
+
+    def _init_stacked(self, stacked: Packed, n_expert: int, splits) -> None:
+        """Experts as views of the stacked matrix's tiles (each expert splits into ``splits`` rows)."""
+        tiles = stacked.rows // n_expert // ROW_TILE
+        views = [Weight.from_packed(expert_tiles(stacked, e * tiles, (e + 1) * tiles), splits) for e in range(n_expert)]
+        self._init(stacked.qtype, views, stacked)
 
     @classmethod
     def concat(cls, parts: "list[ExpertWeights]") -> "ExpertWeights":
         """Per expert, the rows of ``parts`` stacked (gate and up: one product per expert for both)."""
         out = cls.__new__(cls)
-        out._init(parts[0].qtype, [Weight.concat(list(ws)) for ws in zip(*(p.experts for p in parts))])
+        if all(p.stacked is not None for p in parts):
+            kind = parts[0].stacked.kind
+            stacked = kind.concat([w.packed for ws in zip(*(p.experts for p in parts)) for w in ws])
+            out._init_stacked(stacked, parts[0].shape[0], [p.shape[1] for p in parts])
+        else:
+            out._init(parts[0].qtype, [Weight.concat(list(ws)) for ws in zip(*(p.experts for p in parts))], None)
         return out
 
     def scratch_bytes(self, n: int) -> int:
@@ -85,6 +111,8 @@ class ExpertWeights:
 
     @property
     def nbytes(self) -> int:
+        if self.stacked is not None:
+            return self.stacked.nbytes
         return sum(w.nbytes for w in self.experts)
 
     def __repr__(self) -> str:
@@ -96,7 +124,9 @@ class ExpertWeights:
 
     def mul_ids(self, X: np.ndarray, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Y[t, j] = W[ids[t, j]] X[t, j or 0]: X (n, 1, cols) shared by a token's k slots or
-        (n, k, cols) one input per slot; ids (n, k) expert ids.  Returns Y (n, k, rows) float32."""
+        (n, k, cols) one input per slot; ids (n, k) expert ids.  Returns Y (n, k, rows) float32,
+        each (token, slot) bit-identical to its expert's ``Weight.matmul`` of that token's rows
+        alone grouped as below."""
         n_expert, rows, cols = self.shape
         ids = np.asarray(ids)
         n, k = ids.shape
@@ -104,25 +134,69 @@ class ExpertWeights:
             raise ValueError(f"X must have shape ({n}, 1 or {k}, {cols}), got {X.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= n_expert):
             raise IndexError(f"expert id out of range for {n_expert} experts")
-        if out is None:
-            out = np.empty((n, k, rows), np.float32)
+        if out is None or not out.flags.c_contiguous:
+            res = np.empty((n, k, rows), np.float32)
+        else:
+            res = out
+        X = np.ascontiguousarray(X, dtype=np.float32)
         shared = X.shape[1] == 1
         if n == 1:                                   # a decode step: the k selected experts' matvecs
-            for j in range(k):
-                self.experts[ids[0, j]].matvec(X[0, 0 if shared else j], out[0, j])
-            return out
+            self._decode_step(X[0], ids[0], res[0])
+        else:
+            self._grouped(X, ids, shared, res)
+        if res is not out and out is not None:
+            out[...] = res
+        return res
+
+    def _decode_step(self, X: np.ndarray, ids: np.ndarray, out: np.ndarray) -> None:
+        """out (k, rows) = W[ids[j]] X[j or 0]: with stacked experts, every selected expert's tiles in
+        one launch (each tile on one thread, so both threads read near-equal bytes), else one
+        matvec per expert."""
+        k = ids.size
+        if self._items is not None:
+            tiles, xrow = expert_items(ids.astype(np.int64), self.tiles, X.shape[0] > 1)
+            self._items(X, tiles, xrow, out.reshape(-1))
+            return
+        for j in range(k):
+            self.experts[ids[j]].matvec(X[0 if X.shape[0] == 1 else j], out[j])
+
+    def _grouped(self, X: np.ndarray, ids: np.ndarray, shared: bool, out: np.ndarray) -> None:
+        """A batch: the (token, slot) pairs grouped by expert, each expert's rows multiplied as
+        ``Weight.matmul`` multiplies them (the matvec up to MATVEC_MAX_BATCH rows, the small-batch
+        product up to SMALL_BATCH_MAX, tiles and BLAS above), the experts of the first two sizes
+        together: one launch for all the matvec rows, one pass of the worker threads for all the
+        small-batch products."""
+        n, k = ids.shape
+        n_expert = self.shape[0]
         flat = ids.reshape(-1)                       # (n k,) pair p = token p // k, slot p % k
         order = np.argsort(flat, kind="stable")
         bounds = np.searchsorted(flat[order], np.arange(n_expert + 1))
+        toks, slots = order // k, order % k
+        Xg = X[toks, 0] if shared else X[toks, slots]                   # (n k, cols) grouped by expert
+        Yg = np.empty((n * k, self.shape[1]), np.float32)               # (n k, rows)
+        counts = np.diff(bounds)
+        batched = self._items is not None          # every expert of at most MATVEC_MAX_BATCH rows at once
+        vec = [e for e in range(n_expert) if 0 < counts[e] <= MATVEC_MAX_BATCH]
+        if batched and vec:
+            sel = np.concatenate([np.arange(bounds[e], bounds[e + 1]) for e in vec])
+            tiles, xrow = pair_items(np.repeat(np.asarray(vec, np.int64), counts[vec]), self.tiles)
+            Yv = np.empty((sel.size, self.shape[1]), np.float32)
+            self._items(np.ascontiguousarray(Xg[sel]), tiles, xrow, Yv.reshape(-1))
+            Yg[sel] = Yv
+        small = self.experts[0].kind.small_matmul is not None
+        groups = []
         for e in range(n_expert):
-            pairs = order[bounds[e]:bounds[e + 1]]
-            if pairs.size == 0:
+            a, b = bounds[e], bounds[e + 1]
+            if b == a or (batched and b - a <= MATVEC_MAX_BATCH):
                 continue
-            toks = pairs // k
-            Xe = X[toks, 0] if shared else X[toks, pairs % k]          # (m, cols) gathered
-            Ye = self.experts[e].matmul(np.ascontiguousarray(Xe, dtype=np.float32))   # (m, rows)
-            out[toks, pairs % k] = Ye
-        return out
+            if small and MATVEC_MAX_BATCH < b - a <= SMALL_BATCH_MAX:
+                groups.append((self.experts[e].packed, Xg[a:b], Yg[a:b]))
+            else:
+                self.experts[e].matmul(Xg[a:b], Yg[a:b])
+        if groups:
+            kind = groups[0][0].kind
+            small_products(kind.small_kernel(groups[0][0])[0], [(kind.small_kernel(p)[1], x, y) for p, x, y in groups])
+        out[toks, slots] = Yg
 
 
 @njit(cache=True, nogil=True)
@@ -223,3 +297,43 @@ def swiglu_oai(gate, up, out):
             g = min(gate[r, i], OAI_LIMIT)
             u = min(max(up[r, i], -OAI_LIMIT), OAI_LIMIT)
             out[r, i] = (g / (np.float32(1.0) + np.exp(OAI_ALPHA * (-g)))) * (u + np.float32(1.0))
+
+
+def _stackable(t, rows: int) -> bool:
+    """Experts of type t with this many rows stack into one tiled matrix (whole tiles each)."""
+    return rows % ROW_TILE == 0 and isinstance(kind_of(t), TiledKind)
+
+
+def expert_tiles(p: Packed, t0: int, t1: int) -> Packed:
+    """Row tiles t0..t1-1 of a tiled packed matrix, as a view (its (1, 0) stand-in arrays as they are)."""
+    T = p.arrays["qt"].shape[0]
+    return Packed(p.kind, p.qtype, (t1 - t0) * ROW_TILE, p.cols,
+                  {k: a[t0:t1] if a.shape[0] == T and a.shape[1] > 0 else a for k, a in p.arrays.items()})
+
+
+@njit(cache=True, nogil=True)
+def expert_items(ids, tiles, per_slot):
+    """The TILE_ITEMS of a decode step: every tile of each selected expert ids[j] (tiles each, in
+    the stacked matrix), times X row j (per_slot) or row 0.  -> (tiles, xrow) int64 (k tiles,)."""
+    k = ids.size
+    t = np.empty(k * tiles, np.int64)
+    x = np.empty(k * tiles, np.int64)
+    for j in range(k):
+        for i in range(tiles):
+            t[j * tiles + i] = ids[j] * tiles + i
+            x[j * tiles + i] = j if per_slot else 0
+    return t, x
+
+
+@njit(cache=True, nogil=True)
+def pair_items(experts, tiles):
+    """The TILE_ITEMS of rows grouped by expert: row r (of expert experts[r]) times each of its
+    expert's tiles.  -> (tiles, xrow) int64 (len(experts) tiles,)."""
+    m = experts.size
+    t = np.empty(m * tiles, np.int64)
+    x = np.empty(m * tiles, np.int64)
+    for r in range(m):
+        for i in range(tiles):
+            t[r * tiles + i] = experts[r] * tiles + i
+            x[r * tiles + i] = r
+    return t, x

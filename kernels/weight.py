@@ -66,7 +66,7 @@ class Weight:
         self._product = self._matvec_kernel()
 
     @classmethod
-    def _from_packed(cls, packed: Packed, splits) -> "Weight":
+    def from_packed(cls, packed: Packed, splits) -> "Weight":
         w = cls.__new__(cls)
         w._init(packed, splits)
         return w
@@ -195,7 +195,7 @@ class Weight:
         splits = []
         for w in weights:
             splits.extend(w.splits)
-        return cls._from_packed(_concat_packed([w.packed for w in weights]), splits)
+        return cls.from_packed(_concat_packed([w.packed for w in weights]), splits)
 
     @classmethod
     def stack(cls, parts: list, qtype, cols: int) -> "Weight":
@@ -207,7 +207,7 @@ class Weight:
         for _, rows, _ in parts:
             if int(rows) < 1 or int(cols) < 1:
                 raise ValueError(f"{t.name} weight: empty shape {(rows, cols)}")
-        return cls._from_packed(repack_stack(parts, t, int(cols)), [int(rows) for _, rows, _ in parts])
+        return cls.from_packed(repack_stack(parts, t, int(cols)), [int(rows) for _, rows, _ in parts])
 
     @staticmethod
     def can_concat(weights: "list[Weight]") -> bool:

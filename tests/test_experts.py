@@ -13,6 +13,7 @@ import pytest
 from kernels import dequantize
 from kernels.experts import GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, combine, route, swiglu_oai
 from kernels.types import GGMLType
+from kernels.weight import Weight
 from tests.conftest import fixture_path
 from tests.test_dequant import FIXTURE_TYPES
 
@@ -119,3 +120,45 @@ def test_combine_and_oai_swiglu():
     swiglu_oai(g, u, act)
     gc, uc = np.minimum(g, 7.0).astype(np.float64), np.clip(u, -7.0, 7.0).astype(np.float64)
     np.testing.assert_allclose(act, gc / (1 + np.exp(-1.702 * gc)) * (uc + 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "MXFP4", "IQ4_XS", "Q2_K", "IQ2_XS", "F16"])
+def test_stacked_experts_match_separate_weights(name):
+    """Experts of whole 32-row tiles are one stacked matrix multiplied in one launch per product
+    (decode: every selected expert's tiles; batch: all experts of at most 3 rows in one launch, the
+    small-batch products of all experts of 4-128 rows in one pass, tiles and BLAS above).  For
+    every (token, slot), the result is bitwise equal (tolerance 0) to the product by that expert
+    built as a Weight of its own: its matvec in a decode step, its matmul of the expert's rows in
+    a batch (matvec, small-batch product or tiled matmul by the row count), shared and per-slot
+    inputs, gate|up stacked per expert too."""
+    q, t = _expert_bytes(name)
+    rng = np.random.default_rng(1)
+    n_expert, rows, cols = 4, 64, 512
+    raw = np.concatenate([q[rng.permutation(16)] for _ in range(n_expert * rows // 16)])   # (256, row bytes)
+    E = ExpertWeights(raw, t, (n_expert, rows, cols))
+    own = [Weight(raw[e * rows:(e + 1) * rows], t, (rows, cols)) for e in range(n_expert)]
+    assert (E.stacked is not None) == (name != "F16")
+    n, k = 160, 2
+    ids = np.stack([rng.permutation(n_expert)[:k] for _ in range(n)])
+    ids[:, 0] = 0                                     # expert 0: 160 rows (tiled matmul)
+    ids[:40, 1] = 1                                   # expert 1: 40 rows or more (small-batch product)
+    ids[40:, 1] = 2
+    ids[40:43, 1] = 3                                 # expert 3: 3 rows (matvec)
+    X = rng.standard_normal((n, k, cols)).astype(np.float32)
+    for shared in (True, False):
+        Xs = X[:, :1] if shared else X
+        for m in (n, 50, 12):                         # expert 0: 160, 50 and 12 rows
+            Y = E.mul_ids(Xs[:m], ids[:m])
+            for e in range(n_expert):
+                pairs = np.argwhere(ids[:m] == e)
+                if len(pairs):
+                    Xe = np.stack([Xs[a, 0 if shared else b] for a, b in pairs])
+                    np.testing.assert_array_equal(Y[pairs[:, 0], pairs[:, 1]], own[e].matmul(Xe))
+        one = E.mul_ids(Xs[41:42], ids[41:42])                       # a decode step
+        for j in range(k):
+            np.testing.assert_array_equal(one[0, j], own[ids[41, j]].matvec(Xs[41, 0 if shared else j]))
+    both = ExpertWeights.concat([E, E])                             # gate|up stacked per expert
+    y = both.mul_ids(X[:1, :1], ids[:1])
+    for j in range(k):
+        w = own[ids[0, j]]
+        np.testing.assert_array_equal(y[0, j], np.concatenate([w.matvec(X[0, 0])] * 2))

@@ -276,7 +276,7 @@ def test_scale_storage_and_aligned_concat(name):
     parts = [Weight(ok, name, (32, 256)), Weight(big, name, (64, 256))]
     assert parts[0].packed.arrays["d"].dtype == np.uint16            # exact in float16
     assert parts[1].packed.arrays["d"].dtype == np.uint16
-    parts[1] = Weight._from_packed(Packed(parts[1].kind, parts[1].qtype, 64, 256,
+    parts[1] = Weight.from_packed(Packed(parts[1].kind, parts[1].qtype, 64, 256,
                                           {k: as_f32_scales(a) if k == "d" else a
                                            for k, a in parts[1].packed.arrays.items()}), (64,))
     x = rng.standard_normal(256).astype(np.float32)

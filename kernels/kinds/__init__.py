@@ -89,6 +89,11 @@ class Kind:
         integer sums (kernels.simd: PORTABLE, AVX2, VNNI; identical results), the host's best by default."""
         raise NotImplementedError
 
+    def tile_product(self, p: Packed, simd: int = SIMD_BEST) -> Callable | None:
+        """product(X, tiles, xrow, y): row tiles times rows of X in one parallel launch (the tiled
+        kinds' TILE_ITEMS form, see kinds.tiled); None for a kind without row tiles."""
+        return None
+
     def decode(self, p: Packed, ids: np.ndarray, out: np.ndarray) -> None:
         """Rows ids (int64) exactly into out (len(ids), cols) float32; serial (callers split rows)."""
         raise NotImplementedError

@@ -328,38 +328,43 @@ def offset_sums(xq):
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_i8(qt, s_lo, s_hi, x, simd, y):
+def matvec_i8(qt, s_lo, s_hi, X, tiles, xrow, simd, y):
     """One byte per weight (Q8_0) tiled: qt (T, nb*32*R) int8; scales s_lo / s_hi
     (T, nb*R) of weights 0-15 / 16-31 of each block (the same array when the type has
     one scale per block); w = s q.  x is rounded to int16 per block (round_activations16)
-    and the integer sums come from pair_isums (simd: their form, kernels.simd.SIMD_FORMS)."""
-    nb = x.size // 32
-    xq, dx = round_activations16(x)
-    for t in prange(qt.shape[0]):
+    and the integer sums come from pair_isums (simd: their form, kernels.simd.SIMD_FORMS).  Items: kinds.tiled.TILE_ITEMS."""
+    nb = X.shape[1] // 32
+    xq, dx = round_activations16(X.reshape(-1))
+    for it in prange(tiles.size):
+        t = tiles[it]
+        o = xrow[it] * nb
         q = qt[t]
         lt = s_lo[t]
         ht = s_hi[t]
         acc = np.zeros(R, np.float32)
         isum = np.empty(2 * R, np.int32)
         for b in range(nb):
-            pair_isums(q, b * 32 * R, xq, 32 * b, isum, simd)
-            dxb = dx[b]
+            pair_isums(q, b * 32 * R, xq, 32 * (o + b), isum, simd)
+            dxb = dx[o + b]
             for l in range(R):
                 i = nonneg(b * R + l)
                 acc[l] += (scale(lt[i]) * f32(isum[l]) + scale(ht[i]) * f32(isum[R + l])) * dxb
-        store_tile(acc, t, y)
+        store_tile(acc, it, y)
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_q6(qt, qh, sl, sh, d, x, simd, y):
+def matvec_q6(qt, qh, sl, sh, d, X, tiles, xrow, simd, y):
     """Q6_K tiled: qt, qh the 4-bit and 2-bit planes of q; sl, sh (T, nb*R) int8 the scales of
     weights 0-15 and 16-31 of each block, d (T, nb/8*R) each 256's scale.  Per 256 weights
     ``acc += d sum(dx (sl isum_lo + sh isum_hi))`` with the sums of (q - 32) x, as ggml sums a
-    Q6_K block: the scales stay integers, so a block streams 26.25 bytes, as many as the file's."""
-    nb = x.size // 32
-    xq, dx = round_activations16(x)
+    Q6_K block: the scales stay integers, so a block streams 26.25 bytes, as many as the file's.
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
+    nb = X.shape[1] // 32
+    xq, dx = round_activations16(X.reshape(-1))
     xo = offset_sums(xq)
-    for t in prange(qt.shape[0]):
+    for it in prange(tiles.size):
+        t = tiles[it]
+        o = xrow[it] * nb
         q = qt[t]
         h = qh[t]
         lt = sl[t]
@@ -371,13 +376,13 @@ def matvec_q6(qt, qh, sl, sh, d, x, simd, y):
         for s in range(nb // 8):
             aq[:] = 0
             for b in range(8 * s, 8 * s + 8):
-                q6_isums(q, b * NIB, h, b * CRUMB, xq, 32 * b, xo, isum, simd)
-                dxb = dx[b]
+                q6_isums(q, b * NIB, h, b * CRUMB, xq, 32 * (o + b), xo, isum, simd)
+                dxb = dx[o + b]
                 for l in range(R):
                     i = nonneg(b * R + l)
                     aq[l] += (f32(lt[i]) * f32(isum[l]) + f32(ht[i]) * f32(isum[R + l])) * dxb
             add_scaled(acc, dt, s, aq)
-        store_tile(acc, t, y)
+        store_tile(acc, it, y)
 
 
 @njit(cache=True, inline="always")
@@ -541,9 +546,8 @@ class ByteKind(TiledKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_q8_0(raw, A["qt"], A["d"], r0, r1)
 
-    def matvec(self, p: Packed, simd: int = SIMD_BEST):
-        a = (p.arrays["qt"], p.arrays["d"], p.arrays["d"])
-        return lambda x, out: matvec_i8(*a, x, simd, out)
+    def tile_kernel(self, p: Packed):
+        return matvec_i8, (p.arrays["qt"], p.arrays["d"], p.arrays["d"])
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_i8(p.arrays["qt"], p.arrays["d"], p.arrays["d"], ids, out)
@@ -579,9 +583,8 @@ class Q6Kind(ByteKind):
     def _arrays(p: Packed):
         return p.arrays["qt"], p.arrays["qh"], p.arrays["sl"], p.arrays["sh"], p.arrays["d"]
 
-    def matvec(self, p: Packed, simd: int = SIMD_BEST):
-        a = self._arrays(p)
-        return lambda x, out: matvec_q6(*a, x, simd, out)
+    def tile_kernel(self, p: Packed):
+        return matvec_q6, self._arrays(p)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_q6(*self._arrays(p), ids, out)

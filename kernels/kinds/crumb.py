@@ -213,18 +213,20 @@ def _crumb_isums_impl(q, qo, h, ho, three, xq, xr, xo, out, simd):
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_crumb(qt, qb, sc, mn, d, dm, x, simd, y):
+def matvec_crumb(qt, qb, sc, mn, d, dm, X, tiles, xrow, simd, y):
     """The 2-bit kind (Q2_K, Q3_K with its third bits qb, TQ2_0, TQ1_0), tiled: w = d sc u - dm mn per
     16 weights (see the module docstring); y (rows,) f32.  Activations in two int8 terms
-    (kinds.tiled); the integer sums per 16 weights come from crumb_isums."""
-    nb = x.size // 32
+    (kinds.tiled); the integer sums per 16 weights come from crumb_isums.  Items: kinds.tiled.TILE_ITEMS."""
+    nb = X.shape[1] // 32
     three = qb.shape[1] > 0
-    xq, xr, dx, dr, _ = round_activations(x)
+    xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
     sq16, sr16 = sums16(xq, xr)
-    xs16 = np.empty(2 * nb, np.float32)     # sums of the rounded x over each 16
-    for h in range(2 * nb):
+    xs16 = np.empty(sq16.size, np.float32)  # sums of the rounded x over each 16
+    for h in range(sq16.size):
         xs16[h] = dx[h // 2] * f32(sq16[h]) + dr[h // 2] * f32(sr16[h])
-    for t in prange(qt.shape[0]):
+    for it in prange(tiles.size):
+        t = tiles[it]
+        o = xrow[it] * nb
         q = qt[t]
         h = qb[t % qb.shape[0]]
         sct = sc[t]
@@ -239,11 +241,11 @@ def matvec_crumb(qt, qb, sc, mn, d, dm, x, simd, y):
             aq[:] = 0
             am[:] = 0
             for b in range(8 * s, 8 * s + 8):
-                crumb_isums(q, b * 8 * R, h, b * R, three, xq, xr, 32 * b, isum, simd)
-                dxb = dx[b]
-                drb = dr[b]
-                x0 = xs16[2 * b]
-                x1 = xs16[2 * b + 1]
+                crumb_isums(q, b * 8 * R, h, b * R, three, xq, xr, 32 * (o + b), isum, simd)
+                dxb = dx[o + b]
+                drb = dr[o + b]
+                x0 = xs16[2 * (o + b)]
+                x1 = xs16[2 * (o + b) + 1]
                 for l in range(R):
                     p0 = f32(isum[l]) * dxb + f32(isum[2 * R + l]) * drb
                     p1 = f32(isum[R + l]) * dxb + f32(isum[3 * R + l]) * drb
@@ -254,7 +256,7 @@ def matvec_crumb(qt, qb, sc, mn, d, dm, x, simd, y):
             for l in range(R):
                 j = nonneg(s * R + l)
                 acc[l] += scale(dt[j]) * aq[l] - scale(dmt[j]) * am[l]
-        store_tile(acc, t, y)
+        store_tile(acc, it, y)
 
 
 @njit(nogil=True, cache=True)
@@ -317,10 +319,9 @@ class CrumbKind(TiledKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_q2(raw, self.types[t].block_bytes, A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"], r0, r1)
 
-    def matvec(self, p: Packed, simd: int = SIMD_BEST):
+    def tile_kernel(self, p: Packed):
         A = p.arrays
-        a = (A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"])
-        return lambda x, out: matvec_crumb(*a, x, simd, out)
+        return matvec_crumb, (A["qt"], A["qb"], A["sc"], A["mn"], A["d"], A["dm"])
 
     def decode(self, p: Packed, ids, out) -> None:
         A = p.arrays

@@ -256,17 +256,19 @@ def _table_isums16_impl(q, qo, tab, halves, narrow, xq, xr, xo, out, simd):
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_tab16(qt, sc, d, utab, off, halves, narrow, x, simd, y):
+def matvec_tab16(qt, sc, d, utab, off, halves, narrow, X, tiles, xrow, simd, y):
     """The lattice table kind (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S), tiled: qt as
     matvec_tab's, sc (T, nb*2*R) int8 scales per 16 weights, d (T, nb/8*R) per 256; w = d sc tab[q]
     (see the module docstring).  utab = tab + off >= 0 and the flags are LATTICE's
     (halves: the two 16s of a block have their own scales).  Activations in two int8 terms
     (kinds.tiled); the integer sums come from table_isums16 on utab, and off times the sums of x is taken off
-    again, exactly, in int32; per super-block ``acc += d sum(sc_h p_h)`` as in matvec_crumb."""
-    nb = x.size // 32
-    xq, xr, dx, dr, _ = round_activations(x)
+    again, exactly, in int32; per super-block ``acc += d sum(sc_h p_h)`` as in matvec_crumb.  Items: kinds.tiled.TILE_ITEMS."""
+    nb = X.shape[1] // 32
+    xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
     sq16, sr16 = sums16(xq, xr)
-    for t in prange(qt.shape[0]):
+    for it in prange(tiles.size):
+        t = tiles[it]
+        o = xrow[it] * nb
         q = qt[t]
         sct = sc[t]
         dt = d[t]
@@ -276,13 +278,13 @@ def matvec_tab16(qt, sc, d, utab, off, halves, narrow, x, simd, y):
         for s in range(nb // 8):
             aq[:] = 0
             for b in range(8 * s, 8 * s + 8):
-                table_isums16(q, b * 16 * R, utab, halves, narrow, xq, xr, 32 * b, isum, simd)
-                dxb = dx[b]
-                drb = dr[b]
-                q0 = np.int32(off * sq16[2 * b])        # the offset's share of the sums
-                q1 = np.int32(off * sq16[2 * b + 1])
-                r0 = np.int32(off * sr16[2 * b])
-                r1 = np.int32(off * sr16[2 * b + 1])
+                table_isums16(q, b * 16 * R, utab, halves, narrow, xq, xr, 32 * (o + b), isum, simd)
+                dxb = dx[o + b]
+                drb = dr[o + b]
+                q0 = np.int32(off * sq16[2 * (o + b)])        # the offset's share of the sums
+                q1 = np.int32(off * sq16[2 * (o + b) + 1])
+                r0 = np.int32(off * sr16[2 * (o + b)])
+                r1 = np.int32(off * sr16[2 * (o + b) + 1])
                 if halves:
                     for l in range(R):
                         p0 = f32(np.int32(isum[l] - q0)) * dxb + f32(np.int32(isum[2 * R + l] - r0)) * drb
@@ -297,7 +299,7 @@ def matvec_tab16(qt, sc, d, utab, off, halves, narrow, x, simd, y):
                         aq[l] += f32(sct[nonneg(2 * b * R + l)]) * p
             for l in range(R):
                 acc[l] += scale(dt[nonneg(s * R + l)]) * aq[l]
-        store_tile(acc, t, y)
+        store_tile(acc, it, y)
 
 
 @njit(nogil=True, cache=True)
@@ -335,9 +337,8 @@ class LatticeKind(TiledKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_t4s(raw, self.types[t], A["qt"], A["sc"], A["d"], r0, r1)
 
-    def matvec(self, p: Packed, simd: int = SIMD_BEST):
-        a = (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], *LATTICE[p.qtype])
-        return lambda x, out: matvec_tab16(*a, x, simd, out)
+    def tile_kernel(self, p: Packed):
+        return matvec_tab16, (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], *LATTICE[p.qtype])
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_tab16(p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype], ids, out)

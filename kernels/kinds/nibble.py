@@ -309,17 +309,19 @@ def _nibble_isums_impl(q, qo, h, ho, five, xq, xr, xo, out, simd):
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_nib(qt, qh, d, m, off, x, simd, y):
+def matvec_nib(qt, qh, d, m, off, X, tiles, xrow, simd, y):
     """The legacy nibble kinds, tiled: qt (T, nb*16*R) uint8; 5-bit types (Q5_0, Q5_1) also qh
     (T, nb*R) uint32, their fifth bits (4-bit types: qh of shape (1, 0)); d, m (T, nb*R): w = d q + m,
     or for off = 8 / 16 (Q4_0, Q5_0; m unused) w = d (q - off); y (rows,) f32.  x is split into
     two int8 terms per block (round_activations); per block the integer sums come from
-    nibble_isums (simd: their form, kernels.simd.SIMD_FORMS)."""
-    nb = x.size // 32
+    nibble_isums (simd: their form, kernels.simd.SIMD_FORMS).  Items: kinds.tiled.TILE_ITEMS."""
+    nb = X.shape[1] // 32
     five = qh.shape[1] > 0
     moff = f32(-off)
-    xq, xr, dx, dr, xs = round_activations(x)
-    for t in prange(qt.shape[0]):
+    xq, xr, dx, dr, xs = round_activations(X.reshape(-1))
+    for it in prange(tiles.size):
+        t = tiles[it]
+        o = xrow[it] * nb
         q = qt[t]
         h = qh[t % qh.shape[0]]
         dt = d[t]
@@ -327,10 +329,10 @@ def matvec_nib(qt, qh, d, m, off, x, simd, y):
         acc = np.zeros(R, np.float32)
         isum = np.empty(2 * R, np.int32)
         for b in range(nb):
-            nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * b, isum, simd)
-            dxb = dx[b]
-            drb = dr[b]
-            xsb = xs[b]
+            nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * (o + b), isum, simd)
+            dxb = dx[o + b]
+            drb = dr[o + b]
+            xsb = xs[o + b]
             if off:
                 xo = moff * xsb
                 for l in range(R):
@@ -342,20 +344,22 @@ def matvec_nib(qt, qh, d, m, off, x, simd, y):
                     i = nonneg(b * R + l)
                     p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
                     acc[l] += scale(dt[i]) * p + scale(mt[i]) * xsb
-        store_tile(acc, t, y)
+        store_tile(acc, it, y)
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_nibk(qt, qh, sc, mn, d, dm, x, simd, y):
+def matvec_nibk(qt, qh, sc, mn, d, dm, X, tiles, xrow, simd, y):
     """The k-quant nibble kinds (Q4_K, Q5_K), tiled: qt and qh as matvec_nib's; sc, mn (T, nb*R)
     uint8 the 6-bit scale and min of each 32-weight sub-block; d, dm (T, nb/8*R) each 256's
     scales.  Per 256 weights ``acc += d sum(sc p) - dmin sum(mn xs)`` (p: the block's product
     from nibble_isums, xs: the block sum of the rounded x), as ggml sums a k-quant block: the
-    sub-scales stay integers, so a block streams 18.5 bytes instead of 24 of float scales."""
-    nb = x.size // 32
+    sub-scales stay integers, so a block streams 18.5 bytes instead of 24 of float scales.  Items: kinds.tiled.TILE_ITEMS."""
+    nb = X.shape[1] // 32
     five = qh.shape[1] > 0
-    xq, xr, dx, dr, xs = round_activations(x)
-    for t in prange(qt.shape[0]):
+    xq, xr, dx, dr, xs = round_activations(X.reshape(-1))
+    for it in prange(tiles.size):
+        t = tiles[it]
+        o = xrow[it] * nb
         q = qt[t]
         h = qh[t % qh.shape[0]]
         sct = sc[t]
@@ -370,10 +374,10 @@ def matvec_nibk(qt, qh, sc, mn, d, dm, x, simd, y):
             aq[:] = 0
             am[:] = 0
             for b in range(8 * s, 8 * s + 8):
-                nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * b, isum, simd)
-                dxb = dx[b]
-                drb = dr[b]
-                xsb = xs[b]
+                nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * (o + b), isum, simd)
+                dxb = dx[o + b]
+                drb = dr[o + b]
+                xsb = xs[o + b]
                 for l in range(R):
                     i = nonneg(b * R + l)
                     p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
@@ -382,7 +386,7 @@ def matvec_nibk(qt, qh, sc, mn, d, dm, x, simd, y):
             for l in range(R):
                 j = nonneg(s * R + l)
                 acc[l] += scale(dt[j]) * aq[l] - scale(dmt[j]) * am[l]
-        store_tile(acc, t, y)
+        store_tile(acc, it, y)
 
 
 @njit(cache=True, inline="always")
@@ -589,9 +593,8 @@ class NibbleKind(TiledKind):
         repack_legacy(raw, n.block_bytes, n.has_min, self.five, n.off, A["qt"], A["qh"], A["d"], A.get("m", A["d"]),
                       r0, r1)
 
-    def matvec(self, p: Packed, simd: int = SIMD_BEST):
-        a = (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off))
-        return lambda x, out: matvec_nib(*a, x, simd, out)
+    def tile_kernel(self, p: Packed):
+        return matvec_nib, (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off))
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_nib(p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off), ids, out)
@@ -628,9 +631,8 @@ class NibbleKKind(NibbleKind):
         A = p.arrays
         return A["qt"], A["qh"], A["sc"], A["mn"], A["d"], A["dm"]
 
-    def matvec(self, p: Packed, simd: int = SIMD_BEST):
-        a = self._arrays(p)
-        return lambda x, out: matvec_nibk(*a, x, simd, out)
+    def tile_kernel(self, p: Packed):
+        return matvec_nibk, self._arrays(p)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_nibk(*self._arrays(p), ids, out)

@@ -193,36 +193,40 @@ def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_tab(qt, d, tab, x, simd, y):
+def matvec_tab(qt, d, tab, X, tiles, xrow, simd, y):
     """The table kind (IQ4_NL, IQ4_XS, MXFP4), tiled: qt (T, nb*16*R) uint8 nibble indices into
     tab (16,) int8, d (T, nb*R) per-block scales; w = d tab[q].  Activations in two int8 terms
-    (kinds.tiled); the integer sums come from table_isums."""
-    nb = x.size // 32
-    xq, xr, dx, dr, _ = round_activations(x)
-    for t in prange(qt.shape[0]):
+    (kinds.tiled); the integer sums come from table_isums.  Items: kinds.tiled.TILE_ITEMS."""
+    nb = X.shape[1] // 32
+    xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
+    for it in prange(tiles.size):
+        t = tiles[it]
+        o = xrow[it] * nb
         q = qt[t]
         dt = d[t]
         acc = np.zeros(R, np.float32)
         isum = np.empty(2 * R, np.int32)
         for b in range(nb):
-            table_isums(q, b * 16 * R, tab, xq, xr, 32 * b, isum, simd)
-            dxb = dx[b]
-            drb = dr[b]
+            table_isums(q, b * 16 * R, tab, xq, xr, 32 * (o + b), isum, simd)
+            dxb = dx[o + b]
+            drb = dr[o + b]
             for l in range(R):
                 p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
                 acc[l] += scale(dt[nonneg(b * R + l)]) * p
-        store_tile(acc, t, y)
+        store_tile(acc, it, y)
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matvec_tab_xs(qt, sc, d, tab, x, simd, y):
+def matvec_tab_xs(qt, sc, d, tab, X, tiles, xrow, simd, y):
     """IQ4_XS tiled: qt as matvec_tab's; sc (T, nb*R) int8 each block's scale (the file's 6-bit
     scale minus 32), d (T, nb/8*R) each 256's; w = d sc tab[q].  Per 256 weights
     ``acc += d sum(sc p)``, as ggml sums an IQ4_XS block: the scales stay integers, so a block
-    streams 17.25 bytes instead of 20 with float scales."""
-    nb = x.size // 32
-    xq, xr, dx, dr, _ = round_activations(x)
-    for t in prange(qt.shape[0]):
+    streams 17.25 bytes instead of 20 with float scales.  Items: kinds.tiled.TILE_ITEMS."""
+    nb = X.shape[1] // 32
+    xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
+    for it in prange(tiles.size):
+        t = tiles[it]
+        o = xrow[it] * nb
         q = qt[t]
         sct = sc[t]
         dt = d[t]
@@ -232,14 +236,14 @@ def matvec_tab_xs(qt, sc, d, tab, x, simd, y):
         for s in range(nb // 8):
             aq[:] = 0
             for b in range(8 * s, 8 * s + 8):
-                table_isums(q, b * 16 * R, tab, xq, xr, 32 * b, isum, simd)
-                dxb = dx[b]
-                drb = dr[b]
+                table_isums(q, b * 16 * R, tab, xq, xr, 32 * (o + b), isum, simd)
+                dxb = dx[o + b]
+                drb = dr[o + b]
                 for l in range(R):
                     p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
                     aq[l] += f32(sct[nonneg(b * R + l)]) * p
             add_scaled(acc, dt, s, aq)
-        store_tile(acc, t, y)
+        store_tile(acc, it, y)
 
 
 @njit(cache=True, inline="always")
@@ -361,9 +365,8 @@ class TableKind(TiledKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_t4(raw, self.types[t], A["qt"], A["d"], r0, r1)
 
-    def matvec(self, p: Packed, simd: int = SIMD_BEST):
-        a = (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype])
-        return lambda x, out: matvec_tab(*a, x, simd, out)
+    def tile_kernel(self, p: Packed):
+        return matvec_tab, (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype])
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_tab(p.arrays["qt"], p.arrays["d"], TABLES[p.qtype], ids, out)
@@ -387,9 +390,8 @@ class XSKind(TableKind):
     def repack_rows(self, raw, t, A, r0, r1):
         repack_iq4_xs(raw, A["qt"], A["sc"], A["d"], r0, r1)
 
-    def matvec(self, p: Packed, simd: int = SIMD_BEST):
-        a = (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype])
-        return lambda x, out: matvec_tab_xs(*a, x, simd, out)
+    def tile_kernel(self, p: Packed):
+        return matvec_tab_xs, (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype])
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_tab_xs(p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype], ids, out)

@@ -40,13 +40,20 @@ from numba import njit, types
 from numba.extending import overload
 
 from ..numerics import bf16_bits_to_f32, f16_bits_to_f32
-from ..simd import FMA_ROWS, HOST_F16C, block_fma_intrinsic, half_bits_to_f32
+from ..simd import FMA_ROWS, HOST_F16C, SIMD_BEST, block_fma_intrinsic, half_bits_to_f32
 from ..threads import get_num_threads, run_all, split
 from . import Kind, Packed
 
 f32 = np.float32
 # Rows per tile (SIMD lanes of the matvec: 4 ymm registers of float32).
 ROW_TILE = 32
+# TILE_ITEMS: every tiled kind's matvec kernel computes a list of (row tile, activation row) items
+# in one parallel loop, ``kernel(*arrays, X, tiles, xrow, simd, y)``: item i is row tile tiles[i]
+# times row xrow[i] of X (m, cols) float32, stored at y[ROW_TILE i: ROW_TILE (i + 1)] (cut at the
+# end of y).  A plain matvec is every tile times one row; a mixture-of-experts step is the selected
+# experts' tiles of one stacked expert tensor, each times its own input row, in one launch.  Each
+# row of X is rounded once, as a matvec of it alone rounds it, and each item is summed by one
+# thread in a fixed order: an item's result is bit-identical to the same row's plain matvec.
 # Float flags of the tiled matvecs: fused multiply-add, no reassociation (see the module docstring).
 FM = {"contract", "nsz", "arcp", "afn"}
 
@@ -80,9 +87,10 @@ def scale_impl(v):
 @njit(cache=True, inline="always")
 def store_tile(acc, t, y):
     """The tile's results into y, leaving out the padding rows past the end."""
-    n = min(ROW_TILE, y.size - t * ROW_TILE)
+    o = np.int64(t) * ROW_TILE                 # t may be a parallel loop's unsigned index
+    n = min(ROW_TILE, y.size - o)
     for l in range(n):
-        y[t * ROW_TILE + l] = acc[l]
+        y[o + l] = acc[l]
 
 
 @njit(cache=True, nogil=True)
@@ -169,10 +177,44 @@ def small_product(kernel, arrays: tuple, X: np.ndarray, out: np.ndarray) -> None
     worker threads (the pool the prompt's other kernels use, so no OpenMP worker spins beside
     them).  Each tile is summed by one thread in a fixed order: the result depends neither on the
     thread count nor on the other rows of X."""
-    n = X.shape[0]
-    x = block_major(X)
-    tiles = -(-out.shape[1] // ROW_TILE)
-    run_all(lambda t0, t1: kernel(*arrays, x, n, t0, t1, out), split(0, tiles, get_num_threads()))
+    small_products(kernel, [(arrays, X, out)])
+
+
+def small_products(kernel, groups: list) -> None:
+    """out = X W^T for every (arrays, X (n, cols), out (n, rows)) in groups (one weight each, all of
+    one kind: a mixture-of-experts batch, one group per expert with tokens) by the kind's
+    small-batch kernel (see small_product), in one pass of the worker threads: the (group, row
+    tile) work is cut into one contiguous share per thread of near-equal cost (rows times tiles),
+    so no thread waits at a barrier per weight.  Results as small_product's for each group."""
+    work = [(arrays, block_major(X), X.shape[0], out, -(-out.shape[1] // ROW_TILE)) for arrays, X, out in groups]
+    cost = np.cumsum([n * tiles for _, _, n, _, tiles in work])
+    parts = max(1, min(get_num_threads(), int(cost[-1]) if len(cost) else 1))
+    shares: list[list] = [[] for _ in range(parts)]
+    start = 0
+    for g, (_, _, n, _, tiles) in enumerate(work):     # tile t of group g goes to the share its cost falls in
+        for share, t0, t1 in _cuts(start, n, tiles, int(cost[-1]), parts):
+            shares[share].append((g, t0, t1))
+        start += n * tiles
+
+    def run(items):
+        for g, t0, t1 in items:
+            arrays, x, n, out, _ = work[g]
+            kernel(*arrays, x, n, t0, t1, out)
+    run_all(run, [(s,) for s in shares if s])
+
+
+def _cuts(start: int, n: int, tiles: int, total: int, parts: int) -> list[tuple[int, int, int]]:
+    """Tiles 0..tiles-1 of a group whose tile t costs n and starts at start + n t, in a total cost
+    cut into parts equal shares: (share, t0, t1) for each run of tiles that starts in one share."""
+    out = []
+    t0 = 0
+    while t0 < tiles:
+        share = min(parts - 1, (start + n * t0) * parts // total)
+        end = -(-((share + 1) * total) // parts)           # the first cost of the next share
+        t1 = min(tiles, max(t0 + 1, -(-(end - start) // n)))
+        out.append((share, t0, t1))
+        t0 = t1
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -412,6 +454,30 @@ class TiledKind(Kind):
     def has_bits(self, t) -> bool:
         """Type t fills the extra bit plane (the others hold a (1, 0) stand-in)."""
         return True
+
+    def tile_kernel(self, p: Packed):
+        """(kernel, arrays): the kind's matvec kernel and p's arrays it takes first, called as
+        ``kernel(*arrays, X, tiles, xrow, simd, y)`` (the TILE_ITEMS form)."""
+        raise NotImplementedError
+
+    def matvec(self, p: Packed, simd: int = SIMD_BEST):
+        kernel, a = self.tile_kernel(p)
+        tiles = np.arange(-(-p.rows // ROW_TILE), dtype=np.int64)     # every tile, times the one x
+        xrow = np.zeros_like(tiles)
+        return lambda x, out: kernel(*a, x.reshape(1, -1), tiles, xrow, simd, out)
+
+    def small_kernel(self, p: Packed):
+        """(kernel, arrays): the kind's small-batch kernel and p's arrays it takes first, called as
+        ``kernel(*arrays, x, n, t0, t1, out)`` (see small_product), where the kind has one."""
+        raise NotImplementedError
+
+    def _small_matmul(self, p: Packed, X, out) -> None:
+        """Kind.small_matmul of a kind with a small_kernel (set as small_matmul where the host runs it)."""
+        small_product(*self.small_kernel(p), X, out)
+
+    def tile_product(self, p: Packed, simd: int = SIMD_BEST):
+        kernel, a = self.tile_kernel(p)
+        return lambda X, tiles, xrow, out: kernel(*a, X, tiles, xrow, simd, out)
 
     def _halve_scales(self, p: Packed) -> None:
         """Store the per-block scales as float16 bits (uint16) when that is lossless (always for
