@@ -154,7 +154,8 @@ class ExpertWeights:
         matvec per expert."""
         k = ids.size
         if self._items is not None:
-            tiles, xrow = expert_items(ids.astype(np.int64), self.tiles, X.shape[0] > 1)
+            slots = np.arange(k) if X.shape[0] > 1 else np.zeros(k, np.int64)      # X row of each slot
+            tiles, xrow = expert_items(ids.astype(np.int64), slots, self.tiles)
             self._items(X, tiles, xrow, out.reshape(-1))
             return
         for j in range(k):
@@ -179,7 +180,7 @@ class ExpertWeights:
         vec = [e for e in range(n_expert) if 0 < counts[e] <= MATVEC_MAX_BATCH]
         if batched and vec:
             sel = np.concatenate([np.arange(bounds[e], bounds[e + 1]) for e in vec])
-            tiles, xrow = pair_items(np.repeat(np.asarray(vec, np.int64), counts[vec]), self.tiles)
+            tiles, xrow = expert_items(np.repeat(np.asarray(vec, np.int64), counts[vec]), np.arange(sel.size), self.tiles)
             Yv = np.empty((sel.size, self.shape[1]), np.float32)
             self._items(np.ascontiguousarray(Xg[sel]), tiles, xrow, Yv.reshape(-1))
             Yg[sel] = Yv
@@ -312,28 +313,15 @@ def expert_tiles(p: Packed, t0: int, t1: int) -> Packed:
 
 
 @njit(cache=True, nogil=True)
-def expert_items(ids, tiles, per_slot):
-    """The TILE_ITEMS of a decode step: every tile of each selected expert ids[j] (tiles each, in
-    the stacked matrix), times X row j (per_slot) or row 0.  -> (tiles, xrow) int64 (k tiles,)."""
-    k = ids.size
-    t = np.empty(k * tiles, np.int64)
-    x = np.empty(k * tiles, np.int64)
-    for j in range(k):
-        for i in range(tiles):
-            t[j * tiles + i] = ids[j] * tiles + i
-            x[j * tiles + i] = j if per_slot else 0
-    return t, x
-
-
-@njit(cache=True, nogil=True)
-def pair_items(experts, tiles):
-    """The TILE_ITEMS of rows grouped by expert: row r (of expert experts[r]) times each of its
-    expert's tiles.  -> (tiles, xrow) int64 (len(experts) tiles,)."""
+def expert_items(experts, xrows, tiles):
+    """TILE_ITEMS for inputs routed to experts of a stacked matrix (tiles per expert): every tile of
+    expert experts[r] times X row xrows[r], for each r.  -> (tiles, xrow) int64, (len(experts) tiles,)
+    each, r-major (so input r's outputs are row r of a (len(experts), rows) result)."""
     m = experts.size
     t = np.empty(m * tiles, np.int64)
     x = np.empty(m * tiles, np.int64)
     for r in range(m):
         for i in range(tiles):
             t[r * tiles + i] = experts[r] * tiles + i
-            x[r * tiles + i] = r
+            x[r * tiles + i] = xrows[r]
     return t, x

@@ -4,6 +4,7 @@
     python tools/bench_kernels.py --small-batch [--threads N] [--types Q4_0,Q4_K,...] [--rows 2,4,8,16]
     python tools/bench_kernels.py --attention [--threads N] [--ctx 4096] [--types F16,Q8_0,Q4_0]
     python tools/bench_kernels.py --forms [--threads 1] [--types Q4_0,Q4_K,IQ4_XS,Q8_0]
+    python tools/bench_kernels.py --experts [--threads N] [--types Q4_K,Q6_K,MXFP4] [--tokens 1,64,512]
 
 For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
   matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of 3R runs, and of
@@ -30,6 +31,17 @@ from memory as in a real decode step, not from the CPU's caches):
   attn GB/s     cache bytes (keys and values, every position) read per second
   matvec GB/s   the same type's matvec on a 4096x4096 weight, measured in the same run
   x matvec      their ratio: at least 1 means attention reads the cache as fast as matvec reads weights
+
+--experts: the expert products of one mixture-of-experts layer of the MoE benchmark shape (32
+experts, top-4, d 1024, expert FFN 512: gate|up (32, 1024, 1024) stacked per expert, down (32, 1024,
+512)), per type, for a batch of each --tokens count routed at random: ExpertWeights.mul_ids (the
+selected experts' tiles in one launch, a batch's experts in one pass) against the same products
+called expert by expert (each expert's Weight.matvec / Weight.matmul, as mul_ids ran them
+before), timed alternately in one run (best of --reps; CPU time of the process at --threads 1, which
+a shared machine's time-slicing leaves out, else wall time):
+  GB/s          decode (1 token): the selected experts' GGML bytes read per second
+  GFLOP/s       a batch: 2 x pairs x rows x cols per second
+  x per-expert  the per-expert calls' time over mul_ids' (above 1: mul_ids is faster)
 
 Otherwise each figure is a ratio of what this machine does in the same run with the same
 thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
@@ -173,6 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tiles", action="store_true", help="--small-batch without the tiles + BLAS line")
     ap.add_argument("--forms", action="store_true",
                     help="the matvec with each SIMD form of the integer sums (AVX2, VNNI), alternated")
+    ap.add_argument("--experts", action="store_true",
+                    help="the expert products of one MoE layer (mul_ids against per-expert calls) instead")
+    ap.add_argument("--tokens", default="1,64,512", help="batch sizes of --experts")
     args = ap.parse_args(argv)
 
     kernels.set_num_threads(args.threads)
@@ -181,6 +196,9 @@ def main(argv=None) -> int:
         return 0
     if args.forms:
         forms_table(args)
+        return 0
+    if args.experts:
+        experts_table(args)
         return 0
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rng = np.random.default_rng(0)
@@ -302,6 +320,67 @@ def small_batch_table(args) -> None:
         for p, _ in paths:
             print(f"{t.name:8} {p:6} {weights / total1 / 1e9:11.2f} "
                   + " ".join(f"{total1 / tn[(p, n)]:6.3f}" for n in ns), flush=True)
+
+
+# The MoE benchmark shape's layer: experts, used experts, d, expert FFN width.
+MOE_LAYER = (32, 4, 1024, 512)
+
+
+def per_expert(E, X: np.ndarray, ids: np.ndarray, out: np.ndarray) -> None:
+    """mul_ids's products called expert by expert: a decode step's k matvecs, a batch's grouped
+    rows through each expert's Weight.matmul (how mul_ids ran them before one launch took all)."""
+    n, k = ids.shape
+    shared = X.shape[1] == 1
+    if n == 1:
+        for j in range(k):
+            E.experts[ids[0, j]].matvec(X[0, 0 if shared else j], out[0, j])
+        return
+    flat = ids.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(E.shape[0] + 1))
+    for e in range(E.shape[0]):
+        pairs = order[bounds[e]:bounds[e + 1]]
+        if pairs.size:
+            toks = pairs // k
+            Xe = np.ascontiguousarray(X[toks, 0] if shared else X[toks, pairs % k])
+            out[toks, pairs % k] = E.experts[e].matmul(Xe)
+
+
+def experts_table(args) -> None:
+    """The --experts table: per type and batch size, mul_ids against per-expert calls."""
+    from kernels.experts import ExpertWeights
+    rng = np.random.default_rng(0)
+    n_expert, k, d, ff = MOE_LAYER
+    ns = [int(v) for v in args.tokens.split(",")]
+    types = args.types if args.types != ",".join(DEFAULT_TYPES) else "Q4_K,Q6_K,Q8_0,MXFP4"
+    print(f"threads={args.threads}: one MoE layer ({n_expert} experts, top-{k}, d {d}, expert FFN {ff}), "
+          f"mul_ids against the same products expert by expert, alternated")
+    hdr = f"{'type':8} {'product':8} {'tokens':>6} {'GB/s or GFLOP/s':>16} {'x per-expert':>12}"
+    print(hdr)
+    print("-" * len(hdr))
+    for name in types.split(","):
+        t = as_type(name.strip())
+        gate, up = (ExpertWeights(random_tensor(t, n_expert * ff, d, rng), t, (n_expert, ff, d)) for _ in range(2))
+        down = ExpertWeights(random_tensor(t, n_expert * d, ff, rng), t, (n_expert, d, ff))
+        gate_up = ExpertWeights.concat([gate, up])
+        del gate, up
+        for label, E, slots in (("gate|up", gate_up, 1), ("down", down, k)):
+            rows, cols = E.shape[1:]
+            for n in ns:
+                ids = np.stack([rng.permutation(n_expert)[:k] for _ in range(n)])
+                X = rng.standard_normal((n, slots, cols), dtype=np.float32)
+                out = np.empty((n, k, rows), np.float32)
+                clock = time.process_time if args.threads == 1 else time.perf_counter
+                with single_threaded_blas():
+                    t_new = t_old = float("inf")
+                    for _ in range(3):      # alternating
+                        t_new = min(t_new, best_time(lambda: E.mul_ids(X, ids, out), args.reps, 0.1, clock))
+                        t_old = min(t_old, best_time(lambda: per_expert(E, X, ids, out), args.reps, 0.1, clock))
+                if n == 1:
+                    rate = k * E.experts[0].file_nbytes / t_new / 1e9
+                else:
+                    rate = 2 * n * k * rows * cols / t_new / 1e9
+                print(f"{t.name:8} {label:8} {n:6} {rate:16.2f} {t_old / t_new:12.2f}", flush=True)
 
 
 def print_asm_summary() -> None:

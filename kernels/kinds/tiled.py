@@ -186,7 +186,7 @@ def small_products(kernel, groups: list) -> None:
     small-batch kernel (see small_product), in one pass of the worker threads: the (group, row
     tile) work is cut into one contiguous share per thread of near-equal cost (rows times tiles),
     so no thread waits at a barrier per weight.  Results as small_product's for each group."""
-    work = [(arrays, block_major(X), X.shape[0], out, -(-out.shape[1] // ROW_TILE)) for arrays, X, out in groups]
+    work = [(arrays, X, X.shape[0], out, -(-out.shape[1] // ROW_TILE)) for arrays, X, out in groups]
     cost = np.cumsum([n * tiles for _, _, n, _, tiles in work])
     parts = max(1, min(get_num_threads(), int(cost[-1]) if len(cost) else 1))
     shares: list[list] = [[] for _ in range(parts)]
@@ -197,8 +197,11 @@ def small_products(kernel, groups: list) -> None:
         start += n * tiles
 
     def run(items):
-        for g, t0, t1 in items:
-            arrays, x, n, out, _ = work[g]
+        x, last = None, -1
+        for g, t0, t1 in items:         # a group's X laid out by the thread that uses it, just before (cache-warm)
+            arrays, X, n, out, _ = work[g]
+            if g != last:
+                x, last = block_major(X), g
             kernel(*arrays, x, n, t0, t1, out)
     run_all(run, [(s,) for s in shares if s])
 
