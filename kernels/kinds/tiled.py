@@ -137,6 +137,8 @@ _fma1, _fma2, _fma4 = (block_fma_intrinsic(r) for r in (1, 2, 4))
 # its activations of one block (4 KB) stay in the first-level cache beside the decoded block (4 KB).
 ROW_CHUNK = 32
 BLOCK_CHUNK = 64
+# Chunks per thread a pass of several small-batch products is cut into (small_products).
+SMALL_CHUNKS = 4
 
 
 @njit(cache=True, inline="always")
@@ -184,26 +186,33 @@ def small_products(kernel, groups: list) -> None:
     """out = X W^T for every (arrays, X (n, cols), out (n, rows)) in groups (one weight each, all of
     one kind: a mixture-of-experts batch, one group per expert with tokens) by the kind's
     small-batch kernel (see small_product), in one pass of the worker threads: the (group, row
-    tile) work is cut into one contiguous share per thread of near-equal cost (rows times tiles),
-    so no thread waits at a barrier per weight.  Results as small_product's for each group."""
+    tile) work is cut into chunks of near-equal cost (rows times tiles), SMALL_CHUNKS per thread
+    for several groups, which the threads take in turn until none is left (a thread the system
+    holds back leaves its chunks to the others), with no barrier per weight.  Results as
+    small_product's for each group."""
     work = [(arrays, X, X.shape[0], out, -(-out.shape[1] // ROW_TILE)) for arrays, X, out in groups]
-    cost = np.cumsum([n * tiles for _, _, n, _, tiles in work])
-    parts = max(1, min(get_num_threads(), int(cost[-1]) if len(cost) else 1))
-    shares: list[list] = [[] for _ in range(parts)]
+    total = sum(n * tiles for _, _, n, _, tiles in work)
+    threads = get_num_threads()
+    parts = max(1, min(threads * (SMALL_CHUNKS if len(work) > 1 else 1), total))
+    chunks: list[list] = [[] for _ in range(parts)]
     start = 0
-    for g, (_, _, n, _, tiles) in enumerate(work):     # tile t of group g goes to the share its cost falls in
-        for share, t0, t1 in _cuts(start, n, tiles, int(cost[-1]), parts):
-            shares[share].append((g, t0, t1))
+    for g, (_, _, n, _, tiles) in enumerate(work):     # tile t of group g goes to the chunk its cost falls in
+        for c, t0, t1 in _cuts(start, n, tiles, total, parts):
+            chunks[c].append((g, t0, t1))
         start += n * tiles
+    chunks = [c for c in chunks if c]
+    laid = [block_major(work[0][1])] if len(work) == 1 else None
+    order = iter(range(len(chunks)))                   # shared: each next() hands out one chunk
 
-    def run(items):
+    def run():
         x, last = None, -1
-        for g, t0, t1 in items:         # a group's X laid out by the thread that uses it, just before (cache-warm)
-            arrays, X, n, out, _ = work[g]
-            if g != last:
-                x, last = block_major(X), g
-            kernel(*arrays, x, n, t0, t1, out)
-    run_all(run, [(s,) for s in shares if s])
+        for c in order:
+            for g, t0, t1 in chunks[c]:     # a group's X laid out by the thread that uses it, just before
+                arrays, X, n, out, _ = work[g]
+                if g != last:
+                    x, last = (laid[0] if laid else block_major(X)), g
+                kernel(*arrays, x, n, t0, t1, out)
+    run_all(run, [()] * min(threads, len(chunks)))
 
 
 def _cuts(start: int, n: int, tiles: int, total: int, parts: int) -> list[tuple[int, int, int]]:
