@@ -50,7 +50,7 @@ from ..simd import HOST_AVX2, HOST_F16C, I8, I32, PORTABLE, SIMD_BEST, V8F32, V8
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
-                    load_rows, nonneg, round_activations16, scale, small_product, store_rows, store_tile)
+                    load_rows, nonneg, round_activations16, scale, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -555,8 +555,8 @@ class ByteKind(TiledKind):
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
         decode_i8_T(p.arrays["qt"], NO_PLANE, p.arrays["d"], p.arrays["d"], t0, t1, out)
 
-    def _small_matmul(self, p: Packed, X, out) -> None:
-        small_product(matmul_small_i8, (p.arrays["qt"], NO_PLANE, p.arrays["d"], p.arrays["d"]), X, out)
+    def small_kernel(self, p: Packed):
+        return matmul_small_i8, (p.arrays["qt"], NO_PLANE, p.arrays["d"], p.arrays["d"])
 
     def rounded(self, x: np.ndarray) -> np.ndarray:
         """x rounded to int16 per 32-block (within max|x_block| / 65534)."""
@@ -594,8 +594,8 @@ class Q6Kind(ByteKind):
         decode_i8_T(qt[t0:t1], qh[t0:t1], block_scales(sl, d, t0, t1, 1), block_scales(sh, d, t0, t1, 1), 0, t1 - t0,
                     out)
 
-    def _small_matmul(self, p: Packed, X, out) -> None:
-        small_product(matmul_small_q6, self._arrays(p), X, out)
+    def small_kernel(self, p: Packed):
+        return matmul_small_q6, self._arrays(p)
 
 
 Q8 = register(ByteKind("q8", GGMLType.Q8_0))

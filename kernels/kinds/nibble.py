@@ -59,7 +59,7 @@ from ..simd import (HOST_AVX2, HOST_F16C, I32, PORTABLE, SIMD_BEST, V8F32, V8I32
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, block_scales, fma_rows, interleave_rows,
-                    load_rows, nonneg, round_activations, scale, small_product, store_rows, store_tile)
+                    load_rows, nonneg, round_activations, scale, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -602,9 +602,8 @@ class NibbleKind(TiledKind):
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
         decode_nib_T(p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off), t0, t1, out)
 
-    def _small_matmul(self, p: Packed, X, out) -> None:
-        small_product(matmul_small_nib, (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off)),
-                      X, out)
+    def small_kernel(self, p: Packed):
+        return matmul_small_nib, (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off))
 
 
 class NibbleKKind(NibbleKind):
@@ -642,8 +641,8 @@ class NibbleKKind(NibbleKind):
         d32, m32 = expand_k_scales(sc, mn, d, dm, t0, t1)
         decode_nib_T(qt[t0:t1], qh[t0:t1] if self.five else qh, d32, m32, np.int32(0), 0, t1 - t0, out)
 
-    def _small_matmul(self, p: Packed, X, out) -> None:
-        small_product(matmul_small_nibk, self._arrays(p), X, out)
+    def small_kernel(self, p: Packed):
+        return matmul_small_nibk, self._arrays(p)
 
 
 Q4 = register(NibbleKind("q4", False, {GGMLType.Q4_0: Nibbles(18, off=8)}, sym=True))

@@ -35,7 +35,7 @@ from ..types import GGMLType
 from . import Packed, register
 from .nibble import isums_loop, nibble_index
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, load_rows,
-                    nonneg, round_activations, scale, small_product, store_rows, store_tile)
+                    nonneg, round_activations, scale, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -374,8 +374,8 @@ class TableKind(TiledKind):
     def _decode_T(self, p: Packed, t0: int, t1: int, out) -> None:
         decode_tab_T(p.arrays["qt"], p.arrays["d"], TABLES[p.qtype], t0, t1, out)
 
-    def _small_matmul(self, p: Packed, X, out) -> None:
-        small_product(matmul_small_tab, (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype]), X, out)
+    def small_kernel(self, p: Packed):
+        return matmul_small_tab, (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype])
 
 
 class XSKind(TableKind):
@@ -400,8 +400,8 @@ class XSKind(TableKind):
         A = p.arrays
         decode_tab_T(A["qt"][t0:t1], block_scales(A["sc"], A["d"], t0, t1, 1), TABLES[p.qtype], 0, t1 - t0, out)
 
-    def _small_matmul(self, p: Packed, X, out) -> None:
-        small_product(matmul_small_tab_xs, (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype]), X, out)
+    def small_kernel(self, p: Packed):
+        return matmul_small_tab_xs, (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype])
 
 
 T4 = register(TableKind())
