@@ -332,7 +332,8 @@ def matvec_i8(qt, s_lo, s_hi, X, tiles, xrow, simd, y):
     """One byte per weight (Q8_0) tiled: qt (T, nb*32*R) int8; scales s_lo / s_hi
     (T, nb*R) of weights 0-15 / 16-31 of each block (the same array when the type has
     one scale per block); w = s q.  x is rounded to int16 per block (round_activations16)
-    and the integer sums come from pair_isums (simd: their form, kernels.simd.SIMD_FORMS).  Items: kinds.tiled.TILE_ITEMS."""
+    and the integer sums come from pair_isums (simd: their form, kernels.simd.SIMD_FORMS).
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     xq, dx = round_activations16(X.reshape(-1))
     for it in prange(tiles.size):

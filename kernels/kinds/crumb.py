@@ -216,7 +216,8 @@ def _crumb_isums_impl(q, qo, h, ho, three, xq, xr, xo, out, simd):
 def matvec_crumb(qt, qb, sc, mn, d, dm, X, tiles, xrow, simd, y):
     """The 2-bit kind (Q2_K, Q3_K with its third bits qb, TQ2_0, TQ1_0), tiled: w = d sc u - dm mn per
     16 weights (see the module docstring); y (rows,) f32.  Activations in two int8 terms
-    (kinds.tiled); the integer sums per 16 weights come from crumb_isums.  Items: kinds.tiled.TILE_ITEMS."""
+    (kinds.tiled); the integer sums per 16 weights come from crumb_isums.
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     three = qb.shape[1] > 0
     xq, xr, dx, dr, _ = round_activations(X.reshape(-1))

@@ -262,7 +262,8 @@ def matvec_tab16(qt, sc, d, utab, off, halves, narrow, X, tiles, xrow, simd, y):
     (see the module docstring).  utab = tab + off >= 0 and the flags are LATTICE's
     (halves: the two 16s of a block have their own scales).  Activations in two int8 terms
     (kinds.tiled); the integer sums come from table_isums16 on utab, and off times the sums of x is taken off
-    again, exactly, in int32; per super-block ``acc += d sum(sc_h p_h)`` as in matvec_crumb.  Items: kinds.tiled.TILE_ITEMS."""
+    again, exactly, in int32; per super-block ``acc += d sum(sc_h p_h)`` as in matvec_crumb.
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
     sq16, sr16 = sums16(xq, xr)

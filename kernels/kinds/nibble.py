@@ -314,7 +314,8 @@ def matvec_nib(qt, qh, d, m, off, X, tiles, xrow, simd, y):
     (T, nb*R) uint32, their fifth bits (4-bit types: qh of shape (1, 0)); d, m (T, nb*R): w = d q + m,
     or for off = 8 / 16 (Q4_0, Q5_0; m unused) w = d (q - off); y (rows,) f32.  x is split into
     two int8 terms per block (round_activations); per block the integer sums come from
-    nibble_isums (simd: their form, kernels.simd.SIMD_FORMS).  Items: kinds.tiled.TILE_ITEMS."""
+    nibble_isums (simd: their form, kernels.simd.SIMD_FORMS).
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     five = qh.shape[1] > 0
     moff = f32(-off)
@@ -353,7 +354,8 @@ def matvec_nibk(qt, qh, sc, mn, d, dm, X, tiles, xrow, simd, y):
     uint8 the 6-bit scale and min of each 32-weight sub-block; d, dm (T, nb/8*R) each 256's
     scales.  Per 256 weights ``acc += d sum(sc p) - dmin sum(mn xs)`` (p: the block's product
     from nibble_isums, xs: the block sum of the rounded x), as ggml sums a k-quant block: the
-    sub-scales stay integers, so a block streams 18.5 bytes instead of 24 of float scales.  Items: kinds.tiled.TILE_ITEMS."""
+    sub-scales stay integers, so a block streams 18.5 bytes instead of 24 of float scales.
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     five = qh.shape[1] > 0
     xq, xr, dx, dr, xs = round_activations(X.reshape(-1))

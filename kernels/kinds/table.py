@@ -196,7 +196,8 @@ def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
 def matvec_tab(qt, d, tab, X, tiles, xrow, simd, y):
     """The table kind (IQ4_NL, IQ4_XS, MXFP4), tiled: qt (T, nb*16*R) uint8 nibble indices into
     tab (16,) int8, d (T, nb*R) per-block scales; w = d tab[q].  Activations in two int8 terms
-    (kinds.tiled); the integer sums come from table_isums.  Items: kinds.tiled.TILE_ITEMS."""
+    (kinds.tiled); the integer sums come from table_isums.
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
     for it in prange(tiles.size):
@@ -221,7 +222,8 @@ def matvec_tab_xs(qt, sc, d, tab, X, tiles, xrow, simd, y):
     """IQ4_XS tiled: qt as matvec_tab's; sc (T, nb*R) int8 each block's scale (the file's 6-bit
     scale minus 32), d (T, nb/8*R) each 256's; w = d sc tab[q].  Per 256 weights
     ``acc += d sum(sc p)``, as ggml sums an IQ4_XS block: the scales stay integers, so a block
-    streams 17.25 bytes instead of 20 with float scales.  Items: kinds.tiled.TILE_ITEMS."""
+    streams 17.25 bytes instead of 20 with float scales.
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
     for it in prange(tiles.size):
