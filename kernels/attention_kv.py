@@ -21,13 +21,19 @@ Types are given by their GGML type id (``GGMLType``), a run-time integer.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from .floats import decode_bf16, decode_f16, decode_f32
+from .kinds.tiled import round_activations
 from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq4_nl, decode_q4_0, decode_q4_1,
                      decode_q5_0, decode_q5_1, decode_q8_0, encode_rows)
+from .legacy import KVALUES_IQ4NL
 from .numerics import f16_bits_to_f32
 from .ops import exp_shifted, f32_to_f16_bits
+from .simd import HOST_AVX2, HOST_AVX512, HOST_F16C, I8, I32, V8I32, V32I8, data_ptr, loader, spread_bits, x86
 
 # keys per work item of the attention kernels, and rows decoded at a time within one
 KEY_CHUNK = 256
@@ -174,26 +180,503 @@ def decode_tile(t, rows, h, j0, j1, buf):
             decode_row(t, rows[j, h], buf[j - j0])
 
 
+# ---------------------------------------------------------------- integer decode attention
+#
+# Over a K cache of a 32-value block type the scores are integer dot products, as the matvecs
+# form theirs: the query of each head is rounded per 32-block to two int8 terms
+# (``round_activations``: x ~ dr (254 xq + xr), within max|x_block| / 64516 of x), and each key
+# block's quants u, read as unsigned bytes (q8_0 and iq4_nl's signed values offset by 128, the
+# 4- and 5-bit quants as they are), give S = sum_k u_k (254 xq_k + xr_k), exact in int32.  The
+# block's term of the score is then d dr (S - c SX) (+ m dr SX for the types with a minimum),
+# SX = sum_k (254 xq_k + xr_k) and c the type's offset (128, 8, 16 or 0).  Value rows are decoded
+# one block at a time, once for all the heads that share them, straight into the heads'
+# weighted sums (the block's minimum, where it has one, summed apart and added at the end).
+
+# GGML type id -> bytes per block, offset of the quants in the block, offset of the fifth-bit
+# word (-1: none), the integer subtracted from the unsigned quant (c), whether the block has a
+# minimum; all -1 / 0 for a type without an integer path
+_INT_TYPES = {8: (34, 2, -1, 128, 0), 2: (18, 2, -1, 8, 0), 3: (20, 4, -1, 0, 1), 6: (22, 6, 2, 16, 0),
+              7: (24, 8, 4, 0, 1), 20: (18, 2, -1, 128, 0)}
+BLOCK_BYTES = np.full(32, -1, np.int64)
+QS_AT = np.full(32, -1, np.int64)
+QH_AT = np.full(32, -1, np.int64)
+OFFSET = np.zeros(32, np.int32)
+HAS_MIN = np.zeros(32, np.bool_)
+for _t, (_bb, _qs, _qh, _c, _m) in _INT_TYPES.items():
+    BLOCK_BYTES[_t], QS_AT[_t], QH_AT[_t], OFFSET[_t], HAS_MIN[_t] = _bb, _qs, _qh, _c, _m
+# iq4_nl's values offset by 128 (1..241), as unsigned bytes
+IQ4NL_U8 = (KVALUES_IQ4NL.astype(np.int32) + 128).astype(np.uint8)
+def _host_vnni() -> bool:
+    """AVX-512 VNNI (with VL, for its 256-bit form) on the host Numba compiles for."""
+    if not HOST_AVX512:
+        return False
+    from llvmlite import binding
+    return bool(binding.get_host_cpu_features().get("avx512vnni", False))
+
+
+HOST_VNNI = _host_vnni()
+I64, F32 = ir.IntType(64), ir.FloatType()
+# heads per integer-sum call: the query is padded with zero heads to a multiple of this
+HEAD_GROUP = 4
+
+
+@njit(cache=True, nogil=True)
+def is_int_type(t):
+    """Type t has the integer attention path (a 32-value block type of the cache)."""
+    return 0 <= t < 32 and BLOCK_BYTES[t] > 0
+
+
+@njit(cache=True, inline="always")
+def block_quants(t, r, o, u):
+    """The 32 quants of the block at r[o] (type t) as unsigned values, u (32,) int32."""
+    q = o + QS_AT[t]
+    if t == 8:
+        for k in range(32):
+            u[k] = np.int32(r[q + k]) ^ _I80
+        return
+    for j in range(16):
+        u[j] = np.int32(r[q + j]) & np.int32(15)
+        u[j + 16] = np.int32(r[q + j]) >> np.int32(4)
+    if t == 20:
+        for k in range(32):
+            u[k] = np.int32(IQ4NL_U8[u[k]])
+    elif QH_AT[t] >= 0:
+        h = o + QH_AT[t]
+        qh = (np.uint32(r[h]) | (np.uint32(r[h + 1]) << np.uint32(8)) | (np.uint32(r[h + 2]) << np.uint32(16))
+              | (np.uint32(r[h + 3]) << np.uint32(24)))
+        for k in range(32):
+            u[k] |= np.int32((qh >> np.uint32(k)) & np.uint32(1)) << np.int32(4)
+
+
+@njit(cache=True, inline="always")
+def _half_at(r, o):
+    """The float16 at bytes r[o], r[o + 1] (little-endian), as float32."""
+    return f16_bits_to_f32(np.uint32(r[o]) | (np.uint32(r[o + 1]) << np.uint32(8)))
+
+
+@njit(cache=True, inline="always")
+def heads_per_call(G):
+    """Query heads per call of the integer kernels: 1 for one head, else HEAD_GROUP (the query
+    padded with zero heads to a multiple of it)."""
+    return 1 if G == 1 else HEAD_GROUP
+
+
+@njit(cache=True, nogil=True)
+def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
+    """The portable form of ``key_scores`` (the same integer sums and float operations, in the
+    same order: identical results)."""
+    u = np.empty(32, np.int32)
+    acc = np.empty(n, np.float32)
+    c = OFFSET[t]
+    bb = BLOCK_BYTES[t]
+    has_m = HAS_MIN[t]
+    for j in range(count):
+        for g in range(n):
+            acc[g] = 0.0
+        for b in range(nb):
+            o = off + j * stride + b * bb
+            block_quants(t, k, o, u)
+            dk = _half_at(k, o)
+            mk = _half_at(k, o + 2)
+            for g in range(n):
+                a = np.int32(0)
+                e = np.int32(0)
+                x0 = xo + g * hd + 32 * b
+                for i in range(32):
+                    a += u[i] * np.int32(xq[x0 + i])
+                    e += u[i] * np.int32(xr[x0 + i])
+                S = np.int32(254) * a + e
+                i = so + b * n + g
+                if has_m:
+                    acc[g] = acc[g] + dr[i] * (dk * np.float32(S) + mk * np.float32(sx[i]))
+                else:
+                    acc[g] = acc[g] + dk * (dr[i] * np.float32(S - c * sx[i]))
+        for g in range(n):
+            out[oo + g * ldo + j] = acc[g]
+
+
+@njit(cache=True, nogil=True)
+def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
+    """The portable form of ``value_column`` (the same float operations in the same order:
+    identical results)."""
+    u = np.empty(32, np.int32)
+    f = np.empty(32, np.float32)
+    a = np.zeros((n, 32), np.float32)
+    c = OFFSET[t]
+    has_m = HAS_MIN[t]
+    for j in range(count):
+        o = off + j * stride
+        block_quants(t, v, o, u)
+        dv = _half_at(v, o)
+        mv = _half_at(v, o + 2)
+        for k in range(32):
+            f[k] = dv * np.float32(u[k] - c)
+            if has_m:
+                f[k] = f[k] + mv
+        for g in range(n):
+            w = p[po + g * ldp + j]
+            for k in range(32):
+                a[g, k] = a[g, k] + w * f[k]
+    for g in range(n):
+        for k in range(32):
+            acc[ao + g * hd + k] = a[g, k]
+
+
+def _emit_block_quants(builder, load, rp, t):
+    """IR: the <32 x i8> unsigned quants of the block at i8* rp of type t (as block_quants)."""
+    q = int(QS_AT[t])
+    if t == 8:
+        return builder.xor(load(rp, q, V32I8), ir.Constant(V32I8, [0x80] * 32))
+    v16 = ir.VectorType(I8, 16)
+    qs = load(rp, q, v16)
+    lo = builder.and_(qs, ir.Constant(v16, [15] * 16))
+    hi = builder.lshr(qs, ir.Constant(v16, [4] * 16))
+    u = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+    if t == 20:
+        shuf = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
+        return shuf(ir.Constant(V32I8, [int(v) for v in IQ4NL_U8] * 2), u)
+    if QH_AT[t] >= 0:
+        u = builder.or_(u, spread_bits(builder, load(rp, int(QH_AT[t]), I32), 16))
+    return u
+
+
+def _i64(builder, v):
+    return builder.sext(v, I64) if v.type.width < 64 else v
+
+
+def _half_from(builder, p):
+    """IR: the float16 at i8* p widened to float (vcvtph2ps)."""
+    h = builder.load(builder.bitcast(p, ir.HalfType().as_pointer()), align=1)
+    return builder.fpext(h, F32)
+
+
+def _key_scores_ir(t, n):
+    """The intrinsic (k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo) of ``key_scores`` for type t and n
+    (1 or HEAD_GROUP) heads: per block, the quants unpacked once into a <32 x i8> vector, each
+    head's two terms by AVX-512VL VNNI's vpdpbusd (u8 x s8, four products summed into each int32
+    lane, no saturation), the lanes' totals by a vphaddd tree, then the float combine on the n
+    heads at once."""
+
+    def ks(typingctx, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
+        sig = types.void(k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo)
+
+        def codegen(context, builder, signature, args):
+            k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo = args
+            aty = signature.args
+            off, stride, count, nb, xo, hd, so, oo, ldo = (_i64(builder, v) for v in
+                                                          (off, stride, count, nb, xo, hd, so, oo, ldo))
+            load = loader(builder)
+            dp = x86(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, V8I32, V8I32, V8I32)
+            hadd = x86(builder, "llvm.x86.avx2.phadd.d", V8I32, V8I32, V8I32)
+            kbase = builder.gep(data_ptr(context, builder, aty[0], k, I8), [off])
+            qbase = builder.gep(data_ptr(context, builder, aty[5], xq, I8), [xo])
+            ebase = builder.gep(data_ptr(context, builder, aty[6], xr, I8), [xo])
+            drp = data_ptr(context, builder, aty[9], dr, F32)
+            sxp = data_ptr(context, builder, aty[10], sx, I32)
+            op = builder.gep(data_ptr(context, builder, aty[12], out, F32), [oo])
+            vf, vi = ir.VectorType(F32, n), ir.VectorType(I32, n)
+            zero = ir.Constant(V8I32, [0] * 8)
+            accp = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * n))
+            v4 = ir.VectorType(I32, 4)
+            undef = ir.Constant(V8I32, ir.Undefined)
+
+            def halves(v):       # the two 128-bit halves of v added: <4 x i32>
+                lo = builder.shuffle_vector(v, undef, ir.Constant(v4, [0, 1, 2, 3]))
+                hi = builder.shuffle_vector(v, undef, ir.Constant(v4, [4, 5, 6, 7]))
+                return builder.add(lo, hi)
+
+            def splat_n(x):
+                v = builder.insert_element(ir.Constant(vf, ir.Undefined), x, ir.Constant(I32, 0))
+                return builder.shuffle_vector(v, ir.Constant(vf, ir.Undefined), ir.Constant(vi, [0] * n))
+
+            with cgutils.for_range(builder, count) as keys:
+                j = keys.index
+                rbase = builder.gep(kbase, [builder.mul(j, stride)])
+                builder.store(ir.Constant(vf, [0.0] * n), accp)
+                with cgutils.for_range(builder, nb) as loop:
+                    b = loop.index
+                    rp = builder.gep(rbase, [builder.mul(b, ir.Constant(I64, int(BLOCK_BYTES[t])))])
+                    u = builder.bitcast(_emit_block_quants(builder, load, rp, t), V8I32)
+                    x32 = builder.mul(b, ir.Constant(I64, 32))
+                    sa, sb = [], []
+                    for g in range(n):
+                        off = builder.add(builder.mul(hd, ir.Constant(I64, g)), x32)
+                        xa = builder.load(builder.bitcast(builder.gep(qbase, [off]), V8I32.as_pointer()), align=1)
+                        xb = builder.load(builder.bitcast(builder.gep(ebase, [off]), V8I32.as_pointer()), align=1)
+                        sa.append(dp(zero, u, xa))
+                        sb.append(dp(zero, u, xb))
+                    if n == 1:       # [a, b, a, b]
+                        s = halves(hadd(hadd(sa[0], sb[0]), hadd(sa[0], sb[0])))
+                        a = builder.extract_element(s, ir.Constant(I32, 0))
+                        e = builder.extract_element(s, ir.Constant(I32, 1))
+                        a = builder.insert_element(ir.Constant(vi, ir.Undefined), a, ir.Constant(I32, 0))
+                        e = builder.insert_element(ir.Constant(vi, ir.Undefined), e, ir.Constant(I32, 0))
+                    else:
+                        a = halves(hadd(hadd(sa[0], sa[1]), hadd(sa[2], sa[3])))
+                        e = halves(hadd(hadd(sb[0], sb[1]), hadd(sb[2], sb[3])))
+                    S = builder.add(builder.mul(a, ir.Constant(vi, [254] * n)), e)
+                    i = builder.add(so, builder.mul(b, ir.Constant(I64, n)))
+                    drv = builder.load(builder.bitcast(builder.gep(drp, [i]), vf.as_pointer()), align=4)
+                    sxv = builder.load(builder.bitcast(builder.gep(sxp, [i]), vi.as_pointer()), align=4)
+                    dk = splat_n(_half_from(builder, rp))
+                    if HAS_MIN[t]:
+                        mk = splat_n(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])))
+                        term = builder.fmul(drv, builder.fadd(builder.fmul(dk, builder.sitofp(S, vf)),
+                                                              builder.fmul(mk, builder.sitofp(sxv, vf))))
+                    else:
+                        cs = builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv)
+                        term = builder.fmul(dk, builder.fmul(drv, builder.sitofp(builder.sub(S, cs), vf)))
+                    builder.store(builder.fadd(builder.load(accp), term), accp)
+                acc = builder.load(accp)
+                for g in range(n):
+                    dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
+                    builder.store(builder.extract_element(acc, ir.Constant(I32, g)), dst)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    ks.__name__ = ks.__qualname__ = f"key_scores_{t}_{n}"
+    return intrinsic(ks)
+
+
+def _value_column_ir(t, n):
+    """The intrinsic (v, off, stride, count, p, po, ldp, acc, ao, hd) of ``value_column`` for
+    type t and n heads: the n heads' 32 sums kept in registers over the rows, each row's block
+    decoded once into a <32 x float> (d (u - c) (+ m): ggml's value, exactly), then per head one
+    multiply and one add per value (no fused multiply-add: the portable loop rounds the same way)."""
+
+    def vc(typingctx, v, off, stride, count, p, po, ldp, acc, ao, hd):
+        sig = types.void(v, off, stride, count, p, po, ldp, acc, ao, hd)
+
+        def codegen(context, builder, signature, args):
+            v, off, stride, count, p, po, ldp, acc, ao, hd = args
+            aty = signature.args
+            off, stride, count, po, ldp, ao, hd = (_i64(builder, x) for x in (off, stride, count, po, ldp, ao, hd))
+            load = loader(builder)
+            v32i, v32f = ir.VectorType(I32, 32), ir.VectorType(F32, 32)
+            vbase = builder.gep(data_ptr(context, builder, aty[0], v, I8), [off])
+            pbase = builder.gep(data_ptr(context, builder, aty[4], p, F32), [po])
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v32f, [0.0] * 32)) for _ in range(n)]
+
+            def splat32(x):
+                w = builder.insert_element(ir.Constant(v32f, ir.Undefined), x, ir.Constant(I32, 0))
+                return builder.shuffle_vector(w, ir.Constant(v32f, ir.Undefined), ir.Constant(v32i, [0] * 32))
+
+            with cgutils.for_range(builder, count) as loop:
+                j = loop.index
+                rp = builder.gep(vbase, [builder.mul(j, stride)])
+                u = builder.zext(_emit_block_quants(builder, load, rp, t), v32i)
+                q = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
+                f = builder.fmul(splat32(_half_from(builder, rp)), q)
+                if HAS_MIN[t]:
+                    f = builder.fadd(f, splat32(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)]))))
+                for g in range(n):
+                    w = builder.load(builder.gep(pbase, [builder.add(builder.mul(ldp, ir.Constant(I64, g)), j)]))
+                    builder.store(builder.fadd(builder.load(accs[g]), builder.fmul(splat32(w), f)), accs[g])
+            ap = builder.gep(data_ptr(context, builder, aty[7], acc, F32), [ao])
+            for g in range(n):
+                dst = builder.bitcast(builder.gep(ap, [builder.mul(hd, ir.Constant(I64, g))]), v32f.as_pointer())
+                builder.store(builder.load(accs[g]), dst, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    vc.__name__ = vc.__qualname__ = f"value_column_{t}_{n}"
+    return intrinsic(vc)
+
+
+def _dispatch(make, loop, host: bool):
+    """An overload body choosing, by the run-time type t and head count n, among the intrinsics
+    make(t, n) (where the host has the instructions and simd is true) and the portable loop."""
+    if not host:
+        def portable(t, n, simd, *args):
+            loop(t, n, *args)
+        return portable
+    k = {(t, n): make(t, n) for t in _INT_TYPES for n in (1, HEAD_GROUP)}
+    q8_1, q8_4, q40_1, q40_4, q41_1, q41_4 = k[8, 1], k[8, 4], k[2, 1], k[2, 4], k[3, 1], k[3, 4]
+    q50_1, q50_4, q51_1, q51_4, iq_1, iq_4 = k[6, 1], k[6, 4], k[7, 1], k[7, 4], k[20, 1], k[20, 4]
+
+    def either(t, n, simd, *args):
+        if not simd:
+            loop(t, n, *args)
+        elif n == 1:
+            if t == 8:
+                q8_1(*args)
+            elif t == 2:
+                q40_1(*args)
+            elif t == 3:
+                q41_1(*args)
+            elif t == 6:
+                q50_1(*args)
+            elif t == 7:
+                q51_1(*args)
+            else:
+                iq_1(*args)
+        elif t == 8:
+            q8_4(*args)
+        elif t == 2:
+            q40_4(*args)
+        elif t == 3:
+            q41_4(*args)
+        elif t == 6:
+            q50_4(*args)
+        elif t == 7:
+            q51_4(*args)
+        else:
+            iq_4(*args)
+    return either
+
+
+def key_scores(t, n, simd, *args):
+    """key_scores(t, n, simd, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
+    the scores of ``count`` key rows of nb blocks of type t (an integer type), row j at
+    k[off + j stride], for n (1 or HEAD_GROUP) query heads rounded by ``round_query``, head g's
+    terms at xq[xo + g hd + 32 b] (xr alike) and its block b's dr, sx at [so + b n + g]:
+    out[oo + g ldo + j] = the sum over the row's blocks of d dr (S - c SX)
+    (+ m dr SX for the types with a minimum), S the exact integer sum (see the section comment).
+    simd: by vpdpbusd where the host has AVX-512 VNNI, else the portable loop; the same results.
+    (Callable from Numba code only.)"""
+    raise NotImplementedError("key_scores runs inside Numba kernels")
+
+
+@overload(key_scores)
+def _key_scores_impl(t, n, simd, *args):
+    return _dispatch(_key_scores_ir, key_scores_loop, HOST_VNNI)
+
+
+def value_column(t, n, simd, *args):
+    """value_column(t, n, simd, v, off, stride, count, p, po, ldp, acc, ao, hd): one block column
+    of ``count`` value rows (type t, an integer type), the block of row j at v[off + j stride],
+    weighted for n heads: acc[ao + g hd + k] = sum_j p[po + g ldp + j] x_jk for k < 32, g < n,
+    x_jk the block's decoded values.  simd: by AVX2 vectors where the host has them (and F16C),
+    else the portable loop; the same results.  (Callable from Numba code only.)"""
+    raise NotImplementedError("value_column runs inside Numba kernels")
+
+
+@overload(value_column)
+def _value_column_impl(t, n, simd, *args):
+    return _dispatch(_value_column_ir, value_column_loop, HOST_AVX2 and HOST_F16C)
+
+
+@njit(cache=True, nogil=True)
+def round_query(qs):
+    """The G scaled query heads qs (G, hd) rounded per 32-block (``round_activations``) for
+    ``key_scores``: (xq, xr) int8 (Gp hd,), the heads' int8 terms one after the other, padded
+    with zero heads to Gp (a multiple of ``heads_per_call``); dr (Gp nb,) float32, the blocks'
+    units (x ~ dr (254 xq + xr)), and sx (Gp nb,) int32, the blocks' sums of 254 xq + xr, both
+    at [g0 nb + b n + g - g0] for head g of the call at g0 (n = heads_per_call)."""
+    G, hd = qs.shape
+    nb = hd // 32
+    n = heads_per_call(G)
+    Gp = -(-G // n) * n
+    xq = np.zeros(Gp * hd, np.int8)
+    xr = np.zeros(Gp * hd, np.int8)
+    dr = np.zeros(Gp * nb, np.float32)
+    sx = np.zeros(Gp * nb, np.int32)
+    for g in range(G):
+        a, e, _, d2, _ = round_activations(qs[g])
+        g0 = g - g % n
+        for k in range(hd):
+            xq[g * hd + k] = a[k]
+            xr[g * hd + k] = e[k]
+        for b in range(nb):
+            i = g0 * nb + b * n + g - g0
+            dr[i] = d2[b]
+            s = np.int32(0)
+            for k in range(32 * b, 32 * b + 32):
+                s += np.int32(254) * np.int32(a[k]) + np.int32(e[k])
+            sx[i] = s
+    return xq, xr, dr, sx
+
+
+def rounded_query(qs: np.ndarray) -> np.ndarray:
+    """The query heads qs (G, hd) as the integer kernels multiply them (``round_query``), float64:
+    within max|x_block| / 64516 of qs (the reference of the tests)."""
+    xq, xr, dr, _ = round_query(np.ascontiguousarray(qs, dtype=np.float32))
+    G, hd = qs.shape
+    d = dr.astype(np.float64)
+    n = 1 if G == 1 else HEAD_GROUP
+    out = np.empty((G, hd))
+    for g in range(G):
+        g0 = g - g % n
+        for b in range(hd // 32):
+            k = slice(g * hd + 32 * b, g * hd + 32 * b + 32)
+            out[g, 32 * b:32 * b + 32] = d[g0 * (hd // 32) + b * n + g - g0] * (254.0 * xq[k] + xr[k])
+    return out
+
+
+@njit(cache=True, nogil=True)
+def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd):
+    """s[g, j - lo] = the scores of keys j = lo..hi-1 of kv head kvh (type t, an integer type) for
+    the query heads rounded by ``round_query`` (rq), through ``key_scores``.  s: (Gp, >= hi - lo),
+    C order, a row for every head of rq including the padding ones."""
+    xq, xr, dr, sx = rq
+    Gp, lds = s.shape
+    if Gp * hd != xq.size or lds < hi - lo:
+        raise ValueError("scores_int: s must have a row per rounded query head and a column per key")
+    nb = hd // 32
+    n = heads_per_call(Gp)
+    C, Hkv, rb = k_rows.shape
+    k = k_rows.reshape(C * Hkv * rb)
+    o = s.reshape(Gp * lds)
+    for g0 in range(0, Gp, n):
+        key_scores(t, n, simd, k, (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, nb, xq, xr, g0 * hd, hd, dr, sx,
+                   g0 * nb, o, g0 * lds, lds)
+
+
+@njit(cache=True, nogil=True)
+def values_int(t, v_rows, kvh, lo, hi, p, acc, simd):
+    """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (G, >= hi - lo), C order)
+    times value row j of kv head kvh (type t, an integer type), one block column at a time
+    (``value_column``), every block decoded once for the G heads."""
+    G, hd = acc.shape
+    C, Hkv, rb = v_rows.shape
+    nb = hd // 32
+    n = heads_per_call(G)
+    Gp = -(-G // n) * n
+    pf = np.zeros(Gp * p.shape[1], np.float32)
+    for g in range(G):
+        for j in range(hi - lo):
+            pf[g * p.shape[1] + j] = p[g, j]
+    a = np.empty(Gp * hd, np.float32)
+    v = v_rows.reshape(C * Hkv * rb)
+    for b in range(nb):
+        for g0 in range(0, G, n):
+            value_column(t, n, simd, v, (lo * Hkv + kvh) * rb + b * BLOCK_BYTES[t], Hkv * rb, hi - lo,
+                         pf, g0 * p.shape[1], p.shape[1], a, g0 * hd + 32 * b, hd)
+    for g in range(G):
+        for d in range(hd):
+            acc[g, d] = a[g * hd + d]
+
+
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _chunk(qs, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, m, l, acc):
-    """Keys lo..hi-1 of kv head kvh for G query heads qs (G, hd) (already scaled): scores
-    s (G, hi-lo), then per head g the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and
-    acc[g] (hd,) = the sum of those weights times the value rows.  Keys and values are decoded a
-    tile of rows at a time (tile: (T, hd) float32), once for all G heads."""
+def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, m, l, acc, simd):
+    """Keys lo..hi-1 of kv head kvh for G query heads qs (G, hd) (already scaled; rq: them
+    rounded by ``round_query`` when tk is an integer type): scores s (G, hi-lo), then per head g
+    the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and acc[g] (hd,) = the sum of those
+    weights times the value rows.  Integer types go through ``scores_int`` / ``values_int``; the
+    float types are decoded a tile of rows at a time (tile: (T, hd) float32), once for all G heads."""
     G, hd = qs.shape
     T = tile.shape[0]
-    for j0 in range(lo, hi, T):
-        j1 = min(j0 + T, hi)
-        decode_tile(tk, k_rows, kvh, j0, j1, tile)
-        for jj in range(j1 - j0):
-            kr = tile[jj]
-            for g in range(G):
-                a = np.float32(0.0)
-                for d in range(hd):
-                    a += qs[g, d] * kr[d]
-                s[g, j0 - lo + jj] = a
+    if is_int_type(tk):
+        scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd)
+    else:
+        for j0 in range(lo, hi, T):
+            j1 = min(j0 + T, hi)
+            decode_tile(tk, k_rows, kvh, j0, j1, tile)
+            for jj in range(j1 - j0):
+                kr = tile[jj]
+                for g in range(G):
+                    a = np.float32(0.0)
+                    for d in range(hd):
+                        a += qs[g, d] * kr[d]
+                    s[g, j0 - lo + jj] = a
     for g in range(G):
         m[g], l[g] = exp_shifted(s[g, :hi - lo], softcap, nbuf)
+    if is_int_type(tv):
+        values_int(tv, v_rows, kvh, lo, hi, s, acc, simd)
+        return
+    for g in range(G):
         for d in range(hd):
             acc[g, d] = 0.0
     for j0 in range(lo, hi, T):
@@ -236,18 +719,21 @@ def _plan(n, Hkv, pos0, window, chunk):
 
 
 @njit(cache=True, nogil=True)
-def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, chunk):
-    """Work item i of ``_plan``: its token's G query heads, scaled, over its keys."""
+def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, chunk, simd):
+    """Work item i of ``_plan``: its token's G query heads, scaled (and rounded for an integer K
+    type), over its keys."""
     hd = q3.shape[2]
     t, h = items[i, 0], items[i, 1]
     qs = np.empty((G, hd), dtype=np.float32)
     for g in range(G):
         for d in range(hd):
             qs[g, d] = q3[t, h * G + g, d] * np.float32(scale)
+    rq = round_query(qs if is_int_type(tk) else qs[:0])
     tile = np.empty((TILE_ROWS, hd), dtype=np.float32)
-    s = np.empty((G, chunk), dtype=np.float32)
+    s = np.empty((rq[0].size // hd if is_int_type(tk) else G, chunk), dtype=np.float32)  # + padding heads
     nbuf = np.empty(chunk, dtype=np.int32)
-    _chunk(qs, h, k_rows, tk, v_rows, tv, items[i, 2], items[i, 3], softcap, tile, s, nbuf, m[i], l[i], acc[i])
+    _chunk(qs, rq, h, k_rows, tk, v_rows, tv, items[i, 2], items[i, 3], softcap, tile, s, nbuf, m[i], l[i], acc[i],
+           simd)
 
 
 @njit(cache=True, nogil=True)
@@ -290,23 +776,25 @@ def _work(q3, Hkv, pos0, window):
 
 
 @njit(cache=True, parallel=True)
-def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3):
+def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3, simd=True):
     """Causal attention of the n tokens at positions pos0.. over a block-format cache, threads
     over (token, kv head, key chunk).  Token t at p = pos0 + t sees keys max(0, p-window+1)..p
     (window <= 0: all); head h reads kv head h // (H / Hkv); softcap > 0 caps the scores.
-    q3, out3: (n, H, hd) float32; k_rows, v_rows: (C, Hkv, rb) uint8 in types tk, tv."""
+    q3, out3: (n, H, hd) float32; k_rows, v_rows: (C, Hkv, rb) uint8 in types tk, tv.  simd:
+    the integer sums by the host's vector instructions (False: the portable loops; the same
+    results)."""
     G, items, first, m, l, acc = _work(q3, k_rows.shape[1], pos0, window)
     for i in prange(items.shape[0]):
-        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK)
+        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd)
     _merge(items, first, G, m, l, acc, out3)
 
 
 @njit(cache=True, nogil=True)
-def attention_rows_serial(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3):
+def attention_rows_serial(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3, simd=True):
     """``attention_rows`` on the calling thread only (short contexts: no thread-pool launch)."""
     G, items, first, m, l, acc = _work(q3, k_rows.shape[1], pos0, window)
     for i in range(items.shape[0]):
-        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK)
+        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd)
     _merge(items, first, G, m, l, acc, out3)
 
 
