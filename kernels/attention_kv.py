@@ -254,6 +254,25 @@ def _half_at(r, o):
     return f16_bits_to_f32(np.uint32(r[o]) | (np.uint32(r[o + 1]) << np.uint32(8)))
 
 
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """a b + c rounded once (float32): the integer kernels' vector and portable forms both round
+    through it, so the compiler's own contraction of a multiply and an add (it fuses some and
+    not others) cannot make them differ."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.call(_fma_fn(builder, F32), list(args))
+
+    return sig, codegen
+
+
+def _fma_fn(builder, ty):
+    """llvm.fma of type ty (float or a vector of floats)."""
+    name = "llvm.fma.f32" if ty == F32 else f"llvm.fma.v{ty.count}f32"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+
+
 @njit(cache=True, inline="always")
 def heads_per_call(G):
     """Query heads per call of the integer kernels: 1 for one head, else HEAD_GROUP (the query
@@ -288,9 +307,9 @@ def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so,
                 S = np.int32(254) * a + e
                 i = so + b * n + g
                 if has_m:
-                    acc[g] = acc[g] + dr[i] * (dk * np.float32(S) + mk * np.float32(sx[i]))
+                    acc[g] = fma32(dr[i], fma32(dk, np.float32(S), mk * np.float32(sx[i])), acc[g])
                 else:
-                    acc[g] = acc[g] + dk * (dr[i] * np.float32(S - c * sx[i]))
+                    acc[g] = fma32(dk, dr[i] * np.float32(S - c * sx[i]), acc[g])
         for g in range(n):
             out[oo + g * ldo + j] = acc[g]
 
@@ -310,13 +329,11 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
         dv = _half_at(v, o)
         mv = _half_at(v, o + 2)
         for k in range(32):
-            f[k] = dv * np.float32(u[k] - c)
-            if has_m:
-                f[k] = f[k] + mv
+            f[k] = fma32(dv, np.float32(u[k] - c), mv if has_m else np.float32(0.0))
         for g in range(n):
             w = p[po + g * ldp + j]
             for k in range(32):
-                a[g, k] = a[g, k] + w * f[k]
+                a[g, k] = fma32(w, f[k], a[g, k])
     for g in range(n):
         for k in range(32):
             acc[ao + g * hd + k] = a[g, k]
@@ -419,14 +436,16 @@ def _key_scores_ir(t, n):
                     drv = builder.load(builder.bitcast(builder.gep(drp, [i]), vf.as_pointer()), align=4)
                     sxv = builder.load(builder.bitcast(builder.gep(sxp, [i]), vi.as_pointer()), align=4)
                     dk = splat_n(_half_from(builder, rp))
+                    fma = _fma_fn(builder, vf)
                     if HAS_MIN[t]:
                         mk = splat_n(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])))
-                        term = builder.fmul(drv, builder.fadd(builder.fmul(dk, builder.sitofp(S, vf)),
-                                                              builder.fmul(mk, builder.sitofp(sxv, vf))))
+                        inner = builder.call(fma, [dk, builder.sitofp(S, vf), builder.fmul(mk, builder.sitofp(sxv, vf))])
+                        acc = builder.call(fma, [drv, inner, builder.load(accp)])
                     else:
                         cs = builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv)
-                        term = builder.fmul(dk, builder.fmul(drv, builder.sitofp(builder.sub(S, cs), vf)))
-                    builder.store(builder.fadd(builder.load(accp), term), accp)
+                        acc = builder.call(fma, [dk, builder.fmul(drv, builder.sitofp(builder.sub(S, cs), vf)),
+                                                 builder.load(accp)])
+                    builder.store(acc, accp)
                 acc = builder.load(accp)
                 for g in range(n):
                     dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
@@ -443,7 +462,7 @@ def _value_column_ir(t, n):
     """The intrinsic (v, off, stride, count, p, po, ldp, acc, ao, hd) of ``value_column`` for
     type t and n heads: the n heads' 32 sums kept in registers over the rows, each row's block
     decoded once into a <32 x float> (d (u - c) (+ m): ggml's value, exactly), then per head one
-    multiply and one add per value (no fused multiply-add: the portable loop rounds the same way)."""
+    fused multiply-add per value (``fma32`` in the portable loop: the same roundings)."""
 
     def vc(typingctx, v, off, stride, count, p, po, ldp, acc, ao, hd):
         sig = types.void(v, off, stride, count, p, po, ldp, acc, ao, hd)
@@ -467,12 +486,13 @@ def _value_column_ir(t, n):
                 rp = builder.gep(vbase, [builder.mul(j, stride)])
                 u = builder.zext(_emit_block_quants(builder, load, rp, t), v32i)
                 q = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
-                f = builder.fmul(splat32(_half_from(builder, rp)), q)
-                if HAS_MIN[t]:
-                    f = builder.fadd(f, splat32(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)]))))
+                fma = _fma_fn(builder, v32f)
+                mv = (splat32(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)]))) if HAS_MIN[t]
+                      else ir.Constant(v32f, [0.0] * 32))
+                f = builder.call(fma, [splat32(_half_from(builder, rp)), q, mv])
                 for g in range(n):
                     w = builder.load(builder.gep(pbase, [builder.add(builder.mul(ldp, ir.Constant(I64, g)), j)]))
-                    builder.store(builder.fadd(builder.load(accs[g]), builder.fmul(splat32(w), f)), accs[g])
+                    builder.store(builder.call(fma, [splat32(w), f, builder.load(accs[g])]), accs[g])
             ap = builder.gep(data_ptr(context, builder, aty[7], acc, F32), [ao])
             for g in range(n):
                 dst = builder.bitcast(builder.gep(ap, [builder.mul(hd, ir.Constant(I64, g))]), v32f.as_pointer())

@@ -6,7 +6,12 @@
   are exact byte counts (q8_0 = 34/64 = 0.53125x the f16 bytes, q4_0 = 18/64 = 0.28125x);
 - attention over block rows (fused decode + dot, chunked over keys, and the BLAS path of prompts)
   against a float64 softmax attention over the exactly decoded rows: within 2e-5 of the largest
-  output (float32 sums over up to 600 keys);
+  output (float32 sums over up to 600 keys).  Over a K cache of an integer type (q8_0, q4_0, q4_1,
+  q5_0, q5_1, iq4_nl) a few tokens' scores are integer dot products with the query rounded per
+  32-block to two int8 terms: the reference then takes the query as rounded (``rounded_query``,
+  itself checked within max|x_block| / 64516 of the query, float32 rounding aside), as the matvec
+  tests take the activations the kernel multiplies; the vector (VNNI/AVX2) and portable forms of
+  the integer kernels give identical outputs;
 - the cache-editing API (read_k/write_k/move) on every type, exactly;
 - accuracy: mean KL of the tiny llama model's logits (80 tokens, prompt then token by token)
   from the f32-cache logits, pinned with a margin of 2x over the measured values;
@@ -19,7 +24,7 @@ import numpy as np
 import pytest
 
 from gguf_engine import Llama
-from gguf_engine.backends.cpu import CPUBackend
+from gguf_engine.backends.cpu import BLAS_ATTENTION_MIN_TOKENS, CPUBackend
 from gguf_engine.model import load_model
 from gguf_engine.model.batch import SlotKVCache
 from gguf_engine.model.kv_cache import (CACHE_TYPES, QUANTIZED_CACHE_TYPES, BlockRows, KVCache, KVTypes,
@@ -102,8 +107,65 @@ def test_attention_over_block_rows(tk, tv, n, pos0, window, softcap):
         attention_kv.hadamard_rows(qr, k.rot)
     with be.scope():
         be.attention(qr, k, v, pos0, 0.125, window, softcap, out)
-    want = attention_reference(q3, kv.read_k(0, 0, pos0 + n), kv.read_v(0, 0, pos0 + n), pos0, 0.125, window, softcap)
+    if n < BLAS_ATTENTION_MIN_TOKENS and attention_kv.is_int_type(int(CACHE_TYPES[tk])):
+        qk, K = _as_multiplied(qr, k, 0.125), _stored(k)       # the rotated frame, as the kernel sees it
+    else:
+        qk, K = q3, kv.read_k(0, 0, pos0 + n)
+    want = attention_reference(qk, K, kv.read_v(0, 0, pos0 + n), pos0, 0.125, window, softcap)
     assert np.abs(out - want).max() <= ATTN_TOL * np.abs(want).max()
+
+
+def _as_multiplied(q3, k, scale):
+    """The queries q3 (n, H, hd) as the integer kernels multiply them: each head scaled, rounded
+    per 32-block (float64), divided by the (power of two) scale again."""
+    return np.stack([attention_kv.rounded_query(q * np.float32(scale)) / scale for q in q3])
+
+
+def _stored(rows):
+    """A block-format side's rows decoded exactly, in the stored (rotated) frame: (C, Hkv, hd)."""
+    out = np.empty(rows.shape, np.float32)
+    attention_kv.load_rows(int(rows.type), rows.data, out)
+    return out
+
+
+INT_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+
+
+@pytest.mark.parametrize("name", INT_TYPES)
+@pytest.mark.parametrize("G,Hkv,hd", [(1, 2, 64), (3, 3, 64), (4, 1, 256), (6, 1, 96)])
+def test_integer_attention_per_type(name, G, Hkv, hd):
+    """Decode attention (2 tokens, 700 keys: three chunks) over a K and V cache of each integer
+    type, for 1 to 6 query heads per kv head (padded groups of 4) and head sizes 64, 96 and 256:
+    within 2e-5 of the largest output of float64 attention over the exactly decoded rows with the
+    query as the kernel rounds it; the vector and portable integer kernels and the serial kernel
+    give the same output exactly."""
+    rng = np.random.default_rng(G * hd)
+    C = 700
+    kv = KVCache(1, C, Hkv, hd, name)
+    kv.store(0, 0, _rows(rng, C, Hkv, hd), _rows(rng, C, Hkv, hd))
+    k, v = kv.layer(0)
+    q3 = rng.standard_normal((2, G * Hkv, hd)).astype(np.float32)
+    outs = [np.zeros_like(q3) for _ in range(3)]
+    attention_kv.attention_rows(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[0], True)
+    attention_kv.attention_rows(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[1], False)
+    attention_kv.attention_rows_serial(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[2], True)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    want = attention_reference(_as_multiplied(q3, k, 0.125), _stored(k), _stored(v), C - 2, 0.125, 0, 0.0)
+    assert np.abs(outs[0] - want).max() <= ATTN_TOL * np.abs(want).max()
+
+
+def test_rounded_query_is_within_its_bound():
+    """Each 32-block of the rounded query lies within max|x_block| / 64516 of the query (plus
+    float32 rounding of the scaled values: 1e-6 of max|x_block|), for 1 and several heads."""
+    rng = np.random.default_rng(9)
+    for G in (1, 3, 5):
+        q = rng.standard_normal((G, 128)).astype(np.float32) * rng.uniform(0.01, 100, (G, 1)).astype(np.float32)
+        q[:, 40] *= 30                                            # an outlier channel
+        r = attention_kv.rounded_query(q)
+        amax = np.abs(q).reshape(G, 4, 32).max(axis=2, keepdims=True)
+        err = np.abs(r - q).reshape(G, 4, 32)
+        assert (err <= amax / 64516 + 1e-6 * amax).all()
 
 
 def test_parallel_and_serial_kernels_agree_exactly():
