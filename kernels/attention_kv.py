@@ -6,9 +6,13 @@ IQ4_NL (llama.cpp's cache types).  Rows are written with the types' own bit-exac
 (``kernels.legacy``, ``kernels.numerics``) and read back with their exact decoders, so a cache row
 decodes to exactly what ggml's dequantization of the same bytes gives.
 
-The attention kernels never make a float copy of the cache: each key (value) row is decoded
-into a small buffer of ``head_dim`` floats the moment it is used, once for all the query heads
-that share it (grouped-query attention), and consumed there.  A step's work is split into
+The attention kernels never make a float copy of the cache.  Over the 32-value block types a
+few tokens' attention is integer arithmetic on the stored quants (the section "integer decode
+attention" below: the query rounded per block to two int8 terms as the matvecs round
+activations, key blocks multiplied as integers, value blocks decoded once per position for all
+the heads that share them).  Over F32, F16 and BF16 rows each key (value) row is decoded into a
+small buffer of ``head_dim`` floats the moment it is used, once for all the query heads that
+share it (grouped-query attention), and consumed there.  A step's work is split into
 chunks of keys; each chunk keeps its own running maximum, sum and weighted values (the
 flash-decoding split), and the chunks are merged exactly afterwards, so even a model with one
 kv head spreads a long context over every thread.
@@ -188,9 +192,15 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # block's quants u, read as unsigned bytes (q8_0 and iq4_nl's signed values offset by 128, the
 # 4- and 5-bit quants as they are), give S = sum_k u_k (254 xq_k + xr_k), exact in int32.  The
 # block's term of the score is then d dr (S - c SX) (+ m dr SX for the types with a minimum),
-# SX = sum_k (254 xq_k + xr_k) and c the type's offset (128, 8, 16 or 0).  Value rows are decoded
-# one block at a time, once for all the heads that share them, straight into the heads'
-# weighted sums (the block's minimum, where it has one, summed apart and added at the end).
+# SX = sum_k (254 xq_k + xr_k) and c the type's offset (128, 8, 16 or 0).  On hosts with AVX-512
+# VNNI the sums are vpdpbusd's (u8 x s8 into int32 lanes), each block's quants unpacked once for
+# a group of HEAD_GROUP query heads (grouped-query attention: the heads of one kv head share every
+# key block read), the key loop inside the vector kernel.  The weighted values are summed one
+# block column at a time: for each block of the row, every position's block is decoded once to
+# floats (d (u - c) + m, ggml's values exactly) and added with each head's weight into sums that
+# stay in registers over the positions.  Every kernel has a portable Numba loop beside it giving
+# identical results: the same integer sums, and the float steps through the same explicit fused
+# multiply-adds (``fma32``).
 
 # GGML type id -> bytes per block, offset of the quants in the block, offset of the fifth-bit
 # word (-1: none), the integer subtracted from the unsigned quant (c), whether the block has a
@@ -206,6 +216,8 @@ for _t, (_bb, _qs, _qh, _c, _m) in _INT_TYPES.items():
     BLOCK_BYTES[_t], QS_AT[_t], QH_AT[_t], OFFSET[_t], HAS_MIN[_t] = _bb, _qs, _qh, _c, _m
 # iq4_nl's values offset by 128 (1..241), as unsigned bytes
 IQ4NL_U8 = (KVALUES_IQ4NL.astype(np.int32) + 128).astype(np.uint8)
+
+
 def _host_vnni() -> bool:
     """AVX-512 VNNI (with VL, for its 256-bit form) on the host Numba compiles for."""
     if not HOST_AVX512:
@@ -368,8 +380,8 @@ def _half_from(builder, p):
 
 
 def _key_scores_ir(t, n):
-    """The intrinsic (k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo) of ``key_scores`` for type t and n
-    (1 or HEAD_GROUP) heads: per block, the quants unpacked once into a <32 x i8> vector, each
+    """The intrinsic (k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo) of
+    ``key_scores`` for type t and n (1 or HEAD_GROUP) heads, a loop over the rows: per block, the quants unpacked once into a <32 x i8> vector, each
     head's two terms by AVX-512VL VNNI's vpdpbusd (u8 x s8, four products summed into each int32
     lane, no saturation), the lanes' totals by a vphaddd tree, then the float combine on the n
     heads at once."""
@@ -439,7 +451,8 @@ def _key_scores_ir(t, n):
                     fma = _fma_fn(builder, vf)
                     if HAS_MIN[t]:
                         mk = splat_n(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])))
-                        inner = builder.call(fma, [dk, builder.sitofp(S, vf), builder.fmul(mk, builder.sitofp(sxv, vf))])
+                        msx = builder.fmul(mk, builder.sitofp(sxv, vf))
+                        inner = builder.call(fma, [dk, builder.sitofp(S, vf), msx])
                         acc = builder.call(fma, [drv, inner, builder.load(accp)])
                     else:
                         cs = builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv)
