@@ -37,7 +37,7 @@ from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq
 from .legacy import KVALUES_IQ4NL
 from .numerics import f16_bits_to_f32
 from .ops import exp_shifted, f32_to_f16_bits
-from .simd import HOST_AVX2, HOST_AVX512, HOST_F16C, I8, I32, V8I32, V32I8, data_ptr, loader, spread_bits, x86
+from .simd import HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_ptr, loader, spread_bits, x86
 
 # keys per work item of the attention kernels, and rows decoded at a time within one
 KEY_CHUNK = 256
@@ -218,15 +218,6 @@ for _t, (_bb, _qs, _qh, _c, _m) in _INT_TYPES.items():
 IQ4NL_U8 = (KVALUES_IQ4NL.astype(np.int32) + 128).astype(np.uint8)
 
 
-def _host_vnni() -> bool:
-    """AVX-512 VNNI (with VL, for its 256-bit form) on the host Numba compiles for."""
-    if not HOST_AVX512:
-        return False
-    from llvmlite import binding
-    return bool(binding.get_host_cpu_features().get("avx512vnni", False))
-
-
-HOST_VNNI = _host_vnni()
 I64, F32 = ir.IntType(64), ir.FloatType()
 # heads per integer-sum call: the query is padded with zero heads to a multiple of this
 HEAD_GROUP = 4
