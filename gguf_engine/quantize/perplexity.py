@@ -204,9 +204,25 @@ class KLDSums:
     count: int = 0
 
 
+# Rows of logits compared at a time: the comparison's float64 temporaries take 8 x n_vocab bytes
+# per row each (a 262144-token vocabulary: 128 MiB per temporary for 64 rows), not per chunk.
+KLD_ROWS = 64
+
+
 def kld_rows(logits: np.ndarray, base_rows: np.ndarray, targets: np.ndarray, sums: KLDSums
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token KL(base || model) and Δp = p_model(target) - p_base(target); updates ``sums``."""
+    """Per-token KL(base || model) and Δp = p_model(target) - p_base(target); updates ``sums``.
+    Taken KLD_ROWS rows at a time, so memory stays bounded whatever the chunk size."""
+    parts = [_kld_piece(logits[a:a + KLD_ROWS], base_rows[a:a + KLD_ROWS], targets[a:a + KLD_ROWS], sums)
+             for a in range(0, len(logits), KLD_ROWS)]
+    if not parts:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate([k for k, _ in parts]), np.concatenate([d for _, d in parts])
+
+
+def _kld_piece(logits: np.ndarray, base_rows: np.ndarray, targets: np.ndarray, sums: KLDSums
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """kld_rows for a few rows."""
     lg = np.asarray(logits, dtype=np.float32)
     n, n_vocab = lg.shape
     mx = lg.max(axis=1)
