@@ -516,39 +516,37 @@ def _dispatch(make, loop, host: bool):
         def portable(t, n, simd, *args):
             loop(t, n, *args)
         return portable
-    k = {(t, n): make(t, n) for t in _INT_TYPES for n in (1, HEAD_GROUP)}
-    q8_1, q8_4, q40_1, q40_4, q41_1, q41_4 = k[8, 1], k[8, 4], k[2, 1], k[2, 4], k[3, 1], k[3, 4]
-    q50_1, q50_4, q51_1, q51_4, iq_1, iq_4 = k[6, 1], k[6, 4], k[7, 1], k[7, 4], k[20, 1], k[20, 4]
+    one, group = _type_switch(make, 1), _type_switch(make, HEAD_GROUP)
 
     def either(t, n, simd, *args):
         if not simd:
             loop(t, n, *args)
         elif n == 1:
-            if t == 8:
-                q8_1(*args)
-            elif t == 2:
-                q40_1(*args)
-            elif t == 3:
-                q41_1(*args)
-            elif t == 6:
-                q50_1(*args)
-            elif t == 7:
-                q51_1(*args)
-            else:
-                iq_1(*args)
-        elif t == 8:
-            q8_4(*args)
-        elif t == 2:
-            q40_4(*args)
-        elif t == 3:
-            q41_4(*args)
-        elif t == 6:
-            q50_4(*args)
-        elif t == 7:
-            q51_4(*args)
+            one(t, *args)
         else:
-            iq_4(*args)
+            group(t, *args)
     return either
+
+
+def _type_switch(make, n):
+    """A Numba function (t, *args) calling make(t, n)(*args) for the run-time type t."""
+    q8, q40, q41, q50, q51, iq = (make(t, n) for t in (8, 2, 3, 6, 7, 20))
+
+    @njit(nogil=True)
+    def switch(t, *args):
+        if t == 8:
+            q8(*args)
+        elif t == 2:
+            q40(*args)
+        elif t == 3:
+            q41(*args)
+        elif t == 6:
+            q50(*args)
+        elif t == 7:
+            q51(*args)
+        else:
+            iq(*args)
+    return switch
 
 
 def key_scores(t, n, simd, *args):
@@ -743,18 +741,19 @@ def _plan(n, Hkv, pos0, window, chunk):
 
 
 @njit(cache=True, nogil=True)
-def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, chunk, simd):
-    """Work item i of ``_plan``: its token's G query heads, scaled (and rounded for an integer K
-    type), over its keys."""
+def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, chunk, simd, Q):
+    """Work item i of ``_plan``: its token's G query heads, scaled, over its keys (Q: the heads
+    rounded by ``round_queries`` for an integer K type)."""
     hd = q3.shape[2]
     t, h = items[i, 0], items[i, 1]
     qs = np.empty((G, hd), dtype=np.float32)
     for g in range(G):
         for d in range(hd):
             qs[g, d] = q3[t, h * G + g, d] * np.float32(scale)
-    rq = round_query(qs if is_int_type(tk) else qs[:0])
+    r = t * k_rows.shape[1] + h if is_int_type(tk) else 0
+    rq = (Q[0][r], Q[1][r], Q[2][r], Q[3][r])
     tile = np.empty((TILE_ROWS, hd), dtype=np.float32)
-    s = np.empty((rq[0].size // hd if is_int_type(tk) else G, chunk), dtype=np.float32)  # + padding heads
+    s = np.empty((Q[0].shape[1] // hd if is_int_type(tk) else G, chunk), dtype=np.float32)  # + padding heads
     nbuf = np.empty(chunk, dtype=np.int32)
     _chunk(qs, rq, h, k_rows, tk, v_rows, tv, items[i, 2], items[i, 3], softcap, tile, s, nbuf, m[i], l[i], acc[i],
            simd)
@@ -799,6 +798,35 @@ def _work(q3, Hkv, pos0, window):
             np.empty((k, G, hd), dtype=np.float32))
 
 
+@njit(cache=True, nogil=True)
+def round_queries(q3, Hkv, scale, t):
+    """``round_query`` of every (token, kv head) pair's scaled query heads, once per step (not per
+    chunk of keys), as (xq, xr, dr, sx) with a row per pair, t * Hkv + h; a single zero row when
+    K type t has no integer path."""
+    n, H, hd = q3.shape
+    G = H // Hkv
+    nb = hd // 32
+    per = heads_per_call(G)
+    Gp = -(-G // per) * per
+    rows = n * Hkv if is_int_type(t) else 1
+    xq = np.zeros((rows, Gp * hd), np.int8)
+    xr = np.zeros((rows, Gp * hd), np.int8)
+    dr = np.zeros((rows, Gp * nb), np.float32)
+    sx = np.zeros((rows, Gp * nb), np.int32)
+    if not is_int_type(t):
+        return xq, xr, dr, sx
+    qs = np.empty((G, hd), np.float32)
+    for tok in range(n):
+        for h in range(Hkv):
+            for g in range(G):
+                for d in range(hd):
+                    qs[g, d] = q3[tok, h * G + g, d] * np.float32(scale)
+            a, b, c, e = round_query(qs)
+            r = tok * Hkv + h
+            xq[r], xr[r], dr[r], sx[r] = a, b, c, e
+    return xq, xr, dr, sx
+
+
 @njit(cache=True, parallel=True)
 def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3, simd=True):
     """Causal attention of the n tokens at positions pos0.. over a block-format cache, threads
@@ -808,8 +836,9 @@ def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out
     the integer sums by the host's vector instructions (False: the portable loops; the same
     results)."""
     G, items, first, m, l, acc = _work(q3, k_rows.shape[1], pos0, window)
+    Q = round_queries(q3, k_rows.shape[1], scale, tk)
     for i in prange(items.shape[0]):
-        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd)
+        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd, Q)
     _merge(items, first, G, m, l, acc, out3)
 
 
@@ -817,8 +846,9 @@ def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out
 def attention_rows_serial(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3, simd=True):
     """``attention_rows`` on the calling thread only (short contexts: no thread-pool launch)."""
     G, items, first, m, l, acc = _work(q3, k_rows.shape[1], pos0, window)
+    Q = round_queries(q3, k_rows.shape[1], scale, tk)
     for i in range(items.shape[0]):
-        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd)
+        _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd, Q)
     _merge(items, first, G, m, l, acc, out3)
 
 
