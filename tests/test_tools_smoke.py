@@ -102,3 +102,12 @@ def test_profile_ops_times_the_moe_operation(tmp_path, capsys):
     assert "prefill pp16:" in out and "decode tg2:" in out
     for op in ("| moe |", "| moe: expert products (gate|up) |", "| moe: expert products (down) |", "| linear |"):
         assert out.count(op) == 2, op
+
+
+def test_bench_kv_decode_runs_per_cache_type(capsys):
+    """tools/bench_kv_decode.py on the tiny model: a row of tokens per second per cache type."""
+    mod = _load("bench_kv_decode")
+    tiny = str(fixture_path("models", "tiny-llama-f32.gguf"))
+    assert mod.main(["-m", tiny, "-d", "40", "-n", "2", "-r", "1", "-t", "1", "--types", "f32,q8_0"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["f32", "q8_0"] and all(float(r[2]) > 0 for r in rows)
