@@ -354,10 +354,10 @@ def rows_intrinsic(name, emit, rows: int, terms: int = 2):
     return intrinsic(isums)
 
 
-def rows_call(name: str, emit):
+def rows_call(name: str, emit, terms: int = 2):
     """A Numba function call(q, qo, h, ho, xq, xr, xo, ldx, c, out) running the rows_intrinsic of
-    emit for c = 1, 2 or ISUM_ROWS activation rows (the counts tiled.row_step hands out)."""
-    one, two, full = (rows_intrinsic(name, emit, c) for c in (1, 2, ISUM_ROWS))
+    emit (and terms) for c = 1, 2 or ISUM_ROWS activation rows (the counts tiled.row_step hands out)."""
+    one, two, full = (rows_intrinsic(name, emit, c, terms) for c in (1, 2, ISUM_ROWS))
 
     @njit(inline="always")
     def call(q, qo, h, ho, xq, xr, xo, ldx, c, out):
