@@ -13,8 +13,8 @@ second copy: the loader drops the file pages as each expert is repacked).
 
 Products: a decode step (one token) runs the matvec of each of its k selected experts only,
 so a token reads k experts' bytes, not all of them.  A batch groups its (token, slot) pairs by
-expert and runs one product per expert that has tokens (``Weight.matmul``): the matvec per row
-up to ``MATVEC_MAX_BATCH`` rows, the small-batch product (each block decoded once for all the
+expert and runs one product per expert that has tokens: the matvec's integer product
+(``Weight.matmul_decode``) up to ``MATVEC_MAX_BATCH`` rows, the small-batch product (each block decoded once for all the
 rows) up to ``SMALL_BATCH_MAX``, decoded weight tiles times BLAS above.
 Gate and up stacked per expert (``ExpertWeights.concat``) make one product per expert for both.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .quant_matmul import MATVEC_MAX_BATCH
 from .types import as_type, row_bytes
 from .weight import Weight
 
@@ -120,7 +121,9 @@ class ExpertWeights:
                 continue
             toks = pairs // k
             Xe = X[toks, 0] if shared else X[toks, pairs % k]          # (m, cols) gathered
-            Ye = self.experts[e].matmul(np.ascontiguousarray(Xe, dtype=np.float32))   # (m, rows)
+            W = self.experts[e]                      # few rows: the matvec's integer product, more: float
+            product = W.matmul_decode if Xe.shape[0] <= MATVEC_MAX_BATCH else W.matmul
+            Ye = product(np.ascontiguousarray(Xe, dtype=np.float32))   # (m, rows)
             out[toks, pairs % k] = Ye
         return out
 

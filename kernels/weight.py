@@ -89,7 +89,9 @@ class Weight:
     def rounded(self, X: np.ndarray) -> np.ndarray:
         """X (..., cols) float32 as this weight's matvec multiplies it, in float64 (the quantized
         kinds round the activations per 32-block, see kernels.kinds.tiled; the float and raw
-        kinds multiply X itself).  Matmuls of more than MATVEC_MAX_BATCH rows multiply the exact X."""
+        kinds multiply X itself), and so ``matmul_decode`` multiplies each row.  ``matmul``
+        multiplies the exact X, except for kinds without a small-batch product at most
+        MATVEC_MAX_BATCH rows."""
         X = np.asarray(X, np.float32)
         out = X.astype(np.float64)
         for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
@@ -155,18 +157,20 @@ class Weight:
         return out
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Y (n, rows) = X Wᵀ for X (n, cols) float32 (prompt rows: batches of more than
-        MATVEC_MAX_BATCH rows multiply the exact float32 X; smaller ones are ``matmul_decode``).
+        """Y (n, rows) = X Wᵀ for X (n, cols) float32: prompt rows, multiplied as the exact
+        float32 X, each row's result independent of the others up to SMALL_BATCH_MAX rows (the
+        kinds' small-batch products; larger batches go through tiles + BLAS).  Kinds without a
+        small-batch product run batches of at most MATVEC_MAX_BATCH rows as ``matmul_decode``.
         out may be a column slice of a wider array (each row contiguous), e.g. one part of a
         fused projection's output."""
         rows, cols = self.shape
         X, out = self._operands(X, out)
         n = X.shape[0]
-        if n <= MATVEC_MAX_BATCH:
-            return self.matmul_decode(X, out)
         if n <= SMALL_BATCH_MAX and self.kind.small_matmul is not None:
             self.kind.small_matmul(self.packed, X, out)
             return out
+        if n <= MATVEC_MAX_BATCH:
+            return self.matmul_decode(X, out)
         if self.kind.decode_T is not None:
             return tiled_matmul(X, rows, cols, self._tile_T, out, get_num_threads(), k_major=True)
         return tiled_matmul(X, rows, cols, self._tile, out, get_num_threads())
