@@ -174,6 +174,15 @@ class Backend(ABC):
         A backend that takes attention sinks accepts ``sinks`` (H,): one logit per head added to
         the softmax's denominator (gpt-oss)."""
 
+    def attention_steps(self, q3, k_cache, v_cache, base, pos, n_ctx_seq: int, scale: float, window: int,
+                        softcap: float, out3) -> bool:
+        """The decode steps of several sequences in one call: row t of q3 (N, H, hd) is the new
+        token (already stored) of a sequence whose cache is rows base[t] .. base[t] + n_ctx_seq - 1
+        of (k_cache, v_cache), at position pos[t] there; each row as ``attention`` computes it
+        for that sequence alone.  Returns False (and computes nothing) where the backend has no
+        such call for these caches: the caller then attends per sequence."""
+        return False
+
     def add_bias(self, x, bias) -> None:
         """x (n, m) += bias (m,) in place."""
         x += bias

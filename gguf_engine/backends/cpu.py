@@ -195,6 +195,15 @@ class CPUBackend(Backend):
         if rot_v:                                # values were stored rotated: rotate the output back
             attention_kv.hadamard_rows(out3, rot_v)
 
+    def attention_steps(self, q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, out3):
+        """Float caches: one kernel call, threads over sequence x kv head (ops.attention_steps)."""
+        if not _float_pair(k_cache, v_cache):
+            return False
+        if k_cache.dtype == np.float16:
+            k_cache, v_cache = k_cache.view(np.uint16), v_cache.view(np.uint16)
+        ops.attention_steps(q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, ops.F16_TABLE, out3)
+        return True
+
     def _attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
         n, H, hd = q3.shape
         if n < BLAS_ATTENTION_MIN_TOKENS:
