@@ -2,8 +2,8 @@
 
 The claim is bit-identity, no tolerance: each row of ``Weight.matmul_decode(X)`` has the very bits of
 ``Weight.matvec`` of that row alone (the same activation rounding, integer sums and float combine
-order), for every n (row groups of ISUM_ROWS, 2 and 1 rows), with the AVX2 integer sums and the
-portable loops alike, whatever the thread count and whatever the other rows hold.
+order), for every n (row groups of ISUM_ROWS, 2 and 1 rows), with every form of the integer sums
+the host runs (portable loops, AVX2, AVX-512 VNNI), whatever the thread count and the other rows.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import kernels
 from kernels import Weight
 from kernels.kinds import Kind, registered
-from kernels.simd import HOST_AVX2
+from kernels.simd import SIMD_BEST, SIMD_FORMS
 
 from .test_matvec import bits_equal, random_tensor
 
@@ -38,7 +38,7 @@ def test_decode_rows_are_the_matvec_bit_for_bit(name):
     matmul_decode equals the lone matvec bit for bit, with the SIMD and the portable sums."""
     rng = np.random.default_rng(5)
     W = Weight(random_tensor(name, ROWS, COLS, rng), name, (ROWS, COLS))
-    portable = W.kind.matmul_rows(W.packed, simd=False)
+    forms = {f: W.kind.matmul_rows(W.packed, simd=f) for f in SIMD_FORMS if f != SIMD_BEST}
     for n in NS:
         X = rng.standard_normal((n, COLS)).astype(np.float32)
         if n > 2:
@@ -46,10 +46,11 @@ def test_decode_rows_are_the_matvec_bit_for_bit(name):
             X[2, :32] = 0.0
         ref = per_row(W, X)
         assert bits_equal(W.matmul_decode(X), ref), f"{name} n={n}: not the matvec's bits"
-        if n in (1, 3, 5, 16) and HOST_AVX2:
-            Y = np.empty_like(ref)
-            portable(X, Y)
-            assert bits_equal(Y, ref), f"{name} n={n}: the portable sums differ"
+        if n in (1, 3, 5, 16):
+            for f, product in forms.items():
+                Y = np.empty_like(ref)
+                product(X, Y)
+                assert bits_equal(Y, ref), f"{name} n={n}: the sums of SIMD form {f} differ"
 
 
 @pytest.mark.parametrize("name", ["Q4_K", "Q8_0", "IQ4_NL"])
