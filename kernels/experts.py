@@ -13,8 +13,8 @@ second copy: the loader drops the file pages as each expert is repacked).
 
 Products: a decode step (one token) runs the matvec of each of its k selected experts only,
 so a token reads k experts' bytes, not all of them.  A batch groups its (token, slot) pairs by
-expert and runs one product per expert that has tokens (``Weight.matmul``): the matvec per row
-up to ``MATVEC_MAX_BATCH`` rows, the small-batch product (each block decoded once for all the
+expert and runs one product per expert that has tokens: the matvec's integer product
+(``Weight.matmul_decode``) up to ``MATVEC_MAX_BATCH`` rows, the small-batch product (each block decoded once for all the
 rows) up to ``SMALL_BATCH_MAX``, decoded weight tiles times BLAS above.
 Gate and up stacked per expert (``ExpertWeights.concat``) make one product per expert for both.
 """
@@ -193,7 +193,8 @@ class ExpertWeights:
             if small and MATVEC_MAX_BATCH < b - a <= SMALL_BATCH_MAX:
                 groups.append((self.experts[e].packed, Xg[a:b], Yg[a:b]))
             else:
-                self.experts[e].matmul(Xg[a:b], Yg[a:b])
+                W = self.experts[e]                  # few rows: the matvec's integer product, more: float
+                (W.matmul_decode if b - a <= MATVEC_MAX_BATCH else W.matmul)(Xg[a:b], Yg[a:b])
         if groups:
             kind = groups[0][0].kind
             small_products(kind.small_kernel(groups[0][0])[0], [(kind.small_kernel(p)[1], x, y) for p, x, y in groups])

@@ -358,6 +358,26 @@ def attention_serial(q3, k_cache, v_cache, pos0, scale, window, softcap, table, 
             _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, nbuf, out3)
 
 
+@njit(cache=True, parallel=True)
+def attention_steps(q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, table, out3):
+    """Decode-step attention of several sequences in one call (threads over sequence x kv head):
+    row t of q3 (N, H, hd) is the new token of a sequence whose keys and values are rows
+    base[t] .. base[t] + n_ctx_seq - 1 of the caches (C, Hkv, hd), at position pos[t] there.
+    Each (row, kv head) is computed exactly as ``attention`` computes it for that sequence alone
+    (the same _attend_group on the sequence's own rows), so results do not depend on the batch."""
+    N, H, hd = q3.shape
+    Hkv = k_cache.shape[1]
+    G = H // Hkv
+    for idx in prange(N * Hkv):
+        t = idx // Hkv
+        b0 = base[t]
+        p = pos[t]
+        scores = np.empty((G, p + 1), dtype=np.float32)
+        nbuf = np.empty(p + 1, dtype=np.int32)
+        _attend_group(q3, k_cache[b0:b0 + n_ctx_seq], v_cache[b0:b0 + n_ctx_seq], t, idx - t * Hkv, p - t, scale,
+                      window, softcap, table, scores, nbuf, out3)
+
+
 @njit(cache=True, nogil=True)
 def masked_softmax(S, rows_per_pos, pos0, key0, window, softcap):
     """Row softmax of attention scores with the causal / sliding-window mask, in place.

@@ -9,12 +9,13 @@ At most ``TILE_ELEMENTS`` float32 values of W exist at any time (never more than
 one tensor's float32 copy).  Arithmetic: float32 products and sums inside BLAS
 (tests bound the error by ``1e-5 * sum_j |w_j x_j|``).
 
-Batches of at most ``MATVEC_MAX_BATCH`` rows use the fused matvec per row instead,
-which reads W once per row without writing float32 tiles.  Batches of up to
-``SMALL_BATCH_MAX`` rows (a server's decode step, a short prompt) use the kind's
-small-batch product where it has one (``Kind.small_matmul``): each weight block is decoded
-once into a scratch block that stays in the first-level cache and applied to every row of
-the batch, with no tile written to memory and no GEMM call per tile.
+Batches of up to ``SMALL_BATCH_MAX`` rows (a short prompt, prompt chunks of a server's pass)
+use the kind's small-batch product where it has one (``Kind.small_matmul``): each weight block
+is decoded once into a scratch block that stays in the first-level cache and applied to every
+row of the batch, with no tile written to memory and no GEMM call per tile.  Kinds without one
+run batches of at most ``MATVEC_MAX_BATCH`` rows as the matvec's integer product
+(``Weight.matmul_decode``), which reads W once without writing float32 tiles.  Decode steps never
+come here: ``Weight.matmul_decode`` computes them as the matvec does.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 TILE_ELEMENTS = 1 << 22
 # Tiles a matrix is cut into at least (for the worker threads to share).
 TILES_PER_MATRIX = 4
-# Batches up to this size are computed as independent matvecs.
+# Batches up to this size of the kinds without a small-batch product go through matmul_decode.
 MATVEC_MAX_BATCH = 3
 # Batches up to this size use the kinds' small-batch products (where they have one); the
 # crossover with tiles + BLAS measured by tools/bench_kernels.py --small-batch.

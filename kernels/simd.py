@@ -16,7 +16,7 @@ from __future__ import annotations
 import platform
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
@@ -115,6 +115,11 @@ def madds(builder):
             x86(builder, "llvm.x86.avx2.pmadd.wd", V8I32, V16I16, V16I16))
 
 
+def sum_lanes(vnni: bool) -> int:
+    """The int32 lanes (rows of a tile) per vector of ByteSums in the VNNI (vnni) or AVX2 form."""
+    return 16 if vnni and HOST_VNNI else 8
+
+
 class ByteSums:
     """Running int32 sums, one per key, of products of unsigned bytes by signed bytes, each int32
     lane i of a sum adding bytes 4i..4i+3's four products: what every kind's integer sums are
@@ -131,7 +136,7 @@ class ByteSums:
     def __init__(self, builder, vnni: bool, depth: int = 1):
         self.b, self.depth = builder, depth
         self.vnni = vnni and HOST_VNNI
-        self.lanes = lanes = 16 if self.vnni else 8      # int32 lanes (rows of a tile) per vector
+        self.lanes = lanes = sum_lanes(vnni)             # int32 lanes (rows of a tile) per vector
         self.vec = ir.VectorType(I32, lanes)
         self.bytes = ir.VectorType(I8, 4 * lanes)
         if self.vnni:
@@ -313,3 +318,65 @@ def block_fma_intrinsic(rows: int):
 
     block_fma.__name__ = block_fma.__qualname__ = f"block_fma{rows}"
     return intrinsic(block_fma)
+
+
+# Activation rows the multi-row integer sums take per call: each row's two int8 terms keep one
+# int16 and one int32 accumulator per 8 weight rows in registers, 4 rows' worth beside the
+# unpacked quants within the 32 vector registers of AVX-512VL hosts (2 on AVX2's 16).
+ISUM_ROWS = 4 if HOST_AVX512 else 2
+
+
+def rows_intrinsic(name, emit, rows: int, terms: int = 2):
+    """An intrinsic (q, qo, h, ho, xq, xr, xo, ldx, out) of the integer sums of one block for
+    `rows` activation rows at once: emit(builder, q + qo, h + ho (i32 words), xps, out) with
+    xps = [xq + xo + r ldx, xr + xo + r ldx] per row r (the first `terms` of the two; xo and ldx
+    in bytes), so the emitter's sums of term j of row r land at out[(terms r + j) ROW_TILE ..].
+    The quants are loaded and unpacked once for all the rows."""
+
+    def isums(typingctx, q, qo, h, ho, xq, xr, xo, ldx, out):
+        sig = types.void(q, qo, h, ho, xq, xr, xo, ldx, out)
+
+        def codegen(context, builder, signature, args):
+            q, qo, h, ho, xq, xr, xo, ldx, out = args
+            aty = signature.args
+            qp, hp, (xq0, xr0), op = plane_ptrs(context, builder, types.void(*aty[:7], aty[8]),
+                                                (q, qo, h, ho, xq, xr, xo, out))
+            xps = []
+            for r in range(rows):
+                step = builder.mul(ldx, ir.Constant(ldx.type, r))
+                xps.extend(builder.gep(p, [step]) for p in (xq0, xr0)[:terms])
+            emit(builder, qp, hp, xps, op)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    isums.__name__ = isums.__qualname__ = f"{name}{rows}"
+    return intrinsic(isums)
+
+
+def rows_call(name: str, emit, terms: int = 2):
+    """A Numba function call(q, qo, h, ho, xq, xr, xo, ldx, c, out) running the rows_intrinsic of
+    emit (and terms) for c = 1, 2 or ISUM_ROWS activation rows (the counts tiled.row_step hands out)."""
+    one, two, full = (rows_intrinsic(name, emit, c, terms) for c in (1, 2, ISUM_ROWS))
+
+    @njit(inline="always")
+    def call(q, qo, h, ho, xq, xr, xo, ldx, c, out):
+        if c == ISUM_ROWS:
+            full(q, qo, h, ho, xq, xr, xo, ldx, out)
+        elif c == 2:
+            two(q, qo, h, ho, xq, xr, xo, ldx, out)
+        else:
+            one(q, qo, h, ho, xq, xr, xo, ldx, out)
+    return call
+
+
+def by_row_group(emit, groups: int, **mode):
+    """An emitter (builder, qp, hp, xps, op) running emit(..., rgs=(rg,), prefetch=rg == 0, **mode)
+    once per group rg of 8 weight rows: with many activation terms (rows_intrinsic), only one
+    group's accumulators are live at a time; the quants of each group are still loaded once."""
+
+    def emit_rows(builder, qp, hp, xps, op):
+        for rg in range(groups):
+            emit(builder, qp, hp, xps, op, rgs=(rg,), prefetch=rg == 0, **mode)
+
+    return emit_rows

@@ -44,7 +44,7 @@ T_DECODED_KINDS = tuple(k for k in registered() if k.decode_T is not None)
 class Weight:
     """A (rows, cols) weight matrix of GGML type `qtype`, repacked for the kernels of its kind."""
 
-    __slots__ = ("qtype", "shape", "packed", "kind", "splits", "_product")
+    __slots__ = ("qtype", "shape", "packed", "kind", "splits", "_product", "_rows_product")
 
     def __init__(self, data: np.ndarray, qtype, shape, release=None):
         """release(r0, r1): called once rows r0..r1-1 of data have been copied (see repack.repack)."""
@@ -64,6 +64,7 @@ class Weight:
         self.kind = packed.kind
         self.splits = tuple(splits)
         self._product = self._matvec_kernel()
+        self._rows_product = self.kind.matmul_rows(packed)
 
     @classmethod
     def from_packed(cls, packed: Packed, splits) -> "Weight":
@@ -88,7 +89,9 @@ class Weight:
     def rounded(self, X: np.ndarray) -> np.ndarray:
         """X (..., cols) float32 as this weight's matvec multiplies it, in float64 (the quantized
         kinds round the activations per 32-block, see kernels.kinds.tiled; the float and raw
-        kinds multiply X itself).  Matmuls of more than MATVEC_MAX_BATCH rows multiply the exact X."""
+        kinds multiply X itself), and so ``matmul_decode`` multiplies each row.  ``matmul``
+        multiplies the exact X, except for kinds without a small-batch product at most
+        MATVEC_MAX_BATCH rows."""
         X = np.asarray(X, np.float32)
         out = X.astype(np.float64)
         for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
@@ -121,9 +124,8 @@ class Weight:
         simd: the form of the integer sums (kernels.simd.SIMD_FORMS; identical results)."""
         return self.kind.matvec(self.packed, simd)
 
-    def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Y (n, rows) = X Wᵀ for X (n, cols) float32.  out may be a column slice of a wider
-        array (each row contiguous), e.g. one part of a fused projection's output."""
+    def _operands(self, X, out):
+        """(X, out) checked: X (n, cols) float32 C-contiguous, out (n, rows) float32 (new if None)."""
         rows, cols = self.shape
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != cols:
@@ -134,13 +136,41 @@ class Weight:
             out = np.empty((n, rows), np.float32)
         elif out.shape != (n, rows) or out.dtype != np.float32:
             raise ValueError(f"out must be a float32 array of shape {(n, rows)}")
-        if n <= MATVEC_MAX_BATCH and (rows == 1 or out.strides[1] == out.itemsize):   # rows contiguous
-            for i in range(n):
-                self.matvec(X[i], out[i])
+        return X, out
+
+    def matmul_decode(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Y (n, rows) = X Wᵀ with each row computed exactly as ``matvec`` computes it alone
+        (bit-identical, whatever the other rows): the product of a batched decode step, where a
+        sequence's token must get the same result alone or beside others.  The quantized kinds
+        with a multi-row product (``Kind.matmul_rows``) unpack each block's quants once for
+        several rows; the others run the matvec per row.  out as ``matmul`` takes it."""
+        X, out = self._operands(X, out)
+        n = X.shape[0]
+        if self.shape[0] > 1 and out.strides[1] != out.itemsize:      # rows not contiguous
+            out[...] = self.matmul_decode(X)
             return out
+        if n > 1 and self._rows_product is not None:
+            self._rows_product(X, out)
+            return out
+        for i in range(n):
+            self.matvec(X[i], out[i])
+        return out
+
+    def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Y (n, rows) = X Wᵀ for X (n, cols) float32: prompt rows, multiplied as the exact
+        float32 X, each row's result independent of the others up to SMALL_BATCH_MAX rows (the
+        kinds' small-batch products; larger batches go through tiles + BLAS).  Kinds without a
+        small-batch product run batches of at most MATVEC_MAX_BATCH rows as ``matmul_decode``.
+        out may be a column slice of a wider array (each row contiguous), e.g. one part of a
+        fused projection's output."""
+        rows, cols = self.shape
+        X, out = self._operands(X, out)
+        n = X.shape[0]
         if n <= SMALL_BATCH_MAX and self.kind.small_matmul is not None:
             self.kind.small_matmul(self.packed, X, out)
             return out
+        if n <= MATVEC_MAX_BATCH:
+            return self.matmul_decode(X, out)
         if self.kind.decode_T is not None:
             return tiled_matmul(X, rows, cols, self._tile_T, out, get_num_threads(), k_major=True)
         return tiled_matmul(X, rows, cols, self._tile, out, get_num_threads())

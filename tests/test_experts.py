@@ -13,6 +13,7 @@ import pytest
 from kernels import dequantize
 from kernels.experts import GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, combine, route, swiglu_oai
 from kernels.types import GGMLType
+from kernels.quant_matmul import MATVEC_MAX_BATCH
 from kernels.weight import Weight
 from tests.conftest import fixture_path
 from tests.test_dequant import FIXTURE_TYPES
@@ -128,8 +129,8 @@ def test_stacked_experts_match_separate_weights(name):
     (decode: every selected expert's tiles; batch: all experts of at most 3 rows in one launch, the
     small-batch products of all experts of 4-128 rows in one pass, tiles and BLAS above).  For
     every (token, slot), the result is bitwise equal (tolerance 0) to the product by that expert
-    built as a Weight of its own: its matvec in a decode step, its matmul of the expert's rows in
-    a batch (matvec, small-batch product or tiled matmul by the row count), shared and per-slot
+    built as a Weight of its own: its matvec in a decode step, in a batch its integer product of up to 3
+    rows (matmul_decode) and its matmul of more (small-batch product or tiled matmul by the row count), shared and per-slot
     inputs, gate|up stacked per expert too."""
     q, t = _expert_bytes(name)
     rng = np.random.default_rng(1)
@@ -153,7 +154,9 @@ def test_stacked_experts_match_separate_weights(name):
                 pairs = np.argwhere(ids[:m] == e)
                 if len(pairs):
                     Xe = np.stack([Xs[a, 0 if shared else b] for a, b in pairs])
-                    np.testing.assert_array_equal(Y[pairs[:, 0], pairs[:, 1]], own[e].matmul(Xe))
+                    W = own[e]                        # up to 3 rows: the matvec's integer product
+                    ref = W.matmul_decode(Xe) if len(Xe) <= MATVEC_MAX_BATCH else W.matmul(Xe)
+                    np.testing.assert_array_equal(Y[pairs[:, 0], pairs[:, 1]], ref)
         one = E.mul_ids(Xs[41:42], ids[41:42])                       # a decode step
         for j in range(k):
             np.testing.assert_array_equal(one[0, j], own[ids[41, j]].matvec(Xs[41, 0 if shared else j]))

@@ -62,7 +62,7 @@ def assert_close(y, W64, x, what=""):
 def used(W: Weight, X: np.ndarray) -> np.ndarray:
     """The activations a product of W with X multiplies (see the module docstring)."""
     X = np.asarray(X, np.float32)
-    small = X.ndim == 1 or X.shape[0] <= matmul_mod.MATVEC_MAX_BATCH
+    small = X.ndim == 1 or (X.shape[0] <= matmul_mod.MATVEC_MAX_BATCH and W.kind.small_matmul is None)
     return W.rounded(X) if small else X
 
 

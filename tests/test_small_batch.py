@@ -1,4 +1,4 @@
-"""The small-batch products (Kind.small_matmul, used by Weight.matmul for MATVEC_MAX_BATCH < n <=
+"""The small-batch products (Kind.small_matmul, used by Weight.matmul for prompt batches of 1 to
 SMALL_BATCH_MAX rows) against float64 products on the exact dequantization.
 
 Tolerance: |y - y_ref| <= 1e-5 * sum_j |w_j x_j| + 1e-30 per output (test_matvec.assert_close), with
@@ -31,7 +31,7 @@ def has_small(name: str) -> bool:
 
 def test_small_products_serve_the_expected_kinds():
     """Where the AVX2 block decoders run (AVX2 and F16C), the nibble, byte and table kinds have a
-    small-batch product, and the crossover lies above the matvec's batches."""
+    small-batch product (prompt rows of any count up to SMALL_BATCH_MAX go through it)."""
     from kernels.simd import HOST_AVX2, HOST_F16C
     names = {k.name for k in registered() if k.small_matmul is not None}
     assert names == ({"q4", "q4m", "q4k", "q5", "q5m", "q5k", "q8", "q6", "t4", "t4x"} if HOST_AVX2 and HOST_F16C
@@ -41,18 +41,19 @@ def test_small_products_serve_the_expected_kinds():
 
 @pytest.mark.parametrize("name", SMALL_TYPES)
 def test_small_batch_products_within_tolerance(name):
-    """n = 4, 5, 16 (FMA groups of 4, 2 and 1 rows), 33 and 70 (several chunks of rows): within
-    1e-5 * sum|w x| of float64 on the exact activations, through Weight.matmul and the kind's
-    product alike (bit-identical)."""
+    """n = 1, 3, 4, 5, 16 (FMA groups of 4, 2 and 1 rows), 33 and 70 (several chunks of rows):
+    within 1e-5 * sum|w x| of float64 on the exact activations, through Weight.matmul and the
+    kind's product alike (bit-identical)."""
     if not has_small(name):
         return                                            # this host has no block decoders
     rng = np.random.default_rng(11)
     W = Weight(random_tensor(name, ROWS, COLS, rng), name, (ROWS, COLS))
     W64 = W.dequantize().astype(np.float64)
-    for n in (4, 5, 16, ROW_CHUNK + 1, 2 * ROW_CHUNK + 6):
+    for n in (1, 3, 4, 5, 16, ROW_CHUNK + 1, 2 * ROW_CHUNK + 6):
         X = rng.standard_normal((n, COLS)).astype(np.float32)
-        X[1] *= 1e4                                       # rows of very different scales
-        X[2, :40] = 0.0
+        if n >= 3:
+            X[1] *= 1e4                                   # rows of very different scales
+            X[2, :40] = 0.0
         Y = W.matmul(X)
         assert_close(Y, W64, X, f"{name} n={n}")
         direct = np.empty_like(Y)
@@ -62,8 +63,8 @@ def test_small_batch_products_within_tolerance(name):
 
 @pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "IQ4_XS"])
 def test_rows_do_not_depend_on_the_batch(name):
-    """A row's result is bit-identical whatever other rows share the batch (n >= 4 rows), and
-    whatever the thread count: each row tile is summed by one thread in a fixed order."""
+    """A row's result is bit-identical whatever other rows share the batch (any count, one row
+    included), and whatever the thread count: each row tile is summed by one thread in a fixed order."""
     if not has_small(name):
         return
     rng = np.random.default_rng(12)
@@ -72,6 +73,7 @@ def test_rows_do_not_depend_on_the_batch(name):
     full = W.matmul(X)
     assert bits_equal(W.matmul(X[3:9]), full[3:9])
     assert bits_equal(W.matmul(X[30:36]), full[30:36])
+    assert bits_equal(W.matmul(X[7:8]), full[7:8]) and bits_equal(W.matmul(X[9:11]), full[9:11])
     old = kernels.get_num_threads()
     try:
         for threads in {1, min(2, kernels.threads.numba.config.NUMBA_NUM_THREADS)}:

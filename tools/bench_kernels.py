@@ -16,8 +16,9 @@ For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
 on the matrices of one Llama-3.2-1B layer (2048x2048 q/o, 512x2048 k/v, 8192x2048 gate/up,
 2048x8192 down); per type and n, its throughput in weights x rows per second as a fraction of
 n x the single-row matvec's (t_matvec / t_n over the layer's matrices, measured alternately;
-1.0 = n rows for the price of one, the target is 0.7), and the same fraction for tiles + BLAS
-(the path batches took before; --no-tiles leaves it out).  Timed in CPU seconds of the process
+1.0 = n rows for the price of one, the target is 0.7), for each path: "decode" the multi-row
+integer product (Weight.matmul_decode, each row as the matvec rounds it), "small" the float
+small-batch product of prompt rows (Weight.matmul), "tiles" tiles + BLAS (--no-tiles leaves it out).  Timed in CPU seconds of the process
 (best of --reps), which time-slicing on a shared machine leaves out: run it with --threads 1.
 --forms: the matvec with each SIMD form of the integer sums this host runs (kernels.simd: AVX2's
 vpmaddubsw + vpmaddwd, AVX-512 VNNI's vpdpbusd), alternated in one process on the matrices of four
@@ -298,7 +299,7 @@ def small_batch_table(args) -> None:
             W = kernels.Weight(random_tensor(t, rows, cols, rng), t, (rows, cols))
             mats.append((W, count, rng.standard_normal((max(ns), cols), dtype=np.float32),
                          np.empty((max(ns), rows), np.float32)))
-        paths = [("small", small_max)] + ([] if args.no_tiles else [("tiles", 0)])
+        paths = [("decode", None), ("small", small_max)] + ([] if args.no_tiles else [("tiles", 0)])
         t1 = {}
         tn = {(p, n): 0.0 for p, _ in paths for n in ns}
         with single_threaded_blas():
@@ -308,10 +309,11 @@ def small_batch_table(args) -> None:
             for n in ns:                    # alternating: every path and n in turn per matrix
                 for W, count, X, Y in mats:
                     for p, limit in paths:
-                        weight_mod.SMALL_BATCH_MAX = limit
+                        product = W.matmul_decode if limit is None else W.matmul
+                        weight_mod.SMALL_BATCH_MAX = small_max if limit is None else limit
                         try:
-                            W.matmul(X[:n], Y[:n])
-                            tn[(p, n)] += count * best_time(lambda: W.matmul(X[:n], Y[:n]), args.reps, 0.1,
+                            product(X[:n], Y[:n])
+                            tn[(p, n)] += count * best_time(lambda: product(X[:n], Y[:n]), args.reps, 0.1,
                                                             time.process_time)
                         finally:
                             weight_mod.SMALL_BATCH_MAX = small_max

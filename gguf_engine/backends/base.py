@@ -132,17 +132,20 @@ class Backend(ABC):
         """Embedding rows for token ids (n,) -> (n, d) float32."""
 
     @abstractmethod
-    def linear(self, w: WeightLike, x, out=None):
+    def linear(self, w: WeightLike, x, out=None, decode: int | None = None):
         """x (n, in) -> x @ w.T (n, out); one token goes through matvec, more through matmul.
         out: an optional (n, out) array of this backend that the result may be written to
-        (no new allocation); callers use the returned array either way."""
+        (no new allocation); callers use the returned array either way.  decode: the first
+        `decode` rows are decode steps of a batched pass (each computed exactly as the matvec
+        computes it alone), the rest prompt rows; None: one row is a decode step, several are
+        prompt rows (the single-sequence path)."""
 
-    def linear_fused(self, ws: list, x, out=None):
+    def linear_fused(self, ws: list, x, out=None, decode: int | None = None):
         """The outputs of the (fused) weights ws for input x, concatenated: (n, sum of out).
-        out: as for ``linear``."""
+        out, decode: as for ``linear``."""
         if len(ws) == 1:
-            return self.linear(ws[0], x, out=out)
-        outs = [self.linear(w, x) for w in ws]
+            return self.linear(ws[0], x, out=out, decode=decode)
+        outs = [self.linear(w, x, decode=decode) for w in ws]
         return self.xp.concatenate(outs, axis=1, out=out)
 
     @abstractmethod
@@ -170,6 +173,15 @@ class Backend(ABC):
         (C, Hkv, hd), keys visible within ``window`` positions (0: all).  out3: (n, H, hd).
         A backend that takes attention sinks accepts ``sinks`` (H,): one logit per head added to
         the softmax's denominator (gpt-oss)."""
+
+    def attention_steps(self, q3, k_cache, v_cache, base, pos, n_ctx_seq: int, scale: float, window: int,
+                        softcap: float, out3) -> bool:
+        """The decode steps of several sequences in one call: row t of q3 (N, H, hd) is the new
+        token (already stored) of a sequence whose cache is rows base[t] .. base[t] + n_ctx_seq - 1
+        of (k_cache, v_cache), at position pos[t] there; each row as ``attention`` computes it
+        for that sequence alone.  Returns False (and computes nothing) where the backend has no
+        such call for these caches: the caller then attends per sequence."""
+        return False
 
     def add_bias(self, x, bias) -> None:
         """x (n, m) += bias (m,) in place."""

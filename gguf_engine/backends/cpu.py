@@ -106,21 +106,32 @@ class CPUBackend(Backend):
     def embed(self, w, ids):
         return np.ascontiguousarray(w.rows(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
 
-    def linear(self, w, x, out=None):
-        if x.shape[0] == 1:
+    def linear(self, w, x, out=None, decode=None):
+        """Decode-step rows through Weight.matmul_decode (one row: the matvec), prompt rows
+        through Weight.matmul (see Backend.linear)."""
+        n = x.shape[0]
+        if decode is None:
+            decode = 1 if n == 1 else 0
+        if decode == n == 1:
             return w.matvec(x[0], None if out is None else out[0]).reshape(1, -1)
-        return w.matmul(x, out)
+        if out is None:
+            out = np.empty((n, w.shape[0]), np.float32)
+        if decode:
+            w.matmul_decode(x[:decode], out[:decode])
+        if decode < n:
+            w.matmul(x[decode:], out[decode:])
+        return out
 
-    def linear_fused(self, ws, x, out=None):
+    def linear_fused(self, ws, x, out=None, decode=None):
         """Each weight's product written straight into its columns of out (n, sum of out)."""
         if len(ws) == 1:
-            return self.linear(ws[0], x, out)
+            return self.linear(ws[0], x, out, decode)
         if out is None:
             out = np.empty((x.shape[0], sum(w.shape[0] for w in ws)), np.float32)
         c0 = 0
         for w in ws:
             c1 = c0 + w.shape[0]
-            self.linear(w, x, out[:, c0:c1])
+            self.linear(w, x, out[:, c0:c1], decode)
             c0 = c1
         return out
 
@@ -183,6 +194,15 @@ class CPUBackend(Backend):
         rot_v = getattr(v_cache, "rot", 0)
         if rot_v:                                # values were stored rotated: rotate the output back
             attention_kv.hadamard_rows(out3, rot_v)
+
+    def attention_steps(self, q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, out3):
+        """Float caches: one kernel call, threads over sequence x kv head (ops.attention_steps)."""
+        if not _float_pair(k_cache, v_cache):
+            return False
+        if k_cache.dtype == np.float16:
+            k_cache, v_cache = k_cache.view(np.uint16), v_cache.view(np.uint16)
+        ops.attention_steps(q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, ops.F16_TABLE, out3)
+        return True
 
     def _attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
         n, H, hd = q3.shape

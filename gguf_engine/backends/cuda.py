@@ -243,11 +243,13 @@ class CudaBackend(Backend):
             idx = cp.asarray(np.asarray(ids, dtype=np.int64))
             return self._decoded(w, idx).copy()
 
-    def linear(self, w, x, out=None):
-        return self.linear_fused([w], x)
+    def linear(self, w, x, out=None, decode=None):
+        return self.linear_fused([w], x, decode=decode)
 
-    def linear_fused(self, ws, x, out=None):
+    def linear_fused(self, ws, x, out=None, decode=None):
         # out is not used: CuPy's memory pool already reuses the blocks of earlier results
+        if decode is not None:
+            raise ValueError("batched passes of several sequences run on the CPU only")
         n = x.shape[0]
         total = sum(w.shape[0] for w in ws)
         with self.stream:

@@ -32,14 +32,22 @@ class SeqSpan:
 @dataclass
 class TokenBatch:
     """tokens (n,) int32; spans cover 0..n in order; logit_rows: the rows whose logits come back
-    (in this order), e.g. the last row of each span that needs a next token."""
+    (in this order), e.g. the last row of each span that needs a next token.  The first
+    n_decode rows are decode steps (one generated token of a sequence each): the products
+    compute each of them exactly as the single-sequence decode step does (``Weight.matmul_decode``),
+    so a sequence's tokens do not depend on what else shares its passes; the other rows are
+    prompt rows (float products, as a single sequence's prompt)."""
     tokens: np.ndarray
     spans: list[SeqSpan] = field(default_factory=list)
     logit_rows: list[int] = field(default_factory=list)
+    n_decode: int = 0
 
     @classmethod
-    def build(cls, parts: list[tuple[int, int, list[int], bool]]) -> "TokenBatch":
-        """parts: (slot, pos0, tokens, wants the last token's logits) per sequence."""
+    def build(cls, parts: list[tuple[int, int, list[int], bool]], n_decode: int = 0) -> "TokenBatch":
+        """parts: (slot, pos0, tokens, wants the last token's logits) per sequence; the first
+        n_decode parts are decode steps, one token each."""
+        if not 0 <= n_decode <= len(parts) or any(len(p[2]) != 1 for p in parts[:n_decode]):
+            raise ValueError(f"the first {n_decode} parts of a batch must be decode steps of one token each")
         toks: list[int] = []
         spans, rows = [], []
         for slot, pos0, ids, want in parts:
@@ -50,7 +58,7 @@ class TokenBatch:
             spans.append(SeqSpan(r0, len(toks), int(slot), int(pos0)))
             if want:
                 rows.append(len(toks) - 1)
-        return cls(np.asarray(toks, dtype=np.int32), spans, rows)
+        return cls(np.asarray(toks, dtype=np.int32), spans, rows, int(n_decode))
 
 
 class SlotKVCache:

@@ -113,9 +113,9 @@ class DenseFFN:
     def __call__(self, be, b, xn, st) -> Any:
         """xn (n, d) -> the FFN output (n, d), written to st.proj where the backend can."""
         ff = st.act.shape[1]
-        gate_up = be.linear_fused(b.ffn_gate_up, xn, out=st.gate_up)      # (n, 2 ff)
+        gate_up = be.linear_fused(b.ffn_gate_up, xn, out=st.gate_up, decode=st.decode)   # (n, 2 ff)
         be.gated_act(gate_up[:, :ff], gate_up[:, ff:], self.gelu, st.act)
-        return be.linear(b.ffn_down, st.act, out=st.proj)                 # (n, d)
+        return be.linear(b.ffn_down, st.act, out=st.proj, decode=st.decode)              # (n, d)
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class MoEFFN:
     def __call__(self, be, b, xn, st) -> Any:
         """xn (n, d) -> the FFN output (n, d), written to st.proj where the backend can."""
         from ..backends.base import ExpertFFN
-        logits = be.linear(b.ffn_gate_inp, xn)                             # (n, E)
+        logits = be.linear(b.ffn_gate_inp, xn, decode=st.decode)          # (n, E)
         experts = ExpertFFN(b.ffn_gate_up_exps, b.ffn_down_exps, b.ffn_gate_inp_b,
                             b.ffn_gate_exps_b, b.ffn_up_exps_b, b.ffn_down_exps_b)
         return be.moe(xn, logits, experts, self.routing, out=st.proj)   # (n, d)

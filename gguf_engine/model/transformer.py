@@ -26,7 +26,7 @@ to the host for the final hidden states or logits), never per layer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -83,6 +83,8 @@ class RunState:
     proj: Any                      # (n, d) attn_output, then the FFN's output
     gate_up: Any                   # (n, 2 ff) the FFN's projections
     act: Any                       # (n, ff) the FFN's activation
+    decode: int | None = None      # a batched pass: its first `decode` rows are decode steps
+                                   # (Backend.linear); None: the single-sequence path
 
 
 def rope_tables(n_ctx: int, n_rot: int, head_dim: int, base: float, freq_scale: float,
@@ -291,21 +293,24 @@ class Transformer:
         c = self.config
         H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
         st = self._step_bufs[id(be)] if n == 1 else self._buffers(be, n)
+        if batch is not None:
+            st = replace(st, decode=batch.n_decode)
         xn, attn, ffn = st.xn, st.attn, self.ffn
         be.rms_norm(x, self.blk[il0].attn_norm, c.norm_eps, xn)
         for il in range(il0, il1):
             b = self.blk[il]
-            qkv = be.linear_fused(b.attn_qkv, xn, out=st.qkv)    # (n, (H + 2 Hkv) hd)
+            qkv = be.linear_fused(b.attn_qkv, xn, out=st.qkv, decode=st.decode)   # (n, (H + 2 Hkv) hd)
             q3 = qkv[:, :H * hd].reshape(n, H, hd)               # (n, H, hd)
             k3 = qkv[:, H * hd:(H + Hkv) * hd].reshape(n, Hkv, hd)   # (n, Hkv, hd)
             v3 = qkv[:, (H + Hkv) * hd:].reshape(n, Hkv, hd)     # (n, Hkv, hd)
             if batch is None:
                 self._attend(be, b, q3, k3, v3, *self.cache.layer(il), pos0, attn)   # cache (n_ctx, Hkv, hd)
             else:
-                for s in batch.spans:                            # each sequence over its own slot
+                done = self._attend_steps(be, b, il, batch, slots, q3, k3, v3, attn)
+                for s in batch.spans[done:]:                     # each sequence over its own slot
                     self._attend(be, b, q3[s.row0:s.row1], k3[s.row0:s.row1], v3[s.row0:s.row1],
                                  *slots.region(il, s.slot), s.pos0, attn[s.row0:s.row1])
-            o = be.linear(b.attn_output, attn.reshape(n, H * hd), out=st.proj)   # (n, d)
+            o = be.linear(b.attn_output, attn.reshape(n, H * hd), out=st.proj, decode=st.decode)   # (n, d)
             if b.attn_output_b is not None:
                 be.add_bias(o, b.attn_output_b)
             be.add_rms_norm(x, o, b.post_attention_norm, b.ffn_norm, c.norm_eps, xn)
@@ -325,6 +330,31 @@ class Transformer:
         else:
             be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3,
                          sinks=b.attn_sinks)
+
+    def _attend_steps(self, be, b: Block, il: int, batch, slots, q3, k3, v3, attn) -> int:
+        """The decode steps of a batch (its first n_decode spans, one row each) stored and attended
+        in one backend call (Backend.attention_steps) where the backend can: returns how many
+        spans it did (0: the caller attends every span by itself)."""
+        d = batch.n_decode
+        if d < 2 or b.attn_sinks is not None:
+            return 0
+        c = self.config
+        spans = batch.spans[:d]
+        regions = [slots.region(il, s.slot) for s in spans]
+        for s, (kc, vc) in zip(spans, regions):
+            be.qkv_prepare(q3[s.row0:s.row1], k3[s.row0:s.row1], v3[s.row0:s.row1], b.attn_q_bias, b.attn_k_bias,
+                           b.attn_v_bias, b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, s.pos0, c.rope_neox,
+                           kc, vc)                       # + the cache row of each sequence
+        k_all, v_all = slots.kv.layer(il)
+        base = np.asarray([s.slot * slots.n_ctx_slot for s in spans], dtype=np.int64)
+        pos = np.asarray([s.pos0 for s in spans], dtype=np.int64)
+        if be.attention_steps(q3[:d], k_all, v_all, base, pos, slots.n_ctx_slot, c.attn_scale, b.sliding_window,
+                              c.attn_logit_softcap, attn[:d]):
+            return d
+        for s, (kc, vc) in zip(spans, regions):          # no such call: attend each (the rows are stored)
+            be.attention(q3[s.row0:s.row1], kc, vc, s.pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap,
+                         attn[s.row0:s.row1])
+        return d
 
     def shift(self, cache, plan, n_past: int, base: int = 0) -> None:
         """A context shift (``context_shift.ShiftPlan``) of the sequence of n_past tokens at rows
@@ -357,7 +387,8 @@ class Transformer:
         x, xn = self._layers(self.backend, 0, len(self.blk), x, n, 0, batch=batch, slots=slots)
         if not batch.logit_rows:
             return np.zeros((0, self.config.n_vocab), dtype=np.float32)
-        return self._logits(self.backend, xn[np.asarray(batch.logit_rows, dtype=np.int64)])   # (k, n_vocab)
+        rows = xn[np.asarray(batch.logit_rows, dtype=np.int64)]           # (k, d)
+        return self._logits(self.backend, rows, decode=rows.shape[0])      # each as the lone run's matvec
 
     def _embed(self, tokens: np.ndarray):
         """The residual stream (n, d) of tokens (n,) on the host backend: embedding rows, scaled
@@ -367,10 +398,10 @@ class Transformer:
             x *= np.float32(self.config.embd_scale)
         return x
 
-    def _logits(self, be, rows):
+    def _logits(self, be, rows, decode=None):
         """Logits (k, n_vocab) of final hidden states rows (k, d) on the output backend be,
-        soft-capped where the architecture caps them."""
-        logits = be.linear(self.output, rows)
+        soft-capped where the architecture caps them (decode: as Backend.linear takes it)."""
+        logits = be.linear(self.output, rows, decode=decode)
         if self.config.final_logit_softcap > 0:
             be.softcap(logits, self.config.final_logit_softcap)
         return logits

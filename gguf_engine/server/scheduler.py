@@ -341,7 +341,7 @@ class Scheduler:
                 budget -= len(chunk)
         if not parts:
             return
-        batch = TokenBatch.build(parts)
+        batch = TokenBatch.build(parts, n_decode=n_gen_rows)
         t0 = time.perf_counter()
         try:
             logits = self.llm.model.eval_batch(batch, self._cache)

@@ -94,6 +94,13 @@ class Kind:
         kinds' TILE_ITEMS form, see kinds.tiled); None for a kind without row tiles."""
         return None
 
+    def matmul_rows(self, p: Packed, simd: int = SIMD_BEST) -> Callable | None:
+        """product(X, out): out (n, rows) = X (n, cols) W^T with each row computed exactly as
+        ``matvec`` computes it alone (the same activation rounding, integer sums and float
+        combine: bit-identical), each block's quants unpacked once for several rows; out rows
+        contiguous.  None where the kind has none (the caller runs the matvec per row)."""
+        return None
+
     def decode(self, p: Packed, ids: np.ndarray, out: np.ndarray) -> None:
         """Rows ids (int64) exactly into out (len(ids), cols) float32; serial (callers split rows)."""
         raise NotImplementedError

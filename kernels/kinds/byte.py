@@ -45,12 +45,13 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from ..numerics import M2, M4, U4, f16_at, sext8, u64_at
-from ..simd import HOST_AVX2, HOST_F16C, I8, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, byte_ptr, data_ptr, \
-    loader, madds, out_ptr, scales8, splat
+from ..simd import HOST_AVX2, HOST_F16C, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, by_row_group, \
+    byte_ptr, data_ptr, loader, madds, out_ptr, rows_call, scales8, splat
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
-                    load_rows, nonneg, round_activations16, scale, store_rows, store_tile)
+                    load_rows, nonneg, round_activations16, round_rows16, row_step, scale,
+                    store_row_tiles, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -146,6 +147,27 @@ def repack_q6_k(raw, qt, qh, sl, sh, d, r0, r1):
 # ---------------------------------------------------------------- integer sums
 
 
+def _emit_pair_sums(builder, qp, hp, xps, op, rgs=None, prefetch=False):
+    """The IR of pair_isums' AVX2 form for the row groups rgs (groups of 8 weight rows; all by
+    default) and any number of activation rows xps (int16, i8* pointers): row j's sums at
+    out[2 ROW_TILE j ..].  hp and prefetch are unused (the byte kinds stream without prefetches)."""
+    _, maddwd = madds(builder)
+    load = loader(builder)
+    v16i8 = ir.VectorType(I8, 16)
+    groups = ROW_TILE // 8
+    rgs = range(groups) if rgs is None else rgs
+    for half in range(2):                        # weights 0-15, 16-31: one int32 sum each
+        acc = {(j, rg): ir.Constant(V8I32, [0] * 8) for j in range(len(xps)) for rg in rgs}
+        for p in range(8 * half, 8 * half + 8):          # the pair of weights 2p, 2p+1
+            xs = [builder.bitcast(splat(builder, load(xp, 4 * p, I32)), V16I16) for xp in xps]
+            for rg in rgs:                       # 8 rows: 16 bytes, widened to int16
+                w = builder.sext(load(qp, (p * ROW_TILE + rg * 8) * 2, v16i8), V16I16)
+                for j, x in enumerate(xs):
+                    acc[j, rg] = builder.add(acc[j, rg], maddwd(w, x))
+        for (j, rg), a in acc.items():
+            builder.store(a, builder.gep(op, [ir.Constant(I32, (2 * j + half) * groups + rg)]), align=4)
+
+
 @intrinsic
 def _pair_isums_avx2(typingctx, q, qo, xq, xo, out):
     """The AVX2 form of pair_isums (see its docstring)."""
@@ -156,24 +178,25 @@ def _pair_isums_avx2(typingctx, q, qo, xq, xo, out):
         aty = signature.args
         qp = byte_ptr(context, builder, aty[0], q, qo)
         xp = byte_ptr(context, builder, aty[2], xq, builder.mul(xo, ir.Constant(xo.type, 2)))
-        op = out_ptr(context, builder, aty[4], out)
-        _, maddwd = madds(builder)
-        load = loader(builder)
-        v16i8 = ir.VectorType(I8, 16)
-
-        groups = ROW_TILE // 8
-        for half in range(2):                    # weights 0-15, 16-31: one int32 sum each
-            acc = [ir.Constant(V8I32, [0] * 8)] * groups
-            for p in range(8 * half, 8 * half + 8):      # the pair of weights 2p, 2p+1
-                x = builder.bitcast(splat(builder, load(xp, 4 * p, I32)), V16I16)
-                for rg in range(groups):         # 8 rows: 16 bytes, widened to int16
-                    w = builder.sext(load(qp, (p * ROW_TILE + rg * 8) * 2, v16i8), V16I16)
-                    acc[rg] = builder.add(acc[rg], maddwd(w, x))
-            for rg in range(groups):
-                builder.store(acc[rg], builder.gep(op, [ir.Constant(I32, half * groups + rg)]), align=4)
+        _emit_pair_sums(builder, qp, None, [xp], out_ptr(context, builder, aty[4], out))
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+_pair_rows = rows_call("_pair_isums_rows", by_row_group(_emit_pair_sums, ROW_TILE // 8), terms=1)
+
+
+@njit(cache=True, inline="always")
+def pair_isums_rows(q, qo, xq, xo, ldx, c, out, simd):
+    """pair_isums for c activation rows at once (c = tiled.row_step's count), row r's from
+    ``xq[xo + r ldx]``: its sums at ``out[2 R r:2 R (r + 1)]``, each row's exactly those of
+    pair_isums, the weights widened once for all the rows."""
+    if HOST_AVX2 and simd != PORTABLE:
+        _pair_rows(q, qo, q, 0, xq, xq, 2 * xo, 2 * ldx, c, out)
+    else:
+        for r in range(c):
+            _pair_isums_loop(q, qo, xq, xo + r * ldx, out[2 * R * r:])
 
 
 @njit(cache=True, inline="always")
@@ -386,6 +409,36 @@ def matvec_q6(qt, qh, sl, sh, d, X, tiles, xrow, simd, y):
         store_tile(acc, it, y)
 
 
+@njit(parallel=True, fastmath=FM, cache=True)
+def matmul_rows_i8(qt, s_lo, s_hi, X, simd, Y):
+    """Y (n, rows) = X W^T for Q8_0 (arrays as matvec_i8's), each row of Y bit-identical to
+    matvec_i8 of that row alone, each block's weights widened once per ISUM_ROWS rows."""
+    n, cols = X.shape
+    nb = cols // 32
+    xq, dx = round_rows16(X)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        lt = s_lo[t]
+        ht = s_hi[t]
+        acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
+        isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+        i0 = 0
+        while i0 < n:
+            c = row_step(n - i0)
+            acc[:] = 0
+            for b in range(nb):
+                pair_isums_rows(q, b * 32 * R, xq, i0 * cols + 32 * b, cols, c, isum, simd)
+                for r in range(c):
+                    dxb = dx[i0 + r, b]
+                    a = r * R
+                    o = 2 * R * r
+                    for l in range(R):
+                        i = nonneg(b * R + l)
+                        acc[a + l] += (scale(lt[i]) * f32(isum[o + l]) + scale(ht[i]) * f32(isum[o + R + l])) * dxb
+            store_row_tiles(acc, c, t, Y, i0)
+            i0 += c
+
+
 @njit(cache=True, inline="always")
 def decode_i8_block(q, h, b, l, s0, s1, o):
     """Block b of lane l of a tile (q, h = qt[t], qh[t]) into o[32 b: 32 b + 32]: w = q s0 (weights
@@ -550,6 +603,10 @@ class ByteKind(TiledKind):
     def tile_kernel(self, p: Packed):
         return matvec_i8, (p.arrays["qt"], p.arrays["d"], p.arrays["d"])
 
+    def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
+        a = (p.arrays["qt"], p.arrays["d"], p.arrays["d"])
+        return lambda X, out: matmul_rows_i8(*a, X, simd, out)
+
     def decode(self, p: Packed, ids, out) -> None:
         decode_i8(p.arrays["qt"], p.arrays["d"], p.arrays["d"], ids, out)
 
@@ -586,6 +643,10 @@ class Q6Kind(ByteKind):
 
     def tile_kernel(self, p: Packed):
         return matvec_q6, self._arrays(p)
+
+    def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
+        """None: Q6_K's decode steps run the matvec per row (its two planes have no multi-row sums yet)."""
+        return None
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_q6(*self._arrays(p), ids, out)

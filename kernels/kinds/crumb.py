@@ -29,7 +29,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from ..numerics import f16_at
-from ..simd import HOST_AVX2, I32, PORTABLE, SIMD_BEST, VNNI, ByteSums, loader, plane_intrinsic
+from ..simd import HOST_AVX2, I32, PORTABLE, VNNI, ByteSums, loader, plane_intrinsic
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, store_tile, sums16

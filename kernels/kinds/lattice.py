@@ -30,7 +30,7 @@ from numba.extending import overload
 from ..iquant_tables import (iq1s_grid_i8, iq2s_grid_u8, iq2xs_grid_u8, iq2xxs_grid_u8, iq3s_grid_u8, iq3xxs_grid_u8,
                              ksigns_iq2xs)
 from ..numerics import f16_at, f16_bits_to_f32, u16_at, u32_at
-from ..simd import HOST_AVX2, PORTABLE, SIMD_BEST, VNNI
+from ..simd import HOST_AVX2, PORTABLE, VNNI
 from ..types import GGMLType
 from . import Packed, register
 from .nibble import nibble_index

@@ -54,12 +54,14 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from ..numerics import M4, U4, f16_at, scale_min_k4, u32_at, u64_at
-from ..simd import (HOST_AVX2, HOST_F16C, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums, byte_ptr,
-                    data_ptr, loader, plane_intrinsic, prefetch_block, scales8, splat, spread_bits)
+from ..simd import (HOST_AVX2, HOST_F16C, I32, ISUM_ROWS, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums,
+                    by_row_group, byte_ptr, data_ptr, loader, plane_intrinsic, prefetch_block, rows_call,
+                    scales8, splat, spread_bits, sum_lanes)
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, block_scales, fma_rows, interleave_rows,
-                    load_rows, nonneg, round_activations, scale, store_rows, store_tile)
+                    load_rows, nonneg, round_activations, round_rows, row_step, scale,
+                    store_row_tiles, store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -214,19 +216,23 @@ def expand_k_scales(sc, mn, d, dm, t0, t1):
 # ---------------------------------------------------------------- integer sums
 
 
-def _emit_nibble_sums(builder, qp, hp, xps, op, five, vnni):
-    """The IR of nibble_isums' AVX2 form, or with vnni its VNNI form (see the module docstring)."""
+def _emit_nibble_sums(builder, qp, hp, xps, op, five, vnni, rgs=None, prefetch=True):
+    """The IR of nibble_isums' AVX2 form, or with vnni its VNNI form (see the module docstring), for
+    the row groups rgs (groups of ``lanes`` weight rows; all by default) and any number of
+    activation terms xps."""
     load = loader(builder)
-    prefetch_block(builder, qp, 16 * ROW_TILE)
+    if prefetch:
+        prefetch_block(builder, qp, 16 * ROW_TILE)
     # AVX2: int16 partial sums widened into int32 before they can overflow: every 4 loads (8
     # products) for 4-bit weights (8 * 15 * 127 * 2 < 2^15), every 2 for 5-bit
     sums = ByteSums(builder, vnni, depth=4 if five else 8)
     lanes = sums.lanes                   # rows per load
     groups = ROW_TILE // lanes
+    rgs = range(groups) if rgs is None else rgs
     for g in range(4):                   # bytes 4g..4g+3 of every row
         xs = [[sums.splat(load(xp, o + 4 * g, I32)) for o in (0, 16)]
               for xp in xps]             # [term][low / high nibbles' activations]
-        for rg in range(groups):         # rows lanes rg .. lanes (rg + 1) - 1
+        for rg in rgs:                   # rows lanes rg .. lanes (rg + 1) - 1
             v = load(qp, (g * ROW_TILE + rg * lanes) * 4, sums.bytes)
             lo = builder.and_(v, sums.const(15))
             hi = builder.and_(builder.lshr(v, sums.const(4)), sums.const(15))
@@ -237,7 +243,7 @@ def _emit_nibble_sums(builder, qp, hp, xps, op, five, vnni):
             for term, (x_lo, x_hi) in enumerate(xs):
                 sums.add((term, rg), (lo, x_lo), (hi, x_hi))
     for term in range(len(xps)):
-        for rg in range(groups):
+        for rg in rgs:
             sums.store(op, term * groups + rg, (term, rg))
 
 
@@ -302,6 +308,53 @@ def _nibble_isums_impl(q, qo, h, ho, five, xq, xr, xo, out, simd):
             _isums5_avx2(q, qo, h, ho, xq, xr, xo, out)
         else:
             _isums4_avx2(q, qo, h, ho, xq, xr, xo, out)
+    return either
+
+
+def _nibble_rows(five, vnni):
+    """A call(q, qo, h, ho, xq, xr, xo, ldx, c, out) of the nibble sums for c activation rows
+    (simd.rows_call), in the AVX2 or the VNNI form."""
+    emit = by_row_group(_emit_nibble_sums, ROW_TILE // sum_lanes(vnni), five=five, vnni=vnni)
+    return rows_call(f"_isums{5 if five else 4}_{'vnni' if vnni else 'avx2'}_rows", emit)
+
+
+_rows4_avx2, _rows5_avx2 = _nibble_rows(False, False), _nibble_rows(True, False)
+_rows4_vnni, _rows5_vnni = _nibble_rows(False, True), _nibble_rows(True, True)
+
+
+def nibble_isums_rows(q, qo, h, ho, five, xq, xr, xo, ldx, c, out, simd):
+    """nibble_isums for c activation rows at once (c = tiled.row_step's count), row r's terms at
+    ``xq[xo + r ldx]``, ``xr[xo + r ldx]``: its sums at ``out[2 R r:2 R (r + 1)]``, each row's
+    exactly those of nibble_isums (integer sums), the quants unpacked once for all the rows.
+    (Callable from Numba code only.)"""
+    raise NotImplementedError("nibble_isums_rows runs inside Numba kernels")
+
+
+@njit(cache=True, inline="always")
+def isums_rows_loop(q, qo, h, ho, five, tab, xq, xr, xo, ldx, c, out):
+    """The portable form of nibble_isums_rows and table_isums_rows: isums_loop per row."""
+    for r in range(c):
+        isums_loop(q, qo, h, ho, five, tab, xq, xr, xo + r * ldx, out[2 * R * r:])
+
+
+@overload(nibble_isums_rows, inline="always")
+def _nibble_isums_rows_impl(q, qo, h, ho, five, xq, xr, xo, ldx, c, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, h, ho, five, xq, xr, xo, ldx, c, out, simd):
+            isums_rows_loop(q, qo, h, ho, five, IDENTITY, xq, xr, xo, ldx, c, out)
+        return portable
+
+    def either(q, qo, h, ho, five, xq, xr, xo, ldx, c, out, simd):
+        if simd == PORTABLE:
+            isums_rows_loop(q, qo, h, ho, five, IDENTITY, xq, xr, xo, ldx, c, out)
+        elif simd == VNNI and five:
+            _rows5_vnni(q, qo, h, ho, xq, xr, xo, ldx, c, out)
+        elif simd == VNNI:
+            _rows4_vnni(q, qo, h, ho, xq, xr, xo, ldx, c, out)
+        elif five:
+            _rows5_avx2(q, qo, h, ho, xq, xr, xo, ldx, c, out)
+        else:
+            _rows4_avx2(q, qo, h, ho, xq, xr, xo, ldx, c, out)
     return either
 
 
@@ -389,6 +442,99 @@ def matvec_nibk(qt, qh, sc, mn, d, dm, X, tiles, xrow, simd, y):
                 j = nonneg(s * R + l)
                 acc[l] += scale(dt[j]) * aq[l] - scale(dmt[j]) * am[l]
         store_tile(acc, it, y)
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def matmul_rows_nib(qt, qh, d, m, off, X, simd, Y):
+    """Y (n, rows) = X W^T for the legacy nibble kinds (arrays as matvec_nib's), each row of Y
+    bit-identical to matvec_nib of that row of X alone (the same rounding, integer sums and float
+    combine), the quants of each block unpacked once per ISUM_ROWS rows (nibble_isums_rows)."""
+    n, cols = X.shape
+    nb = cols // 32
+    five = qh.shape[1] > 0
+    moff = f32(-off)
+    xq, xr, dx, dr, xs = round_rows(X)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        h = qh[t % qh.shape[0]]
+        dt = d[t]
+        mt = m[t]
+        acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
+        isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+        i0 = 0
+        while i0 < n:
+            c = row_step(n - i0)
+            acc[:] = 0
+            for b in range(nb):
+                nibble_isums_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, isum, simd)
+                for r in range(c):
+                    dxb = dx[i0 + r, b]
+                    drb = dr[i0 + r, b]
+                    xsb = xs[i0 + r, b]
+                    a = r * R
+                    s = 2 * R * r
+                    if off:
+                        xo = moff * xsb
+                        for l in range(R):
+                            i = nonneg(b * R + l)
+                            p = f32(isum[s + l]) * dxb + f32(isum[s + R + l]) * drb
+                            acc[a + l] += scale(dt[i]) * (p + xo)
+                    else:
+                        for l in range(R):
+                            i = nonneg(b * R + l)
+                            p = f32(isum[s + l]) * dxb + f32(isum[s + R + l]) * drb
+                            acc[a + l] += scale(dt[i]) * p + scale(mt[i]) * xsb
+            store_row_tiles(acc, c, t, Y, i0)
+            i0 += c
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def matmul_rows_nibk(qt, qh, sc, mn, d, dm, X, simd, Y):
+    """matmul_rows_nib for the k-quant nibble kinds (arrays as matvec_nibk's): each row of Y
+    bit-identical to matvec_nibk of that row alone."""
+    n, cols = X.shape
+    nb = cols // 32
+    five = qh.shape[1] > 0
+    xq, xr, dx, dr, xs = round_rows(X)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        h = qh[t % qh.shape[0]]
+        sct = sc[t]
+        mnt = mn[t]
+        dt = d[t]
+        dmt = dm[t]
+        acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
+        aq = np.empty(ISUM_ROWS * R, np.float32)      # one super-block's sum of sc * p per row
+        am = np.empty(ISUM_ROWS * R, np.float32)      # and of mn * xs
+        isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+        i0 = 0
+        while i0 < n:
+            c = row_step(n - i0)
+            acc[:] = 0
+            for s in range(nb // 8):
+                aq[:] = 0
+                am[:] = 0
+                for b in range(8 * s, 8 * s + 8):
+                    nibble_isums_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, isum,
+                                      simd)
+                    for r in range(c):
+                        dxb = dx[i0 + r, b]
+                        drb = dr[i0 + r, b]
+                        xsb = xs[i0 + r, b]
+                        a = r * R
+                        o = 2 * R * r
+                        for l in range(R):
+                            i = nonneg(b * R + l)
+                            p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
+                            aq[a + l] += f32(sct[i]) * p
+                            am[a + l] += f32(mnt[i]) * xsb
+                for r in range(c):
+                    a = r * R
+                    for l in range(R):
+                        j = nonneg(s * R + l)
+                        acc[a + l] += scale(dt[j]) * aq[a + l] - scale(dmt[j]) * am[a + l]
+            store_row_tiles(acc, c, t, Y, i0)
+            i0 += c
 
 
 @njit(cache=True, inline="always")
@@ -598,6 +744,10 @@ class NibbleKind(TiledKind):
     def tile_kernel(self, p: Packed):
         return matvec_nib, (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off))
 
+    def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
+        a = (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off))
+        return lambda X, out: matmul_rows_nib(*a, X, simd, out)
+
     def decode(self, p: Packed, ids, out) -> None:
         decode_nib(p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off), ids, out)
 
@@ -634,6 +784,10 @@ class NibbleKKind(NibbleKind):
 
     def tile_kernel(self, p: Packed):
         return matvec_nibk, self._arrays(p)
+
+    def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
+        a = self._arrays(p)
+        return lambda X, out: matmul_rows_nibk(*a, X, simd, out)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_nibk(*self._arrays(p), ids, out)

@@ -29,13 +29,15 @@ from numba.extending import intrinsic, overload
 
 from ..iquant_tables import kvalues_iq4nl, kvalues_mxfp4
 from ..numerics import e8m0_half_to_f32, f16_at, u16_at
-from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums, byte_ptr,
-                    data_ptr, loader, out_ptr, prefetch_block, scales8, x86)
+from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums,
+                    by_row_group, byte_ptr, data_ptr, loader, out_ptr, prefetch_block, rows_call, scales8, sum_lanes,
+                    x86)
 from ..types import GGMLType
 from . import Packed, register
-from .nibble import isums_loop, nibble_index
+from .nibble import isums_loop, isums_rows_loop, nibble_index
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, load_rows,
-                    nonneg, round_activations, scale, store_rows, store_tile)
+                    nonneg, round_activations, round_rows, row_step, scale, store_row_tiles,
+                    store_rows, store_tile)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -87,16 +89,21 @@ def repack_iq4_xs(raw, qt, sc, d, r0, r1):
 # ---------------------------------------------------------------- integer sums
 
 
-def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, depth=1, vnni=False):
+def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, depth=1, vnni=False, rgs=None,
+                    prefetch=True):
     """The IR of table_isums' AVX2 form (vnni: its VNNI form), and of table_isums16's (unsigned
     values: no vpabsb / vpsignb; halves: one sum per 16 weights; depth: AVX2's vpmaddubsw results
     summed as int16 into an accumulator before each widening vpmaddwd; 4 divides the 4 (halves)
-    or 8 it gets)."""
+    or 8 it gets), for the row groups rgs (groups of ``lanes`` weight rows; all by default) and
+    any number of activation terms xps."""
     load = loader(builder)
-    prefetch_block(builder, qp, 16 * ROW_TILE)
+    if prefetch:
+        prefetch_block(builder, qp, 16 * ROW_TILE)
+    tp = builder.bitcast(tp, I8.as_pointer())
     sums = ByteSums(builder, vnni, depth)
     lanes = sums.lanes                   # rows per load
     groups = ROW_TILE // lanes
+    rgs = range(groups) if rgs is None else rgs
     pshufb = x86(builder, "llvm.x86.avx512.pshuf.b.512" if lanes == 16 else "llvm.x86.avx2.pshuf.b",
                  sums.bytes, sums.bytes, sums.bytes)
     psign = x86(builder, "llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
@@ -117,7 +124,7 @@ def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, dept
         if raised:
             for term in range(len(xps)):
                 xsum.add(term, *((sums.const(1), x) for x in xs[term]))
-        for rg in range(groups):
+        for rg in rgs:
             v = load(qp, (g * ROW_TILE + rg * lanes) * 4, sums.bytes)
             for half, nib in enumerate((builder.and_(v, sums.const(15)),
                                         builder.and_(builder.lshr(v, sums.const(4)), sums.const(15)))):
@@ -135,7 +142,8 @@ def emit_table_sums(builder, qp, tp, xps, op, unsigned=False, halves=False, dept
     for term in range(len(xps)):
         off = builder.shl(xsum.total(term), ir.Constant(sums.vec, [7] * lanes)) if raised else None
         for a in range(parts * groups):
-            sums.store(op, term * parts * groups + a, (term, a), minus=off)
+            if a % groups in rgs:
+                sums.store(op, term * parts * groups + a, (term, a), minus=off)
 
 
 def table_intrinsic(name, **mode):
@@ -186,6 +194,34 @@ def _table_isums_impl(q, qo, tab, xq, xr, xo, out, simd):
             _table_isums_vnni(q, qo, tab, xq, xr, xo, out)
         else:
             _table_isums_avx2(q, qo, tab, xq, xr, xo, out)
+    return either
+
+
+_rows_avx2, _rows_vnni = (rows_call(f"_table_isums_{'vnni' if v else 'avx2'}_rows",
+                                     by_row_group(emit_table_sums, ROW_TILE // sum_lanes(v), vnni=v))
+                           for v in (False, True))
+
+
+def table_isums_rows(q, qo, tab, xq, xr, xo, ldx, c, out, simd):
+    """table_isums for c activation rows at once, as kinds.nibble.nibble_isums_rows takes them.
+    (Callable from Numba code only.)"""
+    raise NotImplementedError("table_isums_rows runs inside Numba kernels")
+
+
+@overload(table_isums_rows, inline="always")
+def _table_isums_rows_impl(q, qo, tab, xq, xr, xo, ldx, c, out, simd):
+    if not HOST_AVX2:
+        def portable(q, qo, tab, xq, xr, xo, ldx, c, out, simd):
+            isums_rows_loop(q, qo, _NO_BITS, 0, False, tab, xq, xr, xo, ldx, c, out)
+        return portable
+
+    def either(q, qo, tab, xq, xr, xo, ldx, c, out, simd):
+        if simd == PORTABLE:
+            isums_rows_loop(q, qo, _NO_BITS, 0, False, tab, xq, xr, xo, ldx, c, out)
+        elif simd == VNNI:
+            _rows_vnni(q, qo, tab, 0, xq, xr, xo, ldx, c, out)
+        else:
+            _rows_avx2(q, qo, tab, 0, xq, xr, xo, ldx, c, out)
     return either
 
 
@@ -246,6 +282,72 @@ def matvec_tab_xs(qt, sc, d, tab, X, tiles, xrow, simd, y):
                     aq[l] += f32(sct[nonneg(b * R + l)]) * p
             add_scaled(acc, dt, s, aq)
         store_tile(acc, it, y)
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def matmul_rows_tab(qt, d, tab, X, simd, Y):
+    """Y (n, rows) = X W^T for the table kind (arrays as matvec_tab's), each row of Y bit-identical
+    to matvec_tab of that row alone, the values of each block looked up once per ISUM_ROWS rows."""
+    n, cols = X.shape
+    nb = cols // 32
+    xq, xr, dx, dr, _ = round_rows(X)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        dt = d[t]
+        acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
+        isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+        i0 = 0
+        while i0 < n:
+            c = row_step(n - i0)
+            acc[:] = 0
+            for b in range(nb):
+                table_isums_rows(q, b * 16 * R, tab, xq, xr, i0 * cols + 32 * b, cols, c, isum, simd)
+                for r in range(c):
+                    dxb = dx[i0 + r, b]
+                    drb = dr[i0 + r, b]
+                    a = r * R
+                    o = 2 * R * r
+                    for l in range(R):
+                        p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
+                        acc[a + l] += scale(dt[nonneg(b * R + l)]) * p
+            store_row_tiles(acc, c, t, Y, i0)
+            i0 += c
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def matmul_rows_tab_xs(qt, sc, d, tab, X, simd, Y):
+    """matmul_rows_tab for IQ4_XS (arrays as matvec_tab_xs's): each row of Y bit-identical to
+    matvec_tab_xs of that row alone."""
+    n, cols = X.shape
+    nb = cols // 32
+    xq, xr, dx, dr, _ = round_rows(X)
+    for t in prange(qt.shape[0]):
+        q = qt[t]
+        sct = sc[t]
+        dt = d[t]
+        acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
+        aq = np.empty(ISUM_ROWS * R, np.float32)      # one super-block's sum of sc * p per row
+        isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+        i0 = 0
+        while i0 < n:
+            c = row_step(n - i0)
+            acc[:] = 0
+            for s in range(nb // 8):
+                aq[:] = 0
+                for b in range(8 * s, 8 * s + 8):
+                    table_isums_rows(q, b * 16 * R, tab, xq, xr, i0 * cols + 32 * b, cols, c, isum, simd)
+                    for r in range(c):
+                        dxb = dx[i0 + r, b]
+                        drb = dr[i0 + r, b]
+                        a = r * R
+                        o = 2 * R * r
+                        for l in range(R):
+                            p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
+                            aq[a + l] += f32(sct[nonneg(b * R + l)]) * p
+                for r in range(c):
+                    add_scaled(acc[r * R:(r + 1) * R], dt, s, aq[r * R:(r + 1) * R])
+            store_row_tiles(acc, c, t, Y, i0)
+            i0 += c
 
 
 @njit(cache=True, inline="always")
@@ -370,6 +472,10 @@ class TableKind(TiledKind):
     def tile_kernel(self, p: Packed):
         return matvec_tab, (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype])
 
+    def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
+        a = (p.arrays["qt"], p.arrays["d"], TABLES[p.qtype])
+        return lambda X, out: matmul_rows_tab(*a, X, simd, out)
+
     def decode(self, p: Packed, ids, out) -> None:
         decode_tab(p.arrays["qt"], p.arrays["d"], TABLES[p.qtype], ids, out)
 
@@ -394,6 +500,10 @@ class XSKind(TableKind):
 
     def tile_kernel(self, p: Packed):
         return matvec_tab_xs, (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype])
+
+    def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
+        a = (p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype])
+        return lambda X, out: matmul_rows_tab_xs(*a, X, simd, out)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_tab_xs(p.arrays["qt"], p.arrays["sc"], p.arrays["d"], TABLES[p.qtype], ids, out)

@@ -40,8 +40,8 @@ from numba import njit, types
 from numba.extending import overload
 
 from ..numerics import bf16_bits_to_f32, f16_bits_to_f32
-from ..simd import FMA_ROWS, HOST_F16C, SIMD_BEST, block_fma_intrinsic, half_bits_to_f32
-from ..threads import get_num_threads, run_all, split
+from ..simd import FMA_ROWS, HOST_F16C, ISUM_ROWS, SIMD_BEST, block_fma_intrinsic, half_bits_to_f32
+from ..threads import get_num_threads, run_all
 from . import Kind, Packed
 
 f32 = np.float32
@@ -304,6 +304,58 @@ def round_activations(x):
         dr[b] = amax / f32(127 * 254)
         xs[b] = dx[b] * f32(sq) + dr[b] * f32(sr)
     return xq, xr, dx, dr, xs
+
+
+@njit(cache=True)
+def round_rows(X):
+    """round_activations of each row of X (n, 32 nb): xq, xr (n * 32 nb,) int8, row i at
+    i * 32 nb; dx, dr, xs (n, nb) float32.  Each row's values are those of its own call."""
+    n, cols = X.shape
+    nb = cols // 32
+    xq = np.empty(n * cols, np.int8)
+    xr = np.empty(n * cols, np.int8)
+    dx = np.empty((n, nb), np.float32)
+    dr = np.empty((n, nb), np.float32)
+    xs = np.empty((n, nb), np.float32)
+    for i in range(n):
+        q, r, a, b, s = round_activations(X[i])
+        xq[i * cols:(i + 1) * cols] = q
+        xr[i * cols:(i + 1) * cols] = r
+        dx[i] = a
+        dr[i] = b
+        xs[i] = s
+    return xq, xr, dx, dr, xs
+
+
+@njit(cache=True)
+def round_rows16(X):
+    """round_activations16 of each row of X (n, 32 nb): xq (n * 32 nb,) int16, row i at i * 32 nb;
+    dx (n, nb) float32."""
+    n, cols = X.shape
+    xq = np.empty(n * cols, np.int16)
+    dx = np.empty((n, cols // 32), np.float32)
+    for i in range(n):
+        q, a = round_activations16(X[i])
+        xq[i * cols:(i + 1) * cols] = q
+        dx[i] = a
+    return xq, dx
+
+
+@njit(cache=True, inline="always")
+def row_step(left):
+    """Activation rows the next call of a multi-row integer sum takes when `left` remain: ISUM_ROWS
+    while there are that many, then 2, then 1 (the row counts the kinds build intrinsics for)."""
+    if left >= ISUM_ROWS:
+        return ISUM_ROWS
+    return 2 if left >= 2 else 1
+
+
+@njit(cache=True, inline="always")
+def store_row_tiles(acc, c, t, Y, i0):
+    """Rows i0 .. i0 + c - 1 of a multi-row product: acc (>= c ROW_TILE,) row r lane l at
+    acc[r ROW_TILE + l], into their tile t of Y (n, rows) (store_tile for each)."""
+    for r in range(c):
+        store_tile(acc[r * ROW_TILE:(r + 1) * ROW_TILE], t, Y[i0 + r])
 
 
 @njit(cache=True, inline="always")

@@ -1,0 +1,91 @@
+"""The multi-row integer products of a batched decode step (Kind.matmul_rows, Weight.matmul_decode).
+
+The claim is bit-identity, no tolerance: each row of ``Weight.matmul_decode(X)`` has the very bits of
+``Weight.matvec`` of that row alone (the same activation rounding, integer sums and float combine
+order), for every n (row groups of ISUM_ROWS, 2 and 1 rows), with every form of the integer sums
+the host runs (portable loops, AVX2, AVX-512 VNNI), whatever the thread count and the other rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels import Weight
+from kernels.kinds import registered
+from kernels.simd import SIMD_BEST, SIMD_FORMS
+
+from .test_matvec import bits_equal, random_tensor
+
+ROWS_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q8_0", "IQ4_NL", "IQ4_XS", "MXFP4"]
+ROWS, COLS = 77, 512            # a partial last row tile; two k-quant super-blocks
+NS = list(range(1, 17)) + [37]
+
+
+def per_row(W: Weight, X: np.ndarray) -> np.ndarray:
+    return np.stack([W.matvec(x) for x in X])
+
+
+def test_multirow_products_serve_the_expected_kinds():
+    """The nibble, Q8_0 and table kinds have a multi-row product; the others run the matvec per row."""
+    names = set()
+    for k in registered():
+        try:
+            if k.matmul_rows(None) is not None:
+                names.add(k.name)
+        except (AttributeError, KeyError, TypeError):      # binds the packed arrays: a kind that has one
+            names.add(k.name)
+    assert {"q4", "q4m", "q4k", "q5", "q5m", "q5k", "q8", "t4", "t4x"} <= names and "q6" not in names
+
+
+@pytest.mark.parametrize("name", ROWS_TYPES)
+def test_decode_rows_are_the_matvec_bit_for_bit(name):
+    """n = 1..16 and 37 rows (rows of very different scales, a zero block): each row of
+    matmul_decode equals the lone matvec bit for bit, with the SIMD and the portable sums."""
+    rng = np.random.default_rng(5)
+    W = Weight(random_tensor(name, ROWS, COLS, rng), name, (ROWS, COLS))
+    forms = {f: W.kind.matmul_rows(W.packed, simd=f) for f in SIMD_FORMS if f != SIMD_BEST}
+    for n in NS:
+        X = rng.standard_normal((n, COLS)).astype(np.float32)
+        if n > 2:
+            X[1] *= 1e4
+            X[2, :32] = 0.0
+        ref = per_row(W, X)
+        assert bits_equal(W.matmul_decode(X), ref), f"{name} n={n}: not the matvec's bits"
+        if n in (1, 3, 5, 16):
+            for f, product in forms.items():
+                Y = np.empty_like(ref)
+                product(X, Y)
+                assert bits_equal(Y, ref), f"{name} n={n}: the sums of SIMD form {f} differ"
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q8_0", "IQ4_NL"])
+def test_decode_rows_do_not_depend_on_threads_or_neighbours(name):
+    """The same row gives the same bits at 1 and 2 threads, and beside any other rows; out may be a
+    column slice of a wider array (a fused projection's part)."""
+    rng = np.random.default_rng(6)
+    W = Weight(random_tensor(name, 200, COLS, rng), name, (200, COLS))
+    X = rng.standard_normal((9, COLS)).astype(np.float32)
+    before = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(1)
+        one = W.matmul_decode(X)
+        kernels.set_num_threads(2)
+        two = W.matmul_decode(X)
+    finally:
+        kernels.set_num_threads(before)
+    assert bits_equal(one, two)
+    other = np.concatenate([rng.standard_normal((4, COLS)).astype(np.float32) * 100, X[3:4]])
+    assert bits_equal(W.matmul_decode(other)[-1:], one[3:4])
+    wide = np.zeros((9, 300), np.float32)
+    W.matmul_decode(X, wide[:, 50:250])
+    assert bits_equal(wide[:, 50:250], one) and not wide[:, :50].any() and not wide[:, 250:].any()
+
+
+@pytest.mark.parametrize("name", ["Q2_K", "IQ2_XS", "F16", "Q6_K"])
+def test_other_kinds_run_the_matvec_per_row(name):
+    """Kinds without a multi-row product give matmul_decode = the matvec per row, bit for bit."""
+    rng = np.random.default_rng(7)
+    W = Weight(random_tensor(name, 40, 256, rng), name, (40, 256))
+    X = rng.standard_normal((5, 256)).astype(np.float32)
+    assert bits_equal(W.matmul_decode(X), per_row(W, X))
