@@ -245,12 +245,26 @@ class Scheduler:
         return out
 
     # --- the engine thread ----------------------------------------------------------------
+    def _warm_batched(self, model, tok) -> None:
+        """Two passes of two slots before the server reports ready, one of prompt chunks and one of
+        decode steps: on a cold kernel cache they compile the multi-sequence prompt products, the
+        multi-row decode products and the batched attention (the load's warm-up compiles the
+        one-sequence paths only), so the first burst of clients does not wait for them; on a warm
+        cache they cost a few milliseconds.  Slots 0 and 1 get throw-away tokens; their token
+        lists stay empty, so no request reuses them."""
+        t = int(tok.bos_id) if tok.bos_id is not None and tok.bos_id >= 0 else 0
+        n = min(8, self.n_ctx_slot - 1)
+        model.eval_batch(TokenBatch.build([(0, 0, [t] * n, True), (1, 0, [t] * n, True)]), self._cache)
+        model.eval_batch(TokenBatch.build([(0, n, [t], True), (1, n, [t], True)], n_decode=2), self._cache)
+
     def _main(self) -> None:
         try:
             self.llm = self._load()
             model = self.llm.model
             self._cache = model.slot_cache(self.n_slots, self.n_ctx_slot, self.cache_type)
             tok = self.llm.tokenizer
+            if self.n_slots > 1:
+                self._warm_batched(model, tok)
             self._eog = {int(t) for t in (getattr(tok, "eog_ids", None) or [])}
             if tok.eos_id is not None and tok.eos_id >= 0:
                 self._eog.add(int(tok.eos_id))
