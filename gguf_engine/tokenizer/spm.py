@@ -74,16 +74,10 @@ def build_model_proto(vocab: Vocab) -> bytes | None:
         return None
     types[unk] = _PIECE_UNKNOWN
 
-    # UTF-8 bytes of all pieces at once: code points -> bytes per code point -> bytes per piece
-    joined = "".join(vocab.tokens)
-    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
-    per_cp = 1 + (cps >= 0x80).astype(np.int64) + (cps >= 0x800) + (cps >= 0x10000)
-    char_lens = vocab.char_lens if vocab.char_lens is not None else \
-        np.fromiter(map(len, vocab.tokens), dtype=np.int64, count=n)
-    cum = np.concatenate(([0], np.cumsum(per_cp)))
-    cstart = np.concatenate(([0], np.cumsum(char_lens)))
-    lens = cum[cstart[1:]] - cum[cstart[:-1]]
-    flat_bytes = joined.encode("utf-8")
+    # UTF-8 bytes of all pieces, and each piece's byte length (int32 index arrays: a 262k-token
+    # vocabulary's transient arrays stay a few MiB each, and none outlive the call)
+    flat = np.frombuffer("".join(vocab.tokens).encode("utf-8"), dtype=np.uint8)
+    lens = np.fromiter(map(len, map(str.encode, vocab.tokens)), dtype=np.int32, count=n)
     # piece message: 0x0A len(piece) piece 0x15 f32(score) 0x18 type
     body = 1 + _varint_len(lens) + lens + 5 + 2
     entry = 1 + _varint_len(body) + body
@@ -97,10 +91,12 @@ def build_model_proto(vocab: Vocab) -> bytes | None:
     buf[p] = 0x0A
     _put_varints(buf, p + 1, lens)
     p = p + 1 + _varint_len(lens)
-    # piece bytes
-    flat = np.frombuffer(flat_bytes, dtype=np.uint8)
-    offs = np.repeat(p - np.concatenate(([0], np.cumsum(lens)[:-1])), lens)
-    buf[offs + np.arange(len(flat))] = flat
+    # piece bytes: byte k of the joined texts goes to its piece's start plus k less the piece's
+    # first byte in the joined texts
+    offs = np.repeat((p - (np.cumsum(lens) - lens)).astype(np.int32), lens)
+    offs += np.arange(len(flat), dtype=np.int32)
+    buf[offs] = flat
+    del offs
     p = p + lens
     buf[p] = 0x15
     sc = np.ascontiguousarray(vocab.scores, dtype="<f4").view(np.uint8).reshape(n, 4)

@@ -90,7 +90,6 @@ class Vocab:
     special_cache: list = field(default_factory=list)  # control/user-defined/unknown ids, longest text first
     name: str = ""
     chat_template: str | None = None
-    char_lens: np.ndarray | None = None   # (n_vocab,) length of each token text in characters
 
     @property
     def kind(self) -> str:
@@ -165,10 +164,8 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
     n = len(tokens)
     if n == 0:
         raise VocabError(f"{source}: tokenizer.ggml.tokens is empty")
-    char_lens = np.fromiter(map(len, tokens), dtype=np.int64, count=n)
-    for i in np.nonzero(char_lens == 0)[0].tolist():
+    for i in [i for i, t in enumerate(tokens) if not t]:
         tokens[i] = f"[EMPTY_{i}]"   # as llama.cpp renames empty tokens
-        char_lens[i] = len(tokens[i])
 
     scores = get("tokenizer.ggml.scores")
     if scores is None:
@@ -296,4 +293,4 @@ def load_vocab(md: Mapping[str, Any], source: str = "<gguf>") -> Vocab:
         tmpl = _as_string(tmpl, "tokenizer.chat_template", source)
     return Vocab(model=model, pre=pre, tokens=tokens, scores=scores, attrs=attrs, token_to_id=token_to_id,
                  merges=merges, special=special, eog_ids=eog, special_cache=cand, name=name,
-                 chat_template=tmpl, char_lens=char_lens, **flags)
+                 chat_template=tmpl, **flags)
