@@ -122,14 +122,6 @@ class ModelConfig:
         return getattr(self.architecture.ffn, "gelu", False)
 
     @property
-    def n_embd_q(self) -> int:
-        return self.n_head * self.head_dim
-
-    @property
-    def n_embd_kv(self) -> int:
-        return self.n_head_kv * self.head_dim
-
-    @property
     def n_gqa(self) -> int:
         return self.n_head // self.n_head_kv
 

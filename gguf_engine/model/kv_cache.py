@@ -61,11 +61,6 @@ class KVTypes:
     def quantized_v(self) -> bool:
         return self.v in QUANTIZED_CACHE_TYPES
 
-    @property
-    def floats_only(self) -> bool:
-        """Both kept as float arrays (f32 or f16)."""
-        return self.k in FLOAT_CACHE_DTYPES and self.v in FLOAT_CACHE_DTYPES
-
     @classmethod
     def from_options(cls, type_k=None, type_v=None, default: "KVTypes | str" = "f32") -> "KVTypes":
         """llama.cpp's pair of options: each side a name or a GGML type id, None for the default's."""
@@ -149,10 +144,6 @@ def cache_rows(rows):
 
 class _PositionCount:
     """What every cache derives from ``n_ctx`` and ``n_past``: free room, truncate, reset."""
-
-    @property
-    def n_free(self) -> int:
-        return self.n_ctx - self.n_past
 
     def truncate(self, n: int) -> None:
         """Keep only the first n positions (entries past n are overwritten later)."""
