@@ -11,9 +11,12 @@ where the runtime floor is what Python, numpy, Numba, LLVM and the loaded kernel
 themselves: the peak RSS of a fresh ``gguf-bench`` process loading and running a tiny model
 (``--floor-model``, by default the test fixtures' tiny F32 llama, 10 MiB), less that model's file
 and KV bytes.  The KV bytes and file size of each model come from gguf-bench's own memory report
-(its JSON ``memory`` field).  Each peak is the process's VmHWM sampled every 10 ms.  Every model
-first runs once unmeasured (-p 8 -n 1), so that kernels the Numba cache lacks are compiled
-outside the measured run (compiling takes memory of its own, once per machine).
+(its JSON ``memory`` field).  Each peak is the process's VmHWM sampled every 10 ms.  Every
+measured run first runs once unmeasured with the same prompt size (``warm_up``), so that kernels
+the Numba cache lacks are compiled outside the measured run: compiling takes memory of its own
+(tens of MiB), once per machine and kernel source, and a 512-token prompt reaches kernels that a
+short one never calls (the tiled products, the BLAS attention), so a short warm-up left them to be
+compiled inside the measured peak whenever the kernel sources had changed since the last run.
 
 ``--load`` times loading: the wall time of a fresh process that loads the file and generates one
 token (``gguf-bench -p 0 -n 1 -r 1``; with ``--llama-bench``, alternating with ``llama-bench -p 0
@@ -43,9 +46,15 @@ def bench_peak(model: str, threads: int, p: int, n: int) -> tuple[int, dict]:
     return r.peak_rss, json.loads(r.stdout)[0]["memory"]
 
 
+def warm_up(model: str, threads: int, p: int) -> None:
+    """An unmeasured ``gguf-bench -p P -n 1`` run: the kernels of a P-token prompt and of a decode
+    step, compiled into the Numba cache where it lacks them (the measured run then loads them)."""
+    run_measured(ours_cmd(model, threads, p, 1, 1), ours_env())
+
+
 def runtime_floor(model: str, threads: int) -> int:
     """The runtime's own peak: a tiny model's gguf-bench peak less its file and KV bytes."""
-    bench_peak(model, threads, 8, 1)                 # compile what the cache lacks, unmeasured
+    warm_up(model, threads, 16)
     peak, mem = bench_peak(model, threads, 16, 4)
     return peak - mem["file_size"] - mem["kv_cache"]["size"]
 
@@ -86,7 +95,7 @@ def main(argv=None) -> int:
     for model in args.model:
         name = os.path.basename(model)
         log(f"gguf-bench -p {args.n_prompt} -n {args.n_gen}: {name}")
-        bench_peak(model, args.threads, 8, 1)
+        warm_up(model, args.threads, args.n_prompt)
         peak, mem = bench_peak(model, args.threads, args.n_prompt, args.n_gen)
         budget = floor + mem["file_size"] + mem["kv_cache"]["size"] + SLACK
         row = [name, f"{mem['file_size'] / MiB:.1f}", f"{mem['kv_cache']['size'] / MiB:.1f}", f"{floor / MiB:.1f}",
