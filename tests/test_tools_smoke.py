@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -111,3 +112,31 @@ def test_bench_kv_decode_runs_per_cache_type(capsys):
     assert mod.main(["-m", tiny, "-d", "40", "-n", "2", "-r", "1", "-t", "1", "--types", "f32,q8_0"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [r[0] for r in rows] == ["f32", "q8_0"] and all(float(r[2]) > 0 for r in rows)
+
+
+def test_bench_memory_warms_up_each_measured_run_with_its_prompt_size(monkeypatch, capsys):
+    """bench_memory: every gguf-bench run whose peak is measured follows an unmeasured run of the
+    same model and prompt size (so a stale kernel cache compiles the kernels that prompt reaches
+    outside the measured peak), and the printed ratio is peak / budget.  Exact figures: the runs
+    are stood in for, reporting a fixed peak and memory report."""
+    mod = _load("bench_memory")
+    MiB = 1 << 20
+    ProcResult = sys.modules["bench_vs_llamacpp"].ProcResult
+    calls = []
+
+    def fake_run(cmd, env=None):
+        calls.append(cmd)
+        mem = {"file_size": 10 * MiB, "kv_cache": {"size": 2 * MiB}}
+        return ProcResult(json.dumps([{"memory": mem}]), 1.0, 300 * MiB)
+
+    monkeypatch.setattr(mod, "run_measured", fake_run)
+    model = str(fixture_path("models", "tiny-llama-f32.gguf"))
+    assert mod.main(["-m", model, "-p", "64", "-n", "4"]) == 0
+    opts = [dict(zip(c[3::2], c[4::2])) for c in calls]                 # python -m gguf_engine.cli.bench ...
+    assert len(opts) == 4                                                 # floor: warm-up, run; model: the same
+    for warm, run in (opts[0:2], opts[2:4]):
+        assert warm["-m"] == run["-m"] and warm["-p"] == run["-p"] and warm["-n"] == "1"
+    assert opts[3]["-m"] == model and opts[3]["-p"] == "64" and opts[3]["-n"] == "4"
+    floor = 300 - 12                                                      # MiB: peak less file and KV
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.endswith(f"| {300 / (floor + 12 + 64):.2f} |")
