@@ -421,14 +421,17 @@ class Llama:
     # ------------------------------------------------------------------ completions
     def stream_events(self, prompt_tokens: Sequence[int], sampler: Sampler, steering: Steering | None = None, *,
                       max_tokens: int | None = 16, stop: str | Iterable[str] | None = None,
-                      ignore_eos: bool = False, want_logits: bool = False) -> Iterator[TokenEvent]:
+                      ignore_eos: bool = False, want_logits: bool = False,
+                      shown: frozenset[int] = frozenset()) -> Iterator[TokenEvent]:
         """Text events of a completion (the lowest level with stop strings and streaming text), sampled
-        by ``sampler`` (``Llama.sampler``) and steered by ``steering`` (``Llama.steering``)."""
+        by ``sampler`` (``Llama.sampler``) and steered by ``steering`` (``Llama.steering``); shown:
+        control tokens written into the text (a chat syntax's markers)."""
         self._check_open()
         steer = steering if steering is not None else self.steering()
         self.last_stop_reason = None
         for ev in self._engine.stream(prompt_tokens, sampler, max_tokens=max_tokens, stop=stop,
-                                      ignore_eos=ignore_eos, want_logits=want_logits, steering=steer):
+                                      ignore_eos=ignore_eos, want_logits=want_logits, steering=steer,
+                                      shown=shown):
             if ev.finish_reason is not None:
                 self.last_stop_reason = ev.stop_reason
             yield ev
@@ -570,22 +573,43 @@ class Llama:
 
     # ------------------------------------------------------------------ chat
     def format_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True,
-                    tools: Sequence[Mapping[str, Any]] | None = None, tool_note: str | None = None) -> list[int]:
+                    tools: Sequence[Mapping[str, Any]] | None = None, tool_note: str | None = None,
+                    template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
         """Prompt tokens for a conversation rendered with the model's (or the given) chat template.
         tool_note: a description of the tools added to the system message (for templates without tools)."""
-        text = self.render_chat(messages, add_generation_prompt, tools, tool_note)
+        text = self.render_chat(messages, add_generation_prompt, tools, tool_note, template_kwargs)
+        return self.encode_chat(text)
+
+    def encode_chat(self, text: str) -> list[int]:
+        """The tokens of a rendered conversation (control tokens written in it recognised)."""
         # the tokenizer drops a leading BOS the template writes when encoding adds one itself
         return [int(t) for t in self.tokenizer.encode(text, add_bos=True, special=True)]
 
     def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True,
-                    tools: Sequence[Mapping[str, Any]] | None = None, tool_note: str | None = None) -> str:
+                    tools: Sequence[Mapping[str, Any]] | None = None, tool_note: str | None = None,
+                    template_kwargs: Mapping[str, Any] | None = None) -> str:
         """The text of a conversation rendered with the chat template (see ``format_chat``);
         messages are normalized first (text parts joined, tool calls written for templates
-        that do not render them).  ValueError for a message the template cannot take."""
+        that do not render them).  The template sees ``enable_thinking`` (true unless
+        template_kwargs says otherwise) and template_kwargs, as llama.cpp passes
+        ``chat_template_kwargs``.  ValueError for a message the template cannot take."""
         from .generation.tool_calls import normalize_messages
         msgs = normalize_messages(messages, tool_note, self.chat_template_text())
+        extra = {"enable_thinking": True, **(template_kwargs or {})}
         return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt,
-                                                  tools=list(tools) if tools else None, template=self.chat_template)
+                                                  tools=list(tools) if tools else None, template=self.chat_template,
+                                                  **extra)
+
+    def reply_parser(self, prompt: str, plan, reasoning_format: str = "auto"):
+        """How the answer to a rendered prompt is split (``generation.reasoning.ReplyParser``) and
+        the control tokens generation must write for it; plan: the request's ``ToolPlan``."""
+        from .generation import tool_calls as tc
+        from .generation.reasoning import ChatSyntax, ReplyParser
+        parse_tools = bool(plan.parse and plan.tools)
+        names = [t["function"]["name"] for t in plan.tools] if parse_tools else []
+        syntax = ChatSyntax.detect(self.chat_template_text(), prompt, reasoning_format, names)
+        parser = ReplyParser(syntax, tc.ToolCallParser(plan) if parse_tools else None)
+        return parser, self.tokenizer.token_ids(syntax.preserved)
 
     def renders_parallel_tool_calls(self) -> bool:
         """Whether the chat template shows several tool calls of one message (the default of
@@ -616,7 +640,8 @@ class Llama:
                                logits_processor=None, grammar=None,
                                logit_bias: Mapping[int, float] | None = None, logprobs: bool | None = None,
                                top_logprobs: int | None = None, *, ignore_eos: bool = False,
-                               repeat_last_n: int | None = None,
+                               repeat_last_n: int | None = None, reasoning_format: str = "auto",
+                               chat_template_kwargs: Mapping[str, Any] | None = None,
                                ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Answers a conversation; an OpenAI-style "chat.completion" dict, or "chat.completion.chunk"s.
 
@@ -628,31 +653,38 @@ class Llama:
         {"name": ...}}): tool calls the model writes come back as ``message.tool_calls`` with
         finish_reason "tool_calls"; "required" and a named function are enforced by a grammar.
         functions / function_call: the older OpenAI form of tools / tool_choice.
+        reasoning_format ("auto", "deepseek", "deepseek-legacy" or "none") and chat_template_kwargs:
+        as llama-server reads them; a thinking model's reasoning comes back as
+        ``message.reasoning_content`` (``delta.reasoning_content`` when streamed), apart from the
+        answer in ``content`` (see ``generation.reasoning``).
         """
         self._check_open()
         refuse_non_defaults("create_chat_completion", dict(typical_p=(typical_p, 1.0), tfs_z=(tfs_z, 1.0)))
         check_sampling(top_logprobs=top_logprobs)
         from .generation import tool_calls as tc
+        from .generation.reasoning import chat_stream, check_reasoning_format
+        check_reasoning_format(reasoning_format)
         tools, tool_choice = tc.merge_functions(tools, tool_choice, functions, function_call)
         plan = tc.plan_tools(tools, tool_choice, self.chat_template_text())
         constraint = [g for g in (grammar, _response_format_grammar(response_format), plan.grammar) if g is not None]
         if len(constraint) > 1:
             raise ValueError("give only one of grammar, response_format and a forced tool_choice")
-        toks = self.format_chat(messages, tools=plan.tools, tool_note=plan.system_note)
+        prompt = self.render_chat(messages, True, plan.tools, plan.system_note, chat_template_kwargs)
+        toks = self.encode_chat(prompt)
+        parser, shown = self.reply_parser(prompt, plan, reasoning_format)
         n_top = (top_logprobs or 0) if logprobs else None
         smp = self.sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, frequency_penalty,
                            presence_penalty, logit_bias, seed, mirostat_mode=mirostat_mode,
                            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
         steer = self.steering(logits_processor, None, constraint[0] if constraint else None)
         events = self.stream_events(toks, smp, steer, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
-                                    want_logits=n_top is not None)
+                                    want_logits=n_top is not None, shown=shown)
         cid = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = model or self.model_path
         chunks = self._completion_chunks(toks, "", events, n_top, False)
-        parser = tc.ToolCallParser(plan) if plan.parse else None
         if stream:
-            return tc.chat_stream(chunks, parser, {"id": cid, "object": "chat.completion.chunk",
+            return chat_stream(chunks, parser, {"id": cid, "object": "chat.completion.chunk",
                                                    "created": created, "model": name})
         parts, lps = [], []
         finish, n_prompt, n_done = None, len(toks), 0
@@ -662,7 +694,7 @@ class Llama:
                 lps.extend(c.logprobs.chat_content())
             finish = c.finish_reason or finish
             n_prompt, n_done = c.n_prompt, c.n_completion
-        message = tc.chat_message("".join(parts), parser)
+        message = parser.message("".join(parts))
         if message.get("tool_calls"):
             finish = "tool_calls"
         return {"id": cid, "object": "chat.completion", "created": created, "model": name,

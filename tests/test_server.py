@@ -35,11 +35,11 @@ def _free_port() -> int:
 
 
 class _Server:
-    def __init__(self, *flags: str):
+    def __init__(self, *flags: str, model: str = "smollm2-135m-instruct"):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gguf_engine.cli.server", "-m", "smollm2-135m-instruct", "--port", str(self.port),
+            [sys.executable, "-m", "gguf_engine.cli.server", "-m", model, "--port", str(self.port),
              "-t", "2", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.log: list[str] = []
         threading.Thread(target=lambda: self.log.extend(self.proc.stdout), daemon=True).start()

@@ -22,6 +22,7 @@ examples:
   gguf-server -m gemma-3-270m -np 8 -c 8192 -t 4      # 8 slots of 1024 tokens, 4 threads
   gguf-server -m model.gguf --port 9000 --api-key secret --metrics -a my-model
   gguf-server --context-shift --keep -1               # full slots drop old tokens instead of stopping
+  gguf-server -m Qwen3-0.6B-Q8_0.gguf --reasoning-budget 0   # a thinking model with thinking off
   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 32}'
 
@@ -61,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="new requests wait until every slot is idle")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a slot; beyond them the answer is 503 (default: 64)")
+    from ..generation.reasoning import REASONING_FORMATS
+    p.add_argument("--reasoning-format", default="auto", choices=REASONING_FORMATS, metavar="FORMAT",
+                   help="how a thinking model's reasoning is returned: none (left in message.content), "
+                        "auto, deepseek, deepseek-legacy (in message.reasoning_content, "
+                        "delta.reasoning_content when streamed); a request's reasoning_format overrides it "
+                        "(default: auto)")
+    p.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
+                   help="thinking budget: -1 unrestricted, 0 thinking off (the chat template gets "
+                        "enable_thinking=false); token budgets N>0 are not implemented (default: -1)")
     add_context_shift_args(p, "a request whose slot is full ends with finish_reason length")
     add_cache_type_flags(p)
     return p
@@ -88,6 +98,11 @@ def main(argv=None) -> int:
         raise CLIError(f"--keep must be >= -1, got {args.keep}")
     if args.ctx_size < 0 or args.batch_size < 1 or args.max_queue < 0 or args.timeout <= 0:
         raise CLIError("-c must be >= 0, -b >= 1, --max-queue >= 0 and --timeout > 0")
+    if args.reasoning_budget < -1:
+        raise CLIError(f"--reasoning-budget must be -1 (unrestricted), 0 (off) or more, got {args.reasoning_budget}")
+    if args.reasoning_budget > 0:
+        raise CLIError(f"--reasoning-budget {args.reasoning_budget}: a token budget for thinking is not implemented; "
+                       "use -1 (unrestricted) or 0 (thinking off)")
     if args.n_gpu_layers != 0:
         raise CLIError("-ngl: gguf-server runs several sequences per forward pass on the CPU only; "
                        "use -ngl 0 (gguf-run offloads a single sequence)")
@@ -108,7 +123,8 @@ def main(argv=None) -> int:
                               api_keys=api_keys(args), chat_template=args.chat_template, alias=args.alias,
                               metrics=args.metrics, timeout=args.timeout, cont_batching=args.cont_batching,
                               max_queue=args.max_queue, cache_type=cache_types_of(args),
-                              context_shift=args.context_shift, n_keep=args.keep)
+                              context_shift=args.context_shift, n_keep=args.keep,
+                              reasoning_format=args.reasoning_format, reasoning_budget=args.reasoning_budget)
     sched = make_scheduler(settings)
     try:
         app = create_app(settings, sched)

@@ -345,9 +345,11 @@ class Engine:
     def stream(self, prompt: Sequence[int], sampler: Sampler, max_tokens: int | None = None,
                stop: str | Iterable[str] | None = None, ignore_eos: bool = False,
                want_logits: bool = False, reuse: bool = True,
-               steering: Steering = NO_STEERING, special: bool = False) -> Iterator[TokenEvent]:
+               steering: Steering = NO_STEERING, special: bool = False,
+               shown: frozenset[int] = frozenset()) -> Iterator[TokenEvent]:
         """Streams text events for a completion of ``prompt``; the last event has a finish_reason.
-        special: render control tokens in the text (they are otherwise invisible)."""
+        special: render control tokens in the text (they are otherwise invisible); shown: the
+        control tokens rendered anyway (a chat syntax's markers)."""
         tok_api = self.tokenizer
         eog = {int(t) for t in (getattr(tok_api, "eog_ids", None) or [])}
         eos = getattr(tok_api, "eos_id", None)
@@ -356,7 +358,7 @@ class Engine:
         if ignore_eos:
             for t in eog:  # as llama.cpp: end-of-generation tokens can no longer be sampled
                 sampler.add_bias(t, float("-inf"))
-        decoder = tok_api.stream_decoder(special=special)
+        decoder = tok_api.stream_decoder(special=special, shown=shown)
         matcher = StopMatcher(stop)
         limit = max_tokens if max_tokens is not None and max_tokens > 0 else None
 

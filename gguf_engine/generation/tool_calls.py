@@ -6,7 +6,9 @@ A chat template's tool-call format is recognised from its text:
     described to the model in a system message);
   * "llama3" (Llama 3.x): the answer is a JSON object ``{"name": ..., "parameters": {...}}``,
     optionally after ``<|python_tag|>``; several are separated by ``;``;
-  * "mistral": ``[TOOL_CALLS]`` followed by a JSON list of ``{"name": ..., "arguments": {...}}``.
+  * "mistral": ``[TOOL_CALLS]`` followed by a JSON list of ``{"name": ..., "arguments": {...}}``;
+  * "harmony" (gpt-oss): a message ``<|channel|>commentary to=functions.NAME <|constrain|>json
+    <|message|>{...}``; read with the answer's channels by ``generation.reasoning``.
 
 ``tool_choice``: "none" (no parsing), "auto" (the model decides; calls it writes are parsed),
 "required" (a grammar makes the answer a call to any of the tools) or {"type": "function",
@@ -23,9 +25,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
-from .results import Chunk
-
-MARKERS = {"hermes": "<tool_call>", "mistral": "[TOOL_CALLS]", "llama3": "<|python_tag|>"}
+MARKERS = {"hermes": "<tool_call>", "mistral": "[TOOL_CALLS]", "llama3": "<|python_tag|>",
+           "harmony": "<|channel|>"}
 
 
 @dataclass
@@ -33,7 +34,7 @@ class ToolPlan:
     """How one chat request uses tools.
 
     tools: what the template sees (None: no tools); parse: whether output is parsed for calls;
-    format: "hermes", "llama3" or "mistral"; grammar: the Grammar forcing a call (or None);
+    format: "hermes", "llama3", "mistral" or "harmony"; grammar: the Grammar forcing a call (or None);
     system_note: a system message describing the tools, for templates that do not render them;
     parallel: several calls allowed in one answer (else only the first is kept)."""
 
@@ -47,6 +48,8 @@ class ToolPlan:
 
 def detect_format(template_text: str) -> str:
     """The tool-call format a chat template writes (hermes for templates without one)."""
+    if "<|channel|>" in template_text:
+        return "harmony"
     if "[TOOL_CALLS]" in template_text:
         return "mistral"
     if "<|start_header_id|>" in template_text and ("ipython" in template_text or "python_tag" in template_text):
@@ -110,6 +113,9 @@ def plan_tools(tools: Sequence[Any] | None, tool_choice: Any, template_text: str
         forced = None
     else:
         raise ValueError(f"tool_choice must be \"auto\", \"none\", \"required\" or a named function, got {choice!r}")
+    if forced and fmt == "harmony":
+        raise ValueError(f"tool_choice={choice!r} (a forced call) is not implemented for harmony (gpt-oss) "
+                         "templates; use \"auto\"")
     note = None if "tools" in template_text else tool_system_note(fns, fmt)
     grammar = call_grammar(forced, fmt, parallel) if forced else None
     return ToolPlan(tools, choice != "none", fmt, grammar, note, parallel)
@@ -166,13 +172,19 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]], note: str | None =
     """Messages as templates can render them: content given as a list of parts is joined into text
     (only "text" parts), null content becomes "" and role "tool" is kept.  Assistant tool calls are
     written into the content (Hermes style) for templates that do not render ``tool_calls``;
-    ``note`` (the tools' description) joins the system message, or becomes one."""
+    ``note`` (the tools' description) joins the system message, or becomes one.  For a harmony
+    (gpt-oss) template, as llama.cpp passes them: an earlier answer's ``reasoning_content`` is
+    its ``thinking`` field, a call's JSON-string arguments an object, and a message with reasoning
+    and calls has no content."""
+    harmony = detect_format(template_text) == "harmony"
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
             raise ValueError(f"messages[{i}] must be an object with a \"role\", got {m!r}")
         msg = dict(m)
         msg["content"] = _text_content(msg.get("content"), i)
+        if harmony:
+            _harmony_fields(msg)
         if msg.get("tool_calls") and "tool_calls" not in template_text:
             calls = "\n".join(f"<tool_call>\n{json.dumps(_call_json(c), ensure_ascii=False)}\n</tool_call>"
                               for c in msg["tool_calls"])
@@ -184,6 +196,18 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]], note: str | None =
         else:
             out.insert(0, {"role": "system", "content": note})
     return out
+
+
+def _harmony_fields(msg: dict[str, Any]) -> None:
+    """One message's fields renamed and shaped as gpt-oss's template reads them."""
+    if msg.get("tool_calls"):
+        msg["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _call_json(c)["arguments"]}}
+                             if isinstance(c, Mapping) and isinstance(c.get("function"), Mapping) else c
+                             for c in msg["tool_calls"]]
+    if isinstance(msg.get("reasoning_content"), str):
+        msg["thinking"] = msg["reasoning_content"]
+        if msg.get("tool_calls"):
+            del msg["content"]
 
 
 def _call_json(call: Mapping[str, Any]) -> dict[str, Any]:
@@ -218,7 +242,7 @@ def _text_content(content: Any, i: int) -> str:
 
 # ----------------------------------------------------------------------------- parsing
 
-def _openai_call(name: str, args: Any) -> dict[str, Any]:
+def openai_call(name: str, args: Any) -> dict[str, Any]:
     return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
             "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}}
 
@@ -226,7 +250,7 @@ def _openai_call(name: str, args: Any) -> dict[str, Any]:
 def _as_call(obj: Any, key: str = "arguments") -> dict[str, Any] | None:
     if isinstance(obj, Mapping) and isinstance(obj.get("name"), str):
         args = obj.get(key, obj.get("arguments", obj.get("parameters", {})))
-        return _openai_call(obj["name"], args if args is not None else {})
+        return openai_call(obj["name"], args if args is not None else {})
     return None
 
 
@@ -307,70 +331,6 @@ class ToolCallParser:
             if text.endswith(self.marker[:n]):
                 return len(text) - n
         return len(text)
-
-
-def chat_message(text: str, parser: ToolCallParser | None) -> dict[str, Any]:
-    """The assistant message of a whole answer."""
-    if parser is None:
-        return {"role": "assistant", "content": text}
-    content, calls = parser.parse(text)
-    if not calls:
-        return {"role": "assistant", "content": text}
-    return {"role": "assistant", "content": content or None, "tool_calls": calls}
-
-
-class ToolStream:
-    """One streamed answer split as it arrives: text that is surely content goes out at once,
-    the text of a tool call is held back until the answer ends (then ``finish`` gives the calls)."""
-
-    def __init__(self, parser: ToolCallParser | None):
-        self.parser = parser
-        self.text = ""
-        self.sent = 0            # characters of text already sent as content
-
-    def push(self, text: str) -> str:
-        """The content delta that may be sent after this text arrived (may be empty)."""
-        self.text += text
-        end = len(self.text) if self.parser is None else self.parser.content_end(self.text)
-        delta = self.text[self.sent:max(end, self.sent)]
-        self.sent = max(end, self.sent)
-        return delta
-
-    def finish(self) -> tuple[str, list[dict[str, Any]]]:
-        """(the content not sent yet, the tool calls) once the answer has ended; when it holds
-        calls the held-back text was theirs and no more content follows."""
-        if self.parser is not None:
-            _, calls = self.parser.parse(self.text)
-            if calls:
-                return "", calls
-        rest = self.text[self.sent:]
-        self.sent = len(self.text)
-        return rest, []
-
-
-def chat_stream(chunks: Iterator[Chunk], parser: ToolCallParser | None, base: dict[str, Any]
-                ) -> Iterator[dict[str, Any]]:
-    """"chat.completion.chunk"s: content deltas as text arrives; with tools, the text of a call is
-    held back and sent as ``delta.tool_calls`` once complete, with finish_reason "tool_calls"."""
-    def chunk(delta, lp=None, finish=None):
-        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
-
-    yield chunk({"role": "assistant"})
-    split, finish = ToolStream(parser), None
-    for c in chunks:
-        lp = {"content": c.logprobs.chat_content()} if c.logprobs is not None else None
-        delta = split.push(c.text)
-        if delta or lp is not None:
-            yield chunk({"content": delta}, lp)
-        finish = c.finish_reason or finish
-    rest, calls = split.finish()
-    if calls:
-        for delta in tool_call_deltas(calls):
-            yield chunk(delta)
-        finish = "tool_calls"
-    elif rest:
-        yield chunk({"content": rest})
-    yield chunk({}, None, finish)
 
 
 def tool_call_deltas(calls: Sequence[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generation import tool_calls as tc
+from ..generation.reasoning import ReplyStream
 from ..generation.sampling import SamplingParams
 from .protocol import (ApplyTemplateRequest, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                        EmbeddingRequest, SamplingRequest, TokenizeRequest, message_dicts)
@@ -63,6 +64,12 @@ class ServerSettings:
     cache_type: Any = "f32"               # KV cache types: a KVTypes or one name for K and V
     context_shift: bool = False          # shift a full slot instead of ending its request (llama-server: off)
     n_keep: int = 0                      # tokens a shift keeps after BOS (-1: the whole prompt)
+    reasoning_format: str = "auto"       # how thinking is returned (generation.reasoning)
+    reasoning_budget: int = -1           # -1: unrestricted; 0: thinking off (enable_thinking false)
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """The chat template variables these settings give every request."""
+        return {"enable_thinking": False} if self.reasoning_budget == 0 else {}
 
     @property
     def n_ctx_slot(self) -> int:
@@ -177,8 +184,9 @@ class _Run:
     """The n requests of one HTTP call and the queue their outputs arrive on (event-loop side)."""
 
     def __init__(self, sched: Scheduler, prompt: list[int], req: SamplingRequest, n_logprobs: int | None,
-                 tokenizer, timeout: float, constraints: list | None = None):
-        """constraints: one grammar matcher per choice (None: unconstrained)."""
+                 tokenizer, timeout: float, constraints: list | None = None, shown: frozenset = frozenset()):
+        """constraints: one grammar matcher per choice (None: unconstrained); shown: control tokens
+        written into the text."""
         if not prompt:
             raise APIError(400, "the prompt is empty")
         loop = asyncio.get_running_loop()
@@ -192,7 +200,7 @@ class _Run:
             r = Request(list(prompt), _sampling(req, tokenizer, i), emit, max_tokens=req.token_limit(),
                         stop=stops, ignore_eos=req.ignore_eos, n_logprobs=n_logprobs,
                         constraint=constraints[i] if constraints else None, n_keep=req.n_keep,
-                        n_discard=req.n_discard)
+                        n_discard=req.n_discard, shown=shown)
             try:
                 sched.submit(r)
             except PromptTooLongError as e:
@@ -381,11 +389,20 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
     def encode(text: str) -> list[int]:
         return [int(t) for t in app.state.scheduler.llm.tokenizer.encode(text, add_bos=True, special=True)]
 
-    def chat_prompt(messages, plan: tc.ToolPlan | None = None) -> tuple[str, list[int]]:
-        """The rendered conversation and its tokens (with the tools of plan, if any)."""
+    def request_kwargs(body) -> dict:
+        """The chat template variables of a request (400 for a bad one)."""
+        try:
+            return body.template_kwargs(settings.template_kwargs())
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+
+    def chat_prompt(messages, plan: tc.ToolPlan | None, kwargs: dict) -> tuple[str, list[int]]:
+        """The rendered conversation and its tokens (with the tools of plan, if any, and the
+        template variables kwargs)."""
         try:
             text = app.state.scheduler.llm.render_chat(message_dicts(messages), True,
-                                                       plan.tools if plan else None, plan.system_note if plan else None)
+                                                       plan.tools if plan else None, plan.system_note if plan else None,
+                                                       kwargs)
         except ValueError as e:
             raise APIError(400, f"messages: {e}") from None
         return text, encode(text)
@@ -443,7 +460,7 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
     @app.post("/apply-template")
     async def apply_template(body: ApplyTemplateRequest):
         llm()
-        text, _ = await run_in_threadpool(chat_prompt, body.messages)
+        text, _ = await run_in_threadpool(chat_prompt, body.messages, None, request_kwargs(body))
         return {"prompt": text}
 
     @app.get("/props")
@@ -598,12 +615,12 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         grammar = output_grammar(body)
         if grammar is not None and plan.grammar is not None:
             raise APIError(400, "give only one of response_format, grammar, json_schema and a forced tool_choice")
-        _, toks = await run_in_threadpool(chat_prompt, body.messages, plan)
+        prompt, toks = await run_in_threadpool(chat_prompt, body.messages, plan, request_kwargs(body))
+        parser, shown = m.reply_parser(prompt, plan, body.reasoning_format or settings.reasoning_format)
         n_top = (body.top_logprobs or 0) if body.logprobs else None
         run = _Run(app.state.scheduler, toks, body, n_top, m.tokenizer, settings.timeout,
-                   await constraints(body, grammar or plan.grammar))
+                   await constraints(body, grammar or plan.grammar), shown)
         cid, name, now = f"chatcmpl-{uuid.uuid4().hex}", model_name(), int(time.time())
-        parser = tc.ToolCallParser(plan) if plan.parse and plan.tools else None
 
         def lp_of(out: Output) -> list[dict]:
             """OpenAI's chat logprobs entries of one output (none without a token)."""
@@ -618,7 +635,7 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         if body.stream:
             base = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": name}
 
-            splits = [tc.ToolStream(parser) for _ in range(body.n)]   # each choice's text and calls
+            splits = [ReplyStream(parser) for _ in range(body.n)]   # each choice's text, reasoning and calls
 
             def delta(i: int, d: dict, lp=None, finish=None) -> dict:
                 return {**base, "choices": [{"index": i, "delta": d, "logprobs": lp, "finish_reason": finish}]}
@@ -629,18 +646,20 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
                     for k in range(body.n):
                         yield delta(k, {"role": "assistant", "content": ""})
                 lp = lp_of(out)
-                text = splits[i].push(out.text)
-                if text or lp:
-                    yield delta(i, {"content": text}, {"content": lp} if lp else None)
+                deltas = splits[i].push(out.text)
+                if lp and not deltas:
+                    deltas = [{"content": ""}]
+                for k, d in enumerate(deltas):
+                    yield delta(i, d, {"content": lp} if lp and k == 0 else None)
                 if out.finish_reason is not None:
                     finish = out.finish_reason
                     rest, calls = splits[i].finish()
+                    for d in rest:
+                        yield delta(i, d)
                     if calls:
                         for d in tc.tool_call_deltas(calls):
                             yield delta(i, d)
                         finish = "tool_calls"
-                    elif rest:
-                        yield delta(i, {"content": rest})
                     yield delta(i, {}, None, finish)
 
             def tail():
@@ -651,7 +670,7 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
 
         choices = []
         for i, outs in enumerate(await run.collect(http)):
-            message = tc.chat_message("".join(o.text for o in outs), parser)
+            message = parser.message("".join(o.text for o in outs))
             finish = "tool_calls" if message.get("tool_calls") else (outs[-1].finish_reason if outs else None)
             choices.append({"index": i, "message": message,
                             "logprobs": {"content": [e for o in outs for e in lp_of(o)]} if body.logprobs else None,

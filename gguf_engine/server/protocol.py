@@ -3,7 +3,8 @@ sampling extras).  Out-of-range values and wrong types are rejected by validatio
 fields the server does not implement yet are refused by name (``refused_field``).  Structured
 output comes as OpenAI's ``response_format`` or llama-server's ``grammar`` (GBNF) and
 ``json_schema`` fields (``output_grammar``); tools as ``tools``/``tool_choice`` (or the older
-``functions``/``function_call``) and ``parallel_tool_calls``."""
+``functions``/``function_call``) and ``parallel_tool_calls``; reasoning output as llama-server's
+``reasoning_format`` and ``chat_template_kwargs``."""
 from __future__ import annotations
 
 from typing import Any, Literal, Union
@@ -108,6 +109,11 @@ class ChatCompletionRequest(SamplingRequest):
     functions: list[dict[str, Any]] | None = None
     function_call: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None     # None: whether the chat template shows several calls
+    reasoning_format: Literal["none", "auto", "deepseek", "deepseek-legacy"] | None = None   # None: --reasoning-format
+    chat_template_kwargs: dict[str, Any] | None = None   # extra variables for the chat template
+
+    def template_kwargs(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        return template_kwargs(self.chat_template_kwargs, defaults)
 
 
 class EmbeddingRequest(BaseModel):
@@ -130,6 +136,21 @@ class DetokenizeRequest(BaseModel):
 
 class ApplyTemplateRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def template_kwargs(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        return template_kwargs(self.chat_template_kwargs, defaults)
+
+
+def template_kwargs(given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A chat template's extra variables: the server's defaults, then the request's
+    ``chat_template_kwargs`` (as llama-server merges them); ValueError for an ``enable_thinking``
+    that is not a boolean."""
+    out = {**defaults, **(given or {})}
+    if "enable_thinking" in out and not isinstance(out["enable_thinking"], bool):
+        raise ValueError("invalid type for \"enable_thinking\" (expected boolean, got "
+                         f"{type(out['enable_thinking']).__name__})")
+    return out
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:

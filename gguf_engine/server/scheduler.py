@@ -84,6 +84,7 @@ class Request:
     constraint: Any = None               # this request's own grammar matcher (generation.grammar.Constraint)
     n_keep: int | None = None            # context shift: tokens kept (None: the server's --keep)
     n_discard: int = 0                   # context shift: tokens dropped (0: half of the rest)
+    shown: frozenset = frozenset()       # control tokens written into the text (a chat syntax's markers)
     cancelled: bool = False
     id: int = 0
     t_submit: float = 0.0
@@ -124,7 +125,7 @@ class _Slot:
         if req.ignore_eos:
             for t in eog:                   # as llama.cpp: end-of-generation tokens can no longer be sampled
                 self.sampler.add_bias(t, float("-inf"))
-        self.decoder = tokenizer.stream_decoder()
+        self.decoder = tokenizer.stream_decoder(shown=req.shown)
         self.matcher = StopMatcher(req.stop)
         self.next_token: int | None = None  # sampled, not yet evaluated
         self.last_used = time.monotonic()

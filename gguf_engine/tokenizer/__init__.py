@@ -29,6 +29,7 @@ class Tokenizer:
         self._special = SpecialMatcher(vocab)
         self._pieces = PieceTable(vocab)
         self._max_token_bytes: int | None = None
+        self._ids_by_text: dict[str, int] | None = None
         if vocab.kind == "spm":
             from .spm import make_spm_engine
             self._engine = make_spm_engine(vocab)
@@ -181,13 +182,23 @@ class Tokenizer:
     def detokenize(self, ids: Iterable[int], special: bool = False) -> str:
         return self.decode(ids, special=special)
 
-    def stream_decoder(self, special: bool = False, strip_leading_space: bool = False) -> StreamDecoder:
+    def stream_decoder(self, special: bool = False, strip_leading_space: bool = False,
+                       shown: frozenset[int] = frozenset()) -> StreamDecoder:
         """An incremental decoder for streaming generation (``.push(id) -> str``, ``.flush() -> str``).
 
         Never emits half a UTF-8 character.  By default pieces keep their leading space, as llama.cpp
         streams them; ``strip_leading_space=True`` applies decode()'s SPM rule (the first token of
-        the sequence loses one leading space when the vocabulary adds a space prefix)."""
-        return StreamDecoder(self.vocab, self._pieces, special, strip_leading_space)
+        the sequence loses one leading space when the vocabulary adds a space prefix).  ``shown``:
+        control tokens written out anyway (llama-server's preserved tokens)."""
+        return StreamDecoder(self.vocab, self._pieces, special, strip_leading_space, shown)
+
+    def token_ids(self, texts) -> frozenset[int]:
+        """Ids of the tokens whose text is one of texts (texts the vocabulary lacks are skipped)."""
+        if not texts:
+            return frozenset()
+        if self._ids_by_text is None:
+            self._ids_by_text = {t: i for i, t in enumerate(self.vocab.tokens)}
+        return frozenset(self._ids_by_text[t] for t in texts if t in self._ids_by_text)
 
     # -- chat -------------------------------------------------------------------
     @property

@@ -141,15 +141,17 @@ class StreamDecoder:
     """
 
     def __init__(self, vocab: Vocab, pieces: PieceTable, special: bool = False,
-                 strip_leading_space: bool = False):
+                 strip_leading_space: bool = False, shown: frozenset[int] = frozenset()):
+        """shown: control tokens rendered even without ``special`` (a chat syntax's markers)."""
         self.vocab = vocab
         self.pieces = pieces
         self.special = special
+        self.shown = shown
         self._first = strip_leading_space
         self._buf = b""
 
     def push(self, tid: int) -> str:
-        p = self.pieces.piece(int(tid), self.special)
+        p = self.pieces.piece(int(tid), self.special or tid in self.shown)
         if self._first:
             if self.vocab.add_space_prefix and p[:1] == b" ":
                 p = p[1:]

@@ -1,0 +1,122 @@
+"""gguf-server's reasoning output over real HTTP: the tiny model under a Qwen3-style template and
+under gpt-oss's template, its answer forced by a GBNF grammar, comes back split into
+``message.reasoning_content`` and ``message.content`` (``delta.reasoning_content`` and
+``delta.content`` when streamed), with llama-server's field names; ``reasoning_format`` per request
+and ``--reasoning-format`` / ``--reasoning-budget 0`` / ``chat_template_kwargs`` as llama-server
+reads them.  All comparisons are exact."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from .conftest import fixture_path
+from .test_reasoning import GPT_OSS, QWEN3
+from .test_server import _Server, http
+
+
+def gbnf(text: str) -> str:
+    return "root ::= " + json.dumps(text)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("templates")
+    (d / "qwen3.jinja").write_text(QWEN3)
+    (d / "gpt-oss.jinja").write_text(GPT_OSS)
+    out = {}
+    try:
+        out["think"] = _start(d / "qwen3.jinja")
+        out["harmony"] = _start(d / "gpt-oss.jinja", "--reasoning-format", "deepseek")
+        out["off"] = _start(d / "qwen3.jinja", "--reasoning-budget", "0", "--reasoning-format", "none")
+        yield out
+    finally:
+        for s in out.values():
+            s.stop()
+
+
+def _start(template, *flags) -> _Server:
+    """gguf-server on the tiny model with a chat template file, one slot."""
+    return _Server("-np", "1", "-c", "1024", "--chat-template", str(template), *flags,
+                   model=str(fixture_path("models", "tiny-llama-f32.gguf")))
+
+
+def sse(url: str, body: dict) -> list[dict]:
+    """The JSON events of a streamed request, [DONE] left out."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        lines = r.read().decode().splitlines()
+    return [json.loads(x[6:]) for x in lines if x.startswith("data: ") and x != "data: [DONE]"]
+
+
+ASK = [{"role": "user", "content": "Hi"}]
+THINK = "<think>\nI'm thinking\n</think>\n\nHello!"
+HARMONY = ("<|channel|>analysis<|message|>Let me think.<|end|><|start|>assistant<|channel|>final"
+           "<|message|>Hi there")
+
+
+def test_think_answer_split(servers):
+    """A <think> answer: message.reasoning_content and message.content; streamed, the deltas carry
+    reasoning_content then content, no tag text; reasoning_format none keeps it all in content."""
+    url = servers["think"].url + "/v1/chat/completions"
+    body = {"messages": ASK, "grammar": gbnf(THINK), "max_tokens": 64, "temperature": 0}
+    status, out = http(url, json.dumps(body))
+    assert status == 200, out
+    assert out["choices"][0]["message"] == {"role": "assistant", "content": "Hello!",
+                                            "reasoning_content": "I'm thinking"}
+    events = sse(url, {**body, "stream": True})
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "I'm thinking"
+    assert "".join(d.get("content") or "" for d in deltas) == "Hello!"
+    assert set().union(*deltas) <= {"role", "content", "reasoning_content"}
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    status, out = http(url, json.dumps({**body, "reasoning_format": "none"}))
+    assert out["choices"][0]["message"] == {"role": "assistant", "content": THINK}
+    status, out = http(url, json.dumps({**body, "reasoning_format": "short"}))
+    assert status == 400 and "reasoning_format" in out["error"]["message"]
+
+
+def test_harmony_answer_split(servers):
+    """gpt-oss's template: an analysis message and a final one come back as reasoning_content and
+    content, plain and streamed."""
+    url = servers["harmony"].url + "/v1/chat/completions"
+    body = {"messages": ASK, "grammar": gbnf(HARMONY), "max_tokens": 128, "temperature": 0}
+    status, out = http(url, json.dumps(body))
+    assert status == 200, out
+    assert out["choices"][0]["message"] == {"role": "assistant", "content": "Hi there",
+                                            "reasoning_content": "Let me think."}
+    deltas = [e["choices"][0]["delta"] for e in sse(url, {**body, "stream": True}) if e["choices"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Let me think."
+    assert "".join(d.get("content") or "" for d in deltas) == "Hi there"
+
+
+def test_reasoning_budget_zero_and_template_kwargs(servers):
+    """--reasoning-budget 0 gives the template enable_thinking=false (Qwen3's empty think block); a
+    request's chat_template_kwargs override it; a non-boolean enable_thinking is a 400.  The server's
+    --reasoning-format none leaves a <think> answer in content."""
+    base = servers["off"].url
+    status, out = http(base + "/apply-template", json.dumps({"messages": ASK}))
+    assert status == 200 and out["prompt"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    status, out = http(base + "/apply-template",
+                       json.dumps({"messages": ASK, "chat_template_kwargs": {"enable_thinking": True}}))
+    assert out["prompt"].endswith("<|im_start|>assistant\n")
+    status, out = http(base + "/v1/chat/completions",
+                       json.dumps({"messages": ASK, "chat_template_kwargs": {"enable_thinking": "yes"}}))
+    assert status == 400 and "enable_thinking" in out["error"]["message"]
+    status, out = http(base + "/v1/chat/completions",
+                       json.dumps({"messages": ASK, "grammar": gbnf(THINK), "max_tokens": 64}))
+    assert out["choices"][0]["message"] == {"role": "assistant", "content": THINK}
+
+
+def test_reasoning_flags_refused_when_unimplemented():
+    """A token budget for thinking (N > 0) is refused with exit status 1, never ignored; an unknown
+    --reasoning-format is a usage error (status 2)."""
+    r = subprocess.run([sys.executable, "-m", "gguf_engine.cli.server", "--reasoning-budget", "100"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "--reasoning-budget 100" in r.stderr and "not implemented" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gguf_engine.cli.server", "--reasoning-format", "short"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--reasoning-format" in r.stderr
