@@ -281,3 +281,19 @@ def test_api_harmony_tool_call():
         assert ch["finish_reason"] == "tool_calls" and ch["message"]["reasoning_content"] == "Need the weather."
         assert ch["message"]["tool_calls"][0]["function"] == {"name": "get_weather",
                                                               "arguments": "{\"city\": \"Paris\"}"}
+
+
+def test_preserved_control_tokens_are_written(smollm2_path):
+    """A chat syntax's control tokens (gpt-oss's <|channel|>... there, SmolLM2's <|im_start|> here)
+    are written into the streamed text when named in ``shown``, and stay invisible otherwise, as
+    llama-server renders its preserved tokens; a text the vocabulary lacks names no token."""
+    from gguf_engine.tokenizer import Tokenizer
+    tok = Tokenizer.from_gguf(smollm2_path)
+    ids = tok.encode("<|im_start|>assistant", special=True)
+    shown = tok.token_ids(["<|im_start|>", "<|no such token|>"])
+    assert shown == {ids[0]}
+    for kw, want in (({}, "assistant"), ({"shown": shown}, "<|im_start|>assistant")):
+        d = tok.stream_decoder(**kw)
+        assert "".join(d.push(t) for t in ids) + d.flush() == want
+    assert ChatSyntax.detect(GPT_OSS).preserved == ("<|channel|>", "<|constrain|>", "<|message|>", "<|start|>",
+                                                    "<|end|>")
