@@ -602,10 +602,10 @@ class Llama:
 
     def reply_parser(self, prompt: str, plan, reasoning_format: str = "auto"):
         """How the answer to a rendered prompt is split (``generation.reasoning.ReplyParser``) and
-        the control tokens generation must write for it; plan: the request's ``ToolPlan``."""
+        the control tokens generation must write for it; plan: the request's ``ToolPlan`` (None: no tools)."""
         from .generation import tool_calls as tc
         from .generation.reasoning import ChatSyntax, ReplyParser
-        parse_tools = bool(plan.parse and plan.tools)
+        parse_tools = bool(plan is not None and plan.parse and plan.tools)
         names = [t["function"]["name"] for t in plan.tools] if parse_tools else []
         syntax = ChatSyntax.detect(self.chat_template_text(), prompt, reasoning_format, names)
         parser = ReplyParser(syntax, tc.ToolCallParser(plan) if parse_tools else None)

@@ -151,3 +151,23 @@ def test_single_chat_turn_with_template_does_not_read_stdin(tiny, capsys, monkey
                           "-c", "128"], capsys)
     assert code == 0 and "mode = single chat turn" in err
     assert not out.startswith("hi")  # the answer only, not the prompt
+
+
+def test_chat_shows_reasoning_apart(tiny, tmp_path, capsys, monkeypatch):
+    """A <think> answer (forced by a grammar) under a Qwen3-style template: printed as llama-cli
+    prints it, the reasoning between [Start thinking] and [End thinking], then the answer; with
+    --reasoning-format none as written; --reasoning-budget 0 renders the template with
+    enable_thinking=false; a token budget is refused (status 1)."""
+    from .test_reasoning import QWEN3
+    tmpl = tmp_path / "qwen3.jinja"
+    tmpl.write_text(QWEN3)
+    text = "<think>\nI'm thinking\n</think>\n\nHello!"
+    argv = ["-m", tiny, "--chat-template", str(tmpl), "-p", "hi", "-c", "256", "--grammar",
+            "root ::= " + __import__("json").dumps(text)]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert out == "\n[Start thinking]\n\nI'm thinking\n[End thinking]\n\nHello!\n"
+    code, out, err = run(argv + ["--reasoning-format", "none"], capsys)
+    assert code == 0 and out == text + "\n"
+    code, out, err = run(argv + ["--reasoning-budget", "5"], capsys)
+    assert code == 1 and "--reasoning-budget 5" in err

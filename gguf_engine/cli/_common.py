@@ -147,3 +147,25 @@ def cache_types_of(args):
     except ValueError as e:
         raise CLIError(str(e)) from None
     return types
+
+
+def add_reasoning_args(g, where: str) -> None:
+    """--reasoning-format and --reasoning-budget with llama.cpp's defaults (where: what the
+    extracted reasoning becomes, for the help text)."""
+    from ..generation.reasoning import REASONING_FORMATS
+    g.add_argument("--reasoning-format", default="auto", choices=REASONING_FORMATS, metavar="FORMAT",
+                   help=f"a thinking model's reasoning: none (left in the answer as written), auto, deepseek, "
+                        f"deepseek-legacy ({where}) (default: auto)")
+    g.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
+                   help="thinking budget: -1 unrestricted, 0 thinking off (the chat template gets "
+                        "enable_thinking=false); token budgets N>0 are not implemented (default: -1)")
+
+
+def reasoning_template_kwargs(budget: int) -> dict:
+    """The chat template variables of --reasoning-budget; CLIError for a value not implemented."""
+    if budget < -1:
+        raise CLIError(f"--reasoning-budget must be -1 (unrestricted), 0 (off) or more, got {budget}")
+    if budget > 0:
+        raise CLIError(f"--reasoning-budget {budget}: a token budget for thinking is not implemented; "
+                       "use -1 (unrestricted) or 0 (thinking off)")
+    return {"enable_thinking": False} if budget == 0 else {}

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..model.memory import summary_lines
-from ._common import CLIError, add_cache_type_flags, add_context_shift_args, cache_types_of, parse_or_status, refuse_other_flags
+from ._common import (CLIError, add_cache_type_flags, add_context_shift_args, add_reasoning_args, cache_types_of,
+                      parse_or_status, reasoning_template_kwargs, refuse_other_flags)
 from .llama_flags import COMMON
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -47,6 +48,7 @@ examples:
   gguf-run -m model.gguf -no-cnv -p "Once upon a time" -n 64 --temp 0.7 -s 42
   gguf-run -cnv -sys "You are a helpful assistant."   # interactive chat; Ctrl-D or Ctrl-C to leave
   printf 'Hi!\\nTell me a joke.\\n' | gguf-run -cnv   # scripted chat, one user turn per line
+  gguf-run -m Qwen3-0.6B-Q8_0.gguf -cnv --reasoning-budget 0   # a thinking model with thinking off
   gguf-run -f prompt.txt -n 128 --temp 0              # greedy, prompt read from a file ('-' = stdin)
   gguf-run -p "A person:" -j '{"type": "object", "properties": {"name": {"type": "string"}}}'
   gguf-run -no-cnv -p "2+2=" --grammar 'root ::= [0-9]+' # output constrained by a GBNF grammar
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--in-prefix", default="", help="text before each line typed in -i mode")
     g.add_argument("--in-suffix", default="", help="text after each line typed in -i mode")
     g.add_argument("-sp", "--special", action="store_true", help="print special (control) tokens")
+    add_reasoning_args(g, "in chat modes shown between [Start thinking] and [End thinking], and kept "
+                          "apart from the answer in the conversation")
     g.add_argument("--no-display-prompt", action="store_true",
                    help="in completion mode, do not print the prompt before the generated text")
     g.add_argument("--ignore-eos", action="store_true", help="never stop at end-of-generation tokens")
@@ -289,6 +293,7 @@ def validate(args) -> None:
         raise UsageError(str(e)) from None
     try:
         cache_types_of(args)
+        reasoning_template_kwargs(args.reasoning_budget)
     except CLIError as e:
         raise UsageError(str(e)) from None
     if args.system_prompt is not None and args.system_prompt_file is not None:
@@ -336,6 +341,31 @@ class Turn:
     tokens: list[int] = field(default_factory=list)
     stop_reason: str | None = None
     interrupted: bool = False
+    message: dict = field(default_factory=dict)   # chat: the assistant message (reasoning apart)
+
+
+class ThinkingDisplay:
+    """A chat answer printed as llama-cli prints it: reasoning between [Start thinking] and
+    [End thinking], then the answer."""
+
+    def __init__(self):
+        self.thinking = False
+        self.last = "\n"
+
+    def show(self, delta: dict) -> None:
+        if "reasoning_content" in delta and not self.thinking:
+            self.thinking = True
+            out("\n[Start thinking]\n\n")
+        elif "content" in delta and self.thinking:
+            self.thinking = False
+            out(("" if self.last.endswith("\n") else "\n") + "[End thinking]\n\n")
+        text = next(iter(delta.values()))
+        out(text)
+        self.last = text or self.last
+
+    def close(self) -> None:
+        if self.thinking:
+            out(("" if self.last.endswith("\n") else "\n") + "[End thinking]\n")
 
 
 class Session:
@@ -363,8 +393,10 @@ class Session:
             return any(r in text for r in prompts)
         return hit
 
-    def run_turn(self, tokens: list[int]) -> Turn:
-        """Streams one completion of tokens to stdout."""
+    def run_turn(self, tokens: list[int], reply=None) -> Turn:
+        """Streams one completion of tokens to stdout; reply: (the ``ReplyParser`` of a chat answer,
+        the control tokens it reads), whose reasoning is shown apart (None: the text as it comes)."""
+        from ..generation.reasoning import ReplyStream
         engine = self.llm.engine
         turn = Turn(stop_reason="interrupted")
         max_tokens = None if self.args.n_predict < 0 else self.args.n_predict
@@ -372,10 +404,14 @@ class Session:
             return Turn()
         steering = self.llm.steering(stopping_criteria=self.reverse_prompt_hit(len(tokens)), grammar=self.grammar)
         parts: list[str] = []
+        split = ReplyStream(reply[0]) if reply is not None and not self.args.special else None
+        display = ThinkingDisplay()
+        shown = reply[1] if split is not None else frozenset()
         try:
             for ev in engine.stream(tokens, self.sampler, max_tokens=max_tokens, ignore_eos=self.args.ignore_eos,
-                                    steering=steering, special=self.args.special):
-                out(ev.text)
+                                    steering=steering, special=self.args.special, shown=shown):
+                for d in split.push(ev.text) if split is not None else [{"content": ev.text}]:
+                    display.show(d)
                 parts.append(ev.text)
                 if ev.token is not None:
                     turn.tokens.append(ev.token)
@@ -386,6 +422,15 @@ class Session:
         except KeyboardInterrupt:
             turn.interrupted = True
         turn.text = "".join(parts)
+        turn.message = {"role": "assistant", "content": turn.text}
+        if split is not None:
+            for d in split.finish()[0]:
+                display.show(d)
+            parsed, _ = split.parser.split(turn.text)
+            turn.message = {"role": "assistant", "content": parsed.content}
+            if parsed.reasoning_content:
+                turn.message["reasoning_content"] = parsed.reasoning_content
+        display.close()
         if self.args.verbose:
             log(f"\n[prompt: {len(tokens)} tokens, {engine.n_reused} reused from the cache; "
                 f"stop: {turn.stop_reason}]")
@@ -488,15 +533,17 @@ def run_interactive(session: Session, prompt: str | None) -> int:
             check_fits(llm, tokens, "the text so far")
 
 
-def chat_tokens(llm, messages) -> list[int]:
+def chat_tokens(llm, messages, text: str) -> list[int]:
+    """The tokens of the conversation messages rendered as text."""
     check_prompt_size(llm, "".join(str(m.get("content", "")) for m in messages), "conversation")
-    tokens = llm.format_chat(messages)
+    tokens = llm.encode_chat(text)
     check_fits(llm, tokens, "the conversation")
     return tokens
 
 
 def run_chat(session: Session, first: str | None, interactive: bool) -> int:
     llm, args = session.llm, session.args
+    kwargs = reasoning_template_kwargs(args.reasoning_budget)
     messages: list[dict[str, str]] = []
     if args.system_prompt:
         messages.append({"role": "system", "content": args.system_prompt})
@@ -524,21 +571,21 @@ def run_chat(session: Session, first: str | None, interactive: bool) -> int:
         pending = None
         try:
             tokens = None
+            full = llm.render_chat(messages, template_kwargs=kwargs)
             if shown is not None:   # a shifted cache: append the new turn's text to what it holds
-                full = llm.render_chat(messages)
                 if full.startswith(shown[0]):
                     tokens = shown[1] + llm.tokenize(full[len(shown[0]):], add_bos=False, special=True)
             if tokens is None:
-                tokens = chat_tokens(llm, messages)
+                tokens = chat_tokens(llm, messages, full)
         except UsageError:
             if interactive and any(m["role"] == "assistant" for m in messages):
                 log("\ncontext full: the conversation no longer fits; use -c to set a larger context")
                 return 0
             raise
-        turn = session.run_turn(tokens)
+        turn = session.run_turn(tokens, llm.reply_parser(full, None, args.reasoning_format))
         if args.context_shift:
-            shown = (llm.render_chat(messages) + turn.text, cached_history(llm, turn))
-        messages.append({"role": "assistant", "content": turn.text})
+            shown = (full + turn.text, cached_history(llm, turn))
+        messages.append(turn.message)
         out("\n")
         if session.context_full:
             print_context_full(llm)

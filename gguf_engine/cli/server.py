@@ -14,7 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
-from ._common import CLIError, add_cache_type_flags, add_context_shift_args, cache_types_of, cli_entry
+from ._common import (CLIError, add_cache_type_flags, add_context_shift_args, add_reasoning_args, cache_types_of,
+                      cli_entry, reasoning_template_kwargs)
 
 EXAMPLES = """\
 examples:
@@ -62,15 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="new requests wait until every slot is idle")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a slot; beyond them the answer is 503 (default: 64)")
-    from ..generation.reasoning import REASONING_FORMATS
-    p.add_argument("--reasoning-format", default="auto", choices=REASONING_FORMATS, metavar="FORMAT",
-                   help="how a thinking model's reasoning is returned: none (left in message.content), "
-                        "auto, deepseek, deepseek-legacy (in message.reasoning_content, "
-                        "delta.reasoning_content when streamed); a request's reasoning_format overrides it "
-                        "(default: auto)")
-    p.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
-                   help="thinking budget: -1 unrestricted, 0 thinking off (the chat template gets "
-                        "enable_thinking=false); token budgets N>0 are not implemented (default: -1)")
+    add_reasoning_args(p, "in message.reasoning_content, delta.reasoning_content when streamed; a "
+                          "request's reasoning_format overrides it")
     add_context_shift_args(p, "a request whose slot is full ends with finish_reason length")
     add_cache_type_flags(p)
     return p
@@ -98,11 +92,7 @@ def main(argv=None) -> int:
         raise CLIError(f"--keep must be >= -1, got {args.keep}")
     if args.ctx_size < 0 or args.batch_size < 1 or args.max_queue < 0 or args.timeout <= 0:
         raise CLIError("-c must be >= 0, -b >= 1, --max-queue >= 0 and --timeout > 0")
-    if args.reasoning_budget < -1:
-        raise CLIError(f"--reasoning-budget must be -1 (unrestricted), 0 (off) or more, got {args.reasoning_budget}")
-    if args.reasoning_budget > 0:
-        raise CLIError(f"--reasoning-budget {args.reasoning_budget}: a token budget for thinking is not implemented; "
-                       "use -1 (unrestricted) or 0 (thinking off)")
+    template_kwargs = reasoning_template_kwargs(args.reasoning_budget)
     if args.n_gpu_layers != 0:
         raise CLIError("-ngl: gguf-server runs several sequences per forward pass on the CPU only; "
                        "use -ngl 0 (gguf-run offloads a single sequence)")
@@ -124,7 +114,7 @@ def main(argv=None) -> int:
                               metrics=args.metrics, timeout=args.timeout, cont_batching=args.cont_batching,
                               max_queue=args.max_queue, cache_type=cache_types_of(args),
                               context_shift=args.context_shift, n_keep=args.keep,
-                              reasoning_format=args.reasoning_format, reasoning_budget=args.reasoning_budget)
+                              reasoning_format=args.reasoning_format, template_kwargs=template_kwargs)
     sched = make_scheduler(settings)
     try:
         app = create_app(settings, sched)

@@ -276,6 +276,9 @@ class ReplyStream:
         """Deltas ({"reasoning_content": ...} or {"content": ...}) after text arrived (maybe none)."""
         self.text += text
         syntax = self.parser.syntax
+        if syntax.kind == "plain" and self.parser.tools is None:     # no parse: the text is the content
+            self.sent_content = self.text
+            return [{"content": text}] if text else []
         settled = self.text[:settled_end(self.text, syntax.markers)]
         parsed = parse_reply(syntax, settled)
         tools = self.parser.tools

@@ -65,11 +65,7 @@ class ServerSettings:
     context_shift: bool = False          # shift a full slot instead of ending its request (llama-server: off)
     n_keep: int = 0                      # tokens a shift keeps after BOS (-1: the whole prompt)
     reasoning_format: str = "auto"       # how thinking is returned (generation.reasoning)
-    reasoning_budget: int = -1           # -1: unrestricted; 0: thinking off (enable_thinking false)
-
-    def template_kwargs(self) -> dict[str, Any]:
-        """The chat template variables these settings give every request."""
-        return {"enable_thinking": False} if self.reasoning_budget == 0 else {}
+    template_kwargs: dict[str, Any] = field(default_factory=dict)   # chat template variables of every request
 
     @property
     def n_ctx_slot(self) -> int:
@@ -392,7 +388,7 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
     def request_kwargs(body) -> dict:
         """The chat template variables of a request (400 for a bad one)."""
         try:
-            return body.template_kwargs(settings.template_kwargs())
+            return body.template_kwargs(settings.template_kwargs)
         except ValueError as e:
             raise APIError(400, str(e)) from None
 
