@@ -58,21 +58,27 @@ HARMONY = ("<|channel|>analysis<|message|>Let me think.<|end|><|start|>assistant
            "<|message|>Hi there")
 
 
+def check_split(url: str, body: dict, reasoning: str, content: str) -> None:
+    """The answer to body, plain and streamed, is split into reasoning and content, with
+    llama-server's field names and nothing else in the deltas."""
+    status, out = http(url, json.dumps(body))
+    assert status == 200, out
+    assert out["choices"][0]["message"] == {"role": "assistant", "content": content,
+                                            "reasoning_content": reasoning}
+    events = sse(url, {**body, "stream": True})
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == reasoning
+    assert "".join(d.get("content") or "" for d in deltas) == content
+    assert set().union(*deltas) <= {"role", "content", "reasoning_content"}
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_think_answer_split(servers):
     """A <think> answer: message.reasoning_content and message.content; streamed, the deltas carry
     reasoning_content then content, no tag text; reasoning_format none keeps it all in content."""
     url = servers["think"].url + "/v1/chat/completions"
     body = {"messages": ASK, "grammar": gbnf(THINK), "max_tokens": 64, "temperature": 0}
-    status, out = http(url, json.dumps(body))
-    assert status == 200, out
-    assert out["choices"][0]["message"] == {"role": "assistant", "content": "Hello!",
-                                            "reasoning_content": "I'm thinking"}
-    events = sse(url, {**body, "stream": True})
-    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
-    assert "".join(d.get("reasoning_content", "") for d in deltas) == "I'm thinking"
-    assert "".join(d.get("content") or "" for d in deltas) == "Hello!"
-    assert set().union(*deltas) <= {"role", "content", "reasoning_content"}
-    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    check_split(url, body, "I'm thinking", "Hello!")
     status, out = http(url, json.dumps({**body, "reasoning_format": "none"}))
     assert out["choices"][0]["message"] == {"role": "assistant", "content": THINK}
     status, out = http(url, json.dumps({**body, "reasoning_format": "short"}))
@@ -84,13 +90,7 @@ def test_harmony_answer_split(servers):
     content, plain and streamed."""
     url = servers["harmony"].url + "/v1/chat/completions"
     body = {"messages": ASK, "grammar": gbnf(HARMONY), "max_tokens": 128, "temperature": 0}
-    status, out = http(url, json.dumps(body))
-    assert status == 200, out
-    assert out["choices"][0]["message"] == {"role": "assistant", "content": "Hi there",
-                                            "reasoning_content": "Let me think."}
-    deltas = [e["choices"][0]["delta"] for e in sse(url, {**body, "stream": True}) if e["choices"]]
-    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Let me think."
-    assert "".join(d.get("content") or "" for d in deltas) == "Hi there"
+    check_split(url, body, "Let me think.", "Hi there")
 
 
 def test_reasoning_budget_zero_and_template_kwargs(servers):

@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
+from .reasoning import settled_end
+
 MARKERS = {"hermes": "<tool_call>", "mistral": "[TOOL_CALLS]", "llama3": "<|python_tag|>",
            "harmony": "<|channel|>"}
 
@@ -325,12 +327,7 @@ class ToolCallParser:
             return 0 if not s or s.startswith(("{", "[")) or self.marker.startswith(s[:len(self.marker)]) \
                 else len(text)
         i = text.find(self.marker)
-        if i >= 0:
-            return i
-        for n in range(min(len(self.marker) - 1, len(text)), 0, -1):
-            if text.endswith(self.marker[:n]):
-                return len(text) - n
-        return len(text)
+        return i if i >= 0 else settled_end(text, (self.marker,))
 
 
 def tool_call_deltas(calls: Sequence[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
