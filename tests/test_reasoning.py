@@ -297,3 +297,12 @@ def test_preserved_control_tokens_are_written(smollm2_path):
         assert "".join(d.push(t) for t in ids) + d.flush() == want
     assert ChatSyntax.detect(GPT_OSS).preserved == ("<|channel|>", "<|constrain|>", "<|message|>", "<|start|>",
                                                     "<|end|>")
+
+
+def test_stream_text_after_hermes_calls_is_not_content():
+    """A streamed Hermes answer whose text after its call (here the start of a second block cut by
+    the token limit) is held back: once calls are found no more content follows, as before."""
+    plan = plan_tools(TOOLS, "auto", CHATML_TOOLS)
+    text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>"
+    deltas, calls = stream(ReplyParser(ChatSyntax.detect(CHATML_TOOLS), ToolCallParser(plan)), list(text))
+    assert deltas == [] and [c["function"]["name"] for c in calls] == ["get_weather"]

@@ -87,10 +87,14 @@ def test_think_answer_split(servers):
 
 def test_harmony_answer_split(servers):
     """gpt-oss's template: an analysis message and a final one come back as reasoning_content and
-    content, plain and streamed."""
+    content, plain and streamed; reasoning_effort sets the template's reasoning level."""
     url = servers["harmony"].url + "/v1/chat/completions"
     body = {"messages": ASK, "grammar": gbnf(HARMONY), "max_tokens": 128, "temperature": 0}
     check_split(url, body, "Let me think.", "Hi there")
+    # OpenAI's reasoning_effort reaches the template as its reasoning_effort variable
+    status, out = http(servers["harmony"].url + "/apply-template",
+                       json.dumps({"messages": ASK, "reasoning_effort": "high"}))
+    assert status == 200 and "\nReasoning: high\n" in out["prompt"]
 
 
 def test_reasoning_budget_zero_and_template_kwargs(servers):

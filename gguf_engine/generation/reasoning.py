@@ -69,9 +69,8 @@ class ChatSyntax:
         if H_CHANNEL in template_text:
             return ChatSyntax("harmony", reasoning_format, "", tuple(tool_names))
         if THINK_START in template_text and THINK_END in template_text:
-            i, j = prompt.rfind(THINK_START), prompt.rfind(THINK_END)
-            prefix = prompt[i:] if i >= 0 and j < i else ""
-            return ChatSyntax("think", reasoning_format, prefix)
+            opened = prompt.rstrip().endswith(THINK_START)
+            return ChatSyntax("think", reasoning_format, prompt[prompt.rfind(THINK_START):] if opened else "")
         return ChatSyntax("plain", reasoning_format)
 
     @property
@@ -130,12 +129,8 @@ def _parse_think(syntax: ChatSyntax, text: str) -> ParsedReply:
     body = body[len(THINK_START):]
     j = body.find(THINK_END)
     if j < 0:        # still thinking, or the answer ended inside the think (less a cut end tag)
-        return ParsedReply("", _reasoning(body[:settled_end(body, (THINK_END,))]))
-    return ParsedReply(body[j + len(THINK_END):].lstrip(), _reasoning(body[:j]))
-
-
-def _reasoning(text: str) -> str:
-    return text.strip()
+        return ParsedReply("", body[:settled_end(body, (THINK_END,))].strip())
+    return ParsedReply(body[j + len(THINK_END):].lstrip(), body[:j].strip())
 
 
 @dataclass
@@ -290,6 +285,8 @@ class ReplyStream:
     def finish(self) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
         """(the deltas not sent yet, the tool calls) once the answer has ended."""
         parsed, calls = self.parser.split(self.text)
+        if calls and self.parser.syntax.kind != "harmony":
+            parsed.content = self.sent_content      # the text held back was the calls'
         return self._deltas(parsed, len(parsed.content)), calls
 
 

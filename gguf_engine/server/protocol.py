@@ -94,13 +94,33 @@ class CompletionRequest(SamplingRequest):
     echo: bool = False
 
 
+class TemplateVars(BaseModel):
+    """The fields that set chat template variables, as llama-server reads them."""
+    chat_template_kwargs: dict[str, Any] | None = None   # extra variables for the chat template
+    reasoning_effort: str | None = None           # OpenAI's: the template's reasoning_effort ("none": thinking off)
+
+    def template_kwargs(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """The template's extra variables: the server's defaults, then ``chat_template_kwargs``, then
+        ``reasoning_effort``; ValueError for an ``enable_thinking`` that is not a boolean."""
+        out = {**defaults, **(self.chat_template_kwargs or {})}
+        if "enable_thinking" in out and not isinstance(out["enable_thinking"], bool):
+            raise ValueError("invalid type for \"enable_thinking\" (expected boolean, got "
+                             f"{type(out['enable_thinking']).__name__})")
+        if self.reasoning_effort == "none":
+            out["enable_thinking"] = False
+            out.pop("reasoning_effort", None)
+        elif self.reasoning_effort:
+            out["reasoning_effort"] = self.reasoning_effort
+        return out
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
     content: Union[str, list[dict[str, Any]], None] = None
 
 
-class ChatCompletionRequest(SamplingRequest):
+class ChatCompletionRequest(SamplingRequest, TemplateVars):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -110,10 +130,6 @@ class ChatCompletionRequest(SamplingRequest):
     function_call: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None     # None: whether the chat template shows several calls
     reasoning_format: Literal["none", "auto", "deepseek", "deepseek-legacy"] | None = None   # None: --reasoning-format
-    chat_template_kwargs: dict[str, Any] | None = None   # extra variables for the chat template
-
-    def template_kwargs(self, defaults: dict[str, Any]) -> dict[str, Any]:
-        return template_kwargs(self.chat_template_kwargs, defaults)
 
 
 class EmbeddingRequest(BaseModel):
@@ -134,23 +150,8 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int]
 
 
-class ApplyTemplateRequest(BaseModel):
+class ApplyTemplateRequest(TemplateVars):
     messages: list[ChatMessage] = Field(min_length=1)
-    chat_template_kwargs: dict[str, Any] | None = None
-
-    def template_kwargs(self, defaults: dict[str, Any]) -> dict[str, Any]:
-        return template_kwargs(self.chat_template_kwargs, defaults)
-
-
-def template_kwargs(given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
-    """A chat template's extra variables: the server's defaults, then the request's
-    ``chat_template_kwargs`` (as llama-server merges them); ValueError for an ``enable_thinking``
-    that is not a boolean."""
-    out = {**defaults, **(given or {})}
-    if "enable_thinking" in out and not isinstance(out["enable_thinking"], bool):
-        raise ValueError("invalid type for \"enable_thinking\" (expected boolean, got "
-                         f"{type(out['enable_thinking']).__name__})")
-    return out
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
