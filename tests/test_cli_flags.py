@@ -105,6 +105,14 @@ RUN_CASES = [
     ({"--no-context-shift"}, ["--no-context-shift", "-c", "16", "-n", "40"], "",
      lambda c, o, e, x: c == 0 and "context full" in e),
     ({"--keep"}, ["--keep", "-2"], "", lambda c, o, e, x: c == 1 and "--keep must be" in e),
+    ({"--reasoning-format"}, ["-cnv", "-st", "--chat-template-file", "{tmp}/think.jinja", "-n", "64", "--grammar",
+                              'root ::= "<think>a</think>b"', "--reasoning-format", "none"], "hi\n",
+     lambda c, o, e, x: c == 0 and o == "<think>a</think>b\n"),
+    ({"--reasoning-format"}, ["-cnv", "-st", "--chat-template-file", "{tmp}/think.jinja", "-n", "64", "--grammar",
+                              'root ::= "<think>a</think>b"'], "hi\n",
+     lambda c, o, e, x: c == 0 and o == "\n[Start thinking]\n\na\n[End thinking]\n\nb\n"),
+    ({"--reasoning-budget"}, ["--reasoning-budget", "3"], "",
+     lambda c, o, e, x: c == 1 and "--reasoning-budget 3" in e and "not implemented" in e),
 ]
 
 
@@ -116,6 +124,7 @@ def files(tmp_path_factory):
     (d / "s.json").write_text('{"const": 5}')
     (d / "sys.txt").write_text("be brief")
     (d / "t.jinja").write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
+    (d / "think.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}{# <think> </think> #}")
     return d
 
 
