@@ -25,6 +25,7 @@ from numba import njit
 
 from .kinds import Packed, kind_of
 from .kinds.tiled import ROW_TILE, TiledKind, small_products
+from .ops import gated_act
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX
 from .types import as_type, row_bytes
 from .weight import Weight
@@ -299,6 +300,93 @@ def swiglu_oai(gate, up, out):
             g = min(gate[r, i], OAI_LIMIT)
             u = min(max(up[r, i], -OAI_LIMIT), OAI_LIMIT)
             out[r, i] = (g / (np.float32(1.0) + np.exp(OAI_ALPHA * (-g)))) * (u + np.float32(1.0))
+
+
+# ---------------------------------------------------------------- a decode step, fused
+
+
+@njit(cache=True, nogil=True)
+def decode_route(logits, bias, has_bias, k, gating, norm, scale, gu_tiles, dn_tiles):
+    """The routing of one token and the work items of its two expert products, in one call:
+    logits (E,) float32 [+ bias (E,)] -> ids (k,) int64, w (k,) float32 as ``route`` gives them
+    (the biased logits rounded to float32 first, as the numpy sum did), then the TILE_ITEMS of
+    gate|up (every tile of expert ids[j], all times the one input row: xrow 0) and of down (every
+    tile of expert ids[j] times activation row j), each slot-major."""
+    E = logits.shape[0]
+    lg = np.empty((1, E), np.float32)
+    for e in range(E):
+        lg[0, e] = logits[e] + bias[e] if has_bias else logits[e]
+    ids2, w2 = route(lg, k, gating, norm, scale)
+    ids = ids2[0]
+    gu_t, gu_x = expert_items(ids, np.zeros(k, np.int64), gu_tiles)
+    dn_t, dn_x = expert_items(ids, np.arange(k), dn_tiles)
+    return ids, w2[0], gu_t, gu_x, dn_t, dn_x
+
+
+@njit(cache=True, nogil=True)
+def expert_act(gu, ids, gate_b, up_b, has_bias, oai, out):
+    """The k selected experts' activations: gu (k, 2 ff) = [gate | up] of each slot (the per-expert
+    biases gate_b, up_b (E, ff) added in place first where has_bias) -> out (k, ff) = SiLU(gate) up,
+    or gpt-oss's clamped SwiGLU where oai; the same float32 operations as add_expert_bias, then
+    ops.gated_act or swiglu_oai, so the values are bit-identical to those calls'."""
+    k = gu.shape[0]
+    ff = out.shape[1]
+    if has_bias:
+        for j in range(k):
+            gb = gate_b[ids[j]]
+            ub = up_b[ids[j]]
+            for i in range(ff):
+                gu[j, i] += gb[i]
+                gu[j, ff + i] += ub[i]
+    if oai:
+        swiglu_oai(gu[:, :ff], gu[:, ff:], out)
+    else:
+        gated_act(gu[:, :ff], gu[:, ff:], False, out)
+
+
+@njit(cache=True, nogil=True)
+def combine_step(Y, w, bias, ids, has_bias, out):
+    """combine for one token: out (d,) = sum_j w[j] (Y[j] + bias[ids[j]]), Y (k, d), in float32 in
+    slot order (the same operations as combine's)."""
+    k, d = Y.shape
+    for i in range(d):
+        acc = np.float32(0.0)
+        for j in range(k):
+            y = Y[j, i] + bias[ids[j], i] if has_bias else Y[j, i]
+            acc += w[j] * y
+        out[i] = acc
+
+
+def decode_step(gate_up: ExpertWeights, down: ExpertWeights, x: np.ndarray, logits: np.ndarray, k: int,
+                gating: int, norm: bool, scale, oai: bool, biases, out: np.ndarray) -> None:
+    """A mixture-of-experts layer for one token, as ``route``, ``ExpertWeights.mul_ids`` of gate|up,
+    the activation, mul_ids of down and ``combine`` compute it (bit-identical), in five kernel
+    calls with no numpy work between them: the routing with both products' work items
+    (decode_route), the k experts' gate|up tiles in one parallel loop, their activations
+    (expert_act), their down tiles in one parallel loop, the weighted sum (combine_step).  Both
+    expert tensors must be stacked (``fused_decode``).  x (d,) float32; logits (E,) float32;
+    biases: None or (router (E,), gate (E, ff), up (E, ff), down (E, d)); out (d,) float32."""
+    ff = down.shape[2]
+    rb, gb, ub, db = (_EMPTY1, _EMPTY2, _EMPTY2, _EMPTY2) if biases is None else biases
+    has_bias = biases is not None
+    ids, w, gu_t, gu_x, dn_t, dn_x = decode_route(logits, rb, has_bias, k, gating, norm, scale,
+                                                  gate_up.tiles, down.tiles)
+    gu = np.empty((k, 2 * ff), np.float32)                         # (k, 2 ff) [gate | up] per slot
+    gate_up._items(x.reshape(1, -1), gu_t, gu_x, gu.reshape(-1))
+    act = np.empty((k, ff), np.float32)                            # (k, ff)
+    expert_act(gu, ids, gb, ub, has_bias, oai, act)
+    Y = np.empty((k, down.shape[1]), np.float32)                   # (k, d)
+    down._items(act, dn_t, dn_x, Y.reshape(-1))
+    combine_step(Y, w, db, ids, has_bias, out)
+
+
+def fused_decode(gate_up: list, down: ExpertWeights) -> bool:
+    """decode_step serves these expert tensors: gate and up stacked into one, both stacked tiled matrices."""
+    return len(gate_up) == 1 and gate_up[0]._items is not None and down._items is not None
+
+
+_EMPTY1 = np.zeros(1, np.float32)
+_EMPTY2 = np.zeros((1, 1), np.float32)
 
 
 def _stackable(t, rows: int) -> bool:

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from kernels import dequantize
-from kernels.experts import GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, combine, route, swiglu_oai
+from kernels.experts import (GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, add_expert_bias, combine, decode_step,
+                             fused_decode, route, swiglu_oai)
+from kernels.ops import gated_act
 from kernels.types import GGMLType
 from kernels.quant_matmul import MATVEC_MAX_BATCH
 from kernels.weight import Weight
@@ -165,3 +167,57 @@ def test_stacked_experts_match_separate_weights(name):
     for j in range(k):
         w = own[ids[0, j]]
         np.testing.assert_array_equal(y[0, j], np.concatenate([w.matvec(X[0, 0])] * 2))
+
+
+def _moe_by_parts(gate_up, down, x, logits, k, gating, oai, biases):
+    """One token's MoE layer by the general kernels, step by step (route, mul_ids, biases, activation,
+    mul_ids, combine): what decode_step must equal."""
+    rb, gb, ub, db = biases if biases is not None else (None,) * 4
+    lg = (logits + rb if rb is not None else logits).reshape(1, -1).astype(np.float32)
+    ids, w = route(lg, k, gating, True, np.float32(0.0))
+    gu = gate_up.mul_ids(x.reshape(1, 1, -1), ids)                        # (1, k, 2 ff)
+    ff = gu.shape[2] // 2
+    if gb is not None:
+        add_expert_bias(gu, gb, ids, 0)
+        add_expert_bias(gu, ub, ids, ff)
+    g2 = gu.reshape(k, 2 * ff)
+    act = np.empty((k, ff), np.float32)
+    (swiglu_oai if oai else (lambda g, u, o: gated_act(g, u, False, o)))(g2[:, :ff], g2[:, ff:], act)
+    Y = down.mul_ids(act.reshape(1, k, ff), ids)                          # (1, k, d)
+    out = np.empty((1, Y.shape[2]), np.float32)
+    combine(Y, w, db if db is not None else np.zeros((1, 1), np.float32), ids, db is not None, out)
+    return out[0]
+
+
+@pytest.mark.parametrize("gu_name,down_name", [("Q4_K", "Q6_K"), ("Q4_K", "Q4_K"), ("Q8_0", "MXFP4")])
+def test_decode_step_equals_the_general_path(gu_name, down_name):
+    """decode_step (one token: routing and both products' items in one call, the two products, the
+    activation with the experts' biases, the weighted sum) is bitwise equal (tolerance 0) to the
+    general kernels called one by one, for both gating functions, SiLU and gpt-oss's clamped
+    SwiGLU, with and without router and expert biases; gate and up stacked per expert, 8 experts,
+    top 2 and top 3."""
+    rng = np.random.default_rng(5)
+    n_expert, d, ff = 8, 512, 256
+
+    def experts(name, rows, cols):              # ggml's rows of 512 weights, cut to cols
+        q, t = _expert_bytes(name)
+        rb = q.shape[1] * cols // 512
+        pieces = q.reshape(16 * 512 // cols, rb)
+        return ExpertWeights(pieces[rng.integers(0, pieces.shape[0], n_expert * rows)], t, (n_expert, rows, cols))
+
+    gate_up = ExpertWeights.concat([experts(gu_name, ff, d), experts(gu_name, ff, d)])
+    down = experts(down_name, d, ff)
+    assert fused_decode([gate_up], down)
+    for trial in range(6):
+        k = 2 + trial % 2
+        gating = GATING_SOFTMAX if trial < 3 else GATING_SOFTMAX_WEIGHT
+        oai = trial % 3 == 2
+        x = rng.standard_normal(d).astype(np.float32)
+        logits = (rng.standard_normal(n_expert) * 2).astype(np.float32)
+        biases = None if trial % 3 == 0 else tuple(
+            (rng.standard_normal(s) * 0.1).astype(np.float32) for s in ((n_expert,), (n_expert, ff), (n_expert, ff),
+                                                                       (n_expert, d)))
+        out = np.empty(d, np.float32)
+        decode_step(gate_up, down, x, logits, k, gating, True, np.float32(0.0), oai, biases, out)
+        want = _moe_by_parts(gate_up, down, x, logits, k, gating, oai, biases)
+        np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))

@@ -287,11 +287,21 @@ class CPUBackend(Backend):
     def moe(self, x, logits, experts: ExpertFFN, routing: Routing, out=None, observe=None):
         """Route (kernels.experts.route), then the selected experts' products (ExpertWeights.mul_ids:
         only the chosen experts' rows are read; a batch is grouped by expert), the activation and
-        the weighted sum (kernels.experts.combine)."""
+        the weighted sum (kernels.experts.combine).  A decode step of stacked experts runs all of
+        that as kernels.experts.decode_step (bit-identical, five kernel calls)."""
         n, d = x.shape
+        gating = moe_kernels.GATING_SOFTMAX if routing.gating == "softmax" else moe_kernels.GATING_SOFTMAX_WEIGHT
+        biases = (experts.router_bias, experts.gate_bias, experts.up_bias, experts.down_bias)
+        all_or_none = len({b is None for b in biases}) == 1
+        if n == 1 and observe is None and all_or_none and moe_kernels.fused_decode(experts.gate_up, experts.down):
+            if out is None:
+                out = np.empty((1, d), np.float32)
+            biases = None if experts.router_bias is None else biases
+            moe_kernels.decode_step(experts.gate_up[0], experts.down, x[0], logits[0], routing.n_used, gating,
+                                    routing.norm, np.float32(routing.scale), routing.oai_swiglu, biases, out[0])
+            return out
         if experts.router_bias is not None:
             logits = logits + experts.router_bias                           # (n, E)
-        gating = moe_kernels.GATING_SOFTMAX if routing.gating == "softmax" else moe_kernels.GATING_SOFTMAX_WEIGHT
         ids, w = moe_kernels.route(np.ascontiguousarray(logits, dtype=np.float32), routing.n_used, gating,
                                    routing.norm, np.float32(routing.scale))  # (n, k) each
         k = routing.n_used
