@@ -395,3 +395,26 @@ def test_real_gemma3_tensors(gemma3_path):
 
     picked = _check_file_tensors(gemma3_path, first_of_kind, rng)
     assert {t.type.name for t in picked} >= {"Q4_K", "Q5_0", "Q6_K", "Q8_0"}
+
+
+@pytest.mark.parametrize("name", ["F32", "F16", "BF16"])
+def test_small_float_matvec_runs_serial_bit_identical(name):
+    """Float weights of at most SERIAL_MAX_WEIGHTS weights (a mixture-of-experts router) take the
+    serial matvec, larger ones the parallel one; both give the same bits (tolerance 0) on every
+    shape, and the serial one is what Weight.matvec runs for a 32 x 1024 router."""
+    from kernels.kinds.plain import SERIAL_MAX_WEIGHTS, matvec_plain, matvec_plain_serial
+    rng = np.random.default_rng(3)
+    t = as_type(name)
+    dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.float32}[name]
+    for rows, cols in [(32, 1024), (7, 33), (128, 2880), (64, 1024)]:
+        w = rng.standard_normal((rows, cols)).astype(dtype)
+        raw = (w.view(np.uint32) >> 16).astype(np.uint16) if name == "BF16" else w
+        W = Weight(raw.view(np.uint8).reshape(rows, -1), t, (rows, cols))
+        x = rng.standard_normal(cols).astype(np.float32)
+        a, b = np.empty(rows, np.float32), np.empty(rows, np.float32)
+        arr = W.packed.arrays["w"]
+        matvec_plain(arr, x, a)
+        matvec_plain_serial(arr, x, b)
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+        np.testing.assert_array_equal(W.matvec(x).view(np.uint32), a.view(np.uint32))
+    assert 32 * 1024 <= SERIAL_MAX_WEIGHTS < 128 * 2880

@@ -6,8 +6,10 @@ The model generates -n tokens (after one untimed warm-up pass of as many) -r tim
 alternately (best of each kept):
   1. plain, for the step time as gguf-bench sees it;
   2. with every kernel call timed: each weight's matvec (grouped by tensor role and GGML
-     type: attn_qkv, attn_output, ffn_gate_up, ffn_down, output) and each backend op (norms,
-     q/k/v preparation with RoPE, attention, gated activation, embedding).
+     type: attn_qkv, attn_output, ffn_gate_up, ffn_down, a mixture-of-experts router ffn_gate_inp,
+     output) and each backend op (norms, q/k/v preparation with RoPE, attention, gated activation,
+     embedding, and a mixture-of-experts layer's ``moe``: routing, the selected experts' products,
+     their activation and weighted sum, its bytes those of the k experts read).
 The table gives, per group, the calls per token, microseconds per token, the share of the
 plain step, and for matvecs the GGML bytes read per second and that as a fraction of the
 machine's streaming-read bandwidth (measured in the same run at the same thread count).
@@ -32,8 +34,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gguf_engine.bench import read_bandwidth_gbs  # noqa: E402
 from gguf_engine.model import load_model  # noqa: E402
 
-BACKEND_OPS = ("embed", "rms_norm", "add_rms_norm", "qkv_prepare", "attention", "gated_act", "softcap")
-WEIGHT_ROLES = ("attn_qkv", "attn_output", "ffn_gate_up", "ffn_down")
+BACKEND_OPS = ("embed", "rms_norm", "add_rms_norm", "qkv_prepare", "attention", "gated_act", "softcap", "moe")
+WEIGHT_ROLES = ("attn_qkv", "attn_output", "ffn_gate_up", "ffn_down", "ffn_gate_inp")
 
 
 @dataclass
@@ -82,6 +84,20 @@ def _timed(fn, groups, key, nbytes):
     return call
 
 
+def _timed_moe(fn, groups, key, _):
+    """_timed for the backend's moe operation, counting the GGML bytes of the selected experts
+    (each expert tensor's share of k experts, the types as stored in each layer)."""
+    def call(x, logits, experts, routing, *a, **k):
+        t0 = time.perf_counter()
+        r = fn(x, logits, experts, routing, *a, **k)
+        g = groups[key]
+        g.seconds += time.perf_counter() - t0
+        g.calls += 1
+        g.nbytes += x.shape[0] * routing.n_used * sum(E.experts[0].file_nbytes for E in (*experts.gate_up, experts.down))
+        return r
+    return call
+
+
 def instrument(model, groups):
     """Wrap each weight's bound matvec and each backend op of the model with a timer; returns
     the function that takes the timers off again."""
@@ -94,7 +110,7 @@ def instrument(model, groups):
     for op in BACKEND_OPS:
         if hasattr(be, op):
             undo.append((be, op, None))
-            setattr(be, op, _timed(getattr(be, op), groups, op, 0))
+            setattr(be, op, (_timed_moe if op == "moe" else _timed)(getattr(be, op), groups, op, 0))
 
     def remove() -> None:
         for obj, name, old in undo:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..backends.base import ExpertFFN, Routing
+
 if TYPE_CHECKING:
     from .config import ModelConfig
 
@@ -142,7 +144,6 @@ class MoEFFN:
 
     def for_config(self, c: "ModelConfig") -> "MoEFFN":
         """The component with the file's top-k bound."""
-        from ..backends.base import Routing
         return replace(self, routing=Routing(c.n_expert_used, self.gating, self.norm_weights, 0.0, self.oai_swiglu))
 
     def tensors(self, c: "ModelConfig", p: str, present) -> list[TensorSpec]:
@@ -166,7 +167,6 @@ class MoEFFN:
 
     def __call__(self, be, b, xn, st) -> Any:
         """xn (n, d) -> the FFN output (n, d), written to st.proj where the backend can."""
-        from ..backends.base import ExpertFFN
         logits = be.linear(b.ffn_gate_inp, xn, decode=st.decode)          # (n, E)
         experts = ExpertFFN(b.ffn_gate_up_exps, b.ffn_down_exps, b.ffn_gate_inp_b,
                             b.ffn_gate_exps_b, b.ffn_up_exps_b, b.ffn_down_exps_b)

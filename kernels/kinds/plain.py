@@ -4,7 +4,8 @@ Layout: ``w`` (rows, cols), float32 for F32, the values' bits for F16 (uint16) a
 a dtype of its own, so that one matvec and one decoder serve the three formats, told apart by
 their element type).
 
-Matvec: a plain float32 dot per row, parallel over rows, the F16 bits widened by vcvtph2ps where
+Matvec: a plain float32 dot per row, parallel over rows (serial for a small matrix such as a
+mixture-of-experts router, bit-identical), the F16 bits widened by vcvtph2ps where
 the host has F16C (a NaN weight gives a NaN product whatever its payload); the exact decoder
 widens with numerics' bit-exact conversions.
 """
@@ -37,16 +38,32 @@ def _exact_impl(v):
     return lambda v: v
 
 
+# Below this many weights a float matvec runs on the calling thread (matvec_plain_serial): a
+# mixture-of-experts router (32 x 1024 weights) costs less than a parallel loop's launch and barrier.
+SERIAL_MAX_WEIGHTS = 1 << 16
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def dot_row(wr, x):
+    """sum_j wr[j] x[j] in float32 (the row's order as the vectorizer sums it)."""
+    acc = f32(0)
+    for j in range(x.size):
+        acc += scale(wr[j]) * x[j]
+    return acc
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_plain(w, x, y):
     """y (rows,) = w (rows, cols) x, float32 sums, one row per thread."""
-    rows, cols = w.shape
-    for r in prange(rows):
-        wr = w[r]
-        acc = f32(0)
-        for j in range(cols):
-            acc += scale(wr[j]) * x[j]
-        y[r] = acc
+    for r in prange(w.shape[0]):
+        y[r] = dot_row(w[r], x)
+
+
+@njit(fastmath=True, cache=True)
+def matvec_plain_serial(w, x, y):
+    """matvec_plain on the calling thread, bit-identical to it (the same row sums)."""
+    for r in range(w.shape[0]):
+        y[r] = dot_row(w[r], x)
 
 
 @njit(nogil=True, cache=True)
@@ -70,7 +87,8 @@ class PlainKind(Kind):
 
     def matvec(self, p: Packed, simd: int = SIMD_BEST):
         w = p.arrays["w"]
-        return lambda x, out: matvec_plain(w, x, out)
+        kernel = matvec_plain_serial if w.size <= SERIAL_MAX_WEIGHTS else matvec_plain
+        return lambda x, out: kernel(w, x, out)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_plain(p.arrays["w"], ids, out)
