@@ -43,6 +43,10 @@ a shared machine's time-slicing leaves out, else wall time):
   GB/s          decode (1 token): the selected experts' GGML bytes read per second
   GFLOP/s       a batch: 2 x pairs x rows x cols per second
   x per-expert  the per-expert calls' time over mul_ids' (above 1: mul_ids is faster)
+and a "layer" row per type: one token's whole layer by kernels.experts.decode_step (routing, both
+products, activation, weighted sum in five kernel calls) against the same kernels called one by one
+with the numpy work between them (route, mul_ids, activation, mul_ids, combine; as the CPU backend
+ran a decode step before), checked bit-identical first; "x per-expert" is then by-parts over decode_step.
 
 Otherwise each figure is a ratio of what this machine does in the same run with the same
 thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
@@ -348,9 +352,47 @@ def per_expert(E, X: np.ndarray, ids: np.ndarray, out: np.ndarray) -> None:
             out[toks, pairs % k] = E.experts[e].matmul(Xe)
 
 
+def layer_by_parts(gate_up, down, x, logits, k, out) -> None:
+    """One token's MoE layer (softmax gating, SiLU) by the general kernels called one by one, as the
+    CPU backend ran a decode step before decode_step: route, mul_ids of gate|up, the activation,
+    mul_ids of down, combine."""
+    from kernels.experts import GATING_SOFTMAX, combine, route
+    from kernels.ops import gated_act
+    ids, w = route(logits.reshape(1, -1), k, GATING_SOFTMAX, True, np.float32(0.0))
+    gu = gate_up.mul_ids(x.reshape(1, 1, -1), ids).reshape(k, -1)        # (k, 2 ff)
+    ff = gu.shape[1] // 2
+    act = np.empty((k, ff), np.float32)
+    gated_act(gu[:, :ff], gu[:, ff:], False, act)
+    Y = down.mul_ids(act.reshape(1, k, ff), ids)                          # (1, k, d)
+    combine(Y, w, np.zeros((1, 1), np.float32), ids, False, out.reshape(1, -1))
+
+
+def layer_rows(args, name, gate_up, down, rng) -> None:
+    """The "layer" row of --experts: decode_step against layer_by_parts (alternated, bit-identical)."""
+    from kernels.experts import GATING_SOFTMAX, decode_step
+    n_expert, k, d, _ = MOE_LAYER
+    x = rng.standard_normal(d, dtype=np.float32)
+    logits = rng.standard_normal(n_expert, dtype=np.float32)
+    out, ref = np.empty(d, np.float32), np.empty(d, np.float32)
+    step = lambda: decode_step(gate_up, down, x, logits, k, GATING_SOFTMAX, True,   # noqa: E731
+                               np.float32(0.0), False, None, out)
+    step()
+    layer_by_parts(gate_up, down, x, logits, k, ref)
+    if not np.array_equal(out.view(np.uint32), ref.view(np.uint32)):
+        raise SystemExit(f"{name}: decode_step differs from the kernels called one by one")
+    clock = time.process_time if args.threads == 1 else time.perf_counter
+    t_new = t_old = float("inf")
+    for _ in range(3):              # alternating
+        t_new = min(t_new, best_time(step, args.reps, 0.1, clock))
+        t_old = min(t_old, best_time(lambda: layer_by_parts(gate_up, down, x, logits, k, ref), args.reps, 0.1, clock))
+    nbytes = k * (gate_up.experts[0].file_nbytes + down.experts[0].file_nbytes)
+    print(f"{name:8} {'layer':8} {1:6} {nbytes / t_new / 1e9:16.2f} {t_old / t_new:12.2f}", flush=True)
+
+
 def experts_table(args) -> None:
-    """The --experts table: per type and batch size, mul_ids against per-expert calls."""
-    from kernels.experts import ExpertWeights
+    """The --experts table: per type and batch size, mul_ids against per-expert calls; for one token,
+    the whole layer (decode_step) against its kernels called one by one."""
+    from kernels.experts import ExpertWeights, fused_decode
     rng = np.random.default_rng(0)
     n_expert, k, d, ff = MOE_LAYER
     ns = [int(v) for v in args.tokens.split(",")]
@@ -383,6 +425,8 @@ def experts_table(args) -> None:
                 else:
                     rate = 2 * n * k * rows * cols / t_new / 1e9
                 print(f"{t.name:8} {label:8} {n:6} {rate:16.2f} {t_old / t_new:12.2f}", flush=True)
+        if 1 in ns and fused_decode([gate_up], down):
+            layer_rows(args, t.name, gate_up, down, rng)
 
 
 def print_asm_summary() -> None:
