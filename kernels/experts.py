@@ -332,29 +332,13 @@ def expert_act(gu, ids, gate_b, up_b, has_bias, oai, out):
     k = gu.shape[0]
     ff = out.shape[1]
     if has_bias:
-        for j in range(k):
-            gb = gate_b[ids[j]]
-            ub = up_b[ids[j]]
-            for i in range(ff):
-                gu[j, i] += gb[i]
-                gu[j, ff + i] += ub[i]
+        gu3 = gu.reshape(1, k, 2 * ff)
+        add_expert_bias(gu3, gate_b, ids.reshape(1, k), 0)
+        add_expert_bias(gu3, up_b, ids.reshape(1, k), ff)
     if oai:
         swiglu_oai(gu[:, :ff], gu[:, ff:], out)
     else:
         gated_act(gu[:, :ff], gu[:, ff:], False, out)
-
-
-@njit(cache=True, nogil=True)
-def combine_step(Y, w, bias, ids, has_bias, out):
-    """combine for one token: out (d,) = sum_j w[j] (Y[j] + bias[ids[j]]), Y (k, d), in float32 in
-    slot order (the same operations as combine's)."""
-    k, d = Y.shape
-    for i in range(d):
-        acc = np.float32(0.0)
-        for j in range(k):
-            y = Y[j, i] + bias[ids[j], i] if has_bias else Y[j, i]
-            acc += w[j] * y
-        out[i] = acc
 
 
 def decode_step(gate_up: ExpertWeights, down: ExpertWeights, x: np.ndarray, logits: np.ndarray, k: int,
@@ -363,7 +347,7 @@ def decode_step(gate_up: ExpertWeights, down: ExpertWeights, x: np.ndarray, logi
     the activation, mul_ids of down and ``combine`` compute it (bit-identical), in five kernel
     calls with no numpy work between them: the routing with both products' work items
     (decode_route), the k experts' gate|up tiles in one parallel loop, their activations
-    (expert_act), their down tiles in one parallel loop, the weighted sum (combine_step).  Both
+    (expert_act), their down tiles in one parallel loop, the weighted sum (combine).  Both
     expert tensors must be stacked (``fused_decode``).  x (d,) float32; logits (E,) float32;
     biases: None or (router (E,), gate (E, ff), up (E, ff), down (E, d)); out (d,) float32."""
     ff = down.shape[2]
@@ -377,7 +361,7 @@ def decode_step(gate_up: ExpertWeights, down: ExpertWeights, x: np.ndarray, logi
     expert_act(gu, ids, gb, ub, has_bias, oai, act)
     Y = np.empty((k, down.shape[1]), np.float32)                   # (k, d)
     down._items(act, dn_t, dn_x, Y.reshape(-1))
-    combine_step(Y, w, db, ids, has_bias, out)
+    combine(Y.reshape(1, k, -1), w.reshape(1, k), db, ids.reshape(1, k), has_bias, out.reshape(1, -1))
 
 
 def fused_decode(gate_up: list, down: ExpertWeights) -> bool:
