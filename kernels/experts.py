@@ -149,6 +149,12 @@ class ExpertWeights:
             out[...] = res
         return res
 
+    def mul_items(self, X: np.ndarray, tiles: np.ndarray, xrow: np.ndarray, out: np.ndarray) -> None:
+        """The stacked experts' TILE_ITEMS product in one parallel launch (``decode_step``'s two
+        products): item i is row tile tiles[i] of the stacked matrix times row xrow[i] of X (m, cols)
+        float32, stored at out[ROW_TILE i: ROW_TILE (i + 1)] (out flat float32; ``expert_items``)."""
+        self._items(X, tiles, xrow, out)
+
     def _decode_step(self, X: np.ndarray, ids: np.ndarray, out: np.ndarray) -> None:
         """out (k, rows) = W[ids[j]] X[j or 0]: with stacked experts, every selected expert's tiles in
         one launch (each tile on one thread, so both threads read near-equal bytes), else one
@@ -356,11 +362,11 @@ def decode_step(gate_up: ExpertWeights, down: ExpertWeights, x: np.ndarray, logi
     ids, w, gu_t, gu_x, dn_t, dn_x = decode_route(logits, rb, has_bias, k, gating, norm, scale,
                                                   gate_up.tiles, down.tiles)
     gu = np.empty((k, 2 * ff), np.float32)                         # (k, 2 ff) [gate | up] per slot
-    gate_up._items(x.reshape(1, -1), gu_t, gu_x, gu.reshape(-1))
+    gate_up.mul_items(x.reshape(1, -1), gu_t, gu_x, gu.reshape(-1))
     act = np.empty((k, ff), np.float32)                            # (k, ff)
     expert_act(gu, ids, gb, ub, has_bias, oai, act)
     Y = np.empty((k, down.shape[1]), np.float32)                   # (k, d)
-    down._items(act, dn_t, dn_x, Y.reshape(-1))
+    down.mul_items(act, dn_t, dn_x, Y.reshape(-1))
     combine(Y.reshape(1, k, -1), w.reshape(1, k), db, ids.reshape(1, k), has_bias, out.reshape(1, -1))
 
 
