@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from .kinds import Packed, kind_of
-from .kinds.tiled import ROW_TILE, TiledKind, small_products
+from .kinds.tiled import ROW_TILE, TiledKind, small_products, take_rows
 from .ops import gated_act
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX
 from .types import as_type, row_bytes
@@ -47,7 +47,7 @@ class ExpertWeights:
     tiles are then multiplied in one launch (the kinds' TILE_ITEMS form).  Otherwise ``stacked``
     is None and each expert is its own Weight."""
 
-    __slots__ = ("qtype", "shape", "experts", "stacked", "tiles", "_items")
+    __slots__ = ("qtype", "shape", "experts", "stacked", "tiles", "_items", "_row_items")
 
     def __init__(self, data: np.ndarray, qtype, shape, release=None):
         """data: the tensor's raw bytes (expert-major, as GGUF stores a 3-D tensor).  release(r0, r1):
@@ -82,6 +82,7 @@ class ExpertWeights:
         self.stacked = stacked
         self.tiles = experts[0].shape[0] // ROW_TILE if stacked is not None else 0
         self._items = None if stacked is None else stacked.kind.tile_product(stacked)
+        self._row_items = None if stacked is None else stacked.kind.row_items(stacked)
 
     def _init_stacked(self, stacked: Packed, n_expert: int, splits) -> None:
         """Experts as views of the stacked matrix's tiles (each expert splits into ``splits`` rows)."""
@@ -143,6 +144,8 @@ class ExpertWeights:
         shared = X.shape[1] == 1
         if n == 1:                                   # a decode step: the k selected experts' matvecs
             self._decode_step(X[0], ids[0], res[0])
+        elif self._row_items is not None:
+            self._grouped_rows(X, ids, shared, res)
         else:
             self._grouped(X, ids, shared, res)
         if res is not out and out is not None:
@@ -206,6 +209,27 @@ class ExpertWeights:
             kind = groups[0][0].kind
             small_products(kind.small_kernel(groups[0][0])[0], [(kind.small_kernel(p)[1], x, y) for p, x, y in groups])
         out[toks, slots] = Yg
+
+
+    def _grouped_rows(self, X: np.ndarray, ids: np.ndarray, shared: bool, out: np.ndarray) -> None:
+        """A batch of a kind with a multi-row integer product (``TiledKind.row_items``): the inputs
+        rounded once (each row as the matvec rounds it), the (token, slot) pairs grouped by expert,
+        and every expert's row tiles times the rows routed to it in one launch (ROW_ITEMS, runs of
+        at most ROW_ITEM_ROWS rows, so the threads get near-equal work however the batch is
+        routed).  Each (token, slot) is bit-identical to its expert's matvec of that input."""
+        n, k = ids.shape
+        kind = self.stacked.kind
+        flat = ids.reshape(-1)                       # (n k,) pair p = token p // k, slot p % k
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(self.shape[0] + 1))
+        if shared:                                   # one rounding per token, shared by its k slots
+            act = take_rows(kind.row_activations(np.ascontiguousarray(X[:, 0])), n, order // k)
+        else:
+            act = take_rows(kind.row_activations(X.reshape(n * k, -1)), n * k, order)
+        tiles, r0, r1, yt = expert_row_items(bounds, self.tiles, ROW_ITEM_ROWS)
+        Yg = np.empty((n * k, self.shape[1]), np.float32)              # (n k, rows) grouped by expert
+        self._row_items(act, tiles, r0, r1, yt, Yg)
+        out.reshape(n * k, -1)[order] = Yg
 
 
 @njit(cache=True, nogil=True)
@@ -389,6 +413,35 @@ def expert_tiles(p: Packed, t0: int, t1: int) -> Packed:
     T = p.arrays["qt"].shape[0]
     return Packed(p.kind, p.qtype, (t1 - t0) * ROW_TILE, p.cols,
                   {k: a[t0:t1] if a.shape[0] == T and a.shape[1] > 0 else a for k, a in p.arrays.items()})
+
+
+# Activation rows per item of a batch's multi-row expert products (ExpertWeights._grouped_rows).
+ROW_ITEM_ROWS = 16
+
+
+@njit(cache=True, nogil=True)
+def expert_row_items(bounds, tiles, chunk):
+    """ROW_ITEMS of a batch grouped by expert (rows bounds[e]..bounds[e+1]-1 routed to expert e of a
+    stacked matrix, tiles per expert): for each expert with rows, each run of at most chunk of its
+    rows, each of its tiles.  -> (tiles, r0, r1, yt) int64: the stacked tile, the run, the output tile."""
+    n_expert = bounds.size - 1
+    m = 0
+    for e in range(n_expert):
+        m += -(-(bounds[e + 1] - bounds[e]) // chunk) * tiles
+    t = np.empty(m, np.int64)
+    a = np.empty(m, np.int64)
+    b = np.empty(m, np.int64)
+    y = np.empty(m, np.int64)
+    i = 0
+    for e in range(n_expert):
+        for s in range(bounds[e], bounds[e + 1], chunk):
+            for j in range(tiles):
+                t[i] = e * tiles + j
+                a[i] = s
+                b[i] = min(s + chunk, bounds[e + 1])
+                y[i] = j
+                i += 1
+    return t, a, b, y
 
 
 @njit(cache=True, nogil=True)

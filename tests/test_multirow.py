@@ -17,7 +17,7 @@ from kernels.simd import SIMD_BEST, SIMD_FORMS
 
 from .test_matvec import bits_equal, random_tensor
 
-ROWS_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q8_0", "IQ4_NL", "IQ4_XS", "MXFP4"]
+ROWS_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL", "IQ4_XS", "MXFP4"]
 ROWS, COLS = 77, 512            # a partial last row tile; two k-quant super-blocks
 NS = list(range(1, 17)) + [37]
 
@@ -27,7 +27,7 @@ def per_row(W: Weight, X: np.ndarray) -> np.ndarray:
 
 
 def test_multirow_products_serve_the_expected_kinds():
-    """The nibble, Q8_0 and table kinds have a multi-row product; the others run the matvec per row."""
+    """The nibble, Q6_K, Q8_0 and table kinds have a multi-row product; the others run the matvec per row."""
     names = set()
     for k in registered():
         try:
@@ -35,7 +35,7 @@ def test_multirow_products_serve_the_expected_kinds():
                 names.add(k.name)
         except (AttributeError, KeyError, TypeError):      # binds the packed arrays: a kind that has one
             names.add(k.name)
-    assert {"q4", "q4m", "q4k", "q5", "q5m", "q5k", "q8", "t4", "t4x"} <= names and "q6" not in names
+    assert {"q4", "q4m", "q4k", "q5", "q5m", "q5k", "q6", "q8", "t4", "t4x"} <= names
 
 
 @pytest.mark.parametrize("name", ROWS_TYPES)
@@ -59,7 +59,7 @@ def test_decode_rows_are_the_matvec_bit_for_bit(name):
                 assert bits_equal(Y, ref), f"{name} n={n}: the sums of SIMD form {f} differ"
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q8_0", "IQ4_NL"])
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "IQ4_NL"])
 def test_decode_rows_do_not_depend_on_threads_or_neighbours(name):
     """The same row gives the same bits at 1 and 2 threads, and beside any other rows; out may be a
     column slice of a wider array (a fused projection's part)."""
@@ -82,7 +82,7 @@ def test_decode_rows_do_not_depend_on_threads_or_neighbours(name):
     assert bits_equal(wide[:, 50:250], one) and not wide[:, :50].any() and not wide[:, 250:].any()
 
 
-@pytest.mark.parametrize("name", ["Q2_K", "IQ2_XS", "F16", "Q6_K"])
+@pytest.mark.parametrize("name", ["Q2_K", "IQ2_XS", "F16"])
 def test_other_kinds_run_the_matvec_per_row(name):
     """Kinds without a multi-row product give matmul_decode = the matvec per row, bit for bit."""
     rng = np.random.default_rng(7)

@@ -298,6 +298,56 @@ def _q6_isums_avx2(typingctx, q, qo, h, ho, xq, xo, xoff, out):
     return sig, codegen
 
 
+def _emit_q6_rows(builder, qp, hp, xps, op):
+    """The IR of q6_isums_rows' AVX2 form for the activation rows xps (int16, i8* pointers; hp the
+    block's i32 words of qh): row j's sums of the unsigned q at out[2 ROW_TILE j ..] (q6_isums'
+    order), the quants of each 16 rows rebuilt once for all the rows."""
+    _, maddwd = madds(builder)
+    load = loader(builder)
+    hp = builder.bitcast(hp, I8.as_pointer())
+    zero = ir.Constant(V32I8, [0] * 32)
+    masks = [ir.Constant(ir.VectorType(I32, 32), [i + 32 * e for i in rows for e in (0, 1)])
+             for rows in ((*range(8), *range(16, 24)), (*range(8, 16), *range(24, 32)))]
+    for r16 in range(ROW_TILE // 16):
+        # [row][half][unpack lo / hi: rows 0-3, 8-11 / 4-7, 12-15 of the 16]
+        acc = [[[ir.Constant(V8I32, [0] * 8)] * 2 for _ in range(2)] for _ in xps]
+        for p, v in _q6_groups(builder, load, qp, hp, r16):
+            ws = [builder.bitcast(builder.shuffle_vector(v, zero, m), V16I16) for m in masks]
+            for j, xp in enumerate(xps):
+                x = builder.bitcast(splat(builder, load(xp, 4 * p, I32)), V16I16)
+                for u in range(2):
+                    acc[j][p // 8][u] = builder.add(acc[j][p // 8][u], maddwd(ws[u], x))
+        for j in range(len(xps)):
+            for half in range(2):
+                lo, hi = acc[j][half]
+                for r8 in range(2):          # rows 8 r8 .. 8 r8 + 7 of the 16
+                    rows = builder.shuffle_vector(lo, hi, ir.Constant(V8I32, [4 * r8 + i + (4 if i >= 4 else 0)
+                                                                               for i in range(8)]))
+                    builder.store(rows, builder.gep(op, [ir.Constant(I32, (2 * j + half) * (ROW_TILE // 8)
+                                                                      + 2 * r16 + r8)]), align=4)
+
+
+_q6_rows = rows_call("_q6_isums_rows", _emit_q6_rows, terms=1)
+
+
+@njit(cache=True, inline="always")
+def q6_isums_rows(q, qo, h, ho, xq, xo, ldx, xoff, c, out, simd):
+    """q6_isums for c activation rows at once (c = tiled.row_step's count), row r's int16
+    activations at ``xq[xo + r ldx]`` and its offset sums at ``xoff[(xo + r ldx) / 16 ..]``: its
+    sums at ``out[2 R r:2 R (r + 1)]``, each row's exactly those of q6_isums (integer sums), the
+    quants rebuilt from the two planes once for all the rows."""
+    if HOST_AVX2 and simd != PORTABLE:
+        _q6_rows(q, qo, h, ho // 4, xq, xq, 2 * xo, 2 * ldx, c, out)
+        for r in range(c):
+            x = (xo + r * ldx) // 16
+            for half in range(2):
+                for l in range(R):
+                    out[2 * R * r + half * R + l] -= xoff[x + half]
+    else:
+        for r in range(c):
+            _q6_isums_loop(q, qo, h, ho, xq, xo + r * ldx, xoff, out[2 * R * r:])
+
+
 @njit(cache=True, inline="always")
 def _q6_isums_loop(q, qo, h, ho, xq, xo, xoff, out):
     """The portable form of q6_isums."""
@@ -437,6 +487,76 @@ def matmul_rows_i8(qt, s_lo, s_hi, X, simd, Y):
                         acc[a + l] += (scale(lt[i]) * f32(isum[o + l]) + scale(ht[i]) * f32(isum[o + R + l])) * dxb
             store_row_tiles(acc, c, t, Y, i0)
             i0 += c
+
+
+@njit(cache=True, inline="always")
+def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
+    """Rows i0..i1-1 of the int16 activations (q6_activations' arrays, row i at xq[i cols]) times
+    one row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) into tile yt of
+    rows i0..i1-1 of Y: each row bit-identical to matvec_q6 of it alone (the same integer sums and
+    float combine, in the same order)."""
+    nb = cols // 32
+    acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
+    aq = np.empty(ISUM_ROWS * R, np.float32)      # one super-block's sum of sc * (q . x) per row
+    isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+    while i0 < i1:
+        c = row_step(i1 - i0)
+        acc[:] = 0
+        for s in range(nb // 8):
+            aq[:] = 0
+            for b in range(8 * s, 8 * s + 8):
+                q6_isums_rows(q, b * NIB, h, b * CRUMB, xq, i0 * cols + 32 * b, cols, xoff, c, isum, simd)
+                for r in range(c):
+                    dxb = dx[i0 + r, b]
+                    a = r * R
+                    o = 2 * R * r
+                    for l in range(R):
+                        i = nonneg(b * R + l)
+                        aq[a + l] += (f32(lt[i]) * f32(isum[o + l]) + f32(ht[i]) * f32(isum[o + R + l])) * dxb
+            for r in range(c):
+                add_scaled(acc[r * R:(r + 1) * R], dt, s, aq[r * R:(r + 1) * R])
+        store_row_tiles(acc, c, yt, Y, i0)
+        i0 += c
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def matmul_rows_q6(qt, qh, sl, sh, d, X, simd, Y):
+    """Y (n, rows) = X W^T for Q6_K (arrays as matvec_q6's), each row of Y bit-identical to
+    matvec_q6 of that row alone, the quants of each block rebuilt once per ISUM_ROWS rows."""
+    n, cols = X.shape
+    xq, dx = round_rows16(X)
+    xoff = offset_sums(xq)
+    for t in prange(qt.shape[0]):
+        q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, 0, n, simd, Y, t)
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def row_items_q6(qt, qh, sl, sh, d, xq, dx, xoff, tiles, r0, r1, yt, simd, Y):
+    """The multi-row product of Q6_K as ROW_ITEMS (kinds.tiled): item i is row tile tiles[i] times
+    rows r0[i]..r1[i]-1 of the int16 activations (q6_activations' arrays), stored at tile yt[i] of
+    those rows of Y; each row bit-identical to matvec_q6 of it alone."""
+    cols = dx.shape[1] * 32
+    for it in prange(tiles.size):
+        t = tiles[it]
+        q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, r0[it], r1[it], simd, Y, yt[it])
+
+
+@njit(parallel=True, cache=True)
+def q6_activations(X):
+    """X (n, 32 nb) rounded as matvec_q6 rounds each row: xq (n * 32 nb,) int16 (round_activations16
+    of each row, row i at i * 32 nb), dx (n, nb) float32 and the offset sums (n * 2 nb,) int32; the
+    rows split over the threads."""
+    n, cols = X.shape
+    nb = cols // 32
+    xq = np.empty(n * cols, np.int16)
+    dx = np.empty((n, nb), np.float32)
+    xoff = np.empty(n * 2 * nb, np.int32)
+    for i in prange(n):
+        q, a = round_activations16(X[i])
+        xq[i * cols:(i + 1) * cols] = q
+        dx[i] = a
+        xoff[i * 2 * nb:(i + 1) * 2 * nb] = offset_sums(q)
+    return xq, dx, xoff
 
 
 @njit(cache=True, inline="always")
@@ -645,8 +765,15 @@ class Q6Kind(ByteKind):
         return matvec_q6, self._arrays(p)
 
     def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
-        """None: Q6_K's decode steps run the matvec per row (its two planes have no multi-row sums yet)."""
-        return None
+        a = self._arrays(p)
+        return lambda X, out: matmul_rows_q6(*a, X, simd, out)
+
+    def row_items(self, p: Packed, simd: int = SIMD_BEST):
+        a = self._arrays(p)
+        return lambda act, tiles, r0, r1, yt, out: row_items_q6(*a, *act, tiles, r0, r1, yt, simd, out)
+
+    def row_activations(self, X: np.ndarray) -> tuple:
+        return q6_activations(X)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_q6(*self._arrays(p), ids, out)

@@ -488,53 +488,68 @@ def matmul_rows_nib(qt, qh, d, m, off, X, simd, Y):
             i0 += c
 
 
+@njit(cache=True, inline="always")
+def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, i1, simd, Y, yt):
+    """Rows i0..i1-1 of the rounded activations (round_rows' arrays, row i at xq[i cols]) times one
+    row tile of a k-quant nibble kind (q, h, sct, mnt, dt, dmt: the tile's rows of matvec_nibk's
+    arrays) into tile yt of rows i0..i1-1 of Y: each row bit-identical to matvec_nibk of it alone
+    (the same integer sums and float combine, in the same order)."""
+    nb = cols // 32
+    acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
+    aq = np.empty(ISUM_ROWS * R, np.float32)      # one super-block's sum of sc * p per row
+    am = np.empty(ISUM_ROWS * R, np.float32)      # and of mn * xs
+    isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+    while i0 < i1:
+        c = row_step(i1 - i0)
+        acc[:] = 0
+        for s in range(nb // 8):
+            aq[:] = 0
+            am[:] = 0
+            for b in range(8 * s, 8 * s + 8):
+                nibble_isums_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, isum, simd)
+                for r in range(c):
+                    dxb = dx[i0 + r, b]
+                    drb = dr[i0 + r, b]
+                    xsb = xs[i0 + r, b]
+                    a = r * R
+                    o = 2 * R * r
+                    for l in range(R):
+                        i = nonneg(b * R + l)
+                        p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
+                        aq[a + l] += f32(sct[i]) * p
+                        am[a + l] += f32(mnt[i]) * xsb
+            for r in range(c):
+                a = r * R
+                for l in range(R):
+                    j = nonneg(s * R + l)
+                    acc[a + l] += scale(dt[j]) * aq[a + l] - scale(dmt[j]) * am[a + l]
+        store_row_tiles(acc, c, yt, Y, i0)
+        i0 += c
+
+
 @njit(parallel=True, fastmath=FM, cache=True)
 def matmul_rows_nibk(qt, qh, sc, mn, d, dm, X, simd, Y):
     """matmul_rows_nib for the k-quant nibble kinds (arrays as matvec_nibk's): each row of Y
     bit-identical to matvec_nibk of that row alone."""
     n, cols = X.shape
-    nb = cols // 32
     five = qh.shape[1] > 0
     xq, xr, dx, dr, xs = round_rows(X)
     for t in prange(qt.shape[0]):
-        q = qt[t]
-        h = qh[t % qh.shape[0]]
-        sct = sc[t]
-        mnt = mn[t]
-        dt = d[t]
-        dmt = dm[t]
-        acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
-        aq = np.empty(ISUM_ROWS * R, np.float32)      # one super-block's sum of sc * p per row
-        am = np.empty(ISUM_ROWS * R, np.float32)      # and of mn * xs
-        isum = np.empty(2 * R * ISUM_ROWS, np.int32)
-        i0 = 0
-        while i0 < n:
-            c = row_step(n - i0)
-            acc[:] = 0
-            for s in range(nb // 8):
-                aq[:] = 0
-                am[:] = 0
-                for b in range(8 * s, 8 * s + 8):
-                    nibble_isums_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, isum,
-                                      simd)
-                    for r in range(c):
-                        dxb = dx[i0 + r, b]
-                        drb = dr[i0 + r, b]
-                        xsb = xs[i0 + r, b]
-                        a = r * R
-                        o = 2 * R * r
-                        for l in range(R):
-                            i = nonneg(b * R + l)
-                            p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
-                            aq[a + l] += f32(sct[i]) * p
-                            am[a + l] += f32(mnt[i]) * xsb
-                for r in range(c):
-                    a = r * R
-                    for l in range(R):
-                        j = nonneg(s * R + l)
-                        acc[a + l] += scale(dt[j]) * aq[a + l] - scale(dmt[j]) * am[a + l]
-            store_row_tiles(acc, c, t, Y, i0)
-            i0 += c
+        nibk_tile_rows(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs, cols, 0, n,
+                       simd, Y, t)
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def row_items_nibk(qt, qh, sc, mn, d, dm, xq, xr, dx, dr, xs, tiles, r0, r1, yt, simd, Y):
+    """The multi-row product of the k-quant nibble kinds as ROW_ITEMS (kinds.tiled): item i is row
+    tile tiles[i] times the rounded rows r0[i]..r1[i]-1 (round_rows' arrays), stored at tile yt[i] of
+    those rows of Y; each row bit-identical to matvec_nibk of it alone."""
+    cols = dx.shape[1] * 32
+    five = qh.shape[1] > 0
+    for it in prange(tiles.size):
+        t = tiles[it]
+        nibk_tile_rows(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs, cols,
+                       r0[it], r1[it], simd, Y, yt[it])
 
 
 @njit(cache=True, inline="always")
@@ -788,6 +803,10 @@ class NibbleKKind(NibbleKind):
     def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
         a = self._arrays(p)
         return lambda X, out: matmul_rows_nibk(*a, X, simd, out)
+
+    def row_items(self, p: Packed, simd: int = SIMD_BEST):
+        a = self._arrays(p)
+        return lambda act, tiles, r0, r1, yt, out: row_items_nibk(*a, *act, tiles, r0, r1, yt, simd, out)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_nibk(*self._arrays(p), ids, out)

@@ -36,7 +36,7 @@ so Numba emits no negative-index wraparound.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 from ..numerics import bf16_bits_to_f32, f16_bits_to_f32
@@ -54,6 +54,13 @@ ROW_TILE = 32
 # experts' tiles of one stacked expert tensor, each times its own input row, in one launch.  Each
 # row of X is rounded once, as a matvec of it alone rounds it, and each item is summed by one
 # thread in a fixed order: an item's result is bit-identical to the same row's plain matvec.
+# ROW_ITEMS: the multi-row integer products of some kinds (``TiledKind.row_items``) take a list of
+# (row tile, run of activation rows) items in one parallel loop, ``product(act, tiles, r0, r1, yt, Y)``:
+# item i is row tile tiles[i] times rows r0[i]..r1[i]-1 of the rounded activations act (the kind's
+# ``row_activations`` of X), stored in the columns of tile yt[i] of those rows of Y.  The quants of
+# each block are unpacked once per ISUM_ROWS rows, and each row is summed as the matvec sums it
+# alone (bit-identical): a mixture-of-experts batch is every expert's tiles times the rows routed to
+# it, in one launch.
 # Float flags of the tiled matvecs: fused multiply-add, no reassociation (see the module docstring).
 FM = {"contract", "nsz", "arcp", "afn"}
 
@@ -327,6 +334,32 @@ def round_rows(X):
     return xq, xr, dx, dr, xs
 
 
+@njit(parallel=True, cache=True)
+def round_rows_parallel(X):
+    """round_rows, the rows split over the threads (each row's values are those of its own call)."""
+    n, cols = X.shape
+    nb = cols // 32
+    xq = np.empty(n * cols, np.int8)
+    xr = np.empty(n * cols, np.int8)
+    dx = np.empty((n, nb), np.float32)
+    dr = np.empty((n, nb), np.float32)
+    xs = np.empty((n, nb), np.float32)
+    for i in prange(n):
+        q, r, a, b, s = round_activations(X[i])
+        xq[i * cols:(i + 1) * cols] = q
+        xr[i * cols:(i + 1) * cols] = r
+        dx[i] = a
+        dr[i] = b
+        xs[i] = s
+    return xq, xr, dx, dr, xs
+
+
+def take_rows(act: tuple, n: int, rows: np.ndarray) -> tuple:
+    """Rows ``rows`` of rounded activations (a row_activations tuple for n rows: 2-D arrays one row
+    per activation row, flat ones n equal runs) as the same tuple for len(rows) rows."""
+    return tuple(a.reshape(n, -1)[rows].reshape(-1) if a.ndim == 1 else a[rows] for a in act)
+
+
 @njit(cache=True)
 def round_rows16(X):
     """round_activations16 of each row of X (n, 32 nb): xq (n * 32 nb,) int16, row i at i * 32 nb;
@@ -538,6 +571,16 @@ class TiledKind(Kind):
     def _small_matmul(self, p: Packed, X, out) -> None:
         """Kind.small_matmul of a kind with a small_kernel (set as small_matmul where the host runs it)."""
         small_product(*self.small_kernel(p), X, out)
+
+    def row_items(self, p: Packed, simd: int = SIMD_BEST):
+        """product(act, tiles, r0, r1, yt, out): the kind's multi-row integer product in the
+        ROW_ITEMS form, for the kinds where it beats the small-batch float product on batches
+        (tools/bench_kernels.py --experts); None for the others."""
+        return None
+
+    def row_activations(self, X: np.ndarray) -> tuple:
+        """X (n, cols) rounded as the kind's matvec rounds each row, the arrays row_items takes."""
+        return round_rows_parallel(X)
 
     def tile_product(self, p: Packed, simd: int = SIMD_BEST):
         kernel, a = self.tile_kernel(p)
