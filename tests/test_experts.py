@@ -125,15 +125,17 @@ def test_combine_and_oai_swiglu():
     np.testing.assert_allclose(act, gc / (1 + np.exp(-1.702 * gc)) * (uc + 1), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "MXFP4", "IQ4_XS", "Q2_K", "IQ2_XS", "F16"])
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "MXFP4", "IQ4_XS", "Q2_K", "IQ2_XS", "F16"])
 def test_stacked_experts_match_separate_weights(name):
     """Experts of whole 32-row tiles are one stacked matrix multiplied in one launch per product
-    (decode: every selected expert's tiles; batch: all experts of at most 3 rows in one launch, the
-    small-batch products of all experts of 4-128 rows in one pass, tiles and BLAS above).  For
-    every (token, slot), the result is bitwise equal (tolerance 0) to the product by that expert
-    built as a Weight of its own: its matvec in a decode step, in a batch its integer product of up to 3
-    rows (matmul_decode) and its matmul of more (small-batch product or tiled matmul by the row count), shared and per-slot
-    inputs, gate|up stacked per expert too."""
+    (decode: every selected expert's tiles; batch of the kinds with ROW_ITEMS (the nibble kinds and Q6_K):
+    every expert's multi-row integer product in one launch; of the others: all experts of at most
+    3 rows in one launch, the small-batch products of all experts of 4-128 rows in one pass, tiles
+    and BLAS above).  For every (token, slot), the result is bitwise equal (tolerance 0) to the
+    product by that expert built as a Weight of its own: its matvec in a decode step; in a batch its
+    integer product (matmul_decode: the matvec's bits) for the ROW_ITEMS kinds and for groups of up
+    to 3 rows, else its matmul (small-batch product or tiled matmul by the row count); shared and
+    per-slot inputs, gate|up stacked per expert too."""
     q, t = _expert_bytes(name)
     rng = np.random.default_rng(1)
     n_expert, rows, cols = 4, 64, 512
@@ -141,6 +143,8 @@ def test_stacked_experts_match_separate_weights(name):
     E = ExpertWeights(raw, t, (n_expert, rows, cols))
     own = [Weight(raw[e * rows:(e + 1) * rows], t, (rows, cols)) for e in range(n_expert)]
     assert (E.stacked is not None) == (name != "F16")
+    integer = E.stacked is not None and E.stacked.kind.row_items(E.stacked) is not None
+    assert integer == (name in ("Q4_K", "Q5_K", "Q6_K", "Q4_0"))
     n, k = 160, 2
     ids = np.stack([rng.permutation(n_expert)[:k] for _ in range(n)])
     ids[:, 0] = 0                                     # expert 0: 160 rows (tiled matmul)
@@ -156,8 +160,8 @@ def test_stacked_experts_match_separate_weights(name):
                 pairs = np.argwhere(ids[:m] == e)
                 if len(pairs):
                     Xe = np.stack([Xs[a, 0 if shared else b] for a, b in pairs])
-                    W = own[e]                        # up to 3 rows: the matvec's integer product
-                    ref = W.matmul_decode(Xe) if len(Xe) <= MATVEC_MAX_BATCH else W.matmul(Xe)
+                    W = own[e]                        # the matvec's integer product, or the float one
+                    ref = W.matmul_decode(Xe) if len(Xe) <= MATVEC_MAX_BATCH or integer else W.matmul(Xe)
                     np.testing.assert_array_equal(Y[pairs[:, 0], pairs[:, 1]], ref)
         one = E.mul_ids(Xs[41:42], ids[41:42])                       # a decode step
         for j in range(k):

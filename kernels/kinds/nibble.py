@@ -444,48 +444,65 @@ def matvec_nibk(qt, qh, sc, mn, d, dm, X, tiles, xrow, simd, y):
         store_tile(acc, it, y)
 
 
+@njit(cache=True, inline="always")
+def nib_tile_rows(q, h, dt, mt, off, five, xq, xr, dx, dr, xs, cols, i0, i1, simd, Y, yt):
+    """Rows i0..i1-1 of the rounded activations (round_rows' arrays, row i at xq[i cols]) times one
+    row tile of a legacy nibble kind (q, h, dt, mt: the tile's rows of matvec_nib's arrays) into tile
+    yt of rows i0..i1-1 of Y: each row bit-identical to matvec_nib of it alone (the same integer
+    sums and float combine, in the same order)."""
+    nb = cols // 32
+    moff = f32(-off)
+    acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
+    isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+    while i0 < i1:
+        c = row_step(i1 - i0)
+        acc[:] = 0
+        for b in range(nb):
+            nibble_isums_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, isum, simd)
+            for r in range(c):
+                dxb = dx[i0 + r, b]
+                drb = dr[i0 + r, b]
+                xsb = xs[i0 + r, b]
+                a = r * R
+                s = 2 * R * r
+                if off:
+                    xo = moff * xsb
+                    for l in range(R):
+                        i = nonneg(b * R + l)
+                        p = f32(isum[s + l]) * dxb + f32(isum[s + R + l]) * drb
+                        acc[a + l] += scale(dt[i]) * (p + xo)
+                else:
+                    for l in range(R):
+                        i = nonneg(b * R + l)
+                        p = f32(isum[s + l]) * dxb + f32(isum[s + R + l]) * drb
+                        acc[a + l] += scale(dt[i]) * p + scale(mt[i]) * xsb
+        store_row_tiles(acc, c, yt, Y, i0)
+        i0 += c
+
+
 @njit(parallel=True, fastmath=FM, cache=True)
 def matmul_rows_nib(qt, qh, d, m, off, X, simd, Y):
     """Y (n, rows) = X W^T for the legacy nibble kinds (arrays as matvec_nib's), each row of Y
     bit-identical to matvec_nib of that row of X alone (the same rounding, integer sums and float
     combine), the quants of each block unpacked once per ISUM_ROWS rows (nibble_isums_rows)."""
     n, cols = X.shape
-    nb = cols // 32
     five = qh.shape[1] > 0
-    moff = f32(-off)
     xq, xr, dx, dr, xs = round_rows(X)
     for t in prange(qt.shape[0]):
-        q = qt[t]
-        h = qh[t % qh.shape[0]]
-        dt = d[t]
-        mt = m[t]
-        acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
-        isum = np.empty(2 * R * ISUM_ROWS, np.int32)
-        i0 = 0
-        while i0 < n:
-            c = row_step(n - i0)
-            acc[:] = 0
-            for b in range(nb):
-                nibble_isums_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, isum, simd)
-                for r in range(c):
-                    dxb = dx[i0 + r, b]
-                    drb = dr[i0 + r, b]
-                    xsb = xs[i0 + r, b]
-                    a = r * R
-                    s = 2 * R * r
-                    if off:
-                        xo = moff * xsb
-                        for l in range(R):
-                            i = nonneg(b * R + l)
-                            p = f32(isum[s + l]) * dxb + f32(isum[s + R + l]) * drb
-                            acc[a + l] += scale(dt[i]) * (p + xo)
-                    else:
-                        for l in range(R):
-                            i = nonneg(b * R + l)
-                            p = f32(isum[s + l]) * dxb + f32(isum[s + R + l]) * drb
-                            acc[a + l] += scale(dt[i]) * p + scale(mt[i]) * xsb
-            store_row_tiles(acc, c, t, Y, i0)
-            i0 += c
+        nib_tile_rows(qt[t], qh[t % qh.shape[0]], d[t], m[t], off, five, xq, xr, dx, dr, xs, cols, 0, n, simd, Y, t)
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def row_items_nib(qt, qh, d, m, off, xq, xr, dx, dr, xs, tiles, r0, r1, yt, simd, Y):
+    """The multi-row product of the legacy nibble kinds as ROW_ITEMS (kinds.tiled): item i is row
+    tile tiles[i] times the rounded rows r0[i]..r1[i]-1 (round_rows' arrays), stored at tile yt[i]
+    of those rows of Y; each row bit-identical to matvec_nib of it alone."""
+    cols = dx.shape[1] * 32
+    five = qh.shape[1] > 0
+    for it in prange(tiles.size):
+        t = tiles[it]
+        nib_tile_rows(qt[t], qh[t % qh.shape[0]], d[t], m[t], off, five, xq, xr, dx, dr, xs, cols, r0[it], r1[it],
+                      simd, Y, yt[it])
 
 
 @njit(cache=True, inline="always")
@@ -759,9 +776,16 @@ class NibbleKind(TiledKind):
     def tile_kernel(self, p: Packed):
         return matvec_nib, (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off))
 
+    def _legacy_arrays(self, p: Packed):
+        return p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off)
+
     def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
-        a = (p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off))
+        a = self._legacy_arrays(p)
         return lambda X, out: matmul_rows_nib(*a, X, simd, out)
+
+    def row_items(self, p: Packed, simd: int = SIMD_BEST):
+        a = self._legacy_arrays(p)
+        return lambda act, tiles, r0, r1, yt, out: row_items_nib(*a, *act, tiles, r0, r1, yt, simd, out)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_nib(p.arrays["qt"], p.arrays["qh"], *self._dm(p), np.int32(self.types[p.qtype].off), ids, out)

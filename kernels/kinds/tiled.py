@@ -313,44 +313,43 @@ def round_activations(x):
     return xq, xr, dx, dr, xs
 
 
+@njit(cache=True, inline="always")
+def _rows_arrays(X):
+    """Empty arrays of round_rows' result for X (n, 32 nb)."""
+    n, cols = X.shape
+    nb = cols // 32
+    return (np.empty(n * cols, np.int8), np.empty(n * cols, np.int8), np.empty((n, nb), np.float32),
+            np.empty((n, nb), np.float32), np.empty((n, nb), np.float32))
+
+
+@njit(cache=True, inline="always")
+def _round_row(X, i, xq, xr, dx, dr, xs):
+    """round_activations of row i of X into row i of round_rows' arrays."""
+    cols = X.shape[1]
+    q, r, a, b, s = round_activations(X[i])
+    xq[i * cols:(i + 1) * cols] = q
+    xr[i * cols:(i + 1) * cols] = r
+    dx[i] = a
+    dr[i] = b
+    xs[i] = s
+
+
 @njit(cache=True)
 def round_rows(X):
     """round_activations of each row of X (n, 32 nb): xq, xr (n * 32 nb,) int8, row i at
     i * 32 nb; dx, dr, xs (n, nb) float32.  Each row's values are those of its own call."""
-    n, cols = X.shape
-    nb = cols // 32
-    xq = np.empty(n * cols, np.int8)
-    xr = np.empty(n * cols, np.int8)
-    dx = np.empty((n, nb), np.float32)
-    dr = np.empty((n, nb), np.float32)
-    xs = np.empty((n, nb), np.float32)
-    for i in range(n):
-        q, r, a, b, s = round_activations(X[i])
-        xq[i * cols:(i + 1) * cols] = q
-        xr[i * cols:(i + 1) * cols] = r
-        dx[i] = a
-        dr[i] = b
-        xs[i] = s
+    xq, xr, dx, dr, xs = _rows_arrays(X)
+    for i in range(X.shape[0]):
+        _round_row(X, i, xq, xr, dx, dr, xs)
     return xq, xr, dx, dr, xs
 
 
 @njit(parallel=True, cache=True)
 def round_rows_parallel(X):
     """round_rows, the rows split over the threads (each row's values are those of its own call)."""
-    n, cols = X.shape
-    nb = cols // 32
-    xq = np.empty(n * cols, np.int8)
-    xr = np.empty(n * cols, np.int8)
-    dx = np.empty((n, nb), np.float32)
-    dr = np.empty((n, nb), np.float32)
-    xs = np.empty((n, nb), np.float32)
-    for i in prange(n):
-        q, r, a, b, s = round_activations(X[i])
-        xq[i * cols:(i + 1) * cols] = q
-        xr[i * cols:(i + 1) * cols] = r
-        dx[i] = a
-        dr[i] = b
-        xs[i] = s
+    xq, xr, dx, dr, xs = _rows_arrays(X)
+    for i in prange(X.shape[0]):
+        _round_row(X, i, xq, xr, dx, dr, xs)
     return xq, xr, dx, dr, xs
 
 
