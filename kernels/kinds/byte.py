@@ -491,8 +491,8 @@ def matmul_rows_i8(qt, s_lo, s_hi, X, simd, Y):
 
 @njit(cache=True, inline="always")
 def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
-    """Rows i0..i1-1 of the int16 activations (q6_activations' arrays, row i at xq[i cols]) times
-    one row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) into tile yt of
+    """Rows i0..i1-1 of the int16 activations (round_rows16's, row i at xq[i cols]; xoff their
+    offset_sums) times one row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) into tile yt of
     rows i0..i1-1 of Y: each row bit-identical to matvec_q6 of it alone (the same integer sums and
     float combine, in the same order)."""
     nb = cols // 32
@@ -528,35 +528,6 @@ def matmul_rows_q6(qt, qh, sl, sh, d, X, simd, Y):
     xoff = offset_sums(xq)
     for t in prange(qt.shape[0]):
         q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, 0, n, simd, Y, t)
-
-
-@njit(parallel=True, fastmath=FM, cache=True)
-def row_items_q6(qt, qh, sl, sh, d, xq, dx, xoff, tiles, r0, r1, yt, simd, Y):
-    """The multi-row product of Q6_K as ROW_ITEMS (kinds.tiled): item i is row tile tiles[i] times
-    rows r0[i]..r1[i]-1 of the int16 activations (q6_activations' arrays), stored at tile yt[i] of
-    those rows of Y; each row bit-identical to matvec_q6 of it alone."""
-    cols = dx.shape[1] * 32
-    for it in prange(tiles.size):
-        t = tiles[it]
-        q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, r0[it], r1[it], simd, Y, yt[it])
-
-
-@njit(parallel=True, cache=True)
-def q6_activations(X):
-    """X (n, 32 nb) rounded as matvec_q6 rounds each row: xq (n * 32 nb,) int16 (round_activations16
-    of each row, row i at i * 32 nb), dx (n, nb) float32 and the offset sums (n * 2 nb,) int32; the
-    rows split over the threads."""
-    n, cols = X.shape
-    nb = cols // 32
-    xq = np.empty(n * cols, np.int16)
-    dx = np.empty((n, nb), np.float32)
-    xoff = np.empty(n * 2 * nb, np.int32)
-    for i in prange(n):
-        q, a = round_activations16(X[i])
-        xq[i * cols:(i + 1) * cols] = q
-        dx[i] = a
-        xoff[i * 2 * nb:(i + 1) * 2 * nb] = offset_sums(q)
-    return xq, dx, xoff
 
 
 @njit(cache=True, inline="always")
@@ -768,12 +739,6 @@ class Q6Kind(ByteKind):
         a = self._arrays(p)
         return lambda X, out: matmul_rows_q6(*a, X, simd, out)
 
-    def row_items(self, p: Packed, simd: int = SIMD_BEST):
-        a = self._arrays(p)
-        return lambda act, tiles, r0, r1, yt, out: row_items_q6(*a, *act, tiles, r0, r1, yt, simd, out)
-
-    def row_activations(self, X: np.ndarray) -> tuple:
-        return q6_activations(X)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_q6(*self._arrays(p), ids, out)
