@@ -212,7 +212,6 @@ class ExpertWeights:
             small_products(kind.small_kernel(groups[0][0])[0], [(kind.small_kernel(p)[1], x, y) for p, x, y in groups])
         out[toks, slots] = Yg
 
-
     def _grouped_rows(self, X: np.ndarray, ids: np.ndarray, shared: bool, out: np.ndarray) -> None:
         """A batch of a kind with a multi-row integer product (``TiledKind.row_items``): the inputs
         rounded once (each row as the matvec rounds it), the (token, slot) pairs grouped by expert,
@@ -224,7 +223,7 @@ class ExpertWeights:
         flat = ids.reshape(-1)                       # (n k,) pair p = token p // k, slot p % k
         order = np.argsort(flat, kind="stable")
         bounds = np.searchsorted(flat[order], np.arange(self.shape[0] + 1))
-        if shared:                                   # one rounding per token, shared by its k slots
+        if shared:                                   # one rounding per token, shared by its k slots; rows grouped
             act = take_rows(kind.row_activations(np.ascontiguousarray(X[:, 0])), n, order // k)
         else:
             act = take_rows(kind.row_activations(X.reshape(n * k, -1)), n * k, order)
