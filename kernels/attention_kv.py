@@ -37,7 +37,8 @@ from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq
 from .legacy import KVALUES_IQ4NL
 from .numerics import f16_bits_to_f32
 from .ops import exp_shifted, f32_to_f16_bits
-from .simd import HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_ptr, loader, spread_bits, x86
+from .simd import (HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_ptr, half_bits_to_f32, loader,
+                   spread_bits, x86)
 
 # keys per work item of the attention kernels, and rows decoded at a time within one
 KEY_CHUNK = 256
@@ -47,6 +48,8 @@ _FAST = {"reassoc", "contract", "nsz"}
 # int32 constants: integer literals are int64 in Numba, and int64 -> float32 conversion does not vectorize on AVX2
 _I80 = np.int32(0x80)
 _NO_WEIGHTS = np.zeros(1, dtype=np.float32)
+# float16 bits -> float32 in the decoding loops: vcvtph2ps where the host has F16C, else bit arithmetic
+_half_bits = half_bits_to_f32 if HOST_F16C else f16_bits_to_f32
 # GGML type id -> ``kernels.legacy``'s encoder code (-1: not a block type of the cache)
 LEGACY_KIND = np.full(32, -1, dtype=np.int64)
 for _t, _k in ((8, K_Q8_0), (2, K_Q4_0), (3, K_Q4_1), (6, K_Q5_0), (7, K_Q5_1), (20, K_IQ4_NL)):
@@ -150,8 +153,9 @@ def load_head(t, rows, h, p0, p1, out):
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def decode_tile(t, rows, h, j0, j1, buf):
     """Rows j0..j1-1 of kv head h (type t) into buf[:j1 - j0] (float32, hd wide), exactly as
-    ``decode_row`` gives them.  F32, F16 and Q8_0 are written out here as straight loops, which
-    LLVM vectorizes; the others go through their family decoders row by row."""
+    ``decode_row`` gives them.  F32, F16, BF16 and Q8_0 are written out here as straight loops,
+    which LLVM vectorizes (F16 by vcvtph2ps where the host has F16C); the others go through their
+    family decoders row by row."""
     hd = buf.shape[1]
     nb = hd // 32
     qk = hd // nb if nb else 32          # 32, as a run-time value: LLVM vectorizes the block loops instead
@@ -170,7 +174,14 @@ def decode_tile(t, rows, h, j0, j1, buf):
             r = rows[j, h]
             o = buf[j - j0]
             for i in range(hd):
-                o[i] = f16_bits_to_f32(np.uint32(r[2 * i]) | (np.uint32(r[2 * i + 1]) << np.uint32(8)))
+                o[i] = _half_bits(np.uint16(np.uint16(r[2 * i]) | (np.uint16(r[2 * i + 1]) << np.uint16(8))))
+    elif t == 30:                                                 # BF16: the high half of a float32
+        for j in range(j0, j1):
+            r = rows[j, h]
+            o = buf[j - j0]
+            for i in range(hd):
+                o[i] = np.uint32((np.uint32(r[2 * i]) << np.uint32(16))
+                                 | (np.uint32(r[2 * i + 1]) << np.uint32(24))).view(np.float32)
     elif t == 0:                                                  # F32
         for j in range(j0, j1):
             r = rows[j, h]
@@ -214,6 +225,10 @@ OFFSET = np.zeros(32, np.int32)
 HAS_MIN = np.zeros(32, np.bool_)
 for _t, (_bb, _qs, _qh, _c, _m) in _INT_TYPES.items():
     BLOCK_BYTES[_t], QS_AT[_t], QH_AT[_t], OFFSET[_t], HAS_MIN[_t] = _bb, _qs, _qh, _c, _m
+# GGML type id -> bytes of 32 consecutive values of a row (a block of the integer types; 128 for
+# F32, 64 for F16 and BF16): the column ``value_column`` reads per row
+COLUMN_BYTES = BLOCK_BYTES.copy()
+COLUMN_BYTES[0], COLUMN_BYTES[1], COLUMN_BYTES[30] = 128, 64, 64
 # iq4_nl's values offset by 128 (1..241), as unsigned bytes
 IQ4NL_U8 = (KVALUES_IQ4NL.astype(np.int32) + 128).astype(np.uint8)
 
@@ -328,11 +343,14 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
     has_m = HAS_MIN[t]
     for j in range(count):
         o = off + j * stride
-        block_quants(t, v, o, u)
-        dv = _half_at(v, o)
-        mv = _half_at(v, o + 2)
-        for k in range(32):
-            f[k] = fma32(dv, np.float32(u[k] - c), mv if has_m else np.float32(0.0))
+        if not is_int_type(t):
+            decode_row(t, v[o:o + COLUMN_BYTES[t]], f)
+        else:
+            block_quants(t, v, o, u)
+            dv = _half_at(v, o)
+            mv = _half_at(v, o + 2)
+            for k in range(32):
+                f[k] = fma32(dv, np.float32(u[k] - c), mv if has_m else np.float32(0.0))
         for g in range(n):
             w = p[po + g * ldp + j]
             for k in range(32):
@@ -485,15 +503,23 @@ def _value_column_ir(t, n):
                 w = builder.insert_element(ir.Constant(v32f, ir.Undefined), x, ir.Constant(I32, 0))
                 return builder.shuffle_vector(w, ir.Constant(v32f, ir.Undefined), ir.Constant(v32i, [0] * 32))
 
+            fma = _fma_fn(builder, v32f)
             with cgutils.for_range(builder, count) as loop:
                 j = loop.index
                 rp = builder.gep(vbase, [builder.mul(j, stride)])
-                u = builder.zext(_emit_block_quants(builder, load, rp, t), v32i)
-                q = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
-                fma = _fma_fn(builder, v32f)
-                mv = (splat32(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)]))) if HAS_MIN[t]
-                      else ir.Constant(v32f, [0.0] * 32))
-                f = builder.call(fma, [splat32(_half_from(builder, rp)), q, mv])
+                if t == 0:                                                # F32
+                    f = load(rp, 0, v32f)
+                elif t == 1:                                              # F16: vcvtph2ps
+                    f = builder.fpext(load(rp, 0, ir.VectorType(ir.HalfType(), 32)), v32f)
+                elif t == 30:                                             # BF16: the high halves
+                    w = builder.zext(load(rp, 0, ir.VectorType(ir.IntType(16), 32)), v32i)
+                    f = builder.bitcast(builder.shl(w, ir.Constant(v32i, [16] * 32)), v32f)
+                else:
+                    u = builder.zext(_emit_block_quants(builder, load, rp, t), v32i)
+                    q = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
+                    mv = (splat32(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)]))) if HAS_MIN[t]
+                          else ir.Constant(v32f, [0.0] * 32))
+                    f = builder.call(fma, [splat32(_half_from(builder, rp)), q, mv])
                 for g in range(n):
                     w = builder.load(builder.gep(pbase, [builder.add(builder.mul(ldp, ir.Constant(I64, g)), j)]))
                     builder.store(builder.call(fma, [splat32(w), f, builder.load(accs[g])]), accs[g])
@@ -509,28 +535,37 @@ def _value_column_ir(t, n):
     return intrinsic(vc)
 
 
-def _dispatch(make, loop, host: bool):
+def _dispatch(make, loop, host: bool, floats: bool = False, every_n: bool = False):
     """An overload body choosing, by the run-time type t and head count n, among the intrinsics
-    make(t, n) (where the host has the instructions and simd is true) and the portable loop."""
+    make(t, n) (where the host has the instructions and simd is true) and the portable loop.
+    floats: the float types F32, F16 and BF16 have intrinsics too; every_n: n may be 1 to
+    HEAD_GROUP (else 1 or HEAD_GROUP)."""
     if not host:
         def portable(t, n, simd, *args):
             loop(t, n, *args)
         return portable
-    one, group = _type_switch(make, 1), _type_switch(make, HEAD_GROUP)
+    one, group = _type_switch(make, 1, floats), _type_switch(make, HEAD_GROUP, floats)
+    two, three = (_type_switch(make, 2, floats), _type_switch(make, 3, floats)) if every_n else (group, group)
 
     def either(t, n, simd, *args):
         if not simd:
             loop(t, n, *args)
         elif n == 1:
             one(t, *args)
+        elif n == 2:
+            two(t, *args)
+        elif n == 3:
+            three(t, *args)
         else:
             group(t, *args)
     return either
 
 
-def _type_switch(make, n):
-    """A Numba function (t, *args) calling make(t, n)(*args) for the run-time type t."""
+def _type_switch(make, n, floats: bool = False):
+    """A Numba function (t, *args) calling make(t, n)(*args) for the run-time type t (one of the
+    integer types, or with floats also F32, F16 or BF16)."""
     q8, q40, q41, q50, q51, iq = (make(t, n) for t in (8, 2, 3, 6, 7, 20))
+    f32, f16, bf16 = (make(t, n) for t in (0, 1, 30)) if floats else (iq, iq, iq)
 
     @njit(nogil=True)
     def switch(t, *args):
@@ -544,8 +579,14 @@ def _type_switch(make, n):
             q50(*args)
         elif t == 7:
             q51(*args)
-        else:
+        elif t == 20 or not floats:
             iq(*args)
+        elif t == 1:
+            f16(*args)
+        elif t == 0:
+            f32(*args)
+        else:
+            bf16(*args)
     return switch
 
 
@@ -567,17 +608,18 @@ def _key_scores_impl(t, n, simd, *args):
 
 
 def value_column(t, n, simd, *args):
-    """value_column(t, n, simd, v, off, stride, count, p, po, ldp, acc, ao, hd): one block column
-    of ``count`` value rows (type t, an integer type), the block of row j at v[off + j stride],
+    """value_column(t, n, simd, v, off, stride, count, p, po, ldp, acc, ao, hd): one column of 32
+    values of ``count`` value rows (type t, an integer type or F32, F16, BF16), the column of row
+    j at v[off + j stride] (a block of an integer type),
     weighted for n heads: acc[ao + g hd + k] = sum_j p[po + g ldp + j] x_jk for k < 32, g < n,
-    x_jk the block's decoded values.  simd: by AVX2 vectors where the host has them (and F16C),
+    x_jk the block's decoded values, n from 1 to HEAD_GROUP.  simd: by AVX2 vectors where the host has them (and F16C),
     else the portable loop; the same results.  (Callable from Numba code only.)"""
     raise NotImplementedError("value_column runs inside Numba kernels")
 
 
 @overload(value_column)
 def _value_column_impl(t, n, simd, *args):
-    return _dispatch(_value_column_ir, value_column_loop, HOST_AVX2 and HOST_F16C)
+    return _dispatch(_value_column_ir, value_column_loop, HOST_AVX2 and HOST_F16C, floats=True, every_n=True)
 
 
 @njit(cache=True, nogil=True)
@@ -647,25 +689,22 @@ def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd):
 
 
 @njit(cache=True, nogil=True)
-def values_int(t, v_rows, kvh, lo, hi, p, acc, simd):
+def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
     """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (G, >= hi - lo), C order)
-    times value row j of kv head kvh (type t, an integer type), one block column at a time
-    (``value_column``), every block decoded once for the G heads."""
+    times value row j of kv head kvh (type t: an integer type, or F32, F16, BF16 with hd a multiple
+    of 32), one column of 32 values at a time (``value_column``), every column decoded once for
+    the G heads, their sums kept in registers over the keys."""
     G, hd = acc.shape
     C, Hkv, rb = v_rows.shape
     nb = hd // 32
-    n = heads_per_call(G)
-    Gp = -(-G // n) * n
-    pf = np.zeros(Gp * p.shape[1], np.float32)
-    for g in range(G):
-        for j in range(hi - lo):
-            pf[g * p.shape[1] + j] = p[g, j]
-    a = np.empty(Gp * hd, np.float32)
+    ldp = p.shape[1]
+    pf = p.reshape(p.shape[0] * ldp)
+    a = np.empty(G * hd, np.float32)
     v = v_rows.reshape(C * Hkv * rb)
     for b in range(nb):
-        for g0 in range(0, G, n):
-            value_column(t, n, simd, v, (lo * Hkv + kvh) * rb + b * BLOCK_BYTES[t], Hkv * rb, hi - lo,
-                         pf, g0 * p.shape[1], p.shape[1], a, g0 * hd + 32 * b, hd)
+        for g0 in range(0, G, HEAD_GROUP):             # groups of 4 heads, the last one 1 to 4
+            value_column(t, min(HEAD_GROUP, G - g0), simd, v, (lo * Hkv + kvh) * rb + b * COLUMN_BYTES[t],
+                         Hkv * rb, hi - lo, pf, g0 * ldp, ldp, a, g0 * hd + 32 * b, hd)
     for g in range(G):
         for d in range(hd):
             acc[g, d] = a[g * hd + d]
@@ -676,8 +715,10 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     """Keys lo..hi-1 of kv head kvh for G query heads qs (G, hd) (already scaled; rq: them
     rounded by ``round_query`` when tk is an integer type): scores s (G, hi-lo), then per head g
     the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and acc[g] (hd,) = the sum of those
-    weights times the value rows.  Integer types go through ``scores_int`` / ``values_int``; the
-    float types are decoded a tile of rows at a time (tile: (T, hd) float32), once for all G heads."""
+    weights times the value rows.  Integer K types go through ``scores_int``, float K types are
+    decoded a tile of rows at a time (tile: (T, hd) float32), once for all G heads; the values
+    through ``values_rows`` (a float type whose head size is not whole columns of 32 a tile at a
+    time)."""
     G, hd = qs.shape
     T = tile.shape[0]
     if is_int_type(tk):
@@ -695,8 +736,8 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
                     s[g, j0 - lo + jj] = a
     for g in range(G):
         m[g], l[g] = exp_shifted(s[g, :hi - lo], softcap, nbuf)
-    if is_int_type(tv):
-        values_int(tv, v_rows, kvh, lo, hi, s, acc, simd)
+    if hd % 32 == 0:
+        values_rows(tv, v_rows, kvh, lo, hi, s, acc, simd)
         return
     for g in range(G):
         for d in range(hd):
@@ -713,67 +754,69 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
 
 
 @njit(cache=True, nogil=True)
-def _plan(n, Hkv, pos0, window, chunk):
-    """Work items (token, kv head, first key, one past the last key) of n new tokens: each token's
-    visible keys cut into runs of at most ``chunk``.  Returns (items (k, 4) int64, first item of
-    each (token, kv head) pair (n * Hkv + 1,))."""
+def _plan(n, pos0, window, chunk):
+    """Work items (token, first key, one past the last key) of n new tokens: each token's visible
+    keys cut into runs of at most ``chunk``, an item covering every kv head of its run (a thread
+    then reads one contiguous stretch of the cache).  Returns (items (k, 3) int64, first item of
+    each token (n + 1,))."""
     count = 0
     for t in range(n):
         p = pos0 + t
         lo = max(0, p - window + 1) if window > 0 else 0
-        count += Hkv * ((p + 1 - lo + chunk - 1) // chunk)
-    items = np.empty((count, 4), dtype=np.int64)
-    first = np.empty(n * Hkv + 1, dtype=np.int64)
+        count += (p + 1 - lo + chunk - 1) // chunk
+    items = np.empty((count, 3), dtype=np.int64)
+    first = np.empty(n + 1, dtype=np.int64)
     k = 0
     for t in range(n):
         p = pos0 + t
         lo = max(0, p - window + 1) if window > 0 else 0
-        for h in range(Hkv):
-            first[t * Hkv + h] = k
-            for a in range(lo, p + 1, chunk):
-                items[k, 0] = t
-                items[k, 1] = h
-                items[k, 2] = a
-                items[k, 3] = min(a + chunk, p + 1)
-                k += 1
-    first[n * Hkv] = k
+        first[t] = k
+        for a in range(lo, p + 1, chunk):
+            items[k, 0] = t
+            items[k, 1] = a
+            items[k, 2] = min(a + chunk, p + 1)
+            k += 1
+    first[n] = k
     return items, first
 
 
 @njit(cache=True, nogil=True)
 def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, chunk, simd, Q):
-    """Work item i of ``_plan``: its token's G query heads, scaled, over its keys (Q: the heads
-    rounded by ``round_queries`` for an integer K type)."""
+    """Work item i of ``_plan``: its token's query heads, scaled, over its keys, kv head by kv head
+    (Q: the heads rounded by ``round_queries`` for an integer K type).  m, l (k, H), acc (k, H, hd):
+    each head's maximum, sum and weighted values over the item's keys."""
     hd = q3.shape[2]
-    t, h = items[i, 0], items[i, 1]
+    Hkv = k_rows.shape[1]
+    t = items[i, 0]
     qs = np.empty((G, hd), dtype=np.float32)
-    for g in range(G):
-        for d in range(hd):
-            qs[g, d] = q3[t, h * G + g, d] * np.float32(scale)
-    r = t * k_rows.shape[1] + h if is_int_type(tk) else 0
-    rq = (Q[0][r], Q[1][r], Q[2][r], Q[3][r])
     tile = np.empty((TILE_ROWS, hd), dtype=np.float32)
     s = np.empty((Q[0].shape[1] // hd if is_int_type(tk) else G, chunk), dtype=np.float32)  # + padding heads
     nbuf = np.empty(chunk, dtype=np.int32)
-    _chunk(qs, rq, h, k_rows, tk, v_rows, tv, items[i, 2], items[i, 3], softcap, tile, s, nbuf, m[i], l[i], acc[i],
-           simd)
+    for h in range(Hkv):
+        for g in range(G):
+            for d in range(hd):
+                qs[g, d] = q3[t, h * G + g, d] * np.float32(scale)
+        r = t * Hkv + h if is_int_type(tk) else 0
+        rq = (Q[0][r], Q[1][r], Q[2][r], Q[3][r])
+        g0 = h * G
+        _chunk(qs, rq, h, k_rows, tk, v_rows, tv, items[i, 1], items[i, 2], softcap, tile, s, nbuf,
+               m[i, g0:g0 + G], l[i, g0:g0 + G], acc[i, g0:g0 + G], simd)
 
 
 @njit(cache=True, nogil=True)
-def _merge(items, first, G, m, l, acc, out3):
-    """out3[t, heads of kv head h] = the exact combination of the chunks of each (t, h) pair."""
-    hd = out3.shape[2]
-    for th in range(first.shape[0] - 1):
-        i0, i1 = first[th], first[th + 1]
+def _merge(items, first, m, l, acc, out3):
+    """out3[t, head] = the exact combination of token t's chunks, head by head."""
+    H, hd = out3.shape[1], out3.shape[2]
+    for t in range(first.shape[0] - 1):
+        i0, i1 = first[t], first[t + 1]
         if i0 == i1:
             continue
-        t, h = items[i0, 0], items[i0, 1]
-        for g in range(G):
+        for g in range(H):
             mx = np.float32(-np.inf)
             for i in range(i0, i1):
                 mx = max(mx, m[i, g])
             total = np.float32(0.0)
-            o = out3[t, h * G + g]
+            o = out3[t, g]
             for d in range(hd):
                 o[d] = 0.0
             for i in range(i0, i1):
@@ -788,14 +831,13 @@ def _merge(items, first, G, m, l, acc, out3):
 
 @njit(cache=True, nogil=True)
 def _work(q3, Hkv, pos0, window):
-    """(G, the work items and their pair starts from ``_plan``, and each item's results: maxima
-    m (k, G), sums l (k, G), weighted values acc (k, G, hd))."""
+    """(G, the work items and their token starts from ``_plan``, and each item's results: maxima
+    m (k, H), sums l (k, H), weighted values acc (k, H, hd))."""
     n, H, hd = q3.shape
-    G = H // Hkv
-    items, first = _plan(n, Hkv, pos0, window, KEY_CHUNK)
+    items, first = _plan(n, pos0, window, KEY_CHUNK)
     k = items.shape[0]
-    return (G, items, first, np.empty((k, G), dtype=np.float32), np.empty((k, G), dtype=np.float32),
-            np.empty((k, G, hd), dtype=np.float32))
+    return (H // Hkv, items, first, np.empty((k, H), dtype=np.float32), np.empty((k, H), dtype=np.float32),
+            np.empty((k, H, hd), dtype=np.float32))
 
 
 @njit(cache=True, nogil=True)
@@ -829,8 +871,9 @@ def round_queries(q3, Hkv, scale, t):
 
 @njit(cache=True, parallel=True)
 def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3, simd=True):
-    """Causal attention of the n tokens at positions pos0.. over a block-format cache, threads
-    over (token, kv head, key chunk).  Token t at p = pos0 + t sees keys max(0, p-window+1)..p
+    """Causal attention of the n tokens at positions pos0.. over a cache of rows in any cache type
+    (f32 and f16 too, as their bytes), threads over (token, chunk of keys), an item taking every
+    kv head of its chunk.  Token t at p = pos0 + t sees keys max(0, p-window+1)..p
     (window <= 0: all); head h reads kv head h // (H / Hkv); softcap > 0 caps the scores.
     q3, out3: (n, H, hd) float32; k_rows, v_rows: (C, Hkv, rb) uint8 in types tk, tv.  simd:
     the integer sums by the host's vector instructions (False: the portable loops; the same
@@ -839,7 +882,7 @@ def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out
     Q = round_queries(q3, k_rows.shape[1], scale, tk)
     for i in prange(items.shape[0]):
         _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd, Q)
-    _merge(items, first, G, m, l, acc, out3)
+    _merge(items, first, m, l, acc, out3)
 
 
 @njit(cache=True, nogil=True)
@@ -849,7 +892,7 @@ def attention_rows_serial(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softc
     Q = round_queries(q3, k_rows.shape[1], scale, tk)
     for i in range(items.shape[0]):
         _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd, Q)
-    _merge(items, first, G, m, l, acc, out3)
+    _merge(items, first, m, l, acc, out3)
 
 
 @njit(cache=True, nogil=True)

@@ -327,44 +327,14 @@ def _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, ta
 
 
 @njit(cache=True, parallel=True)
-def attention(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
-    """Causal multi-head attention of n new tokens over the cache (threads over token x kv head).
-
-    Token t sits at position pos0+t and sees keys max(0, p-window+1) .. p
-    (window <= 0: all earlier keys).  Grouped-query: head h reads key/value
-    head h // (H / Hkv).  softcap > 0 caps scores with softcap*tanh(s/softcap).
-    q3, out3: (n, H, hd) float32; caches: (C, Hkv, hd) float32 or uint16 bits.
-    """
-    n, H, hd = q3.shape
-    Hkv = k_cache.shape[1]
-    G = H // Hkv
-    for idx in prange(n * Hkv):
-        t = idx // Hkv
-        scores = np.empty((G, pos0 + t + 1), dtype=np.float32)
-        nbuf = np.empty(pos0 + t + 1, dtype=np.int32)
-        _attend_group(q3, k_cache, v_cache, t, idx - t * Hkv, pos0, scale, window, softcap, table, scores, nbuf,
-                      out3)
-
-
-@njit(cache=True)
-def attention_serial(q3, k_cache, v_cache, pos0, scale, window, softcap, table, out3):
-    """``attention`` on the calling thread only (short contexts: no thread-pool launch)."""
-    n, H, hd = q3.shape
-    Hkv = k_cache.shape[1]
-    scores = np.empty((H // Hkv, pos0 + n), dtype=np.float32)
-    nbuf = np.empty(pos0 + n, dtype=np.int32)
-    for t in range(n):
-        for kvh in range(Hkv):
-            _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, nbuf, out3)
-
-
-@njit(cache=True, parallel=True)
 def attention_steps(q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, table, out3):
     """Decode-step attention of several sequences in one call (threads over sequence x kv head):
     row t of q3 (N, H, hd) is the new token of a sequence whose keys and values are rows
     base[t] .. base[t] + n_ctx_seq - 1 of the caches (C, Hkv, hd), at position pos[t] there.
-    Each (row, kv head) is computed exactly as ``attention`` computes it for that sequence alone
-    (the same _attend_group on the sequence's own rows), so results do not depend on the batch."""
+    Each (row, kv head) is computed on the sequence's own rows alone (``_attend_group``), so
+    results do not depend on the batch.  Token t at position p sees keys max(0, p-window+1) .. p
+    (window <= 0: all earlier keys); head h reads key/value head h // (H / Hkv); softcap > 0 caps
+    scores with softcap*tanh(s/softcap)."""
     N, H, hd = q3.shape
     Hkv = k_cache.shape[1]
     G = H // Hkv
@@ -458,7 +428,7 @@ def softcap_inplace(x, cap):
 def attention_sink_rescale(q3, k_cache, pos0, scale, window, softcap, sinks, table, out3):
     """Attention sinks (gpt-oss) applied to a finished attention output: head h's softmax also has
     the logit sinks[h] in its denominator, which scales its output by Z / (Z + exp(sinks[h])), Z
-    the sum of exp(score) over the keys the query sees (scores as ``attention`` computes them:
+    the sum of exp(score) over the keys the query sees (scores as the decode attention computes them:
     scaled, then soft-capped when softcap > 0; sums in float64 from the row maximum).
     q3, out3: (n, H, hd); k_cache (C, Hkv, hd) float32 or float16 bits; sinks (H,) float32."""
     n, H, hd = q3.shape

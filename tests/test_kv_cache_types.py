@@ -11,7 +11,7 @@
   32-block to two int8 terms: the reference then takes the query as rounded (``rounded_query``,
   itself checked within max|x_block| / 64516 of the query, float32 rounding aside), as the matvec
   tests take the activations the kernel multiplies; the vector (VNNI/AVX2) and portable forms of
-  the integer kernels give identical outputs;
+  the integer kernels, and of the value kernels over f32, f16 and bf16 rows, give identical outputs;
 - the cache-editing API (read_k/write_k/move) on every type, exactly;
 - accuracy: mean KL of the tiny llama model's logits (80 tokens, prompt then token by token)
   from the f32-cache logits, pinned with a margin of 2x over the measured values;
@@ -152,6 +152,30 @@ def test_integer_attention_per_type(name, G, Hkv, hd):
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
     want = attention_reference(_as_multiplied(q3, k, 0.125), _stored(k), _stored(v), C - 2, 0.125, 0, 0.0)
+    assert np.abs(outs[0] - want).max() <= ATTN_TOL * np.abs(want).max()
+
+
+@pytest.mark.parametrize("name", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("G,Hkv,hd", [(1, 2, 64), (3, 3, 64), (4, 1, 256), (6, 1, 96), (2, 2, 80)])
+def test_float_attention_per_type(name, G, Hkv, hd):
+    """Decode attention (2 tokens, 700 keys: three chunks) over an f32, f16 or bf16 cache, 1 to 6
+    query heads per kv head (value columns of 1 to 4 heads), head sizes 64, 96, 256 and 80 (not
+    whole columns of 32: values a tile of rows at a time): within 2e-5 of the largest output of
+    float64 attention over the exactly decoded rows; the vector and portable value kernels and
+    the serial kernel give the same output exactly."""
+    rng = np.random.default_rng(G * hd + 1)
+    C = 700
+    kv = KVCache(1, C, Hkv, hd, name)
+    kv.store(0, 0, _rows(rng, C, Hkv, hd), _rows(rng, C, Hkv, hd))
+    k, v = kv.layer(0)
+    q3 = rng.standard_normal((2, G * Hkv, hd)).astype(np.float32)
+    outs = [np.zeros_like(q3) for _ in range(3)]
+    attention_kv.attention_rows(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[0], True)
+    attention_kv.attention_rows(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[1], False)
+    attention_kv.attention_rows_serial(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[2], True)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    want = attention_reference(q3, kv.read_k(0, 0, C), kv.read_v(0, 0, C), C - 2, 0.125, 0, 0.0)
     assert np.abs(outs[0] - want).max() <= ATTN_TOL * np.abs(want).max()
 
 

@@ -209,16 +209,10 @@ class CPUBackend(Backend):
         if n < BLAS_ATTENTION_MIN_TOKENS:
             n_keys = pos0 + n if window <= 0 else min(pos0 + n, window)
             parallel = n * H * n_keys * hd >= PARALLEL_ATTENTION_MIN_WORK
-            if not _float_pair(k_cache, v_cache):      # block rows decoded as they are read
-                kernel = attention_kv.attention_rows if parallel else attention_kv.attention_rows_serial
-                kernel(q3, *cache_rows(k_cache), *cache_rows(v_cache), pos0, scale, window, softcap, out3)
-                return
-            kernel = ops.attention if parallel else ops.attention_serial
-            if k_cache.dtype == np.float16:
-                kernel(q3, k_cache.view(np.uint16), v_cache.view(np.uint16), pos0, scale, window, softcap,
-                       ops.F16_TABLE, out3)
-            else:
-                kernel(q3, k_cache, v_cache, pos0, scale, window, softcap, ops.F16_TABLE, out3)
+            # every cache type, f32 and f16 as their bytes: rows decoded as they are read, the keys
+            # split into chunks over the threads
+            kernel = attention_kv.attention_rows if parallel else attention_kv.attention_rows_serial
+            kernel(q3, *cache_rows(k_cache), *cache_rows(v_cache), pos0, scale, window, softcap, out3)
             return
         self._attention_blas(q3, k_cache, v_cache, pos0, scale, window, softcap, out3)
 
