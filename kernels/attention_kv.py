@@ -754,27 +754,29 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
 
 
 @njit(cache=True, nogil=True)
-def _plan(n, pos0, window, chunk):
-    """Work items (token, first key, one past the last key) of n new tokens: each token's visible
-    keys cut into runs of at most ``chunk``, an item covering every kv head of its run (a thread
-    then reads one contiguous stretch of the cache).  Returns (items (k, 3) int64, first item of
-    each token (n + 1,))."""
+def _plan(base, pos, window, chunk):
+    """Work items (token, first key row, one past the last) of n new tokens, token t at position
+    pos[t] of a sequence whose rows start at cache row base[t]: each token's visible keys cut into
+    runs of at most ``chunk`` from the first it sees, an item covering every kv head of its run (a
+    thread then reads one contiguous stretch of the cache).  Returns (items (k, 3) int64, first
+    item of each token (n + 1,))."""
+    n = pos.shape[0]
     count = 0
     for t in range(n):
-        p = pos0 + t
+        p = pos[t]
         lo = max(0, p - window + 1) if window > 0 else 0
         count += (p + 1 - lo + chunk - 1) // chunk
     items = np.empty((count, 3), dtype=np.int64)
     first = np.empty(n + 1, dtype=np.int64)
     k = 0
     for t in range(n):
-        p = pos0 + t
+        p = pos[t]
         lo = max(0, p - window + 1) if window > 0 else 0
         first[t] = k
         for a in range(lo, p + 1, chunk):
             items[k, 0] = t
-            items[k, 1] = a
-            items[k, 2] = min(a + chunk, p + 1)
+            items[k, 1] = base[t] + a
+            items[k, 2] = base[t] + min(a + chunk, p + 1)
             k += 1
     first[n] = k
     return items, first
@@ -830,11 +832,11 @@ def _merge(items, first, m, l, acc, out3):
 
 
 @njit(cache=True, nogil=True)
-def _work(q3, Hkv, pos0, window):
+def _work(q3, Hkv, base, pos, window):
     """(G, the work items and their token starts from ``_plan``, and each item's results: maxima
     m (k, H), sums l (k, H), weighted values acc (k, H, hd))."""
     n, H, hd = q3.shape
-    items, first = _plan(n, pos0, window, KEY_CHUNK)
+    items, first = _plan(base, pos, window, KEY_CHUNK)
     k = items.shape[0]
     return (H // Hkv, items, first, np.empty((k, H), dtype=np.float32), np.empty((k, H), dtype=np.float32),
             np.empty((k, H, hd), dtype=np.float32))
@@ -869,30 +871,54 @@ def round_queries(q3, Hkv, scale, t):
     return xq, xr, dr, sx
 
 
+@njit(cache=True, nogil=True)
+def _prepare(q3, k_rows, tk, base, pos, scale, window):
+    """The work of ``attention_steps``: ``_work``'s tuple and the rounded queries."""
+    G, items, first, m, l, acc = _work(q3, k_rows.shape[1], base, pos, window)
+    return G, items, first, m, l, acc, round_queries(q3, k_rows.shape[1], scale, tk)
+
+
 @njit(cache=True, parallel=True)
-def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3, simd=True):
-    """Causal attention of the n tokens at positions pos0.. over a cache of rows in any cache type
-    (f32 and f16 too, as their bytes), threads over (token, chunk of keys), an item taking every
-    kv head of its chunk.  Token t at p = pos0 + t sees keys max(0, p-window+1)..p
-    (window <= 0: all); head h reads kv head h // (H / Hkv); softcap > 0 caps the scores.
+def attention_steps(q3, k_rows, tk, v_rows, tv, base, pos, scale, window, softcap, out3, simd=True):
+    """Causal attention of n query tokens over a cache of rows in any cache type (f32 and f16 too,
+    as their bytes), threads over (token, chunk of keys), an item taking every kv head of its
+    chunk.  Token t is at position pos[t] of a sequence whose rows start at cache row base[t], and
+    sees that sequence's keys max(0, p-window+1)..p (window <= 0: all); head h reads kv head
+    h // (H / Hkv); softcap > 0 caps the scores.  A token's result depends on its own sequence's
+    rows only, so decode steps of several sequences in one call give each what it gets alone.
     q3, out3: (n, H, hd) float32; k_rows, v_rows: (C, Hkv, rb) uint8 in types tk, tv.  simd:
     the integer sums by the host's vector instructions (False: the portable loops; the same
     results)."""
-    G, items, first, m, l, acc = _work(q3, k_rows.shape[1], pos0, window)
-    Q = round_queries(q3, k_rows.shape[1], scale, tk)
+    G, items, first, m, l, acc, Q = _prepare(q3, k_rows, tk, base, pos, scale, window)
     for i in prange(items.shape[0]):
         _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd, Q)
     _merge(items, first, m, l, acc, out3)
 
 
 @njit(cache=True, nogil=True)
-def attention_rows_serial(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3, simd=True):
-    """``attention_rows`` on the calling thread only (short contexts: no thread-pool launch)."""
-    G, items, first, m, l, acc = _work(q3, k_rows.shape[1], pos0, window)
-    Q = round_queries(q3, k_rows.shape[1], scale, tk)
+def attention_steps_serial(q3, k_rows, tk, v_rows, tv, base, pos, scale, window, softcap, out3, simd=True):
+    """``attention_steps`` on the calling thread only (short contexts: no thread-pool launch)."""
+    G, items, first, m, l, acc, Q = _prepare(q3, k_rows, tk, base, pos, scale, window)
     for i in range(items.shape[0]):
         _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, KEY_CHUNK, simd, Q)
     _merge(items, first, m, l, acc, out3)
+
+
+def _one_sequence(n: int, pos0: int):
+    """(base, pos) of n tokens of one sequence at positions pos0.. over the rows from 0."""
+    return np.zeros(n, np.int64), np.arange(pos0, pos0 + n, dtype=np.int64)
+
+
+def attention_rows(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3, simd=True):
+    """``attention_steps`` of the n tokens of one sequence at positions pos0.. (its rows from 0)."""
+    attention_steps(q3, k_rows, tk, v_rows, tv, *_one_sequence(q3.shape[0], pos0), scale, window, softcap, out3,
+                    simd)
+
+
+def attention_rows_serial(q3, k_rows, tk, v_rows, tv, pos0, scale, window, softcap, out3, simd=True):
+    """``attention_rows`` on the calling thread only."""
+    attention_steps_serial(q3, k_rows, tk, v_rows, tv, *_one_sequence(q3.shape[0], pos0), scale, window, softcap,
+                           out3, simd)
 
 
 @njit(cache=True, nogil=True)

@@ -244,18 +244,6 @@ def rope_inplace(x3, cos, sin, pos0, neox):
 
 # ----------------------------------------------------------------------------- attention
 
-@njit(cache=True, fastmath=_FAST)
-def _scores_group(qg, k_cache, kvh, lo, hi, scale, table, scores):
-    """scores[g, j-lo] = scale * qg[g] . K[j, kvh] for the G query heads sharing kv head kvh."""
-    G, hd = qg.shape
-    for j in range(lo, hi):
-        for g in range(G):
-            s = np.float32(0.0)
-            for d in range(hd):
-                s += qg[g, d] * _f32(k_cache[j, kvh, d], table)
-            scores[g, j - lo] = s * scale
-
-
 @njit(cache=True, nogil=True)
 def exp_shifted(row, softcap, nbuf):
     """Soft-cap (softcap > 0) the float32 row (n,), then row = exp(row - max) in place; returns
@@ -289,63 +277,6 @@ def _softmax_row(row, softcap, nbuf):
     inv = np.float32(1.0 / total)
     for j in range(row.shape[0]):
         row[j] *= inv
-
-
-@njit(cache=True)
-def _softmax_rows(scores, n, softcap, nbuf):
-    """Soft-cap (softcap > 0) then softmax the first n entries of each row of scores, in place.
-    nbuf: int32 scratch (>= n,)."""
-    for g in range(scores.shape[0]):
-        _softmax_row(scores[g, :n], softcap, nbuf)
-
-
-@njit(cache=True, fastmath=_FAST)
-def _pv_group(scores, v_cache, kvh, lo, hi, table, outg):
-    """outg[g] = sum_j scores[g, j-lo] * V[j, kvh]."""
-    G, hd = outg.shape
-    for g in range(G):
-        for d in range(hd):
-            outg[g, d] = 0.0
-    for j in range(lo, hi):
-        for g in range(G):
-            p = scores[g, j - lo]
-            for d in range(hd):
-                outg[g, d] += p * _f32(v_cache[j, kvh, d], table)
-
-
-@njit(cache=True)
-def _attend_group(q3, k_cache, v_cache, t, kvh, pos0, scale, window, softcap, table, scores, nbuf, out3):
-    """Attention of token t's query heads of kv group kvh: reads each key/value row once for the group."""
-    G = q3.shape[1] // k_cache.shape[1]
-    p = pos0 + t
-    lo = 0
-    if window > 0 and p - window + 1 > 0:
-        lo = p - window + 1
-    _scores_group(q3[t, kvh * G:(kvh + 1) * G], k_cache, kvh, lo, p + 1, np.float32(scale), table, scores)
-    _softmax_rows(scores, p + 1 - lo, softcap, nbuf)
-    _pv_group(scores, v_cache, kvh, lo, p + 1, table, out3[t, kvh * G:(kvh + 1) * G])
-
-
-@njit(cache=True, parallel=True)
-def attention_steps(q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, table, out3):
-    """Decode-step attention of several sequences in one call (threads over sequence x kv head):
-    row t of q3 (N, H, hd) is the new token of a sequence whose keys and values are rows
-    base[t] .. base[t] + n_ctx_seq - 1 of the caches (C, Hkv, hd), at position pos[t] there.
-    Each (row, kv head) is computed on the sequence's own rows alone (``_attend_group``), so
-    results do not depend on the batch.  Token t at position p sees keys max(0, p-window+1) .. p
-    (window <= 0: all earlier keys); head h reads key/value head h // (H / Hkv); softcap > 0 caps
-    scores with softcap*tanh(s/softcap)."""
-    N, H, hd = q3.shape
-    Hkv = k_cache.shape[1]
-    G = H // Hkv
-    for idx in prange(N * Hkv):
-        t = idx // Hkv
-        b0 = base[t]
-        p = pos[t]
-        scores = np.empty((G, p + 1), dtype=np.float32)
-        nbuf = np.empty(p + 1, dtype=np.int32)
-        _attend_group(q3, k_cache[b0:b0 + n_ctx_seq], v_cache[b0:b0 + n_ctx_seq], t, idx - t * Hkv, p - t, scale,
-                      window, softcap, table, scores, nbuf, out3)
 
 
 @njit(cache=True, nogil=True)

@@ -131,15 +131,11 @@ def _stored(rows):
 INT_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 
 
-@pytest.mark.parametrize("name", INT_TYPES)
-@pytest.mark.parametrize("G,Hkv,hd", [(1, 2, 64), (3, 3, 64), (4, 1, 256), (6, 1, 96)])
-def test_integer_attention_per_type(name, G, Hkv, hd):
-    """Decode attention (2 tokens, 700 keys: three chunks) over a K and V cache of each integer
-    type, for 1 to 6 query heads per kv head (padded groups of 4) and head sizes 64, 96 and 256:
-    within 2e-5 of the largest output of float64 attention over the exactly decoded rows with the
-    query as the kernel rounds it; the vector and portable integer kernels and the serial kernel
-    give the same output exactly."""
-    rng = np.random.default_rng(G * hd)
+def _decode_three_ways(name, G, Hkv, hd, seed):
+    """Decode attention of 2 tokens over 700 keys (three chunks) of a random cache of type name by
+    the vector kernels, the portable loops and the serial kernel, checked identical: (q3, k, v,
+    the output)."""
+    rng = np.random.default_rng(seed)
     C = 700
     kv = KVCache(1, C, Hkv, hd, name)
     kv.store(0, 0, _rows(rng, C, Hkv, hd), _rows(rng, C, Hkv, hd))
@@ -151,8 +147,20 @@ def test_integer_attention_per_type(name, G, Hkv, hd):
     attention_kv.attention_rows_serial(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[2], True)
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
-    want = attention_reference(_as_multiplied(q3, k, 0.125), _stored(k), _stored(v), C - 2, 0.125, 0, 0.0)
-    assert np.abs(outs[0] - want).max() <= ATTN_TOL * np.abs(want).max()
+    return q3, k, v, outs[0]
+
+
+@pytest.mark.parametrize("name", INT_TYPES)
+@pytest.mark.parametrize("G,Hkv,hd", [(1, 2, 64), (3, 3, 64), (4, 1, 256), (6, 1, 96)])
+def test_integer_attention_per_type(name, G, Hkv, hd):
+    """Decode attention (2 tokens, 700 keys: three chunks) over a K and V cache of each integer
+    type, for 1 to 6 query heads per kv head (key sums in padded groups of 4, values in groups of
+    1 to 4) and head sizes 64, 96 and 256: within 2e-5 of the largest output of float64 attention
+    over the exactly decoded rows with the query as the kernel rounds it; the vector and portable
+    integer kernels and the serial kernel give the same output exactly."""
+    q3, k, v, out = _decode_three_ways(name, G, Hkv, hd, G * hd)
+    want = attention_reference(_as_multiplied(q3, k, 0.125), _stored(k), _stored(v), 698, 0.125, 0, 0.0)
+    assert np.abs(out - want).max() <= ATTN_TOL * np.abs(want).max()
 
 
 @pytest.mark.parametrize("name", ["f32", "f16", "bf16"])
@@ -163,20 +171,31 @@ def test_float_attention_per_type(name, G, Hkv, hd):
     whole columns of 32: values a tile of rows at a time): within 2e-5 of the largest output of
     float64 attention over the exactly decoded rows; the vector and portable value kernels and
     the serial kernel give the same output exactly."""
-    rng = np.random.default_rng(G * hd + 1)
-    C = 700
-    kv = KVCache(1, C, Hkv, hd, name)
-    kv.store(0, 0, _rows(rng, C, Hkv, hd), _rows(rng, C, Hkv, hd))
+    q3, k, v, out = _decode_three_ways(name, G, Hkv, hd, G * hd + 1)
+    want = attention_reference(q3, _stored(k) if name == "bf16" else np.asarray(k, np.float32),
+                               _stored(v) if name == "bf16" else np.asarray(v, np.float32), 698, 0.125, 0, 0.0)
+    assert np.abs(out - want).max() <= ATTN_TOL * np.abs(want).max()
+
+
+@pytest.mark.parametrize("name", ["f16", "q8_0", "q4_1"])
+def test_steps_of_several_sequences_equal_each_alone(name):
+    """Decode steps of 3 sequences in one call (``attention_steps``, regions of 400 rows, at
+    positions 399, 40 and 300, a window of 350) give each sequence exactly its lone attention."""
+    rng = np.random.default_rng(3)
+    n_seq, n_ctx, Hkv, G, hd = 3, 400, 3, 3, 64
+    kv = KVCache(1, n_seq * n_ctx, Hkv, hd, name)
+    kv.store(0, 0, _rows(rng, n_seq * n_ctx, Hkv, hd), _rows(rng, n_seq * n_ctx, Hkv, hd))
     k, v = kv.layer(0)
-    q3 = rng.standard_normal((2, G * Hkv, hd)).astype(np.float32)
-    outs = [np.zeros_like(q3) for _ in range(3)]
-    attention_kv.attention_rows(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[0], True)
-    attention_kv.attention_rows(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[1], False)
-    attention_kv.attention_rows_serial(q3, *cache_rows(k), *cache_rows(v), C - 2, 0.125, 0, 0.0, outs[2], True)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
-    want = attention_reference(q3, kv.read_k(0, 0, C), kv.read_v(0, 0, C), C - 2, 0.125, 0, 0.0)
-    assert np.abs(outs[0] - want).max() <= ATTN_TOL * np.abs(want).max()
+    q3 = rng.standard_normal((n_seq, G * Hkv, hd)).astype(np.float32)
+    base, pos = np.arange(n_seq, dtype=np.int64) * n_ctx, np.array([399, 40, 300], np.int64)
+    together = np.zeros_like(q3)
+    attention_kv.attention_steps(q3, *cache_rows(k), *cache_rows(v), base, pos, 0.125, 350, 0.0, together)
+    for s in range(n_seq):
+        alone = np.zeros_like(q3[s:s + 1])
+        rows = slice(base[s], base[s] + n_ctx)
+        attention_kv.attention_rows(q3[s:s + 1], *cache_rows(k[rows]), *cache_rows(v[rows]), int(pos[s]), 0.125,
+                                    350, 0.0, alone)
+        np.testing.assert_array_equal(together[s:s + 1], alone)
 
 
 def test_rounded_query_is_within_its_bound():

@@ -38,6 +38,8 @@ from memory as in a real decode step, not from the CPU's caches):
                 in the L3 (an upper bound no decode step sees: shown for reference only)
   x matvec      attn GB/s / matvec GB/s: at least 1 means attention reads the cache as fast as
                 the matvec reads weights from memory
+At --threads 1 both are timed in CPU seconds of the process (which a shared machine's
+time-slicing leaves out), else in wall time.
 
 --experts: the expert products of one mixture-of-experts layer of the MoE benchmark shape (32
 experts, top-4, d 1024, expert FFN 512: gate|up (32, 1024, 1024) stacked per expert, down (32, 1024,
@@ -153,6 +155,9 @@ def bench_attention(types, n_ctx: int, reps: int, rng) -> int:
     from gguf_engine.model.kv_cache import KVCache, cache_type_name
 
     be = CPUBackend(kernels.get_num_threads())
+    clock = time.process_time if kernels.get_num_threads() == 1 else time.perf_counter
+    print(f"threads={kernels.get_num_threads()}, {'CPU' if clock is time.process_time else 'wall'} time, "
+          f"{n_ctx} positions")
     hdr = (f"{'type':8} {'model shape':>14} {'cache MiB':>9} {'step us':>8} {'attn GB/s':>9} {'matvec GB/s':>11} "
            f"{'in-L3 GB/s':>10} {'x matvec':>8}")
     print(hdr)
@@ -167,8 +172,8 @@ def bench_attention(types, n_ctx: int, reps: int, rng) -> int:
         def matvecs():
             for W in Ws:
                 W.matvec(x, y)
-        mv = sum(W.file_nbytes for W in Ws) / best_time(matvecs, reps, min_seconds=0.3) / 1e9
-        in_l3 = Ws[0].file_nbytes / best_time(lambda: Ws[0].matvec(x, y), reps, min_seconds=0.3) / 1e9
+        mv = sum(W.file_nbytes for W in Ws) / best_time(matvecs, reps, 0.3, clock) / 1e9
+        in_l3 = Ws[0].file_nbytes / best_time(lambda: Ws[0].matvec(x, y), reps, 0.3, clock) / 1e9
         for label, n_layer, H, Hkv, hd in ATTENTION_SHAPES:
             kv = KVCache(n_layer, n_ctx, Hkv, hd, cache_type_name(int(t)))
             for il in range(n_layer):
@@ -181,7 +186,7 @@ def bench_attention(types, n_ctx: int, reps: int, rng) -> int:
                 for il in range(n_layer):
                     be.attention(q3, *kv.layer(il), n_ctx - 1, hd ** -0.5, 0, 0.0, out)
             with be.scope():
-                sec = best_time(step, reps, min_seconds=0.3)
+                sec = best_time(step, reps, 0.3, clock)
             att = kv.nbytes / sec / 1e9
             print(f"{t.name:8} {label:>14} {kv.nbytes / 2**20:9.1f} {sec * 1e6:8.0f} {att:9.2f} {mv:11.2f} "
                   f"{in_l3:10.2f} {att / mv:8.2f}", flush=True)

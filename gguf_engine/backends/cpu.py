@@ -196,12 +196,16 @@ class CPUBackend(Backend):
             attention_kv.hadamard_rows(out3, rot_v)
 
     def attention_steps(self, q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, out3):
-        """Float caches: one kernel call, threads over sequence x kv head (ops.attention_steps)."""
-        if not _float_pair(k_cache, v_cache):
-            return False
-        if k_cache.dtype == np.float16:
-            k_cache, v_cache = k_cache.view(np.uint16), v_cache.view(np.uint16)
-        ops.attention_steps(q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, ops.F16_TABLE, out3)
+        """Every cache type: one kernel call, threads over (sequence, chunk of keys), each sequence's
+        result exactly that of its lone attention (attention_kv.attention_steps)."""
+        n_keys = int(np.minimum(pos + 1, window).sum()) if window > 0 else int((pos + 1).sum())
+        H, hd = q3.shape[1], q3.shape[2]
+        kernel = (attention_kv.attention_steps if H * n_keys * hd >= PARALLEL_ATTENTION_MIN_WORK
+                  else attention_kv.attention_steps_serial)
+        kernel(q3, *cache_rows(k_cache), *cache_rows(v_cache), base, pos, scale, window, softcap, out3)
+        rot_v = getattr(v_cache, "rot", 0)
+        if rot_v:                                # values were stored rotated: rotate the output back
+            attention_kv.hadamard_rows(out3, rot_v)
         return True
 
     def _attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
