@@ -40,9 +40,10 @@ from .ops import exp_shifted, f32_to_f16_bits
 from .simd import (HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_ptr, half_bits_to_f32, loader,
                    spread_bits, x86)
 
-# keys per work item of the attention kernels, and rows decoded at a time within one
+# keys per work item of the attention kernels, and values decoded at a time within one (a tile of
+# rows of float keys: 8 KiB, a quarter of the L1 data cache, beside the rows it is decoded from)
 KEY_CHUNK = 256
-TILE_ROWS = 32
+TILE_VALUES = 2048
 
 _FAST = {"reassoc", "contract", "nsz"}
 # int32 constants: integer literals are int64 in Numba, and int64 -> float32 conversion does not vectorize on AVX2
@@ -170,26 +171,23 @@ def decode_tile(t, rows, h, j0, j1, buf):
                 for i in range(qk):
                     o[qk * b + i] = np.float32((np.int32(r[ob + 2 + i]) ^ _I80) - _I80) * d
     elif t == 1:                                                  # F16
+        u = rows.view(np.uint16)                                 # (C, Hkv, hd): the rows' halves
         for j in range(j0, j1):
-            r = rows[j, h]
             o = buf[j - j0]
             for i in range(hd):
-                o[i] = _half_bits(np.uint16(np.uint16(r[2 * i]) | (np.uint16(r[2 * i + 1]) << np.uint16(8))))
+                o[i] = _half_bits(u[j, h, i])
     elif t == 30:                                                 # BF16: the high half of a float32
+        u = rows.view(np.uint16)
         for j in range(j0, j1):
-            r = rows[j, h]
             o = buf[j - j0]
             for i in range(hd):
-                o[i] = np.uint32((np.uint32(r[2 * i]) << np.uint32(16))
-                                 | (np.uint32(r[2 * i + 1]) << np.uint32(24))).view(np.float32)
+                o[i] = np.uint32(np.uint32(u[j, h, i]) << np.uint32(16)).view(np.float32)
     elif t == 0:                                                  # F32
+        f = rows.view(np.float32)                                # (C, Hkv, hd)
         for j in range(j0, j1):
-            r = rows[j, h]
             o = buf[j - j0]
             for i in range(hd):
-                o[i] = np.uint32(np.uint32(r[4 * i]) | (np.uint32(r[4 * i + 1]) << np.uint32(8))
-                                 | (np.uint32(r[4 * i + 2]) << np.uint32(16))
-                                 | (np.uint32(r[4 * i + 3]) << np.uint32(24))).view(np.float32)
+                o[i] = f[j, h, i]
     else:
         for j in range(j0, j1):
             decode_row(t, rows[j, h], buf[j - j0])
@@ -791,7 +789,7 @@ def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc
     Hkv = k_rows.shape[1]
     t = items[i, 0]
     qs = np.empty((G, hd), dtype=np.float32)
-    tile = np.empty((TILE_ROWS, hd), dtype=np.float32)
+    tile = np.empty((max(1, TILE_VALUES // hd), hd), dtype=np.float32)
     s = np.empty((Q[0].shape[1] // hd if is_int_type(tk) else G, chunk), dtype=np.float32)  # + padding heads
     nbuf = np.empty(chunk, dtype=np.int32)
     for h in range(Hkv):
