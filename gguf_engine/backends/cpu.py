@@ -39,6 +39,13 @@ def _runs(items: list, key) -> list[list]:
     return runs
 
 
+def _unrotate_values(out3, v_cache) -> None:
+    """Values stored rotated (a cache type with a Hadamard rotation): rotate the attention output back."""
+    rot_v = getattr(v_cache, "rot", 0)
+    if rot_v:
+        attention_kv.hadamard_rows(out3, rot_v)
+
+
 class CPUBackend(Backend):
     name = "CPU"
     xp = np
@@ -191,9 +198,7 @@ class CPUBackend(Backend):
         if sinks is not None:                    # rescale each head's output by its share beside the sink
             kc = k_cache.view(np.uint16) if k_cache.dtype == np.float16 else k_cache
             ops.attention_sink_rescale(q3, kc, pos0, scale, window, softcap, sinks, ops.F16_TABLE, out3)
-        rot_v = getattr(v_cache, "rot", 0)
-        if rot_v:                                # values were stored rotated: rotate the output back
-            attention_kv.hadamard_rows(out3, rot_v)
+        _unrotate_values(out3, v_cache)
 
     def attention_steps(self, q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, out3):
         """Every cache type: one kernel call, threads over (sequence, chunk of keys), each sequence's
@@ -203,9 +208,7 @@ class CPUBackend(Backend):
         kernel = (attention_kv.attention_steps if H * n_keys * hd >= PARALLEL_ATTENTION_MIN_WORK
                   else attention_kv.attention_steps_serial)
         kernel(q3, *cache_rows(k_cache), *cache_rows(v_cache), base, pos, scale, window, softcap, out3)
-        rot_v = getattr(v_cache, "rot", 0)
-        if rot_v:                                # values were stored rotated: rotate the output back
-            attention_kv.hadamard_rows(out3, rot_v)
+        _unrotate_values(out3, v_cache)
         return True
 
     def _attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
