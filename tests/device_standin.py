@@ -175,9 +175,9 @@ class StandinDevice(Backend):
         self.cpu.qkv_prepare(u(q3), u(k3), u(v3), o(bq), o(bk), o(bv), o(q_norm), o(k_norm), eps,
                              (u(rope[0]), u(rope[1])), pos0, neox, u(k_cache), u(v_cache))
 
-    def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
+    def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3, sinks=None):
         u = self.unwrap
-        self.cpu.attention(u(q3), u(k_cache), u(v_cache), pos0, scale, window, softcap, u(out3))
+        self.cpu.attention(u(q3), u(k_cache), u(v_cache), pos0, scale, window, softcap, u(out3), sinks=self._opt(sinks))
 
     def gated_act(self, gate, up, gelu, out):
         self.cpu.gated_act(self.unwrap(gate), self.unwrap(up), gelu, self.unwrap(out))

@@ -168,20 +168,23 @@ class Backend(ABC):
 
     @abstractmethod
     def attention(self, q3, k_cache, v_cache, pos0: int, scale: float, window: int, softcap: float,
-                  out3) -> None:
+                  out3, sinks=None) -> None:
         """Causal attention of the n tokens at positions pos0.. over one layer's cache
         (C, Hkv, hd), keys visible within ``window`` positions (0: all).  out3: (n, H, hd).
-        A backend that takes attention sinks accepts ``sinks`` (H,): one logit per head added to
-        the softmax's denominator (gpt-oss)."""
+        sinks (H,) or None: one logit per head added to the softmax's denominator (gpt-oss); a
+        backend without them refuses a model that has them."""
 
     def attention_steps(self, q3, k_cache, v_cache, base, pos, n_ctx_seq: int, scale: float, window: int,
-                        softcap: float, out3) -> bool:
-        """The decode steps of several sequences in one call: row t of q3 (N, H, hd) is the new
-        token (already stored) of a sequence whose cache is rows base[t] .. base[t] + n_ctx_seq - 1
-        of (k_cache, v_cache), at position pos[t] there; each row as ``attention`` computes it
-        for that sequence alone.  Returns False (and computes nothing) where the backend has no
-        such call for these caches: the caller then attends per sequence."""
-        return False
+                        softcap: float, out3, sinks=None) -> None:
+        """The decode steps of several sequences: row t of q3 (N, H, hd) is the new token (already
+        stored) of a sequence whose cache is rows base[t] .. base[t] + n_ctx_seq - 1 of
+        (k_cache, v_cache), at position pos[t] there; each row as ``attention`` computes it for
+        that sequence alone.  This default attends the sequences one by one; a backend overrides
+        it with one call over all of them."""
+        for t in range(q3.shape[0]):
+            rows = slice(int(base[t]), int(base[t]) + n_ctx_seq)
+            self.attention(q3[t:t + 1], k_cache[rows], v_cache[rows], int(pos[t]), scale, window, softcap,
+                           out3[t:t + 1], sinks=sinks)
 
     def add_bias(self, x, bias) -> None:
         """x (n, m) += bias (m,) in place."""

@@ -200,16 +200,19 @@ class CPUBackend(Backend):
             ops.attention_sink_rescale(q3, kc, pos0, scale, window, softcap, sinks, ops.F16_TABLE, out3)
         _unrotate_values(out3, v_cache)
 
-    def attention_steps(self, q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, out3):
+    def attention_steps(self, q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, out3, sinks=None):
         """Every cache type: one kernel call, threads over (sequence, chunk of keys), each sequence's
-        result exactly that of its lone attention (attention_kv.attention_steps)."""
+        result exactly that of its lone attention (attention_kv.attention_steps).  With sinks,
+        sequence by sequence."""
+        if sinks is not None:
+            super().attention_steps(q3, k_cache, v_cache, base, pos, n_ctx_seq, scale, window, softcap, out3, sinks)
+            return
         n_keys = int(np.minimum(pos + 1, window).sum()) if window > 0 else int((pos + 1).sum())
         H, hd = q3.shape[1], q3.shape[2]
         kernel = (attention_kv.attention_steps if H * n_keys * hd >= PARALLEL_ATTENTION_MIN_WORK
                   else attention_kv.attention_steps_serial)
         kernel(q3, *cache_rows(k_cache), *cache_rows(v_cache), base, pos, scale, window, softcap, out3)
         _unrotate_values(out3, v_cache)
-        return True
 
     def _attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
         n, H, hd = q3.shape

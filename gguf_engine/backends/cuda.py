@@ -287,7 +287,9 @@ class CudaBackend(Backend):
                    cos, sin, np.int32(cos.shape[1]), np.int32(bool(neox)), np.int32(pos0), self._pos_ptr,
                    k_cache, v_cache, np.int32(k_cache.dtype == np.float16)), stream=self.stream)
 
-    def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3):
+    def attention(self, q3, k_cache, v_cache, pos0, scale, window, softcap, out3, sinks=None):
+        if sinks is not None:
+            raise ValueError("attention sinks (gpt-oss) run on the CPU backend only; offload no layers (-ngl 0)")
         n, H, hd = q3.shape
         Hkv = k_cache.shape[1]
         warps = ATTENTION_WARPS_STEP if n == 1 else ATTENTION_WARPS_BATCH

@@ -325,32 +325,28 @@ class Transformer:
         be.qkv_prepare(q3, k3, v3, b.attn_q_bias, b.attn_k_bias, b.attn_v_bias,
                        b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, pos0, c.rope_neox,
                        k_cache, v_cache)                         # + cache rows pos0..pos0+n-1
-        if b.attn_sinks is None:
-            be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3)
-        else:
-            be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3,
-                         sinks=b.attn_sinks)
+        be.attention(q3, k_cache, v_cache, pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap, out3,
+                     sinks=b.attn_sinks)
 
     def _attend_steps(self, be, b: Block, il: int, batch, slots, q3, k3, v3, attn) -> int:
-        """The decode steps of a batch (its first n_decode spans, one row each) stored and attended
-        in one backend call (Backend.attention_steps) where the backend can: returns how many
-        spans it did (0: the caller attends every span by itself)."""
+        """The decode steps of a batch (its first n_decode spans, one row each) stored, then
+        attended in one backend call (Backend.attention_steps); returns how many spans it did
+        (0 when fewer than two: the caller attends every span by itself)."""
         d = batch.n_decode
-        if d < 2 or b.attn_sinks is not None:
+        if d < 2:
             return 0
         c = self.config
         spans = batch.spans[:d]
-        regions = [slots.region(il, s.slot) for s in spans]
-        for s, (kc, vc) in zip(spans, regions):
+        for s in spans:
             be.qkv_prepare(q3[s.row0:s.row1], k3[s.row0:s.row1], v3[s.row0:s.row1], b.attn_q_bias, b.attn_k_bias,
                            b.attn_v_bias, b.attn_q_norm, b.attn_k_norm, c.norm_eps, b.rope, s.pos0, c.rope_neox,
-                           kc, vc)                       # + the cache row of each sequence
+                           *slots.region(il, s.slot))     # + the cache row of each sequence
         k_all, v_all = slots.kv.layer(il)
         base = np.asarray([s.slot * slots.n_ctx_slot for s in spans], dtype=np.int64)
         pos = np.asarray([s.pos0 for s in spans], dtype=np.int64)
-        if be.attention_steps(q3[:d], k_all, v_all, base, pos, slots.n_ctx_slot, c.attn_scale, b.sliding_window,
-                              c.attn_logit_softcap, attn[:d]):
-            return d
+        be.attention_steps(q3[:d], k_all, v_all, base, pos, slots.n_ctx_slot, c.attn_scale, b.sliding_window,
+                           c.attn_logit_softcap, attn[:d], sinks=b.attn_sinks)
+        return d
         for s, (kc, vc) in zip(spans, regions):          # no such call: attend each (the rows are stored)
             be.attention(q3[s.row0:s.row1], kc, vc, s.pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap,
                          attn[s.row0:s.row1])
