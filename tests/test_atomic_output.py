@@ -1,7 +1,8 @@
 """Atomic output files and the ways a writing command can be stopped.
 
 Real signals are sent to real ``gguf-quantize`` / ``gguf-imatrix`` / ``gguf-convert`` subprocesses while they write
-(each tensor write is slowed down in the child so the signal lands mid-file): SIGINT, SIGTERM and
+(the child's first tensor write says so through a file and then waits, so the signal lands mid-file
+however loaded the machine is): SIGINT, SIGTERM and
 SIGHUP leave no partial file and the previous target untouched, with exit status 128 + signum.  A
 SIGKILLed run leaves its ``.OUT.partial-PID``, which the next run to the same target removes.  A full
 disk is reported in one line naming the output; a directory as output is refused before any work.
@@ -26,18 +27,18 @@ from .conftest import fixture_path
 # The child restores Python's own Ctrl-C handler: a shell starts background jobs with SIGINT ignored,
 # and Python keeps an inherited "ignore", so a suite run in the background would otherwise never
 # see its child interrupted.
-SLOW_CHILD = r"""
-import signal, sys, time
+STALLED_CHILD = r"""
+import pathlib, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from gguf_engine.gguf import writer
-_write = writer.GGUFWriter._write_next
-def slow(self, data):
-    time.sleep(0.15)
-    return _write(self, data)
-writer.GGUFWriter._write_next = slow
+def stalled(self, data):
+    pathlib.Path(sys.argv[1]).touch()
+    while True:
+        time.sleep(1)
+writer.GGUFWriter._write_next = stalled
 from gguf_engine.cli import convert, quantize, imatrix
-tool = {"quantize": quantize.main, "imatrix": imatrix.main, "convert": convert.main}[sys.argv[1]]
-sys.exit(tool(sys.argv[2:]))
+tool = {"quantize": quantize.main, "imatrix": imatrix.main, "convert": convert.main}[sys.argv[2]]
+sys.exit(tool(sys.argv[3:]))
 """
 
 
@@ -45,18 +46,21 @@ def _f16() -> Path:
     return fixture_path("models", "tiny-llama-f16.gguf")
 
 
-def _start(tool: str, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SLOW_CHILD, tool, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+def _start(tool: str, args: list[str], ready: Path) -> subprocess.Popen:
+    """The tool in a child whose first tensor write touches ``ready`` and then waits for a signal."""
+    return subprocess.Popen([sys.executable, "-c", STALLED_CHILD, str(ready), tool, *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_partial(proc: subprocess.Popen, out: Path, timeout: float = 240.0) -> Path:
-    part = partial_path(out, proc.pid)
+def _wait_mid_write(proc: subprocess.Popen, out: Path, ready: Path, timeout: float = 240.0) -> Path:
+    """Waits until the child is inside its first tensor write; returns its partial file."""
     t0 = time.monotonic()
-    while not part.exists():
+    while not ready.exists():
         assert proc.poll() is None, f"the command ended before writing: {proc.stderr.read()}"
-        assert time.monotonic() - t0 < timeout, "no partial file appeared"
+        assert time.monotonic() - t0 < timeout, "the command never started writing tensor data"
         time.sleep(0.02)
+    part = partial_path(out, proc.pid)
+    assert part.exists()
     return part
 
 
@@ -82,10 +86,14 @@ def test_catchable_signal_leaves_nothing(tmp_path, tool, sig):
     existing target unchanged."""
     out = tmp_path / "out.gguf"
     out.write_bytes(b"previous")
-    proc = _start(tool, _args(tool, out))
-    part = _wait_for_partial(proc, out)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    ready = tmp_path.parent / f"{tmp_path.name}-ready"
+    proc = _start(tool, _args(tool, out), ready)
+    try:
+        part = _wait_mid_write(proc, out, ready)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 128 + sig, err
     assert err.strip().splitlines()[-1] == (f"gguf-{tool}: interrupted" if sig == signal.SIGINT
                                             else f"gguf-{tool}: terminated by {sig.name}")
@@ -98,8 +106,8 @@ def test_sigkill_partial_removed_by_next_run(tmp_path):
     """SIGKILL leaves ``.out.gguf.partial-PID``; the next run to the same target removes it and
     writes the file."""
     out = tmp_path / "out.gguf"
-    proc = _start("quantize", _args("quantize", out))
-    part = _wait_for_partial(proc, out)
+    proc = _start("quantize", _args("quantize", out), tmp_path.parent / f"{tmp_path.name}-ready")
+    part = _wait_mid_write(proc, out, tmp_path.parent / f"{tmp_path.name}-ready")
     proc.kill()
     proc.communicate(timeout=60)
     assert part.exists() and not out.exists()
