@@ -611,6 +611,12 @@ class Llama:
         parser = ReplyParser(syntax, tc.ToolCallParser(plan) if parse_tools else None)
         return parser, self.tokenizer.token_ids(syntax.preserved)
 
+    def reasoning_budget(self, settings, syntax):
+        """The thinking budget of one chat answer (``generation.reasoning_budget.ReasoningBudget``)
+        for settings (``BudgetSettings``) and the answer's ``ChatSyntax``; None when there is none."""
+        from .generation.reasoning_budget import make_budget
+        return make_budget(settings, syntax, self.tokenizer)
+
     def renders_parallel_tool_calls(self) -> bool:
         """Whether the chat template shows several tool calls of one message (the default of
         ``parallel_tool_calls``, as llama-server decides it)."""
@@ -642,6 +648,7 @@ class Llama:
                                top_logprobs: int | None = None, *, ignore_eos: bool = False,
                                repeat_last_n: int | None = None, reasoning_format: str = "auto",
                                chat_template_kwargs: Mapping[str, Any] | None = None,
+                               reasoning_budget_tokens: int = -1, reasoning_budget_message: str = "",
                                ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Answers a conversation; an OpenAI-style "chat.completion" dict, or "chat.completion.chunk"s.
 
@@ -656,14 +663,18 @@ class Llama:
         reasoning_format ("auto", "deepseek", "deepseek-legacy" or "none") and chat_template_kwargs:
         as llama-server reads them; a thinking model's reasoning comes back as
         ``message.reasoning_content`` (``delta.reasoning_content`` when streamed), apart from the
-        answer in ``content`` (see ``generation.reasoning``).
+        answer in ``content`` (see ``generation.reasoning``).  reasoning_budget_tokens (-1: none, 0:
+        end the thinking at once, N: after N tokens) and reasoning_budget_message: llama-server's
+        thinking budget, whose end tag is forced token by token (see ``generation.reasoning_budget``).
         """
         self._check_open()
         refuse_non_defaults("create_chat_completion", dict(typical_p=(typical_p, 1.0), tfs_z=(tfs_z, 1.0)))
         check_sampling(top_logprobs=top_logprobs)
         from .generation import tool_calls as tc
         from .generation.reasoning import chat_stream, check_reasoning_format
+        from .generation.reasoning_budget import BudgetSettings
         check_reasoning_format(reasoning_format)
+        budget = BudgetSettings(reasoning_budget_tokens, reasoning_budget_message)
         tools, tool_choice = tc.merge_functions(tools, tool_choice, functions, function_call)
         plan = tc.plan_tools(tools, tool_choice, self.chat_template_text())
         constraint = [g for g in (grammar, _response_format_grammar(response_format), plan.grammar) if g is not None]
@@ -677,6 +688,7 @@ class Llama:
                            presence_penalty, logit_bias, seed, mirostat_mode=mirostat_mode,
                            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
         steer = self.steering(logits_processor, None, constraint[0] if constraint else None)
+        steer.budget = self.reasoning_budget(budget, parser.syntax)
         events = self.stream_events(toks, smp, steer, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
                                     want_logits=n_top is not None, shown=shown)
         cid = f"chatcmpl-{uuid.uuid4()}"

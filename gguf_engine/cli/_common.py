@@ -5,7 +5,8 @@ import argparse
 import functools
 import os
 import sys
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 from ..atomic import Terminated, exit_signals
 from ..gguf import GGUFError
@@ -150,22 +151,36 @@ def cache_types_of(args):
 
 
 def add_reasoning_args(g, where: str) -> None:
-    """--reasoning-format and --reasoning-budget with llama.cpp's defaults (where: what the
-    extracted reasoning becomes, for the help text)."""
+    """llama.cpp's --reasoning-format, -rea/--reasoning, --reasoning-budget and
+    --reasoning-budget-message with its defaults (where: what the extracted reasoning becomes,
+    for the help text)."""
     from ..generation.reasoning import REASONING_FORMATS
     g.add_argument("--reasoning-format", default="auto", choices=REASONING_FORMATS, metavar="FORMAT",
                    help=f"a thinking model's reasoning: none (left in the answer as written), auto, deepseek, "
                         f"deepseek-legacy ({where}) (default: auto)")
+    g.add_argument("-rea", "--reasoning", default="auto", choices=("on", "off", "auto"),
+                   help="thinking in the chat: on or off (the chat template gets enable_thinking=true/false), "
+                        "auto (the template's default) (default: auto)")
     g.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
-                   help="thinking budget: -1 unrestricted, 0 thinking off (the chat template gets "
-                        "enable_thinking=false); token budgets N>0 are not implemented (default: -1)")
+                   help="token budget for thinking: -1 unrestricted, 0 end the thinking at once, N>0 end it "
+                        "after N tokens (the end tag, e.g. </think> or gpt-oss's <|end|>, is forced) (default: -1)")
+    g.add_argument("--reasoning-budget-message", default="", metavar="MESSAGE",
+                   help="text forced before the end-of-thinking tag when the budget runs out (default: none)")
 
 
-def reasoning_template_kwargs(budget: int) -> dict:
-    """The chat template variables of --reasoning-budget; CLIError for a value not implemented."""
-    if budget < -1:
-        raise CLIError(f"--reasoning-budget must be -1 (unrestricted), 0 (off) or more, got {budget}")
-    if budget > 0:
-        raise CLIError(f"--reasoning-budget {budget}: a token budget for thinking is not implemented; "
-                       "use -1 (unrestricted) or 0 (thinking off)")
-    return {"enable_thinking": False} if budget == 0 else {}
+@dataclass(frozen=True)
+class ReasoningFlags:
+    """What the reasoning flags set: chat template variables and the thinking budget."""
+    template_kwargs: dict
+    budget: Any
+
+
+def reasoning_flags(args) -> ReasoningFlags:
+    """The template variables and ``BudgetSettings`` of add_reasoning_args' flags; CLIError for
+    a budget below -1."""
+    from ..generation.reasoning_budget import BudgetSettings
+    if args.reasoning_budget < -1:
+        raise CLIError(f"--reasoning-budget must be -1 (unrestricted), 0 (end thinking at once) or a token "
+                       f"budget N > 0, got {args.reasoning_budget}")
+    kwargs = {} if args.reasoning == "auto" else {"enable_thinking": args.reasoning == "on"}
+    return ReasoningFlags(kwargs, BudgetSettings(args.reasoning_budget, args.reasoning_budget_message))

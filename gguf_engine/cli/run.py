@@ -35,7 +35,7 @@ from typing import Sequence
 
 from ..model.memory import summary_lines
 from ._common import (CLIError, add_cache_type_flags, add_context_shift_args, add_reasoning_args, cache_types_of,
-                      parse_or_status, reasoning_template_kwargs, refuse_other_flags)
+                      parse_or_status, reasoning_flags, refuse_other_flags)
 from .llama_flags import COMMON
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -48,7 +48,9 @@ examples:
   gguf-run -m model.gguf -no-cnv -p "Once upon a time" -n 64 --temp 0.7 -s 42
   gguf-run -cnv -sys "You are a helpful assistant."   # interactive chat; Ctrl-D or Ctrl-C to leave
   printf 'Hi!\\nTell me a joke.\\n' | gguf-run -cnv   # scripted chat, one user turn per line
-  gguf-run -m Qwen3-0.6B-Q8_0.gguf -cnv --reasoning-budget 0   # a thinking model with thinking off
+  gguf-run -m Qwen3-0.6B-Q8_0.gguf -cnv -rea off          # a thinking model with thinking off
+  gguf-run -m Qwen3-0.6B-Q8_0.gguf -cnv --reasoning-budget 256 --reasoning-budget-message "Enough."
+                                                      # thinking ended after 256 tokens
   gguf-run -f prompt.txt -n 128 --temp 0              # greedy, prompt read from a file ('-' = stdin)
   gguf-run -p "A person:" -j '{"type": "object", "properties": {"name": {"type": "string"}}}'
   gguf-run -no-cnv -p "2+2=" --grammar 'root ::= [0-9]+' # output constrained by a GBNF grammar
@@ -293,7 +295,7 @@ def validate(args) -> None:
         raise UsageError(str(e)) from None
     try:
         cache_types_of(args)
-        reasoning_template_kwargs(args.reasoning_budget)
+        reasoning_flags(args)
     except CLIError as e:
         raise UsageError(str(e)) from None
     if args.system_prompt is not None and args.system_prompt_file is not None:
@@ -393,9 +395,10 @@ class Session:
             return any(r in text for r in prompts)
         return hit
 
-    def run_turn(self, tokens: list[int], reply=None) -> Turn:
+    def run_turn(self, tokens: list[int], reply=None, budget=None) -> Turn:
         """Streams one completion of tokens to stdout; reply: (the ``ReplyParser`` of a chat answer,
-        the control tokens it reads), whose reasoning is shown apart (None: the text as it comes)."""
+        the control tokens it reads), whose reasoning is shown apart (None: the text as it comes);
+        budget: the answer's thinking budget (``ReasoningBudget``, None: none)."""
         from ..generation.reasoning import ReplyStream
         engine = self.llm.engine
         turn = Turn(stop_reason="interrupted")
@@ -403,6 +406,7 @@ class Session:
         if max_tokens == 0:
             return Turn()
         steering = self.llm.steering(stopping_criteria=self.reverse_prompt_hit(len(tokens)), grammar=self.grammar)
+        steering.budget = budget
         parts: list[str] = []
         split = ReplyStream(reply[0]) if reply is not None and not self.args.special else None
         display = ThinkingDisplay()
@@ -543,7 +547,7 @@ def chat_tokens(llm, messages, text: str) -> list[int]:
 
 def run_chat(session: Session, first: str | None, interactive: bool) -> int:
     llm, args = session.llm, session.args
-    kwargs = reasoning_template_kwargs(args.reasoning_budget)
+    reasoning = reasoning_flags(args)
     messages: list[dict[str, str]] = []
     if args.system_prompt:
         messages.append({"role": "system", "content": args.system_prompt})
@@ -571,7 +575,7 @@ def run_chat(session: Session, first: str | None, interactive: bool) -> int:
         pending = None
         try:
             tokens = None
-            full = llm.render_chat(messages, template_kwargs=kwargs)
+            full = llm.render_chat(messages, template_kwargs=reasoning.template_kwargs)
             if shown is not None:   # a shifted cache: append the new turn's text to what it holds
                 if full.startswith(shown[0]):
                     tokens = shown[1] + llm.tokenize(full[len(shown[0]):], add_bos=False, special=True)
@@ -582,7 +586,9 @@ def run_chat(session: Session, first: str | None, interactive: bool) -> int:
                 log("\ncontext full: the conversation no longer fits; use -c to set a larger context")
                 return 0
             raise
-        turn = session.run_turn(tokens, llm.reply_parser(full, None, args.reasoning_format))
+        parser, preserved = llm.reply_parser(full, None, args.reasoning_format)
+        turn = session.run_turn(tokens, (parser, preserved),
+                                llm.reasoning_budget(reasoning.budget, parser.syntax))
         if args.context_shift:
             shown = (full + turn.text, cached_history(llm, turn))
         messages.append(turn.message)

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from ._common import (CLIError, add_cache_type_flags, add_context_shift_args, add_reasoning_args, cache_types_of,
-                      cli_entry, reasoning_template_kwargs)
+                      cli_entry, reasoning_flags)
 
 EXAMPLES = """\
 examples:
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         raise CLIError(f"--keep must be >= -1, got {args.keep}")
     if args.ctx_size < 0 or args.batch_size < 1 or args.max_queue < 0 or args.timeout <= 0:
         raise CLIError("-c must be >= 0, -b >= 1, --max-queue >= 0 and --timeout > 0")
-    template_kwargs = reasoning_template_kwargs(args.reasoning_budget)
+    reasoning = reasoning_flags(args)
     if args.n_gpu_layers != 0:
         raise CLIError("-ngl: gguf-server runs several sequences per forward pass on the CPU only; "
                        "use -ngl 0 (gguf-run offloads a single sequence)")
@@ -114,7 +114,8 @@ def main(argv=None) -> int:
                               metrics=args.metrics, timeout=args.timeout, cont_batching=args.cont_batching,
                               max_queue=args.max_queue, cache_type=cache_types_of(args),
                               context_shift=args.context_shift, n_keep=args.keep,
-                              reasoning_format=args.reasoning_format, template_kwargs=template_kwargs)
+                              reasoning_format=args.reasoning_format, template_kwargs=reasoning.template_kwargs,
+                              reasoning_budget=reasoning.budget)
     sched = make_scheduler(settings)
     try:
         app = create_app(settings, sched)

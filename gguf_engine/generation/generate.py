@@ -81,26 +81,34 @@ class Steering:
     include it; logits: the row it was sampled from); any true stops with finish_reason "stop".
     constraint: a grammar matcher (``generation.grammar.Constraint``): it masks the tokens that
     would break the grammar before the sampler sees the row, and ends generation when complete.
+    budget: a thinking budget (``generation.reasoning_budget.ReasoningBudget``): while it forces
+    the end of the reasoning, only the forced token is left (after the processors, before the grammar,
+    as llama.cpp applies its budget sampler first).
     """
 
     logits_processors: tuple[LogitsProcessor, ...] = ()
     stopping_criteria: tuple[StoppingCriterion, ...] = ()
     constraint: Any = None
+    budget: Any = None
 
     def prepare(self, input_ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
-        """The row the sampler sees: processed, then masked by the grammar."""
-        if not self.logits_processors and self.constraint is None:
+        """The row the sampler sees: processed, limited by the budget, then masked by the grammar."""
+        if not self.logits_processors and self.constraint is None and self.budget is None:
             return logits
         row = np.array(logits, dtype=np.float32, copy=True).reshape(-1)  # (n_vocab,)
         if self.logits_processors:
             ids = np.asarray(input_ids, dtype=np.intc)
             for proc in self.logits_processors:
                 row = np.asarray(proc(ids, row), dtype=np.float32).reshape(-1)
+        if self.budget is not None:
+            row = self.budget.apply(row)
         if self.constraint is not None:
             self.constraint.mask(row)
         return row
 
     def accept(self, token: int) -> None:
+        if self.budget is not None:
+            self.budget.accept(token)
         if self.constraint is not None:
             self.constraint.accept(token)
 

@@ -185,25 +185,28 @@ class GrammarVocab:
 
     @classmethod
     def from_tokenizer(cls, tokenizer, n_vocab: int) -> "GrammarVocab":
-        """Token bytes from the GGUF vocabulary; control tokens are marked with a leading 0xFF byte
-        (as llguidance expects), so a grammar matches them only by name, never as text."""
-        from ..tokenizer.vocab import ATTR_CONTROL, ATTR_UNKNOWN, ATTR_USER_DEFINED
+        """Token bytes from the GGUF vocabulary.  As llama.cpp's grammar reads tokens by their text,
+        a control token (``<|channel|>``, ``<|im_start|>``...) matches its text in a grammar, so a
+        literal ``"<|channel|>"`` allows the token as well as the same text spelled by ordinary
+        tokens.  End-of-generation tokens and the unknown token are marked with a leading 0xFF byte
+        instead (llguidance's special tokens): they never match text, and an end-of-generation
+        token may only end a complete sentence."""
+        from ..tokenizer.vocab import ATTR_UNKNOWN
         llg = _llguidance()
         vocab = tokenizer.vocab
+        eog = sorted(int(t) for t in (tokenizer.eog_ids or ()))
+        if tokenizer.eos_id is not None and tokenizer.eos_id >= 0 and tokenizer.eos_id not in eog:
+            eog.append(int(tokenizer.eos_id))
+        ends = set(eog)
         tokens: list[bytes] = []
         special: list[int] = []
         for tid in range(vocab.n_vocab):
             piece = tokenizer.token_to_piece(tid, True)
-            attr = int(vocab.attrs[tid])
-            if attr & (ATTR_CONTROL | ATTR_UNKNOWN) or (
-                    attr & ATTR_USER_DEFINED and piece.startswith(b"<") and piece.endswith(b">")):
+            if tid in ends or int(vocab.attrs[tid]) & ATTR_UNKNOWN:
                 piece = b"\xff" + piece
                 special.append(tid)
             tokens.append(piece)
         tokens += [b""] * (n_vocab - len(tokens))  # a logits row wider than the vocabulary
-        eog = sorted(int(t) for t in (tokenizer.eog_ids or ()))
-        if tokenizer.eos_id is not None and tokenizer.eos_id >= 0 and tokenizer.eos_id not in eog:
-            eog.append(int(tokenizer.eos_id))
         wrapper = llg.TokenizerWrapper(_TokenSource(tokenizer, tokens, special))
         ll = llg.LLTokenizer(wrapper, n_vocab=n_vocab, eos_token=eog or None)
         return cls(ll, n_vocab)

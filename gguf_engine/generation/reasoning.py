@@ -85,6 +85,14 @@ class ChatSyntax:
         return (THINK_START, THINK_END) if self.kind == "think" else ()
 
     @property
+    def thinking_tags(self) -> tuple[str, tuple[str, ...]] | None:
+        """(start tag, end tags) of a reasoning block, as llama.cpp's chat formats give them to
+        its reasoning budget (None: no reasoning to limit)."""
+        if self.kind == "harmony":
+            return H_CHANNEL + "analysis" + H_MESSAGE, (H_END,)
+        return (THINK_START, (THINK_END,)) if self.kind == "think" else None
+
+    @property
     def preserved(self) -> tuple[str, ...]:
         """Control-token texts generation must write out for this syntax to be parsed."""
         return HARMONY_PRESERVED if self.kind == "harmony" else ()

@@ -115,9 +115,6 @@ def plan_tools(tools: Sequence[Any] | None, tool_choice: Any, template_text: str
         forced = None
     else:
         raise ValueError(f"tool_choice must be \"auto\", \"none\", \"required\" or a named function, got {choice!r}")
-    if forced and fmt == "harmony":
-        raise ValueError(f"tool_choice={choice!r} (a forced call) is not implemented for harmony (gpt-oss) "
-                         "templates; use \"auto\"")
     note = None if "tools" in template_text else tool_system_note(fns, fmt)
     grammar = call_grammar(forced, fmt, parallel) if forced else None
     return ToolPlan(tools, choice != "none", fmt, grammar, note, parallel)
@@ -142,6 +139,8 @@ def call_grammar(fns: Sequence[Mapping[str, Any]], fmt: str, parallel: bool = Fa
     """A Grammar whose sentences are one call to one of fns in the format (one or more calls
     with ``parallel``)."""
     from .grammar import Grammar
+    if fmt == "harmony":
+        return Grammar.from_lark(harmony_call_lark(fns), origin="tool_choice")
     schema = _call_schema(fns[0], fmt) if len(fns) == 1 else {"anyOf": [_call_schema(f, fmt) for f in fns]}
     body = f"%json {json.dumps(schema)}"
     if fmt == "hermes":
@@ -152,6 +151,38 @@ def call_grammar(fns: Sequence[Mapping[str, Any]], fmt: str, parallel: bool = Fa
     else:
         lark = 'start: call ("; " call)*\n' if parallel else "start: call\n"
     return Grammar.from_lark(lark + f"call: {body}\n", origin="tool_choice")
+
+
+# gpt-oss's answer up to a forced call: messages of the analysis channel (after an optional stray
+# "<|channel|>commentary[ to=assistant]") or commentary preambles, each body ended by the first
+# <|end|>, then the call with its recipient in the role or in the channel header
+HARMONY_CALL_LARK = r"""
+start: (message "<|start|>assistant")* call
+message: ("<|channel|>" "commentary" " to=assistant"?)? "<|channel|>" "analysis" "<|message|>" BODY_END
+       | "<|channel|>" "commentary" "<|message|>" BODY_END
+BODY_END: /(?s:.*)<\|end\|>/ & ~/(?s:.*<\|end\|>.+)/
+channel: "<|channel|>" ("commentary" | "analysis")
+constraint: SPACE? "<|constrain|>"? /[A-Za-z0-9_-]+/
+SPACE: /[ \t\r\n]+/
+"""
+
+
+def harmony_call_lark(fns: Sequence[Mapping[str, Any]]) -> str:
+    """The Lark grammar of a gpt-oss answer that ends in a call to one of fns, as llama.cpp's gpt-oss
+    handler builds it for a forced tool_choice: the answer continues the prompt's
+    ``<|start|>assistant``; a call is ``<|channel|>commentary to=functions.NAME <|constrain|>json
+    <|message|>`` (or the recipient before the channel) and arguments valid for the function's
+    parameters.  Harmony answers hold one call, whatever ``parallel_tool_calls`` says."""
+    from .grammar import closed_objects
+    calls, rules = [], []
+    for i, fn in enumerate(fns):
+        to = json.dumps(" to=functions." + fn["name"])
+        args = json.dumps(closed_objects(fn.get("parameters") or {"type": "object"}))
+        calls.append(f"call_{i}")
+        rules.append(f"call_{i}: {to} channel constraint? \"<|message|>\" args_{i}\n"
+                     f"    | channel {to} constraint? \"<|message|>\" args_{i}\n"
+                     f"args_{i}: %json {args}\n")
+    return HARMONY_CALL_LARK + f"call: {' | '.join(calls)}\n" + "".join(rules)
 
 
 def renders_parallel_calls(render) -> bool:

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generation import tool_calls as tc
 from ..generation.reasoning import ReplyStream
+from ..generation.reasoning_budget import BudgetSettings
 from ..generation.sampling import SamplingParams
 from .protocol import (ApplyTemplateRequest, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                        EmbeddingRequest, SamplingRequest, TokenizeRequest, message_dicts)
@@ -66,6 +67,7 @@ class ServerSettings:
     n_keep: int = 0                      # tokens a shift keeps after BOS (-1: the whole prompt)
     reasoning_format: str = "auto"       # how thinking is returned (generation.reasoning)
     template_kwargs: dict[str, Any] = field(default_factory=dict)   # chat template variables of every request
+    reasoning_budget: BudgetSettings = field(default_factory=BudgetSettings)   # thinking budget unless a request sets one
 
     @property
     def n_ctx_slot(self) -> int:
@@ -180,9 +182,10 @@ class _Run:
     """The n requests of one HTTP call and the queue their outputs arrive on (event-loop side)."""
 
     def __init__(self, sched: Scheduler, prompt: list[int], req: SamplingRequest, n_logprobs: int | None,
-                 tokenizer, timeout: float, constraints: list | None = None, shown: frozenset = frozenset()):
+                 tokenizer, timeout: float, constraints: list | None = None, shown: frozenset = frozenset(),
+                 budgets: list | None = None):
         """constraints: one grammar matcher per choice (None: unconstrained); shown: control tokens
-        written into the text."""
+        written into the text; budgets: one thinking budget per choice (None: none)."""
         if not prompt:
             raise APIError(400, "the prompt is empty")
         loop = asyncio.get_running_loop()
@@ -196,7 +199,7 @@ class _Run:
             r = Request(list(prompt), _sampling(req, tokenizer, i), emit, max_tokens=req.token_limit(),
                         stop=stops, ignore_eos=req.ignore_eos, n_logprobs=n_logprobs,
                         constraint=constraints[i] if constraints else None, n_keep=req.n_keep,
-                        n_discard=req.n_discard, shown=shown)
+                        n_discard=req.n_discard, shown=shown, budget=budgets[i] if budgets else None)
             try:
                 sched.submit(r)
             except PromptTooLongError as e:
@@ -613,9 +616,11 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
             raise APIError(400, "give only one of response_format, grammar, json_schema and a forced tool_choice")
         prompt, toks = await run_in_threadpool(chat_prompt, body.messages, plan, request_kwargs(body))
         parser, shown = m.reply_parser(prompt, plan, body.reasoning_format or settings.reasoning_format)
+        budget = body.reasoning_budget(settings.reasoning_budget)
         n_top = (body.top_logprobs or 0) if body.logprobs else None
         run = _Run(app.state.scheduler, toks, body, n_top, m.tokenizer, settings.timeout,
-                   await constraints(body, grammar or plan.grammar), shown)
+                   await constraints(body, grammar or plan.grammar), shown,
+                   [m.reasoning_budget(budget, parser.syntax) for _ in range(body.n)])
         cid, name, now = f"chatcmpl-{uuid.uuid4().hex}", model_name(), int(time.time())
 
         def lp_of(out: Output) -> list[dict]:

@@ -4,12 +4,15 @@ fields the server does not implement yet are refused by name (``refused_field``)
 output comes as OpenAI's ``response_format`` or llama-server's ``grammar`` (GBNF) and
 ``json_schema`` fields (``output_grammar``); tools as ``tools``/``tool_choice`` (or the older
 ``functions``/``function_call``) and ``parallel_tool_calls``; reasoning output as llama-server's
-``reasoning_format`` and ``chat_template_kwargs``."""
+``reasoning_format`` and ``chat_template_kwargs``; a thinking budget as llama-server's
+``reasoning_budget_tokens`` and ``reasoning_budget_message``."""
 from __future__ import annotations
 
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..generation.reasoning_budget import BudgetSettings
 
 # fields accepted by OpenAI or llama-server that this server refuses rather than ignores
 REFUSED_FIELDS = ("suffix", "n_probs")
@@ -114,13 +117,28 @@ class TemplateVars(BaseModel):
         return out
 
 
+class BudgetFields(BaseModel):
+    """llama-server's per-request thinking budget (``generation.reasoning_budget``)."""
+    reasoning_budget_tokens: int | None = Field(None, ge=-1, le=2**31 - 1)   # -1: the server's --reasoning-budget
+    thinking_budget_tokens: int | None = Field(None, ge=-1, le=2**31 - 1)    # llama-server's other name for it
+    reasoning_budget_message: str | None = None    # None: the server's --reasoning-budget-message
+
+    def reasoning_budget(self, default: BudgetSettings) -> BudgetSettings:
+        """The request's budget: its tokens unless absent or -1, its message unless absent, else the server's."""
+        tokens = self.reasoning_budget_tokens if self.reasoning_budget_tokens is not None \
+            else self.thinking_budget_tokens
+        return BudgetSettings(default.tokens if tokens is None or tokens == -1 else tokens,
+                              default.message if self.reasoning_budget_message is None
+                              else self.reasoning_budget_message)
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
     content: Union[str, list[dict[str, Any]], None] = None
 
 
-class ChatCompletionRequest(SamplingRequest, TemplateVars):
+class ChatCompletionRequest(SamplingRequest, TemplateVars, BudgetFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)

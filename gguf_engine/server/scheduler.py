@@ -85,6 +85,7 @@ class Request:
     n_keep: int | None = None            # context shift: tokens kept (None: the server's --keep)
     n_discard: int = 0                   # context shift: tokens dropped (0: half of the rest)
     shown: frozenset = frozenset()       # control tokens written into the text (a chat syntax's markers)
+    budget: Any = None                   # this request's thinking budget (generation.reasoning_budget)
     cancelled: bool = False
     id: int = 0
     t_submit: float = 0.0
@@ -384,10 +385,14 @@ class Scheduler:
 
     def _sample(self, s: _Slot, row: np.ndarray) -> None:
         req = s.req
-        c = req.constraint
+        c, budget = req.constraint, req.budget
         try:
+            # forcing the end of the reasoning: only that token is left (logprobs stay the model's)
+            steered = row if budget is None else budget.apply(row)
             # a grammar masks its own copy of the row: each sequence's sampler sees only its tokens
-            tok = s.sampler.sample(row if c is None else c.mask(np.array(row, dtype=np.float32)))
+            tok = s.sampler.sample(steered if c is None else c.mask(np.array(steered, dtype=np.float32)))
+            if budget is not None:
+                budget.accept(tok)
             if c is not None:
                 c.accept(tok)
         except ValueError as e:              # a grammar that cannot go on (GrammarError)
