@@ -111,8 +111,15 @@ RUN_CASES = [
     ({"--reasoning-format"}, ["-cnv", "-st", "--chat-template-file", "{tmp}/think.jinja", "-n", "64", "--grammar",
                               'root ::= "<think>a</think>b"'], "hi\n",
      lambda c, o, e, x: c == 0 and o == "\n[Start thinking]\n\na\n[End thinking]\n\nb\n"),
-    ({"--reasoning-budget"}, ["--reasoning-budget", "3"], "",
-     lambda c, o, e, x: c == 1 and "--reasoning-budget 3" in e and "not implemented" in e),
+    ({"--reasoning-budget", "--reasoning-budget-message"},
+     ["-cnv", "-st", "--chat-template-file", "{tmp}/think.jinja", "-n", "64", "--grammar",
+      'root ::= "<think>" [a-y]* "z"? "</think>b"', "--reasoning-budget", "0", "--reasoning-budget-message", "z",
+      "--reasoning-format", "none"], "hi\n", lambda c, o, e, x: c == 0 and o == "<think>z</think>b\n"),
+    ({"--reasoning-budget"}, ["--reasoning-budget", "-3"], "",
+     lambda c, o, e, x: c == 1 and "--reasoning-budget must be -1" in e),
+    ({"-rea", "--reasoning"}, ["-cnv", "-st", "--chat-template-file", "{tmp}/switch.jinja", "-n", "8", "-rea", "off",
+                               "--grammar", 'root ::= "b"'], "hi\n", lambda c, o, e, x: c == 0 and o == "b\n"),
+    ({"--reasoning"}, ["--reasoning", "maybe"], "", lambda c, o, e, x: c == 2 and "--reasoning" in e),
 ]
 
 
@@ -125,6 +132,9 @@ def files(tmp_path_factory):
     (d / "sys.txt").write_text("be brief")
     (d / "t.jinja").write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
     (d / "think.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}{# <think> </think> #}")
+    # a template that refuses to render unless thinking is switched off
+    (d / "switch.jinja").write_text("{% if enable_thinking %}{{ raise_exception('thinking on') }}{% endif %}"
+                                    "{% for m in messages %}{{ m.content }}{% endfor %}")
     return d
 
 

@@ -111,12 +111,6 @@ def test_harmony_tool_call(text):
                                                            "reasoning_content": "Need the weather."}
 
 
-def test_harmony_forced_call_refused():
-    """A forced tool_choice has no grammar for harmony yet: refused by name, never ignored."""
-    with pytest.raises(ValueError, match="not implemented for harmony"):
-        plan_tools(TOOLS, "required", GPT_OSS)
-
-
 @pytest.mark.parametrize("prompt,text,content,reasoning", [
     ("", "<think>\nI'm\nthinking\n</think>\n\nHello, world!", "Hello, world!", "I'm\nthinking"),
     ("", "Hello, world!", "Hello, world!", ""),                                # no think block
