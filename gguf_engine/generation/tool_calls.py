@@ -8,7 +8,9 @@ A chat template's tool-call format is recognised from its text:
     optionally after ``<|python_tag|>``; several are separated by ``;``;
   * "mistral": ``[TOOL_CALLS]`` followed by a JSON list of ``{"name": ..., "arguments": {...}}``;
   * "harmony" (gpt-oss): a message ``<|channel|>commentary to=functions.NAME <|constrain|>json
-    <|message|>{...}``; read with the answer's channels by ``generation.reasoning``.
+    <|message|>{...}``; read with the answer's channels by ``generation.reasoning``; a forcing
+    grammar lets analysis messages and commentary preambles come before the call
+    (``harmony_call_lark``).
 
 ``tool_choice``: "none" (no parsing), "auto" (the model decides; calls it writes are parsed),
 "required" (a grammar makes the answer a call to any of the tools) or {"type": "function",
