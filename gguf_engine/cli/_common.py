@@ -159,8 +159,8 @@ def add_reasoning_args(g, where: str) -> None:
                    help=f"a thinking model's reasoning: none (left in the answer as written), auto, deepseek, "
                         f"deepseek-legacy ({where}) (default: auto)")
     g.add_argument("-rea", "--reasoning", default="auto", choices=("on", "off", "auto"),
-                   help="thinking in the chat: on or off (the chat template gets enable_thinking=true/false), "
-                        "auto (the template's default) (default: auto)")
+                   help="thinking in the chat: on or off (the chat template gets enable_thinking=true/false); "
+                        "auto leaves it to the request, else true as in llama.cpp (default: auto)")
     g.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
                    help="token budget for thinking: -1 unrestricted, 0 end the thinking at once, N>0 end it "
                         "after N tokens (the end tag, e.g. </think> or gpt-oss's <|end|>, is forced) (default: -1)")
