@@ -51,11 +51,12 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..numerics import M4, U4, f16_at, scale_min_k4, u32_at, u64_at
-from ..simd import (HOST_AVX2, HOST_F16C, I32, ISUM_ROWS, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums,
-                    by_row_group, byte_ptr, data_ptr, loader, plane_intrinsic, prefetch_block, rows_call,
+from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BEST, V8F32, V8I32, V32I8, VNNI, ByteSums,
+                    by_row_group, byte_ptr, data_ptr, loader, plane_intrinsic, plane_ptrs, prefetch_block, rows_call,
                     scales8, splat, spread_bits, sum_lanes)
 from ..types import GGMLType
 from . import Packed, register
@@ -242,9 +243,12 @@ def _emit_nibble_sums(builder, qp, hp, xps, op, five, vnni, rgs=None, prefetch=T
                 hi = builder.or_(hi, sums.spread([load(hp, j + 1, I32) for j in w], 16))
             for term, (x_lo, x_hi) in enumerate(xs):
                 sums.add((term, rg), (lo, x_lo), (hi, x_hi))
+    if op is None:                       # the caller combines the sums in registers
+        return sums
     for term in range(len(xps)):
         for rg in rgs:
             sums.store(op, term * groups + rg, (term, rg))
+    return sums
 
 
 _isums4_avx2 = plane_intrinsic("_isums4_avx2", lambda b, *p: _emit_nibble_sums(b, *p, five=False, vnni=False))
@@ -320,6 +324,134 @@ def _nibble_rows(five, vnni):
 
 _rows4_avx2, _rows5_avx2 = _nibble_rows(False, False), _nibble_rows(True, False)
 _rows4_vnni, _rows5_vnni = _nibble_rows(False, True), _nibble_rows(True, True)
+
+
+def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int):
+    """An intrinsic (q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am): one
+    32-weight block of a k-quant nibble tile times `rows` rounded activation rows, combined in
+    registers: for row r (terms at xq, xr + xo + r ldx; scales dx, dr, xs flat at xso + r lds) and
+    lane l, ``p = fma(isum_q, dx, isum_r * dr)``, ``aq[R r + l] = fma(sc[so + l], p, aq[R r + l])``,
+    ``am[R r + l] = fma(mn[so + l], xs, am[R r + l])``: matvec_nibk's combine (its float operations
+    as LLVM contracts them there), without storing the integer sums or converting the sub-scales
+    once per row.  The quants are unpacked once for all the rows (one group of weight rows at a
+    time, so only that group's accumulators are live)."""
+
+    def fused(typingctx, q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am):
+        sig = types.void(q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+
+        def codegen(context, builder, signature, args):
+            q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am = args
+            aty = signature.args
+            f32t = ir.FloatType()
+            qp, hp, (xq0, xr0), _ = plane_ptrs(context, builder, types.void(*aty[:7], aty[16]),
+                                               (q, qo, h, ho, xq, xr, xo, aq))
+            xps = []
+            for r in range(rows):
+                step = builder.mul(ldx, ir.Constant(ldx.type, r))
+                xps.extend(builder.gep(p, [step]) for p in (xq0, xr0))
+            scp, mnp = (builder.gep(data_ptr(context, builder, aty[i], args[i], I8), [so]) for i in (8, 9))
+            sp = [builder.gep(data_ptr(context, builder, aty[i], args[i], f32t), [xso]) for i in (11, 12, 13)]
+            aqp, amp = (data_ptr(context, builder, aty[i], args[i], f32t) for i in (16, 17))
+            lanes = sum_lanes(vnni)
+            vf = ir.VectorType(f32t, lanes)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf] * 3),
+                                                 f"llvm.fma.v{lanes}f32")
+            # per row: its dx, dr, xs broadcast
+            scal = [[splat(builder, builder.load(builder.gep(p, [builder.mul(lds, ir.Constant(lds.type, r))])),
+                           lanes) for p in sp] for r in range(rows)]
+
+            def vec(p, i, ty):
+                return builder.bitcast(builder.gep(p, [ir.Constant(I32, i)]), ty.as_pointer())
+
+            for rg in range(ROW_TILE // lanes):
+                sums = _emit_nibble_sums(builder, qp, hp, xps, None, five, vnni, rgs=(rg,), prefetch=rg == 0)
+                vi8 = ir.VectorType(I8, lanes)
+                scv, mnv = (builder.uitofp(builder.load(vec(p, rg * lanes, vi8), align=1), vf) for p in (scp, mnp))
+                for r in range(rows):
+                    dxs, drs, xss = scal[r]
+                    iq = builder.sitofp(sums.total((2 * r, rg)), vf)
+                    ir_ = builder.sitofp(sums.total((2 * r + 1, rg)), vf)
+                    p = builder.call(fma, [iq, dxs, builder.fmul(ir_, drs)])
+                    a = vec(aqp, r * ROW_TILE + rg * lanes, vf)
+                    builder.store(builder.call(fma, [scv, p, builder.load(a, align=4)]), a, align=4)
+                    m = vec(amp, r * ROW_TILE + rg * lanes, vf)
+                    builder.store(builder.call(fma, [mnv, xss, builder.load(m, align=4)]), m, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    fused.__name__ = fused.__qualname__ = f"_nibk{5 if five else 4}_{'vnni' if vnni else 'avx2'}_combine{rows}"
+    return intrinsic(fused)
+
+
+def _nibk_combine_call(five: bool, vnni: bool):
+    """call(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am) of the
+    _nibk_combine_intrinsic for c = 1, 2 or ISUM_ROWS rows (tiled.row_step's counts)."""
+    one, two, full = (_nibk_combine_intrinsic(five, vnni, c) for c in (1, 2, ISUM_ROWS))
+
+    @njit(inline="always")
+    def call(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am):
+        if c == ISUM_ROWS:
+            full(q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+        elif c == 2:
+            two(q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+        else:
+            one(q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+    return call
+
+
+_nibk4_avx2, _nibk5_avx2 = _nibk_combine_call(False, False), _nibk_combine_call(True, False)
+_nibk4_vnni, _nibk5_vnni = _nibk_combine_call(False, True), _nibk_combine_call(True, True)
+
+
+@njit(cache=True, inline="always")
+def nibk_combine_loop(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum):
+    """The portable form of nibk_combine_rows: the integer sums by plain loops into isum
+    (>= 2 R c int32), then the float combine per row and lane."""
+    isums_rows_loop(q, qo, h, ho, five, IDENTITY, xq, xr, xo, ldx, c, isum)
+    for r in range(c):
+        dxb = dx[xso + r * lds]
+        drb = dr[xso + r * lds]
+        xsb = xs[xso + r * lds]
+        a = r * R
+        o = 2 * R * r
+        for l in range(R):
+            i = nonneg(so + l)
+            p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
+            aq[a + l] += f32(sc[i]) * p
+            am[a + l] += f32(mn[i]) * xsb
+
+
+def nibk_combine_rows(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum, simd):
+    """One 32-weight block (quants at q[qo], fifth bits at h[ho] when five, sub-scales at
+    sc[so], mn[so]) of a k-quant nibble tile times c rounded activation rows (row r's terms at
+    xq, xr[xo + r ldx], its dx, dr, xs at [xso + r lds] of the flat arrays), added into the
+    super-block sums aq, am (row r lane l at R r + l) exactly as matvec_nibk adds one row's:
+    the SIMD forms combine in registers (_nibk_combine_intrinsic), the portable one through
+    isum (>= 2 R c int32 scratch).  (Callable from Numba code only.)"""
+    raise NotImplementedError("nibk_combine_rows runs inside Numba kernels")
+
+
+@overload(nibk_combine_rows, inline="always")
+def _nibk_combine_rows_impl(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum,
+                            simd):
+    if not HOST_AVX2:
+        def portable(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum, simd):
+            nibk_combine_loop(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum)
+        return portable
+
+    def either(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum, simd):
+        if simd == PORTABLE:
+            nibk_combine_loop(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum)
+        elif simd == VNNI and five:
+            _nibk5_vnni(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+        elif simd == VNNI:
+            _nibk4_vnni(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+        elif five:
+            _nibk5_avx2(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+        else:
+            _nibk4_avx2(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+    return either
 
 
 def nibble_isums_rows(q, qo, h, ho, five, xq, xr, xo, ldx, c, out, simd):
@@ -515,7 +647,8 @@ def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, 
     acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
     aq = np.empty(ISUM_ROWS * R, np.float32)      # one super-block's sum of sc * p per row
     am = np.empty(ISUM_ROWS * R, np.float32)      # and of mn * xs
-    isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+    isum = np.empty(2 * R * ISUM_ROWS, np.int32)  # the portable form's integer sums
+    dxf, drf, xsf = dx.reshape(-1), dr.reshape(-1), xs.reshape(-1)
     while i0 < i1:
         c = row_step(i1 - i0)
         acc[:] = 0
@@ -523,18 +656,8 @@ def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, 
             aq[:] = 0
             am[:] = 0
             for b in range(8 * s, 8 * s + 8):
-                nibble_isums_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, isum, simd)
-                for r in range(c):
-                    dxb = dx[i0 + r, b]
-                    drb = dr[i0 + r, b]
-                    xsb = xs[i0 + r, b]
-                    a = r * R
-                    o = 2 * R * r
-                    for l in range(R):
-                        i = nonneg(b * R + l)
-                        p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
-                        aq[a + l] += f32(sct[i]) * p
-                        am[a + l] += f32(mnt[i]) * xsb
+                nibk_combine_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, sct, mnt, b * R,
+                                  dxf, drf, xsf, i0 * nb + b, nb, aq, am, isum, simd)
             for r in range(c):
                 a = r * R
                 for l in range(R):
