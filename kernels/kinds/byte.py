@@ -50,8 +50,8 @@ from ..simd import HOST_AVX2, HOST_F16C, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BEST
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
-                    load_rows, nonneg, round_activations16, round_rows16, row_step, scale,
-                    store_row_tiles, store_rows, store_tile)
+                    load_rows, nonneg, round_activations16, round_rows16, row_offsets, row_step, scale,
+                    store_row_tiles, store_rows, store_tile, two_halves)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -422,7 +422,7 @@ def matvec_i8(qt, s_lo, s_hi, X, tiles, xrow, simd, y):
             dxb = dx[o + b]
             for l in range(R):
                 i = nonneg(b * R + l)
-                acc[l] += (scale(lt[i]) * f32(isum[l]) + scale(ht[i]) * f32(isum[R + l])) * dxb
+                acc[l] += two_halves(scale(lt[i]), scale(ht[i]), isum, 0, l) * dxb
         store_tile(acc, it, y)
 
 
@@ -454,7 +454,7 @@ def matvec_q6(qt, qh, sl, sh, d, X, tiles, xrow, simd, y):
                 dxb = dx[o + b]
                 for l in range(R):
                     i = nonneg(b * R + l)
-                    aq[l] += (f32(lt[i]) * f32(isum[l]) + f32(ht[i]) * f32(isum[R + l])) * dxb
+                    aq[l] += two_halves(f32(lt[i]), f32(ht[i]), isum, 0, l) * dxb
             add_scaled(acc, dt, s, aq)
         store_tile(acc, it, y)
 
@@ -480,11 +480,10 @@ def matmul_rows_i8(qt, s_lo, s_hi, X, simd, Y):
                 pair_isums_rows(q, b * 32 * R, xq, i0 * cols + 32 * b, cols, c, isum, simd)
                 for r in range(c):
                     dxb = dx[i0 + r, b]
-                    a = r * R
-                    o = 2 * R * r
+                    a, o = row_offsets(r)
                     for l in range(R):
                         i = nonneg(b * R + l)
-                        acc[a + l] += (scale(lt[i]) * f32(isum[o + l]) + scale(ht[i]) * f32(isum[o + R + l])) * dxb
+                        acc[a + l] += two_halves(scale(lt[i]), scale(ht[i]), isum, o, l) * dxb
             store_row_tiles(acc, c, t, Y, i0)
             i0 += c
 
@@ -508,11 +507,10 @@ def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
                 q6_isums_rows(q, b * NIB, h, b * CRUMB, xq, i0 * cols + 32 * b, cols, xoff, c, isum, simd)
                 for r in range(c):
                     dxb = dx[i0 + r, b]
-                    a = r * R
-                    o = 2 * R * r
+                    a, o = row_offsets(r)
                     for l in range(R):
                         i = nonneg(b * R + l)
-                        aq[a + l] += (f32(lt[i]) * f32(isum[o + l]) + f32(ht[i]) * f32(isum[o + R + l])) * dxb
+                        aq[a + l] += two_halves(f32(lt[i]), f32(ht[i]), isum, o, l) * dxb
             for r in range(c):
                 add_scaled(acc[r * R:(r + 1) * R], dt, s, aq[r * R:(r + 1) * R])
         store_row_tiles(acc, c, yt, Y, i0)

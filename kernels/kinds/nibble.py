@@ -61,8 +61,8 @@ from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BES
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, block_scales, fma_rows, interleave_rows,
-                    load_rows, nonneg, round_activations, round_rows, row_step, scale,
-                    store_row_tiles, store_rows, store_tile)
+                    load_rows, nonneg, round_activations, round_rows, row_offsets, row_step, scale,
+                    store_row_tiles, store_rows, store_tile, two_terms)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -413,11 +413,10 @@ def nibk_combine_loop(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr
         dxb = dx[xso + r * lds]
         drb = dr[xso + r * lds]
         xsb = xs[xso + r * lds]
-        a = r * R
-        o = 2 * R * r
+        a, o = row_offsets(r)
         for l in range(R):
             i = nonneg(so + l)
-            p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
+            p = two_terms(isum, o, l, dxb, drb)
             aq[a + l] += f32(sc[i]) * p
             am[a + l] += f32(mn[i]) * xsb
 
@@ -523,12 +522,12 @@ def matvec_nib(qt, qh, d, m, off, X, tiles, xrow, simd, y):
                 xo = moff * xsb
                 for l in range(R):
                     i = nonneg(b * R + l)
-                    p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                    p = two_terms(isum, 0, l, dxb, drb)
                     acc[l] += scale(dt[i]) * (p + xo)
             else:
                 for l in range(R):
                     i = nonneg(b * R + l)
-                    p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                    p = two_terms(isum, 0, l, dxb, drb)
                     acc[l] += scale(dt[i]) * p + scale(mt[i]) * xsb
         store_tile(acc, it, y)
 
@@ -567,7 +566,7 @@ def matvec_nibk(qt, qh, sc, mn, d, dm, X, tiles, xrow, simd, y):
                 xsb = xs[o + b]
                 for l in range(R):
                     i = nonneg(b * R + l)
-                    p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                    p = two_terms(isum, 0, l, dxb, drb)
                     aq[l] += f32(sct[i]) * p
                     am[l] += f32(mnt[i]) * xsb
             for l in range(R):
@@ -595,18 +594,17 @@ def nib_tile_rows(q, h, dt, mt, off, five, xq, xr, dx, dr, xs, cols, i0, i1, sim
                 dxb = dx[i0 + r, b]
                 drb = dr[i0 + r, b]
                 xsb = xs[i0 + r, b]
-                a = r * R
-                s = 2 * R * r
+                a, s = row_offsets(r)
                 if off:
                     xo = moff * xsb
                     for l in range(R):
                         i = nonneg(b * R + l)
-                        p = f32(isum[s + l]) * dxb + f32(isum[s + R + l]) * drb
+                        p = two_terms(isum, s, l, dxb, drb)
                         acc[a + l] += scale(dt[i]) * (p + xo)
                 else:
                     for l in range(R):
                         i = nonneg(b * R + l)
-                        p = f32(isum[s + l]) * dxb + f32(isum[s + R + l]) * drb
+                        p = two_terms(isum, s, l, dxb, drb)
                         acc[a + l] += scale(dt[i]) * p + scale(mt[i]) * xsb
         store_row_tiles(acc, c, yt, Y, i0)
         i0 += c

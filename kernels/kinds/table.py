@@ -36,8 +36,8 @@ from ..types import GGMLType
 from . import Packed, register
 from .nibble import isums_loop, isums_rows_loop, nibble_index
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, load_rows,
-                    nonneg, round_activations, round_rows, row_step, scale, store_row_tiles,
-                    store_rows, store_tile)
+                    nonneg, round_activations, round_rows, row_offsets, row_step, scale, store_row_tiles,
+                    store_rows, store_tile, two_terms)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -248,7 +248,7 @@ def matvec_tab(qt, d, tab, X, tiles, xrow, simd, y):
             dxb = dx[o + b]
             drb = dr[o + b]
             for l in range(R):
-                p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                p = two_terms(isum, 0, l, dxb, drb)
                 acc[l] += scale(dt[nonneg(b * R + l)]) * p
         store_tile(acc, it, y)
 
@@ -278,7 +278,7 @@ def matvec_tab_xs(qt, sc, d, tab, X, tiles, xrow, simd, y):
                 dxb = dx[o + b]
                 drb = dr[o + b]
                 for l in range(R):
-                    p = f32(isum[l]) * dxb + f32(isum[R + l]) * drb
+                    p = two_terms(isum, 0, l, dxb, drb)
                     aq[l] += f32(sct[nonneg(b * R + l)]) * p
             add_scaled(acc, dt, s, aq)
         store_tile(acc, it, y)
@@ -305,10 +305,9 @@ def matmul_rows_tab(qt, d, tab, X, simd, Y):
                 for r in range(c):
                     dxb = dx[i0 + r, b]
                     drb = dr[i0 + r, b]
-                    a = r * R
-                    o = 2 * R * r
+                    a, o = row_offsets(r)
                     for l in range(R):
-                        p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
+                        p = two_terms(isum, o, l, dxb, drb)
                         acc[a + l] += scale(dt[nonneg(b * R + l)]) * p
             store_row_tiles(acc, c, t, Y, i0)
             i0 += c
@@ -339,10 +338,9 @@ def matmul_rows_tab_xs(qt, sc, d, tab, X, simd, Y):
                     for r in range(c):
                         dxb = dx[i0 + r, b]
                         drb = dr[i0 + r, b]
-                        a = r * R
-                        o = 2 * R * r
+                        a, o = row_offsets(r)
                         for l in range(R):
-                            p = f32(isum[o + l]) * dxb + f32(isum[o + R + l]) * drb
+                            p = two_terms(isum, o, l, dxb, drb)
                             aq[a + l] += f32(sct[nonneg(b * R + l)]) * p
                 for r in range(c):
                     add_scaled(acc[r * R:(r + 1) * R], dt, s, aq[r * R:(r + 1) * R])

@@ -383,6 +383,29 @@ def row_step(left):
 
 
 @njit(cache=True, inline="always")
+def row_offsets(r):
+    """Where activation row r of a multi-row product keeps its lanes: (its float accumulators'
+    offset r ROW_TILE, its integer sums' offset 2 ROW_TILE r: two sums per lane)."""
+    return r * ROW_TILE, 2 * ROW_TILE * r
+
+
+@njit(cache=True, inline="always")
+def two_terms(isum, o, l, dxb, drb):
+    """One block's float product for lane l from its integer sums by the two int8 activation terms
+    (round_activations), the xq term's at isum[o + l] and the xr term's at isum[o + ROW_TILE + l]:
+    ``dx isum_q + dr isum_r``, written once so that every kind's matvec and multi-row product
+    combine it alike."""
+    return f32(isum[o + l]) * dxb + f32(isum[o + ROW_TILE + l]) * drb
+
+
+@njit(cache=True, inline="always")
+def two_halves(s0, s1, isum, o, l):
+    """One block's product for lane l from its two 16-weight halves' integer sums (isum[o + l] and
+    isum[o + ROW_TILE + l]) and their scales s0, s1: ``s0 isum_0 + s1 isum_1`` (Q8_0, Q6_K)."""
+    return s0 * f32(isum[o + l]) + s1 * f32(isum[o + ROW_TILE + l])
+
+
+@njit(cache=True, inline="always")
 def store_row_tiles(acc, c, t, Y, i0):
     """Rows i0 .. i0 + c - 1 of a multi-row product: acc (>= c ROW_TILE,) row r lane l at
     acc[r ROW_TILE + l], into their tile t of Y (n, rows) (store_tile for each)."""
