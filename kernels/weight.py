@@ -156,16 +156,21 @@ class Weight:
             self.matvec(X[i], out[i])
         return out
 
-    def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def matmul(self, X: np.ndarray, out: np.ndarray | None = None, rounded: bool = False) -> np.ndarray:
         """Y (n, rows) = X Wᵀ for X (n, cols) float32: prompt rows, multiplied as the exact
         float32 X, each row's result independent of the others up to SMALL_BATCH_MAX rows (the
         kinds' small-batch products; larger batches go through tiles + BLAS).  Kinds without a
         small-batch product run batches of at most MATVEC_MAX_BATCH rows as ``matmul_decode``.
         out may be a column slice of a wider array (each row contiguous), e.g. one part of a
-        fused projection's output."""
+        fused projection's output.  rounded: the caller accepts activations rounded as the matvec
+        rounds them, so kinds whose multi-row integer product is the faster one for a batch
+        (``Kind.rows_prompt``) run ``matmul_decode`` instead (each row the matvec's bits); the
+        other kinds ignore it."""
         rows, cols = self.shape
         X, out = self._operands(X, out)
         n = X.shape[0]
+        if rounded and n > 1 and self.kind.rows_prompt and self._rows_product is not None:
+            return self.matmul_decode(X, out)
         if n <= SMALL_BATCH_MAX and self.kind.small_matmul is not None:
             self.kind.small_matmul(self.packed, X, out)
             return out

@@ -157,11 +157,12 @@ class StandinDevice(Backend):
     def embed(self, w, ids):
         return self._wrap(self.cpu.embed(self._weight(w), np.asarray(ids)))
 
-    def linear(self, w, x, out=None, decode=None):
-        return self._wrap(self.cpu.linear(self._weight(w), self.unwrap(x), self._opt(out), decode))
+    def linear(self, w, x, out=None, decode=None, rounded=False):
+        return self._wrap(self.cpu.linear(self._weight(w), self.unwrap(x), self._opt(out), decode, rounded))
 
-    def linear_fused(self, ws, x, out=None, decode=None):
-        return self._wrap(self.cpu.linear_fused([self._weight(w) for w in ws], self.unwrap(x), self._opt(out), decode))
+    def linear_fused(self, ws, x, out=None, decode=None, rounded=False):
+        return self._wrap(self.cpu.linear_fused([self._weight(w) for w in ws], self.unwrap(x), self._opt(out), decode,
+                                                rounded))
 
     def rms_norm(self, x, w, eps, out):
         self.cpu.rms_norm(self.unwrap(x), self.unwrap(w), eps, self.unwrap(out))

@@ -13,7 +13,7 @@ import pytest
 import kernels
 from kernels import Weight
 from kernels.kinds import registered
-from kernels.simd import SIMD_BEST, SIMD_FORMS
+from kernels.simd import SIMD_BEST, SIMD_FORMS, VNNI
 
 from .test_matvec import bits_equal, random_tensor
 
@@ -89,3 +89,20 @@ def test_other_kinds_run_the_matvec_per_row(name):
     W = Weight(random_tensor(name, 40, 256, rng), name, (40, 256))
     X = rng.standard_normal((5, 256)).astype(np.float32)
     assert bits_equal(W.matmul_decode(X), per_row(W, X))
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "F32"])
+def test_rounded_prompt_takes_the_rows_product_where_it_is_faster(name):
+    """Weight.matmul(rounded=True) (a mixture-of-experts model's attention projections): kinds whose
+    multi-row integer product beats the tiles here (Kind.rows_prompt) give each row the matvec's
+    bits, into a column slice of a wider out too; the others give matmul's very bits (rounded
+    ignored).  No tolerance."""
+    rng = np.random.default_rng(8)
+    W = Weight(random_tensor(name, 96, COLS, rng), name, (96, COLS))
+    X = rng.standard_normal((200, COLS)).astype(np.float32)
+    ref = per_row(W, X) if W.kind.rows_prompt else W.matmul(X)
+    assert bits_equal(W.matmul(X, rounded=True), ref)
+    wide = np.zeros((200, 160), np.float32)
+    W.matmul(X, wide[:, 30:126], rounded=True)
+    assert bits_equal(wide[:, 30:126], ref) and not wide[:, :30].any() and not wide[:, 126:].any()
+    assert W.kind.rows_prompt == (name in ("Q4_K", "Q5_K") and SIMD_BEST == VNNI)

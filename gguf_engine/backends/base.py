@@ -132,20 +132,22 @@ class Backend(ABC):
         """Embedding rows for token ids (n,) -> (n, d) float32."""
 
     @abstractmethod
-    def linear(self, w: WeightLike, x, out=None, decode: int | None = None):
+    def linear(self, w: WeightLike, x, out=None, decode: int | None = None, rounded: bool = False):
         """x (n, in) -> x @ w.T (n, out); one token goes through matvec, more through matmul.
         out: an optional (n, out) array of this backend that the result may be written to
         (no new allocation); callers use the returned array either way.  decode: the first
         `decode` rows are decode steps of a batched pass (each computed exactly as the matvec
         computes it alone), the rest prompt rows; None: one row is a decode step, several are
-        prompt rows (the single-sequence path)."""
+        prompt rows (the single-sequence path).  rounded: the prompt rows may be multiplied with
+        their activations rounded as a decode step rounds them, where that is the faster product
+        (a backend may ignore it)."""
 
-    def linear_fused(self, ws: list, x, out=None, decode: int | None = None):
+    def linear_fused(self, ws: list, x, out=None, decode: int | None = None, rounded: bool = False):
         """The outputs of the (fused) weights ws for input x, concatenated: (n, sum of out).
-        out, decode: as for ``linear``."""
+        out, decode, rounded: as for ``linear``."""
         if len(ws) == 1:
-            return self.linear(ws[0], x, out=out, decode=decode)
-        outs = [self.linear(w, x, decode=decode) for w in ws]
+            return self.linear(ws[0], x, out=out, decode=decode, rounded=rounded)
+        outs = [self.linear(w, x, decode=decode, rounded=rounded) for w in ws]
         return self.xp.concatenate(outs, axis=1, out=out)
 
     @abstractmethod

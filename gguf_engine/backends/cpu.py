@@ -113,9 +113,9 @@ class CPUBackend(Backend):
     def embed(self, w, ids):
         return np.ascontiguousarray(w.rows(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
 
-    def linear(self, w, x, out=None, decode=None):
+    def linear(self, w, x, out=None, decode=None, rounded=False):
         """Decode-step rows through Weight.matmul_decode (one row: the matvec), prompt rows
-        through Weight.matmul (see Backend.linear)."""
+        through Weight.matmul (with its rounded; see Backend.linear)."""
         n = x.shape[0]
         if decode is None:
             decode = 1 if n == 1 else 0
@@ -126,19 +126,19 @@ class CPUBackend(Backend):
         if decode:
             w.matmul_decode(x[:decode], out[:decode])
         if decode < n:
-            w.matmul(x[decode:], out[decode:])
+            w.matmul(x[decode:], out[decode:], rounded=rounded)
         return out
 
-    def linear_fused(self, ws, x, out=None, decode=None):
+    def linear_fused(self, ws, x, out=None, decode=None, rounded=False):
         """Each weight's product written straight into its columns of out (n, sum of out)."""
         if len(ws) == 1:
-            return self.linear(ws[0], x, out, decode)
+            return self.linear(ws[0], x, out, decode, rounded)
         if out is None:
             out = np.empty((x.shape[0], sum(w.shape[0] for w in ws)), np.float32)
         c0 = 0
         for w in ws:
             c1 = c0 + w.shape[0]
-            self.linear(w, x, out[:, c0:c1], decode)
+            self.linear(w, x, out[:, c0:c1], decode, rounded)
             c0 = c1
         return out
 

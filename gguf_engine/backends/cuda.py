@@ -243,11 +243,12 @@ class CudaBackend(Backend):
             idx = cp.asarray(np.asarray(ids, dtype=np.int64))
             return self._decoded(w, idx).copy()
 
-    def linear(self, w, x, out=None, decode=None):
+    def linear(self, w, x, out=None, decode=None, rounded=False):
         return self.linear_fused([w], x, decode=decode)
 
-    def linear_fused(self, ws, x, out=None, decode=None):
-        # out is not used: CuPy's memory pool already reuses the blocks of earlier results
+    def linear_fused(self, ws, x, out=None, decode=None, rounded=False):
+        # out is not used: CuPy's memory pool already reuses the blocks of earlier results;
+        # rounded neither: the GPU's prompt products are its own
         if decode is not None:
             raise ValueError("batched passes of several sequences run on the CPU only")
         n = x.shape[0]

@@ -296,10 +296,15 @@ class Transformer:
         if batch is not None:
             st = replace(st, decode=batch.n_decode)
         xn, attn, ffn = st.xn, st.attn, self.ffn
+        # a mixture-of-experts model's prompt rounds the activations of its expert products already:
+        # its attention projections may take the faster rounded product too (Backend.linear); a
+        # dense model's prompt keeps its exact float activations
+        rounded = ffn.moe
         be.rms_norm(x, self.blk[il0].attn_norm, c.norm_eps, xn)
         for il in range(il0, il1):
             b = self.blk[il]
-            qkv = be.linear_fused(b.attn_qkv, xn, out=st.qkv, decode=st.decode)   # (n, (H + 2 Hkv) hd)
+            qkv = be.linear_fused(b.attn_qkv, xn, out=st.qkv, decode=st.decode,
+                                  rounded=rounded)                 # (n, (H + 2 Hkv) hd)
             q3 = qkv[:, :H * hd].reshape(n, H, hd)               # (n, H, hd)
             k3 = qkv[:, H * hd:(H + Hkv) * hd].reshape(n, Hkv, hd)   # (n, Hkv, hd)
             v3 = qkv[:, (H + Hkv) * hd:].reshape(n, Hkv, hd)     # (n, Hkv, hd)
@@ -310,7 +315,8 @@ class Transformer:
                 for s in batch.spans[done:]:                     # each sequence over its own slot
                     self._attend(be, b, q3[s.row0:s.row1], k3[s.row0:s.row1], v3[s.row0:s.row1],
                                  *slots.region(il, s.slot), s.pos0, attn[s.row0:s.row1])
-            o = be.linear(b.attn_output, attn.reshape(n, H * hd), out=st.proj, decode=st.decode)   # (n, d)
+            o = be.linear(b.attn_output, attn.reshape(n, H * hd), out=st.proj, decode=st.decode,
+                          rounded=rounded)                         # (n, d)
             if b.attn_output_b is not None:
                 be.add_bias(o, b.attn_output_b)
             be.add_rms_norm(x, o, b.post_attention_norm, b.ffn_norm, c.norm_eps, xn)

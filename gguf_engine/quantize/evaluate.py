@@ -75,13 +75,13 @@ class ObservingBackend:
         return self._inner.moe(x, logits, experts, routing, out=out,
                                observe=seen if self._expert_hook is not None else observe)
 
-    def linear(self, w, x, out=None, decode=None):
+    def linear(self, w, x, out=None, decode=None, rounded=False):
         name = self._names.get(id(w))
         if name is not None:
             self._hook(name, np.asarray(self._inner.to_host(x)))
-        return self._inner.linear(w, x, out=out, decode=decode)
+        return self._inner.linear(w, x, out=out, decode=decode, rounded=rounded)
 
-    def linear_fused(self, ws, x, out=None, decode=None):
+    def linear_fused(self, ws, x, out=None, decode=None, rounded=False):
         names = self._names.get(id(ws))
         if names is None:               # not made by fuse: its members may be known weights
             names = [self._names[id(w)] for w in ws if id(w) in self._names]
@@ -89,7 +89,7 @@ class ObservingBackend:
             xh = np.asarray(self._inner.to_host(x))
             for name in names:
                 self._hook(name, xh)
-        return self._inner.linear_fused(ws, x, out=out, decode=decode)
+        return self._inner.linear_fused(ws, x, out=out, decode=decode, rounded=rounded)
 
     def __getattr__(self, attr):
         return getattr(self._inner, attr)

@@ -66,6 +66,10 @@ class Kind:
     # applied to all n rows by fused multiply-adds on the exact float32 activations, the worker
     # threads splitting the row tiles (tiled.fma_rows); None where the kind has no block decoder.
     small_matmul: Callable | None = None
+    # The kind's multi-row integer product (matmul_rows: the activations rounded per block as the
+    # matvec rounds them) beats the tiles + BLAS on a prompt batch on this host: what a prompt that
+    # accepts rounded activations takes (Weight.matmul's rounded).
+    rows_prompt: bool = False
 
     def __repr__(self) -> str:
         return f"Kind({self.name}: {', '.join(t.name for t in self.types)})"

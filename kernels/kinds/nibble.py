@@ -927,6 +927,9 @@ class NibbleKKind(NibbleKind):
         super().__init__(name, five, types)
         self.scales = ("d", "dm")
         self.per256 = True
+        # with the sums combined in registers (nibk_combine_rows) and vpdpbusd, 1.3x the float
+        # tiles at 512 rows (README, MoE speed); the AVX2 form was not measured against them
+        self.rows_prompt = SIMD_BEST == VNNI
 
     def extra_arrays(self, t, T, nb):
         return {"sc": np.zeros((T, nb * ROW_TILE), np.uint8), "mn": np.zeros((T, nb * ROW_TILE), np.uint8)}
