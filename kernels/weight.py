@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kinds import Packed, registered
+from .kinds.joint import joint_matvec
 from .kinds.tiled import ROW_TILE
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX, scratch_bytes, tiled_matmul
 from .registry import get_qtype
@@ -253,6 +254,41 @@ class Weight:
         return np.split(y, np.cumsum(self.splits)[:-1], axis=-1)
 
 
+class WeightGroup(list):
+    """Weights that share one input (a layer's Q|K|V, gate|up), in order: a list of Weight whose
+    outputs, concatenated, are the group's (each run of one type and row length already stacked
+    by ``Weight.concat``).  ``matvec(x, out)`` multiplies one input row by all of them: in one
+    parallel launch where their kinds have a joint kernel (``kernels.kinds.joint``: Q4_K / Q5_K
+    beside Q6_K, as the k-quant mixtures leave Q|K and V), else each matvec in turn; either way
+    each output row is bit-identical to its weight's own matvec.  The joint product is chosen once,
+    when the group is made."""
+
+    def __init__(self, weights):
+        super().__init__(weights)
+        self.rows = sum(w.shape[0] for w in self)
+        joint = joint_matvec(self[0].packed, self[1].packed) if len(self) == 2 else None
+        self.joint = joint is not None
+        self._product = joint if joint is not None else self._each
+
+    @property
+    def file_nbytes(self) -> int:
+        """Bytes the group's tensors take in GGML form."""
+        return sum(w.file_nbytes for w in self)
+
+    def matvec(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out (rows,) = the group's outputs for x (cols,): both float32 and contiguous (the
+        backend's own buffers; not checked)."""
+        self._product(x, out)
+        return out
+
+    def _each(self, x: np.ndarray, out: np.ndarray) -> None:
+        r0 = 0
+        for w in self:
+            r1 = r0 + w.shape[0]
+            w.matvec(x, out[r0:r1])
+            r0 = r1
+
+
 def fused_matvec(weights: "list[Weight]", x: np.ndarray) -> list[np.ndarray]:
     """[W x for W in weights], for weights that share the input x.
 
@@ -284,4 +320,4 @@ def _as_f32(a, shape, name) -> np.ndarray:
     return a
 
 
-__all__ = ["Weight", "fused_matvec", "matvec", "matmul", "GGMLType"]
+__all__ = ["Weight", "WeightGroup", "fused_matvec", "matvec", "matmul", "GGMLType"]

@@ -418,3 +418,34 @@ def test_small_float_matvec_runs_serial_bit_identical(name):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
         np.testing.assert_array_equal(W.matvec(x).view(np.uint32), a.view(np.uint32))
     assert 32 * 1024 <= SERIAL_MAX_WEIGHTS < 128 * 2880
+
+
+@pytest.mark.parametrize("first, rows", [("Q4_K", (96, 40)), ("Q5_K", (64, 32)), ("Q4_0", (64, 40))])
+def test_weight_group_joint_matvec(first, rows):
+    """WeightGroup([A, B]) with B in Q6_K: for a k-quant nibble A (Q4_K, Q5_K) of whole row tiles
+    one joint launch (kernels.kinds.joint), otherwise each matvec in turn; either way the group's
+    output is bit-identical (tolerance 0) to the parts' own matvecs, at 1 and 2 threads, and the
+    CPU backend's decode-step linear_fused returns the same bits (a prompt row keeps the matmul)."""
+    from gguf_engine.backends.cpu import CPUBackend
+    from kernels.weight import WeightGroup
+    rng = np.random.default_rng(11)
+    a = Weight(random_tensor(first, rows[0], 512, rng), first, (rows[0], 512))
+    b = Weight(random_tensor("Q6_K", rows[1], 512, rng), "Q6_K", (rows[1], 512))
+    g = WeightGroup([a, b])
+    assert g.joint == (first != "Q4_0") and g.rows == sum(rows)
+    be = CPUBackend(2)
+    before = kernels.get_num_threads()
+    try:
+        for threads in (1, 2):
+            kernels.set_num_threads(threads)
+            for _ in range(3):
+                x = (rng.standard_normal(512) * rng.uniform(0.01, 10)).astype(np.float32)
+                ref = np.concatenate([a.matvec(x), b.matvec(x)])
+                assert bits_equal(g.matvec(x, np.empty(g.rows, np.float32)), ref)
+                assert bits_equal(be.linear_fused(g, x.reshape(1, -1))[0], ref)
+                assert bits_equal(be.linear_fused(g, x.reshape(1, -1), decode=1)[0], ref)
+        X = rng.standard_normal((1, 512)).astype(np.float32)
+        prompt = be.linear_fused(g, X, decode=0)
+        assert bits_equal(prompt, np.concatenate([a.matmul(X), b.matmul(X)], axis=1))
+    finally:
+        kernels.set_num_threads(before)

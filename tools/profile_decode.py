@@ -7,7 +7,7 @@ alternately (best of each kept):
   1. plain, for the step time as gguf-bench sees it;
   2. with every kernel call timed: each weight's matvec (grouped by tensor role and GGML
      type: attn_qkv, attn_output, ffn_gate_up, ffn_down, a mixture-of-experts router ffn_gate_inp,
-     output) and each backend op (norms, q/k/v preparation with RoPE, attention, gated activation,
+     output; "Q4_K+Q6_K" for a Q|K and a V multiplied in one launch) and each backend op (norms, q/k/v preparation with RoPE, attention, gated activation,
      embedding, and a mixture-of-experts layer's ``moe``: routing, the selected experts' products,
      their activation and weighted sum, its bytes those of the k experts read).
 The table gives, per group, the calls per token, microseconds per token, the share of the
@@ -47,10 +47,14 @@ class Group:
 
 
 def _weights(tf):
-    """(role, Weight) for every matvec weight of the transformer."""
+    """(role, Weight) for every matvec weight of the transformer; a group of weights multiplied in
+    one launch (a ``WeightGroup`` with a joint kernel: Q4_K Q|K beside a Q6_K V) as one."""
     for b in tf.blk:
         for role in WEIGHT_ROLES:
             ws = getattr(b, role, None)
+            if getattr(ws, "joint", False):
+                yield role, ws
+                continue
             for w in (ws if isinstance(ws, (list, tuple)) else [ws]):
                 if w is not None and hasattr(w, "_product"):
                     yield role, w
@@ -105,7 +109,8 @@ def instrument(model, groups):
     undo = []
     for role, w in _weights(tf):
         undo.append((w, "_product", w._product))
-        w._product = _timed(w._product, groups, f"matvec {role} {w.qtype.name}", w.file_nbytes)
+        types = "+".join(m.qtype.name for m in w) if isinstance(w, list) else w.qtype.name
+        w._product = _timed(w._product, groups, f"matvec {role} {types}", w.file_nbytes)
     be = tf.backend
     for op in BACKEND_OPS:
         if hasattr(be, op):

@@ -9,7 +9,7 @@ from kernels import attention_kv, ops
 from kernels import experts as moe_kernels
 from kernels.experts import ExpertWeights
 from kernels.threads import run_all, split
-from kernels.weight import Weight
+from kernels.weight import Weight, WeightGroup
 
 from ..model.kv_cache import KVCache, cache_rows
 from .base import Backend, ExpertFFN, Routing
@@ -81,14 +81,15 @@ class CPUBackend(Backend):
         tensors per expert, ExpertWeights.concat)."""
         W = ExpertWeights if isinstance(weights[0], ExpertWeights) else Weight
         key = lambda w: (w.qtype, *w.shape[:-2], w.shape[-1])      # noqa: E731  type, [experts,] row length
-        return [g[0] if len(g) == 1 else W.concat(g) for g in _runs(weights, key)]
+        fused = [g[0] if len(g) == 1 else W.concat(g) for g in _runs(weights, key)]
+        return fused if W is ExpertWeights else WeightGroup(fused)
 
     def upload_fused(self, tensors, releases):
         """Runs of consecutive tensors of one type and row length, each repacked straight into its
         place in one stacked Weight (Weight.stack: the same weights as fuse of their uploads)."""
         pairs = list(zip(tensors, releases))
-        return [Weight.stack([(t.raw, t.shape[0], r) for t, r in g], g[0][0].type, g[0][0].shape[1])
-                for g in _runs(pairs, lambda tr: (tr[0].type, tr[0].shape[1]))]
+        return WeightGroup([Weight.stack([(t.raw, t.shape[0], r) for t, r in g], g[0][0].type, g[0][0].shape[1])
+                            for g in _runs(pairs, lambda tr: (tr[0].type, tr[0].shape[1]))])
 
     def upload_array(self, arr):
         return np.array(arr, dtype=np.float32, order="C", copy=True)   # never a view of the file
@@ -130,9 +131,18 @@ class CPUBackend(Backend):
         return out
 
     def linear_fused(self, ws, x, out=None, decode=None, rounded=False):
-        """Each weight's product written straight into its columns of out (n, sum of out)."""
+        """Each weight's product written straight into its columns of out (n, sum of out); a decode
+        step's row through the group's matvec (``WeightGroup``: one launch where its kinds have a
+        joint kernel)."""
         if len(ws) == 1:
             return self.linear(ws[0], x, out, decode, rounded)
+        if x.shape[0] == 1 and decode != 0 and isinstance(ws, WeightGroup):    # a decode step's row
+            if out is None:
+                out = np.empty((1, ws.rows), np.float32)
+            if (out[0].flags.c_contiguous and x.dtype == np.float32 and x[0].flags.c_contiguous
+                    and x.shape[1] == ws[0].shape[1]):
+                ws.matvec(x[0], out[0])
+                return out
         if out is None:
             out = np.empty((x.shape[0], sum(w.shape[0] for w in ws)), np.float32)
         c0 = 0

@@ -426,36 +426,38 @@ def matvec_i8(qt, s_lo, s_hi, X, tiles, xrow, simd, y):
         store_tile(acc, it, y)
 
 
+@njit(cache=True, inline="always")
+def q6_tile(q, h, lt, ht, dt, xq, dx, xo, o, nb, simd, acc):
+    """One row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) times the
+    activation row at block o of round_activations16's arrays (xo: their offset_sums): acc (R,)
+    float32, zero on entry, gets the tile's 32 results (matvec_q6's item)."""
+    aq = np.empty(R, np.float32)        # one super-block's sum of sc * (q . x)
+    isum = np.empty(2 * R, np.int32)
+    for s in range(nb // 8):
+        aq[:] = 0
+        for b in range(8 * s, 8 * s + 8):
+            q6_isums(q, b * NIB, h, b * CRUMB, xq, 32 * (o + b), xo, isum, simd)
+            dxb = dx[o + b]
+            for l in range(R):
+                i = nonneg(b * R + l)
+                aq[l] += two_halves(f32(lt[i]), f32(ht[i]), isum, 0, l) * dxb
+        add_scaled(acc, dt, s, aq)
+
+
 @njit(parallel=True, fastmath=FM, cache=True)
 def matvec_q6(qt, qh, sl, sh, d, X, tiles, xrow, simd, y):
     """Q6_K tiled: qt, qh the 4-bit and 2-bit planes of q; sl, sh (T, nb*R) int8 the scales of
     weights 0-15 and 16-31 of each block, d (T, nb/8*R) each 256's scale.  Per 256 weights
     ``acc += d sum(dx (sl isum_lo + sh isum_hi))`` with the sums of (q - 32) x, as ggml sums a
     Q6_K block: the scales stay integers, so a block streams 26.25 bytes, as many as the file's.
-    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS); each item is q6_tile."""
     nb = X.shape[1] // 32
     xq, dx = round_activations16(X.reshape(-1))
     xo = offset_sums(xq)
     for it in prange(tiles.size):
         t = tiles[it]
-        o = xrow[it] * nb
-        q = qt[t]
-        h = qh[t]
-        lt = sl[t]
-        ht = sh[t]
-        dt = d[t]
         acc = np.zeros(R, np.float32)
-        aq = np.empty(R, np.float32)        # one super-block's sum of sc * (q . x)
-        isum = np.empty(2 * R, np.int32)
-        for s in range(nb // 8):
-            aq[:] = 0
-            for b in range(8 * s, 8 * s + 8):
-                q6_isums(q, b * NIB, h, b * CRUMB, xq, 32 * (o + b), xo, isum, simd)
-                dxb = dx[o + b]
-                for l in range(R):
-                    i = nonneg(b * R + l)
-                    aq[l] += two_halves(f32(lt[i]), f32(ht[i]), isum, 0, l) * dxb
-            add_scaled(acc, dt, s, aq)
+        q6_tile(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xo, xrow[it] * nb, nb, simd, acc)
         store_tile(acc, it, y)
 
 

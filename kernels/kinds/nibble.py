@@ -532,6 +532,32 @@ def matvec_nib(qt, qh, d, m, off, X, tiles, xrow, simd, y):
         store_tile(acc, it, y)
 
 
+@njit(cache=True, inline="always")
+def nibk_tile(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, o, nb, simd, acc):
+    """One row tile of a k-quant nibble kind (q, h, sct, mnt, dt, dmt: the tile's rows of
+    matvec_nibk's arrays) times the activation row at block o of round_activations' arrays:
+    acc (R,) float32, zero on entry, gets the tile's 32 results (matvec_nibk's item)."""
+    aq = np.empty(R, np.float32)        # one super-block's sum of sc * p
+    am = np.empty(R, np.float32)        # and of mn * xs
+    isum = np.empty(2 * R, np.int32)
+    for s in range(nb // 8):
+        aq[:] = 0
+        am[:] = 0
+        for b in range(8 * s, 8 * s + 8):
+            nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * (o + b), isum, simd)
+            dxb = dx[o + b]
+            drb = dr[o + b]
+            xsb = xs[o + b]
+            for l in range(R):
+                i = nonneg(b * R + l)
+                p = two_terms(isum, 0, l, dxb, drb)
+                aq[l] += f32(sct[i]) * p
+                am[l] += f32(mnt[i]) * xsb
+        for l in range(R):
+            j = nonneg(s * R + l)
+            acc[l] += scale(dt[j]) * aq[l] - scale(dmt[j]) * am[l]
+
+
 @njit(parallel=True, fastmath=FM, cache=True)
 def matvec_nibk(qt, qh, sc, mn, d, dm, X, tiles, xrow, simd, y):
     """The k-quant nibble kinds (Q4_K, Q5_K), tiled: qt and qh as matvec_nib's; sc, mn (T, nb*R)
@@ -539,39 +565,15 @@ def matvec_nibk(qt, qh, sc, mn, d, dm, X, tiles, xrow, simd, y):
     scales.  Per 256 weights ``acc += d sum(sc p) - dmin sum(mn xs)`` (p: the block's product
     from nibble_isums, xs: the block sum of the rounded x), as ggml sums a k-quant block: the
     sub-scales stay integers, so a block streams 18.5 bytes instead of 24 of float scales.
-    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
+    Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS); each item is nibk_tile."""
     nb = X.shape[1] // 32
     five = qh.shape[1] > 0
     xq, xr, dx, dr, xs = round_activations(X.reshape(-1))
     for it in prange(tiles.size):
         t = tiles[it]
-        o = xrow[it] * nb
-        q = qt[t]
-        h = qh[t % qh.shape[0]]
-        sct = sc[t]
-        mnt = mn[t]
-        dt = d[t]
-        dmt = dm[t]
         acc = np.zeros(R, np.float32)
-        aq = np.empty(R, np.float32)        # one super-block's sum of sc * p
-        am = np.empty(R, np.float32)        # and of mn * xs
-        isum = np.empty(2 * R, np.int32)
-        for s in range(nb // 8):
-            aq[:] = 0
-            am[:] = 0
-            for b in range(8 * s, 8 * s + 8):
-                nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * (o + b), isum, simd)
-                dxb = dx[o + b]
-                drb = dr[o + b]
-                xsb = xs[o + b]
-                for l in range(R):
-                    i = nonneg(b * R + l)
-                    p = two_terms(isum, 0, l, dxb, drb)
-                    aq[l] += f32(sct[i]) * p
-                    am[l] += f32(mnt[i]) * xsb
-            for l in range(R):
-                j = nonneg(s * R + l)
-                acc[l] += scale(dt[j]) * aq[l] - scale(dmt[j]) * am[l]
+        nibk_tile(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs,
+                  xrow[it] * nb, nb, simd, acc)
         store_tile(acc, it, y)
 
 
