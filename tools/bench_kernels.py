@@ -5,6 +5,7 @@
     python tools/bench_kernels.py --attention [--threads N] [--ctx 4096] [--types F16,Q8_0,Q4_0]
     python tools/bench_kernels.py --forms [--threads 1] [--types Q4_0,Q4_K,IQ4_XS,Q8_0]
     python tools/bench_kernels.py --experts [--threads N] [--types Q4_K,Q6_K,MXFP4] [--tokens 1,64,512]
+    python tools/bench_kernels.py --joint [--threads N] [--layers 16]
 
 For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
   matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of 3R runs, and of
@@ -56,6 +57,15 @@ and a "layer" row per type: one token's whole layer by kernels.experts.decode_st
 products, activation, weighted sum in five kernel calls) against the same kernels called one by one
 with the numpy work between them (route, mul_ids, activation, mul_ids, combine; as the CPU backend
 ran a decode step before), checked bit-identical first; "x per-expert" is then by-parts over decode_step.
+
+--joint: a decode step's Q|K|V where Q|K and V differ in type (Q4_K_M leaves Q|K in Q4_K and V in
+Q6_K in some layers): the WeightGroup's one joint launch (kernels.kinds.joint) against the two
+matvecs one after the other (each weight's Weight.matvec), on the layers of the MoE benchmark shape
+(Q|K 2560x1024, V 512x1024) and of Llama-3.2-1B (Q|K 2560x2048, V 512x2048), --layers of each
+visited in turn so the weights come from memory as in a decode step; checked bit-identical first,
+then alternated (best of --reps; CPU time of the process at --threads 1, else wall time):
+  GB/s          the group's GGML bytes read per second by the joint launch
+  x two calls   the two matvecs' time over the joint launch's (above 1: the joint launch is faster)
 
 Otherwise each figure is a ratio of what this machine does in the same run with the same
 thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
@@ -217,6 +227,9 @@ def main(argv=None) -> int:
     ap.add_argument("--experts", action="store_true",
                     help="the expert products of one MoE layer (mul_ids against per-expert calls) instead")
     ap.add_argument("--tokens", default="1,64,512", help="batch sizes of --experts")
+    ap.add_argument("--joint", action="store_true",
+                    help="a Q4_K Q|K beside a Q6_K V: one joint launch against two matvecs, alternated")
+    ap.add_argument("--layers", type=int, default=16, help="layers of weights --joint visits in turn")
     args = ap.parse_args(argv)
 
     kernels.set_num_threads(args.threads)
@@ -228,6 +241,9 @@ def main(argv=None) -> int:
         return 0
     if args.experts:
         experts_table(args)
+        return 0
+    if args.joint:
+        joint_table(args)
         return 0
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rng = np.random.default_rng(0)
@@ -451,6 +467,41 @@ def experts_table(args) -> None:
                 print(f"{t.name:8} {label:8} {n:6} {rate:16.2f} {t_old / t_new:12.2f}", flush=True)
         if 1 in ns and fused_decode([gate_up], down):
             layer_rows(args, t.name, gate_up, down, rng)
+
+
+def joint_table(args) -> None:
+    """The --joint table: a WeightGroup's joint launch against its two matvecs, per layer shape."""
+    from kernels.weight import Weight, WeightGroup
+    rng = np.random.default_rng(0)
+    clock = time.process_time if args.threads == 1 else time.perf_counter
+    print(f"threads={args.threads}: Q|K (Q4_K) and V (Q6_K) of one input, {args.layers} layers in turn, "
+          f"one joint launch against two matvecs, alternated")
+    hdr = f"{'layer':24} {'GB/s':>8} {'x two calls':>12}"
+    print(hdr)
+    print("-" * len(hdr))
+    for label, d in (("MoE shape (d 1024)", 1024), ("Llama-3.2-1B (d 2048)", 2048)):
+        qk, v = (GGMLType.Q4_K, 2560), (GGMLType.Q6_K, 512)
+        groups = [WeightGroup([Weight(random_tensor(t, r, d, rng), t, (r, d)) for t, r in (qk, v)])
+                  for _ in range(args.layers)]
+        if not groups[0].joint:
+            raise SystemExit("no joint kernel for Q4_K beside Q6_K on this build")
+        x = rng.standard_normal(d, dtype=np.float32)
+        out = np.empty(groups[0].rows, np.float32)
+        ref = np.empty_like(out)
+
+        def two_calls(g, y):
+            g[0].matvec(x, y[:g[0].shape[0]])
+            g[1].matvec(x, y[g[0].shape[0]:])
+        groups[0].matvec(x, out)
+        two_calls(groups[0], ref)
+        if not np.array_equal(out.view(np.uint32), ref.view(np.uint32)):
+            raise SystemExit(f"{label}: the joint launch differs from the two matvecs")
+        t_new = t_old = float("inf")
+        for _ in range(3):          # alternating
+            t_new = min(t_new, best_time(lambda: [g.matvec(x, out) for g in groups], args.reps, 0.2, clock))
+            t_old = min(t_old, best_time(lambda: [two_calls(g, ref) for g in groups], args.reps, 0.2, clock))
+        nbytes = args.layers * groups[0].file_nbytes
+        print(f"{label:24} {nbytes / t_new / 1e9:8.2f} {t_old / t_new:12.2f}", flush=True)
 
 
 def print_asm_summary() -> None:
