@@ -7,9 +7,10 @@ alternately (best of each kept):
   1. plain, for the step time as gguf-bench sees it;
   2. with every kernel call timed: each weight's matvec (grouped by tensor role and GGML
      type: attn_qkv, attn_output, ffn_gate_up, ffn_down, a mixture-of-experts router ffn_gate_inp,
-     output; "Q4_K+Q6_K" for a Q|K and a V multiplied in one launch) and each backend op (norms, q/k/v preparation with RoPE, attention, gated activation,
-     embedding, and a mixture-of-experts layer's ``moe``: routing, the selected experts' products,
-     their activation and weighted sum, its bytes those of the k experts read).
+     output; "Q4_K+Q6_K" for a Q|K and a V multiplied in one launch) and each backend op (norms,
+     q/k/v preparation with RoPE, attention, gated activation, embedding, and a mixture-of-experts
+     layer's ``moe``: routing, the selected experts' products, their activation and weighted sum,
+     its bytes those of the k experts read).
 The table gives, per group, the calls per token, microseconds per token, the share of the
 plain step, and for matvecs the GGML bytes read per second and that as a fraction of the
 machine's streaming-read bandwidth (measured in the same run at the same thread count).
