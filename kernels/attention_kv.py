@@ -44,6 +44,10 @@ from .simd import (HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_
 # rows of float keys: 8 KiB, a quarter of the L1 data cache, beside the rows it is decoded from)
 KEY_CHUNK = 256
 TILE_VALUES = 2048
+# F32 head sizes from which values are summed a whole row at a time (``values_f32``)
+WHOLE_ROWS_HEAD = 128
+# keys per tile of the value sums (``values_rows``)
+VALUE_TILE_ROWS = 16
 
 _FAST = {"reassoc", "contract", "nsz"}
 # int32 constants: integer literals are int64 in Numba, and int64 -> float32 conversion does not vectorize on AVX2
@@ -336,26 +340,35 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
     identical results)."""
     u = np.empty(32, np.int32)
     f = np.empty(32, np.float32)
-    a = np.zeros((n, 32), np.float32)
+    a = np.empty((n, 32), np.float32)
+    for g in range(n):
+        for k in range(32):
+            a[g, k] = acc[ao + g * hd + k]
+    sm = np.zeros(n, np.float32)
     c = OFFSET[t]
     has_m = HAS_MIN[t]
     for j in range(count):
         o = off + j * stride
         if not is_int_type(t):
             decode_row(t, v[o:o + COLUMN_BYTES[t]], f)
-        else:
-            block_quants(t, v, o, u)
-            dv = _half_at(v, o)
-            mv = _half_at(v, o + 2)
-            for k in range(32):
-                f[k] = fma32(dv, np.float32(u[k] - c), mv if has_m else np.float32(0.0))
+            for g in range(n):
+                w = p[po + g * ldp + j]
+                for k in range(32):
+                    a[g, k] = fma32(w, f[k], a[g, k])
+            continue
+        block_quants(t, v, o, u)
+        dv = _half_at(v, o)
+        mv = _half_at(v, o + 2)
         for g in range(n):
             w = p[po + g * ldp + j]
+            wd = w * dv
             for k in range(32):
-                a[g, k] = fma32(w, f[k], a[g, k])
+                a[g, k] = fma32(wd, np.float32(u[k] - c), a[g, k])
+            if has_m:
+                sm[g] = fma32(w, mv, sm[g])
     for g in range(n):
         for k in range(32):
-            acc[ao + g * hd + k] = a[g, k]
+            acc[ao + g * hd + k] = a[g, k] + sm[g] if has_m else a[g, k]
 
 
 def _emit_block_quants(builder, load, rp, t):
@@ -480,9 +493,12 @@ def _key_scores_ir(t, n):
 
 def _value_column_ir(t, n):
     """The intrinsic (v, off, stride, count, p, po, ldp, acc, ao, hd) of ``value_column`` for
-    type t and n heads: the n heads' 32 sums kept in registers over the rows, each row's block
-    decoded once into a <32 x float> (d (u - c) (+ m): ggml's value, exactly), then per head one
-    fused multiply-add per value (``fma32`` in the portable loop: the same roundings)."""
+    type t and n heads: the n heads' 32 sums kept in registers over the rows.  A float row's
+    column is converted once into a <32 x float>, then one fused multiply-add per value and head
+    (``fma32`` in the portable loop: the same roundings).  A block's quants are converted once to
+    floats (u - c), and each head's weight w is multiplied by the block's scale d once, so that a
+    value costs one multiply-add per head, (w d) (u - c), not a decoding besides; a minimum m
+    (q4_1, q5_1) goes into one scalar sum of w m per head, added to the 32 sums at the end."""
 
     def vc(typingctx, v, off, stride, count, p, po, ldp, acc, ao, hd):
         sig = types.void(v, off, stride, count, p, po, ldp, acc, ao, hd)
@@ -495,13 +511,17 @@ def _value_column_ir(t, n):
             v32i, v32f = ir.VectorType(I32, 32), ir.VectorType(F32, 32)
             vbase = builder.gep(data_ptr(context, builder, aty[0], v, I8), [off])
             pbase = builder.gep(data_ptr(context, builder, aty[4], p, F32), [po])
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(v32f, [0.0] * 32)) for _ in range(n)]
+            ap = builder.gep(data_ptr(context, builder, aty[7], acc, F32), [ao])
+            dsts = [builder.bitcast(builder.gep(ap, [builder.mul(hd, ir.Constant(I64, g))]), v32f.as_pointer())
+                    for g in range(n)]
+            accs = [cgutils.alloca_once_value(builder, builder.load(d, align=4)) for d in dsts]
 
             def splat32(x):
                 w = builder.insert_element(ir.Constant(v32f, ir.Undefined), x, ir.Constant(I32, 0))
                 return builder.shuffle_vector(w, ir.Constant(v32f, ir.Undefined), ir.Constant(v32i, [0] * 32))
 
-            fma = _fma_fn(builder, v32f)
+            fma, fma1 = _fma_fn(builder, v32f), _fma_fn(builder, F32)
+            mins = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n)]
             with cgutils.for_range(builder, count) as loop:
                 j = loop.index
                 rp = builder.gep(vbase, [builder.mul(j, stride)])
@@ -512,19 +532,25 @@ def _value_column_ir(t, n):
                 elif t == 30:                                             # BF16: the high halves
                     w = builder.zext(load(rp, 0, ir.VectorType(ir.IntType(16), 32)), v32i)
                     f = builder.bitcast(builder.shl(w, ir.Constant(v32i, [16] * 32)), v32f)
-                else:
+                else:                     # quants as floats; the scale rides on each head's weight
                     u = builder.zext(_emit_block_quants(builder, load, rp, t), v32i)
                     q = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
-                    mv = (splat32(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)]))) if HAS_MIN[t]
-                          else ir.Constant(v32f, [0.0] * 32))
-                    f = builder.call(fma, [splat32(_half_from(builder, rp)), q, mv])
+                    dv = _half_from(builder, rp)
+                    mv = _half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])) if HAS_MIN[t] else None
                 for g in range(n):
                     w = builder.load(builder.gep(pbase, [builder.add(builder.mul(ldp, ir.Constant(I64, g)), j)]))
-                    builder.store(builder.call(fma, [splat32(w), f, builder.load(accs[g])]), accs[g])
-            ap = builder.gep(data_ptr(context, builder, aty[7], acc, F32), [ao])
+                    if t in (0, 1, 30):
+                        builder.store(builder.call(fma, [splat32(w), f, builder.load(accs[g])]), accs[g])
+                        continue
+                    wd = splat32(builder.fmul(w, dv))
+                    builder.store(builder.call(fma, [wd, q, builder.load(accs[g])]), accs[g])
+                    if mv is not None:
+                        builder.store(builder.call(fma1, [w, mv, builder.load(mins[g])]), mins[g])
             for g in range(n):
-                dst = builder.bitcast(builder.gep(ap, [builder.mul(hd, ir.Constant(I64, g))]), v32f.as_pointer())
-                builder.store(builder.load(accs[g]), dst, align=4)
+                a = builder.load(accs[g])
+                if HAS_MIN[t]:
+                    a = builder.fadd(a, splat32(builder.load(mins[g])))
+                builder.store(a, dsts[g], align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -609,8 +635,8 @@ def value_column(t, n, simd, *args):
     """value_column(t, n, simd, v, off, stride, count, p, po, ldp, acc, ao, hd): one column of 32
     values of ``count`` value rows (type t, an integer type or F32, F16, BF16), the column of row
     j at v[off + j stride] (a block of an integer type),
-    weighted for n heads: acc[ao + g hd + k] = sum_j p[po + g ldp + j] x_jk for k < 32, g < n,
-    x_jk the block's decoded values, n from 1 to HEAD_GROUP.  simd: by AVX2 vectors where the host has them (and F16C),
+    weighted for n heads: acc[ao + g hd + k] += sum_j p[po + g ldp + j] x_jk for k < 32, g < n,
+    x_jk the block's decoded values (the sums continued from acc's values, in the order of j), n from 1 to HEAD_GROUP.  simd: by AVX2 vectors where the host has them (and F16C),
     else the portable loop; the same results.  (Callable from Numba code only.)"""
     raise NotImplementedError("value_column runs inside Numba kernels")
 
@@ -686,26 +712,79 @@ def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd):
                    g0 * nb, o, g0 * lds, lds)
 
 
+@njit(cache=True, inline="always")
+def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a):
+    """Every column of 32 values of ``count`` rows (row j at v[off + j stride]) added into a
+    (G hd,) for the G heads, by ``value_column`` in groups of HEAD_GROUP heads (the last 1 to 4)."""
+    for b in range(hd // 32):
+        for g0 in range(0, G, HEAD_GROUP):
+            value_column(t, min(HEAD_GROUP, G - g0), simd, v, off + b * COLUMN_BYTES[t], stride, count, pf,
+                         po + g0 * ldp, ldp, a, g0 * hd + 32 * b, hd)
+
+
 @njit(cache=True, nogil=True)
 def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
     """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (G, >= hi - lo), C order)
     times value row j of kv head kvh (type t: an integer type, or F32, F16, BF16 with hd a multiple
     of 32), one column of 32 values at a time (``value_column``), every column decoded once for
-    the G heads, their sums kept in registers over the keys."""
+    the G heads, their sums kept in registers over the keys.  F16 and BF16 rows are first copied
+    a tile of VALUE_TILE_ROWS rows at a time into a buffer that stays in the L1 cache, each row
+    read in one sweep (measured faster for them than columns walking the cache's rows; for the
+    block types the columns read in place are faster)."""
     G, hd = acc.shape
     C, Hkv, rb = v_rows.shape
-    nb = hd // 32
     ldp = p.shape[1]
     pf = p.reshape(p.shape[0] * ldp)
-    a = np.empty(G * hd, np.float32)
-    v = v_rows.reshape(C * Hkv * rb)
-    for b in range(nb):
-        for g0 in range(0, G, HEAD_GROUP):             # groups of 4 heads, the last one 1 to 4
-            value_column(t, min(HEAD_GROUP, G - g0), simd, v, (lo * Hkv + kvh) * rb + b * COLUMN_BYTES[t],
-                         Hkv * rb, hi - lo, pf, g0 * ldp, ldp, a, g0 * hd + 32 * b, hd)
+    a = np.zeros(G * hd, np.float32)
+    if t == 1 or t == 30:
+        vt = np.empty(VALUE_TILE_ROWS * rb, np.uint8)
+        for j0 in range(lo, hi, VALUE_TILE_ROWS):
+            m = min(VALUE_TILE_ROWS, hi - j0)
+            for jj in range(m):
+                r = v_rows[j0 + jj, kvh]
+                for i in range(rb):
+                    vt[jj * rb + i] = r[i]
+            _columns(t, G, hd, simd, vt, 0, rb, m, pf, j0 - lo, ldp, a)
+    else:
+        _columns(t, G, hd, simd, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, pf, 0,
+                 ldp, a)
     for g in range(G):
         for d in range(hd):
             acc[g, d] = a[g * hd + d]
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def scores_f32(qs, kf, kvh, lo, hi, s):
+    """s[g, j - lo] = qs[g] . key row j of kv head kvh, j = lo..hi-1, over an F32 cache read in
+    place (kf: (C, Hkv, hd) float32, the rows' bytes as floats): one long dot product per row and
+    head, no copy of the row."""
+    G, hd = qs.shape
+    for j in range(lo, hi):
+        kr = kf[j, kvh]
+        for g in range(G):
+            a = np.float32(0.0)
+            for d in range(hd):
+                a += qs[g, d] * kr[d]
+            s[g, j - lo] = a
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def values_f32(vf, kvh, lo, hi, p, acc):
+    """acc[g] (hd,) = sum over j = lo..hi-1 of p[g, j - lo] times value row j of kv head kvh, over an
+    F32 cache read in place (vf: (C, Hkv, hd) float32), a whole row at a time into sums held in
+    the L1 cache: for head sizes of WHOLE_ROWS_HEAD and more, where the 32-value columns of
+    ``values_rows`` would walk the rows with a stride of a kilobyte or more, once per column."""
+    G, hd = acc.shape
+    for g in range(G):
+        for d in range(hd):
+            acc[g, d] = 0.0
+    for j in range(lo, hi):
+        vr = vf[j, kvh]
+        for g in range(G):
+            w = p[g, j - lo]
+            a = acc[g]
+            for d in range(hd):
+                a[d] += w * vr[d]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -721,6 +800,8 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     T = tile.shape[0]
     if is_int_type(tk):
         scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd)
+    elif tk == 0:
+        scores_f32(qs, k_rows.view(np.float32), kvh, lo, hi, s)
     else:
         for j0 in range(lo, hi, T):
             j1 = min(j0 + T, hi)
@@ -734,6 +815,9 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
                     s[g, j0 - lo + jj] = a
     for g in range(G):
         m[g], l[g] = exp_shifted(s[g, :hi - lo], softcap, nbuf)
+    if tv == 0 and hd >= WHOLE_ROWS_HEAD:
+        values_f32(v_rows.view(np.float32), kvh, lo, hi, s, acc)
+        return
     if hd % 32 == 0:
         values_rows(tv, v_rows, kvh, lo, hi, s, acc, simd)
         return
