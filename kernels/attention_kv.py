@@ -44,7 +44,8 @@ from .simd import (HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_
 # rows of float keys: 8 KiB, a quarter of the L1 data cache, beside the rows it is decoded from)
 KEY_CHUNK = 256
 TILE_VALUES = 2048
-# F32 head sizes from which values are summed a whole row at a time (``values_f32``)
+# F32 head sizes from which keys are dotted and values summed a whole row at a time, in place
+# (``scores_f32``, ``values_f32``; smaller heads measured faster through the tiles and columns)
 WHOLE_ROWS_HEAD = 128
 # keys per tile of the value sums (``values_rows``)
 VALUE_TILE_ROWS = 16
@@ -795,12 +796,13 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     weights times the value rows.  Integer K types go through ``scores_int``, float K types are
     decoded a tile of rows at a time (tile: (T, hd) float32), once for all G heads; the values
     through ``values_rows`` (a float type whose head size is not whole columns of 32 a tile at a
-    time)."""
+    time).  F32 keys and values of WHOLE_ROWS_HEAD values and more are read in place a whole row
+    at a time (``scores_f32``, ``values_f32``)."""
     G, hd = qs.shape
     T = tile.shape[0]
     if is_int_type(tk):
         scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd)
-    elif tk == 0:
+    elif tk == 0 and hd >= WHOLE_ROWS_HEAD:
         scores_f32(qs, k_rows.view(np.float32), kvh, lo, hi, s)
     else:
         for j0 in range(lo, hi, T):
