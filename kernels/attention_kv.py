@@ -345,31 +345,26 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
     for g in range(n):
         for k in range(32):
             a[g, k] = acc[ao + g * hd + k]
-    sm = np.zeros(n, np.float32)
     c = OFFSET[t]
-    has_m = HAS_MIN[t]
+    folded = is_int_type(t) and not HAS_MIN[t]
     for j in range(count):
         o = off + j * stride
         if not is_int_type(t):
             decode_row(t, v[o:o + COLUMN_BYTES[t]], f)
-            for g in range(n):
-                w = p[po + g * ldp + j]
-                for k in range(32):
-                    a[g, k] = fma32(w, f[k], a[g, k])
-            continue
-        block_quants(t, v, o, u)
-        dv = _half_at(v, o)
-        mv = _half_at(v, o + 2)
+        else:
+            block_quants(t, v, o, u)
+            dv = _half_at(v, o)
+            for k in range(32):
+                f[k] = np.float32(u[k] - c) if folded else fma32(dv, np.float32(u[k] - c), _half_at(v, o + 2))
         for g in range(n):
             w = p[po + g * ldp + j]
-            wd = w * dv
+            if folded:
+                w = w * dv
             for k in range(32):
-                a[g, k] = fma32(wd, np.float32(u[k] - c), a[g, k])
-            if has_m:
-                sm[g] = fma32(w, mv, sm[g])
+                a[g, k] = fma32(w, f[k], a[g, k])
     for g in range(n):
         for k in range(32):
-            acc[ao + g * hd + k] = a[g, k] + sm[g] if has_m else a[g, k]
+            acc[ao + g * hd + k] = a[g, k]
 
 
 def _emit_block_quants(builder, load, rp, t):
@@ -497,9 +492,9 @@ def _value_column_ir(t, n):
     type t and n heads: the n heads' 32 sums kept in registers over the rows.  A float row's
     column is converted once into a <32 x float>, then one fused multiply-add per value and head
     (``fma32`` in the portable loop: the same roundings).  A block's quants are converted once to
-    floats (u - c), and each head's weight w is multiplied by the block's scale d once, so that a
-    value costs one multiply-add per head, (w d) (u - c), not a decoding besides; a minimum m
-    (q4_1, q5_1) goes into one scalar sum of w m per head, added to the 32 sums at the end."""
+    floats (u - c); without a minimum each head's weight w is multiplied by the block's scale d
+    once, so that a value costs one multiply-add per head, (w d) (u - c), and no decoding besides;
+    q4_1 and q5_1 blocks are decoded (d (u - c) + m, ggml's values exactly) and then weighted."""
 
     def vc(typingctx, v, off, stride, count, p, po, ldp, acc, ao, hd):
         sig = types.void(v, off, stride, count, p, po, ldp, acc, ao, hd)
@@ -521,8 +516,8 @@ def _value_column_ir(t, n):
                 w = builder.insert_element(ir.Constant(v32f, ir.Undefined), x, ir.Constant(I32, 0))
                 return builder.shuffle_vector(w, ir.Constant(v32f, ir.Undefined), ir.Constant(v32i, [0] * 32))
 
-            fma, fma1 = _fma_fn(builder, v32f), _fma_fn(builder, F32)
-            mins = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n)]
+            fma = _fma_fn(builder, v32f)
+            folded = t not in (0, 1, 30) and not HAS_MIN[t]
             with cgutils.for_range(builder, count) as loop:
                 j = loop.index
                 rp = builder.gep(vbase, [builder.mul(j, stride)])
@@ -533,25 +528,20 @@ def _value_column_ir(t, n):
                 elif t == 30:                                             # BF16: the high halves
                     w = builder.zext(load(rp, 0, ir.VectorType(ir.IntType(16), 32)), v32i)
                     f = builder.bitcast(builder.shl(w, ir.Constant(v32i, [16] * 32)), v32f)
-                else:                     # quants as floats; the scale rides on each head's weight
+                else:
                     u = builder.zext(_emit_block_quants(builder, load, rp, t), v32i)
-                    q = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
+                    f = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
                     dv = _half_from(builder, rp)
-                    mv = _half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])) if HAS_MIN[t] else None
+                    if HAS_MIN[t]:
+                        mv = splat32(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])))
+                        f = builder.call(fma, [splat32(dv), f, mv])
                 for g in range(n):
                     w = builder.load(builder.gep(pbase, [builder.add(builder.mul(ldp, ir.Constant(I64, g)), j)]))
-                    if t in (0, 1, 30):
-                        builder.store(builder.call(fma, [splat32(w), f, builder.load(accs[g])]), accs[g])
-                        continue
-                    wd = splat32(builder.fmul(w, dv))
-                    builder.store(builder.call(fma, [wd, q, builder.load(accs[g])]), accs[g])
-                    if mv is not None:
-                        builder.store(builder.call(fma1, [w, mv, builder.load(mins[g])]), mins[g])
+                    if folded:
+                        w = builder.fmul(w, dv)
+                    builder.store(builder.call(fma, [splat32(w), f, builder.load(accs[g])]), accs[g])
             for g in range(n):
-                a = builder.load(accs[g])
-                if HAS_MIN[t]:
-                    a = builder.fadd(a, splat32(builder.load(mins[g])))
-                builder.store(a, dsts[g], align=4)
+                builder.store(builder.load(accs[g]), dsts[g], align=4)
             return context.get_dummy_value()
 
         return sig, codegen
