@@ -9,10 +9,12 @@ decodes to exactly what ggml's dequantization of the same bytes gives.
 The attention kernels never make a float copy of the cache.  Over the 32-value block types a
 few tokens' attention is integer arithmetic on the stored quants (the section "integer decode
 attention" below: the query rounded per block to two int8 terms as the matvecs round
-activations, key blocks multiplied as integers, value blocks decoded once per position for all
-the heads that share them).  Over F32, F16 and BF16 rows each key (value) row is decoded into a
-small buffer of ``head_dim`` floats the moment it is used, once for all the query heads that
-share it (grouped-query attention), and consumed there.  A step's work is split into
+activations, key blocks multiplied as integers, value blocks converted to floats once per
+position for all the heads that share them, the block's scale riding on each head's weight).
+Over F32, F16 and BF16 rows each key row is decoded into a small tile of floats the moment it is
+used, once for all the query heads that share it (grouped-query attention), and consumed there,
+and values are summed in registers a column of 32 at a time (F32 rows of 128 values and more
+are read in place a whole row at a time instead).  A step's work is split into
 chunks of keys; each chunk keeps its own running maximum, sum and weighted values (the
 flash-decoding split), and the chunks are merged exactly afterwards, so even a model with one
 kv head spreads a long context over every thread.
@@ -627,8 +629,9 @@ def value_column(t, n, simd, *args):
     values of ``count`` value rows (type t, an integer type or F32, F16, BF16), the column of row
     j at v[off + j stride] (a block of an integer type),
     weighted for n heads: acc[ao + g hd + k] += sum_j p[po + g ldp + j] x_jk for k < 32, g < n,
-    x_jk the block's decoded values (the sums continued from acc's values, in the order of j), n from 1 to HEAD_GROUP.  simd: by AVX2 vectors where the host has them (and F16C),
-    else the portable loop; the same results.  (Callable from Numba code only.)"""
+    x_jk the block's decoded values (the sums continued from acc's values, in the order of j),
+    n from 1 to HEAD_GROUP.  simd: by AVX2 vectors where the host has them (and F16C), else the
+    portable loop; the same results.  (Callable from Numba code only.)"""
     raise NotImplementedError("value_column runs inside Numba kernels")
 
 
