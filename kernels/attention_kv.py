@@ -64,7 +64,7 @@ for _t, _k in ((8, K_Q8_0), (2, K_Q4_0), (3, K_Q4_1), (6, K_Q5_0), (7, K_Q5_1), 
     LEGACY_KIND[_t] = _k
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False)   # the exact decoders, never the calling kernel's flags
 def decode_row(t, src, dst):
     """One cache row: src uint8 (rb,) of type t -> dst float32 (hd,), exactly as ggml decodes it."""
     if t == 8:
@@ -243,7 +243,7 @@ I64, F32 = ir.IntType(64), ir.FloatType()
 HEAD_GROUP = 4
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def is_int_type(t):
     """Type t has the integer attention path (a 32-value block type of the cache)."""
     return 0 <= t < 32 and BLOCK_BYTES[t] > 0
@@ -687,7 +687,7 @@ def rounded_query(qs: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd):
     """s[g, j - lo] = the scores of keys j = lo..hi-1 of kv head kvh (type t, an integer type) for
     the query heads rounded by ``round_query`` (rq), through ``key_scores``.  s: (Gp, >= hi - lo),
@@ -716,7 +716,7 @@ def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a):
                          po + g0 * ldp, ldp, a, g0 * hd + 32 * b, hd)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
     """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (G, >= hi - lo), C order)
     times value row j of kv head kvh (type t: an integer type, or F32, F16, BF16 with hd a multiple

@@ -280,7 +280,7 @@ def _block_absmax(x, o):
     return amax
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)   # exact: never the calling kernel's flags
 def round_activations(x):
     """x (32 nb,) f32 -> (xq, xr, dx, dr, xs): each 32-element block as two int8 terms,
     x ~ dx xq + dr xr with dx = max|x| / 127, xq = round(x / dx) (ggml's Q8_0 rounding,
@@ -334,7 +334,7 @@ def _round_row(X, i, xq, xr, dx, dr, xs):
     xs[i] = s
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)   # exact: never the calling kernel's flags
 def round_rows(X):
     """round_activations of each row of X (n, 32 nb): xq, xr (n * 32 nb,) int8, row i at
     i * 32 nb; dx, dr, xs (n, nb) float32.  Each row's values are those of its own call."""
@@ -359,7 +359,7 @@ def take_rows(act: tuple, n: int, rows: np.ndarray) -> tuple:
     return tuple(a.reshape(n, -1)[rows].reshape(-1) if a.ndim == 1 else a[rows] for a in act)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)   # exact: never the calling kernel's flags
 def round_rows16(X):
     """round_activations16 of each row of X (n, 32 nb): xq (n * 32 nb,) int16, row i at i * 32 nb;
     dx (n, nb) float32."""
@@ -429,7 +429,7 @@ def sums16(xq, xr):
     return sq, sr
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)   # exact: never the calling kernel's flags
 def round_activations16(x):
     """x (32 nb,) f32 -> (xq int16 (32 nb,), dx (nb,)): each 32-element block rounded to int16,
     x ~ dx xq with dx = max|x| / 32767 (ties to even), within dx / 2 = max|x| / 65534."""
