@@ -244,7 +244,7 @@ def rope_inplace(x3, cos, sin, pos0, neox):
 
 # ----------------------------------------------------------------------------- attention
 
-@njit(cache=True, nogil=True, fastmath=False)   # exact: never the calling kernel's flags
+@njit(cache=True, nogil=True, fastmath=_FAST)   # its own flags, never the calling kernel's
 def exp_shifted(row, softcap, nbuf):
     """Soft-cap (softcap > 0) the float32 row (n,), then row = exp(row - max) in place; returns
     (max, sum of the exponentials) as float32, for a softmax or a partial one merged later.
