@@ -353,10 +353,6 @@ class Transformer:
         be.attention_steps(q3[:d], k_all, v_all, base, pos, slots.n_ctx_slot, c.attn_scale, b.sliding_window,
                            c.attn_logit_softcap, attn[:d], sinks=b.attn_sinks)
         return d
-        for s, (kc, vc) in zip(spans, regions):          # no such call: attend each (the rows are stored)
-            be.attention(q3[s.row0:s.row1], kc, vc, s.pos0, c.attn_scale, b.sliding_window, c.attn_logit_softcap,
-                         attn[s.row0:s.row1])
-        return d
 
     def shift(self, cache, plan, n_past: int, base: int = 0) -> None:
         """A context shift (``context_shift.ShiftPlan``) of the sequence of n_past tokens at rows
