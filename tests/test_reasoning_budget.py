@@ -88,6 +88,30 @@ def test_budget_waits_for_a_whole_utf8_character():
     assert utf8_complete(b"a\xe2\x82\xac") and not utf8_complete(b"\xf0\x9f") and utf8_complete(b"")
 
 
+def test_force_ends_counting_only():
+    """force() (a control request's reasoning_end) from inside a reasoning block forces the message
+    and the end tag from the next token on, with no token budget at all (-1); before the block
+    opens, while forcing and after the end it does nothing and says so."""
+    b = budget(-1)
+    assert not b.force() and b.state is BudgetState.IDLE
+    b.accept_many([1, 2, 6, 6])
+    assert b.state is BudgetState.COUNTING and forced_by(b) is None
+    assert b.force() and forced_by(b) == 7
+    assert not b.force()
+    for want in (7, 8, 3):
+        assert forced_by(b) == want
+        b.accept(want)
+    assert b.state is BudgetState.DONE and not b.force() and forced_by(b) is None
+
+
+def test_control_arms_a_budget_without_tokens():
+    """reasoning_control makes a budget even with no token budget (so that it can be forced); a
+    control that is not a boolean is refused by name."""
+    assert BudgetSettings(-1, "", True).active and not BudgetSettings().active
+    with pytest.raises(ValueError, match="reasoning_control must be a boolean"):
+        BudgetSettings(-1, "", 1)
+
+
 def test_budget_settings_checked():
     """A budget below -1, not an integer, or a message that is not text is refused by name."""
     for bad in (-2, 1.5, "10", True):

@@ -26,6 +26,8 @@ examples:
   gguf-server -m Qwen3-0.6B-Q8_0.gguf --reasoning-budget 0   # a thinking model with thinking off
   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 32}'
+  # end the thinking of a streamed answer sent with "reasoning_control": true (id: its chatcmpl- id)
+  curl http://127.0.0.1:8080/v1/chat/completions/control -d '{"id": "chatcmpl-...", "action": "reasoning_end"}'
 
 exit status: 0 stopped by SIGTERM or Ctrl-C, 1 bad flags or a model that failed to load
 """

@@ -6,7 +6,9 @@ gpt-oss's ``<|channel|>analysis<|message|>``), then counts the tokens of the rea
 optional message, then the first end tag: ``</think>`` or gpt-oss's ``<|end|>``) token by token:
 every other logit becomes -inf before the sampler and the grammar see the row.  Then it lets the
 model go on (to the answer) and re-arms if another thinking block starts.  Budget 0 forces the
-end as soon as the block opens; -1 is no budget at all.
+end as soon as the block opens; -1 is no budget at all.  A budget armed for control
+(llama-server's ``reasoning_control``) exists even without a token budget, so that ``force()``
+can end the reasoning at the next token while it runs (``POST /v1/chat/completions/control``).
 
 Tags are matched as token sequences (each tag tokenized on its own, control tokens recognised),
 as llama.cpp matches them.  A budget that runs out inside a multi-byte UTF-8 character lets the
@@ -43,17 +45,22 @@ def check_budget(budget, message, where: str = "reasoning_budget_tokens") -> Non
 @dataclass(frozen=True)
 class BudgetSettings:
     """A thinking budget as the user gives it: tokens (-1: none) and the message forced before the
-    end tag when it runs out (llama-server's ``reasoning_budget_tokens`` / ``reasoning_budget_message``)."""
+    end tag when it runs out (llama-server's ``reasoning_budget_tokens`` / ``reasoning_budget_message``);
+    control: the budget is made even without tokens so that the reasoning can be ended on request
+    (llama-server's ``reasoning_control``)."""
 
     tokens: int = -1
     message: str = ""
+    control: bool = False
 
     def __post_init__(self) -> None:
         check_budget(self.tokens, self.message)
+        if not isinstance(self.control, bool):
+            raise ValueError(f"reasoning_control must be a boolean, got {self.control!r}")
 
     @property
     def active(self) -> bool:
-        return self.tokens >= 0
+        return self.tokens >= 0 or self.control
 
 
 def utf8_complete(piece: bytes) -> bool:
@@ -129,6 +136,15 @@ class ReasoningBudget:
         self.force_pos = 0
         self.ends.reset()
 
+    def force(self) -> bool:
+        """End the reasoning now: the forced sequence (message, end tag) starts at the next token.
+        Only a budget that is counting a reasoning block can be forced (False otherwise: before the
+        block opens, while already forcing, or after it ended), as llama.cpp's manual transition."""
+        if self.state is not BudgetState.COUNTING:
+            return False
+        self._force()
+        return True
+
     def accept(self, token: int) -> None:
         st = self.state
         if st in (BudgetState.IDLE, BudgetState.DONE):
@@ -171,8 +187,8 @@ class ReasoningBudget:
 
 
 def make_budget(settings: BudgetSettings | None, syntax, tokenizer) -> ReasoningBudget | None:
-    """The budget of one chat generation, or None (no budget, or a template without thinking tags:
-    llama-server has nothing to limit there either).  A prompt that already opened the reasoning
+    """The budget of one chat generation, or None (no budget and no control, or a template without
+    thinking tags: llama-server has nothing to limit there either).  A prompt that already opened the reasoning
     (``syntax.prefix``, a forced-open ``<think>``) is fed to it first, as llama.cpp feeds it the
     generation prompt."""
     if settings is None or not settings.active or syntax.thinking_tags is None:

@@ -1,7 +1,8 @@
 """The HTTP side of gguf-server: an ASGI app (FastAPI) over a ``Scheduler``.
 
 Routes: OpenAI's /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings and
-llama-server's /health, /tokenize, /detokenize, /apply-template, /props, /slots, /metrics.
+llama-server's /health, /tokenize, /detokenize, /apply-template, /props, /slots, /metrics and
+/v1/chat/completions/control.
 Handlers never run model work themselves: generation and embeddings are queued to the engine
 thread and awaited, tokenization runs in the thread pool, so the event loop stays free.
 
@@ -31,8 +32,8 @@ from ..generation import tool_calls as tc
 from ..generation.reasoning import ReplyStream
 from ..generation.reasoning_budget import BudgetSettings
 from ..generation.sampling import SamplingParams
-from .protocol import (ApplyTemplateRequest, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                       EmbeddingRequest, SamplingRequest, TokenizeRequest, message_dicts)
+from .protocol import (ApplyTemplateRequest, ChatCompletionRequest, CompletionRequest, ControlRequest,
+                       DetokenizeRequest, EmbeddingRequest, SamplingRequest, TokenizeRequest, message_dicts)
 from .scheduler import Output, PromptTooLongError, QueueFullError, Request, Scheduler
 
 log = logging.getLogger("gguf_engine.server")
@@ -183,9 +184,11 @@ class _Run:
 
     def __init__(self, sched: Scheduler, prompt: list[int], req: SamplingRequest, n_logprobs: int | None,
                  tokenizer, timeout: float, constraints: list | None = None, shown: frozenset = frozenset(),
-                 budgets: list | None = None):
+                 budgets: list | None = None, cmpl_id: str = "", reasoning_control: bool = False):
         """constraints: one grammar matcher per choice (None: unconstrained); shown: control tokens
-        written into the text; budgets: one thinking budget per choice (None: none)."""
+        written into the text; budgets: one thinking budget per choice (None: none); cmpl_id: the
+        completion's id, by which a control request finds it; reasoning_control: the budgets may be
+        forced through the control route."""
         if not prompt:
             raise APIError(400, "the prompt is empty")
         loop = asyncio.get_running_loop()
@@ -199,7 +202,8 @@ class _Run:
             r = Request(list(prompt), _sampling(req, tokenizer, i), emit, max_tokens=req.token_limit(),
                         stop=stops, ignore_eos=req.ignore_eos, n_logprobs=n_logprobs,
                         constraint=constraints[i] if constraints else None, n_keep=req.n_keep,
-                        n_discard=req.n_discard, shown=shown, budget=budgets[i] if budgets else None)
+                        n_discard=req.n_discard, shown=shown, budget=budgets[i] if budgets else None,
+                        cmpl_id=cmpl_id, reasoning_control=reasoning_control)
             try:
                 sched.submit(r)
             except PromptTooLongError as e:
@@ -549,6 +553,8 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         check_fields(body)
         extra = [k for k in ("tools", "tool_choice", "functions", "function_call")
                  if (body.model_extra or {}).get(k) is not None]
+        if (body.model_extra or {}).get("reasoning_control"):
+            extra.append("reasoning_control")
         if extra:
             raise APIError(400, f"the field {extra[0]!r} belongs to /v1/chat/completions, not to completions")
         if body.echo:
@@ -617,11 +623,13 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         prompt, toks = await run_in_threadpool(chat_prompt, body.messages, plan, request_kwargs(body))
         parser, shown = m.reply_parser(prompt, plan, body.reasoning_format or settings.reasoning_format)
         budget = body.reasoning_budget(settings.reasoning_budget)
+        budgets = [m.reasoning_budget(budget, parser.syntax) for _ in range(body.n)]
         n_top = (body.top_logprobs or 0) if body.logprobs else None
-        run = _Run(app.state.scheduler, toks, body, n_top, m.tokenizer, settings.timeout,
-                   await constraints(body, grammar or plan.grammar), shown,
-                   [m.reasoning_budget(budget, parser.syntax) for _ in range(body.n)])
         cid, name, now = f"chatcmpl-{uuid.uuid4().hex}", model_name(), int(time.time())
+        # armed only where a budget exists: a template without thinking tags has nothing to end
+        run = _Run(app.state.scheduler, toks, body, n_top, m.tokenizer, settings.timeout,
+                   await constraints(body, grammar or plan.grammar), shown, budgets, cid,
+                   budget.control and budgets[0] is not None)
 
         def lp_of(out: Output) -> list[dict]:
             """OpenAI's chat logprobs entries of one output (none without a token)."""
@@ -678,5 +686,18 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
                             "finish_reason": finish})
         return {"id": cid, "object": "chat.completion", "created": now, "model": name, "choices": choices,
                 "usage": run.usage()}
+
+    @app.post("/v1/chat/completions/control")
+    async def chat_control(body: ControlRequest):
+        """llama-server's control of a running chat completion: 400 for a body without a completion
+        id or with another action than ``reasoning_end``; otherwise ``{"success": ...}`` with a
+        ``message`` saying why not (no running completion with that id, or one not armed with
+        ``reasoning_control: true``)."""
+        llm()
+        problem = body.problem()
+        if problem is not None:
+            raise APIError(400, problem)
+        result = await asyncio.wrap_future(app.state.scheduler.control(body.id, body.action))
+        return result.to_json()
 
     return app

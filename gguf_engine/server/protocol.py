@@ -5,12 +5,13 @@ output comes as OpenAI's ``response_format`` or llama-server's ``grammar`` (GBNF
 ``json_schema`` fields (``output_grammar``); tools as ``tools``/``tool_choice`` (or the older
 ``functions``/``function_call``) and ``parallel_tool_calls``; reasoning output as llama-server's
 ``reasoning_format`` and ``chat_template_kwargs``; a thinking budget as llama-server's
-``reasoning_budget_tokens`` and ``reasoning_budget_message``."""
+``reasoning_budget_tokens`` and ``reasoning_budget_message``, and ``reasoning_control`` arming a
+completion for ``POST /v1/chat/completions/control`` (``ControlRequest``)."""
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ..generation.reasoning_budget import BudgetSettings
 
@@ -122,14 +123,16 @@ class BudgetFields(BaseModel):
     reasoning_budget_tokens: int | None = Field(None, ge=-1, le=2**31 - 1)   # -1: the server's --reasoning-budget
     thinking_budget_tokens: int | None = Field(None, ge=-1, le=2**31 - 1)    # llama-server's other name for it
     reasoning_budget_message: str | None = None    # None: the server's --reasoning-budget-message
+    reasoning_control: StrictBool = False          # the reasoning may be ended through the control route
 
     def reasoning_budget(self, default: BudgetSettings) -> BudgetSettings:
-        """The request's budget: its tokens unless absent or -1, its message unless absent, else the server's."""
+        """The request's budget: its tokens unless absent or -1, its message unless absent, else the
+        server's; armed for control when the request asks."""
         tokens = self.reasoning_budget_tokens if self.reasoning_budget_tokens is not None \
             else self.thinking_budget_tokens
         return BudgetSettings(default.tokens if tokens is None or tokens == -1 else tokens,
                               default.message if self.reasoning_budget_message is None
-                              else self.reasoning_budget_message)
+                              else self.reasoning_budget_message, self.reasoning_control)
 
 
 class ChatMessage(BaseModel):
@@ -148,6 +151,27 @@ class ChatCompletionRequest(SamplingRequest, TemplateVars, BudgetFields):
     function_call: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None     # None: whether the chat template shows several calls
     reasoning_format: Literal["none", "auto", "deepseek", "deepseek-legacy"] | None = None   # None: --reasoning-format
+
+
+class ControlRequest(BaseModel):
+    """llama-server's ``POST /v1/chat/completions/control`` body: the ``id`` of a running chat
+    completion (as streamed back) and the ``action`` (only ``reasoning_end``).  Both are read as
+    llama-server reads them: a missing or non-string value counts as absent (``problem``);
+    ``model`` routes in llama-server's router mode and is ignored here, as in its single-model mode."""
+    model_config = ConfigDict(extra="allow")
+    id: Any = None
+    action: Any = None
+    model: Any = None
+
+    ACTIONS: ClassVar[tuple[str, ...]] = ("reasoning_end",)
+
+    def problem(self) -> str | None:
+        """llama-server's message for a body it refuses with 400 (None: the body is fine)."""
+        if not isinstance(self.id, str) or not self.id:
+            return "missing completion id"
+        if self.action not in self.ACTIONS:
+            return "unknown control action"
+        return None
 
 
 class EmbeddingRequest(BaseModel):

@@ -12,7 +12,8 @@ only the rest of the prompt is evaluated.  A slot that fills its context ends it
 the head kept, half of the rest dropped, later keys re-rotated) and goes on generating.  Requests
 beyond the slots wait in a bounded queue (``QueueFullError`` past it).  A cancelled request (a client that went away) leaves its slot at
 the next step.  Results go back through ``Request.emit``, called on the engine thread: the
-HTTP layer hands them to its event loop.
+HTTP layer hands them to its event loop.  ``control`` acts on a running completion between two
+passes (llama-server's control tasks: ending its reasoning at the next token).
 
 All model work (loading, the batches, embeddings, anything passed to ``call``) runs on the
 engine thread, which owns the model; other threads only queue work and read counters.
@@ -86,6 +87,8 @@ class Request:
     n_discard: int = 0                   # context shift: tokens dropped (0: half of the rest)
     shown: frozenset = frozenset()       # control tokens written into the text (a chat syntax's markers)
     budget: Any = None                   # this request's thinking budget (generation.reasoning_budget)
+    cmpl_id: str = ""                    # the completion id the client sees (control requests name it)
+    reasoning_control: bool = False      # armed for control: its budget may be forced to end the reasoning
     cancelled: bool = False
     id: int = 0
     t_submit: float = 0.0
@@ -93,6 +96,16 @@ class Request:
     def cancel(self) -> None:
         """Ask the engine to drop this request (it frees its slot at the next step)."""
         self.cancelled = True
+
+
+@dataclass
+class ControlResult:
+    """The answer to a control request, as llama-server gives it: success, and why not."""
+    success: bool
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return {"success": self.success, **({"message": self.message} if self.message else {})}
 
 
 def log_softmax(row: np.ndarray) -> np.ndarray:
@@ -229,6 +242,25 @@ class Scheduler:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._inbox.put((fn, fut))
         return fut
+
+    def control(self, cmpl_id: str, action: str) -> concurrent.futures.Future:
+        """Act on the running completion cmpl_id between two passes (a ``ControlResult`` in the
+        future).  ``reasoning_end`` forces the end of its reasoning: the budget's forced sequence
+        starts at its next token (a completion that is not inside a reasoning block is left as it
+        is, and the answer is still a success, as llama-server's).  A completion still waiting
+        for a slot, or finished, is no active completion; every running choice of the id is acted on."""
+        def act(_llm) -> ControlResult:
+            reqs = [s.req for s in self.slots if s.busy and cmpl_id and s.req.cmpl_id == cmpl_id]
+            if not reqs:
+                return ControlResult(False, "no active completion for this id")
+            if action != "reasoning_end":
+                return ControlResult(False, "unknown control action")
+            if not all(r.reasoning_control for r in reqs):
+                return ControlResult(False, "reasoning control not enabled for this completion")
+            for r in reqs:
+                r.budget.force()
+            return ControlResult(True)
+        return self.call(act)
 
     def slot_info(self) -> list[dict]:
         """llama-server's /slots fields for each slot."""
