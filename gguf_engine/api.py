@@ -342,10 +342,11 @@ class Llama:
                                 mirostat=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
         return Sampler(params, n_ctx=self.n_ctx())
 
-    def steering(self, logits_processor=None, stopping_criteria=None, grammar=None) -> Steering:
+    def steering(self, logits_processor=None, stopping_criteria=None, grammar=None, syntax=None) -> Steering:
         """What steers a generation besides the sampler (see ``generation.generate.Steering``);
-        grammar: GBNF text or a ``Grammar``, compiled here so an invalid one fails before any token."""
-        constraint = None if grammar is None else self.constraint(grammar)
+        grammar: GBNF text, a ``Grammar`` or a ``LazyGrammar`` (closed inside the reasoning of syntax,
+        a chat answer's ``ChatSyntax``), compiled here so an invalid one fails before any token."""
+        constraint = None if grammar is None else self.constraint(grammar, syntax)
         return Steering(as_callables(logits_processor), as_callables(stopping_criteria), constraint)
 
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
@@ -625,14 +626,19 @@ class Llama:
             self._parallel_calls = renders_parallel_calls(lambda m: self.render_chat(m, False))
         return self._parallel_calls
 
-    def constraint(self, grammar):
+    def constraint(self, grammar, syntax=None):
         """A fresh grammar matcher for one generation (``generation.grammar.Constraint``) of
-        grammar (GBNF text or a ``Grammar``); the vocabulary is prepared on first use."""
-        from .generation.grammar import Constraint, GrammarVocab, as_grammar
-        g = as_grammar(grammar)
+        grammar (GBNF text or a ``Grammar``), or a ``LazyConstraint`` of a ``LazyGrammar`` (closed
+        inside the reasoning blocks of syntax, a ``ChatSyntax``, when given); the vocabulary is
+        prepared on first use."""
+        from .generation.grammar import Constraint, GrammarVocab, LazyConstraint, LazyGrammar, as_grammar
         if self._grammar_vocab is None:
             self._grammar_vocab = GrammarVocab.from_tokenizer(self.tokenizer, self.n_vocab())
-        return Constraint(g, self._grammar_vocab)
+        if isinstance(grammar, LazyGrammar):
+            from .generation.reasoning_budget import thinking_tracker
+            gate = None if syntax is None else thinking_tracker(syntax, self.tokenizer)
+            return LazyConstraint(grammar, self._grammar_vocab, gate)
+        return Constraint(as_grammar(grammar), self._grammar_vocab)
 
     @serialised
     def create_chat_completion(self, messages: Sequence[Message], functions=None, function_call=None,
@@ -677,9 +683,10 @@ class Llama:
         budget = BudgetSettings(reasoning_budget_tokens, reasoning_budget_message)
         tools, tool_choice = tc.merge_functions(tools, tool_choice, functions, function_call)
         plan = tc.plan_tools(tools, tool_choice, self.chat_template_text())
-        constraint = [g for g in (grammar, _response_format_grammar(response_format), plan.grammar) if g is not None]
-        if len(constraint) > 1:
+        given = [g for g in (grammar, _response_format_grammar(response_format)) if g is not None]
+        if len(given) + plan.forcing > 1:
             raise ValueError("give only one of grammar, response_format and a forced tool_choice")
+        constraint = plan.grammar_beside(given[0] if given else None)
         prompt = self.render_chat(messages, True, plan.tools, plan.system_note, chat_template_kwargs)
         toks = self.encode_chat(prompt)
         parser, shown = self.reply_parser(prompt, plan, reasoning_format)
@@ -687,7 +694,7 @@ class Llama:
         smp = self.sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, frequency_penalty,
                            presence_penalty, logit_bias, seed, mirostat_mode=mirostat_mode,
                            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
-        steer = self.steering(logits_processor, None, constraint[0] if constraint else None)
+        steer = self.steering(logits_processor, None, constraint, parser.syntax)
         steer.budget = self.reasoning_budget(budget, parser.syntax)
         events = self.stream_events(toks, smp, steer, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
                                     want_logits=n_top is not None, shown=shown)

@@ -10,10 +10,15 @@ model's vocabulary prepared for llguidance (built once per model); ``Constraint`
 generation's matcher: ``mask(row)`` sets the logits of every token the grammar forbids to -inf
 before the sampler sees them, ``accept(token)`` advances it, and ``done`` says that the grammar is
 complete and nothing more may follow.
+
+A ``LazyGrammar`` (llama.cpp's lazy grammar, how an ``auto`` tool choice constrains a call) leaves
+the output free until it matches one of its trigger patterns; its ``LazyConstraint`` then hands
+the grammar the output from the trigger on and constrains the rest.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -178,10 +183,14 @@ class _TokenSource:
 
 @dataclass
 class GrammarVocab:
-    """A model's vocabulary in llguidance's form (an LLTokenizer) and the logits row width."""
+    """A model's vocabulary in llguidance's form (an LLTokenizer), the logits row width, every
+    token's text as the grammar reads it (control tokens by their text) and the tokenizer's
+    encoder of text with control tokens recognised (for a lazy grammar's replayed text)."""
 
     lltokenizer: Any
     n_vocab: int
+    pieces: list[bytes]
+    encode: Any
 
     @classmethod
     def from_tokenizer(cls, tokenizer, n_vocab: int) -> "GrammarVocab":
@@ -199,17 +208,24 @@ class GrammarVocab:
             eog.append(int(tokenizer.eos_id))
         ends = set(eog)
         tokens: list[bytes] = []
+        pieces: list[bytes] = []
         special: list[int] = []
         for tid in range(vocab.n_vocab):
             piece = tokenizer.token_to_piece(tid, True)
+            pieces.append(piece)
             if tid in ends or int(vocab.attrs[tid]) & ATTR_UNKNOWN:
                 piece = b"\xff" + piece
                 special.append(tid)
             tokens.append(piece)
         tokens += [b""] * (n_vocab - len(tokens))  # a logits row wider than the vocabulary
+        pieces += [b""] * (n_vocab - len(pieces))
         wrapper = llg.TokenizerWrapper(_TokenSource(tokenizer, tokens, special))
         ll = llg.LLTokenizer(wrapper, n_vocab=n_vocab, eos_token=eog or None)
-        return cls(ll, n_vocab)
+
+        def encode(text: bytes) -> list[int]:
+            return [int(t) for t in tokenizer.encode(text.decode("utf-8", errors="replace"), add_bos=False,
+                                                     special=True)]
+        return cls(ll, n_vocab, pieces, encode)
 
 
 class Constraint:
@@ -263,3 +279,116 @@ class Constraint:
     def _raise_if_error(self) -> None:
         if self._matcher.is_error():
             raise GrammarError(f"grammar matcher failed: {self._matcher.get_error()}")
+
+
+@dataclass(frozen=True)
+class LazyGrammar:
+    """A grammar that applies only from a trigger on (llama.cpp's lazy grammar).
+
+    grammar: the sentences from the trigger on; triggers: regular expressions searched in the
+    output generated so far (one that starts with ``^`` and ends with ``$`` must match all of it);
+    the grammar is given the output from the first non-empty capture group of the match (or the
+    match itself, without one) and constrains everything after it."""
+
+    grammar: Grammar
+    triggers: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.triggers:
+            raise GrammarError("a lazy grammar needs at least one trigger")
+        for t in self.triggers:
+            try:
+                re.compile(t)
+            except re.error as e:
+                raise GrammarError(f"grammar trigger {t!r}: {e}") from None
+
+
+def trigger_start(pattern: re.Pattern, text: bytes) -> int | None:
+    """Where the grammar starts in text when pattern triggers it (None: no trigger), as llama.cpp
+    reads its trigger patterns (see ``LazyGrammar``)."""
+    m = pattern.fullmatch(text) if pattern.pattern.startswith(b"^") and pattern.pattern.endswith(b"$") else None
+    m = m or pattern.search(text)
+    if m is None:
+        return None
+    for g in range(1, (m.re.groups or 0) + 1):
+        if m.start(g) >= 0 and m.end(g) > m.start(g):
+            return m.start(g)
+    return m.start()
+
+
+class LazyConstraint:
+    """One generation's lazy grammar state: ``mask`` leaves the row alone and ``accept`` only
+    collects the output until a trigger matches; then the grammar is given the output from the
+    trigger on (the tokens after it, and the rest of a token the trigger starts inside, re-encoded)
+    and constrains every later token, as a ``Constraint`` does.
+
+    gate: a thinking tracker (``generation.reasoning_budget.ReasoningBudget`` without a budget) or
+    None.  As llama.cpp runs a lazy grammar beside its reasoning-budget sampler, the grammar neither
+    masks nor reads the tokens inside a reasoning block; the end tag that closes it is read."""
+
+    def __init__(self, lazy: LazyGrammar, vocab: GrammarVocab, gate: Any = None):
+        self.grammar = lazy
+        self.inner = Constraint(lazy.grammar, vocab)
+        self._vocab = vocab
+        self._triggers = [re.compile(t.encode("utf-8"), re.DOTALL) for t in lazy.triggers]
+        self.gate = gate
+        self.awaiting = True
+        self._text = b""                              # the output while awaiting a trigger
+        self._spans: list[tuple[int, int, int]] = []  # (token, start, end) of each token in _text
+
+    def _open(self) -> bool:
+        """The grammar applies now: outside a reasoning block."""
+        from .reasoning_budget import BudgetState
+        return self.gate is None or self.gate.state in (BudgetState.IDLE, BudgetState.DONE)
+
+    def mask(self, row: np.ndarray) -> np.ndarray:
+        if self.awaiting or not self._open():
+            return row
+        return self.inner.mask(row)
+
+    def accept(self, token: int) -> None:
+        if self.gate is None:
+            self._take(token)
+            return
+        was_open = self._open()
+        self.gate.accept(token)
+        if was_open:
+            self._take(token)
+        elif self._open():                            # a reasoning block just ended: its end tag
+            for t in self.gate.last_end:
+                self._take(t)
+
+    def accept_many(self, tokens: Sequence[int]) -> None:
+        for t in tokens:
+            self.accept(t)
+
+    def _take(self, token: int) -> None:
+        if not self.awaiting:
+            self.inner.accept(token)
+            return
+        token = int(token)
+        piece = self._vocab.pieces[token] if 0 <= token < len(self._vocab.pieces) else b""
+        self._spans.append((token, len(self._text), len(self._text) + len(piece)))
+        self._text += piece
+        for pattern in self._triggers:
+            start = trigger_start(pattern, self._text)
+            if start is None:
+                continue
+            self.awaiting = False
+            for tok, a, b in self._spans:
+                if b <= start:
+                    continue
+                if a >= start:
+                    self.inner.accept(tok)
+                else:                                 # the trigger starts inside this token
+                    self.inner.accept_many(self._vocab.encode(self._text[start:b]))
+            self._text, self._spans = b"", []
+            return
+
+    @property
+    def done(self) -> bool:
+        return not self.awaiting and self.inner.done
+
+    @property
+    def accepting(self) -> bool:
+        return self.awaiting or self.inner.accepting

@@ -122,6 +122,7 @@ class ReasoningBudget:
         self.piece = piece
         self.state = BudgetState.IDLE
         self.force_pos = 0
+        self.last_end: tuple[int, ...] = ()       # the end tag that closed the last reasoning block
 
     def _open(self) -> None:
         """A reasoning block starts: count, or force at once with no budget."""
@@ -151,8 +152,10 @@ class ReasoningBudget:
             if self.start.advance(token) >= 0:
                 self._open()
         elif st in (BudgetState.COUNTING, BudgetState.WAITING_UTF8):
-            if self.ends.advance(token) >= 0:
+            end = self.ends.advance(token)
+            if end >= 0:
                 self.state = BudgetState.DONE      # the model ended its reasoning itself
+                self.last_end = self.ends.seqs[end]
                 return
             complete = utf8_complete(self.piece(int(token)))
             if st is BudgetState.WAITING_UTF8:
@@ -171,6 +174,7 @@ class ReasoningBudget:
             self.force_pos += 1
             if self.force_pos >= len(self.forced):
                 self.state = BudgetState.DONE
+                self.last_end = self.ends.seqs[0]
 
     def accept_many(self, tokens: Sequence[int]) -> None:
         for t in tokens:
@@ -205,3 +209,10 @@ def make_budget(settings: BudgetSettings | None, syntax, tokenizer) -> Reasoning
     if syntax.prefix:
         budget.accept_many(toks(syntax.prefix))
     return budget
+
+
+def thinking_tracker(syntax, tokenizer) -> ReasoningBudget | None:
+    """A budget that never ends the reasoning by itself, only to tell whether the output is inside
+    a reasoning block (a lazy grammar is closed there, see ``generation.grammar.LazyConstraint``);
+    None for a syntax without thinking tags."""
+    return make_budget(BudgetSettings(control=True), syntax, tokenizer)

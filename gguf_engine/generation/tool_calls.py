@@ -12,9 +12,10 @@ A chat template's tool-call format is recognised from its text:
     grammar lets analysis messages and commentary preambles come before the call
     (``harmony_call_lark``).
 
-``tool_choice``: "none" (no parsing), "auto" (the model decides; calls it writes are parsed),
-"required" (a grammar makes the answer a call to any of the tools) or {"type": "function",
-"function": {"name": N}} (a grammar makes it a call to N).  ``parallel_tool_calls`` (llama-server's
+``tool_choice``: "none" (no parsing), "auto" (the model decides; calls it writes are parsed, and
+from the format's call marker on a lazy grammar makes the call valid, as llama.cpp's lazy grammars
+do: ``auto_call_grammar``), "required" (a grammar makes the answer a call to any of the tools) or
+{"type": "function", "function": {"name": N}} (a grammar makes it a call to N).  ``parallel_tool_calls`` (llama-server's
 reading): with it the answer may hold several calls, without it only the first is kept (and a
 forcing grammar allows exactly one).  Parsed calls come back in OpenAI's ``message.tool_calls``
 shape (arguments as a JSON string) with finish_reason "tool_calls".
@@ -38,7 +39,8 @@ class ToolPlan:
     """How one chat request uses tools.
 
     tools: what the template sees (None: no tools); parse: whether output is parsed for calls;
-    format: "hermes", "llama3", "mistral" or "harmony"; grammar: the Grammar forcing a call (or None);
+    format: "hermes", "llama3", "mistral" or "harmony"; grammar: the Grammar forcing a call, the
+    LazyGrammar constraining the calls of an "auto" choice, or None;
     system_note: a system message describing the tools, for templates that do not render them;
     parallel: several calls allowed in one answer (else only the first is kept)."""
 
@@ -48,6 +50,22 @@ class ToolPlan:
     grammar: Any
     system_note: str | None
     parallel: bool = True
+
+    @property
+    def forcing(self) -> bool:
+        """A call is forced (a grammar from the first token on, not an "auto" choice's lazy one)."""
+        from .grammar import LazyGrammar
+        return self.grammar is not None and not isinstance(self.grammar, LazyGrammar)
+
+    def grammar_beside(self, given):
+        """The answer's one grammar when the request gives its own (None: none): a forced call's
+        grammar or the given one (both: ValueError, the caller names the fields); an "auto"
+        choice's lazy grammar gives way to a given one, as llama.cpp's response format replaces it."""
+        if given is None:
+            return self.grammar
+        if self.forcing:
+            raise ValueError("a forced tool_choice and another grammar")
+        return given
 
 
 def detect_format(template_text: str) -> str:
@@ -118,8 +136,38 @@ def plan_tools(tools: Sequence[Any] | None, tool_choice: Any, template_text: str
     else:
         raise ValueError(f"tool_choice must be \"auto\", \"none\", \"required\" or a named function, got {choice!r}")
     note = None if "tools" in template_text else tool_system_note(fns, fmt)
-    grammar = call_grammar(forced, fmt, parallel) if forced else None
+    if forced:
+        grammar = call_grammar(forced, fmt, parallel)
+    else:
+        grammar = auto_call_grammar(fns, fmt, parallel) if choice == "auto" else None
     return ToolPlan(tools, choice != "none", fmt, grammar, note, parallel)
+
+
+# where a call starts in each format: llama.cpp's lazy-grammar triggers (regular expressions
+# searched in the output; see generation.grammar.LazyGrammar).  gpt-oss: the recipient in the role
+# (" to=functions..." right after the prompt's or a later "<|start|>assistant") or in the channel
+# header ("<|channel|>commentary to=functions..."); the others: their call marker.  Llama 3's calls
+# are bare JSON with no marker (<|python_tag|> is optional), so llama.cpp has no trigger for them.
+AUTO_TRIGGERS = {
+    "harmony": (r"^\s+to$", r"^<\|channel\|>(?:commentary|analysis)\s+to=functions$",
+                r"<\|start\|>assistant(\s+to)", r"<\|start\|>assistant(<\|channel\|>(?:commentary|analysis)\s+to)"),
+    "hermes": (re.escape(MARKERS["hermes"]),),
+    "mistral": (re.escape(MARKERS["mistral"]),),
+}
+
+
+def auto_call_grammar(fns: Sequence[Mapping[str, Any]], fmt: str, parallel: bool = True):
+    """The lazy grammar of an "auto" tool choice (None where the format has no trigger): the
+    output is free until a call starts, then the call (its name one of fns', its arguments valid
+    for that function's parameters) is the grammar's, as a forced call is."""
+    from .grammar import Grammar, LazyGrammar
+    if fmt not in AUTO_TRIGGERS:
+        return None
+    if fmt == "harmony":
+        grammar = Grammar.from_lark(harmony_call_lark(fns, lazy=True), origin="tools")
+    else:
+        grammar = call_grammar(fns, fmt, parallel)
+    return LazyGrammar(grammar, AUTO_TRIGGERS[fmt])
 
 
 def tool_system_note(fns: Sequence[Mapping[str, Any]], fmt: str) -> str:
@@ -163,18 +211,22 @@ start: (message "<|start|>assistant")* call
 message: ("<|channel|>" "commentary" " to=assistant"?)? "<|channel|>" "analysis" "<|message|>" BODY_END
        | "<|channel|>" "commentary" "<|message|>" BODY_END
 BODY_END: /(?s:.*)<\|end\|>/ & ~/(?s:.*<\|end\|>.+)/
+"""
+# the call itself (what a lazy grammar constrains from its trigger on)
+HARMONY_CALL_RULES = r"""
 channel: "<|channel|>" ("commentary" | "analysis")
 constraint: SPACE? "<|constrain|>"? /[A-Za-z0-9_-]+/
 SPACE: /[ \t\r\n]+/
 """
 
 
-def harmony_call_lark(fns: Sequence[Mapping[str, Any]]) -> str:
+def harmony_call_lark(fns: Sequence[Mapping[str, Any]], lazy: bool = False) -> str:
     """The Lark grammar of a gpt-oss answer that ends in a call to one of fns, as llama.cpp's gpt-oss
     handler builds it for a forced tool_choice: the answer continues the prompt's
     ``<|start|>assistant``; a call is ``<|channel|>commentary to=functions.NAME <|constrain|>json
     <|message|>`` (or the recipient before the channel) and arguments valid for the function's
-    parameters.  Harmony answers hold one call, whatever ``parallel_tool_calls`` says."""
+    parameters.  lazy: the call alone (from the trigger of an "auto" choice on).  Harmony answers
+    hold one call, whatever ``parallel_tool_calls`` says."""
     from .grammar import closed_objects
     calls, rules = [], []
     for i, fn in enumerate(fns):
@@ -184,7 +236,8 @@ def harmony_call_lark(fns: Sequence[Mapping[str, Any]]) -> str:
         rules.append(f"call_{i}: {to} channel constraint? \"<|message|>\" args_{i}\n"
                      f"    | channel {to} constraint? \"<|message|>\" args_{i}\n"
                      f"args_{i}: %json {args}\n")
-    return HARMONY_CALL_LARK + f"call: {' | '.join(calls)}\n" + "".join(rules)
+    head = "start: call\n" if lazy else HARMONY_CALL_LARK
+    return head + HARMONY_CALL_RULES + f"call: {' | '.join(calls)}\n" + "".join(rules)
 
 
 def renders_parallel_calls(render) -> bool:

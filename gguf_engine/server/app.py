@@ -377,11 +377,12 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         if name is not None:
             raise APIError(400, f"the field {name!r} is not supported by this server yet")
 
-    async def constraints(req: SamplingRequest, grammar) -> list | None:
-        """One grammar matcher per choice for grammar (None: none); built off the event loop."""
+    async def constraints(req: SamplingRequest, grammar, syntax=None) -> list | None:
+        """One grammar matcher per choice for grammar (None: none; a lazy one is closed inside the
+        reasoning of syntax); built off the event loop."""
         if grammar is None:
             return None
-        return await run_in_threadpool(lambda: [llm().constraint(grammar) for _ in range(req.n)])
+        return await run_in_threadpool(lambda: [llm().constraint(grammar, syntax) for _ in range(req.n)])
 
     def output_grammar(req: SamplingRequest):
         try:
@@ -618,7 +619,7 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         check_fields(body)
         plan = await run_in_threadpool(tool_plan, body)
         grammar = output_grammar(body)
-        if grammar is not None and plan.grammar is not None:
+        if grammar is not None and plan.forcing:
             raise APIError(400, "give only one of response_format, grammar, json_schema and a forced tool_choice")
         prompt, toks = await run_in_threadpool(chat_prompt, body.messages, plan, request_kwargs(body))
         parser, shown = m.reply_parser(prompt, plan, body.reasoning_format or settings.reasoning_format)
@@ -628,7 +629,7 @@ def create_app(settings: ServerSettings, scheduler: Scheduler | None = None, wai
         cid, name, now = f"chatcmpl-{uuid.uuid4().hex}", model_name(), int(time.time())
         # armed only where a budget exists: a template without thinking tags has nothing to end
         run = _Run(app.state.scheduler, toks, body, n_top, m.tokenizer, settings.timeout,
-                   await constraints(body, grammar or plan.grammar), shown, budgets, cid,
+                   await constraints(body, plan.grammar_beside(grammar), parser.syntax), shown, budgets, cid,
                    budget.control and budgets[0] is not None)
 
         def lp_of(out: Output) -> list[dict]:
