@@ -3,6 +3,8 @@
 ``ppN``: prompt processing, N tokens evaluated in one batch from an empty cache.
 ``tgN``: text generation, N tokens evaluated one at a time from an empty cache.
 ``ppP+tgN``: both in turn (llama-bench's -pg), counted as P + N tokens.
+``... @ dD``: the test on a cache already holding D tokens (llama-bench's -d): the depth is
+filled by one untimed batch and kept between repetitions (llama-bench saves and restores it).
 Each test runs once untimed (JIT compilation and first-touch page faults stay
 out of the numbers) and then ``reps`` times; results are mean ± sd of tokens/s.
 """
@@ -32,6 +34,7 @@ class BenchResult:
     test: str
     n_prompt: int
     n_gen: int
+    n_depth: int = 0              # tokens in the cache before the test
     samples_ts: list[float] = field(default_factory=list)
     model_filename: str = ""
     model_type: str = ""          # llama-bench's "ARCH SIZE FTYPE"
@@ -67,31 +70,33 @@ def _random_tokens(n: int, n_vocab: int, rng: np.random.Generator) -> np.ndarray
     return rng.integers(0, n_vocab, size=n, dtype=np.int32)
 
 
-def time_pp(model, n: int, rng) -> float:
-    """Seconds to evaluate n tokens in one batch from an empty cache."""
-    toks = _random_tokens(n, model.config.n_vocab, rng)
-    model.reset()
-    t0 = time.perf_counter()
-    model.eval(toks)
-    return time.perf_counter() - t0
+class DepthState:
+    """Which depth the model's cache holds (its first n_depth positions are not overwritten by a
+    test, which writes after them, so truncating the cache back restores the depth)."""
+
+    def __init__(self):
+        self.n_depth = 0
+
+    def prepare(self, model, n_depth: int, rng) -> None:
+        """The cache holding n_depth tokens: kept from an earlier test, else evaluated (untimed)."""
+        if n_depth and n_depth == self.n_depth and model.n_past >= n_depth:
+            model.truncate(n_depth)
+            return
+        model.reset()
+        self.n_depth = 0
+        if n_depth:
+            model.eval(_random_tokens(n_depth, model.config.n_vocab, rng))
+            self.n_depth = n_depth
 
 
-def time_tg(model, n: int, rng) -> float:
-    """Seconds to evaluate n tokens one at a time from an empty cache."""
-    toks = _random_tokens(n, model.config.n_vocab, rng)
-    model.reset()
-    t0 = time.perf_counter()
-    for t in toks:
-        model.eval(t.reshape(1))
-    return time.perf_counter() - t0
-
-
-def time_pg(model, n_prompt: int, n_gen: int, rng) -> float:
-    """Seconds to evaluate n_prompt tokens in one batch and then n_gen one at a time."""
+def time_test(model, n_prompt: int, n_gen: int, rng, n_depth: int = 0, depth: DepthState | None = None) -> float:
+    """Seconds to evaluate n_prompt tokens in one batch and then n_gen one at a time, after n_depth
+    tokens already in the cache (filled untimed; depth: what the cache holds, reused when given)."""
+    (depth or DepthState()).prepare(model, n_depth, rng)
     toks = _random_tokens(n_prompt + n_gen, model.config.n_vocab, rng)
-    model.reset()
     t0 = time.perf_counter()
-    model.eval(toks[:n_prompt])
+    if n_prompt:
+        model.eval(toks[:n_prompt])
     for t in toks[n_prompt:]:
         model.eval(t.reshape(1))
     return time.perf_counter() - t0
@@ -106,15 +111,16 @@ def run_bench(model_path: str, n_prompt: int = 512, n_gen: int = 128, threads: i
 
 def run_tests(model_path: str, tests: list[tuple[int, int]], threads: int | None = None, reps: int = 5,
               n_gpu_layers: int = 0, n_batch: int | None = None, progress=None, cache_type="f32",
-              n_ctx: int | None = None) -> list[BenchResult]:
-    """Runs each (n_prompt, n_gen) test: (P, 0) is ppP, (0, N) tgN, (P, N) ppP+tgN.
+              n_ctx: int | None = None, depths: tuple[int, ...] = (0,)) -> list[BenchResult]:
+    """Runs each (n_prompt, n_gen) test: (P, 0) is ppP, (0, N) tgN, (P, N) ppP+tgN, at each of
+    depths (tokens already in the cache; llama-bench's order: every test at one depth, then the next).
     n_batch: prompt tokens per forward pass (default: the largest prompt); cache_type: the KV
     cache's types (a ``KVTypes``, (k, v) or one name); n_ctx: the cache's size (default: the
-    largest test; ValueError when a test does not fit)."""
+    largest test with its depth, as llama-bench sizes it; ValueError when a test does not fit)."""
     from .model import load_model
 
     threads = threads or os.cpu_count() or 1
-    need = max([p + g for p, g in tests] + [16])
+    need = max([p + g + max(depths) for p, g in tests] + [16])
     if n_ctx is not None and n_ctx < need:
         raise ValueError(f"a context of {n_ctx} tokens cannot hold a test of {need}")
     n_ctx = n_ctx or need
@@ -134,15 +140,15 @@ def run_tests(model_path: str, tests: list[tuple[int, int]], threads: int | None
         ftype_id = model.reader.get("general.file_type")
         ftype = "?" if ftype_id is None else ftype_description(ftype_id)
         results = []
-        for npr, ng in tests:
-            if npr and ng:
-                label, run = f"pp{npr}+tg{ng}", (lambda: time_pg(model, npr, ng, rng))
-            elif npr:
-                label, run = f"pp{npr}", (lambda: time_pp(model, npr, rng))
-            else:
-                label, run = f"tg{ng}", (lambda: time_tg(model, ng, rng))
+        state = DepthState()
+        for nd, (npr, ng) in ((d, t) for d in depths for t in tests):
+            label = f"pp{npr}+tg{ng}" if npr and ng else f"pp{npr}" if npr else f"tg{ng}"
+            label += f" @ d{nd}" if nd else ""
+
+            def run():
+                return time_test(model, npr, ng, rng, nd, state)
             run()  # warm-up: compile and fault in
-            r = BenchResult(name, size, params, backend, threads, label, npr, ng,
+            r = BenchResult(name, size, params, backend, threads, label, npr, ng, nd,
                             model_filename=model_path, model_type=f"{arch} {format_params(params)} {ftype}",
                             n_batch=n_batch, n_gpu_layers=n_gpu_layers, type_k=model.kv_cache.type_k,
                             type_v=model.kv_cache.type_v,

@@ -201,6 +201,16 @@ BENCH_CASES = [
     ({"-c"}, ["-p", "8", "-n", "0", "-r", "1", "-c", "64", "-ctk", "q8_0"],
      lambda c, o, x: c == 0 and "| q8_0 " in o),
     ({"-c"}, ["-p", "8", "-n", "0", "-r", "1", "-c", "4"], lambda c, o, x: c == 1),
+    ({"-d"}, ["-p", "8", "-n", "2", "-d", "0,16", "-r", "1"],
+     lambda c, o, x: c == 0 and [ln.split("|")[6].strip() for ln in o.splitlines()[2:6]]
+     == ["pp8", "tg2", "pp8 @ d16", "tg2 @ d16"]),
+    ({"-d"}, ["-p", "8", "-n", "0", "-d", "16", "-r", "1", "-o", "json"],
+     lambda c, o, x: c == 0 and [(r["n_prompt"], r["n_depth"]) for r in json.loads(o)] == [(8, 16)]),
+    ({"-d"}, ["-p", "0", "-n", "2", "-d", "16", "-r", "1", "-o", "csv"],
+     lambda c, o, x: c == 0 and dict(zip(*[ln.split(",") for ln in o.splitlines()[:2]]))["n_depth"] == "16"),
+    ({"-d"}, ["-d", "-1"], lambda c, o, x: c == 1),
+    ({"-d"}, ["-d", "x"], lambda c, o, x: c == 1),
+    ({"-d"}, ["-p", "8", "-n", "0", "-d", "16", "-r", "1", "-c", "20"], lambda c, o, x: c == 1),
 ]
 
 

@@ -100,7 +100,7 @@ def kernel_rows(be: CudaBackend, types, rows: int, cols: int, reps: int, bw: flo
 
 
 def model_rows(path: str, reps: int):
-    from gguf_engine.bench import time_pp, time_tg
+    from gguf_engine.bench import time_test
     from gguf_engine.model import load_model
     out = []
     for graphs in (False, True):
@@ -110,10 +110,10 @@ def model_rows(path: str, reps: int):
             wbytes = sum(t.n_bytes for name, t in m.reader.tensors.items()
                          if name != "token_embd.weight" or m.config.tied_output)
             rng = np.random.default_rng(1)
-            time_pp(m, 512, rng)                               # warm-up: compile, capture
-            time_tg(m, 16, rng)
-            pp_s = float(np.median([time_pp(m, 512, rng) for _ in range(reps)]))
-            tg_s = float(np.median([time_tg(m, 128, rng) for _ in range(reps)])) / 128
+            time_test(m, 512, 0, rng)                           # warm-up: compile, capture
+            time_test(m, 0, 16, rng)
+            pp_s = float(np.median([time_test(m, 512, 0, rng) for _ in range(reps)]))
+            tg_s = float(np.median([time_test(m, 0, 128, rng) for _ in range(reps)])) / 128
             out.append([os.path.basename(path), "on" if graphs else "off", f"{512 / pp_s:,.0f}",
                         f"{1 / tg_s:,.0f}", f"{tg_s * 1e3:.3f}", f"{wbytes / tg_s / 1e9:.0f}"])
     return out

@@ -1,7 +1,8 @@
 """gguf-bench: prompt-processing and generation throughput, in the manner of llama-bench.
 
-Flags follow llama-bench: -m, -p, -n, -t, -ngl and -b take comma-separated lists (every combination
-is run), -pg PP,TG adds a prompt-then-generate test (repeatable), -r sets the repetitions and
+Flags follow llama-bench: -m, -p, -n, -d, -t, -ngl and -b take comma-separated lists (every combination
+is run), -pg PP,TG adds a prompt-then-generate test (repeatable), -d D runs the tests on a cache
+already holding D tokens (filled untimed, shown as "tg128 @ d512"), -r sets the repetitions and
 -o md|json|jsonl|csv the output; JSON output carries llama-bench's field names.  llama-bench's
 other flags are refused by name (exit status 1).
 """
@@ -25,6 +26,7 @@ EXAMPLES = """examples:
   gguf-bench -m gemma-3-270m -p 0 -n 64 -o json       # generation only, llama-bench's JSON fields
   gguf-bench -p 64,256 -n 0 -t 1,2                    # every combination of the lists
   gguf-bench -p 0 -n 0 -pg 128,32                     # 128 prompt tokens then 32 generated, as one test
+  gguf-bench -p 512 -n 128 -d 0,4096                  # also both tests after 4096 tokens in the cache
   gguf-bench -m model.gguf --cold                     # also time a first run on an empty Numba cache
   gguf-bench -p 512 -n 128 -ctk f16,q8_0 -ctv f16,q8_0 -c 8192    # KV cache types, an 8192-token cache
 """
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--n-gen", type=int_list, default=[128], help="generated tokens for tgN tests (0: skip)")
     p.add_argument("-pg", action="append", type=pg_pair, default=[], metavar="PP,TG",
                    help="a test of PP prompt tokens then TG generated ones (repeatable)")
+    p.add_argument("-d", "--n-depth", type=int_list, default=[0],
+                   help="tokens already in the KV cache when each test starts (filled untimed; default 0)")
     p.add_argument("-t", "--threads", type=int_list, default=None, help="CPU threads (default: all cores)")
     p.add_argument("-b", "--batch-size", type=int_list, default=None,
                    help="prompt tokens per forward pass (default: the whole prompt)")
@@ -87,7 +91,7 @@ def llama_bench_record(r, threads: int) -> dict:
         "main_gpu": 0, "no_kv_offload": False, "flash_attn": 0, "devices": "auto", "tensor_split": "0.00",
         "tensor_buft_overrides": "none", "load_mode": "mmap", "lazy_mode": "off", "embeddings": False,
         "no_op_offload": 0, "no_host": False, "repack": False, "fit_target": 0, "fit_min_ctx": 0,
-        "n_prompt": r.n_prompt, "n_gen": r.n_gen, "n_depth": 0, "test_time": r.test_time,
+        "n_prompt": r.n_prompt, "n_gen": r.n_gen, "n_depth": r.n_depth, "test_time": r.test_time,
         "avg_ns": avg_ns, "stddev_ns": sd_ns, "avg_ts": r.avg_ts, "stddev_ts": r.stddev_ts,
         "samples_ns": ns, "samples_ts": list(r.samples_ts),
         "memory": r.memory,
@@ -102,6 +106,8 @@ def main(argv=None) -> int:
     counts = args.n_prompt + args.n_gen + [v for pair in args.pg for v in pair]
     if args.repetitions < 1 or min(counts) < 0:
         raise CLIError("repetitions must be >= 1 and token counts >= 0")
+    if min(args.n_depth) < 0:
+        raise CLIError(f"--n-depth values must be >= 0, got {min(args.n_depth)}")
     for name, values in (("threads", args.threads), ("batch-size", args.batch_size)):
         if values is not None and min(values) < 1:
             raise CLIError(f"--{name} values must be >= 1")
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
         path = str(resolve_model(name))
         try:
             rs = run_tests(path, tests, threads, args.repetitions, ngl, n_batch=batch, cache_type=(ctk, ctv),
-                           n_ctx=args.ctx_size or None)
+                           n_ctx=args.ctx_size or None, depths=tuple(args.n_depth))
             if args.cold and path not in cold:
                 cold[path] = cold_start_seconds(path, threads)
         except ValueError as e:  # a bad model file or setting (GGUFError is one)
