@@ -23,7 +23,7 @@ Gate and up stacked per expert (``ExpertWeights.concat``) make one product per e
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .kinds import Packed, kind_of
 from .kinds.tiled import ROW_TILE, TiledKind, small_products, take_rows
@@ -146,13 +146,27 @@ class ExpertWeights:
         shared = X.shape[1] == 1
         if n == 1:                                   # a decode step: the k selected experts' matvecs
             self._decode_step(X[0], ids[0], res[0])
-        elif self._row_items is not None:
-            self._grouped_rows(X, ids, shared, res)
         else:
-            self._grouped(X, ids, shared, res)
+            order, bounds, _ = group_by_expert(ids.astype(np.int64), n_expert)
+            src = order // k if shared else order
+            res.reshape(n * k, -1)[order] = self.mul_grouped(X.reshape(-1, cols), src, bounds)
         if res is not out and out is not None:
             out[...] = res
         return res
+
+    def mul_grouped(self, X: np.ndarray, src: np.ndarray | None, bounds: np.ndarray) -> np.ndarray:
+        """A batch already grouped by expert (``group_by_expert``): grouped row i is row src[i] of X
+        (m, cols) float32 (src None: row i, X already grouped), rows bounds[e]..bounds[e+1]-1 routed
+        to expert e.  Returns Yg (len(src) or m, rows) float32 in the same grouped order, each row
+        bit-identical to its expert's product as ``mul_ids`` computes it (the MoE layer keeps its
+        batch in this order from the gate|up product to the weighted sum, so no rows move between)."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        m = X.shape[0] if src is None else src.size
+        if m == 0:
+            return np.empty((0, self.shape[1]), np.float32)
+        if self._row_items is not None:
+            return self._grouped_rows(X, src, bounds)
+        return self._grouped(X if src is None else X[src], bounds)
 
     def mul_items(self, X: np.ndarray, tiles: np.ndarray, xrow: np.ndarray, out: np.ndarray) -> None:
         """The stacked experts' TILE_ITEMS product in one parallel launch (``decode_step``'s two
@@ -173,20 +187,14 @@ class ExpertWeights:
         for j in range(k):
             self.experts[ids[j]].matvec(X[0 if X.shape[0] == 1 else j], out[j])
 
-    def _grouped(self, X: np.ndarray, ids: np.ndarray, shared: bool, out: np.ndarray) -> None:
-        """A batch: the (token, slot) pairs grouped by expert, each expert's rows multiplied as
+    def _grouped(self, Xg: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        """A grouped batch (``mul_grouped``; Xg (m, cols) grouped by expert): each expert's rows multiplied as
         ``Weight.matmul`` multiplies them (the matvec up to MATVEC_MAX_BATCH rows, the small-batch
         product up to SMALL_BATCH_MAX, tiles and BLAS above), the experts of the first two sizes
         together: one launch for all the matvec rows, one pass of the worker threads for all the
-        small-batch products."""
-        n, k = ids.shape
+        small-batch products.  Returns Yg (m, rows) in the same order."""
         n_expert = self.shape[0]
-        flat = ids.reshape(-1)                       # (n k,) pair p = token p // k, slot p % k
-        order = np.argsort(flat, kind="stable")
-        bounds = np.searchsorted(flat[order], np.arange(n_expert + 1))
-        toks, slots = order // k, order % k
-        Xg = X[toks, 0] if shared else X[toks, slots]                   # (n k, cols) grouped by expert
-        Yg = np.empty((n * k, self.shape[1]), np.float32)               # (n k, rows)
+        Yg = np.empty((Xg.shape[0], self.shape[1]), np.float32)         # (m, rows)
         counts = np.diff(bounds)
         batched = self._items is not None          # every expert of at most MATVEC_MAX_BATCH rows at once
         vec = [e for e in range(n_expert) if 0 < counts[e] <= MATVEC_MAX_BATCH]
@@ -210,27 +218,46 @@ class ExpertWeights:
         if groups:
             kind = groups[0][0].kind
             small_products(kind.small_kernel(groups[0][0])[0], [(kind.small_kernel(p)[1], x, y) for p, x, y in groups])
-        out[toks, slots] = Yg
+        return Yg
 
-    def _grouped_rows(self, X: np.ndarray, ids: np.ndarray, shared: bool, out: np.ndarray) -> None:
-        """A batch of a kind with a multi-row integer product (``TiledKind.row_items``): the inputs
-        rounded once (each row as the matvec rounds it), the (token, slot) pairs grouped by expert,
-        and every expert's row tiles times the rows routed to it in one launch (ROW_ITEMS, runs of
-        at most ROW_ITEM_ROWS rows, so the threads get near-equal work however the batch is
-        routed).  Each (token, slot) is bit-identical to its expert's matvec of that input."""
-        n, k = ids.shape
+    def _grouped_rows(self, X: np.ndarray, src: np.ndarray | None, bounds: np.ndarray) -> np.ndarray:
+        """A grouped batch (``mul_grouped``) of a kind with a multi-row integer product
+        (``TiledKind.row_items``): the rows of X rounded once each (as the matvec rounds them; a
+        token's row shared by its k slots is rounded once, then taken for each), and every
+        expert's row tiles times the rows routed to it in one launch (ROW_ITEMS, runs of at most
+        ROW_ITEM_ROWS rows, so the threads get near-equal work however the batch is routed).
+        Each row is bit-identical to its expert's matvec of that input."""
         kind = self.stacked.kind
-        flat = ids.reshape(-1)                       # (n k,) pair p = token p // k, slot p % k
-        order = np.argsort(flat, kind="stable")
-        bounds = np.searchsorted(flat[order], np.arange(self.shape[0] + 1))
-        if shared:                                   # one rounding per token, shared by its k slots; rows grouped
-            act = take_rows(kind.row_activations(np.ascontiguousarray(X[:, 0])), n, order // k)
-        else:
-            act = take_rows(kind.row_activations(X.reshape(n * k, -1)), n * k, order)
+        act = kind.row_activations(X)
+        if src is not None:
+            act = take_rows(act, X.shape[0], src)
         tiles, r0, r1, yt = expert_row_items(bounds, self.tiles, ROW_ITEM_ROWS)
-        Yg = np.empty((n * k, self.shape[1]), np.float32)              # (n k, rows) grouped by expert
+        Yg = np.empty((int(bounds[-1]), self.shape[1]), np.float32)     # (m, rows) grouped by expert
         self._row_items(act, tiles, r0, r1, yt, Yg)
-        out.reshape(n * k, -1)[order] = Yg
+        return Yg
+
+
+@njit(cache=True, nogil=True)
+def group_by_expert(ids, n_expert):
+    """A batch's (token, slot) pairs grouped by expert, stably (pairs of one expert in pair order):
+    ids (n, k) int64 -> order (n k,): the pair p = token k + slot of grouped row i; bounds
+    (n_expert + 1,): expert e's grouped rows are bounds[e]..bounds[e+1]-1; inverse (n k,): the
+    grouped row of pair p.  (np.argsort(ids.ravel(), kind="stable")'s order, by counting.)"""
+    flat = ids.reshape(-1)
+    bounds = np.zeros(n_expert + 1, np.int64)
+    for p in range(flat.size):
+        bounds[flat[p] + 1] += 1
+    for e in range(n_expert):
+        bounds[e + 1] += bounds[e]
+    fill = bounds[:-1].copy()
+    order = np.empty(flat.size, np.int64)
+    inverse = np.empty(flat.size, np.int64)
+    for p in range(flat.size):
+        i = fill[flat[p]]
+        fill[flat[p]] += 1
+        order[i] = p
+        inverse[p] = i
+    return order, bounds, inverse
 
 
 @njit(cache=True, nogil=True)
@@ -245,49 +272,81 @@ def route(logits, k, gating, norm, scale):
     - scale (0 or 1: none): the weights multiplied by it.
 
     The probabilities are computed in float64 and rounded once."""
-    n, n_expert = logits.shape
+    n = logits.shape[0]
     ids = np.empty((n, k), np.int64)
     w = np.empty((n, k), np.float32)
-    p = np.empty(n_expert, np.float64)
     for t in range(n):
-        mx = -np.inf
-        for e in range(n_expert):
-            mx = max(mx, np.float64(logits[t, e]))
-        if gating == GATING_SOFTMAX:
-            s = 0.0
-            for e in range(n_expert):
-                p[e] = np.exp(np.float64(logits[t, e]) - mx)
-                s += p[e]
-            for e in range(n_expert):
-                p[e] /= s
-        else:
-            for e in range(n_expert):
-                p[e] = logits[t, e]
-        order = np.argsort(-p, kind="mergesort")       # stable: ties keep the lower expert first
-        for j in range(k):
-            ids[t, j] = order[j]
-        sel = np.empty(k, np.float64)
-        for j in range(k):
-            sel[j] = p[ids[t, j]]
-        if gating == GATING_SOFTMAX_WEIGHT:
-            m = sel[0]
-            s = 0.0
-            for j in range(k):
-                sel[j] = np.exp(sel[j] - m)
-                s += sel[j]
-            for j in range(k):
-                sel[j] /= s
-        if norm:
-            s = 0.0
-            for j in range(k):
-                s += sel[j]
-            s = max(s, np.float64(MIN_WEIGHT_SUM))
-            for j in range(k):
-                sel[j] /= s
-        for j in range(k):
-            v = sel[j] * scale if scale != 0.0 and scale != 1.0 else sel[j]
-            w[t, j] = np.float32(v)
+        _route_token(logits, t, k, gating, norm, scale, ids, w)
     return ids, w
+
+
+@njit(parallel=True, cache=True)
+def route_parallel(logits, k, gating, norm, scale):
+    """route, the tokens shared among the threads (each token's choice and weights as route's)."""
+    n = logits.shape[0]
+    ids = np.empty((n, k), np.int64)
+    w = np.empty((n, k), np.float32)
+    for t in prange(n):
+        _route_token(logits, t, k, gating, norm, scale, ids, w)
+    return ids, w
+
+
+@njit(cache=True, inline="always")
+def _route_token(logits, t, k, gating, norm, scale, ids, w):
+    """route's choice for token t, into ids[t], w[t]."""
+    n_expert = logits.shape[1]
+    p = np.empty(n_expert, np.float64)
+    mx = -np.inf
+    for e in range(n_expert):
+        mx = max(mx, np.float64(logits[t, e]))
+    if gating == GATING_SOFTMAX:
+        s = 0.0
+        for e in range(n_expert):
+            p[e] = np.exp(np.float64(logits[t, e]) - mx)
+            s += p[e]
+        for e in range(n_expert):
+            p[e] /= s
+    else:
+        for e in range(n_expert):
+            p[e] = logits[t, e]
+    order = np.argsort(-p, kind="mergesort")       # stable: ties keep the lower expert first
+    for j in range(k):
+        ids[t, j] = order[j]
+    sel = np.empty(k, np.float64)
+    for j in range(k):
+        sel[j] = p[ids[t, j]]
+    if gating == GATING_SOFTMAX_WEIGHT:
+        m = sel[0]
+        s = 0.0
+        for j in range(k):
+            sel[j] = np.exp(sel[j] - m)
+            s += sel[j]
+        for j in range(k):
+            sel[j] /= s
+    if norm:
+        s = 0.0
+        for j in range(k):
+            s += sel[j]
+        s = max(s, np.float64(MIN_WEIGHT_SUM))
+        for j in range(k):
+            sel[j] /= s
+    for j in range(k):
+        v = sel[j] * scale if scale != 0.0 and scale != 1.0 else sel[j]
+        w[t, j] = np.float32(v)
+
+
+@njit(cache=True, inline="always")
+def _combine_token(Y2, rows, w, bias, ids, has_bias, t, out):
+    """out[t] = sum_j w[t, j] * (Y2[rows[t k + j]] + bias[ids[t, j]]), accumulated in float32 in
+    slot order (as ggml adds the views): token t's weighted sum of its k expert outputs, Y2 (P, d)."""
+    k = ids.shape[1]
+    for i in range(Y2.shape[1]):
+        acc = np.float32(0.0)
+        for j in range(k):
+            r = rows[t * k + j]
+            y = Y2[r, i] + bias[ids[t, j], i] if has_bias else Y2[r, i]
+            acc += w[t, j] * y
+        out[t, i] = acc
 
 
 @njit(cache=True, nogil=True)
@@ -295,13 +354,18 @@ def combine(Y, w, bias, ids, has_bias, out):
     """out[t] = sum_j w[t, j] * (Y[t, j] + bias[ids[t, j]]): the weighted sum of a token's k expert
     outputs, Y (n, k, d), accumulated in float32 in slot order (as ggml adds the views)."""
     n, k, d = Y.shape
+    rows = np.arange(n * k)
     for t in range(n):
-        for i in range(d):
-            acc = np.float32(0.0)
-            for j in range(k):
-                y = Y[t, j, i] + bias[ids[t, j], i] if has_bias else Y[t, j, i]
-                acc += w[t, j] * y
-            out[t, i] = acc
+        _combine_token(Y.reshape(n * k, d), rows, w, bias, ids, has_bias, t, out)
+
+
+@njit(parallel=True, cache=True)
+def combine_grouped(Yg, inverse, w, bias, ids, has_bias, out):
+    """combine of expert outputs in grouped order (``group_by_expert``): Yg (n k, d), the output of
+    pair p = token k + slot at row inverse[p]; the tokens shared among the threads, each token's
+    sum bit-identical to combine's."""
+    for t in prange(ids.shape[0]):
+        _combine_token(Yg, inverse, w, bias, ids, has_bias, t, out)
 
 
 @njit(cache=True, nogil=True)

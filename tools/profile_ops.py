@@ -4,7 +4,7 @@
 
 Loads the model on the CPU backend wrapped in a timing proxy: every backend operation the model
 calls (``linear``, ``linear_fused``, ``attention``, ``qkv_prepare``, ``moe``, norms, ...) is timed
-by name, and inside ``moe`` the expert products (``ExpertWeights.mul_ids``, or ``mul_items`` in a
+by name, and inside ``moe`` the expert products (``ExpertWeights.mul_grouped``, or ``mul_items`` in a
 decode step's fused layer, split into the gate|up and the down products) too.  After a warm-up, it evaluates a prompt of -p tokens in one
 batch and then -n tokens one at a time, and prints for each phase the milliseconds per call and
 per token and each operation's share of the phase's wall time (the rest, "other", is the model's
@@ -76,27 +76,27 @@ class TimingBackend:
 
 @contextmanager
 def expert_products_timed(clock: Clock):
-    """Time ExpertWeights.mul_ids and, for a decode step's fused layer (kernels.experts.decode_step),
-    ExpertWeights.mul_items while inside, named by whether the product is the gate|up or the down
-    one (the down product's input holds one row per slot; a top-1 model's decode-step down product
-    counts as gate|up)."""
-    inner, inner_items = ExpertWeights.mul_ids, ExpertWeights.mul_items
+    """Time ExpertWeights.mul_grouped (a batch's products, grouped by expert) and, for a decode
+    step's fused layer (kernels.experts.decode_step), ExpertWeights.mul_items while inside, named by
+    whether the product is the gate|up or the down one (gate|up takes each token's input row for its
+    k slots; down one row per slot; a top-1 model's decode-step down product counts as gate|up)."""
+    inner, inner_items = ExpertWeights.mul_grouped, ExpertWeights.mul_items
 
     def name(shared: bool) -> str:
         return "moe: expert products (gate|up)" if shared else "moe: expert products (down)"
 
-    def mul_ids(self, X, ids, out=None):
-        with clock.time(name(X.shape[1] == 1)):
-            return inner(self, X, ids, out)
+    def mul_grouped(self, X, src, bounds):
+        with clock.time(name(src is not None)):
+            return inner(self, X, src, bounds)
 
     def mul_items(self, X, tiles, xrow, out):
         with clock.time(name(X.shape[0] == 1)):
             return inner_items(self, X, tiles, xrow, out)
-    ExpertWeights.mul_ids, ExpertWeights.mul_items = mul_ids, mul_items
+    ExpertWeights.mul_grouped, ExpertWeights.mul_items = mul_grouped, mul_items
     try:
         yield
     finally:
-        ExpertWeights.mul_ids, ExpertWeights.mul_items = inner, inner_items
+        ExpertWeights.mul_grouped, ExpertWeights.mul_items = inner, inner_items
 
 
 def table(title: str, clock: Clock, wall: float, n_tokens: int) -> list[str]:

@@ -316,34 +316,38 @@ class CPUBackend(Backend):
             return out
         if experts.router_bias is not None:
             logits = logits + experts.router_bias                           # (n, E)
-        ids, w = moe_kernels.route(np.ascontiguousarray(logits, dtype=np.float32), routing.n_used, gating,
-                                   routing.norm, np.float32(routing.scale))  # (n, k) each
+        route = moe_kernels.route_parallel if n >= PARALLEL_ROWS_MIN_TOKENS and self.n_threads > 1 else moe_kernels.route
+        ids, w = route(np.ascontiguousarray(logits, dtype=np.float32), routing.n_used, gating,
+                       routing.norm, np.float32(routing.scale))             # (n, k) each
         k = routing.n_used
-        X = x.reshape(n, 1, d)
+        # the (token, slot) pairs grouped by expert stay in that order from the gate|up product to the sum
+        order, bounds, inverse = moe_kernels.group_by_expert(ids, experts.down.shape[0])
         parts = []
         for W in experts.gate_up:
             if observe is not None:
-                observe(W, X, ids)
-            parts.append(W.mul_ids(X, ids))                                # (n, k, rows of W)
-        gu = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)   # (n, k, 2 ff)
-        ff = gu.shape[2] // 2
+                observe(W, x.reshape(n, 1, d), ids)
+            parts.append(W.mul_grouped(x, order // k, bounds))              # (n k, rows of W) grouped
+        gu = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)   # (n k, 2 ff) grouped
+        ff = gu.shape[1] // 2
         if experts.gate_bias is not None:
-            moe_kernels.add_expert_bias(gu, experts.gate_bias, ids, 0)
-            moe_kernels.add_expert_bias(gu, experts.up_bias, ids, ff)
-        g2 = gu.reshape(n * k, 2 * ff)
-        act = np.empty((n * k, ff), np.float32)                            # (n k, ff)
+            experts_of = ids.reshape(-1)[order].reshape(-1, 1)              # (n k, 1) expert of each row
+            g3 = gu.reshape(n * k, 1, 2 * ff)
+            moe_kernels.add_expert_bias(g3, experts.gate_bias, experts_of, 0)
+            moe_kernels.add_expert_bias(g3, experts.up_bias, experts_of, ff)
+        act = np.empty((n * k, ff), np.float32)                            # (n k, ff) grouped
         if routing.oai_swiglu:
-            moe_kernels.swiglu_oai(g2[:, :ff], g2[:, ff:], act)
+            self._by_rows(n * k, lambda a, b: moe_kernels.swiglu_oai(gu[a:b, :ff], gu[a:b, ff:], act[a:b]))
         else:
-            self.gated_act(g2[:, :ff], g2[:, ff:], False, act)
-        A = act.reshape(n, k, ff)
+            self.gated_act(gu[:, :ff], gu[:, ff:], False, act)
         if observe is not None:
+            A = np.empty((n, k, ff), np.float32)                           # (n, k, ff) in pair order
+            A.reshape(n * k, ff)[order] = act
             observe(experts.down, A, ids)
-        Y = experts.down.mul_ids(A, ids)                                   # (n, k, d)
+        Y = experts.down.mul_grouped(act, None, bounds)                     # (n k, d) grouped
         if out is None:
             out = np.empty((n, d), np.float32)
         bias = experts.down_bias
-        moe_kernels.combine(Y, w, _EMPTY2 if bias is None else bias, ids, bias is not None, out)
+        moe_kernels.combine_grouped(Y, inverse, w, _EMPTY2 if bias is None else bias, ids, bias is not None, out)
         return out
 
     def softcap(self, x, cap):
