@@ -23,12 +23,14 @@ Gate and up stacked per expert (``ExpertWeights.concat``) make one product per e
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .kinds import Packed, kind_of
 from .kinds.tiled import ROW_TILE, TiledKind, small_products, take_rows
+from .simd import ISUM_ROWS
 from .ops import gated_act
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX
+from .threads import get_num_threads
 from .types import as_type, row_bytes
 from .weight import Weight
 
@@ -231,7 +233,7 @@ class ExpertWeights:
         act = kind.row_activations(X)
         if src is not None:
             act = take_rows(act, X.shape[0], src)
-        tiles, r0, r1, yt = expert_row_items(bounds, self.tiles, ROW_ITEM_ROWS)
+        tiles, r0, r1, yt = expert_row_items(bounds, self.tiles, ROW_ITEM_ROWS, get_num_threads())
         Yg = np.empty((int(bounds[-1]), self.shape[1]), np.float32)     # (m, rows) grouped by expert
         self._row_items(act, tiles, r0, r1, yt, Yg)
         return Yg
@@ -276,17 +278,6 @@ def route(logits, k, gating, norm, scale):
     ids = np.empty((n, k), np.int64)
     w = np.empty((n, k), np.float32)
     for t in range(n):
-        _route_token(logits, t, k, gating, norm, scale, ids, w)
-    return ids, w
-
-
-@njit(parallel=True, cache=True)
-def route_parallel(logits, k, gating, norm, scale):
-    """route, the tokens shared among the threads (each token's choice and weights as route's)."""
-    n = logits.shape[0]
-    ids = np.empty((n, k), np.int64)
-    w = np.empty((n, k), np.float32)
-    for t in prange(n):
         _route_token(logits, t, k, gating, norm, scale, ids, w)
     return ids, w
 
@@ -359,12 +350,13 @@ def combine(Y, w, bias, ids, has_bias, out):
         _combine_token(Y.reshape(n * k, d), rows, w, bias, ids, has_bias, t, out)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def combine_grouped(Yg, inverse, w, bias, ids, has_bias, out):
     """combine of expert outputs in grouped order (``group_by_expert``): Yg (n k, d), the output of
-    pair p = token k + slot at row inverse[p]; the tokens shared among the threads, each token's
-    sum bit-identical to combine's."""
-    for t in prange(ids.shape[0]):
+    pair p = token k + slot at row inverse[p]; each token's sum bit-identical to combine's.  On the
+    calling thread: a parallel launch (a barrier of both threads) costs more than its 2 ms at 512
+    tokens of the MoE shape saves on a busy machine."""
+    for t in range(ids.shape[0]):
         _combine_token(Yg, inverse, w, bias, ids, has_bias, t, out)
 
 
@@ -485,10 +477,17 @@ ROW_ITEM_ROWS = 16
 
 
 @njit(cache=True, nogil=True)
-def expert_row_items(bounds, tiles, chunk):
+def expert_row_items(bounds, tiles, chunk, parts):
     """ROW_ITEMS of a batch grouped by expert (rows bounds[e]..bounds[e+1]-1 routed to expert e of a
     stacked matrix, tiles per expert): for each expert with rows, each run of at most chunk of its
-    rows, each of its tiles.  -> (tiles, r0, r1, yt) int64: the stacked tile, the run, the output tile."""
+    rows, each of its tiles; dealt to ``parts`` threads.  -> (tiles, r0, r1, yt) int64: the stacked
+    tile, the run, the output tile.
+
+    A parallel loop gives each of its threads an equal count of consecutive items, but items differ
+    in work (a run's rows, and the quants unpacked once per step of up to ISUM_ROWS rows): the list
+    is cut where the work so far reaches each part's share, and each part padded with empty items
+    (r0 == r1, no work) to the longest part's count, so the threads get near-equal work and each
+    keeps consecutive runs of the same expert's tiles (read from its own cache)."""
     n_expert = bounds.size - 1
     m = 0
     for e in range(n_expert):
@@ -506,7 +505,37 @@ def expert_row_items(bounds, tiles, chunk):
                 b[i] = min(s + chunk, bounds[e + 1])
                 y[i] = j
                 i += 1
-    return t, a, b, y
+    if parts <= 1 or m == 0:
+        return t, a, b, y
+    cost = np.empty(m + 1, np.float64)            # work before item i: 1 per row, 1 per step (row_step's)
+    cost[0] = 0.0
+    for i in range(m):
+        rows = b[i] - a[i]
+        cost[i + 1] = cost[i] + rows + -(-rows // ISUM_ROWS) + (rows % ISUM_ROWS == 3)
+    cut = np.empty(parts + 1, np.int64)             # part p: items cut[p]..cut[p+1]-1
+    cut[0] = 0
+    i = 0
+    for p in range(1, parts):
+        share = cost[m] * p / parts
+        while i < m and cost[i + 1] <= share:
+            i += 1
+        cut[p] = i
+    cut[parts] = m
+    longest = 0
+    for p in range(parts):
+        longest = max(longest, cut[p + 1] - cut[p])
+    n = parts * longest
+    T = np.zeros(n, np.int64)                       # empty items: tile 0, rows 0..-1
+    A = np.zeros(n, np.int64)
+    B = np.zeros(n, np.int64)
+    Y = np.zeros(n, np.int64)
+    for p in range(parts):
+        k = cut[p + 1] - cut[p]
+        T[p * longest:p * longest + k] = t[cut[p]:cut[p + 1]]
+        A[p * longest:p * longest + k] = a[cut[p]:cut[p + 1]]
+        B[p * longest:p * longest + k] = b[cut[p]:cut[p + 1]]
+        Y[p * longest:p * longest + k] = y[cut[p]:cut[p + 1]]
+    return T, A, B, Y
 
 
 @njit(cache=True, nogil=True)

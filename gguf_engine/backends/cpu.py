@@ -316,9 +316,8 @@ class CPUBackend(Backend):
             return out
         if experts.router_bias is not None:
             logits = logits + experts.router_bias                           # (n, E)
-        route = moe_kernels.route_parallel if n >= PARALLEL_ROWS_MIN_TOKENS and self.n_threads > 1 else moe_kernels.route
-        ids, w = route(np.ascontiguousarray(logits, dtype=np.float32), routing.n_used, gating,
-                       routing.norm, np.float32(routing.scale))             # (n, k) each
+        ids, w = moe_kernels.route(np.ascontiguousarray(logits, dtype=np.float32), routing.n_used, gating,
+                                   routing.norm, np.float32(routing.scale))  # (n, k) each
         k = routing.n_used
         # the (token, slot) pairs grouped by expert stay in that order from the gate|up product to the sum
         order, bounds, inverse = moe_kernels.group_by_expert(ids, experts.down.shape[0])
