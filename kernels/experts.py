@@ -329,15 +329,21 @@ def _route_token(logits, t, k, gating, norm, scale, ids, w):
 @njit(cache=True, inline="always")
 def _combine_token(Y2, rows, w, bias, ids, has_bias, t, out):
     """out[t] = sum_j w[t, j] * (Y2[rows[t k + j]] + bias[ids[t, j]]), accumulated in float32 in
-    slot order (as ggml adds the views): token t's weighted sum of its k expert outputs, Y2 (P, d)."""
+    slot order (as ggml adds the views): token t's weighted sum of its k expert outputs, Y2 (P, d).
+    Slot by slot over the whole row (the inner loop vectorizes), each element's sum in slot order."""
     k = ids.shape[1]
-    for i in range(Y2.shape[1]):
-        acc = np.float32(0.0)
-        for j in range(k):
-            r = rows[t * k + j]
-            y = Y2[r, i] + bias[ids[t, j], i] if has_bias else Y2[r, i]
-            acc += w[t, j] * y
-        out[t, i] = acc
+    o = out[t]
+    o[:] = 0
+    for j in range(k):
+        y = Y2[rows[t * k + j]]
+        wj = w[t, j]
+        if has_bias:
+            b = bias[ids[t, j]]
+            for i in range(o.shape[0]):
+                o[i] += wj * (y[i] + b[i])
+        else:
+            for i in range(o.shape[0]):
+                o[i] += wj * y[i]
 
 
 @njit(cache=True, nogil=True)
