@@ -4,6 +4,8 @@ tokens with the experts they were routed to (ggml's ``mul_mat_id``).
     E = ExpertWeights(data, qtype, (n_expert, rows, cols))   # the file's 3-D tensor bytes
     ids, w = route(logits, k, GATING_SOFTMAX, True, 0.0)     # (n, k) experts and weights per token
     Y = E.mul_ids(X, ids)                                     # X (n, 1 or k, cols) -> Y (n, k, rows)
+    order, bounds, inverse = group_by_expert(ids, n_expert)   # a batch's (token, slot) pairs by expert
+    Yg = E.mul_grouped(X2, src, bounds)                       # the same products, rows in that order
     F = E.dequantize(e)                                       # expert e, (rows, cols), exact
 
 A 3-D expert tensor is stored as the file stores it, expert after expert; each expert is
@@ -19,6 +21,8 @@ rows through it in one launch (each row the matvec's bits); for the others the m
 product (``Weight.matmul_decode``) up to ``MATVEC_MAX_BATCH`` rows, the small-batch product (each
 block decoded once for all the rows) up to ``SMALL_BATCH_MAX``, decoded weight tiles times BLAS above.
 Gate and up stacked per expert (``ExpertWeights.concat``) make one product per expert for both.
+A prompt's MoE layer keeps its batch grouped from the gate|up product to the weighted sum
+(``mul_grouped``, ``combine_grouped``): no product's output moves back to token order between.
 """
 from __future__ import annotations
 
@@ -524,6 +528,8 @@ def expert_row_items(bounds, tiles, chunk, parts):
     for p in range(1, parts):
         share = cost[m] * p / parts
         while i < m and cost[i + 1] <= share:
+            i += 1
+        if i < m and cost[i + 1] - share < share - cost[i]:    # the cut nearest the share
             i += 1
         cut[p] = i
     cut[parts] = m

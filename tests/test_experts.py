@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from kernels import dequantize
-from kernels.experts import (GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, add_expert_bias, combine, decode_step,
-                             fused_decode, route, swiglu_oai)
+from kernels.experts import (GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, add_expert_bias, combine,
+                             combine_grouped, decode_step, expert_row_items, fused_decode, group_by_expert, route,
+                             swiglu_oai)
 from kernels.ops import gated_act
 from kernels.types import GGMLType
 from kernels.quant_matmul import MATVEC_MAX_BATCH
@@ -104,6 +105,48 @@ def test_route_matches_llama_cpp_rule(gating, norm):
     np.testing.assert_allclose(w, rw, rtol=1.2e-7, atol=0)
     if norm:
         np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+
+
+def test_grouped_batch_helpers():
+    """group_by_expert is numpy's stable argsort of the pairs' experts with its bounds and inverse;
+    combine_grouped of the grouped rows equals combine of the same outputs in token order
+    (tolerance 0: bitwise, with and without biases)."""
+    rng = np.random.default_rng(5)
+    n, k, E, d = 37, 3, 6, 40
+    ids = np.stack([rng.permutation(E)[:k] for _ in range(n)]).astype(np.int64)
+    order, bounds, inverse = group_by_expert(ids, E)
+    flat = ids.reshape(-1)
+    np.testing.assert_array_equal(order, np.argsort(flat, kind="stable"))
+    np.testing.assert_array_equal(bounds, np.searchsorted(flat[order], np.arange(E + 1)))
+    np.testing.assert_array_equal(inverse[order], np.arange(n * k))
+    Y = rng.standard_normal((n, k, d)).astype(np.float32)
+    w = rng.random((n, k)).astype(np.float32)
+    bias = rng.standard_normal((E, d)).astype(np.float32)
+    Yg = np.ascontiguousarray(Y.reshape(n * k, d)[order])
+    for has_bias in (False, True):
+        want, got = np.empty((n, d), np.float32), np.empty((n, d), np.float32)
+        combine(Y, w, bias, ids, has_bias, want)
+        combine_grouped(Yg, inverse, w, bias, ids, has_bias, got)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_row_items_dealt_by_work(parts):
+    """expert_row_items for `parts` threads: the same (tile, run) items as for one thread, each
+    once, plus empty runs (r0 == r1), in `parts` equal counts whose work (1 per row and per 4-row
+    step) differs by at most one item's (an uneven routing: experts of 1 to 40 rows)."""
+    rng = np.random.default_rng(6)
+    counts = rng.integers(0, 41, 12)
+    bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    one = expert_row_items(bounds, 4, 16, 1)
+    t, r0, r1, yt = expert_row_items(bounds, 4, 16, parts)
+    assert t.size % parts == 0
+    real = r1 > r0
+    assert sorted(zip(*(a[real] for a in (t, r0, r1, yt)))) == sorted(zip(*one))
+    rows = r1 - r0
+    work = rows + -(-rows // 4) + (rows % 4 == 3)
+    shares = work.reshape(parts, -1).sum(1)
+    assert shares.max() - shares.min() <= work.max()
 
 
 def test_combine_and_oai_swiglu():
