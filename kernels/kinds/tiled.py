@@ -57,7 +57,8 @@ ROW_TILE = 32
 # ROW_ITEMS: the multi-row integer products of some kinds (``TiledKind.row_items``) take a list of
 # (row tile, run of activation rows) items in one parallel loop, ``product(act, tiles, r0, r1, yt, Y)``:
 # item i is row tile tiles[i] times rows r0[i]..r1[i]-1 of the rounded activations act (the kind's
-# ``row_activations`` of X), stored in the columns of tile yt[i] of those rows of Y.  The quants of
+# ``row_activations`` of X), stored in the columns of tile yt[i] of those rows of Y (an item may be
+# empty, r0[i] == r1[i]: the padding that evens the threads' shares, experts.expert_row_items).  The quants of
 # each block are unpacked once per ISUM_ROWS rows, and each row is summed as the matvec sums it
 # alone (bit-identical): a mixture-of-experts batch is every expert's tiles times the rows routed to
 # it, in one launch.
