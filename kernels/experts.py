@@ -331,23 +331,24 @@ def _route_token(logits, t, k, gating, norm, scale, ids, w):
 
 
 @njit(cache=True, inline="always")
-def _combine_token(Y2, rows, w, bias, ids, has_bias, t, out):
+def _combine_token(Y2, rows, w, bias, ids, has_bias, t, acc, out):
     """out[t] = sum_j w[t, j] * (Y2[rows[t k + j]] + bias[ids[t, j]]), accumulated in float32 in
     slot order (as ggml adds the views): token t's weighted sum of its k expert outputs, Y2 (P, d).
-    Slot by slot over the whole row (the inner loop vectorizes), each element's sum in slot order."""
+    Slot by slot over the whole row in acc (d,) float32 scratch (contiguous, so the inner loop
+    vectorizes whatever out's layout), each element's sum in slot order."""
     k = ids.shape[1]
-    o = out[t]
-    o[:] = 0
+    acc[:] = 0
     for j in range(k):
         y = Y2[rows[t * k + j]]
         wj = w[t, j]
         if has_bias:
             b = bias[ids[t, j]]
-            for i in range(o.shape[0]):
-                o[i] += wj * (y[i] + b[i])
+            for i in range(acc.shape[0]):
+                acc[i] += wj * (y[i] + b[i])
         else:
-            for i in range(o.shape[0]):
-                o[i] += wj * y[i]
+            for i in range(acc.shape[0]):
+                acc[i] += wj * y[i]
+    out[t, :] = acc
 
 
 @njit(cache=True, nogil=True)
@@ -356,8 +357,9 @@ def combine(Y, w, bias, ids, has_bias, out):
     outputs, Y (n, k, d), accumulated in float32 in slot order (as ggml adds the views)."""
     n, k, d = Y.shape
     rows = np.arange(n * k)
+    acc = np.empty(d, np.float32)
     for t in range(n):
-        _combine_token(Y.reshape(n * k, d), rows, w, bias, ids, has_bias, t, out)
+        _combine_token(Y.reshape(n * k, d), rows, w, bias, ids, has_bias, t, acc, out)
 
 
 @njit(cache=True, nogil=True)
@@ -366,8 +368,9 @@ def combine_grouped(Yg, inverse, w, bias, ids, has_bias, out):
     pair p = token k + slot at row inverse[p]; each token's sum bit-identical to combine's.  On the
     calling thread: a parallel launch (a barrier of both threads) costs more than its 2 ms at 512
     tokens of the MoE shape saves on a busy machine."""
+    acc = np.empty(Yg.shape[1], np.float32)
     for t in range(ids.shape[0]):
-        _combine_token(Yg, inverse, w, bias, ids, has_bias, t, out)
+        _combine_token(Yg, inverse, w, bias, ids, has_bias, t, acc, out)
 
 
 @njit(cache=True, nogil=True)
