@@ -39,8 +39,8 @@ from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq
 from .legacy import KVALUES_IQ4NL
 from .numerics import f16_bits_to_f32
 from .ops import exp_shifted, f32_to_f16_bits
-from .simd import (HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_ptr, half_bits_to_f32, loader,
-                   spread_bits, x86)
+from .simd import (HOST_AVX2, HOST_AVX512, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_ptr, half_bits_to_f32,
+                   loader, spread_bits, x86)
 
 # keys per work item of the attention kernels, and values decoded at a time within one (a tile of
 # rows of float keys: 8 KiB, a quarter of the L1 data cache, beside the rows it is decoded from)
@@ -303,7 +303,7 @@ def heads_per_call(G):
     return 1 if G == 1 else HEAD_GROUP
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
 def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
     """The portable form of ``key_scores`` (the same integer sums and float operations, in the
     same order: identical results)."""
@@ -337,7 +337,7 @@ def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so,
             out[oo + g * ldo + j] = acc[g]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
 def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
     """The portable form of ``value_column`` (the same float operations in the same order:
     identical results)."""
@@ -367,6 +367,189 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
     for g in range(n):
         for k in range(32):
             acc[ao + g * hd + k] = a[g, k]
+
+
+# ---------------------------------------------------------------- float key scores
+#
+# Over an F32, F16 or BF16 K cache whose head size is whole pieces of 16 values, the scores of a
+# group of up to HEAD_GROUP query heads are taken one key row at a time: each piece of 16 values
+# of the row is converted once (vcvtph2ps for F16) and multiplied into every head's 16 running
+# lanes (one fused multiply-add per head), so the heads of a kv head share each row load in
+# registers (grouped-query attention); each head's lanes are then added by halves (lanes l and
+# l + 8, then l and l + 4, l and l + 2, l and l + 1).  The portable loop takes the same steps in
+# the same order (``fma32`` and plain float32 additions): identical results.
+
+KEY_PIECE = 16
+# rows ahead of the current one whose bytes the vector kernels prefetch: a decode step reads
+# each kv head's rows with a stride of every kv head's row (a pattern the hardware prefetchers
+# follow poorly), so the lines of the rows a few hundred nanoseconds ahead are requested here
+PREFETCH_ROWS = 16
+
+
+@intrinsic
+def prefetch(typingctx, a, off, nbytes):
+    """Read prefetches of the nbytes from byte off of the contiguous array a (any dtype), one
+    per 64-byte line: a hint with no effect on any result (addresses past the array are harmless:
+    a prefetch never faults)."""
+    sig = types.void(a, off, nbytes)
+
+    def codegen(context, builder, signature, args):
+        a, off, nbytes = args
+        base = builder.gep(data_ptr(context, builder, signature.args[0], a, I8), [_i64(builder, off)])
+        prefetch_row(builder, base, _i64(builder, nbytes))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def prefetch_row(builder, p, nbytes):
+    """IR: read prefetches (to every cache level) of the nbytes (i64) from i8* p, one per 64-byte line."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32,
+                                                                                         I32]), "llvm.prefetch.p0i8")
+    with cgutils.for_range_slice(builder, ir.Constant(I64, 0), nbytes, ir.Constant(I64, 64)) as (i, _):
+        builder.call(fn, [builder.gep(p, [i]), ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
+@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
+def float_key_scores_loop(t, n, k, off, stride, count, q, qo, hd, out, oo, ldo):
+    """The portable form of ``float_key_scores`` (the same float operations in the same order:
+    identical results)."""
+    acc = np.empty((n, KEY_PIECE), np.float32)
+    f = np.empty(KEY_PIECE, np.float32)
+    r = np.empty(KEY_PIECE // 2, np.float32)
+    pb = COLUMN_BYTES[t] // 2                    # bytes of a piece of 16 values
+    for j in range(count):
+        for g in range(n):
+            for i in range(KEY_PIECE):
+                acc[g, i] = 0.0
+        for c in range(hd // KEY_PIECE):
+            o = off + j * stride + c * pb
+            decode_row(t, k[o:o + pb], f)
+            for g in range(n):
+                x0 = qo + g * hd + KEY_PIECE * c
+                for i in range(KEY_PIECE):
+                    acc[g, i] = fma32(q[x0 + i], f[i], acc[g, i])
+        for g in range(n):
+            w = KEY_PIECE // 2
+            for i in range(w):
+                r[i] = acc[g, i] + acc[g, i + w]
+            while w > 1:
+                w //= 2
+                for i in range(w):
+                    r[i] = r[i] + r[i + w]
+            out[oo + g * ldo + j] = r[0]
+
+
+def _float_key_scores_ir(t, n):
+    """The intrinsic (k, off, stride, count, q, qo, hd, out, oo, ldo) of ``float_key_scores`` for
+    float type t (F32, F16, BF16) and n (1 to HEAD_GROUP) heads: per row, each piece of 16 values
+    converted once into a <16 x float> and fused-multiply-added into the n heads' lane vectors,
+    which stay in registers over the row; then each head's lanes added by halves."""
+
+    def fk(typingctx, k, off, stride, count, q, qo, hd, out, oo, ldo):
+        sig = types.void(k, off, stride, count, q, qo, hd, out, oo, ldo)
+
+        def codegen(context, builder, signature, args):
+            k, off, stride, count, q, qo, hd, out, oo, ldo = args
+            aty = signature.args
+            off, stride, count, qo, hd, oo, ldo = (_i64(builder, v) for v in (off, stride, count, qo, hd, oo, ldo))
+            load = loader(builder)
+            L = KEY_PIECE
+            vf = ir.VectorType(F32, L)
+            kbase = builder.gep(data_ptr(context, builder, aty[0], k, I8), [off])
+            qbase = builder.gep(data_ptr(context, builder, aty[4], q, F32), [qo])
+            op = builder.gep(data_ptr(context, builder, aty[7], out, F32), [oo])
+            fma = _fma_fn(builder, vf)
+            zero = ir.Constant(vf, [0.0] * L)
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n)]
+            pieces = builder.udiv(hd, ir.Constant(I64, L))
+            pb = int(COLUMN_BYTES[t]) // 2
+            with cgutils.for_range(builder, count) as rows:
+                j = rows.index
+                rbase = builder.gep(kbase, [builder.mul(j, stride)])
+                prefetch_row(builder, builder.gep(rbase, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]),
+                             builder.mul(pieces, ir.Constant(I64, pb)))
+                for a in accs:
+                    builder.store(zero, a)
+                with cgutils.for_range(builder, pieces) as loop:
+                    c = loop.index
+                    pp = builder.gep(rbase, [builder.mul(c, ir.Constant(I64, pb))])
+                    if t == 0:
+                        f = load(pp, 0, vf)
+                    elif t == 1:
+                        f = builder.fpext(load(pp, 0, ir.VectorType(ir.HalfType(), L)), vf)
+                    else:
+                        w = builder.zext(load(pp, 0, ir.VectorType(ir.IntType(16), L)), ir.VectorType(I32, L))
+                        f = builder.bitcast(builder.shl(w, ir.Constant(ir.VectorType(I32, L), [16] * L)), vf)
+                    x16 = builder.mul(c, ir.Constant(I64, L))
+                    for g, a in enumerate(accs):
+                        xp = builder.gep(qbase, [builder.add(builder.mul(hd, ir.Constant(I64, g)), x16)])
+                        xv = builder.load(builder.bitcast(xp, vf.as_pointer()), align=4)
+                        builder.store(builder.call(fma, [xv, f, builder.load(a)]), a)
+                for g, a in enumerate(accs):
+                    v, w = builder.load(a), L
+                    while w > 1:
+                        w //= 2
+                        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w))))
+                        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w, 2 * w))))
+                        v = builder.fadd(lo, hi)
+                    dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
+                    builder.store(builder.extract_element(v, ir.Constant(I32, 0)), dst)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    fk.__name__ = fk.__qualname__ = f"float_key_scores_{t}_{n}"
+    return intrinsic(fk)
+
+
+def _float_switch(n):
+    """A Numba function (t, *args) calling ``_float_key_scores_ir(t, n)(*args)`` for the run-time
+    float type t."""
+    f32, f16, bf16 = (_float_key_scores_ir(t, n) for t in (0, 1, 30))
+
+    @njit(nogil=True)
+    def switch(t, *args):
+        if t == 1:
+            f16(*args)
+        elif t == 0:
+            f32(*args)
+        else:
+            bf16(*args)
+    return switch
+
+
+def float_key_scores(t, n, simd, *args):
+    """float_key_scores(t, n, simd, k, off, stride, count, q, qo, hd, out, oo, ldo): the scores of
+    ``count`` key rows of hd values (a multiple of KEY_PIECE) of float type t (F32, F16, BF16), row
+    j at bytes k[off + j stride], for n (1 to HEAD_GROUP) query heads, head g at q[qo + g hd]:
+    out[oo + g ldo + j] = the dot product of the two, in the order of the section comment.
+    simd: by 512-bit vectors where the host has AVX-512 (and F16C), else the portable loop; the
+    same results.  (Callable from Numba code only.)"""
+    raise NotImplementedError("float_key_scores runs inside Numba kernels")
+
+
+@overload(float_key_scores)
+def _float_key_scores_impl(t, n, simd, *args):
+    if not (HOST_AVX512 and HOST_F16C):
+        def portable(t, n, simd, *args):
+            float_key_scores_loop(t, n, *args)
+        return portable
+    by_n = [_float_switch(n_) for n_ in range(1, HEAD_GROUP + 1)]
+    one, two, three, four = by_n
+
+    def either(t, n, simd, *args):
+        if not simd:
+            float_key_scores_loop(t, n, *args)
+        elif n == 1:
+            one(t, *args)
+        elif n == 2:
+            two(t, *args)
+        elif n == 3:
+            three(t, *args)
+        else:
+            four(t, *args)
+    return either
 
 
 def _emit_block_quants(builder, load, rp, t):
@@ -439,6 +622,8 @@ def _key_scores_ir(t, n):
             with cgutils.for_range(builder, count) as keys:
                 j = keys.index
                 rbase = builder.gep(kbase, [builder.mul(j, stride)])
+                prefetch_row(builder, builder.gep(rbase, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]),
+                             builder.mul(nb, ir.Constant(I64, int(BLOCK_BYTES[t]))))
                 builder.store(ir.Constant(vf, [0.0] * n), accp)
                 with cgutils.for_range(builder, nb) as loop:
                     b = loop.index
@@ -523,6 +708,8 @@ def _value_column_ir(t, n):
             with cgutils.for_range(builder, count) as loop:
                 j = loop.index
                 rp = builder.gep(vbase, [builder.mul(j, stride)])
+                prefetch_row(builder, builder.gep(rp, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]),
+                             ir.Constant(I64, int(COLUMN_BYTES[t])))
                 if t == 0:                                                # F32
                     f = load(rp, 0, v32f)
                 elif t == 1:                                              # F16: vcvtph2ps
@@ -735,6 +922,7 @@ def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
         for j0 in range(lo, hi, VALUE_TILE_ROWS):
             m = min(VALUE_TILE_ROWS, hi - j0)
             for jj in range(m):
+                prefetch(v_rows, ((j0 + jj + PREFETCH_ROWS) * Hkv + kvh) * rb, rb)
                 r = v_rows[j0 + jj, kvh]
                 for i in range(rb):
                     vt[jj * rb + i] = r[i]
@@ -748,12 +936,30 @@ def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
+def scores_float(t, k_rows, kvh, lo, hi, qs, s, simd):
+    """s[g, j - lo] = qs[g] . key row j of kv head kvh (float type t: F32, F16, BF16; hd a multiple
+    of KEY_PIECE), j = lo..hi-1, through ``float_key_scores`` in groups of up to HEAD_GROUP heads.
+    qs (G, hd) and s (>= G, >= hi - lo): C order."""
+    G, hd = qs.shape
+    lds = s.shape[1]
+    C, Hkv, rb = k_rows.shape
+    k = k_rows.reshape(C * Hkv * rb)
+    q = qs.reshape(G * hd)
+    o = s.reshape(s.shape[0] * lds)
+    for g0 in range(0, G, HEAD_GROUP):
+        float_key_scores(t, min(HEAD_GROUP, G - g0), simd, k, (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, q, g0 * hd,
+                         hd, o, g0 * lds, lds)
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def scores_f32(qs, kf, kvh, lo, hi, s):
     """s[g, j - lo] = qs[g] . key row j of kv head kvh, j = lo..hi-1, over an F32 cache read in
     place (kf: (C, Hkv, hd) float32, the rows' bytes as floats): one long dot product per row and
     head, no copy of the row."""
     G, hd = qs.shape
+    Hkv = kf.shape[1]
     for j in range(lo, hi):
+        prefetch(kf, ((j + PREFETCH_ROWS) * Hkv + kvh) * 4 * hd, 4 * hd)
         kr = kf[j, kvh]
         for g in range(G):
             a = np.float32(0.0)
@@ -772,7 +978,9 @@ def values_f32(vf, kvh, lo, hi, p, acc):
     for g in range(G):
         for d in range(hd):
             acc[g, d] = 0.0
+    Hkv = vf.shape[1]
     for j in range(lo, hi):
+        prefetch(vf, ((j + PREFETCH_ROWS) * Hkv + kvh) * 4 * hd, 4 * hd)
         vr = vf[j, kvh]
         for g in range(G):
             w = p[g, j - lo]
@@ -797,6 +1005,8 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
         scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd)
     elif tk == 0 and hd >= WHOLE_ROWS_HEAD:
         scores_f32(qs, k_rows.view(np.float32), kvh, lo, hi, s)
+    elif hd % KEY_PIECE == 0:
+        scores_float(tk, k_rows, kvh, lo, hi, qs, s, simd)
     else:
         for j0 in range(lo, hi, T):
             j1 = min(j0 + T, hi)

@@ -151,11 +151,11 @@ def _decode_three_ways(name, G, Hkv, hd, seed):
 
 
 @pytest.mark.parametrize("name", INT_TYPES)
-@pytest.mark.parametrize("G,Hkv,hd", [(1, 2, 64), (3, 3, 64), (4, 1, 256), (6, 1, 96)])
+@pytest.mark.parametrize("G,Hkv,hd", [(1, 2, 64), (3, 3, 64), (4, 1, 256), (6, 1, 96), (4, 4, 128)])
 def test_integer_attention_per_type(name, G, Hkv, hd):
     """Decode attention (2 tokens, 700 keys: three chunks) over a K and V cache of each integer
     type, for 1 to 6 query heads per kv head (key sums in padded groups of 4, values in groups of
-    1 to 4) and head sizes 64, 96 and 256: within 2e-5 of the largest output of float64 attention
+    1 to 4) and head sizes 64, 96, 256 and 128 (grouped-query heads of 128): within 2e-5 of the largest output of float64 attention
     over the exactly decoded rows with the query as the kernel rounds it; the vector and portable
     integer kernels and the serial kernel give the same output exactly."""
     q3, k, v, out = _decode_three_ways(name, G, Hkv, hd, G * hd)
@@ -164,13 +164,15 @@ def test_integer_attention_per_type(name, G, Hkv, hd):
 
 
 @pytest.mark.parametrize("name", ["f32", "f16", "bf16"])
-@pytest.mark.parametrize("G,Hkv,hd", [(1, 2, 64), (3, 3, 64), (4, 1, 256), (6, 1, 96), (2, 2, 80)])
+@pytest.mark.parametrize("G,Hkv,hd", [(1, 2, 64), (3, 3, 64), (4, 1, 256), (6, 1, 96), (2, 2, 80), (4, 4, 128),
+                                     (5, 1, 48)])
 def test_float_attention_per_type(name, G, Hkv, hd):
     """Decode attention (2 tokens, 700 keys: three chunks) over an f32, f16 or bf16 cache, 1 to 6
-    query heads per kv head (value columns of 1 to 4 heads), head sizes 64, 96, 256 and 80 (not
-    whole columns of 32: values a tile of rows at a time): within 2e-5 of the largest output of
-    float64 attention over the exactly decoded rows; the vector and portable value kernels and
-    the serial kernel give the same output exactly."""
+    query heads per kv head (key scores and value columns of 1 to 4 heads), head sizes 64, 96,
+    256, 128 (grouped-query heads of 128), 80 and 48 (not whole columns of 32: values a tile of
+    rows at a time; 48 also whole pieces of 16 for the key scores): within 2e-5 of the largest
+    output of float64 attention over the exactly decoded rows; the vector and portable key and
+    value kernels and the serial kernel give the same output exactly."""
     q3, k, v, out = _decode_three_ways(name, G, Hkv, hd, G * hd + 1)
     want = attention_reference(q3, _stored(k) if name == "bf16" else np.asarray(k, np.float32),
                                _stored(v) if name == "bf16" else np.asarray(v, np.float32), 698, 0.125, 0, 0.0)

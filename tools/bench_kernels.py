@@ -27,9 +27,10 @@ Llama-3.2-1B layers (read from memory) and on one 2048x2048 matrix (from cache);
 weights per second and the ratio to the AVX2 form.  Timed in CPU seconds (best of --reps): run it with
 --threads 1.
 --attention: decode attention (one query token) over a KV cache of --ctx positions in each
-cache type, for the head layouts of SmolLM2-135M (9 heads, 3 kv heads of 64) and Gemma 3 270M (4
-heads, 1 kv head of 256), every layer of the model's cache (30 and 18 layers, so the cache is read
-from memory as in a real decode step, not from the CPU's caches):
+cache type, for the head layouts of SmolLM2-135M (9 heads, 3 kv heads of 64), Gemma 3 270M (4
+heads, 1 kv head of 256) and the MoE benchmark shape qwen3moe-16l-32e (16 heads, 4 kv heads of 128:
+grouped-query heads of 128), every layer of the model's cache (30, 18 and 16 layers, so the cache
+is read from memory as in a real decode step, not from the CPU's caches):
   attn GB/s     cache bytes (keys and values, every position) read per second
   matvec GB/s   the same type's matvec over a set of 4096x4096 weights of at least 96 MiB (three
                 times the CPU's 32 MiB L3), visited in turn as a decode step visits a model's
@@ -153,7 +154,8 @@ def gemm_rate(n: int, rows: int, cols: int, reps: int) -> float:
     return 2 * n * rows * cols / t / 1e9
 
 
-ATTENTION_SHAPES = [("SmolLM2-135M", 30, 9, 3, 64), ("Gemma-3-270M", 18, 4, 1, 256)]
+ATTENTION_SHAPES = [("SmolLM2-135M", 30, 9, 3, 64), ("Gemma-3-270M", 18, 4, 1, 256),
+                    ("qwen3moe-16l-32e", 16, 16, 4, 128)]
 # the --attention matvec's set of weights: three times the L3, so that it is read from memory
 MATVEC_SET_BYTES = 96 << 20
 
@@ -168,7 +170,7 @@ def bench_attention(types, n_ctx: int, reps: int, rng) -> int:
     clock = time.process_time if kernels.get_num_threads() == 1 else time.perf_counter
     print(f"threads={kernels.get_num_threads()}, {'CPU' if clock is time.process_time else 'wall'} time, "
           f"{n_ctx} positions")
-    hdr = (f"{'type':8} {'model shape':>14} {'cache MiB':>9} {'step us':>8} {'attn GB/s':>9} {'matvec GB/s':>11} "
+    hdr = (f"{'type':8} {'model shape':>16} {'cache MiB':>9} {'step us':>8} {'attn GB/s':>9} {'matvec GB/s':>11} "
            f"{'in-L3 GB/s':>10} {'x matvec':>8}")
     print(hdr)
     print("-" * len(hdr))
@@ -198,7 +200,7 @@ def bench_attention(types, n_ctx: int, reps: int, rng) -> int:
             with be.scope():
                 sec = best_time(step, reps, 0.3, clock)
             att = kv.nbytes / sec / 1e9
-            print(f"{t.name:8} {label:>14} {kv.nbytes / 2**20:9.1f} {sec * 1e6:8.0f} {att:9.2f} {mv:11.2f} "
+            print(f"{t.name:8} {label:>16} {kv.nbytes / 2**20:9.1f} {sec * 1e6:8.0f} {att:9.2f} {mv:11.2f} "
                   f"{in_l3:10.2f} {att / mv:8.2f}", flush=True)
             del kv
         del Ws
