@@ -11,10 +11,12 @@ few tokens' attention is integer arithmetic on the stored quants (the section "i
 attention" below: the query rounded per block to two int8 terms as the matvecs round
 activations, key blocks multiplied as integers, value blocks converted to floats once per
 position for all the heads that share them, the block's scale riding on each head's weight).
-Over F32, F16 and BF16 rows each key row is decoded into a small tile of floats the moment it is
-used, once for all the query heads that share it (grouped-query attention), and consumed there,
+Over F32, F16 and BF16 rows each key row is converted 16 values at a time into registers, once
+for all the query heads that share it (grouped-query attention: the section "float key scores"),
 and values are summed in registers a column of 32 at a time (F32 rows of 128 values and more
-are read in place a whole row at a time instead).  A step's work is split into
+are read in place a whole row at a time instead).  Each kv head's rows are strided by every kv
+head's row, a pattern the hardware prefetchers follow poorly: the kernels prefetch the rows
+they read a few rows ahead (PREFETCH_ROWS).  A step's work is split into
 chunks of keys; each chunk keeps its own running maximum, sum and weighted values (the
 flash-decoding split), and the chunks are merged exactly afterwards, so even a model with one
 kv head spreads a long context over every thread.
@@ -46,8 +48,8 @@ from .simd import (HOST_AVX2, HOST_AVX512, HOST_F16C, HOST_VNNI, I8, I32, V8I32,
 # rows of float keys: 8 KiB, a quarter of the L1 data cache, beside the rows it is decoded from)
 KEY_CHUNK = 256
 TILE_VALUES = 2048
-# F32 head sizes from which keys are dotted and values summed a whole row at a time, in place
-# (``scores_f32``, ``values_f32``; smaller heads measured faster through the tiles and columns)
+# F32 head sizes from which values are summed a whole row at a time, in place (``values_f32``;
+# smaller heads measured faster through the columns)
 WHOLE_ROWS_HEAD = 128
 # keys per tile of the value sums (``values_rows``)
 VALUE_TILE_ROWS = 16
@@ -952,23 +954,6 @@ def scores_float(t, k_rows, kvh, lo, hi, qs, s, simd):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def scores_f32(qs, kf, kvh, lo, hi, s):
-    """s[g, j - lo] = qs[g] . key row j of kv head kvh, j = lo..hi-1, over an F32 cache read in
-    place (kf: (C, Hkv, hd) float32, the rows' bytes as floats): one long dot product per row and
-    head, no copy of the row."""
-    G, hd = qs.shape
-    Hkv = kf.shape[1]
-    for j in range(lo, hi):
-        prefetch(kf, ((j + PREFETCH_ROWS) * Hkv + kvh) * 4 * hd, 4 * hd)
-        kr = kf[j, kvh]
-        for g in range(G):
-            a = np.float32(0.0)
-            for d in range(hd):
-                a += qs[g, d] * kr[d]
-            s[g, j - lo] = a
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST)
 def values_f32(vf, kvh, lo, hi, p, acc):
     """acc[g] (hd,) = sum over j = lo..hi-1 of p[g, j - lo] times value row j of kv head kvh, over an
     F32 cache read in place (vf: (C, Hkv, hd) float32), a whole row at a time into sums held in
@@ -994,17 +979,15 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     """Keys lo..hi-1 of kv head kvh for G query heads qs (G, hd) (already scaled; rq: them
     rounded by ``round_query`` when tk is an integer type): scores s (G, hi-lo), then per head g
     the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and acc[g] (hd,) = the sum of those
-    weights times the value rows.  Integer K types go through ``scores_int``, float K types are
-    decoded a tile of rows at a time (tile: (T, hd) float32), once for all G heads; the values
-    through ``values_rows`` (a float type whose head size is not whole columns of 32 a tile at a
-    time).  F32 keys and values of WHOLE_ROWS_HEAD values and more are read in place a whole row
-    at a time (``scores_f32``, ``values_f32``)."""
+    weights times the value rows.  Integer K types go through ``scores_int``, float K types
+    through ``scores_float`` (a head size that is not whole pieces of 16: decoded a tile of rows
+    at a time, tile: (T, hd) float32, once for all G heads); the values through ``values_rows``
+    (a float type whose head size is not whole columns of 32: a tile at a time).  F32 values of
+    WHOLE_ROWS_HEAD values and more are read in place a whole row at a time (``values_f32``)."""
     G, hd = qs.shape
     T = tile.shape[0]
     if is_int_type(tk):
         scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd)
-    elif tk == 0 and hd >= WHOLE_ROWS_HEAD:
-        scores_f32(qs, k_rows.view(np.float32), kvh, lo, hi, s)
     elif hd % KEY_PIECE == 0:
         scores_float(tk, k_rows, kvh, lo, hi, qs, s, simd)
     else:
