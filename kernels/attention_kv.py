@@ -376,9 +376,10 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
 # Over an F32, F16 or BF16 K cache whose head size is whole pieces of 16 values, the scores of a
 # group of up to HEAD_GROUP query heads are taken one key row at a time: each piece of 16 values
 # of the row is converted once (vcvtph2ps for F16) and multiplied into every head's 16 running
-# lanes (one fused multiply-add per head), so the heads of a kv head share each row load in
-# registers (grouped-query attention); each head's lanes are then added by halves (lanes l and
-# l + 8, then l and l + 4, l and l + 2, l and l + 1).  The portable loop takes the same steps in
+# lanes (one fused multiply-add per head; the even and the odd pieces into two sets of lanes, two
+# chains of dependent multiply-adds per head instead of one), so the heads of a kv head share each
+# row load in registers (grouped-query attention); each head's two sets are then added, and the
+# lanes added by halves (lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1).  The portable loop takes the same steps in
 # the same order (``fma32`` and plain float32 additions): identical results.
 
 KEY_PIECE = 16
@@ -404,6 +405,15 @@ def prefetch(typingctx, a, off, nbytes):
     return sig, codegen
 
 
+def prefetch_ahead(builder, rp, stride, row_bytes, nbytes):
+    """IR: prefetch_row of the nbytes (i64) at PREFETCH_ROWS rows (of stride bytes) past i8* rp,
+    where the rows are strided (stride > row_bytes: several kv heads); contiguous rows are left to
+    the hardware prefetchers, which follow them (software prefetches there measured slower)."""
+    ahead = builder.gep(rp, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))])
+    with builder.if_then(builder.icmp_signed(">", stride, row_bytes)):
+        prefetch_row(builder, ahead, nbytes)
+
+
 def prefetch_row(builder, p, nbytes):
     """IR: read prefetches (to every cache level) of the nbytes (i64) from i8* p, one per 64-byte line."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32,
@@ -416,25 +426,26 @@ def prefetch_row(builder, p, nbytes):
 def float_key_scores_loop(t, n, k, off, stride, count, q, qo, hd, out, oo, ldo):
     """The portable form of ``float_key_scores`` (the same float operations in the same order:
     identical results)."""
-    acc = np.empty((n, KEY_PIECE), np.float32)
+    acc = np.empty((n, 2, KEY_PIECE), np.float32)
     f = np.empty(KEY_PIECE, np.float32)
-    r = np.empty(KEY_PIECE // 2, np.float32)
+    r = np.empty(KEY_PIECE, np.float32)
     pb = COLUMN_BYTES[t] // 2                    # bytes of a piece of 16 values
     for j in range(count):
         for g in range(n):
             for i in range(KEY_PIECE):
-                acc[g, i] = 0.0
+                acc[g, 0, i] = 0.0
+                acc[g, 1, i] = 0.0
         for c in range(hd // KEY_PIECE):
             o = off + j * stride + c * pb
             decode_row(t, k[o:o + pb], f)
             for g in range(n):
                 x0 = qo + g * hd + KEY_PIECE * c
                 for i in range(KEY_PIECE):
-                    acc[g, i] = fma32(q[x0 + i], f[i], acc[g, i])
+                    acc[g, c & 1, i] = fma32(q[x0 + i], f[i], acc[g, c & 1, i])
         for g in range(n):
-            w = KEY_PIECE // 2
+            w = KEY_PIECE
             for i in range(w):
-                r[i] = acc[g, i] + acc[g, i + w]
+                r[i] = acc[g, 0, i] + acc[g, 1, i]
             while w > 1:
                 w //= 2
                 for i in range(w):
@@ -463,33 +474,43 @@ def _float_key_scores_ir(t, n):
             op = builder.gep(data_ptr(context, builder, aty[7], out, F32), [oo])
             fma = _fma_fn(builder, vf)
             zero = ir.Constant(vf, [0.0] * L)
-            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n)]
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(n)]
             pieces = builder.udiv(hd, ir.Constant(I64, L))
             pb = int(COLUMN_BYTES[t]) // 2
+
+            def piece(rbase, c, parity):     # piece c of the row into each head's lanes of this parity
+                pp = builder.gep(rbase, [builder.mul(c, ir.Constant(I64, pb))])
+                if t == 0:
+                    f = load(pp, 0, vf)
+                elif t == 1:
+                    f = builder.fpext(load(pp, 0, ir.VectorType(ir.HalfType(), L)), vf)
+                else:
+                    w = builder.zext(load(pp, 0, ir.VectorType(ir.IntType(16), L)), ir.VectorType(I32, L))
+                    f = builder.bitcast(builder.shl(w, ir.Constant(ir.VectorType(I32, L), [16] * L)), vf)
+                x16 = builder.mul(c, ir.Constant(I64, L))
+                for g in range(n):
+                    a = accs[g][parity]
+                    xp = builder.gep(qbase, [builder.add(builder.mul(hd, ir.Constant(I64, g)), x16)])
+                    xv = builder.load(builder.bitcast(xp, vf.as_pointer()), align=4)
+                    builder.store(builder.call(fma, [xv, f, builder.load(a)]), a)
+
             with cgutils.for_range(builder, count) as rows:
                 j = rows.index
                 rbase = builder.gep(kbase, [builder.mul(j, stride)])
-                prefetch_row(builder, builder.gep(rbase, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]),
-                             builder.mul(pieces, ir.Constant(I64, pb)))
-                for a in accs:
-                    builder.store(zero, a)
-                with cgutils.for_range(builder, pieces) as loop:
-                    c = loop.index
-                    pp = builder.gep(rbase, [builder.mul(c, ir.Constant(I64, pb))])
-                    if t == 0:
-                        f = load(pp, 0, vf)
-                    elif t == 1:
-                        f = builder.fpext(load(pp, 0, ir.VectorType(ir.HalfType(), L)), vf)
-                    else:
-                        w = builder.zext(load(pp, 0, ir.VectorType(ir.IntType(16), L)), ir.VectorType(I32, L))
-                        f = builder.bitcast(builder.shl(w, ir.Constant(ir.VectorType(I32, L), [16] * L)), vf)
-                    x16 = builder.mul(c, ir.Constant(I64, L))
-                    for g, a in enumerate(accs):
-                        xp = builder.gep(qbase, [builder.add(builder.mul(hd, ir.Constant(I64, g)), x16)])
-                        xv = builder.load(builder.bitcast(xp, vf.as_pointer()), align=4)
-                        builder.store(builder.call(fma, [xv, f, builder.load(a)]), a)
-                for g, a in enumerate(accs):
-                    v, w = builder.load(a), L
+                row_bytes = builder.mul(pieces, ir.Constant(I64, pb))
+                prefetch_ahead(builder, rbase, stride, row_bytes, row_bytes)
+                for pair in accs:
+                    for a in pair:
+                        builder.store(zero, a)
+                with cgutils.for_range(builder, builder.udiv(pieces, ir.Constant(I64, 2))) as loop:
+                    c = builder.mul(loop.index, ir.Constant(I64, 2))
+                    piece(rbase, c, 0)
+                    piece(rbase, builder.add(c, ir.Constant(I64, 1)), 1)
+                odd = builder.icmp_unsigned("!=", builder.urem(pieces, ir.Constant(I64, 2)), ir.Constant(I64, 0))
+                with builder.if_then(odd):
+                    piece(rbase, builder.sub(pieces, ir.Constant(I64, 1)), 0)
+                for g in range(n):
+                    v, w = builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1])), L
                     while w > 1:
                         w //= 2
                         lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w))))
@@ -624,8 +645,8 @@ def _key_scores_ir(t, n):
             with cgutils.for_range(builder, count) as keys:
                 j = keys.index
                 rbase = builder.gep(kbase, [builder.mul(j, stride)])
-                prefetch_row(builder, builder.gep(rbase, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]),
-                             builder.mul(nb, ir.Constant(I64, int(BLOCK_BYTES[t]))))
+                row_bytes = builder.mul(nb, ir.Constant(I64, int(BLOCK_BYTES[t])))
+                prefetch_ahead(builder, rbase, stride, row_bytes, row_bytes)
                 builder.store(ir.Constant(vf, [0.0] * n), accp)
                 with cgutils.for_range(builder, nb) as loop:
                     b = loop.index
@@ -706,12 +727,12 @@ def _value_column_ir(t, n):
                 return builder.shuffle_vector(w, ir.Constant(v32f, ir.Undefined), ir.Constant(v32i, [0] * 32))
 
             fma = _fma_fn(builder, v32f)
+            row_bytes = builder.mul(builder.udiv(hd, ir.Constant(I64, 32)), ir.Constant(I64, int(COLUMN_BYTES[t])))
             folded = t not in (0, 1, 30) and not HAS_MIN[t]
             with cgutils.for_range(builder, count) as loop:
                 j = loop.index
                 rp = builder.gep(vbase, [builder.mul(j, stride)])
-                prefetch_row(builder, builder.gep(rp, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]),
-                             ir.Constant(I64, int(COLUMN_BYTES[t])))
+                prefetch_ahead(builder, rp, stride, row_bytes, ir.Constant(I64, int(COLUMN_BYTES[t])))
                 if t == 0:                                                # F32
                     f = load(rp, 0, v32f)
                 elif t == 1:                                              # F16: vcvtph2ps
@@ -924,7 +945,8 @@ def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
         for j0 in range(lo, hi, VALUE_TILE_ROWS):
             m = min(VALUE_TILE_ROWS, hi - j0)
             for jj in range(m):
-                prefetch(v_rows, ((j0 + jj + PREFETCH_ROWS) * Hkv + kvh) * rb, rb)
+                if Hkv > 1:
+                    prefetch(v_rows, ((j0 + jj + PREFETCH_ROWS) * Hkv + kvh) * rb, rb)
                 r = v_rows[j0 + jj, kvh]
                 for i in range(rb):
                     vt[jj * rb + i] = r[i]
@@ -965,7 +987,8 @@ def values_f32(vf, kvh, lo, hi, p, acc):
             acc[g, d] = 0.0
     Hkv = vf.shape[1]
     for j in range(lo, hi):
-        prefetch(vf, ((j + PREFETCH_ROWS) * Hkv + kvh) * 4 * hd, 4 * hd)
+        if Hkv > 1:
+            prefetch(vf, ((j + PREFETCH_ROWS) * Hkv + kvh) * 4 * hd, 4 * hd)
         vr = vf[j, kvh]
         for g in range(G):
             w = p[g, j - lo]
