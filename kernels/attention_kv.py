@@ -526,10 +526,10 @@ def _float_key_scores_ir(t, n):
     return intrinsic(fk)
 
 
-def _float_switch(n):
-    """A Numba function (t, *args) calling ``_float_key_scores_ir(t, n)(*args)`` for the run-time
-    float type t."""
-    f32, f16, bf16 = (_float_key_scores_ir(t, n) for t in (0, 1, 30))
+def _float_switch(make, n):
+    """A Numba function (t, *args) calling make(t, n)(*args) for the run-time float type t (F32,
+    F16 or BF16)."""
+    f32, f16, bf16 = (make(t, n) for t in (0, 1, 30))
 
     @njit(nogil=True)
     def switch(t, *args):
@@ -554,25 +554,8 @@ def float_key_scores(t, n, simd, *args):
 
 @overload(float_key_scores)
 def _float_key_scores_impl(t, n, simd, *args):
-    if not (HOST_AVX512 and HOST_F16C):
-        def portable(t, n, simd, *args):
-            float_key_scores_loop(t, n, *args)
-        return portable
-    by_n = [_float_switch(n_) for n_ in range(1, HEAD_GROUP + 1)]
-    one, two, three, four = by_n
-
-    def either(t, n, simd, *args):
-        if not simd:
-            float_key_scores_loop(t, n, *args)
-        elif n == 1:
-            one(t, *args)
-        elif n == 2:
-            two(t, *args)
-        elif n == 3:
-            three(t, *args)
-        else:
-            four(t, *args)
-    return either
+    return _dispatch(_float_key_scores_ir, float_key_scores_loop, HOST_AVX512 and HOST_F16C, every_n=True,
+                     switch=_float_switch)
 
 
 def _emit_block_quants(builder, load, rp, t):
@@ -762,17 +745,21 @@ def _value_column_ir(t, n):
     return intrinsic(vc)
 
 
-def _dispatch(make, loop, host: bool, floats: bool = False, every_n: bool = False):
+def _dispatch(make, loop, host: bool, floats: bool = False, every_n: bool = False, switch=None):
     """An overload body choosing, by the run-time type t and head count n, among the intrinsics
     make(t, n) (where the host has the instructions and simd is true) and the portable loop.
     floats: the float types F32, F16 and BF16 have intrinsics too; every_n: n may be 1 to
-    HEAD_GROUP (else 1 or HEAD_GROUP)."""
+    HEAD_GROUP (else 1 or HEAD_GROUP); switch(make, n): the type switch (default: the integer
+    types, with floats also the float ones)."""
     if not host:
         def portable(t, n, simd, *args):
             loop(t, n, *args)
         return portable
-    one, group = _type_switch(make, 1, floats), _type_switch(make, HEAD_GROUP, floats)
-    two, three = (_type_switch(make, 2, floats), _type_switch(make, 3, floats)) if every_n else (group, group)
+    if switch is None:
+        def switch(make, n):
+            return _type_switch(make, n, floats)
+    one, group = switch(make, 1), switch(make, HEAD_GROUP)
+    two, three = (switch(make, 2), switch(make, 3)) if every_n else (group, group)
 
     def either(t, n, simd, *args):
         if not simd:
