@@ -388,6 +388,10 @@ KEY_PIECE = 16
 # follow poorly), so the lines of the rows a few hundred nanoseconds ahead are requested here
 # (not for Q8_0, whose sums measured 3-9% slower with them)
 PREFETCH_ROWS = 16
+# the least row stride (bytes) with prefetches: below it a kv head's pass touches most lines of
+# the stretch anyway, which the hardware follows (SmolLM2's q4_0 rows, 36 bytes in 108, measured
+# 0.96x with them)
+PREFETCH_MIN_STRIDE = 256
 
 
 @intrinsic
@@ -406,13 +410,28 @@ def prefetch(typingctx, a, off, nbytes):
     return sig, codegen
 
 
-def prefetch_ahead(builder, rp, stride, row_bytes, nbytes):
-    """IR: prefetch_row of the nbytes (i64) at PREFETCH_ROWS rows (of stride bytes) past i8* rp,
-    where the rows are strided (stride > row_bytes: several kv heads); contiguous rows are left to
-    the hardware prefetchers, which follow them (software prefetches there measured slower)."""
-    ahead = builder.gep(rp, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))])
-    with builder.if_then(builder.icmp_signed(">", stride, row_bytes)):
-        prefetch_row(builder, ahead, nbytes)
+def prefetch_ahead(builder, rp, stride, nbytes):
+    """IR: prefetch_row of the nbytes (i64) at PREFETCH_ROWS rows (of stride bytes) past i8* rp."""
+    prefetch_row(builder, builder.gep(rp, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]), nbytes)
+
+
+def strided_rows(builder, count, stride, row_bytes, row, prefetches=True):
+    """IR: row(j, pf) for j in range(count), the loop emitted twice and one copy chosen before it:
+    pf true (the row is to prefetch the rows ahead, ``prefetch_ahead``) where the rows are strided
+    (stride > row_bytes: several kv heads) by PREFETCH_MIN_STRIDE bytes or more, false elsewhere
+    (contiguous rows are left to the hardware prefetchers, which follow them; software
+    prefetches there measured slower) or without prefetches."""
+    if not prefetches:
+        with cgutils.for_range(builder, count) as loop:
+            row(loop.index, False)
+        return
+    strided = builder.and_(builder.icmp_signed(">", stride, row_bytes),
+                           builder.icmp_signed(">=", stride, ir.Constant(I64, PREFETCH_MIN_STRIDE)))
+    with builder.if_else(strided) as (then, otherwise):
+        for branch, pf in ((then, True), (otherwise, False)):
+            with branch:
+                with cgutils.for_range(builder, count) as loop:
+                    row(loop.index, pf)
 
 
 def prefetch_row(builder, p, nbytes):
@@ -454,6 +473,18 @@ def float_key_scores_loop(t, n, k, off, stride, count, q, qo, hd, out, oo, ldo):
             out[oo + g * ldo + j] = r[0]
 
 
+def _float_values(builder, load, p, t, lanes):
+    """IR: the ``lanes`` values of float type t (F32, F16 by vcvtph2ps, BF16 as the high halves)
+    at i8* p, as a <lanes x float>."""
+    vf, vi = ir.VectorType(F32, lanes), ir.VectorType(I32, lanes)
+    if t == 0:
+        return load(p, 0, vf)
+    if t == 1:
+        return builder.fpext(load(p, 0, ir.VectorType(ir.HalfType(), lanes)), vf)
+    w = builder.zext(load(p, 0, ir.VectorType(ir.IntType(16), lanes)), vi)
+    return builder.bitcast(builder.shl(w, ir.Constant(vi, [16] * lanes)), vf)
+
+
 def _float_key_scores_ir(t, n):
     """The intrinsic (k, off, stride, count, q, qo, hd, out, oo, ldo) of ``float_key_scores`` for
     float type t (F32, F16, BF16) and n (1 to HEAD_GROUP) heads: per row, each piece of 16 values
@@ -480,14 +511,7 @@ def _float_key_scores_ir(t, n):
             pb = int(COLUMN_BYTES[t]) // 2
 
             def piece(rbase, c, parity):     # piece c of the row into each head's lanes of this parity
-                pp = builder.gep(rbase, [builder.mul(c, ir.Constant(I64, pb))])
-                if t == 0:
-                    f = load(pp, 0, vf)
-                elif t == 1:
-                    f = builder.fpext(load(pp, 0, ir.VectorType(ir.HalfType(), L)), vf)
-                else:
-                    w = builder.zext(load(pp, 0, ir.VectorType(ir.IntType(16), L)), ir.VectorType(I32, L))
-                    f = builder.bitcast(builder.shl(w, ir.Constant(ir.VectorType(I32, L), [16] * L)), vf)
+                f = _float_values(builder, load, builder.gep(rbase, [builder.mul(c, ir.Constant(I64, pb))]), t, L)
                 x16 = builder.mul(c, ir.Constant(I64, L))
                 for g in range(n):
                     a = accs[g][parity]
@@ -495,11 +519,12 @@ def _float_key_scores_ir(t, n):
                     xv = builder.load(builder.bitcast(xp, vf.as_pointer()), align=4)
                     builder.store(builder.call(fma, [xv, f, builder.load(a)]), a)
 
-            with cgutils.for_range(builder, count) as rows:
-                j = rows.index
+            row_bytes = builder.mul(pieces, ir.Constant(I64, pb))
+
+            def row(j, pf):
                 rbase = builder.gep(kbase, [builder.mul(j, stride)])
-                row_bytes = builder.mul(pieces, ir.Constant(I64, pb))
-                prefetch_ahead(builder, rbase, stride, row_bytes, row_bytes)
+                if pf:
+                    prefetch_ahead(builder, rbase, stride, row_bytes)
                 for pair in accs:
                     for a in pair:
                         builder.store(zero, a)
@@ -519,6 +544,7 @@ def _float_key_scores_ir(t, n):
                         v = builder.fadd(lo, hi)
                     dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
                     builder.store(builder.extract_element(v, ir.Constant(I32, 0)), dst)
+            strided_rows(builder, count, stride, row_bytes, row)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -626,12 +652,12 @@ def _key_scores_ir(t, n):
                 v = builder.insert_element(ir.Constant(vf, ir.Undefined), x, ir.Constant(I32, 0))
                 return builder.shuffle_vector(v, ir.Constant(vf, ir.Undefined), ir.Constant(vi, [0] * n))
 
-            with cgutils.for_range(builder, count) as keys:
-                j = keys.index
+            row_bytes = builder.mul(nb, ir.Constant(I64, int(BLOCK_BYTES[t])))
+
+            def row(j, pf):
                 rbase = builder.gep(kbase, [builder.mul(j, stride)])
-                if t != 8:                           # Q8_0 measured slower with them (as the matvec's byte kinds)
-                    row_bytes = builder.mul(nb, ir.Constant(I64, int(BLOCK_BYTES[t])))
-                    prefetch_ahead(builder, rbase, stride, row_bytes, row_bytes)
+                if pf:
+                    prefetch_ahead(builder, rbase, stride, row_bytes)
                 builder.store(ir.Constant(vf, [0.0] * n), accp)
                 with cgutils.for_range(builder, nb) as loop:
                     b = loop.index
@@ -674,6 +700,7 @@ def _key_scores_ir(t, n):
                 for g in range(n):
                     dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
                     builder.store(builder.extract_element(acc, ir.Constant(I32, g)), dst)
+            strided_rows(builder, count, stride, row_bytes, row, t != 8)   # Q8_0: slower with them
             return context.get_dummy_value()
 
         return sig, codegen
@@ -714,18 +741,12 @@ def _value_column_ir(t, n):
             fma = _fma_fn(builder, v32f)
             row_bytes = builder.mul(builder.udiv(hd, ir.Constant(I64, 32)), ir.Constant(I64, int(COLUMN_BYTES[t])))
             folded = t not in (0, 1, 30) and not HAS_MIN[t]
-            with cgutils.for_range(builder, count) as loop:
-                j = loop.index
+            def row(j, pf):
                 rp = builder.gep(vbase, [builder.mul(j, stride)])
-                if t != 8:                           # Q8_0 measured slower with them (as the matvec's byte kinds)
-                    prefetch_ahead(builder, rp, stride, row_bytes, ir.Constant(I64, int(COLUMN_BYTES[t])))
-                if t == 0:                                                # F32
-                    f = load(rp, 0, v32f)
-                elif t == 1:                                              # F16: vcvtph2ps
-                    f = builder.fpext(load(rp, 0, ir.VectorType(ir.HalfType(), 32)), v32f)
-                elif t == 30:                                             # BF16: the high halves
-                    w = builder.zext(load(rp, 0, ir.VectorType(ir.IntType(16), 32)), v32i)
-                    f = builder.bitcast(builder.shl(w, ir.Constant(v32i, [16] * 32)), v32f)
+                if pf:
+                    prefetch_ahead(builder, rp, stride, ir.Constant(I64, int(COLUMN_BYTES[t])))
+                if t in (0, 1, 30):
+                    f = _float_values(builder, load, rp, t, 32)
                 else:
                     u = builder.zext(_emit_block_quants(builder, load, rp, t), v32i)
                     f = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
@@ -738,6 +759,7 @@ def _value_column_ir(t, n):
                     if folded:
                         w = builder.fmul(w, dv)
                     builder.store(builder.call(fma, [splat32(w), f, builder.load(accs[g])]), accs[g])
+            strided_rows(builder, count, stride, row_bytes, row, t != 8)   # Q8_0: slower with them
             for g in range(n):
                 builder.store(builder.load(accs[g]), dsts[g], align=4)
             return context.get_dummy_value()
@@ -778,11 +800,16 @@ def _dispatch(make, loop, host: bool, floats: bool = False, every_n: bool = Fals
     return either
 
 
+@njit(nogil=True)
+def _no_call(t, *args):
+    """The float branch of a ``_type_switch`` without float types (never reached)."""
+
+
 def _type_switch(make, n, floats: bool = False):
     """A Numba function (t, *args) calling make(t, n)(*args) for the run-time type t (one of the
     integer types, or with floats also F32, F16 or BF16)."""
     q8, q40, q41, q50, q51, iq = (make(t, n) for t in (8, 2, 3, 6, 7, 20))
-    f32, f16, bf16 = (make(t, n) for t in (0, 1, 30)) if floats else (iq, iq, iq)
+    other = _float_switch(make, n) if floats else _no_call
 
     @njit(nogil=True)
     def switch(t, *args):
@@ -798,12 +825,8 @@ def _type_switch(make, n, floats: bool = False):
             q51(*args)
         elif t == 20 or not floats:
             iq(*args)
-        elif t == 1:
-            f16(*args)
-        elif t == 0:
-            f32(*args)
         else:
-            bf16(*args)
+            other(t, *args)
     return switch
 
 
@@ -935,7 +958,7 @@ def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
         for j0 in range(lo, hi, VALUE_TILE_ROWS):
             m = min(VALUE_TILE_ROWS, hi - j0)
             for jj in range(m):
-                if Hkv > 1:
+                if Hkv > 1 and Hkv * rb >= PREFETCH_MIN_STRIDE:
                     prefetch(v_rows, ((j0 + jj + PREFETCH_ROWS) * Hkv + kvh) * rb, rb)
                 r = v_rows[j0 + jj, kvh]
                 for i in range(rb):
@@ -977,7 +1000,7 @@ def values_f32(vf, kvh, lo, hi, p, acc):
             acc[g, d] = 0.0
     Hkv = vf.shape[1]
     for j in range(lo, hi):
-        if Hkv > 1:
+        if Hkv > 1 and Hkv * 4 * hd >= PREFETCH_MIN_STRIDE:
             prefetch(vf, ((j + PREFETCH_ROWS) * Hkv + kvh) * 4 * hd, 4 * hd)
         vr = vf[j, kvh]
         for g in range(G):
