@@ -171,7 +171,7 @@ def test_combine_and_oai_swiglu():
 @pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "MXFP4", "IQ4_XS", "Q2_K", "IQ2_XS", "F16"])
 def test_stacked_experts_match_separate_weights(name):
     """Experts of whole 32-row tiles are one stacked matrix multiplied in one launch per product
-    (decode: every selected expert's tiles; batch of the kinds with ROW_ITEMS (the nibble kinds):
+    (decode: every selected expert's tiles; batch of the kinds with ROW_ITEMS (the nibble kinds, Q6_K):
     every expert's multi-row integer product in one launch; of the others: all experts of at most
     3 rows in one launch, the small-batch products of all experts of 4-128 rows in one pass, tiles
     and BLAS above).  For every (token, slot), the result is bitwise equal (tolerance 0) to the
@@ -187,7 +187,7 @@ def test_stacked_experts_match_separate_weights(name):
     own = [Weight(raw[e * rows:(e + 1) * rows], t, (rows, cols)) for e in range(n_expert)]
     assert (E.stacked is not None) == (name != "F16")
     integer = E.stacked is not None and E.stacked.kind.row_items(E.stacked) is not None
-    assert integer == (name in ("Q4_K", "Q5_K", "Q4_0"))
+    assert integer == (name in ("Q4_K", "Q5_K", "Q6_K", "Q4_0"))
     n, k = 160, 2
     ids = np.stack([rng.permutation(n_expert)[:k] for _ in range(n)])
     ids[:, 0] = 0                                     # expert 0: 160 rows (tiled matmul)

@@ -42,11 +42,12 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..numerics import M2, M4, U4, f16_at, sext8, u64_at
-from ..simd import HOST_AVX2, HOST_F16C, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, by_row_group, \
-    byte_ptr, data_ptr, loader, madds, out_ptr, rows_call, scales8, splat
+from ..simd import HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, \
+    VNNI, by_row_group, byte_ptr, data_ptr, loader, madds, out_ptr, rows_call, scales8, splat, x86
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
@@ -330,6 +331,118 @@ def _emit_q6_rows(builder, qp, hp, xps, op):
 _q6_rows = rows_call("_q6_isums_rows", _emit_q6_rows, terms=1)
 
 
+def _q6_combine_intrinsic(rows: int):
+    """An intrinsic (q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xfo, ldf, aq): one
+    32-weight block of a ``q6`` tile (planes at q[qo], h[ho]; scales at sl[so], sh[so]) times `rows`
+    int16 activation rows (row r at xq[xo + r ldx], its dx at dx[xso + r lds], its offset sums at
+    xoff[xfo + r ldf]), combined in registers: for row r and lane l, with the integer sums
+    isum_lo, isum_hi of (q - 32) x over weights 0-15, 16-31,
+    ``aq[R r + l] = fma(fma(sl, isum_lo, sh isum_hi), dx, aq[R r + l])``: q6_tile's combine (its
+    float operations as LLVM contracts them there), without storing the integer sums.  AVX-512 VNNI
+    form: per 16 rows and pair of weights, the rebuilt unsigned q (32 bytes, ``_q6_groups``) widened
+    once to int16 (``vpmovzxbw``, rows in order) and one 512-bit ``vpdpwssd`` per activation row by
+    the broadcast activation pair: 8 per 16 weights of 16 rows, where the AVX2 form needs 16
+    ``vpmaddwd`` (256-bit) and 16 unpacks, then the row shuffles, stores and a float loop."""
+
+    def fused(typingctx, q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xfo, ldf, aq):
+        sig = types.void(q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xfo, ldf, aq)
+
+        def codegen(context, builder, signature, args):
+            q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xfo, ldf, aq = args
+            aty = signature.args
+            f32t = ir.FloatType()
+            v16i32 = ir.VectorType(I32, 16)
+            v16f = ir.VectorType(f32t, 16)
+            qp = byte_ptr(context, builder, aty[0], q, qo)
+            hp = byte_ptr(context, builder, aty[2], h, ho)
+            xps = [byte_ptr(context, builder, aty[4], xq,
+                            builder.mul(builder.add(xo, builder.mul(ldx, ir.Constant(ldx.type, r))),
+                                        ir.Constant(xo.type, 2))) for r in range(rows)]
+            slp, shp = (byte_ptr(context, builder, aty[i], args[i], so) for i in (7, 8))
+            dxp = builder.gep(data_ptr(context, builder, aty[10], dx, f32t), [xso])
+            offp = builder.gep(data_ptr(context, builder, aty[13], xoff, I32), [xfo])
+            aqp = data_ptr(context, builder, aty[16], aq, f32t)
+            dpwssd = x86(builder, "llvm.x86.avx512.vpdpwssd.512", v16i32, v16i32, v16i32, v16i32)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f] * 3), "llvm.fma.v16f32")
+            load = loader(builder)
+            zero = ir.Constant(v16i32, [0] * 16)
+
+            # per row: its dx broadcast and its two offset sums (32 sum(x) of weights 0-15, 16-31)
+            dxs, offs = [], []
+            for r in range(rows):
+                dxs.append(splat(builder, builder.load(builder.gep(dxp, [builder.mul(lds, ir.Constant(lds.type, r))])),
+                                 16))
+                o = builder.gep(offp, [builder.mul(ldf, ir.Constant(ldf.type, r))])
+                offs.append([splat(builder, builder.load(builder.gep(o, [ir.Constant(I32, half)])), 16)
+                             for half in range(2)])
+            for r16 in range(ROW_TILE // 16):
+                # [row][half][pair p % 2]: two chains per half, so one row's products do not wait on
+                # one add's latency
+                acc = [[[zero, zero] for _ in range(2)] for _ in range(rows)]
+                for p, v in _q6_groups(builder, load, qp, hp, r16):
+                    w = builder.bitcast(builder.zext(v, ir.VectorType(ir.IntType(16), 32)), v16i32)
+                    for r in range(rows):
+                        x = splat(builder, load(xps[r], 4 * p, I32), 16)
+                        acc[r][p // 8][p % 2] = dpwssd(acc[r][p // 8][p % 2], w, x)
+                slv, shv = (builder.sitofp(load(sp, 16 * r16, ir.VectorType(I8, 16)), v16f) for sp in (slp, shp))
+                for r in range(rows):
+                    lo, hi = (builder.sitofp(builder.sub(builder.add(*acc[r][half]), offs[r][half]), v16f)
+                              for half in range(2))
+                    t = builder.call(fma, [slv, lo, builder.fmul(shv, hi)])
+                    a = builder.bitcast(builder.gep(aqp, [ir.Constant(I32, r * ROW_TILE + 16 * r16)]), v16f.as_pointer())
+                    builder.store(builder.call(fma, [t, dxs[r], builder.load(a, align=4)]), a, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    fused.__name__ = fused.__qualname__ = f"_q6_vnni_combine{rows}"
+    return intrinsic(fused)
+
+
+_q6c1, _q6c2, _q6cN = (_q6_combine_intrinsic(c) for c in (1, 2, ISUM_ROWS))
+
+
+@njit(cache=True, inline="always")
+def q6_combine_loop(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd):
+    """The AVX2 and portable forms of q6_combine_rows: the integer sums (q6_isums_rows) into isum
+    (>= 2 R c int32), then q6_tile's float combine per row and lane."""
+    q6_isums_rows(q, qo, h, ho, xq, xo, ldx, xoff, c, isum, simd)
+    for r in range(c):
+        dxb = dx[xso + r * lds]
+        a, o = row_offsets(r)
+        for l in range(R):
+            i = nonneg(so + l)
+            aq[a + l] += two_halves(f32(sl[i]), f32(sh[i]), isum, o, l) * dxb
+
+
+def q6_combine_rows(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd):
+    """One 32-weight block (planes at q[qo], h[ho], scales at sl[so], sh[so]) of a ``q6`` tile times
+    c int16 activation rows (row r at xq[xo + r ldx], its dx at dx[xso + r lds]; xoff the rows'
+    offset_sums), added into the super-block sums aq (row r lane l at R r + l) exactly as q6_tile
+    adds one row's: the VNNI form in registers (_q6_combine_intrinsic), the others through isum
+    (>= 2 R c int32 scratch).  (Callable from Numba code only.)"""
+    raise NotImplementedError("q6_combine_rows runs inside Numba kernels")
+
+
+@overload(q6_combine_rows, inline="always")
+def _q6_combine_rows_impl(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd):
+    if not HOST_VNNI:
+        def other(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd):
+            q6_combine_loop(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd)
+        return other
+
+    def either(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd):
+        if simd != VNNI:
+            q6_combine_loop(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd)
+        elif c == ISUM_ROWS:
+            _q6cN(q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xo // 16, ldx // 16, aq)
+        elif c == 2:
+            _q6c2(q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xo // 16, ldx // 16, aq)
+        else:
+            _q6c1(q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xo // 16, ldx // 16, aq)
+    return either
+
+
 @njit(cache=True, inline="always")
 def q6_isums_rows(q, qo, h, ho, xq, xo, ldx, xoff, c, out, simd):
     """q6_isums for c activation rows at once (c = tiled.row_step's count), row r's int16
@@ -499,20 +612,16 @@ def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
     nb = cols // 32
     acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
     aq = np.empty(ISUM_ROWS * R, np.float32)      # one super-block's sum of sc * (q . x) per row
-    isum = np.empty(2 * R * ISUM_ROWS, np.int32)
+    isum = np.empty(2 * R * ISUM_ROWS, np.int32)  # the integer sums of the forms that store them
+    dxf = dx.reshape(-1)
     while i0 < i1:
         c = row_step(i1 - i0)
         acc[:] = 0
         for s in range(nb // 8):
             aq[:] = 0
             for b in range(8 * s, 8 * s + 8):
-                q6_isums_rows(q, b * NIB, h, b * CRUMB, xq, i0 * cols + 32 * b, cols, xoff, c, isum, simd)
-                for r in range(c):
-                    dxb = dx[i0 + r, b]
-                    a, o = row_offsets(r)
-                    for l in range(R):
-                        i = nonneg(b * R + l)
-                        aq[a + l] += two_halves(f32(lt[i]), f32(ht[i]), isum, o, l) * dxb
+                q6_combine_rows(q, b * NIB, h, b * CRUMB, xq, i0 * cols + 32 * b, cols, c, lt, ht, b * R,
+                                dxf, i0 * nb + b, nb, xoff, aq, isum, simd)
             for r in range(c):
                 add_scaled(acc[r * R:(r + 1) * R], dt, s, aq[r * R:(r + 1) * R])
         store_row_tiles(acc, c, yt, Y, i0)
@@ -528,6 +637,33 @@ def matmul_rows_q6(qt, qh, sl, sh, d, X, simd, Y):
     xoff = offset_sums(xq)
     for t in prange(qt.shape[0]):
         q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, 0, n, simd, Y, t)
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def row_items_q6(qt, qh, sl, sh, d, xq, dx, xoff, tiles, r0, r1, yt, simd, Y):
+    """The multi-row product of Q6_K as ROW_ITEMS (kinds.tiled): item i is row tile tiles[i] times
+    the rounded rows r0[i]..r1[i]-1 (q6_row_activations' arrays), stored at tile yt[i] of those rows
+    of Y; each row bit-identical to matvec_q6 of it alone."""
+    cols = dx.shape[1] * 32
+    for it in prange(tiles.size):
+        t = tiles[it]
+        q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, r0[it], r1[it], simd, Y, yt[it])
+
+
+@njit(parallel=True, cache=True)
+def q6_row_activations(X):
+    """Each row of X (n, 32 nb) as matvec_q6 rounds it, the rows split over the threads: xq
+    (n 32 nb,) int16 and xoff (n 2 nb,) int32 (offset_sums), row i at i 32 nb and i 2 nb; dx (n, nb)."""
+    n, cols = X.shape
+    xq = np.empty(n * cols, np.int16)
+    dx = np.empty((n, cols // 32), np.float32)
+    xoff = np.empty(n * cols // 16, np.int32)
+    for i in prange(n):
+        q, a = round_activations16(X[i])
+        xq[i * cols:(i + 1) * cols] = q
+        dx[i] = a
+        xoff[i * (cols // 16):(i + 1) * (cols // 16)] = offset_sums(q)
+    return xq, dx, xoff
 
 
 @njit(cache=True, inline="always")
@@ -739,6 +875,12 @@ class Q6Kind(ByteKind):
         a = self._arrays(p)
         return lambda X, out: matmul_rows_q6(*a, X, simd, out)
 
+    def row_items(self, p: Packed, simd: int = SIMD_BEST):
+        a = self._arrays(p)
+        return lambda act, tiles, r0, r1, yt, out: row_items_q6(*a, *act, tiles, r0, r1, yt, simd, out)
+
+    def row_activations(self, X: np.ndarray) -> tuple:
+        return q6_row_activations(X)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_q6(*self._arrays(p), ids, out)
