@@ -30,8 +30,7 @@ import numpy as np
 from numba import njit
 
 from .kinds import Packed, kind_of
-from .kinds.tiled import ROW_TILE, TiledKind, small_products, take_rows
-from .simd import ISUM_ROWS
+from .kinds.tiled import ROW_ITEM_ROWS, ROW_TILE, TiledKind, expert_row_items, small_products, take_rows
 from .ops import gated_act
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX
 from .threads import get_num_threads
@@ -483,74 +482,6 @@ def expert_tiles(p: Packed, t0: int, t1: int) -> Packed:
     T = p.arrays["qt"].shape[0]
     return Packed(p.kind, p.qtype, (t1 - t0) * ROW_TILE, p.cols,
                   {k: a[t0:t1] if a.shape[0] == T and a.shape[1] > 0 else a for k, a in p.arrays.items()})
-
-
-# Activation rows per item of a batch's multi-row expert products (ExpertWeights._grouped_rows).
-ROW_ITEM_ROWS = 16
-
-
-@njit(cache=True, nogil=True)
-def expert_row_items(bounds, tiles, chunk, parts):
-    """ROW_ITEMS of a batch grouped by expert (rows bounds[e]..bounds[e+1]-1 routed to expert e of a
-    stacked matrix, tiles per expert): for each expert with rows, each run of at most chunk of its
-    rows, each of its tiles; dealt to ``parts`` threads.  -> (tiles, r0, r1, yt) int64: the stacked
-    tile, the run, the output tile.
-
-    A parallel loop gives each of its threads an equal count of consecutive items, but items differ
-    in work (a run's rows, and the quants unpacked once per step of up to ISUM_ROWS rows): the list
-    is cut where the work so far reaches each part's share, and each part padded with empty items
-    (r0 == r1, no work) to the longest part's count, so the threads get near-equal work and each
-    keeps consecutive runs of the same expert's tiles (read from its own cache)."""
-    n_expert = bounds.size - 1
-    m = 0
-    for e in range(n_expert):
-        m += -(-(bounds[e + 1] - bounds[e]) // chunk) * tiles
-    t = np.empty(m, np.int64)
-    a = np.empty(m, np.int64)
-    b = np.empty(m, np.int64)
-    y = np.empty(m, np.int64)
-    i = 0
-    for e in range(n_expert):
-        for s in range(bounds[e], bounds[e + 1], chunk):
-            for j in range(tiles):
-                t[i] = e * tiles + j
-                a[i] = s
-                b[i] = min(s + chunk, bounds[e + 1])
-                y[i] = j
-                i += 1
-    if parts <= 1 or m == 0:
-        return t, a, b, y
-    cost = np.empty(m + 1, np.float64)            # work before item i: 1 per row, 1 per step (row_step's)
-    cost[0] = 0.0
-    for i in range(m):
-        rows = b[i] - a[i]
-        cost[i + 1] = cost[i] + rows + -(-rows // ISUM_ROWS) + (rows % ISUM_ROWS == 3)
-    cut = np.empty(parts + 1, np.int64)             # part p: items cut[p]..cut[p+1]-1
-    cut[0] = 0
-    i = 0
-    for p in range(1, parts):
-        share = cost[m] * p / parts
-        while i < m and cost[i + 1] <= share:
-            i += 1
-        if i < m and cost[i + 1] - share < share - cost[i]:    # the cut nearest the share
-            i += 1
-        cut[p] = i
-    cut[parts] = m
-    longest = 0
-    for p in range(parts):
-        longest = max(longest, cut[p + 1] - cut[p])
-    n = parts * longest
-    T = np.zeros(n, np.int64)                       # empty items: tile 0, rows 0..-1
-    A = np.zeros(n, np.int64)
-    B = np.zeros(n, np.int64)
-    Y = np.zeros(n, np.int64)
-    for p in range(parts):
-        k = cut[p + 1] - cut[p]
-        T[p * longest:p * longest + k] = t[cut[p]:cut[p + 1]]
-        A[p * longest:p * longest + k] = a[cut[p]:cut[p + 1]]
-        B[p * longest:p * longest + k] = b[cut[p]:cut[p + 1]]
-        Y[p * longest:p * longest + k] = y[cut[p]:cut[p + 1]]
-    return T, A, B, Y
 
 
 @njit(cache=True, nogil=True)

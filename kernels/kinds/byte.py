@@ -48,10 +48,11 @@ from numba.extending import intrinsic, overload
 from ..numerics import M2, M4, U4, f16_at, sext8, u64_at
 from ..simd import HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, \
     VNNI, by_row_group, byte_ptr, data_ptr, loader, madds, out_ptr, rows_call, scales8, splat, x86
+from ..threads import get_num_threads
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
-                    load_rows, nonneg, round_activations16, round_rows16, row_offsets, row_step, scale,
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_ITEM_ROWS, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
+                    expert_row_items, load_rows, nonneg, round_activations16, round_rows16, row_offsets, row_step, scale,
                     store_row_tiles, store_rows, store_tile, two_halves)
 
 f32 = np.float32
@@ -376,18 +377,19 @@ def _q6_combine_intrinsic(rows: int):
                 offs.append([splat(builder, builder.load(builder.gep(o, [ir.Constant(I32, half)])), 16)
                              for half in range(2)])
             for r16 in range(ROW_TILE // 16):
-                # [row][half][pair p % 2]: two chains per half, so one row's products do not wait on
-                # one add's latency
-                acc = [[[zero, zero] for _ in range(2)] for _ in range(rows)]
+                # [row][half][chain]: with few rows, two chains per half (pair p % 2), so the products
+                # do not wait on one add's latency
+                chains = 2 if rows < 4 else 1
+                acc = [[[zero] * chains for _ in range(2)] for _ in range(rows)]
                 for p, v in _q6_groups(builder, load, qp, hp, r16):
                     w = builder.bitcast(builder.zext(v, ir.VectorType(ir.IntType(16), 32)), v16i32)
                     for r in range(rows):
                         x = splat(builder, load(xps[r], 4 * p, I32), 16)
-                        acc[r][p // 8][p % 2] = dpwssd(acc[r][p // 8][p % 2], w, x)
+                        acc[r][p // 8][p % chains] = dpwssd(acc[r][p // 8][p % chains], w, x)
                 slv, shv = (builder.sitofp(load(sp, 16 * r16, ir.VectorType(I8, 16)), v16f) for sp in (slp, shp))
                 for r in range(rows):
-                    lo, hi = (builder.sitofp(builder.sub(builder.add(*acc[r][half]), offs[r][half]), v16f)
-                              for half in range(2))
+                    sums = [acc[r][half][0] if chains == 1 else builder.add(*acc[r][half]) for half in range(2)]
+                    lo, hi = (builder.sitofp(builder.sub(sums[half], offs[r][half]), v16f) for half in range(2))
                     t = builder.call(fma, [slv, lo, builder.fmul(shv, hi)])
                     a = builder.bitcast(builder.gep(aqp, [ir.Constant(I32, r * ROW_TILE + 16 * r16)]), v16f.as_pointer())
                     builder.store(builder.call(fma, [t, dxs[r], builder.load(a, align=4)]), a, align=4)
@@ -399,7 +401,10 @@ def _q6_combine_intrinsic(rows: int):
     return intrinsic(fused)
 
 
-_q6c1, _q6c2, _q6cN = (_q6_combine_intrinsic(c) for c in (1, 2, ISUM_ROWS))
+# Activation rows per call of the VNNI combine: the widened quants of each 16 weight rows feed 8 rows'
+# vpdpwssd (16 accumulators), so their rebuilding costs half as much per product as with ISUM_ROWS 4.
+Q6_ROWS = 8
+_q6c1, _q6c2, _q6cN, _q6c8 = (_q6_combine_intrinsic(c) for c in (1, 2, ISUM_ROWS, Q6_ROWS))
 
 
 @njit(cache=True, inline="always")
@@ -434,6 +439,8 @@ def _q6_combine_rows_impl(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds
     def either(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd):
         if simd != VNNI:
             q6_combine_loop(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd)
+        elif c == Q6_ROWS:
+            _q6c8(q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xo // 16, ldx // 16, aq)
         elif c == ISUM_ROWS:
             _q6cN(q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xo // 16, ldx // 16, aq)
         elif c == 2:
@@ -610,12 +617,12 @@ def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
     rows i0..i1-1 of Y: each row bit-identical to matvec_q6 of it alone (the same integer sums and
     float combine, in the same order)."""
     nb = cols // 32
-    acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
-    aq = np.empty(ISUM_ROWS * R, np.float32)      # one super-block's sum of sc * (q . x) per row
+    acc = np.empty(Q6_ROWS * R, np.float32)       # (rows, R lanes)
+    aq = np.empty(Q6_ROWS * R, np.float32)        # one super-block's sum of sc * (q . x) per row
     isum = np.empty(2 * R * ISUM_ROWS, np.int32)  # the integer sums of the forms that store them
     dxf = dx.reshape(-1)
     while i0 < i1:
-        c = row_step(i1 - i0)
+        c = Q6_ROWS if HOST_VNNI and simd == VNNI and i1 - i0 >= Q6_ROWS else row_step(i1 - i0)
         acc[:] = 0
         for s in range(nb // 8):
             aq[:] = 0
@@ -629,17 +636,6 @@ def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matmul_rows_q6(qt, qh, sl, sh, d, X, simd, Y):
-    """Y (n, rows) = X W^T for Q6_K (arrays as matvec_q6's), each row of Y bit-identical to
-    matvec_q6 of that row alone, the quants of each block rebuilt once per ISUM_ROWS rows."""
-    n, cols = X.shape
-    xq, dx = round_rows16(X)
-    xoff = offset_sums(xq)
-    for t in prange(qt.shape[0]):
-        q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, 0, n, simd, Y, t)
-
-
-@njit(parallel=True, fastmath=FM, cache=True)
 def row_items_q6(qt, qh, sl, sh, d, xq, dx, xoff, tiles, r0, r1, yt, simd, Y):
     """The multi-row product of Q6_K as ROW_ITEMS (kinds.tiled): item i is row tile tiles[i] times
     the rounded rows r0[i]..r1[i]-1 (q6_row_activations' arrays), stored at tile yt[i] of those rows
@@ -650,20 +646,41 @@ def row_items_q6(qt, qh, sl, sh, d, xq, dx, xoff, tiles, r0, r1, yt, simd, Y):
         q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, r0[it], r1[it], simd, Y, yt[it])
 
 
-@njit(parallel=True, cache=True)
-def q6_row_activations(X):
-    """Each row of X (n, 32 nb) as matvec_q6 rounds it, the rows split over the threads: xq
-    (n 32 nb,) int16 and xoff (n 2 nb,) int32 (offset_sums), row i at i 32 nb and i 2 nb; dx (n, nb)."""
+@njit(cache=True, inline="always")
+def _q6_round_row(X, i, xq, dx, xoff):
+    """Row i of X as matvec_q6 rounds it, into row i of q6_round_rows' arrays."""
+    cols = X.shape[1]
+    q, a = round_activations16(X[i])
+    xq[i * cols:(i + 1) * cols] = q
+    dx[i] = a
+    xoff[i * (cols // 16):(i + 1) * (cols // 16)] = offset_sums(q)
+
+
+@njit(cache=True)
+def q6_round_rows(X):
+    """Each row of X (n, 32 nb) as matvec_q6 rounds it: xq (n 32 nb,) int16 and xoff (n 2 nb,) int32
+    (offset_sums), row i at i 32 nb and i 2 nb; dx (n, nb) float32 (the arrays row_items_q6 takes)."""
     n, cols = X.shape
-    xq = np.empty(n * cols, np.int16)
-    dx = np.empty((n, cols // 32), np.float32)
-    xoff = np.empty(n * cols // 16, np.int32)
-    for i in prange(n):
-        q, a = round_activations16(X[i])
-        xq[i * cols:(i + 1) * cols] = q
-        dx[i] = a
-        xoff[i * (cols // 16):(i + 1) * (cols // 16)] = offset_sums(q)
+    xq, dx, xoff = np.empty(n * cols, np.int16), np.empty((n, cols // 32), np.float32), np.empty(n * cols // 16, np.int32)
+    for i in range(n):
+        _q6_round_row(X, i, xq, dx, xoff)
     return xq, dx, xoff
+
+
+@njit(parallel=True, cache=True)
+def q6_round_rows_parallel(X):
+    """q6_round_rows, the rows split over the threads (each row's values are those of its own call)."""
+    n, cols = X.shape
+    xq, dx, xoff = np.empty(n * cols, np.int16), np.empty((n, cols // 32), np.float32), np.empty(n * cols // 16, np.int32)
+    for i in prange(n):
+        _q6_round_row(X, i, xq, dx, xoff)
+    return xq, dx, xoff
+
+
+def q6_row_activations(X: np.ndarray) -> tuple:
+    """q6_round_rows of X, split over the threads for a prompt batch (a parallel launch costs more than
+    rounding a decode step's few rows)."""
+    return (q6_round_rows_parallel if X.shape[0] > ROW_ITEM_ROWS else q6_round_rows)(X)
 
 
 @njit(cache=True, inline="always")
@@ -856,6 +873,8 @@ class Q6Kind(ByteKind):
     qbytes = 16
     qdtype = np.uint8
     lane_planes = ("qt", "qh")
+    # the VNNI multi-row product (q6_combine_rows) against the tiles + BLAS on a prompt (README, MoE speed)
+    rows_prompt = SIMD_BEST == VNNI
 
     def extra_arrays(self, t, T, nb):
         return {"qh": np.zeros((T, nb * CRUMB), np.uint8),
@@ -872,8 +891,15 @@ class Q6Kind(ByteKind):
         return matvec_q6, self._arrays(p)
 
     def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
-        a = self._arrays(p)
-        return lambda X, out: matmul_rows_q6(*a, X, simd, out)
+        """The ROW_ITEMS product over runs of ROW_ITEM_ROWS rows times every tile (runs outermost, so
+        a prompt's activations are read from the cache, not from memory, by each tile)."""
+        product = self.row_items(p, simd)
+        T = p.arrays["qt"].shape[0]
+
+        def run(X, out):
+            items = expert_row_items(np.array([0, X.shape[0]], np.int64), T, ROW_ITEM_ROWS, get_num_threads())
+            product(q6_row_activations(X), *items, out)
+        return run
 
     def row_items(self, p: Packed, simd: int = SIMD_BEST):
         a = self._arrays(p)

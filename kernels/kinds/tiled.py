@@ -58,7 +58,7 @@ ROW_TILE = 32
 # (row tile, run of activation rows) items in one parallel loop, ``product(act, tiles, r0, r1, yt, Y)``:
 # item i is row tile tiles[i] times rows r0[i]..r1[i]-1 of the rounded activations act (the kind's
 # ``row_activations`` of X), stored in the columns of tile yt[i] of those rows of Y (an item may be
-# empty, r0[i] == r1[i]: the padding that evens the threads' shares, experts.expert_row_items).  The quants of
+# empty, r0[i] == r1[i]: the padding that evens the threads' shares, expert_row_items).  The quants of
 # each block are unpacked once per ISUM_ROWS rows, and each row is summed as the matvec sums it
 # alone (bit-identical): a mixture-of-experts batch is every expert's tiles times the rows routed to
 # it, in one launch.
@@ -372,6 +372,75 @@ def round_rows16(X):
         xq[i * cols:(i + 1) * cols] = q
         dx[i] = a
     return xq, dx
+
+
+# Activation rows per ROW_ITEMS item of a batch (ExpertWeights._grouped_rows, Q6_K's multi-row product):
+# a run's activations stay in the core's caches while every row tile passes over them.
+ROW_ITEM_ROWS = 16
+
+
+@njit(cache=True, nogil=True)
+def expert_row_items(bounds, tiles, chunk, parts):
+    """ROW_ITEMS of a batch grouped by expert (rows bounds[e]..bounds[e+1]-1 routed to expert e of a
+    stacked matrix, tiles per expert): for each expert with rows, each run of at most chunk of its
+    rows, each of its tiles; dealt to ``parts`` threads.  -> (tiles, r0, r1, yt) int64: the stacked
+    tile, the run, the output tile.
+
+    A parallel loop gives each of its threads an equal count of consecutive items, but items differ
+    in work (a run's rows, and the quants unpacked once per step of up to ISUM_ROWS rows): the list
+    is cut where the work so far reaches each part's share, and each part padded with empty items
+    (r0 == r1, no work) to the longest part's count, so the threads get near-equal work and each
+    keeps consecutive runs of the same expert's tiles (read from its own cache)."""
+    n_expert = bounds.size - 1
+    m = 0
+    for e in range(n_expert):
+        m += -(-(bounds[e + 1] - bounds[e]) // chunk) * tiles
+    t = np.empty(m, np.int64)
+    a = np.empty(m, np.int64)
+    b = np.empty(m, np.int64)
+    y = np.empty(m, np.int64)
+    i = 0
+    for e in range(n_expert):
+        for s in range(bounds[e], bounds[e + 1], chunk):
+            for j in range(tiles):
+                t[i] = e * tiles + j
+                a[i] = s
+                b[i] = min(s + chunk, bounds[e + 1])
+                y[i] = j
+                i += 1
+    if parts <= 1 or m == 0:
+        return t, a, b, y
+    cost = np.empty(m + 1, np.float64)            # work before item i: 1 per row, 1 per step (row_step's)
+    cost[0] = 0.0
+    for i in range(m):
+        rows = b[i] - a[i]
+        cost[i + 1] = cost[i] + rows + -(-rows // ISUM_ROWS) + (rows % ISUM_ROWS == 3)
+    cut = np.empty(parts + 1, np.int64)             # part p: items cut[p]..cut[p+1]-1
+    cut[0] = 0
+    i = 0
+    for p in range(1, parts):
+        share = cost[m] * p / parts
+        while i < m and cost[i + 1] <= share:
+            i += 1
+        if i < m and cost[i + 1] - share < share - cost[i]:    # the cut nearest the share
+            i += 1
+        cut[p] = i
+    cut[parts] = m
+    longest = 0
+    for p in range(parts):
+        longest = max(longest, cut[p + 1] - cut[p])
+    n = parts * longest
+    T = np.zeros(n, np.int64)                       # empty items: tile 0, rows 0..-1
+    A = np.zeros(n, np.int64)
+    B = np.zeros(n, np.int64)
+    Y = np.zeros(n, np.int64)
+    for p in range(parts):
+        k = cut[p + 1] - cut[p]
+        T[p * longest:p * longest + k] = t[cut[p]:cut[p + 1]]
+        A[p * longest:p * longest + k] = a[cut[p]:cut[p + 1]]
+        B[p * longest:p * longest + k] = b[cut[p]:cut[p + 1]]
+        Y[p * longest:p * longest + k] = y[cut[p]:cut[p + 1]]
+    return T, A, B, Y
 
 
 @njit(cache=True, inline="always")
