@@ -31,7 +31,19 @@ to int16 (rows 0-3, 8-11 and 4-7, 12-15 of the 16), ``vpmaddwd`` by the activati
 row order is restored once per block, and ``32 sum(x)`` of each 16 weights is taken off the
 integer sums, which are then the very sums of q - 32 (so the result is that of the byte layout).
 On hosts with AVX-512 VNNI, LLVM fuses each ``vpmaddwd`` and its add into a ``vpdpwssd`` by
-itself, so the VNNI form of both kinds' sums is the AVX2 one.
+itself, so the VNNI form of both kinds' matvec sums is the AVX2 one.
+
+Multi-row product of ``q6`` (``q6_combine_rows``: a batched decode step and a prompt's Q6_K experts;
+ROW_ITEMS of runs of 16 activation rows times every tile): on AVX-512 VNNI hosts, per 16 rows of a block and pair of weights, the
+rebuilt unsigned q (the 32 bytes above, in row order) is widened once (``vpmovzxbw``) to 16 int32
+lanes of two int16 each, and each of 8 activation rows adds one 512-bit ``vpdpwssd`` by its
+broadcast activation pair (the rows' int16 x, a memory-broadcast operand): 256 ``vpdpwssd`` and
+about 400 other vector instructions per 32-row block and 8 rows (83 per row) where the AVX2 form
+took 162 per row before its float loop.  The offsets ``32 sum(x)`` come off in registers and the
+float combine is q6_tile's (``fma(fma(sl, isum_lo, sh isum_hi), dx, aq)``, the operations LLVM
+contracts the matvec's into), so each row keeps the matvec's bits.  (Splitting each x into two
+bytes for ``vpdpbusd`` gives the same 32 weight-activation products per 512-bit instruction, 64 byte
+products at two per weight, and would need 4 weights per lane: the int16 form keeps the layout.)
 
 Tile decoder (prompt matmul, AVX2 and F16C): a 32-byte group holds weights 2p, 2p+1 of 16 rows
 (loaded, or rebuilt from the two planes), shuffled into groups of 8 rows, widened to float32 and
@@ -873,8 +885,9 @@ class Q6Kind(ByteKind):
     qbytes = 16
     qdtype = np.uint8
     lane_planes = ("qt", "qh")
-    # the VNNI multi-row product (q6_combine_rows) against the tiles + BLAS on a prompt (README, MoE speed)
-    rows_prompt = SIMD_BEST == VNNI
+    # rows_prompt stays False: on a MoE prompt's Q6_K attention projections the VNNI multi-row product
+    # (q6_combine_rows) is level with the float tiles at 512 rows and made the whole prompt slower
+    # (README, MoE speed)
 
     def extra_arrays(self, t, T, nb):
         return {"qh": np.zeros((T, nb * CRUMB), np.uint8),
