@@ -568,6 +568,10 @@ def q6_tile(q, h, lt, ht, dt, xq, dx, xo, o, nb, simd, acc):
     for s in range(nb // 8):
         aq[:] = 0
         for b in range(8 * s, 8 * s + 8):
+            if HOST_VNNI and simd == VNNI:      # the multi-row product's form for one row: the same bits
+                q6_combine_rows(q, b * NIB, h, b * CRUMB, xq, 32 * (o + b), 0, 1, lt, ht, b * R, dx, o + b, 0, xo,
+                                aq, isum, simd)
+                continue
             q6_isums(q, b * NIB, h, b * CRUMB, xq, 32 * (o + b), xo, isum, simd)
             dxb = dx[o + b]
             for l in range(R):
