@@ -16,7 +16,7 @@ second copy: the loader drops the file pages as each expert is repacked).
 Products: a decode step (one token) runs the matvec of each of its k selected experts only,
 so a token reads k experts' bytes, not all of them.  A batch groups its (token, slot) pairs by
 expert and runs one product per expert that has tokens: for the kinds with a multi-row integer
-product in the ROW_ITEMS form (``TiledKind.row_items``: the nibble kinds), every expert's
+product in the ROW_ITEMS form (``TiledKind.row_items``: the nibble kinds and Q6_K), every expert's
 rows through it in one launch (each row the matvec's bits); for the others the matvec's integer
 product (``Weight.matmul_decode``) up to ``MATVEC_MAX_BATCH`` rows, the small-batch product (each
 block decoded once for all the rows) up to ``SMALL_BATCH_MAX``, decoded weight tiles times BLAS above.

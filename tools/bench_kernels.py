@@ -47,7 +47,7 @@ time-slicing leaves out), else in wall time.
 experts, top-4, d 1024, expert FFN 512: gate|up (32, 1024, 1024) stacked per expert, down (32, 1024,
 512)), per type, for a batch of each --tokens count routed at random: ExpertWeights.mul_ids (the
 selected experts' tiles in one launch; a batch's experts in one launch of the multi-row integer
-products for the nibble types, in one pass of the float small-batch products for the others)
+products for the nibble types and Q6_K, in one pass of the float small-batch products for the others)
 against the same products called expert by expert (each expert's Weight.matvec / Weight.matmul: for
 a batch, the float products), timed alternately in one run (best of --reps; CPU time of the process at --threads 1, which
 a shared machine's time-slicing leaves out, else wall time):

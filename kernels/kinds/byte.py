@@ -628,7 +628,7 @@ def matmul_rows_i8(qt, s_lo, s_hi, X, simd, Y):
 
 @njit(cache=True, inline="always")
 def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
-    """Rows i0..i1-1 of the int16 activations (round_rows16's, row i at xq[i cols]; xoff their
+    """Rows i0..i1-1 of the int16 activations (q6_round_rows', row i at xq[i cols]; xoff their
     offset_sums) times one row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) into tile yt of
     rows i0..i1-1 of Y: each row bit-identical to matvec_q6 of it alone (the same integer sums and
     float combine, in the same order)."""
