@@ -676,11 +676,8 @@ def _q6_round_row(X, i, xq, dx, xoff):
 def q6_round_rows(X):
     """Each row of X (n, 32 nb) as matvec_q6 rounds it: xq (n 32 nb,) int16 and xoff (n 2 nb,) int32
     (offset_sums), row i at i 32 nb and i 2 nb; dx (n, nb) float32 (the arrays row_items_q6 takes)."""
-    n, cols = X.shape
-    xq, dx, xoff = np.empty(n * cols, np.int16), np.empty((n, cols // 32), np.float32), np.empty(n * cols // 16, np.int32)
-    for i in range(n):
-        _q6_round_row(X, i, xq, dx, xoff)
-    return xq, dx, xoff
+    xq, dx = round_rows16(X)
+    return xq, dx, offset_sums(xq)
 
 
 @njit(parallel=True, cache=True)
