@@ -60,11 +60,10 @@ from numba.extending import intrinsic, overload
 from ..numerics import M2, M4, U4, f16_at, sext8, u64_at
 from ..simd import HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BEST, V8F32, V8I32, V16I16, V32I8, \
     VNNI, by_row_group, byte_ptr, data_ptr, loader, madds, out_ptr, rows_call, scales8, splat, x86
-from ..threads import get_num_threads
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_ITEM_ROWS, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
-                    expert_row_items, load_rows, nonneg, round_activations16, round_rows16, row_offsets, row_step, scale,
+                    load_rows, nonneg, round_activations16, round_rows16, row_offsets, row_step, scale,
                     store_row_tiles, store_rows, store_tile, two_halves)
 
 f32 = np.float32
@@ -905,15 +904,7 @@ class Q6Kind(ByteKind):
         return matvec_q6, self._arrays(p)
 
     def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
-        """The ROW_ITEMS product over runs of ROW_ITEM_ROWS rows times every tile (runs outermost, so
-        a prompt's activations are read from the cache, not from memory, by each tile)."""
-        product = self.row_items(p, simd)
-        T = p.arrays["qt"].shape[0]
-
-        def run(X, out):
-            items = expert_row_items(np.array([0, X.shape[0]], np.int64), T, ROW_ITEM_ROWS, get_num_threads())
-            product(q6_row_activations(X), *items, out)
-        return run
+        return self.rows_by_items(p, simd)
 
     def row_items(self, p: Packed, simd: int = SIMD_BEST):
         a = self._arrays(p)

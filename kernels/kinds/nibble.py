@@ -691,18 +691,6 @@ def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, 
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def matmul_rows_nibk(qt, qh, sc, mn, d, dm, X, simd, Y):
-    """matmul_rows_nib for the k-quant nibble kinds (arrays as matvec_nibk's): each row of Y
-    bit-identical to matvec_nibk of that row alone."""
-    n, cols = X.shape
-    five = qh.shape[1] > 0
-    xq, xr, dx, dr, xs = round_rows(X)
-    for t in prange(qt.shape[0]):
-        nibk_tile_rows(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs, cols, 0, n,
-                       simd, Y, t)
-
-
-@njit(parallel=True, fastmath=FM, cache=True)
 def row_items_nibk(qt, qh, sc, mn, d, dm, xq, xr, dx, dr, xs, tiles, r0, r1, yt, simd, Y):
     """The multi-row product of the k-quant nibble kinds as ROW_ITEMS (kinds.tiled): item i is row
     tile tiles[i] times the rounded rows r0[i]..r1[i]-1 (round_rows' arrays), stored at tile yt[i] of
@@ -974,8 +962,7 @@ class NibbleKKind(NibbleKind):
         return matvec_nibk, self._arrays(p)
 
     def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
-        a = self._arrays(p)
-        return lambda X, out: matmul_rows_nibk(*a, X, simd, out)
+        return self.rows_by_items(p, simd)
 
     def row_items(self, p: Packed, simd: int = SIMD_BEST):
         a = self._arrays(p)

@@ -671,8 +671,22 @@ class TiledKind(Kind):
         return None
 
     def row_activations(self, X: np.ndarray) -> tuple:
-        """X (n, cols) rounded as the kind's matvec rounds each row, the arrays row_items takes."""
-        return round_rows_parallel(X)
+        """X (n, cols) rounded as the kind's matvec rounds each row, the arrays row_items takes (split
+        over the threads for a prompt batch: a parallel launch costs more than a few rows' rounding)."""
+        return (round_rows_parallel if X.shape[0] > ROW_ITEM_ROWS else round_rows)(X)
+
+    def rows_by_items(self, p: Packed, simd: int = SIMD_BEST):
+        """matmul_rows from the kind's ROW_ITEMS product: runs of ROW_ITEM_ROWS rows times every
+        tile, runs outermost (a run's activations stay in the cache while the tiles pass over them;
+        a tile's rows times the whole batch would read all of a prompt's activations once per
+        tile), the rows rounded once, by all the threads."""
+        product = self.row_items(p, simd)
+        T = p.arrays["qt"].shape[0]
+
+        def run(X, out):
+            items = expert_row_items(np.array([0, X.shape[0]], np.int64), T, ROW_ITEM_ROWS, get_num_threads())
+            product(self.row_activations(X), *items, out)
+        return run
 
     def tile_product(self, p: Packed, simd: int = SIMD_BEST):
         kernel, a = self.tile_kernel(p)
