@@ -6,6 +6,7 @@
     python tools/bench_kernels.py --forms [--threads 1] [--types Q4_0,Q4_K,IQ4_XS,Q8_0]
     python tools/bench_kernels.py --experts [--threads N] [--types Q4_K,Q6_K,MXFP4] [--tokens 1,64,512]
     python tools/bench_kernels.py --joint [--threads N] [--layers 16]
+    python tools/bench_kernels.py --ceiling [--reps 7]
 
 For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
   matvec GB/s   GGML bytes of W read per second by Weight.matvec (best of 3R runs, and of
@@ -67,6 +68,10 @@ visited in turn so the weights come from memory as in a decode step; checked bit
 then alternated (best of --reps; CPU time of the process at --threads 1, else wall time):
   GB/s          the group's GGML bytes read per second by the joint launch
   x two calls   the two matvecs' time over the joint launch's (above 1: the joint launch is faster)
+
+--ceiling: cycles per 512-bit vpdpbusd on one core, in instruction mixes built up towards the
+Q4_K multi-row product's inner loop (pure chains, broadcast operands, the nibble unpack, the float
+combine; tools/vnni_ceiling.py, which says what each mix is): what the product could reach.
 
 Otherwise each figure is a ratio of what this machine does in the same run with the same
 thread count: streaming-read bandwidth (a numpy sum over 512 MB split across the
@@ -229,6 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--experts", action="store_true",
                     help="the expert products of one MoE layer (mul_ids against per-expert calls) instead")
     ap.add_argument("--tokens", default="1,64,512", help="batch sizes of --experts")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="cycles per vpdpbusd in the multi-row product's instruction mixes (tools/vnni_ceiling.py)")
     ap.add_argument("--joint", action="store_true",
                     help="a Q4_K Q|K beside a Q6_K V: one joint launch against two matvecs, alternated")
     ap.add_argument("--layers", type=int, default=16, help="layers of weights --joint visits in turn")
@@ -246,6 +253,10 @@ def main(argv=None) -> int:
         return 0
     if args.joint:
         joint_table(args)
+        return 0
+    if args.ceiling:
+        from vnni_ceiling import ceiling_table
+        ceiling_table(args.reps)
         return 0
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rng = np.random.default_rng(0)
