@@ -18,8 +18,8 @@ activation rows and their 2 terms, as the kernel runs it):
   + unpack          and the weights' 64-byte loads, ``vpandq`` / ``vgf2p8affineqb`` (the nibbles)
   + combine in regs and the float combine per 16 rows x 4 activation rows: 10 ``vcvtdq2ps``, 4
                     ``vmulps``, 12 FMAs (the per-block scalars as broadcast operands)
-  + combine via mem the same with the super-block sums aq, am loaded and stored per block (the form
-                    before the super-block intrinsic)
+  + combine via mem the same with the super-block sums aq, am loaded and stored per block (as the
+                    kernel keeps them)
   Q4_K kernel       the real thing: the Q4_K multi-row product (``row_items_nibk``, ROW_ITEMS of
                     16 rows) of a 1024x1024 weight times 64 rounded rows (the rounding left out),
                     32 ``vpdpbusd`` per 32-weight block of 32 rows and activation row

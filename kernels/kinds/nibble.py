@@ -326,22 +326,15 @@ _rows4_avx2, _rows5_avx2 = _nibble_rows(False, False), _nibble_rows(True, False)
 _rows4_vnni, _rows5_vnni = _nibble_rows(False, True), _nibble_rows(True, True)
 
 
-# 32-weight blocks per k-quant super-block (256 weights: one d and dmin per row)
-SUPER_BLOCKS = 8
-
-
 def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int):
     """An intrinsic (q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am): one
-    super-block (SUPER_BLOCKS 32-weight blocks, block b's quants at qo + 16 R b, fifth bits at
-    ho + R b, activations at xo + 32 b, sub-scales at so + R b, scalars at xso + b) of a k-quant
-    nibble tile times `rows` rounded activation rows, combined in registers: for row r (terms at
-    xq, xr + xo + r ldx; scales dx, dr, xs flat at xso + r lds) and lane l, per block
-    ``p = fma(isum_q, dx, isum_r * dr)``, ``sq = fma(sc, p, sq)``, ``sm = fma(mn, xs, sm)`` from
-    sq = sm = 0, then ``aq[R r + l] = sq``, ``am[R r + l] = sm``: matvec_nibk's super-block sums
-    (its float operations as LLVM contracts them there, in its order), without storing the integer
-    sums or converting the sub-scales once per row.  One group of weight rows at a time runs the
-    super-block's blocks (a loop), so only that group's integer and float sums are live, all in
-    registers: the float sums touch memory once per super-block, not once per block."""
+    32-weight block of a k-quant nibble tile times `rows` rounded activation rows, combined in
+    registers: for row r (terms at xq, xr + xo + r ldx; scales dx, dr, xs flat at xso + r lds) and
+    lane l, ``p = fma(isum_q, dx, isum_r * dr)``, ``aq[R r + l] = fma(sc[so + l], p, aq[R r + l])``,
+    ``am[R r + l] = fma(mn[so + l], xs, am[R r + l])``: matvec_nibk's combine (its float operations
+    as LLVM contracts them there), without storing the integer sums or converting the sub-scales
+    once per row.  The quants are unpacked once for all the rows (one group of weight rows at a
+    time, so only that group's accumulators are live)."""
 
     def fused(typingctx, q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am):
         sig = types.void(q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
@@ -361,47 +354,33 @@ def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int):
             aqp, amp = (data_ptr(context, builder, aty[i], args[i], f32t) for i in (16, 17))
             lanes = sum_lanes(vnni)
             vf = ir.VectorType(f32t, lanes)
-            vi8 = ir.VectorType(I8, lanes)
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf] * 3),
                                                  f"llvm.fma.v{lanes}f32")
-            # the row's scalar pointers: row r's dx, dr, xs at + r lds
-            rowp = [[builder.gep(p, [builder.mul(lds, ir.Constant(lds.type, r))]) for p in sp] for r in range(rows)]
+            # per row: its dx, dr, xs broadcast
+            scal = [[splat(builder, builder.load(builder.gep(p, [builder.mul(lds, ir.Constant(lds.type, r))])),
+                           lanes) for p in sp] for r in range(rows)]
 
             def vec(p, i, ty):
-                return builder.bitcast(builder.gep(p, [i if isinstance(i, ir.Value) else ir.Constant(I32, i)]),
-                                       ty.as_pointer())
+                return builder.bitcast(builder.gep(p, [ir.Constant(I32, i)]), ty.as_pointer())
 
-            zero = ir.Constant(vf, None)
             for rg in range(ROW_TILE // lanes):
-                # the group's super-block sums per row: allocas LLVM keeps in registers
-                slots = [(cgutils.alloca_once_value(builder, zero), cgutils.alloca_once_value(builder, zero))
-                         for _ in range(rows)]
-                for sq, sm in slots:
-                    builder.store(zero, sq)
-                    builder.store(zero, sm)
-                with cgutils.for_range(builder, ir.Constant(I32, SUPER_BLOCKS)) as loop:
-                    b = loop.index
-                    qb = builder.gep(qp, [builder.mul(b, ir.Constant(I32, 16 * ROW_TILE))])
-                    hb = builder.gep(hp, [builder.mul(b, ir.Constant(I32, ROW_TILE))])
-                    xb = [builder.gep(p, [builder.mul(b, ir.Constant(I32, 32))]) for p in xps]
-                    sums = _emit_nibble_sums(builder, qb, hb, xb, None, five, vnni, rgs=(rg,), prefetch=rg == 0)
-                    o = builder.add(builder.mul(b, ir.Constant(I32, ROW_TILE)), ir.Constant(I32, rg * lanes))
-                    scv, mnv = (builder.uitofp(builder.load(vec(p, o, vi8), align=1), vf) for p in (scp, mnp))
-                    for r, (sq, sm) in enumerate(slots):
-                        dxs, drs, xss = (splat(builder, builder.load(builder.gep(p, [b])), lanes) for p in rowp[r])
-                        iq = builder.sitofp(sums.total((2 * r, rg)), vf)
-                        ir_ = builder.sitofp(sums.total((2 * r + 1, rg)), vf)
-                        p = builder.call(fma, [iq, dxs, builder.fmul(ir_, drs)])
-                        builder.store(builder.call(fma, [scv, p, builder.load(sq)]), sq)
-                        builder.store(builder.call(fma, [mnv, xss, builder.load(sm)]), sm)
-                for r, (sq, sm) in enumerate(slots):
-                    builder.store(builder.load(sq), vec(aqp, r * ROW_TILE + rg * lanes, vf), align=4)
-                    builder.store(builder.load(sm), vec(amp, r * ROW_TILE + rg * lanes, vf), align=4)
+                sums = _emit_nibble_sums(builder, qp, hp, xps, None, five, vnni, rgs=(rg,), prefetch=rg == 0)
+                vi8 = ir.VectorType(I8, lanes)
+                scv, mnv = (builder.uitofp(builder.load(vec(p, rg * lanes, vi8), align=1), vf) for p in (scp, mnp))
+                for r in range(rows):
+                    dxs, drs, xss = scal[r]
+                    iq = builder.sitofp(sums.total((2 * r, rg)), vf)
+                    ir_ = builder.sitofp(sums.total((2 * r + 1, rg)), vf)
+                    p = builder.call(fma, [iq, dxs, builder.fmul(ir_, drs)])
+                    a = vec(aqp, r * ROW_TILE + rg * lanes, vf)
+                    builder.store(builder.call(fma, [scv, p, builder.load(a, align=4)]), a, align=4)
+                    m = vec(amp, r * ROW_TILE + rg * lanes, vf)
+                    builder.store(builder.call(fma, [mnv, xss, builder.load(m, align=4)]), m, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    fused.__name__ = fused.__qualname__ = f"_nibk{5 if five else 4}_{'vnni' if vnni else 'avx2'}_super{rows}"
+    fused.__name__ = fused.__qualname__ = f"_nibk{5 if five else 4}_{'vnni' if vnni else 'avx2'}_combine{rows}"
     return intrinsic(fused)
 
 
@@ -427,32 +406,28 @@ _nibk4_vnni, _nibk5_vnni = _nibk_combine_call(False, True), _nibk_combine_call(T
 
 @njit(cache=True, inline="always")
 def nibk_combine_loop(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum):
-    """The portable form of nibk_combine_rows: per block, the integer sums by plain loops into isum
+    """The portable form of nibk_combine_rows: the integer sums by plain loops into isum
     (>= 2 R c int32), then the float combine per row and lane."""
-    aq[:c * R] = 0
-    am[:c * R] = 0
-    for b in range(SUPER_BLOCKS):
-        isums_rows_loop(q, qo + b * 16 * R, h, ho + b * R, five, IDENTITY, xq, xr, xo + 32 * b, ldx, c, isum)
-        for r in range(c):
-            dxb = dx[xso + b + r * lds]
-            drb = dr[xso + b + r * lds]
-            xsb = xs[xso + b + r * lds]
-            a, o = row_offsets(r)
-            for l in range(R):
-                i = nonneg(so + b * R + l)
-                p = two_terms(isum, o, l, dxb, drb)
-                aq[a + l] += f32(sc[i]) * p
-                am[a + l] += f32(mn[i]) * xsb
+    isums_rows_loop(q, qo, h, ho, five, IDENTITY, xq, xr, xo, ldx, c, isum)
+    for r in range(c):
+        dxb = dx[xso + r * lds]
+        drb = dr[xso + r * lds]
+        xsb = xs[xso + r * lds]
+        a, o = row_offsets(r)
+        for l in range(R):
+            i = nonneg(so + l)
+            p = two_terms(isum, o, l, dxb, drb)
+            aq[a + l] += f32(sc[i]) * p
+            am[a + l] += f32(mn[i]) * xsb
 
 
 def nibk_combine_rows(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum, simd):
-    """One super-block (SUPER_BLOCKS 32-weight blocks; block b's quants at q[qo + 16 R b], fifth bits
-    at h[ho + R b] when five, sub-scales at sc[so + R b], mn[so + R b]) of a k-quant nibble tile
-    times c rounded activation rows (row r's terms at xq, xr[xo + r ldx + 32 b], its dx, dr, xs at
-    [xso + r lds + b] of the flat arrays): aq, am (row r lane l at R r + l) get the super-block's
-    sums of sc p and mn xs exactly as matvec_nibk sums one row's: the SIMD forms in registers
-    (_nibk_combine_intrinsic), the portable one through isum (>= 2 R c int32 scratch).  (Callable
-    from Numba code only.)"""
+    """One 32-weight block (quants at q[qo], fifth bits at h[ho] when five, sub-scales at
+    sc[so], mn[so]) of a k-quant nibble tile times c rounded activation rows (row r's terms at
+    xq, xr[xo + r ldx], its dx, dr, xs at [xso + r lds] of the flat arrays), added into the
+    super-block sums aq, am (row r lane l at R r + l) exactly as matvec_nibk adds one row's:
+    the SIMD forms combine in registers (_nibk_combine_intrinsic), the portable one through
+    isum (>= 2 R c int32 scratch).  (Callable from Numba code only.)"""
     raise NotImplementedError("nibk_combine_rows runs inside Numba kernels")
 
 
@@ -677,10 +652,12 @@ def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, 
     while i0 < i1:
         c = row_step(i1 - i0)
         acc[:] = 0
-        for s in range(nb // SUPER_BLOCKS):
-            b = SUPER_BLOCKS * s
-            nibk_combine_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, sct, mnt, b * R,
-                              dxf, drf, xsf, i0 * nb + b, nb, aq, am, isum, simd)
+        for s in range(nb // 8):
+            aq[:] = 0
+            am[:] = 0
+            for b in range(8 * s, 8 * s + 8):
+                nibk_combine_rows(q, b * 16 * R, h, b * R, five, xq, xr, i0 * cols + 32 * b, cols, c, sct, mnt, b * R,
+                                  dxf, drf, xsf, i0 * nb + b, nb, aq, am, isum, simd)
             for r in range(c):
                 a = r * R
                 for l in range(R):
