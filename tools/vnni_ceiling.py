@@ -36,6 +36,7 @@ import time
 import numpy as np
 from llvmlite import binding, ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -57,7 +58,6 @@ def _loop_intrinsic(name: str, body: str):
 
         def codegen(context, builder, signature, args):
             n, buf = args
-            from numba.core import cgutils
             ptr = cgutils.create_struct_proxy(signature.args[1])(context, builder, value=buf).data
             ptr = builder.ptrtoint(ptr, I64)
             asm = f"1:\n{body}\ndecq $0\njnz 1b"
@@ -73,6 +73,7 @@ def _loop_intrinsic(name: str, body: str):
 
 
 def _lines(*parts) -> str:
+    """Assembly lines (strings or lists of them) joined into one body."""
     return "\n".join(p for part in parts for p in (part if isinstance(part, list) else [part]))
 
 
@@ -83,6 +84,7 @@ def dp(acc: int, a: int, b: int | str, w: str = "zmm") -> str:
 
 
 def bcast(off: int) -> str:
+    """The 4 bytes at word `off` of the buffer, broadcast to 16 lanes (an embedded-broadcast operand)."""
     return f"{4 * off}(%rsi){{1to16}}"
 
 
@@ -144,6 +146,7 @@ _loops = [_loop_intrinsic(f"_mix{i}", body) for i, (_, body, _) in enumerate(MIX
 
 
 def _runner(f):
+    """A jitted run(n, buf) of the loop intrinsic f."""
     @njit
     def run(n, buf):
         return f(n, buf)
