@@ -53,8 +53,6 @@ TILE_VALUES = 2048
 # F32 head sizes from which values are summed a whole row at a time, in place (``values_f32``;
 # smaller heads measured faster through the columns)
 WHOLE_ROWS_HEAD = 128
-# keys per tile of the value sums (``values_rows``)
-VALUE_TILE_ROWS = 16
 
 _FAST = {"reassoc", "contract", "nsz"}
 # int32 constants: integer literals are int64 in Numba, and int64 -> float32 conversion does not vectorize on AVX2
@@ -494,6 +492,38 @@ def _float_values(builder, load, p, t, lanes):
     return builder.bitcast(builder.shl(w, ir.Constant(vi, [16] * lanes)), vf)
 
 
+def _lane_sums(builder, vs):
+    """IR: the sums of the 16 lanes of each <16 x float> of vs (1 to 4 of them), each added by
+    halves (lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1), as float scalars.
+    Several vectors are reduced together, the halves of two vectors gathered into one by each
+    shuffle (a transpose): the same additions of the same operands as one vector at a time,
+    in fewer instructions."""
+    vf, i16 = vs[0].type, ir.VectorType(I32, 16)
+
+    def add_shuffled(a, b, lo, hi):
+        return builder.fadd(builder.shuffle_vector(a, b, ir.Constant(i16, lo)),
+                            builder.shuffle_vector(a, b, ir.Constant(i16, hi)))
+    if len(vs) == 1:
+        v, w = vs[0], 16
+        while w > 1:
+            w //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w, 2 * w))))
+            v = builder.fadd(lo, hi)
+        return [builder.extract_element(v, ir.Constant(I32, 0))]
+    v = list(vs) + [ir.Constant(vf, [0.0] * 16)] * (4 - len(vs))
+    # lanes l and l + 8: vector 2i's 8 sums in lanes 0-7, vector 2i + 1's in lanes 8-15
+    c = [add_shuffled(v[2 * i], v[2 * i + 1], list(range(8)) + list(range(16, 24)),
+                      list(range(8, 16)) + list(range(24, 32))) for i in range(2)]
+    # l and l + 4: vector g's 4 sums in lanes 4g..4g+3
+    e = add_shuffled(c[0], c[1], [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27],
+                     [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31])
+    # l and l + 2, then l and l + 1: vector g's sum in lane 4g
+    e = builder.fadd(e, builder.shuffle_vector(e, e, ir.Constant(i16, [i ^ 2 for i in range(16)])))
+    e = builder.fadd(e, builder.shuffle_vector(e, e, ir.Constant(i16, [i ^ 1 for i in range(16)])))
+    return [builder.extract_element(e, ir.Constant(I32, 4 * g)) for g in range(len(vs))]
+
+
 def _float_key_scores_ir(t, n):
     """The intrinsic (k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo, ldo, ostride,
     pv, pvoff, pvbytes) of ``float_key_scores`` for float type t (F32, F16, BF16) and n (1 to
@@ -545,22 +575,31 @@ def _float_key_scores_ir(t, n):
                 for pair in accs:
                     for a in pair:
                         builder.store(zero, a)
-                with cgutils.for_range(builder, builder.udiv(pieces, ir.Constant(I64, 2))) as loop:
-                    c = builder.mul(loop.index, ir.Constant(I64, 2))
-                    piece(rbase, qbase, c, 0)
-                    piece(rbase, qbase, builder.add(c, ir.Constant(I64, 1)), 1)
-                odd = builder.icmp_unsigned("!=", builder.urem(pieces, ir.Constant(I64, 2)), ir.Constant(I64, 0))
-                with builder.if_then(odd):
-                    piece(rbase, qbase, builder.sub(pieces, ir.Constant(I64, 1)), 0)
+
+                def any_size():
+                    with cgutils.for_range(builder, builder.udiv(pieces, ir.Constant(I64, 2))) as loop:
+                        c = builder.mul(loop.index, ir.Constant(I64, 2))
+                        piece(rbase, qbase, c, 0)
+                        piece(rbase, qbase, builder.add(c, ir.Constant(I64, 1)), 1)
+                    odd = builder.icmp_unsigned("!=", builder.urem(pieces, ir.Constant(I64, 2)), ir.Constant(I64, 0))
+                    with builder.if_then(odd):
+                        piece(rbase, qbase, builder.sub(pieces, ir.Constant(I64, 1)), 0)
+
+                def unrolled(size, otherwise):     # the common head sizes: the pieces written out
+                    def emit():
+                        with builder.if_else(builder.icmp_unsigned("==", hd, ir.Constant(I64, size))) as (yes, no):
+                            with yes:
+                                for c in range(size // L):
+                                    piece(rbase, qbase, ir.Constant(I64, c), c & 1)
+                            with no:
+                                otherwise()
+                    return emit
+                unrolled(128, unrolled(64, unrolled(256, any_size)))()
+                sums = _lane_sums(builder, [builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1]))
+                                            for g in range(n)])
                 for g in range(n):
-                    v, w = builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1])), L
-                    while w > 1:
-                        w //= 2
-                        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w))))
-                        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w, 2 * w))))
-                        v = builder.fadd(lo, hi)
                     dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
-                    builder.store(builder.extract_element(v, ir.Constant(I32, 0)), dst)
+                    builder.store(sums[g], dst)
 
             with cgutils.for_range(builder, count) as rows:
                 j = rows.index
@@ -969,44 +1008,29 @@ def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a):
 def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
     """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (G, >= hi - lo), C order)
     times value row j of kv head kvh (type t: an integer type, or F32, F16, BF16 with hd a multiple
-    of 32), one column of 32 values at a time (``value_column``), every column decoded once for
-    the G heads, their sums kept in registers over the keys.  With one kv head, F16 and BF16 rows
-    are first copied a tile of VALUE_TILE_ROWS rows at a time into a buffer that stays in the L1
-    cache, each row read in one sweep (measured faster for them than columns walking the cache's
-    rows from memory); with several, the float key scores have prefetched the rows into the L2
-    cache and the columns read them in place (measured faster), as they do for the block types."""
+    of 32), one column of 32 values at a time (``value_column``) read in place, every column
+    decoded once for the G heads, their sums kept in registers over the keys.  After float key
+    scores the rows come from the L2 cache (``scores_float`` prefetched them)."""
     G, hd = acc.shape
     C, Hkv, rb = v_rows.shape
     ldp = p.shape[1]
     pf = p.reshape(p.shape[0] * ldp)
     a = np.zeros(G * hd, np.float32)
-    if (t == 1 or t == 30) and Hkv == 1:
-        vt = np.empty(VALUE_TILE_ROWS * rb, np.uint8)
-        for j0 in range(lo, hi, VALUE_TILE_ROWS):
-            m = min(VALUE_TILE_ROWS, hi - j0)
-            for jj in range(m):
-                if Hkv > 1 and Hkv * rb >= PREFETCH_MIN_STRIDE:
-                    prefetch(v_rows, ((j0 + jj + PREFETCH_ROWS) * Hkv + kvh) * rb, rb)
-                r = v_rows[j0 + jj, kvh]
-                for i in range(rb):
-                    vt[jj * rb + i] = r[i]
-            _columns(t, G, hd, simd, vt, 0, rb, m, pf, j0 - lo, ldp, a)
-    else:
-        _columns(t, G, hd, simd, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, pf, 0,
-                 ldp, a)
+    _columns(t, G, hd, simd, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, pf, 0,
+             ldp, a)
     for g in range(G):
         for d in range(hd):
             acc[g, d] = a[g * hd + d]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def scores_float(t, k_rows, lo, hi, qs, s, simd, v_rows):
+def scores_float(t, k_rows, lo, hi, qs, s, simd, v_rows, pf):
     """s[h, g, j - lo] = qs[h, g] . key row j of kv head h (float type t: F32, F16, BF16; hd a
     multiple of KEY_PIECE), j = lo..hi-1, for every kv head h in one sweep of the rows (the
     cache's rows of one position are contiguous: a stream the hardware prefetchers follow),
-    through ``float_key_scores`` in groups of up to HEAD_GROUP heads; the value rows
-    lo..hi-1 of every kv head (v_rows) are prefetched meanwhile.  qs (Hkv, G, hd) and s
-    (Hkv, >= G, >= hi - lo): C order."""
+    through ``float_key_scores`` in groups of up to HEAD_GROUP heads; with pf, the value rows
+    lo..hi-1 of every kv head (v_rows) are prefetched meanwhile, for value sums that read them
+    a column at a time.  qs (Hkv, G, hd) and s (Hkv, >= G, >= hi - lo): C order."""
     Hkv, G, hd = qs.shape
     Gs, lds = s.shape[1], s.shape[2]
     C, _, rb = k_rows.shape
@@ -1017,7 +1041,7 @@ def scores_float(t, k_rows, lo, hi, qs, s, simd, v_rows):
     o = s.reshape(Hkv * Gs * lds)
     for g0 in range(0, G, HEAD_GROUP):
         float_key_scores(t, min(HEAD_GROUP, G - g0), simd, k, lo * Hkv * rb, Hkv * rb, hi - lo, Hkv, rb, q, g0 * hd,
-                         G * hd, hd, o, g0 * lds, lds, Gs * lds, v, lo * vb, vb if g0 == 0 and Hkv > 1 else 0)
+                         G * hd, hd, o, g0 * lds, lds, Gs * lds, v, lo * vb, vb if g0 == 0 and pf else 0)
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -1136,7 +1160,8 @@ def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc
             for d in range(hd):
                 qs[h, g, d] = q3[t, h * G + g, d] * np.float32(scale)
     if not is_int_type(tk) and hd % KEY_PIECE == 0:
-        scores_float(tk, k_rows, lo, hi, qs, s, simd, v_rows)
+        # the value rows prefetched unless they are read whole rows in turn (one contiguous stream)
+        scores_float(tk, k_rows, lo, hi, qs, s, simd, v_rows, Hkv > 1 or not (tv == 0 and hd >= WHOLE_ROWS_HEAD))
     for h in range(Hkv):
         r = t * Hkv + h if is_int_type(tk) else 0
         rq = (Q[0][r], Q[1][r], Q[2][r], Q[3][r])
