@@ -382,10 +382,12 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
 # lanes added by halves (lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1).  One call
 # takes every kv head of a row before the next row (``scores_float``): the cache keeps a
 # position's kv heads side by side, so a chunk of keys is one contiguous stream rather than one
-# strided pass per kv head (measured 1.3-1.9x faster over the strided layouts from memory), and
+# strided pass per kv head, and
 # the value rows of the same positions are prefetched meanwhile, so that the value sums, kv head
 # by kv head, find them in the L2 cache.  The portable loop takes the same steps in the same
-# order (``fma32`` and plain float32 additions): identical results.
+# order (``fma32`` and plain float32 additions): identical results.  The vector kernel writes the
+# pieces of a row out for the common head sizes (64, 128, 256: no loop to run per row and kv
+# head) and adds the lanes of a row's heads together (``_lane_sums``: the same additions).
 
 KEY_PIECE = 16
 # rows ahead of the current one whose bytes the vector kernels prefetch: a decode step reads
