@@ -386,8 +386,8 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
 # the value rows of the same positions are prefetched meanwhile, so that the value sums, kv head
 # by kv head, find them in the L2 cache.  The portable loop takes the same steps in the same
 # order (``fma32`` and plain float32 additions): identical results.  The vector kernel writes the
-# pieces of a row out for the common head sizes (64, 128, 256: no loop to run per row and kv
-# head) and adds the lanes of a row's heads together (``_lane_sums``: the same additions).
+# pieces of a row out for head sizes 64 and 128 (no loop to run per row and kv head; 256's
+# measured no faster) and adds the lanes of a row's heads together (``_lane_sums``: the same additions).
 
 KEY_PIECE = 16
 # rows ahead of the current one whose bytes the vector kernels prefetch: a decode step reads
@@ -596,7 +596,7 @@ def _float_key_scores_ir(t, n):
                             with no:
                                 otherwise()
                     return emit
-                unrolled(128, unrolled(64, unrolled(256, any_size)))()
+                unrolled(128, unrolled(64, any_size))()
                 sums = _lane_sums(builder, [builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1]))
                                             for g in range(n)])
                 for g in range(n):
