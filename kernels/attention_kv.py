@@ -13,10 +13,12 @@ activations, key blocks multiplied as integers, value blocks converted to floats
 position for all the heads that share them, the block's scale riding on each head's weight).
 Over F32, F16 and BF16 rows each key row is converted 16 values at a time into registers, once
 for all the query heads that share it (grouped-query attention: the section "float key scores"),
-and values are summed in registers a column of 32 at a time (F32 rows of 128 values and more
-are read in place a whole row at a time instead).  Each kv head's rows are strided by every kv
-head's row, a pattern the hardware prefetchers follow poorly: the kernels prefetch the rows
-they read a few rows ahead (PREFETCH_ROWS).  A step's work is split into
+every kv head of a position in turn, so that a chunk's keys are read in one contiguous sweep (a
+stream the hardware prefetchers follow) while the same positions' value rows are prefetched
+into the L2 cache; values are then summed in registers a column of 32 at a time (F32 rows of 128
+values and more are read in place a whole row at a time instead).  Elsewhere each kv head's
+rows are strided by every kv head's row, a pattern the hardware prefetchers follow poorly: the
+kernels prefetch the rows they read a few rows ahead (PREFETCH_ROWS).  A step's work is split into
 chunks of keys; each chunk keeps its own running maximum, sum and weighted values (the
 flash-decoding split), and the chunks are merged exactly afterwards, so even a model with one
 kv head spreads a long context over every thread.
@@ -51,8 +53,6 @@ TILE_VALUES = 2048
 # F32 head sizes from which values are summed a whole row at a time, in place (``values_f32``;
 # smaller heads measured faster through the columns)
 WHOLE_ROWS_HEAD = 128
-# keys per tile of the value sums (``values_rows``)
-VALUE_TILE_ROWS = 16
 
 _FAST = {"reassoc", "contract", "nsz"}
 # int32 constants: integer literals are int64 in Numba, and int64 -> float32 conversion does not vectorize on AVX2
@@ -379,8 +379,15 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
 # lanes (one fused multiply-add per head; the even and the odd pieces into two sets of lanes, two
 # chains of dependent multiply-adds per head instead of one), so the heads of a kv head share each
 # row load in registers (grouped-query attention); each head's two sets are then added, and the
-# lanes added by halves (lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1).  The portable loop takes the same steps in
-# the same order (``fma32`` and plain float32 additions): identical results.
+# lanes added by halves (lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1).  One call
+# takes every kv head of a row before the next row (``scores_float``): the cache keeps a
+# position's kv heads side by side, so a chunk of keys is one contiguous stream rather than one
+# strided pass per kv head, and
+# the value rows of the same positions are prefetched meanwhile, so that the value sums, kv head
+# by kv head, find them in the L2 cache.  The portable loop takes the same steps in the same
+# order (``fma32`` and plain float32 additions): identical results.  The vector kernel writes the
+# pieces of a row out for head sizes 64 and 128 (no loop to run per row and kv head; 256's
+# measured no faster) and adds the lanes of a row's heads together (``_lane_sums``: the same additions).
 
 KEY_PIECE = 16
 # rows ahead of the current one whose bytes the vector kernels prefetch: a decode step reads
@@ -443,34 +450,36 @@ def prefetch_row(builder, p, nbytes):
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
-def float_key_scores_loop(t, n, k, off, stride, count, q, qo, hd, out, oo, ldo):
+def float_key_scores_loop(t, n, k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo, ldo, ostride,
+                          pv, pvoff, pvbytes):
     """The portable form of ``float_key_scores`` (the same float operations in the same order:
-    identical results)."""
+    identical results; no prefetches)."""
     acc = np.empty((n, 2, KEY_PIECE), np.float32)
     f = np.empty(KEY_PIECE, np.float32)
     r = np.empty(KEY_PIECE, np.float32)
     pb = COLUMN_BYTES[t] // 2                    # bytes of a piece of 16 values
     for j in range(count):
-        for g in range(n):
-            for i in range(KEY_PIECE):
-                acc[g, 0, i] = 0.0
-                acc[g, 1, i] = 0.0
-        for c in range(hd // KEY_PIECE):
-            o = off + j * stride + c * pb
-            decode_row(t, k[o:o + pb], f)
+        for u in range(heads):
             for g in range(n):
-                x0 = qo + g * hd + KEY_PIECE * c
                 for i in range(KEY_PIECE):
-                    acc[g, c & 1, i] = fma32(q[x0 + i], f[i], acc[g, c & 1, i])
-        for g in range(n):
-            w = KEY_PIECE
-            for i in range(w):
-                r[i] = acc[g, 0, i] + acc[g, 1, i]
-            while w > 1:
-                w //= 2
+                    acc[g, 0, i] = 0.0
+                    acc[g, 1, i] = 0.0
+            for c in range(hd // KEY_PIECE):
+                o = off + j * stride + u * hstride + c * pb
+                decode_row(t, k[o:o + pb], f)
+                for g in range(n):
+                    x0 = qo + u * qstride + g * hd + KEY_PIECE * c
+                    for i in range(KEY_PIECE):
+                        acc[g, c & 1, i] = fma32(q[x0 + i], f[i], acc[g, c & 1, i])
+            for g in range(n):
+                w = KEY_PIECE
                 for i in range(w):
-                    r[i] = r[i] + r[i + w]
-            out[oo + g * ldo + j] = r[0]
+                    r[i] = acc[g, 0, i] + acc[g, 1, i]
+                while w > 1:
+                    w //= 2
+                    for i in range(w):
+                        r[i] = r[i] + r[i + w]
+                out[oo + u * ostride + g * ldo + j] = r[0]
 
 
 def _float_values(builder, load, p, t, lanes):
@@ -485,32 +494,74 @@ def _float_values(builder, load, p, t, lanes):
     return builder.bitcast(builder.shl(w, ir.Constant(vi, [16] * lanes)), vf)
 
 
-def _float_key_scores_ir(t, n):
-    """The intrinsic (k, off, stride, count, q, qo, hd, out, oo, ldo) of ``float_key_scores`` for
-    float type t (F32, F16, BF16) and n (1 to HEAD_GROUP) heads: per row, each piece of 16 values
-    converted once into a <16 x float> and fused-multiply-added into the n heads' lane vectors,
-    which stay in registers over the row; then each head's lanes added by halves."""
+def _lane_sums(builder, vs):
+    """IR: the sums of the 16 lanes of each <16 x float> of vs (1 to 4 of them), each added by
+    halves (lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1), as float scalars.
+    Several vectors are reduced together, the halves of two vectors gathered into one by each
+    shuffle (a transpose): the same additions of the same operands as one vector at a time,
+    in fewer instructions."""
+    vf, i16 = vs[0].type, ir.VectorType(I32, 16)
 
-    def fk(typingctx, k, off, stride, count, q, qo, hd, out, oo, ldo):
-        sig = types.void(k, off, stride, count, q, qo, hd, out, oo, ldo)
+    def add_shuffled(a, b, lo, hi):
+        return builder.fadd(builder.shuffle_vector(a, b, ir.Constant(i16, lo)),
+                            builder.shuffle_vector(a, b, ir.Constant(i16, hi)))
+    if len(vs) == 1:
+        v, w = vs[0], 16
+        while w > 1:
+            w //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w, 2 * w))))
+            v = builder.fadd(lo, hi)
+        return [builder.extract_element(v, ir.Constant(I32, 0))]
+    v = list(vs) + [ir.Constant(vf, [0.0] * 16)] * (4 - len(vs))
+    # lanes l and l + 8: vector 2i's 8 sums in lanes 0-7, vector 2i + 1's in lanes 8-15
+    c = [add_shuffled(v[2 * i], v[2 * i + 1], list(range(8)) + list(range(16, 24)),
+                      list(range(8, 16)) + list(range(24, 32))) for i in range(2)]
+    # l and l + 4: vector g's 4 sums in lanes 4g..4g+3
+    e = add_shuffled(c[0], c[1], [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27],
+                     [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31])
+    # l and l + 2, then l and l + 1: vector g's sum in lane 4g
+    e = builder.fadd(e, builder.shuffle_vector(e, e, ir.Constant(i16, [i ^ 2 for i in range(16)])))
+    e = builder.fadd(e, builder.shuffle_vector(e, e, ir.Constant(i16, [i ^ 1 for i in range(16)])))
+    return [builder.extract_element(e, ir.Constant(I32, 4 * g)) for g in range(len(vs))]
+
+
+def _float_key_scores_ir(t, n):
+    """The intrinsic (k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo, ldo, ostride,
+    pv, pvoff, pvbytes) of ``float_key_scores`` for float type t (F32, F16, BF16) and n (1 to
+    HEAD_GROUP) heads: per row, for each of the ``heads`` kv heads in turn (one contiguous sweep
+    of the row when they are all of them), each piece of 16 values converted once into a
+    <16 x float> and fused-multiply-added into the n heads' lane vectors, which stay in
+    registers over the kv head's row; then each head's lanes added by halves.  Meanwhile the
+    pvbytes bytes of row j + PREFETCH_ROWS of pv (the value rows of the same positions, read
+    next) are prefetched, so that the value sums find them in the L2 cache."""
+
+    def fk(typingctx, k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo, ldo, ostride, pv, pvoff,
+           pvbytes):
+        sig = types.void(k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo, ldo, ostride, pv, pvoff,
+                         pvbytes)
 
         def codegen(context, builder, signature, args):
-            k, off, stride, count, q, qo, hd, out, oo, ldo = args
+            (k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo, ldo, ostride, pv, pvoff,
+             pvbytes) = args
             aty = signature.args
-            off, stride, count, qo, hd, oo, ldo = (_i64(builder, v) for v in (off, stride, count, qo, hd, oo, ldo))
+            off, stride, count, heads, hstride, qo, qstride, hd, oo, ldo, ostride, pvoff, pvbytes = (
+                _i64(builder, v) for v in (off, stride, count, heads, hstride, qo, qstride, hd, oo, ldo, ostride,
+                                           pvoff, pvbytes))
             load = loader(builder)
             L = KEY_PIECE
             vf = ir.VectorType(F32, L)
             kbase = builder.gep(data_ptr(context, builder, aty[0], k, I8), [off])
-            qbase = builder.gep(data_ptr(context, builder, aty[4], q, F32), [qo])
-            op = builder.gep(data_ptr(context, builder, aty[7], out, F32), [oo])
+            qbase0 = builder.gep(data_ptr(context, builder, aty[6], q, F32), [qo])
+            op0 = builder.gep(data_ptr(context, builder, aty[10], out, F32), [oo])
+            pvbase = builder.gep(data_ptr(context, builder, aty[14], pv, I8), [pvoff])
             fma = _fma_fn(builder, vf)
             zero = ir.Constant(vf, [0.0] * L)
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(n)]
             pieces = builder.udiv(hd, ir.Constant(I64, L))
             pb = int(COLUMN_BYTES[t]) // 2
 
-            def piece(rbase, c, parity):     # piece c of the row into each head's lanes of this parity
+            def piece(rbase, qbase, c, parity):     # piece c of the row into each head's lanes of this parity
                 f = _float_values(builder, load, builder.gep(rbase, [builder.mul(c, ir.Constant(I64, pb))]), t, L)
                 x16 = builder.mul(c, ir.Constant(I64, L))
                 for g in range(n):
@@ -519,32 +570,45 @@ def _float_key_scores_ir(t, n):
                     xv = builder.load(builder.bitcast(xp, vf.as_pointer()), align=4)
                     builder.store(builder.call(fma, [xv, f, builder.load(a)]), a)
 
-            row_bytes = builder.mul(pieces, ir.Constant(I64, pb))
-
-            def row(j, pf):
-                rbase = builder.gep(kbase, [builder.mul(j, stride)])
-                if pf:
-                    prefetch_ahead(builder, rbase, stride, row_bytes)
+            def head_row(j, u):                     # kv head u of row j
+                rbase = builder.gep(kbase, [builder.add(builder.mul(j, stride), builder.mul(u, hstride))])
+                qbase = builder.gep(qbase0, [builder.mul(u, qstride)])
+                op = builder.gep(op0, [builder.mul(u, ostride)])
                 for pair in accs:
                     for a in pair:
                         builder.store(zero, a)
-                with cgutils.for_range(builder, builder.udiv(pieces, ir.Constant(I64, 2))) as loop:
-                    c = builder.mul(loop.index, ir.Constant(I64, 2))
-                    piece(rbase, c, 0)
-                    piece(rbase, builder.add(c, ir.Constant(I64, 1)), 1)
-                odd = builder.icmp_unsigned("!=", builder.urem(pieces, ir.Constant(I64, 2)), ir.Constant(I64, 0))
-                with builder.if_then(odd):
-                    piece(rbase, builder.sub(pieces, ir.Constant(I64, 1)), 0)
+
+                def any_size():
+                    with cgutils.for_range(builder, builder.udiv(pieces, ir.Constant(I64, 2))) as loop:
+                        c = builder.mul(loop.index, ir.Constant(I64, 2))
+                        piece(rbase, qbase, c, 0)
+                        piece(rbase, qbase, builder.add(c, ir.Constant(I64, 1)), 1)
+                    odd = builder.icmp_unsigned("!=", builder.urem(pieces, ir.Constant(I64, 2)), ir.Constant(I64, 0))
+                    with builder.if_then(odd):
+                        piece(rbase, qbase, builder.sub(pieces, ir.Constant(I64, 1)), 0)
+
+                def unrolled(size, otherwise):     # the common head sizes: the pieces written out
+                    def emit():
+                        with builder.if_else(builder.icmp_unsigned("==", hd, ir.Constant(I64, size))) as (yes, no):
+                            with yes:
+                                for c in range(size // L):
+                                    piece(rbase, qbase, ir.Constant(I64, c), c & 1)
+                            with no:
+                                otherwise()
+                    return emit
+                unrolled(128, unrolled(64, any_size))()
+                sums = _lane_sums(builder, [builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1]))
+                                            for g in range(n)])
                 for g in range(n):
-                    v, w = builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1])), L
-                    while w > 1:
-                        w //= 2
-                        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w))))
-                        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w, 2 * w))))
-                        v = builder.fadd(lo, hi)
                     dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
-                    builder.store(builder.extract_element(v, ir.Constant(I32, 0)), dst)
-            strided_rows(builder, count, stride, row_bytes, row)
+                    builder.store(sums[g], dst)
+
+            with cgutils.for_range(builder, count) as rows:
+                j = rows.index
+                prefetch_row(builder, builder.gep(pvbase, [builder.mul(builder.add(j, ir.Constant(I64, PREFETCH_ROWS)),
+                                                                       pvbytes)]), pvbytes)
+                with cgutils.for_range(builder, heads) as kvh:
+                    head_row(j, kvh.index)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -570,12 +634,15 @@ def _float_switch(make, n):
 
 
 def float_key_scores(t, n, simd, *args):
-    """float_key_scores(t, n, simd, k, off, stride, count, q, qo, hd, out, oo, ldo): the scores of
-    ``count`` key rows of hd values (a multiple of KEY_PIECE) of float type t (F32, F16, BF16), row
-    j at bytes k[off + j stride], for n (1 to HEAD_GROUP) query heads, head g at q[qo + g hd]:
-    out[oo + g ldo + j] = the dot product of the two, in the order of the section comment.
-    simd: by 512-bit vectors where the host has AVX-512 (and F16C), else the portable loop; the
-    same results.  (Callable from Numba code only.)"""
+    """float_key_scores(t, n, simd, k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo,
+    ldo, ostride, pv, pvoff, pvbytes): the scores of ``count`` key rows, for each of ``heads`` kv
+    heads, of hd values (a multiple of KEY_PIECE) of float type t (F32, F16, BF16), kv head u of row
+    j at bytes k[off + j stride + u hstride], for n (1 to HEAD_GROUP) query heads per kv head, head g
+    of kv head u at q[qo + u qstride + g hd]: out[oo + u ostride + g ldo + j] = the dot product of
+    the two, in the order of the section comment.  The pvbytes bytes of pv from pvoff + (j +
+    PREFETCH_ROWS) pvbytes are prefetched with row j (pvbytes 0: none).  simd: by 512-bit vectors
+    where the host has AVX-512 (and F16C), else the portable loop; the same results.  (Callable
+    from Numba code only.)"""
     raise NotImplementedError("float_key_scores runs inside Numba kernels")
 
 
@@ -943,49 +1010,40 @@ def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a):
 def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
     """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (G, >= hi - lo), C order)
     times value row j of kv head kvh (type t: an integer type, or F32, F16, BF16 with hd a multiple
-    of 32), one column of 32 values at a time (``value_column``), every column decoded once for
-    the G heads, their sums kept in registers over the keys.  F16 and BF16 rows are first copied
-    a tile of VALUE_TILE_ROWS rows at a time into a buffer that stays in the L1 cache, each row
-    read in one sweep (measured faster for them than columns walking the cache's rows; for the
-    block types the columns read in place are faster)."""
+    of 32), one column of 32 values at a time (``value_column``) read in place, every column
+    decoded once for the G heads, their sums kept in registers over the keys.  After float key
+    scores the rows come from the L2 cache (``scores_float`` prefetched them)."""
     G, hd = acc.shape
     C, Hkv, rb = v_rows.shape
     ldp = p.shape[1]
     pf = p.reshape(p.shape[0] * ldp)
     a = np.zeros(G * hd, np.float32)
-    if t == 1 or t == 30:
-        vt = np.empty(VALUE_TILE_ROWS * rb, np.uint8)
-        for j0 in range(lo, hi, VALUE_TILE_ROWS):
-            m = min(VALUE_TILE_ROWS, hi - j0)
-            for jj in range(m):
-                if Hkv > 1 and Hkv * rb >= PREFETCH_MIN_STRIDE:
-                    prefetch(v_rows, ((j0 + jj + PREFETCH_ROWS) * Hkv + kvh) * rb, rb)
-                r = v_rows[j0 + jj, kvh]
-                for i in range(rb):
-                    vt[jj * rb + i] = r[i]
-            _columns(t, G, hd, simd, vt, 0, rb, m, pf, j0 - lo, ldp, a)
-    else:
-        _columns(t, G, hd, simd, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, pf, 0,
-                 ldp, a)
+    _columns(t, G, hd, simd, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, pf, 0,
+             ldp, a)
     for g in range(G):
         for d in range(hd):
             acc[g, d] = a[g * hd + d]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def scores_float(t, k_rows, kvh, lo, hi, qs, s, simd):
-    """s[g, j - lo] = qs[g] . key row j of kv head kvh (float type t: F32, F16, BF16; hd a multiple
-    of KEY_PIECE), j = lo..hi-1, through ``float_key_scores`` in groups of up to HEAD_GROUP heads.
-    qs (G, hd) and s (>= G, >= hi - lo): C order."""
-    G, hd = qs.shape
-    lds = s.shape[1]
-    C, Hkv, rb = k_rows.shape
+def scores_float(t, k_rows, lo, hi, qs, s, simd, v_rows, pf):
+    """s[h, g, j - lo] = qs[h, g] . key row j of kv head h (float type t: F32, F16, BF16; hd a
+    multiple of KEY_PIECE), j = lo..hi-1, for every kv head h in one sweep of the rows (the
+    cache's rows of one position are contiguous: a stream the hardware prefetchers follow),
+    through ``float_key_scores`` in groups of up to HEAD_GROUP heads; with pf, the value rows
+    lo..hi-1 of every kv head (v_rows) are prefetched meanwhile, for value sums that read them
+    a column at a time.  qs (Hkv, G, hd) and s (Hkv, >= G, >= hi - lo): C order."""
+    Hkv, G, hd = qs.shape
+    Gs, lds = s.shape[1], s.shape[2]
+    C, _, rb = k_rows.shape
+    vb = v_rows.shape[1] * v_rows.shape[2]
     k = k_rows.reshape(C * Hkv * rb)
-    q = qs.reshape(G * hd)
-    o = s.reshape(s.shape[0] * lds)
+    v = v_rows.reshape(v_rows.shape[0] * vb)
+    q = qs.reshape(Hkv * G * hd)
+    o = s.reshape(Hkv * Gs * lds)
     for g0 in range(0, G, HEAD_GROUP):
-        float_key_scores(t, min(HEAD_GROUP, G - g0), simd, k, (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, q, g0 * hd,
-                         hd, o, g0 * lds, lds)
+        float_key_scores(t, min(HEAD_GROUP, G - g0), simd, k, lo * Hkv * rb, Hkv * rb, hi - lo, Hkv, rb, q, g0 * hd,
+                         G * hd, hd, o, g0 * lds, lds, Gs * lds, v, lo * vb, vb if g0 == 0 and pf else 0)
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -1015,18 +1073,17 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     """Keys lo..hi-1 of kv head kvh for G query heads qs (G, hd) (already scaled; rq: them
     rounded by ``round_query`` when tk is an integer type): scores s (G, hi-lo), then per head g
     the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and acc[g] (hd,) = the sum of those
-    weights times the value rows.  Integer K types go through ``scores_int``, float K types
-    through ``scores_float`` (a head size that is not whole pieces of 16: decoded a tile of rows
-    at a time, tile: (T, hd) float32, once for all G heads); the values through ``values_rows``
+    weights times the value rows.  Integer K types go through ``scores_int``; float K types whose
+    head size is whole pieces of 16 come with their scores in s (``scores_float``, every kv head
+    at once, by the caller), other float ones are decoded a tile of rows at a time (tile: (T, hd)
+    float32, once for all G heads); the values through ``values_rows``
     (a float type whose head size is not whole columns of 32: a tile at a time).  F32 values of
     WHOLE_ROWS_HEAD values and more are read in place a whole row at a time (``values_f32``)."""
     G, hd = qs.shape
     T = tile.shape[0]
     if is_int_type(tk):
         scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd)
-    elif hd % KEY_PIECE == 0:
-        scores_float(tk, k_rows, kvh, lo, hi, qs, s, simd)
-    else:
+    elif hd % KEY_PIECE != 0:
         for j0 in range(lo, hi, T):
             j1 = min(j0 + T, hi)
             decode_tile(tk, k_rows, kvh, j0, j1, tile)
@@ -1095,19 +1152,23 @@ def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc
     each head's maximum, sum and weighted values over the item's keys."""
     hd = q3.shape[2]
     Hkv = k_rows.shape[1]
-    t = items[i, 0]
-    qs = np.empty((G, hd), dtype=np.float32)
+    t, lo, hi = items[i, 0], items[i, 1], items[i, 2]
+    qs = np.empty((Hkv, G, hd), dtype=np.float32)
     tile = np.empty((max(1, TILE_VALUES // hd), hd), dtype=np.float32)
-    s = np.empty((Q[0].shape[1] // hd if is_int_type(tk) else G, chunk), dtype=np.float32)  # + padding heads
+    s = np.empty((Hkv, Q[0].shape[1] // hd if is_int_type(tk) else G, chunk), dtype=np.float32)  # + padding heads
     nbuf = np.empty(chunk, dtype=np.int32)
     for h in range(Hkv):
         for g in range(G):
             for d in range(hd):
-                qs[g, d] = q3[t, h * G + g, d] * np.float32(scale)
+                qs[h, g, d] = q3[t, h * G + g, d] * np.float32(scale)
+    if not is_int_type(tk) and hd % KEY_PIECE == 0:
+        # the value rows prefetched unless they are read whole rows in turn (one contiguous stream)
+        scores_float(tk, k_rows, lo, hi, qs, s, simd, v_rows, Hkv > 1 or not (tv == 0 and hd >= WHOLE_ROWS_HEAD))
+    for h in range(Hkv):
         r = t * Hkv + h if is_int_type(tk) else 0
         rq = (Q[0][r], Q[1][r], Q[2][r], Q[3][r])
         g0 = h * G
-        _chunk(qs, rq, h, k_rows, tk, v_rows, tv, items[i, 1], items[i, 2], softcap, tile, s, nbuf,
+        _chunk(qs[h], rq, h, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s[h], nbuf,
                m[i, g0:g0 + G], l[i, g0:g0 + G], acc[i, g0:g0 + G], simd)
 
 
