@@ -1177,7 +1177,12 @@ def round_weights(t, v, off, stride, count, p, G, nb):
     step = np.uint64(stride >> 1)
     h0 = np.uint64(off >> 1)
     hb = np.uint64(bb >> 1)
+    # the first pass over the rows: strided rows (several kv heads) are prefetched ahead here, as the
+    # float columns prefetch theirs (not Q8_0's, as there)
+    pf = t != 8 and stride > nb * bb and stride >= PREFETCH_MIN_STRIDE
     for j in range(count):
+        if pf:
+            prefetch(v, off + (j + PREFETCH_ROWS) * stride, nb * bb)
         hj = h0 + np.uint64(j) * step
         for b in range(nb):
             d[b * Np + j] = _half_bits(h[hj + np.uint64(b) * hb])
