@@ -9,8 +9,11 @@ decodes to exactly what ggml's dequantization of the same bytes gives.
 The attention kernels never make a float copy of the cache.  Over the 32-value block types a
 few tokens' attention is integer arithmetic on the stored quants (the section "integer decode
 attention" below: the query rounded per block to two int8 terms as the matvecs round
-activations, key blocks multiplied as integers, value blocks converted to floats once per
-position for all the heads that share them, the block's scale riding on each head's weight).
+activations, key blocks multiplied as integers; on hosts with AVX-512 VNNI the values too, each
+head's softmax weight times the block's scale rounded per 128 positions to two int8 terms and
+summed along positions by vpdpbusd over 4 rows' bytes interleaved in registers; elsewhere, and
+for q8_0 with fewer than 4 heads per kv head, value blocks converted to floats once per position
+for all the heads that share them, the block's scale riding on each head's weight).
 Over F32, F16 and BF16 rows each key row is converted 16 values at a time into registers, once
 for all the query heads that share it (grouped-query attention: the section "float key scores"),
 and values are summed in registers a column of 32 at a time (F32 rows of 128 values and more
@@ -214,10 +217,18 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # VNNI the sums are vpdpbusd's (u8 x s8 into int32 lanes), each block's quants unpacked once for
 # a group of HEAD_GROUP query heads (grouped-query attention: the heads of one kv head share every
 # key block read), the key loop inside the vector kernel.  The weighted values are summed one
-# block column at a time: for each block of the row, every position's block is decoded once to
-# floats (d (u - c) + m, ggml's values exactly) and added with each head's weight into sums that
-# stay in registers over the positions.  Every kernel has a portable Numba loop beside it giving
-# identical results: the same integer sums, and the float steps through the same explicit fused
+# block column at a time.  On hosts with AVX-512 VNNI (``int_values``) as integers along the
+# positions: each head's weight of position j times the block's scale, w_j = p_j d_j (its sign
+# too), is rounded per VALUE_GROUP positions to two int8 terms (``round_weights``: within
+# max|w_group| / 64516, the matvecs' rounding of activations), four positions' blocks are
+# unpacked to unsigned bytes and interleaved so that each int32 lane holds one dimension's four
+# quants, and one vpdpbusd per term and 16 dimensions adds four positions' products for a head
+# (``value_isums``); after each group dr (254 A + E - c SX) joins the float sums, and the
+# minimum's term of q4_1 and q5_1 (sum_j p_j m_j, in float) is added at the end.  Otherwise
+# every position's block is decoded once to floats (d (u - c) + m, ggml's values exactly) and
+# added with each head's weight into sums that stay in registers over the positions
+# (``value_column``).  Every kernel has a portable Numba loop beside it giving identical
+# results: the same integer sums, and the float steps through the same explicit fused
 # multiply-adds (``fma32``).
 
 # GGML type id -> bytes per block, offset of the quants in the block, offset of the fifth-bit
@@ -1227,10 +1238,11 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
-    """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (G, >= hi - lo), C order)
+    """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (>= G, >= hi - lo), C order)
     times value row j of kv head kvh (type t: an integer type, or F32, F16, BF16 with hd a multiple
-    of 32), one column of 32 values at a time (``value_column``), every column decoded once for
-    the G heads, their sums kept in registers over the keys.  F16 and BF16 rows are first copied
+    of 32), one column of 32 values at a time: as integers where ``int_values`` says so
+    (``values_int``), else by ``value_column``, every column decoded once for the G heads, their
+    sums kept in registers over the keys.  F16 and BF16 rows are first copied
     a tile of VALUE_TILE_ROWS rows at a time into a buffer that stays in the L1 cache, each row
     read in one sweep (measured faster for them than columns walking the cache's rows; for the
     block types the columns read in place are faster)."""
