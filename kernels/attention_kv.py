@@ -9,8 +9,11 @@ decodes to exactly what ggml's dequantization of the same bytes gives.
 The attention kernels never make a float copy of the cache.  Over the 32-value block types a
 few tokens' attention is integer arithmetic on the stored quants (the section "integer decode
 attention" below: the query rounded per block to two int8 terms as the matvecs round
-activations, key blocks multiplied as integers, value blocks converted to floats once per
-position for all the heads that share them, the block's scale riding on each head's weight).
+activations, key blocks multiplied as integers; on hosts with AVX-512 VNNI the values too, each
+head's softmax weight times the block's scale rounded per 128 positions to two int8 terms and
+summed along positions by vpdpbusd over 4 rows' bytes interleaved in registers; elsewhere, and
+for q8_0 with fewer than 4 heads per kv head, value blocks converted to floats once per position
+for all the heads that share them, the block's scale riding on each head's weight).
 Over F32, F16 and BF16 rows each key row is converted 16 values at a time into registers, once
 for all the query heads that share it (grouped-query attention: the section "float key scores"),
 every kv head of a position in turn, so that a chunk's keys are read in one contiguous sweep (a
@@ -44,7 +47,7 @@ from .legacy import KVALUES_IQ4NL
 from .numerics import f16_bits_to_f32
 from .ops import exp_shifted, f32_to_f16_bits
 from .simd import (HOST_AVX2, HOST_AVX512, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_ptr, half_bits_to_f32,
-                   loader, spread_bits, x86)
+                   loader, splat, spread_bits, x86)
 
 # keys per work item of the attention kernels, and values decoded at a time within one (a tile of
 # rows of float keys: 8 KiB, a quarter of the L1 data cache, beside the rows it is decoded from)
@@ -214,10 +217,18 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # VNNI the sums are vpdpbusd's (u8 x s8 into int32 lanes), each block's quants unpacked once for
 # a group of HEAD_GROUP query heads (grouped-query attention: the heads of one kv head share every
 # key block read), the key loop inside the vector kernel.  The weighted values are summed one
-# block column at a time: for each block of the row, every position's block is decoded once to
-# floats (d (u - c) + m, ggml's values exactly) and added with each head's weight into sums that
-# stay in registers over the positions.  Every kernel has a portable Numba loop beside it giving
-# identical results: the same integer sums, and the float steps through the same explicit fused
+# block column at a time.  On hosts with AVX-512 VNNI (``int_values``) as integers along the
+# positions: each head's weight of position j times the block's scale, w_j = p_j d_j (its sign
+# too), is rounded per VALUE_GROUP positions to two int8 terms (``round_weights``: within
+# max|w_group| / 64516, the matvecs' rounding of activations), four positions' blocks are
+# unpacked to unsigned bytes and interleaved so that each int32 lane holds one dimension's four
+# quants, and one vpdpbusd per term and 16 dimensions adds four positions' products for a head
+# (``value_isums``); after each group dr (254 A + E - c SX) joins the float sums, and the
+# minimum's term of q4_1 and q5_1 (sum_j p_j m_j, in float) is added at the end.  Otherwise
+# every position's block is decoded once to floats (d (u - c) + m, ggml's values exactly) and
+# added with each head's weight into sums that stay in registers over the positions
+# (``value_column``).  Every kernel has a portable Numba loop beside it giving identical
+# results: the same integer sums, and the float steps through the same explicit fused
 # multiply-adds (``fma32``).
 
 # GGML type id -> bytes per block, offset of the quants in the block, offset of the fifth-bit
@@ -243,6 +254,24 @@ IQ4NL_U8 = (KVALUES_IQ4NL.astype(np.int32) + 128).astype(np.uint8)
 I64, F32 = ir.IntType(64), ir.FloatType()
 # heads per integer-sum call: the query is padded with zero heads to a multiple of this
 HEAD_GROUP = 4
+# value rows per unit of the rounded weights of ``value_isums`` (a multiple of 16, at most 256: the
+# int32 sums over a group, up to 256 x 255 x (254 x 127 + 127), must fit)
+VALUE_GROUP = 128
+# GGML type id -> the weighted values are summed as integers (``value_isums``; else as floats,
+# ``value_column``): the integer types on hosts with AVX-512 VNNI
+INT_VALUES = np.zeros(32, np.bool_)
+for _t in _INT_TYPES:
+    INT_VALUES[_t] = HOST_VNNI
+
+
+@njit(cache=True, nogil=True)
+def int_values(t, G):
+    """The weighted values of G heads per kv head over value rows of type t are summed as
+    integers (``values_int``): an integer type on a host with AVX-512 VNNI, except Q8_0 with
+    fewer than HEAD_GROUP heads (SmolLM2's 3 heads per kv head over Q8_0 measured no faster
+    than the float columns; the rounding of the weights is paid per head, the rows' unpacking
+    shared by fewer)."""
+    return INT_VALUES[t] and (G >= HEAD_GROUP or t != 8)
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -369,6 +398,33 @@ def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
     for g in range(n):
         for k in range(32):
             acc[ao + g * hd + k] = a[g, k]
+
+
+@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
+def value_isums_loop(t, n, v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd):
+    """The portable form of ``value_isums`` (the same integer sums, and the same float steps in
+    the same order: identical results)."""
+    u = np.empty(32, np.int32)
+    A = np.empty((n, 32), np.int32)
+    E = np.empty((n, 32), np.int32)
+    c = OFFSET[t]
+    for blk in range((count + VALUE_GROUP - 1) // VALUE_GROUP):
+        A[:] = 0
+        E[:] = 0
+        for j in range(VALUE_GROUP * blk, min(VALUE_GROUP * blk + VALUE_GROUP, count)):
+            block_quants(t, v, off + j * stride, u)
+            for g in range(n):
+                a = np.int32(xq[wo + g * ldw + j])
+                e = np.int32(xr[wo + g * ldw + j])
+                for k in range(32):
+                    A[g, k] += u[k] * a
+                    E[g, k] += u[k] * e
+        for g in range(n):
+            i = so + g * lds + blk
+            cs = c * sx[i]
+            for k in range(32):
+                o = ao + g * hd + k
+                acc[o] = fma32(dr[i], np.float32(np.int32(254) * A[g, k] + E[g, k] - cs), acc[o])
 
 
 # ---------------------------------------------------------------- float key scores
@@ -837,6 +893,96 @@ def _value_column_ir(t, n):
     return intrinsic(vc)
 
 
+def _value_isums_ir(t, n):
+    """The intrinsic (v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd) of
+    ``value_isums`` for integer type t and n (1 to HEAD_GROUP) heads: per 4 rows, each row's
+    block unpacked to 32 unsigned bytes (as the key scores unpack it), the four rows' bytes
+    interleaved into two <64 x i8> (byte 4l + i: row i's value of dimension l, l < 16, then
+    16 + l: a vpermt2b pair with AVX-512 VBMI), and per head each weight term's 4 bytes
+    broadcast and multiplied in by one 512-bit vpdpbusd per 16 dimensions (int32 lane l: that
+    dimension's 4 products); after every VALUE_GROUP rows each head's sums are combined into
+    the float sums in acc (254 A + E - c SX, times the group's unit, one fused multiply-add)."""
+
+    def vi(typingctx, v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd):
+        sig = types.void(v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd)
+
+        def codegen(context, builder, signature, args):
+            v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd = args
+            aty = signature.args
+            off, stride, count, wo, ldw, so, lds, ao, hd = (_i64(builder, x) for x in
+                                                            (off, stride, count, wo, ldw, so, lds, ao, hd))
+            load = loader(builder)
+            vbase = builder.gep(data_ptr(context, builder, aty[0], v, I8), [off])
+            wps = [builder.gep(data_ptr(context, builder, aty[i], x, I8), [wo]) for i, x in ((4, xq), (5, xr))]
+            drp = builder.gep(data_ptr(context, builder, aty[8], dr, F32), [so])
+            sxp = builder.gep(data_ptr(context, builder, aty[9], sx, I32), [so])
+            ap = builder.gep(data_ptr(context, builder, aty[12], acc, F32), [ao])
+            v16i, v16f = ir.VectorType(I32, 16), ir.VectorType(F32, 16)
+            dp = x86(builder, "llvm.x86.avx512.vpdpbusd.512", v16i, v16i, v16i, v16i)
+            fma = _fma_fn(builder, v16f)
+            zero = ir.Constant(v16i, [0] * 16)
+            # per head: the sums of the first term (dimensions 0-15, 16-31), then of the second
+            sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(n)]
+            pair = ir.Constant(ir.VectorType(I32, 64), list(range(64)))
+            lanes = [ir.Constant(ir.VectorType(I32, 64), [32 * i + 16 * h + l for l in range(16) for i in range(4)])
+                     for h in range(2)]
+            last = builder.sub(count, ir.Constant(I64, 1))
+            grp = ir.Constant(I64, VALUE_GROUP)
+            nblk = builder.udiv(builder.add(count, ir.Constant(I64, VALUE_GROUP - 1)), grp)
+
+            def splat16(x):
+                w = builder.insert_element(ir.Constant(ir.VectorType(x.type, 16), ir.Undefined), x,
+                                           ir.Constant(I32, 0))
+                return builder.shuffle_vector(w, ir.Constant(ir.VectorType(x.type, 16), ir.Undefined),
+                                              ir.Constant(v16i, [0] * 16))
+
+            with cgutils.for_range(builder, nblk) as bl:
+                blk = bl.index
+                for hs in sums:
+                    for a in hs:
+                        builder.store(zero, a)
+                j0 = builder.mul(blk, grp)
+                left = builder.sub(count, j0)
+                quads = builder.udiv(builder.add(builder.select(builder.icmp_signed("<", left, grp), left, grp),
+                                                 ir.Constant(I64, 3)), ir.Constant(I64, 4))
+                with cgutils.for_range(builder, quads) as ql:
+                    j = builder.add(j0, builder.mul(ql.index, ir.Constant(I64, 4)))
+                    us = []
+                    for i in range(4):       # rows past the last read the last again (their weights are 0)
+                        ji = builder.add(j, ir.Constant(I64, i))
+                        ji = builder.select(builder.icmp_signed(">", ji, last), last, ji)
+                        us.append(_emit_block_quants(builder, load, builder.gep(vbase, [builder.mul(ji, stride)]), t))
+                    a01 = builder.shuffle_vector(us[0], us[1], pair)
+                    a23 = builder.shuffle_vector(us[2], us[3], pair)
+                    U = [builder.bitcast(builder.shuffle_vector(a01, a23, m), v16i) for m in lanes]
+                    for g in range(n):
+                        wj = builder.add(builder.mul(ldw, ir.Constant(I64, g)), j)
+                        for term in range(2):
+                            w = splat16(builder.load(builder.bitcast(builder.gep(wps[term], [wj]), I32.as_pointer()),
+                                                     align=1))
+                            for h in range(2):
+                                a = sums[g][2 * term + h]
+                                builder.store(dp(builder.load(a), U[h], w), a)
+                for g in range(n):
+                    i = builder.add(builder.mul(lds, ir.Constant(I64, g)), blk)
+                    d = splat16(builder.load(builder.gep(drp, [i])))
+                    cs = splat16(builder.mul(builder.load(builder.gep(sxp, [i])), ir.Constant(I32, int(OFFSET[t]))))
+                    for h in range(2):
+                        S = builder.add(builder.mul(builder.load(sums[g][h]), ir.Constant(v16i, [254] * 16)),
+                                        builder.load(sums[g][2 + h]))
+                        f = builder.sitofp(builder.sub(S, cs), v16f)
+                        pa = builder.bitcast(builder.gep(ap, [builder.add(builder.mul(hd, ir.Constant(I64, g)),
+                                                                          ir.Constant(I64, 16 * h))]),
+                                             v16f.as_pointer())
+                        builder.store(builder.call(fma, [d, f, builder.load(pa, align=4)]), pa, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    vi.__name__ = vi.__qualname__ = f"value_isums_{t}_{n}"
+    return intrinsic(vi)
+
+
 def _dispatch(make, loop, host: bool, floats: bool = False, every_n: bool = False, switch=None):
     """An overload body choosing, by the run-time type t and head count n, among the intrinsics
     make(t, n) (where the host has the instructions and simd is true) and the portable loop.
@@ -930,6 +1076,24 @@ def _value_column_impl(t, n, simd, *args):
     return _dispatch(_value_column_ir, value_column_loop, HOST_AVX2 and HOST_F16C, floats=True, every_n=True)
 
 
+def value_isums(t, n, simd, *args):
+    """value_isums(t, n, simd, v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd):
+    one column (block) of ``count`` value rows of integer type t, row j's block at v[off + j
+    stride], weighted for n (1 to HEAD_GROUP) heads by weights rounded per VALUE_GROUP rows to
+    two int8 terms (``round_weights``): head g's terms of row j at xq[wo + g ldw + j] (xr
+    alike; zero past count, up to a whole group), its group blk's unit at dr[so + g lds + blk]
+    and sum of 254 xq + xr at sx[...]: acc[ao + g hd + k] += dr (254 A_k + E_k - c sx) group by
+    group, A_k (E_k) the exact int32 sum over the group's rows of xq_j (xr_j) times the unsigned
+    quant u_jk, c the type's offset.  simd: by vpdpbusd where the host has AVX-512 VNNI, else the
+    portable loop; the same results.  (Callable from Numba code only.)"""
+    raise NotImplementedError("value_isums runs inside Numba kernels")
+
+
+@overload(value_isums)
+def _value_isums_impl(t, n, simd, *args):
+    return _dispatch(_value_isums_ir, value_isums_loop, HOST_VNNI, every_n=True)
+
+
 @njit(cache=True, nogil=True)
 def round_query(qs):
     """The G scaled query heads qs (G, hd) rounded per 32-block (``round_activations``) for
@@ -1006,20 +1170,157 @@ def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a):
                          po + g0 * ldp, ldp, a, g0 * hd + 32 * b, hd)
 
 
+@intrinsic
+def round_group(typingctx, w, wo, xq, xr, qo, dr, sx, i):
+    """The VALUE_GROUP floats w[wo:wo + VALUE_GROUP] rounded to two int8 terms as
+    ``round_activations`` rounds a block, with one unit for the group (ties to even; every step an
+    exact IEEE operation, so any form of it gives the same bytes): xq[qo + k], xr[qo + k], the unit
+    dr[i] = max|w| / 32258 and sx[i] = the sum of 254 xq + xr, by 512-bit vectors."""
+    sig = types.void(w, wo, xq, xr, qo, dr, sx, i)
+
+    def codegen(context, builder, signature, args):
+        w, wo, xq, xr, qo, dr, sx, i = args
+        aty = signature.args
+        wo, qo, i = (_i64(builder, x) for x in (wo, qo, i))
+        v16f, v16i, v16b = ir.VectorType(F32, 16), ir.VectorType(I32, 16), ir.VectorType(I8, 16)
+        nv = VALUE_GROUP // 16
+        wp = builder.bitcast(builder.gep(data_ptr(context, builder, aty[0], w, F32), [wo]), v16f.as_pointer())
+        x = [builder.load(builder.gep(wp, [ir.Constant(I32, h)]), align=4) for h in range(nv)]
+        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f]), "llvm.fabs.v16f32")
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f]), "llvm.rint.v16f32")
+
+        def vmax(a, b):
+            return builder.select(builder.fcmp_ordered(">", b, a), b, a)
+
+        m = [builder.call(fabs, [v]) for v in x]
+        while len(m) > 1:
+            m = [vmax(m[k], m[k + 1]) for k in range(0, len(m), 2)]
+        m, n = m[0], 16
+        while n > 1:
+            n //= 2
+            m = vmax(builder.shuffle_vector(m, m, ir.Constant(ir.VectorType(I32, n), list(range(n)))),
+                     builder.shuffle_vector(m, m, ir.Constant(ir.VectorType(I32, n), list(range(n, 2 * n)))))
+        amax = builder.extract_element(m, ir.Constant(I32, 0))
+        inv = builder.select(builder.fcmp_ordered(">", amax, ir.Constant(F32, 0.0)),
+                             builder.fdiv(ir.Constant(F32, 127.0), amax), ir.Constant(F32, 0.0))
+        invs = splat(builder, inv, 16)
+        total = ir.Constant(v16i, [0] * 16)
+        qp = [builder.bitcast(builder.gep(data_ptr(context, builder, aty[k], a, I8), [qo]), v16b.as_pointer())
+              for k, a in ((2, xq), (3, xr))]
+        for h in range(nv):
+            u = builder.fmul(x[h], invs)                              # |u| <= 127
+            a = builder.call(rint, [u])
+            e = builder.call(rint, [builder.fmul(builder.fsub(u, a), ir.Constant(v16f, [254.0] * 16))])
+            ai, ei = builder.fptosi(a, v16i), builder.fptosi(e, v16i)
+            builder.store(builder.trunc(ai, v16b), builder.gep(qp[0], [ir.Constant(I32, h)]), align=1)
+            builder.store(builder.trunc(ei, v16b), builder.gep(qp[1], [ir.Constant(I32, h)]), align=1)
+            total = builder.add(total, builder.add(builder.mul(ai, ir.Constant(v16i, [254] * 16)), ei))
+        n = 16
+        while n > 1:
+            n //= 2
+            total = builder.add(builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(I32, n), list(range(n)))),
+                                builder.shuffle_vector(total, total,
+                                                       ir.Constant(ir.VectorType(I32, n), list(range(n, 2 * n)))))
+        builder.store(builder.fdiv(amax, ir.Constant(F32, 127.0 * 254.0)),
+                      builder.gep(data_ptr(context, builder, aty[5], dr, F32), [i]))
+        builder.store(builder.extract_element(total, ir.Constant(I32, 0)),
+                      builder.gep(data_ptr(context, builder, aty[6], sx, I32), [i]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})   # never reassociated: the rounding
+def round_weights(t, v, off, stride, count, p, G, nb):
+    """The weights of ``value_isums`` for G heads' softmax weights p (>= G, >= count) over
+    ``count`` value rows of integer type t (row j's blocks at v[off + j stride]): per head g and
+    block column b, w_j = p[g, j] d_jb (the block's scale folded in, its sign too) rounded per
+    VALUE_GROUP rows to two int8 terms as the matvecs round activations (w ~ dr (254 xq + xr),
+    xq = round(w 127 / max|w|), xr = round of the remainder in units of dr = max|w| / 32258,
+    ties to even: within max|w_group| / 64516), rows past count zero.  Returns (xq, xr (G nb Np,)
+    int8 at (g nb + b) Np + j, Np = count rounded up to whole groups; dr (G nb ng,) float32 and
+    sx (G nb ng,) int32 at (g nb + b) ng + group: the units and the sums of 254 xq + xr; M (G nb,)
+    float32: sum_j p[g, j] m_jb, the minimum's term of q4_1 and q5_1 (zero for the others))."""
+    ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
+    Np = ng * VALUE_GROUP
+    bb = BLOCK_BYTES[t]
+    has_m = HAS_MIN[t]
+    f = np.empty(2 * nb * Np + Np + G * nb * ng + G * nb, np.float32)
+    d, m, w = f[:nb * Np], f[nb * Np:2 * nb * Np], f[2 * nb * Np:2 * nb * Np + Np]
+    dr, M = f[2 * nb * Np + Np:2 * nb * Np + Np + G * nb * ng], f[2 * nb * Np + Np + G * nb * ng:]
+    xb = np.empty(2 * G * nb * Np, np.int8)
+    xq, xr = xb[:G * nb * Np], xb[G * nb * Np:]
+    sx = np.empty(G * nb * ng, np.int32)
+    h = v.view(np.uint16)                      # blocks, rows and their offsets are whole halves
+    step = np.uint64(stride >> 1)
+    h0 = np.uint64(off >> 1)
+    hb = np.uint64(bb >> 1)
+    # the first pass over the rows: strided rows (several kv heads) are prefetched ahead here, as the
+    # float columns prefetch theirs (not Q8_0's, as there)
+    pf = t != 8 and stride > nb * bb and stride >= PREFETCH_MIN_STRIDE
+    for j in range(count):
+        if pf:
+            prefetch(v, off + (j + PREFETCH_ROWS) * stride, nb * bb)
+        hj = h0 + np.uint64(j) * step
+        for b in range(nb):
+            d[b * Np + j] = _half_bits(h[hj + np.uint64(b) * hb])
+            if has_m:
+                m[b * Np + j] = _half_bits(h[hj + np.uint64(b) * hb + np.uint64(1)])
+    for j in range(count, Np):
+        w[j] = 0.0
+    for g in range(G):
+        for b in range(nb):
+            r = g * nb + b
+            for j in range(count):
+                w[j] = p[g, j] * d[b * Np + j]
+            s = np.float32(0.0)
+            if has_m:
+                for j in range(count):
+                    s = fma32(p[g, j], m[b * Np + j], s)
+            M[r] = s
+            for grp in range(ng):
+                round_group(w, grp * VALUE_GROUP, xq, xr, r * Np + grp * VALUE_GROUP, dr, sx, r * ng + grp)
+    return xq, xr, dr, sx, M
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def values_int(t, v, off, stride, count, p, a, G, hd, simd):
+    """a (G hd,) = the weighted sums of ``values_rows`` over ``count`` value rows of integer type
+    t (row j at v[off + j stride]) as integer sums: ``round_weights`` then ``value_isums`` per
+    block column and group of up to HEAD_GROUP heads, then the minimum's term."""
+    nb = hd // 32
+    ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
+    xq, xr, dr, sx, M = round_weights(t, v, off, stride, count, p, G, nb)
+    for b in range(nb):
+        for g0 in range(0, G, HEAD_GROUP):
+            value_isums(t, min(HEAD_GROUP, G - g0), simd, v, off + b * BLOCK_BYTES[t], stride, count, xq, xr,
+                        (g0 * nb + b) * ng * VALUE_GROUP, nb * ng * VALUE_GROUP, dr, sx, (g0 * nb + b) * ng, nb * ng,
+                        a, g0 * hd + 32 * b, hd)
+    if HAS_MIN[t]:
+        for g in range(G):
+            for b in range(nb):
+                for k in range(32):
+                    a[g * hd + 32 * b + k] += M[g * nb + b]
+
+
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
-    """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (G, >= hi - lo), C order)
+    """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (>= G, >= hi - lo), C order)
     times value row j of kv head kvh (type t: an integer type, or F32, F16, BF16 with hd a multiple
-    of 32), one column of 32 values at a time (``value_column``) read in place, every column
-    decoded once for the G heads, their sums kept in registers over the keys.  After float key
-    scores the rows come from the L2 cache (``scores_float`` prefetched them)."""
+    of 32), one column of 32 values at a time read in place: as integers where ``int_values`` says
+    so (``values_int``), else by ``value_column``, every column decoded once for the G heads, their
+    sums kept in registers over the keys.  After float key scores the rows come from the L2 cache
+    (``scores_float`` prefetched them)."""
     G, hd = acc.shape
     C, Hkv, rb = v_rows.shape
     ldp = p.shape[1]
     pf = p.reshape(p.shape[0] * ldp)
     a = np.zeros(G * hd, np.float32)
-    _columns(t, G, hd, simd, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, pf, 0,
-             ldp, a)
+    if int_values(t, G):
+        values_int(t, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, p, a, G, hd, simd)
+    else:
+        _columns(t, G, hd, simd, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, pf, 0,
+                 ldp, a)
     for g in range(G):
         for d in range(hd):
             acc[g, d] = a[g * hd + d]
