@@ -545,8 +545,8 @@ def matvec_i8(qt, s_lo, s_hi, X, tiles, xrow, simd, y):
     for c in prange(parts):
         acc = np.empty(R, np.float32)
         isum = np.empty(2 * R, np.int32)
-        i0, i1 = share(tiles.size, c, parts)
-        for it in range(i0, i1):
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
             t = tiles[it]
             o = xrow[it] * nb
             q = qt[t]
@@ -598,8 +598,8 @@ def matvec_q6(qt, qh, sl, sh, d, X, tiles, xrow, simd, y):
         acc = np.empty(R, np.float32)
         aq = np.empty(R, np.float32)
         isum = np.empty(2 * R, np.int32)
-        i0, i1 = share(tiles.size, c, parts)
-        for it in range(i0, i1):
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
             t = tiles[it]
             acc[:] = 0
             q6_tile(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xo, xrow[it] * nb, nb, simd, acc, aq, isum)

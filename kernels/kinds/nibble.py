@@ -508,8 +508,8 @@ def matvec_nib(qt, qh, d, m, off, X, tiles, xrow, simd, y):
     for c in prange(parts):
         acc = np.empty(R, np.float32)
         isum = np.empty(2 * R, np.int32)
-        i0, i1 = share(tiles.size, c, parts)
-        for it in range(i0, i1):
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
             t = tiles[it]
             o = xrow[it] * nb
             q = qt[t]
@@ -577,8 +577,8 @@ def matvec_nibk(qt, qh, sc, mn, d, dm, X, tiles, xrow, simd, y):
         aq = np.empty(R, np.float32)
         am = np.empty(R, np.float32)
         isum = np.empty(2 * R, np.int32)
-        i0, i1 = share(tiles.size, c, parts)
-        for it in range(i0, i1):
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
             t = tiles[it]
             acc[:] = 0
             nibk_tile(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs,
