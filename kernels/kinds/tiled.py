@@ -35,7 +35,6 @@ so Numba emits no negative-index wraparound.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -93,13 +92,19 @@ def scale_impl(v):
     return lambda v: np.float32(v)
 
 
+# Shares a TILE_ITEMS kernel deals its items into (at most): a multiple of every thread count up to 4
+# and of 6, 8, 12, 16, 24, so the static schedule gives each thread an equal count of shares.
+SHARES = 48
+
+
 @njit(cache=True, inline="always")
 def shares(n):
-    """The shares a TILE_ITEMS kernel deals its n items into: one per kernel thread (at least one,
-    at most n).  Each share's parallel iteration makes its scratch (the tile sums) once and runs
-    its items in turn (``share``): made per item instead, four small allocations cost about a
-    tenth of a decode step's matvec time."""
-    return max(1, min(numba.get_num_threads(), n))
+    """The shares a TILE_ITEMS kernel deals its n items into (at least one, at most n and SHARES):
+    each share's parallel iteration makes its scratch (the tile sums) once and runs its items in
+    turn (``share``): made per item instead, four small allocations cost about a tenth of a decode
+    step's matvec time.  (A constant, not the thread count: reading that from compiled code would
+    keep the kernels out of Numba's cache.)"""
+    return max(1, min(SHARES, n))
 
 
 @njit(cache=True, inline="always")
