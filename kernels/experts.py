@@ -54,7 +54,7 @@ class ExpertWeights:
     tiles are then multiplied in one launch (the kinds' TILE_ITEMS form).  Otherwise ``stacked``
     is None and each expert is its own Weight."""
 
-    __slots__ = ("qtype", "shape", "experts", "stacked", "tiles", "_items", "_row_items")
+    __slots__ = ("qtype", "shape", "experts", "stacked", "tiles", "_items", "_row_items", "_decode")
 
     def __init__(self, data: np.ndarray, qtype, shape, release=None):
         """data: the tensor's raw bytes (expert-major, as GGUF stores a 3-D tensor).  release(r0, r1):
@@ -90,6 +90,15 @@ class ExpertWeights:
         self.tiles = experts[0].shape[0] // ROW_TILE if stacked is not None else 0
         self._items = None if stacked is None else stacked.kind.tile_product(stacked)
         self._row_items = None if stacked is None else stacked.kind.row_items(stacked)
+        self._decode: dict = {}
+
+    def decode_buffers(self, down: "ExpertWeights", k: int) -> "DecodeBuffers":
+        """The ``DecodeBuffers`` of decode_step for these gate|up experts with down and top-k k
+        (made on first use; a model evaluates one token at a time per layer)."""
+        buf = self._decode.get(k)
+        if buf is None:
+            buf = self._decode[k] = DecodeBuffers(self, down, k)
+        return buf
 
     def _init_stacked(self, stacked: Packed, n_expert: int, splits) -> None:
         """Experts as views of the stacked matrix's tiles (each expert splits into ``splits`` rows)."""
@@ -286,6 +295,23 @@ def route(logits, k, gating, norm, scale):
 
 
 @njit(cache=True, inline="always")
+def _top_k(p, k, out):
+    """out[:k] = the indices of the k largest p in descending order, ties (and NaNs, which come
+    last) in ascending index order: the first k of a stable argsort of -p, found by k passes
+    over p instead of a sort (a decode step routes one token over a few dozen experts)."""
+    taken = np.zeros(p.size, np.bool_)
+    for j in range(k):
+        best = -1
+        for e in range(p.size):
+            if taken[e]:
+                continue
+            if best < 0 or p[e] > p[best] or (np.isnan(p[best]) and not np.isnan(p[e])):
+                best = e
+        taken[best] = True
+        out[j] = best
+
+
+@njit(cache=True, inline="always")
 def _route_token(logits, t, k, gating, norm, scale, ids, w):
     """route's choice for token t, into ids[t], w[t]."""
     n_expert = logits.shape[1]
@@ -303,9 +329,7 @@ def _route_token(logits, t, k, gating, norm, scale, ids, w):
     else:
         for e in range(n_expert):
             p[e] = logits[t, e]
-    order = np.argsort(-p, kind="mergesort")       # stable: ties keep the lower expert first
-    for j in range(k):
-        ids[t, j] = order[j]
+    _top_k(p, k, ids[t])
     sel = np.empty(k, np.float64)
     for j in range(k):
         sel[j] = p[ids[t, j]]
@@ -405,21 +429,21 @@ def swiglu_oai(gate, up, out):
 
 
 @njit(cache=True, nogil=True)
-def decode_route(logits, bias, has_bias, k, gating, norm, scale, gu_tiles, dn_tiles):
+def decode_route(logits, bias, has_bias, k, gating, norm, scale, gu_tiles, dn_tiles, ids, w, gu_t, gu_x, dn_t, dn_x):
     """The routing of one token and the work items of its two expert products, in one call:
     logits (E,) float32 [+ bias (E,)] -> ids (k,) int64, w (k,) float32 as ``route`` gives them
     (the biased logits rounded to float32 first, as the numpy sum did), then the TILE_ITEMS of
-    gate|up (every tile of expert ids[j], all times the one input row: xrow 0) and of down (every
-    tile of expert ids[j] times activation row j), each slot-major."""
+    gate|up (every tile of expert ids[j], all times the one input row: xrow 0) into gu_t, gu_x and
+    of down (every tile of expert ids[j] times activation row j) into dn_t, dn_x, each slot-major
+    (k * tiles,) int64.  Everything is written into the caller's buffers (``DecodeBuffers``):
+    returning new arrays to Python costs more than the routing itself."""
     E = logits.shape[0]
     lg = np.empty((1, E), np.float32)
     for e in range(E):
         lg[0, e] = logits[e] + bias[e] if has_bias else logits[e]
-    ids2, w2 = route(lg, k, gating, norm, scale)
-    ids = ids2[0]
-    gu_t, gu_x = expert_items(ids, np.zeros(k, np.int64), gu_tiles)
-    dn_t, dn_x = expert_items(ids, np.arange(k), dn_tiles)
-    return ids, w2[0], gu_t, gu_x, dn_t, dn_x
+    _route_token(lg, 0, k, gating, norm, scale, ids.reshape(1, k), w.reshape(1, k))
+    _expert_items_into(ids, np.zeros(k, np.int64), gu_tiles, gu_t, gu_x)
+    _expert_items_into(ids, np.arange(k), dn_tiles, dn_t, dn_x)
 
 
 @njit(cache=True, nogil=True)
@@ -440,27 +464,43 @@ def expert_act(gu, ids, gate_b, up_b, has_bias, oai, out):
         gated_act(gu[:, :ff], gu[:, ff:], False, out)
 
 
+class DecodeBuffers:
+    """decode_step's buffers for one expert layer and top-k, made once and reused every token:
+    the routing (ids, w), both products' work items and their outputs."""
+
+    __slots__ = ("ids", "w", "gu_t", "gu_x", "dn_t", "dn_x", "gu", "act", "Y")
+
+    def __init__(self, gate_up: ExpertWeights, down: ExpertWeights, k: int):
+        ff, d = down.shape[2], down.shape[1]
+        self.ids = np.empty(k, np.int64)                       # (k,) selected experts
+        self.w = np.empty(k, np.float32)                       # (k,) their weights
+        self.gu_t, self.gu_x = (np.empty(k * gate_up.tiles, np.int64) for _ in range(2))
+        self.dn_t, self.dn_x = (np.empty(k * down.tiles, np.int64) for _ in range(2))
+        self.gu = np.empty((k, 2 * ff), np.float32)            # (k, 2 ff) [gate | up] per slot
+        self.act = np.empty((k, ff), np.float32)               # (k, ff)
+        self.Y = np.empty((k, d), np.float32)                  # (k, d)
+
+
 def decode_step(gate_up: ExpertWeights, down: ExpertWeights, x: np.ndarray, logits: np.ndarray, k: int,
                 gating: int, norm: bool, scale, oai: bool, biases, out: np.ndarray) -> None:
     """A mixture-of-experts layer for one token, as ``route``, ``ExpertWeights.mul_ids`` of gate|up,
     the activation, mul_ids of down and ``combine`` compute it (bit-identical), in five kernel
     calls with no numpy work between them: the routing with both products' work items
     (decode_route), the k experts' gate|up tiles in one parallel loop, their activations
-    (expert_act), their down tiles in one parallel loop, the weighted sum (combine).  Both
+    (expert_act), their down tiles in one parallel loop, the weighted sum (combine), all into
+    the layer's ``DecodeBuffers`` (kept on gate_up, one per k).  Both
     expert tensors must be stacked (``fused_decode``).  x (d,) float32; logits (E,) float32;
     biases: None or (router (E,), gate (E, ff), up (E, ff), down (E, d)); out (d,) float32."""
-    ff = down.shape[2]
     rb, gb, ub, db = (_EMPTY1, _EMPTY2, _EMPTY2, _EMPTY2) if biases is None else biases
     has_bias = biases is not None
-    ids, w, gu_t, gu_x, dn_t, dn_x = decode_route(logits, rb, has_bias, k, gating, norm, scale,
-                                                  gate_up.tiles, down.tiles)
-    gu = np.empty((k, 2 * ff), np.float32)                         # (k, 2 ff) [gate | up] per slot
-    gate_up.mul_items(x.reshape(1, -1), gu_t, gu_x, gu.reshape(-1))
-    act = np.empty((k, ff), np.float32)                            # (k, ff)
-    expert_act(gu, ids, gb, ub, has_bias, oai, act)
-    Y = np.empty((k, down.shape[1]), np.float32)                   # (k, d)
-    down.mul_items(act, dn_t, dn_x, Y.reshape(-1))
-    combine(Y.reshape(1, k, -1), w.reshape(1, k), db, ids.reshape(1, k), has_bias, out.reshape(1, -1))
+    buf = gate_up.decode_buffers(down, k)
+    ids, w = buf.ids, buf.w
+    decode_route(logits, rb, has_bias, k, gating, norm, scale, gate_up.tiles, down.tiles,
+                 ids, w, buf.gu_t, buf.gu_x, buf.dn_t, buf.dn_x)
+    gate_up.mul_items(x.reshape(1, -1), buf.gu_t, buf.gu_x, buf.gu.reshape(-1))
+    expert_act(buf.gu, ids, gb, ub, has_bias, oai, buf.act)
+    down.mul_items(buf.act, buf.dn_t, buf.dn_x, buf.Y.reshape(-1))
+    combine(buf.Y.reshape(1, k, -1), w.reshape(1, k), db, ids.reshape(1, k), has_bias, out.reshape(1, -1))
 
 
 def fused_decode(gate_up: list, down: ExpertWeights) -> bool:
@@ -492,8 +532,14 @@ def expert_items(experts, xrows, tiles):
     m = experts.size
     t = np.empty(m * tiles, np.int64)
     x = np.empty(m * tiles, np.int64)
-    for r in range(m):
+    _expert_items_into(experts, xrows, tiles, t, x)
+    return t, x
+
+
+@njit(cache=True, inline="always")
+def _expert_items_into(experts, xrows, tiles, t, x):
+    """expert_items into t, x (len(experts) tiles,) int64."""
+    for r in range(experts.size):
         for i in range(tiles):
             t[r * tiles + i] = experts[r] * tiles + i
             x[r * tiles + i] = xrows[r]
-    return t, x

@@ -107,6 +107,20 @@ def test_route_matches_llama_cpp_rule(gating, norm):
         np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
 
 
+def test_route_ties_and_nans_as_a_stable_sort():
+    """route's top k (a selection, not a sort) picks exactly the first k of a stable descending
+    argsort (tolerance 0): equal scores keep the lower expert first and NaN scores come last,
+    on logits drawn from a few values (many ties) with some NaNs, k from 1 to every expert."""
+    rng = np.random.default_rng(7)
+    logits = rng.integers(-2, 3, (200, 12)).astype(np.float32)
+    logits[rng.random(logits.shape) < 0.1] = np.nan
+    logits[:3] = np.nan                                  # rows with nothing but NaNs
+    for k in (1, 2, 4, 12):
+        ids, _ = route(logits, k, GATING_SOFTMAX_WEIGHT, False, np.float32(0.0))
+        want = np.argsort(-logits.astype(np.float64), axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(ids, want)
+
+
 def test_grouped_batch_helpers():
     """group_by_expert is numpy's stable argsort of the pairs' experts with its bounds and inverse;
     combine_grouped of the grouped rows equals combine of the same outputs in token order

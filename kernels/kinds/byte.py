@@ -64,7 +64,7 @@ from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_ITEM_ROWS, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
                     load_rows, nonneg, round_activations16, round_rows16, row_offsets, row_step, scale,
-                    store_row_tiles, store_rows, store_tile, two_halves)
+                    share, shares, store_row_tiles, store_rows, store_tile, two_halves)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -540,30 +540,33 @@ def matvec_i8(qt, s_lo, s_hi, X, tiles, xrow, simd, y):
     Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     xq, dx = round_activations16(X.reshape(-1))
-    for it in prange(tiles.size):
-        t = tiles[it]
-        o = xrow[it] * nb
-        q = qt[t]
-        lt = s_lo[t]
-        ht = s_hi[t]
-        acc = np.zeros(R, np.float32)
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc = np.empty(R, np.float32)
         isum = np.empty(2 * R, np.int32)
-        for b in range(nb):
-            pair_isums(q, b * 32 * R, xq, 32 * (o + b), isum, simd)
-            dxb = dx[o + b]
-            for l in range(R):
-                i = nonneg(b * R + l)
-                acc[l] += two_halves(scale(lt[i]), scale(ht[i]), isum, 0, l) * dxb
-        store_tile(acc, it, y)
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            o = xrow[it] * nb
+            q = qt[t]
+            lt = s_lo[t]
+            ht = s_hi[t]
+            acc[:] = 0
+            for b in range(nb):
+                pair_isums(q, b * 32 * R, xq, 32 * (o + b), isum, simd)
+                dxb = dx[o + b]
+                for l in range(R):
+                    i = nonneg(b * R + l)
+                    acc[l] += two_halves(scale(lt[i]), scale(ht[i]), isum, 0, l) * dxb
+            store_tile(acc, it, y)
 
 
 @njit(cache=True, inline="always")
-def q6_tile(q, h, lt, ht, dt, xq, dx, xo, o, nb, simd, acc):
+def q6_tile(q, h, lt, ht, dt, xq, dx, xo, o, nb, simd, acc, aq, isum):
     """One row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) times the
     activation row at block o of round_activations16's arrays (xo: their offset_sums): acc (R,)
-    float32, zero on entry, gets the tile's 32 results (matvec_q6's item)."""
-    aq = np.empty(R, np.float32)        # one super-block's sum of sc * (q . x)
-    isum = np.empty(2 * R, np.int32)
+    float32, zero on entry, gets the tile's 32 results (matvec_q6's item).  Scratch: aq (R,)
+    float32 (one super-block's sums of sc * (q . x)), isum (2 R,) int32."""
     for s in range(nb // 8):
         aq[:] = 0
         for b in range(8 * s, 8 * s + 8):
@@ -589,11 +592,17 @@ def matvec_q6(qt, qh, sl, sh, d, X, tiles, xrow, simd, y):
     nb = X.shape[1] // 32
     xq, dx = round_activations16(X.reshape(-1))
     xo = offset_sums(xq)
-    for it in prange(tiles.size):
-        t = tiles[it]
-        acc = np.zeros(R, np.float32)
-        q6_tile(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xo, xrow[it] * nb, nb, simd, acc)
-        store_tile(acc, it, y)
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc = np.empty(R, np.float32)
+        aq = np.empty(R, np.float32)
+        isum = np.empty(2 * R, np.int32)
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            acc[:] = 0
+            q6_tile(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xo, xrow[it] * nb, nb, simd, acc, aq, isum)
+            store_tile(acc, it, y)
 
 
 @njit(parallel=True, fastmath=FM, cache=True)

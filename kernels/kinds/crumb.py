@@ -32,7 +32,7 @@ from ..numerics import f16_at
 from ..simd import HOST_AVX2, I32, PORTABLE, VNNI, ByteSums, loader, plane_intrinsic
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, store_tile, sums16
+from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, share, shares, store_tile, sums16
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -225,39 +225,43 @@ def matvec_crumb(qt, qb, sc, mn, d, dm, X, tiles, xrow, simd, y):
     xs16 = np.empty(sq16.size, np.float32)  # sums of the rounded x over each 16
     for h in range(sq16.size):
         xs16[h] = dx[h // 2] * f32(sq16[h]) + dr[h // 2] * f32(sr16[h])
-    for it in prange(tiles.size):
-        t = tiles[it]
-        o = xrow[it] * nb
-        q = qt[t]
-        h = qb[t % qb.shape[0]]
-        sct = sc[t]
-        mnt = mn[t]
-        dt = d[t]
-        dmt = dm[t]
-        acc = np.zeros(R, np.float32)
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc = np.empty(R, np.float32)
         aq = np.empty(R, np.float32)        # one super-block's sums of sc * (q . x)
         am = np.empty(R, np.float32)        # and of mn * (sums of x)
         isum = np.empty(4 * R, np.int32)
-        for s in range(nb // 8):
-            aq[:] = 0
-            am[:] = 0
-            for b in range(8 * s, 8 * s + 8):
-                crumb_isums(q, b * 8 * R, h, b * R, three, xq, xr, 32 * (o + b), isum, simd)
-                dxb = dx[o + b]
-                drb = dr[o + b]
-                x0 = xs16[2 * (o + b)]
-                x1 = xs16[2 * (o + b) + 1]
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            o = xrow[it] * nb
+            q = qt[t]
+            h = qb[t % qb.shape[0]]
+            sct = sc[t]
+            mnt = mn[t]
+            dt = d[t]
+            dmt = dm[t]
+            acc[:] = 0
+            for s in range(nb // 8):
+                aq[:] = 0
+                am[:] = 0
+                for b in range(8 * s, 8 * s + 8):
+                    crumb_isums(q, b * 8 * R, h, b * R, three, xq, xr, 32 * (o + b), isum, simd)
+                    dxb = dx[o + b]
+                    drb = dr[o + b]
+                    x0 = xs16[2 * (o + b)]
+                    x1 = xs16[2 * (o + b) + 1]
+                    for l in range(R):
+                        p0 = f32(isum[l]) * dxb + f32(isum[2 * R + l]) * drb
+                        p1 = f32(isum[R + l]) * dxb + f32(isum[3 * R + l]) * drb
+                        i0 = nonneg(2 * b * R + l)
+                        i1 = i0 + nonneg(R)
+                        aq[l] += f32(sct[i0]) * p0 + f32(sct[i1]) * p1
+                        am[l] += f32(mnt[i0]) * x0 + f32(mnt[i1]) * x1
                 for l in range(R):
-                    p0 = f32(isum[l]) * dxb + f32(isum[2 * R + l]) * drb
-                    p1 = f32(isum[R + l]) * dxb + f32(isum[3 * R + l]) * drb
-                    i0 = nonneg(2 * b * R + l)
-                    i1 = i0 + nonneg(R)
-                    aq[l] += f32(sct[i0]) * p0 + f32(sct[i1]) * p1
-                    am[l] += f32(mnt[i0]) * x0 + f32(mnt[i1]) * x1
-            for l in range(R):
-                j = nonneg(s * R + l)
-                acc[l] += scale(dt[j]) * aq[l] - scale(dmt[j]) * am[l]
-        store_tile(acc, it, y)
+                    j = nonneg(s * R + l)
+                    acc[l] += scale(dt[j]) * aq[l] - scale(dmt[j]) * am[l]
+            store_tile(acc, it, y)
 
 
 @njit(nogil=True, cache=True)

@@ -47,14 +47,18 @@ def matvec_nibk_q6(qt, qh, sc, mn, d, dm, qt6, qh6, sl, sh, d6, x, parts, simd, 
     xq16, dx16 = round_activations16(x)
     xo = offset_sums(xq16)
     for c in prange(parts):
+        acc = np.empty(R, np.float32)           # each share's scratch made once (tiled.shares)
+        aq = np.empty(R, np.float32)
+        am = np.empty(R, np.float32)
+        isum = np.empty(2 * R, np.int32)
         for t in range(n1 * c // parts, n1 * (c + 1) // parts):
-            acc = np.zeros(R, np.float32)
+            acc[:] = 0
             nibk_tile(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs,
-                      0, nb, simd, acc)
+                      0, nb, simd, acc, aq, am, isum)
             store_tile(acc, t, y)
         for u in range(n2 * c // parts, n2 * (c + 1) // parts):
-            acc = np.zeros(R, np.float32)
-            q6_tile(qt6[u], qh6[u], sl[u], sh[u], d6[u], xq16, dx16, xo, 0, nb, simd, acc)
+            acc[:] = 0
+            q6_tile(qt6[u], qh6[u], sl[u], sh[u], d6[u], xq16, dx16, xo, 0, nb, simd, acc, aq, isum)
             store_tile(acc, n1 + u, y)
 
 

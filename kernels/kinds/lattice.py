@@ -35,7 +35,7 @@ from ..types import GGMLType
 from . import Packed, register
 from .nibble import nibble_index
 from .table import table_intrinsic
-from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, store_tile, sums16
+from .tiled import FM, ROW_TILE, TiledKind, nonneg, round_activations, scale, share, shares, store_tile, sums16
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -267,40 +267,44 @@ def matvec_tab16(qt, sc, d, utab, off, halves, narrow, X, tiles, xrow, simd, y):
     nb = X.shape[1] // 32
     xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
     sq16, sr16 = sums16(xq, xr)
-    for it in prange(tiles.size):
-        t = tiles[it]
-        o = xrow[it] * nb
-        q = qt[t]
-        sct = sc[t]
-        dt = d[t]
-        acc = np.zeros(R, np.float32)
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc = np.empty(R, np.float32)
         aq = np.empty(R, np.float32)        # one super-block's sums of sc * (q . x)
         isum = np.empty(4 * R, np.int32)
-        for s in range(nb // 8):
-            aq[:] = 0
-            for b in range(8 * s, 8 * s + 8):
-                table_isums16(q, b * 16 * R, utab, halves, narrow, xq, xr, 32 * (o + b), isum, simd)
-                dxb = dx[o + b]
-                drb = dr[o + b]
-                q0 = np.int32(off * sq16[2 * (o + b)])        # the offset's share of the sums
-                q1 = np.int32(off * sq16[2 * (o + b) + 1])
-                r0 = np.int32(off * sr16[2 * (o + b)])
-                r1 = np.int32(off * sr16[2 * (o + b) + 1])
-                if halves:
-                    for l in range(R):
-                        p0 = f32(np.int32(isum[l] - q0)) * dxb + f32(np.int32(isum[2 * R + l] - r0)) * drb
-                        p1 = f32(np.int32(isum[R + l] - q1)) * dxb + f32(np.int32(isum[3 * R + l] - r1)) * drb
-                        i0 = nonneg(2 * b * R + l)
-                        aq[l] += f32(sct[i0]) * p0 + f32(sct[i0 + nonneg(R)]) * p1
-                else:
-                    qb = np.int32(q0 + q1)
-                    rb = np.int32(r0 + r1)
-                    for l in range(R):
-                        p = f32(np.int32(isum[l] - qb)) * dxb + f32(np.int32(isum[R + l] - rb)) * drb
-                        aq[l] += f32(sct[nonneg(2 * b * R + l)]) * p
-            for l in range(R):
-                acc[l] += scale(dt[nonneg(s * R + l)]) * aq[l]
-        store_tile(acc, it, y)
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            o = xrow[it] * nb
+            q = qt[t]
+            sct = sc[t]
+            dt = d[t]
+            acc[:] = 0
+            for s in range(nb // 8):
+                aq[:] = 0
+                for b in range(8 * s, 8 * s + 8):
+                    table_isums16(q, b * 16 * R, utab, halves, narrow, xq, xr, 32 * (o + b), isum, simd)
+                    dxb = dx[o + b]
+                    drb = dr[o + b]
+                    q0 = np.int32(off * sq16[2 * (o + b)])        # the offset's share of the sums
+                    q1 = np.int32(off * sq16[2 * (o + b) + 1])
+                    r0 = np.int32(off * sr16[2 * (o + b)])
+                    r1 = np.int32(off * sr16[2 * (o + b) + 1])
+                    if halves:
+                        for l in range(R):
+                            p0 = f32(np.int32(isum[l] - q0)) * dxb + f32(np.int32(isum[2 * R + l] - r0)) * drb
+                            p1 = f32(np.int32(isum[R + l] - q1)) * dxb + f32(np.int32(isum[3 * R + l] - r1)) * drb
+                            i0 = nonneg(2 * b * R + l)
+                            aq[l] += f32(sct[i0]) * p0 + f32(sct[i0 + nonneg(R)]) * p1
+                    else:
+                        qb = np.int32(q0 + q1)
+                        rb = np.int32(r0 + r1)
+                        for l in range(R):
+                            p = f32(np.int32(isum[l] - qb)) * dxb + f32(np.int32(isum[R + l] - rb)) * drb
+                            aq[l] += f32(sct[nonneg(2 * b * R + l)]) * p
+                for l in range(R):
+                    acc[l] += scale(dt[nonneg(s * R + l)]) * aq[l]
+            store_tile(acc, it, y)
 
 
 @njit(nogil=True, cache=True)

@@ -61,7 +61,7 @@ from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BES
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, block_scales, fma_rows, interleave_rows,
-                    load_rows, nonneg, round_activations, round_rows, row_offsets, row_step, scale,
+                    load_rows, nonneg, round_activations, round_rows, row_offsets, row_step, scale, share, shares,
                     store_row_tiles, store_rows, store_tile, two_terms)
 
 f32 = np.float32
@@ -504,42 +504,44 @@ def matvec_nib(qt, qh, d, m, off, X, tiles, xrow, simd, y):
     five = qh.shape[1] > 0
     moff = f32(-off)
     xq, xr, dx, dr, xs = round_activations(X.reshape(-1))
-    for it in prange(tiles.size):
-        t = tiles[it]
-        o = xrow[it] * nb
-        q = qt[t]
-        h = qh[t % qh.shape[0]]
-        dt = d[t]
-        mt = m[t]
-        acc = np.zeros(R, np.float32)
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc = np.empty(R, np.float32)
         isum = np.empty(2 * R, np.int32)
-        for b in range(nb):
-            nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * (o + b), isum, simd)
-            dxb = dx[o + b]
-            drb = dr[o + b]
-            xsb = xs[o + b]
-            if off:
-                xo = moff * xsb
-                for l in range(R):
-                    i = nonneg(b * R + l)
-                    p = two_terms(isum, 0, l, dxb, drb)
-                    acc[l] += scale(dt[i]) * (p + xo)
-            else:
-                for l in range(R):
-                    i = nonneg(b * R + l)
-                    p = two_terms(isum, 0, l, dxb, drb)
-                    acc[l] += scale(dt[i]) * p + scale(mt[i]) * xsb
-        store_tile(acc, it, y)
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            o = xrow[it] * nb
+            q = qt[t]
+            h = qh[t % qh.shape[0]]
+            dt = d[t]
+            mt = m[t]
+            acc[:] = 0
+            for b in range(nb):
+                nibble_isums(q, b * 16 * R, h, b * R, five, xq, xr, 32 * (o + b), isum, simd)
+                dxb = dx[o + b]
+                drb = dr[o + b]
+                xsb = xs[o + b]
+                if off:
+                    xo = moff * xsb
+                    for l in range(R):
+                        i = nonneg(b * R + l)
+                        p = two_terms(isum, 0, l, dxb, drb)
+                        acc[l] += scale(dt[i]) * (p + xo)
+                else:
+                    for l in range(R):
+                        i = nonneg(b * R + l)
+                        p = two_terms(isum, 0, l, dxb, drb)
+                        acc[l] += scale(dt[i]) * p + scale(mt[i]) * xsb
+            store_tile(acc, it, y)
 
 
 @njit(cache=True, inline="always")
-def nibk_tile(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, o, nb, simd, acc):
+def nibk_tile(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, o, nb, simd, acc, aq, am, isum):
     """One row tile of a k-quant nibble kind (q, h, sct, mnt, dt, dmt: the tile's rows of
     matvec_nibk's arrays) times the activation row at block o of round_activations' arrays:
-    acc (R,) float32, zero on entry, gets the tile's 32 results (matvec_nibk's item)."""
-    aq = np.empty(R, np.float32)        # one super-block's sum of sc * p
-    am = np.empty(R, np.float32)        # and of mn * xs
-    isum = np.empty(2 * R, np.int32)
+    acc (R,) float32, zero on entry, gets the tile's 32 results (matvec_nibk's item).  Scratch:
+    aq, am (R,) float32 (one super-block's sums of sc * p and of mn * xs), isum (2 R,) int32."""
     for s in range(nb // 8):
         aq[:] = 0
         am[:] = 0
@@ -569,12 +571,19 @@ def matvec_nibk(qt, qh, sc, mn, d, dm, X, tiles, xrow, simd, y):
     nb = X.shape[1] // 32
     five = qh.shape[1] > 0
     xq, xr, dx, dr, xs = round_activations(X.reshape(-1))
-    for it in prange(tiles.size):
-        t = tiles[it]
-        acc = np.zeros(R, np.float32)
-        nibk_tile(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs,
-                  xrow[it] * nb, nb, simd, acc)
-        store_tile(acc, it, y)
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc = np.empty(R, np.float32)
+        aq = np.empty(R, np.float32)
+        am = np.empty(R, np.float32)
+        isum = np.empty(2 * R, np.int32)
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            acc[:] = 0
+            nibk_tile(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs,
+                      xrow[it] * nb, nb, simd, acc, aq, am, isum)
+            store_tile(acc, it, y)
 
 
 @njit(cache=True, inline="always")

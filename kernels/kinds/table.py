@@ -37,7 +37,7 @@ from . import Packed, register
 from .nibble import isums_loop, isums_rows_loop, nibble_index
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, load_rows,
                     nonneg, round_activations, round_rows, row_offsets, row_step, scale, store_row_tiles,
-                    store_rows, store_tile, two_terms)
+                    share, shares, store_rows, store_tile, two_terms)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -236,21 +236,25 @@ def matvec_tab(qt, d, tab, X, tiles, xrow, simd, y):
     Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
-    for it in prange(tiles.size):
-        t = tiles[it]
-        o = xrow[it] * nb
-        q = qt[t]
-        dt = d[t]
-        acc = np.zeros(R, np.float32)
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc = np.empty(R, np.float32)
         isum = np.empty(2 * R, np.int32)
-        for b in range(nb):
-            table_isums(q, b * 16 * R, tab, xq, xr, 32 * (o + b), isum, simd)
-            dxb = dx[o + b]
-            drb = dr[o + b]
-            for l in range(R):
-                p = two_terms(isum, 0, l, dxb, drb)
-                acc[l] += scale(dt[nonneg(b * R + l)]) * p
-        store_tile(acc, it, y)
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            o = xrow[it] * nb
+            q = qt[t]
+            dt = d[t]
+            acc[:] = 0
+            for b in range(nb):
+                table_isums(q, b * 16 * R, tab, xq, xr, 32 * (o + b), isum, simd)
+                dxb = dx[o + b]
+                drb = dr[o + b]
+                for l in range(R):
+                    p = two_terms(isum, 0, l, dxb, drb)
+                    acc[l] += scale(dt[nonneg(b * R + l)]) * p
+            store_tile(acc, it, y)
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
@@ -262,26 +266,30 @@ def matvec_tab_xs(qt, sc, d, tab, X, tiles, xrow, simd, y):
     Items: row tiles times rows of X (kinds.tiled.TILE_ITEMS)."""
     nb = X.shape[1] // 32
     xq, xr, dx, dr, _ = round_activations(X.reshape(-1))
-    for it in prange(tiles.size):
-        t = tiles[it]
-        o = xrow[it] * nb
-        q = qt[t]
-        sct = sc[t]
-        dt = d[t]
-        acc = np.zeros(R, np.float32)
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc = np.empty(R, np.float32)
         aq = np.empty(R, np.float32)        # one super-block's sum of sc * p
         isum = np.empty(2 * R, np.int32)
-        for s in range(nb // 8):
-            aq[:] = 0
-            for b in range(8 * s, 8 * s + 8):
-                table_isums(q, b * 16 * R, tab, xq, xr, 32 * (o + b), isum, simd)
-                dxb = dx[o + b]
-                drb = dr[o + b]
-                for l in range(R):
-                    p = two_terms(isum, 0, l, dxb, drb)
-                    aq[l] += f32(sct[nonneg(b * R + l)]) * p
-            add_scaled(acc, dt, s, aq)
-        store_tile(acc, it, y)
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            o = xrow[it] * nb
+            q = qt[t]
+            sct = sc[t]
+            dt = d[t]
+            acc[:] = 0
+            for s in range(nb // 8):
+                aq[:] = 0
+                for b in range(8 * s, 8 * s + 8):
+                    table_isums(q, b * 16 * R, tab, xq, xr, 32 * (o + b), isum, simd)
+                    dxb = dx[o + b]
+                    drb = dr[o + b]
+                    for l in range(R):
+                        p = two_terms(isum, 0, l, dxb, drb)
+                        aq[l] += f32(sct[nonneg(b * R + l)]) * p
+                add_scaled(acc, dt, s, aq)
+            store_tile(acc, it, y)
 
 
 @njit(parallel=True, fastmath=FM, cache=True)

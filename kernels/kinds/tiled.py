@@ -92,6 +92,28 @@ def scale_impl(v):
     return lambda v: np.float32(v)
 
 
+# Shares a TILE_ITEMS kernel deals its items into (at most): a multiple of every thread count up to 4
+# and of 6, 8, 12, 16, 24, so the static schedule gives each thread an equal count of shares.
+SHARES = 48
+
+
+@njit(cache=True, inline="always")
+def shares(n):
+    """The shares a TILE_ITEMS kernel deals its n items into (at least one, at most n and SHARES):
+    each share's parallel iteration makes its scratch (the tile sums) once and runs its items in
+    turn (``share``): made per item instead, four small allocations cost about a tenth of a decode
+    step's matvec time.  (A constant, not the thread count: reading that from compiled code would
+    keep the kernels out of Numba's cache.)"""
+    return max(1, min(SHARES, n))
+
+
+@njit(cache=True, inline="always")
+def share(n, c, parts):
+    """Items n c / parts .. n (c + 1) / parts - 1 of n: share c of ``shares``, as (start, stop)
+    (the static schedule of a parallel loop over the items)."""
+    return n * c // parts, n * (c + 1) // parts
+
+
 @njit(cache=True, inline="always")
 def store_tile(acc, t, y):
     """The tile's results into y, leaving out the padding rows past the end."""
