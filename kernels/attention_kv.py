@@ -264,7 +264,7 @@ for _t in _INT_TYPES:
     INT_VALUES[_t] = HOST_VNNI
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def int_values(t, G):
     """The weighted values of G heads per kv head over value rows of type t are summed as
     integers (``values_int``): an integer type on a host with AVX-512 VNNI, except Q8_0 with
