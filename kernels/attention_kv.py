@@ -218,13 +218,14 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # vpmaddwd's (int16 pair sums: Q8_0's and IQ4_NL's values taken signed, S - c SX directly, as
 # their magnitudes times the query with their signs, so that no pair sum saturates), each
 # block's quants unpacked once for a group of HEAD_GROUP query heads (grouped-query attention:
-# the heads of one kv head share every key block read), the key loop inside the vector kernel.  The weighted values are summed one
-# block column at a time.  On hosts with AVX-512 VNNI (``int_values``) as integers along the
-# positions: each head's weight of position j times the block's scale, w_j = p_j d_j (its sign
-# too), is rounded per VALUE_GROUP positions to two int8 terms (``round_weights``: within
-# max|w_group| / 64516, the matvecs' rounding of activations), four positions' blocks are
-# unpacked to unsigned bytes and interleaved so that each int32 lane holds one dimension's four
-# quants, and one vpdpbusd per term and 16 dimensions adds four positions' products for a head
+# the heads of one kv head share every key block read), the key loop inside the vector kernel.
+# The weighted values are summed one block column at a time.  On hosts with AVX-512 VNNI
+# (``int_values``) as integers along the positions: each head's weight of position j times the
+# block's scale, w_j = p_j d_j (its sign too), is rounded per VALUE_GROUP positions to two int8
+# terms (``round_weights``: within max|w_group| / 64516, the matvecs' rounding of activations),
+# four positions' blocks are unpacked to unsigned bytes and interleaved so that each int32 lane
+# holds one dimension's four quants, and one vpdpbusd per term and 16 dimensions adds four
+# positions' products for a head
 # (``value_isums``); after each group dr (254 A + E - c SX) joins the float sums, and the
 # minimum's term of q4_1 and q5_1 (sum_j p_j m_j, in float) is added at the end.  Otherwise
 # every position's block is decoded once to floats (d (u - c) + m, ggml's values exactly) and
@@ -715,11 +716,7 @@ def _emit_block_quants(builder, load, rp, t):
     q = int(QS_AT[t])
     if t == 8:
         return builder.xor(load(rp, q, V32I8), ir.Constant(V32I8, [0x80] * 32))
-    v16 = ir.VectorType(I8, 16)
-    qs = load(rp, q, v16)
-    lo = builder.and_(qs, ir.Constant(v16, [15] * 16))
-    hi = builder.lshr(qs, ir.Constant(v16, [4] * 16))
-    u = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+    u = _emit_nibbles(builder, load, rp, t)
     if t == 20:
         shuf = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
         return shuf(ir.Constant(V32I8, [int(v) for v in IQ4NL_U8] * 2), u)
@@ -728,19 +725,23 @@ def _emit_block_quants(builder, load, rp, t):
     return u
 
 
+def _emit_nibbles(builder, load, rp, t):
+    """IR: the <32 x i8> 4-bit quants of the block at i8* rp of a 4- or 5-bit type t (the low
+    nibbles of its 16 bytes, then the high ones)."""
+    v16 = ir.VectorType(I8, 16)
+    qs = load(rp, int(QS_AT[t]), v16)
+    lo = builder.and_(qs, ir.Constant(v16, [15] * 16))
+    hi = builder.lshr(qs, ir.Constant(v16, [4] * 16))
+    return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+
+
 def _emit_signed_quants(builder, load, rp, t):
     """IR: the <32 x i8> signed values (u - c) of the block at i8* rp of Q8_0 or IQ4_NL: the
     bytes as stored, or IQ4_NL's table values looked up (vpshufb)."""
-    q = int(QS_AT[t])
     if t == 8:
-        return load(rp, q, V32I8)
-    v16 = ir.VectorType(I8, 16)
-    qs = load(rp, q, v16)
-    u = builder.shuffle_vector(builder.and_(qs, ir.Constant(v16, [15] * 16)),
-                               builder.lshr(qs, ir.Constant(v16, [4] * 16)),
-                               ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+        return load(rp, int(QS_AT[t]), V32I8)
     shuf = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
-    return shuf(ir.Constant(V32I8, [int(v) & 255 for v in KVALUES_IQ4NL] * 2), u)
+    return shuf(ir.Constant(V32I8, [int(v) & 255 for v in KVALUES_IQ4NL] * 2), _emit_nibbles(builder, load, rp, t))
 
 
 def _i64(builder, v):
