@@ -46,8 +46,8 @@ from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq
 from .legacy import KVALUES_IQ4NL
 from .numerics import f16_bits_to_f32
 from .ops import exp_shifted, f32_to_f16_bits
-from .simd import (HOST_AVX2, HOST_AVX512, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V32I8, data_ptr, half_bits_to_f32,
-                   loader, splat, spread_bits, x86)
+from .simd import (HOST_AVX2, HOST_AVX512, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V16I16, V32I8, data_ptr,
+                   half_bits_to_f32, loader, madds, splat, spread_bits, x86)
 
 # keys per work item of the attention kernels, and values decoded at a time within one (a tile of
 # rows of float keys: 8 KiB, a quarter of the L1 data cache, beside the rows it is decoded from)
@@ -214,15 +214,18 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # 4- and 5-bit quants as they are), give S = sum_k u_k (254 xq_k + xr_k), exact in int32.  The
 # block's term of the score is then d dr (S - c SX) (+ m dr SX for the types with a minimum),
 # SX = sum_k (254 xq_k + xr_k) and c the type's offset (128, 8, 16 or 0).  On hosts with AVX-512
-# VNNI the sums are vpdpbusd's (u8 x s8 into int32 lanes), each block's quants unpacked once for
-# a group of HEAD_GROUP query heads (grouped-query attention: the heads of one kv head share every
-# key block read), the key loop inside the vector kernel.  The weighted values are summed one
-# block column at a time.  On hosts with AVX-512 VNNI (``int_values``) as integers along the
-# positions: each head's weight of position j times the block's scale, w_j = p_j d_j (its sign
-# too), is rounded per VALUE_GROUP positions to two int8 terms (``round_weights``: within
-# max|w_group| / 64516, the matvecs' rounding of activations), four positions' blocks are
-# unpacked to unsigned bytes and interleaved so that each int32 lane holds one dimension's four
-# quants, and one vpdpbusd per term and 16 dimensions adds four positions' products for a head
+# VNNI the sums are vpdpbusd's (u8 x s8 into int32 lanes), on AVX2 hosts vpmaddubsw's and
+# vpmaddwd's (int16 pair sums: Q8_0's and IQ4_NL's values taken signed, S - c SX directly, as
+# their magnitudes times the query with their signs, so that no pair sum saturates), each
+# block's quants unpacked once for a group of HEAD_GROUP query heads (grouped-query attention:
+# the heads of one kv head share every key block read), the key loop inside the vector kernel.
+# The weighted values are summed one block column at a time.  On hosts with AVX-512 VNNI
+# (``int_values``) as integers along the positions: each head's weight of position j times the
+# block's scale, w_j = p_j d_j (its sign too), is rounded per VALUE_GROUP positions to two int8
+# terms (``round_weights``: within max|w_group| / 64516, the matvecs' rounding of activations),
+# four positions' blocks are unpacked to unsigned bytes and interleaved so that each int32 lane
+# holds one dimension's four quants, and one vpdpbusd per term and 16 dimensions adds four
+# positions' products for a head
 # (``value_isums``); after each group dr (254 A + E - c SX) joins the float sums, and the
 # minimum's term of q4_1 and q5_1 (sum_j p_j m_j, in float) is added at the end.  Otherwise
 # every position's block is decoded once to floats (d (u - c) + m, ggml's values exactly) and
@@ -713,17 +716,32 @@ def _emit_block_quants(builder, load, rp, t):
     q = int(QS_AT[t])
     if t == 8:
         return builder.xor(load(rp, q, V32I8), ir.Constant(V32I8, [0x80] * 32))
-    v16 = ir.VectorType(I8, 16)
-    qs = load(rp, q, v16)
-    lo = builder.and_(qs, ir.Constant(v16, [15] * 16))
-    hi = builder.lshr(qs, ir.Constant(v16, [4] * 16))
-    u = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+    u = _emit_nibbles(builder, load, rp, t)
     if t == 20:
         shuf = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
         return shuf(ir.Constant(V32I8, [int(v) for v in IQ4NL_U8] * 2), u)
     if QH_AT[t] >= 0:
         u = builder.or_(u, spread_bits(builder, load(rp, int(QH_AT[t]), I32), 16))
     return u
+
+
+def _emit_nibbles(builder, load, rp, t):
+    """IR: the <32 x i8> 4-bit quants of the block at i8* rp of a 4- or 5-bit type t (the low
+    nibbles of its 16 bytes, then the high ones)."""
+    v16 = ir.VectorType(I8, 16)
+    qs = load(rp, int(QS_AT[t]), v16)
+    lo = builder.and_(qs, ir.Constant(v16, [15] * 16))
+    hi = builder.lshr(qs, ir.Constant(v16, [4] * 16))
+    return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+
+
+def _emit_signed_quants(builder, load, rp, t):
+    """IR: the <32 x i8> signed values (u - c) of the block at i8* rp of Q8_0 or IQ4_NL: the
+    bytes as stored, or IQ4_NL's table values looked up (vpshufb)."""
+    if t == 8:
+        return load(rp, int(QS_AT[t]), V32I8)
+    shuf = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
+    return shuf(ir.Constant(V32I8, [int(v) & 255 for v in KVALUES_IQ4NL] * 2), _emit_nibbles(builder, load, rp, t))
 
 
 def _i64(builder, v):
@@ -736,12 +754,51 @@ def _half_from(builder, p):
     return builder.fpext(h, F32)
 
 
+def _signed_products(t):
+    """The key scores' integer sums over type t are of the signed values u - c (``_block_products``
+    without VNNI, for Q8_0 and IQ4_NL), not of the unsigned quants u."""
+    return not HOST_VNNI and t in (8, 20)
+
+
+def _block_products(builder, load, t):
+    """IR: quants(rp) -> times(x): the block of type t at i8* rp unpacked once, then times(x), a
+    <32 x i8> signed term x -> <8 x i32>, int32 lane l the sum of the products of the block's
+    bytes 4l..4l+3 by x's: by vpdpbusd where the host has AVX-512 VNNI (the unsigned quants u);
+    else by AVX2's vpmaddubsw and vpmaddwd, whose int16 pair sums must not saturate: the 4- and
+    5-bit quants u (at most 31) as they are, Q8_0's and IQ4_NL's signed values u - c as their
+    magnitudes (vpabsb) times x with their signs (vpsignb), at most 2 x 128 x 127 per pair."""
+    if HOST_VNNI:
+        dp = x86(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, V8I32, V8I32, V8I32)
+        zero = ir.Constant(V8I32, [0] * 8)
+
+        def quants(rp):
+            u = builder.bitcast(_emit_block_quants(builder, load, rp, t), V8I32)
+            return lambda x: dp(zero, u, builder.bitcast(x, V8I32))
+        return quants
+    maddubs, maddwd = madds(builder)
+    ones = ir.Constant(V16I16, [1] * 16)
+    if not _signed_products(t):
+        def quants(rp):
+            u = _emit_block_quants(builder, load, rp, t)
+            return lambda x: maddwd(maddubs(u, x), ones)
+        return quants
+    psign = x86(builder, "llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
+    zero8 = ir.Constant(V32I8, [0] * 32)
+
+    def quants(rp):
+        w = _emit_signed_quants(builder, load, rp, t)
+        mag = builder.select(builder.icmp_signed("<", w, zero8), builder.sub(zero8, w), w)   # |w| (vpabsb)
+        return lambda x: maddwd(maddubs(mag, psign(x, w)), ones)
+    return quants
+
+
 def _key_scores_ir(t, n):
     """The intrinsic (k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo) of
-    ``key_scores`` for type t and n (1 or HEAD_GROUP) heads, a loop over the rows: per block, the quants unpacked once into a <32 x i8> vector, each
-    head's two terms by AVX-512VL VNNI's vpdpbusd (u8 x s8, four products summed into each int32
-    lane, no saturation), the lanes' totals by a vphaddd tree, then the float combine on the n
-    heads at once."""
+    ``key_scores`` for type t and n (1 or HEAD_GROUP) heads, a loop over the rows: per block, the
+    quants unpacked once into a <32 x i8> vector, each head's two terms multiplied in by
+    ``_block_products`` (four products summed into each int32 lane: AVX-512VL VNNI's vpdpbusd, or
+    AVX2's vpmaddubsw and vpmaddwd), the lanes' totals by a vphaddd tree, then the float combine
+    on the n heads at once."""
 
     def ks(typingctx, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
         sig = types.void(k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo)
@@ -752,8 +809,8 @@ def _key_scores_ir(t, n):
             off, stride, count, nb, xo, hd, so, oo, ldo = (_i64(builder, v) for v in
                                                           (off, stride, count, nb, xo, hd, so, oo, ldo))
             load = loader(builder)
-            dp = x86(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, V8I32, V8I32, V8I32)
             hadd = x86(builder, "llvm.x86.avx2.phadd.d", V8I32, V8I32, V8I32)
+            quants = _block_products(builder, load, t)
             kbase = builder.gep(data_ptr(context, builder, aty[0], k, I8), [off])
             qbase = builder.gep(data_ptr(context, builder, aty[5], xq, I8), [xo])
             ebase = builder.gep(data_ptr(context, builder, aty[6], xr, I8), [xo])
@@ -761,7 +818,6 @@ def _key_scores_ir(t, n):
             sxp = data_ptr(context, builder, aty[10], sx, I32)
             op = builder.gep(data_ptr(context, builder, aty[12], out, F32), [oo])
             vf, vi = ir.VectorType(F32, n), ir.VectorType(I32, n)
-            zero = ir.Constant(V8I32, [0] * 8)
             accp = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * n))
             v4 = ir.VectorType(I32, 4)
             undef = ir.Constant(V8I32, ir.Undefined)
@@ -785,15 +841,13 @@ def _key_scores_ir(t, n):
                 with cgutils.for_range(builder, nb) as loop:
                     b = loop.index
                     rp = builder.gep(rbase, [builder.mul(b, ir.Constant(I64, int(BLOCK_BYTES[t])))])
-                    u = builder.bitcast(_emit_block_quants(builder, load, rp, t), V8I32)
+                    times = quants(rp)
                     x32 = builder.mul(b, ir.Constant(I64, 32))
                     sa, sb = [], []
                     for g in range(n):
                         off = builder.add(builder.mul(hd, ir.Constant(I64, g)), x32)
-                        xa = builder.load(builder.bitcast(builder.gep(qbase, [off]), V8I32.as_pointer()), align=1)
-                        xb = builder.load(builder.bitcast(builder.gep(ebase, [off]), V8I32.as_pointer()), align=1)
-                        sa.append(dp(zero, u, xa))
-                        sb.append(dp(zero, u, xb))
+                        sa.append(times(load(builder.gep(qbase, [off]), 0, V32I8)))
+                        sb.append(times(load(builder.gep(ebase, [off]), 0, V32I8)))
                     if n == 1:       # [a, b, a, b]
                         s = halves(hadd(hadd(sa[0], sb[0]), hadd(sa[0], sb[0])))
                         a = builder.extract_element(s, ir.Constant(I32, 0))
@@ -815,9 +869,9 @@ def _key_scores_ir(t, n):
                         inner = builder.call(fma, [dk, builder.sitofp(S, vf), msx])
                         acc = builder.call(fma, [drv, inner, builder.load(accp)])
                     else:
-                        cs = builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv)
-                        acc = builder.call(fma, [dk, builder.fmul(drv, builder.sitofp(builder.sub(S, cs), vf)),
-                                                 builder.load(accp)])
+                        if not _signed_products(t):          # S - c SX (the signed products' S already is)
+                            S = builder.sub(S, builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv))
+                        acc = builder.call(fma, [dk, builder.fmul(drv, builder.sitofp(S, vf)), builder.load(accp)])
                     builder.store(acc, accp)
                 acc = builder.load(accp)
                 for g in range(n):
@@ -1050,14 +1104,15 @@ def key_scores(t, n, simd, *args):
     terms at xq[xo + g hd + 32 b] (xr alike) and its block b's dr, sx at [so + b n + g]:
     out[oo + g ldo + j] = the sum over the row's blocks of d dr (S - c SX)
     (+ m dr SX for the types with a minimum), S the exact integer sum (see the section comment).
-    simd: by vpdpbusd where the host has AVX-512 VNNI, else the portable loop; the same results.
+    simd: by vpdpbusd where the host has AVX-512 VNNI, by vpmaddubsw and vpmaddwd where it has
+    AVX2 (and F16C), else the portable loop; the same results (the same integers).
     (Callable from Numba code only.)"""
     raise NotImplementedError("key_scores runs inside Numba kernels")
 
 
 @overload(key_scores)
 def _key_scores_impl(t, n, simd, *args):
-    return _dispatch(_key_scores_ir, key_scores_loop, HOST_VNNI)
+    return _dispatch(_key_scores_ir, key_scores_loop, HOST_AVX2 and HOST_F16C)
 
 
 def value_column(t, n, simd, *args):
