@@ -156,11 +156,18 @@ def load_rows(t, rows, out):
 
 
 @njit(cache=True, nogil=True)
-def load_head(t, rows, h, p0, p1, out):
-    """Decode kv head h of cache rows p0..p1-1 (type t) into out (p1 - p0, hd) float32: one head's
-    keys or values for a batched (BLAS) attention block."""
-    for p in range(p0, p1):
-        decode_row(t, rows[p, h], out[p - p0])
+def load_heads(t, rows, p0, p1, out, part, parts):
+    """Decode every kv head's cache rows p0..p1-1 (type t) into out (Hkv, p1 - p0, hd) float32,
+    each head's rows contiguous: the keys or values of a batched (BLAS) attention, decoded once
+    for all its query blocks.  The work is cut into (kv head, KEY_CHUNK rows) pieces; this call
+    decodes share `part` of `parts` of them (nogil: the caller runs the shares on its threads)."""
+    Hkv = rows.shape[1]
+    nc = (p1 - p0 + KEY_CHUNK - 1) // KEY_CHUNK
+    for w in range(Hkv * nc * part // parts, Hkv * nc * (part + 1) // parts):
+        h, c = w // nc, w % nc
+        j0 = p0 + c * KEY_CHUNK
+        j1 = min(p1, j0 + KEY_CHUNK)
+        decode_tile(t, rows, h, j0, j1, out[h, j0 - p0:j1 - p0])
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)

@@ -244,20 +244,38 @@ def rope_inplace(x3, cos, sin, pos0, neox):
 
 # ----------------------------------------------------------------------------- attention
 
+_I31, _LOW31 = np.int32(31), np.int32(0x7FFFFFFF)
+
+
+@njit(cache=True, nogil=True, fastmath=False)   # integer work: never the calling kernel's flags
+def _row_max(row, nbuf):
+    """The largest of the float32 row (n >= 1,), as a scalar chain of compares gives it, taken
+    instead as an int32 maximum (which LLVM vectorizes; a float one it does not without flags
+    that let it ignore NaNs): each float's bits b mapped to b ^ ((b >> 31) & 0x7FFFFFFF), an
+    order-keeping map of the non-NaN floats onto int32 and its own inverse.  Only -0 against +0
+    may differ (the map puts +0 above -0); the max is subtracted from the row and exp(+-0) = 1,
+    so the softmax is the same.  nbuf: int32 scratch (>= 1,)."""
+    bits = row.view(np.int32)
+    m = np.int32(-(1 << 31))
+    for j in range(row.shape[0]):
+        b = bits[j]
+        b = np.int32(b ^ np.int32(np.int32(b >> _I31) & _LOW31))
+        if b > m:
+            m = b
+    nbuf[0] = m ^ ((m >> _I31) & _LOW31)
+    return nbuf[:1].view(np.float32)[0]
+
+
 @njit(cache=True, nogil=True, fastmath=_FAST)   # its own flags, never the calling kernel's
 def exp_shifted(row, softcap, nbuf):
     """Soft-cap (softcap > 0) the float32 row (n,), then row = exp(row - max) in place; returns
     (max, sum of the exponentials) as float32, for a softmax or a partial one merged later.
     nbuf: int32 scratch (>= n,)."""
     n = row.shape[0]
-    m = np.float32(-np.inf)
-    for j in range(n):
-        s = row[j]
-        if softcap > 0:
-            s = np.float32(softcap * math.tanh(s / softcap))
-            row[j] = s
-        if s > m:
-            m = s
+    if softcap > 0:
+        for j in range(n):
+            row[j] = np.float32(softcap * math.tanh(row[j] / softcap))
+    m = _row_max(row, nbuf) if n else np.float32(-np.inf)
     for j in range(n):
         row[j] -= m
     exp_inplace(row, nbuf)
@@ -280,15 +298,18 @@ def _softmax_row(row, softcap, nbuf):
 
 
 @njit(cache=True, nogil=True)
-def masked_softmax(S, rows_per_pos, pos0, key0, window, softcap):
-    """Row softmax of attention scores with the causal / sliding-window mask, in place.
+def masked_softmax(S, scale, rows_per_pos, pos0, key0, window, softcap):
+    """Row softmax of attention scores times scale, with the causal / sliding-window mask, in place.
 
-    S: (R, K) float32 scores (already scaled); row r is a query at position
-    pos0 + r // rows_per_pos, column j the key at position key0 + j.  Masked
-    entries become 0.  softcap > 0 applies softcap*tanh(s/softcap) first.
-    Serial and nogil: the caller runs several on its own threads.
+    S: (R, K) float32 raw scores q.k; row r is a query at position pos0 + r // rows_per_pos,
+    column j the key at position key0 + j.  Each visible score is multiplied by scale (float32)
+    then, with softcap > 0, soft-capped; masked entries become 0 without being scaled (the
+    visible ones see exactly the operations of scaling the whole of S first).  One int32
+    scratch serves every row.  Serial and nogil: the caller runs several on its own threads.
     """
     R, K = S.shape
+    nbuf = np.empty(K, dtype=np.int32)
+    sc = np.float32(scale)
     for r in range(R):
         p = pos0 + r // rows_per_pos
         lo = 0
@@ -297,11 +318,37 @@ def masked_softmax(S, rows_per_pos, pos0, key0, window, softcap):
         jlo = max(lo - key0, 0)
         jhi = min(p - key0 + 1, K)
         row = S[r]
-        _softmax_row(row[jlo:jhi], softcap, np.empty(jhi - jlo, dtype=np.int32))
+        for j in range(jlo, jhi):
+            row[j] *= sc
+        _softmax_row(row[jlo:jhi], softcap, nbuf)
         for j in range(jlo):
             row[j] = 0.0
         for j in range(jhi, K):
             row[j] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def gather_heads(x3, a, b, h0, G, out):
+    """out ((b - a) G, hd) = x3[a:b, h0:h0 + G] (n, H, hd) as rows (token, head): one kv head's
+    query block laid out for a matrix product."""
+    hd = x3.shape[2]
+    for t in range(a, b):
+        for i in range(G):
+            r = (t - a) * G + i
+            for j in range(hd):
+                out[r, j] = x3[t, h0 + i, j]
+
+
+@njit(cache=True, nogil=True)
+def scatter_heads(y, a, b, h0, G, x3):
+    """x3[a:b, h0:h0 + G] (n, H, hd) = y ((b - a) G, hd) read as rows (token, head): the inverse
+    of ``gather_heads``."""
+    hd = x3.shape[2]
+    for t in range(a, b):
+        for i in range(G):
+            r = (t - a) * G + i
+            for j in range(hd):
+                x3[t, h0 + i, j] = y[r, j]
 
 
 # ----------------------------------------------------------------------------- misc

@@ -3,6 +3,7 @@
     python tools/bench_kernels.py [--threads N] [--types Q4_1,Q8_0,...] [--reps R] [--batch 512]
     python tools/bench_kernels.py --small-batch [--threads N] [--types Q4_0,Q4_K,...] [--rows 2,4,8,16]
     python tools/bench_kernels.py --attention [--threads N] [--ctx 4096] [--types F16,Q8_0,Q4_0]
+    python tools/bench_kernels.py --prompt-attention [--threads N] [--batch 512] [--types F16,F32]
     python tools/bench_kernels.py --forms [--threads 1] [--types Q4_0,Q4_K,IQ4_XS,Q8_0]
     python tools/bench_kernels.py --experts [--threads N] [--types Q4_K,Q6_K,MXFP4] [--tokens 1,64,512]
     python tools/bench_kernels.py --joint [--threads N] [--layers 16]
@@ -43,6 +44,13 @@ is read from memory as in a real decode step, not from the CPU's caches):
                 the matvec reads weights from memory
 At --threads 1 both are timed in CPU seconds of the process (which a shared machine's
 time-slicing leaves out), else in wall time.
+
+--prompt-attention: a prompt's causal self-attention alone (CPUBackend.attention of --batch new
+tokens at position 0, the BLAS path) for the head layouts of the MoE benchmark shape (16 heads, 4 kv
+heads of 128) and Llama-3.2-1B (32 heads, 8 kv heads of 64), over a cache of each --types (default
+F16, the engine's default, and F32); per layout and type, the best call's time (of --reps, CPU time
+of the process at --threads 1, else wall time) and the attention's useful rate, 4 x heads x head size
+x the causal triangle's (query, key) pairs per second.
 
 --experts: the expert products of one mixture-of-experts layer of the MoE benchmark shape (32
 experts, top-4, d 1024, expert FFN 512: gate|up (32, 1024, 1024) stacked per expert, down (32, 1024,
@@ -212,6 +220,35 @@ def bench_attention(types, n_ctx: int, reps: int, rng) -> int:
     return 0
 
 
+PROMPT_ATTENTION_SHAPES = [("qwen3moe-16l-32e", 16, 4, 128), ("Llama-3.2-1B", 32, 8, 64)]
+
+
+def bench_prompt_attention(types, n: int, reps: int, rng) -> int:
+    """A prompt's attention (see the module docstring) per head layout and cache type."""
+    from gguf_engine.backends.cpu import CPUBackend
+    from gguf_engine.model.kv_cache import KVCache, cache_type_name
+
+    be = CPUBackend(kernels.get_num_threads())
+    clock = time.process_time if kernels.get_num_threads() == 1 else time.perf_counter
+    print(f"threads={kernels.get_num_threads()}, {'CPU' if clock is time.process_time else 'wall'} time, "
+          f"{n} tokens")
+    hdr = f"{'type':6} {'model shape':>16} {'call ms':>8} {'GFLOP/s':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    for t in types:
+        for label, H, Hkv, hd in PROMPT_ATTENTION_SHAPES:
+            kv = KVCache(1, n, Hkv, hd, cache_type_name(int(t)))
+            kv.store(0, 0, rng.standard_normal((n, Hkv, hd), dtype=np.float32),
+                     rng.standard_normal((n, Hkv, hd), dtype=np.float32))
+            q3 = rng.standard_normal((n, H, hd), dtype=np.float32)
+            out = np.empty_like(q3)
+            with be.scope():
+                sec = best_time(lambda: be.attention(q3, *kv.layer(0), 0, hd ** -0.5, 0, 0.0, out), reps, 0.3, clock)
+            flops = 4 * H * hd * n * (n + 1) // 2
+            print(f"{t.name:6} {label:>16} {sec * 1e3:8.2f} {flops / sec / 1e9:8.1f}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -222,6 +259,8 @@ def main(argv=None) -> int:
                     help="comma-separated ROWSxCOLS list")
     ap.add_argument("--attention", action="store_true",
                     help="decode attention over a cache of each type (--types of llama.cpp's cache types)")
+    ap.add_argument("--prompt-attention", action="store_true",
+                    help="a prompt's attention (--batch tokens) on the MoE and Llama-3.2-1B head layouts")
     ap.add_argument("--ctx", type=int, default=4096, help="cache positions for --attention (default: 4096)")
     ap.add_argument("--asm", action="store_true",
                     help="after the table, count ymm FMAs in the matvec kernels that ran (recompiled uncached)")
@@ -260,6 +299,9 @@ def main(argv=None) -> int:
         return 0
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rng = np.random.default_rng(0)
+    if args.prompt_attention:
+        types = args.types if args.types != ",".join(DEFAULT_TYPES) else "F16,F32"
+        return bench_prompt_attention([as_type(t.strip()) for t in types.split(",")], args.batch, args.reps, rng)
     if args.attention:
         types = args.types if args.types != ",".join(DEFAULT_TYPES) else "F16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,IQ4_NL,BF16"
         return bench_attention([as_type(t.strip()) for t in types.split(",")], args.ctx, args.reps, rng)

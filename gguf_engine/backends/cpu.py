@@ -96,15 +96,15 @@ class CPUBackend(Backend):
 
     def scratch_bytes(self, weights, n, n_keys, config):
         """Each kernel thread's matmul tile buffers (kept once grown), plus the batched
-        attention's float32 keys and values (per kv head) and each worker's scores and their
-        product (``_attention_blas``)."""
+        attention's float32 keys and values (per kv head) and each worker's queries, scores and
+        their product (``_attention_blas``)."""
         per_thread = max((w.scratch_bytes(n) for w in weights), default=0)
         total = self.n_threads * per_thread
         if n >= BLAS_ATTENTION_MIN_TOKENS:
             c = config
             rows = min(n, ATTENTION_QUERY_BLOCK) * (c.n_head // c.n_head_kv)     # one item's query rows
             workers = min(self.n_threads, -(-n // ATTENTION_QUERY_BLOCK) * c.n_head_kv)
-            total += 4 * (2 * c.n_head_kv * n_keys * c.head_dim + workers * rows * (n_keys + c.head_dim))
+            total += 4 * (2 * c.n_head_kv * n_keys * c.head_dim + workers * rows * (n_keys + 2 * c.head_dim))
         return total
 
     def kv_cache(self, n_layer, n_ctx, n_head_kv, head_dim, cache_type):
@@ -241,56 +241,50 @@ class CPUBackend(Backend):
         a block of ATTENTION_QUERY_BLOCK queries multiplies only the keys its queries can see
         (causal: about half of the full square for a long prompt), and the items are shared
         among the kernel threads, each running single-threaded GEMMs (numpy releases the GIL).
-        Every item is computed the same way whatever the thread count.  A float cache is
-        converted to float32 once per kv head; a block-format cache is decoded by each item,
-        only the rows of its own kv head that its queries see."""
+        Every item is computed the same way whatever the thread count.  Every cache type is
+        first decoded to float32 once per call (each kv head's visible rows, contiguous), shared
+        among the same threads; the glue between the two products (gathering a block's queries;
+        scaling, masking and softmax of the scores; scattering the outputs) is nogil kernels."""
         n, H, hd = q3.shape
         Hkv = k_cache.shape[1]
         lo = max(0, pos0 - window + 1) if window > 0 else 0     # the first key any query sees
-        if _float_pair(k_cache, v_cache):
-            K = k_cache[lo:pos0 + n]                             # (nk, Hkv, hd)
-            V = v_cache[lo:pos0 + n]
-            Ks = [np.ascontiguousarray(K[:, g, :], dtype=np.float32) for g in range(Hkv)]   # (nk, hd) each
-            Vs = [np.ascontiguousarray(V[:, g, :], dtype=np.float32) for g in range(Hkv)]
+        (kr, tk), (vr, tv) = cache_rows(k_cache), cache_rows(v_cache)
+        Ks = np.empty((Hkv, pos0 + n - lo, hd), np.float32)      # (Hkv, nk, hd): keys lo..pos0+n-1
+        Vs = np.empty_like(Ks)
+        parts = self.n_threads
 
-            def head(g, key0, key1):
-                return Ks[g][key0 - lo:key1 - lo], Vs[g][key0 - lo:key1 - lo]
-        else:
-            (kr, tk), (vr, tv) = cache_rows(k_cache), cache_rows(v_cache)
+        def load(part):
+            attention_kv.load_heads(tk, kr, lo, pos0 + n, Ks, part, parts)
+            attention_kv.load_heads(tv, vr, lo, pos0 + n, Vs, part, parts)
 
-            def head(g, key0, key1):
-                Kg = np.empty((key1 - key0, hd), np.float32)
-                Vg = np.empty((key1 - key0, hd), np.float32)
-                attention_kv.load_head(tk, kr, g, key0, key1, Kg)
-                attention_kv.load_head(tv, vr, g, key0, key1, Vg)
-                return Kg, Vg
+        run_all(load, [(i,) for i in range(parts)])
         B = ATTENTION_QUERY_BLOCK
         items = [(a, min(n, a + B), g) for a in range(0, n, B) for g in range(Hkv)]
         items.sort(key=lambda it: -it[1])                        # the longest (latest) blocks first
         taken = itertools.count()                                # each worker takes the next item left
 
         def run():
+            Q = np.empty((min(n, B) * (H // Hkv), hd), np.float32)   # a block's queries, rows (token, head)
             while (i := next(taken)) < len(items):
                 a, b, g = items[i]
-                self._attention_item(q3, head, lo, a, b, g, H // Hkv, pos0, scale, window, softcap, out3)
+                self._attention_item(q3, Ks[g], Vs[g], lo, a, b, g, H // Hkv, pos0, scale, window, softcap,
+                                     Q, out3)
 
         workers = max(1, min(self.n_threads, len(items)))
         run_all(run, [()] * workers)
 
     @staticmethod
-    def _attention_item(q3, head, lo, a, b, g, G, pos0, scale, window, softcap, out3):
-        """Queries a..b-1 of kv head g's G query heads over the keys they see; head(g, key0, key1):
-        that kv head's keys and values (key1 - key0, hd) of positions key0..key1-1."""
-        hd = q3.shape[2]
+    def _attention_item(q3, K, V, lo, a, b, g, G, pos0, scale, window, softcap, Q, out3):
+        """Queries a..b-1 of kv head g's G query heads over the keys they see; K, V: that kv
+        head's keys and values (nk, hd) of positions lo..; Q: scratch (>= (b - a) G, hd)."""
         p0 = pos0 + a                                            # the block's first query position
         key0 = max(lo, p0 - window + 1) if window > 0 else lo   # the first key it sees
         key1 = pos0 + b                                          # one past the last key it sees
-        Kg, Vg = head(g, key0, key1)
-        Q = q3[a:b, g * G:(g + 1) * G, :].reshape((b - a) * G, hd)          # rows (token, head)
-        S = Q @ Kg.T                                             # ((b-a) G, key1 - key0)
-        S *= np.float32(scale)
-        ops.masked_softmax(S, G, p0, key0, window, softcap)
-        out3[a:b, g * G:(g + 1) * G, :] = (S @ Vg).reshape(b - a, G, hd)
+        Q = Q[:(b - a) * G]
+        ops.gather_heads(q3, a, b, g * G, G, Q)
+        S = Q @ K[key0 - lo:key1 - lo].T                         # ((b-a) G, key1 - key0)
+        ops.masked_softmax(S, scale, G, p0, key0, window, softcap)
+        ops.scatter_heads(S @ V[key0 - lo:key1 - lo], a, b, g * G, G, out3)
 
     def gated_act(self, gate, up, gelu, out):
         if gate.shape[0] == 1:
