@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from kernels import dequantize
-from kernels.experts import (GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, add_expert_bias, combine,
-                             combine_grouped, decode_step, expert_row_items, fused_decode, group_by_expert, route,
-                             swiglu_oai)
+from kernels.experts import (BATCH_TERMS, GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, add_expert_bias,
+                             combine, combine_grouped, decode_step, expert_row_items, fused_decode, group_by_expert,
+                             route, swiglu_oai)
 from kernels.ops import gated_act
 from kernels.types import GGMLType
 from kernels.quant_matmul import MATVEC_MAX_BATCH
+from kernels.simd import HOST_VNNI
 from kernels.weight import Weight
 from tests.conftest import fixture_path
 from tests.test_dequant import FIXTURE_TYPES
@@ -185,14 +186,17 @@ def test_combine_and_oai_swiglu():
 @pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "MXFP4", "IQ4_XS", "Q2_K", "IQ2_XS", "F16"])
 def test_stacked_experts_match_separate_weights(name):
     """Experts of whole 32-row tiles are one stacked matrix multiplied in one launch per product
-    (decode: every selected expert's tiles; batch of the kinds with ROW_ITEMS (the nibble kinds, Q6_K):
+    (decode: every selected expert's tiles; batch of the kinds with ROW_ITEMS (the nibble kinds, Q6_K
+    on AVX-512 VNNI hosts):
     every expert's multi-row integer product in one launch; of the others: all experts of at most
     3 rows in one launch, the small-batch products of all experts of 4-128 rows in one pass, tiles
     and BLAS above).  For every (token, slot), the result is bitwise equal (tolerance 0) to the
-    product by that expert built as a Weight of its own: its matvec in a decode step; in a batch its
-    integer product (matmul_decode: the matvec's bits) for the ROW_ITEMS kinds and for groups of up
-    to 3 rows, else its matmul (small-batch product or tiled matmul by the row count); shared and
-    per-slot inputs, gate|up stacked per expert too."""
+    product by that expert built as a Weight of its own: its matvec in a decode step; in a batch
+    its multi-row product of the activations rounded to one int8 term (BATCH_TERMS) for the kinds
+    that take them (Q4_K, Q5_K: the same bits whatever the batch, the routing and the stacking), its
+    integer product (matmul_decode: the matvec's bits) for the other ROW_ITEMS kinds and for groups
+    of up to 3 rows, else its matmul (small-batch product or tiled matmul by the row count); shared
+    and per-slot inputs, gate|up stacked per expert too."""
     q, t = _expert_bytes(name)
     rng = np.random.default_rng(1)
     n_expert, rows, cols = 4, 64, 512
@@ -201,7 +205,9 @@ def test_stacked_experts_match_separate_weights(name):
     own = [Weight(raw[e * rows:(e + 1) * rows], t, (rows, cols)) for e in range(n_expert)]
     assert (E.stacked is not None) == (name != "F16")
     integer = E.stacked is not None and E.stacked.kind.row_items(E.stacked) is not None
-    assert integer == (name in ("Q4_K", "Q5_K", "Q6_K", "Q4_0"))
+    assert integer == (name in ("Q4_K", "Q5_K", "Q4_0") or name == "Q6_K" and HOST_VNNI)   # Q6_K: kinds.byte
+    one_term = integer and BATCH_TERMS in E.stacked.kind.row_terms
+    assert one_term == (name in ("Q4_K", "Q5_K"))
     n, k = 160, 2
     ids = np.stack([rng.permutation(n_expert)[:k] for _ in range(n)])
     ids[:, 0] = 0                                     # expert 0: 160 rows (tiled matmul)
@@ -218,7 +224,10 @@ def test_stacked_experts_match_separate_weights(name):
                 if len(pairs):
                     Xe = np.stack([Xs[a, 0 if shared else b] for a, b in pairs])
                     W = own[e]                        # the matvec's integer product, or the float one
-                    ref = W.matmul_decode(Xe) if len(Xe) <= MATVEC_MAX_BATCH or integer else W.matmul(Xe)
+                    if one_term:
+                        ref = _one_term_rows(W, Xe)
+                    else:
+                        ref = W.matmul_decode(Xe) if len(Xe) <= MATVEC_MAX_BATCH or integer else W.matmul(Xe)
                     np.testing.assert_array_equal(Y[pairs[:, 0], pairs[:, 1]], ref)
         one = E.mul_ids(Xs[41:42], ids[41:42])                       # a decode step
         for j in range(k):
@@ -228,6 +237,68 @@ def test_stacked_experts_match_separate_weights(name):
     for j in range(k):
         w = own[ids[0, j]]
         np.testing.assert_array_equal(y[0, j], np.concatenate([w.matvec(X[0, 0])] * 2))
+
+
+def _one_term_rows(W: Weight, X: np.ndarray) -> np.ndarray:
+    """X (n, cols) times W's rows by its kind's multi-row product of activations rounded to one int8
+    term per 32-block (row_activations(X, 1)), W's tiles alone, one thread's items."""
+    kind = W.packed.kind
+    out = np.empty((X.shape[0], W.shape[0]), np.float32)
+    items = expert_row_items(np.array([0, X.shape[0]], np.int64), -(-W.shape[0] // 32), 16, 1)
+    kind.row_items(W.packed)(kind.row_activations(np.ascontiguousarray(X), 1), *items, out)
+    return out
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K"])
+def test_one_term_batch_product(name):
+    """A batch's expert products of the kinds that take one int8 activation term (BATCH_TERMS):
+    the activations are rounded once per 32-block as ggml's Q8_0 rounds them (the very xq and dx of
+    round_activations' first term, within max|x_block| / 254 + 1 float32 ulp of x), and each
+    (token, slot) equals the float64 product of the exact dequantized weights and those rounded
+    activations within 1e-5 * sum_j |w_j x_j| (+1e-30: the float32 combine of integer sums, as
+    the matvecs' bound), in every SIMD form, the portable loops bitwise equal to the SIMD forms.
+    Against the exact activations the error is the rounding's: within 2e-3 * sum_j |w_j x_j|."""
+    from kernels.kinds.tiled import round_activations, round_activations1
+    from kernels.simd import SIMD_FORMS
+    q, t = _expert_bytes(name)
+    rng = np.random.default_rng(3)
+    n_expert, rows, cols, n = 3, 64, 512, 41
+    raw = np.concatenate([q[rng.permutation(16)] for _ in range(n_expert * rows // 16)])
+    E = ExpertWeights(raw, t, (n_expert, rows, cols))
+    kind = E.stacked.kind
+    X = (rng.standard_normal((n, cols)) * np.exp(rng.standard_normal((n, 1)))).astype(np.float32)
+    X[2, 32:64] = 0                                             # a zero block
+    bounds = np.array([0, 20, 21, n], np.int64)                 # 20 rows, 1 row, 20 rows
+    act = kind.row_activations(X, 1)
+    assert act[1].size == 0 and act[3].size == 0                # no second term
+    for i in range(n):
+        xq, dx, xs = round_activations1(X[i])
+        q2, _, d2, _, _ = round_activations(X[i])
+        np.testing.assert_array_equal(xq, q2)
+        np.testing.assert_array_equal(dx, d2)
+        np.testing.assert_array_equal(act[0][i * cols:(i + 1) * cols], xq)
+        xr = xq.reshape(-1, 32) * dx[:, None].astype(np.float64)
+        amax = np.abs(X[i]).reshape(-1, 32).max(1, keepdims=True).astype(np.float64)
+        assert np.all(np.abs(xr - X[i].reshape(-1, 32)) <= amax / 254 * (1 + 2 ** -22))
+        np.testing.assert_allclose(xs, xr.sum(1), rtol=1e-6, atol=0)
+    xr = (act[0].reshape(n, -1, 32) * act[2][:, :, None].astype(np.float64)).reshape(n, cols)
+    W = [E.dequantize(e).astype(np.float64) for e in range(n_expert)]
+    spans = list(enumerate(zip(bounds[:-1], bounds[1:])))      # (expert, its rows a..b-1)
+    ref = np.concatenate([xr[a:b] @ W[e].T for e, (a, b) in spans])
+    mag = np.concatenate([np.abs(xr[a:b]) @ np.abs(W[e]).T for e, (a, b) in spans])
+    exact = np.concatenate([X[a:b].astype(np.float64) @ W[e].T for e, (a, b) in spans])
+    items = expert_row_items(bounds, E.tiles, 16, 2)
+    forms = []
+    for simd in SIMD_FORMS:
+        Y = np.empty((n, rows), np.float32)
+        kind.row_items(E.stacked, simd)(act, *items, Y)
+        assert np.all(np.abs(Y - ref) <= 1e-5 * mag + 1e-30), f"form {simd}: off the float64 product"
+        forms.append(Y)
+    for Y in forms[1:]:
+        np.testing.assert_array_equal(Y.view(np.uint32), forms[0].view(np.uint32))
+    Yg = E.mul_grouped(X, None, bounds)                         # the experts' own choice: one term
+    np.testing.assert_array_equal(Yg.view(np.uint32), forms[-1].view(np.uint32))
+    assert np.all(np.abs(Yg - exact) <= 2e-3 * mag)
 
 
 def _moe_by_parts(gate_up, down, x, logits, k, gating, oai, biases):

@@ -85,9 +85,9 @@ def expert_products_timed(clock: Clock):
     def name(shared: bool) -> str:
         return "moe: expert products (gate|up)" if shared else "moe: expert products (down)"
 
-    def mul_grouped(self, X, src, bounds):
+    def mul_grouped(self, X, src, bounds, decode=False):
         with clock.time(name(src is not None)):
-            return inner(self, X, src, bounds)
+            return inner(self, X, src, bounds, decode)
 
     def mul_items(self, X, tiles, xrow, out):
         with clock.time(name(X.shape[0] == 1)):

@@ -197,11 +197,13 @@ class Backend(ABC):
         """out = act(gate) * up; act = GELU(tanh) when gelu else SiLU.  (n, ff)."""
 
     def moe(self, x, logits, experts: ExpertFFN, routing: Routing, out=None,
-            observe: Callable | None = None):
+            observe: Callable | None = None, decode: int | None = None):
         """The mixture-of-experts FFN of x (n, d) given the router's logits (n, n_expert): each
         token's top routing.n_used experts, their gated FFNs, summed with the routing weights into
         out (n, d) (returned).  observe(w, X, ids), if given, sees each expert product's input
-        before it runs: w one of experts.gate_up or experts.down, X (n, 1 or k, in), ids (n, k)."""
+        before it runs: w one of experts.gate_up or experts.down, X (n, 1 or k, in), ids (n, k).
+        decode: rows 0..decode-1 are decode steps, the rest prompt rows (None: one row is a decode
+        step, several are prompt rows), as ``linear`` takes it."""
         raise NotImplementedError(f"the {self.name} backend has no mixture-of-experts operation")
 
     @abstractmethod

@@ -292,12 +292,22 @@ class CPUBackend(Backend):
         else:
             self._by_rows(gate.shape[0], lambda a, b: ops.gated_act(gate[a:b], up[a:b], gelu, out[a:b]))
 
-    def moe(self, x, logits, experts: ExpertFFN, routing: Routing, out=None, observe=None):
+    def moe(self, x, logits, experts: ExpertFFN, routing: Routing, out=None, observe=None, decode=None):
         """Route (kernels.experts.route), then the selected experts' products (ExpertWeights.mul_ids:
         only the chosen experts' rows are read; a batch is grouped by expert), the activation and
         the weighted sum (kernels.experts.combine).  A decode step of stacked experts runs all of
-        that as kernels.experts.decode_step (bit-identical, five kernel calls)."""
+        that as kernels.experts.decode_step (bit-identical, five kernel calls).  Decode steps and
+        prompt rows round the expert products' activations as ExpertWeights.mul_grouped says
+        (``decode``); a pass holding both runs its decode steps, then its prompt rows, as two
+        batches, so each row gets the bits it gets alone."""
         n, d = x.shape
+        decode = (1 if n == 1 else 0) if decode is None else decode
+        if 0 < decode < n:
+            if out is None:
+                out = np.empty((n, d), np.float32)
+            for a, b, dec in ((0, decode, decode), (decode, n, 0)):
+                self.moe(x[a:b], logits[a:b], experts, routing, out[a:b], observe, dec)
+            return out
         gating = moe_kernels.GATING_SOFTMAX if routing.gating == "softmax" else moe_kernels.GATING_SOFTMAX_WEIGHT
         biases = (experts.router_bias, experts.gate_bias, experts.up_bias, experts.down_bias)
         all_or_none = len({b is None for b in biases}) == 1
@@ -319,7 +329,7 @@ class CPUBackend(Backend):
         for W in experts.gate_up:
             if observe is not None:
                 observe(W, x.reshape(n, 1, d), ids)
-            parts.append(W.mul_grouped(x, order // k, bounds))              # (n k, rows of W) grouped
+            parts.append(W.mul_grouped(x, order // k, bounds, decode > 0))  # (n k, rows of W) grouped
         gu = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)   # (n k, 2 ff) grouped
         ff = gu.shape[1] // 2
         if experts.gate_bias is not None:
@@ -336,7 +346,7 @@ class CPUBackend(Backend):
             A = np.empty((n, k, ff), np.float32)                           # (n, k, ff) in pair order
             A.reshape(n * k, ff)[order] = act
             observe(experts.down, A, ids)
-        Y = experts.down.mul_grouped(act, None, bounds)                     # (n k, d) grouped
+        Y = experts.down.mul_grouped(act, None, bounds, decode > 0)         # (n k, d) grouped
         if out is None:
             out = np.empty((n, d), np.float32)
         bias = experts.down_bias

@@ -170,4 +170,4 @@ class MoEFFN:
         logits = be.linear(b.ffn_gate_inp, xn, decode=st.decode)          # (n, E)
         experts = ExpertFFN(b.ffn_gate_up_exps, b.ffn_down_exps, b.ffn_gate_inp_b,
                             b.ffn_gate_exps_b, b.ffn_up_exps_b, b.ffn_down_exps_b)
-        return be.moe(xn, logits, experts, self.routing, out=st.proj)   # (n, d)
+        return be.moe(xn, logits, experts, self.routing, out=st.proj, decode=st.decode)   # (n, d)

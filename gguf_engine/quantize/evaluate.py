@@ -67,13 +67,13 @@ class ObservingBackend:
         self._keep.append(group)
         return group
 
-    def moe(self, x, logits, experts, routing, out=None, observe=None):
+    def moe(self, x, logits, experts, routing, out=None, observe=None, decode=None):
         def seen(w, X, ids):
             names = self._names.get(id(w), [])
             for name in [names] if isinstance(names, str) else names:
                 self._expert_hook(name, np.asarray(self._inner.to_host(X)), np.asarray(ids), w.shape[0])
         return self._inner.moe(x, logits, experts, routing, out=out,
-                               observe=seen if self._expert_hook is not None else observe)
+                               observe=seen if self._expert_hook is not None else observe, decode=decode)
 
     def linear(self, w, x, out=None, decode=None, rounded=False):
         name = self._names.get(id(w))

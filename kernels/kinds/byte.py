@@ -913,13 +913,22 @@ class Q6Kind(ByteKind):
         return matvec_q6, self._arrays(p)
 
     def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
-        return self.rows_by_items(p, simd)
+        return self.rows_by_items(p, simd, self._rows_product(p, simd))
 
-    def row_items(self, p: Packed, simd: int = SIMD_BEST):
+    def _rows_product(self, p: Packed, simd: int):
         a = self._arrays(p)
         return lambda act, tiles, r0, r1, yt, out: row_items_q6(*a, *act, tiles, r0, r1, yt, simd, out)
 
-    def row_activations(self, X: np.ndarray) -> tuple:
+    def row_items(self, p: Packed, simd: int = SIMD_BEST):
+        """The ROW_ITEMS product on AVX-512 VNNI hosts only (1.1-1.2x the float small-batch product on
+        64-row groups); the AVX2 form (integer sums stored, then a float loop) ran at 0.45-0.52x of it
+        (512 tokens of the MoE shape, 1 thread, tools/bench_kernels.py --experts), so there a
+        batch's Q6_K experts take the small-batch product."""
+        return self._rows_product(p, simd) if HOST_VNNI else None
+
+    def row_activations(self, X: np.ndarray, terms: int = 2) -> tuple:
+        """q6_row_activations (terms not read: the int16 rounding is one term, one vpdpwssd per
+        weight pair; one int8 term would take as many)."""
         return q6_row_activations(X)
 
     def decode(self, p: Packed, ids, out) -> None:

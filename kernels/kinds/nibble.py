@@ -62,7 +62,7 @@ from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, block_scales, fma_rows, interleave_rows,
                     load_rows, nonneg, round_activations, round_rows, row_offsets, row_step, scale, share, shares,
-                    store_row_tiles, store_rows, store_tile, two_terms)
+                    store_row_tiles, store_rows, store_tile, terms_product, two_terms)
 
 f32 = np.float32
 R = ROW_TILE        # rows per tile, in the index arithmetic
@@ -260,8 +260,10 @@ _isums5_vnni = plane_intrinsic("_isums5_vnni", lambda b, *p: _emit_nibble_sums(b
 @njit(cache=True, inline="always")
 def isums_loop(q, qo, h, ho, five, tab, xq, xr, xo, out):
     """The portable form of nibble_isums (tab: the identity) and table_isums (five false): the
-    same int32 sums as plain loops."""
-    for l in range(2 * R):
+    same int32 sums as plain loops (the xr term's only where xr is not empty: one-term activations,
+    round_activations1, have none)."""
+    two = xr.size > 0
+    for l in range((2 if two else 1) * R):
         out[l] = 0
     for g in range(4):
         for l in range(R):
@@ -278,9 +280,11 @@ def isums_loop(q, qo, h, ho, five, tab, xq, xr, xo, out):
                     hi |= np.int32((h[w + 1] >> i) & np.uint32(1)) << np.int32(4)
                 i = xo + 4 * g + j
                 s += np.int32(lo * np.int32(xq[i]) + hi * np.int32(xq[i + 16]))
-                r += np.int32(lo * np.int32(xr[i]) + hi * np.int32(xr[i + 16]))
+                if two:
+                    r += np.int32(lo * np.int32(xr[i]) + hi * np.int32(xr[i + 16]))
             out[l] += s
-            out[R + l] += r
+            if two:
+                out[R + l] += r
 
 
 IDENTITY = np.arange(16, dtype=np.int8)     # nibble -> its value
@@ -326,11 +330,13 @@ _rows4_avx2, _rows5_avx2 = _nibble_rows(False, False), _nibble_rows(True, False)
 _rows4_vnni, _rows5_vnni = _nibble_rows(False, True), _nibble_rows(True, True)
 
 
-def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int):
+def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int, terms: int = 2):
     """An intrinsic (q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am): one
     32-weight block of a k-quant nibble tile times `rows` rounded activation rows, combined in
     registers: for row r (terms at xq, xr + xo + r ldx; scales dx, dr, xs flat at xso + r lds) and
-    lane l, ``p = fma(isum_q, dx, isum_r * dr)``, ``aq[R r + l] = fma(sc[so + l], p, aq[R r + l])``,
+    lane l, ``p = fma(isum_q, dx, isum_r * dr)`` (terms 1: the rows rounded by round_activations1,
+    xr and dr unread, ``p = isum_q dx``: one ``vpdpbusd`` per 4 weights and row instead of two),
+    ``aq[R r + l] = fma(sc[so + l], p, aq[R r + l])``,
     ``am[R r + l] = fma(mn[so + l], xs, am[R r + l])``: matvec_nibk's combine (its float operations
     as LLVM contracts them there), without storing the integer sums or converting the sub-scales
     once per row.  The quants are unpacked once for all the rows (one group of weight rows at a
@@ -348,7 +354,7 @@ def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int):
             xps = []
             for r in range(rows):
                 step = builder.mul(ldx, ir.Constant(ldx.type, r))
-                xps.extend(builder.gep(p, [step]) for p in (xq0, xr0))
+                xps.extend(builder.gep(p, [step]) for p in (xq0, xr0)[:terms])
             scp, mnp = (builder.gep(data_ptr(context, builder, aty[i], args[i], I8), [so]) for i in (8, 9))
             sp = [builder.gep(data_ptr(context, builder, aty[i], args[i], f32t), [xso]) for i in (11, 12, 13)]
             aqp, amp = (data_ptr(context, builder, aty[i], args[i], f32t) for i in (16, 17))
@@ -356,9 +362,10 @@ def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int):
             vf = ir.VectorType(f32t, lanes)
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf] * 3),
                                                  f"llvm.fma.v{lanes}f32")
-            # per row: its dx, dr, xs broadcast
-            scal = [[splat(builder, builder.load(builder.gep(p, [builder.mul(lds, ir.Constant(lds.type, r))])),
-                           lanes) for p in sp] for r in range(rows)]
+            # per row: its dx, dr, xs broadcast (dr None with one term)
+            scal = [[None if p is None else
+                     splat(builder, builder.load(builder.gep(p, [builder.mul(lds, ir.Constant(lds.type, r))])), lanes)
+                     for p in (sp if terms == 2 else (sp[0], None, sp[2]))] for r in range(rows)]
 
             def vec(p, i, ty):
                 return builder.bitcast(builder.gep(p, [ir.Constant(I32, i)]), ty.as_pointer())
@@ -369,9 +376,12 @@ def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int):
                 scv, mnv = (builder.uitofp(builder.load(vec(p, rg * lanes, vi8), align=1), vf) for p in (scp, mnp))
                 for r in range(rows):
                     dxs, drs, xss = scal[r]
-                    iq = builder.sitofp(sums.total((2 * r, rg)), vf)
-                    ir_ = builder.sitofp(sums.total((2 * r + 1, rg)), vf)
-                    p = builder.call(fma, [iq, dxs, builder.fmul(ir_, drs)])
+                    iq = builder.sitofp(sums.total((terms * r, rg)), vf)
+                    if terms == 2:
+                        ir_ = builder.sitofp(sums.total((2 * r + 1, rg)), vf)
+                        p = builder.call(fma, [iq, dxs, builder.fmul(ir_, drs)])
+                    else:
+                        p = builder.fmul(iq, dxs)
                     a = vec(aqp, r * ROW_TILE + rg * lanes, vf)
                     builder.store(builder.call(fma, [scv, p, builder.load(a, align=4)]), a, align=4)
                     m = vec(amp, r * ROW_TILE + rg * lanes, vf)
@@ -380,14 +390,16 @@ def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int):
 
         return sig, codegen
 
-    fused.__name__ = fused.__qualname__ = f"_nibk{5 if five else 4}_{'vnni' if vnni else 'avx2'}_combine{rows}"
+    name = f"_nibk{5 if five else 4}_{'vnni' if vnni else 'avx2'}_combine{rows}{'' if terms == 2 else '_one'}"
+    fused.__name__ = fused.__qualname__ = name
     return intrinsic(fused)
 
 
-def _nibk_combine_call(five: bool, vnni: bool):
+def _nibk_combine_by_rows(five: bool, vnni: bool, terms: int):
     """call(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am) of the
-    _nibk_combine_intrinsic for c = 1, 2 or ISUM_ROWS rows (tiled.row_step's counts)."""
-    one, two, full = (_nibk_combine_intrinsic(five, vnni, c) for c in (1, 2, ISUM_ROWS))
+    _nibk_combine_intrinsic of `terms` activation terms for c = 1, 2 or ISUM_ROWS rows
+    (tiled.row_step's counts)."""
+    one, two, full = (_nibk_combine_intrinsic(five, vnni, c, terms) for c in (1, 2, ISUM_ROWS))
 
     @njit(inline="always")
     def call(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am):
@@ -400,6 +412,20 @@ def _nibk_combine_call(five: bool, vnni: bool):
     return call
 
 
+def _nibk_combine_call(five: bool, vnni: bool):
+    """The _nibk_combine_by_rows call of two activation terms, or of one where xr is empty
+    (round_rows(X, 1)), with the same arguments."""
+    by_two, by_one = (_nibk_combine_by_rows(five, vnni, terms) for terms in (2, 1))
+
+    @njit(inline="always")
+    def call(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am):
+        if xr.size == 0:
+            by_one(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+        else:
+            by_two(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+    return call
+
+
 _nibk4_avx2, _nibk5_avx2 = _nibk_combine_call(False, False), _nibk_combine_call(True, False)
 _nibk4_vnni, _nibk5_vnni = _nibk_combine_call(False, True), _nibk_combine_call(True, True)
 
@@ -407,16 +433,17 @@ _nibk4_vnni, _nibk5_vnni = _nibk_combine_call(False, True), _nibk_combine_call(T
 @njit(cache=True, inline="always")
 def nibk_combine_loop(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am, isum):
     """The portable form of nibk_combine_rows: the integer sums by plain loops into isum
-    (>= 2 R c int32), then the float combine per row and lane."""
+    (>= 2 R c int32), then the float combine per row and lane (one term where xr is empty)."""
+    terms = 2 if xr.size > 0 else 1
     isums_rows_loop(q, qo, h, ho, five, IDENTITY, xq, xr, xo, ldx, c, isum)
     for r in range(c):
         dxb = dx[xso + r * lds]
-        drb = dr[xso + r * lds]
+        drb = dr[xso + r * lds] if terms == 2 else f32(0)
         xsb = xs[xso + r * lds]
-        a, o = row_offsets(r)
+        a, o = row_offsets(r, terms)
         for l in range(R):
             i = nonneg(so + l)
-            p = two_terms(isum, o, l, dxb, drb)
+            p = terms_product(isum, o, l, dxb, drb, terms)
             aq[a + l] += f32(sc[i]) * p
             am[a + l] += f32(mn[i]) * xsb
 
@@ -425,9 +452,10 @@ def nibk_combine_rows(q, qo, h, ho, five, xq, xr, xo, ldx, c, sc, mn, so, dx, dr
     """One 32-weight block (quants at q[qo], fifth bits at h[ho] when five, sub-scales at
     sc[so], mn[so]) of a k-quant nibble tile times c rounded activation rows (row r's terms at
     xq, xr[xo + r ldx], its dx, dr, xs at [xso + r lds] of the flat arrays), added into the
-    super-block sums aq, am (row r lane l at R r + l) exactly as matvec_nibk adds one row's:
-    the SIMD forms combine in registers (_nibk_combine_intrinsic), the portable one through
-    isum (>= 2 R c int32 scratch).  (Callable from Numba code only.)"""
+    super-block sums aq, am (row r lane l at R r + l) exactly as matvec_nibk adds one row's (rows
+    of one int8 term, xr empty: as it would add them with p = isum_q dx): the SIMD forms combine
+    in registers (_nibk_combine_intrinsic), the portable one through isum (>= 2 R c int32
+    scratch).  (Callable from Numba code only.)"""
     raise NotImplementedError("nibk_combine_rows runs inside Numba kernels")
 
 
@@ -463,9 +491,11 @@ def nibble_isums_rows(q, qo, h, ho, five, xq, xr, xo, ldx, c, out, simd):
 
 @njit(cache=True, inline="always")
 def isums_rows_loop(q, qo, h, ho, five, tab, xq, xr, xo, ldx, c, out):
-    """The portable form of nibble_isums_rows and table_isums_rows: isums_loop per row."""
+    """The portable form of nibble_isums_rows and table_isums_rows: isums_loop per row (row r's
+    sums at row_offsets(r, terms), terms = 1 where xr is empty)."""
+    terms = 2 if xr.size > 0 else 1
     for r in range(c):
-        isums_loop(q, qo, h, ho, five, tab, xq, xr, xo + r * ldx, out[2 * R * r:])
+        isums_loop(q, qo, h, ho, five, tab, xq, xr, xo + r * ldx, out[row_offsets(r, terms)[1]:])
 
 
 @overload(nibble_isums_rows, inline="always")
@@ -680,7 +710,9 @@ def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, 
 def row_items_nibk(qt, qh, sc, mn, d, dm, xq, xr, dx, dr, xs, tiles, r0, r1, yt, simd, Y):
     """The multi-row product of the k-quant nibble kinds as ROW_ITEMS (kinds.tiled): item i is row
     tile tiles[i] times the rounded rows r0[i]..r1[i]-1 (round_rows' arrays), stored at tile yt[i] of
-    those rows of Y; each row bit-identical to matvec_nibk of it alone."""
+    those rows of Y; each row of two terms bit-identical to matvec_nibk of it alone; rows of one
+    term (round_rows(X, 1), xr empty) take one vpdpbusd per 4 weights instead of two, each row
+    still the same bits whatever the other rows and items."""
     cols = dx.shape[1] * 32
     five = qh.shape[1] > 0
     for it in prange(tiles.size):
@@ -929,6 +961,7 @@ class NibbleKKind(NibbleKind):
         # with the sums combined in registers (nibk_combine_rows) and vpdpbusd, 1.3x the float
         # tiles at 512 rows (README, MoE speed); the AVX2 form was not measured against them
         self.rows_prompt = SIMD_BEST == VNNI
+        self.row_terms = (1, 2)
 
     def extra_arrays(self, t, T, nb):
         return {"sc": np.zeros((T, nb * ROW_TILE), np.uint8), "mn": np.zeros((T, nb * ROW_TILE), np.uint8)}

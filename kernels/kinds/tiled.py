@@ -336,41 +336,74 @@ def round_activations(x):
     return xq, xr, dx, dr, xs
 
 
+@njit(cache=True, fastmath=False)   # exact: never the calling kernel's flags
+def round_activations1(x):
+    """x (32 nb,) f32 -> (xq, dx, xs): each 32-element block rounded once to int8, x ~ dx xq with
+    dx = max|x| / 127 and xq = round(x / dx), ties to even (ggml's Q8_0 rounding; the very xq and
+    dx of round_activations' first term), so |x - dx xq| <= dx / 2 = max|x| / 254 (plus float32
+    rounding): 254 times round_activations' bound, still finer than llama.cpp's one int8 term per
+    256 values of the k-quants' products.  xs (nb,) = the blocks' sums dx sum(xq) of those values.
+    Zero blocks give zeros."""
+    nb = x.size // 32
+    xq = np.empty(x.size, np.int8)
+    dx = np.empty(nb, np.float32)
+    xs = np.empty(nb, np.float32)
+    for b in range(nb):
+        o = 32 * b
+        amax = _block_absmax(x, o)
+        inv = f32(127) / amax if amax > 0 else f32(0)
+        sq = np.int32(0)
+        for k in range(32):
+            v = _round_even(x[o + k] * inv)
+            xq[o + k] = np.int8(v)
+            sq += np.int32(v)
+        dx[b] = amax / f32(127)
+        xs[b] = dx[b] * f32(sq)
+    return xq, dx, xs
+
+
 @njit(cache=True, inline="always")
-def _rows_arrays(X):
-    """Empty arrays of round_rows' result for X (n, 32 nb)."""
+def _rows_arrays(X, terms):
+    """Empty arrays of round_rows' result for X (n, 32 nb) and `terms` int8 terms (one: xr, dr empty)."""
     n, cols = X.shape
     nb = cols // 32
-    return (np.empty(n * cols, np.int8), np.empty(n * cols, np.int8), np.empty((n, nb), np.float32),
-            np.empty((n, nb), np.float32), np.empty((n, nb), np.float32))
+    two = terms == 2
+    return (np.empty(n * cols, np.int8), np.empty(n * cols if two else 0, np.int8), np.empty((n, nb), np.float32),
+            np.empty((n, nb if two else 0), np.float32), np.empty((n, nb), np.float32))
 
 
 @njit(cache=True, inline="always")
 def _round_row(X, i, xq, xr, dx, dr, xs):
-    """round_activations of row i of X into row i of round_rows' arrays."""
+    """round_activations (round_activations1 where xr is empty) of row i of X into row i of
+    round_rows' arrays."""
     cols = X.shape[1]
-    q, r, a, b, s = round_activations(X[i])
+    if xr.size == 0:
+        q, a, s = round_activations1(X[i])
+    else:
+        q, r, a, b, s = round_activations(X[i])
+        xr[i * cols:(i + 1) * cols] = r
+        dr[i] = b
     xq[i * cols:(i + 1) * cols] = q
-    xr[i * cols:(i + 1) * cols] = r
     dx[i] = a
-    dr[i] = b
     xs[i] = s
 
 
 @njit(cache=True, fastmath=False)   # exact: never the calling kernel's flags
-def round_rows(X):
-    """round_activations of each row of X (n, 32 nb): xq, xr (n * 32 nb,) int8, row i at
-    i * 32 nb; dx, dr, xs (n, nb) float32.  Each row's values are those of its own call."""
-    xq, xr, dx, dr, xs = _rows_arrays(X)
+def round_rows(X, terms=2):
+    """round_activations (terms 2) or round_activations1 (terms 1) of each row of X (n, 32 nb):
+    xq, xr (n * 32 nb,) int8, row i at i * 32 nb; dx, dr, xs (n, nb) float32; with one term xr
+    and dr are empty ((0,) and (n, 0)), which is how the multi-row products tell the forms apart.
+    Each row's values are those of its own call."""
+    xq, xr, dx, dr, xs = _rows_arrays(X, terms)
     for i in range(X.shape[0]):
         _round_row(X, i, xq, xr, dx, dr, xs)
     return xq, xr, dx, dr, xs
 
 
 @njit(parallel=True, cache=True)
-def round_rows_parallel(X):
+def round_rows_parallel(X, terms=2):
     """round_rows, the rows split over the threads (each row's values are those of its own call)."""
-    xq, xr, dx, dr, xs = _rows_arrays(X)
+    xq, xr, dx, dr, xs = _rows_arrays(X, terms)
     for i in prange(X.shape[0]):
         _round_row(X, i, xq, xr, dx, dr, xs)
     return xq, xr, dx, dr, xs
@@ -475,10 +508,10 @@ def row_step(left):
 
 
 @njit(cache=True, inline="always")
-def row_offsets(r):
+def row_offsets(r, terms=2):
     """Where activation row r of a multi-row product keeps its lanes: (its float accumulators'
-    offset r ROW_TILE, its integer sums' offset 2 ROW_TILE r: two sums per lane)."""
-    return r * ROW_TILE, 2 * ROW_TILE * r
+    offset r ROW_TILE, its integer sums' offset terms ROW_TILE r: one sum per lane and term)."""
+    return r * ROW_TILE, terms * ROW_TILE * r
 
 
 @njit(cache=True, inline="always")
@@ -488,6 +521,14 @@ def two_terms(isum, o, l, dxb, drb):
     ``dx isum_q + dr isum_r``, written once so that every kind's matvec and multi-row product
     combine it alike."""
     return f32(isum[o + l]) * dxb + f32(isum[o + ROW_TILE + l]) * drb
+
+
+@njit(cache=True, inline="always")
+def terms_product(isum, o, l, dxb, drb, terms):
+    """two_terms, or for activations of one int8 term (round_activations1) ``dx isum_q`` (drb unused)."""
+    if terms == 1:
+        return f32(isum[o + l]) * dxb
+    return two_terms(isum, o, l, dxb, drb)
 
 
 @njit(cache=True, inline="always")
@@ -692,17 +733,23 @@ class TiledKind(Kind):
         (tools/bench_kernels.py --experts); None for the others."""
         return None
 
-    def row_activations(self, X: np.ndarray) -> tuple:
-        """X (n, cols) rounded as the kind's matvec rounds each row, the arrays row_items takes (split
-        over the threads for a prompt batch: a parallel launch costs more than a few rows' rounding)."""
-        return (round_rows_parallel if X.shape[0] > ROW_ITEM_ROWS else round_rows)(X)
+    # the activation forms row_items takes, by their count of int8 terms: the matvec's (2), and 1
+    # where the product also takes round_activations1's single term (row_activations(X, 1))
+    row_terms: tuple[int, ...] = (2,)
 
-    def rows_by_items(self, p: Packed, simd: int = SIMD_BEST):
-        """matmul_rows from the kind's ROW_ITEMS product: runs of ROW_ITEM_ROWS rows times every
-        tile, runs outermost (a run's activations stay in the cache while the tiles pass over them;
-        a tile's rows times the whole batch would read all of a prompt's activations once per
-        tile), the rows rounded once, by all the threads."""
-        product = self.row_items(p, simd)
+    def row_activations(self, X: np.ndarray, terms: int = 2) -> tuple:
+        """X (n, cols) rounded as the kind's matvec rounds each row (terms 2), or to one int8 term per
+        32-block (terms 1, round_activations1: kinds with 1 in row_terms), the arrays row_items takes
+        (split over the threads for a prompt batch: a parallel launch costs more than a few rows'
+        rounding)."""
+        return (round_rows_parallel if X.shape[0] > ROW_ITEM_ROWS else round_rows)(X, terms)
+
+    def rows_by_items(self, p: Packed, simd: int = SIMD_BEST, product=None):
+        """matmul_rows from the kind's ROW_ITEMS product (row_items', or `product` of that form): runs
+        of ROW_ITEM_ROWS rows times every tile, runs outermost (a run's activations stay in the cache
+        while the tiles pass over them; a tile's rows times the whole batch would read all of a
+        prompt's activations once per tile), the rows rounded once, by all the threads."""
+        product = self.row_items(p, simd) if product is None else product
         T = p.arrays["qt"].shape[0]
 
         def run(X, out):
