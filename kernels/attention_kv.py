@@ -706,15 +706,16 @@ def float_key_scores(t, n, simd, *args):
     j at bytes k[off + j stride + u hstride], for n (1 to HEAD_GROUP) query heads per kv head, head g
     of kv head u at q[qo + u qstride + g hd]: out[oo + u ostride + g ldo + j] = the dot product of
     the two, in the order of the section comment.  The pvbytes bytes of pv from pvoff + (j +
-    PREFETCH_ROWS) pvbytes are prefetched with row j (pvbytes 0: none).  simd: by 512-bit vectors
-    where the host has AVX-512 (and F16C), else the portable loop; the same results.  (Callable
+    PREFETCH_ROWS) pvbytes are prefetched with row j (pvbytes 0: none).  simd: by 16-lane vectors
+    (one zmm register on AVX-512 hosts, two ymm on AVX2 hosts) where the host has AVX2 and F16C,
+    else the portable loop; the same results.  (Callable
     from Numba code only.)"""
     raise NotImplementedError("float_key_scores runs inside Numba kernels")
 
 
 @overload(float_key_scores)
 def _float_key_scores_impl(t, n, simd, *args):
-    return _dispatch(_float_key_scores_ir, float_key_scores_loop, HOST_AVX512 and HOST_F16C, every_n=True,
+    return _dispatch(_float_key_scores_ir, float_key_scores_loop, HOST_AVX2 and HOST_F16C, every_n=True,
                      switch=_float_switch)
 
 
