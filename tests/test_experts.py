@@ -193,8 +193,8 @@ def test_stacked_experts_match_separate_weights(name):
     and BLAS above).  For every (token, slot), the result is bitwise equal (tolerance 0) to the
     product by that expert built as a Weight of its own: its matvec in a decode step; in a batch
     its multi-row product of the activations rounded to one int8 term (prompt_terms 1) for the kinds
-    that take them (Q4_K, Q5_K: the same bits whatever the batch, the routing and the stacking), its
-    integer product (matmul_decode: the matvec's bits) for the other ROW_ITEMS kinds and for groups
+    that take them (Q4_K, Q5_K, Q6_K on AVX-512 VNNI hosts: the same bits whatever the batch, the
+    routing and the stacking), its integer product (matmul_decode: the matvec's bits) for the other ROW_ITEMS kinds and for groups
     of up to 3 rows, else its matmul (small-batch product or tiled matmul by the row count); shared
     and per-slot inputs, gate|up stacked per expert too."""
     q, t = _expert_bytes(name)
@@ -207,7 +207,7 @@ def test_stacked_experts_match_separate_weights(name):
     integer = E.stacked is not None and E.stacked.kind.row_items(E.stacked) is not None
     assert integer == (name in ("Q4_K", "Q5_K", "Q4_0") or name == "Q6_K" and HOST_VNNI)   # Q6_K: kinds.byte
     one_term = integer and E.stacked.kind.prompt_terms == 1
-    assert one_term == (name in ("Q4_K", "Q5_K"))
+    assert one_term == (name in ("Q4_K", "Q5_K") or name == "Q6_K" and HOST_VNNI)
     n, k = 160, 2
     ids = np.stack([rng.permutation(n_expert)[:k] for _ in range(n)])
     ids[:, 0] = 0                                     # expert 0: 160 rows (tiled matmul)

@@ -13,7 +13,7 @@ import pytest
 import kernels
 from kernels import Weight
 from kernels.kinds import registered
-from kernels.kinds.tiled import PROMPT_TERMS, expert_row_items
+from kernels.kinds.tiled import PROMPT_TERMS, expert_row_items, round_rows
 from kernels.simd import SIMD_BEST, SIMD_FORMS, VNNI
 
 from .test_matvec import bits_equal, random_tensor
@@ -106,8 +106,8 @@ def prompt_rows(W: Weight, X: np.ndarray) -> np.ndarray:
 def test_rounded_prompt_takes_the_rows_product_where_it_is_faster(name):
     """Weight.matmul(rounded=True) (a mixture-of-experts model's prompt products): kinds whose
     multi-row integer product beats the tiles here (Kind.rows_prompt) give each row the bits of that
-    product of the activations rounded to the kind's prompt terms (one int8 term for Q4_K and Q5_K,
-    as a prompt's expert products), into a column slice of a wider out too; the others give matmul's
+    product of the activations rounded to the kind's prompt terms (one int8 term for Q4_K, Q5_K and
+    Q6_K, as a prompt's expert products), into a column slice of a wider out too; the others give matmul's
     very bits (rounded ignored).  No tolerance."""
     rng = np.random.default_rng(8)
     W = Weight(random_tensor(name, 96, COLS, rng), name, (96, COLS))
@@ -117,20 +117,20 @@ def test_rounded_prompt_takes_the_rows_product_where_it_is_faster(name):
     wide = np.zeros((200, 160), np.float32)
     W.matmul(X, wide[:, 30:126], rounded=True)
     assert bits_equal(wide[:, 30:126], ref) and not wide[:, :30].any() and not wide[:, 126:].any()
-    assert W.kind.rows_prompt == (name in ("Q4_K", "Q5_K") and SIMD_BEST == VNNI)
+    assert W.kind.rows_prompt == (name in ("Q4_K", "Q5_K", "Q6_K") and SIMD_BEST == VNNI)
     if W.kind.rows_prompt:
         assert W.kind.prompt_terms == PROMPT_TERMS == 1
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q5_K"])
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K"])
 def test_one_term_prompt_product_is_the_rounded_product(name):
     """The one-term rounded prompt product of a dense weight (Weight.matmul(rounded=True) of a kind
     with rows_prompt): each row equals the float64 product of the exact dequantized weights and its
-    activations rounded once per 32-block to int8 (round_activations1: the very xq and dx of
-    row_activations(X, 1)) within 1e-5 * sum_j |w_j x_j| (+1e-30: the float32 combine of integer
-    sums, the matvecs' bound), and the exact activations' product within 2e-3 * sum_j |w_j x_j| (the
-    rounding's max|x_block| / 254 per value, the bound of the expert products); rows of very
-    different scales and a zero block."""
+    activations rounded once per 32-block to int8 (round_activations1, the xq the kind's
+    row_activations(X, 1) holds) within 1e-5 * sum_j |w_j x_j| (+1e-30: the float32 combine of integer
+    sums, the matvecs' bound), and the exact activations' product within that plus
+    sum_j |w_j| max|x_block(j)| / 254 (the rounding's bound per value, with float32 slack); rows of
+    very different scales and a zero block."""
     rng = np.random.default_rng(11)
     W = Weight(random_tensor(name, ROWS, COLS, rng), name, (ROWS, COLS))
     if not W.kind.rows_prompt:
@@ -138,13 +138,16 @@ def test_one_term_prompt_product_is_the_rounded_product(name):
     n = 70
     X = (rng.standard_normal((n, COLS)) * np.exp(2 * rng.standard_normal((n, 1)))).astype(np.float32)
     X[3, 64:96] = 0
-    xq, _, dx, _, _ = W.kind.row_activations(X, 1)
+    xq, _, dx, _, _ = round_rows(X, 1)                         # round_activations1 of each row
+    assert np.array_equal(W.kind.row_activations(X, 1)[0], xq)  # what the kind's product multiplies
     xr = (xq.reshape(n, -1, 32) * dx[:, :, None].astype(np.float64)).reshape(n, COLS)
     Wd = W.dequantize().astype(np.float64)
     mag = np.abs(xr) @ np.abs(Wd).T
     Y = W.matmul(X, rounded=True)
     assert np.all(np.abs(Y - xr @ Wd.T) <= 1e-5 * mag + 1e-30)
-    assert np.all(np.abs(Y - X.astype(np.float64) @ Wd.T) <= 2e-3 * (np.abs(X) @ np.abs(Wd).T) + 1e-30)
+    amax = np.repeat(np.abs(X).reshape(n, -1, 32).max(2), 32, axis=1).astype(np.float64)   # (n, cols)
+    step = amax / 254 * (1 + 2 ** -20) @ np.abs(Wd).T          # the rounding's bound, summed
+    assert np.all(np.abs(Y - X.astype(np.float64) @ Wd.T) <= step + 1e-5 * mag + 1e-30)
 
 
 @pytest.mark.parametrize("name", ["Q4_K", "Q6_K"])
