@@ -17,10 +17,11 @@ Products: a decode step (one token) runs the matvec of each of its k selected ex
 so a token reads k experts' bytes, not all of them.  A batch groups its (token, slot) pairs by
 expert and runs one product per expert that has tokens: for the kinds with a multi-row integer
 product in the ROW_ITEMS form (``TiledKind.row_items``: the nibble kinds and Q6_K), every expert's
-rows through it in one launch (prompt rows of Q4_K and Q5_K rounded to one int8 term, BATCH_TERMS;
-other rows, and decode steps, the matvec's bits); for the others the matvec's integer
-product (``Weight.matmul_decode``) up to ``MATVEC_MAX_BATCH`` rows, the small-batch product (each
-block decoded once for all the rows) up to ``SMALL_BATCH_MAX``, decoded weight tiles times BLAS above.
+rows through it in one launch (prompt rows rounded to the kind's prompt_terms: one int8 term for Q4_K
+and Q5_K, kinds.tiled.PROMPT_TERMS; other rows, and decode steps, the matvec's bits); for the others
+the matvec's integer product (``Weight.matmul_decode``) up to ``MATVEC_MAX_BATCH`` rows, the
+small-batch product (each block decoded once for all the rows) up to ``SMALL_BATCH_MAX``, decoded
+weight tiles times BLAS above.
 Gate and up stacked per expert (``ExpertWeights.concat``) make one product per expert for both.
 A prompt's MoE layer keeps its batch grouped from the gate|up product to the weighted sum
 (``mul_grouped``, ``combine_grouped``): no product's output moves back to token order between.
@@ -44,17 +45,6 @@ GATING_SOFTMAX_WEIGHT = 1     # top k of the logits; weights = softmax over thos
 GATING_NAMES = {GATING_SOFTMAX: "softmax", GATING_SOFTMAX_WEIGHT: "softmax_weight"}
 # the smallest weight sum the renormalisation divides by (the smallest normal float16, as llama.cpp)
 MIN_WEIGHT_SUM = np.float32(6.103515625e-5)
-# The int8 activation terms per 32-block of a prompt's expert products (``mul_grouped``), for the kinds
-# whose multi-row product takes them (``TiledKind.row_terms``: Q4_K, Q5_K): one, ggml's Q8_0 rounding
-# (kinds.tiled.round_activations1, within max|x_block| / 254), so one multiply-add (vpdpbusd,
-# vpmaddubsw) per 4 weights instead of two; still finer than llama.cpp's one int8 term per 256 values.
-# Decode steps keep their matvec's two terms: they are memory-bound, and one term measured no faster
-# there (one token's Q4_K gate|up and down at the MoE benchmark shape through the one-term multi-row
-# product, one row per slot: 1.01-1.04x and 0.95-1.32x the two-term matvecs' time, 1 thread), so they
-# keep the finer rounding; a prompt's rows then differ from the same tokens decoded one by one, within
-# the rounding's bound.  Every other product (the dense ones, the other kinds) keeps its matvec's
-# rounding.
-BATCH_TERMS = 1
 
 
 class ExpertWeights:
@@ -188,7 +178,7 @@ class ExpertWeights:
         bit-identical to its expert's product as ``mul_ids`` computes it (the MoE layer keeps its
         batch in this order from the gate|up product to the weighted sum, so no rows move between).
         decode: the rows are decode steps, each rounded as its matvec rounds it (``mul_ids``);
-        otherwise prompt rows, rounded to BATCH_TERMS terms where the kind's product takes them."""
+        otherwise prompt rows, rounded to the kind's prompt terms (TiledKind.prompt_terms)."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         m = X.shape[0] if src is None else src.size
         if m == 0:
@@ -251,15 +241,15 @@ class ExpertWeights:
 
     def _grouped_rows(self, X: np.ndarray, src: np.ndarray | None, bounds: np.ndarray, decode: bool) -> np.ndarray:
         """A grouped batch (``mul_grouped``) of a kind with a multi-row integer product
-        (``TiledKind.row_items``): the rows of X rounded once each (prompt rows to BATCH_TERMS terms
-        where the kind takes them, decode steps as the matvec rounds them; a token's row shared by its
-        k slots is rounded once, then taken for each), and every
+        (``TiledKind.row_items``): the rows of X rounded once each (prompt rows to the kind's
+        prompt_terms, kinds.tiled.PROMPT_TERMS where it takes them, decode steps as the matvec rounds
+        them; a token's row shared by its k slots is rounded once, then taken for each), and every
         expert's row tiles times the rows routed to it in one launch (ROW_ITEMS, runs of at most
         ROW_ITEM_ROWS rows, so the threads get near-equal work however the batch is routed).
         Each row of two terms is bit-identical to its expert's matvec of that input, and every row's
         bits are the same whatever the rest of the batch."""
         kind = self.stacked.kind
-        act = kind.row_activations(X, BATCH_TERMS if BATCH_TERMS in kind.row_terms and not decode else 2)
+        act = kind.row_activations(X, 2 if decode else kind.prompt_terms)
         if src is not None:
             act = take_rows(act, X.shape[0], src)
         tiles, r0, r1, yt = expert_row_items(bounds, self.tiles, ROW_ITEM_ROWS, get_num_threads())

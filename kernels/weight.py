@@ -45,7 +45,7 @@ T_DECODED_KINDS = tuple(k for k in registered() if k.decode_T is not None)
 class Weight:
     """A (rows, cols) weight matrix of GGML type `qtype`, repacked for the kernels of its kind."""
 
-    __slots__ = ("qtype", "shape", "packed", "kind", "splits", "_product", "_rows_product")
+    __slots__ = ("qtype", "shape", "packed", "kind", "splits", "_product", "_rows_product", "_prompt_product")
 
     def __init__(self, data: np.ndarray, qtype, shape, release=None):
         """release(r0, r1): called once rows r0..r1-1 of data have been copied (see repack.repack)."""
@@ -66,6 +66,7 @@ class Weight:
         self.splits = tuple(splits)
         self._product = self._matvec_kernel()
         self._rows_product = self.kind.matmul_rows(packed)
+        self._prompt_product = self.kind.prompt_rows(packed)
 
     @classmethod
     def from_packed(cls, packed: Packed, splits) -> "Weight":
@@ -92,7 +93,7 @@ class Weight:
         kinds round the activations per 32-block, see kernels.kinds.tiled; the float and raw
         kinds multiply X itself), and so ``matmul_decode`` multiplies each row.  ``matmul``
         multiplies the exact X, except for kinds without a small-batch product at most
-        MATVEC_MAX_BATCH rows."""
+        MATVEC_MAX_BATCH rows (and ``matmul(rounded=True)``, see there)."""
         X = np.asarray(X, np.float32)
         out = X.astype(np.float64)
         for src, dst in zip(X.reshape(-1, X.shape[-1]), out.reshape(-1, X.shape[-1])):
@@ -163,15 +164,20 @@ class Weight:
         kinds' small-batch products; larger batches go through tiles + BLAS).  Kinds without a
         small-batch product run batches of at most MATVEC_MAX_BATCH rows as ``matmul_decode``.
         out may be a column slice of a wider array (each row contiguous), e.g. one part of a
-        fused projection's output.  rounded: the caller accepts activations rounded as the matvec
-        rounds them, so kinds whose multi-row integer product is the faster one for a batch
-        (``Kind.rows_prompt``) run ``matmul_decode`` instead (each row the matvec's bits); the
-        other kinds ignore it."""
+        fused projection's output.  rounded: the caller accepts activations rounded as a prompt's
+        expert products round them, so kinds whose multi-row integer product is the faster one for a
+        batch (``Kind.rows_prompt``) run it instead (``Kind.prompt_rows``: one int8 term per block
+        where the kind takes it, kinds.tiled.PROMPT_TERMS, else the matvec's bits), for any number
+        of rows, so each row's bits are the same whatever the batch; the other kinds ignore it."""
         rows, cols = self.shape
         X, out = self._operands(X, out)
         n = X.shape[0]
-        if rounded and n > 1 and self.kind.rows_prompt and self._rows_product is not None:
-            return self.matmul_decode(X, out)
+        if rounded and self._prompt_product is not None:
+            if rows > 1 and out.strides[1] != out.itemsize:              # rows not contiguous
+                out[...] = self.matmul(X, rounded=True)
+            else:
+                self._prompt_product(X, out)
+            return out
         if n <= SMALL_BATCH_MAX and self.kind.small_matmul is not None:
             self.kind.small_matmul(self.packed, X, out)
             return out

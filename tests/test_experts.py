@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kernels import dequantize
-from kernels.experts import (BATCH_TERMS, GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, add_expert_bias,
+from kernels.experts import (GATING_SOFTMAX, GATING_SOFTMAX_WEIGHT, ExpertWeights, add_expert_bias,
                              combine, combine_grouped, decode_step, expert_row_items, fused_decode, group_by_expert,
                              route, swiglu_oai)
 from kernels.ops import gated_act
@@ -192,9 +192,9 @@ def test_stacked_experts_match_separate_weights(name):
     3 rows in one launch, the small-batch products of all experts of 4-128 rows in one pass, tiles
     and BLAS above).  For every (token, slot), the result is bitwise equal (tolerance 0) to the
     product by that expert built as a Weight of its own: its matvec in a decode step; in a batch
-    its multi-row product of the activations rounded to one int8 term (BATCH_TERMS) for the kinds
-    that take them (Q4_K, Q5_K: the same bits whatever the batch, the routing and the stacking), its
-    integer product (matmul_decode: the matvec's bits) for the other ROW_ITEMS kinds and for groups
+    its multi-row product of the activations rounded to one int8 term (prompt_terms 1) for the kinds
+    that take them (Q4_K, Q5_K, Q6_K on AVX-512 VNNI hosts: the same bits whatever the batch, the
+    routing and the stacking), its integer product (matmul_decode: the matvec's bits) for the other ROW_ITEMS kinds and for groups
     of up to 3 rows, else its matmul (small-batch product or tiled matmul by the row count); shared
     and per-slot inputs, gate|up stacked per expert too."""
     q, t = _expert_bytes(name)
@@ -206,8 +206,8 @@ def test_stacked_experts_match_separate_weights(name):
     assert (E.stacked is not None) == (name != "F16")
     integer = E.stacked is not None and E.stacked.kind.row_items(E.stacked) is not None
     assert integer == (name in ("Q4_K", "Q5_K", "Q4_0") or name == "Q6_K" and HOST_VNNI)   # Q6_K: kinds.byte
-    one_term = integer and BATCH_TERMS in E.stacked.kind.row_terms
-    assert one_term == (name in ("Q4_K", "Q5_K"))
+    one_term = integer and E.stacked.kind.prompt_terms == 1
+    assert one_term == (name in ("Q4_K", "Q5_K") or name == "Q6_K" and HOST_VNNI)
     n, k = 160, 2
     ids = np.stack([rng.permutation(n_expert)[:k] for _ in range(n)])
     ids[:, 0] = 0                                     # expert 0: 160 rows (tiled matmul)
@@ -251,7 +251,7 @@ def _one_term_rows(W: Weight, X: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["Q4_K", "Q5_K"])
 def test_one_term_batch_product(name):
-    """A batch's expert products of the kinds that take one int8 activation term (BATCH_TERMS):
+    """A batch's expert products of the kinds that take one int8 activation term (PROMPT_TERMS):
     the activations are rounded once per 32-block as ggml's Q8_0 rounds them (the very xq and dx of
     round_activations' first term, within max|x_block| / 254 + 1 float32 ulp of x), and each
     (token, slot) equals the float64 product of the exact dequantized weights and those rounded

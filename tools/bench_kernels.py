@@ -7,6 +7,7 @@
     python tools/bench_kernels.py --forms [--threads 1] [--types Q4_0,Q4_K,IQ4_XS,Q8_0]
     python tools/bench_kernels.py --experts [--threads N] [--types Q4_K,Q6_K,MXFP4] [--tokens 1,64,512]
     python tools/bench_kernels.py --joint [--threads N] [--layers 16]
+    python tools/bench_kernels.py --rounded [--threads 1] [--types Q4_K,Q6_K] [--batch 512]
     python tools/bench_kernels.py --ceiling [--reps 7]
 
 For each type, one table row per matrix shape (576x1536, 1536x576, 4096x4096):
@@ -77,6 +78,13 @@ then alternated (best of --reps; CPU time of the process at --threads 1, else wa
   GB/s          the group's GGML bytes read per second by the joint launch
   x two calls   the two matvecs' time over the joint launch's (above 1: the joint launch is faster)
 
+--rounded: a mixture-of-experts prompt's rounded dense products (Weight.matmul(rounded=True)) on the
+attention matrices of the MoE benchmark shape (Q|K 2560x1024, V 512x1024, output 1024x2048), a
+batch of --batch rows: the multi-row integer product of one int8 activation term per block
+(kinds.tiled.PROMPT_TERMS), of the matvec's rounding (two int8 terms, Q6_K's int16), and the exact
+float product (Weight.matmul: tiles + BLAS), alternated in one run (best of --reps; CPU time at
+--threads 1, else wall time); per type and matrix, GFLOP/s of the one-term product and the other
+two's time over its (above 1: one term is faster).  Types whose kind has no such product are skipped.
 --ceiling: cycles per 512-bit vpdpbusd on one core, in instruction mixes built up towards the
 Q4_K multi-row product's inner loop (pure chains, broadcast operands, the nibble unpack, the float
 combine; tools/vnni_ceiling.py, which says what each mix is): what the product could reach.
@@ -278,6 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--joint", action="store_true",
                     help="a Q4_K Q|K beside a Q6_K V: one joint launch against two matvecs, alternated")
     ap.add_argument("--layers", type=int, default=16, help="layers of weights --joint visits in turn")
+    ap.add_argument("--rounded", action="store_true",
+                    help="a MoE prompt's rounded dense products: one int8 term against two and float")
     args = ap.parse_args(argv)
 
     kernels.set_num_threads(args.threads)
@@ -292,6 +302,9 @@ def main(argv=None) -> int:
         return 0
     if args.joint:
         joint_table(args)
+        return 0
+    if args.rounded:
+        rounded_table(args)
         return 0
     if args.ceiling:
         from vnni_ceiling import ceiling_table
@@ -557,6 +570,40 @@ def joint_table(args) -> None:
             t_old = min(t_old, best_time(lambda: [two_calls(g, ref) for g in groups], args.reps, 0.2, clock))
         nbytes = args.layers * groups[0].file_nbytes
         print(f"{label:24} {nbytes / t_new / 1e9:8.2f} {t_old / t_new:12.2f}", flush=True)
+
+
+def rounded_table(args) -> None:
+    """The --rounded table: per type and attention matrix of the MoE shape, a prompt batch's rounded
+    product of one int8 term against the matvec's rounding and the float product."""
+    from kernels.weight import Weight
+    rng = np.random.default_rng(0)
+    n = args.batch
+    types = args.types if args.types != ",".join(DEFAULT_TYPES) else "Q4_K,Q6_K"
+    clock = time.process_time if args.threads == 1 else time.perf_counter
+    print(f"threads={args.threads}: rounded prompt products of {n} rows, one int8 term against two "
+          f"(the matvec's rounding) and float (tiles + BLAS), alternated")
+    hdr = f"{'type':8} {'matrix':10} {'GFLOP/s':>8} {'x two terms':>12} {'x float':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    for name in types.split(","):
+        t = as_type(name.strip())
+        for rows, cols in ((2560, 1024), (512, 1024), (1024, 2048)):
+            W = Weight(random_tensor(t, rows, cols, rng), t, (rows, cols))
+            kind = W.kind
+            if kind.row_items(W.packed) is None or 1 not in getattr(kind, "row_terms", ()):
+                print(f"{t.name:8} {rows}x{cols}: no one-term multi-row product on this host")
+                break
+            X = rng.standard_normal((n, cols), dtype=np.float32)
+            out = np.empty((n, rows), np.float32)
+            one, two = (kind.rows_by_items(W.packed, terms=k) for k in (1, 2))
+            runs = {"one": lambda: one(X, out), "two": lambda: two(X, out), "float": lambda: W.matmul(X, out)}
+            best = dict.fromkeys(runs, float("inf"))
+            for _ in range(3):      # alternating
+                for key, f in runs.items():
+                    best[key] = min(best[key], best_time(f, args.reps, 0.1, clock))
+            rate = 2 * n * rows * cols / best["one"] / 1e9
+            print(f"{t.name:8} {f'{rows}x{cols}':10} {rate:8.1f} {best['two'] / best['one']:12.2f} "
+                  f"{best['float'] / best['one']:8.2f}", flush=True)
 
 
 def print_asm_summary() -> None:

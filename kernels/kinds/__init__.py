@@ -66,9 +66,8 @@ class Kind:
     # applied to all n rows by fused multiply-adds on the exact float32 activations, the worker
     # threads splitting the row tiles (tiled.fma_rows); None where the kind has no block decoder.
     small_matmul: Callable | None = None
-    # The kind's multi-row integer product (matmul_rows: the activations rounded per block as the
-    # matvec rounds them) beats the tiles + BLAS on a prompt batch on this host: what a prompt that
-    # accepts rounded activations takes (Weight.matmul's rounded).
+    # The kind's multi-row integer product (prompt_rows) beats the tiles + BLAS on a prompt batch on
+    # this host: what a prompt that accepts rounded activations takes (Weight.matmul's rounded).
     rows_prompt: bool = False
 
     def __repr__(self) -> str:
@@ -104,6 +103,14 @@ class Kind:
         combine: bit-identical), each block's quants unpacked once for several rows; out rows
         contiguous.  None where the kind has none (the caller runs the matvec per row)."""
         return None
+
+    def prompt_rows(self, p: Packed, simd: int = SIMD_BEST) -> Callable | None:
+        """product(X, out): out (n, rows) = X (n, cols) W^T for prompt rows that accept rounded
+        activations (Weight.matmul's rounded), where rows_prompt: the activations rounded as a
+        prompt's expert products round them (kinds.tiled.PROMPT_TERMS where the kind's multi-row
+        product takes them, else as the matvec: matmul_rows), each row's bits independent of the
+        other rows; None where rows_prompt is False (the caller keeps its float product)."""
+        return self.matmul_rows(p, simd) if self.rows_prompt else None
 
     def decode(self, p: Packed, ids: np.ndarray, out: np.ndarray) -> None:
         """Rows ids (int64) exactly into out (len(ids), cols) float32; serial (callers split rows)."""

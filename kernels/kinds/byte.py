@@ -44,6 +44,10 @@ float combine is q6_tile's (``fma(fma(sl, isum_lo, sh isum_hi), dx, aq)``, the o
 contracts the matvec's into), so each row keeps the matvec's bits.  (Splitting each x into two
 bytes for ``vpdpbusd`` gives the same 32 weight-activation products per 512-bit instruction, 64 byte
 products at two per weight, and would need 4 weights per lane: the int16 form keeps the layout.)
+A prompt's rows rounded to one int8 term (``tiled.PROMPT_TERMS``, ``row_activations(X, 1)``) take
+``vpdpbusd`` instead: the rebuilt q of pairs 2j and 2j + 1 joined per row (one 64-byte shuffle per 4
+weights of 16 rows, for all the rows) and one ``vpdpbusd`` per activation row by its broadcast 4
+bytes, half the multiply-adds of the int16 form; the offsets and the float combine are the same.
 
 Tile decoder (prompt matmul, AVX2 and F16C): a 32-byte group holds weights 2p, 2p+1 of 16 rows
 (loaded, or rebuilt from the two planes), shuffled into groups of 8 rows, widened to float32 and
@@ -63,7 +67,8 @@ from ..simd import HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, ISUM_ROWS, PORTABLE
 from ..types import GGMLType
 from . import Packed, register
 from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_ITEM_ROWS, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
-                    load_rows, nonneg, round_activations16, round_rows16, row_offsets, row_step, scale,
+                    load_rows, nonneg, round_activations16, round_rows, round_rows16, round_rows_parallel, row_offsets,
+                    row_step, scale,
                     share, shares, store_row_tiles, store_rows, store_tile, two_halves)
 
 f32 = np.float32
@@ -346,7 +351,8 @@ _q6_rows = rows_call("_q6_isums_rows", _emit_q6_rows, terms=1)
 def _q6_combine_intrinsic(rows: int):
     """An intrinsic (q, qo, h, ho, xq, xo, ldx, sl, sh, so, dx, xso, lds, xoff, xfo, ldf, aq): one
     32-weight block of a ``q6`` tile (planes at q[qo], h[ho]; scales at sl[so], sh[so]) times `rows`
-    int16 activation rows (row r at xq[xo + r ldx], its dx at dx[xso + r lds], its offset sums at
+    int16 activation rows (or int8 ones, the type of xq deciding: one term, vpdpbusd, see the module
+    docstring) (row r at xq[xo + r ldx], its dx at dx[xso + r lds], its offset sums at
     xoff[xfo + r ldf]), combined in registers: for row r and lane l, with the integer sums
     isum_lo, isum_hi of (q - 32) x over weights 0-15, 16-31,
     ``aq[R r + l] = fma(fma(sl, isum_lo, sh isum_hi), dx, aq[R r + l])``: q6_tile's combine (its
@@ -367,14 +373,16 @@ def _q6_combine_intrinsic(rows: int):
             v16f = ir.VectorType(f32t, 16)
             qp = byte_ptr(context, builder, aty[0], q, qo)
             hp = byte_ptr(context, builder, aty[2], h, ho)
+            xb = aty[4].dtype.bitwidth // 8          # bytes per activation: 2 (int16), 1 (one int8 term)
             xps = [byte_ptr(context, builder, aty[4], xq,
                             builder.mul(builder.add(xo, builder.mul(ldx, ir.Constant(ldx.type, r))),
-                                        ir.Constant(xo.type, 2))) for r in range(rows)]
+                                        ir.Constant(xo.type, xb))) for r in range(rows)]
             slp, shp = (byte_ptr(context, builder, aty[i], args[i], so) for i in (7, 8))
             dxp = builder.gep(data_ptr(context, builder, aty[10], dx, f32t), [xso])
             offp = builder.gep(data_ptr(context, builder, aty[13], xoff, I32), [xfo])
             aqp = data_ptr(context, builder, aty[16], aq, f32t)
             dpwssd = x86(builder, "llvm.x86.avx512.vpdpwssd.512", v16i32, v16i32, v16i32, v16i32)
+            dpbusd = x86(builder, "llvm.x86.avx512.vpdpbusd.512", v16i32, v16i32, v16i32, v16i32)
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f] * 3), "llvm.fma.v16f32")
             load = loader(builder)
             zero = ir.Constant(v16i32, [0] * 16)
@@ -392,11 +400,24 @@ def _q6_combine_intrinsic(rows: int):
                 # do not wait on one add's latency
                 chains = 2 if rows < 4 else 1
                 acc = [[[zero] * chains for _ in range(2)] for _ in range(rows)]
-                for p, v in _q6_groups(builder, load, qp, hp, r16):
-                    w = builder.bitcast(builder.zext(v, ir.VectorType(ir.IntType(16), 32)), v16i32)
-                    for r in range(rows):
-                        x = splat(builder, load(xps[r], 4 * p, I32), 16)
-                        acc[r][p // 8][p % chains] = dpwssd(acc[r][p // 8][p % chains], w, x)
+                if xb == 2:
+                    for p, v in _q6_groups(builder, load, qp, hp, r16):
+                        w = builder.bitcast(builder.zext(v, ir.VectorType(ir.IntType(16), 32)), v16i32)
+                        for r in range(rows):
+                            x = splat(builder, load(xps[r], 4 * p, I32), 16)
+                            acc[r][p // 8][p % chains] = dpwssd(acc[r][p // 8][p % chains], w, x)
+                else:
+                    # one int8 term: pairs 2j, 2j + 1 joined into weights 4j..4j+3 of each of the 16 rows
+                    # (one 512-bit vector, rows in order) and one vpdpbusd per activation row by its
+                    # broadcast 4 bytes: half the multiply-adds of the int16 form
+                    v = dict(_q6_groups(builder, load, qp, hp, r16))
+                    for j in range(8):
+                        w = builder.bitcast(builder.shuffle_vector(v[2 * j], v[2 * j + 1], ir.Constant(
+                            ir.VectorType(I32, 64), [2 * i + e + 32 * u for i in range(16) for u in (0, 1)
+                                                     for e in (0, 1)])), v16i32)
+                        for r in range(rows):
+                            x = splat(builder, load(xps[r], 4 * j, I32), 16)
+                            acc[r][j // 4][j % chains] = dpbusd(acc[r][j // 4][j % chains], w, x)
                 slv, shv = (builder.sitofp(load(sp, 16 * r16, ir.VectorType(I8, 16)), v16f) for sp in (slp, shp))
                 for r in range(rows):
                     sums = [acc[r][half][0] if chains == 1 else builder.add(*acc[r][half]) for half in range(2)]
@@ -433,7 +454,7 @@ def q6_combine_loop(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff
 
 def q6_combine_rows(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd):
     """One 32-weight block (planes at q[qo], h[ho], scales at sl[so], sh[so]) of a ``q6`` tile times
-    c int16 activation rows (row r at xq[xo + r ldx], its dx at dx[xso + r lds]; xoff the rows'
+    c int16 (or one-term int8) activation rows (row r at xq[xo + r ldx], its dx at dx[xso + r lds]; xoff the rows'
     offset_sums), added into the super-block sums aq (row r lane l at R r + l) exactly as q6_tile
     adds one row's: the VNNI form in registers (_q6_combine_intrinsic), the others through isum
     (>= 2 R c int32 scratch).  (Callable from Numba code only.)"""
@@ -463,11 +484,11 @@ def _q6_combine_rows_impl(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds
 
 @njit(cache=True, inline="always")
 def q6_isums_rows(q, qo, h, ho, xq, xo, ldx, xoff, c, out, simd):
-    """q6_isums for c activation rows at once (c = tiled.row_step's count), row r's int16
-    activations at ``xq[xo + r ldx]`` and its offset sums at ``xoff[(xo + r ldx) / 16 ..]``: its
+    """q6_isums for c activation rows at once (c = tiled.row_step's count), row r's int16 (or int8:
+    one term, the portable loop's sums) activations at ``xq[xo + r ldx]`` and its offset sums at ``xoff[(xo + r ldx) / 16 ..]``: its
     sums at ``out[2 R r:2 R (r + 1)]``, each row's exactly those of q6_isums (integer sums), the
     quants rebuilt from the two planes once for all the rows."""
-    if HOST_AVX2 and simd != PORTABLE:
+    if HOST_AVX2 and simd != PORTABLE and xq.itemsize == 2:     # one int8 term: the portable loop
         _q6_rows(q, qo, h, ho // 4, xq, xq, 2 * xo, 2 * ldx, c, out)
         for r in range(c):
             x = (xo + r * ldx) // 16
@@ -637,7 +658,7 @@ def matmul_rows_i8(qt, s_lo, s_hi, X, simd, Y):
 @njit(cache=True, inline="always")
 def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
     """Rows i0..i1-1 of the int16 activations (q6_round_rows', row i at xq[i cols]; xoff their
-    offset_sums) times one row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) into tile yt of
+    offset_sums; or q6_row_activations(X, 1)'s int8 ones, then not the matvec's bits) times one row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) into tile yt of
     rows i0..i1-1 of Y: each row bit-identical to matvec_q6 of it alone (the same integer sums and
     float combine, in the same order)."""
     nb = cols // 32
@@ -698,10 +719,15 @@ def q6_round_rows_parallel(X):
     return xq, dx, xoff
 
 
-def q6_row_activations(X: np.ndarray) -> tuple:
-    """q6_round_rows of X, split over the threads for a prompt batch (a parallel launch costs more than
-    rounding a decode step's few rows)."""
-    return (q6_round_rows_parallel if X.shape[0] > ROW_ITEM_ROWS else q6_round_rows)(X)
+def q6_row_activations(X: np.ndarray, terms: int = 2) -> tuple:
+    """q6_round_rows of X (terms 2: the matvec's int16 rounding), or its rows rounded to one int8 term
+    per 32-block (terms 1: tiled.round_rows(X, 1)'s xq and dx with their offset_sums), split over the
+    threads for a prompt batch (a parallel launch costs more than rounding a decode step's few rows)."""
+    many = X.shape[0] > ROW_ITEM_ROWS
+    if terms == 2:
+        return (q6_round_rows_parallel if many else q6_round_rows)(X)
+    xq, _, dx, _, _ = (round_rows_parallel if many else round_rows)(X, 1)
+    return xq, dx, offset_sums(xq)
 
 
 @njit(cache=True, inline="always")
@@ -894,9 +920,11 @@ class Q6Kind(ByteKind):
     qbytes = 16
     qdtype = np.uint8
     lane_planes = ("qt", "qh")
-    # rows_prompt stays False: on a MoE prompt's Q6_K attention projections the VNNI multi-row product
-    # (q6_combine_rows) is level with the float tiles at 512 rows and made the whole prompt slower
-    # (README, MoE speed)
+    # rows_prompt on AVX-512 VNNI hosts: a MoE prompt's rounded Q6_K products (attention V) take the
+    # multi-row product of one int8 term (row_terms), 1.2x the int16 form's speed and faster than the
+    # float tiles at 512 rows (MoE shape, tools/bench_kernels.py --rounded); the int16 form alone was
+    # level with the tiles there and made the whole prompt slower (README, MoE speed)
+    rows_prompt = SIMD_BEST == VNNI
 
     def extra_arrays(self, t, T, nb):
         return {"qh": np.zeros((T, nb * CRUMB), np.uint8),
@@ -919,6 +947,9 @@ class Q6Kind(ByteKind):
         a = self._arrays(p)
         return lambda act, tiles, r0, r1, yt, out: row_items_q6(*a, *act, tiles, r0, r1, yt, simd, out)
 
+    # one int8 term (a prompt's rows, tiled.PROMPT_TERMS) where the VNNI combine takes it
+    row_terms = (1, 2) if HOST_VNNI else (2,)
+
     def row_items(self, p: Packed, simd: int = SIMD_BEST):
         """The ROW_ITEMS product on AVX-512 VNNI hosts only (1.1-1.2x the float small-batch product on
         64-row groups); the AVX2 form (integer sums stored, then a float loop) ran at 0.45-0.52x of it
@@ -927,9 +958,9 @@ class Q6Kind(ByteKind):
         return self._rows_product(p, simd) if HOST_VNNI else None
 
     def row_activations(self, X: np.ndarray, terms: int = 2) -> tuple:
-        """q6_row_activations (terms not read: the int16 rounding is one term, one vpdpwssd per
-        weight pair; one int8 term would take as many)."""
-        return q6_row_activations(X)
+        """q6_row_activations: terms 2 the matvec's int16 rounding (one vpdpwssd per weight pair and
+        row), 1 one int8 term (one vpdpbusd per 4 weights and row, row_terms)."""
+        return q6_row_activations(X, terms)
 
     def decode(self, p: Packed, ids, out) -> None:
         decode_q6(*self._arrays(p), ids, out)

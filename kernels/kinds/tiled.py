@@ -64,6 +64,17 @@ ROW_TILE = 32
 # it, in one launch.
 # Float flags of the tiled matvecs: fused multiply-add, no reassociation (see the module docstring).
 FM = {"contract", "nsz", "arcp", "afn"}
+# The int8 activation terms per 32-block of a prompt's rounded products (a mixture-of-experts model's
+# prompt: its expert products, kernels.experts.mul_grouped, and its dense quantized products,
+# Weight.matmul's rounded), for the kinds whose multi-row product takes them (``TiledKind.row_terms``:
+# Q4_K, Q5_K): one, ggml's Q8_0 rounding (round_activations1, within max|x_block| / 254), so one
+# multiply-add (vpdpbusd, vpmaddubsw) per 4 weights instead of two; still finer than llama.cpp's one
+# int8 term per 256 values.  Decode steps keep their matvec's two terms: they are memory-bound, and one
+# term measured no faster there (one token's Q4_K gate|up and down at the MoE benchmark shape through
+# the one-term multi-row product, one row per slot: 1.01-1.04x and 0.95-1.32x the two-term matvecs'
+# time, 1 thread), so they keep the finer rounding; a prompt's rows then differ from the same tokens
+# decoded one by one, within the rounding's bound.  ``TiledKind.prompt_terms`` is each kind's choice.
+PROMPT_TERMS = 1
 
 
 @njit(cache=True, inline="always")
@@ -737,6 +748,19 @@ class TiledKind(Kind):
     # where the product also takes round_activations1's single term (row_activations(X, 1))
     row_terms: tuple[int, ...] = (2,)
 
+    @property
+    def prompt_terms(self) -> int:
+        """The int8 activation terms of the kind's prompt rows in a rounded product: PROMPT_TERMS where
+        its multi-row product takes them (row_terms), else the matvec's two."""
+        return PROMPT_TERMS if PROMPT_TERMS in self.row_terms else 2
+
+    def prompt_rows(self, p: Packed, simd: int = SIMD_BEST):
+        """Kind.prompt_rows: a kind with a ROW_ITEMS product runs it on the rows rounded to prompt_terms
+        terms (each row's bits those of its own call, whatever the batch)."""
+        if not self.rows_prompt or self.row_items(p, simd) is None:
+            return super().prompt_rows(p, simd)
+        return self.rows_by_items(p, simd, terms=self.prompt_terms)
+
     def row_activations(self, X: np.ndarray, terms: int = 2) -> tuple:
         """X (n, cols) rounded as the kind's matvec rounds each row (terms 2), or to one int8 term per
         32-block (terms 1, round_activations1: kinds with 1 in row_terms), the arrays row_items takes
@@ -744,17 +768,18 @@ class TiledKind(Kind):
         rounding)."""
         return (round_rows_parallel if X.shape[0] > ROW_ITEM_ROWS else round_rows)(X, terms)
 
-    def rows_by_items(self, p: Packed, simd: int = SIMD_BEST, product=None):
+    def rows_by_items(self, p: Packed, simd: int = SIMD_BEST, product=None, terms: int = 2):
         """matmul_rows from the kind's ROW_ITEMS product (row_items', or `product` of that form): runs
         of ROW_ITEM_ROWS rows times every tile, runs outermost (a run's activations stay in the cache
         while the tiles pass over them; a tile's rows times the whole batch would read all of a
-        prompt's activations once per tile), the rows rounded once, by all the threads."""
+        prompt's activations once per tile), the rows rounded once to `terms` int8 terms
+        (row_activations), by all the threads."""
         product = self.row_items(p, simd) if product is None else product
         T = p.arrays["qt"].shape[0]
 
         def run(X, out):
             items = expert_row_items(np.array([0, X.shape[0]], np.int64), T, ROW_ITEM_ROWS, get_num_threads())
-            product(self.row_activations(X), *items, out)
+            product(self.row_activations(X, terms), *items, out)
         return run
 
     def tile_product(self, p: Packed, simd: int = SIMD_BEST):
