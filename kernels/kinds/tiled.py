@@ -601,7 +601,7 @@ def round_activations16(x):
         amax = _block_absmax(x, o)
         inv = f32(32767) / amax if amax > 0 else f32(0)
         for k in range(32):
-            xq[o + k] = np.int16(_round_even(x[o + k] * inv))
+            xq[nonneg(o + k)] = np.int16(_round_even(x[nonneg(o + k)] * inv))
         dx[b] = amax / f32(32767)
     return xq, dx
 
