@@ -305,13 +305,64 @@ def _round_even(u):
 
 
 @njit(cache=True, inline="always")
+def _larger(a, m):
+    """a if a > m else m: a running maximum's step (a NaN is never taken)."""
+    return a if a > m else m
+
+
+@njit(cache=True, inline="always")
 def _block_absmax(x, o):
-    """max |x[o:o+32]| (0 for a zero block)."""
-    amax = f32(0)
-    for k in range(32):
-        a = abs(x[o + k])
-        amax = a if a > amax else amax
-    return amax
+    """max |x[o:o+32]| (0 for a zero block; NaNs skipped) as eight running maxima of every eighth
+    value, then combined: the same value as one running maximum over the block (a maximum is
+    exact whatever the order), without a 32-long chain of dependent compares."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = f32(0)
+    for k in range(0, 32, 8):
+        i = o + k
+        m0 = _larger(abs(x[nonneg(i)]), m0)
+        m1 = _larger(abs(x[nonneg(i + 1)]), m1)
+        m2 = _larger(abs(x[nonneg(i + 2)]), m2)
+        m3 = _larger(abs(x[nonneg(i + 3)]), m3)
+        m4 = _larger(abs(x[nonneg(i + 4)]), m4)
+        m5 = _larger(abs(x[nonneg(i + 5)]), m5)
+        m6 = _larger(abs(x[nonneg(i + 6)]), m6)
+        m7 = _larger(abs(x[nonneg(i + 7)]), m7)
+    return _larger(_larger(_larger(m7, m3), _larger(m5, m1)), _larger(_larger(m6, m2), _larger(m4, m0)))
+
+
+@njit(cache=True, fastmath=False)   # exact: never the calling kernel's flags
+def round_into(x, xq, xr, qo, dx, dr, xs):
+    """round_activations (two int8 terms) of x (32 nb,) f32 into the caller's arrays: xq, xr at
+    [qo: qo + 32 nb] (int8), dx, dr, xs (nb,) float32; where xr is empty, round_activations1 (one
+    term: xq, dx, xs; dr unused).  Written in place, so a batch's rows go straight into
+    round_rows' arrays."""
+    nb = x.size // 32
+    two = xr.size > 0
+    for b in range(nb):
+        o = 32 * b
+        amax = _block_absmax(x, o)
+        inv = f32(127) / amax if amax > 0 else f32(0)
+        sq = np.int32(0)
+        sr = np.int32(0)
+        if two:
+            for k in range(32):
+                u = x[nonneg(o + k)] * inv           # in units of dx: |u| <= 127
+                v = _round_even(u)
+                w = _round_even((u - v) * f32(254))  # the remainder in units of dr: |w| <= 127
+                xq[nonneg(qo + o + k)] = np.int8(v)
+                xr[nonneg(qo + o + k)] = np.int8(w)
+                sq += np.int32(v)
+                sr += np.int32(w)
+        else:
+            for k in range(32):
+                v = _round_even(x[nonneg(o + k)] * inv)
+                xq[nonneg(qo + o + k)] = np.int8(v)
+                sq += np.int32(v)
+        dx[b] = amax / f32(127)
+        if two:
+            dr[b] = amax / f32(127 * 254)
+            xs[b] = dx[b] * f32(sq) + dr[b] * f32(sr)
+        else:
+            xs[b] = dx[b] * f32(sq)
 
 
 @njit(cache=True, fastmath=False)   # exact: never the calling kernel's flags
@@ -327,23 +378,7 @@ def round_activations(x):
     dx = np.empty(nb, np.float32)
     dr = np.empty(nb, np.float32)
     xs = np.empty(nb, np.float32)
-    for b in range(nb):
-        o = 32 * b
-        amax = _block_absmax(x, o)
-        inv = f32(127) / amax if amax > 0 else f32(0)
-        sq = np.int32(0)
-        sr = np.int32(0)
-        for k in range(32):
-            u = x[o + k] * inv                   # in units of dx: |u| <= 127
-            v = _round_even(u)
-            w = _round_even((u - v) * f32(254))  # the remainder in units of dr: |w| <= 127
-            xq[o + k] = np.int8(v)
-            xr[o + k] = np.int8(w)
-            sq += np.int32(v)
-            sr += np.int32(w)
-        dx[b] = amax / f32(127)
-        dr[b] = amax / f32(127 * 254)
-        xs[b] = dx[b] * f32(sq) + dr[b] * f32(sr)
+    round_into(x, xq, xr, 0, dx, dr, xs)
     return xq, xr, dx, dr, xs
 
 
@@ -359,17 +394,7 @@ def round_activations1(x):
     xq = np.empty(x.size, np.int8)
     dx = np.empty(nb, np.float32)
     xs = np.empty(nb, np.float32)
-    for b in range(nb):
-        o = 32 * b
-        amax = _block_absmax(x, o)
-        inv = f32(127) / amax if amax > 0 else f32(0)
-        sq = np.int32(0)
-        for k in range(32):
-            v = _round_even(x[o + k] * inv)
-            xq[o + k] = np.int8(v)
-            sq += np.int32(v)
-        dx[b] = amax / f32(127)
-        xs[b] = dx[b] * f32(sq)
+    round_into(x, xq, xq[:0], 0, dx, dx[:0], xs)
     return xq, dx, xs
 
 
@@ -387,16 +412,7 @@ def _rows_arrays(X, terms):
 def _round_row(X, i, xq, xr, dx, dr, xs):
     """round_activations (round_activations1 where xr is empty) of row i of X into row i of
     round_rows' arrays."""
-    cols = X.shape[1]
-    if xr.size == 0:
-        q, a, s = round_activations1(X[i])
-    else:
-        q, r, a, b, s = round_activations(X[i])
-        xr[i * cols:(i + 1) * cols] = r
-        dr[i] = b
-    xq[i * cols:(i + 1) * cols] = q
-    dx[i] = a
-    xs[i] = s
+    round_into(X[i], xq, xr, i * X.shape[1], dx[i], dr[i], xs[i])
 
 
 @njit(cache=True, fastmath=False)   # exact: never the calling kernel's flags
@@ -585,7 +601,7 @@ def round_activations16(x):
         amax = _block_absmax(x, o)
         inv = f32(32767) / amax if amax > 0 else f32(0)
         for k in range(32):
-            xq[o + k] = np.int16(_round_even(x[o + k] * inv))
+            xq[nonneg(o + k)] = np.int16(_round_even(x[nonneg(o + k)] * inv))
         dx[b] = amax / f32(32767)
     return xq, dx
 
