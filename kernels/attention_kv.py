@@ -1293,6 +1293,41 @@ def round_group(typingctx, w, wo, xq, xr, qo, dr, sx, i):
     return sig, codegen
 
 
+@njit(cache=True, inline="always")
+def _chain(r0, k, R, nb, Np):
+    """(head, offset of its block column's minima) of sum r0 + k of ``_minimum_terms`` (the last
+    sum again past R: a chain computed and dropped)."""
+    r = min(r0 + k, R - 1)
+    return r // nb, (r % nb) * Np
+
+
+@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
+def _minimum_terms(p, m, Np, count, G, nb, M):
+    """M[g nb + b] = sum_j p[g, j] m[b Np + j] over j < count, each sum one chain of ``fma32`` in
+    the order of j (from 0), four sums at a time whose chains interleave: each multiply-add waits
+    on its own sum's previous one only, so four are in flight where a single chain would wait on
+    every one's latency (the same operations in the same order: the same bits)."""
+    R = G * nb
+    for r0 in range(0, R, 4):
+        g0, o0 = _chain(r0, 0, R, nb, Np)
+        g1, o1 = _chain(r0, 1, R, nb, Np)
+        g2, o2 = _chain(r0, 2, R, nb, Np)
+        g3, o3 = _chain(r0, 3, R, nb, Np)
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for j in range(count):
+            s0 = fma32(p[g0, j], m[o0 + j], s0)
+            s1 = fma32(p[g1, j], m[o1 + j], s1)
+            s2 = fma32(p[g2, j], m[o2 + j], s2)
+            s3 = fma32(p[g3, j], m[o3 + j], s3)
+        M[r0] = s0
+        if r0 + 1 < R:
+            M[r0 + 1] = s1
+        if r0 + 2 < R:
+            M[r0 + 2] = s2
+        if r0 + 3 < R:
+            M[r0 + 3] = s3
+
+
 @njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})   # never reassociated: the rounding
 def round_weights(t, v, off, stride, count, p, G, nb):
     """The weights of ``value_isums`` for G heads' softmax weights p (>= G, >= count) over
@@ -1331,16 +1366,15 @@ def round_weights(t, v, off, stride, count, p, G, nb):
                 m[b * Np + j] = _half_bits(h[hj + np.uint64(b) * hb + np.uint64(1)])
     for j in range(count, Np):
         w[j] = 0.0
+    if has_m:
+        _minimum_terms(p, m, Np, count, G, nb, M)
+    else:
+        M[:] = 0.0
     for g in range(G):
         for b in range(nb):
             r = g * nb + b
             for j in range(count):
                 w[j] = p[g, j] * d[b * Np + j]
-            s = np.float32(0.0)
-            if has_m:
-                for j in range(count):
-                    s = fma32(p[g, j], m[b * Np + j], s)
-            M[r] = s
             for grp in range(ng):
                 round_group(w, grp * VALUE_GROUP, xq, xr, r * Np + grp * VALUE_GROUP, dr, sx, r * ng + grp)
     return xq, xr, dr, sx, M
