@@ -345,9 +345,10 @@ def heads_per_call(G):
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
-def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
+def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
+                    pvbytes):
     """The portable form of ``key_scores`` (the same integer sums and float operations, in the
-    same order: identical results)."""
+    same order: identical results; no prefetches)."""
     u = np.empty(32, np.int32)
     acc = np.empty(n, np.float32)
     c = OFFSET[t]
@@ -483,9 +484,9 @@ def prefetch(typingctx, a, off, nbytes):
     return sig, codegen
 
 
-def prefetch_ahead(builder, rp, stride, nbytes):
+def prefetch_ahead(builder, rp, stride, nbytes, locality=3):
     """IR: prefetch_row of the nbytes (i64) at PREFETCH_ROWS rows (of stride bytes) past i8* rp."""
-    prefetch_row(builder, builder.gep(rp, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]), nbytes)
+    prefetch_row(builder, builder.gep(rp, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]), nbytes, locality)
 
 
 def strided_rows(builder, count, stride, row_bytes, row, prefetches=True):
@@ -507,12 +508,14 @@ def strided_rows(builder, count, stride, row_bytes, row, prefetches=True):
                     row(loop.index, pf)
 
 
-def prefetch_row(builder, p, nbytes):
-    """IR: read prefetches (to every cache level) of the nbytes (i64) from i8* p, one per 64-byte line."""
+def prefetch_row(builder, p, nbytes, locality=3):
+    """IR: read prefetches of the nbytes (i64) from i8* p, one per 64-byte line: to every cache
+    level (locality 3), or to the L2 cache and beyond only (2: prefetcht1, for rows read after
+    the current loop, which would otherwise push its own data out of the L1)."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32,
                                                                                          I32]), "llvm.prefetch.p0i8")
     with cgutils.for_range_slice(builder, ir.Constant(I64, 0), nbytes, ir.Constant(I64, 64)) as (i, _):
-        builder.call(fn, [builder.gep(p, [i]), ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+        builder.call(fn, [builder.gep(p, [i]), ir.Constant(I32, 0), ir.Constant(I32, locality), ir.Constant(I32, 1)])
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
@@ -801,21 +804,26 @@ def _block_products(builder, load, t):
 
 
 def _key_scores_ir(t, n):
-    """The intrinsic (k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo) of
-    ``key_scores`` for type t and n (1 or HEAD_GROUP) heads, a loop over the rows: per block, the
+    """The intrinsic (k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
+    pvstride, pvbytes) of ``key_scores`` for type t and n (1 or HEAD_GROUP) heads, a loop over the
+    rows, each prefetching the pvbytes of value row j + PREFETCH_ROWS (pv + pvoff + that row times
+    pvstride) meanwhile, so that the value sums find them in the L2 cache: per block, the
     quants unpacked once into a <32 x i8> vector, each head's two terms multiplied in by
     ``_block_products`` (four products summed into each int32 lane: AVX-512VL VNNI's vpdpbusd, or
     AVX2's vpmaddubsw and vpmaddwd), the lanes' totals by a vphaddd tree, then the float combine
     on the n heads at once."""
 
-    def ks(typingctx, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
-        sig = types.void(k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo)
+    def ks(typingctx, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
+           pvbytes):
+        sig = types.void(k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
+                         pvbytes)
 
         def codegen(context, builder, signature, args):
-            k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo = args
+            k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride, pvbytes = args
             aty = signature.args
-            off, stride, count, nb, xo, hd, so, oo, ldo = (_i64(builder, v) for v in
-                                                          (off, stride, count, nb, xo, hd, so, oo, ldo))
+            off, stride, count, nb, xo, hd, so, oo, ldo, pvoff, pvstride, pvbytes = (
+                _i64(builder, v) for v in (off, stride, count, nb, xo, hd, so, oo, ldo, pvoff, pvstride, pvbytes))
+            pvbase = builder.gep(data_ptr(context, builder, aty[15], pv, I8), [pvoff])
             load = loader(builder)
             hadd = x86(builder, "llvm.x86.avx2.phadd.d", V8I32, V8I32, V8I32)
             quants = _block_products(builder, load, t)
@@ -845,6 +853,7 @@ def _key_scores_ir(t, n):
                 rbase = builder.gep(kbase, [builder.mul(j, stride)])
                 if pf:
                     prefetch_ahead(builder, rbase, stride, row_bytes)
+                prefetch_ahead(builder, builder.gep(pvbase, [builder.mul(j, pvstride)]), pvstride, pvbytes, 2)
                 builder.store(ir.Constant(vf, [0.0] * n), accp)
                 with cgutils.for_range(builder, nb) as loop:
                     b = loop.index
@@ -1106,13 +1115,15 @@ def _type_switch(make, n, floats: bool = False):
 
 
 def key_scores(t, n, simd, *args):
-    """key_scores(t, n, simd, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
+    """key_scores(t, n, simd, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
+    pvstride, pvbytes):
     the scores of ``count`` key rows of nb blocks of type t (an integer type), row j at
     k[off + j stride], for n (1 or HEAD_GROUP) query heads rounded by ``round_query``, head g's
     terms at xq[xo + g hd + 32 b] (xr alike) and its block b's dr, sx at [so + b n + g]:
     out[oo + g ldo + j] = the sum over the row's blocks of d dr (S - c SX)
     (+ m dr SX for the types with a minimum), S the exact integer sum (see the section comment).
-    simd: by vpdpbusd where the host has AVX-512 VNNI, by vpmaddubsw and vpmaddwd where it has
+    With row j the pvbytes bytes at pv[pvoff + (j + PREFETCH_ROWS) pvstride] are prefetched (the
+    value rows of the same positions, read next; pvbytes 0: none).  simd: by vpdpbusd where the host has AVX-512 VNNI, by vpmaddubsw and vpmaddwd where it has
     AVX2 (and F16C), else the portable loop; the same results (the same integers).
     (Callable from Numba code only.)"""
     raise NotImplementedError("key_scores runs inside Numba kernels")
@@ -1205,10 +1216,13 @@ def rounded_query(qs: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd):
+def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows):
     """s[g, j - lo] = the scores of keys j = lo..hi-1 of kv head kvh (type t, an integer type) for
-    the query heads rounded by ``round_query`` (rq), through ``key_scores``.  s: (Gp, >= hi - lo),
-    C order, a row for every head of rq including the padding ones."""
+    the query heads rounded by ``round_query`` (rq), through ``key_scores``, which prefetches kv
+    head kvh's value rows lo..hi-1 (v_rows (C, Hkv, rb_v), of any type) into the L2 cache
+    meanwhile, where they are strided by PREFETCH_MIN_STRIDE bytes or more (several kv heads;
+    elsewhere the hardware prefetchers follow them): the key sums' work hides their reads from
+    memory.  s: (Gp, >= hi - lo), C order, a row for every head of rq including the padding ones."""
     xq, xr, dr, sx = rq
     Gp, lds = s.shape
     if Gp * hd != xq.size or lds < hi - lo:
@@ -1218,9 +1232,12 @@ def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd):
     C, Hkv, rb = k_rows.shape
     k = k_rows.reshape(C * Hkv * rb)
     o = s.reshape(Gp * lds)
+    rbv = v_rows.shape[2]
+    v = v_rows.reshape(v_rows.shape[0] * Hkv * rbv)
+    pv = rbv if Hkv > 1 and Hkv * rbv >= PREFETCH_MIN_STRIDE else 0
     for g0 in range(0, Gp, n):
         key_scores(t, n, simd, k, (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, nb, xq, xr, g0 * hd, hd, dr, sx,
-                   g0 * nb, o, g0 * lds, lds)
+                   g0 * nb, o, g0 * lds, lds, v, (lo * Hkv + kvh) * rbv, Hkv * rbv, pv if g0 == 0 else 0)
 
 
 @njit(cache=True, inline="always")
@@ -1480,7 +1497,7 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     G, hd = qs.shape
     T = tile.shape[0]
     if is_int_type(tk):
-        scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd)
+        scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows)
     elif hd % KEY_PIECE != 0:
         for j0 in range(lo, hi, T):
             j1 = min(j0 + T, hi)
