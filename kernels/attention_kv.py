@@ -225,7 +225,9 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # vpmaddwd's (int16 pair sums: Q8_0's and IQ4_NL's values taken signed, S - c SX directly, as
 # their magnitudes times the query with their signs, so that no pair sum saturates), each
 # block's quants unpacked once for a group of HEAD_GROUP query heads (grouped-query attention:
-# the heads of one kv head share every key block read), the key loop inside the vector kernel.
+# the heads of one kv head share every key block read), the key loop inside the vector kernel,
+# which meanwhile prefetches the same positions' value rows into the L2 cache where several kv
+# heads stride them (the key sums' work hides the value sums' reads from memory).
 # The weighted values are summed one block column at a time.  On hosts with AVX-512 VNNI
 # (``int_values``) as integers along the positions: each head's weight of position j times the
 # block's scale, w_j = p_j d_j (its sign too), is rounded per VALUE_GROUP positions to two int8
@@ -1130,8 +1132,9 @@ def key_scores(t, n, simd, *args):
     out[oo + g ldo + j] = the sum over the row's blocks of d dr (S - c SX)
     (+ m dr SX for the types with a minimum), S the exact integer sum (see the section comment).
     With row j the pvbytes bytes at pv[pvoff + (j + PREFETCH_ROWS) pvstride] are prefetched (the
-    value rows of the same positions, read next; pvbytes 0: none).  simd: by vpdpbusd where the host has AVX-512 VNNI, by vpmaddubsw and vpmaddwd where it has
-    AVX2 (and F16C), else the portable loop; the same results (the same integers).
+    value rows of the same positions, read next; pvbytes 0: none).  simd: by vpdpbusd where the
+    host has AVX-512 VNNI, by vpmaddubsw and vpmaddwd where it has AVX2 (and F16C), else the
+    portable loop; the same results (the same integers).
     (Callable from Numba code only.)"""
     raise NotImplementedError("key_scores runs inside Numba kernels")
 

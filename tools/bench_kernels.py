@@ -2,7 +2,7 @@
 
     python tools/bench_kernels.py [--threads N] [--types Q4_1,Q8_0,...] [--reps R] [--batch 512]
     python tools/bench_kernels.py --small-batch [--threads N] [--types Q4_0,Q4_K,...] [--rows 2,4,8,16]
-    python tools/bench_kernels.py --attention [--threads N] [--ctx 4096] [--types F16,Q8_0,Q4_0]
+    python tools/bench_kernels.py --attention [--threads N] [--ctx 4096] [--types F16,Q8_0,Q4_0] [--parts]
     python tools/bench_kernels.py --prompt-attention [--threads N] [--batch 512] [--types F16,F32]
     python tools/bench_kernels.py --forms [--threads 1] [--types Q4_0,Q4_K,IQ4_XS,Q8_0]
     python tools/bench_kernels.py --experts [--threads N] [--types Q4_K,Q6_K,MXFP4] [--tokens 1,64,512]
@@ -44,6 +44,8 @@ is read from memory as in a real decode step, not from the CPU's caches):
                 the matvec reads weights from memory
 At --threads 1 both are timed in CPU seconds of the process (which a shared machine's
 time-slicing leaves out), else in wall time.
+--parts adds a step's key scores, softmax and value sums (us; one thread's run of the same
+work items, stopped after each part in turn: the differences of the three times).
 
 --prompt-attention: a prompt's causal self-attention alone (CPUBackend.attention of --batch new
 tokens at position 0, the BLAS path) for the head layouts of the MoE benchmark shape (16 heads, 4 kv
