@@ -225,7 +225,9 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # vpmaddwd's (int16 pair sums: Q8_0's and IQ4_NL's values taken signed, S - c SX directly, as
 # their magnitudes times the query with their signs, so that no pair sum saturates), each
 # block's quants unpacked once for a group of HEAD_GROUP query heads (grouped-query attention:
-# the heads of one kv head share every key block read), the key loop inside the vector kernel.
+# the heads of one kv head share every key block read), the key loop inside the vector kernel,
+# which meanwhile prefetches the same positions' value rows into the L2 cache where several kv
+# heads stride them (the key sums' work hides the value sums' reads from memory).
 # The weighted values are summed one block column at a time.  On hosts with AVX-512 VNNI
 # (``int_values``) as integers along the positions: each head's weight of position j times the
 # block's scale, w_j = p_j d_j (its sign too), is rounded per VALUE_GROUP positions to two int8
@@ -345,9 +347,10 @@ def heads_per_call(G):
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
-def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
+def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
+                    pvbytes):
     """The portable form of ``key_scores`` (the same integer sums and float operations, in the
-    same order: identical results)."""
+    same order: identical results; no prefetches)."""
     u = np.empty(32, np.int32)
     acc = np.empty(n, np.float32)
     c = OFFSET[t]
@@ -483,9 +486,9 @@ def prefetch(typingctx, a, off, nbytes):
     return sig, codegen
 
 
-def prefetch_ahead(builder, rp, stride, nbytes):
+def prefetch_ahead(builder, rp, stride, nbytes, locality=3):
     """IR: prefetch_row of the nbytes (i64) at PREFETCH_ROWS rows (of stride bytes) past i8* rp."""
-    prefetch_row(builder, builder.gep(rp, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]), nbytes)
+    prefetch_row(builder, builder.gep(rp, [builder.mul(stride, ir.Constant(I64, PREFETCH_ROWS))]), nbytes, locality)
 
 
 def strided_rows(builder, count, stride, row_bytes, row, prefetches=True):
@@ -507,12 +510,14 @@ def strided_rows(builder, count, stride, row_bytes, row, prefetches=True):
                     row(loop.index, pf)
 
 
-def prefetch_row(builder, p, nbytes):
-    """IR: read prefetches (to every cache level) of the nbytes (i64) from i8* p, one per 64-byte line."""
+def prefetch_row(builder, p, nbytes, locality=3):
+    """IR: read prefetches of the nbytes (i64) from i8* p, one per 64-byte line: to every cache
+    level (locality 3), or to the L2 cache and beyond only (2: prefetcht1, for rows read after
+    the current loop, which would otherwise push its own data out of the L1)."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32,
                                                                                          I32]), "llvm.prefetch.p0i8")
     with cgutils.for_range_slice(builder, ir.Constant(I64, 0), nbytes, ir.Constant(I64, 64)) as (i, _):
-        builder.call(fn, [builder.gep(p, [i]), ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+        builder.call(fn, [builder.gep(p, [i]), ir.Constant(I32, 0), ir.Constant(I32, locality), ir.Constant(I32, 1)])
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
@@ -801,21 +806,26 @@ def _block_products(builder, load, t):
 
 
 def _key_scores_ir(t, n):
-    """The intrinsic (k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo) of
-    ``key_scores`` for type t and n (1 or HEAD_GROUP) heads, a loop over the rows: per block, the
+    """The intrinsic (k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
+    pvstride, pvbytes) of ``key_scores`` for type t and n (1 or HEAD_GROUP) heads, a loop over the
+    rows, each prefetching the pvbytes of value row j + PREFETCH_ROWS (pv + pvoff + that row times
+    pvstride) meanwhile, so that the value sums find them in the L2 cache: per block, the
     quants unpacked once into a <32 x i8> vector, each head's two terms multiplied in by
     ``_block_products`` (four products summed into each int32 lane: AVX-512VL VNNI's vpdpbusd, or
     AVX2's vpmaddubsw and vpmaddwd), the lanes' totals by a vphaddd tree, then the float combine
     on the n heads at once."""
 
-    def ks(typingctx, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
-        sig = types.void(k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo)
+    def ks(typingctx, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
+           pvbytes):
+        sig = types.void(k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
+                         pvbytes)
 
         def codegen(context, builder, signature, args):
-            k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo = args
+            k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride, pvbytes = args
             aty = signature.args
-            off, stride, count, nb, xo, hd, so, oo, ldo = (_i64(builder, v) for v in
-                                                          (off, stride, count, nb, xo, hd, so, oo, ldo))
+            off, stride, count, nb, xo, hd, so, oo, ldo, pvoff, pvstride, pvbytes = (
+                _i64(builder, v) for v in (off, stride, count, nb, xo, hd, so, oo, ldo, pvoff, pvstride, pvbytes))
+            pvbase = builder.gep(data_ptr(context, builder, aty[15], pv, I8), [pvoff])
             load = loader(builder)
             hadd = x86(builder, "llvm.x86.avx2.phadd.d", V8I32, V8I32, V8I32)
             quants = _block_products(builder, load, t)
@@ -841,10 +851,12 @@ def _key_scores_ir(t, n):
 
             row_bytes = builder.mul(nb, ir.Constant(I64, int(BLOCK_BYTES[t])))
 
-            def row(j, pf):
+            def row(j, pf, pfv):
                 rbase = builder.gep(kbase, [builder.mul(j, stride)])
                 if pf:
                     prefetch_ahead(builder, rbase, stride, row_bytes)
+                if pfv:
+                    prefetch_ahead(builder, builder.gep(pvbase, [builder.mul(j, pvstride)]), pvstride, pvbytes, 2)
                 builder.store(ir.Constant(vf, [0.0] * n), accp)
                 with cgutils.for_range(builder, nb) as loop:
                     b = loop.index
@@ -885,7 +897,13 @@ def _key_scores_ir(t, n):
                 for g in range(n):
                     dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
                     builder.store(builder.extract_element(acc, ir.Constant(I32, g)), dst)
-            strided_rows(builder, count, stride, row_bytes, row, t != 8)   # Q8_0: slower with them
+            # the loops with and without the value rows' prefetches (a loop that tests for them
+            # measured slower where there are none)
+            with builder.if_else(builder.icmp_signed(">", pvbytes, ir.Constant(I64, 0))) as (then, otherwise):
+                for branch, pfv in ((then, True), (otherwise, False)):
+                    with branch:
+                        strided_rows(builder, count, stride, row_bytes, lambda j, pf: row(j, pf, pfv),
+                                     t != 8)                   # Q8_0: slower with the keys' prefetches
             return context.get_dummy_value()
 
         return sig, codegen
@@ -1106,14 +1124,17 @@ def _type_switch(make, n, floats: bool = False):
 
 
 def key_scores(t, n, simd, *args):
-    """key_scores(t, n, simd, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo):
+    """key_scores(t, n, simd, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
+    pvstride, pvbytes):
     the scores of ``count`` key rows of nb blocks of type t (an integer type), row j at
     k[off + j stride], for n (1 or HEAD_GROUP) query heads rounded by ``round_query``, head g's
     terms at xq[xo + g hd + 32 b] (xr alike) and its block b's dr, sx at [so + b n + g]:
     out[oo + g ldo + j] = the sum over the row's blocks of d dr (S - c SX)
     (+ m dr SX for the types with a minimum), S the exact integer sum (see the section comment).
-    simd: by vpdpbusd where the host has AVX-512 VNNI, by vpmaddubsw and vpmaddwd where it has
-    AVX2 (and F16C), else the portable loop; the same results (the same integers).
+    With row j the pvbytes bytes at pv[pvoff + (j + PREFETCH_ROWS) pvstride] are prefetched (the
+    value rows of the same positions, read next; pvbytes 0: none).  simd: by vpdpbusd where the
+    host has AVX-512 VNNI, by vpmaddubsw and vpmaddwd where it has AVX2 (and F16C), else the
+    portable loop; the same results (the same integers).
     (Callable from Numba code only.)"""
     raise NotImplementedError("key_scores runs inside Numba kernels")
 
@@ -1205,10 +1226,13 @@ def rounded_query(qs: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd):
+def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows):
     """s[g, j - lo] = the scores of keys j = lo..hi-1 of kv head kvh (type t, an integer type) for
-    the query heads rounded by ``round_query`` (rq), through ``key_scores``.  s: (Gp, >= hi - lo),
-    C order, a row for every head of rq including the padding ones."""
+    the query heads rounded by ``round_query`` (rq), through ``key_scores``, which prefetches kv
+    head kvh's value rows lo..hi-1 (v_rows (C, Hkv, rb_v), of any type) into the L2 cache
+    meanwhile, where they are strided by PREFETCH_MIN_STRIDE bytes or more (several kv heads;
+    elsewhere the hardware prefetchers follow them): the key sums' work hides their reads from
+    memory.  s: (Gp, >= hi - lo), C order, a row for every head of rq including the padding ones."""
     xq, xr, dr, sx = rq
     Gp, lds = s.shape
     if Gp * hd != xq.size or lds < hi - lo:
@@ -1218,9 +1242,12 @@ def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd):
     C, Hkv, rb = k_rows.shape
     k = k_rows.reshape(C * Hkv * rb)
     o = s.reshape(Gp * lds)
+    rbv = v_rows.shape[2]
+    v = v_rows.reshape(v_rows.shape[0] * Hkv * rbv)
+    pv = rbv if Hkv > 1 and Hkv * rbv >= PREFETCH_MIN_STRIDE else 0
     for g0 in range(0, Gp, n):
         key_scores(t, n, simd, k, (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, nb, xq, xr, g0 * hd, hd, dr, sx,
-                   g0 * nb, o, g0 * lds, lds)
+                   g0 * nb, o, g0 * lds, lds, v, (lo * Hkv + kvh) * rbv, Hkv * rbv, pv if g0 == 0 else 0)
 
 
 @njit(cache=True, inline="always")
@@ -1293,6 +1320,41 @@ def round_group(typingctx, w, wo, xq, xr, qo, dr, sx, i):
     return sig, codegen
 
 
+@njit(cache=True, inline="always")
+def _chain(r0, k, R, nb, Np):
+    """(head, offset of its block column's minima) of sum r0 + k of ``_minimum_terms`` (the last
+    sum again past R: a chain computed and dropped)."""
+    r = min(r0 + k, R - 1)
+    return r // nb, (r % nb) * Np
+
+
+@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
+def _minimum_terms(p, m, Np, count, G, nb, M):
+    """M[g nb + b] = sum_j p[g, j] m[b Np + j] over j < count, each sum one chain of ``fma32`` in
+    the order of j (from 0), four sums at a time whose chains interleave: each multiply-add waits
+    on its own sum's previous one only, so four are in flight where a single chain would wait on
+    every one's latency (the same operations in the same order: the same bits)."""
+    R = G * nb
+    for r0 in range(0, R, 4):
+        g0, o0 = _chain(r0, 0, R, nb, Np)
+        g1, o1 = _chain(r0, 1, R, nb, Np)
+        g2, o2 = _chain(r0, 2, R, nb, Np)
+        g3, o3 = _chain(r0, 3, R, nb, Np)
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for j in range(count):
+            s0 = fma32(p[g0, j], m[o0 + j], s0)
+            s1 = fma32(p[g1, j], m[o1 + j], s1)
+            s2 = fma32(p[g2, j], m[o2 + j], s2)
+            s3 = fma32(p[g3, j], m[o3 + j], s3)
+        M[r0] = s0
+        if r0 + 1 < R:
+            M[r0 + 1] = s1
+        if r0 + 2 < R:
+            M[r0 + 2] = s2
+        if r0 + 3 < R:
+            M[r0 + 3] = s3
+
+
 @njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})   # never reassociated: the rounding
 def round_weights(t, v, off, stride, count, p, G, nb):
     """The weights of ``value_isums`` for G heads' softmax weights p (>= G, >= count) over
@@ -1331,16 +1393,15 @@ def round_weights(t, v, off, stride, count, p, G, nb):
                 m[b * Np + j] = _half_bits(h[hj + np.uint64(b) * hb + np.uint64(1)])
     for j in range(count, Np):
         w[j] = 0.0
+    if has_m:
+        _minimum_terms(p, m, Np, count, G, nb, M)
+    else:
+        M[:] = 0.0
     for g in range(G):
         for b in range(nb):
             r = g * nb + b
             for j in range(count):
                 w[j] = p[g, j] * d[b * Np + j]
-            s = np.float32(0.0)
-            if has_m:
-                for j in range(count):
-                    s = fma32(p[g, j], m[b * Np + j], s)
-            M[r] = s
             for grp in range(ng):
                 round_group(w, grp * VALUE_GROUP, xq, xr, r * Np + grp * VALUE_GROUP, dr, sx, r * ng + grp)
     return xq, xr, dr, sx, M
@@ -1446,7 +1507,7 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     G, hd = qs.shape
     T = tile.shape[0]
     if is_int_type(tk):
-        scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd)
+        scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows)
     elif hd % KEY_PIECE != 0:
         for j0 in range(lo, hi, T):
             j1 = min(j0 + T, hi)

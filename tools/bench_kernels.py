@@ -2,7 +2,7 @@
 
     python tools/bench_kernels.py [--threads N] [--types Q4_1,Q8_0,...] [--reps R] [--batch 512]
     python tools/bench_kernels.py --small-batch [--threads N] [--types Q4_0,Q4_K,...] [--rows 2,4,8,16]
-    python tools/bench_kernels.py --attention [--threads N] [--ctx 4096] [--types F16,Q8_0,Q4_0]
+    python tools/bench_kernels.py --attention [--threads N] [--ctx 4096] [--types F16,Q8_0,Q4_0] [--parts]
     python tools/bench_kernels.py --prompt-attention [--threads N] [--batch 512] [--types F16,F32]
     python tools/bench_kernels.py --forms [--threads 1] [--types Q4_0,Q4_K,IQ4_XS,Q8_0]
     python tools/bench_kernels.py --experts [--threads N] [--types Q4_K,Q6_K,MXFP4] [--tokens 1,64,512]
@@ -45,6 +45,8 @@ is read from memory as in a real decode step, not from the CPU's caches):
                 the matvec reads weights from memory
 At --threads 1 both are timed in CPU seconds of the process (which a shared machine's
 time-slicing leaves out), else in wall time.
+--parts adds a step's key scores, softmax and value sums (us; one thread's run of the same
+work items, stopped after each part in turn: the differences of the three times).
 
 --prompt-attention: a prompt's causal self-attention alone (CPUBackend.attention of --batch new
 tokens at position 0, the BLAS path) for the head layouts of the MoE benchmark shape (16 heads, 4 kv
@@ -179,20 +181,70 @@ ATTENTION_SHAPES = [("SmolLM2-135M", 30, 9, 3, 64), ("Gemma-3-270M", 18, 4, 1, 2
                     ("qwen3moe-16l-32e", 16, 16, 4, 128)]
 # the --attention matvec's set of weights: three times the L3, so that it is read from memory
 MATVEC_SET_BYTES = 96 << 20
+# the parts of a decode step --parts times: key scores, then softmax, then value sums
+ATTENTION_PARTS = ("keys", "softmax", "values")
 
 
-def bench_attention(types, n_ctx: int, reps: int, rng) -> int:
+def _attention_parts_kernel():
+    """A Numba function parts(q3, k_rows, tk, v_rows, tv, scale, upto) running one decode step's
+    attention (the last position over every key, one thread) item by item as
+    ``attention_kv.attention_steps`` does, stopped after the key scores (upto 1), the softmax (2)
+    or the value sums (3): timed in turn, their differences split a step into its parts.  (Head
+    sizes that are whole pieces of 16 and columns of 32, as in every shape of --attention.)"""
+    from numba import njit
+
+    from kernels import attention_kv as ak
+    from kernels.ops import exp_shifted
+
+    @njit(cache=True, nogil=True)
+    def parts(q3, k_rows, tk, v_rows, tv, scale, upto):
+        C, Hkv, _ = k_rows.shape
+        hd = q3.shape[2]
+        base, pos = np.zeros(1, np.int64), np.full(1, C - 1, np.int64)
+        G, items, first, m, l, acc, Q = ak._prepare(q3, k_rows, tk, base, pos, scale, 0)
+        chunk = ak.KEY_CHUNK
+        qs = np.empty((Hkv, G, hd), dtype=np.float32)
+        s = np.empty((Hkv, Q[0].shape[1] // hd if ak.is_int_type(tk) else G, chunk), dtype=np.float32)
+        nbuf = np.empty(chunk, dtype=np.int32)
+        for h in range(Hkv):
+            for g in range(G):
+                for d in range(hd):
+                    qs[h, g, d] = q3[0, h * G + g, d] * np.float32(scale)
+        for i in range(items.shape[0]):
+            lo, hi = items[i, 1], items[i, 2]
+            if not ak.is_int_type(tk):
+                ak.scores_float(tk, k_rows, lo, hi, qs, s, True, v_rows,
+                                Hkv > 1 or not (tv == 0 and hd >= ak.WHOLE_ROWS_HEAD))
+            for h in range(Hkv):
+                g0 = h * G
+                if ak.is_int_type(tk):
+                    ak.scores_int(tk, k_rows, h, lo, hi, hd, (Q[0][h], Q[1][h], Q[2][h], Q[3][h]), s[h], True,
+                                  v_rows)
+                if upto >= 2:
+                    for g in range(G):
+                        m[i, g0 + g], l[i, g0 + g] = exp_shifted(s[h, g, :hi - lo], 0.0, nbuf)
+                if upto >= 3:
+                    if tv == 0 and hd >= ak.WHOLE_ROWS_HEAD:
+                        ak.values_f32(v_rows.view(np.float32), h, lo, hi, s[h], acc[i, g0:g0 + G])
+                    else:
+                        ak.values_rows(tv, v_rows, h, lo, hi, s[h], acc[i, g0:g0 + G], True)
+    return parts
+
+
+def bench_attention(types, n_ctx: int, reps: int, rng, split: bool = False) -> int:
     """Decode attention over full caches of each type against the same type's matvec (see the
-    module docstring).  Every layer's cache is visited in turn, as one decode step does."""
+    module docstring).  Every layer's cache is visited in turn, as one decode step does.  split:
+    also a step's key scores, softmax and value sums (``_attention_parts_kernel``, at one thread)."""
     from gguf_engine.backends.cpu import CPUBackend
-    from gguf_engine.model.kv_cache import KVCache, cache_type_name
+    from gguf_engine.model.kv_cache import KVCache, cache_rows, cache_type_name
 
     be = CPUBackend(kernels.get_num_threads())
     clock = time.process_time if kernels.get_num_threads() == 1 else time.perf_counter
     print(f"threads={kernels.get_num_threads()}, {'CPU' if clock is time.process_time else 'wall'} time, "
           f"{n_ctx} positions")
     hdr = (f"{'type':8} {'model shape':>16} {'cache MiB':>9} {'step us':>8} {'attn GB/s':>9} {'matvec GB/s':>11} "
-           f"{'in-L3 GB/s':>10} {'x matvec':>8}")
+           f"{'in-L3 GB/s':>10} {'x matvec':>8}" + "".join(f" {p + ' us':>10}" for p in ATTENTION_PARTS * split))
+    parts = _attention_parts_kernel() if split else None
     print(hdr)
     print("-" * len(hdr))
     for t in types:
@@ -221,8 +273,14 @@ def bench_attention(types, n_ctx: int, reps: int, rng) -> int:
             with be.scope():
                 sec = best_time(step, reps, 0.3, clock)
             att = kv.nbytes / sec / 1e9
+            cols = ""
+            if split:
+                layers = [(*cache_rows(k), *cache_rows(v)) for k, v in (kv.layer(il)[:2] for il in range(n_layer))]
+                upto = [best_time(lambda u=u: [parts(q3, kr, tk, vr, tv, hd ** -0.5, u) for kr, tk, vr, tv in layers],
+                                  reps, 0.3, clock) for u in (1, 2, 3)]
+                cols = "".join(f" {(b - a) * 1e6:10.0f}" for a, b in zip([0.0] + upto, upto))
             print(f"{t.name:8} {label:>16} {kv.nbytes / 2**20:9.1f} {sec * 1e6:8.0f} {att:9.2f} {mv:11.2f} "
-                  f"{in_l3:10.2f} {att / mv:8.2f}", flush=True)
+                  f"{in_l3:10.2f} {att / mv:8.2f}{cols}", flush=True)
             del kv
         del Ws
     return 0
@@ -269,6 +327,8 @@ def main(argv=None) -> int:
                     help="decode attention over a cache of each type (--types of llama.cpp's cache types)")
     ap.add_argument("--prompt-attention", action="store_true",
                     help="a prompt's attention (--batch tokens) on the MoE and Llama-3.2-1B head layouts")
+    ap.add_argument("--parts", action="store_true",
+                    help="--attention: also split a step (one thread's) into key scores, softmax and value sums")
     ap.add_argument("--ctx", type=int, default=4096, help="cache positions for --attention (default: 4096)")
     ap.add_argument("--asm", action="store_true",
                     help="after the table, count ymm FMAs in the matvec kernels that ran (recompiled uncached)")
@@ -317,7 +377,7 @@ def main(argv=None) -> int:
         return bench_prompt_attention([as_type(t.strip()) for t in types.split(",")], args.batch, args.reps, rng)
     if args.attention:
         types = args.types if args.types != ",".join(DEFAULT_TYPES) else "F16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,IQ4_NL,BF16"
-        return bench_attention([as_type(t.strip()) for t in types.split(",")], args.ctx, args.reps, rng)
+        return bench_attention([as_type(t.strip()) for t in types.split(",")], args.ctx, args.reps, rng, args.parts)
 
     bw = read_bandwidth_gbs(args.threads, args.reps)
     gemm = {s: gemm_rate(args.batch, *s, max(2, args.reps // 3)) for s in shapes}
