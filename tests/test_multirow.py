@@ -23,6 +23,19 @@ ROWS, COLS = 77, 512            # a partial last row tile; two k-quant super-blo
 NS = list(range(1, 17)) + [37]
 
 
+def at_threads(call, *counts) -> list:
+    """call()'s result at each kernel thread count in turn (the count before restored after)."""
+    before = kernels.get_num_threads()
+    try:
+        results = []
+        for c in counts:
+            kernels.set_num_threads(c)
+            results.append(call())
+        return results
+    finally:
+        kernels.set_num_threads(before)
+
+
 def per_row(W: Weight, X: np.ndarray) -> np.ndarray:
     return np.stack([W.matvec(x) for x in X])
 
@@ -67,14 +80,7 @@ def test_decode_rows_do_not_depend_on_threads_or_neighbours(name):
     rng = np.random.default_rng(6)
     W = Weight(random_tensor(name, 200, COLS, rng), name, (200, COLS))
     X = rng.standard_normal((9, COLS)).astype(np.float32)
-    before = kernels.get_num_threads()
-    try:
-        kernels.set_num_threads(1)
-        one = W.matmul_decode(X)
-        kernels.set_num_threads(2)
-        two = W.matmul_decode(X)
-    finally:
-        kernels.set_num_threads(before)
+    one, two = at_threads(lambda: W.matmul_decode(X), 1, 2)
     assert bits_equal(one, two)
     other = np.concatenate([rng.standard_normal((4, COLS)).astype(np.float32) * 100, X[3:4]])
     assert bits_equal(W.matmul_decode(other)[-1:], one[3:4])
@@ -157,14 +163,7 @@ def test_rounded_prompt_rows_do_not_depend_on_the_batch(name):
     rng = np.random.default_rng(12)
     W = Weight(random_tensor(name, 200, COLS, rng), name, (200, COLS))
     X = rng.standard_normal((37, COLS)).astype(np.float32)
-    before = kernels.get_num_threads()
-    try:
-        kernels.set_num_threads(1)
-        one = W.matmul(X, rounded=True)
-        kernels.set_num_threads(2)
-        two = W.matmul(X, rounded=True)
-    finally:
-        kernels.set_num_threads(before)
+    one, two = at_threads(lambda: W.matmul(X, rounded=True), 1, 2)
     assert bits_equal(one, two)
     for n in (1, 2, 5, 16, 17):
         other = np.concatenate([rng.standard_normal((n - 1, COLS)).astype(np.float32) * 100, X[6:7]])

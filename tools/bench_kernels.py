@@ -142,6 +142,19 @@ _SCALE_FIELDS = {
 }
 
 
+def table_types(args, default: str | None = None) -> list:
+    """The types a table runs: --types as given, or the table's own default where --types was left
+    at the matvec table's."""
+    names = default if default is not None and args.types == ",".join(DEFAULT_TYPES) else args.types
+    return [as_type(name.strip()) for name in names.split(",")]
+
+
+def print_header(hdr: str) -> None:
+    """A table's column header and its rule."""
+    print(hdr)
+    print("-" * len(hdr))
+
+
 def random_tensor(t: GGMLType, rows: int, cols: int, rng) -> np.ndarray:
     """Random raw bytes of a (rows, cols) tensor of type t, with finite small fp16 scales."""
     if t == GGMLType.F32:
@@ -245,8 +258,7 @@ def bench_attention(types, n_ctx: int, reps: int, rng, split: bool = False) -> i
     hdr = (f"{'type':8} {'model shape':>16} {'cache MiB':>9} {'step us':>8} {'attn GB/s':>9} {'matvec GB/s':>11} "
            f"{'in-L3 GB/s':>10} {'x matvec':>8}" + "".join(f" {p + ' us':>10}" for p in ATTENTION_PARTS * split))
     parts = _attention_parts_kernel() if split else None
-    print(hdr)
-    print("-" * len(hdr))
+    print_header(hdr)
     for t in types:
         data = random_tensor(t, 4096, 4096, rng)
         Ws = [kernels.Weight(data.copy(), t, (4096, 4096))
@@ -299,8 +311,7 @@ def bench_prompt_attention(types, n: int, reps: int, rng) -> int:
     print(f"threads={kernels.get_num_threads()}, {'CPU' if clock is time.process_time else 'wall'} time, "
           f"{n} tokens")
     hdr = f"{'type':6} {'model shape':>16} {'call ms':>8} {'GFLOP/s':>8}"
-    print(hdr)
-    print("-" * len(hdr))
+    print_header(hdr)
     for t in types:
         for label, H, Hkv, hd in PROMPT_ATTENTION_SHAPES:
             kv = KVCache(1, n, Hkv, hd, cache_type_name(int(t)))
@@ -373,11 +384,10 @@ def main(argv=None) -> int:
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rng = np.random.default_rng(0)
     if args.prompt_attention:
-        types = args.types if args.types != ",".join(DEFAULT_TYPES) else "F16,F32"
-        return bench_prompt_attention([as_type(t.strip()) for t in types.split(",")], args.batch, args.reps, rng)
+        return bench_prompt_attention(table_types(args, "F16,F32"), args.batch, args.reps, rng)
     if args.attention:
-        types = args.types if args.types != ",".join(DEFAULT_TYPES) else "F16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,IQ4_NL,BF16"
-        return bench_attention([as_type(t.strip()) for t in types.split(",")], args.ctx, args.reps, rng, args.parts)
+        return bench_attention(table_types(args, "F16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,IQ4_NL,BF16"), args.ctx, args.reps,
+                               rng, args.parts)
 
     bw = read_bandwidth_gbs(args.threads, args.reps)
     gemm = {s: gemm_rate(args.batch, *s, max(2, args.reps // 3)) for s in shapes}
@@ -387,10 +397,8 @@ def main(argv=None) -> int:
     print()
     hdr = (f"{'type':8} {'shape':>10} {'matvec GB/s':>11} {'x bw':>5} {'decode GB/s':>11} {'x bw':>5} "
            f"{'mm GFLOP/s':>10} {'x gemm':>6} {'compile s':>9}")
-    print(hdr)
-    print("-" * len(hdr))
-    for name in args.types.split(","):
-        t = as_type(name.strip())
+    print_header(hdr)
+    for t in table_types(args):
         for rows, cols in shapes:
             if cols % BLOCK_SIZES[t][0]:
                 continue
@@ -425,13 +433,11 @@ def forms_table(args) -> None:
     forms = [f for f in SIMD_FORMS if f >= AVX2]
     names = {AVX2: "AVX2", VNNI: "VNNI"}
     rng = np.random.default_rng(0)
-    types = args.types if args.types != ",".join(DEFAULT_TYPES) else "Q4_0,Q4_K,IQ4_XS,Q8_0"
+    types = table_types(args, "Q4_0,Q4_K,IQ4_XS,Q8_0")
     print(f"threads={args.threads}: matvec Gweights/s per form of the integer sums (CPU time, best of {args.reps})")
     hdr = f"{'type':8} {'matrices':>12} " + " ".join(f"{names[f] + ' Gw/s':>10}" for f in forms) + f" {'/ AVX2':>7}"
-    print(hdr)
-    print("-" * len(hdr))
-    for name in types.split(","):
-        t = as_type(name.strip())
+    print_header(hdr)
+    for t in types:
         for label, mats in (("4 1B layers", LAYER_1B * 4), ("2048x2048", [((2048, 2048), 1)])):
             Ws = [(kernels.Weight(random_tensor(t, r, c, rng), t, (r, c)), count) for (r, c), count in mats]
             x = {W.shape[1]: rng.standard_normal(W.shape[1], dtype=np.float32) for W, _ in Ws}
@@ -462,10 +468,8 @@ def small_batch_table(args) -> None:
     print(f"threads={args.threads}: throughput in weights x rows / s as a fraction of n x the single-row "
           f"matvec's (t_matvec / t_n), Llama-3.2-1B layer matrices; target >= 0.7")
     hdr = f"{'type':8} {'path':6} {'matvec Gw/s':>11} " + " ".join(f"{f'n={n}':>6}" for n in ns)
-    print(hdr)
-    print("-" * len(hdr))
-    for name in args.types.split(","):
-        t = as_type(name.strip())
+    print_header(hdr)
+    for t in table_types(args):
         mats = []
         for (rows, cols), count in LAYER_1B:
             W = kernels.Weight(random_tensor(t, rows, cols, rng), t, (rows, cols))
@@ -564,14 +568,12 @@ def experts_table(args) -> None:
     rng = np.random.default_rng(0)
     n_expert, k, d, ff = MOE_LAYER
     ns = [int(v) for v in args.tokens.split(",")]
-    types = args.types if args.types != ",".join(DEFAULT_TYPES) else "Q4_K,Q6_K,Q8_0,MXFP4"
+    types = table_types(args, "Q4_K,Q6_K,Q8_0,MXFP4")
     print(f"threads={args.threads}: one MoE layer ({n_expert} experts, top-{k}, d {d}, expert FFN {ff}), "
           f"mul_ids against the same products expert by expert, alternated")
     hdr = f"{'type':8} {'product':8} {'tokens':>6} {'GB/s or GFLOP/s':>16} {'x per-expert':>12}"
-    print(hdr)
-    print("-" * len(hdr))
-    for name in types.split(","):
-        t = as_type(name.strip())
+    print_header(hdr)
+    for t in types:
         gate, up = (ExpertWeights(random_tensor(t, n_expert * ff, d, rng), t, (n_expert, ff, d)) for _ in range(2))
         down = ExpertWeights(random_tensor(t, n_expert * d, ff, rng), t, (n_expert, d, ff))
         gate_up = ExpertWeights.concat([gate, up])
@@ -605,8 +607,7 @@ def joint_table(args) -> None:
     print(f"threads={args.threads}: Q|K (Q4_K) and V (Q6_K) of one input, {args.layers} layers in turn, "
           f"one joint launch against two matvecs, alternated")
     hdr = f"{'layer':24} {'GB/s':>8} {'x two calls':>12}"
-    print(hdr)
-    print("-" * len(hdr))
+    print_header(hdr)
     for label, d in (("MoE shape (d 1024)", 1024), ("Llama-3.2-1B (d 2048)", 2048)):
         qk, v = (GGMLType.Q4_K, 2560), (GGMLType.Q6_K, 512)
         groups = [WeightGroup([Weight(random_tensor(t, r, d, rng), t, (r, d)) for t, r in (qk, v)])
@@ -638,15 +639,13 @@ def rounded_table(args) -> None:
     from kernels.weight import Weight
     rng = np.random.default_rng(0)
     n = args.batch
-    types = args.types if args.types != ",".join(DEFAULT_TYPES) else "Q4_K,Q6_K"
+    types = table_types(args, "Q4_K,Q6_K")
     clock = time.process_time if args.threads == 1 else time.perf_counter
     print(f"threads={args.threads}: rounded prompt products of {n} rows, one int8 term against two "
           f"(the matvec's rounding) and float (tiles + BLAS), alternated")
     hdr = f"{'type':8} {'matrix':10} {'GFLOP/s':>8} {'x two terms':>12} {'x float':>8}"
-    print(hdr)
-    print("-" * len(hdr))
-    for name in types.split(","):
-        t = as_type(name.strip())
+    print_header(hdr)
+    for t in types:
         for rows, cols in ((2560, 1024), (512, 1024), (1024, 2048)):
             W = Weight(random_tensor(t, rows, cols, rng), t, (rows, cols))
             kind = W.kind
