@@ -147,15 +147,25 @@ class Weight:
         with a multi-row product (``Kind.matmul_rows``) unpack each block's quants once for
         several rows; the others run the matvec per row.  out as ``matmul`` takes it."""
         X, out = self._operands(X, out)
-        n = X.shape[0]
-        if self.shape[0] > 1 and out.strides[1] != out.itemsize:      # rows not contiguous
-            out[...] = self.matmul_decode(X)
-            return out
-        if n > 1 and self._rows_product is not None:
+        return self._into_rows(self._decode_rows, X, out)
+
+    def _decode_rows(self, X: np.ndarray, out: np.ndarray) -> None:
+        """matmul_decode's product into out with contiguous rows."""
+        if X.shape[0] > 1 and self._rows_product is not None:
             self._rows_product(X, out)
-            return out
-        for i in range(n):
+            return
+        for i in range(X.shape[0]):
             self.matvec(X[i], out[i])
+
+    def _into_rows(self, product, X: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """product(X, y) written into out (n, rows): straight where out's rows are contiguous,
+        else through a contiguous array copied in (the row products write whole rows)."""
+        if self.shape[0] > 1 and out.strides[1] != out.itemsize:      # rows not contiguous
+            y = np.empty(out.shape, np.float32)
+            product(X, y)
+            out[...] = y
+        else:
+            product(X, out)
         return out
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None, rounded: bool = False) -> np.ndarray:
@@ -173,11 +183,7 @@ class Weight:
         X, out = self._operands(X, out)
         n = X.shape[0]
         if rounded and self._prompt_product is not None:
-            if rows > 1 and out.strides[1] != out.itemsize:              # rows not contiguous
-                out[...] = self.matmul(X, rounded=True)
-            else:
-                self._prompt_product(X, out)
-            return out
+            return self._into_rows(self._prompt_product, X, out)
         if n <= SMALL_BATCH_MAX and self.kind.small_matmul is not None:
             self.kind.small_matmul(self.packed, X, out)
             return out
