@@ -387,14 +387,15 @@ def _q6_combine_intrinsic(rows: int):
             load = loader(builder)
             zero = ir.Constant(v16i32, [0] * 16)
 
-            # per row: its dx broadcast and its two offset sums (32 sum(x) of weights 0-15, 16-31)
-            dxs, offs = [], []
-            for r in range(rows):
-                dxs.append(splat(builder, builder.load(builder.gep(dxp, [builder.mul(lds, ir.Constant(lds.type, r))])),
-                                 16))
-                o = builder.gep(offp, [builder.mul(ldf, ir.Constant(ldf.type, r))])
-                offs.append([splat(builder, builder.load(builder.gep(o, [ir.Constant(I32, half)])), 16)
-                             for half in range(2)])
+            # row r's dx and its two offset sums (32 sum(x) of weights 0-15, 16-31), broadcast where
+            # they are used (loaded for all the rows first, they were spilled across the products)
+            def dxs(r):
+                return splat(builder, builder.load(builder.gep(dxp, [builder.mul(lds, ir.Constant(lds.type, r))])), 16)
+
+            def offs(r, half):
+                o = builder.gep(offp, [builder.add(builder.mul(ldf, ir.Constant(ldf.type, r)), ir.Constant(ldf.type, half))])
+                return splat(builder, builder.load(o), 16)
+
             for r16 in range(ROW_TILE // 16):
                 # [row][half][chain]: with few rows, two chains per half (pair p % 2), so the products
                 # do not wait on one add's latency
@@ -421,10 +422,10 @@ def _q6_combine_intrinsic(rows: int):
                 slv, shv = (builder.sitofp(load(sp, 16 * r16, ir.VectorType(I8, 16)), v16f) for sp in (slp, shp))
                 for r in range(rows):
                     sums = [acc[r][half][0] if chains == 1 else builder.add(*acc[r][half]) for half in range(2)]
-                    lo, hi = (builder.sitofp(builder.sub(sums[half], offs[r][half]), v16f) for half in range(2))
+                    lo, hi = (builder.sitofp(builder.sub(sums[half], offs(r, half)), v16f) for half in range(2))
                     t = builder.call(fma, [slv, lo, builder.fmul(shv, hi)])
                     a = builder.bitcast(builder.gep(aqp, [ir.Constant(I32, r * ROW_TILE + 16 * r16)]), v16f.as_pointer())
-                    builder.store(builder.call(fma, [t, dxs[r], builder.load(a, align=4)]), a, align=4)
+                    builder.store(builder.call(fma, [t, dxs(r), builder.load(a, align=4)]), a, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
