@@ -657,15 +657,12 @@ def matmul_rows_i8(qt, s_lo, s_hi, X, simd, Y):
 
 
 @njit(cache=True, inline="always")
-def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
+def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt, acc, aq, isum):
     """Rows i0..i1-1 of the int16 activations (q6_round_rows', row i at xq[i cols]; xoff their
     offset_sums; or q6_row_activations(X, 1)'s int8 ones, then not the matvec's bits) times one row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) into tile yt of
     rows i0..i1-1 of Y: each row bit-identical to matvec_q6 of it alone (the same integer sums and
-    float combine, in the same order)."""
+    float combine, in the same order).  Scratch (q6_scratch): acc, aq, isum."""
     nb = cols // 32
-    acc = np.empty(Q6_ROWS * R, np.float32)       # (rows, R lanes)
-    aq = np.empty(Q6_ROWS * R, np.float32)        # one super-block's sum of sc * (q . x) per row
-    isum = np.empty(2 * R * ISUM_ROWS, np.int32)  # the integer sums of the forms that store them
     dxf = dx.reshape(-1)
     while i0 < i1:
         c = Q6_ROWS if HOST_VNNI and simd == VNNI and i1 - i0 >= Q6_ROWS else row_step(i1 - i0)
@@ -687,9 +684,23 @@ def row_items_q6(qt, qh, sl, sh, d, xq, dx, xoff, tiles, r0, r1, yt, simd, Y):
     the rounded rows r0[i]..r1[i]-1 (q6_row_activations' arrays), stored at tile yt[i] of those rows
     of Y; each row bit-identical to matvec_q6 of it alone."""
     cols = dx.shape[1] * 32
-    for it in prange(tiles.size):
-        t = tiles[it]
-        q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, r0[it], r1[it], simd, Y, yt[it])
+    parts = shares(tiles.size)
+    for c in prange(parts):         # each share's scratch made once (tiled.shares)
+        acc, aq, isum = q6_scratch()
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, r0[it], r1[it], simd, Y, yt[it],
+                         acc, aq, isum)
+
+
+@njit(cache=True, inline="always")
+def q6_scratch():
+    """q6_tile_rows' scratch: acc and aq (Q6_ROWS R,) float32 (the rows' lanes and one super-block's
+    sums of sc (q . x) of them), isum (2 R ISUM_ROWS,) int32 (the integer sums of the forms that store
+    them)."""
+    return (np.empty(Q6_ROWS * R, np.float32), np.empty(Q6_ROWS * R, np.float32),
+            np.empty(2 * R * ISUM_ROWS, np.int32))
 
 
 @njit(cache=True, inline="always")
