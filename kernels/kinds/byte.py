@@ -66,7 +66,7 @@ from ..simd import HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, ISUM_ROWS, PORTABLE
     VNNI, by_row_group, byte_ptr, data_ptr, loader, madds, out_ptr, rows_call, scales8, splat, x86
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_ITEM_ROWS, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_ITEM_ROWS, ROW_TILE, TiledKind, add_scaled, add_scaled_rows, block_scales, fma_rows, interleave_rows,
                     load_rows, nonneg, round_activations16, round_rows, round_rows16, round_rows_parallel, row_offsets,
                     row_step, scale,
                     share, shares, store_row_tiles, store_rows, store_tile, two_halves)
@@ -672,8 +672,7 @@ def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt, acc,
             for b in range(8 * s, 8 * s + 8):
                 q6_combine_rows(q, b * NIB, h, b * CRUMB, xq, i0 * cols + 32 * b, cols, c, lt, ht, b * R,
                                 dxf, i0 * nb + b, nb, xoff, aq, isum, simd)
-            for r in range(c):
-                add_scaled(acc[r * R:(r + 1) * R], dt, s, aq[r * R:(r + 1) * R])
+            add_scaled_rows(acc, dt, s, aq, c)
         store_row_tiles(acc, c, yt, Y, i0)
         i0 += c
 
