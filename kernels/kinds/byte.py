@@ -387,14 +387,20 @@ def _q6_combine_intrinsic(rows: int):
             load = loader(builder)
             zero = ir.Constant(v16i32, [0] * 16)
 
-            # row r's dx and its two offset sums (32 sum(x) of weights 0-15, 16-31), broadcast where
-            # they are used (loaded for all the rows first, they were spilled across the products)
-            def dxs(r):
+            # row r's dx and its two offset sums (32 sum(x) of weights 0-15, 16-31), broadcast: with
+            # ISUM_ROWS rows or more loaded where they are used (loaded for all the rows up front, they
+            # were spilled across the products), with fewer once, up front (registers to spare)
+            def dx_of(r):
                 return splat(builder, builder.load(builder.gep(dxp, [builder.mul(lds, ir.Constant(lds.type, r))])), 16)
 
-            def offs(r, half):
+            def off_of(r, half):
                 o = builder.gep(offp, [builder.add(builder.mul(ldf, ir.Constant(ldf.type, r)), ir.Constant(ldf.type, half))])
                 return splat(builder, builder.load(o), 16)
+
+            dxs, offs = dx_of, off_of
+            if rows < ISUM_ROWS:
+                kept = [(dx_of(r), off_of(r, 0), off_of(r, 1)) for r in range(rows)]
+                dxs, offs = (lambda r: kept[r][0]), (lambda r, half: kept[r][1 + half])
 
             for r16 in range(ROW_TILE // 16):
                 # [row][half][chain]: with few rows, two chains per half (pair p % 2), so the products
@@ -932,8 +938,8 @@ class Q6Kind(ByteKind):
     qdtype = np.uint8
     lane_planes = ("qt", "qh")
     # rows_prompt on AVX-512 VNNI hosts: a MoE prompt's rounded Q6_K products (attention V) take the
-    # multi-row product of one int8 term (row_terms), 1.2x the int16 form's speed and faster than the
-    # float tiles at 512 rows (MoE shape, tools/bench_kernels.py --rounded); the int16 form alone was
+    # multi-row product of one int8 term (row_terms), 1.4-1.5x the int16 form's speed and 1.9-2.2x the
+    # float tiles' at 512 rows (MoE shape, tools/bench_kernels.py --rounded); the int16 form alone was
     # level with the tiles there and made the whole prompt slower (README, MoE speed)
     rows_prompt = SIMD_BEST == VNNI
 
@@ -962,10 +968,10 @@ class Q6Kind(ByteKind):
     row_terms = (1, 2) if HOST_VNNI else (2,)
 
     def row_items(self, p: Packed, simd: int = SIMD_BEST):
-        """The ROW_ITEMS product on AVX-512 VNNI hosts only (1.1-1.2x the float small-batch product on
-        64-row groups); the AVX2 form (integer sums stored, then a float loop) ran at 0.45-0.52x of it
-        (512 tokens of the MoE shape, 1 thread, tools/bench_kernels.py --experts), so there a
-        batch's Q6_K experts take the small-batch product."""
+        """The ROW_ITEMS product on AVX-512 VNNI hosts only: a batch's rows of one int8 term run at
+        1.95-2.15x the float small-batch products called expert by expert (512 tokens of the MoE shape,
+        1 thread, tools/bench_kernels.py --experts); the AVX2 form (integer sums stored, then a float
+        loop) ran at 0.45-0.52x of the float product, so there a batch's Q6_K experts take that."""
         return self._rows_product(p, simd) if HOST_VNNI else None
 
     def row_activations(self, X: np.ndarray, terms: int = 2) -> tuple:
