@@ -66,7 +66,7 @@ from ..simd import HOST_AVX2, HOST_F16C, HOST_VNNI, I8, I32, ISUM_ROWS, PORTABLE
     VNNI, by_row_group, byte_ptr, data_ptr, loader, madds, out_ptr, rows_call, scales8, splat, x86
 from ..types import GGMLType
 from . import Packed, register
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_ITEM_ROWS, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, interleave_rows,
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_ITEM_ROWS, ROW_TILE, TiledKind, add_scaled, add_scaled_rows, block_scales, fma_rows, interleave_rows,
                     load_rows, nonneg, round_activations16, round_rows, round_rows16, round_rows_parallel, row_offsets,
                     row_step, scale,
                     share, shares, store_row_tiles, store_rows, store_tile, two_halves)
@@ -387,14 +387,21 @@ def _q6_combine_intrinsic(rows: int):
             load = loader(builder)
             zero = ir.Constant(v16i32, [0] * 16)
 
-            # per row: its dx broadcast and its two offset sums (32 sum(x) of weights 0-15, 16-31)
-            dxs, offs = [], []
-            for r in range(rows):
-                dxs.append(splat(builder, builder.load(builder.gep(dxp, [builder.mul(lds, ir.Constant(lds.type, r))])),
-                                 16))
-                o = builder.gep(offp, [builder.mul(ldf, ir.Constant(ldf.type, r))])
-                offs.append([splat(builder, builder.load(builder.gep(o, [ir.Constant(I32, half)])), 16)
-                             for half in range(2)])
+            # row r's dx and its two offset sums (32 sum(x) of weights 0-15, 16-31), broadcast: with
+            # ISUM_ROWS rows or more loaded where they are used (loaded for all the rows up front, they
+            # were spilled across the products), with fewer once, up front (registers to spare)
+            def dx_of(r):
+                return splat(builder, builder.load(builder.gep(dxp, [builder.mul(lds, ir.Constant(lds.type, r))])), 16)
+
+            def off_of(r, half):
+                o = builder.gep(offp, [builder.add(builder.mul(ldf, ir.Constant(ldf.type, r)), ir.Constant(ldf.type, half))])
+                return splat(builder, builder.load(o), 16)
+
+            dxs, offs = dx_of, off_of
+            if rows < ISUM_ROWS:
+                kept = [(dx_of(r), off_of(r, 0), off_of(r, 1)) for r in range(rows)]
+                dxs, offs = (lambda r: kept[r][0]), (lambda r, half: kept[r][1 + half])
+
             for r16 in range(ROW_TILE // 16):
                 # [row][half][chain]: with few rows, two chains per half (pair p % 2), so the products
                 # do not wait on one add's latency
@@ -421,10 +428,10 @@ def _q6_combine_intrinsic(rows: int):
                 slv, shv = (builder.sitofp(load(sp, 16 * r16, ir.VectorType(I8, 16)), v16f) for sp in (slp, shp))
                 for r in range(rows):
                     sums = [acc[r][half][0] if chains == 1 else builder.add(*acc[r][half]) for half in range(2)]
-                    lo, hi = (builder.sitofp(builder.sub(sums[half], offs[r][half]), v16f) for half in range(2))
+                    lo, hi = (builder.sitofp(builder.sub(sums[half], offs(r, half)), v16f) for half in range(2))
                     t = builder.call(fma, [slv, lo, builder.fmul(shv, hi)])
                     a = builder.bitcast(builder.gep(aqp, [ir.Constant(I32, r * ROW_TILE + 16 * r16)]), v16f.as_pointer())
-                    builder.store(builder.call(fma, [t, dxs[r], builder.load(a, align=4)]), a, align=4)
+                    builder.store(builder.call(fma, [t, dxs(r), builder.load(a, align=4)]), a, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -656,15 +663,12 @@ def matmul_rows_i8(qt, s_lo, s_hi, X, simd, Y):
 
 
 @njit(cache=True, inline="always")
-def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
+def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt, acc, aq, isum):
     """Rows i0..i1-1 of the int16 activations (q6_round_rows', row i at xq[i cols]; xoff their
     offset_sums; or q6_row_activations(X, 1)'s int8 ones, then not the matvec's bits) times one row tile of Q6_K (q, h, lt, ht, dt: the tile's rows of matvec_q6's arrays) into tile yt of
     rows i0..i1-1 of Y: each row bit-identical to matvec_q6 of it alone (the same integer sums and
-    float combine, in the same order)."""
+    float combine, in the same order).  Scratch (q6_scratch): acc, aq, isum."""
     nb = cols // 32
-    acc = np.empty(Q6_ROWS * R, np.float32)       # (rows, R lanes)
-    aq = np.empty(Q6_ROWS * R, np.float32)        # one super-block's sum of sc * (q . x) per row
-    isum = np.empty(2 * R * ISUM_ROWS, np.int32)  # the integer sums of the forms that store them
     dxf = dx.reshape(-1)
     while i0 < i1:
         c = Q6_ROWS if HOST_VNNI and simd == VNNI and i1 - i0 >= Q6_ROWS else row_step(i1 - i0)
@@ -674,8 +678,7 @@ def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt):
             for b in range(8 * s, 8 * s + 8):
                 q6_combine_rows(q, b * NIB, h, b * CRUMB, xq, i0 * cols + 32 * b, cols, c, lt, ht, b * R,
                                 dxf, i0 * nb + b, nb, xoff, aq, isum, simd)
-            for r in range(c):
-                add_scaled(acc[r * R:(r + 1) * R], dt, s, aq[r * R:(r + 1) * R])
+            add_scaled_rows(acc, dt, s, aq, c)
         store_row_tiles(acc, c, yt, Y, i0)
         i0 += c
 
@@ -686,9 +689,23 @@ def row_items_q6(qt, qh, sl, sh, d, xq, dx, xoff, tiles, r0, r1, yt, simd, Y):
     the rounded rows r0[i]..r1[i]-1 (q6_row_activations' arrays), stored at tile yt[i] of those rows
     of Y; each row bit-identical to matvec_q6 of it alone."""
     cols = dx.shape[1] * 32
-    for it in prange(tiles.size):
-        t = tiles[it]
-        q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, r0[it], r1[it], simd, Y, yt[it])
+    parts = shares(tiles.size)
+    for c in prange(parts):         # each share's scratch made once (tiled.shares)
+        acc, aq, isum = q6_scratch()
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            q6_tile_rows(qt[t], qh[t], sl[t], sh[t], d[t], xq, dx, xoff, cols, r0[it], r1[it], simd, Y, yt[it],
+                         acc, aq, isum)
+
+
+@njit(cache=True, inline="always")
+def q6_scratch():
+    """q6_tile_rows' scratch: acc and aq (Q6_ROWS R,) float32 (the rows' lanes and one super-block's
+    sums of sc (q . x) of them), isum (2 R ISUM_ROWS,) int32 (the integer sums of the forms that store
+    them)."""
+    return (np.empty(Q6_ROWS * R, np.float32), np.empty(Q6_ROWS * R, np.float32),
+            np.empty(2 * R * ISUM_ROWS, np.int32))
 
 
 @njit(cache=True, inline="always")
@@ -921,8 +938,8 @@ class Q6Kind(ByteKind):
     qdtype = np.uint8
     lane_planes = ("qt", "qh")
     # rows_prompt on AVX-512 VNNI hosts: a MoE prompt's rounded Q6_K products (attention V) take the
-    # multi-row product of one int8 term (row_terms), 1.2x the int16 form's speed and faster than the
-    # float tiles at 512 rows (MoE shape, tools/bench_kernels.py --rounded); the int16 form alone was
+    # multi-row product of one int8 term (row_terms), 1.4-1.5x the int16 form's speed and 1.9-2.2x the
+    # float tiles' at 512 rows (MoE shape, tools/bench_kernels.py --rounded); the int16 form alone was
     # level with the tiles there and made the whole prompt slower (README, MoE speed)
     rows_prompt = SIMD_BEST == VNNI
 
@@ -951,10 +968,10 @@ class Q6Kind(ByteKind):
     row_terms = (1, 2) if HOST_VNNI else (2,)
 
     def row_items(self, p: Packed, simd: int = SIMD_BEST):
-        """The ROW_ITEMS product on AVX-512 VNNI hosts only (1.1-1.2x the float small-batch product on
-        64-row groups); the AVX2 form (integer sums stored, then a float loop) ran at 0.45-0.52x of it
-        (512 tokens of the MoE shape, 1 thread, tools/bench_kernels.py --experts), so there a
-        batch's Q6_K experts take the small-batch product."""
+        """The ROW_ITEMS product on AVX-512 VNNI hosts only: a batch's rows of one int8 term run at
+        1.95-2.15x the float small-batch products called expert by expert (512 tokens of the MoE shape,
+        1 thread, tools/bench_kernels.py --experts); the AVX2 form (integer sums stored, then a float
+        loop) ran at 0.45-0.52x of the float product, so there a batch's Q6_K experts take that."""
         return self._rows_product(p, simd) if HOST_VNNI else None
 
     def row_activations(self, X: np.ndarray, terms: int = 2) -> tuple:

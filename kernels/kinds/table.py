@@ -35,7 +35,7 @@ from ..simd import (HOST_AVX2, HOST_F16C, I8, I32, ISUM_ROWS, PORTABLE, SIMD_BES
 from ..types import GGMLType
 from . import Packed, register
 from .nibble import isums_loop, isums_rows_loop, nibble_index
-from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, block_scales, fma_rows, load_rows,
+from .tiled import (BLOCK_CHUNK, FM, ROW_CHUNK, ROW_TILE, TiledKind, add_scaled, add_scaled_rows, block_scales, fma_rows, load_rows,
                     nonneg, round_activations, round_rows, row_offsets, row_step, scale, store_row_tiles,
                     share, shares, store_rows, store_tile, two_terms)
 
@@ -350,8 +350,7 @@ def matmul_rows_tab_xs(qt, sc, d, tab, X, simd, Y):
                         for l in range(R):
                             p = two_terms(isum, o, l, dxb, drb)
                             aq[a + l] += f32(sct[nonneg(b * R + l)]) * p
-                for r in range(c):
-                    add_scaled(acc[r * R:(r + 1) * R], dt, s, aq[r * R:(r + 1) * R])
+                add_scaled_rows(acc, dt, s, aq, c)
             store_row_tiles(acc, c, t, Y, i0)
             i0 += c
 

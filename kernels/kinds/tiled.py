@@ -161,6 +161,17 @@ def interleave_rows(rows, dst):
 
 
 @njit(cache=True, inline="always")
+def add_scaled_rows(acc, dt, s, aq, c):
+    """add_scaled for rows 0..c-1 of a multi-row product (acc, aq: row r lane l at r R + l): indexed
+    whole, not as slices of the rows, so that LLVM makes each row one vector loop (a slice's bounds
+    kept it to scalar conversions and multiply-adds, as many instructions as a block's products)."""
+    for r in range(c):
+        o = r * ROW_TILE
+        for l in range(ROW_TILE):
+            acc[nonneg(o + l)] += scale(dt[nonneg(s * ROW_TILE + l)]) * aq[nonneg(o + l)]
+
+
+@njit(cache=True, inline="always")
 def add_scaled(acc, dt, s, aq):
     """acc[l] += scale(dt[s R + l]) aq[l] for the R lanes: a super-block's sums (aq) times the
     lanes' scales of super-block s (dt: a tile's row of per-256 scales)."""
