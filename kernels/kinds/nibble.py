@@ -696,17 +696,25 @@ def row_items_nib(qt, qh, d, m, off, xq, xr, dx, dr, xs, tiles, r0, r1, yt, simd
 
 
 @njit(cache=True, inline="always")
-def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, i1, simd, Y, yt):
+def nibk_scratch():
+    """Scratch of nibk_tile_rows for its widest call (acc, aq, am float32, isum int32): made once per
+    share of a parallel loop's items, not per item (four allocations per item cost a few percent of a
+    batch's product)."""
+    most = max(ISUM_ROWS, ONE_TERM_ROWS)
+    return (np.empty(most * R, np.float32), np.empty(most * R, np.float32), np.empty(most * R, np.float32),
+            np.empty(2 * R * most, np.int32))
+
+
+@njit(cache=True, inline="always")
+def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, i1, simd, Y, yt, acc, aq, am, isum):
     """Rows i0..i1-1 of the rounded activations (round_rows' arrays, row i at xq[i cols]) times one
     row tile of a k-quant nibble kind (q, h, sct, mnt, dt, dmt: the tile's rows of matvec_nibk's
     arrays) into tile yt of rows i0..i1-1 of Y: each row bit-identical to matvec_nibk of it alone
-    (the same integer sums and float combine, in the same order)."""
+    (the same integer sums and float combine, in the same order).  Scratch (nibk_scratch): acc
+    (rows, R lanes), aq, am (one super-block's sums of sc * p and of mn * xs per row), isum (the
+    portable form's integer sums)."""
     nb = cols // 32
     most = combine_rows_most(1 if xr.size == 0 else 2, simd == VNNI)
-    acc = np.empty(most * R, np.float32)          # (rows, R lanes)
-    aq = np.empty(most * R, np.float32)           # one super-block's sum of sc * p per row
-    am = np.empty(most * R, np.float32)           # and of mn * xs
-    isum = np.empty(2 * R * most, np.int32)       # the portable form's integer sums
     dxf, drf, xsf = dx.reshape(-1), dr.reshape(-1), xs.reshape(-1)
     while i0 < i1:
         c = row_step(i1 - i0, most)
@@ -735,10 +743,14 @@ def row_items_nibk(qt, qh, sc, mn, d, dm, xq, xr, dx, dr, xs, tiles, r0, r1, yt,
     still the same bits whatever the other rows and items."""
     cols = dx.shape[1] * 32
     five = qh.shape[1] > 0
-    for it in prange(tiles.size):
-        t = tiles[it]
-        nibk_tile_rows(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs, cols,
-                       r0[it], r1[it], simd, Y, yt[it])
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc, aq, am, isum = nibk_scratch()
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            nibk_tile_rows(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs, cols,
+                           r0[it], r1[it], simd, Y, yt[it], acc, aq, am, isum)
 
 
 @njit(cache=True, inline="always")
