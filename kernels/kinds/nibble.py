@@ -698,8 +698,8 @@ def row_items_nib(qt, qh, d, m, off, xq, xr, dx, dr, xs, tiles, r0, r1, yt, simd
 @njit(cache=True, inline="always")
 def nibk_scratch():
     """Scratch of nibk_tile_rows for its widest call (acc, aq, am float32, isum int32): made once per
-    share of a parallel loop's items, not per item (four allocations per item cost a few percent of a
-    batch's product)."""
+    share of a parallel loop's items (tiled.shares, as the matvecs' items do), not four arrays per
+    item: a batch's expert product holds thousands of items, many of them empty padding."""
     most = max(ISUM_ROWS, ONE_TERM_ROWS)
     return (np.empty(most * R, np.float32), np.empty(most * R, np.float32), np.empty(most * R, np.float32),
             np.empty(2 * R * most, np.int32))
