@@ -671,7 +671,7 @@ def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt, acc,
     nb = cols // 32
     dxf = dx.reshape(-1)
     while i0 < i1:
-        c = Q6_ROWS if HOST_VNNI and simd == VNNI and i1 - i0 >= Q6_ROWS else row_step(i1 - i0)
+        c = row_step(i1 - i0, Q6_ROWS if HOST_VNNI and simd == VNNI else ISUM_ROWS)
         acc[:] = 0
         for s in range(nb // 8):
             aq[:] = 0

@@ -395,15 +395,34 @@ def _nibk_combine_intrinsic(five: bool, vnni: bool, rows: int, terms: int = 2):
     return intrinsic(fused)
 
 
+# Activation rows per call of the VNNI combine of one-term rows (round_activations1: a MoE prompt's):
+# with one vpdpbusd accumulator per row and 16 weight rows, 8 rows' sums fit the 32 vector registers
+# beside the unpacked quants, so each block's unpack and sub-scale conversions serve twice ISUM_ROWS
+# rows (the two-term form keeps ISUM_ROWS: its 8 rows ran slower).  Each row's operations, and bits,
+# are those of any other call.
+ONE_TERM_ROWS = 8
+
+
+@njit(cache=True, inline="always")
+def combine_rows_most(terms, vnni):
+    """The widest call of _nibk_combine_by_rows (the `most` of tiled.row_step) for rows of `terms`
+    int8 terms in the VNNI (vnni) or AVX2 form: ONE_TERM_ROWS for one term on VNNI, else ISUM_ROWS."""
+    return ONE_TERM_ROWS if terms == 1 and vnni else ISUM_ROWS
+
+
 def _nibk_combine_by_rows(five: bool, vnni: bool, terms: int):
     """call(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am) of the
-    _nibk_combine_intrinsic of `terms` activation terms for c = 1, 2 or ISUM_ROWS rows
-    (tiled.row_step's counts)."""
+    _nibk_combine_intrinsic of `terms` activation terms for c = 1, 2, ISUM_ROWS or
+    combine_rows_most's rows (tiled.row_step's counts)."""
     one, two, full = (_nibk_combine_intrinsic(five, vnni, c, terms) for c in (1, 2, ISUM_ROWS))
+    most = combine_rows_most(terms, vnni)
+    widest = full if most == ISUM_ROWS else _nibk_combine_intrinsic(five, vnni, most, terms)
 
     @njit(inline="always")
     def call(q, qo, h, ho, xq, xr, xo, ldx, c, sc, mn, so, dx, dr, xs, xso, lds, aq, am):
-        if c == ISUM_ROWS:
+        if c == most:
+            widest(q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
+        elif c == ISUM_ROWS:
             full(q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
         elif c == 2:
             two(q, qo, h, ho, xq, xr, xo, ldx, sc, mn, so, dx, dr, xs, xso, lds, aq, am)
@@ -677,19 +696,28 @@ def row_items_nib(qt, qh, d, m, off, xq, xr, dx, dr, xs, tiles, r0, r1, yt, simd
 
 
 @njit(cache=True, inline="always")
-def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, i1, simd, Y, yt):
+def nibk_scratch():
+    """Scratch of nibk_tile_rows for its widest call (acc, aq, am float32, isum int32): made once per
+    share of a parallel loop's items (tiled.shares, as the matvecs' items do), not four arrays per
+    item: a batch's expert product holds thousands of items, many of them empty padding."""
+    most = max(ISUM_ROWS, ONE_TERM_ROWS)
+    return (np.empty(most * R, np.float32), np.empty(most * R, np.float32), np.empty(most * R, np.float32),
+            np.empty(2 * R * most, np.int32))
+
+
+@njit(cache=True, inline="always")
+def nibk_tile_rows(q, h, sct, mnt, dt, dmt, five, xq, xr, dx, dr, xs, cols, i0, i1, simd, Y, yt, acc, aq, am, isum):
     """Rows i0..i1-1 of the rounded activations (round_rows' arrays, row i at xq[i cols]) times one
     row tile of a k-quant nibble kind (q, h, sct, mnt, dt, dmt: the tile's rows of matvec_nibk's
     arrays) into tile yt of rows i0..i1-1 of Y: each row bit-identical to matvec_nibk of it alone
-    (the same integer sums and float combine, in the same order)."""
+    (the same integer sums and float combine, in the same order).  Scratch (nibk_scratch): acc
+    (rows, R lanes), aq, am (one super-block's sums of sc * p and of mn * xs per row), isum (the
+    portable form's integer sums)."""
     nb = cols // 32
-    acc = np.empty(ISUM_ROWS * R, np.float32)     # (rows, R lanes)
-    aq = np.empty(ISUM_ROWS * R, np.float32)      # one super-block's sum of sc * p per row
-    am = np.empty(ISUM_ROWS * R, np.float32)      # and of mn * xs
-    isum = np.empty(2 * R * ISUM_ROWS, np.int32)  # the portable form's integer sums
+    most = combine_rows_most(1 if xr.size == 0 else 2, simd == VNNI)
     dxf, drf, xsf = dx.reshape(-1), dr.reshape(-1), xs.reshape(-1)
     while i0 < i1:
-        c = row_step(i1 - i0)
+        c = row_step(i1 - i0, most)
         acc[:] = 0
         for s in range(nb // 8):
             aq[:] = 0
@@ -715,10 +743,14 @@ def row_items_nibk(qt, qh, sc, mn, d, dm, xq, xr, dx, dr, xs, tiles, r0, r1, yt,
     still the same bits whatever the other rows and items."""
     cols = dx.shape[1] * 32
     five = qh.shape[1] > 0
-    for it in prange(tiles.size):
-        t = tiles[it]
-        nibk_tile_rows(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs, cols,
-                       r0[it], r1[it], simd, Y, yt[it])
+    parts = shares(tiles.size)
+    for c in prange(parts):
+        acc, aq, am, isum = nibk_scratch()
+        it0, it1 = share(tiles.size, c, parts)
+        for it in range(it0, it1):
+            t = tiles[it]
+            nibk_tile_rows(qt[t], qh[t % qh.shape[0]], sc[t], mn[t], d[t], dm[t], five, xq, xr, dx, dr, xs, cols,
+                           r0[it], r1[it], simd, Y, yt[it], acc, aq, am, isum)
 
 
 @njit(cache=True, inline="always")

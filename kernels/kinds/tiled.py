@@ -537,9 +537,12 @@ def expert_row_items(bounds, tiles, chunk, parts):
 
 
 @njit(cache=True, inline="always")
-def row_step(left):
-    """Activation rows the next call of a multi-row integer sum takes when `left` remain: ISUM_ROWS
-    while there are that many, then 2, then 1 (the row counts the kinds build intrinsics for)."""
+def row_step(left, most=ISUM_ROWS):
+    """Activation rows the next call of a multi-row integer sum takes when `left` remain: `most` (a
+    kind's widest call where it builds one beyond ISUM_ROWS) while there are that many, then
+    ISUM_ROWS, then 2, then 1 (the row counts the kinds build intrinsics for)."""
+    if left >= most:
+        return most
     if left >= ISUM_ROWS:
         return ISUM_ROWS
     return 2 if left >= 2 else 1
