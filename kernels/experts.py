@@ -33,7 +33,7 @@ from numba import njit
 
 from .kinds import Packed, kind_of
 from .kinds.tiled import ROW_ITEM_ROWS, ROW_TILE, TiledKind, expert_row_items, small_products, take_rows
-from .ops import gated_act
+from .ops import gated_act_halves
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX
 from .threads import get_num_threads
 from .types import as_type, row_bytes
@@ -458,7 +458,7 @@ def expert_act(gu, ids, gate_b, up_b, has_bias, oai, out):
     """The k selected experts' activations: gu (k, 2 ff) = [gate | up] of each slot (the per-expert
     biases gate_b, up_b (E, ff) added in place first where has_bias) -> out (k, ff) = SiLU(gate) up,
     or gpt-oss's clamped SwiGLU where oai; the same float32 operations as add_expert_bias, then
-    ops.gated_act or swiglu_oai, so the values are bit-identical to those calls'."""
+    ops.gated_act_halves or swiglu_oai, so the values are bit-identical to those calls'."""
     k = gu.shape[0]
     ff = out.shape[1]
     if has_bias:
@@ -468,7 +468,7 @@ def expert_act(gu, ids, gate_b, up_b, has_bias, oai, out):
     if oai:
         swiglu_oai(gu[:, :ff], gu[:, ff:], out)
     else:
-        gated_act(gu[:, :ff], gu[:, ff:], False, out)
+        gated_act_halves(gu, False, out)
 
 
 class DecodeBuffers:

@@ -287,10 +287,16 @@ class CPUBackend(Backend):
         ops.scatter_heads(S @ V[key0 - lo:key1 - lo], a, b, g * G, G, out3)
 
     def gated_act(self, gate, up, gelu, out):
+        """A fused gate|up output's two halves (the model's case) through ops.gated_act_halves,
+        whose row loops vectorize; other operands through ops.gated_act (the same values)."""
         if gate.shape[0] == 1:
             ops.gated_act_row(gate[0], up[0], gelu, out[0])
-        else:
+            return
+        gu = _fused_halves(gate, up)
+        if gu is None:
             self._by_rows(gate.shape[0], lambda a, b: ops.gated_act(gate[a:b], up[a:b], gelu, out[a:b]))
+        else:
+            self._by_rows(gate.shape[0], lambda a, b: ops.gated_act_halves(gu[a:b], gelu, out[a:b]))
 
     def moe(self, x, logits, experts: ExpertFFN, routing: Routing, out=None, observe=None, decode=None):
         """Route (kernels.experts.route), then the selected experts' products (ExpertWeights.mul_ids:
@@ -355,6 +361,17 @@ class CPUBackend(Backend):
 
     def softcap(self, x, cap):
         ops.softcap_inplace(x, np.float32(cap))
+
+
+def _fused_halves(gate, up):
+    """The C-contiguous (n, 2 ff) float32 block whose column halves are gate and up (n, ff), as a
+    view of their memory, when they are exactly that; else None."""
+    n, ff = gate.shape
+    row = (2 * ff * 4, 4)
+    if (gate.dtype == up.dtype == np.float32 and up.shape == gate.shape and gate.strides == up.strides == row
+            and up.ctypes.data == gate.ctypes.data + 4 * ff):
+        return np.lib.stride_tricks.as_strided(gate, (n, 2 * ff), row)
+    return None
 
 
 def _float_pair(k_cache, v_cache) -> bool:
