@@ -21,6 +21,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .rows import check_unit_rows, head_row
+
 # every float16 bit pattern decoded to float32 (index with the uint16 bits)
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
@@ -193,15 +195,20 @@ def qkv_rotate(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps, cos, 
 
     On q3: (n, H, hd), k3, v3: (n, Hkv, hd): adds the Q/K/V biases (has_bias; bq: (H, hd),
     bk, bv: (Hkv, hd)), applies the per-head RMS norms (has_qk_norm; qn, kn: (hd,)), then
-    RoPE at positions pos0 .. pos0+n-1 from the tables cos, sin: (n_ctx, n_rot/2).
+    RoPE at positions pos0 .. pos0+n-1 from the tables cos, sin: (n_ctx, n_rot/2).  Each head's
+    row must have unit stride (the views of a fused projection's output do), and is taken
+    typed contiguous (``rows.head_row``), so its loops vectorize.
     """
     n, H, hd = q3.shape
     Hkv = k3.shape[1]
+    check_unit_rows(q3)
+    check_unit_rows(k3)
+    check_unit_rows(v3)
     for t in range(n):
         c = cos[pos0 + t]
         s = sin[pos0 + t]
         for h in range(H):
-            row = q3[t, h]
+            row = head_row(q3, t, h)
             if has_bias:
                 for j in range(hd):
                     row[j] += bq[h, j]
@@ -209,11 +216,12 @@ def qkv_rotate(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps, cos, 
                 _head_rms_norm(row, qn, eps)
             _rope_row(row, c, s, neox)
         for h in range(Hkv):
-            row = k3[t, h]
+            row = head_row(k3, t, h)
             if has_bias:
+                vrow = head_row(v3, t, h)
                 for j in range(hd):
                     row[j] += bk[h, j]
-                    v3[t, h, j] += bv[h, j]
+                    vrow[j] += bv[h, j]
             if has_qk_norm:
                 _head_rms_norm(row, kn, eps)
             _rope_row(row, c, s, neox)
@@ -229,8 +237,8 @@ def qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps,
     n, Hkv = k3.shape[0], k3.shape[1]
     for t in range(n):
         for h in range(Hkv):
-            _store_row(k3[t, h], k_cache[pos0 + t, h])
-            _store_row(v3[t, h], v_cache[pos0 + t, h])
+            _store_row(head_row(k3, t, h), k_cache[pos0 + t, h])
+            _store_row(head_row(v3, t, h), v_cache[pos0 + t, h])
 
 
 @njit(cache=True)
@@ -330,13 +338,16 @@ def masked_softmax(S, scale, rows_per_pos, pos0, key0, window, softcap):
 @njit(cache=True, nogil=True)
 def gather_heads(x3, a, b, h0, G, out):
     """out ((b - a) G, hd) = x3[a:b, h0:h0 + G] (n, H, hd) as rows (token, head): one kv head's
-    query block laid out for a matrix product."""
+    query block laid out for a matrix product.  x3's rows must have unit stride (taken typed
+    contiguous, ``rows.head_row``)."""
     hd = x3.shape[2]
+    check_unit_rows(x3)
     for t in range(a, b):
         for i in range(G):
             r = (t - a) * G + i
+            row = head_row(x3, t, h0 + i)
             for j in range(hd):
-                out[r, j] = x3[t, h0 + i, j]
+                out[r, j] = row[j]
 
 
 @njit(cache=True, nogil=True)
