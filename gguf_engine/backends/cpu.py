@@ -326,9 +326,13 @@ class CPUBackend(Backend):
             return out
         if experts.router_bias is not None:
             logits = logits + experts.router_bias                           # (n, E)
-        ids, w = moe_kernels.route(np.ascontiguousarray(logits, dtype=np.float32), routing.n_used, gating,
-                                   routing.norm, np.float32(routing.scale))  # (n, k) each
         k = routing.n_used
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        ids, w = np.empty((n, k), np.int64), np.empty((n, k), np.float32)   # (n, k) each
+        # per-token work on the threads' token ranges (route, the weighted sum): not left on one
+        # thread between the parallel products
+        self._by_rows(n, lambda a, b: moe_kernels.route_into(logits[a:b], k, gating, routing.norm,
+                                                             np.float32(routing.scale), ids[a:b], w[a:b]))
         # the (token, slot) pairs grouped by expert stay in that order from the gate|up product to the sum
         order, bounds, inverse = moe_kernels.group_by_expert(ids, experts.down.shape[0])
         parts = []
@@ -355,8 +359,9 @@ class CPUBackend(Backend):
         Y = experts.down.mul_grouped(act, None, bounds, decode > 0)         # (n k, d) grouped
         if out is None:
             out = np.empty((n, d), np.float32)
-        bias = experts.down_bias
-        moe_kernels.combine_grouped(Y, inverse, w, _EMPTY2 if bias is None else bias, ids, bias is not None, out)
+        bias, has_bias = (_EMPTY2, False) if experts.down_bias is None else (experts.down_bias, True)
+        self._by_rows(n, lambda a, b: moe_kernels.combine_grouped(Y, inverse[a * k:b * k], w[a:b], bias, ids[a:b],
+                                                                  has_bias, out[a:b]))
         return out
 
     def softcap(self, x, cap):
