@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .rows import check_unit_rows, head_row
+from .rows import check_unit_rows, head_row, square_sums
 
 # every float16 bit pattern decoded to float32 (index with the uint16 bits)
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -106,20 +106,11 @@ def _store_row_overload(src, dst):
 @njit(cache=True)
 def _rms_scale(row, eps):
     """1 / sqrt(mean(row^2) + eps) as float32; the squares summed in float64 as 4 interleaved
-    partial sums (independent add chains, several times faster than one)."""
+    partial sums (independent add chains, several times faster than one; one vector chain for
+    a contiguous row, ``rows.square_sums``), the last d % 4 into the first."""
     d = row.shape[0]
-    s0 = s1 = s2 = s3 = 0.0
-    m = d - d % 4
-    for j in range(0, m, 4):
-        v0 = np.float64(row[j])
-        v1 = np.float64(row[j + 1])
-        v2 = np.float64(row[j + 2])
-        v3 = np.float64(row[j + 3])
-        s0 += v0 * v0
-        s1 += v1 * v1
-        s2 += v2 * v2
-        s3 += v3 * v3
-    for j in range(m, d):
+    s0, s1, s2, s3 = square_sums(row)
+    for j in range(d - d % 4, d):
         v = np.float64(row[j])
         s0 += v * v
     return np.float32(1.0 / math.sqrt(((s0 + s1) + (s2 + s3)) / d + eps))
