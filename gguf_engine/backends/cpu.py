@@ -299,9 +299,10 @@ class CPUBackend(Backend):
             self._by_rows(gate.shape[0], lambda a, b: ops.gated_act_halves(gu[a:b], gelu, out[a:b]))
 
     def moe(self, x, logits, experts: ExpertFFN, routing: Routing, out=None, observe=None, decode=None):
-        """Route (kernels.experts.route), then the selected experts' products (ExpertWeights.mul_ids:
+        """Route (kernels.experts.route_into), then the selected experts' products (ExpertWeights.mul_ids:
         only the chosen experts' rows are read; a batch is grouped by expert), the activation and
-        the weighted sum (kernels.experts.combine).  A decode step of stacked experts runs all of
+        the weighted sum (kernels.experts.combine_grouped); the routing and the sum on the threads'
+        token ranges.  A decode step of stacked experts runs all of
         that as kernels.experts.decode_step (bit-identical, five kernel calls).  Decode steps and
         prompt rows round the expert products' activations as ExpertWeights.mul_grouped says
         (``decode``); a pass holding both runs its decode steps, then its prompt rows, as two
