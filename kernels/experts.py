@@ -33,7 +33,7 @@ from numba import njit
 
 from .kinds import Packed, kind_of
 from .kinds.tiled import ROW_ITEM_ROWS, ROW_TILE, TiledKind, expert_row_items, small_products, take_rows
-from .ops import gated_act
+from .ops import gated_act_halves
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX
 from .threads import get_num_threads
 from .types import as_type, row_bytes
@@ -296,9 +296,16 @@ def route(logits, k, gating, norm, scale):
     n = logits.shape[0]
     ids = np.empty((n, k), np.int64)
     w = np.empty((n, k), np.float32)
-    for t in range(n):
-        _route_token(logits, t, k, gating, norm, scale, ids, w)
+    route_into(logits, k, gating, norm, scale, ids, w)
     return ids, w
+
+
+@njit(cache=True, nogil=True)
+def route_into(logits, k, gating, norm, scale, ids, w):
+    """route's choice of every token of logits (n, n_expert) into ids (n, k), w (n, k).  Each
+    token is routed alone: a caller may run token ranges on several threads."""
+    for t in range(logits.shape[0]):
+        _route_token(logits, t, k, gating, norm, scale, ids, w)
 
 
 @njit(cache=True, inline="always")
@@ -395,9 +402,9 @@ def combine(Y, w, bias, ids, has_bias, out):
 @njit(cache=True, nogil=True)
 def combine_grouped(Yg, inverse, w, bias, ids, has_bias, out):
     """combine of expert outputs in grouped order (``group_by_expert``): Yg (n k, d), the output of
-    pair p = token k + slot at row inverse[p]; each token's sum bit-identical to combine's.  On the
-    calling thread: a parallel launch (a barrier of both threads) costs more than its 2 ms at 512
-    tokens of the MoE shape saves on a busy machine."""
+    pair p = token k + slot at row inverse[p]; each token's sum bit-identical to combine's.  Serial
+    and nogil: a caller may run token ranges on several threads (ids, w, out cut to the range's
+    tokens, inverse to its pairs)."""
     acc = np.empty(Yg.shape[1], np.float32)
     for t in range(ids.shape[0]):
         _combine_token(Yg, inverse, w, bias, ids, has_bias, t, acc, out)
@@ -458,7 +465,7 @@ def expert_act(gu, ids, gate_b, up_b, has_bias, oai, out):
     """The k selected experts' activations: gu (k, 2 ff) = [gate | up] of each slot (the per-expert
     biases gate_b, up_b (E, ff) added in place first where has_bias) -> out (k, ff) = SiLU(gate) up,
     or gpt-oss's clamped SwiGLU where oai; the same float32 operations as add_expert_bias, then
-    ops.gated_act or swiglu_oai, so the values are bit-identical to those calls'."""
+    ops.gated_act_halves or swiglu_oai, so the values are bit-identical to those calls'."""
     k = gu.shape[0]
     ff = out.shape[1]
     if has_bias:
@@ -468,7 +475,7 @@ def expert_act(gu, ids, gate_b, up_b, has_bias, oai, out):
     if oai:
         swiglu_oai(gu[:, :ff], gu[:, ff:], out)
     else:
-        gated_act(gu[:, :ff], gu[:, ff:], False, out)
+        gated_act_halves(gu, False, out)
 
 
 class DecodeBuffers:

@@ -21,6 +21,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .rows import check_unit_rows, head_row, square_sums
+
 # every float16 bit pattern decoded to float32 (index with the uint16 bits)
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
@@ -104,20 +106,11 @@ def _store_row_overload(src, dst):
 @njit(cache=True)
 def _rms_scale(row, eps):
     """1 / sqrt(mean(row^2) + eps) as float32; the squares summed in float64 as 4 interleaved
-    partial sums (independent add chains, several times faster than one)."""
+    partial sums (independent add chains, several times faster than one; one vector chain for
+    a contiguous row, ``rows.square_sums``), the last d % 4 into the first."""
     d = row.shape[0]
-    s0 = s1 = s2 = s3 = 0.0
-    m = d - d % 4
-    for j in range(0, m, 4):
-        v0 = np.float64(row[j])
-        v1 = np.float64(row[j + 1])
-        v2 = np.float64(row[j + 2])
-        v3 = np.float64(row[j + 3])
-        s0 += v0 * v0
-        s1 += v1 * v1
-        s2 += v2 * v2
-        s3 += v3 * v3
-    for j in range(m, d):
+    s0, s1, s2, s3 = square_sums(row)
+    for j in range(d - d % 4, d):
         v = np.float64(row[j])
         s0 += v * v
     return np.float32(1.0 / math.sqrt(((s0 + s1) + (s2 + s3)) / d + eps))
@@ -193,15 +186,20 @@ def qkv_rotate(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps, cos, 
 
     On q3: (n, H, hd), k3, v3: (n, Hkv, hd): adds the Q/K/V biases (has_bias; bq: (H, hd),
     bk, bv: (Hkv, hd)), applies the per-head RMS norms (has_qk_norm; qn, kn: (hd,)), then
-    RoPE at positions pos0 .. pos0+n-1 from the tables cos, sin: (n_ctx, n_rot/2).
+    RoPE at positions pos0 .. pos0+n-1 from the tables cos, sin: (n_ctx, n_rot/2).  Each head's
+    row must have unit stride (the views of a fused projection's output do), and is taken
+    typed contiguous (``rows.head_row``), so its loops vectorize.
     """
     n, H, hd = q3.shape
     Hkv = k3.shape[1]
+    check_unit_rows(q3)
+    check_unit_rows(k3)
+    check_unit_rows(v3)
     for t in range(n):
         c = cos[pos0 + t]
         s = sin[pos0 + t]
         for h in range(H):
-            row = q3[t, h]
+            row = head_row(q3, t, h)
             if has_bias:
                 for j in range(hd):
                     row[j] += bq[h, j]
@@ -209,11 +207,12 @@ def qkv_rotate(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps, cos, 
                 _head_rms_norm(row, qn, eps)
             _rope_row(row, c, s, neox)
         for h in range(Hkv):
-            row = k3[t, h]
+            row = head_row(k3, t, h)
             if has_bias:
+                vrow = head_row(v3, t, h)
                 for j in range(hd):
                     row[j] += bk[h, j]
-                    v3[t, h, j] += bv[h, j]
+                    vrow[j] += bv[h, j]
             if has_qk_norm:
                 _head_rms_norm(row, kn, eps)
             _rope_row(row, c, s, neox)
@@ -229,8 +228,8 @@ def qkv_prepare(q3, k3, v3, bq, bk, bv, has_bias, qn, kn, has_qk_norm, eps,
     n, Hkv = k3.shape[0], k3.shape[1]
     for t in range(n):
         for h in range(Hkv):
-            _store_row(k3[t, h], k_cache[pos0 + t, h])
-            _store_row(v3[t, h], v_cache[pos0 + t, h])
+            _store_row(head_row(k3, t, h), k_cache[pos0 + t, h])
+            _store_row(head_row(v3, t, h), v_cache[pos0 + t, h])
 
 
 @njit(cache=True)
@@ -330,13 +329,16 @@ def masked_softmax(S, scale, rows_per_pos, pos0, key0, window, softcap):
 @njit(cache=True, nogil=True)
 def gather_heads(x3, a, b, h0, G, out):
     """out ((b - a) G, hd) = x3[a:b, h0:h0 + G] (n, H, hd) as rows (token, head): one kv head's
-    query block laid out for a matrix product."""
+    query block laid out for a matrix product.  x3's rows must have unit stride (taken typed
+    contiguous, ``rows.head_row``)."""
     hd = x3.shape[2]
+    check_unit_rows(x3)
     for t in range(a, b):
         for i in range(G):
             r = (t - a) * G + i
+            row = head_row(x3, t, h0 + i)
             for j in range(hd):
-                out[r, j] = x3[t, h0 + i, j]
+                out[r, j] = row[j]
 
 
 @njit(cache=True, nogil=True)
@@ -357,11 +359,13 @@ GELU_COEF_A = 0.044715
 SQRT_2_OVER_PI = 0.7978845608028654
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
 def _gated_row(gate, up, gelu, out, buf, nbuf):
     """out = act(gate) * up for one row, with act(g) = g * sigmoid(z):
     z = g (SiLU) or z = 2 sqrt(2/pi) (g + 0.044715 g^3) (GELU, tanh form, since
-    0.5 (1 + tanh(y)) = sigmoid(2y)).  buf: float32, nbuf: int32 scratch (ff,)."""
+    0.5 (1 + tanh(y)) = sigmoid(2y)).  buf: float32, nbuf: int32 scratch (ff,).
+    NumPy's error model: the division is IEEE's (1 + exp(-z) is never 0 anyway) with no
+    zero-divisor check per element, so its loop vectorizes (vdivps rounds as vdivss does)."""
     ff = gate.shape[0]
     for j in range(ff):
         g = gate[j]
@@ -383,6 +387,20 @@ def gated_act(gate, up, gelu, out):
     nbuf = np.empty(ff, dtype=np.int32)
     for i in range(n):
         _gated_row(gate[i], up[i], gelu, out[i], buf, nbuf)
+
+
+@njit(cache=True, nogil=True)
+def gated_act_halves(gu, gelu, out):
+    """gated_act of gate = gu[:, :ff] and up = gu[:, ff:] for a fused gate|up output gu (n, 2 ff),
+    C-contiguous; out (n, ff).  The same values as gated_act of the two halves, but each row's
+    halves are contiguous to Numba, so the row loops vectorize (a strided 2-D slice's rows are
+    not known to be contiguous, and their loops stay scalar)."""
+    n, ff = out.shape
+    buf = np.empty(ff, dtype=np.float32)
+    nbuf = np.empty(ff, dtype=np.int32)
+    for i in range(n):
+        row = gu[i]
+        _gated_row(row[:ff], row[ff:], gelu, out[i], buf, nbuf)
 
 
 @njit(cache=True)

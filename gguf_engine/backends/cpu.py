@@ -287,15 +287,22 @@ class CPUBackend(Backend):
         ops.scatter_heads(S @ V[key0 - lo:key1 - lo], a, b, g * G, G, out3)
 
     def gated_act(self, gate, up, gelu, out):
+        """A fused gate|up output's two halves (the model's case) through ops.gated_act_halves,
+        whose row loops vectorize; other operands through ops.gated_act (the same values)."""
         if gate.shape[0] == 1:
             ops.gated_act_row(gate[0], up[0], gelu, out[0])
-        else:
+            return
+        gu = _fused_halves(gate, up)
+        if gu is None:
             self._by_rows(gate.shape[0], lambda a, b: ops.gated_act(gate[a:b], up[a:b], gelu, out[a:b]))
+        else:
+            self._by_rows(gate.shape[0], lambda a, b: ops.gated_act_halves(gu[a:b], gelu, out[a:b]))
 
     def moe(self, x, logits, experts: ExpertFFN, routing: Routing, out=None, observe=None, decode=None):
-        """Route (kernels.experts.route), then the selected experts' products (ExpertWeights.mul_ids:
+        """Route (kernels.experts.route_into), then the selected experts' products (ExpertWeights.mul_ids:
         only the chosen experts' rows are read; a batch is grouped by expert), the activation and
-        the weighted sum (kernels.experts.combine).  A decode step of stacked experts runs all of
+        the weighted sum (kernels.experts.combine_grouped); the routing and the sum on the threads'
+        token ranges.  A decode step of stacked experts runs all of
         that as kernels.experts.decode_step (bit-identical, five kernel calls).  Decode steps and
         prompt rows round the expert products' activations as ExpertWeights.mul_grouped says
         (``decode``); a pass holding both runs its decode steps, then its prompt rows, as two
@@ -320,9 +327,13 @@ class CPUBackend(Backend):
             return out
         if experts.router_bias is not None:
             logits = logits + experts.router_bias                           # (n, E)
-        ids, w = moe_kernels.route(np.ascontiguousarray(logits, dtype=np.float32), routing.n_used, gating,
-                                   routing.norm, np.float32(routing.scale))  # (n, k) each
         k = routing.n_used
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        ids, w = np.empty((n, k), np.int64), np.empty((n, k), np.float32)   # (n, k) each
+        # per-token work on the threads' token ranges (route, the weighted sum): not left on one
+        # thread between the parallel products
+        self._by_rows(n, lambda a, b: moe_kernels.route_into(logits[a:b], k, gating, routing.norm,
+                                                             np.float32(routing.scale), ids[a:b], w[a:b]))
         # the (token, slot) pairs grouped by expert stay in that order from the gate|up product to the sum
         order, bounds, inverse = moe_kernels.group_by_expert(ids, experts.down.shape[0])
         parts = []
@@ -349,12 +360,24 @@ class CPUBackend(Backend):
         Y = experts.down.mul_grouped(act, None, bounds, decode > 0)         # (n k, d) grouped
         if out is None:
             out = np.empty((n, d), np.float32)
-        bias = experts.down_bias
-        moe_kernels.combine_grouped(Y, inverse, w, _EMPTY2 if bias is None else bias, ids, bias is not None, out)
+        bias, has_bias = (_EMPTY2, False) if experts.down_bias is None else (experts.down_bias, True)
+        self._by_rows(n, lambda a, b: moe_kernels.combine_grouped(Y, inverse[a * k:b * k], w[a:b], bias, ids[a:b],
+                                                                  has_bias, out[a:b]))
         return out
 
     def softcap(self, x, cap):
         ops.softcap_inplace(x, np.float32(cap))
+
+
+def _fused_halves(gate, up):
+    """The C-contiguous (n, 2 ff) float32 block whose column halves are gate and up (n, ff), as a
+    view of their memory, when they are exactly that; else None."""
+    n, ff = gate.shape
+    row = (2 * ff * 4, 4)
+    if (gate.dtype == up.dtype == np.float32 and up.shape == gate.shape and gate.strides == up.strides == row
+            and up.ctypes.data == gate.ctypes.data + 4 * ff):
+        return np.lib.stride_tricks.as_strided(gate, (n, 2 * ff), row)
+    return None
 
 
 def _float_pair(k_cache, v_cache) -> bool:
