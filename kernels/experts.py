@@ -51,6 +51,8 @@ MIN_WEIGHT_SUM = np.float32(6.103515625e-5)
 # run of 8 rounded rows (8 KB at d 1024 and one int8 term) stays in the L1 cache while each of the expert's
 # row tiles passes over it; runs of ROW_ITEM_ROWS (16) ran the kernel 4-9% slower at 512 tokens of the MoE
 # shape, 1 thread, one term (Q4_K and Q6_K; two terms no slower at 8; tools/bench_kernels.py --experts).
+# At 64 tokens (about 8 rows an expert) Q4_K is level and Q6_K down 0-8% slower: an expert's few rows left
+# over past a full run take a second pass over its tiles.
 EXPERT_RUN_ROWS = 8
 
 

@@ -467,8 +467,9 @@ def round_rows16(X):
     return xq, dx
 
 
-# Activation rows per ROW_ITEMS item of a batch (ExpertWeights._grouped_rows, Q6_K's multi-row product):
-# a run's activations stay in the core's caches while every row tile passes over them.
+# Activation rows per ROW_ITEMS item of a dense batch (rows_by_items; a batch grouped by expert takes
+# kernels.experts.EXPERT_RUN_ROWS): a run's activations stay in the core's caches while every row tile
+# passes over them.
 ROW_ITEM_ROWS = 16
 
 
