@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from .kinds import Packed, kind_of
-from .kinds.tiled import ROW_ITEM_ROWS, ROW_TILE, TiledKind, expert_row_items, small_products, take_rows
+from .kinds.tiled import ROW_TILE, TiledKind, expert_row_items, small_products, take_rows
 from .ops import gated_act_halves
 from .quant_matmul import MATVEC_MAX_BATCH, SMALL_BATCH_MAX
 from .threads import get_num_threads
@@ -45,6 +45,15 @@ GATING_SOFTMAX_WEIGHT = 1     # top k of the logits; weights = softmax over thos
 GATING_NAMES = {GATING_SOFTMAX: "softmax", GATING_SOFTMAX_WEIGHT: "softmax_weight"}
 # the smallest weight sum the renormalisation divides by (the smallest normal float16, as llama.cpp)
 MIN_WEIGHT_SUM = np.float32(6.103515625e-5)
+
+
+# Rows per run of a batch's grouped expert products (ROW_ITEMS items, ExpertWeights._grouped_rows): a
+# run of 8 rounded rows (8 KB at d 1024 and one int8 term) stays in the L1 cache while each of the expert's
+# row tiles passes over it; runs of ROW_ITEM_ROWS (16) ran the kernel 4-9% slower at 512 tokens of the MoE
+# shape, 1 thread, one term (Q4_K and Q6_K; two terms no slower at 8; tools/bench_kernels.py --experts).
+# At 64 tokens (about 8 rows an expert) Q4_K is level and Q6_K down 0-8% slower: an expert's few rows left
+# over past a full run take a second pass over its tiles.
+EXPERT_RUN_ROWS = 8
 
 
 class ExpertWeights:
@@ -245,14 +254,16 @@ class ExpertWeights:
         prompt_terms, kinds.tiled.PROMPT_TERMS where it takes them, decode steps as the matvec rounds
         them; a token's row shared by its k slots is rounded once, then taken for each), and every
         expert's row tiles times the rows routed to it in one launch (ROW_ITEMS, runs of at most
-        ROW_ITEM_ROWS rows, so the threads get near-equal work however the batch is routed).
+        EXPERT_RUN_ROWS rows, so the threads get near-equal work however the batch is routed).
         Each row of two terms is bit-identical to its expert's matvec of that input, and every row's
         bits are the same whatever the rest of the batch."""
         kind = self.stacked.kind
-        act = kind.row_activations(X, 2 if decode else kind.prompt_terms)
+        terms = 2 if decode else kind.prompt_terms
+        act = kind.row_activations(X, terms)
         if src is not None:
             act = take_rows(act, X.shape[0], src)
-        tiles, r0, r1, yt = expert_row_items(bounds, self.tiles, ROW_ITEM_ROWS, get_num_threads())
+        tiles, r0, r1, yt = expert_row_items(bounds, self.tiles, EXPERT_RUN_ROWS, get_num_threads(),
+                                             kind.row_call_rows(terms))
         Yg = np.empty((int(bounds[-1]), self.shape[1]), np.float32)     # (m, rows) grouped by expert
         self._row_items(act, tiles, r0, r1, yt, Yg)
         return Yg

@@ -967,6 +967,9 @@ class Q6Kind(ByteKind):
     # one int8 term (a prompt's rows, tiled.PROMPT_TERMS) where the VNNI combine takes it
     row_terms = (1, 2) if HOST_VNNI else (2,)
 
+    def row_call_rows(self, terms: int) -> int:
+        return Q6_ROWS if HOST_VNNI else ISUM_ROWS
+
     def row_items(self, p: Packed, simd: int = SIMD_BEST):
         """The ROW_ITEMS product on AVX-512 VNNI hosts only: a batch's rows of one int8 term run at
         1.95-2.15x the float small-batch products called expert by expert (512 tokens of the MoE shape,

@@ -1015,6 +1015,9 @@ class NibbleKKind(NibbleKind):
     def matmul_rows(self, p: Packed, simd: int = SIMD_BEST):
         return self.rows_by_items(p, simd)
 
+    def row_call_rows(self, terms: int) -> int:
+        return combine_rows_most(terms, SIMD_BEST == VNNI)
+
     def row_items(self, p: Packed, simd: int = SIMD_BEST):
         a = self._arrays(p)
         return lambda act, tiles, r0, r1, yt, out: row_items_nibk(*a, *act, tiles, r0, r1, yt, simd, out)

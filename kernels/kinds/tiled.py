@@ -467,20 +467,22 @@ def round_rows16(X):
     return xq, dx
 
 
-# Activation rows per ROW_ITEMS item of a batch (ExpertWeights._grouped_rows, Q6_K's multi-row product):
-# a run's activations stay in the core's caches while every row tile passes over them.
+# Activation rows per ROW_ITEMS item of a dense batch (rows_by_items; a batch grouped by expert takes
+# kernels.experts.EXPERT_RUN_ROWS): a run's activations stay in the core's caches while every row tile
+# passes over them.
 ROW_ITEM_ROWS = 16
 
 
 @njit(cache=True, nogil=True)
-def expert_row_items(bounds, tiles, chunk, parts):
+def expert_row_items(bounds, tiles, chunk, parts, most=ISUM_ROWS):
     """ROW_ITEMS of a batch grouped by expert (rows bounds[e]..bounds[e+1]-1 routed to expert e of a
     stacked matrix, tiles per expert): for each expert with rows, each run of at most chunk of its
     rows, each of its tiles; dealt to ``parts`` threads.  -> (tiles, r0, r1, yt) int64: the stacked
     tile, the run, the output tile.
 
     A parallel loop gives each of its threads an equal count of consecutive items, but items differ
-    in work (a run's rows, and the quants unpacked once per step of up to ISUM_ROWS rows): the list
+    in work (a run's rows, and the quants unpacked once per call of the product: row_step's steps of
+    up to ``most`` rows, the kind's widest call, ``TiledKind.row_call_rows``): the list
     is cut where the work so far reaches each part's share, and each part padded with empty items
     (r0 == r1, no work) to the longest part's count, so the threads get near-equal work and each
     keeps consecutive runs of the same expert's tiles (read from its own cache)."""
@@ -507,7 +509,12 @@ def expert_row_items(bounds, tiles, chunk, parts):
     cost[0] = 0.0
     for i in range(m):
         rows = b[i] - a[i]
-        cost[i + 1] = cost[i] + rows + -(-rows // ISUM_ROWS) + (rows % ISUM_ROWS == 3)
+        steps = 0
+        left = rows
+        while left > 0:
+            left -= row_step(left, most)
+            steps += 1
+        cost[i + 1] = cost[i] + rows + steps
     cut = np.empty(parts + 1, np.int64)             # part p: items cut[p]..cut[p+1]-1
     cut[0] = 0
     i = 0
@@ -783,6 +790,11 @@ class TiledKind(Kind):
         """The int8 activation terms of the kind's prompt rows in a rounded product: PROMPT_TERMS where
         its multi-row product takes them (row_terms), else the matvec's two."""
         return PROMPT_TERMS if PROMPT_TERMS in self.row_terms else 2
+
+    def row_call_rows(self, terms: int) -> int:
+        """The widest call of the kind's multi-row product (row_items) on rows of `terms` int8 terms on
+        this host: the ``most`` of row_step, the step expert_row_items' cost model counts."""
+        return ISUM_ROWS
 
     def prompt_rows(self, p: Packed, simd: int = SIMD_BEST):
         """Kind.prompt_rows: a kind with a ROW_ITEMS product runs it on the rows rounded to prompt_terms
