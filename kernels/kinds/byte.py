@@ -447,6 +447,13 @@ _q6c1, _q6c2, _q6cN, _q6c8 = (_q6_combine_intrinsic(c) for c in (1, 2, ISUM_ROWS
 
 
 @njit(cache=True, inline="always")
+def q6_rows_most(vnni):
+    """The widest call of q6_combine_rows (the `most` of tiled.row_step) in the VNNI form (vnni) or
+    another: Q6_ROWS where the host has AVX-512 VNNI and the VNNI form runs, else ISUM_ROWS."""
+    return Q6_ROWS if HOST_VNNI and vnni else ISUM_ROWS
+
+
+@njit(cache=True, inline="always")
 def q6_combine_loop(q, qo, h, ho, xq, xo, ldx, c, sl, sh, so, dx, xso, lds, xoff, aq, isum, simd):
     """The AVX2 and portable forms of q6_combine_rows: the integer sums (q6_isums_rows) into isum
     (>= 2 R c int32), then q6_tile's float combine per row and lane."""
@@ -671,7 +678,7 @@ def q6_tile_rows(q, h, lt, ht, dt, xq, dx, xoff, cols, i0, i1, simd, Y, yt, acc,
     nb = cols // 32
     dxf = dx.reshape(-1)
     while i0 < i1:
-        c = row_step(i1 - i0, Q6_ROWS if HOST_VNNI and simd == VNNI else ISUM_ROWS)
+        c = row_step(i1 - i0, q6_rows_most(simd == VNNI))
         acc[:] = 0
         for s in range(nb // 8):
             aq[:] = 0
@@ -968,7 +975,7 @@ class Q6Kind(ByteKind):
     row_terms = (1, 2) if HOST_VNNI else (2,)
 
     def row_call_rows(self, terms: int) -> int:
-        return Q6_ROWS if HOST_VNNI else ISUM_ROWS
+        return q6_rows_most(SIMD_BEST == VNNI)
 
     def row_items(self, p: Packed, simd: int = SIMD_BEST):
         """The ROW_ITEMS product on AVX-512 VNNI hosts only: a batch's rows of one int8 term run at
