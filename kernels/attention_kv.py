@@ -46,7 +46,7 @@ from .legacy import (K_IQ4_NL, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, decode_iq
 from .legacy import KVALUES_IQ4NL
 from .numerics import f16_bits_to_f32
 from .ops import exp_shifted, f32_to_f16_bits
-from .simd import (HOST_AVX2, HOST_AVX512, HOST_F16C, HOST_VNNI, I8, I32, V8I32, V16I16, V32I8, data_ptr,
+from .simd import (HOST_AVX2, HOST_AVX512, HOST_F16C, HOST_VNNI, I8, I16, I32, V8I32, V16I16, V32I8, data_ptr,
                    half_bits_to_f32, loader, madds, splat, spread_bits, x86)
 
 # keys per work item of the attention kernels, and values decoded at a time within one (a tile of
@@ -216,14 +216,14 @@ def decode_tile(t, rows, h, j0, j1, buf):
 #
 # Over a K cache of a 32-value block type the scores are integer dot products, as the matvecs
 # form theirs: the query of each head is rounded per 32-block to two int8 terms
-# (``round_activations``: x ~ dr (254 xq + xr), within max|x_block| / 64516 of x), and each key
-# block's quants u, read as unsigned bytes (q8_0 and iq4_nl's signed values offset by 128, the
-# 4- and 5-bit quants as they are), give S = sum_k u_k (254 xq_k + xr_k), exact in int32.  The
-# block's term of the score is then d dr (S - c SX) (+ m dr SX for the types with a minimum),
-# SX = sum_k (254 xq_k + xr_k) and c the type's offset (128, 8, 16 or 0).  On hosts with AVX-512
-# VNNI the sums are vpdpbusd's (u8 x s8 into int32 lanes), on AVX2 hosts vpmaddubsw's and
-# vpmaddwd's (int16 pair sums: Q8_0's and IQ4_NL's values taken signed, S - c SX directly, as
-# their magnitudes times the query with their signs, so that no pair sum saturates), each
+# (``round_activations``: x ~ dr (254 xq + xr), within max|x_block| / 64516 of x), kept as one
+# int16 value x16 = 254 xq + xr (at most 32640 in magnitude), and each key block's quants u, read
+# as unsigned bytes (q8_0 and iq4_nl's signed values offset by 128, the 4- and 5-bit quants as
+# they are), give S = sum_k u_k x16_k, exact in int32.  The block's term of the score is then
+# d dr (S - c SX) (+ m dr SX for the types with a minimum), SX = sum_k x16_k and c the type's
+# offset (128, 8, 16 or 0).  The quants are widened to int16 and multiplied by the query as int16
+# pairs summed into int32 lanes, one product per value and head: vpdpwssd on hosts with AVX-512
+# VNNI, vpmaddwd on AVX2 hosts (neither saturates: u <= 255), each
 # block's quants unpacked once for a group of HEAD_GROUP query heads (grouped-query attention:
 # the heads of one kv head share every key block read), the key loop inside the vector kernel,
 # which meanwhile prefetches the same positions' value rows into the L2 cache where several kv
@@ -347,7 +347,7 @@ def heads_per_call(G):
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
-def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
+def key_scores_loop(t, n, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
                     pvbytes):
     """The portable form of ``key_scores`` (the same integer sums and float operations, in the
     same order: identical results; no prefetches)."""
@@ -365,13 +365,10 @@ def key_scores_loop(t, n, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so,
             dk = _half_at(k, o)
             mk = _half_at(k, o + 2)
             for g in range(n):
-                a = np.int32(0)
-                e = np.int32(0)
+                S = np.int32(0)
                 x0 = xo + g * hd + 32 * b
                 for i in range(32):
-                    a += u[i] * np.int32(xq[x0 + i])
-                    e += u[i] * np.int32(xr[x0 + i])
-                S = np.int32(254) * a + e
+                    S += u[i] * np.int32(x16[x0 + i])
                 i = so + b * n + g
                 if has_m:
                     acc[g] = fma32(dr[i], fma32(dk, np.float32(S), mk * np.float32(sx[i])), acc[g])
@@ -748,15 +745,6 @@ def _emit_nibbles(builder, load, rp, t):
     return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
 
 
-def _emit_signed_quants(builder, load, rp, t):
-    """IR: the <32 x i8> signed values (u - c) of the block at i8* rp of Q8_0 or IQ4_NL: the
-    bytes as stored, or IQ4_NL's table values looked up (vpshufb)."""
-    if t == 8:
-        return load(rp, int(QS_AT[t]), V32I8)
-    shuf = x86(builder, "llvm.x86.avx2.pshuf.b", V32I8, V32I8, V32I8)
-    return shuf(ir.Constant(V32I8, [int(v) & 255 for v in KVALUES_IQ4NL] * 2), _emit_nibbles(builder, load, rp, t))
-
-
 def _i64(builder, v):
     return builder.sext(v, I64) if v.type.width < 64 else v
 
@@ -767,74 +755,70 @@ def _half_from(builder, p):
     return builder.fpext(h, F32)
 
 
-def _signed_products(t):
-    """The key scores' integer sums over type t are of the signed values u - c (``_block_products``
-    without VNNI, for Q8_0 and IQ4_NL), not of the unsigned quants u."""
-    return not HOST_VNNI and t in (8, 20)
-
-
 def _block_products(builder, load, t):
-    """IR: quants(rp) -> times(x): the block of type t at i8* rp unpacked once, then times(x), a
-    <32 x i8> signed term x -> <8 x i32>, int32 lane l the sum of the products of the block's
-    bytes 4l..4l+3 by x's: by vpdpbusd where the host has AVX-512 VNNI (the unsigned quants u);
-    else by AVX2's vpmaddubsw and vpmaddwd, whose int16 pair sums must not saturate: the 4- and
-    5-bit quants u (at most 31) as they are, Q8_0's and IQ4_NL's signed values u - c as their
-    magnitudes (vpabsb) times x with their signs (vpsignb), at most 2 x 128 x 127 per pair."""
+    """IR: quants(rp) -> times(xp): the block of type t at i8* rp unpacked once into its 32
+    unsigned quants u (at most 255) widened to int16, then times(xp), the block's 32 int16 query
+    values x16 at i16* xp -> <8 x i32>, the products u_k x16_k summed four to an int32 lane (the
+    lanes' total: S): per half of 16 values one vpdpwssd where the host has AVX-512 VNNI, else
+    one vpmaddwd and an add (AVX2).  Neither can saturate or wrap: a pair sum is at most
+    2 x 255 x 32640 in magnitude, a lane's four at most 4 x 255 x 32640 < 2^31."""
     if HOST_VNNI:
-        dp = x86(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, V8I32, V8I32, V8I32)
+        dp = x86(builder, "llvm.x86.avx512.vpdpwssd.256", V8I32, V8I32, V8I32, V8I32)
         zero = ir.Constant(V8I32, [0] * 8)
 
-        def quants(rp):
-            u = builder.bitcast(_emit_block_quants(builder, load, rp, t), V8I32)
-            return lambda x: dp(zero, u, builder.bitcast(x, V8I32))
-        return quants
-    maddubs, maddwd = madds(builder)
-    ones = ir.Constant(V16I16, [1] * 16)
-    if not _signed_products(t):
-        def quants(rp):
-            u = _emit_block_quants(builder, load, rp, t)
-            return lambda x: maddwd(maddubs(u, x), ones)
-        return quants
-    psign = x86(builder, "llvm.x86.avx2.psign.b", V32I8, V32I8, V32I8)
-    zero8 = ir.Constant(V32I8, [0] * 32)
+        def product(acc, u, x):
+            return dp(zero if acc is None else acc, builder.bitcast(u, V8I32), builder.bitcast(x, V8I32))
+    else:
+        _, maddwd = madds(builder)
+
+        def product(acc, u, x):
+            p = maddwd(u, x)
+            return p if acc is None else builder.add(acc, p)
 
     def quants(rp):
-        w = _emit_signed_quants(builder, load, rp, t)
-        mag = builder.select(builder.icmp_signed("<", w, zero8), builder.sub(zero8, w), w)   # |w| (vpabsb)
-        return lambda x: maddwd(maddubs(mag, psign(x, w)), ones)
+        u = _emit_block_quants(builder, load, rp, t)
+        halves = [builder.zext(builder.shuffle_vector(u, u, ir.Constant(ir.VectorType(I32, 16),
+                                                                          list(range(16 * h, 16 * h + 16)))),
+                               V16I16) for h in range(2)]
+
+        def times(xp):
+            acc = None
+            for h in range(2):
+                acc = product(acc, halves[h], builder.load(builder.bitcast(builder.gep(xp, [ir.Constant(I32, 16 * h)]),
+                                                                           V16I16.as_pointer()), align=2))
+            return acc
+        return times
     return quants
 
 
 def _key_scores_ir(t, n):
-    """The intrinsic (k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
+    """The intrinsic (k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
     pvstride, pvbytes) of ``key_scores`` for type t and n (1 or HEAD_GROUP) heads, a loop over the
     rows, each prefetching the pvbytes of value row j + PREFETCH_ROWS (pv + pvoff + that row times
     pvstride) meanwhile, so that the value sums find them in the L2 cache: per block, the
-    quants unpacked once into a <32 x i8> vector, each head's two terms multiplied in by
-    ``_block_products`` (four products summed into each int32 lane: AVX-512VL VNNI's vpdpbusd, or
-    AVX2's vpmaddubsw and vpmaddwd), the lanes' totals by a vphaddd tree, then the float combine
-    on the n heads at once."""
+    quants unpacked once and widened to int16, each head's int16 query values multiplied in by
+    ``_block_products`` (AVX-512 VNNI's vpdpwssd, or AVX2's vpmaddwd), the n heads' lane totals
+    S by one vphaddd tree, then the float combine on the n heads at once."""
 
-    def ks(typingctx, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
+    def ks(typingctx, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
            pvbytes):
-        sig = types.void(k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
+        sig = types.void(k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
                          pvbytes)
 
         def codegen(context, builder, signature, args):
-            k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride, pvbytes = args
+            k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride, pvbytes = args
             aty = signature.args
             off, stride, count, nb, xo, hd, so, oo, ldo, pvoff, pvstride, pvbytes = (
                 _i64(builder, v) for v in (off, stride, count, nb, xo, hd, so, oo, ldo, pvoff, pvstride, pvbytes))
-            pvbase = builder.gep(data_ptr(context, builder, aty[15], pv, I8), [pvoff])
+            pvbase = builder.gep(data_ptr(context, builder, aty[14], pv, I8), [pvoff])
             load = loader(builder)
             hadd = x86(builder, "llvm.x86.avx2.phadd.d", V8I32, V8I32, V8I32)
             quants = _block_products(builder, load, t)
             kbase = builder.gep(data_ptr(context, builder, aty[0], k, I8), [off])
-            qbase = builder.gep(data_ptr(context, builder, aty[5], xq, I8), [xo])
-            ebase = builder.gep(data_ptr(context, builder, aty[6], xr, I8), [xo])
-            drp = data_ptr(context, builder, aty[9], dr, F32)
-            sxp = data_ptr(context, builder, aty[10], sx, I32)
-            op = builder.gep(data_ptr(context, builder, aty[12], out, F32), [oo])
+            xbase = builder.gep(data_ptr(context, builder, aty[5], x16, I16), [xo])
+            drp = data_ptr(context, builder, aty[8], dr, F32)
+            sxp = data_ptr(context, builder, aty[9], sx, I32)
+            op = builder.gep(data_ptr(context, builder, aty[11], out, F32), [oo])
             vf, vi = ir.VectorType(F32, n), ir.VectorType(I32, n)
             accp = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * n))
             v4 = ir.VectorType(I32, 4)
@@ -863,21 +847,13 @@ def _key_scores_ir(t, n):
                     rp = builder.gep(rbase, [builder.mul(b, ir.Constant(I64, int(BLOCK_BYTES[t])))])
                     times = quants(rp)
                     x32 = builder.mul(b, ir.Constant(I64, 32))
-                    sa, sb = [], []
-                    for g in range(n):
-                        off = builder.add(builder.mul(hd, ir.Constant(I64, g)), x32)
-                        sa.append(times(load(builder.gep(qbase, [off]), 0, V32I8)))
-                        sb.append(times(load(builder.gep(ebase, [off]), 0, V32I8)))
-                    if n == 1:       # [a, b, a, b]
-                        s = halves(hadd(hadd(sa[0], sb[0]), hadd(sa[0], sb[0])))
-                        a = builder.extract_element(s, ir.Constant(I32, 0))
-                        e = builder.extract_element(s, ir.Constant(I32, 1))
-                        a = builder.insert_element(ir.Constant(vi, ir.Undefined), a, ir.Constant(I32, 0))
-                        e = builder.insert_element(ir.Constant(vi, ir.Undefined), e, ir.Constant(I32, 0))
-                    else:
-                        a = halves(hadd(hadd(sa[0], sa[1]), hadd(sa[2], sa[3])))
-                        e = halves(hadd(hadd(sb[0], sb[1]), hadd(sb[2], sb[3])))
-                    S = builder.add(builder.mul(a, ir.Constant(vi, [254] * n)), e)
+                    ps = [times(builder.gep(xbase, [builder.add(builder.mul(hd, ir.Constant(I64, g)), x32)]))
+                          for g in range(n)]
+                    if n == 1:       # [S, S, S, S] -> <1 x i32>
+                        s4 = halves(hadd(hadd(ps[0], ps[0]), hadd(ps[0], ps[0])))
+                        S = builder.shuffle_vector(s4, s4, ir.Constant(vi, [0]))
+                    else:            # [S_0, S_1, S_2, S_3]
+                        S = halves(hadd(hadd(ps[0], ps[1]), hadd(ps[2], ps[3])))
                     i = builder.add(so, builder.mul(b, ir.Constant(I64, n)))
                     drv = builder.load(builder.bitcast(builder.gep(drp, [i]), vf.as_pointer()), align=4)
                     sxv = builder.load(builder.bitcast(builder.gep(sxp, [i]), vi.as_pointer()), align=4)
@@ -888,9 +864,8 @@ def _key_scores_ir(t, n):
                         msx = builder.fmul(mk, builder.sitofp(sxv, vf))
                         inner = builder.call(fma, [dk, builder.sitofp(S, vf), msx])
                         acc = builder.call(fma, [drv, inner, builder.load(accp)])
-                    else:
-                        if not _signed_products(t):          # S - c SX (the signed products' S already is)
-                            S = builder.sub(S, builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv))
+                    else:            # S - c SX
+                        S = builder.sub(S, builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv))
                         acc = builder.call(fma, [dk, builder.fmul(drv, builder.sitofp(S, vf)), builder.load(accp)])
                     builder.store(acc, accp)
                 acc = builder.load(accp)
@@ -1124,17 +1099,17 @@ def _type_switch(make, n, floats: bool = False):
 
 
 def key_scores(t, n, simd, *args):
-    """key_scores(t, n, simd, k, off, stride, count, nb, xq, xr, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
+    """key_scores(t, n, simd, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
     pvstride, pvbytes):
     the scores of ``count`` key rows of nb blocks of type t (an integer type), row j at
     k[off + j stride], for n (1 or HEAD_GROUP) query heads rounded by ``round_query``, head g's
-    terms at xq[xo + g hd + 32 b] (xr alike) and its block b's dr, sx at [so + b n + g]:
+    int16 values of block b at x16[xo + g hd + 32 b] and its dr, sx at [so + b n + g]:
     out[oo + g ldo + j] = the sum over the row's blocks of d dr (S - c SX)
     (+ m dr SX for the types with a minimum), S the exact integer sum (see the section comment).
     With row j the pvbytes bytes at pv[pvoff + (j + PREFETCH_ROWS) pvstride] are prefetched (the
-    value rows of the same positions, read next; pvbytes 0: none).  simd: by vpdpbusd where the
-    host has AVX-512 VNNI, by vpmaddubsw and vpmaddwd where it has AVX2 (and F16C), else the
-    portable loop; the same results (the same integers).
+    value rows of the same positions, read next; pvbytes 0: none).  simd: by vpdpwssd where the
+    host has AVX-512 VNNI, by vpmaddwd where it has AVX2 (and F16C), else the portable loop; the
+    same results (the same integers).
     (Callable from Numba code only.)"""
     raise NotImplementedError("key_scores runs inside Numba kernels")
 
@@ -1180,39 +1155,39 @@ def _value_isums_impl(t, n, simd, *args):
 
 @njit(cache=True, nogil=True)
 def round_query(qs):
-    """The G scaled query heads qs (G, hd) rounded per 32-block (``round_activations``) for
-    ``key_scores``: (xq, xr) int8 (Gp hd,), the heads' int8 terms one after the other, padded
-    with zero heads to Gp (a multiple of ``heads_per_call``); dr (Gp nb,) float32, the blocks'
-    units (x ~ dr (254 xq + xr)), and sx (Gp nb,) int32, the blocks' sums of 254 xq + xr, both
-    at [g0 nb + b n + g - g0] for head g of the call at g0 (n = heads_per_call)."""
+    """The G scaled query heads qs (G, hd) rounded per 32-block (``round_activations``: two int8
+    terms xq, xr) for ``key_scores``: x16 int16 (Gp hd,), the heads' values 254 xq + xr (at most
+    254 x 128 + 128 = 32640 in magnitude: one int16 each, so that a key block's sum is one int16
+    product per value) one after the other, padded with zero heads to Gp (a multiple of
+    ``heads_per_call``); dr (Gp nb,) float32, the blocks' units (x ~ dr x16), and sx (Gp nb,)
+    int32, the blocks' sums of x16, both at [g0 nb + b n + g - g0] for head g of the call at g0
+    (n = heads_per_call)."""
     G, hd = qs.shape
     nb = hd // 32
     n = heads_per_call(G)
     Gp = -(-G // n) * n
-    xq = np.zeros(Gp * hd, np.int8)
-    xr = np.zeros(Gp * hd, np.int8)
+    x16 = np.zeros(Gp * hd, np.int16)
     dr = np.zeros(Gp * nb, np.float32)
     sx = np.zeros(Gp * nb, np.int32)
     for g in range(G):
         a, e, _, d2, _ = round_activations(qs[g])
         g0 = g - g % n
         for k in range(hd):
-            xq[g * hd + k] = a[k]
-            xr[g * hd + k] = e[k]
+            x16[g * hd + k] = np.int16(np.int32(254) * np.int32(a[k]) + np.int32(e[k]))
         for b in range(nb):
             i = g0 * nb + b * n + g - g0
             dr[i] = d2[b]
             s = np.int32(0)
             for k in range(32 * b, 32 * b + 32):
-                s += np.int32(254) * np.int32(a[k]) + np.int32(e[k])
+                s += np.int32(x16[g * hd + k])
             sx[i] = s
-    return xq, xr, dr, sx
+    return x16, dr, sx
 
 
 def rounded_query(qs: np.ndarray) -> np.ndarray:
     """The query heads qs (G, hd) as the integer kernels multiply them (``round_query``), float64:
     within max|x_block| / 64516 of qs (the reference of the tests)."""
-    xq, xr, dr, _ = round_query(np.ascontiguousarray(qs, dtype=np.float32))
+    x16, dr, _ = round_query(np.ascontiguousarray(qs, dtype=np.float32))
     G, hd = qs.shape
     d = dr.astype(np.float64)
     n = 1 if G == 1 else HEAD_GROUP
@@ -1221,7 +1196,7 @@ def rounded_query(qs: np.ndarray) -> np.ndarray:
         g0 = g - g % n
         for b in range(hd // 32):
             k = slice(g * hd + 32 * b, g * hd + 32 * b + 32)
-            out[g, 32 * b:32 * b + 32] = d[g0 * (hd // 32) + b * n + g - g0] * (254.0 * xq[k] + xr[k])
+            out[g, 32 * b:32 * b + 32] = d[g0 * (hd // 32) + b * n + g - g0] * x16[k]
     return out
 
 
@@ -1233,9 +1208,9 @@ def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows):
     meanwhile, where they are strided by PREFETCH_MIN_STRIDE bytes or more (several kv heads;
     elsewhere the hardware prefetchers follow them): the key sums' work hides their reads from
     memory.  s: (Gp, >= hi - lo), C order, a row for every head of rq including the padding ones."""
-    xq, xr, dr, sx = rq
+    x16, dr, sx = rq
     Gp, lds = s.shape
-    if Gp * hd != xq.size or lds < hi - lo:
+    if Gp * hd != x16.size or lds < hi - lo:
         raise ValueError("scores_int: s must have a row per rounded query head and a column per key")
     nb = hd // 32
     n = heads_per_call(Gp)
@@ -1246,7 +1221,7 @@ def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows):
     v = v_rows.reshape(v_rows.shape[0] * Hkv * rbv)
     pv = rbv if Hkv > 1 and Hkv * rbv >= PREFETCH_MIN_STRIDE else 0
     for g0 in range(0, Gp, n):
-        key_scores(t, n, simd, k, (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, nb, xq, xr, g0 * hd, hd, dr, sx,
+        key_scores(t, n, simd, k, (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, nb, x16, g0 * hd, hd, dr, sx,
                    g0 * nb, o, g0 * lds, lds, v, (lo * Hkv + kvh) * rbv, Hkv * rbv, pv if g0 == 0 else 0)
 
 
@@ -1591,7 +1566,7 @@ def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc
         scores_float(tk, k_rows, lo, hi, qs, s, simd, v_rows, Hkv > 1 or not (tv == 0 and hd >= WHOLE_ROWS_HEAD))
     for h in range(Hkv):
         r = t * Hkv + h if is_int_type(tk) else 0
-        rq = (Q[0][r], Q[1][r], Q[2][r], Q[3][r])
+        rq = (Q[0][r], Q[1][r], Q[2][r])
         g0 = h * G
         _chunk(qs[h], rq, h, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s[h], nbuf,
                m[i, g0:g0 + G], l[i, g0:g0 + G], acc[i, g0:g0 + G], simd)
@@ -1637,30 +1612,29 @@ def _work(q3, Hkv, base, pos, window):
 @njit(cache=True, nogil=True)
 def round_queries(q3, Hkv, scale, t):
     """``round_query`` of every (token, kv head) pair's scaled query heads, once per step (not per
-    chunk of keys), as (xq, xr, dr, sx) with a row per pair, t * Hkv + h; a single zero row when
-    K type t has no integer path."""
+    chunk of keys), as (x16, dr, sx) with a row per pair, t * Hkv + h; a single zero row when K
+    type t has no integer path."""
     n, H, hd = q3.shape
     G = H // Hkv
     nb = hd // 32
     per = heads_per_call(G)
     Gp = -(-G // per) * per
     rows = n * Hkv if is_int_type(t) else 1
-    xq = np.zeros((rows, Gp * hd), np.int8)
-    xr = np.zeros((rows, Gp * hd), np.int8)
+    x16 = np.zeros((rows, Gp * hd), np.int16)
     dr = np.zeros((rows, Gp * nb), np.float32)
     sx = np.zeros((rows, Gp * nb), np.int32)
     if not is_int_type(t):
-        return xq, xr, dr, sx
+        return x16, dr, sx
     qs = np.empty((G, hd), np.float32)
     for tok in range(n):
         for h in range(Hkv):
             for g in range(G):
                 for d in range(hd):
                     qs[g, d] = q3[tok, h * G + g, d] * np.float32(scale)
-            a, b, c, e = round_query(qs)
+            a, c, e = round_query(qs)
             r = tok * Hkv + h
-            xq[r], xr[r], dr[r], sx[r] = a, b, c, e
-    return xq, xr, dr, sx
+            x16[r], dr[r], sx[r] = a, c, e
+    return x16, dr, sx
 
 
 @njit(cache=True, nogil=True)

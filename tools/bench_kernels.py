@@ -231,7 +231,7 @@ def _attention_parts_kernel():
             for h in range(Hkv):
                 g0 = h * G
                 if ak.is_int_type(tk):
-                    ak.scores_int(tk, k_rows, h, lo, hi, hd, (Q[0][h], Q[1][h], Q[2][h], Q[3][h]), s[h], True,
+                    ak.scores_int(tk, k_rows, h, lo, hi, hd, (Q[0][h], Q[1][h], Q[2][h]), s[h], True,
                                   v_rows)
                 if upto >= 2:
                     for g in range(G):
