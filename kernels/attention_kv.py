@@ -1261,21 +1261,24 @@ def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a):
 
 
 @intrinsic
-def round_group(typingctx, w, wo, xq, xr, qo, dr, sx, i):
-    """The VALUE_GROUP floats w[wo:wo + VALUE_GROUP] rounded to two int8 terms as
-    ``round_activations`` rounds a block, with one unit for the group (ties to even; every step an
-    exact IEEE operation, so any form of it gives the same bytes): xq[qo + k], xr[qo + k], the unit
-    dr[i] = max|w| / 32258 and sx[i] = the sum of 254 xq + xr, by 512-bit vectors."""
-    sig = types.void(w, wo, xq, xr, qo, dr, sx, i)
+def round_group(typingctx, p, po, d, do, xq, xr, qo, dr, sx, i):
+    """The VALUE_GROUP weights w_k = p[po + k] d[do + k] (the product formed here, in registers)
+    rounded to two int8 terms as ``round_activations`` rounds a block, with one unit for the
+    group (ties to even; every step an exact IEEE operation, so any form of it gives the same
+    bytes): xq[qo + k], xr[qo + k], the unit dr[i] = max|w| / 32258 and sx[i] = the sum of
+    254 xq + xr, by 512-bit vectors."""
+    sig = types.void(p, po, d, do, xq, xr, qo, dr, sx, i)
 
     def codegen(context, builder, signature, args):
-        w, wo, xq, xr, qo, dr, sx, i = args
+        p, po, d, do, xq, xr, qo, dr, sx, i = args
         aty = signature.args
-        wo, qo, i = (_i64(builder, x) for x in (wo, qo, i))
+        po, do, qo, i = (_i64(builder, x) for x in (po, do, qo, i))
         v16f, v16i, v16b = ir.VectorType(F32, 16), ir.VectorType(I32, 16), ir.VectorType(I8, 16)
         nv = VALUE_GROUP // 16
-        wp = builder.bitcast(builder.gep(data_ptr(context, builder, aty[0], w, F32), [wo]), v16f.as_pointer())
-        x = [builder.load(builder.gep(wp, [ir.Constant(I32, h)]), align=4) for h in range(nv)]
+        pp, dp = (builder.bitcast(builder.gep(data_ptr(context, builder, aty[k], a, F32), [o]), v16f.as_pointer())
+                  for k, a, o in ((0, p, po), (2, d, do)))
+        x = [builder.fmul(builder.load(builder.gep(pp, [ir.Constant(I32, h)]), align=4),
+                          builder.load(builder.gep(dp, [ir.Constant(I32, h)]), align=4)) for h in range(nv)]
         fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f]), "llvm.fabs.v16f32")
         rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f]), "llvm.rint.v16f32")
 
@@ -1296,7 +1299,7 @@ def round_group(typingctx, w, wo, xq, xr, qo, dr, sx, i):
         invs = splat(builder, inv, 16)
         total = ir.Constant(v16i, [0] * 16)
         qp = [builder.bitcast(builder.gep(data_ptr(context, builder, aty[k], a, I8), [qo]), v16b.as_pointer())
-              for k, a in ((2, xq), (3, xr))]
+              for k, a in ((4, xq), (5, xr))]
         for h in range(nv):
             u = builder.fmul(x[h], invs)                              # |u| <= 127
             a = builder.call(rint, [u])
@@ -1312,98 +1315,206 @@ def round_group(typingctx, w, wo, xq, xr, qo, dr, sx, i):
                                 builder.shuffle_vector(total, total,
                                                        ir.Constant(ir.VectorType(I32, n), list(range(n, 2 * n)))))
         builder.store(builder.fdiv(amax, ir.Constant(F32, 127.0 * 254.0)),
-                      builder.gep(data_ptr(context, builder, aty[5], dr, F32), [i]))
+                      builder.gep(data_ptr(context, builder, aty[7], dr, F32), [i]))
         builder.store(builder.extract_element(total, ir.Constant(I32, 0)),
-                      builder.gep(data_ptr(context, builder, aty[6], sx, I32), [i]))
+                      builder.gep(data_ptr(context, builder, aty[8], sx, I32), [i]))
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-@njit(cache=True, inline="always")
-def _chain(r0, k, R, nb, Np):
-    """(head, offset of its block column's minima) of sum r0 + k of ``_minimum_terms`` (the last
-    sum again past R: a chain computed and dropped)."""
-    r = min(r0 + k, R - 1)
-    return r // nb, (r % nb) * Np
+# block columns per vector of ``minimum_sums`` and ``block_scales``' rows per gather
+SCALE_LANES = 16
 
 
-@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
-def _minimum_terms(p, m, Np, count, G, nb, M):
-    """M[g nb + b] = sum_j p[g, j] m[b Np + j] over j < count, each sum one chain of ``fma32`` in
-    the order of j (from 0), four sums at a time whose chains interleave: each multiply-add waits
-    on its own sum's previous one only, so four are in flight where a single chain would wait on
-    every one's latency (the same operations in the same order: the same bits)."""
-    R = G * nb
-    for r0 in range(0, R, 4):
-        g0, o0 = _chain(r0, 0, R, nb, Np)
-        g1, o1 = _chain(r0, 1, R, nb, Np)
-        g2, o2 = _chain(r0, 2, R, nb, Np)
-        g3, o3 = _chain(r0, 3, R, nb, Np)
-        s0 = s1 = s2 = s3 = np.float32(0.0)
-        for j in range(count):
-            s0 = fma32(p[g0, j], m[o0 + j], s0)
-            s1 = fma32(p[g1, j], m[o1 + j], s1)
-            s2 = fma32(p[g2, j], m[o2 + j], s2)
-            s3 = fma32(p[g3, j], m[o3 + j], s3)
-        M[r0] = s0
-        if r0 + 1 < R:
-            M[r0 + 1] = s1
-        if r0 + 2 < R:
-            M[r0 + 2] = s2
-        if r0 + 3 < R:
-            M[r0 + 3] = s3
+@njit(cache=True, nogil=True, fastmath=False)   # the exact conversions, never a caller's flags
+def block_scales_loop(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np):
+    """The portable form of ``block_scales`` (the same values: the conversions are exact; no prefetches)."""
+    for q in range((count + SCALE_LANES - 1) // SCALE_LANES):
+        for l in range(SCALE_LANES):
+            j = SCALE_LANES * q + l
+            r = off + min(j, count - 1) * stride
+            for b in range(nb):
+                d[b * Np + j] = _half_at(v, r + b * bb)
+                if has_m:
+                    m[j * nb + b] = _half_at(v, r + b * bb + 2)
+
+
+def _block_scales_ir():
+    """The intrinsic of ``block_scales`` on hosts with AVX-512: per SCALE_LANES rows and block
+    column one vpgatherdd of the blocks' first 4 bytes (the scale d, then q4_1's and q5_1's
+    minimum m), the halves widened by vcvtph2ps; the minima gathered again in the order of the
+    rows (16 (row, block) pairs per gather), as ``minimum_sums`` reads them."""
+
+    def bs(typingctx, v, off, stride, count, nb, bb, has_m, pfb, d, m, Np):
+        sig = types.void(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np)
+
+        def codegen(context, builder, signature, args):
+            v, off, stride, count, nb, bb, has_m, pfb, d, m, Np = args
+            aty = signature.args
+            off, stride, count, nb, bb, pfb, Np = (_i64(builder, x) for x in (off, stride, count, nb, bb, pfb, Np))
+            L = SCALE_LANES
+            v16i, v16f, v16h = ir.VectorType(I32, L), ir.VectorType(F32, L), ir.VectorType(ir.HalfType(), L)
+            i16 = ir.IntType(16)
+            gather = x86(builder, "llvm.x86.avx512.mask.gather.dpi.512", v16i, v16i, I8.as_pointer(), v16i,
+                         ir.VectorType(ir.IntType(1), L), I32)
+            every = ir.Constant(ir.VectorType(ir.IntType(1), L), [1] * L)
+            zero = ir.Constant(v16i, [0] * L)
+            lane = ir.Constant(v16i, list(range(L)))
+            vbase = builder.gep(data_ptr(context, builder, aty[0], v, I8), [off])
+            dp, mp = (data_ptr(context, builder, aty[k], a, F32) for k, a in ((8, d), (9, m)))
+            s32, bb32, nb32 = (splat(builder, builder.trunc(x, I32), L) for x in (stride, bb, nb))
+            nbf = splat(builder, builder.sitofp(nb, F32), L)
+            floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f]), "llvm.floor.v16f32")
+            last = builder.sub(count, ir.Constant(I64, 1))
+
+            def halves(words, high):     # the low (high) halves of 16 words, as floats
+                if high:
+                    words = builder.lshr(words, ir.Constant(v16i, [16] * L))
+                return builder.fpext(builder.bitcast(builder.trunc(words, ir.VectorType(i16, L)), v16h), v16f)
+
+            def store(x, p, o):
+                builder.store(x, builder.bitcast(builder.gep(p, [o]), v16f.as_pointer()), align=4)
+
+            nq = builder.udiv(builder.add(count, ir.Constant(I64, L - 1)), ir.Constant(I64, L))
+            with cgutils.for_range(builder, nq) as ql:
+                j0 = builder.mul(ql.index, ir.Constant(I64, L))
+                rbase = builder.gep(vbase, [builder.mul(j0, stride)])
+                with cgutils.for_range(builder, ir.Constant(I64, L)) as pl:     # rows ahead (pfb 0: none)
+                    prefetch_row(builder, builder.gep(rbase, [builder.mul(builder.add(pl.index, ir.Constant(I64, L)),
+                                                                        stride)]), pfb)
+                lim = splat(builder, builder.trunc(builder.sub(last, j0), I32), L)   # rows past count: the last
+                rows = builder.select(builder.icmp_signed(">", lane, lim), lim, lane)
+                ridx = builder.mul(rows, s32)
+                with cgutils.for_range(builder, nb) as bl:
+                    b32 = splat(builder, builder.trunc(bl.index, I32), L)
+                    w = gather(zero, rbase, builder.add(ridx, builder.mul(b32, bb32)), every, ir.Constant(I32, 1))
+                    store(halves(w, False), dp, builder.add(builder.mul(bl.index, Np), j0))
+                with builder.if_then(builder.trunc(has_m, ir.IntType(1)) if has_m.type.width > 1 else has_m):
+                    with cgutils.for_range(builder, nb) as kl:
+                        f = builder.add(splat(builder, builder.trunc(builder.mul(kl.index, ir.Constant(I64, L)), I32),
+                                              L), lane)          # (row, block) pair f = row nb + block
+                        r = builder.fptosi(builder.call(floor, [builder.fdiv(
+                            builder.fadd(builder.sitofp(f, v16f), ir.Constant(v16f, [0.5] * L)), nbf)]), v16i)
+                        b = builder.sub(f, builder.mul(r, nb32))
+                        r = builder.select(builder.icmp_signed(">", r, lim), lim, r)
+                        w = gather(zero, rbase, builder.add(builder.mul(r, s32), builder.mul(b, bb32)), every,
+                                   ir.Constant(I32, 1))
+                        store(halves(w, True), mp, builder.add(builder.mul(j0, nb),
+                                                               builder.mul(kl.index, ir.Constant(I64, L))))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(bs)
+
+
+# block_scales(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np): the scales of the nb blocks
+# (bb bytes each) of ``count`` value rows, row j at v[off + j stride]: d[b Np + j] = block b's
+# scale d (float32), and where has_m, m[j nb + b] = its minimum m, for every j up to count
+# rounded up to SCALE_LANES (rows past count: the last row's again); with pfb > 0, the pfb bytes
+# of each row SCALE_LANES rows ahead are prefetched.  Gathered where the host has AVX-512, else
+# the loop (the same values).
+block_scales = _block_scales_ir() if HOST_VNNI else block_scales_loop
+
+
+@intrinsic
+def minimum_sums(typingctx, p, ldp, g0, G, m, nb, count, M):
+    """The minimum's terms of the HEAD_GROUP heads g = g0 + a: M[g nbp + b] = sum_j p[g' ldp + j] m[j nb + b]
+    over j < count for a < HEAD_GROUP and b < nbp (nb rounded up to SCALE_LANES), g' = min(g, G - 1)
+    (the lanes past nb and the heads past G are dropped by the caller), each sum one chain of fused multiply-adds in the order of j from 0
+    (``fma32``'s roundings).  The sums of a head are the lanes of one vector per SCALE_LANES block
+    columns, each head's p broadcast: the heads' chains interleave, each multiply-add waiting on
+    its own sum's previous one only.  m must have SCALE_LANES floats past its last row (read, unused)."""
+    sig = types.void(p, ldp, g0, G, m, nb, count, M)
+
+    def codegen(context, builder, signature, args):
+        p, ldp, g0, G, m, nb, count, M = args
+        aty = signature.args
+        ldp, g0, G, nb, count = (_i64(builder, x) for x in (ldp, g0, G, nb, count))
+        L = SCALE_LANES
+        v16f = ir.VectorType(F32, L)
+        pp = data_ptr(context, builder, aty[0], p, F32)
+        mp = data_ptr(context, builder, aty[4], m, F32)
+        Mp = data_ptr(context, builder, aty[7], M, F32)
+        top = builder.sub(G, ir.Constant(I64, 1))
+        heads = [builder.add(g0, ir.Constant(I64, a)) for a in range(HEAD_GROUP)]
+        prows = [builder.mul(ldp, builder.select(builder.icmp_signed(">", g, top), top, g)) for g in heads]
+        fma = _fma_fn(builder, v16f)
+        nbp = builder.mul(builder.udiv(builder.add(nb, ir.Constant(I64, L - 1)), ir.Constant(I64, L)),
+                          ir.Constant(I64, L))
+        sums = [cgutils.alloca_once(builder, v16f) for _ in range(HEAD_GROUP)]
+        with cgutils.for_range_slice(builder, ir.Constant(I64, 0), nb, ir.Constant(I64, L)) as (c, _):
+            for s in sums:
+                builder.store(ir.Constant(v16f, [0.0] * L), s)
+            with cgutils.for_range(builder, count) as jl:
+                j = jl.index
+                mj = builder.load(builder.bitcast(builder.gep(mp, [builder.add(builder.mul(j, nb), c)]),
+                                                  v16f.as_pointer()), align=4)
+                for a, s in enumerate(sums):
+                    pj = builder.load(builder.gep(pp, [builder.add(prows[a], j)]))
+                    builder.store(builder.call(fma, [splat(builder, pj, L), mj, builder.load(s)]), s)
+            for a, s in enumerate(sums):
+                dst = builder.gep(Mp, [builder.add(builder.mul(nbp, heads[a]), c)])
+                builder.store(builder.load(s), builder.bitcast(dst, v16f.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})   # never reassociated: the rounding
 def round_weights(t, v, off, stride, count, p, G, nb):
-    """The weights of ``value_isums`` for G heads' softmax weights p (>= G, >= count) over
-    ``count`` value rows of integer type t (row j's blocks at v[off + j stride]): per head g and
-    block column b, w_j = p[g, j] d_jb (the block's scale folded in, its sign too) rounded per
+    """The weights of ``value_isums`` for G heads' softmax weights p (>= G, >= count; C order)
+    over ``count`` value rows of integer type t (row j's blocks at v[off + j stride]): per head g
+    and block column b, w_j = p[g, j] d_jb (the block's scale folded in, its sign too) rounded per
     VALUE_GROUP rows to two int8 terms as the matvecs round activations (w ~ dr (254 xq + xr),
     xq = round(w 127 / max|w|), xr = round of the remainder in units of dr = max|w| / 32258,
     ties to even: within max|w_group| / 64516), rows past count zero.  Returns (xq, xr (G nb Np,)
     int8 at (g nb + b) Np + j, Np = count rounded up to whole groups; dr (G nb ng,) float32 and
-    sx (G nb ng,) int32 at (g nb + b) ng + group: the units and the sums of 254 xq + xr; M (G nb,)
-    float32: sum_j p[g, j] m_jb, the minimum's term of q4_1 and q5_1 (zero for the others))."""
+    sx (G nb ng,) int32 at (g nb + b) ng + group: the units and the sums of 254 xq + xr; M
+    float32 at g nbp + b (nbp: nb rounded up to SCALE_LANES): sum_j p[g, j] m_jb, the minimum's
+    term of q4_1 and q5_1 (zero for the others)).  The scales are read first, all of a row's
+    blocks at once (``block_scales``); the products p d are formed in registers as each group is
+    rounded (``round_group``), a group past count from its weights copied with zeros after them."""
     ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
     Np = ng * VALUE_GROUP
     bb = BLOCK_BYTES[t]
     has_m = HAS_MIN[t]
-    f = np.empty(2 * nb * Np + Np + G * nb * ng + G * nb, np.float32)
-    d, m, w = f[:nb * Np], f[nb * Np:2 * nb * Np], f[2 * nb * Np:2 * nb * Np + Np]
-    dr, M = f[2 * nb * Np + Np:2 * nb * Np + Np + G * nb * ng], f[2 * nb * Np + Np + G * nb * ng:]
+    nbp = -(-nb // SCALE_LANES) * SCALE_LANES
+    Gp = -(-G // HEAD_GROUP) * HEAD_GROUP
+    ldp = p.shape[1]
+    pf = p.reshape(p.shape[0] * ldp)
+    f = np.empty(nb * Np + (nb * Np + SCALE_LANES if has_m else 0) + VALUE_GROUP + G * nb * ng + Gp * nbp,
+                 np.float32)
+    d, m = f[:nb * Np], f[nb * Np:nb * Np + (nb * Np + SCALE_LANES if has_m else 0)]
+    tail = f[m.size + nb * Np:m.size + nb * Np + VALUE_GROUP]
+    dr, M = f[m.size + nb * Np + VALUE_GROUP:m.size + nb * Np + VALUE_GROUP + G * nb * ng], f[f.size - Gp * nbp:]
     xb = np.empty(2 * G * nb * Np, np.int8)
     xq, xr = xb[:G * nb * Np], xb[G * nb * Np:]
     sx = np.empty(G * nb * ng, np.int32)
-    h = v.view(np.uint16)                      # blocks, rows and their offsets are whole halves
-    step = np.uint64(stride >> 1)
-    h0 = np.uint64(off >> 1)
-    hb = np.uint64(bb >> 1)
-    # the first pass over the rows: strided rows (several kv heads) are prefetched ahead here, as the
-    # float columns prefetch theirs (not Q8_0's, as there)
-    pf = t != 8 and stride > nb * bb and stride >= PREFETCH_MIN_STRIDE
-    for j in range(count):
-        if pf:
-            prefetch(v, off + (j + PREFETCH_ROWS) * stride, nb * bb)
-        hj = h0 + np.uint64(j) * step
-        for b in range(nb):
-            d[b * Np + j] = _half_bits(h[hj + np.uint64(b) * hb])
-            if has_m:
-                m[b * Np + j] = _half_bits(h[hj + np.uint64(b) * hb + np.uint64(1)])
-    for j in range(count, Np):
-        w[j] = 0.0
+    # strided rows (several kv heads) are prefetched ahead here, as the float columns prefetch
+    # theirs (not Q8_0's, as there)
+    pfb = nb * bb if t != 8 and stride > nb * bb and stride >= PREFETCH_MIN_STRIDE else 0
+    block_scales(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np)
+    for b in range(nb):
+        for j in range(count, Np):
+            d[b * Np + j] = 0.0
     if has_m:
-        _minimum_terms(p, m, Np, count, G, nb, M)
+        for g0 in range(0, G, HEAD_GROUP):
+            minimum_sums(pf, ldp, g0, G, m, nb, count, M)
     else:
         M[:] = 0.0
     for g in range(G):
         for b in range(nb):
             r = g * nb + b
-            for j in range(count):
-                w[j] = p[g, j] * d[b * Np + j]
             for grp in range(ng):
-                round_group(w, grp * VALUE_GROUP, xq, xr, r * Np + grp * VALUE_GROUP, dr, sx, r * ng + grp)
+                j0 = grp * VALUE_GROUP
+                if j0 + VALUE_GROUP <= count:
+                    round_group(pf, g * ldp + j0, d, b * Np + j0, xq, xr, r * Np + j0, dr, sx, r * ng + grp)
+                else:
+                    for k in range(VALUE_GROUP):
+                        tail[k] = pf[g * ldp + j0 + k] if j0 + k < count else np.float32(0.0)
+                    round_group(tail, 0, d, b * Np + j0, xq, xr, r * Np + j0, dr, sx, r * ng + grp)
     return xq, xr, dr, sx, M
 
 
@@ -1414,6 +1525,7 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
     block column and group of up to HEAD_GROUP heads, then the minimum's term."""
     nb = hd // 32
     ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
+    nbp = -(-nb // SCALE_LANES) * SCALE_LANES
     xq, xr, dr, sx, M = round_weights(t, v, off, stride, count, p, G, nb)
     for b in range(nb):
         for g0 in range(0, G, HEAD_GROUP):
@@ -1424,7 +1536,7 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
         for g in range(G):
             for b in range(nb):
                 for k in range(32):
-                    a[g * hd + 32 * b + k] += M[g * nb + b]
+                    a[g * hd + 32 * b + k] += M[g * nbp + b]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
