@@ -973,15 +973,54 @@ def _value_column_ir(t, n):
     return intrinsic(vc)
 
 
+def _quad_quants(builder, load, rps, t):
+    """IR: the blocks of type t at the four i8* rps as two <16 x i32> (bytes 4l + i: row i's
+    unsigned quant of dimension l, then of dimension 16 + l), with AVX-512 VBMI: Q8_0's rows
+    (as the key scores unpack them) interleaved by a vpermt2b pair; the 4- and 5-bit types'
+    four rows of 16 nibble bytes split once as one <64 x i8> (IQ4_NL's values looked up there,
+    vpshufb), each half placed by one vpermb, and the fifth bits (Q5_0, Q5_1) of the four rows'
+    words set by one byte shuffle and bit test per half."""
+    v16i, v16b, v64b = ir.VectorType(I32, 16), ir.VectorType(I8, 16), ir.VectorType(I8, 64)
+
+    def cat(a, b):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, 2 * a.type.count),
+                                                        list(range(2 * a.type.count))))
+
+    if t == 8:
+        us = [_emit_block_quants(builder, load, rp, t) for rp in rps]
+        a01, a23 = cat(us[0], us[1]), cat(us[2], us[3])
+        return [builder.bitcast(builder.shuffle_vector(a01, a23, ir.Constant(ir.VectorType(I32, 64), [
+            32 * i + 16 * h + l for l in range(16) for i in range(4)])), v16i) for h in range(2)]
+    qs = [load(rp, int(QS_AT[t]), v16b) for rp in rps]
+    q = cat(cat(qs[0], qs[1]), cat(qs[2], qs[3]))                 # byte 16 i + k: row i's byte k
+    halves = [builder.and_(q, ir.Constant(v64b, [15] * 64)), builder.lshr(q, ir.Constant(v64b, [4] * 64))]
+    if t == 20:
+        shuf = x86(builder, "llvm.x86.avx512.pshuf.b.512", v64b, v64b, v64b)
+        halves = [shuf(ir.Constant(v64b, [int(v) for v in IQ4NL_U8] * 4), x) for x in halves]
+    place = ir.Constant(ir.VectorType(I32, 64), [16 * i + l for l in range(16) for i in range(4)])
+    U = [builder.shuffle_vector(x, ir.Constant(v64b, ir.Undefined), place) for x in halves]
+    if QH_AT[t] >= 0:
+        v4b = ir.VectorType(I8, 4)
+        w = [builder.bitcast(load(rp, int(QH_AT[t]), I32), v4b) for rp in rps]
+        w = cat(cat(w[0], w[1]), cat(w[2], w[3]))                  # byte 4 i + k: row i's bits 8k..8k+7
+        bit = ir.Constant(v64b, [1 << (l % 8) for l in range(16) for i in range(4)])
+        for h in range(2):
+            rep = builder.shuffle_vector(w, ir.Constant(ir.VectorType(I8, 16), ir.Undefined), ir.Constant(
+                ir.VectorType(I32, 64), [4 * i + 2 * h + l // 8 for l in range(16) for i in range(4)]))
+            hit = builder.icmp_unsigned("==", builder.and_(rep, bit), bit)
+            U[h] = builder.or_(U[h], builder.select(hit, ir.Constant(v64b, [16] * 64), ir.Constant(v64b, [0] * 64)))
+    return [builder.bitcast(u, v16i) for u in U]
+
+
 def _value_isums_ir(t, n):
     """The intrinsic (v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd) of
-    ``value_isums`` for integer type t and n (1 to HEAD_GROUP) heads: per 4 rows, each row's
-    block unpacked to 32 unsigned bytes (as the key scores unpack it), the four rows' bytes
-    interleaved into two <64 x i8> (byte 4l + i: row i's value of dimension l, l < 16, then
-    16 + l: a vpermt2b pair with AVX-512 VBMI), and per head each weight term's 4 bytes
-    broadcast and multiplied in by one 512-bit vpdpbusd per 16 dimensions (int32 lane l: that
-    dimension's 4 products); after every VALUE_GROUP rows each head's sums are combined into
-    the float sums in acc (254 A + E - c SX, times the group's unit, one fused multiply-add)."""
+    ``value_isums`` for integer type t and n (1 to HEAD_GROUP) heads: per 4 rows, the rows'
+    blocks unpacked to unsigned bytes and interleaved into two <64 x i8> (byte 4l + i: row i's
+    value of dimension l, l < 16, then 16 + l: ``_quad_quants``), and per head each weight
+    term's 4 bytes broadcast and multiplied in by one 512-bit vpdpbusd per 16 dimensions (int32
+    lane l: that dimension's 4 products); after every VALUE_GROUP rows each head's sums are
+    combined into the float sums in acc (254 A + E - c SX, times the group's unit, one fused
+    multiply-add).  Only a group's last 4 rows, where they pass count, are clamped to the last row."""
 
     def vi(typingctx, v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd):
         sig = types.void(v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd)
@@ -1003,9 +1042,6 @@ def _value_isums_ir(t, n):
             zero = ir.Constant(v16i, [0] * 16)
             # per head: the sums of the first term (dimensions 0-15, 16-31), then of the second
             sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(n)]
-            pair = ir.Constant(ir.VectorType(I32, 64), list(range(64)))
-            lanes = [ir.Constant(ir.VectorType(I32, 64), [32 * i + 16 * h + l for l in range(16) for i in range(4)])
-                     for h in range(2)]
             last = builder.sub(count, ir.Constant(I64, 1))
             grp = ir.Constant(I64, VALUE_GROUP)
             nblk = builder.udiv(builder.add(count, ir.Constant(I64, VALUE_GROUP - 1)), grp)
@@ -1016,6 +1052,23 @@ def _value_isums_ir(t, n):
                 return builder.shuffle_vector(w, ir.Constant(ir.VectorType(x.type, 16), ir.Undefined),
                                               ir.Constant(v16i, [0] * 16))
 
+            def quad(j, clamp):      # rows j..j+3 (clamp: rows past the last read the last again, weights 0)
+                rps = []
+                for i in range(4):
+                    ji = builder.add(j, ir.Constant(I64, i))
+                    if clamp:
+                        ji = builder.select(builder.icmp_signed(">", ji, last), last, ji)
+                    rps.append(builder.gep(vbase, [builder.mul(ji, stride)]))
+                U = _quad_quants(builder, load, rps, t)
+                for g in range(n):
+                    wj = builder.add(builder.mul(ldw, ir.Constant(I64, g)), j)
+                    for term in range(2):
+                        w = splat16(builder.load(builder.bitcast(builder.gep(wps[term], [wj]), I32.as_pointer()),
+                                                 align=1))
+                        for h in range(2):
+                            a = sums[g][2 * term + h]
+                            builder.store(dp(builder.load(a), U[h], w), a)
+
             with cgutils.for_range(builder, nblk) as bl:
                 blk = bl.index
                 for hs in sums:
@@ -1023,26 +1076,12 @@ def _value_isums_ir(t, n):
                         builder.store(zero, a)
                 j0 = builder.mul(blk, grp)
                 left = builder.sub(count, j0)
-                quads = builder.udiv(builder.add(builder.select(builder.icmp_signed("<", left, grp), left, grp),
-                                                 ir.Constant(I64, 3)), ir.Constant(I64, 4))
-                with cgutils.for_range(builder, quads) as ql:
-                    j = builder.add(j0, builder.mul(ql.index, ir.Constant(I64, 4)))
-                    us = []
-                    for i in range(4):       # rows past the last read the last again (their weights are 0)
-                        ji = builder.add(j, ir.Constant(I64, i))
-                        ji = builder.select(builder.icmp_signed(">", ji, last), last, ji)
-                        us.append(_emit_block_quants(builder, load, builder.gep(vbase, [builder.mul(ji, stride)]), t))
-                    a01 = builder.shuffle_vector(us[0], us[1], pair)
-                    a23 = builder.shuffle_vector(us[2], us[3], pair)
-                    U = [builder.bitcast(builder.shuffle_vector(a01, a23, m), v16i) for m in lanes]
-                    for g in range(n):
-                        wj = builder.add(builder.mul(ldw, ir.Constant(I64, g)), j)
-                        for term in range(2):
-                            w = splat16(builder.load(builder.bitcast(builder.gep(wps[term], [wj]), I32.as_pointer()),
-                                                     align=1))
-                            for h in range(2):
-                                a = sums[g][2 * term + h]
-                                builder.store(dp(builder.load(a), U[h], w), a)
+                rows = builder.select(builder.icmp_signed("<", left, grp), left, grp)
+                whole = builder.udiv(rows, ir.Constant(I64, 4))
+                with cgutils.for_range(builder, whole) as ql:
+                    quad(builder.add(j0, builder.mul(ql.index, ir.Constant(I64, 4))), False)
+                with builder.if_then(builder.icmp_signed("!=", builder.mul(whole, ir.Constant(I64, 4)), rows)):
+                    quad(builder.add(j0, builder.mul(whole, ir.Constant(I64, 4))), True)
                 for g in range(n):
                     i = builder.add(builder.mul(lds, ir.Constant(I64, g)), blk)
                     d = splat16(builder.load(builder.gep(drp, [i])))
