@@ -1362,7 +1362,7 @@ def round_group(typingctx, p, po, d, do, xq, xr, qo, dr, sx, i):
     return sig, codegen
 
 
-# block columns per vector of ``minimum_sums`` and ``block_scales``' rows per gather
+# ``block_scales``' rows per gather
 SCALE_LANES = 16
 
 
@@ -1376,14 +1376,13 @@ def block_scales_loop(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np):
             for b in range(nb):
                 d[b * Np + j] = _half_at(v, r + b * bb)
                 if has_m:
-                    m[j * nb + b] = _half_at(v, r + b * bb + 2)
+                    m[b * Np + j] = _half_at(v, r + b * bb + 2)
 
 
 def _block_scales_ir():
     """The intrinsic of ``block_scales`` on hosts with AVX-512: per SCALE_LANES rows and block
     column one vpgatherdd of the blocks' first 4 bytes (the scale d, then q4_1's and q5_1's
-    minimum m), the halves widened by vcvtph2ps; the minima gathered again in the order of the
-    rows (16 (row, block) pairs per gather), as ``minimum_sums`` reads them."""
+    minimum m), the halves widened by vcvtph2ps."""
 
     def bs(typingctx, v, off, stride, count, nb, bb, has_m, pfb, d, m, Np):
         sig = types.void(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np)
@@ -1394,7 +1393,6 @@ def _block_scales_ir():
             off, stride, count, nb, bb, pfb, Np = (_i64(builder, x) for x in (off, stride, count, nb, bb, pfb, Np))
             L = SCALE_LANES
             v16i, v16f, v16h = ir.VectorType(I32, L), ir.VectorType(F32, L), ir.VectorType(ir.HalfType(), L)
-            i16 = ir.IntType(16)
             gather = x86(builder, "llvm.x86.avx512.mask.gather.dpi.512", v16i, v16i, I8.as_pointer(), v16i,
                          ir.VectorType(ir.IntType(1), L), I32)
             every = ir.Constant(ir.VectorType(ir.IntType(1), L), [1] * L)
@@ -1402,15 +1400,15 @@ def _block_scales_ir():
             lane = ir.Constant(v16i, list(range(L)))
             vbase = builder.gep(data_ptr(context, builder, aty[0], v, I8), [off])
             dp, mp = (data_ptr(context, builder, aty[k], a, F32) for k, a in ((8, d), (9, m)))
-            s32, bb32, nb32 = (splat(builder, builder.trunc(x, I32), L) for x in (stride, bb, nb))
-            nbf = splat(builder, builder.sitofp(nb, F32), L)
-            floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f]), "llvm.floor.v16f32")
+            s32, bb32 = (splat(builder, builder.trunc(x, I32), L) for x in (stride, bb))
             last = builder.sub(count, ir.Constant(I64, 1))
+            with_m = builder.icmp_unsigned("!=", has_m, ir.Constant(has_m.type, 0))
 
             def halves(words, high):     # the low (high) halves of 16 words, as floats
                 if high:
                     words = builder.lshr(words, ir.Constant(v16i, [16] * L))
-                return builder.fpext(builder.bitcast(builder.trunc(words, ir.VectorType(i16, L)), v16h), v16f)
+                return builder.fpext(builder.bitcast(builder.trunc(words, ir.VectorType(ir.IntType(16), L)), v16h),
+                                     v16f)
 
             def store(x, p, o):
                 builder.store(x, builder.bitcast(builder.gep(p, [o]), v16f.as_pointer()), align=4)
@@ -1423,24 +1421,14 @@ def _block_scales_ir():
                     prefetch_row(builder, builder.gep(rbase, [builder.mul(builder.add(pl.index, ir.Constant(I64, L)),
                                                                         stride)]), pfb)
                 lim = splat(builder, builder.trunc(builder.sub(last, j0), I32), L)   # rows past count: the last
-                rows = builder.select(builder.icmp_signed(">", lane, lim), lim, lane)
-                ridx = builder.mul(rows, s32)
+                ridx = builder.mul(builder.select(builder.icmp_signed(">", lane, lim), lim, lane), s32)
                 with cgutils.for_range(builder, nb) as bl:
                     b32 = splat(builder, builder.trunc(bl.index, I32), L)
                     w = gather(zero, rbase, builder.add(ridx, builder.mul(b32, bb32)), every, ir.Constant(I32, 1))
-                    store(halves(w, False), dp, builder.add(builder.mul(bl.index, Np), j0))
-                with builder.if_then(builder.trunc(has_m, ir.IntType(1)) if has_m.type.width > 1 else has_m):
-                    with cgutils.for_range(builder, nb) as kl:
-                        f = builder.add(splat(builder, builder.trunc(builder.mul(kl.index, ir.Constant(I64, L)), I32),
-                                              L), lane)          # (row, block) pair f = row nb + block
-                        r = builder.fptosi(builder.call(floor, [builder.fdiv(
-                            builder.fadd(builder.sitofp(f, v16f), ir.Constant(v16f, [0.5] * L)), nbf)]), v16i)
-                        b = builder.sub(f, builder.mul(r, nb32))
-                        r = builder.select(builder.icmp_signed(">", r, lim), lim, r)
-                        w = gather(zero, rbase, builder.add(builder.mul(r, s32), builder.mul(b, bb32)), every,
-                                   ir.Constant(I32, 1))
-                        store(halves(w, True), mp, builder.add(builder.mul(j0, nb),
-                                                               builder.mul(kl.index, ir.Constant(I64, L))))
+                    o = builder.add(builder.mul(bl.index, Np), j0)
+                    store(halves(w, False), dp, o)
+                    with builder.if_then(with_m):
+                        store(halves(w, True), mp, o)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -1450,7 +1438,7 @@ def _block_scales_ir():
 
 # block_scales(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np): the scales of the nb blocks
 # (bb bytes each) of ``count`` value rows, row j at v[off + j stride]: d[b Np + j] = block b's
-# scale d (float32), and where has_m, m[j nb + b] = its minimum m, for every j up to count
+# scale d (float32), and where has_m, m[b Np + j] = its minimum m, for every j up to count
 # rounded up to SCALE_LANES (rows past count: the last row's again); with pfb > 0, the pfb bytes
 # of each row SCALE_LANES rows ahead are prefetched.  Gathered where the host has AVX-512, else
 # the loop (the same values).
@@ -1458,44 +1446,67 @@ block_scales = _block_scales_ir() if HOST_VNNI else block_scales_loop
 
 
 @intrinsic
-def minimum_sums(typingctx, p, ldp, g0, G, m, nb, count, M):
-    """The minimum's terms of the HEAD_GROUP heads g = g0 + a: M[g nbp + b] = sum_j p[g' ldp + j] m[j nb + b]
-    over j < count for a < HEAD_GROUP and b < nbp (nb rounded up to SCALE_LANES), g' = min(g, G - 1)
-    (the lanes past nb and the heads past G are dropped by the caller), each sum one chain of fused multiply-adds in the order of j from 0
-    (``fma32``'s roundings).  The sums of a head are the lanes of one vector per SCALE_LANES block
-    columns, each head's p broadcast: the heads' chains interleave, each multiply-add waiting on
-    its own sum's previous one only.  m must have SCALE_LANES floats past its last row (read, unused)."""
-    sig = types.void(p, ldp, g0, G, m, nb, count, M)
+def minimum_sums(typingctx, p, ldp, g0, G, m, Np, b0, nb, count, M, ldm):
+    """The minimum's terms of the heads g0 + h and block columns b0 + a (h, a < HEAD_GROUP):
+    M[(g0 + h) ldm + b0 + a] = sum_j p[g ldp + j] m[b Np + j] over j < count, g = min(g0 + h, G - 1),
+    b = min(b0 + a, nb - 1) (the heads past G and the columns past nb are dropped by the caller),
+    each sum one chain of fused multiply-adds in the order of j from 0 (``fma32``'s roundings).
+    The lanes of a vector are the heads, one vector per block column: per 16 positions the
+    heads' weights are loaded as 4 vectors and transposed, each position's 4 weights then
+    broadcast to every 128-bit lane and multiplied by the column's m (a broadcast load): the
+    columns' chains interleave, each multiply-add waiting on its own sum's previous one only."""
+    sig = types.void(p, ldp, g0, G, m, Np, b0, nb, count, M, ldm)
 
     def codegen(context, builder, signature, args):
-        p, ldp, g0, G, m, nb, count, M = args
+        p, ldp, g0, G, m, Np, b0, nb, count, M, ldm = args
         aty = signature.args
-        ldp, g0, G, nb, count = (_i64(builder, x) for x in (ldp, g0, G, nb, count))
-        L = SCALE_LANES
-        v16f = ir.VectorType(F32, L)
+        ldp, g0, G, Np, b0, nb, count, ldm = (_i64(builder, x) for x in (ldp, g0, G, Np, b0, nb, count, ldm))
+        K = HEAD_GROUP
+        v16f, v32f = ir.VectorType(F32, 16), ir.VectorType(F32, 32)
         pp = data_ptr(context, builder, aty[0], p, F32)
         mp = data_ptr(context, builder, aty[4], m, F32)
-        Mp = data_ptr(context, builder, aty[7], M, F32)
-        top = builder.sub(G, ir.Constant(I64, 1))
-        heads = [builder.add(g0, ir.Constant(I64, a)) for a in range(HEAD_GROUP)]
-        prows = [builder.mul(ldp, builder.select(builder.icmp_signed(">", g, top), top, g)) for g in heads]
+        Mp = data_ptr(context, builder, aty[9], M, F32)
         fma = _fma_fn(builder, v16f)
-        nbp = builder.mul(builder.udiv(builder.add(nb, ir.Constant(I64, L - 1)), ir.Constant(I64, L)),
-                          ir.Constant(I64, L))
-        sums = [cgutils.alloca_once(builder, v16f) for _ in range(HEAD_GROUP)]
-        with cgutils.for_range_slice(builder, ir.Constant(I64, 0), nb, ir.Constant(I64, L)) as (c, _):
-            for s in sums:
-                builder.store(ir.Constant(v16f, [0.0] * L), s)
-            with cgutils.for_range(builder, count) as jl:
-                j = jl.index
-                mj = builder.load(builder.bitcast(builder.gep(mp, [builder.add(builder.mul(j, nb), c)]),
-                                                  v16f.as_pointer()), align=4)
-                for a, s in enumerate(sums):
-                    pj = builder.load(builder.gep(pp, [builder.add(prows[a], j)]))
-                    builder.store(builder.call(fma, [splat(builder, pj, L), mj, builder.load(s)]), s)
-            for a, s in enumerate(sums):
-                dst = builder.gep(Mp, [builder.add(builder.mul(nbp, heads[a]), c)])
-                builder.store(builder.load(s), builder.bitcast(dst, v16f.as_pointer()), align=4)
+
+        def clamped(first, a, top):
+            x = builder.add(first, ir.Constant(I64, a))
+            return builder.select(builder.icmp_signed(">", x, top), top, x)
+        prows = [builder.gep(pp, [builder.mul(ldp, clamped(g0, h, builder.sub(G, ir.Constant(I64, 1))))])
+                 for h in range(K)]
+        mrows = [builder.gep(mp, [builder.mul(Np, clamped(b0, a, builder.sub(nb, ir.Constant(I64, 1))))])
+                 for a in range(K)]
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * 16)) for _ in range(K)]
+
+        def step(j, P):          # the sums' multiply-adds of position j, P: the heads' weights in lanes 0..3 of each 128
+            for a in range(K):
+                mj = splat(builder, builder.load(builder.gep(mrows[a], [j])), 16)
+                builder.store(builder.call(fma, [P, mj, builder.load(sums[a])]), sums[a])
+
+        whole = builder.udiv(count, ir.Constant(I64, 16))
+        with cgutils.for_range(builder, whole) as ql:
+            j0 = builder.mul(ql.index, ir.Constant(I64, 16))
+            x = [builder.load(builder.bitcast(builder.gep(r, [j0]), v16f.as_pointer()), align=4) for r in prows]
+            x01 = builder.shuffle_vector(x[0], x[1], ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+            x23 = builder.shuffle_vector(x[2], x[3], ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+            for k in range(4):   # positions 4k..4k+3: lane 4i + h = head h's weight of position 4k + i
+                Q = builder.shuffle_vector(x01, x23, ir.Constant(ir.VectorType(I32, 16),
+                                                                 [16 * h + 4 * k + i for i in range(4) for h in range(4)]))
+                for i in range(4):
+                    P = builder.shuffle_vector(Q, Q, ir.Constant(ir.VectorType(I32, 16), [4 * i + h % 4 for h in range(16)]))
+                    step(builder.add(j0, ir.Constant(I64, 4 * k + i)), P)
+        with cgutils.for_range_slice(builder, builder.mul(whole, ir.Constant(I64, 16)), count,
+                                     ir.Constant(I64, 1)) as (j, _):
+            P = ir.Constant(v16f, ir.Undefined)
+            for h in range(K):
+                P = builder.insert_element(P, builder.load(builder.gep(prows[h], [j])), ir.Constant(I32, h))
+            P = builder.shuffle_vector(P, P, ir.Constant(ir.VectorType(I32, 16), [h % 4 for h in range(16)]))
+            step(j, P)
+        for a in range(K):
+            acc = builder.load(sums[a])
+            for h in range(K):
+                dst = builder.gep(Mp, [builder.add(builder.mul(builder.add(g0, ir.Constant(I64, h)), ldm),
+                                                   builder.add(b0, ir.Constant(I64, a)))])
+                builder.store(builder.extract_element(acc, ir.Constant(I32, h)), dst)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -1511,23 +1522,23 @@ def round_weights(t, v, off, stride, count, p, G, nb):
     ties to even: within max|w_group| / 64516), rows past count zero.  Returns (xq, xr (G nb Np,)
     int8 at (g nb + b) Np + j, Np = count rounded up to whole groups; dr (G nb ng,) float32 and
     sx (G nb ng,) int32 at (g nb + b) ng + group: the units and the sums of 254 xq + xr; M
-    float32 at g nbp + b (nbp: nb rounded up to SCALE_LANES): sum_j p[g, j] m_jb, the minimum's
-    term of q4_1 and q5_1 (zero for the others)).  The scales are read first, all of a row's
+    float32 at g nbp + b (nbp: nb rounded up to HEAD_GROUP): sum_j p[g, j] m_jb, the minimum's
+    term of q4_1 and q5_1 (zero for the others; ``minimum_sums``)).  The scales are read first, all of a row's
     blocks at once (``block_scales``); the products p d are formed in registers as each group is
     rounded (``round_group``), a group past count from its weights copied with zeros after them."""
     ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
     Np = ng * VALUE_GROUP
     bb = BLOCK_BYTES[t]
     has_m = HAS_MIN[t]
-    nbp = -(-nb // SCALE_LANES) * SCALE_LANES
+    nbp = -(-nb // HEAD_GROUP) * HEAD_GROUP
     Gp = -(-G // HEAD_GROUP) * HEAD_GROUP
     ldp = p.shape[1]
     pf = p.reshape(p.shape[0] * ldp)
-    f = np.empty(nb * Np + (nb * Np + SCALE_LANES if has_m else 0) + VALUE_GROUP + G * nb * ng + Gp * nbp,
-                 np.float32)
-    d, m = f[:nb * Np], f[nb * Np:nb * Np + (nb * Np + SCALE_LANES if has_m else 0)]
-    tail = f[m.size + nb * Np:m.size + nb * Np + VALUE_GROUP]
-    dr, M = f[m.size + nb * Np + VALUE_GROUP:m.size + nb * Np + VALUE_GROUP + G * nb * ng], f[f.size - Gp * nbp:]
+    nm = nb * Np if has_m else 0
+    f = np.empty(nb * Np + nm + VALUE_GROUP + G * nb * ng + Gp * nbp, np.float32)
+    d, m = f[:nb * Np], f[nb * Np:nb * Np + nm]
+    tail = f[nb * Np + nm:nb * Np + nm + VALUE_GROUP]
+    dr, M = f[nb * Np + nm + VALUE_GROUP:nb * Np + nm + VALUE_GROUP + G * nb * ng], f[f.size - Gp * nbp:]
     xb = np.empty(2 * G * nb * Np, np.int8)
     xq, xr = xb[:G * nb * Np], xb[G * nb * Np:]
     sx = np.empty(G * nb * ng, np.int32)
@@ -1540,7 +1551,8 @@ def round_weights(t, v, off, stride, count, p, G, nb):
             d[b * Np + j] = 0.0
     if has_m:
         for g0 in range(0, G, HEAD_GROUP):
-            minimum_sums(pf, ldp, g0, G, m, nb, count, M)
+            for b0 in range(0, nb, HEAD_GROUP):
+                minimum_sums(pf, ldp, g0, G, m, Np, b0, nb, count, M, nbp)
     else:
         M[:] = 0.0
     for g in range(G):
@@ -1564,7 +1576,7 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
     block column and group of up to HEAD_GROUP heads, then the minimum's term."""
     nb = hd // 32
     ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
-    nbp = -(-nb // SCALE_LANES) * SCALE_LANES
+    nbp = -(-nb // HEAD_GROUP) * HEAD_GROUP
     xq, xr, dr, sx, M = round_weights(t, v, off, stride, count, p, G, nb)
     for b in range(nb):
         for g0 in range(0, G, HEAD_GROUP):
