@@ -1445,6 +1445,20 @@ def _block_scales_ir():
 block_scales = _block_scales_ir() if HOST_VNNI else block_scales_loop
 
 
+@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
+def minimum_sums_loop(p, ldp, g0, G, m, Np, b0, nb, count, M, ldm):
+    """The portable form of ``minimum_sums``: each sum its chain of ``fma32`` in the order of j
+    (identical results)."""
+    for h in range(HEAD_GROUP):
+        g = min(g0 + h, G - 1)
+        for a in range(HEAD_GROUP):
+            b = min(b0 + a, nb - 1)
+            s = np.float32(0.0)
+            for j in range(count):
+                s = fma32(p[g * ldp + j], m[b * Np + j], s)
+            M[(g0 + h) * ldm + b0 + a] = s
+
+
 @intrinsic
 def minimum_sums(typingctx, p, ldp, g0, G, m, Np, b0, nb, count, M, ldm):
     """The minimum's terms of the heads g0 + h and block columns b0 + a (h, a < HEAD_GROUP):
