@@ -231,7 +231,8 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # The weighted values are summed one block column at a time.  On hosts with AVX-512 VNNI
 # (``int_values``) as integers along the positions: each head's weight of position j times the
 # block's scale, w_j = p_j d_j (its sign too), is rounded per VALUE_GROUP positions to two int8
-# terms (``round_weights``: within max|w_group| / 64516, the matvecs' rounding of activations),
+# terms (``round_weights``: within max|w_group| / 64516, the matvecs' rounding of activations;
+# the blocks' scales read by gathers of 16 rows, p d formed in the rounding's registers),
 # four positions' blocks are unpacked to unsigned bytes and interleaved so that each int32 lane
 # holds one dimension's four quants, and one vpdpbusd per term and 16 dimensions adds four
 # positions' products for a head
@@ -1369,8 +1370,8 @@ SCALE_LANES = 16
 @njit(cache=True, nogil=True, fastmath=False)   # the exact conversions, never a caller's flags
 def block_scales_loop(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np):
     """The portable form of ``block_scales`` (the same values: the conversions are exact), a row
-    at a time: also the faster form where the rows are read from memory in one stream (one kv
-    head: the hardware prefetchers follow the rows' loads, not the gathers')."""
+    at a time; also the faster form for Q8_0's rows in one stream (one kv head, read from memory:
+    the hardware prefetchers follow the rows' loads there, and Q8_0's are not prefetched)."""
     h = v.view(np.uint16)                      # blocks, rows and their offsets are whole halves
     step = np.uint64(stride >> 1)
     h0 = np.uint64(off >> 1)
@@ -1497,7 +1498,7 @@ def minimum_sums(typingctx, p, ldp, g0, G, m, Np, b0, nb, count, M, ldm):
                  for a in range(K)]
         sums = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * 16)) for _ in range(K)]
 
-        def step(j, P):          # the sums' multiply-adds of position j, P: the heads' weights in lanes 0..3 of each 128
+        def step(j, P):          # position j's multiply-adds; P: the heads' weights, lanes 0..3 of each 128 bits
             for a in range(K):
                 mj = splat(builder, builder.load(builder.gep(mrows[a], [j])), 16)
                 builder.store(builder.call(fma, [P, mj, builder.load(sums[a])]), sums[a])
@@ -1509,10 +1510,11 @@ def minimum_sums(typingctx, p, ldp, g0, G, m, Np, b0, nb, count, M, ldm):
             x01 = builder.shuffle_vector(x[0], x[1], ir.Constant(ir.VectorType(I32, 32), list(range(32))))
             x23 = builder.shuffle_vector(x[2], x[3], ir.Constant(ir.VectorType(I32, 32), list(range(32))))
             for k in range(4):   # positions 4k..4k+3: lane 4i + h = head h's weight of position 4k + i
-                Q = builder.shuffle_vector(x01, x23, ir.Constant(ir.VectorType(I32, 16),
-                                                                 [16 * h + 4 * k + i for i in range(4) for h in range(4)]))
+                Q = builder.shuffle_vector(x01, x23, ir.Constant(ir.VectorType(I32, 16), [
+                    16 * h + 4 * k + i for i in range(4) for h in range(4)]))
                 for i in range(4):
-                    P = builder.shuffle_vector(Q, Q, ir.Constant(ir.VectorType(I32, 16), [4 * i + h % 4 for h in range(16)]))
+                    P = builder.shuffle_vector(Q, Q, ir.Constant(ir.VectorType(I32, 16),
+                                                                 [4 * i + h % 4 for h in range(16)]))
                     step(builder.add(j0, ir.Constant(I64, 4 * k + i)), P)
         with cgutils.for_range_slice(builder, builder.mul(whole, ir.Constant(I64, 16)), count,
                                      ir.Constant(I64, 1)) as (j, _):
@@ -1543,9 +1545,10 @@ def round_weights(t, v, off, stride, count, p, G, nb):
     int8 at (g nb + b) Np + j, Np = count rounded up to whole groups; dr (G nb ng,) float32 and
     sx (G nb ng,) int32 at (g nb + b) ng + group: the units and the sums of 254 xq + xr; M
     float32 at g nbp + b (nbp: nb rounded up to HEAD_GROUP): sum_j p[g, j] m_jb, the minimum's
-    term of q4_1 and q5_1 (zero for the others; ``minimum_sums``)).  The scales are read first, all of a row's
-    blocks at once (``block_scales``; Q8_0's single stream of rows by its loop); the products p d are formed in registers as each group is
-    rounded (``round_group``), a group past count from its weights copied with zeros after them."""
+    term of q4_1 and q5_1 (zero for the others; ``minimum_sums``)).  The scales are read first,
+    all of a row's blocks at once (``block_scales``; Q8_0's single stream of rows by its loop);
+    the products p d are formed in registers as each group is rounded (``round_group``), a group
+    past count from its weights copied with zeros after them."""
     ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
     Np = ng * VALUE_GROUP
     bb = BLOCK_BYTES[t]
