@@ -231,7 +231,8 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # The weighted values are summed one block column at a time.  On hosts with AVX-512 VNNI
 # (``int_values``) as integers along the positions: each head's weight of position j times the
 # block's scale, w_j = p_j d_j (its sign too), is rounded per VALUE_GROUP positions to two int8
-# terms (``round_weights``: within max|w_group| / 64516, the matvecs' rounding of activations),
+# terms (``round_weights``: within max|w_group| / 64516, the matvecs' rounding of activations;
+# the blocks' scales read by gathers of 16 rows, p d formed in the rounding's registers),
 # four positions' blocks are unpacked to unsigned bytes and interleaved so that each int32 lane
 # holds one dimension's four quants, and one vpdpbusd per term and 16 dimensions adds four
 # positions' products for a head
@@ -948,15 +949,54 @@ def _value_column_ir(t, n):
     return intrinsic(vc)
 
 
+def _quad_quants(builder, load, rps, t):
+    """IR: the blocks of type t at the four i8* rps as two <16 x i32> (bytes 4l + i: row i's
+    unsigned quant of dimension l, then of dimension 16 + l), with AVX-512 VBMI: Q8_0's rows
+    (as the key scores unpack them) interleaved by a vpermt2b pair; the 4- and 5-bit types'
+    four rows of 16 nibble bytes split once as one <64 x i8> (IQ4_NL's values looked up there,
+    vpshufb), each half placed by one vpermb, and the fifth bits (Q5_0, Q5_1) of the four rows'
+    words set by one byte shuffle and bit test per half."""
+    v16i, v16b, v64b = ir.VectorType(I32, 16), ir.VectorType(I8, 16), ir.VectorType(I8, 64)
+
+    def cat(a, b):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, 2 * a.type.count),
+                                                        list(range(2 * a.type.count))))
+
+    if t == 8:
+        us = [_emit_block_quants(builder, load, rp, t) for rp in rps]
+        a01, a23 = cat(us[0], us[1]), cat(us[2], us[3])
+        return [builder.bitcast(builder.shuffle_vector(a01, a23, ir.Constant(ir.VectorType(I32, 64), [
+            32 * i + 16 * h + l for l in range(16) for i in range(4)])), v16i) for h in range(2)]
+    qs = [load(rp, int(QS_AT[t]), v16b) for rp in rps]
+    q = cat(cat(qs[0], qs[1]), cat(qs[2], qs[3]))                 # byte 16 i + k: row i's byte k
+    halves = [builder.and_(q, ir.Constant(v64b, [15] * 64)), builder.lshr(q, ir.Constant(v64b, [4] * 64))]
+    if t == 20:
+        shuf = x86(builder, "llvm.x86.avx512.pshuf.b.512", v64b, v64b, v64b)
+        halves = [shuf(ir.Constant(v64b, [int(v) for v in IQ4NL_U8] * 4), x) for x in halves]
+    place = ir.Constant(ir.VectorType(I32, 64), [16 * i + l for l in range(16) for i in range(4)])
+    U = [builder.shuffle_vector(x, ir.Constant(v64b, ir.Undefined), place) for x in halves]
+    if QH_AT[t] >= 0:
+        v4b = ir.VectorType(I8, 4)
+        w = [builder.bitcast(load(rp, int(QH_AT[t]), I32), v4b) for rp in rps]
+        w = cat(cat(w[0], w[1]), cat(w[2], w[3]))                  # byte 4 i + k: row i's bits 8k..8k+7
+        bit = ir.Constant(v64b, [1 << (l % 8) for l in range(16) for i in range(4)])
+        for h in range(2):
+            rep = builder.shuffle_vector(w, ir.Constant(ir.VectorType(I8, 16), ir.Undefined), ir.Constant(
+                ir.VectorType(I32, 64), [4 * i + 2 * h + l // 8 for l in range(16) for i in range(4)]))
+            hit = builder.icmp_unsigned("==", builder.and_(rep, bit), bit)
+            U[h] = builder.or_(U[h], builder.select(hit, ir.Constant(v64b, [16] * 64), ir.Constant(v64b, [0] * 64)))
+    return [builder.bitcast(u, v16i) for u in U]
+
+
 def _value_isums_ir(t, n):
     """The intrinsic (v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd) of
-    ``value_isums`` for integer type t and n (1 to HEAD_GROUP) heads: per 4 rows, each row's
-    block unpacked to 32 unsigned bytes (as the key scores unpack it), the four rows' bytes
-    interleaved into two <64 x i8> (byte 4l + i: row i's value of dimension l, l < 16, then
-    16 + l: a vpermt2b pair with AVX-512 VBMI), and per head each weight term's 4 bytes
-    broadcast and multiplied in by one 512-bit vpdpbusd per 16 dimensions (int32 lane l: that
-    dimension's 4 products); after every VALUE_GROUP rows each head's sums are combined into
-    the float sums in acc (254 A + E - c SX, times the group's unit, one fused multiply-add)."""
+    ``value_isums`` for integer type t and n (1 to HEAD_GROUP) heads: per 4 rows, the rows'
+    blocks unpacked to unsigned bytes and interleaved into two <64 x i8> (byte 4l + i: row i's
+    value of dimension l, l < 16, then 16 + l: ``_quad_quants``), and per head each weight
+    term's 4 bytes broadcast and multiplied in by one 512-bit vpdpbusd per 16 dimensions (int32
+    lane l: that dimension's 4 products); after every VALUE_GROUP rows each head's sums are
+    combined into the float sums in acc (254 A + E - c SX, times the group's unit, one fused
+    multiply-add).  Only a group's last 4 rows, where they pass count, are clamped to the last row."""
 
     def vi(typingctx, v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd):
         sig = types.void(v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, lds, acc, ao, hd)
@@ -978,9 +1018,6 @@ def _value_isums_ir(t, n):
             zero = ir.Constant(v16i, [0] * 16)
             # per head: the sums of the first term (dimensions 0-15, 16-31), then of the second
             sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(n)]
-            pair = ir.Constant(ir.VectorType(I32, 64), list(range(64)))
-            lanes = [ir.Constant(ir.VectorType(I32, 64), [32 * i + 16 * h + l for l in range(16) for i in range(4)])
-                     for h in range(2)]
             last = builder.sub(count, ir.Constant(I64, 1))
             grp = ir.Constant(I64, VALUE_GROUP)
             nblk = builder.udiv(builder.add(count, ir.Constant(I64, VALUE_GROUP - 1)), grp)
@@ -991,6 +1028,23 @@ def _value_isums_ir(t, n):
                 return builder.shuffle_vector(w, ir.Constant(ir.VectorType(x.type, 16), ir.Undefined),
                                               ir.Constant(v16i, [0] * 16))
 
+            def quad(j, clamp):      # rows j..j+3 (clamp: rows past the last read the last again, weights 0)
+                rps = []
+                for i in range(4):
+                    ji = builder.add(j, ir.Constant(I64, i))
+                    if clamp:
+                        ji = builder.select(builder.icmp_signed(">", ji, last), last, ji)
+                    rps.append(builder.gep(vbase, [builder.mul(ji, stride)]))
+                U = _quad_quants(builder, load, rps, t)
+                for g in range(n):
+                    wj = builder.add(builder.mul(ldw, ir.Constant(I64, g)), j)
+                    for term in range(2):
+                        w = splat16(builder.load(builder.bitcast(builder.gep(wps[term], [wj]), I32.as_pointer()),
+                                                 align=1))
+                        for h in range(2):
+                            a = sums[g][2 * term + h]
+                            builder.store(dp(builder.load(a), U[h], w), a)
+
             with cgutils.for_range(builder, nblk) as bl:
                 blk = bl.index
                 for hs in sums:
@@ -998,26 +1052,12 @@ def _value_isums_ir(t, n):
                         builder.store(zero, a)
                 j0 = builder.mul(blk, grp)
                 left = builder.sub(count, j0)
-                quads = builder.udiv(builder.add(builder.select(builder.icmp_signed("<", left, grp), left, grp),
-                                                 ir.Constant(I64, 3)), ir.Constant(I64, 4))
-                with cgutils.for_range(builder, quads) as ql:
-                    j = builder.add(j0, builder.mul(ql.index, ir.Constant(I64, 4)))
-                    us = []
-                    for i in range(4):       # rows past the last read the last again (their weights are 0)
-                        ji = builder.add(j, ir.Constant(I64, i))
-                        ji = builder.select(builder.icmp_signed(">", ji, last), last, ji)
-                        us.append(_emit_block_quants(builder, load, builder.gep(vbase, [builder.mul(ji, stride)]), t))
-                    a01 = builder.shuffle_vector(us[0], us[1], pair)
-                    a23 = builder.shuffle_vector(us[2], us[3], pair)
-                    U = [builder.bitcast(builder.shuffle_vector(a01, a23, m), v16i) for m in lanes]
-                    for g in range(n):
-                        wj = builder.add(builder.mul(ldw, ir.Constant(I64, g)), j)
-                        for term in range(2):
-                            w = splat16(builder.load(builder.bitcast(builder.gep(wps[term], [wj]), I32.as_pointer()),
-                                                     align=1))
-                            for h in range(2):
-                                a = sums[g][2 * term + h]
-                                builder.store(dp(builder.load(a), U[h], w), a)
+                rows = builder.select(builder.icmp_signed("<", left, grp), left, grp)
+                whole = builder.udiv(rows, ir.Constant(I64, 4))
+                with cgutils.for_range(builder, whole) as ql:
+                    quad(builder.add(j0, builder.mul(ql.index, ir.Constant(I64, 4))), False)
+                with builder.if_then(builder.icmp_signed("!=", builder.mul(whole, ir.Constant(I64, 4)), rows)):
+                    quad(builder.add(j0, builder.mul(whole, ir.Constant(I64, 4))), True)
                 for g in range(n):
                     i = builder.add(builder.mul(lds, ir.Constant(I64, g)), blk)
                     d = splat16(builder.load(builder.gep(drp, [i])))
@@ -1236,21 +1276,24 @@ def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a):
 
 
 @intrinsic
-def round_group(typingctx, w, wo, xq, xr, qo, dr, sx, i):
-    """The VALUE_GROUP floats w[wo:wo + VALUE_GROUP] rounded to two int8 terms as
-    ``round_activations`` rounds a block, with one unit for the group (ties to even; every step an
-    exact IEEE operation, so any form of it gives the same bytes): xq[qo + k], xr[qo + k], the unit
-    dr[i] = max|w| / 32258 and sx[i] = the sum of 254 xq + xr, by 512-bit vectors."""
-    sig = types.void(w, wo, xq, xr, qo, dr, sx, i)
+def round_group(typingctx, p, po, d, do, xq, xr, qo, dr, sx, i):
+    """The VALUE_GROUP weights w_k = p[po + k] d[do + k] (the product formed here, in registers)
+    rounded to two int8 terms as ``round_activations`` rounds a block, with one unit for the
+    group (ties to even; every step an exact IEEE operation, so any form of it gives the same
+    bytes): xq[qo + k], xr[qo + k], the unit dr[i] = max|w| / 32258 and sx[i] = the sum of
+    254 xq + xr, by 512-bit vectors."""
+    sig = types.void(p, po, d, do, xq, xr, qo, dr, sx, i)
 
     def codegen(context, builder, signature, args):
-        w, wo, xq, xr, qo, dr, sx, i = args
+        p, po, d, do, xq, xr, qo, dr, sx, i = args
         aty = signature.args
-        wo, qo, i = (_i64(builder, x) for x in (wo, qo, i))
+        po, do, qo, i = (_i64(builder, x) for x in (po, do, qo, i))
         v16f, v16i, v16b = ir.VectorType(F32, 16), ir.VectorType(I32, 16), ir.VectorType(I8, 16)
         nv = VALUE_GROUP // 16
-        wp = builder.bitcast(builder.gep(data_ptr(context, builder, aty[0], w, F32), [wo]), v16f.as_pointer())
-        x = [builder.load(builder.gep(wp, [ir.Constant(I32, h)]), align=4) for h in range(nv)]
+        pp, dp = (builder.bitcast(builder.gep(data_ptr(context, builder, aty[k], a, F32), [o]), v16f.as_pointer())
+                  for k, a, o in ((0, p, po), (2, d, do)))
+        x = [builder.fmul(builder.load(builder.gep(pp, [ir.Constant(I32, h)]), align=4),
+                          builder.load(builder.gep(dp, [ir.Constant(I32, h)]), align=4)) for h in range(nv)]
         fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f]), "llvm.fabs.v16f32")
         rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f]), "llvm.rint.v16f32")
 
@@ -1271,7 +1314,7 @@ def round_group(typingctx, w, wo, xq, xr, qo, dr, sx, i):
         invs = splat(builder, inv, 16)
         total = ir.Constant(v16i, [0] * 16)
         qp = [builder.bitcast(builder.gep(data_ptr(context, builder, aty[k], a, I8), [qo]), v16b.as_pointer())
-              for k, a in ((2, xq), (3, xr))]
+              for k, a in ((4, xq), (5, xr))]
         for h in range(nv):
             u = builder.fmul(x[h], invs)                              # |u| <= 127
             a = builder.call(rint, [u])
@@ -1287,98 +1330,244 @@ def round_group(typingctx, w, wo, xq, xr, qo, dr, sx, i):
                                 builder.shuffle_vector(total, total,
                                                        ir.Constant(ir.VectorType(I32, n), list(range(n, 2 * n)))))
         builder.store(builder.fdiv(amax, ir.Constant(F32, 127.0 * 254.0)),
-                      builder.gep(data_ptr(context, builder, aty[5], dr, F32), [i]))
+                      builder.gep(data_ptr(context, builder, aty[7], dr, F32), [i]))
         builder.store(builder.extract_element(total, ir.Constant(I32, 0)),
-                      builder.gep(data_ptr(context, builder, aty[6], sx, I32), [i]))
+                      builder.gep(data_ptr(context, builder, aty[8], sx, I32), [i]))
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-@njit(cache=True, inline="always")
-def _chain(r0, k, R, nb, Np):
-    """(head, offset of its block column's minima) of sum r0 + k of ``_minimum_terms`` (the last
-    sum again past R: a chain computed and dropped)."""
-    r = min(r0 + k, R - 1)
-    return r // nb, (r % nb) * Np
+# ``block_scales``' rows per gather
+SCALE_LANES = 16
 
 
-@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
-def _minimum_terms(p, m, Np, count, G, nb, M):
-    """M[g nb + b] = sum_j p[g, j] m[b Np + j] over j < count, each sum one chain of ``fma32`` in
-    the order of j (from 0), four sums at a time whose chains interleave: each multiply-add waits
-    on its own sum's previous one only, so four are in flight where a single chain would wait on
-    every one's latency (the same operations in the same order: the same bits)."""
-    R = G * nb
-    for r0 in range(0, R, 4):
-        g0, o0 = _chain(r0, 0, R, nb, Np)
-        g1, o1 = _chain(r0, 1, R, nb, Np)
-        g2, o2 = _chain(r0, 2, R, nb, Np)
-        g3, o3 = _chain(r0, 3, R, nb, Np)
-        s0 = s1 = s2 = s3 = np.float32(0.0)
-        for j in range(count):
-            s0 = fma32(p[g0, j], m[o0 + j], s0)
-            s1 = fma32(p[g1, j], m[o1 + j], s1)
-            s2 = fma32(p[g2, j], m[o2 + j], s2)
-            s3 = fma32(p[g3, j], m[o3 + j], s3)
-        M[r0] = s0
-        if r0 + 1 < R:
-            M[r0 + 1] = s1
-        if r0 + 2 < R:
-            M[r0 + 2] = s2
-        if r0 + 3 < R:
-            M[r0 + 3] = s3
-
-
-@njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})   # never reassociated: the rounding
-def round_weights(t, v, off, stride, count, p, G, nb):
-    """The weights of ``value_isums`` for G heads' softmax weights p (>= G, >= count) over
-    ``count`` value rows of integer type t (row j's blocks at v[off + j stride]): per head g and
-    block column b, w_j = p[g, j] d_jb (the block's scale folded in, its sign too) rounded per
-    VALUE_GROUP rows to two int8 terms as the matvecs round activations (w ~ dr (254 xq + xr),
-    xq = round(w 127 / max|w|), xr = round of the remainder in units of dr = max|w| / 32258,
-    ties to even: within max|w_group| / 64516), rows past count zero.  Returns (xq, xr (G nb Np,)
-    int8 at (g nb + b) Np + j, Np = count rounded up to whole groups; dr (G nb ng,) float32 and
-    sx (G nb ng,) int32 at (g nb + b) ng + group: the units and the sums of 254 xq + xr; M (G nb,)
-    float32: sum_j p[g, j] m_jb, the minimum's term of q4_1 and q5_1 (zero for the others))."""
-    ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
-    Np = ng * VALUE_GROUP
-    bb = BLOCK_BYTES[t]
-    has_m = HAS_MIN[t]
-    f = np.empty(2 * nb * Np + Np + G * nb * ng + G * nb, np.float32)
-    d, m, w = f[:nb * Np], f[nb * Np:2 * nb * Np], f[2 * nb * Np:2 * nb * Np + Np]
-    dr, M = f[2 * nb * Np + Np:2 * nb * Np + Np + G * nb * ng], f[2 * nb * Np + Np + G * nb * ng:]
-    xb = np.empty(2 * G * nb * Np, np.int8)
-    xq, xr = xb[:G * nb * Np], xb[G * nb * Np:]
-    sx = np.empty(G * nb * ng, np.int32)
+@njit(cache=True, nogil=True, fastmath=False)   # the exact conversions, never a caller's flags
+def block_scales_loop(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np):
+    """The portable form of ``block_scales`` (the same values: the conversions are exact), a row
+    at a time; also the faster form for Q8_0's rows in one stream (one kv head, read from memory:
+    the hardware prefetchers follow the rows' loads there, and Q8_0's are not prefetched)."""
     h = v.view(np.uint16)                      # blocks, rows and their offsets are whole halves
     step = np.uint64(stride >> 1)
     h0 = np.uint64(off >> 1)
     hb = np.uint64(bb >> 1)
-    # the first pass over the rows: strided rows (several kv heads) are prefetched ahead here, as the
-    # float columns prefetch theirs (not Q8_0's, as there)
-    pf = t != 8 and stride > nb * bb and stride >= PREFETCH_MIN_STRIDE
     for j in range(count):
-        if pf:
-            prefetch(v, off + (j + PREFETCH_ROWS) * stride, nb * bb)
+        if pfb > 0:
+            prefetch(v, off + (j + PREFETCH_ROWS) * stride, pfb)
         hj = h0 + np.uint64(j) * step
         for b in range(nb):
             d[b * Np + j] = _half_bits(h[hj + np.uint64(b) * hb])
             if has_m:
                 m[b * Np + j] = _half_bits(h[hj + np.uint64(b) * hb + np.uint64(1)])
-    for j in range(count, Np):
-        w[j] = 0.0
+
+
+def _block_scales_ir():
+    """The intrinsic of ``block_scales`` on hosts with AVX-512: per SCALE_LANES rows and block
+    column one vpgatherdd of the blocks' first 4 bytes (the scale d, then q4_1's and q5_1's
+    minimum m), the halves widened by vcvtph2ps."""
+
+    def bs(typingctx, v, off, stride, count, nb, bb, has_m, pfb, d, m, Np):
+        sig = types.void(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np)
+
+        def codegen(context, builder, signature, args):
+            v, off, stride, count, nb, bb, has_m, pfb, d, m, Np = args
+            aty = signature.args
+            off, stride, count, nb, bb, pfb, Np = (_i64(builder, x) for x in (off, stride, count, nb, bb, pfb, Np))
+            L = SCALE_LANES
+            v16i, v16f, v16h = ir.VectorType(I32, L), ir.VectorType(F32, L), ir.VectorType(ir.HalfType(), L)
+            gather = x86(builder, "llvm.x86.avx512.mask.gather.dpi.512", v16i, v16i, I8.as_pointer(), v16i,
+                         ir.VectorType(ir.IntType(1), L), I32)
+            every = ir.Constant(ir.VectorType(ir.IntType(1), L), [1] * L)
+            zero = ir.Constant(v16i, [0] * L)
+            lane = ir.Constant(v16i, list(range(L)))
+            vbase = builder.gep(data_ptr(context, builder, aty[0], v, I8), [off])
+            dp, mp = (data_ptr(context, builder, aty[k], a, F32) for k, a in ((8, d), (9, m)))
+            s32, bb32 = (splat(builder, builder.trunc(x, I32), L) for x in (stride, bb))
+            last = builder.sub(count, ir.Constant(I64, 1))
+            with_m = builder.icmp_unsigned("!=", has_m, ir.Constant(has_m.type, 0))
+
+            def halves(words, high):     # the low (high) halves of 16 words, as floats
+                if high:
+                    words = builder.lshr(words, ir.Constant(v16i, [16] * L))
+                return builder.fpext(builder.bitcast(builder.trunc(words, ir.VectorType(ir.IntType(16), L)), v16h),
+                                     v16f)
+
+            def store(x, p, o):
+                builder.store(x, builder.bitcast(builder.gep(p, [o]), v16f.as_pointer()), align=4)
+
+            nq = builder.udiv(builder.add(count, ir.Constant(I64, L - 1)), ir.Constant(I64, L))
+            with cgutils.for_range(builder, nq) as ql:
+                j0 = builder.mul(ql.index, ir.Constant(I64, L))
+                rbase = builder.gep(vbase, [builder.mul(j0, stride)])
+                with cgutils.for_range(builder, ir.Constant(I64, L)) as pl:     # rows ahead (pfb 0: none)
+                    prefetch_row(builder, builder.gep(rbase, [builder.mul(builder.add(pl.index, ir.Constant(I64, L)),
+                                                                        stride)]), pfb)
+                lim = splat(builder, builder.trunc(builder.sub(last, j0), I32), L)   # rows past count: the last
+                ridx = builder.mul(builder.select(builder.icmp_signed(">", lane, lim), lim, lane), s32)
+                with cgutils.for_range(builder, nb) as bl:
+                    b32 = splat(builder, builder.trunc(bl.index, I32), L)
+                    w = gather(zero, rbase, builder.add(ridx, builder.mul(b32, bb32)), every, ir.Constant(I32, 1))
+                    o = builder.add(builder.mul(bl.index, Np), j0)
+                    store(halves(w, False), dp, o)
+                    with builder.if_then(with_m):
+                        store(halves(w, True), mp, o)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(bs)
+
+
+# block_scales(v, off, stride, count, nb, bb, has_m, pfb, d, m, Np): the scales of the nb blocks
+# (bb bytes each) of ``count`` value rows, row j at v[off + j stride]: d[b Np + j] = block b's
+# scale d (float32), and where has_m, m[b Np + j] = its minimum m, for j < count (the gathers
+# write up to count rounded up to SCALE_LANES, the last row's again); with pfb > 0, the pfb
+# bytes of the rows ahead are prefetched.  Gathered where the host has AVX-512, else the loop
+# (the same values).
+block_scales = _block_scales_ir() if HOST_VNNI else block_scales_loop
+
+
+@njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
+def minimum_sums_loop(p, ldp, g0, G, m, Np, b0, nb, count, M, ldm):
+    """The portable form of ``minimum_sums``: each sum its chain of ``fma32`` in the order of j
+    (identical results)."""
+    for h in range(HEAD_GROUP):
+        g = min(g0 + h, G - 1)
+        for a in range(HEAD_GROUP):
+            b = min(b0 + a, nb - 1)
+            s = np.float32(0.0)
+            for j in range(count):
+                s = fma32(p[g * ldp + j], m[b * Np + j], s)
+            M[(g0 + h) * ldm + b0 + a] = s
+
+
+@intrinsic
+def minimum_sums(typingctx, p, ldp, g0, G, m, Np, b0, nb, count, M, ldm):
+    """The minimum's terms of the heads g0 + h and block columns b0 + a (h, a < HEAD_GROUP):
+    M[(g0 + h) ldm + b0 + a] = sum_j p[g ldp + j] m[b Np + j] over j < count, g = min(g0 + h, G - 1),
+    b = min(b0 + a, nb - 1) (the heads past G and the columns past nb are dropped by the caller),
+    each sum one chain of fused multiply-adds in the order of j from 0 (``fma32``'s roundings).
+    The lanes of a vector are the heads, one vector per block column: per 16 positions the
+    heads' weights are loaded as 4 vectors and transposed, each position's 4 weights then
+    broadcast to every 128-bit lane and multiplied by the column's m (a broadcast load): the
+    columns' chains interleave, each multiply-add waiting on its own sum's previous one only."""
+    sig = types.void(p, ldp, g0, G, m, Np, b0, nb, count, M, ldm)
+
+    def codegen(context, builder, signature, args):
+        p, ldp, g0, G, m, Np, b0, nb, count, M, ldm = args
+        aty = signature.args
+        ldp, g0, G, Np, b0, nb, count, ldm = (_i64(builder, x) for x in (ldp, g0, G, Np, b0, nb, count, ldm))
+        K = HEAD_GROUP
+        v16f, v32f = ir.VectorType(F32, 16), ir.VectorType(F32, 32)
+        pp = data_ptr(context, builder, aty[0], p, F32)
+        mp = data_ptr(context, builder, aty[4], m, F32)
+        Mp = data_ptr(context, builder, aty[9], M, F32)
+        fma = _fma_fn(builder, v16f)
+
+        def clamped(first, a, top):
+            x = builder.add(first, ir.Constant(I64, a))
+            return builder.select(builder.icmp_signed(">", x, top), top, x)
+        prows = [builder.gep(pp, [builder.mul(ldp, clamped(g0, h, builder.sub(G, ir.Constant(I64, 1))))])
+                 for h in range(K)]
+        mrows = [builder.gep(mp, [builder.mul(Np, clamped(b0, a, builder.sub(nb, ir.Constant(I64, 1))))])
+                 for a in range(K)]
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * 16)) for _ in range(K)]
+
+        def step(j, P):          # position j's multiply-adds; P: the heads' weights, lanes 0..3 of each 128 bits
+            for a in range(K):
+                mj = splat(builder, builder.load(builder.gep(mrows[a], [j])), 16)
+                builder.store(builder.call(fma, [P, mj, builder.load(sums[a])]), sums[a])
+
+        whole = builder.udiv(count, ir.Constant(I64, 16))
+        with cgutils.for_range(builder, whole) as ql:
+            j0 = builder.mul(ql.index, ir.Constant(I64, 16))
+            x = [builder.load(builder.bitcast(builder.gep(r, [j0]), v16f.as_pointer()), align=4) for r in prows]
+            x01 = builder.shuffle_vector(x[0], x[1], ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+            x23 = builder.shuffle_vector(x[2], x[3], ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+            for k in range(4):   # positions 4k..4k+3: lane 4i + h = head h's weight of position 4k + i
+                Q = builder.shuffle_vector(x01, x23, ir.Constant(ir.VectorType(I32, 16), [
+                    16 * h + 4 * k + i for i in range(4) for h in range(4)]))
+                for i in range(4):
+                    P = builder.shuffle_vector(Q, Q, ir.Constant(ir.VectorType(I32, 16),
+                                                                 [4 * i + h % 4 for h in range(16)]))
+                    step(builder.add(j0, ir.Constant(I64, 4 * k + i)), P)
+        with cgutils.for_range_slice(builder, builder.mul(whole, ir.Constant(I64, 16)), count,
+                                     ir.Constant(I64, 1)) as (j, _):
+            P = ir.Constant(v16f, ir.Undefined)
+            for h in range(K):
+                P = builder.insert_element(P, builder.load(builder.gep(prows[h], [j])), ir.Constant(I32, h))
+            P = builder.shuffle_vector(P, P, ir.Constant(ir.VectorType(I32, 16), [h % 4 for h in range(16)]))
+            step(j, P)
+        for a in range(K):
+            acc = builder.load(sums[a])
+            for h in range(K):
+                dst = builder.gep(Mp, [builder.add(builder.mul(builder.add(g0, ir.Constant(I64, h)), ldm),
+                                                   builder.add(b0, ir.Constant(I64, a)))])
+                builder.store(builder.extract_element(acc, ir.Constant(I32, h)), dst)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz"})   # never reassociated: the rounding
+def round_weights(t, v, off, stride, count, p, G, nb):
+    """The weights of ``value_isums`` for G heads' softmax weights p (>= G, >= count; C order)
+    over ``count`` value rows of integer type t (row j's blocks at v[off + j stride]): per head g
+    and block column b, w_j = p[g, j] d_jb (the block's scale folded in, its sign too) rounded per
+    VALUE_GROUP rows to two int8 terms as the matvecs round activations (w ~ dr (254 xq + xr),
+    xq = round(w 127 / max|w|), xr = round of the remainder in units of dr = max|w| / 32258,
+    ties to even: within max|w_group| / 64516), rows past count zero.  Returns (xq, xr (G nb Np,)
+    int8 at (g nb + b) Np + j, Np = count rounded up to whole groups; dr (G nb ng,) float32 and
+    sx (G nb ng,) int32 at (g nb + b) ng + group: the units and the sums of 254 xq + xr; M
+    float32 at g nbp + b (nbp: nb rounded up to HEAD_GROUP): sum_j p[g, j] m_jb, the minimum's
+    term of q4_1 and q5_1 (zero for the others; ``minimum_sums``)).  The scales are read first,
+    all of a row's blocks at once (``block_scales``; Q8_0's single stream of rows by its loop);
+    the products p d are formed in registers as each group is rounded (``round_group``), a group
+    past count from its weights copied with zeros after them."""
+    ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
+    Np = ng * VALUE_GROUP
+    bb = BLOCK_BYTES[t]
+    has_m = HAS_MIN[t]
+    nbp = -(-nb // HEAD_GROUP) * HEAD_GROUP
+    Gp = -(-G // HEAD_GROUP) * HEAD_GROUP
+    ldp = p.shape[1]
+    pf = p.reshape(p.shape[0] * ldp)
+    nm = nb * Np if has_m else 0
+    f = np.empty(nb * Np + nm + VALUE_GROUP + G * nb * ng + Gp * nbp, np.float32)
+    d, m = f[:nb * Np], f[nb * Np:nb * Np + nm]
+    tail = f[nb * Np + nm:nb * Np + nm + VALUE_GROUP]
+    dr, M = f[nb * Np + nm + VALUE_GROUP:nb * Np + nm + VALUE_GROUP + G * nb * ng], f[f.size - Gp * nbp:]
+    xb = np.empty(2 * G * nb * Np, np.int8)
+    xq, xr = xb[:G * nb * Np], xb[G * nb * Np:]
+    sx = np.empty(G * nb * ng, np.int32)
+    # the rows are gathered and prefetched ahead here (not Q8_0's, as the float columns do not
+    # prefetch theirs); Q8_0's rows in one stream (one kv head, read from memory here, where the key
+    # scores did not prefetch them) a row at a time: gathered, they measured 1.3x slower
+    strided = stride > nb * bb and stride >= PREFETCH_MIN_STRIDE
+    if t != 8 or strided:
+        block_scales(v, off, stride, count, nb, bb, has_m, nb * bb if t != 8 else 0, d, m, Np)
+    else:
+        block_scales_loop(v, off, stride, count, nb, bb, has_m, 0, d, m, Np)
+    for b in range(nb):
+        for j in range(count, Np):
+            d[b * Np + j] = 0.0
     if has_m:
-        _minimum_terms(p, m, Np, count, G, nb, M)
+        for g0 in range(0, G, HEAD_GROUP):
+            for b0 in range(0, nb, HEAD_GROUP):
+                minimum_sums(pf, ldp, g0, G, m, Np, b0, nb, count, M, nbp)
     else:
         M[:] = 0.0
     for g in range(G):
         for b in range(nb):
             r = g * nb + b
-            for j in range(count):
-                w[j] = p[g, j] * d[b * Np + j]
             for grp in range(ng):
-                round_group(w, grp * VALUE_GROUP, xq, xr, r * Np + grp * VALUE_GROUP, dr, sx, r * ng + grp)
+                j0 = grp * VALUE_GROUP
+                if j0 + VALUE_GROUP <= count:
+                    round_group(pf, g * ldp + j0, d, b * Np + j0, xq, xr, r * Np + j0, dr, sx, r * ng + grp)
+                else:
+                    for k in range(VALUE_GROUP):
+                        tail[k] = pf[g * ldp + j0 + k] if j0 + k < count else np.float32(0.0)
+                    round_group(tail, 0, d, b * Np + j0, xq, xr, r * Np + j0, dr, sx, r * ng + grp)
     return xq, xr, dr, sx, M
 
 
@@ -1389,6 +1578,7 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
     block column and group of up to HEAD_GROUP heads, then the minimum's term."""
     nb = hd // 32
     ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
+    nbp = -(-nb // HEAD_GROUP) * HEAD_GROUP
     xq, xr, dr, sx, M = round_weights(t, v, off, stride, count, p, G, nb)
     for b in range(nb):
         for g0 in range(0, G, HEAD_GROUP):
@@ -1399,7 +1589,7 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
         for g in range(G):
             for b in range(nb):
                 for k in range(32):
-                    a[g * hd + 32 * b + k] += M[g * nb + b]
+                    a[g * hd + 32 * b + k] += M[g * nbp + b]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from gguf_engine import Llama
 from gguf_engine.backends.cpu import BLAS_ATTENTION_MIN_TOKENS, CPUBackend
@@ -177,6 +178,59 @@ def test_integer_attention_per_type(name, G, Hkv, hd):
     q3, k, v, out = _decode_three_ways(name, G, Hkv, hd, G * hd)
     want = attention_reference(_as_multiplied(q3, k, 0.125), _stored(k), _stored(v), 698, 0.125, 0, 0.0)
     assert np.abs(out - want).max() <= _tol(name, G) * np.abs(want).max()
+
+
+@njit
+def _scales(v, off, stride, count, nb, bb, d, m, Np, gathered):
+    """``block_scales`` (gathered) or ``block_scales_loop`` with the minima, no prefetches."""
+    if gathered:
+        attention_kv.block_scales(v, off, stride, count, nb, bb, True, 0, d, m, Np)
+    else:
+        attention_kv.block_scales_loop(v, off, stride, count, nb, bb, True, 0, d, m, Np)
+
+
+@njit
+def _minima(p, ldp, G, m, Np, nb, count, M, ldm, vector):
+    """Every group of 4 heads and 4 block columns through ``minimum_sums`` (vector) or its loop."""
+    for g0 in range(0, G, 4):
+        for b0 in range(0, nb, 4):
+            if vector:
+                attention_kv.minimum_sums(p, ldp, g0, G, m, Np, b0, nb, count, M, ldm)
+            else:
+                attention_kv.minimum_sums_loop(p, ldp, g0, G, m, Np, b0, nb, count, M, ldm)
+
+
+@pytest.mark.parametrize("name", INT_TYPES)
+@pytest.mark.parametrize("G,nb,count", [(1, 2, 1), (3, 3, 17), (5, 5, 256), (4, 4, 300), (8, 8, 131)])
+def test_value_weights_scales_and_minima_equal_their_portable_forms(name, G, nb, count):
+    """The integer value sums' inputs over ``count`` strided value rows (3 kv heads) of each integer
+    type, G heads and nb block columns (counts not whole gathers of 16 rows, heads and columns not
+    whole groups of 4): the blocks' scales and minima read by ``block_scales`` (gathers on AVX-512
+    hosts) equal ``block_scales_loop``'s, and the minimum's sums of ``minimum_sums`` (the heads in
+    vector lanes) equal ``minimum_sums_loop``'s serial chains, exactly (no tolerance)."""
+    rng = np.random.default_rng(G * nb + count)
+    hd, Hkv = 32 * nb, 3
+    kv = KVCache(1, count, Hkv, hd, name)
+    kv.store(0, 0, _rows(rng, count, Hkv, hd), _rows(rng, count, Hkv, hd))
+    rows, t = cache_rows(kv.layer(0)[1])
+    v = rows.reshape(-1)
+    bb, rb = int(attention_kv.BLOCK_BYTES[t]), rows.shape[2]
+    Np = -(-count // attention_kv.VALUE_GROUP) * attention_kv.VALUE_GROUP
+    pad = attention_kv.SCALE_LANES
+    scales = [np.zeros(nb * Np + pad, np.float32) for _ in range(4)]
+    _scales(v, rb, Hkv * rb, count, nb, bb, scales[0], scales[1], Np, True)
+    _scales(v, rb, Hkv * rb, count, nb, bb, scales[2], scales[3], Np, False)
+    for got, want in zip(scales[:2], scales[2:]):
+        for b in range(nb):
+            np.testing.assert_array_equal(got[b * Np:b * Np + count], want[b * Np:b * Np + count])
+    ldp = count + 3
+    p = rng.random(G * ldp).astype(np.float32)
+    Gp, nbp = -(-G // 4) * 4, -(-nb // 4) * 4
+    M = [np.zeros(Gp * nbp, np.float32) for _ in range(2)]
+    _minima(p, ldp, G, scales[1], Np, nb, count, M[0], nbp, True)
+    _minima(p, ldp, G, scales[1], Np, nb, count, M[1], nbp, False)
+    keep = (np.arange(Gp)[:, None] < G) & (np.arange(nbp)[None, :] < nb)
+    np.testing.assert_array_equal(M[0].reshape(Gp, nbp)[keep], M[1].reshape(Gp, nbp)[keep])
 
 
 @pytest.mark.parametrize("name", ["f32", "f16", "bf16"])
