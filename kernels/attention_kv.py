@@ -11,8 +11,8 @@ few tokens' attention is integer arithmetic on the stored quants (the section "i
 attention" below: the query rounded per block to two int8 terms as the matvecs round
 activations, key blocks multiplied as integers; on hosts with AVX-512 VNNI the values too, each
 head's softmax weight times the block's scale rounded per 128 positions to two int8 terms and
-summed along positions by vpdpbusd over 4 rows' bytes interleaved in registers; elsewhere, and
-for q8_0 with fewer than 4 heads per kv head, value blocks converted to floats once per position
+summed along positions by vpdpbusd over 4 rows' bytes interleaved in registers; elsewhere
+value blocks converted to floats once per position
 for all the heads that share them, the block's scale riding on each head's weight).
 Over F32, F16 and BF16 rows each key row is converted 16 values at a time into registers, once
 for all the query heads that share it (grouped-query attention: the section "float key scores"),
@@ -278,13 +278,10 @@ for _t in _INT_TYPES:
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def int_values(t, G):
-    """The weighted values of G heads per kv head over value rows of type t are summed as
-    integers (``values_int``): an integer type on a host with AVX-512 VNNI, except Q8_0 with
-    fewer than HEAD_GROUP heads (SmolLM2's 3 heads per kv head over Q8_0 measured no faster
-    than the float columns; the rounding of the weights is paid per head, the rows' unpacking
-    shared by fewer)."""
-    return INT_VALUES[t] and (G >= HEAD_GROUP or t != 8)
+def int_values(t):
+    """The weighted values over value rows of type t are summed as integers (``values_int``):
+    an integer type on a host with AVX-512 VNNI, for any number of heads per kv head."""
+    return INT_VALUES[t]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -1605,7 +1602,7 @@ def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
     ldp = p.shape[1]
     pf = p.reshape(p.shape[0] * ldp)
     a = np.zeros(G * hd, np.float32)
-    if int_values(t, G):
+    if int_values(t):
         values_int(t, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, p, a, G, hd, simd)
     else:
         _columns(t, G, hd, simd, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, pf, 0,
