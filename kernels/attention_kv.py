@@ -1516,7 +1516,7 @@ def round_weights(t, v, off, stride, count, p, G, nb):
     ties to even: within max|w_group| / 64516), rows past count zero.  Returns (xq, xr (G nb Np,)
     int8 at (g nb + b) Np + j, Np = count rounded up to whole groups; dr (G nb ng,) float32 and
     sx (G nb ng,) int32 at (g nb + b) ng + group: the units and the sums of 254 xq + xr; M
-    float32 at g nbp + b (nbp: nb rounded up to HEAD_GROUP): sum_j p[g, j] m_jb, the minimum's
+    float32 (G and nb rounded up to HEAD_GROUP), M[g, b] = sum_j p[g, j] m_jb, the minimum's
     term of q4_1 and q5_1 (zero for the others; ``minimum_sums``)).  The scales are read first,
     all of a row's blocks at once (``block_scales``; Q8_0's single stream of rows by its loop);
     the products p d are formed in registers as each group is rounded (``round_group``), a group
@@ -1565,7 +1565,7 @@ def round_weights(t, v, off, stride, count, p, G, nb):
                     for k in range(VALUE_GROUP):
                         tail[k] = pf[g * ldp + j0 + k] if j0 + k < count else np.float32(0.0)
                     round_group(tail, 0, d, b * Np + j0, xq, xr, r * Np + j0, dr, sx, r * ng + grp)
-    return xq, xr, dr, sx, M
+    return xq, xr, dr, sx, M.reshape(Gp, nbp)
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -1575,7 +1575,6 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
     block column and group of up to HEAD_GROUP heads, then the minimum's term."""
     nb = hd // 32
     ng = (count + VALUE_GROUP - 1) // VALUE_GROUP
-    nbp = -(-nb // HEAD_GROUP) * HEAD_GROUP
     xq, xr, dr, sx, M = round_weights(t, v, off, stride, count, p, G, nb)
     for b in range(nb):
         for g0 in range(0, G, HEAD_GROUP):
@@ -1586,7 +1585,7 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
         for g in range(G):
             for b in range(nb):
                 for k in range(32):
-                    a[g * hd + 32 * b + k] += M[g * nbp + b]
+                    a[g * hd + 32 * b + k] += M[g, b]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
