@@ -448,8 +448,12 @@ def value_isums_loop(t, n, v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, l
 # position's kv heads side by side, so a chunk of keys is one contiguous stream rather than one
 # strided pass per kv head, and
 # the value rows of the same positions are prefetched meanwhile, so that the value sums, kv head
-# by kv head, find them in the L2 cache.  The portable loop takes the same steps in the same
-# order (``fma32`` and plain float32 additions): identical results.  The vector kernel writes the
+# by kv head, find them in the L2 cache.  Those prefetches go to the L2 cache only (prefetcht1,
+# as the integer key scores' do): into the L1 as well, a chunk's 256 KiB of values pushed the
+# key pass's own lines out of it and the pass took 1.3x as long (MoE shape, F16: 8.4 against
+# 6.4 ms over 16 layers; the whole step 0.74-0.81x with them in the L2 only).  The portable
+# loop takes the same steps in the same order (``fma32`` and plain float32 additions):
+# identical results.  The vector kernel writes the
 # pieces of a row out for head sizes 64 and 128 (no loop to run per row and kv head; 256's
 # measured no faster) and adds the lanes of a row's heads together (``_lane_sums``: the same additions).
 
@@ -600,7 +604,8 @@ def _float_key_scores_ir(t, n):
     <16 x float> and fused-multiply-added into the n heads' lane vectors, which stay in
     registers over the kv head's row; then each head's lanes added by halves.  Meanwhile the
     pvbytes bytes of row j + PREFETCH_ROWS of pv (the value rows of the same positions, read
-    next) are prefetched, so that the value sums find them in the L2 cache."""
+    next) are prefetched into the L2 cache (not the L1: see the section comment), so that the
+    value sums find them there."""
 
     def fk(typingctx, k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo, ldo, ostride, pv, pvoff,
            pvbytes):
@@ -672,7 +677,7 @@ def _float_key_scores_ir(t, n):
             with cgutils.for_range(builder, count) as rows:
                 j = rows.index
                 prefetch_row(builder, builder.gep(pvbase, [builder.mul(builder.add(j, ir.Constant(I64, PREFETCH_ROWS)),
-                                                                       pvbytes)]), pvbytes)
+                                                                       pvbytes)]), pvbytes, 2)
                 with cgutils.for_range(builder, heads) as kvh:
                     head_row(j, kvh.index)
             return context.get_dummy_value()
