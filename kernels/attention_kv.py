@@ -379,7 +379,7 @@ def key_scores_loop(t, n, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, ou
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
 def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep):
     """The portable form of ``value_column`` (the same float operations in the same order:
-    identical results)."""
+    identical results; no prefetches, pk, pkoff and pkstep unused)."""
     u = np.empty(32, np.int32)
     f = np.empty(32, np.float32)
     a = np.empty((n, 32), np.float32)
