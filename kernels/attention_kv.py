@@ -377,9 +377,9 @@ def key_scores_loop(t, n, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, ou
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
-def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd):
+def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep):
     """The portable form of ``value_column`` (the same float operations in the same order:
-    identical results)."""
+    identical results; no prefetches, pk, pkoff and pkstep unused)."""
     u = np.empty(32, np.int32)
     f = np.empty(32, np.float32)
     a = np.empty((n, 32), np.float32)
@@ -448,10 +448,24 @@ def value_isums_loop(t, n, v, off, stride, count, xq, xr, wo, ldw, dr, sx, so, l
 # position's kv heads side by side, so a chunk of keys is one contiguous stream rather than one
 # strided pass per kv head, and
 # the value rows of the same positions are prefetched meanwhile, so that the value sums, kv head
-# by kv head, find them in the L2 cache.  The portable loop takes the same steps in the same
-# order (``fma32`` and plain float32 additions): identical results.  The vector kernel writes the
+# by kv head, find them in the L2 cache.  Those prefetches go to the L2 cache only (prefetcht1,
+# as the integer key scores' do): into the L1 as well, a chunk's 256 KiB of values pushed the
+# key pass's own lines out of it and the pass took 1.3x as long (MoE shape, F16: 8.4 against
+# 6.4 ms over 16 layers; the whole step 0.74-0.81x with them in the L2 only).  The portable
+# loop takes the same steps in the same order (``fma32`` and plain float32 additions):
+# identical results.  The vector kernel writes the
 # pieces of a row out for head sizes 64 and 128 (no loop to run per row and kv head; 256's
 # measured no faster) and adds the lanes of a row's heads together (``_lane_sums``: the same additions).
+# On AVX-512 hosts it takes two rows per pass (KEY_ROWS), each query piece loaded once for both
+# rows' multiply-adds and both rows' lanes added together (8 vectors for 4 heads): rows j and
+# j + count/2 rather than j and j + 1, so that each load of the pass walks its own contiguous
+# stream (adjacent rows measured 1.8x slower from memory: the hardware prefetchers lost the
+# stream); every score the same operations in the same order as one row alone.  With keys
+# from the L2 cache the pass is 0.95x one row's time, and it gets them from there: while a work
+# item's values are summed, the next item's keys are prefetched into the L2 cache, a line per
+# value row visited (``_next_keys``), so that the memory, idle in the value sums (they read the
+# L2 cache), serves the next key pass, which then reads only its value prefetches from memory
+# (MoE shape, F16 and BF16: the step 0.91-0.93x; Gemma 3's 0.90-0.92x).
 
 KEY_PIECE = 16
 # rows ahead of the current one whose bytes the vector kernels prefetch: a decode step reads
@@ -463,6 +477,9 @@ PREFETCH_ROWS = 16
 # the stretch anyway, which the hardware follows (SmolLM2's q4_0 rows, 36 bytes in 108, measured
 # 0.96x with them)
 PREFETCH_MIN_STRIDE = 256
+# key rows per pass of the float key scores: two where the host has 32 vector registers (AVX-512:
+# 16 lane vectors for 4 heads, each query piece loaded once for both rows), else one
+KEY_ROWS = 2 if HOST_AVX512 else 1
 
 
 @intrinsic
@@ -561,16 +578,13 @@ def _float_values(builder, load, p, t, lanes):
 
 
 def _lane_sums(builder, vs):
-    """IR: the sums of the 16 lanes of each <16 x float> of vs (1 to 4 of them), each added by
+    """IR: the sums of the 16 lanes of each <16 x float> of vs (1 to 8 of them), each added by
     halves (lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1), as float scalars.
-    Several vectors are reduced together, the halves of two vectors gathered into one by each
-    shuffle (a transpose): the same additions of the same operands as one vector at a time,
-    in fewer instructions."""
+    Several vectors are reduced together (padded with zero vectors to 4 or 8), the halves of two
+    vectors gathered into one by each shuffle (a transpose) while two or more remain, then the
+    last vector's halves added in place: the same additions of the same operands as one vector
+    at a time, in fewer instructions."""
     vf, i16 = vs[0].type, ir.VectorType(I32, 16)
-
-    def add_shuffled(a, b, lo, hi):
-        return builder.fadd(builder.shuffle_vector(a, b, ir.Constant(i16, lo)),
-                            builder.shuffle_vector(a, b, ir.Constant(i16, hi)))
     if len(vs) == 1:
         v, w = vs[0], 16
         while w > 1:
@@ -579,28 +593,36 @@ def _lane_sums(builder, vs):
             hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, w), list(range(w, 2 * w))))
             v = builder.fadd(lo, hi)
         return [builder.extract_element(v, ir.Constant(I32, 0))]
-    v = list(vs) + [ir.Constant(vf, [0.0] * 16)] * (4 - len(vs))
-    # lanes l and l + 8: vector 2i's 8 sums in lanes 0-7, vector 2i + 1's in lanes 8-15
-    c = [add_shuffled(v[2 * i], v[2 * i + 1], list(range(8)) + list(range(16, 24)),
-                      list(range(8, 16)) + list(range(24, 32))) for i in range(2)]
-    # l and l + 4: vector g's 4 sums in lanes 4g..4g+3
-    e = add_shuffled(c[0], c[1], [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27],
-                     [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31])
-    # l and l + 2, then l and l + 1: vector g's sum in lane 4g
-    e = builder.fadd(e, builder.shuffle_vector(e, e, ir.Constant(i16, [i ^ 2 for i in range(16)])))
-    e = builder.fadd(e, builder.shuffle_vector(e, e, ir.Constant(i16, [i ^ 1 for i in range(16)])))
-    return [builder.extract_element(e, ir.Constant(I32, 4 * g)) for g in range(len(vs))]
+    cur = list(vs) + [ir.Constant(vf, [0.0] * 16)] * ((4 if len(vs) <= 4 else 8) - len(vs))
+    gs, w = 16, 16          # each vector: groups of gs lanes, one per vector of vs, its sums in the first w
+    while w > 1:
+        w //= 2
+        if len(cur) > 1:    # pairs into one: lanes l < w of each group (a's then b's) plus lanes l + w
+            lo = [k + l for k in range(0, 16, gs) for l in range(w)]
+            lo = lo + [16 + i for i in lo]
+            hi = [i + w for i in lo]
+            cur = [builder.fadd(builder.shuffle_vector(a, b, ir.Constant(i16, lo)),
+                                builder.shuffle_vector(a, b, ir.Constant(i16, hi)))
+                   for a, b in zip(cur[0::2], cur[1::2])]
+            gs = w
+        else:               # in place: lane l of each group plus lane l + w
+            e = cur[0]
+            cur = [builder.fadd(e, builder.shuffle_vector(e, e, ir.Constant(i16, [i ^ w for i in range(16)])))]
+    return [builder.extract_element(cur[0], ir.Constant(I32, gs * g)) for g in range(len(vs))]
 
 
 def _float_key_scores_ir(t, n):
     """The intrinsic (k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo, ldo, ostride,
     pv, pvoff, pvbytes) of ``float_key_scores`` for float type t (F32, F16, BF16) and n (1 to
-    HEAD_GROUP) heads: per row, for each of the ``heads`` kv heads in turn (one contiguous sweep
-    of the row when they are all of them), each piece of 16 values converted once into a
-    <16 x float> and fused-multiply-added into the n heads' lane vectors, which stay in
-    registers over the kv head's row; then each head's lanes added by halves.  Meanwhile the
+    HEAD_GROUP) heads: per pass of KEY_ROWS rows (rows j and j + count // KEY_ROWS; an odd
+    count's last row alone), for each of the ``heads`` kv heads in turn (one contiguous sweep of
+    each row when they are all of them), each piece of 16 values of each row converted once into
+    a <16 x float> and fused-multiply-added into the n heads' lane vectors of the row (each query
+    piece loaded once for the rows), which stay in registers over the kv head's rows; then each
+    head's lanes added by halves, the rows' heads together.  Meanwhile the
     pvbytes bytes of row j + PREFETCH_ROWS of pv (the value rows of the same positions, read
-    next) are prefetched, so that the value sums find them in the L2 cache."""
+    next) are prefetched into the L2 cache (not the L1: see the section comment), so that the
+    value sums find them there."""
 
     def fk(typingctx, k, off, stride, count, heads, hstride, q, qo, qstride, hd, out, oo, ldo, ostride, pv, pvoff,
            pvbytes):
@@ -623,58 +645,74 @@ def _float_key_scores_ir(t, n):
             pvbase = builder.gep(data_ptr(context, builder, aty[14], pv, I8), [pvoff])
             fma = _fma_fn(builder, vf)
             zero = ir.Constant(vf, [0.0] * L)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(n)]
+            # accs[r][g][parity]: row r of the pass, head g, the even or odd pieces' lanes
+            accs = [[[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(n)]
+                    for _ in range(KEY_ROWS)]
             pieces = builder.udiv(hd, ir.Constant(I64, L))
             pb = int(COLUMN_BYTES[t]) // 2
 
-            def piece(rbase, qbase, c, parity):     # piece c of the row into each head's lanes of this parity
-                f = _float_values(builder, load, builder.gep(rbase, [builder.mul(c, ir.Constant(I64, pb))]), t, L)
+            def piece(rbases, qbase, c, parity):    # piece c of the rows into each head's lanes of this parity
+                fs = [_float_values(builder, load, builder.gep(rb, [builder.mul(c, ir.Constant(I64, pb))]), t, L)
+                      for rb in rbases]
                 x16 = builder.mul(c, ir.Constant(I64, L))
-                for g in range(n):
-                    a = accs[g][parity]
+                for g in range(n):                  # each query piece loaded once for the rows
                     xp = builder.gep(qbase, [builder.add(builder.mul(hd, ir.Constant(I64, g)), x16)])
                     xv = builder.load(builder.bitcast(xp, vf.as_pointer()), align=4)
-                    builder.store(builder.call(fma, [xv, f, builder.load(a)]), a)
+                    for r, f in enumerate(fs):
+                        a = accs[r][g][parity]
+                        builder.store(builder.call(fma, [xv, f, builder.load(a)]), a)
 
-            def head_row(j, u):                     # kv head u of row j
-                rbase = builder.gep(kbase, [builder.add(builder.mul(j, stride), builder.mul(u, hstride))])
+            def head_rows(js, u):                   # kv head u of the rows js (1 or KEY_ROWS of them)
+                rbases = [builder.gep(kbase, [builder.add(builder.mul(j, stride), builder.mul(u, hstride))])
+                          for j in js]
                 qbase = builder.gep(qbase0, [builder.mul(u, qstride)])
                 op = builder.gep(op0, [builder.mul(u, ostride)])
-                for pair in accs:
-                    for a in pair:
-                        builder.store(zero, a)
+                for r in range(len(js)):
+                    for pair in accs[r]:
+                        for a in pair:
+                            builder.store(zero, a)
 
                 def any_size():
                     with cgutils.for_range(builder, builder.udiv(pieces, ir.Constant(I64, 2))) as loop:
                         c = builder.mul(loop.index, ir.Constant(I64, 2))
-                        piece(rbase, qbase, c, 0)
-                        piece(rbase, qbase, builder.add(c, ir.Constant(I64, 1)), 1)
+                        piece(rbases, qbase, c, 0)
+                        piece(rbases, qbase, builder.add(c, ir.Constant(I64, 1)), 1)
                     odd = builder.icmp_unsigned("!=", builder.urem(pieces, ir.Constant(I64, 2)), ir.Constant(I64, 0))
                     with builder.if_then(odd):
-                        piece(rbase, qbase, builder.sub(pieces, ir.Constant(I64, 1)), 0)
+                        piece(rbases, qbase, builder.sub(pieces, ir.Constant(I64, 1)), 0)
 
                 def unrolled(size, otherwise):     # the common head sizes: the pieces written out
                     def emit():
                         with builder.if_else(builder.icmp_unsigned("==", hd, ir.Constant(I64, size))) as (yes, no):
                             with yes:
                                 for c in range(size // L):
-                                    piece(rbase, qbase, ir.Constant(I64, c), c & 1)
+                                    piece(rbases, qbase, ir.Constant(I64, c), c & 1)
                             with no:
                                 otherwise()
                     return emit
                 unrolled(128, unrolled(64, any_size))()
-                sums = _lane_sums(builder, [builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1]))
-                                            for g in range(n)])
-                for g in range(n):
-                    dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
-                    builder.store(sums[g], dst)
+                sums = _lane_sums(builder, [builder.fadd(builder.load(accs[r][g][0]), builder.load(accs[r][g][1]))
+                                            for r in range(len(js)) for g in range(n)])
+                for r, j in enumerate(js):
+                    for g in range(n):
+                        dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
+                        builder.store(sums[r * n + g], dst)
 
-            with cgutils.for_range(builder, count) as rows:
-                j = rows.index
-                prefetch_row(builder, builder.gep(pvbase, [builder.mul(builder.add(j, ir.Constant(I64, PREFETCH_ROWS)),
-                                                                       pvbytes)]), pvbytes)
+            def rows(js):                           # the rows js, every kv head of each
+                for j in js:
+                    ahead = builder.add(j, ir.Constant(I64, PREFETCH_ROWS))
+                    prefetch_row(builder, builder.gep(pvbase, [builder.mul(ahead, pvbytes)]), pvbytes, 2)
                 with cgutils.for_range(builder, heads) as kvh:
-                    head_row(j, kvh.index)
+                    head_rows(js, kvh.index)
+
+            # rows j and j + h together (h = count // KEY_ROWS), so that each load of the pass
+            # walks its own contiguous stream of the keys; an odd count's last row alone
+            h = builder.udiv(count, ir.Constant(I64, KEY_ROWS))
+            with cgutils.for_range(builder, h) as loop:
+                rows([builder.add(loop.index, builder.mul(h, ir.Constant(I64, r))) for r in range(KEY_ROWS)])
+            with cgutils.for_range_slice(builder, builder.mul(h, ir.Constant(I64, KEY_ROWS)), count,
+                                         ir.Constant(I64, 1)) as (j, _):
+                rows([j])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -894,13 +932,15 @@ def _value_column_ir(t, n):
     once, so that a value costs one multiply-add per head, (w d) (u - c), and no decoding besides;
     q4_1 and q5_1 blocks are decoded (d (u - c) + m, ggml's values exactly) and then weighted."""
 
-    def vc(typingctx, v, off, stride, count, p, po, ldp, acc, ao, hd):
-        sig = types.void(v, off, stride, count, p, po, ldp, acc, ao, hd)
+    def vc(typingctx, v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep):
+        sig = types.void(v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep)
 
         def codegen(context, builder, signature, args):
-            v, off, stride, count, p, po, ldp, acc, ao, hd = args
+            v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep = args
             aty = signature.args
-            off, stride, count, po, ldp, ao, hd = (_i64(builder, x) for x in (off, stride, count, po, ldp, ao, hd))
+            off, stride, count, po, ldp, ao, hd, pkoff, pkstep = (_i64(builder, x) for x in (
+                off, stride, count, po, ldp, ao, hd, pkoff, pkstep))
+            pkbase = builder.gep(data_ptr(context, builder, aty[10], pk, I8), [pkoff])
             load = loader(builder)
             v32i, v32f = ir.VectorType(I32, 32), ir.VectorType(F32, 32)
             vbase = builder.gep(data_ptr(context, builder, aty[0], v, I8), [off])
@@ -921,6 +961,7 @@ def _value_column_ir(t, n):
                 rp = builder.gep(vbase, [builder.mul(j, stride)])
                 if pf:
                     prefetch_ahead(builder, rp, stride, ir.Constant(I64, int(COLUMN_BYTES[t])))
+                prefetch_row(builder, builder.gep(pkbase, [builder.mul(j, pkstep)]), pkstep, 2)   # next keys
                 if t in (0, 1, 30):
                     f = _float_values(builder, load, rp, t, 32)
                 else:
@@ -1157,13 +1198,15 @@ def _key_scores_impl(t, n, simd, *args):
 
 
 def value_column(t, n, simd, *args):
-    """value_column(t, n, simd, v, off, stride, count, p, po, ldp, acc, ao, hd): one column of 32
-    values of ``count`` value rows (type t, an integer type or F32, F16, BF16), the column of row
-    j at v[off + j stride] (a block of an integer type),
+    """value_column(t, n, simd, v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep): one
+    column of 32 values of ``count`` value rows (type t, an integer type or F32, F16, BF16), the
+    column of row j at v[off + j stride] (a block of an integer type),
     weighted for n heads: acc[ao + g hd + k] += sum_j p[po + g ldp + j] x_jk for k < 32, g < n,
     x_jk the block's decoded values (the sums continued from acc's values, in the order of j),
-    n from 1 to HEAD_GROUP.  simd: by AVX2 vectors where the host has them (and F16C), else the
-    portable loop; the same results.  (Callable from Numba code only.)"""
+    n from 1 to HEAD_GROUP.  With row j the pkstep bytes at pk[pkoff + j pkstep] are prefetched
+    into the L2 cache (the next work item's keys, ``_next_keys``; pkstep 0: none).  simd: by AVX2
+    vectors where the host has them (and F16C), else the portable loop; the same results.
+    (Callable from Numba code only.)"""
     raise NotImplementedError("value_column runs inside Numba kernels")
 
 
@@ -1263,13 +1306,15 @@ def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows):
 
 
 @njit(cache=True, inline="always")
-def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a):
+def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a, pk, pkoff, pkstep):
     """Every column of 32 values of ``count`` rows (row j at v[off + j stride]) added into a
-    (G hd,) for the G heads, by ``value_column`` in groups of HEAD_GROUP heads (the last 1 to 4)."""
+    (G hd,) for the G heads, by ``value_column`` in groups of HEAD_GROUP heads (the last 1 to 4);
+    each call's rows prefetch the next pkstep bytes each of pk from pkoff on (``_next_keys``)."""
     for b in range(hd // 32):
         for g0 in range(0, G, HEAD_GROUP):
             value_column(t, min(HEAD_GROUP, G - g0), simd, v, off + b * COLUMN_BYTES[t], stride, count, pf,
-                         po + g0 * ldp, ldp, a, g0 * hd + 32 * b, hd)
+                         po + g0 * ldp, ldp, a, g0 * hd + 32 * b, hd, pk,
+                         pkoff + (b * -(-G // HEAD_GROUP) + g0 // HEAD_GROUP) * count * pkstep, pkstep)
 
 
 @intrinsic
@@ -1589,13 +1634,14 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
+def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd, pk, pkoff, pkstep):
     """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (>= G, >= hi - lo), C order)
     times value row j of kv head kvh (type t: an integer type, or F32, F16, BF16 with hd a multiple
     of 32), one column of 32 values at a time read in place: as integers where ``int_values`` says
     so (``values_int``), else by ``value_column``, every column decoded once for the G heads, their
     sums kept in registers over the keys.  After float key scores the rows come from the L2 cache
-    (``scores_float`` prefetched them)."""
+    (``scores_float`` prefetched them).  The column calls prefetch pk's bytes from pkoff, pkstep
+    per row visited (``_next_keys``: the next item's keys; pkstep 0: none)."""
     G, hd = acc.shape
     C, Hkv, rb = v_rows.shape
     ldp = p.shape[1]
@@ -1605,7 +1651,7 @@ def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd):
         values_int(t, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, p, a, G, hd, simd)
     else:
         _columns(t, G, hd, simd, v_rows.reshape(C * Hkv * rb), (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, pf, 0,
-                 ldp, a)
+                 ldp, a, pk, pkoff, pkstep)
     for g in range(G):
         for d in range(hd):
             acc[g, d] = a[g * hd + d]
@@ -1655,7 +1701,8 @@ def values_f32(vf, kvh, lo, hi, p, acc):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, m, l, acc, simd):
+def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, m, l, acc, simd, pk, pkoff,
+           pkstep):
     """Keys lo..hi-1 of kv head kvh for G query heads qs (G, hd) (already scaled; rq: them
     rounded by ``round_query`` when tk is an integer type): scores s (G, hi-lo), then per head g
     the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and acc[g] (hd,) = the sum of those
@@ -1664,7 +1711,8 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     at once, by the caller), other float ones are decoded a tile of rows at a time (tile: (T, hd)
     float32, once for all G heads); the values through ``values_rows``
     (a float type whose head size is not whole columns of 32: a tile at a time).  F32 values of
-    WHOLE_ROWS_HEAD values and more are read in place a whole row at a time (``values_f32``)."""
+    WHOLE_ROWS_HEAD values and more are read in place a whole row at a time (``values_f32``).
+    pk, pkoff, pkstep: the prefetches of ``values_rows`` (the next item's keys)."""
     G, hd = qs.shape
     T = tile.shape[0]
     if is_int_type(tk):
@@ -1686,7 +1734,7 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
         values_f32(v_rows.view(np.float32), kvh, lo, hi, s, acc)
         return
     if hd % 32 == 0:
-        values_rows(tv, v_rows, kvh, lo, hi, s, acc, simd)
+        values_rows(tv, v_rows, kvh, lo, hi, s, acc, simd, pk, pkoff, pkstep)
         return
     for g in range(G):
         for d in range(hd):
@@ -1732,10 +1780,32 @@ def _plan(base, pos, window, chunk):
 
 
 @njit(cache=True, nogil=True)
+def _next_keys(k_rows, tk, items, i, G, hd):
+    """The keys of work item i + 1 (the item the thread running item i most often runs next: a
+    parallel loop gives each thread a contiguous run of items), to be prefetched into the L2
+    cache while item i's values are summed, so that item i + 1's float key pass reads its keys
+    from there while its own value prefetches use the memory (the key pass alone had the memory
+    to itself, then the value pass left it idle).  Returns (the flat keys, the first byte, bytes
+    per value row visited by a ``value_column`` call (step), and bytes per kv head's value pass
+    (per)): the value column calls of kv head h prefetch the bytes from first + h per, step at
+    each row, one line for the MoE shape.  step 0 (none) for an integer K type (its key pass
+    untried with them), a head size not whole pieces of 16, or the last item."""
+    C, Hkv, rb = k_rows.shape
+    kflat = k_rows.reshape(C * Hkv * rb)
+    if i + 1 >= items.shape[0] or is_int_type(tk) or hd % KEY_PIECE != 0 or hd % 32 != 0:
+        return kflat, 0, 0, 0
+    visits = (hd // 32) * -(-G // HEAD_GROUP) * (items[i, 2] - items[i, 1])   # a kv head's column rows
+    nbytes = (items[i + 1, 2] - items[i + 1, 1]) * Hkv * rb
+    step = (-(-nbytes // (visits * Hkv)) + 63) // 64 * 64
+    return kflat, items[i + 1, 1] * Hkv * rb, step, visits * step
+
+
+@njit(cache=True, nogil=True)
 def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, chunk, simd, Q):
     """Work item i of ``_plan``: its token's query heads, scaled, over its keys, kv head by kv head
-    (Q: the heads rounded by ``round_queries`` for an integer K type).  m, l (k, H), acc (k, H, hd):
-    each head's maximum, sum and weighted values over the item's keys."""
+    (Q: the heads rounded by ``round_queries`` for an integer K type), the next item's keys
+    prefetched meanwhile (``_next_keys``).  m, l (k, H), acc (k, H, hd): each head's maximum, sum
+    and weighted values over the item's keys."""
     hd = q3.shape[2]
     Hkv = k_rows.shape[1]
     t, lo, hi = items[i, 0], items[i, 1], items[i, 2]
@@ -1750,12 +1820,13 @@ def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc
     if not is_int_type(tk) and hd % KEY_PIECE == 0:
         # the value rows prefetched unless they are read whole rows in turn (one contiguous stream)
         scores_float(tk, k_rows, lo, hi, qs, s, simd, v_rows, Hkv > 1 or not (tv == 0 and hd >= WHOLE_ROWS_HEAD))
+    kflat, nk0, step, per = _next_keys(k_rows, tk, items, i, G, hd)
     for h in range(Hkv):
         r = t * Hkv + h if is_int_type(tk) else 0
         rq = (Q[0][r], Q[1][r], Q[2][r])
         g0 = h * G
         _chunk(qs[h], rq, h, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s[h], nbuf,
-               m[i, g0:g0 + G], l[i, g0:g0 + G], acc[i, g0:g0 + G], simd)
+               m[i, g0:g0 + G], l[i, g0:g0 + G], acc[i, g0:g0 + G], simd, kflat, nk0 + h * per, step)
 
 
 @njit(cache=True, nogil=True)

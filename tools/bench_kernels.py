@@ -228,6 +228,7 @@ def _attention_parts_kernel():
             if not ak.is_int_type(tk):
                 ak.scores_float(tk, k_rows, lo, hi, qs, s, True, v_rows,
                                 Hkv > 1 or not (tv == 0 and hd >= ak.WHOLE_ROWS_HEAD))
+            kf, nk0, step, per = ak._next_keys(k_rows, tk, items, i, G, hd)
             for h in range(Hkv):
                 g0 = h * G
                 if ak.is_int_type(tk):
@@ -240,7 +241,8 @@ def _attention_parts_kernel():
                     if tv == 0 and hd >= ak.WHOLE_ROWS_HEAD:
                         ak.values_f32(v_rows.view(np.float32), h, lo, hi, s[h], acc[i, g0:g0 + G])
                     else:
-                        ak.values_rows(tv, v_rows, h, lo, hi, s[h], acc[i, g0:g0 + G], True)
+                        ak.values_rows(tv, v_rows, h, lo, hi, s[h], acc[i, g0:g0 + G], True, kf, nk0 + h * per,
+                                       step)
     return parts
 
 
