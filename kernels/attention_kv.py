@@ -1030,8 +1030,8 @@ def _value_isums_ir(t, n):
 # (every kv head's row), loaded and broadcast each head's weight for 2 <16 x float>
 # multiply-adds, and fetched a row's lines from the L2 cache once per column.  On AVX-512 hosts
 # a pass takes PASS_COLUMNS adjacent columns (16 registers of sums), and where a row still takes
-# several passes ``_columns`` goes a tile of rows at a time (VALUE_TILE_BYTES) so that the later
-# passes find the tile's rows in the L1 cache.  The F32 rows of several kv heads of 128 values
+# several passes over strided rows ``_columns`` goes a tile of rows at a time (VALUE_TILE_BYTES)
+# so that the later passes find the tile's rows in the L1 cache.  The F32 rows of several kv heads of 128 values
 # and more, once summed a whole row at a time into sums kept in memory (a load and a store
 # beside every multiply-add: 3x the columns' time at 4 heads, in the L2 cache), take the same
 # columns (a lone kv head's still go whole rows: WHOLE_ROWS_HEAD).  Measured, one thread, 4096
@@ -1327,13 +1327,15 @@ def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows):
 def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a):
     """Every column of 32 values of ``count`` rows (row j at v[off + j stride]) added into a
     (G hd,) for the G heads, by ``value_column`` in groups of HEAD_GROUP heads (the last 1 to 4).
-    Where a row takes several passes of ``value_column`` the rows go a tile at a time (about
-    VALUE_TILE_BYTES), so that the later passes find a tile's rows in the L1 cache rather than
-    fetching each row's lines again from the L2 cache, a kilobyte or more apart (the sums' order,
-    row after row for each value, is unchanged)."""
+    Where a row takes several passes of ``value_column`` and the rows are strided (several kv
+    heads) they go a tile at a time (about VALUE_TILE_BYTES), so that the later passes find a
+    tile's rows in the L1 cache rather than fetching each row's lines again from the L2 cache, a
+    kilobyte or more apart (the sums' order, row after row for each value, is unchanged).  A lone
+    kv head's contiguous rows measured 1.12-1.17x slower in tiles on AVX2 hosts (Gemma's shape,
+    F16 and Q8_0): they go whole passes."""
     nb = hd // 32
     T = count
-    if nb > PASS_COLUMNS[min(HEAD_GROUP, G)]:
+    if nb > PASS_COLUMNS[min(HEAD_GROUP, G)] and stride > nb * COLUMN_BYTES[t]:
         T = max(VALUE_TILE_ROWS, VALUE_TILE_BYTES // (nb * COLUMN_BYTES[t]))
     for j0 in range(0, count, T):
         for g0 in range(0, G, HEAD_GROUP):
