@@ -1031,10 +1031,10 @@ def _value_isums_ir(t, n):
 # multiply-adds, and fetched a row's lines from the L2 cache once per column.  On AVX-512 hosts
 # a pass takes PASS_COLUMNS adjacent columns (16 registers of sums), and where a row still takes
 # several passes over strided rows ``_columns`` goes a tile of rows at a time (VALUE_TILE_BYTES)
-# so that the later passes find the tile's rows in the L1 cache.  The F32 rows of several kv heads of 128 values
-# and more, once summed a whole row at a time into sums kept in memory (a load and a store
-# beside every multiply-add: 3x the columns' time at 4 heads, in the L2 cache), take the same
-# columns (a lone kv head's still go whole rows: WHOLE_ROWS_HEAD).  Measured, one thread, 4096
+# so that the later passes find the tile's rows in the L1 cache.  The F32 rows of several kv
+# heads of 128 values and more, once summed a whole row at a time into sums kept in memory (a
+# load and a store beside every multiply-add: 3x the columns' time at 4 heads, in the L2
+# cache), take the same columns (a lone kv head's still go whole rows: WHOLE_ROWS_HEAD).  Measured, one thread, 4096
 # positions (bench_kernels --attention --parts): the value sums 0.57-0.69x for 4 heads per kv
 # head of 128 (F16, BF16), 0.80-0.89x for Gemma's shape, 0.84-0.87x for SmolLM2's (3 heads of
 # 64: one pass), 0.73x for F32 with 4 kv heads of 128.
