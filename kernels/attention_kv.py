@@ -18,10 +18,10 @@ Over F32, F16 and BF16 rows each key row is converted 16 values at a time into r
 for all the query heads that share it (grouped-query attention: the section "float key scores"),
 every kv head of a position in turn, so that a chunk's keys are read in one contiguous sweep (a
 stream the hardware prefetchers follow) while the same positions' value rows are prefetched
-into the L2 cache; values are then summed in registers a column of 32 at a time (F32 rows of 128
-values and more are read in place a whole row at a time instead).  Elsewhere each kv head's
-rows are strided by every kv head's row, a pattern the hardware prefetchers follow poorly: the
-kernels prefetch the rows they read a few rows ahead (PREFETCH_ROWS).  A step's work is split into
+into the L2 cache; values are then summed in registers a few columns of 32 at a time, over a
+tile of rows that stays in the L1 cache from the first columns to the last.  Elsewhere each kv
+head's rows are strided by every kv head's row, a pattern the hardware prefetchers follow poorly:
+the kernels prefetch the rows they read a few rows ahead (PREFETCH_ROWS).  A step's work is split into
 chunks of keys; each chunk keeps its own running maximum, sum and weighted values (the
 flash-decoding split), and the chunks are merged exactly afterwards, so even a model with one
 kv head spreads a long context over every thread.
@@ -53,8 +53,11 @@ from .simd import (HOST_AVX2, HOST_AVX512, HOST_F16C, HOST_VNNI, I8, I16, I32, V
 # rows of float keys: 8 KiB, a quarter of the L1 data cache, beside the rows it is decoded from)
 KEY_CHUNK = 256
 TILE_VALUES = 2048
-# F32 head sizes from which values are summed a whole row at a time, in place (``values_f32``;
-# smaller heads measured faster through the columns)
+# F32 head sizes from which the values of a lone kv head are summed a whole row at a time, in
+# place (``values_f32``), their rows not prefetched during the key scores (``_run_item``): a
+# contiguous stream from memory, which the hardware prefetchers follow.  Through the columns'
+# passes over tiles (``value_column``) they measured slower there: 1.75x with the first pass
+# prefetching whole rows ahead, and the step 1.09x with the rows prefetched by the key scores
 WHOLE_ROWS_HEAD = 128
 
 _FAST = {"reassoc", "contract", "nsz"}
@@ -240,9 +243,9 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # minimum's term of q4_1 and q5_1 (sum_j p_j m_j, in float) is added at the end.  Otherwise
 # every position's block is decoded once to floats (d (u - c) + m, ggml's values exactly) and
 # added with each head's weight into sums that stay in registers over the positions
-# (``value_column``).  Every kernel has a portable Numba loop beside it giving identical
-# results: the same integer sums, and the float steps through the same explicit fused
-# multiply-adds (``fma32``).
+# (``value_column``, as the float types' values: the section "float value sums").  Every kernel
+# has a portable Numba loop beside it giving identical results: the same integer sums, and the
+# float steps through the same explicit fused multiply-adds (``fma32``).
 
 # GGML type id -> bytes per block, offset of the quants in the block, offset of the fifth-bit
 # word (-1: none), the integer subtracted from the unsigned quant (c), whether the block has a
@@ -257,7 +260,7 @@ HAS_MIN = np.zeros(32, np.bool_)
 for _t, (_bb, _qs, _qh, _c, _m) in _INT_TYPES.items():
     BLOCK_BYTES[_t], QS_AT[_t], QH_AT[_t], OFFSET[_t], HAS_MIN[_t] = _bb, _qs, _qh, _c, _m
 # GGML type id -> bytes of 32 consecutive values of a row (a block of the integer types; 128 for
-# F32, 64 for F16 and BF16): the column ``value_column`` reads per row
+# F32, 64 for F16 and BF16): a column of ``value_column``
 COLUMN_BYTES = BLOCK_BYTES.copy()
 COLUMN_BYTES[0], COLUMN_BYTES[1], COLUMN_BYTES[30] = 128, 64, 64
 # iq4_nl's values offset by 128 (1..241), as unsigned bytes
@@ -379,33 +382,35 @@ def key_scores_loop(t, n, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, ou
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
 def value_column_loop(t, n, v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep):
     """The portable form of ``value_column`` (the same float operations in the same order:
-    identical results; no prefetches, pk, pkoff and pkstep unused)."""
+    identical results), one column after another (no prefetches: pk, pkoff and pkstep unused)."""
     u = np.empty(32, np.int32)
     f = np.empty(32, np.float32)
     a = np.empty((n, 32), np.float32)
-    for g in range(n):
-        for k in range(32):
-            a[g, k] = acc[ao + g * hd + k]
     c = OFFSET[t]
     folded = is_int_type(t) and not HAS_MIN[t]
-    for j in range(count):
-        o = off + j * stride
-        if not is_int_type(t):
-            decode_row(t, v[o:o + COLUMN_BYTES[t]], f)
-        else:
-            block_quants(t, v, o, u)
-            dv = _half_at(v, o)
-            for k in range(32):
-                f[k] = np.float32(u[k] - c) if folded else fma32(dv, np.float32(u[k] - c), _half_at(v, o + 2))
+    for b in range(hd // 32):
+        cb = off + b * COLUMN_BYTES[t]
         for g in range(n):
-            w = p[po + g * ldp + j]
-            if folded:
-                w = w * dv
             for k in range(32):
-                a[g, k] = fma32(w, f[k], a[g, k])
-    for g in range(n):
-        for k in range(32):
-            acc[ao + g * hd + k] = a[g, k]
+                a[g, k] = acc[ao + g * hd + 32 * b + k]
+        for j in range(count):
+            o = cb + j * stride
+            if not is_int_type(t):
+                decode_row(t, v[o:o + COLUMN_BYTES[t]], f)
+            else:
+                block_quants(t, v, o, u)
+                dv = _half_at(v, o)
+                for k in range(32):
+                    f[k] = np.float32(u[k] - c) if folded else fma32(dv, np.float32(u[k] - c), _half_at(v, o + 2))
+            for g in range(n):
+                w = p[po + g * ldp + j]
+                if folded:
+                    w = w * dv
+                for k in range(32):
+                    a[g, k] = fma32(w, f[k], a[g, k])
+        for g in range(n):
+            for k in range(32):
+                acc[ao + g * hd + 32 * b + k] = a[g, k]
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
@@ -923,70 +928,6 @@ def _key_scores_ir(t, n):
     return intrinsic(ks)
 
 
-def _value_column_ir(t, n):
-    """The intrinsic (v, off, stride, count, p, po, ldp, acc, ao, hd) of ``value_column`` for
-    type t and n heads: the n heads' 32 sums kept in registers over the rows.  A float row's
-    column is converted once into a <32 x float>, then one fused multiply-add per value and head
-    (``fma32`` in the portable loop: the same roundings).  A block's quants are converted once to
-    floats (u - c); without a minimum each head's weight w is multiplied by the block's scale d
-    once, so that a value costs one multiply-add per head, (w d) (u - c), and no decoding besides;
-    q4_1 and q5_1 blocks are decoded (d (u - c) + m, ggml's values exactly) and then weighted."""
-
-    def vc(typingctx, v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep):
-        sig = types.void(v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep)
-
-        def codegen(context, builder, signature, args):
-            v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep = args
-            aty = signature.args
-            off, stride, count, po, ldp, ao, hd, pkoff, pkstep = (_i64(builder, x) for x in (
-                off, stride, count, po, ldp, ao, hd, pkoff, pkstep))
-            pkbase = builder.gep(data_ptr(context, builder, aty[10], pk, I8), [pkoff])
-            load = loader(builder)
-            v32i, v32f = ir.VectorType(I32, 32), ir.VectorType(F32, 32)
-            vbase = builder.gep(data_ptr(context, builder, aty[0], v, I8), [off])
-            pbase = builder.gep(data_ptr(context, builder, aty[4], p, F32), [po])
-            ap = builder.gep(data_ptr(context, builder, aty[7], acc, F32), [ao])
-            dsts = [builder.bitcast(builder.gep(ap, [builder.mul(hd, ir.Constant(I64, g))]), v32f.as_pointer())
-                    for g in range(n)]
-            accs = [cgutils.alloca_once_value(builder, builder.load(d, align=4)) for d in dsts]
-
-            def splat32(x):
-                w = builder.insert_element(ir.Constant(v32f, ir.Undefined), x, ir.Constant(I32, 0))
-                return builder.shuffle_vector(w, ir.Constant(v32f, ir.Undefined), ir.Constant(v32i, [0] * 32))
-
-            fma = _fma_fn(builder, v32f)
-            row_bytes = builder.mul(builder.udiv(hd, ir.Constant(I64, 32)), ir.Constant(I64, int(COLUMN_BYTES[t])))
-            folded = t not in (0, 1, 30) and not HAS_MIN[t]
-            def row(j, pf):
-                rp = builder.gep(vbase, [builder.mul(j, stride)])
-                if pf:
-                    prefetch_ahead(builder, rp, stride, ir.Constant(I64, int(COLUMN_BYTES[t])))
-                prefetch_row(builder, builder.gep(pkbase, [builder.mul(j, pkstep)]), pkstep, 2)   # next keys
-                if t in (0, 1, 30):
-                    f = _float_values(builder, load, rp, t, 32)
-                else:
-                    u = builder.zext(_emit_block_quants(builder, load, rp, t), v32i)
-                    f = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
-                    dv = _half_from(builder, rp)
-                    if HAS_MIN[t]:
-                        mv = splat32(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])))
-                        f = builder.call(fma, [splat32(dv), f, mv])
-                for g in range(n):
-                    w = builder.load(builder.gep(pbase, [builder.add(builder.mul(ldp, ir.Constant(I64, g)), j)]))
-                    if folded:
-                        w = builder.fmul(w, dv)
-                    builder.store(builder.call(fma, [splat32(w), f, builder.load(accs[g])]), accs[g])
-            strided_rows(builder, count, stride, row_bytes, row, t != 8)   # Q8_0: slower with them
-            for g in range(n):
-                builder.store(builder.load(accs[g]), dsts[g], align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    vc.__name__ = vc.__qualname__ = f"value_column_{t}_{n}"
-    return intrinsic(vc)
-
-
 def _quad_quants(builder, load, rps, t):
     """IR: the blocks of type t at the four i8* rps as two <16 x i32> (bytes 4l + i: row i's
     unsigned quant of dimension l, then of dimension 16 + l), with AVX-512 VBMI: Q8_0's rows
@@ -1116,6 +1057,136 @@ def _value_isums_ir(t, n):
     return intrinsic(vi)
 
 
+# ---------------------------------------------------------------- float value sums
+#
+# Without integer sums (F32, F16 and BF16 values; the integer types on hosts without AVX-512
+# VNNI) the heads' weighted values are summed as floats, one fused multiply-add per value, head
+# and row, each value's chain in the order of the rows (``value_column``; ``value_column_loop``
+# takes the same steps: identical results).  Of the measured time (F16, 4 heads per kv head of
+# 128, one thread: 83 cycles a row where the multiply-adds take 32) the rest went to the walk:
+# one column of 32 values per pass over a kv head's rows, which lie a kilobyte or more apart
+# (every kv head's row), loaded and broadcast each head's weight for 2 <16 x float>
+# multiply-adds, and fetched a row's lines from the L2 cache once per column.  On AVX-512 hosts
+# a pass takes PASS_COLUMNS adjacent columns (16 registers of sums), and where a row still takes
+# several passes over strided rows ``_columns`` goes a tile of rows at a time (VALUE_TILE_BYTES)
+# so that the later passes find the tile's rows in the L1 cache.  The F32 rows of several kv
+# heads of 128 values and more, once summed a whole row at a time into sums kept in memory (a
+# load and a store beside every multiply-add: 3x the columns' time at 4 heads, in the L2
+# cache), take the same columns (a lone kv head's still go whole rows: WHOLE_ROWS_HEAD).  Measured, one thread, 4096
+# positions (bench_kernels --attention --parts): the value sums 0.57-0.69x for 4 heads per kv
+# head of 128 (F16, BF16), 0.80-0.89x for Gemma's shape, 0.84-0.87x for SmolLM2's (3 heads of
+# 64: one pass), 0.73x for F32 with 4 kv heads of 128.
+
+# heads n -> columns of 32 values summed per pass of ``value_column`` over the rows: on AVX-512
+# hosts as many as fill 16 of the 32 vector registers with the n heads' sums (2 columns for 3 or 4
+# heads, 4 for 2, 8 for 1), else 1 (AVX2's 16 registers hold one column's sums of 4 heads already)
+PASS_COLUMNS = np.array([1] + [max(1, 8 // n) if HOST_AVX512 else 1 for n in range(1, HEAD_GROUP + 1)], np.int64)
+# bytes of value rows per tile of ``_columns`` where a row takes several passes (half the L1 data
+# cache: a tile's rows stay there from the first pass to the last), and its least number of rows
+VALUE_TILE_BYTES = 16384
+VALUE_TILE_ROWS = 16
+
+
+@njit(cache=True, inline="always")
+def column_passes(nb, n):
+    """Passes over the rows that ``value_column`` makes for nb columns of 32 values and n heads:
+    the whole passes of PASS_COLUMNS[n] columns, then one per column left."""
+    return nb // PASS_COLUMNS[n] + nb % PASS_COLUMNS[n]
+
+
+def _value_column_ir(t, n):
+    """The intrinsic (v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep) of
+    ``value_column`` for type t and n heads: every column of the rows, in passes of PASS_COLUMNS[n] adjacent
+    columns (then single columns for the rest), the n heads' sums of a pass's columns kept in
+    registers over the rows.  A float row's column is converted once into a <32 x float>, then
+    one fused multiply-add per value and head (``fma32`` in the portable loop: the same
+    roundings).  A block's quants are converted once to floats (u - c); without a minimum each
+    head's weight w is multiplied by the block's scale d once, so that a value costs one
+    multiply-add per head, (w d) (u - c), and no decoding besides; q4_1 and q5_1 blocks are
+    decoded (d (u - c) + m, ggml's values exactly) and then weighted.  Several columns per pass
+    let each weight's load and broadcast serve as many
+    multiply-adds and each row's lines be visited once per pass instead of once per column.  Each
+    row of each pass prefetches the next pkstep bytes of pk (the next item's keys) into the L2
+    cache."""
+    nc = int(PASS_COLUMNS[n])
+    cb = int(COLUMN_BYTES[t])
+
+    def vc(typingctx, v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep):
+        sig = types.void(v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep)
+
+        def codegen(context, builder, signature, args):
+            v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep = args
+            aty = signature.args
+            off, stride, count, po, ldp, ao, hd, pkoff, pkstep = (_i64(builder, x) for x in (
+                off, stride, count, po, ldp, ao, hd, pkoff, pkstep))
+            pkbase = builder.gep(data_ptr(context, builder, aty[10], pk, I8), [pkoff])
+            load = loader(builder)
+            v32i, v32f = ir.VectorType(I32, 32), ir.VectorType(F32, 32)
+            vbase = builder.gep(data_ptr(context, builder, aty[0], v, I8), [off])
+            pbase = builder.gep(data_ptr(context, builder, aty[4], p, F32), [po])
+            abase = builder.gep(data_ptr(context, builder, aty[7], acc, F32), [ao])
+            fma = _fma_fn(builder, v32f)
+            columns = builder.udiv(hd, ir.Constant(I64, 32))
+            row_bytes = builder.mul(columns, ir.Constant(I64, cb))
+            folded = t not in (0, 1, 30) and not HAS_MIN[t]
+
+            def splat32(x):
+                w = builder.insert_element(ir.Constant(v32f, ir.Undefined), x, ir.Constant(I32, 0))
+                return builder.shuffle_vector(w, ir.Constant(v32f, ir.Undefined), ir.Constant(v32i, [0] * 32))
+
+            def column(rp):
+                """The column at i8* rp as a <32 x float>, and the block's scale (None for floats)."""
+                if t in (0, 1, 30):
+                    return _float_values(builder, load, rp, t, 32), None
+                u = builder.zext(_emit_block_quants(builder, load, rp, t), v32i)
+                f = builder.sitofp(builder.sub(u, ir.Constant(v32i, [int(OFFSET[t])] * 32)), v32f)
+                dv = _half_from(builder, rp)
+                if HAS_MIN[t]:
+                    mv = splat32(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])))
+                    f = builder.call(fma, [splat32(dv), f, mv])
+                return f, dv
+
+            def columns_pass(c0, k, i):
+                """Columns c0 .. c0 + k - 1 (c0: i64) of every row into the sums (pass i: i64)."""
+                cp = builder.gep(vbase, [builder.mul(c0, ir.Constant(I64, cb))])
+                pkp = builder.gep(pkbase, [builder.mul(builder.mul(i, count), pkstep)])
+                ap = builder.gep(abase, [builder.mul(c0, ir.Constant(I64, 32))])
+                dsts = [[builder.bitcast(builder.gep(ap, [builder.add(builder.mul(hd, ir.Constant(I64, g)),
+                                                                      ir.Constant(I64, 32 * c))]), v32f.as_pointer())
+                         for c in range(k)] for g in range(n)]
+                accs = [[cgutils.alloca_once_value(builder, builder.load(d, align=4)) for d in ds] for ds in dsts]
+
+                def row(j, pf):
+                    rp = builder.gep(cp, [builder.mul(j, stride)])
+                    if pf:
+                        prefetch_ahead(builder, rp, stride, ir.Constant(I64, k * cb))
+                    prefetch_row(builder, builder.gep(pkp, [builder.mul(j, pkstep)]), pkstep, 2)   # next keys
+                    fs = [column(builder.gep(rp, [ir.Constant(I64, c * cb)])) for c in range(k)]
+                    for g in range(n):
+                        w = builder.load(builder.gep(pbase, [builder.add(builder.mul(ldp, ir.Constant(I64, g)), j)]))
+                        for c, (f, dv) in enumerate(fs):
+                            wc = splat32(builder.fmul(w, dv) if folded else w)
+                            builder.store(builder.call(fma, [wc, f, builder.load(accs[g][c])]), accs[g][c])
+                strided_rows(builder, count, stride, row_bytes, row, t != 8)   # Q8_0: slower with them
+                for g in range(n):
+                    for c in range(k):
+                        builder.store(builder.load(accs[g][c]), dsts[g][c], align=4)
+
+            whole = builder.mul(builder.udiv(columns, ir.Constant(I64, nc)), ir.Constant(I64, nc))
+            passes = builder.udiv(columns, ir.Constant(I64, nc))
+            with cgutils.for_range_slice(builder, ir.Constant(I64, 0), whole, ir.Constant(I64, nc)) as (c0, _):
+                columns_pass(c0, nc, builder.udiv(c0, ir.Constant(I64, nc)))
+            if nc > 1:
+                with cgutils.for_range_slice(builder, whole, columns, ir.Constant(I64, 1)) as (c0, _):
+                    columns_pass(c0, 1, builder.add(passes, builder.sub(c0, whole)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    vc.__name__ = vc.__qualname__ = f"value_column_{t}_{n}"
+    return intrinsic(vc)
+
+
 def _dispatch(make, loop, host: bool, floats: bool = False, every_n: bool = False, switch=None):
     """An overload body choosing, by the run-time type t and head count n, among the intrinsics
     make(t, n) (where the host has the instructions and simd is true) and the portable loop.
@@ -1198,15 +1269,16 @@ def _key_scores_impl(t, n, simd, *args):
 
 
 def value_column(t, n, simd, *args):
-    """value_column(t, n, simd, v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep): one
-    column of 32 values of ``count`` value rows (type t, an integer type or F32, F16, BF16), the
-    column of row j at v[off + j stride] (a block of an integer type),
-    weighted for n heads: acc[ao + g hd + k] += sum_j p[po + g ldp + j] x_jk for k < 32, g < n,
-    x_jk the block's decoded values (the sums continued from acc's values, in the order of j),
-    n from 1 to HEAD_GROUP.  With row j the pkstep bytes at pk[pkoff + j pkstep] are prefetched
-    into the L2 cache (the next work item's keys, ``_next_keys``; pkstep 0: none).  simd: by AVX2
-    vectors where the host has them (and F16C), else the portable loop; the same results.
-    (Callable from Numba code only.)"""
+    """value_column(t, n, simd, v, off, stride, count, p, po, ldp, acc, ao, hd, pk, pkoff, pkstep): the
+    hd / 32 columns of 32 values of ``count`` value rows (type t, an integer type or F32, F16,
+    BF16), column b of row j at v[off + j stride + b COLUMN_BYTES[t]] (a block of an integer
+    type), weighted for n heads: acc[ao + g hd + k] += sum_j p[po + g ldp + j] x_jk for k < hd,
+    g < n, x_jk the row's decoded values (each sum continued from acc's value by one fused
+    multiply-add per row, in the order of j), n from 1 to HEAD_GROUP.  At each row of each pass
+    (``column_passes`` passes of the rows) the pkstep bytes at pk[pkoff + (pass count + j)
+    pkstep] are prefetched into the L2 cache (the next work item's keys, ``_next_keys``; pkstep
+    0: none).  simd: by AVX2 or AVX-512 vectors where the host has them (and F16C), else the
+    portable loop; the same results.  (Callable from Numba code only.)"""
     raise NotImplementedError("value_column runs inside Numba kernels")
 
 
@@ -1308,13 +1380,26 @@ def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows):
 @njit(cache=True, inline="always")
 def _columns(t, G, hd, simd, v, off, stride, count, pf, po, ldp, a, pk, pkoff, pkstep):
     """Every column of 32 values of ``count`` rows (row j at v[off + j stride]) added into a
-    (G hd,) for the G heads, by ``value_column`` in groups of HEAD_GROUP heads (the last 1 to 4);
-    each call's rows prefetch the next pkstep bytes each of pk from pkoff on (``_next_keys``)."""
-    for b in range(hd // 32):
+    (G hd,) for the G heads, by ``value_column`` in groups of HEAD_GROUP heads (the last 1 to 4).
+    Where a row takes several passes of ``value_column`` and the rows are strided (several kv
+    heads) they go a tile at a time (about VALUE_TILE_BYTES), so that the later passes find a
+    tile's rows in the L1 cache rather than fetching each row's lines again from the L2 cache, a
+    kilobyte or more apart (the sums' order, row after row for each value, is unchanged).  A lone
+    kv head's contiguous rows measured 1.12-1.17x slower in tiles on AVX2 hosts (Gemma's shape,
+    F16 and Q8_0): they go whole passes.  Each row visited prefetches the next pkstep bytes of pk
+    from pkoff on (``_next_keys``)."""
+    nb = hd // 32
+    T = count
+    if nb > PASS_COLUMNS[min(HEAD_GROUP, G)] and stride > nb * COLUMN_BYTES[t]:
+        T = max(VALUE_TILE_ROWS, VALUE_TILE_BYTES // (nb * COLUMN_BYTES[t]))
+    o = pkoff
+    for j0 in range(0, count, T):
+        rows = min(T, count - j0)
         for g0 in range(0, G, HEAD_GROUP):
-            value_column(t, min(HEAD_GROUP, G - g0), simd, v, off + b * COLUMN_BYTES[t], stride, count, pf,
-                         po + g0 * ldp, ldp, a, g0 * hd + 32 * b, hd, pk,
-                         pkoff + (b * -(-G // HEAD_GROUP) + g0 // HEAD_GROUP) * count * pkstep, pkstep)
+            n = min(HEAD_GROUP, G - g0)
+            value_column(t, n, simd, v, off + j0 * stride, stride, rows, pf, po + g0 * ldp + j0, ldp, a, g0 * hd,
+                         hd, pk, o, pkstep)
+            o += column_passes(nb, n) * rows * pkstep
 
 
 @intrinsic
@@ -1637,11 +1722,12 @@ def values_int(t, v, off, stride, count, p, a, G, hd, simd):
 def values_rows(t, v_rows, kvh, lo, hi, p, acc, simd, pk, pkoff, pkstep):
     """acc[g] (hd,) = sum over keys j = lo..hi-1 of p[g, j - lo] (p: (>= G, >= hi - lo), C order)
     times value row j of kv head kvh (type t: an integer type, or F32, F16, BF16 with hd a multiple
-    of 32), one column of 32 values at a time read in place: as integers where ``int_values`` says
-    so (``values_int``), else by ``value_column``, every column decoded once for the G heads, their
-    sums kept in registers over the keys.  After float key scores the rows come from the L2 cache
-    (``scores_float`` prefetched them).  The column calls prefetch pk's bytes from pkoff, pkstep
-    per row visited (``_next_keys``: the next item's keys; pkstep 0: none)."""
+    of 32), read in place: one column of 32 values at a time as integers where ``int_values`` says
+    so (``values_int``), else by ``value_column`` (``_columns``), a few columns per pass over a tile
+    of rows, every column decoded once for the G heads, their sums kept in registers over the
+    keys.  After float key scores the rows come from the L2 cache (``scores_float`` prefetched
+    them).  The column passes prefetch pk's bytes from pkoff, pkstep per row visited
+    (``_next_keys``: the next item's keys; pkstep 0: none)."""
     G, hd = acc.shape
     C, Hkv, rb = v_rows.shape
     ldp = p.shape[1]
@@ -1682,16 +1768,13 @@ def scores_float(t, k_rows, lo, hi, qs, s, simd, v_rows, pf):
 def values_f32(vf, kvh, lo, hi, p, acc):
     """acc[g] (hd,) = sum over j = lo..hi-1 of p[g, j - lo] times value row j of kv head kvh, over an
     F32 cache read in place (vf: (C, Hkv, hd) float32), a whole row at a time into sums held in
-    the L1 cache: for head sizes of WHOLE_ROWS_HEAD and more, where the 32-value columns of
-    ``values_rows`` would walk the rows with a stride of a kilobyte or more, once per column."""
+    the L1 cache: for a lone kv head (contiguous rows, one stream from memory: see
+    WHOLE_ROWS_HEAD) with head sizes of WHOLE_ROWS_HEAD and more."""
     G, hd = acc.shape
     for g in range(G):
         for d in range(hd):
             acc[g, d] = 0.0
-    Hkv = vf.shape[1]
     for j in range(lo, hi):
-        if Hkv > 1 and Hkv * 4 * hd >= PREFETCH_MIN_STRIDE:
-            prefetch(vf, ((j + PREFETCH_ROWS) * Hkv + kvh) * 4 * hd, 4 * hd)
         vr = vf[j, kvh]
         for g in range(G):
             w = p[g, j - lo]
@@ -1710,9 +1793,10 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     head size is whole pieces of 16 come with their scores in s (``scores_float``, every kv head
     at once, by the caller), other float ones are decoded a tile of rows at a time (tile: (T, hd)
     float32, once for all G heads); the values through ``values_rows``
-    (a float type whose head size is not whole columns of 32: a tile at a time).  F32 values of
-    WHOLE_ROWS_HEAD values and more are read in place a whole row at a time (``values_f32``).
-    pk, pkoff, pkstep: the prefetches of ``values_rows`` (the next item's keys)."""
+    (a float type whose head size is not whole columns of 32: a tile at a time).  The F32 values
+    of a lone kv head of WHOLE_ROWS_HEAD values and more are read in place a whole row at a time
+    (``values_f32``).  pk, pkoff, pkstep: the prefetches of ``values_rows`` (the next item's
+    keys)."""
     G, hd = qs.shape
     T = tile.shape[0]
     if is_int_type(tk):
@@ -1730,7 +1814,7 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
                     s[g, j0 - lo + jj] = a
     for g in range(G):
         m[g], l[g] = exp_shifted(s[g, :hi - lo], softcap, nbuf)
-    if tv == 0 and hd >= WHOLE_ROWS_HEAD:
+    if tv == 0 and hd >= WHOLE_ROWS_HEAD and v_rows.shape[1] == 1:
         values_f32(v_rows.view(np.float32), kvh, lo, hi, s, acc)
         return
     if hd % 32 == 0:
@@ -1794,7 +1878,9 @@ def _next_keys(k_rows, tk, items, i, G, hd):
     kflat = k_rows.reshape(C * Hkv * rb)
     if i + 1 >= items.shape[0] or is_int_type(tk) or hd % KEY_PIECE != 0 or hd % 32 != 0:
         return kflat, 0, 0, 0
-    visits = (hd // 32) * -(-G // HEAD_GROUP) * (items[i, 2] - items[i, 1])   # a kv head's column rows
+    visits = 0                                          # rows a kv head's value column passes visit
+    for g0 in range(0, G, HEAD_GROUP):
+        visits += column_passes(hd // 32, min(HEAD_GROUP, G - g0)) * (items[i, 2] - items[i, 1])
     nbytes = (items[i + 1, 2] - items[i + 1, 1]) * Hkv * rb
     step = (-(-nbytes // (visits * Hkv)) + 63) // 64 * 64
     return kflat, items[i + 1, 1] * Hkv * rb, step, visits * step

@@ -238,7 +238,7 @@ def _attention_parts_kernel():
                     for g in range(G):
                         m[i, g0 + g], l[i, g0 + g] = exp_shifted(s[h, g, :hi - lo], 0.0, nbuf)
                 if upto >= 3:
-                    if tv == 0 and hd >= ak.WHOLE_ROWS_HEAD:
+                    if tv == 0 and hd >= ak.WHOLE_ROWS_HEAD and Hkv == 1:
                         ak.values_f32(v_rows.view(np.float32), h, lo, hi, s[h], acc[i, g0:g0 + G])
                     else:
                         ak.values_rows(tv, v_rows, h, lo, hi, s[h], acc[i, g0:g0 + G], True, kf, nk0 + h * per,
