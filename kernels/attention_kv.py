@@ -1073,10 +1073,10 @@ def _value_isums_ir(t, n):
 # so that the later passes find the tile's rows in the L1 cache.  The F32 rows of several kv
 # heads of 128 values and more, once summed a whole row at a time into sums kept in memory (a
 # load and a store beside every multiply-add: 3x the columns' time at 4 heads, in the L2
-# cache), take the same columns (a lone kv head's still go whole rows: WHOLE_ROWS_HEAD).  Measured, one thread, 4096
-# positions (bench_kernels --attention --parts): the value sums 0.57-0.69x for 4 heads per kv
-# head of 128 (F16, BF16), 0.80-0.89x for Gemma's shape, 0.84-0.87x for SmolLM2's (3 heads of
-# 64: one pass), 0.73x for F32 with 4 kv heads of 128.
+# cache), take the same columns (a lone kv head's still go whole rows: ``whole_rows_f32``).
+# Measured, one thread, 4096 positions (bench_kernels --attention --parts): the value sums
+# 0.57-0.69x for 4 heads per kv head of 128 (F16, BF16), 0.80-0.89x for Gemma's shape,
+# 0.84-0.87x for SmolLM2's (3 heads of 64: one pass), 0.73x for F32 with 4 kv heads of 128.
 
 # heads n -> columns of 32 values summed per pass of ``value_column`` over the rows: on AVX-512
 # hosts as many as fill 16 of the 32 vector registers with the n heads' sums (2 columns for 3 or 4
@@ -1173,8 +1173,8 @@ def _value_column_ir(t, n):
                     for c in range(k):
                         builder.store(builder.load(accs[g][c]), dsts[g][c], align=4)
 
-            whole = builder.mul(builder.udiv(columns, ir.Constant(I64, nc)), ir.Constant(I64, nc))
-            passes = builder.udiv(columns, ir.Constant(I64, nc))
+            passes = builder.udiv(columns, ir.Constant(I64, nc))     # whole passes of nc columns
+            whole = builder.mul(passes, ir.Constant(I64, nc))
             with cgutils.for_range_slice(builder, ir.Constant(I64, 0), whole, ir.Constant(I64, nc)) as (c0, _):
                 columns_pass(c0, nc, builder.udiv(c0, ir.Constant(I64, nc)))
             if nc > 1:
@@ -1586,7 +1586,7 @@ def minimum_sums(typingctx, p, ldp, g0, G, m, Np, b0, nb, count, M, ldm):
         aty = signature.args
         ldp, g0, G, Np, b0, nb, count, ldm = (_i64(builder, x) for x in (ldp, g0, G, Np, b0, nb, count, ldm))
         K = HEAD_GROUP
-        v16f, v32f = ir.VectorType(F32, 16), ir.VectorType(F32, 32)
+        v16f = ir.VectorType(F32, 16)
         pp = data_ptr(context, builder, aty[0], p, F32)
         mp = data_ptr(context, builder, aty[4], m, F32)
         Mp = data_ptr(context, builder, aty[9], M, F32)
@@ -1765,6 +1765,14 @@ def scores_float(t, k_rows, lo, hi, qs, s, simd, v_rows, pf):
                          G * hd, hd, o, g0 * lds, lds, Gs * lds, v, lo * vb, vb if g0 == 0 and pf else 0)
 
 
+@njit(cache=True, inline="always")
+def whole_rows_f32(tv, hd, Hkv):
+    """The values (type tv, head size hd, Hkv kv heads) are summed a whole row at a time by
+    ``values_f32``, their rows not prefetched during the key scores: F32 rows of a lone kv head
+    of WHOLE_ROWS_HEAD values and more (see WHOLE_ROWS_HEAD)."""
+    return tv == 0 and hd >= WHOLE_ROWS_HEAD and Hkv == 1
+
+
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def values_f32(vf, kvh, lo, hi, p, acc):
     """acc[g] (hd,) = sum over j = lo..hi-1 of p[g, j - lo] times value row j of kv head kvh, over an
@@ -1815,7 +1823,7 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
                     s[g, j0 - lo + jj] = a
     for g in range(G):
         m[g], l[g] = exp_shifted(s[g, :hi - lo], softcap, nbuf)
-    if tv == 0 and hd >= WHOLE_ROWS_HEAD and v_rows.shape[1] == 1:
+    if whole_rows_f32(tv, hd, v_rows.shape[1]):
         values_f32(v_rows.view(np.float32), kvh, lo, hi, s, acc)
         return
     if hd % 32 == 0:
@@ -1906,7 +1914,7 @@ def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc
                 qs[h, g, d] = q3[t, h * G + g, d] * np.float32(scale)
     if not is_int_type(tk) and hd % KEY_PIECE == 0:
         # the value rows prefetched unless they are read whole rows in turn (one contiguous stream)
-        scores_float(tk, k_rows, lo, hi, qs, s, simd, v_rows, Hkv > 1 or not (tv == 0 and hd >= WHOLE_ROWS_HEAD))
+        scores_float(tk, k_rows, lo, hi, qs, s, simd, v_rows, not whole_rows_f32(tv, hd, Hkv))
     kflat, nk0, step, per = _next_keys(k_rows, tk, items, i, G, hd)
     for h in range(Hkv):
         r = t * Hkv + h if is_int_type(tk) else 0

@@ -226,8 +226,7 @@ def _attention_parts_kernel():
         for i in range(items.shape[0]):
             lo, hi = items[i, 1], items[i, 2]
             if not ak.is_int_type(tk):
-                ak.scores_float(tk, k_rows, lo, hi, qs, s, True, v_rows,
-                                Hkv > 1 or not (tv == 0 and hd >= ak.WHOLE_ROWS_HEAD))
+                ak.scores_float(tk, k_rows, lo, hi, qs, s, True, v_rows, not ak.whole_rows_f32(tv, hd, Hkv))
             kf, nk0, step, per = ak._next_keys(k_rows, tk, items, i, G, hd)
             for h in range(Hkv):
                 g0 = h * G
@@ -238,7 +237,7 @@ def _attention_parts_kernel():
                     for g in range(G):
                         m[i, g0 + g], l[i, g0 + g] = exp_shifted(s[h, g, :hi - lo], 0.0, nbuf)
                 if upto >= 3:
-                    if tv == 0 and hd >= ak.WHOLE_ROWS_HEAD and Hkv == 1:
+                    if ak.whole_rows_f32(tv, hd, Hkv):
                         ak.values_f32(v_rows.view(np.float32), h, lo, hi, s[h], acc[i, g0:g0 + G])
                     else:
                         ak.values_rows(tv, v_rows, h, lo, hi, s[h], acc[i, g0:g0 + G], True, kf, nk0 + h * per,
