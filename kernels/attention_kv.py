@@ -348,8 +348,8 @@ def heads_per_call(G):
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
-def key_scores_loop(t, n, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
-                    pvbytes):
+def key_scores_loop(t, n, k, off, stride, count, heads, hstride, nb, x16, xo, qstride, hd, dr, sx, so, out, oo,
+                    ldo, ostride, pv, pvoff, pvstride, pvbytes):
     """The portable form of ``key_scores`` (the same integer sums and float operations, in the
     same order: identical results; no prefetches)."""
     u = np.empty(32, np.int32)
@@ -358,25 +358,26 @@ def key_scores_loop(t, n, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, ou
     bb = BLOCK_BYTES[t]
     has_m = HAS_MIN[t]
     for j in range(count):
-        for g in range(n):
-            acc[g] = 0.0
-        for b in range(nb):
-            o = off + j * stride + b * bb
-            block_quants(t, k, o, u)
-            dk = _half_at(k, o)
-            mk = _half_at(k, o + 2)
+        for h in range(heads):
             for g in range(n):
-                S = np.int32(0)
-                x0 = xo + g * hd + 32 * b
-                for i in range(32):
-                    S += u[i] * np.int32(x16[x0 + i])
-                i = so + b * n + g
-                if has_m:
-                    acc[g] = fma32(dr[i], fma32(dk, np.float32(S), mk * np.float32(sx[i])), acc[g])
-                else:
-                    acc[g] = fma32(dk, dr[i] * np.float32(S - c * sx[i]), acc[g])
-        for g in range(n):
-            out[oo + g * ldo + j] = acc[g]
+                acc[g] = 0.0
+            for b in range(nb):
+                o = off + j * stride + h * hstride + b * bb
+                block_quants(t, k, o, u)
+                dk = _half_at(k, o)
+                mk = _half_at(k, o + 2)
+                for g in range(n):
+                    S = np.int32(0)
+                    x0 = xo + h * qstride + g * hd + 32 * b
+                    for i in range(32):
+                        S += u[i] * np.int32(x16[x0 + i])
+                    i = so + h * (qstride // 32) + b * n + g
+                    if has_m:
+                        acc[g] = fma32(dr[i], fma32(dk, np.float32(S), mk * np.float32(sx[i])), acc[g])
+                    else:
+                        acc[g] = fma32(dk, dr[i] * np.float32(S - c * sx[i]), acc[g])
+            for g in range(n):
+                out[oo + h * ostride + g * ldo + j] = acc[g]
 
 
 @njit(cache=True, nogil=True, fastmath=False)   # the order written, never a caller's flags
@@ -834,33 +835,36 @@ def _block_products(builder, load, t):
 
 
 def _key_scores_ir(t, n):
-    """The intrinsic (k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
-    pvstride, pvbytes) of ``key_scores`` for type t and n (1 or HEAD_GROUP) heads, a loop over the
-    rows, each prefetching the pvbytes of value row j + PREFETCH_ROWS (pv + pvoff + that row times
-    pvstride) meanwhile, so that the value sums find them in the L2 cache: per block, the
+    """The intrinsic (k, off, stride, count, heads, hstride, nb, x16, xo, qstride, hd, dr, sx, so,
+    out, oo, ldo, ostride, pv, pvoff, pvstride, pvbytes) of ``key_scores`` for type t and n (1 or
+    HEAD_GROUP) heads, a loop over the positions, each prefetching the pvbytes at position
+    j + PREFETCH_ROWS (pv + pvoff + that position times pvstride) meanwhile, so that the value sums
+    find them in the L2 cache, then taking the position's row of each kv head in turn: per block, the
     quants unpacked once and widened to int16, each head's int16 query values multiplied in by
     ``_block_products`` (AVX-512 VNNI's vpdpwssd, or AVX2's vpmaddwd), the n heads' lane totals
     S by one vphaddd tree, then the float combine on the n heads at once."""
 
-    def ks(typingctx, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
-           pvbytes):
-        sig = types.void(k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride,
-                         pvbytes)
+    def ks(typingctx, k, off, stride, count, heads, hstride, nb, x16, xo, qstride, hd, dr, sx, so, out, oo, ldo,
+           ostride, pv, pvoff, pvstride, pvbytes):
+        sig = types.void(k, off, stride, count, heads, hstride, nb, x16, xo, qstride, hd, dr, sx, so, out, oo, ldo,
+                         ostride, pv, pvoff, pvstride, pvbytes)
 
         def codegen(context, builder, signature, args):
-            k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff, pvstride, pvbytes = args
+            (k, off, stride, count, heads, hstride, nb, x16, xo, qstride, hd, dr, sx, so, out, oo, ldo, ostride, pv,
+             pvoff, pvstride, pvbytes) = args
             aty = signature.args
-            off, stride, count, nb, xo, hd, so, oo, ldo, pvoff, pvstride, pvbytes = (
-                _i64(builder, v) for v in (off, stride, count, nb, xo, hd, so, oo, ldo, pvoff, pvstride, pvbytes))
-            pvbase = builder.gep(data_ptr(context, builder, aty[14], pv, I8), [pvoff])
+            (off, stride, count, heads, hstride, nb, xo, qstride, hd, so, oo, ldo, ostride, pvoff, pvstride,
+             pvbytes) = (_i64(builder, v) for v in (off, stride, count, heads, hstride, nb, xo, qstride, hd, so, oo,
+                                                     ldo, ostride, pvoff, pvstride, pvbytes))
+            pvbase = builder.gep(data_ptr(context, builder, aty[18], pv, I8), [pvoff])
             load = loader(builder)
             hadd = x86(builder, "llvm.x86.avx2.phadd.d", V8I32, V8I32, V8I32)
             quants = _block_products(builder, load, t)
-            kbase = builder.gep(data_ptr(context, builder, aty[0], k, I8), [off])
-            xbase = builder.gep(data_ptr(context, builder, aty[5], x16, I16), [xo])
-            drp = data_ptr(context, builder, aty[8], dr, F32)
-            sxp = data_ptr(context, builder, aty[9], sx, I32)
-            op = builder.gep(data_ptr(context, builder, aty[11], out, F32), [oo])
+            kbase0 = builder.gep(data_ptr(context, builder, aty[0], k, I8), [off])
+            xbase0 = builder.gep(data_ptr(context, builder, aty[7], x16, I16), [xo])
+            drp = data_ptr(context, builder, aty[11], dr, F32)
+            sxp = data_ptr(context, builder, aty[12], sx, I32)
+            op0 = builder.gep(data_ptr(context, builder, aty[14], out, F32), [oo])
             vf, vi = ir.VectorType(F32, n), ir.VectorType(I32, n)
             accp = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * n))
             v4 = ir.VectorType(I32, 4)
@@ -876,13 +880,23 @@ def _key_scores_ir(t, n):
                 return builder.shuffle_vector(v, ir.Constant(vf, ir.Undefined), ir.Constant(vi, [0] * n))
 
             row_bytes = builder.mul(nb, ir.Constant(I64, int(BLOCK_BYTES[t])))
+            # a position's rows of every kv head: from the first row's start to the last row's end
+            span = builder.add(builder.mul(builder.sub(heads, ir.Constant(I64, 1)), hstride), row_bytes)
+            sqstride = builder.sdiv(qstride, ir.Constant(I64, 32))
 
             def row(j, pf, pfv):
-                rbase = builder.gep(kbase, [builder.mul(j, stride)])
                 if pf:
-                    prefetch_ahead(builder, rbase, stride, row_bytes)
+                    prefetch_ahead(builder, builder.gep(kbase0, [builder.mul(j, stride)]), stride, span)
                 if pfv:
                     prefetch_ahead(builder, builder.gep(pvbase, [builder.mul(j, pvstride)]), pvstride, pvbytes, 2)
+                with cgutils.for_range(builder, heads) as hloop:
+                    head_row(j, hloop.index)
+
+            def head_row(j, h):
+                rbase = builder.gep(kbase0, [builder.add(builder.mul(j, stride), builder.mul(h, hstride))])
+                xbase = builder.gep(xbase0, [builder.mul(h, qstride)])
+                so_h = builder.add(so, builder.mul(h, sqstride))
+                op = builder.gep(op0, [builder.mul(h, ostride)])
                 builder.store(ir.Constant(vf, [0.0] * n), accp)
                 with cgutils.for_range(builder, nb) as loop:
                     b = loop.index
@@ -896,7 +910,7 @@ def _key_scores_ir(t, n):
                         S = builder.shuffle_vector(s4, s4, ir.Constant(vi, [0]))
                     else:            # [S_0, S_1, S_2, S_3]
                         S = halves(hadd(hadd(ps[0], ps[1]), hadd(ps[2], ps[3])))
-                    i = builder.add(so, builder.mul(b, ir.Constant(I64, n)))
+                    i = builder.add(so_h, builder.mul(b, ir.Constant(I64, n)))
                     drv = builder.load(builder.bitcast(builder.gep(drp, [i]), vf.as_pointer()), align=4)
                     sxv = builder.load(builder.bitcast(builder.gep(sxp, [i]), vi.as_pointer()), align=4)
                     dk = splat_n(_half_from(builder, rp))
@@ -919,7 +933,7 @@ def _key_scores_ir(t, n):
             with builder.if_else(builder.icmp_signed(">", pvbytes, ir.Constant(I64, 0))) as (then, otherwise):
                 for branch, pfv in ((then, True), (otherwise, False)):
                     with branch:
-                        strided_rows(builder, count, stride, row_bytes, lambda j, pf: row(j, pf, pfv),
+                        strided_rows(builder, count, stride, span, lambda j, pf: row(j, pf, pfv),
                                      t != 8)                   # Q8_0: slower with the keys' prefetches
             return context.get_dummy_value()
 
@@ -1249,14 +1263,17 @@ def _type_switch(make, n, floats: bool = False):
 
 
 def key_scores(t, n, simd, *args):
-    """key_scores(t, n, simd, k, off, stride, count, nb, x16, xo, hd, dr, sx, so, out, oo, ldo, pv, pvoff,
-    pvstride, pvbytes):
-    the scores of ``count`` key rows of nb blocks of type t (an integer type), row j at
-    k[off + j stride], for n (1 or HEAD_GROUP) query heads rounded by ``round_query``, head g's
-    int16 values of block b at x16[xo + g hd + 32 b] and its dr, sx at [so + b n + g]:
-    out[oo + g ldo + j] = the sum over the row's blocks of d dr (S - c SX)
+    """key_scores(t, n, simd, k, off, stride, count, heads, hstride, nb, x16, xo, qstride, hd, dr, sx, so,
+    out, oo, ldo, ostride, pv, pvoff, pvstride, pvbytes):
+    the scores of ``count`` positions' key rows of nb blocks of type t (an integer type) for
+    ``heads`` kv heads, the row of position j and kv head h at k[off + j stride + h hstride], each
+    kv head's n (1 or HEAD_GROUP) query heads rounded by ``round_query``, head g's int16 values of
+    block b at x16[xo + h qstride + g hd + 32 b] and its dr, sx at [so + h qstride / 32 + b n + g]:
+    out[oo + h ostride + g ldo + j] = the sum over the row's blocks of d dr (S - c SX)
     (+ m dr SX for the types with a minimum), S the exact integer sum (see the section comment).
-    With row j the pvbytes bytes at pv[pvoff + (j + PREFETCH_ROWS) pvstride] are prefetched (the
+    A position's rows of every kv head in turn: where they are adjacent (hstride the row's bytes,
+    stride every kv head's), the keys are one contiguous read.
+    With position j the pvbytes bytes at pv[pvoff + (j + PREFETCH_ROWS) pvstride] are prefetched (the
     value rows of the same positions, read next; pvbytes 0: none).  simd: by vpdpwssd where the
     host has AVX-512 VNNI, by vpmaddwd where it has AVX2 (and F16C), else the portable loop; the
     same results (the same integers).
@@ -1354,28 +1371,34 @@ def rounded_query(qs: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def scores_int(t, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows):
-    """s[g, j - lo] = the scores of keys j = lo..hi-1 of kv head kvh (type t, an integer type) for
-    the query heads rounded by ``round_query`` (rq), through ``key_scores``, which prefetches kv
-    head kvh's value rows lo..hi-1 (v_rows (C, Hkv, rb_v), of any type) into the L2 cache
-    meanwhile, where they are strided by PREFETCH_MIN_STRIDE bytes or more (several kv heads;
-    elsewhere the hardware prefetchers follow them): the key sums' work hides their reads from
-    memory.  s: (Gp, >= hi - lo), C order, a row for every head of rq including the padding ones."""
+def scores_int(t, k_rows, lo, hi, hd, rq, s, simd, v_rows):
+    """s[h, g, j - lo] = the scores of keys j = lo..hi-1 of every kv head h (type t, an integer
+    type) for its query heads rounded by ``round_query`` (rq: x16, dr, sx with a row per kv head),
+    through ``key_scores``, a position's rows of every kv head in turn (one contiguous read of the
+    keys; kv head by kv head, each head's rows strided by every kv head's, measured 1.85x the time
+    from memory for Q8_0's), which prefetches the same positions' value rows (v_rows (C, Hkv, rb_v),
+    of any type) into the L2 cache meanwhile where a position's are PREFETCH_MIN_STRIDE bytes or
+    more (several kv heads, whose value sums then read them strided; elsewhere the hardware
+    prefetchers follow them): the key sums' work hides their reads from memory.  s: (Hkv, Gp,
+    >= hi - lo), C order, a row for every head of rq including the padding ones."""
     x16, dr, sx = rq
-    Gp, lds = s.shape
-    if Gp * hd != x16.size or lds < hi - lo:
-        raise ValueError("scores_int: s must have a row per rounded query head and a column per key")
+    Hkv, Gp, lds = s.shape
+    if x16.shape[0] != Hkv or Gp * hd != x16.shape[1] or lds < hi - lo:
+        raise ValueError("scores_int: s must have a row per kv head and rounded query head and a column per key")
     nb = hd // 32
     n = heads_per_call(Gp)
-    C, Hkv, rb = k_rows.shape
+    C, _, rb = k_rows.shape
     k = k_rows.reshape(C * Hkv * rb)
-    o = s.reshape(Gp * lds)
+    o = s.reshape(Hkv * Gp * lds)
     rbv = v_rows.shape[2]
     v = v_rows.reshape(v_rows.shape[0] * Hkv * rbv)
-    pv = rbv if Hkv > 1 and Hkv * rbv >= PREFETCH_MIN_STRIDE else 0
+    pv = Hkv * rbv if Hkv > 1 and Hkv * rbv >= PREFETCH_MIN_STRIDE else 0
+    x = x16.reshape(Hkv * Gp * hd)
+    d = dr.reshape(Hkv * Gp * nb)
+    e = sx.reshape(Hkv * Gp * nb)
     for g0 in range(0, Gp, n):
-        key_scores(t, n, simd, k, (lo * Hkv + kvh) * rb, Hkv * rb, hi - lo, nb, x16, g0 * hd, hd, dr, sx,
-                   g0 * nb, o, g0 * lds, lds, v, (lo * Hkv + kvh) * rbv, Hkv * rbv, pv if g0 == 0 else 0)
+        key_scores(t, n, simd, k, lo * Hkv * rb, Hkv * rb, hi - lo, Hkv, rb, nb, x, g0 * hd, Gp * hd, hd, d, e,
+                   g0 * nb, o, g0 * lds, lds, Gp * lds, v, lo * Hkv * rbv, Hkv * rbv, pv if g0 == 0 else 0)
 
 
 @njit(cache=True, inline="always")
@@ -1793,14 +1816,13 @@ def values_f32(vf, kvh, lo, hi, p, acc):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, m, l, acc, simd, pk, pkoff,
-           pkstep):
-    """Keys lo..hi-1 of kv head kvh for G query heads qs (G, hd) (already scaled; rq: them
-    rounded by ``round_query`` when tk is an integer type): scores s (G, hi-lo), then per head g
-    the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and acc[g] (hd,) = the sum of those
-    weights times the value rows.  Integer K types go through ``scores_int``; float K types whose
-    head size is whole pieces of 16 come with their scores in s (``scores_float``, every kv head
-    at once, by the caller), other float ones are decoded a tile of rows at a time (tile: (T, hd)
+def _chunk(qs, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, m, l, acc, simd, pk, pkoff, pkstep):
+    """Keys lo..hi-1 of kv head kvh for G query heads qs (G, hd) (already scaled): scores s
+    (G, hi-lo), then per head g the chunk's maximum m[g], sum l[g] of exp(score - m[g]) and
+    acc[g] (hd,) = the sum of those weights times the value rows.  Integer K types and float K
+    types whose head size is whole pieces of 16 come with their scores in s (``scores_int``,
+    ``scores_float``, every kv head at once, by the caller), other float ones are decoded a tile
+    of rows at a time (tile: (T, hd)
     float32, once for all G heads); the values through ``values_rows``
     (a float type whose head size is not whole columns of 32: a tile at a time).  The F32 values
     of a lone kv head of WHOLE_ROWS_HEAD values and more are read in place a whole row at a time
@@ -1808,9 +1830,7 @@ def _chunk(qs, rq, kvh, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s, nbuf, 
     keys)."""
     G, hd = qs.shape
     T = tile.shape[0]
-    if is_int_type(tk):
-        scores_int(tk, k_rows, kvh, lo, hi, hd, rq, s, simd, v_rows)
-    elif hd % KEY_PIECE != 0:
+    if not is_int_type(tk) and hd % KEY_PIECE != 0:
         for j0 in range(lo, hi, T):
             j1 = min(j0 + T, hi)
             decode_tile(tk, k_rows, kvh, j0, j1, tile)
@@ -1897,8 +1917,9 @@ def _next_keys(k_rows, tk, items, i, G, hd):
 
 @njit(cache=True, nogil=True)
 def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc, chunk, simd, Q):
-    """Work item i of ``_plan``: its token's query heads, scaled, over its keys, kv head by kv head
-    (Q: the heads rounded by ``round_queries`` for an integer K type), the next item's keys
+    """Work item i of ``_plan``: its token's query heads, scaled, over its keys, the scores of every
+    kv head at once (Q: the heads rounded by ``round_queries`` for an integer K type), then the
+    rest kv head by kv head, the next item's keys
     prefetched meanwhile (``_next_keys``).  m, l (k, H), acc (k, H, hd): each head's maximum, sum
     and weighted values over the item's keys."""
     hd = q3.shape[2]
@@ -1912,15 +1933,16 @@ def _run_item(q3, G, k_rows, tk, v_rows, tv, items, i, scale, softcap, m, l, acc
         for g in range(G):
             for d in range(hd):
                 qs[h, g, d] = q3[t, h * G + g, d] * np.float32(scale)
-    if not is_int_type(tk) and hd % KEY_PIECE == 0:
+    if is_int_type(tk):
+        r = t * Hkv
+        scores_int(tk, k_rows, lo, hi, hd, (Q[0][r:r + Hkv], Q[1][r:r + Hkv], Q[2][r:r + Hkv]), s, simd, v_rows)
+    elif hd % KEY_PIECE == 0:
         # the value rows prefetched unless they are read whole rows in turn (one contiguous stream)
         scores_float(tk, k_rows, lo, hi, qs, s, simd, v_rows, not whole_rows_f32(tv, hd, Hkv))
     kflat, nk0, step, per = _next_keys(k_rows, tk, items, i, G, hd)
     for h in range(Hkv):
-        r = t * Hkv + h if is_int_type(tk) else 0
-        rq = (Q[0][r], Q[1][r], Q[2][r])
         g0 = h * G
-        _chunk(qs[h], rq, h, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s[h], nbuf,
+        _chunk(qs[h], h, k_rows, tk, v_rows, tv, lo, hi, softcap, tile, s[h], nbuf,
                m[i, g0:g0 + G], l[i, g0:g0 + G], acc[i, g0:g0 + G], simd, kflat, nk0 + h * per, step)
 
 

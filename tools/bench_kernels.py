@@ -225,14 +225,13 @@ def _attention_parts_kernel():
                     qs[h, g, d] = q3[0, h * G + g, d] * np.float32(scale)
         for i in range(items.shape[0]):
             lo, hi = items[i, 1], items[i, 2]
-            if not ak.is_int_type(tk):
+            if ak.is_int_type(tk):
+                ak.scores_int(tk, k_rows, lo, hi, hd, (Q[0], Q[1], Q[2]), s, True, v_rows)
+            else:
                 ak.scores_float(tk, k_rows, lo, hi, qs, s, True, v_rows, not ak.whole_rows_f32(tv, hd, Hkv))
             kf, nk0, step, per = ak._next_keys(k_rows, tk, items, i, G, hd)
             for h in range(Hkv):
                 g0 = h * G
-                if ak.is_int_type(tk):
-                    ak.scores_int(tk, k_rows, h, lo, hi, hd, (Q[0][h], Q[1][h], Q[2][h]), s[h], True,
-                                  v_rows)
                 if upto >= 2:
                     for g in range(G):
                         m[i, g0 + g], l[i, g0 + g] = exp_shifted(s[h, g, :hi - lo], 0.0, nbuf)
