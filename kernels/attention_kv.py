@@ -15,12 +15,12 @@ summed along positions by vpdpbusd over 4 rows' bytes interleaved in registers; 
 value blocks converted to floats once per position
 for all the heads that share them, the block's scale riding on each head's weight).
 Over F32, F16 and BF16 rows each key row is converted 16 values at a time into registers, once
-for all the query heads that share it (grouped-query attention: the section "float key scores"),
-every kv head of a position in turn, so that a chunk's keys are read in one contiguous sweep (a
-stream the hardware prefetchers follow) while the same positions' value rows are prefetched
-into the L2 cache; values are then summed in registers a few columns of 32 at a time, over a
-tile of rows that stays in the L1 cache from the first columns to the last.  Elsewhere each kv
-head's rows are strided by every kv head's row, a pattern the hardware prefetchers follow poorly:
+for all the query heads that share it (grouped-query attention: the section "float key scores").
+Key rows of every type are taken every kv head of a position in turn, so that a chunk's keys are
+read in one contiguous sweep (a stream the hardware prefetchers follow) while the same
+positions' value rows are prefetched into the L2 cache.  Float values are then summed in registers a few columns of 32 at a time, over a
+tile of rows that stays in the L1 cache from the first columns to the last.  Elsewhere (the value
+sums) each kv head's rows are strided by every kv head's row, a pattern the hardware prefetchers follow poorly:
 the kernels prefetch the rows they read a few rows ahead (PREFETCH_ROWS).  A step's work is split into
 chunks of keys; each chunk keeps its own running maximum, sum and weighted values (the
 flash-decoding split), and the chunks are merged exactly afterwards, so even a model with one
@@ -229,8 +229,11 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # VNNI, vpmaddwd on AVX2 hosts (neither saturates: u <= 255), each
 # block's quants unpacked once for a group of HEAD_GROUP query heads (grouped-query attention:
 # the heads of one kv head share every key block read), the key loop inside the vector kernel,
-# which meanwhile prefetches the same positions' value rows into the L2 cache where several kv
-# heads stride them (the key sums' work hides the value sums' reads from memory).
+# a position's rows of every kv head in turn (the keys one contiguous read, which the hardware
+# prefetchers follow: kv head by kv head, each head's rows strided by every kv head's, Q8_0's
+# took 1.85x the time from memory), which meanwhile prefetches the same positions' value rows
+# into the L2 cache where several kv heads stride them (the key sums' work hides the value sums'
+# reads from memory).
 # The weighted values are summed one block column at a time.  On hosts with AVX-512 VNNI
 # (``int_values``) as integers along the positions: each head's weight of position j times the
 # block's scale, w_j = p_j d_j (its sign too), is rounded per VALUE_GROUP positions to two int8
@@ -879,14 +882,9 @@ def _key_scores_ir(t, n):
                 v = builder.insert_element(ir.Constant(vf, ir.Undefined), x, ir.Constant(I32, 0))
                 return builder.shuffle_vector(v, ir.Constant(vf, ir.Undefined), ir.Constant(vi, [0] * n))
 
-            row_bytes = builder.mul(nb, ir.Constant(I64, int(BLOCK_BYTES[t])))
-            # a position's rows of every kv head: from the first row's start to the last row's end
-            span = builder.add(builder.mul(builder.sub(heads, ir.Constant(I64, 1)), hstride), row_bytes)
             sqstride = builder.sdiv(qstride, ir.Constant(I64, 32))
 
-            def row(j, pf, pfv):
-                if pf:
-                    prefetch_ahead(builder, builder.gep(kbase0, [builder.mul(j, stride)]), stride, span)
+            def row(j, pfv):
                 if pfv:
                     prefetch_ahead(builder, builder.gep(pvbase, [builder.mul(j, pvstride)]), pvstride, pvbytes, 2)
                 with cgutils.for_range(builder, heads) as hloop:
@@ -929,12 +927,13 @@ def _key_scores_ir(t, n):
                     dst = builder.gep(op, [builder.add(builder.mul(ldo, ir.Constant(I64, g)), j)])
                     builder.store(builder.extract_element(acc, ir.Constant(I32, g)), dst)
             # the loops with and without the value rows' prefetches (a loop that tests for them
-            # measured slower where there are none)
+            # measured slower where there are none); the keys are left to the hardware prefetchers
+            # (a position's rows of every kv head: one contiguous stream)
             with builder.if_else(builder.icmp_signed(">", pvbytes, ir.Constant(I64, 0))) as (then, otherwise):
                 for branch, pfv in ((then, True), (otherwise, False)):
                     with branch:
-                        strided_rows(builder, count, stride, span, lambda j, pf: row(j, pf, pfv),
-                                     t != 8)                   # Q8_0: slower with the keys' prefetches
+                        with cgutils.for_range(builder, count) as loop:
+                            row(loop.index, pfv)
             return context.get_dummy_value()
 
         return sig, codegen
