@@ -18,9 +18,10 @@ Over F32, F16 and BF16 rows each key row is converted 16 values at a time into r
 for all the query heads that share it (grouped-query attention: the section "float key scores").
 Key rows of every type are taken every kv head of a position in turn, so that a chunk's keys are
 read in one contiguous sweep (a stream the hardware prefetchers follow) while the same
-positions' value rows are prefetched into the L2 cache.  Float values are then summed in registers a few columns of 32 at a time, over a
-tile of rows that stays in the L1 cache from the first columns to the last.  Elsewhere (the value
-sums) each kv head's rows are strided by every kv head's row, a pattern the hardware prefetchers follow poorly:
+positions' value rows are prefetched into the L2 cache.  Float values are then summed in
+registers a few columns of 32 at a time, over a tile of rows that stays in the L1 cache from the
+first columns to the last.  Elsewhere (the value sums) each kv head's rows are strided by every
+kv head's row, a pattern the hardware prefetchers follow poorly:
 the kernels prefetch the rows they read a few rows ahead (PREFETCH_ROWS).  A step's work is split into
 chunks of keys; each chunk keeps its own running maximum, sum and weighted values (the
 flash-decoding split), and the chunks are merged exactly afterwards, so even a model with one
