@@ -225,9 +225,10 @@ def decode_tile(t, rows, h, j0, j1, buf):
 # as unsigned bytes (q8_0 and iq4_nl's signed values offset by 128, the 4- and 5-bit quants as
 # they are), give S = sum_k u_k x16_k, exact in int32.  The block's term of the score is then
 # d dr (S - c SX) (+ m dr SX for the types with a minimum), SX = sum_k x16_k and c the type's
-# offset (128, 8, 16 or 0).  The quants are widened to int16 and multiplied by the query as int16
-# pairs summed into int32 lanes, one product per value and head: vpdpwssd on hosts with AVX-512
-# VNNI, vpmaddwd on AVX2 hosts (neither saturates: u <= 255), each
+# offset (128, 8, 16 or 0).  The quants (Q8_0's as stored, signed: its products give S - 128 SX)
+# are widened to int16 and multiplied by the query as int16 pairs summed into int32 lanes, one
+# product per value and head: vpdpwssd on hosts with AVX-512 VNNI, vpmaddwd on AVX2 hosts
+# (neither saturates: |u| <= 255), each
 # block's quants unpacked once for a group of HEAD_GROUP query heads (grouped-query attention:
 # the heads of one kv head share every key block read), the key loop inside the vector kernel,
 # a position's rows of every kv head in turn (the keys one contiguous read, which the hardware
@@ -804,11 +805,14 @@ def _half_from(builder, p):
 
 def _block_products(builder, load, t):
     """IR: quants(rp) -> times(xp): the block of type t at i8* rp unpacked once into its 32
-    unsigned quants u (at most 255) widened to int16, then times(xp), the block's 32 int16 query
-    values x16 at i16* xp -> <8 x i32>, the products u_k x16_k summed four to an int32 lane (the
-    lanes' total: S): per half of 16 values one vpdpwssd where the host has AVX-512 VNNI, else
-    one vpmaddwd and an add (AVX2).  Neither can saturate or wrap: a pair sum is at most
-    2 x 255 x 32640 in magnitude, a lane's four at most 4 x 255 x 32640 < 2^31."""
+    unsigned quants u (at most 255) widened to int16, Q8_0's as stored (u - 128, signed: S - 128
+    SX comes out of the products exactly, with no offset to add and take away; for the 4- and
+    5-bit types a subtraction before widening measured slower than the correction after the
+    sums), then times(xp), the block's 32 int16 query values x16 at i16* xp -> <8 x i32>, the
+    products summed four to an int32 lane (the lanes' total: S, or S - 128 SX): per half of 16
+    values one vpdpwssd where the host has AVX-512 VNNI, else one vpmaddwd and an add (AVX2).
+    Neither can saturate or wrap: a pair sum is at most 2 x 255 x 32640 in magnitude, a lane's
+    four at most 4 x 255 x 32640 < 2^31."""
     if HOST_VNNI:
         dp = x86(builder, "llvm.x86.avx512.vpdpwssd.256", V8I32, V8I32, V8I32, V8I32)
         zero = ir.Constant(V8I32, [0] * 8)
@@ -823,10 +827,13 @@ def _block_products(builder, load, t):
             return p if acc is None else builder.add(acc, p)
 
     def quants(rp):
-        u = _emit_block_quants(builder, load, rp, t)
-        halves = [builder.zext(builder.shuffle_vector(u, u, ir.Constant(ir.VectorType(I32, 16),
-                                                                          list(range(16 * h, 16 * h + 16)))),
-                               V16I16) for h in range(2)]
+        if t == 8:             # Q8_0's bytes as stored, signed: the products give S - 128 SX
+            u, widen = load(rp, int(QS_AT[t]), V32I8), builder.sext
+        else:
+            u, widen = _emit_block_quants(builder, load, rp, t), builder.zext
+        halves = [widen(builder.shuffle_vector(u, u, ir.Constant(ir.VectorType(I32, 16),
+                                                                 list(range(16 * h, 16 * h + 16)))), V16I16)
+                  for h in range(2)]
 
         def times(xp):
             acc = None
@@ -914,13 +921,14 @@ def _key_scores_ir(t, n):
                     sxv = builder.load(builder.bitcast(builder.gep(sxp, [i]), vi.as_pointer()), align=4)
                     dk = splat_n(_half_from(builder, rp))
                     fma = _fma_fn(builder, vf)
+                    if t != 8 and not HAS_MIN[t]:   # S - c SX (Q8_0's products gave it)
+                        S = builder.sub(S, builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv))
                     if HAS_MIN[t]:
                         mk = splat_n(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])))
                         msx = builder.fmul(mk, builder.sitofp(sxv, vf))
                         inner = builder.call(fma, [dk, builder.sitofp(S, vf), msx])
                         acc = builder.call(fma, [drv, inner, builder.load(accp)])
-                    else:            # S - c SX
-                        S = builder.sub(S, builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv))
+                    else:
                         acc = builder.call(fma, [dk, builder.fmul(drv, builder.sitofp(S, vf)), builder.load(accp)])
                     builder.store(acc, accp)
                 acc = builder.load(accp)
