@@ -921,10 +921,11 @@ def _key_scores_ir(t, n):
                         S = halves(hadd(hadd(ps[0], ps[1]), hadd(ps[2], ps[3])))
                     i = builder.add(so_h, builder.mul(b, ir.Constant(I64, n)))
                     drv = builder.load(builder.bitcast(builder.gep(drp, [i]), vf.as_pointer()), align=4)
-                    sxv = builder.load(builder.bitcast(builder.gep(sxp, [i]), vi.as_pointer()), align=4)
+                    if t != 8:       # SX: Q8_0's products gave S - 128 SX
+                        sxv = builder.load(builder.bitcast(builder.gep(sxp, [i]), vi.as_pointer()), align=4)
                     dk = splat_n(_half_from(builder, rp))
                     fma = _fma_fn(builder, vf)
-                    if t != 8 and not HAS_MIN[t]:   # S - c SX (Q8_0's products gave it)
+                    if t != 8 and not HAS_MIN[t]:   # S - c SX
                         S = builder.sub(S, builder.mul(ir.Constant(vi, [int(OFFSET[t])] * n), sxv))
                     if HAS_MIN[t]:
                         mk = splat_n(_half_from(builder, builder.gep(rp, [ir.Constant(I32, 2)])))
@@ -1392,12 +1393,12 @@ def scores_int(t, k_rows, lo, hi, hd, rq, s, simd, v_rows):
     """s[h, g, j - lo] = the scores of keys j = lo..hi-1 of every kv head h (type t, an integer
     type) for its query heads rounded by ``round_query`` (rq: x16, dr, sx with a row per kv head),
     through ``key_scores``, a position's rows of every kv head in turn (one contiguous read of the
-    keys; kv head by kv head, each head's rows strided by every kv head's, measured 1.85x the time
-    from memory for Q8_0's), which prefetches the same positions' value rows (v_rows (C, Hkv, rb_v),
-    of any type) into the L2 cache meanwhile where a position's are PREFETCH_MIN_STRIDE bytes or
-    more (several kv heads, whose value sums then read them strided; elsewhere the hardware
-    prefetchers follow them): the key sums' work hides their reads from memory.  s: (Hkv, Gp,
-    >= hi - lo), C order, a row for every head of rq including the padding ones."""
+    keys: the section "integer decode attention"), which prefetches the same positions' value rows
+    (v_rows (C, Hkv, rb_v), of any type) into the L2 cache meanwhile where a position's are
+    PREFETCH_MIN_STRIDE bytes or more (several kv heads, whose value sums then read them strided;
+    elsewhere the hardware prefetchers follow them): the key sums' work hides their reads from
+    memory.  s: (Hkv, Gp, >= hi - lo), C order, a row for every head of rq including the padding
+    ones."""
     x16, dr, sx = rq
     Hkv, Gp, lds = s.shape
     if x16.shape[0] != Hkv or Gp * hd != x16.shape[1] or lds < hi - lo:
